@@ -1,0 +1,25 @@
+// Package testenv holds the one rule for tests that need privileges: they run
+// for real as root, may skip without root on a developer's machine, and fail
+// instead of skipping when CI=true.
+package testenv
+
+import (
+	"os"
+	"testing"
+)
+
+// InCI reports whether the tests run under CI (CI=true).
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// RequireRoot skips t when the process is not root, unless CI=true, in which
+// case the test fails: a privileged test must never silently skip in CI.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if InCI() {
+		t.Fatalf("this test needs root (eBPF, network namespaces); CI=true forbids skipping it: run the tests as root")
+	}
+	t.Skip("needs root (eBPF, network namespaces); skipped outside CI")
+}

@@ -1,0 +1,146 @@
+// Package wire owns the ClusterMesh kvstore format shared by the mesh
+// apiserver (which writes it) and the agent (which reads it): the keys, the
+// value types, their JSON encoding, and the validation of every entry against
+// the remote cluster it was read from. It follows Cilium's layout so that both
+// sides interoperate with Cilium's, and imports nothing but the standard
+// library.
+//
+// Invariant: a value returned by a Decode function has passed every check of
+// the reference table for its kind; anything else is an error wrapping one of
+// the sentinels in errors.go.
+package wire
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+)
+
+// Cluster naming and numbering limits.
+const (
+	MaxClusterNameLen = 32
+	// DefaultMaxConnectedClusters is Cilium's default: 8 bits of cluster id.
+	DefaultMaxConnectedClusters = 255
+	// ExtendedMaxConnectedClusters takes 9 bits of the identity for the id.
+	ExtendedMaxConnectedClusters = 511
+	// MinClusterIdentity is the first identity that is not reserved.
+	MinClusterIdentity = 256
+	// identityBits is the width of a numeric security identity.
+	identityBits = 24
+)
+
+// Cluster label carried by every identity (source k8s).
+const ClusterLabel = "io.cilium.k8s.policy.cluster"
+
+var clusterNameRE = regexp.MustCompile(`^([a-z0-9][-a-z0-9]*)?[a-z0-9]$`)
+
+// ValidateClusterName checks a cluster name against the naming rules.
+func ValidateClusterName(name string) error {
+	if len(name) == 0 || len(name) > MaxClusterNameLen || !clusterNameRE.MatchString(name) {
+		return fmt.Errorf("wire: cluster name %q: %w (at most %d characters of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+			name, ErrInvalidClusterName, MaxClusterNameLen)
+	}
+	return nil
+}
+
+// ValidateMaxConnectedClusters accepts the two supported sizes.
+func ValidateMaxConnectedClusters(max uint32) error {
+	if max != DefaultMaxConnectedClusters && max != ExtendedMaxConnectedClusters {
+		return fmt.Errorf("wire: maxConnectedClusters %d: %w (want %d or %d)", max, ErrIncompatibleConfig,
+			DefaultMaxConnectedClusters, ExtendedMaxConnectedClusters)
+	}
+	return nil
+}
+
+// ValidateClusterID checks that id is a usable cluster id for a mesh of max
+// clusters, and that the name "default" is not combined with a non-zero id.
+func ValidateClusterID(name string, id, max uint32) error {
+	if err := ValidateMaxConnectedClusters(max); err != nil {
+		return err
+	}
+	if id < 1 || id > max {
+		return fmt.Errorf("wire: cluster %q id %d: %w (want 1..%d)", name, id, ErrInvalidClusterID, max)
+	}
+	if name == "default" {
+		return fmt.Errorf("wire: cluster name %q cannot be used with a non-zero id: %w", name, ErrInvalidClusterName)
+	}
+	return nil
+}
+
+// IdentityRange returns the first and last numeric identity owned by cluster
+// id in a mesh of max clusters: the id sits in the top 8 (or 9) of 24 bits.
+// The caller must have validated id and max.
+func IdentityRange(id, max uint32) (first, last uint32) {
+	clusterBits := uint32(8)
+	if max == ExtendedMaxConnectedClusters {
+		clusterBits = 9
+	}
+	shift := identityBits - clusterBits
+	return id << shift, (id+1)<<shift - 1
+}
+
+// Cluster identifies the remote a value was read from; every Decode
+// validates against it.
+type Cluster struct {
+	Name                 string
+	ID                   uint32
+	MaxConnectedClusters uint32
+}
+
+// Validate checks the name, the id and the mesh size.
+func (c Cluster) Validate() error {
+	if err := ValidateClusterName(c.Name); err != nil {
+		return err
+	}
+	return ValidateClusterID(c.Name, c.ID, c.MaxConnectedClusters)
+}
+
+// OwnsIdentity reports whether id is inside c's identity range or reserved.
+func (c Cluster) OwnsIdentity(id uint32) bool {
+	if id > 0 && id < MinClusterIdentity {
+		return true
+	}
+	first, last := IdentityRange(c.ID, c.MaxConnectedClusters)
+	return id >= first && id <= last
+}
+
+// ClusterConfig is the value of cilium/cluster-config/<cluster>.
+type ClusterConfig struct {
+	ID           uint32       `json:"id"`
+	Capabilities Capabilities `json:"capabilities"`
+}
+
+// Capabilities of a cluster's kvstore.
+type Capabilities struct {
+	SyncedCanaries        bool   `json:"syncedCanaries"`
+	Cached                bool   `json:"cached"`
+	MaxConnectedClusters  uint32 `json:"maxConnectedClusters"`
+	ServiceExportsEnabled *bool  `json:"serviceExportsEnabled,omitempty"`
+}
+
+// EncodeClusterConfig returns the JSON of cfg.
+func EncodeClusterConfig(cfg ClusterConfig) ([]byte, error) { return json.Marshal(cfg) }
+
+// DecodeClusterConfig decodes the config of the cluster named name and
+// checks it against the local mesh size localMax: the id must be in range and
+// both sides must agree on maxConnectedClusters. A config without
+// maxConnectedClusters means Cilium's default of 255.
+func DecodeClusterConfig(name string, localMax uint32, value []byte) (Cluster, ClusterConfig, error) {
+	var cfg ClusterConfig
+	if err := decodeJSON(value, &cfg); err != nil {
+		return Cluster{}, cfg, fmt.Errorf("wire: cluster config of %q: %w", name, err)
+	}
+	remoteMax := cfg.Capabilities.MaxConnectedClusters
+	if remoteMax == 0 {
+		remoteMax = DefaultMaxConnectedClusters
+	}
+	if remoteMax != localMax {
+		return Cluster{}, cfg, fmt.Errorf("wire: cluster %q has maxConnectedClusters %d, this cluster %d: %w (set the same value on both sides)",
+			name, remoteMax, localMax, ErrIncompatibleConfig)
+	}
+	c := Cluster{Name: name, ID: cfg.ID, MaxConnectedClusters: localMax}
+	if err := c.Validate(); err != nil {
+		return Cluster{}, cfg, err
+	}
+	return c, cfg, nil
+}

@@ -1,0 +1,99 @@
+package wire
+
+import (
+	"testing"
+)
+
+// The fuzz targets assert that no input crashes a decoder and that whatever a
+// decoder accepts re-encodes and decodes to an accepted value again. Their seed
+// corpora run in every `go test`.
+
+func FuzzParseKey(f *testing.F) {
+	for _, s := range []string{"cilium/state/nodes/v1/east/n1", "cilium/state/services/v1/east/a/b",
+		"cilium/state/ip/v1/default/10.0.0.0/8", "cilium/state/identities/v1/id/65536", "cilium/state/nodes/v1/east/.."} {
+		f.Add(uint8(0), s)
+	}
+	f.Fuzz(func(t *testing.T, k uint8, key string) {
+		kind := Kinds[int(k)%len(Kinds)]
+		pk, err := ParseKey(kind, "east", key)
+		if err == nil && pk.Kind != kind {
+			t.Fatalf("kind changed: %v", pk)
+		}
+	})
+}
+
+func FuzzDecodeNode(f *testing.F) {
+	f.Add([]byte(`{"Name":"n1","Cluster":"east","ClusterID":1,"IPv4AllocCIDR":{"IP":"10.1.0.0","Mask":"////AA=="}}`))
+	f.Add([]byte(`{"Name":"n1","Cluster":"east","ClusterID":1,"IPAddresses":[{"Type":"InternalIP","IP":"::ffff:1.2.3.4"}]}`))
+	f.Fuzz(func(t *testing.T, v []byte) {
+		n, err := DecodeNode(east, NodeKey("east", "n1"), v)
+		if err != nil {
+			return
+		}
+		again, err := EncodeNode(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeNode(east, NodeKey("east", "n1"), again); err != nil {
+			t.Fatalf("re-decode of accepted node: %v\n%s", err, again)
+		}
+	})
+}
+
+func FuzzDecodeIPIdentityPair(f *testing.F) {
+	f.Add("10.1.0.5", []byte(`{"IP":"10.1.0.5","ID":65600}`))
+	f.Add("10.1.0.0/24", []byte(`{"IP":"10.1.0.0","Mask":"////AA==","ID":65600}`))
+	f.Add("fd00::/64", []byte(`{"IP":"fd00::","Mask":"//////////8AAAAAAAAAAA==","ID":2}`))
+	f.Fuzz(func(t *testing.T, suffix string, v []byte) {
+		p, err := DecodeIPIdentityPair(east, IPCacheKey(suffix), v)
+		if err != nil {
+			return
+		}
+		if !p.Prefix().IsValid() || !east.OwnsIdentity(p.ID) {
+			t.Fatalf("accepted invalid pair %+v", p)
+		}
+		again, _ := EncodeIPIdentityPair(p)
+		if _, err := DecodeIPIdentityPair(east, IPCacheKey(p.KeySuffix()), again); err != nil {
+			t.Fatalf("re-decode: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeService(f *testing.F) {
+	f.Add([]byte(`{"cluster":"east","namespace":"shop","name":"checkout","clusterID":1,` +
+		`"frontends":{"10.96.0.10":{"http":{"Protocol":"TCP","Port":80}}},"backends":{"10.1.0.5":{"http":{"Protocol":"TCP","Port":8080}}}}`))
+	f.Fuzz(func(t *testing.T, v []byte) {
+		s, err := DecodeService(east, ServiceKey("east", "shop", "checkout"), v)
+		if err != nil {
+			return
+		}
+		again, _ := EncodeService(s)
+		if _, err := DecodeService(east, ServiceKey("east", "shop", "checkout"), again); err != nil {
+			t.Fatalf("re-decode: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeIdentity(f *testing.F) {
+	f.Add(uint32(65600), "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=east;")
+	f.Add(uint32(65600), "k8s:a=;k8s:io.cilium.k8s.policy.cluster=east;")
+	f.Fuzz(func(t *testing.T, id uint32, v string) {
+		got, err := DecodeIdentity(east, IdentityKey(id), []byte(v))
+		if err != nil {
+			return
+		}
+		if _, err := DecodeIdentity(east, IdentityKey(got.ID), EncodeIdentity(got)); err != nil {
+			t.Fatalf("re-decode of %q: %v", EncodeIdentity(got), err)
+		}
+	})
+}
+
+func FuzzDecodeClusterConfig(f *testing.F) {
+	f.Add([]byte(`{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}`))
+	f.Fuzz(func(t *testing.T, v []byte) {
+		c, _, err := DecodeClusterConfig("north", 255, v)
+		if err == nil && c.Validate() != nil {
+			t.Fatalf("accepted invalid cluster %+v", c)
+		}
+	})
+}

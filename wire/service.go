@@ -1,0 +1,113 @@
+package wire
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+)
+
+// ClusterService is the value of cilium/state/services/v1/<cluster>/<ns>/<name>:
+// a global service as one cluster sees it, with that cluster's backends.
+type ClusterService struct {
+	Cluster         string                       `json:"cluster"`
+	Namespace       string                       `json:"namespace"`
+	Name            string                       `json:"name"`
+	Frontends       map[string]PortConfiguration `json:"frontends"`
+	Backends        map[string]PortConfiguration `json:"backends"`
+	Hostnames       map[string]string            `json:"hostnames,omitempty"`
+	Zones           map[string]BackendZone       `json:"zones,omitempty"`
+	Labels          map[string]string            `json:"labels"`
+	Selector        map[string]string            `json:"selector"`
+	IncludeExternal bool                         `json:"includeExternal"`
+	Shared          bool                         `json:"shared"`
+	ClusterID       uint32                       `json:"clusterID"`
+}
+
+// PortConfiguration maps a port name to its protocol and number.
+type PortConfiguration map[string]*L4Addr
+
+// L4Addr is a protocol and port.
+type L4Addr struct {
+	Protocol string
+	Port     uint16
+}
+
+// BackendZone is a backend's topology zone and the zones it serves.
+type BackendZone struct {
+	Zone     string    `json:"zone"`
+	ForZones []ForZone `json:"forZones,omitempty"`
+}
+
+// ForZone names a zone a backend is a hint for.
+type ForZone struct {
+	Name string `json:"name"`
+}
+
+// Service annotations on a Kubernetes-style service.
+const (
+	AnnotationGlobal   = "service.cilium.io/global"
+	AnnotationShared   = "service.cilium.io/shared"
+	AnnotationAffinity = "service.cilium.io/affinity"
+)
+
+// Affinity values of AnnotationAffinity.
+const (
+	AffinityNone   = "none"
+	AffinityLocal  = "local"
+	AffinityRemote = "remote"
+)
+
+// EncodeService returns the JSON of s.
+func EncodeService(s *ClusterService) ([]byte, error) { return json.Marshal(s) }
+
+// DecodeService decodes and validates a global service read from cluster c:
+// cluster name and id must be c's, namespace/name must match the key, and
+// every frontend and backend address must parse without zone, with protocol
+// and a non-zero port.
+func DecodeService(c Cluster, key string, value []byte) (*ClusterService, error) {
+	pk, err := ParseKey(Services, c.Name, key)
+	if err != nil {
+		return nil, err
+	}
+	var s ClusterService
+	if err := decodeJSON(value, &s); err != nil {
+		return nil, fmt.Errorf("wire: service %q: %w", key, err)
+	}
+	switch {
+	case s.Cluster != c.Name:
+		return nil, fmt.Errorf("wire: service %q claims cluster %q, read from %q: %w", key, s.Cluster, c.Name, ErrClusterMismatch)
+	case s.ClusterID != c.ID:
+		return nil, fmt.Errorf("wire: service %q claims cluster id %d, %q has %d: %w", key, s.ClusterID, c.Name, c.ID, ErrClusterMismatch)
+	case s.Namespace != pk.Namespace || s.Name != pk.Name:
+		return nil, fmt.Errorf("wire: service %q is %s/%s: %w (key and value disagree)", key, s.Namespace, s.Name, ErrClusterMismatch)
+	}
+	for what, m := range map[string]map[string]PortConfiguration{"frontend": s.Frontends, "backend": s.Backends} {
+		if err := checkPortMap("wire: service "+key+" "+what, m); err != nil {
+			return nil, err
+		}
+	}
+	return &s, nil
+}
+
+func checkPortMap(what string, m map[string]PortConfiguration) error {
+	for ip, ports := range m {
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			return fmt.Errorf("%s %q: %w", what, ip, ErrInvalidAddress)
+		}
+		if err := checkAddr(what, a, false); err != nil {
+			return err
+		}
+		for name, l4 := range ports {
+			if l4 == nil || l4.Port == 0 {
+				return fmt.Errorf("%s %s port %q: %w (missing or zero port)", what, ip, name, ErrMalformedValue)
+			}
+			switch l4.Protocol {
+			case "TCP", "UDP", "SCTP":
+			default:
+				return fmt.Errorf("%s %s port %q: %w (protocol %q, want TCP, UDP or SCTP)", what, ip, name, ErrMalformedValue, l4.Protocol)
+			}
+		}
+	}
+	return nil
+}
