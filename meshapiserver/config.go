@@ -1,0 +1,117 @@
+// Package meshapiserver owns one cluster's mesh apiserver: an embedded etcd
+// that serves only mesh-CA clients over mutual TLS, its users and roles
+// (admin-<cluster> writes, remote-<peer> reads the published prefixes and
+// nothing else), and the publisher that turns the cluster's local state into
+// Cilium-format entries — batched transactions on one lease, synced canaries
+// after the first full snapshot, the cluster config and a heartbeat.
+package meshapiserver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Defaults of Config.
+const (
+	DefaultListenAddress     = "0.0.0.0:2379"
+	DefaultLeaseTTL          = 15 * time.Minute
+	DefaultHeartbeatInterval = time.Minute
+	// maxTxnOps and maxRequestBytes raise etcd's limits so that the publisher
+	// can batch; txnBudget is what the publisher puts in one transaction.
+	maxTxnOps       = 4096
+	maxRequestBytes = 16 << 20
+	txnBudgetOps    = 2048
+	txnBudgetBytes  = 4 << 20
+)
+
+// ErrInvalidConfig is wrapped by every Config.Validate error.
+var ErrInvalidConfig = errors.New("invalid apiserver config")
+
+// Config of a mesh apiserver. Zero durations and sizes take the defaults.
+type Config struct {
+	ClusterName          string
+	ClusterID            uint32
+	MaxConnectedClusters uint32 // default 255
+
+	// ListenAddress is host:port of the etcd client listener; port 0 picks a
+	// free port (read it back from ClientURL).
+	ListenAddress string
+
+	// Mesh TLS: the server certificate, the CA that signs every client, and
+	// the admin-<cluster> client certificate the apiserver writes with.
+	ServerCertFile, ServerKeyFile string
+	CAFile                        string
+	AdminCertFile, AdminKeyFile   string
+
+	// Peers are the clusters allowed to read: each gets the etcd user
+	// remote-<peer> with the read-only role; no other user can read. (The
+	// cluster's own agents read local state from the state source.)
+	Peers []string
+
+	// DataDir holds etcd's data; empty means a temporary directory removed
+	// on close (the store is re-derived from the source on every start).
+	DataDir string
+	// IdentityFile persists identity numbers across restarts; empty keeps
+	// them in memory only.
+	IdentityFile string
+
+	Source statesource.Source
+
+	LeaseTTL          time.Duration
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
+}
+
+func (c *Config) withDefaults() {
+	if c.MaxConnectedClusters == 0 {
+		c.MaxConnectedClusters = wire.DefaultMaxConnectedClusters
+	}
+	if c.ListenAddress == "" {
+		c.ListenAddress = DefaultListenAddress
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate checks the config after defaults.
+func (c *Config) Validate() error {
+	if err := c.cluster().Validate(); err != nil {
+		return fmt.Errorf("meshapiserver: %w: %w", ErrInvalidConfig, err)
+	}
+	for _, f := range []struct{ name, v string }{
+		{"server certificate", c.ServerCertFile}, {"server key", c.ServerKeyFile}, {"CA", c.CAFile},
+		{"admin certificate", c.AdminCertFile}, {"admin key", c.AdminKeyFile},
+	} {
+		if f.v == "" {
+			return fmt.Errorf("meshapiserver: %w: no %s file given", ErrInvalidConfig, f.name)
+		}
+	}
+	for _, p := range c.Peers {
+		if err := wire.ValidateClusterName(p); err != nil {
+			return fmt.Errorf("meshapiserver: %w: peer: %w", ErrInvalidConfig, err)
+		}
+	}
+	if c.Source == nil {
+		return fmt.Errorf("meshapiserver: %w: no state source", ErrInvalidConfig)
+	}
+	if c.LeaseTTL < 10*time.Second {
+		return fmt.Errorf("meshapiserver: %w: lease TTL %s is below 10s", ErrInvalidConfig, c.LeaseTTL)
+	}
+	return nil
+}
+
+func (c *Config) cluster() wire.Cluster {
+	return wire.Cluster{Name: c.ClusterName, ID: c.ClusterID, MaxConnectedClusters: c.MaxConnectedClusters}
+}

@@ -1,0 +1,119 @@
+package meshapiserver
+
+import (
+	"net/netip"
+
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// nodeSource is the Source field of the nodes this apiserver publishes.
+const nodeSource = "clustermesh"
+
+// desiredKV is what the store should hold under the state prefixes: full key →
+// encoded value.
+type desiredKV map[string][]byte
+
+// desired computes the entries that publish st for cluster c, allocating
+// identities as needed. It reports whether new identities were allocated.
+func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator) (desiredKV, bool, error) {
+	kv := make(desiredKV, len(st.Nodes)+2*len(st.Endpoints)+len(st.Services))
+	nodeIP := make(map[string]netip.Addr, len(st.Nodes))
+	for i := range st.Nodes {
+		n := &st.Nodes[i]
+		nodeIP[n.Name] = n.IPs[0]
+		v, err := wire.EncodeNode(wireNode(c, n))
+		if err != nil {
+			return nil, false, err
+		}
+		kv[wire.NodeKey(c.Name, n.Name)] = v
+	}
+	allocated := false
+	for i := range st.Endpoints {
+		e := &st.Endpoints[i]
+		ls := endpointLabels(c.Name, e)
+		id, isNew, err := ids.allocate(ls)
+		if err != nil {
+			return nil, false, err
+		}
+		allocated = allocated || isNew
+		kv[wire.IdentityKey(id)] = wire.EncodeIdentity(wire.Identity{ID: id, Labels: ls})
+		pair := &wire.IPIdentityPair{IP: e.IP, HostIP: nodeIP[e.Node], ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod}
+		v, err := wire.EncodeIPIdentityPair(pair)
+		if err != nil {
+			return nil, false, err
+		}
+		kv[wire.IPCacheKey(e.IP.String())] = v
+	}
+	for i := range st.Services {
+		s := &st.Services[i]
+		if !s.Shared() {
+			continue // only global services that export their backends are published
+		}
+		v, err := wire.EncodeService(clusterService(c, st, s))
+		if err != nil {
+			return nil, false, err
+		}
+		kv[wire.ServiceKey(c.Name, s.Namespace, s.Name)] = v
+	}
+	return kv, allocated, nil
+}
+
+// endpointLabels are an endpoint's identity labels: its pod labels, its
+// namespace and its cluster, all of source k8s.
+func endpointLabels(cluster string, e *statesource.Endpoint) wire.Labels {
+	return wire.NewLabels("k8s", e.Labels).
+		With(wire.Label{Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: e.Namespace}).
+		With(wire.Label{Source: "k8s", Key: wire.ClusterLabel, Value: cluster})
+}
+
+func wireNode(c wire.Cluster, n *statesource.Node) *wire.Node {
+	w := &wire.Node{Name: n.Name, Cluster: c.Name, ClusterID: c.ID, Source: nodeSource, WireguardPubKey: n.WireguardPubKey}
+	for _, ip := range n.IPs {
+		w.IPAddresses = append(w.IPAddresses, wire.NodeAddress{Type: wire.InternalIP, IP: ip})
+	}
+	for _, p := range n.PodCIDRs {
+		if p.Addr().Is4() && w.IPv4AllocCIDR == nil {
+			w.IPv4AllocCIDR = &wire.CIDR{Prefix: p}
+		} else if p.Addr().Is6() && w.IPv6AllocCIDR == nil {
+			w.IPv6AllocCIDR = &wire.CIDR{Prefix: p}
+		}
+	}
+	return w
+}
+
+// clusterService builds the published form of a global service: its
+// ClusterIP as frontend and the endpoints that are ready or serving as
+// backends, on each port's target port.
+func clusterService(c wire.Cluster, st *statesource.State, s *statesource.Service) *wire.ClusterService {
+	cs := &wire.ClusterService{
+		Cluster: c.Name, ClusterID: c.ID, Namespace: s.Namespace, Name: s.Name,
+		Frontends: map[string]wire.PortConfiguration{}, Backends: map[string]wire.PortConfiguration{},
+		Labels: s.Labels, Selector: s.Selector, Shared: true, IncludeExternal: true,
+	}
+	if cs.Labels == nil {
+		cs.Labels = map[string]string{}
+	}
+	if s.ClusterIP.IsValid() {
+		fe := wire.PortConfiguration{}
+		for _, p := range s.Ports {
+			fe[portName(p)] = &wire.L4Addr{Protocol: p.Proto(), Port: p.Port}
+		}
+		cs.Frontends[s.ClusterIP.String()] = fe
+	}
+	for _, e := range st.Backends(s) {
+		if !e.IsServing() {
+			continue
+		}
+		be := wire.PortConfiguration{}
+		for _, p := range s.Ports {
+			be[portName(p)] = &wire.L4Addr{Protocol: p.Proto(), Port: p.Target()}
+		}
+		cs.Backends[e.IP.String()] = be
+	}
+	return cs
+}
+
+// portName is the key of a port in the published maps: its name, empty for
+// the single unnamed port of a service (as in Kubernetes and Cilium).
+func portName(p statesource.ServicePort) string { return p.Name }

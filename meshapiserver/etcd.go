@@ -1,0 +1,92 @@
+package meshapiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// etcdServer is the embedded etcd of one cluster's mesh apiserver. It serves
+// clients only over TLS with a client certificate from the mesh CA.
+//
+// The store is ephemeral by design: everything in it is re-derived from the
+// state source, so it runs without fsync and, unless a data directory is
+// given, in a temporary directory removed on close.
+type etcdServer struct {
+	etcd    *embed.Etcd
+	dataDir string
+	ownDir  bool // dataDir was created here and is removed on close
+	url     string
+}
+
+// startEtcd starts the embedded etcd and waits until it serves.
+func startEtcd(ctx context.Context, cfg *Config) (*etcdServer, error) {
+	dir, own := cfg.DataDir, false
+	if dir == "" {
+		d, err := os.MkdirTemp("", "clustermesh-etcd-"+cfg.ClusterName+"-")
+		if err != nil {
+			return nil, fmt.Errorf("meshapiserver: etcd data dir: %w", err)
+		}
+		dir, own = d, true
+	}
+	ec := embed.NewConfig()
+	ec.Name = cfg.ClusterName
+	ec.Dir = dir
+	ec.UnsafeNoFsync = true
+	ec.TickMs, ec.ElectionMs = 10, 100
+	ec.MaxTxnOps = maxTxnOps
+	ec.MaxRequestBytes = maxRequestBytes
+	ec.EnableGRPCGateway = false
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	ec.AuthToken = "simple"
+
+	clientURL := url.URL{Scheme: "https", Host: cfg.ListenAddress}
+	peerURL := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
+	ec.ListenClientUrls = []url.URL{clientURL}
+	ec.AdvertiseClientUrls = []url.URL{clientURL}
+	ec.ListenPeerUrls = []url.URL{peerURL}
+	ec.AdvertisePeerUrls = []url.URL{peerURL}
+	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.ClientTLSInfo.CertFile = cfg.ServerCertFile
+	ec.ClientTLSInfo.KeyFile = cfg.ServerKeyFile
+	ec.ClientTLSInfo.TrustedCAFile = cfg.CAFile
+	ec.ClientTLSInfo.ClientCertAuth = true
+
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		if own {
+			os.RemoveAll(dir)
+		}
+		return nil, fmt.Errorf("meshapiserver: start etcd on %s: %w", cfg.ListenAddress, err)
+	}
+	s := &etcdServer{etcd: e, dataDir: dir, ownDir: own}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		s.close()
+		return nil, fmt.Errorf("meshapiserver: etcd failed while starting: %w", err)
+	case <-time.After(30 * time.Second):
+		s.close()
+		return nil, errors.New("meshapiserver: etcd not ready after 30s")
+	case <-ctx.Done():
+		s.close()
+		return nil, ctx.Err()
+	}
+	// The listener may have been asked for port 0: advertise what it got.
+	s.url = "https://" + e.Clients[0].Addr().String()
+	return s, nil
+}
+
+// close stops etcd and removes a temporary data directory.
+func (s *etcdServer) close() {
+	s.etcd.Close()
+	if s.ownDir {
+		os.RemoveAll(s.dataDir)
+	}
+}

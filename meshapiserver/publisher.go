@@ -1,0 +1,144 @@
+package meshapiserver
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// publisher keeps the state prefixes of one cluster's etcd equal to the
+// desired entries. It writes in batched transactions, every entry on its
+// lease, puts before deletes (so a still-valid entry is never missing), and
+// the synced canaries only once the first full snapshot is in.
+//
+// Not safe for concurrent use: the server's run loop owns it.
+type publisher struct {
+	cli     *clientv3.Client
+	cluster wire.Cluster
+	lease   clientv3.LeaseID
+	log     *slog.Logger
+
+	published   desiredKV // what etcd holds under the state prefixes
+	canariesSet bool
+	stats       PublishStats
+}
+
+// PublishStats counts the publisher's work (for status and metrics).
+type PublishStats struct {
+	Entries       int           // entries currently published
+	Puts, Deletes uint64        // writes since start
+	Txns          uint64        // transactions since start
+	LastTxn       time.Duration // latency of the last transaction
+	LastPublish   time.Time
+}
+
+// loadExisting reads what the store already holds under the state prefixes
+// (a persistent data dir, or a store shared with a previous run), so that the
+// first publish removes only what is no longer desired.
+func (p *publisher) loadExisting(ctx context.Context) error {
+	p.published = desiredKV{}
+	for _, k := range wire.Kinds {
+		prefix := k.ListPrefix(p.cluster.Name)
+		resp, err := p.cli.Get(ctx, prefix, clientv3.WithPrefix())
+		if err != nil {
+			return fmt.Errorf("meshapiserver: read existing %s: %w", k, err)
+		}
+		for _, kv := range resp.Kvs {
+			p.published[string(kv.Key)] = kv.Value
+		}
+	}
+	return nil
+}
+
+// publish makes the store hold exactly want. After the first successful
+// publish it writes the canaries.
+func (p *publisher) publish(ctx context.Context, want desiredKV) error {
+	var puts, dels []string
+	for k, v := range want {
+		if old, ok := p.published[k]; !ok || !bytes.Equal(old, v) {
+			puts = append(puts, k)
+		}
+	}
+	for k := range p.published {
+		if _, ok := want[k]; !ok {
+			dels = append(dels, k)
+		}
+	}
+	sort.Strings(puts) // deterministic batches: nodes and identities before ipcache and services
+	sort.Strings(dels)
+	ops := make([]clientv3.Op, 0, len(puts)+len(dels))
+	for _, k := range puts {
+		ops = append(ops, clientv3.OpPut(k, string(want[k]), clientv3.WithLease(p.lease)))
+	}
+	for _, k := range dels {
+		ops = append(ops, clientv3.OpDelete(k))
+	}
+	if err := p.commit(ctx, ops); err != nil {
+		return err
+	}
+	p.published = want
+	p.stats.Entries = len(want)
+	p.stats.Puts += uint64(len(puts))
+	p.stats.Deletes += uint64(len(dels))
+	p.stats.LastPublish = time.Now()
+	if len(puts)+len(dels) > 0 {
+		p.log.Debug("published", "puts", len(puts), "deletes", len(dels), "entries", len(want))
+	}
+	if !p.canariesSet {
+		if err := p.writeCanaries(ctx); err != nil {
+			return err
+		}
+		p.canariesSet = true
+	}
+	return nil
+}
+
+// commit writes ops in transactions of at most txnBudgetOps operations and
+// about txnBudgetBytes, in order.
+func (p *publisher) commit(ctx context.Context, ops []clientv3.Op) error {
+	for len(ops) > 0 {
+		n, size := 0, 0
+		for n < len(ops) && n < txnBudgetOps && (n == 0 || size < txnBudgetBytes) {
+			size += len(ops[n].KeyBytes()) + len(ops[n].ValueBytes())
+			n++
+		}
+		start := time.Now()
+		if _, err := p.cli.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
+			return fmt.Errorf("meshapiserver: publish transaction of %d ops: %w", n, err)
+		}
+		p.stats.LastTxn = time.Since(start)
+		p.stats.Txns++
+		ops = ops[n:]
+	}
+	return nil
+}
+
+// writeCanaries marks every prefix as fully written.
+func (p *publisher) writeCanaries(ctx context.Context) error {
+	now := time.Now().UTC().Format(time.RFC3339)
+	ops := make([]clientv3.Op, 0, len(wire.Kinds))
+	for _, k := range wire.Kinds {
+		ops = append(ops, clientv3.OpPut(wire.SyncedKey(p.cluster.Name, k), now, clientv3.WithLease(p.lease)))
+	}
+	if _, err := p.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("meshapiserver: write synced canaries: %w", err)
+	}
+	p.log.Info("initial state published, synced canaries written", "entries", len(p.published))
+	return nil
+}
+
+// heartbeat writes cilium/.heartbeat with the current time.
+func (p *publisher) heartbeat(ctx context.Context) error {
+	_, err := p.cli.Put(ctx, wire.HeartbeatKey, time.Now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(p.lease))
+	if err != nil {
+		return fmt.Errorf("meshapiserver: heartbeat: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,210 @@
+package meshapiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Server is one cluster's mesh apiserver. Create it with New, run it with
+// Run; Ready is closed once the first snapshot and the canaries are written.
+type Server struct {
+	cfg   Config
+	ready chan struct{}
+
+	mu     sync.Mutex
+	url    string // guarded by mu; set once etcd serves
+	status Status // guarded by mu
+}
+
+// Status is what the apiserver reports about itself.
+type Status struct {
+	Cluster     string       `json:"cluster"`
+	ClusterID   uint32       `json:"clusterID"`
+	URL         string       `json:"url"`
+	Ready       bool         `json:"ready"`
+	Publish     PublishStats `json:"publish"`
+	SourceError string       `json:"sourceError,omitempty"`
+}
+
+// New validates cfg (after defaults) and returns a Server that is not yet
+// running.
+func New(cfg Config) (*Server, error) {
+	cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Server{cfg: cfg, ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once the apiserver has published its first full snapshot.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// ClientURL is the https URL clients dial; empty until etcd serves.
+func (s *Server) ClientURL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.url
+}
+
+// Status returns a snapshot of the apiserver's status.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Run starts etcd, sets up users and roles, and publishes the source's state
+// until ctx is done or something fails; it stops etcd before returning.
+func (s *Server) Run(ctx context.Context) error {
+	cfg := &s.cfg
+	log := cfg.Logger.With("cluster", cfg.ClusterName)
+	if _, err := ca.ServerTLSConfig(cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile); err != nil {
+		return fmt.Errorf("meshapiserver: server certificate: %w", err)
+	}
+	adminTLS, err := ca.ClientTLSConfig(cfg.AdminCertFile, cfg.AdminKeyFile, cfg.CAFile)
+	if err != nil {
+		return fmt.Errorf("meshapiserver: admin certificate: %w", err)
+	}
+	ids, err := newIdentityAllocator(cfg.IdentityFile, cfg.cluster())
+	if err != nil {
+		return err
+	}
+	etcd, err := startEtcd(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer etcd.close()
+	s.mu.Lock()
+	s.url = etcd.url
+	s.status = Status{Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, URL: etcd.url}
+	s.mu.Unlock()
+	log.Info("etcd serving", "url", etcd.url, "fsync", false)
+
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{etcd.url}, TLS: adminTLS, DialTimeout: 5 * time.Second,
+		Logger: zap.NewNop(), Context: ctx,
+	})
+	if err != nil {
+		return fmt.Errorf("meshapiserver: admin client: %w", err)
+	}
+	defer cli.Close()
+	if err := setupAuth(ctx, cli, cfg.ClusterName, cfg.Peers); err != nil {
+		return err
+	}
+	if err := s.writeClusterConfig(ctx, cli); err != nil {
+		return err
+	}
+	lease, err := cli.Grant(ctx, int64(cfg.LeaseTTL/time.Second))
+	if err != nil {
+		return fmt.Errorf("meshapiserver: grant lease: %w", err)
+	}
+	keepAlive, err := cli.KeepAlive(ctx, lease.ID)
+	if err != nil {
+		return fmt.Errorf("meshapiserver: keep lease alive: %w", err)
+	}
+	pub := &publisher{cli: cli, cluster: cfg.cluster(), lease: lease.ID, log: log}
+	if err := pub.loadExisting(ctx); err != nil {
+		return err
+	}
+	return s.loop(ctx, pub, ids, keepAlive)
+}
+
+func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client) error {
+	v, err := wire.EncodeClusterConfig(wire.ClusterConfig{ID: s.cfg.ClusterID, Capabilities: wire.Capabilities{
+		SyncedCanaries: true, MaxConnectedClusters: s.cfg.MaxConnectedClusters,
+	}})
+	if err != nil {
+		return err
+	}
+	if _, err := cli.Put(ctx, wire.ClusterConfigKey(s.cfg.ClusterName), string(v)); err != nil {
+		return fmt.Errorf("meshapiserver: write cluster config: %w", err)
+	}
+	return nil
+}
+
+// loop runs the source and publishes every state it delivers (only the
+// latest when several arrive during one publish), and the heartbeat.
+func (s *Server) loop(ctx context.Context, pub *publisher, ids *identityAllocator, keepAlive <-chan *clientv3.LeaseKeepAliveResponse) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	latest := make(chan *statesource.State, 1)
+	srcErr := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		srcErr <- s.cfg.Source.Run(ctx, func(st *statesource.State) {
+			select { // keep only the newest state
+			case <-latest:
+			default:
+			}
+			latest <- st
+		})
+	}()
+	defer wg.Wait()
+
+	heartbeat := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-srcErr:
+			if err != nil {
+				return fmt.Errorf("meshapiserver: state source: %w", err)
+			}
+			return nil
+		case _, ok := <-keepAlive:
+			if !ok && ctx.Err() == nil {
+				return errors.New("meshapiserver: lease keep-alive stopped: etcd unreachable or the lease expired; restart the apiserver")
+			}
+		case <-heartbeat.C:
+			if err := pub.heartbeat(ctx); err != nil {
+				s.cfg.Logger.Warn("heartbeat failed", "err", err)
+			}
+		case st := <-latest:
+			if err := s.publish(ctx, pub, ids, st); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Server) publish(ctx context.Context, pub *publisher, ids *identityAllocator, st *statesource.State) error {
+	kv, allocated, err := desired(s.cfg.cluster(), st, ids)
+	if err != nil {
+		return err
+	}
+	if allocated {
+		if err := ids.save(s.cfg.cluster()); err != nil {
+			return err
+		}
+	}
+	first := !pub.canariesSet
+	if first {
+		if err := pub.heartbeat(ctx); err != nil {
+			return err
+		}
+	}
+	if err := pub.publish(ctx, kv); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.status.Publish = pub.stats
+	s.status.Ready = true
+	s.mu.Unlock()
+	if first {
+		close(s.ready)
+	}
+	return nil
+}

@@ -1,0 +1,368 @@
+package meshapiserver
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+const eastState = `
+nodes:
+- name: east-1
+  ips: [192.168.1.1]
+  podCIDRs: [10.1.1.0/24]
+endpoints:
+- {namespace: shop, pod: checkout-a, ip: 10.1.1.10, node: east-1, labels: {app: checkout}}
+- {namespace: shop, pod: checkout-b, ip: 10.1.1.11, node: east-1, labels: {app: checkout}, ready: false}
+- {namespace: shop, pod: cart-a, ip: 10.1.1.12, node: east-1, labels: {app: cart}}
+services:
+- namespace: shop
+  name: checkout
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+  selector: {app: checkout}
+  annotations: {service.cilium.io/global: "true", service.cilium.io/affinity: local}
+- namespace: shop
+  name: cart
+  clusterIP: 10.96.0.11
+  ports: [{name: http, port: 80}]
+  selector: {app: cart}
+`
+
+type fixture struct {
+	dir     string
+	mesh    *ca.CA
+	east    ca.Bundle
+	west    ca.Bundle
+	state   string
+	srv     *Server
+	cancel  context.CancelFunc
+	done    chan error
+	idsFile string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	mesh, err := ca.New("clustermesh test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{dir: dir, mesh: mesh, state: filepath.Join(dir, "east.yaml"), idsFile: filepath.Join(dir, "east-identities.json")}
+	if f.east, err = mesh.IssueBundle(filepath.Join(dir, "east"), "east", []string{"localhost"}, ips("127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if f.west, err = mesh.IssueBundle(filepath.Join(dir, "west"), "west", []string{"localhost"}, ips("127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, f.state, eastState)
+	return f
+}
+
+func (f *fixture) start(t *testing.T, addr string) {
+	t.Helper()
+	srv, err := New(Config{
+		ClusterName: "east", ClusterID: 1, ListenAddress: addr,
+		ServerCertFile: f.east.ServerCert(), ServerKeyFile: f.east.ServerKey(), CAFile: f.east.CAFile(),
+		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
+		Peers: []string{"west"}, IdentityFile: f.idsFile,
+		Source: &statesource.File{Path: f.state, PollInterval: 10 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.srv, f.cancel, f.done = srv, cancel, make(chan error, 1)
+	go func() { f.done <- srv.Run(ctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-f.done:
+		t.Fatalf("apiserver stopped: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("apiserver not ready after 20s")
+	}
+	t.Cleanup(func() { f.stop(t) })
+}
+
+func (f *fixture) stop(t *testing.T) {
+	if f.cancel == nil {
+		return
+	}
+	f.cancel()
+	f.cancel = nil
+	if err := <-f.done; err != nil {
+		t.Errorf("apiserver Run: %v", err)
+	}
+}
+
+func client(t *testing.T, url string, tlsCfg *tls.Config) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func clientFor(t *testing.T, url, cert, key, caFile string) *clientv3.Client {
+	t.Helper()
+	tlsCfg, err := ca.ClientTLSConfig(cert, key, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client(t, url, tlsCfg)
+}
+
+func get(t *testing.T, cli *clientv3.Client, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return cli.Get(ctx, key, opts...)
+}
+
+func TestPublishesClusterState(t *testing.T) {
+	f := newFixture(t)
+	f.start(t, "127.0.0.1:0")
+	west := clientFor(t, f.srv.ClientURL(), f.west.RemoteCert(), f.west.RemoteKey(), f.west.CAFile())
+	east := wire.Cluster{Name: "east", ID: 1, MaxConnectedClusters: 255}
+
+	resp, err := get(t, west, wire.ClusterConfigKey("east"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("cluster config: %v %v", resp, err)
+	}
+	if c, cfg, err := wire.DecodeClusterConfig("east", 255, resp.Kvs[0].Value); err != nil || c.ID != 1 || !cfg.Capabilities.SyncedCanaries {
+		t.Fatalf("cluster config %s: %v", resp.Kvs[0].Value, err)
+	}
+	for _, k := range wire.Kinds {
+		if resp, err := get(t, west, wire.SyncedKey("east", k)); err != nil || len(resp.Kvs) != 1 {
+			t.Errorf("canary %s: %v %v", k, resp, err)
+		}
+	}
+	if resp, err := get(t, west, wire.HeartbeatKey); err != nil || len(resp.Kvs) != 1 {
+		t.Errorf("heartbeat: %v %v", resp, err)
+	}
+
+	resp, err = get(t, west, wire.Services.ListPrefix("east"), clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("services (only the global one): %v %v", resp, err)
+	}
+	svc, err := wire.DecodeService(east, string(resp.Kvs[0].Key), resp.Kvs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svc.Backends) != 1 || svc.Backends["10.1.1.10"]["http"].Port != 8080 || svc.Frontends["10.96.0.10"]["http"].Port != 80 {
+		t.Errorf("checkout: want the ready backend 10.1.1.10:8080 behind 10.96.0.10:80, got %+v / %+v", svc.Backends, svc.Frontends)
+	}
+
+	resp, err = get(t, west, wire.IPCache.ListPrefix("east"), clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 3 {
+		t.Fatalf("ipcache: %d entries, %v", len(resp.Kvs), err)
+	}
+	idsSeen := map[uint32]bool{}
+	for _, kv := range resp.Kvs {
+		p, err := wire.DecodeIPIdentityPair(east, string(kv.Key), kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.HostIP.String() != "192.168.1.1" {
+			t.Errorf("%s: host IP %s", kv.Key, p.HostIP)
+		}
+		idsSeen[p.ID] = true
+	}
+	if len(idsSeen) != 2 {
+		t.Errorf("want 2 identities (checkout, cart), got %v", idsSeen)
+	}
+	resp, err = get(t, west, wire.Identities.ListPrefix("east"), clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 2 {
+		t.Fatalf("identities: %v %v", resp, err)
+	}
+	for _, kv := range resp.Kvs {
+		if _, err := wire.DecodeIdentity(east, string(kv.Key), kv.Value); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestRemoteUserIsReadOnly(t *testing.T) {
+	f := newFixture(t)
+	f.start(t, "127.0.0.1:0")
+	west := clientFor(t, f.srv.ClientURL(), f.west.RemoteCert(), f.west.RemoteKey(), f.west.CAFile())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, key := range []string{wire.NodeKey("east", "evil"), wire.ClusterConfigKey("east"), wire.HeartbeatKey,
+		wire.SyncedKey("east", wire.Nodes), "cilium/other", "anything"} {
+		if _, err := west.Put(ctx, key, "x"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("put %s as remote-west: %v, want permission denied", key, err)
+		}
+		if _, err := west.Delete(ctx, key); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("delete %s as remote-west: %v, want permission denied", key, err)
+		}
+	}
+	if _, err := west.Delete(ctx, wire.StatePrefix, clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("delete state prefix: %v", err)
+	}
+	for _, key := range []string{wire.ClusterConfigKey("north"), "cilium/synced/north/x", "outside"} {
+		if _, err := get(t, west, key); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("read %s as remote-west: %v, want permission denied", key, err)
+		}
+	}
+	// The admin can write.
+	admin := clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+	if _, err := admin.Put(ctx, "cilium/admin-test", "x"); err != nil {
+		t.Errorf("admin put: %v", err)
+	}
+	// A peer that is not configured has no user: a valid certificate is not enough.
+	north, err := f.mesh.IssueBundle(filepath.Join(f.dir, "north"), "north", []string{"localhost"}, ips("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	northCli := clientFor(t, f.srv.ClientURL(), north.RemoteCert(), north.RemoteKey(), north.CAFile())
+	if _, err := get(t, northCli, wire.HeartbeatKey); err == nil {
+		t.Error("remote-north (not a peer) could read")
+	}
+}
+
+func TestRefusesClientsWithoutMeshCertificate(t *testing.T) {
+	f := newFixture(t)
+	f.start(t, "127.0.0.1:0")
+	pool, err := ca.LoadPool(f.east.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	noCert := client(t, f.srv.ClientURL(), &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	if _, err := get(t, noCert, wire.HeartbeatKey); err == nil {
+		t.Error("a client without certificate could read")
+	}
+	other, err := ca.New("another CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := other.IssueBundle(filepath.Join(f.dir, "other"), "west", []string{"localhost"}, ips("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(ob.RemoteCert(), ob.RemoteKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := client(t, f.srv.ClientURL(), &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if _, err := get(t, foreign, wire.HeartbeatKey); err == nil {
+		t.Error("a client with a certificate of another CA (same user name) could read")
+	}
+}
+
+func TestRepublishesChangesAndKeepsIdentities(t *testing.T) {
+	f := newFixture(t)
+	f.start(t, "127.0.0.1:0")
+	admin := clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+	idsBefore := identityKeys(t, admin)
+
+	// cart-a leaves; checkout-b becomes ready.
+	writeFile(t, f.state, strings.NewReplacer(
+		"- {namespace: shop, pod: cart-a, ip: 10.1.1.12, node: east-1, labels: {app: cart}}\n", "",
+		"labels: {app: checkout}, ready: false}", "labels: {app: checkout}}").Replace(eastState))
+	waitFor(t, "10.1.1.12 removed and checkout-b published", func() bool {
+		ip, _ := get(t, admin, wire.IPCacheKey("10.1.1.12"))
+		svc, _ := get(t, admin, wire.ServiceKey("east", "shop", "checkout"))
+		return ip != nil && len(ip.Kvs) == 0 && svc != nil && len(svc.Kvs) == 1 && strings.Contains(string(svc.Kvs[0].Value), "10.1.1.11")
+	})
+
+	// Restart: the checkout identity keeps its number.
+	url := f.srv.ClientURL()
+	f.stop(t)
+	f.start(t, strings.TrimPrefix(url, "https://"))
+	admin = clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+	after := identityKeys(t, admin)
+	for k, v := range after {
+		if strings.Contains(v, "app=checkout") && idsBefore[k] != v {
+			t.Errorf("checkout identity changed across restart: before %v, after %v", idsBefore, after)
+		}
+	}
+	if len(after) != 1 {
+		t.Errorf("want only the checkout identity published after cart left, got %v", after)
+	}
+}
+
+func identityKeys(t *testing.T, cli *clientv3.Client) map[string]string {
+	t.Helper()
+	resp, err := get(t, cli, wire.Identities.ListPrefix(""), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, kv := range resp.Kvs {
+		out[string(kv.Key)] = string(kv.Value)
+	}
+	return out
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := Config{ClusterName: "east", ClusterID: 1, ServerCertFile: "s", ServerKeyFile: "k", CAFile: "c",
+		AdminCertFile: "a", AdminKeyFile: "b", Source: &statesource.File{Path: "x"}}
+	if _, err := New(good); err != nil {
+		t.Fatalf("good config: %v", err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"bad name":  func(c *Config) { c.ClusterName = "East" },
+		"id 0":      func(c *Config) { c.ClusterID = 0 },
+		"id 256":    func(c *Config) { c.ClusterID = 256 },
+		"no ca":     func(c *Config) { c.CAFile = "" },
+		"bad peer":  func(c *Config) { c.Peers = []string{"-x"} },
+		"no source": func(c *Config) { c.Source = nil },
+		"short ttl": func(c *Config) { c.LeaseTTL = time.Second },
+		"max 300":   func(c *Config) { c.MaxConnectedClusters = 300 },
+	} {
+		c := good
+		mut(&c)
+		if _, err := New(c); !errors.Is(err, ErrInvalidConfig) && !errors.Is(err, wire.ErrIncompatibleConfig) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ips(s ...string) []net.IP {
+	out := make([]net.IP, len(s))
+	for i, v := range s {
+		out[i] = net.ParseIP(v)
+	}
+	return out
+}

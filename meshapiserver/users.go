@@ -1,0 +1,79 @@
+package meshapiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Etcd users and roles. A client certificate's common name is its user.
+const (
+	rootUser   = "root" // etcd requires it before auth can be enabled
+	rootRole   = "root"
+	remoteRole = "remote"
+)
+
+// AdminUser is the user the apiserver of cluster writes with.
+func AdminUser(cluster string) string { return "admin-" + cluster }
+
+// RemoteUser is the read-only user of peer cluster.
+func RemoteUser(peer string) string { return "remote-" + peer }
+
+// remotePermissions are what the remote role may read in cluster's store:
+// the heartbeat, all state, and only cluster's own config and canaries.
+func remotePermissions(cluster string) [][2]string {
+	return [][2]string{
+		{wire.HeartbeatKey, ""},
+		{wire.StatePrefix, clientv3.GetPrefixRangeEnd(wire.StatePrefix)},
+		{wire.ClusterConfigKey(cluster), ""},
+		{wire.SyncedClusterPrefix(cluster), clientv3.GetPrefixRangeEnd(wire.SyncedClusterPrefix(cluster))},
+	}
+}
+
+// setupAuth creates the roles and users and enables authentication. It is
+// idempotent, also on a store where auth is already on (as admin it may
+// still manage users), and removes remote users of peers no longer listed.
+func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers []string) error {
+	if _, err := cli.RoleAdd(ctx, remoteRole); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
+		return fmt.Errorf("meshapiserver: add role %s: %w", remoteRole, err)
+	}
+	for _, p := range remotePermissions(cluster) {
+		if _, err := cli.RoleGrantPermission(ctx, remoteRole, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
+			return fmt.Errorf("meshapiserver: grant %s read on %q: %w", remoteRole, p[0], err)
+		}
+	}
+	want := map[string]string{rootUser: rootRole, AdminUser(cluster): rootRole}
+	for _, p := range peers {
+		want[RemoteUser(p)] = remoteRole
+	}
+	for user, role := range want {
+		_, err := cli.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true})
+		if err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
+			return fmt.Errorf("meshapiserver: add user %s: %w", user, err)
+		}
+		if _, err := cli.UserGrantRole(ctx, user, role); err != nil {
+			return fmt.Errorf("meshapiserver: grant %s to %s: %w", role, user, err)
+		}
+	}
+	users, err := cli.UserList(ctx)
+	if err != nil {
+		return fmt.Errorf("meshapiserver: list users: %w", err)
+	}
+	for _, u := range users.Users {
+		if _, ok := want[u]; !ok && strings.HasPrefix(u, "remote-") {
+			if _, err := cli.UserDelete(ctx, u); err != nil {
+				return fmt.Errorf("meshapiserver: remove user %s of a former peer: %w", u, err)
+			}
+		}
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		return fmt.Errorf("meshapiserver: enable auth: %w", err)
+	}
+	return nil
+}

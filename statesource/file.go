@@ -1,0 +1,102 @@
+package statesource
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// DefaultPollInterval is how often a File checks its file for changes.
+const DefaultPollInterval = 100 * time.Millisecond
+
+// File is a Source backed by a YAML file (the format of State, see
+// docs/state-file.md). It re-reads the file when its content changes; a
+// change that does not parse or validate is logged and ignored, so the last
+// good state stays in force.
+type File struct {
+	Path         string
+	PollInterval time.Duration // DefaultPollInterval when zero
+	Logger       *slog.Logger
+}
+
+// LoadFile reads, parses and validates a state file.
+func LoadFile(path string) (*State, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("statesource: %w", err)
+	}
+	return Parse(path, b)
+}
+
+// Parse parses and validates the YAML of a state; name labels errors.
+// Unknown fields are errors, so a typo is not silently ignored.
+func Parse(name string, b []byte) (*State, error) {
+	var st State
+	if err := yaml.UnmarshalStrict(b, &st); err != nil {
+		return nil, fmt.Errorf("statesource: %s: %w", name, err)
+	}
+	if err := st.Validate(); err != nil {
+		return nil, fmt.Errorf("statesource: %s: %w", name, err)
+	}
+	return &st, nil
+}
+
+// Run delivers the file's state, then every valid change, until ctx is done.
+// It fails at once if the file cannot be read or is invalid at start.
+func (f *File) Run(ctx context.Context, onChange func(*State)) error {
+	log := f.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	every := f.PollInterval
+	if every <= 0 {
+		every = DefaultPollInterval
+	}
+	last, err := os.ReadFile(f.Path)
+	if err != nil {
+		return fmt.Errorf("statesource: %w", err)
+	}
+	st, err := Parse(f.Path, last)
+	if err != nil {
+		return err
+	}
+	onChange(st)
+	var lastStat os.FileInfo
+	if fi, err := os.Stat(f.Path); err == nil {
+		lastStat = fi
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		fi, err := os.Stat(f.Path)
+		if err != nil {
+			log.Warn("state file unreadable, keeping the last state", "file", f.Path, "err", err)
+			continue
+		}
+		if lastStat != nil && fi.ModTime().Equal(lastStat.ModTime()) && fi.Size() == lastStat.Size() && os.SameFile(fi, lastStat) {
+			continue
+		}
+		lastStat = fi
+		b, err := os.ReadFile(f.Path)
+		if err != nil || bytes.Equal(b, last) {
+			continue
+		}
+		last = b
+		st, err := Parse(f.Path, b)
+		if err != nil {
+			log.Error("state file changed but is invalid, keeping the last state", "file", f.Path, "err", err)
+			continue
+		}
+		onChange(st)
+	}
+}

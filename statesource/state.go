@@ -1,0 +1,145 @@
+// Package statesource owns a cluster's desired local state — its nodes, its
+// endpoints (pods) and its services — and the sources it is read from. Today
+// that is a YAML file re-read when it changes; a Kubernetes source delivers the
+// same State. The mesh apiserver publishes a State to its cluster's etcd; the
+// agent reads the local cluster's services and endpoints from the same source,
+// as Cilium's agent reads them from Kubernetes.
+package statesource
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Source delivers a cluster's state: once when it is first read and again
+// after every change, until ctx is done. onChange is called from one goroutine
+// at a time and must not keep the State past the next call; a State is never
+// modified after it is delivered.
+type Source interface {
+	Run(ctx context.Context, onChange func(*State)) error
+}
+
+// State is a cluster's local state at one moment.
+type State struct {
+	Nodes     []Node     `json:"nodes"`
+	Endpoints []Endpoint `json:"endpoints"`
+	Services  []Service  `json:"services"`
+}
+
+// Node is a machine of the cluster.
+type Node struct {
+	Name string       `json:"name"`
+	IPs  []netip.Addr `json:"ips"` // the first is the node's InternalIP (tunnel endpoint)
+	// PodCIDRs are the prefixes pods on this node get addresses from.
+	PodCIDRs        []netip.Prefix `json:"podCIDRs"`
+	WireguardPubKey string         `json:"wireguardPubKey,omitempty"`
+}
+
+// Endpoint is a pod: its address, labels, node and readiness.
+type Endpoint struct {
+	Namespace string            `json:"namespace"`
+	Pod       string            `json:"pod"`
+	IP        netip.Addr        `json:"ip"`
+	Node      string            `json:"node"`
+	Labels    map[string]string `json:"labels"`
+	// Ready is the pod's readiness (default true).
+	Ready *bool `json:"ready,omitempty"`
+	// Serving is true while a terminating pod still serves (default: Ready).
+	Serving *bool `json:"serving,omitempty"`
+}
+
+// IsReady reports the endpoint's readiness (true when unset).
+func (e *Endpoint) IsReady() bool { return e.Ready == nil || *e.Ready }
+
+// IsServing reports whether the endpoint can take traffic: ready, or
+// terminating but still serving.
+func (e *Endpoint) IsServing() bool {
+	if e.Serving != nil {
+		return *e.Serving
+	}
+	return e.IsReady()
+}
+
+// Service is a Kubernetes-style service.
+type Service struct {
+	Namespace   string            `json:"namespace"`
+	Name        string            `json:"name"`
+	ClusterIP   netip.Addr        `json:"clusterIP"` // zero for a headless service
+	Ports       []ServicePort     `json:"ports"`
+	Selector    map[string]string `json:"selector"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// ServicePort is one port of a service; TargetPort defaults to Port.
+type ServicePort struct {
+	Name       string `json:"name"`
+	Port       uint16 `json:"port"`
+	TargetPort uint16 `json:"targetPort,omitempty"`
+	Protocol   string `json:"protocol,omitempty"` // TCP (default), UDP, SCTP
+}
+
+// Target returns the backend port.
+func (p ServicePort) Target() uint16 {
+	if p.TargetPort != 0 {
+		return p.TargetPort
+	}
+	return p.Port
+}
+
+// Proto returns the protocol, TCP when unset.
+func (p ServicePort) Proto() string {
+	if p.Protocol == "" {
+		return "TCP"
+	}
+	return strings.ToUpper(p.Protocol)
+}
+
+// Global reports whether the service is annotated service.cilium.io/global.
+func (s *Service) Global() bool { return strings.EqualFold(s.Annotations[wire.AnnotationGlobal], "true") }
+
+// Shared reports whether a global service exports its backends (the default).
+func (s *Service) Shared() bool {
+	return s.Global() && !strings.EqualFold(s.Annotations[wire.AnnotationShared], "false")
+}
+
+// Affinity returns service.cilium.io/affinity: local, remote or none (the
+// default, also for an unknown value, which Validate reports).
+func (s *Service) Affinity() string {
+	switch a := strings.ToLower(s.Annotations[wire.AnnotationAffinity]); a {
+	case wire.AffinityLocal, wire.AffinityRemote:
+		return a
+	}
+	return wire.AffinityNone
+}
+
+// Selects reports whether the service selects e: same namespace and every
+// selector label present with the same value. A service without selector
+// selects nothing.
+func (s *Service) Selects(e *Endpoint) bool {
+	if e.Namespace != s.Namespace || len(s.Selector) == 0 {
+		return false
+	}
+	for k, v := range s.Selector {
+		if e.Labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Backends returns the endpoints s selects that have an address, in the
+// state's order.
+func (st *State) Backends(s *Service) []*Endpoint {
+	var out []*Endpoint
+	for i := range st.Endpoints {
+		e := &st.Endpoints[i]
+		if e.IP.IsValid() && s.Selects(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -1,0 +1,105 @@
+package statesource
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// ErrInvalidState is wrapped by every validation error of a State.
+var ErrInvalidState = errors.New("invalid state")
+
+// Validate checks a State for what would make it unpublishable: missing or
+// duplicate names, addresses that do not parse or repeat, endpoints on
+// unknown nodes, ports of zero, unknown protocols and affinity values. The
+// error names the offending item.
+func (st *State) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidState}, args...)...))
+	}
+	nodes := map[string]bool{}
+	for i, n := range st.Nodes {
+		switch {
+		case n.Name == "":
+			bad("nodes[%d]: name is empty", i)
+		case nodes[n.Name]:
+			bad("nodes[%d]: duplicate node %q", i, n.Name)
+		}
+		nodes[n.Name] = true
+		if len(n.IPs) == 0 {
+			bad("node %q: no ips (the first is its InternalIP)", n.Name)
+		}
+		for _, ip := range n.IPs {
+			if !ip.IsValid() || ip.Zone() != "" {
+				bad("node %q: invalid ip %q", n.Name, ip)
+			}
+		}
+		for _, p := range n.PodCIDRs {
+			if !p.IsValid() || p.Masked() != p {
+				bad("node %q: invalid podCIDR %q (host bits must be zero)", n.Name, p)
+			}
+		}
+	}
+	pods, ips := map[string]bool{}, map[string]string{}
+	for i, e := range st.Endpoints {
+		id := e.Namespace + "/" + e.Pod
+		switch {
+		case e.Namespace == "" || e.Pod == "":
+			bad("endpoints[%d]: namespace and pod are required", i)
+		case pods[id]:
+			bad("endpoint %s: duplicate", id)
+		}
+		pods[id] = true
+		if !e.IP.IsValid() || e.IP.Zone() != "" {
+			bad("endpoint %s: invalid ip %q", id, e.IP)
+		} else if other, dup := ips[e.IP.String()]; dup {
+			bad("endpoint %s: ip %s already used by %s", id, e.IP, other)
+		} else {
+			ips[e.IP.String()] = id
+		}
+		if e.Node != "" && !nodes[e.Node] {
+			bad("endpoint %s: unknown node %q", id, e.Node)
+		}
+	}
+	svcs := map[string]bool{}
+	for i := range st.Services {
+		s := &st.Services[i]
+		id := s.Namespace + "/" + s.Name
+		switch {
+		case s.Namespace == "" || s.Name == "":
+			bad("services[%d]: namespace and name are required", i)
+		case svcs[id]:
+			bad("service %s: duplicate", id)
+		}
+		svcs[id] = true
+		if s.ClusterIP.IsValid() && s.ClusterIP.Zone() != "" {
+			bad("service %s: clusterIP %s has a zone", id, s.ClusterIP)
+		}
+		portNames := map[string]bool{}
+		for _, p := range s.Ports {
+			if portNames[p.Name] {
+				bad("service %s: port name %q used twice (name every port when there are several)", id, p.Name)
+			}
+			portNames[p.Name] = true
+			if p.Port == 0 {
+				bad("service %s port %q: port is 0", id, p.Name)
+			}
+			switch p.Proto() {
+			case "TCP", "UDP", "SCTP":
+			default:
+				bad("service %s port %q: protocol %q (want TCP, UDP or SCTP)", id, p.Name, p.Protocol)
+			}
+		}
+		if a, ok := s.Annotations[wire.AnnotationAffinity]; ok {
+			switch strings.ToLower(a) {
+			case wire.AffinityLocal, wire.AffinityRemote, wire.AffinityNone:
+			default:
+				bad("service %s: annotation %s=%q (want local, remote or none)", id, wire.AnnotationAffinity, a)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
