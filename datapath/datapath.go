@@ -113,3 +113,11 @@ type Datapath interface {
 	// Close releases file descriptors; pinned maps stay in the kernel.
 	Close() error
 }
+
+// BatchWriter is implemented by datapaths that can write many ipcache entries
+// at once (both Maps and Memory do); the initial sync type-asserts it.
+// Prefixes[i] maps to entries[i]; the whole batch is validated before
+// anything is written.
+type BatchWriter interface {
+	UpsertIPCacheBatch(prefixes []netip.Prefix, entries []IPCacheEntry) error
+}

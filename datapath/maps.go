@@ -1,0 +1,325 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Maps is the Datapath over the real eBPF maps, pinned by name in
+// Config.PinDir. It keeps an in-memory mirror of what it wrote, to skip
+// writes that change nothing and to allocate and refcount backend ids; the
+// mirror is rebuilt from the kernel maps on open, so a restarted agent
+// carries on where the previous one stopped. Dumps read the kernel maps.
+//
+// All methods are safe for concurrent use.
+type Maps struct {
+	cfg Config
+
+	mu     sync.Mutex
+	closed bool // guarded by mu
+
+	// The maps; their fds are used under mu, and closed by Close.
+	ipcache  *ebpf.Map
+	services *ebpf.Map
+	backends *ebpf.Map
+
+	ipc          map[netip.Prefix]IPCacheEntry // guarded by mu: mirror of cm_ipcache
+	svcs         map[Frontend]*svcState        // guarded by mu: mirror of cm_services
+	backendIDs   map[Backend]uint32            // guarded by mu: id of each backend in cm_backends
+	backendsByID map[uint32]Backend            // guarded by mu: mirror of cm_backends
+	refs         map[uint32]int                // guarded by mu: slots (of all services) pointing at each id
+	nextID       uint32                        // guarded by mu: next backend id to try (never 0)
+	noBatch      bool                          // guarded by mu: the ipcache refused BatchUpdate
+}
+
+// svcState mirrors one frontend's entries in cm_services.
+type svcState struct {
+	master bool     // the master entry (slot 0) exists
+	count  uint16   // the master's Count
+	slots  []uint32 // slots 1..len(slots) exist; slots[i] is slot i+1's backend id (0: unknown, rewrite it)
+}
+
+var (
+	_ Datapath    = (*Maps)(nil)
+	_ BatchWriter = (*Maps)(nil)
+)
+
+var (
+	memlockOnce sync.Once
+	memlockErr  error
+)
+
+func mapSpecs(cfg Config) []*ebpf.MapSpec {
+	return []*ebpf.MapSpec{
+		{
+			Name: IPCacheMapName, Type: ebpf.LPMTrie, Flags: bpfFNoPrealloc,
+			KeySize: ipcacheKeySize, ValueSize: ipcacheValueSize, MaxEntries: cfg.MaxIPCache,
+			Pinning: ebpf.PinByName,
+		},
+		{
+			Name: ServicesMapName, Type: ebpf.Hash,
+			KeySize: serviceKeySize, ValueSize: serviceValueSize, MaxEntries: cfg.MaxServiceSlots,
+			Pinning: ebpf.PinByName,
+		},
+		{
+			Name: BackendsMapName, Type: ebpf.Hash,
+			KeySize: backendIDSize, ValueSize: backendValueSize, MaxEntries: cfg.MaxBackends,
+			Pinning: ebpf.PinByName,
+		},
+	}
+}
+
+// OpenMaps opens the maps pinned in cfg.PinDir, creating (and pinning) those
+// that do not exist yet, and rebuilds its mirror from their contents. It
+// mounts the bpffs at /sys/fs/bpf if PinDir lies there and it is missing.
+// A pinned map with another definition fails with ErrIncompatiblePin (which
+// also wraps ebpf.ErrMapIncompatible). Without privileges the error wraps
+// os.ErrPermission.
+func OpenMaps(cfg Config) (*Maps, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	memlockOnce.Do(func() { memlockErr = rlimit.RemoveMemlock() })
+	if memlockErr != nil {
+		return nil, fmt.Errorf("datapath: remove memlock rlimit: %w", memlockErr)
+	}
+	if err := preparePinDir(cfg.PinDir); err != nil {
+		return nil, err
+	}
+
+	var opened []*ebpf.Map
+	for _, spec := range mapSpecs(cfg) {
+		em, err := ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: cfg.PinDir})
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			if errors.Is(err, ebpf.ErrMapIncompatible) {
+				return nil, fmt.Errorf("datapath: the map pinned at %s/%s does not match this version's definition; "+
+					"remove the pin directory (agent --cleanup, or rm -r %s) and restart: %w: %w",
+					cfg.PinDir, spec.Name, cfg.PinDir, ErrIncompatiblePin, err)
+			}
+			return nil, fmt.Errorf("datapath: open map %s in %s: %w", spec.Name, cfg.PinDir, err)
+		}
+		opened = append(opened, em)
+	}
+
+	m := &Maps{
+		cfg:          cfg,
+		ipcache:      opened[0],
+		services:     opened[1],
+		backends:     opened[2],
+		ipc:          make(map[netip.Prefix]IPCacheEntry),
+		svcs:         make(map[Frontend]*svcState),
+		backendIDs:   make(map[Backend]uint32),
+		backendsByID: make(map[uint32]Backend),
+		refs:         make(map[uint32]int),
+		nextID:       1,
+	}
+	if err := m.rebuild(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// Config returns the configuration in use, defaults applied.
+func (m *Maps) Config() Config { return m.cfg }
+
+// Kind returns "ebpf".
+func (m *Maps) Kind() string { return "ebpf" }
+
+// Close closes the maps' file descriptors; the pins, and so the maps and their
+// contents, stay. Further calls return ErrClosed. Close is idempotent.
+func (m *Maps) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	return errors.Join(m.ipcache.Close(), m.services.Close(), m.backends.Close())
+}
+
+// Unpin removes the pins (and the pin directory if it is left empty): the
+// maps disappear once no fd refers to them. It works before or after Close.
+func (m *Maps) Unpin() error { return RemovePins(m.cfg.PinDir) }
+
+func errClosed(op string) error { return fmt.Errorf("datapath: %s: %w", op, ErrClosed) }
+
+// mapErr wraps an error of a write to em, turning "map full" into ErrFull
+// with the Config field to raise.
+func (m *Maps) mapErr(em *ebpf.Map, op string, err error) error {
+	if errors.Is(err, syscall.E2BIG) || errors.Is(err, syscall.ENOSPC) {
+		field := "MaxIPCache"
+		switch em {
+		case m.services:
+			field = "MaxServiceSlots"
+		case m.backends:
+			field = "MaxBackends"
+		}
+		// Report the bare errno: the library words E2BIG as "key too big".
+		var errno syscall.Errno
+		errors.As(err, &errno)
+		return fmt.Errorf("datapath: %s: %w at %d entries (%w): raise Config.%s and remove the pin directory so that the map is recreated",
+			op, ErrFull, em.MaxEntries(), errno, field)
+	}
+	return fmt.Errorf("datapath: %s: %w", op, err)
+}
+
+// UpsertIPCache maps p to e in cm_ipcache; a write identical to the mirror is
+// skipped.
+func (m *Maps) UpsertIPCache(p netip.Prefix, e IPCacheEntry) error {
+	p, err := normPrefix(p)
+	if err != nil {
+		return err
+	}
+	if e, err = normEntry(p, e); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed("upsert ipcache")
+	}
+	if old, ok := m.ipc[p]; ok && old == e {
+		return nil
+	}
+	k, v := makeIPCacheKey(p), makeIPCacheValue(e)
+	if err := m.ipcache.Update(&k, &v, ebpf.UpdateAny); err != nil {
+		return m.mapErr(m.ipcache, "upsert "+p.String()+" into the ipcache", err)
+	}
+	m.ipc[p] = e
+	return nil
+}
+
+// UpsertIPCacheBatch upserts many prefixes at once (prefixes[i] → entries[i])
+// for the initial sync. The whole batch is validated before anything is
+// written; entries identical to the mirror are skipped, and the rest go in
+// one BPF_MAP_UPDATE_BATCH (falling back to single updates on a kernel that
+// lacks it). On error a prefix of the batch may have been written.
+func (m *Maps) UpsertIPCacheBatch(prefixes []netip.Prefix, entries []IPCacheEntry) error {
+	ps, es, err := normBatch(prefixes, entries)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed("upsert ipcache batch")
+	}
+	keys := make([]ipcacheKey, 0, len(ps))
+	vals := make([]ipcacheValue, 0, len(ps))
+	todo := make([]int, 0, len(ps))
+	for i, p := range ps {
+		if old, ok := m.ipc[p]; ok && old == es[i] {
+			continue
+		}
+		keys = append(keys, makeIPCacheKey(p))
+		vals = append(vals, makeIPCacheValue(es[i]))
+		todo = append(todo, i)
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	if !m.noBatch {
+		n, err := m.ipcache.BatchUpdate(keys, vals, nil)
+		for _, i := range todo[:n] {
+			m.ipc[ps[i]] = es[i]
+		}
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return m.mapErr(m.ipcache, fmt.Sprintf("batch upsert of %d prefixes into the ipcache (%d written)", len(todo), n), err)
+		}
+		m.noBatch = true
+		keys, vals, todo = keys[n:], vals[n:], todo[n:]
+	}
+	for j, i := range todo {
+		if err := m.ipcache.Update(&keys[j], &vals[j], ebpf.UpdateAny); err != nil {
+			return m.mapErr(m.ipcache, "upsert "+ps[i].String()+" into the ipcache", err)
+		}
+		m.ipc[ps[i]] = es[i]
+	}
+	return nil
+}
+
+// DeleteIPCache removes p from cm_ipcache; an absent prefix is fine.
+func (m *Maps) DeleteIPCache(p netip.Prefix) error {
+	p, err := normPrefix(p)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed("delete ipcache")
+	}
+	if _, ok := m.ipc[p]; !ok {
+		return nil
+	}
+	k := makeIPCacheKey(p)
+	if err := m.ipcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("datapath: delete %s from the ipcache: %w", p, err)
+	}
+	delete(m.ipc, p)
+	return nil
+}
+
+// IPCache dumps cm_ipcache from the kernel.
+func (m *Maps) IPCache() (map[netip.Prefix]IPCacheEntry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, errClosed("dump ipcache")
+	}
+	out := make(map[netip.Prefix]IPCacheEntry, len(m.ipc))
+	err := dumpMap(m.ipcache, func(k *ipcacheKey, v *ipcacheValue) {
+		if p, ok := k.prefix(); ok {
+			out[p] = v.entry()
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datapath: dump ipcache: %w", err)
+	}
+	return out, nil
+}
+
+// dumpChunk is how many entries one BPF_MAP_LOOKUP_BATCH returns at most.
+const dumpChunk = 4096
+
+// dumpMap calls fn for every entry of em, by batch lookups, or by iteration
+// where the map type lacks them. fn must copy what it keeps.
+func dumpMap[K, V any](em *ebpf.Map, fn func(*K, *V)) error {
+	keys := make([]K, dumpChunk)
+	vals := make([]V, dumpChunk)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		n, err := em.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			fn(&keys[i], &vals[i])
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case first && errors.Is(err, ebpf.ErrNotSupported):
+			var k K
+			var v V
+			it := em.Iterate()
+			for it.Next(&k, &v) {
+				fn(&k, &v)
+			}
+			return it.Err()
+		case err != nil:
+			return err
+		}
+	}
+}
