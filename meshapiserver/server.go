@@ -134,8 +134,8 @@ func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client) e
 
 // loop runs the source and publishes every state it delivers (only the
 // latest when several arrive during one publish), and the heartbeat.
-func (s *Server) loop(ctx context.Context, pub *publisher, ids *identityAllocator, keepAlive <-chan *clientv3.LeaseKeepAliveResponse) error {
-	ctx, cancel := context.WithCancel(ctx)
+func (s *Server) loop(parent context.Context, pub *publisher, ids *identityAllocator, keepAlive <-chan *clientv3.LeaseKeepAliveResponse) error {
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	latest := make(chan *statesource.State, 1)
 	srcErr := make(chan error, 1)
@@ -165,7 +165,9 @@ func (s *Server) loop(ctx context.Context, pub *publisher, ids *identityAllocato
 			}
 			return nil
 		case _, ok := <-keepAlive:
-			if !ok && ctx.Err() == nil {
+			// The client closes the channel when parent ends: check parent,
+			// which is cancelled before its children see it.
+			if !ok && parent.Err() == nil {
 				return errors.New("meshapiserver: lease keep-alive stopped: etcd unreachable or the lease expired; restart the apiserver")
 			}
 		case <-heartbeat.C:

@@ -6,6 +6,7 @@ package testenv
 import (
 	"os"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run under CI (CI=true).
@@ -22,4 +23,19 @@ func RequireRoot(t testing.TB) {
 		t.Fatalf("this test needs root (eBPF, network namespaces); CI=true forbids skipping it: run the tests as root")
 	}
 	t.Skip("needs root (eBPF, network namespaces); skipped outside CI")
+}
+
+// WaitFor polls cond until it holds, failing t with what after timeout. It is
+// the one way tests wait: on a condition with a deadline, never a bare sleep.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
 }

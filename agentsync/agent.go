@@ -1,0 +1,387 @@
+// Package agentsync owns a node agent's view of the mesh: one connection per
+// remote cluster (read from a directory of etcd client configs), the
+// list+watch of each remote's nodes, identities, ipcache entries and global
+// services with validation and mark-and-sweep, the merge of remote backends
+// with the local cluster's global services under their affinity, and the
+// writes of the merged result into the datapath. Remote state outlives a
+// remote's failure: only an explicit disconnect drains it.
+package agentsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Defaults of Config.
+const (
+	DefaultConfigPollInterval = time.Second
+	DefaultProbeInterval      = time.Second
+	DefaultProbeTimeout       = 3 * time.Second
+	DefaultBackoffInitial     = 200 * time.Millisecond
+	DefaultBackoffMax         = 30 * time.Second
+	DefaultListPageSize       = 2000
+	DefaultSyncTimeout        = 5 * time.Minute
+)
+
+// ErrInvalidConfig is wrapped by every Config.Validate error.
+var ErrInvalidConfig = errors.New("invalid agent config")
+
+// Config of an agent. Zero durations and sizes take the defaults.
+type Config struct {
+	ClusterName          string
+	ClusterID            uint32
+	MaxConnectedClusters uint32 // default 255
+
+	// ConfigDir holds one etcd client config per remote cluster, named after
+	// it. A file named after the local cluster is ignored.
+	ConfigDir string
+	// LocalSource delivers the local cluster's services and endpoints.
+	LocalSource statesource.Source
+	Datapath    datapath.Datapath
+
+	ConfigPollInterval time.Duration
+	ProbeInterval      time.Duration // how often each remote's heartbeat is read
+	ProbeTimeout       time.Duration // a remote that does not answer within it is disconnected
+	BackoffInitial     time.Duration
+	BackoffMax         time.Duration
+	ListPageSize       int64
+	// SyncTimeout bounds how long entries left in the datapath by a previous
+	// run wait for the remotes' first sync before they are pruned.
+	SyncTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+func (c *Config) withDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.MaxConnectedClusters == 0 {
+		c.MaxConnectedClusters = wire.DefaultMaxConnectedClusters
+	}
+	def(&c.ConfigPollInterval, DefaultConfigPollInterval)
+	def(&c.ProbeInterval, DefaultProbeInterval)
+	def(&c.ProbeTimeout, DefaultProbeTimeout)
+	def(&c.BackoffInitial, DefaultBackoffInitial)
+	def(&c.BackoffMax, DefaultBackoffMax)
+	def(&c.SyncTimeout, DefaultSyncTimeout)
+	if c.ListPageSize == 0 {
+		c.ListPageSize = DefaultListPageSize
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate checks the config after defaults.
+func (c *Config) Validate() error {
+	local := wire.Cluster{Name: c.ClusterName, ID: c.ClusterID, MaxConnectedClusters: c.MaxConnectedClusters}
+	if err := local.Validate(); err != nil {
+		return fmt.Errorf("agentsync: %w: %w", ErrInvalidConfig, err)
+	}
+	switch {
+	case c.ConfigDir == "":
+		return fmt.Errorf("agentsync: %w: no config directory", ErrInvalidConfig)
+	case c.LocalSource == nil:
+		return fmt.Errorf("agentsync: %w: no local state source", ErrInvalidConfig)
+	case c.Datapath == nil:
+		return fmt.Errorf("agentsync: %w: no datapath", ErrInvalidConfig)
+	case c.BackoffInitial > c.BackoffMax:
+		return fmt.Errorf("agentsync: %w: backoff initial %s exceeds max %s", ErrInvalidConfig, c.BackoffInitial, c.BackoffMax)
+	}
+	return nil
+}
+
+// Agent syncs one node with every remote cluster. Create with New, run with
+// Run; Status may be called at any time.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	merger *merger
+	// pruned is closed once entries of a previous run were pruned.
+	pruned  chan struct{}
+	readyCh chan struct{} // signalled when a remote becomes ready
+
+	mu       sync.Mutex
+	remotes  map[string]*remote // guarded by mu
+	invalid  map[string]string  // guarded by mu; config files that failed to load → error
+	reserved map[uint32]string  // guarded by mu; cluster id → remote
+}
+
+// New validates cfg and returns an agent that is not yet running.
+func New(cfg Config) (*Agent, error) {
+	cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("cluster", cfg.ClusterName)
+	return &Agent{
+		cfg: cfg, log: log,
+		merger:   newMerger(cfg.Datapath, cfg.ClusterName, uint16(cfg.ClusterID), log),
+		pruned:   make(chan struct{}),
+		readyCh:  make(chan struct{}, 1),
+		remotes:  map[string]*remote{},
+		invalid:  map[string]string{},
+		reserved: map[uint32]string{},
+	}, nil
+}
+
+// Pruned is closed once the datapath holds only what the mesh says: the
+// remotes present at start have synced (or SyncTimeout passed) and entries
+// left from a previous run that nobody claims were removed.
+func (a *Agent) Pruned() <-chan struct{} { return a.pruned }
+
+// Run syncs until ctx is done, then stops every remote (keeping the
+// datapath as it is: pinned maps keep serving while the agent restarts).
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	localReady := make(chan struct{})
+	srcErr := make(chan error, 1)
+	var once sync.Once
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		srcErr <- a.cfg.LocalSource.Run(ctx, func(st *statesource.State) {
+			a.merger.setLocal(st)
+			once.Do(func() { close(localReady) })
+		})
+	}()
+	defer wg.Wait()
+	defer a.stopAll()
+
+	if err := a.scanConfigDir(ctx); err != nil {
+		return err
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.initialPrune(ctx, localReady)
+	}()
+	t := time.NewTicker(a.cfg.ConfigPollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-srcErr:
+			if err != nil {
+				return fmt.Errorf("agentsync: local state source: %w", err)
+			}
+			return nil
+		case <-t.C:
+			if err := a.scanConfigDir(ctx); err != nil {
+				a.log.Error("config directory unreadable, keeping the remotes as they are", "dir", a.cfg.ConfigDir, "err", err)
+			}
+		}
+	}
+}
+
+// scanConfigDir starts remotes for new files, reconnects those whose file
+// changed and drains those whose file is gone.
+func (a *Agent) scanConfigDir(ctx context.Context) error {
+	entries, err := os.ReadDir(a.cfg.ConfigDir)
+	if err != nil {
+		return fmt.Errorf("agentsync: config directory: %w", err)
+	}
+	present := map[string]bool{}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || name == a.cfg.ClusterName {
+			continue // hidden files (Kubernetes' ..data links) and ourselves
+		}
+		path := filepath.Join(a.cfg.ConfigDir, name)
+		if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		present[name] = true
+		a.reconcileRemote(ctx, name, path)
+	}
+	a.mu.Lock()
+	var gone []*remote
+	for name, r := range a.remotes {
+		if !present[name] {
+			gone = append(gone, r)
+			delete(a.remotes, name)
+		}
+	}
+	for name := range a.invalid {
+		if !present[name] {
+			delete(a.invalid, name)
+		}
+	}
+	a.mu.Unlock()
+	for _, r := range gone {
+		r.log.Info("config removed: disconnecting and draining")
+		r.stop(true)
+	}
+	return nil
+}
+
+func (a *Agent) reconcileRemote(ctx context.Context, name, path string) {
+	cfg, raw, err := LoadRemoteConfig(name, path)
+	a.mu.Lock()
+	old := a.remotes[name]
+	a.mu.Unlock()
+	if old != nil && string(old.raw) == string(raw) {
+		return
+	}
+	if err != nil {
+		a.mu.Lock()
+		if a.invalid[name] != err.Error() {
+			a.log.Error("invalid remote config, not connecting", "remote", name, "err", err)
+		}
+		a.invalid[name] = err.Error()
+		a.mu.Unlock()
+		return
+	}
+	if old != nil {
+		old.log.Info("config changed: reconnecting (state kept)")
+		old.stop(false)
+	}
+	r := newRemote(a, name, cfg, raw)
+	if old != nil {
+		r.kinds, r.status.Failures = old.kinds, old.status.Failures // keep what we know; the resync sweeps
+		for _, ks := range r.kinds {
+			ks.r = r
+		}
+	}
+	a.mu.Lock()
+	a.remotes[name] = r
+	delete(a.invalid, name)
+	a.mu.Unlock()
+	r.start(ctx)
+}
+
+// stopAll stops every remote without draining.
+func (a *Agent) stopAll() {
+	a.mu.Lock()
+	rs := make([]*remote, 0, len(a.remotes))
+	for _, r := range a.remotes {
+		rs = append(rs, r)
+	}
+	a.mu.Unlock()
+	for _, r := range rs {
+		r.stop(false)
+	}
+}
+
+// reserve claims cluster id for remote name; an id used by the local cluster
+// or another remote is refused.
+func (a *Agent) reserve(name string, id uint32) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if id == a.cfg.ClusterID {
+		return fmt.Errorf("agentsync: remote %s: %w: id %d is the local cluster's (%s); give every cluster its own id", name, ErrClusterIDConflict, id, a.cfg.ClusterName)
+	}
+	if other, ok := a.reserved[id]; ok && other != name {
+		return fmt.Errorf("agentsync: remote %s: %w: id %d is already used by remote %s; give every cluster its own id", name, ErrClusterIDConflict, id, other)
+	}
+	for oid, owner := range a.reserved {
+		if owner == name && oid != id {
+			return fmt.Errorf("agentsync: remote %s: %w: its id changed from %d to %d; disconnect it (remove its config) and connect it again",
+				name, ErrClusterIDConflict, oid, id)
+		}
+	}
+	a.reserved[id] = name
+	return nil
+}
+
+// release frees the id of remote name.
+func (a *Agent) release(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, owner := range a.reserved {
+		if owner == name {
+			delete(a.reserved, id)
+		}
+	}
+}
+
+func (a *Agent) remoteReady() {
+	select {
+	case a.readyCh <- struct{}{}:
+	default:
+	}
+}
+
+// initialPrune waits for the local state and for every remote known at start
+// to be ready (or SyncTimeout), then removes from the datapath whatever no
+// one claims: entries of a previous run whose source is gone.
+func (a *Agent) initialPrune(ctx context.Context, localReady <-chan struct{}) {
+	timeout := time.NewTimer(a.cfg.SyncTimeout)
+	defer timeout.Stop()
+	select {
+	case <-localReady:
+	case <-ctx.Done():
+		return
+	}
+	a.mu.Lock()
+	waitFor := make([]*remote, 0, len(a.remotes))
+	for _, r := range a.remotes {
+		waitFor = append(waitFor, r)
+	}
+	a.mu.Unlock()
+	for {
+		all := true
+		for _, r := range waitFor {
+			all = all && r.isReady()
+		}
+		if all {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-timeout.C:
+			a.log.Warn("not every remote synced within the sync timeout: pruning anyway", "timeout", a.cfg.SyncTimeout)
+			all = true
+		case <-a.readyCh:
+		}
+		if all {
+			break
+		}
+	}
+	if err := a.merger.prune(a.cfg.Datapath); err != nil {
+		a.log.Error("prune after initial sync failed", "err", err)
+	}
+	close(a.pruned)
+}
+
+// Status returns the agent's status.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	rs := make([]*remote, 0, len(a.remotes))
+	for _, r := range a.remotes {
+		rs = append(rs, r)
+	}
+	invalid := copyMap(a.invalid)
+	a.mu.Unlock()
+	st := Status{Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, Datapath: a.cfg.Datapath.Kind()}
+	for _, r := range rs {
+		st.Remotes = append(st.Remotes, r.snapshot())
+	}
+	for name, msg := range invalid {
+		st.Remotes = append(st.Remotes, RemoteStatus{Name: name, LastError: msg, Failures: 1, Rejected: map[string]uint64{}, Synced: map[string]bool{}})
+	}
+	sort.Slice(st.Remotes, func(i, j int) bool { return st.Remotes[i].Name < st.Remotes[j].Name })
+	st.Services = a.merger.serviceStatuses()
+	a.merger.mu.Lock()
+	st.DatapathErrors, st.LastDatapathError = a.merger.writeErrs, a.merger.lastErr
+	a.merger.mu.Unlock()
+	return st
+}

@@ -1,0 +1,201 @@
+package agentsync
+
+import (
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Status is what an agent reports: the truth about every remote and every
+// global service, as JSON for `clustermesh status`.
+type Status struct {
+	Cluster   string          `json:"cluster"`
+	ClusterID uint32          `json:"clusterID"`
+	Datapath  string          `json:"datapath"` // "ebpf" or "memory"
+	Remotes   []RemoteStatus  `json:"remotes"`
+	Services  []ServiceStatus `json:"services"`
+	// DatapathErrors counts failed datapath writes; LastDatapathError is the
+	// latest.
+	DatapathErrors    uint64 `json:"datapathErrors"`
+	LastDatapathError string `json:"lastDatapathError,omitempty"`
+}
+
+// RemoteStatus is one remote cluster as the agent sees it.
+type RemoteStatus struct {
+	Name          string            `json:"name"`
+	ClusterID     uint32            `json:"clusterID"`
+	EtcdEndpoints []string          `json:"etcdEndpoints"`
+	Connected     bool              `json:"connected"`
+	ConfigOK      bool              `json:"configRetrieved"`
+	Ready         bool              `json:"ready"` // every kind synced since the last connect
+	Synced        map[string]bool   `json:"synced"`
+	Nodes         int               `json:"nodes"`
+	Endpoints     int               `json:"endpoints"` // ipcache entries
+	Identities    int               `json:"identities"`
+	Services      int               `json:"services"`
+	Failures      uint64            `json:"failures"`
+	LastError     string            `json:"lastError,omitempty"`
+	LastErrorTime time.Time         `json:"lastErrorTime,omitzero"`
+	LastEvent     time.Time         `json:"lastEvent,omitzero"`
+	LastHeartbeat time.Time         `json:"lastHeartbeat,omitzero"`
+	Rejected      map[string]uint64 `json:"rejected"` // by reason
+	EtcdClusterID string            `json:"etcdClusterID,omitempty"`
+}
+
+// RejectedTotal sums the rejected entries over all reasons.
+func (s RemoteStatus) RejectedTotal() uint64 {
+	var n uint64
+	for _, v := range s.Rejected {
+		n += v
+	}
+	return n
+}
+
+// ServiceStatus is one global service of the local cluster: its backends by
+// origin and which its affinity selected.
+type ServiceStatus struct {
+	Namespace    string         `json:"namespace"`
+	Name         string         `json:"name"`
+	Frontend     string         `json:"frontend"`
+	Affinity     string         `json:"affinity"`
+	LocalHealthy int            `json:"localHealthy"`
+	LocalTotal   int            `json:"localTotal"`
+	Remote       map[string]int `json:"remote"` // cluster → backends
+	RemoteTotal  int            `json:"remoteTotal"`
+	Selected     int            `json:"selected"`
+	SelectedFrom string         `json:"selectedFrom"` // local, remote, local+remote, none
+	Warning      string         `json:"warning,omitempty"`
+}
+
+func (r *remote) setConnected(c wire.Cluster, etcdID uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Connected, r.status.ConfigOK, r.status.ClusterID = true, true, c.ID
+	r.status.Synced = map[string]bool{}
+	r.status.EtcdClusterID = formatID(etcdID)
+}
+
+func (r *remote) setDisconnected(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Connected, r.status.Ready = false, false
+	r.status.Synced = map[string]bool{}
+	if err != nil {
+		r.setErrorLocked(err)
+		r.status.Failures++
+	}
+}
+
+func (r *remote) setSynced(k wire.Kind) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Synced[k.String()] = true
+	ready := true
+	for _, kk := range wire.Kinds {
+		ready = ready && r.status.Synced[kk.String()]
+	}
+	if ready && !r.status.Ready {
+		r.status.Ready = true
+		r.log.Info("remote ready: every kind synced")
+		r.agent.remoteReady()
+	}
+}
+
+func (r *remote) isReady() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status.Ready
+}
+
+func (r *remote) setError(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.setErrorLocked(err)
+}
+
+func (r *remote) setErrorLocked(err error) {
+	r.status.LastError = err.Error()
+	r.status.LastErrorTime = time.Now()
+}
+
+// reject counts and logs an entry that failed validation.
+func (r *remote) reject(err error) {
+	reason := wire.Reason(err)
+	r.mu.Lock()
+	r.status.Rejected[reason]++
+	r.setErrorLocked(err)
+	r.mu.Unlock()
+	r.log.Warn("rejected entry from remote", "reason", reason, "err", err)
+}
+
+// snapshot returns the remote's status with current counts.
+func (r *remote) snapshot() RemoteStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Synced = copyMap(r.status.Synced)
+	s.Rejected = copyMap(r.status.Rejected)
+	s.Nodes = len(r.kinds[wire.Nodes].entries)
+	s.Endpoints = len(r.kinds[wire.IPCache].entries)
+	s.Identities = len(r.kinds[wire.Identities].entries)
+	s.Services = len(r.kinds[wire.Services].entries)
+	return s
+}
+
+// serviceStatuses describes every local global service, one line per port.
+func (m *merger) serviceStatuses() []ServiceStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ServiceStatus
+	for n, ls := range m.localSvcs {
+		if !ls.ClusterIP.IsValid() {
+			continue
+		}
+		for _, v := range m.portViews(ls) {
+			s := ServiceStatus{Namespace: n.Namespace, Name: n.Name, Frontend: v.frontend.String(), Affinity: ls.Affinity(),
+				LocalTotal: v.localTotal, LocalHealthy: len(v.local), Remote: map[string]int{},
+				Selected: len(v.selected), SelectedFrom: v.selectedFrom}
+			for c, bs := range v.remote {
+				s.Remote[c] = len(bs)
+				s.RemoteTotal += len(bs)
+			}
+			if s.Selected == 0 {
+				s.Warning = "no backend selected: traffic to this service is dropped"
+			}
+			out = append(out, s)
+		}
+	}
+	for n, byCluster := range m.remoteSvcs {
+		if _, ok := m.localSvcs[n]; ok {
+			continue
+		}
+		s := ServiceStatus{Namespace: n.Namespace, Name: n.Name, Remote: map[string]int{}, SelectedFrom: "none",
+			Warning: "exists only in remote clusters: not served until a local service of this name is annotated global"}
+		for c, rs := range byCluster {
+			for _, bs := range rs.backends {
+				s.Remote[c] += len(bs)
+				s.RemoteTotal += len(bs)
+			}
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Namespace+"/"+out[i].Name != out[j].Namespace+"/"+out[j].Name {
+			return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name
+		}
+		return out[i].Frontend < out[j].Frontend
+	})
+	return out
+}
+
+func copyMap[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func formatID(id uint64) string { return strconv.FormatUint(id, 16) }

@@ -1,0 +1,316 @@
+// Package localmesh runs a whole multi-cluster mesh on one machine, on
+// loopback: one mesh CA, and per cluster a state file, a mesh apiserver and
+// its agents, every pair of clusters connected. It is the embedded default
+// behind `clustermesh demo` and the harness of the end-to-end tests. It wires
+// the real pieces by hand, as the CLI does; nothing in it is a fake.
+package localmesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/statesource"
+)
+
+// ClusterSpec describes one cluster of the mesh.
+type ClusterSpec struct {
+	Name  string
+	ID    uint32
+	State *statesource.State
+}
+
+// Options of a local mesh.
+type Options struct {
+	Dir              string // working directory (certificates, state files, configs)
+	Clusters         []ClusterSpec
+	AgentsPerCluster int  // default 1
+	EBPF             bool // real pinned eBPF maps (needs root); else the in-memory datapath
+	// Fast timings for tests and the demo: probe, backoff and poll intervals.
+	ProbeInterval time.Duration // default 200ms
+	Logger        *slog.Logger
+}
+
+// Mesh is a running local mesh.
+type Mesh struct {
+	opts     Options
+	ca       *ca.CA
+	Clusters []*Cluster
+}
+
+// Cluster is one cluster of a Mesh.
+type Cluster struct {
+	Name      string
+	ID        uint32
+	Bundle    ca.Bundle
+	StateFile string
+	ConfigDir string // the agents' directory of remote configs
+	Agents    []*Agent
+
+	mesh    *Mesh
+	addr    string // host:port the apiserver listens on, stable across restarts
+	mu      sync.Mutex
+	server  *meshapiserver.Server // guarded by mu
+	stopSrv context.CancelFunc    // guarded by mu
+	srvDone chan error            // guarded by mu
+}
+
+// Agent is one node agent of a Cluster.
+type Agent struct {
+	Name     string
+	Sync     *agentsync.Agent
+	Datapath datapath.Datapath
+	PinDir   string
+	cancel   context.CancelFunc
+	done     chan error
+}
+
+// Start builds the PKI, writes the state files, starts every apiserver and
+// waits until each has published, then writes every pair's configs and
+// starts the agents.
+func Start(ctx context.Context, opts Options) (*Mesh, error) {
+	if opts.AgentsPerCluster == 0 {
+		opts.AgentsPerCluster = 1
+	}
+	if opts.ProbeInterval == 0 {
+		opts.ProbeInterval = 200 * time.Millisecond
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	mesh, err := ca.New("clustermesh local mesh CA", 30*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	if err := mesh.Save(filepath.Join(opts.Dir, "ca")); err != nil {
+		return nil, err
+	}
+	m := &Mesh{opts: opts, ca: mesh}
+	for _, spec := range opts.Clusters {
+		c, err := m.newCluster(spec)
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		m.Clusters = append(m.Clusters, c)
+		if err := c.StartAPIServer(ctx); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	for _, c := range m.Clusters {
+		for _, peer := range m.Clusters {
+			if peer != c {
+				if err := m.Connect(c.Name, peer.Name); err != nil {
+					m.Close()
+					return nil, err
+				}
+			}
+		}
+	}
+	for _, c := range m.Clusters {
+		for i := 0; i < opts.AgentsPerCluster; i++ {
+			if err := c.startAgent(ctx, fmt.Sprintf("%s-node-%d", c.Name, i+1)); err != nil {
+				m.Close()
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *Mesh) newCluster(spec ClusterSpec) (*Cluster, error) {
+	dir := filepath.Join(m.opts.Dir, spec.Name)
+	b, err := m.ca.IssueBundle(filepath.Join(dir, "certs"), spec.Name, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Name: spec.Name, ID: spec.ID, Bundle: b, mesh: m, addr: "127.0.0.1:0",
+		StateFile: filepath.Join(dir, "state.yaml"), ConfigDir: filepath.Join(dir, "remotes")}
+	if err := os.MkdirAll(c.ConfigDir, 0o700); err != nil {
+		return nil, err
+	}
+	return c, c.WriteState(spec.State)
+}
+
+// Cluster returns the cluster called name, or nil.
+func (m *Mesh) Cluster(name string) *Cluster {
+	for _, c := range m.Clusters {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// WriteState replaces the cluster's state file atomically; the apiserver and
+// the agents pick it up on their next poll.
+func (c *Cluster) WriteState(st *statesource.State) error {
+	b, err := yaml.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := c.StateFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, c.StateFile)
+}
+
+// StartAPIServer starts (or restarts, on the same address) the cluster's
+// apiserver and waits until it has published its state.
+func (c *Cluster) StartAPIServer(ctx context.Context) error {
+	var peers []string
+	for _, p := range c.mesh.opts.Clusters {
+		if p.Name != c.Name {
+			peers = append(peers, p.Name)
+		}
+	}
+	srv, err := meshapiserver.New(meshapiserver.Config{
+		ClusterName: c.Name, ClusterID: c.ID, ListenAddress: c.addr,
+		ServerCertFile: c.Bundle.ServerCert(), ServerKeyFile: c.Bundle.ServerKey(), CAFile: c.Bundle.CAFile(),
+		AdminCertFile: c.Bundle.AdminCert(), AdminKeyFile: c.Bundle.AdminKey(),
+		Peers: peers, IdentityFile: filepath.Join(filepath.Dir(c.StateFile), "identities.json"),
+		Source: &statesource.File{Path: c.StateFile, PollInterval: 20 * time.Millisecond, Logger: c.mesh.opts.Logger},
+		Logger: c.mesh.opts.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(sctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		cancel()
+		return fmt.Errorf("localmesh: apiserver %s: %w", c.Name, err)
+	case <-ctx.Done():
+		cancel()
+		<-done
+		return ctx.Err()
+	}
+	c.mu.Lock()
+	c.server, c.stopSrv, c.srvDone = srv, cancel, done
+	c.addr = strings.TrimPrefix(srv.ClientURL(), "https://")
+	c.mu.Unlock()
+	return nil
+}
+
+// StopAPIServer stops the cluster's apiserver (its etcd goes away with it).
+func (c *Cluster) StopAPIServer() error {
+	c.mu.Lock()
+	stop, done := c.stopSrv, c.srvDone
+	c.stopSrv, c.server = nil, nil
+	c.mu.Unlock()
+	if stop == nil {
+		return nil
+	}
+	stop()
+	return <-done
+}
+
+// APIServer returns the running apiserver, or nil.
+func (c *Cluster) APIServer() *meshapiserver.Server {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.server
+}
+
+// Address is the apiserver's host:port.
+func (c *Cluster) Address() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addr
+}
+
+// Connect lets cluster from's agents read cluster to: it writes the config
+// file for to into from's config directory.
+func (m *Mesh) Connect(from, to string) error {
+	f, t := m.Cluster(from), m.Cluster(to)
+	if f == nil || t == nil {
+		return fmt.Errorf("localmesh: unknown cluster %q or %q", from, to)
+	}
+	cfg := fmt.Sprintf("endpoints:\n- https://%s\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
+		t.Address(), f.Bundle.CAFile(), f.Bundle.RemoteCert(), f.Bundle.RemoteKey())
+	path := filepath.Join(f.ConfigDir, to)
+	if err := os.WriteFile(path+".tmp", []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
+
+// Disconnect removes cluster to from cluster from's config directory: from's
+// agents drain everything they learned from to.
+func (m *Mesh) Disconnect(from, to string) error {
+	f := m.Cluster(from)
+	if f == nil {
+		return fmt.Errorf("localmesh: unknown cluster %q", from)
+	}
+	return os.Remove(filepath.Join(f.ConfigDir, to))
+}
+
+func (c *Cluster) startAgent(ctx context.Context, name string) error {
+	o := c.mesh.opts
+	a := &Agent{Name: name}
+	var err error
+	if o.EBPF {
+		a.PinDir = filepath.Join("/sys/fs/bpf", "clustermesh-localmesh", fmt.Sprintf("%d-%s", os.Getpid(), name))
+		a.Datapath, err = datapath.OpenMaps(datapath.Config{PinDir: a.PinDir})
+	} else {
+		a.Datapath = datapath.NewMemory()
+	}
+	if err != nil {
+		return fmt.Errorf("localmesh: agent %s datapath: %w", name, err)
+	}
+	a.Sync, err = agentsync.New(agentsync.Config{
+		ClusterName: c.Name, ClusterID: c.ID, ConfigDir: c.ConfigDir, Datapath: a.Datapath,
+		LocalSource:        &statesource.File{Path: c.StateFile, PollInterval: 20 * time.Millisecond, Logger: o.Logger},
+		ConfigPollInterval: 50 * time.Millisecond, ProbeInterval: o.ProbeInterval, ProbeTimeout: 2 * time.Second,
+		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second,
+		Logger: o.Logger.With("agent", name),
+	})
+	if err != nil {
+		a.Datapath.Close()
+		return err
+	}
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel, a.done = cancel, make(chan error, 1)
+	go func() { a.done <- a.Sync.Run(actx) }()
+	c.Agents = append(c.Agents, a)
+	return nil
+}
+
+// Close stops every agent and apiserver and removes the agents' pinned maps.
+func (m *Mesh) Close() error {
+	var errs []error
+	for _, c := range m.Clusters {
+		for _, a := range c.Agents {
+			a.cancel()
+			errs = append(errs, <-a.done)
+			if m, ok := a.Datapath.(*datapath.Maps); ok {
+				errs = append(errs, m.Unpin())
+			}
+			errs = append(errs, a.Datapath.Close())
+		}
+		c.Agents = nil
+		errs = append(errs, c.StopAPIServer())
+	}
+	if m.opts.EBPF {
+		os.Remove(filepath.Join("/sys/fs/bpf", "clustermesh-localmesh"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,253 @@
+package localmesh
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+const wait = 20 * time.Second
+
+var names = []string{"east", "west", "north"}
+
+func startMesh(t *testing.T, ebpf bool, agents int) *Mesh {
+	t.Helper()
+	var specs []ClusterSpec
+	for i, n := range names {
+		specs = append(specs, ClusterSpec{Name: n, ID: uint32(i + 1), State: SampleState(i + 1)})
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	m, err := Start(context.Background(), Options{Dir: t.TempDir(), Clusters: specs, AgentsPerCluster: agents, EBPF: ebpf,
+		ProbeInterval: 100 * time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return m
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+func remoteStatus(a *Agent, name string) agentsync.RemoteStatus {
+	for _, r := range a.Sync.Status().Remotes {
+		if r.Name == name {
+			return r
+		}
+	}
+	return agentsync.RemoteStatus{}
+}
+
+// checkoutBackends returns the clusters of the backends the agent's datapath
+// selects for shop/checkout.
+func checkoutBackends(t *testing.T, a *Agent) map[uint16]int {
+	t.Helper()
+	svcs, err := a.Datapath.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint16]int{}
+	for _, b := range svcs[datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}] {
+		out[b.ClusterID]++
+	}
+	return out
+}
+
+func allReady(m *Mesh) bool {
+	for _, c := range m.Clusters {
+		for _, a := range c.Agents {
+			for _, peer := range m.Clusters {
+				if peer == c {
+					continue
+				}
+				r := remoteStatus(a, peer.Name)
+				if !r.Ready || r.Nodes != 2 || r.Endpoints != 4 || r.Identities != 2 || r.Services != 1 {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+func testSyncAndFailover(t *testing.T, ebpf bool) {
+	m := startMesh(t, ebpf, 1)
+	testenv.WaitFor(t, wait, "every agent sees every remote ready with 2 nodes, 4 endpoints, 2 identities, 1 service", func() bool { return allReady(m) })
+
+	east := m.Cluster("east")
+	a := east.Agents[0]
+	if got := checkoutBackends(t, a); got[1] != 3 || len(got) != 1 {
+		t.Fatalf("affinity local with healthy local backends: want 3 east backends only, got %v", got)
+	}
+	ips, err := a.Datapath.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := ips[netip.MustParsePrefix("10.2.1.100/32")]; !ok || e.ClusterID != 2 || e.TunnelEndpoint != netip.MustParseAddr("192.168.2.1") {
+		t.Errorf("west's frontend pod in east's ipcache: %+v (present %v)", e, ok)
+	}
+	if len(ips) != 8 {
+		t.Errorf("east's ipcache holds %d entries, want the 8 remote pods", len(ips))
+	}
+
+	// Failover: east's checkout pods become unready.
+	st := SampleState(1)
+	SetReady(st, "checkout", false)
+	if err := east.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "east selects the 6 remote backends", func() bool {
+		got := checkoutBackends(t, a)
+		return got[1] == 0 && got[2] == 3 && got[3] == 3
+	})
+	svc := a.Sync.Status().Services[0]
+	if svc.SelectedFrom != "remote" || svc.LocalHealthy != 0 || svc.LocalTotal != 3 || svc.Remote["west"] != 3 || svc.Remote["north"] != 3 {
+		t.Errorf("status of the failed-over service: %+v", svc)
+	}
+	SetReady(st, "checkout", true)
+	if err := east.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "east's own backends preferred again", func() bool {
+		got := checkoutBackends(t, a)
+		return got[1] == 3 && len(got) == 1
+	})
+
+	// Disconnect north from east: east drains north.
+	if err := m.Disconnect("east", "north"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "north drained from east", func() bool {
+		ips, _ := a.Datapath.IPCache()
+		for _, e := range ips {
+			if e.ClusterID == 3 {
+				return false
+			}
+		}
+		return len(ips) == 4 && len(a.Sync.Status().Remotes) == 1
+	})
+}
+
+func TestSyncAndFailoverInMemory(t *testing.T) { testSyncAndFailover(t, false) }
+
+func TestSyncAndFailoverEBPF(t *testing.T) {
+	testenv.RequireRoot(t)
+	testSyncAndFailover(t, true)
+}
+
+// An apiserver that stops leaves its last state in place on the peers; when
+// it comes back with an empty etcd, the agents resync without ever missing
+// an entry.
+func TestAPIServerRestartKeepsState(t *testing.T) {
+	m := startMesh(t, false, 1)
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	a, west := m.Cluster("east").Agents[0], m.Cluster("west")
+	before, _ := a.Datapath.IPCache()
+
+	if err := west.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "east notices west is gone", func() bool { return !remoteStatus(a, "west").Connected })
+	if got := checkoutBackends(t, a); got[1] != 3 {
+		t.Fatalf("east lost its service while west is down: %v", got)
+	}
+	during, _ := a.Datapath.IPCache()
+	if len(during) != len(before) {
+		t.Fatalf("east pruned on west's failure: %d entries before, %d during", len(before), len(during))
+	}
+	if err := west.StartAPIServer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "east resynced with the restarted west", func() bool {
+		r := remoteStatus(a, "west")
+		return r.Ready && r.Connected && r.Endpoints == 4
+	})
+	after, _ := a.Datapath.IPCache()
+	for p, e := range before {
+		if after[p] != e {
+			t.Errorf("%s changed across west's restart: %+v → %+v", p, e, after[p])
+		}
+	}
+}
+
+// Entries a remote publishes that fail validation are rejected, counted and
+// never reach the datapath; valid entries keep flowing.
+func TestRejectsInvalidRemoteEntries(t *testing.T) {
+	m := startMesh(t, false, 1)
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	west := m.Cluster("west")
+	admin := adminClient(t, west)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	bad := map[string]string{
+		wire.IPCacheKey("10.9.9.1"):             `{"IP":"10.9.9.1","ID":65600}`,                          // east's identity range, not west's
+		wire.IPCacheKey("10.9.9.2"):             `{"IP":"10.9.9.2","ID":131100,`,                         // invalid JSON
+		wire.IPCacheKey("10.9.9.3"):             `{"IP":"10.9.9.3","HostIP":"fe80::1%eth0","ID":131100}`, // zoned host IP
+		wire.NodeKey("west", "evil"):            `{"Name":"evil","Cluster":"east","ClusterID":1}`,        // wrong cluster
+		wire.ServiceKey("west", "shop", "evil"): `{"cluster":"west","namespace":"shop","name":"evil","clusterID":7}`,
+		wire.IdentityKey(65600):                 `k8s:app=x;k8s:io.cilium.k8s.policy.cluster=west;`,
+	}
+	for k, v := range bad {
+		if _, err := admin.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := admin.Put(ctx, wire.IPCacheKey("10.2.9.9"), `{"IP":"10.2.9.9","ID":131100}`); err != nil {
+		t.Fatal(err)
+	}
+	a := m.Cluster("east").Agents[0]
+	testenv.WaitFor(t, wait, "6 rejections counted and the valid entry applied", func() bool {
+		ips, _ := a.Datapath.IPCache()
+		_, ok := ips[netip.MustParsePrefix("10.2.9.9/32")]
+		return remoteStatus(a, "west").RejectedTotal() == 6 && ok
+	})
+	r := remoteStatus(a, "west")
+	for reason, n := range map[string]uint64{"identity_out_of_range": 2, "malformed_value": 1, "invalid_address": 1, "cluster_mismatch": 2} {
+		if r.Rejected[reason] != n {
+			t.Errorf("rejected[%s] = %d, want %d (all: %v)", reason, r.Rejected[reason], n, r.Rejected)
+		}
+	}
+	ips, _ := a.Datapath.IPCache()
+	for _, p := range []string{"10.9.9.1/32", "10.9.9.2/32", "10.9.9.3/32"} {
+		if _, ok := ips[netip.MustParsePrefix(p)]; ok {
+			t.Errorf("rejected entry %s reached the datapath", p)
+		}
+	}
+	if r.Nodes != 2 || r.Services != 1 || r.Identities != 2 {
+		t.Errorf("rejected entries were counted as state: %+v", r)
+	}
+}
+
+func adminClient(t *testing.T, c *Cluster) *clientv3.Client {
+	t.Helper()
+	tlsCfg, err := ca.ClientTLSConfig(c.Bundle.AdminCert(), c.Bundle.AdminKey(), c.Bundle.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + c.Address()}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
