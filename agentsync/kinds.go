@@ -45,6 +45,7 @@ func (ks *kindState) run(ctx context.Context, cli *clientv3.Client, c wire.Clust
 			return err
 		}
 		ks.r.setSynced(ks.kind)
+		ks.r.eventSeen()
 		err = ks.watch(ctx, cli, c, etcdID, rev+1)
 		if errors.Is(err, errCompacted) {
 			ks.r.log.Info("watch fell behind a compaction, relisting", "kind", ks.kind)
@@ -258,7 +259,7 @@ func toRemoteService(c wire.Cluster, s *wire.ClusterService) *remoteService {
 	return rs
 }
 
-// eventSeen records the time of the last applied watch event.
+// eventSeen records the time of the last applied list or watch event.
 func (r *remote) eventSeen() {
 	r.mu.Lock()
 	r.status.LastEvent = time.Now()

@@ -163,12 +163,15 @@ func (m *merger) dropCluster(cluster string) {
 // syncIP writes the desired entry of p: the claim of the cluster with the
 // lowest id (a deterministic winner when two clusters claim one address).
 func (m *merger) syncIP(p netip.Prefix) {
-	var want *datapath.IPCacheEntry
+	var winner *ipClaim
 	for _, c := range m.ipClaims[p] {
-		if want == nil || c.clusterID < want.ClusterID {
-			e := c.entry
-			want = &e
+		if winner == nil || c.clusterID < winner.clusterID {
+			winner = &c
 		}
+	}
+	var want *datapath.IPCacheEntry
+	if winner != nil {
+		want = &winner.entry
 	}
 	have, written := m.writtenIP[p]
 	switch {
@@ -244,11 +247,13 @@ func (m *merger) portViews(ls *statesource.Service) []portView {
 		if err != nil {
 			continue
 		}
-		v := portView{frontend: datapath.Frontend{Addr: ls.ClusterIP, Port: p.Port, Protocol: proto}, remote: map[string][]datapath.Backend{}}
+		// Unmapped, as the datapath stores them: the keys of writtenSvc must
+		// be the datapath's keys, or prune would delete a live frontend.
+		v := portView{frontend: datapath.Frontend{Addr: ls.ClusterIP.Unmap(), Port: p.Port, Protocol: proto}, remote: map[string][]datapath.Backend{}}
 		for _, e := range m.local.Backends(ls) {
 			v.localTotal++
 			if e.IsReady() {
-				v.local = append(v.local, datapath.Backend{Addr: e.IP, Port: p.Target(), Protocol: proto, ClusterID: m.localID})
+				v.local = append(v.local, datapath.Backend{Addr: e.IP.Unmap(), Port: p.Target(), Protocol: proto, ClusterID: m.localID})
 			}
 		}
 		for cluster, rs := range m.remoteSvcs[n] {

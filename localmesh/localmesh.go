@@ -184,7 +184,7 @@ func (c *Cluster) StartAPIServer(ctx context.Context) error {
 		ServerCertFile: c.Bundle.ServerCert(), ServerKeyFile: c.Bundle.ServerKey(), CAFile: c.Bundle.CAFile(),
 		AdminCertFile: c.Bundle.AdminCert(), AdminKeyFile: c.Bundle.AdminKey(),
 		Peers: peers, IdentityFile: filepath.Join(filepath.Dir(c.StateFile), "identities.json"),
-		Source: &statesource.File{Path: c.StateFile, PollInterval: 20 * time.Millisecond, Logger: c.mesh.opts.Logger},
+		Source: &statesource.File{Path: c.StateFile, PollInterval: 200 * time.Millisecond, Logger: c.mesh.opts.Logger},
 		Logger: c.mesh.opts.Logger,
 	})
 	if err != nil {
@@ -278,8 +278,8 @@ func (c *Cluster) startAgent(ctx context.Context, name string) error {
 	}
 	a.Sync, err = agentsync.New(agentsync.Config{
 		ClusterName: c.Name, ClusterID: c.ID, ConfigDir: c.ConfigDir, Datapath: a.Datapath,
-		LocalSource:        &statesource.File{Path: c.StateFile, PollInterval: 20 * time.Millisecond, Logger: o.Logger},
-		ConfigPollInterval: 50 * time.Millisecond, ProbeInterval: o.ProbeInterval, ProbeTimeout: 2 * time.Second,
+		LocalSource:        &statesource.File{Path: c.StateFile, PollInterval: 200 * time.Millisecond, Logger: o.Logger},
+		ConfigPollInterval: 50 * time.Millisecond, ProbeInterval: o.ProbeInterval, ProbeTimeout: time.Second,
 		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second,
 		Logger: o.Logger.With("agent", name),
 	})

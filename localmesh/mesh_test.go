@@ -67,11 +67,13 @@ func checkoutBackends(t *testing.T, a *Agent) map[uint16]int {
 		t.Fatal(err)
 	}
 	out := map[uint16]int{}
-	for _, b := range svcs[datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}] {
+	for _, b := range svcs[checkoutFrontend] {
 		out[b.ClusterID]++
 	}
 	return out
 }
+
+var checkoutFrontend = datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}
 
 func allReady(m *Mesh) bool {
 	for _, c := range m.Clusters {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -103,14 +102,4 @@ func (a *identityAllocator) save(c wire.Cluster) error {
 		return fmt.Errorf("meshapiserver: identities: %w", err)
 	}
 	return nil
-}
-
-// sortedIDs is a helper for deterministic iteration in tests and status.
-func sortedIDs(m map[uint32]wire.Labels) []uint32 {
-	ids := make([]uint32, 0, len(m))
-	for id := range m {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids
 }

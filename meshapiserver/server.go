@@ -176,6 +176,9 @@ func (s *Server) loop(parent context.Context, pub *publisher, ids *identityAlloc
 			}
 		case st := <-latest:
 			if err := s.publish(ctx, pub, ids, st); err != nil {
+				if parent.Err() != nil {
+					return nil // shutting down mid-publish
+				}
 				return err
 			}
 		}

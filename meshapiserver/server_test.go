@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -81,6 +83,7 @@ func (f *fixture) start(t *testing.T, addr string) {
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
 		Peers: []string{"west"}, IdentityFile: f.idsFile,
 		Source: &statesource.File{Path: f.state, PollInterval: 10 * time.Millisecond},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)

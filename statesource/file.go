@@ -6,16 +6,19 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"sigs.k8s.io/yaml"
 )
 
-// DefaultPollInterval is how often a File checks its file for changes.
-const DefaultPollInterval = 100 * time.Millisecond
+// DefaultPollInterval is how often a File checks its file for changes when
+// no change notification arrives (inotify normally reports a change at once).
+const DefaultPollInterval = time.Second
 
 // File is a Source backed by a YAML file (the format of State, see
-// docs/state-file.md). It re-reads the file when its content changes; a
+// docs/state-file.md). It re-reads the file when its directory reports a
+// change (inotify) or, as a safety net, every PollInterval; a
 // change that does not parse or validate is logged and ignored, so the last
 // good state stays in force.
 type File struct {
@@ -70,6 +73,10 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	if fi, err := os.Stat(f.Path); err == nil {
 		lastStat = fi
 	}
+	changed, err := notifyDir(ctx, filepath.Dir(f.Path))
+	if err != nil {
+		log.Warn("no change notifications for the state file: polling only", "file", f.Path, "every", every, "err", err)
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -77,6 +84,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-changed:
 		}
 		fi, err := os.Stat(f.Path)
 		if err != nil {

@@ -99,7 +99,9 @@ func (p ServicePort) Proto() string {
 }
 
 // Global reports whether the service is annotated service.cilium.io/global.
-func (s *Service) Global() bool { return strings.EqualFold(s.Annotations[wire.AnnotationGlobal], "true") }
+func (s *Service) Global() bool {
+	return strings.EqualFold(s.Annotations[wire.AnnotationGlobal], "true")
+}
 
 // Shared reports whether a global service exports its backends (the default).
 func (s *Service) Shared() bool {

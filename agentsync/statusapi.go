@@ -1,0 +1,87 @@
+package agentsync
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// DefaultStatusAddr is where an agent serves its status by default.
+const DefaultStatusAddr = "/var/run/clustermesh/agent.sock"
+
+// isUnix reports whether addr names a unix socket (a path) rather than
+// host:port.
+func isUnix(addr string) bool { return strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, ".") }
+
+// ServeStatus serves GET /status (JSON of status()) on addr until ctx is done.
+func ServeStatus(ctx context.Context, addr string, status func() Status) error {
+	network := "tcp"
+	if isUnix(addr) {
+		network = "unix"
+		if err := os.MkdirAll(filepath.Dir(addr), 0o755); err != nil {
+			return fmt.Errorf("agentsync: status: %w", err)
+		}
+		os.Remove(addr) // a socket left by a previous run
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return fmt.Errorf("agentsync: status: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-done
+		if network == "unix" {
+			os.Remove(addr)
+		}
+		return nil
+	case err := <-done:
+		return fmt.Errorf("agentsync: status: %w", err)
+	}
+}
+
+// FetchStatus reads an agent's status from addr.
+func FetchStatus(ctx context.Context, addr string) (Status, error) {
+	var st Status
+	tr := &http.Transport{}
+	url := "http://" + addr + "/status"
+	if isUnix(addr) {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+		}
+		url = "http://agent/status"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return st, fmt.Errorf("agentsync: status: cannot reach the agent at %s: %w (is `clustermesh agent` running with --status-addr %s?)", addr, err, addr)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("agentsync: status: agent at %s answered %s", addr, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, errors.Join(fmt.Errorf("agentsync: status: agent at %s sent an unreadable status", addr), err)
+	}
+	return st, nil
+}

@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/statesource"
+)
+
+func newAgentCmd() *cobra.Command {
+	var cfg agentsync.Config
+	var stateFile, pinDir, statusAddr string
+	var cleanup bool
+	cmd := &cobra.Command{
+		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
+		Short: "Run the node agent: sync every remote cluster into the local eBPF maps",
+		Long: `Run the node agent of one cluster. It connects to every remote cluster whose
+etcd client config is in --config-dir (one file per cluster, named after it:
+endpoints, trusted-ca-file, cert-file, key-file), validates everything it
+receives, and merges remote ipcache entries and global-service backends with
+the local cluster's global services (from --state-file) into eBPF maps pinned
+under --bpf-pin-dir.
+
+Adding a file connects, changing it reconnects, removing it disconnects and
+drains that cluster. When a remote fails, its last state keeps serving; it is
+replaced only after a complete resync. Pinned maps outlive the agent, so a
+restart does not interrupt traffic.
+
+Without the privileges for eBPF the agent runs on an in-memory datapath and
+says so. Its status is served on --status-addr for 'clustermesh status'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cleanup {
+				if err := datapath.RemovePins(pinDir); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "removed the pinned maps in %s\n", pinDir)
+				return nil
+			}
+			dp, err := datapath.Open(datapath.Config{PinDir: pinDir}, slog.Default())
+			if err != nil {
+				return err
+			}
+			defer dp.Close()
+			cfg.Datapath = dp
+			cfg.LocalSource = &statesource.File{Path: stateFile, Logger: slog.Default()}
+			cfg.Logger = slog.Default()
+			agent, err := agentsync.New(cfg)
+			if err != nil {
+				return err
+			}
+			return runWithStatus(cmd.Context(), statusAddr, agent.Run, agent.Status)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ClusterName, "cluster-name", "", "name of the local cluster")
+	f.Uint32Var(&cfg.ClusterID, "cluster-id", 0, "id of the local cluster")
+	f.Uint32Var(&cfg.MaxConnectedClusters, "max-connected-clusters", 255, "mesh size: 255 or 511 (the same on every cluster)")
+	f.StringVar(&cfg.ConfigDir, "config-dir", "", "directory with one etcd client config per remote cluster")
+	f.StringVar(&stateFile, "state-file", "", "the local cluster's state file (its global services and endpoints)")
+	f.StringVar(&pinDir, "bpf-pin-dir", datapath.DefaultPinDir, "bpffs directory the eBPF maps are pinned in")
+	f.StringVar(&statusAddr, "status-addr", agentsync.DefaultStatusAddr, "unix socket path or host:port to serve status on")
+	f.DurationVar(&cfg.ProbeInterval, "probe-interval", agentsync.DefaultProbeInterval, "how often each remote's heartbeat is read")
+	f.DurationVar(&cfg.ProbeTimeout, "probe-timeout", agentsync.DefaultProbeTimeout, "a remote that does not answer within this is disconnected (its state is kept)")
+	f.DurationVar(&cfg.SyncTimeout, "sync-timeout", agentsync.DefaultSyncTimeout, "after a restart, how long entries of the previous run wait for the remotes' first sync before unclaimed ones are pruned")
+	f.DurationVar(&cfg.BackoffMax, "backoff-max", agentsync.DefaultBackoffMax, "longest wait between reconnect attempts")
+	f.BoolVar(&cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
+	for _, r := range []string{"cluster-name", "cluster-id", "config-dir", "state-file"} {
+		cmd.MarkFlagRequired(r)
+	}
+	return cmd
+}
+
+// runWithStatus runs run and serves status on addr until either ends.
+func runWithStatus(ctx context.Context, addr string, run func(context.Context) error, status func() agentsync.Status) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	statusErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		statusErr <- agentsync.ServeStatus(ctx, addr, status)
+	}()
+	defer wg.Wait()
+	runErr := make(chan error, 1)
+	go func() { runErr <- run(ctx) }()
+	select {
+	case err := <-runErr:
+		return err
+	case err := <-statusErr:
+		cancel()
+		<-runErr
+		return err
+	}
+}

@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/statesource"
+)
+
+func newAPIServerCmd() *cobra.Command {
+	var cfg meshapiserver.Config
+	var certDir, stateFile, stateDir, peers string
+	cmd := &cobra.Command{
+		Use:   "apiserver --cluster-name NAME --cluster-id ID --cert-dir DIR --state-file FILE",
+		Short: "Run a cluster's mesh apiserver (embedded etcd behind mutual TLS)",
+		Long: `Run the mesh apiserver of one cluster: an embedded etcd that accepts only
+clients with a certificate from the mesh CA, publishes the cluster's nodes,
+identities, ipcache entries and global services (read from --state-file and
+re-read when it changes), and lets each --peer read them, read-only.
+
+The etcd is ephemeral: its content is re-derived from the state on every start,
+so it runs without fsync in a temporary directory. Only identity numbers are
+kept, in --state-dir, so that they survive restarts.
+
+--cert-dir is a bundle from 'clustermesh ca issue --cluster NAME'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b := ca.Bundle{Dir: certDir, Cluster: cfg.ClusterName}
+			cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile = b.ServerCert(), b.ServerKey(), b.CAFile()
+			cfg.AdminCertFile, cfg.AdminKeyFile = b.AdminCert(), b.AdminKey()
+			cfg.Peers = splitList(peers)
+			cfg.Source = &statesource.File{Path: stateFile, Logger: slog.Default()}
+			if stateDir != "" {
+				cfg.IdentityFile = filepath.Join(stateDir, "identities.json")
+			}
+			cfg.Logger = slog.Default()
+			srv, err := meshapiserver.New(cfg)
+			if err != nil {
+				return err
+			}
+			go func() {
+				select {
+				case <-srv.Ready():
+					slog.Info("mesh apiserver ready", "cluster", cfg.ClusterName, "url", srv.ClientURL(), "peers", cfg.Peers)
+				case <-cmd.Context().Done():
+				}
+			}()
+			if err := srv.Run(cmd.Context()); err != nil {
+				return fmt.Errorf("apiserver: %w", err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ClusterName, "cluster-name", "", "name of this cluster (a-z, 0-9, '-'; at most 32)")
+	f.Uint32Var(&cfg.ClusterID, "cluster-id", 0, "id of this cluster, 1..max-connected-clusters, unique in the mesh")
+	f.Uint32Var(&cfg.MaxConnectedClusters, "max-connected-clusters", 255, "mesh size: 255 or 511 (the same on every cluster)")
+	f.StringVar(&cfg.ListenAddress, "listen", meshapiserver.DefaultListenAddress, "host:port of the etcd client listener")
+	f.StringVar(&certDir, "cert-dir", "", "directory with ca.crt, server.crt/key and admin-<cluster>.crt/key")
+	f.StringVar(&stateFile, "state-file", "", "YAML file with the cluster's nodes, endpoints and services (see docs/state-file.md)")
+	f.StringVar(&stateDir, "state-dir", "", "directory where identity numbers are kept across restarts (empty: in memory only)")
+	f.StringVar(&peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: a temporary directory removed on exit)")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", meshapiserver.DefaultLeaseTTL, "TTL of the lease every published entry is attached to")
+	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", meshapiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is written")
+	for _, r := range []string{"cluster-name", "cluster-id", "cert-dir", "state-file"} {
+		cmd.MarkFlagRequired(r)
+	}
+	return cmd
+}

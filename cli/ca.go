@@ -1,0 +1,126 @@
+package cli
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clustermesh/clustermesh/ca"
+)
+
+func newCACmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "ca", Short: "Create the mesh CA and issue certificates from it"}
+	cmd.AddCommand(newCACreateCmd(), newCAIssueCmd())
+	return cmd
+}
+
+func newCACreateCmd() *cobra.Command {
+	var out, name string
+	var validity time.Duration
+	cmd := &cobra.Command{
+		Use:   "create --out DIR",
+		Short: "Create a new mesh CA (ca.crt, ca.key) in DIR",
+		Long: `Create a new mesh CA: an ECDSA P-256 key (ca.key, mode 0600) and a self-signed
+certificate (ca.crt). Every cluster of one mesh must trust the same CA. Keep
+ca.key offline where you can; only 'ca issue' needs it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := ca.New(name, validity)
+			if err != nil {
+				return err
+			}
+			if err := c.Save(out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "mesh CA %q written to %s (valid until %s)\n", name, out, c.Cert.NotAfter.Format(time.RFC3339))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "directory to write ca.crt and ca.key into (must not hold a CA yet)")
+	cmd.Flags().StringVar(&name, "name", "clustermesh CA", "common name of the CA")
+	cmd.Flags().DurationVar(&validity, "validity", 10*365*24*time.Hour, "how long the CA is valid")
+	cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+func newCAIssueCmd() *cobra.Command {
+	var caDir, out, cluster, server, client string
+	var dnsNames, ips []string
+	cmd := &cobra.Command{
+		Use:   "issue --ca DIR --out DIR (--cluster NAME | --server NAME | --client USER)",
+		Short: "Issue certificates from the mesh CA",
+		Long: `Issue certificates from the mesh CA in --ca.
+
+  --cluster east   the whole bundle of cluster east: server.crt (the apiserver),
+                   admin-east.crt (the apiserver writes with it) and
+                   remote-east.crt (east's agents read their peers with it),
+                   plus a copy of ca.crt
+  --server NAME    one server certificate (add --dns and --ip for its names)
+  --client USER    one client certificate; USER is the etcd user, e.g. remote-east
+
+Server certificates need every name and address clients dial: the
+LoadBalancer's IP or DNS name, or the node IPs for a NodePort.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := ca.Load(caDir)
+			if err != nil {
+				return err
+			}
+			var parsed []net.IP
+			for _, s := range ips {
+				ip := net.ParseIP(s)
+				if ip == nil {
+					return fmt.Errorf("--ip %q is not an IP address", s)
+				}
+				parsed = append(parsed, ip)
+			}
+			w := cmd.OutOrStdout()
+			switch {
+			case cluster != "":
+				if len(dnsNames) == 0 && len(parsed) == 0 {
+					dnsNames, parsed = []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}
+				}
+				b, err := c.IssueBundle(out, cluster, dnsNames, parsed)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "bundle of cluster %s written to %s: %s, %s, %s\n", cluster, out, b.ServerCert(), b.AdminCert(), b.RemoteCert())
+			case server != "":
+				i, err := c.IssueServer(server, dnsNames, parsed)
+				if err != nil {
+					return err
+				}
+				if err := i.Save(out, server); err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "server certificate %s written to %s\n", server, out)
+			case client != "":
+				i, err := c.IssueClient(client)
+				if err != nil {
+					return err
+				}
+				if err := i.Save(out, client); err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "client certificate for etcd user %s written to %s\n", client, out)
+			default:
+				return fmt.Errorf("say what to issue: --cluster NAME, --server NAME or --client USER")
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&caDir, "ca", "", "directory holding ca.crt and ca.key")
+	f.StringVar(&out, "out", "", "directory to write the certificates into")
+	f.StringVar(&cluster, "cluster", "", "issue the whole bundle of this cluster")
+	f.StringVar(&server, "server", "", "issue one server certificate with this common name")
+	f.StringVar(&client, "client", "", "issue one client certificate for this etcd user")
+	f.StringSliceVar(&dnsNames, "dns", nil, "DNS names of the server certificate (repeatable)")
+	f.StringSliceVar(&ips, "ip", nil, "IP addresses of the server certificate (repeatable)")
+	cmd.MarkFlagRequired("ca")
+	cmd.MarkFlagRequired("out")
+	cmd.MarkFlagsMutuallyExclusive("cluster", "server", "client")
+	return cmd
+}

@@ -1,0 +1,42 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+)
+
+func newStatusCmd() *cobra.Command {
+	var addr, output string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "status [--agent ADDR] [-o json]",
+		Short: "Show an agent's view of the mesh: remotes, counts, errors, global services",
+		Long: `Show what one agent knows: for each remote cluster whether it is connected and
+fully synced, its cluster id, how many nodes, endpoints, identities and services
+it publishes, when the last event arrived, how many failures and rejected
+entries there were, and the last error; then each global service with its local
+and remote backend counts and which backends its affinity selected.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "" && output != "json" && output != "table" {
+				return fmt.Errorf("-o %q: want table or json", output)
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			st, err := agentsync.FetchStatus(ctx, addr)
+			if err != nil {
+				return err
+			}
+			return PrintStatus(cmd.OutOrStdout(), st, output == "json")
+		},
+	}
+	cmd.Flags().StringVar(&addr, "agent", agentsync.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
+	return cmd
+}

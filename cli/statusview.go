@@ -1,0 +1,114 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+)
+
+// PrintStatus renders an agent's status as tables (or JSON with asJSON).
+func PrintStatus(w io.Writer, st agentsync.Status, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(w, "Cluster %s (id %d), datapath %s\n\n", st.Cluster, st.ClusterID, st.Datapath)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REMOTE\tID\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tLAST EVENT\tFAILURES\tREJECTED\tLAST ERROR")
+	for _, r := range st.Remotes {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%s\n", r.Name, r.ClusterID, yesNo(r.Connected), readiness(r),
+			r.Nodes, r.Endpoints, r.Identities, r.Services, age(r.LastEvent), r.Failures, r.RejectedTotal(), truncate(r.LastError, 70))
+	}
+	if len(st.Remotes) == 0 {
+		fmt.Fprintln(tw, "(no remote cluster configured)")
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GLOBAL SERVICE\tFRONTEND\tAFFINITY\tLOCAL (healthy/total)\tREMOTE BACKENDS\tSELECTED")
+	for _, s := range st.Services {
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d/%d\t%s\t%d from %s\n", s.Namespace, s.Name, orDash(s.Frontend), orDash(s.Affinity),
+			s.LocalHealthy, s.LocalTotal, remoteCounts(s), s.Selected, s.SelectedFrom)
+	}
+	if len(st.Services) == 0 {
+		fmt.Fprintln(tw, "(no global service)")
+	}
+	tw.Flush()
+	for _, s := range st.Services {
+		if s.Warning != "" {
+			fmt.Fprintf(w, "warning: %s/%s: %s\n", s.Namespace, s.Name, s.Warning)
+		}
+	}
+	if st.DatapathErrors > 0 {
+		fmt.Fprintf(w, "warning: %d datapath writes failed; last: %s\n", st.DatapathErrors, st.LastDatapathError)
+	}
+	return nil
+}
+
+func remoteCounts(s agentsync.ServiceStatus) string {
+	if len(s.Remote) == 0 {
+		return "0"
+	}
+	names := make([]string, 0, len(s.Remote))
+	for c := range s.Remote {
+		names = append(names, c)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, c := range names {
+		parts[i] = fmt.Sprintf("%s=%d", c, s.Remote[c])
+	}
+	return fmt.Sprintf("%d (%s)", s.RemoteTotal, strings.Join(parts, " "))
+}
+
+func readiness(r agentsync.RemoteStatus) string {
+	if r.Ready {
+		return "yes"
+	}
+	var synced []string
+	for k, ok := range r.Synced {
+		if ok {
+			synced = append(synced, k)
+		}
+	}
+	sort.Strings(synced)
+	if len(synced) == 0 {
+		return "no"
+	}
+	return "no (synced: " + strings.Join(synced, ",") + ")"
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Round(time.Millisecond).String() + " ago"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}

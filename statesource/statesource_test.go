@@ -1,0 +1,137 @@
+package statesource
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const good = `
+nodes:
+- {name: n1, ips: [192.168.1.1], podCIDRs: [10.1.1.0/24]}
+endpoints:
+- {namespace: shop, pod: a, ip: 10.1.1.10, node: n1, labels: {app: web}}
+- {namespace: shop, pod: b, ip: 10.1.1.11, node: n1, labels: {app: web}, ready: false, serving: true}
+- {namespace: other, pod: c, ip: 10.1.1.12, node: n1, labels: {app: web}}
+services:
+- namespace: shop
+  name: web
+  clusterIP: 10.96.0.1
+  ports: [{name: http, port: 80, targetPort: 8080}]
+  selector: {app: web}
+  annotations: {service.cilium.io/global: "true", service.cilium.io/shared: "false", service.cilium.io/affinity: Remote}
+`
+
+func TestParseAndSemantics(t *testing.T) {
+	st, err := Parse("good", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &st.Services[0]
+	if !s.Global() || s.Shared() || s.Affinity() != "remote" {
+		t.Errorf("annotations: global=%v shared=%v affinity=%q", s.Global(), s.Shared(), s.Affinity())
+	}
+	bs := st.Backends(s)
+	if len(bs) != 2 {
+		t.Fatalf("backends of shop/web: %d, want 2 (same namespace only)", len(bs))
+	}
+	if !bs[0].IsReady() || bs[1].IsReady() || !bs[1].IsServing() {
+		t.Errorf("readiness: a ready=%v, b ready=%v serving=%v", bs[0].IsReady(), bs[1].IsReady(), bs[1].IsServing())
+	}
+	if s.Ports[0].Target() != 8080 || s.Ports[0].Proto() != "TCP" {
+		t.Errorf("port: %+v", s.Ports[0])
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"unknown field":     {"nodes:\n- {name: n1, ips: [1.1.1.1], color: red}\n", "color"},
+		"bad ip":            {"nodes:\n- {name: n1, ips: [1.1.1]}\n", "1.1.1"},
+		"duplicate node":    {"nodes:\n- {name: n1, ips: [1.1.1.1]}\n- {name: n1, ips: [1.1.1.2]}\n", "duplicate node"},
+		"unknown node":      {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, node: nope}\n", "unknown node"},
+		"duplicate ip":      {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1}\n- {namespace: a, pod: c, ip: 10.0.0.1}\n", "already used"},
+		"port zero":         {"services:\n- {namespace: a, name: b, ports: [{port: 0}]}\n", "port is 0"},
+		"bad protocol":      {"services:\n- {namespace: a, name: b, ports: [{port: 1, protocol: ICMP}]}\n", "ICMP"},
+		"bad affinity":      {"services:\n- {namespace: a, name: b, annotations: {service.cilium.io/affinity: near}}\n", "near"},
+		"unnamed ports":     {"services:\n- {namespace: a, name: b, ports: [{port: 1}, {port: 2}]}\n", "used twice"},
+		"host bits in cidr": {"nodes:\n- {name: n1, ips: [1.1.1.1], podCIDRs: [10.1.1.5/24]}\n", "host bits"},
+	} {
+		_, err := Parse("f.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "f.yaml") {
+			t.Errorf("%s: %v (want an error naming f.yaml and %q)", name, err, tc.want)
+		}
+		if name != "unknown field" && name != "bad ip" && !errors.Is(err, ErrInvalidState) {
+			t.Errorf("%s: %v does not wrap ErrInvalidState", name, err)
+		}
+	}
+}
+
+// A File delivers a change within milliseconds (inotify, not its poll
+// interval), and an invalid change leaves the last good state in force.
+func TestFileDeliversChangesAndKeepsLastGood(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.yaml")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(path+".tmp", []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(good)
+	states := make(chan *State, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	f := &File{Path: path, PollInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	go func() { done <- f.Run(ctx, func(s *State) { states <- s }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	recv := func() *State {
+		t.Helper()
+		select {
+		case s := <-states:
+			return s
+		case <-time.After(5 * time.Second):
+			t.Fatal("no state delivered within 5s (the poll interval is an hour: inotify must deliver)")
+			return nil
+		}
+	}
+	if len(recv().Endpoints) != 3 {
+		t.Fatal("first state")
+	}
+	write(strings.Replace(good, "- {namespace: other, pod: c, ip: 10.1.1.12, node: n1, labels: {app: web}}\n", "", 1))
+	if got := len(recv().Endpoints); got != 2 {
+		t.Fatalf("after the change: %d endpoints, want 2", got)
+	}
+	write("nodes: [") // invalid: ignored
+	write(good)       // valid again
+	if got := len(recv().Endpoints); got != 3 {
+		t.Fatalf("after the invalid and valid changes: %d endpoints, want 3", got)
+	}
+	select {
+	case s := <-states:
+		t.Fatalf("an extra state was delivered: %+v", s)
+	default:
+	}
+}
+
+func TestFileFailsOnInvalidStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.yaml")
+	os.WriteFile(path, []byte("nodes: [{name: ''}]"), 0o600)
+	err := (&File{Path: path}).Run(context.Background(), func(*State) { t.Error("delivered an invalid state") })
+	if err == nil {
+		t.Fatal("want an error at start")
+	}
+}
