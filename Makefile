@@ -44,8 +44,11 @@ fuzz: deps
 		echo "== $$f"; $(GO) test ./wire -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 	done
 
+# Figures recorded in docs/benchmarks.md.
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 200x ./localmesh ./datapath
+	$(GO) test -run '^$$' -bench RemotePropagation -benchtime 200x ./localmesh
+	$(GO) test -run '^$$' -bench MeshStartup -benchtime 10x ./localmesh
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./datapath
 
 clean:
 	rm -rf bin

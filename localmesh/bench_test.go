@@ -72,11 +72,15 @@ func BenchmarkRemotePropagation(b *testing.B) {
 // BenchmarkMeshStartup measures starting three clusters with two agents each
 // until every agent has every remote fully synced.
 func BenchmarkMeshStartup(b *testing.B) {
+	var total time.Duration
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
 		m := quietMesh(b, 3, 2)
 		testenv.WaitFor(b, wait, "mesh ready", func() bool { return allReady(m) })
-		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms_to_synced")
+		total += time.Since(start)
+		b.StopTimer()
 		m.Close()
+		b.StartTimer()
 	}
+	b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms_to_synced")
 }
