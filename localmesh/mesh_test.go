@@ -214,23 +214,27 @@ func TestRejectsInvalidRemoteEntries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// An unparseable address.
+	if _, err := admin.Put(ctx, wire.IPCacheKey("10.9.9.4"), `{"IP":"10.9.9.400","ID":131100}`); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := admin.Put(ctx, wire.IPCacheKey("10.2.9.9"), `{"IP":"10.2.9.9","ID":131100}`); err != nil {
 		t.Fatal(err)
 	}
 	a := m.Cluster("east").Agents[0]
-	testenv.WaitFor(t, wait, "6 rejections counted and the valid entry applied", func() bool {
+	testenv.WaitFor(t, wait, "7 rejections counted and the valid entry applied", func() bool {
 		ips, _ := a.Datapath.IPCache()
 		_, ok := ips[netip.MustParsePrefix("10.2.9.9/32")]
-		return remoteStatus(a, "west").RejectedTotal() == 6 && ok
+		return remoteStatus(a, "west").RejectedTotal() == 7 && ok
 	})
 	r := remoteStatus(a, "west")
-	for reason, n := range map[string]uint64{"identity_out_of_range": 2, "malformed_value": 1, "invalid_address": 1, "cluster_mismatch": 2} {
+	for reason, n := range map[string]uint64{"identity_out_of_range": 2, "malformed_value": 2, "invalid_address": 1, "cluster_mismatch": 2} {
 		if r.Rejected[reason] != n {
 			t.Errorf("rejected[%s] = %d, want %d (all: %v)", reason, r.Rejected[reason], n, r.Rejected)
 		}
 	}
 	ips, _ := a.Datapath.IPCache()
-	for _, p := range []string{"10.9.9.1/32", "10.9.9.2/32", "10.9.9.3/32"} {
+	for _, p := range []string{"10.9.9.1/32", "10.9.9.2/32", "10.9.9.3/32", "10.9.9.4/32"} {
 		if _, ok := ips[netip.MustParsePrefix(p)]; ok {
 			t.Errorf("rejected entry %s reached the datapath", p)
 		}

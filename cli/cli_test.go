@@ -1,0 +1,135 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/localmesh"
+	"sigs.k8s.io/yaml"
+)
+
+// run executes one clustermesh command line in-process.
+func run(ctx context.Context, args ...string) (string, error) {
+	var out bytes.Buffer
+	root := NewRoot()
+	root.SetArgs(append([]string{"--log-level", "error"}, args...))
+	root.SetOut(&out)
+	root.SetErr(&out)
+	err := root.ExecuteContext(ctx)
+	return out.String(), err
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestByHand runs the README's "by hand" commands: a CA, two bundles, two
+// apiservers, an agent in east reading west, and `status` against it.
+func TestByHand(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	must := func(out string, err error) string {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return out
+	}
+	must(run(ctx, "ca", "create", "--out", filepath.Join(dir, "ca")))
+	if out, err := run(ctx, "ca", "create", "--out", filepath.Join(dir, "ca")); err == nil || !strings.Contains(err.Error(), "--out") {
+		t.Errorf("second ca create in the same dir: %v %s (want a refusal that mentions --out)", err, out)
+	}
+	addrs := map[string]string{}
+	for i, c := range []string{"east", "west"} {
+		must(run(ctx, "ca", "issue", "--ca", filepath.Join(dir, "ca"), "--out", filepath.Join(dir, c), "--cluster", c, "--ip", "127.0.0.1"))
+		st, _ := yaml.Marshal(localmesh.SampleState(i + 1))
+		os.WriteFile(filepath.Join(dir, c+".yaml"), st, 0o600)
+		addrs[c] = freePort(t)
+	}
+	done := make(chan error, 3)
+	for i, c := range []string{"east", "west"} {
+		peer := map[string]string{"east": "west", "west": "east"}[c]
+		go func() {
+			_, err := run(ctx, "apiserver", "--cluster-name", c, "--cluster-id", fmt.Sprint(i+1), "--cert-dir", filepath.Join(dir, c),
+				"--state-file", filepath.Join(dir, c+".yaml"), "--listen", addrs[c], "--peer", peer)
+			done <- err
+		}()
+	}
+	remotes := filepath.Join(dir, "remotes")
+	os.MkdirAll(remotes, 0o700)
+	os.WriteFile(filepath.Join(remotes, "west"), []byte(fmt.Sprintf(
+		"endpoints: [https://%s]\ntrusted-ca-file: ../east/ca.crt\ncert-file: ../east/remote-east.crt\nkey-file: ../east/remote-east.key\n",
+		addrs["west"])), 0o600)
+	sock := filepath.Join(dir, "agent.sock")
+	pinDir := fmt.Sprintf("/sys/fs/bpf/cm-clitest-%d", os.Getpid())
+	go func() {
+		_, err := run(ctx, "agent", "--cluster-name", "east", "--cluster-id", "1", "--config-dir", remotes,
+			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir)
+		done <- err
+	}()
+	defer func() {
+		cancel()
+		for i := 0; i < 3; i++ {
+			if err := <-done; err != nil {
+				t.Errorf("command ended with: %v", err)
+			}
+		}
+		if os.Geteuid() == 0 {
+			must(run(context.Background(), "agent", "--cleanup", "--bpf-pin-dir", pinDir, "--cluster-name", "x", "--cluster-id", "1",
+				"--config-dir", "x", "--state-file", "x"))
+		}
+	}()
+	var st agentsync.Status
+	testenv.WaitFor(t, 30*time.Second, "east's agent sees west ready", func() bool {
+		out, err := run(ctx, "status", "--agent", sock, "-o", "json")
+		if err != nil || json.Unmarshal([]byte(out), &st) != nil {
+			return false
+		}
+		return len(st.Remotes) == 1 && st.Remotes[0].Ready && len(st.Services) == 1 && st.Services[0].RemoteTotal == 3
+	})
+	table := must(run(ctx, "status", "--agent", sock))
+	for _, want := range []string{"REMOTE", "west", "shop/checkout", "3 (west=3)", "3 from local"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("status table lacks %q:\n%s", want, table)
+		}
+	}
+	if os.Geteuid() == 0 && st.Datapath != "ebpf" {
+		t.Errorf("as root the agent should use eBPF maps, says %q", st.Datapath)
+	}
+}
+
+func TestStatusWithoutAgentSaysWhatToDo(t *testing.T) {
+	_, err := run(context.Background(), "status", "--agent", filepath.Join(t.TempDir(), "none.sock"), "--timeout", "1s")
+	if err == nil || !strings.Contains(err.Error(), "clustermesh agent") {
+		t.Errorf("want an error that points at `clustermesh agent`, got %v", err)
+	}
+}
+
+func TestHelpExplains(t *testing.T) {
+	for _, cmd := range [][]string{{"--help"}, {"demo", "--help"}, {"agent", "--help"}, {"apiserver", "--help"}, {"ca", "issue", "--help"}, {"status", "--help"}} {
+		out, err := run(context.Background(), cmd...)
+		if err != nil || len(out) < 300 {
+			t.Errorf("%v: %v, %d bytes of help", cmd, err, len(out))
+		}
+	}
+	if _, err := run(context.Background(), "apiserver", "--cluster-name", "east"); err == nil || !strings.Contains(err.Error(), "required") {
+		t.Errorf("missing required flags: %v", err)
+	}
+}
