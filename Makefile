@@ -40,8 +40,10 @@ lint: vet
 # Fuzz every decoder for FUZZTIME each (the seed corpora already run in `make test`).
 FUZZTIME ?= 30s
 fuzz: deps
-	@for f in $$($(GO) test -list '^Fuzz' ./wire | grep ^Fuzz); do \
-		echo "== $$f"; $(GO) test ./wire -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+	@for p in ./wire ./statesource; do \
+		for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
+			echo "== $$p $$f"; $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+		done; \
 	done
 
 # Figures recorded in docs/benchmarks.md.
