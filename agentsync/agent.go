@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
@@ -33,6 +34,7 @@ const (
 	DefaultBackoffMax         = 30 * time.Second
 	DefaultListPageSize       = 2000
 	DefaultSyncTimeout        = 5 * time.Minute
+	DefaultRetryInterval      = 5 * time.Second
 )
 
 // ErrInvalidConfig is wrapped by every Config.Validate error.
@@ -60,7 +62,9 @@ type Config struct {
 	// SyncTimeout bounds how long entries left in the datapath by a previous
 	// run wait for the remotes' first sync before they are pruned.
 	SyncTimeout time.Duration
-	Logger      *slog.Logger
+	// RetryInterval is how often datapath writes that failed are retried.
+	RetryInterval time.Duration
+	Logger        *slog.Logger
 }
 
 func (c *Config) withDefaults() {
@@ -78,6 +82,7 @@ func (c *Config) withDefaults() {
 	def(&c.BackoffInitial, DefaultBackoffInitial)
 	def(&c.BackoffMax, DefaultBackoffMax)
 	def(&c.SyncTimeout, DefaultSyncTimeout)
+	def(&c.RetryInterval, DefaultRetryInterval)
 	if c.ListPageSize == 0 {
 		c.ListPageSize = DefaultListPageSize
 	}
@@ -113,6 +118,7 @@ type Agent struct {
 	merger *merger
 	// pruned is closed once entries of a previous run were pruned.
 	pruned  chan struct{}
+	running atomic.Bool   // Run may be called once
 	readyCh chan struct{} // signalled when a remote becomes ready
 
 	mu       sync.Mutex
@@ -147,8 +153,10 @@ func (a *Agent) Pruned() <-chan struct{} { return a.pruned }
 // Run syncs until ctx is done, then stops every remote (keeping the
 // datapath as it is: pinned maps keep serving while the agent restarts).
 func (a *Agent) Run(ctx context.Context) error {
+	if !a.running.CompareAndSwap(false, true) {
+		return errors.New("agentsync: Run called twice: create a new Agent")
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	localReady := make(chan struct{})
 	srcErr := make(chan error, 1)
 	var once sync.Once
@@ -161,9 +169,20 @@ func (a *Agent) Run(ctx context.Context) error {
 			once.Do(func() { close(localReady) })
 		})
 	}()
+	// Deferred in reverse: stop the remotes, cancel, then wait for the rest.
 	defer wg.Wait()
+	defer cancel()
 	defer a.stopAll()
 
+	// Remotes connect only once the local state is known: a remote's entries
+	// are checked against the local addresses.
+	select {
+	case <-localReady:
+	case err := <-srcErr:
+		return fmt.Errorf("agentsync: local state source: %w", err)
+	case <-ctx.Done():
+		return nil
+	}
 	if err := a.scanConfigDir(ctx); err != nil {
 		return err
 	}
@@ -174,10 +193,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	t := time.NewTicker(a.cfg.ConfigPollInterval)
 	defer t.Stop()
+	retry := time.NewTicker(a.cfg.RetryInterval)
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-retry.C:
+			if n := a.merger.retryFailed(); n > 0 {
+				a.log.Warn("datapath writes still failing after retry", "entries", n)
+			}
 		case err := <-srcErr:
 			if err != nil {
 				return fmt.Errorf("agentsync: local state source: %w", err)
@@ -228,6 +253,9 @@ func (a *Agent) scanConfigDir(ctx context.Context) error {
 	for _, r := range gone {
 		r.log.Info("config removed: disconnecting and draining")
 		r.stop(true)
+	}
+	if len(gone) > 0 {
+		a.remoteReady() // initialPrune no longer waits for them
 	}
 	return nil
 }
@@ -301,6 +329,18 @@ func (a *Agent) reserve(name string, id uint32) error {
 	return nil
 }
 
+// reservedID returns the id reserved for remote name, 0 if none.
+func (a *Agent) reservedID(name string) uint32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, owner := range a.reserved {
+		if owner == name {
+			return id
+		}
+	}
+	return 0
+}
+
 // release frees the id of remote name.
 func (a *Agent) release(name string) {
 	a.mu.Lock()
@@ -319,9 +359,10 @@ func (a *Agent) remoteReady() {
 	}
 }
 
-// initialPrune waits for the local state and for every remote known at start
-// to be ready (or SyncTimeout), then removes from the datapath whatever no
-// one claims: entries of a previous run whose source is gone.
+// initialPrune waits for the local state and for every remote configured at
+// start to be ready (or SyncTimeout), then removes from the datapath whatever
+// no one claims: entries of a previous run whose source is gone. A remote
+// that was removed meanwhile is no longer waited for.
 func (a *Agent) initialPrune(ctx context.Context, localReady <-chan struct{}) {
 	timeout := time.NewTimer(a.cfg.SyncTimeout)
 	defer timeout.Stop()
@@ -331,35 +372,40 @@ func (a *Agent) initialPrune(ctx context.Context, localReady <-chan struct{}) {
 		return
 	}
 	a.mu.Lock()
-	waitFor := make([]*remote, 0, len(a.remotes))
-	for _, r := range a.remotes {
-		waitFor = append(waitFor, r)
+	names := make([]string, 0, len(a.remotes))
+	for name := range a.remotes {
+		names = append(names, name)
 	}
 	a.mu.Unlock()
-	for {
-		all := true
-		for _, r := range waitFor {
-			all = all && r.isReady()
-		}
-		if all {
-			break
-		}
+	for !a.allReady(names) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-a.readyCh:
+			continue
 		case <-timeout.C:
 			a.log.Warn("not every remote synced within the sync timeout: pruning anyway", "timeout", a.cfg.SyncTimeout)
-			all = true
-		case <-a.readyCh:
 		}
-		if all {
-			break
-		}
+		break
 	}
 	if err := a.merger.prune(a.cfg.Datapath); err != nil {
 		a.log.Error("prune after initial sync failed", "err", err)
 	}
 	close(a.pruned)
+}
+
+// allReady reports whether every remote of names still configured is ready
+// (looked up by name: a changed config replaces the remote object).
+func (a *Agent) allReady(names []string) bool {
+	for _, name := range names {
+		a.mu.Lock()
+		r := a.remotes[name]
+		a.mu.Unlock()
+		if r != nil && !r.isReady() {
+			return false
+		}
+	}
+	return true
 }
 
 // Status returns the agent's status.
@@ -380,8 +426,6 @@ func (a *Agent) Status() Status {
 	}
 	sort.Slice(st.Remotes, func(i, j int) bool { return st.Remotes[i].Name < st.Remotes[j].Name })
 	st.Services = a.merger.serviceStatuses()
-	a.merger.mu.Lock()
-	st.DatapathErrors, st.LastDatapathError = a.merger.writeErrs, a.merger.lastErr
-	a.merger.mu.Unlock()
+	st.DatapathErrors, st.LastDatapathError = a.merger.writeErrors()
 	return st
 }

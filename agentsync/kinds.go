@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -19,12 +20,29 @@ import (
 // entries survive disconnects; a (re)list marks them all, un-marks what it
 // sees, and only after the list completed removes what stayed marked.
 //
-// entries is written only by the kind's own goroutine (one at a time per
-// remote) and read under remote.mu for counts.
+// entries is written only by the kind's own goroutine (one session at a
+// time) and read for counts; it has its own lock because a kindState moves
+// to a new remote when the remote's config file changes.
 type kindState struct {
-	r       *remote
-	kind    wire.Kind
-	entries map[string]any // key → decoded value (guarded by r.mu)
+	r    *remote
+	kind wire.Kind
+
+	mu      sync.Mutex
+	entries map[string]any // guarded by mu; key → what a delete needs
+}
+
+// count returns the number of entries.
+func (ks *kindState) count() int {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return len(ks.entries)
+}
+
+// clear forgets every entry (after the merger dropped the cluster).
+func (ks *kindState) clear() {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ks.entries = map[string]any{}
 }
 
 func newKindState(r *remote, k wire.Kind) *kindState {
@@ -94,7 +112,7 @@ func (ks *kindState) waitCanary(ctx context.Context, cli *clientv3.Client, clust
 func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Cluster, etcdID uint64) (int64, error) {
 	prefix := ks.kind.ListPrefix(c.Name)
 	end := clientv3.GetPrefixRangeEnd(prefix)
-	seen := make(map[string]struct{}, len(ks.entries))
+	seen := make(map[string]struct{}, ks.count())
 	start, rev := prefix, int64(0)
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ks.r.agent.cfg.ListPageSize)}
@@ -103,7 +121,7 @@ func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Clus
 		}
 		resp, err := cli.Get(ctx, start, opts...)
 		if errors.Is(err, rpctypes.ErrCompacted) {
-			seen, start, rev = make(map[string]struct{}, len(ks.entries)), prefix, 0 // restart the list
+			seen, start, rev = make(map[string]struct{}, len(seen)), prefix, 0 // restart the list
 			continue
 		}
 		if err != nil {
@@ -169,8 +187,8 @@ func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Clu
 }
 
 func (ks *kindState) snapshotKeys() map[string]struct{} {
-	ks.r.mu.Lock()
-	defer ks.r.mu.Unlock()
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
 	keys := make(map[string]struct{}, len(ks.entries))
 	for k := range ks.entries {
 		keys[k] = struct{}{}
@@ -190,6 +208,10 @@ func (ks *kindState) apply(c wire.Cluster, key string, value []byte) {
 	m := ks.r.agent.merger
 	switch e := v.(type) {
 	case *wire.IPIdentityPair:
+		if m.overlapsLocal(e.Prefix()) {
+			ks.r.reject(fmt.Errorf("agentsync: ipcache %q: %s %w", key, e.Prefix(), ErrOverlapsLocal))
+			return
+		}
 		m.setIP(c.Name, e.Prefix(), &ipClaim{clusterID: uint16(c.ID), entry: datapath.IPCacheEntry{
 			Identity: e.ID, TunnelEndpoint: e.HostIP, ClusterID: uint16(c.ID)}})
 		v = e.Prefix() // all a later delete needs
@@ -197,17 +219,17 @@ func (ks *kindState) apply(c wire.Cluster, key string, value []byte) {
 		m.setRemoteService(c.Name, svcName{e.Namespace, e.Name}, toRemoteService(c, e))
 		v = svcName{e.Namespace, e.Name}
 	}
-	ks.r.mu.Lock()
+	ks.mu.Lock()
 	ks.entries[key] = v
-	ks.r.mu.Unlock()
+	ks.mu.Unlock()
 }
 
 // remove forgets key and takes it out of the merged state.
 func (ks *kindState) remove(c wire.Cluster, key string) {
-	ks.r.mu.Lock()
+	ks.mu.Lock()
 	v, ok := ks.entries[key]
 	delete(ks.entries, key)
-	ks.r.mu.Unlock()
+	ks.mu.Unlock()
 	if !ok {
 		return
 	}

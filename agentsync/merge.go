@@ -47,9 +47,12 @@ type merger struct {
 	localSvcs  map[svcName]*statesource.Service      // guarded by mu; global services of local
 	remoteSvcs map[svcName]map[string]*remoteService // guarded by mu; service → cluster → backends
 	ipClaims   map[netip.Prefix]map[string]ipClaim   // guarded by mu; prefix → cluster → claim
+	localNet   []netip.Prefix                        // guarded by mu; local pod CIDRs and node IPs
 
 	writtenSvc map[svcName]map[datapath.Frontend][]datapath.Backend // guarded by mu
 	writtenIP  map[netip.Prefix]datapath.IPCacheEntry               // guarded by mu
+	failedSvc  map[svcName]bool                                     // guarded by mu; to rewrite on retry
+	failedIP   map[netip.Prefix]bool                                // guarded by mu; to rewrite on retry
 	writeErrs  uint64                                               // guarded by mu
 	lastErr    string                                               // guarded by mu
 }
@@ -62,6 +65,8 @@ func newMerger(dp datapath.Writer, localName string, localID uint16, log *slog.L
 		ipClaims:   map[netip.Prefix]map[string]ipClaim{},
 		writtenSvc: map[svcName]map[datapath.Frontend][]datapath.Backend{},
 		writtenIP:  map[netip.Prefix]datapath.IPCacheEntry{},
+		failedSvc:  map[svcName]bool{},
+		failedIP:   map[netip.Prefix]bool{},
 	}
 }
 
@@ -75,6 +80,13 @@ func (m *merger) setLocal(st *statesource.State) {
 		touched[n] = true
 	}
 	m.local = st
+	m.localNet = m.localNet[:0]
+	for _, n := range st.Nodes {
+		m.localNet = append(m.localNet, n.PodCIDRs...)
+		for _, ip := range n.IPs {
+			m.localNet = append(m.localNet, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
+		}
+	}
 	m.localSvcs = map[svcName]*statesource.Service{}
 	for i := range st.Services {
 		s := &st.Services[i]
@@ -110,6 +122,19 @@ func (m *merger) setRemoteService(cluster string, n svcName, rs *remoteService) 
 		byCluster[cluster] = rs
 	}
 	m.syncService(n)
+}
+
+// overlapsLocal reports whether p overlaps a local pod CIDR or node IP: a
+// remote may never claim the local cluster's addresses.
+func (m *merger) overlapsLocal(p netip.Prefix) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range m.localNet {
+		if l.Overlaps(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // setIP records cluster's claim on a prefix (nil deletes it).
@@ -174,15 +199,21 @@ func (m *merger) syncIP(p netip.Prefix) {
 		want = &winner.entry
 	}
 	have, written := m.writtenIP[p]
+	ok := true
 	switch {
 	case want == nil && written:
-		if m.check(m.dp.DeleteIPCache(p), "delete ipcache", p) {
+		if ok = m.check(m.dp.DeleteIPCache(p), "delete ipcache", p); ok {
 			delete(m.writtenIP, p)
 		}
 	case want != nil && (!written || have != *want):
-		if m.check(m.dp.UpsertIPCache(p, *want), "update ipcache", p) {
+		if ok = m.check(m.dp.UpsertIPCache(p, *want), "update ipcache", p); ok {
 			m.writtenIP[p] = *want
 		}
+	}
+	if ok {
+		delete(m.failedIP, p)
+	} else {
+		m.failedIP[p] = true
 	}
 }
 
@@ -191,25 +222,38 @@ func (m *merger) syncIP(p netip.Prefix) {
 func (m *merger) syncService(n svcName) {
 	want := m.desiredFrontends(n)
 	have := m.writtenSvc[n]
+	failed := false
 	for fe, bes := range want {
 		if old, ok := have[fe]; ok && slices.Equal(old, bes) {
 			continue
 		}
-		if m.check(m.dp.UpsertService(fe, bes), "update service", fe) {
-			if have == nil {
-				have = map[datapath.Frontend][]datapath.Backend{}
-				m.writtenSvc[n] = have
-			}
-			have[fe] = bes
+		if !m.check(m.dp.UpsertService(fe, bes), "update service", fe) {
+			failed = true
+			continue
 		}
+		if have == nil {
+			have = map[datapath.Frontend][]datapath.Backend{}
+			m.writtenSvc[n] = have
+		}
+		have[fe] = bes
 	}
 	for fe := range have {
-		if _, ok := want[fe]; !ok && m.check(m.dp.DeleteService(fe), "delete service", fe) {
+		if _, ok := want[fe]; ok {
+			continue
+		}
+		if m.check(m.dp.DeleteService(fe), "delete service", fe) {
 			delete(have, fe)
+		} else {
+			failed = true
 		}
 	}
 	if len(have) == 0 {
 		delete(m.writtenSvc, n)
+	}
+	if failed {
+		m.failedSvc[n] = true
+	} else {
+		delete(m.failedSvc, n)
 	}
 }
 
@@ -315,6 +359,28 @@ func backendLess(a, b datapath.Backend) bool {
 		return a.Port < b.Port
 	}
 	return a.Protocol < b.Protocol
+}
+
+// retryFailed rewrites every service and prefix whose last write failed, so
+// the datapath does not drift from the desired state after a transient
+// error. It reports how many are still failing.
+func (m *merger) retryFailed() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for n := range m.failedSvc {
+		m.syncService(n)
+	}
+	for p := range m.failedIP {
+		m.syncIP(p)
+	}
+	return len(m.failedSvc) + len(m.failedIP)
+}
+
+// writeErrors returns the number of failed writes and the last error.
+func (m *merger) writeErrors() (uint64, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.writeErrs, m.lastErr
 }
 
 // check logs and counts a failed datapath write; it reports success.

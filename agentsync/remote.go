@@ -1,6 +1,7 @@
 package agentsync
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,9 @@ var (
 	// ErrClusterIDConflict: the remote's cluster id is the local cluster's or
 	// another connected remote's.
 	ErrClusterIDConflict = errors.New("cluster id conflict")
+	// ErrOverlapsLocal: a remote's ipcache entry overlaps a local pod CIDR or
+	// node IP; it is rejected.
+	ErrOverlapsLocal = errors.New("overlaps the local cluster's addresses")
 	// errCompacted: the watch fell behind a compaction; relist.
 	errCompacted = errors.New("watch revision compacted")
 )
@@ -94,7 +98,7 @@ func (r *remote) run(ctx context.Context) {
 			return
 		}
 		r.setDisconnected(err)
-		r.log.Warn("remote connection lost, keeping its last state and reconnecting", "err", err)
+		r.log.Warn("remote session ended, keeping its last state and retrying", "err", err)
 		if wasReady {
 			bo.Reset()
 		}
@@ -126,15 +130,15 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	}
 	defer cli.Close()
 
-	cluster, cfg, etcdID, err := r.clusterConfig(ctx, cli)
+	pin, err := r.clusterConfig(ctx, cli)
 	if err != nil {
 		return false, err
 	}
-	if err := r.agent.reserve(r.name, cluster.ID); err != nil {
+	if err := r.admit(pin.cluster); err != nil {
 		return false, err
 	}
-	r.setConnected(cluster, etcdID)
-	r.log.Info("connected", "clusterID", cluster.ID, "etcdClusterID", fmt.Sprintf("%x", etcdID))
+	r.setConnected(pin.cluster, pin.etcdID)
+	r.log.Info("connected", "clusterID", pin.cluster.ID, "etcdClusterID", formatID(pin.etcdID))
 
 	errc := make(chan error, len(wire.Kinds)+1)
 	var wg sync.WaitGroup
@@ -142,13 +146,13 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- r.kinds[k].run(ctx, cli, cluster, cfg.Capabilities.SyncedCanaries, etcdID)
+			errc <- r.kinds[k].run(ctx, cli, pin.cluster, pin.config.Capabilities.SyncedCanaries, pin.etcdID)
 		}()
 	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		errc <- r.probe(ctx, cli, etcdID)
+		errc <- r.probe(ctx, cli, pin)
 	}()
 	err = <-errc
 	cancel()
@@ -156,47 +160,78 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	return r.isReady(), err
 }
 
+// admit reserves the remote's cluster id. A remote that comes back with
+// another id than it had is drained first (nothing it said under the old id
+// is valid any more), then admitted under the new one.
+func (r *remote) admit(c wire.Cluster) error {
+	if prev := r.agent.reservedID(r.name); prev != 0 && prev != c.ID {
+		r.log.Warn("remote changed its cluster id: draining it before re-admission", "from", prev, "to", c.ID)
+		r.agent.merger.dropCluster(r.name)
+		r.agent.release(r.name)
+		for _, ks := range r.kinds {
+			ks.clear()
+		}
+	}
+	return r.agent.reserve(r.name, c.ID)
+}
+
+// sessionPin is what a session holds the remote to: its validated config
+// (and the exact bytes it came as) and the etcd cluster id that served it.
+type sessionPin struct {
+	cluster wire.Cluster
+	config  wire.ClusterConfig
+	raw     []byte
+	etcdID  uint64
+}
+
 // clusterConfig waits for and validates the remote's cluster config, and
-// pins the etcd cluster id it came from.
-func (r *remote) clusterConfig(ctx context.Context, cli *clientv3.Client) (wire.Cluster, wire.ClusterConfig, uint64, error) {
+// pins the etcd cluster id it came from. It polls (every ProbeInterval)
+// rather than watches: a store that restarted may be behind any revision a
+// watch would start from.
+func (r *remote) clusterConfig(ctx context.Context, cli *clientv3.Client) (sessionPin, error) {
 	key := wire.ClusterConfigKey(r.name)
+	t := time.NewTicker(r.agent.cfg.ProbeInterval)
+	defer t.Stop()
 	for {
 		gctx, cancel := context.WithTimeout(ctx, r.agent.cfg.ProbeTimeout)
 		resp, err := cli.Get(gctx, key)
 		cancel()
 		if err != nil {
-			return wire.Cluster{}, wire.ClusterConfig{}, 0, r.explain(err)
+			return sessionPin{}, r.explain(err)
 		}
 		if len(resp.Kvs) == 1 {
-			c, cfg, err := wire.DecodeClusterConfig(r.name, r.agent.cfg.MaxConnectedClusters, resp.Kvs[0].Value)
+			raw := resp.Kvs[0].Value
+			c, cfg, err := wire.DecodeClusterConfig(r.name, r.agent.cfg.MaxConnectedClusters, raw)
 			if err != nil {
 				r.reject(err)
-				return c, cfg, 0, fmt.Errorf("agentsync: remote %s: %w", r.name, err)
+				return sessionPin{}, fmt.Errorf("agentsync: remote %s: %w", r.name, err)
 			}
-			return c, cfg, resp.Header.ClusterId, nil
+			if cfg.Capabilities.Cached {
+				return sessionPin{}, fmt.Errorf("agentsync: remote %s: %w: it serves its state from a kvstoremesh cache (capabilities.cached), which this agent does not read; point the config at the cluster's own mesh apiserver",
+					r.name, wire.ErrIncompatibleConfig)
+			}
+			return sessionPin{cluster: c, config: cfg, raw: raw, etcdID: resp.Header.ClusterId}, nil
 		}
 		r.setError(fmt.Errorf("agentsync: remote %s has not published %s yet: waiting", r.name, key))
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := cli.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1))
 		select {
 		case <-ctx.Done():
-		case <-wch:
-		}
-		wcancel()
-		if ctx.Err() != nil {
-			return wire.Cluster{}, wire.ClusterConfig{}, 0, ctx.Err()
+			return sessionPin{}, ctx.Err()
+		case <-t.C:
 		}
 	}
 }
 
-// probe reads the heartbeat every ProbeInterval: a failed read ends the
-// session (the remote is unreachable), an answer from another etcd too.
-func (r *remote) probe(ctx context.Context, cli *clientv3.Client, etcdID uint64) error {
+// probe reads the heartbeat and the cluster config every ProbeInterval, in
+// one transaction. It ends the session when the remote does not answer,
+// when the answer comes from another etcd or from a store whose revision
+// went backwards (a restarted store), or when the cluster config changed.
+func (r *remote) probe(ctx context.Context, cli *clientv3.Client, pin sessionPin) error {
 	t := time.NewTicker(r.agent.cfg.ProbeInterval)
 	defer t.Stop()
+	var lastRev int64
 	for {
 		gctx, cancel := context.WithTimeout(ctx, r.agent.cfg.ProbeTimeout)
-		resp, err := cli.Get(gctx, wire.HeartbeatKey)
+		resp, err := cli.Txn(gctx).Then(clientv3.OpGet(wire.HeartbeatKey), clientv3.OpGet(wire.ClusterConfigKey(r.name))).Commit()
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -204,13 +239,22 @@ func (r *remote) probe(ctx context.Context, cli *clientv3.Client, etcdID uint64)
 			}
 			return fmt.Errorf("agentsync: remote %s unreachable: %w", r.name, r.explain(err))
 		}
-		if err := r.checkEtcd(resp.Header.ClusterId, etcdID); err != nil {
+		if err := r.checkEtcd(resp.Header.ClusterId, pin.etcdID); err != nil {
 			return err
 		}
-		if len(resp.Kvs) == 1 {
-			if hb, err := time.Parse(time.RFC3339Nano, string(resp.Kvs[0].Value)); err == nil {
+		if resp.Header.Revision < lastRev {
+			return fmt.Errorf("agentsync: remote %s: %w (store revision went back from %d to %d): resyncing",
+				r.name, ErrClusterChanged, lastRev, resp.Header.Revision)
+		}
+		lastRev = resp.Header.Revision
+		hb, cfg := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+		if len(cfg) != 1 || !bytes.Equal(cfg[0].Value, pin.raw) {
+			return fmt.Errorf("agentsync: remote %s: its cluster config changed: resyncing", r.name)
+		}
+		if len(hb) == 1 {
+			if at, err := time.Parse(time.RFC3339Nano, string(hb[0].Value)); err == nil {
 				r.mu.Lock()
-				r.status.LastHeartbeat = hb
+				r.status.LastHeartbeat = at
 				r.mu.Unlock()
 			}
 		}

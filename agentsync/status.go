@@ -1,6 +1,7 @@
 package agentsync
 
 import (
+	"errors"
 	"sort"
 	"strconv"
 	"time"
@@ -122,12 +123,20 @@ func (r *remote) setErrorLocked(err error) {
 
 // reject counts and logs an entry that failed validation.
 func (r *remote) reject(err error) {
-	reason := wire.Reason(err)
+	reason := rejectReason(err)
 	r.mu.Lock()
 	r.status.Rejected[reason]++
 	r.setErrorLocked(err)
 	r.mu.Unlock()
 	r.log.Warn("rejected entry from remote", "reason", reason, "err", err)
+}
+
+// rejectReason labels a rejection for status and metrics.
+func rejectReason(err error) string {
+	if errors.Is(err, ErrOverlapsLocal) {
+		return "overlaps_local"
+	}
+	return wire.Reason(err)
 }
 
 // snapshot returns the remote's status with current counts.
@@ -137,10 +146,10 @@ func (r *remote) snapshot() RemoteStatus {
 	s := r.status
 	s.Synced = copyMap(r.status.Synced)
 	s.Rejected = copyMap(r.status.Rejected)
-	s.Nodes = len(r.kinds[wire.Nodes].entries)
-	s.Endpoints = len(r.kinds[wire.IPCache].entries)
-	s.Identities = len(r.kinds[wire.Identities].entries)
-	s.Services = len(r.kinds[wire.Services].entries)
+	s.Nodes = r.kinds[wire.Nodes].count()
+	s.Endpoints = r.kinds[wire.IPCache].count()
+	s.Identities = r.kinds[wire.Identities].count()
+	s.Services = r.kinds[wire.Services].count()
 	return s
 }
 

@@ -3,8 +3,8 @@ package agentsync
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -37,7 +37,9 @@ func ServeStatus(ctx context.Context, addr string, status func() Status) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(status())
+		if err := json.NewEncoder(w).Encode(status()); err != nil {
+			slog.Debug("status: client went away", "err", err)
+		}
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
@@ -70,7 +72,7 @@ func FetchStatus(ctx context.Context, addr string) (Status, error) {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return st, err
+		return st, fmt.Errorf("agentsync: status: %w", err)
 	}
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
@@ -81,7 +83,7 @@ func FetchStatus(ctx context.Context, addr string) (Status, error) {
 		return st, fmt.Errorf("agentsync: status: agent at %s answered %s", addr, resp.Status)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return st, errors.Join(fmt.Errorf("agentsync: status: agent at %s sent an unreadable status", addr), err)
+		return st, fmt.Errorf("agentsync: status: agent at %s sent an unreadable status: %w", addr, err)
 	}
 	return st, nil
 }

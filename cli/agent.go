@@ -80,7 +80,6 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 // runWithStatus runs run and serves status on addr until either ends.
 func runWithStatus(ctx context.Context, addr string, run func(context.Context) error, status func() agentsync.Status) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
 	statusErr := make(chan error, 1)
 	wg.Add(1)
@@ -88,7 +87,8 @@ func runWithStatus(ctx context.Context, addr string, run func(context.Context) e
 		defer wg.Done()
 		statusErr <- agentsync.ServeStatus(ctx, addr, status)
 	}()
-	defer wg.Wait()
+	defer wg.Wait() // after cancel (defers run in reverse)
+	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- run(ctx) }()
 	select {

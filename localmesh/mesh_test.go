@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -214,6 +216,10 @@ func TestRejectsInvalidRemoteEntries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// An address in east's own pod CIDR: a remote may not claim it.
+	if _, err := admin.Put(ctx, wire.IPCacheKey("10.1.1.50"), `{"IP":"10.1.1.50","ID":131100}`); err != nil {
+		t.Fatal(err)
+	}
 	// An unparseable address.
 	if _, err := admin.Put(ctx, wire.IPCacheKey("10.9.9.4"), `{"IP":"10.9.9.400","ID":131100}`); err != nil {
 		t.Fatal(err)
@@ -222,19 +228,19 @@ func TestRejectsInvalidRemoteEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := m.Cluster("east").Agents[0]
-	testenv.WaitFor(t, wait, "7 rejections counted and the valid entry applied", func() bool {
+	testenv.WaitFor(t, wait, "8 rejections counted and the valid entry applied", func() bool {
 		ips, _ := a.Datapath.IPCache()
 		_, ok := ips[netip.MustParsePrefix("10.2.9.9/32")]
-		return remoteStatus(a, "west").RejectedTotal() == 7 && ok
+		return remoteStatus(a, "west").RejectedTotal() == 8 && ok
 	})
 	r := remoteStatus(a, "west")
-	for reason, n := range map[string]uint64{"identity_out_of_range": 2, "malformed_value": 2, "invalid_address": 1, "cluster_mismatch": 2} {
+	for reason, n := range map[string]uint64{"identity_out_of_range": 2, "malformed_value": 2, "invalid_address": 1, "overlaps_local": 1, "cluster_mismatch": 2} {
 		if r.Rejected[reason] != n {
 			t.Errorf("rejected[%s] = %d, want %d (all: %v)", reason, r.Rejected[reason], n, r.Rejected)
 		}
 	}
 	ips, _ := a.Datapath.IPCache()
-	for _, p := range []string{"10.9.9.1/32", "10.9.9.2/32", "10.9.9.3/32", "10.9.9.4/32"} {
+	for _, p := range []string{"10.9.9.1/32", "10.9.9.2/32", "10.9.9.3/32", "10.9.9.4/32", "10.1.1.50/32"} {
 		if _, ok := ips[netip.MustParsePrefix(p)]; ok {
 			t.Errorf("rejected entry %s reached the datapath", p)
 		}
@@ -256,4 +262,58 @@ func adminClient(t *testing.T, c *Cluster) *clientv3.Client {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// A fast restart — the store comes back empty, with fewer entries, before
+// the probe noticed it was gone — is detected through the store's new etcd
+// cluster id, and the resync sweeps what the restarted remote no longer has.
+func TestFastRestartSweepsRemovedEntries(t *testing.T) {
+	m := startMesh(t, false, 1)
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	a, west := m.Cluster("east").Agents[0], m.Cluster("west")
+	st := SampleState(2)
+	st.Endpoints = st.Endpoints[:3] // frontend-1 (10.2.1.100) leaves
+	if err := west.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	if err := west.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := west.StartAPIServer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	gone := netip.MustParsePrefix("10.2.1.100/32")
+	testenv.WaitFor(t, wait, "10.2.1.100 swept from east after west's fast restart", func() bool {
+		ips, _ := a.Datapath.IPCache()
+		_, ok := ips[gone]
+		r := remoteStatus(a, "west")
+		return !ok && r.Ready && r.Endpoints == 3
+	})
+}
+
+// A remote that comes back with another cluster id is drained, then
+// re-admitted under the new id.
+func TestRemoteIDChangeDrainsAndReadmits(t *testing.T) {
+	m := startMesh(t, false, 1)
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	a, west := m.Cluster("east").Agents[0], m.Cluster("west")
+	if err := west.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	west.ID = 7
+	if err := os.Remove(filepath.Join(filepath.Dir(west.StateFile), "identities.json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := west.StartAPIServer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "west re-admitted as id 7 with its entries under the new id only", func() bool {
+		r := remoteStatus(a, "west")
+		ips, _ := a.Datapath.IPCache()
+		byID := map[uint16]int{}
+		for _, e := range ips {
+			byID[e.ClusterID]++
+		}
+		return r.Ready && r.ClusterID == 7 && byID[7] == 4 && byID[2] == 0
+	})
 }

@@ -2,6 +2,8 @@ package meshapiserver
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -53,6 +55,15 @@ func startEtcd(ctx context.Context, cfg *Config) (*etcdServer, error) {
 	ec.ListenPeerUrls = []url.URL{peerURL}
 	ec.AdvertisePeerUrls = []url.URL{peerURL}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	// etcd derives its cluster id from the peer URLs and this token. A fresh
+	// token per store makes every store's id unique, so agents notice a
+	// restarted (empty) store or another replica behind a load balancer
+	// through the id they pinned (it is only used when the store is created).
+	token, err := randomToken()
+	if err != nil {
+		return nil, err
+	}
+	ec.InitialClusterToken = "clustermesh-" + cfg.ClusterName + "-" + token
 	ec.ClientTLSInfo.CertFile = cfg.ServerCertFile
 	ec.ClientTLSInfo.KeyFile = cfg.ServerKeyFile
 	ec.ClientTLSInfo.TrustedCAFile = cfg.CAFile
@@ -81,6 +92,14 @@ func startEtcd(ctx context.Context, cfg *Config) (*etcdServer, error) {
 	// The listener may have been asked for port 0: advertise what it got.
 	s.url = "https://" + e.Clients[0].Addr().String()
 	return s, nil
+}
+
+func randomToken() (string, error) {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("meshapiserver: cluster token: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }
 
 // close stops etcd and removes a temporary data directory.

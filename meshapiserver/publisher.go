@@ -51,6 +51,12 @@ func (p *publisher) loadExisting(ctx context.Context) error {
 			return fmt.Errorf("meshapiserver: read existing %s: %w", k, err)
 		}
 		for _, kv := range resp.Kvs {
+			if kv.Lease != int64(p.lease) {
+				// On a lease nobody keeps alive any more (a previous run):
+				// rewrite it on ours, or it would expire.
+				p.published[string(kv.Key)] = nil
+				continue
+			}
 			p.published[string(kv.Key)] = kv.Value
 		}
 	}
@@ -62,7 +68,7 @@ func (p *publisher) loadExisting(ctx context.Context) error {
 func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 	var puts, dels []string
 	for k, v := range want {
-		if old, ok := p.published[k]; !ok || !bytes.Equal(old, v) {
+		if old, ok := p.published[k]; !ok || old == nil || !bytes.Equal(old, v) {
 			puts = append(puts, k)
 		}
 	}
@@ -71,7 +77,7 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 			dels = append(dels, k)
 		}
 	}
-	sort.Strings(puts) // deterministic batches: nodes and identities before ipcache and services
+	sort.Strings(puts) // deterministic batches
 	sort.Strings(dels)
 	ops := make([]clientv3.Op, 0, len(puts)+len(dels))
 	for _, k := range puts {

@@ -136,7 +136,6 @@ func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client) e
 // latest when several arrive during one publish), and the heartbeat.
 func (s *Server) loop(parent context.Context, pub *publisher, ids *identityAllocator, keepAlive <-chan *clientv3.LeaseKeepAliveResponse) error {
 	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
 	latest := make(chan *statesource.State, 1)
 	srcErr := make(chan error, 1)
 	var wg sync.WaitGroup
@@ -151,7 +150,8 @@ func (s *Server) loop(parent context.Context, pub *publisher, ids *identityAlloc
 			latest <- st
 		})
 	}()
-	defer wg.Wait()
+	defer wg.Wait() // after cancel (defers run in reverse)
+	defer cancel()
 
 	heartbeat := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer heartbeat.Stop()

@@ -55,6 +55,7 @@ type fixture struct {
 	cancel  context.CancelFunc
 	done    chan error
 	idsFile string
+	dataDir string
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -81,7 +82,7 @@ func (f *fixture) start(t *testing.T, addr string) {
 		ClusterName: "east", ClusterID: 1, ListenAddress: addr,
 		ServerCertFile: f.east.ServerCert(), ServerKeyFile: f.east.ServerKey(), CAFile: f.east.CAFile(),
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
-		Peers: []string{"west"}, IdentityFile: f.idsFile,
+		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir,
 		Source: &statesource.File{Path: f.state, PollInterval: 10 * time.Millisecond},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -368,4 +369,43 @@ func ips(s ...string) []net.IP {
 		out[i] = net.ParseIP(v)
 	}
 	return out
+}
+
+// With a persistent data dir, a restart finds the previous run's entries on
+// a lease nobody keeps alive: every one must be rewritten on the new lease,
+// or it would expire with the old one.
+func TestRestartWithDataDirMovesEntriesToNewLease(t *testing.T) {
+	f := newFixture(t)
+	dataDir := filepath.Join(f.dir, "etcd")
+	f.dataDir = dataDir
+	f.start(t, "127.0.0.1:0")
+	admin := clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+	leasesOf := func(cli *clientv3.Client) map[int64]int {
+		resp, err := get(t, cli, wire.StatePrefix, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[int64]int{}
+		for _, kv := range resp.Kvs {
+			out[kv.Lease]++
+		}
+		return out
+	}
+	before := leasesOf(admin)
+	if len(before) != 1 {
+		t.Fatalf("entries on %d leases, want 1: %v", len(before), before)
+	}
+	url := f.srv.ClientURL()
+	f.stop(t)
+	f.start(t, strings.TrimPrefix(url, "https://"))
+	admin = clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+	after := leasesOf(admin)
+	for lease, n := range after {
+		if _, old := before[lease]; old {
+			t.Errorf("%d entries still on the previous run's lease %x", n, lease)
+		}
+	}
+	if len(after) != 1 {
+		t.Errorf("entries on %d leases after the restart, want 1: %v", len(after), after)
+	}
 }

@@ -73,10 +73,14 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	if fi, err := os.Stat(f.Path); err == nil {
 		lastStat = fi
 	}
-	changed, err := notifyDir(ctx, filepath.Dir(f.Path))
+	ctx, cancel := context.WithCancel(ctx)
+	changed, wait, err := notifyDir(ctx, filepath.Dir(f.Path))
 	if err != nil {
 		log.Warn("no change notifications for the state file: polling only", "file", f.Path, "every", every, "err", err)
+	} else {
+		defer wait() // after cancel (defers run in reverse)
 	}
+	defer cancel()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

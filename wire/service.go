@@ -98,6 +98,9 @@ func checkPortMap(what string, m map[string]PortConfiguration) error {
 		if err := checkAddr(what, a, false); err != nil {
 			return err
 		}
+		if a.IsLoopback() || a.IsUnspecified() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.IsInterfaceLocalMulticast() {
+			return fmt.Errorf("%s %s: %w (loopback, unspecified, multicast and link-local addresses are never service addresses)", what, ip, ErrInvalidAddress)
+		}
 		for name, l4 := range ports {
 			if l4 == nil || l4.Port == 0 {
 				return fmt.Errorf("%s %s port %q: %w (missing or zero port)", what, ip, name, ErrMalformedValue)

@@ -183,6 +183,9 @@ func TestIPIdentityPair(t *testing.T) {
 	bad(IPCacheKey("10.1.0.5"), "\xff\xfe", ErrMalformedValue)
 	bad(IPCacheKey("10.1.0.5"), `"`+strings.Repeat("a", MaxValueBytes)+`"`, ErrValueTooLarge)
 	bad(IPCacheKey("10.1.0.0/24"), `{"IP":"10.1.0.0","ID":65600}`, ErrInvalidAddress)
+	bad(IPCacheKey("0.0.0.0/0"), `{"IP":"0.0.0.0","Mask":"AAAAAA==","ID":65600}`, ErrInvalidAddress)
+	bad(IPCacheKey("fd00::/16"), `{"IP":"fd00::","Mask":"//8AAAAAAAAAAAAAAAAAAA==","ID":65600}`, ErrInvalidAddress)
+	bad(IPCacheKey("10.1.0.5"), `{"IP":"10.1.0.5","ID":1}`, ErrIdentityOutOfRange) // host is never remote
 }
 
 func TestServiceChecks(t *testing.T) {
