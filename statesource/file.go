@@ -60,6 +60,15 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	if every <= 0 {
 		every = DefaultPollInterval
 	}
+	// Watch before the first read, so that no change falls between them.
+	ctx, cancel := context.WithCancel(ctx)
+	changed, wait, err := notifyDir(ctx, filepath.Dir(f.Path))
+	if err != nil {
+		log.Warn("no change notifications for the state file: polling only", "file", f.Path, "every", every, "err", err)
+	} else {
+		defer wait() // after cancel (defers run in reverse)
+	}
+	defer cancel()
 	last, err := os.ReadFile(f.Path)
 	if err != nil {
 		return fmt.Errorf("statesource: %w", err)
@@ -69,33 +78,26 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 		return err
 	}
 	onChange(st)
-	var lastStat os.FileInfo
-	if fi, err := os.Stat(f.Path); err == nil {
-		lastStat = fi
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	changed, wait, err := notifyDir(ctx, filepath.Dir(f.Path))
-	if err != nil {
-		log.Warn("no change notifications for the state file: polling only", "file", f.Path, "every", every, "err", err)
-	} else {
-		defer wait() // after cancel (defers run in reverse)
-	}
-	defer cancel()
+	lastStat, _ := os.Stat(f.Path)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
+		notified := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		case <-changed:
+			notified = true
 		}
 		fi, err := os.Stat(f.Path)
 		if err != nil {
 			log.Warn("state file unreadable, keeping the last state", "file", f.Path, "err", err)
 			continue
 		}
-		if lastStat != nil && fi.ModTime().Equal(lastStat.ModTime()) && fi.Size() == lastStat.Size() && os.SameFile(fi, lastStat) {
+		// A poll skips an unchanged file; a notification always reads, since
+		// two quick writes can share an mtime tick, a size and an inode.
+		if !notified && sameFile(fi, lastStat) {
 			continue
 		}
 		lastStat = fi
@@ -111,4 +113,8 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 		}
 		onChange(st)
 	}
+}
+
+func sameFile(a, b os.FileInfo) bool {
+	return b != nil && a.ModTime().Equal(b.ModTime()) && a.Size() == b.Size() && os.SameFile(a, b)
 }
