@@ -9,6 +9,8 @@ PKGS    := ./...
 # CI=true they fail instead of skipping when not root (internal/testenv).
 TESTFLAGS ?= -race -timeout 15m
 
+SHELL   := /bin/bash
+
 .PHONY: all build demo demo-once test vet lint fuzz bench deps clean
 
 all: build
@@ -46,8 +48,11 @@ fuzz: deps
 		done; \
 	done
 
-# Figures recorded in docs/benchmarks.md.
+# Figures recorded in docs/benchmarks.md: first the issues' figures, one
+# `name value unit` line each (tests named TestFigures, CLUSTERMESH_BENCH=1),
+# then the Go benchmarks of the hot paths.
 bench: deps
+	@set -o pipefail; CLUSTERMESH_BENCH=1 $(GO) test -count=1 -run '^TestFigures' -v -timeout 20m $(PKGS) | sed -n 's/^FIGURE //p'
 	$(GO) test -run '^$$' -bench RemotePropagation -benchtime 200x ./localmesh
 	$(GO) test -run '^$$' -bench MeshStartup -benchtime 10x ./localmesh
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./datapath
