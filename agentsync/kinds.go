@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -12,41 +11,71 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
 // kindState is one remote's entries of one kind and their list+watch. The
-// entries survive disconnects; a (re)list marks them all, un-marks what it
-// sees, and only after the list completed removes what stayed marked.
+// entries survive disconnects. Mark-and-sweep: a (re)list starts a new
+// generation, every entry it sees (valid, or a known key whose new value was
+// rejected) is moved to it, and only after the list completed are entries of
+// older generations removed.
 //
-// entries is written only by the kind's own goroutine (one session at a
-// time) and read for counts; it has its own lock because a kindState moves
-// to a new remote when the remote's config file changes.
+// The store is written only by the kind's goroutine (one session at a time)
+// and read for counts; it has its own lock because a kindState moves to a
+// new remote object when the remote's config file changes.
 type kindState struct {
 	r    *remote
 	kind wire.Kind
 
-	mu      sync.Mutex
-	entries map[string]any // guarded by mu; key → what a delete needs
+	mu    sync.Mutex
+	store kindStore // guarded by mu
+	gen   uint32    // guarded by mu; generation of the current list
+	stats kindStats // guarded by mu
 }
 
-// count returns the number of entries.
-func (ks *kindState) count() int {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	return len(ks.entries)
+// kindStats are a kind's counters for status and metrics.
+type kindStats struct {
+	events       uint64        // entries applied from lists and watches
+	lastSyncTook time.Duration // duration of the last complete list
 }
 
-// clear forgets every entry (after the merger dropped the cluster).
-func (ks *kindState) clear() {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	ks.entries = map[string]any{}
+// kindStore holds one kind's accepted entries of one remote, each tagged
+// with the generation of the list (or watch) that last saw it.
+type kindStore interface {
+	// apply decodes and validates one entry and merges it; an error means
+	// it was rejected (a known key keeps its last valid value).
+	apply(key string, value []byte, gen uint32) error
+	// touch moves a known key to gen without changing it.
+	touch(key string, gen uint32)
+	// remove forgets key and takes it out of the merged state.
+	remove(key string)
+	// sweep removes every entry older than gen; it returns how many.
+	sweep(gen uint32) int
+	count() int
+	// clear forgets everything (after the merger dropped the cluster).
+	clear()
 }
 
 func newKindState(r *remote, k wire.Kind) *kindState {
-	return &kindState{r: r, kind: k, entries: map[string]any{}}
+	return &kindState{r: r, kind: k, store: newStore(r, k)}
+}
+
+func (ks *kindState) count() int {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.store.count()
+}
+
+func (ks *kindState) snapshotStats() kindStats {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.stats
+}
+
+func (ks *kindState) clear() {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ks.store.clear()
 }
 
 // run waits for the kind's canary, then lists and watches until the session
@@ -75,44 +104,46 @@ func (ks *kindState) run(ctx context.Context, cli *clientv3.Client, c wire.Clust
 
 // waitCanary returns once cilium/synced/<cluster>/<prefix> exists: until
 // then the remote's store may hold only part of its state, and a list would
-// sweep entries that are merely not yet republished.
+// sweep entries that are merely not yet republished. It polls every
+// ProbeInterval (a watch could start past a restarted store's revision).
 func (ks *kindState) waitCanary(ctx context.Context, cli *clientv3.Client, cluster string, etcdID uint64) error {
 	key := wire.SyncedKey(cluster, ks.kind)
-	resp, err := cli.Get(ctx, key)
-	if err != nil {
-		return ks.r.explain(err)
-	}
-	if err := ks.r.checkEtcd(resp.Header.ClusterId, etcdID); err != nil {
-		return err
-	}
-	if len(resp.Kvs) == 1 {
-		return nil
-	}
-	ks.r.log.Info("waiting for synced canary", "kind", ks.kind)
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for wr := range cli.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1)) {
-		if err := wr.Err(); err != nil {
+	t := time.NewTicker(ks.r.agent.cfg.ProbeInterval / 4)
+	defer t.Stop()
+	logged := false
+	for {
+		resp, err := cli.Get(ctx, key)
+		if err != nil {
 			return ks.r.explain(err)
 		}
-		for _, ev := range wr.Events {
-			if ev.Type == mvccpb.PUT {
-				return nil
-			}
+		if err := ks.r.checkEtcd(resp.Header.ClusterId, etcdID); err != nil {
+			return err
+		}
+		if len(resp.Kvs) == 1 {
+			return nil
+		}
+		if !logged {
+			ks.r.log.Info("waiting for synced canary", "kind", ks.kind)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
 		}
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return fmt.Errorf("agentsync: remote %s: canary watch closed", ks.r.name)
 }
 
 // list reads the kind's prefix page by page at one revision, applies every
 // entry, then sweeps what was not seen. It returns the list's revision.
 func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Cluster, etcdID uint64) (int64, error) {
+	started := time.Now()
 	prefix := ks.kind.ListPrefix(c.Name)
 	end := clientv3.GetPrefixRangeEnd(prefix)
-	seen := make(map[string]struct{}, ks.count())
+	ks.mu.Lock()
+	ks.gen++
+	gen := ks.gen
+	ks.mu.Unlock()
 	start, rev := prefix, int64(0)
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ks.r.agent.cfg.ListPageSize)}
@@ -121,7 +152,7 @@ func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Clus
 		}
 		resp, err := cli.Get(ctx, start, opts...)
 		if errors.Is(err, rpctypes.ErrCompacted) {
-			seen, start, rev = make(map[string]struct{}, len(seen)), prefix, 0 // restart the list
+			start, rev = prefix, 0 // the list's revision was compacted: list again from the start
 			continue
 		}
 		if err != nil {
@@ -133,26 +164,46 @@ func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Clus
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
-		for _, kv := range resp.Kvs {
-			seen[string(kv.Key)] = struct{}{}
-			ks.apply(c, string(kv.Key), kv.Value)
-		}
+		ks.applyPage(resp.Kvs, gen)
 		if !resp.More || len(resp.Kvs) == 0 {
 			break
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	swept := 0
-	for key := range ks.snapshotKeys() {
-		if _, ok := seen[key]; !ok {
-			ks.remove(c, key)
-			swept++
-		}
-	}
+	ks.mu.Lock()
+	swept := ks.store.sweep(gen)
+	ks.stats.lastSyncTook = time.Since(started)
+	ks.mu.Unlock()
 	if swept > 0 {
 		ks.r.log.Info("swept entries gone from the remote", "kind", ks.kind, "count", swept)
 	}
 	return rev, nil
+}
+
+// applyPage applies one page of a list (in one merger batch where the kind
+// supports it).
+func (ks *kindState) applyPage(kvs []*mvccpb.KeyValue, gen uint32) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	batch, batched := ks.store.(batchStore)
+	if batched {
+		batch.begin()
+	}
+	for _, kv := range kvs {
+		ks.applyLocked(string(kv.Key), kv.Value, gen)
+	}
+	if batched {
+		batch.flush()
+	}
+}
+
+func (ks *kindState) applyLocked(key string, value []byte, gen uint32) {
+	if err := ks.store.apply(key, value, gen); err != nil {
+		ks.store.touch(key, gen) // a known key keeps its last valid value
+		ks.r.reject(err)
+		return
+	}
+	ks.stats.events++
 }
 
 // watch applies every change after rev until the session ends.
@@ -170,115 +221,24 @@ func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Clu
 		if err := ks.r.checkEtcd(wr.Header.ClusterId, etcdID); err != nil {
 			return err
 		}
+		ks.mu.Lock()
+		gen := ks.gen
 		for _, ev := range wr.Events {
 			switch ev.Type {
 			case mvccpb.PUT:
-				ks.apply(c, string(ev.Kv.Key), ev.Kv.Value)
+				ks.applyLocked(string(ev.Kv.Key), ev.Kv.Value, gen)
 			case mvccpb.DELETE:
-				ks.remove(c, string(ev.Kv.Key))
+				ks.store.remove(string(ev.Kv.Key))
+				ks.stats.events++
 			}
 		}
+		ks.mu.Unlock()
 		ks.r.eventSeen()
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	return fmt.Errorf("agentsync: remote %s: %s watch closed", ks.r.name, ks.kind)
-}
-
-func (ks *kindState) snapshotKeys() map[string]struct{} {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	keys := make(map[string]struct{}, len(ks.entries))
-	for k := range ks.entries {
-		keys[k] = struct{}{}
-	}
-	return keys
-}
-
-// apply decodes and validates one entry and hands it to the merger. A
-// rejected entry is counted and logged; a previously valid value for the key
-// stays in force.
-func (ks *kindState) apply(c wire.Cluster, key string, value []byte) {
-	v, err := decode(c, ks.kind, key, value)
-	if err != nil {
-		ks.r.reject(err)
-		return
-	}
-	m := ks.r.agent.merger
-	switch e := v.(type) {
-	case *wire.IPIdentityPair:
-		if m.overlapsLocal(e.Prefix()) {
-			ks.r.reject(fmt.Errorf("agentsync: ipcache %q: %s %w", key, e.Prefix(), ErrOverlapsLocal))
-			return
-		}
-		m.setIP(c.Name, e.Prefix(), &ipClaim{clusterID: uint16(c.ID), entry: datapath.IPCacheEntry{
-			Identity: e.ID, TunnelEndpoint: e.HostIP, ClusterID: uint16(c.ID)}})
-		v = e.Prefix() // all a later delete needs
-	case *wire.ClusterService:
-		m.setRemoteService(c.Name, svcName{e.Namespace, e.Name}, toRemoteService(c, e))
-		v = svcName{e.Namespace, e.Name}
-	}
-	ks.mu.Lock()
-	ks.entries[key] = v
-	ks.mu.Unlock()
-}
-
-// remove forgets key and takes it out of the merged state.
-func (ks *kindState) remove(c wire.Cluster, key string) {
-	ks.mu.Lock()
-	v, ok := ks.entries[key]
-	delete(ks.entries, key)
-	ks.mu.Unlock()
-	if !ok {
-		return
-	}
-	m := ks.r.agent.merger
-	switch e := v.(type) {
-	case netip.Prefix:
-		m.setIP(c.Name, e, nil)
-	case svcName:
-		m.setRemoteService(c.Name, e, nil)
-	}
-}
-
-func decode(c wire.Cluster, k wire.Kind, key string, value []byte) (any, error) {
-	switch k {
-	case wire.Nodes:
-		return wire.DecodeNode(c, key, value)
-	case wire.Identities:
-		id, err := wire.DecodeIdentity(c, key, value)
-		return id.Labels, err
-	case wire.IPCache:
-		return wire.DecodeIPIdentityPair(c, key, value)
-	case wire.Services:
-		return wire.DecodeService(c, key, value)
-	}
-	return nil, fmt.Errorf("agentsync: unknown kind %v", k)
-}
-
-// toRemoteService converts a remote's global service into backends per port
-// name. A service the remote does not share contributes no backends.
-func toRemoteService(c wire.Cluster, s *wire.ClusterService) *remoteService {
-	rs := &remoteService{clusterID: uint16(c.ID), backends: map[string][]datapath.Backend{}}
-	if !s.Shared {
-		return rs
-	}
-	for ip, ports := range s.Backends {
-		addr, err := netip.ParseAddr(ip)
-		if err != nil {
-			continue // DecodeService already rejected unparseable addresses
-		}
-		for portName, l4 := range ports {
-			proto, err := datapath.ParseProtocol(l4.Protocol)
-			if err != nil {
-				continue
-			}
-			rs.backends[portName] = append(rs.backends[portName], datapath.Backend{
-				Addr: addr.Unmap(), Port: l4.Port, Protocol: proto, ClusterID: uint16(c.ID)})
-		}
-	}
-	return rs
 }
 
 // eventSeen records the time of the last applied list or watch event.

@@ -25,10 +25,18 @@ type remoteService struct {
 	backends  map[string][]datapath.Backend // port name → backends (protocol and port set)
 }
 
-// ipClaim is one cluster's ipcache entry for a prefix.
-type ipClaim struct {
-	clusterID uint16
-	entry     datapath.IPCacheEntry
+// ipClaimUpdate is a cluster's new claim on a prefix; a nil entry
+// withdraws the cluster's claim.
+type ipClaimUpdate struct {
+	prefix netip.Prefix
+	entry  *datapath.IPCacheEntry
+}
+
+// ipState is the winning claim on a prefix (the lowest cluster id; its
+// entry's ClusterID says whose) and whether the datapath holds it.
+type ipState struct {
+	claim   datapath.IPCacheEntry
+	written bool
 }
 
 // merger holds the desired datapath state — the local cluster's global
@@ -46,11 +54,14 @@ type merger struct {
 	local      *statesource.State                    // guarded by mu; nil until the source delivered
 	localSvcs  map[svcName]*statesource.Service      // guarded by mu; global services of local
 	remoteSvcs map[svcName]map[string]*remoteService // guarded by mu; service → cluster → backends
-	ipClaims   map[netip.Prefix]map[string]ipClaim   // guarded by mu; prefix → cluster → claim
-	localNet   []netip.Prefix                        // guarded by mu; local pod CIDRs and node IPs
+	// ips holds the winning claim of every prefix; ipsMore the other
+	// clusters' claims on the few prefixes claimed twice. Together they are
+	// every remote's ipcache: keep them small, this is per entry.
+	ips      map[netip.Prefix]ipState                 // guarded by mu
+	ipsMore  map[netip.Prefix][]datapath.IPCacheEntry // guarded by mu
+	localNet []netip.Prefix                           // guarded by mu; local pod CIDRs and node IPs
 
 	writtenSvc map[svcName]map[datapath.Frontend][]datapath.Backend // guarded by mu
-	writtenIP  map[netip.Prefix]datapath.IPCacheEntry               // guarded by mu
 	failedSvc  map[svcName]bool                                     // guarded by mu; to rewrite on retry
 	failedIP   map[netip.Prefix]bool                                // guarded by mu; to rewrite on retry
 	writeErrs  uint64                                               // guarded by mu
@@ -62,9 +73,9 @@ func newMerger(dp datapath.Writer, localName string, localID uint16, log *slog.L
 		dp: dp, localName: localName, localID: localID, log: log,
 		localSvcs:  map[svcName]*statesource.Service{},
 		remoteSvcs: map[svcName]map[string]*remoteService{},
-		ipClaims:   map[netip.Prefix]map[string]ipClaim{},
+		ips:        map[netip.Prefix]ipState{},
+		ipsMore:    map[netip.Prefix][]datapath.IPCacheEntry{},
 		writtenSvc: map[svcName]map[datapath.Frontend][]datapath.Backend{},
-		writtenIP:  map[netip.Prefix]datapath.IPCacheEntry{},
 		failedSvc:  map[svcName]bool{},
 		failedIP:   map[netip.Prefix]bool{},
 	}
@@ -137,36 +148,110 @@ func (m *merger) overlapsLocal(p netip.Prefix) bool {
 	return false
 }
 
-// setIP records cluster's claim on a prefix (nil deletes it).
-func (m *merger) setIP(cluster string, p netip.Prefix, c *ipClaim) {
+// setIPs applies claims of cluster id on prefixes and writes the resulting
+// winners, in one datapath batch where the datapath supports it.
+func (m *merger) setIPs(id uint16, updates []ipClaimUpdate) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.setIPLocked(cluster, p, c)
+	var ups []netip.Prefix
+	for _, u := range updates {
+		if m.claimIP(id, u.prefix, u.entry) {
+			ups = append(ups, u.prefix)
+		}
+	}
+	m.writeIPs(ups)
 }
 
-func (m *merger) setIPLocked(cluster string, p netip.Prefix, c *ipClaim) {
-	claims := m.ipClaims[p]
-	if c == nil {
-		if _, ok := claims[cluster]; !ok {
+// claimIP records id's claim on p (nil withdraws it) and reports whether the
+// winner of p changed.
+func (m *merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bool {
+	cur, has := m.ips[p]
+	more := m.ipsMore[p]
+	// Every claim but id's, then id's new one.
+	claims := make([]datapath.IPCacheEntry, 0, len(more)+2)
+	if has && cur.claim.ClusterID != id {
+		claims = append(claims, cur.claim)
+	}
+	for _, c := range more {
+		if c.ClusterID != id {
+			claims = append(claims, c)
+		}
+	}
+	if e != nil {
+		claims = append(claims, *e)
+	}
+	if len(claims) == 0 {
+		delete(m.ips, p)
+		delete(m.ipsMore, p)
+		return has
+	}
+	win := 0
+	for i, c := range claims {
+		if c.ClusterID < claims[win].ClusterID {
+			win = i
+		}
+	}
+	winner := claims[win]
+	claims = append(claims[:win], claims[win+1:]...)
+	if len(claims) > 0 {
+		m.ipsMore[p] = claims
+	} else {
+		delete(m.ipsMore, p)
+	}
+	if has && cur.claim == winner {
+		return false
+	}
+	m.ips[p] = ipState{claim: winner}
+	return true
+}
+
+// writeIPs writes the winners of ps (deleting prefixes nobody claims).
+func (m *merger) writeIPs(ps []netip.Prefix) {
+	var upP []netip.Prefix
+	var upE []datapath.IPCacheEntry
+	for _, p := range ps {
+		st, ok := m.ips[p]
+		if !ok {
+			if m.check(m.dp.DeleteIPCache(p), "delete ipcache", p) {
+				delete(m.failedIP, p)
+			} else {
+				m.failedIP[p] = true
+			}
+			continue
+		}
+		upP, upE = append(upP, p), append(upE, st.claim)
+	}
+	if len(upP) == 0 {
+		return
+	}
+	if bw, ok := m.dp.(datapath.BatchWriter); ok && len(upP) > 1 {
+		if m.check(bw.UpsertIPCacheBatch(upP, upE), "update ipcache batch", len(upP)) {
+			for _, p := range upP {
+				m.markIPWritten(p, true)
+			}
 			return
 		}
-		delete(claims, cluster)
-		if len(claims) == 0 {
-			delete(m.ipClaims, p)
-		}
-	} else {
-		if claims == nil {
-			claims = make(map[string]ipClaim, 1)
-			m.ipClaims[p] = claims
-		}
-		claims[cluster] = *c
+		// Part of the batch may be in: write one by one to know which.
 	}
-	m.syncIP(p)
+	for i, p := range upP {
+		m.markIPWritten(p, m.check(m.dp.UpsertIPCache(p, upE[i]), "update ipcache", p))
+	}
+}
+
+func (m *merger) markIPWritten(p netip.Prefix, ok bool) {
+	st := m.ips[p]
+	st.written = ok
+	m.ips[p] = st
+	if ok {
+		delete(m.failedIP, p)
+	} else {
+		m.failedIP[p] = true
+	}
 }
 
 // dropCluster removes everything cluster contributed (an explicit
 // disconnect, or a drain before re-admission).
-func (m *merger) dropCluster(cluster string) {
+func (m *merger) dropCluster(cluster string, id uint16) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for n, byCluster := range m.remoteSvcs {
@@ -178,43 +263,21 @@ func (m *merger) dropCluster(cluster string) {
 			m.syncService(n)
 		}
 	}
-	for p, claims := range m.ipClaims {
-		if _, ok := claims[cluster]; ok {
-			m.setIPLocked(cluster, p, nil)
+	var changed []netip.Prefix
+	for p, st := range m.ips {
+		if st.claim.ClusterID == id && m.claimIP(id, p, nil) {
+			changed = append(changed, p)
 		}
 	}
-}
-
-// syncIP writes the desired entry of p: the claim of the cluster with the
-// lowest id (a deterministic winner when two clusters claim one address).
-func (m *merger) syncIP(p netip.Prefix) {
-	var winner *ipClaim
-	for _, c := range m.ipClaims[p] {
-		if winner == nil || c.clusterID < winner.clusterID {
-			winner = &c
+	for p, more := range m.ipsMore {
+		for _, c := range more {
+			if c.ClusterID == id {
+				m.claimIP(id, p, nil) // a losing claim: the winner stays
+				break
+			}
 		}
 	}
-	var want *datapath.IPCacheEntry
-	if winner != nil {
-		want = &winner.entry
-	}
-	have, written := m.writtenIP[p]
-	ok := true
-	switch {
-	case want == nil && written:
-		if ok = m.check(m.dp.DeleteIPCache(p), "delete ipcache", p); ok {
-			delete(m.writtenIP, p)
-		}
-	case want != nil && (!written || have != *want):
-		if ok = m.check(m.dp.UpsertIPCache(p, *want), "update ipcache", p); ok {
-			m.writtenIP[p] = *want
-		}
-	}
-	if ok {
-		delete(m.failedIP, p)
-	} else {
-		m.failedIP[p] = true
-	}
+	m.writeIPs(changed)
 }
 
 // syncService writes the desired frontends of service n and deletes the ones
@@ -370,9 +433,11 @@ func (m *merger) retryFailed() int {
 	for n := range m.failedSvc {
 		m.syncService(n)
 	}
+	ps := make([]netip.Prefix, 0, len(m.failedIP))
 	for p := range m.failedIP {
-		m.syncIP(p)
+		ps = append(ps, p)
 	}
+	m.writeIPs(ps)
 	return len(m.failedSvc) + len(m.failedIP)
 }
 
@@ -406,7 +471,7 @@ func (m *merger) prune(dp datapath.Datapath) error {
 	}
 	ipN := 0
 	for p := range ips {
-		if _, ok := m.writtenIP[p]; !ok && m.check(dp.DeleteIPCache(p), "prune ipcache", p) {
+		if _, ok := m.ips[p]; !ok && m.check(dp.DeleteIPCache(p), "prune ipcache", p) {
 			ipN++
 		}
 	}

@@ -512,7 +512,7 @@ func TestMergerDropCluster(t *testing.T) {
 	m.setIP("cluster-a", shared, &ipClaim{clusterID: 2, entry: ea})
 	m.setIP("cluster-b", shared, &ipClaim{clusterID: 3, entry: eb})
 
-	m.dropCluster("cluster-a")
+	m.dropCluster("cluster-a", 2)
 
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1), mgHTTP("10.3.0.1", 3)},
@@ -529,7 +529,7 @@ func TestMergerDropCluster(t *testing.T) {
 	}
 
 	dp.reset()
-	m.dropCluster("cluster-a") // nothing left of it
+	m.dropCluster("cluster-a", 2) // nothing left of it
 	if dp.writes() != 0 {
 		t.Errorf("dropping an already dropped cluster wrote %d times", dp.writes())
 	}
@@ -611,7 +611,7 @@ func TestMergerRecomputeWithoutChangeWritesNothing(t *testing.T) {
 		}},
 		{"delete of a service the cluster never had", func() { m.setRemoteService("cluster-b", svcName{"shop", "nope"}, nil) }},
 		{"delete of a claim the cluster never made", func() { m.setIP("cluster-b", p, nil) }},
-		{"drop of an unknown cluster", func() { m.dropCluster("cluster-z") }},
+		{"drop of an unknown cluster", func() { m.dropCluster("cluster-z", 26) }},
 		{"change of a non-global service", func() {
 			st := mgLocalState(wire.AffinityNone, true)
 			st.Services[1].Ports[0].TargetPort = 9999

@@ -49,9 +49,19 @@ type remote struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// Lock order: a kindState's mu before mu (stores report rejections and
+	// read the cluster while their kind's lock is held).
 	mu     sync.Mutex
 	status RemoteStatus // guarded by mu
+	cur    wire.Cluster // guarded by mu; the cluster as its config says, set per session
 	kinds  [4]*kindState
+}
+
+// cluster returns the remote's validated name, id and mesh size.
+func (r *remote) cluster() wire.Cluster {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur
 }
 
 func newRemote(a *Agent, name string, cfg RemoteConfig, raw []byte) *remote {
@@ -78,7 +88,7 @@ func (r *remote) stop(drain bool) {
 	r.cancel()
 	<-r.done
 	if drain {
-		r.agent.merger.dropCluster(r.name)
+		r.agent.merger.dropCluster(r.name, uint16(r.agent.reservedID(r.name)))
 		r.agent.release(r.name)
 		r.log.Info("remote drained")
 	}
@@ -166,7 +176,7 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 func (r *remote) admit(c wire.Cluster) error {
 	if prev := r.agent.reservedID(r.name); prev != 0 && prev != c.ID {
 		r.log.Warn("remote changed its cluster id: draining it before re-admission", "from", prev, "to", c.ID)
-		r.agent.merger.dropCluster(r.name)
+		r.agent.merger.dropCluster(r.name, uint16(prev))
 		r.agent.release(r.name)
 		for _, ks := range r.kinds {
 			ks.clear()

@@ -42,7 +42,11 @@ type RemoteStatus struct {
 	LastEvent     time.Time         `json:"lastEvent,omitzero"`
 	LastHeartbeat time.Time         `json:"lastHeartbeat,omitzero"`
 	Rejected      map[string]uint64 `json:"rejected"` // by reason
-	EtcdClusterID string            `json:"etcdClusterID,omitempty"`
+	// EventsApplied counts entries applied per kind (lists and watches);
+	// SyncSeconds is the duration of each kind's last complete list.
+	EventsApplied map[string]uint64  `json:"eventsApplied"`
+	SyncSeconds   map[string]float64 `json:"syncSeconds"`
+	EtcdClusterID string             `json:"etcdClusterID,omitempty"`
 }
 
 // RejectedTotal sums the rejected entries over all reasons.
@@ -73,6 +77,7 @@ type ServiceStatus struct {
 func (r *remote) setConnected(c wire.Cluster, etcdID uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.cur = c
 	r.status.Connected, r.status.ConfigOK, r.status.ClusterID = true, true, c.ID
 	r.status.Synced = map[string]bool{}
 	r.status.EtcdClusterID = formatID(etcdID)
@@ -141,15 +146,25 @@ func rejectReason(err error) string {
 
 // snapshot returns the remote's status with current counts.
 func (r *remote) snapshot() RemoteStatus {
+	// Kind locks come before r.mu: read the kinds first.
+	counts := map[wire.Kind]int{}
+	events := map[string]uint64{}
+	syncs := map[string]float64{}
+	for _, k := range wire.Kinds {
+		ks := r.kinds[k]
+		counts[k] = ks.count()
+		st := ks.snapshotStats()
+		events[k.String()] = st.events
+		syncs[k.String()] = st.lastSyncTook.Seconds()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.status
 	s.Synced = copyMap(r.status.Synced)
 	s.Rejected = copyMap(r.status.Rejected)
-	s.Nodes = r.kinds[wire.Nodes].count()
-	s.Endpoints = r.kinds[wire.IPCache].count()
-	s.Identities = r.kinds[wire.Identities].count()
-	s.Services = r.kinds[wire.Services].count()
+	s.Nodes, s.Endpoints = counts[wire.Nodes], counts[wire.IPCache]
+	s.Identities, s.Services = counts[wire.Identities], counts[wire.Services]
+	s.EventsApplied, s.SyncSeconds = events, syncs
 	return s
 }
 

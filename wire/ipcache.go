@@ -38,14 +38,9 @@ func (p *IPIdentityPair) Prefix() netip.Prefix {
 	return pfx
 }
 
-// KeySuffix is the part of the key after the address space: the address, or
-// the CIDR when Mask is set.
-func (p *IPIdentityPair) KeySuffix() string {
-	if p.Mask == nil {
-		return p.IP.String()
-	}
-	return p.Prefix().String()
-}
+// KeySuffix is the part of the key after the address space: the address
+// for a single address (with or without a full mask), else the CIDR.
+func (p *IPIdentityPair) KeySuffix() string { return canonicalSuffix(p.Prefix()) }
 
 // EncodeIPIdentityPair returns the JSON of p.
 func EncodeIPIdentityPair(p *IPIdentityPair) ([]byte, error) { return json.Marshal(p) }
@@ -73,8 +68,11 @@ func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair,
 	if err != nil {
 		return nil, err
 	}
-	if keyPfx, err := parseKeyPrefix(pk.Name); err != nil || keyPfx != pfx {
+	if keyPfx, err := ParseIPCacheKeySuffix(pk.Name); err != nil || keyPfx != pfx {
 		return nil, fmt.Errorf("wire: ipcache %q holds %s: %w (key and value disagree)", key, pfx, ErrInvalidAddress)
+	}
+	if canon := canonicalSuffix(pfx); pk.Name != canon {
+		return nil, fmt.Errorf("wire: ipcache %q: %w (the key of %s is %q)", key, ErrMalformedKey, pfx, IPCacheKey(canon))
 	}
 	if min := minPrefixBits(pfx); pfx.Bits() < min {
 		return nil, fmt.Errorf("wire: ipcache %q: %w (a remote may not claim a prefix shorter than /%d)", key, ErrInvalidAddress, min)
@@ -99,8 +97,19 @@ func minPrefixBits(p netip.Prefix) int {
 	return 32
 }
 
-// parseKeyPrefix parses an ipcache key suffix: an address or a CIDR.
-func parseKeyPrefix(s string) (netip.Prefix, error) {
+// canonicalSuffix is the one key suffix of a prefix: the bare address for a
+// full-length prefix, the CIDR otherwise. Keys and prefixes are then
+// one-to-one, so a reader may key its state by prefix.
+func canonicalSuffix(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+// ParseIPCacheKeySuffix parses an ipcache key suffix (an address or a CIDR)
+// into the prefix it names.
+func ParseIPCacheKeySuffix(s string) (netip.Prefix, error) {
 	if p, err := netip.ParsePrefix(s); err == nil {
 		if p.Addr().Zone() != "" || p.Masked() != p {
 			return netip.Prefix{}, ErrInvalidAddress
