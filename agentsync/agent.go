@@ -35,6 +35,9 @@ const (
 	DefaultListPageSize       = 2000
 	DefaultSyncTimeout        = 5 * time.Minute
 	DefaultRetryInterval      = 5 * time.Second
+	// DefaultHeartbeatTimeout: apiservers write the heartbeat every minute;
+	// more than two missed intervals means a dead kvstore.
+	DefaultHeartbeatTimeout = 3 * time.Minute
 )
 
 // ErrInvalidConfig is wrapped by every Config.Validate error.
@@ -64,7 +67,13 @@ type Config struct {
 	SyncTimeout time.Duration
 	// RetryInterval is how often datapath writes that failed are retried.
 	RetryInterval time.Duration
-	Logger        *slog.Logger
+	// HeartbeatTimeout: a remote whose heartbeat is older is reported stale.
+	HeartbeatTimeout time.Duration
+	// RemoteStateTTL, when set, revokes the service backends (only) of a
+	// remote unreachable for longer; its ipcache entries and identities stay
+	// so that established connections survive. Off by default.
+	RemoteStateTTL time.Duration
+	Logger         *slog.Logger
 }
 
 func (c *Config) withDefaults() {
@@ -83,6 +92,7 @@ func (c *Config) withDefaults() {
 	def(&c.BackoffMax, DefaultBackoffMax)
 	def(&c.SyncTimeout, DefaultSyncTimeout)
 	def(&c.RetryInterval, DefaultRetryInterval)
+	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
 	if c.ListPageSize == 0 {
 		c.ListPageSize = DefaultListPageSize
 	}

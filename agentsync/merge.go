@@ -280,6 +280,22 @@ func (m *merger) dropCluster(cluster string, id uint16) {
 	m.writeIPs(changed)
 }
 
+// dropServices removes cluster's backends from every service (its ipcache
+// claims stay).
+func (m *merger) dropServices(cluster string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for n, byCluster := range m.remoteSvcs {
+		if _, ok := byCluster[cluster]; ok {
+			delete(byCluster, cluster)
+			if len(byCluster) == 0 {
+				delete(m.remoteSvcs, n)
+			}
+			m.syncService(n)
+		}
+	}
+}
+
 // syncService writes the desired frontends of service n and deletes the ones
 // it no longer has.
 func (m *merger) syncService(n svcName) {

@@ -54,7 +54,9 @@ type remote struct {
 	mu     sync.Mutex
 	status RemoteStatus // guarded by mu
 	cur    wire.Cluster // guarded by mu; the cluster as its config says, set per session
-	kinds  [4]*kindState
+	// rejectLog limits rejection logging per reason (guarded by mu).
+	rejectLog [len(rejectReasons)]rejectLimit
+	kinds     [4]*kindState
 }
 
 // cluster returns the remote's validated name, id and mesh size.
@@ -101,6 +103,7 @@ func (r *remote) run(ctx context.Context) {
 	bo.RandomizationFactor = 0.5
 	bo.MaxElapsedTime = 0 // never give up
 	bo.Reset()
+	downSince, revoked := time.Now(), false
 	for {
 		wasReady, err := r.session(ctx)
 		if ctx.Err() != nil {
@@ -111,8 +114,19 @@ func (r *remote) run(ctx context.Context) {
 		r.log.Warn("remote session ended, keeping its last state and retrying", "err", err)
 		if wasReady {
 			bo.Reset()
+			downSince, revoked = time.Now(), false
 		}
-		t := time.NewTimer(bo.NextBackOff())
+		wait := bo.NextBackOff()
+		if ttl := r.agent.cfg.RemoteStateTTL; ttl > 0 && !revoked {
+			switch left := time.Until(downSince.Add(ttl)); {
+			case left <= 0:
+				r.revokeServices(ttl)
+				revoked = true
+			case left < wait:
+				wait = left
+			}
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -120,6 +134,17 @@ func (r *remote) run(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// revokeServices withdraws the remote's service backends after it was
+// unreachable for ttl. Its ipcache entries and identities stay; the next
+// complete sync restores the services.
+func (r *remote) revokeServices(ttl time.Duration) {
+	r.log.Warn("remote unreachable longer than the remote state TTL: revoking its service backends (ipcache kept)", "ttl", ttl)
+	r.agent.merger.dropServices(r.name)
+	r.mu.Lock()
+	r.status.ServicesRevoked = true
+	r.mu.Unlock()
 }
 
 // session is one connection: it returns why it ended and whether it had

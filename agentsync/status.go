@@ -25,23 +25,32 @@ type Status struct {
 
 // RemoteStatus is one remote cluster as the agent sees it.
 type RemoteStatus struct {
-	Name          string            `json:"name"`
-	ClusterID     uint32            `json:"clusterID"`
-	EtcdEndpoints []string          `json:"etcdEndpoints"`
-	Connected     bool              `json:"connected"`
-	ConfigOK      bool              `json:"configRetrieved"`
-	Ready         bool              `json:"ready"` // every kind synced since the last connect
-	Synced        map[string]bool   `json:"synced"`
-	Nodes         int               `json:"nodes"`
-	Endpoints     int               `json:"endpoints"` // ipcache entries
-	Identities    int               `json:"identities"`
-	Services      int               `json:"services"`
-	Failures      uint64            `json:"failures"`
-	LastError     string            `json:"lastError,omitempty"`
-	LastErrorTime time.Time         `json:"lastErrorTime,omitzero"`
-	LastEvent     time.Time         `json:"lastEvent,omitzero"`
-	LastHeartbeat time.Time         `json:"lastHeartbeat,omitzero"`
-	Rejected      map[string]uint64 `json:"rejected"` // by reason
+	Name          string          `json:"name"`
+	ClusterID     uint32          `json:"clusterID"`
+	EtcdEndpoints []string        `json:"etcdEndpoints"`
+	Connected     bool            `json:"connected"`
+	ConfigOK      bool            `json:"configRetrieved"`
+	Ready         bool            `json:"ready"` // every kind synced since the last connect
+	Synced        map[string]bool `json:"synced"`
+	Nodes         int             `json:"nodes"`
+	Endpoints     int             `json:"endpoints"` // ipcache entries
+	Identities    int             `json:"identities"`
+	Services      int             `json:"services"`
+	Failures      uint64          `json:"failures"`
+	LastError     string          `json:"lastError,omitempty"`
+	LastErrorTime time.Time       `json:"lastErrorTime,omitzero"`
+	LastEvent     time.Time       `json:"lastEvent,omitzero"`
+	LastHeartbeat time.Time       `json:"lastHeartbeat,omitzero"`
+	// Stale: no heartbeat for longer than the agent's heartbeat timeout.
+	Stale bool `json:"stale"`
+	// ConnectedSince is the start of the current (or last) connection.
+	ConnectedSince time.Time `json:"connectedSince,omitzero"`
+	// LastFailure is when the last session ended with an error.
+	LastFailure time.Time `json:"lastFailure,omitzero"`
+	// ServicesRevoked: unreachable past --remote-state-ttl, its service
+	// backends were withdrawn until the next complete sync.
+	ServicesRevoked bool              `json:"servicesRevoked,omitempty"`
+	Rejected        map[string]uint64 `json:"rejected"` // by reason
 	// EventsApplied counts entries applied per kind (lists and watches);
 	// SyncSeconds is the duration of each kind's last complete list.
 	EventsApplied map[string]uint64  `json:"eventsApplied"`
@@ -79,6 +88,7 @@ func (r *remote) setConnected(c wire.Cluster, etcdID uint64) {
 	defer r.mu.Unlock()
 	r.cur = c
 	r.status.Connected, r.status.ConfigOK, r.status.ClusterID = true, true, c.ID
+	r.status.ConnectedSince = time.Now()
 	r.status.Synced = map[string]bool{}
 	r.status.EtcdClusterID = formatID(etcdID)
 }
@@ -91,6 +101,7 @@ func (r *remote) setDisconnected(err error) {
 	if err != nil {
 		r.setErrorLocked(err)
 		r.status.Failures++
+		r.status.LastFailure = time.Now()
 	}
 }
 
@@ -103,7 +114,7 @@ func (r *remote) setSynced(k wire.Kind) {
 		ready = ready && r.status.Synced[kk.String()]
 	}
 	if ready && !r.status.Ready {
-		r.status.Ready = true
+		r.status.Ready, r.status.ServicesRevoked = true, false
 		r.log.Info("remote ready: every kind synced")
 		r.agent.remoteReady()
 	}
@@ -126,14 +137,57 @@ func (r *remote) setErrorLocked(err error) {
 	r.status.LastErrorTime = time.Now()
 }
 
+// rejectLogEvery bounds rejection logging to one line per reason per
+// interval: a remote publishing a million bad keys must not flood the log.
+const rejectLogEvery = time.Second
+
 // reject counts and logs an entry that failed validation.
 func (r *remote) reject(err error) {
 	reason := rejectReason(err)
+	now := time.Now()
 	r.mu.Lock()
 	r.status.Rejected[reason]++
 	r.setErrorLocked(err)
+	lim := &r.rejectLog[reasonIndex(reason)]
+	logIt, suppressed := now.Sub(lim.last) >= rejectLogEvery, lim.suppressed
+	if logIt {
+		lim.last, lim.suppressed = now, 0
+	} else {
+		lim.suppressed++
+	}
 	r.mu.Unlock()
-	r.log.Warn("rejected entry from remote", "reason", reason, "err", err)
+	if logIt {
+		r.log.Warn("rejected entry from remote", "reason", reason, "err", err, "suppressedSinceLast", suppressed)
+	}
+}
+
+// rejectLimit is the log limiter of one rejection reason.
+type rejectLimit struct {
+	last       time.Time
+	suppressed uint64
+}
+
+// rejectReasons are the reasons a limiter slot exists for (others share the last).
+var rejectReasons = [...]string{"malformed_key", "malformed_value", "value_too_large", "cluster_mismatch",
+	"identity_out_of_range", "invalid_address", "invalid_labels", "overlaps_local", "other"}
+
+func reasonIndex(reason string) int {
+	for i, r := range rejectReasons {
+		if r == reason {
+			return i
+		}
+	}
+	return len(rejectReasons) - 1
+}
+
+// staleLocked reports whether the remote's heartbeat is older than the
+// timeout: the last heartbeat seen, or the connection's start if none came.
+func (r *remote) staleLocked(now time.Time) bool {
+	ref := r.status.LastHeartbeat
+	if ref.IsZero() {
+		ref = r.status.ConnectedSince
+	}
+	return !ref.IsZero() && now.Sub(ref) > r.agent.cfg.HeartbeatTimeout
 }
 
 // rejectReason labels a rejection for status and metrics.
@@ -165,6 +219,7 @@ func (r *remote) snapshot() RemoteStatus {
 	s.Nodes, s.Endpoints = counts[wire.Nodes], counts[wire.IPCache]
 	s.Identities, s.Services = counts[wire.Identities], counts[wire.Services]
 	s.EventsApplied, s.SyncSeconds = events, syncs
+	s.Stale = r.staleLocked(time.Now())
 	return s
 }
 

@@ -15,7 +15,7 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var cfg agentsync.Config
-	var stateFile, pinDir, statusAddr string
+	var stateFile, pinDir, statusAddr, metricsAddr string
 	var cleanup bool
 	cmd := &cobra.Command{
 		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
@@ -55,7 +55,9 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 			if err != nil {
 				return err
 			}
-			return runWithStatus(cmd.Context(), statusAddr, agent.Run, agent.Status)
+			return runAll(cmd.Context(), agent.Run,
+				func(ctx context.Context) error { return agentsync.ServeStatus(ctx, statusAddr, agent.Status) },
+				func(ctx context.Context) error { return serveMetrics(ctx, metricsAddr, agentsync.NewCollector(agent)) })
 		},
 	}
 	f := cmd.Flags()
@@ -66,6 +68,9 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 	f.StringVar(&stateFile, "state-file", "", "the local cluster's state file (its global services and endpoints)")
 	f.StringVar(&pinDir, "bpf-pin-dir", datapath.DefaultPinDir, "bpffs directory the eBPF maps are pinned in")
 	f.StringVar(&statusAddr, "status-addr", agentsync.DefaultStatusAddr, "unix socket path or host:port to serve status on")
+	f.StringVar(&metricsAddr, "metrics-addr", ":9962", "host:port to serve Prometheus /metrics on (\"\" disables)")
+	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", agentsync.DefaultHeartbeatTimeout, "a remote whose heartbeat is older is reported stale")
+	f.DurationVar(&cfg.RemoteStateTTL, "remote-state-ttl", 0, "revoke the service backends (only) of a remote unreachable for longer than this; 0 keeps them forever")
 	f.DurationVar(&cfg.ProbeInterval, "probe-interval", agentsync.DefaultProbeInterval, "how often each remote's heartbeat is read")
 	f.DurationVar(&cfg.ProbeTimeout, "probe-timeout", agentsync.DefaultProbeTimeout, "a remote that does not answer within this is disconnected (its state is kept)")
 	f.DurationVar(&cfg.SyncTimeout, "sync-timeout", agentsync.DefaultSyncTimeout, "after a restart, how long entries of the previous run wait for the remotes' first sync before unclaimed ones are pruned")
@@ -77,26 +82,31 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 	return cmd
 }
 
-// runWithStatus runs run and serves status on addr until either ends.
-func runWithStatus(ctx context.Context, addr string, run func(context.Context) error, status func() agentsync.Status) error {
+// runAll runs main and the servers beside it until main returns or one of
+// them fails; then it stops the others and waits for them.
+func runAll(ctx context.Context, main func(context.Context) error, servers ...func(context.Context) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	statusErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		statusErr <- agentsync.ServeStatus(ctx, addr, status)
-	}()
 	defer wg.Wait() // after cancel (defers run in reverse)
 	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- run(ctx) }()
+	serverErr := make(chan error, len(servers))
+	for _, srv := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv(ctx); err != nil {
+				serverErr <- err
+			}
+		}()
+	}
+	mainErr := make(chan error, 1)
+	go func() { mainErr <- main(ctx) }()
 	select {
-	case err := <-runErr:
+	case err := <-mainErr:
 		return err
-	case err := <-statusErr:
+	case err := <-serverErr:
 		cancel()
-		<-runErr
+		<-mainErr
 		return err
 	}
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -14,7 +15,7 @@ import (
 
 func newAPIServerCmd() *cobra.Command {
 	var cfg meshapiserver.Config
-	var certDir, stateFile, stateDir, peers string
+	var certDir, stateFile, stateDir, peers, metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "apiserver --cluster-name NAME --cluster-id ID --cert-dir DIR --state-file FILE",
 		Short: "Run a cluster's mesh apiserver (embedded etcd behind mutual TLS)",
@@ -50,7 +51,11 @@ kept, in --state-dir, so that they survive restarts.
 				case <-cmd.Context().Done():
 				}
 			}()
-			if err := srv.Run(cmd.Context()); err != nil {
+			err = runAll(cmd.Context(), srv.Run,
+				func(ctx context.Context) error {
+					return serveMetrics(ctx, metricsAddr, meshapiserver.NewCollector(srv))
+				})
+			if err != nil {
 				return fmt.Errorf("apiserver: %w", err)
 			}
 			return nil
@@ -65,6 +70,7 @@ kept, in --state-dir, so that they survive restarts.
 	f.StringVar(&stateFile, "state-file", "", "YAML file with the cluster's nodes, endpoints and services (see docs/state-file.md)")
 	f.StringVar(&stateDir, "state-dir", "", "directory where identity numbers are kept across restarts (empty: in memory only)")
 	f.StringVar(&peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
+	f.StringVar(&metricsAddr, "metrics-addr", ":9963", "host:port to serve Prometheus /metrics on (\"\" disables)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: a temporary directory removed on exit)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", meshapiserver.DefaultLeaseTTL, "TTL of the lease every published entry is attached to")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", meshapiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is written")

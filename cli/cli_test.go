@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,7 +70,7 @@ func TestByHand(t *testing.T) {
 		peer := map[string]string{"east": "west", "west": "east"}[c]
 		go func() {
 			_, err := run(ctx, "apiserver", "--cluster-name", c, "--cluster-id", fmt.Sprint(i+1), "--cert-dir", filepath.Join(dir, c),
-				"--state-file", filepath.Join(dir, c+".yaml"), "--listen", addrs[c], "--peer", peer)
+				"--state-file", filepath.Join(dir, c+".yaml"), "--listen", addrs[c], "--peer", peer, "--metrics-addr", "")
 			done <- err
 		}()
 	}
@@ -78,10 +80,11 @@ func TestByHand(t *testing.T) {
 		"endpoints: [https://%s]\ntrusted-ca-file: ../east/ca.crt\ncert-file: ../east/remote-east.crt\nkey-file: ../east/remote-east.key\n",
 		addrs["west"])), 0o600)
 	sock := filepath.Join(dir, "agent.sock")
+	metricsAddr := freePort(t)
 	pinDir := fmt.Sprintf("/sys/fs/bpf/cm-clitest-%d", os.Getpid())
 	go func() {
 		_, err := run(ctx, "agent", "--cluster-name", "east", "--cluster-id", "1", "--config-dir", remotes,
-			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir)
+			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir, "--metrics-addr", metricsAddr)
 		done <- err
 	}()
 	defer func() {
@@ -108,6 +111,18 @@ func TestByHand(t *testing.T) {
 	for _, want := range []string{"REMOTE", "west", "shop/checkout", "3 (west=3)", "3 from local"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("status table lacks %q:\n%s", want, table)
+		}
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`clustermesh_agent_remote_ready{remote="west"} 1`, `clustermesh_agent_remote_entries{kind="ipcache",remote="west"} 4`,
+		`clustermesh_agent_service_selected_backends{from="local",frontend="10.96.0.10:80/TCP",service="shop/checkout"} 3`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
 		}
 	}
 	if os.Geteuid() == 0 && st.Datapath != "ebpf" {

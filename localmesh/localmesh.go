@@ -42,6 +42,10 @@ type Options struct {
 	// Fast timings for tests and the demo: probe, backoff and poll intervals.
 	ProbeInterval time.Duration // default 200ms
 	Logger        *slog.Logger
+	// APIServer and Agent, when set, adjust each apiserver's and agent's
+	// config before it starts (tests use them for timeouts and TTLs).
+	APIServer func(*meshapiserver.Config)
+	Agent     func(*agentsync.Config)
 }
 
 // Mesh is a running local mesh.
@@ -179,14 +183,18 @@ func (c *Cluster) StartAPIServer(ctx context.Context) error {
 			peers = append(peers, p.Name)
 		}
 	}
-	srv, err := meshapiserver.New(meshapiserver.Config{
+	cfg := meshapiserver.Config{
 		ClusterName: c.Name, ClusterID: c.ID, ListenAddress: c.addr,
 		ServerCertFile: c.Bundle.ServerCert(), ServerKeyFile: c.Bundle.ServerKey(), CAFile: c.Bundle.CAFile(),
 		AdminCertFile: c.Bundle.AdminCert(), AdminKeyFile: c.Bundle.AdminKey(),
 		Peers: peers, IdentityFile: filepath.Join(filepath.Dir(c.StateFile), "identities.json"),
 		Source: &statesource.File{Path: c.StateFile, PollInterval: 200 * time.Millisecond, Logger: c.mesh.opts.Logger},
 		Logger: c.mesh.opts.Logger,
-	})
+	}
+	if c.mesh.opts.APIServer != nil {
+		c.mesh.opts.APIServer(&cfg)
+	}
+	srv, err := meshapiserver.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -276,13 +284,17 @@ func (c *Cluster) startAgent(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("localmesh: agent %s datapath: %w", name, err)
 	}
-	a.Sync, err = agentsync.New(agentsync.Config{
+	cfg := agentsync.Config{
 		ClusterName: c.Name, ClusterID: c.ID, ConfigDir: c.ConfigDir, Datapath: a.Datapath,
 		LocalSource:        &statesource.File{Path: c.StateFile, PollInterval: 200 * time.Millisecond, Logger: o.Logger},
 		ConfigPollInterval: 50 * time.Millisecond, ProbeInterval: o.ProbeInterval, ProbeTimeout: time.Second,
 		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second,
 		Logger: o.Logger.With("agent", name),
-	})
+	}
+	if o.Agent != nil {
+		o.Agent(&cfg)
+	}
+	a.Sync, err = agentsync.New(cfg)
 	if err != nil {
 		a.Datapath.Close()
 		return err

@@ -17,6 +17,7 @@ import (
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -26,6 +27,11 @@ var names = []string{"east", "west", "north"}
 
 func startMesh(t *testing.T, ebpf bool, agents int) *Mesh {
 	t.Helper()
+	return startMeshWith(t, Options{EBPF: ebpf, AgentsPerCluster: agents})
+}
+
+func startMeshWith(t *testing.T, o Options) *Mesh {
+	t.Helper()
 	var specs []ClusterSpec
 	for i, n := range names {
 		specs = append(specs, ClusterSpec{Name: n, ID: uint32(i + 1), State: SampleState(i + 1)})
@@ -34,8 +40,8 @@ func startMesh(t *testing.T, ebpf bool, agents int) *Mesh {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	m, err := Start(context.Background(), Options{Dir: t.TempDir(), Clusters: specs, AgentsPerCluster: agents, EBPF: ebpf,
-		ProbeInterval: 100 * time.Millisecond, Logger: log})
+	o.Dir, o.Clusters, o.ProbeInterval, o.Logger = t.TempDir(), specs, 100*time.Millisecond, log
+	m, err := Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,5 +321,66 @@ func TestRemoteIDChangeDrainsAndReadmits(t *testing.T) {
 			byID[e.ClusterID]++
 		}
 		return r.Ready && r.ClusterID == 7 && byID[7] == 4 && byID[2] == 0
+	})
+}
+
+// A remote whose heartbeat is older than the timeout is reported stale;
+// one that keeps writing it is not.
+func TestStaleHeartbeat(t *testing.T) {
+	m := startMeshWith(t, Options{
+		APIServer: func(c *meshapiserver.Config) {
+			if c.ClusterName == "west" {
+				c.HeartbeatInterval = 50 * time.Millisecond
+			}
+		},
+		Agent: func(c *agentsync.Config) { c.HeartbeatTimeout = 500 * time.Millisecond },
+	})
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	a := m.Cluster("east").Agents[0]
+	testenv.WaitFor(t, wait, "north (heartbeat every minute) reported stale", func() bool { return remoteStatus(a, "north").Stale })
+	if remoteStatus(a, "west").Stale {
+		t.Error("west writes its heartbeat every 50ms but is reported stale")
+	}
+}
+
+// With --remote-state-ttl, a remote unreachable past the TTL loses its
+// service backends but keeps its ipcache entries; its return restores them.
+func TestRemoteStateTTLRevokesOnlyServices(t *testing.T) {
+	m := startMeshWith(t, Options{Agent: func(c *agentsync.Config) { c.RemoteStateTTL = 300 * time.Millisecond }})
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	east, west := m.Cluster("east"), m.Cluster("west")
+	a := east.Agents[0]
+	st := SampleState(1)
+	SetReady(st, "checkout", false) // east selects the remote backends
+	if err := east.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "east selects west's and north's backends", func() bool {
+		got := checkoutBackends(t, a)
+		return got[2] == 3 && got[3] == 3
+	})
+	if err := west.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "west's backends revoked after the TTL", func() bool {
+		got := checkoutBackends(t, a)
+		return got[2] == 0 && got[3] == 3 && remoteStatus(a, "west").ServicesRevoked
+	})
+	ips, _ := a.Datapath.IPCache()
+	n := 0
+	for _, e := range ips {
+		if e.ClusterID == 2 {
+			n++
+		}
+	}
+	if n != 4 {
+		t.Errorf("west's ipcache entries: %d, want all 4 kept", n)
+	}
+	if err := west.StartAPIServer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "west's backends restored after it came back", func() bool {
+		got := checkoutBackends(t, a)
+		return got[2] == 3 && !remoteStatus(a, "west").ServicesRevoked
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/wire"
@@ -24,6 +25,8 @@ type publisher struct {
 	cluster wire.Cluster
 	lease   clientv3.LeaseID
 	log     *slog.Logger
+
+	txnLatency prometheus.Histogram
 
 	published   desiredKV // what etcd holds under the state prefixes
 	canariesSet bool
@@ -120,6 +123,7 @@ func (p *publisher) commit(ctx context.Context, ops []clientv3.Op) error {
 			return fmt.Errorf("meshapiserver: publish transaction of %d ops: %w", n, err)
 		}
 		p.stats.LastTxn = time.Since(start)
+		p.txnLatency.Observe(p.stats.LastTxn.Seconds())
 		p.stats.Txns++
 		ops = ops[n:]
 	}

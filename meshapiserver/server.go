@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -18,8 +19,9 @@ import (
 // Server is one cluster's mesh apiserver. Create it with New, run it with
 // Run; Ready is closed once the first snapshot and the canaries are written.
 type Server struct {
-	cfg   Config
-	ready chan struct{}
+	cfg        Config
+	ready      chan struct{}
+	txnLatency prometheus.Histogram
 
 	mu     sync.Mutex
 	url    string // guarded by mu; set once etcd serves
@@ -43,7 +45,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, ready: make(chan struct{})}, nil
+	return &Server{cfg: cfg, ready: make(chan struct{}), txnLatency: newTxnLatency()}, nil
 }
 
 // Ready is closed once the apiserver has published its first full snapshot.
@@ -112,7 +114,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("meshapiserver: keep lease alive: %w", err)
 	}
-	pub := &publisher{cli: cli, cluster: cfg.cluster(), lease: lease.ID, log: log}
+	pub := &publisher{cli: cli, cluster: cfg.cluster(), lease: lease.ID, log: log, txnLatency: s.txnLatency}
 	if err := pub.loadExisting(ctx); err != nil {
 		return err
 	}

@@ -49,6 +49,16 @@ func TestParseAndSemantics(t *testing.T) {
 	}
 }
 
+func TestParseJSON(t *testing.T) {
+	st, err := Parse("j", []byte(`{"nodes":[{"name":"n1","ips":["192.168.1.1"]}],"endpoints":[{"namespace":"a","pod":"b","ip":"10.0.0.1","node":"n1"}]}`))
+	if err != nil || len(st.Endpoints) != 1 || !st.Endpoints[0].IsReady() {
+		t.Fatalf("JSON state: %+v %v", st, err)
+	}
+	if _, err := Parse("j", []byte(`{"nodes":[{"name":"n1","ips":["1.1.1.1"],"colour":"red"}]}`)); err == nil || !strings.Contains(err.Error(), "colour") {
+		t.Errorf("unknown JSON field: %v", err)
+	}
+}
+
 func TestParseRejects(t *testing.T) {
 	for name, tc := range map[string]struct{ yaml, want string }{
 		"unknown field":     {"nodes:\n- {name: n1, ips: [1.1.1.1], color: red}\n", "color"},
