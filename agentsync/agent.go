@@ -166,6 +166,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return errors.New("agentsync: Run called twice: create a new Agent")
 	}
+	if err := a.merger.loadPinned(a.cfg.Datapath); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	localReady := make(chan struct{})
 	srcErr := make(chan error, 1)

@@ -37,6 +37,7 @@ type kindState struct {
 type kindStats struct {
 	events       uint64        // entries applied from lists and watches
 	lastSyncTook time.Duration // duration of the last complete list
+	lists        uint64        // complete lists (one per session, plus relists)
 }
 
 // kindStore holds one kind's accepted entries of one remote, each tagged
@@ -173,6 +174,7 @@ func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Clus
 	ks.mu.Lock()
 	swept := ks.store.sweep(gen)
 	ks.stats.lastSyncTook = time.Since(started)
+	ks.stats.lists++
 	ks.mu.Unlock()
 	if swept > 0 {
 		ks.r.log.Info("swept entries gone from the remote", "kind", ks.kind, "count", swept)
@@ -212,6 +214,7 @@ func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Clu
 	defer cancel()
 	prefix := ks.kind.ListPrefix(c.Name)
 	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev)) {
+		ks.r.log.Debug("watch response", "kind", ks.kind, "from", rev, "rev", wr.Header.Revision, "events", len(wr.Events), "compact", wr.CompactRevision, "err", wr.Err())
 		if wr.CompactRevision != 0 {
 			return errCompacted
 		}

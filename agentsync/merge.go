@@ -62,10 +62,14 @@ type merger struct {
 	localNet []netip.Prefix                           // guarded by mu; local pod CIDRs and node IPs
 
 	writtenSvc map[svcName]map[datapath.Frontend][]datapath.Backend // guarded by mu
-	failedSvc  map[svcName]bool                                     // guarded by mu; to rewrite on retry
-	failedIP   map[netip.Prefix]bool                                // guarded by mu; to rewrite on retry
-	writeErrs  uint64                                               // guarded by mu
-	lastErr    string                                               // guarded by mu
+	// pinned holds the service entries a previous run left in the datapath,
+	// until the first full sync (prune): a restarting agent keeps their
+	// remote backends rather than serving a service without them.
+	pinned    map[datapath.Frontend][]datapath.Backend // guarded by mu
+	failedSvc map[svcName]bool                         // guarded by mu; to rewrite on retry
+	failedIP  map[netip.Prefix]bool                    // guarded by mu; to rewrite on retry
+	writeErrs uint64                                   // guarded by mu
+	lastErr   string                                   // guarded by mu
 }
 
 func newMerger(dp datapath.Writer, localName string, localID uint16, log *slog.Logger) *merger {
@@ -280,6 +284,18 @@ func (m *merger) dropCluster(cluster string, id uint16) {
 	m.writeIPs(changed)
 }
 
+// loadPinned remembers the services a previous run left in the datapath.
+func (m *merger) loadPinned(dp datapath.Reader) error {
+	svcs, err := dp.Services()
+	if err != nil {
+		return fmt.Errorf("agentsync: read pinned services: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pinned = svcs
+	return nil
+}
+
 // dropServices removes cluster's backends from every service (its ipcache
 // claims stay).
 func (m *merger) dropServices(cluster string) {
@@ -303,6 +319,7 @@ func (m *merger) syncService(n svcName) {
 	have := m.writtenSvc[n]
 	failed := false
 	for fe, bes := range want {
+		bes = m.withPinned(fe, bes)
 		if old, ok := have[fe]; ok && slices.Equal(old, bes) {
 			continue
 		}
@@ -440,6 +457,24 @@ func backendLess(a, b datapath.Backend) bool {
 	return a.Protocol < b.Protocol
 }
 
+// withPinned adds to bes the remote backends a previous run had selected
+// for fe, while the first full sync is not complete: until then the remotes
+// may simply not have been heard from yet.
+func (m *merger) withPinned(fe datapath.Frontend, bes []datapath.Backend) []datapath.Backend {
+	old, ok := m.pinned[fe]
+	if !ok {
+		return bes
+	}
+	out := slices.Clone(bes)
+	for _, b := range old {
+		if b.ClusterID != m.localID && !slices.Contains(out, b) {
+			out = append(out, b)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return backendLess(out[i], out[j]) })
+	return out
+}
+
 // retryFailed rewrites every service and prefix whose last write failed, so
 // the datapath does not drift from the desired state after a transient
 // error. It reports how many are still failing.
@@ -505,6 +540,18 @@ func (m *merger) prune(dp datapath.Datapath) error {
 	for fe := range svcs {
 		if !want[fe] && m.check(dp.DeleteService(fe), "prune service", fe) {
 			svcN++
+		}
+	}
+	// From now on the merged state alone decides: drop what was kept from
+	// the previous run and rewrite the services that carried it.
+	pinned := m.pinned
+	m.pinned = nil
+	for n, fes := range m.writtenSvc {
+		for fe := range fes {
+			if _, ok := pinned[fe]; ok {
+				m.syncService(n)
+				break
+			}
 		}
 	}
 	m.log.Info("pruned entries nobody claims after the initial sync", "ipcache", ipN, "services", svcN)

@@ -55,7 +55,10 @@ type RemoteStatus struct {
 	// SyncSeconds is the duration of each kind's last complete list.
 	EventsApplied map[string]uint64  `json:"eventsApplied"`
 	SyncSeconds   map[string]float64 `json:"syncSeconds"`
-	EtcdClusterID string             `json:"etcdClusterID,omitempty"`
+	// Lists counts complete lists per kind: one per connection, plus one
+	// per relist after a compacted watch.
+	Lists         map[string]uint64 `json:"lists"`
+	EtcdClusterID string            `json:"etcdClusterID,omitempty"`
 }
 
 // RejectedTotal sums the rejected entries over all reasons.
@@ -204,12 +207,14 @@ func (r *remote) snapshot() RemoteStatus {
 	counts := map[wire.Kind]int{}
 	events := map[string]uint64{}
 	syncs := map[string]float64{}
+	lists := map[string]uint64{}
 	for _, k := range wire.Kinds {
 		ks := r.kinds[k]
 		counts[k] = ks.count()
 		st := ks.snapshotStats()
 		events[k.String()] = st.events
 		syncs[k.String()] = st.lastSyncTook.Seconds()
+		lists[k.String()] = st.lists
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -218,7 +223,7 @@ func (r *remote) snapshot() RemoteStatus {
 	s.Rejected = copyMap(r.status.Rejected)
 	s.Nodes, s.Endpoints = counts[wire.Nodes], counts[wire.IPCache]
 	s.Identities, s.Services = counts[wire.Identities], counts[wire.Services]
-	s.EventsApplied, s.SyncSeconds = events, syncs
+	s.EventsApplied, s.SyncSeconds, s.Lists = events, syncs, lists
 	s.Stale = r.staleLocked(time.Now())
 	return s
 }

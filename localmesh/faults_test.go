@@ -1,0 +1,380 @@
+package localmesh
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/statesource"
+)
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// ipcacheEquals reports whether the datapath holds exactly want's endpoints
+// of cluster id (and says what differs).
+func ipcacheEquals(dp datapath.Reader, id uint16, want map[netip.Prefix]bool) (bool, string) {
+	ips, err := dp.IPCache()
+	if err != nil {
+		return false, err.Error()
+	}
+	have, extra := 0, 0
+	for p, e := range ips {
+		if e.ClusterID != id {
+			continue
+		}
+		if want[p] {
+			have++
+		} else {
+			extra++
+		}
+	}
+	return have == len(want) && extra == 0, ""
+}
+
+// Test 1: the remote apiserver (a separate process) is SIGKILLed in the middle
+// of the agent's initial list of 50k entries, then restarted with a changed
+// state. The agent ends with exactly the new state, and never deleted an
+// entry that existed both before the fault and after it.
+func TestKillDuringInitialListLosesNothing(t *testing.T) {
+	e := newFaultEnv(t)
+	st := bigState(2, 50000, 20, 0, 0)
+	stateFile := filepath.Join(e.dir, "west.json")
+	writeJSON(t, stateFile, st)
+	spec := processSpec{Cluster: "west", ID: 2, Listen: freeAddr(t), CertDir: e.west.Dir, Peers: []string{"east"}, StateFile: stateFile}
+	p := startAPIServerProcess(t, spec)
+	e.pointAt(t, spec.Listen)
+
+	rec := newRecorder()
+	rec.blockAt = 5 // after 5 pages of 2,000: 10,000 of 50,000 entries applied
+	a := e.startAgent(t, rec, func(c *agentsync.Config) { c.ListPageSize = 2000 })
+	select {
+	case <-rec.blocked:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the agent never got 5 pages into its list")
+	}
+	before, err := rec.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(before) == 0 || len(before) >= len(st.Endpoints) {
+		t.Fatalf("the fault must strike mid-list: %d of %d entries applied", len(before), len(st.Endpoints))
+	}
+	p.kill()
+	close(rec.release)
+
+	// West comes back (an empty store) without 500 of its pods, among them
+	// some the agent had applied, and with 500 new ones.
+	after := bigState(2, 50500, 20, 0, 0)
+	after.Endpoints = after.Endpoints[500:]
+	writeJSON(t, stateFile, after)
+	startAPIServerProcess(t, spec)
+	want := prefixesOf(after)
+	testenv.WaitFor(t, 2*time.Minute, "the agent holds exactly west's new 50,000 entries", func() bool {
+		ok, _ := ipcacheEquals(rec, 2, want)
+		return ok && westOf(a).Ready
+	})
+	deleted := rec.deleted()
+	for p := range before {
+		if want[p] && deleted[p] > 0 {
+			t.Errorf("%s existed before and after the fault but was deleted %d times in between", p, deleted[p])
+		}
+	}
+	gone := 0
+	for p := range deleted {
+		if !want[p] {
+			gone++
+		}
+	}
+	t.Logf("applied %d entries before the kill; %d deletes, all of entries gone from the source", len(before), gone)
+}
+
+// inProcessWest runs west's apiserver in this process on addr with source.
+func inProcessWest(t testing.TB, e *faultEnv, addr string, src statesource.Source) (stop func()) {
+	t.Helper()
+	srv, err := meshapiserver.New(meshapiserver.Config{ClusterName: "west", ClusterID: 2, ListenAddress: addr,
+		ServerCertFile: e.west.ServerCert(), ServerKeyFile: e.west.ServerKey(), CAFile: e.west.CAFile(),
+		AdminCertFile: e.west.AdminCert(), AdminKeyFile: e.west.AdminKey(), Peers: []string{"east"}, Source: src,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	testenv.WaitFor(t, 30*time.Second, "west's etcd serving", func() bool { return srv.ClientURL() != "" })
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("west: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// gatedSource delivers its state only once opened: a slow source.
+type gatedSource struct {
+	st   *statesource.State
+	open chan struct{}
+}
+
+func (g *gatedSource) Run(ctx context.Context, onChange func(*statesource.State)) error {
+	select {
+	case <-g.open:
+		onChange(g.st)
+	case <-ctx.Done():
+		return nil
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// Test 3: west restarts with an empty store and a slow source (no canary
+// yet). The agent connects to the new store but deletes nothing until the
+// canary appears; then it sweeps exactly what is gone.
+func TestEmptyRestartedRemoteDeletesNothingBeforeCanary(t *testing.T) {
+	e := newFaultEnv(t)
+	addr := freeAddr(t)
+	writeJSON(t, filepath.Join(e.dir, "west.json"), SampleState(2))
+	stop := inProcessWest(t, e, addr, &statesource.File{Path: filepath.Join(e.dir, "west.json")})
+	e.pointAt(t, addr)
+	rec := newRecorder()
+	a := e.startAgent(t, rec, nil)
+	testenv.WaitFor(t, wait, "west synced", func() bool { return westOf(a).Ready })
+	firstEtcd := westOf(a).EtcdClusterID
+	stop()
+
+	next := SampleState(2)
+	next.Endpoints = next.Endpoints[1:] // checkout-1 leaves
+	gate := &gatedSource{st: next, open: make(chan struct{})}
+	inProcessWest(t, e, addr, gate)
+	testenv.WaitFor(t, wait, "the agent connected to the new, empty store", func() bool {
+		r := westOf(a)
+		return r.Connected && r.EtcdClusterID != firstEtcd
+	})
+	if r := westOf(a); r.Ready {
+		t.Fatalf("west ready before its canary: %+v", r)
+	}
+	if d := rec.deleted(); len(d) != 0 {
+		t.Fatalf("deleted %v before the canary", d)
+	}
+	if ok, _ := ipcacheEquals(rec, 2, prefixesOf(SampleState(2))); !ok {
+		t.Fatal("west's entries changed before the canary")
+	}
+	close(gate.open)
+	testenv.WaitFor(t, wait, "resynced once the canary appeared", func() bool {
+		ok, _ := ipcacheEquals(rec, 2, prefixesOf(next))
+		return ok && westOf(a).Ready
+	})
+	if d := rec.deleted(); len(d) != 1 {
+		t.Errorf("deletes: %v, want only the endpoint that left", d)
+	}
+}
+
+func westAdmin(t testing.TB, e *faultEnv, addr string) *clientv3.Client {
+	t.Helper()
+	tlsCfg, err := ca.ClientTLSConfig(e.west.AdminCert(), e.west.AdminKey(), e.west.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + addr}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// Tests 2 and 4: while the agent is cut off, west deletes and adds entries
+// and compacts its store past the agent's watch revision. Whether the
+// session survives the cut (the watch then hits the compaction and relists)
+// or ends (the next session lists), the agent ends with exactly west's state.
+func TestChangesAndCompactionWhileDisconnected(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		probeTimeout time.Duration
+	}{
+		{"session survives: compacted watch relists", 20 * time.Second},
+		{"session ends: reconnect resyncs", 300 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newFaultEnv(t)
+			addr := freeAddr(t)
+			stateFile := filepath.Join(e.dir, "west.json")
+			writeJSON(t, stateFile, SampleState(2))
+			inProcessWest(t, e, addr, &statesource.File{Path: stateFile})
+			px := newProxy(t, addr)
+			e.pointAt(t, px.addr())
+			rec := newRecorder()
+			a := e.startAgent(t, rec, func(c *agentsync.Config) { c.ProbeTimeout = tc.probeTimeout })
+			testenv.WaitFor(t, wait, "west synced", func() bool { return westOf(a).Ready })
+			failuresBefore := westOf(a).Failures
+
+			px.pause()
+			next := SampleState(2)
+			next.Endpoints = append(next.Endpoints[2:], statesource.Endpoint{Namespace: "shop", Pod: "new-1",
+				IP: netip.MustParseAddr("10.2.2.99"), Node: "node-2", Labels: map[string]string{"app": "new"}})
+			writeJSON(t, stateFile, next)
+			admin := westAdmin(t, e, addr)
+			testenv.WaitFor(t, wait, "west published the change", func() bool {
+				resp, err := admin.Get(context.Background(), "cilium/state/ip/v1/default/10.2.2.99")
+				return err == nil && len(resp.Kvs) == 1
+			})
+			// More writes after the change, then compact past all of it: the
+			// agent's watch revision is gone.
+			var resp *clientv3.PutResponse
+			for i := 0; i < 3; i++ {
+				var err error
+				if resp, err = admin.Put(context.Background(), "cilium/other", "x"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := admin.Compact(context.Background(), resp.Header.Revision); err != nil {
+				t.Fatal(err)
+			}
+			if tc.probeTimeout < time.Second {
+				testenv.WaitFor(t, wait, "the agent noticed the cut", func() bool { return !westOf(a).Connected })
+			}
+			px.resume()
+			testenv.WaitFor(t, wait, "exactly west's new state", func() bool {
+				ok, _ := ipcacheEquals(rec, 2, prefixesOf(next))
+				return ok && westOf(a).Ready
+			})
+			r := westOf(a)
+			if tc.probeTimeout > time.Second && (r.Failures != failuresBefore || r.Lists["ipcache"] < 2) {
+				t.Errorf("want the same session to relist after the compaction: failures %d→%d, ipcache lists %d",
+					failuresBefore, r.Failures, r.Lists["ipcache"])
+			}
+		})
+	}
+}
+
+// Test 5: a load balancer in front of two west replicas, each with its own
+// etcd and its own (here: different) state, moves the agent from one to the
+// other. The agent notices through the etcd cluster id and resyncs.
+func TestReplicaSwapDetectedThroughClusterID(t *testing.T) {
+	e := newFaultEnv(t)
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	stA, stB := SampleState(2), SampleState(2)
+	stB.Endpoints = append(stB.Endpoints[1:], statesource.Endpoint{Namespace: "shop", Pod: "only-b",
+		IP: netip.MustParseAddr("10.2.2.77"), Node: "node-2", Labels: map[string]string{"app": "b"}})
+	writeJSON(t, filepath.Join(e.dir, "a.json"), stA)
+	writeJSON(t, filepath.Join(e.dir, "b.json"), stB)
+	inProcessWest(t, e, addrA, &statesource.File{Path: filepath.Join(e.dir, "a.json")})
+	inProcessWest(t, e, addrB, &statesource.File{Path: filepath.Join(e.dir, "b.json")})
+	px := newProxy(t, addrA)
+	e.pointAt(t, px.addr())
+	rec := newRecorder()
+	a := e.startAgent(t, rec, nil)
+	testenv.WaitFor(t, wait, "synced with replica A", func() bool {
+		ok, _ := ipcacheEquals(rec, 2, prefixesOf(stA))
+		return ok && westOf(a).Ready
+	})
+	idA := westOf(a).EtcdClusterID
+	px.swap(addrB)
+	testenv.WaitFor(t, wait, "resynced with replica B", func() bool {
+		ok, _ := ipcacheEquals(rec, 2, prefixesOf(stB))
+		r := westOf(a)
+		return ok && r.Ready && r.EtcdClusterID != idA
+	})
+	if r := westOf(a); !strings.Contains(r.LastError, "cluster changed") {
+		t.Errorf("last error %q should say the etcd cluster changed", r.LastError)
+	}
+}
+
+// Test 7: an agent restarts over its pinned maps while a remote is down: the
+// remote's ipcache entries and service backends stay in the datapath until
+// the remote is back and synced.
+func TestAgentRestartKeepsPinnedRemoteState(t *testing.T) {
+	testenv.RequireRoot(t)
+	e := newFaultEnv(t)
+	east := SampleState(1)
+	SetReady(east, "checkout", false) // east's service selects west's backends
+	writeJSON(t, filepath.Join(e.dir, "east.json"), east)
+	addr := freeAddr(t)
+	writeJSON(t, filepath.Join(e.dir, "west.json"), SampleState(2))
+	stop := inProcessWest(t, e, addr, &statesource.File{Path: filepath.Join(e.dir, "west.json")})
+	e.pointAt(t, addr)
+	pin := filepath.Join("/sys/fs/bpf", "cm-restart-test-"+filepath.Base(e.dir))
+	maps, err := datapath.OpenMaps(datapath.Config{PinDir: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { datapath.RemovePins(pin) })
+	checkout := datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}
+	westBackends := func(dp datapath.Reader) int {
+		svcs, _ := dp.Services()
+		n := 0
+		for _, b := range svcs[checkout] {
+			if b.ClusterID == 2 {
+				n++
+			}
+		}
+		return n
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first, err := agentsync.New(agentsync.Config{ClusterName: "east", ClusterID: 1, ConfigDir: e.configDir, Datapath: maps,
+		LocalSource: &statesource.File{Path: filepath.Join(e.dir, "east.json")}, ProbeInterval: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx) }()
+	testenv.WaitFor(t, wait, "west's backends in the pinned service map", func() bool { return westBackends(maps) == 3 })
+	stop() // west goes down
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	maps.Close()
+
+	maps, err = datapath.OpenMaps(datapath.Config{PinDir: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	second := e.startAgent(t, maps, func(c *agentsync.Config) { c.SyncTimeout = time.Hour })
+	testenv.WaitFor(t, wait, "the new agent tried west and failed", func() bool { return westOf(second).Failures > 0 })
+	if n := westBackends(maps); n != 3 {
+		t.Fatalf("after the restart with west down, the service has %d of west's 3 backends", n)
+	}
+	if ok, _ := ipcacheEquals(maps, 2, prefixesOf(SampleState(2))); !ok {
+		t.Fatal("west's ipcache entries changed while west was down")
+	}
+	inProcessWest(t, e, addr, &statesource.File{Path: filepath.Join(e.dir, "west.json")})
+	select {
+	case <-second.Pruned():
+	case <-time.After(wait):
+		t.Fatal("no prune after west came back")
+	}
+	if n := westBackends(maps); n != 3 {
+		t.Errorf("after west's return: %d of its 3 backends", n)
+	}
+}
