@@ -203,7 +203,8 @@ func westAdmin(t testing.TB, e *faultEnv, addr string) *clientv3.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + addr}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + addr}, TLS: tlsCfg, DialTimeout: 2 * time.Second,
+		Logger: zap.NewNop(), MaxCallSendMsgSize: 32 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

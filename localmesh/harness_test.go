@@ -340,6 +340,7 @@ func writeJSON(t testing.TB, path string, v any) {
 // (the remote), and an agent of east reading west's config file.
 type faultEnv struct {
 	dir        string
+	mesh       *ca.CA
 	east, west ca.Bundle
 	configDir  string
 }
@@ -351,7 +352,7 @@ func newFaultEnv(t testing.TB) *faultEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &faultEnv{dir: dir, configDir: filepath.Join(dir, "remotes")}
+	e := &faultEnv{dir: dir, mesh: mesh, configDir: filepath.Join(dir, "remotes")}
 	ips := []net.IP{net.IPv4(127, 0, 0, 1)}
 	if e.east, err = mesh.IssueBundle(filepath.Join(dir, "east"), "east", []string{"localhost"}, ips); err != nil {
 		t.Fatal(err)
@@ -367,11 +368,14 @@ func newFaultEnv(t testing.TB) *faultEnv {
 }
 
 // pointAt writes east's config for west, to addr.
-func (e *faultEnv) pointAt(t testing.TB, addr string) {
+func (e *faultEnv) pointAt(t testing.TB, addr string) { e.pointRemote(t, "west", addr) }
+
+// pointRemote writes east's config for remote name, to addr.
+func (e *faultEnv) pointRemote(t testing.TB, name, addr string) {
 	t.Helper()
 	cfg := fmt.Sprintf("endpoints: [https://%s]\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
 		strings.TrimPrefix(addr, "https://"), e.east.CAFile(), e.east.RemoteCert(), e.east.RemoteKey())
-	if err := os.WriteFile(filepath.Join(e.configDir, "west"), []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(e.configDir, name), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -406,9 +410,11 @@ func (e *faultEnv) startAgent(t testing.TB, dp datapath.Datapath, tweak func(*ag
 	return a
 }
 
-func westOf(a *agentsync.Agent) agentsync.RemoteStatus {
+func westOf(a *agentsync.Agent) agentsync.RemoteStatus { return remoteOf(a, "west") }
+
+func remoteOf(a *agentsync.Agent, name string) agentsync.RemoteStatus {
 	for _, r := range a.Status().Remotes {
-		if r.Name == "west" {
+		if r.Name == name {
 			return r
 		}
 	}
