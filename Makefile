@@ -32,8 +32,11 @@ demo-once: build
 vet: deps
 	$(GO) vet $(PKGS)
 
+# Every test with -race, then the heavy ones (hundreds of thousands of
+# entries; they skip under -race) once more without it.
 test: vet
 	$(GO) test $(TESTFLAGS) $(PKGS)
+	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(PKGS)
 
 lint: vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -57,7 +57,8 @@ func ipcacheEquals(dp datapath.Reader, id uint16, want map[netip.Prefix]bool) (b
 // of the agent's initial list of 50k entries, then restarted with a changed
 // state. The agent ends with exactly the new state, and never deleted an
 // entry that existed both before the fault and after it.
-func TestKillDuringInitialListLosesNothing(t *testing.T) {
+func TestHeavyKillDuringInitialListLosesNothing(t *testing.T) {
+	testenv.Heavy(t)
 	e := newFaultEnv(t)
 	st := bigState(2, 50000, 20, 0, 0)
 	stateFile := filepath.Join(e.dir, "west.json")

@@ -25,7 +25,8 @@ const floodKeys = 1_000_000
 // range, a 10 MB value, a million tiny junk keys, invalid UTF-8 and JSON,
 // keys with ".." and extra segments. Each is rejected and counted; the
 // agent's memory stays bounded and another remote keeps syncing meanwhile.
-func TestMaliciousRemoteFlood(t *testing.T) {
+func TestHeavyMaliciousRemoteFlood(t *testing.T) {
+	testenv.Heavy(t)
 	e := newFaultEnv(t)
 	westFile := filepath.Join(e.dir, "west.json")
 	writeJSON(t, westFile, SampleState(2))

@@ -39,3 +39,14 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		<-tick.C
 	}
 }
+
+// Heavy marks a test that moves hundreds of thousands of entries: under the
+// race detector it would take minutes, so there it skips, and `make test`
+// runs every TestHeavy* test a second time without -race. Heavy tests must be
+// named TestHeavy... so that the second run finds them.
+func Heavy(t testing.TB) {
+	t.Helper()
+	if RaceEnabled {
+		t.Skip("heavy test: `make test` runs it without -race (TestHeavy*)")
+	}
+}
