@@ -11,7 +11,7 @@ TESTFLAGS ?= -race -timeout 15m
 
 SHELL   := /bin/bash
 
-.PHONY: all build demo demo-once test vet lint fuzz bench deps clean
+.PHONY: all build demo demo-once test vet lint fuzz bench deps clean generate check-generate bpf-tools
 
 all: build
 
@@ -34,9 +34,45 @@ vet: deps
 
 # Every test with -race, then the heavy ones (hundreds of thousands of
 # entries; they skip under -race) once more without it.
-test: vet
+test: vet check-generate
 	$(GO) test $(TESTFLAGS) $(PKGS)
 	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(PKGS)
+
+# The eBPF programs (datapath/bpf/*.c) are compiled by clang through bpf2go
+# (`go generate ./datapath`); the objects and their Go wrappers are committed.
+# bpf-tools installs clang, llvm (llvm-strip) and the libbpf headers when
+# missing (as root, with apt-get).
+BPF_SRC   := datapath/bpf/socklb.c
+BPF_GEN   := datapath/socklb_bpfel.go datapath/socklb_bpfel.o
+BPF_STAMP := datapath/socklb_bpfel.stamp
+
+bpf-tools:
+	@if ! command -v clang >/dev/null || ! command -v llvm-strip >/dev/null || [ ! -f /usr/include/bpf/bpf_helpers.h ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "clang, llvm and libbpf-dev are needed to build the eBPF programs: run apt-get install -y clang llvm libbpf-dev as root"; exit 1; fi; \
+		echo "installing clang, llvm and libbpf-dev"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm libbpf-dev >/dev/null; \
+	fi
+
+# Rebuild the objects and record which source and compiler made them.
+generate: deps bpf-tools
+	$(GO) generate ./datapath
+	@{ echo "source-sha256 $$(sha256sum $(BPF_SRC) | cut -d' ' -f1)"; echo "clang $$(clang --version | head -1)"; } > $(BPF_STAMP)
+
+# The committed objects must come from the committed source: the source's hash
+# must match the stamp, and, with the compiler that made them (clang's output
+# is byte-for-byte reproducible), regenerating must give the same bytes.
+check-generate: deps bpf-tools
+	@if ! grep -qxF "source-sha256 $$(sha256sum $(BPF_SRC) | cut -d' ' -f1)" $(BPF_STAMP); then \
+		echo "$(BPF_SRC) changed since its objects were generated: run make generate and commit $(BPF_GEN) $(BPF_STAMP)"; exit 1; \
+	fi
+	@if ! grep -qxF "clang $$(clang --version | head -1)" $(BPF_STAMP); then \
+		echo "check-generate: the objects were made by $$(sed -n 's/^clang //p' $(BPF_STAMP)), this is $$(clang --version | head -1): source hash checked, bytes not compared"; exit 0; \
+	fi; \
+	tmp=$$(mktemp -d); cp $(BPF_GEN) $$tmp/; \
+	$(GO) generate ./datapath || { rm -rf $$tmp; exit 1; }; \
+	for f in $(BPF_GEN); do \
+		cmp -s $$f $$tmp/$$(basename $$f) || { echo "$$f is not what make generate produces (now regenerated in place): commit it"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp
 
 lint: vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -16,6 +16,7 @@ const (
 	DefaultMaxIPCache      = 512 * 1024
 	DefaultMaxServiceSlots = 256 * 1024
 	DefaultMaxBackends     = 128 * 1024
+	DefaultMaxSockRevNAT   = 128 * 1024
 )
 
 // Config says where the maps are pinned and how large they are. Zero fields
@@ -32,6 +33,10 @@ type Config struct {
 	MaxServiceSlots uint32
 	// MaxBackends is the backend map's max_entries (distinct backends).
 	MaxBackends uint32
+	// MaxSockRevNAT is the max_entries of the socket load balancer's
+	// reverse-translation LRU (SockRevNATMapName): one entry per socket and
+	// backend it was translated to. Only AttachSockLB creates that map.
+	MaxSockRevNAT uint32
 }
 
 func (c Config) withDefaults() Config {
@@ -46,6 +51,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxBackends == 0 {
 		c.MaxBackends = DefaultMaxBackends
+	}
+	if c.MaxSockRevNAT == 0 {
+		c.MaxSockRevNAT = DefaultMaxSockRevNAT
 	}
 	return c
 }
@@ -127,7 +135,7 @@ func RemovePins(pinDir string) error {
 		pinDir = DefaultPinDir
 	}
 	var errs []error
-	for _, name := range []string{IPCacheMapName, ServicesMapName, BackendsMapName} {
+	for _, name := range []string{IPCacheMapName, ServicesMapName, BackendsMapName, SockRevNATMapName} {
 		err := os.Remove(filepath.Join(pinDir, name))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)

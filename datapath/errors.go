@@ -41,4 +41,15 @@ var (
 
 	// ErrClosed: the Maps were closed.
 	ErrClosed = errors.New("datapath closed")
+
+	// ErrNotCgroup2: AttachSockLB got a directory outside a cgroup v2
+	// hierarchy, or found no cgroup v2 mounted. The socket load balancer
+	// attaches only to cgroup v2 (mount -t cgroup2 none DIR).
+	ErrNotCgroup2 = errors.New("not a cgroup v2 directory")
+
+	// ErrSockLBUnsupported: the kernel lacks a hook or helper the socket
+	// load balancer needs (cgroup sock_addr hooks for connect, sendmsg,
+	// recvmsg and getpeername, bpf_set_retval: Linux 5.18 or later). The
+	// error also wraps ebpf.ErrNotSupported. Nothing stays attached.
+	ErrSockLBUnsupported = errors.New("socket load balancer not supported by this kernel")
 )

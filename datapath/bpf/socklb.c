@@ -1,0 +1,373 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * clustermesh socket load balancer: cgroup sock_addr programs that translate
+ * a service frontend (ClusterIP:port) into one of its backends when a socket
+ * connects or sends, and translate the backend back into the frontend when a
+ * UDP socket receives or any socket asks for its peer.
+ *
+ *   connect4/6     TCP and connected UDP: pick a backend, rewrite the
+ *                  destination, remember the reverse translation.
+ *   sendmsg4/6     unconnected UDP (sendto with an address): the same, per
+ *                  datagram.
+ *   recvmsg4/6     UDP: a datagram from a backend this socket was sent to
+ *                  appears to come from the frontend.
+ *   getpeername4/6 a connected socket's peer reads as the frontend.
+ *
+ * Maps: cm_services and cm_backends are the agent's pinned maps (see
+ * datapath/layout.go; the Go loader replaces these definitions with the live
+ * maps, so max_entries here is a placeholder). cm_sock_revnat is this
+ * program's own LRU hash, pinned beside them.
+ *
+ * A frontend whose master entry counts zero slots (a service with no
+ * backend) refuses the connect or send with ECONNREFUSED (bpf_set_retval,
+ * kernel >= 5.18): without a rewrite the client would wait for a SYN-ACK
+ * from an address nobody answers for.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ECONNREFUSED 111
+
+/* Return values of cgroup sock_addr programs. */
+#define SYS_REJECT 0
+#define SYS_PROCEED 1
+
+#define FAMILY4 4
+#define FAMILY6 6
+
+/* How many times a selection is retried when the slot or backend it picked
+ * vanished under a concurrent shrink (the writer drops the count first, so a
+ * fresh pick sees the new count). */
+#define SELECT_TRIES 3
+
+/* Layouts of datapath/layout.go; addresses as 4 words (same bytes as
+ * __u8 addr[16]; IPv4 in the first word). */
+struct cm_service_key {
+	__u32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+	__u16 slot;
+	__u16 pad;
+};
+
+struct cm_service_value {
+	__u32 backend_id;
+	__u16 count;
+	__u16 flags;
+};
+
+struct cm_backend {
+	__u32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+	__u16 cluster_id;
+	__u16 flags;
+};
+
+/* Reverse translation, keyed by socket and by the backend as the socket
+ * sees it (an IPv4 backend of an IPv6 socket in v4-mapped form, family 6). */
+struct cm_sock_revnat_key {
+	__u64 cookie;   /* bpf_get_socket_cookie */
+	__u32 addr[4];  /* backend address */
+	__be16 port;    /* backend port */
+	__u8 family;    /* 4: AF_INET socket, 6: AF_INET6 socket */
+	__u8 pad[5];
+};
+
+struct cm_sock_revnat_value {
+	__u32 addr[4];  /* frontend address, as the socket gave it */
+	__be16 port;    /* frontend port */
+	__u8 family;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct cm_service_key);
+	__type(value, struct cm_service_value);
+	__uint(max_entries, 1);
+} cm_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct cm_backend);
+	__uint(max_entries, 1);
+} cm_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct cm_sock_revnat_key);
+	__type(value, struct cm_sock_revnat_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_sock_revnat SEC(".maps");
+
+enum lb_result {
+	LB_NOT_SERVICE,  /* no master entry: leave the address alone */
+	LB_NO_BACKEND,   /* a service without a usable backend: refuse */
+	LB_BACKEND,      /* *out is the selected backend */
+};
+
+/* lb_select looks key's frontend up and picks a slot uniformly at random
+ * (a backend listed n times is n times as likely). key->slot is clobbered. */
+static __always_inline enum lb_result lb_select(struct cm_service_key *key, struct cm_backend **out)
+{
+	struct cm_service_value *master, *slot;
+	struct cm_backend *b;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < SELECT_TRIES; i++) {
+		__u16 count;
+
+		key->slot = 0;
+		master = bpf_map_lookup_elem(&cm_services, key);
+		if (!master)
+			return i == 0 ? LB_NOT_SERVICE : LB_NO_BACKEND;
+		count = master->count;
+		if (count == 0)
+			return LB_NO_BACKEND;
+		key->slot = (bpf_get_prandom_u32() % count) + 1;
+		slot = bpf_map_lookup_elem(&cm_services, key);
+		if (!slot)
+			continue;
+		b = bpf_map_lookup_elem(&cm_backends, &slot->backend_id);
+		if (!b)
+			continue;
+		*out = b;
+		return LB_BACKEND;
+	}
+	return LB_NO_BACKEND;
+}
+
+static __always_inline int refuse(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return SYS_REJECT;
+}
+
+/* revnat_remember records backend → frontend for this socket; on the per
+ * datagram path (sendmsg) an identical entry is not rewritten. */
+static __always_inline void revnat_remember(struct bpf_sock_addr *ctx, struct cm_sock_revnat_key *rk,
+					    struct cm_sock_revnat_value *rv, int lookup_first)
+{
+	rk->cookie = bpf_get_socket_cookie(ctx);
+	if (lookup_first) {
+		struct cm_sock_revnat_value *old = bpf_map_lookup_elem(&cm_sock_revnat, rk);
+
+		if (old && old->addr[0] == rv->addr[0] && old->addr[1] == rv->addr[1] &&
+		    old->addr[2] == rv->addr[2] && old->addr[3] == rv->addr[3] &&
+		    old->port == rv->port && old->family == rv->family)
+			return;
+	}
+	bpf_map_update_elem(&cm_sock_revnat, rk, rv, BPF_ANY);
+}
+
+static __always_inline int xlate4(struct bpf_sock_addr *ctx, int per_datagram)
+{
+	struct cm_service_key key = {};
+	struct cm_sock_revnat_key rk = {};
+	struct cm_sock_revnat_value rv = {};
+	struct cm_backend *b = 0;
+	__u32 ip4 = ctx->user_ip4;
+	__be16 port = (__be16)ctx->user_port;
+
+	key.addr[0] = ip4;
+	key.port = port;
+	key.proto = (__u8)ctx->protocol;
+	key.family = FAMILY4;
+	switch (lb_select(&key, &b)) {
+	case LB_NOT_SERVICE:
+		return SYS_PROCEED;
+	case LB_NO_BACKEND:
+		return refuse();
+	case LB_BACKEND:
+		break;
+	}
+	if (!b || b->family != FAMILY4)
+		return refuse(); /* an AF_INET socket cannot reach an IPv6 backend */
+
+	rk.addr[0] = b->addr[0];
+	rk.port = b->port;
+	rk.family = FAMILY4;
+	rv.addr[0] = ip4;
+	rv.port = port;
+	rv.family = FAMILY4;
+	revnat_remember(ctx, &rk, &rv, per_datagram);
+
+	ctx->user_ip4 = b->addr[0];
+	ctx->user_port = (__u32)b->port;
+	return SYS_PROCEED;
+}
+
+static __always_inline int is_v4mapped(const __u32 *a)
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline int xlate6(struct bpf_sock_addr *ctx, int per_datagram)
+{
+	struct cm_service_key key = {};
+	struct cm_sock_revnat_key rk = {};
+	struct cm_sock_revnat_value rv = {};
+	struct cm_backend *b = 0;
+	__u32 ip6[4];
+	__be16 port = (__be16)ctx->user_port;
+
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+
+	key.port = port;
+	key.proto = (__u8)ctx->protocol;
+	if (is_v4mapped(ip6)) {
+		/* A dual-stack socket dialling ::ffff:a.b.c.d reaches IPv4 services. */
+		key.addr[0] = ip6[3];
+		key.family = FAMILY4;
+	} else {
+		key.addr[0] = ip6[0];
+		key.addr[1] = ip6[1];
+		key.addr[2] = ip6[2];
+		key.addr[3] = ip6[3];
+		key.family = FAMILY6;
+	}
+	switch (lb_select(&key, &b)) {
+	case LB_NOT_SERVICE:
+		return SYS_PROCEED;
+	case LB_NO_BACKEND:
+		return refuse();
+	case LB_BACKEND:
+		break;
+	}
+	if (!b)
+		return refuse();
+	if (b->family == FAMILY4) {
+		/* v4-mapped: works unless the socket is IPV6_V6ONLY, in which case
+		 * the kernel refuses the connect itself. */
+		rk.addr[2] = bpf_htonl(0x0000ffff);
+		rk.addr[3] = b->addr[0];
+	} else if (b->family == FAMILY6) {
+		rk.addr[0] = b->addr[0];
+		rk.addr[1] = b->addr[1];
+		rk.addr[2] = b->addr[2];
+		rk.addr[3] = b->addr[3];
+	} else {
+		return refuse();
+	}
+	rk.port = b->port;
+	rk.family = FAMILY6;
+	rv.addr[0] = ip6[0];
+	rv.addr[1] = ip6[1];
+	rv.addr[2] = ip6[2];
+	rv.addr[3] = ip6[3];
+	rv.port = port;
+	rv.family = FAMILY6;
+	revnat_remember(ctx, &rk, &rv, per_datagram);
+
+	ctx->user_ip6[0] = rk.addr[0];
+	ctx->user_ip6[1] = rk.addr[1];
+	ctx->user_ip6[2] = rk.addr[2];
+	ctx->user_ip6[3] = rk.addr[3];
+	ctx->user_port = (__u32)b->port;
+	return SYS_PROCEED;
+}
+
+static __always_inline void revnat4(struct bpf_sock_addr *ctx)
+{
+	struct cm_sock_revnat_key rk = {};
+	struct cm_sock_revnat_value *rv;
+
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.addr[0] = ctx->user_ip4;
+	rk.port = (__be16)ctx->user_port;
+	rk.family = FAMILY4;
+	rv = bpf_map_lookup_elem(&cm_sock_revnat, &rk);
+	if (!rv)
+		return;
+	ctx->user_ip4 = rv->addr[0];
+	ctx->user_port = (__u32)rv->port;
+}
+
+static __always_inline void revnat6(struct bpf_sock_addr *ctx)
+{
+	struct cm_sock_revnat_key rk = {};
+	struct cm_sock_revnat_value *rv;
+
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.addr[0] = ctx->user_ip6[0];
+	rk.addr[1] = ctx->user_ip6[1];
+	rk.addr[2] = ctx->user_ip6[2];
+	rk.addr[3] = ctx->user_ip6[3];
+	rk.port = (__be16)ctx->user_port;
+	rk.family = FAMILY6;
+	rv = bpf_map_lookup_elem(&cm_sock_revnat, &rk);
+	if (!rv)
+		return;
+	ctx->user_ip6[0] = rv->addr[0];
+	ctx->user_ip6[1] = rv->addr[1];
+	ctx->user_ip6[2] = rv->addr[2];
+	ctx->user_ip6[3] = rv->addr[3];
+	ctx->user_port = (__u32)rv->port;
+}
+
+SEC("cgroup/connect4")
+int cm_sock4_connect(struct bpf_sock_addr *ctx)
+{
+	return xlate4(ctx, 0);
+}
+
+SEC("cgroup/connect6")
+int cm_sock6_connect(struct bpf_sock_addr *ctx)
+{
+	return xlate6(ctx, 0);
+}
+
+SEC("cgroup/sendmsg4")
+int cm_sock4_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return xlate4(ctx, 1);
+}
+
+SEC("cgroup/sendmsg6")
+int cm_sock6_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return xlate6(ctx, 1);
+}
+
+/* recvmsg and getpeername programs must return 1. */
+
+SEC("cgroup/recvmsg4")
+int cm_sock4_recvmsg(struct bpf_sock_addr *ctx)
+{
+	revnat4(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/recvmsg6")
+int cm_sock6_recvmsg(struct bpf_sock_addr *ctx)
+{
+	revnat6(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername4")
+int cm_sock4_getpeername(struct bpf_sock_addr *ctx)
+{
+	revnat4(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int cm_sock6_getpeername(struct bpf_sock_addr *ctx)
+{
+	revnat6(ctx);
+	return SYS_PROCEED;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

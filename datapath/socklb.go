@@ -1,0 +1,269 @@
+package datapath
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// SockRevNATMapName is the name, inside Config.PinDir, of the socket load
+// balancer's reverse-translation map (an LRU hash, see layout.go). It is
+// created by the first AttachSockLB and kept across agent restarts, so that
+// UDP sockets translated by a previous run still see their replies come from
+// the service address.
+const SockRevNATMapName = "cm_sock_revnat"
+
+// cgroup2Magic is CGROUP2_SUPER_MAGIC from linux/magic.h.
+const cgroup2Magic = 0x63677270
+
+// SockLB is the socket load balancer: the programs of bpf/socklb.c attached
+// to one cgroup v2, so that every socket of a process in that cgroup (or
+// below it) that connects or sends to a service frontend of cm_services
+// reaches one of the frontend's backends instead, at connect time, without
+// any per-packet translation:
+//
+//   - connect4/connect6 (TCP, connected UDP) and sendmsg4/sendmsg6 (UDP
+//     datagrams with an address) pick a slot at random among the master's
+//     count and rewrite the destination to that slot's backend; a backend
+//     listed n times is n times as likely. A frontend with zero slots (or
+//     whose backends are all gone) refuses: connect and sendto fail with
+//     ECONNREFUSED.
+//   - recvmsg4/recvmsg6 (UDP) make a reply from the backend appear to come
+//     from the frontend, and getpeername4/getpeername6 return the frontend
+//     for a translated connected socket, through the per-socket reverse
+//     translation (SockRevNATMapName) written on connect and sendmsg.
+//
+// The programs read the Maps' live service and backend maps, so every
+// UpsertService and DeleteService takes effect on the next connect; sockets
+// already connected keep their backend. A SockLB is independent of the Maps
+// once attached: closing the Maps does not detach it. Attach one SockLB per
+// cgroup (the agent: the cgroup v2 root, so that every pod and host process
+// is covered); Close detaches it.
+//
+// Requirements: cgroup v2 and Linux ≥ 5.18 (sock_addr hooks for recvmsg
+// and getpeername, bpf_set_retval).
+type SockLB struct {
+	cgroup string
+
+	mu     sync.Mutex
+	closed bool        // guarded by mu
+	links  []link.Link // guarded by mu
+	objs   socklbObjects
+}
+
+// sockHook is one program and the hook it is attached to.
+type sockHook struct {
+	name   string
+	attach ebpf.AttachType
+	prog   *ebpf.Program
+}
+
+// hooks lists every program with its hook, in attach order: the reverse
+// translations first, so that no socket is translated before its replies
+// can be translated back.
+func (o *socklbObjects) hooks() []sockHook {
+	return []sockHook{
+		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, o.CmSock4Recvmsg},
+		{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, o.CmSock6Recvmsg},
+		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, o.CmSock4Getpeername},
+		{"getpeername6", ebpf.AttachCgroupInet6GetPeername, o.CmSock6Getpeername},
+		{"connect4", ebpf.AttachCGroupInet4Connect, o.CmSock4Connect},
+		{"connect6", ebpf.AttachCGroupInet6Connect, o.CmSock6Connect},
+		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, o.CmSock4Sendmsg},
+		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, o.CmSock6Sendmsg},
+	}
+}
+
+// AttachSockLB loads the socket load balancer against maps' service and
+// backend maps, creates or opens its reverse-translation map (pinned as
+// SockRevNATMapName in the Maps' PinDir, Config.MaxSockRevNAT entries) and
+// attaches all eight programs to the cgroup v2 directory cgroupPath (empty:
+// the cgroup v2 mount point, found in /proc/self/mountinfo, e.g.
+// /sys/fs/cgroup or /sys/fs/cgroup/unified). It attaches with bpf_link
+// where the kernel has it (several SockLBs and other programs can share a
+// cgroup). On error nothing stays attached.
+//
+// Errors: ErrNotCgroup2 when cgroupPath is not a cgroup v2 directory (or no
+// cgroup v2 is mounted), ErrSockLBUnsupported when the kernel lacks a hook
+// or helper, ErrIncompatiblePin when a pinned reverse-translation map has
+// another definition, ErrClosed when maps is closed; a verifier rejection
+// is returned with the verifier's log.
+func AttachSockLB(maps *Maps, cgroupPath string) (*SockLB, error) {
+	if cgroupPath == "" {
+		var err error
+		if cgroupPath, err = cgroup2Mount(); err != nil {
+			return nil, err
+		}
+	}
+	if err := checkCgroup2(cgroupPath); err != nil {
+		return nil, err
+	}
+	spec, err := loadSocklb()
+	if err != nil {
+		return nil, fmt.Errorf("datapath: socket load balancer: %w", err)
+	}
+
+	s := &SockLB{cgroup: cgroupPath}
+	if err := maps.loadSockLB(spec, &s.objs); err != nil {
+		return nil, err
+	}
+	for _, h := range s.objs.hooks() {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.attach, Program: h.prog})
+		if err != nil {
+			s.Close()
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return nil, fmt.Errorf("datapath: socket load balancer: attach %s to %s: %w: %w", h.name, cgroupPath, ErrSockLBUnsupported, err)
+			}
+			return nil, fmt.Errorf("datapath: socket load balancer: attach %s to %s: %w", h.name, cgroupPath, err)
+		}
+		s.links = append(s.links, l)
+	}
+	return s, nil
+}
+
+// loadSockLB loads spec's programs into objs with m's live service and
+// backend maps in place of the placeholders of the C source.
+func (m *Maps) loadSockLB(spec *ebpf.CollectionSpec, objs *socklbObjects) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errClosed("attach the socket load balancer")
+	}
+	// MapReplacements insists on identical definitions, max_entries
+	// included: take them from the live maps.
+	spec.Maps[ServicesMapName].MaxEntries = m.services.MaxEntries()
+	spec.Maps[BackendsMapName].MaxEntries = m.backends.MaxEntries()
+	rn := spec.Maps[SockRevNATMapName]
+	rn.MaxEntries = m.cfg.MaxSockRevNAT
+	rn.Pinning = ebpf.PinByName
+	err := spec.LoadAndAssign(objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: m.cfg.PinDir},
+		MapReplacements: map[string]*ebpf.Map{
+			ServicesMapName: m.services,
+			BackendsMapName: m.backends,
+		},
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ebpf.ErrMapIncompatible):
+		return fmt.Errorf("datapath: socket load balancer: the map pinned at %s/%s does not match this version's definition; "+
+			"remove it (or the pin directory) and retry: %w: %w", m.cfg.PinDir, SockRevNATMapName, ErrIncompatiblePin, err)
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return fmt.Errorf("datapath: socket load balancer: load: %w: %w", ErrSockLBUnsupported, err)
+	}
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("datapath: socket load balancer: the kernel's verifier rejected a program: %+v", verr)
+	}
+	return fmt.Errorf("datapath: socket load balancer: load: %w", err)
+}
+
+// Cgroup returns the cgroup directory the programs are attached to.
+func (s *SockLB) Cgroup() string { return s.cgroup }
+
+// Close detaches every program and releases the file descriptors. Sockets
+// translated before keep their backend; the reverse-translation map stays
+// pinned (RemovePins removes it). Close is idempotent.
+func (s *SockLB) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	for _, l := range s.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.links = nil
+	if err := s.objs.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("datapath: detach the socket load balancer from %s: %w", s.cgroup, err)
+	}
+	return nil
+}
+
+// checkCgroup2 fails with ErrNotCgroup2 unless dir is a cgroup v2 directory.
+func checkCgroup2(dir string) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("datapath: socket load balancer: cgroup %s: %w", dir, err)
+	}
+	if uint32(st.Type) != cgroup2Magic {
+		return fmt.Errorf("datapath: socket load balancer: %s is not in a cgroup v2 hierarchy (mount -t cgroup2 none DIR): %w", dir, ErrNotCgroup2)
+	}
+	return nil
+}
+
+// cgroup2Mount returns the first cgroup2 mount point of /proc/self/mountinfo.
+func cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("datapath: socket load balancer: find the cgroup v2 mount: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint options [optional...] - fstype source superopts
+		fields := strings.Fields(sc.Text())
+		for i, fld := range fields {
+			if fld == "-" && i+1 < len(fields) && i >= 4 {
+				if fields[i+1] == "cgroup2" {
+					return filepath.Clean(unescapeMountinfo(fields[4])), nil
+				}
+				break
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("datapath: socket load balancer: read /proc/self/mountinfo: %w", err)
+	}
+	return "", fmt.Errorf("datapath: socket load balancer: no cgroup v2 is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified): %w", ErrNotCgroup2)
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) of a
+// mountinfo path.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, ok := octal3(s[i+1 : i+4]); ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func octal3(s string) (byte, bool) {
+	if len(s) != 3 {
+		return 0, false
+	}
+	var v int
+	for _, c := range s {
+		if c < '0' || c > '7' {
+			return 0, false
+		}
+		v = v*8 + int(c-'0')
+	}
+	return byte(v), v < 256
+}

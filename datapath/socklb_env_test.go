@@ -1,0 +1,534 @@
+package datapath
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+// The socket load balancer's test environment: a cgroup v2 made by the test
+// with the programs attached, a client network namespace, and one network
+// namespace per "cluster" joined to the client's by a veth pair:
+//
+//	client ns (cmt-<id>-cli)             cluster N ns (cmt-<id>-cN)
+//	  cN  10.200.N.1/24  fd00:200:N::1/64 ── eth0 10.200.N.2../24  fd00:200:N::2../64
+//
+// Backend servers run in this process, their sockets made in a cluster's
+// namespace (a locked thread switched with setns); the client runs in a
+// child process, the test binary re-executed with TestHelperClient, started
+// straight into the cgroup (clone3 CLONE_INTO_CGROUP) and switching into
+// the client namespace itself. Everything is removed in t.Cleanup.
+
+// helperEnv carries the client's request (JSON) to the re-executed binary.
+const helperEnv = "CLUSTERMESH_SOCKLB_CLIENT"
+
+// resultPrefix marks the child's answer on its stdout.
+const resultPrefix = "SOCKLB-RESULT "
+
+type lbEnv struct {
+	t        *testing.T
+	id       string
+	clientNS string
+	cgroup   string
+	maps     *Maps
+	lb       *SockLB
+}
+
+func randomID(t testing.TB) string {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// run runs a command, failing t with its output.
+func run(t testing.TB, name string, args ...string) {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// newNetns creates a network namespace with lo up, deleted at cleanup.
+func newNetns(t testing.TB, name string) {
+	t.Helper()
+	run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	run(t, "ip", "-n", name, "link", "set", "lo", "up")
+}
+
+// newTestCgroup creates a cgroup under the cgroup v2 mount, removed at
+// cleanup (once the processes in it are gone).
+func newTestCgroup(t testing.TB) string {
+	t.Helper()
+	root, err := cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "cm-test-"+randomID(t))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("create test cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := os.Remove(dir)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+				t.Errorf("remove test cgroup %s: %v", dir, err)
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // cleanup retry, not synchronisation
+		}
+	})
+	return dir
+}
+
+// clusterAddr4/6 is the address of host h (2, 3, ...) of cluster n's
+// namespace; h = 1 is the client's end of the veth.
+func clusterAddr4(n, h int) netip.Addr { return netip.AddrFrom4([4]byte{10, 200, byte(n), byte(h)}) }
+func clusterAddr6(n, h int) netip.Addr {
+	return netip.MustParseAddr(fmt.Sprintf("fd00:200:%d::%d", n, h))
+}
+
+// newLBEnv builds the environment with clusters cluster namespaces holding
+// hosts addresses each (10.200.N.2 .. 10.200.N.(1+hosts)), maps, a cgroup
+// and a SockLB attached to it.
+func newLBEnv(t *testing.T, clusters, hosts int) *lbEnv {
+	t.Helper()
+	testenv.RequireRoot(t)
+	e := &lbEnv{t: t, id: randomID(t)}
+	e.maps = openTestMaps(t, smallConfig(""))
+	e.cgroup = newTestCgroup(t)
+	lb, err := AttachSockLB(e.maps, e.cgroup)
+	if err != nil {
+		t.Fatalf("AttachSockLB: %v", err)
+	}
+	e.lb = lb
+	t.Cleanup(func() {
+		if err := lb.Close(); err != nil {
+			t.Errorf("SockLB.Close: %v", err)
+		}
+	})
+
+	e.clientNS = "cmt-" + e.id + "-cli"
+	newNetns(t, e.clientNS)
+	for n := 1; n <= clusters; n++ {
+		ns := e.clusterNS(n)
+		newNetns(t, ns)
+		veth := fmt.Sprintf("c%d", n)
+		run(t, "ip", "-n", e.clientNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+		run(t, "ip", "-n", e.clientNS, "addr", "add", clusterAddr4(n, 1).String()+"/24", "dev", veth)
+		run(t, "ip", "-n", e.clientNS, "addr", "add", clusterAddr6(n, 1).String()+"/64", "dev", veth, "nodad")
+		for h := 2; h < 2+hosts; h++ {
+			run(t, "ip", "-n", ns, "addr", "add", clusterAddr4(n, h).String()+"/24", "dev", "eth0")
+			run(t, "ip", "-n", ns, "addr", "add", clusterAddr6(n, h).String()+"/64", "dev", "eth0", "nodad")
+		}
+		run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+		run(t, "ip", "-n", e.clientNS, "link", "set", veth, "up")
+		testenv.WaitFor(t, 10*time.Second, veth+" up", func() bool {
+			out, err := exec.Command("ip", "-n", e.clientNS, "-o", "link", "show", "dev", veth).Output()
+			return err == nil && bytes.Contains(out, []byte("LOWER_UP")) && bytes.Contains(out, []byte("state UP"))
+		})
+	}
+	return e
+}
+
+func (e *lbEnv) clusterNS(n int) string { return fmt.Sprintf("cmt-%s-c%d", e.id, n) }
+
+// inNetns runs fn on a thread switched into the named network namespace:
+// the sockets fn creates live there. The thread is discarded if it cannot
+// be switched back.
+func inNetns(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
+			return
+		}
+		ferr := fn()
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// serveTCP listens on addr in network namespace ns and answers every
+// connection with name and a newline, then closes it.
+func serveTCP(t testing.TB, ns string, addr netip.AddrPort, name string) {
+	t.Helper()
+	var ln net.Listener
+	err := inNetns(ns, func() (err error) {
+		ln, err = net.Listen("tcp", addr.String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", addr, ns, err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		msg := []byte(name + "\n")
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write(msg)
+			c.Close()
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+}
+
+// serveUDP answers every datagram received on addr in ns with name.
+func serveUDP(t testing.TB, ns string, addr netip.AddrPort, name string) {
+	t.Helper()
+	var pc net.PacketConn
+	err := inNetns(ns, func() (err error) {
+		pc, err = net.ListenPacket("udp", addr.String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on udp %s in %s: %v", addr, ns, err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(name), from)
+		}
+	})
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+}
+
+// clientReq is what the child client does.
+type clientReq struct {
+	NetNS string // network namespace to enter (name under /run/netns)
+	// Op: "tcp" (N connections: connect, getpeername, read the server's
+	// name), "udp" (one unconnected socket: N times sendto and recvfrom),
+	// "udp-connected" (N sockets: connect, getpeername, send, receive),
+	// "tcp-mapped" (N AF_INET6 sockets dialling Addr's v4-mapped form).
+	Op   string
+	Addr string // host:port
+	N    int
+}
+
+// clientResp is what it saw. Counts are keyed by the server's name, by the
+// peer address (getpeername, or recvfrom's source) and by error.
+type clientResp struct {
+	Replies map[string]int
+	Peers   map[string]int
+	Errors  map[string]int
+}
+
+// runClient runs req in a child process inside the test's cgroup.
+func (e *lbEnv) runClient(req clientReq) clientResp {
+	e.t.Helper()
+	if req.NetNS == "" {
+		req.NetNS = e.clientNS
+	}
+	return runClientIn(e.t, e.cgroup, req)
+}
+
+func runClientIn(t testing.TB, cgroup string, req clientReq) clientResp {
+	t.Helper()
+	reqJSON, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperClient$", "-test.count=1", "-test.timeout=2m")
+	// A -race binary sleeps 1 s at exit unless told otherwise.
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(reqJSON), "GORACE="+gorace)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("client %s: %v\nstdout:\n%s\nstderr:\n%s", reqJSON, err, stdout.Bytes(), stderr.Bytes())
+	}
+	sc := bufio.NewScanner(&stdout)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), resultPrefix); ok {
+			var resp clientResp
+			if err := json.Unmarshal([]byte(rest), &resp); err != nil {
+				t.Fatalf("client answer %q: %v", rest, err)
+			}
+			return resp
+		}
+	}
+	t.Fatalf("client %s gave no answer:\n%s\n%s", reqJSON, stdout.Bytes(), stderr.Bytes())
+	return clientResp{}
+}
+
+// TestHelperClient is the child client (skipped unless re-executed by
+// runClient).
+func TestHelperClient(t *testing.T) {
+	raw := os.Getenv(helperEnv)
+	if raw == "" {
+		t.Skip("the socket load balancer tests' client; runs only when re-executed by them")
+	}
+	var req clientReq
+	if err := json.Unmarshal([]byte(raw), &req); err != nil {
+		t.Fatal(err)
+	}
+	// The whole client runs on this thread, inside the client namespace.
+	runtime.LockOSThread()
+	ns, err := os.Open("/run/netns/" + req.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("setns %s: %v", req.NetNS, err)
+	}
+	ns.Close()
+	resp := clientResp{Replies: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
+	switch req.Op {
+	case "tcp":
+		clientTCP(req, &resp)
+	case "udp":
+		clientUDP(req, &resp)
+	case "udp-connected":
+		clientUDPConnected(req, &resp)
+	case "tcp-mapped":
+		clientTCPMapped(req, &resp)
+	default:
+		t.Fatalf("unknown op %q", req.Op)
+	}
+	out, err := json.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(resultPrefix + string(out))
+}
+
+// errName names an error by its errno when it has one.
+func errName(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		if name := unix.ErrnoName(errno); name != "" {
+			return name
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return err.Error()
+}
+
+// peerName returns getpeername of c's socket.
+func peerName(c syscall.Conn) (string, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	var sa unix.Sockaddr
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { sa, gerr = unix.Getpeername(int(fd)) }); err != nil {
+		return "", err
+	}
+	if gerr != nil {
+		return "", gerr
+	}
+	return sockaddrString(sa), nil
+}
+
+func sockaddrString(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
+	}
+	return fmt.Sprintf("%T", sa)
+}
+
+const clientTimeout = 3 * time.Second
+
+func clientTCP(req clientReq, resp *clientResp) {
+	d := net.Dialer{Timeout: clientTimeout}
+	for range req.N {
+		c, err := d.Dial("tcp", req.Addr)
+		if err != nil {
+			resp.Errors[errName(err)]++
+			continue
+		}
+		peer, err := peerName(c.(*net.TCPConn))
+		if err != nil {
+			peer = "getpeername: " + errName(err)
+		}
+		resp.Peers[peer]++
+		c.SetDeadline(time.Now().Add(clientTimeout))
+		b, err := io.ReadAll(c)
+		c.Close()
+		if err != nil {
+			resp.Errors["read: "+errName(err)]++
+			continue
+		}
+		resp.Replies[strings.TrimSpace(string(b))]++
+	}
+}
+
+func clientUDP(req clientReq, resp *clientResp) {
+	dst, err := net.ResolveUDPAddr("udp", req.Addr)
+	if err != nil {
+		resp.Errors[err.Error()]++
+		return
+	}
+	network := "udp4"
+	if dst.IP.To4() == nil {
+		network = "udp6"
+	}
+	pc, err := net.ListenUDP(network, nil)
+	if err != nil {
+		resp.Errors["listen: "+errName(err)]++
+		return
+	}
+	defer pc.Close()
+	buf := make([]byte, 1500)
+	for range req.N {
+		if _, err := pc.WriteTo([]byte("ping"), dst); err != nil {
+			resp.Errors[errName(err)]++
+			continue
+		}
+		pc.SetReadDeadline(time.Now().Add(clientTimeout))
+		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			resp.Errors["read: "+errName(err)]++
+			continue
+		}
+		resp.Peers[netip.AddrPortFrom(from.Addr().Unmap(), from.Port()).String()]++
+		resp.Replies[string(buf[:n])]++
+	}
+}
+
+func clientUDPConnected(req clientReq, resp *clientResp) {
+	buf := make([]byte, 1500)
+	for range req.N {
+		c, err := net.Dial("udp", req.Addr)
+		if err != nil {
+			resp.Errors[errName(err)]++
+			continue
+		}
+		peer, err := peerName(c.(*net.UDPConn))
+		if err != nil {
+			peer = "getpeername: " + errName(err)
+		}
+		resp.Peers[peer]++
+		c.SetDeadline(time.Now().Add(clientTimeout))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			resp.Errors["write: "+errName(err)]++
+			c.Close()
+			continue
+		}
+		n, err := c.Read(buf)
+		c.Close()
+		if err != nil {
+			resp.Errors["read: "+errName(err)]++
+			continue
+		}
+		resp.Replies[string(buf[:n])]++
+	}
+}
+
+// clientTCPMapped dials with raw AF_INET6 sockets (IPV6_V6ONLY off) to the
+// v4-mapped form of Addr, which Go's net package would dial with AF_INET.
+func clientTCPMapped(req clientReq, resp *clientResp) {
+	ap := netip.MustParseAddrPort(req.Addr)
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: netip.AddrFrom16(ap.Addr().As16()).As16()}
+	buf := make([]byte, 64)
+	for range req.N {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			resp.Errors["socket: "+errName(err)]++
+			continue
+		}
+		func() {
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+				resp.Errors["setsockopt: "+errName(err)]++
+				return
+			}
+			tv := unix.NsecToTimeval(clientTimeout.Nanoseconds())
+			unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+			unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+			if err := unix.Connect(fd, sa); err != nil {
+				resp.Errors[errName(err)]++
+				return
+			}
+			peer, err := unix.Getpeername(fd)
+			if err != nil {
+				resp.Peers["getpeername: "+errName(err)]++
+			} else {
+				resp.Peers[sockaddrString(peer)]++
+			}
+			var got []byte
+			for {
+				n, err := unix.Read(fd, buf)
+				if n > 0 {
+					got = append(got, buf[:n]...)
+				}
+				if err != nil {
+					resp.Errors["read: "+errName(err)]++
+					return
+				}
+				if n == 0 {
+					break
+				}
+			}
+			resp.Replies[strings.TrimSpace(string(got))]++
+		}()
+	}
+}

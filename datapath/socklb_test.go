@@ -1,0 +1,330 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+// The socket load balancer end to end: real connects and datagrams from a
+// client in the test's cgroup to servers in three "cluster" namespaces.
+
+// lbBackend is one backend server of the environment.
+type lbBackend struct {
+	name    string
+	cluster int
+	host    int
+}
+
+func (b lbBackend) addr4(port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(clusterAddr4(b.cluster, b.host), port)
+}
+
+func (b lbBackend) addr6(port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(clusterAddr6(b.cluster, b.host), port)
+}
+
+func (b lbBackend) backend(ap netip.AddrPort, proto Protocol) Backend {
+	return Backend{Addr: ap.Addr(), Port: ap.Port(), Protocol: proto, ClusterID: uint16(b.cluster)}
+}
+
+const backendPort = 8080
+
+var (
+	c1a = lbBackend{"c1-a", 1, 2}
+	c1b = lbBackend{"c1-b", 1, 3}
+	c2a = lbBackend{"c2-a", 2, 2}
+	c3a = lbBackend{"c3-a", 3, 2}
+	// allBackends with their weights (slots) in the weighted services.
+	allBackends = []lbBackend{c1a, c1b, c2a, c3a}
+	weights     = map[string]int{"c1-a": 1, "c1-b": 1, "c2-a": 2, "c3-a": 4}
+)
+
+// slots lists each backend weight times, in the family and protocol given.
+func slots(v6 bool, proto Protocol, bs []lbBackend) []Backend {
+	var out []Backend
+	for _, b := range bs {
+		ap := b.addr4(backendPort)
+		if v6 {
+			ap = b.addr6(backendPort)
+		}
+		for range weights[b.name] {
+			out = append(out, b.backend(ap, proto))
+		}
+	}
+	return out
+}
+
+// checkWeights fails unless every backend of bs got a share of total within
+// 5 standard deviations of its weight's share (binomial): a false failure
+// has a probability below 1e-6 per backend.
+func checkWeights(t *testing.T, got map[string]int, bs []lbBackend) {
+	t.Helper()
+	total, sum := 0, 0
+	for _, n := range got {
+		total += n
+	}
+	for _, b := range bs {
+		sum += weights[b.name]
+	}
+	var lines []string
+	for _, b := range bs {
+		p := float64(weights[b.name]) / float64(sum)
+		share := float64(got[b.name]) / float64(total)
+		tol := 5 * math.Sqrt(p*(1-p)/float64(total))
+		lines = append(lines, fmt.Sprintf("%s: %d (%.3f, want %.3f ± %.3f)", b.name, got[b.name], share, p, tol))
+		if math.Abs(share-p) > tol {
+			t.Errorf("%s got %.3f of %d connections, want %.3f ± %.3f", b.name, share, total, p, tol)
+		}
+	}
+	sort.Strings(lines)
+	t.Logf("distribution over %d: %v", total, lines)
+}
+
+func wantOnly(t *testing.T, what string, got map[string]int, key string, n int) {
+	t.Helper()
+	if len(got) != 1 || got[key] != n {
+		t.Errorf("%s: %v, want only %q × %d", what, got, key, n)
+	}
+}
+
+func noErrors(t *testing.T, r clientResp) {
+	t.Helper()
+	if len(r.Errors) > 0 {
+		t.Errorf("client errors: %v", r.Errors)
+	}
+}
+
+func TestSockLB(t *testing.T) {
+	e := newLBEnv(t, 3, 2)
+	for _, b := range allBackends {
+		ns := e.clusterNS(b.cluster)
+		serveTCP(t, ns, b.addr4(backendPort), b.name)
+		serveTCP(t, ns, b.addr6(backendPort), b.name)
+		serveUDP(t, ns, b.addr4(backendPort), b.name)
+		serveUDP(t, ns, b.addr6(backendPort), b.name)
+	}
+	svcTCP := fe("10.96.0.10:80", TCP)
+	svcUDP := fe("10.96.0.10:53", UDP)
+	svcTCP6 := fe("[fd00:96::10]:80", TCP)
+	svcUDP6 := fe("[fd00:96::10]:53", UDP)
+	mustNoErr(t, e.maps.UpsertService(svcTCP, slots(false, TCP, allBackends)))
+	mustNoErr(t, e.maps.UpsertService(svcUDP, slots(false, UDP, allBackends)))
+	mustNoErr(t, e.maps.UpsertService(svcTCP6, slots(true, TCP, allBackends)))
+	mustNoErr(t, e.maps.UpsertService(svcUDP6, slots(true, UDP, allBackends)))
+	tcpAddr := "10.96.0.10:80"
+
+	t.Run("tcp-weights-across-clusters", func(t *testing.T) {
+		const n = 4000
+		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: n})
+		noErrors(t, r)
+		checkWeights(t, r.Replies, allBackends)
+		// (3) getpeername on every connected socket reads the service.
+		wantOnly(t, "getpeername", r.Peers, tcpAddr, n)
+	})
+
+	t.Run("udp-unconnected-replies-from-service", func(t *testing.T) {
+		const n = 2000
+		r := e.runClient(clientReq{Op: "udp", Addr: "10.96.0.10:53", N: n})
+		noErrors(t, r)
+		wantOnly(t, "recvfrom source", r.Peers, "10.96.0.10:53", n)
+		checkWeights(t, r.Replies, allBackends)
+	})
+
+	t.Run("udp-connected", func(t *testing.T) {
+		const n = 300
+		r := e.runClient(clientReq{Op: "udp-connected", Addr: "10.96.0.10:53", N: n})
+		noErrors(t, r)
+		wantOnly(t, "getpeername", r.Peers, "10.96.0.10:53", n)
+		if len(r.Replies) != len(allBackends) {
+			t.Errorf("replies from %v, want all of %d backends", r.Replies, len(allBackends))
+		}
+	})
+
+	t.Run("ipv6", func(t *testing.T) {
+		const n = 1000
+		r := e.runClient(clientReq{Op: "tcp", Addr: "[fd00:96::10]:80", N: n})
+		noErrors(t, r)
+		checkWeights(t, r.Replies, allBackends)
+		wantOnly(t, "getpeername", r.Peers, "[fd00:96::10]:80", n)
+		r = e.runClient(clientReq{Op: "udp", Addr: "[fd00:96::10]:53", N: n})
+		noErrors(t, r)
+		wantOnly(t, "recvfrom source", r.Peers, "[fd00:96::10]:53", n)
+		checkWeights(t, r.Replies, allBackends)
+		r = e.runClient(clientReq{Op: "udp-connected", Addr: "[fd00:96::10]:53", N: 100})
+		noErrors(t, r)
+		wantOnly(t, "getpeername", r.Peers, "[fd00:96::10]:53", 100)
+	})
+
+	t.Run("ipv4-service-from-dual-stack-socket", func(t *testing.T) {
+		// connect6 to ::ffff:10.96.0.10 reaches the IPv4 service's backends
+		// (in v4-mapped form); getpeername6 reads the mapped service.
+		const n = 400
+		r := e.runClient(clientReq{Op: "tcp-mapped", Addr: tcpAddr, N: n})
+		noErrors(t, r)
+		checkWeights(t, r.Replies, allBackends)
+		wantOnly(t, "getpeername", r.Peers, "[::ffff:10.96.0.10]:80", n)
+	})
+
+	t.Run("other-addresses-untouched", func(t *testing.T) {
+		// A backend dialled directly is not a frontend: no rewrite, and
+		// getpeername reads the backend itself.
+		direct := c2a.addr4(backendPort).String()
+		r := e.runClient(clientReq{Op: "tcp", Addr: direct, N: 20})
+		noErrors(t, r)
+		wantOnly(t, "replies", r.Replies, "c2-a", 20)
+		wantOnly(t, "getpeername", r.Peers, direct, 20)
+		// Same address, another port or protocol: not the service.
+		r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.10:81", N: 3})
+		wantOnly(t, "errors", r.Errors, "ENETUNREACH", 3)
+		r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.10:53", N: 3})
+		wantOnly(t, "errors", r.Errors, "ENETUNREACH", 3)
+	})
+
+	t.Run("removed-backend-gets-no-new-connections", func(t *testing.T) {
+		rest := []lbBackend{c1a, c1b, c2a}
+		mustNoErr(t, e.maps.UpsertService(svcTCP, slots(false, TCP, rest)))
+		mustNoErr(t, e.maps.UpsertService(svcUDP, slots(false, UDP, rest)))
+		const n = 1000
+		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: n})
+		noErrors(t, r)
+		if r.Replies["c3-a"] != 0 {
+			t.Errorf("the removed backend c3-a got %d of %d connections", r.Replies["c3-a"], n)
+		}
+		checkWeights(t, r.Replies, rest)
+		r = e.runClient(clientReq{Op: "udp", Addr: "10.96.0.10:53", N: n})
+		noErrors(t, r)
+		if r.Replies["c3-a"] != 0 {
+			t.Errorf("the removed backend c3-a got %d of %d datagrams", r.Replies["c3-a"], n)
+		}
+		// Back again.
+		mustNoErr(t, e.maps.UpsertService(svcTCP, slots(false, TCP, allBackends)))
+		r = e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 400})
+		noErrors(t, r)
+		if r.Replies["c3-a"] == 0 {
+			t.Errorf("c3-a, added back, got none of 400 connections: %v", r.Replies)
+		}
+	})
+
+	t.Run("zero-backends-refuses", func(t *testing.T) {
+		empty := fe("10.96.0.20:80", TCP)
+		emptyUDP := fe("10.96.0.20:53", UDP)
+		emptyTCP6 := fe("[fd00:96::20]:80", TCP)
+		mustNoErr(t, e.maps.UpsertService(empty, nil))
+		mustNoErr(t, e.maps.UpsertService(emptyUDP, nil))
+		mustNoErr(t, e.maps.UpsertService(emptyTCP6, nil))
+		r := e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 10})
+		wantOnly(t, "tcp errors", r.Errors, "ECONNREFUSED", 10)
+		r = e.runClient(clientReq{Op: "udp", Addr: "10.96.0.20:53", N: 10})
+		wantOnly(t, "udp errors", r.Errors, "ECONNREFUSED", 10)
+		r = e.runClient(clientReq{Op: "udp-connected", Addr: "10.96.0.20:53", N: 10})
+		wantOnly(t, "connected udp errors", r.Errors, "ECONNREFUSED", 10)
+		r = e.runClient(clientReq{Op: "tcp", Addr: "[fd00:96::20]:80", N: 10})
+		wantOnly(t, "tcp6 errors", r.Errors, "ECONNREFUSED", 10)
+
+		// Backends appear: the same frontend serves.
+		mustNoErr(t, e.maps.UpsertService(empty, slots(false, TCP, []lbBackend{c2a})))
+		r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 10})
+		noErrors(t, r)
+		wantOnly(t, "replies", r.Replies, "c2-a", 10)
+		// Deleted: no longer a frontend at all, so no longer refused.
+		mustNoErr(t, e.maps.DeleteService(empty))
+		r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 3})
+		wantOnly(t, "errors after delete", r.Errors, "ENETUNREACH", 3)
+	})
+
+	t.Run("revnat-entries", func(t *testing.T) {
+		var k [32]byte
+		var v [20]byte
+		n := 0
+		it := e.lb.objs.CmSockRevnat.Iterate()
+		for it.Next(&k, &v) {
+			n++
+		}
+		mustNoErr(t, it.Err())
+		if n == 0 {
+			t.Errorf("no reverse translation recorded")
+		}
+		if _, err := os.Stat(filepath.Join(e.maps.Config().PinDir, SockRevNATMapName)); err != nil {
+			t.Errorf("reverse translation map not pinned: %v", err)
+		}
+	})
+
+	t.Run("detached-after-close", func(t *testing.T) {
+		mustNoErr(t, e.lb.Close())
+		mustNoErr(t, e.lb.Close()) // idempotent
+		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 3})
+		wantOnly(t, "errors once detached", r.Errors, "ENETUNREACH", 3)
+	})
+}
+
+func TestAttachSockLBErrors(t *testing.T) {
+	testenv.RequireRoot(t)
+	m := openTestMaps(t, smallConfig(""))
+
+	_, err := AttachSockLB(m, t.TempDir())
+	wantErrIs(t, err, ErrNotCgroup2)
+	_, err = AttachSockLB(m, "/nonexistent/cgroup")
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing cgroup: %v, want ErrNotExist", err)
+	}
+
+	// Default cgroup: the cgroup v2 mount.
+	root, err := cgroup2Mount()
+	mustNoErr(t, err)
+	if st, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil || st.IsDir() {
+		t.Fatalf("cgroup v2 mount %s has no cgroup.procs: %v", root, err)
+	}
+
+	// Two load balancers on one cgroup coexist and detach independently.
+	cg := newTestCgroup(t)
+	a, err := AttachSockLB(m, cg)
+	mustNoErr(t, err)
+	b, err := AttachSockLB(m, cg)
+	mustNoErr(t, err)
+	if a.Cgroup() != cg {
+		t.Errorf("Cgroup() = %q, want %q", a.Cgroup(), cg)
+	}
+	mustNoErr(t, a.Close())
+	mustNoErr(t, b.Close())
+
+	// A pinned reverse-translation map of another size is refused.
+	cfg := m.Config()
+	mustNoErr(t, m.Close())
+	cfg.MaxSockRevNAT = cfg.MaxSockRevNAT / 2
+	m2, err := OpenMaps(cfg)
+	mustNoErr(t, err)
+	defer m2.Close()
+	_, err = AttachSockLB(m2, cg)
+	wantErrIs(t, err, ErrIncompatiblePin)
+	wantErrIs(t, err, ebpf.ErrMapIncompatible)
+
+	// Closed maps.
+	mustNoErr(t, m2.Close())
+	_, err = AttachSockLB(m2, cg)
+	wantErrIs(t, err, ErrClosed)
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for in, want := range map[string]string{
+		`/sys/fs/cgroup`:         "/sys/fs/cgroup",
+		`/mnt/with\040space`:     "/mnt/with space",
+		`/a\134b`:                `/a\b`,
+		`/trailing\04`:           `/trailing\04`,
+		`/not\999octal`:          `/not\999octal`,
+		`/tab\011and\040space\\`: "/tab\tand space\\\\",
+	} {
+		if got := unescapeMountinfo(in); got != want {
+			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
