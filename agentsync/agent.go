@@ -421,6 +421,18 @@ func (a *Agent) allReady(names []string) bool {
 	return true
 }
 
+// RemoteStatus returns the status of remote name alone (cheaper than Status
+// when only one remote matters).
+func (a *Agent) RemoteStatus(name string) (RemoteStatus, bool) {
+	a.mu.Lock()
+	r := a.remotes[name]
+	a.mu.Unlock()
+	if r == nil {
+		return RemoteStatus{}, false
+	}
+	return r.snapshot(), true
+}
+
 // Status returns the agent's status.
 func (a *Agent) Status() Status {
 	a.mu.Lock()

@@ -137,14 +137,75 @@ func (ks *kindState) waitCanary(ctx context.Context, cli *clientv3.Client, clust
 
 // list reads the kind's prefix page by page at one revision, applies every
 // entry, then sweeps what was not seen. It returns the list's revision.
+// The next page is fetched while the current one is applied.
 func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Cluster, etcdID uint64) (int64, error) {
 	started := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	pages := make(chan listPage, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(pages)
+		ks.fetchPages(ctx, cli, c, etcdID, pages)
+	}()
+	defer wg.Wait() // after cancel (defers run in reverse)
+	defer cancel()
+
+	gen := ks.newGen()
+	var rev int64
+	for pg := range pages {
+		switch {
+		case pg.err != nil:
+			return 0, pg.err
+		case pg.restart:
+			// The list's revision was compacted and the list starts over: a
+			// new generation, so that entries seen only by the aborted part
+			// are swept unless seen again.
+			gen = ks.newGen()
+			continue
+		}
+		rev = pg.resp.Header.Revision
+		ks.applyPage(pg.resp.Kvs, gen)
+		if pg.last {
+			ks.mu.Lock()
+			swept := ks.store.sweep(gen)
+			ks.stats.lastSyncTook = time.Since(started)
+			ks.stats.lists++
+			ks.mu.Unlock()
+			if swept > 0 {
+				ks.r.log.Info("swept entries gone from the remote", "kind", ks.kind, "count", swept)
+			}
+			return rev, nil
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("agentsync: remote %s: %s list ended early", ks.r.name, ks.kind)
+}
+
+// listPage is one page of a list, or a restart of the list, or its error.
+type listPage struct {
+	resp    *clientv3.GetResponse
+	last    bool
+	restart bool
+	err     error
+}
+
+// fetchPages sends the pages of one consistent list into pages, starting
+// over (and saying so) if the list's revision gets compacted.
+func (ks *kindState) fetchPages(ctx context.Context, cli *clientv3.Client, c wire.Cluster, etcdID uint64, pages chan<- listPage) {
+	send := func(pg listPage) bool {
+		select {
+		case pages <- pg:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	prefix := ks.kind.ListPrefix(c.Name)
 	end := clientv3.GetPrefixRangeEnd(prefix)
-	ks.mu.Lock()
-	ks.gen++
-	gen := ks.gen
-	ks.mu.Unlock()
 	start, rev := prefix, int64(0)
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ks.r.agent.cfg.ListPageSize)}
@@ -153,33 +214,36 @@ func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Clus
 		}
 		resp, err := cli.Get(ctx, start, opts...)
 		if errors.Is(err, rpctypes.ErrCompacted) {
-			start, rev = prefix, 0 // the list's revision was compacted: list again from the start
+			start, rev = prefix, 0
+			if !send(listPage{restart: true}) {
+				return
+			}
 			continue
 		}
-		if err != nil {
-			return 0, ks.r.explain(err)
+		if err == nil {
+			err = ks.r.checkEtcd(resp.Header.ClusterId, etcdID)
 		}
-		if err := ks.r.checkEtcd(resp.Header.ClusterId, etcdID); err != nil {
-			return 0, err
+		if err != nil {
+			send(listPage{err: ks.r.explain(err)})
+			return
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
-		ks.applyPage(resp.Kvs, gen)
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
+		last := !resp.More || len(resp.Kvs) == 0
+		if !send(listPage{resp: resp, last: last}) || last {
+			return
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// newGen starts a new generation of the store.
+func (ks *kindState) newGen() uint32 {
 	ks.mu.Lock()
-	swept := ks.store.sweep(gen)
-	ks.stats.lastSyncTook = time.Since(started)
-	ks.stats.lists++
-	ks.mu.Unlock()
-	if swept > 0 {
-		ks.r.log.Info("swept entries gone from the remote", "kind", ks.kind, "count", swept)
-	}
-	return rev, nil
+	defer ks.mu.Unlock()
+	ks.gen++
+	return ks.gen
 }
 
 // applyPage applies one page of a list (in one merger batch where the kind

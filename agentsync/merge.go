@@ -52,6 +52,7 @@ type merger struct {
 
 	mu         sync.Mutex
 	local      *statesource.State                    // guarded by mu; nil until the source delivered
+	localIx    *statesource.SelectorIndex            // guarded by mu; index of local
 	localSvcs  map[svcName]*statesource.Service      // guarded by mu; global services of local
 	remoteSvcs map[svcName]map[string]*remoteService // guarded by mu; service → cluster → backends
 	// ips holds the winning claim of every prefix; ipsMore the other
@@ -94,7 +95,7 @@ func (m *merger) setLocal(st *statesource.State) {
 	for n := range m.localSvcs {
 		touched[n] = true
 	}
-	m.local = st
+	m.local, m.localIx = st, statesource.NewSelectorIndex(st)
 	m.localNet = m.localNet[:0]
 	for _, n := range st.Nodes {
 		m.localNet = append(m.localNet, n.PodCIDRs...)
@@ -171,6 +172,20 @@ func (m *merger) setIPs(id uint16, updates []ipClaimUpdate) {
 func (m *merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bool {
 	cur, has := m.ips[p]
 	more := m.ipsMore[p]
+	if len(more) == 0 && (!has || cur.claim.ClusterID == id) {
+		// The common case: id is the only claimant (no allocation).
+		switch {
+		case e == nil && !has:
+			return false
+		case e == nil:
+			delete(m.ips, p)
+			return true
+		case has && cur.claim == *e:
+			return false
+		}
+		m.ips[p] = ipState{claim: *e}
+		return true
+	}
 	// Every claim but id's, then id's new one.
 	claims := make([]datapath.IPCacheEntry, 0, len(more)+2)
 	if has && cur.claim.ClusterID != id {
@@ -390,7 +405,7 @@ func (m *merger) portViews(ls *statesource.Service) []portView {
 		// Unmapped, as the datapath stores them: the keys of writtenSvc must
 		// be the datapath's keys, or prune would delete a live frontend.
 		v := portView{frontend: datapath.Frontend{Addr: ls.ClusterIP.Unmap(), Port: p.Port, Protocol: proto}, remote: map[string][]datapath.Backend{}}
-		for _, e := range m.local.Backends(ls) {
+		for _, e := range m.localIx.Backends(ls) {
 			v.localTotal++
 			if e.IsReady() {
 				v.local = append(v.local, datapath.Backend{Addr: e.IP.Unmap(), Port: p.Target(), Protocol: proto, ClusterID: m.localID})

@@ -266,10 +266,14 @@ func (m *merger) serviceStatuses() []ServiceStatus {
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool {
-		if out[i].Namespace+"/"+out[i].Name != out[j].Namespace+"/"+out[j].Name {
-			return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name
+		a, b := out[i], out[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
 		}
-		return out[i].Frontend < out[j].Frontend
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.Frontend < b.Frontend
 	})
 	return out
 }

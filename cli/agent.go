@@ -43,7 +43,7 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "removed the pinned maps in %s\n", pinDir)
 				return nil
 			}
-			dp, err := datapath.Open(datapath.Config{PinDir: pinDir}, slog.Default())
+			dp, err := datapath.Open(datapath.Config{PinDir: pinDir, NoIPCacheMirror: true}, slog.Default())
 			if err != nil {
 				return err
 			}

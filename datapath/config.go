@@ -33,6 +33,11 @@ type Config struct {
 	MaxServiceSlots uint32
 	// MaxBackends is the backend map's max_entries (distinct backends).
 	MaxBackends uint32
+	// NoIPCacheMirror drops the in-memory copy of the ipcache that lets
+	// identical writes skip the syscall: for a caller that never repeats a
+	// write (the agent's merger remembers what it wrote), it saves about 90
+	// bytes per entry. Identical writes then reach the kernel (harmlessly).
+	NoIPCacheMirror bool
 	// MaxSockRevNAT is the max_entries of the socket load balancer's
 	// reverse-translation LRU (SockRevNATMapName): one entry per socket and
 	// backend it was translated to. Only AttachSockLB creates that map.

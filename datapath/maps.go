@@ -29,7 +29,7 @@ type Maps struct {
 	services *ebpf.Map
 	backends *ebpf.Map
 
-	ipc          map[netip.Prefix]IPCacheEntry // guarded by mu: mirror of cm_ipcache
+	ipc          map[netip.Prefix]IPCacheEntry // guarded by mu: mirror of cm_ipcache (nil: Config.NoIPCacheMirror)
 	svcs         map[Frontend]*svcState        // guarded by mu: mirror of cm_services
 	backendIDs   map[Backend]uint32            // guarded by mu: id of each backend in cm_backends
 	backendsByID map[uint32]Backend            // guarded by mu: mirror of cm_backends
@@ -123,6 +123,9 @@ func OpenMaps(cfg Config) (*Maps, error) {
 		refs:         make(map[uint32]int),
 		nextID:       1,
 	}
+	if cfg.NoIPCacheMirror {
+		m.ipc = nil
+	}
 	if err := m.rebuild(); err != nil {
 		m.Close()
 		return nil, err
@@ -196,7 +199,7 @@ func (m *Maps) UpsertIPCache(p netip.Prefix, e IPCacheEntry) error {
 	if err := m.ipcache.Update(&k, &v, ebpf.UpdateAny); err != nil {
 		return m.mapErr(m.ipcache, "upsert "+p.String()+" into the ipcache", err)
 	}
-	m.ipc[p] = e
+	m.mirrorIPC(p, e)
 	return nil
 }
 
@@ -232,7 +235,7 @@ func (m *Maps) UpsertIPCacheBatch(prefixes []netip.Prefix, entries []IPCacheEntr
 	if !m.noBatch {
 		n, err := m.ipcache.BatchUpdate(keys, vals, nil)
 		for _, i := range todo[:n] {
-			m.ipc[ps[i]] = es[i]
+			m.mirrorIPC(ps[i], es[i])
 		}
 		if err == nil {
 			return nil
@@ -247,9 +250,16 @@ func (m *Maps) UpsertIPCacheBatch(prefixes []netip.Prefix, entries []IPCacheEntr
 		if err := m.ipcache.Update(&keys[j], &vals[j], ebpf.UpdateAny); err != nil {
 			return m.mapErr(m.ipcache, "upsert "+ps[i].String()+" into the ipcache", err)
 		}
-		m.ipc[ps[i]] = es[i]
+		m.mirrorIPC(ps[i], es[i])
 	}
 	return nil
+}
+
+// mirrorIPC records a written entry, unless the mirror is off.
+func (m *Maps) mirrorIPC(p netip.Prefix, e IPCacheEntry) {
+	if m.ipc != nil {
+		m.ipc[p] = e
+	}
 }
 
 // DeleteIPCache removes p from cm_ipcache; an absent prefix is fine.
@@ -263,7 +273,7 @@ func (m *Maps) DeleteIPCache(p netip.Prefix) error {
 	if m.closed {
 		return errClosed("delete ipcache")
 	}
-	if _, ok := m.ipc[p]; !ok {
+	if _, ok := m.ipc[p]; !ok && m.ipc != nil {
 		return nil
 	}
 	k := makeIPCacheKey(p)

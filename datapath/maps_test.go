@@ -360,3 +360,34 @@ func TestMapsLargeDump(t *testing.T) {
 	mustNoErr(t, err)
 	t.Logf("dump of %d services with 10 slots each: %v", len(svcs), time.Since(start))
 }
+
+// Without the ipcache mirror, writes, overwrites, deletes and a restart
+// behave the same (only identical writes are no longer skipped).
+func TestMapsWithoutIPCacheMirror(t *testing.T) {
+	testenv.RequireRoot(t)
+	pin := testPinDir(t)
+	m, err := OpenMaps(Config{PinDir: pin, NoIPCacheMirror: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := netip.MustParsePrefix("10.9.0.0/24")
+	e := IPCacheEntry{Identity: 70000, ClusterID: 1}
+	mustNoErr(t, m.UpsertIPCache(p, e))
+	mustNoErr(t, m.UpsertIPCache(p, e))
+	mustNoErr(t, m.UpsertIPCacheBatch([]netip.Prefix{netip.MustParsePrefix("10.9.1.1/32")}, []IPCacheEntry{e}))
+	got, err := m.IPCache()
+	if err != nil || len(got) != 2 || got[p] != e {
+		t.Fatalf("dump: %v %v", got, err)
+	}
+	mustNoErr(t, m.DeleteIPCache(p))
+	mustNoErr(t, m.DeleteIPCache(p)) // absent: fine
+	m.Close()
+	m, err = OpenMaps(Config{PinDir: pin, NoIPCacheMirror: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if got, _ := m.IPCache(); len(got) != 1 {
+		t.Errorf("after reopen: %v, want only 10.9.1.1/32", got)
+	}
+}

@@ -24,7 +24,7 @@ func (m *Maps) rebuild() error {
 			badIPC = append(badIPC, *k)
 			return
 		}
-		m.ipc[p] = v.entry()
+		m.mirrorIPC(p, v.entry())
 	})
 	if err != nil {
 		return fmt.Errorf("datapath: read pinned ipcache: %w", err)

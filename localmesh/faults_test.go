@@ -114,6 +114,19 @@ func TestHeavyKillDuringInitialListLosesNothing(t *testing.T) {
 // inProcessWest runs west's apiserver in this process on addr with source.
 func inProcessWest(t testing.TB, e *faultEnv, addr string, src statesource.Source) (stop func()) {
 	t.Helper()
+	_, stop = startInProcessWest(t, e, addr, src)
+	return stop
+}
+
+// inProcessWestServer is inProcessWest for callers that read its status.
+func inProcessWestServer(t testing.TB, e *faultEnv, addr string, src statesource.Source) *meshapiserver.Server {
+	t.Helper()
+	srv, _ := startInProcessWest(t, e, addr, src)
+	return srv
+}
+
+func startInProcessWest(t testing.TB, e *faultEnv, addr string, src statesource.Source) (*meshapiserver.Server, func()) {
+	t.Helper()
 	srv, err := meshapiserver.New(meshapiserver.Config{ClusterName: "west", ClusterID: 2, ListenAddress: addr,
 		ServerCertFile: e.west.ServerCert(), ServerKeyFile: e.west.ServerKey(), CAFile: e.west.CAFile(),
 		AdminCertFile: e.west.AdminCert(), AdminKeyFile: e.west.AdminKey(), Peers: []string{"east"}, Source: src,
@@ -126,7 +139,7 @@ func inProcessWest(t testing.TB, e *faultEnv, addr string, src statesource.Sourc
 	go func() { done <- srv.Run(ctx) }()
 	testenv.WaitFor(t, 30*time.Second, "west's etcd serving", func() bool { return srv.ClientURL() != "" })
 	stopped := false
-	stop = func() {
+	stop := func() {
 		if !stopped {
 			stopped = true
 			cancel()
@@ -136,7 +149,7 @@ func inProcessWest(t testing.TB, e *faultEnv, addr string, src statesource.Sourc
 		}
 	}
 	t.Cleanup(stop)
-	return stop
+	return srv, stop
 }
 
 // gatedSource delivers its state only once opened: a slow source.

@@ -120,8 +120,8 @@ func startAPIServerProcess(t *testing.T, ps processSpec) *apiserverProcess {
 	}()
 	select {
 	case p.url = <-ready:
-	case <-time.After(60 * time.Second):
-		t.Fatal("child apiserver not ready after 60s")
+	case <-time.After(3 * time.Minute):
+		t.Fatal("child apiserver not ready after 3 minutes")
 	}
 	return p
 }
@@ -308,7 +308,7 @@ func bigState(id, n, identities, services, backendsPer int) *statesource.State {
 		}
 		st.Endpoints = append(st.Endpoints, statesource.Endpoint{
 			Namespace: "bulk", Pod: fmt.Sprintf("pod-%d", i), Node: fmt.Sprintf("node-%d", i%50),
-			IP:     netip.AddrFrom4([4]byte{10, byte(100 + id), byte(i >> 8), byte(i)}),
+			IP:     netip.AddrFrom4([4]byte{10, byte(100 + 4*id + i>>16), byte(i >> 8), byte(i)}),
 			Labels: map[string]string{"app": app},
 		})
 	}
@@ -413,12 +413,8 @@ func (e *faultEnv) startAgent(t testing.TB, dp datapath.Datapath, tweak func(*ag
 func westOf(a *agentsync.Agent) agentsync.RemoteStatus { return remoteOf(a, "west") }
 
 func remoteOf(a *agentsync.Agent, name string) agentsync.RemoteStatus {
-	for _, r := range a.Status().Remotes {
-		if r.Name == name {
-			return r
-		}
-	}
-	return agentsync.RemoteStatus{}
+	r, _ := a.RemoteStatus(name)
+	return r
 }
 
 // prefixesOf returns the /32 of every endpoint of st.

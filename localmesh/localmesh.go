@@ -277,7 +277,7 @@ func (c *Cluster) startAgent(ctx context.Context, name string) error {
 	var err error
 	if o.EBPF {
 		a.PinDir = filepath.Join("/sys/fs/bpf", "clustermesh-localmesh", fmt.Sprintf("%d-%s", os.Getpid(), name))
-		a.Datapath, err = datapath.OpenMaps(datapath.Config{PinDir: a.PinDir})
+		a.Datapath, err = datapath.OpenMaps(datapath.Config{PinDir: a.PinDir, NoIPCacheMirror: true})
 	} else {
 		a.Datapath = datapath.NewMemory()
 	}

@@ -45,12 +45,13 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator) (des
 		}
 		kv[wire.IPCacheKey(e.IP.String())] = v
 	}
+	ix := statesource.NewSelectorIndex(st)
 	for i := range st.Services {
 		s := &st.Services[i]
 		if !s.Shared() {
 			continue // only global services that export their backends are published
 		}
-		v, err := wire.EncodeService(clusterService(c, st, s))
+		v, err := wire.EncodeService(clusterService(c, ix, s))
 		if err != nil {
 			return nil, false, err
 		}
@@ -85,7 +86,7 @@ func wireNode(c wire.Cluster, n *statesource.Node) *wire.Node {
 // clusterService builds the published form of a global service: its
 // ClusterIP as frontend and the endpoints that are ready or serving as
 // backends, on each port's target port.
-func clusterService(c wire.Cluster, st *statesource.State, s *statesource.Service) *wire.ClusterService {
+func clusterService(c wire.Cluster, ix *statesource.SelectorIndex, s *statesource.Service) *wire.ClusterService {
 	cs := &wire.ClusterService{
 		Cluster: c.Name, ClusterID: c.ID, Namespace: s.Namespace, Name: s.Name,
 		Frontends: map[string]wire.PortConfiguration{}, Backends: map[string]wire.PortConfiguration{},
@@ -101,7 +102,7 @@ func clusterService(c wire.Cluster, st *statesource.State, s *statesource.Servic
 		}
 		cs.Frontends[s.ClusterIP.String()] = fe
 	}
-	for _, e := range st.Backends(s) {
+	for _, e := range ix.Backends(s) {
 		if !e.IsServing() {
 			continue
 		}

@@ -3,9 +3,11 @@ package meshapiserver
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +42,10 @@ type PublishStats struct {
 	Txns          uint64        // transactions since start
 	LastTxn       time.Duration // latency of the last transaction
 	LastPublish   time.Time
+	// LastWrites entries were written by the last publish that changed
+	// anything, in LastWritesTook (computing the difference included).
+	LastWrites     int
+	LastWritesTook time.Duration
 }
 
 // loadExisting reads what the store already holds under the state prefixes
@@ -69,6 +75,7 @@ func (p *publisher) loadExisting(ctx context.Context) error {
 // publish makes the store hold exactly want. After the first successful
 // publish it writes the canaries.
 func (p *publisher) publish(ctx context.Context, want desiredKV) error {
+	began := time.Now()
 	var puts, dels []string
 	for k, v := range want {
 		if old, ok := p.published[k]; !ok || old == nil || !bytes.Equal(old, v) {
@@ -82,14 +89,20 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 	}
 	sort.Strings(puts) // deterministic batches
 	sort.Strings(dels)
-	ops := make([]clientv3.Op, 0, len(puts)+len(dels))
+	putOps := make([]clientv3.Op, 0, len(puts))
 	for _, k := range puts {
-		ops = append(ops, clientv3.OpPut(k, string(want[k]), clientv3.WithLease(p.lease)))
+		putOps = append(putOps, clientv3.OpPut(k, string(want[k]), clientv3.WithLease(p.lease)))
 	}
+	delOps := make([]clientv3.Op, 0, len(dels))
 	for _, k := range dels {
-		ops = append(ops, clientv3.OpDelete(k))
+		delOps = append(delOps, clientv3.OpDelete(k))
 	}
-	if err := p.commit(ctx, ops); err != nil {
+	// Every put is in before the first delete: a still-valid entry is never
+	// missing, even for a moment.
+	if err := p.commit(ctx, putOps); err != nil {
+		return err
+	}
+	if err := p.commit(ctx, delOps); err != nil {
 		return err
 	}
 	p.published = want
@@ -98,6 +111,8 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 	p.stats.Deletes += uint64(len(dels))
 	p.stats.LastPublish = time.Now()
 	if len(puts)+len(dels) > 0 {
+		p.stats.LastWrites = len(puts) + len(dels)
+		p.stats.LastWritesTook = time.Since(began)
 		p.log.Debug("published", "puts", len(puts), "deletes", len(dels), "entries", len(want))
 	}
 	if !p.canariesSet {
@@ -110,24 +125,54 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 }
 
 // commit writes ops in transactions of at most txnBudgetOps operations and
-// about txnBudgetBytes, in order.
+// about txnBudgetBytes, up to txnParallel of them in flight (etcd batches
+// concurrent proposals into one raft round). Order among them is not
+// guaranteed: callers commit what must come first in an earlier call.
 func (p *publisher) commit(ctx context.Context, ops []clientv3.Op) error {
+	var batches [][]clientv3.Op
 	for len(ops) > 0 {
 		n, size := 0, 0
 		for n < len(ops) && n < txnBudgetOps && (n == 0 || size < txnBudgetBytes) {
 			size += len(ops[n].KeyBytes()) + len(ops[n].ValueBytes())
 			n++
 		}
-		start := time.Now()
-		if _, err := p.cli.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
-			return fmt.Errorf("meshapiserver: publish transaction of %d ops: %w", n, err)
-		}
-		p.stats.LastTxn = time.Since(start)
-		p.txnLatency.Observe(p.stats.LastTxn.Seconds())
-		p.stats.Txns++
-		ops = ops[n:]
+		batches, ops = append(batches, ops[:n]), ops[n:]
 	}
-	return nil
+	if len(batches) == 1 { // the common case (one change): no goroutine
+		start := time.Now()
+		if _, err := p.cli.Txn(ctx).Then(batches[0]...).Commit(); err != nil {
+			return fmt.Errorf("meshapiserver: publish transaction of %d ops: %w", len(batches[0]), err)
+		}
+		p.observeTxn(time.Since(start))
+		return nil
+	}
+	took := make([]time.Duration, len(batches))
+	errs := make([]error, len(batches))
+	sem := make(chan struct{}, txnParallel)
+	var wg sync.WaitGroup
+	for i, b := range batches {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			start := time.Now()
+			if _, err := p.cli.Txn(ctx).Then(b...).Commit(); err != nil {
+				errs[i] = fmt.Errorf("meshapiserver: publish transaction of %d ops: %w", len(b), err)
+			}
+			took[i] = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	for _, d := range took {
+		p.observeTxn(d)
+	}
+	return errors.Join(errs...)
+}
+
+func (p *publisher) observeTxn(d time.Duration) {
+	p.txnLatency.Observe(d.Seconds())
+	p.stats.LastTxn = d
+	p.stats.Txns++
 }
 
 // writeCanaries marks every prefix as fully written.

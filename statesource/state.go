@@ -134,11 +134,54 @@ func (s *Service) Selects(e *Endpoint) bool {
 }
 
 // Backends returns the endpoints s selects that have an address, in the
-// state's order.
+// state's order. For many services, use a SelectorIndex.
 func (st *State) Backends(s *Service) []*Endpoint {
 	var out []*Endpoint
 	for i := range st.Endpoints {
 		e := &st.Endpoints[i]
+		if e.IP.IsValid() && s.Selects(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// SelectorIndex finds the endpoints a service selects without scanning every
+// endpoint: endpoints are indexed by namespace and each label, and a
+// selector walks the list of one of its labels.
+type SelectorIndex struct {
+	st      *State
+	byLabel map[labelKey][]int32 // endpoint indices, in state order
+}
+
+type labelKey struct{ namespace, key, value string }
+
+// NewSelectorIndex indexes st's endpoints; st must not change afterwards.
+func NewSelectorIndex(st *State) *SelectorIndex {
+	ix := &SelectorIndex{st: st, byLabel: map[labelKey][]int32{}}
+	for i := range st.Endpoints {
+		e := &st.Endpoints[i]
+		for k, v := range e.Labels {
+			lk := labelKey{e.Namespace, k, v}
+			ix.byLabel[lk] = append(ix.byLabel[lk], int32(i))
+		}
+	}
+	return ix
+}
+
+// Backends is State.Backends through the index.
+func (ix *SelectorIndex) Backends(s *Service) []*Endpoint {
+	var shortest []int32
+	first := true
+	for k, v := range s.Selector {
+		l := ix.byLabel[labelKey{s.Namespace, k, v}]
+		if first || len(l) < len(shortest) {
+			shortest, first = l, false
+		}
+	}
+	var out []*Endpoint
+	for _, i := range shortest {
+		e := &ix.st.Endpoints[i]
 		if e.IP.IsValid() && s.Selects(e) {
 			out = append(out, e)
 		}

@@ -145,3 +145,25 @@ func TestFileFailsOnInvalidStart(t *testing.T) {
 		t.Fatal("want an error at start")
 	}
 }
+
+func TestSelectorIndexMatchesScan(t *testing.T) {
+	st, err := Parse("good", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Services = append(st.Services, Service{Namespace: "shop", Name: "none", Selector: map[string]string{"app": "nope"}},
+		Service{Namespace: "shop", Name: "empty"}, Service{Namespace: "other", Name: "web", Selector: map[string]string{"app": "web"}})
+	ix := NewSelectorIndex(st)
+	for i := range st.Services {
+		s := &st.Services[i]
+		a, b := st.Backends(s), ix.Backends(s)
+		if len(a) != len(b) {
+			t.Fatalf("%s: scan %d, index %d", s.Name, len(a), len(b))
+		}
+		for j := range a {
+			if a[j] != b[j] {
+				t.Errorf("%s: backend %d differs", s.Name, j)
+			}
+		}
+	}
+}

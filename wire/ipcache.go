@@ -31,7 +31,7 @@ type NamedPort struct {
 // Prefix returns the pair's address as a prefix (a /32 or /128 without mask).
 // Only meaningful on a decoded (validated) pair.
 func (p *IPIdentityPair) Prefix() netip.Prefix {
-	pfx, err := prefixFromMask("ip", p.IP.String(), p.Mask)
+	pfx, err := addrMaskPrefix("ip", p.IP, p.Mask)
 	if err != nil {
 		return netip.Prefix{}
 	}
@@ -57,22 +57,26 @@ func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair,
 	if err := decodeJSON(value, &p); err != nil {
 		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
 	}
-	if err := checkAddr("wire: ipcache "+key+" IP", p.IP, false); err != nil {
-		return nil, err
+	// Error contexts are built only on error: this runs once per entry.
+	if err := checkAddr("IP", p.IP, false); err != nil {
+		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
 	}
-	if err := checkAddr("wire: ipcache "+key+" HostIP", p.HostIP, true); err != nil {
-		return nil, err
+	if err := checkAddr("HostIP", p.HostIP, true); err != nil {
+		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
 	}
 	p.IP, p.HostIP = p.IP.Unmap(), p.HostIP.Unmap()
-	pfx, err := prefixFromMask("wire: ipcache "+key, p.IP.String(), p.Mask)
+	pfx, err := addrMaskPrefix("prefix", p.IP, p.Mask)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
 	}
-	if keyPfx, err := ParseIPCacheKeySuffix(pk.Name); err != nil || keyPfx != pfx {
-		return nil, fmt.Errorf("wire: ipcache %q holds %s: %w (key and value disagree)", key, pfx, ErrInvalidAddress)
-	}
+	// Keys and prefixes are one-to-one: the key must be the canonical
+	// spelling of the value's prefix (checked by comparing the strings; the
+	// key is parsed only to say which way it is wrong).
 	if canon := canonicalSuffix(pfx); pk.Name != canon {
-		return nil, fmt.Errorf("wire: ipcache %q: %w (the key of %s is %q)", key, ErrMalformedKey, pfx, IPCacheKey(canon))
+		if keyPfx, err := ParseIPCacheKeySuffix(pk.Name); err == nil && keyPfx == pfx {
+			return nil, fmt.Errorf("wire: ipcache %q: %w (the key of %s is %q)", key, ErrMalformedKey, pfx, IPCacheKey(canon))
+		}
+		return nil, fmt.Errorf("wire: ipcache %q holds %s: %w (key and value disagree)", key, pfx, ErrInvalidAddress)
 	}
 	if min := minPrefixBits(pfx); pfx.Bits() < min {
 		return nil, fmt.Errorf("wire: ipcache %q: %w (a remote may not claim a prefix shorter than /%d)", key, ErrInvalidAddress, min)

@@ -80,12 +80,18 @@ func prefixFromMask(what, ip string, mask []byte) (netip.Prefix, error) {
 	if err != nil {
 		return netip.Prefix{}, err
 	}
+	return addrMaskPrefix(what, a, mask)
+}
+
+// addrMaskPrefix is prefixFromMask for a parsed, unmapped address.
+func addrMaskPrefix(what string, a netip.Addr, mask []byte) (netip.Prefix, error) {
+	ip := a.String // for error messages only
 	if mask == nil {
 		return netip.PrefixFrom(a, a.BitLen()), nil
 	}
 	if len(mask)*8 != a.BitLen() {
 		return netip.Prefix{}, fmt.Errorf("%s %s mask %s: %w (mask length does not match the address)",
-			what, ip, base64.StdEncoding.EncodeToString(mask), ErrInvalidAddress)
+			what, ip(), base64.StdEncoding.EncodeToString(mask), ErrInvalidAddress)
 	}
 	ones, done := 0, false
 	for _, b := range mask {
@@ -93,7 +99,7 @@ func prefixFromMask(what, ip string, mask []byte) (netip.Prefix, error) {
 			set := b&(1<<i) != 0
 			switch {
 			case set && done:
-				return netip.Prefix{}, fmt.Errorf("%s %s: %w (non-contiguous mask)", what, ip, ErrInvalidAddress)
+				return netip.Prefix{}, fmt.Errorf("%s %s: %w (non-contiguous mask)", what, ip(), ErrInvalidAddress)
 			case set:
 				ones++
 			default:
@@ -103,7 +109,7 @@ func prefixFromMask(what, ip string, mask []byte) (netip.Prefix, error) {
 	}
 	p := netip.PrefixFrom(a, ones)
 	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("%s %s/%d: %w (host bits set)", what, ip, ones, ErrInvalidAddress)
+		return netip.Prefix{}, fmt.Errorf("%s %s/%d: %w (host bits set)", what, ip(), ones, ErrInvalidAddress)
 	}
 	return p, nil
 }
