@@ -25,7 +25,7 @@ const (
 	// can batch; txnBudget is what the publisher puts in one transaction.
 	maxTxnOps       = 4096
 	maxRequestBytes = 16 << 20
-	txnBudgetOps    = 1024
+	txnBudgetOps    = 2048
 	txnParallel     = 4
 	txnBudgetBytes  = 4 << 20
 )

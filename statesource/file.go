@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -70,7 +69,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	}
 	// Watch before the first read, so that no change falls between them.
 	ctx, cancel := context.WithCancel(ctx)
-	changed, wait, err := notifyDir(ctx, filepath.Dir(f.Path))
+	changed, wait, err := notifyFile(ctx, f.Path)
 	if err != nil {
 		log.Warn("no change notifications for the state file: polling only", "file", f.Path, "every", every, "err", err)
 	} else {

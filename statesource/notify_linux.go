@@ -4,22 +4,27 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// notifyDir signals on the returned channel (coalesced, never blocking) when
-// an entry of dir is written, created, moved in or removed, until ctx is
-// done; wait returns once its goroutines have ended (after ctx is done).
-// It is what makes a state change reach the publisher in a millisecond
-// rather than a poll interval; File still polls as a safety net.
-func notifyDir(ctx context.Context, dir string) (changed <-chan struct{}, wait func(), err error) {
+// notifyFile signals on the returned channel (coalesced, never blocking)
+// when the file at path is completely written, moved into place, created or
+// removed — and on any change of a ".."-prefixed entry beside it, which is
+// how Kubernetes swaps a mounted ConfigMap — until ctx is done; wait returns
+// once its goroutines have ended (after ctx is done). Writes to other files
+// of the directory (the temporary file of an atomic replace) do not wake it.
+func notifyFile(ctx context.Context, path string) (changed <-chan struct{}, wait func(), err error) {
+	dir, name := filepath.Dir(path), filepath.Base(path)
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, nil, fmt.Errorf("statesource: inotify: %w", err)
 	}
-	mask := uint32(unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_CREATE | unix.IN_DELETE | unix.IN_MODIFY)
+	mask := uint32(unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_CREATE | unix.IN_DELETE)
 	if _, err := unix.InotifyAddWatch(fd, dir, mask); err != nil {
 		unix.Close(fd)
 		return nil, nil, fmt.Errorf("statesource: inotify watch %s: %w", dir, err)
@@ -38,14 +43,35 @@ func notifyDir(ctx context.Context, dir string) (changed <-chan struct{}, wait f
 		defer wg.Done()
 		buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
 		for {
-			if _, err := f.Read(buf); err != nil {
+			n, err := f.Read(buf)
+			if err != nil {
 				return // closed
 			}
-			select {
-			case ch <- struct{}{}:
-			default:
+			if concerns(buf[:n], name) {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
 			}
 		}
 	}()
 	return ch, wg.Wait, nil
+}
+
+// concerns reports whether a buffer of inotify events touches name (or a
+// ".."-prefixed entry, or overflowed).
+func concerns(buf []byte, name string) bool {
+	for len(buf) >= unix.SizeofInotifyEvent {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[0]))
+		end := unix.SizeofInotifyEvent + int(ev.Len)
+		if end > len(buf) {
+			return true // torn: be safe
+		}
+		got := strings.TrimRight(string(buf[unix.SizeofInotifyEvent:end]), "\x00")
+		if ev.Mask&unix.IN_Q_OVERFLOW != 0 || got == name || strings.HasPrefix(got, "..") {
+			return true
+		}
+		buf = buf[end:]
+	}
+	return false
 }
