@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -257,6 +259,44 @@ func TestSockLB(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(e.maps.Config().PinDir, SockRevNATMapName)); err != nil {
 			t.Errorf("reverse translation map not pinned: %v", err)
 		}
+	})
+
+	t.Run("udp-reconnect-away-forgets", func(t *testing.T) {
+		// A UDP socket connected to the service, then to a backend
+		// directly, has that backend as its peer and source of replies.
+		direct := c2a.addr4(backendPort).String()
+		const n = 50
+		r := e.runClient(clientReq{Op: "udp-reconnect", Addr: "10.96.0.10:53", Addr2: direct, N: n})
+		noErrors(t, r)
+		want := map[string]int{"1 10.96.0.10:53": n, "2 " + direct: n, "from " + direct: n}
+		if !reflect.DeepEqual(r.Peers, want) {
+			t.Errorf("peers %v, want %v", r.Peers, want)
+		}
+		wantOnly(t, "replies", r.Replies, "c2-a", n)
+	})
+
+	t.Run("getpeername-survives-reattach", func(t *testing.T) {
+		h, first := e.startHolder(tcpAddr)
+		if first != tcpAddr {
+			t.Fatalf("getpeername right after connect: %s, want %s", first, tcpAddr)
+		}
+		// Detached: the kernel's own answer, the backend.
+		mustNoErr(t, e.lb.Close())
+		backend := h.peer()
+		if backend == tcpAddr || !strings.HasPrefix(backend, "10.200.") {
+			t.Errorf("getpeername with the programs detached: %s, want a backend's address", backend)
+		}
+		// Attached again (an agent restart): the pinned socket storage
+		// still holds the translation.
+		lb, err := AttachSockLB(e.maps, e.cgroup)
+		mustNoErr(t, err)
+		e.t.Cleanup(func() { lb.Close() })
+		e.lb = lb
+		if got := h.peer(); got != tcpAddr {
+			t.Errorf("getpeername after re-attaching: %s, want %s", got, tcpAddr)
+		}
+		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 20})
+		noErrors(t, r)
 	})
 
 	t.Run("detached-after-close", func(t *testing.T) {
