@@ -286,41 +286,37 @@ func connectCaseOf(name string, aps ...netip.AddrPort) connectCase {
 	return c
 }
 
-// interleaved connects from the namespace, case after case (rotating the
-// order), perRound times per case and round, and returns each case's
-// connects/s per round (rates[case][round]), timing every connect on its
-// own: load from elsewhere on the machine falls on all cases alike. A round
-// stops early after maxRound. The sockets are made in the cgroup this
-// process is in. IPv4 only.
-func (e *connectBench) interleaved(t *testing.T, cases []connectCase, rounds, perRound int, maxRound time.Duration) map[string][]float64 {
+// interleaved connects from the namespace in rounds: in each round, a block
+// of perRound connects per case, case after case (the order rotating from
+// round to round), and returns each case's connects/s per round
+// (rates[case][round]). Blocks of a few milliseconds keep the kernel's
+// deferred work (RCU frees, the server's accepts) mostly within the block
+// that caused it, while load from elsewhere on the machine falls on all
+// cases of a round alike. A block stops early after maxBlock. The sockets
+// are made in the cgroup this process is in. IPv4 only.
+func (e *connectBench) interleaved(t *testing.T, cases []connectCase, rounds, perRound int, maxBlock time.Duration) map[string][]float64 {
 	t.Helper()
 	rates := make(map[string][]float64, len(cases))
 	err := inNetns(e.ns, func() error {
 		for r := -1; r < rounds; r++ { // round -1 warms up
-			took := make([]time.Duration, len(cases))
-			count := make([]int, len(cases))
-			deadline := time.Now().Add(maxRound)
-			for i := 0; i < perRound && (i%16 != 0 || time.Now().Before(deadline)); i++ {
-				for j := range cases {
-					k := (i + j) % len(cases)
-					c := cases[k]
+			for j := range cases {
+				c := cases[(j+max(r, 0))%len(cases)]
+				start := time.Now()
+				deadline := start.Add(maxBlock)
+				n := 0
+				for n < perRound && (n%16 != 0 || time.Now().Before(deadline)) {
 					sa := c.dsts[0]
 					if len(c.dsts) > 1 {
 						sa = c.dsts[mrand.IntN(len(c.dsts))]
 					}
-					start := time.Now()
 					if err := connectOnce(sa, unix.AF_INET); err != nil {
 						return fmt.Errorf("%s: %w", c.name, err)
 					}
-					took[k] += time.Since(start)
-					count[k]++
+					n++
 				}
-			}
-			if r < 0 {
-				continue
-			}
-			for k, c := range cases {
-				rates[c.name] = append(rates[c.name], float64(count[k])/took[k].Seconds())
+				if r >= 0 {
+					rates[c.name] = append(rates[c.name], float64(n)/time.Since(start).Seconds())
+				}
 			}
 		}
 		return nil
@@ -333,9 +329,9 @@ func (e *connectBench) interleaved(t *testing.T, cases []connectCase, rounds, pe
 
 // TestFigures prints the socket load balancer's figures (make bench). Every
 // figure is measured on real TCP connects on loopback (a namespace of the
-// test's), interleaved connect by connect so that load from elsewhere on the
-// machine cancels out; ratios are medians over 40 rounds of the ratio within
-// the round.
+// test's), in interleaved blocks of 1,000 connects so that load from
+// elsewhere on the machine cancels out; ratios are medians over 40 rounds
+// of the ratio within the round.
 //
 //   - lb.connect.ratio: connects/s to a service frontend with one backend
 //     over connects/s straight to that backend, both from the cgroup with
@@ -378,7 +374,7 @@ func TestFigures(t *testing.T) {
 			connectCaseOf("service, 1 backend", netip.AddrPortFrom(one.Addr, one.Port)),
 			connectCaseOf("service, 10k backends", netip.AddrPortFrom(many.Addr, many.Port)),
 			connectCaseOf("direct, 10k addresses", backendAddrs(distinct)...),
-		}, 40, 500, 2*time.Second)
+		}, 40, 1000, 2*time.Second)
 		for name, rs := range rates {
 			t.Logf("%-24s median %6.0f connects/s over %d rounds", name, median(rs), len(rs))
 		}
@@ -395,7 +391,7 @@ func TestFigures(t *testing.T) {
 		for r := -1; r < 40; r++ {
 			for _, cg := range []string{e.lbCg, e.plainCg} {
 				moveSelf(t, cg)
-				rate := median(e.interleaved(t, []connectCase{connectCaseOf("direct", backend)}, 1, 500, time.Second)["direct"])
+				rate := median(e.interleaved(t, []connectCase{connectCaseOf("direct", backend)}, 1, 1000, time.Second)["direct"])
 				if r < 0 {
 					continue
 				}
