@@ -1,0 +1,98 @@
+package wireguard
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/internal/figure"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+// TestFigures prints the figures of issue 7 (make bench):
+//
+//   - wg.peers.seconds_for_1000: 1,000 remote nodes appear at once → their
+//     1,000 peers and 1,000 routes are configured (SetPeers returns after
+//     both); the median of 3 runs. Goal: ≤ 1 s.
+//   - wg.throughput.ratio: TCP throughput between two namespaces through the
+//     userspace device, divided by the throughput over the plain veth
+//     underneath, measured in the same run (200 MiB each, best of 3).
+func TestFigures(t *testing.T) {
+	figure.Require(t)
+	testenv.RequireRoot(t)
+
+	t.Run("peers", func(t *testing.T) {
+		n := newNS(t)
+		dev, err := Open(Config{DeviceName: uniqueDevName(), PrivateKeyFile: t.TempDir() + "/k", NetNS: n.path, UnderlayMTU: 1500,
+			LocalPodCIDRs: []netip.Prefix{pfx("172.16.0.0/24")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dev.Close()
+		const count = 1000
+		peers := make([]Peer, count)
+		for i := range peers {
+			peers[i] = Peer{Cluster: fmt.Sprintf("c%d", i%8), Node: fmt.Sprintf("node-%04d", i),
+				PublicKey: newKey(t), Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), 0),
+				PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}}
+		}
+		var runs []time.Duration
+		for range 3 {
+			start := time.Now()
+			rej, err := dev.SetPeers(peers)
+			elapsed := time.Since(start)
+			if err != nil || len(rej) > 0 {
+				t.Fatalf("SetPeers: %v %v", err, rej)
+			}
+			d, err := dev.wg.Device(dev.Name())
+			if err != nil || len(d.Peers) != count {
+				t.Fatalf("device has %d peers: %v", len(d.Peers), err)
+			}
+			if r := ourRoutes(t, n); len(r) != count {
+				t.Fatalf("%d routes", len(r))
+			}
+			runs = append(runs, elapsed)
+			start = time.Now()
+			extra := Peer{Cluster: "cx", Node: "one-more", PublicKey: newKey(t), Endpoint: netip.MustParseAddrPort("100.65.0.1:0"),
+				PodCIDRs: []netip.Prefix{pfx("10.250.0.0/24")}}
+			if _, err := dev.SetPeers(append(slices.Clone(peers), extra)); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("1000 peers in %s; one more on top of them in %s", elapsed, time.Since(start))
+			start = time.Now()
+			if _, err := dev.SetPeers(nil); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("all removed in %s", time.Since(start))
+		}
+		slices.Sort(runs)
+		figure.Print("wg.peers.seconds_for_1000", round3(runs[1].Seconds()), "s")
+	})
+
+	t.Run("throughput", func(t *testing.T) {
+		a, b := twoNodes(t, nil)
+		connect(t, a, b)
+		const size = 200 << 20
+		var wg, veth time.Duration
+		for range 3 {
+			w := transfer(t, a, a.podIP, b, b.podIP, size, nil)
+			v := transfer(t, a, a.underlay, b, b.underlay, size, nil)
+			if wg == 0 || w < wg {
+				wg = w
+			}
+			if veth == 0 || v < veth {
+				veth = v
+			}
+		}
+		gbps := func(d time.Duration) float64 { return float64(size) * 8 / d.Seconds() / 1e9 }
+		t.Logf("200 MiB: WireGuard (userspace) %s = %.2f Gbit/s; plain veth %s = %.2f Gbit/s", wg, gbps(wg), veth, gbps(veth))
+		figure.Print("wg.throughput.ratio", round3(float64(veth)/float64(wg)), "ratio")
+		figure.Print("wg.throughput.tunnel_gbit_s", round3(gbps(wg)), "Gbit/s")
+		figure.Print("wg.throughput.veth_gbit_s", round3(gbps(veth)), "Gbit/s")
+	})
+}
+
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
