@@ -368,3 +368,37 @@ func TestUnescapeMountinfo(t *testing.T) {
 		}
 	}
 }
+
+// TestSockLBLayout checks the C program's map definitions against the Go
+// layouts (layout.go): a mismatch would make MapReplacements refuse the
+// live maps, or the programs misread them.
+func TestSockLBLayout(t *testing.T) {
+	spec, err := loadSocklb()
+	mustNoErr(t, err)
+	for _, c := range []struct {
+		name       string
+		typ        ebpf.MapType
+		key, value uint32
+	}{
+		{ServicesMapName, ebpf.Hash, serviceKeySize, serviceValueSize},
+		{BackendsMapName, ebpf.Hash, backendIDSize, backendValueSize},
+		{SockRevNATMapName, ebpf.LRUHash, 32, 20},
+		{SockPeerMapName, ebpf.SkStorage, 4, 40},
+	} {
+		m := spec.Maps[c.name]
+		if m == nil {
+			t.Errorf("the programs define no map %s", c.name)
+			continue
+		}
+		if m.Type != c.typ || m.KeySize != c.key || m.ValueSize != c.value {
+			t.Errorf("map %s: %v, key %d, value %d bytes; want %v, %d, %d", c.name, m.Type, m.KeySize, m.ValueSize, c.typ, c.key, c.value)
+		}
+	}
+	if n := len(spec.Programs); n != 8 {
+		t.Errorf("%d programs, want 8", n)
+	}
+	var o socklbObjects
+	if got := len(o.hooks()); got != len(spec.Programs) {
+		t.Errorf("%d hooks attached, %d programs", got, len(spec.Programs))
+	}
+}
