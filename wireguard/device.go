@@ -37,7 +37,9 @@ import (
 // only one side nudges at once: for a new pair, the node with the smaller
 // public key. The other side, and a node that sees a peer's key change (the
 // peer rotated it and may be starting a handshake right now), nudge after
-// nudgeDelay, and only if no handshake happened by then.
+// nudgeDelay, and only if no handshake happened by then. Nudges run on a
+// timer after SetPeers returns: a handshake costs three X25519 operations,
+// which would otherwise double the time to configure a thousand peers.
 const (
 	nudgeKeepalive = 25 * time.Second
 	nudgeDelay     = 250 * time.Millisecond
@@ -71,8 +73,10 @@ type Device struct {
 	rotatedAt  time.Time
 	closed     bool
 	nudgeTimer *time.Timer
+	nudgeDue   time.Time // when nudgeTimer fires
 	nudgeWG    sync.WaitGroup
-	deferred   map[wgtypes.Key]bool // peers to nudge when the timer fires
+	pending    map[wgtypes.Key]time.Time // peers to nudge, and when
+	nudging    int                       // runNudges calls at work
 }
 
 // Open creates the device (named cfg.DeviceName; a stale device of that name
@@ -580,7 +584,7 @@ func (d *Device) apply(accepted []*acceptedPeer) error {
 		previous[a.id()] = k
 	}
 	var pcs []wgtypes.PeerConfig
-	var nudged, deferred []wgtypes.Key
+	var now, later []wgtypes.Key
 	var added, updated, removed int
 	for key := range current {
 		if !want[key] {
@@ -598,10 +602,9 @@ func (d *Device) apply(accepted []*acceptedPeer) error {
 			ka := keepalive
 			if ka == 0 {
 				if _, known := previous[a.id()]; !known && bytes.Compare(d.pub[:], a.key[:]) < 0 {
-					ka = nudgeKeepalive
-					nudged = append(nudged, a.key)
+					now = append(now, a.key)
 				} else {
-					deferred = append(deferred, a.key)
+					later = append(later, a.key)
 				}
 			}
 			pc.PersistentKeepaliveInterval = &ka
@@ -630,10 +633,8 @@ func (d *Device) apply(accepted []*acceptedPeer) error {
 		if err := d.wg.ConfigureDevice(name, wgtypes.Config{Peers: pcs}); err != nil {
 			errs = append(errs, fmt.Errorf("wireguard: configuring peers of %s: %w", name, err))
 		} else {
-			if err := d.keepaliveOff(nudged); err != nil {
-				errs = append(errs, err)
-			}
-			d.deferNudge(deferred)
+			d.scheduleNudges(now, 0)
+			d.scheduleNudges(later, nudgeDelay)
 		}
 	}
 
@@ -669,32 +670,77 @@ func (d *Device) keepaliveOff(keys []wgtypes.Key) error {
 	return nil
 }
 
-// deferNudge nudges keys after nudgeDelay unless they have had a handshake
-// by then (the other side's nudge). Called with d.mu held.
-func (d *Device) deferNudge(keys []wgtypes.Key) {
+// scheduleNudges nudges keys after delay, unless they have had a handshake
+// by then. Called with d.mu held.
+func (d *Device) scheduleNudges(keys []wgtypes.Key, delay time.Duration) {
 	if len(keys) == 0 {
 		return
 	}
-	if d.deferred == nil {
-		d.deferred = map[wgtypes.Key]bool{}
+	if d.pending == nil {
+		d.pending = map[wgtypes.Key]time.Time{}
 	}
+	due := time.Now().Add(delay)
 	for _, k := range keys {
-		d.deferred[k] = true
+		if t, ok := d.pending[k]; !ok || due.Before(t) {
+			d.pending[k] = due
+		}
 	}
-	if d.nudgeTimer != nil {
-		return // pending: it takes the new keys too
-	}
-	d.nudgeWG.Add(1)
-	d.nudgeTimer = time.AfterFunc(nudgeDelay, d.deferredNudge)
+	d.armNudgeTimer()
 }
 
-func (d *Device) deferredNudge() {
+// armNudgeTimer makes the timer fire at the earliest pending nudge. Called
+// with d.mu held. A timer that cannot be stopped is already running: it
+// re-arms itself when done.
+func (d *Device) armNudgeTimer() {
+	var first time.Time
+	for _, t := range d.pending {
+		if first.IsZero() || t.Before(first) {
+			first = t
+		}
+	}
+	if first.IsZero() {
+		return
+	}
+	if d.nudgeTimer != nil {
+		if !first.Before(d.nudgeDue) || !d.nudgeTimer.Stop() {
+			return
+		}
+		d.nudgeWG.Done()
+	}
+	d.nudgeWG.Add(1)
+	d.nudgeDue = first
+	d.nudgeTimer = time.AfterFunc(time.Until(first), d.runNudges)
+}
+
+// runNudges nudges the peers that are due. It holds d.mu only to take them
+// from the pending set: the nudge itself (three X25519 operations per peer)
+// must not hold up SetPeers or Status. Close waits for it before removing
+// the device.
+func (d *Device) runNudges() {
 	defer d.nudgeWG.Done()
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	keys := d.deferred
-	d.deferred, d.nudgeTimer = nil, nil
+	d.nudgeTimer = nil
 	if d.closed {
+		d.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	due := map[wgtypes.Key]bool{}
+	for k, t := range d.pending {
+		if !t.After(now) {
+			due[k] = true
+			delete(d.pending, k)
+		}
+	}
+	d.armNudgeTimer()
+	d.nudging++
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.nudging--
+		d.mu.Unlock()
+	}()
+	if len(due) == 0 {
 		return
 	}
 	dev, err := d.wg.Device(d.cfg.DeviceName)
@@ -702,25 +748,26 @@ func (d *Device) deferredNudge() {
 		return
 	}
 	var nudge []wgtypes.PeerConfig
-	var ids []wgtypes.Key
+	var keys []wgtypes.Key
 	ka := nudgeKeepalive
 	for _, p := range dev.Peers {
-		if keys[p.PublicKey] && p.LastHandshakeTime.IsZero() && p.PersistentKeepaliveInterval == 0 {
+		if due[p.PublicKey] && p.LastHandshakeTime.IsZero() && p.PersistentKeepaliveInterval == 0 {
 			nudge = append(nudge, wgtypes.PeerConfig{PublicKey: p.PublicKey, UpdateOnly: true, PersistentKeepaliveInterval: &ka})
-			ids = append(ids, p.PublicKey)
+			keys = append(keys, p.PublicKey)
 		}
 	}
 	if len(nudge) == 0 {
 		return
 	}
+	// UpdateOnly: a peer removed meanwhile is not re-created.
 	if err := d.wg.ConfigureDevice(d.cfg.DeviceName, wgtypes.Config{Peers: nudge}); err != nil {
 		d.log.Warn("starting WireGuard handshakes", "err", err)
 		return
 	}
-	if err := d.keepaliveOff(ids); err != nil {
+	if err := d.keepaliveOff(keys); err != nil {
 		d.log.Warn("starting WireGuard handshakes", "err", err)
 	}
-	d.log.Debug("started WireGuard handshakes with new peers that had not started one", "peers", len(ids))
+	d.log.Debug("started WireGuard handshakes", "peers", len(keys))
 }
 
 // Status is what `clustermesh status` shows about encryption.

@@ -55,6 +55,13 @@ func TestFigures(t *testing.T) {
 				t.Fatalf("%d routes", len(r))
 			}
 			runs = append(runs, elapsed)
+			// The handshakes SetPeers scheduled hold the device's
+			// configuration lock while they run: let them finish first.
+			testenv.WaitFor(t, 10*time.Second, "the scheduled handshakes", func() bool {
+				dev.mu.Lock()
+				defer dev.mu.Unlock()
+				return len(dev.pending) == 0 && dev.nudgeTimer == nil && dev.nudging == 0
+			})
 			start = time.Now()
 			extra := Peer{Cluster: "cx", Node: "one-more", PublicKey: newKey(t), Endpoint: netip.MustParseAddrPort("100.65.0.1:0"),
 				PodCIDRs: []netip.Prefix{pfx("10.250.0.0/24")}}
