@@ -21,9 +21,9 @@ const (
 	// DefaultNodeRouteTable holds the routes of remote node IPs through the
 	// device when node encryption is on.
 	DefaultNodeRouteTable = 0x1e00
-	// DefaultRulePriority is the priority of the rule "not fwmark
-	// DefaultFirewallMark lookup DefaultNodeRouteTable": after the local
-	// table (0), before main (32766).
+	// DefaultRulePriority is the priority of node encryption's two rules
+	// (this one and the next; see Device.rules): after the local table (0),
+	// before main (32766).
 	DefaultRulePriority = 1000
 	// RouteProtocol marks every route this package installs, so that it
 	// finds (and removes) exactly its own routes and never anybody else's.
@@ -173,8 +173,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %d is not usable (1..2^32-16, not 255)", name, v))
 		}
 	}
-	if c.RulePriority < 1 || c.RulePriority >= 32766 {
-		errs = append(errs, fmt.Errorf("rule priority %d is not in 1..32765 (it must come before the main table)", c.RulePriority))
+	if c.RulePriority < 1 || c.RulePriority >= 32765 {
+		errs = append(errs, fmt.Errorf("rule priority %d is not in 1..32764 (it and the next must come before the main table)", c.RulePriority))
 	}
 	if c.PersistentKeepalive < 0 || c.PersistentKeepalive > 65535*time.Second {
 		errs = append(errs, fmt.Errorf("persistent keepalive %s is not in 0..65535s", c.PersistentKeepalive))

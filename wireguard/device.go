@@ -287,12 +287,34 @@ func (d *Device) waitBound() error {
 	}
 }
 
+// rules are node encryption's policy routing, per family:
+//
+//	RulePriority:    ipproto udp sport ListenPort lookup main
+//	RulePriority+1:  not fwmark FirewallMark lookup NodeRouteTable
+//
+// The second sends everything through the node route table, which holds
+// only the remote node IPs (through the device), except the device's own
+// packets, which carry the mark. The first keeps the device's own UDP out of
+// it by port too, and matters for the reverse-path filter: checking an
+// incoming WireGuard packet, the kernel looks up its source (a remote node
+// IP) unmarked, and the second rule alone would say "through the device"
+// and drop it under strict rp_filter. With a port selector in the rule set
+// the kernel dissects ports for that lookup (swapped: sport is our port).
 func (d *Device) rules() []*netlink.Rule {
 	var rules []*netlink.Rule
+	port := uint16(d.cfg.ListenPort)
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		r := netlink.NewRule()
 		r.Family = fam
 		r.Priority = d.cfg.RulePriority
+		r.Table = mainTable
+		r.IPProto = unix.IPPROTO_UDP
+		r.Sport = netlink.NewRulePortRange(port, port)
+		rules = append(rules, r)
+
+		r = netlink.NewRule()
+		r.Family = fam
+		r.Priority = d.cfg.RulePriority + 1
 		r.Table = d.cfg.NodeRouteTable
 		r.Mark = uint32(d.cfg.FirewallMark)
 		mask := uint32(d.cfg.FirewallMark)
@@ -303,8 +325,6 @@ func (d *Device) rules() []*netlink.Rule {
 	return rules
 }
 
-// addRules sends everything not marked by the device itself through the
-// node route table, which holds only the remote node IPs.
 func (d *Device) addRules() error {
 	for _, r := range d.rules() {
 		if err := d.nl.RuleAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -314,17 +334,25 @@ func (d *Device) addRules() error {
 	return nil
 }
 
-// deleteRules removes our rules (those at our priority looking up our table).
+// deleteRules removes our rules: at our two priorities, looking up our
+// tables, the first one for UDP only.
 func (d *Device) deleteRules() {
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rules, err := d.nl.RuleListFiltered(fam, &netlink.Rule{Priority: d.cfg.RulePriority, Table: d.cfg.NodeRouteTable},
-			netlink.RT_FILTER_PRIORITY|netlink.RT_FILTER_TABLE)
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			continue
-		}
-		for i := range rules {
-			if err := d.nl.RuleDel(&rules[i]); err != nil && !errors.Is(err, unix.ENOENT) {
-				d.log.Warn("removing a WireGuard rule", "err", err)
+		for _, want := range []netlink.Rule{
+			{Priority: d.cfg.RulePriority, Table: mainTable, IPProto: unix.IPPROTO_UDP},
+			{Priority: d.cfg.RulePriority + 1, Table: d.cfg.NodeRouteTable},
+		} {
+			rules, err := d.nl.RuleListFiltered(fam, &want, netlink.RT_FILTER_PRIORITY|netlink.RT_FILTER_TABLE)
+			if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+				continue
+			}
+			for i := range rules {
+				if want.IPProto != 0 && rules[i].IPProto != want.IPProto {
+					continue
+				}
+				if err := d.nl.RuleDel(&rules[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+					d.log.Warn("removing a WireGuard rule", "err", err)
+				}
 			}
 		}
 	}

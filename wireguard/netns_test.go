@@ -441,12 +441,14 @@ func assertGone(t testing.TB, n *testNS, name string) {
 		t.Errorf("routes left behind: %v", r)
 	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rules, err := n.nl.RuleListFiltered(fam, &netlink.Rule{Priority: DefaultRulePriority}, netlink.RT_FILTER_PRIORITY)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(rules) > 0 {
-			t.Errorf("rules left behind: %v", rules)
+		for _, prio := range []int{DefaultRulePriority, DefaultRulePriority + 1} {
+			rules, err := n.nl.RuleListFiltered(fam, &netlink.Rule{Priority: prio}, netlink.RT_FILTER_PRIORITY)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rules) > 0 {
+				t.Errorf("rules left behind: %v", rules)
+			}
 		}
 	}
 	if _, err := os.Stat(uapiSocket(name)); err == nil {

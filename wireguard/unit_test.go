@@ -42,7 +42,7 @@ func TestConfigValidate(t *testing.T) {
 		"port":          {PrivateKeyFile: "/x", ListenPort: 70000},
 		"mtu":           {PrivateKeyFile: "/x", UnderlayMTU: 1000},
 		"impl":          {PrivateKeyFile: "/x", Implementation: "boringtun"},
-		"priority":      {PrivateKeyFile: "/x", RulePriority: 32766},
+		"priority":      {PrivateKeyFile: "/x", RulePriority: 32765},
 		"table":         {PrivateKeyFile: "/x", RouteTable: 255},
 	} {
 		if err := c.Validate(); err == nil {

@@ -123,11 +123,23 @@ func TestTunnel(t *testing.T) {
 }
 
 // TestNodeEncryption: with node encryption, TCP between the node IPs also
-// goes through the tunnel, while the device's own UDP (marked) still takes
-// the underlay.
+// goes through the tunnel, while the device's own UDP still takes the
+// underlay, even under a strict reverse-path filter (which drops the
+// device's incoming UDP if the rules route the remote node IP only through
+// the device).
 func TestNodeEncryption(t *testing.T) {
 	testenv.RequireRoot(t)
 	a, b := twoNodes(t, func(c *Config) { c.NodeEncryption = true })
+	for _, n := range []*testNode{a, b} {
+		n.ns.do(t, func() error {
+			for _, conf := range []string{"all", "default", n.veth} {
+				if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+conf+"/rp_filter", []byte("1"), 0); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
 	connect(t, a, b)
 	capt := startCapture(t, b, b.veth, a.pod, b.pod)
 	const size = 4 << 20
@@ -275,9 +287,15 @@ func TestReconcile(t *testing.T) {
 	}
 	l.SetUnlinkOnClose(false)
 	l.Close()
-	rule := netlink.NewRule()
-	rule.Priority, rule.Table = DefaultRulePriority, DefaultNodeRouteTable
-	if err := n.nl.RuleAdd(rule); err != nil {
+	stale := netlink.NewRule()
+	stale.Priority, stale.Table = DefaultRulePriority+1, DefaultNodeRouteTable
+	if err := n.nl.RuleAdd(stale); err != nil {
+		t.Fatal(err)
+	}
+	stale = netlink.NewRule()
+	stale.Priority, stale.Table, stale.IPProto = DefaultRulePriority, 254, 17
+	stale.Sport = netlink.NewRulePortRange(DefaultListenPort, DefaultListenPort)
+	if err := n.nl.RuleAdd(stale); err != nil {
 		t.Fatal(err)
 	}
 	dev2, err := Open(cfg)
