@@ -16,7 +16,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +62,9 @@ type Device struct {
 	mtu         int
 	underlayMTU int
 	underlayDev string
+	// rp_filter of the underlay to put back on Close ("" if untouched).
+	rpRestore      string
+	rpRestoreValue int
 
 	mu         sync.Mutex
 	priv       wgtypes.Key
@@ -155,6 +161,9 @@ func Open(cfg Config) (*Device, error) {
 		if err := d.addRules(); err != nil {
 			return nil, err
 		}
+		if err := d.loosenRPFilter(); err != nil {
+			return nil, err
+		}
 	}
 	ok = true
 	log.Info("WireGuard device ready", "implementation", d.impl, "publicKey", d.pub.String(), "listenPort", port,
@@ -162,37 +171,54 @@ func Open(cfg Config) (*Device, error) {
 	return d, nil
 }
 
-// underlay returns the underlay's MTU and family: the configured MTU, or the
-// MTU of the interface that holds NodeIP, or of the default route's.
+// underlay returns the underlay's MTU, family and device: the device that
+// holds NodeIP, or else the default route's; the MTU is the configured one,
+// or else that device's (or the default route's, if lower).
 func (d *Device) underlay() (mtu int, v6 bool, dev string, err error) {
 	c := d.cfg
+	link, v6, routeMTU, findErr := d.findUnderlay()
+	if link != nil {
+		dev = link.Attrs().Name
+	}
 	if c.UnderlayMTU != 0 {
 		v6 = c.UnderlayIPv6
 		if c.NodeIP.IsValid() {
 			v6 = c.NodeIP.Is6()
 		}
-		return c.UnderlayMTU, v6, "", nil
+		return c.UnderlayMTU, v6, dev, nil
 	}
+	if findErr != nil {
+		return 0, false, "", findErr
+	}
+	mtu = link.Attrs().MTU
+	if routeMTU > 0 && routeMTU < mtu {
+		mtu = routeMTU
+	}
+	return mtu, v6, dev, nil
+}
+
+func (d *Device) findUnderlay() (link netlink.Link, v6 bool, routeMTU int, err error) {
+	c := d.cfg
 	if c.NodeIP.IsValid() {
 		addrs, err := d.nl.AddrList(nil, netlink.FAMILY_ALL)
 		if err != nil {
-			return 0, false, "", fmt.Errorf("wireguard: listing addresses: %w", err)
+			return nil, false, 0, fmt.Errorf("wireguard: listing addresses: %w", err)
 		}
 		for _, a := range addrs {
 			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == c.NodeIP {
 				link, err := d.nl.LinkByIndex(a.LinkIndex)
 				if err != nil {
-					return 0, false, "", fmt.Errorf("wireguard: the interface of %s: %w", c.NodeIP, err)
+					return nil, false, 0, fmt.Errorf("wireguard: the interface of %s: %w", c.NodeIP, err)
 				}
-				return link.Attrs().MTU, c.NodeIP.Is6(), link.Attrs().Name, nil
+				return link, c.NodeIP.Is6(), 0, nil
 			}
 		}
-		return 0, false, "", fmt.Errorf("wireguard: node IP %s is on no interface; set the underlay MTU", c.NodeIP)
+		return nil, false, 0, fmt.Errorf("wireguard: node IP %s is on no interface; set the underlay MTU", c.NodeIP)
 	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		routes, err := d.nl.RouteListFiltered(fam, &netlink.Route{Table: mainTable}, netlink.RT_FILTER_TABLE)
 		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return 0, false, "", fmt.Errorf("wireguard: listing routes: %w", err)
+			return nil, false, 0, fmt.Errorf("wireguard: listing routes: %w", err)
 		}
 		for _, r := range routes {
 			if r.Dst != nil {
@@ -204,18 +230,65 @@ func (d *Device) underlay() (mtu int, v6 bool, dev string, err error) {
 			if idx == 0 && len(r.MultiPath) > 0 {
 				idx = r.MultiPath[0].LinkIndex
 			}
-			link, err := d.nl.LinkByIndex(idx)
-			if err != nil {
-				continue
+			if link, err := d.nl.LinkByIndex(idx); err == nil {
+				return link, fam == netlink.FAMILY_V6, r.MTU, nil
 			}
-			mtu := link.Attrs().MTU
-			if r.MTU > 0 && r.MTU < mtu {
-				mtu = r.MTU
-			}
-			return mtu, fam == netlink.FAMILY_V6, link.Attrs().Name, nil
 		}
 	}
-	return 0, false, "", errors.New("wireguard: cannot detect the underlay MTU (no default route and no node IP); set the underlay MTU")
+	return nil, false, 0, errors.New("wireguard: cannot detect the underlay MTU (no default route and no node IP); set the underlay MTU")
+}
+
+// loosenRPFilter makes the underlay's IPv4 reverse-path filter loose (2)
+// when it is strict (1). With node encryption the remote node IPs are
+// routed through the device, so a strict filter drops what still arrives
+// from them on the underlay: their ARP (the kernel validates an ARP
+// request's sender like a packet's source, with no port to tell it apart)
+// and so, in the end, the tunnel itself. Loose mode only asks for a route to
+// exist. The previous value is put back by Close.
+func (d *Device) loosenRPFilter() error {
+	if d.underlayDev == "" {
+		d.log.Warn("node encryption: underlay device unknown (set NodeIP); a strict rp_filter on it would drop the peers' ARP")
+		return nil
+	}
+	read := func(conf string) (int, error) {
+		var v int
+		err := d.ns.do(func() error {
+			b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + conf + "/rp_filter")
+			if err != nil {
+				return err
+			}
+			v, err = strconv.Atoi(strings.TrimSpace(string(b)))
+			return err
+		})
+		return v, err
+	}
+	all, err := read("all")
+	if err != nil {
+		return fmt.Errorf("wireguard: reading rp_filter: %w", err)
+	}
+	dev, err := read(d.underlayDev)
+	if err != nil {
+		return fmt.Errorf("wireguard: reading rp_filter of %s: %w", d.underlayDev, err)
+	}
+	if max(all, dev) != 1 { // the kernel uses the larger of the two
+		return nil
+	}
+	if err := d.writeRPFilter(d.underlayDev, 2); err != nil {
+		return err
+	}
+	d.rpRestore, d.rpRestoreValue = d.underlayDev, dev
+	d.log.Info("node encryption: set the underlay's reverse-path filter to loose (strict drops the ARP of nodes routed through the device)",
+		"sysctl", "net.ipv4.conf."+d.underlayDev+".rp_filter", "was", dev, "now", 2)
+	return nil
+}
+
+func (d *Device) writeRPFilter(dev string, v int) error {
+	return d.ns.do(func() error {
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+dev+"/rp_filter", []byte(strconv.Itoa(v)), 0o644); err != nil {
+			return fmt.Errorf("wireguard: setting net.ipv4.conf.%s.rp_filter: %w", dev, err)
+		}
+		return nil
+	})
 }
 
 // removeStale clears what a previous run that died may have left: a device
@@ -397,6 +470,11 @@ func (d *Device) teardown() error {
 			}
 		}
 		d.deleteRules()
+	}
+	if d.rpRestore != "" {
+		if err := d.writeRPFilter(d.rpRestore, d.rpRestoreValue); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if d.user != nil {
 		d.user.close()

@@ -27,8 +27,6 @@ import (
 // (192.168.77.0/24 between two nodes), the node's pod address (in its pod
 // CIDR) on lo, and a WireGuard device with a unique name.
 
-var nsSeq atomic.Int32
-
 type testNS struct {
 	name string
 	path string
@@ -36,9 +34,11 @@ type testNS struct {
 	nl   *netlink.Handle
 }
 
+// newNS creates an unnamed network namespace, which lives as long as its
+// handle (and the devices in it): a test killed halfway leaves nothing behind.
+// Its path for Config.NetNS is the handle under /proc/<pid>/fd.
 func newNS(t testing.TB) *testNS {
 	t.Helper()
-	name := fmt.Sprintf("cmwg-%d-%d", os.Getpid(), nsSeq.Add(1))
 	var h netns.NsHandle
 	err := nsRunner{}.doLocked(func() error {
 		orig, err := netns.Get()
@@ -46,24 +46,21 @@ func newNS(t testing.TB) *testNS {
 			return err
 		}
 		defer orig.Close()
-		h, err = netns.NewNamed(name) // moves this thread into it
+		h, err = netns.New() // moves this thread into it
 		if err != nil {
 			return err
 		}
 		return netns.Set(orig)
 	})
 	if err != nil {
-		t.Fatalf("creating network namespace %s: %v", name, err)
+		t.Fatalf("creating a network namespace: %v", err)
 	}
-	n := &testNS{name: name, path: filepath.Join("/var/run/netns", name), h: h}
+	n := &testNS{name: fmt.Sprintf("netns fd %d", int(h)), path: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(h)), h: h}
 	t.Cleanup(func() {
 		if n.nl != nil {
 			n.nl.Close()
 		}
 		h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("deleting network namespace %s: %v", name, err)
-		}
 	})
 	n.nl, err = netlink.NewHandleAt(h)
 	if err != nil {
@@ -131,6 +128,12 @@ func uniqueDevName() string {
 // opens a WireGuard device on each (cfg adjusts their configs).
 func twoNodes(t testing.TB, cfg func(*Config)) (a, b *testNode) {
 	t.Helper()
+	return twoNodesPrepared(t, nil, cfg)
+}
+
+// twoNodesPrepared calls prepare on each node before opening its device.
+func twoNodesPrepared(t testing.TB, prepare func(*testNode), cfg func(*Config)) (a, b *testNode) {
+	t.Helper()
 	a = &testNode{ns: newNS(t), cluster: "east", name: "east-1", underlay: netip.MustParseAddr("192.168.77.1"), veth: "ula",
 		pod: pfx("10.201.1.0/24"), podIP: netip.MustParseAddr("10.201.1.1")}
 	b = &testNode{ns: newNS(t), cluster: "west", name: "west-1", underlay: netip.MustParseAddr("192.168.77.2"), veth: "ulb",
@@ -154,6 +157,9 @@ func twoNodes(t testing.TB, cfg func(*Config)) (a, b *testNode) {
 			t.Fatal(err)
 		}
 		n.ns.addAddr(t, lo, n.podIP.String()+"/32")
+		if prepare != nil {
+			prepare(n)
+		}
 		n.keyFile = filepath.Join(t.TempDir(), "wg.key")
 		c := Config{DeviceName: uniqueDevName(), PrivateKeyFile: n.keyFile, NetNS: n.ns.path, NodeIP: n.underlay,
 			LocalPodCIDRs: []netip.Prefix{n.pod}, Logger: testLogger(t, n.name)}
@@ -454,4 +460,14 @@ func assertGone(t testing.TB, n *testNS, name string) {
 	if _, err := os.Stat(uapiSocket(name)); err == nil {
 		t.Errorf("UAPI socket %s left behind", uapiSocket(name))
 	}
+}
+
+func rpFilter(t testing.TB, n *testNode, conf string) string {
+	var v []byte
+	n.ns.do(t, func() error {
+		var err error
+		v, err = os.ReadFile("/proc/sys/net/ipv4/conf/" + conf + "/rp_filter")
+		return err
+	})
+	return strings.TrimSpace(string(v))
 }

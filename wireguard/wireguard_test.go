@@ -124,13 +124,12 @@ func TestTunnel(t *testing.T) {
 
 // TestNodeEncryption: with node encryption, TCP between the node IPs also
 // goes through the tunnel, while the device's own UDP still takes the
-// underlay, even under a strict reverse-path filter (which drops the
-// device's incoming UDP if the rules route the remote node IP only through
-// the device).
+// underlay. The namespaces start with a strict reverse-path filter, which
+// drops the ARP and UDP of nodes routed through the device: Open makes it
+// loose on the underlay, and Close puts it back.
 func TestNodeEncryption(t *testing.T) {
 	testenv.RequireRoot(t)
-	a, b := twoNodes(t, func(c *Config) { c.NodeEncryption = true })
-	for _, n := range []*testNode{a, b} {
+	strict := func(n *testNode) {
 		n.ns.do(t, func() error {
 			for _, conf := range []string{"all", "default", n.veth} {
 				if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+conf+"/rp_filter", []byte("1"), 0); err != nil {
@@ -139,6 +138,10 @@ func TestNodeEncryption(t *testing.T) {
 			}
 			return nil
 		})
+	}
+	a, b := twoNodesPrepared(t, strict, func(c *Config) { c.NodeEncryption = true })
+	if got := rpFilter(t, a, a.veth); got != "2" {
+		t.Fatalf("rp_filter of the underlay: %s, want 2 (loose)", got)
 	}
 	connect(t, a, b)
 	capt := startCapture(t, b, b.veth, a.pod, b.pod)
@@ -156,6 +159,9 @@ func TestNodeEncryption(t *testing.T) {
 		name := n.dev.Name()
 		n.dev.Close()
 		assertGone(t, n.ns, name)
+		if got := rpFilter(t, n, n.veth); got != "1" {
+			t.Errorf("rp_filter of %s's underlay after Close: %s, want 1 again", n.name, got)
+		}
 	}
 }
 
