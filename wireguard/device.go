@@ -56,6 +56,7 @@ type Device struct {
 	ns          nsRunner
 	nl          *netlink.Handle
 	wg          *wgctrl.Client
+	wgMu        sync.Mutex       // serializes wgctrl calls (runNudges works outside mu)
 	user        *userspaceDevice // nil with the kernel implementation
 	impl        string
 	linkIndex   int
@@ -138,7 +139,7 @@ func Open(cfg Config) (*Device, error) {
 	if cfg.NodeEncryption {
 		mark = cfg.FirewallMark
 	}
-	if err := d.wg.ConfigureDevice(cfg.DeviceName, wgtypes.Config{
+	if err := d.wgConfigure(wgtypes.Config{
 		PrivateKey: &priv, ListenPort: &port, FirewallMark: &mark, ReplacePeers: true,
 	}); err != nil {
 		return nil, fmt.Errorf("wireguard: configuring %s: %w", cfg.DeviceName, err)
@@ -342,16 +343,16 @@ func (d *Device) waitBound() error {
 	name, port := d.cfg.DeviceName, d.cfg.ListenPort
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		dev, err := d.wg.Device(name)
+		dev, err := d.wgDevice()
 		if err == nil && dev.ListenPort == port {
 			return nil
 		}
 		if time.Now().After(deadline) {
 			// Setting the port again binds synchronously and reports why.
-			if err := d.wg.ConfigureDevice(name, wgtypes.Config{ListenPort: &port}); err != nil {
+			if err := d.wgConfigure(wgtypes.Config{ListenPort: &port}); err != nil {
 				return fmt.Errorf("wireguard: %s cannot listen on UDP port %d: %w", name, port, err)
 			}
-			if dev, err := d.wg.Device(name); err == nil && dev.ListenPort == port {
+			if dev, err := d.wgDevice(); err == nil && dev.ListenPort == port {
 				return nil
 			}
 			return fmt.Errorf("wireguard: %s did not bind UDP port %d", name, port)
@@ -535,7 +536,7 @@ func (d *Device) RotateKey() (string, error) {
 	if err := writeKeyFile(d.cfg.PrivateKeyFile, key); err != nil {
 		return "", err
 	}
-	if err := d.wg.ConfigureDevice(d.cfg.DeviceName, wgtypes.Config{PrivateKey: &key}); err != nil {
+	if err := d.wgConfigure(wgtypes.Config{PrivateKey: &key}); err != nil {
 		if werr := writeKeyFile(d.cfg.PrivateKeyFile, d.priv); werr != nil {
 			err = errors.Join(err, fmt.Errorf("restoring the previous key file: %w", werr))
 		}
@@ -650,7 +651,7 @@ func (d *Device) route(k routeKey) *netlink.Route {
 // set, so established sessions are kept), then the missing routes are added.
 func (d *Device) apply(accepted []*acceptedPeer) error {
 	name := d.cfg.DeviceName
-	dev, err := d.wg.Device(name)
+	dev, err := d.wgDevice()
 	if err != nil {
 		return fmt.Errorf("wireguard: reading %s: %w", name, err)
 	}
@@ -736,7 +737,7 @@ func (d *Device) apply(accepted []*acceptedPeer) error {
 		}
 	}
 	if len(pcs) > 0 {
-		if err := d.wg.ConfigureDevice(name, wgtypes.Config{Peers: pcs}); err != nil {
+		if err := d.wgConfigure(wgtypes.Config{Peers: pcs}); err != nil {
 			errs = append(errs, fmt.Errorf("wireguard: configuring peers of %s: %w", name, err))
 		} else {
 			d.scheduleNudges(now, 0)
@@ -759,6 +760,20 @@ func (d *Device) apply(accepted []*acceptedPeer) error {
 	return errors.Join(errs...)
 }
 
+// wgDevice reads the device through wgctrl.
+func (d *Device) wgDevice() (*wgtypes.Device, error) {
+	d.wgMu.Lock()
+	defer d.wgMu.Unlock()
+	return d.wg.Device(d.cfg.DeviceName)
+}
+
+// wgConfigure configures the device through wgctrl.
+func (d *Device) wgConfigure(cfg wgtypes.Config) error {
+	d.wgMu.Lock()
+	defer d.wgMu.Unlock()
+	return d.wg.ConfigureDevice(d.cfg.DeviceName, cfg)
+}
+
 // keepaliveOff ends a nudge: the keepalive is set back to 0 (the handshake
 // it started goes on).
 func (d *Device) keepaliveOff(keys []wgtypes.Key) error {
@@ -770,7 +785,7 @@ func (d *Device) keepaliveOff(keys []wgtypes.Key) error {
 	for i, k := range keys {
 		pcs[i] = wgtypes.PeerConfig{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &off}
 	}
-	if err := d.wg.ConfigureDevice(d.cfg.DeviceName, wgtypes.Config{Peers: pcs}); err != nil {
+	if err := d.wgConfigure(wgtypes.Config{Peers: pcs}); err != nil {
 		return fmt.Errorf("wireguard: configuring peers of %s: %w", d.cfg.DeviceName, err)
 	}
 	return nil
@@ -849,7 +864,7 @@ func (d *Device) runNudges() {
 	if len(due) == 0 {
 		return
 	}
-	dev, err := d.wg.Device(d.cfg.DeviceName)
+	dev, err := d.wgDevice()
 	if err != nil {
 		return
 	}
@@ -866,7 +881,7 @@ func (d *Device) runNudges() {
 		return
 	}
 	// UpdateOnly: a peer removed meanwhile is not re-created.
-	if err := d.wg.ConfigureDevice(d.cfg.DeviceName, wgtypes.Config{Peers: nudge}); err != nil {
+	if err := d.wgConfigure(wgtypes.Config{Peers: nudge}); err != nil {
 		d.log.Warn("starting WireGuard handshakes", "err", err)
 		return
 	}
@@ -928,7 +943,7 @@ func (d *Device) Status() Status {
 	if d.closed {
 		return s
 	}
-	dev, err := d.wg.Device(d.cfg.DeviceName)
+	dev, err := d.wgDevice()
 	if err != nil {
 		s.LastError = fmt.Sprintf("reading %s: %v", d.cfg.DeviceName, err)
 		return s

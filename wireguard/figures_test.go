@@ -19,7 +19,8 @@ import (
 //     both); the median of 3 runs. Goal: ≤ 1 s.
 //   - wg.throughput.ratio: TCP throughput between two namespaces through the
 //     userspace device, divided by the throughput over the plain veth
-//     underneath, measured in the same run (200 MiB each, best of 3).
+//     underneath, measured in the same run (400 MiB and 2 GiB, best of 3
+//     each: the machine is shared, the best run is the least disturbed).
 func TestFigures(t *testing.T) {
 	figure.Require(t)
 	testenv.RequireRoot(t)
@@ -82,23 +83,21 @@ func TestFigures(t *testing.T) {
 	t.Run("throughput", func(t *testing.T) {
 		a, b := twoNodes(t, nil)
 		connect(t, a, b)
-		const size = 200 << 20
-		var wg, veth time.Duration
+		// Each transfer lasts about half a second or more: 400 MiB through
+		// the tunnel, 2 GiB over the bare veth (a short one is all noise).
+		const tunnelSize, vethSize = 400 << 20, 2 << 30
+		var wg, veth float64 // best throughput, bit/s
 		for range 3 {
-			w := transfer(t, a, a.podIP, b, b.podIP, size, nil)
-			v := transfer(t, a, a.underlay, b, b.underlay, size, nil)
-			if wg == 0 || w < wg {
-				wg = w
-			}
-			if veth == 0 || v < veth {
-				veth = v
-			}
+			w := transfer(t, a, a.podIP, b, b.podIP, tunnelSize, nil)
+			v := transfer(t, a, a.underlay, b, b.underlay, vethSize, nil)
+			wg = max(wg, float64(tunnelSize)*8/w.Seconds())
+			veth = max(veth, float64(vethSize)*8/v.Seconds())
+			t.Logf("tunnel 400 MiB in %s, veth 2 GiB in %s", w.Round(time.Millisecond), v.Round(time.Millisecond))
 		}
-		gbps := func(d time.Duration) float64 { return float64(size) * 8 / d.Seconds() / 1e9 }
-		t.Logf("200 MiB: WireGuard (userspace) %s = %.2f Gbit/s; plain veth %s = %.2f Gbit/s", wg, gbps(wg), veth, gbps(veth))
-		figure.Print("wg.throughput.ratio", round3(float64(veth)/float64(wg)), "ratio")
-		figure.Print("wg.throughput.tunnel_gbit_s", round3(gbps(wg)), "Gbit/s")
-		figure.Print("wg.throughput.veth_gbit_s", round3(gbps(veth)), "Gbit/s")
+		t.Logf("best: WireGuard (userspace) %.2f Gbit/s; plain veth %.2f Gbit/s", wg/1e9, veth/1e9)
+		figure.Print("wg.throughput.ratio", round3(wg/veth), "ratio")
+		figure.Print("wg.throughput.tunnel_gbit_s", round3(wg/1e9), "Gbit/s")
+		figure.Print("wg.throughput.veth_gbit_s", round3(veth/1e9), "Gbit/s")
 	})
 }
 
