@@ -39,8 +39,10 @@ type Config struct {
 	// bytes per entry. Identical writes then reach the kernel (harmlessly).
 	NoIPCacheMirror bool
 	// MaxSockRevNAT is the max_entries of the socket load balancer's
-	// reverse-translation LRU (SockRevNATMapName): one entry per socket and
-	// backend it was translated to. Only AttachSockLB creates that map.
+	// reverse-translation LRU for datagrams (SockRevNATMapName): one entry
+	// per unconnected UDP socket and backend its sendto reached (connected
+	// sockets keep theirs in socket storage). Only AttachSockLB creates
+	// that map.
 	MaxSockRevNAT uint32
 }
 
@@ -140,7 +142,7 @@ func RemovePins(pinDir string) error {
 		pinDir = DefaultPinDir
 	}
 	var errs []error
-	for _, name := range []string{IPCacheMapName, ServicesMapName, BackendsMapName, SockRevNATMapName} {
+	for _, name := range []string{IPCacheMapName, ServicesMapName, BackendsMapName, SockRevNATMapName, SockPeerMapName} {
 		err := os.Remove(filepath.Join(pinDir, name))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)

@@ -56,6 +56,43 @@ package datapath
 // are written before the slots that point at them, slots before the count
 // that exposes them, and on shrink the count drops before the surplus slots
 // and unreferenced backends are deleted.
+//
+// The socket load balancer (bpf/socklb.c, SockLB, docs/datapath-socklb.md)
+// is such a reader: its connect and sendmsg programs pick the slot with
+// bpf_get_prandom_u32() % count + 1, retry twice when a concurrent shrink
+// removed the slot or backend they picked, and refuse (ECONNREFUSED) a
+// frontend whose count is 0. It owns two more maps, pinned beside these:
+//
+//	/* cm_sock_revnat: BPF_MAP_TYPE_LRU_HASH, max_entries =
+//	 * Config.MaxSockRevNAT (default 131072). Written by sendmsg4/6 for
+//	 * every datagram sent to a frontend (unless already there), read by
+//	 * recvmsg4/6. */
+//	struct cm_sock_revnat_key {      /* 32 bytes */
+//		__u64 cookie;                /* bpf_get_socket_cookie() */
+//		__u8  addr[16];              /* backend, as the socket sees it: an
+//		                              * IPv4 backend of an AF_INET6 socket
+//		                              * is ::ffff:a.b.c.d */
+//		__be16 port;                 /* backend port */
+//		__u8  family;                /* the socket's: 4 or 6 */
+//		__u8  pad[5];
+//	};
+//	struct cm_sock_revnat_value {    /* 20 bytes */
+//		__u8  addr[16];              /* frontend, as the socket gave it */
+//		__be16 port;
+//		__u8  family;                /* the socket's: 4 or 6 */
+//		__u8  pad;
+//	};
+//
+//	/* cm_sock_peer: BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC (one value
+//	 * per socket, freed with it). Written by connect4/6, deleted when the
+//	 * socket connects again to an address that is no frontend, read by
+//	 * getpeername4/6 and recvmsg4/6. */
+//	struct cm_sock_peer {            /* 40 bytes */
+//		struct cm_sock_revnat_value frontend;
+//		__u8  backend[16];           /* as the socket sees it */
+//		__be16 backend_port;
+//		__u16 pad;
+//	};
 
 import (
 	"encoding/binary"

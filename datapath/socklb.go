@@ -14,12 +14,16 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// SockRevNATMapName is the name, inside Config.PinDir, of the socket load
-// balancer's reverse-translation map (an LRU hash, see layout.go). It is
-// created by the first AttachSockLB and kept across agent restarts, so that
-// UDP sockets translated by a previous run still see their replies come from
-// the service address.
-const SockRevNATMapName = "cm_sock_revnat"
+// Names, inside Config.PinDir, of the socket load balancer's own maps (see
+// layout.go): the reverse translation of datagrams (an LRU hash keyed by
+// socket cookie and backend) and of connected sockets (socket-local
+// storage). The first AttachSockLB creates them; they are kept across agent
+// restarts, so that sockets translated by a previous run still see the
+// service address as their peer.
+const (
+	SockRevNATMapName = "cm_sock_revnat"
+	SockPeerMapName   = "cm_sock_peer"
+)
 
 // cgroup2Magic is CGROUP2_SUPER_MAGIC from linux/magic.h.
 const cgroup2Magic = 0x63677270
@@ -38,8 +42,11 @@ const cgroup2Magic = 0x63677270
 //     ECONNREFUSED.
 //   - recvmsg4/recvmsg6 (UDP) make a reply from the backend appear to come
 //     from the frontend, and getpeername4/getpeername6 return the frontend
-//     for a translated connected socket, through the per-socket reverse
-//     translation (SockRevNATMapName) written on connect and sendmsg.
+//     for a translated connected socket. A connect records its translation
+//     in the socket's own storage (SockPeerMapName: freed with the socket,
+//     never evicted; a socket re-connected elsewhere forgets it), a datagram
+//     sent with sendto in an LRU hash keyed by socket cookie and backend
+//     (SockRevNATMapName, Config.MaxSockRevNAT entries).
 //
 // The programs read the Maps' live service and backend maps, so every
 // UpsertService and DeleteService takes effect on the next connect; sockets
@@ -83,9 +90,9 @@ func (o *socklbObjects) hooks() []sockHook {
 }
 
 // AttachSockLB loads the socket load balancer against maps' service and
-// backend maps, creates or opens its reverse-translation map (pinned as
-// SockRevNATMapName in the Maps' PinDir, Config.MaxSockRevNAT entries) and
-// attaches all eight programs to the cgroup v2 directory cgroupPath (empty:
+// backend maps, creates or opens its two reverse-translation maps (pinned as
+// SockRevNATMapName and SockPeerMapName in the Maps' PinDir) and attaches
+// all eight programs to the cgroup v2 directory cgroupPath (empty:
 // the cgroup v2 mount point, found in /proc/self/mountinfo, e.g.
 // /sys/fs/cgroup or /sys/fs/cgroup/unified). It attaches with bpf_link
 // where the kernel has it (several SockLBs and other programs can share a
@@ -141,9 +148,9 @@ func (m *Maps) loadSockLB(spec *ebpf.CollectionSpec, objs *socklbObjects) error 
 	// included: take them from the live maps.
 	spec.Maps[ServicesMapName].MaxEntries = m.services.MaxEntries()
 	spec.Maps[BackendsMapName].MaxEntries = m.backends.MaxEntries()
-	rn := spec.Maps[SockRevNATMapName]
-	rn.MaxEntries = m.cfg.MaxSockRevNAT
-	rn.Pinning = ebpf.PinByName
+	spec.Maps[SockRevNATMapName].MaxEntries = m.cfg.MaxSockRevNAT
+	spec.Maps[SockRevNATMapName].Pinning = ebpf.PinByName
+	spec.Maps[SockPeerMapName].Pinning = ebpf.PinByName
 	err := spec.LoadAndAssign(objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: m.cfg.PinDir},
 		MapReplacements: map[string]*ebpf.Map{
@@ -155,8 +162,8 @@ func (m *Maps) loadSockLB(spec *ebpf.CollectionSpec, objs *socklbObjects) error 
 	case err == nil:
 		return nil
 	case errors.Is(err, ebpf.ErrMapIncompatible):
-		return fmt.Errorf("datapath: socket load balancer: the map pinned at %s/%s does not match this version's definition; "+
-			"remove it (or the pin directory) and retry: %w: %w", m.cfg.PinDir, SockRevNATMapName, ErrIncompatiblePin, err)
+		return fmt.Errorf("datapath: socket load balancer: a map pinned in %s (%s or %s) does not match this version's definition; "+
+			"remove it (or the pin directory) and retry: %w: %w", m.cfg.PinDir, SockRevNATMapName, SockPeerMapName, ErrIncompatiblePin, err)
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return fmt.Errorf("datapath: socket load balancer: load: %w: %w", ErrSockLBUnsupported, err)
 	}

@@ -18,6 +18,7 @@ import (
 const (
 	socklbMapCmBackends          = "cm_backends"
 	socklbMapCmServices          = "cm_services"
+	socklbMapCmSockPeer          = "cm_sock_peer"
 	socklbMapCmSockRevnat        = "cm_sock_revnat"
 	socklbProgCmSock4Connect     = "cm_sock4_connect"
 	socklbProgCmSock4Getpeername = "cm_sock4_getpeername"
@@ -87,6 +88,7 @@ type socklbProgramSpecs struct {
 type socklbMapSpecs struct {
 	CmBackends   *ebpf.MapSpec `ebpf:"cm_backends"`
 	CmServices   *ebpf.MapSpec `ebpf:"cm_services"`
+	CmSockPeer   *ebpf.MapSpec `ebpf:"cm_sock_peer"`
 	CmSockRevnat *ebpf.MapSpec `ebpf:"cm_sock_revnat"`
 }
 
@@ -118,6 +120,7 @@ func (o *socklbObjects) Close() error {
 type socklbMaps struct {
 	CmBackends   *ebpf.Map `ebpf:"cm_backends"`
 	CmServices   *ebpf.Map `ebpf:"cm_services"`
+	CmSockPeer   *ebpf.Map `ebpf:"cm_sock_peer"`
 	CmSockRevnat *ebpf.Map `ebpf:"cm_sock_revnat"`
 }
 
@@ -125,6 +128,7 @@ func (m *socklbMaps) Close() error {
 	return _SocklbClose(
 		m.CmBackends,
 		m.CmServices,
+		m.CmSockPeer,
 		m.CmSockRevnat,
 	)
 }

@@ -32,6 +32,7 @@ import (
 //
 //	client ns (cmt-<id>-cli)             cluster N ns (cmt-<id>-cN)
 //	  cN  10.200.N.1/24  fd00:200:N::1/64 ── eth0 10.200.N.2../24  fd00:200:N::2../64
+//	                                            default via 10.200.N.1, fd00:200:N::1
 //
 // Backend servers run in this process, their sockets made in a cluster's
 // namespace (a locked thread switched with setns); the client runs in a
@@ -42,8 +43,12 @@ import (
 // helperEnv carries the client's request (JSON) to the re-executed binary.
 const helperEnv = "CLUSTERMESH_SOCKLB_CLIENT"
 
-// resultPrefix marks the child's answer on its stdout.
-const resultPrefix = "SOCKLB-RESULT "
+// resultPrefix marks the child's answer on its stdout; holdPrefix the
+// answers of a "hold" client.
+const (
+	resultPrefix = "SOCKLB-RESULT "
+	holdPrefix   = "SOCKLB-HOLD "
+)
 
 type lbEnv struct {
 	t        *testing.T
@@ -154,6 +159,10 @@ func newLBEnv(t *testing.T, clusters, hosts int) *lbEnv {
 		}
 		run(t, "ip", "-n", ns, "link", "set", "eth0", "up")
 		run(t, "ip", "-n", e.clientNS, "link", "set", veth, "up")
+		// Replies to any of the client's addresses go back through the veth
+		// (a UDP socket keeps the source address of its first connect).
+		run(t, "ip", "-n", ns, "route", "add", "default", "via", clusterAddr4(n, 1).String())
+		run(t, "ip", "-n", ns, "-6", "route", "add", "default", "via", clusterAddr6(n, 1).String())
 		testenv.WaitFor(t, 10*time.Second, veth+" up", func() bool {
 			out, err := exec.Command("ip", "-n", e.clientNS, "-o", "link", "show", "dev", veth).Output()
 			return err == nil && bytes.Contains(out, []byte("LOWER_UP")) && bytes.Contains(out, []byte("state UP"))
@@ -255,9 +264,14 @@ type clientReq struct {
 	// name), "udp" (one unconnected socket: N times sendto and recvfrom),
 	// "udp-connected" (N sockets: connect, getpeername, send, receive),
 	// "tcp-mapped" (N AF_INET6 sockets dialling Addr's v4-mapped form).
-	Op   string
-	Addr string // host:port
-	N    int
+	// "udp-reconnect" (N sockets: connect to Addr, getpeername, connect
+	// the same socket to Addr2, getpeername, send, receive), "hold"
+	// (one TCP connection to Addr, held until stdin closes; every line on
+	// stdin asks for getpeername, answered on stdout after holdPrefix).
+	Op    string
+	Addr  string // host:port
+	Addr2 string
+	N     int
 }
 
 // clientResp is what it saw. Counts are keyed by the server's name, by the
@@ -343,6 +357,10 @@ func TestHelperClient(t *testing.T) {
 		clientUDPConnected(req, &resp)
 	case "tcp-mapped":
 		clientTCPMapped(req, &resp)
+	case "udp-reconnect":
+		clientUDPReconnect(req, &resp)
+	case "hold":
+		clientHold(t, req)
 	default:
 		t.Fatalf("unknown op %q", req.Op)
 	}
@@ -531,4 +549,167 @@ func clientTCPMapped(req clientReq, resp *clientResp) {
 			resp.Replies[strings.TrimSpace(string(got))]++
 		}()
 	}
+}
+
+func clientUDPReconnect(req clientReq, resp *clientResp) {
+	first, err := netip.ParseAddrPort(req.Addr)
+	if err != nil {
+		resp.Errors[err.Error()]++
+		return
+	}
+	second, err := netip.ParseAddrPort(req.Addr2)
+	if err != nil {
+		resp.Errors[err.Error()]++
+		return
+	}
+	sa1, family := sockaddr(first)
+	sa2, _ := sockaddr(second)
+	buf := make([]byte, 64)
+	for range req.N {
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			resp.Errors["socket: "+errName(err)]++
+			continue
+		}
+		func() {
+			defer unix.Close(fd)
+			tv := unix.NsecToTimeval(clientTimeout.Nanoseconds())
+			unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+			for i, sa := range []unix.Sockaddr{sa1, sa2} {
+				if err := unix.Connect(fd, sa); err != nil {
+					resp.Errors[fmt.Sprintf("connect %d: %s", i+1, errName(err))]++
+					return
+				}
+				peer, err := unix.Getpeername(fd)
+				if err != nil {
+					resp.Peers["getpeername: "+errName(err)]++
+					return
+				}
+				resp.Peers[fmt.Sprintf("%d %s", i+1, sockaddrString(peer))]++
+			}
+			if _, err := unix.Write(fd, []byte("ping")); err != nil {
+				resp.Errors["write: "+errName(err)]++
+				return
+			}
+			n, from, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				resp.Errors["read: "+errName(err)]++
+				return
+			}
+			resp.Replies[string(buf[:n])]++
+			if from != nil {
+				resp.Peers["from "+sockaddrString(from)]++
+			}
+		}()
+	}
+}
+
+// clientHold holds one TCP connection and answers getpeername requests.
+func clientHold(t *testing.T, req clientReq) {
+	c, err := net.DialTimeout("tcp", req.Addr, clientTimeout)
+	if err != nil {
+		fmt.Printf("%serror %s\n", holdPrefix, errName(err))
+		return
+	}
+	defer c.Close()
+	sc := bufio.NewScanner(os.Stdin)
+	for {
+		peer, err := peerName(c.(*net.TCPConn))
+		if err != nil {
+			peer = "getpeername: " + errName(err)
+		}
+		fmt.Printf("%s%s\n", holdPrefix, peer)
+		if !sc.Scan() {
+			return
+		}
+	}
+}
+
+// holder is the parent's end of a "hold" client.
+type holder struct {
+	t     *testing.T
+	stdin io.WriteCloser
+	lines chan string
+	done  chan error
+}
+
+// startHolder starts a "hold" client in the test's cgroup and returns once
+// it has connected (its first answer is the peer right after connect).
+func (e *lbEnv) startHolder(addr string) (*holder, string) {
+	t := e.t
+	t.Helper()
+	reqJSON, err := json.Marshal(clientReq{NetNS: e.clientNS, Op: "hold", Addr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, err := os.Open(e.cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperClient$", "-test.count=1", "-test.timeout=2m")
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(reqJSON), "GORACE="+gorace)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h := &holder{t: t, stdin: stdin, lines: make(chan string, 16), done: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), holdPrefix); ok {
+				h.lines <- rest
+			}
+		}
+		close(h.lines)
+		h.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-h.done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-h.done
+		}
+		if t.Failed() {
+			t.Logf("holder stderr:\n%s", stderr.Bytes())
+		}
+	})
+	return h, h.next()
+}
+
+// next returns the holder's next answer.
+func (h *holder) next() string {
+	h.t.Helper()
+	select {
+	case l, ok := <-h.lines:
+		if !ok {
+			h.t.Fatalf("the holding client exited")
+		}
+		return l
+	case <-time.After(10 * time.Second):
+		h.t.Fatalf("no answer from the holding client within 10s")
+	}
+	return ""
+}
+
+// peer asks the holder for its socket's getpeername.
+func (h *holder) peer() string {
+	h.t.Helper()
+	if _, err := io.WriteString(h.stdin, "peer\n"); err != nil {
+		h.t.Fatal(err)
+	}
+	return h.next()
 }

@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -259,6 +261,44 @@ func TestSockLB(t *testing.T) {
 		}
 	})
 
+	t.Run("udp-reconnect-away-forgets", func(t *testing.T) {
+		// A UDP socket connected to the service, then to a backend
+		// directly, has that backend as its peer and source of replies.
+		direct := c2a.addr4(backendPort).String()
+		const n = 50
+		r := e.runClient(clientReq{Op: "udp-reconnect", Addr: "10.96.0.10:53", Addr2: direct, N: n})
+		noErrors(t, r)
+		want := map[string]int{"1 10.96.0.10:53": n, "2 " + direct: n, "from " + direct: n}
+		if !reflect.DeepEqual(r.Peers, want) {
+			t.Errorf("peers %v, want %v", r.Peers, want)
+		}
+		wantOnly(t, "replies", r.Replies, "c2-a", n)
+	})
+
+	t.Run("getpeername-survives-reattach", func(t *testing.T) {
+		h, first := e.startHolder(tcpAddr)
+		if first != tcpAddr {
+			t.Fatalf("getpeername right after connect: %s, want %s", first, tcpAddr)
+		}
+		// Detached: the kernel's own answer, the backend.
+		mustNoErr(t, e.lb.Close())
+		backend := h.peer()
+		if backend == tcpAddr || !strings.HasPrefix(backend, "10.200.") {
+			t.Errorf("getpeername with the programs detached: %s, want a backend's address", backend)
+		}
+		// Attached again (an agent restart): the pinned socket storage
+		// still holds the translation.
+		lb, err := AttachSockLB(e.maps, e.cgroup)
+		mustNoErr(t, err)
+		e.t.Cleanup(func() { lb.Close() })
+		e.lb = lb
+		if got := h.peer(); got != tcpAddr {
+			t.Errorf("getpeername after re-attaching: %s, want %s", got, tcpAddr)
+		}
+		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 20})
+		noErrors(t, r)
+	})
+
 	t.Run("detached-after-close", func(t *testing.T) {
 		mustNoErr(t, e.lb.Close())
 		mustNoErr(t, e.lb.Close()) // idempotent
@@ -326,5 +366,39 @@ func TestUnescapeMountinfo(t *testing.T) {
 		if got := unescapeMountinfo(in); got != want {
 			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestSockLBLayout checks the C program's map definitions against the Go
+// layouts (layout.go): a mismatch would make MapReplacements refuse the
+// live maps, or the programs misread them.
+func TestSockLBLayout(t *testing.T) {
+	spec, err := loadSocklb()
+	mustNoErr(t, err)
+	for _, c := range []struct {
+		name       string
+		typ        ebpf.MapType
+		key, value uint32
+	}{
+		{ServicesMapName, ebpf.Hash, serviceKeySize, serviceValueSize},
+		{BackendsMapName, ebpf.Hash, backendIDSize, backendValueSize},
+		{SockRevNATMapName, ebpf.LRUHash, 32, 20},
+		{SockPeerMapName, ebpf.SkStorage, 4, 40},
+	} {
+		m := spec.Maps[c.name]
+		if m == nil {
+			t.Errorf("the programs define no map %s", c.name)
+			continue
+		}
+		if m.Type != c.typ || m.KeySize != c.key || m.ValueSize != c.value {
+			t.Errorf("map %s: %v, key %d, value %d bytes; want %v, %d, %d", c.name, m.Type, m.KeySize, m.ValueSize, c.typ, c.key, c.value)
+		}
+	}
+	if n := len(spec.Programs); n != 8 {
+		t.Errorf("%d programs, want 8", n)
+	}
+	var o socklbObjects
+	if got := len(o.hooks()); got != len(spec.Programs) {
+		t.Errorf("%d hooks attached, %d programs", got, len(spec.Programs))
 	}
 }

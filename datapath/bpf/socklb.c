@@ -6,17 +6,20 @@
  * UDP socket receives or any socket asks for its peer.
  *
  *   connect4/6     TCP and connected UDP: pick a backend, rewrite the
- *                  destination, remember the reverse translation.
+ *                  destination, remember the translation in the socket's
+ *                  storage (cm_sock_peer).
  *   sendmsg4/6     unconnected UDP (sendto with an address): the same, per
- *                  datagram.
+ *                  datagram, remembered in cm_sock_revnat (socket cookie +
+ *                  backend → frontend).
  *   recvmsg4/6     UDP: a datagram from a backend this socket was sent to
  *                  appears to come from the frontend.
  *   getpeername4/6 a connected socket's peer reads as the frontend.
  *
  * Maps: cm_services and cm_backends are the agent's pinned maps (see
  * datapath/layout.go; the Go loader replaces these definitions with the live
- * maps, so max_entries here is a placeholder). cm_sock_revnat is this
- * program's own LRU hash, pinned beside them.
+ * maps, so max_entries here is a placeholder). cm_sock_revnat (LRU hash) and
+ * cm_sock_peer (socket storage, freed with the socket) are this program's
+ * own, pinned beside them.
  *
  * A frontend whose master entry counts zero slots (a service with no
  * backend) refuses the connect or send with ECONNREFUSED (bpf_set_retval,
@@ -107,6 +110,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_sock_revnat SEC(".maps");
 
+/* The translation of a connected socket (connect4/6), in the socket's own
+ * storage: freed with the socket, never evicted. */
+struct cm_sock_peer {
+	struct cm_sock_revnat_value frontend;
+	__u32 backend[4];
+	__be16 backend_port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct cm_sock_peer);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_sock_peer SEC(".maps");
+
 enum lb_result {
 	LB_NOT_SERVICE,  /* no master entry: leave the address alone */
 	LB_NO_BACKEND,   /* a service without a usable backend: refuse */
@@ -151,13 +171,31 @@ static __always_inline int refuse(void)
 	return SYS_REJECT;
 }
 
-/* revnat_remember records backend → frontend for this socket; on the per
- * datagram path (sendmsg) an identical entry is not rewritten. */
-static __always_inline void revnat_remember(struct bpf_sock_addr *ctx, struct cm_sock_revnat_key *rk,
-					    struct cm_sock_revnat_value *rv, int lookup_first)
+/* remember records the translation for the reverse path: a connected
+ * socket (connect) in its own storage, a datagram (sendmsg) in the LRU keyed
+ * by socket cookie and backend, where an identical entry is not rewritten. */
+static __always_inline void remember(struct bpf_sock_addr *ctx, int per_datagram, struct cm_sock_revnat_key *rk,
+				     struct cm_sock_revnat_value *rv)
 {
+	if (!per_datagram) {
+		struct bpf_sock *sk = ctx->sk;
+		struct cm_sock_peer *p;
+
+		if (!sk)
+			return;
+		p = bpf_sk_storage_get(&cm_sock_peer, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!p)
+			return;
+		p->frontend = *rv;
+		p->backend[0] = rk->addr[0];
+		p->backend[1] = rk->addr[1];
+		p->backend[2] = rk->addr[2];
+		p->backend[3] = rk->addr[3];
+		p->backend_port = rk->port;
+		return;
+	}
 	rk->cookie = bpf_get_socket_cookie(ctx);
-	if (lookup_first) {
+	{
 		struct cm_sock_revnat_value *old = bpf_map_lookup_elem(&cm_sock_revnat, rk);
 
 		if (old && old->addr[0] == rv->addr[0] && old->addr[1] == rv->addr[1] &&
@@ -166,6 +204,16 @@ static __always_inline void revnat_remember(struct bpf_sock_addr *ctx, struct cm
 			return;
 	}
 	bpf_map_update_elem(&cm_sock_revnat, rk, rv, BPF_ANY);
+}
+
+/* not_service lets a connect or datagram to an address that is no frontend
+ * through; a socket re-connected (UDP) away from a service forgets its
+ * translation. */
+static __always_inline int not_service(struct bpf_sock_addr *ctx, int per_datagram)
+{
+	if (!per_datagram && ctx->sk)
+		bpf_sk_storage_delete(&cm_sock_peer, ctx->sk);
+	return SYS_PROCEED;
 }
 
 static __always_inline int xlate4(struct bpf_sock_addr *ctx, int per_datagram)
@@ -183,7 +231,7 @@ static __always_inline int xlate4(struct bpf_sock_addr *ctx, int per_datagram)
 	key.family = FAMILY4;
 	switch (lb_select(&key, &b)) {
 	case LB_NOT_SERVICE:
-		return SYS_PROCEED;
+		return not_service(ctx, per_datagram);
 	case LB_NO_BACKEND:
 		return refuse();
 	case LB_BACKEND:
@@ -198,7 +246,7 @@ static __always_inline int xlate4(struct bpf_sock_addr *ctx, int per_datagram)
 	rv.addr[0] = ip4;
 	rv.port = port;
 	rv.family = FAMILY4;
-	revnat_remember(ctx, &rk, &rv, per_datagram);
+	remember(ctx, per_datagram, &rk, &rv);
 
 	ctx->user_ip4 = b->addr[0];
 	ctx->user_port = (__u32)b->port;
@@ -239,7 +287,7 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int per_datagram)
 	}
 	switch (lb_select(&key, &b)) {
 	case LB_NOT_SERVICE:
-		return SYS_PROCEED;
+		return not_service(ctx, per_datagram);
 	case LB_NO_BACKEND:
 		return refuse();
 	case LB_BACKEND:
@@ -268,7 +316,7 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int per_datagram)
 	rv.addr[3] = ip6[3];
 	rv.port = port;
 	rv.family = FAMILY6;
-	revnat_remember(ctx, &rk, &rv, per_datagram);
+	remember(ctx, per_datagram, &rk, &rv);
 
 	ctx->user_ip6[0] = rk.addr[0];
 	ctx->user_ip6[1] = rk.addr[1];
@@ -278,37 +326,72 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int per_datagram)
 	return SYS_PROCEED;
 }
 
-static __always_inline void revnat4(struct bpf_sock_addr *ctx)
+/* peer_of returns the translation of a connected socket whose peer is
+ * addr:port (as the socket sees it), or NULL. */
+static __always_inline struct cm_sock_peer *peer_of(struct bpf_sock_addr *ctx, const __u32 *addr, __be16 port,
+						   __u8 family)
+{
+	struct cm_sock_peer *p;
+
+	if (!ctx->sk)
+		return 0;
+	p = bpf_sk_storage_get(&cm_sock_peer, ctx->sk, 0, 0);
+	if (!p || p->frontend.family != family || p->backend_port != port || p->backend[0] != addr[0] ||
+	    p->backend[1] != addr[1] || p->backend[2] != addr[2] || p->backend[3] != addr[3])
+		return 0;
+	return p;
+}
+
+/* revnat4 rewrites the peer address of ctx (getpeername, or the source of
+ * a datagram) from a backend to its frontend; datagrams also look in the
+ * per-datagram LRU. */
+static __always_inline void revnat4(struct bpf_sock_addr *ctx, int datagram)
 {
 	struct cm_sock_revnat_key rk = {};
 	struct cm_sock_revnat_value *rv;
+	struct cm_sock_peer *p;
 
-	rk.cookie = bpf_get_socket_cookie(ctx);
 	rk.addr[0] = ctx->user_ip4;
 	rk.port = (__be16)ctx->user_port;
 	rk.family = FAMILY4;
-	rv = bpf_map_lookup_elem(&cm_sock_revnat, &rk);
-	if (!rv)
-		return;
+	p = peer_of(ctx, rk.addr, rk.port, FAMILY4);
+	if (p) {
+		rv = &p->frontend;
+	} else {
+		if (!datagram)
+			return;
+		rk.cookie = bpf_get_socket_cookie(ctx);
+		rv = bpf_map_lookup_elem(&cm_sock_revnat, &rk);
+		if (!rv)
+			return;
+	}
 	ctx->user_ip4 = rv->addr[0];
 	ctx->user_port = (__u32)rv->port;
 }
 
-static __always_inline void revnat6(struct bpf_sock_addr *ctx)
+static __always_inline void revnat6(struct bpf_sock_addr *ctx, int datagram)
 {
 	struct cm_sock_revnat_key rk = {};
 	struct cm_sock_revnat_value *rv;
+	struct cm_sock_peer *p;
 
-	rk.cookie = bpf_get_socket_cookie(ctx);
 	rk.addr[0] = ctx->user_ip6[0];
 	rk.addr[1] = ctx->user_ip6[1];
 	rk.addr[2] = ctx->user_ip6[2];
 	rk.addr[3] = ctx->user_ip6[3];
 	rk.port = (__be16)ctx->user_port;
 	rk.family = FAMILY6;
-	rv = bpf_map_lookup_elem(&cm_sock_revnat, &rk);
-	if (!rv)
-		return;
+	p = peer_of(ctx, rk.addr, rk.port, FAMILY6);
+	if (p) {
+		rv = &p->frontend;
+	} else {
+		if (!datagram)
+			return;
+		rk.cookie = bpf_get_socket_cookie(ctx);
+		rv = bpf_map_lookup_elem(&cm_sock_revnat, &rk);
+		if (!rv)
+			return;
+	}
 	ctx->user_ip6[0] = rv->addr[0];
 	ctx->user_ip6[1] = rv->addr[1];
 	ctx->user_ip6[2] = rv->addr[2];
@@ -345,28 +428,28 @@ int cm_sock6_sendmsg(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg4")
 int cm_sock4_recvmsg(struct bpf_sock_addr *ctx)
 {
-	revnat4(ctx);
+	revnat4(ctx, 1);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/recvmsg6")
 int cm_sock6_recvmsg(struct bpf_sock_addr *ctx)
 {
-	revnat6(ctx);
+	revnat6(ctx, 1);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/getpeername4")
 int cm_sock4_getpeername(struct bpf_sock_addr *ctx)
 {
-	revnat4(ctx);
+	revnat4(ctx, 0);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/getpeername6")
 int cm_sock6_getpeername(struct bpf_sock_addr *ctx)
 {
-	revnat6(ctx);
+	revnat6(ctx, 0);
 	return SYS_PROCEED;
 }
 

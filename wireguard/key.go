@@ -1,0 +1,105 @@
+package wireguard
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// keyFileMode is the only mode a private key file may have.
+const keyFileMode = 0o600
+
+// LoadOrCreateKey reads the private key kept in path (base64, as `wg genkey`
+// writes it), or creates path with a fresh key when it does not exist. A key
+// file readable by others is narrowed to 0600 with a warning (the key may
+// have leaked: rotate it). The key itself is never logged nor put in an
+// error.
+func LoadOrCreateKey(path string, log *slog.Logger) (key wgtypes.Key, created bool, err error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		key, err = wgtypes.GeneratePrivateKey()
+		if err != nil {
+			return wgtypes.Key{}, false, fmt.Errorf("wireguard: generating a private key: %w", err)
+		}
+		if err := writeKeyFile(path, key); err != nil {
+			return wgtypes.Key{}, false, err
+		}
+		log.Info("created a WireGuard private key", "file", path, "publicKey", key.PublicKey().String())
+		return key, true, nil
+	}
+	if err != nil {
+		return wgtypes.Key{}, false, fmt.Errorf("wireguard: private key file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return wgtypes.Key{}, false, fmt.Errorf("wireguard: private key file %s is not a regular file", path)
+	}
+	if fi.Mode().Perm() != keyFileMode {
+		if err := os.Chmod(path, keyFileMode); err != nil {
+			return wgtypes.Key{}, false, fmt.Errorf("wireguard: private key file %s has mode %04o and cannot be narrowed to 0600: %w", path, fi.Mode().Perm(), err)
+		}
+		log.Warn("WireGuard private key file was readable by others; narrowed to 0600 (rotate the key if it may have leaked)",
+			"file", path, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return wgtypes.Key{}, false, fmt.Errorf("wireguard: reading the private key: %w", err)
+	}
+	key, err = wgtypes.ParseKey(strings.TrimSpace(string(raw)))
+	if err != nil || key == (wgtypes.Key{}) {
+		// Never echo the content: it is (meant to be) a secret.
+		return wgtypes.Key{}, false, fmt.Errorf("wireguard: private key file %s does not hold a base64 32-byte WireGuard key (%d bytes read)", path, len(raw))
+	}
+	return key, false, nil
+}
+
+// writeKeyFile replaces path with key atomically: a 0600 temporary file in
+// the same directory, synced, renamed over path, and the directory synced.
+// A crash leaves either the old key or the new one, never a torn file.
+func writeKeyFile(path string, key wgtypes.Key) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("wireguard: key directory: %w", err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("wireguard: writing the private key: %w", err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(keyFileMode); err != nil {
+		return fmt.Errorf("wireguard: writing the private key: %w", err)
+	}
+	if _, err := f.WriteString(key.String() + "\n"); err != nil {
+		return fmt.Errorf("wireguard: writing the private key: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("wireguard: writing the private key: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("wireguard: writing the private key: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("wireguard: writing the private key: %w", err)
+	}
+	ok = true
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
