@@ -91,7 +91,7 @@ fuzz: deps
 # `name value unit` line each (tests named TestFigures, CLUSTERMESH_BENCH=1),
 # then the Go benchmarks of the hot paths.
 bench: deps
-	@set -o pipefail; CLUSTERMESH_BENCH=1 $(GO) test -count=1 -run '^TestFigures' -v -timeout 20m $(PKGS) | sed -n 's/^FIGURE //p'
+	@set -o pipefail; CLUSTERMESH_BENCH=1 $(GO) test -p 1 -count=1 -run '^TestFigures' -v -timeout 20m $(PKGS) | sed -n 's/^FIGURE //p'
 	$(GO) test -run '^$$' -bench RemotePropagation -benchtime 200x ./localmesh
 	$(GO) test -run '^$$' -bench MeshStartup -benchtime 10x ./localmesh
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./datapath

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,7 +41,10 @@ func startMeshWith(t *testing.T, o Options) *Mesh {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	o.Dir, o.Clusters, o.ProbeInterval, o.Logger = t.TempDir(), specs, 100*time.Millisecond, log
+	if o.Clusters == nil {
+		o.Clusters = specs
+	}
+	o.Dir, o.ProbeInterval, o.Logger = t.TempDir(), 100*time.Millisecond, log
 	m, err := Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -383,4 +387,25 @@ func TestRemoteStateTTLRevokesOnlyServices(t *testing.T) {
 		got := checkoutBackends(t, a)
 		return got[2] == 3 && !remoteStatus(a, "west").ServicesRevoked
 	})
+}
+
+// Two remotes claiming one cluster id: the second is refused with a clear
+// error in its status line, and contributes nothing.
+func TestClusterIDConflictRefused(t *testing.T) {
+	specs := []ClusterSpec{{Name: "east", ID: 1, State: SampleState(1)}, {Name: "north", ID: 3, State: SampleState(3)},
+		{Name: "south", ID: 3, State: SampleState(4)}}
+	m := startMeshWith(t, Options{Clusters: specs})
+	a := m.Cluster("east").Agents[0]
+	testenv.WaitFor(t, wait, "one of north and south admitted, the other refused", func() bool {
+		n, s := remoteStatus(a, "north"), remoteStatus(a, "south")
+		return n.Ready != s.Ready && (n.Failures > 0 || s.Failures > 0)
+	})
+	refused := remoteStatus(a, "south")
+	if remoteStatus(a, "south").Ready {
+		refused = remoteStatus(a, "north")
+	}
+	if !strings.Contains(refused.LastError, "cluster id conflict") || refused.Endpoints != 0 {
+		t.Errorf("refused remote: error %q, %d entries", refused.LastError, refused.Endpoints)
+	}
+	t.Logf("%s: %s", refused.Name, refused.LastError)
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -407,5 +408,40 @@ func TestRestartWithDataDirMovesEntriesToNewLease(t *testing.T) {
 	}
 	if len(after) != 1 {
 		t.Errorf("entries on %d leases after the restart, want 1: %v", len(after), after)
+	}
+}
+
+func TestMetricsCollector(t *testing.T) {
+	f := newFixture(t)
+	f.start(t, "127.0.0.1:0")
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(f.srv))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.GetGauge() != nil:
+				got[mf.GetName()] = m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				got[mf.GetName()] += m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				got[mf.GetName()] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	for name, want := range map[string]float64{
+		"clustermesh_apiserver_entries_published": 7, "clustermesh_apiserver_synced_canaries": 1,
+		"clustermesh_apiserver_writes_total": 7,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
+	if got["clustermesh_apiserver_transaction_duration_seconds"] < 1 || got["clustermesh_apiserver_transactions_total"] < 1 {
+		t.Errorf("no transaction observed: %v", got)
 	}
 }
