@@ -208,10 +208,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer t.Stop()
 	retry := time.NewTicker(a.cfg.RetryInterval)
 	defer retry.Stop()
+	staleCheck := time.NewTicker(a.cfg.ProbeInterval)
+	defer staleCheck.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-staleCheck.C:
+			a.updateStale()
 		case <-retry.C:
 			if n := a.merger.retryFailed(); n > 0 {
 				a.log.Warn("datapath writes still failing after retry", "entries", n)
@@ -318,6 +322,24 @@ func (a *Agent) stopAll() {
 	a.mu.Unlock()
 	for _, r := range rs {
 		r.stop(false)
+	}
+}
+
+// updateStale tells the merger which remotes' heartbeats are stale, for the
+// services that fail over on stale clusters.
+func (a *Agent) updateStale() {
+	a.mu.Lock()
+	rs := make([]*remote, 0, len(a.remotes))
+	for _, r := range a.remotes {
+		rs = append(rs, r)
+	}
+	a.mu.Unlock()
+	now := time.Now()
+	for _, r := range rs {
+		r.mu.Lock()
+		stale := r.staleLocked(now)
+		r.mu.Unlock()
+		a.merger.setStale(r.name, stale)
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/statesource"
-	"github.com/clustermesh/clustermesh/wire"
 )
 
 // svcName is a service's namespace/name.
@@ -61,6 +60,7 @@ type merger struct {
 	ips      map[netip.Prefix]ipState                 // guarded by mu
 	ipsMore  map[netip.Prefix][]datapath.IPCacheEntry // guarded by mu
 	localNet []netip.Prefix                           // guarded by mu; local pod CIDRs and node IPs
+	stale    map[string]bool                          // guarded by mu; remotes whose heartbeat is stale
 
 	writtenSvc map[svcName]map[datapath.Frontend][]datapath.Backend // guarded by mu
 	// pinned holds the service entries a previous run left in the datapath,
@@ -83,6 +83,7 @@ func newMerger(dp datapath.Writer, localName string, localID uint16, log *slog.L
 		writtenSvc: map[svcName]map[datapath.Frontend][]datapath.Backend{},
 		failedSvc:  map[svcName]bool{},
 		failedIP:   map[netip.Prefix]bool{},
+		stale:      map[string]bool{},
 	}
 }
 
@@ -311,6 +312,22 @@ func (m *merger) loadPinned(dp datapath.Reader) error {
 	return nil
 }
 
+// setStale records whether cluster's heartbeat is stale and rewrites the
+// services that fail over on stale clusters.
+func (m *merger) setStale(cluster string, stale bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stale[cluster] == stale {
+		return
+	}
+	m.stale[cluster] = stale
+	for n := range m.remoteSvcs {
+		if ls := m.localSvcs[n]; ls != nil && parsePolicy(ls).failoverOnStale {
+			m.syncService(n)
+		}
+	}
+}
+
 // dropServices removes cluster's backends from every service (its ipcache
 // claims stay).
 func (m *merger) dropServices(cluster string) {
@@ -389,13 +406,17 @@ type portView struct {
 	frontend     datapath.Frontend
 	local        []datapath.Backend            // healthy local backends
 	localTotal   int                           // local backends, healthy or not
-	remote       map[string][]datapath.Backend // cluster → backends
+	remote       map[string][]datapath.Backend // cluster → healthy backends
+	remoteTotal  map[string]int                // cluster → backends, healthy or not
+	affinity     string
 	selected     []datapath.Backend
-	selectedFrom string // "local", "remote", "local+remote" or "none"
+	selectedFrom string   // "local", "remote", "local+remote", "weighted" or "none"
+	warnings     []string // annotations that were ignored, and why
 }
 
 func (m *merger) portViews(ls *statesource.Service) []portView {
 	n := svcName{ls.Namespace, ls.Name}
+	pol := parsePolicy(ls)
 	var views []portView
 	for _, p := range ls.Ports {
 		proto, err := datapath.ParseProtocol(p.Proto())
@@ -404,7 +425,8 @@ func (m *merger) portViews(ls *statesource.Service) []portView {
 		}
 		// Unmapped, as the datapath stores them: the keys of writtenSvc must
 		// be the datapath's keys, or prune would delete a live frontend.
-		v := portView{frontend: datapath.Frontend{Addr: ls.ClusterIP.Unmap(), Port: p.Port, Protocol: proto}, remote: map[string][]datapath.Backend{}}
+		v := portView{frontend: datapath.Frontend{Addr: ls.ClusterIP.Unmap(), Port: p.Port, Protocol: proto},
+			remote: map[string][]datapath.Backend{}, remoteTotal: map[string]int{}, affinity: pol.affinity}
 		for _, e := range m.localIx.Backends(ls) {
 			v.localTotal++
 			if e.IsReady() {
@@ -414,49 +436,18 @@ func (m *merger) portViews(ls *statesource.Service) []portView {
 		for cluster, rs := range m.remoteSvcs[n] {
 			for _, b := range rs.backends[p.Name] {
 				if b.Protocol == proto {
-					v.remote[cluster] = append(v.remote[cluster], b)
+					v.remoteTotal[cluster]++
+					if !(pol.failoverOnStale && m.stale[cluster]) {
+						v.remote[cluster] = append(v.remote[cluster], b)
+					}
 				}
 			}
 		}
-		v.selected, v.selectedFrom = selectBackends(ls.Affinity(), v.local, v.remote)
+		v.selected, v.selectedFrom = pol.selectBackends(m.localName, v.local, v.remote)
+		v.warnings = pol.warnings
 		views = append(views, v)
 	}
 	return views
-}
-
-// selectBackends applies a global service's affinity: local uses the healthy
-// local backends while there is one and fails over to the remote ones;
-// remote is the mirror image; none uses all. The result is sorted so that
-// the same inputs always give the same slots.
-func selectBackends(affinity string, local []datapath.Backend, remote map[string][]datapath.Backend) ([]datapath.Backend, string) {
-	var all []datapath.Backend
-	for _, bs := range remote {
-		all = append(all, bs...)
-	}
-	var sel []datapath.Backend
-	from := "none"
-	switch {
-	case affinity == wire.AffinityLocal && len(local) > 0:
-		sel, from = slices.Clone(local), "local"
-	case affinity == wire.AffinityLocal && len(all) > 0:
-		sel, from = all, "remote"
-	case affinity == wire.AffinityRemote && len(all) > 0:
-		sel, from = all, "remote"
-	case affinity == wire.AffinityRemote && len(local) > 0:
-		sel, from = slices.Clone(local), "local"
-	default:
-		sel = append(slices.Clone(local), all...)
-		switch {
-		case len(local) > 0 && len(all) > 0:
-			from = "local+remote"
-		case len(local) > 0:
-			from = "local"
-		case len(all) > 0:
-			from = "remote"
-		}
-	}
-	sort.Slice(sel, func(i, j int) bool { return backendLess(sel[i], sel[j]) })
-	return sel, from
 }
 
 func backendLess(a, b datapath.Backend) bool {

@@ -198,7 +198,7 @@ func TestSelectBackends(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, from := selectBackends(tt.affinity, tt.local, tt.remote)
+			got, from := lbPolicy{affinity: tt.affinity}.selectBackends("here", tt.local, tt.remote)
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("selected %v, want %v", got, tt.want)
 			}
@@ -212,8 +212,8 @@ func TestSelectBackends(t *testing.T) {
 func TestSelectBackendsDoesNotReorderCallerSlices(t *testing.T) {
 	l1, l2 := mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1)
 	local := []datapath.Backend{l2, l1}
-	selectBackends(wire.AffinityLocal, local, nil)
-	selectBackends(wire.AffinityNone, local, nil)
+	lbPolicy{affinity: wire.AffinityLocal}.selectBackends("here", local, nil)
+	lbPolicy{affinity: wire.AffinityNone}.selectBackends("here", local, nil)
 	if !slices.Equal(local, []datapath.Backend{l2, l1}) {
 		t.Errorf("selectBackends reordered the caller's local slice: %v", local)
 	}
@@ -244,7 +244,7 @@ func TestSelectBackendsSortedDeterministically(t *testing.T) {
 	}
 	local := []datapath.Backend{mgBE("10.1.0.2", 8080, datapath.TCP, 1), mgBE("10.1.0.1", 8080, datapath.TCP, 1)}
 
-	first, _ := selectBackends(wire.AffinityNone, local, build([]int{0, 1, 2, 3}, false))
+	first, _ := lbPolicy{affinity: wire.AffinityNone}.selectBackends("here", local, build([]int{0, 1, 2, 3}, false))
 	if len(first) != len(all)+len(local) {
 		t.Fatalf("selected %d backends, want %d", len(first), len(all)+len(local))
 	}
@@ -267,7 +267,7 @@ func TestSelectBackendsSortedDeterministically(t *testing.T) {
 		if i%2 == 0 {
 			order = []int{2, 0, 3, 1}
 		}
-		got, _ := selectBackends(wire.AffinityNone, []datapath.Backend{local[1], local[0]}, build(order, i%3 == 0))
+		got, _ := lbPolicy{affinity: wire.AffinityNone}.selectBackends("here", []datapath.Backend{local[1], local[0]}, build(order, i%3 == 0))
 		if !slices.Equal(got, first) {
 			t.Fatalf("run %d: same input in another order selected\n%v\nfirst run selected\n%v", i, got, first)
 		}
@@ -819,7 +819,15 @@ func mgWantStatuses(t *testing.T, got, want []ServiceStatus) {
 		if !maps.Equal(g.Remote, w.Remote) {
 			t.Errorf("line %d (%s): remote %v, want %v", i, g.Frontend, g.Remote, w.Remote)
 		}
-		g.Remote, w.Remote = nil, nil
+		// Without stale clusters every remote backend is healthy.
+		wantHealthy := w.RemoteHealthy
+		if wantHealthy == nil {
+			wantHealthy = w.Remote
+		}
+		if len(wantHealthy) > 0 && !maps.Equal(g.RemoteHealthy, wantHealthy) {
+			t.Errorf("line %d (%s): remote healthy %v, want %v", i, g.Frontend, g.RemoteHealthy, wantHealthy)
+		}
+		g.Remote, w.Remote, g.RemoteHealthy, w.RemoteHealthy = nil, nil, nil, nil
 		if !reflect.DeepEqual(g, w) {
 			t.Errorf("line %d:\n got %+v\nwant %+v", i, g, w)
 		}

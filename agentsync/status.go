@@ -73,17 +73,22 @@ func (s RemoteStatus) RejectedTotal() uint64 {
 // ServiceStatus is one global service of the local cluster: its backends by
 // origin and which its affinity selected.
 type ServiceStatus struct {
-	Namespace    string         `json:"namespace"`
-	Name         string         `json:"name"`
-	Frontend     string         `json:"frontend"`
-	Affinity     string         `json:"affinity"`
-	LocalHealthy int            `json:"localHealthy"`
-	LocalTotal   int            `json:"localTotal"`
-	Remote       map[string]int `json:"remote"` // cluster → backends
-	RemoteTotal  int            `json:"remoteTotal"`
-	Selected     int            `json:"selected"`
-	SelectedFrom string         `json:"selectedFrom"` // local, remote, local+remote, none
-	Warning      string         `json:"warning,omitempty"`
+	Namespace    string `json:"namespace"`
+	Name         string `json:"name"`
+	Frontend     string `json:"frontend"`
+	Affinity     string `json:"affinity"`
+	LocalHealthy int    `json:"localHealthy"`
+	LocalTotal   int    `json:"localTotal"`
+	// Remote counts each remote cluster's backends; RemoteHealthy those not
+	// excluded (a stale cluster, with failover-on-stale-cluster).
+	Remote        map[string]int `json:"remote"`
+	RemoteHealthy map[string]int `json:"remoteHealthy"`
+	RemoteTotal   int            `json:"remoteTotal"`
+	Selected      int            `json:"selected"`     // slots
+	SelectedFrom  string         `json:"selectedFrom"` // local, remote, local+remote, weighted, none
+	Warning       string         `json:"warning,omitempty"`
+	// Annotations lists annotations that were ignored, and why.
+	Annotations []string `json:"annotations,omitempty"`
 }
 
 func (r *remote) setConnected(c wire.Cluster, etcdID uint64) {
@@ -228,6 +233,26 @@ func (r *remote) snapshot() RemoteStatus {
 	return s
 }
 
+// selectionWarning says when a frontend's traffic is at risk: nothing
+// selected, or everything selected from one remote cluster that is stale.
+func (m *merger) selectionWarning(v portView) string {
+	if len(v.selected) == 0 {
+		return "no backend selected: traffic to this service is refused"
+	}
+	clusters := map[uint16]bool{}
+	for _, b := range v.selected {
+		clusters[b.ClusterID] = true
+	}
+	if len(clusters) == 1 && !clusters[m.localID] {
+		for c, bs := range v.remote {
+			if len(bs) > 0 && bs[0].ClusterID == v.selected[0].ClusterID && m.stale[c] {
+				return "depends only on cluster " + c + ", whose heartbeat is stale"
+			}
+		}
+	}
+	return ""
+}
+
 // serviceStatuses describes every local global service, one line per port.
 func (m *merger) serviceStatuses() []ServiceStatus {
 	m.mu.Lock()
@@ -238,16 +263,14 @@ func (m *merger) serviceStatuses() []ServiceStatus {
 			continue
 		}
 		for _, v := range m.portViews(ls) {
-			s := ServiceStatus{Namespace: n.Namespace, Name: n.Name, Frontend: v.frontend.String(), Affinity: ls.Affinity(),
-				LocalTotal: v.localTotal, LocalHealthy: len(v.local), Remote: map[string]int{},
-				Selected: len(v.selected), SelectedFrom: v.selectedFrom}
-			for c, bs := range v.remote {
-				s.Remote[c] = len(bs)
-				s.RemoteTotal += len(bs)
+			s := ServiceStatus{Namespace: n.Namespace, Name: n.Name, Frontend: v.frontend.String(), Affinity: v.affinity,
+				LocalTotal: v.localTotal, LocalHealthy: len(v.local), Remote: v.remoteTotal, RemoteHealthy: map[string]int{},
+				Selected: len(v.selected), SelectedFrom: v.selectedFrom, Annotations: v.warnings}
+			for c, n := range v.remoteTotal {
+				s.RemoteTotal += n
+				s.RemoteHealthy[c] = len(v.remote[c])
 			}
-			if s.Selected == 0 {
-				s.Warning = "no backend selected: traffic to this service is dropped"
-			}
+			s.Warning = m.selectionWarning(v)
 			out = append(out, s)
 		}
 	}

@@ -68,7 +68,6 @@ func TestParseRejects(t *testing.T) {
 		"duplicate ip":      {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1}\n- {namespace: a, pod: c, ip: 10.0.0.1}\n", "already used"},
 		"port zero":         {"services:\n- {namespace: a, name: b, ports: [{port: 0}]}\n", "port is 0"},
 		"bad protocol":      {"services:\n- {namespace: a, name: b, ports: [{port: 1, protocol: ICMP}]}\n", "ICMP"},
-		"bad affinity":      {"services:\n- {namespace: a, name: b, annotations: {service.cilium.io/affinity: near}}\n", "near"},
 		"unnamed ports":     {"services:\n- {namespace: a, name: b, ports: [{port: 1}, {port: 2}]}\n", "used twice"},
 		"host bits in cidr": {"nodes:\n- {name: n1, ips: [1.1.1.1], podCIDRs: [10.1.1.5/24]}\n", "host bits"},
 	} {

@@ -3,9 +3,6 @@ package statesource
 import (
 	"errors"
 	"fmt"
-	"strings"
-
-	"github.com/clustermesh/clustermesh/wire"
 )
 
 // ErrInvalidState is wrapped by every validation error of a State.
@@ -93,13 +90,9 @@ func (st *State) Validate() error {
 				bad("service %s port %q: protocol %q (want TCP, UDP or SCTP)", id, p.Name, p.Protocol)
 			}
 		}
-		if a, ok := s.Annotations[wire.AnnotationAffinity]; ok {
-			switch strings.ToLower(a) {
-			case wire.AffinityLocal, wire.AffinityRemote, wire.AffinityNone:
-			default:
-				bad("service %s: annotation %s=%q (want local, remote or none)", id, wire.AnnotationAffinity, a)
-			}
-		}
+		// Annotation values are not checked here: a bad one must not reject
+		// the whole state. The agent falls back to the default and says why
+		// in its status.
 	}
 	return errors.Join(errs...)
 }
