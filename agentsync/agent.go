@@ -73,7 +73,13 @@ type Config struct {
 	// remote unreachable for longer; its ipcache entries and identities stay
 	// so that established connections survive. Off by default.
 	RemoteStateTTL time.Duration
-	Logger         *slog.Logger
+	// OnRemoteNodes, when set, receives every remote cluster's nodes after
+	// any of them changed (coalesced, at most every NodeNotifyInterval, from
+	// one goroutine): WireGuard peers are built from them.
+	OnRemoteNodes func(nodes []*wire.Node)
+	// NodeNotifyInterval bounds how often OnRemoteNodes is called.
+	NodeNotifyInterval time.Duration
+	Logger             *slog.Logger
 }
 
 func (c *Config) withDefaults() {
@@ -93,6 +99,7 @@ func (c *Config) withDefaults() {
 	def(&c.SyncTimeout, DefaultSyncTimeout)
 	def(&c.RetryInterval, DefaultRetryInterval)
 	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	def(&c.NodeNotifyInterval, 50*time.Millisecond)
 	if c.ListPageSize == 0 {
 		c.ListPageSize = DefaultListPageSize
 	}
@@ -127,9 +134,10 @@ type Agent struct {
 	log    *slog.Logger
 	merger *merger
 	// pruned is closed once entries of a previous run were pruned.
-	pruned  chan struct{}
-	running atomic.Bool   // Run may be called once
-	readyCh chan struct{} // signalled when a remote becomes ready
+	pruned     chan struct{}
+	running    atomic.Bool   // Run may be called once
+	nodesDirty atomic.Bool   // a remote's nodes changed since OnRemoteNodes last ran
+	readyCh    chan struct{} // signalled when a remote becomes ready
 
 	mu       sync.Mutex
 	remotes  map[string]*remote // guarded by mu
@@ -210,10 +218,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer retry.Stop()
 	staleCheck := time.NewTicker(a.cfg.ProbeInterval)
 	defer staleCheck.Stop()
+	nodeTick := time.NewTicker(a.cfg.NodeNotifyInterval)
+	defer nodeTick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-nodeTick.C:
+			if a.cfg.OnRemoteNodes != nil && a.nodesDirty.Swap(false) {
+				a.cfg.OnRemoteNodes(a.RemoteNodes())
+			}
 		case <-staleCheck.C:
 			a.updateStale()
 		case <-retry.C:
@@ -270,6 +284,7 @@ func (a *Agent) scanConfigDir(ctx context.Context) error {
 	for _, r := range gone {
 		r.log.Info("config removed: disconnecting and draining")
 		r.stop(true)
+		a.nodesDirty.Store(true)
 	}
 	if len(gone) > 0 {
 		a.remoteReady() // initialPrune no longer waits for them
@@ -323,6 +338,32 @@ func (a *Agent) stopAll() {
 	for _, r := range rs {
 		r.stop(false)
 	}
+}
+
+// RemoteNodes returns the nodes of every connected or remembered remote.
+func (a *Agent) RemoteNodes() []*wire.Node {
+	a.mu.Lock()
+	rs := make([]*remote, 0, len(a.remotes))
+	for _, r := range a.remotes {
+		rs = append(rs, r)
+	}
+	a.mu.Unlock()
+	var out []*wire.Node
+	for _, r := range rs {
+		ks := r.kinds[wire.Nodes]
+		ks.mu.Lock()
+		for _, e := range ks.store.(*nodeStore).entries {
+			out = append(out, e.node)
+		}
+		ks.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Cluster != out[j].Cluster {
+			return out[i].Cluster < out[j].Cluster
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
 }
 
 // updateStale tells the merger which remotes' heartbeats are stale, for the

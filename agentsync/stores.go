@@ -186,6 +186,7 @@ func (s *nodeStore) apply(key string, value []byte, gen uint32) error {
 		return err
 	}
 	s.entries[key] = nodeEntry{node: n, gen: gen}
+	s.r.agent.nodesDirty.Store(true)
 	return nil
 }
 
@@ -196,13 +197,18 @@ func (s *nodeStore) touch(key string, gen uint32) {
 	}
 }
 
-func (s *nodeStore) remove(key string) { delete(s.entries, key) }
+func (s *nodeStore) remove(key string) {
+	if _, ok := s.entries[key]; ok {
+		delete(s.entries, key)
+		s.r.agent.nodesDirty.Store(true)
+	}
+}
 
 func (s *nodeStore) sweep(gen uint32) int {
 	n := 0
 	for key, e := range s.entries {
 		if e.gen < gen {
-			delete(s.entries, key)
+			s.remove(key)
 			n++
 		}
 	}
@@ -210,7 +216,11 @@ func (s *nodeStore) sweep(gen uint32) int {
 }
 
 func (s *nodeStore) count() int { return len(s.entries) }
-func (s *nodeStore) clear()     { s.entries = map[string]nodeEntry{} }
+
+func (s *nodeStore) clear() {
+	s.entries = map[string]nodeEntry{}
+	s.r.agent.nodesDirty.Store(true)
+}
 
 // identityStore keeps a remote's identities and their labels (for policy).
 type identityStore struct {

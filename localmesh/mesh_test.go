@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -408,4 +409,33 @@ func TestClusterIDConflictRefused(t *testing.T) {
 		t.Errorf("refused remote: error %q, %d entries", refused.LastError, refused.Endpoints)
 	}
 	t.Logf("%s: %s", refused.Name, refused.LastError)
+}
+
+// OnRemoteNodes receives every remote's nodes, and again when they change
+// (what the WireGuard peers are built from).
+func TestOnRemoteNodes(t *testing.T) {
+	var mu sync.Mutex
+	var last []*wire.Node
+	m := startMeshWith(t, Options{Agent: func(c *agentsync.Config) {
+		if c.ClusterName == "east" {
+			c.OnRemoteNodes = func(ns []*wire.Node) { mu.Lock(); last = ns; mu.Unlock() }
+		}
+	}})
+	nodes := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for _, n := range last {
+			out = append(out, n.Cluster+"/"+n.Name)
+		}
+		return out
+	}
+	testenv.WaitFor(t, wait, "east's agent reported west's and north's 4 nodes", func() bool { return len(nodes()) == 4 })
+	if err := m.Disconnect("east", "north"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "north's nodes gone", func() bool {
+		ns := nodes()
+		return len(ns) == 2 && strings.HasPrefix(ns[0], "west/") && strings.HasPrefix(ns[1], "west/")
+	})
 }
