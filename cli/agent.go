@@ -15,7 +15,8 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var cfg agentsync.Config
-	var stateFile, pinDir, statusAddr, metricsAddr string
+	var stateFile, pinDir, statusAddr, metricsAddr, cgroup string
+	var socketLB bool
 	var cleanup bool
 	cmd := &cobra.Command{
 		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
@@ -48,6 +49,15 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 				return err
 			}
 			defer dp.Close()
+			if socketLB {
+				lb, err := attachSocketLB(dp, cgroup)
+				if err != nil {
+					return err
+				}
+				if lb != nil {
+					defer lb.Close()
+				}
+			}
 			cfg.Datapath = dp
 			cfg.LocalSource = &statesource.File{Path: stateFile, Logger: slog.Default()}
 			cfg.Logger = slog.Default()
@@ -75,11 +85,29 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 	f.DurationVar(&cfg.ProbeTimeout, "probe-timeout", agentsync.DefaultProbeTimeout, "a remote that does not answer within this is disconnected (its state is kept)")
 	f.DurationVar(&cfg.SyncTimeout, "sync-timeout", agentsync.DefaultSyncTimeout, "after a restart, how long entries of the previous run wait for the remotes' first sync before unclaimed ones are pruned")
 	f.DurationVar(&cfg.BackoffMax, "backoff-max", agentsync.DefaultBackoffMax, "longest wait between reconnect attempts")
+	f.BoolVar(&socketLB, "socket-lb", true, "attach the eBPF socket load balancer (connect/sendmsg/recvmsg/getpeername) so that global services answer on their ClusterIP")
+	f.StringVar(&cgroup, "cgroup", "", "cgroup v2 directory to attach the socket load balancer to (default: the cgroup v2 root)")
 	f.BoolVar(&cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
 	for _, r := range []string{"cluster-name", "cluster-id", "config-dir", "state-file"} {
 		cmd.MarkFlagRequired(r)
 	}
 	return cmd
+}
+
+// attachSocketLB attaches the socket load balancer to the real maps; on the
+// in-memory datapath there is nothing to attach, and it says so.
+func attachSocketLB(dp datapath.Datapath, cgroup string) (*datapath.SockLB, error) {
+	maps, ok := dp.(*datapath.Maps)
+	if !ok {
+		slog.Warn("in-memory datapath: no socket load balancer; global services do not answer on their ClusterIP")
+		return nil, nil
+	}
+	lb, err := datapath.AttachSockLB(maps, cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("agent: socket load balancer: %w (or run with --socket-lb=false)", err)
+	}
+	slog.Info("socket load balancer attached", "cgroup", lb.Cgroup())
+	return lb, nil
 }
 
 // runAll runs main and the servers beside it until main returns or one of

@@ -82,9 +82,18 @@ func TestByHand(t *testing.T) {
 	sock := filepath.Join(dir, "agent.sock")
 	metricsAddr := freePort(t)
 	pinDir := fmt.Sprintf("/sys/fs/bpf/cm-clitest-%d", os.Getpid())
+	// As root the agent attaches the socket load balancer: to a cgroup of
+	// the test's own, not the machine's root.
+	cgroup := fmt.Sprintf("/sys/fs/cgroup/unified/cm-clitest-%d", os.Getpid())
+	if os.Geteuid() == 0 {
+		if err := os.Mkdir(cgroup, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(cgroup)
+	}
 	go func() {
 		_, err := run(ctx, "agent", "--cluster-name", "east", "--cluster-id", "1", "--config-dir", remotes,
-			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir, "--metrics-addr", metricsAddr)
+			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir, "--metrics-addr", metricsAddr, "--cgroup", cgroup)
 		done <- err
 	}()
 	defer func() {
