@@ -28,6 +28,7 @@ func TestFigures(t *testing.T) {
 	t.Run("propagation", figurePropagation)
 	t.Run("initial sync, memory and reconnect", figureInitialSync)
 	t.Run("publish", figurePublish)
+	t.Run("failover", figureFailover)
 }
 
 // watchedMaps signals every write of one prefix into real eBPF maps.
@@ -264,4 +265,70 @@ func figurePublish(t *testing.T) {
 	figure.Print("sync.publish.speedup", rate/rawRate, "ratio")
 	t.Logf("published %d entries in %s (%.0f/s; %s from start, parse and etcd start-up included); one put per key with %d writers: %.0f/s",
 		pub.LastWrites, pub.LastWritesTook, rate, took, writers, rawRate)
+}
+
+// watchedServices signals every write of one frontend into real eBPF maps.
+type watchedServices struct {
+	*datapath.Maps
+	watch datapath.Frontend
+	hits  chan []datapath.Backend
+}
+
+func (w *watchedServices) UpsertService(f datapath.Frontend, bs []datapath.Backend) error {
+	err := w.Maps.UpsertService(f, bs)
+	if f == w.watch {
+		select {
+		case w.hits <- bs:
+		default:
+		}
+	}
+	return err
+}
+
+// TestFigures/failover (issue 4): the local source marks the last local
+// backend unready → the service map selects the remote backends.
+func figureFailover(t *testing.T) {
+	e := newFaultEnv(t)
+	addr := freeAddr(t)
+	writeJSON(t, filepath.Join(e.dir, "west.json"), SampleState(2))
+	inProcessWest(t, e, addr, &statesource.File{Path: filepath.Join(e.dir, "west.json")})
+	e.pointAt(t, addr)
+	up := SampleState(1)
+	up.Endpoints = up.Endpoints[2:] // one checkout pod left (checkout-3)
+	down := SampleState(1)
+	down.Endpoints = down.Endpoints[2:]
+	SetReady(down, "checkout", false)
+	eastFile := filepath.Join(e.dir, "east.json")
+	writeJSON(t, eastFile, up)
+	checkout := datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}
+	dp := &watchedServices{Maps: openTestMaps(t), watch: checkout, hits: make(chan []datapath.Backend, 16)}
+	a := e.startAgent(t, dp, nil)
+	testenv.WaitFor(t, wait, "west synced", func() bool { return westOf(a).Ready })
+	const n = 200
+	lat := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		st, wantRemote := down, true
+		if i%2 == 1 {
+			st, wantRemote = up, false
+		}
+		for len(dp.hits) > 0 {
+			<-dp.hits
+		}
+		start := time.Now()
+		writeJSON(t, eastFile, st)
+		for done := false; !done; {
+			select {
+			case bs := <-dp.hits:
+				remote := len(bs) > 0 && bs[0].ClusterID != 1
+				done = remote == wantRemote
+			case <-time.After(10 * time.Second):
+				t.Fatalf("change %d never reached the service map", i)
+			}
+		}
+		if wantRemote {
+			lat = append(lat, time.Since(start))
+		}
+	}
+	figure.Print("lb.failover.p99_ms", ms(percentile(lat, 0.99)), "ms")
+	t.Logf("failover (last local backend unready → remote selected): p50 %.3f ms, p99 %.3f ms over %d", ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)), len(lat))
 }
