@@ -439,3 +439,26 @@ func TestOnRemoteNodes(t *testing.T) {
 		return len(ns) == 2 && strings.HasPrefix(ns[0], "west/") && strings.HasPrefix(ns[1], "west/")
 	})
 }
+
+// shared: "false" consumes remote backends without exporting the local ones.
+func TestSharedFalseConsumesWithoutExporting(t *testing.T) {
+	specs := []ClusterSpec{{Name: "east", ID: 1, State: SampleState(1)}, {Name: "west", ID: 2, State: SampleState(2)}}
+	specs[0].State.Services[0].Annotations[wire.AnnotationShared] = "false"
+	SetReady(specs[0].State, "checkout", false) // east relies on west's backends
+	m := startMeshWith(t, Options{Clusters: specs})
+	east, west := m.Cluster("east").Agents[0], m.Cluster("west").Agents[0]
+	testenv.WaitFor(t, wait, "both synced", func() bool {
+		return remoteStatus(east, "west").Ready && remoteStatus(west, "east").Ready
+	})
+	if got := checkoutBackends(t, east); got[2] != 3 {
+		t.Errorf("east (shared=false) should consume west's 3 backends: %v", got)
+	}
+	if n := remoteStatus(west, "east").Services; n != 0 {
+		t.Errorf("east exported %d services despite shared=false", n)
+	}
+	for _, s := range west.Sync.Status().Services {
+		if s.Remote["east"] != 0 {
+			t.Errorf("west sees east's backends: %+v", s)
+		}
+	}
+}
