@@ -11,11 +11,8 @@ import (
 // Unknown fields are accepted (newer Cilium versions add fields); trailing data
 // is not.
 func decodeJSON(value []byte, v any) error {
-	if len(value) > MaxValueBytes {
-		return fmt.Errorf("%w (%d bytes, limit %d)", ErrValueTooLarge, len(value), MaxValueBytes)
-	}
-	if !utf8.Valid(value) {
-		return fmt.Errorf("%w (not UTF-8)", ErrMalformedValue)
+	if err := checkSize(value); err != nil {
+		return err
 	}
 	// Unmarshal (not a Decoder) also refuses trailing data, and is faster.
 	if err := json.Unmarshal(value, v); err != nil {
@@ -23,6 +20,17 @@ func decodeJSON(value []byte, v any) error {
 			return err // a field's own validation failed: keep its reason
 		}
 		return fmt.Errorf("%w: %v", ErrMalformedValue, err)
+	}
+	return nil
+}
+
+// checkSize refuses values over MaxValueBytes or not UTF-8.
+func checkSize(value []byte) error {
+	if len(value) > MaxValueBytes {
+		return fmt.Errorf("%w (%d bytes, limit %d)", ErrValueTooLarge, len(value), MaxValueBytes)
+	}
+	if !utf8.Valid(value) {
+		return fmt.Errorf("%w (not UTF-8)", ErrMalformedValue)
 	}
 	return nil
 }

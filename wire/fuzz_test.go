@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"encoding/json"
+	"reflect"
 	"testing"
 )
 
@@ -94,6 +96,35 @@ func FuzzDecodeClusterConfig(f *testing.F) {
 		c, _, err := DecodeClusterConfig("north", 255, v)
 		if err == nil && c.Validate() != nil {
 			t.Fatalf("accepted invalid cluster %+v", c)
+		}
+	})
+}
+
+// FuzzIPIdentityPairFast: whatever the fast decoder accepts, encoding/json
+// decodes to the very same value (differential fuzzing).
+func FuzzIPIdentityPairFast(f *testing.F) {
+	for _, s := range []string{
+		`{"IP":"10.1.0.5","Mask":null,"HostIP":"192.168.1.1","ID":65600,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"a"}`,
+		`{"IP":"10.1.0.0","Mask":"////AA==","ID":65600}`, `{ "IP" : "fd00::1" , "ID" : 7 }`, `{}`, `{"IP":"x"}`,
+		`{"ID":01}`, `{"ID":1e3}`, `{"Key":256}`, `{"IP":"a","IP":"b"}`, `{"ip":"10.0.0.1"}`, `{"Mask":""}`,
+		`{"Metadata":"\u00e9"}`, `{"K8sPodName":"é"}`, `{"IP":"10.0.0.1"} x`, `{"IP":null}`, `{"HostIP":""}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if checkSize(b) != nil {
+			return
+		}
+		var fast IPIdentityPair
+		if !decodeIPIdentityPairFast(b, &fast) {
+			return
+		}
+		var slow IPIdentityPair
+		if err := json.Unmarshal(b, &slow); err != nil {
+			t.Fatalf("fast accepted %q, encoding/json refuses: %v", b, err)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%q: fast %+v, encoding/json %+v", b, fast, slow)
 		}
 	})
 }

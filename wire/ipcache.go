@@ -54,8 +54,14 @@ func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair,
 		return nil, err
 	}
 	var p IPIdentityPair
-	if err := decodeJSON(value, &p); err != nil {
+	if err := checkSize(value); err != nil {
 		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
+	}
+	if !decodeIPIdentityPairFast(value, &p) {
+		p = IPIdentityPair{}
+		if err := decodeJSON(value, &p); err != nil {
+			return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
+		}
 	}
 	// Error contexts are built only on error: this runs once per entry.
 	if err := checkAddr("IP", p.IP, false); err != nil {
