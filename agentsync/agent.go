@@ -353,7 +353,7 @@ func (a *Agent) RemoteNodes() []*wire.Node {
 		ks := r.kinds[wire.Nodes]
 		ks.mu.Lock()
 		for _, e := range ks.store.(*nodeStore).entries {
-			out = append(out, e.node)
+			out = append(out, e.v)
 		}
 		ks.mu.Unlock()
 	}

@@ -274,15 +274,7 @@ func (m *merger) markIPWritten(p netip.Prefix, ok bool) {
 func (m *merger) dropCluster(cluster string, id uint16) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for n, byCluster := range m.remoteSvcs {
-		if _, ok := byCluster[cluster]; ok {
-			delete(byCluster, cluster)
-			if len(byCluster) == 0 {
-				delete(m.remoteSvcs, n)
-			}
-			m.syncService(n)
-		}
-	}
+	m.dropServicesLocked(cluster)
 	var changed []netip.Prefix
 	for p, st := range m.ips {
 		if st.claim.ClusterID == id && m.claimIP(id, p, nil) {
@@ -333,6 +325,10 @@ func (m *merger) setStale(cluster string, stale bool) {
 func (m *merger) dropServices(cluster string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.dropServicesLocked(cluster)
+}
+
+func (m *merger) dropServicesLocked(cluster string) {
 	for n, byCluster := range m.remoteSvcs {
 		if _, ok := byCluster[cluster]; ok {
 			delete(byCluster, cluster)

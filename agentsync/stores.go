@@ -18,15 +18,45 @@ type batchStore interface {
 func newStore(r *remote, k wire.Kind) kindStore {
 	switch k {
 	case wire.IPCache:
-		return &ipcacheStore{r: r, gens: map[netip.Prefix]uint32{}}
+		return &ipcacheStore{r: r, entries: genMap[netip.Prefix, struct{}]{}}
 	case wire.Services:
-		return &serviceStore{r: r, entries: map[string]serviceEntry{}}
+		return &serviceStore{r: r, entries: genMap[string, svcName]{}}
 	case wire.Nodes:
-		return &nodeStore{r: r, entries: map[string]nodeEntry{}}
+		return &nodeStore{r: r, entries: genMap[string, *wire.Node]{}}
 	case wire.Identities:
-		return &identityStore{r: r, entries: map[uint32]identityEntry{}}
+		return &identityStore{r: r, entries: genMap[uint32, wire.Labels]{}}
 	}
 	panic(fmt.Sprintf("agentsync: no store for kind %v", k))
+}
+
+// genMap holds a store's entries, each with the generation of the list (or
+// watch) that last saw it: the marks of mark-and-sweep.
+type genMap[K comparable, V any] map[K]genEntry[V]
+
+type genEntry[V any] struct {
+	v   V
+	gen uint32
+}
+
+func (m genMap[K, V]) put(k K, v V, gen uint32) { m[k] = genEntry[V]{v, gen} }
+
+// touch moves a known key to gen.
+func (m genMap[K, V]) touch(k K, gen uint32) {
+	if e, ok := m[k]; ok {
+		e.gen = gen
+		m[k] = e
+	}
+}
+
+// older returns the keys last seen before gen.
+func (m genMap[K, V]) older(gen uint32) []K {
+	var out []K
+	for k, e := range m {
+		if e.gen < gen {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // ipcacheStore keeps the prefixes a remote claims; the claims themselves
@@ -34,8 +64,8 @@ func newStore(r *remote, k wire.Kind) kindStore {
 // non-canonical keys), so only the prefix is kept: this is the bulk of a
 // remote's entries and its memory matters.
 type ipcacheStore struct {
-	r    *remote
-	gens map[netip.Prefix]uint32
+	r       *remote
+	entries genMap[netip.Prefix, struct{}]
 
 	batching bool
 	pending  []ipClaimUpdate
@@ -51,7 +81,7 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 	if s.r.agent.merger.overlapsLocal(pfx) {
 		return fmt.Errorf("agentsync: ipcache %q: %s %w", key, pfx, ErrOverlapsLocal)
 	}
-	s.gens[pfx] = gen
+	s.entries.put(pfx, struct{}{}, gen)
 	u := ipClaimUpdate{prefix: pfx, entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}}
 	if s.batching {
 		s.pending = append(s.pending, u)
@@ -81,33 +111,25 @@ func (s *ipcacheStore) prefixOf(key string) (netip.Prefix, bool) {
 
 func (s *ipcacheStore) touch(key string, gen uint32) {
 	if p, ok := s.prefixOf(key); ok {
-		if _, known := s.gens[p]; known {
-			s.gens[p] = gen
-		}
+		s.entries.touch(p, gen)
 	}
 }
 
 func (s *ipcacheStore) remove(key string) {
 	if p, ok := s.prefixOf(key); ok {
-		s.removePrefix(p)
+		if _, known := s.entries[p]; known {
+			delete(s.entries, p)
+			s.r.agent.merger.setIPs(uint16(s.r.cluster().ID), []ipClaimUpdate{{prefix: p}})
+		}
 	}
-}
-
-func (s *ipcacheStore) removePrefix(p netip.Prefix) {
-	if _, known := s.gens[p]; !known {
-		return
-	}
-	delete(s.gens, p)
-	s.r.agent.merger.setIPs(uint16(s.r.cluster().ID), []ipClaimUpdate{{prefix: p}})
 }
 
 func (s *ipcacheStore) sweep(gen uint32) int {
-	var gone []ipClaimUpdate
-	for p, g := range s.gens {
-		if g < gen {
-			delete(s.gens, p)
-			gone = append(gone, ipClaimUpdate{prefix: p})
-		}
+	old := s.entries.older(gen)
+	gone := make([]ipClaimUpdate, len(old))
+	for i, p := range old {
+		delete(s.entries, p)
+		gone[i] = ipClaimUpdate{prefix: p}
 	}
 	if len(gone) > 0 {
 		s.r.agent.merger.setIPs(uint16(s.r.cluster().ID), gone)
@@ -115,18 +137,13 @@ func (s *ipcacheStore) sweep(gen uint32) int {
 	return len(gone)
 }
 
-func (s *ipcacheStore) count() int { return len(s.gens) }
-func (s *ipcacheStore) clear()     { s.gens = map[netip.Prefix]uint32{} }
+func (s *ipcacheStore) count() int { return len(s.entries) }
+func (s *ipcacheStore) clear()     { s.entries = genMap[netip.Prefix, struct{}]{} }
 
 // serviceStore keeps a remote's global services by key.
 type serviceStore struct {
 	r       *remote
-	entries map[string]serviceEntry
-}
-
-type serviceEntry struct {
-	name svcName
-	gen  uint32
+	entries genMap[string, svcName]
 }
 
 func (s *serviceStore) apply(key string, value []byte, gen uint32) error {
@@ -136,48 +153,28 @@ func (s *serviceStore) apply(key string, value []byte, gen uint32) error {
 		return err
 	}
 	n := svcName{svc.Namespace, svc.Name}
-	s.entries[key] = serviceEntry{name: n, gen: gen}
+	s.entries.put(key, n, gen)
 	s.r.agent.merger.setRemoteService(s.r.name, n, toRemoteService(c, svc))
 	return nil
 }
 
-func (s *serviceStore) touch(key string, gen uint32) {
-	if e, ok := s.entries[key]; ok {
-		e.gen = gen
-		s.entries[key] = e
-	}
-}
+func (s *serviceStore) touch(key string, gen uint32) { s.entries.touch(key, gen) }
 
 func (s *serviceStore) remove(key string) {
 	if e, ok := s.entries[key]; ok {
 		delete(s.entries, key)
-		s.r.agent.merger.setRemoteService(s.r.name, e.name, nil)
+		s.r.agent.merger.setRemoteService(s.r.name, e.v, nil)
 	}
 }
 
-func (s *serviceStore) sweep(gen uint32) int {
-	n := 0
-	for key, e := range s.entries {
-		if e.gen < gen {
-			s.remove(key)
-			n++
-		}
-	}
-	return n
-}
-
-func (s *serviceStore) count() int { return len(s.entries) }
-func (s *serviceStore) clear()     { s.entries = map[string]serviceEntry{} }
+func (s *serviceStore) sweep(gen uint32) int { return sweepWith(s.entries.older(gen), s.remove) }
+func (s *serviceStore) count() int           { return len(s.entries) }
+func (s *serviceStore) clear()               { s.entries = genMap[string, svcName]{} }
 
 // nodeStore keeps a remote's nodes (for status, and for WireGuard peers).
 type nodeStore struct {
 	r       *remote
-	entries map[string]nodeEntry
-}
-
-type nodeEntry struct {
-	node *wire.Node
-	gen  uint32
+	entries genMap[string, *wire.Node]
 }
 
 func (s *nodeStore) apply(key string, value []byte, gen uint32) error {
@@ -185,17 +182,12 @@ func (s *nodeStore) apply(key string, value []byte, gen uint32) error {
 	if err != nil {
 		return err
 	}
-	s.entries[key] = nodeEntry{node: n, gen: gen}
+	s.entries.put(key, n, gen)
 	s.r.agent.nodesDirty.Store(true)
 	return nil
 }
 
-func (s *nodeStore) touch(key string, gen uint32) {
-	if e, ok := s.entries[key]; ok {
-		e.gen = gen
-		s.entries[key] = e
-	}
-}
+func (s *nodeStore) touch(key string, gen uint32) { s.entries.touch(key, gen) }
 
 func (s *nodeStore) remove(key string) {
 	if _, ok := s.entries[key]; ok {
@@ -204,33 +196,18 @@ func (s *nodeStore) remove(key string) {
 	}
 }
 
-func (s *nodeStore) sweep(gen uint32) int {
-	n := 0
-	for key, e := range s.entries {
-		if e.gen < gen {
-			s.remove(key)
-			n++
-		}
-	}
-	return n
-}
-
-func (s *nodeStore) count() int { return len(s.entries) }
+func (s *nodeStore) sweep(gen uint32) int { return sweepWith(s.entries.older(gen), s.remove) }
+func (s *nodeStore) count() int           { return len(s.entries) }
 
 func (s *nodeStore) clear() {
-	s.entries = map[string]nodeEntry{}
+	s.entries = genMap[string, *wire.Node]{}
 	s.r.agent.nodesDirty.Store(true)
 }
 
 // identityStore keeps a remote's identities and their labels (for policy).
 type identityStore struct {
 	r       *remote
-	entries map[uint32]identityEntry
-}
-
-type identityEntry struct {
-	labels wire.Labels
-	gen    uint32
+	entries genMap[uint32, wire.Labels]
 }
 
 func (s *identityStore) apply(key string, value []byte, gen uint32) error {
@@ -238,7 +215,7 @@ func (s *identityStore) apply(key string, value []byte, gen uint32) error {
 	if err != nil {
 		return err
 	}
-	s.entries[id.ID] = identityEntry{labels: id.Labels, gen: gen}
+	s.entries.put(id.ID, id.Labels, gen)
 	return nil
 }
 
@@ -249,10 +226,7 @@ func (s *identityStore) idOf(key string) (uint32, bool) {
 
 func (s *identityStore) touch(key string, gen uint32) {
 	if id, ok := s.idOf(key); ok {
-		if e, known := s.entries[id]; known {
-			e.gen = gen
-			s.entries[id] = e
-		}
+		s.entries.touch(id, gen)
 	}
 }
 
@@ -263,18 +237,23 @@ func (s *identityStore) remove(key string) {
 }
 
 func (s *identityStore) sweep(gen uint32) int {
-	n := 0
-	for id, e := range s.entries {
-		if e.gen < gen {
-			delete(s.entries, id)
-			n++
-		}
+	old := s.entries.older(gen)
+	for _, id := range old {
+		delete(s.entries, id)
 	}
-	return n
+	return len(old)
 }
 
 func (s *identityStore) count() int { return len(s.entries) }
-func (s *identityStore) clear()     { s.entries = map[uint32]identityEntry{} }
+func (s *identityStore) clear()     { s.entries = genMap[uint32, wire.Labels]{} }
+
+// sweepWith removes each key with remove; it returns how many.
+func sweepWith[K any](keys []K, remove func(K)) int {
+	for _, k := range keys {
+		remove(k)
+	}
+	return len(keys)
+}
 
 // toRemoteService converts a remote's global service into backends per port
 // name. A service the remote does not share contributes no backends.
