@@ -1,0 +1,268 @@
+package policy
+
+import (
+	"slices"
+	"sort"
+
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Key is one allowed flow of an endpoint: a peer identity, a direction and a
+// port range (From 0: every port; protocol 0: every protocol).
+type Key struct {
+	Peer      uint32
+	Direction Direction
+	PortRange
+}
+
+// EndpointPolicy is what one local endpoint (identity) may do. A direction
+// not enforced allows everything; an enforced one allows exactly its keys.
+type EndpointPolicy struct {
+	Enforced [2]bool // by Direction
+	// allowed holds the keys of each direction packed into 64 bits (see
+	// pack): this is the hot set of policy computation.
+	allowed [2]map[uint64]struct{}
+}
+
+func newEndpointPolicy() *EndpointPolicy {
+	return &EndpointPolicy{allowed: [2]map[uint64]struct{}{{}, {}}}
+}
+
+// pack fits a key of a known direction into 64 bits: 24-bit identity,
+// protocol, first and last port.
+func pack(k Key) uint64 {
+	return uint64(k.Peer&0xffffff)<<40 | uint64(k.Protocol)<<32 | uint64(k.From)<<16 | uint64(k.To)
+}
+
+func unpack(dir Direction, v uint64) Key {
+	return Key{Peer: uint32(v >> 40), Direction: dir, PortRange: PortRange{Protocol: uint8(v >> 32), From: uint16(v >> 16), To: uint16(v)}}
+}
+
+// Keys lists the allowed entries.
+func (p *EndpointPolicy) Keys() []Key {
+	var out []Key
+	for dir, set := range p.allowed {
+		for v := range set {
+			out = append(out, unpack(Direction(dir), v))
+		}
+	}
+	return out
+}
+
+func (p *EndpointPolicy) has(k Key) bool {
+	_, ok := p.allowed[k.Direction][pack(k)]
+	return ok
+}
+
+// Allows reports whether a flow is allowed.
+func (p *EndpointPolicy) Allows(peer uint32, dir Direction, proto uint8, port uint16) bool {
+	if p == nil || !p.Enforced[dir] {
+		return true
+	}
+	for v := range p.allowed[dir] {
+		k := unpack(dir, v)
+		if k.Peer == peer && (k.Protocol == AnyProtocol || k.Protocol == proto) &&
+			(k.From == 0 || (port >= k.From && port <= k.To)) {
+			return true
+		}
+	}
+	return false
+}
+
+// Change is one entry added to or removed from an endpoint's policy.
+type Change struct {
+	Endpoint uint32
+	Key      Key
+	Add      bool
+}
+
+// Engine keeps every endpoint's policy up to date as identities come and go
+// (in any cluster) and as the policies change. Not safe for concurrent use:
+// its owner serialises calls.
+type Engine struct {
+	localCluster string
+	rules        []compiledRule
+	identities   map[uint32]wire.Labels     // every identity known, all clusters
+	subjects     []map[uint32]struct{}      // per rule: local identities it applies to
+	endpoints    map[uint32]*EndpointPolicy // per local identity
+}
+
+// NewEngine returns an engine for the local cluster with no policy.
+func NewEngine(localCluster string) *Engine {
+	return &Engine{localCluster: localCluster, identities: map[uint32]wire.Labels{}, endpoints: map[uint32]*EndpointPolicy{}}
+}
+
+func (e *Engine) isLocal(ls wire.Labels) bool {
+	c, _ := lookup(ls, "", wire.ClusterLabel)
+	return c == e.localCluster
+}
+
+// SetPolicies replaces the policies and recomputes everything; it returns
+// the resulting changes.
+func (e *Engine) SetPolicies(c *Compiled) []Change {
+	old := e.endpoints
+	e.rules = c.rules
+	e.subjects = make([]map[uint32]struct{}, len(e.rules))
+	e.endpoints = map[uint32]*EndpointPolicy{}
+	for i, r := range e.rules {
+		e.subjects[i] = map[uint32]struct{}{}
+		for id, ls := range e.identities {
+			if e.isLocal(ls) && r.subject.matches(ls) {
+				e.subjects[i][id] = struct{}{}
+			}
+		}
+	}
+	for id, ls := range e.identities {
+		if e.isLocal(ls) {
+			e.endpoints[id] = e.compute(id)
+		}
+	}
+	return diff(old, e.endpoints)
+}
+
+// UpsertIdentity adds (or relabels) an identity of any cluster and returns
+// the policy entries that change: for a local identity its own policy, and
+// for every identity the entries of the endpoints whose rules select it as a
+// peer. Only the affected rules and endpoints are visited.
+func (e *Engine) UpsertIdentity(id uint32, ls wire.Labels) []Change {
+	var changes []Change
+	if _, known := e.identities[id]; known {
+		changes = e.RemoveIdentity(id)
+	}
+	e.identities[id] = ls
+	if e.isLocal(ls) {
+		for i, r := range e.rules {
+			if r.subject.matches(ls) {
+				e.subjects[i][id] = struct{}{}
+			}
+		}
+		ep := e.compute(id)
+		e.endpoints[id] = ep
+		changes = append(changes, diff(map[uint32]*EndpointPolicy{}, map[uint32]*EndpointPolicy{id: ep})...)
+	}
+	for i, r := range e.rules {
+		if !r.allowsPeer(ls) {
+			continue
+		}
+		keys := r.keys(id)
+		packed := make([]uint64, len(keys))
+		for j, k := range keys {
+			packed[j] = pack(k)
+		}
+		changes = slices.Grow(changes, len(e.subjects[i])*len(keys))
+		for ep := range e.subjects[i] {
+			if ep == id {
+				continue // computed above
+			}
+			allowed := e.endpoints[ep].allowed[r.dir]
+			for j, v := range packed {
+				if _, ok := allowed[v]; !ok {
+					allowed[v] = struct{}{}
+					changes = append(changes, Change{Endpoint: ep, Key: keys[j], Add: true})
+				}
+			}
+		}
+	}
+	return changes
+}
+
+// RemoveIdentity forgets an identity: entries allowing it go away, and a
+// local endpoint's own policy with it.
+func (e *Engine) RemoveIdentity(id uint32) []Change {
+	ls, ok := e.identities[id]
+	if !ok {
+		return nil
+	}
+	delete(e.identities, id)
+	var changes []Change
+	if ep, ok := e.endpoints[id]; ok {
+		changes = append(changes, diff(map[uint32]*EndpointPolicy{id: ep}, map[uint32]*EndpointPolicy{})...)
+		delete(e.endpoints, id)
+		for i := range e.subjects {
+			delete(e.subjects[i], id)
+		}
+	}
+	for i, r := range e.rules {
+		if !r.allowsPeer(ls) {
+			continue
+		}
+		keys := r.keys(id)
+		for ep := range e.subjects[i] {
+			allowed := e.endpoints[ep].allowed[r.dir]
+			for _, k := range keys {
+				if _, ok := allowed[pack(k)]; ok {
+					delete(allowed, pack(k))
+					changes = append(changes, Change{Endpoint: ep, Key: k})
+				}
+			}
+		}
+	}
+	return changes
+}
+
+// Endpoint returns the policy of a local identity (nil: none selects it).
+func (e *Engine) Endpoint(id uint32) *EndpointPolicy { return e.endpoints[id] }
+
+// compute builds the policy of local identity id from scratch.
+func (e *Engine) compute(id uint32) *EndpointPolicy {
+	ep := newEndpointPolicy()
+	for i, r := range e.rules {
+		if _, ok := e.subjects[i][id]; !ok {
+			continue
+		}
+		ep.Enforced[r.dir] = true
+		for peer, ls := range e.identities {
+			if r.allowsPeer(ls) {
+				for _, k := range r.keys(peer) {
+					ep.allowed[r.dir][pack(k)] = struct{}{}
+				}
+			}
+		}
+	}
+	return ep
+}
+
+func (r *compiledRule) allowsPeer(ls wire.Labels) bool {
+	if r.anyPeer {
+		return true
+	}
+	for _, p := range r.peers {
+		if p.matches(ls) {
+			return true
+		}
+	}
+	return false
+}
+
+// keys are the entries a rule allows for one peer.
+func (r *compiledRule) keys(peer uint32) []Key {
+	if len(r.ports) == 0 {
+		return []Key{{Peer: peer, Direction: r.dir}}
+	}
+	out := make([]Key, len(r.ports))
+	for i, p := range r.ports {
+		out[i] = Key{Peer: peer, Direction: r.dir, PortRange: p}
+	}
+	return out
+}
+
+// diff lists the entries that differ between two sets of endpoint policies.
+func diff(old, cur map[uint32]*EndpointPolicy) []Change {
+	var out []Change
+	for id, o := range old {
+		for _, k := range o.Keys() {
+			if c, ok := cur[id]; !ok || !c.has(k) {
+				out = append(out, Change{Endpoint: id, Key: k})
+			}
+		}
+	}
+	for id, c := range cur {
+		for _, k := range c.Keys() {
+			if o, ok := old[id]; !ok || !o.has(k) {
+				out = append(out, Change{Endpoint: id, Key: k, Add: true})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Endpoint < out[j].Endpoint })
+	return out
+}
