@@ -134,12 +134,9 @@ func (c *Compiled) add(o Options, name string, b []byte) error {
 	return nil
 }
 
+// splitDocuments splits a YAML stream at its "---" lines.
 func splitDocuments(b []byte) [][]byte {
-	var docs [][]byte
-	for _, part := range bytes.Split(append([]byte("\n"), b...), []byte("\n---")) {
-		docs = append(docs, part)
-	}
-	return docs
+	return bytes.Split(append([]byte("\n"), b...), []byte("\n---"))
 }
 
 func nsRequirement(ns string) requirement {
