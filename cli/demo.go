@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -13,7 +15,7 @@ import (
 
 func newDemoCmd() *cobra.Command {
 	var o demo.Options
-	var noEBPF bool
+	var noEBPF, noTraffic bool
 	cmd := &cobra.Command{
 		Use:   "demo [--once]",
 		Short: "Run a three-cluster mesh on loopback (no Kubernetes needed)",
@@ -23,20 +25,31 @@ connect every pair, publish the global service shop/checkout (affinity local)
 with backends in every cluster, print the status table and keep running until
 Ctrl-C. Agents serve their status on unix sockets for 'clustermesh status'.
 
-As root the agents write real pinned eBPF maps; otherwise they use the
-in-memory datapath and the demo says so.
+As root the agents write real pinned eBPF maps, and the demo sends real
+traffic: every checkout pod is a network namespace with an HTTP server on
+port 8080 that answers with its cluster and pod name, east-node-1 is a
+namespace with a veth and a route to each pod, and east-node-1's socket load
+balancer is attached to a cgroup of the demo's own. A client in that cgroup
+calls http://10.96.0.10:80 and the demo prints who served it, before east's
+backends go unready, while they are, and after they are back. Everything is
+removed on exit. Without root the agents use the in-memory datapath, and the
+demo says what it skips.
 
 --once runs a scripted check instead and exits 0 only if every step held:
  (a) every agent sees every remote ready with the right counts;
- (b) east's checkout backends go unready: east's agents select the remote ones,
+ (b) real traffic (root): the client's requests are all served by east, then
+     all by west and north while east's backends are unready, then all by
+     east again;
+ (c) east's checkout backends go unready: east's agents select the remote ones,
      and east's own again once they are back;
- (c) west's apiserver stops: east keeps west's entries; west restarts with an
+ (d) west's apiserver stops: east keeps west's entries; west restarts with an
      empty store and east resyncs without any entry going missing;
- (d) north is disconnected from east: east drains everything from north.`,
+ (e) north is disconnected from east: east drains everything from north.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Out = cmd.OutOrStdout()
 			o.EBPF = os.Geteuid() == 0 && !noEBPF
+			o.Traffic = !noTraffic
 			o.PrintStatus = func(w io.Writer, st agentsync.Status) error { return PrintStatus(w, st, false) }
 			o.Logger = slog.Default()
 			return demo.Run(cmd.Context(), o)
@@ -45,7 +58,27 @@ in-memory datapath and the demo says so.
 	f := cmd.Flags()
 	f.BoolVar(&o.Once, "once", false, "run the scripted check and exit (0 only if every step held)")
 	f.IntVar(&o.AgentsPerCluster, "agents", 2, "agents (nodes) per cluster")
-	f.BoolVar(&noEBPF, "no-ebpf", false, "use the in-memory datapath even as root")
+	f.BoolVar(&noEBPF, "no-ebpf", false, "use the in-memory datapath even as root (no real traffic either)")
+	f.BoolVar(&noTraffic, "no-traffic", false, "no network namespaces and no real traffic, even as root")
 	f.StringVar(&o.Dir, "dir", "", "working directory (default: a temporary one, removed on exit)")
+	cmd.AddCommand(newDemoClientCmd())
 	return cmd
+}
+
+// newDemoClientCmd is the demo's client, which the demo runs as a child
+// process in east-node-1's namespace and cgroup.
+func newDemoClientCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "client URL N",
+		Short:  "The demo's client: N GET requests to URL, then who served them as JSON",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[1])
+			if err != nil || n < 0 {
+				return fmt.Errorf("demo client: N must be a count, not %q", args[1])
+			}
+			return demo.RunClient(cmd.Context(), cmd.OutOrStdout(), args[0], n)
+		},
+	}
 }

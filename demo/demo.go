@@ -1,8 +1,11 @@
 // Package demo is `clustermesh demo`: three clusters (east 1, west 2,
 // north 3) on loopback, each a mesh apiserver from one shared CA plus its
 // agents, every pair connected, sharing the global service shop/checkout.
-// With Once it runs a scripted check of the mesh's promises and reports
-// each step with its time.
+// As root it also sends real traffic (network.go, traffic.go): an HTTP
+// server in a network namespace per checkout pod, and a client behind
+// east-node-1's socket load balancer that calls the service's ClusterIP
+// while east's backends fail over and back. With Once it runs a scripted
+// check of the mesh's promises and reports each step with its time.
 package demo
 
 import (
@@ -26,7 +29,13 @@ type Options struct {
 	Once             bool // run the scripted check and return
 	AgentsPerCluster int  // default 2
 	EBPF             bool // real pinned eBPF maps (needs root)
-	Dir              string
+	// Traffic shows real traffic (needs root and EBPF): an HTTP server in a
+	// network namespace per checkout pod, east-node-1's socket load
+	// balancer attached to a cgroup of the demo's own, and a client in it
+	// that calls the service's ClusterIP while east's backends go unready
+	// and come back. Without root or EBPF the demo says why it skips it.
+	Traffic bool
+	Dir     string
 	// StepTimeout bounds each scripted step.
 	StepTimeout time.Duration
 	PrintStatus func(io.Writer, agentsync.Status) error
@@ -39,48 +48,43 @@ var Clusters = []string{"east", "west", "north"}
 // ErrCheckFailed is returned by Run with Once when a step did not hold.
 var ErrCheckFailed = errors.New("demo: a scripted step failed")
 
-// Run starts the mesh and either runs the scripted check (Once) or prints
-// the status and serves until ctx is done.
+// Run starts the mesh and either runs the scripted check (Once) or shows
+// the real traffic, prints the status and serves until ctx is done.
 func Run(ctx context.Context, o Options) error {
-	if o.AgentsPerCluster == 0 {
-		o.AgentsPerCluster = 2
-	}
-	if o.StepTimeout == 0 {
-		o.StepTimeout = 30 * time.Second
-	}
-	if o.Dir == "" {
-		d, err := os.MkdirTemp("", "clustermesh-demo-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		o.Dir = d
-	}
-	dp := "in-memory datapath (not root: eBPF maps skipped)"
-	if o.EBPF {
-		dp = "eBPF maps pinned under /sys/fs/bpf/clustermesh-localmesh"
-	}
-	fmt.Fprintf(o.Out, "clustermesh demo: 3 clusters × (1 apiserver + %d agents) on loopback, %s\n", o.AgentsPerCluster, dp)
-	var specs []localmesh.ClusterSpec
-	for i, n := range Clusters {
-		specs = append(specs, localmesh.ClusterSpec{Name: n, ID: uint32(i + 1), State: localmesh.SampleState(i + 1)})
-	}
-	start := time.Now()
-	m, err := localmesh.Start(ctx, localmesh.Options{Dir: o.Dir, Clusters: specs, AgentsPerCluster: o.AgentsPerCluster,
-		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger})
+	d, err := start(ctx, o)
 	if err != nil {
 		return err
 	}
-	defer m.Close()
-	d := &run{o: o, m: m}
+	defer d.close()
+	o = d.o
 	ok := d.step(ctx, "(a) every agent sees every remote cluster ready with the right counts", d.allReady)
-	fmt.Fprintf(o.Out, "      mesh up and fully synced %s after start\n", ms(time.Since(start)))
+	fmt.Fprintf(o.Out, "      mesh up and fully synced %s after start\n", ms(time.Since(d.started)))
+	const trafficStep = "(b) a client behind east-node-1's socket LB calls 10.96.0.10:80: east serves; east unready → west+north; back → east"
+	if d.noTraffic != "" {
+		fmt.Fprintf(o.Out, "skip %s [%s]\n", trafficStep, d.noTrafficShort)
+	} else if ctx.Err() == nil {
+		ok = d.step(ctx, trafficStep, d.traffic) && ok
+	}
 	if !o.Once {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return d.serve(ctx)
 	}
-	ok = d.step(ctx, "(b) east's checkout backends unready → east's agents select remote backends; back → local again", d.failover) && ok
-	ok = d.step(ctx, "(c) west's apiserver stops: east keeps west's entries; west restarts: east resyncs, no entry missing", d.restartWest) && ok
-	ok = d.step(ctx, "(d) north disconnected from east: east drains everything from north", d.disconnectNorth) && ok
+	for _, s := range []struct {
+		name string
+		fn   func(context.Context) (string, error)
+	}{
+		{"(c) east's checkout backends unready → east's agents select remote backends; back → local again", d.failover},
+		{"(d) west's apiserver stops: east keeps west's entries; west restarts: east resyncs, no entry missing", d.restartWest},
+		{"(e) north disconnected from east: east drains everything from north", d.disconnectNorth},
+	} {
+		if ctx.Err() != nil {
+			fmt.Fprintln(o.Out, "interrupted: the remaining steps did not run")
+			return fmt.Errorf("demo: interrupted: %w", ctx.Err())
+		}
+		ok = d.step(ctx, s.name, s.fn) && ok
+	}
 	if !ok {
 		return ErrCheckFailed
 	}
@@ -88,10 +92,94 @@ func Run(ctx context.Context, o Options) error {
 	return nil
 }
 
+// start prints what the demo runs and starts the mesh; close stops it.
+func start(ctx context.Context, o Options) (*run, error) {
+	if o.AgentsPerCluster == 0 {
+		o.AgentsPerCluster = 2
+	}
+	if o.StepTimeout == 0 {
+		o.StepTimeout = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	d := &run{o: o}
+	if o.Dir == "" {
+		dir, err := os.MkdirTemp("", "clustermesh-demo-")
+		if err != nil {
+			return nil, err
+		}
+		d.o.Dir, d.tmpDir = dir, dir
+	}
+	root := os.Geteuid() == 0
+	dp := "eBPF maps pinned under /sys/fs/bpf/clustermesh-localmesh"
+	switch {
+	case !o.EBPF && root:
+		dp = "in-memory datapath (--no-ebpf)"
+	case !o.EBPF:
+		dp = "in-memory datapath (not root: eBPF maps skipped)"
+	}
+	switch {
+	case !o.Traffic:
+		d.noTraffic, d.noTrafficShort = "real traffic off (--no-traffic); the service maps are checked instead", "--no-traffic"
+	case !root:
+		d.noTraffic = "not root: no network namespaces, no real traffic; the service maps are checked instead"
+		d.noTrafficShort = "not root"
+	case !o.EBPF:
+		d.noTraffic = "in-memory datapath: no socket load balancer, no real traffic; the service maps are checked instead"
+		d.noTrafficShort = "in-memory datapath"
+	}
+	fmt.Fprintf(o.Out, "clustermesh demo: 3 clusters × (1 apiserver + %d agents) on loopback, %s\n", o.AgentsPerCluster, dp)
+	if d.noTraffic != "" {
+		fmt.Fprintf(o.Out, "      %s\n", d.noTraffic)
+	} else {
+		fmt.Fprintln(o.Out, "      real traffic: an HTTP server in a network namespace per checkout pod, a client behind east-node-1's socket load balancer")
+	}
+	var specs []localmesh.ClusterSpec
+	for i, n := range Clusters {
+		specs = append(specs, localmesh.ClusterSpec{Name: n, ID: uint32(i + 1), State: localmesh.SampleState(i + 1)})
+	}
+	d.started = time.Now()
+	m, err := localmesh.Start(ctx, localmesh.Options{Dir: d.o.Dir, Clusters: specs, AgentsPerCluster: o.AgentsPerCluster,
+		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.m = m
+	return d, nil
+}
+
+// close removes the traffic's network, stops the mesh and removes the
+// temporary directory.
+func (d *run) close() error {
+	var errs []error
+	if d.net != nil {
+		errs = append(errs, d.net.Close())
+	}
+	if d.m != nil {
+		errs = append(errs, d.m.Close())
+	}
+	if d.tmpDir != "" {
+		errs = append(errs, os.RemoveAll(d.tmpDir))
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		fmt.Fprintf(d.o.Out, "cleanup: %v\n", err)
+	}
+	return err
+}
+
 // run is one demo run.
 type run struct {
-	o Options
-	m *localmesh.Mesh
+	o         Options
+	m         *localmesh.Mesh
+	started   time.Time
+	tmpDir    string // removed by close
+	noTraffic string // why the real traffic is skipped, or ""
+	// noTrafficShort is the reason in a few words.
+	noTrafficShort string
+	net            *network // the real traffic's network, once set up
 }
 
 // step runs fn with the step timeout and prints its outcome and time.
@@ -135,8 +223,17 @@ func (d *run) serve(ctx context.Context) error {
 			}()
 		}
 	}
-	fmt.Fprintf(d.o.Out, "\nagents serve their status in %s; for example:\n  clustermesh status --agent %s\n\nrunning until Ctrl-C\n",
+	fmt.Fprintf(d.o.Out, "\nagents serve their status in %s; for example:\n  clustermesh status --agent %s\n",
 		sockDir, filepath.Join(sockDir, "west-node-1.sock"))
+	if d.net != nil {
+		nodeNS := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(d.net.node))
+		fmt.Fprintf(d.o.Out, "\nthe pods answer in east-node-1's network namespace, %s; through its socket load balancer\n"+
+			"for the processes of %s:\n"+
+			"  nsenter --net=%s curl -s http://%s:%d/\n"+
+			"  nsenter --net=%s sh -c 'echo $$ > %s/cgroup.procs && exec curl -s %s'\n",
+			nodeNS, d.net.cgroup, nodeNS, d.net.pods[0].ip, d.net.port, nodeNS, d.net.cgroup, serviceURL())
+	}
+	fmt.Fprintln(d.o.Out, "\nrunning until Ctrl-C")
 	<-ctx.Done()
 	return nil
 }

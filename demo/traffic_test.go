@@ -1,0 +1,242 @@
+package demo
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+// TestDemoTraffic runs the real traffic step on a mesh of its own, checks
+// who served each phase, and that closing the demo leaves no namespace,
+// veth, route, socket, cgroup or pinned map behind.
+func TestDemoTraffic(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d, err := start(ctx, Options{Out: testWriter{t}, EBPF: true, Traffic: true, Dir: t.TempDir(), Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			d.close()
+		}
+	}()
+	if _, err := d.allReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.setupTraffic(ctx); err != nil {
+		t.Fatal(err)
+	}
+	phases, err := d.trafficPhases(ctx)
+	for _, p := range phases {
+		t.Log(p.line())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The distribution: east's three pods while they are ready (each at
+	// least once: a pod missing by chance has a probability of 3·(2/3)⁶⁰ ≈
+	// 1e-10), west and north together while they are not.
+	if len(phases) != 3 {
+		t.Fatalf("%d phases, want 3", len(phases))
+	}
+	for i, want := range [][]string{{"east"}, {"west", "north"}, {"east"}} {
+		r := phases[i].res
+		if len(r.Errors) != 0 {
+			t.Errorf("%s: errors %v", phases[i].name, r.Errors)
+		}
+		total := 0
+		for c, n := range r.served() {
+			total += n
+			if !slices.Contains(want, c) {
+				t.Errorf("%s: %s served %d, want only %v", phases[i].name, c, n, want)
+			}
+		}
+		for _, c := range want {
+			if r.served()[c] == 0 {
+				t.Errorf("%s: %s served nothing", phases[i].name, c)
+			}
+		}
+		if total != requestsPerPhase {
+			t.Errorf("%s: %d replies, want %d", phases[i].name, total, requestsPerPhase)
+		}
+	}
+	for _, i := range []int{0, 2} {
+		for _, p := range []string{"checkout-1", "checkout-2", "checkout-3"} {
+			if phases[i].res.Served["east/"+p] == 0 {
+				t.Errorf("%s: east's %s served nothing: %v", phases[i].name, p, phases[i].res.Served)
+			}
+		}
+	}
+
+	// Keep a handle on every namespace to look inside after the demo is
+	// closed; the demo's own handles must all be gone.
+	n := d.net
+	inodes := n.namespaces()
+	if len(inodes) != 1+len(n.pods) || len(n.pods) != 9 {
+		t.Fatalf("%d namespaces for %d pods, want 1 + 9", len(inodes), len(n.pods))
+	}
+	var held []netns.NsHandle
+	for _, h := range append([]netns.NsHandle{n.node}, podHandles(n.pods)...) {
+		fd, err := unix.FcntlInt(uintptr(h), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, netns.NsHandle(fd))
+	}
+	cgroup := n.cgroup
+	var podIPs []string
+	for _, p := range n.pods {
+		podIPs = append(podIPs, p.ip.String())
+	}
+	closed = true
+	if err := d.close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+
+	for i, h := range held {
+		what := "east-node-1's namespace"
+		if i > 0 {
+			what = "pod namespace " + podIPs[i-1]
+		}
+		nl, err := netlink.NewHandleAt(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		links, err := nl.LinkList()
+		nl.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range links {
+			if l.Attrs().Name != "lo" {
+				t.Errorf("%s still has link %s", what, l.Attrs().Name)
+			}
+		}
+		// Sockets other than TIME_WAIT ones (which hold no reference on
+		// the namespace and go with it).
+		var tcp []byte
+		if err := inNetns(h, func() (err error) {
+			tcp, err = os.ReadFile("/proc/thread-self/net/tcp")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(tcp)), "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 3 && f[3] != "06" {
+				t.Errorf("%s still has a socket: %s", what, line)
+			}
+		}
+		h.Close()
+	}
+	checkNoNamespaceHeld(t, inodes)
+	if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
+		t.Errorf("the client's cgroup %s is still there (%v)", cgroup, err)
+	}
+	checkNoDemoCgroup(t)
+	checkNoPins(t)
+	// Nothing ever went into this namespace: no link named like a pod's
+	// veth, no route to a pod.
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if strings.Contains(l.Attrs().Name, "-ck") {
+			t.Errorf("link %s in the test's own namespace", l.Attrs().Name)
+		}
+	}
+	for _, ip := range podIPs {
+		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: host(mustAddr(t, ip))}, netlink.RT_FILTER_DST)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(routes) > 0 {
+			t.Errorf("a route to %s in the test's own namespace: %v", ip, routes)
+		}
+	}
+}
+
+// checkNoNamespaceHeld fails if this process still has a file descriptor
+// or a mount on one of the namespaces inodes.
+func checkNoNamespaceHeld(t *testing.T, inodes []uint64) {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+		if err != nil {
+			continue // the directory's own descriptor, gone
+		}
+		for _, ino := range inodes {
+			if target == fmt.Sprintf("net:[%d]", ino) {
+				t.Errorf("descriptor %s still refers to the demo's namespace %s", fd.Name(), target)
+			}
+		}
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ino := range inodes {
+		if strings.Contains(string(mounts), fmt.Sprintf("net:[%d]", ino)) {
+			t.Errorf("the demo's namespace net:[%d] is mounted", ino)
+		}
+	}
+}
+
+// checkNoDemoCgroup fails if a cgroup of this process's demos is left.
+func checkNoDemoCgroup(t *testing.T) {
+	t.Helper()
+	root, err := cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(root, fmt.Sprintf("clustermesh-demo-%d-*", os.Getpid())))
+	if len(left) > 0 {
+		t.Errorf("the demo left cgroups behind: %v", left)
+	}
+}
+
+// checkNoPins fails if the agents of this process left pinned maps.
+func checkNoPins(t *testing.T) {
+	t.Helper()
+	left, _ := filepath.Glob(fmt.Sprintf("/sys/fs/bpf/clustermesh-localmesh/%d-*", os.Getpid()))
+	if len(left) > 0 {
+		t.Errorf("the demo left pinned maps behind: %v", left)
+	}
+}
+
+// testWriter logs every write to t.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+func mustAddr(t *testing.T, s string) netip.Addr {
+	t.Helper()
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
