@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"time"
 
@@ -24,7 +25,14 @@ const DefaultPollInterval = time.Second
 type File struct {
 	Path         string
 	PollInterval time.Duration // DefaultPollInterval when zero
-	Logger       *slog.Logger
+	// NodeKeysDir, when set, is a directory of the nodes' WireGuard public
+	// keys, one file <node>.pub each (written by the nodes' agents with
+	// WriteNodeKey): a node of the state without a wireguardPubKey gets the
+	// key of its file. It is created if missing and watched like the state
+	// file; a key file that is invalid is logged and ignored (its node keeps
+	// its last valid key) and never fails the state.
+	NodeKeysDir string
+	Logger      *slog.Logger
 }
 
 // LoadFile reads, parses and validates a state file.
@@ -56,8 +64,9 @@ func Parse(name string, b []byte) (*State, error) {
 	return &st, nil
 }
 
-// Run delivers the file's state, then every valid change, until ctx is done.
-// It fails at once if the file cannot be read or is invalid at start.
+// Run delivers the file's state, then every valid change (of the file, or of
+// the keys in NodeKeysDir), until ctx is done. It fails at once if the file
+// cannot be read or is invalid at start, or NodeKeysDir cannot be created.
 func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	log := f.Logger
 	if log == nil {
@@ -75,51 +84,95 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	} else {
 		defer wait() // after cancel (defers run in reverse)
 	}
+	var keys *nodeKeys
+	var keysChanged <-chan struct{}
+	if f.NodeKeysDir != "" {
+		if keys, err = newNodeKeys(f.NodeKeysDir, log); err != nil {
+			cancel()
+			return err
+		}
+		var waitKeys func()
+		keysChanged, waitKeys, err = notifyKeysDir(ctx, f.NodeKeysDir)
+		if err != nil {
+			log.Warn("no change notifications for the node keys directory: polling only", "dir", f.NodeKeysDir, "every", every, "err", err)
+		} else {
+			defer waitKeys()
+		}
+	}
 	defer cancel()
 	last, err := os.ReadFile(f.Path)
 	if err != nil {
 		return fmt.Errorf("statesource: %w", err)
 	}
-	st, err := Parse(f.Path, last)
+	base, err := Parse(f.Path, last)
 	if err != nil {
 		return err
 	}
+	keys.load()
+	st, applied := keys.apply(base)
 	onChange(st)
 	lastStat, _ := os.Stat(f.Path)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		notified := false
+		stateWake, notified, keysWake, keysNotified := false, false, false, false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			stateWake, keysWake = true, keys != nil
 		case <-changed:
-			notified = true
+			stateWake, notified = true, true
+		case <-keysChanged:
+			keysWake, keysNotified = true, true
 		}
-		fi, err := os.Stat(f.Path)
-		if err != nil {
-			log.Warn("state file unreadable, keeping the last state", "file", f.Path, "err", err)
-			continue
+		var next *State
+		if stateWake {
+			next = f.reread(log, notified, &lastStat, &last)
 		}
-		// A poll skips an unchanged file; a notification always reads, since
-		// two quick writes can share an mtime tick, a size and an inode.
-		if !notified && sameFile(fi, lastStat) {
-			continue
+		// A poll reads the key files only if their stats changed; a
+		// notification always reads them.
+		keysMoved := keysWake && (keysNotified || keys.signature() != keys.sig) && keys.load()
+		switch {
+		case next != nil:
+			base = next
+			st, applied = keys.apply(base)
+			onChange(st)
+		case keysMoved:
+			var now map[string]string
+			if st, now = keys.apply(base); !maps.Equal(now, applied) {
+				applied = now
+				onChange(st)
+			}
 		}
-		lastStat = fi
-		b, err := os.ReadFile(f.Path)
-		if err != nil || bytes.Equal(b, last) {
-			continue
-		}
-		last = b
-		st, err := Parse(f.Path, b)
-		if err != nil {
-			log.Error("state file changed but is invalid, keeping the last state", "file", f.Path, "err", err)
-			continue
-		}
-		onChange(st)
 	}
+}
+
+// reread returns the state file's new state, or nil when it is unchanged,
+// unreadable or invalid (logged: the last state stays in force).
+func (f *File) reread(log *slog.Logger, notified bool, lastStat *os.FileInfo, last *[]byte) *State {
+	fi, err := os.Stat(f.Path)
+	if err != nil {
+		log.Warn("state file unreadable, keeping the last state", "file", f.Path, "err", err)
+		return nil
+	}
+	// A poll skips an unchanged file; a notification always reads, since
+	// two quick writes can share an mtime tick, a size and an inode.
+	if !notified && sameFile(fi, *lastStat) {
+		return nil
+	}
+	*lastStat = fi
+	b, err := os.ReadFile(f.Path)
+	if err != nil || bytes.Equal(b, *last) {
+		return nil
+	}
+	*last = b
+	st, err := Parse(f.Path, b)
+	if err != nil {
+		log.Error("state file changed but is invalid, keeping the last state", "file", f.Path, "err", err)
+		return nil
+	}
+	return st
 }
 
 func sameFile(a, b os.FileInfo) bool {

@@ -19,12 +19,28 @@ import (
 // once its goroutines have ended (after ctx is done). Writes to other files
 // of the directory (the temporary file of an atomic replace) do not wake it.
 func notifyFile(ctx context.Context, path string) (changed <-chan struct{}, wait func(), err error) {
-	dir, name := filepath.Dir(path), filepath.Base(path)
+	name := filepath.Base(path)
+	return notifyDir(ctx, filepath.Dir(path), unix.IN_CLOSE_WRITE|unix.IN_MOVED_TO|unix.IN_CREATE|unix.IN_DELETE,
+		func(got string) bool { return got == name || strings.HasPrefix(got, "..") })
+}
+
+// notifyKeysDir signals when a node key file (<node>.pub, see NodeKeyFile)
+// of dir is written, moved in or out, created or removed, or a
+// ".."-prefixed entry changes (a mounted ConfigMap or Secret swapped).
+// Hidden files (the temporary files of atomic writes) do not wake it.
+func notifyKeysDir(ctx context.Context, dir string) (changed <-chan struct{}, wait func(), err error) {
+	return notifyDir(ctx, dir, unix.IN_CLOSE_WRITE|unix.IN_MOVED_TO|unix.IN_MOVED_FROM|unix.IN_CREATE|unix.IN_DELETE,
+		func(got string) bool { return strings.HasPrefix(got, "..") || isNodeKeyFile(got) })
+}
+
+// notifyDir watches dir for the events of mask and signals on the returned
+// channel (coalesced, never blocking) when one of them names an entry that
+// match accepts, or when the event queue overflowed; until ctx is done.
+func notifyDir(ctx context.Context, dir string, mask uint32, match func(name string) bool) (changed <-chan struct{}, wait func(), err error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, nil, fmt.Errorf("statesource: inotify: %w", err)
 	}
-	mask := uint32(unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_CREATE | unix.IN_DELETE)
 	if _, err := unix.InotifyAddWatch(fd, dir, mask); err != nil {
 		unix.Close(fd)
 		return nil, nil, fmt.Errorf("statesource: inotify watch %s: %w", dir, err)
@@ -47,7 +63,7 @@ func notifyFile(ctx context.Context, path string) (changed <-chan struct{}, wait
 			if err != nil {
 				return // closed
 			}
-			if concerns(buf[:n], name) {
+			if concerns(buf[:n], match) {
 				select {
 				case ch <- struct{}{}:
 				default:
@@ -58,9 +74,9 @@ func notifyFile(ctx context.Context, path string) (changed <-chan struct{}, wait
 	return ch, wg.Wait, nil
 }
 
-// concerns reports whether a buffer of inotify events touches name (or a
-// ".."-prefixed entry, or overflowed).
-func concerns(buf []byte, name string) bool {
+// concerns reports whether a buffer of inotify events names an entry match
+// accepts (or overflowed, or is torn).
+func concerns(buf []byte, match func(string) bool) bool {
 	for len(buf) >= unix.SizeofInotifyEvent {
 		ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[0]))
 		end := unix.SizeofInotifyEvent + int(ev.Len)
@@ -68,7 +84,7 @@ func concerns(buf []byte, name string) bool {
 			return true // torn: be safe
 		}
 		got := strings.TrimRight(string(buf[unix.SizeofInotifyEvent:end]), "\x00")
-		if ev.Mask&unix.IN_Q_OVERFLOW != 0 || got == name || strings.HasPrefix(got, "..") {
+		if ev.Mask&unix.IN_Q_OVERFLOW != 0 || match(got) {
 			return true
 		}
 		buf = buf[end:]
