@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wireguard"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -18,6 +22,7 @@ func newAgentCmd() *cobra.Command {
 	var stateFile, pinDir, statusAddr, metricsAddr, cgroup string
 	var socketLB bool
 	var cleanup bool
+	var wgf wireguardFlags
 	cmd := &cobra.Command{
 		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
 		Short: "Run the node agent: sync every remote cluster into the local eBPF maps",
@@ -34,9 +39,21 @@ replaced only after a complete resync. Pinned maps outlive the agent, so a
 restart does not interrupt traffic.
 
 Without the privileges for eBPF the agent runs on an in-memory datapath and
-says so. Its status is served on --status-addr for 'clustermesh status'.`,
+says so. Its status is served on --status-addr for 'clustermesh status'.
+
+With --enable-wireguard the agent encrypts traffic to the other clusters'
+nodes: it finds --node-name in the state file (its IP and pod CIDRs), opens a
+WireGuard device (the kernel's, else a userspace one), publishes the public
+key as <node-name>.pub in --node-keys-dir for the cluster's apiserver (its
+--node-keys-dir) and makes every remote node with a published key a peer,
+routing its pod CIDR through the device. --rotate-wireguard-key, or SIGUSR1
+while running, rotates the key; the new key reaches the peers through the
+mesh. The device, its routes and rules are removed when the agent exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := wgf.check(cmd); err != nil {
+				return err
+			}
 			if cleanup {
 				if err := datapath.RemovePins(pinDir); err != nil {
 					return err
@@ -61,13 +78,39 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 			cfg.Datapath = dp
 			cfg.LocalSource = &statesource.File{Path: stateFile, Logger: slog.Default()}
 			cfg.Logger = slog.Default()
+			var wg *wireguard.Agent
+			if wgf.enable {
+				// The WireGuard agent wraps the local source: it opens the
+				// device at the first state, and closes it when agent.Run
+				// returns.
+				if wg, err = wgf.newAgent(cfg.LocalSource); err != nil {
+					return err
+				}
+				cfg.LocalSource, cfg.OnRemoteNodes = wg, wg.SetRemoteNodes
+			}
 			agent, err := agentsync.New(cfg)
 			if err != nil {
 				return err
 			}
-			return runAll(cmd.Context(), agent.Run,
-				func(ctx context.Context) error { return agentsync.ServeStatus(ctx, statusAddr, agent.Status) },
-				func(ctx context.Context) error { return serveMetrics(ctx, metricsAddr, agentsync.NewCollector(agent)) })
+			status := func() AgentStatus {
+				st := AgentStatus{Status: agent.Status()}
+				if wg != nil {
+					s := wg.Status()
+					st.WireGuard = &s
+				}
+				return st
+			}
+			servers := []func(context.Context) error{
+				func(ctx context.Context) error { return serveStatus(ctx, statusAddr, status) },
+				func(ctx context.Context) error { return serveMetrics(ctx, metricsAddr, agentsync.NewCollector(agent)) },
+			}
+			if wg != nil {
+				usr1 := make(chan os.Signal, 1)
+				signal.Notify(usr1, syscall.SIGUSR1)
+				defer signal.Stop(usr1)
+				servers = append(servers, rotateOnSignal(usr1, wg))
+			}
+			return runAll(cmd.Context(), agent.Run, servers...)
 		},
 	}
 	f := cmd.Flags()
@@ -88,6 +131,7 @@ says so. Its status is served on --status-addr for 'clustermesh status'.`,
 	f.BoolVar(&socketLB, "socket-lb", true, "attach the eBPF socket load balancer (connect/sendmsg/recvmsg/getpeername) so that global services answer on their ClusterIP")
 	f.StringVar(&cgroup, "cgroup", "", "cgroup v2 directory to attach the socket load balancer to (default: the cgroup v2 root)")
 	f.BoolVar(&cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
+	wgf.register(cmd)
 	for _, r := range []string{"cluster-name", "cluster-id", "config-dir", "state-file"} {
 		cmd.MarkFlagRequired(r)
 	}

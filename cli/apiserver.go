@@ -15,7 +15,7 @@ import (
 
 func newAPIServerCmd() *cobra.Command {
 	var cfg meshapiserver.Config
-	var certDir, stateFile, stateDir, peers, metricsAddr string
+	var certDir, stateFile, stateDir, peers, metricsAddr, nodeKeysDir string
 	cmd := &cobra.Command{
 		Use:   "apiserver --cluster-name NAME --cluster-id ID --cert-dir DIR --state-file FILE",
 		Short: "Run a cluster's mesh apiserver (embedded etcd behind mutual TLS)",
@@ -28,14 +28,20 @@ The etcd is ephemeral: its content is re-derived from the state on every start,
 so it runs without fsync in a temporary directory. Only identity numbers are
 kept, in --state-dir, so that they survive restarts.
 
---cert-dir is a bundle from 'clustermesh ca issue --cluster NAME'.`,
+--cert-dir is a bundle from 'clustermesh ca issue --cluster NAME'.
+
+With --node-keys-dir, the nodes' agents (run with --enable-wireguard and the
+same directory) publish their WireGuard public keys there, one file per node,
+and the apiserver publishes each in its node's entry; it re-reads the
+directory when it changes, and ignores (and logs) a file that holds no valid
+key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b := ca.Bundle{Dir: certDir, Cluster: cfg.ClusterName}
 			cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile = b.ServerCert(), b.ServerKey(), b.CAFile()
 			cfg.AdminCertFile, cfg.AdminKeyFile = b.AdminCert(), b.AdminKey()
 			cfg.Peers = splitList(peers)
-			cfg.Source = &statesource.File{Path: stateFile, Logger: slog.Default()}
+			cfg.Source = &statesource.File{Path: stateFile, NodeKeysDir: nodeKeysDir, Logger: slog.Default()}
 			if stateDir != "" {
 				cfg.IdentityFile = filepath.Join(stateDir, "identities.json")
 			}
@@ -68,6 +74,7 @@ kept, in --state-dir, so that they survive restarts.
 	f.StringVar(&cfg.ListenAddress, "listen", meshapiserver.DefaultListenAddress, "host:port of the etcd client listener")
 	f.StringVar(&certDir, "cert-dir", "", "directory with ca.crt, server.crt/key and admin-<cluster>.crt/key")
 	f.StringVar(&stateFile, "state-file", "", "YAML file with the cluster's nodes, endpoints and services (see docs/state-file.md)")
+	f.StringVar(&nodeKeysDir, "node-keys-dir", "", "directory of the nodes' WireGuard public keys, <node>.pub each, written by the agents (their --node-keys-dir): a node without wireguardPubKey in the state file is published with its key")
 	f.StringVar(&stateDir, "state-dir", "", "directory where identity numbers are kept across restarts (empty: in memory only)")
 	f.StringVar(&peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
 	f.StringVar(&metricsAddr, "metrics-addr", ":9963", "host:port to serve Prometheus /metrics on (\"\" disables)")

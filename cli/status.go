@@ -20,7 +20,10 @@ func newStatusCmd() *cobra.Command {
 fully synced, its cluster id, how many nodes, endpoints, identities and services
 it publishes, when the last event arrived, how many failures and rejected
 entries there were, and the last error; then each global service with its local
-and remote backend counts and which backends its affinity selected.`,
+and remote backend counts and which backends its affinity selected; then
+encryption: the WireGuard device, its public key, MTU and peers, the last
+handshake with each remote cluster's nodes (oldest and latest) and the bytes
+sent and received. -o json adds "wireguard" to the JSON (absent when off).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "" && output != "json" && output != "table" {
@@ -28,11 +31,11 @@ and remote backend counts and which backends its affinity selected.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			st, err := agentsync.FetchStatus(ctx, addr)
+			st, err := fetchStatus(ctx, addr)
 			if err != nil {
 				return err
 			}
-			return PrintStatus(cmd.OutOrStdout(), st, output == "json")
+			return PrintAgentStatus(cmd.OutOrStdout(), st, output == "json")
 		},
 	}
 	cmd.Flags().StringVar(&addr, "agent", agentsync.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")

@@ -10,15 +10,24 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/wireguard"
 )
 
-// PrintStatus renders an agent's status as tables (or JSON with asJSON).
+// PrintStatus renders an agent's status as tables (or JSON with asJSON),
+// for an agent without WireGuard status (see PrintAgentStatus).
 func PrintStatus(w io.Writer, st agentsync.Status, asJSON bool) error {
+	return PrintAgentStatus(w, AgentStatus{Status: st}, asJSON)
+}
+
+// PrintAgentStatus renders an agent's status as tables — remotes, global
+// services, WireGuard — or as JSON with asJSON.
+func PrintAgentStatus(w io.Writer, full AgentStatus, asJSON bool) error {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return enc.Encode(full)
 	}
+	st := full.Status
 	fmt.Fprintf(w, "Cluster %s (id %d), datapath %s\n\n", st.Cluster, st.ClusterID, st.Datapath)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "REMOTE\tID\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tLAST EVENT\tFAILURES\tREJECTED\tLAST ERROR")
@@ -49,7 +58,67 @@ func PrintStatus(w io.Writer, st agentsync.Status, asJSON bool) error {
 	if st.DatapathErrors > 0 {
 		fmt.Fprintf(w, "warning: %d datapath writes failed; last: %s\n", st.DatapathErrors, st.LastDatapathError)
 	}
+	fmt.Fprintln(w)
+	printWireGuard(w, full.WireGuard)
 	return nil
+}
+
+// printWireGuard renders the WireGuard section: the device, its key, its
+// peers' handshakes and bytes per remote cluster, rejected peers.
+func printWireGuard(w io.Writer, wg *wireguard.Status) {
+	if wg == nil {
+		fmt.Fprintln(w, "Encryption: off (WireGuard not enabled)")
+		return
+	}
+	if !wg.Enabled {
+		fmt.Fprintf(w, "Encryption: WireGuard, device %s not running: %s\n", orDash(wg.Device), orDash(wg.LastError))
+		return
+	}
+	fmt.Fprintf(w, "Encryption: WireGuard on (%s), device %s, port %d, MTU %d (underlay %d), node encryption %s\n",
+		wg.Implementation, wg.Device, wg.ListenPort, wg.MTU, wg.UnderlayMTU, onOff(wg.NodeEncryption))
+	rotated := ""
+	if !wg.KeyRotatedAt.IsZero() {
+		rotated = ", rotated " + age(wg.KeyRotatedAt)
+	}
+	fmt.Fprintf(w, "Public key: %s%s\n", wg.PublicKey, rotated)
+	fmt.Fprintf(w, "Peers: %d, sent %s, received %s\n\n", wg.Peers, bytesIEC(wg.BytesSent), bytesIEC(wg.BytesReceived))
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WIREGUARD PEERS\tPEERS\tOLDEST HANDSHAKE\tLATEST HANDSHAKE\tNO HANDSHAKE YET\tSENT\tRECEIVED")
+	for _, c := range wg.Clusters {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", c.Cluster, c.Peers, age(c.OldestHandshake), age(c.LatestHandshake),
+			c.PeersWithoutHandshake, bytesIEC(c.BytesSent), bytesIEC(c.BytesReceived))
+	}
+	if len(wg.Clusters) == 0 {
+		fmt.Fprintln(tw, "(no peer)")
+	}
+	tw.Flush()
+	for _, r := range wg.Rejected {
+		fmt.Fprintf(w, "warning: WireGuard peer %s/%s rejected: %s\n", r.Cluster, r.Node, r.Reason)
+	}
+	if wg.LastError != "" {
+		fmt.Fprintf(w, "warning: WireGuard: %s\n", wg.LastError)
+	}
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+// bytesIEC renders a byte count: 512 B, 1.5 KiB, 17.0 MiB.
+func bytesIEC(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
 func remoteCounts(s agentsync.ServiceStatus) string {
