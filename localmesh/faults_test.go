@@ -362,7 +362,10 @@ func TestAgentRestartKeepsPinnedRemoteState(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- first.Run(ctx) }()
-	testenv.WaitFor(t, wait, "west's backends in the pinned service map", func() bool { return westBackends(maps) == 3 })
+	testenv.WaitFor(t, wait, "west fully synced: its backends and entries in the pinned maps", func() bool {
+		ok, _ := ipcacheEquals(maps, 2, prefixesOf(SampleState(2)))
+		return ok && westBackends(maps) == 3 && westOf(first).Ready
+	})
 	stop() // west goes down
 	cancel()
 	if err := <-done; err != nil {
