@@ -117,10 +117,14 @@ func TestByHand(t *testing.T) {
 		return len(st.Remotes) == 1 && st.Remotes[0].Ready && len(st.Services) == 1 && st.Services[0].RemoteTotal == 3
 	})
 	table := must(run(ctx, "status", "--agent", sock))
-	for _, want := range []string{"REMOTE", "west", "shop/checkout", "3 (west=3)", "3 from local"} {
+	for _, want := range []string{"REMOTE", "west", "shop/checkout", "3 (west=3/3)", "3 from local"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("status table lacks %q:\n%s", want, table)
 		}
+	}
+	services := must(run(ctx, "status", "--agent", sock, "--services"))
+	if !strings.Contains(services, "3 (west=3/3)") || strings.Contains(services, "CONNECTED") {
+		t.Errorf("status --services: want only the services table:\n%s", services)
 	}
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 func newStatusCmd() *cobra.Command {
 	var addr, output string
 	var timeout time.Duration
+	var servicesOnly bool
 	cmd := &cobra.Command{
 		Use:   "status [--agent ADDR] [-o json]",
 		Short: "Show an agent's view of the mesh: remotes, counts, errors, global services",
@@ -35,11 +37,21 @@ sent and received. -o json adds "wireguard" to the JSON (absent when off).`,
 			if err != nil {
 				return err
 			}
+			if servicesOnly {
+				if output == "json" {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					return enc.Encode(st.Services)
+				}
+				PrintServices(cmd.OutOrStdout(), st.Status)
+				return nil
+			}
 			return PrintAgentStatus(cmd.OutOrStdout(), st, output == "json")
 		},
 	}
 	cmd.Flags().StringVar(&addr, "agent", agentsync.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
+	cmd.Flags().BoolVar(&servicesOnly, "services", false, "only the global services: backends per cluster (healthy/total), selection, warnings")
 	return cmd
 }

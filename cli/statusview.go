@@ -40,21 +40,7 @@ func PrintAgentStatus(w io.Writer, full AgentStatus, asJSON bool) error {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GLOBAL SERVICE\tFRONTEND\tAFFINITY\tLOCAL (healthy/total)\tREMOTE BACKENDS\tSELECTED")
-	for _, s := range st.Services {
-		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d/%d\t%s\t%d from %s\n", s.Namespace, s.Name, orDash(s.Frontend), orDash(s.Affinity),
-			s.LocalHealthy, s.LocalTotal, remoteCounts(s), s.Selected, s.SelectedFrom)
-	}
-	if len(st.Services) == 0 {
-		fmt.Fprintln(tw, "(no global service)")
-	}
-	tw.Flush()
-	for _, s := range st.Services {
-		if s.Warning != "" {
-			fmt.Fprintf(w, "warning: %s/%s: %s\n", s.Namespace, s.Name, s.Warning)
-		}
-	}
+	PrintServices(w, st)
 	if st.DatapathErrors > 0 {
 		fmt.Fprintf(w, "warning: %d datapath writes failed; last: %s\n", st.DatapathErrors, st.LastDatapathError)
 	}
@@ -121,6 +107,31 @@ func bytesIEC(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
+// PrintServices renders the global services: per frontend the affinity,
+// local and remote backends (healthy/total, per cluster), what the
+// selection took, and every warning and ignored annotation.
+func PrintServices(w io.Writer, st agentsync.Status) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GLOBAL SERVICE\tFRONTEND\tAFFINITY\tLOCAL (healthy/total)\tREMOTE BACKENDS (healthy/total)\tSELECTED")
+	for _, s := range st.Services {
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d/%d\t%s\t%d from %s\n", s.Namespace, s.Name, orDash(s.Frontend), orDash(s.Affinity),
+			s.LocalHealthy, s.LocalTotal, remoteCounts(s), s.Selected, s.SelectedFrom)
+	}
+	if len(st.Services) == 0 {
+		fmt.Fprintln(tw, "(no global service)")
+	}
+	tw.Flush()
+	for _, s := range st.Services {
+		if s.Warning != "" {
+			fmt.Fprintf(w, "warning: %s/%s %s: %s\n", s.Namespace, s.Name, orDash(s.Frontend), s.Warning)
+		}
+		for _, a := range s.Annotations {
+			fmt.Fprintf(w, "annotation ignored: %s/%s: %s\n", s.Namespace, s.Name, a)
+		}
+	}
+}
+
+// remoteCounts is "6 (north=3/3 west=2/3)": healthy of total per cluster.
 func remoteCounts(s agentsync.ServiceStatus) string {
 	if len(s.Remote) == 0 {
 		return "0"
@@ -132,7 +143,11 @@ func remoteCounts(s agentsync.ServiceStatus) string {
 	sort.Strings(names)
 	parts := make([]string, len(names))
 	for i, c := range names {
-		parts[i] = fmt.Sprintf("%s=%d", c, s.Remote[c])
+		healthy, ok := s.RemoteHealthy[c]
+		if !ok {
+			healthy = s.Remote[c]
+		}
+		parts[i] = fmt.Sprintf("%s=%d/%d", c, healthy, s.Remote[c])
 	}
 	return fmt.Sprintf("%d (%s)", s.RemoteTotal, strings.Join(parts, " "))
 }
