@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/localmesh"
 )
 
 // TestDemoTraffic runs the real traffic step on a mesh of its own, checks
@@ -239,4 +240,50 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// TestSpilloverTraffic: with clustermesh.io/min-local-backends: "4" and only
+// one of east's checkout pods ready, real connections through the socket
+// load balancer go a quarter to east and three quarters to west and north.
+func TestSpilloverTraffic(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d, err := start(ctx, Options{Out: testWriter{t}, EBPF: true, Traffic: true, Dir: t.TempDir(), Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	if _, err := d.allReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.setupTraffic(ctx); err != nil {
+		t.Fatal(err)
+	}
+	east := d.m.Cluster("east")
+	st := localmesh.SampleState(1)
+	st.Services[0].Annotations["clustermesh.io/min-local-backends"] = "4"
+	for i := 1; i < 3; i++ { // checkout-2 and checkout-3 unready
+		ready := false
+		st.Endpoints[i].Ready = &ready
+	}
+	if err := east.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	// 1 local of 4 wanted: local weight R=6 : remote weight N−L=3 → 2 slots
+	// for east's pod, 1 for each of the 6 remote ones.
+	if err := d.eastSelects(ctx, map[uint16]int{1: 2, 2: 3, 3: 3}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 400
+	res, err := d.net.runClient(ctx, serviceURL(), n, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := res.served()
+	t.Logf("served: %v (errors %v)", served, res.Errors)
+	// Binomial(400, 1/4): mean 100, sd 8.7; allow 5 sd.
+	if e := served["east"]; e < 57 || e > 143 || served["west"]+served["north"]+e != n {
+		t.Errorf("east served %d of %d, want about a quarter; all: %v", e, n, served)
+	}
 }
