@@ -1,0 +1,291 @@
+package k8ssource
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
+
+	"github.com/clustermesh/clustermesh/statesource"
+)
+
+// listers reads the informers' caches and builds States from them.
+type listers struct {
+	services  coreinformers.ServiceInformer
+	slices    discoveryinformers.EndpointSliceInformer
+	pods      coreinformers.PodInformer
+	ns        coreinformers.NamespaceInformer
+	nodes     coreinformers.NodeInformer
+	log       *slog.Logger
+	coalesced time.Duration
+
+	// warnings holds the warnings (object and message) of the last build,
+	// so that an object left out of every State is logged once, not on
+	// every rebuild; seen those of the current build.
+	warnings map[string]bool
+	seen     map[string]bool
+}
+
+func (l *listers) warn(object, msg string, args ...any) {
+	key := object + "\x00" + msg
+	l.seen[key] = true
+	if l.warnings[key] {
+		return
+	}
+	l.warnings[key] = true
+	l.log.Warn(msg, append([]any{"object", object}, args...)...)
+}
+
+// build returns the State of the caches' current content. It only reads the
+// caches (never modifies a cached object) and always returns a valid State.
+func (l *listers) build() *statesource.State {
+	l.seen = map[string]bool{}
+	st := &statesource.State{}
+	nodes, _ := l.nodes.Lister().List(labels.Everything())
+	slices.SortFunc(nodes, func(a, b *corev1.Node) int { return strings.Compare(a.Name, b.Name) })
+	known := map[string]bool{}
+	for _, n := range nodes {
+		if sn, ok := l.node(n); ok {
+			st.Nodes = append(st.Nodes, sn)
+			known[n.Name] = true
+		}
+	}
+
+	nsLabels := map[string]map[string]string{}
+	namespaces, _ := l.ns.Lister().List(labels.Everything())
+	for _, ns := range namespaces {
+		nsLabels[ns.Name] = ns.Labels
+	}
+
+	allSlices, _ := l.slices.Lister().List(labels.Everything())
+	cond := podConditions(allSlices)
+
+	pods, _ := l.pods.Lister().List(labels.Everything())
+	slices.SortFunc(pods, func(a, b *corev1.Pod) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+	})
+	ips := map[netip.Addr]string{}
+	for _, p := range pods {
+		e, ok := l.endpoint(p, known, nsLabels[p.Namespace], cond)
+		if !ok {
+			continue
+		}
+		if other, dup := ips[e.IP]; dup {
+			l.warn("pod/"+p.Namespace+"/"+p.Name, "pod left out: its IP is already used by another pod", "ip", e.IP, "other", other)
+			continue
+		}
+		ips[e.IP] = p.Namespace + "/" + p.Name
+		st.Endpoints = append(st.Endpoints, e)
+	}
+
+	svcs, _ := l.services.Lister().List(labels.Everything())
+	slices.SortFunc(svcs, func(a, b *corev1.Service) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+	})
+	slicesOf := map[string][]*discoveryv1.EndpointSlice{}
+	for _, s := range allSlices {
+		if svc := s.Labels[discoveryv1.LabelServiceName]; svc != "" {
+			slicesOf[s.Namespace+"/"+svc] = append(slicesOf[s.Namespace+"/"+svc], s)
+		}
+	}
+	for _, s := range svcs {
+		if s.Spec.Type == corev1.ServiceTypeExternalName {
+			continue
+		}
+		st.Services = append(st.Services, l.service(s, slicesOf[s.Namespace+"/"+s.Name]))
+	}
+	for k := range l.warnings { // forget objects that are fine again (or gone)
+		if !l.seen[k] {
+			delete(l.warnings, k)
+		}
+	}
+	return st
+}
+
+func (l *listers) node(n *corev1.Node) (statesource.Node, bool) {
+	sn := statesource.Node{Name: n.Name}
+	for _, typ := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
+		for _, a := range n.Status.Addresses {
+			if a.Type != typ {
+				continue
+			}
+			ip, err := netip.ParseAddr(a.Address)
+			if err != nil || ip.Zone() != "" {
+				l.warn("node/"+n.Name, "node address ignored: not an IP address", "address", a.Address)
+				continue
+			}
+			if ip = ip.Unmap(); !slices.Contains(sn.IPs, ip) {
+				sn.IPs = append(sn.IPs, ip)
+			}
+		}
+		if len(sn.IPs) > 0 {
+			break // ExternalIPs only when there is no InternalIP
+		}
+	}
+	if len(sn.IPs) == 0 {
+		l.warn("node/"+n.Name, "node left out: it has no InternalIP or ExternalIP address yet")
+		return sn, false
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || p.Masked() != p {
+			l.warn("node/"+n.Name, "node pod CIDR ignored: not a prefix with its host bits zero", "podCIDR", c)
+			continue
+		}
+		sn.PodCIDRs = append(sn.PodCIDRs, p)
+	}
+	if k := n.Annotations[AnnotationWireguardPubKey]; k != "" {
+		if err := statesource.CheckPublicKey(k); err != nil {
+			l.warn("node/"+n.Name, "node WireGuard key ignored: "+err.Error(), "annotation", AnnotationWireguardPubKey)
+		} else {
+			sn.WireguardPubKey = k
+		}
+	}
+	return sn, true
+}
+
+// condition is a pod's readiness as the EndpointSlices that list it say.
+type condition struct{ ready, serving bool }
+
+// podConditions folds every slice's conditions per pod (namespace/name): a
+// pod is ready (serving) only if every slice listing it says so.
+func podConditions(all []*discoveryv1.EndpointSlice) map[string]condition {
+	out := map[string]condition{}
+	for _, s := range all {
+		for _, ep := range s.Endpoints {
+			if ep.TargetRef == nil || ep.TargetRef.Kind != "Pod" || ep.TargetRef.Name == "" {
+				continue
+			}
+			ns := cmp.Or(ep.TargetRef.Namespace, s.Namespace)
+			key := ns + "/" + ep.TargetRef.Name
+			// Unset conditions: ready; serving follows ready; a
+			// terminating endpoint is never ready.
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			serving := ready
+			if ep.Conditions.Serving != nil {
+				serving = *ep.Conditions.Serving
+			}
+			if ep.Conditions.Terminating != nil && *ep.Conditions.Terminating {
+				ready = false
+			}
+			c, seen := out[key]
+			if !seen {
+				c = condition{ready: true, serving: true}
+			}
+			out[key] = condition{ready: c.ready && ready, serving: c.serving && serving}
+		}
+	}
+	return out
+}
+
+func (l *listers) endpoint(p *corev1.Pod, knownNodes map[string]bool, nsLabels map[string]string, cond map[string]condition) (statesource.Endpoint, bool) {
+	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return statesource.Endpoint{}, false // host identity, or no longer running
+	}
+	addr := p.Status.PodIP
+	if len(p.Status.PodIPs) > 0 {
+		addr = p.Status.PodIPs[0].IP
+	}
+	if addr == "" {
+		return statesource.Endpoint{}, false // not started yet
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || ip.Zone() != "" {
+		l.warn("pod/"+p.Namespace+"/"+p.Name, "pod left out: its IP does not parse", "ip", addr)
+		return statesource.Endpoint{}, false
+	}
+	e := statesource.Endpoint{Namespace: p.Namespace, Pod: p.Name, IP: ip.Unmap()}
+	if knownNodes[p.Spec.NodeName] {
+		e.Node = p.Spec.NodeName
+	}
+	e.Labels = make(map[string]string, len(p.Labels)+len(nsLabels)+1)
+	for k, v := range p.Labels {
+		e.Labels[k] = v
+	}
+	for k, v := range nsLabels {
+		e.Labels[NamespaceLabelPrefix+k] = v
+	}
+	if sa := p.Spec.ServiceAccountName; sa != "" {
+		e.Labels[ServiceAccountLabel] = sa
+	}
+	c, listed := cond[p.Namespace+"/"+p.Name]
+	if !listed {
+		ready := false
+		for _, pc := range p.Status.Conditions {
+			if pc.Type == corev1.PodReady {
+				ready = pc.Status == corev1.ConditionTrue
+			}
+		}
+		c = condition{ready: ready && p.DeletionTimestamp == nil, serving: ready}
+	}
+	if !c.ready {
+		e.Ready = ptr(false)
+	}
+	if c.serving != c.ready {
+		e.Serving = ptr(c.serving)
+	}
+	return e, true
+}
+
+func (l *listers) service(s *corev1.Service, svcSlices []*discoveryv1.EndpointSlice) statesource.Service {
+	out := statesource.Service{
+		Namespace: s.Namespace, Name: s.Name,
+		Selector: s.Spec.Selector, Labels: s.Labels,
+	}
+	if ip, err := netip.ParseAddr(s.Spec.ClusterIP); err == nil && ip.Zone() == "" {
+		out.ClusterIP = ip.Unmap()
+	}
+	for k, v := range s.Annotations {
+		if strings.HasPrefix(k, "service.cilium.io/") || strings.HasPrefix(k, "clustermesh.io/") {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
+	for _, p := range s.Spec.Ports {
+		sp := statesource.ServicePort{Name: p.Name, Port: uint16(p.Port), Protocol: string(p.Protocol)}
+		switch {
+		case p.TargetPort.Type == intstr.Int:
+			sp.TargetPort = uint16(p.TargetPort.IntVal)
+		case p.TargetPort.StrVal != "":
+			sp.TargetPort = namedTargetPort(svcSlices, p.Name)
+			if sp.TargetPort == 0 {
+				l.warn(fmt.Sprintf("service/%s/%s", s.Namespace, s.Name), "service port: named targetPort not resolved by any EndpointSlice yet, using the service port",
+					"port", p.Name, "targetPort", p.TargetPort.StrVal)
+			}
+		}
+		out.Ports = append(out.Ports, sp)
+	}
+	return out
+}
+
+// namedTargetPort is the port number the service's EndpointSlices give the
+// service port named name (the endpoint slice controller resolves named
+// target ports per pod; the first slice that names it wins).
+func namedTargetPort(svcSlices []*discoveryv1.EndpointSlice, name string) uint16 {
+	for _, s := range svcSlices {
+		for _, p := range s.Ports {
+			if p.Name != nil && *p.Name == name && p.Port != nil && *p.Port > 0 && *p.Port <= 65535 {
+				return uint16(*p.Port)
+			}
+		}
+	}
+	return 0
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,201 @@
+// Package k8ssource is the Kubernetes state source: it delivers a cluster's
+// statesource.State from the Kubernetes API, as Cilium's agent and
+// clustermesh-apiserver read it, with client-go informers on Services,
+// EndpointSlices, Pods, Namespaces and Nodes.
+//
+// The first State is delivered only once every informer has synced (so the
+// mesh apiserver never publishes a partial cluster, and writes its synced
+// canaries only after a full snapshot); after that, a burst of changes is
+// coalesced into one State, and a State equal to the last one delivered is
+// not delivered again.
+//
+// From the objects:
+//
+//   - Node: its InternalIP addresses (the first is the tunnel endpoint; the
+//     ExternalIPs only when it has no InternalIP), spec.podCIDRs, and the
+//     WireGuard public key of the annotation network.cilium.io/wg-pub-key.
+//     A node without an address is left out (nothing could reach it).
+//   - Endpoint: one per pod with an IP that is not on the host network and
+//     has not terminated: its first pod IP, its node, its labels plus its
+//     namespace's labels as io.cilium.k8s.namespace.labels.<key> and its
+//     service account as io.cilium.k8s.policy.serviceaccount (the identity
+//     labels Cilium derives). Readiness comes from the EndpointSlices that
+//     list the pod (targetRef): Ready and Serving are false if any slice says
+//     so; a terminating endpoint that still serves is Ready=false,
+//     Serving=true. A pod no slice lists takes its own Ready condition.
+//   - Service: every Service but ExternalName ones: cluster IP (none for a
+//     headless service), ports (a named targetPort is resolved through the
+//     service's EndpointSlices), selector, labels and the annotations under
+//     service.cilium.io/ and clustermesh.io/.
+//
+// Backends are selected by the services' selectors (statesource.State's
+// model), so EndpointSlices of a service without a selector add no backend.
+package k8ssource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/clustermesh/clustermesh/statesource"
+)
+
+// Labels and annotations the source reads or derives.
+const (
+	// AnnotationWireguardPubKey on a Node is its WireGuard public key.
+	AnnotationWireguardPubKey = "network.cilium.io/wg-pub-key"
+	// NamespaceLabelPrefix prefixes a namespace's labels among a pod's
+	// identity labels.
+	NamespaceLabelPrefix = "io.cilium.k8s.namespace.labels."
+	// ServiceAccountLabel is a pod's service account among its labels.
+	ServiceAccountLabel = "io.cilium.k8s.policy.serviceaccount"
+)
+
+// DefaultCoalesce is how long a Source waits after a change for more before
+// it builds and delivers a new State.
+const DefaultCoalesce = 50 * time.Millisecond
+
+// Source is a statesource.Source reading the Kubernetes API.
+type Source struct {
+	Client kubernetes.Interface
+	// Coalesce is the window that gathers a burst of changes into one State
+	// (DefaultCoalesce when zero).
+	Coalesce time.Duration
+	Logger   *slog.Logger
+}
+
+var _ statesource.Source = (*Source)(nil)
+
+// Run starts the informers, waits until they have synced, delivers the
+// cluster's State, then a new State after every change (coalesced), until
+// ctx is done. It returns nil when ctx ends, and an error only when it
+// cannot start.
+func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) error {
+	if s.Client == nil {
+		return errors.New("k8ssource: no Kubernetes client")
+	}
+	log := s.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	window := s.Coalesce
+	if window <= 0 {
+		window = DefaultCoalesce
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	factory := informers.NewSharedInformerFactoryWithOptions(s.Client, 0, informers.WithTransform(dropManagedFields))
+	inf := listers{
+		services:  factory.Core().V1().Services(),
+		slices:    factory.Discovery().V1().EndpointSlices(),
+		pods:      factory.Core().V1().Pods(),
+		ns:        factory.Core().V1().Namespaces(),
+		nodes:     factory.Core().V1().Nodes(),
+		warnings:  map[string]bool{},
+		log:       log,
+		coalesced: window,
+	}
+	dirty := make(chan struct{}, 1)
+	poke := func(any) {
+		select {
+		case dirty <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    poke,
+		UpdateFunc: func(_, obj any) { poke(obj) },
+		DeleteFunc: poke,
+	}
+	for name, i := range map[string]cache.SharedIndexInformer{
+		"services": inf.services.Informer(), "endpointslices": inf.slices.Informer(),
+		"pods": inf.pods.Informer(), "namespaces": inf.ns.Informer(), "nodes": inf.nodes.Informer(),
+	} {
+		if _, err := i.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("k8ssource: %s: %w", name, err)
+		}
+		// A list or watch that fails (RBAC, an unreachable API server) is
+		// retried by the reflector; say why we are still waiting.
+		if err := i.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+			if ctx.Err() == nil {
+				log.Warn("kubernetes list/watch failed, retrying", "resource", name, "err", err)
+			}
+		}); err != nil {
+			return fmt.Errorf("k8ssource: %s: %w", name, err)
+		}
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown() // after cancel: defers run in reverse
+	defer cancel()
+
+	start := time.Now()
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("k8ssource: %v informer did not sync", typ)
+		}
+	}
+	log.Info("kubernetes informers synced", "took", time.Since(start).Round(time.Millisecond))
+	select { // the initial lists poked: they are in the first State
+	case <-dirty:
+	default:
+	}
+
+	var last *statesource.State
+	deliver := func() {
+		st := inf.build()
+		if err := st.Validate(); err != nil {
+			// build only makes valid states; never publish one that is not.
+			log.Error("k8ssource: built an invalid state, keeping the last one", "err", err)
+			return
+		}
+		if last != nil && reflect.DeepEqual(st, last) {
+			return
+		}
+		last = st
+		onChange(st)
+	}
+	deliver()
+	timer := time.NewTimer(0)
+	<-timer.C
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-dirty:
+			// Gather the rest of the burst, then build once.
+			timer.Reset(window)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return nil
+			case <-timer.C:
+			}
+			select { // changes in the window are in this State
+			case <-dirty:
+			default:
+			}
+			deliver()
+		}
+	}
+}
+
+// dropManagedFields keeps the informers' caches small: nothing here reads
+// managed fields, and they are often the bulk of an object.
+func dropManagedFields(obj any) (any, error) {
+	if a, err := meta.Accessor(obj); err == nil {
+		a.SetManagedFields(nil)
+	}
+	return obj, nil
+}
