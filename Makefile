@@ -56,12 +56,12 @@ test-k8s: deps kube-apiserver
 	$(GO) test $(TESTFLAGS) -run 'K8s' $(K8S_PKGS)
 
 # The eBPF programs (datapath/bpf/*.c) are compiled by clang through bpf2go
-# (`go generate ./datapath`); the objects and their Go wrappers are committed.
-# bpf-tools installs clang, llvm (llvm-strip) and the libbpf headers when
-# missing (as root, with apt-get).
-BPF_SRC   := datapath/bpf/socklb.c
-BPF_GEN   := datapath/socklb_bpfel.go datapath/socklb_bpfel.o
-BPF_STAMP := datapath/socklb_bpfel.stamp
+# (`go generate ./datapath`); the objects and their Go wrappers are committed,
+# with a stamp per program (datapath/<prog>_bpfel.stamp: the source's hash
+# and the compiler). bpf-tools installs clang, llvm (llvm-strip) and the
+# libbpf headers when missing (as root, with apt-get).
+BPF_PROGS := socklb policy
+BPF_GEN   := $(foreach p,$(BPF_PROGS),datapath/$(p)_bpfel.go datapath/$(p)_bpfel.o)
 
 bpf-tools:
 	@if ! command -v clang >/dev/null || ! command -v llvm-strip >/dev/null || [ ! -f /usr/include/bpf/bpf_helpers.h ]; then \
@@ -73,18 +73,24 @@ bpf-tools:
 # Rebuild the objects and record which source and compiler made them.
 generate: deps bpf-tools
 	$(GO) generate ./datapath
-	@{ echo "source-sha256 $$(sha256sum $(BPF_SRC) | cut -d' ' -f1)"; echo "clang $$(clang --version | head -1)"; } > $(BPF_STAMP)
+	@for p in $(BPF_PROGS); do \
+		{ echo "source-sha256 $$(sha256sum datapath/bpf/$$p.c | cut -d' ' -f1)"; echo "clang $$(clang --version | head -1)"; } > datapath/$${p}_bpfel.stamp; \
+	done
 
-# The committed objects must come from the committed source: the source's hash
-# must match the stamp, and, with the compiler that made them (clang's output
-# is byte-for-byte reproducible), regenerating must give the same bytes.
+# The committed objects must come from the committed sources: each source's
+# hash must match its stamp, and, with the compiler that made them (clang's
+# output is byte-for-byte reproducible), regenerating must give the same bytes.
 check-generate: deps bpf-tools
-	@if ! grep -qxF "source-sha256 $$(sha256sum $(BPF_SRC) | cut -d' ' -f1)" $(BPF_STAMP); then \
-		echo "$(BPF_SRC) changed since its objects were generated: run make generate and commit $(BPF_GEN) $(BPF_STAMP)"; exit 1; \
-	fi
-	@if ! grep -qxF "clang $$(clang --version | head -1)" $(BPF_STAMP); then \
-		echo "check-generate: the objects were made by $$(sed -n 's/^clang //p' $(BPF_STAMP)), this is $$(clang --version | head -1): source hash checked, bytes not compared"; exit 0; \
-	fi; \
+	@for p in $(BPF_PROGS); do \
+		if ! grep -qxF "source-sha256 $$(sha256sum datapath/bpf/$$p.c | cut -d' ' -f1)" datapath/$${p}_bpfel.stamp; then \
+			echo "datapath/bpf/$$p.c changed since its objects were generated: run make generate and commit datapath/$${p}_bpfel.go datapath/$${p}_bpfel.o datapath/$${p}_bpfel.stamp"; exit 1; \
+		fi; \
+	done
+	@for p in $(BPF_PROGS); do \
+		if ! grep -qxF "clang $$(clang --version | head -1)" datapath/$${p}_bpfel.stamp; then \
+			echo "check-generate: the objects of $$p were made by $$(sed -n 's/^clang //p' datapath/$${p}_bpfel.stamp), this is $$(clang --version | head -1): source hashes checked, bytes not compared"; exit 0; \
+		fi; \
+	done; \
 	tmp=$$(mktemp -d); cp $(BPF_GEN) $$tmp/; \
 	$(GO) generate ./datapath || { rm -rf $$tmp; exit 1; }; \
 	for f in $(BPF_GEN); do \

@@ -17,6 +17,9 @@ const (
 	DefaultMaxServiceSlots = 256 * 1024
 	DefaultMaxBackends     = 128 * 1024
 	DefaultMaxSockRevNAT   = 128 * 1024
+	DefaultMaxPolicy       = 256 * 1024
+	DefaultMaxPolicyCT     = 128 * 1024
+	DefaultFlowRingBytes   = 4 << 20
 )
 
 // Config says where the maps are pinned and how large they are. Zero fields
@@ -44,6 +47,17 @@ type Config struct {
 	// sockets keep theirs in socket storage). Only AttachSockLB creates
 	// that map.
 	MaxSockRevNAT uint32
+	// MaxPolicy is the policy trie's max_entries (PolicyMapName): a key
+	// with one port or none takes one entry per protocol, a port range up
+	// to 30 per protocol. Only the policy API creates the policy maps.
+	MaxPolicy uint32
+	// MaxPolicyCT is the max_entries of the policy programs' conntrack LRU
+	// (PolicyCTMapName): one entry per flow and endpoint interface.
+	MaxPolicyCT uint32
+	// FlowRingBytes is the size of the flow events' ring buffer
+	// (FlowsMapName): a power of two, at least one page; an event takes 88
+	// bytes.
+	FlowRingBytes uint32
 }
 
 func (c Config) withDefaults() Config {
@@ -62,6 +76,15 @@ func (c Config) withDefaults() Config {
 	if c.MaxSockRevNAT == 0 {
 		c.MaxSockRevNAT = DefaultMaxSockRevNAT
 	}
+	if c.MaxPolicy == 0 {
+		c.MaxPolicy = DefaultMaxPolicy
+	}
+	if c.MaxPolicyCT == 0 {
+		c.MaxPolicyCT = DefaultMaxPolicyCT
+	}
+	if c.FlowRingBytes == 0 {
+		c.FlowRingBytes = DefaultFlowRingBytes
+	}
 	return c
 }
 
@@ -73,6 +96,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxServiceSlots < 2 {
 		return fmt.Errorf("datapath: config: MaxServiceSlots %d leaves no room for a master and a slot", c.MaxServiceSlots)
+	}
+	if c.FlowRingBytes < uint32(os.Getpagesize()) || c.FlowRingBytes&(c.FlowRingBytes-1) != 0 {
+		return fmt.Errorf("datapath: config: FlowRingBytes %d must be a power of two of at least a page (%d)", c.FlowRingBytes, os.Getpagesize())
 	}
 	return nil
 }
@@ -133,20 +159,27 @@ func preparePinDir(dir string) error {
 	return nil
 }
 
-// RemovePins removes the maps pinned in pinDir (empty: DefaultPinDir) and
-// then pinDir itself if it is left empty. It does not need to open the maps,
-// so it also clears incompatible pins (agent --cleanup). Programs still
-// holding the maps keep them until they close them. Absent pins are fine.
+// RemovePins removes the maps pinned in pinDir (empty: DefaultPinDir), the
+// pinned tc links of the policy programs (which detaches them from their
+// interfaces), and then pinDir itself if it is left empty. It does not need
+// to open the maps, so it also clears incompatible pins (agent --cleanup).
+// Programs still holding the maps keep them until they close them; policy
+// programs attached as clsact filters stay until DetachPolicy. Absent pins
+// are fine.
 func RemovePins(pinDir string) error {
 	if pinDir == "" {
 		pinDir = DefaultPinDir
 	}
 	var errs []error
-	for _, name := range []string{IPCacheMapName, ServicesMapName, BackendsMapName, SockRevNATMapName, SockPeerMapName} {
+	names := []string{IPCacheMapName, ServicesMapName, BackendsMapName, SockRevNATMapName, SockPeerMapName}
+	for _, name := range append(names, policyMapNames...) {
 		err := os.Remove(filepath.Join(pinDir, name))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
+	}
+	if err := removeLinkPins(filepath.Join(pinDir, PolicyLinksDir)); err != nil {
+		errs = append(errs, err)
 	}
 	if err := os.Remove(pinDir); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
 		errs = append(errs, err)

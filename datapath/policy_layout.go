@@ -1,0 +1,248 @@
+package datapath
+
+// Binary layout of the policy maps (bpf/policy.c, docs/datapath-policy.md),
+// pinned beside the maps of layout.go. Native-endian except ports (network
+// byte order); no implicit padding; IPv4 addresses in the first 4 bytes of
+// 16.
+//
+//	/* cm_policy: BPF_MAP_TYPE_LPM_TRIE, BPF_F_NO_PREALLOC, max_entries =
+//	 * Config.MaxPolicy (default 262144). An entry's prefix always covers
+//	 * endpoint, peer and direction (72 bits); 80 adds the protocol and
+//	 * 80 + n the first n bits of the port: 72 any protocol and port, 80 one
+//	 * protocol any port, 96 one port, 80 + n an aligned block of 2^(16-n)
+//	 * ports (a range is split into at most 30 such blocks). */
+//	struct cm_policy_key {           /* 16 bytes */
+//		__u32 prefixlen;
+//		__u32 endpoint;              /* local identity */
+//		__u32 peer;                  /* peer identity; 0: any peer */
+//		__u8  direction;             /* 0 ingress, 1 egress (of the endpoint) */
+//		__u8  proto;                 /* IPPROTO_*; 0 in entries of prefix 72 */
+//		__be16 port;                 /* destination port, network byte order */
+//	};
+//	struct cm_policy_value { __u32 flags; };   /* reserved, 0 */
+//
+//	/* cm_policy_endpoints: BPF_MAP_TYPE_HASH, key __u32 ifindex of the
+//	 * host-side interface, max_entries = MaxPolicyEndpoints (16384). */
+//	struct cm_policy_endpoint {      /* 8 bytes */
+//		__u32 identity;
+//		__u8  flags;                 /* 1 enforce ingress, 2 enforce egress */
+//		__u8  pad[3];
+//	};
+//
+//	/* cm_policy_config: BPF_MAP_TYPE_ARRAY, 1 entry. */
+//	struct cm_policy_config {        /* 16 bytes */
+//		__u32 sample_rate;           /* 1 in N forwarded packets reported; 0 none */
+//		__u16 cluster_id;            /* local cluster, reported for endpoints */
+//		__u16 flags;                 /* 1 report every new flow, 2 cm_policy has
+//		                              * entries for peer 0, 4 strict (no cached
+//		                              * verdicts) */
+//		__u32 policy_rev;            /* verdicts cached at another revision
+//		                              * are checked again */
+//		__u32 pad;
+//	};
+//
+//	/* cm_policy_ct: BPF_MAP_TYPE_LRU_HASH, max_entries = Config.MaxPolicyCT
+//	 * (default 131072). Written only by the programs. */
+//	struct cm_ct_key {               /* 44 bytes */
+//		__u8  local[16];             /* the endpoint's address */
+//		__u8  remote[16];            /* the peer's */
+//		__be16 lport, rport;
+//		__u8  proto, family;
+//		__u16 pad;
+//		__u32 ifindex;
+//	};
+//	struct cm_ct_value {             /* 24 bytes */
+//		__u64 last_seen;             /* bpf_ktime_get_coarse_ns */
+//		__u32 peer_identity;         /* as resolved when last checked */
+//		__u32 rev;                   /* policy_rev of the cached verdict */
+//		__u16 peer_cluster;
+//		__u8  origin;                /* direction of the first packet */
+//		__u8  flags;                 /* 1 closing (FIN or RST seen), 2 verdict
+//		                              * cached */
+//		__u32 pad;
+//	};
+//
+//	/* cm_policy_metrics: BPF_MAP_TYPE_PERCPU_ARRAY of __u64, 16 counters
+//	 * (policyCounter*). */
+//
+//	/* cm_policy_flows: BPF_MAP_TYPE_RINGBUF of Config.FlowRingBytes
+//	 * (default 4 MiB), records of: */
+//	struct cm_flow_event {           /* 80 bytes */
+//		__u64 timestamp;             /* CLOCK_MONOTONIC ns */
+//		__u8  src_addr[16], dst_addr[16];
+//		__u32 src_identity, dst_identity;
+//		__u32 ifindex;               /* host-side interface */
+//		__u32 len;                   /* packet length */
+//		__u32 sample_rate;           /* the rate when it was reported */
+//		__be16 src_port, dst_port;
+//		__u16 src_cluster, dst_cluster;
+//		__u8  family, proto, verdict, reason, direction, flags;
+//		__u16 pad; __u32 pad2;
+//	};
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"time"
+)
+
+// Names of the policy maps, and of the directory of pinned tc links,
+// inside Config.PinDir.
+const (
+	PolicyMapName          = "cm_policy"
+	PolicyEndpointsMapName = "cm_policy_endpoints"
+	PolicyConfigMapName    = "cm_policy_config"
+	PolicyCTMapName        = "cm_policy_ct"
+	PolicyMetricsMapName   = "cm_policy_metrics"
+	FlowsMapName           = "cm_policy_flows"
+	PolicyLinksDir         = "cm_policy_links"
+)
+
+// policyMapNames lists the pinned policy maps (RemovePins).
+var policyMapNames = []string{PolicyMapName, PolicyEndpointsMapName, PolicyConfigMapName, PolicyCTMapName, PolicyMetricsMapName, FlowsMapName}
+
+// MaxPolicyEndpoints is how many interfaces can carry the policy programs
+// at once (cm_policy_endpoints' max_entries).
+const MaxPolicyEndpoints = 16384
+
+// Prefix lengths of cm_policy entries.
+const (
+	policyPrefixFixed = 72 // endpoint, peer, direction
+	policyPrefixProto = 80 // + protocol
+	policyPrefixFull  = 96 // + port
+)
+
+// Endpoint flags.
+const (
+	epEnforceIngress uint8 = 1
+	epEnforceEgress  uint8 = 2
+)
+
+// Global flags.
+const (
+	cfgTraceNew   uint16 = 1
+	cfgHasAnyPeer uint16 = 2
+	cfgStrict     uint16 = 4
+)
+
+// Indexes of cm_policy_metrics.
+const (
+	policyCounterForwardedIngress = iota
+	policyCounterForwardedEgress
+	policyCounterDroppedPolicyIngress
+	policyCounterDroppedPolicyEgress
+	policyCounterDroppedInvalidIngress
+	policyCounterDroppedInvalidEgress
+	policyCounterEvents
+	policyCounterEventsLost
+	policyCounterCTCreated
+	policyCounters = 16
+)
+
+// policyKey is struct cm_policy_key.
+type policyKey struct {
+	PrefixLen uint32
+	Endpoint  uint32
+	Peer      uint32
+	Direction uint8
+	Proto     uint8
+	Port      uint16 // network byte order
+}
+
+// policyValue is struct cm_policy_value.
+type policyValue struct {
+	Flags uint32
+}
+
+// policyEndpoint is struct cm_policy_endpoint.
+type policyEndpoint struct {
+	Identity uint32
+	Flags    uint8
+	Pad      [3]uint8
+}
+
+// policyConfig is struct cm_policy_config.
+type policyConfig struct {
+	SampleRate uint32
+	ClusterID  uint16
+	Flags      uint16
+	PolicyRev  uint32
+	Pad        uint32
+}
+
+// ctKey is struct cm_ct_key.
+type ctKey struct {
+	Local   [16]byte
+	Remote  [16]byte
+	LPort   uint16
+	RPort   uint16
+	Proto   uint8
+	Family  uint8
+	Pad     uint16
+	Ifindex uint32
+}
+
+// ctValue is struct cm_ct_value.
+type ctValue struct {
+	LastSeen     uint64
+	PeerIdentity uint32
+	Rev          uint32
+	PeerCluster  uint16
+	Origin       uint8
+	Flags        uint8
+	Pad          uint32
+}
+
+// Sizes of the structs above, checked by the tests against binary.Size and
+// the program's BTF.
+const (
+	policyKeySize      = 16
+	policyValueSize    = 4
+	policyEndpointSize = 8
+	policyConfigSize   = 16
+	ctKeySize          = 44
+	ctValueSize        = 24
+	flowEventSize      = 80
+)
+
+// decodeFlow decodes a struct cm_flow_event; ok is false when b is short.
+// monoToWall converts the event's CLOCK_MONOTONIC timestamp.
+func decodeFlow(b []byte, monoToWall func(uint64) time.Time) (f Flow, ok bool) {
+	if len(b) < flowEventSize {
+		return Flow{}, false
+	}
+	ne := binary.NativeEndian
+	family := b[68]
+	src := decodeAddr([16]byte(b[8:24]), family)
+	dst := decodeAddr([16]byte(b[24:40]), family)
+	f = Flow{
+		Time:        monoToWall(ne.Uint64(b[0:8])),
+		SrcIdentity: ne.Uint32(b[40:44]),
+		DstIdentity: ne.Uint32(b[44:48]),
+		Ifindex:     int(ne.Uint32(b[48:52])),
+		Bytes:       ne.Uint32(b[52:56]),
+		SampleRate:  ne.Uint32(b[56:60]),
+		SrcCluster:  ne.Uint16(b[64:66]),
+		DstCluster:  ne.Uint16(b[66:68]),
+		Protocol:    Protocol(b[69]),
+		Verdict:     Verdict(b[70]),
+		DropReason:  DropReason(b[71]),
+		Direction:   Direction(b[72]),
+	}
+	f.Src = netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[60:62]))
+	f.Dst = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(b[62:64]))
+	flags := b[73]
+	f.Reply = flags&flowReply != 0
+	f.New = flags&flowNew != 0
+	f.Sampled = flags&flowSampled != 0
+	f.Fragment = flags&flowFragment != 0
+	return f, true
+}
+
+// Flow event flags.
+const (
+	flowReply    = 1
+	flowNew      = 2
+	flowSampled  = 4
+	flowFragment = 8
+)

@@ -1,0 +1,73 @@
+package datapath
+
+// The in-memory datapath's policy: the keys, validated and normalised as
+// Maps does, with nothing to enforce them.
+
+// UpsertPolicy records k.
+func (d *Memory) UpsertPolicy(k PolicyKey) error {
+	return d.ApplyPolicy([]PolicyChange{{Key: k, Add: true}})
+}
+
+// DeletePolicy forgets k.
+func (d *Memory) DeletePolicy(k PolicyKey) error {
+	return d.ApplyPolicy([]PolicyChange{{Key: k}})
+}
+
+// ApplyPolicy applies changes in order after validating them all.
+func (d *Memory) ApplyPolicy(changes []PolicyChange) error {
+	norm := make([]PolicyChange, len(changes))
+	for i, c := range changes {
+		k, err := normPolicyKey(c.Key)
+		if err != nil {
+			return err
+		}
+		norm[i] = PolicyChange{Key: k, Add: c.Add}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errClosed("apply policy")
+	}
+	for _, c := range norm {
+		if c.Add {
+			d.policy[c.Key] = struct{}{}
+		} else {
+			delete(d.policy, c.Key)
+		}
+	}
+	return nil
+}
+
+// SyncPolicy replaces every key by keys.
+func (d *Memory) SyncPolicy(keys []PolicyKey) error {
+	want := make(map[PolicyKey]struct{}, len(keys))
+	for _, k := range keys {
+		k, err := normPolicyKey(k)
+		if err != nil {
+			return err
+		}
+		want[k] = struct{}{}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errClosed("sync policy")
+	}
+	d.policy = want
+	return nil
+}
+
+// Policies lists the keys, sorted.
+func (d *Memory) Policies() ([]PolicyKey, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errClosed("list policy")
+	}
+	out := make([]PolicyKey, 0, len(d.policy))
+	for k := range d.policy {
+		out = append(out, k)
+	}
+	sortPolicyKeys(out)
+	return out, nil
+}
