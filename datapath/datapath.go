@@ -8,6 +8,11 @@
 // Two implementations share the Datapath interface: Maps, the real eBPF maps,
 // and Memory, an in-memory stand-in used only when the process lacks the
 // privileges for eBPF (Open says so loudly when it falls back).
+//
+// On top of the maps, two sets of programs: the socket load balancer
+// (AttachSockLB) and network policy enforced on each local endpoint's
+// host-side veth with flow events (AttachPolicy, PolicyWriter, OpenFlows;
+// docs/datapath-policy.md).
 package datapath
 
 import (
