@@ -1,0 +1,272 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// The objects `clustermesh enable` manages in a cluster, by name.
+const (
+	defaultKubeNamespace = "clustermesh-system"
+	defaultImage         = "ghcr.io/clustermesh/clustermesh:latest"
+	apiserverName        = "clustermesh-apiserver" // Deployment, Service, ServiceAccount, ClusterRole(Binding)
+	caSecretName         = "clustermesh-ca"
+	serverSecretName     = "clustermesh-apiserver-server-cert"
+	adminSecretName      = "clustermesh-apiserver-admin-cert"
+	remoteSecretName     = "clustermesh-apiserver-remote-cert"
+	meshConfigName       = "clustermesh-config"  // ConfigMap: the cluster's name, id and mesh size
+	remotesSecretName    = "clustermesh-remotes" // the agents' remote configs, written by connect
+	apiserverPort        = 2379
+	metricsPort          = 9963
+	fieldManager         = "clustermesh"
+
+	// Keys of the clustermesh-config ConfigMap.
+	cfgClusterName  = "cluster-name"
+	cfgClusterID    = "cluster-id"
+	cfgMaxConnected = "max-connected-clusters"
+	cfgServiceType  = "service-type"
+	cfgPeers        = "peers" // comma-separated; written by connect
+
+	// certsHashAnnotation on the pod template rolls the Deployment when its
+	// certificates change.
+	certsHashAnnotation = "clustermesh.io/certs-sha256"
+
+	certDir  = "/var/lib/clustermesh/certs"
+	stateDir = "/var/lib/clustermesh/state"
+)
+
+// meshCluster is what enable configures: one cluster's mesh apiserver.
+type meshCluster struct {
+	Namespace    string
+	Name         string
+	ID           uint32
+	MaxConnected uint32
+	ServiceType  corev1.ServiceType
+	Image        string
+	Peers        []string
+}
+
+func commonLabels() map[string]string {
+	return map[string]string{
+		"app.kubernetes.io/part-of":    "clustermesh",
+		"app.kubernetes.io/managed-by": "clustermesh",
+	}
+}
+
+func apiserverLabels() map[string]string {
+	l := commonLabels()
+	l["app.kubernetes.io/name"] = apiserverName
+	return l
+}
+
+func selectorLabels() map[string]string {
+	return map[string]string{"app.kubernetes.io/name": apiserverName}
+}
+
+func meta(name, namespace string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: apiserverLabels()}
+}
+
+func namespaceObject(ns string) *corev1.Namespace {
+	return &corev1.Namespace{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
+		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: commonLabels()},
+	}
+}
+
+func meshConfigObject(c meshCluster) *corev1.ConfigMap {
+	return &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: meta(meshConfigName, c.Namespace),
+		Data: map[string]string{
+			cfgClusterName:  c.Name,
+			cfgClusterID:    strconv.FormatUint(uint64(c.ID), 10),
+			cfgMaxConnected: strconv.FormatUint(uint64(c.MaxConnected), 10),
+			cfgServiceType:  string(c.ServiceType),
+		},
+	}
+}
+
+func serviceAccountObject(c meshCluster) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
+		ObjectMeta: meta(apiserverName, c.Namespace),
+	}
+}
+
+// clusterRoleName is per namespace, so that two meshes' apiservers in one
+// cluster do not share (and disable does not delete) each other's role.
+func clusterRoleName(ns string) string { return apiserverName + "-" + ns }
+
+// The Kubernetes state source reads these (k8ssource).
+func clusterRoleObject(c meshCluster) *rbacv1.ClusterRole {
+	return &rbacv1.ClusterRole{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole"},
+		ObjectMeta: meta(clusterRoleName(c.Namespace), ""),
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"services", "pods", "namespaces", "nodes"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
+		},
+	}
+}
+
+func clusterRoleBindingObject(c meshCluster) *rbacv1.ClusterRoleBinding {
+	return &rbacv1.ClusterRoleBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRoleBinding"},
+		ObjectMeta: meta(clusterRoleName(c.Namespace), ""),
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: clusterRoleName(c.Namespace)},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: apiserverName, Namespace: c.Namespace}},
+	}
+}
+
+// apiserverArgs is the command line of the apiserver container.
+func apiserverArgs(c meshCluster) []string {
+	args := []string{
+		"clustermesh", "apiserver",
+		"--cluster-name=" + c.Name,
+		"--cluster-id=" + strconv.FormatUint(uint64(c.ID), 10),
+		"--max-connected-clusters=" + strconv.FormatUint(uint64(c.MaxConnected), 10),
+		"--cert-dir=" + certDir,
+		"--state-source=kubernetes",
+		"--state-dir=" + stateDir,
+		fmt.Sprintf("--listen=0.0.0.0:%d", apiserverPort),
+		fmt.Sprintf("--metrics-addr=:%d", metricsPort),
+	}
+	if len(c.Peers) > 0 {
+		args = append(args, "--peer="+strings.Join(c.Peers, ","))
+	}
+	return args
+}
+
+func deploymentObject(c meshCluster, certsHash string) *appsv1.Deployment {
+	one := int32(1)
+	readOnly := true
+	return &appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: meta(apiserverName, c.Namespace),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &one,
+			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels()},
+			// One store per cluster: never two apiservers at once.
+			Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      apiserverLabels(),
+					Annotations: map[string]string{certsHashAnnotation: certsHash},
+				},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: apiserverName,
+					Containers: []corev1.Container{{
+						Name:    "apiserver",
+						Image:   c.Image,
+						Command: apiserverArgs(c),
+						Ports: []corev1.ContainerPort{
+							{Name: "etcd", ContainerPort: apiserverPort, Protocol: corev1.ProtocolTCP},
+							{Name: "metrics", ContainerPort: metricsPort, Protocol: corev1.ProtocolTCP},
+						},
+						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+							TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(apiserverPort)},
+						}},
+						VolumeMounts: []corev1.VolumeMount{
+							{Name: "certs", MountPath: certDir, ReadOnly: readOnly},
+							{Name: "state", MountPath: stateDir},
+						},
+					}},
+					Volumes: []corev1.Volume{
+						{Name: "certs", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+							Sources: []corev1.VolumeProjection{
+								{Secret: &corev1.SecretProjection{
+									LocalObjectReference: corev1.LocalObjectReference{Name: serverSecretName},
+									Items: []corev1.KeyToPath{
+										{Key: "ca.crt", Path: "ca.crt"},
+										{Key: corev1.TLSCertKey, Path: "server.crt"},
+										{Key: corev1.TLSPrivateKeyKey, Path: "server.key"},
+									},
+								}},
+								{Secret: &corev1.SecretProjection{
+									LocalObjectReference: corev1.LocalObjectReference{Name: adminSecretName},
+									Items: []corev1.KeyToPath{
+										{Key: corev1.TLSCertKey, Path: "admin-" + c.Name + ".crt"},
+										{Key: corev1.TLSPrivateKeyKey, Path: "admin-" + c.Name + ".key"},
+									},
+								}},
+							},
+						}}},
+						{Name: "state", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+					},
+				},
+			},
+		},
+	}
+}
+
+func serviceObject(c meshCluster) *corev1.Service {
+	return &corev1.Service{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: meta(apiserverName, c.Namespace),
+		Spec: corev1.ServiceSpec{
+			Type:     c.ServiceType,
+			Selector: selectorLabels(),
+			Ports: []corev1.ServicePort{{
+				Name: "etcd", Port: apiserverPort, TargetPort: intstr.FromInt32(apiserverPort), Protocol: corev1.ProtocolTCP,
+			}},
+		},
+	}
+}
+
+// tlsSecret holds one certificate: tls.crt, tls.key and the CA's ca.crt.
+func tlsSecret(name, ns string, certPEM, keyPEM, caPEM []byte) *corev1.Secret {
+	return &corev1.Secret{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: meta(name, ns),
+		Type:       corev1.SecretTypeTLS,
+		Data: map[string][]byte{
+			corev1.TLSCertKey:       certPEM,
+			corev1.TLSPrivateKeyKey: keyPEM,
+			"ca.crt":                caPEM,
+		},
+	}
+}
+
+func caSecretObject(ns string, certPEM, keyPEM []byte) *corev1.Secret {
+	return &corev1.Secret{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: meta(caSecretName, ns),
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{"ca.crt": certPEM, "ca.key": keyPEM},
+	}
+}
+
+// resourceOf maps a typed object to its API resource.
+func resourceOf(obj runtime.Object) (schema.GroupVersionResource, bool, error) {
+	switch obj.(type) {
+	case *corev1.Namespace:
+		return corev1.SchemeGroupVersion.WithResource("namespaces"), false, nil
+	case *corev1.Secret:
+		return corev1.SchemeGroupVersion.WithResource("secrets"), true, nil
+	case *corev1.ConfigMap:
+		return corev1.SchemeGroupVersion.WithResource("configmaps"), true, nil
+	case *corev1.ServiceAccount:
+		return corev1.SchemeGroupVersion.WithResource("serviceaccounts"), true, nil
+	case *corev1.Service:
+		return corev1.SchemeGroupVersion.WithResource("services"), true, nil
+	case *appsv1.Deployment:
+		return appsv1.SchemeGroupVersion.WithResource("deployments"), true, nil
+	case *appsv1.DaemonSet:
+		return appsv1.SchemeGroupVersion.WithResource("daemonsets"), true, nil
+	case *rbacv1.ClusterRole:
+		return rbacv1.SchemeGroupVersion.WithResource("clusterroles"), false, nil
+	case *rbacv1.ClusterRoleBinding:
+		return rbacv1.SchemeGroupVersion.WithResource("clusterrolebindings"), false, nil
+	}
+	return schema.GroupVersionResource{}, false, fmt.Errorf("no resource for %T", obj)
+}
