@@ -22,6 +22,13 @@ func isUnix(addr string) bool { return strings.HasPrefix(addr, "/") || strings.H
 
 // ServeStatus serves GET /status (JSON of status()) on addr until ctx is done.
 func ServeStatus(ctx context.Context, addr string, status func() Status) error {
+	return ServeJSON(ctx, addr, func() any { return status() })
+}
+
+// ServeJSON serves GET /status (the JSON of status()) on addr — a unix socket
+// path or host:port — until ctx is done. Callers that extend Status (the CLI
+// adds WireGuard) serve their own value through it.
+func ServeJSON(ctx context.Context, addr string, status func() any) error {
 	network := "tcp"
 	if isUnix(addr) {
 		network = "unix"
@@ -62,6 +69,11 @@ func ServeStatus(ctx context.Context, addr string, status func() Status) error {
 // FetchStatus reads an agent's status from addr.
 func FetchStatus(ctx context.Context, addr string) (Status, error) {
 	var st Status
+	return st, FetchJSON(ctx, addr, &st)
+}
+
+// FetchJSON reads an agent's status from addr into v.
+func FetchJSON(ctx context.Context, addr string, v any) error {
 	tr := &http.Transport{}
 	url := "http://" + addr + "/status"
 	if isUnix(addr) {
@@ -72,18 +84,18 @@ func FetchStatus(ctx context.Context, addr string) (Status, error) {
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return st, fmt.Errorf("agentsync: status: %w", err)
+		return fmt.Errorf("agentsync: status: %w", err)
 	}
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return st, fmt.Errorf("agentsync: status: cannot reach the agent at %s: %w (is `clustermesh agent` running with --status-addr %s?)", addr, err, addr)
+		return fmt.Errorf("agentsync: status: cannot reach the agent at %s: %w (is `clustermesh agent` running with --status-addr %s?)", addr, err, addr)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("agentsync: status: agent at %s answered %s", addr, resp.Status)
+		return fmt.Errorf("agentsync: status: agent at %s answered %s", addr, resp.Status)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return st, fmt.Errorf("agentsync: status: agent at %s sent an unreadable status: %w", addr, err)
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("agentsync: status: agent at %s sent an unreadable status: %w", addr, err)
 	}
-	return st, nil
+	return nil
 }
