@@ -19,8 +19,9 @@ import (
 // "clustermesh"), so that a run that changes nothing writes nothing: the API
 // server does not bump an object an apply leaves as it was.
 type applier struct {
-	dyn dynamic.Interface
-	out io.Writer
+	dyn    dynamic.Interface
+	out    io.Writer
+	prefix string // of every line printed
 }
 
 func newApplier(t *kubeTarget, out io.Writer) (*applier, error) {
@@ -48,6 +49,12 @@ func (a *applier) resource(obj runtime.Object) (dynamic.ResourceInterface, metav
 
 // apply applies obj and prints "kind/name created|configured|unchanged".
 func (a *applier) apply(ctx context.Context, obj runtime.Object) error {
+	return a.applyAs(ctx, obj, fieldManager)
+}
+
+// applyAs applies obj with another field manager: the fields of obj become
+// that manager's, and those it does not mention stay with their owners.
+func (a *applier) applyAs(ctx context.Context, obj runtime.Object, manager string) error {
 	res, m, err := a.resource(obj)
 	if err != nil {
 		return err
@@ -63,7 +70,7 @@ func (a *applier) apply(ctx context.Context, obj runtime.Object) error {
 	if err != nil {
 		return err
 	}
-	got, err := res.Apply(ctx, m.GetName(), &unstructured.Unstructured{Object: u}, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
+	got, err := res.Apply(ctx, m.GetName(), &unstructured.Unstructured{Object: u}, metav1.ApplyOptions{FieldManager: manager, Force: true})
 	if err != nil {
 		return fmt.Errorf("apply %s/%s: %w", kind, m.GetName(), err)
 	}
@@ -74,7 +81,7 @@ func (a *applier) apply(ctx context.Context, obj runtime.Object) error {
 	case got.GetResourceVersion() == before:
 		what = "unchanged"
 	}
-	fmt.Fprintf(a.out, "%s/%s %s\n", kind, m.GetName(), what)
+	fmt.Fprintf(a.out, "%s%s/%s %s\n", a.prefix, kind, m.GetName(), what)
 	return nil
 }
 
@@ -89,11 +96,11 @@ func (a *applier) remove(ctx context.Context, obj runtime.Object) error {
 	err = res.Delete(ctx, m.GetName(), metav1.DeleteOptions{PropagationPolicy: &policy})
 	switch {
 	case apierrors.IsNotFound(err):
-		fmt.Fprintf(a.out, "%s/%s not found\n", kind, m.GetName())
+		fmt.Fprintf(a.out, "%s%s/%s not found\n", a.prefix, kind, m.GetName())
 	case err != nil:
 		return fmt.Errorf("delete %s/%s: %w", kind, m.GetName(), err)
 	default:
-		fmt.Fprintf(a.out, "%s/%s deleted\n", kind, m.GetName())
+		fmt.Fprintf(a.out, "%s%s/%s deleted\n", a.prefix, kind, m.GetName())
 	}
 	return nil
 }

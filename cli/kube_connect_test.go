@@ -1,0 +1,397 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/k8ssource"
+	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Every preflight failure is reported at once, says how to fix it, and
+// nothing is written.
+func TestK8sConnectPreflight(t *testing.T) {
+	env := kubetest.Start(t, "a", "b", "c")
+	ctx := context.Background()
+	a, b, c := env.Cluster("a"), env.Cluster("b"), env.Cluster("c")
+	for _, n := range []struct {
+		c    *kubetest.Cluster
+		node kubetest.Node
+	}{
+		{a, kubetest.Node{Name: "a1", InternalIP: "192.168.0.1", PodCIDRs: []string{"10.0.0.0/16"}}},
+		{b, kubetest.Node{Name: "b1", InternalIP: "192.168.0.1", PodCIDRs: []string{"10.0.1.0/24"}}},
+		{c, kubetest.Node{Name: "c1", InternalIP: "10.0.200.1", PodCIDRs: []string{"10.3.0.0/24"}}},
+	} {
+		if _, err := n.c.CreateNode(ctx, n.node); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kubeRun(t, env, "enable", "--context", "a", "--cluster-name", "a", "--cluster-id", "1")
+	kubeRun(t, env, "enable", "--context", "b", "--cluster-name", "b", "--cluster-id", "1") // its own CA, a's id
+	kubeRun(t, env, "enable", "--context", "c", "--cluster-name", "a", "--cluster-id", "3", "--ca-from-context", "a", "--service-type", "NodePort")
+
+	// Not enabled at all.
+	if err := kubeRunErr(t, env, "connect", "--context", "a", "--destination-context", "nowhere"); !strings.Contains(err.Error(), "no context") {
+		t.Errorf("unknown context: %v", err)
+	}
+	ns := defaultKubeNamespace
+	before := map[string]map[string]string{"a": versions(t, a, ns), "b": versions(t, b, ns), "c": versions(t, c, ns)}
+
+	err := kubeRunErr(t, env, "connect", "--context", "a", "--destination-context", "b")
+	for _, want := range []string{
+		"nothing was written",
+		"both have cluster id 1", "--cluster-id",
+		"different mesh CAs", "--ca-from-context a",
+		"pod CIDR 10.0.1.0/24 of node b1 in cluster b overlaps", // reported from either side
+		"both have the address 192.168.0.1",
+		"no LoadBalancer address yet", "--destination-endpoint",
+	} {
+		if !strings.Contains(err.Error(), want) && !(strings.HasPrefix(want, "pod CIDR") && strings.Contains(err.Error(), "overlaps pod CIDR 10.0.1.0/24 of node b1 in cluster b")) {
+			t.Errorf("a-b: error lacks %q:\n%v", want, err)
+		}
+	}
+	// c is a NodePort: its endpoint is its node's IP, which its certificate
+	// names; an endpoint given by hand that it does not name is refused.
+	err = kubeRunErr(t, env, "connect", "--context", "a", "--destination-context", "c", "--connection-mode", "unicast",
+		"--destination-endpoint", "https://203.0.113.7:2379")
+	for _, want := range []string{
+		`both cluster "a"`, "--cluster-name",
+		"node c1 of cluster a has the address 10.0.200.1, inside pod CIDR 10.0.0.0/16",
+		"server certificate does not name 203.0.113.7", "--server-ip",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("a-c: error lacks %q:\n%v", want, err)
+		}
+	}
+	if err := kubeRunErr(t, env, "connect", "--context", "a", "--destination-context", "c", "--connection-mode", "star"); !strings.Contains(err.Error(), "--connection-mode") {
+		t.Errorf("bad mode: %v", err)
+	}
+	after := map[string]map[string]string{"a": versions(t, a, ns), "b": versions(t, b, ns), "c": versions(t, c, ns)}
+	for k := range before {
+		if !maps.Equal(before[k], after[k]) {
+			t.Errorf("cluster %s changed by a refused connect:\nbefore %v\nafter  %v", k, before[k], after[k])
+		}
+	}
+}
+
+// loopbackIP is a random 127.x.y.z address (LoadBalancer addresses the
+// local apiservers listen on, port 2379; random so that two test runs on
+// one machine do not collide).
+func loopbackIP() string {
+	return fmt.Sprintf("127.%d.%d.%d", 64+rand.IntN(128), rand.IntN(256), 1+rand.IntN(254))
+}
+
+// podRun is what a cluster's pods would run, as local processes: its mesh
+// apiserver (certificates from its secrets, the Kubernetes state source) and
+// one agent reading the remotes secret as the kubelet would mount it.
+type podRun struct {
+	agent  *agentsync.Agent
+	remote string // the remotes dir
+}
+
+func startPods(t *testing.T, c *kubetest.Cluster, listenIP string) *podRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ns := defaultKubeNamespace
+	core := c.Client.CoreV1()
+	cm, err := core.ConfigMaps(ns).Get(ctx, meshConfigName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := cm.Data[cfgClusterName]
+	id, _ := strconv.Atoi(cm.Data[cfgClusterID])
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	os.MkdirAll(certs, 0o700)
+	for _, f := range []struct{ secret, key, file string }{
+		{serverSecretName, "ca.crt", "ca.crt"}, {serverSecretName, corev1.TLSCertKey, "server.crt"}, {serverSecretName, corev1.TLSPrivateKeyKey, "server.key"},
+		{adminSecretName, corev1.TLSCertKey, "admin-" + name + ".crt"}, {adminSecretName, corev1.TLSPrivateKeyKey, "admin-" + name + ".key"},
+	} {
+		s, err := core.Secrets(ns).Get(ctx, f.secret, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(certs, f.file), s.Data[f.key], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := meshapiserver.New(meshapiserver.Config{
+		ClusterName: name, ClusterID: uint32(id), ListenAddress: listenIP + ":2379",
+		ServerCertFile: filepath.Join(certs, "server.crt"), ServerKeyFile: filepath.Join(certs, "server.key"), CAFile: filepath.Join(certs, "ca.crt"),
+		AdminCertFile: filepath.Join(certs, "admin-"+name+".crt"), AdminKeyFile: filepath.Join(certs, "admin-"+name+".key"),
+		Peers:  splitList(cm.Data[cfgPeers]),
+		Source: &k8ssource.Source{Client: c.Client, Logger: quiet}, Logger: quiet,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &podRun{remote: filepath.Join(dir, "remotes")}
+	os.MkdirAll(p.remote, 0o700)
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Run(ctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-srvDone:
+		t.Fatalf("apiserver %s: %v", name, err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("apiserver %s not ready", name)
+	}
+
+	// The kubelet: the remotes secret, as files, kept up to date.
+	mount := func() {
+		s, err := core.Secrets(ns).Get(ctx, remotesSecretName, metav1.GetOptions{})
+		data := map[string][]byte{}
+		if err == nil {
+			data = s.Data
+		}
+		entries, _ := os.ReadDir(p.remote)
+		for _, e := range entries {
+			if _, ok := data[e.Name()]; !ok {
+				os.Remove(filepath.Join(p.remote, e.Name()))
+			}
+		}
+		for k, v := range data {
+			path := filepath.Join(p.remote, k)
+			if old, err := os.ReadFile(path); err == nil && string(old) == string(v) {
+				continue
+			}
+			os.WriteFile(path+".tmp", v, 0o600)
+			os.Rename(path+".tmp", path)
+		}
+	}
+	mount()
+	kubeletDone := make(chan struct{})
+	go func() {
+		defer close(kubeletDone)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				mount()
+			}
+		}
+	}()
+
+	p.agent, err = agentsync.New(agentsync.Config{
+		ClusterName: name, ClusterID: uint32(id), ConfigDir: p.remote, Datapath: datapath.NewMemory(),
+		LocalSource:        &k8ssource.Source{Client: c.Client, Logger: quiet},
+		ConfigPollInterval: 50 * time.Millisecond, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: time.Second,
+		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second, Logger: quiet,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- p.agent.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-kubeletDone
+		if err := <-agentDone; err != nil {
+			t.Errorf("agent %s: %v", name, err)
+		}
+		if err := <-srvDone; err != nil {
+			t.Errorf("apiserver %s: %v", name, err)
+		}
+	})
+	return p
+}
+
+func (p *podRun) remoteStatus(name string) (agentsync.RemoteStatus, bool) {
+	for _, r := range p.agent.Status().Remotes {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return agentsync.RemoteStatus{}, false
+}
+
+func (p *podRun) service(ns, name string) (agentsync.ServiceStatus, bool) {
+	for _, s := range p.agent.Status().Services {
+		if s.Namespace == ns && s.Name == name {
+			return s, true
+		}
+	}
+	return agentsync.ServiceStatus{}, false
+}
+
+// shop creates a global service shop/checkout (affinity local) with one
+// ready pod and its EndpointSlice.
+func shop(t *testing.T, c *kubetest.Cluster, node, podIP string) *discoveryv1.EndpointSlice {
+	t.Helper()
+	ctx := context.Background()
+	if err := c.CreateNamespace(ctx, "shop", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreatePod(ctx, kubetest.Pod{Namespace: "shop", Name: "checkout-" + node, Node: node, IP: podIP, Labels: map[string]string{"app": "checkout"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client.CoreV1().Services("shop").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "checkout", Annotations: map[string]string{wire.AnnotationGlobal: "true", wire.AnnotationAffinity: "local"}},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "checkout"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ready := true
+	s, err := c.Client.DiscoveryV1().EndpointSlices("shop").Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "checkout-1", Labels: map[string]string{discoveryv1.LabelServiceName: "checkout"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{podIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "shop", Name: "checkout-" + node}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// enable, connect (after its preflight found the missing endpoint and the
+// certificate that did not name it), the mesh running from what was
+// written: agents ready, a global service with local and remote backends
+// failing over; then a refused and a forced disconnect.
+func TestK8sConnectDisconnect(t *testing.T) {
+	env := kubetest.Start(t, "east", "west")
+	east, west := env.Cluster("east"), env.Cluster("west")
+	ctx := context.Background()
+	ns := defaultKubeNamespace
+	if _, err := east.CreateNode(ctx, kubetest.Node{Name: "e1", InternalIP: "192.168.1.1", PodCIDRs: []string{"10.1.1.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := west.CreateNode(ctx, kubetest.Node{Name: "w1", InternalIP: "192.168.2.1", PodCIDRs: []string{"10.2.1.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
+	kubeRun(t, env, "enable", "--context", "west", "--cluster-name", "west", "--cluster-id", "2", "--ca-from-context", "east")
+
+	if err := kubeRunErr(t, env, "connect", "--context", "east", "--destination-context", "west"); !strings.Contains(err.Error(), "no LoadBalancer address yet") {
+		t.Errorf("connect without addresses: %v", err)
+	}
+	eastIP, westIP := loopbackIP(), loopbackIP()
+	for _, x := range []struct {
+		c  *kubetest.Cluster
+		ip string
+	}{{east, eastIP}, {west, westIP}} {
+		if err := x.c.SetLoadBalancerIngress(ctx, ns, apiserverName, x.ip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := kubeRunErr(t, env, "connect", "--context", "east", "--destination-context", "west"); !strings.Contains(err.Error(), "does not name "+westIP) ||
+		!strings.Contains(err.Error(), "clustermesh enable --context west again") {
+		t.Errorf("connect before the certificates name the addresses: %v", err)
+	}
+	kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
+	kubeRun(t, env, "enable", "--context", "west", "--cluster-name", "west", "--cluster-id", "2", "--ca-from-context", "east")
+
+	out := kubeRun(t, env, "connect", "--context", "east", "--destination-context", "west")
+	if !strings.Contains(out, "east reads west at https://"+westIP+":2379") || !strings.Contains(out, "west reads east at https://"+eastIP+":2379") {
+		t.Errorf("connect:\n%s", out)
+	}
+	// What was written, on both sides.
+	for _, x := range []struct {
+		c          *kubetest.Cluster
+		self, peer string
+		peerIP     string
+	}{{east, "east", "west", westIP}, {west, "west", "east", eastIP}} {
+		s, err := x.c.Client.CoreV1().Secrets(ns).Get(ctx, remotesSecretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rc agentsync.RemoteConfig
+		if err := yaml.Unmarshal(s.Data[x.peer], &rc); err != nil || len(rc.Endpoints) != 1 || rc.Endpoints[0] != "https://"+x.peerIP+":2379" {
+			t.Errorf("%s's config for %s: %+v %v", x.self, x.peer, rc, err)
+		}
+		if cert, err := parseCert(s.Data[remotesCertKey]); err != nil || cert.Subject.CommonName != "remote-"+x.self {
+			t.Errorf("%s's remote certificate: %v %v", x.self, cert, err)
+		}
+		d, err := x.c.Client.AppsV1().Deployments(ns).Get(ctx, apiserverName, metav1.GetOptions{})
+		if err != nil || !strings.Contains(strings.Join(d.Spec.Template.Spec.Containers[0].Command, " "), "--peer="+x.peer) {
+			t.Errorf("%s's apiserver: %v %v", x.self, d.Spec.Template.Spec.Containers[0].Command, err)
+		}
+	}
+	// Connecting again, or enabling again, changes nothing.
+	before := map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}
+	kubeRun(t, env, "connect", "--context", "west", "--destination-context", "east")
+	kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
+	if after := (map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}); !maps.Equal(before["east"], after["east"]) || !maps.Equal(before["west"], after["west"]) {
+		t.Errorf("connect or enable again changed objects:\nbefore %v\nafter  %v", before, after)
+	}
+
+	// The global service in both clusters, then the mesh as the pods would
+	// run it.
+	eastSlice := shop(t, east, "e1", "10.1.1.10")
+	shop(t, west, "w1", "10.2.1.10")
+	ep, wp := startPods(t, east, eastIP), startPods(t, west, westIP)
+	testenv.WaitFor(t, 30*time.Second, "both agents ready with their peer", func() bool {
+		re, ok1 := ep.remoteStatus("west")
+		rw, ok2 := wp.remoteStatus("east")
+		return ok1 && ok2 && re.Ready && rw.Ready && re.Nodes == 1 && re.Endpoints == 1 && rw.Nodes == 1
+	})
+	testenv.WaitFor(t, 10*time.Second, "east's checkout: 1 local and 1 remote backend, local selected", func() bool {
+		s, ok := ep.service("shop", "checkout")
+		return ok && s.LocalHealthy == 1 && s.Remote["west"] == 1 && s.SelectedFrom == "local"
+	})
+	// east's backend turns not ready: east fails over to west.
+	f := false
+	eastSlice.Endpoints[0].Conditions.Ready = &f
+	if _, err := east.Client.DiscoveryV1().EndpointSlices("shop").Update(ctx, eastSlice, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "east's checkout fails over to west", func() bool {
+		s, ok := ep.service("shop", "checkout")
+		return ok && s.LocalHealthy == 0 && s.SelectedFrom == "remote" && s.Selected == 1
+	})
+
+	// Disabling a connected cluster is refused.
+	if err := kubeRunErr(t, env, "disable", "--context", "east"); !strings.Contains(err.Error(), "connected to west") || !strings.Contains(err.Error(), "disconnect") {
+		t.Errorf("disable while connected: %v", err)
+	}
+	// Disconnecting would leave east's checkout without backends: refused.
+	before = map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}
+	err := kubeRunErr(t, env, "disconnect", "--context", "east", "--destination-context", "west")
+	if !strings.Contains(err.Error(), "shop/checkout in cluster east: 0 ready local backends, 1 in west") || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("disconnect: %v", err)
+	}
+	if after := (map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}); !maps.Equal(before["east"], after["east"]) || !maps.Equal(before["west"], after["west"]) {
+		t.Errorf("a refused disconnect wrote:\nbefore %v\nafter  %v", before, after)
+	}
+	kubeRun(t, env, "disconnect", "--context", "east", "--destination-context", "west", "--force")
+	testenv.WaitFor(t, 10*time.Second, "both agents drop their peer", func() bool {
+		_, ok1 := ep.remoteStatus("west")
+		_, ok2 := wp.remoteStatus("east")
+		s, _ := ep.service("shop", "checkout")
+		return !ok1 && !ok2 && s.Remote["west"] == 0
+	})
+	for _, c := range []*kubetest.Cluster{east, west} {
+		cm, err := c.Client.CoreV1().ConfigMaps(ns).Get(ctx, meshConfigName, metav1.GetOptions{})
+		if err != nil || cm.Data[cfgPeers] != "" {
+			t.Errorf("peers after disconnect: %v %v", cm.Data, err)
+		}
+	}
+	// Nothing left connected: disable works without --force.
+	kubeRun(t, env, "disable", "--context", "east")
+}
