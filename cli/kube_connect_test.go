@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,8 +25,8 @@ import (
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
-	"github.com/clustermesh/clustermesh/k8ssource"
 	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -110,7 +111,7 @@ type podRun struct {
 	remote string // the remotes dir
 }
 
-func startPods(t *testing.T, c *kubetest.Cluster, listenIP string) *podRun {
+func startPods(t *testing.T, env *kubetest.Env, c *kubetest.Cluster, listenIP string) *podRun {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ns := defaultKubeNamespace
@@ -137,12 +138,21 @@ func startPods(t *testing.T, c *kubetest.Cluster, listenIP string) *podRun {
 		}
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// As 'clustermesh apiserver --state-source=kubernetes' would (from a
+	// kubeconfig instead of the pod's service account).
+	source := func() statesource.Source {
+		src, err := newKubeStateSource(env.Kubeconfig, c.Name, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return src
+	}
 	srv, err := meshapiserver.New(meshapiserver.Config{
 		ClusterName: name, ClusterID: uint32(id), ListenAddress: listenIP + ":2379",
 		ServerCertFile: filepath.Join(certs, "server.crt"), ServerKeyFile: filepath.Join(certs, "server.key"), CAFile: filepath.Join(certs, "ca.crt"),
 		AdminCertFile: filepath.Join(certs, "admin-"+name+".crt"), AdminKeyFile: filepath.Join(certs, "admin-"+name+".key"),
 		Peers:  splitList(cm.Data[cfgPeers]),
-		Source: &k8ssource.Source{Client: c.Client, Logger: quiet}, Logger: quiet,
+		Source: source(), Logger: quiet,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +209,7 @@ func startPods(t *testing.T, c *kubetest.Cluster, listenIP string) *podRun {
 
 	p.agent, err = agentsync.New(agentsync.Config{
 		ClusterName: name, ClusterID: uint32(id), ConfigDir: p.remote, Datapath: datapath.NewMemory(),
-		LocalSource:        &k8ssource.Source{Client: c.Client, Logger: quiet},
+		LocalSource:        source(),
 		ConfigPollInterval: 50 * time.Millisecond, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: time.Second,
 		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second, Logger: quiet,
 	})
@@ -341,11 +351,13 @@ func TestK8sConnectDisconnect(t *testing.T) {
 		t.Errorf("connect or enable again changed objects:\nbefore %v\nafter  %v", before, after)
 	}
 
+	checkKubeStatus(t, env, east, westIP)
+
 	// The global service in both clusters, then the mesh as the pods would
 	// run it.
 	eastSlice := shop(t, east, "e1", "10.1.1.10")
 	shop(t, west, "w1", "10.2.1.10")
-	ep, wp := startPods(t, east, eastIP), startPods(t, west, westIP)
+	ep, wp := startPods(t, env, east, eastIP), startPods(t, env, west, westIP)
 	testenv.WaitFor(t, 30*time.Second, "both agents ready with their peer", func() bool {
 		re, ok1 := ep.remoteStatus("west")
 		rw, ok2 := wp.remoteStatus("east")
@@ -394,4 +406,44 @@ func TestK8sConnectDisconnect(t *testing.T) {
 	}
 	// Nothing left connected: disable works without --force.
 	kubeRun(t, env, "disable", "--context", "east")
+}
+
+// checkKubeStatus: the status of east (connected to west) from its objects;
+// waiting for its deployment, which no kubelet runs here, until the test
+// plays the kubelet.
+func checkKubeStatus(t *testing.T, env *kubetest.Env, east *kubetest.Cluster, westIP string) {
+	t.Helper()
+	ctx := context.Background()
+	kf := &kubeFlags{kubeconfig: env.Kubeconfig}
+	var out, progress strings.Builder
+	if err := runKubeStatus(ctx, kf, "east", defaultKubeNamespace, false, 5*time.Second, false, &out, &progress); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Cluster east (id 1)", "0/1 ready, service LoadBalancer", "peers:      west", "west at https://" + westIP + ":2379", "not ready: deployment"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	err := runKubeStatus(ctx, kf, "east", defaultKubeNamespace, true, 1500*time.Millisecond, false, &out, &progress)
+	if err == nil || !strings.Contains(err.Error(), "not ready after") || !strings.Contains(progress.String(), "waiting: deployment") {
+		t.Errorf("status --wait: %v, progress %q", err, progress.String())
+	}
+	// The kubelet: the apiserver pod is ready.
+	d, err := east.Client.AppsV1().Deployments(defaultKubeNamespace).Get(ctx, apiserverName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Status.Replicas, d.Status.ReadyReplicas, d.Status.AvailableReplicas = 1, 1, 1
+	if _, err := east.Client.AppsV1().Deployments(defaultKubeNamespace).UpdateStatus(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := runKubeStatus(ctx, kf, "east", defaultKubeNamespace, true, 10*time.Second, true, &out, &progress); err != nil {
+		t.Fatal(err)
+	}
+	var st KubeStatus
+	if err := json.Unmarshal([]byte(out.String()), &st); err != nil || !st.Ready || st.ReadyReplicas != 1 || st.Remotes["west"] == "" {
+		t.Errorf("status -o json once ready: %+v %v\n%s", st, err, out.String())
+	}
 }

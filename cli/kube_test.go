@@ -6,6 +6,8 @@ import (
 	"encoding/pem"
 	"maps"
 	"net"
+	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -254,4 +256,33 @@ func pool(c *x509.Certificate) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(c)
 	return p
+}
+
+// The connection modes' directions, and the overlap checks on their own.
+func TestKubeLinksAndOverlaps(t *testing.T) {
+	a, b, c := &meshMember{name: "a"}, &meshMember{name: "b"}, &meshMember{name: "c"}
+	for mode, want := range map[string]int{modeBidirectional: 4, modeUnicast: 2, modeMesh: 6} {
+		ls, err := links(mode, a, []*meshMember{b, c})
+		if err != nil || len(ls) != want {
+			t.Errorf("%s: %d links, %v; want %d", mode, len(ls), err, want)
+		}
+	}
+	p := func(s string) owned[netip.Prefix] { return owned[netip.Prefix]{netip.MustParsePrefix(s), "n"} }
+	ip := func(s string) owned[netip.Addr] { return owned[netip.Addr]{netip.MustParseAddr(s), "n"} }
+	a.podCIDRs, a.nodeIPs = []owned[netip.Prefix]{p("10.1.0.0/16"), p("fd00:1::/64")}, []owned[netip.Addr]{ip("192.168.0.1")}
+	b.podCIDRs, b.nodeIPs = []owned[netip.Prefix]{p("10.2.0.0/16"), p("fd00:2::/64")}, []owned[netip.Addr]{ip("192.168.0.2")}
+	if errs := overlaps(a, b); len(errs) != 0 {
+		t.Errorf("disjoint clusters: %v", errs)
+	}
+	b.podCIDRs = append(b.podCIDRs, p("fd00:1::/48"))
+	b.nodeIPs = append(b.nodeIPs, ip("10.1.2.3"))
+	if errs := overlaps(a, b); len(errs) != 2 {
+		t.Errorf("IPv6 pod CIDR overlap and a node IP in a pod CIDR: %v", errs)
+	}
+	if os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return // in a pod: the in-cluster config would do
+	}
+	if _, err := newKubeStateSource("", "", nil); err == nil || !strings.Contains(err.Error(), "--kubeconfig") {
+		t.Errorf("kubernetes source outside a pod without a kubeconfig: %v", err)
+	}
 }
