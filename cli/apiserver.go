@@ -15,7 +15,7 @@ import (
 
 func newAPIServerCmd() *cobra.Command {
 	var cfg meshapiserver.Config
-	var certDir, stateFile, stateDir, peers, metricsAddr, nodeKeysDir string
+	var certDir, stateFile, stateDir, peers, metricsAddr, nodeKeysDir, stateSource, kubeconfig string
 	cmd := &cobra.Command{
 		Use:   "apiserver --cluster-name NAME --cluster-id ID --cert-dir DIR --state-file FILE",
 		Short: "Run a cluster's mesh apiserver (embedded etcd behind mutual TLS)",
@@ -41,7 +41,21 @@ key.`,
 			cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile = b.ServerCert(), b.ServerKey(), b.CAFile()
 			cfg.AdminCertFile, cfg.AdminKeyFile = b.AdminCert(), b.AdminKey()
 			cfg.Peers = splitList(peers)
-			cfg.Source = &statesource.File{Path: stateFile, NodeKeysDir: nodeKeysDir, Logger: slog.Default()}
+			switch stateSource {
+			case "file":
+				if stateFile == "" {
+					return fmt.Errorf("--state-file is required with --state-source=file")
+				}
+				cfg.Source = &statesource.File{Path: stateFile, NodeKeysDir: nodeKeysDir, Logger: slog.Default()}
+			case "kubernetes":
+				src, err := newKubeStateSource(kubeconfig, "", slog.Default())
+				if err != nil {
+					return err
+				}
+				cfg.Source = src
+			default:
+				return fmt.Errorf("--state-source %q: want file or kubernetes", stateSource)
+			}
 			if stateDir != "" {
 				cfg.IdentityFile = filepath.Join(stateDir, "identities.json")
 			}
@@ -75,13 +89,15 @@ key.`,
 	f.StringVar(&certDir, "cert-dir", "", "directory with ca.crt, server.crt/key and admin-<cluster>.crt/key")
 	f.StringVar(&stateFile, "state-file", "", "YAML file with the cluster's nodes, endpoints and services (see docs/state-file.md)")
 	f.StringVar(&nodeKeysDir, "node-keys-dir", "", "directory of the nodes' WireGuard public keys, <node>.pub each, written by the agents (their --node-keys-dir): a node without wireguardPubKey in the state file is published with its key")
+	f.StringVar(&stateSource, "state-source", "file", "where the cluster's state comes from: file (--state-file) or kubernetes (its API server: in a pod, the service account; else --kubeconfig)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with (its current context)")
 	f.StringVar(&stateDir, "state-dir", "", "directory where identity numbers are kept across restarts (empty: in memory only)")
 	f.StringVar(&peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
 	f.StringVar(&metricsAddr, "metrics-addr", ":9963", "host:port to serve Prometheus /metrics on (\"\" disables)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: a temporary directory removed on exit)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", meshapiserver.DefaultLeaseTTL, "TTL of the lease every published entry is attached to")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", meshapiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is written")
-	for _, r := range []string{"cluster-name", "cluster-id", "cert-dir", "state-file"} {
+	for _, r := range []string{"cluster-name", "cluster-id", "cert-dir"} {
 		cmd.MarkFlagRequired(r)
 	}
 	return cmd

@@ -446,4 +446,8 @@ func checkKubeStatus(t *testing.T, env *kubetest.Env, east *kubetest.Cluster, we
 	if err := json.Unmarshal([]byte(out.String()), &st); err != nil || !st.Ready || st.ReadyReplicas != 1 || st.Remotes["west"] == "" {
 		t.Errorf("status -o json once ready: %+v %v\n%s", st, err, out.String())
 	}
+	// The same through the command line.
+	if cli := kubeRun(t, env, "status", "--context", "east", "--wait", "--timeout", "10s"); !strings.Contains(cli, "Cluster east (id 1)") {
+		t.Errorf("clustermesh status --context east:\n%s", cli)
+	}
 }

@@ -12,11 +12,12 @@ import (
 )
 
 func newStatusCmd() *cobra.Command {
-	var addr, output string
+	var addr, output, kubeContext, namespace string
 	var timeout time.Duration
-	var servicesOnly bool
+	var servicesOnly, wait bool
+	var kf kubeFlags
 	cmd := &cobra.Command{
-		Use:   "status [--agent ADDR] [-o json]",
+		Use:   "status [--agent ADDR | --context C [--wait]] [-o json]",
 		Short: "Show an agent's view of the mesh: remotes, counts, errors, global services",
 		Long: `Show what one agent knows: for each remote cluster whether it is connected and
 fully synced, its cluster id, how many nodes, endpoints, identities and services
@@ -30,6 +31,12 @@ sent and received. -o json adds "wireguard" to the JSON (absent when off).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "" && output != "json" && output != "table" {
 				return fmt.Errorf("-o %q: want table or json", output)
+			}
+			if kubeContext != "" {
+				// A Kubernetes cluster's mesh: its apiserver Deployment and
+				// Service, its peers, and what its agents report.
+				return runKubeStatus(cmd.Context(), &kf, kubeContext, namespace, wait, timeout, output == "json",
+					cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
@@ -52,6 +59,10 @@ sent and received. -o json adds "wireguard" to the JSON (absent when off).`,
 	cmd.Flags().StringVar(&addr, "agent", agentsync.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
+	cmd.Flags().StringVar(&kubeContext, "context", "", "show a Kubernetes cluster's mesh status (kubeconfig context) instead of one agent's")
+	cmd.Flags().StringVar(&namespace, "namespace", defaultKubeNamespace, "with --context: the namespace clustermesh runs in")
+	cmd.Flags().BoolVar(&wait, "wait", false, "with --context: wait until the mesh is ready (or --timeout), saying what it still waits for")
+	kf.register(cmd.Flags())
 	cmd.Flags().BoolVar(&servicesOnly, "services", false, "only the global services: backends per cluster (healthy/total), selection, warnings")
 	return cmd
 }
