@@ -19,7 +19,7 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var cfg agentsync.Config
-	var stateFile, pinDir, statusAddr, metricsAddr, cgroup string
+	var stateFile, pinDir, statusAddr, metricsAddr, cgroup, stateSource, kubeconfig string
 	var socketLB bool
 	var cleanup bool
 	var wgf wireguardFlags
@@ -76,7 +76,21 @@ mesh. The device, its routes and rules are removed when the agent exits.`,
 				}
 			}
 			cfg.Datapath = dp
-			cfg.LocalSource = &statesource.File{Path: stateFile, Logger: slog.Default()}
+			switch stateSource {
+			case "file":
+				if stateFile == "" {
+					return fmt.Errorf("--state-file is required with --state-source=file")
+				}
+				cfg.LocalSource = &statesource.File{Path: stateFile, Logger: slog.Default()}
+			case "kubernetes":
+				src, err := newKubeStateSource(kubeconfig, "", slog.Default())
+				if err != nil {
+					return err
+				}
+				cfg.LocalSource = src
+			default:
+				return fmt.Errorf("--state-source %q: want file or kubernetes", stateSource)
+			}
 			cfg.Logger = slog.Default()
 			var wg *wireguard.Agent
 			if wgf.enable {
@@ -119,6 +133,8 @@ mesh. The device, its routes and rules are removed when the agent exits.`,
 	f.Uint32Var(&cfg.MaxConnectedClusters, "max-connected-clusters", 255, "mesh size: 255 or 511 (the same on every cluster)")
 	f.StringVar(&cfg.ConfigDir, "config-dir", "", "directory with one etcd client config per remote cluster")
 	f.StringVar(&stateFile, "state-file", "", "the local cluster's state file (its global services and endpoints)")
+	f.StringVar(&stateSource, "state-source", "file", "where the local cluster's services and endpoints come from: file (--state-file) or kubernetes (in a pod, the service account; else --kubeconfig)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with")
 	f.StringVar(&pinDir, "bpf-pin-dir", datapath.DefaultPinDir, "bpffs directory the eBPF maps are pinned in")
 	f.StringVar(&statusAddr, "status-addr", agentsync.DefaultStatusAddr, "unix socket path or host:port to serve status on")
 	f.StringVar(&metricsAddr, "metrics-addr", ":9962", "host:port to serve Prometheus /metrics on (\"\" disables)")
@@ -132,7 +148,7 @@ mesh. The device, its routes and rules are removed when the agent exits.`,
 	f.StringVar(&cgroup, "cgroup", "", "cgroup v2 directory to attach the socket load balancer to (default: the cgroup v2 root)")
 	f.BoolVar(&cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
 	wgf.register(cmd)
-	for _, r := range []string{"cluster-name", "cluster-id", "config-dir", "state-file"} {
+	for _, r := range []string{"cluster-name", "cluster-id", "config-dir"} {
 		cmd.MarkFlagRequired(r)
 	}
 	return cmd
