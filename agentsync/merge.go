@@ -423,10 +423,15 @@ func (m *merger) portViews(ls *statesource.Service) []portView {
 		// be the datapath's keys, or prune would delete a live frontend.
 		v := portView{frontend: datapath.Frontend{Addr: ls.ClusterIP.Unmap(), Port: p.Port, Protocol: proto},
 			remote: map[string][]datapath.Backend{}, remoteTotal: map[string]int{}, affinity: pol.affinity}
+		var serving []datapath.Backend // terminating, but still serving
 		for _, e := range m.localIx.Backends(ls) {
 			v.localTotal++
-			if e.IsReady() {
-				v.local = append(v.local, datapath.Backend{Addr: e.IP.Unmap(), Port: p.Target(), Protocol: proto, ClusterID: m.localID})
+			b := datapath.Backend{Addr: e.IP.Unmap(), Port: p.Target(), Protocol: proto, ClusterID: m.localID}
+			switch {
+			case e.IsReady():
+				v.local = append(v.local, b)
+			case e.IsServing():
+				serving = append(serving, b)
 			}
 		}
 		for cluster, rs := range m.remoteSvcs[n] {
@@ -440,6 +445,11 @@ func (m *merger) portViews(ls *statesource.Service) []portView {
 			}
 		}
 		v.selected, v.selectedFrom = pol.selectBackends(m.localName, v.local, v.remote)
+		if len(v.selected) == 0 && len(serving) > 0 {
+			// No ready backend anywhere: terminating pods that still serve
+			// are better than nothing (as Kubernetes does).
+			v.selected, v.selectedFrom = serving, "local (terminating)"
+		}
 		v.warnings = pol.warnings
 		views = append(views, v)
 	}

@@ -152,3 +152,26 @@ func TestStaleClusterFailover(t *testing.T) {
 		})
 	}
 }
+
+// Terminating pods that still serve are used only when no ready backend is
+// left anywhere.
+func TestServingTerminatingAsLastResort(t *testing.T) {
+	m, dp := mgNewMerger(t)
+	st := mgLocalState(wire.AffinityLocal, false) // web pods not ready...
+	serving := true
+	for i := range st.Endpoints {
+		st.Endpoints[i].Serving = &serving // ...but still serving
+	}
+	m.setLocal(st)
+	count := func() map[uint16]int {
+		svcs, _ := dp.Services()
+		return shares(svcs[mgFEHTTP])
+	}
+	if got := count(); got[1] == 0 {
+		t.Fatalf("no ready backend anywhere: the serving local ones must be used, got %v", got)
+	}
+	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	if got := count(); got[1] != 0 || got[uint16(mgClusterA.ID)] != 1 {
+		t.Errorf("a ready remote backend beats terminating local ones: %v", got)
+	}
+}

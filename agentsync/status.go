@@ -239,6 +239,9 @@ func (m *merger) selectionWarning(v portView) string {
 	if len(v.selected) == 0 {
 		return "no backend selected: traffic to this service is refused"
 	}
+	if v.selectedFrom == "local (terminating)" {
+		return "no ready backend anywhere: only terminating pods that still serve take the traffic"
+	}
 	clusters := map[uint16]bool{}
 	for _, b := range v.selected {
 		clusters[b.ClusterID] = true

@@ -40,6 +40,9 @@ type Options struct {
 	StepTimeout time.Duration
 	PrintStatus func(io.Writer, agentsync.Status) error
 	Logger      *slog.Logger
+
+	// tweak adjusts the mesh's apiservers and agents (tests only).
+	tweak localmesh.Options
 }
 
 // Clusters of the demo, in order: the index+1 is the cluster id.
@@ -141,7 +144,8 @@ func start(ctx context.Context, o Options) (*run, error) {
 	}
 	d.started = time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Options{Dir: d.o.Dir, Clusters: specs, AgentsPerCluster: o.AgentsPerCluster,
-		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger})
+		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger,
+		APIServer: o.tweak.APIServer, Agent: o.tweak.Agent})
 	if err != nil {
 		d.close()
 		return nil, err

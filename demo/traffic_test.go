@@ -15,8 +15,10 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/localmesh"
+	"github.com/clustermesh/clustermesh/meshapiserver"
 )
 
 // TestDemoTraffic runs the real traffic step on a mesh of its own, checks
@@ -285,5 +287,64 @@ func TestSpilloverTraffic(t *testing.T) {
 	// Binomial(400, 1/4): mean 100, sd 8.7; allow 5 sd.
 	if e := served["east"]; e < 57 || e > 143 || served["west"]+served["north"]+e != n {
 		t.Errorf("east served %d of %d, want about a quarter; all: %v", e, n, served)
+	}
+}
+
+// TestStaleClusterTraffic: with clustermesh.io/failover-on-stale-cluster,
+// real connections stop going to a remote whose heartbeat is stale (north:
+// one heartbeat a minute, against a 500 ms timeout) and keep going to a
+// fresh one (west: a heartbeat every 50 ms); without the annotation both
+// are used.
+func TestStaleClusterTraffic(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	o := Options{Out: testWriter{t}, EBPF: true, Traffic: true, Dir: t.TempDir(), Logger: discardLogger()}
+	o.tweak.APIServer = func(c *meshapiserver.Config) {
+		if c.ClusterName == "west" {
+			c.HeartbeatInterval = 50 * time.Millisecond
+		}
+	}
+	o.tweak.Agent = func(c *agentsync.Config) { c.HeartbeatTimeout = 500 * time.Millisecond }
+	d, err := start(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	if _, err := d.allReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.setupTraffic(ctx); err != nil {
+		t.Fatal(err)
+	}
+	east := d.m.Cluster("east")
+	for _, failover := range []bool{true, false} {
+		st := localmesh.SampleState(1)
+		st.Services[0].Annotations["service.cilium.io/affinity"] = "remote"
+		if failover {
+			st.Services[0].Annotations["clustermesh.io/failover-on-stale-cluster"] = "true"
+		}
+		if err := east.WriteState(st); err != nil {
+			t.Fatal(err)
+		}
+		want := map[uint16]int{2: backendsPerCluster, 3: backendsPerCluster}
+		if failover {
+			want = map[uint16]int{2: backendsPerCluster}
+		}
+		if err := d.eastSelects(ctx, want); err != nil {
+			t.Fatalf("failover=%v: %v", failover, err)
+		}
+		res, err := d.net.runClient(ctx, serviceURL(), 60, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := res.served()
+		t.Logf("failover=%v: served %v", failover, served)
+		if failover && (served["north"] != 0 || served["west"] != 60) {
+			t.Errorf("stale north still served: %v", served)
+		}
+		if !failover && (served["north"] == 0 || served["west"] == 0 || served["east"] != 0) {
+			t.Errorf("without the annotation west and north serve: %v", served)
+		}
 	}
 }
