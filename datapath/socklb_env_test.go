@@ -101,17 +101,14 @@ func newTestCgroup(t testing.TB) string {
 		t.Fatalf("create test cgroup: %v", err)
 	}
 	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			err := os.Remove(dir)
-			if err == nil || errors.Is(err, os.ErrNotExist) {
-				return
-			}
-			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
-				t.Errorf("remove test cgroup %s: %v", dir, err)
-				return
-			}
-			time.Sleep(5 * time.Millisecond) // cleanup retry, not synchronisation
+		// The cgroup is busy until its last process is reaped.
+		var err error
+		testenv.WaitFor(t, 10*time.Second, "test cgroup "+dir+" removable", func() bool {
+			err = os.Remove(dir)
+			return !errors.Is(err, syscall.EBUSY)
+		})
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("remove test cgroup %s: %v", dir, err)
 		}
 	})
 	return dir
