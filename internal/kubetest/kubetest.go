@@ -338,6 +338,7 @@ func (c *Cluster) run(ctx context.Context, bin, dir, etcdURL string, p *pki, por
 		"--authorization-mode=AlwaysAllow",
 		// No controller manager creates the default service accounts.
 		"--disable-admission-plugins=ServiceAccount",
+		"--allow-privileged=true", // as real clusters running a CNI agent
 	}
 	logf, err := os.Create(c.Log)
 	if err != nil {
