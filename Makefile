@@ -8,6 +8,9 @@ PKGS    := ./...
 # Privileged tests (eBPF maps, network namespaces) run for real as root; with
 # CI=true they fail instead of skipping when not root (internal/testenv).
 TESTFLAGS ?= -race -timeout 15m
+# Packages with TestHeavy* tests (they skip under -race; `make test` runs them
+# first, without it).
+HEAVY_PKGS := ./localmesh
 
 SHELL   := /bin/bash
 
@@ -32,12 +35,12 @@ demo-once: build
 vet: deps
 	$(GO) vet $(PKGS)
 
-# Every test with -race — the TestK8s* tests against real kube-apiservers
-# (test-k8s) among them — then the heavy ones (hundreds of thousands of
-# entries; they skip under -race) once more without it.
+# The heavy tests (hundreds of thousands of entries; they skip under -race)
+# without -race, then every test with -race — the TestK8s* tests against real
+# kube-apiservers (test-k8s) among them.
 test: vet check-generate kube-apiserver
+	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS)
 	$(GO) test $(TESTFLAGS) $(PKGS)
-	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(PKGS)
 
 # The tests against real API servers (TestK8s*, internal/kubetest) run the
 # kube-apiserver that tools/kube-apiserver builds from the Go module proxy,
