@@ -160,18 +160,12 @@ func TestWireGuardMesh(t *testing.T) {
 		},
 		Agent: func(cfg *agentsync.Config) {
 			c := clusters[cfg.ClusterName]
-			a, err := wireguard.NewAgent(wireguard.AgentConfig{
-				Device: wireguard.Config{DeviceName: c.device, ListenPort: c.port, UnderlayMTU: 1500,
-					PrivateKeyFile: filepath.Join(dir, c.name, "wireguard.key"), Logger: cfg.Logger},
-				NodeName: "node-1", Source: cfg.LocalSource, NodeKeysDir: c.keysDir,
-				RetryInterval: 100 * time.Millisecond, Logger: cfg.Logger,
-			})
-			if err != nil {
-				hookErr = err
-				return
+			var err error
+			dev := wireguard.Config{DeviceName: c.device, ListenPort: c.port, UnderlayMTU: 1500,
+				PrivateKeyFile: filepath.Join(dir, c.name, "wireguard.key")}
+			if c.wg, err = attachWireGuard(cfg, dev, c.keysDir); err != nil {
+				hookErr = err // kept: a later cluster must not clear it
 			}
-			c.wg = a
-			cfg.LocalSource, cfg.OnRemoteNodes = a, a.SetRemoteNodes
 		},
 	})
 	if hookErr != nil {
@@ -265,4 +259,17 @@ func TestWireGuardMesh(t *testing.T) {
 	if got := wgRoutes(t, podCIDRs...); len(got) != 0 {
 		t.Errorf("routes left behind: %v", got)
 	}
+}
+
+// attachWireGuard wraps an agent's local source in a WireGuard agent for
+// node-1 of its cluster and hands it the remote nodes (the tests' hook).
+func attachWireGuard(cfg *agentsync.Config, dev wireguard.Config, keysDir string) (*wireguard.Agent, error) {
+	dev.Logger = cfg.Logger
+	a, err := wireguard.NewAgent(wireguard.AgentConfig{Device: dev, NodeName: "node-1", Source: cfg.LocalSource,
+		NodeKeysDir: keysDir, RetryInterval: 100 * time.Millisecond, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	cfg.LocalSource, cfg.OnRemoteNodes = a, a.SetRemoteNodes
+	return a, nil
 }

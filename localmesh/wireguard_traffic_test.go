@@ -306,18 +306,12 @@ func TestWireGuardTrafficAfterSync(t *testing.T) {
 		},
 		Agent: func(cfg *agentsync.Config) {
 			n := nodes[cfg.ClusterName]
-			a, err := wireguard.NewAgent(wireguard.AgentConfig{
-				Device: wireguard.Config{DeviceName: n.device, NetNS: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(n.ns)),
-					PrivateKeyFile: filepath.Join(dir, n.name, "wireguard.key"), Logger: cfg.Logger},
-				NodeName: "node-1", Source: cfg.LocalSource, NodeKeysDir: n.keysDir,
-				RetryInterval: 100 * time.Millisecond, Logger: cfg.Logger,
-			})
-			if err != nil {
-				hookErr = err
-				return
+			var err error
+			dev := wireguard.Config{DeviceName: n.device, NetNS: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(n.ns)),
+				PrivateKeyFile: filepath.Join(dir, n.name, "wireguard.key")}
+			if n.wg, err = attachWireGuard(cfg, dev, n.keysDir); err != nil {
+				hookErr = err // kept: a later cluster must not clear it
 			}
-			n.wg = a
-			cfg.LocalSource, cfg.OnRemoteNodes = a, a.SetRemoteNodes
 		},
 	})
 	if hookErr != nil {
