@@ -58,8 +58,10 @@ type Config struct {
 	// on close (the store is re-derived from the source on every start).
 	DataDir string
 	// IdentityFile persists identity numbers across restarts; empty keeps
-	// them in memory only.
-	IdentityFile string
+	// them in memory only. IdentityStore, when set, persists them instead
+	// (set at most one of the two).
+	IdentityFile  string
+	IdentityStore IdentityStore
 
 	Source statesource.Source
 
@@ -107,8 +109,22 @@ func (c *Config) Validate() error {
 	if c.Source == nil {
 		return fmt.Errorf("meshapiserver: %w: no state source", ErrInvalidConfig)
 	}
+	if c.IdentityFile != "" && c.IdentityStore != nil {
+		return fmt.Errorf("meshapiserver: %w: both an identity file and an identity store: set one", ErrInvalidConfig)
+	}
 	if c.LeaseTTL < 10*time.Second {
 		return fmt.Errorf("meshapiserver: %w: lease TTL %s is below 10s", ErrInvalidConfig, c.LeaseTTL)
+	}
+	return nil
+}
+
+// identityStore is where identity numbers persist; nil keeps them in memory.
+func (c *Config) identityStore() IdentityStore {
+	if c.IdentityStore != nil {
+		return c.IdentityStore
+	}
+	if c.IdentityFile != "" {
+		return IdentityFile{Path: c.IdentityFile}
 	}
 	return nil
 }

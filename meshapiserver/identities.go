@@ -1,6 +1,7 @@
 package meshapiserver
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,49 +14,44 @@ import (
 // ErrIdentitiesExhausted is returned when a cluster's identity range is full.
 var ErrIdentitiesExhausted = errors.New("identity range exhausted")
 
+// IdentityStore keeps a cluster's identity numbers (label string → identity)
+// across restarts of its apiserver, so that an identity keeps its number
+// (agents and policy keep working on it). IdentityFile keeps them in a file;
+// k8ssource.IdentityStore in a ConfigMap of the cluster.
+//
+// Load returns what was saved for cluster c (an empty map when nothing was),
+// and an error when what is stored belongs to another cluster name or id.
+// Save replaces what is stored with ids. The apiserver calls them from one
+// goroutine.
+type IdentityStore interface {
+	Load(ctx context.Context, c wire.Cluster) (map[string]uint32, error)
+	Save(ctx context.Context, c wire.Cluster, ids map[string]uint32) error
+}
+
 // identityAllocator hands out numeric identities for label sets inside one
-// cluster's range and persists them, so that an identity keeps its number
-// across restarts of the apiserver (agents and policy keep working on it).
+// cluster's range and persists them through its store.
 //
 // Not safe for concurrent use: the publisher owns it.
 type identityAllocator struct {
-	path        string // "" keeps allocations in memory only
+	store       IdentityStore // nil keeps allocations in memory only
 	first, last uint32
 	byLabels    map[string]uint32 // label string → id
 	next        uint32
 }
 
-// identityFile is the on-disk form: label string → identity.
-type identityFile struct {
-	Cluster    string            `json:"cluster"`
-	ClusterID  uint32            `json:"clusterID"`
-	Identities map[string]uint32 `json:"identities"`
-}
-
-func newIdentityAllocator(path string, c wire.Cluster) (*identityAllocator, error) {
+func newIdentityAllocator(ctx context.Context, store IdentityStore, c wire.Cluster) (*identityAllocator, error) {
 	first, last := wire.IdentityRange(c.ID, c.MaxConnectedClusters)
-	a := &identityAllocator{path: path, first: first, last: last, byLabels: map[string]uint32{}, next: first}
-	if path == "" {
+	a := &identityAllocator{store: store, first: first, last: last, byLabels: map[string]uint32{}, next: first}
+	if store == nil {
 		return a, nil
 	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return a, nil
-	}
+	saved, err := store.Load(ctx, c)
 	if err != nil {
-		return nil, fmt.Errorf("meshapiserver: identities: %w", err)
+		return nil, err
 	}
-	var f identityFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("meshapiserver: identities file %s: %w (fix or remove it; identities will be renumbered)", path, err)
-	}
-	if f.Cluster != c.Name || f.ClusterID != c.ID {
-		return nil, fmt.Errorf("meshapiserver: identities file %s belongs to cluster %q id %d, not %q id %d: use another --state-dir",
-			path, f.Cluster, f.ClusterID, c.Name, c.ID)
-	}
-	for ls, id := range f.Identities {
+	for ls, id := range saved {
 		if id < first || id > last {
-			return nil, fmt.Errorf("meshapiserver: identities file %s: identity %d outside %d..%d", path, id, first, last)
+			return nil, fmt.Errorf("meshapiserver: stored identity %d of %q is outside cluster %s's range %d..%d: delete the stored identities (they will be renumbered)", id, ls, c.Name, first, last)
 		}
 		a.byLabels[ls] = id
 		if id >= a.next {
@@ -81,24 +77,71 @@ func (a *identityAllocator) allocate(ls wire.Labels) (uint32, bool, error) {
 	return id, true, nil
 }
 
-// save writes the allocations atomically (write to a temporary file, rename).
-func (a *identityAllocator) save(c wire.Cluster) error {
-	if a.path == "" {
+// save persists the allocations through the store.
+func (a *identityAllocator) save(ctx context.Context, c wire.Cluster) error {
+	if a.store == nil {
 		return nil
 	}
-	f := identityFile{Cluster: c.Name, ClusterID: c.ID, Identities: a.byLabels}
-	b, err := json.MarshalIndent(f, "", "  ")
+	return a.store.Save(ctx, c, a.byLabels)
+}
+
+// IdentityFile is an IdentityStore in a JSON file, written atomically (a
+// temporary file, then a rename).
+type IdentityFile struct {
+	Path string
+}
+
+// IdentityDocument is the stored form of a cluster's identities, in a file
+// or a ConfigMap: label string → identity, with the cluster they belong to.
+type IdentityDocument struct {
+	Cluster    string            `json:"cluster"`
+	ClusterID  uint32            `json:"clusterID"`
+	Identities map[string]uint32 `json:"identities"`
+}
+
+// Check returns d's identities if d belongs to cluster c; where names the
+// document in the error.
+func (d IdentityDocument) Check(c wire.Cluster, where, fix string) (map[string]uint32, error) {
+	if d.Cluster != c.Name || d.ClusterID != c.ID {
+		return nil, fmt.Errorf("meshapiserver: identities in %s belong to cluster %q id %d, not %q id %d: %s",
+			where, d.Cluster, d.ClusterID, c.Name, c.ID, fix)
+	}
+	if d.Identities == nil {
+		return map[string]uint32{}, nil
+	}
+	return d.Identities, nil
+}
+
+// Load reads the file; a missing file holds no identities.
+func (f IdentityFile) Load(_ context.Context, c wire.Cluster) (map[string]uint32, error) {
+	b, err := os.ReadFile(f.Path)
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]uint32{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("meshapiserver: identities: %w", err)
+	}
+	var d IdentityDocument
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, fmt.Errorf("meshapiserver: identities file %s: %w (fix or remove it; identities will be renumbered)", f.Path, err)
+	}
+	return d.Check(c, "file "+f.Path, "use another --state-dir")
+}
+
+// Save writes the file atomically.
+func (f IdentityFile) Save(_ context.Context, c wire.Cluster, ids map[string]uint32) error {
+	b, err := json.MarshalIndent(IdentityDocument{Cluster: c.Name, ClusterID: c.ID, Identities: ids}, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(a.path), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(f.Path), 0o700); err != nil {
 		return fmt.Errorf("meshapiserver: identities: %w", err)
 	}
-	tmp := a.path + ".tmp"
+	tmp := f.Path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("meshapiserver: identities: %w", err)
 	}
-	if err := os.Rename(tmp, a.path); err != nil {
+	if err := os.Rename(tmp, f.Path); err != nil {
 		return fmt.Errorf("meshapiserver: identities: %w", err)
 	}
 	return nil

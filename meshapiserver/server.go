@@ -77,7 +77,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("meshapiserver: admin certificate: %w", err)
 	}
-	ids, err := newIdentityAllocator(cfg.IdentityFile, cfg.cluster())
+	ids, err := newIdentityAllocator(ctx, cfg.identityStore(), cfg.cluster())
 	if err != nil {
 		return err
 	}
@@ -193,7 +193,7 @@ func (s *Server) publish(ctx context.Context, pub *publisher, ids *identityAlloc
 		return err
 	}
 	if allocated {
-		if err := ids.save(s.cfg.cluster()); err != nil {
+		if err := ids.save(ctx, s.cfg.cluster()); err != nil {
 			return err
 		}
 	}
