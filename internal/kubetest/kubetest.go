@@ -102,6 +102,8 @@ type Env struct {
 
 	etcd    *embed.Etcd
 	etcdURL string
+	rbac    bool
+	caPEM   []byte
 }
 
 // Cluster is one running kube-apiserver.
@@ -120,13 +122,29 @@ type Cluster struct {
 // Start starts one API server per name (in parallel) against a fresh
 // embedded etcd, waits until each is ready and has its default namespace,
 // and stops them all when t ends. It skips t (or fails it under CI=true)
-// when there is no kube-apiserver binary; see Require.
+// when there is no kube-apiserver binary; see Require. Every request is
+// allowed (--authorization-mode=AlwaysAllow); StartWith can enforce RBAC.
 func Start(t testing.TB, names ...string) *Env {
+	t.Helper()
+	return StartWith(t, Options{}, names...)
+}
+
+// Options of StartWith.
+type Options struct {
+	// RBAC runs the API servers with --authorization-mode=RBAC: the admin
+	// (group system:masters) may still do anything, and a kubeconfig from
+	// ServiceAccountKubeconfig only what the service account's roles allow.
+	// Starting takes about 2 s longer (the default roles are bootstrapped).
+	RBAC bool
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options, names ...string) *Env {
 	t.Helper()
 	bin := Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	env, err := start(ctx, bin, t.TempDir(), names)
+	env, err := start(ctx, bin, t.TempDir(), o, names)
 	if env != nil {
 		t.Cleanup(func() {
 			if t.Failed() {
@@ -153,11 +171,11 @@ func (e *Env) Cluster(name string) *Cluster {
 	return nil
 }
 
-func start(ctx context.Context, bin, dir string, names []string) (*Env, error) {
+func start(ctx context.Context, bin, dir string, o Options, names []string) (*Env, error) {
 	if len(names) == 0 {
 		return nil, errors.New("kubetest: name at least one cluster")
 	}
-	env := &Env{Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig")}
+	env := &Env{Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig"), rbac: o.RBAC}
 	pki, err := newPKI(dir)
 	if err != nil {
 		return nil, err
@@ -174,7 +192,7 @@ func start(ctx context.Context, bin, dir string, names []string) (*Env, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = c.start(ctx, bin, dir, env.etcdURL, pki)
+			errs[i] = c.start(ctx, bin, dir, env.etcdURL, pki, o.RBAC)
 		}()
 	}
 	wg.Wait()
@@ -297,14 +315,14 @@ func (e *Env) startEtcd(p *pki) error {
 
 // start runs the kube-apiserver on a free port (retrying when another
 // process took the port first) and waits until it is ready.
-func (c *Cluster) start(ctx context.Context, bin, dir, etcdURL string, p *pki) error {
+func (c *Cluster) start(ctx context.Context, bin, dir, etcdURL string, p *pki, rbac bool) error {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var port int
 		if port, err = freePort(); err != nil {
 			return err
 		}
-		if err = c.run(ctx, bin, dir, etcdURL, p, port); err == nil {
+		if err = c.run(ctx, bin, dir, etcdURL, p, port, rbac); err == nil {
 			return nil
 		}
 		c.stop()
@@ -315,8 +333,12 @@ func (c *Cluster) start(ctx context.Context, bin, dir, etcdURL string, p *pki) e
 	return fmt.Errorf("kubetest: kube-apiserver %s: %w\n%s", c.Name, err, tail(c.Log, 20))
 }
 
-func (c *Cluster) run(ctx context.Context, bin, dir, etcdURL string, p *pki, port int) error {
+func (c *Cluster) run(ctx context.Context, bin, dir, etcdURL string, p *pki, port int, rbac bool) error {
 	certDir := filepath.Join(dir, c.Name+"-certs")
+	authz := "AlwaysAllow"
+	if rbac {
+		authz = "RBAC"
+	}
 	args := []string{
 		"--etcd-servers=" + etcdURL,
 		"--etcd-prefix=/registry-" + c.Name,
@@ -335,7 +357,7 @@ func (c *Cluster) run(ctx context.Context, bin, dir, etcdURL string, p *pki, por
 		"--service-account-signing-key-file=" + p.path("sa.key"),
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--token-auth-file=" + p.path("tokens.csv"),
-		"--authorization-mode=AlwaysAllow",
+		"--authorization-mode=" + authz,
 		// No controller manager creates the default service accounts.
 		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true", // as real clusters running a CNI agent
@@ -406,14 +428,42 @@ func (c *Cluster) stop() {
 }
 
 func (e *Env) writeKubeconfig(caPEM []byte) error {
+	e.caPEM = caPEM
+	return clientcmd.WriteToFile(*e.kubeconfig(nil), e.Kubeconfig)
+}
+
+// kubeconfig has one context per cluster, as the admin, or as as.
+func (e *Env) kubeconfig(as *clientcmdapi.AuthInfo) *clientcmdapi.Config {
 	cfg := clientcmdapi.NewConfig()
 	for _, c := range e.Clusters {
-		cfg.Clusters[c.Name] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: caPEM}
-		cfg.AuthInfos[c.Name+"-admin"] = &clientcmdapi.AuthInfo{Token: token}
-		cfg.Contexts[c.Name] = &clientcmdapi.Context{Cluster: c.Name, AuthInfo: c.Name + "-admin"}
+		user, userName := &clientcmdapi.AuthInfo{Token: token}, c.Name+"-admin"
+		if as != nil {
+			user, userName = as.DeepCopy(), c.Name+"-"+as.Impersonate
+			user.Token = token
+		}
+		cfg.Clusters[c.Name] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: e.caPEM}
+		cfg.AuthInfos[userName] = user
+		cfg.Contexts[c.Name] = &clientcmdapi.Context{Cluster: c.Name, AuthInfo: userName}
 	}
 	cfg.CurrentContext = e.Clusters[0].Name
-	return clientcmd.WriteToFile(*cfg, e.Kubeconfig)
+	return cfg
+}
+
+// ServiceAccountKubeconfig writes a kubeconfig like Env.Kubeconfig (one
+// context per cluster, named after it) whose requests act as the service
+// account namespace/name: the admin impersonates it, so that with
+// Options.RBAC they are allowed only what its roles allow, as in a pod.
+// It returns the file's path.
+func (e *Env) ServiceAccountKubeconfig(namespace, name string) (string, error) {
+	as := &clientcmdapi.AuthInfo{
+		Impersonate:       "system:serviceaccount:" + namespace + ":" + name,
+		ImpersonateGroups: []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
+	}
+	path := filepath.Join(e.Dir, "kubeconfig-"+namespace+"-"+name)
+	if err := clientcmd.WriteToFile(*e.kubeconfig(as), path); err != nil {
+		return "", fmt.Errorf("kubetest: %w", err)
+	}
+	return path, nil
 }
 
 // freePort returns a loopback port that was free a moment ago.
