@@ -29,6 +29,14 @@ func ServeStatus(ctx context.Context, addr string, status func() Status) error {
 // path or host:port — until ctx is done. Callers that extend Status (the CLI
 // adds WireGuard) serve their own value through it.
 func ServeJSON(ctx context.Context, addr string, status func() any) error {
+	return ServeJSONWith(ctx, addr, status, nil)
+}
+
+// ServeJSONWith is ServeJSON with more handlers on the same address: extra
+// maps a ServeMux pattern ("/flows", "GET /flows") to its handler (the
+// agent serves its flows this way, observe.Hub.Handler). Requests' contexts
+// end when ctx does, so that streaming handlers stop with the server.
+func ServeJSONWith(ctx context.Context, addr string, status func() any, extra map[string]http.Handler) error {
 	network := "tcp"
 	if isUnix(addr) {
 		network = "unix"
@@ -37,10 +45,6 @@ func ServeJSON(ctx context.Context, addr string, status func() any) error {
 		}
 		os.Remove(addr) // a socket left by a previous run
 	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		return fmt.Errorf("agentsync: status: listen on %s: %w", addr, err)
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -48,14 +52,26 @@ func ServeJSON(ctx context.Context, addr string, status func() any) error {
 			slog.Debug("status: client went away", "err", err)
 		}
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	for pattern, h := range extra {
+		if err := registerHandler(mux, pattern, h); err != nil {
+			return err
+		}
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return fmt.Errorf("agentsync: status: listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	select {
 	case <-ctx.Done():
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		srv.Shutdown(sctx)
+		if srv.Shutdown(sctx) != nil {
+			srv.Close() // a handler that ignored its request's context
+		}
 		<-done
 		if network == "unix" {
 			os.Remove(addr)
@@ -64,6 +80,18 @@ func ServeJSON(ctx context.Context, addr string, status func() any) error {
 	case err := <-done:
 		return fmt.Errorf("agentsync: status: %w", err)
 	}
+}
+
+// registerHandler adds h to mux, turning ServeMux's panic on a bad or
+// conflicting pattern into an error.
+func registerHandler(mux *http.ServeMux, pattern string, h http.Handler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("agentsync: status: handler %q: %v", pattern, r)
+		}
+	}()
+	mux.Handle(pattern, h)
+	return nil
 }
 
 // FetchStatus reads an agent's status from addr.
