@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Path is where the agent serves the flows on its status address.
@@ -123,6 +124,9 @@ func RequestQuery(f Filter, last int, follow bool) string {
 	return q.Encode()
 }
 
+// dialTimeout bounds connecting to the agent (not the stream).
+const dialTimeout = 5 * time.Second
+
 // ErrNotServed: the address answers, but serves no flows (an agent without
 // flow observation, or that predates it).
 var ErrNotServed = errors.New("no flows served")
@@ -133,11 +137,12 @@ var ErrNotServed = errors.New("no flows served")
 // calls fn for every event, in order, and stops at fn's first error, which
 // it returns.
 func Observe(ctx context.Context, addr string, f Filter, last int, follow bool, fn func(Event) error) error {
-	tr := &http.Transport{DisableCompression: true}
+	dialer := &net.Dialer{Timeout: dialTimeout}
+	tr := &http.Transport{DisableCompression: true, DialContext: dialer.DialContext}
 	u := "http://" + addr + Path
 	if isUnix(addr) {
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+			return dialer.DialContext(ctx, "unix", addr)
 		}
 		u = "http://agent" + Path
 	}
