@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/observe"
+)
+
+// filterFlagHelp documents each filter flag (observe.FilterKeys).
+var filterFlagHelp = map[string]string{
+	"verdict":      "only flows with this verdict: FORWARDED or DROPPED",
+	"from-cluster": "only flows whose source is in this cluster",
+	"to-cluster":   "only flows whose destination is in this cluster",
+	"from-pod":     "only flows from this pod: POD (any namespace) or NAMESPACE/POD; the name matches as a prefix",
+	"to-pod":       "only flows to this pod: POD (any namespace) or NAMESPACE/POD; the name matches as a prefix",
+	"namespace":    "only flows with either end in this namespace",
+	"protocol":     "only flows of this protocol: TCP, UDP, SCTP, ICMP or ICMPv6",
+	"identity":     "only flows with either end of this numeric security identity",
+}
+
+func newObserveCmd() *cobra.Command {
+	var addr, output string
+	var last int
+	var follow bool
+	filters := map[string]*string{}
+	cmd := &cobra.Command{
+		Use:   "observe [--agent ADDR] [filters] [-f] [--last N] [-o compact|json]",
+		Short: "Show the flows an agent's policy datapath reports, like hubble observe",
+		Long: `Show the flows the node's policy programs report, named by cluster, namespace,
+pod and security identity: every dropped packet, and forwarded packets as the
+agent samples them (one in the sample rate, and the first of each connection).
+
+Without --follow it prints the last --last flows the agent keeps (it keeps the
+last 4096) and exits; with --follow it goes on printing new flows until
+Ctrl-C. Filters are ANDed. A line "EVENTS LOST: N" marks where N events are
+missing: the datapath's ring buffer was full, or this client read too slowly
+and the agent dropped them for it alone (it never slows down for a client).
+
+The agent serves the flows on its status address (--status-addr of
+clustermesh agent, a unix socket by default).
+
+Compact output, one line per flow (time, source -> destination with their
+identities, drop reason, verdict, protocol; a reply is shown as
+destination <- source):
+
+  Nov 21 03:00:00.123: west/shop/frontend-1:41234 (ID:132000) -> east/shop/checkout-0:8080 (ID:70001) policy-denied DROPPED (TCP)
+
+-o json prints one JSON object per line: {"flow": {...}} or
+{"lost_events": {"source": "datapath"|"subscriber", "num_events_lost": N}}
+(fields in docs/observe.md).`,
+		Example: `  # The last 20 flows the agent on this node keeps
+  clustermesh observe
+
+  # Follow the drops of traffic from west to the pods of namespace shop
+  clustermesh observe -f --verdict DROPPED --from-cluster west --namespace shop
+
+  # Everything sent to east's checkout pods, as JSON
+  clustermesh observe --to-pod shop/checkout --to-cluster east -o json --last 100
+
+  # Another agent's status address
+  clustermesh observe --agent 127.0.0.1:9965 --protocol udp`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "compact" && output != "json" {
+				return fmt.Errorf("-o %q: want compact or json", output)
+			}
+			if last < -1 {
+				return fmt.Errorf("--last %d: want a number of flows, or -1 for every flow the agent keeps", last)
+			}
+			var f observe.Filter
+			for _, k := range observe.FilterKeys {
+				if !cmd.Flags().Changed(k) {
+					continue
+				}
+				if err := f.Set(k, *filters[k]); err != nil {
+					return fmt.Errorf("--%s%s", k, strings.TrimPrefix(strings.TrimPrefix(err.Error(), "observe: "), k))
+				}
+			}
+			out := cmd.OutOrStdout()
+			emit := func(ev observe.Event) error { return printCompact(out, ev) }
+			if output == "json" {
+				enc := json.NewEncoder(out)
+				emit = func(ev observe.Event) error { return enc.Encode(ev) }
+			}
+			ctx := cmd.Context()
+			err := observe.Observe(ctx, addr, f, last, follow, emit)
+			switch {
+			case err == nil:
+				return nil
+			case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+				return nil // Ctrl-C while following
+			case errors.Is(err, observe.ErrNotServed):
+				return fmt.Errorf("%w: upgrade the agent, and run it with the eBPF datapath (flows come from its policy programs)", err)
+			case strings.Contains(err.Error(), "cannot reach the agent"):
+				return fmt.Errorf("%w\nis `clustermesh agent` running on this node? Point --agent at its --status-addr (default %s)",
+					err, agentsync.DefaultStatusAddr)
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&addr, "agent", agentsync.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")
+	for _, k := range observe.FilterKeys {
+		filters[k] = cmd.Flags().String(k, "", filterFlagHelp[k])
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "after the last flows, print new flows as they come until Ctrl-C")
+	cmd.Flags().IntVar(&last, "last", observe.DefaultLast, "print the last N flows the agent keeps first (-1: all of them)")
+	cmd.Flags().StringVarP(&output, "output", "o", "compact", "output format: compact or json")
+	return cmd
+}
+
+// printCompact writes one event in hubble's compact form.
+func printCompact(w io.Writer, ev observe.Event) error {
+	if ev.Lost != nil {
+		why := "the datapath's ring buffer was full"
+		if ev.Lost.Source == observe.LostSubscriber {
+			why = "this client read too slowly"
+		}
+		_, err := fmt.Fprintf(w, "EVENTS LOST: %d (%s)\n", ev.Lost.Count, why)
+		return err
+	}
+	if ev.Flow == nil {
+		return nil
+	}
+	_, err := io.WriteString(w, compactFlow(ev.Flow)+"\n")
+	return err
+}
+
+// compactFlow is one flow on one line:
+// "Nov 21 03:00:00.123: SRC (ID:n) -> DST (ID:m) [reason ]VERDICT (PROTO)".
+func compactFlow(f *observe.Flow) string {
+	src, dst, arrow := compactEndpoint(&f.Source), compactEndpoint(&f.Destination), "->"
+	if f.IsReply {
+		src, dst, arrow = dst, src, "<-"
+	}
+	verdict := f.Verdict
+	if f.DropReason != "" {
+		verdict = f.DropReason + " " + verdict
+	}
+	return fmt.Sprintf("%s: %s %s %s %s (%s)", f.Time.Local().Format(time.StampMilli), src, arrow, dst, verdict, f.Protocol)
+}
+
+// compactEndpoint is [cluster/]namespace/pod:port, or [cluster/]ip:port
+// without a pod, then its identity: (ID:n), or (world) and the like for a
+// reserved one.
+func compactEndpoint(e *observe.Endpoint) string {
+	var b strings.Builder
+	if e.Cluster != "" {
+		b.WriteString(e.Cluster + "/")
+	}
+	if e.Pod != "" {
+		if e.Namespace != "" {
+			b.WriteString(e.Namespace + "/")
+		}
+		b.WriteString(e.Pod)
+		if e.Port != 0 {
+			b.WriteString(":" + strconv.Itoa(int(e.Port)))
+		}
+	} else if a, err := netip.ParseAddr(e.IP); err == nil && e.Port != 0 {
+		b.WriteString(netip.AddrPortFrom(a, e.Port).String())
+	} else {
+		b.WriteString(e.IP)
+	}
+	id := "ID:" + strconv.FormatUint(uint64(e.Identity), 10)
+	for _, l := range e.Labels {
+		if name, ok := strings.CutPrefix(l, "reserved:"); ok {
+			id = strings.TrimSuffix(name, "=")
+			break
+		}
+	}
+	b.WriteString(" (" + id + ")")
+	return b.String()
+}
