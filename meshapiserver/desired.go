@@ -31,7 +31,7 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator) (des
 	allocated := false
 	for i := range st.Endpoints {
 		e := &st.Endpoints[i]
-		ls := endpointLabels(c.Name, e)
+		ls := e.IdentityLabels(c.Name)
 		id, isNew, err := ids.allocate(ls)
 		if err != nil {
 			return nil, false, err
@@ -58,14 +58,6 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator) (des
 		kv[wire.ServiceKey(c.Name, s.Namespace, s.Name)] = v
 	}
 	return kv, allocated, nil
-}
-
-// endpointLabels are an endpoint's identity labels: its pod labels, its
-// namespace and its cluster, all of source k8s.
-func endpointLabels(cluster string, e *statesource.Endpoint) wire.Labels {
-	return wire.NewLabels("k8s", e.Labels).
-		With(wire.Label{Source: "k8s", Key: "io.kubernetes.pod.namespace", Value: e.Namespace}).
-		With(wire.Label{Source: "k8s", Key: wire.ClusterLabel, Value: cluster})
 }
 
 func wireNode(c wire.Cluster, n *statesource.Node) *wire.Node {

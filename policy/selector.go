@@ -12,7 +12,7 @@ import (
 
 // Label keys with a meaning of their own.
 const (
-	NamespaceLabel = "io.kubernetes.pod.namespace"
+	NamespaceLabel = wire.NamespaceLabel
 	// namespaceLabelPrefix carries a namespace's own labels into its pods'
 	// identities, as Cilium does.
 	namespaceLabelPrefix = "io.cilium.k8s.namespace.labels."

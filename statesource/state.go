@@ -49,6 +49,19 @@ type Endpoint struct {
 	Ready *bool `json:"ready,omitempty"`
 	// Serving is true while a terminating pod still serves (default: Ready).
 	Serving *bool `json:"serving,omitempty"`
+	// Interface is the host-side end of the pod's veth on its node: the
+	// node's agent attaches the policy programs there. Empty: the pod's
+	// policy is computed but not enforced on this node.
+	Interface string `json:"interface,omitempty"`
+}
+
+// IdentityLabels are the labels of the endpoint's security identity in
+// cluster: its pod labels, its namespace and its cluster, all of source
+// k8s, as Cilium builds them. Pods with equal labels share an identity.
+func (e *Endpoint) IdentityLabels(cluster string) wire.Labels {
+	return wire.NewLabels("k8s", e.Labels).
+		With(wire.Label{Source: "k8s", Key: wire.NamespaceLabel, Value: e.Namespace}).
+		With(wire.Label{Source: "k8s", Key: wire.ClusterLabel, Value: cluster})
 }
 
 // IsReady reports the endpoint's readiness (true when unset).

@@ -3,6 +3,7 @@ package statesource
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // ErrInvalidState is wrapped by every validation error of a State.
@@ -60,6 +61,9 @@ func (st *State) Validate() error {
 		if e.Node != "" && !nodes[e.Node] {
 			bad("endpoint %s: unknown node %q", id, e.Node)
 		}
+		if !validInterfaceName(e.Interface) {
+			bad("endpoint %s: invalid interface %q (a Linux interface name: at most 15 characters, no '/', ':' or spaces)", id, e.Interface)
+		}
 	}
 	svcs := map[string]bool{}
 	for i := range st.Services {
@@ -95,4 +99,16 @@ func (st *State) Validate() error {
 		// in its status.
 	}
 	return errors.Join(errs...)
+}
+
+// validInterfaceName reports whether name is empty or a valid Linux
+// interface name.
+func validInterfaceName(name string) bool {
+	if name == "" {
+		return true
+	}
+	if len(name) > 15 || name == "." || name == ".." {
+		return false
+	}
+	return !strings.ContainsAny(name, "/: \t\n")
 }

@@ -32,6 +32,9 @@ const (
 // Cluster label carried by every identity (source k8s).
 const ClusterLabel = "io.cilium.k8s.policy.cluster"
 
+// NamespaceLabel carries a pod identity's namespace (source k8s).
+const NamespaceLabel = "io.kubernetes.pod.namespace"
+
 var clusterNameRE = regexp.MustCompile(`^([a-z0-9][-a-z0-9]*)?[a-z0-9]$`)
 
 // ValidateClusterName checks a cluster name against the naming rules.
