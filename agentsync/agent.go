@@ -79,7 +79,13 @@ type Config struct {
 	OnRemoteNodes func(nodes []*wire.Node)
 	// NodeNotifyInterval bounds how often OnRemoteNodes is called.
 	NodeNotifyInterval time.Duration
-	Logger             *slog.Logger
+	// Identities, when set, is told every identity of every cluster as it
+	// is accepted and removed (after mark-and-sweep: an identity goes only
+	// when its cluster's resync no longer has it, or when the cluster is
+	// drained). The local cluster's come from the config in ConfigDir named
+	// after the local cluster, when there is one: its own apiserver.
+	Identities IdentityObserver
+	Logger     *slog.Logger
 }
 
 func (c *Config) withDefaults() {
@@ -257,8 +263,8 @@ func (a *Agent) scanConfigDir(ctx context.Context) error {
 	present := map[string]bool{}
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasPrefix(name, ".") || name == a.cfg.ClusterName {
-			continue // hidden files (Kubernetes' ..data links) and ourselves
+		if strings.HasPrefix(name, ".") {
+			continue // hidden files (Kubernetes' ..data links)
 		}
 		path := filepath.Join(a.cfg.ConfigDir, name)
 		if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
@@ -350,6 +356,9 @@ func (a *Agent) RemoteNodes() []*wire.Node {
 	a.mu.Unlock()
 	var out []*wire.Node
 	for _, r := range rs {
+		if r.self {
+			continue
+		}
 		ks := r.kinds[wire.Nodes]
 		ks.mu.Lock()
 		for _, e := range ks.store.(*nodeStore).entries {
@@ -507,6 +516,11 @@ func (a *Agent) Status() Status {
 	a.mu.Unlock()
 	st := Status{Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, Datapath: a.cfg.Datapath.Kind()}
 	for _, r := range rs {
+		if r.self {
+			s := r.snapshot()
+			st.Local = &s
+			continue
+		}
 		st.Remotes = append(st.Remotes, r.snapshot())
 	}
 	for name, msg := range invalid {

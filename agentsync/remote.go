@@ -41,6 +41,7 @@ var (
 // it.
 type remote struct {
 	name  string
+	self  bool // the local cluster's own apiserver (see local.go)
 	cfg   RemoteConfig
 	raw   []byte // the config file as read, to notice changes
 	agent *Agent
@@ -67,7 +68,7 @@ func (r *remote) cluster() wire.Cluster {
 }
 
 func newRemote(a *Agent, name string, cfg RemoteConfig, raw []byte) *remote {
-	r := &remote{name: name, cfg: cfg, raw: raw, agent: a, log: a.log.With("remote", name), done: make(chan struct{})}
+	r := &remote{name: name, self: name == a.cfg.ClusterName, cfg: cfg, raw: raw, agent: a, log: a.log.With("remote", name), done: make(chan struct{})}
 	r.status = RemoteStatus{Name: name, EtcdEndpoints: cfg.Endpoints, Rejected: map[string]uint64{}, Synced: map[string]bool{}}
 	for _, k := range wire.Kinds {
 		r.kinds[k] = newKindState(r, k)
@@ -90,8 +91,13 @@ func (r *remote) stop(drain bool) {
 	r.cancel()
 	<-r.done
 	if drain {
-		r.agent.merger.dropCluster(r.name, uint16(r.agent.reservedID(r.name)))
-		r.agent.release(r.name)
+		r.agent.merger.dropCluster(r.name, r.clusterID())
+		if !r.self {
+			r.agent.release(r.name)
+		}
+		for _, ks := range r.kinds {
+			ks.clear()
+		}
 		r.log.Info("remote drained")
 	}
 }
@@ -177,7 +183,7 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 
 	errc := make(chan error, len(wire.Kinds)+1)
 	var wg sync.WaitGroup
-	for _, k := range wire.Kinds {
+	for _, k := range r.watchedKinds() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -199,6 +205,9 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 // another id than it had is drained first (nothing it said under the old id
 // is valid any more), then admitted under the new one.
 func (r *remote) admit(c wire.Cluster) error {
+	if r.self {
+		return r.admitSelf(c)
+	}
 	if prev := r.agent.reservedID(r.name); prev != 0 && prev != c.ID {
 		r.log.Warn("remote changed its cluster id: draining it before re-admission", "from", prev, "to", c.ID)
 		r.agent.merger.dropCluster(r.name, uint16(prev))

@@ -12,11 +12,14 @@ import (
 // Status is what an agent reports: the truth about every remote and every
 // global service, as JSON for `clustermesh status`.
 type Status struct {
-	Cluster   string          `json:"cluster"`
-	ClusterID uint32          `json:"clusterID"`
-	Datapath  string          `json:"datapath"` // "ebpf" or "memory"
-	Remotes   []RemoteStatus  `json:"remotes"`
-	Services  []ServiceStatus `json:"services"`
+	Cluster   string         `json:"cluster"`
+	ClusterID uint32         `json:"clusterID"`
+	Datapath  string         `json:"datapath"` // "ebpf" or "memory"
+	Remotes   []RemoteStatus `json:"remotes"`
+	// Local is the cluster's own apiserver (identities and ipcache of the
+	// local pods, for policy), when the config directory has its config.
+	Local    *RemoteStatus   `json:"local,omitempty"`
+	Services []ServiceStatus `json:"services"`
 	// DatapathErrors counts failed datapath writes; LastDatapathError is the
 	// latest.
 	DatapathErrors    uint64 `json:"datapathErrors"`
@@ -118,7 +121,7 @@ func (r *remote) setSynced(k wire.Kind) {
 	defer r.mu.Unlock()
 	r.status.Synced[k.String()] = true
 	ready := true
-	for _, kk := range wire.Kinds {
+	for _, kk := range r.watchedKinds() {
 		ready = ready && r.status.Synced[kk.String()]
 	}
 	if ready && !r.status.Ready {

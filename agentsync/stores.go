@@ -3,6 +3,7 @@ package agentsync
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/wire"
@@ -78,7 +79,7 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 		return err
 	}
 	pfx := p.Prefix()
-	if s.r.agent.merger.overlapsLocal(pfx) {
+	if !s.r.self && s.r.agent.merger.overlapsLocal(pfx) {
 		return fmt.Errorf("agentsync: ipcache %q: %s %w", key, pfx, ErrOverlapsLocal)
 	}
 	s.entries.put(pfx, struct{}{}, gen)
@@ -204,7 +205,8 @@ func (s *nodeStore) clear() {
 	s.r.agent.nodesDirty.Store(true)
 }
 
-// identityStore keeps a remote's identities and their labels (for policy).
+// identityStore keeps a remote's identities and their labels, and tells
+// the agent's IdentityObserver (policy) about every change.
 type identityStore struct {
 	r       *remote
 	entries genMap[uint32, wire.Labels]
@@ -215,7 +217,11 @@ func (s *identityStore) apply(key string, value []byte, gen uint32) error {
 	if err != nil {
 		return err
 	}
+	old, known := s.entries[id.ID]
 	s.entries.put(id.ID, id.Labels, gen)
+	if o := s.r.agent.cfg.Identities; o != nil && (!known || !slices.Equal(old.v, id.Labels)) {
+		o.UpsertIdentity(s.r.name, id.ID, id.Labels)
+	}
 	return nil
 }
 
@@ -232,20 +238,31 @@ func (s *identityStore) touch(key string, gen uint32) {
 
 func (s *identityStore) remove(key string) {
 	if id, ok := s.idOf(key); ok {
-		delete(s.entries, id)
+		s.delete(id)
+	}
+}
+
+func (s *identityStore) delete(id uint32) {
+	if _, ok := s.entries[id]; !ok {
+		return
+	}
+	delete(s.entries, id)
+	if o := s.r.agent.cfg.Identities; o != nil {
+		o.DeleteIdentity(s.r.name, id)
 	}
 }
 
 func (s *identityStore) sweep(gen uint32) int {
-	old := s.entries.older(gen)
-	for _, id := range old {
-		delete(s.entries, id)
-	}
-	return len(old)
+	return sweepWith(s.entries.older(gen), s.delete)
 }
 
 func (s *identityStore) count() int { return len(s.entries) }
-func (s *identityStore) clear()     { s.entries = genMap[uint32, wire.Labels]{} }
+
+func (s *identityStore) clear() {
+	for id := range s.entries {
+		s.delete(id)
+	}
+}
 
 // sweepWith removes each key with remove; it returns how many.
 func sweepWith[K any](keys []K, remove func(K)) int {

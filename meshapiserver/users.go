@@ -48,7 +48,9 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers 
 			return fmt.Errorf("meshapiserver: grant %s read on %q: %w", remoteRole, p[0], err)
 		}
 	}
-	want := map[string]string{rootUser: rootRole, AdminUser(cluster): rootRole}
+	// The cluster's own agents read it as remote-<cluster> (for the
+	// identities of their own pods), with the same read-only role.
+	want := map[string]string{rootUser: rootRole, AdminUser(cluster): rootRole, RemoteUser(cluster): remoteRole}
 	for _, p := range peers {
 		want[RemoteUser(p)] = remoteRole
 	}
