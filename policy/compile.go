@@ -73,6 +73,9 @@ type Compiled struct {
 // Rules is the number of compiled rule directions.
 func (c *Compiled) Rules() int { return len(c.rules) }
 
+// Merge adds o's rules to c.
+func (c *Compiled) Merge(o *Compiled) { c.rules = append(c.rules, o.rules...) }
+
 // LoadFiles reads and compiles policy files (YAML, several documents each
 // separated by "---"). Any invalid document fails the whole load with an
 // error naming the file and the field, so that a typo never half-applies.

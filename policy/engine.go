@@ -203,6 +203,16 @@ func (e *Engine) RemoveIdentity(id uint32) []Change {
 // Endpoint returns the policy of a local identity (nil: none selects it).
 func (e *Engine) Endpoint(id uint32) *EndpointPolicy { return e.endpoints[id] }
 
+// Endpoints lists the local identities with a policy, sorted.
+func (e *Engine) Endpoints() []uint32 {
+	out := make([]uint32, 0, len(e.endpoints))
+	for id := range e.endpoints {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // compute builds the policy of local identity id from scratch.
 func (e *Engine) compute(id uint32) *EndpointPolicy {
 	ep := newEndpointPolicy()

@@ -1,0 +1,143 @@
+// Package enforcer runs cross-cluster policy on one node. It keeps the
+// identities of every cluster (agentsync tells it, the local cluster's from
+// its own apiserver), the node's endpoints (from the local state) and the
+// policies (files in a directory, the last valid set kept when an edit is
+// invalid); it computes what each endpoint may do with package policy and
+// reconciles the result into the datapath: the policy map, and the policy
+// programs attached to each endpoint's host-side interface.
+//
+// Desired state (identities, endpoints, policies) is kept apart from the
+// act of writing it: a write that fails is retried as a full resync of the
+// policy map, and nothing is written before the agent's first full sync, so
+// that a restarted agent keeps enforcing the pinned policy of its previous
+// run until it knows every identity again.
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// DefaultReloadInterval is how often the policy directory is read again
+// and interfaces that did not exist yet are looked for.
+const DefaultReloadInterval = time.Second
+
+// ErrInvalidConfig is wrapped by every Config.Validate error.
+var ErrInvalidConfig = errors.New("invalid enforcer config")
+
+// Config of an Enforcer.
+type Config struct {
+	ClusterName string
+	ClusterID   uint16
+	// NodeName: the endpoints whose Node it is are enforced here.
+	NodeName string
+	// PolicyDir holds the policies: every *.yaml, *.yml and *.json file,
+	// CiliumNetworkPolicy or NetworkPolicy documents. Empty: no policy.
+	PolicyDir string
+	// AllClustersByDefault: a peer selector without the cluster label
+	// selects matching peers of every cluster. The default (false) selects
+	// only the local cluster's, as Cilium does since 1.19.
+	AllClustersByDefault bool
+	// Policy is where the computed policy is written.
+	Policy datapath.PolicyWriter
+	// Attacher attaches the policy programs to interfaces. Nil (the
+	// in-memory datapath): the policy is computed and written, not enforced.
+	Attacher Attacher
+	// ClusterNames names a cluster id (for flows): the agent's reservations.
+	ClusterNames   func(id uint16) string
+	ReloadInterval time.Duration
+	Logger         *slog.Logger
+}
+
+func (c *Config) withDefaults() {
+	if c.ReloadInterval == 0 {
+		c.ReloadInterval = DefaultReloadInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.ClusterNames == nil {
+		c.ClusterNames = func(id uint16) string {
+			if id == c.ClusterID {
+				return c.ClusterName
+			}
+			return ""
+		}
+	}
+}
+
+// Validate checks the config after defaults.
+func (c *Config) Validate() error {
+	if err := wire.ValidateClusterName(c.ClusterName); err != nil {
+		return fmt.Errorf("enforcer: %w: %w", ErrInvalidConfig, err)
+	}
+	switch {
+	case c.NodeName == "":
+		return fmt.Errorf("enforcer: %w: no node name (--node-name: this node's name in the local state)", ErrInvalidConfig)
+	case c.Policy == nil:
+		return fmt.Errorf("enforcer: %w: no policy datapath", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Attacher attaches the policy programs to the host-side interfaces of
+// endpoints, in the network namespace the endpoints' veths are in (the
+// agent's own, for MapsAttacher).
+type Attacher interface {
+	// Index returns the index of the interface named name (an error
+	// when there is none).
+	Index(name string) (int, error)
+	Attach(ifindex int, identity uint32, enforceIngress, enforceEgress bool) error
+	Detach(ifindex int) error
+	// Attachments lists what is attached, including by a previous run.
+	Attachments() (map[int]datapath.PolicyEndpoint, error)
+}
+
+// MapsAttacher attaches the programs of real eBPF maps.
+type MapsAttacher struct {
+	Maps *datapath.Maps
+	// InNetns, when set, runs fn in the network namespace of the
+	// endpoints' interfaces (the demo's node namespace); nil: the calling
+	// thread's.
+	InNetns func(fn func() error) error
+}
+
+func (a MapsAttacher) in(fn func() error) error {
+	if a.InNetns == nil {
+		return fn()
+	}
+	return a.InNetns(fn)
+}
+
+// Index implements Attacher.
+func (a MapsAttacher) Index(name string) (ifindex int, err error) {
+	err = a.in(func() error {
+		ifi, err := net.InterfaceByName(name)
+		if err == nil {
+			ifindex = ifi.Index
+		}
+		return err
+	})
+	return ifindex, err
+}
+
+// Attach implements Attacher.
+func (a MapsAttacher) Attach(ifindex int, identity uint32, in, eg bool) error {
+	return a.in(func() error { return datapath.AttachPolicy(a.Maps, ifindex, identity, in, eg) })
+}
+
+// Detach implements Attacher.
+func (a MapsAttacher) Detach(ifindex int) error {
+	return a.in(func() error { return datapath.DetachPolicy(a.Maps, ifindex) })
+}
+
+// Attachments implements Attacher.
+func (a MapsAttacher) Attachments() (map[int]datapath.PolicyEndpoint, error) {
+	return datapath.PolicyAttachments(a.Maps)
+}

@@ -1,0 +1,267 @@
+package enforcer
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/policy"
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// Enforcer computes and enforces the policy of one node's endpoints.
+// Create with New, run with Run; its observer and source methods may be
+// called from any goroutine, before or while it runs.
+type Enforcer struct {
+	cfg  Config
+	log  *slog.Logger
+	kick chan struct{} // capacity 1: something is pending
+
+	mu sync.Mutex
+	// pending are identity changes not yet given to the engine, the latest
+	// per id (nil labels: deleted). Guarded by mu.
+	pending map[uint32]wire.Labels
+	// identities are every cluster's, for flow enrichment. Guarded by mu.
+	identities map[uint32]wire.Labels
+	local      *statesource.State // guarded by mu; nil until the first state
+	pods       map[netip.Addr]podRef
+	status     Status // guarded by mu
+
+	// Owned by Run's goroutine.
+	engine   *policy.Engine
+	byLabels map[string]uint32 // local identities by their labels' string
+	files    policyFiles
+	eps      endpoints
+	ready    bool // Ready closed: writes allowed
+	written  bool // the policy map was synced at least once
+	dirty    bool // a write failed: the next step syncs the whole map
+	entries  int  // policy keys in the engine
+}
+
+type podRef struct{ namespace, pod string }
+
+// New returns an enforcer for cfg.
+func New(cfg Config) (*Enforcer, error) {
+	cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Enforcer{
+		cfg: cfg, log: cfg.Logger.With("component", "policy"), kick: make(chan struct{}, 1),
+		pending: map[uint32]wire.Labels{}, identities: map[uint32]wire.Labels{}, pods: map[netip.Addr]podRef{},
+		engine: policy.NewEngine(cfg.ClusterName), byLabels: map[string]uint32{},
+	}
+	e.files = policyFiles{dir: cfg.PolicyDir, opts: policy.Options{LocalCluster: cfg.ClusterName, DefaultLocalCluster: !cfg.AllClustersByDefault}}
+	e.eps = endpoints{attacher: cfg.Attacher, attached: map[int]datapath.PolicyEndpoint{}}
+	e.status.PolicyDir = cfg.PolicyDir
+	return e, nil
+}
+
+func (e *Enforcer) wake() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// UpsertIdentity records an identity of any cluster (agentsync.IdentityObserver).
+func (e *Enforcer) UpsertIdentity(_ string, id uint32, labels wire.Labels) {
+	e.mu.Lock()
+	e.pending[id] = labels
+	e.identities[id] = labels
+	e.mu.Unlock()
+	e.wake()
+}
+
+// DeleteIdentity forgets an identity (agentsync.IdentityObserver).
+func (e *Enforcer) DeleteIdentity(_ string, id uint32) {
+	e.mu.Lock()
+	e.pending[id] = nil
+	delete(e.identities, id)
+	e.mu.Unlock()
+	e.wake()
+}
+
+// SetLocalState records the local cluster's state (its endpoints).
+func (e *Enforcer) SetLocalState(st *statesource.State) {
+	pods := make(map[netip.Addr]podRef, len(st.Endpoints))
+	for _, ep := range st.Endpoints {
+		pods[ep.IP.Unmap()] = podRef{ep.Namespace, ep.Pod}
+	}
+	e.mu.Lock()
+	e.local, e.pods = st, pods
+	e.mu.Unlock()
+	e.wake()
+}
+
+// WrapSource returns a source that passes src's states on and records each
+// in the enforcer: the agent's local source goes through it.
+func (e *Enforcer) WrapSource(src statesource.Source) statesource.Source {
+	return wrappedSource{src, e}
+}
+
+type wrappedSource struct {
+	statesource.Source
+	e *Enforcer
+}
+
+func (w wrappedSource) Run(ctx context.Context, onChange func(*statesource.State)) error {
+	return w.Source.Run(ctx, func(st *statesource.State) {
+		w.e.SetLocalState(st)
+		onChange(st)
+	})
+}
+
+// Run computes and enforces until ctx is done. It computes from the start
+// but writes nothing (and attaches nothing) until ready is closed — the
+// agent's first full sync (agentsync.Agent.Pruned), so that a restarted
+// agent keeps enforcing the pinned policy of its previous run until it knows
+// every identity again; nil ready writes at once. Attachments stay when it
+// returns: the pinned programs keep enforcing across an agent restart.
+func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
+	t := time.NewTicker(e.cfg.ReloadInterval)
+	defer t.Stop()
+	if ready == nil {
+		e.ready = true
+	}
+	e.reload()
+	for {
+		e.step()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-e.kick:
+		case <-t.C:
+			e.reload()
+		case <-ready:
+			ready, e.ready = nil, true
+			e.log.Info("agent synced: enforcing policy")
+		}
+	}
+}
+
+// reload reads the policy directory; a changed valid set replaces the
+// policies, an invalid one is reported and the last valid set stays.
+func (e *Enforcer) reload() {
+	c, changed, err := e.files.load()
+	if changed && err == nil {
+		e.apply(e.engine.SetPolicies(c))
+		e.log.Info("policies loaded", "files", len(e.files.names), "rules", c.Rules())
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.status.PolicyFiles = e.files.names
+	switch {
+	case changed && err != nil:
+		e.status.PolicyReloadErrors++
+		e.status.LastPolicyError, e.status.LastPolicyErrorTime = err.Error(), time.Now()
+		e.log.Error("invalid policy: keeping the last valid policies", "err", err)
+	case changed:
+		e.status.LastPolicyError = ""
+		e.status.Rules = c.Rules()
+	}
+}
+
+// step gives the engine what changed, writes the result and reconciles the
+// attachments.
+func (e *Enforcer) step() {
+	e.mu.Lock()
+	pending := e.pending
+	e.pending = map[uint32]wire.Labels{}
+	local := e.local
+	e.mu.Unlock()
+
+	var changes []policy.Change
+	for id, ls := range pending {
+		if ls == nil {
+			changes = append(changes, e.engine.RemoveIdentity(id)...)
+		} else {
+			changes = append(changes, e.engine.UpsertIdentity(id, ls)...)
+		}
+		e.indexLocal(id, ls)
+	}
+	e.apply(changes)
+	if e.ready {
+		e.reconcileEndpoints(local)
+	}
+	e.publishStatus()
+}
+
+// indexLocal keeps byLabels: the local identities by their labels.
+func (e *Enforcer) indexLocal(id uint32, ls wire.Labels) {
+	for k, v := range e.byLabels {
+		if v == id {
+			delete(e.byLabels, k)
+		}
+	}
+	if c, _ := ls.Get(wire.ClusterLabel); ls != nil && c == e.cfg.ClusterName {
+		e.byLabels[ls.String()] = id
+	}
+}
+
+// apply writes engine changes: incrementally once the map was synced, as
+// a full sync the first time and after a failed write.
+func (e *Enforcer) apply(changes []policy.Change) {
+	for _, c := range changes {
+		if c.Add {
+			e.entries++
+		} else {
+			e.entries--
+		}
+	}
+	if !e.ready {
+		return
+	}
+	if !e.written || e.dirty {
+		e.syncAll()
+		return
+	}
+	if len(changes) == 0 {
+		return
+	}
+	dc := make([]datapath.PolicyChange, len(changes))
+	for i, c := range changes {
+		dc[i] = datapath.PolicyChange{Key: toDatapathKey(c.Endpoint, c.Key), Add: c.Add}
+	}
+	if err := e.cfg.Policy.ApplyPolicy(dc); err != nil {
+		e.writeFailed(err)
+	}
+}
+
+// syncAll makes the policy map exactly the engine's policy.
+func (e *Enforcer) syncAll() {
+	var keys []datapath.PolicyKey
+	for _, id := range e.engine.Endpoints() {
+		for _, k := range e.engine.Endpoint(id).Keys() {
+			keys = append(keys, toDatapathKey(id, k))
+		}
+	}
+	if err := e.cfg.Policy.SyncPolicy(keys); err != nil {
+		e.writeFailed(err)
+		return
+	}
+	e.written, e.dirty = true, false
+	e.log.Info("policy map synced", "entries", len(keys), "endpoints", len(e.engine.Endpoints()))
+}
+
+func (e *Enforcer) writeFailed(err error) {
+	e.dirty = true
+	e.mu.Lock()
+	e.status.WriteErrors++
+	e.status.LastWriteError = err.Error()
+	e.mu.Unlock()
+	e.log.Error("policy write failed: the whole policy map is rewritten at the next change or reload", "err", err)
+}
+
+// toDatapathKey converts one engine key of local identity ep.
+func toDatapathKey(ep uint32, k policy.Key) datapath.PolicyKey {
+	dir := datapath.Ingress
+	if k.Direction == policy.Egress {
+		dir = datapath.Egress
+	}
+	return datapath.PolicyKey{Endpoint: ep, Peer: k.Peer, Direction: dir, Protocol: datapath.Protocol(k.Protocol), Port: k.From, EndPort: k.To}
+}

@@ -1,0 +1,272 @@
+package enforcer
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+const checkoutPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend}
+      matchExpressions:
+      - {key: io.cilium.k8s.policy.cluster, operator: In, values: [east, west]}
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+`
+
+// Identities as the clusters' apiservers publish them (east is local, id 1;
+// west 2; north 3: each cluster's range starts at id<<16).
+const (
+	eastCheckout = 1<<16 + 1
+	eastFrontend = 1<<16 + 2
+	westFrontend = 2<<16 + 1
+	northFront   = 3<<16 + 1
+)
+
+func podLabels(cluster, app string) wire.Labels {
+	ep := statesource.Endpoint{Namespace: "shop", Labels: map[string]string{"app": app}}
+	return ep.IdentityLabels(cluster)
+}
+
+// fakeAttacher records attachments; the real one is exercised with real
+// interfaces in localmesh and demo.
+type fakeAttacher struct {
+	mu       sync.Mutex
+	ifaces   map[string]int
+	attached map[int]datapath.PolicyEndpoint
+}
+
+func (f *fakeAttacher) Index(name string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if i, ok := f.ifaces[name]; ok {
+		return i, nil
+	}
+	return 0, errors.New("no such interface")
+}
+
+func (f *fakeAttacher) Attach(ifindex int, id uint32, in, eg bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.attached[ifindex] = datapath.PolicyEndpoint{Identity: id, EnforceIngress: in, EnforceEgress: eg}
+	return nil
+}
+
+func (f *fakeAttacher) Detach(ifindex int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.attached, ifindex)
+	return nil
+}
+
+func (f *fakeAttacher) Attachments() (map[int]datapath.PolicyEndpoint, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[int]datapath.PolicyEndpoint{}
+	for k, v := range f.attached {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (f *fakeAttacher) get(ifindex int) (datapath.PolicyEndpoint, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.attached[ifindex]
+	return p, ok
+}
+
+type fixture struct {
+	e      *Enforcer
+	dp     *datapath.Memory
+	att    *fakeAttacher
+	dir    string
+	ready  chan struct{}
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func start(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{dp: datapath.NewMemory(), dir: t.TempDir(), ready: make(chan struct{}),
+		att: &fakeAttacher{ifaces: map[string]int{"lxc-ck2": 7}, attached: map[int]datapath.PolicyEndpoint{
+			99: {Identity: 5}, // left by a previous run for a pod that is gone
+		}}}
+	var err error
+	f.e, err = New(Config{ClusterName: "east", ClusterID: 1, NodeName: "node-1", PolicyDir: f.dir,
+		Policy: f.dp, Attacher: f.att, ReloadInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel, f.done = cancel, make(chan error, 1)
+	go func() { f.done <- f.e.Run(ctx, f.ready) }()
+	t.Cleanup(func() {
+		f.cancel()
+		if err := <-f.done; err != nil {
+			t.Error(err)
+		}
+	})
+	return f
+}
+
+func (f *fixture) writePolicy(t *testing.T, name, body string) {
+	t.Helper()
+	tmp := filepath.Join(f.dir, "."+name)
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(f.dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) hasKey(k datapath.PolicyKey) bool {
+	ks, _ := f.dp.Policies()
+	return slices.Contains(ks, k)
+}
+
+func allow(ep, peer uint32) datapath.PolicyKey {
+	return datapath.PolicyKey{Endpoint: ep, Peer: peer, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080, EndPort: 8080}
+}
+
+func localState() *statesource.State {
+	return &statesource.State{
+		Nodes: []statesource.Node{{Name: "node-1"}},
+		Endpoints: []statesource.Endpoint{
+			{Namespace: "shop", Pod: "checkout-2", Node: "node-1", IP: netip.MustParseAddr("10.1.1.12"), Labels: map[string]string{"app": "checkout"}, Interface: "lxc-ck2"},
+			{Namespace: "shop", Pod: "checkout-1", Node: "node-2", IP: netip.MustParseAddr("10.1.2.11"), Labels: map[string]string{"app": "checkout"}, Interface: "lxc-ck1"},
+			{Namespace: "shop", Pod: "frontend-1", Node: "node-1", IP: netip.MustParseAddr("10.1.1.100"), Labels: map[string]string{"app": "frontend"}, Interface: "lxc-fe1"},
+		},
+	}
+}
+
+func TestEnforcerComputesWritesAndAttaches(t *testing.T) {
+	f := start(t)
+	f.writePolicy(t, "checkout.yaml", checkoutPolicy)
+	f.e.SetLocalState(localState())
+	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))
+	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
+	f.e.UpsertIdentity("west", westFrontend, podLabels("west", "frontend"))
+	f.e.UpsertIdentity("north", northFront, podLabels("north", "frontend"))
+
+	// Nothing is written or attached before the agent's first sync.
+	testenv.WaitFor(t, 5*time.Second, "policies loaded and identities known", func() bool {
+		s := f.e.Status()
+		return s.Rules == 1 && s.Identities == 4
+	})
+	if ks, _ := f.dp.Policies(); len(ks) != 0 || f.e.Status().Enforcing {
+		t.Fatalf("written before ready: %v", ks)
+	}
+	if _, ok := f.att.get(99); !ok {
+		t.Fatal("the previous run's attachment was removed before ready")
+	}
+
+	close(f.ready)
+	testenv.WaitFor(t, 5*time.Second, "policy enforced", func() bool {
+		p, ok := f.att.get(7)
+		return f.e.Status().Enforcing && ok && p == datapath.PolicyEndpoint{Identity: eastCheckout, EnforceIngress: true}
+	})
+	ks, _ := f.dp.Policies()
+	want := []datapath.PolicyKey{allow(eastCheckout, eastFrontend), allow(eastCheckout, westFrontend)}
+	if !slices.Equal(ks, want) {
+		t.Fatalf("policy map %v, want %v (north is not allowed)", ks, want)
+	}
+	if _, ok := f.att.get(99); ok {
+		t.Error("the gone pod's attachment (ifindex 99) stayed")
+	}
+	st := f.e.Status()
+	byPod := map[string]EndpointStatus{}
+	for _, ep := range st.Endpoints {
+		byPod[ep.Pod] = ep
+	}
+	if len(st.Endpoints) != 2 || byPod["checkout-2"].State != StateEnforcing || byPod["frontend-1"].State != StateNoInterface {
+		t.Errorf("endpoints %+v: want checkout-2 enforcing, frontend-1 no-interface, checkout-1 (node-2) absent", st.Endpoints)
+	}
+
+	// A new west frontend identity is allowed incrementally; its removal
+	// revokes it.
+	const westFrontend2 = 2<<16 + 9
+	f.e.UpsertIdentity("west", westFrontend2, podLabels("west", "frontend").With(wire.Label{Source: "k8s", Key: "version", Value: "2"}))
+	testenv.WaitFor(t, 5*time.Second, "new remote identity allowed", func() bool { return f.hasKey(allow(eastCheckout, westFrontend2)) })
+	f.e.DeleteIdentity("west", westFrontend2)
+	testenv.WaitFor(t, 5*time.Second, "removed remote identity revoked", func() bool { return !f.hasKey(allow(eastCheckout, westFrontend2)) })
+
+	// The interface appears later: attached then.
+	f.att.mu.Lock()
+	f.att.ifaces["lxc-fe1"] = 8
+	f.att.mu.Unlock()
+	testenv.WaitFor(t, 5*time.Second, "frontend attached, not enforcing", func() bool {
+		p, ok := f.att.get(8)
+		return ok && p == datapath.PolicyEndpoint{Identity: eastFrontend}
+	})
+}
+
+func TestEnforcerKeepsLastValidPolicies(t *testing.T) {
+	f := start(t)
+	close(f.ready)
+	f.writePolicy(t, "checkout.yaml", checkoutPolicy)
+	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))
+	f.e.UpsertIdentity("west", westFrontend, podLabels("west", "frontend"))
+	testenv.WaitFor(t, 5*time.Second, "policy written", func() bool { return f.hasKey(allow(eastCheckout, westFrontend)) })
+
+	for _, bad := range []struct{ name, body, want string }{
+		{"typo.yaml", strings.Replace(checkoutPolicy, "fromEndpoints", "fromEndpoint", 1), "fromEndpoint"},
+		{"op.yaml", strings.Replace(checkoutPolicy, "operator: In", "operator: Within", 1), "Within"},
+		{"port.yaml", strings.Replace(checkoutPolicy, `"8080"`, `"80800"`, 1), "80800"},
+	} {
+		f.writePolicy(t, bad.name, bad.body)
+		testenv.WaitFor(t, 5*time.Second, "reload error for "+bad.name, func() bool {
+			s := f.e.Status()
+			return strings.Contains(s.LastPolicyError, bad.name) && strings.Contains(s.LastPolicyError, bad.want)
+		})
+		if !f.hasKey(allow(eastCheckout, westFrontend)) || f.e.Status().Rules != 1 {
+			t.Fatalf("%s: the last valid policy is no longer enforced", bad.name)
+		}
+		os.Remove(filepath.Join(f.dir, bad.name))
+		testenv.WaitFor(t, 5*time.Second, "error cleared after removing "+bad.name, func() bool { return f.e.Status().LastPolicyError == "" })
+	}
+	if n := f.e.Status().PolicyReloadErrors; n != 3 {
+		t.Errorf("reload errors %d, want 3", n)
+	}
+
+	// Removing the policy file removes the policy: nothing enforced.
+	os.Remove(filepath.Join(f.dir, "checkout.yaml"))
+	testenv.WaitFor(t, 5*time.Second, "policy removed", func() bool {
+		ks, _ := f.dp.Policies()
+		return len(ks) == 0 && f.e.Status().Rules == 0
+	})
+}
+
+func TestEnforcerMissingPolicyDirSaysWhatToDo(t *testing.T) {
+	dp := datapath.NewMemory()
+	e, err := New(Config{ClusterName: "east", ClusterID: 1, NodeName: "n", PolicyDir: filepath.Join(t.TempDir(), "nope"), Policy: dp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.reload()
+	if s := e.Status(); !strings.Contains(s.LastPolicyError, "create it") {
+		t.Errorf("error %q does not say what to do", s.LastPolicyError)
+	}
+	if _, err := New(Config{ClusterName: "east", Policy: dp}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "--node-name") {
+		t.Errorf("no node name: %v", err)
+	}
+}
