@@ -46,6 +46,10 @@ type Options struct {
 	// config before it starts (tests use them for timeouts and TTLs).
 	APIServer func(*meshapiserver.Config)
 	Agent     func(*agentsync.Config)
+	// ReadOwnCluster also gives each cluster's agents their own cluster's
+	// apiserver config: they then read its identities and ipcache (policy
+	// needs the local pods' identities).
+	ReadOwnCluster bool
 }
 
 // Mesh is a running local mesh.
@@ -117,7 +121,7 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 	}
 	for _, c := range m.Clusters {
 		for _, peer := range m.Clusters {
-			if peer != c {
+			if peer != c || opts.ReadOwnCluster {
 				if err := m.Connect(c.Name, peer.Name); err != nil {
 					m.Close()
 					return nil, err

@@ -1,0 +1,279 @@
+package localmesh
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/internal/podnet"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/statesource"
+)
+
+// checkoutIngress lets east's checkout pods accept TCP 8080 only from
+// frontends of east and west.
+const checkoutIngress = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout-from-frontends, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend}
+      matchExpressions:
+      - {key: io.cilium.k8s.policy.cluster, operator: In, values: [east, west]}
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+`
+
+// policyEnv is east-node-1 (state node node-1) as a network namespace with
+// pods of every cluster hanging off it, its agent enforcing checkoutIngress.
+type policyEnv struct {
+	mesh  *Mesh
+	node  *podnet.Node
+	pods  map[string]*podnet.Pod // by "cluster/pod"
+	maps  *datapath.Maps
+	enf   *enforcer.Enforcer
+	flows *datapath.FlowReader
+}
+
+func serveTCP(t *testing.T, p *podnet.Pod, port uint16) {
+	t.Helper()
+	var ln net.Listener
+	err := podnet.InNetns(p.NS, func() (err error) {
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(p.IP, port).String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("ok"))
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+}
+
+// connect dials to from pod from and reads the server's "ok".
+func connect(from *podnet.Pod, to netip.AddrPort, timeout time.Duration) error {
+	return podnet.InNetns(from.NS, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", to.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(timeout))
+		b, err := io.ReadAll(c)
+		if err == nil && string(b) != "ok" {
+			err = errors.New("unexpected reply " + string(b))
+		}
+		return err
+	})
+}
+
+func startPolicyEnv(t *testing.T) *policyEnv {
+	testenv.RequireRoot(t)
+	e := &policyEnv{pods: map[string]*podnet.Pod{}}
+	var err error
+	if e.node, err = podnet.NewNode(netip.MustParseAddr("192.168.1.1")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.node.Close() })
+	for _, p := range []struct{ key, ip, veth string }{
+		{"east/checkout-2", "10.1.1.12", "e-ck2"},
+		{"east/frontend-1", "10.1.1.100", "e-fe1"},
+		{"west/frontend-1", "10.2.1.100", "w-fe1"},
+		{"west/frontend-2", "10.2.1.101", "w-fe2"}, // not in west's state yet
+		{"north/frontend-1", "10.3.1.100", "n-fe1"},
+	} {
+		if e.pods[p.key], err = e.node.AddPod(p.key, netip.MustParseAddr(p.ip), p.veth); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serveTCP(t, e.pods["east/checkout-2"], 8080)
+	testenv.WaitFor(t, 10*time.Second, "pod veths up", func() bool { return e.node.Up() == "" })
+
+	policyDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(policyDir, "checkout.yaml"), []byte(checkoutIngress), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var specs []ClusterSpec
+	for i, n := range names {
+		st := SampleState(i + 1)
+		if n == "east" {
+			for j := range st.Endpoints {
+				if st.Endpoints[j].Pod == "checkout-2" {
+					st.Endpoints[j].Interface = "e-ck2"
+				}
+			}
+		}
+		specs = append(specs, ClusterSpec{Name: n, ID: uint32(i + 1), State: st})
+	}
+	hook := func(cfg *agentsync.Config) {
+		if cfg.ClusterName != "east" {
+			return
+		}
+		e.maps = cfg.Datapath.(*datapath.Maps)
+		if err := e.maps.SetFlowConfig(datapath.FlowConfig{TraceNew: true, ClusterID: 1}); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		e.enf, err = enforcer.New(enforcer.Config{
+			ClusterName: "east", ClusterID: 1, NodeName: "node-1", PolicyDir: policyDir, Policy: e.maps,
+			Attacher:       enforcer.MapsAttacher{Maps: e.maps, InNetns: func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }},
+			ReloadInterval: 50 * time.Millisecond, Logger: cfg.Logger,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.LocalSource, cfg.Identities = e.enf.WrapSource(cfg.LocalSource), e.enf
+	}
+	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Agent: hook})
+	if e.flows, err = datapath.OpenFlows(e.maps); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.flows.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.enf.Run(ctx, e.mesh.Cluster("east").Agents[0].Sync.Pruned()) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		// Detach while the node namespace still exists (cleanups run last
+		// first: the node closes after this).
+		att := enforcer.MapsAttacher{Maps: e.maps, InNetns: func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }}
+		att.Detach(e.pods["east/checkout-2"].Ifindex)
+	})
+	testenv.WaitFor(t, wait, "checkout-2 enforcing", func() bool {
+		s := e.enf.Status()
+		for _, ep := range s.Endpoints {
+			if ep.Pod == "checkout-2" {
+				return s.Enforcing && ep.State == enforcer.StateEnforcing && ep.EnforceIngress
+			}
+		}
+		return false
+	})
+	return e
+}
+
+// readDrops reads flow events until ctx ends, returning the drops.
+func (e *policyEnv) readDrops(t *testing.T, want int) []datapath.Flow {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var drops []datapath.Flow
+	for len(drops) < want {
+		f, err := e.flows.Read(ctx)
+		if err != nil {
+			t.Fatalf("reading flows (have %d drops, want %d): %v", len(drops), want, err)
+		}
+		if f.Verdict == datapath.VerdictDropped {
+			drops = append(drops, f)
+		}
+	}
+	return drops
+}
+
+func TestPolicyAcrossClustersOnRealPackets(t *testing.T) {
+	e := startPolicyEnv(t)
+	checkout := netip.AddrPortFrom(netip.MustParseAddr("10.1.1.12"), 8080)
+	for _, from := range []string{"east/frontend-1", "west/frontend-1"} {
+		if err := connect(e.pods[from], checkout, 3*time.Second); err != nil {
+			t.Errorf("%s → east checkout: %v, want allowed", from, err)
+		}
+	}
+	before, err := e.maps.PolicyCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(e.pods["north/frontend-1"], checkout, 300*time.Millisecond); err == nil {
+		t.Fatal("north/frontend-1 → east checkout connected, want dropped")
+	}
+	drops := e.readDrops(t, 1)
+	after, _ := e.maps.PolicyCounters()
+	if n := after.Dropped() - before.Dropped(); n != uint64(len(drops)) {
+		// A retransmitted SYN is a second drop and must be a second event.
+		drops = append(drops, e.readDrops(t, int(n)-len(drops))...)
+	}
+	d := drops[0]
+	ids := e.identities(t)
+	if d.DropReason != datapath.DropPolicyDenied || d.Direction != datapath.Ingress ||
+		d.SrcIdentity != ids["north/frontend"] || d.SrcCluster != 3 || d.DstIdentity != ids["east/checkout"] || d.DstCluster != 1 ||
+		d.Src.Addr() != netip.MustParseAddr("10.3.1.100") || d.Dst != checkout {
+		t.Errorf("drop event %+v: want policy-denied ingress from north/frontend (%d, cluster 3) to east/checkout (%d, cluster 1)",
+			d, ids["north/frontend"], ids["east/checkout"])
+	}
+}
+
+// identities maps "cluster/app" to the identity the clusters allocated.
+func (e *policyEnv) identities(t *testing.T) map[string]uint32 {
+	t.Helper()
+	out := map[string]uint32{}
+	for _, c := range e.mesh.Clusters {
+		st := SampleState(int(c.ID))
+		for _, ep := range st.Endpoints {
+			ls := ep.IdentityLabels(c.Name)
+			for id := uint32(c.ID) << 16; id < uint32(c.ID)<<16+100; id++ {
+				if got, ok := e.enf.Identity(id); ok && got.String() == ls.String() {
+					out[c.Name+"/"+ep.Labels["app"]] = id
+				}
+			}
+		}
+	}
+	return out
+}
+
+func TestPolicyFollowsANewRemotePod(t *testing.T) {
+	e := startPolicyEnv(t)
+	checkout := netip.AddrPortFrom(netip.MustParseAddr("10.1.1.12"), 8080)
+	fe2 := e.pods["west/frontend-2"]
+	if err := connect(fe2, checkout, 200*time.Millisecond); err == nil {
+		t.Fatal("west/frontend-2, unknown to the mesh, connected")
+	}
+	west := e.mesh.Cluster("west")
+	st := SampleState(2)
+	st.Endpoints = append(st.Endpoints, statesource.Endpoint{Namespace: "shop", Pod: "frontend-2", Node: "node-1",
+		IP: fe2.IP, Labels: map[string]string{"app": "frontend", "version": "2"}})
+	start := time.Now()
+	if err := west.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the new west frontend (a new identity) allowed", func() bool {
+		return connect(fe2, checkout, 100*time.Millisecond) == nil
+	})
+	t.Logf("new remote pod allowed %s after its cluster's state changed (state file poll, publish, sync, policy, attach)", time.Since(start).Round(time.Millisecond))
+
+	st.Endpoints = st.Endpoints[:len(st.Endpoints)-1]
+	start = time.Now()
+	if err := west.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the removed west frontend denied", func() bool {
+		return connect(fe2, checkout, 100*time.Millisecond) != nil
+	})
+	t.Logf("removed remote pod denied %s after its cluster's state changed", time.Since(start).Round(time.Millisecond))
+	if err := connect(e.pods["west/frontend-1"], checkout, 3*time.Second); err != nil {
+		t.Errorf("west/frontend-1 lost access: %v", err)
+	}
+}
