@@ -45,8 +45,13 @@ var ErrInvalidConfig = errors.New("invalid agent config")
 
 // Config of an agent. Zero durations and sizes take the defaults.
 type Config struct {
-	ClusterName          string
-	ClusterID            uint32
+	ClusterName string
+	ClusterID   uint32
+	// NodeName, when set, is this node's name in the local state: the
+	// local nodes' addresses then enter the ipcache, this node's as the
+	// host identity and the others' as remote-node, so that policy can
+	// tell them from the world.
+	NodeName             string
 	MaxConnectedClusters uint32 // default 255
 
 	// ConfigDir holds one etcd client config per remote cluster, named after
@@ -158,9 +163,11 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("cluster", cfg.ClusterName)
+	m := newMerger(cfg.Datapath, cfg.ClusterName, uint16(cfg.ClusterID), log)
+	m.nodeName = cfg.NodeName
 	return &Agent{
 		cfg: cfg, log: log,
-		merger:   newMerger(cfg.Datapath, cfg.ClusterName, uint16(cfg.ClusterID), log),
+		merger:   m,
 		pruned:   make(chan struct{}),
 		readyCh:  make(chan struct{}, 1),
 		remotes:  map[string]*remote{},

@@ -61,6 +61,11 @@ type merger struct {
 	ipsMore  map[netip.Prefix][]datapath.IPCacheEntry // guarded by mu
 	localNet []netip.Prefix                           // guarded by mu; local pod CIDRs and node IPs
 	stale    map[string]bool                          // guarded by mu; remotes whose heartbeat is stale
+	// nodeName is this node's name in the local state ("": local node
+	// addresses stay out of the ipcache); nodeClaims the node addresses
+	// claimed (nodeips.go). Set before the first setLocal.
+	nodeName   string
+	nodeClaims map[netip.Prefix]datapath.IPCacheEntry // guarded by mu
 
 	writtenSvc map[svcName]map[datapath.Frontend][]datapath.Backend // guarded by mu
 	// pinned holds the service entries a previous run left in the datapath,
@@ -116,6 +121,7 @@ func (m *merger) setLocal(st *statesource.State) {
 	for n := range touched {
 		m.syncService(n)
 	}
+	m.writeIPs(m.claimLocalNodesLocked(st))
 }
 
 // setRemoteService records cluster's view of a service (nil deletes it).
@@ -275,6 +281,9 @@ func (m *merger) dropCluster(cluster string, id uint16) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.dropServicesLocked(cluster)
+	if id == nodeClaimID {
+		return // a remote never admitted: it claimed no address
+	}
 	var changed []netip.Prefix
 	for p, st := range m.ips {
 		if st.claim.ClusterID == id && m.claimIP(id, p, nil) {

@@ -55,7 +55,12 @@ func New(cfg Config) (*Enforcer, error) {
 		pending: map[uint32]wire.Labels{}, identities: map[uint32]wire.Labels{}, pods: map[netip.Addr]podRef{},
 		engine: policy.NewEngine(cfg.ClusterName), byLabels: map[string]uint32{},
 	}
-	e.files = policyFiles{dir: cfg.PolicyDir, opts: policy.Options{LocalCluster: cfg.ClusterName, DefaultLocalCluster: !cfg.AllClustersByDefault}}
+	// The node itself: its addresses are the host identity in the ipcache
+	// (agentsync, with a node name), and every endpoint accepts it.
+	e.engine.UpsertIdentity(wire.IdentityHost, wire.HostLabels)
+	e.identities[wire.IdentityHost] = wire.HostLabels
+	e.files = policyFiles{dir: cfg.PolicyDir, opts: policy.Options{LocalCluster: cfg.ClusterName,
+		DefaultLocalCluster: !cfg.AllClustersByDefault, AllowFromHost: true}}
 	e.eps = endpoints{attacher: cfg.Attacher, attached: map[int]datapath.PolicyEndpoint{}}
 	e.status.PolicyDir = cfg.PolicyDir
 	return e, nil

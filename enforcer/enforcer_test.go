@@ -171,7 +171,7 @@ func TestEnforcerComputesWritesAndAttaches(t *testing.T) {
 	// Nothing is written or attached before the agent's first sync.
 	testenv.WaitFor(t, 5*time.Second, "policies loaded and identities known", func() bool {
 		s := f.e.Status()
-		return s.Rules == 1 && s.Identities == 4
+		return s.Rules == 1 && s.Identities == 5 // and the host
 	})
 	if ks, _ := f.dp.Policies(); len(ks) != 0 || f.e.Status().Enforcing {
 		t.Fatalf("written before ready: %v", ks)
@@ -186,7 +186,8 @@ func TestEnforcerComputesWritesAndAttaches(t *testing.T) {
 		return f.e.Status().Enforcing && ok && p == datapath.PolicyEndpoint{Identity: eastCheckout, EnforceIngress: true}
 	})
 	ks, _ := f.dp.Policies()
-	want := []datapath.PolicyKey{allow(eastCheckout, eastFrontend), allow(eastCheckout, westFrontend)}
+	fromHost := datapath.PolicyKey{Endpoint: eastCheckout, Peer: wire.IdentityHost, Direction: datapath.Ingress}
+	want := []datapath.PolicyKey{fromHost, allow(eastCheckout, eastFrontend), allow(eastCheckout, westFrontend)}
 	if !slices.Equal(ks, want) {
 		t.Fatalf("policy map %v, want %v (north is not allowed)", ks, want)
 	}
@@ -252,7 +253,7 @@ func TestEnforcerKeepsLastValidPolicies(t *testing.T) {
 	os.Remove(filepath.Join(f.dir, "checkout.yaml"))
 	testenv.WaitFor(t, 5*time.Second, "policy removed", func() bool {
 		ks, _ := f.dp.Policies()
-		return len(ks) == 0 && f.e.Status().Rules == 0
+		return len(ks) == 0 && f.e.Status().Rules == 0 && f.e.Status().PolicyEntries == 0
 	})
 }
 

@@ -51,6 +51,11 @@ type Options struct {
 	// only the local cluster (Cilium's default since 1.19). When false, it
 	// selects matching peers in every cluster.
 	DefaultLocalCluster bool
+	// AllowFromHost: an endpoint selected for ingress still accepts
+	// everything from its own node (the host identity: kubelet probes,
+	// connections the node's socket load balancer sends), as Cilium does
+	// by default.
+	AllowFromHost bool
 }
 
 // compiledRule is one direction of one rule, ready to evaluate: the local
@@ -63,6 +68,8 @@ type compiledRule struct {
 	peers   []selector
 	anyPeer bool
 	ports   []PortRange
+	// implicit: added by an option (AllowFromHost), not written by anyone.
+	implicit bool
 }
 
 // Compiled is the rules of a set of policy documents.
@@ -70,8 +77,17 @@ type Compiled struct {
 	rules []compiledRule
 }
 
-// Rules is the number of compiled rule directions.
-func (c *Compiled) Rules() int { return len(c.rules) }
+// Rules is the number of compiled rule directions (the implicit ones
+// options add not counted).
+func (c *Compiled) Rules() int {
+	n := 0
+	for _, r := range c.rules {
+		if !r.implicit {
+			n++
+		}
+	}
+	return n
+}
 
 // Merge adds o's rules to c.
 func (c *Compiled) Merge(o *Compiled) { c.rules = append(c.rules, o.rules...) }
@@ -131,6 +147,9 @@ func (c *Compiled) add(o Options, name string, b []byte) error {
 		}
 		if err != nil {
 			return fmt.Errorf("policy: %s: %w", where, err)
+		}
+		if o.AllowFromHost {
+			rules = withHostRules(rules)
 		}
 		c.rules = append(c.rules, rules...)
 	}
@@ -374,4 +393,19 @@ func compileNPPeer(o Options, peer NetworkPolicyPeer, ns, field string) (selecto
 		s = s.with(clusterRequirement(o.LocalCluster))
 	}
 	return s, nil
+}
+
+// hostSelector selects the reserved host identity alone.
+var hostSelector = selector{reqs: []requirement{{source: "reserved", key: "host", op: OpExists}}}
+
+// withHostRules adds, for every ingress rule, one that lets the same
+// endpoints accept anything from the host.
+func withHostRules(rules []compiledRule) []compiledRule {
+	out := rules
+	for _, r := range rules {
+		if r.dir == Ingress {
+			out = append(out, compiledRule{origin: r.origin + " (from the host)", subject: r.subject, dir: Ingress, peers: []selector{hostSelector}, implicit: true})
+		}
+	}
+	return out
 }

@@ -247,3 +247,22 @@ func TestFigures(t *testing.T) {
 	}
 	figure.Print("policy.recompute.ms", float64(took.Microseconds())/1000, "ms")
 }
+
+func TestAllowFromHost(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		o := Options{LocalCluster: "east", DefaultLocalCluster: true, AllowFromHost: on}
+		e := engineWith(t, o, checkoutPolicy)
+		e.UpsertIdentity(wire.IdentityHost, wire.HostLabels)
+		ep := e.Endpoint(1<<16 + 1)
+		if got := ep.Allows(wire.IdentityHost, Ingress, UDP, 9999); got != on {
+			t.Errorf("AllowFromHost %v: host → east checkout on any port allowed %v", on, got)
+		}
+		if ep.Allows(3<<16+2, Ingress, TCP, 8080) {
+			t.Errorf("AllowFromHost %v: north's frontend allowed", on)
+		}
+		c, _ := Parse(o, "p", []byte(checkoutPolicy))
+		if c.Rules() != 1 {
+			t.Errorf("AllowFromHost %v: %d rules counted, want 1 (implicit rules are not counted)", on, c.Rules())
+		}
+	}
+}

@@ -139,3 +139,17 @@ func DecodeIdentity(c Cluster, key string, value []byte) (Identity, error) {
 	}
 	return Identity{ID: pk.ID, Labels: ls}, nil
 }
+
+// Reserved identities (Cilium's numbers): not allocated by any cluster, the
+// same on every node.
+const (
+	// IdentityHost is the node an agent runs on, as seen by that agent.
+	IdentityHost uint32 = 1
+	// IdentityWorld is any address the ipcache does not know.
+	IdentityWorld uint32 = 2
+	// IdentityRemoteNode is any other node of the mesh.
+	IdentityRemoteNode uint32 = 6
+)
+
+// HostLabels are the labels of IdentityHost.
+var HostLabels = Labels{{Source: "reserved", Key: "host"}}
