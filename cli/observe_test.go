@@ -231,11 +231,11 @@ func TestObserveCompact(t *testing.T) {
 		Destination: observe.Endpoint{Cluster: "east", IP: "10.1.1.12", Port: 5353, Identity: 70002},
 	}
 	want := obsTime.Format(time.StampMilli) + ": east/10.1.1.12:5353 (ID:70002) <- [fd00::1]:53 (world) FORWARDED (UDP)"
-	if got := compactFlow(&f); got != want {
+	if got := f.Compact(); got != want {
 		t.Errorf("compact:\n got %s\nwant %s", got, want)
 	}
 	var b bytes.Buffer
-	printCompact(&b, observe.Event{Lost: &observe.LostEvents{Source: observe.LostSubscriber, Count: 7}})
+	observe.WriteCompact(&b, observe.Event{Lost: &observe.LostEvents{Source: observe.LostSubscriber, Count: 7}})
 	if b.String() != "EVENTS LOST: 7 (this client read too slowly)\n" {
 		t.Errorf("lost: %q", b.String())
 	}
