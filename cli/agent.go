@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/clustermesh/clustermesh/agentsync"
@@ -23,6 +24,7 @@ func newAgentCmd() *cobra.Command {
 	var socketLB bool
 	var cleanup bool
 	var wgf wireguardFlags
+	var pf policyFlags
 	cmd := &cobra.Command{
 		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
 		Short: "Run the node agent: sync every remote cluster into the local eBPF maps",
@@ -48,10 +50,21 @@ key as <node-name>.pub in --node-keys-dir for the cluster's apiserver (its
 --node-keys-dir) and makes every remote node with a published key a peer,
 routing its pod CIDR through the device. --rotate-wireguard-key, or SIGUSR1
 while running, rotates the key; the new key reaches the peers through the
-mesh. The device, its routes and rules are removed when the agent exits.`,
+mesh. The device, its routes and rules are removed when the agent exits.
+
+With --policy-dir the agent enforces cross-cluster policy on the endpoints
+of --node-name whose state gives their host-side interface: it reads the
+identities of its own cluster from the config in --config-dir named after
+it (its own apiserver), computes what each endpoint may do from the
+policies and every cluster's identities, and attaches the policy programs
+(tc) to the interfaces. Flows (every drop, new connections, samples) are
+served on --status-addr for 'clustermesh observe'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := wgf.check(cmd); err != nil {
+				return err
+			}
+			if err := pf.check(cmd, wgf.nodeName); err != nil {
 				return err
 			}
 			if cleanup {
@@ -102,8 +115,16 @@ mesh. The device, its routes and rules are removed when the agent exits.`,
 				}
 				cfg.LocalSource, cfg.OnRemoteNodes = wg, wg.SetRemoteNodes
 			}
-			agent, err := agentsync.New(cfg)
-			if err != nil {
+			var agent *agentsync.Agent
+			var pol *agentPolicy
+			if pf.dir != "" {
+				clusterName := func(id uint16) string { return agent.ClusterName(id) } // called once running
+				if pol, err = pf.newAgentPolicy(&cfg, dp, wgf.nodeName, clusterName); err != nil {
+					return err
+				}
+				defer pol.close()
+			}
+			if agent, err = agentsync.New(cfg); err != nil {
 				return err
 			}
 			status := func() AgentStatus {
@@ -112,12 +133,21 @@ mesh. The device, its routes and rules are removed when the agent exits.`,
 					s := wg.Status()
 					st.WireGuard = &s
 				}
+				if pol != nil {
+					s := pol.enf.Status()
+					st.Policy = &s
+				}
 				return st
 			}
+			collectors := []prometheus.Collector{agentsync.NewCollector(agent)}
 			servers := []func(context.Context) error{
-				func(ctx context.Context) error { return serveStatus(ctx, statusAddr, status) },
-				func(ctx context.Context) error { return serveMetrics(ctx, metricsAddr, agentsync.NewCollector(agent)) },
+				func(ctx context.Context) error { return serveStatus(ctx, statusAddr, status, pol.handlers()) },
 			}
+			if pol != nil {
+				collectors = append(collectors, pol.collectors()...)
+				servers = append(servers, pol.servers(agent)...)
+			}
+			servers = append(servers, func(ctx context.Context) error { return serveMetrics(ctx, metricsAddr, collectors...) })
 			if wg != nil {
 				usr1 := make(chan os.Signal, 1)
 				signal.Notify(usr1, syscall.SIGUSR1)
@@ -148,6 +178,7 @@ mesh. The device, its routes and rules are removed when the agent exits.`,
 	f.StringVar(&cgroup, "cgroup", "", "cgroup v2 directory to attach the socket load balancer to (default: the cgroup v2 root)")
 	f.BoolVar(&cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
 	wgf.register(cmd)
+	pf.register(cmd)
 	for _, r := range []string{"cluster-name", "cluster-id", "config-dir"} {
 		cmd.MarkFlagRequired(r)
 	}

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/localmesh"
 	"sigs.k8s.io/yaml"
@@ -79,6 +78,20 @@ func TestByHand(t *testing.T) {
 	os.WriteFile(filepath.Join(remotes, "west"), []byte(fmt.Sprintf(
 		"endpoints: [https://%s]\ntrusted-ca-file: ../east/ca.crt\ncert-file: ../east/remote-east.crt\nkey-file: ../east/remote-east.key\n",
 		addrs["west"])), 0o600)
+	// Its own cluster's apiserver, for the identities policy needs.
+	os.WriteFile(filepath.Join(remotes, "east"), []byte(fmt.Sprintf(
+		"endpoints: [https://%s]\ntrusted-ca-file: ../east/ca.crt\ncert-file: ../east/remote-east.crt\nkey-file: ../east/remote-east.key\n",
+		addrs["east"])), 0o600)
+	policies := filepath.Join(dir, "policies")
+	os.MkdirAll(policies, 0o755)
+	os.WriteFile(filepath.Join(policies, "checkout.yaml"), []byte(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: west}}]
+`), 0o644)
 	sock := filepath.Join(dir, "agent.sock")
 	metricsAddr := freePort(t)
 	pinDir := fmt.Sprintf("/sys/fs/bpf/cm-clitest-%d", os.Getpid())
@@ -93,7 +106,8 @@ func TestByHand(t *testing.T) {
 	}
 	go func() {
 		_, err := run(ctx, "agent", "--cluster-name", "east", "--cluster-id", "1", "--config-dir", remotes,
-			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir, "--metrics-addr", metricsAddr, "--cgroup", cgroup)
+			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir, "--metrics-addr", metricsAddr, "--cgroup", cgroup,
+			"--node-name", "node-1", "--policy-dir", policies)
 		done <- err
 	}()
 	defer func() {
@@ -108,14 +122,27 @@ func TestByHand(t *testing.T) {
 				"--config-dir", "x", "--state-file", "x"))
 		}
 	}()
-	var st agentsync.Status
-	testenv.WaitFor(t, 30*time.Second, "east's agent sees west ready", func() bool {
+	var st AgentStatus
+	testenv.WaitFor(t, 30*time.Second, "east's agent sees west ready, and its own cluster", func() bool {
 		out, err := run(ctx, "status", "--agent", sock, "-o", "json")
 		if err != nil || json.Unmarshal([]byte(out), &st) != nil {
 			return false
 		}
-		return len(st.Remotes) == 1 && st.Remotes[0].Ready && len(st.Services) == 1 && st.Services[0].RemoteTotal == 3
+		return len(st.Remotes) == 1 && st.Remotes[0].Ready && len(st.Services) == 1 && st.Services[0].RemoteTotal == 3 &&
+			st.Local != nil && st.Local.Ready && st.Policy != nil && st.Policy.Enforcing
 	})
+	// The policy: east's checkout identity accepts west's frontend and the
+	// host; every identity of both clusters, and the host, known.
+	if p := st.Policy; p.Rules != 1 || p.Identities != 5 || p.PolicyEntries != 2 || p.LastPolicyError != "" {
+		t.Errorf("policy status %+v: want 1 rule, 5 identities (2 per cluster and the host), 2 entries", p)
+	}
+	if os.Geteuid() == 0 {
+		// No flows yet (no endpoint has an interface here): observe answers
+		// with none, through the agent's status address.
+		if out, err := run(ctx, "observe", "--agent", sock); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("observe: %v %q, want no flows and no error", err, out)
+		}
+	}
 	table := must(run(ctx, "status", "--agent", sock))
 	for _, want := range []string{"REMOTE", "west", "shop/checkout", "3 (west=3/3)", "3 from local"} {
 		if !strings.Contains(table, want) {
@@ -133,6 +160,7 @@ func TestByHand(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{`clustermesh_agent_remote_ready{remote="west"} 1`, `clustermesh_agent_remote_entries{kind="ipcache",remote="west"} 4`,
+		"clustermesh_policy_entries 2", "clustermesh_policy_enforcing 1",
 		`clustermesh_agent_service_selected_backends{from="local",frontend="10.96.0.10:80/TCP",service="shop/checkout"} 3`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)

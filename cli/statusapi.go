@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"net/http"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/wireguard"
 )
 
@@ -14,11 +16,14 @@ import (
 type AgentStatus struct {
 	agentsync.Status
 	WireGuard *wireguard.Status `json:"wireguard,omitempty"`
+	// Policy is the policy enforcer's status, absent without --policy-dir.
+	Policy *enforcer.Status `json:"policy,omitempty"`
 }
 
-// serveStatus serves the extended status on addr until ctx is done.
-func serveStatus(ctx context.Context, addr string, status func() AgentStatus) error {
-	return agentsync.ServeJSON(ctx, addr, func() any { return status() })
+// serveStatus serves the extended status on addr until ctx is done, and
+// the extra handlers (the flows) beside it.
+func serveStatus(ctx context.Context, addr string, status func() AgentStatus, extra map[string]http.Handler) error {
+	return agentsync.ServeJSONWith(ctx, addr, func() any { return status() }, extra)
 }
 
 // fetchStatus reads an agent's extended status from addr.

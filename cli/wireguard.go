@@ -37,7 +37,7 @@ var wireguardOnly = []string{"wireguard-device", "wireguard-port", "wireguard-ke
 func (w *wireguardFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.BoolVar(&w.enable, "enable-wireguard", false, "encrypt pod traffic to the other clusters' nodes with WireGuard (needs --node-name; see docs/wireguard.md)")
-	f.StringVar(&w.nodeName, "node-name", "", "this node's name in the state file (its IP and pod CIDRs come from there)")
+	f.StringVar(&w.nodeName, "node-name", "", "this node's name in the local state: WireGuard takes its IP and pod CIDRs from there, policy the endpoints to enforce")
 	f.StringVar(&w.device, "wireguard-device", wireguard.DefaultDeviceName, "name of the WireGuard interface (unique on the machine)")
 	f.IntVar(&w.port, "wireguard-port", wireguard.DefaultListenPort, "UDP port of the WireGuard device; the same on every node of the mesh (a remote node's endpoint is its IP and this port)")
 	f.StringVar(&w.keyFile, "wireguard-key-file", DefaultWireGuardKeyFile, "the WireGuard private key (mode 0600, created on first start)")
