@@ -78,9 +78,10 @@ func Run(ctx context.Context, o Options) error {
 		name string
 		fn   func(context.Context) (string, error)
 	}{
-		{"(c) east's checkout backends unready → east's agents select remote backends; back → local again", d.failover},
-		{"(d) west's apiserver stops: east keeps west's entries; west restarts: east resyncs, no entry missing", d.restartWest},
-		{"(e) north disconnected from east: east drains everything from north", d.disconnectNorth},
+		{"(c) policy: east's checkout accepts only frontends of east and west: west's connects, north's is dropped", d.policyStep},
+		{"(d) east's checkout backends unready → east's agents select remote backends; back → local again", d.failover},
+		{"(e) west's apiserver stops: east keeps west's entries; west restarts: east resyncs, no entry missing", d.restartWest},
+		{"(f) north disconnected from east: east drains everything from north", d.disconnectNorth},
 	} {
 		if ctx.Err() != nil {
 			fmt.Fprintln(o.Out, "interrupted: the remaining steps did not run")
@@ -140,24 +141,34 @@ func start(ctx context.Context, o Options) (*run, error) {
 	}
 	var specs []localmesh.ClusterSpec
 	for i, n := range Clusters {
-		specs = append(specs, localmesh.ClusterSpec{Name: n, ID: uint32(i + 1), State: localmesh.SampleState(i + 1)})
+		specs = append(specs, localmesh.ClusterSpec{Name: n, ID: uint32(i + 1), State: demoState(i + 1)})
+	}
+	pdir, err := writePolicy(d.o.Dir)
+	if err != nil {
+		d.close()
+		return nil, err
 	}
 	d.started = time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Options{Dir: d.o.Dir, Clusters: specs, AgentsPerCluster: o.AgentsPerCluster,
-		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger,
-		APIServer: o.tweak.APIServer, Agent: o.tweak.Agent})
+		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger, ReadOwnCluster: true,
+		APIServer: o.tweak.APIServer, Agent: d.pol.agentHook(pdir, o.tweak.Agent)})
 	if err != nil {
 		d.close()
 		return nil, err
 	}
 	d.m = m
+	east := m.Cluster("east").Agents[0]
+	if err := d.pol.start(ctx, east, east.Sync.ClusterName); err != nil {
+		d.close()
+		return nil, err
+	}
 	return d, nil
 }
 
 // close removes the traffic's network, stops the mesh and removes the
 // temporary directory.
 func (d *run) close() error {
-	var errs []error
+	errs := []error{d.pol.close()}
 	if d.net != nil {
 		errs = append(errs, d.net.Close())
 	}
@@ -184,6 +195,7 @@ type run struct {
 	// noTrafficShort is the reason in a few words.
 	noTrafficShort string
 	net            *network // the real traffic's network, once set up
+	pol            policyRun
 }
 
 // step runs fn with the step timeout and prints its outcome and time.
@@ -230,12 +242,12 @@ func (d *run) serve(ctx context.Context) error {
 	fmt.Fprintf(d.o.Out, "\nagents serve their status in %s; for example:\n  clustermesh status --agent %s\n",
 		sockDir, filepath.Join(sockDir, "west-node-1.sock"))
 	if d.net != nil {
-		nodeNS := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(d.net.node))
+		nodeNS := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(d.net.node.NS))
 		fmt.Fprintf(d.o.Out, "\nthe pods answer in east-node-1's network namespace, %s; through its socket load balancer\n"+
 			"for the processes of %s:\n"+
 			"  nsenter --net=%s curl -s http://%s:%d/\n"+
 			"  nsenter --net=%s sh -c 'echo $$ > %s/cgroup.procs && exec curl -s %s'\n",
-			nodeNS, d.net.cgroup, nodeNS, d.net.pods[0].ip, d.net.port, nodeNS, d.net.cgroup, serviceURL())
+			nodeNS, d.net.cgroup, nodeNS, d.net.pods[0].IP, d.net.port, nodeNS, d.net.cgroup, serviceURL())
 	}
 	fmt.Fprintln(d.o.Out, "\nrunning until Ctrl-C")
 	<-ctx.Done()

@@ -52,7 +52,7 @@ func runOnce(t *testing.T, ebpf bool) string {
 	if err != nil {
 		t.Fatalf("demo --once: %v", err)
 	}
-	steps := []string{"ok   (a)", "ok   (b)", "ok   (c)", "ok   (d)", "ok   (e)", "all steps held"}
+	steps := []string{"ok   (a)", "ok   (b)", "ok   (c)", "ok   (d)", "ok   (e)", "ok   (f)", "all steps held"}
 	if !ebpf {
 		steps[1] = "skip (b)"
 	}
@@ -69,7 +69,8 @@ func TestDemoOnceInMemory(t *testing.T) { runOnce(t, false) }
 func TestDemoOnceEBPF(t *testing.T) {
 	testenv.RequireRoot(t)
 	out := runOnce(t, true)
-	for _, phase := range []string{"east ready:", "east unready:", "east ready again:"} {
+	for _, phase := range []string{"east ready:", "east unready:", "east ready again:",
+		"west/frontend-1 → 10.1.1.12:8080: answered", "(dropped)", "policy-denied DROPPED (TCP)", "FORWARDED (TCP)"} {
 		if !strings.Contains(out, phase) {
 			t.Errorf("output lacks the traffic phase %q", phase)
 		}

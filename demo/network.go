@@ -13,17 +13,16 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/localmesh"
 )
 
@@ -50,30 +49,25 @@ import (
 // SIGKILL leaves no namespace, veth or route behind. Only the cgroup (a
 // directory) survives a SIGKILL; it is named clustermesh-demo-<pid>-<random>.
 
-// podVeth is the name, inside every pod, of the pod's end of its veth.
-const podVeth = "eth0"
-
-// pod is one checkout pod: its namespace, its veth and its HTTP server.
+// pod is one checkout pod: its namespace and veth, and its HTTP server.
 type pod struct {
+	*podnet.Pod
 	cluster, name string
-	ip            netip.Addr
-	veth          string // the node's end of the veth
-	ns            netns.NsHandle
 	srv           *http.Server
 	served        chan struct{} // closed when srv.Serve has returned
 }
 
 // network is the environment of the demo's real traffic.
 type network struct {
-	nodeIP  netip.Addr
-	port    uint16 // the pods' HTTP port (the service's targetPort)
-	node    netns.NsHandle
-	nodeNL  *netlink.Handle
-	pods    []*pod
-	cgroup  string // the socket load balancer's cgroup, once attached
-	lb      *datapath.SockLB
-	closeMu sync.Mutex
-	closed  bool
+	node *podnet.Node // east-node-1; its Pods are every pod below
+	port uint16       // the pods' HTTP port (the service's targetPort)
+	pods []*pod       // the checkout pods
+	// frontends are the policy step's clients, by cluster.
+	frontends map[string]*podnet.Pod
+	cgroup    string // the socket load balancer's cgroup, once attached
+	lb        *datapath.SockLB
+	closeMu   sync.Mutex
+	closed    bool
 }
 
 // podSpec is a checkout pod of the sample state.
@@ -107,45 +101,36 @@ func checkoutPods() ([]podSpec, error) {
 	return out, nil
 }
 
-// setupNetwork creates east-node-1's namespace (node address nodeIP) and a
-// namespace, veth, route and HTTP server per pod, and waits until every
-// veth is up. On error everything made so far is removed.
-func setupNetwork(ctx context.Context, nodeIP netip.Addr, specs []podSpec, logger *slog.Logger) (_ *network, err error) {
-	n := &network{nodeIP: nodeIP, node: netns.None()}
+// setupNetwork creates east-node-1's namespace (node address nodeIP), a
+// namespace, veth, route and HTTP server per checkout pod and a namespace
+// per frontend, and waits until every veth is up. On error everything made
+// so far is removed.
+func setupNetwork(ctx context.Context, nodeIP netip.Addr, specs []podSpec, fronts []podSpec, logger *slog.Logger) (_ *network, err error) {
+	n := &network{frontends: map[string]*podnet.Pod{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, n.Close())
 		}
 	}()
-	if n.node, err = newNetns(); err != nil {
-		return n, fmt.Errorf("demo: create east-node-1's network namespace: %w", err)
-	}
-	if n.nodeNL, err = netlink.NewHandleAt(n.node); err != nil {
-		return n, fmt.Errorf("demo: netlink in east-node-1's namespace: %w", err)
-	}
-	if err := linkUp(n.nodeNL, "lo"); err != nil {
-		return n, err
+	if n.node, err = podnet.NewNode(nodeIP); err != nil {
+		return n, fmt.Errorf("demo: east-node-1: %w", err)
 	}
 	perCluster := map[string]int{}
 	for _, s := range specs {
 		perCluster[s.cluster]++
-		p := &pod{cluster: s.cluster, name: s.name, ip: s.ip, veth: fmt.Sprintf("%s-ck%d", s.cluster, perCluster[s.cluster])}
 		n.port = s.port
-		if err := n.addPod(p, logger); err != nil {
+		if err := n.addPod(s, podVethName(s.cluster, "ck", perCluster[s.cluster]), logger); err != nil {
 			return n, fmt.Errorf("demo: pod %s/%s (%s): %w", s.cluster, s.name, s.ip, err)
 		}
 	}
-	err = waitUntil(ctx, func() (bool, string) {
-		for _, p := range n.pods {
-			l, err := n.nodeNL.LinkByName(p.veth)
-			if err != nil {
-				return false, err.Error()
-			}
-			if a := l.Attrs(); a.OperState != netlink.OperUp || a.RawFlags&unix.IFF_LOWER_UP == 0 {
-				return false, fmt.Sprintf("veth %s is %s", p.veth, a.OperState)
-			}
+	for _, s := range fronts {
+		if n.frontends[s.cluster], err = n.node.AddPod(s.cluster+"/"+s.name, s.ip, podVethName(s.cluster, "fe", 1)); err != nil {
+			return n, fmt.Errorf("demo: %w", err)
 		}
-		return true, ""
+	}
+	err = waitUntil(ctx, func() (bool, string) {
+		msg := n.node.Up()
+		return msg == "", msg
 	})
 	if err != nil {
 		return n, fmt.Errorf("demo: pod veths: %w", err)
@@ -153,55 +138,20 @@ func setupNetwork(ctx context.Context, nodeIP netip.Addr, specs []podSpec, logge
 	return n, nil
 }
 
-// addPod creates p's namespace, its veth to the node, the addresses and
-// routes on both ends, and starts its HTTP server.
-func (n *network) addPod(p *pod, logger *slog.Logger) error {
-	var err error
-	if p.ns, err = newNetns(); err != nil {
-		return fmt.Errorf("create the network namespace: %w", err)
-	}
-	n.pods = append(n.pods, p) // from here on Close cleans it up
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.veth}, PeerName: podVeth, PeerNamespace: netlink.NsFd(p.ns)}
-	if err := n.nodeNL.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", p.veth, err)
-	}
-	nodeEnd, err := n.nodeNL.LinkByName(p.veth)
-	if err != nil {
-		return err
-	}
-	// A point-to-point address on the node's end: the kernel adds the /32
-	// route to the pod with the node's address as its source.
-	if err := n.nodeNL.AddrAdd(nodeEnd, &netlink.Addr{IPNet: host(n.nodeIP), Peer: host(p.ip)}); err != nil {
-		return fmt.Errorf("address on %s: %w", p.veth, err)
-	}
-	if err := n.nodeNL.LinkSetUp(nodeEnd); err != nil {
-		return fmt.Errorf("set %s up: %w", p.veth, err)
-	}
-	nl, err := netlink.NewHandleAt(p.ns)
-	if err != nil {
-		return err
-	}
-	defer nl.Close()
-	if err := linkUp(nl, "lo"); err != nil {
-		return err
-	}
-	podEnd, err := nl.LinkByName(podVeth)
-	if err != nil {
-		return err
-	}
-	if err := nl.AddrAdd(podEnd, &netlink.Addr{IPNet: host(p.ip), Peer: host(n.nodeIP)}); err != nil {
-		return fmt.Errorf("address on the pod's %s: %w", podVeth, err)
-	}
-	if err := nl.LinkSetUp(podEnd); err != nil {
-		return err
-	}
-	if err := nl.RouteAdd(&netlink.Route{LinkIndex: podEnd.Attrs().Index, Gw: n.nodeIP.AsSlice()}); err != nil {
-		return fmt.Errorf("default route of the pod: %w", err)
-	}
+// podVethName names the node's end of a pod's veth: <cluster>-<kind><i>.
+func podVethName(cluster, kind string, i int) string { return fmt.Sprintf("%s-%s%d", cluster, kind, i) }
 
+// addPod creates the pod of s (namespace, veth, routes) and starts its
+// HTTP server.
+func (n *network) addPod(s podSpec, veth string, logger *slog.Logger) error {
+	pp, err := n.node.AddPod(s.cluster+"/"+s.name, s.ip, veth)
+	if err != nil {
+		return err
+	}
+	p := &pod{Pod: pp, cluster: s.cluster, name: s.name}
 	var ln net.Listener
-	addr := netip.AddrPortFrom(p.ip, n.port).String()
-	if err := inNetns(p.ns, func() (err error) {
+	addr := netip.AddrPortFrom(p.IP, n.port).String()
+	if err := podnet.InNetns(p.NS, func() (err error) {
 		ln, err = net.Listen("tcp", addr)
 		return err
 	}); err != nil {
@@ -217,6 +167,7 @@ func (n *network) addPod(p *pod, logger *slog.Logger) error {
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	p.served = make(chan struct{})
+	n.pods = append(n.pods, p)
 	go func() {
 		defer close(p.served)
 		p.srv.Serve(ln)
@@ -262,26 +213,11 @@ func (n *network) Close() error {
 		errs = append(errs, removeCgroup(n.cgroup, 5*time.Second))
 	}
 	for _, p := range n.pods {
-		if p.srv != nil {
-			p.srv.Close()
-			<-p.served
-		}
-		if n.nodeNL != nil {
-			// Deleting one end of a veth deletes both, and the pod's route.
-			if l, err := n.nodeNL.LinkByName(p.veth); err == nil {
-				if err := n.nodeNL.LinkDel(l); err != nil {
-					errs = append(errs, fmt.Errorf("demo: delete veth %s: %w", p.veth, err))
-				}
-			}
-		}
-		if p.ns.IsOpen() {
-			errs = append(errs, p.ns.Close())
-		}
+		p.srv.Close()
+		<-p.served
 	}
-	if n.nodeNL != nil {
-		n.nodeNL.Close()
-	}
-	if n.node.IsOpen() {
+	if n.node != nil {
+		// Deleting one end of a veth deletes both, and the pod's route.
 		errs = append(errs, n.node.Close())
 	}
 	return errors.Join(errs...)
@@ -290,7 +226,7 @@ func (n *network) Close() error {
 // namespaces returns the inode numbers of every namespace of n.
 func (n *network) namespaces() []uint64 {
 	var out []uint64
-	for _, h := range append([]netns.NsHandle{n.node}, podHandles(n.pods)...) {
+	for _, h := range n.handles() {
 		var st unix.Stat_t
 		if h.IsOpen() && unix.Fstat(int(h), &st) == nil {
 			out = append(out, st.Ino)
@@ -299,10 +235,11 @@ func (n *network) namespaces() []uint64 {
 	return out
 }
 
-func podHandles(pods []*pod) []netns.NsHandle {
-	var out []netns.NsHandle
-	for _, p := range pods {
-		out = append(out, p.ns)
+// handles are the node's namespace, then every pod's.
+func (n *network) handles() []netns.NsHandle {
+	out := []netns.NsHandle{n.node.NS}
+	for _, p := range n.node.Pods {
+		out = append(out, p.NS)
 	}
 	return out
 }
@@ -322,62 +259,6 @@ func removeCgroup(dir string, wait time.Duration) error {
 		}
 		time.Sleep(5 * time.Millisecond) // retrying a removal, not waiting for an event
 	}
-}
-
-func host(a netip.Addr) *net.IPNet {
-	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
-}
-
-func linkUp(nl *netlink.Handle, name string) error {
-	l, err := nl.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	return nl.LinkSetUp(l)
-}
-
-// newNetns creates an unnamed network namespace and returns a handle to it
-// (the calling goroutine's thread is not moved).
-func newNetns() (netns.NsHandle, error) {
-	h := netns.None()
-	err := onLockedThread(func() error {
-		var err error
-		h, err = netns.New()
-		return err
-	})
-	return h, err
-}
-
-// inNetns runs fn on a thread in the network namespace h: the sockets fn
-// creates (and the processes it starts) live there.
-func inNetns(h netns.NsHandle, fn func() error) error {
-	return onLockedThread(func() error {
-		if err := netns.Set(h); err != nil {
-			return fmt.Errorf("setns: %w", err)
-		}
-		return fn()
-	})
-}
-
-// onLockedThread runs fn on a locked OS thread whose network namespace is
-// switched back afterwards; the thread is discarded if that fails.
-func onLockedThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return // the thread stays locked and exits with the goroutine
-		}
-		defer orig.Close()
-		ferr := fn()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 // cgroup2Mount returns the first cgroup v2 mount point of

@@ -106,7 +106,7 @@ func (d *run) eastSelects(ctx context.Context, want map[uint16]int) error {
 
 func (d *run) failover(ctx context.Context) (string, error) {
 	east := d.m.Cluster("east")
-	st := localmesh.SampleState(1)
+	st := demoState(1)
 	localmesh.SetReady(st, "checkout", false)
 	start := time.Now()
 	if err := east.WriteState(st); err != nil {
@@ -120,7 +120,7 @@ func (d *run) failover(ctx context.Context) (string, error) {
 	// While east depends on remote backends, a backend change in west's
 	// state file must reach east's service map.
 	west := d.m.Cluster("west")
-	wst := localmesh.SampleState(2)
+	wst := demoState(2)
 	wst.Endpoints = wst.Endpoints[1:] // checkout-1 leaves west
 	start = time.Now()
 	if err := west.WriteState(wst); err != nil {
@@ -130,7 +130,7 @@ func (d *run) failover(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("west's backend change: %w", err)
 	}
 	remoteProp := time.Since(start)
-	if err := west.WriteState(localmesh.SampleState(2)); err != nil {
+	if err := west.WriteState(demoState(2)); err != nil {
 		return "", err
 	}
 	if err := d.eastSelects(ctx, map[uint16]int{2: backendsPerCluster, 3: backendsPerCluster}); err != nil {

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/localmesh"
 )
 
@@ -113,7 +114,7 @@ func (n *network) runClient(ctx context.Context, url string, count int, inCgroup
 		attr.UseCgroupFD, attr.CgroupFD = true, int(cg.Fd())
 	}
 	cmd.SysProcAttr = attr
-	if err := inNetns(n.node, cmd.Start); err != nil {
+	if err := podnet.InNetns(n.node.NS, cmd.Start); err != nil {
 		return clientResult{}, fmt.Errorf("demo: start the client: %w", err)
 	}
 	if err := cmd.Wait(); err != nil {
@@ -250,11 +251,12 @@ func (d *run) setupTraffic(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	nodeIP := localmesh.SampleState(int(east.ID)).Nodes[0].IPs[0]
-	n, err := setupNetwork(ctx, nodeIP, specs, d.o.Logger)
+	nodeIP := demoState(int(east.ID)).Nodes[0].IPs[0]
+	n, err := setupNetwork(ctx, nodeIP, specs, frontendPods(), d.o.Logger)
 	if err != nil {
 		return err
 	}
+	d.pol.node.Store(n.node)
 	if err := n.attach(maps); err != nil {
 		return errors.Join(err, n.Close())
 	}
@@ -275,12 +277,12 @@ func (d *run) trafficPhases(ctx context.Context) (_ []phase, err error) {
 	}
 	defer func() {
 		if err != nil { // leave east as it was for the next steps
-			east.WriteState(localmesh.SampleState(int(east.ID)))
+			east.WriteState(demoState(int(east.ID)))
 		}
 	}()
 	for i := range phases {
 		p := &phases[i]
-		st := localmesh.SampleState(int(east.ID))
+		st := demoState(int(east.ID))
 		want := map[uint16]int{1: backendsPerCluster}
 		if !p.ready {
 			want = map[uint16]int{2: backendsPerCluster, 3: backendsPerCluster}

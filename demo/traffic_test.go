@@ -16,8 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
-	"github.com/clustermesh/clustermesh/localmesh"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 )
 
@@ -91,11 +91,11 @@ func TestDemoTraffic(t *testing.T) {
 	// closed; the demo's own handles must all be gone.
 	n := d.net
 	inodes := n.namespaces()
-	if len(inodes) != 1+len(n.pods) || len(n.pods) != 9 {
-		t.Fatalf("%d namespaces for %d pods, want 1 + 9", len(inodes), len(n.pods))
+	if len(inodes) != 1+len(n.node.Pods) || len(n.pods) != 9 || len(n.node.Pods) != 11 {
+		t.Fatalf("%d namespaces for %d pods (%d checkout), want 1 + 11 (9)", len(inodes), len(n.node.Pods), len(n.pods))
 	}
 	var held []netns.NsHandle
-	for _, h := range append([]netns.NsHandle{n.node}, podHandles(n.pods)...) {
+	for _, h := range n.handles() {
 		fd, err := unix.FcntlInt(uintptr(h), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -104,8 +104,8 @@ func TestDemoTraffic(t *testing.T) {
 	}
 	cgroup := n.cgroup
 	var podIPs []string
-	for _, p := range n.pods {
-		podIPs = append(podIPs, p.ip.String())
+	for _, p := range n.node.Pods {
+		podIPs = append(podIPs, p.IP.String())
 	}
 	closed = true
 	if err := d.close(); err != nil {
@@ -134,7 +134,7 @@ func TestDemoTraffic(t *testing.T) {
 		// Sockets other than TIME_WAIT ones (which hold no reference on
 		// the namespace and go with it).
 		var tcp []byte
-		if err := inNetns(h, func() (err error) {
+		if err := podnet.InNetns(h, func() (err error) {
 			tcp, err = os.ReadFile("/proc/thread-self/net/tcp")
 			return err
 		}); err != nil {
@@ -160,12 +160,12 @@ func TestDemoTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, l := range links {
-		if strings.Contains(l.Attrs().Name, "-ck") {
+		if strings.Contains(l.Attrs().Name, "-ck") || strings.Contains(l.Attrs().Name, "-fe") {
 			t.Errorf("link %s in the test's own namespace", l.Attrs().Name)
 		}
 	}
 	for _, ip := range podIPs {
-		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: host(mustAddr(t, ip))}, netlink.RT_FILTER_DST)
+		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: podnet.Host(mustAddr(t, ip))}, netlink.RT_FILTER_DST)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -263,7 +263,7 @@ func TestSpilloverTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	east := d.m.Cluster("east")
-	st := localmesh.SampleState(1)
+	st := demoState(1)
 	st.Services[0].Annotations["clustermesh.io/min-local-backends"] = "4"
 	for i := 1; i < 3; i++ { // checkout-2 and checkout-3 unready
 		ready := false
@@ -319,7 +319,7 @@ func TestStaleClusterTraffic(t *testing.T) {
 	}
 	east := d.m.Cluster("east")
 	for _, failover := range []bool{true, false} {
-		st := localmesh.SampleState(1)
+		st := demoState(1)
 		st.Services[0].Annotations["service.cilium.io/affinity"] = "remote"
 		if failover {
 			st.Services[0].Annotations["clustermesh.io/failover-on-stale-cluster"] = "true"
