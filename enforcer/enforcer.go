@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,12 +30,18 @@ type Enforcer struct {
 	identities map[uint32]wire.Labels
 	local      *statesource.State // guarded by mu; nil until the first state
 	pods       map[netip.Addr]podRef
+	// sources are the policies of sources other than the directory (the
+	// Kubernetes objects), by name; sourcesNew says they changed. Guarded
+	// by mu.
+	sources    map[string]*policy.Compiled
+	sourcesNew bool
 	status     Status // guarded by mu
 
 	// Owned by Run's goroutine.
 	engine   *policy.Engine
 	byLabels map[string]uint32 // local identities by their labels' string
 	files    policyFiles
+	fromDir  *policy.Compiled // the directory's last valid set
 	eps      endpoints
 	ready    bool // Ready closed: writes allowed
 	written  bool // the policy map was synced at least once
@@ -53,6 +60,7 @@ func New(cfg Config) (*Enforcer, error) {
 	e := &Enforcer{
 		cfg: cfg, log: cfg.Logger.With("component", "policy"), kick: make(chan struct{}, 1),
 		pending: map[uint32]wire.Labels{}, identities: map[uint32]wire.Labels{}, pods: map[netip.Addr]podRef{},
+		sources: map[string]*policy.Compiled{},
 		engine: policy.NewEngine(cfg.ClusterName), byLabels: map[string]uint32{},
 	}
 	// The node itself: its addresses are the host identity in the ipcache
@@ -102,6 +110,27 @@ func (e *Enforcer) SetLocalState(st *statesource.State) {
 	e.mu.Unlock()
 	e.wake()
 }
+
+// SetPolicies replaces the policies of source, a source beside the policy
+// directory (the cluster's Kubernetes objects): c holds only valid rules
+// (the source keeps the last valid version of each of its objects); nil
+// removes the source's policies. The enforced set is the directory's and
+// every source's together.
+func (e *Enforcer) SetPolicies(source string, c *policy.Compiled) {
+	e.mu.Lock()
+	if c == nil {
+		delete(e.sources, source)
+	} else {
+		e.sources[source] = c
+	}
+	e.sourcesNew = true
+	e.mu.Unlock()
+	e.wake()
+}
+
+// PolicyOptions are the options policies are compiled with, for sources
+// that compile their own.
+func (e *Enforcer) PolicyOptions() policy.Options { return e.files.opts }
 
 // WrapSource returns a source that passes src's states on and records each
 // in the enforcer: the agent's local source goes through it.
@@ -154,8 +183,9 @@ func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 func (e *Enforcer) reload() {
 	c, changed, err := e.files.load()
 	if changed && err == nil {
-		e.apply(e.engine.SetPolicies(c))
-		e.log.Info("policies loaded", "files", len(e.files.names), "rules", c.Rules())
+		e.fromDir = c
+		e.setPolicies()
+		e.log.Info("policy directory loaded", "files", len(e.files.names), "rules", c.Rules())
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -167,8 +197,29 @@ func (e *Enforcer) reload() {
 		e.log.Error("invalid policy: keeping the last valid policies", "err", err)
 	case changed:
 		e.status.LastPolicyError = ""
-		e.status.Rules = c.Rules()
 	}
+}
+
+// setPolicies gives the engine the directory's and every source's
+// policies together.
+func (e *Enforcer) setPolicies() {
+	all := &policy.Compiled{}
+	if e.fromDir != nil {
+		all.Merge(e.fromDir)
+	}
+	e.mu.Lock()
+	e.sourcesNew = false
+	names := make([]string, 0, len(e.sources))
+	for name := range e.sources {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		all.Merge(e.sources[name])
+	}
+	e.status.Rules = all.Rules()
+	e.mu.Unlock()
+	e.apply(e.engine.SetPolicies(all))
 }
 
 // step gives the engine what changed, writes the result and reconciles the
@@ -177,8 +228,11 @@ func (e *Enforcer) step() {
 	e.mu.Lock()
 	pending := e.pending
 	e.pending = map[uint32]wire.Labels{}
-	local := e.local
+	local, sourcesNew := e.local, e.sourcesNew
 	e.mu.Unlock()
+	if sourcesNew {
+		e.setPolicies()
+	}
 
 	var changes []policy.Change
 	for id, ls := range pending {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/policy"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -270,4 +271,38 @@ func TestEnforcerMissingPolicyDirSaysWhatToDo(t *testing.T) {
 	if _, err := New(Config{ClusterName: "east", Policy: dp}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "--node-name") {
 		t.Errorf("no node name: %v", err)
 	}
+}
+
+func TestEnforcerMergesOtherSources(t *testing.T) {
+	f := start(t)
+	close(f.ready)
+	f.writePolicy(t, "checkout.yaml", checkoutPolicy)
+	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))
+	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
+	f.e.UpsertIdentity("north", northFront, podLabels("north", "frontend"))
+	testenv.WaitFor(t, 5*time.Second, "directory policy", func() bool { return f.hasKey(allow(eastCheckout, eastFrontend)) })
+
+	// A Kubernetes NetworkPolicy lets north's frontends in on 9090 too.
+	np := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-north, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: north}}}]
+    ports: [{port: 9090, protocol: TCP}]
+`
+	c, err := policy.Parse(f.e.PolicyOptions(), "kubernetes networkpolicy shop/from-north", []byte(np))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromNorth := datapath.PolicyKey{Endpoint: eastCheckout, Peer: northFront, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 9090, EndPort: 9090}
+	f.e.SetPolicies("kubernetes", c)
+	testenv.WaitFor(t, 5*time.Second, "both sources enforced", func() bool {
+		return f.hasKey(fromNorth) && f.hasKey(allow(eastCheckout, eastFrontend)) && f.e.Status().Rules == 2
+	})
+	f.e.SetPolicies("kubernetes", nil)
+	testenv.WaitFor(t, 5*time.Second, "source removed, directory kept", func() bool {
+		return !f.hasKey(fromNorth) && f.hasKey(allow(eastCheckout, eastFrontend)) && f.e.Status().Rules == 1
+	})
 }
