@@ -4,18 +4,21 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/k8ssource"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/statesource"
 )
 
 func newAPIServerCmd() *cobra.Command {
 	var cfg meshapiserver.Config
-	var certDir, stateFile, stateDir, peers, metricsAddr, nodeKeysDir, stateSource, kubeconfig string
+	var certDir, stateFile, stateDir, peers, metricsAddr, nodeKeysDir, stateSource, kubeconfig, kubeContext, namespace, trustedCADir string
 	cmd := &cobra.Command{
 		Use:   "apiserver --cluster-name NAME --cluster-id ID --cert-dir DIR --state-file FILE",
 		Short: "Run a cluster's mesh apiserver (embedded etcd behind mutual TLS)",
@@ -26,7 +29,14 @@ re-read when it changes), and lets each --peer read them, read-only.
 
 The etcd is ephemeral: its content is re-derived from the state on every start,
 so it runs without fsync in a temporary directory. Only identity numbers are
-kept, in --state-dir, so that they survive restarts.
+kept, so that they survive restarts: in --state-dir, or with
+--state-source=kubernetes in the configmap clustermesh-identities of
+--namespace (the role 'clustermesh enable' creates allows it).
+
+With --trusted-ca-dir, client certificates of the CAs in that directory (one
+PEM file each) are accepted besides the mesh CA's: peers with another CA,
+connected with 'clustermesh connect --allow-mismatching-ca'. Whoever holds
+such a CA's key can then connect as any user, admin included (SECURITY.md).
 
 --cert-dir is a bundle from 'clustermesh ca issue --cluster NAME'.
 
@@ -39,6 +49,14 @@ key.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b := ca.Bundle{Dir: certDir, Cluster: cfg.ClusterName}
 			cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile = b.ServerCert(), b.ServerKey(), b.CAFile()
+			if trustedCADir != "" {
+				bundle, err := trustBundle(b.CAFile(), trustedCADir)
+				if err != nil {
+					return err
+				}
+				defer os.Remove(bundle)
+				cfg.CAFile = bundle
+			}
 			cfg.AdminCertFile, cfg.AdminKeyFile = b.AdminCert(), b.AdminKey()
 			cfg.Peers = splitList(peers)
 			switch stateSource {
@@ -48,11 +66,15 @@ key.`,
 				}
 				cfg.Source = &statesource.File{Path: stateFile, NodeKeysDir: nodeKeysDir, Logger: slog.Default()}
 			case "kubernetes":
-				src, err := newKubeStateSource(kubeconfig, "", slog.Default())
-				if err != nil {
-					return err
+				if stateDir != "" {
+					return fmt.Errorf("--state-dir with --state-source=kubernetes: identities are kept in the configmap %s/%s: drop --state-dir", kubeNamespace(namespace), identitiesConfigMap)
 				}
-				cfg.Source = src
+				client, err := newKubeClient(kubeconfig, kubeContext)
+				if err != nil {
+					return fmt.Errorf("kubernetes state source: %w", err)
+				}
+				cfg.Source = &k8ssource.Source{Client: client, Logger: slog.Default()}
+				cfg.IdentityStore = &k8ssource.IdentityStore{Client: client, Namespace: kubeNamespace(namespace), Name: identitiesConfigMap}
 			default:
 				return fmt.Errorf("--state-source %q: want file or kubernetes", stateSource)
 			}
@@ -90,8 +112,11 @@ key.`,
 	f.StringVar(&stateFile, "state-file", "", "YAML file with the cluster's nodes, endpoints and services (see docs/state-file.md)")
 	f.StringVar(&nodeKeysDir, "node-keys-dir", "", "directory of the nodes' WireGuard public keys, <node>.pub each, written by the agents (their --node-keys-dir): a node without wireguardPubKey in the state file is published with its key")
 	f.StringVar(&stateSource, "state-source", "file", "where the cluster's state comes from: file (--state-file) or kubernetes (its API server: in a pod, the service account; else --kubeconfig)")
-	f.StringVar(&kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with (its current context)")
-	f.StringVar(&stateDir, "state-dir", "", "directory where identity numbers are kept across restarts (empty: in memory only)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with")
+	f.StringVar(&kubeContext, "context", "", "with --kubeconfig: its context to use (default: the current one)")
+	f.StringVar(&namespace, "namespace", "", "with --state-source=kubernetes: namespace of the configmap "+identitiesConfigMap+" that keeps identity numbers (default: the pod's, else "+defaultKubeNamespace+")")
+	f.StringVar(&stateDir, "state-dir", "", "with --state-source=file: directory where identity numbers are kept across restarts (empty: in memory only)")
+	f.StringVar(&trustedCADir, "trusted-ca-dir", "", "directory of further CA certificates (PEM, one file each) whose client certificates are accepted: peers with another mesh CA (connect --allow-mismatching-ca)")
 	f.StringVar(&peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
 	f.StringVar(&metricsAddr, "metrics-addr", ":9963", "host:port to serve Prometheus /metrics on (\"\" disables)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: a temporary directory removed on exit)")
@@ -101,4 +126,48 @@ key.`,
 		cmd.MarkFlagRequired(r)
 	}
 	return cmd
+}
+
+// identitiesConfigMap keeps the apiserver's identity numbers with
+// --state-source=kubernetes.
+const identitiesConfigMap = "clustermesh-identities"
+
+// trustBundle writes the mesh CA (caFile) and every CA certificate in dir
+// (files whose names do not start with a dot: a mounted ConfigMap's own
+// entries do) into one temporary PEM file and returns its path.
+func trustBundle(caFile, dir string) (string, error) {
+	files := []string{caFile}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("--trusted-ca-dir: %w", err)
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			files = append(files, filepath.Join(dir, e.Name()))
+		}
+	}
+	var bundle []byte
+	for _, f := range files {
+		if fi, err := os.Stat(f); err != nil || fi.IsDir() {
+			continue
+		}
+		if _, err := ca.LoadPool(f); err != nil {
+			return "", fmt.Errorf("trusted CAs: %w", err)
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("trusted CAs: %w", err)
+		}
+		bundle = append(append(bundle, b...), '\n')
+	}
+	tmp, err := os.CreateTemp("", "clustermesh-trusted-cas-*.crt")
+	if err != nil {
+		return "", fmt.Errorf("trusted CAs: %w", err)
+	}
+	defer tmp.Close()
+	if _, err := tmp.Write(bundle); err != nil {
+		os.Remove(tmp.Name())
+		return "", fmt.Errorf("trusted CAs: %w", err)
+	}
+	return tmp.Name(), nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -161,6 +162,16 @@ func certsHash(secrets ...*corev1.Secret) string {
 	for _, s := range secrets {
 		h.Write(s.Data[corev1.TLSCertKey])
 		h.Write(s.Data["ca.crt"])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// trustedCAsHash fingerprints the trusted peer CAs (peer → PEM).
+func trustedCAsHash(cas map[string]string) string {
+	h := sha256.New()
+	for _, k := range slices.Sorted(maps.Keys(cas)) {
+		h.Write([]byte(k))
+		h.Write([]byte(cas[k]))
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }

@@ -49,6 +49,8 @@ namespace --namespace it creates, or keeps when they are already right:
                                              read their peers with it
   configmap/clustermesh-config               cluster name, id and mesh size
   serviceaccount, clusterrole(binding)       read access for the Kubernetes state source
+  role(binding)                              the apiserver keeps its identity numbers
+                                             in configmap/clustermesh-identities
   deployment/clustermesh-apiserver           'clustermesh apiserver --state-source=kubernetes'
   service/clustermesh-apiserver              LoadBalancer (default) or NodePort, port 2379
 
@@ -145,6 +147,10 @@ func runEnable(ctx context.Context, kf *kubeFlags, o enableOptions, out, errOut 
 	} else if !apierrors.IsNotFound(err) {
 		return fmt.Errorf("context %s: read configmap %s/%s: %w", t.Context, ns, meshConfigName, err)
 	}
+	trusted, err := trustedCAs(ctx, t, ns)
+	if err != nil {
+		return err
+	}
 
 	// The mesh CA: given, from another cluster, already here, or new.
 	var mesh *meshCA
@@ -186,7 +192,7 @@ func runEnable(ctx context.Context, kf *kubeFlags, o enableOptions, out, errOut 
 	}
 
 	c := meshCluster{Namespace: ns, Name: o.ClusterName, ID: o.ClusterID, MaxConnected: o.MaxConnected,
-		ServiceType: svcType, Image: o.Image, Peers: peers}
+		ServiceType: svcType, Image: o.Image, Peers: peers, TrustedCAs: trusted}
 	// The namespace and the Service come first (unless this is a dry run),
 	// so that the server certificate names the service's cluster IP and
 	// node port addresses from the start.
@@ -231,7 +237,7 @@ func runEnable(ctx context.Context, kf *kubeFlags, o enableOptions, out, errOut 
 	}
 
 	objs := []runtime.Object{
-		serviceAccountObject(c), clusterRoleObject(c), clusterRoleBindingObject(c),
+		serviceAccountObject(c), clusterRoleObject(c), clusterRoleBindingObject(c), roleObject(c), roleBindingObject(c),
 		caSecretObject(ns, mesh.CertPEM, mesh.KeyPEM),
 	}
 	for _, s := range certSecrets {
@@ -315,7 +321,9 @@ func newDisableCmd() *cobra.Command {
 		Use:   "disable --context C",
 		Short: "Remove the mesh apiserver from a Kubernetes cluster",
 		Long: `Remove what 'clustermesh enable' created: the Deployment, the Service, the
-certificate secrets, the config, the service account and its role. The mesh CA
+certificate secrets, the config, the service account and its roles, and what
+the apiserver and connect wrote: the identity numbers (configmap
+clustermesh-identities), the remotes and the trusted peer CAs. The mesh CA
 secret stays (other clusters of the mesh share it) unless --delete-ca; the
 namespace stays.
 
@@ -343,9 +351,10 @@ it): run 'clustermesh disconnect' first, or pass --force.`,
 			c := meshCluster{Namespace: ns}
 			objs := []runtime.Object{
 				deploymentObject(c, ""), serviceObject(c), meshConfigObject(c),
+				configMapObject(identitiesConfigMap, ns), configMapObject(trustedCAsName, ns),
 				tlsSecret(serverSecretName, ns, nil, nil, nil), tlsSecret(adminSecretName, ns, nil, nil, nil),
 				tlsSecret(remoteSecretName, ns, nil, nil, nil), tlsSecret(remotesSecretName, ns, nil, nil, nil),
-				clusterRoleBindingObject(c), clusterRoleObject(c), serviceAccountObject(c),
+				clusterRoleBindingObject(c), clusterRoleObject(c), roleBindingObject(c), roleObject(c), serviceAccountObject(c),
 			}
 			if deleteCA {
 				objs = append(objs, caSecretObject(ns, nil, nil))
@@ -368,4 +377,17 @@ it): run 'clustermesh disconnect' first, or pass --force.`,
 	f.BoolVar(&deleteCA, "delete-ca", false, "also delete the mesh CA secret")
 	f.BoolVar(&force, "force", false, "disable even while connected to peers")
 	return cmd
+}
+
+// trustedCAs reads the peers' CAs the apiserver accepts (peer → PEM), nil
+// when there are none.
+func trustedCAs(ctx context.Context, t *kubeTarget, ns string) (map[string]string, error) {
+	cm, err := t.Client.CoreV1().ConfigMaps(ns).Get(ctx, trustedCAsName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("context %s: read configmap %s/%s: %w", t.Context, ns, trustedCAsName, err)
+	}
+	return cm.Data, nil
 }

@@ -23,8 +23,9 @@ const (
 	serverSecretName     = "clustermesh-apiserver-server-cert"
 	adminSecretName      = "clustermesh-apiserver-admin-cert"
 	remoteSecretName     = "clustermesh-apiserver-remote-cert"
-	meshConfigName       = "clustermesh-config"  // ConfigMap: the cluster's name, id and mesh size
-	remotesSecretName    = "clustermesh-remotes" // the agents' remote configs, written by connect
+	meshConfigName       = "clustermesh-config"      // ConfigMap: the cluster's name, id and mesh size
+	remotesSecretName    = "clustermesh-remotes"     // the agents' remote configs, written by connect
+	trustedCAsName       = "clustermesh-trusted-cas" // ConfigMap: peers' CAs the apiserver accepts (connect --allow-mismatching-ca)
 	apiserverPort        = 2379
 	metricsPort          = 9963
 	fieldManager         = "clustermesh"
@@ -39,9 +40,11 @@ const (
 	// certsHashAnnotation on the pod template rolls the Deployment when its
 	// certificates change.
 	certsHashAnnotation = "clustermesh.io/certs-sha256"
+	// trustedCAsHashAnnotation does the same for the trusted peer CAs.
+	trustedCAsHashAnnotation = "clustermesh.io/trusted-cas-sha256"
 
-	certDir  = "/var/lib/clustermesh/certs"
-	stateDir = "/var/lib/clustermesh/state"
+	certDir       = "/var/lib/clustermesh/certs"
+	trustedCAsDir = "/var/lib/clustermesh/trusted-cas"
 )
 
 // meshCluster is what enable configures: one cluster's mesh apiserver.
@@ -53,6 +56,10 @@ type meshCluster struct {
 	ServiceType  corev1.ServiceType
 	Image        string
 	Peers        []string
+	// TrustedCAs are the peers' CAs of configmap clustermesh-trusted-cas
+	// (peer name → PEM); the pod template carries their hash, so that a
+	// change restarts the apiserver.
+	TrustedCAs map[string]string
 }
 
 func commonLabels() map[string]string {
@@ -119,6 +126,29 @@ func clusterRoleObject(c meshCluster) *rbacv1.ClusterRole {
 	}
 }
 
+// roleObject lets the apiserver keep its identity numbers in the configmap
+// clustermesh-identities of its namespace.
+func roleObject(c meshCluster) *rbacv1.Role {
+	return &rbacv1.Role{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "Role"},
+		ObjectMeta: meta(apiserverName, c.Namespace),
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{identitiesConfigMap}, Verbs: []string{"get", "update"}},
+			// create cannot be limited to a name.
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"create"}},
+		},
+	}
+}
+
+func roleBindingObject(c meshCluster) *rbacv1.RoleBinding {
+	return &rbacv1.RoleBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
+		ObjectMeta: meta(apiserverName, c.Namespace),
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: apiserverName},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: apiserverName, Namespace: c.Namespace}},
+	}
+}
+
 func clusterRoleBindingObject(c meshCluster) *rbacv1.ClusterRoleBinding {
 	return &rbacv1.ClusterRoleBinding{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRoleBinding"},
@@ -137,7 +167,8 @@ func apiserverArgs(c meshCluster) []string {
 		"--max-connected-clusters=" + strconv.FormatUint(uint64(c.MaxConnected), 10),
 		"--cert-dir=" + certDir,
 		"--state-source=kubernetes",
-		"--state-dir=" + stateDir,
+		"--namespace=" + c.Namespace,
+		"--trusted-ca-dir=" + trustedCAsDir,
 		fmt.Sprintf("--listen=0.0.0.0:%d", apiserverPort),
 		fmt.Sprintf("--metrics-addr=:%d", metricsPort),
 	}
@@ -149,7 +180,11 @@ func apiserverArgs(c meshCluster) []string {
 
 func deploymentObject(c meshCluster, certsHash string) *appsv1.Deployment {
 	one := int32(1)
-	readOnly := true
+	readOnly, optional := true, true
+	annotations := map[string]string{certsHashAnnotation: certsHash}
+	if len(c.TrustedCAs) > 0 {
+		annotations[trustedCAsHashAnnotation] = trustedCAsHash(c.TrustedCAs)
+	}
 	return &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: meta(apiserverName, c.Namespace),
@@ -161,7 +196,7 @@ func deploymentObject(c meshCluster, certsHash string) *appsv1.Deployment {
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{
 					Labels:      apiserverLabels(),
-					Annotations: map[string]string{certsHashAnnotation: certsHash},
+					Annotations: annotations,
 				},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: apiserverName,
@@ -178,7 +213,7 @@ func deploymentObject(c meshCluster, certsHash string) *appsv1.Deployment {
 						}},
 						VolumeMounts: []corev1.VolumeMount{
 							{Name: "certs", MountPath: certDir, ReadOnly: readOnly},
-							{Name: "state", MountPath: stateDir},
+							{Name: "trusted-cas", MountPath: trustedCAsDir, ReadOnly: readOnly},
 						},
 					}},
 					Volumes: []corev1.Volume{
@@ -201,7 +236,9 @@ func deploymentObject(c meshCluster, certsHash string) *appsv1.Deployment {
 								}},
 							},
 						}}},
-						{Name: "state", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+						{Name: "trusted-cas", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+							LocalObjectReference: corev1.LocalObjectReference{Name: trustedCAsName}, Optional: &optional,
+						}}},
 					},
 				},
 			},
@@ -237,6 +274,11 @@ func tlsSecret(name, ns string, certPEM, keyPEM, caPEM []byte) *corev1.Secret {
 	}
 }
 
+// configMapObject names a ConfigMap (for disable).
+func configMapObject(name, ns string) *corev1.ConfigMap {
+	return &corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"}, ObjectMeta: meta(name, ns)}
+}
+
 func caSecretObject(ns string, certPEM, keyPEM []byte) *corev1.Secret {
 	return &corev1.Secret{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
@@ -263,6 +305,10 @@ func resourceOf(obj runtime.Object) (schema.GroupVersionResource, bool, error) {
 		return appsv1.SchemeGroupVersion.WithResource("deployments"), true, nil
 	case *appsv1.DaemonSet:
 		return appsv1.SchemeGroupVersion.WithResource("daemonsets"), true, nil
+	case *rbacv1.Role:
+		return rbacv1.SchemeGroupVersion.WithResource("roles"), true, nil
+	case *rbacv1.RoleBinding:
+		return rbacv1.SchemeGroupVersion.WithResource("rolebindings"), true, nil
 	case *rbacv1.ClusterRole:
 		return rbacv1.SchemeGroupVersion.WithResource("clusterroles"), false, nil
 	case *rbacv1.ClusterRoleBinding:

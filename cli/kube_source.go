@@ -3,6 +3,8 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -11,28 +13,48 @@ import (
 	"github.com/clustermesh/clustermesh/statesource"
 )
 
-// newKubeStateSource returns the Kubernetes state source (k8ssource) of
-// 'clustermesh apiserver --state-source=kubernetes' (and of an agent's local
-// services): in a pod, the in-cluster config and its service account (the
-// role enable creates); outside, --kubeconfig and --context.
-func newKubeStateSource(kubeconfig, context string, log *slog.Logger) (statesource.Source, error) {
+// newKubeClient returns a client for the cluster a mesh component runs in:
+// in a pod, the in-cluster config and its service account (the role enable
+// or manifests creates); outside, kubeconfig and context.
+func newKubeClient(kubeconfig, context string) (kubernetes.Interface, error) {
 	var cfg *rest.Config
 	if kubeconfig == "" && context == "" {
 		c, err := rest.InClusterConfig()
 		if err != nil {
-			return nil, fmt.Errorf("kubernetes state source: not in a pod (%w): pass --kubeconfig", err)
+			return nil, fmt.Errorf("not in a pod (%w): pass --kubeconfig", err)
 		}
 		cfg = c
 	} else {
 		t, err := (&kubeFlags{kubeconfig: kubeconfig}).target(context)
 		if err != nil {
-			return nil, fmt.Errorf("kubernetes state source: %w", err)
+			return nil, err
 		}
 		cfg = t.Config
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	return kubernetes.NewForConfig(cfg)
+}
+
+// newKubeStateSource returns the Kubernetes state source (k8ssource) of
+// 'clustermesh apiserver --state-source=kubernetes' (and of an agent's local
+// services), with newKubeClient's client.
+func newKubeStateSource(kubeconfig, context string, log *slog.Logger) (statesource.Source, error) {
+	cs, err := newKubeClient(kubeconfig, context)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes state source: %w", err)
 	}
 	return &k8ssource.Source{Client: cs, Logger: log}, nil
+}
+
+// serviceAccountNamespaceFile holds a pod's namespace.
+const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// kubeNamespace is flag, else the pod's namespace, else the default one.
+func kubeNamespace(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil && strings.TrimSpace(string(b)) != "" {
+		return strings.TrimSpace(string(b))
+	}
+	return defaultKubeNamespace
 }

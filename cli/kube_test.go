@@ -75,6 +75,12 @@ func versions(t *testing.T, c *kubetest.Cluster, ns string) map[string]string {
 			add("deployment", &l.Items[i])
 		}
 	}
+	if r, err := c.Client.RbacV1().Roles(ns).Get(ctx, apiserverName, metav1.GetOptions{}); err == nil {
+		add("role", r)
+	}
+	if r, err := c.Client.RbacV1().RoleBindings(ns).Get(ctx, apiserverName, metav1.GetOptions{}); err == nil {
+		add("rolebinding", r)
+	}
 	if r, err := c.Client.RbacV1().ClusterRoles().Get(ctx, clusterRoleName(ns), metav1.GetOptions{}); err == nil {
 		add("clusterrole", r)
 	}
@@ -135,13 +141,14 @@ func TestK8sEnableDisable(t *testing.T) {
 
 	// enable creates everything.
 	out = kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
-	if got := strings.Count(out, " created"); got != 11 {
-		t.Errorf("enable: %d objects created, want 11:\n%s", got, out)
+	if got := strings.Count(out, " created"); got != 13 {
+		t.Errorf("enable: %d objects created, want 13:\n%s", got, out)
 	}
 	first := versions(t, east, ns)
 	for _, want := range []string{"secret/" + caSecretName, "secret/" + serverSecretName, "secret/" + adminSecretName, "secret/" + remoteSecretName,
 		"configmap/" + meshConfigName, "service/" + apiserverName, "deployment/" + apiserverName, "serviceaccount/" + apiserverName,
-		"clusterrole/" + apiserverName + "-" + ns, "clusterrolebinding/" + apiserverName + "-" + ns} {
+		"clusterrole/" + apiserverName + "-" + ns, "clusterrolebinding/" + apiserverName + "-" + ns,
+		"role/" + apiserverName, "rolebinding/" + apiserverName} {
 		if _, ok := first[want]; !ok {
 			t.Errorf("enable did not create %s (have %v)", want, first)
 		}
@@ -176,8 +183,8 @@ func TestK8sEnableDisable(t *testing.T) {
 	// The same again: nothing changes.
 	second := versions(t, east, ns)
 	out = kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
-	if got := strings.Count(out, " unchanged"); got != 11 {
-		t.Errorf("second enable: %d objects unchanged, want 11:\n%s", got, out)
+	if got := strings.Count(out, " unchanged"); got != 13 {
+		t.Errorf("second enable: %d objects unchanged, want 13:\n%s", got, out)
 	}
 	if third := versions(t, east, ns); !maps.Equal(second, third) {
 		t.Errorf("enable again changed objects:\nbefore %v\nafter  %v", second, third)
@@ -238,8 +245,8 @@ func TestK8sEnableDisable(t *testing.T) {
 
 	// disable removes all but the CA, and is idempotent.
 	out = kubeRun(t, env, "disable", "--context", "east")
-	if got := strings.Count(out, " deleted"); got != 9 {
-		t.Errorf("disable: %d deleted, want 9:\n%s", got, out)
+	if got := strings.Count(out, " deleted"); got != 11 {
+		t.Errorf("disable: %d deleted, want 11:\n%s", got, out)
 	}
 	if left := versions(t, east, ns); len(left) != 1 || left["secret/"+caSecretName] == "" {
 		// The API server may leave the service account's token-less
