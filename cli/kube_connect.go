@@ -8,24 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
-	"sigs.k8s.io/yaml"
-
-	"github.com/clustermesh/clustermesh/agentsync"
-	"github.com/clustermesh/clustermesh/wire"
 )
 
 // Keys of the remotes secret besides one config per remote cluster. They
@@ -57,6 +49,7 @@ type meshMember struct {
 	remotes   map[string][]byte
 	caPEM     []byte
 	ca        *x509.Certificate
+	caSecret  *corev1.Secret
 	remote    *corev1.Secret // remote-<name>: its agents read peers with it
 	server    *x509.Certificate
 	endpoint  string // https://host:port, "" when unknown
@@ -64,6 +57,17 @@ type meshMember struct {
 	podCIDRs  []owned[netip.Prefix]
 	nodeIPs   []owned[netip.Addr]
 	configMap *corev1.ConfigMap
+	// trustedCAs: peer CAs (trustedCAKey → PEM) its apiserver accepts.
+	trustedCAs map[string]string
+
+	// Set by preflight when the server certificate does not name the
+	// address peers dial: connect re-issues it for reissueHost with mesh.
+	reissueHost string
+	mesh        *meshCA
+	// Set by the writes: the new server certificate, and why the apiserver
+	// must restart (applyAPIServer).
+	serverSecret *corev1.Secret
+	changes      []string
 }
 
 // owned is an address or prefix and the node it belongs to.
@@ -97,7 +101,7 @@ func loadMember(ctx context.Context, t *kubeTarget, ns, override string) (*meshM
 	if err != nil {
 		return nil, fmt.Errorf("context %s: the mesh CA: %w: run clustermesh enable --context %s again", t.Context, err, t.Context)
 	}
-	m.caPEM = caSecret.Data["ca.crt"]
+	m.caSecret, m.caPEM = caSecret, caSecret.Data["ca.crt"]
 	if m.ca, err = parseCert(m.caPEM); err != nil {
 		return nil, fmt.Errorf("context %s: secret %s/%s: %w", t.Context, ns, caSecretName, err)
 	}
@@ -110,6 +114,9 @@ func loadMember(ctx context.Context, t *kubeTarget, ns, override string) (*meshM
 	}
 	if m.server, err = parseCert(server.Data[corev1.TLSCertKey]); err != nil {
 		return nil, fmt.Errorf("context %s: secret %s/%s: %w", t.Context, ns, serverSecretName, err)
+	}
+	if m.trustedCAs, err = trustedCAs(ctx, t, ns); err != nil {
+		return nil, err
 	}
 	if rs, err := core.Secrets(ns).Get(ctx, remotesSecretName, metav1.GetOptions{}); err == nil {
 		m.remotes = rs.Data
@@ -225,9 +232,17 @@ func links(mode string, src *meshMember, dests []*meshMember) ([]link, error) {
 	return out, nil
 }
 
+// sameMeshCA reports whether two members have one CA.
+func sameMeshCA(a, b *meshMember) bool {
+	return bytes.Equal(a.ca.SubjectKeyId, b.ca.SubjectKeyId) && sameCA(a.ca, b.ca)
+}
+
 // preflight checks every pair of members and every link, and returns every
-// problem at once, each with what to do about it.
-func preflight(members []*meshMember, ls []link) error {
+// problem at once, each with what to do about it. Different CAs are a
+// problem unless allowMismatchingCA. A server certificate that does not name
+// the address its peers dial is not: preflight loads the CA to re-issue it
+// (reissueHost), and reports a CA it cannot load.
+func preflight(members []*meshMember, ls []link, allowMismatchingCA bool) error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	for i, a := range members {
@@ -245,8 +260,8 @@ func preflight(members []*meshMember, ls []link) error {
 			if a.max != b.max {
 				bad("cluster %s has max-connected-clusters %d and %s %d: every cluster of a mesh needs the same (clustermesh enable --max-connected-clusters)", a.name, a.max, b.name, b.max)
 			}
-			if !bytes.Equal(a.ca.SubjectKeyId, b.ca.SubjectKeyId) || !sameCA(a.ca, b.ca) {
-				bad("clusters %s and %s have different mesh CAs (subject key ids %x and %x): every cluster of a mesh needs the same CA: run clustermesh disable --delete-ca --context %s, then clustermesh enable --context %s --ca-from-context %s",
+			if !sameMeshCA(a, b) && !allowMismatchingCA {
+				bad("clusters %s and %s have different mesh CAs (subject key ids %x and %x): every cluster of a mesh needs the same CA: run clustermesh disable --delete-ca --context %s, then clustermesh enable --context %s --ca-from-context %s; or, to keep both CAs, pass --allow-mismatching-ca (each apiserver then trusts the other's CA: see SECURITY.md)",
 					a.name, b.name, a.ca.SubjectKeyId, b.ca.SubjectKeyId, b.t.Context, b.t.Context, a.t.Context)
 			}
 			errs = append(errs, overlaps(a, b)...)
@@ -263,10 +278,20 @@ func preflight(members []*meshMember, ls []link) error {
 			bad("cluster %s: endpoint %q: want https://HOST:PORT", t.name, t.endpoint)
 			continue
 		}
-		if err := t.server.VerifyHostname(u.Hostname()); err != nil {
-			bad("cluster %s: its apiserver's server certificate does not name %s, the address its peers dial: run clustermesh enable --context %s again (it adds the service's current addresses), or with --server-ip/--server-dns %s",
-				t.name, u.Hostname(), t.t.Context, u.Hostname())
+		if t.server.VerifyHostname(u.Hostname()) == nil || t.reissueHost == u.Hostname() {
+			continue
 		}
+		if t.reissueHost != "" {
+			bad("cluster %s: endpoints %s and %s: give it one endpoint", t.name, t.reissueHost, u.Hostname())
+			continue
+		}
+		mesh, err := caFromSecret(t.caSecret, "context "+t.t.Context)
+		if err != nil {
+			bad("cluster %s: its apiserver's server certificate does not name %s, the address its peers dial, and it cannot be re-issued: %v: run clustermesh enable --context %s --server-ip/--server-dns %s",
+				t.name, u.Hostname(), err, t.t.Context, u.Hostname())
+			continue
+		}
+		t.reissueHost, t.mesh = u.Hostname(), mesh
 	}
 	return errors.Join(errs...)
 }
@@ -304,130 +329,6 @@ func overlaps(a, b *meshMember) []error {
 	return errs
 }
 
-// remoteConfig is the etcd client config reader's agents use for target.
-func remoteConfig(target *meshMember) []byte {
-	b, _ := yaml.Marshal(agentsync.RemoteConfig{
-		Endpoints: []string{target.endpoint}, TrustedCAFile: remotesCAKey, CertFile: remotesCertKey, KeyFile: remotesKeyKey,
-	})
-	return b
-}
-
-// setRemote adds (cfg non-nil) or removes the config of remote in m's
-// remotes secret; it prints what changed.
-func setRemote(ctx context.Context, m *meshMember, remote string, cfg []byte, out io.Writer) error {
-	secrets := m.t.Client.CoreV1().Secrets(m.ns)
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		s, err := secrets.Get(ctx, remotesSecretName, metav1.GetOptions{})
-		create := apierrors.IsNotFound(err)
-		switch {
-		case create && cfg == nil:
-			return nil
-		case create:
-			s = &corev1.Secret{ObjectMeta: meta(remotesSecretName, m.ns), Type: corev1.SecretTypeOpaque}
-		case err != nil:
-			return err
-		}
-		want := map[string][]byte{}
-		for k, v := range s.Data {
-			want[k] = v
-		}
-		if cfg == nil {
-			delete(want, remote)
-		} else {
-			want[remote] = cfg
-			want[remotesCAKey] = m.caPEM
-			want[remotesCertKey] = m.remote.Data[corev1.TLSCertKey]
-			want[remotesKeyKey] = m.remote.Data[corev1.TLSPrivateKeyKey]
-		}
-		if !create && maps.EqualFunc(s.Data, want, bytes.Equal) {
-			return nil
-		}
-		s.Data = want
-		if create {
-			_, err = secrets.Create(ctx, s, metav1.CreateOptions{FieldManager: fieldManager})
-		} else {
-			_, err = secrets.Update(ctx, s, metav1.UpdateOptions{FieldManager: fieldManager})
-		}
-		if err == nil {
-			what := "reads " + remote
-			if cfg == nil {
-				what = "no longer reads " + remote
-			}
-			fmt.Fprintf(out, "cluster %s: secret %s/%s: %s\n", m.name, m.ns, remotesSecretName, what)
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("context %s: secret %s/%s: %w", m.t.Context, m.ns, remotesSecretName, err)
-	}
-	if cfg == nil {
-		delete(m.remotes, remote)
-	} else {
-		if m.remotes == nil {
-			m.remotes = map[string][]byte{}
-		}
-		m.remotes[remote] = cfg
-	}
-	return nil
-}
-
-// setPeer allows (add) or stops allowing peer to read m: the config map's
-// peers and the apiserver's --peer, which restarts it.
-func setPeer(ctx context.Context, m *meshMember, peer string, add bool, out io.Writer) error {
-	peers := slices.DeleteFunc(slices.Clone(m.peers), func(p string) bool { return p == peer })
-	if add {
-		peers = append(peers, peer)
-	}
-	slices.Sort(peers)
-	if slices.Equal(peers, m.peers) {
-		return nil
-	}
-	a, err := newApplier(m.t, out)
-	if err != nil {
-		return err
-	}
-	a.prefix = "cluster " + m.name + ": "
-	// The peers key has its own field manager: enable's apply of the
-	// config map (which leaves it out) neither removes nor conflicts with it.
-	cm := &corev1.ConfigMap{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
-		ObjectMeta: metav1.ObjectMeta{Name: meshConfigName, Namespace: m.ns},
-		Data:       map[string]string{cfgPeers: strings.Join(peers, ",")},
-	}
-	if err := a.applyAs(ctx, cm, peersFieldManager); err != nil {
-		return fmt.Errorf("context %s: %w", m.t.Context, err)
-	}
-	// The Deployment as enable made it, with the new peers.
-	d, err := m.t.Client.AppsV1().Deployments(m.ns).Get(ctx, apiserverName, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("context %s: deployment %s/%s: %w: run clustermesh enable --context %s again", m.t.Context, m.ns, apiserverName, err, m.t.Context)
-	}
-	c := meshCluster{Namespace: m.ns, Name: m.name, ID: m.id, MaxConnected: m.max, Image: defaultImage,
-		ServiceType: corev1.ServiceType(m.configMap.Data[cfgServiceType]), Peers: peers}
-	for _, ct := range d.Spec.Template.Spec.Containers {
-		if ct.Name == "apiserver" {
-			c.Image = ct.Image
-		}
-	}
-	if err := a.apply(ctx, deploymentObject(c, d.Spec.Template.Annotations[certsHashAnnotation])); err != nil {
-		return fmt.Errorf("context %s: %w", m.t.Context, err)
-	}
-	m.peers = peers
-	what := "allows " + peer + " to read it"
-	if !add {
-		what = "no longer allows " + peer
-	}
-	fmt.Fprintf(out, "cluster %s: apiserver %s (peers: %s)\n", m.name, what, orNone(peers))
-	return nil
-}
-
-func orNone(s []string) string {
-	if len(s) == 0 {
-		return "none"
-	}
-	return strings.Join(s, ", ")
-}
-
 type connectOptions struct {
 	Context      string
 	Destinations []string
@@ -435,6 +336,10 @@ type connectOptions struct {
 	Mode         string
 	DestEndpoint []string
 	SrcEndpoint  string
+	// AllowMismatchingCA connects clusters of different CAs: each apiserver
+	// trusts the CA of the clusters that read it, each agent the CA of the
+	// cluster it reads.
+	AllowMismatchingCA bool
 }
 
 func newConnectCmd() *cobra.Command {
@@ -447,22 +352,38 @@ func newConnectCmd() *cobra.Command {
 anything is written; each failure says how to fix it:
 
   - names and cluster ids differ, max-connected-clusters is the same;
-  - the same mesh CA;
+  - the same mesh CA (unless --allow-mismatching-ca);
   - pod CIDRs and node IPs do not overlap between the clusters;
   - each apiserver that is read has a known endpoint (its LoadBalancer address,
-    or a node IP and the node port, or --destination-endpoint/--source-endpoint)
-    that its server certificate names.
+    or a node IP and the node port, or --destination-endpoint/--source-endpoint).
 
 Then, for each direction "X reads Y": X's secret clustermesh-remotes gets the
 etcd client config for Y (the agents' config directory: one file per remote,
 with X's remote certificate), and Y's apiserver lets remote-X read (its
-configmap's peers and the Deployment's --peer, which restarts it).
+configmap's peers and the Deployment's --peer).
 
   --connection-mode bidirectional   A and each destination read each other (default)
   --connection-mode unicast         A reads each destination
   --connection-mode mesh            every cluster given reads every other
 
-Connecting again changes nothing.`,
+When Y's server certificate does not name the endpoint X's agents dial (the
+LoadBalancer address, the node IP, or the host of --destination-endpoint),
+connect re-issues it from Y's CA with that address added (secret
+clustermesh-apiserver-server-cert), so that the agents can verify Y's
+apiserver by it.
+
+--allow-mismatching-ca connects clusters whose CAs differ instead of refusing:
+Y's apiserver also accepts client certificates of X's CA (configmap
+clustermesh-trusted-cas, read with --trusted-ca-dir), and X's agents verify
+Y's apiserver with Y's CA (a key .ca-Y.crt beside Y's config). Whoever holds
+X's CA key can then connect to Y's apiserver as any user: use it only between
+CAs trusted alike, for example while moving clusters to one CA (SECURITY.md).
+
+The apiserver reads its peers, trusted CAs and certificates when it starts:
+every change above updates its Deployment, which restarts the pod (connect
+says so). Connecting again changes nothing.
+
+`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runConnect(cmd.Context(), &kf, o, cmd.OutOrStdout())
@@ -476,6 +397,7 @@ Connecting again changes nothing.`,
 	f.StringVar(&o.Mode, "connection-mode", modeBidirectional, "bidirectional, unicast or mesh")
 	f.StringArrayVar(&o.DestEndpoint, "destination-endpoint", nil, "https://HOST:PORT of a destination's apiserver, instead of its Service's (repeatable, in the order of --destination-context)")
 	f.StringVar(&o.SrcEndpoint, "source-endpoint", "", "https://HOST:PORT of the source's apiserver, instead of its Service's")
+	f.BoolVar(&o.AllowMismatchingCA, "allow-mismatching-ca", false, "connect clusters whose mesh CAs differ: each apiserver also trusts the CA of the clusters that read it (any holder of that CA's key can then connect to it as any user; see SECURITY.md)")
 	cmd.MarkFlagRequired("destination-context")
 	return cmd
 }
@@ -521,14 +443,37 @@ func runConnect(ctx context.Context, kf *kubeFlags, o connectOptions, out io.Wri
 	if err != nil {
 		return err
 	}
-	if err := preflight(append([]*meshMember{src}, dests...), ls); err != nil {
+	members := append([]*meshMember{src}, dests...)
+	if err := preflight(members, ls, o.AllowMismatchingCA); err != nil {
 		return fmt.Errorf("not connecting, nothing was written:\n%w", err)
+	}
+	for _, m := range members {
+		if m.reissueHost != "" {
+			if err := reissueServer(ctx, m, m.reissueHost, out); err != nil {
+				return err
+			}
+		}
 	}
 	for _, l := range ls {
 		if err := setPeer(ctx, l.target, l.reader.name, true, out); err != nil {
 			return err
 		}
-		if err := setRemote(ctx, l.reader, l.target.name, remoteConfig(l.target), out); err != nil {
+		var readerCA, targetCA []byte
+		if !sameMeshCA(l.reader, l.target) {
+			// The agents verify target with its CA, and check their own
+			// certificate against the same file: the reader's CA follows.
+			readerCA = l.reader.caPEM
+			targetCA = append(append(slices.Clip(l.target.caPEM), '\n'), l.reader.caPEM...)
+		}
+		if err := setTrustedCA(ctx, l.target, l.reader.name, readerCA, out); err != nil {
+			return err
+		}
+		if err := setRemote(ctx, l.reader, l.target.name, remoteConfig(l.reader, l.target), targetCA, out); err != nil {
+			return err
+		}
+	}
+	for _, m := range members {
+		if err := applyAPIServer(ctx, m, out); err != nil {
 			return err
 		}
 	}
@@ -536,121 +481,4 @@ func runConnect(ctx context.Context, kf *kubeFlags, o connectOptions, out io.Wri
 		fmt.Fprintf(out, "%s reads %s at %s\n", l.reader.name, l.target.name, l.target.endpoint)
 	}
 	return nil
-}
-
-func newDisconnectCmd() *cobra.Command {
-	var kf kubeFlags
-	var o connectOptions
-	var force bool
-	cmd := &cobra.Command{
-		Use:   "disconnect --context A --destination-context B [--destination-context C ...]",
-		Short: "Disconnect Kubernetes clusters: remove each one's config for the other and its read access",
-		Long: `Undo 'clustermesh connect' between the source and each destination, in both
-directions: the agents drop the remote's config (and drain what they learned
-from it) and the apiserver stops letting it read.
-
-Before anything is written, each global service that would be left without
-backends is listed — one with no ready local backend that is served by the
-cluster being disconnected, which is its only remote — and the disconnect is
-refused unless --force.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			out := cmd.OutOrStdout()
-			o.Mode = modeBidirectional
-			src, dests, err := loadMembers(ctx, &kf, o)
-			if err != nil {
-				return err
-			}
-			ls, _ := links(o.Mode, src, dests)
-			var risks []string
-			for _, l := range ls {
-				r, err := strandedServices(ctx, l.reader, l.target)
-				if err != nil {
-					return err
-				}
-				risks = append(risks, r...)
-			}
-			if len(risks) > 0 {
-				msg := "global services would be left without backends:\n  " + strings.Join(risks, "\n  ")
-				if !force {
-					return fmt.Errorf("not disconnecting, nothing was written: %s\nscale up their local backends first, or pass --force", msg)
-				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", msg)
-			}
-			for _, l := range ls {
-				if err := setRemote(ctx, l.reader, l.target.name, nil, out); err != nil {
-					return err
-				}
-				if err := setPeer(ctx, l.target, l.reader.name, false, out); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
-	}
-	f := cmd.Flags()
-	kf.register(f)
-	f.StringVar(&o.Context, "context", "", "kubeconfig context of the source cluster (default: the current context)")
-	f.StringArrayVar(&o.Destinations, "destination-context", nil, "kubeconfig context of a cluster to disconnect from (repeatable)")
-	f.StringVar(&o.Namespace, "namespace", defaultKubeNamespace, "namespace of the mesh apiservers (the same in every cluster)")
-	f.BoolVar(&force, "force", false, "disconnect even when global services would be left without backends")
-	cmd.MarkFlagRequired("destination-context")
-	return cmd
-}
-
-// strandedServices lists reader's global services that only target serves:
-// no ready local backend, target is reader's only remote, and target has
-// ready backends for the same service.
-func strandedServices(ctx context.Context, reader, target *meshMember) ([]string, error) {
-	if _, reads := reader.remotes[target.name]; !reads {
-		return nil, nil
-	}
-	for r := range reader.remotes {
-		if r != target.name && !strings.HasPrefix(r, ".") {
-			return nil, nil // another remote may serve them
-		}
-	}
-	svcs, err := reader.t.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("context %s: list services: %w", reader.t.Context, err)
-	}
-	var out []string
-	for _, s := range svcs.Items {
-		if !strings.EqualFold(s.Annotations[wire.AnnotationGlobal], "true") {
-			continue
-		}
-		local, err := readyBackends(ctx, reader.t, s.Namespace, s.Name)
-		if err != nil {
-			return nil, err
-		}
-		if local > 0 {
-			continue
-		}
-		remote, err := readyBackends(ctx, target.t, s.Namespace, s.Name)
-		if err != nil {
-			return nil, err
-		}
-		if remote > 0 {
-			out = append(out, fmt.Sprintf("%s/%s in cluster %s: 0 ready local backends, %d in %s", s.Namespace, s.Name, reader.name, remote, target.name))
-		}
-	}
-	return out, nil
-}
-
-// readyBackends counts the ready endpoints of a service's EndpointSlices.
-func readyBackends(ctx context.Context, t *kubeTarget, ns, svc string) (int, error) {
-	l, err := t.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
-	if err != nil {
-		return 0, fmt.Errorf("context %s: endpointslices of %s/%s: %w", t.Context, ns, svc, err)
-	}
-	n := 0
-	for _, s := range l.Items {
-		for _, e := range s.Endpoints {
-			if e.Conditions.Ready == nil || *e.Conditions.Ready {
-				n++
-			}
-		}
-	}
-	return n, nil
 }

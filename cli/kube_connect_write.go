@@ -1,0 +1,272 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/yaml"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/ca"
+)
+
+// peerCAKey is the key of the remotes secret that holds target's CA when it
+// is not the reader's (connect --allow-mismatching-ca), followed by the
+// reader's: the reader's agents verify target's apiserver with it (and check
+// their own certificate against it when they load it).
+func peerCAKey(target string) string { return ".ca-" + target + ".crt" }
+
+// trustedCAKey is the key of peer's CA in the trusted CAs configmap.
+func trustedCAKey(peer string) string { return peer + ".crt" }
+
+// remoteConfig is the etcd client config reader's agents use for target:
+// the mesh CA when both have the same, else target's own CA.
+func remoteConfig(reader, target *meshMember) []byte {
+	caFile := remotesCAKey
+	if !sameMeshCA(reader, target) {
+		caFile = peerCAKey(target.name)
+	}
+	b, _ := yaml.Marshal(agentsync.RemoteConfig{
+		Endpoints: []string{target.endpoint}, TrustedCAFile: caFile, CertFile: remotesCertKey, KeyFile: remotesKeyKey,
+	})
+	return b
+}
+
+// setRemote adds (cfg non-nil) or removes the config of remote in m's
+// remotes secret, with remote's CA under peerCAKey when it is not m's
+// (peerCA non-nil); it prints what changed.
+func setRemote(ctx context.Context, m *meshMember, remote string, cfg, peerCA []byte, out io.Writer) error {
+	secrets := m.t.Client.CoreV1().Secrets(m.ns)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s, err := secrets.Get(ctx, remotesSecretName, metav1.GetOptions{})
+		create := apierrors.IsNotFound(err)
+		switch {
+		case create && cfg == nil:
+			return nil
+		case create:
+			s = &corev1.Secret{ObjectMeta: meta(remotesSecretName, m.ns), Type: corev1.SecretTypeOpaque}
+		case err != nil:
+			return err
+		}
+		want := maps.Clone(s.Data)
+		if want == nil {
+			want = map[string][]byte{}
+		}
+		delete(want, peerCAKey(remote))
+		if cfg == nil {
+			delete(want, remote)
+		} else {
+			want[remote] = cfg
+			want[remotesCAKey] = m.caPEM
+			want[remotesCertKey] = m.remote.Data[corev1.TLSCertKey]
+			want[remotesKeyKey] = m.remote.Data[corev1.TLSPrivateKeyKey]
+			if peerCA != nil {
+				want[peerCAKey(remote)] = peerCA
+			}
+		}
+		if !create && maps.EqualFunc(s.Data, want, bytes.Equal) {
+			return nil
+		}
+		s.Data = want
+		if create {
+			_, err = secrets.Create(ctx, s, metav1.CreateOptions{FieldManager: fieldManager})
+		} else {
+			_, err = secrets.Update(ctx, s, metav1.UpdateOptions{FieldManager: fieldManager})
+		}
+		if err == nil {
+			what := "reads " + remote
+			if cfg == nil {
+				what = "no longer reads " + remote
+			} else if peerCA != nil {
+				what += ", trusting its CA for it"
+			}
+			fmt.Fprintf(out, "cluster %s: secret %s/%s: %s\n", m.name, m.ns, remotesSecretName, what)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("context %s: secret %s/%s: %w", m.t.Context, m.ns, remotesSecretName, err)
+	}
+	if cfg == nil {
+		delete(m.remotes, remote)
+	} else {
+		if m.remotes == nil {
+			m.remotes = map[string][]byte{}
+		}
+		m.remotes[remote] = cfg
+	}
+	return nil
+}
+
+// setPeer allows (add) or stops allowing peer to read m: the config map's
+// peers; applyAPIServer then passes them to the apiserver (--peer).
+func setPeer(ctx context.Context, m *meshMember, peer string, add bool, out io.Writer) error {
+	peers := slices.DeleteFunc(slices.Clone(m.peers), func(p string) bool { return p == peer })
+	if add {
+		peers = append(peers, peer)
+	}
+	slices.Sort(peers)
+	if slices.Equal(peers, m.peers) {
+		return nil
+	}
+	a, err := newApplier(m.t, out)
+	if err != nil {
+		return err
+	}
+	a.prefix = "cluster " + m.name + ": "
+	// The peers key has its own field manager: enable's apply of the
+	// config map (which leaves it out) neither removes nor conflicts with it.
+	cm := &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: metav1.ObjectMeta{Name: meshConfigName, Namespace: m.ns},
+		Data:       map[string]string{cfgPeers: strings.Join(peers, ",")},
+	}
+	if err := a.applyAs(ctx, cm, peersFieldManager); err != nil {
+		return fmt.Errorf("context %s: %w", m.t.Context, err)
+	}
+	m.peers = peers
+	if add {
+		m.changes = append(m.changes, "allows "+peer+" to read it")
+	} else {
+		m.changes = append(m.changes, "no longer allows "+peer)
+	}
+	return nil
+}
+
+// setTrustedCA makes m's apiserver accept client certificates of peer's CA
+// (pem non-nil), or no longer (nil): the configmap clustermesh-trusted-cas,
+// which the apiserver reads at start (--trusted-ca-dir).
+func setTrustedCA(ctx context.Context, m *meshMember, peer string, pem []byte, out io.Writer) error {
+	key := trustedCAKey(peer)
+	if cur, ok := m.trustedCAs[key]; (pem == nil && !ok) || (ok && cur == string(pem)) {
+		return nil
+	}
+	cms := m.t.Client.CoreV1().ConfigMaps(m.ns)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cm, err := cms.Get(ctx, trustedCAsName, metav1.GetOptions{})
+		create := apierrors.IsNotFound(err)
+		switch {
+		case create && pem == nil:
+			return nil
+		case create:
+			cm = &corev1.ConfigMap{ObjectMeta: meta(trustedCAsName, m.ns)}
+		case err != nil:
+			return err
+		}
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		if pem == nil {
+			delete(cm.Data, key)
+		} else {
+			cm.Data[key] = string(pem)
+		}
+		if create {
+			_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
+		} else {
+			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager})
+		}
+		if err == nil {
+			m.trustedCAs = cm.Data
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("context %s: configmap %s/%s: %w", m.t.Context, m.ns, trustedCAsName, err)
+	}
+	what := "trusts the CA of " + peer + " for its client certificates"
+	if pem == nil {
+		what = "no longer trusts the CA of " + peer
+	}
+	fmt.Fprintf(out, "cluster %s: configmap %s/%s: %s\n", m.name, m.ns, trustedCAsName, what)
+	m.changes = append(m.changes, what)
+	return nil
+}
+
+// reissueServer re-issues m's server certificate with the names it has
+// plus host, the address its peers dial (preflight checked m.mesh).
+func reissueServer(ctx context.Context, m *meshMember, host string, out io.Writer) error {
+	r := certRequest{Secret: serverSecretName, CN: m.server.Subject.CommonName, Usage: ca.ServerAuth,
+		DNSNames: slices.Clone(m.server.DNSNames), IPs: slices.Clone(m.server.IPAddresses)}
+	if ip := net.ParseIP(host); ip != nil {
+		r.IPs = append(r.IPs, ip)
+	} else {
+		r.DNSNames = append(r.DNSNames, host)
+	}
+	s, err := r.issue(m.mesh, m.ns)
+	if err != nil {
+		return fmt.Errorf("context %s: re-issue the server certificate: %w", m.t.Context, err)
+	}
+	a, err := newApplier(m.t, out)
+	if err != nil {
+		return err
+	}
+	a.prefix = "cluster " + m.name + ": "
+	if err := a.apply(ctx, s); err != nil {
+		return fmt.Errorf("context %s: %w", m.t.Context, err)
+	}
+	if m.server, err = parseCert(s.Data[corev1.TLSCertKey]); err != nil {
+		return err
+	}
+	m.serverSecret = s
+	fmt.Fprintf(out, "cluster %s: re-issued the apiserver's server certificate (secret %s/%s) to name %s, the address its peers dial\n",
+		m.name, m.ns, serverSecretName, host)
+	m.changes = append(m.changes, "its server certificate names "+host)
+	return nil
+}
+
+// applyAPIServer applies m's Deployment as enable made it, with what
+// connect or disconnect changed (peers, trusted CAs, certificates), which
+// restarts the apiserver: it reads them only when it starts.
+func applyAPIServer(ctx context.Context, m *meshMember, out io.Writer) error {
+	if len(m.changes) == 0 {
+		return nil
+	}
+	d, err := m.t.Client.AppsV1().Deployments(m.ns).Get(ctx, apiserverName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("context %s: deployment %s/%s: %w: run clustermesh enable --context %s again", m.t.Context, m.ns, apiserverName, err, m.t.Context)
+	}
+	c := meshCluster{Namespace: m.ns, Name: m.name, ID: m.id, MaxConnected: m.max, Image: defaultImage,
+		ServiceType: corev1.ServiceType(m.configMap.Data[cfgServiceType]), Peers: m.peers, TrustedCAs: m.trustedCAs}
+	for _, ct := range d.Spec.Template.Spec.Containers {
+		if ct.Name == "apiserver" {
+			c.Image = ct.Image
+		}
+	}
+	hash := d.Spec.Template.Annotations[certsHashAnnotation]
+	if m.serverSecret != nil {
+		admin, err := m.t.Client.CoreV1().Secrets(m.ns).Get(ctx, adminSecretName, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("context %s: %w: run clustermesh enable --context %s again", m.t.Context, err, m.t.Context)
+		}
+		hash = certsHash(m.serverSecret, admin)
+	}
+	a, err := newApplier(m.t, out)
+	if err != nil {
+		return err
+	}
+	a.prefix = "cluster " + m.name + ": "
+	if err := a.apply(ctx, deploymentObject(c, hash)); err != nil {
+		return fmt.Errorf("context %s: %w", m.t.Context, err)
+	}
+	fmt.Fprintf(out, "cluster %s: the apiserver pod restarts to load it: %s (peers: %s)\n", m.name, strings.Join(m.changes, "; "), orNone(m.peers))
+	m.changes = nil
+	return nil
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}

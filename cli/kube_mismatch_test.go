@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+// Two clusters with their own CAs: connect refuses them, with the flag to
+// pass; with --allow-mismatching-ca each apiserver trusts the other's CA
+// and each agent verifies the peer with the peer's CA, and real agents and
+// apiservers run from what was written reach each other; disconnect takes
+// the trust back.
+func TestK8sConnectMismatchingCA(t *testing.T) {
+	env := kubetest.Start(t, "east", "west")
+	east, west := env.Cluster("east"), env.Cluster("west")
+	ctx := context.Background()
+	ns := defaultKubeNamespace
+	if _, err := east.CreateNode(ctx, kubetest.Node{Name: "e1", InternalIP: "192.168.1.1", PodCIDRs: []string{"10.1.1.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := west.CreateNode(ctx, kubetest.Node{Name: "w1", InternalIP: "192.168.2.1", PodCIDRs: []string{"10.2.1.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
+	kubeRun(t, env, "enable", "--context", "west", "--cluster-name", "west", "--cluster-id", "2") // a CA of its own
+	eastIP, westIP := loopbackIP(), loopbackIP()
+	if err := east.SetLoadBalancerIngress(ctx, ns, apiserverName, eastIP); err != nil {
+		t.Fatal(err)
+	}
+	if err := west.SetLoadBalancerIngress(ctx, ns, apiserverName, westIP); err != nil {
+		t.Fatal(err)
+	}
+
+	before := map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}
+	err := kubeRunErr(t, env, "connect", "--context", "east", "--destination-context", "west")
+	for _, want := range []string{"nothing was written", "different mesh CAs", "--ca-from-context east", "--allow-mismatching-ca"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("connect without the flag: error lacks %q:\n%v", want, err)
+		}
+	}
+	if after := (map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}); !maps.Equal(before["east"], after["east"]) || !maps.Equal(before["west"], after["west"]) {
+		t.Errorf("a refused connect wrote:\nbefore %v\nafter  %v", before, after)
+	}
+
+	out := kubeRun(t, env, "connect", "--context", "east", "--destination-context", "west", "--allow-mismatching-ca")
+	for _, want := range []string{"cluster east: configmap " + ns + "/" + trustedCAsName + ": trusts the CA of west",
+		"cluster west: configmap " + ns + "/" + trustedCAsName + ": trusts the CA of east",
+		"cluster east: secret " + ns + "/" + remotesSecretName + ": reads west, trusting its CA for it",
+		"cluster east: the apiserver pod restarts to load it"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("connect --allow-mismatching-ca: output lacks %q:\n%s", want, out)
+		}
+	}
+	// What was written: east trusts west's CA for west only, and the other
+	// way round.
+	for _, x := range []struct {
+		c, peer    *kubetest.Cluster
+		self, name string
+	}{{east, west, "east", "west"}, {west, east, "west", "east"}} {
+		peerCA := secretCert(t, x.peer, ns, caSecretName, "ca.crt")
+		cm, err := x.c.Client.CoreV1().ConfigMaps(ns).Get(ctx, trustedCAsName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := parseCert([]byte(cm.Data[trustedCAKey(x.name)])); err != nil || !got.Equal(peerCA) {
+			t.Errorf("%s's trusted CA for %s: %v", x.self, x.name, err)
+		}
+		s, err := x.c.Client.CoreV1().Secrets(ns).Get(ctx, remotesSecretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rc agentsync.RemoteConfig
+		if err := yaml.Unmarshal(s.Data[x.name], &rc); err != nil || rc.TrustedCAFile != peerCAKey(x.name) {
+			t.Errorf("%s's config for %s: %+v %v", x.self, x.name, rc, err)
+		}
+		if got, err := parseCert(s.Data[peerCAKey(x.name)]); err != nil || !got.Equal(peerCA) {
+			t.Errorf("%s's remotes secret: %s: %v", x.self, peerCAKey(x.name), err)
+		}
+		d, err := x.c.Client.AppsV1().Deployments(ns).Get(ctx, apiserverName, metav1.GetOptions{})
+		if err != nil || d.Spec.Template.Annotations[trustedCAsHashAnnotation] == "" {
+			t.Errorf("%s's apiserver does not restart for the trusted CAs: %v", x.self, err)
+		}
+	}
+	// Again: nothing changes.
+	before = map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}
+	if out := kubeRun(t, env, "connect", "--context", "east", "--destination-context", "west", "--allow-mismatching-ca"); strings.Contains(out, "restarts") {
+		t.Errorf("connect again:\n%s", out)
+	}
+	kubeRun(t, env, "enable", "--context", "west", "--cluster-name", "west", "--cluster-id", "2")
+	if after := (map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}); !maps.Equal(before["east"], after["east"]) || !maps.Equal(before["west"], after["west"]) {
+		t.Errorf("connect or enable again changed objects:\nbefore %v\nafter  %v", before, after)
+	}
+
+	// The apiservers and agents as the pods would run them, from what was
+	// written: each agent, with its own CA's remote certificate, reads the
+	// other cluster's apiserver, which presents a certificate of its CA.
+	ep, wp := startPods(t, env, east, eastIP), startPods(t, env, west, westIP)
+	testenv.WaitFor(t, 30*time.Second, "both agents ready with their peer of another CA", func() bool {
+		re, ok1 := ep.remoteStatus("west")
+		rw, ok2 := wp.remoteStatus("east")
+		return ok1 && ok2 && re.Ready && rw.Ready && re.Nodes == 1 && rw.Nodes == 1
+	})
+
+	out = kubeRun(t, env, "disconnect", "--context", "east", "--destination-context", "west")
+	if !strings.Contains(out, "no longer trusts the CA of west") || !strings.Contains(out, "no longer trusts the CA of east") {
+		t.Errorf("disconnect:\n%s", out)
+	}
+	for _, x := range []struct {
+		c    *kubetest.Cluster
+		peer string
+	}{{east, "west"}, {west, "east"}} {
+		cm, err := x.c.Client.CoreV1().ConfigMaps(ns).Get(ctx, trustedCAsName, metav1.GetOptions{})
+		if err != nil || len(cm.Data) != 0 {
+			t.Errorf("trusted CAs after disconnect: %v %v", cm.Data, err)
+		}
+		s, err := x.c.Client.CoreV1().Secrets(ns).Get(ctx, remotesSecretName, metav1.GetOptions{})
+		if err != nil || s.Data[peerCAKey(x.peer)] != nil || s.Data[x.peer] != nil {
+			t.Errorf("remotes after disconnect: %v %v", contextNames(s.Data), err)
+		}
+	}
+	testenv.WaitFor(t, 10*time.Second, "both agents drop their peer", func() bool {
+		_, ok1 := ep.remoteStatus("west")
+		_, ok2 := wp.remoteStatus("east")
+		return !ok1 && !ok2
+	})
+}
