@@ -24,7 +24,9 @@ func newManifestsCmd() *cobra.Command {
 		Short: "Print the agent's DaemonSet and RBAC as YAML (for kubectl apply or GitOps)",
 		Long: `Print the manifests that run the clustermesh agent on every node of a cluster: a
 ServiceAccount, a ClusterRole and its binding (read Services, EndpointSlices,
-Pods, Namespaces, Nodes), and a DaemonSet. The agent runs privileged on the host
+Pods, Namespaces, Nodes), a Role and its binding (write the agent's status
+report: a Lease per node, clustermesh-agent-<node>, that 'clustermesh status
+--context' reads), and a DaemonSet. The agent runs privileged on the host
 network, reads the local cluster from the Kubernetes API, the remote clusters
 from the secret clustermesh-remotes that 'clustermesh connect' writes, pins its
 eBPF maps under /sys/fs/bpf/clustermesh and attaches its socket load balancer to
@@ -71,6 +73,21 @@ func agentObjects(c meshCluster) []runtime.Object {
 			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
 			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: agentName, Namespace: c.Namespace}},
 		},
+		// The status reports: Leases (not ConfigMaps, which hold the
+		// apiserver's configuration) in the namespace.
+		&rbacv1.Role{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "Role"},
+			ObjectMeta: meta(agentName, c.Namespace),
+			Rules: []rbacv1.PolicyRule{
+				{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update", "patch", "delete"}},
+			},
+		},
+		&rbacv1.RoleBinding{
+			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
+			ObjectMeta: meta(agentName, c.Namespace),
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: agentName},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: agentName, Namespace: c.Namespace}},
+		},
 		agentDaemonSet(c),
 	}
 }
@@ -101,7 +118,11 @@ func agentDaemonSet(c meshCluster) *appsv1.DaemonSet {
 							"--max-connected-clusters=" + strconv.FormatUint(uint64(c.MaxConnected), 10),
 							"--state-source=kubernetes", "--config-dir=/var/lib/clustermesh/remotes",
 							"--bpf-pin-dir=/sys/fs/bpf/clustermesh", "--cgroup=/run/clustermesh/cgroupv2",
-							"--status-addr=/var/run/clustermesh/agent.sock"},
+							"--status-addr=/var/run/clustermesh/agent.sock",
+							"--node-name=$(NODE_NAME)"},
+						Env: []corev1.EnvVar{{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{
+							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"},
+						}}},
 						SecurityContext: &corev1.SecurityContext{Privileged: &privileged},
 						Ports:           []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9962}},
 						VolumeMounts: []corev1.VolumeMount{

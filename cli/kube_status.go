@@ -32,7 +32,13 @@ type KubeStatus struct {
 	// Peers may read this cluster; Remotes are the clusters its agents read.
 	Peers   []string          `json:"peers"`
 	Remotes map[string]string `json:"remotes"` // name → endpoint
-	Ready   bool              `json:"ready"`
+	// TrustedCAs are the clusters of another CA whose client certificates
+	// the apiserver accepts (connect --allow-mismatching-ca).
+	TrustedCAs []string `json:"trustedCAs,omitempty"`
+	// Agents is what the agents report (those run with
+	// --state-source=kubernetes), across nodes.
+	Agents AgentsSummary `json:"agents"`
+	Ready  bool          `json:"ready"`
 	// Waiting says why it is not ready.
 	Waiting []string `json:"waiting,omitempty"`
 }
@@ -55,6 +61,13 @@ func kubeStatus(ctx context.Context, t *kubeTarget, ns string) (KubeStatus, erro
 		} else {
 			st.Remotes[name] = "(invalid config)"
 		}
+	}
+	for k := range m.trustedCAs {
+		st.TrustedCAs = append(st.TrustedCAs, strings.TrimSuffix(k, ".crt"))
+	}
+	slices.Sort(st.TrustedCAs)
+	if st.Agents, err = summarizeAgents(ctx, t.Client, ns, time.Now()); err != nil {
+		return st, fmt.Errorf("context %s: %w", t.Context, err)
 	}
 	svc, err := t.Client.CoreV1().Services(ns).Get(ctx, apiserverName, metav1.GetOptions{})
 	if err == nil {
@@ -109,6 +122,10 @@ func printKubeStatus(w io.Writer, st KubeStatus, asJSON bool) error {
 		}
 		fmt.Fprintf(w, "%s %s at %s\n", label, n, st.Remotes[n])
 	}
+	if len(st.TrustedCAs) > 0 {
+		fmt.Fprintf(w, "trusts:     the CAs of %s (--allow-mismatching-ca)\n", strings.Join(st.TrustedCAs, ", "))
+	}
+	printAgents(w, st.Agents)
 	if st.Ready {
 		fmt.Fprintln(w, "ready")
 	} else {
@@ -155,5 +172,35 @@ func runKubeStatus(ctx context.Context, kf *kubeFlags, kubeContext, ns string, w
 			return fmt.Errorf("cluster %s not ready after %s: %s", st.Cluster, timeout, strings.Join(st.Waiting, "; "))
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// printAgents writes what the agents report.
+func printAgents(w io.Writer, a AgentsSummary) {
+	stale := ""
+	if len(a.Stale) > 0 {
+		stale = fmt.Sprintf(", %d stale (not renewed: %s)", len(a.Stale), strings.Join(a.Stale, ", "))
+	}
+	if a.Reporting == 0 {
+		fmt.Fprintf(w, "agents:     none reporting%s (agents run with --state-source kubernetes report here)\n", stale)
+		return
+	}
+	f := func(s Spread) string { return fmt.Sprintf("%d/%.1f/%d", s.Min, s.Avg, s.Max) }
+	fmt.Fprintf(w, "agents:     %d reporting%s\n", a.Reporting, stale)
+	fmt.Fprintf(w, "            remotes per agent (min/avg/max): configured %s, connected %s, synced %s\n",
+		f(a.Configured), f(a.Connected), f(a.Synced))
+	for _, r := range a.PerRemote {
+		fmt.Fprintf(w, "            %s: connected on %d/%d agents, synced on %d", r.Name, r.Connected, a.Reporting, r.Synced)
+		if r.LastError != "" {
+			fmt.Fprintf(w, "; last error on %s: %s", r.ErrorNode, r.LastError)
+		}
+		fmt.Fprintln(w)
+	}
+	for i, s := range a.Services {
+		label := "services:  "
+		if i > 0 {
+			label = "           "
+		}
+		fmt.Fprintf(w, "%s %s/%s: remote backends min %d, max %d across %d agents\n", label, s.Namespace, s.Name, s.Min, s.Max, s.Agents)
 	}
 }
