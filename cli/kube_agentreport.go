@@ -276,6 +276,9 @@ type AgentsSummary struct {
 	PerRemote []RemoteAgents `json:"perRemote,omitempty"`
 	// Services: each global service's remote backends across agents.
 	Services []ServiceBackends `json:"services,omitempty"`
+	// Error: the reports could not be read (for example, no right to list
+	// leases in the namespace).
+	Error string `json:"error,omitempty"`
 }
 
 // Spread is a count's minimum, average and maximum across agents.

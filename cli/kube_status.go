@@ -67,7 +67,8 @@ func kubeStatus(ctx context.Context, t *kubeTarget, ns string) (KubeStatus, erro
 	}
 	slices.Sort(st.TrustedCAs)
 	if st.Agents, err = summarizeAgents(ctx, t.Client, ns, time.Now()); err != nil {
-		return st, fmt.Errorf("context %s: %w", t.Context, err)
+		// The rest of the status stands without them.
+		st.Agents.Error = err.Error()
 	}
 	svc, err := t.Client.CoreV1().Services(ns).Get(ctx, apiserverName, metav1.GetOptions{})
 	if err == nil {
@@ -177,6 +178,10 @@ func runKubeStatus(ctx context.Context, kf *kubeFlags, kubeContext, ns string, w
 
 // printAgents writes what the agents report.
 func printAgents(w io.Writer, a AgentsSummary) {
+	if a.Error != "" {
+		fmt.Fprintf(w, "agents:     unknown: %s\n", a.Error)
+		return
+	}
 	stale := ""
 	if len(a.Stale) > 0 {
 		stale = fmt.Sprintf(", %d stale (not renewed: %s)", len(a.Stale), strings.Join(a.Stale, ", "))
