@@ -34,6 +34,10 @@ spec:
       - {key: io.cilium.k8s.policy.cluster, operator: In, values: [east, west]}
     toPorts:
     - ports: [{port: "8080", protocol: TCP}]
+  - fromEndpoints:
+    - matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: west}
+    toPorts:
+    - ports: [{port: "5353", protocol: UDP}]
 `
 
 // policyEnv is east-node-1 (state node node-1) as a network namespace with
@@ -71,6 +75,54 @@ func serveTCP(t *testing.T, p *podnet.Pod, port uint16) {
 		}
 	}()
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
+}
+
+// serveUDP echoes every datagram p gets on port.
+func serveUDP(t *testing.T, p *podnet.Pod, port uint16) {
+	t.Helper()
+	var pc net.PacketConn
+	err := podnet.InNetns(p.NS, func() (err error) {
+		pc, err = net.ListenPacket("udp", netip.AddrPortFrom(p.IP, port).String())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+}
+
+// echoUDP sends one datagram from pod from to to and waits for its echo.
+func echoUDP(from *podnet.Pod, to netip.AddrPort, timeout time.Duration) error {
+	return podnet.InNetns(from.NS, func() error {
+		c, err := net.Dial("udp", to.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(timeout))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		b := make([]byte, 16)
+		n, err := c.Read(b)
+		if err == nil && string(b[:n]) != "ping" {
+			err = errors.New("unexpected echo " + string(b[:n]))
+		}
+		return err
+	})
 }
 
 // connect dials to from pod from and reads the server's "ok".
@@ -112,6 +164,7 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 		}
 	}
 	serveTCP(t, e.pods["east/checkout-2"], 8080)
+	serveUDP(t, e.pods["east/checkout-2"], 5353)
 	testenv.WaitFor(t, 10*time.Second, "pod veths up", func() bool { return e.node.Up() == "" })
 
 	policyDir := t.TempDir()
@@ -224,6 +277,15 @@ func TestPolicyAcrossClustersOnRealPackets(t *testing.T) {
 		d.Src.Addr() != netip.MustParseAddr("10.3.1.100") || d.Dst != checkout {
 		t.Errorf("drop event %+v: want policy-denied ingress from north/frontend (%d, cluster 3) to east/checkout (%d, cluster 1)",
 			d, ids["north/frontend"], ids["east/checkout"])
+	}
+	dns := netip.AddrPortFrom(checkout.Addr(), 5353)
+	if err := echoUDP(e.pods["west/frontend-1"], dns, 3*time.Second); err != nil {
+		t.Errorf("west/frontend-1 → east checkout UDP 5353: %v, want allowed", err)
+	}
+	for _, from := range []string{"east/frontend-1", "north/frontend-1"} { // UDP is west's alone
+		if err := echoUDP(e.pods[from], dns, 200*time.Millisecond); err == nil {
+			t.Errorf("%s → east checkout UDP 5353 answered, want dropped", from)
+		}
 	}
 }
 
