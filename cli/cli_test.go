@@ -144,7 +144,8 @@ spec:
 		}
 	}
 	table := must(run(ctx, "status", "--agent", sock))
-	for _, want := range []string{"REMOTE", "west", "shop/checkout", "3 (west=3/3)", "3 from local"} {
+	for _, want := range []string{"REMOTE", "west", "east (local)", "shop/checkout", "3 (west=3/3)", "3 from local",
+		"Policy: enforcing, 1 rules, 2 entries, 5 identities", "shop/checkout-2 (-): no-interface-in-state"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("status table lacks %q:\n%s", want, table)
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/wireguard"
 )
 
@@ -38,6 +39,10 @@ func PrintAgentStatus(w io.Writer, full AgentStatus, asJSON bool) error {
 	if len(st.Remotes) == 0 {
 		fmt.Fprintln(tw, "(no remote cluster configured)")
 	}
+	if l := st.Local; l != nil {
+		fmt.Fprintf(tw, "%s (local)\t%d\t%s\t%s\t-\t%d\t%d\t-\t%s\t%d\t%d\t%s\n", l.Name, l.ClusterID, yesNo(l.Connected), readiness(*l),
+			l.Endpoints, l.Identities, age(l.LastEvent), l.Failures, l.RejectedTotal(), truncate(l.LastError, 70))
+	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	PrintServices(w, st)
@@ -46,7 +51,35 @@ func PrintAgentStatus(w io.Writer, full AgentStatus, asJSON bool) error {
 	}
 	fmt.Fprintln(w)
 	printWireGuard(w, full.WireGuard)
+	printPolicy(w, full.Policy)
 	return nil
+}
+
+// printPolicy renders the policy line, and the node's endpoints that are
+// not enforced as they should be.
+func printPolicy(w io.Writer, p *enforcer.Status) {
+	if p == nil {
+		fmt.Fprintln(w, "Policy: off (no --policy-dir)")
+		return
+	}
+	states := map[string]int{}
+	for _, ep := range p.Endpoints {
+		states[ep.State]++
+	}
+	enforcing := "not yet written (waiting for the first full sync)"
+	if p.Enforcing {
+		enforcing = "enforcing"
+	}
+	fmt.Fprintf(w, "Policy: %s, %d rules, %d entries, %d identities; endpoints of this node: %d enforcing of %d\n",
+		enforcing, p.Rules, p.PolicyEntries, p.Identities, states[enforcer.StateEnforcing], len(p.Endpoints))
+	if p.LastPolicyError != "" {
+		fmt.Fprintf(w, "  invalid policy (the last valid set is enforced): %s\n", p.LastPolicyError)
+	}
+	for _, ep := range p.Endpoints {
+		if ep.State != enforcer.StateEnforcing {
+			fmt.Fprintf(w, "  %s/%s (%s): %s %s\n", ep.Namespace, ep.Pod, orDash(ep.Interface), ep.State, ep.Error)
+		}
+	}
 }
 
 // printWireGuard renders the WireGuard section: the device, its key, its
