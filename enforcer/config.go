@@ -90,9 +90,9 @@ func (c *Config) Validate() error {
 // endpoints, in the network namespace the endpoints' veths are in (the
 // agent's own, for MapsAttacher).
 type Attacher interface {
-	// Index returns the index of the interface named name (an error
-	// when there is none).
-	Index(name string) (int, error)
+	// Interfaces returns the index of every interface by name (one
+	// netlink dump per reconciliation, whatever the number of pods).
+	Interfaces() (map[string]int, error)
 	Attach(ifindex int, identity uint32, enforceIngress, enforceEgress bool) error
 	Detach(ifindex int) error
 	// Attachments lists what is attached, including by a previous run.
@@ -115,16 +115,17 @@ func (a MapsAttacher) in(fn func() error) error {
 	return a.InNetns(fn)
 }
 
-// Index implements Attacher.
-func (a MapsAttacher) Index(name string) (ifindex int, err error) {
-	err = a.in(func() error {
-		ifi, err := net.InterfaceByName(name)
-		if err == nil {
-			ifindex = ifi.Index
+// Interfaces implements Attacher.
+func (a MapsAttacher) Interfaces() (map[string]int, error) {
+	out := map[string]int{}
+	err := a.in(func() error {
+		ifs, err := net.Interfaces()
+		for _, ifi := range ifs {
+			out[ifi.Name] = ifi.Index
 		}
 		return err
 	})
-	return ifindex, err
+	return out, err
 }
 
 // Attach implements Attacher.

@@ -28,6 +28,9 @@ type endpoints struct {
 	attached map[int]datapath.PolicyEndpoint
 	adopted  bool // the previous run's attachments were read
 	statuses []EndpointStatus
+	// retry: an endpoint waits for its interface or a failed attach: look
+	// again at every tick.
+	retry bool
 }
 
 // reconcileEndpoints attaches the programs to every endpoint of this node
@@ -47,6 +50,14 @@ func (e *Enforcer) reconcileEndpoints(st *statesource.State) {
 		}
 		eps.attached, eps.adopted = prev, true
 	}
+	var ifaces map[string]int
+	if eps.attacher != nil {
+		var err error
+		if ifaces, err = eps.attacher.Interfaces(); err != nil {
+			e.log.Error("listing interfaces", "err", err)
+			return
+		}
+	}
 	want := map[int]bool{}
 	eps.statuses = eps.statuses[:0]
 	for i := range st.Endpoints {
@@ -60,8 +71,8 @@ func (e *Enforcer) reconcileEndpoints(st *statesource.State) {
 		case eps.attacher == nil:
 			s.State = StateNotEnforced
 		default:
-			ifindex, err := eps.attacher.Index(ep.Interface)
-			if err != nil {
+			ifindex, ok := ifaces[ep.Interface]
+			if !ok {
 				s.State = StateNoInterface
 				break
 			}
@@ -80,6 +91,10 @@ func (e *Enforcer) reconcileEndpoints(st *statesource.State) {
 		}
 		delete(eps.attached, ifindex)
 		e.log.Info("endpoint gone: policy detached", "ifindex", ifindex)
+	}
+	eps.retry = false
+	for _, s := range eps.statuses {
+		eps.retry = eps.retry || s.State == StateNoInterface || s.State == StateError
 	}
 	slices.SortFunc(eps.statuses, func(a, b EndpointStatus) int {
 		return strings.Compare(a.Namespace+"/"+a.Pod, b.Namespace+"/"+b.Pod)

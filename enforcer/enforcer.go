@@ -29,6 +29,7 @@ type Enforcer struct {
 	// identities are every cluster's, for flow enrichment. Guarded by mu.
 	identities map[uint32]wire.Labels
 	local      *statesource.State // guarded by mu; nil until the first state
+	localNew   bool               // guarded by mu: local changed since the last step
 	pods       map[netip.Addr]podRef
 	// sources are the policies of sources other than the directory (the
 	// Kubernetes objects), by name; sourcesNew says they changed. Guarded
@@ -40,6 +41,12 @@ type Enforcer struct {
 	// Owned by Run's goroutine.
 	engine   *policy.Engine
 	byLabels map[string]uint32 // local identities by their labels' string
+	labelsOf map[uint32]string // the inverse of byLabels
+	// epsDirty: something the endpoints depend on changed since the last
+	// reconciliation (otherwise they are looked at every retryTicks ticks).
+	epsDirty   bool
+	ticks      int
+	retryTicks int // every this many reload ticks the endpoints are reconciled anyway
 	files    policyFiles
 	fromDir  *policy.Compiled // the directory's last valid set
 	eps      endpoints
@@ -60,8 +67,8 @@ func New(cfg Config) (*Enforcer, error) {
 	e := &Enforcer{
 		cfg: cfg, log: cfg.Logger.With("component", "policy"), kick: make(chan struct{}, 1),
 		pending: map[uint32]wire.Labels{}, identities: map[uint32]wire.Labels{}, pods: map[netip.Addr]podRef{},
-		sources: map[string]*policy.Compiled{},
-		engine: policy.NewEngine(cfg.ClusterName), byLabels: map[string]uint32{},
+		sources: map[string]*policy.Compiled{}, retryTicks: defaultRetryTicks,
+		engine: policy.NewEngine(cfg.ClusterName), byLabels: map[string]uint32{}, labelsOf: map[uint32]string{},
 	}
 	// The node itself: its addresses are the host identity in the ipcache
 	// (agentsync, with a node name), and every endpoint accepts it.
@@ -106,7 +113,7 @@ func (e *Enforcer) SetLocalState(st *statesource.State) {
 		pods[ep.IP.Unmap()] = podRef{ep.Namespace, ep.Pod}
 	}
 	e.mu.Lock()
-	e.local, e.pods = st, pods
+	e.local, e.localNew, e.pods = st, true, pods
 	e.mu.Unlock()
 	e.wake()
 }
@@ -170,6 +177,7 @@ func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 			return nil
 		case <-e.kick:
 		case <-t.C:
+			e.ticks++
 			e.reload()
 		case <-ready:
 			ready, e.ready = nil, true
@@ -219,6 +227,7 @@ func (e *Enforcer) setPolicies() {
 	}
 	e.status.Rules = all.Rules()
 	e.mu.Unlock()
+	e.epsDirty = true // a policy may enforce a direction without allowing anything
 	e.apply(e.engine.SetPolicies(all))
 }
 
@@ -228,11 +237,13 @@ func (e *Enforcer) step() {
 	e.mu.Lock()
 	pending := e.pending
 	e.pending = map[uint32]wire.Labels{}
-	local, sourcesNew := e.local, e.sourcesNew
+	local, sourcesNew, localNew := e.local, e.sourcesNew, e.localNew
+	e.localNew = false
 	e.mu.Unlock()
 	if sourcesNew {
 		e.setPolicies()
 	}
+	e.epsDirty = e.epsDirty || localNew || len(pending) > 0
 
 	var changes []policy.Change
 	for id, ls := range pending {
@@ -244,27 +255,34 @@ func (e *Enforcer) step() {
 		e.indexLocal(id, ls)
 	}
 	e.apply(changes)
-	if e.ready {
+	if e.ready && (e.epsDirty || e.ticks%e.retryTicks == 0 || e.eps.retry) {
+		e.epsDirty = false
 		e.reconcileEndpoints(local)
 	}
 	e.publishStatus()
 }
 
+// defaultRetryTicks: every this many reload ticks the endpoints are
+// reconciled even when nothing changed (a veth recreated under the same
+// name).
+const defaultRetryTicks = 10
+
 // indexLocal keeps byLabels: the local identities by their labels.
 func (e *Enforcer) indexLocal(id uint32, ls wire.Labels) {
-	for k, v := range e.byLabels {
-		if v == id {
-			delete(e.byLabels, k)
-		}
+	if k, ok := e.labelsOf[id]; ok {
+		delete(e.byLabels, k)
+		delete(e.labelsOf, id)
 	}
 	if c, _ := ls.Get(wire.ClusterLabel); ls != nil && c == e.cfg.ClusterName {
-		e.byLabels[ls.String()] = id
+		k := ls.String()
+		e.byLabels[k], e.labelsOf[id] = id, k
 	}
 }
 
 // apply writes engine changes: incrementally once the map was synced, as
 // a full sync the first time and after a failed write.
 func (e *Enforcer) apply(changes []policy.Change) {
+	e.epsDirty = e.epsDirty || len(changes) > 0 // enforced directions may have changed
 	for _, c := range changes {
 		if c.Add {
 			e.entries++

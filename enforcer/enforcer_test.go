@@ -55,13 +55,14 @@ type fakeAttacher struct {
 	attached map[int]datapath.PolicyEndpoint
 }
 
-func (f *fakeAttacher) Index(name string) (int, error) {
+func (f *fakeAttacher) Interfaces() (map[string]int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if i, ok := f.ifaces[name]; ok {
-		return i, nil
+	out := map[string]int{}
+	for k, v := range f.ifaces {
+		out[k] = v
 	}
-	return 0, errors.New("no such interface")
+	return out, nil
 }
 
 func (f *fakeAttacher) Attach(ifindex int, id uint32, in, eg bool) error {
@@ -105,7 +106,9 @@ type fixture struct {
 	done   chan error
 }
 
-func start(t *testing.T) *fixture {
+func start(t *testing.T) *fixture { return startWith(t, nil) }
+
+func startWith(t *testing.T, tweak func(*Enforcer)) *fixture {
 	t.Helper()
 	f := &fixture{dp: datapath.NewMemory(), dir: t.TempDir(), ready: make(chan struct{}),
 		att: &fakeAttacher{ifaces: map[string]int{"lxc-ck2": 7}, attached: map[int]datapath.PolicyEndpoint{
@@ -116,6 +119,9 @@ func start(t *testing.T) *fixture {
 		Policy: f.dp, Attacher: f.att, ReloadInterval: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tweak != nil {
+		tweak(f.e)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel, f.done = cancel, make(chan error, 1)
@@ -304,5 +310,30 @@ spec:
 	f.e.SetPolicies("kubernetes", nil)
 	testenv.WaitFor(t, 5*time.Second, "source removed, directory kept", func() bool {
 		return !f.hasKey(fromNorth) && f.hasKey(allow(eastCheckout, eastFrontend)) && f.e.Status().Rules == 1
+	})
+}
+
+func TestEnforcerDenyAllEnforcesAtOnce(t *testing.T) {
+	f := startWith(t, func(e *Enforcer) { e.retryTicks = 1 << 30 }) // no periodic look to hide behind
+	close(f.ready)
+	f.e.SetLocalState(localState())
+	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))
+	testenv.WaitFor(t, 5*time.Second, "attached, not enforcing", func() bool {
+		p, ok := f.att.get(7)
+		return ok && p == datapath.PolicyEndpoint{Identity: eastCheckout}
+	})
+	// A policy that selects checkout for egress and allows nothing: no
+	// policy entry changes, but egress must be enforced (default deny)
+	// without waiting for a periodic look.
+	f.writePolicy(t, "deny.yaml", `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: checkout}}
+  policyTypes: [Egress]
+`)
+	testenv.WaitFor(t, 2*time.Second, "deny-all egress enforced", func() bool {
+		p, ok := f.att.get(7)
+		return ok && p.EnforceEgress
 	})
 }
