@@ -47,13 +47,13 @@ type Enforcer struct {
 	epsDirty   bool
 	ticks      int
 	retryTicks int // every this many reload ticks the endpoints are reconciled anyway
-	files    policyFiles
-	fromDir  *policy.Compiled // the directory's last valid set
-	eps      endpoints
-	ready    bool // Ready closed: writes allowed
-	written  bool // the policy map was synced at least once
-	dirty    bool // a write failed: the next step syncs the whole map
-	entries  int  // policy keys in the engine
+	files      policyFiles
+	fromDir    *policy.Compiled // the directory's last valid set
+	eps        endpoints
+	ready      bool // Ready closed: writes allowed
+	written    bool // the policy map was synced at least once
+	dirty      bool // a write failed: the next step syncs the whole map
+	entries    int  // policy keys in the engine
 }
 
 type podRef struct{ namespace, pod string }
