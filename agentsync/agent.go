@@ -90,6 +90,11 @@ type Config struct {
 	// drained). The local cluster's come from the config in ConfigDir named
 	// after the local cluster, when there is one: its own apiserver.
 	Identities IdentityObserver
+	// RecheckFlows, when set, is called (once per batch of ipcache
+	// writes) after an ipcache entry the datapath held changed identity or
+	// went away: the policy programs cache each flow's verdict with the
+	// peer identity it was checked with (datapath.Maps.RecheckFlows).
+	RecheckFlows func() error
 	Logger     *slog.Logger
 }
 
@@ -164,7 +169,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	log := cfg.Logger.With("cluster", cfg.ClusterName)
 	m := newMerger(cfg.Datapath, cfg.ClusterName, uint16(cfg.ClusterID), log)
-	m.nodeName = cfg.NodeName
+	m.nodeName, m.recheckFlows = cfg.NodeName, cfg.RecheckFlows
 	return &Agent{
 		cfg: cfg, log: log,
 		merger:   m,

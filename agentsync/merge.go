@@ -66,6 +66,10 @@ type merger struct {
 	// claimed (nodeips.go). Set before the first setLocal.
 	nodeName   string
 	nodeClaims map[netip.Prefix]datapath.IPCacheEntry // guarded by mu
+	// recheckFlows is Config.RecheckFlows; recheck says a written entry
+	// changed identity or went away since the last call (guarded by mu).
+	recheckFlows func() error
+	recheck      bool
 
 	writtenSvc map[svcName]map[datapath.Frontend][]datapath.Backend // guarded by mu
 	// pinned holds the service entries a previous run left in the datapath,
@@ -178,6 +182,13 @@ func (m *merger) setIPs(id uint16, updates []ipClaimUpdate) {
 // winner of p changed.
 func (m *merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bool {
 	cur, has := m.ips[p]
+	if has && cur.written {
+		defer func() {
+			if now, ok := m.ips[p]; !ok || now.claim.Identity != cur.claim.Identity {
+				m.recheck = true
+			}
+		}()
+	}
 	more := m.ipsMore[p]
 	if len(more) == 0 && (!has || cur.claim.ClusterID == id) {
 		// The common case: id is the only claimant (no allocation).
@@ -233,6 +244,7 @@ func (m *merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bo
 
 // writeIPs writes the winners of ps (deleting prefixes nobody claims).
 func (m *merger) writeIPs(ps []netip.Prefix) {
+	defer m.recheckIfNeeded()
 	var upP []netip.Prefix
 	var upE []datapath.IPCacheEntry
 	for _, p := range ps {
@@ -577,4 +589,14 @@ func (m *merger) prune(dp datapath.Datapath) error {
 	}
 	m.log.Info("pruned entries nobody claims after the initial sync", "ipcache", ipN, "services", svcN)
 	return nil
+}
+
+// recheckIfNeeded has the policy programs check their cached flows again
+// after a written ipcache entry changed identity or went away.
+func (m *merger) recheckIfNeeded() {
+	if !m.recheck || m.recheckFlows == nil {
+		return
+	}
+	m.recheck = false
+	m.check(m.recheckFlows(), "recheck flows", "after an ipcache identity change")
 }

@@ -847,3 +847,31 @@ func TestMergerClusterIPRespelledUnmappedKeepsService(t *testing.T) {
 		mgFEDNS:  {mgDNS("10.1.0.1", 1), mgDNS("10.1.0.2", 1)},
 	})
 }
+
+func TestMergerRecheckFlowsWhenAWrittenIdentityChanges(t *testing.T) {
+	m, _ := mgNewMerger(t)
+	rechecks := 0
+	m.recheckFlows = func() error { rechecks++; return nil }
+	p, q := netip.MustParsePrefix("10.5.0.1/32"), netip.MustParsePrefix("10.5.0.2/32")
+	e := func(id uint32) *datapath.IPCacheEntry { return &datapath.IPCacheEntry{Identity: id, ClusterID: 2} }
+	for _, step := range []struct {
+		what    string
+		updates []ipClaimUpdate
+		want    int
+	}{
+		{"new entries", []ipClaimUpdate{{p, e(1000)}, {q, e(1000)}}, 0},
+		{"the same again", []ipClaimUpdate{{p, e(1000)}}, 0},
+		{"an identity changes", []ipClaimUpdate{{p, e(1001)}, {q, e(1000)}}, 1},
+		{"an entry goes away", []ipClaimUpdate{{q, nil}}, 2},
+		{"a new entry", []ipClaimUpdate{{q, e(1002)}}, 2},
+	} {
+		m.setIPs(2, step.updates)
+		if rechecks != step.want {
+			t.Errorf("%s: %d rechecks, want %d", step.what, rechecks, step.want)
+		}
+	}
+	m.dropCluster("cluster-b", 2)
+	if rechecks != 3 {
+		t.Errorf("drop cluster: %d rechecks, want 3 (once for the batch)", rechecks)
+	}
+}

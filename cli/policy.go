@@ -74,6 +74,7 @@ func (p *policyFlags) newAgentPolicy(cfg *agentsync.Config, dp datapath.Datapath
 	ap := &agentPolicy{}
 	if maps, ok := dp.(*datapath.Maps); ok {
 		ecfg.Attacher = enforcer.MapsAttacher{Maps: maps}
+		cfg.RecheckFlows = maps.RecheckFlows // cached verdicts follow ipcache identity changes
 		if err := maps.SetFlowConfig(datapath.FlowConfig{SampleRate: p.sampleRate, TraceNew: p.traceNew, ClusterID: uint16(cfg.ClusterID)}); err != nil {
 			return nil, fmt.Errorf("policy: flow config: %w", err)
 		}

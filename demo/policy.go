@@ -120,6 +120,7 @@ func (p *policyRun) agentHook(dir string, next func(*agentsync.Config)) func(*ag
 			PolicyDir: dir, Policy: pw, ReloadInterval: 100 * time.Millisecond, Logger: cfg.Logger}
 		if maps, ok := cfg.Datapath.(*datapath.Maps); ok {
 			ecfg.Attacher = enforcer.MapsAttacher{Maps: maps, InNetns: p.inNode}
+			cfg.RecheckFlows = maps.RecheckFlows
 		}
 		enf, err := enforcer.New(ecfg)
 		if err != nil {

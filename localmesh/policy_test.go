@@ -202,6 +202,7 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 		}
 		cfg.LocalSource, cfg.Identities = e.enf.WrapSource(cfg.LocalSource), e.enf
 		cfg.NodeName = "node-1" // 192.168.1.1 is the host identity
+		cfg.RecheckFlows = e.maps.RecheckFlows
 	}
 	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Agent: hook})
 	if e.flows, err = datapath.OpenFlows(e.maps); err != nil {
