@@ -3,6 +3,7 @@ package localmesh
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -61,7 +62,11 @@ func serveTCP(t *testing.T, p *podnet.Pod, port uint16) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Each connection gets "ok", then an echo of what it sends until it
+	// closes (or the test ends).
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -70,11 +75,27 @@ func serveTCP(t *testing.T, p *podnet.Pod, port uint16) {
 			if err != nil {
 				return
 			}
-			c.Write([]byte("ok"))
-			c.Close()
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.Write([]byte("ok"))
+				io.Copy(c, c)
+			}()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 }
 
 // serveUDP echoes every datagram p gets on port.
@@ -127,21 +148,49 @@ func echoUDP(from *podnet.Pod, to netip.AddrPort, timeout time.Duration) error {
 
 // connect dials to from pod from and reads the server's "ok".
 func connect(from *podnet.Pod, to netip.AddrPort, timeout time.Duration) error {
-	return podnet.InNetns(from.NS, func() error {
+	c, err := dial(from, to, timeout)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// dial opens a connection from pod from to to and reads the server's "ok";
+// the connection stays open (its socket lives in the pod's namespace).
+func dial(from *podnet.Pod, to netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := podnet.InNetns(from.NS, func() (err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", to.String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(timeout))
-		b, err := io.ReadAll(c)
-		if err == nil && string(b) != "ok" {
-			err = errors.New("unexpected reply " + string(b))
-		}
+		c, err = (&net.Dialer{}).DialContext(ctx, "tcp", to.String())
 		return err
 	})
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(timeout))
+	b := make([]byte, 2)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ok" {
+		c.Close()
+		return nil, fmt.Errorf("reply %q: %v", b, err)
+	}
+	return c, nil
+}
+
+// echo sends a message on c and waits for it to come back.
+func echo(c net.Conn, timeout time.Duration) error {
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return err
+	}
+	if string(b) != "ping" {
+		return errors.New("unexpected echo " + string(b))
+	}
+	return nil
 }
 
 func startPolicyEnv(t *testing.T) *policyEnv {
@@ -339,5 +388,49 @@ func TestPolicyFollowsANewRemotePod(t *testing.T) {
 	t.Logf("removed remote pod denied %s after its cluster's state changed", time.Since(start).Round(time.Millisecond))
 	if err := connect(e.pods["west/frontend-1"], checkout, 3*time.Second); err != nil {
 		t.Errorf("west/frontend-1 lost access: %v", err)
+	}
+}
+
+// An established connection is cut when its peer's address gets another
+// identity that the policy does not allow, though no policy entry changes
+// (another west pod keeps the allowed identity): the agent has the
+// programs check their cached verdicts again.
+func TestPolicyRelabelCutsEstablishedConnection(t *testing.T) {
+	e := startPolicyEnv(t)
+	checkout := netip.AddrPortFrom(netip.MustParseAddr("10.1.1.12"), 8080)
+	west := e.mesh.Cluster("west")
+	st := SampleState(2)
+	st.Endpoints = append(st.Endpoints, statesource.Endpoint{Namespace: "shop", Pod: "frontend-2", Node: "node-1",
+		IP: e.pods["west/frontend-2"].IP, Labels: map[string]string{"app": "frontend"}})
+	if err := west.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "west/frontend-2 allowed", func() bool {
+		return connect(e.pods["west/frontend-2"], checkout, 100*time.Millisecond) == nil
+	})
+	c, err := dial(e.pods["west/frontend-1"], checkout, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := echo(c, 3*time.Second); err != nil {
+		t.Fatalf("established connection: %v", err)
+	}
+	for i := range st.Endpoints {
+		if st.Endpoints[i].Pod == "frontend-1" {
+			st.Endpoints[i].Labels = map[string]string{"app": "frontend-old"}
+		}
+	}
+	if err := west.WriteState(st); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the relabelled pod denied new connections", func() bool {
+		return connect(e.pods["west/frontend-1"], checkout, 100*time.Millisecond) != nil
+	})
+	if err := echo(c, 500*time.Millisecond); err == nil {
+		t.Error("the established connection of the relabelled pod still flows")
+	}
+	if err := connect(e.pods["west/frontend-2"], checkout, 3*time.Second); err != nil {
+		t.Errorf("west/frontend-2 (still app=frontend) lost access: %v", err)
 	}
 }
