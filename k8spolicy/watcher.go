@@ -73,9 +73,10 @@ type Config struct {
 
 // Watcher watches a cluster's policy objects. Create with New, run with Run.
 type Watcher struct {
-	cfg   Config
-	log   *slog.Logger
-	store *store
+	cfg    Config
+	log    *slog.Logger
+	store  *store
+	synced chan struct{} // closed after the first delivery
 
 	mu     sync.Mutex
 	status Status // Synced, CiliumNetworkPolicies, Rules, Deliveries; the rest from store
@@ -103,7 +104,7 @@ func New(cfg Config) (*Watcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	w := &Watcher{cfg: cfg, log: cfg.Logger.With("component", "k8spolicy")}
+	w := &Watcher{cfg: cfg, log: cfg.Logger.With("component", "k8spolicy"), synced: make(chan struct{})}
 	w.store = newStore(cfg.Options, w.invalid)
 	return w, nil
 }
@@ -333,4 +334,13 @@ func (w *Watcher) deliver(first bool) {
 	w.status.Deliveries++
 	w.mu.Unlock()
 	w.cfg.OnChange(c)
+	if first {
+		close(w.synced)
+	}
 }
+
+// Synced is closed once the informers have synced and the first set was
+// delivered. The agent's enforcer waits for it (beside the agent's own
+// sync) before it writes anything, so that a restarted agent never writes
+// a policy map without the cluster's objects.
+func (w *Watcher) Synced() <-chan struct{} { return w.synced }
