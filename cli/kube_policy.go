@@ -1,0 +1,98 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/k8spolicy"
+	"github.com/clustermesh/clustermesh/policy"
+)
+
+// kubePolicySource is the policy source name of the cluster's objects in
+// the enforcer.
+const kubePolicySource = "kubernetes"
+
+// kubePolicyFlags choose whether the agent enforces the cluster's
+// NetworkPolicy and CiliumNetworkPolicy objects.
+type kubePolicyFlags struct {
+	fromKubernetes bool
+}
+
+func (k *kubePolicyFlags) register(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&k.fromKubernetes, "policy-from-kubernetes", true,
+		"with --state-source=kubernetes: also enforce the cluster's NetworkPolicy and CiliumNetworkPolicy objects (needs --node-name; an invalid object keeps its last valid version; see docs/policy.md)")
+}
+
+// enabled: the agent reads policies from the cluster.
+func (k *kubePolicyFlags) enabled(stateSource string) bool {
+	return k.fromKubernetes && stateSource == "kubernetes"
+}
+
+// check refuses --policy-from-kubernetes=true without the Kubernetes state
+// source, and the Kubernetes policies without --node-name.
+func (k *kubePolicyFlags) check(cmd *cobra.Command, stateSource, nodeName string) error {
+	if stateSource != "kubernetes" {
+		if cmd.Flags().Changed("policy-from-kubernetes") && k.fromKubernetes {
+			return fmt.Errorf("--policy-from-kubernetes needs --state-source=kubernetes")
+		}
+		return nil
+	}
+	if k.fromKubernetes && nodeName == "" {
+		return fmt.Errorf("reading policies from Kubernetes needs --node-name (the node whose endpoints this agent enforces), or pass --policy-from-kubernetes=false")
+	}
+	return nil
+}
+
+// kubeRESTConfig is the config of the cluster the agent runs in: in a pod,
+// the in-cluster config and its service account; outside, kubeconfig (as
+// newKubeStateSource).
+func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		c, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("not in a pod (%w): pass --kubeconfig", err)
+		}
+		return c, nil
+	}
+	t, err := (&kubeFlags{kubeconfig: kubeconfig}).target("")
+	if err != nil {
+		return nil, err
+	}
+	return t.Config, nil
+}
+
+// kubePolicyServer returns the watcher of the cluster's policy objects,
+// which gives every object's last valid version to enf (source
+// "kubernetes"), and the server func that runs it (for runAll). The
+// watcher's Status, Collector and Synced are for the agent's status, its
+// metrics and its enforcer's start.
+func kubePolicyServer(kubeconfig string, enf *enforcer.Enforcer) (*k8spolicy.Watcher, func(context.Context) error, error) {
+	cfg, err := kubeRESTConfig(kubeconfig)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes policies: %w", err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes policies: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes policies: %w", err)
+	}
+	w, err := k8spolicy.New(k8spolicy.Config{
+		Client: cs, Dynamic: dyn, Options: enf.PolicyOptions(),
+		OnChange: func(c *policy.Compiled) { enf.SetPolicies(kubePolicySource, c) },
+		Logger:   slog.Default(),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, w.Run, nil
+}
