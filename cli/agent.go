@@ -20,11 +20,12 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	var cfg agentsync.Config
-	var stateFile, pinDir, statusAddr, metricsAddr, cgroup, stateSource, kubeconfig string
+	var stateFile, pinDir, statusAddr, metricsAddr, cgroup, stateSource, kubeconfig, kubeContext string
 	var socketLB bool
 	var cleanup bool
 	var wgf wireguardFlags
 	var pf policyFlags
+	var report agentReportFlags
 	cmd := &cobra.Command{
 		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
 		Short: "Run the node agent: sync every remote cluster into the local eBPF maps",
@@ -58,7 +59,14 @@ identities of its own cluster from the config in --config-dir named after
 it (its own apiserver), computes what each endpoint may do from the
 policies and every cluster's identities, and attaches the policy programs
 (tc) to the interfaces. Flows (every drop, new connections, samples) are
-served on --status-addr for 'clustermesh observe'.`,
+served on --status-addr for 'clustermesh observe'.
+
+With --state-source=kubernetes the agent reports a compact status (remotes
+connected and synced, their last errors, the global services' remote
+backends) in the Lease clustermesh-agent-<node> of --report-namespace,
+written when it changes (at most every --report-interval) and every 30s, and
+deleted when it exits; 'clustermesh status --context' sums them up. The node
+is --node-name, else $NODE_NAME, else the host name.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := wgf.check(cmd); err != nil {
@@ -96,7 +104,7 @@ served on --status-addr for 'clustermesh observe'.`,
 				}
 				cfg.LocalSource = &statesource.File{Path: stateFile, Logger: slog.Default()}
 			case "kubernetes":
-				src, err := newKubeStateSource(kubeconfig, "", slog.Default())
+				src, err := newKubeStateSource(kubeconfig, kubeContext, slog.Default())
 				if err != nil {
 					return err
 				}
@@ -147,6 +155,13 @@ served on --status-addr for 'clustermesh observe'.`,
 				collectors = append(collectors, pol.collectors()...)
 				servers = append(servers, pol.servers(agent)...)
 			}
+			reporter, err := report.server(stateSource, kubeconfig, kubeContext, wgf.nodeName, status)
+			if err != nil {
+				return err
+			}
+			if reporter != nil {
+				servers = append(servers, reporter)
+			}
 			servers = append(servers, func(ctx context.Context) error { return serveMetrics(ctx, metricsAddr, collectors...) })
 			if wg != nil {
 				usr1 := make(chan os.Signal, 1)
@@ -165,6 +180,7 @@ served on --status-addr for 'clustermesh observe'.`,
 	f.StringVar(&stateFile, "state-file", "", "the local cluster's state file (its global services and endpoints)")
 	f.StringVar(&stateSource, "state-source", "file", "where the local cluster's services and endpoints come from: file (--state-file) or kubernetes (in a pod, the service account; else --kubeconfig)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with")
+	f.StringVar(&kubeContext, "context", "", "with --kubeconfig: its context to use (default: the current context)")
 	f.StringVar(&pinDir, "bpf-pin-dir", datapath.DefaultPinDir, "bpffs directory the eBPF maps are pinned in")
 	f.StringVar(&statusAddr, "status-addr", agentsync.DefaultStatusAddr, "unix socket path or host:port to serve status on")
 	f.StringVar(&metricsAddr, "metrics-addr", ":9962", "host:port to serve Prometheus /metrics on (\"\" disables)")
@@ -179,6 +195,7 @@ served on --status-addr for 'clustermesh observe'.`,
 	f.BoolVar(&cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
 	wgf.register(cmd)
 	pf.register(cmd)
+	report.register(f)
 	for _, r := range []string{"cluster-name", "cluster-id", "config-dir"} {
 		cmd.MarkFlagRequired(r)
 	}

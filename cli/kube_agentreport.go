@@ -239,7 +239,7 @@ func (f *agentReportFlags) register(fs *pflag.FlagSet) {
 // server returns the status reporter to run beside an agent that reads
 // Kubernetes (stateSource "kubernetes"), nil otherwise. node is the node's
 // name (--node-name), else $NODE_NAME, else the host name.
-func (f *agentReportFlags) server(stateSource, kubeconfig, node string, status func() AgentStatus) (func(context.Context) error, error) {
+func (f *agentReportFlags) server(stateSource, kubeconfig, kubeContext, node string, status func() AgentStatus) (func(context.Context) error, error) {
 	if stateSource != "kubernetes" || f.interval == 0 {
 		return nil, nil
 	}
@@ -253,7 +253,7 @@ func (f *agentReportFlags) server(stateSource, kubeconfig, node string, status f
 		}
 		node = h
 	}
-	client, err := newKubeClient(kubeconfig, "")
+	client, err := newKubeClient(kubeconfig, kubeContext)
 	if err != nil {
 		return nil, fmt.Errorf("agent report: %w", err)
 	}

@@ -192,16 +192,16 @@ func TestAgentReportFlags(t *testing.T) {
 		t.Fatalf("defaults: %+v %v", f, err)
 	}
 	status := func() AgentStatus { return AgentStatus{} }
-	if srv, err := f.server("file", "", "n1", status); srv != nil || err != nil {
+	if srv, err := f.server("file", "", "", "n1", status); srv != nil || err != nil {
 		t.Errorf("file source: %v %v", srv != nil, err)
 	}
-	if _, err := f.server("kubernetes", "/nonexistent/kubeconfig", "n1", status); err == nil || !strings.Contains(err.Error(), "agent report") {
+	if _, err := f.server("kubernetes", "/nonexistent/kubeconfig", "", "n1", status); err == nil || !strings.Contains(err.Error(), "agent report") {
 		t.Errorf("bad kubeconfig: %v", err)
 	}
 	if err := fs.Parse([]string{"--report-interval", "0"}); err != nil {
 		t.Fatal(err)
 	}
-	if srv, err := f.server("kubernetes", "", "n1", status); srv != nil || err != nil {
+	if srv, err := f.server("kubernetes", "", "", "n1", status); srv != nil || err != nil {
 		t.Errorf("--report-interval 0: %v %v", srv != nil, err)
 	}
 	if n := agentReportName(strings.Repeat("n", 300)); len(n) != 253 || !strings.HasPrefix(n, agentName+"-nnn") {

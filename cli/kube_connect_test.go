@@ -225,6 +225,16 @@ func TestK8sConnectDisconnect(t *testing.T) {
 		s, ok := ep.service("shop", "checkout")
 		return ok && s.LocalHealthy == 1 && s.Remote["west"] == 1 && s.SelectedFrom == "local"
 	})
+	// The agents' reports, summed up by status --context.
+	var kst string
+	testenv.WaitFor(t, 10*time.Second, "status --context east counts east's agent", func() bool {
+		kst = kubeRun(t, env, "status", "--context", "east")
+		return strings.Contains(kst, "agents:     1 reporting") && strings.Contains(kst, "west: connected on 1/1 agents, synced on 1") &&
+			strings.Contains(kst, "shop/checkout: remote backends min 1, max 1 across 1 agents")
+	})
+	if !strings.Contains(kst, "configured 1/1.0/1, connected 1/1.0/1, synced 1/1.0/1") {
+		t.Errorf("status --context east, agents' remotes min/avg/max:\n%s", kst)
+	}
 	// east's backend turns not ready: east fails over to west.
 	f := false
 	eastSlice.Endpoints[0].Conditions.Ready = &f

@@ -2,8 +2,7 @@ package cli
 
 import (
 	"context"
-	"io"
-	"log/slog"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -161,7 +160,7 @@ func (a *apiserverRun) identities(t *testing.T) map[string]string {
 // kubelet would mount it.
 type podRun struct {
 	api    *apiserverRun
-	agent  *agentsync.Agent
+	sock   string // the agent's status address
 	remote string // the remotes dir
 }
 
@@ -211,34 +210,43 @@ func startPods(t *testing.T, env *kubetest.Env, c *kubetest.Cluster, listenIP st
 		}
 	}()
 
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	src, err := newKubeStateSource(env.Kubeconfig, c.Name, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.agent, err = agentsync.New(agentsync.Config{
-		ClusterName: p.api.name, ClusterID: uint32(p.api.id), ConfigDir: p.remote, Datapath: datapath.NewMemory(),
-		LocalSource:        src,
-		ConfigPollInterval: 50 * time.Millisecond, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: time.Second,
-		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second, Logger: quiet,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The agent: `clustermesh agent` as the DaemonSet runs it, reading the
+	// cluster and reporting its status there.
+	dir := t.TempDir()
+	p.sock = filepath.Join(dir, "agent.sock")
+	pinDir := filepath.Join("/sys/fs/bpf", fmt.Sprintf("cm-k8stest-%d-%s", os.Getpid(), c.Name))
 	agentDone := make(chan error, 1)
-	go func() { agentDone <- p.agent.Run(ctx) }()
+	go func() {
+		_, err := run(ctx, "agent", "--cluster-name", p.api.name, "--cluster-id", strconv.Itoa(p.api.id), "--config-dir", p.remote,
+			"--state-source", "kubernetes", "--kubeconfig", env.Kubeconfig, "--context", c.Name, "--node-name", c.Name+"-node",
+			"--status-addr", p.sock, "--metrics-addr", "", "--bpf-pin-dir", pinDir, "--socket-lb=false",
+			"--probe-interval", "200ms", "--probe-timeout", "1s", "--backoff-max", "1s", "--report-interval", "100ms")
+		agentDone <- err
+	}()
 	t.Cleanup(func() {
 		cancel()
 		<-kubeletDone
 		if err := <-agentDone; err != nil {
 			t.Errorf("agent %s: %v", p.api.name, err)
 		}
+		if os.Geteuid() == 0 {
+			datapath.RemovePins(pinDir)
+		}
 	})
 	return p
 }
 
+// status is the agent's status from its status address (zero until it
+// serves).
+func (p *podRun) status() AgentStatus {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, _ := fetchStatus(ctx, p.sock)
+	return st
+}
+
 func (p *podRun) remoteStatus(name string) (agentsync.RemoteStatus, bool) {
-	for _, r := range p.agent.Status().Remotes {
+	for _, r := range p.status().Remotes {
 		if r.Name == name {
 			return r, true
 		}
@@ -247,7 +255,7 @@ func (p *podRun) remoteStatus(name string) (agentsync.RemoteStatus, bool) {
 }
 
 func (p *podRun) service(ns, name string) (agentsync.ServiceStatus, bool) {
-	for _, s := range p.agent.Status().Services {
+	for _, s := range p.status().Services {
 		if s.Namespace == ns && s.Name == name {
 			return s, true
 		}
