@@ -27,25 +27,26 @@ type kubePolicyFlags struct {
 
 func (k *kubePolicyFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&k.fromKubernetes, "policy-from-kubernetes", true,
-		"with --state-source=kubernetes: also enforce the cluster's NetworkPolicy and CiliumNetworkPolicy objects (needs --node-name; an invalid object keeps its last valid version; see docs/policy.md)")
+		"with --state-source=kubernetes and --node-name: also enforce the cluster's NetworkPolicy and CiliumNetworkPolicy objects (an invalid object keeps its last valid version; see docs/policy.md)")
 }
 
-// enabled: the agent reads policies from the cluster.
-func (k *kubePolicyFlags) enabled(stateSource string) bool {
-	return k.fromKubernetes && stateSource == "kubernetes"
+// enabled: the agent reads policies from the cluster (on by default with
+// the Kubernetes state source and a node to enforce on).
+func (k *kubePolicyFlags) enabled(stateSource, nodeName string) bool {
+	return k.fromKubernetes && stateSource == "kubernetes" && nodeName != ""
 }
 
-// check refuses --policy-from-kubernetes=true without the Kubernetes state
-// source, and the Kubernetes policies without --node-name.
+// check refuses an explicit --policy-from-kubernetes that cannot be
+// honoured: without the Kubernetes state source, or without --node-name.
 func (k *kubePolicyFlags) check(cmd *cobra.Command, stateSource, nodeName string) error {
-	if stateSource != "kubernetes" {
-		if cmd.Flags().Changed("policy-from-kubernetes") && k.fromKubernetes {
-			return fmt.Errorf("--policy-from-kubernetes needs --state-source=kubernetes")
-		}
+	if !cmd.Flags().Changed("policy-from-kubernetes") || !k.fromKubernetes {
 		return nil
 	}
-	if k.fromKubernetes && nodeName == "" {
-		return fmt.Errorf("reading policies from Kubernetes needs --node-name (the node whose endpoints this agent enforces), or pass --policy-from-kubernetes=false")
+	if stateSource != "kubernetes" {
+		return fmt.Errorf("--policy-from-kubernetes needs --state-source=kubernetes")
+	}
+	if nodeName == "" {
+		return fmt.Errorf("--policy-from-kubernetes needs --node-name: the node's name, whose endpoints this agent enforces")
 	}
 	return nil
 }

@@ -25,8 +25,9 @@ func TestKubePolicyFlags(t *testing.T) {
 	}{
 		{nil, "kubernetes", "node-1", true, ""},
 		{nil, "file", "node-1", false, ""},
-		{nil, "kubernetes", "", false, "needs --node-name"},
-		{[]string{"--policy-from-kubernetes=false"}, "kubernetes", "", false, ""},
+		{nil, "kubernetes", "", false, ""}, // no node to enforce on: off, as before
+		{[]string{"--policy-from-kubernetes=false"}, "kubernetes", "node-1", false, ""},
+		{[]string{"--policy-from-kubernetes"}, "kubernetes", "", false, "needs --node-name"},
 		{[]string{"--policy-from-kubernetes"}, "file", "node-1", false, "needs --state-source=kubernetes"},
 	} {
 		var k kubePolicyFlags
@@ -45,7 +46,7 @@ func TestKubePolicyFlags(t *testing.T) {
 		if err != nil {
 			t.Errorf("%v %s %q: %v", tc.args, tc.source, tc.node, err)
 		}
-		if got := k.enabled(tc.source); got != tc.wantOn {
+		if got := k.enabled(tc.source, tc.node); got != tc.wantOn {
 			t.Errorf("%v %s: enabled = %v, want %v", tc.args, tc.source, got, tc.wantOn)
 		}
 	}

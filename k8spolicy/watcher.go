@@ -71,7 +71,8 @@ type Config struct {
 	Logger  *slog.Logger
 }
 
-// Watcher watches a cluster's policy objects. Create with New, run with Run.
+// Watcher watches a cluster's policy objects. Create with New, run once
+// with Run.
 type Watcher struct {
 	cfg    Config
 	log    *slog.Logger
