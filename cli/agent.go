@@ -25,6 +25,7 @@ func newAgentCmd() *cobra.Command {
 	var cleanup bool
 	var wgf wireguardFlags
 	var pf policyFlags
+	var kpf kubePolicyFlags
 	var report agentReportFlags
 	cmd := &cobra.Command{
 		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
@@ -72,7 +73,11 @@ is --node-name, else $NODE_NAME, else the host name.`,
 			if err := wgf.check(cmd); err != nil {
 				return err
 			}
-			if err := pf.check(cmd, wgf.nodeName); err != nil {
+			if err := kpf.check(cmd, stateSource, wgf.nodeName); err != nil {
+				return err
+			}
+			kubePolicies := kpf.enabled(stateSource, wgf.nodeName)
+			if err := pf.check(cmd, wgf.nodeName, kubePolicies); err != nil {
 				return err
 			}
 			if cleanup {
@@ -125,12 +130,17 @@ is --node-name, else $NODE_NAME, else the host name.`,
 			}
 			var agent *agentsync.Agent
 			var pol *agentPolicy
-			if pf.dir != "" {
+			if pf.dir != "" || kubePolicies {
 				clusterName := func(id uint16) string { return agent.ClusterName(id) } // called once running
 				if pol, err = pf.newAgentPolicy(&cfg, dp, wgf.nodeName, clusterName); err != nil {
 					return err
 				}
 				defer pol.close()
+				if kubePolicies {
+					if pol.kube, pol.kubeRun, err = kubePolicyServer(kubeconfig, kubeContext, pol.enf); err != nil {
+						return err
+					}
+				}
 			}
 			if agent, err = agentsync.New(cfg); err != nil {
 				return err
@@ -144,6 +154,10 @@ is --node-name, else $NODE_NAME, else the host name.`,
 				if pol != nil {
 					s := pol.enf.Status()
 					st.Policy = &s
+					if pol.kube != nil {
+						ks := pol.kube.Status()
+						st.KubernetesPolicy = &ks
+					}
 				}
 				return st
 			}
@@ -195,6 +209,7 @@ is --node-name, else $NODE_NAME, else the host name.`,
 	f.BoolVar(&cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
 	wgf.register(cmd)
 	pf.register(cmd)
+	kpf.register(cmd)
 	report.register(f)
 	for _, r := range []string{"cluster-name", "cluster-id", "config-dir"} {
 		cmd.MarkFlagRequired(r)

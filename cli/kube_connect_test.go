@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
@@ -224,6 +225,17 @@ func TestK8sConnectDisconnect(t *testing.T) {
 	testenv.WaitFor(t, 10*time.Second, "east's checkout: 1 local and 1 remote backend, local selected", func() bool {
 		s, ok := ep.service("shop", "checkout")
 		return ok && s.LocalHealthy == 1 && s.Remote["west"] == 1 && s.SelectedFrom == "local"
+	})
+	// The agent enforces the cluster's own NetworkPolicies.
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "checkout", Namespace: "shop"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "checkout"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	if _, err := east.Client.NetworkingV1().NetworkPolicies("shop").Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "east's agent enforces the cluster's NetworkPolicy", func() bool {
+		st := ep.status()
+		return st.KubernetesPolicy != nil && st.KubernetesPolicy.Objects == 1 && st.Policy != nil && st.Policy.Rules == 1
 	})
 	// The agents' reports, summed up by status --context.
 	var kst string

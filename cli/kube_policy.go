@@ -54,7 +54,7 @@ func (k *kubePolicyFlags) check(cmd *cobra.Command, stateSource, nodeName string
 // kubeRESTConfig is the config of the cluster the agent runs in: in a pod,
 // the in-cluster config and its service account; outside, kubeconfig (as
 // newKubeStateSource).
-func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
+func kubeRESTConfig(kubeconfig, kubeContext string) (*rest.Config, error) {
 	if kubeconfig == "" {
 		c, err := rest.InClusterConfig()
 		if err != nil {
@@ -62,7 +62,7 @@ func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
 		}
 		return c, nil
 	}
-	t, err := (&kubeFlags{kubeconfig: kubeconfig}).target("")
+	t, err := (&kubeFlags{kubeconfig: kubeconfig}).target(kubeContext)
 	if err != nil {
 		return nil, err
 	}
@@ -74,8 +74,8 @@ func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
 // "kubernetes"), and the server func that runs it (for runAll). The
 // watcher's Status, Collector and Synced are for the agent's status, its
 // metrics and its enforcer's start.
-func kubePolicyServer(kubeconfig string, enf *enforcer.Enforcer) (*k8spolicy.Watcher, func(context.Context) error, error) {
-	cfg, err := kubeRESTConfig(kubeconfig)
+func kubePolicyServer(kubeconfig, kubeContext string, enf *enforcer.Enforcer) (*k8spolicy.Watcher, func(context.Context) error, error) {
+	cfg, err := kubeRESTConfig(kubeconfig, kubeContext)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes policies: %w", err)
 	}

@@ -65,7 +65,7 @@ func TestKubePolicyServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, server, err := kubePolicyServer(env.Kubeconfig, enf)
+	w, server, err := kubePolicyServer(env.Kubeconfig, "", enf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestKubePolicyServer(t *testing.T) {
 	if st := w.Status(); !st.Synced || st.Objects != 1 {
 		t.Fatalf("watcher status %+v", st)
 	}
-	if _, _, err := kubePolicyServer("/nonexistent/kubeconfig", enf); err == nil || !strings.Contains(err.Error(), "kubernetes policies") {
+	if _, _, err := kubePolicyServer("/nonexistent/kubeconfig", "", enf); err == nil || !strings.Contains(err.Error(), "kubernetes policies") {
 		t.Fatalf("a missing kubeconfig: err = %v", err)
 	}
 }

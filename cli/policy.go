@@ -12,6 +12,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/observe"
 )
 
@@ -36,16 +37,16 @@ func (p *policyFlags) register(cmd *cobra.Command) {
 
 // check refuses policy flags without --policy-dir, and --policy-dir
 // without --node-name.
-func (p *policyFlags) check(cmd *cobra.Command, nodeName string) error {
-	if p.dir == "" {
+func (p *policyFlags) check(cmd *cobra.Command, nodeName string, kubePolicies bool) error {
+	if p.dir == "" && !kubePolicies {
 		for _, name := range policyOnly {
 			if cmd.Flags().Changed(name) {
-				return fmt.Errorf("--%s needs --policy-dir", name)
+				return fmt.Errorf("--%s needs --policy-dir (or the cluster's policies: --state-source=kubernetes with --node-name)", name)
 			}
 		}
 		return nil
 	}
-	if nodeName == "" {
+	if p.dir != "" && nodeName == "" {
 		return fmt.Errorf("--policy-dir needs --node-name: the node's name in the local state, whose endpoints this agent enforces")
 	}
 	return nil
@@ -56,6 +57,10 @@ type agentPolicy struct {
 	enf   *enforcer.Enforcer
 	flows *datapath.FlowReader // nil on the in-memory datapath
 	hub   *observe.Hub         // nil with flows
+	// kube watches the cluster's policy objects (nil unless
+	// --state-source=kubernetes with --node-name); kubeRun runs it.
+	kube    *k8spolicy.Watcher
+	kubeRun func(context.Context) error
 }
 
 // newAgentPolicy builds the enforcer for the agent of cfg (which it hooks
@@ -107,7 +112,19 @@ func (ap *agentPolicy) close() {
 // servers are the enforcer (writing once the agent has synced) and the
 // flow hub.
 func (ap *agentPolicy) servers(agent *agentsync.Agent) []func(context.Context) error {
-	out := []func(context.Context) error{func(ctx context.Context) error { return ap.enf.Run(ctx, agent.Pruned()) }}
+	out := []func(context.Context) error{func(ctx context.Context) error {
+		if ap.kube != nil {
+			select { // never write a policy map without the cluster's objects
+			case <-ap.kube.Synced():
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		return ap.enf.Run(ctx, agent.Pruned())
+	}}
+	if ap.kube != nil {
+		out = append(out, ap.kubeRun)
+	}
 	if ap.hub != nil {
 		out = append(out, func(ctx context.Context) error {
 			if err := ap.hub.Run(ctx, ap.flows); err != nil {
@@ -133,6 +150,9 @@ func (ap *agentPolicy) handlers() map[string]http.Handler {
 // collectors are the policy's and the flows' metrics.
 func (ap *agentPolicy) collectors() []prometheus.Collector {
 	out := []prometheus.Collector{ap.enf.Collector()}
+	if ap.kube != nil {
+		out = append(out, ap.kube.Collector())
+	}
 	if ap.hub != nil {
 		out = append(out, ap.hub.Collector())
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/wireguard"
 )
 
@@ -18,6 +19,9 @@ type AgentStatus struct {
 	WireGuard *wireguard.Status `json:"wireguard,omitempty"`
 	// Policy is the policy enforcer's status, absent without --policy-dir.
 	Policy *enforcer.Status `json:"policy,omitempty"`
+	// KubernetesPolicy is the cluster's policy objects' watcher, absent
+	// unless the agent reads them.
+	KubernetesPolicy *k8spolicy.Status `json:"kubernetesPolicy,omitempty"`
 }
 
 // serveStatus serves the extended status on addr until ctx is done, and

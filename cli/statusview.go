@@ -11,6 +11,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/wireguard"
 )
 
@@ -52,7 +53,32 @@ func PrintAgentStatus(w io.Writer, full AgentStatus, asJSON bool) error {
 	fmt.Fprintln(w)
 	printWireGuard(w, full.WireGuard)
 	printPolicy(w, full.Policy)
+	printKubernetesPolicy(w, full.KubernetesPolicy)
 	return nil
+}
+
+// printKubernetesPolicy renders the cluster's policy objects, and the
+// invalid ones.
+func printKubernetesPolicy(w io.Writer, k *k8spolicy.Status) {
+	if k == nil {
+		return
+	}
+	cnp := "CiliumNetworkPolicies not served by the cluster"
+	if k.CiliumNetworkPolicies {
+		cnp = "NetworkPolicies and CiliumNetworkPolicies"
+	}
+	synced := "synced"
+	if !k.Synced {
+		synced = "not synced yet (the policy map waits for it)"
+	}
+	fmt.Fprintf(w, "  from Kubernetes (%s): %s, %d objects, %d enforced, %d rules\n", cnp, synced, k.Objects, k.Enforced, k.Rules)
+	for _, o := range k.Invalid {
+		kept := "contributes nothing"
+		if o.PreviousEnforced {
+			kept = "its last valid version is enforced"
+		}
+		fmt.Fprintf(w, "  invalid %s %s/%s (%s): %s\n", o.Kind, o.Namespace, o.Name, kept, o.Error)
+	}
 }
 
 // printPolicy renders the policy line, and the node's endpoints that are
