@@ -98,12 +98,20 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 		delOps = append(delOps, clientv3.OpDelete(k))
 	}
 	// Every put is in before the first delete: a still-valid entry is never
-	// missing, even for a moment.
-	if err := p.commit(ctx, putOps); err != nil {
-		return err
-	}
-	if err := p.commit(ctx, delOps); err != nil {
-		return err
+	// missing, even for a moment. One transaction when both fit (applied
+	// atomically, and one round trip for a change that replaces one entry
+	// by another), else the puts' transactions before the deletes'.
+	if fitsOneTxn(putOps, delOps) {
+		if err := p.commit(ctx, append(putOps, delOps...)); err != nil {
+			return err
+		}
+	} else {
+		if err := p.commit(ctx, putOps); err != nil {
+			return err
+		}
+		if err := p.commit(ctx, delOps); err != nil {
+			return err
+		}
 	}
 	p.published = want
 	p.stats.Entries = len(want)
@@ -196,4 +204,19 @@ func (p *publisher) heartbeat(ctx context.Context) error {
 		return fmt.Errorf("meshapiserver: heartbeat: %w", err)
 	}
 	return nil
+}
+
+// fitsOneTxn reports whether puts and deletes fit in one transaction:
+// applied atomically, a delete then never shows before the puts.
+func fitsOneTxn(puts, dels []clientv3.Op) bool {
+	if len(puts)+len(dels) > txnBudgetOps {
+		return false
+	}
+	size := 0
+	for _, ops := range [][]clientv3.Op{puts, dels} {
+		for _, op := range ops {
+			size += len(op.KeyBytes()) + len(op.ValueBytes())
+		}
+	}
+	return size <= txnBudgetBytes
 }

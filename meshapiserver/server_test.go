@@ -445,3 +445,42 @@ func TestMetricsCollector(t *testing.T) {
 		t.Errorf("no transaction observed: %v", got)
 	}
 }
+
+// A change that replaces entries by others is one transaction: the agents
+// see the new entries and the removals at one revision, the puts first, so
+// no still-valid entry is ever missing and no intermediate state exists.
+func TestChangeIsOneTransactionPutsFirst(t *testing.T) {
+	f := newFixture(t)
+	f.start(t, "127.0.0.1:0")
+	admin := clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := admin.Watch(ctx, "cilium/state/", clientv3.WithPrefix())
+	// cart-a leaves (its ipcache entry and identity go); checkout-b becomes
+	// ready (the service entry changes).
+	writeFile(t, f.state, strings.NewReplacer(
+		"- {namespace: shop, pod: cart-a, ip: 10.1.1.12, node: east-1, labels: {app: cart}}\n", "",
+		"labels: {app: checkout}, ready: false}", "labels: {app: checkout}}").Replace(eastState))
+	var events []*clientv3.Event
+	deadline := time.After(10 * time.Second)
+	for len(events) < 3 {
+		select {
+		case resp := <-w:
+			events = append(events, resp.Events...)
+		case <-deadline:
+			t.Fatalf("got %d events, want the service put and two deletes", len(events))
+		}
+	}
+	rev := events[0].Kv.ModRevision
+	seenDelete := false
+	for _, ev := range events {
+		if ev.Kv.ModRevision != rev {
+			t.Errorf("event %s %s at revision %d, want all at %d (one transaction)", ev.Type, ev.Kv.Key, ev.Kv.ModRevision, rev)
+		}
+		if ev.Type == clientv3.EventTypeDelete {
+			seenDelete = true
+		} else if seenDelete {
+			t.Errorf("put %s after a delete in the transaction", ev.Kv.Key)
+		}
+	}
+}
