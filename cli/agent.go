@@ -55,7 +55,8 @@ while running, rotates the key; the new key reaches the peers through the
 mesh. The device, its routes and rules are removed when the agent exits.
 
 With --policy-dir the agent enforces cross-cluster policy on the endpoints
-of --node-name whose state gives their host-side interface: it reads the
+of --node-name, on their host-side veth (named in the state, else the veth
+a host route sends the pod's address to): it reads the
 identities of its own cluster from the config in --config-dir named after
 it (its own apiserver), computes what each endpoint may do from the
 policies and every cluster's identities, and attaches the policy programs

@@ -145,7 +145,7 @@ spec:
 	}
 	table := must(run(ctx, "status", "--agent", sock))
 	for _, want := range []string{"REMOTE", "west", "east (local)", "shop/checkout", "3 (west=3/3)", "3 from local",
-		"Policy: enforcing, 1 rules, 2 entries, 5 identities", "shop/checkout-2 (-): no-interface-in-state"} {
+		"Policy: enforcing, 1 rules, 2 entries, 5 identities", "shop/checkout-2 (-): no-interface"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("status table lacks %q:\n%s", want, table)
 		}

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
@@ -90,9 +89,9 @@ func (c *Config) Validate() error {
 // endpoints, in the network namespace the endpoints' veths are in (the
 // agent's own, for MapsAttacher).
 type Attacher interface {
-	// Interfaces returns the index of every interface by name (one
-	// netlink dump per reconciliation, whatever the number of pods).
-	Interfaces() (map[string]int, error)
+	// Interfaces lists the interfaces (one netlink dump of links and one
+	// of routes per reconciliation, whatever the number of pods).
+	Interfaces() (Interfaces, error)
 	Attach(ifindex int, identity uint32, enforceIngress, enforceEgress bool) error
 	Detach(ifindex int) error
 	// Attachments lists what is attached, including by a previous run.
@@ -116,13 +115,10 @@ func (a MapsAttacher) in(fn func() error) error {
 }
 
 // Interfaces implements Attacher.
-func (a MapsAttacher) Interfaces() (map[string]int, error) {
-	out := map[string]int{}
-	err := a.in(func() error {
-		ifs, err := net.Interfaces()
-		for _, ifi := range ifs {
-			out[ifi.Name] = ifi.Index
-		}
+func (a MapsAttacher) Interfaces() (Interfaces, error) {
+	var out Interfaces
+	err := a.in(func() (err error) {
+		out, err = listInterfaces()
 		return err
 	})
 	return out, err

@@ -11,12 +11,11 @@ import (
 
 // Endpoint states in Status.
 const (
-	StateEnforcing       = "enforcing"             // programs attached
-	StateNotEnforced     = "not-enforced"          // in-memory datapath: computed only
-	StateNoInterface     = "no-interface"          // its host-side interface is not (yet) there
-	StateNoIdentity      = "waiting-for-identity"  // the cluster's apiserver has not published it (yet)
-	StateNoInterfaceName = "no-interface-in-state" // the state gives no interface
-	StateError           = "error"                 // attaching failed (retried)
+	StateEnforcing   = "enforcing"            // programs attached
+	StateNotEnforced = "not-enforced"         // in-memory datapath: computed only
+	StateNoInterface = "no-interface"         // its host-side interface is not (yet) there: not named in the state, and no veth routes its address
+	StateNoIdentity  = "waiting-for-identity" // the cluster's apiserver has not published it (yet)
+	StateError       = "error"                // attaching failed (retried)
 )
 
 // endpoints reconciles the attachments of the node's endpoints. Owned by
@@ -50,7 +49,7 @@ func (e *Enforcer) reconcileEndpoints(st *statesource.State) {
 		}
 		eps.attached, eps.adopted = prev, true
 	}
-	var ifaces map[string]int
+	var ifaces Interfaces
 	if eps.attacher != nil {
 		var err error
 		if ifaces, err = eps.attacher.Interfaces(); err != nil {
@@ -71,11 +70,12 @@ func (e *Enforcer) reconcileEndpoints(st *statesource.State) {
 		case eps.attacher == nil:
 			s.State = StateNotEnforced
 		default:
-			ifindex, ok := ifaces[ep.Interface]
+			ifindex, name, ok := ifaces.lookup(ep.Interface, ep.IP)
 			if !ok {
 				s.State = StateNoInterface
 				break
 			}
+			s.Interface = name
 			want[ifindex] = true
 			s.State, s.Error = e.attach(ifindex, s)
 		}
@@ -106,10 +106,7 @@ func (e *Enforcer) reconcileEndpoints(st *statesource.State) {
 func (e *Enforcer) endpointStatus(ep *statesource.Endpoint) EndpointStatus {
 	s := EndpointStatus{Namespace: ep.Namespace, Pod: ep.Pod, Interface: ep.Interface, State: StateEnforcing}
 	id, ok := e.byLabels[ep.IdentityLabels(e.cfg.ClusterName).String()]
-	switch {
-	case ep.Interface == "":
-		s.State = StateNoInterfaceName
-	case !ok:
+	if !ok {
 		s.State = StateNoIdentity
 	}
 	s.Identity = id

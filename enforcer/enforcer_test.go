@@ -55,12 +55,12 @@ type fakeAttacher struct {
 	attached map[int]datapath.PolicyEndpoint
 }
 
-func (f *fakeAttacher) Interfaces() (map[string]int, error) {
+func (f *fakeAttacher) Interfaces() (Interfaces, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := map[string]int{}
+	out := Interfaces{ByName: map[string]int{}, ByPodIP: map[netip.Addr]string{}}
 	for k, v := range f.ifaces {
-		out[k] = v
+		out.ByName[k] = v
 	}
 	return out, nil
 }

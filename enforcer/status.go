@@ -118,7 +118,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descEnforcing, enforcing)
 	ch <- prometheus.MustNewConstMetric(descReloadErrs, prometheus.CounterValue, float64(s.PolicyReloadErrors))
 	ch <- prometheus.MustNewConstMetric(descWriteErrs, prometheus.CounterValue, float64(s.WriteErrors))
-	states := map[string]int{StateEnforcing: 0, StateNotEnforced: 0, StateNoInterface: 0, StateNoIdentity: 0, StateNoInterfaceName: 0, StateError: 0}
+	states := map[string]int{StateEnforcing: 0, StateNotEnforced: 0, StateNoInterface: 0, StateNoIdentity: 0, StateError: 0}
 	for _, ep := range s.Endpoints {
 		states[ep.State]++
 	}

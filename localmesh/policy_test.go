@@ -222,14 +222,9 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 	}
 	var specs []ClusterSpec
 	for i, n := range names {
+		// The state names no interface (as the Kubernetes source): the
+		// agent finds each pod's veth by the host route to its address.
 		st := SampleState(i + 1)
-		if n == "east" {
-			for j := range st.Endpoints {
-				if st.Endpoints[j].Pod == "checkout-2" {
-					st.Endpoints[j].Interface = "e-ck2"
-				}
-			}
-		}
 		specs = append(specs, ClusterSpec{Name: n, ID: uint32(i + 1), State: st})
 	}
 	hook := func(cfg *agentsync.Config) {
@@ -269,14 +264,18 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 		att := enforcer.MapsAttacher{Maps: e.maps, InNetns: func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }}
 		att.Detach(e.pods["east/checkout-2"].Ifindex)
 	})
-	testenv.WaitFor(t, wait, "checkout-2 enforcing", func() bool {
+	testenv.WaitFor(t, wait, "checkout-2 enforcing on e-ck2, frontend-1 attached on e-fe1", func() bool {
 		s := e.enf.Status()
+		ok := 0
 		for _, ep := range s.Endpoints {
-			if ep.Pod == "checkout-2" {
-				return s.Enforcing && ep.State == enforcer.StateEnforcing && ep.EnforceIngress
+			switch {
+			case ep.Pod == "checkout-2" && ep.Interface == "e-ck2" && ep.State == enforcer.StateEnforcing && ep.EnforceIngress:
+				ok++
+			case ep.Pod == "frontend-1" && ep.Interface == "e-fe1" && ep.State == enforcer.StateEnforcing && !ep.EnforceIngress:
+				ok++
 			}
 		}
-		return false
+		return s.Enforcing && ok == 2
 	})
 	return e
 }
