@@ -15,8 +15,9 @@ const nodeSource = "clustermesh"
 type desiredKV map[string][]byte
 
 // desired computes the entries that publish st for cluster c, allocating
-// identities as needed. It reports whether new identities were allocated.
-func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator) (desiredKV, bool, error) {
+// identities as needed (endpoints as cache has them are not encoded again).
+// It reports whether new identities were allocated.
+func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator, cache *endpointCache) (desiredKV, bool, error) {
 	kv := make(desiredKV, len(st.Nodes)+2*len(st.Endpoints)+len(st.Services))
 	nodeIP := make(map[string]netip.Addr, len(st.Nodes))
 	for i := range st.Nodes {
@@ -29,22 +30,31 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator) (des
 		kv[wire.NodeKey(c.Name, n.Name)] = v
 	}
 	allocated := false
+	cache.begin()
 	for i := range st.Endpoints {
 		e := &st.Endpoints[i]
-		ls := e.IdentityLabels(c.Name)
-		id, isNew, err := ids.allocate(ls)
-		if err != nil {
-			return nil, false, err
+		hostIP := nodeIP[e.Node]
+		ce, ok := cache.lookup(e, hostIP)
+		if !ok {
+			ls := e.IdentityLabels(c.Name)
+			id, isNew, err := ids.allocate(ls)
+			if err != nil {
+				return nil, false, err
+			}
+			allocated = allocated || isNew
+			pair := &wire.IPIdentityPair{IP: e.IP, HostIP: hostIP, ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod}
+			v, err := wire.EncodeIPIdentityPair(pair)
+			if err != nil {
+				return nil, false, err
+			}
+			ce = cache.store(e, hostIP, id, encodedEntry{wire.IPCacheKey(e.IP.String()), v})
+			cache.identity(id, func() wire.Labels { return ls })
 		}
-		allocated = allocated || isNew
-		kv[wire.IdentityKey(id)] = wire.EncodeIdentity(wire.Identity{ID: id, Labels: ls})
-		pair := &wire.IPIdentityPair{IP: e.IP, HostIP: nodeIP[e.Node], ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod}
-		v, err := wire.EncodeIPIdentityPair(pair)
-		if err != nil {
-			return nil, false, err
-		}
-		kv[wire.IPCacheKey(e.IP.String())] = v
+		idEntry := cache.identity(ce.id, func() wire.Labels { return e.IdentityLabels(c.Name) })
+		kv[idEntry.key] = idEntry.val
+		kv[ce.ipcache.key] = ce.ipcache.val
 	}
+	cache.sweep()
 	ix := statesource.NewSelectorIndex(st)
 	for i := range st.Services {
 		s := &st.Services[i]

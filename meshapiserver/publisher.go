@@ -31,6 +31,7 @@ type publisher struct {
 	txnLatency prometheus.Histogram
 
 	published   desiredKV // what etcd holds under the state prefixes
+	endpoints   *endpointCache
 	canariesSet bool
 	stats       PublishStats
 }

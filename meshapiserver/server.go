@@ -114,7 +114,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("meshapiserver: keep lease alive: %w", err)
 	}
-	pub := &publisher{cli: cli, cluster: cfg.cluster(), lease: lease.ID, log: log, txnLatency: s.txnLatency}
+	pub := &publisher{cli: cli, cluster: cfg.cluster(), lease: lease.ID, log: log, txnLatency: s.txnLatency, endpoints: newEndpointCache()}
 	if err := pub.loadExisting(ctx); err != nil {
 		return err
 	}
@@ -188,7 +188,7 @@ func (s *Server) loop(parent context.Context, pub *publisher, ids *identityAlloc
 }
 
 func (s *Server) publish(ctx context.Context, pub *publisher, ids *identityAllocator, st *statesource.State) error {
-	kv, allocated, err := desired(s.cfg.cluster(), st, ids)
+	kv, allocated, err := desired(s.cfg.cluster(), st, ids, pub.endpoints)
 	if err != nil {
 		return err
 	}
