@@ -31,11 +31,11 @@ type encodedEntry struct {
 // cachedEndpoint is one endpoint as last published. labels is the source's
 // map as given (states are not mutated once delivered).
 type cachedEndpoint struct {
-	gen          uint32
-	ip, hostIP   netip.Addr
-	labels       map[string]string
-	id           uint32
-	ipcache      encodedEntry
+	gen        uint32
+	ip, hostIP netip.Addr
+	labels     map[string]string
+	id         uint32
+	ipcache    encodedEntry
 }
 
 func newEndpointCache() *endpointCache {
