@@ -95,7 +95,7 @@ type Config struct {
 	// went away: the policy programs cache each flow's verdict with the
 	// peer identity it was checked with (datapath.Maps.RecheckFlows).
 	RecheckFlows func() error
-	Logger     *slog.Logger
+	Logger       *slog.Logger
 }
 
 func (c *Config) withDefaults() {
