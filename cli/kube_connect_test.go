@@ -132,18 +132,9 @@ func shop(t *testing.T, c *kubetest.Cluster, node, podIP string) *discoveryv1.En
 // written: agents ready, a global service with local and remote backends
 // failing over; then a refused and a forced disconnect.
 func TestK8sConnectDisconnect(t *testing.T) {
-	env := kubetest.Start(t, "east", "west")
-	east, west := env.Cluster("east"), env.Cluster("west")
+	env, east, west := twoEnabledClusters(t, false)
 	ctx := context.Background()
 	ns := defaultKubeNamespace
-	if _, err := east.CreateNode(ctx, kubetest.Node{Name: "e1", InternalIP: "192.168.1.1", PodCIDRs: []string{"10.1.1.0/24"}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := west.CreateNode(ctx, kubetest.Node{Name: "w1", InternalIP: "192.168.2.1", PodCIDRs: []string{"10.2.1.0/24"}}); err != nil {
-		t.Fatal(err)
-	}
-	kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
-	kubeRun(t, env, "enable", "--context", "west", "--cluster-name", "west", "--cluster-id", "2", "--ca-from-context", "east")
 
 	if err := kubeRunErr(t, env, "connect", "--context", "east", "--destination-context", "west"); !strings.Contains(err.Error(), "no LoadBalancer address yet") {
 		t.Errorf("connect without addresses: %v", err)
@@ -330,4 +321,28 @@ func checkKubeStatus(t *testing.T, env *kubetest.Env, east *kubetest.Cluster, we
 	if cli := kubeRun(t, env, "status", "--context", "east", "--wait", "--timeout", "10s"); !strings.Contains(cli, "Cluster east (id 1)") {
 		t.Errorf("clustermesh status --context east:\n%s", cli)
 	}
+}
+
+// twoEnabledClusters starts the API servers of east (id 1) and west (id 2),
+// each with one node (e1 192.168.1.1, pods 10.1.1.0/24; w1 192.168.2.1,
+// 10.2.1.0/24), and enables the mesh in both: west with east's CA, or with
+// a CA of its own (ownCA).
+func twoEnabledClusters(t *testing.T, ownCA bool) (*kubetest.Env, *kubetest.Cluster, *kubetest.Cluster) {
+	t.Helper()
+	env := kubetest.Start(t, "east", "west")
+	east, west := env.Cluster("east"), env.Cluster("west")
+	ctx := context.Background()
+	if _, err := east.CreateNode(ctx, kubetest.Node{Name: "e1", InternalIP: "192.168.1.1", PodCIDRs: []string{"10.1.1.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := west.CreateNode(ctx, kubetest.Node{Name: "w1", InternalIP: "192.168.2.1", PodCIDRs: []string{"10.2.1.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
+	westArgs := []string{"enable", "--context", "west", "--cluster-name", "west", "--cluster-id", "2", "--ca-from-context", "east"}
+	if ownCA {
+		westArgs = westArgs[:len(westArgs)-2]
+	}
+	kubeRun(t, env, westArgs...)
+	return env, east, west
 }

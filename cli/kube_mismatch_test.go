@@ -21,18 +21,9 @@ import (
 // apiservers run from what was written reach each other; disconnect takes
 // the trust back.
 func TestK8sConnectMismatchingCA(t *testing.T) {
-	env := kubetest.Start(t, "east", "west")
-	east, west := env.Cluster("east"), env.Cluster("west")
+	env, east, west := twoEnabledClusters(t, true)
 	ctx := context.Background()
 	ns := defaultKubeNamespace
-	if _, err := east.CreateNode(ctx, kubetest.Node{Name: "e1", InternalIP: "192.168.1.1", PodCIDRs: []string{"10.1.1.0/24"}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := west.CreateNode(ctx, kubetest.Node{Name: "w1", InternalIP: "192.168.2.1", PodCIDRs: []string{"10.2.1.0/24"}}); err != nil {
-		t.Fatal(err)
-	}
-	kubeRun(t, env, "enable", "--context", "east", "--cluster-name", "east", "--cluster-id", "1")
-	kubeRun(t, env, "enable", "--context", "west", "--cluster-name", "west", "--cluster-id", "2") // a CA of its own
 	eastIP, westIP := loopbackIP(), loopbackIP()
 	if err := east.SetLoadBalancerIngress(ctx, ns, apiserverName, eastIP); err != nil {
 		t.Fatal(err)
