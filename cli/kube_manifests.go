@@ -48,6 +48,7 @@ the node's cgroup v2 root.
 	f.Uint32Var(&c.MaxConnected, "max-connected-clusters", c.MaxConnected, "mesh size: 255 or 511")
 	f.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace clustermesh runs in")
 	f.StringVar(&c.Image, "image", c.Image, "container image with the clustermesh binary")
+	f.BoolVar(&c.EnforcePolicy, "enforce-policy", false, "the agents enforce the cluster's NetworkPolicy and CiliumNetworkPolicy objects, including cross-cluster selectors (agent --policy-from-kubernetes; off by default: the cluster's CNI may enforce them already)")
 	cmd.MarkFlagRequired("cluster-name")
 	cmd.MarkFlagRequired("cluster-id")
 	return cmd
@@ -96,6 +97,16 @@ func agentObjects(c meshCluster) []runtime.Object {
 }
 
 func agentDaemonSet(c meshCluster) *appsv1.DaemonSet {
+	args := []string{"clustermesh", "agent", "--cluster-name=" + c.Name,
+		"--cluster-id=" + strconv.FormatUint(uint64(c.ID), 10),
+		"--max-connected-clusters=" + strconv.FormatUint(uint64(c.MaxConnected), 10),
+		"--state-source=kubernetes", "--config-dir=/var/lib/clustermesh/remotes",
+		"--bpf-pin-dir=/sys/fs/bpf/clustermesh", "--cgroup=/run/clustermesh/cgroupv2",
+		"--status-addr=/var/run/clustermesh/agent.sock",
+		"--node-name=$(NODE_NAME)"}
+	if c.EnforcePolicy {
+		args = append(args, "--policy-from-kubernetes")
+	}
 	labels := map[string]string{"app.kubernetes.io/part-of": "clustermesh", "app.kubernetes.io/name": agentName}
 	privileged := true
 	hostPath := func(name, path string) corev1.Volume {
@@ -116,13 +127,7 @@ func agentDaemonSet(c meshCluster) *appsv1.DaemonSet {
 					Containers: []corev1.Container{{
 						Name:  "agent",
 						Image: c.Image,
-						Args: []string{"clustermesh", "agent", "--cluster-name=" + c.Name,
-							"--cluster-id=" + strconv.FormatUint(uint64(c.ID), 10),
-							"--max-connected-clusters=" + strconv.FormatUint(uint64(c.MaxConnected), 10),
-							"--state-source=kubernetes", "--config-dir=/var/lib/clustermesh/remotes",
-							"--bpf-pin-dir=/sys/fs/bpf/clustermesh", "--cgroup=/run/clustermesh/cgroupv2",
-							"--status-addr=/var/run/clustermesh/agent.sock",
-							"--node-name=$(NODE_NAME)"},
+						Args:  args,
 						Env: []corev1.EnvVar{{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{
 							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"},
 						}}},

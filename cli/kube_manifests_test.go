@@ -26,6 +26,13 @@ func TestK8sManifests(t *testing.T) {
 			t.Errorf("manifests lack %q", want)
 		}
 	}
+	if strings.Contains(out, "--policy-from-kubernetes") {
+		t.Error("the agents enforce the cluster's policies without --enforce-policy")
+	}
+	if out, err := run(context.Background(), "manifests", "--cluster-name", "east", "--cluster-id", "1", "--enforce-policy"); err != nil ||
+		!strings.Contains(out, "--policy-from-kubernetes") || !strings.Contains(out, "networkpolicies") {
+		t.Errorf("manifests --enforce-policy: %v, want the agent's --policy-from-kubernetes and its RBAC", err)
+	}
 	if _, err := run(context.Background(), "manifests", "--cluster-name", "east", "--cluster-id", "0"); err == nil {
 		t.Error("cluster id 0 accepted")
 	}

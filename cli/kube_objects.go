@@ -60,6 +60,9 @@ type meshCluster struct {
 	// (peer name → PEM); the pod template carries their hash, so that a
 	// change restarts the apiserver.
 	TrustedCAs map[string]string
+	// EnforcePolicy: the agents enforce the cluster's policy objects
+	// (--policy-from-kubernetes).
+	EnforcePolicy bool
 }
 
 func commonLabels() map[string]string {

@@ -220,7 +220,8 @@ func startPods(t *testing.T, env *kubetest.Env, c *kubetest.Cluster, listenIP st
 		_, err := run(ctx, "agent", "--cluster-name", p.api.name, "--cluster-id", strconv.Itoa(p.api.id), "--config-dir", p.remote,
 			"--state-source", "kubernetes", "--kubeconfig", env.Kubeconfig, "--context", c.Name, "--node-name", c.Name+"-node",
 			"--status-addr", p.sock, "--metrics-addr", "", "--bpf-pin-dir", pinDir, "--socket-lb=false",
-			"--probe-interval", "200ms", "--probe-timeout", "1s", "--backoff-max", "1s", "--report-interval", "100ms")
+			"--probe-interval", "200ms", "--probe-timeout", "1s", "--backoff-max", "1s", "--report-interval", "100ms",
+			"--policy-from-kubernetes")
 		agentDone <- err
 	}()
 	t.Cleanup(func() {

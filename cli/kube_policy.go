@@ -26,12 +26,12 @@ type kubePolicyFlags struct {
 }
 
 func (k *kubePolicyFlags) register(cmd *cobra.Command) {
-	cmd.Flags().BoolVar(&k.fromKubernetes, "policy-from-kubernetes", true,
-		"with --state-source=kubernetes and --node-name: also enforce the cluster's NetworkPolicy and CiliumNetworkPolicy objects (an invalid object keeps its last valid version; see docs/policy.md)")
+	cmd.Flags().BoolVar(&k.fromKubernetes, "policy-from-kubernetes", false,
+		"with --state-source=kubernetes and --node-name: enforce the cluster's NetworkPolicy and CiliumNetworkPolicy objects on this node's pods (an invalid object keeps its last valid version; see docs/policy.md). Off by default: the cluster's CNI may enforce them already, and a mesh agent should not start dropping traffic unasked")
 }
 
-// enabled: the agent reads policies from the cluster (on by default with
-// the Kubernetes state source and a node to enforce on).
+// enabled: the agent reads policies from the cluster (asked for, with the
+// Kubernetes state source and a node to enforce on).
 func (k *kubePolicyFlags) enabled(stateSource, nodeName string) bool {
 	return k.fromKubernetes && stateSource == "kubernetes" && nodeName != ""
 }

@@ -23,9 +23,10 @@ func TestKubePolicyFlags(t *testing.T) {
 		wantOn       bool
 		wantErr      string
 	}{
-		{nil, "kubernetes", "node-1", true, ""},
+		{nil, "kubernetes", "node-1", false, ""}, // off unless asked
+		{[]string{"--policy-from-kubernetes"}, "kubernetes", "node-1", true, ""},
 		{nil, "file", "node-1", false, ""},
-		{nil, "kubernetes", "", false, ""}, // no node to enforce on: off, as before
+		{nil, "kubernetes", "", false, ""},
 		{[]string{"--policy-from-kubernetes=false"}, "kubernetes", "node-1", false, ""},
 		{[]string{"--policy-from-kubernetes"}, "kubernetes", "", false, "needs --node-name"},
 		{[]string{"--policy-from-kubernetes"}, "file", "node-1", false, "needs --state-source=kubernetes"},
