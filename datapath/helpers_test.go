@@ -12,14 +12,22 @@ import (
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
-// testPinDir returns a fresh pin directory under /sys/fs/bpf (not created).
+// testPinDir returns a fresh pin directory under /sys/fs/bpf (not created),
+// removed with whatever is pinned in it when the test ends (after the
+// test's own cleanups, which may close maps pinned there).
 func testPinDir(t testing.TB) string {
 	t.Helper()
 	var b [6]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatal(err)
 	}
-	return filepath.Join(bpffsRoot, "cm-test-"+hex.EncodeToString(b[:]))
+	dir := filepath.Join(bpffsRoot, "cm-test-"+hex.EncodeToString(b[:]))
+	t.Cleanup(func() {
+		if err := RemovePins(dir); err != nil {
+			t.Errorf("leftover pins: %v", err)
+		}
+	})
+	return dir
 }
 
 // smallConfig keeps the preallocated hash maps small in tests.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/localmesh"
 )
 
@@ -38,7 +39,9 @@ type Options struct {
 	Dir     string
 	// StepTimeout bounds each scripted step.
 	StepTimeout time.Duration
-	PrintStatus func(io.Writer, agentsync.Status) error
+	// PrintStatus prints an agent's status, with its policy enforcer's
+	// when it has one (east-node-1).
+	PrintStatus func(io.Writer, agentsync.Status, *enforcer.Status) error
 	Logger      *slog.Logger
 
 	// tweak adjusts the mesh's apiservers and agents (tests only).
@@ -68,6 +71,10 @@ func Run(ctx context.Context, o Options) error {
 	} else if ctx.Err() == nil {
 		ok = d.step(ctx, trafficStep, d.traffic) && ok
 	}
+	const policyStep = "(c) policy: east's checkout accepts only frontends of east and west: west's connects, north's is dropped"
+	if ctx.Err() == nil {
+		ok = d.step(ctx, policyStep, d.policyStep) && ok
+	}
 	if !o.Once {
 		if ctx.Err() != nil {
 			return nil
@@ -78,7 +85,6 @@ func Run(ctx context.Context, o Options) error {
 		name string
 		fn   func(context.Context) (string, error)
 	}{
-		{"(c) policy: east's checkout accepts only frontends of east and west: west's connects, north's is dropped", d.policyStep},
 		{"(d) east's checkout backends unready → east's agents select remote backends; back → local again", d.failover},
 		{"(e) west's apiserver stops: east keeps west's entries; west restarts: east resyncs, no entry missing", d.restartWest},
 		{"(f) north disconnected from east: east drains everything from north", d.disconnectNorth},
@@ -222,7 +228,8 @@ func (d *run) serve(ctx context.Context) error {
 	east := d.m.Cluster("east").Agents[0]
 	fmt.Fprintf(d.o.Out, "\nstatus of agent %s:\n\n", east.Name)
 	if d.o.PrintStatus != nil {
-		d.o.PrintStatus(d.o.Out, east.Sync.Status())
+		ps := d.pol.enf.Status()
+		d.o.PrintStatus(d.o.Out, east.Sync.Status(), &ps)
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -230,10 +237,11 @@ func (d *run) serve(ctx context.Context) error {
 	for _, c := range d.m.Clusters {
 		for _, a := range c.Agents {
 			sock := filepath.Join(sockDir, a.Name+".sock")
+			status, extra := d.statusOf(a)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := agentsync.ServeStatus(ctx, sock, a.Sync.Status); err != nil {
+				if err := agentsync.ServeJSONWith(ctx, sock, status, extra); err != nil {
 					slog.Warn("demo: status socket", "agent", a.Name, "err", err)
 				}
 			}()
@@ -241,6 +249,10 @@ func (d *run) serve(ctx context.Context) error {
 	}
 	fmt.Fprintf(d.o.Out, "\nagents serve their status in %s; for example:\n  clustermesh status --agent %s\n",
 		sockDir, filepath.Join(sockDir, "west-node-1.sock"))
+	if d.pol.hub != nil {
+		fmt.Fprintf(d.o.Out, "east-node-1 enforces the policy; its flows:\n  clustermesh observe --agent %s --verdict DROPPED -f\n",
+			filepath.Join(sockDir, east.Name+".sock"))
+	}
 	if d.net != nil {
 		nodeNS := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(d.net.node.NS))
 		fmt.Fprintf(d.o.Out, "\nthe pods answer in east-node-1's network namespace, %s; through its socket load balancer\n"+

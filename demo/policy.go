@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -361,4 +362,27 @@ func httpGet(from *podnet.Pod, to netip.AddrPort, timeout time.Duration) (string
 		return nil
 	})
 	return body, err
+}
+
+// agentStatus is an agent's status as `clustermesh agent` serves it (the
+// same JSON), with the policy enforcer's for east-node-1.
+type agentStatus struct {
+	agentsync.Status
+	Policy *enforcer.Status `json:"policy,omitempty"`
+}
+
+// statusOf is what the demo serves for agent a: its status, and for
+// east-node-1 its policy and its flows (for `clustermesh observe`).
+func (d *run) statusOf(a *localmesh.Agent) (func() any, map[string]http.Handler) {
+	if a != d.m.Cluster("east").Agents[0] {
+		return func() any { return a.Sync.Status() }, nil
+	}
+	status := func() any {
+		ps := d.pol.enf.Status()
+		return agentStatus{Status: a.Sync.Status(), Policy: &ps}
+	}
+	if d.pol.hub == nil {
+		return status, nil
+	}
+	return status, map[string]http.Handler{"GET " + observe.Path: d.pol.hub.Handler()}
 }
