@@ -367,24 +367,54 @@ func TestPolicyFollowsANewRemotePod(t *testing.T) {
 	st := SampleState(2)
 	st.Endpoints = append(st.Endpoints, statesource.Endpoint{Namespace: "shop", Pod: "frontend-2", Node: "node-1",
 		IP: fe2.IP, Labels: map[string]string{"app": "frontend", "version": "2"}})
+	// The datapath is watched directly (every 2 ms): the new pod's address
+	// in the ipcache with its new identity, and that identity allowed to
+	// east's checkout in the policy map.
+	checkoutID := e.identities(t)["east/checkout"]
+	fe2Prefix := netip.PrefixFrom(fe2.IP, 32)
+	allowed := func() bool {
+		ipc, err := e.maps.IPCache()
+		ent, ok := ipc[fe2Prefix]
+		if err != nil || !ok {
+			return false
+		}
+		keys, err := e.maps.Policies()
+		for _, k := range keys {
+			if err == nil && k.Endpoint == checkoutID && k.Peer == ent.Identity && k.Port == 8080 {
+				return true
+			}
+		}
+		return false
+	}
 	start := time.Now()
 	if err := west.WriteState(st); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 10*time.Second, "the new west frontend (a new identity) allowed", func() bool {
-		return connect(fe2, checkout, 100*time.Millisecond) == nil
-	})
-	t.Logf("new remote pod allowed %s after its cluster's state changed (state file poll, publish, sync, policy, attach)", time.Since(start).Round(time.Millisecond))
+	testenv.WaitFor(t, 10*time.Second, "the new west frontend (a new identity) in the ipcache and allowed in the policy map", allowed)
+	took := time.Since(start)
+	if err := connect(fe2, checkout, 3*time.Second); err != nil {
+		t.Fatalf("west/frontend-2 allowed in the maps but cannot connect: %v", err)
+	}
+	t.Logf("new remote pod allowed %s after its cluster's state file changed (apiserver, sync, identity, policy, maps)", took.Round(100*time.Microsecond))
+	if took > time.Second {
+		t.Errorf("a new remote pod took %s to be allowed, want well under a second", took)
+	}
 
 	st.Endpoints = st.Endpoints[:len(st.Endpoints)-1]
 	start = time.Now()
 	if err := west.WriteState(st); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 10*time.Second, "the removed west frontend denied", func() bool {
-		return connect(fe2, checkout, 100*time.Millisecond) != nil
+	testenv.WaitFor(t, 10*time.Second, "the removed west frontend out of the ipcache", func() bool {
+		ipc, err := e.maps.IPCache()
+		_, ok := ipc[fe2Prefix]
+		return err == nil && !ok
 	})
-	t.Logf("removed remote pod denied %s after its cluster's state changed", time.Since(start).Round(time.Millisecond))
+	took = time.Since(start)
+	if err := connect(fe2, checkout, 200*time.Millisecond); err == nil {
+		t.Fatal("the removed west frontend still connects")
+	}
+	t.Logf("removed remote pod denied %s after its cluster's state file changed", took.Round(100*time.Microsecond))
 	if err := connect(e.pods["west/frontend-1"], checkout, 3*time.Second); err != nil {
 		t.Errorf("west/frontend-1 lost access: %v", err)
 	}
