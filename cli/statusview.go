@@ -35,14 +35,14 @@ func PrintAgentStatus(w io.Writer, full AgentStatus, asJSON bool) error {
 	fmt.Fprintln(tw, "REMOTE\tID\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tLAST EVENT\tFAILURES\tREJECTED\tLAST ERROR")
 	for _, r := range st.Remotes {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%s\n", r.Name, r.ClusterID, yesNo(r.Connected), readiness(r),
-			r.Nodes, r.Endpoints, r.Identities, r.Services, age(r.LastEvent), r.Failures, r.RejectedTotal(), truncate(r.LastError, 70))
+			r.Nodes, r.Endpoints, r.Identities, r.Services, age(r.LastEvent), r.Failures, r.RejectedTotal(), lastError(r))
 	}
 	if len(st.Remotes) == 0 {
 		fmt.Fprintln(tw, "(no remote cluster configured)")
 	}
 	if l := st.Local; l != nil {
 		fmt.Fprintf(tw, "%s (local)\t%d\t%s\t%s\t-\t%d\t%d\t-\t%s\t%d\t%d\t%s\n", l.Name, l.ClusterID, yesNo(l.Connected), readiness(*l),
-			l.Endpoints, l.Identities, age(l.LastEvent), l.Failures, l.RejectedTotal(), truncate(l.LastError, 70))
+			l.Endpoints, l.Identities, age(l.LastEvent), l.Failures, l.RejectedTotal(), lastError(*l))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -254,4 +254,16 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-1] + "…"
+}
+
+// lastError is a remote's last error with its age, so that an error a
+// ready remote recovered from reads as past ("12m ago: ...").
+func lastError(r agentsync.RemoteStatus) string {
+	if r.LastError == "" {
+		return ""
+	}
+	if r.LastErrorTime.IsZero() {
+		return truncate(r.LastError, 70)
+	}
+	return age(r.LastErrorTime) + ": " + truncate(r.LastError, 60)
 }
