@@ -11,8 +11,8 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"slices"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
@@ -261,7 +261,7 @@ func preflight(members []*meshMember, ls []link, allowMismatchingCA bool) error 
 				bad("cluster %s has max-connected-clusters %d and %s %d: every cluster of a mesh needs the same (clustermesh enable --max-connected-clusters)", a.name, a.max, b.name, b.max)
 			}
 			if !sameMeshCA(a, b) && !allowMismatchingCA {
-				bad("clusters %s and %s have different mesh CAs (subject key ids %x and %x): every cluster of a mesh needs the same CA: run clustermesh disable --delete-ca --context %s, then clustermesh enable --context %s --ca-from-context %s; or, to keep both CAs, pass --allow-mismatching-ca (each apiserver then trusts the other's CA: see SECURITY.md)",
+				bad("clusters %s and %s have different mesh CAs (subject key ids %x and %x): every cluster of a mesh needs the same CA: run clustermesh disable --delete-ca --context %s, then clustermesh enable --context %s --ca-from-context %s; or, to keep both CAs, pass --allow-mismatching-ca (each cluster's agents then get a client certificate from the other's CA: see SECURITY.md)",
 					a.name, b.name, a.ca.SubjectKeyId, b.ca.SubjectKeyId, b.t.Context, b.t.Context, a.t.Context)
 			}
 			errs = append(errs, overlaps(a, b)...)
@@ -373,11 +373,13 @@ clustermesh-apiserver-server-cert), so that the agents can verify Y's
 apiserver by it.
 
 --allow-mismatching-ca connects clusters whose CAs differ instead of refusing:
-Y's apiserver also accepts client certificates of X's CA (configmap
-clustermesh-trusted-cas, read with --trusted-ca-dir), and X's agents verify
-Y's apiserver with Y's CA (a key .ca-Y.crt beside Y's config). Whoever holds
-X's CA key can then connect to Y's apiserver as any user: use it only between
-CAs trusted alike, for example while moving clusters to one CA (SECURITY.md).
+connect issues, from Y's CA, a client certificate remote-X for X's agents and
+puts it with Y's CA beside Y's config in X's secret (.remote-Y.crt,
+.remote-Y.key, .ca-Y.crt): X's agents verify Y's apiserver with Y's CA and
+present a certificate of it. No apiserver trusts another cluster's CA, so a
+peer's CA can mint no user of Y's etcd. It needs Y's CA key (the secret
+clustermesh-ca that enable wrote); the certificate is renewed by connecting
+again when it nears expiry.
 
 The apiserver reads its peers, trusted CAs and certificates when it starts:
 every change above updates its Deployment, which restarts the pod (connect
@@ -458,17 +460,18 @@ func runConnect(ctx context.Context, kf *kubeFlags, o connectOptions, out io.Wri
 		if err := setPeer(ctx, l.target, l.reader.name, true, out); err != nil {
 			return err
 		}
-		var readerCA, targetCA []byte
+		var peer *peerCreds
 		if !sameMeshCA(l.reader, l.target) {
-			// The agents verify target with its CA, and check their own
-			// certificate against the same file: the reader's CA follows.
-			readerCA = l.reader.caPEM
-			targetCA = append(append(slices.Clip(l.target.caPEM), '\n'), l.reader.caPEM...)
+			if peer, err = peerCredentials(ctx, l.reader, l.target, time.Now()); err != nil {
+				return err
+			}
 		}
-		if err := setTrustedCA(ctx, l.target, l.reader.name, readerCA, out); err != nil {
+		// Trust in a peer's CA is never granted (a version before this
+		// one granted it for mismatching CAs: taken back here).
+		if err := setTrustedCA(ctx, l.target, l.reader.name, nil, out); err != nil {
 			return err
 		}
-		if err := setRemote(ctx, l.reader, l.target.name, remoteConfig(l.reader, l.target), targetCA, out); err != nil {
+		if err := setRemote(ctx, l.reader, l.target.name, remoteConfig(l.reader, l.target), peer, out); err != nil {
 			return err
 		}
 	}

@@ -3,12 +3,15 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -18,13 +21,21 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/meshapiserver"
 )
 
-// peerCAKey is the key of the remotes secret that holds target's CA when it
-// is not the reader's (connect --allow-mismatching-ca), followed by the
-// reader's: the reader's agents verify target's apiserver with it (and check
-// their own certificate against it when they load it).
-func peerCAKey(target string) string { return ".ca-" + target + ".crt" }
+// With connect --allow-mismatching-ca, a reader whose CA is not target's
+// reads target with credentials of target's CA alone, kept in its remotes
+// secret beside target's config: target's CA (the reader's agents verify
+// target's apiserver with it) and a client certificate remote-<reader>
+// that target's CA issued. Target trusts no other CA: a peer's CA can mint
+// no user of target's etcd.
+func peerCAKey(target string) string   { return ".ca-" + target + ".crt" }
+func peerCertKey(target string) string { return ".remote-" + target + ".crt" }
+func peerKeyKey(target string) string  { return ".remote-" + target + ".key" }
+
+// peerCreds are the credentials of target's CA a reader uses for it.
+type peerCreds struct{ caPEM, certPEM, keyPEM []byte }
 
 // trustedCAKey is the key of peer's CA in the trusted CAs configmap.
 func trustedCAKey(peer string) string { return peer + ".crt" }
@@ -32,20 +43,18 @@ func trustedCAKey(peer string) string { return peer + ".crt" }
 // remoteConfig is the etcd client config reader's agents use for target:
 // the mesh CA when both have the same, else target's own CA.
 func remoteConfig(reader, target *meshMember) []byte {
-	caFile := remotesCAKey
+	rc := agentsync.RemoteConfig{Endpoints: []string{target.endpoint}, TrustedCAFile: remotesCAKey, CertFile: remotesCertKey, KeyFile: remotesKeyKey}
 	if !sameMeshCA(reader, target) {
-		caFile = peerCAKey(target.name)
+		rc.TrustedCAFile, rc.CertFile, rc.KeyFile = peerCAKey(target.name), peerCertKey(target.name), peerKeyKey(target.name)
 	}
-	b, _ := yaml.Marshal(agentsync.RemoteConfig{
-		Endpoints: []string{target.endpoint}, TrustedCAFile: caFile, CertFile: remotesCertKey, KeyFile: remotesKeyKey,
-	})
+	b, _ := yaml.Marshal(rc)
 	return b
 }
 
 // setRemote adds (cfg non-nil) or removes the config of remote in m's
-// remotes secret, with remote's CA under peerCAKey when it is not m's
-// (peerCA non-nil); it prints what changed.
-func setRemote(ctx context.Context, m *meshMember, remote string, cfg, peerCA []byte, out io.Writer) error {
+// remotes secret, with credentials of remote's CA when it is not m's
+// (peer non-nil); it prints what changed.
+func setRemote(ctx context.Context, m *meshMember, remote string, cfg []byte, peer *peerCreds, out io.Writer) error {
 	secrets := m.t.Client.CoreV1().Secrets(m.ns)
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		s, err := secrets.Get(ctx, remotesSecretName, metav1.GetOptions{})
@@ -63,6 +72,8 @@ func setRemote(ctx context.Context, m *meshMember, remote string, cfg, peerCA []
 			want = map[string][]byte{}
 		}
 		delete(want, peerCAKey(remote))
+		delete(want, peerCertKey(remote))
+		delete(want, peerKeyKey(remote))
 		if cfg == nil {
 			delete(want, remote)
 		} else {
@@ -70,8 +81,10 @@ func setRemote(ctx context.Context, m *meshMember, remote string, cfg, peerCA []
 			want[remotesCAKey] = m.caPEM
 			want[remotesCertKey] = m.remote.Data[corev1.TLSCertKey]
 			want[remotesKeyKey] = m.remote.Data[corev1.TLSPrivateKeyKey]
-			if peerCA != nil {
-				want[peerCAKey(remote)] = peerCA
+			if peer != nil {
+				want[peerCAKey(remote)] = peer.caPEM
+				want[peerCertKey(remote)] = peer.certPEM
+				want[peerKeyKey(remote)] = peer.keyPEM
 			}
 		}
 		if !create && maps.EqualFunc(s.Data, want, bytes.Equal) {
@@ -87,8 +100,8 @@ func setRemote(ctx context.Context, m *meshMember, remote string, cfg, peerCA []
 			what := "reads " + remote
 			if cfg == nil {
 				what = "no longer reads " + remote
-			} else if peerCA != nil {
-				what += ", trusting its CA for it"
+			} else if peer != nil {
+				what += " with a certificate of its CA"
 			}
 			fmt.Fprintf(out, "cluster %s: secret %s/%s: %s\n", m.name, m.ns, remotesSecretName, what)
 		}
@@ -269,4 +282,35 @@ func orNone(s []string) string {
 		return "none"
 	}
 	return strings.Join(s, ", ")
+}
+
+// peerCredentials returns the credentials of target's CA for reader: the
+// client certificate already in reader's remotes secret when it is still
+// good (target's CA signed it for remote-<reader>, for clients, and it does
+// not expire within renewBefore), else a new one. It needs target's CA key
+// (the clustermesh-ca secret enable wrote).
+func peerCredentials(ctx context.Context, reader, target *meshMember, now time.Time) (*peerCreds, error) {
+	mesh, err := caFromSecret(target.caSecret, "context "+target.t.Context)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: a certificate of its CA for %s's agents: %w", target.name, reader.name, err)
+	}
+	cn := meshapiserver.RemoteUser(reader.name)
+	s, err := reader.t.Client.CoreV1().Secrets(reader.ns).Get(ctx, remotesSecretName, metav1.GetOptions{})
+	if err == nil {
+		certPEM, keyPEM := s.Data[peerCertKey(target.name)], s.Data[peerKeyKey(target.name)]
+		if block, _ := pem.Decode(certPEM); block != nil && len(keyPEM) > 0 {
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err == nil && cert.Subject.CommonName == cn && cert.NotAfter.Sub(now) > renewBefore &&
+				ca.Verify(cert, mesh.CA.Pool(), ca.ClientAuth, now) == nil {
+				return &peerCreds{caPEM: mesh.CertPEM, certPEM: certPEM, keyPEM: keyPEM}, nil
+			}
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("context %s: secret %s/%s: %w", reader.t.Context, reader.ns, remotesSecretName, err)
+	}
+	issued, err := mesh.CA.Issue(ca.Request{CommonName: cn, Usage: ca.ClientAuth})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: issue %s: %w", target.name, cn, err)
+	}
+	return &peerCreds{caPEM: mesh.CertPEM, certPEM: issued.CertPEM, keyPEM: issued.KeyPEM}, nil
 }
