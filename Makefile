@@ -115,9 +115,11 @@ fuzz: deps
 
 # Figures recorded in docs/benchmarks.md: first the issues' figures, one
 # `name value unit` line each (tests named TestFigures, CLUSTERMESH_BENCH=1),
-# then the Go benchmarks of the hot paths.
+# with the tests' own lines (the raw baselines they measured, and why one
+# failed or skipped), then the Go benchmarks of the hot paths.
 bench: deps
-	@set -o pipefail; CLUSTERMESH_BENCH=1 $(GO) test -p 1 -count=1 -run '^TestFigures' -v -timeout 20m $(PKGS) | sed -n 's/^FIGURE //p'
+	@set -o pipefail; CLUSTERMESH_BENCH=1 $(GO) test -p 1 -count=1 -run '^TestFigures' -v -timeout 20m $(PKGS) | \
+		sed -n -e 's/^FIGURE //p' -e '/ level=/d' -e '/_test\.go:[0-9]*: /p' -e '/--- \(FAIL\|SKIP\)/p' -e '/^\(FAIL\|panic\)/p'
 	$(GO) test -run '^$$' -bench RemotePropagation -benchtime 200x ./localmesh
 	$(GO) test -run '^$$' -bench MeshStartup -benchtime 10x ./localmesh
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./datapath

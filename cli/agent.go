@@ -138,7 +138,7 @@ is --node-name, else $NODE_NAME, else the host name.`,
 				}
 				defer pol.close()
 				if kubePolicies {
-					if pol.kube, pol.kubeRun, err = kubePolicyServer(kubeconfig, kubeContext, pol.enf); err != nil {
+					if pol.kube, err = kubePolicyWatcher(kubeconfig, kubeContext, pol.enf); err != nil {
 						return err
 					}
 				}

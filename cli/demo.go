@@ -41,11 +41,14 @@ demo says what it skips.
  (b) real traffic (root): the client's requests are all served by east, then
      all by west and north while east's backends are unready, then all by
      east again;
- (c) east's checkout backends go unready: east's agents select the remote ones,
+ (c) policy: east's checkout accepts only frontends of east and west; west's
+     frontend connects, north's is dropped, and the flows say so (as root,
+     on real packets; otherwise the computed policy map is checked);
+ (d) east's checkout backends go unready: east's agents select the remote ones,
      and east's own again once they are back;
- (d) west's apiserver stops: east keeps west's entries; west restarts with an
+ (e) west's apiserver stops: east keeps west's entries; west restarts with an
      empty store and east resyncs without any entry going missing;
- (e) north is disconnected from east: east drains everything from north.`,
+ (f) north is disconnected from east: east drains everything from north.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Out = cmd.OutOrStdout()

@@ -336,9 +336,9 @@ type connectOptions struct {
 	Mode         string
 	DestEndpoint []string
 	SrcEndpoint  string
-	// AllowMismatchingCA connects clusters of different CAs: each apiserver
-	// trusts the CA of the clusters that read it, each agent the CA of the
-	// cluster it reads.
+	// AllowMismatchingCA connects clusters of different CAs: each reader
+	// gets a client certificate of the CA of the cluster it reads, and
+	// verifies that cluster with its CA (no apiserver trusts another CA).
 	AllowMismatchingCA bool
 }
 
@@ -399,7 +399,7 @@ says so). Connecting again changes nothing.
 	f.StringVar(&o.Mode, "connection-mode", modeBidirectional, "bidirectional, unicast or mesh")
 	f.StringArrayVar(&o.DestEndpoint, "destination-endpoint", nil, "https://HOST:PORT of a destination's apiserver, instead of its Service's (repeatable, in the order of --destination-context)")
 	f.StringVar(&o.SrcEndpoint, "source-endpoint", "", "https://HOST:PORT of the source's apiserver, instead of its Service's")
-	f.BoolVar(&o.AllowMismatchingCA, "allow-mismatching-ca", false, "connect clusters whose mesh CAs differ: each apiserver also trusts the CA of the clusters that read it (any holder of that CA's key can then connect to it as any user; see SECURITY.md)")
+	f.BoolVar(&o.AllowMismatchingCA, "allow-mismatching-ca", false, "connect clusters whose mesh CAs differ: each cluster's agents get a client certificate of the other cluster's CA (no apiserver trusts another CA; see SECURITY.md)")
 	cmd.MarkFlagRequired("destination-context")
 	return cmd
 }
@@ -468,7 +468,7 @@ func runConnect(ctx context.Context, kf *kubeFlags, o connectOptions, out io.Wri
 		}
 		// Trust in a peer's CA is never granted (a version before this
 		// one granted it for mismatching CAs: taken back here).
-		if err := setTrustedCA(ctx, l.target, l.reader.name, nil, out); err != nil {
+		if err := removeTrustedCA(ctx, l.target, l.reader.name, out); err != nil {
 			return err
 		}
 		if err := setRemote(ctx, l.reader, l.target.name, remoteConfig(l.reader, l.target), peer, out); err != nil {

@@ -156,40 +156,25 @@ func setPeer(ctx context.Context, m *meshMember, peer string, add bool, out io.W
 	return nil
 }
 
-// setTrustedCA makes m's apiserver accept client certificates of peer's CA
-// (pem non-nil), or no longer (nil): the configmap clustermesh-trusted-cas,
-// which the apiserver reads at start (--trusted-ca-dir).
-func setTrustedCA(ctx context.Context, m *meshMember, peer string, pem []byte, out io.Writer) error {
+// removeTrustedCA takes back the trust an earlier version gave m's
+// apiserver in peer's CA (configmap clustermesh-trusted-cas, read at start
+// with --trusted-ca-dir): connect no longer grants it.
+func removeTrustedCA(ctx context.Context, m *meshMember, peer string, out io.Writer) error {
 	key := trustedCAKey(peer)
-	if cur, ok := m.trustedCAs[key]; (pem == nil && !ok) || (ok && cur == string(pem)) {
+	if _, ok := m.trustedCAs[key]; !ok {
 		return nil
 	}
 	cms := m.t.Client.CoreV1().ConfigMaps(m.ns)
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cm, err := cms.Get(ctx, trustedCAsName, metav1.GetOptions{})
-		create := apierrors.IsNotFound(err)
-		switch {
-		case create && pem == nil:
+		if apierrors.IsNotFound(err) {
 			return nil
-		case create:
-			cm = &corev1.ConfigMap{ObjectMeta: meta(trustedCAsName, m.ns)}
-		case err != nil:
+		}
+		if err != nil {
 			return err
 		}
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		if pem == nil {
-			delete(cm.Data, key)
-		} else {
-			cm.Data[key] = string(pem)
-		}
-		if create {
-			_, err = cms.Create(ctx, cm, metav1.CreateOptions{FieldManager: fieldManager})
-		} else {
-			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager})
-		}
-		if err == nil {
+		delete(cm.Data, key)
+		if _, err = cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: fieldManager}); err == nil {
 			m.trustedCAs = cm.Data
 		}
 		return err
@@ -197,10 +182,7 @@ func setTrustedCA(ctx context.Context, m *meshMember, peer string, pem []byte, o
 	if err != nil {
 		return fmt.Errorf("context %s: configmap %s/%s: %w", m.t.Context, m.ns, trustedCAsName, err)
 	}
-	what := "trusts the CA of " + peer + " for its client certificates"
-	if pem == nil {
-		what = "no longer trusts the CA of " + peer
-	}
+	what := "no longer trusts the CA of " + peer
 	fmt.Fprintf(out, "cluster %s: configmap %s/%s: %s\n", m.name, m.ns, trustedCAsName, what)
 	m.changes = append(m.changes, what)
 	return nil

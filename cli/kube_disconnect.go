@@ -21,8 +21,9 @@ func newDisconnectCmd() *cobra.Command {
 		Short: "Disconnect Kubernetes clusters: remove each one's config for the other and its read access",
 		Long: `Undo 'clustermesh connect' between the source and each destination, in both
 directions: the agents drop the remote's config (and drain what they learned
-from it) and the apiserver stops letting it read, and no longer trusts its CA
-(after connect --allow-mismatching-ca); the apiserver pod restarts.
+from it) and the apiserver stops letting it read (and, after connect
+--allow-mismatching-ca, the reader's certificate of the other CA goes); the
+apiserver pod restarts.
 
 Before anything is written, each global service that would be left without
 backends is listed — one with no ready local backend that is served by the
@@ -60,7 +61,7 @@ refused unless --force.`,
 				if err := setPeer(ctx, l.target, l.reader.name, false, out); err != nil {
 					return err
 				}
-				if err := setTrustedCA(ctx, l.target, l.reader.name, nil, out); err != nil {
+				if err := removeTrustedCA(ctx, l.target, l.reader.name, out); err != nil {
 					return err
 				}
 			}

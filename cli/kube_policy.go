@@ -1,14 +1,12 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/k8spolicy"
@@ -51,41 +49,22 @@ func (k *kubePolicyFlags) check(cmd *cobra.Command, stateSource, nodeName string
 	return nil
 }
 
-// kubeRESTConfig is the config of the cluster the agent runs in: in a pod,
-// the in-cluster config and its service account; outside, kubeconfig (as
-// newKubeStateSource).
-func kubeRESTConfig(kubeconfig, kubeContext string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		c, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("not in a pod (%w): pass --kubeconfig", err)
-		}
-		return c, nil
-	}
-	t, err := (&kubeFlags{kubeconfig: kubeconfig}).target(kubeContext)
-	if err != nil {
-		return nil, err
-	}
-	return t.Config, nil
-}
-
-// kubePolicyServer returns the watcher of the cluster's policy objects,
+// kubePolicyWatcher returns the watcher of the cluster's policy objects,
 // which gives every object's last valid version to enf (source
-// "kubernetes"), and the server func that runs it (for runAll). The
-// watcher's Status, Collector and Synced are for the agent's status, its
-// metrics and its enforcer's start.
-func kubePolicyServer(kubeconfig, kubeContext string, enf *enforcer.Enforcer) (*k8spolicy.Watcher, func(context.Context) error, error) {
+// "kubernetes"); its Run is a server for runAll, its Status, Collector and
+// Synced are for the agent's status, its metrics and its enforcer's start.
+func kubePolicyWatcher(kubeconfig, kubeContext string, enf *enforcer.Enforcer) (*k8spolicy.Watcher, error) {
 	cfg, err := kubeRESTConfig(kubeconfig, kubeContext)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes policies: %w", err)
+		return nil, fmt.Errorf("kubernetes policies: %w", err)
 	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes policies: %w", err)
+		return nil, fmt.Errorf("kubernetes policies: %w", err)
 	}
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes policies: %w", err)
+		return nil, fmt.Errorf("kubernetes policies: %w", err)
 	}
 	w, err := k8spolicy.New(k8spolicy.Config{
 		Client: cs, Dynamic: dyn, Options: enf.PolicyOptions(),
@@ -93,7 +72,7 @@ func kubePolicyServer(kubeconfig, kubeContext string, enf *enforcer.Enforcer) (*
 		Logger:   slog.Default(),
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return w, w.Run, nil
+	return w, nil
 }

@@ -66,12 +66,12 @@ func TestKubePolicyServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, server, err := kubePolicyServer(env.Kubeconfig, "", enf)
+	w, err := kubePolicyWatcher(env.Kubeconfig, "", enf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 2)
-	go func() { done <- server(ctx) }()
+	go func() { done <- w.Run(ctx) }()
 	go func() {
 		select { // as the agent: the enforcer starts once the objects are in
 		case <-w.Synced():
@@ -103,7 +103,7 @@ func TestKubePolicyServer(t *testing.T) {
 	if st := w.Status(); !st.Synced || st.Objects != 1 {
 		t.Fatalf("watcher status %+v", st)
 	}
-	if _, _, err := kubePolicyServer("/nonexistent/kubeconfig", "", enf); err == nil || !strings.Contains(err.Error(), "kubernetes policies") {
+	if _, err := kubePolicyWatcher("/nonexistent/kubeconfig", "", enf); err == nil || !strings.Contains(err.Error(), "kubernetes policies") {
 		t.Fatalf("a missing kubeconfig: err = %v", err)
 	}
 }

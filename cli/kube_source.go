@@ -17,21 +17,28 @@ import (
 // in a pod, the in-cluster config and its service account (the role enable
 // or manifests creates); outside, kubeconfig and context.
 func newKubeClient(kubeconfig, context string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
+	cfg, err := kubeRESTConfig(kubeconfig, context)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// kubeRESTConfig is the config of newKubeClient's cluster: in a pod (no
+// kubeconfig, no context), the in-cluster config; else kubeconfig's context.
+func kubeRESTConfig(kubeconfig, context string) (*rest.Config, error) {
 	if kubeconfig == "" && context == "" {
 		c, err := rest.InClusterConfig()
 		if err != nil {
 			return nil, fmt.Errorf("not in a pod (%w): pass --kubeconfig", err)
 		}
-		cfg = c
-	} else {
-		t, err := (&kubeFlags{kubeconfig: kubeconfig}).target(context)
-		if err != nil {
-			return nil, err
-		}
-		cfg = t.Config
+		return c, nil
 	}
-	return kubernetes.NewForConfig(cfg)
+	t, err := (&kubeFlags{kubeconfig: kubeconfig}).target(context)
+	if err != nil {
+		return nil, err
+	}
+	return t.Config, nil
 }
 
 // newKubeStateSource returns the Kubernetes state source (k8ssource) of

@@ -32,8 +32,9 @@ type KubeStatus struct {
 	// Peers may read this cluster; Remotes are the clusters its agents read.
 	Peers   []string          `json:"peers"`
 	Remotes map[string]string `json:"remotes"` // name → endpoint
-	// TrustedCAs are the clusters of another CA whose client certificates
-	// the apiserver accepts (connect --allow-mismatching-ca).
+	// TrustedCAs are clusters of another CA whose client certificates the
+	// apiserver still accepts, as an earlier version of connect
+	// --allow-mismatching-ca granted; connect or disconnect takes it back.
 	TrustedCAs []string `json:"trustedCAs,omitempty"`
 	// Agents is what the agents report (those run with
 	// --state-source=kubernetes), across nodes.
@@ -124,7 +125,7 @@ func printKubeStatus(w io.Writer, st KubeStatus, asJSON bool) error {
 		fmt.Fprintf(w, "%s %s at %s\n", label, n, st.Remotes[n])
 	}
 	if len(st.TrustedCAs) > 0 {
-		fmt.Fprintf(w, "trusts:     the CAs of %s (--allow-mismatching-ca)\n", strings.Join(st.TrustedCAs, ", "))
+		fmt.Fprintf(w, "trusts:     the CAs of %s (left by an earlier connect --allow-mismatching-ca: run connect again to take it back)\n", strings.Join(st.TrustedCAs, ", "))
 	}
 	printAgents(w, st.Agents)
 	if st.Ready {

@@ -58,9 +58,8 @@ type agentPolicy struct {
 	flows *datapath.FlowReader // nil on the in-memory datapath
 	hub   *observe.Hub         // nil with flows
 	// kube watches the cluster's policy objects (nil unless
-	// --state-source=kubernetes with --node-name); kubeRun runs it.
-	kube    *k8spolicy.Watcher
-	kubeRun func(context.Context) error
+	// --state-source=kubernetes and --policy-from-kubernetes).
+	kube *k8spolicy.Watcher
 }
 
 // newAgentPolicy builds the enforcer for the agent of cfg (which it hooks
@@ -123,7 +122,7 @@ func (ap *agentPolicy) servers(agent *agentsync.Agent) []func(context.Context) e
 		return ap.enf.Run(ctx, agent.Pruned())
 	}}
 	if ap.kube != nil {
-		out = append(out, ap.kubeRun)
+		out = append(out, ap.kube.Run)
 	}
 	if ap.hub != nil {
 		out = append(out, func(ctx context.Context) error {

@@ -101,6 +101,8 @@ type policyRun struct {
 	wg     sync.WaitGroup
 	errs   []error // of the goroutines, once wg is done
 	mu     sync.Mutex
+	// setupErr is why agentHook could not give east-node-1 an enforcer.
+	setupErr error
 }
 
 // agentHook returns a localmesh agent hook that gives east's first agent
@@ -125,7 +127,8 @@ func (p *policyRun) agentHook(dir string, next func(*agentsync.Config)) func(*ag
 		}
 		enf, err := enforcer.New(ecfg)
 		if err != nil {
-			return // the config is the demo's own; New cannot refuse it
+			p.setupErr = err // start reports it
+			return
 		}
 		p.enf, p.dp = enf, pw
 		cfg.LocalSource, cfg.Identities = enf.WrapSource(cfg.LocalSource), enf
@@ -154,6 +157,9 @@ func writePolicy(dir string) (string, error) {
 // start runs the enforcer (writing once agent a synced) and, on eBPF
 // maps, the flow hub.
 func (p *policyRun) start(ctx context.Context, a *localmesh.Agent, clusterName func(uint16) string) error {
+	if p.enf == nil {
+		return fmt.Errorf("demo: east-node-1's policy enforcer: %w", errors.Join(p.setupErr, errors.New("not set up")))
+	}
 	ctx, p.cancel = context.WithCancel(ctx)
 	run := func(fn func(context.Context) error) {
 		p.wg.Add(1)
@@ -208,9 +214,6 @@ func (p *policyRun) close() error {
 // policyStep checks the policy: computed in every mode, and on real
 // packets when there is traffic.
 func (d *run) policyStep(ctx context.Context) (string, error) {
-	if d.pol.enf == nil {
-		return "", errors.New("demo: east-node-1 has no policy enforcer")
-	}
 	entries, err := d.policyComputed(ctx)
 	if err != nil || d.net == nil {
 		return entries, err

@@ -29,7 +29,8 @@ func quietMesh(b *testing.B, clusters, agents int) *Mesh {
 // BenchmarkRemotePropagation measures one backend change in west's state
 // file until east's agent's service map reflects it (east's own backends are
 // unready, so it selects west's). It includes the state file's poll interval
-// (inotify; polling every 20 ms as a safety net), the apiserver's publish, the etcd watch and the map write.
+// (inotify; polling every 200 ms as a safety net), the apiserver's publish, the etcd watch and the in-memory
+// datapath's write.
 func BenchmarkRemotePropagation(b *testing.B) {
 	m := quietMesh(b, 2, 1)
 	testenv.WaitFor(b, wait, "mesh ready", func() bool { return allReady(m) })
