@@ -251,13 +251,21 @@ func (ks *kindState) newGen() uint32 {
 func (ks *kindState) applyPage(kvs []*mvccpb.KeyValue, gen uint32) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
+	ks.batchedLocked(func() {
+		for _, kv := range kvs {
+			ks.applyLocked(string(kv.Key), kv.Value, gen)
+		}
+	})
+}
+
+// batchedLocked runs fn with the store's merges deferred to one datapath
+// batch, in order, where the store supports it. ks.mu is held.
+func (ks *kindState) batchedLocked(fn func()) {
 	batch, batched := ks.store.(batchStore)
 	if batched {
 		batch.begin()
 	}
-	for _, kv := range kvs {
-		ks.applyLocked(string(kv.Key), kv.Value, gen)
-	}
+	fn()
 	if batched {
 		batch.flush()
 	}
@@ -288,17 +296,21 @@ func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Clu
 		if err := ks.r.checkEtcd(wr.Header.ClusterId, etcdID); err != nil {
 			return err
 		}
+		// One response carries a whole publishing transaction (up to
+		// thousands of entries): one datapath batch for it.
 		ks.mu.Lock()
 		gen := ks.gen
-		for _, ev := range wr.Events {
-			switch ev.Type {
-			case mvccpb.PUT:
-				ks.applyLocked(string(ev.Kv.Key), ev.Kv.Value, gen)
-			case mvccpb.DELETE:
-				ks.store.remove(string(ev.Kv.Key))
-				ks.stats.events++
+		ks.batchedLocked(func() {
+			for _, ev := range wr.Events {
+				switch ev.Type {
+				case mvccpb.PUT:
+					ks.applyLocked(string(ev.Kv.Key), ev.Kv.Value, gen)
+				case mvccpb.DELETE:
+					ks.store.remove(string(ev.Kv.Key))
+					ks.stats.events++
+				}
 			}
-		}
+		})
 		ks.mu.Unlock()
 		ks.r.eventSeen()
 	}

@@ -83,13 +83,18 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 		return fmt.Errorf("agentsync: ipcache %q: %s %w", key, pfx, ErrOverlapsLocal)
 	}
 	s.entries.put(pfx, struct{}{}, gen)
-	u := ipClaimUpdate{prefix: pfx, entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}}
+	s.claim(ipClaimUpdate{prefix: pfx, entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}})
+	return nil
+}
+
+// claim merges u now, or at flush while batching (updates keep their
+// order: a put then a delete of one prefix in a batch ends deleted).
+func (s *ipcacheStore) claim(u ipClaimUpdate) {
 	if s.batching {
 		s.pending = append(s.pending, u)
-		return nil
+		return
 	}
-	s.r.agent.merger.setIPs(uint16(c.ID), []ipClaimUpdate{u})
-	return nil
+	s.r.agent.merger.setIPs(uint16(s.r.cluster().ID), []ipClaimUpdate{u})
 }
 
 func (s *ipcacheStore) begin() { s.batching, s.pending = true, s.pending[:0] }
@@ -120,7 +125,7 @@ func (s *ipcacheStore) remove(key string) {
 	if p, ok := s.prefixOf(key); ok {
 		if _, known := s.entries[p]; known {
 			delete(s.entries, p)
-			s.r.agent.merger.setIPs(uint16(s.r.cluster().ID), []ipClaimUpdate{{prefix: p}})
+			s.claim(ipClaimUpdate{prefix: p})
 		}
 	}
 }

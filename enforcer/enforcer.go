@@ -167,7 +167,7 @@ func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 	t := time.NewTicker(e.cfg.ReloadInterval)
 	defer t.Stop()
 	if ready == nil {
-		e.ready = true
+		e.ready, e.epsDirty = true, true
 	}
 	e.reload()
 	for {
@@ -179,8 +179,11 @@ func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 		case <-t.C:
 			e.ticks++
 			e.reload()
+			// Endpoints waiting for their veth are looked at every tick,
+			// all of them every retryTicks (a veth recreated under its name).
+			e.epsDirty = e.epsDirty || e.eps.retry || e.ticks%e.retryTicks == 0
 		case <-ready:
-			ready, e.ready = nil, true
+			ready, e.ready, e.epsDirty = nil, true, true
 			e.log.Info("agent synced: enforcing policy")
 		}
 	}
@@ -243,7 +246,7 @@ func (e *Enforcer) step() {
 	if sourcesNew {
 		e.setPolicies()
 	}
-	e.epsDirty = e.epsDirty || localNew || len(pending) > 0
+	e.epsDirty = e.epsDirty || localNew
 
 	var changes []policy.Change
 	for id, ls := range pending {
@@ -252,10 +255,10 @@ func (e *Enforcer) step() {
 		} else {
 			changes = append(changes, e.engine.UpsertIdentity(id, ls)...)
 		}
-		e.indexLocal(id, ls)
+		e.epsDirty = e.indexLocal(id, ls) || e.epsDirty
 	}
 	e.apply(changes)
-	if e.ready && (e.epsDirty || e.ticks%e.retryTicks == 0 || e.eps.retry) {
+	if e.ready && e.epsDirty {
 		e.epsDirty = false
 		e.reconcileEndpoints(local)
 	}
@@ -268,21 +271,31 @@ func (e *Enforcer) step() {
 const defaultRetryTicks = 10
 
 // indexLocal keeps byLabels: the local identities by their labels.
-func (e *Enforcer) indexLocal(id uint32, ls wire.Labels) {
-	if k, ok := e.labelsOf[id]; ok {
-		delete(e.byLabels, k)
+// It reports whether a local identity came, went or changed: only those
+// change what an endpoint resolves to (a remote identity changes peers'
+// entries, not any endpoint's identity or enforced directions).
+func (e *Enforcer) indexLocal(id uint32, ls wire.Labels) bool {
+	old, had := e.labelsOf[id]
+	k, local := "", false
+	if c, _ := ls.Get(wire.ClusterLabel); ls != nil && c == e.cfg.ClusterName {
+		k, local = ls.String(), true
+	}
+	if had && local && old == k {
+		return false
+	}
+	if had {
+		delete(e.byLabels, old)
 		delete(e.labelsOf, id)
 	}
-	if c, _ := ls.Get(wire.ClusterLabel); ls != nil && c == e.cfg.ClusterName {
-		k := ls.String()
+	if local {
 		e.byLabels[k], e.labelsOf[id] = id, k
 	}
+	return had || local
 }
 
 // apply writes engine changes: incrementally once the map was synced, as
 // a full sync the first time and after a failed write.
 func (e *Enforcer) apply(changes []policy.Change) {
-	e.epsDirty = e.epsDirty || len(changes) > 0 // enforced directions may have changed
 	for _, c := range changes {
 		if c.Add {
 			e.entries++

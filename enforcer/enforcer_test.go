@@ -3,6 +3,7 @@ package enforcer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -53,11 +54,13 @@ type fakeAttacher struct {
 	mu       sync.Mutex
 	ifaces   map[string]int
 	attached map[int]datapath.PolicyEndpoint
+	lists    int // Interfaces calls: one per reconciliation
 }
 
 func (f *fakeAttacher) Interfaces() (Interfaces, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.lists++
 	out := Interfaces{ByName: map[string]int{}, ByPodIP: map[netip.Addr]string{}}
 	for k, v := range f.ifaces {
 		out.ByName[k] = v
@@ -336,4 +339,30 @@ spec:
 		p, ok := f.att.get(7)
 		return ok && p.EnforceEgress
 	})
+}
+
+// Remote identities change peers' entries only: they never make the
+// enforcer list the node's interfaces again (a local identity does).
+func TestEnforcerRemoteIdentitiesDoNotReconcileEndpoints(t *testing.T) {
+	f := startWith(t, func(e *Enforcer) { e.retryTicks = 1 << 30 })
+	f.att.mu.Lock()
+	f.att.ifaces["lxc-fe1"] = 8 // every endpoint of the node has its veth: nothing to retry
+	f.att.mu.Unlock()
+	close(f.ready)
+	f.writePolicy(t, "checkout.yaml", checkoutPolicy)
+	f.e.SetLocalState(localState())
+	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))
+	testenv.WaitFor(t, 5*time.Second, "checkout attached, enforcing", func() bool { p, ok := f.att.get(7); return ok && p.EnforceIngress })
+	lists := func() int { f.att.mu.Lock(); defer f.att.mu.Unlock(); return f.att.lists }
+	before := lists()
+	for i := range uint32(50) {
+		f.e.UpsertIdentity("west", 2<<16+100+i, podLabels("west", "frontend").With(wire.Label{Source: "k8s", Key: "n", Value: fmt.Sprint(i)}))
+	}
+	last := datapath.PolicyKey{Endpoint: eastCheckout, Peer: 2<<16 + 149, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080, EndPort: 8080}
+	testenv.WaitFor(t, 5*time.Second, "the 50 remote frontends allowed", func() bool { return f.hasKey(last) })
+	if n := lists() - before; n != 0 {
+		t.Errorf("%d interface listings for 50 remote identities, want 0", n)
+	}
+	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
+	testenv.WaitFor(t, 5*time.Second, "a local identity reconciles the endpoints", func() bool { return lists() > before })
 }
