@@ -20,11 +20,6 @@ const DefaultStatusAddr = "/var/run/clustermesh/agent.sock"
 // host:port.
 func isUnix(addr string) bool { return strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, ".") }
 
-// ServeStatus serves GET /status (JSON of status()) on addr until ctx is done.
-func ServeStatus(ctx context.Context, addr string, status func() Status) error {
-	return ServeJSON(ctx, addr, func() any { return status() })
-}
-
 // ServeJSON serves GET /status (the JSON of status()) on addr — a unix socket
 // path or host:port — until ctx is done. Callers that extend Status (the CLI
 // adds WireGuard) serve their own value through it.
@@ -92,12 +87,6 @@ func registerHandler(mux *http.ServeMux, pattern string, h http.Handler) (err er
 	}()
 	mux.Handle(pattern, h)
 	return nil
-}
-
-// FetchStatus reads an agent's status from addr.
-func FetchStatus(ctx context.Context, addr string) (Status, error) {
-	var st Status
-	return st, FetchJSON(ctx, addr, &st)
 }
 
 // FetchJSON reads an agent's status from addr into v.

@@ -43,7 +43,7 @@ func (obsEnricher) Identity(id uint32) (wire.Labels, bool) {
 	if cluster == "" {
 		return nil, false
 	}
-	return wire.NewLabels("k8s", map[string]string{wire.ClusterLabel: cluster, observe.NamespaceLabel: "shop"}), true
+	return wire.NewLabels("k8s", map[string]string{wire.ClusterLabel: cluster, wire.NamespaceLabel: "shop"}), true
 }
 
 func (obsEnricher) ClusterName(id uint16) string { return map[uint16]string{1: "east", 2: "west"}[id] }

@@ -359,6 +359,10 @@ func TestMapsLargeDump(t *testing.T) {
 	svcs, err := m.Services()
 	mustNoErr(t, err)
 	t.Logf("dump of %d services with 10 slots each: %v", len(svcs), time.Since(start))
+	first := fe("10.96.0.0:80", TCP)
+	if len(svcs) != 1000 || len(svcs[first]) != 10 || svcs[first][0] != be("10.100.0.0:80", 1) {
+		t.Fatalf("dumped %d services, %s → %v; want 1000, the first with 10 backends from 10.100.0.0:80", len(svcs), first, svcs[first])
+	}
 }
 
 // Without the ipcache mirror, writes, overwrites, deletes and a restart

@@ -19,10 +19,6 @@ import (
 	"github.com/clustermesh/clustermesh/wire"
 )
 
-// NamespaceLabel is the identity label (source k8s) naming a pod's
-// namespace.
-const NamespaceLabel = "io.kubernetes.pod.namespace"
-
 // Enricher names the ends of a flow. The agent implements it from the
 // identities, ipcache entries and local endpoints it holds. Its methods are
 // called for every flow on the reading goroutine: they must be fast (map
@@ -159,7 +155,7 @@ func endpoint(e Enricher, ap netip.AddrPort, id uint32, cluster uint16) Endpoint
 		}
 	}
 	if ep.Namespace == "" {
-		ep.Namespace, _ = ls.Get(NamespaceLabel)
+		ep.Namespace, _ = ls.Get(wire.NamespaceLabel)
 	}
 	return ep
 }

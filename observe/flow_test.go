@@ -19,11 +19,11 @@ type testEnricher struct{}
 func (testEnricher) Identity(id uint32) (wire.Labels, bool) {
 	switch id {
 	case 70001: // east's checkout
-		return wire.NewLabels("k8s", map[string]string{"app": "checkout", NamespaceLabel: "shop", wire.ClusterLabel: "east"}), true
+		return wire.NewLabels("k8s", map[string]string{"app": "checkout", wire.NamespaceLabel: "shop", wire.ClusterLabel: "east"}), true
 	case 132000: // west's frontend
-		return wire.NewLabels("k8s", map[string]string{"app": "frontend", NamespaceLabel: "web", wire.ClusterLabel: "west"}), true
+		return wire.NewLabels("k8s", map[string]string{"app": "frontend", wire.NamespaceLabel: "web", wire.ClusterLabel: "west"}), true
 	case 200000: // cluster 3, which the enricher cannot name
-		return wire.NewLabels("k8s", map[string]string{"app": "batch", NamespaceLabel: "jobs", wire.ClusterLabel: "north"}), true
+		return wire.NewLabels("k8s", map[string]string{"app": "batch", wire.NamespaceLabel: "jobs", wire.ClusterLabel: "north"}), true
 	case datapath.IdentityWorld:
 		return wire.Labels{{Source: "reserved", Key: "world"}}, true
 	}

@@ -3,7 +3,6 @@ package policy
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
@@ -91,23 +90,6 @@ func (c *Compiled) Rules() int {
 
 // Merge adds o's rules to c.
 func (c *Compiled) Merge(o *Compiled) { c.rules = append(c.rules, o.rules...) }
-
-// LoadFiles reads and compiles policy files (YAML, several documents each
-// separated by "---"). Any invalid document fails the whole load with an
-// error naming the file and the field, so that a typo never half-applies.
-func LoadFiles(o Options, paths ...string) (*Compiled, error) {
-	c := &Compiled{}
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("policy: %w", err)
-		}
-		if err := c.add(o, p, b); err != nil {
-			return nil, err
-		}
-	}
-	return c, nil
-}
 
 // Parse compiles the documents of one file's content (name labels errors).
 func Parse(o Options, name string, b []byte) (*Compiled, error) {

@@ -18,8 +18,23 @@ func FuzzParseKey(f *testing.F) {
 	f.Fuzz(func(t *testing.T, k uint8, key string) {
 		kind := Kinds[int(k)%len(Kinds)]
 		pk, err := ParseKey(kind, "east", key)
-		if err == nil && pk.Kind != kind {
-			t.Fatalf("kind changed: %v", pk)
+		if err != nil {
+			return
+		}
+		// An accepted key is exactly the key its parts build.
+		var again string
+		switch kind {
+		case Nodes:
+			again = NodeKey(pk.Cluster, pk.Name)
+		case Services:
+			again = ServiceKey(pk.Cluster, pk.Namespace, pk.Name)
+		case IPCache:
+			again = IPCacheKey(pk.Name)
+		case Identities:
+			again = IdentityKey(pk.ID)
+		}
+		if again != key {
+			t.Fatalf("%v %q parsed as %+v, which builds %q", kind, key, pk, again)
 		}
 	})
 }
@@ -93,9 +108,9 @@ func FuzzDecodeIdentity(f *testing.F) {
 func FuzzDecodeClusterConfig(f *testing.F) {
 	f.Add([]byte(`{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}`))
 	f.Fuzz(func(t *testing.T, v []byte) {
-		c, _, err := DecodeClusterConfig("north", 255, v)
-		if err == nil && c.Validate() != nil {
-			t.Fatalf("accepted invalid cluster %+v", c)
+		c, cfg, err := DecodeClusterConfig("north", 255, v)
+		if err == nil && (c.Name != "north" || c.MaxConnectedClusters != 255 || c.ID != cfg.ID) {
+			t.Fatalf("accepted %s as cluster %+v", v, c)
 		}
 	})
 }

@@ -87,16 +87,12 @@ func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair,
 	if min := minPrefixBits(pfx); pfx.Bits() < min {
 		return nil, fmt.Errorf("wire: ipcache %q: %w (a remote may not claim a prefix shorter than /%d)", key, ErrInvalidAddress, min)
 	}
-	if p.ID == HostIdentity || !c.OwnsIdentity(p.ID) {
+	if p.ID == IdentityHost || !c.OwnsIdentity(p.ID) {
 		first, last := IdentityRange(c.ID, c.MaxConnectedClusters)
 		return nil, fmt.Errorf("wire: ipcache %q identity %d: %w (cluster %q owns %d..%d)", key, p.ID, ErrIdentityOutOfRange, c.Name, first, last)
 	}
 	return &p, nil
 }
-
-// HostIdentity is the reserved identity of the local host: never valid from
-// a remote.
-const HostIdentity = 1
 
 // minPrefixBits is the shortest prefix a remote may claim in the ipcache:
 // anything broader would capture traffic far beyond one cluster.
