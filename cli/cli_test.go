@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/localmesh"
 	"sigs.k8s.io/yaml"
@@ -97,8 +98,13 @@ spec:
 	pinDir := fmt.Sprintf("/sys/fs/bpf/cm-clitest-%d", os.Getpid())
 	// As root the agent attaches the socket load balancer: to a cgroup of
 	// the test's own, not the machine's root.
-	cgroup := fmt.Sprintf("/sys/fs/cgroup/unified/cm-clitest-%d", os.Getpid())
+	cgroup := ""
 	if os.Geteuid() == 0 {
+		root, err := datapath.Cgroup2Mount() // /sys/fs/cgroup on a unified host, .../unified on a hybrid one
+		if err != nil {
+			t.Fatal(err)
+		}
+		cgroup = filepath.Join(root, fmt.Sprintf("cm-clitest-%d", os.Getpid()))
 		if err := os.Mkdir(cgroup, 0o755); err != nil {
 			t.Fatal(err)
 		}

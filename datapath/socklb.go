@@ -106,7 +106,7 @@ func (o *socklbObjects) hooks() []sockHook {
 func AttachSockLB(maps *Maps, cgroupPath string) (*SockLB, error) {
 	if cgroupPath == "" {
 		var err error
-		if cgroupPath, err = cgroup2Mount(); err != nil {
+		if cgroupPath, err = Cgroup2Mount(); err != nil {
 			return nil, err
 		}
 	}
@@ -215,8 +215,10 @@ func checkCgroup2(dir string) error {
 	return nil
 }
 
-// cgroup2Mount returns the first cgroup2 mount point of /proc/self/mountinfo.
-func cgroup2Mount() (string, error) {
+// Cgroup2Mount returns the first cgroup v2 mount point of
+// /proc/self/mountinfo (/sys/fs/cgroup on a unified host,
+// /sys/fs/cgroup/unified on a hybrid one); ErrNotCgroup2 when none.
+func Cgroup2Mount() (string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return "", fmt.Errorf("datapath: socket load balancer: find the cgroup v2 mount: %w", err)

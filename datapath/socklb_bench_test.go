@@ -179,7 +179,7 @@ func (a *acceptor) loop() {
 // ownCgroup returns the cgroup v2 directory this process is in.
 func ownCgroup(tb testing.TB) string {
 	tb.Helper()
-	root, err := cgroup2Mount()
+	root, err := Cgroup2Mount()
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -92,7 +92,7 @@ func newNetns(t testing.TB, name string) {
 // cleanup (once the processes in it are gone).
 func newTestCgroup(t testing.TB) string {
 	t.Helper()
-	root, err := cgroup2Mount()
+	root, err := Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

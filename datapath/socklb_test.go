@@ -319,7 +319,7 @@ func TestAttachSockLBErrors(t *testing.T) {
 	}
 
 	// Default cgroup: the cgroup v2 mount.
-	root, err := cgroup2Mount()
+	root, err := Cgroup2Mount()
 	mustNoErr(t, err)
 	if st, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil || st.IsDir() {
 		t.Fatalf("cgroup v2 mount %s has no cgroup.procs: %v", root, err)

@@ -1,7 +1,6 @@
 package demo
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -178,7 +176,7 @@ func (n *network) addPod(s podSpec, veth string, logger *slog.Logger) error {
 // attach creates the demo's cgroup under the cgroup v2 mount and attaches
 // the socket load balancer of maps to it.
 func (n *network) attach(maps *datapath.Maps) error {
-	root, err := cgroup2Mount()
+	root, err := datapath.Cgroup2Mount()
 	if err != nil {
 		return err
 	}
@@ -259,31 +257,4 @@ func removeCgroup(dir string, wait time.Duration) error {
 		}
 		time.Sleep(5 * time.Millisecond) // retrying a removal, not waiting for an event
 	}
-}
-
-// cgroup2Mount returns the first cgroup v2 mount point of
-// /proc/self/mountinfo (e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified).
-func cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("demo: find the cgroup v2 mount: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		for i, fld := range fields {
-			if fld == "-" && i >= 5 && i+1 < len(fields) {
-				if fields[i+1] == "cgroup2" {
-					return strings.ReplaceAll(fields[4], `\040`, " "), nil
-				}
-				break
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("demo: read /proc/self/mountinfo: %w", err)
-	}
-	return "", errors.New("demo: no cgroup v2 is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified): the socket load balancer needs one")
 }

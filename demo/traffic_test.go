@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
@@ -208,7 +209,7 @@ func checkNoNamespaceHeld(t *testing.T, inodes []uint64) {
 // checkNoDemoCgroup fails if a cgroup of this process's demos is left.
 func checkNoDemoCgroup(t *testing.T) {
 	t.Helper()
-	root, err := cgroup2Mount()
+	root, err := datapath.Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

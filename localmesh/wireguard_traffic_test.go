@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -38,34 +38,12 @@ type trNode struct {
 	wg                 *wireguard.Agent
 }
 
-// inNS runs fn on a fresh thread moved into ns; the thread is never
-// unlocked, so it exits with the goroutine and no other goroutine ever runs
-// in the namespace.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if ns.IsOpen() {
-			if err := netns.Set(ns); err != nil {
-				errc <- err
-				return
-			}
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // newNodeNS creates an unnamed network namespace with lo up; it lives as
 // long as its handle (closed at cleanup, after the mesh has stopped).
 func newNodeNS(t *testing.T, n *trNode) {
 	t.Helper()
-	err := inNS(netns.None(), func() error {
-		var err error
-		n.ns, err = netns.New() // moves this (discarded) thread into it
-		return err
-	})
-	if err != nil {
+	var err error
+	if n.ns, err = podnet.NewNetns(); err != nil {
 		t.Fatalf("creating %s's namespace: %v", n.name, err)
 	}
 	t.Cleanup(func() { n.ns.Close() })
@@ -116,7 +94,7 @@ func startUnderlayCapture(t *testing.T, n *trNode, pods ...netip.Prefix) *underl
 		t.Fatal(err)
 	}
 	proto := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8
-	err = inNS(n.ns, func() error {
+	err = podnet.InNetns(n.ns, func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(proto))
 		if err != nil {
 			return err
@@ -208,7 +186,7 @@ func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 func podTransfer(t *testing.T, from, to *trNode, size int64) int64 {
 	t.Helper()
 	var l net.Listener
-	if err := inNS(to.ns, func() error {
+	if err := podnet.InNetns(to.ns, func() error {
 		var err error
 		l, err = net.Listen("tcp", netip.AddrPortFrom(to.podIP, 0).String())
 		return err
@@ -229,7 +207,7 @@ func podTransfer(t *testing.T, from, to *trNode, size int64) int64 {
 		got <- n
 	}()
 	var c net.Conn
-	if err := inNS(from.ns, func() error {
+	if err := podnet.InNetns(from.ns, func() error {
 		var err error
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(from.podIP, 0)), Timeout: 10 * time.Second}
 		c, err = d.Dial("tcp", l.Addr().String())
