@@ -311,12 +311,18 @@ func (a *Agent) scanConfigDir(ctx context.Context) error {
 }
 
 func (a *Agent) reconcileRemote(ctx context.Context, name, path string) {
-	cfg, raw, err := LoadRemoteConfig(name, path)
+	raw, err := os.ReadFile(path)
 	a.mu.Lock()
 	old := a.remotes[name]
 	a.mu.Unlock()
-	if old != nil && string(old.raw) == string(raw) {
-		return
+	if old != nil && err == nil && string(old.raw) == string(raw) {
+		return // unchanged: not parsed again
+	}
+	var cfg RemoteConfig
+	if err == nil {
+		cfg, err = ParseRemoteConfig(name, path, raw)
+	} else {
+		err = fmt.Errorf("agentsync: %w", err)
 	}
 	if err != nil {
 		a.mu.Lock()
@@ -345,14 +351,21 @@ func (a *Agent) reconcileRemote(ctx context.Context, name, path string) {
 	r.start(ctx)
 }
 
-// stopAll stops every remote without draining.
-func (a *Agent) stopAll() {
+// remoteList returns the remotes (the local cluster's own apiserver among
+// them) at this moment.
+func (a *Agent) remoteList() []*remote {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	rs := make([]*remote, 0, len(a.remotes))
 	for _, r := range a.remotes {
 		rs = append(rs, r)
 	}
-	a.mu.Unlock()
+	return rs
+}
+
+// stopAll stops every remote without draining.
+func (a *Agent) stopAll() {
+	rs := a.remoteList()
 	for _, r := range rs {
 		r.stop(false)
 	}
@@ -360,12 +373,7 @@ func (a *Agent) stopAll() {
 
 // RemoteNodes returns the nodes of every connected or remembered remote.
 func (a *Agent) RemoteNodes() []*wire.Node {
-	a.mu.Lock()
-	rs := make([]*remote, 0, len(a.remotes))
-	for _, r := range a.remotes {
-		rs = append(rs, r)
-	}
-	a.mu.Unlock()
+	rs := a.remoteList()
 	var out []*wire.Node
 	for _, r := range rs {
 		if r.self {
@@ -390,12 +398,7 @@ func (a *Agent) RemoteNodes() []*wire.Node {
 // updateStale tells the merger which remotes' heartbeats are stale, for the
 // services that fail over on stale clusters.
 func (a *Agent) updateStale() {
-	a.mu.Lock()
-	rs := make([]*remote, 0, len(a.remotes))
-	for _, r := range a.remotes {
-		rs = append(rs, r)
-	}
-	a.mu.Unlock()
+	rs := a.remoteList()
 	now := time.Now()
 	for _, r := range rs {
 		r.mu.Lock()
@@ -519,11 +522,8 @@ func (a *Agent) RemoteStatus(name string) (RemoteStatus, bool) {
 
 // Status returns the agent's status.
 func (a *Agent) Status() Status {
+	rs := a.remoteList()
 	a.mu.Lock()
-	rs := make([]*remote, 0, len(a.remotes))
-	for _, r := range a.remotes {
-		rs = append(rs, r)
-	}
 	invalid := copyMap(a.invalid)
 	a.mu.Unlock()
 	st := Status{Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, Datapath: a.cfg.Datapath.Kind()}

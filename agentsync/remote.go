@@ -55,8 +55,9 @@ type remote struct {
 	mu     sync.Mutex
 	status RemoteStatus // guarded by mu
 	cur    wire.Cluster // guarded by mu; the cluster as its config says, set per session
-	// rejectLog limits rejection logging per reason (guarded by mu).
-	rejectLog [len(rejectReasons)]rejectLimit
+	// rejectLog limits rejection logging per reason (rejectReason's few
+	// values; guarded by mu).
+	rejectLog map[string]*rejectLimit
 	kinds     [4]*kindState
 }
 
@@ -68,7 +69,8 @@ func (r *remote) cluster() wire.Cluster {
 }
 
 func newRemote(a *Agent, name string, cfg RemoteConfig, raw []byte) *remote {
-	r := &remote{name: name, self: name == a.cfg.ClusterName, cfg: cfg, raw: raw, agent: a, log: a.log.With("remote", name), done: make(chan struct{})}
+	r := &remote{name: name, self: name == a.cfg.ClusterName, cfg: cfg, raw: raw, agent: a, log: a.log.With("remote", name), done: make(chan struct{}),
+		rejectLog: map[string]*rejectLimit{}}
 	r.status = RemoteStatus{Name: name, EtcdEndpoints: cfg.Endpoints, Rejected: map[string]uint64{}, Synced: map[string]bool{}}
 	for _, k := range wire.Kinds {
 		r.kinds[k] = newKindState(r, k)
@@ -91,14 +93,20 @@ func (r *remote) stop(drain bool) {
 	r.cancel()
 	<-r.done
 	if drain {
-		r.agent.merger.dropCluster(r.name, r.clusterID())
-		if !r.self {
-			r.agent.release(r.name)
-		}
-		for _, ks := range r.kinds {
-			ks.clear()
-		}
+		r.drain(r.clusterID())
 		r.log.Info("remote drained")
+	}
+}
+
+// drain removes from the datapath everything the remote said under
+// cluster id, forgets it, and releases the id.
+func (r *remote) drain(id uint16) {
+	r.agent.merger.dropCluster(r.name, id)
+	if !r.self {
+		r.agent.release(r.name)
+	}
+	for _, ks := range r.kinds {
+		ks.clear()
 	}
 }
 
@@ -210,11 +218,7 @@ func (r *remote) admit(c wire.Cluster) error {
 	}
 	if prev := r.agent.reservedID(r.name); prev != 0 && prev != c.ID {
 		r.log.Warn("remote changed its cluster id: draining it before re-admission", "from", prev, "to", c.ID)
-		r.agent.merger.dropCluster(r.name, uint16(prev))
-		r.agent.release(r.name)
-		for _, ks := range r.kinds {
-			ks.clear()
-		}
+		r.drain(uint16(prev))
 	}
 	return r.agent.reserve(r.name, c.ID)
 }

@@ -28,29 +28,35 @@ type RemoteConfig struct {
 }
 
 // LoadRemoteConfig reads and checks the config of cluster name from path.
-// Relative file paths are taken relative to the config file's directory.
 func LoadRemoteConfig(name, path string) (RemoteConfig, []byte, error) {
-	var rc RemoteConfig
-	if err := wire.ValidateClusterName(name); err != nil {
-		return rc, nil, fmt.Errorf("agentsync: config file %s: %w: the file name must be the remote cluster's name: %w", path, ErrInvalidRemoteConfig, err)
-	}
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return rc, nil, fmt.Errorf("agentsync: %w", err)
+		return RemoteConfig{}, nil, fmt.Errorf("agentsync: %w", err)
+	}
+	rc, err := ParseRemoteConfig(name, path, raw)
+	return rc, raw, err
+}
+
+// ParseRemoteConfig checks raw, the content of the config file path of
+// cluster name; relative files are relative to the file's directory.
+func ParseRemoteConfig(name, path string, raw []byte) (RemoteConfig, error) {
+	var rc RemoteConfig
+	if err := wire.ValidateClusterName(name); err != nil {
+		return rc, fmt.Errorf("agentsync: config file %s: %w: the file name must be the remote cluster's name: %w", path, ErrInvalidRemoteConfig, err)
 	}
 	if err := yaml.Unmarshal(raw, &rc); err != nil {
-		return rc, raw, fmt.Errorf("agentsync: config file %s: %w: %w", path, ErrInvalidRemoteConfig, err)
+		return rc, fmt.Errorf("agentsync: config file %s: %w: %w", path, ErrInvalidRemoteConfig, err)
 	}
 	if len(rc.Endpoints) == 0 {
-		return rc, raw, fmt.Errorf("agentsync: config file %s: %w: no endpoints", path, ErrInvalidRemoteConfig)
+		return rc, fmt.Errorf("agentsync: config file %s: %w: no endpoints", path, ErrInvalidRemoteConfig)
 	}
 	for _, e := range rc.Endpoints {
 		if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "unixs://") {
-			return rc, raw, fmt.Errorf("agentsync: config file %s: %w: endpoint %q must be https:// (mutual TLS is required)", path, ErrInvalidRemoteConfig, e)
+			return rc, fmt.Errorf("agentsync: config file %s: %w: endpoint %q must be https:// (mutual TLS is required)", path, ErrInvalidRemoteConfig, e)
 		}
 	}
 	if rc.TrustedCAFile == "" || rc.CertFile == "" || rc.KeyFile == "" {
-		return rc, raw, fmt.Errorf("agentsync: config file %s: %w: trusted-ca-file, cert-file and key-file are all required", path, ErrInvalidRemoteConfig)
+		return rc, fmt.Errorf("agentsync: config file %s: %w: trusted-ca-file, cert-file and key-file are all required", path, ErrInvalidRemoteConfig)
 	}
 	dir := filepath.Dir(path)
 	for _, f := range []*string{&rc.TrustedCAFile, &rc.CertFile, &rc.KeyFile} {
@@ -58,7 +64,7 @@ func LoadRemoteConfig(name, path string) (RemoteConfig, []byte, error) {
 			*f = filepath.Join(dir, *f)
 		}
 	}
-	return rc, raw, nil
+	return rc, nil
 }
 
 // TLS builds the client TLS config; certificate problems (expired, wrong CA,

@@ -159,7 +159,11 @@ func (r *remote) reject(err error) {
 	r.mu.Lock()
 	r.status.Rejected[reason]++
 	r.setErrorLocked(err)
-	lim := &r.rejectLog[reasonIndex(reason)]
+	lim := r.rejectLog[reason]
+	if lim == nil {
+		lim = &rejectLimit{}
+		r.rejectLog[reason] = lim
+	}
 	logIt, suppressed := now.Sub(lim.last) >= rejectLogEvery, lim.suppressed
 	if logIt {
 		lim.last, lim.suppressed = now, 0
@@ -176,19 +180,6 @@ func (r *remote) reject(err error) {
 type rejectLimit struct {
 	last       time.Time
 	suppressed uint64
-}
-
-// rejectReasons are the reasons a limiter slot exists for (others share the last).
-var rejectReasons = [...]string{"malformed_key", "malformed_value", "value_too_large", "cluster_mismatch",
-	"identity_out_of_range", "invalid_address", "invalid_labels", "overlaps_local", "other"}
-
-func reasonIndex(reason string) int {
-	for i, r := range rejectReasons {
-		if r == reason {
-			return i
-		}
-	}
-	return len(rejectReasons) - 1
 }
 
 // staleLocked reports whether the remote's heartbeat is older than the
