@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/clustermesh/clustermesh/internal/atomicfile"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -137,11 +138,7 @@ func (f IdentityFile) Save(_ context.Context, c wire.Cluster, ids map[string]uin
 	if err := os.MkdirAll(filepath.Dir(f.Path), 0o700); err != nil {
 		return fmt.Errorf("meshapiserver: identities: %w", err)
 	}
-	tmp := f.Path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("meshapiserver: identities: %w", err)
-	}
-	if err := os.Rename(tmp, f.Path); err != nil {
+	if err := atomicfile.Write(f.Path, b, 0o600); err != nil {
 		return fmt.Errorf("meshapiserver: identities: %w", err)
 	}
 	return nil

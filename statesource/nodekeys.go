@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/clustermesh/clustermesh/internal/atomicfile"
 )
 
 // A node keys directory carries the WireGuard public keys of a cluster's
@@ -81,37 +83,8 @@ func WriteNodeKey(dir, node, publicKey string) error {
 		return fmt.Errorf("statesource: node keys directory: %w", err)
 	}
 	path := filepath.Join(dir, NodeKeyFile(node))
-	f, err := os.CreateTemp(dir, "."+NodeKeyFile(node)+".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(path, []byte(publicKey+"\n"), 0o644); err != nil {
 		return fmt.Errorf("statesource: writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o644); err != nil {
-		return fmt.Errorf("statesource: writing %s: %w", path, err)
-	}
-	if _, err := f.WriteString(publicKey + "\n"); err != nil {
-		return fmt.Errorf("statesource: writing %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("statesource: writing %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("statesource: writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("statesource: writing %s: %w", path, err)
-	}
-	ok = true
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/clustermesh/clustermesh/internal/atomicfile"
 )
 
 // keyFileMode is the only mode a private key file may have.
@@ -69,37 +71,8 @@ func writeKeyFile(path string, key wgtypes.Key) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("wireguard: key directory: %w", err)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(path, []byte(key.String()+"\n"), keyFileMode); err != nil {
 		return fmt.Errorf("wireguard: writing the private key: %w", err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(keyFileMode); err != nil {
-		return fmt.Errorf("wireguard: writing the private key: %w", err)
-	}
-	if _, err := f.WriteString(key.String() + "\n"); err != nil {
-		return fmt.Errorf("wireguard: writing the private key: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("wireguard: writing the private key: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("wireguard: writing the private key: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("wireguard: writing the private key: %w", err)
-	}
-	ok = true
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }
