@@ -50,8 +50,7 @@ type merger struct {
 	log       *slog.Logger
 
 	mu         sync.Mutex
-	local      *statesource.State                    // guarded by mu; nil until the source delivered
-	localIx    *statesource.SelectorIndex            // guarded by mu; index of local
+	localIx    *statesource.SelectorIndex            // guarded by mu; index of the local endpoints (nil without global services)
 	localSvcs  map[svcName]*statesource.Service      // guarded by mu; global services of local
 	remoteSvcs map[svcName]map[string]*remoteService // guarded by mu; service → cluster → backends
 	// ips holds the winning claim of every prefix; ipsMore the other
@@ -105,7 +104,6 @@ func (m *merger) setLocal(st *statesource.State) {
 	for n := range m.localSvcs {
 		touched[n] = true
 	}
-	m.local, m.localIx = st, statesource.NewSelectorIndex(st)
 	m.localNet = m.localNet[:0]
 	for _, n := range st.Nodes {
 		m.localNet = append(m.localNet, n.PodCIDRs...)
@@ -121,6 +119,12 @@ func (m *merger) setLocal(st *statesource.State) {
 			m.localSvcs[n] = s
 			touched[n] = true
 		}
+	}
+	// The index of the endpoints' labels serves the global services alone
+	// (portViews): not built, over every endpoint, for a cluster with none.
+	m.localIx = nil
+	if len(m.localSvcs) > 0 {
+		m.localIx = statesource.NewSelectorIndex(st)
 	}
 	for n := range touched {
 		m.syncService(n)

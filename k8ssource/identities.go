@@ -49,13 +49,6 @@ type IdentityStore struct {
 	resourceVersion string // "" until the ConfigMap exists
 }
 
-// identityDocument is the stored form (meshapiserver.IdentityDocument's).
-type identityDocument struct {
-	Cluster    string            `json:"cluster"`
-	ClusterID  uint32            `json:"clusterID"`
-	Identities map[string]uint32 `json:"identities"`
-}
-
 func (s *IdentityStore) where() string { return "configmap " + s.Namespace + "/" + s.Name }
 
 // wrap adds what the store was doing and, for an authorization failure,
@@ -81,19 +74,16 @@ func (s *IdentityStore) Load(ctx context.Context, c wire.Cluster) (map[string]ui
 	if err != nil {
 		return nil, err
 	}
-	if d.Cluster != c.Name || d.ClusterID != c.ID {
-		return nil, fmt.Errorf("identities: %s belongs to cluster %q id %d, not %q id %d: delete it (kubectl -n %s delete configmap %s; identities will be renumbered) or run the apiserver as that cluster",
-			s.where(), d.Cluster, d.ClusterID, c.Name, c.ID, s.Namespace, s.Name)
+	ids, err := d.Check(c, s.where(), fmt.Sprintf("delete it (kubectl -n %s delete configmap %s; identities will be renumbered) or run the apiserver as that cluster", s.Namespace, s.Name))
+	if err != nil {
+		return nil, fmt.Errorf("identities: %w", err)
 	}
 	s.resourceVersion = cm.ResourceVersion
-	if d.Identities == nil {
-		d.Identities = map[string]uint32{}
-	}
-	return d.Identities, nil
+	return ids, nil
 }
 
-func (s *IdentityStore) decode(cm *corev1.ConfigMap) (identityDocument, error) {
-	var d identityDocument
+func (s *IdentityStore) decode(cm *corev1.ConfigMap) (wire.IdentityDocument, error) {
+	var d wire.IdentityDocument
 	raw := []byte(cm.Data[identitiesKey])
 	if gz, ok := cm.BinaryData[identitiesGzKey]; ok {
 		r, err := gzip.NewReader(bytes.NewReader(gz))
@@ -171,7 +161,7 @@ func subset(a, b map[string]uint32) bool {
 }
 
 func (s *IdentityStore) object(c wire.Cluster, ids map[string]uint32) (*corev1.ConfigMap, error) {
-	raw, err := json.Marshal(identityDocument{Cluster: c.Name, ClusterID: c.ID, Identities: maps.Clone(ids)})
+	raw, err := json.Marshal(wire.IdentityDocument{Cluster: c.Name, ClusterID: c.ID, Identities: maps.Clone(ids)})
 	if err != nil {
 		return nil, err
 	}

@@ -72,7 +72,7 @@ func TestK8sIdentityStore(t *testing.T) {
 		t.Fatalf("save over another writer's identities: %v", err)
 	}
 	west := wire.Cluster{Name: "west", ID: 2, MaxConnectedClusters: 255}
-	if _, err := (&k8ssource.IdentityStore{Client: c, Namespace: "mesh", Name: "ids"}).Load(ctx, west); err == nil || !strings.Contains(err.Error(), `belongs to cluster "east" id 1`) {
+	if _, err := (&k8ssource.IdentityStore{Client: c, Namespace: "mesh", Name: "ids"}).Load(ctx, west); err == nil || !strings.Contains(err.Error(), `belong to cluster "east" id 1`) {
 		t.Fatalf("load as another cluster: %v", err)
 	}
 }

@@ -55,11 +55,14 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator, cach
 		kv[ce.ipcache.key] = ce.ipcache.val
 	}
 	cache.sweep()
-	ix := statesource.NewSelectorIndex(st)
+	var ix *statesource.SelectorIndex // built for the first shared service
 	for i := range st.Services {
 		s := &st.Services[i]
 		if !s.Shared() {
 			continue // only global services that export their backends are published
+		}
+		if ix == nil {
+			ix = statesource.NewSelectorIndex(st)
 		}
 		v, err := wire.EncodeService(clusterService(c, ix, s))
 		if err != nil {

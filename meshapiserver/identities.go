@@ -92,27 +92,6 @@ type IdentityFile struct {
 	Path string
 }
 
-// IdentityDocument is the stored form of a cluster's identities, in a file
-// or a ConfigMap: label string → identity, with the cluster they belong to.
-type IdentityDocument struct {
-	Cluster    string            `json:"cluster"`
-	ClusterID  uint32            `json:"clusterID"`
-	Identities map[string]uint32 `json:"identities"`
-}
-
-// Check returns d's identities if d belongs to cluster c; where names the
-// document in the error.
-func (d IdentityDocument) Check(c wire.Cluster, where, fix string) (map[string]uint32, error) {
-	if d.Cluster != c.Name || d.ClusterID != c.ID {
-		return nil, fmt.Errorf("meshapiserver: identities in %s belong to cluster %q id %d, not %q id %d: %s",
-			where, d.Cluster, d.ClusterID, c.Name, c.ID, fix)
-	}
-	if d.Identities == nil {
-		return map[string]uint32{}, nil
-	}
-	return d.Identities, nil
-}
-
 // Load reads the file; a missing file holds no identities.
 func (f IdentityFile) Load(_ context.Context, c wire.Cluster) (map[string]uint32, error) {
 	b, err := os.ReadFile(f.Path)
@@ -122,16 +101,20 @@ func (f IdentityFile) Load(_ context.Context, c wire.Cluster) (map[string]uint32
 	if err != nil {
 		return nil, fmt.Errorf("meshapiserver: identities: %w", err)
 	}
-	var d IdentityDocument
+	var d wire.IdentityDocument
 	if err := json.Unmarshal(b, &d); err != nil {
 		return nil, fmt.Errorf("meshapiserver: identities file %s: %w (fix or remove it; identities will be renumbered)", f.Path, err)
 	}
-	return d.Check(c, "file "+f.Path, "use another --state-dir")
+	ids, err := d.Check(c, "file "+f.Path, "use another --state-dir")
+	if err != nil {
+		return nil, fmt.Errorf("meshapiserver: %w", err)
+	}
+	return ids, nil
 }
 
 // Save writes the file atomically.
 func (f IdentityFile) Save(_ context.Context, c wire.Cluster, ids map[string]uint32) error {
-	b, err := json.MarshalIndent(IdentityDocument{Cluster: c.Name, ClusterID: c.ID, Identities: ids}, "", "  ")
+	b, err := json.MarshalIndent(wire.IdentityDocument{Cluster: c.Name, ClusterID: c.ID, Identities: ids}, "", "  ")
 	if err != nil {
 		return err
 	}

@@ -153,3 +153,25 @@ const (
 
 // HostLabels are the labels of IdentityHost.
 var HostLabels = Labels{{Source: "reserved", Key: "host"}}
+
+// IdentityDocument is the stored form of a cluster's identity numbers (label
+// string → identity) with the cluster they belong to: the apiserver's
+// identity file, or its ConfigMap on Kubernetes.
+type IdentityDocument struct {
+	Cluster    string            `json:"cluster"`
+	ClusterID  uint32            `json:"clusterID"`
+	Identities map[string]uint32 `json:"identities"`
+}
+
+// Check returns d's identities (never nil) if d belongs to cluster c; where
+// names the document and fix says what to do otherwise.
+func (d IdentityDocument) Check(c Cluster, where, fix string) (map[string]uint32, error) {
+	if d.Cluster != c.Name || d.ClusterID != c.ID {
+		return nil, fmt.Errorf("identities in %s belong to cluster %q id %d, not %q id %d: %s",
+			where, d.Cluster, d.ClusterID, c.Name, c.ID, fix)
+	}
+	if d.Identities == nil {
+		return map[string]uint32{}, nil
+	}
+	return d.Identities, nil
+}
