@@ -96,21 +96,9 @@ func OpenMaps(cfg Config) (*Maps, error) {
 		return nil, err
 	}
 
-	var opened []*ebpf.Map
-	for _, spec := range mapSpecs(cfg) {
-		em, err := ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: cfg.PinDir})
-		if err != nil {
-			for _, o := range opened {
-				o.Close()
-			}
-			if errors.Is(err, ebpf.ErrMapIncompatible) {
-				return nil, fmt.Errorf("datapath: the map pinned at %s/%s does not match this version's definition; "+
-					"remove the pin directory (agent --cleanup, or rm -r %s) and restart: %w: %w",
-					cfg.PinDir, spec.Name, cfg.PinDir, ErrIncompatiblePin, err)
-			}
-			return nil, fmt.Errorf("datapath: open map %s in %s: %w", spec.Name, cfg.PinDir, err)
-		}
-		opened = append(opened, em)
+	opened, err := openPinned(mapSpecs(cfg), cfg.PinDir, "open maps")
+	if err != nil {
+		return nil, err
 	}
 
 	m := &Maps{
@@ -334,4 +322,27 @@ func dumpMap[K, V any](em *ebpf.Map, fn func(*K, *V)) error {
 			return err
 		}
 	}
+}
+
+// openPinned opens (or creates and pins) every map of specs in pinDir, all
+// or none: on error the ones opened are closed. A pinned map of another
+// definition is ErrIncompatiblePin, with what to do.
+func openPinned(specs []*ebpf.MapSpec, pinDir, op string) ([]*ebpf.Map, error) {
+	opened := make([]*ebpf.Map, 0, len(specs))
+	for _, spec := range specs {
+		em, err := ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: pinDir})
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			if errors.Is(err, ebpf.ErrMapIncompatible) {
+				return nil, fmt.Errorf("datapath: %s: the map pinned at %s/%s does not match this version's definition; "+
+					"remove the pin directory (agent --cleanup, or rm -r %s) and restart: %w: %w",
+					op, pinDir, spec.Name, pinDir, ErrIncompatiblePin, err)
+			}
+			return nil, fmt.Errorf("datapath: %s: open map %s in %s: %w", op, spec.Name, pinDir, err)
+		}
+		opened = append(opened, em)
+	}
+	return opened, nil
 }

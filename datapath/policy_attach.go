@@ -91,21 +91,9 @@ func (m *Maps) policyLocked(op string) (*policyState, error) {
 	if m.pol != nil {
 		return m.pol, nil
 	}
-	var opened []*ebpf.Map
-	for _, spec := range pinnedPolicyMapSpecs(m.cfg) {
-		em, err := ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: m.cfg.PinDir})
-		if err != nil {
-			for _, o := range opened {
-				o.Close()
-			}
-			if errors.Is(err, ebpf.ErrMapIncompatible) {
-				return nil, fmt.Errorf("datapath: %s: the map pinned at %s/%s does not match this version's definition; "+
-					"remove the pin directory (agent --cleanup, or rm -r %s) and restart: %w: %w",
-					op, m.cfg.PinDir, spec.Name, m.cfg.PinDir, ErrIncompatiblePin, err)
-			}
-			return nil, fmt.Errorf("datapath: %s: open map %s in %s: %w", op, spec.Name, m.cfg.PinDir, err)
-		}
-		opened = append(opened, em)
+	opened, err := openPinned(pinnedPolicyMapSpecs(m.cfg), m.cfg.PinDir, op)
+	if err != nil {
+		return nil, err
 	}
 	ps := &policyState{
 		policy: opened[0], endpoints: opened[1], config: opened[2],
@@ -113,7 +101,7 @@ func (m *Maps) policyLocked(op string) (*policyState, error) {
 		mirror: newPolicyMirror(),
 	}
 	// Entries a previous run left: enforced until SyncPolicy replaces them.
-	err := dumpMap(ps.policy, func(k *policyKey, _ *policyValue) {
+	err = dumpMap(ps.policy, func(k *policyKey, _ *policyValue) {
 		ps.mirror.orphans[*k] = struct{}{}
 		if k.Peer == AnyPeer {
 			ps.anyPeers++
