@@ -7,6 +7,11 @@ import (
 	"github.com/clustermesh/clustermesh/wire"
 )
 
+// AnyPeer in Key.Peer is every peer: any identity, and addresses no cluster
+// publishes (world). A rule without peer selectors (only ports, or an empty
+// NetworkPolicy peer list) allows it, as Kubernetes and Cilium do.
+const AnyPeer uint32 = 0
+
 // Key is one allowed flow of an endpoint: a peer identity, a direction and a
 // port range (From 0: every port; protocol 0: every protocol).
 type Key struct {
@@ -61,7 +66,7 @@ func (p *EndpointPolicy) Allows(peer uint32, dir Direction, proto uint8, port ui
 	}
 	for v := range p.allowed[dir] {
 		k := unpack(dir, v)
-		if k.Peer == peer && (k.Protocol == AnyProtocol || k.Protocol == proto) &&
+		if (k.Peer == peer || k.Peer == AnyPeer) && (k.Protocol == AnyProtocol || k.Protocol == proto) &&
 			(k.From == 0 || (port >= k.From && port <= k.To)) {
 			return true
 		}
@@ -221,6 +226,12 @@ func (e *Engine) compute(id uint32) *EndpointPolicy {
 			continue
 		}
 		ep.Enforced[r.dir] = true
+		if r.anyPeer {
+			for _, k := range r.keys(AnyPeer) {
+				ep.allowed[r.dir][pack(k)] = struct{}{}
+			}
+			continue
+		}
 		for peer, ls := range e.identities {
 			if r.allowsPeer(ls) {
 				for _, k := range r.keys(peer) {
@@ -232,9 +243,13 @@ func (e *Engine) compute(id uint32) *EndpointPolicy {
 	return ep
 }
 
+// allowsPeer reports whether the rule allows the identity with labels ls by
+// its peer selectors. A rule for every peer (anyPeer) allows none by name:
+// its entries are for AnyPeer, every address known or not, and do not
+// change as identities come and go.
 func (r *compiledRule) allowsPeer(ls wire.Labels) bool {
 	if r.anyPeer {
-		return true
+		return false
 	}
 	for _, p := range r.peers {
 		if p.matches(ls) {

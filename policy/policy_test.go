@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -264,5 +265,36 @@ func TestAllowFromHost(t *testing.T) {
 		if c.Rules() != 1 {
 			t.Errorf("AllowFromHost %v: %d rules counted, want 1 (implicit rules are not counted)", on, c.Rules())
 		}
+	}
+}
+
+// A rule without peer selectors allows every peer, addresses no cluster
+// knows (world) included, with one entry per port whatever the number of
+// identities, and identities coming and going change none of it.
+func TestRuleWithoutPeersAllowsEveryPeer(t *testing.T) {
+	doc := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - ports: [{port: 443, protocol: TCP}]
+`
+	e := engineWith(t, Options{LocalCluster: "east", DefaultLocalCluster: true}, doc)
+	ep := e.Endpoint(1<<16 + 1)
+	for _, peer := range []uint32{wire.IdentityWorld, 3<<16 + 2, 1<<16 + 2} {
+		if !ep.Allows(peer, Ingress, TCP, 443) || ep.Allows(peer, Ingress, TCP, 80) {
+			t.Errorf("peer %d: want 443/TCP allowed and 80 denied", peer)
+		}
+	}
+	want := []Key{{Peer: AnyPeer, Direction: Ingress, PortRange: PortRange{Protocol: TCP, From: 443, To: 443}}}
+	if got := ep.Keys(); !slices.Equal(got, want) {
+		t.Errorf("keys %v, want %v (one, for every peer)", got, want)
+	}
+	if ch := e.UpsertIdentity(2<<16+9, ident("west", "shop", map[string]string{"app": "x"})); len(ch) != 0 {
+		t.Errorf("a new remote identity changed %v", ch)
+	}
+	if ch := e.RemoveIdentity(3<<16 + 2); len(ch) != 0 {
+		t.Errorf("a removed remote identity changed %v", ch)
 	}
 }
