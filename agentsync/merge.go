@@ -60,6 +60,13 @@ type merger struct {
 	ipsMore  map[netip.Prefix][]datapath.IPCacheEntry // guarded by mu
 	localNet []netip.Prefix                           // guarded by mu; local pod CIDRs and node IPs
 	stale    map[string]bool                          // guarded by mu; remotes whose heartbeat is stale
+	// own indexes the remote clusters' node ranges; held keeps, per
+	// cluster id, the ipcache entries outside the ranges it owns, until it
+	// owns them (ownership.go). Both guarded by mu.
+	own  *ownership
+	held map[uint16]map[netip.Prefix]datapath.IPCacheEntry
+	// trustAddresses is Config.TrustRemoteAddresses (set before use).
+	trustAddresses bool
 	// nodeName is this node's name in the local state ("": local node
 	// addresses stay out of the ipcache); nodeClaims the node addresses
 	// claimed (nodeips.go). Set before the first setLocal.
@@ -92,6 +99,8 @@ func newMerger(dp datapath.Writer, localName string, localID uint16, log *slog.L
 		failedSvc:  map[svcName]bool{},
 		failedIP:   map[netip.Prefix]bool{},
 		stale:      map[string]bool{},
+		own:        newOwnership(),
+		held:       map[uint16]map[netip.Prefix]datapath.IPCacheEntry{},
 	}
 }
 
@@ -169,12 +178,21 @@ func (m *merger) overlapsLocal(p netip.Prefix) bool {
 }
 
 // setIPs applies claims of cluster id on prefixes and writes the resulting
-// winners, in one datapath batch where the datapath supports it.
+// winners, in one datapath batch where the datapath supports it. A claim
+// outside the ranges the cluster owns is held, not applied (ownership.go).
 func (m *merger) setIPs(id uint16, updates []ipClaimUpdate) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var ups []netip.Prefix
 	for _, u := range updates {
+		if u.entry != nil && !m.admitsLocked(id, u.prefix) {
+			m.holdLocked(id, u.prefix, *u.entry)
+			if m.claimIP(id, u.prefix, nil) {
+				ups = append(ups, u.prefix)
+			}
+			continue
+		}
+		m.unheldLocked(id, u.prefix)
 		if m.claimIP(id, u.prefix, u.entry) {
 			ups = append(ups, u.prefix)
 		}
@@ -300,7 +318,7 @@ func (m *merger) dropCluster(cluster string, id uint16) {
 	if id == nodeClaimID {
 		return // a remote never admitted: it claimed no address
 	}
-	var changed []netip.Prefix
+	changed := m.dropOwnershipLocked(id)
 	for p, st := range m.ips {
 		if st.claim.ClusterID == id && m.claimIP(id, p, nil) {
 			changed = append(changed, p)
@@ -461,7 +479,7 @@ func (m *merger) portViews(ls *statesource.Service) []portView {
 		}
 		for cluster, rs := range m.remoteSvcs[n] {
 			for _, b := range rs.backends[p.Name] {
-				if b.Protocol == proto {
+				if b.Protocol == proto && m.admitsLocked(rs.clusterID, netip.PrefixFrom(b.Addr, b.Addr.BitLen())) {
 					v.remoteTotal[cluster]++
 					if !(pol.failoverOnStale && m.stale[cluster]) {
 						v.remote[cluster] = append(v.remote[cluster], b)

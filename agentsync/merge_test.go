@@ -68,7 +68,9 @@ func (w *mgCountingWriter) reset() { w.upsertSvc, w.deleteSvc, w.upsertIP, w.del
 func mgNewMerger(t *testing.T) (*merger, *mgCountingWriter) {
 	t.Helper()
 	dp := &mgCountingWriter{Memory: datapath.NewMemory()}
-	return newMerger(dp, "local", mgLocalID, slog.New(slog.DiscardHandler)), dp
+	m := newMerger(dp, "local", mgLocalID, slog.New(slog.DiscardHandler))
+	m.trustAddresses = true // the merge mechanics; ownership_test.go checks ranges
+	return m, dp
 }
 
 func mgBool(b bool) *bool { return &b }
@@ -664,6 +666,7 @@ func TestMergerPrune(t *testing.T) {
 	}
 
 	m := newMerger(mem, "local", mgLocalID, slog.New(slog.DiscardHandler))
+	m.trustAddresses = true
 	m.setLocal(mgLocalState(wire.AffinityNone, true))
 	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
 	entry := datapath.IPCacheEntry{Identity: 1000, TunnelEndpoint: netip.MustParseAddr("192.168.2.1"), ClusterID: 2}
@@ -685,6 +688,7 @@ func TestMergerPrune(t *testing.T) {
 func TestMergerPruneKeepsZeroSlotService(t *testing.T) {
 	mem := datapath.NewMemory()
 	m := newMerger(mem, "local", mgLocalID, slog.New(slog.DiscardHandler))
+	m.trustAddresses = true
 	m.setLocal(mgLocalState(wire.AffinityLocal, false)) // no backend anywhere
 	if err := m.prune(mem); err != nil {
 		t.Fatalf("prune: %v", err)
@@ -698,6 +702,7 @@ func TestMergerPruneKeepsZeroSlotService(t *testing.T) {
 func TestMergerPruneKeepsServiceWithV4MappedClusterIP(t *testing.T) {
 	mem := datapath.NewMemory()
 	m := newMerger(mem, "local", mgLocalID, slog.New(slog.DiscardHandler))
+	m.trustAddresses = true
 	st := mgLocalState(wire.AffinityNone, true)
 	st.Services[0].ClusterIP = netip.MustParseAddr("::ffff:10.96.0.10")
 	if err := st.Validate(); err != nil {

@@ -177,10 +177,15 @@ func (s *serviceStore) sweep(gen uint32) int { return sweepWith(s.entries.older(
 func (s *serviceStore) count() int           { return len(s.entries) }
 func (s *serviceStore) clear()               { s.entries = genMap[string, svcName]{} }
 
-// nodeStore keeps a remote's nodes (for status, and for WireGuard peers).
+// nodeStore keeps a remote's nodes (for status, for WireGuard peers, and
+// for the address ranges the cluster owns: ownership.go). Range changes are
+// handed to the merger once per page or watch response.
 type nodeStore struct {
 	r       *remote
 	entries genMap[string, *wire.Node]
+
+	batching       bool
+	removed, added []netip.Prefix
 }
 
 func (s *nodeStore) apply(key string, value []byte, gen uint32) error {
@@ -188,25 +193,59 @@ func (s *nodeStore) apply(key string, value []byte, gen uint32) error {
 	if err != nil {
 		return err
 	}
+	if old, ok := s.entries[key]; ok {
+		s.removed = append(s.removed, nodeRanges(old.v)...)
+	}
 	s.entries.put(key, n, gen)
+	s.added = append(s.added, nodeRanges(n)...)
 	s.r.agent.nodesDirty.Store(true)
+	s.flushUnlessBatching()
 	return nil
 }
 
 func (s *nodeStore) touch(key string, gen uint32) { s.entries.touch(key, gen) }
 
 func (s *nodeStore) remove(key string) {
-	if _, ok := s.entries[key]; ok {
+	if old, ok := s.entries[key]; ok {
 		delete(s.entries, key)
+		s.removed = append(s.removed, nodeRanges(old.v)...)
 		s.r.agent.nodesDirty.Store(true)
+		s.flushUnlessBatching()
 	}
 }
 
-func (s *nodeStore) sweep(gen uint32) int { return sweepWith(s.entries.older(gen), s.remove) }
-func (s *nodeStore) count() int           { return len(s.entries) }
+func (s *nodeStore) begin() { s.batching = true }
 
+func (s *nodeStore) flush() {
+	s.batching = false
+	s.flushUnlessBatching()
+}
+
+// flushUnlessBatching hands the range changes to the merger (the local
+// cluster's own apiserver owns its addresses without them).
+func (s *nodeStore) flushUnlessBatching() {
+	if s.batching || (len(s.removed) == 0 && len(s.added) == 0) {
+		return
+	}
+	if !s.r.self {
+		s.r.agent.merger.setNodeRanges(uint16(s.r.cluster().ID), s.removed, s.added)
+	}
+	s.removed, s.added = s.removed[:0], s.added[:0]
+}
+
+func (s *nodeStore) sweep(gen uint32) int {
+	s.begin()
+	defer s.flush()
+	return sweepWith(s.entries.older(gen), s.remove)
+}
+
+func (s *nodeStore) count() int { return len(s.entries) }
+
+// clear forgets every node; the merger already dropped the cluster and
+// its ranges.
 func (s *nodeStore) clear() {
 	s.entries = genMap[string, *wire.Node]{}
+	s.removed, s.added = nil, nil
 	s.r.agent.nodesDirty.Store(true)
 }
 
