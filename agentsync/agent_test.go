@@ -88,7 +88,7 @@ services: [{namespace: a, name: s, clusterIP: 10.96.0.1, ports: [{port: 80}], se
 	}
 	m.setLocal(st) // fails (1)
 	pfx := netip.MustParsePrefix("10.2.0.5/32")
-	m.setNodeRanges(2, nil, []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")}) // west's node owns it
+	m.setNodeRanges(2, nil, []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")})                              // west's node owns it
 	m.setIP("west", pfx, &ipClaim{clusterID: 2, entry: datapath.IPCacheEntry{Identity: 131100, ClusterID: 2}}) // fails (2)
 	if n, _ := m.writeErrors(); n != 2 {
 		t.Fatalf("write errors = %d, want 2", n)
