@@ -67,6 +67,8 @@ type Config struct {
 	BackoffInitial     time.Duration
 	BackoffMax         time.Duration
 	ListPageSize       int64
+	// ListPageBytes bounds the bytes of one list page (paging.go).
+	ListPageBytes int64
 	// SyncTimeout bounds how long entries left in the datapath by a previous
 	// run wait for the remotes' first sync before they are pruned.
 	SyncTimeout time.Duration
@@ -74,6 +76,14 @@ type Config struct {
 	RetryInterval time.Duration
 	// HeartbeatTimeout: a remote whose heartbeat is older is reported stale.
 	HeartbeatTimeout time.Duration
+	// RemoteLimits bound what each remote may make the agent hold.
+	RemoteLimits Limits
+	// TrustRemoteAddresses turns off the check that a remote's ipcache
+	// entries and service backends lie inside its own nodes' ranges (pod
+	// CIDRs and node addresses; ownership.go). Only for peers whose IPAM
+	// gives pods addresses outside any per-node CIDR (cloud ENI modes); then
+	// an address claimed by two clusters goes to the lower cluster id.
+	TrustRemoteAddresses bool
 	// RemoteStateTTL, when set, revokes the service backends (only) of a
 	// remote unreachable for longer; its ipcache entries and identities stay
 	// so that established connections survive. Off by default.
@@ -119,6 +129,10 @@ func (c *Config) withDefaults() {
 	if c.ListPageSize == 0 {
 		c.ListPageSize = DefaultListPageSize
 	}
+	if c.ListPageBytes == 0 {
+		c.ListPageBytes = DefaultListPageBytes
+	}
+	c.RemoteLimits.withDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -137,6 +151,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agentsync: %w: no local state source", ErrInvalidConfig)
 	case c.Datapath == nil:
 		return fmt.Errorf("agentsync: %w: no datapath", ErrInvalidConfig)
+	case c.RemoteLimits.validate() != nil:
+		return fmt.Errorf("agentsync: %w", c.RemoteLimits.validate())
 	case c.BackoffInitial > c.BackoffMax:
 		return fmt.Errorf("agentsync: %w: backoff initial %s exceeds max %s", ErrInvalidConfig, c.BackoffInitial, c.BackoffMax)
 	}
@@ -169,7 +185,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	log := cfg.Logger.With("cluster", cfg.ClusterName)
 	m := newMerger(cfg.Datapath, cfg.ClusterName, uint16(cfg.ClusterID), log)
-	m.nodeName, m.recheckFlows = cfg.NodeName, cfg.RecheckFlows
+	m.nodeName, m.recheckFlows, m.trustAddresses = cfg.NodeName, cfg.RecheckFlows, cfg.TrustRemoteAddresses
 	return &Agent{
 		cfg: cfg, log: log,
 		merger:   m,
@@ -181,9 +197,10 @@ func New(cfg Config) (*Agent, error) {
 	}, nil
 }
 
-// Pruned is closed once the datapath holds only what the mesh says: the
-// remotes present at start have synced (or SyncTimeout passed) and entries
-// left from a previous run that nobody claims were removed.
+// Pruned is closed once the remotes present at start have synced and
+// entries left from a previous run that nobody claims were removed — or
+// once SyncTimeout passed, when the entries of the remotes not yet synced
+// stay until each of them has.
 func (a *Agent) Pruned() <-chan struct{} { return a.pruned }
 
 // Run syncs until ctx is done, then stops every remote (keeping the
@@ -460,9 +477,13 @@ func (a *Agent) remoteReady() {
 }
 
 // initialPrune waits for the local state and for every remote configured at
-// start to be ready (or SyncTimeout), then removes from the datapath whatever
-// no one claims: entries of a previous run whose source is gone. A remote
-// that was removed meanwhile is no longer waited for.
+// start to be ready, then removes from the datapath whatever no one claims:
+// entries of a previous run whose source is gone. A remote that was removed
+// meanwhile is no longer waited for. Each remote's own entries of the
+// previous run are pruned as soon as it has fully synced (pruneCluster);
+// a remote that is down keeps its entries however long it stays down.
+// After SyncTimeout, Pruned is closed (the enforcer starts) but nothing of
+// the remotes not yet synced is removed.
 func (a *Agent) initialPrune(ctx context.Context, localReady <-chan struct{}) {
 	timeout := time.NewTimer(a.cfg.SyncTimeout)
 	defer timeout.Stop()
@@ -477,21 +498,39 @@ func (a *Agent) initialPrune(ctx context.Context, localReady <-chan struct{}) {
 		names = append(names, name)
 	}
 	a.mu.Unlock()
+	timedOut := false
 	for !a.allReady(names) {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.readyCh:
-			continue
 		case <-timeout.C:
-			a.log.Warn("not every remote synced within the sync timeout: pruning anyway", "timeout", a.cfg.SyncTimeout)
+			timedOut = true
+			a.log.Warn("not every remote synced within the sync timeout: keeping their entries of the previous run until they do",
+				"timeout", a.cfg.SyncTimeout, "waitingFor", a.notReady(names))
+			close(a.pruned)
 		}
-		break
 	}
 	if err := a.merger.prune(a.cfg.Datapath); err != nil {
 		a.log.Error("prune after initial sync failed", "err", err)
 	}
-	close(a.pruned)
+	if !timedOut {
+		close(a.pruned)
+	}
+}
+
+// notReady names the remotes of names still configured and not ready.
+func (a *Agent) notReady(names []string) []string {
+	var out []string
+	for _, name := range names {
+		a.mu.Lock()
+		r := a.remotes[name]
+		a.mu.Unlock()
+		if r != nil && !r.isReady() {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // allReady reports whether every remote of names still configured is ready
@@ -527,13 +566,24 @@ func (a *Agent) Status() Status {
 	invalid := copyMap(a.invalid)
 	a.mu.Unlock()
 	st := Status{Cluster: a.cfg.ClusterName, ClusterID: a.cfg.ClusterID, Datapath: a.cfg.Datapath.Kind()}
+	var waiting []string
 	for _, r := range rs {
+		s := r.snapshot()
+		if s.ClusterID != 0 && !r.self {
+			s.NotInForce = a.merger.notInForce(s.Name, uint16(s.ClusterID))
+		}
+		if !s.Ready {
+			waiting = append(waiting, s.Name)
+		}
 		if r.self {
-			s := r.snapshot()
 			st.Local = &s
 			continue
 		}
-		st.Remotes = append(st.Remotes, r.snapshot())
+		st.Remotes = append(st.Remotes, s)
+	}
+	if ips, bes, ids := a.merger.retained(); ips+bes > 0 {
+		sort.Strings(waiting)
+		st.Retained = &Retained{IPCache: ips, Backends: bes, Clusters: ids, WaitingFor: waiting}
 	}
 	for name, msg := range invalid {
 		st.Remotes = append(st.Remotes, RemoteStatus{Name: name, LastError: msg, Failures: 1, Rejected: map[string]uint64{}, Synced: map[string]bool{}})

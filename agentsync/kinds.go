@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -31,6 +32,11 @@ type kindState struct {
 	store kindStore // guarded by mu
 	gen   uint32    // guarded by mu; generation of the current list
 	stats kindStats // guarded by mu
+	// sizes and lim account for the remote's Limits (limits.go); bytes is
+	// the sum of sizes, read by the other kinds without mu.
+	sizes map[string]keyMeta // guarded by mu; not kept for ipcache
+	lim   limitStats         // guarded by mu
+	bytes atomic.Int64
 }
 
 // kindStats are a kind's counters for status and metrics.
@@ -38,6 +44,7 @@ type kindStats struct {
 	events       uint64        // entries applied from lists and watches
 	lastSyncTook time.Duration // duration of the last complete list
 	lists        uint64        // complete lists (one per session, plus relists)
+	maxPageBytes int64         // the largest list page read
 }
 
 // kindStore holds one kind's accepted entries of one remote, each tagged
@@ -55,10 +62,18 @@ type kindStore interface {
 	count() int
 	// clear forgets everything (after the merger dropped the cluster).
 	clear()
+	// has reports whether key is held.
+	has(key string) bool
+}
+
+// refusalStore is a kindStore that takes an entry out of force when an
+// update of it is refused, rather than keeping its previous value.
+type refusalStore interface {
+	refuse(key, reason string)
 }
 
 func newKindState(r *remote, k wire.Kind) *kindState {
-	return &kindState{r: r, kind: k, store: newStore(r, k)}
+	return &kindState{r: r, kind: k, store: newStore(r, k), sizes: map[string]keyMeta{}}
 }
 
 func (ks *kindState) count() int {
@@ -77,6 +92,7 @@ func (ks *kindState) clear() {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
 	ks.store.clear()
+	ks.clearAccountingLocked()
 }
 
 // run waits for the kind's canary, then lists and watches until the session
@@ -170,6 +186,7 @@ func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Clus
 		if pg.last {
 			ks.mu.Lock()
 			swept := ks.store.sweep(gen)
+			ks.sweepAccountingLocked(gen)
 			ks.stats.lastSyncTook = time.Since(started)
 			ks.stats.lists++
 			ks.mu.Unlock()
@@ -207,8 +224,9 @@ func (ks *kindState) fetchPages(ctx context.Context, cli *clientv3.Client, c wir
 	prefix := ks.kind.ListPrefix(c.Name)
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	start, rev := prefix, int64(0)
+	pager := newPager(ks.r.agent.cfg.ListPageSize, ks.r.agent.cfg.ListPageBytes)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ks.r.agent.cfg.ListPageSize)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pager.limit)}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
@@ -220,6 +238,9 @@ func (ks *kindState) fetchPages(ctx context.Context, cli *clientv3.Client, c wir
 			}
 			continue
 		}
+		if isTooLarge(err) && pager.shrink() {
+			continue // the page was over the byte bound: ask for fewer
+		}
 		if err == nil {
 			err = ks.r.checkEtcd(resp.Header.ClusterId, etcdID)
 		}
@@ -230,6 +251,8 @@ func (ks *kindState) fetchPages(ctx context.Context, cli *clientv3.Client, c wir
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
+		pager.observe(resp.Kvs)
+		ks.notePage(pager.lastBytes)
 		last := !resp.More || len(resp.Kvs) == 0
 		if !send(listPage{resp: resp, last: last}) || last {
 			return
@@ -271,12 +294,25 @@ func (ks *kindState) batchedLocked(fn func()) {
 	}
 }
 
+// applyLocked admits, decodes and applies one entry. A refused update of a
+// known key keeps its previous value (counted as stale in status), except
+// for services, whose backends are withdrawn: a service's old backends are
+// known to be wrong once it changed. ks.mu is held.
 func (ks *kindState) applyLocked(key string, value []byte, gen uint32) {
-	if err := ks.store.apply(key, value, gen); err != nil {
-		ks.store.touch(key, gen) // a known key keeps its last valid value
+	err := ks.admitLocked(key, value)
+	if err == nil {
+		err = ks.store.apply(key, value, gen)
+	}
+	if err != nil {
+		ks.store.touch(key, gen)
+		ks.touchLocked(key, gen)
+		if rs, ok := ks.store.(refusalStore); ok {
+			rs.refuse(key, rejectReason(err))
+		}
 		ks.r.reject(err)
 		return
 	}
+	ks.accountLocked(key, value, gen)
 	ks.stats.events++
 }
 
@@ -307,6 +343,7 @@ func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Clu
 					ks.applyLocked(string(ev.Kv.Key), ev.Kv.Value, gen)
 				case mvccpb.DELETE:
 					ks.store.remove(string(ev.Kv.Key))
+					ks.forgetLocked(string(ev.Kv.Key))
 					ks.stats.events++
 				}
 			}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -81,11 +82,16 @@ type merger struct {
 	// pinned holds the service entries a previous run left in the datapath,
 	// until the first full sync (prune): a restarting agent keeps their
 	// remote backends rather than serving a service without them.
-	pinned    map[datapath.Frontend][]datapath.Backend // guarded by mu
-	failedSvc map[svcName]bool                         // guarded by mu; to rewrite on retry
-	failedIP  map[netip.Prefix]bool                    // guarded by mu; to rewrite on retry
-	writeErrs uint64                                   // guarded by mu
-	lastErr   string                                   // guarded by mu
+	pinned map[datapath.Frontend][]datapath.Backend // guarded by mu
+	// pinnedIPs holds the ipcache prefixes a previous run left, by cluster
+	// id, until that cluster's first full sync (pruneCluster) or the prune
+	// after every remote synced.
+	pinnedIPs map[uint16][]netip.Prefix // guarded by mu
+	failedSvc map[svcName]bool          // guarded by mu; to rewrite on retry
+	failedIP  map[netip.Prefix]bool     // guarded by mu; to rewrite on retry
+	writeErrs uint64                    // guarded by mu
+	checkLog  map[string]*rejectLimit   // guarded by mu; write-failure log limit per operation
+	lastErr   string                    // guarded by mu
 }
 
 func newMerger(dp datapath.Writer, localName string, localID uint16, log *slog.Logger) *merger {
@@ -318,6 +324,7 @@ func (m *merger) dropCluster(cluster string, id uint16) {
 	if id == nodeClaimID {
 		return // a remote never admitted: it claimed no address
 	}
+	defer m.pruneClusterLocked(id) // what a previous run left of it goes too
 	changed := m.dropOwnershipLocked(id)
 	for p, st := range m.ips {
 		if st.claim.ClusterID == id && m.claimIP(id, p, nil) {
@@ -335,16 +342,106 @@ func (m *merger) dropCluster(cluster string, id uint16) {
 	m.writeIPs(changed)
 }
 
-// loadPinned remembers the services a previous run left in the datapath.
+// loadPinned remembers the services and ipcache entries a previous run
+// left in the datapath.
 func (m *merger) loadPinned(dp datapath.Reader) error {
 	svcs, err := dp.Services()
 	if err != nil {
-		return fmt.Errorf("agentsync: read pinned services: %w", err)
+		return fmt.Errorf("reading the previous run's services: %w", err)
+	}
+	ips, err := dp.IPCache()
+	if err != nil {
+		return fmt.Errorf("reading the previous run's ipcache: %w", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.pinned = svcs
+	m.pinnedIPs = map[uint16][]netip.Prefix{}
+	for p, e := range ips {
+		m.pinnedIPs[e.ClusterID] = append(m.pinnedIPs[e.ClusterID], p)
+	}
 	return nil
+}
+
+// pruneCluster removes what a previous run left of cluster id and nobody
+// claims now, once that cluster has fully synced: its ipcache entries and
+// its backends kept in services. It returns how many of each went.
+func (m *merger) pruneCluster(id uint16) (ips, backends int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pruneClusterLocked(id)
+}
+
+func (m *merger) pruneClusterLocked(id uint16) (ips, backends int) {
+	for _, p := range m.pinnedIPs[id] {
+		if _, ok := m.ips[p]; !ok && m.check(m.dp.DeleteIPCache(p), "prune ipcache", p) {
+			ips++
+		}
+	}
+	delete(m.pinnedIPs, id)
+	changed := map[datapath.Frontend]bool{}
+	for fe, bes := range m.pinned {
+		kept := slices.DeleteFunc(slices.Clone(bes), func(b datapath.Backend) bool { return b.ClusterID == id })
+		if len(kept) != len(bes) {
+			m.pinned[fe] = kept
+			changed[fe] = true
+		}
+	}
+	return ips, m.syncServicesWithLocked(changed)
+}
+
+// syncServicesWithLocked rewrites the services that have one of fes; it
+// returns how many backends those frontends lost.
+func (m *merger) syncServicesWithLocked(fes map[datapath.Frontend]bool) int {
+	if len(fes) == 0 {
+		return 0
+	}
+	written := func() int {
+		n := 0
+		for _, have := range m.writtenSvc {
+			for fe, bes := range have {
+				if fes[fe] {
+					n += len(bes)
+				}
+			}
+		}
+		return n
+	}
+	before := written()
+	for n, have := range m.writtenSvc {
+		for fe := range have {
+			if fes[fe] {
+				m.syncService(n)
+				break
+			}
+		}
+	}
+	return max(before-written(), 0)
+}
+
+// retained counts what the previous run left that still waits for its
+// cluster's first sync: ipcache entries and service backends.
+func (m *merger) retained() (ips, backends int, clusters []uint16) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[uint16]bool{}
+	for id, ps := range m.pinnedIPs {
+		ips += len(ps)
+		seen[id] = true
+	}
+	for _, bes := range m.pinned {
+		for _, b := range bes {
+			if b.ClusterID != m.localID {
+				backends++
+				seen[b.ClusterID] = true
+			}
+		}
+	}
+	for id := range seen {
+		clusters = append(clusters, id)
+	}
+	slices.Sort(clusters)
+	return ips, backends, clusters
 }
 
 // setStale records whether cluster's heartbeat is stale and rewrites the
@@ -554,26 +651,42 @@ func (m *merger) writeErrors() (uint64, string) {
 	return m.writeErrs, m.lastErr
 }
 
-// check logs and counts a failed datapath write; it reports success.
+// check counts a failed datapath write and logs it, at most once per
+// rejectLogEvery per operation (a full map fails every write of a burst);
+// it reports success. m.mu is held.
 func (m *merger) check(err error, op string, what any) bool {
 	if err == nil {
 		return true
 	}
 	m.writeErrs++
 	m.lastErr = err.Error()
-	m.log.Error("datapath write failed", "op", op, "target", what, "err", err)
+	if m.checkLog == nil {
+		m.checkLog = map[string]*rejectLimit{}
+	}
+	lim := m.checkLog[op]
+	if lim == nil {
+		lim = &rejectLimit{}
+		m.checkLog[op] = lim
+	}
+	if now := time.Now(); now.Sub(lim.last) >= rejectLogEvery {
+		m.log.Error("datapath write failed", "op", op, "target", what, "err", err, "suppressedSinceLast", lim.suppressed)
+		lim.last, lim.suppressed = now, 0
+	} else {
+		lim.suppressed++
+	}
 	return false
 }
 
 // prune deletes from the datapath every entry the merged state does not
 // hold: what a previous run left behind for a source that is gone. Called
-// only after the first full sync, so nothing still valid is ever removed.
+// only once every remote configured at start has fully synced, so nothing
+// still valid is ever removed.
 func (m *merger) prune(dp datapath.Datapath) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ips, err := dp.IPCache()
 	if err != nil {
-		return fmt.Errorf("agentsync: prune: %w", err)
+		return fmt.Errorf("pruning: reading the ipcache: %w", err)
 	}
 	ipN := 0
 	for p := range ips {
@@ -583,7 +696,7 @@ func (m *merger) prune(dp datapath.Datapath) error {
 	}
 	svcs, err := dp.Services()
 	if err != nil {
-		return fmt.Errorf("agentsync: prune: %w", err)
+		return fmt.Errorf("pruning: reading the services: %w", err)
 	}
 	want := map[datapath.Frontend]bool{}
 	for _, fes := range m.writtenSvc {
@@ -599,17 +712,17 @@ func (m *merger) prune(dp datapath.Datapath) error {
 	}
 	// From now on the merged state alone decides: drop what was kept from
 	// the previous run and rewrite the services that carried it.
-	pinned := m.pinned
-	m.pinned = nil
-	for n, fes := range m.writtenSvc {
-		for fe := range fes {
-			if _, ok := pinned[fe]; ok {
-				m.syncService(n)
-				break
+	changed := map[datapath.Frontend]bool{}
+	for fe, bes := range m.pinned {
+		for _, b := range bes {
+			if b.ClusterID != m.localID {
+				changed[fe] = true
 			}
 		}
 	}
-	m.log.Info("pruned entries nobody claims after the initial sync", "ipcache", ipN, "services", svcN)
+	m.pinned, m.pinnedIPs = nil, nil
+	beN := m.syncServicesWithLocked(changed)
+	m.log.Info("pruned entries nobody claims after the initial sync", "ipcache", ipN, "services", svcN, "backends", beN)
 	return nil
 }
 

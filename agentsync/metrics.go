@@ -39,6 +39,10 @@ var (
 		"Duration of the last complete list of each kind.", []string{"remote", "kind"}, nil)
 	descDatapathErrors = prometheus.NewDesc(ns+"_datapath_write_errors_total",
 		"Datapath writes that failed (they are retried).", nil, nil)
+	descNotInForce = prometheus.NewDesc(ns+"_remote_not_in_force_entries",
+		"Entries the remote published that are outside the address ranges of its nodes (or inside a range another cluster claimed first), and so not in the datapath.", []string{"remote", "reason"}, nil)
+	descRetained = prometheus.NewDesc(ns+"_retained_entries",
+		"Entries a previous run left in the datapath, kept until their cluster has fully synced.", []string{"kind"}, nil)
 	descServiceSelected = prometheus.NewDesc(ns+"_service_selected_backends",
 		"Backends selected for each global service frontend.", []string{"service", "frontend", "from"}, nil)
 )
@@ -46,7 +50,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descConnected, descStale, descFailures, descLastFailure, descEntries,
-		descEvents, descRejected, descLastEvent, descSync, descDatapathErrors, descServiceSelected} {
+		descEvents, descRejected, descLastEvent, descSync, descDatapathErrors, descServiceSelected, descNotInForce, descRetained} {
 		ch <- d
 	}
 }
@@ -83,7 +87,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for reason, n := range r.Rejected {
 			counter(descRejected, float64(n), r.Name, reason)
 		}
+		gauge(descNotInForce, float64(r.NotInForce.IPCacheOutside), r.Name, "ipcache_outside_ranges")
+		gauge(descNotInForce, float64(r.NotInForce.IPCacheClaimed), r.Name, "ipcache_claimed_by_other")
+		gauge(descNotInForce, float64(r.NotInForce.BackendsOutside), r.Name, "backends_outside_ranges")
 	}
+	var ret Retained
+	if st.Retained != nil {
+		ret = *st.Retained
+	}
+	gauge(descRetained, float64(ret.IPCache), "ipcache")
+	gauge(descRetained, float64(ret.Backends), "backends")
 	counter(descDatapathErrors, float64(st.DatapathErrors))
 	for _, s := range st.Services {
 		gauge(descServiceSelected, float64(s.Selected), s.Namespace+"/"+s.Name, s.Frontend, s.SelectedFrom)

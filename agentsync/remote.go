@@ -173,6 +173,7 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints: r.cfg.Endpoints, TLS: tlsCfg, Context: ctx, Logger: zap.NewNop(),
 		DialTimeout: r.agent.cfg.ProbeTimeout, DialKeepAliveTime: 5 * time.Second, DialKeepAliveTimeout: r.agent.cfg.ProbeTimeout,
+		MaxCallRecvMsgSize: maxResponseBytes(r.agent.cfg.ListPageBytes),
 	})
 	if err != nil {
 		return false, r.explain(err)

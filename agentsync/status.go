@@ -24,6 +24,21 @@ type Status struct {
 	// latest.
 	DatapathErrors    uint64 `json:"datapathErrors"`
 	LastDatapathError string `json:"lastDatapathError,omitempty"`
+	// Retained is what a previous run of the agent left in the datapath
+	// that still waits for its cluster's first full sync (nil when
+	// nothing does).
+	Retained *Retained `json:"retained,omitempty"`
+}
+
+// Retained counts the entries a previous run left in the datapath and that
+// are kept, in force, until their cluster has fully synced: a restart never
+// removes what a remote that is down said.
+type Retained struct {
+	IPCache  int      `json:"ipcache"`
+	Backends int      `json:"backends"`
+	Clusters []uint16 `json:"clusterIDs"`
+	// WaitingFor names the configured remotes that have not synced yet.
+	WaitingFor []string `json:"waitingFor,omitempty"`
 }
 
 // RemoteStatus is one remote cluster as the agent sees it.
@@ -60,8 +75,29 @@ type RemoteStatus struct {
 	SyncSeconds   map[string]float64 `json:"syncSeconds"`
 	// Lists counts complete lists per kind: one per connection, plus one
 	// per relist after a compacted watch.
-	Lists         map[string]uint64 `json:"lists"`
-	EtcdClusterID string            `json:"etcdClusterID,omitempty"`
+	Lists map[string]uint64 `json:"lists"`
+	// MaxListPageBytes is the largest list page read per kind (bounded by
+	// the agent's page byte limit).
+	MaxListPageBytes map[string]int64 `json:"maxListPageBytes,omitempty"`
+	EtcdClusterID    string           `json:"etcdClusterID,omitempty"`
+	// NotInForce counts what the remote published that is outside the
+	// address ranges of its nodes, and so not in the datapath.
+	NotInForce NotInForce `json:"notInForce"`
+	// OverLimit lists the per-remote limits the remote reached.
+	OverLimit []OverLimit `json:"overLimit,omitempty"`
+	// Withdrawn lists the remote's services whose last update was refused:
+	// their backends from this remote are out of the datapath.
+	Withdrawn []WithdrawnService `json:"withdrawnServices,omitempty"`
+	// StaleKeys counts, per kind, entries whose last update was refused and
+	// whose previous value stays in force.
+	StaleKeys map[string]int `json:"staleKeys,omitempty"`
+}
+
+// WithdrawnService is a remote's service taken out of force after a refused
+// update.
+type WithdrawnService struct {
+	Service string `json:"service"`
+	Reason  string `json:"reason"`
 }
 
 // RejectedTotal sums the rejected entries over all reasons.
@@ -116,19 +152,33 @@ func (r *remote) setDisconnected(err error) {
 	}
 }
 
+// setSynced records that kind k completed a list; once every kind has, the
+// remote is ready and what a previous run left of it that it no longer
+// says is pruned.
 func (r *remote) setSynced(k wire.Kind) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.status.Synced[k.String()] = true
 	ready := true
 	for _, kk := range r.watchedKinds() {
 		ready = ready && r.status.Synced[kk.String()]
 	}
-	if ready && !r.status.Ready {
+	became := ready && !r.status.Ready
+	if became {
 		r.status.Ready, r.status.ServicesRevoked = true, false
-		r.log.Info("remote ready: every kind synced")
-		r.agent.remoteReady()
 	}
+	id := uint16(r.cur.ID)
+	r.mu.Unlock()
+	if !became {
+		return
+	}
+	ips, backends := r.agent.merger.pruneCluster(id)
+	nf := r.agent.merger.notInForce(r.name, id)
+	r.log.Info("remote ready: every kind synced", "prunedFromPreviousRun.ipcache", ips, "prunedFromPreviousRun.backends", backends)
+	if nf.Total() > 0 {
+		r.log.Warn("remote publishes entries outside the address ranges of its nodes: not in force",
+			"ipcacheOutsideRanges", nf.IPCacheOutside, "ipcacheClaimedByOther", nf.IPCacheClaimed, "backendsOutsideRanges", nf.BackendsOutside)
+	}
+	r.agent.remoteReady()
 }
 
 func (r *remote) isReady() bool {
@@ -197,6 +247,9 @@ func rejectReason(err error) string {
 	if errors.Is(err, ErrOverlapsLocal) {
 		return "overlaps_local"
 	}
+	if errors.Is(err, ErrOverLimit) {
+		return "over_limit"
+	}
 	return wire.Reason(err)
 }
 
@@ -207,6 +260,7 @@ func (r *remote) snapshot() RemoteStatus {
 	events := map[string]uint64{}
 	syncs := map[string]float64{}
 	lists := map[string]uint64{}
+	pages := map[string]int64{}
 	for _, k := range wire.Kinds {
 		ks := r.kinds[k]
 		counts[k] = ks.count()
@@ -214,15 +268,25 @@ func (r *remote) snapshot() RemoteStatus {
 		events[k.String()] = st.events
 		syncs[k.String()] = st.lastSyncTook.Seconds()
 		lists[k.String()] = st.lists
+		pages[k.String()] = st.maxPageBytes
 	}
+	over, stale := r.overLimits(), r.staleKeys()
+	svcs := r.kinds[wire.Services]
+	svcs.mu.Lock()
+	withdrawn := svcs.store.(*serviceStore).withdrawnServices()
+	svcs.mu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.status
+	s.OverLimit, s.Withdrawn = over, withdrawn
+	if len(stale) > 0 {
+		s.StaleKeys = stale
+	}
 	s.Synced = copyMap(r.status.Synced)
 	s.Rejected = copyMap(r.status.Rejected)
 	s.Nodes, s.Endpoints = counts[wire.Nodes], counts[wire.IPCache]
 	s.Identities, s.Services = counts[wire.Identities], counts[wire.Services]
-	s.EventsApplied, s.SyncSeconds, s.Lists = events, syncs, lists
+	s.EventsApplied, s.SyncSeconds, s.Lists, s.MaxListPageBytes = events, syncs, lists, pages
 	s.Stale = r.staleLocked(time.Now())
 	return s
 }

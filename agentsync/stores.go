@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sort"
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/wire"
@@ -144,12 +145,23 @@ func (s *ipcacheStore) sweep(gen uint32) int {
 }
 
 func (s *ipcacheStore) count() int { return len(s.entries) }
-func (s *ipcacheStore) clear()     { s.entries = genMap[netip.Prefix, struct{}]{} }
 
-// serviceStore keeps a remote's global services by key.
+func (s *ipcacheStore) has(key string) bool {
+	p, ok := s.prefixOf(key)
+	if ok {
+		_, ok = s.entries[p]
+	}
+	return ok
+}
+func (s *ipcacheStore) clear() { s.entries = genMap[netip.Prefix, struct{}]{} }
+
+// serviceStore keeps a remote's global services by key. A service whose
+// update was refused is withdrawn (its backends leave the merged state)
+// until a valid value comes.
 type serviceStore struct {
-	r       *remote
-	entries genMap[string, svcName]
+	r         *remote
+	entries   genMap[string, svcName]
+	withdrawn map[string]string // key → why its last update was refused
 }
 
 func (s *serviceStore) apply(key string, value []byte, gen uint32) error {
@@ -160,8 +172,25 @@ func (s *serviceStore) apply(key string, value []byte, gen uint32) error {
 	}
 	n := svcName{svc.Namespace, svc.Name}
 	s.entries.put(key, n, gen)
+	delete(s.withdrawn, key)
 	s.r.agent.merger.setRemoteService(s.r.name, n, toRemoteService(c, svc))
 	return nil
+}
+
+func (s *serviceStore) refuse(key, reason string) {
+	e, ok := s.entries[key]
+	if !ok {
+		return
+	}
+	if s.withdrawn == nil {
+		s.withdrawn = map[string]string{}
+	}
+	if _, already := s.withdrawn[key]; !already {
+		s.r.log.Warn("an update of a remote service was refused: its backends from this cluster are withdrawn until a valid one comes",
+			"service", e.v.String(), "reason", reason)
+	}
+	s.withdrawn[key] = reason
+	s.r.agent.merger.setRemoteService(s.r.name, e.v, nil)
 }
 
 func (s *serviceStore) touch(key string, gen uint32) { s.entries.touch(key, gen) }
@@ -169,13 +198,29 @@ func (s *serviceStore) touch(key string, gen uint32) { s.entries.touch(key, gen)
 func (s *serviceStore) remove(key string) {
 	if e, ok := s.entries[key]; ok {
 		delete(s.entries, key)
+		delete(s.withdrawn, key)
 		s.r.agent.merger.setRemoteService(s.r.name, e.v, nil)
 	}
 }
 
 func (s *serviceStore) sweep(gen uint32) int { return sweepWith(s.entries.older(gen), s.remove) }
 func (s *serviceStore) count() int           { return len(s.entries) }
-func (s *serviceStore) clear()               { s.entries = genMap[string, svcName]{} }
+func (s *serviceStore) has(key string) bool  { _, ok := s.entries[key]; return ok }
+
+func (s *serviceStore) clear() {
+	s.entries = genMap[string, svcName]{}
+	s.withdrawn = nil
+}
+
+// withdrawnServices lists the services withdrawn after a refused update.
+func (s *serviceStore) withdrawnServices() []WithdrawnService {
+	out := make([]WithdrawnService, 0, len(s.withdrawn))
+	for key, reason := range s.withdrawn {
+		out = append(out, WithdrawnService{Service: s.entries[key].v.String(), Reason: reason})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
+	return out
+}
 
 // nodeStore keeps a remote's nodes (for status, for WireGuard peers, and
 // for the address ranges the cluster owns: ownership.go). Range changes are
@@ -241,6 +286,8 @@ func (s *nodeStore) sweep(gen uint32) int {
 
 func (s *nodeStore) count() int { return len(s.entries) }
 
+func (s *nodeStore) has(key string) bool { _, ok := s.entries[key]; return ok }
+
 // clear forgets every node; the merger already dropped the cluster and
 // its ranges.
 func (s *nodeStore) clear() {
@@ -301,6 +348,14 @@ func (s *identityStore) sweep(gen uint32) int {
 }
 
 func (s *identityStore) count() int { return len(s.entries) }
+
+func (s *identityStore) has(key string) bool {
+	id, ok := s.idOf(key)
+	if ok {
+		_, ok = s.entries[id]
+	}
+	return ok
+}
 
 func (s *identityStore) clear() {
 	for id := range s.entries {

@@ -45,6 +45,7 @@ func PrintAgentStatus(w io.Writer, full AgentStatus, asJSON bool) error {
 			l.Endpoints, l.Identities, age(l.LastEvent), l.Failures, l.RejectedTotal(), lastError(*l))
 	}
 	tw.Flush()
+	printRemoteWarnings(w, st)
 	fmt.Fprintln(w)
 	PrintServices(w, st)
 	if st.DatapathErrors > 0 {
@@ -266,4 +267,30 @@ func lastError(r agentsync.RemoteStatus) string {
 		return truncate(r.LastError, 70)
 	}
 	return age(r.LastErrorTime) + ": " + truncate(r.LastError, 60)
+}
+
+// printRemoteWarnings says what a remote published that is not in force,
+// what it is over its limits, and what a previous run left in place.
+func printRemoteWarnings(w io.Writer, st agentsync.Status) {
+	for _, r := range st.Remotes {
+		if nf := r.NotInForce; nf.Total() > 0 {
+			fmt.Fprintf(w, "warning: %s publishes entries it does not own, not in force: %d ipcache entries outside its nodes' ranges, %d inside a range another cluster claimed first, %d service backends outside its nodes' ranges\n",
+				r.Name, nf.IPCacheOutside, nf.IPCacheClaimed, nf.BackendsOutside)
+		}
+		for _, l := range r.OverLimit {
+			fmt.Fprintf(w, "warning: %s is over its %s limit (%s): %d new entries refused; raise %s if the remote is right\n",
+				r.Name, l.Kind, l.Limit, l.Refused, l.Flag)
+		}
+		for _, s := range r.Withdrawn {
+			fmt.Fprintf(w, "warning: %s: the last update of service %s was refused (%s): its backends from %s are withdrawn until a valid one comes\n",
+				r.Name, s.Service, s.Reason, r.Name)
+		}
+		for kind, n := range r.StaleKeys {
+			fmt.Fprintf(w, "warning: %s: %d %s entries keep their previous value: their last update was refused\n", r.Name, n, kind)
+		}
+	}
+	if rt := st.Retained; rt != nil {
+		fmt.Fprintf(w, "kept from the previous run until their clusters sync: %d ipcache entries, %d service backends (cluster ids %v; waiting for %s)\n",
+			rt.IPCache, rt.Backends, rt.Clusters, strings.Join(rt.WaitingFor, ", "))
+	}
 }
