@@ -103,6 +103,9 @@ func agentDaemonSet(c meshCluster) *appsv1.DaemonSet {
 		"--state-source=kubernetes", "--config-dir=/var/lib/clustermesh/remotes",
 		"--bpf-pin-dir=/sys/fs/bpf/clustermesh", "--cgroup=/run/clustermesh/cgroupv2",
 		"--status-addr=/var/run/clustermesh/agent.sock",
+		// Scraped on the node's address (host network): the one place the
+		// metrics leave localhost; SECURITY.md says what they expose.
+		"--metrics-addr=:9962",
 		"--node-name=$(NODE_NAME)"}
 	if c.EnforcePolicy {
 		args = append(args, "--policy-from-kubernetes")
