@@ -17,16 +17,18 @@ import (
 // length prefix), and the pager then asks for fewer entries; after each page
 // it sizes the next one from the bytes per entry it saw. At most three pages
 // are alive at once (one applied, one queued, one being read), so a list
-// holds at most about 3 × ListPageBytes of values.
+// holds at most three responses of maxResponseBytes.
 
 // DefaultListPageBytes is the default byte bound of one list page.
 const DefaultListPageBytes = 8 << 20
 
 // maxResponseBytes is the largest response the agent reads from a remote:
-// a page at its bound plus one entry at the wire limit, and room for a
-// watch response carrying a publishing transaction.
+// a page at its bound plus one entry at the wire limit (a page holds at
+// least one entry). A watch response carries at most one publishing
+// transaction, which our apiservers keep under 4 MiB; the floor leaves
+// room for one even with a small page bound.
 func maxResponseBytes(pageBytes int64) int {
-	return int(2*pageBytes) + wire.MaxValueBytes + wire.MaxKeyBytes + 64<<10
+	return max(int(pageBytes)+wire.MaxValueBytes+wire.MaxKeyBytes+64<<10, 8<<20)
 }
 
 // pager chooses each page's entry limit.
