@@ -103,7 +103,7 @@ func TestHostilePeerCannotTakeOverAnotherPeersAddresses(t *testing.T) {
 	for _, ports := range backends {
 		somePorts = ports
 	}
-	backends["10.66.0.1"] = somePorts // no node of west has this address
+	backends["10.66.0.1"] = somePorts  // no node of west has this address
 	backends["10.3.1.100"] = somePorts // north's frontend pod
 	svcValue, err := json.Marshal(svc)
 	if err != nil {
@@ -114,7 +114,7 @@ func TestHostilePeerCannotTakeOverAnotherPeersAddresses(t *testing.T) {
 		wire.IPCacheKey("10.3.1.12"):   ipcacheValue(t, "10.3.1.12", 0, westID, "192.168.2.1"),
 		wire.IPCacheKey("10.3.1.99"):   ipcacheValue(t, "10.3.1.99", 0, westID, "192.168.2.1"),
 		wire.IPCacheKey("10.3.0.0/16"): ipcacheValue(t, "10.3.0.0", 16, westID, "192.168.2.1"),
-		wire.NodeKey("west", "evil"): fmt.Sprintf(`{"Name":"evil","Cluster":"west","ClusterID":2,"IPAddresses":[{"Type":"InternalIP","IP":"192.168.2.9"}],`+
+		wire.NodeKey("west", "evil"): fmt.Sprintf(`{"Name":"evil","Cluster":"west","ClusterID":2,"IPAddresses":[{"Type":"InternalIP","IP":"192.168.2.9"}],` +
 			`"IPv4AllocCIDR":{"IP":"10.3.1.0","Mask":"////AA=="}}`),
 		wire.ServiceKey("west", "shop", "checkout"): string(svcValue),
 	})
