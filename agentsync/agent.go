@@ -388,7 +388,9 @@ func (a *Agent) stopAll() {
 	}
 }
 
-// RemoteNodes returns the nodes of every connected or remembered remote.
+// RemoteNodes returns the nodes of every connected or remembered remote,
+// each with only the pod CIDRs and addresses its cluster owns (a node
+// stating another cluster's range does not get it routed to itself).
 func (a *Agent) RemoteNodes() []*wire.Node {
 	rs := a.remoteList()
 	var out []*wire.Node
@@ -403,6 +405,7 @@ func (a *Agent) RemoteNodes() []*wire.Node {
 		}
 		ks.mu.Unlock()
 	}
+	out = a.merger.ownedNodes(out)
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Cluster != out[j].Cluster {
 			return out[i].Cluster < out[j].Cluster

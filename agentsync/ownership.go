@@ -366,3 +366,35 @@ func (m *merger) notInForce(cluster string, id uint16) NotInForce {
 	}
 	return n
 }
+
+// ownedNodes returns nodes with the pod CIDRs and addresses their cluster
+// does not own removed (copies where something is removed).
+func (m *merger) ownedNodes(nodes []*wire.Node) []*wire.Node {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.trustAddresses {
+		return nodes
+	}
+	owned := func(n *wire.Node, a netip.Addr) bool {
+		a = a.Unmap()
+		return m.own.owns(uint16(n.ClusterID), netip.PrefixFrom(a, a.BitLen()))
+	}
+	out := nodes[:0]
+	for _, n := range nodes {
+		c := *n
+		c.IPAddresses = nil
+		for _, a := range n.IPAddresses {
+			if owned(n, a.IP) {
+				c.IPAddresses = append(c.IPAddresses, a)
+			}
+		}
+		if c.IPv4AllocCIDR != nil && !m.own.owns(uint16(n.ClusterID), c.IPv4AllocCIDR.Masked()) {
+			c.IPv4AllocCIDR = nil
+		}
+		if c.IPv6AllocCIDR != nil && !m.own.owns(uint16(n.ClusterID), c.IPv6AllocCIDR.Masked()) {
+			c.IPv6AllocCIDR = nil
+		}
+		out = append(out, &c)
+	}
+	return out
+}

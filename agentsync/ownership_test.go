@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/wire"
 )
 
 func ownPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
@@ -128,5 +129,29 @@ func TestOwnershipBackendsOutsideRangesAreNotSelected(t *testing.T) {
 	}
 	if n := m.notInForce("cluster-a", uint16(mgClusterA.ID)); n.BackendsOutside != 2 { // two ports
 		t.Errorf("not in force: %+v, want 2 backends outside (one address, two ports)", n)
+	}
+}
+
+// WireGuard routes follow ownership: a node stating another cluster's pod
+// CIDR (claimed first by that cluster) is handed on without it.
+func TestOwnershipNodesCarryOnlyOwnedRanges(t *testing.T) {
+	m, _ := ownMerger(t)
+	north := &wire.Node{Name: "n1", Cluster: "north", ClusterID: 3,
+		IPAddresses:   []wire.NodeAddress{{Type: wire.InternalIP, IP: netip.MustParseAddr("192.168.3.1")}},
+		IPv4AllocCIDR: &wire.CIDR{Prefix: ownPrefix("10.3.1.0/24")}}
+	evil := &wire.Node{Name: "evil", Cluster: "west", ClusterID: 2,
+		IPAddresses:   []wire.NodeAddress{{Type: wire.InternalIP, IP: netip.MustParseAddr("192.168.3.1")}, {Type: wire.InternalIP, IP: netip.MustParseAddr("192.168.2.9")}},
+		IPv4AllocCIDR: &wire.CIDR{Prefix: ownPrefix("10.3.1.0/24")}}
+	m.setNodeRanges(3, nil, nodeRanges(north))
+	m.setNodeRanges(2, nil, nodeRanges(evil))
+	got := m.ownedNodes([]*wire.Node{north, evil})
+	if got[0].IPv4AllocCIDR == nil || len(got[0].IPAddresses) != 1 {
+		t.Errorf("north's node lost what it owns: %+v", got[0])
+	}
+	if got[1].IPv4AllocCIDR != nil || len(got[1].IPAddresses) != 1 || got[1].IPAddresses[0].IP != netip.MustParseAddr("192.168.2.9") {
+		t.Errorf("west's node keeps north's range or address: %+v", got[1])
+	}
+	if evil.IPv4AllocCIDR == nil {
+		t.Error("the stored node was changed, not copied")
 	}
 }
