@@ -20,6 +20,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
 )
 
 func freeAddr(t testing.TB) string {
@@ -394,5 +395,55 @@ func TestAgentRestartKeepsPinnedRemoteState(t *testing.T) {
 	}
 	if n := westBackends(maps); n != 3 {
 		t.Errorf("after west's return: %d of its 3 backends", n)
+	}
+}
+
+// A hostile peer puts aliases of a valid entry's key ("10.2.1.12/32",
+// "::ffff:10.2.1.12") and deletes them again: the puts are rejected as
+// non-canonical keys, the deletes are ignored, and the valid entry stays in
+// the datapath.
+func TestAliasKeyDeleteKeepsValidEntry(t *testing.T) {
+	m := startMesh(t, false, 1)
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	admin := adminClient(t, m.Cluster("west"))
+	a := m.Cluster("east").Agents[0]
+	valid := netip.MustParsePrefix("10.2.1.12/32")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	resp, err := admin.Get(ctx, wire.IPCacheKey("10.2.1.12"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("west's entry for %s: %v %v", valid, resp, err)
+	}
+	value := string(resp.Kvs[0].Value)
+	aliases := []string{"10.2.1.12/32", "::ffff:10.2.1.12", "::ffff:10.2.1.12/128"}
+	for _, s := range aliases {
+		if _, err := admin.Put(ctx, wire.IPCacheKey(s), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range aliases {
+		if _, err := admin.Delete(ctx, wire.IPCacheKey(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A valid entry after the deletes (in west's pod CIDR 10.2.1.0/24, so
+	// west owns it): once it arrives, so have they.
+	if _, err := admin.Put(ctx, wire.IPCacheKey("10.2.1.99"), `{"IP":"10.2.1.99","ID":131100}`); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "the entry put after the aliases' deletes applied", func() bool {
+		ips, _ := a.Datapath.IPCache()
+		_, ok := ips[netip.MustParsePrefix("10.2.1.99/32")]
+		return ok
+	})
+	ips, err := a.Datapath.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := ips[valid]; !ok || e.ClusterID != 2 {
+		t.Errorf("%s after its aliases were put and deleted: %+v, %v; want west's entry kept", valid, e, ok)
+	}
+	if r := remoteStatus(a, "west"); r.Rejected["non_canonical_key"] != uint64(len(aliases)) || r.Endpoints != 5 {
+		t.Errorf("rejected %v, endpoints %d; want %d non_canonical_key and 5 endpoints", r.Rejected, r.Endpoints, len(aliases))
 	}
 }

@@ -8,6 +8,11 @@ var (
 	// ErrMalformedKey: the key is not a key of this layout (wrong prefix,
 	// empty or extra path segments, "..", not UTF-8, too long).
 	ErrMalformedKey = errors.New("malformed key")
+	// ErrNonCanonicalKey: the key names an address or prefix, but not in
+	// its one spelling (see ParseIPCacheKeySuffix): "10.2.1.7/32",
+	// "::ffff:10.2.1.7", "FD00::1", "10.1.0.5/16". A publisher never writes
+	// it; a peer that does is trying to alias another entry.
+	ErrNonCanonicalKey = errors.New("non-canonical key")
 	// ErrMalformedValue: the value is not valid UTF-8 JSON of the expected shape.
 	ErrMalformedValue = errors.New("malformed value")
 	// ErrValueTooLarge: the value exceeds MaxValueBytes.
@@ -37,6 +42,7 @@ var reasons = []struct {
 	reason string
 }{
 	{ErrMalformedKey, "malformed_key"},
+	{ErrNonCanonicalKey, "non_canonical_key"},
 	{ErrMalformedValue, "malformed_value"},
 	{ErrValueTooLarge, "value_too_large"},
 	{ErrClusterMismatch, "cluster_mismatch"},

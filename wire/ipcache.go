@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 )
 
 // IPIdentityPair is the value of cilium/state/ip/v1/default/<ip-or-cidr>: an
@@ -75,13 +77,9 @@ func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair,
 	if err != nil {
 		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
 	}
-	// Keys and prefixes are one-to-one: the key must be the canonical
-	// spelling of the value's prefix (checked by comparing the strings; the
-	// key is parsed only to say which way it is wrong).
-	if canon := canonicalSuffix(pfx); pk.Name != canon {
-		if keyPfx, err := ParseIPCacheKeySuffix(pk.Name); err == nil && keyPfx == pfx {
-			return nil, fmt.Errorf("wire: ipcache %q: %w (the key of %s is %q)", key, ErrMalformedKey, pfx, IPCacheKey(canon))
-		}
+	// ParseKey accepted only the canonical spelling of a prefix, so keys and
+	// prefixes are one-to-one: the value must name the key's prefix.
+	if pfx != pk.Prefix {
 		return nil, fmt.Errorf("wire: ipcache %q holds %s: %w (key and value disagree)", key, pfx, ErrInvalidAddress)
 	}
 	if min := minPrefixBits(pfx); pfx.Bits() < min {
@@ -114,18 +112,60 @@ func canonicalSuffix(p netip.Prefix) string {
 }
 
 // ParseIPCacheKeySuffix parses an ipcache key suffix (an address or a CIDR)
-// into the prefix it names.
+// into the prefix it names, and accepts only its one spelling, the one
+// IPCachePrefixKey and Cilium (net.IP.String) write: a bare address for a
+// single address, address/bits for a CIDR, the address as netip and net.IP
+// format it (IPv4 dotted decimal without leading zeros; IPv6 lower case,
+// RFC 5952 compressed). Anything that names a prefix in another spelling
+// wraps ErrNonCanonicalKey: a single address with /32 or /128, an
+// IPv4-mapped IPv6 address ("::ffff:10.2.1.7"), IPv6 in upper case, with
+// leading zeros or not compressed, a CIDR with host bits set
+// ("10.1.0.5/16"), an IPv6 zone. Anything that names none wraps
+// ErrMalformedKey.
 func ParseIPCacheKeySuffix(s string) (netip.Prefix, error) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		if p.Addr().Zone() != "" || p.Masked() != p {
-			return netip.Prefix{}, ErrInvalidAddress
+	var p netip.Prefix
+	if strings.IndexByte(s, '/') >= 0 {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, fmt.Errorf("%w (%q is not an address or CIDR)", ErrMalformedKey, s)
 		}
-		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()), nil
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%w (%q is not an address or CIDR)", ErrMalformedKey, s)
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, nonCanonical(s, netip.PrefixFrom(a.WithZone(""), a.BitLen()))
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
 	}
-	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
-		return netip.Prefix{}, ErrInvalidAddress
+	if p.Addr().Is4In6() || p.Masked() != p || !spells(s, p) {
+		return netip.Prefix{}, nonCanonical(s, p)
 	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	return p, nil
+}
+
+// nonCanonical is the error of key suffix s, which names p (or, with host
+// bits set, p.Masked()) in another spelling than its own.
+func nonCanonical(s string, p netip.Prefix) error {
+	p = p.Masked()
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			return fmt.Errorf("%w (%q: an IPv4-mapped prefix)", ErrNonCanonicalKey, s)
+		}
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return fmt.Errorf("%w (%q is spelled %q)", ErrNonCanonicalKey, s, canonicalSuffix(p))
+}
+
+// spells reports whether s is canonicalSuffix(p), without allocating: this
+// runs once per ipcache entry.
+func spells(s string, p netip.Prefix) bool {
+	var buf [64]byte
+	b := p.Addr().AppendTo(buf[:0])
+	if !p.IsSingleIP() {
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(p.Bits()), 10)
+	}
+	return string(b) == s
 }

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -105,8 +106,20 @@ func ServiceKey(cluster, namespace, name string) string {
 	return Services.ListPrefix(cluster) + namespace + "/" + name
 }
 
-// IPCacheKey is the key of an address or CIDR ("10.0.0.1", "10.1.0.0/16").
+// IPCacheKey is the key of an address or CIDR ("10.0.0.1", "10.1.0.0/16"),
+// spelled as given: build keys of prefixes with IPCachePrefixKey.
 func IPCacheKey(addrOrCIDR string) string { return IPCache.ListPrefix("") + addrOrCIDR }
+
+// IPCachePrefixKey is the one key of prefix p, the only spelling ParseKey
+// accepts: the bare address for a full-length prefix, the CIDR otherwise, an
+// IPv4-mapped prefix unmapped (one shorter than /96 has no key). Publishers
+// build ipcache keys with it.
+func IPCachePrefixKey(p netip.Prefix) string {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return IPCacheKey(canonicalSuffix(p))
+}
 
 // IdentityKey is the key of a numeric identity.
 func IdentityKey(id uint32) string {
@@ -115,18 +128,30 @@ func IdentityKey(id uint32) string {
 
 // ParsedKey is a state key split into its parts. Which fields are set depends
 // on Kind: Nodes (Cluster, Name), Services (Cluster, Namespace, Name), IPCache
-// (Name: the address or CIDR), Identities (ID).
+// (Name: the address or CIDR as written; Prefix: the prefix it names),
+// Identities (ID).
 type ParsedKey struct {
 	Kind      Kind
 	Cluster   string
 	Namespace string
 	Name      string
 	ID        uint32
+	Prefix    netip.Prefix
 }
 
 // ParseKey splits a state key of kind k read from cluster's store. It rejects
 // keys of another cluster, with empty, "." or ".." segments, with extra or
-// missing segments, that are not UTF-8, or longer than MaxKeyBytes.
+// missing segments, that are not UTF-8, or longer than MaxKeyBytes
+// (ErrMalformedKey), and keys that are not the one spelling of what they name
+// (ErrNonCanonicalKey): an identity that is not a canonical decimal number, an
+// ipcache address or CIDR that is not canonical (ParseIPCacheKeySuffix).
+//
+// Every key a decoder accepts therefore parses, and every entry it names has
+// exactly one key: node and service keys are kept by their exact string,
+// identity keys by number, ipcache keys by prefix. A reader may ignore the
+// delete of a key that does not parse: no put of that key was ever accepted,
+// so there is nothing to delete, and a delete of an alias ("10.2.1.7/32" next
+// to "10.2.1.7") can never remove the entry of the canonical key.
 func ParseKey(k Kind, cluster, key string) (ParsedKey, error) {
 	prefix := k.ListPrefix(cluster)
 	if len(key) > MaxKeyBytes || !utf8.ValidString(key) {
@@ -159,13 +184,21 @@ func ParseKey(k Kind, cluster, key string) (ParsedKey, error) {
 	case Services:
 		pk.Namespace, pk.Name = parts[0], parts[1]
 	case IPCache:
+		pfx, err := ParseIPCacheKeySuffix(rest)
+		if err != nil {
+			return ParsedKey{}, fmt.Errorf("wire: key %q: %w", key, err)
+		}
 		pk.Cluster = ""
 		pk.Name = rest
+		pk.Prefix = pfx
 	case Identities:
 		pk.Cluster = ""
 		id, err := strconv.ParseUint(parts[0], 10, 32)
-		if err != nil || strconv.FormatUint(id, 10) != parts[0] {
-			return ParsedKey{}, fmt.Errorf("wire: key %q: %w (identity is not a canonical number)", key, ErrMalformedKey)
+		switch {
+		case err != nil:
+			return ParsedKey{}, fmt.Errorf("wire: key %q: %w (identity is not a decimal number)", key, ErrMalformedKey)
+		case strconv.FormatUint(id, 10) != parts[0]:
+			return ParsedKey{}, fmt.Errorf("wire: key %q: %w (the key of identity %d is %q)", key, ErrNonCanonicalKey, id, IdentityKey(uint32(id)))
 		}
 		pk.ID = uint32(id)
 	}

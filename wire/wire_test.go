@@ -2,6 +2,7 @@ package wire
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -88,8 +89,8 @@ func TestParseKey(t *testing.T) {
 	}{
 		{Nodes, "cilium/state/nodes/v1/east/node-1", nil, ParsedKey{Kind: Nodes, Cluster: "east", Name: "node-1"}},
 		{Services, "cilium/state/services/v1/east/shop/checkout", nil, ParsedKey{Kind: Services, Cluster: "east", Namespace: "shop", Name: "checkout"}},
-		{IPCache, "cilium/state/ip/v1/default/10.0.0.1", nil, ParsedKey{Kind: IPCache, Name: "10.0.0.1"}},
-		{IPCache, "cilium/state/ip/v1/default/10.1.0.0/16", nil, ParsedKey{Kind: IPCache, Name: "10.1.0.0/16"}},
+		{IPCache, "cilium/state/ip/v1/default/10.0.0.1", nil, ParsedKey{Kind: IPCache, Name: "10.0.0.1", Prefix: netip.MustParsePrefix("10.0.0.1/32")}},
+		{IPCache, "cilium/state/ip/v1/default/10.1.0.0/16", nil, ParsedKey{Kind: IPCache, Name: "10.1.0.0/16", Prefix: netip.MustParsePrefix("10.1.0.0/16")}},
 		{Identities, "cilium/state/identities/v1/id/65537", nil, ParsedKey{Kind: Identities, ID: 65537}},
 		{Nodes, "cilium/state/nodes/v1/east2/node-1", ErrMalformedKey, ParsedKey{}},
 		{Nodes, "cilium/state/nodes/v1/east/a/b", ErrMalformedKey, ParsedKey{}},
@@ -97,7 +98,8 @@ func TestParseKey(t *testing.T) {
 		{Nodes, "cilium/state/nodes/v1/east/", ErrMalformedKey, ParsedKey{}},
 		{Services, "cilium/state/services/v1/east/shop", ErrMalformedKey, ParsedKey{}},
 		{Services, "cilium/state/services/v1/east/shop/../x", ErrMalformedKey, ParsedKey{}},
-		{Identities, "cilium/state/identities/v1/id/0065537", ErrMalformedKey, ParsedKey{}},
+		{Identities, "cilium/state/identities/v1/id/0065537", ErrNonCanonicalKey, ParsedKey{}},
+		{Identities, "cilium/state/identities/v1/id/+65537", ErrMalformedKey, ParsedKey{}},
 		{Identities, "cilium/state/identities/v1/id/-1", ErrMalformedKey, ParsedKey{}},
 		{IPCache, "cilium/state/ip/v1/default/a/b/c", ErrMalformedKey, ParsedKey{}},
 		{Nodes, "cilium/state/nodes/v1/east/\xff", ErrMalformedKey, ParsedKey{}},
@@ -269,4 +271,149 @@ func TestReason(t *testing.T) {
 	if Reason(errors.New("x")) != "other" {
 		t.Error("unknown error should be other")
 	}
+}
+
+// TestIPCacheKeysCanonical: an ipcache key is accepted only in the one
+// spelling of the prefix it names. Every other spelling of a prefix is
+// rejected as non-canonical, on a put (DecodeIPIdentityPair) as on a delete
+// (ParseKey), so that a peer cannot remove a valid entry by deleting an
+// alias of its key.
+func TestIPCacheKeysCanonical(t *testing.T) {
+	for _, tc := range []struct{ suffix, prefix string }{
+		{"10.2.1.7", "10.2.1.7/32"},
+		{"10.1.0.0/16", "10.1.0.0/16"},
+		{"10.1.2.0/24", "10.1.2.0/24"},
+		{"0.0.0.0", "0.0.0.0/32"},
+		{"fd00::5", "fd00::5/128"},
+		{"fd00:1:2:3:4:5:6:7", "fd00:1:2:3:4:5:6:7/128"},
+		{"fd00::1:0:0:5", "fd00::1:0:0:5/128"},
+		{"fd00:0:0:1::/64", "fd00:0:0:1::/64"},
+		{"::1", "::1/128"},
+		{"::", "::/128"},
+	} {
+		pk, err := ParseKey(IPCache, "east", IPCacheKey(tc.suffix))
+		if err != nil || pk.Prefix != netip.MustParsePrefix(tc.prefix) || pk.Name != tc.suffix {
+			t.Errorf("ParseKey(%q) = %+v, %v; want prefix %s", tc.suffix, pk, err, tc.prefix)
+		}
+		if k := IPCachePrefixKey(netip.MustParsePrefix(tc.prefix)); k != IPCacheKey(tc.suffix) {
+			t.Errorf("IPCachePrefixKey(%s) = %q, want %q", tc.prefix, k, IPCacheKey(tc.suffix))
+		}
+	}
+	for _, tc := range []struct {
+		suffix string
+		canon  string // the prefix the alias names, or "" for a key that names none
+	}{
+		{"10.2.1.7/32", "10.2.1.7/32"},               // a single address with its full length
+		{"fd00::5/128", "fd00::5/128"},               //
+		{"::ffff:10.2.1.8", "10.2.1.8/32"},           // IPv4-mapped IPv6
+		{"::ffff:10.2.1.8/128", "10.2.1.8/32"},       //
+		{"::ffff:10.2.0.0/112", "10.2.0.0/16"},       //
+		{"::ffff:a02:108", "10.2.1.8/32"},            //
+		{"FD00::5", "fd00::5/128"},                   // upper case
+		{"fd00::0005", "fd00::5/128"},                // leading zeros
+		{"fd00:0:0:0:0:0:0:5", "fd00::5/128"},        // not compressed
+		{"fd00:0::5", "fd00::5/128"},                 //
+		{"fd00:0:0:1:0:0:0:0/64", "fd00:0:0:1::/64"}, //
+		{"fd00::1:0:0:0:5", "fd00:0:0:1::5/128"},     // the longest run of zeros compressed
+		{"10.1.0.5/16", "10.1.0.0/16"},               // host bits set
+		{"fd00::5/64", "fd00::/64"},                  //
+		{"fe80::1%eth0", "fe80::1/128"},              // a zone
+		{"010.2.1.7", ""},                            // leading zeros in IPv4: no Go parser reads it
+		{"10.2.1.7/032", ""},                         //
+		{"10.2.1.7/33", ""},                          //
+		{"fe80::1%eth0/64", ""},                      //
+		{"10.2.1", ""},                               //
+		{"junk-1", ""},                               //
+		{" 10.2.1.7", ""},                            //
+	} {
+		key := IPCacheKey(tc.suffix)
+		_, err := ParseKey(IPCache, "east", key)
+		if tc.canon == "" {
+			if !errors.Is(err, ErrMalformedKey) || Reason(err) != "malformed_key" {
+				t.Errorf("ParseKey(%q) = %v, want %v", tc.suffix, err, ErrMalformedKey)
+			}
+			continue
+		}
+		pfx := netip.MustParsePrefix(tc.canon)
+		canonKey := IPCachePrefixKey(pfx)
+		if !errors.Is(err, ErrNonCanonicalKey) || !strings.Contains(err.Error(), fmt.Sprintf("%q", strings.TrimPrefix(canonKey, IPCacheKey("")))) {
+			t.Errorf("ParseKey(%q) = %v, want %v naming %q", tc.suffix, err, ErrNonCanonicalKey, canonKey)
+		}
+		// A put of the alias with a value for the very prefix it names is
+		// rejected for the key's sake, and counted under its own reason; the
+		// same value under the canonical key is accepted.
+		v, _ := EncodeIPIdentityPair(&IPIdentityPair{IP: pfx.Addr(), Mask: maskOf(pfx), ID: 65600})
+		if _, err := DecodeIPIdentityPair(east, key, v); !errors.Is(err, ErrNonCanonicalKey) || Reason(err) != "non_canonical_key" {
+			t.Errorf("DecodeIPIdentityPair(%q, %s) = %v (reason %s), want %v", tc.suffix, v, err, Reason(err), ErrNonCanonicalKey)
+		}
+		if got, err := DecodeIPIdentityPair(east, canonKey, v); err != nil || got.Prefix() != pfx {
+			t.Errorf("DecodeIPIdentityPair(%q, %s) = %+v, %v", canonKey, v, got, err)
+		}
+	}
+	// A publisher keying by an address it was given mapped still writes the
+	// canonical key.
+	if k := IPCachePrefixKey(netip.PrefixFrom(netip.MustParseAddr("::ffff:10.2.1.8"), 128)); k != IPCacheKey("10.2.1.8") {
+		t.Errorf("IPCachePrefixKey(::ffff:10.2.1.8/128) = %q", k)
+	}
+}
+
+// maskOf is the IPIdentityPair mask of p: nil for a single address.
+func maskOf(p netip.Prefix) []byte {
+	if p.IsSingleIP() {
+		return nil
+	}
+	m := make([]byte, p.Addr().BitLen()/8)
+	for i := 0; i < p.Bits(); i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return m
+}
+
+// TestKeysOneToOne: node, service and identity keys have no aliases either:
+// a key that parses is the very key its parts build.
+func TestKeysOneToOne(t *testing.T) {
+	for _, tc := range []struct {
+		kind Kind
+		key  string
+		want error
+	}{
+		{Nodes, "cilium/state/nodes/v1/east/node-1", nil},
+		{Nodes, "cilium/state/nodes/v1/east//node-1", ErrMalformedKey},
+		{Nodes, "cilium/state/nodes/v1/east/./node-1", ErrMalformedKey},
+		{Nodes, "cilium/state/nodes/v1/east/node-1/", ErrMalformedKey},
+		{Services, "cilium/state/services/v1/east/shop/checkout", nil},
+		{Services, "cilium/state/services/v1/east/shop//checkout", ErrMalformedKey},
+		{Services, "cilium/state/services/v1/east/shop/checkout/", ErrMalformedKey},
+		{Identities, "cilium/state/identities/v1/id/65537", nil},
+		{Identities, "cilium/state/identities/v1/id/065537", ErrNonCanonicalKey},
+		{Identities, "cilium/state/identities/v1/id/00", ErrNonCanonicalKey},
+		{Identities, "cilium/state/identities/v1/id/0x10001", ErrMalformedKey},
+		{Identities, "cilium/state/identities/v1/id/65537/", ErrMalformedKey},
+	} {
+		pk, err := ParseKey(tc.kind, "east", tc.key)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("ParseKey(%v, %q) = %v, want %v", tc.kind, tc.key, err, tc.want)
+			continue
+		}
+		if err == nil {
+			if again := buildKey(pk); again != tc.key {
+				t.Errorf("ParseKey(%v, %q) = %+v, which builds %q", tc.kind, tc.key, pk, again)
+			}
+		}
+	}
+}
+
+// buildKey is the key of pk's parts.
+func buildKey(pk ParsedKey) string {
+	switch pk.Kind {
+	case Nodes:
+		return NodeKey(pk.Cluster, pk.Name)
+	case Services:
+		return ServiceKey(pk.Cluster, pk.Namespace, pk.Name)
+	case IPCache:
+		return IPCachePrefixKey(pk.Prefix)
+	case Identities:
+		return IdentityKey(pk.ID)
+	}
+	return ""
 }
