@@ -6,25 +6,31 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults applied by Config to its zero fields.
 const (
-	DefaultPinDir          = "/sys/fs/bpf/clustermesh"
-	DefaultMaxIPCache      = 512 * 1024
-	DefaultMaxServiceSlots = 256 * 1024
-	DefaultMaxBackends     = 128 * 1024
-	DefaultMaxSockRevNAT   = 128 * 1024
-	DefaultMaxPolicy       = 256 * 1024
-	DefaultMaxPolicyCT     = 128 * 1024
-	DefaultFlowRingBytes   = 4 << 20
+	DefaultPinDir             = "/sys/fs/bpf/clustermesh"
+	DefaultMaxIPCache         = 512 * 1024
+	DefaultMaxServiceSlots    = 256 * 1024
+	DefaultMaxBackends        = 128 * 1024
+	DefaultMaxSockRevNAT      = 128 * 1024
+	DefaultMaxPolicy          = 256 * 1024
+	DefaultMaxPolicyCT        = 128 * 1024
+	DefaultMaxPolicyEndpoints = 16 * 1024
+	DefaultFlowRingBytes      = 4 << 20
 )
 
 // Config says where the maps are pinned and how large they are. Zero fields
 // take the defaults above. The sizes are part of each map's definition:
 // changing one makes the existing pins incompatible (remove the pin directory).
+// Each size is an option of the agent (SizeOptions: its flag, default and
+// bounds), and every error about a size names that option.
 type Config struct {
 	// PinDir is the directory inside a bpffs where the maps are pinned by
 	// name (IPCacheMapName, ServicesMapName, BackendsMapName).
@@ -54,53 +60,137 @@ type Config struct {
 	// MaxPolicyCT is the max_entries of the policy programs' conntrack LRU
 	// (PolicyCTMapName): one entry per flow and endpoint interface.
 	MaxPolicyCT uint32
+	// MaxPolicyEndpoints is the max_entries of PolicyEndpointsMapName: how
+	// many interfaces can carry the policy programs at once.
+	MaxPolicyEndpoints uint32
 	// FlowRingBytes is the size of the flow events' ring buffer
 	// (FlowsMapName): a power of two, at least one page; an event takes 88
 	// bytes.
 	FlowRingBytes uint32
 }
 
+// SizeOption is one size of Config as an operator sets it: the agent's
+// flag, the Config field it sets, the map it sizes, its default and bounds.
+// The "map full" errors (ErrFull), a pinned map of another size
+// (ErrIncompatiblePin) and Validate name the flag.
+type SizeOption struct {
+	Flag    string // the agent's flag, without the dashes: "max-ipcache-entries"
+	Field   string // the Config field: "MaxIPCache"
+	Map     string // the pinned map it sizes: IPCacheMapName
+	Unit    string // what it counts: "entries", "bytes"
+	Default uint32
+	Min     uint32
+	Max     uint32
+	Usage   string // the flag's help text
+	ptr     func(*Config) *uint32
+}
+
+// Of returns the Config field the option sets, for binding a flag to it.
+func (o SizeOption) Of(c *Config) *uint32 { return o.ptr(c) }
+
+// String is the option as an operator writes it, with the field:
+// "--max-ipcache-entries (Config.MaxIPCache)".
+func (o SizeOption) String() string { return "--" + o.Flag + " (Config." + o.Field + ")" }
+
+// maxMapEntries bounds every map size: far above any realistic node, low
+// enough that a mistyped value is refused rather than attempted.
+const maxMapEntries = 1 << 24
+
+var sizeOptions = []SizeOption{
+	{Flag: "max-ipcache-entries", Field: "MaxIPCache", Map: IPCacheMapName, Unit: "entries",
+		Default: DefaultMaxIPCache, Min: 1, Max: maxMapEntries,
+		Usage: "max_entries of the ipcache map (" + IPCacheMapName + "): prefixes of every cluster",
+		ptr:   func(c *Config) *uint32 { return &c.MaxIPCache }},
+	{Flag: "max-service-entries", Field: "MaxServiceSlots", Map: ServicesMapName, Unit: "entries",
+		Default: DefaultMaxServiceSlots, Min: 2, Max: maxMapEntries,
+		Usage: "max_entries of the service map (" + ServicesMapName + "): one per frontend plus one per backend of each frontend",
+		ptr:   func(c *Config) *uint32 { return &c.MaxServiceSlots }},
+	{Flag: "max-backend-entries", Field: "MaxBackends", Map: BackendsMapName, Unit: "entries",
+		Default: DefaultMaxBackends, Min: 1, Max: maxMapEntries,
+		Usage: "max_entries of the backend map (" + BackendsMapName + "): distinct backends of all services",
+		ptr:   func(c *Config) *uint32 { return &c.MaxBackends }},
+	{Flag: "max-sock-revnat-entries", Field: "MaxSockRevNAT", Map: SockRevNATMapName, Unit: "entries",
+		Default: DefaultMaxSockRevNAT, Min: 1, Max: maxMapEntries,
+		Usage: "max_entries of the socket load balancer's UDP reverse-translation LRU (" + SockRevNATMapName + ")",
+		ptr:   func(c *Config) *uint32 { return &c.MaxSockRevNAT }},
+	{Flag: "max-policy-entries", Field: "MaxPolicy", Map: PolicyMapName, Unit: "entries",
+		Default: DefaultMaxPolicy, Min: 1, Max: maxMapEntries,
+		Usage: "max_entries of the policy map (" + PolicyMapName + "): one per endpoint, peer, direction and protocol, more for port ranges",
+		ptr:   func(c *Config) *uint32 { return &c.MaxPolicy }},
+	{Flag: "max-policy-ct-entries", Field: "MaxPolicyCT", Map: PolicyCTMapName, Unit: "entries",
+		Default: DefaultMaxPolicyCT, Min: 1, Max: maxMapEntries,
+		Usage: "max_entries of the policy conntrack LRU (" + PolicyCTMapName + "): one per flow and endpoint interface",
+		ptr:   func(c *Config) *uint32 { return &c.MaxPolicyCT }},
+	{Flag: "max-policy-endpoint-entries", Field: "MaxPolicyEndpoints", Map: PolicyEndpointsMapName, Unit: "entries",
+		Default: DefaultMaxPolicyEndpoints, Min: 1, Max: 1 << 20,
+		Usage: "max_entries of the policy endpoint map (" + PolicyEndpointsMapName + "): interfaces carrying the policy programs",
+		ptr:   func(c *Config) *uint32 { return &c.MaxPolicyEndpoints }},
+	{Flag: "flow-ring-bytes", Field: "FlowRingBytes", Map: FlowsMapName, Unit: "bytes",
+		Default: DefaultFlowRingBytes, Min: 4096, Max: 1 << 30,
+		Usage: "size of the flow events' ring buffer (" + FlowsMapName + "): a power of two of at least a page; an event takes 88 bytes",
+		ptr:   func(c *Config) *uint32 { return &c.FlowRingBytes }},
+}
+
+// SizeOptions lists every size of Config, in a stable order, for the agent
+// to register its flags from: flags.Uint32Var(o.Of(&cfg), o.Flag, o.Default,
+// o.Usage) for each o.
+func SizeOptions() []SizeOption { return slices.Clone(sizeOptions) }
+
+// sizeOptionOf returns the option that sizes map name.
+func sizeOptionOf(name string) (SizeOption, bool) {
+	for _, o := range sizeOptions {
+		if o.Map == name {
+			return o, true
+		}
+	}
+	return SizeOption{}, false
+}
+
 func (c Config) withDefaults() Config {
 	if c.PinDir == "" {
 		c.PinDir = DefaultPinDir
 	}
-	if c.MaxIPCache == 0 {
-		c.MaxIPCache = DefaultMaxIPCache
-	}
-	if c.MaxServiceSlots == 0 {
-		c.MaxServiceSlots = DefaultMaxServiceSlots
-	}
-	if c.MaxBackends == 0 {
-		c.MaxBackends = DefaultMaxBackends
-	}
-	if c.MaxSockRevNAT == 0 {
-		c.MaxSockRevNAT = DefaultMaxSockRevNAT
-	}
-	if c.MaxPolicy == 0 {
-		c.MaxPolicy = DefaultMaxPolicy
-	}
-	if c.MaxPolicyCT == 0 {
-		c.MaxPolicyCT = DefaultMaxPolicyCT
-	}
-	if c.FlowRingBytes == 0 {
-		c.FlowRingBytes = DefaultFlowRingBytes
+	for _, o := range sizeOptions {
+		if p := o.ptr(&c); *p == 0 {
+			*p = o.Default
+		}
 	}
 	return c
 }
 
-// Validate reports whether c, with its defaults applied, is usable.
+// Validate reports whether c, with its defaults applied, is usable. Its
+// errors wrap ErrInvalidConfig and name the option to change.
 func (c Config) Validate() error {
 	c = c.withDefaults()
+	var errs []error
 	if !filepath.IsAbs(c.PinDir) {
-		return fmt.Errorf("datapath: config: pin directory %q must be an absolute path", c.PinDir)
+		errs = append(errs, fmt.Errorf("datapath: config: pin directory %q must be an absolute path: %w", c.PinDir, ErrInvalidConfig))
 	}
-	if c.MaxServiceSlots < 2 {
-		return fmt.Errorf("datapath: config: MaxServiceSlots %d leaves no room for a master and a slot", c.MaxServiceSlots)
+	for _, o := range sizeOptions {
+		if v := *o.ptr(&c); v < o.Min || v > o.Max {
+			errs = append(errs, fmt.Errorf("datapath: config: %s is %d: %w: want %d to %d %s (0: the default, %d)",
+				o, v, ErrInvalidConfig, o.Min, o.Max, o.Unit, o.Default))
+		}
 	}
-	if c.FlowRingBytes < uint32(os.Getpagesize()) || c.FlowRingBytes&(c.FlowRingBytes-1) != 0 {
-		return fmt.Errorf("datapath: config: FlowRingBytes %d must be a power of two of at least a page (%d)", c.FlowRingBytes, os.Getpagesize())
+	if page := uint32(os.Getpagesize()); c.FlowRingBytes < page || c.FlowRingBytes&(c.FlowRingBytes-1) != 0 {
+		o, _ := sizeOptionOf(FlowsMapName)
+		errs = append(errs, fmt.Errorf("datapath: config: %s is %d: %w: want a power of two of at least a page (%d bytes)",
+			o, c.FlowRingBytes, ErrInvalidConfig, page))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// fullErr is the error of a write that found map mapName full: the
+// kernel's E2BIG or ENOSPC as errno (also wrapped), or 0 when the datapath
+// itself counted. It wraps ErrFull and names the option that sizes the map.
+func fullErr(op, mapName string, maxEntries uint32, errno syscall.Errno) error {
+	o, _ := sizeOptionOf(mapName)
+	if errno != 0 {
+		return fmt.Errorf("datapath: %s: %w: all %d entries of %s are in use (%s: %w): raise %s and remove the pin directory (agent --cleanup) so that the map is recreated",
+			op, ErrFull, maxEntries, mapName, unix.ErrnoName(errno), errno, o)
+	}
+	return fmt.Errorf("datapath: %s: %w: all %d entries of %s are in use: raise %s and remove the pin directory (agent --cleanup) so that the map is recreated",
+		op, ErrFull, maxEntries, mapName, o)
 }
 
 // bpffsMagic is BPF_FS_MAGIC from linux/magic.h.

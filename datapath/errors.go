@@ -24,10 +24,19 @@ var (
 	// Nothing is written.
 	ErrInvalidBatch = errors.New("invalid batch")
 
-	// ErrFull: a map reached its max_entries (the kernel's E2BIG or ENOSPC).
-	// The message names the Config field to raise. Changing a limit changes
-	// the map's definition, so the pin directory must be removed first.
+	// ErrFull: a map reached its max_entries (the kernel's E2BIG or ENOSPC,
+	// or all backend ids or endpoint slots in use). Nothing of the failed
+	// entry is written; a caller counts these (one error per call, whatever
+	// the size of a batch) rather than logging each. The message names the
+	// agent option to raise (SizeOptions) and its Config field. Changing a
+	// limit changes the map's definition, so the pin directory must be
+	// removed first.
 	ErrFull = errors.New("map full")
+
+	// ErrInvalidConfig: Config.Validate refused the configuration (a
+	// relative pin directory, a size out of its bounds); the message names
+	// the option.
+	ErrInvalidConfig = errors.New("invalid datapath config")
 
 	// ErrNotBPFFS: Config.PinDir is not inside a bpf filesystem, so the maps
 	// could not outlive the agent.

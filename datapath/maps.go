@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"syscall"
 
@@ -148,23 +149,31 @@ func (m *Maps) Unpin() error { return RemovePins(m.cfg.PinDir) }
 func errClosed(op string) error { return fmt.Errorf("datapath: %s: %w", op, ErrClosed) }
 
 // mapErr wraps an error of a write to em, turning "map full" into ErrFull
-// with the Config field to raise.
+// with the option to raise.
 func (m *Maps) mapErr(em *ebpf.Map, op string, err error) error {
-	if errors.Is(err, syscall.E2BIG) || errors.Is(err, syscall.ENOSPC) {
-		field := "MaxIPCache"
+	if errno, full := isFull(err); full {
+		name := IPCacheMapName
 		switch em {
 		case m.services:
-			field = "MaxServiceSlots"
+			name = ServicesMapName
 		case m.backends:
-			field = "MaxBackends"
+			name = BackendsMapName
 		}
-		// Report the bare errno: the library words E2BIG as "key too big".
-		var errno syscall.Errno
-		errors.As(err, &errno)
-		return fmt.Errorf("datapath: %s: %w at %d entries (%w): raise Config.%s and remove the pin directory so that the map is recreated",
-			op, ErrFull, em.MaxEntries(), errno, field)
+		return fullErr(op, name, em.MaxEntries(), errno)
 	}
 	return fmt.Errorf("datapath: %s: %w", op, err)
+}
+
+// isFull reports whether err is the kernel's "map full" (E2BIG from a hash,
+// ENOSPC from an LPM trie), and returns the bare errno: the library words
+// E2BIG as "key too big".
+func isFull(err error) (syscall.Errno, bool) {
+	var errno syscall.Errno
+	if !errors.Is(err, syscall.E2BIG) && !errors.Is(err, syscall.ENOSPC) {
+		return 0, false
+	}
+	errors.As(err, &errno)
+	return errno, true
 }
 
 // UpsertIPCache maps p to e in cm_ipcache; a write identical to the mirror is
@@ -324,6 +333,26 @@ func dumpMap[K, V any](em *ebpf.Map, fn func(*K, *V)) error {
 	}
 }
 
+// resized reports whether the map pinned for spec differs from it in its
+// size alone, and which option sets that size.
+func resized(spec *ebpf.MapSpec, pinDir string) (SizeOption, uint32, bool) {
+	o, ok := sizeOptionOf(spec.Name)
+	if !ok {
+		return SizeOption{}, 0, false
+	}
+	pinned, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, spec.Name), nil)
+	if err != nil {
+		return SizeOption{}, 0, false
+	}
+	defer pinned.Close()
+	same := *spec
+	same.MaxEntries = pinned.MaxEntries()
+	if pinned.MaxEntries() == spec.MaxEntries || same.Compatible(pinned) != nil {
+		return SizeOption{}, 0, false
+	}
+	return o, pinned.MaxEntries(), true
+}
+
 // openPinned opens (or creates and pins) every map of specs in pinDir, all
 // or none: on error the ones opened are closed. A pinned map of another
 // definition is ErrIncompatiblePin, with what to do.
@@ -336,6 +365,11 @@ func openPinned(specs []*ebpf.MapSpec, pinDir, op string) ([]*ebpf.Map, error) {
 				o.Close()
 			}
 			if errors.Is(err, ebpf.ErrMapIncompatible) {
+				if o, pinned, ok := resized(spec, pinDir); ok {
+					return nil, fmt.Errorf("datapath: %s: the map pinned at %s/%s has %d %s, %s asks for %d; "+
+						"remove the pin directory (agent --cleanup, or rm -r %s) and restart, or keep the size: %w: %w",
+						op, pinDir, spec.Name, pinned, o.Unit, o, spec.MaxEntries, pinDir, ErrIncompatiblePin, err)
+				}
 				return nil, fmt.Errorf("datapath: %s: the map pinned at %s/%s does not match this version's definition; "+
 					"remove the pin directory (agent --cleanup, or rm -r %s) and restart: %w: %w",
 					op, pinDir, spec.Name, pinDir, ErrIncompatiblePin, err)

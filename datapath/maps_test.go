@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -269,6 +270,11 @@ func TestMapsIncompatiblePin(t *testing.T) {
 	cfg.MaxBackends *= 2
 	_, err = OpenMaps(cfg)
 	wantErrIs(t, err, ErrIncompatiblePin)
+	// The error says which option changed the size, and from what to what.
+	if want := fmt.Sprintf("has %d entries, --max-backend-entries (Config.MaxBackends) asks for %d", cfg.MaxBackends/2, cfg.MaxBackends); !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not say %q", err, want)
+	}
+	t.Logf("error: %v", err)
 	mustNoErr(t, RemovePins(dir))
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("pin dir still there after RemovePins: %v", err)
@@ -288,26 +294,36 @@ func TestMapsPinDirNotBPFFS(t *testing.T) {
 	}
 }
 
+// wantFull checks that err is ErrFull naming the option an operator raises.
+func wantFull(t testing.TB, err error, flag string) {
+	t.Helper()
+	wantErrIs(t, err, ErrFull)
+	if !strings.Contains(err.Error(), "raise --"+flag+" ") {
+		t.Fatalf("error %q does not name --%s", err, flag)
+	}
+}
+
 func TestMapsFull(t *testing.T) {
 	m := openTestMaps(t, Config{PinDir: testPinDir(t), MaxIPCache: 2, MaxServiceSlots: 3, MaxBackends: 2})
 	mustNoErr(t, m.UpsertIPCache(pfx("10.0.0.0/8"), IPCacheEntry{}))
 	mustNoErr(t, m.UpsertIPCache(pfx("10.0.0.0/16"), IPCacheEntry{}))
 	err := m.UpsertIPCache(pfx("10.0.0.0/24"), IPCacheEntry{})
-	wantErrIs(t, err, ErrFull)
+	wantFull(t, err, "max-ipcache-entries")
 	t.Logf("error: %v", err)
+	// A batch that does not fit is one error, however many entries it has.
 	err = m.UpsertIPCacheBatch([]netip.Prefix{pfx("10.1.0.0/16"), pfx("10.2.0.0/16")}, make([]IPCacheEntry, 2))
-	wantErrIs(t, err, ErrFull)
+	wantFull(t, err, "max-ipcache-entries")
 
 	f := fe("10.96.0.1:80", TCP)
 	err = m.UpsertService(f, []Backend{be("10.1.0.1:80", 1), be("10.1.0.2:80", 1), be("10.1.0.3:80", 1)})
-	wantErrIs(t, err, ErrFull)
+	wantFull(t, err, "max-backend-entries")
 	t.Logf("error: %v", err)
 	if r := readRaw(t, m); len(r.services)+len(r.backends) != 0 {
 		t.Fatalf("failed upsert left entries behind: %+v", r)
 	}
 	// Two backends fit, but three slots and a master do not.
 	err = m.UpsertService(f, []Backend{be("10.1.0.1:80", 1), be("10.1.0.2:80", 1), be("10.1.0.1:80", 1)})
-	wantErrIs(t, err, ErrFull)
+	wantFull(t, err, "max-service-entries")
 	t.Logf("error: %v", err)
 	// The mirror followed the kernel: a smaller upsert and a delete clean up.
 	mustNoErr(t, m.UpsertService(f, []Backend{be("10.1.0.2:80", 1)}))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
-	"syscall"
 
 	"github.com/cilium/ebpf"
 )
@@ -427,11 +426,8 @@ func (ps *policyState) writeEntries(es []policyKey) (int, error) {
 }
 
 func (ps *policyState) writeErr(total, written int, err error) error {
-	if errors.Is(err, syscall.E2BIG) || errors.Is(err, syscall.ENOSPC) {
-		var errno syscall.Errno
-		errors.As(err, &errno)
-		return fmt.Errorf("datapath: write %d policy entries (%d written): %w at %d entries (%w): raise Config.MaxPolicy and remove the pin directory so that the map is recreated",
-			total, written, ErrFull, ps.policy.MaxEntries(), errno)
+	if errno, full := isFull(err); full {
+		return fullErr(fmt.Sprintf("write %d policy entries (%d written)", total, written), PolicyMapName, ps.policy.MaxEntries(), errno)
 	}
 	return fmt.Errorf("datapath: write %d policy entries (%d written): %w", total, written, err)
 }

@@ -56,7 +56,7 @@ func pinnedPolicyMapSpecs(cfg Config) []*ebpf.MapSpec {
 		},
 		{
 			Name: PolicyEndpointsMapName, Type: ebpf.Hash,
-			KeySize: 4, ValueSize: policyEndpointSize, MaxEntries: MaxPolicyEndpoints,
+			KeySize: 4, ValueSize: policyEndpointSize, MaxEntries: cfg.MaxPolicyEndpoints,
 			Pinning: ebpf.PinByName,
 		},
 		{
@@ -281,7 +281,8 @@ func AttachPolicyByName(m *Maps, ifname string, identity uint32, enforceIngress,
 //
 // Errors: ErrNoInterface (no such interface), ErrInvalidPolicy (identity
 // 0), ErrPolicyUnsupported (the kernel lacks tc BPF or a helper), ErrFull
-// (MaxPolicyEndpoints interfaces attached), ErrIncompatiblePin, ErrClosed.
+// (Config.MaxPolicyEndpoints interfaces attached), ErrIncompatiblePin,
+// ErrClosed.
 func AttachPolicy(m *Maps, ifindex int, identity uint32, enforceIngress, enforceEgress bool) error {
 	if identity == 0 {
 		return fmt.Errorf("datapath: attach policy to interface %d: endpoint identity 0: %w", ifindex, ErrInvalidPolicy)
@@ -313,8 +314,8 @@ func AttachPolicy(m *Maps, ifindex int, identity uint32, enforceIngress, enforce
 	var old policyEndpoint
 	changed := ps.endpoints.Lookup(&key, &old) == nil && old != ep
 	if err := ps.endpoints.Update(&key, &ep, ebpf.UpdateAny); err != nil {
-		if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
-			return fmt.Errorf("datapath: attach policy to interface %d: %w: %d interfaces already attached", ifindex, ErrFull, MaxPolicyEndpoints)
+		if errno, full := isFull(err); full {
+			return fullErr(fmt.Sprintf("attach policy to interface %d", ifindex), PolicyEndpointsMapName, ps.endpoints.MaxEntries(), errno)
 		}
 		return fmt.Errorf("datapath: attach policy to interface %d: record the endpoint: %w", ifindex, err)
 	}

@@ -668,3 +668,18 @@ func TestPolicyAttach(t *testing.T) {
 		e.wantTCP(3, at(8081), "e1-8081")
 	})
 }
+
+// TestPolicyEndpointsFull: with --max-policy-endpoint-entries 1, a second
+// interface is refused with ErrFull naming that option; once the first is
+// detached, the second attaches.
+func TestPolicyEndpointsFull(t *testing.T) {
+	cfg := smallConfig("")
+	cfg.MaxPolicy, cfg.MaxPolicyCT, cfg.FlowRingBytes, cfg.MaxPolicyEndpoints = 1<<10, 1<<10, 1<<14, 1
+	e := newPolEnv(t, cfg, 1, 2)
+	e.attach(1, envEP, true, true)
+	err := inNetns(e.node, func() error { return AttachPolicyByName(e.maps, e.eps[2].host, envPeer2, true, true) })
+	wantFull(t, err, "max-policy-endpoint-entries")
+	t.Logf("error: %v", err)
+	e.detach(1)
+	e.attach(2, envPeer2, true, true)
+}

@@ -22,7 +22,7 @@ package datapath
 //	struct cm_policy_value { __u32 flags; };   /* reserved, 0 */
 //
 //	/* cm_policy_endpoints: BPF_MAP_TYPE_HASH, key __u32 ifindex of the
-//	 * host-side interface, max_entries = MaxPolicyEndpoints (16384). */
+//	 * host-side interface, max_entries = Config.MaxPolicyEndpoints (default 16384). */
 //	struct cm_policy_endpoint {      /* 8 bytes */
 //		__u32 identity;
 //		__u8  flags;                 /* 1 enforce ingress, 2 enforce egress */
@@ -100,10 +100,6 @@ const (
 
 // policyMapNames lists the pinned policy maps (RemovePins).
 var policyMapNames = []string{PolicyMapName, PolicyEndpointsMapName, PolicyConfigMapName, PolicyCTMapName, PolicyMetricsMapName, FlowsMapName}
-
-// MaxPolicyEndpoints is how many interfaces can carry the policy programs
-// at once (cm_policy_endpoints' max_entries).
-const MaxPolicyEndpoints = 16384
 
 // Prefix lengths of cm_policy entries.
 const (

@@ -172,7 +172,7 @@ func TestPolicyFull(t *testing.T) {
 	// 1-65535 is 16 blocks for TCP; one more entry does not fit.
 	mustNoErr(t, m.UpsertPolicy(PolicyKey{Endpoint: 1, Peer: 2, Protocol: TCP, Port: 1, EndPort: 65535}))
 	err := m.UpsertPolicy(PolicyKey{Endpoint: 1, Peer: 3})
-	wantErrIs(t, err, ErrFull)
+	wantFull(t, err, "max-policy-entries")
 	wantPolicies(t, m, PolicyKey{Endpoint: 1, Peer: 2, Protocol: TCP, Port: 1, EndPort: 65535})
 }
 

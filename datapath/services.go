@@ -181,8 +181,7 @@ func (m *Maps) collect(ids []uint32) error {
 // again soon after a reader may have seen it.
 func (m *Maps) allocID(b Backend) (uint32, error) {
 	if uint32(len(m.backendsByID)) >= m.cfg.MaxBackends {
-		return 0, fmt.Errorf("datapath: allocate an id for backend %s: %w: all %d backend ids are in use: raise Config.MaxBackends and remove the pin directory so that the map is recreated",
-			b, ErrFull, m.cfg.MaxBackends)
+		return 0, fullErr("allocate an id for backend "+b.String(), BackendsMapName, m.cfg.MaxBackends, 0)
 	}
 	for {
 		id := m.nextID

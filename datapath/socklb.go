@@ -162,6 +162,11 @@ func (m *Maps) loadSockLB(spec *ebpf.CollectionSpec, objs *socklbObjects) error 
 	case err == nil:
 		return nil
 	case errors.Is(err, ebpf.ErrMapIncompatible):
+		if o, pinned, ok := resized(spec.Maps[SockRevNATMapName], m.cfg.PinDir); ok {
+			return fmt.Errorf("datapath: socket load balancer: the map pinned at %s/%s has %d %s, %s asks for %d; "+
+				"remove it (or the pin directory) and retry, or keep the size: %w: %w",
+				m.cfg.PinDir, SockRevNATMapName, pinned, o.Unit, o, m.cfg.MaxSockRevNAT, ErrIncompatiblePin, err)
+		}
 		return fmt.Errorf("datapath: socket load balancer: a map pinned in %s (%s or %s) does not match this version's definition; "+
 			"remove it (or the pin directory) and retry: %w: %w", m.cfg.PinDir, SockRevNATMapName, SockPeerMapName, ErrIncompatiblePin, err)
 	case errors.Is(err, ebpf.ErrNotSupported):
