@@ -191,8 +191,9 @@ func connect(t testing.TB, a, b *testNode) {
 	}
 	// Adding a peer starts a handshake at once. When both sides start one
 	// at the same moment the handshakes collide and WireGuard settles it
-	// with its retry, 5 s later.
-	testenv.WaitFor(t, 15*time.Second, "the first handshake", func() bool {
+	// with its retry, 5 s later (a generous deadline: a few retries on a
+	// loaded machine).
+	testenv.WaitFor(t, time.Minute, "the first handshake", func() bool {
 		for _, n := range []*testNode{a, b} {
 			st := n.dev.Status()
 			if len(st.Clusters) != 1 || st.Clusters[0].LatestHandshake.IsZero() {
@@ -205,8 +206,10 @@ func connect(t testing.TB, a, b *testNode) {
 }
 
 // transfer sends size bytes over TCP from (from, src) to (to, dst) and
-// returns how long it took; the receiver counts every byte. onProgress, if
-// set, is called with the bytes received so far after each read.
+// returns how long it took, for the log and the figures (TestFigures; no
+// test asserts it); the receiver counts every byte. onProgress, if set, is
+// called with the bytes received so far after each read. The deadlines only
+// end a transfer that hangs.
 func transfer(t testing.TB, from *testNode, src netip.Addr, to *testNode, dst netip.Addr, size int64, onProgress func(int64)) time.Duration {
 	t.Helper()
 	var l net.Listener
@@ -241,7 +244,7 @@ func transfer(t testing.TB, from *testNode, src netip.Addr, to *testNode, dst ne
 	var c net.Conn
 	from.ns.do(t, func() error {
 		var err error
-		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 30 * time.Second}
 		c, err = d.Dial("tcp", l.Addr().String())
 		return err
 	})
