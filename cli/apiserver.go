@@ -36,7 +36,8 @@ kept, so that they survive restarts: in --state-dir, or with
 With --trusted-ca-dir, client certificates of the CAs in that directory (one
 PEM file each) are accepted besides the mesh CA's: peers with another CA,
 connected with 'clustermesh connect --allow-mismatching-ca'. Whoever holds
-such a CA's key can then connect as any user, admin included (SECURITY.md).
+such a CA's key can then connect as any user and read what that user reads;
+only certificates of the mesh CA can write (SECURITY.md).
 
 --cert-dir is a bundle from 'clustermesh ca issue --cluster NAME'.
 
@@ -50,12 +51,11 @@ key.`,
 			b := ca.Bundle{Dir: certDir, Cluster: cfg.ClusterName}
 			cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile = b.ServerCert(), b.ServerKey(), b.CAFile()
 			if trustedCADir != "" {
-				bundle, err := trustBundle(b.CAFile(), trustedCADir)
+				cas, err := trustedCAFiles(trustedCADir)
 				if err != nil {
 					return err
 				}
-				defer os.Remove(bundle)
-				cfg.CAFile = bundle
+				cfg.TrustedCAFiles = cas
 			}
 			cfg.AdminCertFile, cfg.AdminKeyFile = b.AdminCert(), b.AdminKey()
 			cfg.Peers = splitList(peers)
@@ -132,42 +132,27 @@ key.`,
 // --state-source=kubernetes.
 const identitiesConfigMap = "clustermesh-identities"
 
-// trustBundle writes the mesh CA (caFile) and every CA certificate in dir
-// (files whose names do not start with a dot: a mounted ConfigMap's own
-// entries do) into one temporary PEM file and returns its path.
-func trustBundle(caFile, dir string) (string, error) {
-	files := []string{caFile}
+// trustedCAFiles returns the CA certificate files in dir (files whose names
+// do not start with a dot: a mounted ConfigMap's own entries do), each
+// checked to hold CA certificates.
+func trustedCAFiles(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return "", fmt.Errorf("--trusted-ca-dir: %w", err)
+		return nil, fmt.Errorf("reading --trusted-ca-dir: %w", err)
 	}
+	var files []string
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), ".") {
-			files = append(files, filepath.Join(dir, e.Name()))
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
 		}
-	}
-	var bundle []byte
-	for _, f := range files {
+		f := filepath.Join(dir, e.Name())
 		if fi, err := os.Stat(f); err != nil || fi.IsDir() {
 			continue
 		}
 		if _, err := ca.LoadPool(f); err != nil {
-			return "", fmt.Errorf("trusted CAs: %w", err)
+			return nil, fmt.Errorf("reading trusted CAs: %w", err)
 		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return "", fmt.Errorf("trusted CAs: %w", err)
-		}
-		bundle = append(append(bundle, b...), '\n')
+		files = append(files, f)
 	}
-	tmp, err := os.CreateTemp("", "clustermesh-trusted-cas-*.crt")
-	if err != nil {
-		return "", fmt.Errorf("trusted CAs: %w", err)
-	}
-	defer tmp.Close()
-	if _, err := tmp.Write(bundle); err != nil {
-		os.Remove(tmp.Name())
-		return "", fmt.Errorf("trusted CAs: %w", err)
-	}
-	return tmp.Name(), nil
+	return files, nil
 }

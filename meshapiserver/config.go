@@ -48,6 +48,11 @@ type Config struct {
 	ServerCertFile, ServerKeyFile string
 	CAFile                        string
 	AdminCertFile, AdminKeyFile   string
+	// TrustedCAFiles are further CAs whose client certificates are accepted
+	// (peers with another mesh CA). They can read as any user, but only a
+	// certificate of CAFile can write: a certificate named admin-<cluster>
+	// or root from one of these CAs is refused every write.
+	TrustedCAFiles []string
 
 	// Peers are the clusters allowed to read: each gets the etcd user
 	// remote-<peer> with the read-only role; no other user can read. (The

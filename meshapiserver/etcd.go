@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -15,7 +16,8 @@ import (
 )
 
 // etcdServer is the embedded etcd of one cluster's mesh apiserver. It serves
-// clients only over TLS with a client certificate from the mesh CA.
+// clients only over TLS with a client certificate from the mesh CA, every
+// request a non-admin must not make refused (requestGuard).
 //
 // The store is ephemeral by design: everything in it is re-derived from the
 // state source, so it runs without fsync and, unless a data directory is
@@ -28,7 +30,7 @@ type etcdServer struct {
 }
 
 // startEtcd starts the embedded etcd and waits until it serves.
-func startEtcd(ctx context.Context, cfg *Config) (*etcdServer, error) {
+func startEtcd(ctx context.Context, cfg *Config, guard *requestGuard) (*etcdServer, error) {
 	dir, own := cfg.DataDir, false
 	if dir == "" {
 		d, err := os.MkdirTemp("", "clustermesh-etcd-"+cfg.ClusterName+"-")
@@ -47,6 +49,7 @@ func startEtcd(ctx context.Context, cfg *Config) (*etcdServer, error) {
 	ec.EnableGRPCGateway = false
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	ec.AuthToken = "simple"
+	ec.GRPCAdditionalServerOptions = guard.serverOptions()
 
 	clientURL := url.URL{Scheme: "https", Host: cfg.ListenAddress}
 	peerURL := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
@@ -68,6 +71,16 @@ func startEtcd(ctx context.Context, cfg *Config) (*etcdServer, error) {
 	ec.ClientTLSInfo.KeyFile = cfg.ServerKeyFile
 	ec.ClientTLSInfo.TrustedCAFile = cfg.CAFile
 	ec.ClientTLSInfo.ClientCertAuth = true
+	if len(cfg.TrustedCAFiles) > 0 {
+		bundle, err := clientCABundle(cfg, dir)
+		if err != nil {
+			if own {
+				os.RemoveAll(dir)
+			}
+			return nil, err
+		}
+		ec.ClientTLSInfo.TrustedCAFile = bundle
+	}
 
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
@@ -92,6 +105,24 @@ func startEtcd(ctx context.Context, cfg *Config) (*etcdServer, error) {
 	// The listener may have been asked for port 0: advertise what it got.
 	s.url = "https://" + e.Clients[0].Addr().String()
 	return s, nil
+}
+
+// clientCABundle writes the mesh CA and the further trusted CAs into one
+// file in dir (etcd takes one) and returns its path.
+func clientCABundle(cfg *Config, dir string) (string, error) {
+	var bundle []byte
+	for _, f := range append([]string{cfg.CAFile}, cfg.TrustedCAFiles...) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("reading trusted CA: %w", err)
+		}
+		bundle = append(append(bundle, b...), '\n')
+	}
+	path := filepath.Join(dir, "client-cas.crt")
+	if err := os.WriteFile(path, bundle, 0o600); err != nil {
+		return "", fmt.Errorf("writing the trusted CA bundle: %w", err)
+	}
+	return path, nil
 }
 
 func randomToken() (string, error) {

@@ -17,6 +17,7 @@ var (
 	descWrites  = prometheus.NewDesc(ns+"_writes_total", "Entries written since start, by operation.", []string{"op"}, nil)
 	descTxns    = prometheus.NewDesc(ns+"_transactions_total", "Publishing transactions committed since start.", nil, nil)
 	descCanary  = prometheus.NewDesc(ns+"_synced_canaries", "1 once the first snapshot is published and the synced canaries are written.", nil, nil)
+	descDenied  = prometheus.NewDesc(ns+"_requests_denied_total", "Requests refused to callers that are not an admin of this cluster, by gRPC method.", []string{"method"}, nil)
 )
 
 // newTxnLatency is the histogram of publishing transaction latencies.
@@ -29,7 +30,7 @@ func newTxnLatency() prometheus.Histogram {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary} {
+	for _, d := range []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descDenied} {
 		ch <- d
 	}
 	c.srv.txnLatency.Describe(ch)
@@ -47,5 +48,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		canary = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descCanary, prometheus.GaugeValue, canary)
+	for method, n := range st.Denied {
+		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), method)
+	}
 	c.srv.txnLatency.Collect(ch)
 }

@@ -22,6 +22,7 @@ type Server struct {
 	cfg        Config
 	ready      chan struct{}
 	txnLatency prometheus.Histogram
+	guard      *requestGuard
 
 	mu     sync.Mutex
 	url    string // guarded by mu; set once etcd serves
@@ -36,6 +37,9 @@ type Status struct {
 	Ready       bool         `json:"ready"`
 	Publish     PublishStats `json:"publish"`
 	SourceError string       `json:"sourceError,omitempty"`
+	// Denied counts, by gRPC method, the requests refused to callers that
+	// are not an admin of this cluster.
+	Denied map[string]uint64 `json:"denied,omitempty"`
 }
 
 // New validates cfg (after defaults) and returns a Server that is not yet
@@ -61,8 +65,13 @@ func (s *Server) ClientURL() string {
 // Status returns a snapshot of the apiserver's status.
 func (s *Server) Status() Status {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.status
+	st := s.status
+	g := s.guard
+	s.mu.Unlock()
+	if g != nil {
+		st.Denied = g.deniedByMethod()
+	}
+	return st
 }
 
 // Run starts etcd, sets up users and roles, and publishes the source's state
@@ -77,17 +86,21 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("meshapiserver: admin certificate: %w", err)
 	}
+	guard, err := newRequestGuard(cfg.ClusterName, cfg.CAFile, log)
+	if err != nil {
+		return err
+	}
 	ids, err := newIdentityAllocator(ctx, cfg.identityStore(), cfg.cluster())
 	if err != nil {
 		return err
 	}
-	etcd, err := startEtcd(ctx, cfg)
+	etcd, err := startEtcd(ctx, cfg, guard)
 	if err != nil {
 		return err
 	}
 	defer etcd.close()
 	s.mu.Lock()
-	s.url = etcd.url
+	s.url, s.guard = etcd.url, guard
 	s.status = Status{Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, URL: etcd.url}
 	s.mu.Unlock()
 	log.Info("etcd serving", "url", etcd.url, "fsync", false)

@@ -57,6 +57,8 @@ type fixture struct {
 	done    chan error
 	idsFile string
 	dataDir string
+	// trustedCAs are further CAs whose client certificates are accepted.
+	trustedCAs []string
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -83,7 +85,7 @@ func (f *fixture) start(t *testing.T, addr string) {
 		ClusterName: "east", ClusterID: 1, ListenAddress: addr,
 		ServerCertFile: f.east.ServerCert(), ServerKeyFile: f.east.ServerKey(), CAFile: f.east.CAFile(),
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
-		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir,
+		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir, TrustedCAFiles: f.trustedCAs,
 		Source: &statesource.File{Path: f.state, PollInterval: 10 * time.Millisecond},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -483,4 +485,29 @@ func TestChangeIsOneTransactionPutsFirst(t *testing.T) {
 			t.Errorf("put %s after a delete in the transaction", ev.Kv.Key)
 		}
 	}
+}
+
+// gather returns the server's metrics, counters summed over labels.
+func gather(t *testing.T, s *Server) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(s))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.GetGauge() != nil:
+				got[mf.GetName()] += m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				got[mf.GetName()] += m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				got[mf.GetName()] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return got
 }
