@@ -28,10 +28,17 @@ identities, ipcache entries and global services (read from --state-file and
 re-read when it changes), and lets each --peer read them, read-only.
 
 The etcd is ephemeral: its content is re-derived from the state on every start,
-so it runs without fsync in a temporary directory. Only identity numbers are
+so it runs without fsync in a private directory (mode 0700) under
+$TMPDIR/clustermesh-<uid>, removed on exit; what an apiserver killed with
+SIGKILL leaves there is removed by the next start. Only identity numbers are
 kept, so that they survive restarts: in --state-dir, or with
 --state-source=kubernetes in the configmap clustermesh-identities of
 --namespace (the role 'clustermesh enable' creates allows it).
+
+etcd's only network listener is --listen (TLS, mesh client certificates,
+gRPC only). Its peer listener and its HTTP endpoints are unix sockets in the
+private directory. Only admin-<cluster> (and root) certificates of the mesh CA
+can write, grant leases or change the store; every other user can only read.
 
 With --trusted-ca-dir, client certificates of the CAs in that directory (one
 PEM file each) are accepted besides the mesh CA's: peers with another CA,
@@ -119,7 +126,7 @@ key.`,
 	f.StringVar(&trustedCADir, "trusted-ca-dir", "", "directory of further CA certificates (PEM, one file each) whose client certificates are accepted: peers with another mesh CA (connect --allow-mismatching-ca)")
 	f.StringVar(&peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
 	f.StringVar(&metricsAddr, "metrics-addr", ":9963", "host:port to serve Prometheus /metrics on (\"\" disables)")
-	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: a temporary directory removed on exit)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: in the apiserver's private directory under $TMPDIR/clustermesh-<uid>, removed on exit or by the next start)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", meshapiserver.DefaultLeaseTTL, "TTL of the lease every published entry is attached to")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", meshapiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is written")
 	for _, r := range []string{"cluster-name", "cluster-id", "cert-dir"} {

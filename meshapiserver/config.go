@@ -59,9 +59,15 @@ type Config struct {
 	// cluster's own agents read local state from the state source.)
 	Peers []string
 
-	// DataDir holds etcd's data; empty means a temporary directory removed
-	// on close (the store is re-derived from the source on every start).
+	// DataDir holds etcd's data; empty means a directory in the runtime
+	// directory (the store is re-derived from the source on every start).
 	DataDir string
+	// RuntimeDir is the parent of the apiserver's private directory (mode
+	// 0700: etcd's data unless DataDir is set, and the unix sockets of its
+	// peer and HTTP listeners). Empty means $TMPDIR/clustermesh-<uid>. Every
+	// start removes the directories of apiservers that died without
+	// removing their own (SIGKILL, OOM kill).
+	RuntimeDir string
 	// IdentityFile persists identity numbers across restarts; empty keeps
 	// them in memory only. IdentityStore, when set, persists them instead
 	// (set at most one of the two).

@@ -103,7 +103,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.url, s.guard = etcd.url, guard
 	s.status = Status{Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, URL: etcd.url}
 	s.mu.Unlock()
-	log.Info("etcd serving", "url", etcd.url, "fsync", false)
+	log.Info("etcd serving", "url", etcd.url, "fsync", false, "runtimeDir", etcd.run.path)
 
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints: []string{etcd.url}, TLS: adminTLS, DialTimeout: 5 * time.Second,

@@ -59,6 +59,9 @@ type fixture struct {
 	dataDir string
 	// trustedCAs are further CAs whose client certificates are accepted.
 	trustedCAs []string
+	// runtimeDir, when set, is the parent of the apiserver's private
+	// directory.
+	runtimeDir string
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -85,7 +88,8 @@ func (f *fixture) start(t *testing.T, addr string) {
 		ClusterName: "east", ClusterID: 1, ListenAddress: addr,
 		ServerCertFile: f.east.ServerCert(), ServerKeyFile: f.east.ServerKey(), CAFile: f.east.CAFile(),
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
-		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir, TrustedCAFiles: f.trustedCAs,
+		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir,
+		TrustedCAFiles: f.trustedCAs, RuntimeDir: f.runtimeDir,
 		Source: &statesource.File{Path: f.state, PollInterval: 10 * time.Millisecond},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -1,0 +1,193 @@
+package cli
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/ca"
+)
+
+// clustermeshBinary builds cmd/clustermesh once per test binary.
+var clustermeshBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "cm-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "clustermesh")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/clustermesh/clustermesh/cmd/clustermesh")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// apiserverProcess is a `clustermesh apiserver` process.
+type apiserverProcess struct {
+	cmd  *exec.Cmd
+	url  string
+	exit chan error
+}
+
+var readyURL = regexp.MustCompile(`mesh apiserver ready.*url=(https://\S+)`)
+
+// startAPIServerProcess starts `clustermesh apiserver` with TMPDIR set to
+// tmp and waits until it is ready.
+func startAPIServerProcess(t *testing.T, tmp string, args ...string) *apiserverProcess {
+	t.Helper()
+	bin, err := clustermeshBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, append([]string{"apiserver"}, args...)...)
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &apiserverProcess{cmd: cmd, exit: make(chan error, 1)}
+	ready := make(chan string, 1)
+	var logMu sync.Mutex
+	var log strings.Builder
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logMu.Lock()
+			log.WriteString(sc.Text() + "\n")
+			logMu.Unlock()
+			if m := readyURL.FindStringSubmatch(sc.Text()); m != nil {
+				ready <- m[1]
+			}
+		}
+		io.Copy(io.Discard, stderr)
+		p.exit <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-p.exit
+		}
+	})
+	select {
+	case p.url = <-ready:
+		return p
+	case err := <-p.exit:
+		p.exit <- err
+		logMu.Lock()
+		defer logMu.Unlock()
+		t.Fatalf("apiserver exited before ready: %v\n%s", err, log.String())
+	case <-time.After(60 * time.Second):
+		logMu.Lock()
+		defer logMu.Unlock()
+		t.Fatalf("apiserver not ready after 60s:\n%s", log.String())
+	}
+	return nil
+}
+
+// etcdDataDirs returns the etcd data directories under root (those that
+// hold a member directory).
+func etcdDataDirs(t *testing.T, root string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == "member" {
+			out[filepath.Dir(path)] = true
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	return out
+}
+
+// leftovers returns every file (not directory) under root, with its size.
+func leftovers(root string) []string {
+	var out []string
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			fi, _ := d.Info()
+			out = append(out, fmt.Sprintf("%s (%d bytes)", path, fi.Size()))
+		}
+		return nil
+	})
+	return out
+}
+
+// TestAPIServerKilledLeavesNothingBehind: a `clustermesh apiserver` killed
+// with SIGKILL cannot remove its etcd data (120–140 MB per run used to pile
+// up in /tmp); the next start removes it, and a graceful stop leaves
+// nothing.
+func TestAPIServerKilledLeavesNothingBehind(t *testing.T) {
+	dir := t.TempDir()
+	tmp, err := os.MkdirTemp("", "cmk") // TMPDIR of the processes; short for unix socket paths
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	mesh, err := ca.New("clustermesh test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mesh.IssueBundle(filepath.Join(dir, "east"), "east", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "east.yaml")
+	if err := os.WriteFile(state, []byte("nodes:\n- {name: east-1, ips: [192.168.1.1]}\nendpoints:\n- {namespace: shop, pod: a, ip: 10.1.1.10, node: east-1, labels: {app: a}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--cluster-name", "east", "--cluster-id", "1", "--cert-dir", filepath.Join(dir, "east"),
+		"--state-file", state, "--listen", "127.0.0.1:0", "--metrics-addr", ""}
+
+	first := startAPIServerProcess(t, tmp, args...)
+	firstData := etcdDataDirs(t, tmp)
+	if len(firstData) != 1 {
+		t.Fatalf("etcd data directories under TMPDIR: %v, want the first apiserver's", firstData)
+	}
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-first.exit
+	for d := range firstData {
+		if _, err := os.Stat(d); err != nil {
+			t.Fatalf("the killed apiserver's data %s: %v (the test expects it left behind)", d, err)
+		}
+	}
+
+	second := startAPIServerProcess(t, tmp, args...)
+	for d := range firstData {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("the killed apiserver's data %s is still there after the next start", d)
+		}
+	}
+	if n := len(etcdDataDirs(t, tmp)); n != 1 {
+		t.Errorf("%d etcd data directories while the second runs, want its own", n)
+	}
+	if err := second.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-second.exit:
+		if err != nil {
+			t.Errorf("second apiserver on SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("second apiserver did not stop on SIGTERM")
+	}
+	if left := leftovers(tmp); len(left) > 0 {
+		t.Errorf("left behind in TMPDIR:\n%s", strings.Join(left, "\n"))
+	}
+}
