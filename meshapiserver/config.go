@@ -21,6 +21,11 @@ const (
 	DefaultListenAddress     = "0.0.0.0:2379"
 	DefaultLeaseTTL          = 15 * time.Minute
 	DefaultHeartbeatInterval = time.Minute
+	// DefaultHistoryRetention is how long etcd keeps superseded revisions
+	// before compacting them: an agent whose watch lags further behind
+	// lists again. Without compaction every change stays in the store
+	// until it reaches etcd's 2 GiB quota and refuses every write.
+	DefaultHistoryRetention = 5 * time.Minute
 	// maxTxnOps and maxRequestBytes raise etcd's limits so that the publisher
 	// can batch; txnBudget is what the publisher puts in one transaction.
 	maxTxnOps       = 4096
@@ -79,6 +84,10 @@ type Config struct {
 	LeaseTTL          time.Duration
 	HeartbeatInterval time.Duration
 	Logger            *slog.Logger
+
+	// historyRetention is how long etcd keeps superseded revisions
+	// (DefaultHistoryRetention; tests shorten it).
+	historyRetention time.Duration
 }
 
 func (c *Config) withDefaults() {
@@ -96,6 +105,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.historyRetention == 0 {
+		c.historyRetention = DefaultHistoryRetention
 	}
 }
 

@@ -68,6 +68,8 @@ func (s *etcdServer) start(ctx context.Context, cfg *Config, guard *requestGuard
 	ec.EnableGRPCGateway = false
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	ec.AuthToken = "simple"
+	ec.AutoCompactionMode = embed.CompactorModePeriodic
+	ec.AutoCompactionRetention = cfg.historyRetention.String()
 	ec.GRPCAdditionalServerOptions = guard.serverOptions()
 
 	clientURL := url.URL{Scheme: "https", Host: cfg.ListenAddress}

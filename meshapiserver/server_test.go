@@ -62,6 +62,8 @@ type fixture struct {
 	// runtimeDir, when set, is the parent of the apiserver's private
 	// directory.
 	runtimeDir string
+	// historyRetention, when set, is how long etcd keeps old revisions.
+	historyRetention time.Duration
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -96,6 +98,9 @@ func (f *fixture) start(t *testing.T, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if f.historyRetention != 0 {
+		srv.cfg.historyRetention = f.historyRetention
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.srv, f.cancel, f.done = srv, cancel, make(chan error, 1)
 	go func() { f.done <- srv.Run(ctx) }()
@@ -117,6 +122,17 @@ func (f *fixture) stop(t *testing.T) {
 	f.cancel = nil
 	if err := <-f.done; err != nil {
 		t.Errorf("apiserver Run: %v", err)
+	}
+}
+
+// running fails t if the apiserver has stopped.
+func (f *fixture) running(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-f.done:
+		f.cancel = nil
+		t.Fatalf("apiserver stopped: %v", err)
+	default:
 	}
 }
 
