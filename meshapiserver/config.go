@@ -26,13 +26,34 @@ const (
 	// lists again. Without compaction every change stays in the store
 	// until it reaches etcd's 2 GiB quota and refuses every write.
 	DefaultHistoryRetention = 5 * time.Minute
-	// maxTxnOps and maxRequestBytes raise etcd's limits so that the publisher
-	// can batch; txnBudget is what the publisher puts in one transaction.
-	maxTxnOps       = 4096
-	maxRequestBytes = 16 << 20
-	txnBudgetOps    = 2048
-	txnParallel     = 4
-	txnBudgetBytes  = 4 << 20
+)
+
+// The size limits of publishing, one chain from the smallest to the largest.
+// Each layer must accept what the layer before it lets through, or the larger
+// side is refused by the smaller one (the apiserver used to batch 4 MiB
+// transactions through a client that sends at most 2 MiB):
+//
+//	an entry                 ≤ wire.MaxKeyBytes + wire.MaxValueBytes (what every agent accepts;
+//	                           the publisher refuses a larger one, see publisher.check)
+//	+ its transaction overhead
+//	≤ txnBudgetBytes         what the publisher puts in one transaction, measured as gRPC
+//	                           measures the message (the TxnRequest's protobuf size)
+//	≤ clientMaxSendBytes     the admin client's MaxCallSendMsgSize (clientv3's default is 2 MiB)
+//	≤ maxRequestBytes        etcd's MaxRequestBytes, which it applies to the raft request that
+//	  − raftRequestOverhead    wraps the TxnRequest with a header (its gRPC server receives up to
+//	                           MaxRequestBytes + 512 KiB)
+//
+// TestLimitsChain checks every relation, with the encodings etcd uses.
+// maxTxnOps is etcd's limit on operations per transaction, above the
+// publisher's txnBudgetOps.
+const (
+	txnBudgetBytes      = 3 << 20
+	clientMaxSendBytes  = txnBudgetBytes + 256<<10
+	raftRequestOverhead = 4 << 10
+	maxRequestBytes     = clientMaxSendBytes + 256<<10
+	txnBudgetOps        = 2048
+	maxTxnOps           = 4096
+	txnParallel         = 4
 )
 
 // ErrInvalidConfig is wrapped by every Config.Validate error.
@@ -114,29 +135,29 @@ func (c *Config) withDefaults() {
 // Validate checks the config after defaults.
 func (c *Config) Validate() error {
 	if err := c.cluster().Validate(); err != nil {
-		return fmt.Errorf("meshapiserver: %w: %w", ErrInvalidConfig, err)
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	for _, f := range []struct{ name, v string }{
 		{"server certificate", c.ServerCertFile}, {"server key", c.ServerKeyFile}, {"CA", c.CAFile},
 		{"admin certificate", c.AdminCertFile}, {"admin key", c.AdminKeyFile},
 	} {
 		if f.v == "" {
-			return fmt.Errorf("meshapiserver: %w: no %s file given", ErrInvalidConfig, f.name)
+			return fmt.Errorf("%w: no %s file given", ErrInvalidConfig, f.name)
 		}
 	}
 	for _, p := range c.Peers {
 		if err := wire.ValidateClusterName(p); err != nil {
-			return fmt.Errorf("meshapiserver: %w: peer: %w", ErrInvalidConfig, err)
+			return fmt.Errorf("%w: peer: %w", ErrInvalidConfig, err)
 		}
 	}
 	if c.Source == nil {
-		return fmt.Errorf("meshapiserver: %w: no state source", ErrInvalidConfig)
+		return fmt.Errorf("%w: no state source", ErrInvalidConfig)
 	}
 	if c.IdentityFile != "" && c.IdentityStore != nil {
-		return fmt.Errorf("meshapiserver: %w: both an identity file and an identity store: set one", ErrInvalidConfig)
+		return fmt.Errorf("%w: both an identity file and an identity store: set one", ErrInvalidConfig)
 	}
 	if c.LeaseTTL < 10*time.Second {
-		return fmt.Errorf("meshapiserver: %w: lease TTL %s is below 10s", ErrInvalidConfig, c.LeaseTTL)
+		return fmt.Errorf("%w: lease TTL %s is below 10s", ErrInvalidConfig, c.LeaseTTL)
 	}
 	return nil
 }

@@ -13,11 +13,13 @@ func NewCollector(s *Server) *Collector { return &Collector{srv: s} }
 const ns = "clustermesh_apiserver"
 
 var (
-	descEntries = prometheus.NewDesc(ns+"_entries_published", "Entries currently published under the state prefixes.", nil, nil)
-	descWrites  = prometheus.NewDesc(ns+"_writes_total", "Entries written since start, by operation.", []string{"op"}, nil)
-	descTxns    = prometheus.NewDesc(ns+"_transactions_total", "Publishing transactions committed since start.", nil, nil)
-	descCanary  = prometheus.NewDesc(ns+"_synced_canaries", "1 once the first snapshot is published and the synced canaries are written.", nil, nil)
-	descDenied  = prometheus.NewDesc(ns+"_requests_denied_total", "Requests refused to callers that are not an admin of this cluster, by gRPC method.", []string{"method"}, nil)
+	descEntries  = prometheus.NewDesc(ns+"_entries_published", "Entries currently published under the state prefixes.", nil, nil)
+	descWrites   = prometheus.NewDesc(ns+"_writes_total", "Entries written since start, by operation.", []string{"op"}, nil)
+	descTxns     = prometheus.NewDesc(ns+"_transactions_total", "Publishing transactions committed since start.", nil, nil)
+	descCanary   = prometheus.NewDesc(ns+"_synced_canaries", "1 once the first snapshot is published and the synced canaries are written.", nil, nil)
+	descRefused  = prometheus.NewDesc(ns+"_entries_refused", "Entries not published because every agent would reject them (too large, invalid).", nil, nil)
+	descRefusals = prometheus.NewDesc(ns+"_entries_refused_total", "Entry values refused since start, by reason.", []string{"reason"}, nil)
+	descDenied   = prometheus.NewDesc(ns+"_requests_denied_total", "Requests refused to callers that are not an admin of this cluster, by gRPC method.", []string{"method"}, nil)
 )
 
 // newTxnLatency is the histogram of publishing transaction latencies.
@@ -30,7 +32,7 @@ func newTxnLatency() prometheus.Histogram {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descDenied} {
+	for _, d := range []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descRefused, descRefusals, descDenied} {
 		ch <- d
 	}
 	c.srv.txnLatency.Describe(ch)
@@ -48,6 +50,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		canary = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descCanary, prometheus.GaugeValue, canary)
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.GaugeValue, float64(st.Publish.Refused))
+	for reason, n := range st.Publish.RefusedTotal {
+		ch <- prometheus.MustNewConstMetric(descRefusals, prometheus.CounterValue, float64(n), reason)
+	}
 	for method, n := range st.Denied {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), method)
 	}

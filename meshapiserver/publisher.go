@@ -6,12 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -20,6 +25,12 @@ import (
 // desired entries. It writes in batched transactions, every entry on its
 // lease, puts before deletes (so a still-valid entry is never missing), and
 // the synced canaries only once the first full snapshot is in.
+//
+// An entry every agent would reject (a value over wire.MaxValueBytes, a key
+// over wire.MaxKeyBytes, anything the agents' decoders refuse) is refused
+// here instead: not written, counted by reason and reported, while the rest
+// is published. A key whose new value is refused keeps the value it was
+// published with, as an agent keeps the last valid value of a key.
 //
 // Not safe for concurrent use: the server's run loop owns it.
 type publisher struct {
@@ -30,10 +41,20 @@ type publisher struct {
 
 	txnLatency prometheus.Histogram
 
-	published   desiredKV // what etcd holds under the state prefixes
+	published   desiredKV // what etcd holds under the state prefixes (nil: on another lease)
+	rewrite     bool      // every entry is to be written again
 	endpoints   *endpointCache
 	canariesSet bool
+	refused     map[string]refusal // by key: entries refused and not published
+	refusals    map[string]uint64  // refused values since start, by reason
 	stats       PublishStats
+}
+
+// refusal is an entry the publisher refused, with its value (a new value
+// for the key is checked again) and why.
+type refusal struct {
+	val []byte
+	err error
 }
 
 // PublishStats counts the publisher's work (for status and metrics).
@@ -47,6 +68,32 @@ type PublishStats struct {
 	// anything, in LastWritesTook (computing the difference included).
 	LastWrites     int
 	LastWritesTook time.Duration
+	// CanariesSet is true while the synced canaries are written (they are
+	// written again after a lease was lost).
+	CanariesSet bool
+	// Refused entries are not published because every agent would reject
+	// them; RefusedSamples says which (at most maxRefusedSamples, by key).
+	// RefusedTotal counts refused values since start by reason (wire.Reason).
+	Refused        int
+	RefusedSamples []RefusedEntry
+	RefusedTotal   map[string]uint64
+}
+
+// RefusedEntry is one entry the publisher refused.
+type RefusedEntry struct {
+	Key    string `json:"key"`
+	Bytes  int    `json:"bytes"`
+	Reason string `json:"reason"`
+	Error  string `json:"error"`
+}
+
+const maxRefusedSamples = 10
+
+func newPublisher(cli *clientv3.Client, c wire.Cluster, log *slog.Logger, txnLatency prometheus.Histogram) *publisher {
+	return &publisher{
+		cli: cli, cluster: c, log: log, txnLatency: txnLatency, endpoints: newEndpointCache(),
+		published: desiredKV{}, refused: map[string]refusal{}, refusals: map[string]uint64{},
+	}
 }
 
 // loadExisting reads what the store already holds under the state prefixes
@@ -58,7 +105,7 @@ func (p *publisher) loadExisting(ctx context.Context) error {
 		prefix := k.ListPrefix(p.cluster.Name)
 		resp, err := p.cli.Get(ctx, prefix, clientv3.WithPrefix())
 		if err != nil {
-			return fmt.Errorf("meshapiserver: read existing %s: %w", k, err)
+			return fmt.Errorf("reading existing %s: %w", k, err)
 		}
 		for _, kv := range resp.Kvs {
 			if kv.Lease != int64(p.lease) {
@@ -73,16 +120,46 @@ func (p *publisher) loadExisting(ctx context.Context) error {
 	return nil
 }
 
-// publish makes the store hold exactly want. After the first successful
-// publish it writes the canaries.
+// publish makes the store hold exactly want, but for refused entries. After
+// the first successful publish it writes the canaries. It takes want over.
 func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 	began := time.Now()
-	var puts, dels []string
+	var puts, refusedNow []string
 	for k, v := range want {
-		if old, ok := p.published[k]; !ok || old == nil || !bytes.Equal(old, v) {
-			puts = append(puts, k)
+		if old := p.published[k]; old != nil && bytes.Equal(old, v) {
+			if p.rewrite {
+				puts = append(puts, k) // checked when it was published
+			}
+			continue
+		}
+		if r, ok := p.refused[k]; ok && bytes.Equal(r.val, v) {
+			refusedNow = append(refusedNow, k) // still refused, already counted
+			continue
+		}
+		if err := checkEntry(p.cluster, k, v); err != nil {
+			p.refuse(k, v, err)
+			refusedNow = append(refusedNow, k)
+			continue
+		}
+		delete(p.refused, k)
+		puts = append(puts, k)
+	}
+	for k := range p.refused {
+		if _, ok := want[k]; !ok {
+			delete(p.refused, k) // no longer desired
 		}
 	}
+	for _, k := range refusedNow {
+		if old := p.published[k]; old != nil {
+			want[k] = old // keeps its last published value
+			if p.rewrite {
+				puts = append(puts, k)
+			}
+		} else {
+			delete(want, k)
+		}
+	}
+	var dels []string
 	for k := range p.published {
 		if _, ok := want[k]; !ok {
 			dels = append(dels, k)
@@ -90,13 +167,13 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 	}
 	sort.Strings(puts) // deterministic batches
 	sort.Strings(dels)
-	putOps := make([]clientv3.Op, 0, len(puts))
+	putOps := make([]txnOp, 0, len(puts))
 	for _, k := range puts {
-		putOps = append(putOps, clientv3.OpPut(k, string(want[k]), clientv3.WithLease(p.lease)))
+		putOps = append(putOps, putOp(k, want[k], p.lease))
 	}
-	delOps := make([]clientv3.Op, 0, len(dels))
+	delOps := make([]txnOp, 0, len(dels))
 	for _, k := range dels {
-		delOps = append(delOps, clientv3.OpDelete(k))
+		delOps = append(delOps, deleteOp(k))
 	}
 	// Every put is in before the first delete: a still-valid entry is never
 	// missing, even for a moment. One transaction when both fit (applied
@@ -114,68 +191,171 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 			return err
 		}
 	}
-	p.published = want
+	p.published, p.rewrite = want, false
 	p.stats.Entries = len(want)
 	p.stats.Puts += uint64(len(puts))
 	p.stats.Deletes += uint64(len(dels))
 	p.stats.LastPublish = time.Now()
+	p.reportRefused()
 	if len(puts)+len(dels) > 0 {
 		p.stats.LastWrites = len(puts) + len(dels)
 		p.stats.LastWritesTook = time.Since(began)
-		p.log.Debug("published", "puts", len(puts), "deletes", len(dels), "entries", len(want))
+		p.log.Debug("published", "puts", len(puts), "deletes", len(dels), "entries", len(want), "refused", len(p.refused))
 	}
 	if !p.canariesSet {
 		if err := p.writeCanaries(ctx); err != nil {
 			return err
 		}
 		p.canariesSet = true
+		p.stats.CanariesSet = true
 	}
 	return nil
 }
 
-// commit writes ops in transactions of at most txnBudgetOps operations and
-// about txnBudgetBytes, up to txnParallel of them in flight (etcd batches
-// concurrent proposals into one raft round). Order among them is not
-// guaranteed: callers commit what must come first in an earlier call.
-func (p *publisher) commit(ctx context.Context, ops []clientv3.Op) error {
-	var batches [][]clientv3.Op
+// checkEntry returns why an agent would reject the entry, with the agents'
+// own decoders, or nil.
+func checkEntry(c wire.Cluster, key string, val []byte) error {
+	var err error
+	switch {
+	case strings.HasPrefix(key, wire.IPCachePrefix+"/"):
+		_, err = wire.DecodeIPIdentityPair(c, key, val)
+	case strings.HasPrefix(key, wire.IdentitiesPrefix+"/"):
+		_, err = wire.DecodeIdentity(c, key, val)
+	case strings.HasPrefix(key, wire.NodesPrefix+"/"):
+		_, err = wire.DecodeNode(c, key, val)
+	case strings.HasPrefix(key, wire.ServicesPrefix+"/"):
+		_, err = wire.DecodeService(c, key, val)
+	default:
+		err = fmt.Errorf("key %q is outside the state prefixes: %w", key, wire.ErrMalformedKey)
+	}
+	return err
+}
+
+// refuse records that the entry is not published, counts and logs it.
+func (p *publisher) refuse(key string, val []byte, err error) {
+	reason := wire.Reason(err)
+	p.refused[key] = refusal{val: val, err: err}
+	p.refusals[reason]++
+	p.log.Warn("entry not published: every agent would reject it", "key", key, "bytes", len(val), "reason", reason, "err", err)
+}
+
+// reportRefused updates the refusal part of stats.
+func (p *publisher) reportRefused() {
+	p.stats.Refused = len(p.refused)
+	keys := make([]string, 0, len(p.refused))
+	for k := range p.refused {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	p.stats.RefusedSamples = nil
+	for _, k := range keys[:min(len(keys), maxRefusedSamples)] {
+		r := p.refused[k]
+		p.stats.RefusedSamples = append(p.stats.RefusedSamples, RefusedEntry{
+			Key: k, Bytes: len(r.val), Reason: wire.Reason(r.err), Error: r.err.Error(),
+		})
+	}
+	p.stats.RefusedTotal = maps.Clone(p.refusals) // a copy: Status hands it out
+}
+
+// txnOp is one operation of a publishing transaction and what it adds to
+// the transaction's message.
+type txnOp struct {
+	op    clientv3.Op
+	bytes int
+}
+
+func putOp(key string, val []byte, lease clientv3.LeaseID) txnOp {
+	return txnOp{
+		op: clientv3.OpPut(key, string(val), clientv3.WithLease(lease)),
+		bytes: txnOpBytes(&pb.RequestOp{Request: &pb.RequestOp_RequestPut{RequestPut: &pb.PutRequest{
+			Key: []byte(key), Value: val, Lease: int64(lease),
+		}}}),
+	}
+}
+
+func deleteOp(key string) txnOp {
+	return txnOp{
+		op: clientv3.OpDelete(key),
+		bytes: txnOpBytes(&pb.RequestOp{Request: &pb.RequestOp_RequestDeleteRange{RequestDeleteRange: &pb.DeleteRangeRequest{
+			Key: []byte(key),
+		}}}),
+	}
+}
+
+// txnSuccessField is the field number of TxnRequest.success.
+const txnSuccessField = 2
+
+// txnOpBytes is what op adds to a TxnRequest's encoding, the size gRPC
+// checks against MaxCallSendMsgSize: the field's tag, its length, the op.
+func txnOpBytes(op *pb.RequestOp) int {
+	return protowire.SizeTag(txnSuccessField) + protowire.SizeBytes(proto.Size(op))
+}
+
+// batches splits ops into transactions of at most txnBudgetOps operations
+// and txnBudgetBytes bytes. An op is never larger than a transaction: the
+// publisher refuses entries over what agents accept, which TestLimitsChain
+// shows fits in one.
+func batches(ops []txnOp) [][]txnOp {
+	var out [][]txnOp
 	for len(ops) > 0 {
 		n, size := 0, 0
-		for n < len(ops) && n < txnBudgetOps && (n == 0 || size < txnBudgetBytes) {
-			size += len(ops[n].KeyBytes()) + len(ops[n].ValueBytes())
+		for n < len(ops) && n < txnBudgetOps && (n == 0 || size+ops[n].bytes <= txnBudgetBytes) {
+			size += ops[n].bytes
 			n++
 		}
-		batches, ops = append(batches, ops[:n]), ops[n:]
+		out, ops = append(out, ops[:n]), ops[n:]
 	}
-	if len(batches) == 1 { // the common case (one change): no goroutine
+	return out
+}
+
+// commit writes ops in transactions (see batches), up to txnParallel of
+// them in flight (etcd batches concurrent proposals into one raft round).
+// Order among them is not guaranteed: callers commit what must come first
+// in an earlier call.
+func (p *publisher) commit(ctx context.Context, ops []txnOp) error {
+	bs := batches(ops)
+	if len(bs) == 1 { // the common case (one change): no goroutine
 		start := time.Now()
-		if _, err := p.cli.Txn(ctx).Then(batches[0]...).Commit(); err != nil {
-			return fmt.Errorf("meshapiserver: publish transaction of %d ops: %w", len(batches[0]), err)
+		if err := p.txn(ctx, bs[0]); err != nil {
+			return err
 		}
 		p.observeTxn(time.Since(start))
 		return nil
 	}
-	took := make([]time.Duration, len(batches))
-	errs := make([]error, len(batches))
+	took := make([]time.Duration, len(bs))
+	errs := make([]error, len(bs))
 	sem := make(chan struct{}, txnParallel)
 	var wg sync.WaitGroup
-	for i, b := range batches {
+	for i, b := range bs {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			start := time.Now()
-			if _, err := p.cli.Txn(ctx).Then(b...).Commit(); err != nil {
-				errs[i] = fmt.Errorf("meshapiserver: publish transaction of %d ops: %w", len(b), err)
-			}
+			errs[i] = p.txn(ctx, b)
 			took[i] = time.Since(start)
 		}()
 	}
 	wg.Wait()
-	for _, d := range took {
-		p.observeTxn(d)
+	for i, d := range took {
+		if errs[i] == nil {
+			p.observeTxn(d)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+func (p *publisher) txn(ctx context.Context, b []txnOp) error {
+	ops := make([]clientv3.Op, len(b))
+	size := 0
+	for i, o := range b {
+		ops[i] = o.op
+		size += o.bytes
+	}
+	if _, err := p.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("publishing transaction of %d ops (%d bytes): %w", len(b), size, err)
+	}
+	return nil
 }
 
 func (p *publisher) observeTxn(d time.Duration) {
@@ -192,9 +372,9 @@ func (p *publisher) writeCanaries(ctx context.Context) error {
 		ops = append(ops, clientv3.OpPut(wire.SyncedKey(p.cluster.Name, k), now, clientv3.WithLease(p.lease)))
 	}
 	if _, err := p.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-		return fmt.Errorf("meshapiserver: write synced canaries: %w", err)
+		return fmt.Errorf("writing synced canaries: %w", err)
 	}
-	p.log.Info("initial state published, synced canaries written", "entries", len(p.published))
+	p.log.Info("state published, synced canaries written", "entries", len(p.published), "refused", len(p.refused))
 	return nil
 }
 
@@ -202,21 +382,21 @@ func (p *publisher) writeCanaries(ctx context.Context) error {
 func (p *publisher) heartbeat(ctx context.Context) error {
 	_, err := p.cli.Put(ctx, wire.HeartbeatKey, time.Now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(p.lease))
 	if err != nil {
-		return fmt.Errorf("meshapiserver: heartbeat: %w", err)
+		return fmt.Errorf("writing heartbeat: %w", err)
 	}
 	return nil
 }
 
 // fitsOneTxn reports whether puts and deletes fit in one transaction:
 // applied atomically, a delete then never shows before the puts.
-func fitsOneTxn(puts, dels []clientv3.Op) bool {
+func fitsOneTxn(puts, dels []txnOp) bool {
 	if len(puts)+len(dels) > txnBudgetOps {
 		return false
 	}
 	size := 0
-	for _, ops := range [][]clientv3.Op{puts, dels} {
+	for _, ops := range [][]txnOp{puts, dels} {
 		for _, op := range ops {
-			size += len(op.KeyBytes()) + len(op.ValueBytes())
+			size += op.bytes
 		}
 	}
 	return size <= txnBudgetBytes

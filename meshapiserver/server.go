@@ -2,6 +2,7 @@ package meshapiserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
@@ -74,6 +75,20 @@ func (s *Server) Status() Status {
 	return st
 }
 
+// newAdminClient is the client the apiserver publishes with. Its send limit
+// is set, not clientv3's default: see the chain of limits in config.go.
+func newAdminClient(ctx context.Context, url string, tlsCfg *tls.Config) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: []string{url}, TLS: tlsCfg, DialTimeout: 5 * time.Second,
+		MaxCallSendMsgSize: clientMaxSendBytes,
+		Logger:             zap.NewNop(), Context: ctx,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connecting the admin client to %s: %w", url, err)
+	}
+	return cli, nil
+}
+
 // Run starts etcd, sets up users and roles, and publishes the source's state
 // until ctx is done or something fails; it stops etcd before returning.
 func (s *Server) Run(ctx context.Context) error {
@@ -105,12 +120,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	log.Info("etcd serving", "url", etcd.url, "fsync", false, "runtimeDir", etcd.run.path)
 
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{etcd.url}, TLS: adminTLS, DialTimeout: 5 * time.Second,
-		Logger: zap.NewNop(), Context: ctx,
-	})
+	cli, err := newAdminClient(ctx, etcd.url, adminTLS)
 	if err != nil {
-		return fmt.Errorf("meshapiserver: admin client: %w", err)
+		return err
 	}
 	defer cli.Close()
 	if err := setupAuth(ctx, cli, cfg.ClusterName, cfg.Peers); err != nil {
@@ -127,7 +139,8 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("meshapiserver: keep lease alive: %w", err)
 	}
-	pub := &publisher{cli: cli, cluster: cfg.cluster(), lease: lease.ID, log: log, txnLatency: s.txnLatency, endpoints: newEndpointCache()}
+	pub := newPublisher(cli, cfg.cluster(), log, s.txnLatency)
+	pub.lease = lease.ID
 	if err := pub.loadExisting(ctx); err != nil {
 		return err
 	}
