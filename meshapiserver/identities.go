@@ -38,6 +38,9 @@ type identityAllocator struct {
 	first, last uint32
 	byLabels    map[string]uint32 // label string → id
 	next        uint32
+	// dirty is set while allocations are not saved (a failed save is
+	// retried with the next publish).
+	dirty bool
 }
 
 func newIdentityAllocator(ctx context.Context, store IdentityStore, c wire.Cluster) (*identityAllocator, error) {
@@ -52,7 +55,7 @@ func newIdentityAllocator(ctx context.Context, store IdentityStore, c wire.Clust
 	}
 	for ls, id := range saved {
 		if id < first || id > last {
-			return nil, fmt.Errorf("meshapiserver: stored identity %d of %q is outside cluster %s's range %d..%d: delete the stored identities (they will be renumbered)", id, ls, c.Name, first, last)
+			return nil, fmt.Errorf("loading identities: stored identity %d of %q is outside cluster %s's range %d..%d: delete the stored identities (they will be renumbered)", id, ls, c.Name, first, last)
 		}
 		a.byLabels[ls] = id
 		if id >= a.next {
@@ -63,27 +66,33 @@ func newIdentityAllocator(ctx context.Context, store IdentityStore, c wire.Clust
 }
 
 // allocate returns the identity of ls, allocating one if needed. It reports
-// whether a new one was allocated (the caller then saves).
+// whether a new one was allocated (then saveIfNeeded saves).
 func (a *identityAllocator) allocate(ls wire.Labels) (uint32, bool, error) {
 	key := ls.String()
 	if id, ok := a.byLabels[key]; ok {
 		return id, false, nil
 	}
 	if a.next > a.last {
-		return 0, false, fmt.Errorf("meshapiserver: %w (%d identities in use)", ErrIdentitiesExhausted, len(a.byLabels))
+		return 0, false, fmt.Errorf("allocating an identity: %w (%d identities in use)", ErrIdentitiesExhausted, len(a.byLabels))
 	}
 	id := a.next
 	a.next++
 	a.byLabels[key] = id
+	a.dirty = true
 	return id, true, nil
 }
 
-// save persists the allocations through the store.
-func (a *identityAllocator) save(ctx context.Context, c wire.Cluster) error {
-	if a.store == nil {
+// saveIfNeeded persists the allocations through the store unless they are
+// saved already.
+func (a *identityAllocator) saveIfNeeded(ctx context.Context, c wire.Cluster) error {
+	if a.store == nil || !a.dirty {
 		return nil
 	}
-	return a.store.Save(ctx, c, a.byLabels)
+	if err := a.store.Save(ctx, c, a.byLabels); err != nil {
+		return fmt.Errorf("saving identities: %w", err)
+	}
+	a.dirty = false
+	return nil
 }
 
 // IdentityFile is an IdentityStore in a JSON file, written atomically (a
@@ -99,15 +108,15 @@ func (f IdentityFile) Load(_ context.Context, c wire.Cluster) (map[string]uint32
 		return map[string]uint32{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("meshapiserver: identities: %w", err)
+		return nil, fmt.Errorf("reading identities: %w", err)
 	}
 	var d wire.IdentityDocument
 	if err := json.Unmarshal(b, &d); err != nil {
-		return nil, fmt.Errorf("meshapiserver: identities file %s: %w (fix or remove it; identities will be renumbered)", f.Path, err)
+		return nil, fmt.Errorf("reading identities file %s: %w (fix or remove it; identities will be renumbered)", f.Path, err)
 	}
 	ids, err := d.Check(c, "file "+f.Path, "use another --state-dir")
 	if err != nil {
-		return nil, fmt.Errorf("meshapiserver: %w", err)
+		return nil, fmt.Errorf("reading identities: %w", err)
 	}
 	return ids, nil
 }
@@ -119,10 +128,10 @@ func (f IdentityFile) Save(_ context.Context, c wire.Cluster, ids map[string]uin
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(f.Path), 0o700); err != nil {
-		return fmt.Errorf("meshapiserver: identities: %w", err)
+		return fmt.Errorf("writing identities file: %w", err)
 	}
 	if err := atomicfile.Write(f.Path, b, 0o600); err != nil {
-		return fmt.Errorf("meshapiserver: identities: %w", err)
+		return fmt.Errorf("writing identities file: %w", err)
 	}
 	return nil
 }

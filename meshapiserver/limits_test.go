@@ -252,8 +252,8 @@ func TestHeavyPublishesLargeValidServices(t *testing.T) {
 	if n := count(t, admin, wire.IPCache.ListPrefix("east")); n != 28000 {
 		t.Errorf("%d ipcache entries, want 28000", n)
 	}
-	if st := f.srv.Status(); st.Publish.Refused != 0 {
-		t.Errorf("refused %d, want none", st.Publish.Refused)
+	if st := f.srv.Status(); st.Publish.Refused != 0 || st.PublishFailures != 0 {
+		t.Errorf("refused %d, failures %d (%s), want none", st.Publish.Refused, st.PublishFailures, st.PublishError)
 	}
 }
 
@@ -284,6 +284,9 @@ func TestHeavyPublishesStateGrowingWhileRunning(t *testing.T) {
 		if n := serviceBackends(t, admin, name); n != 100 {
 			t.Errorf("%s: %d backends, want the 100 it had before its entry grew over the limit", name, n)
 		}
+	}
+	if st := f.srv.Status(); st.PublishFailures != 0 {
+		t.Errorf("%d publish failures (%s)", st.PublishFailures, st.PublishError)
 	}
 
 	writeFile(t, f.state, string(bigState(30000, 2, 1)))

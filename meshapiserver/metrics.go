@@ -13,14 +13,20 @@ func NewCollector(s *Server) *Collector { return &Collector{srv: s} }
 const ns = "clustermesh_apiserver"
 
 var (
-	descEntries  = prometheus.NewDesc(ns+"_entries_published", "Entries currently published under the state prefixes.", nil, nil)
-	descWrites   = prometheus.NewDesc(ns+"_writes_total", "Entries written since start, by operation.", []string{"op"}, nil)
-	descTxns     = prometheus.NewDesc(ns+"_transactions_total", "Publishing transactions committed since start.", nil, nil)
-	descCanary   = prometheus.NewDesc(ns+"_synced_canaries", "1 once the first snapshot is published and the synced canaries are written.", nil, nil)
+	descEntries = prometheus.NewDesc(ns+"_entries_published", "Entries currently published under the state prefixes.", nil, nil)
+	descWrites  = prometheus.NewDesc(ns+"_writes_total", "Entries written since start, by operation.", []string{"op"}, nil)
+	descTxns    = prometheus.NewDesc(ns+"_transactions_total", "Publishing transactions committed since start.", nil, nil)
+	descCanary  = prometheus.NewDesc(ns+"_synced_canaries", "1 while the synced canaries are written (after the first snapshot; again after a lost lease).", nil, nil)
+
+	descFailures = prometheus.NewDesc(ns+"_publish_failures_total", "Failed publish attempts since start (each retried with backoff).", nil, nil)
+	descFailing  = prometheus.NewDesc(ns+"_publish_failing", "1 while the last publish attempt failed.", nil, nil)
 	descRefused  = prometheus.NewDesc(ns+"_entries_refused", "Entries not published because every agent would reject them (too large, invalid).", nil, nil)
 	descRefusals = prometheus.NewDesc(ns+"_entries_refused_total", "Entry values refused since start, by reason.", []string{"reason"}, nil)
+	descRenewals = prometheus.NewDesc(ns+"_lease_renewals_total", "Leases granted after the publishing lease was lost (every entry written again).", nil, nil)
 	descDenied   = prometheus.NewDesc(ns+"_requests_denied_total", "Requests refused to callers that are not an admin of this cluster, by gRPC method.", []string{"method"}, nil)
 )
+
+var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied}
 
 // newTxnLatency is the histogram of publishing transaction latencies.
 func newTxnLatency() prometheus.Histogram {
@@ -32,7 +38,7 @@ func newTxnLatency() prometheus.Histogram {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descRefused, descRefusals, descDenied} {
+	for _, d := range allDescs {
 		ch <- d
 	}
 	c.srv.txnLatency.Describe(ch)
@@ -45,17 +51,23 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWrites, prometheus.CounterValue, float64(st.Publish.Puts), "put")
 	ch <- prometheus.MustNewConstMetric(descWrites, prometheus.CounterValue, float64(st.Publish.Deletes), "delete")
 	ch <- prometheus.MustNewConstMetric(descTxns, prometheus.CounterValue, float64(st.Publish.Txns))
-	canary := 0.0
-	if st.Ready {
-		canary = 1
-	}
-	ch <- prometheus.MustNewConstMetric(descCanary, prometheus.GaugeValue, canary)
+	ch <- prometheus.MustNewConstMetric(descCanary, prometheus.GaugeValue, boolValue(st.Publish.CanariesSet))
+	ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(st.PublishFailures))
+	ch <- prometheus.MustNewConstMetric(descFailing, prometheus.GaugeValue, boolValue(st.PublishError != ""))
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.GaugeValue, float64(st.Publish.Refused))
 	for reason, n := range st.Publish.RefusedTotal {
 		ch <- prometheus.MustNewConstMetric(descRefusals, prometheus.CounterValue, float64(n), reason)
 	}
+	ch <- prometheus.MustNewConstMetric(descRenewals, prometheus.CounterValue, float64(st.LeaseRenewals))
 	for method, n := range st.Denied {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), method)
 	}
 	c.srv.txnLatency.Collect(ch)
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -42,7 +42,7 @@ type publisher struct {
 	txnLatency prometheus.Histogram
 
 	published   desiredKV // what etcd holds under the state prefixes (nil: on another lease)
-	rewrite     bool      // every entry is to be written again
+	rewrite     bool      // every entry is to be written again (on a new lease)
 	endpoints   *endpointCache
 	canariesSet bool
 	refused     map[string]refusal // by key: entries refused and not published
@@ -118,6 +118,17 @@ func (p *publisher) loadExisting(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// useLease makes lease the publisher's: every published entry is written
+// again on it by the next publish, and the canaries after it. Called after
+// the previous lease was lost (expired, revoked): what was on it is gone,
+// or goes when it expires.
+func (p *publisher) useLease(lease clientv3.LeaseID) {
+	p.lease = lease
+	p.rewrite = true
+	p.canariesSet = false
+	p.stats.CanariesSet = false
 }
 
 // publish makes the store hold exactly want, but for refused entries. After

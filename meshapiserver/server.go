@@ -8,7 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -38,6 +40,16 @@ type Status struct {
 	Ready       bool         `json:"ready"`
 	Publish     PublishStats `json:"publish"`
 	SourceError string       `json:"sourceError,omitempty"`
+	// PublishError is the error of the last publish attempt while
+	// publishing fails (retried with backoff), since PublishFailingSince;
+	// empty once a publish succeeded. PublishFailures counts failed
+	// attempts since start.
+	PublishError        string    `json:"publishError,omitempty"`
+	PublishFailingSince time.Time `json:"publishFailingSince,omitzero"`
+	PublishFailures     uint64    `json:"publishFailures"`
+	// LeaseRenewals counts the leases granted after the previous one was
+	// lost (expired or revoked), every entry then written again.
+	LeaseRenewals uint64 `json:"leaseRenewals"`
 	// Denied counts, by gRPC method, the requests refused to callers that
 	// are not an admin of this cluster.
 	Denied map[string]uint64 `json:"denied,omitempty"`
@@ -90,16 +102,18 @@ func newAdminClient(ctx context.Context, url string, tlsCfg *tls.Config) (*clien
 }
 
 // Run starts etcd, sets up users and roles, and publishes the source's state
-// until ctx is done or something fails; it stops etcd before returning.
+// until ctx is done or the source fails; it stops etcd before returning. A
+// failed publish does not end it: it is retried with backoff and reported
+// (Status, metrics) until the store takes it.
 func (s *Server) Run(ctx context.Context) error {
 	cfg := &s.cfg
 	log := cfg.Logger.With("cluster", cfg.ClusterName)
 	if _, err := ca.ServerTLSConfig(cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile); err != nil {
-		return fmt.Errorf("meshapiserver: server certificate: %w", err)
+		return fmt.Errorf("loading the server certificate: %w", err)
 	}
 	adminTLS, err := ca.ClientTLSConfig(cfg.AdminCertFile, cfg.AdminKeyFile, cfg.CAFile)
 	if err != nil {
-		return fmt.Errorf("meshapiserver: admin certificate: %w", err)
+		return fmt.Errorf("loading the admin certificate: %w", err)
 	}
 	guard, err := newRequestGuard(cfg.ClusterName, cfg.CAFile, log)
 	if err != nil {
@@ -131,20 +145,8 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.writeClusterConfig(ctx, cli); err != nil {
 		return err
 	}
-	lease, err := cli.Grant(ctx, int64(cfg.LeaseTTL/time.Second))
-	if err != nil {
-		return fmt.Errorf("meshapiserver: grant lease: %w", err)
-	}
-	keepAlive, err := cli.KeepAlive(ctx, lease.ID)
-	if err != nil {
-		return fmt.Errorf("meshapiserver: keep lease alive: %w", err)
-	}
 	pub := newPublisher(cli, cfg.cluster(), log, s.txnLatency)
-	pub.lease = lease.ID
-	if err := pub.loadExisting(ctx); err != nil {
-		return err
-	}
-	return s.loop(ctx, pub, ids, keepAlive)
+	return s.loop(ctx, cli, pub, ids)
 }
 
 func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client) error {
@@ -155,14 +157,32 @@ func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client) e
 		return err
 	}
 	if _, err := cli.Put(ctx, wire.ClusterConfigKey(s.cfg.ClusterName), string(v)); err != nil {
-		return fmt.Errorf("meshapiserver: write cluster config: %w", err)
+		return fmt.Errorf("writing cluster config: %w", err)
 	}
 	return nil
 }
 
+// Backoff of failed publish attempts.
+const (
+	retryInitial = 100 * time.Millisecond
+	retryMax     = 30 * time.Second
+)
+
+// runState is what the run loop knows about the lease and the state to
+// publish.
+type runState struct {
+	keepAlive <-chan *clientv3.LeaseKeepAliveResponse // nil without a lease
+	hasLease  bool
+	leases    int                // granted so far
+	state     *statesource.State // the newest from the source; nil before the first
+	due       bool               // state (or everything, on a new lease) is not published yet
+}
+
 // loop runs the source and publishes every state it delivers (only the
-// latest when several arrive during one publish), and the heartbeat.
-func (s *Server) loop(parent context.Context, pub *publisher, ids *identityAllocator, keepAlive <-chan *clientv3.LeaseKeepAliveResponse) error {
+// latest when several arrive during one publish), and the heartbeat. A
+// failed attempt is retried with exponential backoff; a lost lease is
+// replaced and everything written again on the new one.
+func (s *Server) loop(parent context.Context, cli *clientv3.Client, pub *publisher, ids *identityAllocator) error {
 	ctx, cancel := context.WithCancel(parent)
 	latest := make(chan *statesource.State, 1)
 	srcErr := make(chan error, 1)
@@ -183,61 +203,166 @@ func (s *Server) loop(parent context.Context, pub *publisher, ids *identityAlloc
 
 	heartbeat := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer heartbeat.Stop()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = retryInitial, retryMax, 0
+	retry := time.NewTimer(0) // the first attempt takes the lease
+	defer retry.Stop()
+	retryArmed := true
+	rs := &runState{}
+	attempt := func() {
+		err := s.attempt(ctx, cli, pub, ids, rs)
+		if ctx.Err() != nil {
+			return // shutting down mid-publish
+		}
+		if err != nil {
+			d := bo.NextBackOff()
+			s.publishFailed(err, d)
+			retry.Reset(d)
+			retryArmed = true
+			return
+		}
+		bo.Reset()
+		s.publishSucceeded(pub)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-srcErr:
 			if err != nil {
-				return fmt.Errorf("meshapiserver: state source: %w", err)
+				return fmt.Errorf("reading the state source: %w", err)
 			}
 			return nil
-		case _, ok := <-keepAlive:
-			// The client closes the channel when parent ends: check parent,
-			// which is cancelled before its children see it.
-			if !ok && parent.Err() == nil {
-				return errors.New("meshapiserver: lease keep-alive stopped: etcd unreachable or the lease expired; restart the apiserver")
+		case _, ok := <-rs.keepAlive:
+			// The client closes the channel when the lease is gone (expired,
+			// revoked) or when ctx ends.
+			if !ok && ctx.Err() == nil {
+				s.cfg.Logger.Warn("publishing lease lost (expired or revoked): granting another, writing every entry again")
+				rs.keepAlive, rs.hasLease = nil, false
+				if !retryArmed {
+					attempt()
+				}
 			}
 		case <-heartbeat.C:
+			if !rs.hasLease {
+				continue // the next attempt takes a lease and writes it
+			}
 			if err := pub.heartbeat(ctx); err != nil {
 				s.cfg.Logger.Warn("heartbeat failed", "err", err)
+				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+					rs.hasLease = false
+					if !retryArmed {
+						attempt()
+					}
+				}
 			}
 		case st := <-latest:
-			if err := s.publish(ctx, pub, ids, st); err != nil {
-				if parent.Err() != nil {
-					return nil // shutting down mid-publish
-				}
-				return err
+			rs.state, rs.due = st, true
+			if !retryArmed {
+				attempt()
 			}
+		case <-retry.C:
+			retryArmed = false
+			attempt()
 		}
 	}
 }
 
-func (s *Server) publish(ctx context.Context, pub *publisher, ids *identityAllocator, st *statesource.State) error {
-	kv, allocated, err := desired(s.cfg.cluster(), st, ids, pub.endpoints)
-	if err != nil {
-		return err
-	}
-	if allocated {
-		if err := ids.save(ctx, s.cfg.cluster()); err != nil {
+// attempt takes a lease if there is none, then publishes the newest state
+// if it is not published yet.
+func (s *Server) attempt(ctx context.Context, cli *clientv3.Client, pub *publisher, ids *identityAllocator, rs *runState) error {
+	if !rs.hasLease {
+		if err := s.takeLease(ctx, cli, pub, rs); err != nil {
 			return err
 		}
 	}
-	first := !pub.canariesSet
-	if first {
+	if rs.state == nil || !rs.due {
+		return nil
+	}
+	err := s.publish(ctx, pub, ids, rs.state)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		rs.hasLease = false // the next attempt takes another
+	}
+	if err != nil {
+		return err
+	}
+	rs.due = false
+	return nil
+}
+
+// takeLease grants the lease the entries are written on and keeps it
+// alive. The first time, it reads what the store holds already; after a
+// lost lease, every entry is written again on the new one.
+func (s *Server) takeLease(ctx context.Context, cli *clientv3.Client, pub *publisher, rs *runState) error {
+	ttl := int64(s.cfg.LeaseTTL / time.Second)
+	lease, err := cli.Grant(ctx, ttl)
+	if err != nil {
+		return fmt.Errorf("granting a lease of %ds: %w", ttl, err)
+	}
+	ka, err := cli.KeepAlive(ctx, lease.ID)
+	if err != nil {
+		return fmt.Errorf("keeping lease %x alive: %w", lease.ID, err)
+	}
+	if rs.leases == 0 {
+		pub.lease = lease.ID
+		if err := pub.loadExisting(ctx); err != nil {
+			return err // the next attempt takes another lease; this one expires
+		}
+	} else {
+		pub.useLease(lease.ID)
+		s.mu.Lock()
+		s.status.LeaseRenewals++
+		s.mu.Unlock()
+	}
+	rs.leases++
+	rs.keepAlive, rs.hasLease, rs.due = ka, true, true
+	return nil
+}
+
+func (s *Server) publish(ctx context.Context, pub *publisher, ids *identityAllocator, st *statesource.State) error {
+	kv, _, err := desired(s.cfg.cluster(), st, ids, pub.endpoints)
+	if err != nil {
+		return err
+	}
+	if err := ids.saveIfNeeded(ctx, s.cfg.cluster()); err != nil {
+		return err
+	}
+	if !pub.canariesSet {
+		// The first snapshot (or the first on a new lease): the heartbeat
+		// is there before the canaries.
 		if err := pub.heartbeat(ctx); err != nil {
 			return err
 		}
 	}
-	if err := pub.publish(ctx, kv); err != nil {
-		return err
-	}
+	return pub.publish(ctx, kv)
+}
+
+// publishFailed reports a failed attempt, retried after d.
+func (s *Server) publishFailed(err error, d time.Duration) {
+	s.cfg.Logger.Warn("publishing failed, retrying", "err", err, "retryIn", d.Round(time.Millisecond))
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.PublishError == "" {
+		s.status.PublishFailingSince = time.Now()
+	}
+	s.status.PublishError = err.Error()
+	s.status.PublishFailures++
+}
+
+// publishSucceeded reports a successful attempt (the first one makes the
+// server ready).
+func (s *Server) publishSucceeded(pub *publisher) {
+	s.mu.Lock()
+	if s.status.PublishError != "" {
+		s.cfg.Logger.Info("publishing again", "failingFor", time.Since(s.status.PublishFailingSince).Round(time.Millisecond), "failures", s.status.PublishFailures)
+	}
+	s.status.PublishError, s.status.PublishFailingSince = "", time.Time{}
 	s.status.Publish = pub.stats
-	s.status.Ready = true
+	wasReady := s.status.Ready
+	s.status.Ready = s.status.Ready || pub.canariesSet
+	ready := s.status.Ready
 	s.mu.Unlock()
-	if first {
+	if ready && !wasReady {
 		close(s.ready)
 	}
-	return nil
 }

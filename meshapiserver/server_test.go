@@ -57,6 +57,9 @@ type fixture struct {
 	done    chan error
 	idsFile string
 	dataDir string
+	// leaseTTL, when set, is the publishing lease's TTL (kept alive every
+	// third of it).
+	leaseTTL time.Duration
 	// trustedCAs are further CAs whose client certificates are accepted.
 	trustedCAs []string
 	// runtimeDir, when set, is the parent of the apiserver's private
@@ -90,7 +93,7 @@ func (f *fixture) start(t *testing.T, addr string) {
 		ClusterName: "east", ClusterID: 1, ListenAddress: addr,
 		ServerCertFile: f.east.ServerCert(), ServerKeyFile: f.east.ServerKey(), CAFile: f.east.CAFile(),
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
-		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir,
+		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir, LeaseTTL: f.leaseTTL,
 		TrustedCAFiles: f.trustedCAs, RuntimeDir: f.runtimeDir,
 		Source: &statesource.File{Path: f.state, PollInterval: 10 * time.Millisecond},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -41,11 +41,11 @@ func remotePermissions(cluster string) [][2]string {
 // still manage users), and removes remote users of peers no longer listed.
 func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers []string) error {
 	if _, err := cli.RoleAdd(ctx, remoteRole); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
-		return fmt.Errorf("meshapiserver: add role %s: %w", remoteRole, err)
+		return fmt.Errorf("adding role %s: %w", remoteRole, err)
 	}
 	for _, p := range remotePermissions(cluster) {
 		if _, err := cli.RoleGrantPermission(ctx, remoteRole, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
-			return fmt.Errorf("meshapiserver: grant %s read on %q: %w", remoteRole, p[0], err)
+			return fmt.Errorf("granting %s read on %q: %w", remoteRole, p[0], err)
 		}
 	}
 	// The cluster's own agents read it as remote-<cluster> (for the
@@ -57,25 +57,25 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers 
 	for user, role := range want {
 		_, err := cli.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true})
 		if err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
-			return fmt.Errorf("meshapiserver: add user %s: %w", user, err)
+			return fmt.Errorf("adding user %s: %w", user, err)
 		}
 		if _, err := cli.UserGrantRole(ctx, user, role); err != nil {
-			return fmt.Errorf("meshapiserver: grant %s to %s: %w", role, user, err)
+			return fmt.Errorf("granting %s to %s: %w", role, user, err)
 		}
 	}
 	users, err := cli.UserList(ctx)
 	if err != nil {
-		return fmt.Errorf("meshapiserver: list users: %w", err)
+		return fmt.Errorf("listing users: %w", err)
 	}
 	for _, u := range users.Users {
 		if _, ok := want[u]; !ok && strings.HasPrefix(u, "remote-") {
 			if _, err := cli.UserDelete(ctx, u); err != nil {
-				return fmt.Errorf("meshapiserver: remove user %s of a former peer: %w", u, err)
+				return fmt.Errorf("removing user %s of a former peer: %w", u, err)
 			}
 		}
 	}
 	if _, err := cli.AuthEnable(ctx); err != nil {
-		return fmt.Errorf("meshapiserver: enable auth: %w", err)
+		return fmt.Errorf("enabling auth: %w", err)
 	}
 	return nil
 }
