@@ -46,6 +46,10 @@ connected with 'clustermesh connect --allow-mismatching-ca'. Whoever holds
 such a CA's key can then connect as any user and read what that user reads;
 only certificates of the mesh CA can write (SECURITY.md).
 
+Prometheus metrics are served without authentication on --metrics-addr,
+127.0.0.1:9963 by default; give another address (e.g. :9963) for a scraper on
+another host.
+
 --cert-dir is a bundle from 'clustermesh ca issue --cluster NAME'.
 
 With --node-keys-dir, the nodes' agents (run with --enable-wireguard and the
@@ -125,7 +129,7 @@ key.`,
 	f.StringVar(&stateDir, "state-dir", "", "with --state-source=file: directory where identity numbers are kept across restarts (empty: in memory only)")
 	f.StringVar(&trustedCADir, "trusted-ca-dir", "", "directory of further CA certificates (PEM, one file each) whose client certificates are accepted: peers with another mesh CA (connect --allow-mismatching-ca)")
 	f.StringVar(&peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
-	f.StringVar(&metricsAddr, "metrics-addr", ":9963", "host:port to serve Prometheus /metrics on (\"\" disables)")
+	f.StringVar(&metricsAddr, "metrics-addr", defaultAPIServerMetricsAddr, "host:port to serve Prometheus /metrics on, without authentication: loopback only by default; :9963 for every interface (\"\" disables)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: in the apiserver's private directory under $TMPDIR/clustermesh-<uid>, removed on exit or by the next start)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", meshapiserver.DefaultLeaseTTL, "TTL of the lease every published entry is attached to")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", meshapiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is written")
@@ -138,6 +142,10 @@ key.`,
 // identitiesConfigMap keeps the apiserver's identity numbers with
 // --state-source=kubernetes.
 const identitiesConfigMap = "clustermesh-identities"
+
+// defaultAPIServerMetricsAddr is loopback: the metrics have no
+// authentication.
+const defaultAPIServerMetricsAddr = "127.0.0.1:9963"
 
 // trustedCAFiles returns the CA certificate files in dir (files whose names
 // do not start with a dot: a mounted ConfigMap's own entries do), each

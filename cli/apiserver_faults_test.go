@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
@@ -189,5 +190,25 @@ func TestAPIServerKilledLeavesNothingBehind(t *testing.T) {
 	}
 	if left := leftovers(tmp); len(left) > 0 {
 		t.Errorf("left behind in TMPDIR:\n%s", strings.Join(left, "\n"))
+	}
+}
+
+// TestAPIServerMetricsLoopbackByDefault: the metrics have no
+// authentication, so they listen on loopback unless asked otherwise, and
+// the help says so.
+func TestAPIServerMetricsLoopbackByDefault(t *testing.T) {
+	f := newAPIServerCmd().Flags().Lookup("metrics-addr")
+	host, _, err := net.SplitHostPort(f.DefValue)
+	if err != nil || !net.ParseIP(host).IsLoopback() {
+		t.Errorf("--metrics-addr defaults to %q, want a loopback address", f.DefValue)
+	}
+	out, err := run(context.Background(), "apiserver", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"127.0.0.1:9963", "without authentication"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("apiserver --help does not say %q:\n%s", want, out)
+		}
 	}
 }
