@@ -21,19 +21,16 @@ import (
 	"github.com/clustermesh/clustermesh/ca"
 )
 
-// clustermeshBinary builds cmd/clustermesh once per test binary.
-var clustermeshBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "cm-bin-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "clustermesh")
+// buildClustermesh builds cmd/clustermesh into a directory of t's.
+func buildClustermesh(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "clustermesh")
 	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/clustermesh/clustermesh/cmd/clustermesh")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %w\n%s", err, out)
+		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	return bin, nil
-})
+	return bin
+}
 
 // apiserverProcess is a `clustermesh apiserver` process.
 type apiserverProcess struct {
@@ -44,14 +41,10 @@ type apiserverProcess struct {
 
 var readyURL = regexp.MustCompile(`mesh apiserver ready.*url=(https://\S+)`)
 
-// startAPIServerProcess starts `clustermesh apiserver` with TMPDIR set to
-// tmp and waits until it is ready.
-func startAPIServerProcess(t *testing.T, tmp string, args ...string) *apiserverProcess {
+// startAPIServerProcess starts `bin apiserver` with TMPDIR set to tmp and
+// waits until it is ready.
+func startAPIServerProcess(t *testing.T, bin, tmp string, args ...string) *apiserverProcess {
 	t.Helper()
-	bin, err := clustermeshBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command(bin, append([]string{"apiserver"}, args...)...)
 	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 	stderr, err := cmd.StderrPipe()
@@ -153,7 +146,8 @@ func TestAPIServerKilledLeavesNothingBehind(t *testing.T) {
 	args := []string{"--cluster-name", "east", "--cluster-id", "1", "--cert-dir", filepath.Join(dir, "east"),
 		"--state-file", state, "--listen", "127.0.0.1:0", "--metrics-addr", ""}
 
-	first := startAPIServerProcess(t, tmp, args...)
+	bin := buildClustermesh(t)
+	first := startAPIServerProcess(t, bin, tmp, args...)
 	firstData := etcdDataDirs(t, tmp)
 	if len(firstData) != 1 {
 		t.Fatalf("etcd data directories under TMPDIR: %v, want the first apiserver's", firstData)
@@ -168,7 +162,7 @@ func TestAPIServerKilledLeavesNothingBehind(t *testing.T) {
 		}
 	}
 
-	second := startAPIServerProcess(t, tmp, args...)
+	second := startAPIServerProcess(t, bin, tmp, args...)
 	for d := range firstData {
 		if _, err := os.Stat(d); err == nil {
 			t.Errorf("the killed apiserver's data %s is still there after the next start", d)
