@@ -235,13 +235,14 @@ func TestRejectsInvalidRemoteEntries(t *testing.T) {
 	if _, err := admin.Put(ctx, wire.IPCacheKey("10.9.9.4"), `{"IP":"10.9.9.400","ID":131100}`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.Put(ctx, wire.IPCacheKey("10.2.9.9"), `{"IP":"10.2.9.9","ID":131100}`); err != nil {
+	// A valid entry, inside the range of one of west's nodes.
+	if _, err := admin.Put(ctx, wire.IPCacheKey("10.2.1.99"), `{"IP":"10.2.1.99","ID":131100}`); err != nil {
 		t.Fatal(err)
 	}
 	a := m.Cluster("east").Agents[0]
 	testenv.WaitFor(t, wait, "8 rejections counted and the valid entry applied", func() bool {
 		ips, _ := a.Datapath.IPCache()
-		_, ok := ips[netip.MustParsePrefix("10.2.9.9/32")]
+		_, ok := ips[netip.MustParsePrefix("10.2.1.99/32")]
 		return remoteStatus(a, "west").RejectedTotal() == 8 && ok
 	})
 	r := remoteStatus(a, "west")
