@@ -42,12 +42,13 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator, cach
 				return nil, false, err
 			}
 			allocated = allocated || isNew
-			pair := &wire.IPIdentityPair{IP: e.IP, HostIP: hostIP, ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod}
+			ip := e.IP.Unmap() // the one spelling agents accept
+			pair := &wire.IPIdentityPair{IP: ip, HostIP: hostIP, ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod}
 			v, err := wire.EncodeIPIdentityPair(pair)
 			if err != nil {
 				return nil, false, err
 			}
-			ce = cache.store(e, hostIP, id, encodedEntry{wire.IPCacheKey(e.IP.String()), v})
+			ce = cache.store(e, hostIP, id, encodedEntry{wire.IPCachePrefixKey(netip.PrefixFrom(ip, ip.BitLen())), v})
 			cache.identity(id, func() wire.Labels { return ls })
 		}
 		idEntry := cache.identity(ce.id, func() wire.Labels { return e.IdentityLabels(c.Name) })

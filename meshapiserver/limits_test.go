@@ -107,16 +107,17 @@ func TestLimitsChain(t *testing.T) {
 		t.Errorf("%d ops per transaction > etcd's %d", txnBudgetOps, maxTxnOps)
 	}
 
-	// Entries of about 700 KB: batches fill the byte budget, not the op
-	// budget. Their sizes add up to the TxnRequest gRPC sends.
+	// Entries of a sixth of the budget: batches fill the byte budget, not
+	// the op budget. Their sizes add up to the TxnRequest gRPC sends.
 	var ops []txnOp
+	size := txnBudgetBytes / 6
 	for i := range 12 {
-		ops = append(ops, putOp(fmt.Sprintf("cilium/state/test/%03d", i), make([]byte, 700<<10), math.MaxInt64))
+		ops = append(ops, putOp(fmt.Sprintf("cilium/state/test/%03d", i), make([]byte, size), math.MaxInt64))
 	}
 	ops = append(ops, deleteOp("cilium/state/test/deleted"))
 	bs := batches(ops)
 	if len(bs) < 3 {
-		t.Fatalf("%d batches of 13 ops of 700 KB, want them split by the %d-byte budget", len(bs), txnBudgetBytes)
+		t.Fatalf("%d batches of 13 ops of %d bytes, want them split by the %d-byte budget", len(bs), size, txnBudgetBytes)
 	}
 	for i, b := range bs {
 		req := &pb.TxnRequest{}
@@ -157,8 +158,8 @@ func TestLimitsChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full := []txnOp{putOp("cilium/state/test/a", make([]byte, wire.MaxValueBytes), lease.ID), putOp("cilium/state/test/b", make([]byte, wire.MaxValueBytes), lease.ID)}
-	used := full[0].bytes + full[1].bytes
+	full := []txnOp{putOp("cilium/state/test/a", make([]byte, wire.MaxValueBytes), lease.ID)}
+	used := full[0].bytes
 	n := txnBudgetBytes - used - 64
 	n -= putOp("cilium/state/test/c", make([]byte, n), lease.ID).bytes - n - 64 // the overhead of an op of about that size
 	last := putOp("cilium/state/test/c", make([]byte, n), lease.ID)
@@ -176,8 +177,8 @@ func TestLimitsChain(t *testing.T) {
 	if err := p.commit(ctx, full); err != nil {
 		t.Fatalf("the largest transaction the publisher builds: %v", err)
 	}
-	if n := count(t, cli, "cilium/state/test/"); n != 3 {
-		t.Errorf("%d entries written, want 3", n)
+	if n := count(t, cli, "cilium/state/test/"); n != 2 {
+		t.Errorf("%d entries written, want 2", n)
 	}
 }
 
@@ -198,9 +199,8 @@ func requestOp(t *testing.T, o txnOp) *pb.RequestOp {
 
 // TestHeavyPublishesLargeStateAtStart: 40,000 endpoints behind 2 services
 // at start (a 2.4 MB transaction used to exceed the client's 2 MiB and end
-// the apiserver). Every endpoint is published; each service, with 20,000
-// backends, is over the 1 MiB every agent accepts: refused and reported,
-// not published for every agent to reject.
+// the apiserver): everything published, each service with its 20,000
+// backends (1.1 MB, within what agents accept).
 func TestHeavyPublishesLargeStateAtStart(t *testing.T) {
 	testenv.Heavy(t)
 	f := newFixture(t)
@@ -216,28 +216,48 @@ func TestHeavyPublishesLargeStateAtStart(t *testing.T) {
 	if n := count(t, admin, wire.Nodes.ListPrefix("east")); n != 50 {
 		t.Errorf("%d nodes, want 50", n)
 	}
+	for _, name := range []string{"svc-0", "svc-1"} {
+		if n := serviceBackends(t, admin, name); n != 20000 {
+			t.Errorf("service %s published with %d backends, want 20000", name, n)
+		}
+	}
+	if st := f.srv.Status(); st.Publish.Refused != 0 || st.PublishFailures != 0 {
+		t.Errorf("refused %d, failures %d (%s), want none", st.Publish.Refused, st.PublishFailures, st.PublishError)
+	}
+}
+
+// TestHeavyRefusesServiceOverTheAgentsLimit: a service of 100,000 backends
+// (5.5 MB) is over what every agent accepts: refused and reported, not
+// published for every agent to reject; its endpoints are published.
+func TestHeavyRefusesServiceOverTheAgentsLimit(t *testing.T) {
+	testenv.Heavy(t)
+	f := newFixture(t)
+	writeFile(t, f.state, string(bigState(100000, 1, 1)))
+	f.start(t, "127.0.0.1:0")
+	admin := clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+	if n := count(t, admin, wire.IPCache.ListPrefix("east")); n != 100000 {
+		t.Errorf("%d ipcache entries, want 100000", n)
+	}
 	st := f.srv.Status()
-	if st.Publish.Refused != 2 || st.Publish.RefusedTotal["value_too_large"] != 2 {
-		t.Fatalf("refused %d (%v), want the 2 services as value_too_large", st.Publish.Refused, st.Publish.RefusedTotal)
+	if st.Publish.Refused != 1 || st.Publish.RefusedTotal["value_too_large"] != 1 {
+		t.Fatalf("refused %d (%v), want the service as value_too_large", st.Publish.Refused, st.Publish.RefusedTotal)
 	}
 	for _, r := range st.Publish.RefusedSamples {
 		if !strings.HasPrefix(r.Key, wire.Services.ListPrefix("east")) || r.Bytes <= wire.MaxValueBytes || r.Reason != "value_too_large" {
 			t.Errorf("refused %+v, want a service over %d bytes", r, wire.MaxValueBytes)
 		}
 	}
-	for _, name := range []string{"svc-0", "svc-1"} {
-		if n := serviceBackends(t, admin, name); n != -1 {
-			t.Errorf("service %s published with %d backends: every agent rejects it", name, n)
-		}
+	if n := serviceBackends(t, admin, "svc-0"); n != -1 {
+		t.Errorf("service svc-0 published with %d backends: every agent rejects it", n)
 	}
-	if got := gather(t, f.srv)["clustermesh_apiserver_entries_refused"]; got != 2 {
-		t.Errorf("clustermesh_apiserver_entries_refused = %v, want 2", got)
+	if got := gather(t, f.srv)["clustermesh_apiserver_entries_refused"]; got != 1 {
+		t.Errorf("clustermesh_apiserver_entries_refused = %v, want 1", got)
 	}
 }
 
 // TestHeavyPublishesLargeValidServices: 28,000 endpoints behind 4 services
-// of 3 ports, each service entry just under the 1 MiB agents accept, all
-// in the first publish (3.8 MB, over clientv3's default 2 MiB): published.
+// of 3 ports, each service entry about 1 MB, all in the first publish
+// (3.8 MB, over clientv3's default 2 MiB): published.
 func TestHeavyPublishesLargeValidServices(t *testing.T) {
 	testenv.Heavy(t)
 	f := newFixture(t)
@@ -259,9 +279,10 @@ func TestHeavyPublishesLargeValidServices(t *testing.T) {
 
 // TestHeavyPublishesStateGrowingWhileRunning: from 200 to 50,000 endpoints
 // behind 2 services while running (867 ops, 2.85 MB used to end the
-// apiserver), then down to 30,000. The endpoints are published; services
-// over 1 MiB are refused and keep the value they had; once they fit again
-// they are published.
+// apiserver), then to 160,000 (services of 80,000 backends, over what
+// agents accept), then down to 30,000. The endpoints are published;
+// services over the limit are refused and keep the value they had; once
+// they fit again they are published.
 func TestHeavyPublishesStateGrowingWhileRunning(t *testing.T) {
 	testenv.Heavy(t)
 	f := newFixture(t)
@@ -273,16 +294,23 @@ func TestHeavyPublishesStateGrowingWhileRunning(t *testing.T) {
 	}
 
 	writeFile(t, f.state, string(bigState(50000, 2, 1)))
-	testenv.WaitFor(t, 2*time.Minute, "50,000 ipcache entries published", func() bool {
+	testenv.WaitFor(t, 2*time.Minute, "50,000 ipcache entries and services of 25,000 backends published", func() bool {
 		f.running(t)
-		return count(t, admin, wire.IPCache.ListPrefix("east")) == 50000
+		return count(t, admin, wire.IPCache.ListPrefix("east")) == 50000 &&
+			serviceBackends(t, admin, "svc-0") == 25000 && serviceBackends(t, admin, "svc-1") == 25000
+	})
+
+	writeFile(t, f.state, string(bigState(160000, 2, 1)))
+	testenv.WaitFor(t, 2*time.Minute, "160,000 ipcache entries published", func() bool {
+		f.running(t)
+		return count(t, admin, wire.IPCache.ListPrefix("east")) == 160000
 	})
 	testenv.WaitFor(t, 10*time.Second, "the 2 services reported refused", func() bool {
 		return f.srv.Status().Publish.Refused == 2
 	})
 	for _, name := range []string{"svc-0", "svc-1"} {
-		if n := serviceBackends(t, admin, name); n != 100 {
-			t.Errorf("%s: %d backends, want the 100 it had before its entry grew over the limit", name, n)
+		if n := serviceBackends(t, admin, name); n != 25000 {
+			t.Errorf("%s: %d backends, want the 25,000 it had before its entry grew over the limit", name, n)
 		}
 	}
 	if st := f.srv.Status(); st.PublishFailures != 0 {

@@ -25,10 +25,15 @@ const (
 	identityIDSegment   = "id"
 )
 
-// Size limits applied to anything read from a remote.
+// Size limits applied to anything read from a remote. MaxValueBytes holds a
+// global service of 10,000 backends in every shape Cilium publishes (up to
+// 2.4 MiB with IPv6, two ports, zones and hostnames; TestFiguresServiceValueBytes);
+// the apiserver's transaction budget and etcd's request limit sit above it
+// (meshapiserver's chain of limits), and an agent bounds what one remote
+// holds in bytes (agentsync.Limits).
 const (
 	MaxKeyBytes   = 512
-	MaxValueBytes = 1 << 20
+	MaxValueBytes = 4 << 20
 )
 
 // Kind is one of the four kinds of state a cluster publishes.
