@@ -22,7 +22,7 @@ const floodKeys = 1_000_000
 
 // Test 6: a malicious remote (the test writes into its store with admin
 // rights) publishes entries for other clusters, identities outside its
-// range, a 10 MB value, a million tiny junk keys, invalid UTF-8 and JSON,
+// range, a 5 MiB value (over the 4 MiB agents accept), a million tiny junk keys, invalid UTF-8 and JSON,
 // keys with ".." and extra segments. Each is rejected and counted; the
 // agent's memory stays bounded and another remote keeps syncing meanwhile.
 func TestHeavyMaliciousRemoteFlood(t *testing.T) {
@@ -62,7 +62,7 @@ func TestHeavyMaliciousRemoteFlood(t *testing.T) {
 		"cilium/state/ip/v1/default/10.9.0.1":           `{"IP":"10.9.0.1","ID":65600}`,
 		"cilium/state/ip/v1/default/10.9.0.2":           "\xff\xfe\xfd",
 		"cilium/state/ip/v1/default/10.9.0.3":           `{"IP":"10.9.0.3","ID":131100`,
-		"cilium/state/ip/v1/default/10.9.0.4":           `"` + strings.Repeat("A", 10<<20) + `"`,
+		"cilium/state/ip/v1/default/10.9.0.4":           `"` + strings.Repeat("A", 5<<20) + `"`,
 		"cilium/state/ip/v1/default/10.9.0.5/extra/seg": `{"IP":"10.9.0.5","ID":131100}`,
 	}
 	for k, v := range bad {
