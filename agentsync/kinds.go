@@ -321,7 +321,10 @@ func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Clu
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	prefix := ks.kind.ListPrefix(c.Name)
-	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev)) {
+	// Fragmented: a response of many revisions (a watch that fell behind a
+	// burst) comes in pieces within the server's request limit, not as one
+	// message over the client's receive limit (paging.go).
+	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithFragment()) {
 		ks.r.log.Debug("watch response", "kind", ks.kind, "from", rev, "rev", wr.Header.Revision, "events", len(wr.Events), "compact", wr.CompactRevision, "err", wr.Err())
 		if wr.CompactRevision != 0 {
 			return errCompacted
