@@ -21,6 +21,7 @@ import (
 func newAgentCmd() *cobra.Command {
 	var cfg agentsync.Config
 	var stateFile, pinDir, statusAddr, metricsAddr, cgroup, stateSource, kubeconfig, kubeContext string
+	var dpCfg datapath.Config // the map sizes, from their flags
 	var socketLB bool
 	var cleanup bool
 	var wgf wireguardFlags
@@ -88,7 +89,8 @@ is --node-name, else $NODE_NAME, else the host name.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "removed the pinned maps in %s\n", pinDir)
 				return nil
 			}
-			dp, err := datapath.Open(datapath.Config{PinDir: pinDir, NoIPCacheMirror: true}, slog.Default())
+			dpCfg.PinDir, dpCfg.NoIPCacheMirror = pinDir, true
+			dp, err := datapath.Open(dpCfg, slog.Default())
 			if err != nil {
 				return err
 			}
@@ -197,6 +199,9 @@ is --node-name, else $NODE_NAME, else the host name.`,
 	f.StringVar(&kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with")
 	f.StringVar(&kubeContext, "context", "", "with --kubeconfig: its context to use (default: the current context)")
 	f.StringVar(&pinDir, "bpf-pin-dir", datapath.DefaultPinDir, "bpffs directory the eBPF maps are pinned in")
+	for _, o := range datapath.SizeOptions() {
+		f.Uint32Var(o.Of(&dpCfg), o.Flag, o.Default, o.Usage)
+	}
 	f.StringVar(&statusAddr, "status-addr", agentsync.DefaultStatusAddr, "unix socket path or host:port to serve status on")
 	f.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:9962", "host:port to serve Prometheus /metrics on, without authentication: localhost only by default; \":9962\" exposes them to every interface (\"\" disables)")
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", agentsync.DefaultHeartbeatTimeout, "a remote whose heartbeat is older is reported stale")
