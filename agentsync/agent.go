@@ -596,3 +596,12 @@ func (a *Agent) Status() Status {
 	st.DatapathErrors, st.LastDatapathError = a.merger.writeErrors()
 	return st
 }
+
+// RetainedClusters lists the cluster ids whose entries of a previous run
+// the agent still keeps because they have not fully synced since it
+// started (see Pruned). Policy keeps what it allowed for their identities
+// until they leave this list.
+func (a *Agent) RetainedClusters() []uint16 {
+	_, _, ids := a.merger.retained()
+	return ids
+}
