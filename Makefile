@@ -10,7 +10,7 @@ PKGS    := ./...
 TESTFLAGS ?= -race -timeout 15m
 # Packages with TestHeavy* tests (they skip under -race; `make test` runs them
 # first, without it).
-HEAVY_PKGS := ./localmesh
+HEAVY_PKGS := ./localmesh ./meshapiserver
 
 SHELL   := /bin/bash
 
@@ -36,11 +36,18 @@ vet: deps
 	$(GO) vet $(PKGS)
 
 # The heavy tests (hundreds of thousands of entries; they skip under -race)
-# without -race, then every test with -race — the TestK8s* tests against real
-# kube-apiservers (test-k8s) among them.
-test: vet check-generate kube-apiserver
-	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS)
-	$(GO) test $(TESTFLAGS) $(PKGS)
+# without -race, then every test with -race. On a cold machine the
+# kube-apiserver build (the longest step) runs beside the packages that do
+# not need it; the packages with tests against real kube-apiservers
+# (K8S_PKGS) run once it is there.
+test: vet check-generate
+	@set -eo pipefail; \
+	tools/kube-apiserver/build.sh $(KUBE_APISERVER) & build=$$!; \
+	trap 'kill $$build 2>/dev/null || true' EXIT; \
+	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS); \
+	$(GO) test $(TESTFLAGS) $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
+	wait $$build || { echo "building kube-apiserver failed"; exit 1; }; \
+	$(GO) test $(TESTFLAGS) $(K8S_PKGS)
 
 # The tests against real API servers (TestK8s*, internal/kubetest) run the
 # kube-apiserver that tools/kube-apiserver builds from the Go module proxy,
@@ -54,7 +61,8 @@ kube-apiserver:
 	@tools/kube-apiserver/build.sh $(KUBE_APISERVER)
 
 # Only the tests against real API servers.
-K8S_PKGS := ./internal/kubetest ./k8ssource ./cli
+K8S_PKGS := ./internal/kubetest ./k8ssource ./k8spolicy ./cli
+MODULE   := github.com/clustermesh/clustermesh
 test-k8s: deps kube-apiserver
 	$(GO) test $(TESTFLAGS) -run 'K8s' $(K8S_PKGS)
 

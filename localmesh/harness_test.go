@@ -301,6 +301,9 @@ func bigState(id, n, identities, services, backendsPer int) *statesource.State {
 		st.Nodes = append(st.Nodes, statesource.Node{Name: fmt.Sprintf("node-%d", i),
 			IPs: []netip.Addr{netip.AddrFrom4([4]byte{192, 168, byte(id), byte(i + 1)})}})
 	}
+	// The cluster must own its pods' addresses (agents hold entries outside
+	// its nodes' ranges out of force): node-0 states the /14 they are in.
+	st.Nodes[0].PodCIDRs = []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + 4*id), 0, 0}), 14)}
 	for i := 0; i < n; i++ {
 		app := fmt.Sprintf("app-%d", i%max(identities, 1))
 		if i < services*backendsPer {
