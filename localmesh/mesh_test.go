@@ -268,7 +268,8 @@ func adminClient(t *testing.T, c *Cluster) *clientv3.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + c.Address()}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + c.Address()}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop(),
+		MaxCallSendMsgSize: 16 << 20}) // hostile values up to what etcd takes
 	if err != nil {
 		t.Fatal(err)
 	}
