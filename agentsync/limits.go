@@ -91,7 +91,6 @@ type keyMeta struct {
 
 // limitStats are a kind's limit counters (guarded by the kindState's mu).
 type limitStats struct {
-	bytes       int64             // sum of held values' sizes (not ipcache)
 	overEntries uint64            // new keys refused: entry limit
 	overBytes   uint64            // new values refused: byte limit
 	refused     map[string]uint32 // keys whose last update was refused → gen; their previous value stays

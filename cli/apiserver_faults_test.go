@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,7 +24,7 @@ import (
 func buildClustermesh(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "clustermesh")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/clustermesh/clustermesh/cmd/clustermesh")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/clustermesh/clustermesh/cmd/clustermesh")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -52,21 +52,6 @@ func ipcacheValue(t *testing.T, addr string, bits int, identity uint32, host str
 	return string(b)
 }
 
-// checkoutAddrs returns the backend addresses (with their cluster) of
-// shop/checkout's port 80 in dp.
-func checkoutAddrs(t *testing.T, dp datapath.Reader) map[netip.Addr]uint16 {
-	t.Helper()
-	svcs, err := dp.Services()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[netip.Addr]uint16{}
-	for _, b := range svcs[datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}] {
-		out[b.Addr] = b.ClusterID
-	}
-	return out
-}
-
 // A peer with a lower cluster id (west, 2) publishes north's (3) pod
 // address with its own identity, a /16 over north's pod CIDRs, a node whose
 // pod CIDR is north's, and a service backend at an address no node of west
