@@ -60,7 +60,13 @@ type agentPolicy struct {
 	// kube watches the cluster's policy objects (nil unless
 	// --state-source=kubernetes and --policy-from-kubernetes).
 	kube *k8spolicy.Watcher
+	// agent is set by servers, before the enforcer runs.
+	agent *agentsync.Agent
 }
+
+// retainedClusters are the agent's clusters still holding entries of its
+// previous run (called by the enforcer once running).
+func (ap *agentPolicy) retainedClusters() []uint16 { return ap.agent.RetainedClusters() }
 
 // newAgentPolicy builds the enforcer for the agent of cfg (which it hooks
 // into: identities and the local source) and opens the flow events.
@@ -70,12 +76,13 @@ func (p *policyFlags) newAgentPolicy(cfg *agentsync.Config, dp datapath.Datapath
 	if !ok {
 		return nil, fmt.Errorf("policy: the %s datapath cannot hold policy", dp.Kind())
 	}
+	ap := &agentPolicy{}
 	ecfg := enforcer.Config{
 		ClusterName: cfg.ClusterName, ClusterID: uint16(cfg.ClusterID), NodeName: nodeName,
 		PolicyDir: p.dir, AllClustersByDefault: !p.defaultLocal, Policy: pw,
 		ClusterNames: clusterName, Logger: slog.Default(),
+		RetainedClusters: ap.retainedClusters, MaxConnectedClusters: cfg.MaxConnectedClusters,
 	}
-	ap := &agentPolicy{}
 	if maps, ok := dp.(*datapath.Maps); ok {
 		ecfg.Attacher = enforcer.MapsAttacher{Maps: maps}
 		cfg.RecheckFlows = maps.RecheckFlows // cached verdicts follow ipcache identity changes
@@ -111,6 +118,7 @@ func (ap *agentPolicy) close() {
 // servers are the enforcer (writing once the agent has synced) and the
 // flow hub.
 func (ap *agentPolicy) servers(agent *agentsync.Agent) []func(context.Context) error {
+	ap.agent = agent
 	out := []func(context.Context) error{func(ctx context.Context) error {
 		if ap.kube != nil {
 			select { // never write a policy map without the cluster's objects

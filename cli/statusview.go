@@ -102,6 +102,13 @@ func printPolicy(w io.Writer, p *enforcer.Status) {
 	if p.LastPolicyError != "" {
 		fmt.Fprintf(w, "  invalid policy (the last valid set is enforced): %s\n", p.LastPolicyError)
 	}
+	if n := len(p.RetainedClusters); n > 0 {
+		ids := make([]string, n)
+		for i, id := range p.RetainedClusters {
+			ids[i] = fmt.Sprint(id)
+		}
+		fmt.Fprintf(w, "  previous run's entries kept for %d cluster(s) not synced since the restart (ids %s)\n", n, strings.Join(ids, ", "))
+	}
 	for _, ep := range p.Endpoints {
 		if ep.State != enforcer.StateEnforcing {
 			fmt.Fprintf(w, "  %s/%s (%s): %s %s\n", ep.Namespace, ep.Pod, orDash(ep.Interface), ep.State, ep.Error)

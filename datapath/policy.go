@@ -92,6 +92,11 @@ type PolicyWriter interface {
 	// SyncPolicy makes keys the whole policy: everything else goes,
 	// including entries a previous agent left in the pinned map.
 	SyncPolicy(keys []PolicyKey) error
+	// SyncPolicyKeeping is SyncPolicy, except that what the map holds for
+	// a peer identity keepPeer accepts stays (nil: nothing stays): the
+	// allow entries of peers not known yet (a remote cluster down while
+	// the agent restarted). A later SyncPolicy removes them.
+	SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bool) error
 	// Policies lists the keys written (through this value), sorted.
 	Policies() ([]PolicyKey, error)
 }
@@ -313,20 +318,32 @@ func (ps *policyState) finishDeletes(deletes []policyKey) error {
 // once its policy is first computed (entries of the previous run keep
 // enforcing until then), and may call it again to repair drift.
 func (m *Maps) SyncPolicy(keys []PolicyKey) error {
+	return m.SyncPolicyKeeping(keys, nil)
+}
+
+// SyncPolicyKeeping is SyncPolicy, except that the kernel entries whose
+// peer identity keepPeer accepts are not deleted: the keys written through
+// these Maps for such a peer stay keys (Policies lists them), and entries
+// no key claims (a previous run's) stay as orphans, enforced until a later
+// sync drops them or a key claims them. keepPeer is called with the Maps
+// locked: it must not call into them. Nil keeps nothing.
+func (m *Maps) SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bool) error {
 	want := newPolicyMirror()
 	var buf []policyKey
+	add := func(k PolicyKey) {
+		want.keys[k] = struct{}{}
+		buf = k.entries(buf[:0])
+		for _, e := range buf {
+			want.refs[e]++
+		}
+	}
 	for _, k := range keys {
 		k, err := normPolicyKey(k)
 		if err != nil {
 			return err
 		}
-		if _, dup := want.keys[k]; dup {
-			continue
-		}
-		want.keys[k] = struct{}{}
-		buf = k.entries(buf[:0])
-		for _, e := range buf {
-			want.refs[e]++
+		if _, dup := want.keys[k]; !dup {
+			add(k)
 		}
 	}
 	m.mu.Lock()
@@ -334,6 +351,13 @@ func (m *Maps) SyncPolicy(keys []PolicyKey) error {
 	ps, err := m.policyLocked("sync policy")
 	if err != nil {
 		return err
+	}
+	if keepPeer != nil {
+		for k := range ps.mirror.keys {
+			if _, ok := want.keys[k]; !ok && keepPeer(k.Peer) {
+				add(k)
+			}
+		}
 	}
 	kernel := map[policyKey]struct{}{}
 	err = dumpMap(ps.policy, func(k *policyKey, _ *policyValue) { kernel[*k] = struct{}{} })
@@ -347,7 +371,11 @@ func (m *Maps) SyncPolicy(keys []PolicyKey) error {
 		}
 	}
 	for e := range kernel {
-		if _, ok := want.refs[e]; !ok {
+		switch {
+		case want.refs[e] > 0:
+		case keepPeer != nil && keepPeer(e.Peer):
+			want.orphans[e] = struct{}{}
+		default:
 			deletes = append(deletes, e)
 		}
 	}

@@ -40,6 +40,13 @@ func (d *Memory) ApplyPolicy(changes []PolicyChange) error {
 
 // SyncPolicy replaces every key by keys.
 func (d *Memory) SyncPolicy(keys []PolicyKey) error {
+	return d.SyncPolicyKeeping(keys, nil)
+}
+
+// SyncPolicyKeeping replaces every key by keys, except the keys whose peer
+// keepPeer accepts, which stay (nil keeps nothing). keepPeer is called with
+// d locked: it must not call into d.
+func (d *Memory) SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bool) error {
 	want := make(map[PolicyKey]struct{}, len(keys))
 	for _, k := range keys {
 		k, err := normPolicyKey(k)
@@ -52,6 +59,13 @@ func (d *Memory) SyncPolicy(keys []PolicyKey) error {
 	defer d.mu.Unlock()
 	if d.closed {
 		return errClosed("sync policy")
+	}
+	if keepPeer != nil {
+		for k := range d.policy {
+			if keepPeer(k.Peer) {
+				want[k] = struct{}{}
+			}
+		}
 	}
 	d.policy = want
 	return nil

@@ -193,3 +193,113 @@ func TestDecodeFlowShort(t *testing.T) {
 		t.Fatal("decoded a short event")
 	}
 }
+
+// keepCluster2 keeps the peers of cluster 2 (a 255-cluster mesh: id>>16).
+func keepCluster2(peer uint32) bool { return peer>>16 == 2 }
+
+// TestPolicySyncKeeping: a sync keeping a predicate's peers keeps the keys
+// written for them and replaces everything else; a plain sync drops them.
+func TestPolicySyncKeeping(t *testing.T) {
+	forEachPolicy(t, func(t *testing.T, w PolicyWriter) {
+		west := PolicyKey{Endpoint: 0x10001, Peer: 0x20005, Direction: Ingress, Protocol: TCP, Port: 8000, EndPort: 8100}
+		north := PolicyKey{Endpoint: 0x10001, Peer: 0x30007, Direction: Ingress, Protocol: TCP, Port: 8080, EndPort: 8080}
+		east := PolicyKey{Endpoint: 0x10001, Peer: 0x10002, Direction: Ingress, Protocol: TCP, Port: 8080, EndPort: 8080}
+		mustNoErr(t, w.ApplyPolicy([]PolicyChange{{Key: west, Add: true}, {Key: north, Add: true}}))
+		mustNoErr(t, w.SyncPolicyKeeping([]PolicyKey{east}, keepCluster2))
+		wantPolicies(t, w, west, east)
+		wantErrIs(t, w.SyncPolicyKeeping([]PolicyKey{{Endpoint: 0}}, keepCluster2), ErrInvalidPolicy)
+		wantPolicies(t, w, west, east)
+		mustNoErr(t, w.SyncPolicyKeeping([]PolicyKey{east}, nil)) // nil keeps nothing
+		wantPolicies(t, w, east)
+		mustNoErr(t, w.ApplyPolicy([]PolicyChange{{Key: west, Add: true}}))
+		mustNoErr(t, w.SyncPolicy([]PolicyKey{east}))
+		wantPolicies(t, w, east)
+	})
+}
+
+// TestPolicySyncKeepingRestart: after a restart, the previous run's kernel
+// entries for the kept peers (a range expanded into several trie entries)
+// stay and keep allowing packets, while the rest is replaced; a later
+// plain SyncPolicy removes them.
+func TestPolicySyncKeepingRestart(t *testing.T) {
+	cfg := smallConfig(testPinDir(t))
+	cfg.MaxPolicy, cfg.MaxPolicyCT, cfg.FlowRingBytes = 1<<12, 1<<12, 1<<16
+	const eastPeer = 0x10002 // 10.1.0.2
+	west := allow(progPeerA, Ingress, TCP, 8000, 8100)
+	north := allow(progPeerB, Ingress, TCP, 8080, 0)
+	anyPeer := allow(AnyPeer, Ingress, TCP, 22, 0)
+	east := allow(eastPeer, Ingress, TCP, 8080, 8080)
+	m := openTestMaps(t, cfg) // unpins at the end
+	mustNoErr(t, m.UpsertIPCache(pfx("10.2.0.5/32"), IPCacheEntry{Identity: progPeerA, ClusterID: 2}))
+	mustNoErr(t, m.UpsertIPCache(pfx("10.3.0.0/16"), IPCacheEntry{Identity: progPeerB, ClusterID: 3}))
+	mustNoErr(t, m.UpsertIPCache(pfx("10.1.0.2/32"), IPCacheEntry{Identity: eastPeer, ClusterID: 1}))
+	mustNoErr(t, m.ApplyPolicy([]PolicyChange{{Key: west, Add: true}, {Key: north, Add: true}, {Key: anyPeer, Add: true}}))
+	mustNoErr(t, m.Close())
+
+	m2, err := OpenMaps(cfg)
+	mustNoErr(t, err)
+	defer m2.Close()
+	mustNoErr(t, m2.SetPolicyStrict(true)) // every packet looked up
+	e := &progEnv{m: m2, progs: loadTestPolicyProgs(t, m2)}
+	setTestEndpoint(t, m2, 1, progEP, true, false)
+	e.want(t, Ingress, ingress4("10.2.0.5:1000", 8050, TCP), tcActUnspec, "west before the sync")
+	e.want(t, Ingress, ingress4("10.3.0.1:1000", 8080, TCP), tcActUnspec, "north before the sync")
+
+	mustNoErr(t, m2.SyncPolicyKeeping([]PolicyKey{east}, keepCluster2))
+	wantRaw := map[policyKey]struct{}{}
+	for _, k := range []PolicyKey{west, east} {
+		for _, en := range k.entries(nil) {
+			wantRaw[en] = struct{}{}
+		}
+	}
+	if len(wantRaw) < 3 {
+		t.Fatalf("west's range should expand into several entries: %v", wantRaw)
+	}
+	if raw := rawPolicy(t, m2); !reflect.DeepEqual(raw, wantRaw) {
+		t.Fatalf("kernel entries after the keeping sync:\n got  %v\n want %v (west's kept, east's written, the rest gone)", raw, wantRaw)
+	}
+	wantPolicies(t, m2, east) // the kept entries are the previous run's, not keys of this one
+	m2.mu.Lock()
+	ps, _ := m2.policyLocked("test")
+	anyPeerFlag := ps.cfg.Flags&cfgHasAnyPeer != 0
+	m2.mu.Unlock()
+	if anyPeerFlag {
+		t.Fatal("the any-peer flag outlived its last entry")
+	}
+	for _, c := range []struct {
+		what string
+		pkt  []byte
+		want int32
+	}{
+		{"west, kept, port 8000", ingress4("10.2.0.5:1000", 8000, TCP), tcActUnspec},
+		{"west, kept, port 8100", ingress4("10.2.0.5:1000", 8100, TCP), tcActUnspec},
+		{"west, port 8101 (never allowed)", ingress4("10.2.0.5:1000", 8101, TCP), tcActShot},
+		{"east, written", ingress4("10.1.0.2:1000", 8080, TCP), tcActUnspec},
+		{"north, removed", ingress4("10.3.0.1:1000", 8080, TCP), tcActShot},
+		{"any peer 22, removed", ingress4("10.3.0.1:1000", 22, TCP), tcActShot},
+	} {
+		e.want(t, Ingress, c.pkt, c.want, c.what)
+	}
+
+	// A kept entry claimed by a key of this run writes nothing and is then
+	// this run's; keys of this run for kept peers stay keys.
+	west53 := allow(progPeerA, Ingress, UDP, 53, 53)
+	mustNoErr(t, m2.ApplyPolicy([]PolicyChange{{Key: west, Add: true}, {Key: west53, Add: true}}))
+	mustNoErr(t, m2.SyncPolicyKeeping([]PolicyKey{east}, keepCluster2))
+	wantPolicies(t, m2, west, west53, east)
+	if raw := rawPolicy(t, m2); len(raw) != len(wantRaw)+1 {
+		t.Fatalf("kernel entries %v, want west's, west's UDP 53 and east's", raw)
+	}
+
+	// West synced: a plain sync removes what it no longer needs.
+	mustNoErr(t, m2.SyncPolicy([]PolicyKey{east}))
+	wantRaw = map[policyKey]struct{}{}
+	for _, en := range east.entries(nil) {
+		wantRaw[en] = struct{}{}
+	}
+	if raw := rawPolicy(t, m2); !reflect.DeepEqual(raw, wantRaw) {
+		t.Fatalf("kernel entries after the plain sync: %v, want east's only", raw)
+	}
+	e.want(t, Ingress, ingress4("10.2.0.5:1000", 8050, TCP), tcActShot, "west after the plain sync")
+	e.want(t, Ingress, ingress4("10.1.0.2:1000", 8080, TCP), tcActUnspec, "east after the plain sync")
+}

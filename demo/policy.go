@@ -103,6 +103,7 @@ type policyRun struct {
 	mu     sync.Mutex
 	// setupErr is why agentHook could not give east-node-1 an enforcer.
 	setupErr error
+	agent    *agentsync.Agent // east-node-1's, set by start before the enforcer runs
 }
 
 // agentHook returns a localmesh agent hook that gives east's first agent
@@ -120,7 +121,8 @@ func (p *policyRun) agentHook(dir string, next func(*agentsync.Config)) func(*ag
 			return
 		}
 		ecfg := enforcer.Config{ClusterName: cfg.ClusterName, ClusterID: uint16(cfg.ClusterID), NodeName: policyNode,
-			PolicyDir: dir, Policy: pw, ReloadInterval: 100 * time.Millisecond, Logger: cfg.Logger}
+			PolicyDir: dir, Policy: pw, ReloadInterval: 100 * time.Millisecond, Logger: cfg.Logger,
+			RetainedClusters: func() []uint16 { return p.agent.RetainedClusters() }, MaxConnectedClusters: cfg.MaxConnectedClusters}
 		if maps, ok := cfg.Datapath.(*datapath.Maps); ok {
 			ecfg.Attacher = enforcer.MapsAttacher{Maps: maps, InNetns: p.inNode}
 			cfg.RecheckFlows = maps.RecheckFlows
@@ -160,6 +162,7 @@ func (p *policyRun) start(ctx context.Context, a *localmesh.Agent, clusterName f
 	if p.enf == nil {
 		return fmt.Errorf("demo: east-node-1's policy enforcer: %w", errors.Join(p.setupErr, errors.New("not set up")))
 	}
+	p.agent = a.Sync
 	ctx, p.cancel = context.WithCancel(ctx)
 	run := func(fn func(context.Context) error) {
 		p.wg.Add(1)

@@ -10,7 +10,8 @@
 // act of writing it: a write that fails is retried as a full resync of the
 // policy map, and nothing is written before the agent's first full sync, so
 // that a restarted agent keeps enforcing the pinned policy of its previous
-// run until it knows every identity again.
+// run until it knows every identity again; a cluster still down then
+// (retained by the agent) keeps its identities' entries until it syncs.
 package enforcer
 
 import (
@@ -49,12 +50,27 @@ type Config struct {
 	// in-memory datapath): the policy is computed and written, not enforced.
 	Attacher Attacher
 	// ClusterNames names a cluster id (for flows): the agent's reservations.
-	ClusterNames   func(id uint16) string
-	ReloadInterval time.Duration
-	Logger         *slog.Logger
+	ClusterNames func(id uint16) string
+	// RetainedClusters lists the clusters whose entries of the agent's
+	// previous run are still kept because they have not synced since it
+	// started (agentsync.Agent.RetainedClusters); it only shrinks. Their
+	// identities may be unknown here: a write of the whole policy map keeps
+	// what the map holds for their peer identities the enforcer does not
+	// know (reserved identities excepted), and the map is written whole
+	// again without them once a cluster leaves the list. Nil: nothing is
+	// retained.
+	RetainedClusters func() []uint16
+	// MaxConnectedClusters is the mesh size, 255 (the default) or 511: it
+	// says which bits of an identity are its cluster's id.
+	MaxConnectedClusters uint32
+	ReloadInterval       time.Duration
+	Logger               *slog.Logger
 }
 
 func (c *Config) withDefaults() {
+	if c.MaxConnectedClusters == 0 {
+		c.MaxConnectedClusters = wire.DefaultMaxConnectedClusters
+	}
 	if c.ReloadInterval == 0 {
 		c.ReloadInterval = DefaultReloadInterval
 	}
@@ -74,6 +90,9 @@ func (c *Config) withDefaults() {
 // Validate checks the config after defaults.
 func (c *Config) Validate() error {
 	if err := wire.ValidateClusterName(c.ClusterName); err != nil {
+		return fmt.Errorf("enforcer: %w: %w", ErrInvalidConfig, err)
+	}
+	if err := wire.ValidateMaxConnectedClusters(c.MaxConnectedClusters); err != nil {
 		return fmt.Errorf("enforcer: %w: %w", ErrInvalidConfig, err)
 	}
 	switch {

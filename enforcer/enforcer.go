@@ -3,6 +3,8 @@ package enforcer
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"sync"
@@ -52,8 +54,22 @@ type Enforcer struct {
 	eps        endpoints
 	ready      bool // Ready closed: writes allowed
 	written    bool // the policy map was synced at least once
-	dirty      bool // a write failed: the next step syncs the whole map
+	dirty      bool // a write failed (or a retained cluster synced): the next step syncs the whole map
 	entries    int  // policy keys in the engine
+	// known are the identities the engine has (the peers whose entries it
+	// computes).
+	known map[uint32]struct{}
+	// clusterShift: an identity's cluster id is id >> clusterShift.
+	clusterShift uint
+	// retained is the last RetainedClusters read, adopted only once the
+	// engine has every identity delivered before the read (so a cluster
+	// not in it has its identities computed); retainedRead says it was.
+	retained     map[uint16]bool
+	retainedRead bool
+	// kept are the clusters whose unknown peers' entries the last full
+	// sync kept; checkRetained: look at RetainedClusters again (a tick).
+	kept          map[uint16]bool
+	checkRetained bool
 }
 
 type podRef struct{ namespace, pod string }
@@ -69,7 +85,10 @@ func New(cfg Config) (*Enforcer, error) {
 		pending: map[uint32]wire.Labels{}, identities: map[uint32]wire.Labels{}, pods: map[netip.Addr]podRef{},
 		sources: map[string]*policy.Compiled{}, retryTicks: defaultRetryTicks,
 		engine: policy.NewEngine(cfg.ClusterName), byLabels: map[string]uint32{}, labelsOf: map[uint32]string{},
+		known: map[uint32]struct{}{wire.IdentityHost: {}},
 	}
+	first, _ := wire.IdentityRange(1, cfg.MaxConnectedClusters)
+	e.clusterShift = uint(bits.TrailingZeros32(first))
 	// The node itself: its addresses are the host identity in the ipcache
 	// (agentsync, with a node name), and every endpoint accepts it.
 	e.engine.UpsertIdentity(wire.IdentityHost, wire.HostLabels)
@@ -161,8 +180,11 @@ func (w wrappedSource) Run(ctx context.Context, onChange func(*statesource.State
 // but writes nothing (and attaches nothing) until ready is closed — the
 // agent's first full sync (agentsync.Agent.Pruned), so that a restarted
 // agent keeps enforcing the pinned policy of its previous run until it knows
-// every identity again; nil ready writes at once. Attachments stay when it
-// returns: the pinned programs keep enforcing across an agent restart.
+// every identity again; nil ready writes at once. Clusters the agent still
+// retains when ready closes (down since the restart: Config.RetainedClusters)
+// keep their identities' entries of the previous run until they sync.
+// Attachments stay when it returns: the pinned programs keep enforcing
+// across an agent restart.
 func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 	t := time.NewTicker(e.cfg.ReloadInterval)
 	defer t.Stop()
@@ -182,6 +204,7 @@ func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 			// Endpoints waiting for their veth are looked at every tick,
 			// all of them every retryTicks (a veth recreated under its name).
 			e.epsDirty = e.epsDirty || e.eps.retry || e.ticks%e.retryTicks == 0
+			e.checkRetained = true
 		case <-ready:
 			ready, e.ready, e.epsDirty = nil, true, true
 			e.log.Info("agent synced: enforcing policy")
@@ -237,32 +260,93 @@ func (e *Enforcer) setPolicies() {
 // step gives the engine what changed, writes the result and reconciles the
 // attachments.
 func (e *Enforcer) step() {
+	// Read before the identities are taken: a cluster that left the
+	// retained set delivered its identities before, so once the engine has
+	// them the set may be used.
+	retained, fresh := e.readRetained()
 	e.mu.Lock()
 	pending := e.pending
 	e.pending = map[uint32]wire.Labels{}
 	local, sourcesNew, localNew := e.local, e.sourcesNew, e.localNew
 	e.localNew = false
 	e.mu.Unlock()
-	if sourcesNew {
-		e.setPolicies()
-	}
 	e.epsDirty = e.epsDirty || localNew
 
+	// Identities first, then the retained set read above (the engine now
+	// has every identity delivered before that read), then policies: every
+	// full sync of this step keeps only what it must.
 	var changes []policy.Change
 	for id, ls := range pending {
 		if ls == nil {
 			changes = append(changes, e.engine.RemoveIdentity(id)...)
+			delete(e.known, id)
 		} else {
 			changes = append(changes, e.engine.UpsertIdentity(id, ls)...)
+			e.known[id] = struct{}{}
 		}
 		e.epsDirty = e.indexLocal(id, ls) || e.epsDirty
 	}
+	if fresh {
+		e.adoptRetained(retained)
+	}
 	e.apply(changes)
+	if sourcesNew {
+		e.setPolicies()
+	}
 	if e.ready && e.epsDirty {
 		e.epsDirty = false
 		e.reconcileEndpoints(local)
 	}
 	e.publishStatus()
+}
+
+// readRetained reads RetainedClusters when a full sync is due, and on a
+// tick while the map keeps entries of some cluster.
+func (e *Enforcer) readRetained() ([]uint16, bool) {
+	check := e.checkRetained
+	e.checkRetained = false
+	if e.cfg.RetainedClusters == nil || !e.ready {
+		return nil, false
+	}
+	if e.written && !e.dirty && (!check || len(e.kept) == 0) {
+		return nil, false
+	}
+	return e.cfg.RetainedClusters(), true
+}
+
+// adoptRetained makes ids the retained clusters. When a cluster whose
+// entries the map keeps is no longer among them (it synced: its identities
+// are known and computed), the next write is a full sync without them.
+func (e *Enforcer) adoptRetained(ids []uint16) {
+	e.retained, e.retainedRead = make(map[uint16]bool, len(ids)), true
+	for _, id := range ids {
+		e.retained[id] = true
+	}
+	if !e.written || e.dirty {
+		return
+	}
+	for id := range e.kept {
+		if !e.retained[id] {
+			e.dirty = true
+			e.log.Info("cluster synced since the restart: rewriting the policy map without its previous run's entries", "clusterID", id)
+		}
+	}
+}
+
+// keepPeer says which peers' entries a full sync keeps: the identities of
+// a retained cluster that the engine does not know (a cluster down since
+// the restart); nil when no cluster is retained.
+func (e *Enforcer) keepPeer() func(peer uint32) bool {
+	if len(e.retained) == 0 {
+		return nil
+	}
+	return func(peer uint32) bool {
+		if peer < wire.MinClusterIdentity || !e.retained[uint16(peer>>e.clusterShift)] {
+			return false
+		}
+		_, known := e.known[peer]
+		return !known
+	}
 }
 
 // defaultRetryTicks: every this many reload ticks the endpoints are
@@ -330,11 +414,22 @@ func (e *Enforcer) syncAll() {
 			keys = append(keys, toDatapathKey(id, k))
 		}
 	}
-	if err := e.cfg.Policy.SyncPolicy(keys); err != nil {
+	if e.cfg.RetainedClusters != nil && !e.retainedRead {
+		// Only when writing without waiting for the agent (Run with nil
+		// ready) before the first step.
+		e.adoptRetained(e.cfg.RetainedClusters())
+	}
+	if err := e.cfg.Policy.SyncPolicyKeeping(keys, e.keepPeer()); err != nil {
 		e.writeFailed(err)
 		return
 	}
 	e.written, e.dirty = true, false
+	e.kept = maps.Clone(e.retained)
+	if len(e.kept) > 0 {
+		e.log.Info("policy map synced, keeping the previous run's entries for the unknown identities of clusters not synced since the restart",
+			"entries", len(keys), "endpoints", len(e.engine.Endpoints()), "retainedClusters", slices.Sorted(maps.Keys(e.kept)))
+		return
+	}
 	e.log.Info("policy map synced", "entries", len(keys), "endpoints", len(e.engine.Endpoints()))
 }
 

@@ -111,15 +111,23 @@ type fixture struct {
 
 func start(t *testing.T) *fixture { return startWith(t, nil) }
 
-func startWith(t *testing.T, tweak func(*Enforcer)) *fixture {
+func startWith(t *testing.T, tweak func(*Enforcer)) *fixture { return startCfg(t, nil, tweak) }
+
+// startCfg starts an enforcer whose config tweakCfg may change (f.dp is
+// its datapath already).
+func startCfg(t *testing.T, tweakCfg func(*fixture, *Config), tweak func(*Enforcer)) *fixture {
 	t.Helper()
 	f := &fixture{dp: datapath.NewMemory(), dir: t.TempDir(), ready: make(chan struct{}),
 		att: &fakeAttacher{ifaces: map[string]int{"lxc-ck2": 7}, attached: map[int]datapath.PolicyEndpoint{
 			99: {Identity: 5}, // left by a previous run for a pod that is gone
 		}}}
+	cfg := Config{ClusterName: "east", ClusterID: 1, NodeName: "node-1", PolicyDir: f.dir,
+		Policy: f.dp, Attacher: f.att, ReloadInterval: 10 * time.Millisecond}
+	if tweakCfg != nil {
+		tweakCfg(f, &cfg)
+	}
 	var err error
-	f.e, err = New(Config{ClusterName: "east", ClusterID: 1, NodeName: "node-1", PolicyDir: f.dir,
-		Policy: f.dp, Attacher: f.att, ReloadInterval: 10 * time.Millisecond})
+	f.e, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package enforcer
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -22,12 +23,16 @@ type Status struct {
 	LastPolicyErrorTime time.Time `json:"lastPolicyErrorTime,omitzero"`
 	PolicyReloadErrors  uint64    `json:"policyReloadErrors"`
 	// Enforcing: the agent synced and the policy map was written.
-	Enforcing      bool             `json:"enforcing"`
-	Identities     int              `json:"identities"` // every cluster's
-	PolicyEntries  int              `json:"policyEntries"`
-	WriteErrors    uint64           `json:"writeErrors"`
-	LastWriteError string           `json:"lastWriteError,omitempty"`
-	Endpoints      []EndpointStatus `json:"endpoints"`
+	Enforcing     bool `json:"enforcing"`
+	Identities    int  `json:"identities"` // every cluster's
+	PolicyEntries int  `json:"policyEntries"`
+	// RetainedClusters are the ids of the clusters not synced since the
+	// agent restarted whose previous run's policy entries are kept (for
+	// their identities not known yet) until they sync.
+	RetainedClusters []uint16         `json:"retainedClusters,omitempty"`
+	WriteErrors      uint64           `json:"writeErrors"`
+	LastWriteError   string           `json:"lastWriteError,omitempty"`
+	Endpoints        []EndpointStatus `json:"endpoints"`
 }
 
 // EndpointStatus is one endpoint of this node.
@@ -45,11 +50,16 @@ type EndpointStatus struct {
 // publishStatus copies what Run's goroutine owns into the status.
 func (e *Enforcer) publishStatus() {
 	eps := slices.Clone(e.eps.statuses)
+	var retained []uint16
+	if e.written {
+		retained = slices.Sorted(maps.Keys(e.kept))
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.status.Enforcing = e.written && !e.dirty
 	e.status.Identities = len(e.identities)
 	e.status.PolicyEntries = e.entries
+	e.status.RetainedClusters = retained
 	e.status.Endpoints = eps
 }
 
@@ -60,6 +70,7 @@ func (e *Enforcer) Status() Status {
 	s := e.status
 	s.PolicyFiles = slices.Clone(s.PolicyFiles)
 	s.Endpoints = slices.Clone(s.Endpoints)
+	s.RetainedClusters = slices.Clone(s.RetainedClusters)
 	return s
 }
 
@@ -90,6 +101,7 @@ var (
 	descReloadErrs = prometheus.NewDesc("clustermesh_policy_reload_errors_total", "Policy directory reads that were invalid (the last valid policies stayed).", nil, nil)
 	descWriteErrs  = prometheus.NewDesc("clustermesh_policy_write_errors_total", "Failed writes of the policy map.", nil, nil)
 	descEnforcing  = prometheus.NewDesc("clustermesh_policy_enforcing", "1 once the policy map is written and current.", nil, nil)
+	descRetained   = prometheus.NewDesc("clustermesh_policy_retained_clusters", "Clusters not synced since the agent restarted whose previous run's policy entries are kept.", nil, nil)
 )
 
 // Collector exports the enforcer's status as Prometheus metrics.
@@ -98,7 +110,7 @@ func (e *Enforcer) Collector() prometheus.Collector { return collector{e} }
 type collector struct{ e *Enforcer }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRules, descEntries, descIdentities, descEndpoints, descReloadErrs, descWriteErrs, descEnforcing} {
+	for _, d := range []*prometheus.Desc{descRules, descEntries, descIdentities, descEndpoints, descReloadErrs, descWriteErrs, descEnforcing, descRetained} {
 		ch <- d
 	}
 }
@@ -111,6 +123,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descRules, float64(s.Rules))
 	gauge(descEntries, float64(s.PolicyEntries))
 	gauge(descIdentities, float64(s.Identities))
+	gauge(descRetained, float64(len(s.RetainedClusters)))
 	enforcing := 0.0
 	if s.Enforcing {
 		enforcing = 1

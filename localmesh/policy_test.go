@@ -241,7 +241,8 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 		e.enf, err = enforcer.New(enforcer.Config{
 			ClusterName: "east", ClusterID: 1, NodeName: "node-1", PolicyDir: policyDir, Policy: e.maps,
 			Attacher:       enforcer.MapsAttacher{Maps: e.maps, InNetns: func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }},
-			ReloadInterval: 50 * time.Millisecond, Logger: cfg.Logger,
+			ReloadInterval: 50 * time.Millisecond, Logger: cfg.Logger, MaxConnectedClusters: cfg.MaxConnectedClusters,
+			RetainedClusters: func() []uint16 { return e.mesh.Cluster("east").Agents[0].Sync.RetainedClusters() }, // runs after startMeshWith
 		})
 		if err != nil {
 			t.Fatal(err)
