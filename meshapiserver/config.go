@@ -47,7 +47,7 @@ const (
 // maxTxnOps is etcd's limit on operations per transaction, above the
 // publisher's txnBudgetOps.
 const (
-	txnBudgetBytes      = 3 << 20
+	txnBudgetBytes      = 6 << 20
 	clientMaxSendBytes  = txnBudgetBytes + 256<<10
 	raftRequestOverhead = 4 << 10
 	maxRequestBytes     = clientMaxSendBytes + 256<<10
