@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/merge"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -164,7 +165,7 @@ func (c *Config) Validate() error {
 type Agent struct {
 	cfg    Config
 	log    *slog.Logger
-	merger *merger
+	merger *merge.Merger
 	// pruned is closed once entries of a previous run were pruned.
 	pruned     chan struct{}
 	running    atomic.Bool   // Run may be called once
@@ -184,8 +185,8 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("cluster", cfg.ClusterName)
-	m := newMerger(cfg.Datapath, cfg.ClusterName, uint16(cfg.ClusterID), log)
-	m.nodeName, m.recheckFlows, m.trustAddresses = cfg.NodeName, cfg.RecheckFlows, cfg.TrustRemoteAddresses
+	m := merge.New(merge.Config{Datapath: cfg.Datapath, ClusterName: cfg.ClusterName, ClusterID: uint16(cfg.ClusterID),
+		NodeName: cfg.NodeName, RecheckFlows: cfg.RecheckFlows, TrustRemoteAddresses: cfg.TrustRemoteAddresses, Logger: log})
 	return &Agent{
 		cfg: cfg, log: log,
 		merger:   m,
@@ -209,7 +210,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return errors.New("agentsync: Run called twice: create a new Agent")
 	}
-	if err := a.merger.loadPinned(a.cfg.Datapath); err != nil {
+	if err := a.merger.LoadPinned(a.cfg.Datapath); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -221,7 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		srcErr <- a.cfg.LocalSource.Run(ctx, func(st *statesource.State) {
-			a.merger.setLocal(st)
+			a.merger.SetLocal(st)
 			once.Do(func() { close(localReady) })
 		})
 	}()
@@ -266,7 +267,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-staleCheck.C:
 			a.updateStale()
 		case <-retry.C:
-			if n := a.merger.retryFailed(); n > 0 {
+			if n := a.merger.RetryFailed(); n > 0 {
 				a.log.Warn("datapath writes still failing after retry", "entries", n)
 			}
 		case err := <-srcErr:
@@ -405,7 +406,7 @@ func (a *Agent) RemoteNodes() []*wire.Node {
 		}
 		ks.mu.Unlock()
 	}
-	out = a.merger.ownedNodes(out)
+	out = a.merger.OwnedNodes(out)
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Cluster != out[j].Cluster {
 			return out[i].Cluster < out[j].Cluster
@@ -424,7 +425,7 @@ func (a *Agent) updateStale() {
 		r.mu.Lock()
 		stale := r.staleLocked(now)
 		r.mu.Unlock()
-		a.merger.setStale(r.name, stale)
+		a.merger.SetStale(r.name, stale)
 	}
 }
 
@@ -514,7 +515,7 @@ func (a *Agent) initialPrune(ctx context.Context, localReady <-chan struct{}) {
 			close(a.pruned)
 		}
 	}
-	if err := a.merger.prune(a.cfg.Datapath); err != nil {
+	if err := a.merger.Prune(a.cfg.Datapath); err != nil {
 		a.log.Error("prune after initial sync failed", "err", err)
 	}
 	if !timedOut {
@@ -573,7 +574,7 @@ func (a *Agent) Status() Status {
 	for _, r := range rs {
 		s := r.snapshot()
 		if s.ClusterID != 0 && !r.self {
-			s.NotInForce = a.merger.notInForce(s.Name, uint16(s.ClusterID))
+			s.NotInForce = a.merger.NotInForce(s.Name, uint16(s.ClusterID))
 		}
 		if !s.Ready {
 			waiting = append(waiting, s.Name)
@@ -584,7 +585,7 @@ func (a *Agent) Status() Status {
 		}
 		st.Remotes = append(st.Remotes, s)
 	}
-	if ips, bes, ids := a.merger.retained(); ips+bes > 0 {
+	if ips, bes, ids := a.merger.Retained(); ips+bes > 0 {
 		sort.Strings(waiting)
 		st.Retained = &Retained{IPCache: ips, Backends: bes, Clusters: ids, WaitingFor: waiting}
 	}
@@ -592,8 +593,8 @@ func (a *Agent) Status() Status {
 		st.Remotes = append(st.Remotes, RemoteStatus{Name: name, LastError: msg, Failures: 1, Rejected: map[string]uint64{}, Synced: map[string]bool{}})
 	}
 	sort.Slice(st.Remotes, func(i, j int) bool { return st.Remotes[i].Name < st.Remotes[j].Name })
-	st.Services = a.merger.serviceStatuses()
-	st.DatapathErrors, st.LastDatapathError = a.merger.writeErrors()
+	st.Services = a.merger.ServiceStatuses()
+	st.DatapathErrors, st.LastDatapathError = a.merger.WriteErrors()
 	return st
 }
 
@@ -602,6 +603,6 @@ func (a *Agent) Status() Status {
 // started (see Pruned). Policy keeps what it allowed for their identities
 // until they leave this list.
 func (a *Agent) RetainedClusters() []uint16 {
-	_, _, ids := a.merger.retained()
+	_, _, ids := a.merger.Retained()
 	return ids
 }

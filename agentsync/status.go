@@ -2,10 +2,10 @@ package agentsync
 
 import (
 	"errors"
-	"sort"
 	"strconv"
 	"time"
 
+	"github.com/clustermesh/clustermesh/merge"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -82,7 +82,7 @@ type RemoteStatus struct {
 	EtcdClusterID    string           `json:"etcdClusterID,omitempty"`
 	// NotInForce counts what the remote published that is outside the
 	// address ranges of its nodes, and so not in the datapath.
-	NotInForce NotInForce `json:"notInForce"`
+	NotInForce merge.NotInForce `json:"notInForce"`
 	// OverLimit lists the per-remote limits the remote reached.
 	OverLimit []OverLimit `json:"overLimit,omitempty"`
 	// Withdrawn lists the remote's services whose last update was refused:
@@ -109,26 +109,9 @@ func (s RemoteStatus) RejectedTotal() uint64 {
 	return n
 }
 
-// ServiceStatus is one global service of the local cluster: its backends by
-// origin and which its affinity selected.
-type ServiceStatus struct {
-	Namespace    string `json:"namespace"`
-	Name         string `json:"name"`
-	Frontend     string `json:"frontend"`
-	Affinity     string `json:"affinity"`
-	LocalHealthy int    `json:"localHealthy"`
-	LocalTotal   int    `json:"localTotal"`
-	// Remote counts each remote cluster's backends; RemoteHealthy those not
-	// excluded (a stale cluster, with failover-on-stale-cluster).
-	Remote        map[string]int `json:"remote"`
-	RemoteHealthy map[string]int `json:"remoteHealthy"`
-	RemoteTotal   int            `json:"remoteTotal"`
-	Selected      int            `json:"selected"`     // slots
-	SelectedFrom  string         `json:"selectedFrom"` // local, remote, local+remote, weighted, none
-	Warning       string         `json:"warning,omitempty"`
-	// Annotations lists annotations that were ignored, and why.
-	Annotations []string `json:"annotations,omitempty"`
-}
+// ServiceStatus is one global service of the local cluster as the merge
+// selected its backends.
+type ServiceStatus = merge.ServiceStatus
 
 func (r *remote) setConnected(c wire.Cluster, etcdID uint64) {
 	r.mu.Lock()
@@ -171,8 +154,8 @@ func (r *remote) setSynced(k wire.Kind) {
 	if !became {
 		return
 	}
-	ips, backends := r.agent.merger.pruneCluster(id)
-	nf := r.agent.merger.notInForce(r.name, id)
+	ips, backends := r.agent.merger.PruneCluster(id)
+	nf := r.agent.merger.NotInForce(r.name, id)
 	r.log.Info("remote ready: every kind synced", "prunedFromPreviousRun.ipcache", ips, "prunedFromPreviousRun.backends", backends)
 	if nf.Total() > 0 {
 		r.log.Warn("remote publishes entries outside the address ranges of its nodes: not in force",
@@ -205,31 +188,14 @@ const rejectLogEvery = time.Second
 // reject counts and logs an entry that failed validation.
 func (r *remote) reject(err error) {
 	reason := rejectReason(err)
-	now := time.Now()
 	r.mu.Lock()
 	r.status.Rejected[reason]++
 	r.setErrorLocked(err)
-	lim := r.rejectLog[reason]
-	if lim == nil {
-		lim = &rejectLimit{}
-		r.rejectLog[reason] = lim
-	}
-	logIt, suppressed := now.Sub(lim.last) >= rejectLogEvery, lim.suppressed
-	if logIt {
-		lim.last, lim.suppressed = now, 0
-	} else {
-		lim.suppressed++
-	}
+	logIt, suppressed := r.rejectLog.Allow(reason, time.Now())
 	r.mu.Unlock()
 	if logIt {
 		r.log.Warn("rejected entry from remote", "reason", reason, "err", err, "suppressedSinceLast", suppressed)
 	}
-}
-
-// rejectLimit is the log limiter of one rejection reason.
-type rejectLimit struct {
-	last       time.Time
-	suppressed uint64
 }
 
 // staleLocked reports whether the remote's heartbeat is older than the
@@ -289,77 +255,6 @@ func (r *remote) snapshot() RemoteStatus {
 	s.EventsApplied, s.SyncSeconds, s.Lists, s.MaxListPageBytes = events, syncs, lists, pages
 	s.Stale = r.staleLocked(time.Now())
 	return s
-}
-
-// selectionWarning says when a frontend's traffic is at risk: nothing
-// selected, or everything selected from one remote cluster that is stale.
-func (m *merger) selectionWarning(v portView) string {
-	if len(v.selected) == 0 {
-		return "no backend selected: traffic to this service is refused"
-	}
-	if v.selectedFrom == "local (terminating)" {
-		return "no ready backend anywhere: only terminating pods that still serve take the traffic"
-	}
-	clusters := map[uint16]bool{}
-	for _, b := range v.selected {
-		clusters[b.ClusterID] = true
-	}
-	if len(clusters) == 1 && !clusters[m.localID] {
-		for c, bs := range v.remote {
-			if len(bs) > 0 && bs[0].ClusterID == v.selected[0].ClusterID && m.stale[c] {
-				return "depends only on cluster " + c + ", whose heartbeat is stale"
-			}
-		}
-	}
-	return ""
-}
-
-// serviceStatuses describes every local global service, one line per port.
-func (m *merger) serviceStatuses() []ServiceStatus {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []ServiceStatus
-	for n, ls := range m.localSvcs {
-		if !ls.ClusterIP.IsValid() {
-			continue
-		}
-		for _, v := range m.portViews(ls) {
-			s := ServiceStatus{Namespace: n.Namespace, Name: n.Name, Frontend: v.frontend.String(), Affinity: v.affinity,
-				LocalTotal: v.localTotal, LocalHealthy: len(v.local), Remote: v.remoteTotal, RemoteHealthy: map[string]int{},
-				Selected: len(v.selected), SelectedFrom: v.selectedFrom, Annotations: v.warnings}
-			for c, n := range v.remoteTotal {
-				s.RemoteTotal += n
-				s.RemoteHealthy[c] = len(v.remote[c])
-			}
-			s.Warning = m.selectionWarning(v)
-			out = append(out, s)
-		}
-	}
-	for n, byCluster := range m.remoteSvcs {
-		if _, ok := m.localSvcs[n]; ok {
-			continue
-		}
-		s := ServiceStatus{Namespace: n.Namespace, Name: n.Name, Remote: map[string]int{}, SelectedFrom: "none",
-			Warning: "exists only in remote clusters: not served until a local service of this name is annotated global"}
-		for c, rs := range byCluster {
-			for _, bs := range rs.backends {
-				s.Remote[c] += len(bs)
-				s.RemoteTotal += len(bs)
-			}
-		}
-		out = append(out, s)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Namespace != b.Namespace {
-			return a.Namespace < b.Namespace
-		}
-		if a.Name != b.Name {
-			return a.Name < b.Name
-		}
-		return a.Frontend < b.Frontend
-	})
-	return out
 }
 
 func copyMap[K comparable, V any](m map[K]V) map[K]V {

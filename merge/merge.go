@@ -1,4 +1,11 @@
-package agentsync
+// Package merge decides what the datapath holds from every cluster's state:
+// the local cluster's global services merged with each remote's backends
+// under their affinity, every remote's ipcache entries within the address
+// ranges its nodes own, the local nodes' addresses, and what a previous run
+// left until its clusters have synced. It writes the result into the
+// datapath as idempotent updates and deletes. agentsync receives and
+// validates remote state and hands it here.
+package merge
 
 import (
 	"fmt"
@@ -10,26 +17,28 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/loglimit"
 	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
 )
 
-// svcName is a service's namespace/name.
-type svcName struct{ Namespace, Name string }
+// ServiceName is a service's namespace/name.
+type ServiceName struct{ Namespace, Name string }
 
-func (n svcName) String() string { return n.Namespace + "/" + n.Name }
+func (n ServiceName) String() string { return n.Namespace + "/" + n.Name }
 
-// remoteService is what one remote cluster says of a global service: its
+// RemoteService is what one remote cluster says of a global service: its
 // backends per port name. Immutable once stored.
-type remoteService struct {
+type RemoteService struct {
 	clusterID uint16
 	backends  map[string][]datapath.Backend // port name → backends (protocol and port set)
 }
 
-// ipClaimUpdate is a cluster's new claim on a prefix; a nil entry
+// IPUpdate is a cluster's new claim on a prefix; a nil entry
 // withdraws the cluster's claim.
-type ipClaimUpdate struct {
-	prefix netip.Prefix
-	entry  *datapath.IPCacheEntry
+type IPUpdate struct {
+	Prefix netip.Prefix
+	Entry  *datapath.IPCacheEntry
 }
 
 // ipState is the winning claim on a prefix (the lowest cluster id; its
@@ -39,21 +48,43 @@ type ipState struct {
 	written bool
 }
 
-// merger holds the desired datapath state — the local cluster's global
+// Config of a Merger.
+type Config struct {
+	// Datapath is where the merged state is written.
+	Datapath datapath.Writer
+	// ClusterName and ClusterID are the local cluster's.
+	ClusterName string
+	ClusterID   uint16
+	// NodeName is this node's name in the local state ("": local node
+	// addresses stay out of the ipcache); see nodeips.go.
+	NodeName string
+	// RecheckFlows, when set, is called (once per batch of ipcache writes)
+	// after an ipcache entry the datapath held changed identity or went
+	// away: the policy programs cache verdicts with the peer identity.
+	RecheckFlows func() error
+	// TrustRemoteAddresses turns off the address ownership check
+	// (ownership.go).
+	TrustRemoteAddresses bool
+	Logger               *slog.Logger
+}
+
+// Merger holds the desired datapath state — the local cluster's global
 // services merged with every remote's backends, and every remote's ipcache —
 // and writes each change into the datapath as an idempotent update or delete.
 // What it wrote is remembered, so a recomputation that changes nothing writes
-// nothing.
-type merger struct {
+// nothing. Its methods may be called from any goroutine; each holds mu while
+// it writes, so the lock order of a caller is: its own locks, then mu, then
+// the datapath's.
+type Merger struct {
 	dp        datapath.Writer
 	localName string
 	localID   uint16
 	log       *slog.Logger
 
 	mu         sync.Mutex
-	localIx    *statesource.SelectorIndex            // guarded by mu; index of the local endpoints (nil without global services)
-	localSvcs  map[svcName]*statesource.Service      // guarded by mu; global services of local
-	remoteSvcs map[svcName]map[string]*remoteService // guarded by mu; service → cluster → backends
+	localIx    *statesource.SelectorIndex                // guarded by mu; index of the local endpoints (nil without global services)
+	localSvcs  map[ServiceName]*statesource.Service      // guarded by mu; global services of local
+	remoteSvcs map[ServiceName]map[string]*RemoteService // guarded by mu; service → cluster → backends
 	// ips holds the winning claim of every prefix; ipsMore the other
 	// clusters' claims on the few prefixes claimed twice. Together they are
 	// every remote's ipcache: keep them small, this is per entry.
@@ -66,11 +97,10 @@ type merger struct {
 	// owns them (ownership.go). Both guarded by mu.
 	own  *ownership
 	held map[uint16]map[netip.Prefix]datapath.IPCacheEntry
-	// trustAddresses is Config.TrustRemoteAddresses (set before use).
+	// trustAddresses is Config.TrustRemoteAddresses.
 	trustAddresses bool
-	// nodeName is this node's name in the local state ("": local node
-	// addresses stay out of the ipcache); nodeClaims the node addresses
-	// claimed (nodeips.go). Set before the first setLocal.
+	// nodeName is Config.NodeName; nodeClaims the node addresses claimed
+	// (nodeips.go).
 	nodeName   string
 	nodeClaims map[netip.Prefix]datapath.IPCacheEntry // guarded by mu
 	// recheckFlows is Config.RecheckFlows; recheck says a written entry
@@ -78,7 +108,7 @@ type merger struct {
 	recheckFlows func() error
 	recheck      bool
 
-	writtenSvc map[svcName]map[datapath.Frontend][]datapath.Backend // guarded by mu
+	writtenSvc map[ServiceName]map[datapath.Frontend][]datapath.Backend // guarded by mu
 	// pinned holds the service entries a previous run left in the datapath,
 	// until the first full sync (prune): a restarting agent keeps their
 	// remote backends rather than serving a service without them.
@@ -87,22 +117,28 @@ type merger struct {
 	// id, until that cluster's first full sync (pruneCluster) or the prune
 	// after every remote synced.
 	pinnedIPs map[uint16][]netip.Prefix // guarded by mu
-	failedSvc map[svcName]bool          // guarded by mu; to rewrite on retry
+	failedSvc map[ServiceName]bool      // guarded by mu; to rewrite on retry
 	failedIP  map[netip.Prefix]bool     // guarded by mu; to rewrite on retry
 	writeErrs uint64                    // guarded by mu
-	checkLog  map[string]*rejectLimit   // guarded by mu; write-failure log limit per operation
+	checkLog  *loglimit.Keyed           // guarded by mu; write-failure log limit per operation
 	lastErr   string                    // guarded by mu
 }
 
-func newMerger(dp datapath.Writer, localName string, localID uint16, log *slog.Logger) *merger {
-	return &merger{
-		dp: dp, localName: localName, localID: localID, log: log,
-		localSvcs:  map[svcName]*statesource.Service{},
-		remoteSvcs: map[svcName]map[string]*remoteService{},
+// New returns a merger that writes into cfg.Datapath.
+func New(cfg Config) *Merger {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Merger{
+		dp: cfg.Datapath, localName: cfg.ClusterName, localID: cfg.ClusterID, log: cfg.Logger,
+		nodeName: cfg.NodeName, recheckFlows: cfg.RecheckFlows, trustAddresses: cfg.TrustRemoteAddresses,
+		checkLog:   loglimit.New(logEvery),
+		localSvcs:  map[ServiceName]*statesource.Service{},
+		remoteSvcs: map[ServiceName]map[string]*RemoteService{},
 		ips:        map[netip.Prefix]ipState{},
 		ipsMore:    map[netip.Prefix][]datapath.IPCacheEntry{},
-		writtenSvc: map[svcName]map[datapath.Frontend][]datapath.Backend{},
-		failedSvc:  map[svcName]bool{},
+		writtenSvc: map[ServiceName]map[datapath.Frontend][]datapath.Backend{},
+		failedSvc:  map[ServiceName]bool{},
 		failedIP:   map[netip.Prefix]bool{},
 		stale:      map[string]bool{},
 		own:        newOwnership(),
@@ -112,10 +148,10 @@ func newMerger(dp datapath.Writer, localName string, localID uint16, log *slog.L
 
 // setLocal replaces the local cluster's state and rewrites every service
 // whose desired backends changed.
-func (m *merger) setLocal(st *statesource.State) {
+func (m *Merger) SetLocal(st *statesource.State) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	touched := map[svcName]bool{}
+	touched := map[ServiceName]bool{}
 	for n := range m.localSvcs {
 		touched[n] = true
 	}
@@ -126,11 +162,11 @@ func (m *merger) setLocal(st *statesource.State) {
 			m.localNet = append(m.localNet, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
 		}
 	}
-	m.localSvcs = map[svcName]*statesource.Service{}
+	m.localSvcs = map[ServiceName]*statesource.Service{}
 	for i := range st.Services {
 		s := &st.Services[i]
 		if s.Global() {
-			n := svcName{s.Namespace, s.Name}
+			n := ServiceName{s.Namespace, s.Name}
 			m.localSvcs[n] = s
 			touched[n] = true
 		}
@@ -148,7 +184,7 @@ func (m *merger) setLocal(st *statesource.State) {
 }
 
 // setRemoteService records cluster's view of a service (nil deletes it).
-func (m *merger) setRemoteService(cluster string, n svcName, rs *remoteService) {
+func (m *Merger) SetRemoteService(cluster string, n ServiceName, rs *RemoteService) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	byCluster := m.remoteSvcs[n]
@@ -162,7 +198,7 @@ func (m *merger) setRemoteService(cluster string, n svcName, rs *remoteService) 
 		}
 	} else {
 		if byCluster == nil {
-			byCluster = map[string]*remoteService{}
+			byCluster = map[string]*RemoteService{}
 			m.remoteSvcs[n] = byCluster
 		}
 		byCluster[cluster] = rs
@@ -172,7 +208,7 @@ func (m *merger) setRemoteService(cluster string, n svcName, rs *remoteService) 
 
 // overlapsLocal reports whether p overlaps a local pod CIDR or node IP: a
 // remote may never claim the local cluster's addresses.
-func (m *merger) overlapsLocal(p netip.Prefix) bool {
+func (m *Merger) OverlapsLocal(p netip.Prefix) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, l := range m.localNet {
@@ -186,21 +222,21 @@ func (m *merger) overlapsLocal(p netip.Prefix) bool {
 // setIPs applies claims of cluster id on prefixes and writes the resulting
 // winners, in one datapath batch where the datapath supports it. A claim
 // outside the ranges the cluster owns is held, not applied (ownership.go).
-func (m *merger) setIPs(id uint16, updates []ipClaimUpdate) {
+func (m *Merger) SetIPs(id uint16, updates []IPUpdate) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var ups []netip.Prefix
 	for _, u := range updates {
-		if u.entry != nil && !m.admitsLocked(id, u.prefix) {
-			m.holdLocked(id, u.prefix, *u.entry)
-			if m.claimIP(id, u.prefix, nil) {
-				ups = append(ups, u.prefix)
+		if u.Entry != nil && !m.admitsLocked(id, u.Prefix) {
+			m.holdLocked(id, u.Prefix, *u.Entry)
+			if m.claimIP(id, u.Prefix, nil) {
+				ups = append(ups, u.Prefix)
 			}
 			continue
 		}
-		m.unheldLocked(id, u.prefix)
-		if m.claimIP(id, u.prefix, u.entry) {
-			ups = append(ups, u.prefix)
+		m.unheldLocked(id, u.Prefix)
+		if m.claimIP(id, u.Prefix, u.Entry) {
+			ups = append(ups, u.Prefix)
 		}
 	}
 	m.writeIPs(ups)
@@ -208,7 +244,7 @@ func (m *merger) setIPs(id uint16, updates []ipClaimUpdate) {
 
 // claimIP records id's claim on p (nil withdraws it) and reports whether the
 // winner of p changed.
-func (m *merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bool {
+func (m *Merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bool {
 	cur, has := m.ips[p]
 	if has && cur.written {
 		defer func() {
@@ -271,7 +307,7 @@ func (m *merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bo
 }
 
 // writeIPs writes the winners of ps (deleting prefixes nobody claims).
-func (m *merger) writeIPs(ps []netip.Prefix) {
+func (m *Merger) writeIPs(ps []netip.Prefix) {
 	defer m.recheckIfNeeded()
 	var upP []netip.Prefix
 	var upE []datapath.IPCacheEntry
@@ -304,7 +340,7 @@ func (m *merger) writeIPs(ps []netip.Prefix) {
 	}
 }
 
-func (m *merger) markIPWritten(p netip.Prefix, ok bool) {
+func (m *Merger) markIPWritten(p netip.Prefix, ok bool) {
 	st := m.ips[p]
 	st.written = ok
 	m.ips[p] = st
@@ -317,7 +353,7 @@ func (m *merger) markIPWritten(p netip.Prefix, ok bool) {
 
 // dropCluster removes everything cluster contributed (an explicit
 // disconnect, or a drain before re-admission).
-func (m *merger) dropCluster(cluster string, id uint16) {
+func (m *Merger) DropCluster(cluster string, id uint16) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.dropServicesLocked(cluster)
@@ -344,7 +380,7 @@ func (m *merger) dropCluster(cluster string, id uint16) {
 
 // loadPinned remembers the services and ipcache entries a previous run
 // left in the datapath.
-func (m *merger) loadPinned(dp datapath.Reader) error {
+func (m *Merger) LoadPinned(dp datapath.Reader) error {
 	svcs, err := dp.Services()
 	if err != nil {
 		return fmt.Errorf("reading the previous run's services: %w", err)
@@ -366,13 +402,13 @@ func (m *merger) loadPinned(dp datapath.Reader) error {
 // pruneCluster removes what a previous run left of cluster id and nobody
 // claims now, once that cluster has fully synced: its ipcache entries and
 // its backends kept in services. It returns how many of each went.
-func (m *merger) pruneCluster(id uint16) (ips, backends int) {
+func (m *Merger) PruneCluster(id uint16) (ips, backends int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.pruneClusterLocked(id)
 }
 
-func (m *merger) pruneClusterLocked(id uint16) (ips, backends int) {
+func (m *Merger) pruneClusterLocked(id uint16) (ips, backends int) {
 	for _, p := range m.pinnedIPs[id] {
 		if _, ok := m.ips[p]; !ok && m.check(m.dp.DeleteIPCache(p), "prune ipcache", p) {
 			ips++
@@ -392,7 +428,7 @@ func (m *merger) pruneClusterLocked(id uint16) (ips, backends int) {
 
 // syncServicesWithLocked rewrites the services that have one of fes; it
 // returns how many backends those frontends lost.
-func (m *merger) syncServicesWithLocked(fes map[datapath.Frontend]bool) int {
+func (m *Merger) syncServicesWithLocked(fes map[datapath.Frontend]bool) int {
 	if len(fes) == 0 {
 		return 0
 	}
@@ -421,7 +457,7 @@ func (m *merger) syncServicesWithLocked(fes map[datapath.Frontend]bool) int {
 
 // retained counts what the previous run left that still waits for its
 // cluster's first sync: ipcache entries and service backends.
-func (m *merger) retained() (ips, backends int, clusters []uint16) {
+func (m *Merger) Retained() (ips, backends int, clusters []uint16) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	seen := map[uint16]bool{}
@@ -446,7 +482,7 @@ func (m *merger) retained() (ips, backends int, clusters []uint16) {
 
 // setStale records whether cluster's heartbeat is stale and rewrites the
 // services that fail over on stale clusters.
-func (m *merger) setStale(cluster string, stale bool) {
+func (m *Merger) SetStale(cluster string, stale bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.stale[cluster] == stale {
@@ -462,13 +498,13 @@ func (m *merger) setStale(cluster string, stale bool) {
 
 // dropServices removes cluster's backends from every service (its ipcache
 // claims stay).
-func (m *merger) dropServices(cluster string) {
+func (m *Merger) DropServices(cluster string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.dropServicesLocked(cluster)
 }
 
-func (m *merger) dropServicesLocked(cluster string) {
+func (m *Merger) dropServicesLocked(cluster string) {
 	for n, byCluster := range m.remoteSvcs {
 		if _, ok := byCluster[cluster]; ok {
 			delete(byCluster, cluster)
@@ -482,7 +518,7 @@ func (m *merger) dropServicesLocked(cluster string) {
 
 // syncService writes the desired frontends of service n and deletes the ones
 // it no longer has.
-func (m *merger) syncService(n svcName) {
+func (m *Merger) syncService(n ServiceName) {
 	want := m.desiredFrontends(n)
 	have := m.writtenSvc[n]
 	failed := false
@@ -524,7 +560,7 @@ func (m *merger) syncService(n svcName) {
 // desiredFrontends computes, for each port of the local global service n,
 // the backends its affinity selects. A service that exists only remotely is
 // not served.
-func (m *merger) desiredFrontends(n svcName) map[datapath.Frontend][]datapath.Backend {
+func (m *Merger) desiredFrontends(n ServiceName) map[datapath.Frontend][]datapath.Backend {
 	ls := m.localSvcs[n]
 	if ls == nil || !ls.ClusterIP.IsValid() {
 		return nil
@@ -550,8 +586,8 @@ type portView struct {
 	warnings     []string // annotations that were ignored, and why
 }
 
-func (m *merger) portViews(ls *statesource.Service) []portView {
-	n := svcName{ls.Namespace, ls.Name}
+func (m *Merger) portViews(ls *statesource.Service) []portView {
+	n := ServiceName{ls.Namespace, ls.Name}
 	pol := parsePolicy(ls)
 	var views []portView
 	for _, p := range ls.Ports {
@@ -612,7 +648,7 @@ func backendLess(a, b datapath.Backend) bool {
 // withPinned adds to bes the remote backends a previous run had selected
 // for fe, while the first full sync is not complete: until then the remotes
 // may simply not have been heard from yet.
-func (m *merger) withPinned(fe datapath.Frontend, bes []datapath.Backend) []datapath.Backend {
+func (m *Merger) withPinned(fe datapath.Frontend, bes []datapath.Backend) []datapath.Backend {
 	old, ok := m.pinned[fe]
 	if !ok {
 		return bes
@@ -630,7 +666,7 @@ func (m *merger) withPinned(fe datapath.Frontend, bes []datapath.Backend) []data
 // retryFailed rewrites every service and prefix whose last write failed, so
 // the datapath does not drift from the desired state after a transient
 // error. It reports how many are still failing.
-func (m *merger) retryFailed() int {
+func (m *Merger) RetryFailed() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for n := range m.failedSvc {
@@ -645,34 +681,26 @@ func (m *merger) retryFailed() int {
 }
 
 // writeErrors returns the number of failed writes and the last error.
-func (m *merger) writeErrors() (uint64, string) {
+func (m *Merger) WriteErrors() (uint64, string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.writeErrs, m.lastErr
 }
 
-// check counts a failed datapath write and logs it, at most once per
-// rejectLogEvery per operation (a full map fails every write of a burst);
-// it reports success. m.mu is held.
-func (m *merger) check(err error, op string, what any) bool {
+// logEvery bounds write-failure logging to one line per operation per
+// interval (a full map fails every write of a burst).
+const logEvery = time.Second
+
+// check counts a failed datapath write and logs it (limited per
+// operation); it reports success. m.mu is held.
+func (m *Merger) check(err error, op string, what any) bool {
 	if err == nil {
 		return true
 	}
 	m.writeErrs++
 	m.lastErr = err.Error()
-	if m.checkLog == nil {
-		m.checkLog = map[string]*rejectLimit{}
-	}
-	lim := m.checkLog[op]
-	if lim == nil {
-		lim = &rejectLimit{}
-		m.checkLog[op] = lim
-	}
-	if now := time.Now(); now.Sub(lim.last) >= rejectLogEvery {
-		m.log.Error("datapath write failed", "op", op, "target", what, "err", err, "suppressedSinceLast", lim.suppressed)
-		lim.last, lim.suppressed = now, 0
-	} else {
-		lim.suppressed++
+	if ok, suppressed := m.checkLog.Allow(op, time.Now()); ok {
+		m.log.Error("datapath write failed", "op", op, "target", what, "err", err, "suppressedSinceLast", suppressed)
 	}
 	return false
 }
@@ -681,7 +709,7 @@ func (m *merger) check(err error, op string, what any) bool {
 // hold: what a previous run left behind for a source that is gone. Called
 // only once every remote configured at start has fully synced, so nothing
 // still valid is ever removed.
-func (m *merger) prune(dp datapath.Datapath) error {
+func (m *Merger) Prune(dp datapath.Datapath) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ips, err := dp.IPCache()
@@ -728,10 +756,34 @@ func (m *merger) prune(dp datapath.Datapath) error {
 
 // recheckIfNeeded has the policy programs check their cached flows again
 // after a written ipcache entry changed identity or went away.
-func (m *merger) recheckIfNeeded() {
+func (m *Merger) recheckIfNeeded() {
 	if !m.recheck || m.recheckFlows == nil {
 		return
 	}
 	m.recheck = false
 	m.check(m.recheckFlows(), "recheck flows", "after an ipcache identity change")
+}
+
+// NewRemoteService converts a remote's global service into backends per port
+// name. A service the remote does not share contributes no backends.
+func NewRemoteService(c wire.Cluster, s *wire.ClusterService) *RemoteService {
+	rs := &RemoteService{clusterID: uint16(c.ID), backends: map[string][]datapath.Backend{}}
+	if !s.Shared {
+		return rs
+	}
+	for ip, ports := range s.Backends {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
+			continue // DecodeService already rejected unparseable addresses
+		}
+		for portName, l4 := range ports {
+			proto, err := datapath.ParseProtocol(l4.Protocol)
+			if err != nil {
+				continue
+			}
+			rs.backends[portName] = append(rs.backends[portName], datapath.Backend{
+				Addr: addr.Unmap(), Port: l4.Port, Protocol: proto, ClusterID: uint16(c.ID)})
+		}
+	}
+	return rs
 }

@@ -1,4 +1,4 @@
-package agentsync
+package merge
 
 import (
 	"net/netip"
@@ -18,7 +18,7 @@ const nodeClaimID = 0
 // this node's (nodeName) as the host identity, the others' as remote-node.
 // Nothing without a node name. It returns the prefixes whose winner
 // changed. m.mu is held.
-func (m *merger) claimLocalNodesLocked(st *statesource.State) []netip.Prefix {
+func (m *Merger) claimLocalNodesLocked(st *statesource.State) []netip.Prefix {
 	if m.nodeName == "" {
 		return nil
 	}

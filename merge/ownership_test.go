@@ -1,4 +1,4 @@
-package agentsync
+package merge
 
 import (
 	"log/slog"
@@ -11,14 +11,14 @@ import (
 
 func ownPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
-func ownMerger(t *testing.T) (*merger, *datapath.Memory) {
+func ownMerger(t *testing.T) (*Merger, *datapath.Memory) {
 	t.Helper()
 	mem := datapath.NewMemory()
 	return newMerger(mem, "east", 1, slog.New(slog.DiscardHandler)), mem
 }
 
-func ownClaim(id uint16, identity uint32, p string) ipClaimUpdate {
-	return ipClaimUpdate{prefix: ownPrefix(p), entry: &datapath.IPCacheEntry{Identity: identity, ClusterID: id}}
+func ownClaim(id uint16, identity uint32, p string) IPUpdate {
+	return IPUpdate{Prefix: ownPrefix(p), Entry: &datapath.IPCacheEntry{Identity: identity, ClusterID: id}}
 }
 
 func ownWant(t *testing.T, mem *datapath.Memory, what string, want map[string]uint16) {
@@ -43,29 +43,29 @@ func ownWant(t *testing.T, mem *datapath.Memory, what string, want map[string]ui
 func TestOwnershipEntriesFollowNodeRanges(t *testing.T) {
 	m, mem := ownMerger(t)
 	const west = 2
-	m.setIPs(west, []ipClaimUpdate{ownClaim(west, 131073, "10.2.1.5/32")})
+	m.SetIPs(west, []IPUpdate{ownClaim(west, 131073, "10.2.1.5/32")})
 	ownWant(t, mem, "before west's node", map[string]uint16{})
-	if n := m.notInForce("west", west); n.IPCacheOutside != 1 {
+	if n := m.NotInForce("west", west); n.IPCacheOutside != 1 {
 		t.Errorf("not in force before the node: %+v, want 1 outside", n)
 	}
 
-	m.setNodeRanges(west, nil, []netip.Prefix{ownPrefix("10.2.1.0/24"), ownPrefix("192.168.2.1/32")})
+	m.SetNodeRanges(west, nil, []netip.Prefix{ownPrefix("10.2.1.0/24"), ownPrefix("192.168.2.1/32")})
 	ownWant(t, mem, "after west's node", map[string]uint16{"10.2.1.5/32": west})
-	if n := m.notInForce("west", west); n.Total() != 0 {
+	if n := m.NotInForce("west", west); n.Total() != 0 {
 		t.Errorf("not in force after the node: %+v, want nothing", n)
 	}
 
 	// A prefix wider than the node's range, and an address outside it.
-	m.setIPs(west, []ipClaimUpdate{ownClaim(west, 131073, "10.2.0.0/16"), ownClaim(west, 131073, "10.9.9.9/32")})
+	m.SetIPs(west, []IPUpdate{ownClaim(west, 131073, "10.2.0.0/16"), ownClaim(west, 131073, "10.9.9.9/32")})
 	ownWant(t, mem, "wide and foreign claims", map[string]uint16{"10.2.1.5/32": west})
 
 	// The node restates its ranges (an update): nothing moves.
-	m.setNodeRanges(west, []netip.Prefix{ownPrefix("10.2.1.0/24")}, []netip.Prefix{ownPrefix("10.2.1.0/24")})
+	m.SetNodeRanges(west, []netip.Prefix{ownPrefix("10.2.1.0/24")}, []netip.Prefix{ownPrefix("10.2.1.0/24")})
 	ownWant(t, mem, "node restated", map[string]uint16{"10.2.1.5/32": west})
 
-	m.setNodeRanges(west, []netip.Prefix{ownPrefix("10.2.1.0/24"), ownPrefix("192.168.2.1/32")}, nil)
+	m.SetNodeRanges(west, []netip.Prefix{ownPrefix("10.2.1.0/24"), ownPrefix("192.168.2.1/32")}, nil)
 	ownWant(t, mem, "node gone", map[string]uint16{})
-	if n := m.notInForce("west", west); n.IPCacheOutside != 3 {
+	if n := m.NotInForce("west", west); n.IPCacheOutside != 3 {
 		t.Errorf("not in force after the node went: %+v, want 3 outside", n)
 	}
 }
@@ -76,38 +76,38 @@ func TestOwnershipEntriesFollowNodeRanges(t *testing.T) {
 func TestOwnershipPeerCannotTakeOverAnotherPeersAddresses(t *testing.T) {
 	m, mem := ownMerger(t)
 	const west, north = 2, 3 // west has the lower id
-	m.setNodeRanges(north, nil, []netip.Prefix{ownPrefix("10.3.1.0/24")})
-	m.setNodeRanges(west, nil, []netip.Prefix{ownPrefix("10.2.1.0/24")})
-	m.setIPs(north, []ipClaimUpdate{ownClaim(north, 196609, "10.3.1.7/32")})
+	m.SetNodeRanges(north, nil, []netip.Prefix{ownPrefix("10.3.1.0/24")})
+	m.SetNodeRanges(west, nil, []netip.Prefix{ownPrefix("10.2.1.0/24")})
+	m.SetIPs(north, []IPUpdate{ownClaim(north, 196609, "10.3.1.7/32")})
 
-	m.setIPs(west, []ipClaimUpdate{ownClaim(west, 131073, "10.3.1.7/32"), ownClaim(west, 131073, "10.3.0.0/16")})
+	m.SetIPs(west, []IPUpdate{ownClaim(west, 131073, "10.3.1.7/32"), ownClaim(west, 131073, "10.3.0.0/16")})
 	ownWant(t, mem, "west claims north's address", map[string]uint16{"10.3.1.7/32": north})
 
 	// West states a node whose pod CIDR covers north's, and one with
 	// north's exact range: north claimed first and keeps it.
-	m.setNodeRanges(west, nil, []netip.Prefix{ownPrefix("10.3.0.0/16"), ownPrefix("10.3.1.0/24"), ownPrefix("10.3.1.7/32")})
-	m.setIPs(west, []ipClaimUpdate{ownClaim(west, 131073, "10.3.1.7/32"), ownClaim(west, 131073, "10.3.1.8/32")})
+	m.SetNodeRanges(west, nil, []netip.Prefix{ownPrefix("10.3.0.0/16"), ownPrefix("10.3.1.0/24"), ownPrefix("10.3.1.7/32")})
+	m.SetIPs(west, []IPUpdate{ownClaim(west, 131073, "10.3.1.7/32"), ownClaim(west, 131073, "10.3.1.8/32")})
 	ownWant(t, mem, "west states overlapping ranges", map[string]uint16{"10.3.1.7/32": north})
-	if n := m.notInForce("west", west); n.IPCacheClaimed != 3 || n.IPCacheOutside != 0 {
+	if n := m.NotInForce("west", west); n.IPCacheClaimed != 3 || n.IPCacheOutside != 0 {
 		t.Errorf("west's entries not in force: %+v, want 3 claimed by another cluster (10.3.1.7, 10.3.1.8, 10.3.0.0/16 over north's range)", n)
 	}
 	// North's node restates its range: it keeps its place.
-	m.setNodeRanges(north, []netip.Prefix{ownPrefix("10.3.1.0/24")}, []netip.Prefix{ownPrefix("10.3.1.0/24")})
+	m.SetNodeRanges(north, []netip.Prefix{ownPrefix("10.3.1.0/24")}, []netip.Prefix{ownPrefix("10.3.1.0/24")})
 	ownWant(t, mem, "north's node updated", map[string]uint16{"10.3.1.7/32": north})
 
 	// North's node goes: the range is west's now (it was claimed), and so
 	// are west's entries in it. That is a handover, not a fight: it
 	// happens only when the owner's range is gone.
-	m.setNodeRanges(north, []netip.Prefix{ownPrefix("10.3.1.0/24")}, nil)
+	m.SetNodeRanges(north, []netip.Prefix{ownPrefix("10.3.1.0/24")}, nil)
 	ownWant(t, mem, "north's node gone", map[string]uint16{"10.3.1.7/32": west, "10.3.1.8/32": west, "10.3.0.0/16": west})
 }
 
 // Service backends count only at addresses their cluster owns.
 func TestOwnershipBackendsOutsideRangesAreNotSelected(t *testing.T) {
 	m, mem := ownMerger(t)
-	m.setLocal(mgLocalState("remote", true))
+	m.SetLocal(mgLocalState("remote", true))
 	rs := mgRemote(mgClusterA, true, "10.2.0.1", "10.66.0.1")
-	m.setRemoteService("cluster-a", mgWeb, rs)
+	m.SetRemoteService("cluster-a", mgWeb, rs)
 	backendsOf := func() map[netip.Addr]bool {
 		svcs, err := mem.Services()
 		if err != nil {
@@ -122,12 +122,12 @@ func TestOwnershipBackendsOutsideRangesAreNotSelected(t *testing.T) {
 	if got := backendsOf(); got[netip.MustParseAddr("10.2.0.1")] || got[netip.MustParseAddr("10.66.0.1")] {
 		t.Errorf("backends before cluster-a's node: %v, want none of cluster-a's", got)
 	}
-	m.setNodeRanges(uint16(mgClusterA.ID), nil, []netip.Prefix{ownPrefix("10.2.0.0/24")})
+	m.SetNodeRanges(uint16(mgClusterA.ID), nil, []netip.Prefix{ownPrefix("10.2.0.0/24")})
 	got := backendsOf()
 	if !got[netip.MustParseAddr("10.2.0.1")] || got[netip.MustParseAddr("10.66.0.1")] {
 		t.Errorf("backends after cluster-a's node: %v, want 10.2.0.1 and not 10.66.0.1", got)
 	}
-	if n := m.notInForce("cluster-a", uint16(mgClusterA.ID)); n.BackendsOutside != 2 { // two ports
+	if n := m.NotInForce("cluster-a", uint16(mgClusterA.ID)); n.BackendsOutside != 2 { // two ports
 		t.Errorf("not in force: %+v, want 2 backends outside (one address, two ports)", n)
 	}
 }
@@ -142,9 +142,9 @@ func TestOwnershipNodesCarryOnlyOwnedRanges(t *testing.T) {
 	evil := &wire.Node{Name: "evil", Cluster: "west", ClusterID: 2,
 		IPAddresses:   []wire.NodeAddress{{Type: wire.InternalIP, IP: netip.MustParseAddr("192.168.3.1")}, {Type: wire.InternalIP, IP: netip.MustParseAddr("192.168.2.9")}},
 		IPv4AllocCIDR: &wire.CIDR{Prefix: ownPrefix("10.3.1.0/24")}}
-	m.setNodeRanges(3, nil, nodeRanges(north))
-	m.setNodeRanges(2, nil, nodeRanges(evil))
-	got := m.ownedNodes([]*wire.Node{north, evil})
+	m.SetNodeRanges(3, nil, NodeRanges(north))
+	m.SetNodeRanges(2, nil, NodeRanges(evil))
+	got := m.OwnedNodes([]*wire.Node{north, evil})
 	if got[0].IPv4AllocCIDR == nil || len(got[0].IPAddresses) != 1 {
 		t.Errorf("north's node lost what it owns: %+v", got[0])
 	}

@@ -1,4 +1,4 @@
-package agentsync
+package merge
 
 import (
 	"net/netip"
@@ -168,7 +168,7 @@ func (o *ownership) dropCluster(cluster uint16) bool {
 
 // nodeRanges returns the address ranges a remote node owns: its pod CIDRs
 // and its own addresses (host-network pods and the node itself).
-func nodeRanges(n *wire.Node) []netip.Prefix {
+func NodeRanges(n *wire.Node) []netip.Prefix {
 	var out []netip.Prefix
 	addr := func(a netip.Addr) {
 		if a.IsValid() {
@@ -193,7 +193,7 @@ func nodeRanges(n *wire.Node) []netip.Prefix {
 // added, removed or changed, or a batch of them) and re-evaluates what the
 // change affects: entries held for lack of an owner are claimed once their
 // cluster owns them, and entries whose owning range went are held again.
-func (m *merger) setNodeRanges(id uint16, removed, added []netip.Prefix) {
+func (m *Merger) SetNodeRanges(id uint16, removed, added []netip.Prefix) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	// Additions first: a node restating a range it had keeps the claim
@@ -226,7 +226,7 @@ func (m *merger) setNodeRanges(id uint16, removed, added []netip.Prefix) {
 // dropOwnershipLocked forgets a drained cluster's ranges and held entries
 // (its claims were withdrawn by the caller); other clusters' held entries
 // are re-evaluated.
-func (m *merger) dropOwnershipLocked(id uint16) []netip.Prefix {
+func (m *Merger) dropOwnershipLocked(id uint16) []netip.Prefix {
 	delete(m.held, id)
 	if !m.own.dropCluster(id) {
 		return nil
@@ -242,13 +242,13 @@ func (m *merger) dropOwnershipLocked(id uint16) []netip.Prefix {
 // own apiserver always may (its entries are this cluster's own), a remote
 // only inside the ranges it owns — unless ownership is not checked
 // (Config.TrustRemoteAddresses).
-func (m *merger) admitsLocked(id uint16, p netip.Prefix) bool {
+func (m *Merger) admitsLocked(id uint16, p netip.Prefix) bool {
 	return m.trustAddresses || id == m.localID || m.own.owns(id, p)
 }
 
 // holdUnownedLocked moves cluster id's claims it no longer owns to held. It
 // returns the prefixes whose winner changed.
-func (m *merger) holdUnownedLocked(id uint16) []netip.Prefix {
+func (m *Merger) holdUnownedLocked(id uint16) []netip.Prefix {
 	var changed []netip.Prefix
 	take := func(p netip.Prefix, e datapath.IPCacheEntry) {
 		if m.admitsLocked(id, p) {
@@ -275,7 +275,7 @@ func (m *merger) holdUnownedLocked(id uint16) []netip.Prefix {
 }
 
 // claimHeldLocked claims cluster id's held entries it now owns.
-func (m *merger) claimHeldLocked(id uint16) []netip.Prefix {
+func (m *Merger) claimHeldLocked(id uint16) []netip.Prefix {
 	var changed []netip.Prefix
 	for p, e := range m.held[id] {
 		if !m.admitsLocked(id, p) {
@@ -292,7 +292,7 @@ func (m *merger) claimHeldLocked(id uint16) []netip.Prefix {
 	return changed
 }
 
-func (m *merger) holdLocked(id uint16, p netip.Prefix, e datapath.IPCacheEntry) {
+func (m *Merger) holdLocked(id uint16, p netip.Prefix, e datapath.IPCacheEntry) {
 	h := m.held[id]
 	if h == nil {
 		h = map[netip.Prefix]datapath.IPCacheEntry{}
@@ -302,7 +302,7 @@ func (m *merger) holdLocked(id uint16, p netip.Prefix, e datapath.IPCacheEntry) 
 }
 
 // unheldLocked forgets a held entry; it reports whether there was one.
-func (m *merger) unheldLocked(id uint16, p netip.Prefix) bool {
+func (m *Merger) unheldLocked(id uint16, p netip.Prefix) bool {
 	h := m.held[id]
 	if _, ok := h[p]; !ok {
 		return false
@@ -316,7 +316,7 @@ func (m *merger) unheldLocked(id uint16, p netip.Prefix) bool {
 
 // syncRemoteServicesLocked rewrites every service with remote backends:
 // which of them are in force follows the clusters' ranges.
-func (m *merger) syncRemoteServicesLocked() {
+func (m *Merger) syncRemoteServicesLocked() {
 	for n := range m.remoteSvcs {
 		m.syncService(n)
 	}
@@ -340,7 +340,7 @@ type NotInForce struct {
 func (n NotInForce) Total() int { return n.IPCacheOutside + n.IPCacheClaimed + n.BackendsOutside }
 
 // notInForce reports cluster id's (named cluster's) entries that are held.
-func (m *merger) notInForce(cluster string, id uint16) NotInForce {
+func (m *Merger) NotInForce(cluster string, id uint16) NotInForce {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var n NotInForce
@@ -369,7 +369,7 @@ func (m *merger) notInForce(cluster string, id uint16) NotInForce {
 
 // ownedNodes returns nodes with the pod CIDRs and addresses their cluster
 // does not own removed (copies where something is removed).
-func (m *merger) ownedNodes(nodes []*wire.Node) []*wire.Node {
+func (m *Merger) OwnedNodes(nodes []*wire.Node) []*wire.Node {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.trustAddresses {

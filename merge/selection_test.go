@@ -1,4 +1,4 @@
-package agentsync
+package merge
 
 import (
 	"fmt"
@@ -125,14 +125,14 @@ func TestStaleClusterFailover(t *testing.T) {
 			m, dp := mgNewMerger(t)
 			st := mgLocalState(wire.AffinityRemote, true)
 			st.Services[0].Annotations[AnnotationFailoverOnStaleCluster] = fmt.Sprint(failover)
-			m.setLocal(st)
-			m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
-			m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
+			m.SetLocal(st)
+			m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+			m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
 			count := func() map[uint16]int {
 				svcs, _ := dp.Services()
 				return shares(svcs[mgFEHTTP])
 			}
-			m.setStale("cluster-a", true)
+			m.SetStale("cluster-a", true)
 			got := count()
 			if failover && (got[uint16(mgClusterA.ID)] != 0 || got[uint16(mgClusterB.ID)] != 1) {
 				t.Errorf("stale cluster-a still selected: %v", got)
@@ -140,12 +140,12 @@ func TestStaleClusterFailover(t *testing.T) {
 			if !failover && got[uint16(mgClusterA.ID)] != 1 {
 				t.Errorf("without the annotation a stale cluster stays selected: %v", got)
 			}
-			m.setStale("cluster-a", false)
+			m.SetStale("cluster-a", false)
 			if got := count(); got[uint16(mgClusterA.ID)] != 1 || got[uint16(mgClusterB.ID)] != 1 {
 				t.Errorf("fresh again: %v", got)
 			}
-			m.setStale("cluster-a", true)
-			m.setStale("cluster-b", true)
+			m.SetStale("cluster-a", true)
+			m.SetStale("cluster-b", true)
 			if got := count(); failover && len(got) != 1 {
 				t.Errorf("every remote stale: %v, want the local backends (affinity remote falls back)", got)
 			}
@@ -162,7 +162,7 @@ func TestServingTerminatingAsLastResort(t *testing.T) {
 	for i := range st.Endpoints {
 		st.Endpoints[i].Serving = &serving // ...but still serving
 	}
-	m.setLocal(st)
+	m.SetLocal(st)
 	count := func() map[uint16]int {
 		svcs, _ := dp.Services()
 		return shares(svcs[mgFEHTTP])
@@ -170,7 +170,7 @@ func TestServingTerminatingAsLastResort(t *testing.T) {
 	if got := count(); got[1] == 0 {
 		t.Fatalf("no ready backend anywhere: the serving local ones must be used, got %v", got)
 	}
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
 	if got := count(); got[1] != 0 || got[uint16(mgClusterA.ID)] != 1 {
 		t.Errorf("a ready remote backend beats terminating local ones: %v", got)
 	}

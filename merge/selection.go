@@ -1,4 +1,4 @@
-package agentsync
+package merge
 
 import (
 	"fmt"

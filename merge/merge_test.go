@@ -1,4 +1,4 @@
-package agentsync
+package merge
 
 import (
 	"fmt"
@@ -25,7 +25,7 @@ var (
 	mgClusterA = wire.Cluster{Name: "cluster-a", ID: 2, MaxConnectedClusters: wire.DefaultMaxConnectedClusters}
 	mgClusterB = wire.Cluster{Name: "cluster-b", ID: 3, MaxConnectedClusters: wire.DefaultMaxConnectedClusters}
 
-	mgWeb       = svcName{"shop", "web"}
+	mgWeb       = ServiceName{"shop", "web"}
 	mgClusterIP = netip.MustParseAddr("10.96.0.10")
 	mgFEHTTP    = datapath.Frontend{Addr: mgClusterIP, Port: 80, Protocol: datapath.TCP}
 	mgFEDNS     = datapath.Frontend{Addr: mgClusterIP, Port: 53, Protocol: datapath.UDP}
@@ -65,7 +65,7 @@ func (w *mgCountingWriter) writes() int { return w.upsertSvc + w.deleteSvc + w.u
 
 func (w *mgCountingWriter) reset() { w.upsertSvc, w.deleteSvc, w.upsertIP, w.deleteIP = 0, 0, 0, 0 }
 
-func mgNewMerger(t *testing.T) (*merger, *mgCountingWriter) {
+func mgNewMerger(t *testing.T) (*Merger, *mgCountingWriter) {
 	t.Helper()
 	dp := &mgCountingWriter{Memory: datapath.NewMemory()}
 	m := newMerger(dp, "local", mgLocalID, slog.New(slog.DiscardHandler))
@@ -112,7 +112,7 @@ func mgLocalState(affinity string, webReady bool) *statesource.State {
 // mgRemote is cluster c's view of a global service, converted as the agent
 // converts what it reads from etcd: every ip has "http" TCP 8080 and "dns"
 // UDP 53.
-func mgRemote(c wire.Cluster, shared bool, ips ...string) *remoteService {
+func mgRemote(c wire.Cluster, shared bool, ips ...string) *RemoteService {
 	cs := &wire.ClusterService{
 		Cluster: c.Name, ClusterID: c.ID, Namespace: mgWeb.Namespace, Name: mgWeb.Name,
 		Shared: shared, Backends: map[string]wire.PortConfiguration{},
@@ -123,7 +123,7 @@ func mgRemote(c wire.Cluster, shared bool, ips ...string) *remoteService {
 			"dns":  {Protocol: "UDP", Port: 53},
 		}
 	}
-	return toRemoteService(c, cs)
+	return NewRemoteService(c, cs)
 }
 
 func mgBE(ip string, port uint16, proto datapath.Protocol, cluster uint16) datapath.Backend {
@@ -280,9 +280,9 @@ func TestSelectBackendsSortedDeterministically(t *testing.T) {
 
 func TestMergerWritesGlobalServicePerPort(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState("", true))
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
-	m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.2", "10.3.0.1"))
+	m.SetLocal(mgLocalState("", true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.2", "10.3.0.1"))
 
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {
@@ -304,7 +304,7 @@ func TestMergerWritesGlobalServicePerPort(t *testing.T) {
 
 func TestMergerLocalOnlyGlobalServiceIsWrittenBeforeAnyRemote(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityNone, true))
+	m.SetLocal(mgLocalState(wire.AffinityNone, true))
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1)},
 		mgFEDNS:  {mgDNS("10.1.0.1", 1), mgDNS("10.1.0.2", 1)},
@@ -313,10 +313,10 @@ func TestMergerLocalOnlyGlobalServiceIsWrittenBeforeAnyRemote(t *testing.T) {
 
 func TestMergerRemoteBackendMustMatchPortNameAndProtocol(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityNone, false))
+	m.SetLocal(mgLocalState(wire.AffinityNone, false))
 	// cluster-a names its DNS port "dns" but serves it over TCP, and has a
 	// port "metrics" the local service does not have.
-	m.setRemoteService("cluster-a", mgWeb, toRemoteService(mgClusterA, &wire.ClusterService{
+	m.SetRemoteService("cluster-a", mgWeb, NewRemoteService(mgClusterA, &wire.ClusterService{
 		Cluster: "cluster-a", ClusterID: 2, Namespace: "shop", Name: "web", Shared: true,
 		Backends: map[string]wire.PortConfiguration{"10.2.0.1": {
 			"http":    {Protocol: "TCP", Port: 8080},
@@ -334,23 +334,23 @@ func TestMergerNonGlobalServiceNotWritten(t *testing.T) {
 	m, dp := mgNewMerger(t)
 	st := mgLocalState("", true)
 	st.Services = st.Services[1:] // only shop/internal
-	m.setLocal(st)
+	m.SetLocal(st)
 	// Even with remote backends for a same-named service.
-	m.setRemoteService("cluster-a", svcName{"shop", "internal"}, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetRemoteService("cluster-a", ServiceName{"shop", "internal"}, mgRemote(mgClusterA, true, "10.2.0.1"))
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{})
 }
 
 func TestMergerServiceNoLongerGlobalIsDeleted(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState("", true))
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetLocal(mgLocalState("", true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
 
 	st := mgLocalState("", true)
 	delete(st.Services[0].Annotations, wire.AnnotationGlobal)
-	m.setLocal(st)
+	m.SetLocal(st)
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{})
 
-	m.setLocal(mgLocalState("", true)) // global again
+	m.SetLocal(mgLocalState("", true)) // global again
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1), mgHTTP("10.2.0.1", 2)},
 		mgFEDNS:  {mgDNS("10.1.0.1", 1), mgDNS("10.1.0.2", 1), mgDNS("10.2.0.1", 2)},
@@ -359,10 +359,10 @@ func TestMergerServiceNoLongerGlobalIsDeleted(t *testing.T) {
 
 func TestMergerRemoteOnlyServiceNotWritten(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState("", true))
-	api := svcName{"shop", "api"}
+	m.SetLocal(mgLocalState("", true))
+	api := ServiceName{"shop", "api"}
 	rs := mgRemote(mgClusterA, true, "10.2.0.1", "10.2.0.2")
-	m.setRemoteService("cluster-a", api, rs)
+	m.SetRemoteService("cluster-a", api, rs)
 
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1)},
@@ -370,7 +370,7 @@ func TestMergerRemoteOnlyServiceNotWritten(t *testing.T) {
 	})
 
 	var found bool
-	for _, s := range m.serviceStatuses() {
+	for _, s := range m.ServiceStatuses() {
 		if s.Namespace != "shop" || s.Name != "api" {
 			continue
 		}
@@ -386,15 +386,15 @@ func TestMergerRemoteOnlyServiceNotWritten(t *testing.T) {
 		}
 	}
 	if !found {
-		t.Fatalf("serviceStatuses has no line for the remote-only service shop/api: %+v", m.serviceStatuses())
+		t.Fatalf("serviceStatuses has no line for the remote-only service shop/api: %+v", m.ServiceStatuses())
 	}
 }
 
 func TestMergerAffinityLocalFailsOverAndBack(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityLocal, true))
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
-	m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
+	m.SetLocal(mgLocalState(wire.AffinityLocal, true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
 
 	localOnly := map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1)},
@@ -402,13 +402,13 @@ func TestMergerAffinityLocalFailsOverAndBack(t *testing.T) {
 	}
 	mgWantServices(t, dp, localOnly)
 
-	m.setLocal(mgLocalState(wire.AffinityLocal, false)) // every local endpoint not ready
+	m.SetLocal(mgLocalState(wire.AffinityLocal, false)) // every local endpoint not ready
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.2.0.1", 2), mgHTTP("10.3.0.1", 3)},
 		mgFEDNS:  {mgDNS("10.2.0.1", 2), mgDNS("10.3.0.1", 3)},
 	})
 
-	m.setLocal(mgLocalState(wire.AffinityLocal, true)) // ready again
+	m.SetLocal(mgLocalState(wire.AffinityLocal, true)) // ready again
 	mgWantServices(t, dp, localOnly)
 }
 
@@ -416,8 +416,8 @@ func TestMergerAffinityLocalOneHealthyLocalSuffices(t *testing.T) {
 	m, dp := mgNewMerger(t)
 	st := mgLocalState(wire.AffinityLocal, true)
 	st.Endpoints[0].Ready = mgBool(false) // web-0 not ready, web-1 ready
-	m.setLocal(st)
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetLocal(st)
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.2", 1)},
 		mgFEDNS:  {mgDNS("10.1.0.2", 1)},
@@ -426,14 +426,14 @@ func TestMergerAffinityLocalOneHealthyLocalSuffices(t *testing.T) {
 
 func TestMergerAffinityRemoteFallsBackToLocal(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityRemote, true))
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetLocal(mgLocalState(wire.AffinityRemote, true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.2.0.1", 2)},
 		mgFEDNS:  {mgDNS("10.2.0.1", 2)},
 	})
 
-	m.setRemoteService("cluster-a", mgWeb, nil)
+	m.SetRemoteService("cluster-a", mgWeb, nil)
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1)},
 		mgFEDNS:  {mgDNS("10.1.0.1", 1), mgDNS("10.1.0.2", 1)},
@@ -442,19 +442,19 @@ func TestMergerAffinityRemoteFallsBackToLocal(t *testing.T) {
 
 func TestMergerRemoteUpdateReplacesOnlyItsOwnBackends(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityNone, false)) // remote backends only
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1", "10.2.0.2"))
-	m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
+	m.SetLocal(mgLocalState(wire.AffinityNone, false)) // remote backends only
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1", "10.2.0.2"))
+	m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
 
 	// cluster-a's new view replaces both of its backends with one other.
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.7"))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.7"))
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.2.0.7", 2), mgHTTP("10.3.0.1", 3)},
 		mgFEDNS:  {mgDNS("10.2.0.7", 2), mgDNS("10.3.0.1", 3)},
 	})
 
 	// cluster-a's service deleted: cluster-b's backends stay.
-	m.setRemoteService("cluster-a", mgWeb, nil)
+	m.SetRemoteService("cluster-a", mgWeb, nil)
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.3.0.1", 3)},
 		mgFEDNS:  {mgDNS("10.3.0.1", 3)},
@@ -463,13 +463,13 @@ func TestMergerRemoteUpdateReplacesOnlyItsOwnBackends(t *testing.T) {
 
 func TestMergerUnsharedRemoteContributesNoBackends(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityNone, true))
+	m.SetLocal(mgLocalState(wire.AffinityNone, true))
 	unshared := mgRemote(mgClusterA, false, "10.2.0.1")
 	if n := len(unshared.backends); n != 0 {
-		t.Fatalf("toRemoteService with Shared=false kept backends for %d ports: %v", n, unshared.backends)
+		t.Fatalf("NewRemoteService with Shared=false kept backends for %d ports: %v", n, unshared.backends)
 	}
-	m.setRemoteService("cluster-a", mgWeb, unshared)
-	m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
+	m.SetRemoteService("cluster-a", mgWeb, unshared)
+	m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1), mgHTTP("10.3.0.1", 3)},
 		mgFEDNS:  {mgDNS("10.1.0.1", 1), mgDNS("10.1.0.2", 1), mgDNS("10.3.0.1", 3)},
@@ -477,7 +477,7 @@ func TestMergerUnsharedRemoteContributesNoBackends(t *testing.T) {
 }
 
 func TestMergerToRemoteServiceConvertsBackends(t *testing.T) {
-	rs := toRemoteService(mgClusterA, &wire.ClusterService{
+	rs := NewRemoteService(mgClusterA, &wire.ClusterService{
 		Cluster: "cluster-a", ClusterID: 2, Namespace: "shop", Name: "web", Shared: true,
 		Backends: map[string]wire.PortConfiguration{
 			"::ffff:10.2.0.1": {"http": {Protocol: "TCP", Port: 8080}},
@@ -498,11 +498,11 @@ func TestMergerToRemoteServiceConvertsBackends(t *testing.T) {
 
 func TestMergerDropCluster(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityNone, true))
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
-	m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
-	api := svcName{"shop", "api"}
-	m.setRemoteService("cluster-a", api, mgRemote(mgClusterA, true, "10.2.0.5"))
+	m.SetLocal(mgLocalState(wire.AffinityNone, true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
+	api := ServiceName{"shop", "api"}
+	m.SetRemoteService("cluster-a", api, mgRemote(mgClusterA, true, "10.2.0.5"))
 
 	pa := netip.MustParsePrefix("10.2.0.1/32")
 	pb := netip.MustParsePrefix("10.3.0.1/32")
@@ -514,14 +514,14 @@ func TestMergerDropCluster(t *testing.T) {
 	m.setIP("cluster-a", shared, &ipClaim{clusterID: 2, entry: ea})
 	m.setIP("cluster-b", shared, &ipClaim{clusterID: 3, entry: eb})
 
-	m.dropCluster("cluster-a", 2)
+	m.DropCluster("cluster-a", 2)
 
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1), mgHTTP("10.3.0.1", 3)},
 		mgFEDNS:  {mgDNS("10.1.0.1", 1), mgDNS("10.1.0.2", 1), mgDNS("10.3.0.1", 3)},
 	})
 	mgWantIPCache(t, dp, map[netip.Prefix]datapath.IPCacheEntry{pb: eb, shared: eb})
-	for _, s := range m.serviceStatuses() {
+	for _, s := range m.ServiceStatuses() {
 		if s.Name == "api" {
 			t.Errorf("shop/api, known only from the dropped cluster-a, still in the status: %+v", s)
 		}
@@ -531,7 +531,7 @@ func TestMergerDropCluster(t *testing.T) {
 	}
 
 	dp.reset()
-	m.dropCluster("cluster-a", 2) // nothing left of it
+	m.DropCluster("cluster-a", 2) // nothing left of it
 	if dp.writes() != 0 {
 		t.Errorf("dropping an already dropped cluster wrote %d times", dp.writes())
 	}
@@ -591,9 +591,9 @@ func TestMergerRecomputeWithoutChangeWritesNothing(t *testing.T) {
 	p := netip.MustParsePrefix("10.2.0.1/32")
 	claim := datapath.IPCacheEntry{Identity: 1000, TunnelEndpoint: netip.MustParseAddr("192.168.2.1"), ClusterID: 2}
 
-	m.setLocal(mgLocalState(wire.AffinityNone, true))
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1", "10.2.0.2", "10.2.0.3"))
-	m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
+	m.SetLocal(mgLocalState(wire.AffinityNone, true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1", "10.2.0.2", "10.2.0.3"))
+	m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
 	m.setIP("cluster-a", p, &ipClaim{clusterID: 2, entry: claim})
 	if dp.upsertSvc == 0 || dp.upsertIP != 1 {
 		t.Fatalf("initial sync: %d service and %d ipcache upserts, want some and 1", dp.upsertSvc, dp.upsertIP)
@@ -604,20 +604,20 @@ func TestMergerRecomputeWithoutChangeWritesNothing(t *testing.T) {
 		name string
 		do   func()
 	}{
-		{"same local state again (new copy)", func() { m.setLocal(mgLocalState(wire.AffinityNone, true)) }},
+		{"same local state again (new copy)", func() { m.SetLocal(mgLocalState(wire.AffinityNone, true)) }},
 		{"same remote service again (new value, same backends)", func() {
-			m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.3", "10.2.0.1", "10.2.0.2"))
+			m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.3", "10.2.0.1", "10.2.0.2"))
 		}},
 		{"same ipcache claim again", func() {
 			m.setIP("cluster-a", p, &ipClaim{clusterID: 2, entry: claim})
 		}},
-		{"delete of a service the cluster never had", func() { m.setRemoteService("cluster-b", svcName{"shop", "nope"}, nil) }},
+		{"delete of a service the cluster never had", func() { m.SetRemoteService("cluster-b", ServiceName{"shop", "nope"}, nil) }},
 		{"delete of a claim the cluster never made", func() { m.setIP("cluster-b", p, nil) }},
-		{"drop of an unknown cluster", func() { m.dropCluster("cluster-z", 26) }},
+		{"drop of an unknown cluster", func() { m.DropCluster("cluster-z", 26) }},
 		{"change of a non-global service", func() {
 			st := mgLocalState(wire.AffinityNone, true)
 			st.Services[1].Ports[0].TargetPort = 9999
-			m.setLocal(st)
+			m.SetLocal(st)
 		}},
 	}
 	for _, s := range steps {
@@ -632,7 +632,7 @@ func TestMergerRecomputeWithoutChangeWritesNothing(t *testing.T) {
 
 	// A change that affects only the http port rewrites only that frontend.
 	dp.reset()
-	m.setRemoteService("cluster-b", mgWeb, toRemoteService(mgClusterB, &wire.ClusterService{
+	m.SetRemoteService("cluster-b", mgWeb, NewRemoteService(mgClusterB, &wire.ClusterService{
 		Cluster: "cluster-b", ClusterID: 3, Namespace: "shop", Name: "web", Shared: true,
 		Backends: map[string]wire.PortConfiguration{
 			"10.3.0.1": {"http": {Protocol: "TCP", Port: 8080}, "dns": {Protocol: "UDP", Port: 53}},
@@ -667,12 +667,12 @@ func TestMergerPrune(t *testing.T) {
 
 	m := newMerger(mem, "local", mgLocalID, slog.New(slog.DiscardHandler))
 	m.trustAddresses = true
-	m.setLocal(mgLocalState(wire.AffinityNone, true))
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetLocal(mgLocalState(wire.AffinityNone, true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
 	entry := datapath.IPCacheEntry{Identity: 1000, TunnelEndpoint: netip.MustParseAddr("192.168.2.1"), ClusterID: 2}
 	m.setIP("cluster-a", keptPrefix, &ipClaim{clusterID: 2, entry: entry})
 
-	if err := m.prune(mem); err != nil {
+	if err := m.Prune(mem); err != nil {
 		t.Fatalf("prune: %v", err)
 	}
 	mgWantIPCache(t, mem, map[netip.Prefix]datapath.IPCacheEntry{keptPrefix: entry})
@@ -689,8 +689,8 @@ func TestMergerPruneKeepsZeroSlotService(t *testing.T) {
 	mem := datapath.NewMemory()
 	m := newMerger(mem, "local", mgLocalID, slog.New(slog.DiscardHandler))
 	m.trustAddresses = true
-	m.setLocal(mgLocalState(wire.AffinityLocal, false)) // no backend anywhere
-	if err := m.prune(mem); err != nil {
+	m.SetLocal(mgLocalState(wire.AffinityLocal, false)) // no backend anywhere
+	if err := m.Prune(mem); err != nil {
 		t.Fatalf("prune: %v", err)
 	}
 	mgWantServices(t, mem, map[datapath.Frontend][]datapath.Backend{mgFEHTTP: {}, mgFEDNS: {}})
@@ -708,13 +708,13 @@ func TestMergerPruneKeepsServiceWithV4MappedClusterIP(t *testing.T) {
 	if err := st.Validate(); err != nil {
 		t.Fatalf("state invalid: %v", err)
 	}
-	m.setLocal(st)
+	m.SetLocal(st)
 	want := map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1)},
 		mgFEDNS:  {mgDNS("10.1.0.1", 1), mgDNS("10.1.0.2", 1)},
 	}
 	mgWantServices(t, mem, want)
-	if err := m.prune(mem); err != nil {
+	if err := m.Prune(mem); err != nil {
 		t.Fatalf("prune: %v", err)
 	}
 	mgWantServices(t, mem, want)
@@ -726,11 +726,11 @@ func TestServiceStatusesCounts(t *testing.T) {
 	m, _ := mgNewMerger(t)
 	st := mgLocalState(wire.AffinityLocal, true)
 	st.Endpoints[1].Ready = mgBool(false) // web-1 not ready
-	m.setLocal(st)
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
-	m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1", "10.3.0.2"))
+	m.SetLocal(st)
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1", "10.3.0.2"))
 
-	got := m.serviceStatuses()
+	got := m.ServiceStatuses()
 	want := []ServiceStatus{
 		{
 			Namespace: "shop", Name: "web", Frontend: mgFEDNS.String(), Affinity: wire.AffinityLocal,
@@ -746,8 +746,8 @@ func TestServiceStatusesCounts(t *testing.T) {
 	mgWantStatuses(t, got, want)
 
 	// Without a healthy local backend, all remote ones are selected.
-	m.setLocal(mgLocalState(wire.AffinityLocal, false))
-	for _, s := range m.serviceStatuses() {
+	m.SetLocal(mgLocalState(wire.AffinityLocal, false))
+	for _, s := range m.ServiceStatuses() {
 		if s.LocalHealthy != 0 || s.LocalTotal != 2 || s.Selected != 3 || s.SelectedFrom != "remote" || s.Warning != "" {
 			t.Errorf("%s after local failure: healthy %d/%d, selected %d from %q, warning %q; want 0/2, 3 from remote, no warning",
 				s.Frontend, s.LocalHealthy, s.LocalTotal, s.Selected, s.SelectedFrom, s.Warning)
@@ -755,8 +755,8 @@ func TestServiceStatusesCounts(t *testing.T) {
 	}
 
 	// Affinity none selects everything healthy.
-	m.setLocal(mgLocalState(wire.AffinityNone, true))
-	for _, s := range m.serviceStatuses() {
+	m.SetLocal(mgLocalState(wire.AffinityNone, true))
+	for _, s := range m.ServiceStatuses() {
 		if s.Affinity != wire.AffinityNone || s.Selected != 5 || s.SelectedFrom != "local+remote" {
 			t.Errorf("%s with affinity none: affinity %q, selected %d from %q; want none, 5 from local+remote",
 				s.Frontend, s.Affinity, s.Selected, s.SelectedFrom)
@@ -766,10 +766,10 @@ func TestServiceStatusesCounts(t *testing.T) {
 
 func TestServiceStatusesZeroSelectedWarning(t *testing.T) {
 	m, dp := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityLocal, false)) // no healthy local, no remote
-	m.setRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, false, "10.2.0.1"))
+	m.SetLocal(mgLocalState(wire.AffinityLocal, false)) // no healthy local, no remote
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, false, "10.2.0.1"))
 
-	got := m.serviceStatuses()
+	got := m.ServiceStatuses()
 	if len(got) != 2 {
 		t.Fatalf("got %d status lines, want 2 (one per port): %+v", len(got), got)
 	}
@@ -785,8 +785,8 @@ func TestServiceStatusesZeroSelectedWarning(t *testing.T) {
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{mgFEHTTP: {}, mgFEDNS: {}})
 
 	// A healthy backend clears the warning.
-	m.setRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
-	for _, s := range m.serviceStatuses() {
+	m.SetRemoteService("cluster-b", mgWeb, mgRemote(mgClusterB, true, "10.3.0.1"))
+	for _, s := range m.ServiceStatuses() {
 		if s.Warning != "" || s.Selected != 1 {
 			t.Errorf("%s with one remote backend: selected %d, warning %q; want 1 and none", s.Frontend, s.Selected, s.Warning)
 		}
@@ -795,12 +795,12 @@ func TestServiceStatusesZeroSelectedWarning(t *testing.T) {
 
 func TestServiceStatusesSortedAndExcludeNonGlobal(t *testing.T) {
 	m, _ := mgNewMerger(t)
-	m.setLocal(mgLocalState(wire.AffinityNone, true))
-	m.setRemoteService("cluster-a", svcName{"zoo", "api"}, mgRemote(mgClusterA, true, "10.2.0.1"))
-	m.setRemoteService("cluster-a", svcName{"alpha", "api"}, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetLocal(mgLocalState(wire.AffinityNone, true))
+	m.SetRemoteService("cluster-a", ServiceName{"zoo", "api"}, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.SetRemoteService("cluster-a", ServiceName{"alpha", "api"}, mgRemote(mgClusterA, true, "10.2.0.1"))
 
 	var names []string
-	for _, s := range m.serviceStatuses() {
+	for _, s := range m.ServiceStatuses() {
 		names = append(names, fmt.Sprintf("%s/%s %s", s.Namespace, s.Name, s.Frontend))
 	}
 	want := []string{
@@ -845,8 +845,8 @@ func TestMergerClusterIPRespelledUnmappedKeepsService(t *testing.T) {
 	m, dp := mgNewMerger(t)
 	st := mgLocalState(wire.AffinityNone, true)
 	st.Services[0].ClusterIP = netip.MustParseAddr("::ffff:10.96.0.10")
-	m.setLocal(st)
-	m.setLocal(mgLocalState(wire.AffinityNone, true)) // 10.96.0.10
+	m.SetLocal(st)
+	m.SetLocal(mgLocalState(wire.AffinityNone, true)) // 10.96.0.10
 	mgWantServices(t, dp, map[datapath.Frontend][]datapath.Backend{
 		mgFEHTTP: {mgHTTP("10.1.0.1", 1), mgHTTP("10.1.0.2", 1)},
 		mgFEDNS:  {mgDNS("10.1.0.1", 1), mgDNS("10.1.0.2", 1)},
@@ -861,21 +861,21 @@ func TestMergerRecheckFlowsWhenAWrittenIdentityChanges(t *testing.T) {
 	e := func(id uint32) *datapath.IPCacheEntry { return &datapath.IPCacheEntry{Identity: id, ClusterID: 2} }
 	for _, step := range []struct {
 		what    string
-		updates []ipClaimUpdate
+		updates []IPUpdate
 		want    int
 	}{
-		{"new entries", []ipClaimUpdate{{p, e(1000)}, {q, e(1000)}}, 0},
-		{"the same again", []ipClaimUpdate{{p, e(1000)}}, 0},
-		{"an identity changes", []ipClaimUpdate{{p, e(1001)}, {q, e(1000)}}, 1},
-		{"an entry goes away", []ipClaimUpdate{{q, nil}}, 2},
-		{"a new entry", []ipClaimUpdate{{q, e(1002)}}, 2},
+		{"new entries", []IPUpdate{{p, e(1000)}, {q, e(1000)}}, 0},
+		{"the same again", []IPUpdate{{p, e(1000)}}, 0},
+		{"an identity changes", []IPUpdate{{p, e(1001)}, {q, e(1000)}}, 1},
+		{"an entry goes away", []IPUpdate{{q, nil}}, 2},
+		{"a new entry", []IPUpdate{{q, e(1002)}}, 2},
 	} {
-		m.setIPs(2, step.updates)
+		m.SetIPs(2, step.updates)
 		if rechecks != step.want {
 			t.Errorf("%s: %d rechecks, want %d", step.what, rechecks, step.want)
 		}
 	}
-	m.dropCluster("cluster-b", 2)
+	m.DropCluster("cluster-b", 2)
 	if rechecks != 3 {
 		t.Errorf("drop cluster: %d rechecks, want 3 (once for the batch)", rechecks)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/clustermesh/clustermesh/internal/loglimit"
+	"github.com/clustermesh/clustermesh/merge"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -34,6 +37,20 @@ var (
 	errCompacted = errors.New("watch revision compacted")
 )
 
+// sink is where a remote's stores put what they accepted: the merge. The
+// stores call it while their kind's lock is held (lock order: kindState.mu,
+// then the merge's lock, then the datapath's). The kernel write happens on
+// the list or watch goroutine that received the entries, within that lock:
+// one datapath batch per page or watch response, no queue between them
+// (a reconcile loop would add a hand-over to every change's propagation;
+// sync.propagation.p99_ratio in docs/benchmarks.md is the figure it keeps).
+type sink interface {
+	SetIPs(cluster uint16, updates []merge.IPUpdate)
+	SetRemoteService(cluster string, n merge.ServiceName, rs *merge.RemoteService)
+	SetNodeRanges(cluster uint16, removed, added []netip.Prefix)
+	OverlapsLocal(p netip.Prefix) bool
+}
+
 // remote is the agent's connection to one remote cluster: it reconnects
 // with backoff and, on every connection, waits for the cluster config and
 // the canaries, then lists and watches each kind with mark-and-sweep. It
@@ -47,6 +64,13 @@ type remote struct {
 	agent *Agent
 	log   *slog.Logger
 
+	// What the stores hand accepted entries to — receive, then decide: the
+	// merge (sink), the policy's identity observer, the nodes-changed
+	// signal. Stores reach nothing else of the agent.
+	out          sink
+	identities   IdentityObserver
+	nodesChanged func()
+
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -57,7 +81,7 @@ type remote struct {
 	cur    wire.Cluster // guarded by mu; the cluster as its config says, set per session
 	// rejectLog limits rejection logging per reason (rejectReason's few
 	// values; guarded by mu).
-	rejectLog map[string]*rejectLimit
+	rejectLog *loglimit.Keyed
 	kinds     [4]*kindState
 }
 
@@ -70,7 +94,8 @@ func (r *remote) cluster() wire.Cluster {
 
 func newRemote(a *Agent, name string, cfg RemoteConfig, raw []byte) *remote {
 	r := &remote{name: name, self: name == a.cfg.ClusterName, cfg: cfg, raw: raw, agent: a, log: a.log.With("remote", name), done: make(chan struct{}),
-		rejectLog: map[string]*rejectLimit{}}
+		out: a.merger, identities: a.cfg.Identities, nodesChanged: func() { a.nodesDirty.Store(true) },
+		rejectLog: loglimit.New(rejectLogEvery)}
 	r.status = RemoteStatus{Name: name, EtcdEndpoints: cfg.Endpoints, Rejected: map[string]uint64{}, Synced: map[string]bool{}}
 	for _, k := range wire.Kinds {
 		r.kinds[k] = newKindState(r, k)
@@ -101,7 +126,7 @@ func (r *remote) stop(drain bool) {
 // drain removes from the datapath everything the remote said under
 // cluster id, forgets it, and releases the id.
 func (r *remote) drain(id uint16) {
-	r.agent.merger.dropCluster(r.name, id)
+	r.agent.merger.DropCluster(r.name, id)
 	if !r.self {
 		r.agent.release(r.name)
 	}
@@ -155,7 +180,7 @@ func (r *remote) run(ctx context.Context) {
 // complete sync restores the services.
 func (r *remote) revokeServices(ttl time.Duration) {
 	r.log.Warn("remote unreachable longer than the remote state TTL: revoking its service backends (ipcache kept)", "ttl", ttl)
-	r.agent.merger.dropServices(r.name)
+	r.agent.merger.DropServices(r.name)
 	r.mu.Lock()
 	r.status.ServicesRevoked = true
 	r.mu.Unlock()

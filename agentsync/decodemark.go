@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/merge"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -22,7 +23,7 @@ func newStore(r *remote, k wire.Kind) kindStore {
 	case wire.IPCache:
 		return &ipcacheStore{r: r, entries: genMap[netip.Prefix, struct{}]{}}
 	case wire.Services:
-		return &serviceStore{r: r, entries: genMap[string, svcName]{}}
+		return &serviceStore{r: r, entries: genMap[string, merge.ServiceName]{}}
 	case wire.Nodes:
 		return &nodeStore{r: r, entries: genMap[string, *wire.Node]{}}
 	case wire.Identities:
@@ -70,7 +71,7 @@ type ipcacheStore struct {
 	entries genMap[netip.Prefix, struct{}]
 
 	batching bool
-	pending  []ipClaimUpdate
+	pending  []merge.IPUpdate
 }
 
 func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
@@ -80,29 +81,29 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 		return err
 	}
 	pfx := p.Prefix()
-	if !s.r.self && s.r.agent.merger.overlapsLocal(pfx) {
+	if !s.r.self && s.r.out.OverlapsLocal(pfx) {
 		return fmt.Errorf("agentsync: ipcache %q: %s %w", key, pfx, ErrOverlapsLocal)
 	}
 	s.entries.put(pfx, struct{}{}, gen)
-	s.claim(ipClaimUpdate{prefix: pfx, entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}})
+	s.claim(merge.IPUpdate{Prefix: pfx, Entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}})
 	return nil
 }
 
 // claim merges u now, or at flush while batching (updates keep their
 // order: a put then a delete of one prefix in a batch ends deleted).
-func (s *ipcacheStore) claim(u ipClaimUpdate) {
+func (s *ipcacheStore) claim(u merge.IPUpdate) {
 	if s.batching {
 		s.pending = append(s.pending, u)
 		return
 	}
-	s.r.agent.merger.setIPs(uint16(s.r.cluster().ID), []ipClaimUpdate{u})
+	s.r.out.SetIPs(uint16(s.r.cluster().ID), []merge.IPUpdate{u})
 }
 
 func (s *ipcacheStore) begin() { s.batching, s.pending = true, s.pending[:0] }
 
 func (s *ipcacheStore) flush() {
 	if len(s.pending) > 0 {
-		s.r.agent.merger.setIPs(uint16(s.r.cluster().ID), s.pending)
+		s.r.out.SetIPs(uint16(s.r.cluster().ID), s.pending)
 	}
 	s.batching, s.pending = false, s.pending[:0]
 }
@@ -126,20 +127,20 @@ func (s *ipcacheStore) remove(key string) {
 	if p, ok := s.prefixOf(key); ok {
 		if _, known := s.entries[p]; known {
 			delete(s.entries, p)
-			s.claim(ipClaimUpdate{prefix: p})
+			s.claim(merge.IPUpdate{Prefix: p})
 		}
 	}
 }
 
 func (s *ipcacheStore) sweep(gen uint32) int {
 	old := s.entries.older(gen)
-	gone := make([]ipClaimUpdate, len(old))
+	gone := make([]merge.IPUpdate, len(old))
 	for i, p := range old {
 		delete(s.entries, p)
-		gone[i] = ipClaimUpdate{prefix: p}
+		gone[i] = merge.IPUpdate{Prefix: p}
 	}
 	if len(gone) > 0 {
-		s.r.agent.merger.setIPs(uint16(s.r.cluster().ID), gone)
+		s.r.out.SetIPs(uint16(s.r.cluster().ID), gone)
 	}
 	return len(gone)
 }
@@ -160,7 +161,7 @@ func (s *ipcacheStore) clear() { s.entries = genMap[netip.Prefix, struct{}]{} }
 // until a valid value comes.
 type serviceStore struct {
 	r         *remote
-	entries   genMap[string, svcName]
+	entries   genMap[string, merge.ServiceName]
 	withdrawn map[string]string // key → why its last update was refused
 }
 
@@ -170,10 +171,10 @@ func (s *serviceStore) apply(key string, value []byte, gen uint32) error {
 	if err != nil {
 		return err
 	}
-	n := svcName{svc.Namespace, svc.Name}
+	n := merge.ServiceName{Namespace: svc.Namespace, Name: svc.Name}
 	s.entries.put(key, n, gen)
 	delete(s.withdrawn, key)
-	s.r.agent.merger.setRemoteService(s.r.name, n, toRemoteService(c, svc))
+	s.r.out.SetRemoteService(s.r.name, n, merge.NewRemoteService(c, svc))
 	return nil
 }
 
@@ -190,7 +191,7 @@ func (s *serviceStore) refuse(key, reason string) {
 			"service", e.v.String(), "reason", reason)
 	}
 	s.withdrawn[key] = reason
-	s.r.agent.merger.setRemoteService(s.r.name, e.v, nil)
+	s.r.out.SetRemoteService(s.r.name, e.v, nil)
 }
 
 func (s *serviceStore) touch(key string, gen uint32) { s.entries.touch(key, gen) }
@@ -199,7 +200,7 @@ func (s *serviceStore) remove(key string) {
 	if e, ok := s.entries[key]; ok {
 		delete(s.entries, key)
 		delete(s.withdrawn, key)
-		s.r.agent.merger.setRemoteService(s.r.name, e.v, nil)
+		s.r.out.SetRemoteService(s.r.name, e.v, nil)
 	}
 }
 
@@ -208,7 +209,7 @@ func (s *serviceStore) count() int           { return len(s.entries) }
 func (s *serviceStore) has(key string) bool  { _, ok := s.entries[key]; return ok }
 
 func (s *serviceStore) clear() {
-	s.entries = genMap[string, svcName]{}
+	s.entries = genMap[string, merge.ServiceName]{}
 	s.withdrawn = nil
 }
 
@@ -239,11 +240,11 @@ func (s *nodeStore) apply(key string, value []byte, gen uint32) error {
 		return err
 	}
 	if old, ok := s.entries[key]; ok {
-		s.removed = append(s.removed, nodeRanges(old.v)...)
+		s.removed = append(s.removed, merge.NodeRanges(old.v)...)
 	}
 	s.entries.put(key, n, gen)
-	s.added = append(s.added, nodeRanges(n)...)
-	s.r.agent.nodesDirty.Store(true)
+	s.added = append(s.added, merge.NodeRanges(n)...)
+	s.r.nodesChanged()
 	s.flushUnlessBatching()
 	return nil
 }
@@ -253,8 +254,8 @@ func (s *nodeStore) touch(key string, gen uint32) { s.entries.touch(key, gen) }
 func (s *nodeStore) remove(key string) {
 	if old, ok := s.entries[key]; ok {
 		delete(s.entries, key)
-		s.removed = append(s.removed, nodeRanges(old.v)...)
-		s.r.agent.nodesDirty.Store(true)
+		s.removed = append(s.removed, merge.NodeRanges(old.v)...)
+		s.r.nodesChanged()
 		s.flushUnlessBatching()
 	}
 }
@@ -273,7 +274,7 @@ func (s *nodeStore) flushUnlessBatching() {
 		return
 	}
 	if !s.r.self {
-		s.r.agent.merger.setNodeRanges(uint16(s.r.cluster().ID), s.removed, s.added)
+		s.r.out.SetNodeRanges(uint16(s.r.cluster().ID), s.removed, s.added)
 	}
 	s.removed, s.added = s.removed[:0], s.added[:0]
 }
@@ -293,7 +294,7 @@ func (s *nodeStore) has(key string) bool { _, ok := s.entries[key]; return ok }
 func (s *nodeStore) clear() {
 	s.entries = genMap[string, *wire.Node]{}
 	s.removed, s.added = nil, nil
-	s.r.agent.nodesDirty.Store(true)
+	s.r.nodesChanged()
 }
 
 // identityStore keeps a remote's identities and their labels, and tells
@@ -310,7 +311,7 @@ func (s *identityStore) apply(key string, value []byte, gen uint32) error {
 	}
 	old, known := s.entries[id.ID]
 	s.entries.put(id.ID, id.Labels, gen)
-	if o := s.r.agent.cfg.Identities; o != nil && (!known || !slices.Equal(old.v, id.Labels)) {
+	if o := s.r.identities; o != nil && (!known || !slices.Equal(old.v, id.Labels)) {
 		o.UpsertIdentity(s.r.name, id.ID, id.Labels)
 	}
 	return nil
@@ -338,7 +339,7 @@ func (s *identityStore) delete(id uint32) {
 		return
 	}
 	delete(s.entries, id)
-	if o := s.r.agent.cfg.Identities; o != nil {
+	if o := s.r.identities; o != nil {
 		o.DeleteIdentity(s.r.name, id)
 	}
 }
@@ -369,28 +370,4 @@ func sweepWith[K any](keys []K, remove func(K)) int {
 		remove(k)
 	}
 	return len(keys)
-}
-
-// toRemoteService converts a remote's global service into backends per port
-// name. A service the remote does not share contributes no backends.
-func toRemoteService(c wire.Cluster, s *wire.ClusterService) *remoteService {
-	rs := &remoteService{clusterID: uint16(c.ID), backends: map[string][]datapath.Backend{}}
-	if !s.Shared {
-		return rs
-	}
-	for ip, ports := range s.Backends {
-		addr, err := netip.ParseAddr(ip)
-		if err != nil {
-			continue // DecodeService already rejected unparseable addresses
-		}
-		for portName, l4 := range ports {
-			proto, err := datapath.ParseProtocol(l4.Protocol)
-			if err != nil {
-				continue
-			}
-			rs.backends[portName] = append(rs.backends[portName], datapath.Backend{
-				Addr: addr.Unmap(), Port: l4.Port, Protocol: proto, ClusterID: uint16(c.ID)})
-		}
-	}
-	return rs
 }
