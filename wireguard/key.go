@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -75,4 +76,46 @@ func writeKeyFile(path string, key wgtypes.Key) error {
 		return fmt.Errorf("wireguard: writing the private key: %w", err)
 	}
 	return nil
+}
+
+// PublicKey returns the device's public key in base64, the value to publish
+// as the node's WireguardPubKey.
+func (d *Device) PublicKey() string {
+	if d == nil {
+		return ""
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pub.String()
+}
+
+// RotateKey replaces the private key: the new key is written to the key file
+// first (atomically, so the old key never comes back after a restart), then
+// given to the device. It returns the new public key, which the caller
+// publishes in the node entry; peers pick it up through sync. Sessions with
+// peers end at once and resume when each peer has the new key (the peer's
+// reconciliation starts the handshake).
+func (d *Device) RotateKey() (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return "", errors.New("wireguard: device closed")
+	}
+	key, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return "", fmt.Errorf("wireguard: generating a private key: %w", err)
+	}
+	if err := writeKeyFile(d.cfg.PrivateKeyFile, key); err != nil {
+		return "", err
+	}
+	if err := d.wgConfigure(wgtypes.Config{PrivateKey: &key}); err != nil {
+		if werr := writeKeyFile(d.cfg.PrivateKeyFile, d.priv); werr != nil {
+			err = errors.Join(err, fmt.Errorf("restoring the previous key file: %w", werr))
+		}
+		return "", fmt.Errorf("wireguard: setting the new key on %s: %w", d.cfg.DeviceName, err)
+	}
+	old := d.pub
+	d.priv, d.pub, d.rotatedAt = key, key.PublicKey(), time.Now()
+	d.log.Info("rotated the WireGuard key", "publicKey", d.pub.String(), "previousPublicKey", old.String())
+	return d.pub.String(), nil
 }
