@@ -41,68 +41,91 @@ func remoteNode(name, key, ip, podCIDR string) *wire.Node {
 		IPv4AllocCIDR: &wire.CIDR{Prefix: pfx(podCIDR)}}
 }
 
-// TestAgent: the agent side of WireGuard. The device opens at the first
-// local state with the node's IP and pod CIDRs and its key is published in
-// the node keys directory; remote nodes become peers; a change of the local
-// pod CIDRs is followed (a remote that overlapped them is accepted once they
-// moved); a rotation publishes the new key; a removed key file is
-// rewritten; the device is gone when Run returns. A node name missing from
-// the state fails Run.
-func TestAgent(t *testing.T) {
-	testenv.RequireRoot(t)
-	ns := newNS(t)
-	keysDir := filepath.Join(t.TempDir(), "keys")
-	name := uniqueDevName()
-	newAgent := func(src statesource.Source) *Agent {
-		t.Helper()
-		a, err := NewAgent(AgentConfig{
-			Device: Config{DeviceName: name, PrivateKeyFile: filepath.Join(t.TempDir(), "wg.key"), NetNS: ns.path,
-				UnderlayMTU: 1500, Logger: testLogger(t, "n1")},
-			NodeName: "n1", Source: src, NodeKeysDir: keysDir, RetryInterval: 20 * time.Millisecond, Logger: testLogger(t, "n1"),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
+// agentFixture is an Agent for node n1 whose device lives in a namespace
+// of its own, fed by a channel source.
+type agentFixture struct {
+	ns      *testNS
+	name    string // the device's
+	keysDir string
+	src     chanSource
+	a       *Agent
+}
 
-	// The node is not in the state: Run fails at the first state, the
-	// state is not passed on, and nothing is opened.
-	src := make(chanSource, 1)
-	a := newAgent(src)
-	src <- &statesource.State{Nodes: []statesource.Node{{Name: "other", IPs: []netip.Addr{netip.MustParseAddr("192.168.77.3")}}}}
-	err := a.Run(context.Background(), func(*statesource.State) { t.Error("a state was passed on") })
-	if err == nil || !strings.Contains(err.Error(), `"n1" is not in the local state`) || !strings.Contains(err.Error(), "other") {
-		t.Fatalf("Run with an unknown node: %v", err)
+func newAgentFixture(t *testing.T) *agentFixture {
+	f := &agentFixture{ns: newNS(t), name: uniqueDevName(), keysDir: filepath.Join(t.TempDir(), "keys"), src: make(chanSource, 1)}
+	a, err := NewAgent(AgentConfig{
+		Device: Config{DeviceName: f.name, PrivateKeyFile: filepath.Join(t.TempDir(), "wg.key"), NetNS: f.ns.path,
+			UnderlayMTU: 1500, Logger: testLogger(t, "n1")},
+		NodeName: "n1", Source: f.src, NodeKeysDir: f.keysDir, RetryInterval: 20 * time.Millisecond, Logger: testLogger(t, "n1"),
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	assertGone(t, ns, name)
+	f.a = a
+	return f
+}
 
-	src = make(chanSource, 1)
-	a = newAgent(src)
-	if st := a.Status(); st.Enabled || !strings.Contains(st.LastError, "not open yet") {
-		t.Errorf("status before the first state: %+v", st)
-	}
-	passed := make(chan *statesource.State, 10)
+// start runs the agent until the test ends (or stop is called), passing
+// states on to the returned channel, and waits for its device to open at the
+// first local state.
+func (f *agentFixture) start(t *testing.T) (passed chan *statesource.State, stop func() error) {
+	passed = make(chan *statesource.State, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx, func(st *statesource.State) { passed <- st }) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	src <- localState("10.201.1.0/24")
+	go func() { done <- f.a.Run(ctx, func(st *statesource.State) { passed <- st }) }()
+	var err error
+	stopped := false
+	stop = func() error {
+		if !stopped {
+			cancel()
+			err, stopped = <-done, true
+		}
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	f.src <- localState("10.201.1.0/24")
 	select {
-	case <-a.Ready():
+	case <-f.a.Ready():
 	case err := <-done:
 		t.Fatalf("Run: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("the device did not open")
 	}
+	return passed, stop
+}
+
+// TestAgentUnknownNode: a node name missing from the state fails Run at the
+// first state; the state is not passed on, and nothing is opened.
+func TestAgentUnknownNode(t *testing.T) {
+	testenv.RequireRoot(t)
+	f := newAgentFixture(t)
+	f.src <- &statesource.State{Nodes: []statesource.Node{{Name: "other", IPs: []netip.Addr{netip.MustParseAddr("192.168.77.3")}}}}
+	err := f.a.Run(context.Background(), func(*statesource.State) { t.Error("a state was passed on") })
+	if err == nil || !strings.Contains(err.Error(), `"n1" is not in the local state`) || !strings.Contains(err.Error(), "other") {
+		t.Fatalf("Run with an unknown node: %v", err)
+	}
+	assertGone(t, f.ns, f.name)
+}
+
+// TestAgent: the agent side of WireGuard. The device opens at the first
+// local state with the node's IP and pod CIDRs and its key is published in
+// the node keys directory; remote nodes become peers; a change of the local
+// pod CIDRs is followed (a remote that overlapped them is accepted once they
+// moved); a rotation publishes the new key; a removed key file is
+// rewritten; the device is gone when Run returns.
+func TestAgent(t *testing.T) {
+	testenv.RequireRoot(t)
+	f := newAgentFixture(t)
+	a := f.a
+	if st := a.Status(); st.Enabled || !strings.Contains(st.LastError, "not open yet") {
+		t.Errorf("status before the first state: %+v", st)
+	}
+	passed, stop := f.start(t)
 	if st := <-passed; findNode(st, "n1") == nil {
 		t.Fatal("the first state was not passed on")
 	}
 	pub := a.PublicKey()
-	if got, err := statesource.ReadNodeKey(keysDir, "n1"); err != nil || got != pub {
+	if got, err := statesource.ReadNodeKey(f.keysDir, "n1"); err != nil || got != pub {
 		t.Fatalf("published key %q (%v), device key %q", got, err, pub)
 	}
 
@@ -115,57 +138,61 @@ func TestAgent(t *testing.T) {
 	if !st.Enabled || st.Peers != 1 || len(st.Rejected) != 1 || st.Rejected[0].Node != "w2" || !strings.Contains(st.Rejected[0].Reason, "local pod CIDR") {
 		t.Fatalf("after SetRemoteNodes: %d peers, rejected %+v", st.Peers, st.Rejected)
 	}
-	if routes := ourRoutes(t, ns); len(routes) != 1 || !strings.HasPrefix(routes[0], "10.202.1.0/24") {
+	if routes := ourRoutes(t, f.ns); len(routes) != 1 || !strings.HasPrefix(routes[0], "10.202.1.0/24") {
 		t.Errorf("routes: %v", routes)
 	}
 
 	// The local pod CIDR moves away: w2 is accepted.
-	src <- localState("10.201.2.0/24")
+	f.src <- localState("10.201.2.0/24")
 	<-passed
 	if st := a.Status(); st.Peers != 2 || len(st.Rejected) != 0 {
 		t.Fatalf("after the local pod CIDR moved: %d peers, rejected %+v", st.Peers, st.Rejected)
 	}
 
-	// Rotation: a new key, published.
-	newPub, err := a.RotateKey()
-	if err != nil || newPub == pub || a.PublicKey() != newPub {
-		t.Fatalf("RotateKey: %q %v (old %q)", newPub, err, pub)
-	}
-	if got, _ := statesource.ReadNodeKey(keysDir, "n1"); got != newPub {
-		t.Errorf("published key after the rotation: %q, want %q", got, newPub)
-	}
-
-	// Someone removes the key file: it comes back.
-	if err := os.Remove(filepath.Join(keysDir, "n1.pub")); err != nil {
-		t.Fatal(err)
-	}
-	testenv.WaitFor(t, 5*time.Second, "the key file rewritten", func() bool {
-		got, _ := statesource.ReadNodeKey(keysDir, "n1")
-		return got == newPub
-	})
+	newPub := checkAgentRotation(t, f, pub)
 
 	// Remote nodes all gone: no peer, no route.
 	a.SetRemoteNodes(nil)
-	if st := a.Status(); st.Peers != 0 || len(ourRoutes(t, ns)) != 0 {
-		t.Errorf("after the remotes left: %d peers, routes %v", st.Peers, ourRoutes(t, ns))
+	if st := a.Status(); st.Peers != 0 || len(ourRoutes(t, f.ns)) != 0 {
+		t.Errorf("after the remotes left: %d peers, routes %v", st.Peers, ourRoutes(t, f.ns))
 	}
 	a.SetRemoteNodes([]*wire.Node{remoteNode("w1", k1, "192.168.77.2", "10.202.1.0/24")})
 
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	done <- nil // for the deferred receive
-	assertGone(t, ns, name)
+	assertGone(t, f.ns, f.name)
 	if a.Device() != nil {
 		t.Error("Device() after Run returned")
 	}
 	if _, err := a.RotateKey(); err == nil {
 		t.Error("RotateKey after Run returned")
 	}
-	if got, _ := statesource.ReadNodeKey(keysDir, "n1"); got != newPub {
+	if got, _ := statesource.ReadNodeKey(f.keysDir, "n1"); got != newPub {
 		t.Errorf("the published key should stay after the agent stops (a restart keeps the key): %q", got)
 	}
+}
+
+// checkAgentRotation rotates the running agent's key (pub before) and checks
+// that the new key is published, and published again when someone removes
+// the key file. It returns the new key.
+func checkAgentRotation(t *testing.T, f *agentFixture, pub string) string {
+	t.Helper()
+	newPub, err := f.a.RotateKey()
+	if err != nil || newPub == pub || f.a.PublicKey() != newPub {
+		t.Fatalf("RotateKey: %q %v (old %q)", newPub, err, pub)
+	}
+	if got, _ := statesource.ReadNodeKey(f.keysDir, "n1"); got != newPub {
+		t.Errorf("published key after the rotation: %q, want %q", got, newPub)
+	}
+	if err := os.Remove(filepath.Join(f.keysDir, "n1.pub")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the key file rewritten", func() bool {
+		got, _ := statesource.ReadNodeKey(f.keysDir, "n1")
+		return got == newPub
+	})
+	return newPub
 }
 
 func TestNewAgentValidates(t *testing.T) {

@@ -99,68 +99,86 @@ func Open(cfg Config) (*Device, error) {
 		local: slices.Clone(cfg.LocalPodCIDRs), accepted: map[wgtypes.Key]*acceptedPeer{},
 		incumbents: map[string]bool{}, logged: map[string]string{},
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			d.teardown()
-		}
-	}()
-	if d.nl, err = ns.netlinkHandle(); err != nil {
+	if err := d.setUp(); err != nil {
+		d.teardown()
 		return nil, err
+	}
+	log.Info("WireGuard device ready", "implementation", d.impl, "publicKey", d.pub.String(), "listenPort", cfg.ListenPort,
+		"mtu", d.mtu, "underlayMTU", d.underlayMTU, "underlayDevice", d.underlayDev, "nodeEncryption", cfg.NodeEncryption)
+	return d, nil
+}
+
+// setUp makes what Open promises, in order; teardown undoes whatever part
+// of it was done.
+func (d *Device) setUp() error {
+	var err error
+	if d.nl, err = d.ns.netlinkHandle(); err != nil {
+		return err
 	}
 	mtu, v6, dev, err := d.underlay()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	d.underlayMTU, d.underlayDev, d.mtu = mtu, dev, DeviceMTU(mtu, v6)
 	if err := d.removeStale(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := d.create(); err != nil {
-		return nil, err
+		return err
 	}
-	if err := ns.do(func() error {
+	if err := d.configure(); err != nil {
+		return err
+	}
+	if err := d.bringUp(); err != nil {
+		return err
+	}
+	if !d.cfg.NodeEncryption {
+		return nil
+	}
+	if err := d.addRules(); err != nil {
+		return err
+	}
+	return d.loosenRPFilter()
+}
+
+// configure opens the wgctrl client and gives the device its key, port and
+// (with node encryption) firewall mark, with no peers.
+func (d *Device) configure() error {
+	if err := d.ns.do(func() error {
 		var err error
 		d.wg, err = wgctrl.New()
 		return err
 	}); err != nil {
-		return nil, fmt.Errorf("wireguard: wgctrl: %w", err)
+		return fmt.Errorf("wireguard: wgctrl: %w", err)
 	}
-	port, mark := cfg.ListenPort, 0
-	if cfg.NodeEncryption {
-		mark = cfg.FirewallMark
+	port, mark := d.cfg.ListenPort, 0
+	if d.cfg.NodeEncryption {
+		mark = d.cfg.FirewallMark
 	}
 	if err := d.wgConfigure(wgtypes.Config{
-		PrivateKey: &priv, ListenPort: &port, FirewallMark: &mark, ReplacePeers: true,
+		PrivateKey: &d.priv, ListenPort: &port, FirewallMark: &mark, ReplacePeers: true,
 	}); err != nil {
-		return nil, fmt.Errorf("wireguard: configuring %s: %w", cfg.DeviceName, err)
+		return fmt.Errorf("wireguard: configuring %s: %w", d.cfg.DeviceName, err)
 	}
-	link, err := d.nl.LinkByName(cfg.DeviceName)
+	return nil
+}
+
+// bringUp sets the interface's MTU, brings it up and waits until the device
+// listens on its port.
+func (d *Device) bringUp() error {
+	name := d.cfg.DeviceName
+	link, err := d.nl.LinkByName(name)
 	if err != nil {
-		return nil, fmt.Errorf("wireguard: %s: %w", cfg.DeviceName, err)
+		return fmt.Errorf("wireguard: %s: %w", name, err)
 	}
 	d.linkIndex = link.Attrs().Index
 	if err := d.nl.LinkSetMTU(link, d.mtu); err != nil {
-		return nil, fmt.Errorf("wireguard: setting the MTU of %s to %d: %w", cfg.DeviceName, d.mtu, err)
+		return fmt.Errorf("wireguard: setting the MTU of %s to %d: %w", name, d.mtu, err)
 	}
 	if err := d.nl.LinkSetUp(link); err != nil {
-		return nil, fmt.Errorf("wireguard: bringing %s up: %w", cfg.DeviceName, err)
+		return fmt.Errorf("wireguard: bringing %s up: %w", name, err)
 	}
-	if err := d.waitBound(); err != nil {
-		return nil, err
-	}
-	if cfg.NodeEncryption {
-		if err := d.addRules(); err != nil {
-			return nil, err
-		}
-		if err := d.loosenRPFilter(); err != nil {
-			return nil, err
-		}
-	}
-	ok = true
-	log.Info("WireGuard device ready", "implementation", d.impl, "publicKey", d.pub.String(), "listenPort", port,
-		"mtu", d.mtu, "underlayMTU", mtu, "underlayDevice", dev, "nodeEncryption", cfg.NodeEncryption)
-	return d, nil
+	return d.waitBound()
 }
 
 // removeStale clears what a previous run that died may have left: a device
@@ -256,19 +274,15 @@ func (d *Device) Close() error {
 	return err
 }
 
+// teardown removes what Open made, as far as it got: the routes and rules,
+// the rp_filter change, the device, and the handles.
 func (d *Device) teardown() error {
 	var errs []error
 	if d.nl != nil {
 		if d.linkIndex != 0 {
 			routes, err := d.listRoutes()
-			if err != nil {
-				errs = append(errs, err)
-			}
-			for _, r := range routes {
-				if err := d.nl.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
-					errs = append(errs, fmt.Errorf("wireguard: removing route %s: %w", r.Dst, err))
-				}
-			}
+			_, rerr := d.removeRoutes(routes, nil)
+			errs = append(errs, err, rerr)
 		}
 		d.deleteRules()
 	}

@@ -91,11 +91,36 @@ func (d *Device) armNudgeTimer() {
 // the device.
 func (d *Device) runNudges() {
 	defer d.nudgeWG.Done()
+	due, ok := d.takeDueNudges()
+	if !ok {
+		return
+	}
+	defer func() {
+		d.mu.Lock()
+		d.nudging--
+		d.mu.Unlock()
+	}()
+	if len(due) == 0 {
+		return
+	}
+	n, err := d.nudge(due)
+	if err != nil {
+		d.log.Warn("starting WireGuard handshakes", "err", err)
+	}
+	if n > 0 {
+		d.log.Debug("started WireGuard handshakes", "peers", n)
+	}
+}
+
+// takeDueNudges takes the nudges that are due from the pending set, re-arms
+// the timer for the others and counts the caller in nudging. It returns
+// false, and takes nothing, once the device is closed.
+func (d *Device) takeDueNudges() (map[wgtypes.Key]bool, bool) {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.nudgeTimer = nil
 	if d.closed {
-		d.mu.Unlock()
-		return
+		return nil, false
 	}
 	now := time.Now()
 	due := map[wgtypes.Key]bool{}
@@ -107,18 +132,16 @@ func (d *Device) runNudges() {
 	}
 	d.armNudgeTimer()
 	d.nudging++
-	d.mu.Unlock()
-	defer func() {
-		d.mu.Lock()
-		d.nudging--
-		d.mu.Unlock()
-	}()
-	if len(due) == 0 {
-		return
-	}
+	return due, true
+}
+
+// nudge starts a handshake with each due peer that has had none and keeps
+// no keepalive of its own, and returns how many it nudged. A device that
+// cannot be read is not nudged: WireGuard's own retry starts the handshakes.
+func (d *Device) nudge(due map[wgtypes.Key]bool) (int, error) {
 	dev, err := d.wgDevice()
 	if err != nil {
-		return
+		return 0, nil
 	}
 	var nudge []wgtypes.PeerConfig
 	var keys []wgtypes.Key
@@ -130,15 +153,11 @@ func (d *Device) runNudges() {
 		}
 	}
 	if len(nudge) == 0 {
-		return
+		return 0, nil
 	}
 	// UpdateOnly: a peer removed meanwhile is not re-created.
 	if err := d.wgConfigure(wgtypes.Config{Peers: nudge}); err != nil {
-		d.log.Warn("starting WireGuard handshakes", "err", err)
-		return
+		return 0, err
 	}
-	if err := d.keepaliveOff(keys); err != nil {
-		d.log.Warn("starting WireGuard handshakes", "err", err)
-	}
-	d.log.Debug("started WireGuard handshakes", "peers", len(keys))
+	return len(keys), d.keepaliveOff(keys)
 }

@@ -72,6 +72,28 @@ type planInput struct {
 // and node name, so that a newcomer can never take an address away from a
 // working peer.
 func plan(in planInput) (accepted []*acceptedPeer, rejected []Rejection) {
+	pl := newPlanner(in)
+	for _, i := range planOrder(in) {
+		p := &in.peers[i]
+		a, reason := pl.check(p)
+		if reason != "" {
+			rejected = append(rejected, Rejection{Cluster: p.Cluster, Node: p.Node, Reason: reason})
+			continue
+		}
+		pl.claim(a)
+		accepted = append(accepted, a)
+	}
+	accepted, looping := pl.dropLoopingEndpoints(accepted)
+	rejected = append(rejected, looping...)
+	slices.SortFunc(rejected, func(a, b Rejection) int {
+		return cmp.Or(cmp.Compare(a.Cluster, b.Cluster), cmp.Compare(a.Node, b.Node))
+	})
+	return accepted, rejected
+}
+
+// planOrder is the order in which plan considers the peers (indexes into
+// in.peers): incumbents first, then by cluster and node name.
+func planOrder(in planInput) []int {
 	order := make([]int, len(in.peers))
 	for i := range order {
 		order[i] = i
@@ -87,133 +109,84 @@ func plan(in planInput) (accepted []*acceptedPeer, rejected []Rejection) {
 		}
 		return cmp.Or(cmp.Compare(pa.Cluster, pb.Cluster), cmp.Compare(pa.Node, pb.Node))
 	})
+	return order
+}
 
-	var claims prefixTrie
+// planner holds what the peers accepted so far claim: their ids, keys and
+// addresses (with the local node's).
+type planner struct {
+	in     planInput
+	seen   map[string]bool
+	keys   map[wgtypes.Key]string // key → id
+	claims prefixTrie
+}
+
+func newPlanner(in planInput) *planner {
+	pl := &planner{in: in, seen: map[string]bool{}, keys: map[wgtypes.Key]string{}}
 	for _, p := range in.local {
-		claims.insert(p.Masked(), &claim{label: "local pod CIDR " + p.Masked().String()})
+		pl.claims.insert(p.Masked(), &claim{label: "local pod CIDR " + p.Masked().String()})
 	}
-	if in.localNodeIP.IsValid() {
-		claims.insert(netip.PrefixFrom(in.localNodeIP, in.localNodeIP.BitLen()), &claim{label: "this node's IP " + in.localNodeIP.String()})
+	if ip := in.localNodeIP; ip.IsValid() {
+		pl.claims.insert(netip.PrefixFrom(ip, ip.BitLen()), &claim{label: "this node's IP " + ip.String()})
 	}
-	seen := map[string]bool{}
-	keys := map[wgtypes.Key]string{}
-	for _, i := range order {
-		p := &in.peers[i]
-		a, reason := check(in, p, seen, keys, &claims)
-		if reason != "" {
-			rejected = append(rejected, Rejection{Cluster: p.Cluster, Node: p.Node, Reason: reason})
-			continue
-		}
-		seen[a.id()] = true
-		keys[a.key] = a.id()
-		for _, pc := range a.podCIDRs {
-			claims.insert(pc, &claim{label: "pod CIDR " + pc.String() + " of " + a.id(), pod: true, owner: a.id()})
-		}
-		if in.nodeEncryption {
-			claims.insert(netip.PrefixFrom(a.nodeIP, a.nodeIP.BitLen()), &claim{label: "node IP " + a.nodeIP.String() + " of " + a.id(), owner: a.id()})
-		}
-		accepted = append(accepted, a)
-	}
+	return pl
+}
 
-	// A tunnel endpoint inside a pod CIDR routed through the device would
-	// send the device's own packets into itself.
-	kept := accepted[:0]
+// claim records an accepted peer's id, key and addresses.
+func (pl *planner) claim(a *acceptedPeer) {
+	id := a.id()
+	pl.seen[id] = true
+	pl.keys[a.key] = id
+	for _, pc := range a.podCIDRs {
+		pl.claims.insert(pc, &claim{label: "pod CIDR " + pc.String() + " of " + id, pod: true, owner: id})
+	}
+	if pl.in.nodeEncryption {
+		pl.claims.insert(netip.PrefixFrom(a.nodeIP, a.nodeIP.BitLen()), &claim{label: "node IP " + a.nodeIP.String() + " of " + id, owner: id})
+	}
+}
+
+// dropLoopingEndpoints rejects the accepted peers whose endpoint lies inside
+// a pod CIDR routed through the device (their own or another peer's): the
+// device's own packets would be sent into itself.
+func (pl *planner) dropLoopingEndpoints(accepted []*acceptedPeer) (kept []*acceptedPeer, rejected []Rejection) {
+	kept = accepted[:0]
 	for _, a := range accepted {
-		if c := claims.find(netip.PrefixFrom(a.endpoint.Addr(), a.endpoint.Addr().BitLen())); c != nil && c.pod {
+		ep := a.endpoint.Addr()
+		if c := pl.claims.find(netip.PrefixFrom(ep, ep.BitLen())); c != nil && c.pod {
 			rejected = append(rejected, Rejection{Cluster: a.cluster, Node: a.node,
-				Reason: fmt.Sprintf("endpoint %s lies inside %s: its tunnel packets would be routed into the tunnel", a.endpoint.Addr(), c.label)})
+				Reason: fmt.Sprintf("endpoint %s lies inside %s: its tunnel packets would be routed into the tunnel", ep, c.label)})
 			continue
 		}
 		kept = append(kept, a)
 	}
-	slices.SortFunc(rejected, func(a, b Rejection) int {
-		return cmp.Or(cmp.Compare(a.Cluster, b.Cluster), cmp.Compare(a.Node, b.Node))
-	})
 	return kept, rejected
 }
 
-// check validates one peer against what is already accepted.
-func check(in planInput, p *Peer, seen map[string]bool, keys map[wgtypes.Key]string, claims *prefixTrie) (*acceptedPeer, string) {
+// check validates one peer against what is already accepted; a non-empty
+// reason rejects it.
+func (pl *planner) check(p *Peer) (a *acceptedPeer, reason string) {
 	if p.Cluster == "" || p.Node == "" {
 		return nil, "cluster and node name are required"
 	}
-	if seen[p.ID()] {
+	if pl.seen[p.ID()] {
 		return nil, "listed twice"
 	}
-	if p.PublicKey == "" {
-		return nil, "no WireGuard public key published (is WireGuard enabled on that node?)"
+	key, reason := pl.checkKey(p.PublicKey)
+	if reason != "" {
+		return nil, reason
 	}
-	key, err := wgtypes.ParseKey(p.PublicKey)
-	if err != nil {
-		return nil, fmt.Sprintf("invalid public key %q: not the base64 encoding of 32 bytes", truncate(p.PublicKey, 60))
+	ep, nodeIP, reason := pl.checkAddresses(p)
+	if reason != "" {
+		return nil, reason
 	}
-	if key == (wgtypes.Key{}) {
-		return nil, "invalid public key: all zero"
-	}
-	if key == in.ownKey {
-		return nil, "public key is this node's own"
-	}
-	if other, ok := keys[key]; ok {
-		return nil, "public key already used by " + other
-	}
-
-	ep := p.Endpoint
-	if !ep.Addr().IsValid() {
-		if !p.NodeIP.IsValid() {
-			return nil, "no endpoint: neither an endpoint nor a node IP"
-		}
-		ep = netip.AddrPortFrom(p.NodeIP, 0)
-	}
-	addr := ep.Addr().Unmap()
-	port := ep.Port()
-	if port == 0 {
-		port = uint16(in.port)
-	}
-	ep = netip.AddrPortFrom(addr, port)
-	if addr.IsUnspecified() || addr.IsMulticast() || addr.Zone() != "" || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return nil, fmt.Sprintf("endpoint %s is not a unicast address without zone", addr)
-	}
-	if addr == in.localNodeIP {
-		return nil, fmt.Sprintf("endpoint %s is this node's own IP", addr)
-	}
-	nodeIP := p.NodeIP.Unmap()
-	if !nodeIP.IsValid() {
-		nodeIP = addr
-	}
-	if nodeIP.IsUnspecified() || nodeIP.IsMulticast() || nodeIP.Zone() != "" {
-		return nil, fmt.Sprintf("node IP %s is not a unicast address without zone", nodeIP)
-	}
-
-	a := &acceptedPeer{cluster: p.Cluster, node: p.Node, key: key, endpoint: ep, nodeIP: nodeIP}
-	for _, pc := range p.PodCIDRs {
-		if !pc.IsValid() {
-			return nil, "a pod CIDR is invalid"
-		}
-		pc = netip.PrefixFrom(pc.Addr().Unmap(), pc.Bits()-(pc.Addr().BitLen()-pc.Addr().Unmap().BitLen())).Masked()
-		if !pc.IsValid() {
-			return nil, "a pod CIDR is invalid (IPv4-mapped with fewer than 96 bits)"
-		}
-		if slices.Contains(a.podCIDRs, pc) {
-			continue
-		}
-		if (pc.Addr().Is4() && pc.Bits() < 8) || (pc.Addr().Is6() && pc.Bits() < 16) {
-			return nil, fmt.Sprintf("pod CIDR %s is wider than a node's pod CIDR can be (/8 for IPv4, /16 for IPv6)", pc)
-		}
-		if pc.Contains(addr) {
-			return nil, fmt.Sprintf("pod CIDR %s contains the node's own endpoint %s: its tunnel packets would be routed into the tunnel", pc, addr)
-		}
-		if in.nodeEncryption && pc.Contains(nodeIP) {
-			return nil, fmt.Sprintf("pod CIDR %s contains the node's own IP %s", pc, nodeIP)
-		}
-		if c := claims.find(pc); c != nil {
-			return nil, fmt.Sprintf("pod CIDR %s overlaps %s", pc, c.label)
-		}
-		a.podCIDRs = append(a.podCIDRs, pc)
+	a = &acceptedPeer{cluster: p.Cluster, node: p.Node, key: key, endpoint: ep, nodeIP: nodeIP}
+	if a.podCIDRs, reason = pl.checkPodCIDRs(p.PodCIDRs, ep.Addr(), nodeIP); reason != "" {
+		return nil, reason
 	}
 	a.allowed = append(a.allowed, a.podCIDRs...)
-	if in.nodeEncryption {
+	if pl.in.nodeEncryption {
 		np := netip.PrefixFrom(nodeIP, nodeIP.BitLen())
-		if c := claims.find(np); c != nil {
+		if c := pl.claims.find(np); c != nil {
 			return nil, fmt.Sprintf("node IP %s overlaps %s", nodeIP, c.label)
 		}
 		a.allowed = append(a.allowed, np)
@@ -223,86 +196,97 @@ func check(in planInput, p *Peer, seen map[string]bool, keys map[wgtypes.Key]str
 	return a, ""
 }
 
+// checkKey parses a peer's public key and checks that it is nobody else's.
+func (pl *planner) checkKey(s string) (wgtypes.Key, string) {
+	if s == "" {
+		return wgtypes.Key{}, "no WireGuard public key published (is WireGuard enabled on that node?)"
+	}
+	key, err := wgtypes.ParseKey(s)
+	if err != nil {
+		return key, fmt.Sprintf("invalid public key %q: not the base64 encoding of 32 bytes", truncate(s, 60))
+	}
+	if key == (wgtypes.Key{}) {
+		return key, "invalid public key: all zero"
+	}
+	if key == pl.in.ownKey {
+		return key, "public key is this node's own"
+	}
+	if other, ok := pl.keys[key]; ok {
+		return key, "public key already used by " + other
+	}
+	return key, ""
+}
+
+// checkAddresses returns a peer's endpoint (its node IP when it has none,
+// the listen port when it has no port) and node IP (the endpoint's address
+// when it has none), both unicast and not this node's.
+func (pl *planner) checkAddresses(p *Peer) (ep netip.AddrPort, nodeIP netip.Addr, reason string) {
+	ep = p.Endpoint
+	if !ep.Addr().IsValid() {
+		if !p.NodeIP.IsValid() {
+			return ep, nodeIP, "no endpoint: neither an endpoint nor a node IP"
+		}
+		ep = netip.AddrPortFrom(p.NodeIP, 0)
+	}
+	addr := ep.Addr().Unmap()
+	port := ep.Port()
+	if port == 0 {
+		port = uint16(pl.in.port)
+	}
+	ep = netip.AddrPortFrom(addr, port)
+	if addr.IsUnspecified() || addr.IsMulticast() || addr.Zone() != "" || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return ep, nodeIP, fmt.Sprintf("endpoint %s is not a unicast address without zone", addr)
+	}
+	if addr == pl.in.localNodeIP {
+		return ep, nodeIP, fmt.Sprintf("endpoint %s is this node's own IP", addr)
+	}
+	nodeIP = p.NodeIP.Unmap()
+	if !nodeIP.IsValid() {
+		nodeIP = addr
+	}
+	if nodeIP.IsUnspecified() || nodeIP.IsMulticast() || nodeIP.Zone() != "" {
+		return ep, nodeIP, fmt.Sprintf("node IP %s is not a unicast address without zone", nodeIP)
+	}
+	return ep, nodeIP, ""
+}
+
+// checkPodCIDRs returns a peer's pod CIDRs unmapped, masked and without
+// duplicates, each of them a plausible node pod CIDR that holds neither
+// the peer's endpoint nor (with node encryption) its node IP, and that
+// overlaps nothing claimed.
+func (pl *planner) checkPodCIDRs(cidrs []netip.Prefix, endpoint, nodeIP netip.Addr) ([]netip.Prefix, string) {
+	var out []netip.Prefix
+	for _, pc := range cidrs {
+		if !pc.IsValid() {
+			return nil, "a pod CIDR is invalid"
+		}
+		pc = netip.PrefixFrom(pc.Addr().Unmap(), pc.Bits()-(pc.Addr().BitLen()-pc.Addr().Unmap().BitLen())).Masked()
+		if !pc.IsValid() {
+			return nil, "a pod CIDR is invalid (IPv4-mapped with fewer than 96 bits)"
+		}
+		if slices.Contains(out, pc) {
+			continue
+		}
+		if (pc.Addr().Is4() && pc.Bits() < 8) || (pc.Addr().Is6() && pc.Bits() < 16) {
+			return nil, fmt.Sprintf("pod CIDR %s is wider than a node's pod CIDR can be (/8 for IPv4, /16 for IPv6)", pc)
+		}
+		if pc.Contains(endpoint) {
+			return nil, fmt.Sprintf("pod CIDR %s contains the node's own endpoint %s: its tunnel packets would be routed into the tunnel", pc, endpoint)
+		}
+		if pl.in.nodeEncryption && pc.Contains(nodeIP) {
+			return nil, fmt.Sprintf("pod CIDR %s contains the node's own IP %s", pc, nodeIP)
+		}
+		if c := pl.claims.find(pc); c != nil {
+			return nil, fmt.Sprintf("pod CIDR %s overlaps %s", pc, c.label)
+		}
+		out = append(out, pc)
+	}
+	return out, ""
+}
+
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
 	return s[:n] + "…"
-}
-
-// claim is who holds a prefix.
-type claim struct {
-	label string
-	pod   bool   // a remote pod CIDR
-	owner string // the peer's id, "" for local claims
-}
-
-// prefixTrie is a binary trie of claimed prefixes: find answers "does any
-// claimed prefix overlap p" in O(prefix length), so validating n peers costs
-// O(n), not O(n²).
-type prefixTrie struct{ root [2]*trieNode } // IPv4, IPv6
-
-type trieNode struct {
-	child [2]*trieNode
-	claim *claim
-	count int // insertions at or below this node
-}
-
-func family(a netip.Addr) int {
-	if a.Is4() {
-		return 0
-	}
-	return 1
-}
-
-func bitAt(a netip.Addr, i int) int {
-	if a.Is4() {
-		b := a.As4()
-		return int(b[i/8]>>(7-i%8)) & 1
-	}
-	b := a.As16()
-	return int(b[i/8]>>(7-i%8)) & 1
-}
-
-func (t *prefixTrie) insert(p netip.Prefix, c *claim) {
-	f := family(p.Addr())
-	if t.root[f] == nil {
-		t.root[f] = &trieNode{}
-	}
-	n := t.root[f]
-	n.count++
-	for i := 0; i < p.Bits(); i++ {
-		b := bitAt(p.Addr(), i)
-		if n.child[b] == nil {
-			n.child[b] = &trieNode{}
-		}
-		n = n.child[b]
-		n.count++
-	}
-	n.claim = c
-}
-
-// find returns a claim overlapping p (one containing p, or contained in it).
-func (t *prefixTrie) find(p netip.Prefix) *claim {
-	n := t.root[family(p.Addr())]
-	for i := 0; n != nil; i++ {
-		if n.claim != nil {
-			return n.claim
-		}
-		if i == p.Bits() {
-			if n.count == 0 {
-				return nil
-			}
-			for n.claim == nil {
-				if c := n.child[0]; c != nil && c.count > 0 {
-					n = c
-				} else {
-					n = n.child[1]
-				}
-			}
-			return n.claim
-		}
-		n = n.child[bitAt(p.Addr(), i)]
-	}
-	return nil
 }

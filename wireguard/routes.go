@@ -7,8 +7,10 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
+// routeKey identifies a route of the device: its table and destination.
 type routeKey struct {
 	table int
 	dst   netip.Prefix
@@ -51,6 +53,55 @@ func (d *Device) route(k routeKey) *netlink.Route {
 		r.Scope = netlink.SCOPE_LINK
 	}
 	return r
+}
+
+// wantedRoutes are the routes through the device for the accepted peers:
+// their pod CIDRs, and with node encryption their node IPs.
+func (d *Device) wantedRoutes(accepted []*acceptedPeer) map[routeKey]bool {
+	want := map[routeKey]bool{}
+	for _, a := range accepted {
+		for _, p := range a.podCIDRs {
+			want[routeKey{d.cfg.RouteTable, p}] = true
+		}
+		if d.cfg.NodeEncryption {
+			want[routeKey{d.cfg.NodeRouteTable, netip.PrefixFrom(a.nodeIP, a.nodeIP.BitLen())}] = true
+		}
+	}
+	return want
+}
+
+// removeRoutes removes the routes of have that are not wanted, and returns
+// how many it removed.
+func (d *Device) removeRoutes(have map[routeKey]*netlink.Route, want map[routeKey]bool) (int, error) {
+	var errs []error
+	n := 0
+	for k, r := range have {
+		if want[k] {
+			continue
+		}
+		if err := d.nl.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("wireguard: removing route %s: %w", k.dst, err))
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// addRoutes adds the wanted routes that have lacks, and returns how many it
+// added.
+func (d *Device) addRoutes(have map[routeKey]*netlink.Route, want map[routeKey]bool) (int, error) {
+	var errs []error
+	n := 0
+	for k := range want {
+		if have[k] != nil {
+			continue
+		}
+		if err := d.nl.RouteReplace(d.route(k)); err != nil {
+			errs = append(errs, fmt.Errorf("wireguard: adding route %s via %s: %w", k.dst, d.cfg.DeviceName, err))
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {

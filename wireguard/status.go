@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Status is what `clustermesh status` shows about encryption.
@@ -65,10 +67,20 @@ func (d *Device) Status() Status {
 		return s
 	}
 	s.Peers = len(dev.Peers)
-	byCluster := map[string]*ClusterStatus{}
 	for _, p := range dev.Peers {
 		s.BytesSent += p.TransmitBytes
 		s.BytesReceived += p.ReceiveBytes
+	}
+	s.Clusters = d.clusterStatus(dev.Peers)
+	return s
+}
+
+// clusterStatus aggregates the device's peers by cluster (a peer the device
+// has but this package did not accept counts under "(unknown)"), sorted by
+// cluster name. Called with d.mu held.
+func (d *Device) clusterStatus(peers []wgtypes.Peer) []ClusterStatus {
+	byCluster := map[string]*ClusterStatus{}
+	for _, p := range peers {
 		cluster := "(unknown)"
 		if a := d.accepted[p.PublicKey]; a != nil {
 			cluster = a.cluster
@@ -78,23 +90,29 @@ func (d *Device) Status() Status {
 			c = &ClusterStatus{Cluster: cluster}
 			byCluster[cluster] = c
 		}
-		c.Peers++
-		c.BytesSent += p.TransmitBytes
-		c.BytesReceived += p.ReceiveBytes
-		if p.LastHandshakeTime.IsZero() {
-			c.PeersWithoutHandshake++
-			continue
-		}
-		if c.OldestHandshake.IsZero() || p.LastHandshakeTime.Before(c.OldestHandshake) {
-			c.OldestHandshake = p.LastHandshakeTime
-		}
-		if p.LastHandshakeTime.After(c.LatestHandshake) {
-			c.LatestHandshake = p.LastHandshakeTime
-		}
+		c.add(p)
 	}
+	var out []ClusterStatus
 	for _, c := range byCluster {
-		s.Clusters = append(s.Clusters, *c)
+		out = append(out, *c)
 	}
-	slices.SortFunc(s.Clusters, func(a, b ClusterStatus) int { return cmp.Compare(a.Cluster, b.Cluster) })
-	return s
+	slices.SortFunc(out, func(a, b ClusterStatus) int { return cmp.Compare(a.Cluster, b.Cluster) })
+	return out
+}
+
+// add counts peer p in c.
+func (c *ClusterStatus) add(p wgtypes.Peer) {
+	c.Peers++
+	c.BytesSent += p.TransmitBytes
+	c.BytesReceived += p.ReceiveBytes
+	if p.LastHandshakeTime.IsZero() {
+		c.PeersWithoutHandshake++
+		return
+	}
+	if c.OldestHandshake.IsZero() || p.LastHandshakeTime.Before(c.OldestHandshake) {
+		c.OldestHandshake = p.LastHandshakeTime
+	}
+	if p.LastHandshakeTime.After(c.LatestHandshake) {
+		c.LatestHandshake = p.LastHandshakeTime
+	}
 }

@@ -165,17 +165,78 @@ func TestNodeEncryption(t *testing.T) {
 	}
 }
 
+// reconcileFixture is a device in a namespace of its own, and the checks
+// TestReconcile makes of it.
+type reconcileFixture struct {
+	t    *testing.T
+	n    *testNS
+	name string
+	dev  *Device
+}
+
+// reconcilePeer is node i of cluster, with a pod CIDR of each family.
+func reconcilePeer(t *testing.T, cluster string, i int) Peer {
+	return Peer{Cluster: cluster, Node: cluster + "-" + string(rune('a'+i)), PublicKey: newKey(t),
+		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(len(cluster)*10 + i)}), 0),
+		PodCIDRs: []netip.Prefix{
+			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(len(cluster)), byte(i), 0}), 24),
+			netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, byte(len(cluster)), byte(i)}), 64),
+		}}
+}
+
+// state is the device's peer keys and our routes, sorted.
+func (f *reconcileFixture) state() (keys []string, routes []string) {
+	d, err := f.dev.wg.Device(f.name)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, p := range d.Peers {
+		keys = append(keys, p.PublicKey.String())
+	}
+	slices.Sort(keys)
+	routes = ourRoutes(f.t, f.n)
+	slices.Sort(routes)
+	return keys, routes
+}
+
+// expect checks that the device has exactly peers, and their pod CIDRs'
+// routes.
+func (f *reconcileFixture) expect(step string, peers []Peer) {
+	f.t.Helper()
+	var keys, routes []string
+	for _, p := range peers {
+		keys = append(keys, p.PublicKey)
+		for _, c := range p.PodCIDRs {
+			routes = append(routes, c.String()+" table 254")
+		}
+	}
+	slices.Sort(keys)
+	slices.Sort(routes)
+	gotKeys, gotRoutes := f.state()
+	if !slices.Equal(keys, gotKeys) || !slices.Equal(routes, gotRoutes) {
+		f.t.Fatalf("%s:\n peers  %v\n want   %v\n routes %v\n want   %v", step, gotKeys, keys, gotRoutes, routes)
+	}
+}
+
+// set gives the device peers, none of them to be rejected, and expects them.
+func (f *reconcileFixture) set(step string, peers []Peer) {
+	f.t.Helper()
+	if rej, err := f.dev.SetPeers(peers); err != nil || len(rej) > 0 {
+		f.t.Fatalf("%s: %v %v", step, rej, err)
+	}
+	f.expect(step, peers)
+}
+
 // TestReconcile: peers follow the desired set. A node removed takes its peer
 // and routes with it; a cluster removed takes all its nodes; a changed key
-// replaces the peer; nothing is left after Close, and a restart over a stale
-// device of the same name replaces it.
+// replaces the peer; a peer configured by hand is removed; a local pod CIDR
+// that grows over a peer's rejects it; nothing is left after Close.
 func TestReconcile(t *testing.T) {
 	testenv.RequireRoot(t)
 	n := newNS(t)
 	name := uniqueDevName()
-	cfg := Config{DeviceName: name, PrivateKeyFile: t.TempDir() + "/wg.key", NetNS: n.path, UnderlayMTU: 9000,
-		UnderlayIPv6: true, LocalPodCIDRs: []netip.Prefix{pfx("10.100.0.0/24")}, Logger: testLogger(t, "local")}
-	dev, err := Open(cfg)
+	dev, err := Open(Config{DeviceName: name, PrivateKeyFile: t.TempDir() + "/wg.key", NetNS: n.path, UnderlayMTU: 9000,
+		UnderlayIPv6: true, LocalPodCIDRs: []netip.Prefix{pfx("10.100.0.0/24")}, Logger: testLogger(t, "local")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,57 +244,12 @@ func TestReconcile(t *testing.T) {
 	if dev.MTU() != 8920 {
 		t.Fatalf("MTU over a 9000-byte IPv6 underlay: %d", dev.MTU())
 	}
-
-	mk := func(cluster string, i int) Peer {
-		return Peer{Cluster: cluster, Node: cluster + "-" + string(rune('a'+i)), PublicKey: newKey(t),
-			Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(len(cluster)*10 + i)}), 0),
-			PodCIDRs: []netip.Prefix{
-				netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(len(cluster)), byte(i), 0}), 24),
-				netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, byte(len(cluster)), byte(i)}), 64),
-			}}
-	}
-	west := []Peer{mk("west", 0), mk("west", 1), mk("west", 2)}
-	north := []Peer{mk("north", 0), mk("north", 1)}
-
-	state := func() (keys []string, routes []string) {
-		d, err := dev.wg.Device(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range d.Peers {
-			keys = append(keys, p.PublicKey.String())
-		}
-		slices.Sort(keys)
-		routes = ourRoutes(t, n)
-		slices.Sort(routes)
-		return keys, routes
-	}
-	expect := func(step string, peers []Peer) {
-		t.Helper()
-		var keys, routes []string
-		for _, p := range peers {
-			keys = append(keys, p.PublicKey)
-			for _, c := range p.PodCIDRs {
-				routes = append(routes, c.String()+" table 254")
-			}
-		}
-		slices.Sort(keys)
-		slices.Sort(routes)
-		gotKeys, gotRoutes := state()
-		if !slices.Equal(keys, gotKeys) || !slices.Equal(routes, gotRoutes) {
-			t.Fatalf("%s:\n peers  %v\n want   %v\n routes %v\n want   %v", step, gotKeys, keys, gotRoutes, routes)
-		}
-	}
-	set := func(step string, peers []Peer) {
-		t.Helper()
-		if rej, err := dev.SetPeers(peers); err != nil || len(rej) > 0 {
-			t.Fatalf("%s: %v %v", step, rej, err)
-		}
-		expect(step, peers)
-	}
+	f := &reconcileFixture{t: t, n: n, name: name, dev: dev}
+	west := []Peer{reconcilePeer(t, "west", 0), reconcilePeer(t, "west", 1), reconcilePeer(t, "west", 2)}
+	north := []Peer{reconcilePeer(t, "north", 0), reconcilePeer(t, "north", 1)}
 
 	all := slices.Concat(west, north)
-	set("two clusters", all)
+	f.set("two clusters", all)
 	st := dev.Status()
 	if st.Peers != 5 || len(st.Clusters) != 2 || st.Clusters[0].Cluster != "north" || st.Clusters[0].Peers != 2 ||
 		st.Clusters[1].Peers != 3 || st.Clusters[1].PeersWithoutHandshake != 3 {
@@ -242,18 +258,18 @@ func TestReconcile(t *testing.T) {
 
 	// Same set again: nothing to do, the peers (and their sessions) stay.
 	before, _ := dev.wg.Device(name)
-	set("unchanged", all)
+	f.set("unchanged", all)
 	after, _ := dev.wg.Device(name)
 	if len(before.Peers) != len(after.Peers) {
 		t.Fatal("peers changed on a no-op")
 	}
 
-	set("west-b removed", []Peer{west[0], west[2], north[0], north[1]})
-	set("north removed", []Peer{west[0], west[2]})
+	f.set("west-b removed", []Peer{west[0], west[2], north[0], north[1]})
+	f.set("north removed", []Peer{west[0], west[2]})
 	west[2].PublicKey = newKey(t) // west-c rotated its key
 	west[0].PodCIDRs = west[0].PodCIDRs[:1]
 	west[0].Endpoint = netip.MustParseAddrPort("192.0.2.99:4000")
-	set("west-c rotated, west-a moved and lost its IPv6 CIDR", []Peer{west[0], west[2]})
+	f.set("west-c rotated, west-a moved and lost its IPv6 CIDR", []Peer{west[0], west[2]})
 	d, _ := dev.wg.Device(name)
 	for _, p := range d.Peers {
 		if p.PublicKey.String() == west[0].PublicKey && (p.Endpoint.String() != "192.0.2.99:4000" || len(p.AllowedIPs) != 1) {
@@ -269,24 +285,29 @@ func TestReconcile(t *testing.T) {
 	if err := dev.wg.ConfigureDevice(name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: stray.PublicKey()}}}); err != nil {
 		t.Fatal(err)
 	}
-	set("stray removed", []Peer{west[0], west[2]})
+	f.set("stray removed", []Peer{west[0], west[2]})
 
 	// The local pod CIDR grows over west-a's: west-a is rejected.
 	rej, err := dev.SetLocalPodCIDRs([]netip.Prefix{pfx("10.100.0.0/24"), pfx("10.4.0.0/24")})
 	if err != nil || len(rej) != 1 || rej[0].Node != "west-a" {
 		t.Fatalf("local CIDRs: %v %v", rej, err)
 	}
-	expect("west-a shadowed by a local CIDR", []Peer{west[2]})
+	f.expect("west-a shadowed by a local CIDR", []Peer{west[2]})
 
-	set("everything removed", nil)
-
+	f.set("everything removed", nil)
 	if err := dev.Close(); err != nil {
 		t.Fatal(err)
 	}
 	assertGone(t, n, name)
+}
 
-	// What a crashed run leaves (its TUN goes with the process): a socket
-	// file nobody serves, and its node-encryption rules. Open clears both.
+// TestOpenOverLeftovers: what a crashed run leaves (its TUN goes with the
+// process): a socket file nobody serves, and its node-encryption rules.
+// Open clears both, and Close leaves nothing.
+func TestOpenOverLeftovers(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := newNS(t)
+	name := uniqueDevName()
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: uapiSocket(name), Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
@@ -304,14 +325,15 @@ func TestReconcile(t *testing.T) {
 	if err := n.nl.RuleAdd(stale); err != nil {
 		t.Fatal(err)
 	}
-	dev2, err := Open(cfg)
+	dev, err := Open(Config{DeviceName: name, PrivateKeyFile: t.TempDir() + "/wg.key", NetNS: n.path, UnderlayMTU: 9000,
+		UnderlayIPv6: true, LocalPodCIDRs: []netip.Prefix{pfx("10.100.0.0/24")}, Logger: testLogger(t, "local")})
 	if err != nil {
-		t.Fatalf("reopen over leftovers: %v", err)
+		t.Fatalf("open over leftovers: %v", err)
 	}
-	if rej, err := dev2.SetPeers([]Peer{west[0]}); err != nil || len(rej) > 0 {
+	if rej, err := dev.SetPeers([]Peer{reconcilePeer(t, "west", 0)}); err != nil || len(rej) > 0 {
 		t.Fatal(rej, err)
 	}
-	if err := dev2.Close(); err != nil {
+	if err := dev.Close(); err != nil {
 		t.Fatal(err)
 	}
 	assertGone(t, n, name)
