@@ -82,7 +82,7 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 	}
 	pfx := p.Prefix()
 	if !s.r.self && s.r.out.OverlapsLocal(pfx) {
-		return fmt.Errorf("agentsync: ipcache %q: %s %w", key, pfx, ErrOverlapsLocal)
+		return fmt.Errorf("ipcache %q: %s %w", key, pfx, ErrOverlapsLocal)
 	}
 	s.entries.put(pfx, struct{}{}, gen)
 	s.claim(merge.IPUpdate{Prefix: pfx, Entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}})

@@ -199,7 +199,7 @@ func (ks *kindState) list(ctx context.Context, cli *clientv3.Client, c wire.Clus
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	return 0, fmt.Errorf("agentsync: remote %s: %s list ended early", ks.r.name, ks.kind)
+	return 0, fmt.Errorf("listing the %s of remote %s: the list ended early", ks.kind, ks.r.name)
 }
 
 // listPage is one page of a list, or a restart of the list, or its error.
@@ -357,7 +357,7 @@ func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Clu
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return fmt.Errorf("agentsync: remote %s: %s watch closed", ks.r.name, ks.kind)
+	return fmt.Errorf("watching the %s of remote %s: the watch closed", ks.kind, ks.r.name)
 }
 
 // eventSeen records the time of the last applied list or watch event.

@@ -40,7 +40,7 @@ func (r *remote) watchedKinds() []wire.Kind {
 // local cluster.
 func (r *remote) admitSelf(c wire.Cluster) error {
 	if c.ID != r.agent.cfg.ClusterID {
-		return fmt.Errorf("agentsync: %w: the config %s (this cluster's own apiserver) reaches cluster id %d, but this agent runs with --cluster-id %d: point it at this cluster's apiserver or fix the id",
+		return fmt.Errorf("%w: the config %s (this cluster's own apiserver) reaches cluster id %d, but this agent runs with --cluster-id %d: point it at this cluster's apiserver or fix the id",
 			ErrClusterIDConflict, r.name, c.ID, r.agent.cfg.ClusterID)
 	}
 	return nil

@@ -31,7 +31,7 @@ type RemoteConfig struct {
 func LoadRemoteConfig(name, path string) (RemoteConfig, []byte, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return RemoteConfig{}, nil, fmt.Errorf("agentsync: %w", err)
+		return RemoteConfig{}, nil, fmt.Errorf("reading remote config %s: %w", path, err)
 	}
 	rc, err := ParseRemoteConfig(name, path, raw)
 	return rc, raw, err
@@ -42,21 +42,21 @@ func LoadRemoteConfig(name, path string) (RemoteConfig, []byte, error) {
 func ParseRemoteConfig(name, path string, raw []byte) (RemoteConfig, error) {
 	var rc RemoteConfig
 	if err := wire.ValidateClusterName(name); err != nil {
-		return rc, fmt.Errorf("agentsync: config file %s: %w: the file name must be the remote cluster's name: %w", path, ErrInvalidRemoteConfig, err)
+		return rc, fmt.Errorf("remote config %s: %w: the file name must be the remote cluster's name: %w", path, ErrInvalidRemoteConfig, err)
 	}
 	if err := yaml.Unmarshal(raw, &rc); err != nil {
-		return rc, fmt.Errorf("agentsync: config file %s: %w: %w", path, ErrInvalidRemoteConfig, err)
+		return rc, fmt.Errorf("remote config %s: %w: %w", path, ErrInvalidRemoteConfig, err)
 	}
 	if len(rc.Endpoints) == 0 {
-		return rc, fmt.Errorf("agentsync: config file %s: %w: no endpoints", path, ErrInvalidRemoteConfig)
+		return rc, fmt.Errorf("remote config %s: %w: no endpoints", path, ErrInvalidRemoteConfig)
 	}
 	for _, e := range rc.Endpoints {
 		if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "unixs://") {
-			return rc, fmt.Errorf("agentsync: config file %s: %w: endpoint %q must be https:// (mutual TLS is required)", path, ErrInvalidRemoteConfig, e)
+			return rc, fmt.Errorf("remote config %s: %w: endpoint %q must be https:// (mutual TLS is required)", path, ErrInvalidRemoteConfig, e)
 		}
 	}
 	if rc.TrustedCAFile == "" || rc.CertFile == "" || rc.KeyFile == "" {
-		return rc, fmt.Errorf("agentsync: config file %s: %w: trusted-ca-file, cert-file and key-file are all required", path, ErrInvalidRemoteConfig)
+		return rc, fmt.Errorf("remote config %s: %w: trusted-ca-file, cert-file and key-file are all required", path, ErrInvalidRemoteConfig)
 	}
 	dir := filepath.Dir(path)
 	for _, f := range []*string{&rc.TrustedCAFile, &rc.CertFile, &rc.KeyFile} {
@@ -72,7 +72,7 @@ func ParseRemoteConfig(name, path string, raw []byte) (RemoteConfig, error) {
 func (rc RemoteConfig) TLS() (*tls.Config, error) {
 	cfg, err := ca.ClientTLSConfig(rc.CertFile, rc.KeyFile, rc.TrustedCAFile)
 	if err != nil {
-		return nil, fmt.Errorf("agentsync: %w", err)
+		return nil, fmt.Errorf("loading the remote's client certificate: %w", err)
 	}
 	return cfg, nil
 }

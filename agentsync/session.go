@@ -278,15 +278,15 @@ func (r *remote) clusterConfig(ctx context.Context, cli *clientv3.Client) (sessi
 			c, cfg, err := wire.DecodeClusterConfig(r.name, r.agent.cfg.MaxConnectedClusters, raw)
 			if err != nil {
 				r.reject(err)
-				return sessionPin{}, fmt.Errorf("agentsync: remote %s: %w", r.name, err)
+				return sessionPin{}, fmt.Errorf("reading the cluster config of remote %s: %w", r.name, err)
 			}
 			if cfg.Capabilities.Cached {
-				return sessionPin{}, fmt.Errorf("agentsync: remote %s: %w: it serves its state from a kvstoremesh cache (capabilities.cached), which this agent does not read; point the config at the cluster's own mesh apiserver",
+				return sessionPin{}, fmt.Errorf("remote %s: %w: it serves its state from a kvstoremesh cache (capabilities.cached), which this agent does not read; point the config at the cluster's own mesh apiserver",
 					r.name, wire.ErrIncompatibleConfig)
 			}
 			return sessionPin{cluster: c, config: cfg, raw: raw, etcdID: resp.Header.ClusterId}, nil
 		}
-		r.setError(fmt.Errorf("agentsync: remote %s has not published %s yet: waiting", r.name, key))
+		r.setError(fmt.Errorf("remote %s has not published %s yet: waiting", r.name, key))
 		select {
 		case <-ctx.Done():
 			return sessionPin{}, ctx.Err()
@@ -311,19 +311,19 @@ func (r *remote) probe(ctx context.Context, cli *clientv3.Client, pin sessionPin
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("agentsync: remote %s unreachable: %w", r.name, r.explain(err))
+			return fmt.Errorf("probing remote %s: %w", r.name, r.explain(err))
 		}
 		if err := r.checkEtcd(resp.Header.ClusterId, pin.etcdID); err != nil {
 			return err
 		}
 		if resp.Header.Revision < lastRev {
-			return fmt.Errorf("agentsync: remote %s: %w (store revision went back from %d to %d): resyncing",
+			return fmt.Errorf("remote %s: %w (store revision went back from %d to %d): resyncing",
 				r.name, ErrClusterChanged, lastRev, resp.Header.Revision)
 		}
 		lastRev = resp.Header.Revision
 		hb, cfg := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
 		if len(cfg) != 1 || !bytes.Equal(cfg[0].Value, pin.raw) {
-			return fmt.Errorf("agentsync: remote %s: its cluster config changed: resyncing", r.name)
+			return fmt.Errorf("remote %s: its cluster config changed: resyncing", r.name)
 		}
 		if len(hb) == 1 {
 			if at, err := time.Parse(time.RFC3339Nano, string(hb[0].Value)); err == nil {
@@ -343,7 +343,7 @@ func (r *remote) probe(ctx context.Context, cli *clientv3.Client, pin sessionPin
 // checkEtcd fails when an answer came from another etcd than the pinned one.
 func (r *remote) checkEtcd(got, pinned uint64) error {
 	if got != pinned {
-		return fmt.Errorf("agentsync: remote %s: %w (etcd cluster id %x, pinned %x): resyncing", r.name, ErrClusterChanged, got, pinned)
+		return fmt.Errorf("remote %s: %w (etcd cluster id %x, pinned %x): resyncing", r.name, ErrClusterChanged, got, pinned)
 	}
 	return nil
 }
@@ -354,11 +354,11 @@ func (r *remote) explain(err error) error {
 	switch {
 	case errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrUserEmpty),
 		errors.Is(err, rpctypes.ErrAuthFailed), strings.Contains(err.Error(), "user name not found"):
-		return fmt.Errorf("agentsync: remote %s refuses user remote-%s: %w (add %s as a peer on %s's apiserver: --peer %s)",
+		return fmt.Errorf("remote %s refuses user remote-%s: %w (add %s as a peer on %s's apiserver: --peer %s)",
 			r.name, local, err, local, r.name, local)
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("agentsync: remote %s at %s: no answer within %s: %w (is the endpoint reachable, and is this cluster's certificate signed by the mesh CA the peer trusts?)",
+		return fmt.Errorf("remote %s at %s: no answer within %s: %w (is the endpoint reachable, and is this cluster's certificate signed by the mesh CA the peer trusts?)",
 			r.name, strings.Join(r.cfg.Endpoints, ","), r.agent.cfg.ProbeTimeout, err)
 	}
-	return fmt.Errorf("agentsync: remote %s: %w", r.name, err)
+	return fmt.Errorf("remote %s: %w", r.name, err)
 }
