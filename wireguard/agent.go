@@ -58,14 +58,19 @@ type AgentConfig struct {
 //	wg, _ := wireguard.NewAgent(wireguard.AgentConfig{Source: file, NodeName: "node-1", ...})
 //	cfg.LocalSource, cfg.OnRemoteNodes = wg, wg.SetRemoteNodes   // agentsync.Config
 type Agent struct {
-	cfg     AgentConfig
-	log     *slog.Logger
-	port    int
-	running atomic.Bool
-	ready   chan struct{} // closed once the device is open
-	dev     atomic.Pointer[Device]
+	// Set by NewAgent, read-only afterwards.
+	cfg    AgentConfig
+	log    *slog.Logger
+	device string // the device's name
+	port   int
+	ready  chan struct{} // closed once the device is open
 
-	mu         sync.Mutex // serializes every operation on the device
+	running atomic.Bool
+	dev     atomic.Pointer[Device] // stored once, with mu held
+
+	// mu serializes every operation on the device and guards the fields
+	// below it.
+	mu         sync.Mutex
 	nodes      []*wire.Node
 	peersErr   error // the last SetPeers or SetLocalPodCIDRs failed
 	localCIDRs []netip.Prefix
@@ -79,10 +84,10 @@ type Agent struct {
 // NewAgent checks cfg; the device opens in Run.
 func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.NodeName == "" {
-		return nil, errors.New("wireguard: the node's name is required (the name of this node in the local state)")
+		return nil, errors.New("WireGuard needs the node's name (the name of this node in the local state)")
 	}
 	if cfg.Source == nil {
-		return nil, errors.New("wireguard: a local state source is required")
+		return nil, errors.New("WireGuard needs a local state source")
 	}
 	if err := cfg.Device.Validate(); err != nil {
 		return nil, err
@@ -97,7 +102,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		cfg.Device.Logger = cfg.Logger
 	}
 	dc := cfg.Device.withDefaults()
-	return &Agent{cfg: cfg, log: cfg.Logger.With("device", dc.DeviceName, "node", cfg.NodeName), port: dc.ListenPort, ready: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger.With("device", dc.DeviceName, "node", cfg.NodeName), device: dc.DeviceName,
+		port: dc.ListenPort, ready: make(chan struct{})}, nil
 }
 
 // Ready is closed once the device is open and its key published.
@@ -126,7 +132,7 @@ func (a *Agent) isClosed() bool {
 // and rules removed); the key file and the published key stay.
 func (a *Agent) Run(ctx context.Context, onChange func(*statesource.State)) error {
 	if !a.running.CompareAndSwap(false, true) {
-		return errors.New("wireguard: Agent.Run called twice: create a new Agent")
+		return errors.New("Agent.Run called twice: create a new Agent")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -171,21 +177,26 @@ func findNode(st *statesource.State, name string) *statesource.Node {
 	return nil
 }
 
+// errNotInState says that NodeName is not in st, and which nodes are.
+func (a *Agent) errNotInState(st *statesource.State) error {
+	names := make([]string, 0, 5)
+	for i := range st.Nodes {
+		if i == 5 {
+			names = append(names, "…")
+			break
+		}
+		names = append(names, st.Nodes[i].Name)
+	}
+	return fmt.Errorf("node %q is not in the local state (its nodes: %s): the node name must be this node's name in the state",
+		a.cfg.NodeName, strings.Join(names, ", "))
+}
+
 // open opens the device for the node's entry in st, rotates the key if
 // asked, and publishes it.
 func (a *Agent) open(st *statesource.State) error {
 	n := findNode(st, a.cfg.NodeName)
 	if n == nil {
-		names := make([]string, 0, 5)
-		for i := range st.Nodes {
-			if i == 5 {
-				names = append(names, "…")
-				break
-			}
-			names = append(names, st.Nodes[i].Name)
-		}
-		return fmt.Errorf("wireguard: node %q is not in the local state (its nodes: %s): the node name must be this node's name in the state",
-			a.cfg.NodeName, strings.Join(names, ", "))
+		return fmt.Errorf("opening WireGuard device %s: %w", a.device, a.errNotInState(st))
 	}
 	cfg := a.cfg.Device
 	var stateIP netip.Addr
@@ -210,7 +221,7 @@ func (a *Agent) open(st *statesource.State) error {
 	defer a.mu.Unlock()
 	if err := a.publishLocked(dev.PublicKey()); err != nil {
 		dev.Close()
-		return err
+		return fmt.Errorf("publishing the WireGuard public key: %w", err)
 	}
 	a.localCIDRs, a.stateIP = slices.Clone(n.PodCIDRs), stateIP
 	a.dev.Store(dev)
@@ -233,7 +244,7 @@ func (a *Agent) publishLocked(key string) error {
 	}
 	if err := statesource.WriteNodeKey(a.cfg.NodeKeysDir, a.cfg.NodeName, key); err != nil {
 		a.publishErr = err
-		return fmt.Errorf("wireguard: publishing the public key: %w", err)
+		return err
 	}
 	a.publishErr = nil
 	if a.published != key {
@@ -353,14 +364,14 @@ func (a *Agent) RotateKey() (string, error) {
 	defer a.mu.Unlock()
 	dev := a.dev.Load()
 	if dev == nil || a.closed {
-		return "", errors.New("wireguard: the device is not open")
+		return "", errors.New("rotating the WireGuard key: the device is not open")
 	}
 	pub, err := dev.RotateKey()
 	if err != nil {
 		return "", err
 	}
 	if err := a.publishLocked(pub); err != nil {
-		return pub, fmt.Errorf("wireguard: key rotated, but %w (retried every %s)", err, a.cfg.RetryInterval)
+		return pub, fmt.Errorf("publishing the rotated WireGuard key (the device uses it already; retried every %s): %w", a.cfg.RetryInterval, err)
 	}
 	return pub, nil
 }

@@ -101,7 +101,8 @@ func TestAgentUnknownNode(t *testing.T) {
 	f := newAgentFixture(t)
 	f.src <- &statesource.State{Nodes: []statesource.Node{{Name: "other", IPs: []netip.Addr{netip.MustParseAddr("192.168.77.3")}}}}
 	err := f.a.Run(context.Background(), func(*statesource.State) { t.Error("a state was passed on") })
-	if err == nil || !strings.Contains(err.Error(), `"n1" is not in the local state`) || !strings.Contains(err.Error(), "other") {
+	if err == nil || !strings.HasPrefix(err.Error(), "opening WireGuard device "+f.name+`: node "n1" is not in the local state`) ||
+		!strings.Contains(err.Error(), "other") {
 		t.Fatalf("Run with an unknown node: %v", err)
 	}
 	assertGone(t, f.ns, f.name)

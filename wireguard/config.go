@@ -180,7 +180,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("persistent keepalive %s is not in 0..65535s", c.PersistentKeepalive))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("wireguard: invalid config: %w", errors.Join(errs...))
+		return fmt.Errorf("checking the WireGuard config: %w", errors.Join(errs...))
 	}
 	return nil
 }

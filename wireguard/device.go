@@ -23,6 +23,9 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
+// errClosed is returned by the methods that change a closed device.
+var errClosed = errors.New("the WireGuard device is closed")
+
 // Device is a WireGuard device, its peers and its routes. Its methods are
 // safe for concurrent use; the nil *Device reports encryption off.
 //
@@ -85,6 +88,15 @@ func Open(cfg Config) (*Device, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
+	d, err := open(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening WireGuard device %s: %w", cfg.DeviceName, err)
+	}
+	return d, nil
+}
+
+// open is Open after the config is checked.
+func open(cfg Config) (*Device, error) {
 	log := cfg.Logger.With("device", cfg.DeviceName)
 	priv, _, err := LoadOrCreateKey(cfg.PrivateKeyFile, log)
 	if err != nil {
@@ -149,7 +161,7 @@ func (d *Device) configure() error {
 		d.wg, err = wgctrl.New()
 		return err
 	}); err != nil {
-		return fmt.Errorf("wireguard: wgctrl: %w", err)
+		return fmt.Errorf("opening a wgctrl client: %w", err)
 	}
 	port, mark := d.cfg.ListenPort, 0
 	if d.cfg.NodeEncryption {
@@ -158,7 +170,7 @@ func (d *Device) configure() error {
 	if err := d.wgConfigure(wgtypes.Config{
 		PrivateKey: &d.priv, ListenPort: &port, FirewallMark: &mark, ReplacePeers: true,
 	}); err != nil {
-		return fmt.Errorf("wireguard: configuring %s: %w", d.cfg.DeviceName, err)
+		return fmt.Errorf("setting its key, port and firewall mark: %w", err)
 	}
 	return nil
 }
@@ -166,17 +178,16 @@ func (d *Device) configure() error {
 // bringUp sets the interface's MTU, brings it up and waits until the device
 // listens on its port.
 func (d *Device) bringUp() error {
-	name := d.cfg.DeviceName
-	link, err := d.nl.LinkByName(name)
+	link, err := d.nl.LinkByName(d.cfg.DeviceName)
 	if err != nil {
-		return fmt.Errorf("wireguard: %s: %w", name, err)
+		return fmt.Errorf("looking up its interface: %w", err)
 	}
 	d.linkIndex = link.Attrs().Index
 	if err := d.nl.LinkSetMTU(link, d.mtu); err != nil {
-		return fmt.Errorf("wireguard: setting the MTU of %s to %d: %w", name, d.mtu, err)
+		return fmt.Errorf("setting its MTU to %d: %w", d.mtu, err)
 	}
 	if err := d.nl.LinkSetUp(link); err != nil {
-		return fmt.Errorf("wireguard: bringing %s up: %w", name, err)
+		return fmt.Errorf("bringing its interface up: %w", err)
 	}
 	return d.waitBound()
 }
@@ -185,13 +196,13 @@ func (d *Device) bringUp() error {
 // of our name and our node-encryption rules.
 func (d *Device) removeStale() error {
 	name := d.cfg.DeviceName
-	if socketInUse(name) {
-		return fmt.Errorf("wireguard: %s is served by another process (%s; the socket directory is shared by all network namespaces, so device names must be unique on the machine)", name, uapiSocket(name))
+	if err := checkSocketFree(name); err != nil {
+		return err
 	}
 	if link, err := d.nl.LinkByName(name); err == nil {
 		d.log.Warn("removing a stale WireGuard device left by a previous run", "type", link.Type())
 		if err := d.nl.LinkDel(link); err != nil {
-			return fmt.Errorf("wireguard: removing the stale device %s: %w", name, err)
+			return fmt.Errorf("removing the stale device of that name: %w", err)
 		}
 	}
 	d.deleteRules()
@@ -209,7 +220,7 @@ func (d *Device) create() error {
 			return nil
 		}
 		if d.cfg.Implementation == ImplKernel {
-			return fmt.Errorf("wireguard: creating kernel device %s: %w", name, err)
+			return fmt.Errorf("creating kernel device: %w", err)
 		}
 		if errors.Is(err, unix.EOPNOTSUPP) {
 			d.log.Info("the kernel has no WireGuard module; using the userspace implementation")
@@ -229,7 +240,7 @@ func (d *Device) create() error {
 // (the port in use) into an error: wireguard-go binds when the interface
 // comes up, asynchronously, and only logs a failure.
 func (d *Device) waitBound() error {
-	name, port := d.cfg.DeviceName, d.cfg.ListenPort
+	port := d.cfg.ListenPort
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		dev, err := d.wgDevice()
@@ -239,12 +250,12 @@ func (d *Device) waitBound() error {
 		if time.Now().After(deadline) {
 			// Setting the port again binds synchronously and reports why.
 			if err := d.wgConfigure(wgtypes.Config{ListenPort: &port}); err != nil {
-				return fmt.Errorf("wireguard: %s cannot listen on UDP port %d: %w", name, port, err)
+				return fmt.Errorf("listening on UDP port %d: %w", port, err)
 			}
 			if dev, err := d.wgDevice(); err == nil && dev.ListenPort == port {
 				return nil
 			}
-			return fmt.Errorf("wireguard: %s did not bind UDP port %d", name, port)
+			return fmt.Errorf("listening on UDP port %d: the device did not bind it", port)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -271,7 +282,10 @@ func (d *Device) Close() error {
 	d.nudgeWG.Wait()
 	err := d.teardown()
 	d.log.Info("WireGuard device removed")
-	return err
+	if err != nil {
+		return fmt.Errorf("closing WireGuard device %s: %w", d.cfg.DeviceName, err)
+	}
+	return nil
 }
 
 // teardown removes what Open made, as far as it got: the routes and rules,
@@ -297,7 +311,7 @@ func (d *Device) teardown() error {
 	if d.nl != nil && d.impl != "" {
 		if link, err := d.nl.LinkByName(d.cfg.DeviceName); err == nil && (d.linkIndex == 0 || link.Attrs().Index == d.linkIndex) {
 			if err := d.nl.LinkDel(link); err != nil {
-				errs = append(errs, fmt.Errorf("wireguard: removing %s: %w", d.cfg.DeviceName, err))
+				errs = append(errs, fmt.Errorf("removing the interface: %w", err))
 			}
 		}
 	}

@@ -31,7 +31,7 @@ func LoadOrCreateKey(path string, log *slog.Logger) (key wgtypes.Key, created bo
 	if errors.Is(err, fs.ErrNotExist) {
 		key, err = wgtypes.GeneratePrivateKey()
 		if err != nil {
-			return wgtypes.Key{}, false, fmt.Errorf("wireguard: generating a private key: %w", err)
+			return wgtypes.Key{}, false, fmt.Errorf("generating a private key: %w", err)
 		}
 		if err := writeKeyFile(path, key); err != nil {
 			return wgtypes.Key{}, false, err
@@ -40,26 +40,26 @@ func LoadOrCreateKey(path string, log *slog.Logger) (key wgtypes.Key, created bo
 		return key, true, nil
 	}
 	if err != nil {
-		return wgtypes.Key{}, false, fmt.Errorf("wireguard: private key file: %w", err)
+		return wgtypes.Key{}, false, fmt.Errorf("reading private key file: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return wgtypes.Key{}, false, fmt.Errorf("wireguard: private key file %s is not a regular file", path)
+		return wgtypes.Key{}, false, fmt.Errorf("reading private key file %s: not a regular file", path)
 	}
 	if fi.Mode().Perm() != keyFileMode {
 		if err := os.Chmod(path, keyFileMode); err != nil {
-			return wgtypes.Key{}, false, fmt.Errorf("wireguard: private key file %s has mode %04o and cannot be narrowed to 0600: %w", path, fi.Mode().Perm(), err)
+			return wgtypes.Key{}, false, fmt.Errorf("narrowing the mode of private key file %s from %04o to 0600: %w", path, fi.Mode().Perm(), err)
 		}
 		log.Warn("WireGuard private key file was readable by others; narrowed to 0600 (rotate the key if it may have leaked)",
 			"file", path, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 	}
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return wgtypes.Key{}, false, fmt.Errorf("wireguard: reading the private key: %w", err)
+		return wgtypes.Key{}, false, fmt.Errorf("reading private key file: %w", err)
 	}
 	key, err = wgtypes.ParseKey(strings.TrimSpace(string(raw)))
 	if err != nil || key == (wgtypes.Key{}) {
 		// Never echo the content: it is (meant to be) a secret.
-		return wgtypes.Key{}, false, fmt.Errorf("wireguard: private key file %s does not hold a base64 32-byte WireGuard key (%d bytes read)", path, len(raw))
+		return wgtypes.Key{}, false, fmt.Errorf("reading private key file %s: it does not hold a base64 32-byte WireGuard key (%d bytes read): restore the key or remove the file to create a new one", path, len(raw))
 	}
 	return key, false, nil
 }
@@ -70,10 +70,10 @@ func LoadOrCreateKey(path string, log *slog.Logger) (key wgtypes.Key, created bo
 func writeKeyFile(path string, key wgtypes.Key) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("wireguard: key directory: %w", err)
+		return fmt.Errorf("creating the key directory: %w", err)
 	}
 	if err := atomicfile.Write(path, []byte(key.String()+"\n"), keyFileMode); err != nil {
-		return fmt.Errorf("wireguard: writing the private key: %w", err)
+		return fmt.Errorf("writing private key file: %w", err)
 	}
 	return nil
 }
@@ -99,23 +99,32 @@ func (d *Device) RotateKey() (string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return "", errors.New("wireguard: device closed")
+		return "", errClosed
 	}
+	if err := d.rotateLocked(); err != nil {
+		return "", fmt.Errorf("rotating the key of WireGuard device %s: %w", d.cfg.DeviceName, err)
+	}
+	return d.pub.String(), nil
+}
+
+// rotateLocked is RotateKey with d.mu held.
+func (d *Device) rotateLocked() error {
 	key, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
-		return "", fmt.Errorf("wireguard: generating a private key: %w", err)
+		return fmt.Errorf("generating a private key: %w", err)
 	}
 	if err := writeKeyFile(d.cfg.PrivateKeyFile, key); err != nil {
-		return "", err
+		return err
 	}
 	if err := d.wgConfigure(wgtypes.Config{PrivateKey: &key}); err != nil {
+		err = fmt.Errorf("setting the new key on the device: %w", err)
 		if werr := writeKeyFile(d.cfg.PrivateKeyFile, d.priv); werr != nil {
 			err = errors.Join(err, fmt.Errorf("restoring the previous key file: %w", werr))
 		}
-		return "", fmt.Errorf("wireguard: setting the new key on %s: %w", d.cfg.DeviceName, err)
+		return err
 	}
 	old := d.pub
 	d.priv, d.pub, d.rotatedAt = key, key.PublicKey(), time.Now()
 	d.log.Info("rotated the WireGuard key", "publicKey", d.pub.String(), "previousPublicKey", old.String())
-	return d.pub.String(), nil
+	return nil
 }

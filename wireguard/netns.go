@@ -23,7 +23,7 @@ func openNS(path string) (nsRunner, error) {
 	}
 	h, err := netns.GetFromPath(path)
 	if err != nil {
-		return nsRunner{}, fmt.Errorf("wireguard: network namespace %s: %w", path, err)
+		return nsRunner{}, fmt.Errorf("opening network namespace %s: %w", path, err)
 	}
 	return nsRunner{h: h, set: true}, nil
 }
@@ -40,7 +40,7 @@ func (r nsRunner) do(fn func() error) error {
 	go func() {
 		runtime.LockOSThread()
 		if err := netns.Set(r.h); err != nil {
-			errc <- fmt.Errorf("wireguard: entering the network namespace: %w", err)
+			errc <- fmt.Errorf("entering the network namespace: %w", err)
 			return
 		}
 		errc <- fn()
@@ -57,7 +57,7 @@ func (r nsRunner) netlinkHandle() (*netlink.Handle, error) {
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("wireguard: netlink: %w", err)
+		return nil, fmt.Errorf("opening a netlink socket: %w", err)
 	}
 	return h, nil
 }

@@ -38,7 +38,7 @@ func (d *Device) keepaliveOff(keys []wgtypes.Key) error {
 		pcs[i] = wgtypes.PeerConfig{PublicKey: k, UpdateOnly: true, PersistentKeepaliveInterval: &off}
 	}
 	if err := d.wgConfigure(wgtypes.Config{Peers: pcs}); err != nil {
-		return fmt.Errorf("wireguard: configuring peers of %s: %w", d.cfg.DeviceName, err)
+		return fmt.Errorf("turning the keepalive off: %w", err)
 	}
 	return nil
 }
@@ -157,7 +157,7 @@ func (d *Device) nudge(due map[wgtypes.Key]bool) (int, error) {
 	}
 	// UpdateOnly: a peer removed meanwhile is not re-created.
 	if err := d.wgConfigure(wgtypes.Config{Peers: nudge}); err != nil {
-		return 0, err
+		return 0, fmt.Errorf("turning the keepalive on: %w", err)
 	}
 	return len(keys), d.keepaliveOff(keys)
 }

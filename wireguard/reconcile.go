@@ -21,7 +21,7 @@ func (d *Device) SetPeers(peers []Peer) ([]Rejection, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errors.New("wireguard: device closed")
+		return nil, errClosed
 	}
 	d.desired = slices.Clone(peers)
 	return d.reconcileLocked()
@@ -33,7 +33,7 @@ func (d *Device) SetLocalPodCIDRs(cidrs []netip.Prefix) ([]Rejection, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errors.New("wireguard: device closed")
+		return nil, errClosed
 	}
 	d.local = slices.Clone(cidrs)
 	return d.reconcileLocked()
@@ -48,6 +48,9 @@ func (d *Device) reconcileLocked() ([]Rejection, error) {
 	})
 	d.noteRejections(rejected)
 	err := d.apply(accepted)
+	if err != nil {
+		err = fmt.Errorf("configuring the peers and routes of WireGuard device %s: %w", d.cfg.DeviceName, err)
+	}
 	d.accepted = make(map[wgtypes.Key]*acceptedPeer, len(accepted))
 	d.incumbents = make(map[string]bool, len(accepted))
 	for _, a := range accepted {
@@ -79,7 +82,7 @@ func (d *Device) noteRejections(rejected []Rejection) {
 func (d *Device) apply(accepted []*acceptedPeer) error {
 	dev, err := d.wgDevice()
 	if err != nil {
-		return fmt.Errorf("wireguard: reading %s: %w", d.cfg.DeviceName, err)
+		return fmt.Errorf("reading the device: %w", err)
 	}
 	want := d.wantedRoutes(accepted)
 	have, err := d.listRoutes()
@@ -187,7 +190,7 @@ func (d *Device) changePeers(c peerChanges) error {
 		return nil
 	}
 	if err := d.wgConfigure(wgtypes.Config{Peers: c.configs}); err != nil {
-		return fmt.Errorf("wireguard: configuring peers of %s: %w", d.cfg.DeviceName, err)
+		return fmt.Errorf("changing %d peers: %w", len(c.configs), err)
 	}
 	d.scheduleNudges(c.nudgeNow, 0)
 	d.scheduleNudges(c.nudgeLater, nudgeDelay)

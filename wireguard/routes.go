@@ -35,7 +35,7 @@ func (d *Device) listRoutes() (map[routeKey]*netlink.Route, error) {
 			}
 		}
 		if err != nil {
-			return out, fmt.Errorf("wireguard: listing routes: %w", err)
+			return out, fmt.Errorf("listing routes: %w", err)
 		}
 		for i := range routes {
 			r := &routes[i]
@@ -80,7 +80,7 @@ func (d *Device) removeRoutes(have map[routeKey]*netlink.Route, want map[routeKe
 			continue
 		}
 		if err := d.nl.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("wireguard: removing route %s: %w", k.dst, err))
+			errs = append(errs, fmt.Errorf("removing route %s: %w", k.dst, err))
 		}
 		n++
 	}
@@ -97,7 +97,7 @@ func (d *Device) addRoutes(have map[routeKey]*netlink.Route, want map[routeKey]b
 			continue
 		}
 		if err := d.nl.RouteReplace(d.route(k)); err != nil {
-			errs = append(errs, fmt.Errorf("wireguard: adding route %s via %s: %w", k.dst, d.cfg.DeviceName, err))
+			errs = append(errs, fmt.Errorf("adding route %s: %w", k.dst, err))
 		}
 		n++
 	}

@@ -63,7 +63,7 @@ func (d *Device) Status() Status {
 	}
 	dev, err := d.wgDevice()
 	if err != nil {
-		s.LastError = fmt.Sprintf("reading %s: %v", d.cfg.DeviceName, err)
+		s.LastError = fmt.Sprintf("reading WireGuard device %s: %v", d.cfg.DeviceName, err)
 		return s
 	}
 	s.Peers = len(dev.Peers)

@@ -29,7 +29,7 @@ func (d *Device) underlay() (mtu int, v6 bool, dev string, err error) {
 		return c.UnderlayMTU, v6, dev, nil
 	}
 	if findErr != nil {
-		return 0, false, "", findErr
+		return 0, false, "", fmt.Errorf("finding the underlay's MTU: %w", findErr)
 	}
 	mtu = link.Attrs().MTU
 	if routeMTU > 0 && routeMTU < mtu {
@@ -38,28 +38,41 @@ func (d *Device) underlay() (mtu int, v6 bool, dev string, err error) {
 	return mtu, v6, dev, nil
 }
 
+// findUnderlay returns the underlay device, its family and the default
+// route's MTU (0 when unset or not the default route's).
 func (d *Device) findUnderlay() (link netlink.Link, v6 bool, routeMTU int, err error) {
-	c := d.cfg
-	if c.NodeIP.IsValid() {
-		addrs, err := d.nl.AddrList(nil, netlink.FAMILY_ALL)
-		if err != nil {
-			return nil, false, 0, fmt.Errorf("wireguard: listing addresses: %w", err)
-		}
-		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == c.NodeIP {
-				link, err := d.nl.LinkByIndex(a.LinkIndex)
-				if err != nil {
-					return nil, false, 0, fmt.Errorf("wireguard: the interface of %s: %w", c.NodeIP, err)
-				}
-				return link, c.NodeIP.Is6(), 0, nil
-			}
-		}
-		return nil, false, 0, fmt.Errorf("wireguard: node IP %s is on no interface; set the underlay MTU", c.NodeIP)
+	if ip := d.cfg.NodeIP; ip.IsValid() {
+		link, err := d.linkHolding(ip)
+		return link, ip.Is6(), 0, err
 	}
+	return d.defaultRouteLink()
+}
+
+// linkHolding returns the interface that holds ip.
+func (d *Device) linkHolding(ip netip.Addr) (netlink.Link, error) {
+	addrs, err := d.nl.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+			link, err := d.nl.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return nil, fmt.Errorf("looking up the interface of node IP %s: %w", ip, err)
+			}
+			return link, nil
+		}
+	}
+	return nil, fmt.Errorf("node IP %s is on no interface: set the underlay MTU", ip)
+}
+
+// defaultRouteLink returns the device of the main table's default route
+// (IPv4 first), its family and its MTU.
+func (d *Device) defaultRouteLink() (link netlink.Link, v6 bool, routeMTU int, err error) {
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		routes, err := d.nl.RouteListFiltered(fam, &netlink.Route{Table: mainTable}, netlink.RT_FILTER_TABLE)
 		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return nil, false, 0, fmt.Errorf("wireguard: listing routes: %w", err)
+			return nil, false, 0, fmt.Errorf("listing routes: %w", err)
 		}
 		for _, r := range routes {
 			if r.Dst != nil {
@@ -76,7 +89,7 @@ func (d *Device) findUnderlay() (link netlink.Link, v6 bool, routeMTU int, err e
 			}
 		}
 	}
-	return nil, false, 0, errors.New("wireguard: cannot detect the underlay MTU (no default route and no node IP); set the underlay MTU")
+	return nil, false, 0, errors.New("no default route and no node IP to find the underlay by: set the underlay MTU")
 }
 
 // loosenRPFilter makes the underlay's IPv4 reverse-path filter loose (2)
@@ -91,25 +104,13 @@ func (d *Device) loosenRPFilter() error {
 		d.log.Warn("node encryption: underlay device unknown (set NodeIP); a strict rp_filter on it would drop the peers' ARP")
 		return nil
 	}
-	read := func(conf string) (int, error) {
-		var v int
-		err := d.ns.do(func() error {
-			b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + conf + "/rp_filter")
-			if err != nil {
-				return err
-			}
-			v, err = strconv.Atoi(strings.TrimSpace(string(b)))
-			return err
-		})
-		return v, err
-	}
-	all, err := read("all")
+	all, err := d.readRPFilter("all")
 	if err != nil {
-		return fmt.Errorf("wireguard: reading rp_filter: %w", err)
+		return err
 	}
-	dev, err := read(d.underlayDev)
+	dev, err := d.readRPFilter(d.underlayDev)
 	if err != nil {
-		return fmt.Errorf("wireguard: reading rp_filter of %s: %w", d.underlayDev, err)
+		return err
 	}
 	if max(all, dev) != 1 { // the kernel uses the larger of the two
 		return nil
@@ -123,10 +124,30 @@ func (d *Device) loosenRPFilter() error {
 	return nil
 }
 
+// readRPFilter reads net.ipv4.conf.<conf>.rp_filter in the device's
+// namespace.
+func (d *Device) readRPFilter(conf string) (int, error) {
+	var v int
+	err := d.ns.do(func() error {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + conf + "/rp_filter")
+		if err != nil {
+			return err
+		}
+		v, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reading net.ipv4.conf.%s.rp_filter: %w", conf, err)
+	}
+	return v, nil
+}
+
+// writeRPFilter sets net.ipv4.conf.<dev>.rp_filter in the device's
+// namespace.
 func (d *Device) writeRPFilter(dev string, v int) error {
 	return d.ns.do(func() error {
 		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+dev+"/rp_filter", []byte(strconv.Itoa(v)), 0o644); err != nil {
-			return fmt.Errorf("wireguard: setting net.ipv4.conf.%s.rp_filter: %w", dev, err)
+			return fmt.Errorf("setting net.ipv4.conf.%s.rp_filter to %d: %w", dev, v, err)
 		}
 		return nil
 	})
@@ -173,7 +194,7 @@ func (d *Device) rules() []*netlink.Rule {
 func (d *Device) addRules() error {
 	for _, r := range d.rules() {
 		if err := d.nl.RuleAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("wireguard: adding rule %s: %w", r, err)
+			return fmt.Errorf("adding rule %s: %w", r, err)
 		}
 	}
 	return nil

@@ -82,13 +82,15 @@ func TestKeyFile(t *testing.T) {
 	if !strings.Contains(logs.String(), "narrowed to 0600") {
 		t.Fatalf("no warning: %s", logs.String())
 	}
-	// Garbage: an error that does not echo the content.
+	// Garbage: an error that names the operation and the file, says what
+	// to do, and does not echo the content.
 	secret := "c2VjcmV0LWJ1dC1ub3QtYS1rZXk="
 	if err := os.WriteFile(path, []byte(secret), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = LoadOrCreateKey(path, log)
-	if err == nil || strings.Contains(err.Error(), secret) {
+	if err == nil || strings.Contains(err.Error(), secret) || !strings.HasPrefix(err.Error(), "reading private key file "+path+": ") ||
+		!strings.Contains(err.Error(), "remove the file") {
 		t.Fatalf("garbage key: %v", err)
 	}
 	if strings.Contains(logs.String(), k1.String()) {

@@ -35,19 +35,20 @@ type userspaceDevice struct {
 	conns map[net.Conn]struct{}
 }
 
-// socketInUse reports whether a live process serves the UAPI socket of name.
-func socketInUse(name string) bool {
+// checkSocketFree fails when a live process serves the UAPI socket of name:
+// another device of that name, in this network namespace or any other.
+func checkSocketFree(name string) error {
 	c, err := net.DialTimeout("unix", uapiSocket(name), time.Second)
 	if err != nil {
-		return false
+		return nil
 	}
 	c.Close()
-	return true
+	return fmt.Errorf("another process serves its control socket %s (the socket directory is shared by all network namespaces: device names must be unique on the machine)", uapiSocket(name))
 }
 
 func openUserspace(name string, mtu int, ns nsRunner, log *slog.Logger) (*userspaceDevice, error) {
-	if socketInUse(name) {
-		return nil, fmt.Errorf("wireguard: %s is served by another process (%s; the socket directory is shared by all network namespaces, so device names must be unique on the machine)", name, uapiSocket(name))
+	if err := checkSocketFree(name); err != nil {
+		return nil, err
 	}
 	var tdev tun.Device
 	if err := ns.do(func() error {
@@ -55,20 +56,20 @@ func openUserspace(name string, mtu int, ns nsRunner, log *slog.Logger) (*usersp
 		tdev, err = tun.CreateTUN(name, mtu)
 		return err
 	}); err != nil {
-		return nil, fmt.Errorf("wireguard: creating TUN device %s: %w", name, err)
+		return nil, fmt.Errorf("creating TUN device: %w", err)
 	}
 	dev := device.NewDevice(&nsTUN{Device: tdev, ns: ns}, &nsBind{Bind: conn.NewDefaultBind(), ns: ns}, wgLogger(log))
 	f, err := ipc.UAPIOpen(name)
 	if err != nil {
 		dev.Close()
-		return nil, fmt.Errorf("wireguard: UAPI socket for %s: %w", name, err)
+		return nil, fmt.Errorf("creating its UAPI socket: %w", err)
 	}
 	l, err := ipc.UAPIListen(name, f)
 	f.Close() // the listener holds its own descriptor
 	if err != nil {
 		dev.Close()
 		os.Remove(uapiSocket(name))
-		return nil, fmt.Errorf("wireguard: UAPI socket for %s: %w", name, err)
+		return nil, fmt.Errorf("listening on its UAPI socket: %w", err)
 	}
 	u := &userspaceDevice{dev: dev, uapi: l, conns: map[net.Conn]struct{}{}}
 	u.wg.Add(1)
