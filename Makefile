@@ -108,7 +108,10 @@ check-generate: deps bpf-tools
 		cmp -s $$f $$tmp/$$(basename $$f) || { echo "$$f is not what make generate produces (now regenerated in place): commit it"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp
 
+# gofmt, staticcheck, and the import rules of docs/architecture.md
+# (tools/archcheck/rules.go).
 lint: vet
+	$(GO) run ./tools/archcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) tool staticcheck $(PKGS)
 

@@ -1,0 +1,93 @@
+package main
+
+// The import rules of docs/architecture.md, checked by `make lint`. This table
+// is their one home: the document states them in prose and refers here.
+//
+// Package names are relative to the module ("wire", "internal/testenv");
+// a name ending in "/..." stands for a tree ("cmd/..."); a name whose first
+// element has a dot is another module's package or tree
+// ("go.etcd.io/etcd/..."). A rule about a package that does not exist (yet)
+// holds trivially. Only the packages' own files count: tests may import what
+// they need.
+var rules = []Rule{
+	{
+		Pkg: "wire", StdlibOnly: true,
+		Why: "wire is the format every other package shares: it imports nothing of ours and only the standard library",
+	},
+	{
+		Pkg: "ca", StdlibOnly: true,
+		Why: "the mesh CA is standard library only",
+	},
+	{
+		Pkg: "internal/atomicfile", StdlibOnly: true,
+		Why: "atomicfile is standard library only",
+	},
+	{
+		Pkg: "internal/loglimit", OursOnly: nothing,
+		Why: "loglimit is a leaf: every package may use it",
+	},
+	{
+		Pkg: "statesource", OursOnly: []string{"wire", "internal/atomicfile", "internal/loglimit"},
+		Why: "a cluster's local state is read by the apiserver and the agent alike, and knows neither",
+	},
+	{
+		Pkg: "policy", OursOnly: []string{"wire"},
+		Why: "policy is pure computation over wire's identities",
+	},
+	{
+		Pkg:   "datapath",
+		Never: []string{"agentsync", "merge", "node", "meshapiserver", etcd},
+		Why:   "the datapath is written by the agent and never reaches back into it or into etcd",
+	},
+	{
+		Pkg:   "merge",
+		Never: []string{"agentsync", "node", "meshapiserver", etcd},
+		Why:   "merge decides what the datapath holds from state it is handed; it never reads etcd nor drives the sync",
+	},
+	{
+		Pkg:   "meshapiserver",
+		Never: []string{"agentsync", "merge", "node", "datapath"},
+		Why:   "the apiserver and the agent meet only in wire (and in the packages that wire both: localmesh, cli)",
+	},
+	{
+		Pkg:   "agentsync",
+		Never: []string{"meshapiserver", "node", "kubemesh", "cli"},
+		Why:   "agentsync is a piece the node and the commands assemble, and meets the apiserver only in wire",
+	},
+	{
+		Pkg:   "node",
+		Never: []string{"meshapiserver"},
+		Why:   "the agent meets the apiserver only in wire",
+	},
+	{
+		Pkg: "cli", ImportedOnlyBy: []string{"cmd/..."},
+		Why: "cli is the commands: only a main imports it",
+	},
+	{
+		Pkg: "demo", ImportedOnlyBy: []string{"cli"},
+		Why: "the demo is run by `clustermesh demo` only",
+	},
+	{
+		Pkg: "localmesh", ImportedOnlyBy: []string{"demo", "cli"},
+		Why: "the loopback mesh is for the demo and the tests, never a dependency of the product's pieces",
+	},
+	{
+		Pkg: "internal/testenv", ImportedOnlyBy: []string{"internal/kubetest"},
+		Why: "test support: imported by tests (and other test support) only",
+	},
+	{
+		Pkg: "internal/kubetest", ImportedOnlyBy: nothing,
+		Why: "test support: imported by tests only",
+	},
+	{
+		Pkg: "internal/figure", ImportedOnlyBy: nothing,
+		Why: "benchmark figures: printed by tests only",
+	},
+}
+
+// etcd is every package of etcd's modules (server, client, api).
+const etcd = "go.etcd.io/etcd/..."
+
+// nothing is an empty list: OursOnly: nothing means no package of ours,
+// ImportedOnlyBy: nothing means by no package's own files.
+var nothing = []string{}
