@@ -39,10 +39,10 @@ func New(commonName string, validity time.Duration) (*CA, error) {
 
 func newCA(commonName string, notBefore time.Time, validity time.Duration) (*CA, error) {
 	if commonName == "" {
-		return nil, fmt.Errorf("ca: new CA: %w: empty common name: give the CA a name", ErrInvalidRequest)
+		return nil, fmt.Errorf("%w: empty common name: give the CA a name", ErrInvalidRequest)
 	}
 	if validity <= 0 {
-		return nil, fmt.Errorf("ca: new CA %q: %w: validity %s is not positive", commonName, ErrInvalidRequest, validity)
+		return nil, fmt.Errorf("%w: CA %q: validity %s is not positive", ErrInvalidRequest, commonName, validity)
 	}
 	key, err := newKey()
 	if err != nil {
@@ -69,11 +69,11 @@ func newCA(commonName string, notBefore time.Time, validity time.Duration) (*CA,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, fmt.Errorf("ca: create CA certificate %q: %w", commonName, err)
+		return nil, fmt.Errorf("signing the CA certificate %q: %w", commonName, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("ca: parse CA certificate %q: %w", commonName, err)
+		return nil, fmt.Errorf("parsing the new CA certificate %q: %w", commonName, err)
 	}
 	return &CA{Cert: cert, Key: key}, nil
 }
@@ -92,7 +92,7 @@ func (c *CA) Save(dir string) error {
 	certPath, keyPath := filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile)
 	for _, p := range []string{keyPath, certPath} {
 		if _, err := os.Lstat(p); err == nil {
-			return fmt.Errorf("ca: %s: %w: %s", p, ErrExists, hintSaveElsewhere)
+			return fmt.Errorf("writing %s: %w: %s", p, ErrExists, hintSaveElsewhere)
 		}
 	}
 	// The key is created exclusively first, so two concurrent Saves cannot
@@ -130,16 +130,16 @@ func Load(dir string) (*CA, error) {
 	}
 	key, ok := signer.(*ecdsa.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("ca: %s: %w: CA key is %T, want ECDSA P-256: point at a directory written by `clustermesh ca`", keyPath, ErrInvalidPEM, signer)
+		return nil, fmt.Errorf("checking %s: %w: CA key is %T, want ECDSA P-256: point at a directory written by `clustermesh ca`", keyPath, ErrInvalidPEM, signer)
 	}
 	if !keyMatches(cert, key) {
-		return nil, fmt.Errorf("ca: %s: %w %s: put the CA's own key next to it", keyPath, ErrKeyMismatch, certPath)
+		return nil, fmt.Errorf("checking %s: %w %s: put the CA's own key next to it", keyPath, ErrKeyMismatch, certPath)
 	}
 	if !cert.IsCA || !cert.BasicConstraintsValid || cert.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, fmt.Errorf("ca: %s: %w: %q cannot sign certificates: point at the mesh CA directory", certPath, ErrNotCA, name(cert))
+		return nil, fmt.Errorf("checking %s: %w: %q cannot sign certificates: point at the mesh CA directory", certPath, ErrNotCA, name(cert))
 	}
 	if err := checkDates(cert, time.Now(), "mesh CA ", hintNewCA); err != nil {
-		return nil, fmt.Errorf("ca: %s: %w", certPath, err)
+		return nil, fmt.Errorf("checking %s: %w", certPath, err)
 	}
 	return &CA{Cert: cert, Key: key}, nil
 }
@@ -157,7 +157,7 @@ func (c *CA) Pool() *x509.CertPool {
 func newKey() (*ecdsa.PrivateKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("ca: generate key: %w", err)
+		return nil, fmt.Errorf("generating a key: %w", err)
 	}
 	return key, nil
 }
@@ -169,7 +169,7 @@ func newSerial() (*big.Int, error) {
 	for {
 		n, err := rand.Int(rand.Reader, serialLimit)
 		if err != nil {
-			return nil, fmt.Errorf("ca: generate serial number: %w", err)
+			return nil, fmt.Errorf("generating a serial number: %w", err)
 		}
 		if n.Sign() > 0 { // serials must be positive
 			return n, nil
@@ -181,7 +181,7 @@ func newSerial() (*big.Int, error) {
 func subjectKeyID(pub *ecdsa.PublicKey) ([]byte, error) {
 	b, err := pub.Bytes()
 	if err != nil {
-		return nil, fmt.Errorf("ca: encode public key: %w", err)
+		return nil, fmt.Errorf("encoding the public key: %w", err)
 	}
 	sum := sha1.Sum(b)
 	return sum[:], nil

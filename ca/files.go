@@ -19,10 +19,10 @@ const (
 func writeExclusive(path string, data []byte, mode fs.FileMode) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("ca: %s: %w: %s", path, ErrExists, hintSaveElsewhere)
+		return fmt.Errorf("writing %s: %w: %s", path, ErrExists, hintSaveElsewhere)
 	}
 	if err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return err // names the file
 	}
 	return finish(f, data, mode)
 }
@@ -32,7 +32,7 @@ func writeExclusive(path string, data []byte, mode fs.FileMode) error {
 func writeAtomic(path string, data []byte, mode fs.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := finish(f, data, mode); err != nil {
 		os.Remove(f.Name())
@@ -40,7 +40,7 @@ func writeAtomic(path string, data []byte, mode fs.FileMode) error {
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		os.Remove(f.Name())
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
 }
@@ -58,14 +58,14 @@ func finish(f *os.File, data []byte, mode fs.FileMode) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("ca: write %s: %w", f.Name(), err)
+		return fmt.Errorf("writing %s: %w", f.Name(), err)
 	}
 	return nil
 }
 
 func mkdir(dir string) error {
 	if err := os.MkdirAll(dir, dirMode); err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return err // names the directory
 	}
 	return nil
 }
@@ -73,7 +73,7 @@ func mkdir(dir string) error {
 func readFile(path, what string) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("ca: read %s: %w", what, err)
+		return nil, fmt.Errorf("reading the %s: %w", what, err)
 	}
 	return data, nil
 }

@@ -69,21 +69,21 @@ type Issued struct {
 // check the server's name against them.
 func (c *CA) Issue(r Request) (*Issued, error) {
 	if r.CommonName == "" {
-		return nil, fmt.Errorf("ca: issue: %w: empty common name: name the certificate (for a client, the etcd user)", ErrInvalidRequest)
+		return nil, fmt.Errorf("%w: empty common name: name the certificate (for a client, the etcd user)", ErrInvalidRequest)
 	}
 	eku, ok := r.Usage.extKeyUsage()
 	if !ok {
-		return nil, fmt.Errorf("ca: issue %q: %w: usage %s: set ServerAuth or ClientAuth", r.CommonName, ErrInvalidRequest, r.Usage)
+		return nil, fmt.Errorf("%w: %q: usage %s: set ServerAuth or ClientAuth", ErrInvalidRequest, r.CommonName, r.Usage)
 	}
 	if r.Usage == ServerAuth && len(r.DNSNames) == 0 && len(r.IPs) == 0 {
-		return nil, fmt.Errorf("ca: issue %q: %w: a server certificate needs a DNS name or IP that clients connect to", r.CommonName, ErrInvalidRequest)
+		return nil, fmt.Errorf("%w: %q: a server certificate needs a DNS name or IP that clients connect to", ErrInvalidRequest, r.CommonName)
 	}
 	validity := r.Validity
 	if validity == 0 {
 		validity = DefaultValidity
 	}
 	if validity < 0 {
-		return nil, fmt.Errorf("ca: issue %q: %w: validity %s is negative", r.CommonName, ErrInvalidRequest, validity)
+		return nil, fmt.Errorf("%w: %q: validity %s is negative", ErrInvalidRequest, r.CommonName, validity)
 	}
 	notBefore := r.NotBefore
 	if notBefore.IsZero() {
@@ -116,11 +116,11 @@ func (c *CA) Issue(r Request) (*Issued, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.Cert, &key.PublicKey, c.Key)
 	if err != nil {
-		return nil, fmt.Errorf("ca: issue %q: %w", r.CommonName, err)
+		return nil, fmt.Errorf("signing the certificate %q: %w", r.CommonName, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("ca: issue %q: parse: %w", r.CommonName, err)
+		return nil, fmt.Errorf("parsing the new certificate %q: %w", r.CommonName, err)
 	}
 	keyPEM, err := encodeKey(key)
 	if err != nil {
@@ -145,7 +145,7 @@ func (c *CA) IssueClient(user string) (*Issued, error) {
 // renewed certificate and key take the place of the old ones.
 func (i *Issued) Save(dir, name string) error {
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
-		return fmt.Errorf("ca: save certificate: %w: name %q must be a plain file name without extension", ErrInvalidRequest, name)
+		return fmt.Errorf("%w: certificate file name %q: give a plain file name without extension", ErrInvalidRequest, name)
 	}
 	if err := mkdir(dir); err != nil {
 		return err

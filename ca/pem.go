@@ -24,7 +24,7 @@ func encodeCert(der []byte) []byte {
 func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("ca: encode private key: %w", err)
+		return nil, fmt.Errorf("encoding the private key: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der}), nil
 }
@@ -44,12 +44,12 @@ func parseCerts(data []byte, name string) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("ca: %s: parse certificate: %w", name, err)
+			return nil, fmt.Errorf("parsing a certificate of %s: %w", name, err)
 		}
 		certs = append(certs, c)
 	}
 	if len(certs) == 0 {
-		return nil, fmt.Errorf("ca: %s: %w: no %q block found: pass a PEM certificate file", name, ErrInvalidPEM, pemCertificate)
+		return nil, fmt.Errorf("parsing %s: %w: no %q block found: pass a PEM certificate file", name, ErrInvalidPEM, pemCertificate)
 	}
 	return certs, nil
 }
@@ -60,7 +60,7 @@ func parseKey(data []byte, name string) (crypto.Signer, error) {
 		var block *pem.Block
 		block, data = pem.Decode(data)
 		if block == nil {
-			return nil, fmt.Errorf("ca: %s: %w: no private key block found: pass the PEM key file written with the certificate", name, ErrInvalidPEM)
+			return nil, fmt.Errorf("parsing %s: %w: no private key block found: pass the PEM key file written with the certificate", name, ErrInvalidPEM)
 		}
 		var (
 			key any
@@ -77,7 +77,7 @@ func parseKey(data []byte, name string) (crypto.Signer, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("ca: %s: parse %s: %w", name, block.Type, err)
+			return nil, fmt.Errorf("parsing the %s of %s: %w", block.Type, name, err)
 		}
 		switch k := key.(type) {
 		case *ecdsa.PrivateKey:
@@ -87,7 +87,7 @@ func parseKey(data []byte, name string) (crypto.Signer, error) {
 		case ed25519.PrivateKey:
 			return k, nil
 		default:
-			return nil, fmt.Errorf("ca: %s: %w: unsupported key type %T", name, ErrInvalidPEM, key)
+			return nil, fmt.Errorf("parsing %s: %w: unsupported key type %T", name, ErrInvalidPEM, key)
 		}
 	}
 }

@@ -29,7 +29,7 @@ func LoadKeyPair(certFile, keyFile string) (tls.Certificate, *x509.Certificate, 
 	}
 	leaf := certs[0]
 	if !keyMatches(leaf, key) {
-		return tls.Certificate{}, nil, fmt.Errorf("ca: %s: %w %s: pass the key file saved with that certificate", keyFile, ErrKeyMismatch, certFile)
+		return tls.Certificate{}, nil, fmt.Errorf("checking %s: %w %s: pass the key file saved with that certificate", keyFile, ErrKeyMismatch, certFile)
 	}
 	pair := tls.Certificate{PrivateKey: key, Leaf: leaf}
 	for _, c := range certs {
@@ -98,8 +98,8 @@ func loadChecked(certFile, keyFile, caFile string, usage Usage) (tls.Certificate
 	if err != nil {
 		return tls.Certificate{}, nil, err
 	}
-	if err := verify(leaf, pool, usage, time.Now()); err != nil {
-		return tls.Certificate{}, nil, fmt.Errorf("ca: %s (CA %s): %w", certFile, caFile, err)
+	if err := Verify(leaf, pool, usage, time.Now()); err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("checking %s (CA %s): %w", certFile, caFile, err)
 	}
 	return pair, pool, nil
 }

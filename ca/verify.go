@@ -15,21 +15,12 @@ const timeFormat = time.RFC3339
 // ErrNotYetValid, ErrUnknownAuthority, ErrWrongUsage or (for any other chain
 // failure) ErrRejected, and says what to do.
 func Verify(cert *x509.Certificate, pool *x509.CertPool, usage Usage, now time.Time) error {
-	if err := verify(cert, pool, usage, now); err != nil {
-		return fmt.Errorf("ca: %w", err)
-	}
-	return nil
-}
-
-// verify is Verify without the "ca: " prefix, so callers can add their own
-// context (the file) in front.
-func verify(cert *x509.Certificate, pool *x509.CertPool, usage Usage, now time.Time) error {
 	if cert == nil || pool == nil {
-		return fmt.Errorf("verify: %w: nil certificate or CA pool", ErrInvalidRequest)
+		return fmt.Errorf("%w: nil certificate or CA pool", ErrInvalidRequest)
 	}
 	eku, ok := usage.extKeyUsage()
 	if !ok {
-		return fmt.Errorf("verify %q: %w: usage %s: use ServerAuth or ClientAuth", name(cert), ErrInvalidRequest, usage)
+		return fmt.Errorf("%w: %q: usage %s: use ServerAuth or ClientAuth", ErrInvalidRequest, name(cert), usage)
 	}
 	// Dates first, so an expired certificate is reported as expired rather
 	// than as a chain error.

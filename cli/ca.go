@@ -29,10 +29,10 @@ ca.key offline where you can; only 'ca issue' needs it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := ca.New(name, validity)
 			if err != nil {
-				return err
+				return fmt.Errorf("creating the mesh CA: %w", err)
 			}
 			if err := c.Save(out); err != nil {
-				return err
+				return fmt.Errorf("saving the mesh CA in %s: %w", out, err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "mesh CA %q written to %s (valid until %s)\n", name, out, c.Cert.NotAfter.Format(time.RFC3339))
 			return nil
@@ -66,7 +66,7 @@ LoadBalancer's IP or DNS name, or the node IPs for a NodePort.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := ca.Load(caDir)
 			if err != nil {
-				return err
+				return fmt.Errorf("loading the mesh CA from %s: %w", caDir, err)
 			}
 			var parsed []net.IP
 			for _, s := range ips {
@@ -84,25 +84,25 @@ LoadBalancer's IP or DNS name, or the node IPs for a NodePort.`,
 				}
 				b, err := c.IssueBundle(out, cluster, dnsNames, parsed)
 				if err != nil {
-					return err
+					return fmt.Errorf("issuing the bundle of cluster %s into %s: %w", cluster, out, err)
 				}
 				fmt.Fprintf(w, "bundle of cluster %s written to %s: %s, %s, %s\n", cluster, out, b.ServerCert(), b.AdminCert(), b.RemoteCert())
 			case server != "":
 				i, err := c.IssueServer(server, dnsNames, parsed)
 				if err != nil {
-					return err
+					return fmt.Errorf("issuing server certificate %s: %w", server, err)
 				}
 				if err := i.Save(out, server); err != nil {
-					return err
+					return fmt.Errorf("saving server certificate %s in %s: %w", server, out, err)
 				}
 				fmt.Fprintf(w, "server certificate %s written to %s\n", server, out)
 			case client != "":
 				i, err := c.IssueClient(client)
 				if err != nil {
-					return err
+					return fmt.Errorf("issuing the client certificate of etcd user %s: %w", client, err)
 				}
 				if err := i.Save(out, client); err != nil {
-					return err
+					return fmt.Errorf("saving the client certificate of etcd user %s in %s: %w", client, out, err)
 				}
 				fmt.Fprintf(w, "client certificate for etcd user %s written to %s\n", client, out)
 			default:
