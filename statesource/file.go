@@ -39,7 +39,7 @@ type File struct {
 func LoadFile(path string) (*State, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("statesource: %w", err)
+		return nil, fmt.Errorf("reading state file %q: %w", path, err)
 	}
 	return Parse(path, b)
 }
@@ -53,13 +53,13 @@ func Parse(name string, b []byte) (*State, error) {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&st); err != nil {
-			return nil, fmt.Errorf("statesource: %s: %w", name, err)
+			return nil, fmt.Errorf("parsing state file %q: %w", name, err)
 		}
 	} else if err := yaml.UnmarshalStrict(b, &st); err != nil {
-		return nil, fmt.Errorf("statesource: %s: %w", name, err)
+		return nil, fmt.Errorf("parsing state file %q: %w", name, err)
 	}
 	if err := st.Validate(); err != nil {
-		return nil, fmt.Errorf("statesource: %s: %w", name, err)
+		return nil, fmt.Errorf("checking state file %q: %w", name, err)
 	}
 	return &st, nil
 }
@@ -102,7 +102,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	defer cancel()
 	last, err := os.ReadFile(f.Path)
 	if err != nil {
-		return fmt.Errorf("statesource: %w", err)
+		return fmt.Errorf("reading state file %q: %w", f.Path, err)
 	}
 	base, err := Parse(f.Path, last)
 	if err != nil {

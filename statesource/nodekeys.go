@@ -58,11 +58,11 @@ func CheckPublicKey(s string) error {
 func checkNodeName(node string) error {
 	switch {
 	case node == "":
-		return errors.New("statesource: node key: empty node name")
+		return errors.New("empty node name")
 	case strings.HasPrefix(node, "."), strings.ContainsAny(node, "/\x00"):
-		return fmt.Errorf("statesource: node key: node name %q cannot name a key file (no '/', no leading '.')", node)
+		return fmt.Errorf("node name %q cannot name a key file (no '/', no leading '.')", node)
 	case len(NodeKeyFile(node)) > 255:
-		return fmt.Errorf("statesource: node key: node name %q is too long for a file name", node)
+		return fmt.Errorf("node name %q is too long for a file name", node)
 	}
 	return nil
 }
@@ -74,17 +74,17 @@ func checkNodeName(node string) error {
 // private key, dir is published to every peer cluster.
 func WriteNodeKey(dir, node, publicKey string) error {
 	if err := checkNodeName(node); err != nil {
-		return err
+		return fmt.Errorf("publishing the WireGuard key of node %q: %w", node, err)
 	}
 	if err := CheckPublicKey(publicKey); err != nil {
-		return fmt.Errorf("statesource: node key of %s: %w", node, err)
+		return fmt.Errorf("publishing the WireGuard key of node %q: %w", node, err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("statesource: node keys directory: %w", err)
+		return fmt.Errorf("creating the node keys directory: %w", err)
 	}
 	path := filepath.Join(dir, NodeKeyFile(node))
 	if err := atomicfile.Write(path, []byte(publicKey+"\n"), 0o644); err != nil {
-		return fmt.Errorf("statesource: writing %s: %w", path, err)
+		return fmt.Errorf("writing the node key file %s: %w", path, err)
 	}
 	return nil
 }
@@ -92,10 +92,13 @@ func WriteNodeKey(dir, node, publicKey string) error {
 // ReadNodeKey returns the key published for node in dir, validated.
 func ReadNodeKey(dir, node string) (string, error) {
 	if err := checkNodeName(node); err != nil {
-		return "", err
+		return "", fmt.Errorf("reading the WireGuard key of node %q: %w", node, err)
 	}
 	key, _, err := readKeyFile(filepath.Join(dir, NodeKeyFile(node)))
-	return key, err
+	if err != nil {
+		return "", fmt.Errorf("reading the WireGuard key of node %q: %w", node, err) // an os error names the file
+	}
+	return key, nil
 }
 
 // readKeyFile reads and validates one key file (following a symlink, as in a
@@ -141,14 +144,14 @@ type nodeKeys struct {
 
 func newNodeKeys(dir string, log *slog.Logger) (*nodeKeys, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("statesource: node keys directory: %w", err)
+		return nil, fmt.Errorf("creating the node keys directory: %w", err)
 	}
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("statesource: node keys directory: %w", err)
+		return nil, fmt.Errorf("opening the node keys directory: %w", err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("statesource: node keys directory %s is not a directory", dir)
+		return nil, fmt.Errorf("opening the node keys directory %s: not a directory", dir)
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
 		log.Warn("the node keys directory is writable by others: anyone who can write there can publish a key for a node and read what peers send it",

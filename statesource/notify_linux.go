@@ -39,11 +39,11 @@ func notifyKeysDir(ctx context.Context, dir string) (changed <-chan struct{}, wa
 func notifyDir(ctx context.Context, dir string, mask uint32, match func(name string) bool) (changed <-chan struct{}, wait func(), err error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
-		return nil, nil, fmt.Errorf("statesource: inotify: %w", err)
+		return nil, nil, fmt.Errorf("starting inotify: %w", err)
 	}
 	if _, err := unix.InotifyAddWatch(fd, dir, mask); err != nil {
 		unix.Close(fd)
-		return nil, nil, fmt.Errorf("statesource: inotify watch %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("watching %s with inotify: %w", dir, err)
 	}
 	// A non-blocking fd goes through the runtime poller, so Close unblocks Read.
 	f := os.NewFile(uintptr(fd), "inotify:"+dir)

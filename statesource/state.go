@@ -17,7 +17,8 @@ import (
 // Source delivers a cluster's state: once when it is first read and again
 // after every change, until ctx is done. onChange is called from one goroutine
 // at a time and must not keep the State past the next call; a State is never
-// modified after it is delivered.
+// modified after it is delivered. Run's error names what failed (`reading
+// state file "east.yaml": ...`), so that a caller can return it as it is.
 type Source interface {
 	Run(ctx context.Context, onChange func(*State)) error
 }
