@@ -40,7 +40,7 @@ var clusterNameRE = regexp.MustCompile(`^([a-z0-9][-a-z0-9]*)?[a-z0-9]$`)
 // ValidateClusterName checks a cluster name against the naming rules.
 func ValidateClusterName(name string) error {
 	if len(name) == 0 || len(name) > MaxClusterNameLen || !clusterNameRE.MatchString(name) {
-		return fmt.Errorf("wire: cluster name %q: %w (at most %d characters of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+		return fmt.Errorf("cluster name %q: %w (at most %d characters of a-z, 0-9 and '-', starting and ending with a letter or digit)",
 			name, ErrInvalidClusterName, MaxClusterNameLen)
 	}
 	return nil
@@ -49,7 +49,7 @@ func ValidateClusterName(name string) error {
 // ValidateMaxConnectedClusters accepts the two supported sizes.
 func ValidateMaxConnectedClusters(max uint32) error {
 	if max != DefaultMaxConnectedClusters && max != ExtendedMaxConnectedClusters {
-		return fmt.Errorf("wire: maxConnectedClusters %d: %w (want %d or %d)", max, ErrIncompatibleConfig,
+		return fmt.Errorf("maxConnectedClusters %d: %w (want %d or %d)", max, ErrIncompatibleConfig,
 			DefaultMaxConnectedClusters, ExtendedMaxConnectedClusters)
 	}
 	return nil
@@ -62,10 +62,10 @@ func ValidateClusterID(name string, id, max uint32) error {
 		return err
 	}
 	if id < 1 || id > max {
-		return fmt.Errorf("wire: cluster %q id %d: %w (want 1..%d)", name, id, ErrInvalidClusterID, max)
+		return fmt.Errorf("cluster %q id %d: %w (want 1..%d)", name, id, ErrInvalidClusterID, max)
 	}
 	if name == "default" {
-		return fmt.Errorf("wire: cluster name %q cannot be used with a non-zero id: %w", name, ErrInvalidClusterName)
+		return fmt.Errorf("cluster name %q cannot be used with a non-zero id: %w", name, ErrInvalidClusterName)
 	}
 	return nil
 }
@@ -131,14 +131,14 @@ func EncodeClusterConfig(cfg ClusterConfig) ([]byte, error) { return json.Marsha
 func DecodeClusterConfig(name string, localMax uint32, value []byte) (Cluster, ClusterConfig, error) {
 	var cfg ClusterConfig
 	if err := decodeJSON(value, &cfg); err != nil {
-		return Cluster{}, cfg, fmt.Errorf("wire: cluster config of %q: %w", name, err)
+		return Cluster{}, cfg, fmt.Errorf("decoding the cluster config of %q: %w", name, err)
 	}
 	remoteMax := cfg.Capabilities.MaxConnectedClusters
 	if remoteMax == 0 {
 		remoteMax = DefaultMaxConnectedClusters
 	}
 	if remoteMax != localMax {
-		return Cluster{}, cfg, fmt.Errorf("wire: cluster %q has maxConnectedClusters %d, this cluster %d: %w (set the same value on both sides)",
+		return Cluster{}, cfg, fmt.Errorf("cluster %q has maxConnectedClusters %d, this cluster %d: %w (set the same value on both sides)",
 			name, remoteMax, localMax, ErrIncompatibleConfig)
 	}
 	c := Cluster{Name: name, ID: cfg.ID, MaxConnectedClusters: localMax}

@@ -80,7 +80,7 @@ func ParseLabels(s string) (Labels, error) {
 		return nil, nil
 	}
 	if !strings.HasSuffix(s, ";") {
-		return nil, fmt.Errorf("wire: labels %.80q: %w (items must end with ';')", s, ErrInvalidLabels)
+		return nil, fmt.Errorf("parsing labels %.80q: %w (items must end with ';')", s, ErrInvalidLabels)
 	}
 	items := strings.Split(strings.TrimSuffix(s, ";"), ";")
 	ls := make(Labels, 0, len(items))
@@ -88,14 +88,14 @@ func ParseLabels(s string) (Labels, error) {
 	for _, it := range items {
 		src, kv, ok := strings.Cut(it, ":")
 		if !ok || src == "" {
-			return nil, fmt.Errorf("wire: label %.80q: %w (want source:key=value)", it, ErrInvalidLabels)
+			return nil, fmt.Errorf("parsing label %.80q: %w (want source:key=value)", it, ErrInvalidLabels)
 		}
 		k, v, _ := strings.Cut(kv, "=")
 		if k == "" {
-			return nil, fmt.Errorf("wire: label %.80q: %w (empty key)", it, ErrInvalidLabels)
+			return nil, fmt.Errorf("parsing label %.80q: %w (empty key)", it, ErrInvalidLabels)
 		}
 		if seen[[2]string{src, k}] {
-			return nil, fmt.Errorf("wire: label %.80q: %w (duplicate)", it, ErrInvalidLabels)
+			return nil, fmt.Errorf("parsing label %.80q: %w (duplicate)", it, ErrInvalidLabels)
 		}
 		seen[[2]string{src, k}] = true
 		ls = append(ls, Label{Source: src, Key: k, Value: v})
@@ -121,21 +121,21 @@ func DecodeIdentity(c Cluster, key string, value []byte) (Identity, error) {
 		return Identity{}, err
 	}
 	if len(value) > MaxValueBytes {
-		return Identity{}, fmt.Errorf("wire: identity %q: %w", key, ErrValueTooLarge)
+		return Identity{}, fmt.Errorf("decoding identity %q: %w", key, ErrValueTooLarge)
 	}
 	if pk.ID < MinClusterIdentity || !c.OwnsIdentity(pk.ID) {
 		first, last := IdentityRange(c.ID, c.MaxConnectedClusters)
-		return Identity{}, fmt.Errorf("wire: identity %d: %w (cluster %q owns %d..%d)", pk.ID, ErrIdentityOutOfRange, c.Name, first, last)
+		return Identity{}, fmt.Errorf("decoding identity %d: %w (cluster %q owns %d..%d)", pk.ID, ErrIdentityOutOfRange, c.Name, first, last)
 	}
 	if !utf8.Valid(value) {
-		return Identity{}, fmt.Errorf("wire: identity %d: %w (not UTF-8)", pk.ID, ErrInvalidLabels)
+		return Identity{}, fmt.Errorf("decoding identity %d: %w (not UTF-8)", pk.ID, ErrInvalidLabels)
 	}
 	ls, err := ParseLabels(string(value))
 	if err != nil {
-		return Identity{}, fmt.Errorf("wire: identity %d: %w", pk.ID, err)
+		return Identity{}, fmt.Errorf("decoding identity %d: %w", pk.ID, err)
 	}
 	if got, ok := ls.Get(ClusterLabel); !ok || got != c.Name {
-		return Identity{}, fmt.Errorf("wire: identity %d has cluster label %q, read from %q: %w", pk.ID, got, c.Name, ErrClusterMismatch)
+		return Identity{}, fmt.Errorf("decoding identity %d: it has cluster label %q, read from %q: %w", pk.ID, got, c.Name, ErrClusterMismatch)
 	}
 	return Identity{ID: pk.ID, Labels: ls}, nil
 }

@@ -57,37 +57,37 @@ func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair,
 	}
 	var p IPIdentityPair
 	if err := checkSize(value); err != nil {
-		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
+		return nil, fmt.Errorf("decoding ipcache entry %q: %w", key, err)
 	}
 	if !decodeIPIdentityPairFast(value, &p) {
 		p = IPIdentityPair{}
 		if err := decodeJSON(value, &p); err != nil {
-			return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
+			return nil, fmt.Errorf("decoding ipcache entry %q: %w", key, err)
 		}
 	}
 	// Error contexts are built only on error: this runs once per entry.
 	if err := checkAddr("IP", p.IP, false); err != nil {
-		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
+		return nil, fmt.Errorf("decoding ipcache entry %q: %w", key, err)
 	}
 	if err := checkAddr("HostIP", p.HostIP, true); err != nil {
-		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
+		return nil, fmt.Errorf("decoding ipcache entry %q: %w", key, err)
 	}
 	p.IP, p.HostIP = p.IP.Unmap(), p.HostIP.Unmap()
 	pfx, err := addrMaskPrefix("prefix", p.IP, p.Mask)
 	if err != nil {
-		return nil, fmt.Errorf("wire: ipcache %q: %w", key, err)
+		return nil, fmt.Errorf("decoding ipcache entry %q: %w", key, err)
 	}
 	// ParseKey accepted only the canonical spelling of a prefix, so keys and
 	// prefixes are one-to-one: the value must name the key's prefix.
 	if pfx != pk.Prefix {
-		return nil, fmt.Errorf("wire: ipcache %q holds %s: %w (key and value disagree)", key, pfx, ErrInvalidAddress)
+		return nil, fmt.Errorf("decoding ipcache entry %q: it holds %s: %w (key and value disagree)", key, pfx, ErrInvalidAddress)
 	}
 	if min := minPrefixBits(pfx); pfx.Bits() < min {
-		return nil, fmt.Errorf("wire: ipcache %q: %w (a remote may not claim a prefix shorter than /%d)", key, ErrInvalidAddress, min)
+		return nil, fmt.Errorf("decoding ipcache entry %q: %w (a remote may not claim a prefix shorter than /%d)", key, ErrInvalidAddress, min)
 	}
 	if p.ID == IdentityHost || !c.OwnsIdentity(p.ID) {
 		first, last := IdentityRange(c.ID, c.MaxConnectedClusters)
-		return nil, fmt.Errorf("wire: ipcache %q identity %d: %w (cluster %q owns %d..%d)", key, p.ID, ErrIdentityOutOfRange, c.Name, first, last)
+		return nil, fmt.Errorf("decoding ipcache entry %q: identity %d: %w (cluster %q owns %d..%d)", key, p.ID, ErrIdentityOutOfRange, c.Name, first, last)
 	}
 	return &p, nil
 }

@@ -160,11 +160,11 @@ type ParsedKey struct {
 func ParseKey(k Kind, cluster, key string) (ParsedKey, error) {
 	prefix := k.ListPrefix(cluster)
 	if len(key) > MaxKeyBytes || !utf8.ValidString(key) {
-		return ParsedKey{}, fmt.Errorf("wire: key %.80q: %w (too long or not UTF-8)", key, ErrMalformedKey)
+		return ParsedKey{}, fmt.Errorf("parsing key %.80q: %w (too long or not UTF-8)", key, ErrMalformedKey)
 	}
 	rest, ok := strings.CutPrefix(key, prefix)
 	if !ok {
-		return ParsedKey{}, fmt.Errorf("wire: key %q: %w (not under %q)", key, ErrMalformedKey, prefix)
+		return ParsedKey{}, fmt.Errorf("parsing key %q: %w (not under %q)", key, ErrMalformedKey, prefix)
 	}
 	parts := strings.Split(rest, "/")
 	want := 1
@@ -175,11 +175,11 @@ func ParseKey(k Kind, cluster, key string) (ParsedKey, error) {
 		want = 2 // a CIDR: "10.1.0.0/16"
 	}
 	if len(parts) != want {
-		return ParsedKey{}, fmt.Errorf("wire: key %q: %w (want %d segment(s) after %q)", key, ErrMalformedKey, want, prefix)
+		return ParsedKey{}, fmt.Errorf("parsing key %q: %w (want %d segment(s) after %q)", key, ErrMalformedKey, want, prefix)
 	}
 	for _, p := range parts {
 		if p == "" || p == "." || p == ".." || strings.ContainsAny(p, "\x00\n\r") {
-			return ParsedKey{}, fmt.Errorf("wire: key %q: %w (empty or relative segment)", key, ErrMalformedKey)
+			return ParsedKey{}, fmt.Errorf("parsing key %q: %w (empty or relative segment)", key, ErrMalformedKey)
 		}
 	}
 	pk := ParsedKey{Kind: k, Cluster: cluster}
@@ -191,7 +191,7 @@ func ParseKey(k Kind, cluster, key string) (ParsedKey, error) {
 	case IPCache:
 		pfx, err := ParseIPCacheKeySuffix(rest)
 		if err != nil {
-			return ParsedKey{}, fmt.Errorf("wire: key %q: %w", key, err)
+			return ParsedKey{}, fmt.Errorf("parsing key %q: %w", key, err)
 		}
 		pk.Cluster = ""
 		pk.Name = rest
@@ -201,9 +201,9 @@ func ParseKey(k Kind, cluster, key string) (ParsedKey, error) {
 		id, err := strconv.ParseUint(parts[0], 10, 32)
 		switch {
 		case err != nil:
-			return ParsedKey{}, fmt.Errorf("wire: key %q: %w (identity is not a decimal number)", key, ErrMalformedKey)
+			return ParsedKey{}, fmt.Errorf("parsing key %q: %w (identity is not a decimal number)", key, ErrMalformedKey)
 		case strconv.FormatUint(id, 10) != parts[0]:
-			return ParsedKey{}, fmt.Errorf("wire: key %q: %w (the key of identity %d is %q)", key, ErrNonCanonicalKey, id, IdentityKey(uint32(id)))
+			return ParsedKey{}, fmt.Errorf("parsing key %q: %w (the key of identity %d is %q)", key, ErrNonCanonicalKey, id, IdentityKey(uint32(id)))
 		}
 		pk.ID = uint32(id)
 	}

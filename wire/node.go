@@ -125,31 +125,31 @@ func DecodeNode(c Cluster, key string, value []byte) (*Node, error) {
 	}
 	var n Node
 	if err := decodeJSON(value, &n); err != nil {
-		return nil, fmt.Errorf("wire: node %q: %w", key, err)
+		return nil, fmt.Errorf("decoding node %q: %w", key, err)
 	}
 	switch {
 	case n.Cluster != c.Name:
-		return nil, fmt.Errorf("wire: node %q claims cluster %q, read from %q: %w", key, n.Cluster, c.Name, ErrClusterMismatch)
+		return nil, fmt.Errorf("decoding node %q: it claims cluster %q, read from %q: %w", key, n.Cluster, c.Name, ErrClusterMismatch)
 	case n.Name != pk.Name:
-		return nil, fmt.Errorf("wire: node %q has name %q: %w (key and value disagree)", key, n.Name, ErrClusterMismatch)
+		return nil, fmt.Errorf("decoding node %q: it has name %q: %w (key and value disagree)", key, n.Name, ErrClusterMismatch)
 	case n.ClusterID != c.ID:
-		return nil, fmt.Errorf("wire: node %q claims cluster id %d, %q has %d: %w", key, n.ClusterID, c.Name, c.ID, ErrClusterMismatch)
+		return nil, fmt.Errorf("decoding node %q: it claims cluster id %d, %q has %d: %w", key, n.ClusterID, c.Name, c.ID, ErrClusterMismatch)
 	}
 	for i, a := range n.IPAddresses {
-		if err := checkAddr("wire: node "+key+" address", a.IP, false); err != nil {
-			return nil, err
+		if err := checkAddr("address", a.IP, false); err != nil {
+			return nil, fmt.Errorf("decoding node %q: %w", key, err)
 		}
 		n.IPAddresses[i].IP = a.IP.Unmap()
 	}
 	for _, a := range []*netip.Addr{&n.IPv4HealthIP, &n.IPv6HealthIP} {
-		if err := checkAddr("wire: node "+key+" health IP", *a, true); err != nil {
-			return nil, err
+		if err := checkAddr("health IP", *a, true); err != nil {
+			return nil, fmt.Errorf("decoding node %q: %w", key, err)
 		}
 		*a = a.Unmap()
 	}
 	if n.WireguardPubKey != "" {
 		if k, err := base64.StdEncoding.DecodeString(n.WireguardPubKey); err != nil || len(k) != 32 {
-			return nil, fmt.Errorf("wire: node %q: %w (WireguardPubKey is not a base64 32-byte key)", key, ErrMalformedValue)
+			return nil, fmt.Errorf("decoding node %q: %w (WireguardPubKey is not a base64 32-byte key)", key, ErrMalformedValue)
 		}
 	}
 	return &n, nil

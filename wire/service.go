@@ -71,19 +71,19 @@ func DecodeService(c Cluster, key string, value []byte) (*ClusterService, error)
 	}
 	var s ClusterService
 	if err := decodeJSON(value, &s); err != nil {
-		return nil, fmt.Errorf("wire: service %q: %w", key, err)
+		return nil, fmt.Errorf("decoding service %q: %w", key, err)
 	}
 	switch {
 	case s.Cluster != c.Name:
-		return nil, fmt.Errorf("wire: service %q claims cluster %q, read from %q: %w", key, s.Cluster, c.Name, ErrClusterMismatch)
+		return nil, fmt.Errorf("decoding service %q: it claims cluster %q, read from %q: %w", key, s.Cluster, c.Name, ErrClusterMismatch)
 	case s.ClusterID != c.ID:
-		return nil, fmt.Errorf("wire: service %q claims cluster id %d, %q has %d: %w", key, s.ClusterID, c.Name, c.ID, ErrClusterMismatch)
+		return nil, fmt.Errorf("decoding service %q: it claims cluster id %d, %q has %d: %w", key, s.ClusterID, c.Name, c.ID, ErrClusterMismatch)
 	case s.Namespace != pk.Namespace || s.Name != pk.Name:
-		return nil, fmt.Errorf("wire: service %q is %s/%s: %w (key and value disagree)", key, s.Namespace, s.Name, ErrClusterMismatch)
+		return nil, fmt.Errorf("decoding service %q: it is %s/%s: %w (key and value disagree)", key, s.Namespace, s.Name, ErrClusterMismatch)
 	}
 	for what, m := range map[string]map[string]PortConfiguration{"frontend": s.Frontends, "backend": s.Backends} {
-		if err := checkPortMap("wire: service "+key+" "+what, m); err != nil {
-			return nil, err
+		if err := checkPortMap(what, m); err != nil {
+			return nil, fmt.Errorf("decoding service %q: %w", key, err)
 		}
 	}
 	return &s, nil
