@@ -61,7 +61,7 @@ kube-apiserver:
 	@tools/kube-apiserver/build.sh $(KUBE_APISERVER)
 
 # Only the tests against real API servers.
-K8S_PKGS := ./internal/kubetest ./k8ssource ./k8spolicy ./cli
+K8S_PKGS := ./internal/kubetest ./k8ssource ./k8spolicy ./kubemesh ./cli
 MODULE   := github.com/clustermesh/clustermesh
 test-k8s: deps kube-apiserver
 	$(GO) test $(TESTFLAGS) -run 'K8s' $(K8S_PKGS)

@@ -20,74 +20,9 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/kubemesh"
 	"github.com/clustermesh/clustermesh/wire"
 )
-
-// Every preflight failure is reported at once, says how to fix it, and
-// nothing is written.
-func TestK8sConnectPreflight(t *testing.T) {
-	env := kubetest.Start(t, "a", "b", "c")
-	ctx := context.Background()
-	a, b, c := env.Cluster("a"), env.Cluster("b"), env.Cluster("c")
-	for _, n := range []struct {
-		c    *kubetest.Cluster
-		node kubetest.Node
-	}{
-		{a, kubetest.Node{Name: "a1", InternalIP: "192.168.0.1", PodCIDRs: []string{"10.0.0.0/16"}}},
-		{b, kubetest.Node{Name: "b1", InternalIP: "192.168.0.1", PodCIDRs: []string{"10.0.1.0/24"}}},
-		{c, kubetest.Node{Name: "c1", InternalIP: "10.0.200.1", PodCIDRs: []string{"10.3.0.0/24"}}},
-	} {
-		if _, err := n.c.CreateNode(ctx, n.node); err != nil {
-			t.Fatal(err)
-		}
-	}
-	kubeRun(t, env, "enable", "--context", "a", "--cluster-name", "a", "--cluster-id", "1")
-	kubeRun(t, env, "enable", "--context", "b", "--cluster-name", "b", "--cluster-id", "1") // its own CA, a's id
-	kubeRun(t, env, "enable", "--context", "c", "--cluster-name", "a", "--cluster-id", "3", "--ca-from-context", "a", "--service-type", "NodePort")
-
-	// Not enabled at all.
-	if err := kubeRunErr(t, env, "connect", "--context", "a", "--destination-context", "nowhere"); !strings.Contains(err.Error(), "no context") {
-		t.Errorf("unknown context: %v", err)
-	}
-	ns := defaultKubeNamespace
-	before := map[string]map[string]string{"a": versions(t, a, ns), "b": versions(t, b, ns), "c": versions(t, c, ns)}
-
-	err := kubeRunErr(t, env, "connect", "--context", "a", "--destination-context", "b")
-	for _, want := range []string{
-		"nothing was written",
-		"both have cluster id 1", "--cluster-id",
-		"different mesh CAs", "--ca-from-context a", "--allow-mismatching-ca",
-		"pod CIDR 10.0.1.0/24 of node b1 in cluster b overlaps", // reported from either side
-		"both have the address 192.168.0.1",
-		"no LoadBalancer address yet", "--destination-endpoint",
-	} {
-		if !strings.Contains(err.Error(), want) && !(strings.HasPrefix(want, "pod CIDR") && strings.Contains(err.Error(), "overlaps pod CIDR 10.0.1.0/24 of node b1 in cluster b")) {
-			t.Errorf("a-b: error lacks %q:\n%v", want, err)
-		}
-	}
-	// c is a NodePort: its endpoint is its node's IP, which its certificate
-	// names; one given by hand that it does not name would be added to it,
-	// were it not for the other problems.
-	err = kubeRunErr(t, env, "connect", "--context", "a", "--destination-context", "c", "--connection-mode", "unicast",
-		"--destination-endpoint", "https://203.0.113.7:2379")
-	for _, want := range []string{
-		`both cluster "a"`, "--cluster-name",
-		"node c1 of cluster a has the address 10.0.200.1, inside pod CIDR 10.0.0.0/16",
-	} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("a-c: error lacks %q:\n%v", want, err)
-		}
-	}
-	if err := kubeRunErr(t, env, "connect", "--context", "a", "--destination-context", "c", "--connection-mode", "star"); !strings.Contains(err.Error(), "--connection-mode") {
-		t.Errorf("bad mode: %v", err)
-	}
-	after := map[string]map[string]string{"a": versions(t, a, ns), "b": versions(t, b, ns), "c": versions(t, c, ns)}
-	for k := range before {
-		if !maps.Equal(before[k], after[k]) {
-			t.Errorf("cluster %s changed by a refused connect:\nbefore %v\nafter  %v", k, before[k], after[k])
-		}
-	}
-}
 
 // loopbackIP is a random 127.x.y.z address (LoadBalancer addresses the
 // local apiservers listen on, port 2379; random so that two test runs on
@@ -313,7 +248,7 @@ func checkKubeStatus(t *testing.T, env *kubetest.Env, east *kubetest.Cluster, we
 	if err := runKubeStatus(ctx, kf, "east", defaultKubeNamespace, true, 10*time.Second, true, &out, &progress); err != nil {
 		t.Fatal(err)
 	}
-	var st KubeStatus
+	var st kubemesh.Status
 	if err := json.Unmarshal([]byte(out.String()), &st); err != nil || !st.Ready || st.ReadyReplicas != 1 || st.Remotes["west"] == "" {
 		t.Errorf("status -o json once ready: %+v %v\n%s", st, err, out.String())
 	}

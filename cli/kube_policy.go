@@ -10,6 +10,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/k8spolicy"
+	"github.com/clustermesh/clustermesh/kubemesh"
 	"github.com/clustermesh/clustermesh/policy"
 )
 
@@ -54,17 +55,17 @@ func (k *kubePolicyFlags) check(cmd *cobra.Command, stateSource, nodeName string
 // "kubernetes"); its Run is a server for runAll, its Status, Collector and
 // Synced are for the agent's status, its metrics and its enforcer's start.
 func kubePolicyWatcher(kubeconfig, kubeContext string, enf *enforcer.Enforcer) (*k8spolicy.Watcher, error) {
-	cfg, err := kubeRESTConfig(kubeconfig, kubeContext)
+	cfg, err := kubemesh.RESTConfig(kubeconfig, kubeContext)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes policies: %w", err)
+		return nil, fmt.Errorf("watching kubernetes policies: %w", err)
 	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes policies: %w", err)
+		return nil, fmt.Errorf("watching kubernetes policies: building the client: %w", err)
 	}
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes policies: %w", err)
+		return nil, fmt.Errorf("watching kubernetes policies: building the dynamic client: %w", err)
 	}
 	w, err := k8spolicy.New(k8spolicy.Config{
 		Client: cs, Dynamic: dyn, Options: enf.PolicyOptions(),

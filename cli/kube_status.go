@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -10,101 +11,28 @@ import (
 	"strings"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
-
-	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/kubemesh"
 )
 
-// KubeStatus is a cluster's mesh apiserver as its Kubernetes objects show
-// it (the agents' own view is 'clustermesh status --agent').
-type KubeStatus struct {
-	Context   string `json:"context"`
-	Namespace string `json:"namespace"`
-	Cluster   string `json:"cluster"`
-	ClusterID uint32 `json:"clusterID"`
-	// Deployment: ready and wanted replicas of the apiserver.
-	ReadyReplicas   int32  `json:"readyReplicas"`
-	DesiredReplicas int32  `json:"desiredReplicas"`
-	ServiceType     string `json:"serviceType"`
-	Endpoint        string `json:"endpoint,omitempty"` // what peers dial
-	// Peers may read this cluster; Remotes are the clusters its agents read.
-	Peers   []string          `json:"peers"`
-	Remotes map[string]string `json:"remotes"` // name → endpoint
-	// TrustedCAs are clusters of another CA whose client certificates the
-	// apiserver still accepts, as an earlier version of connect
-	// --allow-mismatching-ca granted; connect or disconnect takes it back.
-	TrustedCAs []string `json:"trustedCAs,omitempty"`
-	// Agents is what the agents report (those run with
-	// --state-source=kubernetes), across nodes.
-	Agents AgentsSummary `json:"agents"`
-	Ready  bool          `json:"ready"`
-	// Waiting says why it is not ready.
-	Waiting []string `json:"waiting,omitempty"`
-}
-
-// kubeStatus reads the cluster's status.
-func kubeStatus(ctx context.Context, t *kubeTarget, ns string) (KubeStatus, error) {
-	st := KubeStatus{Context: t.Context, Namespace: ns, Remotes: map[string]string{}}
-	m, err := loadMember(ctx, t, ns, "")
-	if err != nil {
-		return st, err
+// runKubeStatus prints the status of context's cluster; with wait, it waits
+// until the cluster is ready or timeout passes, saying on progress what it
+// still waits for.
+func runKubeStatus(ctx context.Context, kf *kubeFlags, kubeContext, ns string, wait bool, timeout time.Duration, asJSON bool, out, progress io.Writer) error {
+	st, err := kubemesh.ReadStatus(ctx, kubemesh.StatusOptions{
+		Kubeconfig: kf.kubeconfig, Context: kubeContext, Namespace: ns, Wait: wait, Timeout: timeout,
+		OnWaiting: func(why string) { fmt.Fprintf(progress, "waiting: %s\n", why) },
+	})
+	if err != nil && !errors.Is(err, kubemesh.ErrNotReady) {
+		return err
 	}
-	st.Cluster, st.ClusterID, st.Peers, st.Endpoint = m.name, m.id, m.peers, m.endpoint
-	for name, cfg := range m.remotes {
-		if strings.HasPrefix(name, ".") {
-			continue
-		}
-		var rc agentsync.RemoteConfig
-		if err := yaml.Unmarshal(cfg, &rc); err == nil && len(rc.Endpoints) > 0 {
-			st.Remotes[name] = strings.Join(rc.Endpoints, ",")
-		} else {
-			st.Remotes[name] = "(invalid config)"
-		}
+	if perr := printKubeStatus(out, st, asJSON); err == nil {
+		err = perr
 	}
-	for k := range m.trustedCAs {
-		st.TrustedCAs = append(st.TrustedCAs, strings.TrimSuffix(k, ".crt"))
-	}
-	slices.Sort(st.TrustedCAs)
-	if st.Agents, err = summarizeAgents(ctx, t.Client, ns, time.Now()); err != nil {
-		// The rest of the status stands without them.
-		st.Agents.Error = err.Error()
-	}
-	svc, err := t.Client.CoreV1().Services(ns).Get(ctx, apiserverName, metav1.GetOptions{})
-	if err == nil {
-		st.ServiceType = string(svc.Spec.Type)
-	}
-	if st.Endpoint == "" {
-		st.Waiting = append(st.Waiting, m.whyNoEP)
-	}
-	d, err := t.Client.AppsV1().Deployments(ns).Get(ctx, apiserverName, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		st.Waiting = append(st.Waiting, fmt.Sprintf("no deployment %s/%s: run clustermesh enable --context %s again", ns, apiserverName, t.Context))
-	case err != nil:
-		return st, fmt.Errorf("context %s: %w", t.Context, err)
-	default:
-		st.ReadyReplicas, st.DesiredReplicas = d.Status.ReadyReplicas, 1
-		if d.Spec.Replicas != nil {
-			st.DesiredReplicas = *d.Spec.Replicas
-		}
-		if st.ReadyReplicas < 1 {
-			why := fmt.Sprintf("deployment %s/%s: %d/%d replicas ready", ns, apiserverName, st.ReadyReplicas, st.DesiredReplicas)
-			for _, c := range d.Status.Conditions {
-				if c.Status != "True" && c.Message != "" {
-					why += "; " + c.Message
-				}
-			}
-			st.Waiting = append(st.Waiting, why)
-		}
-	}
-	st.Ready = len(st.Waiting) == 0
-	return st, nil
+	return err
 }
 
 // printKubeStatus writes st as a table or as JSON.
-func printKubeStatus(w io.Writer, st KubeStatus, asJSON bool) error {
+func printKubeStatus(w io.Writer, st kubemesh.Status, asJSON bool) error {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -143,42 +71,8 @@ func orDashS(s string) string {
 	return s
 }
 
-// runKubeStatus prints the status of context's cluster; with wait, it polls
-// until the cluster is ready or timeout passes, saying on progress what it
-// still waits for.
-func runKubeStatus(ctx context.Context, kf *kubeFlags, kubeContext, ns string, wait bool, timeout time.Duration, asJSON bool, out, progress io.Writer) error {
-	t, err := kf.target(kubeContext)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	last := ""
-	for {
-		st, err := kubeStatus(ctx, t, ns)
-		if err != nil {
-			return err
-		}
-		if st.Ready || !wait {
-			return printKubeStatus(out, st, asJSON)
-		}
-		if why := strings.Join(st.Waiting, "; "); why != last {
-			fmt.Fprintf(progress, "waiting: %s\n", why)
-			last = why
-		}
-		select {
-		case <-ctx.Done():
-			if err := printKubeStatus(out, st, asJSON); err != nil {
-				return err
-			}
-			return fmt.Errorf("cluster %s not ready after %s: %s", st.Cluster, timeout, strings.Join(st.Waiting, "; "))
-		case <-time.After(time.Second):
-		}
-	}
-}
-
 // printAgents writes what the agents report.
-func printAgents(w io.Writer, a AgentsSummary) {
+func printAgents(w io.Writer, a kubemesh.AgentsSummary) {
 	if a.Error != "" {
 		fmt.Fprintf(w, "agents:     unknown: %s\n", a.Error)
 		return
@@ -191,7 +85,7 @@ func printAgents(w io.Writer, a AgentsSummary) {
 		fmt.Fprintf(w, "agents:     none reporting%s (agents run with --state-source kubernetes report here)\n", stale)
 		return
 	}
-	f := func(s Spread) string { return fmt.Sprintf("%d/%.1f/%d", s.Min, s.Avg, s.Max) }
+	f := func(s kubemesh.Spread) string { return fmt.Sprintf("%d/%.1f/%d", s.Min, s.Avg, s.Max) }
 	fmt.Fprintf(w, "agents:     %d reporting%s\n", a.Reporting, stale)
 	fmt.Fprintf(w, "            remotes per agent (min/avg/max): configured %s, connected %s, synced %s\n",
 		f(a.Configured), f(a.Connected), f(a.Synced))
