@@ -107,7 +107,7 @@ func (c *Compiled) add(o Options, name string, b []byte) error {
 			Kind string `json:"kind"`
 		}
 		if err := yaml.Unmarshal(doc, &head); err != nil {
-			return fmt.Errorf("policy: %s: %w: %w", where, ErrInvalidPolicy, err)
+			return fmt.Errorf("parsing %s: %w: %w", where, ErrInvalidPolicy, err)
 		}
 		var rules []compiledRule
 		var err error
@@ -115,20 +115,20 @@ func (c *Compiled) add(o Options, name string, b []byte) error {
 		case "CiliumNetworkPolicy":
 			var p CiliumNetworkPolicy
 			if err := yaml.UnmarshalStrict(doc, &p); err != nil {
-				return fmt.Errorf("policy: %s: %w: %w", where, ErrInvalidPolicy, err)
+				return fmt.Errorf("parsing %s: %w: %w", where, ErrInvalidPolicy, err)
 			}
 			rules, err = compileCNP(o, where, &p)
 		case "NetworkPolicy":
 			var p NetworkPolicy
 			if err := yaml.UnmarshalStrict(doc, &p); err != nil {
-				return fmt.Errorf("policy: %s: %w: %w", where, ErrInvalidPolicy, err)
+				return fmt.Errorf("parsing %s: %w: %w", where, ErrInvalidPolicy, err)
 			}
 			rules, err = compileNP(o, where, &p)
 		default:
-			return fmt.Errorf("policy: %s: kind: %w: %q (want CiliumNetworkPolicy or NetworkPolicy)", where, ErrInvalidPolicy, head.Kind)
+			return fmt.Errorf("parsing %s: kind: %w: %q (want CiliumNetworkPolicy or NetworkPolicy)", where, ErrInvalidPolicy, head.Kind)
 		}
 		if err != nil {
-			return fmt.Errorf("policy: %s: %w", where, err)
+			return fmt.Errorf("compiling %s: %w", where, err)
 		}
 		if o.AllowFromHost {
 			rules = withHostRules(rules)
