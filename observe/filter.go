@@ -38,7 +38,9 @@ var FilterKeys = []string{"verdict", "from-cluster", "to-cluster", "from-pod", "
 var protocols = []string{"TCP", "UDP", "SCTP", "ICMP", "ICMPv6"}
 
 // Set sets the field of key from a string, validated and normalized;
-// an empty value clears it.
+// an empty value clears it. An invalid value's error starts with the key
+// (`verdict "DROPED": want FORWARDED or DROPPED`), so that the CLI can name
+// its flag.
 func (f *Filter) Set(key, value string) error {
 	value = strings.TrimSpace(value)
 	var err error
@@ -60,7 +62,7 @@ func (f *Filter) Set(key, value string) error {
 	case "identity":
 		f.Identity, err = parseIdentity(value)
 	default:
-		return fmt.Errorf("observe: unknown filter %q (want one of %s)", key, strings.Join(FilterKeys, ", "))
+		return fmt.Errorf("unknown filter %q (want one of %s)", key, strings.Join(FilterKeys, ", "))
 	}
 	return err
 }
@@ -70,7 +72,7 @@ func parseVerdict(s string) (string, error) {
 	case "", VerdictForwarded, VerdictDropped:
 		return v, nil
 	}
-	return "", fmt.Errorf("observe: verdict %q: want %s or %s", s, VerdictForwarded, VerdictDropped)
+	return "", fmt.Errorf("verdict %q: want %s or %s", s, VerdictForwarded, VerdictDropped)
 }
 
 func parseCluster(key, s string) (string, error) {
@@ -78,7 +80,7 @@ func parseCluster(key, s string) (string, error) {
 		return "", nil
 	}
 	if err := wire.ValidateClusterName(s); err != nil {
-		return "", fmt.Errorf("observe: %s %q: not a cluster name (at most %d characters of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+		return "", fmt.Errorf("%s %q: not a cluster name (at most %d characters of a-z, 0-9 and '-', starting and ending with a letter or digit)",
 			key, s, wire.MaxClusterNameLen)
 	}
 	return s, nil
@@ -93,14 +95,14 @@ func parsePod(key, s string) (string, error) {
 		ns, pod = "", s
 	}
 	if pod == "" || (namespaced && ns == "") || strings.Contains(pod, "/") || strings.ContainsAny(s, " \t\n") {
-		return "", fmt.Errorf("observe: %s %q: want POD or NAMESPACE/POD (the pod name matches as a prefix)", key, s)
+		return "", fmt.Errorf("%s %q: want POD or NAMESPACE/POD (the pod name matches as a prefix)", key, s)
 	}
 	return s, nil
 }
 
 func parseNamespace(s string) (string, error) {
 	if strings.ContainsAny(s, "/ \t\n") {
-		return "", fmt.Errorf("observe: namespace %q: want a namespace name (for a pod, use from-pod or to-pod NAMESPACE/POD)", s)
+		return "", fmt.Errorf("namespace %q: want a namespace name (for a pod, use from-pod or to-pod NAMESPACE/POD)", s)
 	}
 	return s, nil
 }
@@ -114,7 +116,7 @@ func parseProtocol(s string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("observe: protocol %q: want one of %s", s, strings.Join(protocols, ", "))
+	return "", fmt.Errorf("protocol %q: want one of %s", s, strings.Join(protocols, ", "))
 }
 
 func parseIdentity(s string) (uint32, error) {
@@ -123,7 +125,7 @@ func parseIdentity(s string) (uint32, error) {
 	}
 	id, err := strconv.ParseUint(s, 10, 32)
 	if err != nil || id == 0 {
-		return 0, fmt.Errorf("observe: identity %q: want a numeric security identity (1 to %d)", s, uint32(1<<32-1))
+		return 0, fmt.Errorf("identity %q: want a numeric security identity (1 to %d)", s, uint32(1<<32-1))
 	}
 	return uint32(id), nil
 }
@@ -178,7 +180,7 @@ func FilterFromQuery(q url.Values) (Filter, error) {
 	for _, k := range FilterKeys {
 		vs := q[k]
 		if len(vs) > 1 {
-			return Filter{}, fmt.Errorf("observe: filter %s given %d times (once at most)", k, len(vs))
+			return Filter{}, fmt.Errorf("filter %s given %d times (once at most)", k, len(vs))
 		}
 		if len(vs) == 1 {
 			if err := f.Set(k, vs[0]); err != nil {
@@ -188,7 +190,7 @@ func FilterFromQuery(q url.Values) (Filter, error) {
 	}
 	for k := range q {
 		if !isFilterKey(k) {
-			return Filter{}, fmt.Errorf("observe: unknown filter %q (want one of %s)", k, strings.Join(FilterKeys, ", "))
+			return Filter{}, fmt.Errorf("unknown filter %q (want one of %s)", k, strings.Join(FilterKeys, ", "))
 		}
 	}
 	return f, nil

@@ -32,7 +32,7 @@ func (h *Hub) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet {
 			w.Header().Set("Allow", http.MethodGet)
-			http.Error(w, "observe: only GET", http.StatusMethodNotAllowed)
+			http.Error(w, "only GET is served", http.StatusMethodNotAllowed)
 			return
 		}
 		f, last, follow, err := parseRequest(r.URL.Query())
@@ -82,7 +82,7 @@ func parseRequest(q url.Values) (Filter, int, bool, error) {
 	if vs, ok := q["last"]; ok {
 		n, err := strconv.Atoi(lastValue(vs))
 		if err != nil || n < -1 {
-			return Filter{}, 0, false, fmt.Errorf("observe: last %q: want a number of flows (-1: all kept)", lastValue(vs))
+			return Filter{}, 0, false, fmt.Errorf("last %q: want a number of flows (-1: all kept)", lastValue(vs))
 		}
 		last = n
 		delete(q, "last")
@@ -90,7 +90,7 @@ func parseRequest(q url.Values) (Filter, int, bool, error) {
 	if vs, ok := q["follow"]; ok {
 		b, err := strconv.ParseBool(lastValue(vs))
 		if err != nil {
-			return Filter{}, 0, false, fmt.Errorf("observe: follow %q: want 1 or 0", lastValue(vs))
+			return Filter{}, 0, false, fmt.Errorf("follow %q: want 1 or 0", lastValue(vs))
 		}
 		follow = b
 		delete(q, "follow")
@@ -149,23 +149,23 @@ func Observe(ctx context.Context, addr string, f Filter, last int, follow bool, 
 	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u+"?"+RequestQuery(f, last, follow), nil)
 	if err != nil {
-		return fmt.Errorf("observe: %w", err)
+		return fmt.Errorf("reading flows from the agent at %s: %w", addr, err)
 	}
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("observe: cannot reach the agent at %s: %w", addr, err)
+		return fmt.Errorf("connecting to the agent at %s: %w", addr, err)
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotFound:
-		return fmt.Errorf("observe: the agent at %s: %w (it runs without flow observation, or predates it)", addr, ErrNotServed)
+		return fmt.Errorf("reading flows from the agent at %s: %w (it runs without flow observation, or predates it)", addr, ErrNotServed)
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("observe: the agent at %s answered %s: %s", addr, resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("reading flows from the agent at %s: it answered %s: %s", addr, resp.Status, strings.TrimSpace(string(msg)))
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
@@ -176,7 +176,7 @@ func Observe(ctx context.Context, addr string, f Filter, last int, follow bool, 
 		}
 		var ev Event
 		if err := json.Unmarshal(line, &ev); err != nil {
-			return fmt.Errorf("observe: the agent at %s sent an unreadable event: %w", addr, err)
+			return fmt.Errorf("reading flows from the agent at %s: an unreadable event: %w", addr, err)
 		}
 		if err := fn(ev); err != nil {
 			return err
@@ -186,10 +186,10 @@ func Observe(ctx context.Context, addr string, f Filter, last int, follow bool, 
 		return ctx.Err()
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("observe: reading from the agent at %s: %w", addr, err)
+		return fmt.Errorf("reading flows from the agent at %s: %w", addr, err)
 	}
 	if follow {
-		return fmt.Errorf("observe: the agent at %s ended the stream (stopping?)", addr)
+		return fmt.Errorf("reading flows from the agent at %s: it ended the stream (stopping?)", addr)
 	}
 	return nil
 }

@@ -106,7 +106,7 @@ func TestFlowsHTTPErrors(t *testing.T) {
 
 	// A bad query is answered 400 with the reason, which the client shows.
 	for q, want := range map[string]string{
-		"verdict=DROPED": `observe: verdict "DROPED": want FORWARDED or DROPPED`,
+		"verdict=DROPED": `verdict "DROPED": want FORWARDED or DROPPED`,
 		"last=x":         `last "x": want a number`,
 		"follow=maybe":   `follow "maybe": want 1 or 0`,
 		"pod=a":          `unknown filter "pod"`,
@@ -116,7 +116,7 @@ func TestFlowsHTTPErrors(t *testing.T) {
 		}
 	}
 	err := Observe(ctx, sock, Filter{Verdict: "DROPED"}, 1, false, nop)
-	if err == nil || !strings.Contains(err.Error(), `400 Bad Request: observe: verdict "DROPED": want FORWARDED or DROPPED`) {
+	if err == nil || !strings.Contains(err.Error(), `reading flows from the agent at `+sock+`: it answered 400 Bad Request: verdict "DROPED": want FORWARDED or DROPPED`) {
 		t.Errorf("Observe with a bad filter = %v", err)
 	}
 	if status, _ := get(t, sock, "/nothing"); status != http.StatusNotFound {
@@ -125,7 +125,7 @@ func TestFlowsHTTPErrors(t *testing.T) {
 
 	// Nothing listening: the address is named.
 	missing := filepath.Join(t.TempDir(), "none.sock")
-	if err := Observe(ctx, missing, Filter{}, 1, false, nop); err == nil || !strings.Contains(err.Error(), "cannot reach the agent at "+missing) {
+	if err := Observe(ctx, missing, Filter{}, 1, false, nop); err == nil || !strings.Contains(err.Error(), "connecting to the agent at "+missing) {
 		t.Errorf("Observe of nothing = %v", err)
 	}
 	// An address that serves no flows.

@@ -113,7 +113,7 @@ func (h *Hub) Run(ctx context.Context, src Source) error {
 	h.mu.Lock()
 	if h.state != hubIdle {
 		h.mu.Unlock()
-		return errors.New("observe: hub: Run called twice")
+		return errors.New("running the flow hub: Run called twice")
 	}
 	h.state, h.src = hubRunning, src
 	h.mu.Unlock()
@@ -153,7 +153,7 @@ func (h *Hub) read(ctx context.Context, src Source) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("observe: read flows: %w", err)
+			return fmt.Errorf("reading flows: %w", err)
 		}
 		fl := Enrich(h.cfg.Enricher, f)
 		h.publish(&fl)

@@ -255,7 +255,7 @@ func TestHubRunEnds(t *testing.T) {
 		t.Fatalf("events: %s", got)
 	}
 	close(src.ch)
-	if err := <-done; !errors.Is(err, errSourceClosed) || !strings.HasPrefix(err.Error(), "observe: read flows: ") {
+	if err := <-done; !errors.Is(err, errSourceClosed) || !strings.HasPrefix(err.Error(), "reading flows: ") {
 		t.Fatalf("Run = %v, want the source's error", err)
 	}
 	if got := ports(drain(t, sub)); got != "" {
