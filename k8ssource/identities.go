@@ -51,13 +51,13 @@ type IdentityStore struct {
 
 func (s *IdentityStore) where() string { return "configmap " + s.Namespace + "/" + s.Name }
 
-// wrap adds what the store was doing and, for an authorization failure,
-// what to do about it.
+// wrap adds what the store was doing ("reading", "writing") and, for an
+// authorization failure, what to do about it.
 func (s *IdentityStore) wrap(verb string, err error) error {
 	if apierrors.IsForbidden(err) {
-		return fmt.Errorf("identities: %s %s: %w: the apiserver's service account needs get, create and update on it: run clustermesh enable again, which grants them", verb, s.where(), err)
+		return fmt.Errorf("%s %s: %w: the apiserver's service account needs get, create and update on it: run clustermesh enable again, which grants them", verb, s.where(), err)
 	}
-	return fmt.Errorf("identities: %s %s: %w", verb, s.where(), err)
+	return fmt.Errorf("%s %s: %w", verb, s.where(), err)
 }
 
 // Load reads the ConfigMap; a missing one holds no identities.
@@ -68,7 +68,7 @@ func (s *IdentityStore) Load(ctx context.Context, c wire.Cluster) (map[string]ui
 		return map[string]uint32{}, nil
 	}
 	if err != nil {
-		return nil, s.wrap("read", err)
+		return nil, s.wrap("reading", err)
 	}
 	d, err := s.decode(cm)
 	if err != nil {
@@ -76,7 +76,7 @@ func (s *IdentityStore) Load(ctx context.Context, c wire.Cluster) (map[string]ui
 	}
 	ids, err := d.Check(c, s.where(), fmt.Sprintf("delete it (kubectl -n %s delete configmap %s; identities will be renumbered) or run the apiserver as that cluster", s.Namespace, s.Name))
 	if err != nil {
-		return nil, fmt.Errorf("identities: %w", err)
+		return nil, err // names the configmap
 	}
 	s.resourceVersion = cm.ResourceVersion
 	return ids, nil
@@ -91,14 +91,14 @@ func (s *IdentityStore) decode(cm *corev1.ConfigMap) (wire.IdentityDocument, err
 			raw, err = io.ReadAll(r)
 		}
 		if err != nil {
-			return d, fmt.Errorf("identities: %s: %s: %w (delete the configmap; identities will be renumbered)", s.where(), identitiesGzKey, err)
+			return d, fmt.Errorf("decompressing %s of %s: %w (delete the configmap; identities will be renumbered)", identitiesGzKey, s.where(), err)
 		}
 	}
 	if len(raw) == 0 {
-		return d, fmt.Errorf("identities: %s holds neither %s nor %s: delete it (identities will be renumbered)", s.where(), identitiesKey, identitiesGzKey)
+		return d, fmt.Errorf("reading %s: it holds neither %s nor %s: delete it (identities will be renumbered)", s.where(), identitiesKey, identitiesGzKey)
 	}
 	if err := json.Unmarshal(raw, &d); err != nil {
-		return d, fmt.Errorf("identities: %s: %w (fix or delete the configmap; identities will be renumbered)", s.where(), err)
+		return d, fmt.Errorf("parsing %s: %w (fix or delete the configmap; identities will be renumbered)", s.where(), err)
 	}
 	return d, nil
 }
@@ -124,10 +124,10 @@ func (s *IdentityStore) Save(ctx context.Context, c wire.Cluster, ids map[string
 			return nil
 		}
 		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) && !apierrors.IsNotFound(err) {
-			return s.wrap("write", err)
+			return s.wrap("writing", err)
 		}
 		if attempt == 3 {
-			return s.wrap("write", err)
+			return s.wrap("writing", err)
 		}
 		// Someone else wrote (or deleted) it: go on only if what is stored
 		// now is part of what we write.
@@ -137,14 +137,14 @@ func (s *IdentityStore) Save(ctx context.Context, c wire.Cluster, ids map[string
 			continue
 		}
 		if gerr != nil {
-			return s.wrap("read", gerr)
+			return s.wrap("reading", gerr)
 		}
 		d, derr := s.decode(cur)
 		if derr != nil {
 			return derr
 		}
 		if d.Cluster != c.Name || d.ClusterID != c.ID || !subset(d.Identities, ids) {
-			return fmt.Errorf("identities: %s: %w since this apiserver read it (is a second apiserver of cluster %s running?): restart the apiserver to reload them", s.where(), ErrIdentitiesChanged, c.Name)
+			return fmt.Errorf("writing %s: %w since this apiserver read it (is a second apiserver of cluster %s running?): restart the apiserver to reload them", s.where(), ErrIdentitiesChanged, c.Name)
 		}
 		s.resourceVersion = cur.ResourceVersion
 	}

@@ -80,7 +80,7 @@ var _ statesource.Source = (*Source)(nil)
 // cannot start.
 func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) error {
 	if s.Client == nil {
-		return errors.New("k8ssource: no Kubernetes client")
+		return errors.New("reading the cluster's state from Kubernetes: no Kubernetes client")
 	}
 	log := s.Logger
 	if log == nil {
@@ -121,7 +121,7 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 		"pods": inf.pods.Informer(), "namespaces": inf.ns.Informer(), "nodes": inf.nodes.Informer(),
 	} {
 		if _, err := i.AddEventHandler(handler); err != nil {
-			return fmt.Errorf("k8ssource: %s: %w", name, err)
+			return fmt.Errorf("starting the %s informer: %w", name, err)
 		}
 		// A list or watch that fails (RBAC, an unreachable API server) is
 		// retried by the reflector; say why we are still waiting.
@@ -130,7 +130,7 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 				log.Warn("kubernetes list/watch failed, retrying", "resource", name, "err", err)
 			}
 		}); err != nil {
-			return fmt.Errorf("k8ssource: %s: %w", name, err)
+			return fmt.Errorf("starting the %s informer: %w", name, err)
 		}
 	}
 	factory.Start(ctx.Done())
@@ -143,7 +143,7 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("k8ssource: %v informer did not sync", typ)
+			return fmt.Errorf("reading the cluster's state from Kubernetes: the %v informer did not sync", typ)
 		}
 	}
 	log.Info("kubernetes informers synced", "took", time.Since(start).Round(time.Millisecond))
@@ -157,7 +157,7 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 		st := inf.build()
 		if err := st.Validate(); err != nil {
 			// build only makes valid states; never publish one that is not.
-			log.Error("k8ssource: built an invalid state, keeping the last one", "err", err)
+			log.Error("built an invalid state from Kubernetes, keeping the last one", "err", err)
 			return
 		}
 		if last != nil && reflect.DeepEqual(st, last) {
