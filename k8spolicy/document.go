@@ -32,7 +32,7 @@ var ErrUnsupported = errors.New("not supported")
 func NetworkPolicyDocument(np *networkingv1.NetworkPolicy) ([]byte, error) {
 	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(np)
 	if err != nil {
-		return nil, fmt.Errorf("k8spolicy: %w", err)
+		return nil, fmt.Errorf("converting NetworkPolicy %s/%s: %w", np.Namespace, np.Name, err)
 	}
 	return Document(KindNetworkPolicy, m)
 }
@@ -59,7 +59,7 @@ func NetworkPolicyDocument(np *networkingv1.NetworkPolicy) ([]byte, error) {
 func Document(kind string, obj map[string]any) ([]byte, error) {
 	apiVersion, ok := apiVersions[kind]
 	if !ok {
-		return nil, fmt.Errorf("k8spolicy: kind %q: want %s or %s", kind, KindNetworkPolicy, KindCiliumNetworkPolicy)
+		return nil, fmt.Errorf("building a policy document: kind %q: want %s or %s", kind, KindNetworkPolicy, KindCiliumNetworkPolicy)
 	}
 	meta, _ := obj["metadata"].(map[string]any)
 	name, _ := meta["name"].(string)
@@ -96,7 +96,7 @@ func Document(kind string, obj map[string]any) ([]byte, error) {
 	}
 	b, err := json.Marshal(doc)
 	if err != nil {
-		return nil, fmt.Errorf("k8spolicy: %s %s/%s: %w", kind, ns, name, err)
+		return nil, fmt.Errorf("encoding the policy document of %s %s/%s: %w", kind, ns, name, err)
 	}
 	return b, nil
 }

@@ -75,7 +75,7 @@ func refAndDocument(obj any) (ObjectRef, string, []byte, error) {
 		doc, err := Document(KindCiliumNetworkPolicy, o.Object)
 		return ref, o.GetResourceVersion(), doc, err
 	default:
-		return ObjectRef{}, "", nil, fmt.Errorf("k8spolicy: unexpected object %T", obj)
+		return ObjectRef{}, "", nil, fmt.Errorf("reading a policy object: unexpected type %T", obj)
 	}
 }
 
@@ -100,7 +100,7 @@ func (s *store) upsert(obj any) {
 	if err == nil {
 		c, err = policy.Parse(s.opts, "kubernetes "+ref.Kind+" "+ref.Namespace+"/"+ref.Name, doc)
 	} else {
-		err = fmt.Errorf("policy: kubernetes %s: %w", ref, err)
+		err = fmt.Errorf("reading kubernetes %s: %w", ref, err)
 	}
 
 	s.mu.Lock()

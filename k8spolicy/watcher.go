@@ -87,11 +87,11 @@ type Watcher struct {
 func New(cfg Config) (*Watcher, error) {
 	switch {
 	case cfg.Client == nil:
-		return nil, errors.New("k8spolicy: no Kubernetes client")
+		return nil, errors.New("creating the policy watcher: no Kubernetes client")
 	case cfg.OnChange == nil:
-		return nil, errors.New("k8spolicy: no OnChange: pass the function that receives the policies")
+		return nil, errors.New("creating the policy watcher: no OnChange: pass the function that receives the policies")
 	case cfg.Options.LocalCluster == "":
-		return nil, errors.New("k8spolicy: Options.LocalCluster is empty: compile with the enforcer's PolicyOptions()")
+		return nil, errors.New("creating the policy watcher: Options.LocalCluster is empty: compile with the enforcer's PolicyOptions()")
 	}
 	if cfg.Discovery == nil {
 		cfg.Discovery = cfg.Client.Discovery()
@@ -134,11 +134,11 @@ func (i *informer) stop() {
 // start runs inf with the store's handler until ctx is done or stop.
 func (w *Watcher) start(ctx context.Context, resource string, inf cache.SharedIndexInformer) (*informer, error) {
 	if err := inf.SetTransform(dropManagedFields); err != nil {
-		return nil, fmt.Errorf("k8spolicy: %s: %w", resource, err)
+		return nil, fmt.Errorf("starting the %s informer: %w", resource, err)
 	}
 	reg, err := inf.AddEventHandler(w.store.handler())
 	if err != nil {
-		return nil, fmt.Errorf("k8spolicy: %s: %w", resource, err)
+		return nil, fmt.Errorf("starting the %s informer: %w", resource, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	// A list or watch that fails (RBAC, an unreachable API server) is
@@ -149,7 +149,7 @@ func (w *Watcher) start(ctx context.Context, resource string, inf cache.SharedIn
 		}
 	}); err != nil {
 		cancel()
-		return nil, fmt.Errorf("k8spolicy: %s: %w", resource, err)
+		return nil, fmt.Errorf("starting the %s informer: %w", resource, err)
 	}
 	i := &informer{synced: reg.HasSyncedChecker(), cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -167,7 +167,7 @@ func (w *Watcher) cnpServed(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("k8spolicy: discovery of %s: %w", gv, err)
+		return false, fmt.Errorf("asking the API server for the resources of %s: %w", gv, err)
 	}
 	for _, r := range res {
 		if r == CiliumNetworkPolicies.Resource {
