@@ -93,12 +93,12 @@ func certificatesDER(path string) ([][]byte, error) {
 			continue
 		}
 		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, fmt.Errorf("parsing a certificate of %s: %w", path, err)
 		}
 		out = append(out, block.Bytes)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no certificate", path)
+		return nil, fmt.Errorf("%s holds no certificate", path)
 	}
 	return out, nil
 }

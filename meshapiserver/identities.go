@@ -51,11 +51,11 @@ func newIdentityAllocator(ctx context.Context, store IdentityStore, c wire.Clust
 	}
 	saved, err := store.Load(ctx, c)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("loading the stored identities: %w", err)
 	}
 	for ls, id := range saved {
 		if id < first || id > last {
-			return nil, fmt.Errorf("loading identities: stored identity %d of %q is outside cluster %s's range %d..%d: delete the stored identities (they will be renumbered)", id, ls, c.Name, first, last)
+			return nil, fmt.Errorf("loading the stored identities: identity %d of %q is outside cluster %s's range %d..%d: delete the stored identities (they will be renumbered)", id, ls, c.Name, first, last)
 		}
 		a.byLabels[ls] = id
 		if id >= a.next {
@@ -108,17 +108,13 @@ func (f IdentityFile) Load(_ context.Context, c wire.Cluster) (map[string]uint32
 		return map[string]uint32{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading identities: %w", err)
+		return nil, err // names the file
 	}
 	var d wire.IdentityDocument
 	if err := json.Unmarshal(b, &d); err != nil {
-		return nil, fmt.Errorf("reading identities file %s: %w (fix or remove it; identities will be renumbered)", f.Path, err)
+		return nil, fmt.Errorf("parsing %s: %w (fix or remove it; identities will be renumbered)", f.Path, err)
 	}
-	ids, err := d.Check(c, "file "+f.Path, "use another --state-dir")
-	if err != nil {
-		return nil, fmt.Errorf("reading identities: %w", err)
-	}
-	return ids, nil
+	return d.Check(c, "file "+f.Path, "use another --state-dir")
 }
 
 // Save writes the file atomically.
@@ -128,10 +124,10 @@ func (f IdentityFile) Save(_ context.Context, c wire.Cluster, ids map[string]uin
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(f.Path), 0o700); err != nil {
-		return fmt.Errorf("writing identities file: %w", err)
+		return err // names the directory
 	}
 	if err := atomicfile.Write(f.Path, b, 0o600); err != nil {
-		return fmt.Errorf("writing identities file: %w", err)
+		return fmt.Errorf("writing %s: %w", f.Path, err)
 	}
 	return nil
 }

@@ -20,9 +20,11 @@ import (
 )
 
 // Server is one cluster's mesh apiserver. Create it with New, run it with
-// Run; Ready is closed once the first snapshot and the canaries are written.
+// Run; Serving is closed once etcd serves, Ready once the first snapshot and
+// the canaries are written.
 type Server struct {
 	cfg        Config
+	serving    chan struct{}
 	ready      chan struct{}
 	txnLatency prometheus.Histogram
 	guard      *requestGuard
@@ -62,8 +64,14 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, ready: make(chan struct{}), txnLatency: newTxnLatency()}, nil
+	return &Server{cfg: cfg, serving: make(chan struct{}), ready: make(chan struct{}), txnLatency: newTxnLatency()}, nil
 }
+
+// Serving is closed once etcd serves (ClientURL is set): after the
+// certificates, the identity store and the first state were read, so that
+// whatever listens beside the apiserver (metrics) can wait for it and
+// nothing listens when one of them is bad.
+func (s *Server) Serving() <-chan struct{} { return s.serving }
 
 // Ready is closed once the apiserver has published its first full snapshot.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -101,9 +109,13 @@ func newAdminClient(ctx context.Context, url string, tlsCfg *tls.Config) (*clien
 	return cli, nil
 }
 
-// Run starts etcd, sets up users and roles, and publishes the source's state
-// until ctx is done or the source fails; it stops etcd before returning. A
-// failed publish does not end it: it is retried with backoff and reported
+// Run checks the certificates, opens the identity store and reads the
+// source's first state, then starts etcd, sets up users and roles, and
+// publishes the source's state until ctx is done or the source fails; it
+// stops etcd before returning. A bad certificate, identity store or state
+// fails Run before anything listens or a runtime directory is created; the
+// source's error is returned as it is (it names the file or the object). A
+// failed publish does not end Run: it is retried with backoff and reported
 // (Status, metrics) until the store takes it.
 func (s *Server) Run(ctx context.Context) error {
 	cfg := &s.cfg
@@ -123,6 +135,12 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	src := startSource(ctx, cfg.Source)
+	defer src.stop()
+	first, err := src.first(ctx)
+	if err != nil || first == nil {
+		return err // nil: ctx ended first
+	}
 	etcd, err := startEtcd(ctx, cfg, guard)
 	if err != nil {
 		return err
@@ -132,6 +150,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.url, s.guard = etcd.url, guard
 	s.status = Status{Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, URL: etcd.url}
 	s.mu.Unlock()
+	close(s.serving)
 	log.Info("etcd serving", "url", etcd.url, "fsync", false, "runtimeDir", etcd.run.path)
 
 	cli, err := newAdminClient(ctx, etcd.url, adminTLS)
@@ -146,7 +165,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	pub := newPublisher(cli, cfg.cluster(), log, s.txnLatency)
-	return s.loop(ctx, cli, pub, ids)
+	return s.loop(ctx, cli, pub, ids, src, first)
 }
 
 func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client) error {
@@ -178,29 +197,62 @@ type runState struct {
 	due       bool               // state (or everything, on a new lease) is not published yet
 }
 
-// loop runs the source and publishes every state it delivers (only the
-// latest when several arrive during one publish), and the heartbeat. A
-// failed attempt is retried with exponential backoff; a lost lease is
-// replaced and everything written again on the new one.
-func (s *Server) loop(parent context.Context, cli *clientv3.Client, pub *publisher, ids *identityAllocator) error {
+// sourceRun runs the state source in a goroutine of its own, from before
+// etcd starts until Run returns.
+type sourceRun struct {
+	latest chan *statesource.State // the newest state not taken yet (capacity 1)
+	done   chan error              // the source's Run result (capacity 1)
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func startSource(parent context.Context, src statesource.Source) *sourceRun {
 	ctx, cancel := context.WithCancel(parent)
-	latest := make(chan *statesource.State, 1)
-	srcErr := make(chan error, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
+	r := &sourceRun{latest: make(chan *statesource.State, 1), done: make(chan error, 1), cancel: cancel}
+	r.wg.Add(1)
 	go func() {
-		defer wg.Done()
-		srcErr <- s.cfg.Source.Run(ctx, func(st *statesource.State) {
+		defer r.wg.Done()
+		r.done <- src.Run(ctx, func(st *statesource.State) {
 			select { // keep only the newest state
-			case <-latest:
+			case <-r.latest:
 			default:
 			}
-			latest <- st
+			r.latest <- st
 		})
 	}()
-	defer wg.Wait() // after cancel (defers run in reverse)
-	defer cancel()
+	return r
+}
 
+// first waits for the source's first state; it returns nil and no error
+// when ctx ends first.
+func (r *sourceRun) first(ctx context.Context) (*statesource.State, error) {
+	select {
+	case st := <-r.latest:
+		return st, nil
+	case err := <-r.done:
+		switch {
+		case ctx.Err() != nil:
+			return nil, nil
+		case err == nil:
+			return nil, errors.New("reading the cluster's state: the source ended without delivering one")
+		}
+		return nil, err
+	case <-ctx.Done():
+		return nil, nil
+	}
+}
+
+// stop ends the source and waits for it.
+func (r *sourceRun) stop() {
+	r.cancel()
+	r.wg.Wait()
+}
+
+// loop publishes first and every state the source delivers after it (only
+// the latest when several arrive during one publish), and the heartbeat. A
+// failed attempt is retried with exponential backoff; a lost lease is
+// replaced and everything written again on the new one.
+func (s *Server) loop(ctx context.Context, cli *clientv3.Client, pub *publisher, ids *identityAllocator, src *sourceRun, first *statesource.State) error {
 	heartbeat := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer heartbeat.Stop()
 	bo := backoff.NewExponentialBackOff()
@@ -208,7 +260,7 @@ func (s *Server) loop(parent context.Context, cli *clientv3.Client, pub *publish
 	retry := time.NewTimer(0) // the first attempt takes the lease
 	defer retry.Stop()
 	retryArmed := true
-	rs := &runState{}
+	rs := &runState{state: first, due: true}
 	attempt := func() {
 		err := s.attempt(ctx, cli, pub, ids, rs)
 		if ctx.Err() != nil {
@@ -228,11 +280,8 @@ func (s *Server) loop(parent context.Context, cli *clientv3.Client, pub *publish
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-srcErr:
-			if err != nil {
-				return fmt.Errorf("reading the state source: %w", err)
-			}
-			return nil
+		case err := <-src.done:
+			return err // nil: the source ended
 		case _, ok := <-rs.keepAlive:
 			// The client closes the channel when the lease is gone (expired,
 			// revoked) or when ctx ends.
@@ -256,7 +305,7 @@ func (s *Server) loop(parent context.Context, cli *clientv3.Client, pub *publish
 					}
 				}
 			}
-		case st := <-latest:
+		case st := <-src.latest:
 			rs.state, rs.due = st, true
 			if !retryArmed {
 				attempt()

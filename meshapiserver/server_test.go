@@ -534,3 +534,86 @@ func gather(t *testing.T, s *Server) map[string]float64 {
 	}
 	return got
 }
+
+// endedSource ends at once without delivering a state.
+type endedSource struct{}
+
+func (endedSource) Run(context.Context, func(*statesource.State)) error { return nil }
+
+// TestBadStartFailsBeforeListening: a state, state file or identity store
+// that cannot be read fails Run before etcd starts: the error names what
+// was being done and the file, with no package name stacked in front, no
+// runtime directory was created, and the listen address, held by the test,
+// was never tried (etcd would have failed on it with another error).
+func TestBadStartFailsBeforeListening(t *testing.T) {
+	f := newFixture(t)
+	missing := filepath.Join(f.dir, "missing.yaml")
+	invalid := filepath.Join(f.dir, "invalid.yaml")
+	writeFile(t, invalid, "nodes:\n- {name: east-1}\n")
+	garbled := filepath.Join(f.dir, "garbled.yaml")
+	writeFile(t, garbled, "nodes: [\n")
+	badIDs := filepath.Join(f.dir, "bad-identities.json")
+	writeFile(t, badIDs, "{")
+	file := func(path string) statesource.Source { return &statesource.File{Path: path} }
+	for name, tc := range map[string]struct {
+		src     statesource.Source
+		idsFile string
+		want    []string
+	}{
+		"missing state file": {src: file(missing), want: []string{`reading state file "` + missing + `": open ` + missing + ": no such file or directory"}},
+		"invalid state file": {src: file(invalid), want: []string{`checking state file "` + invalid + `": invalid state: `, `node "east-1": no ips`}},
+		"garbled state file": {src: file(garbled), want: []string{`parsing state file "` + garbled + `": `}},
+		"bad identities":     {src: file(f.state), idsFile: badIDs, want: []string{"loading the stored identities: parsing " + badIDs + ": ", "fix or remove it"}},
+		"source ended":       {src: endedSource{}, want: []string{"reading the cluster's state: the source ended without delivering one"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			held, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer held.Close()
+			runtimeDir := filepath.Join(t.TempDir(), "run")
+			srv, err := New(Config{
+				ClusterName: "east", ClusterID: 1, ListenAddress: held.Addr().String(), RuntimeDir: runtimeDir,
+				ServerCertFile: f.east.ServerCert(), ServerKeyFile: f.east.ServerKey(), CAFile: f.east.CAFile(),
+				AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(), IdentityFile: tc.idsFile,
+				Source: tc.src, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- srv.Run(context.Background()) }()
+			select {
+			case err = <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("Run did not return")
+			}
+			if err == nil {
+				t.Fatal("Run returned no error")
+			}
+			msg := err.Error()
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q, want it to say %q", msg, w)
+				}
+			}
+			for _, pkg := range []string{"meshapiserver:", "statesource:", "apiserver:", "wire:", "ca:"} {
+				if strings.Contains(msg, pkg) {
+					t.Errorf("error %q names the package %q instead of what was done", msg, pkg)
+				}
+			}
+			if _, err := os.Stat(runtimeDir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("runtime directory %s: %v, want none created", runtimeDir, err)
+			}
+			select {
+			case <-srv.Serving():
+				t.Error("Serving closed")
+			default:
+			}
+			if srv.ClientURL() != "" {
+				t.Errorf("ClientURL %q, want none", srv.ClientURL())
+			}
+		})
+	}
+}
