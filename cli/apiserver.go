@@ -82,7 +82,7 @@ key.`,
 				}
 				client, err := newKubeClient(kubeconfig, kubeContext)
 				if err != nil {
-					return fmt.Errorf("kubernetes state source: %w", err)
+					return fmt.Errorf("connecting the Kubernetes state source: %w", err)
 				}
 				cfg.Source = &k8ssource.Source{Client: client, Logger: slog.Default()}
 				cfg.IdentityStore = &k8ssource.IdentityStore{Client: client, Namespace: kubeNamespace(namespace), Name: identitiesConfigMap}
@@ -104,14 +104,17 @@ key.`,
 				case <-cmd.Context().Done():
 				}
 			}()
-			err = runAll(cmd.Context(), srv.Run,
+			// The metrics listen once etcd serves: a bad certificate, state
+			// or identity store fails before anything listens.
+			return runAll(cmd.Context(), srv.Run,
 				func(ctx context.Context) error {
+					select {
+					case <-srv.Serving():
+					case <-ctx.Done():
+						return nil
+					}
 					return serveMetrics(ctx, metricsAddr, meshapiserver.NewCollector(srv))
 				})
-			if err != nil {
-				return fmt.Errorf("apiserver: %w", err)
-			}
-			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -165,7 +168,7 @@ func trustedCAFiles(dir string) ([]string, error) {
 			continue
 		}
 		if _, err := ca.LoadPool(f); err != nil {
-			return nil, fmt.Errorf("reading trusted CAs: %w", err)
+			return nil, fmt.Errorf("checking --trusted-ca-dir: %w", err)
 		}
 		files = append(files, f)
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -203,5 +204,74 @@ func TestAPIServerMetricsLoopbackByDefault(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("apiserver --help does not say %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestAPIServerBadStateFileFailsBeforeListening: `clustermesh apiserver`
+// with a state file that is missing or invalid prints one line, `error:`
+// and what it was doing with which file, no package names stacked in front,
+// and exits 1 before anything listened: the --listen and --metrics-addr
+// addresses, held by the test, were never tried (that would fail with
+// another error) and no runtime directory was created under TMPDIR.
+func TestAPIServerBadStateFileFailsBeforeListening(t *testing.T) {
+	dir := t.TempDir()
+	mesh, err := ca.New("clustermesh test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mesh.IssueBundle(filepath.Join(dir, "east"), "east", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing.yaml")
+	invalid := filepath.Join(dir, "invalid.yaml")
+	if err := os.WriteFile(invalid, []byte("nodes:\n- {name: east-1}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := buildClustermesh(t)
+	for name, tc := range map[string]struct {
+		file string
+		want *regexp.Regexp
+	}{
+		"missing": {missing, regexp.MustCompile(`^error: reading state file "` + regexp.QuoteMeta(missing) + `": open ` + regexp.QuoteMeta(missing) + `: no such file or directory\n$`)},
+		"invalid": {invalid, regexp.MustCompile(`^error: checking state file "` + regexp.QuoteMeta(invalid) + `": invalid state: node "east-1": no ips .*\n$`)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var held []string
+			for range 2 {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ln.Close()
+				held = append(held, ln.Addr().String())
+			}
+			tmp := t.TempDir()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, "apiserver", "--cluster-name", "east", "--cluster-id", "1",
+				"--cert-dir", filepath.Join(dir, "east"), "--state-file", tc.file, "--listen", held[0], "--metrics-addr", held[1])
+			cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+				t.Fatalf("apiserver: %v, want exit status 1\n%s", err, stderr.String())
+			}
+			if !tc.want.MatchString(stderr.String()) {
+				t.Errorf("stderr:\n%s\nwant one line matching %s", stderr.String(), tc.want)
+			}
+			for _, pkg := range []string{"apiserver:", "meshapiserver:", "statesource:"} {
+				if strings.Contains(stderr.String(), pkg) {
+					t.Errorf("stderr names the package %q instead of what was done:\n%s", pkg, stderr.String())
+				}
+			}
+			if stdout.Len() > 0 {
+				t.Errorf("stdout: %q, want nothing", stdout.String())
+			}
+			if entries, _ := os.ReadDir(tmp); len(entries) > 0 {
+				t.Errorf("TMPDIR holds %v: a runtime directory was created", entries)
+			}
+		})
 	}
 }
