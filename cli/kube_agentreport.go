@@ -37,7 +37,7 @@ func (f *agentReportFlags) server(stateSource, kubeconfig, kubeContext, node str
 	if node == "" {
 		h, err := os.Hostname()
 		if err != nil {
-			return nil, fmt.Errorf("agent report: no node name: pass --node-name (%w)", err)
+			return nil, fmt.Errorf("the agent report needs the node's name: pass --node-name (%w)", err)
 		}
 		node = h
 	}

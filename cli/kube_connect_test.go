@@ -95,36 +95,7 @@ func TestK8sConnectDisconnect(t *testing.T) {
 			t.Errorf("connect: output lacks %q:\n%s", want, out)
 		}
 	}
-	for _, x := range []struct {
-		c  *kubetest.Cluster
-		ip string
-	}{{east, eastIP}, {west, westIP}} {
-		if !namesIP(secretCert(t, x.c, ns, serverSecretName, corev1.TLSCertKey), x.ip) {
-			t.Errorf("server certificate does not name %s after connect", x.ip)
-		}
-	}
-	// What was written, on both sides.
-	for _, x := range []struct {
-		c          *kubetest.Cluster
-		self, peer string
-		peerIP     string
-	}{{east, "east", "west", westIP}, {west, "west", "east", eastIP}} {
-		s, err := x.c.Client.CoreV1().Secrets(ns).Get(ctx, remotesSecretName, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var rc agentsync.RemoteConfig
-		if err := yaml.Unmarshal(s.Data[x.peer], &rc); err != nil || len(rc.Endpoints) != 1 || rc.Endpoints[0] != "https://"+x.peerIP+":2379" {
-			t.Errorf("%s's config for %s: %+v %v", x.self, x.peer, rc, err)
-		}
-		if cert, err := parseCert(s.Data[remotesCertKey]); err != nil || cert.Subject.CommonName != "remote-"+x.self {
-			t.Errorf("%s's remote certificate: %v %v", x.self, cert, err)
-		}
-		d, err := x.c.Client.AppsV1().Deployments(ns).Get(ctx, apiserverName, metav1.GetOptions{})
-		if err != nil || !strings.Contains(strings.Join(d.Spec.Template.Spec.Containers[0].Command, " "), "--peer="+x.peer) {
-			t.Errorf("%s's apiserver: %v %v", x.self, d.Spec.Template.Spec.Containers[0].Command, err)
-		}
-	}
+	checkConnectWrote(t, east, west, eastIP, westIP)
 	// Connecting again, or enabling again, changes nothing.
 	before := map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}
 	if out := kubeRun(t, env, "connect", "--context", "west", "--destination-context", "east"); strings.Contains(out, "re-issued") || strings.Contains(out, "restarts") {
@@ -184,12 +155,60 @@ func TestK8sConnectDisconnect(t *testing.T) {
 		return ok && s.LocalHealthy == 0 && s.SelectedFrom == "remote" && s.Selected == 1
 	})
 
+	checkDisconnect(t, env, east, west, ep, wp)
+}
+
+// checkConnectWrote: after connect, each server certificate names its
+// address, and each side holds its config for the other, its remote
+// certificate, and an apiserver that lets the other read.
+func checkConnectWrote(t *testing.T, east, west *kubetest.Cluster, eastIP, westIP string) {
+	t.Helper()
+	ctx := context.Background()
+	ns := defaultKubeNamespace
+	for _, x := range []struct {
+		c  *kubetest.Cluster
+		ip string
+	}{{east, eastIP}, {west, westIP}} {
+		if !namesIP(secretCert(t, x.c, ns, serverSecretName, corev1.TLSCertKey), x.ip) {
+			t.Errorf("server certificate does not name %s after connect", x.ip)
+		}
+	}
+	for _, x := range []struct {
+		c          *kubetest.Cluster
+		self, peer string
+		peerIP     string
+	}{{east, "east", "west", westIP}, {west, "west", "east", eastIP}} {
+		s, err := x.c.Client.CoreV1().Secrets(ns).Get(ctx, remotesSecretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rc agentsync.RemoteConfig
+		if err := yaml.Unmarshal(s.Data[x.peer], &rc); err != nil || len(rc.Endpoints) != 1 || rc.Endpoints[0] != "https://"+x.peerIP+":2379" {
+			t.Errorf("%s's config for %s: %+v %v", x.self, x.peer, rc, err)
+		}
+		if cert, err := parseCert(s.Data[remotesCertKey]); err != nil || cert.Subject.CommonName != "remote-"+x.self {
+			t.Errorf("%s's remote certificate: %v %v", x.self, cert, err)
+		}
+		d, err := x.c.Client.AppsV1().Deployments(ns).Get(ctx, apiserverName, metav1.GetOptions{})
+		if err != nil || !strings.Contains(strings.Join(d.Spec.Template.Spec.Containers[0].Command, " "), "--peer="+x.peer) {
+			t.Errorf("%s's apiserver: %v %v", x.self, d.Spec.Template.Spec.Containers[0].Command, err)
+		}
+	}
+}
+
+// checkDisconnect: disabling a connected cluster is refused, so is a
+// disconnect that strands east's checkout; a forced one drains both agents
+// and leaves no peers, and then disable works.
+func checkDisconnect(t *testing.T, env *kubetest.Env, east, west *kubetest.Cluster, ep, wp *podRun) {
+	t.Helper()
+	ctx := context.Background()
+	ns := defaultKubeNamespace
 	// Disabling a connected cluster is refused.
 	if err := kubeRunErr(t, env, "disable", "--context", "east"); !strings.Contains(err.Error(), "connected to west") || !strings.Contains(err.Error(), "disconnect") {
 		t.Errorf("disable while connected: %v", err)
 	}
 	// Disconnecting would leave east's checkout without backends: refused.
-	before = map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}
+	before := map[string]map[string]string{"east": versions(t, east, ns), "west": versions(t, west, ns)}
 	err := kubeRunErr(t, env, "disconnect", "--context", "east", "--destination-context", "west")
 	if !strings.Contains(err.Error(), "shop/checkout in cluster east: 0 ready local backends, 1 in west") || !strings.Contains(err.Error(), "--force") {
 		t.Errorf("disconnect: %v", err)

@@ -37,7 +37,7 @@ func Open(kubeconfig, context string) (*Target, error) {
 		name = raw.CurrentContext
 	}
 	if _, ok := raw.Contexts[name]; !ok || name == "" {
-		return nil, fmt.Errorf("kubeconfig: no context %q (contexts: %v): pass --context with one of them, or --kubeconfig",
+		return nil, fmt.Errorf("the kubeconfig has no context %q (contexts: %v): pass --context with one of them, or --kubeconfig",
 			name, slices.Sorted(maps.Keys(raw.Contexts)))
 	}
 	cfg, err := cc.ClientConfig()
