@@ -131,6 +131,10 @@ const dialTimeout = 5 * time.Second
 // flow observation, or that predates it).
 var ErrNotServed = errors.New("no flows served")
 
+// ErrUnreachable: nothing answers at the address (no agent there, or not
+// yet listening).
+var ErrUnreachable = errors.New("cannot reach the agent")
+
 // Observe reads the flows matching f from the agent's status address addr
 // (a unix socket path or host:port): the last kept ones (-1: all), then,
 // with follow, new ones until ctx is done (it then returns ctx's error). It
@@ -156,7 +160,7 @@ func Observe(ctx context.Context, addr string, f Filter, last int, follow bool, 
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("connecting to the agent at %s: %w", addr, err)
+		return fmt.Errorf("%w at %s: %w", ErrUnreachable, addr, err)
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {

@@ -125,7 +125,7 @@ func TestFlowsHTTPErrors(t *testing.T) {
 
 	// Nothing listening: the address is named.
 	missing := filepath.Join(t.TempDir(), "none.sock")
-	if err := Observe(ctx, missing, Filter{}, 1, false, nop); err == nil || !strings.Contains(err.Error(), "connecting to the agent at "+missing) {
+	if err := Observe(ctx, missing, Filter{}, 1, false, nop); !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "cannot reach the agent at "+missing) {
 		t.Errorf("Observe of nothing = %v", err)
 	}
 	// An address that serves no flows.
