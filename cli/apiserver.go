@@ -97,13 +97,6 @@ key.`,
 			if err != nil {
 				return err
 			}
-			go func() {
-				select {
-				case <-srv.Ready():
-					slog.Info("mesh apiserver ready", "cluster", cfg.ClusterName, "url", srv.ClientURL(), "peers", cfg.Peers)
-				case <-cmd.Context().Done():
-				}
-			}()
 			// The metrics listen once etcd serves: a bad certificate, state
 			// or identity store fails before anything listens.
 			return runAll(cmd.Context(), srv.Run,
@@ -114,6 +107,14 @@ key.`,
 						return nil
 					}
 					return serveMetrics(ctx, metricsAddr, meshapiserver.NewCollector(srv))
+				},
+				func(ctx context.Context) error {
+					select {
+					case <-srv.Ready():
+						slog.Info("mesh apiserver ready", "cluster", cfg.ClusterName, "url", srv.ClientURL(), "peers", cfg.Peers)
+					case <-ctx.Done():
+					}
+					return nil
 				})
 		},
 	}
