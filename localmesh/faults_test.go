@@ -128,10 +128,16 @@ func inProcessWestServer(t testing.TB, e *faultEnv, addr string, src statesource
 
 func startInProcessWest(t testing.TB, e *faultEnv, addr string, src statesource.Source) (*meshapiserver.Server, func()) {
 	t.Helper()
+	return startInProcessWestWith(t, e, addr, src, nil)
+}
+
+// startInProcessWestWith is startInProcessWest with an identity store.
+func startInProcessWestWith(t testing.TB, e *faultEnv, addr string, src statesource.Source, ids meshapiserver.IdentityStore) (*meshapiserver.Server, func()) {
+	t.Helper()
 	srv, err := meshapiserver.New(meshapiserver.Config{ClusterName: "west", ClusterID: 2, ListenAddress: addr,
 		ServerCertFile: e.west.ServerCert(), ServerKeyFile: e.west.ServerKey(), CAFile: e.west.CAFile(),
 		AdminCertFile: e.west.AdminCert(), AdminKeyFile: e.west.AdminKey(), Peers: []string{"east"}, Source: src,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		IdentityStore: ids, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,25 +159,27 @@ func startInProcessWest(t testing.TB, e *faultEnv, addr string, src statesource.
 	return srv, stop
 }
 
-// gatedSource delivers its state only once opened: a slow source.
-type gatedSource struct {
-	st   *statesource.State
-	open chan struct{}
+// gatedStore holds the apiserver's first publish until opened: it saves
+// the identities the first snapshot allocates before writing it, and its
+// Save waits. (The apiserver reads its state before etcd serves, so a slow
+// source would keep etcd from serving at all.)
+type gatedStore struct{ open chan struct{} }
+
+func (g *gatedStore) Load(context.Context, wire.Cluster) (map[string]uint32, error) {
+	return map[string]uint32{}, nil
 }
 
-func (g *gatedSource) Run(ctx context.Context, onChange func(*statesource.State)) error {
+func (g *gatedStore) Save(ctx context.Context, _ wire.Cluster, _ map[string]uint32) error {
 	select {
 	case <-g.open:
-		onChange(g.st)
-	case <-ctx.Done():
 		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	<-ctx.Done()
-	return nil
 }
 
-// Test 3: west restarts with an empty store and a slow source (no canary
-// yet). The agent connects to the new store but deletes nothing until the
+// Test 3: west restarts with an empty store and a slow first publish (no
+// canary yet). The agent connects to the new store but deletes nothing until the
 // canary appears; then it sweeps exactly what is gone.
 func TestEmptyRestartedRemoteDeletesNothingBeforeCanary(t *testing.T) {
 	e := newFaultEnv(t)
@@ -187,8 +195,9 @@ func TestEmptyRestartedRemoteDeletesNothingBeforeCanary(t *testing.T) {
 
 	next := SampleState(2)
 	next.Endpoints = next.Endpoints[1:] // checkout-1 leaves
-	gate := &gatedSource{st: next, open: make(chan struct{})}
-	inProcessWest(t, e, addr, gate)
+	writeJSON(t, filepath.Join(e.dir, "west.json"), next)
+	gate := &gatedStore{open: make(chan struct{})}
+	startInProcessWestWith(t, e, addr, &statesource.File{Path: filepath.Join(e.dir, "west.json")}, gate)
 	testenv.WaitFor(t, wait, "the agent connected to the new, empty store", func() bool {
 		r := westOf(a)
 		return r.Connected && r.EtcdClusterID != firstEtcd
