@@ -1,0 +1,65 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/wireguard"
+)
+
+// The status view: WireGuard off, and on with peers, handshakes, bytes and
+// a rejection; the JSON without WireGuard is exactly agentsync's.
+func TestStatusViewWireGuard(t *testing.T) {
+	base := agentsync.Status{Cluster: "east", ClusterID: 1, Datapath: "memory"}
+	var out bytes.Buffer
+	if err := PrintStatus(&out, Status{Status: base}, false); err != nil || !strings.Contains(out.String(), "Encryption: off") {
+		t.Errorf("off: %v\n%s", err, out.String())
+	}
+	now := time.Now()
+	wg := &wireguard.Status{Enabled: true, Implementation: "userspace", Device: "cilium_wg0", PublicKey: "PUB=", ListenPort: 51871,
+		MTU: 1440, UnderlayMTU: 1500, Peers: 3, BytesSent: 17 << 20, BytesReceived: 1536,
+		Clusters: []wireguard.ClusterStatus{{Cluster: "west", Peers: 3, OldestHandshake: now.Add(-2 * time.Minute), LatestHandshake: now.Add(-3 * time.Second),
+			PeersWithoutHandshake: 1, BytesSent: 17 << 20, BytesReceived: 1536}},
+		Rejected:     []wireguard.Rejection{{Cluster: "west", Node: "n9", Reason: "no WireGuard public key published"}},
+		KeyRotatedAt: now.Add(-time.Hour), LastError: "boom"}
+	out.Reset()
+	if err := PrintStatus(&out, Status{Status: base, WireGuard: wg}, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Encryption: WireGuard on (userspace), device cilium_wg0, port 51871, MTU 1440 (underlay 1500), node encryption off",
+		"Public key: PUB=, rotated 1h0m0", "Peers: 3, sent 17.0 MiB, received 1.5 KiB", "west             3      2m0",
+		"warning: WireGuard peer west/n9 rejected: no WireGuard public key published", "warning: WireGuard: boom"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	PrintStatus(&out, Status{Status: base, WireGuard: &wireguard.Status{Device: "cilium_wg0", LastError: "not open yet"}}, false)
+	if !strings.Contains(out.String(), "device cilium_wg0 not running: not open yet") {
+		t.Errorf("not running:\n%s", out.String())
+	}
+
+	var a, b bytes.Buffer
+	PrintStatus(&a, Status{Status: base}, true)
+	json.NewEncoder(&b).Encode(base)
+	var ma, mb map[string]any
+	json.Unmarshal(a.Bytes(), &ma)
+	json.Unmarshal(b.Bytes(), &mb)
+	if fmt.Sprint(ma) != fmt.Sprint(mb) {
+		t.Errorf("JSON without WireGuard differs from agentsync's:\n%s\n%s", a.String(), b.String())
+	}
+	a.Reset()
+	PrintStatus(&a, Status{Status: base, WireGuard: wg}, true)
+	var back Status
+	if err := json.Unmarshal(a.Bytes(), &back); err != nil || back.Cluster != "east" || back.WireGuard == nil || back.WireGuard.Peers != 3 {
+		t.Errorf("JSON round trip: %v %+v", err, back)
+	}
+	if !strings.Contains(a.String(), `"wireguard": {`) {
+		t.Errorf("JSON lacks the wireguard object:\n%s", a.String())
+	}
+}
