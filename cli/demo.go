@@ -2,16 +2,13 @@ package cli
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strconv"
 
 	"github.com/spf13/cobra"
 
-	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/demo"
-	"github.com/clustermesh/clustermesh/enforcer"
 )
 
 func newDemoCmd() *cobra.Command {
@@ -54,9 +51,6 @@ demo says what it skips.
 			o.Out = cmd.OutOrStdout()
 			o.EBPF = os.Geteuid() == 0 && !noEBPF
 			o.Traffic = !noTraffic
-			o.PrintStatus = func(w io.Writer, st agentsync.Status, p *enforcer.Status) error {
-				return PrintAgentStatus(w, AgentStatus{Status: st, Policy: p}, false)
-			}
 			o.Logger = slog.Default()
 			return demo.Run(cmd.Context(), o)
 		},

@@ -19,9 +19,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/clustermesh/clustermesh/agentsync"
-	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/localmesh"
+	"github.com/clustermesh/clustermesh/node"
 )
 
 // Options of the demo.
@@ -39,9 +38,6 @@ type Options struct {
 	Dir     string
 	// StepTimeout bounds each scripted step.
 	StepTimeout time.Duration
-	// PrintStatus prints an agent's status, with its policy enforcer's
-	// when it has one (east-node-1).
-	PrintStatus func(io.Writer, agentsync.Status, *enforcer.Status) error
 	Logger      *slog.Logger
 
 	// tweak adjusts the mesh's apiservers and agents (tests only).
@@ -154,32 +150,37 @@ func start(ctx context.Context, o Options) (*run, error) {
 		d.close()
 		return nil, err
 	}
+	statusAddr := "" // east-node-1 serves its status and flows as `clustermesh agent` does, when the demo serves
+	if !o.Once {
+		statusAddr = d.statusSocket(policyAgent)
+	}
 	d.started = time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Options{Dir: d.o.Dir, Clusters: specs, AgentsPerCluster: o.AgentsPerCluster,
 		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger, ReadOwnCluster: true,
-		APIServer: o.tweak.APIServer, Agent: d.pol.agentHook(pdir, o.tweak.Agent)})
+		APIServer: o.tweak.APIServer, Agent: o.tweak.Agent, Node: d.pol.nodeAgent(pdir, statusAddr)})
 	if err != nil {
 		d.close()
 		return nil, err
 	}
 	d.m = m
-	east := m.Cluster("east").Agents[0]
-	if err := d.pol.start(ctx, east, east.Sync.ClusterName); err != nil {
-		d.close()
-		return nil, err
-	}
 	return d, nil
 }
 
-// close removes the traffic's network, stops the mesh and removes the
+// statusSocket is where agent serves its status while the demo serves.
+func (d *run) statusSocket(agent string) string {
+	return filepath.Join(d.o.Dir, "status", agent+".sock")
+}
+
+// close stops the mesh, removes the traffic's network and removes the
 // temporary directory.
 func (d *run) close() error {
-	errs := []error{d.pol.close()}
+	var errs []error
+	if d.m != nil {
+		// First: east-node-1's enforcer stops before its namespace goes.
+		errs = append(errs, d.m.Close())
+	}
 	if d.net != nil {
 		errs = append(errs, d.net.Close())
-	}
-	if d.m != nil {
-		errs = append(errs, d.m.Close())
 	}
 	if d.tmpDir != "" {
 		errs = append(errs, os.RemoveAll(d.tmpDir))
@@ -227,29 +228,26 @@ func (d *run) step(ctx context.Context, name string, fn func(context.Context) (s
 func (d *run) serve(ctx context.Context) error {
 	east := d.m.Cluster("east").Agents[0]
 	fmt.Fprintf(d.o.Out, "\nstatus of agent %s:\n\n", east.Name)
-	if d.o.PrintStatus != nil {
-		ps := d.pol.enf.Status()
-		d.o.PrintStatus(d.o.Out, east.Sync.Status(), &ps)
-	}
+	node.PrintStatus(d.o.Out, east.Node.Status(), false)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	sockDir := filepath.Join(d.o.Dir, "status")
 	for _, c := range d.m.Clusters {
 		for _, a := range c.Agents {
-			sock := filepath.Join(sockDir, a.Name+".sock")
-			status, extra := d.statusOf(a)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := agentsync.ServeJSONWith(ctx, sock, status, extra); err != nil {
-					slog.Warn("demo: status socket", "agent", a.Name, "err", err)
+			if a.Node != nil {
+				continue // it serves its own
+			}
+			wg.Go(func() {
+				status := func() any { return a.Sync.Status() }
+				if err := node.ServeStatus(ctx, d.statusSocket(a.Name), status, nil); err != nil {
+					d.o.Logger.Warn("demo: status socket", "agent", a.Name, "err", err)
 				}
-			}()
+			})
 		}
 	}
+	sockDir := filepath.Dir(d.statusSocket(east.Name))
 	fmt.Fprintf(d.o.Out, "\nagents serve their status in %s; for example:\n  clustermesh status --agent %s\n",
 		sockDir, filepath.Join(sockDir, "west-node-1.sock"))
-	if d.pol.hub != nil {
+	if east.Node.Flows() != nil {
 		fmt.Fprintf(d.o.Out, "east-node-1 enforces the policy; its flows:\n  clustermesh observe --agent %s --verdict DROPPED -f\n",
 			filepath.Join(sockDir, east.Name+".sock"))
 	}

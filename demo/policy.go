@@ -6,21 +6,19 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/localmesh"
+	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
@@ -90,62 +88,50 @@ func frontendPods() []podSpec {
 	return out
 }
 
-// policyRun is east-node-1's enforcer and flows.
+// policyRun is what the demo adds to east-node-1's policy: the namespace
+// its endpoints' veths are in, once the traffic's network is up.
 type policyRun struct {
-	enf  *enforcer.Enforcer
-	dp   datapath.PolicyWriter
-	hub  *observe.Hub
-	node atomic.Pointer[podnet.Node] // east-node-1's namespace, once the traffic's network is up
-
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errs   []error // of the goroutines, once wg is done
-	mu     sync.Mutex
-	// setupErr is why agentHook could not give east-node-1 an enforcer.
-	setupErr error
-	agent    *agentsync.Agent // east-node-1's, set by start before the enforcer runs
+	mu   sync.RWMutex
+	node *podnet.Node // guarded by mu
 }
 
-// agentHook returns a localmesh agent hook that gives east's first agent
-// (east-node-1) an enforcer of the policies in dir, then calls next.
-func (p *policyRun) agentHook(dir string, next func(*agentsync.Config)) func(*agentsync.Config) {
-	return func(cfg *agentsync.Config) {
-		if next != nil {
-			next(cfg)
+// setNode sets east-node-1's namespace.
+func (p *policyRun) setNode(n *podnet.Node) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.node = n
+}
+
+// nodeAgent returns a localmesh hook that makes east's first agent
+// (east-node-1) a whole node agent enforcing the policies in dir, serving
+// its status and flows on statusAddr (when set).
+func (p *policyRun) nodeAgent(dir, statusAddr string) func(string, *node.Config) bool {
+	return func(name string, cfg *node.Config) bool {
+		if name != policyAgent {
+			return false
 		}
-		if cfg.ClusterName != "east" || p.enf != nil {
-			return
-		}
-		pw, ok := cfg.Datapath.(datapath.PolicyWriter)
-		if !ok {
-			return
-		}
-		ecfg := enforcer.Config{ClusterName: cfg.ClusterName, ClusterID: uint16(cfg.ClusterID), NodeName: policyNode,
-			PolicyDir: dir, Policy: pw, ReloadInterval: 100 * time.Millisecond, Logger: cfg.Logger,
-			RetainedClusters: func() []uint16 { return p.agent.RetainedClusters() }, MaxConnectedClusters: cfg.MaxConnectedClusters}
-		if maps, ok := cfg.Datapath.(*datapath.Maps); ok {
-			ecfg.Attacher = enforcer.MapsAttacher{Maps: maps, InNetns: p.inNode}
-			cfg.RecheckFlows = maps.RecheckFlows
-		}
-		enf, err := enforcer.New(ecfg)
-		if err != nil {
-			p.setupErr = err // start reports it
-			return
-		}
-		p.enf, p.dp = enf, pw
-		cfg.LocalSource, cfg.Identities = enf.WrapSource(cfg.LocalSource), enf
 		cfg.NodeName = policyNode // the node's address is the host identity
+		cfg.Policy.Dir, cfg.Policy.ReloadInterval, cfg.Policy.InNetns = dir, 100*time.Millisecond, p.inNode
+		cfg.StatusAddr = statusAddr
+		return true
 	}
 }
 
 // inNode runs fn in east-node-1's namespace, once there is one.
 func (p *policyRun) inNode(fn func() error) error {
-	n := p.node.Load()
-	if n == nil {
-		return errors.New("demo: east-node-1's namespace is not set up (real traffic off)")
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.node == nil {
+		return errors.New("east-node-1's namespace is not set up (real traffic off)")
 	}
-	return podnet.InNetns(n.NS, fn)
+	return podnet.InNetns(p.node.NS, fn)
 }
+
+// policyAgent is the agent that enforces the policy.
+const policyAgent = "east-node-1"
+
+// policyNode is east-node-1's node agent.
+func (d *run) policyNode() *node.Node { return d.m.Cluster("east").Agents[0].Node }
 
 // writePolicy writes checkoutPolicy into a new policy directory under dir.
 func writePolicy(dir string) (string, error) {
@@ -154,64 +140,6 @@ func writePolicy(dir string) (string, error) {
 		return "", err
 	}
 	return pdir, os.WriteFile(filepath.Join(pdir, "checkout.yaml"), []byte(checkoutPolicy), 0o644)
-}
-
-// start runs the enforcer (writing once agent a synced) and, on eBPF
-// maps, the flow hub.
-func (p *policyRun) start(ctx context.Context, a *localmesh.Agent, clusterName func(uint16) string) error {
-	if p.enf == nil {
-		return fmt.Errorf("demo: east-node-1's policy enforcer: %w", errors.Join(p.setupErr, errors.New("not set up")))
-	}
-	p.agent = a.Sync
-	ctx, p.cancel = context.WithCancel(ctx)
-	run := func(fn func(context.Context) error) {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			if err := fn(ctx); err != nil && ctx.Err() == nil {
-				p.mu.Lock()
-				p.errs = append(p.errs, err)
-				p.mu.Unlock()
-			}
-		}()
-	}
-	run(func(ctx context.Context) error { return p.enf.Run(ctx, a.Sync.Pruned()) })
-	maps, ok := a.Datapath.(*datapath.Maps)
-	if !ok {
-		return nil
-	}
-	if err := maps.SetFlowConfig(datapath.FlowConfig{TraceNew: true, ClusterID: 1}); err != nil {
-		return err
-	}
-	flows, err := datapath.OpenFlows(maps)
-	if err != nil {
-		return err
-	}
-	p.hub = observe.NewHub(observe.Config{Enricher: enricher{p.enf, clusterName}})
-	run(func(ctx context.Context) error {
-		defer flows.Close()
-		return p.hub.Run(ctx, flows)
-	})
-	return nil
-}
-
-// enricher names clusters by the agent's reservations.
-type enricher struct {
-	*enforcer.Enforcer
-	clusterName func(uint16) string
-}
-
-func (e enricher) ClusterName(id uint16) string { return e.clusterName(id) }
-
-// close stops the enforcer and the hub; the attachments are detached with
-// the network (its veths go).
-func (p *policyRun) close() error {
-	if p.cancel == nil {
-		return nil
-	}
-	p.cancel()
-	p.wg.Wait()
-	return errors.Join(p.errs...)
 }
 
 // policyStep checks the policy: computed in every mode, and on real
@@ -230,9 +158,9 @@ func (d *run) policyComputed(ctx context.Context) (string, error) {
 	var ids map[string]uint32
 	var got []datapath.PolicyKey
 	err := waitUntil(ctx, func() (bool, string) {
-		ids = d.pol.identities()
+		ids = d.identities()
 		var err error
-		if got, err = d.pol.dp.Policies(); err != nil {
+		if got, err = d.policyNode().Datapath().(datapath.PolicyWriter).Policies(); err != nil {
 			return false, err.Error()
 		}
 		want := []datapath.PolicyKey{
@@ -254,13 +182,14 @@ func (d *run) policyComputed(ctx context.Context) (string, error) {
 }
 
 // identities maps "cluster/app" to the identity east-node-1 knows.
-func (p *policyRun) identities() map[string]uint32 {
+func (d *run) identities() map[string]uint32 {
+	enf := d.policyNode().Enforcer()
 	out := map[string]uint32{}
 	for i, c := range Clusters {
 		for _, ep := range localmesh.SampleState(i + 1).Endpoints {
 			want := ep.IdentityLabels(c).String()
 			for id := uint32(i+1) << 16; id < uint32(i+1)<<16+64; id++ {
-				if ls, ok := p.enf.Identity(id); ok && ls.String() == want {
+				if ls, ok := enf.Identity(id); ok && ls.String() == want {
 					out[c+"/"+ep.Labels["app"]] = id
 				}
 			}
@@ -279,7 +208,7 @@ func (d *run) policyTraffic(ctx context.Context, computed string) (string, error
 		}
 	}
 	err := waitUntil(ctx, func() (bool, string) {
-		for _, ep := range d.pol.enf.Status().Endpoints {
+		for _, ep := range d.policyNode().Enforcer().Status().Endpoints {
 			if ep.Pod == target.name && ep.State == enforcer.StateEnforcing && ep.EnforceIngress {
 				return true, ""
 			}
@@ -312,7 +241,7 @@ func (d *run) policyTraffic(ctx context.Context, computed string) (string, error
 			lines = append(lines, fmt.Sprintf("%s/frontend-1 → %s: %v (dropped)", c.cluster, to, err))
 		}
 	}
-	flows, err := d.pol.flowsTo(ctx, "shop/"+target.name)
+	flows, err := d.flowsTo(ctx, "shop/"+target.name)
 	if err != nil {
 		return "", err
 	}
@@ -324,8 +253,9 @@ func (d *run) policyTraffic(ctx context.Context, computed string) (string, error
 }
 
 // flowsTo waits for a forwarded and a dropped flow to pod and returns the
-// flows to it in the hub, formatted as `clustermesh observe` prints them.
-func (p *policyRun) flowsTo(ctx context.Context, pod string) ([]string, error) {
+// flows to it in east-node-1's hub, formatted as `clustermesh observe`
+// prints them.
+func (d *run) flowsTo(ctx context.Context, pod string) ([]string, error) {
 	var f observe.Filter
 	if err := f.Set("to-pod", pod); err != nil {
 		return nil, err
@@ -334,7 +264,7 @@ func (p *policyRun) flowsTo(ctx context.Context, pod string) ([]string, error) {
 	err := waitUntil(ctx, func() (bool, string) {
 		out = out[:0]
 		verdicts := map[string]bool{}
-		sub := p.hub.Subscribe(f, 20, false)
+		sub := d.policyNode().Flows().Subscribe(f, 20, false)
 		defer sub.Close()
 		for ev := range sub.Events() {
 			if ev.Flow != nil && ev.Flow.Source.Identity != wire.IdentityHost { // the traffic step's
@@ -372,27 +302,4 @@ func httpGet(from *podnet.Pod, to netip.AddrPort, timeout time.Duration) (string
 		return nil
 	})
 	return body, err
-}
-
-// agentStatus is an agent's status as `clustermesh agent` serves it (the
-// same JSON), with the policy enforcer's for east-node-1.
-type agentStatus struct {
-	agentsync.Status
-	Policy *enforcer.Status `json:"policy,omitempty"`
-}
-
-// statusOf is what the demo serves for agent a: its status, and for
-// east-node-1 its policy and its flows (for `clustermesh observe`).
-func (d *run) statusOf(a *localmesh.Agent) (func() any, map[string]http.Handler) {
-	if a != d.m.Cluster("east").Agents[0] {
-		return func() any { return a.Sync.Status() }, nil
-	}
-	status := func() any {
-		ps := d.pol.enf.Status()
-		return agentStatus{Status: a.Sync.Status(), Policy: &ps}
-	}
-	if d.pol.hub == nil {
-		return status, nil
-	}
-	return status, map[string]http.Handler{"GET " + observe.Path: d.pol.hub.Handler()}
 }

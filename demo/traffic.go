@@ -256,7 +256,7 @@ func (d *run) setupTraffic(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.pol.node.Store(n.node)
+	d.pol.setNode(n.node)
 	if err := n.attach(maps); err != nil {
 		return errors.Join(err, n.Close())
 	}

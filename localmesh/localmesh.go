@@ -23,6 +23,7 @@ import (
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/statesource"
 )
 
@@ -46,6 +47,14 @@ type Options struct {
 	// config before it starts (tests use them for timeouts and TTLs).
 	APIServer func(*meshapiserver.Config)
 	Agent     func(*agentsync.Config)
+	// Node, when set, is asked for each agent (by name) whether it runs the
+	// whole node agent (package node: policy, flows, its status server)
+	// rather than the sync agent alone; it adjusts cfg and returns true.
+	// cfg comes with the sync settings of every agent (Agent is called on
+	// cfg.Sync after Node), the cluster's state file as its Source, the
+	// datapath the mesh chose, and no status, metrics or socket load
+	// balancer.
+	Node func(name string, cfg *node.Config) bool
 	// ReadOwnCluster also gives each cluster's agents their own cluster's
 	// apiserver config: they then read its identities and ipcache (policy
 	// needs the local pods' identities).
@@ -82,8 +91,11 @@ type Agent struct {
 	Sync     *agentsync.Agent
 	Datapath datapath.Datapath
 	PinDir   string
-	cancel   context.CancelFunc
-	done     chan error
+	// Node is the whole node agent when Options.Node made it one (Sync
+	// and Datapath are its parts); nil: the sync agent alone.
+	Node   *node.Node
+	cancel context.CancelFunc
+	done   chan error
 }
 
 // Start builds the PKI, writes the state files, starts every apiserver and
@@ -278,36 +290,75 @@ func (m *Mesh) Disconnect(from, to string) error {
 func (c *Cluster) startAgent(ctx context.Context, name string) error {
 	o := c.mesh.opts
 	a := &Agent{Name: name}
-	var err error
 	if o.EBPF {
 		a.PinDir = filepath.Join("/sys/fs/bpf", "clustermesh-localmesh", fmt.Sprintf("%d-%s", os.Getpid(), name))
-		a.Datapath, err = datapath.OpenMaps(datapath.Config{PinDir: a.PinDir, NoIPCacheMirror: true})
-	} else {
-		a.Datapath = datapath.NewMemory()
-	}
-	if err != nil {
-		return fmt.Errorf("localmesh: agent %s datapath: %w", name, err)
 	}
 	cfg := agentsync.Config{
-		ClusterName: c.Name, ClusterID: c.ID, ConfigDir: c.ConfigDir, Datapath: a.Datapath,
+		ClusterName: c.Name, ClusterID: c.ID, ConfigDir: c.ConfigDir,
 		LocalSource:        &statesource.File{Path: c.StateFile, PollInterval: 200 * time.Millisecond, Logger: o.Logger},
 		ConfigPollInterval: 50 * time.Millisecond, ProbeInterval: o.ProbeInterval, ProbeTimeout: time.Second,
 		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second,
 		Logger: o.Logger.With("agent", name),
 	}
-	if o.Agent != nil {
-		o.Agent(&cfg)
+	run, err := c.newNode(a, cfg)
+	if run == nil && err == nil {
+		run, err = c.newSyncAgent(a, cfg)
 	}
-	a.Sync, err = agentsync.New(cfg)
 	if err != nil {
-		a.Datapath.Close()
-		return err
+		return fmt.Errorf("starting agent %s: %w", name, err)
 	}
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel, a.done = cancel, make(chan error, 1)
-	go func() { a.done <- a.Sync.Run(actx) }()
+	go func() { a.done <- run(actx) }()
 	c.Agents = append(c.Agents, a)
 	return nil
+}
+
+// newSyncAgent makes a the sync agent alone, on its own datapath.
+func (c *Cluster) newSyncAgent(a *Agent, cfg agentsync.Config) (func(context.Context) error, error) {
+	var err error
+	if a.PinDir != "" {
+		a.Datapath, err = datapath.OpenMaps(datapath.Config{PinDir: a.PinDir, NoIPCacheMirror: true})
+	} else {
+		a.Datapath = datapath.NewMemory()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening the datapath: %w", err)
+	}
+	cfg.Datapath = a.Datapath
+	if c.mesh.opts.Agent != nil {
+		c.mesh.opts.Agent(&cfg)
+	}
+	if a.Sync, err = agentsync.New(cfg); err != nil {
+		a.Datapath.Close()
+		return nil, err
+	}
+	return a.Sync.Run, nil
+}
+
+// newNode makes a a whole node agent when Options.Node asks for it; it
+// returns nil, nil when it does not.
+func (c *Cluster) newNode(a *Agent, sync agentsync.Config) (func(context.Context) error, error) {
+	o := c.mesh.opts
+	if o.Node == nil {
+		return nil, nil
+	}
+	cfg := node.NewConfig()
+	cfg.Sync, cfg.Source, cfg.Logger = sync, sync.LocalSource, sync.Logger
+	cfg.InMemory, cfg.Maps.PinDir = !o.EBPF, a.PinDir
+	cfg.SocketLB, cfg.StatusAddr, cfg.MetricsAddr = false, "", ""
+	if !o.Node(a.Name, &cfg) {
+		return nil, nil
+	}
+	if o.Agent != nil {
+		o.Agent(&cfg.Sync)
+	}
+	n, err := node.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.Node, a.Sync, a.Datapath = n, n.Sync(), n.Datapath()
+	return n.Run, nil
 }
 
 // Close stops every agent and apiserver and removes the agents' pinned maps.
@@ -316,11 +367,13 @@ func (m *Mesh) Close() error {
 	for _, c := range m.Clusters {
 		for _, a := range c.Agents {
 			a.cancel()
-			errs = append(errs, <-a.done)
+			errs = append(errs, <-a.done) // a node closed its datapath
 			if m, ok := a.Datapath.(*datapath.Maps); ok {
 				errs = append(errs, m.Unpin())
 			}
-			errs = append(errs, a.Datapath.Close())
+			if a.Node == nil {
+				errs = append(errs, a.Datapath.Close())
+			}
 		}
 		c.Agents = nil
 		errs = append(errs, c.StopAPIServer())

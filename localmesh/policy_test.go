@@ -14,12 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/figure"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/node"
+	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/statesource"
 )
 
@@ -44,14 +45,15 @@ spec:
 `
 
 // policyEnv is east-node-1 (state node node-1) as a network namespace with
-// pods of every cluster hanging off it, its agent enforcing checkoutIngress.
+// pods of every cluster hanging off it, its agent (a whole node agent)
+// enforcing checkoutIngress.
 type policyEnv struct {
 	mesh  *Mesh
 	node  *podnet.Node
 	pods  map[string]*podnet.Pod // by "cluster/pod"
 	maps  *datapath.Maps
 	enf   *enforcer.Enforcer
-	flows *datapath.FlowReader
+	drops *observe.Subscription // the dropped flows of east-node-1's hub, from the end of startPolicyEnv
 }
 
 func serveTCP(t *testing.T, p *podnet.Pod, port uint16) {
@@ -229,44 +231,21 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 		st := SampleState(i + 1)
 		specs = append(specs, ClusterSpec{Name: n, ID: uint32(i + 1), State: st})
 	}
-	hook := func(cfg *agentsync.Config) {
-		if cfg.ClusterName != "east" {
-			return
+	nodeAgent := func(name string, cfg *node.Config) bool {
+		if name != "east-node-1" {
+			return false
 		}
-		e.maps = cfg.Datapath.(*datapath.Maps)
-		if err := e.maps.SetFlowConfig(datapath.FlowConfig{TraceNew: true, ClusterID: 1}); err != nil {
-			t.Fatal(err)
-		}
-		var err error
-		e.enf, err = enforcer.New(enforcer.Config{
-			ClusterName: "east", ClusterID: 1, NodeName: "node-1", PolicyDir: policyDir, Policy: e.maps,
-			Attacher:       enforcer.MapsAttacher{Maps: e.maps, InNetns: func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }},
-			ReloadInterval: 50 * time.Millisecond, Logger: cfg.Logger, MaxConnectedClusters: cfg.MaxConnectedClusters,
-			RetainedClusters: func() []uint16 { return e.mesh.Cluster("east").Agents[0].Sync.RetainedClusters() }, // runs after startMeshWith
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.LocalSource, cfg.Identities = e.enf.WrapSource(cfg.LocalSource), e.enf
 		cfg.NodeName = "node-1" // 192.168.1.1 is the host identity
-		cfg.RecheckFlows = e.maps.RecheckFlows
+		cfg.Policy.Dir, cfg.Policy.ReloadInterval = policyDir, 50*time.Millisecond
+		cfg.Policy.InNetns = func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }
+		return true
 	}
-	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Agent: hook})
-	if e.flows, err = datapath.OpenFlows(e.maps); err != nil {
-		t.Fatal(err)
+	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Node: nodeAgent})
+	east := e.mesh.Cluster("east").Agents[0]
+	e.maps, e.enf = east.Datapath.(*datapath.Maps), east.Node.Enforcer()
+	if east.Node.Flows() == nil {
+		t.Fatal("east-node-1 has no flows on eBPF maps")
 	}
-	t.Cleanup(func() { e.flows.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.enf.Run(ctx, e.mesh.Cluster("east").Agents[0].Sync.Pruned()) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		// Detach while the node namespace still exists (cleanups run last
-		// first: the node closes after this).
-		att := enforcer.MapsAttacher{Maps: e.maps, InNetns: func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }}
-		att.Detach(e.pods["east/checkout-2"].Ifindex)
-	})
 	testenv.WaitFor(t, wait, "checkout-2 enforcing on e-ck2, frontend-1 attached on e-fe1", func() bool {
 		s := e.enf.Status()
 		ok := 0
@@ -280,22 +259,35 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 		}
 		return s.Enforcing && ok == 2
 	})
+	var drops observe.Filter
+	if err := drops.Set("verdict", observe.VerdictDropped); err != nil {
+		t.Fatal(err)
+	}
+	e.drops = east.Node.Flows().Subscribe(drops, 0, true)
+	t.Cleanup(e.drops.Close)
 	return e
 }
 
-// readDrops reads flow events until ctx ends, returning the drops.
-func (e *policyEnv) readDrops(t *testing.T, want int) []datapath.Flow {
+// readDrops reads the dropped flows east-node-1 reports until it has want
+// of them.
+func (e *policyEnv) readDrops(t *testing.T, want int) []*observe.Flow {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var drops []datapath.Flow
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	var drops []*observe.Flow
 	for len(drops) < want {
-		f, err := e.flows.Read(ctx)
-		if err != nil {
-			t.Fatalf("reading flows (have %d drops, want %d): %v", len(drops), want, err)
-		}
-		if f.Verdict == datapath.VerdictDropped {
-			drops = append(drops, f)
+		select {
+		case ev, ok := <-e.drops.Events():
+			switch {
+			case !ok:
+				t.Fatalf("the flows ended (have %d drops, want %d)", len(drops), want)
+			case ev.Lost != nil:
+				t.Fatalf("%d flow events lost (%s)", ev.Lost.Count, ev.Lost.Source)
+			default:
+				drops = append(drops, ev.Flow)
+			}
+		case <-deadline.C:
+			t.Fatalf("reading flows: have %d drops, want %d", len(drops), want)
 		}
 	}
 	return drops
@@ -322,12 +314,15 @@ func TestPolicyAcrossClustersOnRealPackets(t *testing.T) {
 		// A retransmitted SYN is a second drop and must be a second event.
 		drops = append(drops, e.readDrops(t, int(n)-len(drops))...)
 	}
+	// The flow as `clustermesh observe` shows it: the clusters named by the
+	// agent's reservations.
 	d := drops[0]
 	ids := e.identities(t)
-	if d.DropReason != datapath.DropPolicyDenied || d.Direction != datapath.Ingress ||
-		d.SrcIdentity != ids["north/frontend"] || d.SrcCluster != 3 || d.DstIdentity != ids["east/checkout"] || d.DstCluster != 1 ||
-		d.Src.Addr() != netip.MustParseAddr("10.3.1.100") || d.Dst != checkout {
-		t.Errorf("drop event %+v: want policy-denied ingress from north/frontend (%d, cluster 3) to east/checkout (%d, cluster 1)",
+	if d.DropReason != datapath.DropPolicyDenied.String() || d.Direction != datapath.Ingress.String() ||
+		d.Source.Identity != ids["north/frontend"] || d.Source.Cluster != "north" || d.Source.IP != "10.3.1.100" ||
+		d.Destination.Identity != ids["east/checkout"] || d.Destination.Cluster != "east" || d.Destination.Pod != "checkout-2" ||
+		d.Destination.IP != checkout.Addr().String() || d.Destination.Port != checkout.Port() {
+		t.Errorf("drop event %+v: want policy-denied ingress from north/frontend (%d, north) to east/checkout-2 (%d, east)",
 			d, ids["north/frontend"], ids["east/checkout"])
 	}
 	dns := netip.AddrPortFrom(checkout.Addr(), 5353)
