@@ -9,29 +9,15 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
-	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
-	"github.com/clustermesh/clustermesh/statesource"
-	"github.com/clustermesh/clustermesh/wireguard"
+	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/k8spolicy"
+	"github.com/clustermesh/clustermesh/node"
 )
 
-func newAgentCmd() *cobra.Command {
-	var cfg agentsync.Config
-	var stateFile, pinDir, statusAddr, metricsAddr, cgroup, stateSource, kubeconfig, kubeContext string
-	var dpCfg datapath.Config // the map sizes, from their flags
-	var socketLB bool
-	var cleanup bool
-	var wgf wireguardFlags
-	var pf policyFlags
-	var kpf kubePolicyFlags
-	var report agentReportFlags
-	cmd := &cobra.Command{
-		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
-		Short: "Run the node agent: sync every remote cluster into the local eBPF maps",
-		Long: `Run the node agent of one cluster. It connects to every remote cluster whose
+const agentLong = `Run the node agent of one cluster. It connects to every remote cluster whose
 etcd client config is in --config-dir (one file per cluster, named after it:
 endpoints, trusted-ca-file, cert-file, key-file), validates everything it
 receives, and merges remote ipcache entries and global-service backends with
@@ -69,181 +55,115 @@ connected and synced, their last errors, the global services' remote
 backends) in the Lease clustermesh-agent-<node> of --report-namespace,
 written when it changes (at most every --report-interval) and every 30s, and
 deleted when it exits; 'clustermesh status --context' sums them up. The node
-is --node-name, else $NODE_NAME, else the host name.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := wgf.check(cmd); err != nil {
-				return err
-			}
-			if err := kpf.check(cmd, stateSource, wgf.nodeName); err != nil {
-				return err
-			}
-			kubePolicies := kpf.enabled(stateSource, wgf.nodeName)
-			if err := pf.check(cmd, wgf.nodeName, kubePolicies); err != nil {
-				return err
-			}
-			if cleanup {
-				if err := datapath.RemovePins(pinDir); err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "removed the pinned maps in %s\n", pinDir)
-				return nil
-			}
-			dpCfg.PinDir, dpCfg.NoIPCacheMirror = pinDir, true
-			dp, err := datapath.Open(dpCfg, slog.Default())
-			if err != nil {
-				return err
-			}
-			defer dp.Close()
-			if socketLB {
-				lb, err := attachSocketLB(dp, cgroup)
-				if err != nil {
-					return err
-				}
-				if lb != nil {
-					defer lb.Close()
-				}
-			}
-			cfg.Datapath = dp
-			switch stateSource {
-			case "file":
-				if stateFile == "" {
-					return fmt.Errorf("--state-file is required with --state-source=file")
-				}
-				cfg.LocalSource = &statesource.File{Path: stateFile, Logger: slog.Default()}
-			case "kubernetes":
-				src, err := newKubeStateSource(kubeconfig, kubeContext, slog.Default())
-				if err != nil {
-					return err
-				}
-				cfg.LocalSource = src
-			default:
-				return fmt.Errorf("--state-source %q: want file or kubernetes", stateSource)
-			}
-			cfg.Logger = slog.Default()
-			var wg *wireguard.Agent
-			if wgf.enable {
-				// The WireGuard agent wraps the local source: it opens the
-				// device at the first state, and closes it when agent.Run
-				// returns.
-				if wg, err = wgf.newAgent(cfg.LocalSource); err != nil {
-					return err
-				}
-				cfg.LocalSource, cfg.OnRemoteNodes = wg, wg.SetRemoteNodes
-			}
-			var agent *agentsync.Agent
-			var pol *agentPolicy
-			if pf.dir != "" || kubePolicies {
-				clusterName := func(id uint16) string { return agent.ClusterName(id) } // called once running
-				if pol, err = pf.newAgentPolicy(&cfg, dp, wgf.nodeName, clusterName); err != nil {
-					return err
-				}
-				defer pol.close()
-				if kubePolicies {
-					if pol.kube, err = kubePolicyWatcher(kubeconfig, kubeContext, pol.enf); err != nil {
-						return err
-					}
-				}
-			}
-			if agent, err = agentsync.New(cfg); err != nil {
-				return err
-			}
-			status := func() AgentStatus {
-				st := AgentStatus{Status: agent.Status()}
-				if wg != nil {
-					s := wg.Status()
-					st.WireGuard = &s
-				}
-				if pol != nil {
-					s := pol.enf.Status()
-					st.Policy = &s
-					if pol.kube != nil {
-						ks := pol.kube.Status()
-						st.KubernetesPolicy = &ks
-					}
-				}
-				return st
-			}
-			collectors := []prometheus.Collector{agentsync.NewCollector(agent)}
-			servers := []func(context.Context) error{
-				func(ctx context.Context) error { return serveStatus(ctx, statusAddr, status, pol.handlers()) },
-			}
-			if pol != nil {
-				collectors = append(collectors, pol.collectors()...)
-				servers = append(servers, pol.servers(agent)...)
-			}
-			reporter, err := report.server(stateSource, kubeconfig, kubeContext, wgf.nodeName, status)
-			if err != nil {
-				return err
-			}
-			if reporter != nil {
-				servers = append(servers, reporter)
-			}
-			servers = append(servers, func(ctx context.Context) error { return serveMetrics(ctx, metricsAddr, collectors...) })
-			if wg != nil {
-				usr1 := make(chan os.Signal, 1)
-				signal.Notify(usr1, syscall.SIGUSR1)
-				defer signal.Stop(usr1)
-				servers = append(servers, rotateOnSignal(usr1, wg))
-			}
-			return runAll(cmd.Context(), agent.Run, servers...)
-		},
+is --node-name, else $NODE_NAME, else the host name.`
+
+func newAgentCmd() *cobra.Command {
+	cfg := node.NewConfig()
+	var af agentFlags
+	cmd := &cobra.Command{
+		Use:   "agent --cluster-name NAME --cluster-id ID --config-dir DIR --state-file FILE",
+		Short: "Run the node agent: sync every remote cluster into the local eBPF maps",
+		Long:  agentLong,
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return af.run(cmd, &cfg) },
 	}
-	f := cmd.Flags()
-	f.StringVar(&cfg.ClusterName, "cluster-name", "", "name of the local cluster")
-	f.Uint32Var(&cfg.ClusterID, "cluster-id", 0, "id of the local cluster")
-	f.Uint32Var(&cfg.MaxConnectedClusters, "max-connected-clusters", 255, "mesh size: 255 or 511 (the same on every cluster)")
-	f.StringVar(&cfg.ConfigDir, "config-dir", "", "directory with one etcd client config per remote cluster")
-	f.StringVar(&stateFile, "state-file", "", "the local cluster's state file (its global services and endpoints)")
-	f.StringVar(&stateSource, "state-source", "file", "where the local cluster's services and endpoints come from: file (--state-file) or kubernetes (in a pod, the service account; else --kubeconfig)")
-	f.StringVar(&kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with")
-	f.StringVar(&kubeContext, "context", "", "with --kubeconfig: its context to use (default: the current context)")
-	f.StringVar(&pinDir, "bpf-pin-dir", datapath.DefaultPinDir, "bpffs directory the eBPF maps are pinned in")
-	for _, o := range datapath.SizeOptions() {
-		f.Uint32Var(o.Of(&dpCfg), o.Flag, o.Default, o.Usage)
-	}
-	f.StringVar(&statusAddr, "status-addr", agentsync.DefaultStatusAddr, "unix socket path or host:port to serve status on")
-	f.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:9962", "host:port to serve Prometheus /metrics on, without authentication: localhost only by default; \":9962\" exposes them to every interface (\"\" disables)")
-	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", agentsync.DefaultHeartbeatTimeout, "a remote whose heartbeat is older is reported stale")
-	f.DurationVar(&cfg.RemoteStateTTL, "remote-state-ttl", 0, "revoke the service backends (only) of a remote unreachable for longer than this; 0 keeps them forever")
-	f.DurationVar(&cfg.ProbeInterval, "probe-interval", agentsync.DefaultProbeInterval, "how often each remote's heartbeat is read")
-	f.DurationVar(&cfg.ProbeTimeout, "probe-timeout", agentsync.DefaultProbeTimeout, "a remote that does not answer within this is disconnected (its state is kept)")
-	f.DurationVar(&cfg.SyncTimeout, "sync-timeout", agentsync.DefaultSyncTimeout, "after a restart, how long policy enforcement waits for the remotes' first sync; the entries a previous run left for a remote stay until that remote has fully synced, however long it takes")
-	f.IntVar(&cfg.RemoteLimits.Nodes, "max-remote-nodes", agentsync.DefaultMaxRemoteNodes, "most nodes held from one remote cluster; new ones beyond are refused (counted, shown in status)")
-	f.IntVar(&cfg.RemoteLimits.Identities, "max-remote-identities", agentsync.DefaultMaxRemoteIdentities, "most identities held from one remote cluster")
-	f.IntVar(&cfg.RemoteLimits.IPCache, "max-remote-ipcache-entries", agentsync.DefaultMaxRemoteIPCache, "most ipcache entries (endpoints) held from one remote cluster, so that no peer crowds the others out of the ipcache map")
-	f.IntVar(&cfg.RemoteLimits.Services, "max-remote-services", agentsync.DefaultMaxRemoteServices, "most global services held from one remote cluster")
-	f.Int64Var(&cfg.RemoteLimits.Bytes, "max-remote-bytes", agentsync.DefaultMaxRemoteBytes, "most bytes of node, identity and service values held from one remote cluster")
-	f.Int64Var(&cfg.ListPageBytes, "list-page-bytes", agentsync.DefaultListPageBytes, "largest list page read from a remote, in bytes (pages are also at most 2,000 entries)")
-	f.BoolVar(&cfg.TrustRemoteAddresses, "trust-remote-addresses", false, "accept a remote's endpoints and backends outside its nodes' pod CIDRs and addresses (only for peers whose IPAM gives pods addresses outside any per-node CIDR, such as cloud ENI modes); then an address two clusters claim goes to the lower cluster id")
-	f.DurationVar(&cfg.BackoffMax, "backoff-max", agentsync.DefaultBackoffMax, "longest wait between reconnect attempts")
-	f.BoolVar(&socketLB, "socket-lb", true, "attach the eBPF socket load balancer (connect/sendmsg/recvmsg/getpeername) so that global services answer on their ClusterIP")
-	f.StringVar(&cgroup, "cgroup", "", "cgroup v2 directory to attach the socket load balancer to (default: the cgroup v2 root)")
-	f.BoolVar(&cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
-	wgf.register(cmd)
-	pf.register(cmd)
-	kpf.register(cmd)
-	report.register(f)
+	cfg.RegisterFlags(cmd.Flags())
+	af.register(cmd)
 	for _, r := range []string{"cluster-name", "cluster-id", "config-dir"} {
 		cmd.MarkFlagRequired(r)
 	}
 	return cmd
 }
 
-// attachSocketLB attaches the socket load balancer to the real maps; on the
-// in-memory datapath there is nothing to attach, and it says so.
-func attachSocketLB(dp datapath.Datapath, cgroup string) (*datapath.SockLB, error) {
-	maps, ok := dp.(*datapath.Maps)
-	if !ok {
-		slog.Warn("in-memory datapath: no socket load balancer; global services do not answer on their ClusterIP")
-		return nil, nil
+// agentFlags are the agent command's flags beside the node's: where the
+// local state comes from, the Kubernetes policies and report, --cleanup.
+type agentFlags struct {
+	stateSource, kubeconfig, kubeContext string
+	cleanup                              bool
+	kubePolicy                           kubePolicyFlags
+	report                               agentReportFlags
+}
+
+func (a *agentFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&a.stateSource, "state-source", "file", "where the local cluster's services and endpoints come from: file (--state-file) or kubernetes (in a pod, the service account; else --kubeconfig)")
+	f.StringVar(&a.kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with")
+	f.StringVar(&a.kubeContext, "context", "", "with --kubeconfig: its context to use (default: the current context)")
+	f.BoolVar(&a.cleanup, "cleanup", false, "remove the pinned maps in --bpf-pin-dir and exit")
+	a.kubePolicy.register(cmd)
+	a.report.register(f)
+}
+
+// run runs the node agent of cfg, with what runs beside it: the key
+// rotation on SIGUSR1 and the Kubernetes report.
+func (a *agentFlags) run(cmd *cobra.Command, cfg *node.Config) error {
+	if err := a.checkFlags(cmd, cfg); err != nil {
+		return err
 	}
-	lb, err := datapath.AttachSockLB(maps, cgroup)
+	if a.cleanup {
+		if err := datapath.RemovePins(cfg.Maps.PinDir); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "removed the pinned maps in %s\n", cfg.Maps.PinDir)
+		return nil
+	}
+	if err := a.setLocalSource(cfg); err != nil {
+		return err
+	}
+	cfg.Logger = slog.Default()
+	n, err := node.New(*cfg)
 	if err != nil {
-		return nil, fmt.Errorf("agent: socket load balancer: %w (or run with --socket-lb=false)", err)
+		return err
 	}
-	slog.Info("socket load balancer attached", "cgroup", lb.Cgroup())
-	return lb, nil
+	reporter, err := a.report.server(a.stateSource, a.kubeconfig, a.kubeContext, cfg.NodeName, n.Status)
+	if err != nil {
+		n.Close()
+		return err
+	}
+	var beside []func(context.Context) error
+	if reporter != nil {
+		beside = append(beside, reporter)
+	}
+	if wg := n.WireGuard(); wg != nil {
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		defer signal.Stop(usr1)
+		beside = append(beside, rotateOnSignal(usr1, wg))
+	}
+	return runAll(cmd.Context(), n.Run, beside...)
+}
+
+// checkFlags refuses flags that mean nothing with the others, after
+// setting the cluster's policies in cfg when they are asked for.
+func (a *agentFlags) checkFlags(cmd *cobra.Command, cfg *node.Config) error {
+	if err := a.kubePolicy.check(cmd, a.stateSource, cfg.NodeName); err != nil {
+		return err
+	}
+	if a.kubePolicy.enabled(a.stateSource, cfg.NodeName) {
+		cfg.Policy.Kubernetes = func(enf *enforcer.Enforcer) (*k8spolicy.Watcher, error) {
+			return kubePolicyWatcher(a.kubeconfig, a.kubeContext, enf)
+		}
+	}
+	return cfg.CheckFlags(cmd.Flags())
+}
+
+// setLocalSource sets where the local state comes from in cfg.
+func (a *agentFlags) setLocalSource(cfg *node.Config) error {
+	switch a.stateSource {
+	case "file":
+		if cfg.StateFile == "" {
+			return fmt.Errorf("--state-file is required with --state-source=file")
+		}
+	case "kubernetes":
+		src, err := newKubeStateSource(a.kubeconfig, a.kubeContext, slog.Default())
+		if err != nil {
+			return err
+		}
+		cfg.Source = src
+	default:
+		return fmt.Errorf("--state-source %q: want file or kubernetes", a.stateSource)
+	}
+	return nil
 }
 
 // runAll runs main and the servers beside it until main returns or one of

@@ -17,6 +17,7 @@ import (
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/localmesh"
+	"github.com/clustermesh/clustermesh/node"
 	"sigs.k8s.io/yaml"
 )
 
@@ -41,19 +42,23 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// TestByHand runs the README's "by hand" commands: a CA, two bundles, two
-// apiservers, an agent in east reading west, and `status` against it.
-func TestByHand(t *testing.T) {
+// byHandPolicy lets east's checkout pods accept west's frontends.
+const byHandPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: west}}]
+`
+
+// startByHand runs the README's "by hand" commands: a CA, two bundles, two
+// apiservers and an agent in east reading west and its own cluster,
+// enforcing byHandPolicy. It returns the agent's status socket and metrics
+// address; cleanups stop the commands and remove the pins.
+func startByHand(t *testing.T) (sock, metricsAddr string) {
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	dir := t.TempDir()
-	must := func(out string, err error) string {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-		return out
-	}
+	dir, must := t.TempDir(), mustRun(t)
 	must(run(ctx, "ca", "create", "--out", filepath.Join(dir, "ca")))
 	if out, err := run(ctx, "ca", "create", "--out", filepath.Join(dir, "ca")); err == nil || !strings.Contains(err.Error(), "--out") {
 		t.Errorf("second ca create in the same dir: %v %s (want a refusal that mentions --out)", err, out)
@@ -76,47 +81,25 @@ func TestByHand(t *testing.T) {
 	}
 	remotes := filepath.Join(dir, "remotes")
 	os.MkdirAll(remotes, 0o700)
-	os.WriteFile(filepath.Join(remotes, "west"), []byte(fmt.Sprintf(
-		"endpoints: [https://%s]\ntrusted-ca-file: ../east/ca.crt\ncert-file: ../east/remote-east.crt\nkey-file: ../east/remote-east.key\n",
-		addrs["west"])), 0o600)
-	// Its own cluster's apiserver, for the identities policy needs.
-	os.WriteFile(filepath.Join(remotes, "east"), []byte(fmt.Sprintf(
-		"endpoints: [https://%s]\ntrusted-ca-file: ../east/ca.crt\ncert-file: ../east/remote-east.crt\nkey-file: ../east/remote-east.key\n",
-		addrs["east"])), 0o600)
+	// West, and its own cluster's apiserver, for the identities policy needs.
+	for _, c := range []string{"west", "east"} {
+		os.WriteFile(filepath.Join(remotes, c), []byte(fmt.Sprintf(
+			"endpoints: [https://%s]\ntrusted-ca-file: ../east/ca.crt\ncert-file: ../east/remote-east.crt\nkey-file: ../east/remote-east.key\n",
+			addrs[c])), 0o600)
+	}
 	policies := filepath.Join(dir, "policies")
 	os.MkdirAll(policies, 0o755)
-	os.WriteFile(filepath.Join(policies, "checkout.yaml"), []byte(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: checkout, namespace: shop}
-spec:
-  endpointSelector: {matchLabels: {app: checkout}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: west}}]
-`), 0o644)
-	sock := filepath.Join(dir, "agent.sock")
-	metricsAddr := freePort(t)
+	os.WriteFile(filepath.Join(policies, "checkout.yaml"), []byte(byHandPolicy), 0o644)
+	sock, metricsAddr = filepath.Join(dir, "agent.sock"), freePort(t)
 	pinDir := fmt.Sprintf("/sys/fs/bpf/cm-clitest-%d", os.Getpid())
-	// As root the agent attaches the socket load balancer: to a cgroup of
-	// the test's own, not the machine's root.
-	cgroup := ""
-	if os.Geteuid() == 0 {
-		root, err := datapath.Cgroup2Mount() // /sys/fs/cgroup on a unified host, .../unified on a hybrid one
-		if err != nil {
-			t.Fatal(err)
-		}
-		cgroup = filepath.Join(root, fmt.Sprintf("cm-clitest-%d", os.Getpid()))
-		if err := os.Mkdir(cgroup, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		defer os.Remove(cgroup)
-	}
+	cgroup := testCgroup(t)
 	go func() {
 		_, err := run(ctx, "agent", "--cluster-name", "east", "--cluster-id", "1", "--config-dir", remotes,
 			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir, "--metrics-addr", metricsAddr, "--cgroup", cgroup,
 			"--node-name", "node-1", "--policy-dir", policies)
 		done <- err
 	}()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		for i := 0; i < 3; i++ {
 			if err := <-done; err != nil {
@@ -127,8 +110,34 @@ spec:
 			must(run(context.Background(), "agent", "--cleanup", "--bpf-pin-dir", pinDir, "--cluster-name", "x", "--cluster-id", "1",
 				"--config-dir", "x", "--state-file", "x"))
 		}
-	}()
-	var st AgentStatus
+	})
+	return sock, metricsAddr
+}
+
+// testCgroup is a cgroup of the test's own for the agent's socket load
+// balancer, as root (not the machine's root cgroup); "" otherwise.
+func testCgroup(t *testing.T) string {
+	if os.Geteuid() != 0 {
+		return ""
+	}
+	root, err := datapath.Cgroup2Mount() // /sys/fs/cgroup on a unified host, .../unified on a hybrid one
+	if err != nil {
+		t.Fatal(err)
+	}
+	cgroup := filepath.Join(root, fmt.Sprintf("cm-clitest-%d", os.Getpid()))
+	if err := os.Mkdir(cgroup, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(cgroup) }) // after the agent stopped (cleanups run last first)
+	return cgroup
+}
+
+// TestByHand runs the README's "by hand" commands, then `status`,
+// `observe` and the metrics against east's agent.
+func TestByHand(t *testing.T) {
+	sock, metricsAddr := startByHand(t)
+	ctx, must := context.Background(), mustRun(t)
+	var st node.Status
 	testenv.WaitFor(t, 30*time.Second, "east's agent sees west ready, and its own cluster", func() bool {
 		out, err := run(ctx, "status", "--agent", sock, "-o", "json")
 		if err != nil || json.Unmarshal([]byte(out), &st) != nil {
@@ -160,7 +169,15 @@ spec:
 	if !strings.Contains(services, "3 (west=3/3)") || strings.Contains(services, "CONNECTED") {
 		t.Errorf("status --services: want only the services table:\n%s", services)
 	}
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	checkByHandMetrics(t, metricsAddr)
+	if os.Geteuid() == 0 && st.Datapath != "ebpf" {
+		t.Errorf("as root the agent should use eBPF maps, says %q", st.Datapath)
+	}
+}
+
+func checkByHandMetrics(t *testing.T, addr string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,9 +189,6 @@ spec:
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
 		}
-	}
-	if os.Geteuid() == 0 && st.Datapath != "ebpf" {
-		t.Errorf("as root the agent should use eBPF maps, says %q", st.Datapath)
 	}
 }
 

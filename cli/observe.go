@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/observe"
 )
 
@@ -25,15 +25,7 @@ var filterFlagHelp = map[string]string{
 	"identity":     "only flows with either end of this numeric security identity",
 }
 
-func newObserveCmd() *cobra.Command {
-	var addr, output string
-	var last int
-	var follow bool
-	filters := map[string]*string{}
-	cmd := &cobra.Command{
-		Use:   "observe [--agent ADDR] [filters] [-f] [--last N] [-o compact|json]",
-		Short: "Show the flows an agent's policy datapath reports, like hubble observe",
-		Long: `Show the flows the node's policy programs report, named by cluster, namespace,
+const observeLong = `Show the flows the node's policy programs report, named by cluster, namespace,
 pod and security identity: every dropped packet, and forwarded packets as the
 agent samples them (one in the sample rate, and the first of each connection).
 
@@ -54,8 +46,9 @@ destination <- source):
 
 -o json prints one JSON object per line: {"flow": {...}} or
 {"lost_events": {"source": "datapath"|"subscriber", "num_events_lost": N}}
-(fields in docs/observe.md).`,
-		Example: `  # The last 20 flows the agent on this node keeps
+(fields in docs/observe.md).`
+
+const observeExample = `  # The last 20 flows the agent on this node keeps
   clustermesh observe
 
   # Follow the drops of traffic from west to the pods of namespace shop
@@ -65,52 +58,71 @@ destination <- source):
   clustermesh observe --to-pod shop/checkout --to-cluster east -o json --last 100
 
   # Another agent's status address
-  clustermesh observe --agent 127.0.0.1:9965 --protocol udp`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "compact" && output != "json" {
-				return fmt.Errorf("-o %q: want compact or json", output)
-			}
-			if last < -1 {
-				return fmt.Errorf("--last %d: want a number of flows, or -1 for every flow the agent keeps", last)
-			}
-			var f observe.Filter
-			for _, k := range observe.FilterKeys {
-				if !cmd.Flags().Changed(k) {
-					continue
-				}
-				if err := f.Set(k, *filters[k]); err != nil {
-					return fmt.Errorf("--%s%s", k, strings.TrimPrefix(strings.TrimPrefix(err.Error(), "observe: "), k))
-				}
-			}
-			out := cmd.OutOrStdout()
-			emit := func(ev observe.Event) error { return observe.WriteCompact(out, ev) }
-			if output == "json" {
-				enc := json.NewEncoder(out)
-				emit = func(ev observe.Event) error { return enc.Encode(ev) }
-			}
-			ctx := cmd.Context()
-			err := observe.Observe(ctx, addr, f, last, follow, emit)
-			switch {
-			case err == nil:
-				return nil
-			case errors.Is(err, context.Canceled) && ctx.Err() != nil:
-				return nil // Ctrl-C while following
-			case errors.Is(err, observe.ErrNotServed):
-				return fmt.Errorf("%w: upgrade the agent, and run it with the eBPF datapath (flows come from its policy programs)", err)
-			case strings.Contains(err.Error(), "cannot reach the agent"):
-				return fmt.Errorf("%w\nis `clustermesh agent` running on this node? Point --agent at its --status-addr (default %s)",
-					err, agentsync.DefaultStatusAddr)
-			}
-			return err
-		},
+  clustermesh observe --agent 127.0.0.1:9965 --protocol udp`
+
+func newObserveCmd() *cobra.Command {
+	o := observeFlags{filters: map[string]*string{}}
+	cmd := &cobra.Command{
+		Use:     "observe [--agent ADDR] [filters] [-f] [--last N] [-o compact|json]",
+		Short:   "Show the flows an agent's policy datapath reports, like hubble observe",
+		Long:    observeLong,
+		Example: observeExample,
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, _ []string) error { return o.run(cmd) },
 	}
-	cmd.Flags().StringVar(&addr, "agent", agentsync.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")
+	f := cmd.Flags()
+	f.StringVar(&o.addr, "agent", node.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")
 	for _, k := range observe.FilterKeys {
-		filters[k] = cmd.Flags().String(k, "", filterFlagHelp[k])
+		o.filters[k] = f.String(k, "", filterFlagHelp[k])
 	}
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "after the last flows, print new flows as they come until Ctrl-C")
-	cmd.Flags().IntVar(&last, "last", observe.DefaultLast, "print the last N flows the agent keeps first (-1: all of them)")
-	cmd.Flags().StringVarP(&output, "output", "o", "compact", "output format: compact or json")
+	f.BoolVarP(&o.follow, "follow", "f", false, "after the last flows, print new flows as they come until Ctrl-C")
+	f.IntVar(&o.last, "last", observe.DefaultLast, "print the last N flows the agent keeps first (-1: all of them)")
+	f.StringVarP(&o.output, "output", "o", "compact", "output format: compact or json")
 	return cmd
+}
+
+// observeFlags are observe's flags; filters holds each filter flag's value.
+type observeFlags struct {
+	addr, output string
+	last         int
+	follow       bool
+	filters      map[string]*string
+}
+
+func (o *observeFlags) run(cmd *cobra.Command) error {
+	if o.output != "compact" && o.output != "json" {
+		return fmt.Errorf("-o %q: want compact or json", o.output)
+	}
+	if o.last < -1 {
+		return fmt.Errorf("--last %d: want a number of flows, or -1 for every flow the agent keeps", o.last)
+	}
+	var f observe.Filter
+	for _, k := range observe.FilterKeys {
+		if !cmd.Flags().Changed(k) {
+			continue
+		}
+		if err := f.Set(k, *o.filters[k]); err != nil {
+			return fmt.Errorf("--%s%s", k, strings.TrimPrefix(strings.TrimPrefix(err.Error(), "observe: "), k))
+		}
+	}
+	out := cmd.OutOrStdout()
+	emit := func(ev observe.Event) error { return observe.WriteCompact(out, ev) }
+	if o.output == "json" {
+		enc := json.NewEncoder(out)
+		emit = func(ev observe.Event) error { return enc.Encode(ev) }
+	}
+	ctx := cmd.Context()
+	err := observe.Observe(ctx, o.addr, f, o.last, o.follow, emit)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		return nil // Ctrl-C while following
+	case errors.Is(err, observe.ErrNotServed):
+		return fmt.Errorf("%w: upgrade the agent, and run it with the eBPF datapath (flows come from its policy programs)", err)
+	case errors.Is(err, observe.ErrUnreachable):
+		return fmt.Errorf("%w\nis `clustermesh agent` running on this node? Point --agent at its --status-addr (default %s)",
+			err, node.DefaultStatusAddr)
+	}
+	return err
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -83,14 +84,14 @@ func serveObserve(t *testing.T, ctx context.Context) (*observe.Hub, chan datapat
 		}
 	})
 	wg.Go(func() {
-		status := func() any { return map[string]string{"cluster": "east"} }
-		if err := agentsync.ServeJSONWith(ctx, sock, status, map[string]http.Handler{"GET " + observe.Path: hub.Handler()}); err != nil {
-			t.Errorf("ServeJSONWith: %v", err)
+		status := func() any { return node.Status{Status: agentsync.Status{Cluster: "east"}} }
+		if err := node.ServeStatus(ctx, sock, status, map[string]http.Handler{"GET " + observe.Path: hub.Handler()}); err != nil {
+			t.Errorf("ServeStatus: %v", err)
 		}
 	})
 	testenv.WaitFor(t, 10*time.Second, "the status address", func() bool {
-		var st map[string]string
-		return agentsync.FetchJSON(ctx, sock, &st) == nil && st["cluster"] == "east"
+		st, err := node.FetchStatus(ctx, sock)
+		return err == nil && st.Cluster == "east"
 	})
 	return hub, src.ch, sock, &wg
 }

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/node"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -40,7 +40,7 @@ sent and received. -o json adds "wireguard" to the JSON (absent when off).`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			st, err := fetchStatus(ctx, addr)
+			st, err := node.FetchStatus(ctx, addr)
 			if err != nil {
 				return err
 			}
@@ -50,13 +50,13 @@ sent and received. -o json adds "wireguard" to the JSON (absent when off).`,
 					enc.SetIndent("", "  ")
 					return enc.Encode(st.Services)
 				}
-				PrintServices(cmd.OutOrStdout(), st.Status)
+				node.PrintServices(cmd.OutOrStdout(), st.Status)
 				return nil
 			}
-			return PrintAgentStatus(cmd.OutOrStdout(), st, output == "json")
+			return node.PrintStatus(cmd.OutOrStdout(), st, output == "json")
 		},
 	}
-	cmd.Flags().StringVar(&addr, "agent", agentsync.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")
+	cmd.Flags().StringVar(&addr, "agent", node.DefaultStatusAddr, "the agent's status address (unix socket path or host:port)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long to wait for the agent")
 	cmd.Flags().StringVar(&kubeContext, "context", "", "show a Kubernetes cluster's mesh status (kubeconfig context) instead of one agent's")

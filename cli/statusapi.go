@@ -2,36 +2,18 @@ package cli
 
 import (
 	"context"
-	"net/http"
 
-	"github.com/clustermesh/clustermesh/agentsync"
-	"github.com/clustermesh/clustermesh/enforcer"
-	"github.com/clustermesh/clustermesh/k8spolicy"
-	"github.com/clustermesh/clustermesh/wireguard"
+	"github.com/clustermesh/clustermesh/node"
 )
 
-// AgentStatus is what `clustermesh agent` serves on --status-addr and
-// `clustermesh status` shows: agentsync's status, with the same JSON fields
-// as before, plus the WireGuard device's status under "wireguard" — absent
-// when encryption is off (and from agents that predate it).
-type AgentStatus struct {
-	agentsync.Status
-	WireGuard *wireguard.Status `json:"wireguard,omitempty"`
-	// Policy is the policy enforcer's status, absent without --policy-dir.
-	Policy *enforcer.Status `json:"policy,omitempty"`
-	// KubernetesPolicy is the cluster's policy objects' watcher, absent
-	// unless the agent reads them.
-	KubernetesPolicy *k8spolicy.Status `json:"kubernetesPolicy,omitempty"`
-}
+// The agent's status schema, server and printer are package node's. These
+// names stay for the Kubernetes commands (kube_*.go) while they move to
+// kubemesh.
 
-// serveStatus serves the extended status on addr until ctx is done, and
-// the extra handlers (the flows) beside it.
-func serveStatus(ctx context.Context, addr string, status func() AgentStatus, extra map[string]http.Handler) error {
-	return agentsync.ServeJSONWith(ctx, addr, func() any { return status() }, extra)
-}
+// AgentStatus is a node agent's status.
+type AgentStatus = node.Status
 
-// fetchStatus reads an agent's extended status from addr.
+// fetchStatus reads an agent's status from addr.
 func fetchStatus(ctx context.Context, addr string) (AgentStatus, error) {
-	var st AgentStatus
-	return st, agentsync.FetchJSON(ctx, addr, &st)
+	return node.FetchStatus(ctx, addr)
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/localmesh"
+	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wireguard"
 )
@@ -64,33 +64,41 @@ func (p *proc) stop(t *testing.T, what string) {
 	}
 }
 
-// TestAgentWireGuard runs the README's encryption commands: two apiservers
-// with --node-keys-dir and an agent per cluster with --enable-wireguard
-// (node-1 of each; node-2 publishes no key). Each agent's device gets the
-// other cluster's node-1 as a peer, node-2 rejected; `status` shows the
-// WireGuard section (table and JSON, the JSON still readable as the old
-// status); SIGUSR1 rotates the keys and each reaches the other device; a
-// restart with --rotate-wireguard-key publishes a new key that reaches the
-// peer; nothing is left when the agents stop.
-func TestAgentWireGuard(t *testing.T) {
-	testenv.RequireRoot(t)
-	ctx := context.Background()
-	dir := t.TempDir()
-	must := func(out string, err error) string {
+// mustRun returns what fails t when a command failed, and otherwise
+// returns its output: mustRun(t)(run(ctx, args...)).
+func mustRun(t *testing.T) func(out string, err error) string {
+	return func(out string, err error) string {
 		t.Helper()
 		if err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		return out
 	}
-	must(run(ctx, "ca", "create", "--out", filepath.Join(dir, "ca")))
-	type cluster struct {
-		name, peer, id, addr, keys, device, port, sock, pinDir, keyFile string
-		agent                                                           *proc
-	}
-	clusters := []*cluster{{name: "east", peer: "west", id: "51"}, {name: "west", peer: "east", id: "52"}}
-	for _, c := range clusters {
-		must(run(ctx, "ca", "issue", "--ca", filepath.Join(dir, "ca"), "--out", filepath.Join(dir, c.name), "--cluster", c.name, "--ip", "127.0.0.1"))
+}
+
+// wgCluster is a cluster of TestAgentWireGuard: an apiserver publishing
+// its nodes' keys and the agent of its node-1.
+type wgCluster struct {
+	name, peer, id, addr, keys, device, port, sock, pinDir, keyFile string
+	agent                                                           *proc
+}
+
+// wgEnv is TestAgentWireGuard's mesh: east (51) and west (52) on
+// loopback, each agent encrypting to the other cluster.
+type wgEnv struct {
+	dir      string
+	clusters []*wgCluster
+	wc       *wgctrl.Client
+}
+
+// startWGEnv writes the PKI, the states and the remotes' configs, starts
+// both apiservers and both agents; cleanups stop them and remove the pins.
+func startWGEnv(t *testing.T) *wgEnv {
+	e := &wgEnv{dir: t.TempDir(), clusters: []*wgCluster{{name: "east", peer: "west", id: "51"}, {name: "west", peer: "east", id: "52"}}}
+	ctx, dir := context.Background(), e.dir
+	mustRun(t)(run(ctx, "ca", "create", "--out", filepath.Join(dir, "ca")))
+	for _, c := range e.clusters {
+		mustRun(t)(run(ctx, "ca", "issue", "--ca", filepath.Join(dir, "ca"), "--out", filepath.Join(dir, c.name), "--cluster", c.name, "--ip", "127.0.0.1"))
 		var id int
 		fmt.Sscan(c.id, &id)
 		st := localmesh.SampleState(id)
@@ -103,110 +111,102 @@ func TestAgentWireGuard(t *testing.T) {
 		c.sock, c.keyFile = filepath.Join(dir, c.name+".sock"), filepath.Join(dir, c.name+"-wg.key")
 		c.pinDir = fmt.Sprintf("/sys/fs/bpf/cm-clitest-wg-%d-%s", os.Getpid(), c.name)
 	}
-	for _, c := range clusters {
+	for i, c := range e.clusters {
 		p := start("apiserver", "--cluster-name", c.name, "--cluster-id", c.id, "--cert-dir", filepath.Join(dir, c.name),
 			"--state-file", filepath.Join(dir, c.name+".yaml"), "--listen", c.addr, "--peer", c.peer, "--metrics-addr", "",
 			"--node-keys-dir", c.keys)
-		defer p.stop(t, c.name+"'s apiserver")
-	}
-	for _, c := range clusters {
-		remotes := filepath.Join(dir, c.name+"-remotes")
+		t.Cleanup(func() { p.stop(t, c.name+"'s apiserver") })
+		remotes, peer := filepath.Join(dir, c.name+"-remotes"), e.clusters[1-i]
 		os.MkdirAll(remotes, 0o700)
-		peer := clusters[0]
-		if peer == c {
-			peer = clusters[1]
-		}
 		os.WriteFile(filepath.Join(remotes, c.peer), []byte(fmt.Sprintf(
 			"endpoints: [https://%s]\ntrusted-ca-file: %s/ca.crt\ncert-file: %s/remote-%s.crt\nkey-file: %s/remote-%s.key\n",
 			peer.addr, filepath.Join(dir, c.name), filepath.Join(dir, c.name), c.name, filepath.Join(dir, c.name), c.name)), 0o600)
 	}
-	agentArgs := func(c *cluster, extra ...string) []string {
-		return append([]string{"agent", "--cluster-name", c.name, "--cluster-id", c.id, "--config-dir", filepath.Join(dir, c.name+"-remotes"),
-			"--state-file", filepath.Join(dir, c.name+".yaml"), "--status-addr", c.sock, "--bpf-pin-dir", c.pinDir, "--metrics-addr", "",
-			"--socket-lb=false", "--enable-wireguard", "--node-name", "node-1", "--wireguard-device", c.device, "--wireguard-port", c.port,
-			"--wireguard-key-file", c.keyFile, "--node-keys-dir", c.keys, "--wireguard-underlay-mtu", "1500"}, extra...)
+	for _, c := range e.clusters {
+		c.agent = start(e.agentArgs(c)...)
 	}
-	for _, c := range clusters {
-		c.agent = start(agentArgs(c)...)
-	}
-	defer func() {
-		for _, c := range clusters {
+	t.Cleanup(func() {
+		for _, c := range e.clusters {
 			if c.agent != nil {
 				c.agent.stop(t, c.name+"'s agent")
 			}
-			must(run(ctx, "agent", "--cleanup", "--bpf-pin-dir", c.pinDir, "--cluster-name", "x", "--cluster-id", "1", "--config-dir", "x", "--state-file", "x"))
+			mustRun(t)(run(ctx, "agent", "--cleanup", "--bpf-pin-dir", c.pinDir, "--cluster-name", "x", "--cluster-id", "1", "--config-dir", "x", "--state-file", "x"))
 		}
-	}()
-	status := func(c *cluster) (AgentStatus, string) {
-		out, err := run(ctx, "status", "--agent", c.sock, "-o", "json")
-		var st AgentStatus
-		if err != nil || json.Unmarshal([]byte(out), &st) != nil {
-			return AgentStatus{}, out
-		}
-		return st, out
-	}
-	wc, err := wgctrl.New()
-	if err != nil {
+	})
+	var err error
+	if e.wc, err = wgctrl.New(); err != nil {
 		t.Fatal(err)
 	}
-	defer wc.Close()
-	// hasPeer: c's device has exactly one peer, with key.
-	hasPeer := func(c *cluster, key string) bool {
-		dev, err := wc.Device(c.device)
-		return err == nil && len(dev.Peers) == 1 && dev.Peers[0].PublicKey.String() == key
+	t.Cleanup(func() { e.wc.Close() })
+	return e
+}
+
+func (e *wgEnv) agentArgs(c *wgCluster, extra ...string) []string {
+	return append([]string{"agent", "--cluster-name", c.name, "--cluster-id", c.id, "--config-dir", filepath.Join(e.dir, c.name+"-remotes"),
+		"--state-file", filepath.Join(e.dir, c.name+".yaml"), "--status-addr", c.sock, "--bpf-pin-dir", c.pinDir, "--metrics-addr", "",
+		"--socket-lb=false", "--enable-wireguard", "--node-name", "node-1", "--wireguard-device", c.device, "--wireguard-port", c.port,
+		"--wireguard-key-file", c.keyFile, "--node-keys-dir", c.keys, "--wireguard-underlay-mtu", "1500"}, extra...)
+}
+
+// status is c's agent's status as `clustermesh status -o json` prints it.
+func (e *wgEnv) status(c *wgCluster) (node.Status, string) {
+	out, err := run(context.Background(), "status", "--agent", c.sock, "-o", "json")
+	var st node.Status
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil {
+		return node.Status{}, out
 	}
+	return st, out
+}
+
+// hasPeer: c's device has exactly one peer, with key.
+func (e *wgEnv) hasPeer(c *wgCluster, key string) bool {
+	dev, err := e.wc.Device(c.device)
+	return err == nil && len(dev.Peers) == 1 && dev.Peers[0].PublicKey.String() == key
+}
+
+// waitKeys waits until each agent's key differs from old's and has the
+// device of the other cluster's node-1 as its only peer, and returns them.
+func (e *wgEnv) waitKeys(t *testing.T, what string, old map[string]string) map[string]string {
+	t.Helper()
 	keys := map[string]string{}
-	testenv.WaitFor(t, 30*time.Second, "each device has the other cluster's node-1 as its peer", func() bool {
-		for _, c := range clusters {
-			st, _ := status(c)
-			if st.WireGuard == nil || !st.WireGuard.Enabled || len(st.Remotes) != 1 || !st.Remotes[0].Ready {
+	testenv.WaitFor(t, 30*time.Second, what, func() bool {
+		for _, c := range e.clusters {
+			st, _ := e.status(c)
+			if st.WireGuard == nil || !st.WireGuard.Enabled || len(st.Remotes) != 1 || !st.Remotes[0].Ready ||
+				st.WireGuard.PublicKey == old[c.name] || old != nil && st.WireGuard.KeyRotatedAt.IsZero() {
 				return false
 			}
 			keys[c.name] = st.WireGuard.PublicKey
 		}
-		return hasPeer(clusters[0], keys["west"]) && hasPeer(clusters[1], keys["east"])
+		return e.hasPeer(e.clusters[0], keys["west"]) && e.hasPeer(e.clusters[1], keys["east"])
 	})
-	east := clusters[0]
+	return keys
+}
+
+// TestAgentWireGuard runs the README's encryption commands: two apiservers
+// with --node-keys-dir and an agent per cluster with --enable-wireguard
+// (node-1 of each; node-2 publishes no key). Each agent's device gets the
+// other cluster's node-1 as a peer, node-2 rejected; `status` shows the
+// WireGuard section (table and JSON, the JSON still readable as the old
+// status); SIGUSR1 rotates the keys and each reaches the other device; a
+// restart with --rotate-wireguard-key publishes a new key that reaches the
+// peer; nothing is left when the agents stop.
+func TestAgentWireGuard(t *testing.T) {
+	testenv.RequireRoot(t)
+	e := startWGEnv(t)
+	keys := e.waitKeys(t, "each device has the other cluster's node-1 as its peer", nil)
+	east := e.clusters[0]
 	if got, _ := statesource.ReadNodeKey(east.keys, "node-1"); got != keys["east"] {
 		t.Errorf("east's published key %q, its device's %q", got, keys["east"])
 	}
-
-	st, raw := status(east)
-	wg := st.WireGuard
-	if wg.Device != east.device || wg.Implementation == "" || wg.MTU != 1440 || wg.Peers != 1 || len(wg.Clusters) != 1 || wg.Clusters[0].Cluster != "west" ||
-		len(wg.Rejected) != 1 || wg.Rejected[0].Node != "node-2" || !strings.Contains(wg.Rejected[0].Reason, "no WireGuard public key") {
-		t.Errorf("east's WireGuard status: %+v", wg)
-	}
-	var old agentsync.Status // a client of the status before WireGuard
-	if err := json.Unmarshal([]byte(raw), &old); err != nil || old.Cluster != "east" || len(old.Remotes) != 1 || len(old.Services) != 1 {
-		t.Errorf("the JSON status is not readable as agentsync.Status: %v %+v", err, old)
-	}
-	table := must(run(ctx, "status", "--agent", east.sock))
-	t.Logf("clustermesh status:\n%s", table)
-	for _, want := range []string{"REMOTE", "shop/checkout", "Encryption: WireGuard on (", "device cmwgcli-east, port " + east.port,
-		"MTU 1440 (underlay 1500), node encryption off", "Public key: " + keys["east"], "WIREGUARD PEERS", "west ",
-		"warning: WireGuard peer west/node-2 rejected: no WireGuard public key published"} {
-		if !strings.Contains(table, want) {
-			t.Errorf("status table lacks %q:\n%s", want, table)
-		}
-	}
+	checkWireGuardStatus(t, e, keys["east"])
 
 	// SIGUSR1: both agents (one process) rotate; each new key reaches the
 	// other cluster's device through its apiserver.
 	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	rotated := map[string]string{}
-	testenv.WaitFor(t, 20*time.Second, "the rotated keys in both devices", func() bool {
-		for _, c := range clusters {
-			st, _ := status(c)
-			if st.WireGuard == nil || st.WireGuard.PublicKey == keys[c.name] || st.WireGuard.KeyRotatedAt.IsZero() {
-				return false
-			}
-			rotated[c.name] = st.WireGuard.PublicKey
-		}
-		return hasPeer(clusters[0], rotated["west"]) && hasPeer(clusters[1], rotated["east"])
-	})
+	rotated := e.waitKeys(t, "the rotated keys in both devices", keys)
 
 	// East stops: its device is gone, its published key stays (west keeps
 	// the peer). A restart with --rotate-wireguard-key publishes a new key.
@@ -215,21 +215,17 @@ func TestAgentWireGuard(t *testing.T) {
 	if _, err := netlink.LinkByName(east.device); err == nil {
 		t.Errorf("%s left behind after the agent stopped", east.device)
 	}
-	if !hasPeer(clusters[1], rotated["east"]) {
+	if !e.hasPeer(e.clusters[1], rotated["east"]) {
 		t.Error("west lost east's peer while east's agent restarts")
 	}
-	east.agent = start(agentArgs(east, "--rotate-wireguard-key")...)
-	var third string
+	east.agent = start(e.agentArgs(east, "--rotate-wireguard-key")...)
 	testenv.WaitFor(t, 20*time.Second, "east's key rotated at start in west's device", func() bool {
-		st, _ := status(east)
-		if st.WireGuard == nil || !st.WireGuard.Enabled {
-			return false
-		}
-		third = st.WireGuard.PublicKey
-		return third != rotated["east"] && hasPeer(clusters[1], third)
+		st, _ := e.status(east)
+		return st.WireGuard != nil && st.WireGuard.Enabled && st.WireGuard.PublicKey != rotated["east"] &&
+			e.hasPeer(e.clusters[1], st.WireGuard.PublicKey)
 	})
 
-	for _, c := range clusters {
+	for _, c := range e.clusters {
 		c.agent.stop(t, c.name+"'s agent")
 		c.agent = nil
 		if _, err := netlink.LinkByName(c.device); err == nil {
@@ -243,6 +239,31 @@ func TestAgentWireGuard(t *testing.T) {
 	for _, r := range routes {
 		if r.Dst != nil && (strings.HasPrefix(r.Dst.String(), "10.51.") || strings.HasPrefix(r.Dst.String(), "10.52.")) {
 			t.Errorf("route left behind: %s", r.Dst)
+		}
+	}
+}
+
+// checkWireGuardStatus checks east's status, in JSON and as a table.
+func checkWireGuardStatus(t *testing.T, e *wgEnv, key string) {
+	t.Helper()
+	east := e.clusters[0]
+	st, raw := e.status(east)
+	wg := st.WireGuard
+	if wg.Device != east.device || wg.Implementation == "" || wg.MTU != 1440 || wg.Peers != 1 || len(wg.Clusters) != 1 || wg.Clusters[0].Cluster != "west" ||
+		len(wg.Rejected) != 1 || wg.Rejected[0].Node != "node-2" || !strings.Contains(wg.Rejected[0].Reason, "no WireGuard public key") {
+		t.Errorf("east's WireGuard status: %+v", wg)
+	}
+	var old agentsync.Status // a client of the status before WireGuard
+	if err := json.Unmarshal([]byte(raw), &old); err != nil || old.Cluster != "east" || len(old.Remotes) != 1 || len(old.Services) != 1 {
+		t.Errorf("the JSON status is not readable as agentsync.Status: %v %+v", err, old)
+	}
+	table := mustRun(t)(run(context.Background(), "status", "--agent", east.sock))
+	t.Logf("clustermesh status:\n%s", table)
+	for _, want := range []string{"REMOTE", "shop/checkout", "Encryption: WireGuard on (", "device cmwgcli-east, port " + east.port,
+		"MTU 1440 (underlay 1500), node encryption off", "Public key: " + key, "WIREGUARD PEERS", "west ",
+		"warning: WireGuard peer west/node-2 rejected: no WireGuard public key published"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("status table lacks %q:\n%s", want, table)
 		}
 	}
 }
@@ -271,57 +292,5 @@ func TestAgentWireGuardFlags(t *testing.T) {
 	}
 	if help, _ := run(context.Background(), "apiserver", "--help"); !strings.Contains(help, "--node-keys-dir") {
 		t.Error("apiserver --help does not mention --node-keys-dir")
-	}
-}
-
-// The status view: WireGuard off, and on with peers, handshakes, bytes and
-// a rejection; the JSON without WireGuard is exactly agentsync's.
-func TestStatusViewWireGuard(t *testing.T) {
-	base := agentsync.Status{Cluster: "east", ClusterID: 1, Datapath: "memory"}
-	var out bytes.Buffer
-	if err := PrintAgentStatus(&out, AgentStatus{Status: base}, false); err != nil || !strings.Contains(out.String(), "Encryption: off") {
-		t.Errorf("off: %v\n%s", err, out.String())
-	}
-	now := time.Now()
-	wg := &wireguard.Status{Enabled: true, Implementation: "userspace", Device: "cilium_wg0", PublicKey: "PUB=", ListenPort: 51871,
-		MTU: 1440, UnderlayMTU: 1500, Peers: 3, BytesSent: 17 << 20, BytesReceived: 1536,
-		Clusters: []wireguard.ClusterStatus{{Cluster: "west", Peers: 3, OldestHandshake: now.Add(-2 * time.Minute), LatestHandshake: now.Add(-3 * time.Second),
-			PeersWithoutHandshake: 1, BytesSent: 17 << 20, BytesReceived: 1536}},
-		Rejected:     []wireguard.Rejection{{Cluster: "west", Node: "n9", Reason: "no WireGuard public key published"}},
-		KeyRotatedAt: now.Add(-time.Hour), LastError: "boom"}
-	out.Reset()
-	if err := PrintAgentStatus(&out, AgentStatus{Status: base, WireGuard: wg}, false); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"Encryption: WireGuard on (userspace), device cilium_wg0, port 51871, MTU 1440 (underlay 1500), node encryption off",
-		"Public key: PUB=, rotated 1h0m0", "Peers: 3, sent 17.0 MiB, received 1.5 KiB", "west             3      2m0",
-		"warning: WireGuard peer west/n9 rejected: no WireGuard public key published", "warning: WireGuard: boom"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("table lacks %q:\n%s", want, out.String())
-		}
-	}
-	out.Reset()
-	PrintAgentStatus(&out, AgentStatus{Status: base, WireGuard: &wireguard.Status{Device: "cilium_wg0", LastError: "not open yet"}}, false)
-	if !strings.Contains(out.String(), "device cilium_wg0 not running: not open yet") {
-		t.Errorf("not running:\n%s", out.String())
-	}
-
-	var a, b bytes.Buffer
-	PrintAgentStatus(&a, AgentStatus{Status: base}, true)
-	json.NewEncoder(&b).Encode(base)
-	var ma, mb map[string]any
-	json.Unmarshal(a.Bytes(), &ma)
-	json.Unmarshal(b.Bytes(), &mb)
-	if fmt.Sprint(ma) != fmt.Sprint(mb) {
-		t.Errorf("JSON without WireGuard differs from agentsync's:\n%s\n%s", a.String(), b.String())
-	}
-	a.Reset()
-	PrintAgentStatus(&a, AgentStatus{Status: base, WireGuard: wg}, true)
-	var back AgentStatus
-	if err := json.Unmarshal(a.Bytes(), &back); err != nil || back.Cluster != "east" || back.WireGuard == nil || back.WireGuard.Peers != 3 {
-		t.Errorf("JSON round trip: %v %+v", err, back)
-	}
-	if !strings.Contains(a.String(), `"wireguard": {`) {
-		t.Errorf("JSON lacks the wireguard object:\n%s", a.String())
 	}
 }

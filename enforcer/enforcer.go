@@ -158,24 +158,6 @@ func (e *Enforcer) SetPolicies(source string, c *policy.Compiled) {
 // that compile their own.
 func (e *Enforcer) PolicyOptions() policy.Options { return e.files.opts }
 
-// WrapSource returns a source that passes src's states on and records each
-// in the enforcer: the agent's local source goes through it.
-func (e *Enforcer) WrapSource(src statesource.Source) statesource.Source {
-	return wrappedSource{src, e}
-}
-
-type wrappedSource struct {
-	statesource.Source
-	e *Enforcer
-}
-
-func (w wrappedSource) Run(ctx context.Context, onChange func(*statesource.State)) error {
-	return w.Source.Run(ctx, func(st *statesource.State) {
-		w.e.SetLocalState(st)
-		onChange(st)
-	})
-}
-
 // Run computes and enforces until ctx is done. It computes from the start
 // but writes nothing (and attaches nothing) until ready is closed — the
 // agent's first full sync (agentsync.Agent.Pruned), so that a restarted
