@@ -21,7 +21,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(ClientEnv) != "" {
 		os.Exit(clientMain(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	testenv.Main(m)
 }
 
 func clientMain(args []string) int {

@@ -23,6 +23,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/statesource"
 )
@@ -38,7 +39,7 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(apiserverEnv); spec != "" {
 		os.Exit(runAPIServerProcess(spec))
 	}
-	os.Exit(m.Run())
+	testenv.Main(m)
 }
 
 // processSpec is what the child process needs to run an apiserver.
