@@ -9,8 +9,9 @@ import (
 
 // TestFixture runs the rules on testdata/fixture, a module whose files break
 // them in each way: each violation is reported at the importing file and
-// line; a test file's import, a rule about a package the module does not
-// have (node, meshapiserver) and the allowed imports are not.
+// line; a test file's import, test support's imports (wire/wiretest), a rule
+// about a package the module does not have (node, meshapiserver) and the
+// allowed imports are not.
 func TestFixture(t *testing.T) {
 	g, err := load("testdata/fixture")
 	if err != nil {
@@ -28,6 +29,7 @@ func TestFixture(t *testing.T) {
 		}
 	}
 	want := []string{
+		"agentsync/agentsync.go:5: agentsync imports wire/wiretest",
 		"datapath/datapath.go:6: datapath imports helper, which leads to agentsync (helper → agentsync)",
 		"merge/merge.go:3: merge imports cli",
 		"wire/wire.go:3: wire imports ca, outside the standard library",
@@ -48,10 +50,17 @@ func TestMatch(t *testing.T) {
 		{"wire", "example.com/m/wire", true},
 		{"wire", "example.com/m/wireguard", false},
 		{"wire", "example.com/m/x/wire", false},
+		{"datapath", "example.com/m/datapath/socklb", true}, // a package of ours covers its subpackages
+		{"cmd", "example.com/m/cmd/clustermesh", true},
 		{"cmd/...", "example.com/m/cmd", true},
 		{"cmd/...", "example.com/m/cmd/clustermesh", true},
 		{"cmd/...", "example.com/m/cmdx", false},
-		{"wire", "wire", false}, // a standard library package of that name is not ours
+		{"go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3/embed", false}, // another module's: exact without /...
+		{"*test", "example.com/m/internal/kubetest", true},
+		{"*test", "example.com/m/datapath/internal/dptest", true},
+		{"*test", "example.com/m/internal/testenv", false},
+		{"*test", "net/http/httptest", false}, // ours only
+		{"wire", "wire", false},               // a standard library package of that name is not ours
 		{etcd, "go.etcd.io/etcd/server/v3/embed", true},
 		{etcd, "go.etcd.io/etcdx", false},
 		{etcd, "go.etcd.io/bbolt", false},
