@@ -94,7 +94,39 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 	defer cancel()
 
 	factory := informers.NewSharedInformerFactoryWithOptions(s.Client, 0, informers.WithTransform(dropManagedFields))
-	inf := listers{
+	inf := newListers(factory, log, window)
+	dirty := make(chan struct{}, 1)
+	if err := inf.watch(ctx, dirty); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown() // after cancel: defers run in reverse
+	defer cancel()
+
+	if synced, err := waitForSync(ctx, factory, log); !synced {
+		return err
+	}
+	drain(dirty) // the initial lists poked: they are in the first State
+	d := &deliverer{listers: inf, onChange: onChange}
+	d.deliver()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-dirty:
+			// Gather the rest of the burst, then build once.
+			if !settle(ctx, window, dirty) {
+				return nil
+			}
+			d.deliver()
+		}
+	}
+}
+
+// newListers creates the informers of every resource a State is built
+// from (before factory starts).
+func newListers(factory informers.SharedInformerFactory, log *slog.Logger, window time.Duration) *listers {
+	return &listers{
 		services:  factory.Core().V1().Services(),
 		slices:    factory.Discovery().V1().EndpointSlices(),
 		pods:      factory.Core().V1().Pods(),
@@ -104,7 +136,11 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 		log:       log,
 		coalesced: window,
 	}
-	dirty := make(chan struct{}, 1)
+}
+
+// watch has every informer poke dirty on a change, and log why a list or
+// watch fails while ctx lasts.
+func (l *listers) watch(ctx context.Context, dirty chan<- struct{}) error {
 	poke := func(any) {
 		select {
 		case dirty <- struct{}{}:
@@ -117,8 +153,8 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 		DeleteFunc: poke,
 	}
 	for name, i := range map[string]cache.SharedIndexInformer{
-		"services": inf.services.Informer(), "endpointslices": inf.slices.Informer(),
-		"pods": inf.pods.Informer(), "namespaces": inf.ns.Informer(), "nodes": inf.nodes.Informer(),
+		"services": l.services.Informer(), "endpointslices": l.slices.Informer(),
+		"pods": l.pods.Informer(), "namespaces": l.ns.Informer(), "nodes": l.nodes.Informer(),
 	} {
 		if _, err := i.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("starting the %s informer: %w", name, err)
@@ -127,67 +163,73 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 		// retried by the reflector; say why we are still waiting.
 		if err := i.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
 			if ctx.Err() == nil {
-				log.Warn("kubernetes list/watch failed, retrying", "resource", name, "err", err)
+				l.log.Warn("kubernetes list/watch failed, retrying", "resource", name, "err", err)
 			}
 		}); err != nil {
 			return fmt.Errorf("starting the %s informer: %w", name, err)
 		}
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown() // after cancel: defers run in reverse
-	defer cancel()
+	return nil
+}
 
+// waitForSync waits until every informer of factory has synced. It returns
+// false if one did not: with nil when ctx ended first.
+func waitForSync(ctx context.Context, factory informers.SharedInformerFactory, log *slog.Logger) (bool, error) {
 	start := time.Now()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			if ctx.Err() != nil {
-				return nil
+				return false, nil
 			}
-			return fmt.Errorf("reading the cluster's state from Kubernetes: the %v informer did not sync", typ)
+			return false, fmt.Errorf("reading the cluster's state from Kubernetes: the %v informer did not sync", typ)
 		}
 	}
 	log.Info("kubernetes informers synced", "took", time.Since(start).Round(time.Millisecond))
-	select { // the initial lists poked: they are in the first State
+	return true, nil
+}
+
+// deliverer builds States and hands onChange each valid one that differs
+// from the last it delivered.
+type deliverer struct {
+	listers  *listers
+	onChange func(*statesource.State)
+	last     *statesource.State
+}
+
+func (d *deliverer) deliver() {
+	st := d.listers.build()
+	if err := st.Validate(); err != nil {
+		// build only makes valid states; never publish one that is not.
+		d.listers.log.Error("built an invalid state from Kubernetes, keeping the last one", "err", err)
+		return
+	}
+	if d.last != nil && reflect.DeepEqual(st, d.last) {
+		return
+	}
+	d.last = st
+	d.onChange(st)
+}
+
+// settle waits out the coalescing window, then takes the changes made in
+// it (they are in the State built next). It returns false if ctx ended
+// first.
+func settle(ctx context.Context, window time.Duration, dirty <-chan struct{}) bool {
+	timer := time.NewTimer(window)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+	}
+	drain(dirty)
+	return true
+}
+
+// drain takes a pending poke, if any.
+func drain(dirty <-chan struct{}) {
+	select {
 	case <-dirty:
 	default:
-	}
-
-	var last *statesource.State
-	deliver := func() {
-		st := inf.build()
-		if err := st.Validate(); err != nil {
-			// build only makes valid states; never publish one that is not.
-			log.Error("built an invalid state from Kubernetes, keeping the last one", "err", err)
-			return
-		}
-		if last != nil && reflect.DeepEqual(st, last) {
-			return
-		}
-		last = st
-		onChange(st)
-	}
-	deliver()
-	timer := time.NewTimer(0)
-	<-timer.C
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-dirty:
-			// Gather the rest of the burst, then build once.
-			timer.Reset(window)
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return nil
-			case <-timer.C:
-			}
-			select { // changes in the window are in this State
-			case <-dirty:
-			default:
-			}
-			deliver()
-		}
 	}
 }
 

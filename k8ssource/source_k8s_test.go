@@ -110,8 +110,32 @@ func sliceEndpoint(pod, ip, node string, ready, serving, terminating bool) disco
 func TestK8sSourceState(t *testing.T) {
 	env := kubetest.Start(t, "east")
 	c := env.Clusters[0]
-	ctx := context.Background()
+	svc, slice := createCheckout(t, c)
 
+	r := run(t, &k8ssource.Source{Client: c.Client})
+	testenv.WaitFor(t, 30*time.Second, "the first State", func() bool { return r.count() > 0 })
+	st := r.last()
+	checkNodes(t, st)
+	checkEndpoints(t, st)
+	checkService(t, st, svc)
+
+	checkReadinessChanges(t, c, r, slice)
+	removeKeyAndPod(t, c, r)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, st := range r.states {
+		if err := st.Validate(); err != nil {
+			t.Errorf("state %d: %v", i, err)
+		}
+	}
+}
+
+// createCheckout creates the namespace shop (team=payments), the nodes n1
+// (with a WireGuard key) and n2, a checkout pod on each, the global service
+// checkout with a named target port and its EndpointSlice.
+func createCheckout(t *testing.T, c *kubetest.Cluster) (*corev1.Service, *discoveryv1.EndpointSlice) {
+	t.Helper()
+	ctx := context.Background()
 	if err := c.CreateNamespace(ctx, "shop", map[string]string{"team": "payments"}); err != nil {
 		t.Fatal(err)
 	}
@@ -138,12 +162,12 @@ func TestK8sSourceState(t *testing.T) {
 		},
 		Ports: []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
 	}, metav1.CreateOptions{}))
+	return svc, slice
+}
 
-	r := run(t, &k8ssource.Source{Client: c.Client})
-	testenv.WaitFor(t, 30*time.Second, "the first State", func() bool { return r.count() > 0 })
-	st := r.last()
-
-	// Nodes: InternalIP only (there is one), pod CIDRs, WireGuard key.
+// checkNodes: InternalIP only (there is one), pod CIDRs, WireGuard key.
+func checkNodes(t *testing.T, st *statesource.State) {
+	t.Helper()
 	if len(st.Nodes) != 2 {
 		t.Fatalf("nodes: %+v", st.Nodes)
 	}
@@ -152,7 +176,11 @@ func TestK8sSourceState(t *testing.T) {
 		len(n1.PodCIDRs) != 1 || n1.PodCIDRs[0] != netip.MustParsePrefix("10.1.1.0/24") || n1.WireguardPubKey != wgKey {
 		t.Errorf("node n1: %+v", n1)
 	}
-	// Endpoints: IP, node, labels with the namespace's, readiness.
+}
+
+// checkEndpoints: IP, node, labels with the namespace's, readiness.
+func checkEndpoints(t *testing.T, st *statesource.State) {
+	t.Helper()
 	e1, e2 := endpoint(st, "shop", "checkout-1"), endpoint(st, "shop", "checkout-2")
 	if e1 == nil || e2 == nil {
 		t.Fatalf("endpoints: %+v", st.Endpoints)
@@ -161,8 +189,12 @@ func TestK8sSourceState(t *testing.T) {
 		e1.Labels[k8ssource.NamespaceLabelPrefix+"team"] != "payments" || !e1.IsReady() || !e2.IsReady() {
 		t.Errorf("endpoint checkout-1: %+v", e1)
 	}
-	// Service: cluster IP allocated by the API server, the named target port
-	// resolved by the slice, only the mesh's annotations.
+}
+
+// checkService: cluster IP allocated by the API server, the named target
+// port resolved by the slice, only the mesh's annotations.
+func checkService(t *testing.T, st *statesource.State, svc *corev1.Service) {
+	t.Helper()
 	if len(st.Services) == 0 {
 		t.Fatalf("services: %+v", st.Services)
 	}
@@ -182,8 +214,13 @@ func TestK8sSourceState(t *testing.T) {
 	if got := st.Backends(s); len(got) != 2 {
 		t.Errorf("backends: %d, want 2", len(got))
 	}
+}
 
-	// checkout-2 turns not ready in its slice.
+// checkReadinessChanges turns checkout-2 not ready in its slice, then
+// terminating but still serving, and waits for each in a State.
+func checkReadinessChanges(t *testing.T, c *kubetest.Cluster, r *recorder, slice *discoveryv1.EndpointSlice) {
+	t.Helper()
+	ctx := context.Background()
 	slice.Endpoints[1] = sliceEndpoint("checkout-2", "10.1.2.12", "n2", false, false, false)
 	slice = must[*discoveryv1.EndpointSlice](t)(c.Client.DiscoveryV1().EndpointSlices("shop").Update(ctx, slice, metav1.UpdateOptions{}))
 	testenv.WaitFor(t, 10*time.Second, "checkout-2 not ready", func() bool {
@@ -200,8 +237,13 @@ func TestK8sSourceState(t *testing.T) {
 		e := endpoint(r.last(), "shop", "checkout-2")
 		return e != nil && !e.IsReady() && e.IsServing()
 	})
+}
 
-	// A node's key and a pod going away.
+// removeKeyAndPod removes n1's WireGuard key and deletes checkout-1, and
+// waits for both in a State.
+func removeKeyAndPod(t *testing.T, c *kubetest.Cluster, r *recorder) {
+	t.Helper()
+	ctx := context.Background()
 	n := must[*corev1.Node](t)(c.Client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{}))
 	delete(n.Annotations, k8ssource.AnnotationWireguardPubKey)
 	ok(t)(c.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}))
@@ -212,13 +254,6 @@ func TestK8sSourceState(t *testing.T) {
 		st := r.last()
 		return st.Nodes[0].WireguardPubKey == "" && endpoint(st, "shop", "checkout-1") == nil
 	})
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i, st := range r.states {
-		if err := st.Validate(); err != nil {
-			t.Errorf("state %d: %v", i, err)
-		}
-	}
 }
 
 // A burst of changes gives a few States, not one per change, and nothing
