@@ -11,18 +11,42 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/internal/metricsserver"
 	"github.com/clustermesh/clustermesh/k8ssource"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
 )
 
+// apiserverFlags are the flags of `clustermesh apiserver` beside the
+// meshapiserver.Config fields they set directly.
+type apiserverFlags struct {
+	cfg                                               meshapiserver.Config
+	certDir, stateFile, stateDir, peers, metricsAddr  string
+	nodeKeysDir, stateSource, kubeconfig, kubeContext string
+	namespace, trustedCADir                           string
+}
+
 func newAPIServerCmd() *cobra.Command {
-	var cfg meshapiserver.Config
-	var certDir, stateFile, stateDir, peers, metricsAddr, nodeKeysDir, stateSource, kubeconfig, kubeContext, namespace, trustedCADir string
+	var af apiserverFlags
 	cmd := &cobra.Command{
 		Use:   "apiserver --cluster-name NAME --cluster-id ID --cert-dir DIR --state-file FILE",
 		Short: "Run a cluster's mesh apiserver (embedded etcd behind mutual TLS)",
-		Long: `Run the mesh apiserver of one cluster: an embedded etcd that accepts only
+		Long:  apiserverLong,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := af.config()
+			if err != nil {
+				return err
+			}
+			return runAPIServer(cmd.Context(), cfg, af.metricsAddr)
+		},
+	}
+	af.register(cmd)
+	return cmd
+}
+
+const apiserverLong = `Run the mesh apiserver of one cluster: an embedded etcd that accepts only
 clients with a certificate from the mesh CA, publishes the cluster's nodes,
 identities, ipcache entries and global services (read from --state-file and
 re-read when it changes), and lets each --peer read them, read-only.
@@ -56,91 +80,107 @@ With --node-keys-dir, the nodes' agents (run with --enable-wireguard and the
 same directory) publish their WireGuard public keys there, one file per node,
 and the apiserver publishes each in its node's entry; it re-reads the
 directory when it changes, and ignores (and logs) a file that holds no valid
-key.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			b := ca.Bundle{Dir: certDir, Cluster: cfg.ClusterName}
-			cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile = b.ServerCert(), b.ServerKey(), b.CAFile()
-			if trustedCADir != "" {
-				cas, err := trustedCAFiles(trustedCADir)
-				if err != nil {
-					return err
-				}
-				cfg.TrustedCAFiles = cas
-			}
-			cfg.AdminCertFile, cfg.AdminKeyFile = b.AdminCert(), b.AdminKey()
-			cfg.Peers = splitList(peers)
-			switch stateSource {
-			case "file":
-				if stateFile == "" {
-					return fmt.Errorf("--state-file is required with --state-source=file")
-				}
-				cfg.Source = &statesource.File{Path: stateFile, NodeKeysDir: nodeKeysDir, Logger: slog.Default()}
-			case "kubernetes":
-				if stateDir != "" {
-					return fmt.Errorf("--state-dir with --state-source=kubernetes: identities are kept in the configmap %s/%s: drop --state-dir", kubeNamespace(namespace), identitiesConfigMap)
-				}
-				client, err := newKubeClient(kubeconfig, kubeContext)
-				if err != nil {
-					return fmt.Errorf("connecting the Kubernetes state source: %w", err)
-				}
-				cfg.Source = &k8ssource.Source{Client: client, Logger: slog.Default()}
-				cfg.IdentityStore = &k8ssource.IdentityStore{Client: client, Namespace: kubeNamespace(namespace), Name: identitiesConfigMap}
-			default:
-				return fmt.Errorf("--state-source %q: want file or kubernetes", stateSource)
-			}
-			if stateDir != "" {
-				cfg.IdentityFile = filepath.Join(stateDir, "identities.json")
-			}
-			cfg.Logger = slog.Default()
-			srv, err := meshapiserver.New(cfg)
-			if err != nil {
-				return err
-			}
-			// The metrics listen once etcd serves: a bad certificate, state
-			// or identity store fails before anything listens.
-			return runAll(cmd.Context(), srv.Run,
-				func(ctx context.Context) error {
-					select {
-					case <-srv.Serving():
-					case <-ctx.Done():
-						return nil
-					}
-					return serveMetrics(ctx, metricsAddr, meshapiserver.NewCollector(srv))
-				},
-				func(ctx context.Context) error {
-					select {
-					case <-srv.Ready():
-						slog.Info("mesh apiserver ready", "cluster", cfg.ClusterName, "url", srv.ClientURL(), "peers", cfg.Peers)
-					case <-ctx.Done():
-					}
-					return nil
-				})
-		},
-	}
-	f := cmd.Flags()
+key.`
+
+// register adds the flags to cmd.
+func (af *apiserverFlags) register(cmd *cobra.Command) {
+	cfg, f := &af.cfg, cmd.Flags()
 	f.StringVar(&cfg.ClusterName, "cluster-name", "", "name of this cluster (a-z, 0-9, '-'; at most 32)")
 	f.Uint32Var(&cfg.ClusterID, "cluster-id", 0, "id of this cluster, 1..max-connected-clusters, unique in the mesh")
-	f.Uint32Var(&cfg.MaxConnectedClusters, "max-connected-clusters", 255, "mesh size: 255 or 511 (the same on every cluster)")
+	f.Uint32Var(&cfg.MaxConnectedClusters, "max-connected-clusters", wire.DefaultMaxConnectedClusters, "mesh size: 255 or 511 (the same on every cluster)")
 	f.StringVar(&cfg.ListenAddress, "listen", meshapiserver.DefaultListenAddress, "host:port of the etcd client listener")
-	f.StringVar(&certDir, "cert-dir", "", "directory with ca.crt, server.crt/key and admin-<cluster>.crt/key")
-	f.StringVar(&stateFile, "state-file", "", "YAML file with the cluster's nodes, endpoints and services (see docs/state-file.md)")
-	f.StringVar(&nodeKeysDir, "node-keys-dir", "", "directory of the nodes' WireGuard public keys, <node>.pub each, written by the agents (their --node-keys-dir): a node without wireguardPubKey in the state file is published with its key")
-	f.StringVar(&stateSource, "state-source", "file", "where the cluster's state comes from: file (--state-file) or kubernetes (its API server: in a pod, the service account; else --kubeconfig)")
-	f.StringVar(&kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with")
-	f.StringVar(&kubeContext, "context", "", "with --kubeconfig: its context to use (default: the current one)")
-	f.StringVar(&namespace, "namespace", "", "with --state-source=kubernetes: namespace of the configmap "+identitiesConfigMap+" that keeps identity numbers (default: the pod's, else "+defaultKubeNamespace+")")
-	f.StringVar(&stateDir, "state-dir", "", "with --state-source=file: directory where identity numbers are kept across restarts (empty: in memory only)")
-	f.StringVar(&trustedCADir, "trusted-ca-dir", "", "directory of further CA certificates (PEM, one file each) whose client certificates are accepted: peers with another mesh CA (connect --allow-mismatching-ca)")
-	f.StringVar(&peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
-	f.StringVar(&metricsAddr, "metrics-addr", defaultAPIServerMetricsAddr, "host:port to serve Prometheus /metrics on, without authentication: loopback only by default; :9963 for every interface (\"\" disables)")
+	f.StringVar(&af.certDir, "cert-dir", "", "directory with ca.crt, server.crt/key and admin-<cluster>.crt/key")
+	f.StringVar(&af.stateFile, "state-file", "", "YAML file with the cluster's nodes, endpoints and services (see docs/state-file.md)")
+	f.StringVar(&af.nodeKeysDir, "node-keys-dir", "", "directory of the nodes' WireGuard public keys, <node>.pub each, written by the agents (their --node-keys-dir): a node without wireguardPubKey in the state file is published with its key")
+	f.StringVar(&af.stateSource, "state-source", "file", "where the cluster's state comes from: file (--state-file) or kubernetes (its API server: in a pod, the service account; else --kubeconfig)")
+	f.StringVar(&af.kubeconfig, "kubeconfig", "", "with --state-source=kubernetes outside a pod: the kubeconfig to read the cluster with")
+	f.StringVar(&af.kubeContext, "context", "", "with --kubeconfig: its context to use (default: the current one)")
+	f.StringVar(&af.namespace, "namespace", "", "with --state-source=kubernetes: namespace of the configmap "+identitiesConfigMap+" that keeps identity numbers (default: the pod's, else "+defaultKubeNamespace+")")
+	f.StringVar(&af.stateDir, "state-dir", "", "with --state-source=file: directory where identity numbers are kept across restarts (empty: in memory only)")
+	f.StringVar(&af.trustedCADir, "trusted-ca-dir", "", "directory of further CA certificates (PEM, one file each) whose client certificates are accepted: peers with another mesh CA (connect --allow-mismatching-ca)")
+	f.StringVar(&af.peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
+	f.StringVar(&af.metricsAddr, "metrics-addr", defaultAPIServerMetricsAddr, "host:port to serve Prometheus /metrics on, without authentication: loopback only by default; :9963 for every interface (\"\" disables)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: in the apiserver's private directory under $TMPDIR/clustermesh-<uid>, removed on exit or by the next start)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", meshapiserver.DefaultLeaseTTL, "TTL of the lease every published entry is attached to")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", meshapiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is written")
 	for _, r := range []string{"cluster-name", "cluster-id", "cert-dir"} {
 		cmd.MarkFlagRequired(r)
 	}
-	return cmd
+}
+
+// config builds the apiserver's config from the flags.
+func (af *apiserverFlags) config() (meshapiserver.Config, error) {
+	cfg := af.cfg
+	b := ca.Bundle{Dir: af.certDir, Cluster: cfg.ClusterName}
+	cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile = b.ServerCert(), b.ServerKey(), b.CAFile()
+	cfg.AdminCertFile, cfg.AdminKeyFile = b.AdminCert(), b.AdminKey()
+	if af.trustedCADir != "" {
+		cas, err := trustedCAFiles(af.trustedCADir)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.TrustedCAFiles = cas
+	}
+	cfg.Peers = splitList(af.peers)
+	if err := af.source(&cfg); err != nil {
+		return cfg, err
+	}
+	if af.stateDir != "" {
+		cfg.IdentityFile = filepath.Join(af.stateDir, "identities.json")
+	}
+	cfg.Logger = slog.Default()
+	return cfg, nil
+}
+
+// source sets the state source (and, from Kubernetes, the identity store).
+func (af *apiserverFlags) source(cfg *meshapiserver.Config) error {
+	switch af.stateSource {
+	case "file":
+		if af.stateFile == "" {
+			return fmt.Errorf("--state-file is required with --state-source=file")
+		}
+		cfg.Source = &statesource.File{Path: af.stateFile, NodeKeysDir: af.nodeKeysDir, Logger: slog.Default()}
+	case "kubernetes":
+		if af.stateDir != "" {
+			return fmt.Errorf("--state-dir with --state-source=kubernetes: identities are kept in the configmap %s/%s: drop --state-dir", kubeNamespace(af.namespace), identitiesConfigMap)
+		}
+		client, err := newKubeClient(af.kubeconfig, af.kubeContext)
+		if err != nil {
+			return fmt.Errorf("connecting the Kubernetes state source: %w", err)
+		}
+		cfg.Source = &k8ssource.Source{Client: client, Logger: slog.Default()}
+		cfg.IdentityStore = &k8ssource.IdentityStore{Client: client, Namespace: kubeNamespace(af.namespace), Name: identitiesConfigMap}
+	default:
+		return fmt.Errorf("--state-source %q: want file or kubernetes", af.stateSource)
+	}
+	return nil
+}
+
+// runAPIServer runs the apiserver until ctx is done. The metrics listen
+// once etcd serves: a bad certificate, state or identity store fails before
+// anything listens.
+func runAPIServer(ctx context.Context, cfg meshapiserver.Config, metricsAddr string) error {
+	srv, err := meshapiserver.New(cfg)
+	if err != nil {
+		return err
+	}
+	metrics := func(ctx context.Context) error {
+		select {
+		case <-srv.Serving():
+		case <-ctx.Done():
+			return nil
+		}
+		return metricsserver.Serve(ctx, slog.Default(), metricsAddr, meshapiserver.NewCollector(srv))
+	}
+	ready := func(ctx context.Context) error {
+		select {
+		case <-srv.Ready():
+			slog.Info("mesh apiserver ready", "cluster", cfg.ClusterName, "url", srv.ClientURL(), "peers", cfg.Peers)
+		case <-ctx.Done():
+		}
+		return nil
+	}
+	return runAll(ctx, srv.Run, metrics, ready)
 }
 
 // identitiesConfigMap keeps the apiserver's identity numbers with

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -45,9 +46,14 @@ ca.key offline where you can; only 'ca issue' needs it.`,
 	return cmd
 }
 
+// caIssueFlags are the flags of `clustermesh ca issue`.
+type caIssueFlags struct {
+	caDir, out, cluster, server, client string
+	dnsNames, ips                       []string
+}
+
 func newCAIssueCmd() *cobra.Command {
-	var caDir, out, cluster, server, client string
-	var dnsNames, ips []string
+	var fl caIssueFlags
 	cmd := &cobra.Command{
 		Use:   "issue --ca DIR --out DIR (--cluster NAME | --server NAME | --client USER)",
 		Short: "Issue certificates from the mesh CA",
@@ -63,64 +69,67 @@ func newCAIssueCmd() *cobra.Command {
 Server certificates need every name and address clients dial: the
 LoadBalancer's IP or DNS name, or the node IPs for a NodePort.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := ca.Load(caDir)
-			if err != nil {
-				return fmt.Errorf("loading the mesh CA from %s: %w", caDir, err)
-			}
-			var parsed []net.IP
-			for _, s := range ips {
-				ip := net.ParseIP(s)
-				if ip == nil {
-					return fmt.Errorf("--ip %q is not an IP address", s)
-				}
-				parsed = append(parsed, ip)
-			}
-			w := cmd.OutOrStdout()
-			switch {
-			case cluster != "":
-				if len(dnsNames) == 0 && len(parsed) == 0 {
-					dnsNames, parsed = []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}
-				}
-				b, err := c.IssueBundle(out, cluster, dnsNames, parsed)
-				if err != nil {
-					return fmt.Errorf("issuing the bundle of cluster %s into %s: %w", cluster, out, err)
-				}
-				fmt.Fprintf(w, "bundle of cluster %s written to %s: %s, %s, %s\n", cluster, out, b.ServerCert(), b.AdminCert(), b.RemoteCert())
-			case server != "":
-				i, err := c.IssueServer(server, dnsNames, parsed)
-				if err != nil {
-					return fmt.Errorf("issuing server certificate %s: %w", server, err)
-				}
-				if err := i.Save(out, server); err != nil {
-					return fmt.Errorf("saving server certificate %s in %s: %w", server, out, err)
-				}
-				fmt.Fprintf(w, "server certificate %s written to %s\n", server, out)
-			case client != "":
-				i, err := c.IssueClient(client)
-				if err != nil {
-					return fmt.Errorf("issuing the client certificate of etcd user %s: %w", client, err)
-				}
-				if err := i.Save(out, client); err != nil {
-					return fmt.Errorf("saving the client certificate of etcd user %s in %s: %w", client, out, err)
-				}
-				fmt.Fprintf(w, "client certificate for etcd user %s written to %s\n", client, out)
-			default:
-				return fmt.Errorf("say what to issue: --cluster NAME, --server NAME or --client USER")
-			}
-			return nil
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return fl.issue(cmd.OutOrStdout()) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&caDir, "ca", "", "directory holding ca.crt and ca.key")
-	f.StringVar(&out, "out", "", "directory to write the certificates into")
-	f.StringVar(&cluster, "cluster", "", "issue the whole bundle of this cluster")
-	f.StringVar(&server, "server", "", "issue one server certificate with this common name")
-	f.StringVar(&client, "client", "", "issue one client certificate for this etcd user")
-	f.StringSliceVar(&dnsNames, "dns", nil, "DNS names of the server certificate (repeatable)")
-	f.StringSliceVar(&ips, "ip", nil, "IP addresses of the server certificate (repeatable)")
+	f.StringVar(&fl.caDir, "ca", "", "directory holding ca.crt and ca.key")
+	f.StringVar(&fl.out, "out", "", "directory to write the certificates into")
+	f.StringVar(&fl.cluster, "cluster", "", "issue the whole bundle of this cluster")
+	f.StringVar(&fl.server, "server", "", "issue one server certificate with this common name")
+	f.StringVar(&fl.client, "client", "", "issue one client certificate for this etcd user")
+	f.StringSliceVar(&fl.dnsNames, "dns", nil, "DNS names of the server certificate (repeatable)")
+	f.StringSliceVar(&fl.ips, "ip", nil, "IP addresses of the server certificate (repeatable)")
 	cmd.MarkFlagRequired("ca")
 	cmd.MarkFlagRequired("out")
 	cmd.MarkFlagsMutuallyExclusive("cluster", "server", "client")
 	return cmd
+}
+
+// issue issues what the flags ask for and says where it was written.
+func (fl *caIssueFlags) issue(w io.Writer) error {
+	c, err := ca.Load(fl.caDir)
+	if err != nil {
+		return fmt.Errorf("loading the mesh CA from %s: %w", fl.caDir, err)
+	}
+	var ips []net.IP
+	for _, s := range fl.ips {
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return fmt.Errorf("--ip %q is not an IP address", s)
+		}
+		ips = append(ips, ip)
+	}
+	switch {
+	case fl.cluster != "":
+		dns := fl.dnsNames
+		if len(dns) == 0 && len(ips) == 0 {
+			dns, ips = []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}
+		}
+		b, err := c.IssueBundle(fl.out, fl.cluster, dns, ips)
+		if err != nil {
+			return fmt.Errorf("issuing the bundle of cluster %s into %s: %w", fl.cluster, fl.out, err)
+		}
+		fmt.Fprintf(w, "bundle of cluster %s written to %s: %s, %s, %s\n", fl.cluster, fl.out, b.ServerCert(), b.AdminCert(), b.RemoteCert())
+	case fl.server != "":
+		i, err := c.IssueServer(fl.server, fl.dnsNames, ips)
+		if err != nil {
+			return fmt.Errorf("issuing server certificate %s: %w", fl.server, err)
+		}
+		if err := i.Save(fl.out, fl.server); err != nil {
+			return fmt.Errorf("saving server certificate %s in %s: %w", fl.server, fl.out, err)
+		}
+		fmt.Fprintf(w, "server certificate %s written to %s\n", fl.server, fl.out)
+	case fl.client != "":
+		i, err := c.IssueClient(fl.client)
+		if err != nil {
+			return fmt.Errorf("issuing the client certificate of etcd user %s: %w", fl.client, err)
+		}
+		if err := i.Save(fl.out, fl.client); err != nil {
+			return fmt.Errorf("saving the client certificate of etcd user %s in %s: %w", fl.client, fl.out, err)
+		}
+		fmt.Fprintf(w, "client certificate for etcd user %s written to %s\n", fl.client, fl.out)
+	default:
+		return fmt.Errorf("say what to issue: --cluster NAME, --server NAME or --client USER")
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/metricsserver"
 )
 
 // part is one long-running piece of the agent.
@@ -53,7 +54,7 @@ func (n *Node) parts(flows *datapath.FlowReader) []part {
 	}
 	if c.MetricsAddr != "" {
 		ps = append(ps, part{"serving the metrics", func(ctx context.Context) error {
-			return serveMetrics(ctx, n.log, c.MetricsAddr, n.collectors()...)
+			return metricsserver.Serve(ctx, n.log, c.MetricsAddr, n.collectors()...)
 		}})
 	}
 	return ps

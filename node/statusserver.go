@@ -12,10 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // DefaultStatusAddr is where an agent serves its status (and its flows) by
@@ -132,27 +128,4 @@ func FetchStatus(ctx context.Context, addr string) (Status, error) {
 		return st, fmt.Errorf("reading the status: the agent at %s sent an unreadable status: %w", addr, err)
 	}
 	return st, nil
-}
-
-// serveMetrics serves /metrics (cs plus Go and process metrics) on addr
-// until ctx is done.
-func serveMetrics(ctx context.Context, log *slog.Logger, addr string, cs ...prometheus.Collector) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("registering the metrics: %w", err)
-		}
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listening for metrics on %s: %w (choose another --metrics-addr, or \"\" to disable)", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	log.Info("serving metrics", "addr", ln.Addr().String())
-	if err := serveUntilDone(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln); err != nil {
-		return fmt.Errorf("serving metrics on %s: %w", addr, err)
-	}
-	return nil
 }
