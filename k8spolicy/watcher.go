@@ -210,107 +210,142 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return err
 	}
 	defer np.stop()
-	var cnp *informer // nil: not watched
-	defer func() {
-		if cnp != nil {
-			cnp.stop()
-		}
-	}()
-
-	// known: discovery answered at least once; the first delivery waits
-	// for it (CiliumNetworkPolicies may be served).
-	known, saidNotServed := false, false
-	check := func() {
-		served, err := w.cnpServed(ctx)
-		switch {
-		case err != nil:
-			if ctx.Err() == nil {
-				w.log.Warn("cannot tell whether CiliumNetworkPolicies are served, asking again later", "err", err)
-			}
-			return
-		case served && w.cfg.Dynamic == nil:
-			if !saidNotServed {
-				w.log.Warn("CiliumNetworkPolicies are served but there is no dynamic client: watching NetworkPolicies only")
-				saidNotServed = true
-			}
-		case served && cnp == nil:
-			inf := dynamicinformer.NewFilteredDynamicInformer(w.cfg.Dynamic, CiliumNetworkPolicies, "", 0, cache.Indexers{}, nil)
-			if cnp, err = w.start(ctx, "ciliumnetworkpolicies", inf.Informer()); err != nil {
-				w.log.Error("cannot watch CiliumNetworkPolicies", "err", err)
-				return
-			}
-			w.log.Info("watching CiliumNetworkPolicies")
-			saidNotServed = false
-		case !served && cnp != nil:
-			cnp.stop()
-			cnp = nil
-			w.store.removeKind(KindCiliumNetworkPolicy)
-			w.log.Warn("CiliumNetworkPolicies are no longer served (their CRD was removed): their rules are removed; watching NetworkPolicies only")
-		case !served && !saidNotServed:
-			w.log.Info("the API server does not serve CiliumNetworkPolicies (cilium.io/v2): watching NetworkPolicies only, looking again every " + w.cfg.Recheck.String())
-			saidNotServed = true
-		}
-		known = true
-		w.mu.Lock()
-		w.status.CiliumNetworkPolicies = cnp != nil
-		w.mu.Unlock()
-	}
-	check()
-	recheck := time.NewTicker(w.recheckInterval(known))
+	cnp := &cnpWatch{w: w}
+	defer cnp.stop()
+	cnp.check(ctx)
+	recheck := time.NewTicker(w.recheckInterval(cnp.known))
 	defer recheck.Stop()
 
 	start := time.Now()
-	delivered := false
-	timer := time.NewTimer(0)
-	<-timer.C
+	if !w.awaitSync(ctx, np, cnp, recheck) {
+		return nil
+	}
+	w.log.Info("kubernetes policy informers synced", "took", time.Since(start).Round(time.Millisecond))
+	drain(w.store.dirty) // the initial lists poked: they are in this delivery
+	w.deliver(true)
 	for {
-		// Before the first delivery: wait for the next informer not synced.
-		var syncing <-chan struct{}
-		if !delivered {
-			for _, i := range []*informer{np, cnp} {
-				if i != nil && !cache.IsDone(i.synced) {
-					syncing = i.synced.Done()
-					break
-				}
-			}
-			if syncing == nil && known {
-				w.log.Info("kubernetes policy informers synced", "took", time.Since(start).Round(time.Millisecond))
-				select { // the initial lists poked: they are in this delivery
-				case <-w.store.dirty:
-				default:
-				}
-				w.deliver(true)
-				delivered = true
-			}
-		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-syncing:
 		case <-recheck.C:
-			wasKnown := known
-			check()
-			if known != wasKnown {
-				recheck.Reset(w.recheckInterval(known))
-			}
+			cnp.recheck(ctx, recheck)
 		case <-w.store.dirty:
-			if !delivered {
-				continue
-			}
 			// Gather the rest of the burst, then deliver once.
-			timer.Reset(w.cfg.Coalesce)
-			select {
-			case <-ctx.Done():
-				timer.Stop()
+			if !settle(ctx, w.cfg.Coalesce, w.store.dirty) {
 				return nil
-			case <-timer.C:
-			}
-			select { // changes in the window are in this delivery
-			case <-w.store.dirty:
-			default:
 			}
 			w.deliver(false)
 		}
+	}
+}
+
+// awaitSync waits until discovery has answered and every informer watched
+// has synced, asking discovery again on recheck meanwhile. It returns false
+// if ctx ended first.
+func (w *Watcher) awaitSync(ctx context.Context, np *informer, cnp *cnpWatch, recheck *time.Ticker) bool {
+	for {
+		syncing := notSynced(np, cnp.inf)
+		if syncing == nil && cnp.known {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-syncing:
+		case <-recheck.C:
+			cnp.recheck(ctx, recheck)
+		case <-w.store.dirty: // the first delivery takes every change
+		}
+	}
+}
+
+// notSynced is the Done channel of the first informer (nil: not watched)
+// that has not synced, nil when all have.
+func notSynced(infs ...*informer) <-chan struct{} {
+	for _, i := range infs {
+		if i != nil && !cache.IsDone(i.synced) {
+			return i.synced.Done()
+		}
+	}
+	return nil
+}
+
+// cnpWatch watches CiliumNetworkPolicies while discovery says they are
+// served.
+type cnpWatch struct {
+	w   *Watcher
+	inf *informer // nil: not watched
+	// known: discovery answered at least once; the first delivery waits
+	// for it (CiliumNetworkPolicies may be served).
+	known         bool
+	saidNotServed bool
+}
+
+// recheck asks discovery again, and has ticker tick every Recheck once
+// discovery first answers.
+func (c *cnpWatch) recheck(ctx context.Context, ticker *time.Ticker) {
+	wasKnown := c.known
+	c.check(ctx)
+	if c.known != wasKnown {
+		ticker.Reset(c.w.recheckInterval(c.known))
+	}
+}
+
+// check asks discovery whether CiliumNetworkPolicies are served, starts or
+// stops their informer to match, and reports it in the watcher's status.
+func (c *cnpWatch) check(ctx context.Context) {
+	served, err := c.w.cnpServed(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.w.log.Warn("cannot tell whether CiliumNetworkPolicies are served, asking again later", "err", err)
+		}
+		return
+	}
+	if !c.follow(ctx, served) {
+		return
+	}
+	c.known = true
+	c.w.mu.Lock()
+	c.w.status.CiliumNetworkPolicies = c.inf != nil
+	c.w.mu.Unlock()
+}
+
+// follow starts or stops the informer as served says; false if it could
+// not start it.
+func (c *cnpWatch) follow(ctx context.Context, served bool) bool {
+	w := c.w
+	switch {
+	case served && w.cfg.Dynamic == nil:
+		if !c.saidNotServed {
+			w.log.Warn("CiliumNetworkPolicies are served but there is no dynamic client: watching NetworkPolicies only")
+			c.saidNotServed = true
+		}
+	case served && c.inf == nil:
+		inf := dynamicinformer.NewFilteredDynamicInformer(w.cfg.Dynamic, CiliumNetworkPolicies, "", 0, cache.Indexers{}, nil)
+		i, err := w.start(ctx, "ciliumnetworkpolicies", inf.Informer())
+		if err != nil {
+			w.log.Error("cannot watch CiliumNetworkPolicies", "err", err)
+			return false
+		}
+		c.inf = i
+		w.log.Info("watching CiliumNetworkPolicies")
+		c.saidNotServed = false
+	case !served && c.inf != nil:
+		c.stop()
+		w.store.removeKind(KindCiliumNetworkPolicy)
+		w.log.Warn("CiliumNetworkPolicies are no longer served (their CRD was removed): their rules are removed; watching NetworkPolicies only")
+	case !served && !c.saidNotServed:
+		w.log.Info("the API server does not serve CiliumNetworkPolicies (cilium.io/v2): watching NetworkPolicies only, looking again every " + w.cfg.Recheck.String())
+		c.saidNotServed = true
+	}
+	return true
+}
+
+// stop stops the informer, if running, and waits for it.
+func (c *cnpWatch) stop() {
+	if c.inf != nil {
+		c.inf.stop()
+		c.inf = nil
 	}
 }
 
@@ -345,3 +380,26 @@ func (w *Watcher) deliver(first bool) {
 // sync) before it writes anything, so that a restarted agent never writes
 // a policy map without the cluster's objects.
 func (w *Watcher) Synced() <-chan struct{} { return w.synced }
+
+// settle waits out the coalescing window, then takes the changes made in
+// it (they are in the delivery that follows). It returns false if ctx
+// ended first.
+func settle(ctx context.Context, window time.Duration, dirty <-chan struct{}) bool {
+	timer := time.NewTimer(window)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+	}
+	drain(dirty)
+	return true
+}
+
+// drain takes a pending poke, if any.
+func drain(dirty <-chan struct{}) {
+	select {
+	case <-dirty:
+	default:
+	}
+}

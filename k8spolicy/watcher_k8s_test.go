@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
+	networkingclient "k8s.io/client-go/kubernetes/typed/networking/v1"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
@@ -159,16 +160,29 @@ func labelValue(m *dto.Metric, name string) string {
 	return ""
 }
 
+// NetworkPolicies are delivered from the first delivery on: created,
+// refused when the mesh does not enforce them (the last valid version
+// stays), fixed and deleted.
 func TestNetworkPolicies(t *testing.T) {
 	env := kubetest.Start(t, "east")
 	cl := env.Clusters[0]
-	ctx := context.Background()
-	if err := cl.CreateNamespace(ctx, "shop", nil); err != nil {
+	if err := cl.CreateNamespace(context.Background(), "shop", nil); err != nil {
 		t.Fatal(err)
 	}
 	nps := cl.Client.NetworkingV1().NetworkPolicies("shop")
-	// An object there before the watcher starts is in its first delivery.
-	if _, err := nps.Create(ctx, networkPolicy("db", "db", "checkout", 5432), metav1.CreateOptions{}); err != nil {
+	w, r := checkFirstDelivery(t, cl, nps)
+	np := createCheckoutPolicy(t, nps, r)
+	refuseIPBlock(t, nps, np, w, r)
+	refuseNeverValid(t, nps, w)
+	fixCheckoutPolicy(t, nps, w, r)
+	deletePolicies(t, nps, w, r)
+}
+
+// checkFirstDelivery: an object there before the watcher starts is in its
+// first delivery, made before Synced is closed.
+func checkFirstDelivery(t *testing.T, cl *kubetest.Cluster, nps networkingclient.NetworkPolicyInterface) (*k8spolicy.Watcher, *recorder) {
+	t.Helper()
+	if _, err := nps.Create(context.Background(), networkPolicy("db", "db", "checkout", 5432), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
@@ -188,11 +202,16 @@ func TestNetworkPolicies(t *testing.T) {
 	if st := w.Status(); !st.Synced || st.CiliumNetworkPolicies || st.Objects != 1 {
 		t.Fatalf("status %+v: want synced, 1 object, no CiliumNetworkPolicies (no CRD)", st)
 	}
+	return w, r
+}
 
-	// Created: east's frontend may reach checkout on 8080; west's may not
-	// (a selector without the cluster label selects the local cluster).
-	start = time.Now()
-	np, err := nps.Create(ctx, networkPolicy("checkout", "checkout", "frontend", 8080), metav1.CreateOptions{})
+// createCheckoutPolicy: east's frontend may reach checkout on 8080; west's
+// may not (a selector without the cluster label selects the local
+// cluster).
+func createCheckoutPolicy(t *testing.T, nps networkingclient.NetworkPolicyInterface, r *recorder) *networkingv1.NetworkPolicy {
+	t.Helper()
+	start := time.Now()
+	np, err := nps.Create(context.Background(), networkPolicy("checkout", "checkout", "frontend", 8080), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,11 +223,15 @@ func TestNetworkPolicies(t *testing.T) {
 	if allows(c, eastCheckout, westFront, 8080) || allows(c, eastCheckout, eastFront, 9090) || !allows(c, eastDB, eastCheckout, 5432) {
 		t.Fatal("checkout's policy: west's frontend or port 9090 allowed, or the db policy gone")
 	}
+	return np
+}
 
-	// Updated to something the mesh does not enforce: refused by name, the
-	// last valid version stays.
+// refuseIPBlock updates np to something the mesh does not enforce: refused
+// by name, the last valid version stays.
+func refuseIPBlock(t *testing.T, nps networkingclient.NetworkPolicyInterface, np *networkingv1.NetworkPolicy, w *k8spolicy.Watcher, r *recorder) {
+	t.Helper()
 	np.Spec.Ingress[0].From = []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/8"}}}
-	if _, err := nps.Update(ctx, np, metav1.UpdateOptions{}); err != nil {
+	if _, err := nps.Update(context.Background(), np, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, wait, "the ipBlock version refused", func() bool { return invalid(w, "NetworkPolicy", "checkout") != nil })
@@ -222,12 +245,15 @@ func TestNetworkPolicies(t *testing.T) {
 	if v := counter(t, w.Collector(), "clustermesh_policy_kubernetes_invalid_total", "NetworkPolicy"); v != 1 {
 		t.Fatalf("invalid_total = %v, want 1", v)
 	}
+}
 
-	// A new object never valid contributes nothing.
+// refuseNeverValid: a new object never valid contributes nothing.
+func refuseNeverValid(t *testing.T, nps networkingclient.NetworkPolicyInterface, w *k8spolicy.Watcher) {
+	t.Helper()
 	bad := networkPolicy("never-valid", "db", "frontend", 5432)
 	bad.Spec.PodSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: "tier", Operator: metav1.LabelSelectorOpExists}}
 	bad.Spec.Ingress[0].Ports[0].Port = ptr(intstr.FromString("postgres"))
-	if _, err := nps.Create(ctx, bad, metav1.CreateOptions{}); err != nil {
+	if _, err := nps.Create(context.Background(), bad, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, wait, "never-valid refused", func() bool { return invalid(w, "NetworkPolicy", "never-valid") != nil })
@@ -237,9 +263,14 @@ func TestNetworkPolicies(t *testing.T) {
 	if st := w.Status(); st.Objects != 3 || st.Enforced != 2 {
 		t.Fatalf("status %+v: want 3 objects, 2 enforced", st)
 	}
+}
 
-	// Fixed: enforced again, no longer reported.
-	np, err = nps.Get(ctx, "checkout", metav1.GetOptions{})
+// fixCheckoutPolicy: fixed, checkout's policy is enforced again and no
+// longer reported.
+func fixCheckoutPolicy(t *testing.T, nps networkingclient.NetworkPolicyInterface, w *k8spolicy.Watcher, r *recorder) {
+	t.Helper()
+	ctx := context.Background()
+	np, err := nps.Get(ctx, "checkout", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,9 +285,14 @@ func TestNetworkPolicies(t *testing.T) {
 	if invalid(w, "NetworkPolicy", "checkout") != nil {
 		t.Fatal("checkout still reported invalid once fixed")
 	}
+}
 
-	// Deleted: its rules are removed (checkout is no longer selected).
-	start = time.Now()
+// deletePolicies: a deleted object's rules are removed (checkout is no
+// longer selected), and an invalid one deleted is no longer reported.
+func deletePolicies(t *testing.T, nps networkingclient.NetworkPolicyInterface, w *k8spolicy.Watcher, r *recorder) {
+	t.Helper()
+	ctx := context.Background()
+	start := time.Now()
 	if err := nps.Delete(ctx, "checkout", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
