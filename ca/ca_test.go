@@ -125,36 +125,42 @@ func TestSaveRefusesToOverwrite(t *testing.T) {
 	})
 }
 
+// writeCA writes certPEM and keyPEM as a CA directory's files, and returns
+// the directory.
+func writeCA(t *testing.T, certPEM, keyPEM []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, CertFile), certPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, KeyFile), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// caPair is c's certificate and key, PEM-encoded.
+func caPair(t *testing.T, c *CA) (certPEM, keyPEM []byte) {
+	t.Helper()
+	k, err := encodeKey(c.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.CertPEM(), k
+}
+
+// caValidFrom is a CA valid from notBefore for validity.
+func caValidFrom(t *testing.T, notBefore time.Time, validity time.Duration) *CA {
+	t.Helper()
+	c, err := newCA("mesh-ca", notBefore, validity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestLoadChecks(t *testing.T) {
 	now := time.Now()
-	writeCA := func(t *testing.T, certPEM, keyPEM []byte) string {
-		t.Helper()
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, CertFile), certPEM, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, KeyFile), keyPEM, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return dir
-	}
-	caPair := func(t *testing.T, c *CA) (certPEM, keyPEM []byte) {
-		t.Helper()
-		k, err := encodeKey(c.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.CertPEM(), k
-	}
-	mustCA := func(t *testing.T, notBefore time.Time, validity time.Duration) *CA {
-		t.Helper()
-		c, err := newCA("mesh-ca", notBefore, validity)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-
 	for _, tc := range []struct {
 		name  string
 		setup func(t *testing.T) string // returns the CA directory
@@ -183,7 +189,7 @@ func TestLoadChecks(t *testing.T) {
 		{
 			name: "expired CA",
 			setup: func(t *testing.T) string {
-				crt, key := caPair(t, mustCA(t, now.Add(-48*time.Hour), time.Hour))
+				crt, key := caPair(t, caValidFrom(t, now.Add(-48*time.Hour), time.Hour))
 				return writeCA(t, crt, key)
 			},
 			want:  ErrExpired,
@@ -192,7 +198,7 @@ func TestLoadChecks(t *testing.T) {
 		{
 			name: "CA not yet valid",
 			setup: func(t *testing.T) string {
-				crt, key := caPair(t, mustCA(t, now.Add(time.Hour), time.Hour))
+				crt, key := caPair(t, caValidFrom(t, now.Add(time.Hour), time.Hour))
 				return writeCA(t, crt, key)
 			},
 			want:  ErrNotYetValid,
