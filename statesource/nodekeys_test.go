@@ -58,104 +58,130 @@ func keysOf(st *State) map[string]string {
 // removed key file drops the key. Every change arrives by inotify (the poll
 // interval is an hour).
 func TestNodeKeysDir(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "state.yaml")
-	keysDir := filepath.Join(dir, "keys") // created by the File
-	stateKey := randomKey(t)
-	writeState := func(extra string) {
-		t.Helper()
-		content := "nodes:\n- {name: n1, ips: [192.168.1.1], podCIDRs: [10.1.1.0/24]}\n" +
-			"- {name: n2, ips: [192.168.1.2], wireguardPubKey: '" + stateKey + "'}\n" + extra
-		if err := os.WriteFile(path+".tmp", []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(path+".tmp", path); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeState("")
-	var logs syncBuffer
-	states := make(chan *State, 10)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	f := &File{Path: path, NodeKeysDir: keysDir, PollInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
-	go func() { done <- f.Run(ctx, func(s *State) { states <- s }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	recv := func(what string) map[string]string {
-		t.Helper()
-		select {
-		case s := <-states:
-			if err := s.Validate(); err != nil {
-				t.Fatalf("%s: delivered an invalid state: %v", what, err)
-			}
-			return keysOf(s)
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s: no state delivered within 5s (the poll interval is an hour: inotify must deliver)", what)
-			return nil
-		}
-	}
-	expect := func(what string, got map[string]string, n1 string) {
-		t.Helper()
-		if got["n1"] != n1 || got["n2"] != stateKey {
-			t.Fatalf("%s: keys %v, want n1=%q and n2 with its state file key", what, got, n1)
-		}
-	}
-	writeKey := func(node, key string) {
-		t.Helper()
-		if err := WriteNodeKey(keysDir, node, key); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	expect("start, no key files", recv("start"), "")
+	f := startKeysFile(t)
+	f.expect("start, no key files", f.recv("start"), "")
 	k1, k2, k3 := randomKey(t), randomKey(t), randomKey(t)
-	writeKey("n1", k1)
-	expect("n1's key file appeared", recv("key file"), k1)
-	writeKey("n1", k2)
-	expect("n1 rotated", recv("rotation"), k2)
+	f.writeKey("n1", k1)
+	f.expect("n1's key file appeared", f.recv("key file"), k1)
+	f.writeKey("n1", k2)
+	f.expect("n1 rotated", f.recv("rotation"), k2)
 
 	// No delivery for these: n2 keeps its state file key (with a warning)
 	// and n9 is not a node of the state. The next delivery must be the
 	// rotation that follows.
-	writeKey("n2", randomKey(t))
-	writeKey("n9", randomKey(t))
-	writeKey("n1", k3)
-	expect("n1 rotated again", recv("second rotation"), k3)
-	if !strings.Contains(logs.String(), "another in the node keys directory") {
-		t.Errorf("no warning about n2's two keys; logs:\n%s", logs.String())
+	f.writeKey("n2", randomKey(t))
+	f.writeKey("n9", randomKey(t))
+	f.writeKey("n1", k3)
+	f.expect("n1 rotated again", f.recv("second rotation"), k3)
+	if !strings.Contains(f.logs.String(), "another in the node keys directory") {
+		t.Errorf("no warning about n2's two keys; logs:\n%s", f.logs.String())
 	}
 
 	// Invalid key files: ignored with a log line; n1 keeps k3. A change of
 	// the state file meanwhile is delivered with it.
 	for _, bad := range []string{"not a key\n", base64.StdEncoding.EncodeToString(make([]byte, 32)), strings.Repeat("A", 2000)} {
-		if err := os.WriteFile(filepath.Join(keysDir, "n1.pub"), []byte(bad), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(f.keysDir, "n1.pub"), []byte(bad), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	writeState("endpoints:\n- {namespace: a, pod: b, ip: 10.1.1.5, node: n1}\n")
-	expect("state changed while n1's key file is invalid", recv("state change"), k3)
+	f.writeState("endpoints:\n- {namespace: a, pod: b, ip: 10.1.1.5, node: n1}\n")
+	f.expect("state changed while n1's key file is invalid", f.recv("state change"), k3)
 	// The File logs from its own goroutine, possibly after the delivery.
 	testenv.WaitFor(t, 5*time.Second, "the invalid key file logged", func() bool {
-		return strings.Count(logs.String(), "invalid node key file ignored") >= 1
+		return strings.Count(f.logs.String(), "invalid node key file ignored") >= 1
 	})
-	if strings.Contains(logs.String(), "not a key") {
+	if strings.Contains(f.logs.String(), "not a key") {
 		t.Error("the log quotes the content of an invalid key file")
 	}
 
 	// The key file removed: n1 has no key any more.
-	if err := os.Remove(filepath.Join(keysDir, "n1.pub")); err != nil {
+	if err := os.Remove(filepath.Join(f.keysDir, "n1.pub")); err != nil {
 		t.Fatal(err)
 	}
-	expect("n1's key file removed", recv("removal"), "")
+	f.expect("n1's key file removed", f.recv("removal"), "")
 	select {
-	case s := <-states:
+	case s := <-f.states:
 		t.Fatalf("an extra state was delivered: %v", keysOf(s))
 	default:
+	}
+}
+
+// keysFile is a running File whose state file gives n2 a key and whose
+// node keys directory starts empty.
+type keysFile struct {
+	t                       *testing.T
+	path, keysDir, stateKey string
+	logs                    *syncBuffer
+	states                  chan *State
+}
+
+// startKeysFile starts the File (polling every hour: changes must arrive
+// by inotify) and stops it when t ends.
+func startKeysFile(t *testing.T) *keysFile {
+	dir := t.TempDir()
+	f := &keysFile{
+		t:        t,
+		path:     filepath.Join(dir, "state.yaml"),
+		keysDir:  filepath.Join(dir, "keys"), // created by the File
+		stateKey: randomKey(t),
+		logs:     &syncBuffer{},
+		states:   make(chan *State, 10),
+	}
+	f.writeState("")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	file := &File{Path: f.path, NodeKeysDir: f.keysDir, PollInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(f.logs, nil))}
+	go func() { done <- file.Run(ctx, func(s *State) { f.states <- s }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return f
+}
+
+// writeState replaces the state file (nodes n1 and n2, n2 with a key) and
+// appends extra to it.
+func (f *keysFile) writeState(extra string) {
+	f.t.Helper()
+	content := "nodes:\n- {name: n1, ips: [192.168.1.1], podCIDRs: [10.1.1.0/24]}\n" +
+		"- {name: n2, ips: [192.168.1.2], wireguardPubKey: '" + f.stateKey + "'}\n" + extra
+	if err := os.WriteFile(f.path+".tmp", []byte(content), 0o600); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := os.Rename(f.path+".tmp", f.path); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// recv is the nodes' keys of the next state delivered, which must be valid.
+func (f *keysFile) recv(what string) map[string]string {
+	f.t.Helper()
+	select {
+	case s := <-f.states:
+		if err := s.Validate(); err != nil {
+			f.t.Fatalf("%s: delivered an invalid state: %v", what, err)
+		}
+		return keysOf(s)
+	case <-time.After(5 * time.Second):
+		f.t.Fatalf("%s: no state delivered within 5s (the poll interval is an hour: inotify must deliver)", what)
+		return nil
+	}
+}
+
+// expect checks that n1 has key n1 and n2 its state file key.
+func (f *keysFile) expect(what string, got map[string]string, n1 string) {
+	f.t.Helper()
+	if got["n1"] != n1 || got["n2"] != f.stateKey {
+		f.t.Fatalf("%s: keys %v, want n1=%q and n2 with its state file key", what, got, n1)
+	}
+}
+
+func (f *keysFile) writeKey(node, key string) {
+	f.t.Helper()
+	if err := WriteNodeKey(f.keysDir, node, key); err != nil {
+		f.t.Fatal(err)
 	}
 }
 
