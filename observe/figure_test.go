@@ -38,6 +38,42 @@ import (
 func TestFiguresObserve(t *testing.T) {
 	figure.Require(t)
 	testenv.RequireRoot(t)
+	maps := openFigureMaps(t)
+	inNS := netnsThread(t)
+	conn := dropLoopbackEgress(t, inNS, maps)
+	defer inNS(func() error { return conn.Close() })
+
+	fr, err := datapath.OpenFlows(maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fr.Close()
+	h, got, stop := countDrops(t, fr)
+	defer stop()
+
+	const rate, d = 100_000, 5 * time.Second
+	start := time.Now()
+	sent := sendAtRate(inNS, conn, start, rate, d)
+	lost := func() uint64 { st := h.Stats(); return st.LostDatapath + st.LostSubscriber }
+	testenv.WaitFor(t, 30*time.Second, "every event at the subscriber or lost", func() bool {
+		dl, _ := fr.Lost()
+		return got.Load()+lost() >= uint64(sent) && h.Stats().LostDatapath == dl
+	})
+	took := time.Since(start)
+	st := h.Stats()
+	t.Logf("%d packets sent in %v; subscriber got %d; lost %d in the datapath, %d for the subscriber",
+		sent, took.Round(time.Millisecond), got.Load(), st.LostDatapath, st.LostSubscriber)
+	if got.Load() == 0 {
+		t.Fatal("no flow reached the subscriber")
+	}
+	figure.Print("flow.observe.per_s", math.Round(float64(got.Load())/took.Seconds()), "flows/s")
+	figure.Print("flow.observe.lost", float64(lost()), "events")
+}
+
+// openFigureMaps opens the datapath's maps pinned in a directory of the
+// test's own, closed and unpinned when t ends.
+func openFigureMaps(t *testing.T) *datapath.Maps {
+	t.Helper()
 	var b [6]byte
 	rand.Read(b[:])
 	dir := filepath.Join("/sys/fs/bpf", "cm-obs-test-"+hex.EncodeToString(b[:]))
@@ -51,10 +87,18 @@ func TestFiguresObserve(t *testing.T) {
 			t.Errorf("RemovePins: %v", err)
 		}
 	})
+	return maps
+}
 
-	// The namespace lives on one locked thread, which exits with the test:
-	// the namespace, its loopback and the attachment go with it.
-	type nsOp func() error
+// nsOp is an operation run in the test's network namespace.
+type nsOp func() error
+
+// netnsThread gives the test a network namespace of its own, and returns
+// the function that runs an operation in it (failing t if it fails). The
+// namespace lives on one locked thread, which exits with the test: the
+// namespace, its loopback and the attachment go with it.
+func netnsThread(t *testing.T) func(nsOp) {
+	t.Helper()
 	ops := make(chan nsOp)
 	errs := make(chan error)
 	var nsWG sync.WaitGroup
@@ -73,13 +117,21 @@ func TestFiguresObserve(t *testing.T) {
 	if err := <-errs; err != nil {
 		t.Fatalf("unshare: %v", err)
 	}
-	inNS := func(op nsOp) {
+	return func(op nsOp) {
 		t.Helper()
 		ops <- op
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// dropLoopbackEgress brings the namespace's loopback up with the policy
+// program enforcing its egress, nothing allowed: every packet lo sends is
+// dropped and reported. It returns a UDP socket to 127.0.0.1 in the
+// namespace.
+func dropLoopbackEgress(t *testing.T, inNS func(nsOp), maps *datapath.Maps) *net.UDPConn {
+	t.Helper()
 	var conn *net.UDPConn
 	inNS(func() error {
 		lo, err := netlink.LinkByName("lo")
@@ -92,33 +144,29 @@ func TestFiguresObserve(t *testing.T) {
 		if err := maps.SetFlowConfig(datapath.FlowConfig{ClusterID: 1}); err != nil {
 			return err
 		}
-		// Egress enforced, nothing allowed: every packet lo sends is
-		// dropped and reported.
 		if err := datapath.AttachPolicy(maps, lo.Attrs().Index, 70001, false, true); err != nil {
 			return err
 		}
 		conn, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
 		return err
 	})
-	defer inNS(func() error { return conn.Close() })
+	return conn
+}
 
-	fr, err := datapath.OpenFlows(maps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fr.Close()
-	h := NewHub(Config{Enricher: newStaticEnricher()})
+// countDrops runs a hub reading fr, with a subscriber following the drops
+// and counting their flows; stop closes the subscriber, stops the hub and
+// waits for both goroutines.
+func countDrops(t *testing.T, fr *datapath.FlowReader) (h *Hub, got *atomic.Uint64, stop func()) {
+	h = NewHub(Config{Enricher: newStaticEnricher()})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
 	wg.Go(func() {
 		if err := h.Run(ctx, fr); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
 	sub := h.Subscribe(Filter{Verdict: VerdictDropped}, 0, true)
-	defer sub.Close()
-	var got atomic.Uint64
+	got = new(atomic.Uint64)
 	wg.Go(func() {
 		for ev := range sub.Events() {
 			if ev.Flow != nil {
@@ -126,35 +174,29 @@ func TestFiguresObserve(t *testing.T) {
 			}
 		}
 	})
+	return h, got, func() {
+		sub.Close()
+		cancel()
+		wg.Wait()
+	}
+}
 
-	const rate, d = 100_000, 5 * time.Second
+// sendAtRate writes rate packets a second on conn, from start for d, in
+// the namespace, and returns how many it wrote.
+func sendAtRate(inNS func(nsOp), conn *net.UDPConn, start time.Time, rate int, d time.Duration) int {
 	payload := []byte("clustermesh")
 	sent := 0
-	start := time.Now()
 	inNS(func() error {
 		tick := time.NewTicker(time.Millisecond)
 		defer tick.Stop()
 		for now := start; now.Sub(start) < d; now = <-tick.C {
-			for due := int(rate * now.Sub(start).Seconds()); sent < due; sent++ {
+			for due := int(float64(rate) * now.Sub(start).Seconds()); sent < due; sent++ {
 				conn.Write(payload) // dropped on egress: no error for UDP
 			}
 		}
 		return nil
 	})
-	lost := func() uint64 { st := h.Stats(); return st.LostDatapath + st.LostSubscriber }
-	testenv.WaitFor(t, 30*time.Second, "every event at the subscriber or lost", func() bool {
-		dl, _ := fr.Lost()
-		return got.Load()+lost() >= uint64(sent) && h.Stats().LostDatapath == dl
-	})
-	took := time.Since(start)
-	st := h.Stats()
-	t.Logf("%d packets sent in %v; subscriber got %d; lost %d in the datapath, %d for the subscriber",
-		sent, took.Round(time.Millisecond), got.Load(), st.LostDatapath, st.LostSubscriber)
-	if got.Load() == 0 {
-		t.Fatal("no flow reached the subscriber")
-	}
-	figure.Print("flow.observe.per_s", math.Round(float64(got.Load())/took.Seconds()), "flows/s")
-	figure.Print("flow.observe.lost", float64(lost()), "events")
+	return sent
 }
 
 // staticEnricher answers from maps filled in advance, as the agent's does
