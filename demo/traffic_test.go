@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/agentsync"
-	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
@@ -53,9 +53,38 @@ func TestDemoTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The distribution: east's three pods while they are ready (each at
-	// least once: a pod missing by chance has a probability of 3·(2/3)⁶⁰ ≈
-	// 1e-10), west and north together while they are not.
+	checkDistribution(t, phases)
+
+	n := d.net
+	held := holdNamespaces(t, n)
+	cgroup := n.cgroup
+	closed = true
+	if err := d.close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+
+	for i, h := range held.handles {
+		what := "east-node-1's namespace"
+		if i > 0 {
+			what = "pod namespace " + held.podIPs[i-1]
+		}
+		checkNamespaceEmptied(t, what, h)
+		h.Close()
+	}
+	checkNoNamespaceHeld(t, held.inodes)
+	if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
+		t.Errorf("the client's cgroup %s is still there (%v)", cgroup, err)
+	}
+	checkNoDemoCgroup(t)
+	checkNoPins(t)
+	checkOwnNamespaceUntouched(t, held.podIPs)
+}
+
+// checkDistribution: east's three pods serve while they are ready (each at
+// least once: a pod missing by chance has a probability of 3·(2/3)⁶⁰ ≈
+// 1e-10), west and north together while they are not.
+func checkDistribution(t *testing.T, phases []phase) {
+	t.Helper()
 	if len(phases) != 3 {
 		t.Fatalf("%d phases, want 3", len(phases))
 	}
@@ -87,75 +116,75 @@ func TestDemoTraffic(t *testing.T) {
 			}
 		}
 	}
+}
 
-	// Keep a handle on every namespace to look inside after the demo is
-	// closed; the demo's own handles must all be gone.
-	n := d.net
-	inodes := n.namespaces()
-	if len(inodes) != 1+len(n.node.Pods) || len(n.pods) != 9 || len(n.node.Pods) != 11 {
-		t.Fatalf("%d namespaces for %d pods (%d checkout), want 1 + 11 (9)", len(inodes), len(n.node.Pods), len(n.pods))
+// heldNamespaces are the traffic network's namespaces, held by the test
+// to look inside once the demo is closed: east-node-1's, then one per pod
+// of podIPs.
+type heldNamespaces struct {
+	inodes  []uint64
+	handles []netns.NsHandle
+	podIPs  []string
+}
+
+// holdNamespaces duplicates a handle on every namespace of n (the demo's
+// own handles must all be gone once it is closed).
+func holdNamespaces(t *testing.T, n *network) heldNamespaces {
+	t.Helper()
+	held := heldNamespaces{inodes: n.namespaces()}
+	if len(held.inodes) != 1+len(n.node.Pods) || len(n.pods) != 9 || len(n.node.Pods) != 11 {
+		t.Fatalf("%d namespaces for %d pods (%d checkout), want 1 + 11 (9)", len(held.inodes), len(n.node.Pods), len(n.pods))
 	}
-	var held []netns.NsHandle
 	for _, h := range n.handles() {
 		fd, err := unix.FcntlInt(uintptr(h), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, netns.NsHandle(fd))
+		held.handles = append(held.handles, netns.NsHandle(fd))
 	}
-	cgroup := n.cgroup
-	var podIPs []string
 	for _, p := range n.node.Pods {
-		podIPs = append(podIPs, p.IP.String())
+		held.podIPs = append(held.podIPs, p.IP.String())
 	}
-	closed = true
-	if err := d.close(); err != nil {
-		t.Fatalf("close: %v", err)
-	}
+	return held
+}
 
-	for i, h := range held {
-		what := "east-node-1's namespace"
-		if i > 0 {
-			what = "pod namespace " + podIPs[i-1]
-		}
-		nl, err := netlink.NewHandleAt(h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		links, err := nl.LinkList()
-		nl.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range links {
-			if l.Attrs().Name != "lo" {
-				t.Errorf("%s still has link %s", what, l.Attrs().Name)
-			}
-		}
-		// Sockets other than TIME_WAIT ones (which hold no reference on
-		// the namespace and go with it).
-		var tcp []byte
-		if err := podnet.InNetns(h, func() (err error) {
-			tcp, err = os.ReadFile("/proc/thread-self/net/tcp")
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(strings.TrimSpace(string(tcp)), "\n")[1:] {
-			if f := strings.Fields(line); len(f) > 3 && f[3] != "06" {
-				t.Errorf("%s still has a socket: %s", what, line)
-			}
-		}
-		h.Close()
+// checkNamespaceEmptied fails if the namespace h has a link other than lo,
+// or a socket other than TIME_WAIT ones (which hold no reference on the
+// namespace and go with it).
+func checkNamespaceEmptied(t *testing.T, what string, h netns.NsHandle) {
+	t.Helper()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		t.Fatal(err)
 	}
-	checkNoNamespaceHeld(t, inodes)
-	if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
-		t.Errorf("the client's cgroup %s is still there (%v)", cgroup, err)
+	links, err := nl.LinkList()
+	nl.Close()
+	if err != nil {
+		t.Fatal(err)
 	}
-	checkNoDemoCgroup(t)
-	checkNoPins(t)
-	// Nothing ever went into this namespace: no link named like a pod's
-	// veth, no route to a pod.
+	for _, l := range links {
+		if l.Attrs().Name != "lo" {
+			t.Errorf("%s still has link %s", what, l.Attrs().Name)
+		}
+	}
+	var tcp []byte
+	if err := podnet.InNetns(h, func() (err error) {
+		tcp, err = os.ReadFile("/proc/thread-self/net/tcp")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(tcp)), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 3 && f[3] != "06" {
+			t.Errorf("%s still has a socket: %s", what, line)
+		}
+	}
+}
+
+// checkOwnNamespaceUntouched: nothing ever went into the test's own
+// namespace: no link named like a pod's veth, no route to a pod.
+func checkOwnNamespaceUntouched(t *testing.T, podIPs []string) {
+	t.Helper()
 	links, err := netlink.LinkList()
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +238,7 @@ func checkNoNamespaceHeld(t *testing.T, inodes []uint64) {
 // checkNoDemoCgroup fails if a cgroup of this process's demos is left.
 func checkNoDemoCgroup(t *testing.T) {
 	t.Helper()
-	root, err := datapath.Cgroup2Mount()
+	root, err := socklb.Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
