@@ -125,6 +125,73 @@ func wgRoutes(t *testing.T, prefixes ...string) []string {
 func TestWireGuardMesh(t *testing.T) {
 	testenv.RequireRoot(t)
 	dir := t.TempDir()
+	clusters, specs := newWGClusters(t, dir)
+	east, west := clusters["east"], clusters["west"]
+	podCIDRs := []string{"10.41.1.0/24", "10.41.2.0/24", "10.42.1.0/24", "10.42.2.0/24"}
+
+	start := time.Now()
+	keysDirs, devices := map[string]string{}, map[string]wireguard.Config{}
+	for name, c := range clusters {
+		keysDirs[name] = c.keysDir
+		devices[name] = wireguard.Config{DeviceName: c.device, ListenPort: c.port, UnderlayMTU: 1500,
+			PrivateKeyFile: filepath.Join(dir, c.name, "wireguard.key")}
+	}
+	m, agents, closeMesh := startWireGuardMesh(t, specs, keysDirs, devices)
+	for name, c := range clusters {
+		c.wg = agents[name]
+	}
+	wc, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wc.Close()
+
+	waitPeers(t, wc, "east's device has west's nodes as peers", east, wantPeers(east, west))
+	waitPeers(t, wc, "west's device has east's nodes as peers", west, wantPeers(west, east))
+	t.Logf("both devices configured %s after start", time.Since(start).Round(time.Millisecond))
+	// Routes are added right after the peers.
+	testenv.WaitFor(t, wait, "a route per remote pod CIDR (two per device)", func() bool { return len(wgRoutes(t, podCIDRs...)) == 4 })
+	for _, c := range clusters {
+		st := c.wg.Status()
+		if !st.Enabled || st.Peers != 2 || len(st.Rejected) != 0 || len(st.Clusters) != 1 || st.LastError != "" {
+			t.Errorf("%s status: %+v", c.name, st)
+		}
+	}
+
+	// Rotation on east: west's device swaps the peer's key.
+	oldKey := east.wg.PublicKey()
+	rotated := time.Now()
+	newKey, err := east.wg.RotateKey()
+	if err != nil || newKey == oldKey {
+		t.Fatalf("rotate: %q %v", newKey, err)
+	}
+	waitPeers(t, wc, "west's device has east's new key", west, wantPeers(west, east))
+	t.Logf("east's new key reached west's device in %s", time.Since(rotated).Round(time.Millisecond))
+
+	// West disconnects from east: every east peer and route leaves west's
+	// device; east keeps west's.
+	if err := m.Disconnect("west", "east"); err != nil {
+		t.Fatal(err)
+	}
+	waitPeers(t, wc, "west's device has no peer left after the disconnect", west, nil)
+	if got := wgRoutes(t, podCIDRs[:2]...); len(got) != 0 {
+		t.Errorf("routes to east's pod CIDRs left on west's device: %v", got)
+	}
+	if got, _ := devicePeers(t, wc, east.device); len(got) != 2 {
+		t.Errorf("east lost its peers: %v", got)
+	}
+
+	// The agents stop: nothing is left.
+	if err := closeMesh(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	checkWGClustersGone(t, clusters, podCIDRs)
+}
+
+// newWGClusters makes east and west, each with node-2's key published in
+// its node keys directory, and their specs.
+func newWGClusters(t *testing.T, dir string) (map[string]*wgCluster, []ClusterSpec) {
+	t.Helper()
 	clusters := map[string]*wgCluster{}
 	var specs []ClusterSpec
 	for i, name := range []string{"east", "west"} {
@@ -148,24 +215,29 @@ func TestWireGuardMesh(t *testing.T) {
 		}
 		specs = append(specs, ClusterSpec{Name: name, ID: uint32(c.id), State: st})
 	}
-	east, west := clusters["east"], clusters["west"]
-	podCIDRs := []string{"10.41.1.0/24", "10.41.2.0/24", "10.42.1.0/24", "10.42.2.0/24"}
+	return clusters, specs
+}
 
-	start := time.Now()
+// startWireGuardMesh starts a mesh of specs in which each cluster's
+// apiserver reads the node keys of keysDirs[cluster] and its node-1 agent
+// runs the WireGuard device devices[cluster], and waits until every device
+// is open. It returns the WireGuard agents by cluster, and closeMesh, which
+// stops the mesh (the test's cleanup stops it otherwise).
+func startWireGuardMesh(t *testing.T, specs []ClusterSpec, keysDirs map[string]string, devices map[string]wireguard.Config) (m *Mesh, agents map[string]*wireguard.Agent, closeMesh func() error) {
+	t.Helper()
+	agents = map[string]*wireguard.Agent{}
 	var hookErr error
-	m := startMeshWith(t, Options{
+	m = startMeshWith(t, Options{
 		Clusters: specs,
 		APIServer: func(cfg *meshapiserver.Config) {
-			cfg.Source.(*statesource.File).NodeKeysDir = clusters[cfg.ClusterName].keysDir
+			cfg.Source.(*statesource.File).NodeKeysDir = keysDirs[cfg.ClusterName]
 		},
 		Agent: func(cfg *agentsync.Config) {
-			c := clusters[cfg.ClusterName]
-			var err error
-			dev := wireguard.Config{DeviceName: c.device, ListenPort: c.port, UnderlayMTU: 1500,
-				PrivateKeyFile: filepath.Join(dir, c.name, "wireguard.key")}
-			if c.wg, err = attachWireGuard(cfg, dev, c.keysDir); err != nil {
+			a, err := attachWireGuard(cfg, devices[cfg.ClusterName], keysDirs[cfg.ClusterName])
+			if err != nil {
 				hookErr = err // kept: a later cluster must not clear it
 			}
+			agents[cfg.ClusterName] = a
 		},
 	})
 	if hookErr != nil {
@@ -177,74 +249,40 @@ func TestWireGuardMesh(t *testing.T) {
 			m.Close()
 		}
 	})
-	wc, err := wgctrl.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wc.Close()
-
-	for _, c := range clusters {
+	for name, a := range agents {
 		select {
-		case <-c.wg.Ready():
+		case <-a.Ready():
 		case <-time.After(wait):
-			t.Fatalf("%s's device did not open: %+v", c.name, c.wg.Status())
+			t.Fatalf("%s's device did not open: %+v", name, a.Status())
 		}
 	}
-	// The peers must match exactly; on timeout, say what the device holds.
-	waitPeers := func(what string, local *wgCluster, want []peerConfig) {
-		t.Helper()
-		var got []peerConfig
-		var err error
-		deadline := time.Now().Add(wait)
-		testenv.WaitFor(t, wait+time.Second, what, func() bool {
-			got, err = devicePeers(t, wc, local.device)
-			ok := err == nil && slices.Equal(got, want)
-			if !ok && time.Now().After(deadline) {
-				t.Fatalf("%s: %s holds %v (%v), want %v; status %+v", what, local.device, got, err, want, local.wg.Status())
-			}
-			return ok
-		})
+	return m, agents, func() error {
+		closed = true
+		return m.Close()
 	}
-	waitPeers("east's device has west's nodes as peers", east, wantPeers(east, west))
-	waitPeers("west's device has east's nodes as peers", west, wantPeers(west, east))
-	t.Logf("both devices configured %s after start", time.Since(start).Round(time.Millisecond))
-	// Routes are added right after the peers.
-	testenv.WaitFor(t, wait, "a route per remote pod CIDR (two per device)", func() bool { return len(wgRoutes(t, podCIDRs...)) == 4 })
-	for _, c := range clusters {
-		st := c.wg.Status()
-		if !st.Enabled || st.Peers != 2 || len(st.Rejected) != 0 || len(st.Clusters) != 1 || st.LastError != "" {
-			t.Errorf("%s status: %+v", c.name, st)
+}
+
+// waitPeers waits until local's device holds exactly want; on timeout, it
+// says what the device holds.
+func waitPeers(t *testing.T, wc *wgctrl.Client, what string, local *wgCluster, want []peerConfig) {
+	t.Helper()
+	var got []peerConfig
+	var err error
+	deadline := time.Now().Add(wait)
+	testenv.WaitFor(t, wait+time.Second, what, func() bool {
+		got, err = devicePeers(t, wc, local.device)
+		ok := err == nil && slices.Equal(got, want)
+		if !ok && time.Now().After(deadline) {
+			t.Fatalf("%s: %s holds %v (%v), want %v; status %+v", what, local.device, got, err, want, local.wg.Status())
 		}
-	}
+		return ok
+	})
+}
 
-	// Rotation on east: west's device swaps the peer's key.
-	oldKey := east.wg.PublicKey()
-	rotated := time.Now()
-	newKey, err := east.wg.RotateKey()
-	if err != nil || newKey == oldKey {
-		t.Fatalf("rotate: %q %v", newKey, err)
-	}
-	waitPeers("west's device has east's new key", west, wantPeers(west, east))
-	t.Logf("east's new key reached west's device in %s", time.Since(rotated).Round(time.Millisecond))
-
-	// West disconnects from east: every east peer and route leaves west's
-	// device; east keeps west's.
-	if err := m.Disconnect("west", "east"); err != nil {
-		t.Fatal(err)
-	}
-	waitPeers("west's device has no peer left after the disconnect", west, nil)
-	if got := wgRoutes(t, podCIDRs[:2]...); len(got) != 0 {
-		t.Errorf("routes to east's pod CIDRs left on west's device: %v", got)
-	}
-	if got, _ := devicePeers(t, wc, east.device); len(got) != 2 {
-		t.Errorf("east lost its peers: %v", got)
-	}
-
-	// The agents stop: nothing is left.
-	closed = true
-	if err := m.Close(); err != nil {
-		t.Errorf("close: %v", err)
-	}
+// checkWGClustersGone fails if a cluster's device, UAPI socket or route to
+// one of podCIDRs is left, or its agent still reports encryption on.
+func checkWGClustersGone(t *testing.T, clusters map[string]*wgCluster, podCIDRs []string) {
+	t.Helper()
 	for _, c := range clusters {
 		if _, err := netlink.LinkByName(c.device); err == nil {
 			t.Errorf("device %s left behind", c.device)

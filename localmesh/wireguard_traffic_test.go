@@ -16,11 +16,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
-	"github.com/clustermesh/clustermesh/meshapiserver"
-	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wireguard"
 )
 
@@ -241,6 +238,53 @@ func podTransfer(t *testing.T, from, to *trNode, size int64) int64 {
 func TestWireGuardTrafficAfterSync(t *testing.T) {
 	testenv.RequireRoot(t)
 	dir := t.TempDir()
+	nodes, specs := newTrNodes(t, dir)
+	east, west := nodes["east"], nodes["west"]
+	joinUnderlay(t, east, west)
+
+	start := time.Now()
+	keysDirs, devices := map[string]string{}, map[string]wireguard.Config{}
+	for name, n := range nodes {
+		keysDirs[name] = n.keysDir
+		devices[name] = wireguard.Config{DeviceName: n.device, NetNS: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(n.ns)),
+			PrivateKeyFile: filepath.Join(dir, n.name, "wireguard.key")}
+	}
+	_, agents, closeMesh := startWireGuardMesh(t, specs, keysDirs, devices)
+	for name, n := range nodes {
+		n.wg = agents[name]
+	}
+
+	// Through sync: each device has the other's node-1 as peer (node-2 has
+	// no published key and is rejected) and a route to its pod CIDR.
+	testenv.WaitFor(t, wait, "both devices configured with the other cluster's node through sync", func() bool {
+		return east.hasRemote(west) && west.hasRemote(east)
+	})
+	t.Logf("peers configured through sync %s after start", time.Since(start).Round(time.Millisecond))
+	checkEncryptedTransfer(t, east, west)
+
+	// The mesh stops: the agents close their devices.
+	if err := closeMesh(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	for _, n := range nodes {
+		if _, err := n.nl.LinkByName(n.device); err == nil {
+			t.Errorf("device %s left behind", n.device)
+		}
+		if _, err := os.Stat(filepath.Join("/var/run/wireguard", n.device+".sock")); err == nil {
+			t.Errorf("UAPI socket of %s left behind", n.device)
+		}
+		routes, err := n.nl.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: wireguard.RouteProtocol},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		if err != nil || len(routes) != 0 {
+			t.Errorf("routes left in %s's namespace: %v %v", n.name, routes, err)
+		}
+	}
+}
+
+// newTrNodes makes east's and west's node-1, each in a namespace of its
+// own, and their clusters' specs.
+func newTrNodes(t *testing.T, dir string) (map[string]*trNode, []ClusterSpec) {
+	t.Helper()
 	nodes := map[string]*trNode{}
 	var specs []ClusterSpec
 	for i, name := range []string{"east", "west"} {
@@ -253,10 +297,14 @@ func TestWireGuardTrafficAfterSync(t *testing.T) {
 		nodes[name] = n
 		specs = append(specs, ClusterSpec{Name: name, ID: uint32(id), State: st})
 	}
-	east, west := nodes["east"], nodes["west"]
+	return nodes, specs
+}
 
-	// The underlay: 192.168.1.1 and 192.168.2.1 on one link, 192.168.0.0/16
-	// on-link on both sides.
+// joinUnderlay joins east's and west's namespaces by the underlay veth:
+// 192.168.1.1 and 192.168.2.1 on one link, 192.168.0.0/16 on-link on both
+// sides.
+func joinUnderlay(t *testing.T, east, west *trNode) {
+	t.Helper()
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: east.veth, MTU: 1500},
 		PeerName: west.veth, PeerNamespace: netlink.NsFd(west.ns)}
 	if err := east.nl.LinkAdd(veth); err != nil {
@@ -274,68 +322,36 @@ func TestWireGuardTrafficAfterSync(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
 
-	start := time.Now()
-	var hookErr error
-	m := startMeshWith(t, Options{
-		Clusters: specs,
-		APIServer: func(cfg *meshapiserver.Config) {
-			cfg.Source.(*statesource.File).NodeKeysDir = nodes[cfg.ClusterName].keysDir
-		},
-		Agent: func(cfg *agentsync.Config) {
-			n := nodes[cfg.ClusterName]
-			var err error
-			dev := wireguard.Config{DeviceName: n.device, NetNS: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(n.ns)),
-				PrivateKeyFile: filepath.Join(dir, n.name, "wireguard.key")}
-			if n.wg, err = attachWireGuard(cfg, dev, n.keysDir); err != nil {
-				hookErr = err // kept: a later cluster must not clear it
-			}
-		},
-	})
-	if hookErr != nil {
-		t.Fatal(hookErr)
-	}
-	closed := false
-	t.Cleanup(func() {
-		if !closed {
-			m.Close()
-		}
-	})
-	for _, n := range nodes {
-		select {
-		case <-n.wg.Ready():
-		case <-time.After(wait):
-			t.Fatalf("%s's device did not open: %+v", n.name, n.wg.Status())
-		}
-	}
-
-	// Through sync: each device has the other's node-1 as peer (node-2 has
-	// no published key and is rejected) and a route to its pod CIDR.
-	hasRemote := func(local, remote *trNode) bool {
-		d := local.wg.Device()
-		if d == nil {
-			return false
-		}
-		if st := d.Status(); st.Peers != 1 || len(st.Clusters) != 1 || st.Clusters[0].Cluster != remote.name {
-			return false
-		}
-		routes, err := local.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: wireguard.RouteProtocol},
-			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-		if err != nil {
-			return false
-		}
-		for _, r := range routes {
-			if r.Dst != nil && r.Dst.String() == remote.podCIDR.String() {
-				return true
-			}
-		}
+// hasRemote: n's device has remote's node-1 as its one peer, of remote's
+// cluster, and a route to remote's pod CIDR.
+func (n *trNode) hasRemote(remote *trNode) bool {
+	d := n.wg.Device()
+	if d == nil {
 		return false
 	}
-	testenv.WaitFor(t, wait, "both devices configured with the other cluster's node through sync", func() bool {
-		return hasRemote(east, west) && hasRemote(west, east)
-	})
-	t.Logf("peers configured through sync %s after start", time.Since(start).Round(time.Millisecond))
+	if st := d.Status(); st.Peers != 1 || len(st.Clusters) != 1 || st.Clusters[0].Cluster != remote.name {
+		return false
+	}
+	routes, err := n.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: wireguard.RouteProtocol},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return false
+	}
+	for _, r := range routes {
+		if r.Dst != nil && r.Dst.String() == remote.podCIDR.String() {
+			return true
+		}
+	}
+	return false
+}
 
+// checkEncryptedTransfer sends 4 MiB over TCP from east's pod address to
+// west's: all of it arrives, the devices' counters grow both ways, and the
+// underlay carries only WireGuard UDP (no TCP, no pod address).
+func checkEncryptedTransfer(t *testing.T, east, west *trNode) {
+	t.Helper()
 	eTx0, eRx0, eWTx0, eWRx0 := east.wgCounters(t)
 	wTx0, wRx0, wWTx0, wWRx0 := west.wgCounters(t)
 	capt := startUnderlayCapture(t, west, east.podCIDR, west.podCIDR)
@@ -360,24 +376,5 @@ func TestWireGuardTrafficAfterSync(t *testing.T) {
 	}
 	if eRx == eRx0 || wTx == wTx0 || eWRx == eWRx0 || wWTx == wWTx0 {
 		t.Errorf("no ACKs through the devices: east received %d (wire %d), west sent %d (wire %d)", eRx-eRx0, eWRx-eWRx0, wTx-wTx0, wWTx-wWTx0)
-	}
-
-	// The mesh stops: the agents close their devices.
-	closed = true
-	if err := m.Close(); err != nil {
-		t.Errorf("close: %v", err)
-	}
-	for _, n := range nodes {
-		if _, err := n.nl.LinkByName(n.device); err == nil {
-			t.Errorf("device %s left behind", n.device)
-		}
-		if _, err := os.Stat(filepath.Join("/var/run/wireguard", n.device+".sock")); err == nil {
-			t.Errorf("UAPI socket of %s left behind", n.device)
-		}
-		routes, err := n.nl.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: wireguard.RouteProtocol},
-			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-		if err != nil || len(routes) != 0 {
-			t.Errorf("routes left in %s's namespace: %v %v", n.name, routes, err)
-		}
 	}
 }
