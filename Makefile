@@ -66,13 +66,17 @@ MODULE   := github.com/clustermesh/clustermesh
 test-k8s: deps kube-apiserver
 	$(GO) test $(TESTFLAGS) -run 'K8s' $(K8S_PKGS)
 
-# The eBPF programs (datapath/bpf/*.c) are compiled by clang through bpf2go
-# (`go generate ./datapath`); the objects and their Go wrappers are committed,
-# with a stamp per program (datapath/<prog>_bpfel.stamp: the source's hash
-# and the compiler). bpf-tools installs clang, llvm (llvm-strip) and the
-# libbpf headers when missing (as root, with apt-get).
-BPF_PROGS := socklb policy
-BPF_GEN   := $(foreach p,$(BPF_PROGS),datapath/$(p)_bpfel.go datapath/$(p)_bpfel.o)
+# The eBPF programs, each in the package that loads it: BPF_PROGS lists them
+# as <package directory>/<name>, compiled from <package directory>/bpf/<name>.c
+# by clang through bpf2go (`go generate ./datapath/...`); the objects and
+# their Go wrappers (<package directory>/<name>_bpfel.o and .go) are
+# committed, with a stamp each (<package directory>/<name>_bpfel.stamp: the
+# source's hash and the compiler). bpf-tools installs clang, llvm
+# (llvm-strip) and the libbpf headers when missing (as root, with apt-get).
+BPF_PROGS := datapath/socklb/socklb datapath/policy
+BPF_GEN   := $(foreach p,$(BPF_PROGS),$(p)_bpfel.go $(p)_bpfel.o)
+# bpf_src is a program's source, from its BPF_PROGS entry (in the shell).
+bpf_src    = $$(dirname $$p)/bpf/$$(basename $$p).c
 
 bpf-tools:
 	@if ! command -v clang >/dev/null || ! command -v llvm-strip >/dev/null || [ ! -f /usr/include/bpf/bpf_helpers.h ]; then \
@@ -83,9 +87,9 @@ bpf-tools:
 
 # Rebuild the objects and record which source and compiler made them.
 generate: deps bpf-tools
-	$(GO) generate ./datapath
+	$(GO) generate ./datapath/...
 	@for p in $(BPF_PROGS); do \
-		{ echo "source-sha256 $$(sha256sum datapath/bpf/$$p.c | cut -d' ' -f1)"; echo "clang $$(clang --version | head -1)"; } > datapath/$${p}_bpfel.stamp; \
+		{ echo "source-sha256 $$(sha256sum $(bpf_src) | cut -d' ' -f1)"; echo "clang $$(clang --version | head -1)"; } > $${p}_bpfel.stamp; \
 	done
 
 # The committed objects must come from the committed sources: each source's
@@ -93,19 +97,19 @@ generate: deps bpf-tools
 # output is byte-for-byte reproducible), regenerating must give the same bytes.
 check-generate: deps bpf-tools
 	@for p in $(BPF_PROGS); do \
-		if ! grep -qxF "source-sha256 $$(sha256sum datapath/bpf/$$p.c | cut -d' ' -f1)" datapath/$${p}_bpfel.stamp; then \
-			echo "datapath/bpf/$$p.c changed since its objects were generated: run make generate and commit datapath/$${p}_bpfel.go datapath/$${p}_bpfel.o datapath/$${p}_bpfel.stamp"; exit 1; \
+		if ! grep -qxF "source-sha256 $$(sha256sum $(bpf_src) | cut -d' ' -f1)" $${p}_bpfel.stamp; then \
+			echo "$(bpf_src) changed since its objects were generated: run make generate and commit $${p}_bpfel.go $${p}_bpfel.o $${p}_bpfel.stamp"; exit 1; \
 		fi; \
 	done
 	@for p in $(BPF_PROGS); do \
-		if ! grep -qxF "clang $$(clang --version | head -1)" datapath/$${p}_bpfel.stamp; then \
-			echo "check-generate: the objects of $$p were made by $$(sed -n 's/^clang //p' datapath/$${p}_bpfel.stamp), this is $$(clang --version | head -1): source hashes checked, bytes not compared"; exit 0; \
+		if ! grep -qxF "clang $$(clang --version | head -1)" $${p}_bpfel.stamp; then \
+			echo "check-generate: the objects of $$p were made by $$(sed -n 's/^clang //p' $${p}_bpfel.stamp), this is $$(clang --version | head -1): source hashes checked, bytes not compared"; exit 0; \
 		fi; \
 	done; \
-	tmp=$$(mktemp -d); cp $(BPF_GEN) $$tmp/; \
-	$(GO) generate ./datapath || { rm -rf $$tmp; exit 1; }; \
+	tmp=$$(mktemp -d); for f in $(BPF_GEN); do cp $$f $$tmp/$$(echo $$f | tr / _); done; \
+	$(GO) generate ./datapath/... || { rm -rf $$tmp; exit 1; }; \
 	for f in $(BPF_GEN); do \
-		cmp -s $$f $$tmp/$$(basename $$f) || { echo "$$f is not what make generate produces (now regenerated in place): commit it"; rm -rf $$tmp; exit 1; }; \
+		cmp -s $$f $$tmp/$$(echo $$f | tr / _) || { echo "$$f is not what make generate produces (now regenerated in place): commit it"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp
 
 # gofmt, staticcheck, and the import rules of docs/architecture.md
@@ -133,7 +137,7 @@ bench: deps
 		sed -n -e 's/^FIGURE //p' -e '/ level=/d' -e '/_test\.go:[0-9]*: /p' -e '/--- \(FAIL\|SKIP\)/p' -e '/^\(FAIL\|panic\)/p'
 	$(GO) test -run '^$$' -bench RemotePropagation -benchtime 200x ./localmesh
 	$(GO) test -run '^$$' -bench MeshStartup -benchtime 10x ./localmesh
-	$(GO) test -run '^$$' -bench . -benchtime 2000x ./datapath
+	$(GO) test -run '^$$' -bench . -benchtime 2000x ./datapath/...
 
 clean:
 	rm -rf bin

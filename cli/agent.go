@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/node"
@@ -101,7 +100,7 @@ func (a *agentFlags) run(cmd *cobra.Command, cfg *node.Config) error {
 		return err
 	}
 	if a.cleanup {
-		if err := datapath.RemovePins(cfg.Maps.PinDir); err != nil {
+		if err := node.RemovePins(cfg.Maps.PinDir); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "removed the pinned maps in %s\n", cfg.Maps.PinDir)

@@ -14,11 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clustermesh/clustermesh/datapath"
+	"sigs.k8s.io/yaml"
+
+	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/localmesh"
 	"github.com/clustermesh/clustermesh/node"
-	"sigs.k8s.io/yaml"
 )
 
 // run executes one clustermesh command line in-process.
@@ -120,7 +121,7 @@ func testCgroup(t *testing.T) string {
 	if os.Geteuid() != 0 {
 		return ""
 	}
-	root, err := datapath.Cgroup2Mount() // /sys/fs/cgroup on a unified host, .../unified on a hybrid one
+	root, err := socklb.Cgroup2Mount() // /sys/fs/cgroup on a unified host, .../unified on a hybrid one
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 	"github.com/clustermesh/clustermesh/internal/figure"
 )
 
@@ -152,7 +153,7 @@ func TestFiguresMapsDump(t *testing.T) {
 	})
 	raw := median(func() {
 		seen := 0
-		mustNoErr(t, dumpMap(m.ipcache, func(*ipcacheKey, *ipcacheValue) { seen++ }))
+		mustNoErr(t, bpfmap.Dump(m.ipcache, func(*ipcacheKey, *ipcacheValue) { seen++ }))
 		if seen != n {
 			t.Fatalf("raw dump saw %d entries, want %d", seen, n)
 		}
@@ -168,4 +169,66 @@ func TestFiguresMapsDump(t *testing.T) {
 	figure.Print("datapath.ipcache.dump_100k.ms", float64(ours.Microseconds())/1000, "ms")
 	figure.Print("datapath.ipcache.dump_ratio", math.Round(100*float64(ours)/float64(raw))/100, "ratio")
 	figure.Print("datapath.services.dump_1000x10.ms", float64(svcs.Microseconds())/1000, "ms")
+}
+
+// TestFiguresReconcile prints lb.reconcile.slots_per_s (make bench):
+// UpsertService of 10,000 frontends × 10 distinct backends into fresh maps
+// (default sizes), the writes the socket load balancer's services cost.
+// Goal ≥ 200,000.
+func TestFiguresReconcile(t *testing.T) {
+	figure.Require(t)
+	m := openTestMaps(t, Config{PinDir: testPinDir(t)})
+	const services, per = 10_000, 10
+	fs, bss := reconcileInput(services, per)
+	start := time.Now()
+	for i, f := range fs {
+		if err := m.UpsertService(f, bss[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := time.Since(start)
+	rate := float64(services*per) / took.Seconds()
+	t.Logf("%d services × %d backends in %v", services, per, took.Round(time.Millisecond))
+	figure.Print("lb.reconcile.slots_per_s", float64(int(rate)), "slots/s")
+}
+
+// reconcileInput returns n frontends with per distinct backends each.
+func reconcileInput(n, per int) ([]Frontend, [][]Backend) {
+	fs := make([]Frontend, n)
+	bss := make([][]Backend, n)
+	for i := range fs {
+		fs[i] = Frontend{Addr: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), Port: 80, Protocol: TCP}
+		bs := make([]Backend, per)
+		for j := range bs {
+			k := i*per + j
+			bs[j] = Backend{Addr: netip.AddrFrom4([4]byte{10, 1 + byte(k>>16), byte(k >> 8), byte(k)}), Port: 8080, Protocol: TCP, ClusterID: uint16(1 + j%3)}
+		}
+		bss[i] = bs
+	}
+	return fs, bss
+}
+
+// BenchmarkUpsertServiceFromScratch: one op is UpsertService of a new
+// frontend with 10 new backends, into maps holding up to 10,000 such
+// services (then they are deleted and the round starts again).
+func BenchmarkUpsertServiceFromScratch(b *testing.B) {
+	m := openTestMaps(b, Config{PinDir: testPinDir(b)})
+	const services, per = 10_000, 10
+	fs, bss := reconcileInput(services, per)
+	i := 0
+	for b.Loop() {
+		if i == services {
+			b.StopTimer()
+			for _, f := range fs {
+				mustNoErr(b, m.DeleteService(f))
+			}
+			i = 0
+			b.StartTimer()
+		}
+		if err := m.UpsertService(fs[i], bss[i]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	b.ReportMetric(float64(per*b.N)/b.Elapsed().Seconds(), "slots/s")
 }

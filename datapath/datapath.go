@@ -9,10 +9,10 @@
 // and Memory, an in-memory stand-in used only when the process lacks the
 // privileges for eBPF (Open says so loudly when it falls back).
 //
-// On top of the maps, two sets of programs: the socket load balancer
-// (AttachSockLB) and network policy enforced on each local endpoint's
-// host-side veth with flow events (AttachPolicy, PolicyWriter, OpenFlows;
-// docs/datapath-policy.md).
+// Programs that read the maps get them through Maps.Handles: the socket
+// load balancer (package datapath/socklb), and network policy enforced on
+// each local endpoint's host-side veth with flow events (AttachPolicy,
+// PolicyWriter, OpenFlows; docs/datapath-policy.md).
 package datapath
 
 import (

@@ -1,6 +1,10 @@
 package datapath
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
+)
 
 // Sentinel errors. Every error returned by this package reads
 // "datapath: ...", and wraps one of these when it falls into their class
@@ -31,36 +35,25 @@ var (
 	// agent option to raise (SizeOptions) and its Config field. Changing a
 	// limit changes the map's definition, so the pin directory must be
 	// removed first.
-	ErrFull = errors.New("map full")
+	ErrFull = bpfmap.ErrFull
 
 	// ErrInvalidConfig: Config.Validate refused the configuration (a
 	// relative pin directory, a size out of its bounds); the message names
 	// the option.
-	ErrInvalidConfig = errors.New("invalid datapath config")
+	ErrInvalidConfig = bpfmap.ErrInvalidConfig
 
 	// ErrNotBPFFS: Config.PinDir is not inside a bpf filesystem, so the maps
 	// could not outlive the agent.
-	ErrNotBPFFS = errors.New("pin directory is not on a bpf filesystem")
+	ErrNotBPFFS = bpfmap.ErrNotBPFFS
 
 	// ErrIncompatiblePin: a map pinned under Config.PinDir has another type,
 	// key or value size, max_entries or flags than this version expects. The
 	// error also wraps ebpf.ErrMapIncompatible. Remove the pin directory
 	// (agent --cleanup, or RemovePins) and restart.
-	ErrIncompatiblePin = errors.New("incompatible pinned map")
+	ErrIncompatiblePin = bpfmap.ErrIncompatiblePin
 
 	// ErrClosed: the Maps were closed.
-	ErrClosed = errors.New("datapath closed")
-
-	// ErrNotCgroup2: AttachSockLB got a directory outside a cgroup v2
-	// hierarchy, or found no cgroup v2 mounted. The socket load balancer
-	// attaches only to cgroup v2 (mount -t cgroup2 none DIR).
-	ErrNotCgroup2 = errors.New("not a cgroup v2 directory")
-
-	// ErrSockLBUnsupported: the kernel lacks a hook or helper the socket
-	// load balancer needs (cgroup sock_addr hooks for connect, sendmsg,
-	// recvmsg and getpeername, bpf_set_retval: Linux 5.18 or later). The
-	// error also wraps ebpf.ErrNotSupported. Nothing stays attached.
-	ErrSockLBUnsupported = errors.New("socket load balancer not supported by this kernel")
+	ErrClosed = bpfmap.ErrClosed
 
 	// ErrInvalidPolicy: a policy key has endpoint identity 0, an unknown
 	// direction, an end port without or before its first port, or ports

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
@@ -21,7 +22,7 @@ func testPinDir(t testing.TB) string {
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(bpffsRoot, "cm-test-"+hex.EncodeToString(b[:]))
+	dir := filepath.Join(bpfmap.BPFFSRoot, "cm-test-"+hex.EncodeToString(b[:]))
 	t.Cleanup(func() {
 		if err := RemovePins(dir); err != nil {
 			t.Errorf("leftover pins: %v", err)

@@ -57,46 +57,16 @@ package datapath
 // that exposes them, and on shrink the count drops before the surplus slots
 // and unreferenced backends are deleted.
 //
-// The socket load balancer (bpf/socklb.c, SockLB, docs/datapath-socklb.md)
-// is such a reader: its connect and sendmsg programs pick the slot with
-// bpf_get_prandom_u32() % count + 1, retry twice when a concurrent shrink
-// removed the slot or backend they picked, and refuse (ECONNREFUSED) a
-// frontend whose count is 0. It owns two more maps, pinned beside these:
-//
-//	/* cm_sock_revnat: BPF_MAP_TYPE_LRU_HASH, max_entries =
-//	 * Config.MaxSockRevNAT (default 131072). Written by sendmsg4/6 for
-//	 * every datagram sent to a frontend (unless already there), read by
-//	 * recvmsg4/6. */
-//	struct cm_sock_revnat_key {      /* 32 bytes */
-//		__u64 cookie;                /* bpf_get_socket_cookie() */
-//		__u8  addr[16];              /* backend, as the socket sees it: an
-//		                              * IPv4 backend of an AF_INET6 socket
-//		                              * is ::ffff:a.b.c.d */
-//		__be16 port;                 /* backend port */
-//		__u8  family;                /* the socket's: 4 or 6 */
-//		__u8  pad[5];
-//	};
-//	struct cm_sock_revnat_value {    /* 20 bytes */
-//		__u8  addr[16];              /* frontend, as the socket gave it */
-//		__be16 port;
-//		__u8  family;                /* the socket's: 4 or 6 */
-//		__u8  pad;
-//	};
-//
-//	/* cm_sock_peer: BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC (one value
-//	 * per socket, freed with it). Written by connect4/6, deleted when the
-//	 * socket connects again to an address that is no frontend, read by
-//	 * getpeername4/6 and recvmsg4/6. */
-//	struct cm_sock_peer {            /* 40 bytes */
-//		struct cm_sock_revnat_value frontend;
-//		__u8  backend[16];           /* as the socket sees it */
-//		__be16 backend_port;
-//		__u16 pad;
-//	};
+// The socket load balancer (package datapath/socklb) is such a reader: its
+// connect and sendmsg programs pick the slot with bpf_get_prandom_u32() %
+// count + 1, retry twice when a concurrent shrink removed the slot or
+// backend they picked, and refuse (ECONNREFUSED) a frontend whose count is
+// 0. The policy programs (package datapath/tcpolicy) read the ipcache.
 
 import (
-	"encoding/binary"
 	"net/netip"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // Names of the pinned maps inside Config.PinDir.
@@ -104,15 +74,6 @@ const (
 	IPCacheMapName  = "cm_ipcache"
 	ServicesMapName = "cm_services"
 	BackendsMapName = "cm_backends"
-)
-
-// bpfFNoPrealloc is BPF_F_NO_PREALLOC, mandatory for LPM tries.
-const bpfFNoPrealloc = 1
-
-// Address families as stored in the maps.
-const (
-	family4 uint8 = 4
-	family6 uint8 = 6
 )
 
 // ipcacheKey is struct cm_ipcache_key.
@@ -169,48 +130,15 @@ const (
 	backendValueSize = 24
 )
 
-// htons converts a host-order port to the network-order representation held
-// in a native uint16 field; ntohs is its inverse (the same byte swap).
-func htons(p uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], p)
-	return binary.NativeEndian.Uint16(b[:])
-}
-
-func ntohs(p uint16) uint16 { return htons(p) }
-
-// encodeAddr returns the 16-byte map form and family of a normalised address
-// (IPv4 unmapped, no zone).
-func encodeAddr(a netip.Addr) (out [16]byte, family uint8) {
-	if a.Is4() {
-		v4 := a.As4()
-		copy(out[:], v4[:])
-		return out, family4
-	}
-	return a.As16(), family6
-}
-
-// decodeAddr is the inverse of encodeAddr; an unknown family gives the zero
-// Addr.
-func decodeAddr(b [16]byte, family uint8) netip.Addr {
-	switch family {
-	case family4:
-		return netip.AddrFrom4([4]byte(b[:4]))
-	case family6:
-		return netip.AddrFrom16(b)
-	}
-	return netip.Addr{}
-}
-
 // makeIPCacheKey encodes a normalised prefix.
 func makeIPCacheKey(p netip.Prefix) ipcacheKey {
-	addr, fam := encodeAddr(p.Addr())
+	addr, fam := bpfmap.EncodeAddr(p.Addr())
 	return ipcacheKey{PrefixLen: 32 + uint32(p.Bits()), Family: fam, Addr: addr}
 }
 
 // prefix decodes the key; ok is false for a malformed key.
 func (k ipcacheKey) prefix() (netip.Prefix, bool) {
-	a := decodeAddr(k.Addr, k.Family)
+	a := bpfmap.DecodeAddr(k.Addr, k.Family)
 	if !a.IsValid() || k.PrefixLen < 32 {
 		return netip.Prefix{}, false
 	}
@@ -221,7 +149,7 @@ func (k ipcacheKey) prefix() (netip.Prefix, bool) {
 func makeIPCacheValue(e IPCacheEntry) ipcacheValue {
 	v := ipcacheValue{Identity: e.Identity, ClusterID: e.ClusterID}
 	if e.TunnelEndpoint.IsValid() {
-		v.TunnelEndpoint, v.TunnelFamily = encodeAddr(e.TunnelEndpoint)
+		v.TunnelEndpoint, v.TunnelFamily = bpfmap.EncodeAddr(e.TunnelEndpoint)
 	}
 	return v
 }
@@ -229,25 +157,25 @@ func makeIPCacheValue(e IPCacheEntry) ipcacheValue {
 func (v ipcacheValue) entry() IPCacheEntry {
 	return IPCacheEntry{
 		Identity:       v.Identity,
-		TunnelEndpoint: decodeAddr(v.TunnelEndpoint, v.TunnelFamily),
+		TunnelEndpoint: bpfmap.DecodeAddr(v.TunnelEndpoint, v.TunnelFamily),
 		ClusterID:      v.ClusterID,
 	}
 }
 
 func makeServiceKey(f Frontend, slot uint16) serviceKey {
-	addr, fam := encodeAddr(f.Addr)
-	return serviceKey{Addr: addr, Port: htons(f.Port), Proto: uint8(f.Protocol), Family: fam, Slot: slot}
+	addr, fam := bpfmap.EncodeAddr(f.Addr)
+	return serviceKey{Addr: addr, Port: bpfmap.Htons(f.Port), Proto: uint8(f.Protocol), Family: fam, Slot: slot}
 }
 
 func (k serviceKey) frontend() Frontend {
-	return Frontend{Addr: decodeAddr(k.Addr, k.Family), Port: ntohs(k.Port), Protocol: Protocol(k.Proto)}
+	return Frontend{Addr: bpfmap.DecodeAddr(k.Addr, k.Family), Port: bpfmap.Ntohs(k.Port), Protocol: Protocol(k.Proto)}
 }
 
 func makeBackendValue(b Backend) backendValue {
-	addr, fam := encodeAddr(b.Addr)
-	return backendValue{Addr: addr, Port: htons(b.Port), Proto: uint8(b.Protocol), Family: fam, ClusterID: b.ClusterID}
+	addr, fam := bpfmap.EncodeAddr(b.Addr)
+	return backendValue{Addr: addr, Port: bpfmap.Htons(b.Port), Proto: uint8(b.Protocol), Family: fam, ClusterID: b.ClusterID}
 }
 
 func (v backendValue) backend() Backend {
-	return Backend{Addr: decodeAddr(v.Addr, v.Family), Port: ntohs(v.Port), Protocol: Protocol(v.Proto), ClusterID: v.ClusterID}
+	return Backend{Addr: bpfmap.DecodeAddr(v.Addr, v.Family), Port: bpfmap.Ntohs(v.Port), Protocol: Protocol(v.Proto), ClusterID: v.ClusterID}
 }

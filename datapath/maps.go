@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"sync"
-	"syscall"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // Maps is the Datapath over the real eBPF maps, pinned by name in
@@ -61,7 +61,7 @@ var (
 func mapSpecs(cfg Config) []*ebpf.MapSpec {
 	return []*ebpf.MapSpec{
 		{
-			Name: IPCacheMapName, Type: ebpf.LPMTrie, Flags: bpfFNoPrealloc,
+			Name: IPCacheMapName, Type: ebpf.LPMTrie, Flags: bpfmap.FNoPrealloc,
 			KeySize: ipcacheKeySize, ValueSize: ipcacheValueSize, MaxEntries: cfg.MaxIPCache,
 			Pinning: ebpf.PinByName,
 		},
@@ -93,11 +93,11 @@ func OpenMaps(cfg Config) (*Maps, error) {
 	if memlockErr != nil {
 		return nil, fmt.Errorf("datapath: remove memlock rlimit: %w", memlockErr)
 	}
-	if err := preparePinDir(cfg.PinDir); err != nil {
+	if err := bpfmap.PreparePinDir(cfg.PinDir); err != nil {
 		return nil, err
 	}
 
-	opened, err := openPinned(mapSpecs(cfg), cfg.PinDir, "open maps")
+	opened, err := bpfmap.OpenPinned(mapSpecs(cfg), cfg.PinDir, "open maps", sizes)
 	if err != nil {
 		return nil, err
 	}
@@ -146,12 +146,53 @@ func (m *Maps) Close() error {
 // maps disappear once no fd refers to them. It works before or after Close.
 func (m *Maps) Unpin() error { return RemovePins(m.cfg.PinDir) }
 
-func errClosed(op string) error { return fmt.Errorf("datapath: %s: %w", op, ErrClosed) }
+// Handles are the mesh maps as the programs that read them need them (the
+// socket load balancer, the policy programs: their loaders put these maps in
+// place of the programs' own definitions). They are duplicates of the Maps'
+// file descriptors: valid until Close, whatever becomes of the Maps, and
+// never written through (the Maps own every write and its mirror).
+type Handles struct {
+	IPCache, Services, Backends *ebpf.Map
+}
+
+// Handles returns duplicates of the three maps' file descriptors (ErrClosed
+// once the Maps are closed). The caller closes them.
+func (m *Maps) Handles() (*Handles, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, bpfmap.Closed("share the maps")
+	}
+	h := &Handles{}
+	var err error
+	if h.IPCache, err = m.ipcache.Clone(); err == nil {
+		if h.Services, err = m.services.Clone(); err == nil {
+			h.Backends, err = m.backends.Clone()
+		}
+	}
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("datapath: share the maps: %w", err)
+	}
+	return h, nil
+}
+
+// Close closes the handles. Idempotent.
+func (h *Handles) Close() error {
+	var errs []error
+	for _, em := range []**ebpf.Map{&h.IPCache, &h.Services, &h.Backends} {
+		if *em != nil {
+			errs = append(errs, (*em).Close())
+			*em = nil
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // mapErr wraps an error of a write to em, turning "map full" into ErrFull
 // with the option to raise.
 func (m *Maps) mapErr(em *ebpf.Map, op string, err error) error {
-	if errno, full := isFull(err); full {
+	if errno, full := bpfmap.IsFull(err); full {
 		name := IPCacheMapName
 		switch em {
 		case m.services:
@@ -162,18 +203,6 @@ func (m *Maps) mapErr(em *ebpf.Map, op string, err error) error {
 		return fullErr(op, name, em.MaxEntries(), errno)
 	}
 	return fmt.Errorf("datapath: %s: %w", op, err)
-}
-
-// isFull reports whether err is the kernel's "map full" (E2BIG from a hash,
-// ENOSPC from an LPM trie), and returns the bare errno: the library words
-// E2BIG as "key too big".
-func isFull(err error) (syscall.Errno, bool) {
-	var errno syscall.Errno
-	if !errors.Is(err, syscall.E2BIG) && !errors.Is(err, syscall.ENOSPC) {
-		return 0, false
-	}
-	errors.As(err, &errno)
-	return errno, true
 }
 
 // UpsertIPCache maps p to e in cm_ipcache; a write identical to the mirror is
@@ -189,7 +218,7 @@ func (m *Maps) UpsertIPCache(p netip.Prefix, e IPCacheEntry) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return errClosed("upsert ipcache")
+		return bpfmap.Closed("upsert ipcache")
 	}
 	if old, ok := m.ipc[p]; ok && old == e {
 		return nil
@@ -215,7 +244,7 @@ func (m *Maps) UpsertIPCacheBatch(prefixes []netip.Prefix, entries []IPCacheEntr
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return errClosed("upsert ipcache batch")
+		return bpfmap.Closed("upsert ipcache batch")
 	}
 	keys := make([]ipcacheKey, 0, len(ps))
 	vals := make([]ipcacheValue, 0, len(ps))
@@ -270,7 +299,7 @@ func (m *Maps) DeleteIPCache(p netip.Prefix) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return errClosed("delete ipcache")
+		return bpfmap.Closed("delete ipcache")
 	}
 	if _, ok := m.ipc[p]; !ok && m.ipc != nil {
 		return nil
@@ -288,10 +317,10 @@ func (m *Maps) IPCache() (map[netip.Prefix]IPCacheEntry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, errClosed("dump ipcache")
+		return nil, bpfmap.Closed("dump ipcache")
 	}
 	out := make(map[netip.Prefix]IPCacheEntry, len(m.ipc))
-	err := dumpMap(m.ipcache, func(k *ipcacheKey, v *ipcacheValue) {
+	err := bpfmap.Dump(m.ipcache, func(k *ipcacheKey, v *ipcacheValue) {
 		if p, ok := k.prefix(); ok {
 			out[p] = v.entry()
 		}
@@ -300,83 +329,4 @@ func (m *Maps) IPCache() (map[netip.Prefix]IPCacheEntry, error) {
 		return nil, fmt.Errorf("datapath: dump ipcache: %w", err)
 	}
 	return out, nil
-}
-
-// dumpChunk is how many entries one BPF_MAP_LOOKUP_BATCH returns at most.
-const dumpChunk = 4096
-
-// dumpMap calls fn for every entry of em, by batch lookups, or by iteration
-// where the map type lacks them. fn must copy what it keeps.
-func dumpMap[K, V any](em *ebpf.Map, fn func(*K, *V)) error {
-	keys := make([]K, dumpChunk)
-	vals := make([]V, dumpChunk)
-	var cursor ebpf.MapBatchCursor
-	for first := true; ; first = false {
-		n, err := em.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			fn(&keys[i], &vals[i])
-		}
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil
-		case first && errors.Is(err, ebpf.ErrNotSupported):
-			var k K
-			var v V
-			it := em.Iterate()
-			for it.Next(&k, &v) {
-				fn(&k, &v)
-			}
-			return it.Err()
-		case err != nil:
-			return err
-		}
-	}
-}
-
-// resized reports whether the map pinned for spec differs from it in its
-// size alone, and which option sets that size.
-func resized(spec *ebpf.MapSpec, pinDir string) (SizeOption, uint32, bool) {
-	o, ok := sizeOptionOf(spec.Name)
-	if !ok {
-		return SizeOption{}, 0, false
-	}
-	pinned, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, spec.Name), nil)
-	if err != nil {
-		return SizeOption{}, 0, false
-	}
-	defer pinned.Close()
-	same := *spec
-	same.MaxEntries = pinned.MaxEntries()
-	if pinned.MaxEntries() == spec.MaxEntries || same.Compatible(pinned) != nil {
-		return SizeOption{}, 0, false
-	}
-	return o, pinned.MaxEntries(), true
-}
-
-// openPinned opens (or creates and pins) every map of specs in pinDir, all
-// or none: on error the ones opened are closed. A pinned map of another
-// definition is ErrIncompatiblePin, with what to do.
-func openPinned(specs []*ebpf.MapSpec, pinDir, op string) ([]*ebpf.Map, error) {
-	opened := make([]*ebpf.Map, 0, len(specs))
-	for _, spec := range specs {
-		em, err := ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: pinDir})
-		if err != nil {
-			for _, o := range opened {
-				o.Close()
-			}
-			if errors.Is(err, ebpf.ErrMapIncompatible) {
-				if o, pinned, ok := resized(spec, pinDir); ok {
-					return nil, fmt.Errorf("datapath: %s: the map pinned at %s/%s has %d %s, %s asks for %d; "+
-						"remove the pin directory (agent --cleanup, or rm -r %s) and restart, or keep the size: %w: %w",
-						op, pinDir, spec.Name, pinned, o.Unit, o, spec.MaxEntries, pinDir, ErrIncompatiblePin, err)
-				}
-				return nil, fmt.Errorf("datapath: %s: the map pinned at %s/%s does not match this version's definition; "+
-					"remove the pin directory (agent --cleanup, or rm -r %s) and restart: %w: %w",
-					op, pinDir, spec.Name, pinDir, ErrIncompatiblePin, err)
-			}
-			return nil, fmt.Errorf("datapath: %s: open map %s in %s: %w", op, spec.Name, pinDir, err)
-		}
-		opened = append(opened, em)
-	}
-	return opened, nil
 }

@@ -3,6 +3,8 @@ package datapath
 import (
 	"net/netip"
 	"sync"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // Memory is the Datapath in plain Go maps, with the same validation,
@@ -49,7 +51,7 @@ func (d *Memory) UpsertIPCache(p netip.Prefix, e IPCacheEntry) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed("upsert ipcache")
+		return bpfmap.Closed("upsert ipcache")
 	}
 	d.ipc[p] = e
 	return nil
@@ -64,7 +66,7 @@ func (d *Memory) UpsertIPCacheBatch(prefixes []netip.Prefix, entries []IPCacheEn
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed("upsert ipcache batch")
+		return bpfmap.Closed("upsert ipcache batch")
 	}
 	for i, p := range ps {
 		d.ipc[p] = es[i]
@@ -80,7 +82,7 @@ func (d *Memory) DeleteIPCache(p netip.Prefix) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed("delete ipcache")
+		return bpfmap.Closed("delete ipcache")
 	}
 	delete(d.ipc, p)
 	return nil
@@ -98,7 +100,7 @@ func (d *Memory) UpsertService(f Frontend, backends []Backend) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed("upsert service " + f.String())
+		return bpfmap.Closed("upsert service " + f.String())
 	}
 	d.svcs[f] = bs
 	return nil
@@ -112,7 +114,7 @@ func (d *Memory) DeleteService(f Frontend) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed("delete service " + f.String())
+		return bpfmap.Closed("delete service " + f.String())
 	}
 	delete(d.svcs, f)
 	return nil
@@ -122,7 +124,7 @@ func (d *Memory) IPCache() (map[netip.Prefix]IPCacheEntry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errClosed("dump ipcache")
+		return nil, bpfmap.Closed("dump ipcache")
 	}
 	out := make(map[netip.Prefix]IPCacheEntry, len(d.ipc))
 	for p, e := range d.ipc {
@@ -135,7 +137,7 @@ func (d *Memory) Services() (map[Frontend][]Backend, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errClosed("dump services")
+		return nil, bpfmap.Closed("dump services")
 	}
 	out := make(map[Frontend][]Backend, len(d.svcs))
 	for f, bs := range d.svcs {

@@ -8,6 +8,8 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // Direction is the direction of traffic relative to a local endpoint, with
@@ -167,7 +169,7 @@ func (k PolicyKey) entries(out []policyKey) []policyKey {
 			for lo+size-1 > hi {
 				size >>= 1
 			}
-			e.Port = htons(uint16(lo))
+			e.Port = bpfmap.Htons(uint16(lo))
 			e.PrefixLen = policyPrefixFull - uint32(bits.TrailingZeros32(size))
 			out = append(out, e)
 			lo += size
@@ -360,7 +362,7 @@ func (m *Maps) SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bo
 		}
 	}
 	kernel := map[policyKey]struct{}{}
-	err = dumpMap(ps.policy, func(k *policyKey, _ *policyValue) { kernel[*k] = struct{}{} })
+	err = bpfmap.Dump(ps.policy, func(k *policyKey, _ *policyValue) { kernel[*k] = struct{}{} })
 	if err != nil {
 		return fmt.Errorf("datapath: sync policy: dump %s: %w", PolicyMapName, err)
 	}
@@ -454,7 +456,7 @@ func (ps *policyState) writeEntries(es []policyKey) (int, error) {
 }
 
 func (ps *policyState) writeErr(total, written int, err error) error {
-	if errno, full := isFull(err); full {
+	if errno, full := bpfmap.IsFull(err); full {
 		return fullErr(fmt.Sprintf("write %d policy entries (%d written)", total, written), PolicyMapName, ps.policy.MaxEntries(), errno)
 	}
 	return fmt.Errorf("datapath: write %d policy entries (%d written): %w", total, written, err)

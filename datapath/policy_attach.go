@@ -14,6 +14,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // policyState is the Maps' policy datapath, opened on first use: the
@@ -50,7 +52,7 @@ func (p *policyProgs) Close() error {
 func pinnedPolicyMapSpecs(cfg Config) []*ebpf.MapSpec {
 	return []*ebpf.MapSpec{
 		{
-			Name: PolicyMapName, Type: ebpf.LPMTrie, Flags: bpfFNoPrealloc,
+			Name: PolicyMapName, Type: ebpf.LPMTrie, Flags: bpfmap.FNoPrealloc,
 			KeySize: policyKeySize, ValueSize: policyValueSize, MaxEntries: cfg.MaxPolicy,
 			Pinning: ebpf.PinByName,
 		},
@@ -86,12 +88,12 @@ func pinnedPolicyMapSpecs(cfg Config) []*ebpf.MapSpec {
 // policy maps on first use. m.mu must be held.
 func (m *Maps) policyLocked(op string) (*policyState, error) {
 	if m.closed {
-		return nil, errClosed(op)
+		return nil, bpfmap.Closed(op)
 	}
 	if m.pol != nil {
 		return m.pol, nil
 	}
-	opened, err := openPinned(pinnedPolicyMapSpecs(m.cfg), m.cfg.PinDir, op)
+	opened, err := bpfmap.OpenPinned(pinnedPolicyMapSpecs(m.cfg), m.cfg.PinDir, op, sizes)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +103,7 @@ func (m *Maps) policyLocked(op string) (*policyState, error) {
 		mirror: newPolicyMirror(),
 	}
 	// Entries a previous run left: enforced until SyncPolicy replaces them.
-	err = dumpMap(ps.policy, func(k *policyKey, _ *policyValue) {
+	err = bpfmap.Dump(ps.policy, func(k *policyKey, _ *policyValue) {
 		ps.mirror.orphans[*k] = struct{}{}
 		if k.Peer == AnyPeer {
 			ps.anyPeers++
@@ -314,7 +316,7 @@ func AttachPolicy(m *Maps, ifindex int, identity uint32, enforceIngress, enforce
 	var old policyEndpoint
 	changed := ps.endpoints.Lookup(&key, &old) == nil && old != ep
 	if err := ps.endpoints.Update(&key, &ep, ebpf.UpdateAny); err != nil {
-		if errno, full := isFull(err); full {
+		if errno, full := bpfmap.IsFull(err); full {
 			return fullErr(fmt.Sprintf("attach policy to interface %d", ifindex), PolicyEndpointsMapName, ps.endpoints.MaxEntries(), errno)
 		}
 		return fmt.Errorf("datapath: attach policy to interface %d: record the endpoint: %w", ifindex, err)
@@ -463,7 +465,7 @@ func DetachPolicy(m *Maps, ifindex int) error {
 // flushCT deletes the conntrack entries of one interface.
 func (ps *policyState) flushCT(ifindex uint32) error {
 	var doomed []ctKey
-	err := dumpMap(ps.ct, func(k *ctKey, _ *ctValue) {
+	err := bpfmap.Dump(ps.ct, func(k *ctKey, _ *ctValue) {
 		if k.Ifindex == ifindex {
 			doomed = append(doomed, *k)
 		}
@@ -490,7 +492,7 @@ func PolicyAttachments(m *Maps) (map[int]PolicyEndpoint, error) {
 		return nil, err
 	}
 	out := map[int]PolicyEndpoint{}
-	err = dumpMap(ps.endpoints, func(k *uint32, v *policyEndpoint) {
+	err = bpfmap.Dump(ps.endpoints, func(k *uint32, v *policyEndpoint) {
 		out[int(*k)] = PolicyEndpoint{Identity: v.Identity, EnforceIngress: v.Flags&epEnforceIngress != 0, EnforceEgress: v.Flags&epEnforceEgress != 0}
 	})
 	if err != nil {

@@ -84,6 +84,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"time"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // Names of the policy maps, and of the directory of pinned tc links,
@@ -209,8 +211,8 @@ func decodeFlow(b []byte, monoToWall func(uint64) time.Time) (f Flow, ok bool) {
 	}
 	ne := binary.NativeEndian
 	family := b[68]
-	src := decodeAddr([16]byte(b[8:24]), family)
-	dst := decodeAddr([16]byte(b[24:40]), family)
+	src := bpfmap.DecodeAddr([16]byte(b[8:24]), family)
+	dst := bpfmap.DecodeAddr([16]byte(b[24:40]), family)
 	f = Flow{
 		Time:        monoToWall(ne.Uint64(b[0:8])),
 		SrcIdentity: ne.Uint32(b[40:44]),

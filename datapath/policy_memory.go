@@ -1,5 +1,7 @@
 package datapath
 
+import "github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
+
 // The in-memory datapath's policy: the keys, validated and normalised as
 // Maps does, with nothing to enforce them.
 
@@ -26,7 +28,7 @@ func (d *Memory) ApplyPolicy(changes []PolicyChange) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed("apply policy")
+		return bpfmap.Closed("apply policy")
 	}
 	for _, c := range norm {
 		if c.Add {
@@ -58,7 +60,7 @@ func (d *Memory) SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errClosed("sync policy")
+		return bpfmap.Closed("sync policy")
 	}
 	if keepPeer != nil {
 		for k := range d.policy {
@@ -76,7 +78,7 @@ func (d *Memory) Policies() ([]PolicyKey, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, errClosed("list policy")
+		return nil, bpfmap.Closed("list policy")
 	}
 	out := make([]PolicyKey, 0, len(d.policy))
 	for k := range d.policy {

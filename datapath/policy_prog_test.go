@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // Tests of the policy programs on crafted packets (BPF_PROG_TEST_RUN: the
@@ -224,7 +226,7 @@ func rawPolicy(t testing.TB, m *Maps) map[policyKey]struct{} {
 	ps, err := m.policyLocked("test")
 	mustNoErr(t, err)
 	out := map[policyKey]struct{}{}
-	mustNoErr(t, dumpMap(ps.policy, func(k *policyKey, _ *policyValue) { out[*k] = struct{}{} }))
+	mustNoErr(t, bpfmap.Dump(ps.policy, func(k *policyKey, _ *policyValue) { out[*k] = struct{}{} }))
 	return out
 }
 

@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"testing"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // Tests of the policy writers (both implementations) and of the key
@@ -90,7 +92,7 @@ func TestPolicyKeyEntries(t *testing.T) {
 		for _, e := range es {
 			bitsLen := e.PrefixLen - policyPrefixProto
 			size := uint32(1) << (16 - bitsLen)
-			start := uint32(ntohs(e.Port))
+			start := uint32(bpfmap.Ntohs(e.Port))
 			if start != next || start%size != 0 || e.Proto != uint8(TCP) || e.Endpoint != 1 || e.Peer != 2 {
 				t.Fatalf("[%d, %d]: entry %+v (block of %d) after %d", lo, hi, e, size, next)
 			}

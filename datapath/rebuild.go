@@ -6,6 +6,8 @@ import (
 	"math"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // rebuild fills the mirror from the kernel maps after open, and repairs what
@@ -18,7 +20,7 @@ func (m *Maps) rebuild() error {
 	var maxID uint32
 
 	var badIPC []ipcacheKey
-	err := dumpMap(m.ipcache, func(k *ipcacheKey, v *ipcacheValue) {
+	err := bpfmap.Dump(m.ipcache, func(k *ipcacheKey, v *ipcacheValue) {
 		p, ok := k.prefix()
 		if !ok || p != p.Masked() || k.Pad != [3]uint8{} {
 			badIPC = append(badIPC, *k)
@@ -31,7 +33,7 @@ func (m *Maps) rebuild() error {
 	}
 
 	var badBackends []uint32
-	err = dumpMap(m.backends, func(id *uint32, v *backendValue) {
+	err = bpfmap.Dump(m.backends, func(id *uint32, v *backendValue) {
 		b := v.backend()
 		if *id == 0 || !b.Addr.IsValid() {
 			badBackends = append(badBackends, *id)
@@ -54,7 +56,7 @@ func (m *Maps) rebuild() error {
 	}
 	raw := make(map[Frontend]*rawService)
 	var badSlots []serviceKey
-	err = dumpMap(m.services, func(k *serviceKey, v *serviceValue) {
+	err = bpfmap.Dump(m.services, func(k *serviceKey, v *serviceValue) {
 		f := k.frontend()
 		if !f.Addr.IsValid() || k.Pad != 0 {
 			badSlots = append(badSlots, *k)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
 // UpsertService sets f's backend slots. Ordering keeps a concurrent kernel
@@ -24,7 +26,7 @@ func (m *Maps) UpsertService(f Frontend, backends []Backend) (err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return errClosed("upsert service " + f.String())
+		return bpfmap.Closed("upsert service " + f.String())
 	}
 	st := m.svcs[f]
 	if st == nil {
@@ -104,7 +106,7 @@ func (m *Maps) DeleteService(f Frontend) (err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return errClosed("delete service " + f.String())
+		return bpfmap.Closed("delete service " + f.String())
 	}
 	st := m.svcs[f]
 	if st == nil {
@@ -208,11 +210,11 @@ func (m *Maps) Services() (map[Frontend][]Backend, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, errClosed("dump services")
+		return nil, bpfmap.Closed("dump services")
 	}
 	masters := make(map[Frontend]uint16, len(m.svcs))
 	slots := make(map[slotRef]uint32, len(m.refs))
-	err := dumpMap(m.services, func(k *serviceKey, v *serviceValue) {
+	err := bpfmap.Dump(m.services, func(k *serviceKey, v *serviceValue) {
 		f := k.frontend()
 		if k.Slot == 0 {
 			masters[f] = v.Count
@@ -224,7 +226,7 @@ func (m *Maps) Services() (map[Frontend][]Backend, error) {
 		return nil, fmt.Errorf("datapath: dump services: %w", err)
 	}
 	backends := make(map[uint32]Backend, len(m.backendsByID))
-	err = dumpMap(m.backends, func(id *uint32, v *backendValue) { backends[*id] = v.backend() })
+	err = bpfmap.Dump(m.backends, func(id *uint32, v *backendValue) { backends[*id] = v.backend() })
 	if err != nil {
 		return nil, fmt.Errorf("datapath: dump backends: %w", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/localmesh"
 )
@@ -63,7 +64,7 @@ type network struct {
 	// frontends are the policy step's clients, by cluster.
 	frontends map[string]*podnet.Pod
 	cgroup    string // the socket load balancer's cgroup, once attached
-	lb        *datapath.SockLB
+	lb        *socklb.LB
 	closeMu   sync.Mutex
 	closed    bool
 }
@@ -176,7 +177,7 @@ func (n *network) addPod(s podSpec, veth string, logger *slog.Logger) error {
 // attach creates the demo's cgroup under the cgroup v2 mount and attaches
 // the socket load balancer of maps to it.
 func (n *network) attach(maps *datapath.Maps) error {
-	root, err := datapath.Cgroup2Mount()
+	root, err := socklb.Cgroup2Mount()
 	if err != nil {
 		return err
 	}
@@ -187,7 +188,7 @@ func (n *network) attach(maps *datapath.Maps) error {
 		return fmt.Errorf("demo: create the client's cgroup: %w", err)
 	}
 	n.cgroup = dir
-	if n.lb, err = datapath.AttachSockLB(maps, dir); err != nil {
+	if n.lb, err = socklb.Attach(maps, dir, socklb.Config{}); err != nil {
 		return err
 	}
 	return nil

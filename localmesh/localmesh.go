@@ -368,8 +368,8 @@ func (m *Mesh) Close() error {
 		for _, a := range c.Agents {
 			a.cancel()
 			errs = append(errs, <-a.done) // a node closed its datapath
-			if m, ok := a.Datapath.(*datapath.Maps); ok {
-				errs = append(errs, m.Unpin())
+			if _, ok := a.Datapath.(*datapath.Maps); ok {
+				errs = append(errs, node.RemovePins(a.PinDir)) // its programs' pins too
 			}
 			if a.Node == nil {
 				errs = append(errs, a.Datapath.Close())

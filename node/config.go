@@ -8,6 +8,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -50,7 +51,10 @@ type Config struct {
 	// endpoints to enforce. Both need it.
 	NodeName string
 	// Maps says where the eBPF maps are pinned (--bpf-pin-dir) and how
-	// large they are (--max-ipcache-entries, ...: datapath.SizeOptions).
+	// large the mesh maps are (--max-ipcache-entries, ...:
+	// datapath.SizeOptions). The maps of the socket load balancer and of
+	// the policy programs are pinned there too, sized by SocketLBMaps and
+	// Policy.Maps.
 	Maps datapath.Config
 	// InMemory runs the agent on the in-memory datapath: nothing reaches
 	// the kernel (tests, the demo without eBPF). Without it, an agent that
@@ -61,6 +65,9 @@ type Config struct {
 	// answer on their ClusterIP. Only on the eBPF datapath.
 	SocketLB bool
 	Cgroup   string
+	// SocketLBMaps sizes the socket load balancer's own maps
+	// (--max-sock-revnat-entries: socklb.SizeOptions).
+	SocketLBMaps socklb.Config
 	// WireGuard encrypts pod traffic to the other clusters' nodes.
 	WireGuard WireGuardConfig
 	// Policy enforces network policy on this node's endpoints, and reports
@@ -156,10 +163,16 @@ func NewConfig() Config {
 		StatusAddr:  DefaultStatusAddr,
 		MetricsAddr: defaultMetricsAddr,
 	}
-	for _, o := range datapath.SizeOptions() {
-		*o.Of(&c.Maps) = o.Default
-	}
+	sizeDefaults(&c.Maps, datapath.SizeOptions())
+	sizeDefaults(&c.SocketLBMaps, socklb.SizeOptions())
 	return c
+}
+
+// sizeDefaults sets each size of c that opts describe to its default.
+func sizeDefaults[C any](c *C, opts []datapath.SizeOption[C]) {
+	for _, o := range opts {
+		*o.Of(c) = o.Default
+	}
 }
 
 // Validate checks what the node adds to the sync agent's config (New
@@ -195,7 +208,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if !c.InMemory {
-		if err := c.Maps.Validate(); err != nil {
+		if err := errors.Join(c.Maps.Validate(), c.SocketLBMaps.Validate()); err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/socklb"
 )
 
 // RegisterFlags registers the agent's flags on fs, bound to c: each flag's
@@ -17,15 +18,21 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.StateFile, "state-file", c.StateFile, "the local cluster's state file (its global services and endpoints)")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "this node's name in the local state: WireGuard takes its IP and pod CIDRs from there, policy the endpoints to enforce")
 	fs.StringVar(&c.Maps.PinDir, "bpf-pin-dir", c.Maps.PinDir, "bpffs directory the eBPF maps are pinned in")
-	for _, o := range datapath.SizeOptions() {
-		fs.Uint32Var(o.Of(&c.Maps), o.Flag, *o.Of(&c.Maps), o.Usage)
-	}
+	registerSizes(fs, &c.Maps, datapath.SizeOptions())
+	registerSizes(fs, &c.SocketLBMaps, socklb.SizeOptions())
 	fs.BoolVar(&c.SocketLB, "socket-lb", c.SocketLB, "attach the eBPF socket load balancer (connect/sendmsg/recvmsg/getpeername) so that global services answer on their ClusterIP")
 	fs.StringVar(&c.Cgroup, "cgroup", c.Cgroup, "cgroup v2 directory to attach the socket load balancer to (default: the cgroup v2 root)")
 	fs.StringVar(&c.StatusAddr, "status-addr", c.StatusAddr, "unix socket path or host:port to serve status on")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "host:port to serve Prometheus /metrics on, without authentication: localhost only by default; \":PORT\" exposes them to every interface (\"\" disables)")
 	c.WireGuard.registerFlags(fs)
 	c.Policy.registerFlags(fs)
+}
+
+// registerSizes registers a flag for each size of c that opts describe.
+func registerSizes[C any](fs *pflag.FlagSet, c *C, opts []datapath.SizeOption[C]) {
+	for _, o := range opts {
+		fs.Uint32Var(o.Of(c), o.Flag, *o.Of(c), o.Usage)
+	}
 }
 
 func (c *Config) registerSyncFlags(fs *pflag.FlagSet) {

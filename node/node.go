@@ -33,6 +33,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/observe"
@@ -237,7 +238,7 @@ func (n *Node) Close() error {
 
 // attachSocketLB attaches the socket load balancer to the real maps; on
 // the in-memory datapath there is nothing to attach, and it says so.
-func (n *Node) attachSocketLB() (*datapath.SockLB, error) {
+func (n *Node) attachSocketLB() (*socklb.LB, error) {
 	if !n.cfg.SocketLB {
 		return nil, nil
 	}
@@ -245,7 +246,7 @@ func (n *Node) attachSocketLB() (*datapath.SockLB, error) {
 		n.log.Warn("in-memory datapath: no socket load balancer; global services do not answer on their ClusterIP")
 		return nil, nil
 	}
-	lb, err := datapath.AttachSockLB(n.maps, n.cfg.Cgroup)
+	lb, err := socklb.Attach(n.maps, n.cfg.Cgroup, n.cfg.SocketLBMaps)
 	if err != nil {
 		return nil, fmt.Errorf("attaching the socket load balancer: %w (or run with --socket-lb=false)", err)
 	}
@@ -308,4 +309,11 @@ func (n *Node) collectors() []prometheus.Collector {
 		out = append(out, n.hub.Collector())
 	}
 	return out
+}
+
+// RemovePins removes what agents pinned in pinDir (empty: the default):
+// the socket load balancer's maps and the mesh maps, then pinDir if that
+// left it empty (agent --cleanup). Each package removes its own pins.
+func RemovePins(pinDir string) error {
+	return errors.Join(socklb.RemovePins(pinDir), datapath.RemovePins(pinDir))
 }

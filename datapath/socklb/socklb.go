@@ -1,4 +1,15 @@
-package datapath
+// Package socklb is the socket load balancer: cgroup sock_addr programs
+// (bpf/socklb.c) that send a socket connecting or sending to a service
+// frontend of the mesh's service map to one of its backends, at connect
+// time, without any per-packet translation (docs/datapath-socklb.md).
+//
+// It reads the mesh maps of package datapath (cm_services, cm_backends:
+// Maps.Handles) and owns two maps of its own, pinned beside them: the
+// reverse translation of datagrams (RevNATMapName, sized by
+// Config.MaxSockRevNAT) and of connected sockets (PeerMapName). Attach
+// loads and attaches the programs to a cgroup v2; RemovePins removes its
+// pins.
+package socklb
 
 import (
 	"bufio"
@@ -12,27 +23,32 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
-// Names, inside Config.PinDir, of the socket load balancer's own maps (see
-// layout.go): the reverse translation of datagrams (an LRU hash keyed by
-// socket cookie and backend) and of connected sockets (socket-local
-// storage). The first AttachSockLB creates them; they are kept across agent
-// restarts, so that sockets translated by a previous run still see the
-// service address as their peer.
-const (
-	SockRevNATMapName = "cm_sock_revnat"
-	SockPeerMapName   = "cm_sock_peer"
+// Errors of Attach besides datapath's ErrIncompatiblePin and ErrClosed.
+var (
+	// ErrNotCgroup2: Attach got a directory outside a cgroup v2 hierarchy,
+	// or found no cgroup v2 mounted. The socket load balancer attaches
+	// only to cgroup v2 (mount -t cgroup2 none DIR).
+	ErrNotCgroup2 = errors.New("not a cgroup v2 directory")
+
+	// ErrUnsupported: the kernel lacks a hook or helper the socket load
+	// balancer needs (cgroup sock_addr hooks for connect, sendmsg, recvmsg
+	// and getpeername, bpf_set_retval: Linux 5.18 or later). The error
+	// also wraps ebpf.ErrNotSupported. Nothing stays attached.
+	ErrUnsupported = errors.New("socket load balancer not supported by this kernel")
 )
 
 // cgroup2Magic is CGROUP2_SUPER_MAGIC from linux/magic.h.
 const cgroup2Magic = 0x63677270
 
-// SockLB is the socket load balancer: the programs of bpf/socklb.c attached
+// LB is the socket load balancer: the programs of bpf/socklb.c attached
 // to one cgroup v2, so that every socket of a process in that cgroup (or
 // below it) that connects or sends to a service frontend of cm_services
-// reaches one of the frontend's backends instead, at connect time, without
-// any per-packet translation:
+// reaches one of the frontend's backends instead:
 //
 //   - connect4/connect6 (TCP, connected UDP) and sendmsg4/sendmsg6 (UDP
 //     datagrams with an address) pick a slot at random among the master's
@@ -43,27 +59,27 @@ const cgroup2Magic = 0x63677270
 //   - recvmsg4/recvmsg6 (UDP) make a reply from the backend appear to come
 //     from the frontend, and getpeername4/getpeername6 return the frontend
 //     for a translated connected socket. A connect records its translation
-//     in the socket's own storage (SockPeerMapName: freed with the socket,
+//     in the socket's own storage (PeerMapName: freed with the socket,
 //     never evicted; a socket re-connected elsewhere forgets it), a datagram
 //     sent with sendto in an LRU hash keyed by socket cookie and backend
-//     (SockRevNATMapName, Config.MaxSockRevNAT entries).
+//     (RevNATMapName, Config.MaxSockRevNAT entries).
 //
-// The programs read the Maps' live service and backend maps, so every
-// UpsertService and DeleteService takes effect on the next connect; sockets
-// already connected keep their backend. A SockLB is independent of the Maps
-// once attached: closing the Maps does not detach it. Attach one SockLB per
-// cgroup (the agent: the cgroup v2 root, so that every pod and host process
-// is covered); Close detaches it.
+// The programs read the mesh maps live, so every UpsertService and
+// DeleteService takes effect on the next connect; sockets already
+// connected keep their backend. An LB is independent of the Maps once
+// attached: closing the Maps does not detach it. Attach one LB per cgroup
+// (the agent: the cgroup v2 root, so that every pod and host process is
+// covered); Close detaches it.
 //
 // Requirements: cgroup v2 and Linux ≥ 5.18 (sock_addr hooks for recvmsg
 // and getpeername, bpf_set_retval).
-type SockLB struct {
+type LB struct {
 	cgroup string
 
 	mu     sync.Mutex
-	closed bool        // guarded by mu
-	links  []link.Link // guarded by mu
-	objs   socklbObjects
+	closed bool          // guarded by mu
+	links  []link.Link   // guarded by mu
+	objs   socklbObjects // closed under mu by Close
 }
 
 // sockHook is one program and the hook it is attached to.
@@ -89,21 +105,26 @@ func (o *socklbObjects) hooks() []sockHook {
 	}
 }
 
-// AttachSockLB loads the socket load balancer against maps' service and
-// backend maps, creates or opens its two reverse-translation maps (pinned as
-// SockRevNATMapName and SockPeerMapName in the Maps' PinDir) and attaches
-// all eight programs to the cgroup v2 directory cgroupPath (empty:
-// the cgroup v2 mount point, found in /proc/self/mountinfo, e.g.
-// /sys/fs/cgroup or /sys/fs/cgroup/unified). It attaches with bpf_link
-// where the kernel has it (several SockLBs and other programs can share a
-// cgroup). On error nothing stays attached.
+// Attach loads the socket load balancer against mesh's service and
+// backend maps, creates or opens its two reverse-translation maps (pinned
+// as RevNATMapName and PeerMapName in the Maps' PinDir, the first sized by
+// cfg) and attaches all eight programs to the cgroup v2 directory
+// cgroupPath (empty: the cgroup v2 mount point, found in
+// /proc/self/mountinfo, e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified). It
+// attaches with bpf_link where the kernel has it (several LBs and other
+// programs can share a cgroup). On error nothing stays attached.
 //
 // Errors: ErrNotCgroup2 when cgroupPath is not a cgroup v2 directory (or no
-// cgroup v2 is mounted), ErrSockLBUnsupported when the kernel lacks a hook
-// or helper, ErrIncompatiblePin when a pinned reverse-translation map has
-// another definition, ErrClosed when maps is closed; a verifier rejection
-// is returned with the verifier's log.
-func AttachSockLB(maps *Maps, cgroupPath string) (*SockLB, error) {
+// cgroup v2 is mounted), ErrUnsupported when the kernel lacks a hook or
+// helper, datapath.ErrIncompatiblePin when a pinned reverse-translation map
+// has another definition, datapath.ErrInvalidConfig for a cfg Validate
+// refuses, datapath.ErrClosed when mesh is closed; a verifier rejection is
+// returned with the verifier's log.
+func Attach(mesh *datapath.Maps, cgroupPath string, cfg Config) (*LB, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cgroupPath == "" {
 		var err error
 		if cgroupPath, err = Cgroup2Mount(); err != nil {
@@ -118,59 +139,63 @@ func AttachSockLB(maps *Maps, cgroupPath string) (*SockLB, error) {
 		return nil, fmt.Errorf("datapath: socket load balancer: %w", err)
 	}
 
-	s := &SockLB{cgroup: cgroupPath}
-	if err := maps.loadSockLB(spec, &s.objs); err != nil {
+	l := &LB{cgroup: cgroupPath}
+	if err := load(mesh, cfg, spec, &l.objs); err != nil {
 		return nil, err
 	}
-	for _, h := range s.objs.hooks() {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.attach, Program: h.prog})
+	for _, h := range l.objs.hooks() {
+		ln, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: h.attach, Program: h.prog})
 		if err != nil {
-			s.Close()
+			l.Close()
 			if errors.Is(err, ebpf.ErrNotSupported) {
-				return nil, fmt.Errorf("datapath: socket load balancer: attach %s to %s: %w: %w", h.name, cgroupPath, ErrSockLBUnsupported, err)
+				return nil, fmt.Errorf("datapath: socket load balancer: attach %s to %s: %w: %w", h.name, cgroupPath, ErrUnsupported, err)
 			}
 			return nil, fmt.Errorf("datapath: socket load balancer: attach %s to %s: %w", h.name, cgroupPath, err)
 		}
-		s.links = append(s.links, l)
+		l.links = append(l.links, ln)
 	}
-	return s, nil
+	return l, nil
 }
 
-// loadSockLB loads spec's programs into objs with m's live service and
+// load loads spec's programs into objs with mesh's live service and
 // backend maps in place of the placeholders of the C source.
-func (m *Maps) loadSockLB(spec *ebpf.CollectionSpec, objs *socklbObjects) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return errClosed("attach the socket load balancer")
+func load(mesh *datapath.Maps, cfg Config, spec *ebpf.CollectionSpec, objs *socklbObjects) error {
+	h, err := mesh.Handles()
+	if errors.Is(err, datapath.ErrClosed) {
+		return bpfmap.Closed("attach the socket load balancer")
 	}
+	if err != nil {
+		return fmt.Errorf("datapath: socket load balancer: %w", err)
+	}
+	defer h.Close() // the programs hold the maps
+	pinDir := mesh.Config().PinDir
 	// MapReplacements insists on identical definitions, max_entries
 	// included: take them from the live maps.
-	spec.Maps[ServicesMapName].MaxEntries = m.services.MaxEntries()
-	spec.Maps[BackendsMapName].MaxEntries = m.backends.MaxEntries()
-	spec.Maps[SockRevNATMapName].MaxEntries = m.cfg.MaxSockRevNAT
-	spec.Maps[SockRevNATMapName].Pinning = ebpf.PinByName
-	spec.Maps[SockPeerMapName].Pinning = ebpf.PinByName
-	err := spec.LoadAndAssign(objs, &ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: m.cfg.PinDir},
+	spec.Maps[datapath.ServicesMapName].MaxEntries = h.Services.MaxEntries()
+	spec.Maps[datapath.BackendsMapName].MaxEntries = h.Backends.MaxEntries()
+	spec.Maps[RevNATMapName].MaxEntries = cfg.MaxSockRevNAT
+	spec.Maps[RevNATMapName].Pinning = ebpf.PinByName
+	spec.Maps[PeerMapName].Pinning = ebpf.PinByName
+	err = spec.LoadAndAssign(objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: pinDir},
 		MapReplacements: map[string]*ebpf.Map{
-			ServicesMapName: m.services,
-			BackendsMapName: m.backends,
+			datapath.ServicesMapName: h.Services,
+			datapath.BackendsMapName: h.Backends,
 		},
 	})
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, ebpf.ErrMapIncompatible):
-		if o, pinned, ok := resized(spec.Maps[SockRevNATMapName], m.cfg.PinDir); ok {
+		if o, unit, pinned, ok := bpfmap.Resized(spec.Maps[RevNATMapName], pinDir, sizes); ok {
 			return fmt.Errorf("datapath: socket load balancer: the map pinned at %s/%s has %d %s, %s asks for %d; "+
 				"remove it (or the pin directory) and retry, or keep the size: %w: %w",
-				m.cfg.PinDir, SockRevNATMapName, pinned, o.Unit, o, m.cfg.MaxSockRevNAT, ErrIncompatiblePin, err)
+				pinDir, RevNATMapName, pinned, unit, o, cfg.MaxSockRevNAT, datapath.ErrIncompatiblePin, err)
 		}
 		return fmt.Errorf("datapath: socket load balancer: a map pinned in %s (%s or %s) does not match this version's definition; "+
-			"remove it (or the pin directory) and retry: %w: %w", m.cfg.PinDir, SockRevNATMapName, SockPeerMapName, ErrIncompatiblePin, err)
+			"remove it (or the pin directory) and retry: %w: %w", pinDir, RevNATMapName, PeerMapName, datapath.ErrIncompatiblePin, err)
 	case errors.Is(err, ebpf.ErrNotSupported):
-		return fmt.Errorf("datapath: socket load balancer: load: %w: %w", ErrSockLBUnsupported, err)
+		return fmt.Errorf("datapath: socket load balancer: load: %w: %w", ErrUnsupported, err)
 	}
 	var verr *ebpf.VerifierError
 	if errors.As(err, &verr) {
@@ -180,32 +205,43 @@ func (m *Maps) loadSockLB(spec *ebpf.CollectionSpec, objs *socklbObjects) error 
 }
 
 // Cgroup returns the cgroup directory the programs are attached to.
-func (s *SockLB) Cgroup() string { return s.cgroup }
+func (l *LB) Cgroup() string { return l.cgroup }
 
 // Close detaches every program and releases the file descriptors. Sockets
-// translated before keep their backend; the reverse-translation map stays
-// pinned (RemovePins removes it). Close is idempotent.
-func (s *SockLB) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+// translated before keep their backend; the reverse-translation maps stay
+// pinned (RemovePins removes them). Close is idempotent.
+func (l *LB) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
 		return nil
 	}
-	s.closed = true
+	l.closed = true
 	var errs []error
-	for _, l := range s.links {
-		if err := l.Close(); err != nil {
+	for _, ln := range l.links {
+		if err := ln.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	s.links = nil
-	if err := s.objs.Close(); err != nil {
+	l.links = nil
+	if err := l.objs.Close(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("datapath: detach the socket load balancer from %s: %w", s.cgroup, err)
+		return fmt.Errorf("datapath: detach the socket load balancer from %s: %w", l.cgroup, err)
 	}
 	return nil
+}
+
+// RemovePins removes the socket load balancer's maps pinned in pinDir
+// (empty: datapath.DefaultPinDir), then pinDir itself if that left it
+// empty. Sockets keep their translations until they close. Absent pins are
+// fine.
+func RemovePins(pinDir string) error {
+	if pinDir == "" {
+		pinDir = datapath.DefaultPinDir
+	}
+	return bpfmap.RemovePins(pinDir, []string{RevNATMapName, PeerMapName})
 }
 
 // checkCgroup2 fails with ErrNotCgroup2 unless dir is a cgroup v2 directory.
