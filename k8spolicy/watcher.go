@@ -36,6 +36,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/clustermesh/clustermesh/internal/coalesce"
 	"github.com/clustermesh/clustermesh/policy"
 )
 
@@ -221,7 +222,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return nil
 	}
 	w.log.Info("kubernetes policy informers synced", "took", time.Since(start).Round(time.Millisecond))
-	drain(w.store.dirty) // the initial lists poked: they are in this delivery
+	coalesce.Drain(w.store.dirty) // the initial lists poked: they are in this delivery
 	w.deliver(true)
 	for {
 		select {
@@ -231,7 +232,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			cnp.recheck(ctx, recheck)
 		case <-w.store.dirty:
 			// Gather the rest of the burst, then deliver once.
-			if !settle(ctx, w.cfg.Coalesce, w.store.dirty) {
+			if !coalesce.Settle(ctx, w.cfg.Coalesce, w.store.dirty) {
 				return nil
 			}
 			w.deliver(false)
@@ -380,26 +381,3 @@ func (w *Watcher) deliver(first bool) {
 // sync) before it writes anything, so that a restarted agent never writes
 // a policy map without the cluster's objects.
 func (w *Watcher) Synced() <-chan struct{} { return w.synced }
-
-// settle waits out the coalescing window, then takes the changes made in
-// it (they are in the delivery that follows). It returns false if ctx
-// ended first.
-func settle(ctx context.Context, window time.Duration, dirty <-chan struct{}) bool {
-	timer := time.NewTimer(window)
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-timer.C:
-	}
-	drain(dirty)
-	return true
-}
-
-// drain takes a pending poke, if any.
-func drain(dirty <-chan struct{}) {
-	select {
-	case <-dirty:
-	default:
-	}
-}

@@ -45,6 +45,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/clustermesh/clustermesh/internal/coalesce"
 	"github.com/clustermesh/clustermesh/statesource"
 )
 
@@ -106,7 +107,7 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 	if synced, err := waitForSync(ctx, factory, log); !synced {
 		return err
 	}
-	drain(dirty) // the initial lists poked: they are in the first State
+	coalesce.Drain(dirty) // the initial lists poked: they are in the first State
 	d := &deliverer{listers: inf, onChange: onChange}
 	d.deliver()
 	for {
@@ -115,7 +116,7 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 			return nil
 		case <-dirty:
 			// Gather the rest of the burst, then build once.
-			if !settle(ctx, window, dirty) {
+			if !coalesce.Settle(ctx, window, dirty) {
 				return nil
 			}
 			d.deliver()
@@ -208,29 +209,6 @@ func (d *deliverer) deliver() {
 	}
 	d.last = st
 	d.onChange(st)
-}
-
-// settle waits out the coalescing window, then takes the changes made in
-// it (they are in the State built next). It returns false if ctx ended
-// first.
-func settle(ctx context.Context, window time.Duration, dirty <-chan struct{}) bool {
-	timer := time.NewTimer(window)
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-timer.C:
-	}
-	drain(dirty)
-	return true
-}
-
-// drain takes a pending poke, if any.
-func drain(dirty <-chan struct{}) {
-	select {
-	case <-dirty:
-	default:
-	}
 }
 
 // dropManagedFields keeps the informers' caches small: nothing here reads
