@@ -60,48 +60,7 @@ func kubeRunErr(t *testing.T, env *kubetest.Env, args ...string) error {
 // versions are the resource versions of everything enable manages.
 func versions(t *testing.T, c *kubetest.Cluster, ns string) map[string]string {
 	t.Helper()
-	ctx := context.Background()
-	out := map[string]string{}
-	add := func(kind string, m metav1.Object) { out[kind+"/"+m.GetName()] = m.GetResourceVersion() }
-	core := c.Client.CoreV1()
-	if l, err := core.Secrets(ns).List(ctx, metav1.ListOptions{}); err == nil {
-		for i := range l.Items {
-			add("secret", &l.Items[i])
-		}
-	}
-	if l, err := core.ConfigMaps(ns).List(ctx, metav1.ListOptions{}); err == nil {
-		for i := range l.Items {
-			add("configmap", &l.Items[i])
-		}
-	}
-	if l, err := core.Services(ns).List(ctx, metav1.ListOptions{}); err == nil {
-		for i := range l.Items {
-			add("service", &l.Items[i])
-		}
-	}
-	if l, err := core.ServiceAccounts(ns).List(ctx, metav1.ListOptions{}); err == nil {
-		for i := range l.Items {
-			add("serviceaccount", &l.Items[i])
-		}
-	}
-	if l, err := c.Client.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{}); err == nil {
-		for i := range l.Items {
-			add("deployment", &l.Items[i])
-		}
-	}
-	if r, err := c.Client.RbacV1().Roles(ns).Get(ctx, apiserverName, metav1.GetOptions{}); err == nil {
-		add("role", r)
-	}
-	if r, err := c.Client.RbacV1().RoleBindings(ns).Get(ctx, apiserverName, metav1.GetOptions{}); err == nil {
-		add("rolebinding", r)
-	}
-	if r, err := c.Client.RbacV1().ClusterRoles().Get(ctx, apiserverName+"-"+ns, metav1.GetOptions{}); err == nil {
-		add("clusterrole", r)
-	}
-	if r, err := c.Client.RbacV1().ClusterRoleBindings().Get(ctx, apiserverName+"-"+ns, metav1.GetOptions{}); err == nil {
-		add("clusterrolebinding", r)
-	}
-	return out
+	return c.ResourceVersions(context.Background(), ns, apiserverName, apiserverName+"-"+ns)
 }
 
 func secretCert(t *testing.T, c *kubetest.Cluster, ns, name, key string) *x509.Certificate {
