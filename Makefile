@@ -73,7 +73,7 @@ test-k8s: deps kube-apiserver
 # committed, with a stamp each (<package directory>/<name>_bpfel.stamp: the
 # source's hash and the compiler). bpf-tools installs clang, llvm
 # (llvm-strip) and the libbpf headers when missing (as root, with apt-get).
-BPF_PROGS := datapath/socklb/socklb datapath/policy
+BPF_PROGS := datapath/socklb/socklb datapath/tcpolicy/policy
 BPF_GEN   := $(foreach p,$(BPF_PROGS),$(p)_bpfel.go $(p)_bpfel.o)
 # bpf_src is a program's source, from its BPF_PROGS entry (in the shell).
 bpf_src    = $$(dirname $$p)/bpf/$$(basename $$p).c

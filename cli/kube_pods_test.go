@@ -18,9 +18,9 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/ca"
-	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -234,7 +234,7 @@ func startPods(t *testing.T, env *kubetest.Env, c *kubetest.Cluster, listenIP st
 			t.Errorf("agent %s: %v", p.api.name, err)
 		}
 		if os.Geteuid() == 0 {
-			datapath.RemovePins(pinDir)
+			node.RemovePins(pinDir)
 		}
 	})
 	return p

@@ -10,7 +10,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
@@ -62,7 +62,7 @@ func TestKubePolicyServer(t *testing.T) {
 	if err := cl.CreateNamespace(ctx, "shop", nil); err != nil {
 		t.Fatal(err)
 	}
-	enf, err := enforcer.New(enforcer.Config{ClusterName: "east", ClusterID: 1, NodeName: "node-1", Policy: datapath.NewMemory()})
+	enf, err := enforcer.New(enforcer.Config{ClusterName: "east", ClusterID: 1, NodeName: "node-1", Policy: tcpolicy.NewMemory()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/observe"
@@ -23,14 +24,14 @@ import (
 
 // obsSource is a Source fed by a channel: the one fake of these tests (a
 // real agent's FlowReader is exercised by the agent's end-to-end test).
-type obsSource struct{ ch chan datapath.Flow }
+type obsSource struct{ ch chan flows.Flow }
 
-func (s obsSource) Read(ctx context.Context) (datapath.Flow, error) {
+func (s obsSource) Read(ctx context.Context) (flows.Flow, error) {
 	select {
 	case f := <-s.ch:
 		return f, nil
 	case <-ctx.Done():
-		return datapath.Flow{}, ctx.Err()
+		return flows.Flow{}, ctx.Err()
 	}
 }
 
@@ -58,25 +59,25 @@ var obsTime = time.Date(2026, 11, 21, 3, 0, 0, 123e6, time.Local)
 
 // obsFlow is flow i: west's frontend-1 (source port 41000+i) to east's
 // checkout-0, dropped by policy when i is even, forwarded when odd.
-func obsFlow(i int) datapath.Flow {
-	f := datapath.Flow{
-		Time: obsTime.Add(time.Duration(i) * time.Second), Verdict: datapath.VerdictForwarded, Direction: datapath.Ingress,
+func obsFlow(i int) flows.Flow {
+	f := flows.Flow{
+		Time: obsTime.Add(time.Duration(i) * time.Second), Verdict: flows.VerdictForwarded, Direction: datapath.Ingress,
 		Src: netip.AddrPortFrom(netip.MustParseAddr("10.2.1.5"), uint16(41000+i)), Dst: netip.MustParseAddrPort("10.1.1.11:8080"),
 		Protocol: datapath.TCP, SrcIdentity: 132000, DstIdentity: 70001, SrcCluster: 2, DstCluster: 1, Bytes: 60,
 	}
 	if i%2 == 0 {
-		f.Verdict, f.DropReason = datapath.VerdictDropped, datapath.DropPolicyDenied
+		f.Verdict, f.DropReason = flows.VerdictDropped, flows.DropPolicyDenied
 	}
 	return f
 }
 
 // serveObserve runs a hub and serves it with the status on a unix socket,
 // as the agent does, until ctx is done.
-func serveObserve(t *testing.T, ctx context.Context) (*observe.Hub, chan datapath.Flow, string, *sync.WaitGroup) {
+func serveObserve(t *testing.T, ctx context.Context) (*observe.Hub, chan flows.Flow, string, *sync.WaitGroup) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	hub := observe.NewHub(observe.Config{Enricher: obsEnricher{}})
-	src := obsSource{ch: make(chan datapath.Flow)}
+	src := obsSource{ch: make(chan flows.Flow)}
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := hub.Run(ctx, src); err != nil {

@@ -3,8 +3,6 @@ package datapath
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -14,14 +12,10 @@ import (
 
 // Defaults applied by Config to its zero fields.
 const (
-	DefaultPinDir             = "/sys/fs/bpf/clustermesh"
-	DefaultMaxIPCache         = 512 * 1024
-	DefaultMaxServiceSlots    = 256 * 1024
-	DefaultMaxBackends        = 128 * 1024
-	DefaultMaxPolicy          = 256 * 1024
-	DefaultMaxPolicyCT        = 128 * 1024
-	DefaultMaxPolicyEndpoints = 16 * 1024
-	DefaultFlowRingBytes      = 4 << 20
+	DefaultPinDir          = "/sys/fs/bpf/clustermesh"
+	DefaultMaxIPCache      = 512 * 1024
+	DefaultMaxServiceSlots = 256 * 1024
+	DefaultMaxBackends     = 128 * 1024
 )
 
 // Config says where the maps are pinned and how large they are. Zero fields
@@ -45,20 +39,6 @@ type Config struct {
 	// write (the agent's merger remembers what it wrote), it saves about 90
 	// bytes per entry. Identical writes then reach the kernel (harmlessly).
 	NoIPCacheMirror bool
-	// MaxPolicy is the policy trie's max_entries (PolicyMapName): a key
-	// with one port or none takes one entry per protocol, a port range up
-	// to 30 per protocol. Only the policy API creates the policy maps.
-	MaxPolicy uint32
-	// MaxPolicyCT is the max_entries of the policy programs' conntrack LRU
-	// (PolicyCTMapName): one entry per flow and endpoint interface.
-	MaxPolicyCT uint32
-	// MaxPolicyEndpoints is the max_entries of PolicyEndpointsMapName: how
-	// many interfaces can carry the policy programs at once.
-	MaxPolicyEndpoints uint32
-	// FlowRingBytes is the size of the flow events' ring buffer
-	// (FlowsMapName): a power of two, at least one page; an event takes 88
-	// bytes.
-	FlowRingBytes uint32
 }
 
 // SizeOption is one size of a datapath package's configuration C (this
@@ -111,22 +91,6 @@ var sizeOptions = []SizeOption[Config]{
 		Default: DefaultMaxBackends, Min: 1, Max: maxMapEntries,
 		Usage: "max_entries of the backend map (" + BackendsMapName + "): distinct backends of all services",
 		Of:    func(c *Config) *uint32 { return &c.MaxBackends }},
-	{Flag: "max-policy-entries", Field: "MaxPolicy", Map: PolicyMapName, Unit: "entries",
-		Default: DefaultMaxPolicy, Min: 1, Max: maxMapEntries,
-		Usage: "max_entries of the policy map (" + PolicyMapName + "): one per endpoint, peer, direction and protocol, more for port ranges",
-		Of:    func(c *Config) *uint32 { return &c.MaxPolicy }},
-	{Flag: "max-policy-ct-entries", Field: "MaxPolicyCT", Map: PolicyCTMapName, Unit: "entries",
-		Default: DefaultMaxPolicyCT, Min: 1, Max: maxMapEntries,
-		Usage: "max_entries of the policy conntrack LRU (" + PolicyCTMapName + "): one per flow and endpoint interface",
-		Of:    func(c *Config) *uint32 { return &c.MaxPolicyCT }},
-	{Flag: "max-policy-endpoint-entries", Field: "MaxPolicyEndpoints", Map: PolicyEndpointsMapName, Unit: "entries",
-		Default: DefaultMaxPolicyEndpoints, Min: 1, Max: 1 << 20,
-		Usage: "max_entries of the policy endpoint map (" + PolicyEndpointsMapName + "): interfaces carrying the policy programs",
-		Of:    func(c *Config) *uint32 { return &c.MaxPolicyEndpoints }},
-	{Flag: "flow-ring-bytes", Field: "FlowRingBytes", Map: FlowsMapName, Unit: "bytes",
-		Default: DefaultFlowRingBytes, Min: 4096, Max: 1 << 30,
-		Usage: "size of the flow events' ring buffer (" + FlowsMapName + "): a power of two of at least a page; an event takes 88 bytes",
-		Of:    func(c *Config) *uint32 { return &c.FlowRingBytes }},
 }
 
 // SizeOptions lists every size of Config, in a stable order, for the agent
@@ -175,11 +139,6 @@ func (c Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	if page := uint32(os.Getpagesize()); c.FlowRingBytes < page || c.FlowRingBytes&(c.FlowRingBytes-1) != 0 {
-		o, _ := sizeOptionOf(FlowsMapName)
-		errs = append(errs, fmt.Errorf("datapath: config: %s is %d: %w: want a power of two of at least a page (%d bytes)",
-			o, c.FlowRingBytes, ErrInvalidConfig, page))
-	}
 	return errors.Join(errs...)
 }
 
@@ -190,33 +149,16 @@ func fullErr(op, mapName string, maxEntries uint32, errno syscall.Errno) error {
 	return bpfmap.FullErr(op, mapName, maxEntries, errno, o.String())
 }
 
-// RemovePins removes the maps pinned in pinDir (empty: DefaultPinDir), the
-// pinned tc links of the policy programs (which detaches them from their
-// interfaces), and then pinDir itself if it is left empty. It does not need
-// to open the maps, so it also clears incompatible pins (agent --cleanup).
-// Programs still holding the maps keep them until they close them; policy
-// programs attached as clsact filters stay until DetachPolicy. Absent pins
-// are fine.
+// RemovePins removes the mesh maps pinned in pinDir (empty:
+// DefaultPinDir), then pinDir itself if that left it empty. It does not
+// need to open the maps, so it also clears incompatible pins (agent
+// --cleanup). Programs still holding the maps keep them until they close
+// them. Absent pins are fine. The maps of the programs pinned beside them
+// are their packages' to remove (socklb.RemovePins, tcpolicy.RemovePins):
+// call those first, so that the directory goes with the last.
 func RemovePins(pinDir string) error {
 	if pinDir == "" {
 		pinDir = DefaultPinDir
 	}
-	var errs []error
-	names := []string{IPCacheMapName, ServicesMapName, BackendsMapName}
-	for _, name := range append(names, policyMapNames...) {
-		err := os.Remove(filepath.Join(pinDir, name))
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	if err := removeLinkPins(filepath.Join(pinDir, PolicyLinksDir)); err != nil {
-		errs = append(errs, err)
-	}
-	if err := os.Remove(pinDir); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("datapath: remove pins in %s: %w", pinDir, err)
-	}
-	return nil
+	return bpfmap.RemovePins(pinDir, []string{IPCacheMapName, ServicesMapName, BackendsMapName})
 }

@@ -20,9 +20,6 @@ func TestConfigValidate(t *testing.T) {
 			v  uint32
 			ok bool
 		}{{0, true}, {o.Min, true}, {o.Max, true}, {o.Min - 1, o.Min == 1}, {o.Max + 1, false}} {
-			if o.Unit == "bytes" && tc.ok && tc.v != 0 && tc.v&(tc.v-1) != 0 {
-				continue
-			}
 			var c Config
 			*o.Of(&c) = tc.v
 			err := c.Validate()
@@ -34,11 +31,7 @@ func TestConfigValidate(t *testing.T) {
 			}
 		}
 	}
-	c := Config{FlowRingBytes: 3 << 12}
-	if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "--flow-ring-bytes") {
-		t.Errorf("FlowRingBytes %d: %v", c.FlowRingBytes, err)
-	}
-	c = Config{PinDir: "relative"}
+	c := Config{PinDir: "relative"}
 	if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
 		t.Errorf("relative pin dir: %v", err)
 	}
@@ -69,8 +62,7 @@ func TestSizeOptions(t *testing.T) {
 		}
 		*p = o.Min + uint32(i) + 1 // distinct values, to see each reach its map
 	}
-	c.FlowRingBytes = 1 << 14
-	specs := append(mapSpecs(c), pinnedPolicyMapSpecs(c)...)
+	specs := mapSpecs(c)
 	sized := 0
 	for _, spec := range specs {
 		o, ok := sizeOptionOf(spec.Name)

@@ -9,10 +9,12 @@
 // and Memory, an in-memory stand-in used only when the process lacks the
 // privileges for eBPF (Open says so loudly when it falls back).
 //
-// Programs that read the maps get them through Maps.Handles: the socket
-// load balancer (package datapath/socklb), and network policy enforced on
-// each local endpoint's host-side veth with flow events (AttachPolicy,
-// PolicyWriter, OpenFlows; docs/datapath-policy.md).
+// Programs that read the maps get them through Maps.Handles, each in a
+// package of its own with its own maps, lock and pins: the socket load
+// balancer (datapath/socklb) and network policy on each local endpoint's
+// host-side veth (datapath/tcpolicy), whose flow events package
+// datapath/flows decodes. Whoever composes an agent removes each package's
+// pins (RemovePins of each).
 package datapath
 
 import (
@@ -55,6 +57,32 @@ func ParseProtocol(s string) (Protocol, error) {
 	}
 	return 0, fmt.Errorf("datapath: unknown protocol %q (want TCP, UDP or SCTP)", s)
 }
+
+// Direction is the direction of traffic relative to a local endpoint, with
+// the values of package policy: Ingress is traffic to the endpoint, Egress
+// traffic from it. The policy keys (datapath/tcpolicy) and the flow events
+// (datapath/flows) share it.
+type Direction uint8
+
+// The two directions.
+const (
+	Ingress Direction = 0
+	Egress  Direction = 1
+)
+
+func (d Direction) String() string {
+	switch d {
+	case Ingress:
+		return "ingress"
+	case Egress:
+		return "egress"
+	}
+	return fmt.Sprintf("direction(%d)", uint8(d))
+}
+
+// IdentityWorld is the identity the programs that read the ipcache give an
+// address it does not know (Cilium's reserved "world").
+const IdentityWorld uint32 = 2
 
 // IPCacheEntry is what the datapath knows of an address: who it is (its
 // security identity), where it lives (the node to tunnel to; invalid when the

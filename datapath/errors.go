@@ -54,20 +54,4 @@ var (
 
 	// ErrClosed: the Maps were closed.
 	ErrClosed = bpfmap.ErrClosed
-
-	// ErrInvalidPolicy: a policy key has endpoint identity 0, an unknown
-	// direction, an end port without or before its first port, or ports
-	// with a protocol other than TCP, UDP, SCTP or any; or AttachPolicy got
-	// identity 0. Nothing is written.
-	ErrInvalidPolicy = errors.New("invalid policy")
-
-	// ErrNoInterface: AttachPolicy got an interface that does not exist in
-	// the calling thread's network namespace.
-	ErrNoInterface = errors.New("no such interface")
-
-	// ErrPolicyUnsupported: the kernel lacks what the policy programs need
-	// (tc BPF with direct action, LPM tries, ring buffers: Linux 5.8 or
-	// later). The error also wraps ebpf.ErrNotSupported when the library
-	// detected it.
-	ErrPolicyUnsupported = errors.New("policy datapath not supported by this kernel")
 )

@@ -37,8 +37,6 @@ type Maps struct {
 	refs         map[uint32]int                // guarded by mu: slots (of all services) pointing at each id
 	nextID       uint32                        // guarded by mu: next backend id to try (never 0)
 	noBatch      bool                          // guarded by mu: the ipcache refused BatchUpdate
-
-	pol *policyState // guarded by mu: the policy maps, opened on first use (policy_attach.go)
 }
 
 // svcState mirrors one frontend's entries in cm_services.
@@ -139,7 +137,7 @@ func (m *Maps) Close() error {
 		return nil
 	}
 	m.closed = true
-	return errors.Join(m.ipcache.Close(), m.services.Close(), m.backends.Close(), m.closePolicy())
+	return errors.Join(m.ipcache.Close(), m.services.Close(), m.backends.Close())
 }
 
 // Unpin removes the pins (and the pin directory if it is left empty): the

@@ -16,7 +16,6 @@ type Memory struct {
 	closed bool                          // guarded by mu
 	ipc    map[netip.Prefix]IPCacheEntry // guarded by mu
 	svcs   map[Frontend][]Backend        // guarded by mu
-	policy map[PolicyKey]struct{}        // guarded by mu (policy_memory.go)
 }
 
 var (
@@ -26,7 +25,7 @@ var (
 
 // NewMemory returns an empty in-memory datapath.
 func NewMemory() *Memory {
-	return &Memory{ipc: make(map[netip.Prefix]IPCacheEntry), svcs: make(map[Frontend][]Backend), policy: make(map[PolicyKey]struct{})}
+	return &Memory{ipc: make(map[netip.Prefix]IPCacheEntry), svcs: make(map[Frontend][]Backend)}
 }
 
 // Kind returns "memory".

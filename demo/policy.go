@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/localmesh"
@@ -156,19 +157,19 @@ func (d *run) policyStep(ctx context.Context) (string, error) {
 // allow entries of checkoutPolicy.
 func (d *run) policyComputed(ctx context.Context) (string, error) {
 	var ids map[string]uint32
-	var got []datapath.PolicyKey
+	var got []tcpolicy.Key
 	err := waitUntil(ctx, func() (bool, string) {
 		ids = d.identities()
 		var err error
-		if got, err = d.policyNode().Datapath().(datapath.PolicyWriter).Policies(); err != nil {
+		if got, err = d.policyNode().Policy().Policies(); err != nil {
 			return false, err.Error()
 		}
-		want := []datapath.PolicyKey{
+		want := []tcpolicy.Key{
 			{Endpoint: ids["east/checkout"], Peer: wire.IdentityHost, Direction: datapath.Ingress},
 			{Endpoint: ids["east/checkout"], Peer: ids["east/frontend"], Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080, EndPort: 8080},
 			{Endpoint: ids["east/checkout"], Peer: ids["west/frontend"], Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080, EndPort: 8080},
 		}
-		slices.SortFunc(want, func(a, b datapath.PolicyKey) int { return int(a.Peer) - int(b.Peer) })
+		slices.SortFunc(want, func(a, b tcpolicy.Key) int { return int(a.Peer) - int(b.Peer) })
 		if len(ids) < 6 || !slices.Equal(got, want) {
 			return false, fmt.Sprintf("east-node-1's policy map %v, want %v", got, want)
 		}

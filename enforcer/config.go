@@ -20,7 +20,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -45,7 +45,7 @@ type Config struct {
 	// only the local cluster's, as Cilium does since 1.19.
 	AllClustersByDefault bool
 	// Policy is where the computed policy is written.
-	Policy datapath.PolicyWriter
+	Policy tcpolicy.Writer
 	// Attacher attaches the policy programs to interfaces. Nil (the
 	// in-memory datapath): the policy is computed and written, not enforced.
 	Attacher Attacher
@@ -106,7 +106,7 @@ func (c *Config) Validate() error {
 
 // Attacher attaches the policy programs to the host-side interfaces of
 // endpoints, in the network namespace the endpoints' veths are in (the
-// agent's own, for MapsAttacher).
+// agent's own, for ProgramsAttacher).
 type Attacher interface {
 	// Interfaces lists the interfaces (one netlink dump of links and one
 	// of routes per reconciliation, whatever the number of pods).
@@ -114,19 +114,19 @@ type Attacher interface {
 	Attach(ifindex int, identity uint32, enforceIngress, enforceEgress bool) error
 	Detach(ifindex int) error
 	// Attachments lists what is attached, including by a previous run.
-	Attachments() (map[int]datapath.PolicyEndpoint, error)
+	Attachments() (map[int]tcpolicy.Endpoint, error)
 }
 
-// MapsAttacher attaches the programs of real eBPF maps.
-type MapsAttacher struct {
-	Maps *datapath.Maps
+// ProgramsAttacher attaches the policy programs of real eBPF maps.
+type ProgramsAttacher struct {
+	Programs *tcpolicy.Programs
 	// InNetns, when set, runs fn in the network namespace of the
 	// endpoints' interfaces (the demo's node namespace); nil: the calling
 	// thread's.
 	InNetns func(fn func() error) error
 }
 
-func (a MapsAttacher) in(fn func() error) error {
+func (a ProgramsAttacher) in(fn func() error) error {
 	if a.InNetns == nil {
 		return fn()
 	}
@@ -134,7 +134,7 @@ func (a MapsAttacher) in(fn func() error) error {
 }
 
 // Interfaces implements Attacher.
-func (a MapsAttacher) Interfaces() (Interfaces, error) {
+func (a ProgramsAttacher) Interfaces() (Interfaces, error) {
 	var out Interfaces
 	err := a.in(func() (err error) {
 		out, err = listInterfaces()
@@ -144,16 +144,16 @@ func (a MapsAttacher) Interfaces() (Interfaces, error) {
 }
 
 // Attach implements Attacher.
-func (a MapsAttacher) Attach(ifindex int, identity uint32, in, eg bool) error {
-	return a.in(func() error { return datapath.AttachPolicy(a.Maps, ifindex, identity, in, eg) })
+func (a ProgramsAttacher) Attach(ifindex int, identity uint32, in, eg bool) error {
+	return a.in(func() error { return a.Programs.Attach(ifindex, identity, in, eg) })
 }
 
 // Detach implements Attacher.
-func (a MapsAttacher) Detach(ifindex int) error {
-	return a.in(func() error { return datapath.DetachPolicy(a.Maps, ifindex) })
+func (a ProgramsAttacher) Detach(ifindex int) error {
+	return a.in(func() error { return a.Programs.Detach(ifindex) })
 }
 
 // Attachments implements Attacher.
-func (a MapsAttacher) Attachments() (map[int]datapath.PolicyEndpoint, error) {
-	return datapath.PolicyAttachments(a.Maps)
+func (a ProgramsAttacher) Attachments() (map[int]tcpolicy.Endpoint, error) {
+	return a.Programs.Attachments()
 }

@@ -4,7 +4,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/policy"
 	"github.com/clustermesh/clustermesh/statesource"
 )
@@ -24,7 +24,7 @@ type endpoints struct {
 	attacher Attacher
 	// attached is what this run attached (or adopted from the previous
 	// run), by interface index.
-	attached map[int]datapath.PolicyEndpoint
+	attached map[int]tcpolicy.Endpoint
 	adopted  bool // the previous run's attachments were read
 	statuses []EndpointStatus
 	// retry: an endpoint waits for its interface or a failed attach: look
@@ -118,7 +118,7 @@ func (e *Enforcer) endpointStatus(ep *statesource.Endpoint) EndpointStatus {
 
 // attach makes interface ifindex enforce s, if it does not already.
 func (e *Enforcer) attach(ifindex int, s EndpointStatus) (state, errMsg string) {
-	want := datapath.PolicyEndpoint{Identity: s.Identity, EnforceIngress: s.EnforceIngress, EnforceEgress: s.EnforceEgress}
+	want := tcpolicy.Endpoint{Identity: s.Identity, EnforceIngress: s.EnforceIngress, EnforceEgress: s.EnforceEgress}
 	if cur, ok := e.eps.attached[ifindex]; ok && cur == want {
 		return StateEnforcing, ""
 	}

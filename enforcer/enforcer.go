@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/policy"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
@@ -95,7 +96,7 @@ func New(cfg Config) (*Enforcer, error) {
 	e.identities[wire.IdentityHost] = wire.HostLabels
 	e.files = policyFiles{dir: cfg.PolicyDir, opts: policy.Options{LocalCluster: cfg.ClusterName,
 		DefaultLocalCluster: !cfg.AllClustersByDefault, AllowFromHost: true}}
-	e.eps = endpoints{attacher: cfg.Attacher, attached: map[int]datapath.PolicyEndpoint{}}
+	e.eps = endpoints{attacher: cfg.Attacher, attached: map[int]tcpolicy.Endpoint{}}
 	e.status.PolicyDir = cfg.PolicyDir
 	return e, nil
 }
@@ -379,9 +380,9 @@ func (e *Enforcer) apply(changes []policy.Change) {
 	if len(changes) == 0 {
 		return
 	}
-	dc := make([]datapath.PolicyChange, len(changes))
+	dc := make([]tcpolicy.Change, len(changes))
 	for i, c := range changes {
-		dc[i] = datapath.PolicyChange{Key: toDatapathKey(c.Endpoint, c.Key), Add: c.Add}
+		dc[i] = tcpolicy.Change{Key: toDatapathKey(c.Endpoint, c.Key), Add: c.Add}
 	}
 	if err := e.cfg.Policy.ApplyPolicy(dc); err != nil {
 		e.writeFailed(err)
@@ -390,7 +391,7 @@ func (e *Enforcer) apply(changes []policy.Change) {
 
 // syncAll makes the policy map exactly the engine's policy.
 func (e *Enforcer) syncAll() {
-	var keys []datapath.PolicyKey
+	var keys []tcpolicy.Key
 	for _, id := range e.engine.Endpoints() {
 		for _, k := range e.engine.Endpoint(id).Keys() {
 			keys = append(keys, toDatapathKey(id, k))
@@ -425,10 +426,10 @@ func (e *Enforcer) writeFailed(err error) {
 }
 
 // toDatapathKey converts one engine key of local identity ep.
-func toDatapathKey(ep uint32, k policy.Key) datapath.PolicyKey {
+func toDatapathKey(ep uint32, k policy.Key) tcpolicy.Key {
 	dir := datapath.Ingress
 	if k.Direction == policy.Egress {
 		dir = datapath.Egress
 	}
-	return datapath.PolicyKey{Endpoint: ep, Peer: k.Peer, Direction: dir, Protocol: datapath.Protocol(k.Protocol), Port: k.From, EndPort: k.To}
+	return tcpolicy.Key{Endpoint: ep, Peer: k.Peer, Direction: dir, Protocol: datapath.Protocol(k.Protocol), Port: k.From, EndPort: k.To}
 }

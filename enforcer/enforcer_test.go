@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/policy"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -53,7 +54,7 @@ func podLabels(cluster, app string) wire.Labels {
 type fakeAttacher struct {
 	mu       sync.Mutex
 	ifaces   map[string]int
-	attached map[int]datapath.PolicyEndpoint
+	attached map[int]tcpolicy.Endpoint
 	lists    int // Interfaces calls: one per reconciliation
 }
 
@@ -71,7 +72,7 @@ func (f *fakeAttacher) Interfaces() (Interfaces, error) {
 func (f *fakeAttacher) Attach(ifindex int, id uint32, in, eg bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.attached[ifindex] = datapath.PolicyEndpoint{Identity: id, EnforceIngress: in, EnforceEgress: eg}
+	f.attached[ifindex] = tcpolicy.Endpoint{Identity: id, EnforceIngress: in, EnforceEgress: eg}
 	return nil
 }
 
@@ -82,17 +83,17 @@ func (f *fakeAttacher) Detach(ifindex int) error {
 	return nil
 }
 
-func (f *fakeAttacher) Attachments() (map[int]datapath.PolicyEndpoint, error) {
+func (f *fakeAttacher) Attachments() (map[int]tcpolicy.Endpoint, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := map[int]datapath.PolicyEndpoint{}
+	out := map[int]tcpolicy.Endpoint{}
 	for k, v := range f.attached {
 		out[k] = v
 	}
 	return out, nil
 }
 
-func (f *fakeAttacher) get(ifindex int) (datapath.PolicyEndpoint, bool) {
+func (f *fakeAttacher) get(ifindex int) (tcpolicy.Endpoint, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p, ok := f.attached[ifindex]
@@ -101,7 +102,7 @@ func (f *fakeAttacher) get(ifindex int) (datapath.PolicyEndpoint, bool) {
 
 type fixture struct {
 	e      *Enforcer
-	dp     *datapath.Memory
+	dp     *tcpolicy.Memory
 	att    *fakeAttacher
 	dir    string
 	ready  chan struct{}
@@ -117,8 +118,8 @@ func startWith(t *testing.T, tweak func(*Enforcer)) *fixture { return startCfg(t
 // its datapath already).
 func startCfg(t *testing.T, tweakCfg func(*fixture, *Config), tweak func(*Enforcer)) *fixture {
 	t.Helper()
-	f := &fixture{dp: datapath.NewMemory(), dir: t.TempDir(), ready: make(chan struct{}),
-		att: &fakeAttacher{ifaces: map[string]int{"lxc-ck2": 7}, attached: map[int]datapath.PolicyEndpoint{
+	f := &fixture{dp: tcpolicy.NewMemory(), dir: t.TempDir(), ready: make(chan struct{}),
+		att: &fakeAttacher{ifaces: map[string]int{"lxc-ck2": 7}, attached: map[int]tcpolicy.Endpoint{
 			99: {Identity: 5}, // left by a previous run for a pod that is gone
 		}}}
 	cfg := Config{ClusterName: "east", ClusterID: 1, NodeName: "node-1", PolicyDir: f.dir,
@@ -157,13 +158,13 @@ func (f *fixture) writePolicy(t *testing.T, name, body string) {
 	}
 }
 
-func (f *fixture) hasKey(k datapath.PolicyKey) bool {
+func (f *fixture) hasKey(k tcpolicy.Key) bool {
 	ks, _ := f.dp.Policies()
 	return slices.Contains(ks, k)
 }
 
-func allow(ep, peer uint32) datapath.PolicyKey {
-	return datapath.PolicyKey{Endpoint: ep, Peer: peer, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080, EndPort: 8080}
+func allow(ep, peer uint32) tcpolicy.Key {
+	return tcpolicy.Key{Endpoint: ep, Peer: peer, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080, EndPort: 8080}
 }
 
 func localState() *statesource.State {
@@ -201,11 +202,11 @@ func TestEnforcerComputesWritesAndAttaches(t *testing.T) {
 	close(f.ready)
 	testenv.WaitFor(t, 5*time.Second, "policy enforced", func() bool {
 		p, ok := f.att.get(7)
-		return f.e.Status().Enforcing && ok && p == datapath.PolicyEndpoint{Identity: eastCheckout, EnforceIngress: true}
+		return f.e.Status().Enforcing && ok && p == tcpolicy.Endpoint{Identity: eastCheckout, EnforceIngress: true}
 	})
 	ks, _ := f.dp.Policies()
-	fromHost := datapath.PolicyKey{Endpoint: eastCheckout, Peer: wire.IdentityHost, Direction: datapath.Ingress}
-	want := []datapath.PolicyKey{fromHost, allow(eastCheckout, eastFrontend), allow(eastCheckout, westFrontend)}
+	fromHost := tcpolicy.Key{Endpoint: eastCheckout, Peer: wire.IdentityHost, Direction: datapath.Ingress}
+	want := []tcpolicy.Key{fromHost, allow(eastCheckout, eastFrontend), allow(eastCheckout, westFrontend)}
 	if !slices.Equal(ks, want) {
 		t.Fatalf("policy map %v, want %v (north is not allowed)", ks, want)
 	}
@@ -235,7 +236,7 @@ func TestEnforcerComputesWritesAndAttaches(t *testing.T) {
 	f.att.mu.Unlock()
 	testenv.WaitFor(t, 5*time.Second, "frontend attached, not enforcing", func() bool {
 		p, ok := f.att.get(8)
-		return ok && p == datapath.PolicyEndpoint{Identity: eastFrontend}
+		return ok && p == tcpolicy.Endpoint{Identity: eastFrontend}
 	})
 }
 
@@ -276,7 +277,7 @@ func TestEnforcerKeepsLastValidPolicies(t *testing.T) {
 }
 
 func TestEnforcerMissingPolicyDirSaysWhatToDo(t *testing.T) {
-	dp := datapath.NewMemory()
+	dp := tcpolicy.NewMemory()
 	e, err := New(Config{ClusterName: "east", ClusterID: 1, NodeName: "n", PolicyDir: filepath.Join(t.TempDir(), "nope"), Policy: dp})
 	if err != nil {
 		t.Fatal(err)
@@ -313,7 +314,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromNorth := datapath.PolicyKey{Endpoint: eastCheckout, Peer: northFront, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 9090, EndPort: 9090}
+	fromNorth := tcpolicy.Key{Endpoint: eastCheckout, Peer: northFront, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 9090, EndPort: 9090}
 	f.e.SetPolicies("kubernetes", c)
 	testenv.WaitFor(t, 5*time.Second, "both sources enforced", func() bool {
 		return f.hasKey(fromNorth) && f.hasKey(allow(eastCheckout, eastFrontend)) && f.e.Status().Rules == 2
@@ -331,7 +332,7 @@ func TestEnforcerDenyAllEnforcesAtOnce(t *testing.T) {
 	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))
 	testenv.WaitFor(t, 5*time.Second, "attached, not enforcing", func() bool {
 		p, ok := f.att.get(7)
-		return ok && p == datapath.PolicyEndpoint{Identity: eastCheckout}
+		return ok && p == tcpolicy.Endpoint{Identity: eastCheckout}
 	})
 	// A policy that selects checkout for egress and allows nothing: no
 	// policy entry changes, but egress must be enforced (default deny)
@@ -366,7 +367,7 @@ func TestEnforcerRemoteIdentitiesDoNotReconcileEndpoints(t *testing.T) {
 	for i := range uint32(50) {
 		f.e.UpsertIdentity("west", 2<<16+100+i, podLabels("west", "frontend").With(wire.Label{Source: "k8s", Key: "n", Value: fmt.Sprint(i)}))
 	}
-	last := datapath.PolicyKey{Endpoint: eastCheckout, Peer: 2<<16 + 149, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080, EndPort: 8080}
+	last := tcpolicy.Key{Endpoint: eastCheckout, Peer: 2<<16 + 149, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080, EndPort: 8080}
 	testenv.WaitFor(t, 5*time.Second, "the 50 remote frontends allowed", func() bool { return f.hasKey(last) })
 	if n := lists() - before; n != 0 {
 		t.Errorf("%d interface listings for 50 remote identities, want 0", n)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -30,7 +31,7 @@ func (r *retainedList) set(ids ...uint16) {
 	r.ids = ids
 }
 
-func (f *fixture) policies(t *testing.T) []datapath.PolicyKey {
+func (f *fixture) policies(t *testing.T) []tcpolicy.Key {
 	t.Helper()
 	ks, err := f.dp.Policies()
 	if err != nil {
@@ -39,8 +40,8 @@ func (f *fixture) policies(t *testing.T) []datapath.PolicyKey {
 	return ks
 }
 
-func sortedKeys(ks ...datapath.PolicyKey) []datapath.PolicyKey {
-	slices.SortFunc(ks, func(a, b datapath.PolicyKey) int {
+func sortedKeys(ks ...tcpolicy.Key) []tcpolicy.Key {
+	slices.SortFunc(ks, func(a, b tcpolicy.Key) int {
 		if a.Peer != b.Peer {
 			return int(a.Peer) - int(b.Peer)
 		}
@@ -65,7 +66,7 @@ func startRestarted(t *testing.T, retained *retainedList) *fixture {
 	t.Helper()
 	f := startCfg(t, func(f *fixture, c *Config) {
 		c.RetainedClusters = retained.get
-		prev := []datapath.PolicyKey{
+		prev := []tcpolicy.Key{
 			{Endpoint: eastCheckout, Peer: wire.IdentityHost, Direction: datapath.Ingress},
 			allow(eastCheckout, eastFrontend), allow(eastCheckout, westFrontend), allow(eastCheckout, westGone),
 			allow(eastCheckout, westBackend), allow(eastCheckout, northFront), allow(eastCheckout, northOld),
@@ -90,7 +91,7 @@ func startRestarted(t *testing.T, retained *retainedList) *fixture {
 	return f
 }
 
-var fromHost = datapath.PolicyKey{Endpoint: eastCheckout, Peer: wire.IdentityHost, Direction: datapath.Ingress}
+var fromHost = tcpolicy.Key{Endpoint: eastCheckout, Peer: wire.IdentityHost, Direction: datapath.Ingress}
 
 // TestEnforcerKeepsRetainedClusterEntries: a restart while west is down
 // keeps allowing west's frontends (unknown identities of a retained
@@ -152,7 +153,7 @@ func TestEnforcerRetainedPeerCluster(t *testing.T) {
 		{0, []uint32{2 << 16, 2<<16 + 1, 3<<16 - 1}, []uint32{3 << 16, 2<<15 + 1, 1, 2, 255, 2<<16 + 7}},
 		{wire.ExtendedMaxConnectedClusters, []uint32{2 << 15, 2<<15 + 1, 3<<15 - 1}, []uint32{3 << 15, 2<<16 + 1, 1, 255, 2<<15 + 7}},
 	} {
-		e, err := New(Config{ClusterName: "east", ClusterID: 1, NodeName: "n", Policy: datapath.NewMemory(),
+		e, err := New(Config{ClusterName: "east", ClusterID: 1, NodeName: "n", Policy: tcpolicy.NewMemory(),
 			MaxConnectedClusters: c.max, RetainedClusters: func() []uint16 { return []uint16{2} }})
 		if err != nil {
 			t.Fatal(err)
@@ -175,7 +176,7 @@ func TestEnforcerRetainedPeerCluster(t *testing.T) {
 			t.Errorf("max %d: nothing retained, yet a predicate", c.max)
 		}
 	}
-	_, err := New(Config{ClusterName: "east", ClusterID: 1, NodeName: "n", Policy: datapath.NewMemory(), MaxConnectedClusters: 300})
+	_, err := New(Config{ClusterName: "east", ClusterID: 1, NodeName: "n", Policy: tcpolicy.NewMemory(), MaxConnectedClusters: 300})
 	if !errors.Is(err, ErrInvalidConfig) {
 		t.Errorf("max 300: %v, want ErrInvalidConfig", err)
 	}

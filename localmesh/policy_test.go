@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/figure"
 	"github.com/clustermesh/clustermesh/internal/podnet"
@@ -52,6 +54,7 @@ type policyEnv struct {
 	node  *podnet.Node
 	pods  map[string]*podnet.Pod // by "cluster/pod"
 	maps  *datapath.Maps
+	progs *tcpolicy.Programs // east-node-1's policy programs
 	enf   *enforcer.Enforcer
 	drops *observe.Subscription // the dropped flows of east-node-1's hub, from the end of startPolicyEnv
 }
@@ -243,7 +246,8 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Node: nodeAgent})
 	east := e.mesh.Cluster("east").Agents[0]
 	e.maps, e.enf = east.Datapath.(*datapath.Maps), east.Node.Enforcer()
-	if east.Node.Flows() == nil {
+	e.progs, _ = east.Node.Policy().(*tcpolicy.Programs)
+	if east.Node.Flows() == nil || e.progs == nil {
 		t.Fatal("east-node-1 has no flows on eBPF maps")
 	}
 	testenv.WaitFor(t, wait, "checkout-2 enforcing on e-ck2, frontend-1 attached on e-fe1", func() bool {
@@ -301,7 +305,7 @@ func TestPolicyAcrossClustersOnRealPackets(t *testing.T) {
 			t.Errorf("%s → east checkout: %v, want allowed", from, err)
 		}
 	}
-	before, err := e.maps.PolicyCounters()
+	before, err := e.progs.Counters()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +313,7 @@ func TestPolicyAcrossClustersOnRealPackets(t *testing.T) {
 		t.Fatal("north/frontend-1 → east checkout connected, want dropped")
 	}
 	drops := e.readDrops(t, 1)
-	after, _ := e.maps.PolicyCounters()
+	after, _ := e.progs.Counters()
 	if n := after.Dropped() - before.Dropped(); n != uint64(len(drops)) {
 		// A retransmitted SYN is a second drop and must be a second event.
 		drops = append(drops, e.readDrops(t, int(n)-len(drops))...)
@@ -318,7 +322,7 @@ func TestPolicyAcrossClustersOnRealPackets(t *testing.T) {
 	// agent's reservations.
 	d := drops[0]
 	ids := e.identities(t)
-	if d.DropReason != datapath.DropPolicyDenied.String() || d.Direction != datapath.Ingress.String() ||
+	if d.DropReason != flows.DropPolicyDenied.String() || d.Direction != datapath.Ingress.String() ||
 		d.Source.Identity != ids["north/frontend"] || d.Source.Cluster != "north" || d.Source.IP != "10.3.1.100" ||
 		d.Destination.Identity != ids["east/checkout"] || d.Destination.Cluster != "east" || d.Destination.Pod != "checkout-2" ||
 		d.Destination.IP != checkout.Addr().String() || d.Destination.Port != checkout.Port() {
@@ -418,7 +422,7 @@ func (e *policyEnv) remotePodRound(t *testing.T, version string, whileAllowed fu
 		if err != nil || !ok {
 			return false
 		}
-		keys, err := e.maps.Policies()
+		keys, err := e.progs.Policies()
 		for _, k := range keys {
 			if err == nil && k.Endpoint == checkoutID && k.Peer == ent.Identity && k.Port == 8080 {
 				return true

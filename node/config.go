@@ -9,6 +9,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/socklb"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -129,6 +130,9 @@ type PolicyConfig struct {
 	// enf (--policy-from-kubernetes). The policy map is written only once
 	// the watcher has synced.
 	Kubernetes func(enf *enforcer.Enforcer) (*k8spolicy.Watcher, error)
+	// Maps sizes the policy programs' maps, pinned beside the others
+	// (--max-policy-entries, ..., --flow-ring-bytes: tcpolicy.SizeOptions).
+	Maps tcpolicy.Config
 }
 
 // enabled: the node enforces policy.
@@ -165,6 +169,7 @@ func NewConfig() Config {
 	}
 	sizeDefaults(&c.Maps, datapath.SizeOptions())
 	sizeDefaults(&c.SocketLBMaps, socklb.SizeOptions())
+	sizeDefaults(&c.Policy.Maps, tcpolicy.SizeOptions())
 	return c
 }
 
@@ -208,7 +213,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if !c.InMemory {
-		if err := errors.Join(c.Maps.Validate(), c.SocketLBMaps.Validate()); err != nil {
+		if err := errors.Join(c.Maps.Validate(), c.SocketLBMaps.Validate(), c.Policy.Maps.Validate()); err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
 	}

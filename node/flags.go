@@ -7,6 +7,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/socklb"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 )
 
 // RegisterFlags registers the agent's flags on fs, bound to c: each flag's
@@ -20,6 +21,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Maps.PinDir, "bpf-pin-dir", c.Maps.PinDir, "bpffs directory the eBPF maps are pinned in")
 	registerSizes(fs, &c.Maps, datapath.SizeOptions())
 	registerSizes(fs, &c.SocketLBMaps, socklb.SizeOptions())
+	registerSizes(fs, &c.Policy.Maps, tcpolicy.SizeOptions())
 	fs.BoolVar(&c.SocketLB, "socket-lb", c.SocketLB, "attach the eBPF socket load balancer (connect/sendmsg/recvmsg/getpeername) so that global services answer on their ClusterIP")
 	fs.StringVar(&c.Cgroup, "cgroup", c.Cgroup, "cgroup v2 directory to attach the socket load balancer to (default: the cgroup v2 root)")
 	fs.StringVar(&c.StatusAddr, "status-addr", c.StatusAddr, "unix socket path or host:port to serve status on")

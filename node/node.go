@@ -33,7 +33,9 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/datapath/socklb"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/observe"
@@ -49,6 +51,11 @@ type Node struct {
 	log  *slog.Logger
 	dp   datapath.Datapath
 	maps *datapath.Maps // dp when it is eBPF maps, else nil
+
+	// The policy datapath, nil without a policy: pol is what the enforcer
+	// writes, progs the policy programs when on eBPF maps (pol then).
+	pol   tcpolicy.Writer
+	progs *tcpolicy.Programs
 
 	local *fanout
 	sync  *agentsync.Agent
@@ -82,7 +89,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	if err := n.build(); err != nil {
-		n.dp.Close()
+		n.Close()
 		return nil, err
 	}
 	return n, nil
@@ -134,11 +141,14 @@ func (n *Node) build() error {
 	}
 	var ids *identityRelay
 	if c.Policy.enabled() {
+		if err := n.openPolicy(); err != nil {
+			return err
+		}
 		// The node's addresses are the host identity in the ipcache.
 		ids, sc.NodeName = &identityRelay{}, c.NodeName
 		sc.Identities = ids
-		if n.maps != nil {
-			sc.RecheckFlows = n.maps.RecheckFlows // cached verdicts follow ipcache identity changes
+		if n.progs != nil {
+			sc.RecheckFlows = n.progs.RecheckFlows // cached verdicts follow ipcache identity changes
 		}
 	}
 	var err error
@@ -163,22 +173,33 @@ func (r *identityRelay) UpsertIdentity(cluster string, id uint32, labels wire.La
 
 func (r *identityRelay) DeleteIdentity(cluster string, id uint32) { r.enf.DeleteIdentity(cluster, id) }
 
+// openPolicy opens the policy programs' maps beside the eBPF maps, or the
+// in-memory policy beside the in-memory datapath.
+func (n *Node) openPolicy() error {
+	if n.maps == nil {
+		n.pol = tcpolicy.NewMemory()
+		return nil
+	}
+	progs, err := tcpolicy.Open(n.maps, n.cfg.Policy.Maps)
+	if err != nil {
+		return fmt.Errorf("opening the policy maps in %q: %w", n.cfg.Maps.PinDir, err)
+	}
+	n.pol, n.progs = progs, progs
+	return nil
+}
+
 // buildPolicy makes the enforcer, the cluster's policy watcher and the
 // flow hub.
 func (n *Node) buildPolicy(ids *identityRelay) error {
 	c := &n.cfg
-	pw, ok := n.dp.(datapath.PolicyWriter)
-	if !ok {
-		return fmt.Errorf("enforcing policy: the %s datapath cannot hold policy", n.dp.Kind())
-	}
 	ecfg := enforcer.Config{
 		ClusterName: c.Sync.ClusterName, ClusterID: uint16(c.Sync.ClusterID), NodeName: c.NodeName,
-		PolicyDir: c.Policy.Dir, AllClustersByDefault: !c.Policy.DefaultLocalCluster, Policy: pw,
+		PolicyDir: c.Policy.Dir, AllClustersByDefault: !c.Policy.DefaultLocalCluster, Policy: n.pol,
 		ClusterNames: n.sync.ClusterName, RetainedClusters: n.sync.RetainedClusters,
 		MaxConnectedClusters: c.Sync.MaxConnectedClusters, ReloadInterval: c.Policy.ReloadInterval, Logger: n.log,
 	}
-	if n.maps != nil {
-		ecfg.Attacher = enforcer.MapsAttacher{Maps: n.maps, InNetns: c.Policy.InNetns}
+	if n.progs != nil {
+		ecfg.Attacher = enforcer.ProgramsAttacher{Programs: n.progs, InNetns: c.Policy.InNetns}
 	} else {
 		n.log.Warn("in-memory datapath: policies are computed but not enforced (run as root with bpffs for eBPF)")
 	}
@@ -192,7 +213,7 @@ func (n *Node) buildPolicy(ids *identityRelay) error {
 			return fmt.Errorf("watching the cluster's policies: %w", err)
 		}
 	}
-	if n.maps != nil {
+	if n.progs != nil {
 		n.hub = observe.NewHub(observe.Config{Enricher: enf})
 	}
 	return nil
@@ -225,13 +246,20 @@ func (n *Node) Run(ctx context.Context) error {
 	return runParts(ctx, n.parts(flows))
 }
 
-// Close releases what New opened (the datapath) for a Node that does not
-// run; Run does it when it returns. It is idempotent.
+// Close releases what New opened (the datapath, the policy maps) for a
+// Node that does not run; Run does it when it returns. It is idempotent.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
-		if err := n.dp.Close(); err != nil {
-			n.closeErr = fmt.Errorf("closing the datapath: %w", err)
+		var errs []error
+		if n.progs != nil {
+			if err := n.progs.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("closing the policy maps: %w", err))
+			}
 		}
+		if err := n.dp.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing the datapath: %w", err))
+		}
+		n.closeErr = errors.Join(errs...)
 	})
 	return n.closeErr
 }
@@ -256,15 +284,15 @@ func (n *Node) attachSocketLB() (*socklb.LB, error) {
 
 // openFlows sets what the policy programs report and opens their flow
 // events, when there is a hub to read them.
-func (n *Node) openFlows() (*datapath.FlowReader, error) {
+func (n *Node) openFlows() (*flows.Reader, error) {
 	if n.hub == nil {
 		return nil, nil
 	}
-	fc := datapath.FlowConfig{SampleRate: n.cfg.Policy.FlowSampleRate, TraceNew: n.cfg.Policy.FlowTraceNew, ClusterID: uint16(n.cfg.Sync.ClusterID)}
-	if err := n.maps.SetFlowConfig(fc); err != nil {
+	fc := flows.Config{SampleRate: n.cfg.Policy.FlowSampleRate, TraceNew: n.cfg.Policy.FlowTraceNew, ClusterID: uint16(n.cfg.Sync.ClusterID)}
+	if err := n.progs.SetFlowConfig(fc); err != nil {
 		return nil, fmt.Errorf("configuring the flow events: %w", err)
 	}
-	r, err := datapath.OpenFlows(n.maps)
+	r, err := n.progs.OpenFlows()
 	if err != nil {
 		return nil, fmt.Errorf("opening the flow events: %w", err)
 	}
@@ -277,6 +305,10 @@ func (n *Node) Sync() *agentsync.Agent { return n.sync }
 // Datapath is the datapath the agent writes: *datapath.Maps, or the
 // in-memory one.
 func (n *Node) Datapath() datapath.Datapath { return n.dp }
+
+// Policy is where the enforcer writes the policy: *tcpolicy.Programs on
+// the eBPF datapath, else a *tcpolicy.Memory; nil without a policy.
+func (n *Node) Policy() tcpolicy.Writer { return n.pol }
 
 // Enforcer is the policy enforcer, nil without a policy.
 func (n *Node) Enforcer() *enforcer.Enforcer { return n.enf }
@@ -312,8 +344,9 @@ func (n *Node) collectors() []prometheus.Collector {
 }
 
 // RemovePins removes what agents pinned in pinDir (empty: the default):
-// the socket load balancer's maps and the mesh maps, then pinDir if that
-// left it empty (agent --cleanup). Each package removes its own pins.
+// the policy programs' maps and links (which detaches them), the socket
+// load balancer's maps and the mesh maps, then pinDir if that left it
+// empty (agent --cleanup). Each package removes its own pins.
 func RemovePins(pinDir string) error {
-	return errors.Join(socklb.RemovePins(pinDir), datapath.RemovePins(pinDir))
+	return errors.Join(tcpolicy.RemovePins(pinDir), socklb.RemovePins(pinDir), datapath.RemovePins(pinDir))
 }

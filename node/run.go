@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/internal/metricsserver"
 )
 
@@ -18,7 +18,7 @@ type part struct {
 }
 
 // parts are the agent's pieces for Run; flows is nil without a hub.
-func (n *Node) parts(flows *datapath.FlowReader) []part {
+func (n *Node) parts(flows *flows.Reader) []part {
 	c := &n.cfg
 	ps := []part{
 		{"reading the local state", n.local.Run},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"math"
 	"net"
 	"net/netip"
@@ -18,6 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/internal/figure"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/wire"
@@ -31,19 +34,19 @@ import (
 //     100,000 packets per second for 5 s: real UDP packets to 127.0.0.1 in
 //     a network namespace of the test's own whose loopback's egress the
 //     policy program enforces with no allowed peer (each packet is one
-//     drop event in the ring buffer, read by a FlowReader).
+//     drop event in the ring buffer, read by a flows.Reader).
 //   - flow.observe.lost: events that did not reach the subscriber in that
 //     time: lost in the datapath's ring buffer (the hub read too slowly)
 //     plus dropped for the subscriber (it read too slowly).
 func TestFiguresObserve(t *testing.T) {
 	figure.Require(t)
 	testenv.RequireRoot(t)
-	maps := openFigureMaps(t)
+	progs := openFigurePrograms(t)
 	inNS := netnsThread(t)
-	conn := dropLoopbackEgress(t, inNS, maps)
+	conn := dropLoopbackEgress(t, inNS, progs)
 	defer inNS(func() error { return conn.Close() })
 
-	fr, err := datapath.OpenFlows(maps)
+	fr, err := progs.OpenFlows()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,9 +73,9 @@ func TestFiguresObserve(t *testing.T) {
 	figure.Print("flow.observe.lost", float64(lost()), "events")
 }
 
-// openFigureMaps opens the datapath's maps pinned in a directory of the
-// test's own, closed and unpinned when t ends.
-func openFigureMaps(t *testing.T) *datapath.Maps {
+// openFigurePrograms opens the datapath's maps and the policy programs'
+// pinned in a directory of the test's own, closed and unpinned when t ends.
+func openFigurePrograms(t *testing.T) *tcpolicy.Programs {
 	t.Helper()
 	var b [6]byte
 	rand.Read(b[:])
@@ -81,13 +84,19 @@ func openFigureMaps(t *testing.T) *datapath.Maps {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
+	progs, err := tcpolicy.Open(maps, tcpolicy.Config{})
+	if err != nil {
 		maps.Close()
-		if err := datapath.RemovePins(dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		progs.Close()
+		maps.Close()
+		if err := errors.Join(tcpolicy.RemovePins(dir), datapath.RemovePins(dir)); err != nil {
 			t.Errorf("RemovePins: %v", err)
 		}
 	})
-	return maps
+	return progs
 }
 
 // nsOp is an operation run in the test's network namespace.
@@ -130,7 +139,7 @@ func netnsThread(t *testing.T) func(nsOp) {
 // program enforcing its egress, nothing allowed: every packet lo sends is
 // dropped and reported. It returns a UDP socket to 127.0.0.1 in the
 // namespace.
-func dropLoopbackEgress(t *testing.T, inNS func(nsOp), maps *datapath.Maps) *net.UDPConn {
+func dropLoopbackEgress(t *testing.T, inNS func(nsOp), progs *tcpolicy.Programs) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
 	inNS(func() error {
@@ -141,10 +150,10 @@ func dropLoopbackEgress(t *testing.T, inNS func(nsOp), maps *datapath.Maps) *net
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return err
 		}
-		if err := maps.SetFlowConfig(datapath.FlowConfig{ClusterID: 1}); err != nil {
+		if err := progs.SetFlowConfig(flows.Config{ClusterID: 1}); err != nil {
 			return err
 		}
-		if err := datapath.AttachPolicy(maps, lo.Attrs().Index, 70001, false, true); err != nil {
+		if err := progs.Attach(lo.Attrs().Index, 70001, false, true); err != nil {
 			return err
 		}
 		conn, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
@@ -156,7 +165,7 @@ func dropLoopbackEgress(t *testing.T, inNS func(nsOp), maps *datapath.Maps) *net
 // countDrops runs a hub reading fr, with a subscriber following the drops
 // and counting their flows; stop closes the subscriber, stops the hub and
 // waits for both goroutines.
-func countDrops(t *testing.T, fr *datapath.FlowReader) (h *Hub, got *atomic.Uint64, stop func()) {
+func countDrops(t *testing.T, fr *flows.Reader) (h *Hub, got *atomic.Uint64, stop func()) {
 	h = NewHub(Config{Enricher: newStaticEnricher()})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

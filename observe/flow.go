@@ -1,6 +1,6 @@
 // Package observe owns turning the datapath's flow events into enriched,
 // filterable flows for operators, the way Hubble does for Cilium: a Hub reads
-// datapath.Flow events from a Source, names their ends (cluster, namespace,
+// flows.Flow events from a Source, names their ends (cluster, namespace,
 // pod, identity labels) through an Enricher, keeps the last flows in a ring,
 // fans them out to subscribers that never slow the reader down, counts them
 // as Prometheus metrics, and serves them as NDJSON over HTTP (Handler, and
@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -98,7 +99,7 @@ func protocolName(p datapath.Protocol) string {
 
 // Enrich turns a datapath flow into a Flow; e may be nil (only identities
 // and addresses are then known).
-func Enrich(e Enricher, f datapath.Flow) Flow {
+func Enrich(e Enricher, f flows.Flow) Flow {
 	out := Flow{
 		Time:        f.Time,
 		Verdict:     verdictName(f.Verdict),
@@ -110,17 +111,17 @@ func Enrich(e Enricher, f datapath.Flow) Flow {
 		Bytes:       f.Bytes,
 		Sampled:     f.Sampled,
 	}
-	if f.Verdict == datapath.VerdictDropped {
+	if f.Verdict == flows.VerdictDropped {
 		out.DropReason = f.DropReason.String()
 	}
 	return out
 }
 
-func verdictName(v datapath.Verdict) string {
+func verdictName(v flows.Verdict) string {
 	switch v {
-	case datapath.VerdictForwarded:
+	case flows.VerdictForwarded:
 		return VerdictForwarded
-	case datapath.VerdictDropped:
+	case flows.VerdictDropped:
 		return VerdictDropped
 	}
 	return v.String()

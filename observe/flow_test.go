@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -42,20 +43,20 @@ func (testEnricher) Pod(ip netip.Addr) (string, string, bool) {
 }
 
 // dpFlow is a datapath flow from src (identity sid, cluster sc) to dst.
-func dpFlow(src string, sid uint32, sc uint16, dst string, did uint32, dc uint16, v datapath.Verdict) datapath.Flow {
-	f := datapath.Flow{
+func dpFlow(src string, sid uint32, sc uint16, dst string, did uint32, dc uint16, v flows.Verdict) flows.Flow {
+	f := flows.Flow{
 		Time: time.Date(2026, 11, 21, 3, 0, 0, 123e6, time.UTC), Verdict: v, Direction: datapath.Ingress,
 		Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst), Protocol: datapath.TCP,
 		SrcIdentity: sid, DstIdentity: did, SrcCluster: sc, DstCluster: dc, Bytes: 60,
 	}
-	if v == datapath.VerdictDropped {
-		f.DropReason = datapath.DropPolicyDenied
+	if v == flows.VerdictDropped {
+		f.DropReason = flows.DropPolicyDenied
 	}
 	return f
 }
 
 func TestFlowEnrich(t *testing.T) {
-	f := dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, datapath.VerdictDropped)
+	f := dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictDropped)
 	got := Enrich(testEnricher{}, f)
 	want := Flow{
 		Time: f.Time, Verdict: "DROPPED", DropReason: "policy-denied", Direction: "ingress", Protocol: "TCP", Bytes: 60,
@@ -80,14 +81,14 @@ func TestFlowEnrich(t *testing.T) {
 			t.Errorf("JSON lacks %s: %s", k, b)
 		}
 	}
-	fwd := Enrich(testEnricher{}, dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, datapath.VerdictForwarded))
+	fwd := Enrich(testEnricher{}, dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictForwarded))
 	if b, _ := json.Marshal(fwd); strings.Contains(string(b), "drop_reason") {
 		t.Errorf("a forwarded flow has a drop reason: %s", b)
 	}
 
 	// An unnamed cluster: the identity's cluster label; else its id.
 	// The world: no cluster, no namespace.
-	f = dpFlow("10.3.0.7:5000", 200000, 3, "192.0.2.1:443", datapath.IdentityWorld, 0, datapath.VerdictForwarded)
+	f = dpFlow("10.3.0.7:5000", 200000, 3, "192.0.2.1:443", datapath.IdentityWorld, 0, flows.VerdictForwarded)
 	f.Protocol = 1
 	got = Enrich(testEnricher{}, f)
 	if got.Source.Cluster != "north" || got.Source.Namespace != "jobs" || got.Destination.Cluster != "" ||
@@ -100,7 +101,7 @@ func TestFlowEnrich(t *testing.T) {
 	}
 
 	// No enricher: identities, addresses and cluster ids only.
-	got = Enrich(nil, dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, datapath.VerdictDropped))
+	got = Enrich(nil, dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictDropped))
 	if got.Source.Cluster != "cluster-2" || got.Destination.Pod != "" || got.Destination.Identity != 70001 || got.Destination.Labels != nil {
 		t.Errorf("Enrich(nil): %+v", got)
 	}

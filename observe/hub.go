@@ -8,14 +8,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
 )
 
-// Source is where a Hub reads flow events: *datapath.FlowReader implements
+// Source is where a Hub reads flow events: *flows.Reader implements
 // it. Lost must be safe to call while Read blocks.
 type Source interface {
 	// Read returns the next flow, waiting until ctx is done.
-	Read(ctx context.Context) (datapath.Flow, error)
+	Read(ctx context.Context) (flows.Flow, error)
 	// Lost returns how many events the datapath could not report (its
 	// ring buffer was full) since the source opened.
 	Lost() (uint64, error)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
@@ -24,21 +25,21 @@ var errSourceClosed = errors.New("source closed")
 // (the real FlowReader is exercised by the agent's end-to-end test and by
 // TestFiguresObserve).
 type chanSource struct {
-	ch   chan datapath.Flow
+	ch   chan flows.Flow
 	lost atomic.Uint64
 }
 
-func newChanSource() *chanSource { return &chanSource{ch: make(chan datapath.Flow)} }
+func newChanSource() *chanSource { return &chanSource{ch: make(chan flows.Flow)} }
 
-func (s *chanSource) Read(ctx context.Context) (datapath.Flow, error) {
+func (s *chanSource) Read(ctx context.Context) (flows.Flow, error) {
 	select {
 	case f, ok := <-s.ch:
 		if !ok {
-			return datapath.Flow{}, errSourceClosed
+			return flows.Flow{}, errSourceClosed
 		}
 		return f, nil
 	case <-ctx.Done():
-		return datapath.Flow{}, ctx.Err()
+		return flows.Flow{}, ctx.Err()
 	}
 }
 
@@ -64,10 +65,10 @@ func runHub(t *testing.T, cfg Config) (*Hub, *chanSource) {
 
 // numbered is flow i: from west's frontend (source port i) to east's
 // checkout-0, dropped when i is even.
-func numbered(i int) datapath.Flow {
-	v := datapath.VerdictForwarded
+func numbered(i int) flows.Flow {
+	v := flows.VerdictForwarded
 	if i%2 == 0 {
-		v = datapath.VerdictDropped
+		v = flows.VerdictDropped
 	}
 	return dpFlow(fmt.Sprintf("10.2.1.5:%d", i), 132000, 2, "10.1.1.11:8080", 70001, 1, v)
 }
@@ -273,9 +274,9 @@ func TestHubRunEnds(t *testing.T) {
 func TestHubMetrics(t *testing.T) {
 	h, src := runHub(t, Config{LostInterval: time.Millisecond})
 	send(t, h, src, 1, 5) // 3 forwarded, 2 dropped west → east (ingress)
-	src.ch <- dpFlow("10.1.1.11:8080", 70001, 1, "192.0.2.1:443", datapath.IdentityWorld, 0, datapath.VerdictDropped)
-	f := dpFlow("10.1.1.11:8080", 70001, 1, "10.2.1.5:1", 132000, 2, datapath.VerdictDropped)
-	f.DropReason, f.Direction = datapath.DropInvalidPacket, datapath.Egress
+	src.ch <- dpFlow("10.1.1.11:8080", 70001, 1, "192.0.2.1:443", datapath.IdentityWorld, 0, flows.VerdictDropped)
+	f := dpFlow("10.1.1.11:8080", 70001, 1, "10.2.1.5:1", 132000, 2, flows.VerdictDropped)
+	f.DropReason, f.Direction = flows.DropInvalidPacket, datapath.Egress
 	src.ch <- f
 	src.lost.Store(3)
 	testenv.WaitFor(t, 5*time.Second, "every flow and the lost count", func() bool {

@@ -251,15 +251,6 @@ func loopbackBackends(n int, port uint16) []datapath.Backend {
 	return out
 }
 
-// pairedRatio is the median over rounds of num[r]/den[r].
-func pairedRatio(num, den []float64) float64 {
-	rs := make([]float64, len(num))
-	for i := range num {
-		rs[i] = num[i] / den[i]
-	}
-	return dptest.Median(rs)
-}
-
 // connectCase is one kind of connect of an interleaved measurement.
 type connectCase struct {
 	name string
@@ -414,11 +405,11 @@ func TestFigures(t *testing.T) {
 		figure.Print("lb.prog.connect4_1_backend_ns", math.Round(progNs(netip.AddrPortFrom(one.Addr, one.Port))), "ns")
 		figure.Print("lb.prog.connect4_10k_backends_ns", math.Round(progNs(netip.AddrPortFrom(many.Addr, many.Port))), "ns")
 
-		figure.Print("lb.connect.ratio", dptest.Round3(pairedRatio(svc1, direct)), "ratio")
-		figure.Print("lb.connect.miss_ratio", dptest.Round3(pairedRatio(with, without)), "ratio")
+		figure.Print("lb.connect.ratio", dptest.Round3(dptest.PairedRatio(svc1, direct)), "ratio")
+		figure.Print("lb.connect.miss_ratio", dptest.Round3(dptest.PairedRatio(with, without)), "ratio")
 		figure.Print("lb.scale.ratio", dptest.Round3(dptest.Median(scale)), "ratio")
-		figure.Print("lb.scale.raw_ratio", dptest.Round3(pairedRatio(svc10k, svc1)), "ratio")
-		figure.Print("lb.scale.direct_ratio", dptest.Round3(pairedRatio(direct10k, direct)), "ratio")
+		figure.Print("lb.scale.raw_ratio", dptest.Round3(dptest.PairedRatio(svc10k, svc1)), "ratio")
+		figure.Print("lb.scale.direct_ratio", dptest.Round3(dptest.PairedRatio(direct10k, direct)), "ratio")
 		figure.Print("lb.connect.service_per_s", float64(int(dptest.Median(svc1))), "connects/s")
 		figure.Print("lb.connect.direct_per_s", float64(int(dptest.Median(direct))), "connects/s")
 	})

@@ -272,3 +272,13 @@ func SizeOptions[C any](t *testing.T, opts []datapath.SizeOption[C], validate fu
 		}
 	}
 }
+
+// PairedRatio is the median over rounds of num[i]/den[i], the ratio of two
+// measurements taken in the same round.
+func PairedRatio(num, den []float64) float64 {
+	rs := make([]float64, len(num))
+	for i := range num {
+		rs[i] = num[i] / den[i]
+	}
+	return Median(rs)
+}

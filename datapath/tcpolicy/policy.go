@@ -1,4 +1,4 @@
-package datapath
+package tcpolicy
 
 import (
 	"cmp"
@@ -9,56 +9,32 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
 )
 
-// Direction is the direction of traffic relative to a local endpoint, with
-// the values of package policy: Ingress is traffic to the endpoint, Egress
-// traffic from it.
-type Direction uint8
+// AnyProtocol in a Key matches every protocol (ICMP included).
+const AnyProtocol datapath.Protocol = 0
 
-// The two directions.
-const (
-	Ingress Direction = 0
-	Egress  Direction = 1
-)
-
-func (d Direction) String() string {
-	switch d {
-	case Ingress:
-		return "ingress"
-	case Egress:
-		return "egress"
-	}
-	return fmt.Sprintf("direction(%d)", uint8(d))
-}
-
-// AnyProtocol in a PolicyKey matches every protocol (ICMP included).
-const AnyProtocol Protocol = 0
-
-// AnyPeer in PolicyKey.Peer matches every peer identity, known or not.
+// AnyPeer in Key.Peer matches every peer identity, known or not.
 const AnyPeer uint32 = 0
 
-// IdentityWorld is the identity the policy programs give a peer address
-// the ipcache does not know (Cilium's reserved "world").
-const IdentityWorld uint32 = 2
-
-// PolicyKey is one allowed flow of a local endpoint: traffic in Direction
+// Key is one allowed flow of a local endpoint: traffic in Direction
 // between the endpoint's identity and Peer, of Protocol, to a destination
 // port in [Port, EndPort]. It mirrors policy.Key: Port 0 is every port;
 // EndPort 0 (or equal to Port) is the single port Port. AnyProtocol with a
 // port stands for TCP, UDP and SCTP on that port. The destination port is
 // the endpoint's own port for Ingress and the peer's for Egress.
-type PolicyKey struct {
+type Key struct {
 	Endpoint  uint32 // local identity
 	Peer      uint32 // peer identity; AnyPeer: every peer
-	Direction Direction
-	Protocol  Protocol // AnyProtocol: every protocol
-	Port      uint16   // first port; 0: every port
-	EndPort   uint16   // last port, inclusive; 0: Port alone
+	Direction datapath.Direction
+	Protocol  datapath.Protocol // AnyProtocol: every protocol
+	Port      uint16            // first port; 0: every port
+	EndPort   uint16            // last port, inclusive; 0: Port alone
 }
 
-func (k PolicyKey) String() string {
+func (k Key) String() string {
 	ports := "any"
 	switch {
 	case k.Port == 0:
@@ -74,50 +50,45 @@ func (k PolicyKey) String() string {
 	return fmt.Sprintf("%d %s %d %s/%s", k.Endpoint, k.Direction, k.Peer, ports, proto)
 }
 
-// PolicyChange adds (Add) or removes one PolicyKey; policy.Change maps to
-// it one to one.
-type PolicyChange struct {
-	Key PolicyKey
+// Change adds (Add) or removes one Key; policy.Change maps to it one to
+// one.
+type Change struct {
+	Key Key
 	Add bool
 }
 
-// PolicyWriter is implemented by both datapaths (Maps writes the kernel's
-// policy map, Memory keeps the keys). Every method is idempotent.
-type PolicyWriter interface {
+// Writer writes the policy: Programs writes the kernel's policy map, Memory
+// keeps the keys. Every method is idempotent.
+type Writer interface {
 	// UpsertPolicy allows k.
-	UpsertPolicy(k PolicyKey) error
+	UpsertPolicy(k Key) error
 	// DeletePolicy removes k (absent: no-op).
-	DeletePolicy(k PolicyKey) error
+	DeletePolicy(k Key) error
 	// ApplyPolicy applies changes in order; the batch is validated first
 	// (nothing is written if any key is invalid).
-	ApplyPolicy(changes []PolicyChange) error
+	ApplyPolicy(changes []Change) error
 	// SyncPolicy makes keys the whole policy: everything else goes,
 	// including entries a previous agent left in the pinned map.
-	SyncPolicy(keys []PolicyKey) error
+	SyncPolicy(keys []Key) error
 	// SyncPolicyKeeping is SyncPolicy, except that what the map holds for
 	// a peer identity keepPeer accepts stays (nil: nothing stays): the
 	// allow entries of peers not known yet (a remote cluster down while
 	// the agent restarted). A later SyncPolicy removes them.
-	SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bool) error
+	SyncPolicyKeeping(keys []Key, keepPeer func(peer uint32) bool) error
 	// Policies lists the keys written (through this value), sorted.
-	Policies() ([]PolicyKey, error)
+	Policies() ([]Key, error)
 }
-
-var (
-	_ PolicyWriter = (*Maps)(nil)
-	_ PolicyWriter = (*Memory)(nil)
-)
 
 // normPolicyKey validates k and returns its canonical form (a single port
 // has EndPort == Port).
-func normPolicyKey(k PolicyKey) (PolicyKey, error) {
-	bad := func(why string) (PolicyKey, error) {
-		return PolicyKey{}, fmt.Errorf("datapath: policy key %s: %s: %w", k, why, ErrInvalidPolicy)
+func normKey(k Key) (Key, error) {
+	bad := func(why string) (Key, error) {
+		return Key{}, fmt.Errorf("datapath: policy key %s: %s: %w", k, why, ErrInvalidPolicy)
 	}
 	if k.Endpoint == 0 {
 		return bad("endpoint identity 0")
 	}
-	if k.Direction != Ingress && k.Direction != Egress {
+	if k.Direction != datapath.Ingress && k.Direction != datapath.Egress {
 		return bad("direction must be ingress (0) or egress (1)")
 	}
 	if k.Port == 0 {
@@ -127,7 +98,7 @@ func normPolicyKey(k PolicyKey) (PolicyKey, error) {
 		return k, nil
 	}
 	switch k.Protocol {
-	case AnyProtocol, TCP, UDP, SCTP:
+	case AnyProtocol, datapath.TCP, datapath.UDP, datapath.SCTP:
 	default:
 		return bad("ports need TCP, UDP, SCTP or any protocol")
 	}
@@ -141,16 +112,16 @@ func normPolicyKey(k PolicyKey) (PolicyKey, error) {
 }
 
 // portedProtocols are what AnyProtocol with a port stands for.
-var portedProtocols = [...]Protocol{TCP, UDP, SCTP}
+var portedProtocols = [...]datapath.Protocol{datapath.TCP, datapath.UDP, datapath.SCTP}
 
 // entries appends the trie entries of a canonical key.
-func (k PolicyKey) entries(out []policyKey) []policyKey {
+func (k Key) entries(out []policyKey) []policyKey {
 	base := policyKey{Endpoint: k.Endpoint, Peer: k.Peer, Direction: uint8(k.Direction)}
 	if k.Protocol == AnyProtocol && k.Port == 0 {
 		base.PrefixLen = policyPrefixFixed
 		return append(out, base)
 	}
-	protos := []Protocol{k.Protocol}
+	protos := []datapath.Protocol{k.Protocol}
 	if k.Protocol == AnyProtocol {
 		protos = portedProtocols[:]
 	}
@@ -178,21 +149,21 @@ func (k PolicyKey) entries(out []policyKey) []policyKey {
 	return out
 }
 
-// policyMirror is what the Maps wrote into cm_policy: the keys, the trie
+// mirror is what a Programs wrote into cm_policy: the keys, the trie
 // entries they need (with how many keys need each), and entries found in
 // the kernel that no key claims yet (left by a previous run, or written
 // by a batch that failed half-way); SyncPolicy removes those.
-type policyMirror struct {
-	keys    map[PolicyKey]struct{}
+type mirror struct {
+	keys    map[Key]struct{}
 	refs    map[policyKey]int32
 	orphans map[policyKey]struct{}
 }
 
-func newPolicyMirror() *policyMirror {
-	return &policyMirror{keys: map[PolicyKey]struct{}{}, refs: map[policyKey]int32{}, orphans: map[policyKey]struct{}{}}
+func newMirror() *mirror {
+	return &mirror{keys: map[Key]struct{}{}, refs: map[policyKey]int32{}, orphans: map[policyKey]struct{}{}}
 }
 
-func (pm *policyMirror) inKernel(e policyKey) bool {
+func (pm *mirror) inKernel(e policyKey) bool {
 	if pm.refs[e] > 0 {
 		return true
 	}
@@ -200,14 +171,14 @@ func (pm *policyMirror) inKernel(e policyKey) bool {
 	return ok
 }
 
-// UpsertPolicy allows k in the kernel's policy map (see PolicyKey).
-func (m *Maps) UpsertPolicy(k PolicyKey) error {
-	return m.ApplyPolicy([]PolicyChange{{Key: k, Add: true}})
+// UpsertPolicy allows k in the kernel's policy map (see Key).
+func (p *Programs) UpsertPolicy(k Key) error {
+	return p.ApplyPolicy([]Change{{Key: k, Add: true}})
 }
 
 // DeletePolicy removes k; trie entries another key still needs stay.
-func (m *Maps) DeletePolicy(k PolicyKey) error {
-	return m.ApplyPolicy([]PolicyChange{{Key: k}})
+func (p *Programs) DeletePolicy(k Key) error {
+	return p.ApplyPolicy([]Change{{Key: k}})
 }
 
 // ApplyPolicy applies changes in order, as one batch: every key is
@@ -215,27 +186,25 @@ func (m *Maps) DeletePolicy(k PolicyKey) error {
 // entries that appear are written (one BPF_MAP_UPDATE_BATCH) before those
 // that disappear are deleted, so an entry that a removed key shares with
 // an added one is never missing. A change that changes nothing writes
-// nothing. On error the Maps remember nothing of the batch; entries it
+// nothing. On error the Programs remember nothing of the batch; entries it
 // wrote are removed by the next SyncPolicy (or claimed by a retry).
-func (m *Maps) ApplyPolicy(changes []PolicyChange) error {
-	norm := make([]PolicyChange, len(changes))
+func (p *Programs) ApplyPolicy(changes []Change) error {
+	norm := make([]Change, len(changes))
 	for i, c := range changes {
-		k, err := normPolicyKey(c.Key)
+		k, err := normKey(c.Key)
 		if err != nil {
 			return err
 		}
-		norm[i] = PolicyChange{Key: k, Add: c.Add}
+		norm[i] = Change{Key: k, Add: c.Add}
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ps, err := m.policyLocked("apply policy")
-	if err != nil {
+	if err := p.lock("apply policy"); err != nil {
 		return err
 	}
-	pm := ps.mirror
+	defer p.mu.Unlock()
+	pm := p.mirror
 
 	// The batch's net effect, without touching the mirror yet.
-	keyNow := map[PolicyKey]bool{}
+	keyNow := map[Key]bool{}
 	refDelta := map[policyKey]int32{}
 	var buf []policyKey
 	for _, c := range norm {
@@ -270,13 +239,13 @@ func (m *Maps) ApplyPolicy(changes []PolicyChange) error {
 		}
 	}
 
-	if n, err := ps.writeEntries(writes); err != nil {
+	if n, err := p.writeEntries(writes); err != nil {
 		for _, e := range writes[:n] {
 			pm.orphans[e] = struct{}{}
 		}
 		return err
 	}
-	if err := ps.syncAnyPeerFlag(); err != nil {
+	if err := p.syncAnyPeerFlag(); err != nil {
 		return fmt.Errorf("datapath: apply policy: %w", err)
 	}
 	for k, add := range keyNow {
@@ -294,21 +263,21 @@ func (m *Maps) ApplyPolicy(changes []PolicyChange) error {
 			delete(pm.refs, e)
 		}
 	}
-	return ps.finishDeletes(deletes)
+	return p.finishDeletes(deletes)
 }
 
 // finishDeletes deletes entries, then makes the verdicts cached in
 // conntrack stale (a removed entry may have allowed them) and clears
 // CFG_HAS_ANY_PEER when the last entry for peer 0 went.
-func (ps *policyState) finishDeletes(deletes []policyKey) error {
+func (p *Programs) finishDeletes(deletes []policyKey) error {
 	if len(deletes) == 0 {
 		return nil
 	}
-	err := ps.deleteEntries(deletes)
-	if ferr := ps.syncAnyPeerFlag(); ferr != nil {
+	err := p.deleteEntries(deletes)
+	if ferr := p.syncAnyPeerFlag(); ferr != nil {
 		err = errors.Join(err, fmt.Errorf("datapath: delete policy: %w", ferr))
 	}
-	if rerr := ps.bumpRev(); rerr != nil {
+	if rerr := p.bumpRev(); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("datapath: delete policy: %w", rerr))
 	}
 	return err
@@ -319,20 +288,20 @@ func (ps *policyState) finishDeletes(deletes []policyKey) error {
 // agent left pinned that no key of this run claimed. The agent calls it
 // once its policy is first computed (entries of the previous run keep
 // enforcing until then), and may call it again to repair drift.
-func (m *Maps) SyncPolicy(keys []PolicyKey) error {
-	return m.SyncPolicyKeeping(keys, nil)
+func (p *Programs) SyncPolicy(keys []Key) error {
+	return p.SyncPolicyKeeping(keys, nil)
 }
 
 // SyncPolicyKeeping is SyncPolicy, except that the kernel entries whose
 // peer identity keepPeer accepts are not deleted: the keys written through
-// these Maps for such a peer stay keys (Policies lists them), and entries
-// no key claims (a previous run's) stay as orphans, enforced until a later
-// sync drops them or a key claims them. keepPeer is called with the Maps
-// locked: it must not call into them. Nil keeps nothing.
-func (m *Maps) SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bool) error {
-	want := newPolicyMirror()
+// these Programs for such a peer stay keys (Policies lists them), and
+// entries no key claims (a previous run's) stay as orphans, enforced until
+// a later sync drops them or a key claims them. keepPeer is called with the
+// Programs locked: it must not call into them. Nil keeps nothing.
+func (p *Programs) SyncPolicyKeeping(keys []Key, keepPeer func(peer uint32) bool) error {
+	want := newMirror()
 	var buf []policyKey
-	add := func(k PolicyKey) {
+	add := func(k Key) {
 		want.keys[k] = struct{}{}
 		buf = k.entries(buf[:0])
 		for _, e := range buf {
@@ -340,7 +309,7 @@ func (m *Maps) SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bo
 		}
 	}
 	for _, k := range keys {
-		k, err := normPolicyKey(k)
+		k, err := normKey(k)
 		if err != nil {
 			return err
 		}
@@ -348,22 +317,19 @@ func (m *Maps) SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bo
 			add(k)
 		}
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ps, err := m.policyLocked("sync policy")
-	if err != nil {
+	if err := p.lock("sync policy"); err != nil {
 		return err
 	}
+	defer p.mu.Unlock()
 	if keepPeer != nil {
-		for k := range ps.mirror.keys {
+		for k := range p.mirror.keys {
 			if _, ok := want.keys[k]; !ok && keepPeer(k.Peer) {
 				add(k)
 			}
 		}
 	}
 	kernel := map[policyKey]struct{}{}
-	err = bpfmap.Dump(ps.policy, func(k *policyKey, _ *policyValue) { kernel[*k] = struct{}{} })
-	if err != nil {
+	if err := bpfmap.Dump(p.policy, func(k *policyKey, _ *policyValue) { kernel[*k] = struct{}{} }); err != nil {
 		return fmt.Errorf("datapath: sync policy: dump %s: %w", PolicyMapName, err)
 	}
 	var writes, deletes []policyKey
@@ -381,40 +347,38 @@ func (m *Maps) SyncPolicyKeeping(keys []PolicyKey, keepPeer func(peer uint32) bo
 			deletes = append(deletes, e)
 		}
 	}
-	if n, err := ps.writeEntries(writes); err != nil {
+	if n, err := p.writeEntries(writes); err != nil {
 		for _, e := range writes[:n] {
-			if ps.mirror.refs[e] == 0 {
-				ps.mirror.orphans[e] = struct{}{}
+			if p.mirror.refs[e] == 0 {
+				p.mirror.orphans[e] = struct{}{}
 			}
 		}
 		return err
 	}
-	if err := ps.syncAnyPeerFlag(); err != nil {
+	if err := p.syncAnyPeerFlag(); err != nil {
 		return fmt.Errorf("datapath: sync policy: %w", err)
 	}
-	ps.mirror = want
-	return ps.finishDeletes(deletes)
+	p.mirror = want
+	return p.finishDeletes(deletes)
 }
 
-// Policies lists the keys written through these Maps (since OpenMaps),
+// Policies lists the keys written through these Programs (since Open),
 // sorted by endpoint, direction, peer, protocol and port.
-func (m *Maps) Policies() ([]PolicyKey, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ps, err := m.policyLocked("list policy")
-	if err != nil {
+func (p *Programs) Policies() ([]Key, error) {
+	if err := p.lock("list policy"); err != nil {
 		return nil, err
 	}
-	out := make([]PolicyKey, 0, len(ps.mirror.keys))
-	for k := range ps.mirror.keys {
+	defer p.mu.Unlock()
+	out := make([]Key, 0, len(p.mirror.keys))
+	for k := range p.mirror.keys {
 		out = append(out, k)
 	}
-	sortPolicyKeys(out)
+	sortKeys(out)
 	return out, nil
 }
 
-func sortPolicyKeys(ks []PolicyKey) {
-	slices.SortFunc(ks, func(a, b PolicyKey) int {
+func sortKeys(ks []Key) {
+	slices.SortFunc(ks, func(a, b Key) int {
 		return cmp.Or(cmp.Compare(a.Endpoint, b.Endpoint), cmp.Compare(a.Direction, b.Direction),
 			cmp.Compare(a.Peer, b.Peer), cmp.Compare(a.Protocol, b.Protocol),
 			cmp.Compare(a.Port, b.Port), cmp.Compare(a.EndPort, b.EndPort))
@@ -423,7 +387,7 @@ func sortPolicyKeys(ks []PolicyKey) {
 
 // writeEntries writes es into cm_policy in one batch (single updates on a
 // kernel without batches) and returns how many were written.
-func (ps *policyState) writeEntries(es []policyKey) (int, error) {
+func (p *Programs) writeEntries(es []policyKey) (int, error) {
 	if len(es) == 0 {
 		return 0, nil
 	}
@@ -432,48 +396,48 @@ func (ps *policyState) writeEntries(es []policyKey) (int, error) {
 	defer func() {
 		for _, e := range es[:n] {
 			if e.Peer == AnyPeer {
-				ps.anyPeers++
+				p.anyPeers++
 			}
 		}
 	}()
-	if !ps.noBatch {
+	if !p.noBatch {
 		var err error
-		n, err = ps.policy.BatchUpdate(es, vals, nil)
+		n, err = p.policy.BatchUpdate(es, vals, nil)
 		if err == nil {
 			return n, nil
 		}
 		if !errors.Is(err, ebpf.ErrNotSupported) {
-			return n, ps.writeErr(len(es), n, err)
+			return n, p.writeErr(len(es), n, err)
 		}
-		ps.noBatch = true
+		p.noBatch = true
 	}
 	for ; n < len(es); n++ {
-		if err := ps.policy.Update(&es[n], &vals[n], ebpf.UpdateAny); err != nil {
-			return n, ps.writeErr(len(es), n, err)
+		if err := p.policy.Update(&es[n], &vals[n], ebpf.UpdateAny); err != nil {
+			return n, p.writeErr(len(es), n, err)
 		}
 	}
 	return n, nil
 }
 
-func (ps *policyState) writeErr(total, written int, err error) error {
-	if errno, full := bpfmap.IsFull(err); full {
-		return fullErr(fmt.Sprintf("write %d policy entries (%d written)", total, written), PolicyMapName, ps.policy.MaxEntries(), errno)
+func (p *Programs) writeErr(total, written int, err error) error {
+	if ferr := fullErr(fmt.Sprintf("write %d policy entries (%d written)", total, written), PolicyMapName, p.policy, err); ferr != nil {
+		return ferr
 	}
 	return fmt.Errorf("datapath: write %d policy entries (%d written): %w", total, written, err)
 }
 
 // deleteEntries deletes es from cm_policy (absent is fine); entries it could
 // not delete become orphans.
-func (ps *policyState) deleteEntries(es []policyKey) error {
+func (p *Programs) deleteEntries(es []policyKey) error {
 	var errs []error
 	for i := range es {
-		if err := ps.policy.Delete(&es[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			ps.mirror.orphans[es[i]] = struct{}{}
+		if err := p.policy.Delete(&es[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			p.mirror.orphans[es[i]] = struct{}{}
 			errs = append(errs, err)
 			continue
 		}
 		if es[i].Peer == AnyPeer {
-			ps.anyPeers--
+			p.anyPeers--
 		}
 	}
 	if len(errs) > 0 {

@@ -1,4 +1,4 @@
-package datapath
+package tcpolicy
 
 import (
 	"encoding/binary"
@@ -6,10 +6,37 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/internal/dptest"
 )
 
 // Helpers of the policy tests: packets for BPF_PROG_TEST_RUN, programs
 // loaded against test maps, direct writes of the endpoint map.
+
+// openTest opens small mesh maps in a fresh pin directory and the
+// programs' maps sized by cfg beside them (zero: small sizes); both are
+// closed, and every pin removed, when the test ends. It needs root.
+func openTest(t testing.TB, cfg Config) (*datapath.Maps, *Programs) {
+	t.Helper()
+	mesh := dptest.OpenMaps(t, dptest.SmallConfig(""), RemovePins)
+	return mesh, openPrograms(t, mesh, cfg)
+}
+
+// openPrograms opens the programs' maps beside mesh's, sized by cfg (zero:
+// small sizes), closed when the test ends.
+func openPrograms(t testing.TB, mesh *datapath.Maps, cfg Config) *Programs {
+	t.Helper()
+	if cfg == (Config{}) {
+		cfg = Config{MaxPolicy: 1 << 12, MaxPolicyCT: 1 << 10, FlowRingBytes: 1 << 14}
+	}
+	p, err := Open(mesh, cfg)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
 
 // testPolicyProgs are every program of bpf/policy.c, the empty baseline
 // included.
@@ -19,28 +46,24 @@ type testPolicyProgs struct {
 	Empty  *ebpf.Program `ebpf:"cm_policy_empty"`
 }
 
-// loadTestPolicyProgs loads the programs against m's maps (closed at
+// loadTestPolicyProgs loads the programs against p's maps (closed at
 // cleanup); nothing is attached.
-func loadTestPolicyProgs(t testing.TB, m *Maps) *testPolicyProgs {
+func loadTestPolicyProgs(t testing.TB, p *Programs) *testPolicyProgs {
 	t.Helper()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ps, err := m.policyLocked("test")
-	mustNoErr(t, err)
-	var p testPolicyProgs
-	mustNoErr(t, m.loadPolicyInto(ps, &p))
-	t.Cleanup(func() { p.FromEp.Close(); p.ToEp.Close(); p.Empty.Close() })
-	return &p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var pr testPolicyProgs
+	dptest.NoErr(t, p.loadInto(&pr))
+	t.Cleanup(func() { pr.FromEp.Close(); pr.ToEp.Close(); pr.Empty.Close() })
+	return &pr
 }
 
 // setTestEndpoint records an endpoint for ifindex without attaching
 // anything (BPF_PROG_TEST_RUN runs on the loopback, ifindex 1).
-func setTestEndpoint(t testing.TB, m *Maps, ifindex uint32, identity uint32, ingress, egress bool) {
+func setTestEndpoint(t testing.TB, p *Programs, ifindex uint32, identity uint32, ingress, egress bool) {
 	t.Helper()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ps, err := m.policyLocked("test")
-	mustNoErr(t, err)
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	ep := policyEndpoint{Identity: identity}
 	if ingress {
 		ep.Flags |= epEnforceIngress
@@ -48,21 +71,35 @@ func setTestEndpoint(t testing.TB, m *Maps, ifindex uint32, identity uint32, ing
 	if egress {
 		ep.Flags |= epEnforceEgress
 	}
-	mustNoErr(t, ps.endpoints.Update(&ifindex, &ep, ebpf.UpdateAny))
+	dptest.NoErr(t, p.endpoints.Update(&ifindex, &ep, ebpf.UpdateAny))
+}
+
+// anyPeerFlag reads whether p holds CFG_HAS_ANY_PEER.
+func anyPeerFlag(p *Programs) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conf.Flags&cfgHasAnyPeer != 0
+}
+
+// forceClsact makes p attach with clsact filters (or with TCX again) for
+// the rest of the test, which restores the previous mode.
+func forceClsact(t testing.TB, p *Programs, on bool) {
+	was := p.setClsactOnly(on)
+	t.Cleanup(func() { p.setClsactOnly(was) })
 }
 
 // testPacket builds an Ethernet frame carrying an IPv4 or IPv6 packet of
 // proto (TCP with tcpFlags, UDP, or anything else with 8 bytes of payload).
-func testPacket(src, dst netip.AddrPort, proto Protocol, tcpFlags uint8) []byte {
+func testPacket(src, dst netip.AddrPort, proto datapath.Protocol, tcpFlags uint8) []byte {
 	var l4 []byte
 	switch proto {
-	case TCP:
+	case datapath.TCP:
 		l4 = make([]byte, 20)
 		binary.BigEndian.PutUint16(l4[0:], src.Port())
 		binary.BigEndian.PutUint16(l4[2:], dst.Port())
 		l4[12] = 5 << 4
 		l4[13] = tcpFlags
-	case UDP, SCTP:
+	case datapath.UDP, datapath.SCTP:
 		l4 = make([]byte, 8+8)
 		binary.BigEndian.PutUint16(l4[0:], src.Port())
 		binary.BigEndian.PutUint16(l4[2:], dst.Port())

@@ -1,4 +1,4 @@
-package datapath
+package tcpolicy
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/internal/dptest"
 	"github.com/clustermesh/clustermesh/internal/figure"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -18,10 +20,10 @@ import (
 // benchIPCache fills m's ipcache with n /32 entries spread over clusters
 // 1..4 (10.<cluster>.x.y, identity (cluster<<16)+1+i%1000) and a few
 // covering /16s, and returns the addresses in order.
-func benchIPCache(t testing.TB, m *Maps, n int) []netip.Addr {
+func benchIPCache(t testing.TB, m *datapath.Maps, n int) []netip.Addr {
 	t.Helper()
 	ps := make([]netip.Prefix, 0, n+4)
-	es := make([]IPCacheEntry, 0, n+4)
+	es := make([]datapath.IPCacheEntry, 0, n+4)
 	addrs := make([]netip.Addr, 0, n)
 	for i := range n {
 		c := 1 + i%4
@@ -29,28 +31,28 @@ func benchIPCache(t testing.TB, m *Maps, n int) []netip.Addr {
 		a := netip.AddrFrom4([4]byte{10, byte(c), byte(j >> 8), byte(j)})
 		addrs = append(addrs, a)
 		ps = append(ps, netip.PrefixFrom(a, 32))
-		es = append(es, IPCacheEntry{Identity: uint32(c)<<16 + 1 + uint32(i%1000), ClusterID: uint16(c), TunnelEndpoint: netip.AddrFrom4([4]byte{192, 168, byte(c), 1})})
+		es = append(es, datapath.IPCacheEntry{Identity: uint32(c)<<16 + 1 + uint32(i%1000), ClusterID: uint16(c), TunnelEndpoint: netip.AddrFrom4([4]byte{192, 168, byte(c), 1})})
 	}
 	for c := 1; c <= 4; c++ {
 		ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c), 0, 0}), 16))
-		es = append(es, IPCacheEntry{Identity: uint32(c)<<16 + 0xffff, ClusterID: uint16(c)})
+		es = append(es, datapath.IPCacheEntry{Identity: uint32(c)<<16 + 0xffff, ClusterID: uint16(c)})
 	}
-	mustNoErr(t, m.UpsertIPCacheBatch(ps, es))
+	dptest.NoErr(t, m.UpsertIPCacheBatch(ps, es))
 	return addrs
 }
 
 // benchPolicy writes n policy keys: endpoints 0x10001.. each allowing 100
 // peers (identities of benchIPCache) on TCP port 80; key 0 is endpoint
 // 0x10001 allowing the identity of peer.
-func benchPolicy(t testing.TB, m *Maps, n int) {
+func benchPolicy(t testing.TB, m *Programs, n int) {
 	t.Helper()
-	changes := make([]PolicyChange, 0, n)
+	changes := make([]Change, 0, n)
 	for i := range n {
 		ep := uint32(0x10001 + i/100)
 		peer := uint32(1+(i%4))<<16 + 1 + uint32(i%100)
-		changes = append(changes, PolicyChange{Key: PolicyKey{Endpoint: ep, Peer: peer, Direction: Egress, Protocol: TCP, Port: 80}, Add: true})
+		changes = append(changes, Change{Key: Key{Endpoint: ep, Peer: peer, Direction: datapath.Egress, Protocol: datapath.TCP, Port: 80}, Add: true})
 	}
-	mustNoErr(t, m.ApplyPolicy(changes))
+	dptest.NoErr(t, m.ApplyPolicy(changes))
 }
 
 // TestFiguresPolicy prints the policy datapath's figures (make bench).
@@ -81,19 +83,19 @@ func TestFiguresPolicy(t *testing.T) {
 	testenv.RequireRoot(t)
 
 	t.Run("tc", func(t *testing.T) {
-		m := openTestMaps(t, Config{PinDir: testPinDir(t)})
-		addrs := benchIPCache(t, m, 100_000)
+		mesh, m := openDefault(t)
+		addrs := benchIPCache(t, mesh, 100_000)
 		benchPolicy(t, m, 10_000)
 		progs := loadTestPolicyProgs(t, m)
 		setTestEndpoint(t, m, 1, 0x10001, true, true)
 		peer := addrs[0] // identity 0x10001, cluster 1: allowed on TCP 80
-		allowed := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(peer, 80), TCP, 0x10)
-		denied := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(peer, 81), TCP, 0x10)
+		allowed := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(peer, 80), datapath.TCP, 0x10)
+		denied := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(peer, 81), datapath.TCP, 0x10)
 		drain := drainFlows(t, m)
 		const repeat = 1_000_000
 		bench := func(pkt []byte, n int, want int32) float64 {
 			ret, d, err := progs.FromEp.Benchmark(pkt, n, nil)
-			mustNoErr(t, err)
+			dptest.NoErr(t, err)
 			if int32(ret) != want {
 				t.Fatalf("verdict %d, want %d", int32(ret), want)
 			}
@@ -103,10 +105,10 @@ func TestFiguresPolicy(t *testing.T) {
 		for r := -1; r < 15; r++ {
 			p := bench(allowed, repeat, -1)
 			_, de, err := progs.Empty.Benchmark(allowed, repeat, nil)
-			mustNoErr(t, err)
-			mustNoErr(t, m.SetPolicyStrict(true))
+			dptest.NoErr(t, err)
+			dptest.NoErr(t, m.SetStrict(true))
 			l := bench(allowed, repeat, -1)
-			mustNoErr(t, m.SetPolicyStrict(false))
+			dptest.NoErr(t, m.SetStrict(false))
 			d := bench(denied, repeat/10, 2)
 			if r >= 0 {
 				pol = append(pol, p)
@@ -116,20 +118,20 @@ func TestFiguresPolicy(t *testing.T) {
 			}
 		}
 		t.Logf("established %v\nempty %v\nlookup %v\ndenied %v (%d events read)", pol, empty, lookup, den, drain())
-		figure.Print("policy.tc.ns_per_packet", math.Round(median(pol)), "ns")
-		figure.Print("policy.tc.empty_ns_per_packet", math.Round(median(empty)), "ns")
-		figure.Print("policy.tc.ratio_to_empty", round3(pairedRatio(pol, empty)), "ratio")
-		figure.Print("policy.tc.lookup_ns_per_packet", math.Round(median(lookup)), "ns")
-		figure.Print("policy.tc.denied_ns_per_packet", math.Round(median(den)), "ns")
+		figure.Print("policy.tc.ns_per_packet", math.Round(dptest.Median(pol)), "ns")
+		figure.Print("policy.tc.empty_ns_per_packet", math.Round(dptest.Median(empty)), "ns")
+		figure.Print("policy.tc.ratio_to_empty", dptest.Round3(dptest.PairedRatio(pol, empty)), "ratio")
+		figure.Print("policy.tc.lookup_ns_per_packet", math.Round(dptest.Median(lookup)), "ns")
+		figure.Print("policy.tc.denied_ns_per_packet", math.Round(dptest.Median(den)), "ns")
 	})
 
 	t.Run("flows", func(t *testing.T) {
-		m := openTestMaps(t, Config{PinDir: testPinDir(t)})
+		_, m := openDefault(t)
 		progs := loadTestPolicyProgs(t, m)
 		setTestEndpoint(t, m, 1, 0x10001, true, true)
-		denied := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(netip.MustParseAddr("10.9.0.1"), 81), TCP, 0x02)
-		fr, err := OpenFlows(m)
-		mustNoErr(t, err)
+		denied := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(netip.MustParseAddr("10.9.0.1"), 81), datapath.TCP, 0x02)
+		fr, err := m.OpenFlows()
+		dptest.NoErr(t, err)
 		defer fr.Close()
 		var read atomic.Uint64
 		var wg sync.WaitGroup
@@ -144,13 +146,13 @@ func TestFiguresPolicy(t *testing.T) {
 		defer func() { fr.Close(); wg.Wait() }()
 		generate := func(n int) {
 			_, err := progs.FromEp.Run(&ebpf.RunOptions{Data: denied, Repeat: uint32(n)})
-			mustNoErr(t, err)
+			dptest.NoErr(t, err)
 		}
 		// measure generates events for d, paced at rate per second (0: as
 		// fast as it can), and returns the rate read and the events lost.
 		measure := func(rate int, d time.Duration) (float64, uint64) {
 			lost0, err := fr.Lost()
-			mustNoErr(t, err)
+			dptest.NoErr(t, err)
 			read0 := read.Load()
 			start := time.Now()
 			sent := 0
@@ -171,7 +173,7 @@ func TestFiguresPolicy(t *testing.T) {
 				tick.Stop()
 			}
 			lost, err := fr.Lost()
-			mustNoErr(t, err)
+			dptest.NoErr(t, err)
 			lost -= lost0
 			testenv.WaitFor(t, 30*time.Second, "every event read", func() bool { return read.Load()-read0+lost >= uint64(sent) })
 			took := time.Since(start)
@@ -188,7 +190,7 @@ func TestFiguresPolicy(t *testing.T) {
 	})
 
 	t.Run("apply", func(t *testing.T) {
-		m := openTestMaps(t, Config{PinDir: testPinDir(t)})
+		_, m := openDefault(t)
 		start := time.Now()
 		benchPolicy(t, m, 10_000)
 		took := time.Since(start)
@@ -196,12 +198,23 @@ func TestFiguresPolicy(t *testing.T) {
 	})
 }
 
+// openDefault opens the mesh maps and the programs' maps with their
+// default sizes (the figures' setting), closed and unpinned at the end.
+func openDefault(t testing.TB) (*datapath.Maps, *Programs) {
+	t.Helper()
+	mesh := dptest.OpenMaps(t, datapath.Config{}, RemovePins)
+	p, err := Open(mesh, Config{})
+	dptest.NoErr(t, err)
+	t.Cleanup(func() { p.Close() })
+	return mesh, p
+}
+
 // drainFlows reads m's flow events in the background until the test ends;
 // the returned function tells how many it read so far.
-func drainFlows(t testing.TB, m *Maps) func() uint64 {
+func drainFlows(t testing.TB, m *Programs) func() uint64 {
 	t.Helper()
-	fr, err := OpenFlows(m)
-	mustNoErr(t, err)
+	fr, err := m.OpenFlows()
+	dptest.NoErr(t, err)
 	var n atomic.Uint64
 	var wg sync.WaitGroup
 	wg.Go(func() {

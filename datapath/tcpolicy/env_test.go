@@ -1,4 +1,4 @@
-package datapath
+package tcpolicy
 
 import (
 	"bytes"
@@ -19,6 +19,9 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
+	"github.com/clustermesh/clustermesh/datapath/internal/dptest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
@@ -39,11 +42,12 @@ type polEnv struct {
 	t    *testing.T
 	id   string
 	node string
-	maps *Maps
+	mesh *datapath.Maps
+	maps *Programs
 	eps  map[int]*polEndpoint
 
 	mu    sync.Mutex
-	flows []Flow // guarded by mu
+	flows []flows.Flow // guarded by mu
 }
 
 type polEndpoint struct {
@@ -57,13 +61,13 @@ type polEndpoint struct {
 func newPolEnv(t *testing.T, cfg Config, endpoints ...int) *polEnv {
 	t.Helper()
 	testenv.RequireRoot(t)
-	e := &polEnv{t: t, id: randomID(t), eps: map[int]*polEndpoint{}}
-	e.maps = openTestMaps(t, cfg)
-	mustNoErr(t, e.maps.SetFlowConfig(FlowConfig{ClusterID: 1}))
+	e := &polEnv{t: t, id: dptest.RandomID(t), eps: map[int]*polEndpoint{}}
+	e.mesh, e.maps = openTest(t, cfg)
+	dptest.NoErr(t, e.maps.SetFlowConfig(flows.Config{ClusterID: 1}))
 	e.node = "cmp-" + e.id + "-node"
-	newNetns(t, e.node)
+	dptest.NewNetns(t, e.node)
 	for _, kv := range []string{"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
-		run(t, "ip", "netns", "exec", e.node, "sysctl", "-qw", kv)
+		dptest.Run(t, "ip", "netns", "exec", e.node, "sysctl", "-qw", kv)
 	}
 	for _, n := range endpoints {
 		ep := &polEndpoint{
@@ -73,37 +77,37 @@ func newPolEnv(t *testing.T, cfg Config, endpoints ...int) *polEnv {
 			v4:   netip.AddrFrom4([4]byte{10, 210, 0, byte(n)}),
 			v6:   netip.MustParseAddr(fmt.Sprintf("fd00:210::%d", n)),
 		}
-		newNetns(t, ep.ns)
-		run(t, "ip", "-n", e.node, "link", "add", ep.host, "type", "veth", "peer", "name", "eth0", "netns", ep.ns)
-		run(t, "ip", "netns", "exec", ep.ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
-		run(t, "ip", "-n", e.node, "addr", "add", "169.254.1.1/32", "dev", ep.host)
-		run(t, "ip", "-n", e.node, "addr", "add", "fe80::1/64", "dev", ep.host, "nodad")
-		run(t, "ip", "-n", e.node, "link", "set", ep.host, "up")
-		run(t, "ip", "-n", ep.ns, "addr", "add", ep.v4.String()+"/32", "dev", "eth0")
-		run(t, "ip", "-n", ep.ns, "addr", "add", ep.v6.String()+"/128", "dev", "eth0", "nodad")
-		run(t, "ip", "-n", ep.ns, "link", "set", "eth0", "up")
-		run(t, "ip", "-n", ep.ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-		run(t, "ip", "-n", ep.ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-		run(t, "ip", "-n", ep.ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
-		run(t, "ip", "-n", e.node, "route", "add", ep.v4.String()+"/32", "dev", ep.host)
-		run(t, "ip", "-n", e.node, "-6", "route", "add", ep.v6.String()+"/128", "dev", ep.host)
+		dptest.NewNetns(t, ep.ns)
+		dptest.Run(t, "ip", "-n", e.node, "link", "add", ep.host, "type", "veth", "peer", "name", "eth0", "netns", ep.ns)
+		dptest.Run(t, "ip", "netns", "exec", ep.ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
+		dptest.Run(t, "ip", "-n", e.node, "addr", "add", "169.254.1.1/32", "dev", ep.host)
+		dptest.Run(t, "ip", "-n", e.node, "addr", "add", "fe80::1/64", "dev", ep.host, "nodad")
+		dptest.Run(t, "ip", "-n", e.node, "link", "set", ep.host, "up")
+		dptest.Run(t, "ip", "-n", ep.ns, "addr", "add", ep.v4.String()+"/32", "dev", "eth0")
+		dptest.Run(t, "ip", "-n", ep.ns, "addr", "add", ep.v6.String()+"/128", "dev", "eth0", "nodad")
+		dptest.Run(t, "ip", "-n", ep.ns, "link", "set", "eth0", "up")
+		dptest.Run(t, "ip", "-n", ep.ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+		dptest.Run(t, "ip", "-n", ep.ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+		dptest.Run(t, "ip", "-n", ep.ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+		dptest.Run(t, "ip", "-n", e.node, "route", "add", ep.v4.String()+"/32", "dev", ep.host)
+		dptest.Run(t, "ip", "-n", e.node, "-6", "route", "add", ep.v6.String()+"/128", "dev", ep.host)
 		testenv.WaitFor(t, 10*time.Second, ep.host+" up", func() bool {
 			out, err := exec.Command("ip", "-n", e.node, "-o", "link", "show", "dev", ep.host).Output()
 			return err == nil && bytes.Contains(out, []byte("LOWER_UP")) && bytes.Contains(out, []byte("state UP"))
 		})
-		err := inNetns(e.node, func() error {
+		err := dptest.InNetns(e.node, func() error {
 			ifi, err := net.InterfaceByName(ep.host)
 			if err == nil {
 				ep.ifindex = ifi.Index
 			}
 			return err
 		})
-		mustNoErr(t, err)
+		dptest.NoErr(t, err)
 		e.eps[n] = ep
 	}
 
-	fr, err := OpenFlows(e.maps)
-	mustNoErr(t, err)
+	fr, err := e.maps.OpenFlows()
+	dptest.NoErr(t, err)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {
@@ -131,7 +135,7 @@ func (e *polEnv) use(t *testing.T) (restore func()) {
 // attach attaches the policy programs to endpoint n's host interface.
 func (e *polEnv) attach(n int, identity uint32, ingress, egress bool) {
 	e.t.Helper()
-	err := inNetns(e.node, func() error { return AttachPolicyByName(e.maps, e.eps[n].host, identity, ingress, egress) })
+	err := dptest.InNetns(e.node, func() error { return e.maps.AttachByName(e.eps[n].host, identity, ingress, egress) })
 	if err != nil {
 		e.t.Fatalf("AttachPolicy(lxc%d): %v", n, err)
 	}
@@ -139,14 +143,14 @@ func (e *polEnv) attach(n int, identity uint32, ingress, egress bool) {
 
 func (e *polEnv) detach(n int) {
 	e.t.Helper()
-	mustNoErr(e.t, inNetns(e.node, func() error { return DetachPolicy(e.maps, e.eps[n].ifindex) }))
+	dptest.NoErr(e.t, dptest.InNetns(e.node, func() error { return e.maps.Detach(e.eps[n].ifindex) }))
 }
 
 // matching returns the flows for which match holds.
-func (e *polEnv) matching(match func(Flow) bool) []Flow {
+func (e *polEnv) matching(match func(flows.Flow) bool) []flows.Flow {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var out []Flow
+	var out []flows.Flow
 	for _, f := range e.flows {
 		if match(f) {
 			out = append(out, f)
@@ -155,12 +159,12 @@ func (e *polEnv) matching(match func(Flow) bool) []Flow {
 	return out
 }
 
-func (e *polEnv) drops() []Flow {
-	return e.matching(func(f Flow) bool { return f.Verdict == VerdictDropped })
+func (e *polEnv) drops() []flows.Flow {
+	return e.matching(func(f flows.Flow) bool { return f.Verdict == flows.VerdictDropped })
 }
 
 // waitFlows waits until n flows match.
-func (e *polEnv) waitFlows(what string, n int, match func(Flow) bool) []Flow {
+func (e *polEnv) waitFlows(what string, n int, match func(flows.Flow) bool) []flows.Flow {
 	e.t.Helper()
 	testenv.WaitFor(e.t, 10*time.Second, what, func() bool { return len(e.matching(match)) >= n })
 	return e.matching(match)
@@ -174,7 +178,7 @@ func (e *polEnv) dialTCP(ctx context.Context, from int, dst netip.AddrPort, spor
 	if dst.Addr().Is6() {
 		src = e.eps[from].v6
 	}
-	err := inNetns(e.eps[from].ns, func() (err error) {
+	err := dptest.InNetns(e.eps[from].ns, func() (err error) {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice(), Port: sport}}
 		conn, err = d.DialContext(ctx, "tcp", dst.String())
 		return err
@@ -202,7 +206,7 @@ func (e *polEnv) wantTCP(from int, dst netip.AddrPort, want string) {
 // wantTCPDropped connects from endpoint from to dst from source port sport,
 // waits for the drop of its SYN, then gives up the connect, and returns the
 // drop events of that port.
-func (e *polEnv) wantTCPDropped(from int, dst netip.AddrPort, sport uint16) []Flow {
+func (e *polEnv) wantTCPDropped(from int, dst netip.AddrPort, sport uint16) []flows.Flow {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -214,7 +218,9 @@ func (e *polEnv) wantTCPDropped(from int, dst netip.AddrPort, sport uint16) []Fl
 	if sport == 0 {
 		e.t.Fatal("wantTCPDropped needs a source port")
 	}
-	match := func(f Flow) bool { return f.Verdict == VerdictDropped && f.Src.Port() == sport && f.Dst == dst }
+	match := func(f flows.Flow) bool {
+		return f.Verdict == flows.VerdictDropped && f.Src.Port() == sport && f.Dst == dst
+	}
 	select {
 	case err := <-done:
 		e.t.Fatalf("e%d → %s: connected (%v), want dropped", from, dst, err)
@@ -231,7 +237,7 @@ func (e *polEnv) wantTCPDropped(from int, dst netip.AddrPort, sport uint16) []Fl
 }
 
 // waitDone is closed when a flow matches (or after 10 s).
-func (e *polEnv) waitDone(match func(Flow) bool) <-chan struct{} {
+func (e *polEnv) waitDone(match func(flows.Flow) bool) <-chan struct{} {
 	c := make(chan struct{})
 	go func() {
 		defer close(c)
@@ -253,11 +259,11 @@ func (e *polEnv) udpSocket(from int, v6 bool, sport int) *net.UDPConn {
 		src = e.eps[from].v6
 	}
 	var c *net.UDPConn
-	err := inNetns(e.eps[from].ns, func() (err error) {
+	err := dptest.InNetns(e.eps[from].ns, func() (err error) {
 		c, err = net.ListenUDP("udp", &net.UDPAddr{IP: src.AsSlice(), Port: sport})
 		return err
 	})
-	mustNoErr(e.t, err)
+	dptest.NoErr(e.t, err)
 	e.t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -272,7 +278,7 @@ func (e *polEnv) wantUDP(from int, dst netip.AddrPort, want string) {
 	// A datagram may meet an empty neighbour cache: retry a few times.
 	for try := 0; ; try++ {
 		_, err := c.WriteToUDPAddrPort([]byte("ping"), dst)
-		mustNoErr(e.t, err)
+		dptest.NoErr(e.t, err)
 		c.SetReadDeadline(time.Now().Add(time.Second))
 		n, _, err := c.ReadFromUDPAddrPort(buf)
 		if err == nil {
@@ -289,14 +295,16 @@ func (e *polEnv) wantUDP(from int, dst netip.AddrPort, want string) {
 
 // wantUDPDropped sends n datagrams from source port sport and waits for n
 // drop events; no reply may come.
-func (e *polEnv) wantUDPDropped(from int, dst netip.AddrPort, sport uint16, n int) []Flow {
+func (e *polEnv) wantUDPDropped(from int, dst netip.AddrPort, sport uint16, n int) []flows.Flow {
 	e.t.Helper()
 	c := e.udpSocket(from, dst.Addr().Is6(), int(sport))
 	for range n {
 		_, err := c.WriteToUDPAddrPort([]byte("ping"), dst)
-		mustNoErr(e.t, err)
+		dptest.NoErr(e.t, err)
 	}
-	match := func(f Flow) bool { return f.Verdict == VerdictDropped && f.Src.Port() == sport && f.Dst == dst }
+	match := func(f flows.Flow) bool {
+		return f.Verdict == flows.VerdictDropped && f.Src.Port() == sport && f.Dst == dst
+	}
 	got := e.waitFlows(fmt.Sprintf("%d drops of e%d:%d → %s/udp", n, from, sport, dst), n, match)
 	c.SetReadDeadline(time.Now())
 	if _, _, err := c.ReadFromUDPAddrPort(make([]byte, 64)); err == nil {
@@ -306,9 +314,9 @@ func (e *polEnv) wantUDPDropped(from int, dst netip.AddrPort, sport uint16, n in
 }
 
 // wantDrop checks every field of a drop event but its time and ports.
-func wantDrop(t testing.TB, f Flow, dir Direction, proto Protocol, src, dst uint32, srcCluster, dstCluster uint16, ifindex int) {
+func wantDrop(t testing.TB, f flows.Flow, dir datapath.Direction, proto datapath.Protocol, src, dst uint32, srcCluster, dstCluster uint16, ifindex int) {
 	t.Helper()
-	if f.Verdict != VerdictDropped || f.DropReason != DropPolicyDenied || f.Direction != dir || f.Protocol != proto ||
+	if f.Verdict != flows.VerdictDropped || f.DropReason != flows.DropPolicyDenied || f.Direction != dir || f.Protocol != proto ||
 		f.SrcIdentity != src || f.DstIdentity != dst || f.SrcCluster != srcCluster || f.DstCluster != dstCluster ||
 		f.Ifindex != ifindex || f.Reply || f.Time.IsZero() {
 		t.Fatalf("drop event %+v\nwant %s %s identities %#x@%d → %#x@%d on ifindex %d, policy denied",
@@ -323,35 +331,34 @@ const (
 )
 
 func TestPolicyTraffic(t *testing.T) {
-	cfg := smallConfig("")
-	cfg.MaxPolicy, cfg.MaxPolicyCT, cfg.FlowRingBytes = 1<<12, 1<<12, 1<<18
+	cfg := Config{MaxPolicy: 1 << 12, MaxPolicyCT: 1 << 12, FlowRingBytes: 1 << 18}
 	e := newPolEnv(t, cfg, 1, 2, 3, 4)
 	m := e.maps
 	ep1, ep2, ep3, ep4 := e.eps[1], e.eps[2], e.eps[3], e.eps[4]
-	mustNoErr(t, m.UpsertIPCache(netip.PrefixFrom(ep1.v4, 32), IPCacheEntry{Identity: envEP, ClusterID: 1}))
-	mustNoErr(t, m.UpsertIPCache(netip.PrefixFrom(ep2.v4, 32), IPCacheEntry{Identity: envPeer2, ClusterID: 2, TunnelEndpoint: addr("192.168.2.1")}))
-	mustNoErr(t, m.UpsertIPCache(netip.PrefixFrom(ep2.v6, 128), IPCacheEntry{Identity: envPeer2, ClusterID: 2}))
-	mustNoErr(t, m.UpsertIPCache(netip.PrefixFrom(ep3.v4, 32), IPCacheEntry{Identity: envPeer3, ClusterID: 3, TunnelEndpoint: addr("192.168.3.1")}))
+	dptest.NoErr(t, e.mesh.UpsertIPCache(netip.PrefixFrom(ep1.v4, 32), datapath.IPCacheEntry{Identity: envEP, ClusterID: 1}))
+	dptest.NoErr(t, e.mesh.UpsertIPCache(netip.PrefixFrom(ep2.v4, 32), datapath.IPCacheEntry{Identity: envPeer2, ClusterID: 2, TunnelEndpoint: netip.MustParseAddr("192.168.2.1")}))
+	dptest.NoErr(t, e.mesh.UpsertIPCache(netip.PrefixFrom(ep2.v6, 128), datapath.IPCacheEntry{Identity: envPeer2, ClusterID: 2}))
+	dptest.NoErr(t, e.mesh.UpsertIPCache(netip.PrefixFrom(ep3.v4, 32), datapath.IPCacheEntry{Identity: envPeer3, ClusterID: 3, TunnelEndpoint: netip.MustParseAddr("192.168.3.1")}))
 
 	// [::] listens on IPv4 too.
-	serveTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv6Unspecified(), 8080), "e1-8080")
-	serveTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv6Unspecified(), 8081), "e1-8081")
-	serveUDP(t, ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 5353), "e1-5353")
+	dptest.ServeTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv6Unspecified(), 8080), "e1-8080")
+	dptest.ServeTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv6Unspecified(), 8081), "e1-8081")
+	dptest.ServeUDP(t, ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 5353), "e1-5353")
 	for _, ep := range []*polEndpoint{ep2, ep3, ep4} {
-		serveTCP(t, ep.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 9090), fmt.Sprintf("e%d-9090", ep.n))
-		serveUDP(t, ep.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 9191), fmt.Sprintf("e%d-9191", ep.n))
+		dptest.ServeTCP(t, ep.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 9090), fmt.Sprintf("e%d-9090", ep.n))
+		dptest.ServeUDP(t, ep.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 9191), fmt.Sprintf("e%d-9191", ep.n))
 	}
 	at := func(ep *polEndpoint, port uint16) netip.AddrPort { return netip.AddrPortFrom(ep.v4, port) }
 
 	// Before any policy program: everything flows.
 	e.wantTCP(4, at(ep1, 8081), "e1-8081")
 
-	allow8080 := PolicyKey{Endpoint: envEP, Peer: envPeer2, Direction: Ingress, Protocol: TCP, Port: 8080}
-	mustNoErr(t, m.ApplyPolicy([]PolicyChange{
+	allow8080 := Key{Endpoint: envEP, Peer: envPeer2, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080}
+	dptest.NoErr(t, m.ApplyPolicy([]Change{
 		{Key: allow8080, Add: true},
-		{Key: PolicyKey{Endpoint: envEP, Peer: envPeer3, Direction: Ingress, Protocol: UDP, Port: 5353}, Add: true},
-		{Key: PolicyKey{Endpoint: envEP, Peer: envPeer2, Direction: Egress, Protocol: TCP, Port: 9090}, Add: true},
-		{Key: PolicyKey{Endpoint: envEP, Peer: envPeer3, Direction: Egress}, Add: true},
+		{Key: Key{Endpoint: envEP, Peer: envPeer3, Direction: datapath.Ingress, Protocol: datapath.UDP, Port: 5353}, Add: true},
+		{Key: Key{Endpoint: envEP, Peer: envPeer2, Direction: datapath.Egress, Protocol: datapath.TCP, Port: 9090}, Add: true},
+		{Key: Key{Endpoint: envEP, Peer: envPeer3, Direction: datapath.Egress}, Add: true},
 	}))
 	e.attach(1, envEP, true, true)
 
@@ -369,16 +376,16 @@ func TestPolicyTraffic(t *testing.T) {
 			sport    uint16
 			src      uint32
 			cluster  uint16
-			protocol Protocol
+			protocol datapath.Protocol
 		}{
-			{2, at(ep1, 8081), 41001, envPeer2, 2, TCP},                         // another port
-			{3, at(ep1, 8080), 41002, envPeer3, 3, TCP},                         // another peer
-			{4, at(ep1, 8080), 41003, IdentityWorld, 0, TCP},                    // the world
-			{2, netip.AddrPortFrom(ep1.v6, 8081), 41004, envPeer2, 2, TCP},      // IPv6
-			{4, netip.AddrPortFrom(ep1.v6, 8080), 41005, IdentityWorld, 0, TCP}, // IPv6 world
+			{2, at(ep1, 8081), 41001, envPeer2, 2, datapath.TCP},                                  // another port
+			{3, at(ep1, 8080), 41002, envPeer3, 3, datapath.TCP},                                  // another peer
+			{4, at(ep1, 8080), 41003, datapath.IdentityWorld, 0, datapath.TCP},                    // the world
+			{2, netip.AddrPortFrom(ep1.v6, 8081), 41004, envPeer2, 2, datapath.TCP},               // IPv6
+			{4, netip.AddrPortFrom(ep1.v6, 8080), 41005, datapath.IdentityWorld, 0, datapath.TCP}, // IPv6 world
 		} {
 			for _, f := range e.wantTCPDropped(c.from, c.dst, c.sport) {
-				wantDrop(t, f, Ingress, c.protocol, c.src, envEP, c.cluster, 1, ep1.ifindex)
+				wantDrop(t, f, datapath.Ingress, c.protocol, c.src, envEP, c.cluster, 1, ep1.ifindex)
 			}
 		}
 		// UDP: each of three datagrams is one drop event, exactly.
@@ -387,7 +394,7 @@ func TestPolicyTraffic(t *testing.T) {
 			t.Fatalf("%d drop events for 3 datagrams", len(fs))
 		}
 		for _, f := range fs {
-			wantDrop(t, f, Ingress, UDP, envPeer2, envEP, 2, 1, ep1.ifindex)
+			wantDrop(t, f, datapath.Ingress, datapath.UDP, envPeer2, envEP, 2, 1, ep1.ifindex)
 			if f.Src != netip.AddrPortFrom(ep2.v4, 41010) || f.Dst != at(ep1, 5353) {
 				t.Fatalf("UDP drop addresses %+v", f)
 			}
@@ -399,11 +406,11 @@ func TestPolicyTraffic(t *testing.T) {
 		e.wantTCP(1, at(ep3, 9090), "e3-9090") // any protocol, any port
 		e.wantUDP(1, at(ep3, 9191), "e3-9191")
 		for _, f := range e.wantTCPDropped(1, at(ep4, 9090), 42001) {
-			wantDrop(t, f, Egress, TCP, envEP, IdentityWorld, 1, 0, ep1.ifindex)
+			wantDrop(t, f, datapath.Egress, datapath.TCP, envEP, datapath.IdentityWorld, 1, 0, ep1.ifindex)
 		}
 		fs := e.wantUDPDropped(1, at(ep2, 9191), 42002, 2)
 		for _, f := range fs {
-			wantDrop(t, f, Egress, UDP, envEP, envPeer2, 1, 2, ep1.ifindex)
+			wantDrop(t, f, datapath.Egress, datapath.UDP, envEP, envPeer2, 1, 2, ep1.ifindex)
 		}
 		if len(fs) != 2 {
 			t.Fatalf("%d drop events for 2 datagrams", len(fs))
@@ -412,47 +419,47 @@ func TestPolicyTraffic(t *testing.T) {
 	t.Run("revoke", func(t *testing.T) {
 		defer e.use(t)()
 		e.wantTCP(2, at(ep1, 8080), "e1-8080")
-		mustNoErr(t, m.DeletePolicy(allow8080))
+		dptest.NoErr(t, m.DeletePolicy(allow8080))
 		for _, f := range e.wantTCPDropped(2, at(ep1, 8080), 41020) {
-			wantDrop(t, f, Ingress, TCP, envPeer2, envEP, 2, 1, ep1.ifindex)
+			wantDrop(t, f, datapath.Ingress, datapath.TCP, envPeer2, envEP, 2, 1, ep1.ifindex)
 		}
-		mustNoErr(t, m.UpsertPolicy(allow8080))
+		dptest.NoErr(t, m.UpsertPolicy(allow8080))
 		e.wantTCP(2, at(ep1, 8080), "e1-8080")
 	})
 	t.Run("sampling", func(t *testing.T) {
 		defer e.use(t)()
 		const rate = 5
-		mustNoErr(t, m.SetFlowConfig(FlowConfig{SampleRate: rate, ClusterID: 1}))
-		before, err := m.PolicyCounters()
-		mustNoErr(t, err)
-		isSampled := func(f Flow) bool { return f.Sampled }
+		dptest.NoErr(t, m.SetFlowConfig(flows.Config{SampleRate: rate, ClusterID: 1}))
+		before, err := m.Counters()
+		dptest.NoErr(t, err)
+		isSampled := func(f flows.Flow) bool { return f.Sampled }
 		already := len(e.matching(isSampled))
 		for range 40 {
 			e.wantUDP(3, at(ep1, 5353), "e1-5353")
 		}
-		mustNoErr(t, m.SetFlowConfig(FlowConfig{ClusterID: 1}))
-		after, err := m.PolicyCounters()
-		mustNoErr(t, err)
+		dptest.NoErr(t, m.SetFlowConfig(flows.Config{ClusterID: 1}))
+		after, err := m.Counters()
+		dptest.NoErr(t, err)
 		fwd := after.Forwarded[0] + after.Forwarded[1] - before.Forwarded[0] - before.Forwarded[1]
 		// Every CPU reports each rate-th of its own packets: within one
 		// per CPU of fwd/rate.
 		cpus := uint64(numCPU())
 		lo, hi := fwd/rate-min(cpus, fwd/rate), fwd/rate+cpus
 		testenv.WaitFor(t, 10*time.Second, "sampled events", func() bool {
-			c, err := m.PolicyCounters()
-			return err == nil && uint64(len(e.matching(func(f Flow) bool { return true }))) >= c.Events
+			c, err := m.Counters()
+			return err == nil && uint64(len(e.matching(func(f flows.Flow) bool { return true }))) >= c.Events
 		})
 		sampled := e.matching(isSampled)[already:]
 		if n := uint64(len(sampled)); n < lo || n > hi || fwd < 80 {
 			t.Fatalf("%d forwarded packets at 1 in %d: %d sampled events, want %d to %d", fwd, rate, n, lo, hi)
 		}
 		for _, f := range sampled {
-			if f.Verdict != VerdictForwarded || f.SampleRate != rate || f.Ifindex != ep1.ifindex {
+			if f.Verdict != flows.VerdictForwarded || f.SampleRate != rate || f.Ifindex != ep1.ifindex {
 				t.Fatalf("sampled event %+v", f)
 			}
-			want := Flow{SrcIdentity: envPeer3, SrcCluster: 3, DstIdentity: envEP, DstCluster: 1}
-			if f.Direction == Egress {
-				want = Flow{SrcIdentity: envEP, SrcCluster: 1, DstIdentity: envPeer3, DstCluster: 3}
+			want := flows.Flow{SrcIdentity: envPeer3, SrcCluster: 3, DstIdentity: envEP, DstCluster: 1}
+			if f.Direction == datapath.Egress {
+				want = flows.Flow{SrcIdentity: envEP, SrcCluster: 1, DstIdentity: envPeer3, DstCluster: 3}
 				if !f.Reply {
 					t.Fatalf("egress event not a reply: %+v", f)
 				}
@@ -465,12 +472,12 @@ func TestPolicyTraffic(t *testing.T) {
 	t.Run("both-ends", func(t *testing.T) {
 		defer e.use(t)()
 		// e2 enforces its egress too: it may reach e1:8080 only.
-		mustNoErr(t, m.UpsertPolicy(PolicyKey{Endpoint: envPeer2, Peer: envEP, Direction: Egress, Protocol: TCP, Port: 8080}))
+		dptest.NoErr(t, m.UpsertPolicy(Key{Endpoint: envPeer2, Peer: envEP, Direction: datapath.Egress, Protocol: datapath.TCP, Port: 8080}))
 		e.attach(2, envPeer2, false, true)
 		e.wantTCP(2, at(ep1, 8080), "e1-8080")
 		for _, f := range e.wantTCPDropped(2, at(ep1, 8081), 41030) {
 			// Dropped at e2's egress, before e1 sees it.
-			wantDrop(t, f, Egress, TCP, envPeer2, envEP, 1, 1, e.eps[2].ifindex)
+			wantDrop(t, f, datapath.Egress, datapath.TCP, envPeer2, envEP, 1, 1, e.eps[2].ifindex)
 		}
 		e.detach(2)
 	})
@@ -478,11 +485,11 @@ func TestPolicyTraffic(t *testing.T) {
 		defer e.use(t)()
 		// Every drop counted by the programs is one event read, none lost.
 		testenv.WaitFor(t, 10*time.Second, "every drop read", func() bool {
-			c, err := m.PolicyCounters()
+			c, err := m.Counters()
 			return err == nil && uint64(len(e.drops())) == c.Dropped()
 		})
-		c, err := m.PolicyCounters()
-		mustNoErr(t, err)
+		c, err := m.Counters()
+		dptest.NoErr(t, err)
 		if c.EventsLost != 0 || c.DroppedInvalid != [2]uint64{} {
 			t.Fatalf("counters %+v", c)
 		}
@@ -492,8 +499,8 @@ func TestPolicyTraffic(t *testing.T) {
 		defer e.use(t)()
 		e.detach(1)
 		e.wantTCP(4, at(ep1, 8081), "e1-8081")
-		atts, err := PolicyAttachments(m)
-		mustNoErr(t, err)
+		atts, err := m.Attachments()
+		dptest.NoErr(t, err)
 		if len(atts) != 0 {
 			t.Fatalf("attachments after detach: %v", atts)
 		}
@@ -513,7 +520,7 @@ func numCPU() int {
 // interface.
 func (e *polEnv) tcxPrograms(n int) (ingress, egress int) {
 	e.t.Helper()
-	err := inNetns(e.node, func() error {
+	err := dptest.InNetns(e.node, func() error {
 		for _, h := range []struct {
 			at  ebpf.AttachType
 			dst *int
@@ -526,7 +533,7 @@ func (e *polEnv) tcxPrograms(n int) (ingress, egress int) {
 		}
 		return nil
 	})
-	mustNoErr(e.t, err)
+	dptest.NoErr(e.t, err)
 	return ingress, egress
 }
 
@@ -541,23 +548,22 @@ func (e *polEnv) tcFilters(n int, hook string) string {
 }
 
 func TestPolicyAttach(t *testing.T) {
-	cfg := smallConfig("")
-	cfg.MaxPolicy, cfg.MaxPolicyCT, cfg.FlowRingBytes = 1<<12, 1<<12, 1<<16
+	cfg := Config{MaxPolicy: 1 << 12, MaxPolicyCT: 1 << 12, FlowRingBytes: 1 << 16}
 	e := newPolEnv(t, cfg, 1, 2, 3)
 	m := e.maps
 	top := t
 	ep1 := e.eps[1]
-	serveTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8080), "e1-8080")
-	serveTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8081), "e1-8081")
+	dptest.ServeTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8080), "e1-8080")
+	dptest.ServeTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8081), "e1-8081")
 	at := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(ep1.v4, port) }
-	mustNoErr(t, m.UpsertPolicy(PolicyKey{Endpoint: envEP, Peer: IdentityWorld, Direction: Ingress, Protocol: TCP, Port: 8080}))
+	dptest.NoErr(t, m.UpsertPolicy(Key{Endpoint: envEP, Peer: datapath.IdentityWorld, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080}))
 	sport := uint16(44000)
 	enforced := func(identity uint32) {
 		t.Helper()
 		e.wantTCP(2, at(8080), "e1-8080")
 		sport++
 		for _, f := range e.wantTCPDropped(2, at(8081), sport) {
-			wantDrop(t, f, Ingress, TCP, IdentityWorld, identity, 0, 1, ep1.ifindex)
+			wantDrop(t, f, datapath.Ingress, datapath.TCP, datapath.IdentityWorld, identity, 0, 1, ep1.ifindex)
 		}
 	}
 
@@ -574,22 +580,20 @@ func TestPolicyAttach(t *testing.T) {
 			}
 		}
 		enforced(envEP)
-		atts, err := PolicyAttachments(m)
-		mustNoErr(t, err)
-		if want := (map[int]PolicyEndpoint{ep1.ifindex: {Identity: envEP, EnforceIngress: true}}); !reflect.DeepEqual(atts, want) {
+		atts, err := m.Attachments()
+		dptest.NoErr(t, err)
+		if want := (map[int]Endpoint{ep1.ifindex: {Identity: envEP, EnforceIngress: true}}); !reflect.DeepEqual(atts, want) {
 			t.Fatalf("attachments %v, want %v", atts, want)
 		}
 	})
 	t.Run("restart", func(t *testing.T) {
 		defer e.use(t)()
-		// A new agent: its Maps (on the same pins) finds the links of the
-		// previous one and moves them to its own programs.
-		mustNoErr(t, m.Close())
-		m2, err := OpenMaps(m.Config())
-		mustNoErr(t, err)
-		top.Cleanup(func() { m2.Close() })
+		// A new agent: its Programs (on the same pins) find the links of
+		// the previous one and move them to its own programs.
+		dptest.NoErr(t, m.Close())
+		m2 := openPrograms(top, e.mesh, m.Config())
 		enforced(envEP) // still enforced in between
-		mustNoErr(t, inNetns(e.node, func() error { return AttachPolicy(m2, ep1.ifindex, envEP, true, false) }))
+		dptest.NoErr(t, dptest.InNetns(e.node, func() error { return m2.Attach(ep1.ifindex, envEP, true, false) }))
 		if in, eg := e.tcxPrograms(1); in != 1 || eg != 1 {
 			t.Fatalf("after restart: %d TCX ingress and %d egress programs, want 1 and 1", in, eg)
 		}
@@ -602,7 +606,7 @@ func TestPolicyAttach(t *testing.T) {
 		const other = envEP + 1
 		e.attach(1, other, true, false) // no entry allows anything to it
 		for _, f := range e.wantTCPDropped(2, at(8080), 43001) {
-			wantDrop(t, f, Ingress, TCP, IdentityWorld, other, 0, 1, ep1.ifindex)
+			wantDrop(t, f, datapath.Ingress, datapath.TCP, datapath.IdentityWorld, other, 0, 1, ep1.ifindex)
 		}
 		e.attach(1, envEP, true, false)
 	})
@@ -613,8 +617,7 @@ func TestPolicyAttach(t *testing.T) {
 			t.Fatalf("after detach: %d TCX ingress and %d egress programs", in, eg)
 		}
 		e.wantTCP(2, at(8081), "e1-8081")
-		forceClsact = true
-		defer func() { forceClsact = false }()
+		forceClsact(t, m, true)
 		e.attach(1, envEP, true, false)
 		e.attach(1, envEP, true, false) // replaced, not added
 		for _, hook := range []string{"ingress", "egress"} {
@@ -628,13 +631,13 @@ func TestPolicyAttach(t *testing.T) {
 		}
 		enforced(envEP)
 		// Back to TCX: the filters go.
-		forceClsact = false
+		forceClsact(t, m, false)
 		e.attach(1, envEP, true, false)
 		if out := e.tcFilters(1, "ingress") + e.tcFilters(1, "egress"); bytes.Contains([]byte(out), []byte("cm_policy_")) {
 			t.Fatalf("filters left after moving to TCX:\n%s", out)
 		}
 		enforced(envEP)
-		forceClsact = true
+		forceClsact(t, m, true)
 		e.detach(1)
 		e.attach(1, envEP, true, false)
 		e.detach(1)
@@ -647,21 +650,21 @@ func TestPolicyAttach(t *testing.T) {
 		defer e.use(t)()
 		e.attach(2, envPeer2, true, true)
 		ifindex := e.eps[2].ifindex
-		run(t, "ip", "-n", e.node, "link", "del", e.eps[2].host)
-		mustNoErr(t, DetachPolicy(m, ifindex))
+		dptest.Run(t, "ip", "-n", e.node, "link", "del", e.eps[2].host)
+		dptest.NoErr(t, m.Detach(ifindex))
 		for _, h := range policyHooks {
 			if _, err := os.Stat(m.linkPin(ifindex, h)); !errors.Is(err, fs.ErrNotExist) {
 				t.Fatalf("pin of a detached link: %v", err)
 			}
 		}
-		err := inNetns(e.node, func() error { return AttachPolicy(m, ifindex, envPeer2, true, true) })
-		wantErrIs(t, err, ErrNoInterface)
-		wantErrIs(t, AttachPolicyByName(m, "nonexistent0", 5, true, true), ErrNoInterface)
+		err := dptest.InNetns(e.node, func() error { return m.Attach(ifindex, envPeer2, true, true) })
+		dptest.ErrIs(t, err, ErrNoInterface)
+		dptest.ErrIs(t, m.AttachByName("nonexistent0", 5, true, true), ErrNoInterface)
 	})
 	t.Run("remove-pins", func(t *testing.T) {
 		defer e.use(t)()
 		e.attach(1, envEP, true, false)
-		mustNoErr(t, RemovePins(m.Config().PinDir))
+		dptest.NoErr(t, RemovePins(m.pinDir))
 		if in, eg := e.tcxPrograms(1); in != 0 || eg != 0 {
 			t.Fatalf("after RemovePins: %d TCX ingress and %d egress programs", in, eg)
 		}
@@ -673,12 +676,11 @@ func TestPolicyAttach(t *testing.T) {
 // interface is refused with ErrFull naming that option; once the first is
 // detached, the second attaches.
 func TestPolicyEndpointsFull(t *testing.T) {
-	cfg := smallConfig("")
-	cfg.MaxPolicy, cfg.MaxPolicyCT, cfg.FlowRingBytes, cfg.MaxPolicyEndpoints = 1<<10, 1<<10, 1<<14, 1
+	cfg := Config{MaxPolicy: 1 << 10, MaxPolicyCT: 1 << 10, FlowRingBytes: 1 << 14, MaxPolicyEndpoints: 1}
 	e := newPolEnv(t, cfg, 1, 2)
 	e.attach(1, envEP, true, true)
-	err := inNetns(e.node, func() error { return AttachPolicyByName(e.maps, e.eps[2].host, envPeer2, true, true) })
-	wantFull(t, err, "max-policy-endpoint-entries")
+	err := dptest.InNetns(e.node, func() error { return e.maps.AttachByName(e.eps[2].host, envPeer2, true, true) })
+	dptest.WantFull(t, err, "max-policy-endpoint-entries")
 	t.Logf("error: %v", err)
 	e.detach(1)
 	e.attach(2, envPeer2, true, true)

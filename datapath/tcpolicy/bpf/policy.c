@@ -42,9 +42,10 @@
  * Allowed packets return TC_ACT_UNSPEC (TCX_NEXT): the next program or the
  * default action decides; dropped ones TC_ACT_SHOT.
  *
- * Layouts: datapath/layout.go and datapath/policy_layout.go. The Go loader
- * replaces every map below with the live pinned one (MapReplacements), so
- * max_entries here is a placeholder.
+ * Layouts: datapath/layout.go (cm_ipcache), datapath/tcpolicy/layout.go
+ * (the policy maps) and datapath/flows/layout.go (the events, the counters).
+ * The Go loader replaces every map below with the live pinned one
+ * (MapReplacements), so max_entries here is a placeholder.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -209,7 +210,7 @@ struct cm_flow_event {
 	__u32 pad2;
 };
 
-/* The Go decoder (decodeFlow in datapath/policy_layout.go) reads these
+/* The Go decoder (decode in datapath/flows/layout.go) reads these
  * offsets; the events carry no BTF. */
 #define CHECK_OFF(f, off) _Static_assert(__builtin_offsetof(struct cm_flow_event, f) == off, #f)
 CHECK_OFF(timestamp, 0);

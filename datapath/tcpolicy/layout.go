@@ -1,7 +1,8 @@
-package datapath
+package tcpolicy
 
 // Binary layout of the policy maps (bpf/policy.c, docs/datapath-policy.md),
-// pinned beside the maps of layout.go. Native-endian except ports (network
+// pinned beside the mesh maps of package datapath (datapath/layout.go),
+// whose cm_ipcache the programs read. Native-endian except ports (network
 // byte order); no implicit padding; IPv4 addresses in the first 4 bytes of
 // 16.
 //
@@ -62,46 +63,10 @@ package datapath
 //		__u32 pad;
 //	};
 //
-//	/* cm_policy_metrics: BPF_MAP_TYPE_PERCPU_ARRAY of __u64, 16 counters
-//	 * (policyCounter*). */
-//
-//	/* cm_policy_flows: BPF_MAP_TYPE_RINGBUF of Config.FlowRingBytes
-//	 * (default 4 MiB), records of: */
-//	struct cm_flow_event {           /* 80 bytes */
-//		__u64 timestamp;             /* CLOCK_MONOTONIC ns */
-//		__u8  src_addr[16], dst_addr[16];
-//		__u32 src_identity, dst_identity;
-//		__u32 ifindex;               /* host-side interface */
-//		__u32 len;                   /* packet length */
-//		__u32 sample_rate;           /* the rate when it was reported */
-//		__be16 src_port, dst_port;
-//		__u16 src_cluster, dst_cluster;
-//		__u8  family, proto, verdict, reason, direction, flags;
-//		__u16 pad; __u32 pad2;
-//	};
-
-import (
-	"encoding/binary"
-	"net/netip"
-	"time"
-
-	"github.com/clustermesh/clustermesh/datapath/internal/bpfmap"
-)
-
-// Names of the policy maps, and of the directory of pinned tc links,
-// inside Config.PinDir.
-const (
-	PolicyMapName          = "cm_policy"
-	PolicyEndpointsMapName = "cm_policy_endpoints"
-	PolicyConfigMapName    = "cm_policy_config"
-	PolicyCTMapName        = "cm_policy_ct"
-	PolicyMetricsMapName   = "cm_policy_metrics"
-	FlowsMapName           = "cm_policy_flows"
-	PolicyLinksDir         = "cm_policy_links"
-)
-
-// policyMapNames lists the pinned policy maps (RemovePins).
-var policyMapNames = []string{PolicyMapName, PolicyEndpointsMapName, PolicyConfigMapName, PolicyCTMapName, PolicyMetricsMapName, FlowsMapName}
+//	/* cm_policy_metrics: BPF_MAP_TYPE_PERCPU_ARRAY of __u64, 16 counters,
+//	 * and cm_policy_flows: BPF_MAP_TYPE_RINGBUF of Config.FlowRingBytes
+//	 * (default 4 MiB) of struct cm_flow_event: written by the programs, read
+//	 * by package datapath/flows (its layout.go). */
 
 // Prefix lengths of cm_policy entries.
 const (
@@ -121,20 +86,6 @@ const (
 	cfgTraceNew   uint16 = 1
 	cfgHasAnyPeer uint16 = 2
 	cfgStrict     uint16 = 4
-)
-
-// Indexes of cm_policy_metrics.
-const (
-	policyCounterForwardedIngress = iota
-	policyCounterForwardedEgress
-	policyCounterDroppedPolicyIngress
-	policyCounterDroppedPolicyEgress
-	policyCounterDroppedInvalidIngress
-	policyCounterDroppedInvalidEgress
-	policyCounterEvents
-	policyCounterEventsLost
-	policyCounterCTCreated
-	policyCounters = 16
 )
 
 // policyKey is struct cm_policy_key.
@@ -191,6 +142,9 @@ type ctValue struct {
 	Pad          uint32
 }
 
+// metricsSlots is the size of cm_policy_metrics (package flows reads it).
+const metricsSlots = 16
+
 // Sizes of the structs above, checked by the tests against binary.Size and
 // the program's BTF.
 const (
@@ -200,47 +154,4 @@ const (
 	policyConfigSize   = 16
 	ctKeySize          = 44
 	ctValueSize        = 24
-	flowEventSize      = 80
-)
-
-// decodeFlow decodes a struct cm_flow_event; ok is false when b is short.
-// monoToWall converts the event's CLOCK_MONOTONIC timestamp.
-func decodeFlow(b []byte, monoToWall func(uint64) time.Time) (f Flow, ok bool) {
-	if len(b) < flowEventSize {
-		return Flow{}, false
-	}
-	ne := binary.NativeEndian
-	family := b[68]
-	src := bpfmap.DecodeAddr([16]byte(b[8:24]), family)
-	dst := bpfmap.DecodeAddr([16]byte(b[24:40]), family)
-	f = Flow{
-		Time:        monoToWall(ne.Uint64(b[0:8])),
-		SrcIdentity: ne.Uint32(b[40:44]),
-		DstIdentity: ne.Uint32(b[44:48]),
-		Ifindex:     int(ne.Uint32(b[48:52])),
-		Bytes:       ne.Uint32(b[52:56]),
-		SampleRate:  ne.Uint32(b[56:60]),
-		SrcCluster:  ne.Uint16(b[64:66]),
-		DstCluster:  ne.Uint16(b[66:68]),
-		Protocol:    Protocol(b[69]),
-		Verdict:     Verdict(b[70]),
-		DropReason:  DropReason(b[71]),
-		Direction:   Direction(b[72]),
-	}
-	f.Src = netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[60:62]))
-	f.Dst = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(b[62:64]))
-	flags := b[73]
-	f.Reply = flags&flowReply != 0
-	f.New = flags&flowNew != 0
-	f.Sampled = flags&flowSampled != 0
-	f.Fragment = flags&flowFragment != 0
-	return f, true
-}
-
-// Flow event flags.
-const (
-	flowReply    = 1
-	flowNew      = 2
-	flowSampled  = 4
-	flowFragment = 8
 )
