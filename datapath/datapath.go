@@ -15,6 +15,12 @@
 // host-side veth (datapath/tcpolicy), whose flow events package
 // datapath/flows decodes. Whoever composes an agent removes each package's
 // pins (RemovePins of each).
+//
+// Its surface (about 40 names, 80 with their methods) is larger than one
+// concept's because Maps and Memory each carry every method of Datapath,
+// and because the vocabulary all the datapath packages share lives here,
+// so that none of them imports another for it: Protocol, Direction,
+// IdentityWorld, SizeOption, and the sentinel errors they wrap.
 package datapath
 
 import (

@@ -17,26 +17,53 @@ import (
 // a missing backend is mirrored as id 0, so that the next upsert of its
 // frontend rewrites it.
 func (m *Maps) rebuild() error {
-	var maxID uint32
+	badIPC, err := m.rebuildIPCache()
+	if err != nil {
+		return err
+	}
+	badBackends, maxID, err := m.rebuildBackends()
+	if err != nil {
+		return err
+	}
+	badSlots, maxSlotID, err := m.rebuildServices()
+	if err != nil {
+		return err
+	}
+	if err := m.repair(badIPC, badSlots, badBackends); err != nil {
+		return fmt.Errorf("datapath: repair pinned maps in %s: %w", m.cfg.PinDir, err)
+	}
+	maxID = max(maxID, maxSlotID)
+	m.nextID = 1
+	if maxID < math.MaxUint32 {
+		m.nextID = maxID + 1
+	}
+	return nil
+}
 
-	var badIPC []ipcacheKey
+// rebuildIPCache mirrors cm_ipcache and returns the keys it cannot decode.
+func (m *Maps) rebuildIPCache() ([]ipcacheKey, error) {
+	var bad []ipcacheKey
 	err := bpfmap.Dump(m.ipcache, func(k *ipcacheKey, v *ipcacheValue) {
 		p, ok := k.prefix()
 		if !ok || p != p.Masked() || k.Pad != [3]uint8{} {
-			badIPC = append(badIPC, *k)
+			bad = append(bad, *k)
 			return
 		}
 		m.mirrorIPC(p, v.entry())
 	})
 	if err != nil {
-		return fmt.Errorf("datapath: read pinned ipcache: %w", err)
+		return nil, fmt.Errorf("datapath: read pinned ipcache: %w", err)
 	}
+	return bad, nil
+}
 
-	var badBackends []uint32
+// rebuildBackends mirrors cm_backends and returns the ids it cannot decode
+// and the highest id seen.
+func (m *Maps) rebuildBackends() (bad []uint32, maxID uint32, err error) {
 	err = bpfmap.Dump(m.backends, func(id *uint32, v *backendValue) {
 		b := v.backend()
 		if *id == 0 || !b.Addr.IsValid() {
-			badBackends = append(badBackends, *id)
+			bad = append(bad, *id)
 			return
 		}
 		maxID = max(maxID, *id)
@@ -46,20 +73,27 @@ func (m *Maps) rebuild() error {
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("datapath: read pinned backends: %w", err)
+		return nil, 0, fmt.Errorf("datapath: read pinned backends: %w", err)
 	}
+	return bad, maxID, nil
+}
 
-	type rawService struct {
-		master bool
-		count  uint16
-		slots  map[uint16]uint32
-	}
+// rawService is one frontend's entries as read from cm_services.
+type rawService struct {
+	master bool
+	count  uint16
+	slots  map[uint16]uint32
+}
+
+// rebuildServices mirrors cm_services (after the backends, whose refcounts
+// it fills) and returns the slots to delete and the highest backend id a
+// slot names.
+func (m *Maps) rebuildServices() (bad []serviceKey, maxID uint32, err error) {
 	raw := make(map[Frontend]*rawService)
-	var badSlots []serviceKey
 	err = bpfmap.Dump(m.services, func(k *serviceKey, v *serviceValue) {
 		f := k.frontend()
 		if !f.Addr.IsValid() || k.Pad != 0 {
-			badSlots = append(badSlots, *k)
+			bad = append(bad, *k)
 			return
 		}
 		r := raw[f]
@@ -75,12 +109,12 @@ func (m *Maps) rebuild() error {
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("datapath: read pinned services: %w", err)
+		return nil, 0, fmt.Errorf("datapath: read pinned services: %w", err)
 	}
 	for f, r := range raw {
 		if !r.master {
 			for s := range r.slots {
-				badSlots = append(badSlots, makeServiceKey(f, s))
+				bad = append(bad, makeServiceKey(f, s))
 			}
 			continue
 		}
@@ -95,12 +129,16 @@ func (m *Maps) rebuild() error {
 			}
 		}
 		for s := range r.slots { // beyond count
-			badSlots = append(badSlots, makeServiceKey(f, s))
+			bad = append(bad, makeServiceKey(f, s))
 		}
 		m.svcs[f] = st
 	}
+	return bad, maxID, nil
+}
 
-	// Repair.
+// repair deletes the entries rebuild found bad, and the backends no slot
+// refers to.
+func (m *Maps) repair(badIPC []ipcacheKey, badSlots []serviceKey, badBackends []uint32) error {
 	var errs []error
 	for _, k := range badIPC {
 		if err := m.ipcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -124,13 +162,5 @@ func (m *Maps) rebuild() error {
 		}
 	}
 	errs = append(errs, m.collect(unreferenced))
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("datapath: repair pinned maps in %s: %w", m.cfg.PinDir, err)
-	}
-
-	m.nextID = 1
-	if maxID < math.MaxUint32 {
-		m.nextID = maxID + 1
-	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -108,6 +108,20 @@ func noErrors(t *testing.T, r clientResp) {
 	}
 }
 
+// The frontends of TestSockLB, each with every backend of allBackends at
+// its weight.
+var (
+	svcTCP  = dptest.Frontend("10.96.0.10:80", datapath.TCP)
+	svcUDP  = dptest.Frontend("10.96.0.10:53", datapath.UDP)
+	svcTCP6 = dptest.Frontend("[fd00:96::10]:80", datapath.TCP)
+	svcUDP6 = dptest.Frontend("[fd00:96::10]:53", datapath.UDP)
+)
+
+const tcpAddr = "10.96.0.10:80"
+
+// TestSockLB runs its cases in order on one environment (each case's
+// function says what it checks): servers for every backend in every
+// cluster, and the frontends above.
 func TestSockLB(t *testing.T) {
 	e := newLBEnv(t, 3, 2)
 	for _, b := range allBackends {
@@ -117,196 +131,210 @@ func TestSockLB(t *testing.T) {
 		dptest.ServeUDP(t, ns, b.addr4(backendPort), b.name)
 		dptest.ServeUDP(t, ns, b.addr6(backendPort), b.name)
 	}
-	svcTCP := dptest.Frontend("10.96.0.10:80", datapath.TCP)
-	svcUDP := dptest.Frontend("10.96.0.10:53", datapath.UDP)
-	svcTCP6 := dptest.Frontend("[fd00:96::10]:80", datapath.TCP)
-	svcUDP6 := dptest.Frontend("[fd00:96::10]:53", datapath.UDP)
 	dptest.NoErr(t, e.maps.UpsertService(svcTCP, slots(false, datapath.TCP, allBackends)))
 	dptest.NoErr(t, e.maps.UpsertService(svcUDP, slots(false, datapath.UDP, allBackends)))
 	dptest.NoErr(t, e.maps.UpsertService(svcTCP6, slots(true, datapath.TCP, allBackends)))
 	dptest.NoErr(t, e.maps.UpsertService(svcUDP6, slots(true, datapath.UDP, allBackends)))
-	tcpAddr := "10.96.0.10:80"
+	for _, c := range []struct {
+		name string
+		run  func(*testing.T, *lbEnv)
+	}{
+		{"tcp-weights-across-clusters", lbTCPWeights},
+		{"udp-unconnected-replies-from-service", lbUDPUnconnected},
+		{"udp-connected", lbUDPConnected},
+		{"ipv6", lbIPv6},
+		{"ipv4-service-from-dual-stack-socket", lbIPv4FromDualStack},
+		{"other-addresses-untouched", lbOtherAddresses},
+		{"removed-backend-gets-no-new-connections", lbRemovedBackend},
+		{"zero-backends-refuses", lbZeroBackends},
+		{"revnat-entries", lbRevNATEntries},
+		{"udp-reconnect-away-forgets", lbUDPReconnectAway},
+		{"getpeername-survives-reattach", lbGetpeernameReattach},
+		{"detached-after-close", lbDetachedAfterClose},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.run(t, e) })
+	}
+}
 
-	t.Run("tcp-weights-across-clusters", func(t *testing.T) {
-		const n = 4000
-		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: n})
-		noErrors(t, r)
-		checkWeights(t, r.Replies, allBackends)
-		// (3) getpeername on every connected socket reads the service.
-		wantOnly(t, "getpeername", r.Peers, tcpAddr, n)
-	})
+func lbTCPWeights(t *testing.T, e *lbEnv) {
+	const n = 4000
+	r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: n})
+	noErrors(t, r)
+	checkWeights(t, r.Replies, allBackends)
+	// (3) getpeername on every connected socket reads the service.
+	wantOnly(t, "getpeername", r.Peers, tcpAddr, n)
+}
 
-	t.Run("udp-unconnected-replies-from-service", func(t *testing.T) {
-		const n = 2000
-		r := e.runClient(clientReq{Op: "udp", Addr: "10.96.0.10:53", N: n})
-		noErrors(t, r)
-		wantOnly(t, "recvfrom source", r.Peers, "10.96.0.10:53", n)
-		checkWeights(t, r.Replies, allBackends)
-	})
+func lbUDPUnconnected(t *testing.T, e *lbEnv) {
+	const n = 2000
+	r := e.runClient(clientReq{Op: "udp", Addr: "10.96.0.10:53", N: n})
+	noErrors(t, r)
+	wantOnly(t, "recvfrom source", r.Peers, "10.96.0.10:53", n)
+	checkWeights(t, r.Replies, allBackends)
+}
 
-	t.Run("udp-connected", func(t *testing.T) {
-		const n = 300
-		r := e.runClient(clientReq{Op: "udp-connected", Addr: "10.96.0.10:53", N: n})
-		noErrors(t, r)
-		wantOnly(t, "getpeername", r.Peers, "10.96.0.10:53", n)
-		if len(r.Replies) != len(allBackends) {
-			t.Errorf("replies from %v, want all of %d backends", r.Replies, len(allBackends))
-		}
-	})
+func lbUDPConnected(t *testing.T, e *lbEnv) {
+	const n = 300
+	r := e.runClient(clientReq{Op: "udp-connected", Addr: "10.96.0.10:53", N: n})
+	noErrors(t, r)
+	wantOnly(t, "getpeername", r.Peers, "10.96.0.10:53", n)
+	if len(r.Replies) != len(allBackends) {
+		t.Errorf("replies from %v, want all of %d backends", r.Replies, len(allBackends))
+	}
+}
 
-	t.Run("ipv6", func(t *testing.T) {
-		const n = 1000
-		r := e.runClient(clientReq{Op: "tcp", Addr: "[fd00:96::10]:80", N: n})
-		noErrors(t, r)
-		checkWeights(t, r.Replies, allBackends)
-		wantOnly(t, "getpeername", r.Peers, "[fd00:96::10]:80", n)
-		r = e.runClient(clientReq{Op: "udp", Addr: "[fd00:96::10]:53", N: n})
-		noErrors(t, r)
-		wantOnly(t, "recvfrom source", r.Peers, "[fd00:96::10]:53", n)
-		checkWeights(t, r.Replies, allBackends)
-		r = e.runClient(clientReq{Op: "udp-connected", Addr: "[fd00:96::10]:53", N: 100})
-		noErrors(t, r)
-		wantOnly(t, "getpeername", r.Peers, "[fd00:96::10]:53", 100)
-	})
+func lbIPv6(t *testing.T, e *lbEnv) {
+	const n = 1000
+	r := e.runClient(clientReq{Op: "tcp", Addr: "[fd00:96::10]:80", N: n})
+	noErrors(t, r)
+	checkWeights(t, r.Replies, allBackends)
+	wantOnly(t, "getpeername", r.Peers, "[fd00:96::10]:80", n)
+	r = e.runClient(clientReq{Op: "udp", Addr: "[fd00:96::10]:53", N: n})
+	noErrors(t, r)
+	wantOnly(t, "recvfrom source", r.Peers, "[fd00:96::10]:53", n)
+	checkWeights(t, r.Replies, allBackends)
+	r = e.runClient(clientReq{Op: "udp-connected", Addr: "[fd00:96::10]:53", N: 100})
+	noErrors(t, r)
+	wantOnly(t, "getpeername", r.Peers, "[fd00:96::10]:53", 100)
+}
 
-	t.Run("ipv4-service-from-dual-stack-socket", func(t *testing.T) {
-		// connect6 to ::ffff:10.96.0.10 reaches the IPv4 service's backends
-		// (in v4-mapped form); getpeername6 reads the mapped service.
-		const n = 400
-		r := e.runClient(clientReq{Op: "tcp-mapped", Addr: tcpAddr, N: n})
-		noErrors(t, r)
-		checkWeights(t, r.Replies, allBackends)
-		wantOnly(t, "getpeername", r.Peers, "[::ffff:10.96.0.10]:80", n)
-	})
+func lbIPv4FromDualStack(t *testing.T, e *lbEnv) {
+	// connect6 to ::ffff:10.96.0.10 reaches the IPv4 service's backends
+	// (in v4-mapped form); getpeername6 reads the mapped service.
+	const n = 400
+	r := e.runClient(clientReq{Op: "tcp-mapped", Addr: tcpAddr, N: n})
+	noErrors(t, r)
+	checkWeights(t, r.Replies, allBackends)
+	wantOnly(t, "getpeername", r.Peers, "[::ffff:10.96.0.10]:80", n)
+}
 
-	t.Run("other-addresses-untouched", func(t *testing.T) {
-		// A backend dialled directly is not a frontend: no rewrite, and
-		// getpeername reads the backend itself.
-		direct := c2a.addr4(backendPort).String()
-		r := e.runClient(clientReq{Op: "tcp", Addr: direct, N: 20})
-		noErrors(t, r)
-		wantOnly(t, "replies", r.Replies, "c2-a", 20)
-		wantOnly(t, "getpeername", r.Peers, direct, 20)
-		// Same address, another port or protocol: not the service.
-		r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.10:81", N: 3})
-		wantOnly(t, "errors", r.Errors, "ENETUNREACH", 3)
-		r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.10:53", N: 3})
-		wantOnly(t, "errors", r.Errors, "ENETUNREACH", 3)
-	})
+func lbOtherAddresses(t *testing.T, e *lbEnv) {
+	// A backend dialled directly is not a frontend: no rewrite, and
+	// getpeername reads the backend itself.
+	direct := c2a.addr4(backendPort).String()
+	r := e.runClient(clientReq{Op: "tcp", Addr: direct, N: 20})
+	noErrors(t, r)
+	wantOnly(t, "replies", r.Replies, "c2-a", 20)
+	wantOnly(t, "getpeername", r.Peers, direct, 20)
+	// Same address, another port or protocol: not the service.
+	r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.10:81", N: 3})
+	wantOnly(t, "errors", r.Errors, "ENETUNREACH", 3)
+	r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.10:53", N: 3})
+	wantOnly(t, "errors", r.Errors, "ENETUNREACH", 3)
+}
 
-	t.Run("removed-backend-gets-no-new-connections", func(t *testing.T) {
-		rest := []lbBackend{c1a, c1b, c2a}
-		dptest.NoErr(t, e.maps.UpsertService(svcTCP, slots(false, datapath.TCP, rest)))
-		dptest.NoErr(t, e.maps.UpsertService(svcUDP, slots(false, datapath.UDP, rest)))
-		const n = 1000
-		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: n})
-		noErrors(t, r)
-		if r.Replies["c3-a"] != 0 {
-			t.Errorf("the removed backend c3-a got %d of %d connections", r.Replies["c3-a"], n)
-		}
-		checkWeights(t, r.Replies, rest)
-		r = e.runClient(clientReq{Op: "udp", Addr: "10.96.0.10:53", N: n})
-		noErrors(t, r)
-		if r.Replies["c3-a"] != 0 {
-			t.Errorf("the removed backend c3-a got %d of %d datagrams", r.Replies["c3-a"], n)
-		}
-		// Back again.
-		dptest.NoErr(t, e.maps.UpsertService(svcTCP, slots(false, datapath.TCP, allBackends)))
-		r = e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 400})
-		noErrors(t, r)
-		if r.Replies["c3-a"] == 0 {
-			t.Errorf("c3-a, added back, got none of 400 connections: %v", r.Replies)
-		}
-	})
+func lbRemovedBackend(t *testing.T, e *lbEnv) {
+	rest := []lbBackend{c1a, c1b, c2a}
+	dptest.NoErr(t, e.maps.UpsertService(svcTCP, slots(false, datapath.TCP, rest)))
+	dptest.NoErr(t, e.maps.UpsertService(svcUDP, slots(false, datapath.UDP, rest)))
+	const n = 1000
+	r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: n})
+	noErrors(t, r)
+	if r.Replies["c3-a"] != 0 {
+		t.Errorf("the removed backend c3-a got %d of %d connections", r.Replies["c3-a"], n)
+	}
+	checkWeights(t, r.Replies, rest)
+	r = e.runClient(clientReq{Op: "udp", Addr: "10.96.0.10:53", N: n})
+	noErrors(t, r)
+	if r.Replies["c3-a"] != 0 {
+		t.Errorf("the removed backend c3-a got %d of %d datagrams", r.Replies["c3-a"], n)
+	}
+	// Back again.
+	dptest.NoErr(t, e.maps.UpsertService(svcTCP, slots(false, datapath.TCP, allBackends)))
+	r = e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 400})
+	noErrors(t, r)
+	if r.Replies["c3-a"] == 0 {
+		t.Errorf("c3-a, added back, got none of 400 connections: %v", r.Replies)
+	}
+}
 
-	t.Run("zero-backends-refuses", func(t *testing.T) {
-		empty := dptest.Frontend("10.96.0.20:80", datapath.TCP)
-		emptyUDP := dptest.Frontend("10.96.0.20:53", datapath.UDP)
-		emptyTCP6 := dptest.Frontend("[fd00:96::20]:80", datapath.TCP)
-		dptest.NoErr(t, e.maps.UpsertService(empty, nil))
-		dptest.NoErr(t, e.maps.UpsertService(emptyUDP, nil))
-		dptest.NoErr(t, e.maps.UpsertService(emptyTCP6, nil))
-		r := e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 10})
-		wantOnly(t, "tcp errors", r.Errors, "ECONNREFUSED", 10)
-		r = e.runClient(clientReq{Op: "udp", Addr: "10.96.0.20:53", N: 10})
-		wantOnly(t, "udp errors", r.Errors, "ECONNREFUSED", 10)
-		r = e.runClient(clientReq{Op: "udp-connected", Addr: "10.96.0.20:53", N: 10})
-		wantOnly(t, "connected udp errors", r.Errors, "ECONNREFUSED", 10)
-		r = e.runClient(clientReq{Op: "tcp", Addr: "[fd00:96::20]:80", N: 10})
-		wantOnly(t, "tcp6 errors", r.Errors, "ECONNREFUSED", 10)
+func lbZeroBackends(t *testing.T, e *lbEnv) {
+	empty := dptest.Frontend("10.96.0.20:80", datapath.TCP)
+	emptyUDP := dptest.Frontend("10.96.0.20:53", datapath.UDP)
+	emptyTCP6 := dptest.Frontend("[fd00:96::20]:80", datapath.TCP)
+	dptest.NoErr(t, e.maps.UpsertService(empty, nil))
+	dptest.NoErr(t, e.maps.UpsertService(emptyUDP, nil))
+	dptest.NoErr(t, e.maps.UpsertService(emptyTCP6, nil))
+	r := e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 10})
+	wantOnly(t, "tcp errors", r.Errors, "ECONNREFUSED", 10)
+	r = e.runClient(clientReq{Op: "udp", Addr: "10.96.0.20:53", N: 10})
+	wantOnly(t, "udp errors", r.Errors, "ECONNREFUSED", 10)
+	r = e.runClient(clientReq{Op: "udp-connected", Addr: "10.96.0.20:53", N: 10})
+	wantOnly(t, "connected udp errors", r.Errors, "ECONNREFUSED", 10)
+	r = e.runClient(clientReq{Op: "tcp", Addr: "[fd00:96::20]:80", N: 10})
+	wantOnly(t, "tcp6 errors", r.Errors, "ECONNREFUSED", 10)
 
-		// Backends appear: the same frontend serves.
-		dptest.NoErr(t, e.maps.UpsertService(empty, slots(false, datapath.TCP, []lbBackend{c2a})))
-		r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 10})
-		noErrors(t, r)
-		wantOnly(t, "replies", r.Replies, "c2-a", 10)
-		// Deleted: no longer a frontend at all, so no longer refused.
-		dptest.NoErr(t, e.maps.DeleteService(empty))
-		r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 3})
-		wantOnly(t, "errors after delete", r.Errors, "ENETUNREACH", 3)
-	})
+	// Backends appear: the same frontend serves.
+	dptest.NoErr(t, e.maps.UpsertService(empty, slots(false, datapath.TCP, []lbBackend{c2a})))
+	r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 10})
+	noErrors(t, r)
+	wantOnly(t, "replies", r.Replies, "c2-a", 10)
+	// Deleted: no longer a frontend at all, so no longer refused.
+	dptest.NoErr(t, e.maps.DeleteService(empty))
+	r = e.runClient(clientReq{Op: "tcp", Addr: "10.96.0.20:80", N: 3})
+	wantOnly(t, "errors after delete", r.Errors, "ENETUNREACH", 3)
+}
 
-	t.Run("revnat-entries", func(t *testing.T) {
-		var k [32]byte
-		var v [20]byte
-		n := 0
-		it := e.lb.objs.CmSockRevnat.Iterate()
-		for it.Next(&k, &v) {
-			n++
-		}
-		dptest.NoErr(t, it.Err())
-		if n == 0 {
-			t.Errorf("no reverse translation recorded")
-		}
-		if _, err := os.Stat(filepath.Join(e.maps.Config().PinDir, RevNATMapName)); err != nil {
-			t.Errorf("reverse translation map not pinned: %v", err)
-		}
-	})
+func lbRevNATEntries(t *testing.T, e *lbEnv) {
+	var k [32]byte
+	var v [20]byte
+	n := 0
+	it := e.lb.objs.CmSockRevnat.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	dptest.NoErr(t, it.Err())
+	if n == 0 {
+		t.Errorf("no reverse translation recorded")
+	}
+	if _, err := os.Stat(filepath.Join(e.maps.Config().PinDir, RevNATMapName)); err != nil {
+		t.Errorf("reverse translation map not pinned: %v", err)
+	}
+}
 
-	t.Run("udp-reconnect-away-forgets", func(t *testing.T) {
-		// A UDP socket connected to the service, then to a backend
-		// directly, has that backend as its peer and source of replies.
-		direct := c2a.addr4(backendPort).String()
-		const n = 50
-		r := e.runClient(clientReq{Op: "udp-reconnect", Addr: "10.96.0.10:53", Addr2: direct, N: n})
-		noErrors(t, r)
-		want := map[string]int{"1 10.96.0.10:53": n, "2 " + direct: n, "from " + direct: n}
-		if !reflect.DeepEqual(r.Peers, want) {
-			t.Errorf("peers %v, want %v", r.Peers, want)
-		}
-		wantOnly(t, "replies", r.Replies, "c2-a", n)
-	})
+func lbUDPReconnectAway(t *testing.T, e *lbEnv) {
+	// A UDP socket connected to the service, then to a backend
+	// directly, has that backend as its peer and source of replies.
+	direct := c2a.addr4(backendPort).String()
+	const n = 50
+	r := e.runClient(clientReq{Op: "udp-reconnect", Addr: "10.96.0.10:53", Addr2: direct, N: n})
+	noErrors(t, r)
+	want := map[string]int{"1 10.96.0.10:53": n, "2 " + direct: n, "from " + direct: n}
+	if !reflect.DeepEqual(r.Peers, want) {
+		t.Errorf("peers %v, want %v", r.Peers, want)
+	}
+	wantOnly(t, "replies", r.Replies, "c2-a", n)
+}
 
-	t.Run("getpeername-survives-reattach", func(t *testing.T) {
-		h, first := e.startHolder(tcpAddr)
-		if first != tcpAddr {
-			t.Fatalf("getpeername right after connect: %s, want %s", first, tcpAddr)
-		}
-		// Detached: the kernel's own answer, the backend.
-		dptest.NoErr(t, e.lb.Close())
-		backend := h.peer()
-		if backend == tcpAddr || !strings.HasPrefix(backend, "10.200.") {
-			t.Errorf("getpeername with the programs detached: %s, want a backend's address", backend)
-		}
-		// Attached again (an agent restart): the pinned socket storage
-		// still holds the translation.
-		lb, err := Attach(e.maps, e.cgroup, Config{})
-		dptest.NoErr(t, err)
-		e.t.Cleanup(func() { lb.Close() })
-		e.lb = lb
-		if got := h.peer(); got != tcpAddr {
-			t.Errorf("getpeername after re-attaching: %s, want %s", got, tcpAddr)
-		}
-		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 20})
-		noErrors(t, r)
-	})
+func lbGetpeernameReattach(t *testing.T, e *lbEnv) {
+	h, first := e.startHolder(tcpAddr)
+	if first != tcpAddr {
+		t.Fatalf("getpeername right after connect: %s, want %s", first, tcpAddr)
+	}
+	// Detached: the kernel's own answer, the backend.
+	dptest.NoErr(t, e.lb.Close())
+	backend := h.peer()
+	if backend == tcpAddr || !strings.HasPrefix(backend, "10.200.") {
+		t.Errorf("getpeername with the programs detached: %s, want a backend's address", backend)
+	}
+	// Attached again (an agent restart): the pinned socket storage
+	// still holds the translation.
+	lb, err := Attach(e.maps, e.cgroup, Config{})
+	dptest.NoErr(t, err)
+	e.t.Cleanup(func() { lb.Close() })
+	e.lb = lb
+	if got := h.peer(); got != tcpAddr {
+		t.Errorf("getpeername after re-attaching: %s, want %s", got, tcpAddr)
+	}
+	r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 20})
+	noErrors(t, r)
+}
 
-	t.Run("detached-after-close", func(t *testing.T) {
-		dptest.NoErr(t, e.lb.Close())
-		dptest.NoErr(t, e.lb.Close()) // idempotent
-		r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 3})
-		wantOnly(t, "errors once detached", r.Errors, "ENETUNREACH", 3)
-	})
+func lbDetachedAfterClose(t *testing.T, e *lbEnv) {
+	dptest.NoErr(t, e.lb.Close())
+	dptest.NoErr(t, e.lb.Close()) // idempotent
+	r := e.runClient(clientReq{Op: "tcp", Addr: tcpAddr, N: 3})
+	wantOnly(t, "errors once detached", r.Errors, "ENETUNREACH", 3)
 }
 
 func TestAttachSockLBErrors(t *testing.T) {

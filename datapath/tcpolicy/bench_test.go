@@ -82,120 +82,124 @@ func TestFiguresPolicy(t *testing.T) {
 	figure.Require(t)
 	testenv.RequireRoot(t)
 
-	t.Run("tc", func(t *testing.T) {
-		mesh, m := openDefault(t)
-		addrs := benchIPCache(t, mesh, 100_000)
-		benchPolicy(t, m, 10_000)
-		progs := loadTestPolicyProgs(t, m)
-		setTestEndpoint(t, m, 1, 0x10001, true, true)
-		peer := addrs[0] // identity 0x10001, cluster 1: allowed on TCP 80
-		allowed := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(peer, 80), datapath.TCP, 0x10)
-		denied := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(peer, 81), datapath.TCP, 0x10)
-		drain := drainFlows(t, m)
-		const repeat = 1_000_000
-		bench := func(pkt []byte, n int, want int32) float64 {
-			ret, d, err := progs.FromEp.Benchmark(pkt, n, nil)
-			dptest.NoErr(t, err)
-			if int32(ret) != want {
-				t.Fatalf("verdict %d, want %d", int32(ret), want)
-			}
-			return float64(d.Nanoseconds())
-		}
-		var pol, empty, lookup, den []float64
-		for r := -1; r < 15; r++ {
-			p := bench(allowed, repeat, -1)
-			_, de, err := progs.Empty.Benchmark(allowed, repeat, nil)
-			dptest.NoErr(t, err)
-			dptest.NoErr(t, m.SetStrict(true))
-			l := bench(allowed, repeat, -1)
-			dptest.NoErr(t, m.SetStrict(false))
-			d := bench(denied, repeat/10, 2)
-			if r >= 0 {
-				pol = append(pol, p)
-				empty = append(empty, float64(de.Nanoseconds()))
-				lookup = append(lookup, l)
-				den = append(den, d)
-			}
-		}
-		t.Logf("established %v\nempty %v\nlookup %v\ndenied %v (%d events read)", pol, empty, lookup, den, drain())
-		figure.Print("policy.tc.ns_per_packet", math.Round(dptest.Median(pol)), "ns")
-		figure.Print("policy.tc.empty_ns_per_packet", math.Round(dptest.Median(empty)), "ns")
-		figure.Print("policy.tc.ratio_to_empty", dptest.Round3(dptest.PairedRatio(pol, empty)), "ratio")
-		figure.Print("policy.tc.lookup_ns_per_packet", math.Round(dptest.Median(lookup)), "ns")
-		figure.Print("policy.tc.denied_ns_per_packet", math.Round(dptest.Median(den)), "ns")
-	})
+	t.Run("tc", figuresPolicyTc)
+	t.Run("flows", figuresPolicyFlows)
+	t.Run("apply", figuresPolicyApply)
+}
 
-	t.Run("flows", func(t *testing.T) {
-		_, m := openDefault(t)
-		progs := loadTestPolicyProgs(t, m)
-		setTestEndpoint(t, m, 1, 0x10001, true, true)
-		denied := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(netip.MustParseAddr("10.9.0.1"), 81), datapath.TCP, 0x02)
-		fr, err := m.OpenFlows()
+func figuresPolicyTc(t *testing.T) {
+	mesh, m := openDefault(t)
+	addrs := benchIPCache(t, mesh, 100_000)
+	benchPolicy(t, m, 10_000)
+	progs := loadTestPolicyProgs(t, m)
+	setTestEndpoint(t, m, 1, 0x10001, true, true)
+	peer := addrs[0] // identity 0x10001, cluster 1: allowed on TCP 80
+	allowed := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(peer, 80), datapath.TCP, 0x10)
+	denied := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(peer, 81), datapath.TCP, 0x10)
+	drain := drainFlows(t, m)
+	const repeat = 1_000_000
+	bench := func(pkt []byte, n int, want int32) float64 {
+		ret, d, err := progs.FromEp.Benchmark(pkt, n, nil)
 		dptest.NoErr(t, err)
-		defer fr.Close()
-		var read atomic.Uint64
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			for {
-				if _, err := fr.Read(context.Background()); err != nil {
-					return
-				}
-				read.Add(1)
-			}
-		})
-		defer func() { fr.Close(); wg.Wait() }()
-		generate := func(n int) {
-			_, err := progs.FromEp.Run(&ebpf.RunOptions{Data: denied, Repeat: uint32(n)})
-			dptest.NoErr(t, err)
+		if int32(ret) != want {
+			t.Fatalf("verdict %d, want %d", int32(ret), want)
 		}
-		// measure generates events for d, paced at rate per second (0: as
-		// fast as it can), and returns the rate read and the events lost.
-		measure := func(rate int, d time.Duration) (float64, uint64) {
-			lost0, err := fr.Lost()
-			dptest.NoErr(t, err)
-			read0 := read.Load()
-			start := time.Now()
-			sent := 0
-			if rate == 0 {
-				for time.Since(start) < d {
-					generate(1000)
-					sent += 1000
-				}
-			} else {
-				tick := time.NewTicker(time.Millisecond)
-				for now := start; now.Sub(start) < d; now = <-tick.C {
-					due := int(float64(rate) * now.Sub(start).Seconds())
-					if due > sent {
-						generate(due - sent)
-						sent = due
-					}
-				}
-				tick.Stop()
-			}
-			lost, err := fr.Lost()
-			dptest.NoErr(t, err)
-			lost -= lost0
-			testenv.WaitFor(t, 30*time.Second, "every event read", func() bool { return read.Load()-read0+lost >= uint64(sent) })
-			took := time.Since(start)
-			got := read.Load() - read0
-			t.Logf("%d events generated in %v, %d read, %d lost", sent, took.Round(time.Millisecond), got, lost)
-			return float64(got) / took.Seconds(), lost
+		return float64(d.Nanoseconds())
+	}
+	var pol, empty, lookup, den []float64
+	for r := -1; r < 15; r++ {
+		p := bench(allowed, repeat, -1)
+		_, de, err := progs.Empty.Benchmark(allowed, repeat, nil)
+		dptest.NoErr(t, err)
+		dptest.NoErr(t, m.SetStrict(true))
+		l := bench(allowed, repeat, -1)
+		dptest.NoErr(t, m.SetStrict(false))
+		d := bench(denied, repeat/10, 2)
+		if r >= 0 {
+			pol = append(pol, p)
+			empty = append(empty, float64(de.Nanoseconds()))
+			lookup = append(lookup, l)
+			den = append(den, d)
 		}
-		perS, lost := measure(100_000, 5*time.Second)
-		figure.Print("flow.events.per_s", math.Round(perS), "events/s")
-		figure.Print("flow.events.lost", float64(lost), "events")
-		maxS, maxLost := measure(0, 3*time.Second)
-		figure.Print("flow.events.max_per_s", math.Round(maxS), "events/s")
-		figure.Print("flow.events.max_lost", float64(maxLost), "events")
-	})
+	}
+	t.Logf("established %v\nempty %v\nlookup %v\ndenied %v (%d events read)", pol, empty, lookup, den, drain())
+	figure.Print("policy.tc.ns_per_packet", math.Round(dptest.Median(pol)), "ns")
+	figure.Print("policy.tc.empty_ns_per_packet", math.Round(dptest.Median(empty)), "ns")
+	figure.Print("policy.tc.ratio_to_empty", dptest.Round3(dptest.PairedRatio(pol, empty)), "ratio")
+	figure.Print("policy.tc.lookup_ns_per_packet", math.Round(dptest.Median(lookup)), "ns")
+	figure.Print("policy.tc.denied_ns_per_packet", math.Round(dptest.Median(den)), "ns")
+}
 
-	t.Run("apply", func(t *testing.T) {
-		_, m := openDefault(t)
-		start := time.Now()
-		benchPolicy(t, m, 10_000)
-		took := time.Since(start)
-		figure.Print("policy.apply.entries_per_s", math.Round(10_000/took.Seconds()), "entries/s")
+func figuresPolicyFlows(t *testing.T) {
+	_, m := openDefault(t)
+	progs := loadTestPolicyProgs(t, m)
+	setTestEndpoint(t, m, 1, 0x10001, true, true)
+	denied := testPacket(netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 40000), netip.AddrPortFrom(netip.MustParseAddr("10.9.0.1"), 81), datapath.TCP, 0x02)
+	fr, err := m.OpenFlows()
+	dptest.NoErr(t, err)
+	defer fr.Close()
+	var read atomic.Uint64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			if _, err := fr.Read(context.Background()); err != nil {
+				return
+			}
+			read.Add(1)
+		}
 	})
+	defer func() { fr.Close(); wg.Wait() }()
+	generate := func(n int) {
+		_, err := progs.FromEp.Run(&ebpf.RunOptions{Data: denied, Repeat: uint32(n)})
+		dptest.NoErr(t, err)
+	}
+	// measure generates events for d, paced at rate per second (0: as
+	// fast as it can), and returns the rate read and the events lost.
+	measure := func(rate int, d time.Duration) (float64, uint64) {
+		lost0, err := fr.Lost()
+		dptest.NoErr(t, err)
+		read0 := read.Load()
+		start := time.Now()
+		sent := 0
+		if rate == 0 {
+			for time.Since(start) < d {
+				generate(1000)
+				sent += 1000
+			}
+		} else {
+			tick := time.NewTicker(time.Millisecond)
+			for now := start; now.Sub(start) < d; now = <-tick.C {
+				due := int(float64(rate) * now.Sub(start).Seconds())
+				if due > sent {
+					generate(due - sent)
+					sent = due
+				}
+			}
+			tick.Stop()
+		}
+		lost, err := fr.Lost()
+		dptest.NoErr(t, err)
+		lost -= lost0
+		testenv.WaitFor(t, 30*time.Second, "every event read", func() bool { return read.Load()-read0+lost >= uint64(sent) })
+		took := time.Since(start)
+		got := read.Load() - read0
+		t.Logf("%d events generated in %v, %d read, %d lost", sent, took.Round(time.Millisecond), got, lost)
+		return float64(got) / took.Seconds(), lost
+	}
+	perS, lost := measure(100_000, 5*time.Second)
+	figure.Print("flow.events.per_s", math.Round(perS), "events/s")
+	figure.Print("flow.events.lost", float64(lost), "events")
+	maxS, maxLost := measure(0, 3*time.Second)
+	figure.Print("flow.events.max_per_s", math.Round(maxS), "events/s")
+	figure.Print("flow.events.max_lost", float64(maxLost), "events")
+}
+
+func figuresPolicyApply(t *testing.T) {
+	_, m := openDefault(t)
+	start := time.Now()
+	benchPolicy(t, m, 10_000)
+	took := time.Since(start)
+	figure.Print("policy.apply.entries_per_s", math.Round(10_000/took.Seconds()), "entries/s")
 }
 
 // openDefault opens the mesh maps and the programs' maps with their

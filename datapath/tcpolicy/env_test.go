@@ -330,11 +330,26 @@ const (
 	envPeer3 = 0x30003 // e3, cluster 3 (e4: unknown, the world)
 )
 
+// traffic is TestPolicyTraffic's environment: four endpoints, e1 with
+// the programs enforcing both directions; its cases run in order.
+type traffic struct {
+	*polEnv
+	m                  *Programs
+	ep1, ep2, ep3, ep4 *polEndpoint
+	allow8080          Key // e2 may reach e1:8080
+}
+
+// at is ep's IPv4 address with port.
+func (e *traffic) at(ep *polEndpoint, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(ep.v4, port)
+}
+
 func TestPolicyTraffic(t *testing.T) {
 	cfg := Config{MaxPolicy: 1 << 12, MaxPolicyCT: 1 << 12, FlowRingBytes: 1 << 18}
-	e := newPolEnv(t, cfg, 1, 2, 3, 4)
-	m := e.maps
-	ep1, ep2, ep3, ep4 := e.eps[1], e.eps[2], e.eps[3], e.eps[4]
+	e := &traffic{polEnv: newPolEnv(t, cfg, 1, 2, 3, 4)}
+	e.m = e.maps
+	e.ep1, e.ep2, e.ep3, e.ep4 = e.eps[1], e.eps[2], e.eps[3], e.eps[4]
+	ep1, ep2, ep3, ep4 := e.ep1, e.ep2, e.ep3, e.ep4
 	dptest.NoErr(t, e.mesh.UpsertIPCache(netip.PrefixFrom(ep1.v4, 32), datapath.IPCacheEntry{Identity: envEP, ClusterID: 1}))
 	dptest.NoErr(t, e.mesh.UpsertIPCache(netip.PrefixFrom(ep2.v4, 32), datapath.IPCacheEntry{Identity: envPeer2, ClusterID: 2, TunnelEndpoint: netip.MustParseAddr("192.168.2.1")}))
 	dptest.NoErr(t, e.mesh.UpsertIPCache(netip.PrefixFrom(ep2.v6, 128), datapath.IPCacheEntry{Identity: envPeer2, ClusterID: 2}))
@@ -348,163 +363,185 @@ func TestPolicyTraffic(t *testing.T) {
 		dptest.ServeTCP(t, ep.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 9090), fmt.Sprintf("e%d-9090", ep.n))
 		dptest.ServeUDP(t, ep.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 9191), fmt.Sprintf("e%d-9191", ep.n))
 	}
-	at := func(ep *polEndpoint, port uint16) netip.AddrPort { return netip.AddrPortFrom(ep.v4, port) }
 
 	// Before any policy program: everything flows.
-	e.wantTCP(4, at(ep1, 8081), "e1-8081")
+	e.wantTCP(4, e.at(ep1, 8081), "e1-8081")
 
-	allow8080 := Key{Endpoint: envEP, Peer: envPeer2, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080}
-	dptest.NoErr(t, m.ApplyPolicy([]Change{
-		{Key: allow8080, Add: true},
+	e.allow8080 = Key{Endpoint: envEP, Peer: envPeer2, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080}
+	dptest.NoErr(t, e.m.ApplyPolicy([]Change{
+		{Key: e.allow8080, Add: true},
 		{Key: Key{Endpoint: envEP, Peer: envPeer3, Direction: datapath.Ingress, Protocol: datapath.UDP, Port: 5353}, Add: true},
 		{Key: Key{Endpoint: envEP, Peer: envPeer2, Direction: datapath.Egress, Protocol: datapath.TCP, Port: 9090}, Add: true},
 		{Key: Key{Endpoint: envEP, Peer: envPeer3, Direction: datapath.Egress}, Add: true},
 	}))
 	e.attach(1, envEP, true, true)
 
-	t.Run("ingress-allowed", func(t *testing.T) {
-		defer e.use(t)()
-		e.wantTCP(2, at(ep1, 8080), "e1-8080") // replies pass e1's enforced egress
-		e.wantTCP(2, netip.AddrPortFrom(ep1.v6, 8080), "e1-8080")
-		e.wantUDP(3, at(ep1, 5353), "e1-5353")
+	for _, c := range []struct {
+		name string
+		run  func(*traffic, *testing.T)
+	}{
+		{"ingress-allowed", (*traffic).trafficIngressAllowed},
+		{"ingress-denied", (*traffic).trafficIngressDenied},
+		{"egress", (*traffic).trafficEgress},
+		{"revoke", (*traffic).trafficRevoke},
+		{"sampling", (*traffic).trafficSampling},
+		{"both-ends", (*traffic).trafficBothEnds},
+		{"every-drop-one-event", (*traffic).trafficEveryDropOneEvent},
+		{"detach", (*traffic).trafficDetach},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.run(e, t) })
+	}
+}
+
+func (e *traffic) trafficIngressAllowed(t *testing.T) {
+	defer e.use(t)()
+	e.wantTCP(2, e.at(e.ep1, 8080), "e1-8080") // replies pass e1's enforced egress
+	e.wantTCP(2, netip.AddrPortFrom(e.ep1.v6, 8080), "e1-8080")
+	e.wantUDP(3, e.at(e.ep1, 5353), "e1-5353")
+}
+
+func (e *traffic) trafficIngressDenied(t *testing.T) {
+	defer e.use(t)()
+	for _, c := range []struct {
+		from     int
+		dst      netip.AddrPort
+		sport    uint16
+		src      uint32
+		cluster  uint16
+		protocol datapath.Protocol
+	}{
+		{2, e.at(e.ep1, 8081), 41001, envPeer2, 2, datapath.TCP},                                // another port
+		{3, e.at(e.ep1, 8080), 41002, envPeer3, 3, datapath.TCP},                                // another peer
+		{4, e.at(e.ep1, 8080), 41003, datapath.IdentityWorld, 0, datapath.TCP},                  // the world
+		{2, netip.AddrPortFrom(e.ep1.v6, 8081), 41004, envPeer2, 2, datapath.TCP},               // IPv6
+		{4, netip.AddrPortFrom(e.ep1.v6, 8080), 41005, datapath.IdentityWorld, 0, datapath.TCP}, // IPv6 world
+	} {
+		for _, f := range e.wantTCPDropped(c.from, c.dst, c.sport) {
+			wantDrop(t, f, datapath.Ingress, c.protocol, c.src, envEP, c.cluster, 1, e.ep1.ifindex)
+		}
+	}
+	// UDP: each of three datagrams is one drop event, exactly.
+	fs := e.wantUDPDropped(2, e.at(e.ep1, 5353), 41010, 3)
+	if len(fs) != 3 {
+		t.Fatalf("%d drop events for 3 datagrams", len(fs))
+	}
+	for _, f := range fs {
+		wantDrop(t, f, datapath.Ingress, datapath.UDP, envPeer2, envEP, 2, 1, e.ep1.ifindex)
+		if f.Src != netip.AddrPortFrom(e.ep2.v4, 41010) || f.Dst != e.at(e.ep1, 5353) {
+			t.Fatalf("UDP drop addresses %+v", f)
+		}
+	}
+}
+
+func (e *traffic) trafficEgress(t *testing.T) {
+	defer e.use(t)()
+	e.wantTCP(1, e.at(e.ep2, 9090), "e2-9090")
+	e.wantTCP(1, e.at(e.ep3, 9090), "e3-9090") // any protocol, any port
+	e.wantUDP(1, e.at(e.ep3, 9191), "e3-9191")
+	for _, f := range e.wantTCPDropped(1, e.at(e.ep4, 9090), 42001) {
+		wantDrop(t, f, datapath.Egress, datapath.TCP, envEP, datapath.IdentityWorld, 1, 0, e.ep1.ifindex)
+	}
+	fs := e.wantUDPDropped(1, e.at(e.ep2, 9191), 42002, 2)
+	for _, f := range fs {
+		wantDrop(t, f, datapath.Egress, datapath.UDP, envEP, envPeer2, 1, 2, e.ep1.ifindex)
+	}
+	if len(fs) != 2 {
+		t.Fatalf("%d drop events for 2 datagrams", len(fs))
+	}
+}
+
+func (e *traffic) trafficRevoke(t *testing.T) {
+	defer e.use(t)()
+	e.wantTCP(2, e.at(e.ep1, 8080), "e1-8080")
+	dptest.NoErr(t, e.m.DeletePolicy(e.allow8080))
+	for _, f := range e.wantTCPDropped(2, e.at(e.ep1, 8080), 41020) {
+		wantDrop(t, f, datapath.Ingress, datapath.TCP, envPeer2, envEP, 2, 1, e.ep1.ifindex)
+	}
+	dptest.NoErr(t, e.m.UpsertPolicy(e.allow8080))
+	e.wantTCP(2, e.at(e.ep1, 8080), "e1-8080")
+}
+
+func (e *traffic) trafficSampling(t *testing.T) {
+	defer e.use(t)()
+	const rate = 5
+	dptest.NoErr(t, e.m.SetFlowConfig(flows.Config{SampleRate: rate, ClusterID: 1}))
+	before, err := e.m.Counters()
+	dptest.NoErr(t, err)
+	isSampled := func(f flows.Flow) bool { return f.Sampled }
+	already := len(e.matching(isSampled))
+	for range 40 {
+		e.wantUDP(3, e.at(e.ep1, 5353), "e1-5353")
+	}
+	dptest.NoErr(t, e.m.SetFlowConfig(flows.Config{ClusterID: 1}))
+	after, err := e.m.Counters()
+	dptest.NoErr(t, err)
+	fwd := after.Forwarded[0] + after.Forwarded[1] - before.Forwarded[0] - before.Forwarded[1]
+	// Every CPU reports each rate-th of its own packets: within one
+	// per CPU of fwd/rate.
+	cpus := uint64(numCPU())
+	lo, hi := fwd/rate-min(cpus, fwd/rate), fwd/rate+cpus
+	testenv.WaitFor(t, 10*time.Second, "sampled events", func() bool {
+		c, err := e.m.Counters()
+		return err == nil && uint64(len(e.matching(func(f flows.Flow) bool { return true }))) >= c.Events
 	})
-	t.Run("ingress-denied", func(t *testing.T) {
-		defer e.use(t)()
-		for _, c := range []struct {
-			from     int
-			dst      netip.AddrPort
-			sport    uint16
-			src      uint32
-			cluster  uint16
-			protocol datapath.Protocol
-		}{
-			{2, at(ep1, 8081), 41001, envPeer2, 2, datapath.TCP},                                  // another port
-			{3, at(ep1, 8080), 41002, envPeer3, 3, datapath.TCP},                                  // another peer
-			{4, at(ep1, 8080), 41003, datapath.IdentityWorld, 0, datapath.TCP},                    // the world
-			{2, netip.AddrPortFrom(ep1.v6, 8081), 41004, envPeer2, 2, datapath.TCP},               // IPv6
-			{4, netip.AddrPortFrom(ep1.v6, 8080), 41005, datapath.IdentityWorld, 0, datapath.TCP}, // IPv6 world
-		} {
-			for _, f := range e.wantTCPDropped(c.from, c.dst, c.sport) {
-				wantDrop(t, f, datapath.Ingress, c.protocol, c.src, envEP, c.cluster, 1, ep1.ifindex)
+	sampled := e.matching(isSampled)[already:]
+	if n := uint64(len(sampled)); n < lo || n > hi || fwd < 80 {
+		t.Fatalf("%d forwarded packets at 1 in %d: %d sampled events, want %d to %d", fwd, rate, n, lo, hi)
+	}
+	for _, f := range sampled {
+		if f.Verdict != flows.VerdictForwarded || f.SampleRate != rate || f.Ifindex != e.ep1.ifindex {
+			t.Fatalf("sampled event %+v", f)
+		}
+		want := flows.Flow{SrcIdentity: envPeer3, SrcCluster: 3, DstIdentity: envEP, DstCluster: 1}
+		if f.Direction == datapath.Egress {
+			want = flows.Flow{SrcIdentity: envEP, SrcCluster: 1, DstIdentity: envPeer3, DstCluster: 3}
+			if !f.Reply {
+				t.Fatalf("egress event not a reply: %+v", f)
 			}
 		}
-		// UDP: each of three datagrams is one drop event, exactly.
-		fs := e.wantUDPDropped(2, at(ep1, 5353), 41010, 3)
-		if len(fs) != 3 {
-			t.Fatalf("%d drop events for 3 datagrams", len(fs))
+		if f.SrcIdentity != want.SrcIdentity || f.DstIdentity != want.DstIdentity || f.SrcCluster != want.SrcCluster || f.DstCluster != want.DstCluster {
+			t.Fatalf("sampled event %+v, want identities %+v", f, want)
 		}
-		for _, f := range fs {
-			wantDrop(t, f, datapath.Ingress, datapath.UDP, envPeer2, envEP, 2, 1, ep1.ifindex)
-			if f.Src != netip.AddrPortFrom(ep2.v4, 41010) || f.Dst != at(ep1, 5353) {
-				t.Fatalf("UDP drop addresses %+v", f)
-			}
-		}
+	}
+}
+
+func (e *traffic) trafficBothEnds(t *testing.T) {
+	defer e.use(t)()
+	// e2 enforces its egress too: it may reach e1:8080 only.
+	dptest.NoErr(t, e.m.UpsertPolicy(Key{Endpoint: envPeer2, Peer: envEP, Direction: datapath.Egress, Protocol: datapath.TCP, Port: 8080}))
+	e.attach(2, envPeer2, false, true)
+	e.wantTCP(2, e.at(e.ep1, 8080), "e1-8080")
+	for _, f := range e.wantTCPDropped(2, e.at(e.ep1, 8081), 41030) {
+		// Dropped at e2's egress, before e1 sees it.
+		wantDrop(t, f, datapath.Egress, datapath.TCP, envPeer2, envEP, 1, 1, e.eps[2].ifindex)
+	}
+	e.detach(2)
+}
+
+func (e *traffic) trafficEveryDropOneEvent(t *testing.T) {
+	defer e.use(t)()
+	// Every drop counted by the programs is one event read, none lost.
+	testenv.WaitFor(t, 10*time.Second, "every drop read", func() bool {
+		c, err := e.m.Counters()
+		return err == nil && uint64(len(e.drops())) == c.Dropped()
 	})
-	t.Run("egress", func(t *testing.T) {
-		defer e.use(t)()
-		e.wantTCP(1, at(ep2, 9090), "e2-9090")
-		e.wantTCP(1, at(ep3, 9090), "e3-9090") // any protocol, any port
-		e.wantUDP(1, at(ep3, 9191), "e3-9191")
-		for _, f := range e.wantTCPDropped(1, at(ep4, 9090), 42001) {
-			wantDrop(t, f, datapath.Egress, datapath.TCP, envEP, datapath.IdentityWorld, 1, 0, ep1.ifindex)
-		}
-		fs := e.wantUDPDropped(1, at(ep2, 9191), 42002, 2)
-		for _, f := range fs {
-			wantDrop(t, f, datapath.Egress, datapath.UDP, envEP, envPeer2, 1, 2, ep1.ifindex)
-		}
-		if len(fs) != 2 {
-			t.Fatalf("%d drop events for 2 datagrams", len(fs))
-		}
-	})
-	t.Run("revoke", func(t *testing.T) {
-		defer e.use(t)()
-		e.wantTCP(2, at(ep1, 8080), "e1-8080")
-		dptest.NoErr(t, m.DeletePolicy(allow8080))
-		for _, f := range e.wantTCPDropped(2, at(ep1, 8080), 41020) {
-			wantDrop(t, f, datapath.Ingress, datapath.TCP, envPeer2, envEP, 2, 1, ep1.ifindex)
-		}
-		dptest.NoErr(t, m.UpsertPolicy(allow8080))
-		e.wantTCP(2, at(ep1, 8080), "e1-8080")
-	})
-	t.Run("sampling", func(t *testing.T) {
-		defer e.use(t)()
-		const rate = 5
-		dptest.NoErr(t, m.SetFlowConfig(flows.Config{SampleRate: rate, ClusterID: 1}))
-		before, err := m.Counters()
-		dptest.NoErr(t, err)
-		isSampled := func(f flows.Flow) bool { return f.Sampled }
-		already := len(e.matching(isSampled))
-		for range 40 {
-			e.wantUDP(3, at(ep1, 5353), "e1-5353")
-		}
-		dptest.NoErr(t, m.SetFlowConfig(flows.Config{ClusterID: 1}))
-		after, err := m.Counters()
-		dptest.NoErr(t, err)
-		fwd := after.Forwarded[0] + after.Forwarded[1] - before.Forwarded[0] - before.Forwarded[1]
-		// Every CPU reports each rate-th of its own packets: within one
-		// per CPU of fwd/rate.
-		cpus := uint64(numCPU())
-		lo, hi := fwd/rate-min(cpus, fwd/rate), fwd/rate+cpus
-		testenv.WaitFor(t, 10*time.Second, "sampled events", func() bool {
-			c, err := m.Counters()
-			return err == nil && uint64(len(e.matching(func(f flows.Flow) bool { return true }))) >= c.Events
-		})
-		sampled := e.matching(isSampled)[already:]
-		if n := uint64(len(sampled)); n < lo || n > hi || fwd < 80 {
-			t.Fatalf("%d forwarded packets at 1 in %d: %d sampled events, want %d to %d", fwd, rate, n, lo, hi)
-		}
-		for _, f := range sampled {
-			if f.Verdict != flows.VerdictForwarded || f.SampleRate != rate || f.Ifindex != ep1.ifindex {
-				t.Fatalf("sampled event %+v", f)
-			}
-			want := flows.Flow{SrcIdentity: envPeer3, SrcCluster: 3, DstIdentity: envEP, DstCluster: 1}
-			if f.Direction == datapath.Egress {
-				want = flows.Flow{SrcIdentity: envEP, SrcCluster: 1, DstIdentity: envPeer3, DstCluster: 3}
-				if !f.Reply {
-					t.Fatalf("egress event not a reply: %+v", f)
-				}
-			}
-			if f.SrcIdentity != want.SrcIdentity || f.DstIdentity != want.DstIdentity || f.SrcCluster != want.SrcCluster || f.DstCluster != want.DstCluster {
-				t.Fatalf("sampled event %+v, want identities %+v", f, want)
-			}
-		}
-	})
-	t.Run("both-ends", func(t *testing.T) {
-		defer e.use(t)()
-		// e2 enforces its egress too: it may reach e1:8080 only.
-		dptest.NoErr(t, m.UpsertPolicy(Key{Endpoint: envPeer2, Peer: envEP, Direction: datapath.Egress, Protocol: datapath.TCP, Port: 8080}))
-		e.attach(2, envPeer2, false, true)
-		e.wantTCP(2, at(ep1, 8080), "e1-8080")
-		for _, f := range e.wantTCPDropped(2, at(ep1, 8081), 41030) {
-			// Dropped at e2's egress, before e1 sees it.
-			wantDrop(t, f, datapath.Egress, datapath.TCP, envPeer2, envEP, 1, 1, e.eps[2].ifindex)
-		}
-		e.detach(2)
-	})
-	t.Run("every-drop-one-event", func(t *testing.T) {
-		defer e.use(t)()
-		// Every drop counted by the programs is one event read, none lost.
-		testenv.WaitFor(t, 10*time.Second, "every drop read", func() bool {
-			c, err := m.Counters()
-			return err == nil && uint64(len(e.drops())) == c.Dropped()
-		})
-		c, err := m.Counters()
-		dptest.NoErr(t, err)
-		if c.EventsLost != 0 || c.DroppedInvalid != [2]uint64{} {
-			t.Fatalf("counters %+v", c)
-		}
-		t.Logf("counters %+v, %d drop events", c, len(e.drops()))
-	})
-	t.Run("detach", func(t *testing.T) {
-		defer e.use(t)()
-		e.detach(1)
-		e.wantTCP(4, at(ep1, 8081), "e1-8081")
-		atts, err := m.Attachments()
-		dptest.NoErr(t, err)
-		if len(atts) != 0 {
-			t.Fatalf("attachments after detach: %v", atts)
-		}
-	})
+	c, err := e.m.Counters()
+	dptest.NoErr(t, err)
+	if c.EventsLost != 0 || c.DroppedInvalid != [2]uint64{} {
+		t.Fatalf("counters %+v", c)
+	}
+	t.Logf("counters %+v, %d drop events", c, len(e.drops()))
+}
+
+func (e *traffic) trafficDetach(t *testing.T) {
+	defer e.use(t)()
+	e.detach(1)
+	e.wantTCP(4, e.at(e.ep1, 8081), "e1-8081")
+	atts, err := e.m.Attachments()
+	dptest.NoErr(t, err)
+	if len(atts) != 0 {
+		t.Fatalf("attachments after detach: %v", atts)
+	}
 }
 
 // numCPU is the number of possible CPUs (the per-CPU maps' width).
@@ -547,129 +584,158 @@ func (e *polEnv) tcFilters(n int, hook string) string {
 	return string(out)
 }
 
+// attachEnv is TestPolicyAttach's environment: three endpoints, e1
+// serving 8080 (allowed from the world) and 8081; its cases run in order.
+type attachEnv struct {
+	*polEnv
+	top   *testing.T
+	m     *Programs // the current agent's
+	ep1   *polEndpoint
+	sport uint16 // the last source port enforced used
+}
+
+// at is e1's IPv4 address with port.
+func (e *attachEnv) at(port uint16) netip.AddrPort { return netip.AddrPortFrom(e.ep1.v4, port) }
+
+// enforced checks that e1 is enforced with identity: e2 reaches 8080, and
+// its connect to 8081 is dropped and reported.
+func (e *attachEnv) enforced(t *testing.T, identity uint32) {
+	t.Helper()
+	e.wantTCP(2, e.at(8080), "e1-8080")
+	e.sport++
+	for _, f := range e.wantTCPDropped(2, e.at(8081), e.sport) {
+		wantDrop(t, f, datapath.Ingress, datapath.TCP, datapath.IdentityWorld, identity, 0, 1, e.ep1.ifindex)
+	}
+}
+
 func TestPolicyAttach(t *testing.T) {
 	cfg := Config{MaxPolicy: 1 << 12, MaxPolicyCT: 1 << 12, FlowRingBytes: 1 << 16}
-	e := newPolEnv(t, cfg, 1, 2, 3)
-	m := e.maps
-	top := t
-	ep1 := e.eps[1]
-	dptest.ServeTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8080), "e1-8080")
-	dptest.ServeTCP(t, ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8081), "e1-8081")
-	at := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(ep1.v4, port) }
-	dptest.NoErr(t, m.UpsertPolicy(Key{Endpoint: envEP, Peer: datapath.IdentityWorld, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080}))
-	sport := uint16(44000)
-	enforced := func(identity uint32) {
-		t.Helper()
-		e.wantTCP(2, at(8080), "e1-8080")
-		sport++
-		for _, f := range e.wantTCPDropped(2, at(8081), sport) {
-			wantDrop(t, f, datapath.Ingress, datapath.TCP, datapath.IdentityWorld, identity, 0, 1, ep1.ifindex)
+	e := &attachEnv{polEnv: newPolEnv(t, cfg, 1, 2, 3), top: t, sport: 44000}
+	e.m, e.ep1 = e.maps, e.eps[1]
+	dptest.ServeTCP(t, e.ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8080), "e1-8080")
+	dptest.ServeTCP(t, e.ep1.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 8081), "e1-8081")
+	dptest.NoErr(t, e.m.UpsertPolicy(Key{Endpoint: envEP, Peer: datapath.IdentityWorld, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 8080}))
+	for _, c := range []struct {
+		name string
+		run  func(*attachEnv, *testing.T)
+	}{
+		{"tcx", (*attachEnv).attachTcx},
+		{"restart", (*attachEnv).attachRestart},
+		{"identity-change", (*attachEnv).attachIdentityChange},
+		{"clsact", (*attachEnv).attachClsact},
+		{"gone-interface", (*attachEnv).attachGoneInterface},
+		{"remove-pins", (*attachEnv).attachRemovePins},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.run(e, t) })
+	}
+}
+
+func (e *attachEnv) attachTcx(t *testing.T) {
+	defer e.use(t)()
+	e.attach(1, envEP, true, false)
+	e.attach(1, envEP, true, false) // idempotent
+	if in, eg := e.tcxPrograms(1); in != 1 || eg != 1 {
+		t.Fatalf("%d TCX ingress and %d egress programs, want 1 and 1", in, eg)
+	}
+	for _, h := range policyHooks {
+		if _, err := os.Stat(e.m.linkPin(e.ep1.ifindex, h)); err != nil {
+			t.Fatalf("pinned link: %v", err)
 		}
 	}
+	e.enforced(t, envEP)
+	atts, err := e.m.Attachments()
+	dptest.NoErr(t, err)
+	if want := (map[int]Endpoint{e.ep1.ifindex: {Identity: envEP, EnforceIngress: true}}); !reflect.DeepEqual(atts, want) {
+		t.Fatalf("attachments %v, want %v", atts, want)
+	}
+}
 
-	t.Run("tcx", func(t *testing.T) {
-		defer e.use(t)()
-		e.attach(1, envEP, true, false)
-		e.attach(1, envEP, true, false) // idempotent
-		if in, eg := e.tcxPrograms(1); in != 1 || eg != 1 {
-			t.Fatalf("%d TCX ingress and %d egress programs, want 1 and 1", in, eg)
+func (e *attachEnv) attachRestart(t *testing.T) {
+	defer e.use(t)()
+	// A new agent: its Programs (on the same pins) find the links of
+	// the previous one and move them to its own programs.
+	dptest.NoErr(t, e.m.Close())
+	m2 := openPrograms(e.top, e.mesh, e.m.Config())
+	e.enforced(t, envEP) // still enforced in between
+	dptest.NoErr(t, dptest.InNetns(e.node, func() error { return m2.Attach(e.ep1.ifindex, envEP, true, false) }))
+	if in, eg := e.tcxPrograms(1); in != 1 || eg != 1 {
+		t.Fatalf("after restart: %d TCX ingress and %d egress programs, want 1 and 1", in, eg)
+	}
+	e.enforced(t, envEP)
+	e.maps, e.m = m2, m2
+}
+
+func (e *attachEnv) attachIdentityChange(t *testing.T) {
+	defer e.use(t)()
+	const other = envEP + 1
+	e.attach(1, other, true, false) // no entry allows anything to it
+	for _, f := range e.wantTCPDropped(2, e.at(8080), 43001) {
+		wantDrop(t, f, datapath.Ingress, datapath.TCP, datapath.IdentityWorld, other, 0, 1, e.ep1.ifindex)
+	}
+	e.attach(1, envEP, true, false)
+}
+
+func (e *attachEnv) attachClsact(t *testing.T) {
+	defer e.use(t)()
+	e.detach(1)
+	if in, eg := e.tcxPrograms(1); in != 0 || eg != 0 {
+		t.Fatalf("after detach: %d TCX ingress and %d egress programs", in, eg)
+	}
+	e.wantTCP(2, e.at(8081), "e1-8081")
+	forceClsact(t, e.m, true)
+	e.attach(1, envEP, true, false)
+	e.attach(1, envEP, true, false) // replaced, not added
+	for _, hook := range []string{"ingress", "egress"} {
+		out := e.tcFilters(1, hook)
+		if bytes.Count([]byte(out), []byte("cm_policy_"+hook)) != 1 || !bytes.Contains([]byte(out), []byte("direct-action")) {
+			t.Fatalf("tc %s filters:\n%s", hook, out)
 		}
-		for _, h := range policyHooks {
-			if _, err := os.Stat(m.linkPin(ep1.ifindex, h)); err != nil {
-				t.Fatalf("pinned link: %v", err)
-			}
+	}
+	if in, eg := e.tcxPrograms(1); in != 0 || eg != 0 {
+		t.Fatalf("clsact mode: %d TCX ingress and %d egress programs", in, eg)
+	}
+	e.enforced(t, envEP)
+	// Back to TCX: the filters go.
+	forceClsact(t, e.m, false)
+	e.attach(1, envEP, true, false)
+	if out := e.tcFilters(1, "ingress") + e.tcFilters(1, "egress"); bytes.Contains([]byte(out), []byte("cm_policy_")) {
+		t.Fatalf("filters left after moving to TCX:\n%s", out)
+	}
+	e.enforced(t, envEP)
+	forceClsact(t, e.m, true)
+	e.detach(1)
+	e.attach(1, envEP, true, false)
+	e.detach(1)
+	if out := e.tcFilters(1, "ingress") + e.tcFilters(1, "egress"); bytes.Contains([]byte(out), []byte("cm_policy_")) {
+		t.Fatalf("filters left after detach:\n%s", out)
+	}
+	e.wantTCP(2, e.at(8081), "e1-8081")
+}
+
+func (e *attachEnv) attachGoneInterface(t *testing.T) {
+	defer e.use(t)()
+	e.attach(2, envPeer2, true, true)
+	ifindex := e.eps[2].ifindex
+	dptest.Run(t, "ip", "-n", e.node, "link", "del", e.eps[2].host)
+	dptest.NoErr(t, e.m.Detach(ifindex))
+	for _, h := range policyHooks {
+		if _, err := os.Stat(e.m.linkPin(ifindex, h)); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("pin of a detached link: %v", err)
 		}
-		enforced(envEP)
-		atts, err := m.Attachments()
-		dptest.NoErr(t, err)
-		if want := (map[int]Endpoint{ep1.ifindex: {Identity: envEP, EnforceIngress: true}}); !reflect.DeepEqual(atts, want) {
-			t.Fatalf("attachments %v, want %v", atts, want)
-		}
-	})
-	t.Run("restart", func(t *testing.T) {
-		defer e.use(t)()
-		// A new agent: its Programs (on the same pins) find the links of
-		// the previous one and move them to its own programs.
-		dptest.NoErr(t, m.Close())
-		m2 := openPrograms(top, e.mesh, m.Config())
-		enforced(envEP) // still enforced in between
-		dptest.NoErr(t, dptest.InNetns(e.node, func() error { return m2.Attach(ep1.ifindex, envEP, true, false) }))
-		if in, eg := e.tcxPrograms(1); in != 1 || eg != 1 {
-			t.Fatalf("after restart: %d TCX ingress and %d egress programs, want 1 and 1", in, eg)
-		}
-		enforced(envEP)
-		e.maps = m2
-		m = m2
-	})
-	t.Run("identity-change", func(t *testing.T) {
-		defer e.use(t)()
-		const other = envEP + 1
-		e.attach(1, other, true, false) // no entry allows anything to it
-		for _, f := range e.wantTCPDropped(2, at(8080), 43001) {
-			wantDrop(t, f, datapath.Ingress, datapath.TCP, datapath.IdentityWorld, other, 0, 1, ep1.ifindex)
-		}
-		e.attach(1, envEP, true, false)
-	})
-	t.Run("clsact", func(t *testing.T) {
-		defer e.use(t)()
-		e.detach(1)
-		if in, eg := e.tcxPrograms(1); in != 0 || eg != 0 {
-			t.Fatalf("after detach: %d TCX ingress and %d egress programs", in, eg)
-		}
-		e.wantTCP(2, at(8081), "e1-8081")
-		forceClsact(t, m, true)
-		e.attach(1, envEP, true, false)
-		e.attach(1, envEP, true, false) // replaced, not added
-		for _, hook := range []string{"ingress", "egress"} {
-			out := e.tcFilters(1, hook)
-			if bytes.Count([]byte(out), []byte("cm_policy_"+hook)) != 1 || !bytes.Contains([]byte(out), []byte("direct-action")) {
-				t.Fatalf("tc %s filters:\n%s", hook, out)
-			}
-		}
-		if in, eg := e.tcxPrograms(1); in != 0 || eg != 0 {
-			t.Fatalf("clsact mode: %d TCX ingress and %d egress programs", in, eg)
-		}
-		enforced(envEP)
-		// Back to TCX: the filters go.
-		forceClsact(t, m, false)
-		e.attach(1, envEP, true, false)
-		if out := e.tcFilters(1, "ingress") + e.tcFilters(1, "egress"); bytes.Contains([]byte(out), []byte("cm_policy_")) {
-			t.Fatalf("filters left after moving to TCX:\n%s", out)
-		}
-		enforced(envEP)
-		forceClsact(t, m, true)
-		e.detach(1)
-		e.attach(1, envEP, true, false)
-		e.detach(1)
-		if out := e.tcFilters(1, "ingress") + e.tcFilters(1, "egress"); bytes.Contains([]byte(out), []byte("cm_policy_")) {
-			t.Fatalf("filters left after detach:\n%s", out)
-		}
-		e.wantTCP(2, at(8081), "e1-8081")
-	})
-	t.Run("gone-interface", func(t *testing.T) {
-		defer e.use(t)()
-		e.attach(2, envPeer2, true, true)
-		ifindex := e.eps[2].ifindex
-		dptest.Run(t, "ip", "-n", e.node, "link", "del", e.eps[2].host)
-		dptest.NoErr(t, m.Detach(ifindex))
-		for _, h := range policyHooks {
-			if _, err := os.Stat(m.linkPin(ifindex, h)); !errors.Is(err, fs.ErrNotExist) {
-				t.Fatalf("pin of a detached link: %v", err)
-			}
-		}
-		err := dptest.InNetns(e.node, func() error { return m.Attach(ifindex, envPeer2, true, true) })
-		dptest.ErrIs(t, err, ErrNoInterface)
-		dptest.ErrIs(t, m.AttachByName("nonexistent0", 5, true, true), ErrNoInterface)
-	})
-	t.Run("remove-pins", func(t *testing.T) {
-		defer e.use(t)()
-		e.attach(1, envEP, true, false)
-		dptest.NoErr(t, RemovePins(m.pinDir))
-		if in, eg := e.tcxPrograms(1); in != 0 || eg != 0 {
-			t.Fatalf("after RemovePins: %d TCX ingress and %d egress programs", in, eg)
-		}
-		e.wantTCP(3, at(8081), "e1-8081")
-	})
+	}
+	err := dptest.InNetns(e.node, func() error { return e.m.Attach(ifindex, envPeer2, true, true) })
+	dptest.ErrIs(t, err, ErrNoInterface)
+	dptest.ErrIs(t, e.m.AttachByName("nonexistent0", 5, true, true), ErrNoInterface)
+}
+
+func (e *attachEnv) attachRemovePins(t *testing.T) {
+	defer e.use(t)()
+	e.attach(1, envEP, true, false)
+	dptest.NoErr(t, RemovePins(e.m.pinDir))
+	if in, eg := e.tcxPrograms(1); in != 0 || eg != 0 {
+		t.Fatalf("after RemovePins: %d TCX ingress and %d egress programs", in, eg)
+	}
+	e.wantTCP(3, e.at(8081), "e1-8081")
 }
 
 // TestPolicyEndpointsFull: with --max-policy-endpoint-entries 1, a second
