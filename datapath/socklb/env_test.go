@@ -405,7 +405,7 @@ func clientTCPMapped(req clientReq, resp *clientResp) {
 			tv := unix.NsecToTimeval(clientTimeout.Nanoseconds())
 			unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 			unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
-			if err := unix.Connect(fd, sa); err != nil {
+			if err := connectFD(fd, sa); err != nil {
 				resp.Errors[errName(err)]++
 				return
 			}
@@ -417,7 +417,7 @@ func clientTCPMapped(req clientReq, resp *clientResp) {
 			}
 			var got []byte
 			for {
-				n, err := unix.Read(fd, buf)
+				n, err := retryEINTR(func() (int, error) { return unix.Read(fd, buf) })
 				if n > 0 {
 					got = append(got, buf[:n]...)
 				}
@@ -474,7 +474,11 @@ func clientUDPReconnect(req clientReq, resp *clientResp) {
 				resp.Errors["write: "+errName(err)]++
 				return
 			}
-			n, from, err := unix.Recvfrom(fd, buf, 0)
+			var from unix.Sockaddr
+			n, err := retryEINTR(func() (n int, err error) {
+				n, from, err = unix.Recvfrom(fd, buf, 0)
+				return n, err
+			})
 			if err != nil {
 				resp.Errors["read: "+errName(err)]++
 				return
@@ -484,6 +488,49 @@ func clientUDPReconnect(req clientReq, resp *clientResp) {
 				resp.Peers["from "+sockaddrString(from)]++
 			}
 		}()
+	}
+}
+
+// connectFD connects fd to sa. On a socket with SO_SNDTIMEO a connect
+// interrupted by a signal (the Go runtime's preemption) is not restarted:
+// it fails with EINTR while the kernel goes on connecting, so wait for
+// that to finish.
+func connectFD(fd int, sa unix.Sockaddr) error {
+	if err := unix.Connect(fd, sa); err != unix.EINTR {
+		return err
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+	for {
+		n, err := unix.Poll(pfd, int(clientTimeout.Milliseconds()))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return unix.ETIMEDOUT
+		}
+		break
+	}
+	soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return err
+	}
+	if soErr != 0 {
+		return unix.Errno(soErr)
+	}
+	return nil
+}
+
+// retryEINTR calls fn again while it fails with EINTR: on a socket with
+// SO_RCVTIMEO a read interrupted by a signal is not restarted.
+func retryEINTR(fn func() (int, error)) (int, error) {
+	for {
+		n, err := fn()
+		if err != unix.EINTR {
+			return n, err
+		}
 	}
 }
 
