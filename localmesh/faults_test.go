@@ -339,40 +339,44 @@ func TestReplicaSwapDetectedThroughClusterID(t *testing.T) {
 	}
 }
 
-// Test 7: an agent restarts over its pinned maps while a remote is down: the
-// remote's ipcache entries and service backends stay in the datapath until
-// the remote is back and synced.
-func TestAgentRestartKeepsPinnedRemoteState(t *testing.T) {
-	testenv.RequireRoot(t)
-	e := newFaultEnv(t)
-	east := SampleState(1)
-	SetReady(east, "checkout", false) // east's service selects west's backends
-	writeJSON(t, filepath.Join(e.dir, "east.json"), east)
-	addr := freeAddr(t)
-	writeJSON(t, filepath.Join(e.dir, "west.json"), SampleState(2))
-	stop := inProcessWest(t, e, addr, &statesource.File{Path: filepath.Join(e.dir, "west.json")})
-	e.pointAt(t, addr)
+// pinnedRestart is east's agent restarted over its pinned maps: east's
+// checkout not ready, so its service selects west's backends.
+type pinnedRestart struct {
+	e    *faultEnv
+	maps *datapath.Maps // reopened for the second agent
+}
+
+// checkoutFE is east's shop/checkout port 80.
+var checkoutFE = datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}
+
+// westBackends counts west's backends of shop/checkout in the maps.
+func (p *pinnedRestart) westBackends() int {
+	svcs, _ := p.maps.Services()
+	n := 0
+	for _, b := range svcs[checkoutFE] {
+		if b.ClusterID == 2 {
+			n++
+		}
+	}
+	return n
+}
+
+// newPinnedRestart runs a first agent of east over pinned maps until west
+// (already pointed at) is fully synced into them, stops it, calls westDown,
+// and reopens the maps for the second agent.
+func newPinnedRestart(t *testing.T, e *faultEnv, westDown func()) *pinnedRestart {
+	t.Helper()
 	pin := filepath.Join("/sys/fs/bpf", "cm-restart-test-"+filepath.Base(e.dir))
 	maps, err := datapath.OpenMaps(datapath.Config{PinDir: pin})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { datapath.RemovePins(pin) })
-	checkout := datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}
-	westBackends := func(dp datapath.Reader) int {
-		svcs, _ := dp.Services()
-		n := 0
-		for _, b := range svcs[checkout] {
-			if b.ClusterID == 2 {
-				n++
-			}
-		}
-		return n
-	}
+	p := &pinnedRestart{e: e, maps: maps}
 	ctx, cancel := context.WithCancel(context.Background())
 	first, err := agentsync.New(agentsync.Config{ClusterName: "east", ClusterID: 1, ConfigDir: e.configDir, Datapath: maps,
 		LocalSource: &statesource.File{Path: filepath.Join(e.dir, "east.json")}, ProbeInterval: 100 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,26 +384,47 @@ func TestAgentRestartKeepsPinnedRemoteState(t *testing.T) {
 	go func() { done <- first.Run(ctx) }()
 	testenv.WaitFor(t, wait, "west fully synced: its backends and entries in the pinned maps", func() bool {
 		ok, _ := ipcacheEquals(maps, 2, prefixesOf(SampleState(2)))
-		return ok && westBackends(maps) == 3 && westOf(first).Ready
+		return ok && p.westBackends() == 3 && westOf(first).Ready
 	})
-	stop() // west goes down
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	maps.Close()
-
-	maps, err = datapath.OpenMaps(datapath.Config{PinDir: pin})
-	if err != nil {
+	westDown()
+	if p.maps, err = datapath.OpenMaps(datapath.Config{PinDir: pin}); err != nil {
 		t.Fatal(err)
 	}
-	defer maps.Close()
-	second := e.startAgent(t, maps, func(c *agentsync.Config) { c.SyncTimeout = time.Hour })
+	t.Cleanup(func() { p.maps.Close() })
+	return p
+}
+
+// eastNotReady writes east's state with its checkout not ready.
+func eastNotReady(t *testing.T, e *faultEnv) {
+	t.Helper()
+	east := SampleState(1)
+	SetReady(east, "checkout", false) // east's service selects west's backends
+	writeJSON(t, filepath.Join(e.dir, "east.json"), east)
+}
+
+// Test 7: an agent restarts over its pinned maps while a remote is down: the
+// remote's ipcache entries and service backends stay in the datapath until
+// the remote is back and synced.
+func TestAgentRestartKeepsPinnedRemoteState(t *testing.T) {
+	testenv.RequireRoot(t)
+	e := newFaultEnv(t)
+	eastNotReady(t, e)
+	addr := freeAddr(t)
+	writeJSON(t, filepath.Join(e.dir, "west.json"), SampleState(2))
+	stop := inProcessWest(t, e, addr, &statesource.File{Path: filepath.Join(e.dir, "west.json")})
+	e.pointAt(t, addr)
+	p := newPinnedRestart(t, e, stop) // west goes down
+	second := e.startAgent(t, p.maps, func(c *agentsync.Config) { c.SyncTimeout = time.Hour })
 	testenv.WaitFor(t, wait, "the new agent tried west and failed", func() bool { return westOf(second).Failures > 0 })
-	if n := westBackends(maps); n != 3 {
+	if n := p.westBackends(); n != 3 {
 		t.Fatalf("after the restart with west down, the service has %d of west's 3 backends", n)
 	}
-	if ok, _ := ipcacheEquals(maps, 2, prefixesOf(SampleState(2))); !ok {
+	if ok, _ := ipcacheEquals(p.maps, 2, prefixesOf(SampleState(2))); !ok {
 		t.Fatal("west's ipcache entries changed while west was down")
 	}
 	inProcessWest(t, e, addr, &statesource.File{Path: filepath.Join(e.dir, "west.json")})
@@ -408,7 +433,7 @@ func TestAgentRestartKeepsPinnedRemoteState(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("no prune after west came back")
 	}
-	if n := westBackends(maps); n != 3 {
+	if n := p.westBackends(); n != 3 {
 		t.Errorf("after west's return: %d of its 3 backends", n)
 	}
 }

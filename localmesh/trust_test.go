@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -236,57 +235,14 @@ func TestRefusedServiceUpdateWithdrawsItsBackends(t *testing.T) {
 func TestRestartWithPeerDownPastSyncTimeoutPrunesNothing(t *testing.T) {
 	testenv.RequireRoot(t)
 	e := newFaultEnv(t)
-	east := SampleState(1)
-	SetReady(east, "checkout", false) // east's service selects west's backends
-	writeJSON(t, filepath.Join(e.dir, "east.json"), east)
+	eastNotReady(t, e)
 	westFile := filepath.Join(e.dir, "west.json")
 	writeJSON(t, westFile, SampleState(2))
 	spec := processSpec{Cluster: "west", ID: 2, Listen: freeAddr(t), CertDir: e.west.Dir, Peers: []string{"east"}, StateFile: westFile}
 	west := startAPIServerProcess(t, spec)
 	e.pointAt(t, spec.Listen)
-
-	pin := filepath.Join("/sys/fs/bpf", "cm-trust-restart-"+filepath.Base(e.dir))
-	maps, err := datapath.OpenMaps(datapath.Config{PinDir: pin})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { datapath.RemovePins(pin) })
-	checkout := datapath.Frontend{Addr: CheckoutIP, Port: 80, Protocol: datapath.TCP}
-	westBackends := func() int {
-		svcs, _ := maps.Services()
-		n := 0
-		for _, b := range svcs[checkout] {
-			if b.ClusterID == 2 {
-				n++
-			}
-		}
-		return n
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	first, err := agentsync.New(agentsync.Config{ClusterName: "east", ClusterID: 1, ConfigDir: e.configDir, Datapath: maps,
-		LocalSource: &statesource.File{Path: filepath.Join(e.dir, "east.json")}, ProbeInterval: 100 * time.Millisecond,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- first.Run(ctx) }()
-	testenv.WaitFor(t, wait, "west fully synced into the pinned maps", func() bool {
-		ok, _ := ipcacheEquals(maps, 2, prefixesOf(SampleState(2)))
-		return ok && westBackends() == 3 && westOf(first).Ready
-	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	maps.Close()
-	west.kill() // SIGKILL: west's control plane is gone
-
-	maps, err = datapath.OpenMaps(datapath.Config{PinDir: pin})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer maps.Close()
+	p := newPinnedRestart(t, e, west.kill) // SIGKILL: west's control plane is gone
+	maps, westBackends := p.maps, p.westBackends
 	second := e.startAgent(t, maps, func(c *agentsync.Config) { c.SyncTimeout = 200 * time.Millisecond })
 	select {
 	case <-second.Pruned(): // the sync timeout passed
