@@ -65,19 +65,7 @@ func versions(t *testing.T, c *kubetest.Cluster, ns string) map[string]string {
 
 func secretCert(t *testing.T, c *kubetest.Cluster, ns, name, key string) *x509.Certificate {
 	t.Helper()
-	s, err := c.Client.CoreV1().Secrets(ns).Get(context.Background(), name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := pem.Decode(s.Data[key])
-	if b == nil {
-		t.Fatalf("secret %s: no PEM in %s", name, key)
-	}
-	cert, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
+	return c.SecretCert(t, ns, name, key)
 }
 
 func namesIP(cert *x509.Certificate, ip string) bool {

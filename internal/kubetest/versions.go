@@ -2,6 +2,9 @@ package kubetest
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -54,4 +57,23 @@ func (c *Cluster) ResourceVersions(ctx context.Context, ns, role, clusterRole st
 		add("clusterrolebinding", r)
 	}
 	return out
+}
+
+// SecretCert returns the certificate in key of secret ns/name, failing t if
+// there is none.
+func (c *Cluster) SecretCert(t testing.TB, ns, name, key string) *x509.Certificate {
+	t.Helper()
+	s, err := c.Client.CoreV1().Secrets(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(s.Data[key])
+	if b == nil {
+		t.Fatalf("secret %s: no PEM in %s", name, key)
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
 }
