@@ -7,7 +7,6 @@ import (
 	"slices"
 	"testing"
 
-
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 )
 
