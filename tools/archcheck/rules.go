@@ -62,6 +62,19 @@ var rules = []Rule{
 		Why:   "the agent meets the apiserver only in wire",
 	},
 	{
+		Pkg:   "kubemesh",
+		Never: []string{"cli", "node", "localmesh", "demo"},
+		Why:   "Kubernetes orchestration drives clusters through their API servers; it reads the agent's config and status types, never assembles an agent",
+	},
+	{
+		Pkg: "internal/coalesce", OursOnly: nothing,
+		Why: "coalesce is a leaf: every package may use it",
+	},
+	{
+		Pkg: "internal/metricsserver", OursOnly: nothing,
+		Why: "metricsserver is a leaf: the agent and the apiserver serve their metrics with it",
+	},
+	{
 		Pkg: "cli", ImportedOnlyBy: []string{"cmd"},
 		Why: "cli is the commands: only a main imports it",
 	},
