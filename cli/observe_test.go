@@ -23,7 +23,7 @@ import (
 )
 
 // obsSource is a Source fed by a channel: the one fake of these tests (a
-// real agent's FlowReader is exercised by the agent's end-to-end test).
+// real agent's flows.Reader is exercised by the agent's end-to-end test).
 type obsSource struct{ ch chan flows.Flow }
 
 func (s obsSource) Read(ctx context.Context) (flows.Flow, error) {

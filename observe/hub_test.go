@@ -22,7 +22,7 @@ import (
 var errSourceClosed = errors.New("source closed")
 
 // chanSource is the one fake of these tests: a Source fed by a channel
-// (the real FlowReader is exercised by the agent's end-to-end test and by
+// (the real flows.Reader is exercised by the agent's end-to-end test and by
 // TestFiguresObserve).
 type chanSource struct {
 	ch   chan flows.Flow

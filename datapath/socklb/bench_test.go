@@ -53,7 +53,7 @@ func newConnectBench(tb testing.TB) *connectBench {
 	e.plainCg = newTestCgroup(tb)
 	lb, err := Attach(e.maps, e.lbCg, Config{})
 	if err != nil {
-		tb.Fatalf("AttachSockLB: %v", err)
+		tb.Fatalf("Attach: %v", err)
 	}
 	tb.Cleanup(func() { lb.Close() })
 	e.lb = lb

@@ -102,7 +102,7 @@ func newLBEnv(t *testing.T, clusters, hosts int) *lbEnv {
 	e.cgroup = newTestCgroup(t)
 	lb, err := Attach(e.maps, e.cgroup, Config{})
 	if err != nil {
-		t.Fatalf("AttachSockLB: %v", err)
+		t.Fatalf("Attach: %v", err)
 	}
 	e.lb = lb
 	t.Cleanup(func() {

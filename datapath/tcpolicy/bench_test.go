@@ -72,7 +72,7 @@ func benchPolicy(t testing.TB, m *Programs, n int) {
 //     a reader meanwhile).
 //   - flow.events.per_s, flow.events.lost: drop events generated at
 //     100,000 per second for 5 s (BPF_PROG_TEST_RUN of a denied packet,
-//     paced every millisecond) and read by a FlowReader: the rate read and
+//     paced every millisecond) and read by a flows.Reader: the rate read and
 //     the events lost (default ring buffer, 4 MiB).
 //   - flow.events.max_per_s, flow.events.max_lost: the same unpaced, as fast
 //     as one CPU generates them for 3 s.

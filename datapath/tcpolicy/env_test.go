@@ -137,7 +137,7 @@ func (e *polEnv) attach(n int, identity uint32, ingress, egress bool) {
 	e.t.Helper()
 	err := dptest.InNetns(e.node, func() error { return e.maps.AttachByName(e.eps[n].host, identity, ingress, egress) })
 	if err != nil {
-		e.t.Fatalf("AttachPolicy(lxc%d): %v", n, err)
+		e.t.Fatalf("Attach(lxc%d): %v", n, err)
 	}
 }
 

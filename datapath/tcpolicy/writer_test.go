@@ -16,7 +16,7 @@ import (
 // Tests of the policy writers (both implementations) and of the key
 // expansion; the programs are tested in policy_prog_test.go.
 
-// policyImpls are the PolicyWriters under test.
+// policyImpls are the Writers under test.
 var policyImpls = []struct {
 	name string
 	open func(t *testing.T) Writer
