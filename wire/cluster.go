@@ -8,6 +8,12 @@
 // Invariant: a value returned by a Decode function has passed every check of
 // the reference table for its kind; anything else is an error wrapping one of
 // the sentinels in errors.go.
+//
+// Its surface is large (about a hundred exported names) because it is the
+// format itself: Cilium's value types with their JSON field names, one key
+// builder and one decoder per kind, the reserved identities, the annotation
+// names of global services and one sentinel per rejection reason. Splitting
+// it would split one format between packages that must agree on every byte.
 package wire
 
 import (
