@@ -1,10 +1,10 @@
-// Package agentsync owns a node agent's view of the mesh: one connection per
-// remote cluster (read from a directory of etcd client configs), the
-// list+watch of each remote's nodes, identities, ipcache entries and global
-// services with validation and mark-and-sweep, the merge of remote backends
-// with the local cluster's global services under their affinity, and the
-// writes of the merged result into the datapath. Remote state outlives a
-// remote's failure: only an explicit disconnect drains it.
+// Package agentsync receives the mesh on a node: one connection per remote
+// cluster (read from a directory of etcd client configs), the list+watch of
+// each remote's nodes, identities, ipcache entries and global services, the
+// validation of every entry (with per-remote limits) and mark-and-sweep. It
+// hands what it accepted to package merge, which decides what the datapath
+// holds and writes it. Remote state outlives a remote's failure: only an
+// explicit disconnect drains it.
 package agentsync
 
 import (
