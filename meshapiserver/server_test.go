@@ -235,7 +235,7 @@ func TestRemoteUserIsReadOnly(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, key := range []string{wire.NodeKey("east", "evil"), wire.ClusterConfigKey("east"), wire.HeartbeatKey,
-		wire.SyncedKey("east", wire.Nodes), "cilium/other", "anything"} {
+		wire.SyncedKey("east", wire.Nodes), wire.HeartbeatKey + "x", "cilium/other", "anything"} {
 		if _, err := west.Put(ctx, key, "x"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 			t.Errorf("put %s as remote-west: %v, want permission denied", key, err)
 		}
@@ -245,6 +245,11 @@ func TestRemoteUserIsReadOnly(t *testing.T) {
 	}
 	if _, err := west.Delete(ctx, wire.StatePrefix, clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Errorf("delete state prefix: %v", err)
+	}
+	// Cilium's remote-cluster client lists the heartbeat as a prefix when it
+	// connects: a single-key grant would refuse it.
+	if resp, err := get(t, west, wire.HeartbeatKey, clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 1 {
+		t.Errorf("list heartbeat as a prefix as remote-west: %v %v", resp, err)
 	}
 	for _, key := range []string{wire.ClusterConfigKey("north"), "cilium/synced/north/x", "outside"} {
 		if _, err := get(t, west, key); !errors.Is(err, rpctypes.ErrPermissionDenied) {

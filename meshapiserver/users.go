@@ -27,9 +27,14 @@ func RemoteUser(peer string) string { return "remote-" + peer }
 
 // remotePermissions are what the remote role may read in cluster's store:
 // the heartbeat, all state, and only cluster's own config and canaries.
+// The heartbeat is granted as a prefix range (cilium/.heartbeat up to
+// cilium/.heartbeau), as Cilium's etcdinit does (rangesForRemoteRole in
+// pkg/kvstore/etcdinit/init.go, rangeForPrefix withoutTrailingSlash):
+// Cilium's remote-cluster client lists the heartbeat as a prefix, and a
+// single-key grant refuses that list.
 func remotePermissions(cluster string) [][2]string {
 	return [][2]string{
-		{wire.HeartbeatKey, ""},
+		{wire.HeartbeatKey, clientv3.GetPrefixRangeEnd(wire.HeartbeatKey)},
 		{wire.StatePrefix, clientv3.GetPrefixRangeEnd(wire.StatePrefix)},
 		{wire.ClusterConfigKey(cluster), ""},
 		{wire.SyncedClusterPrefix(cluster), clientv3.GetPrefixRangeEnd(wire.SyncedClusterPrefix(cluster))},
