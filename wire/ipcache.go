@@ -49,7 +49,9 @@ func EncodeIPIdentityPair(p *IPIdentityPair) ([]byte, error) { return json.Marsh
 
 // DecodeIPIdentityPair decodes and validates an ipcache entry read from
 // cluster c: the key must name the value's address, the identity must be in
-// c's range (or reserved) and the host IP, if any, must parse.
+// c's range (or reserved, 1..255) and the host IP, if any, must parse. An
+// entry with the host identity (1) comes back with the remote-node identity
+// (6), as Cilium maps it: a remote's host is a remote node here.
 func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair, error) {
 	pk, err := ParseKey(IPCache, c.Name, key)
 	if err != nil {
@@ -85,9 +87,15 @@ func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair,
 	if min := minPrefixBits(pfx); pfx.Bits() < min {
 		return nil, fmt.Errorf("decoding ipcache entry %q: %w (a remote may not claim a prefix shorter than /%d)", key, ErrInvalidAddress, min)
 	}
-	if p.ID == IdentityHost || !c.OwnsIdentity(p.ID) {
+	if !c.OwnsIdentity(p.ID) {
 		first, last := IdentityRange(c.ID, c.MaxConnectedClusters)
 		return nil, fmt.Errorf("decoding ipcache entry %q: identity %d: %w (cluster %q owns %d..%d)", key, p.ID, ErrIdentityOutOfRange, c.Name, first, last)
+	}
+	if p.ID == IdentityHost {
+		// The remote's own node, as that remote sees it: to every other
+		// cluster it is a remote node (Cilium v1.20.2,
+		// pkg/ipcache/kvstore.go, IPIdentityWatcher.OnUpdate).
+		p.ID = IdentityRemoteNode
 	}
 	return &p, nil
 }

@@ -187,7 +187,23 @@ func TestIPIdentityPair(t *testing.T) {
 	bad(IPCacheKey("10.1.0.0/24"), `{"IP":"10.1.0.0","ID":65600}`, ErrInvalidAddress)
 	bad(IPCacheKey("0.0.0.0/0"), `{"IP":"0.0.0.0","Mask":"AAAAAA==","ID":65600}`, ErrInvalidAddress)
 	bad(IPCacheKey("fd00::/16"), `{"IP":"fd00::","Mask":"//8AAAAAAAAAAAAAAAAAAA==","ID":65600}`, ErrInvalidAddress)
-	bad(IPCacheKey("10.1.0.5"), `{"IP":"10.1.0.5","ID":1}`, ErrIdentityOutOfRange) // host is never remote
+}
+
+// A remote's entry with the host identity is its own node as it sees it:
+// accepted, and a remote node here (Cilium: pkg/ipcache/kvstore.go,
+// IPIdentityWatcher.OnUpdate). The other reserved identities keep theirs.
+func TestIPCacheHostIdentityIsRemoteNode(t *testing.T) {
+	for in, want := range map[uint32]uint32{IdentityHost: IdentityRemoteNode, IdentityWorld: IdentityWorld, IdentityRemoteNode: IdentityRemoteNode, 4: 4, 255: 255} {
+		v := fmt.Sprintf(`{"IP":"192.168.1.1","HostIP":"192.168.1.1","ID":%d}`, in)
+		p, err := DecodeIPIdentityPair(east, IPCacheKey("192.168.1.1"), []byte(v))
+		if err != nil {
+			t.Errorf("identity %d: %v", in, err)
+			continue
+		}
+		if p.ID != want {
+			t.Errorf("identity %d decoded as %d, want %d", in, p.ID, want)
+		}
+	}
 }
 
 func TestServiceChecks(t *testing.T) {
