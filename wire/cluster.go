@@ -130,10 +130,63 @@ type Capabilities struct {
 // EncodeClusterConfig returns the JSON of cfg.
 func EncodeClusterConfig(cfg ClusterConfig) ([]byte, error) { return json.Marshal(cfg) }
 
+// EndpointSlicesExportMode is capabilities.endpointSlicesExportMode of a
+// Cilium v1.20 cluster config: whether the cluster exports its global
+// services as services, as endpoint slices (zstd-compressed entries under
+// cilium/state/endpointslices/v1/), or both. Cilium v1.20.2:
+// pkg/clustermesh/types/types.go; written by
+// pkg/clustermesh/clustercfg/cell/cell.go.
+type EndpointSlicesExportMode string
+
+// The export modes Cilium defines; any other value is refused, as Cilium's
+// ValidateRemoteConfig refuses it.
+const (
+	ExportServicesOnly              EndpointSlicesExportMode = ""
+	ExportServicesAndEndpointSlices EndpointSlicesExportMode = "services-and-endpointslices"
+	ExportEndpointSlicesOnly        EndpointSlicesExportMode = "endpointslices-only"
+)
+
+// ExportsServices reports whether a cluster in mode m publishes its global
+// services under cilium/state/services/v1/ (all modes but
+// endpointslices-only).
+func (m EndpointSlicesExportMode) ExportsServices() bool { return m != ExportEndpointSlicesOnly }
+
+// DecodeEndpointSlicesExportMode returns the export mode a cluster config
+// advertises, and refuses one Cilium does not define.
+func DecodeEndpointSlicesExportMode(value []byte) (EndpointSlicesExportMode, error) {
+	var v struct {
+		Capabilities struct {
+			Mode EndpointSlicesExportMode `json:"endpointSlicesExportMode"`
+		} `json:"capabilities"`
+	}
+	if err := decodeJSON(value, &v); err != nil {
+		return "", err
+	}
+	switch m := v.Capabilities.Mode; m {
+	case ExportServicesOnly, ExportServicesAndEndpointSlices, ExportEndpointSlicesOnly:
+		return m, nil
+	default:
+		return "", fmt.Errorf("endpointSlicesExportMode %.40q: %w (want %q, %q or none)", m, ErrIncompatibleConfig,
+			ExportServicesAndEndpointSlices, ExportEndpointSlicesOnly)
+	}
+}
+
 // DecodeClusterConfig decodes the config of the cluster named name and
-// checks it against the local mesh size localMax: the id must be in range and
-// both sides must agree on maxConnectedClusters. A config without
-// maxConnectedClusters means Cilium's default of 255.
+// checks it against the local mesh size localMax: the id must be in range,
+// the endpoint-slices export mode one Cilium defines, and both sides must
+// agree on maxConnectedClusters. A config without maxConnectedClusters
+// means Cilium's default of 255.
+//
+// Cilium requires equal sizes only when the reader runs with 511
+// (pkg/clustermesh/types/option.go, ValidateRemoteConfig). We require them
+// in both directions: a 511 cluster's identities are 32,768-wide ranges
+// (id<<15) and a 255 reader's 65,536-wide ones (id<<16), so the same number
+// names different clusters on the two sides. A 255 Cilium agent connected
+// to a 511 remote validates the remote's entries against its own range
+// (pkg/ipcache/kvstore.go WithIdentityValidator with
+// pkg/identity/numericidentity.go GetMinimalAllocationIdentity, shift from
+// the local size), so it drops every identity and ipcache entry of that
+// remote anyway; refusing the remote whole says so once, with what to change.
 func DecodeClusterConfig(name string, localMax uint32, value []byte) (Cluster, ClusterConfig, error) {
 	var cfg ClusterConfig
 	if err := decodeJSON(value, &cfg); err != nil {
@@ -143,13 +196,33 @@ func DecodeClusterConfig(name string, localMax uint32, value []byte) (Cluster, C
 	if remoteMax == 0 {
 		remoteMax = DefaultMaxConnectedClusters
 	}
-	if remoteMax != localMax {
-		return Cluster{}, cfg, fmt.Errorf("cluster %q has maxConnectedClusters %d, this cluster %d: %w (set the same value on both sides)",
-			name, remoteMax, localMax, ErrIncompatibleConfig)
+	if err := CompatibleMaxConnectedClusters(name, localMax, remoteMax); err != nil {
+		return Cluster{}, cfg, err
+	}
+	if _, err := DecodeEndpointSlicesExportMode(value); err != nil {
+		return Cluster{}, cfg, fmt.Errorf("the cluster config of %q: %w", name, err)
 	}
 	c := Cluster{Name: name, ID: cfg.ID, MaxConnectedClusters: localMax}
 	if err := c.Validate(); err != nil {
 		return Cluster{}, cfg, err
 	}
 	return c, cfg, nil
+}
+
+// CompatibleMaxConnectedClusters refuses a remote (named name) whose mesh
+// size differs from the local one, saying why and what to change (see
+// DecodeClusterConfig).
+func CompatibleMaxConnectedClusters(name string, localMax, remoteMax uint32) error {
+	switch {
+	case remoteMax == localMax:
+		return nil
+	case remoteMax != DefaultMaxConnectedClusters && remoteMax != ExtendedMaxConnectedClusters:
+		return fmt.Errorf("cluster %q: %w", name, ValidateMaxConnectedClusters(remoteMax))
+	case localMax == DefaultMaxConnectedClusters:
+		return fmt.Errorf("cluster %q runs with maxConnectedClusters %d, this cluster with %d: %w: its identities are numbered in ranges of %d per cluster id, ours in ranges of %d, so its identity numbers would name other clusters' identities here (Cilium's agent would drop all of them as out of range); set maxConnectedClusters to the same value on both clusters",
+			name, remoteMax, localMax, ErrIncompatibleConfig, 1<<(identityBits-9), 1<<(identityBits-8))
+	default:
+		return fmt.Errorf("cluster %q runs with maxConnectedClusters %d, this cluster with %d: %w: its identities are numbered in ranges of %d per cluster id, ours in ranges of %d, so its identity numbers would name other clusters' identities here (Cilium refuses it too); set maxConnectedClusters to the same value on both clusters",
+			name, remoteMax, localMax, ErrIncompatibleConfig, 1<<(identityBits-8), 1<<(identityBits-9))
+	}
 }

@@ -175,6 +175,8 @@ func FuzzDecodeIdentity(f *testing.F) {
 
 func FuzzDecodeClusterConfig(f *testing.F) {
 	f.Add([]byte(`{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}`))
+	f.Add([]byte(`{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"endpointSlicesExportMode":"endpointslices-only"}}`))
+	f.Add([]byte(`{"id":3,"capabilities":{"maxConnectedClusters":511}}`))
 	f.Fuzz(func(t *testing.T, v []byte) {
 		c, cfg, err := DecodeClusterConfig("north", 255, v)
 		if err == nil && (c.Name != "north" || c.MaxConnectedClusters != 255 || c.ID != cfg.ID) {

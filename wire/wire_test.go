@@ -80,6 +80,68 @@ func TestClusterConfig(t *testing.T) {
 	}
 }
 
+// maxConnectedClusters must be equal on both sides, in both directions:
+// the identity ranges of a 255 and a 511 cluster overlap other clusters'.
+// The error says which side runs with what, and what to change.
+func TestClusterConfigMaxConnectedClusters(t *testing.T) {
+	same := "same value on both clusters"
+	for _, tc := range []struct {
+		local, remote uint32
+		ok            bool
+		says          []string
+	}{
+		{255, 255, true, nil},
+		{255, 511, false, []string{"ranges of 32768 per cluster id, ours in ranges of 65536", same}},
+		{511, 511, true, nil},
+		{511, 255, false, []string{"ranges of 65536 per cluster id, ours in ranges of 32768", same}},
+		{511, 0, false, []string{"maxConnectedClusters 255, this cluster with 511", same}}, // absent means 255
+		{255, 300, false, []string{"maxConnectedClusters 300"}},
+	} {
+		v := fmt.Sprintf(`{"id":200,"capabilities":{"maxConnectedClusters":%d}}`, tc.remote)
+		c, _, err := DecodeClusterConfig("north", tc.local, []byte(v))
+		if tc.ok {
+			if err != nil || c.MaxConnectedClusters != tc.local || c.ID != 200 {
+				t.Errorf("local %d, remote %d: %+v, %v", tc.local, tc.remote, c, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrIncompatibleConfig) || Reason(err) != "incompatible_config" {
+			t.Errorf("local %d, remote %d: %v, want %v", tc.local, tc.remote, err, ErrIncompatibleConfig)
+			continue
+		}
+		for _, want := range append(tc.says, `cluster "north"`) {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("local %d, remote %d: %q does not say %q", tc.local, tc.remote, err, want)
+			}
+		}
+	}
+}
+
+// Cilium v1.20's endpointSlicesExportMode: its three values are read, any
+// other refuses the config (as Cilium's ValidateRemoteConfig does).
+func TestClusterConfigEndpointSlicesExportMode(t *testing.T) {
+	for mode, want := range map[string]EndpointSlicesExportMode{
+		``: ExportServicesOnly, `,"endpointSlicesExportMode":""`: ExportServicesOnly,
+		`,"endpointSlicesExportMode":"services-and-endpointslices"`: ExportServicesAndEndpointSlices,
+		`,"endpointSlicesExportMode":"endpointslices-only"`:         ExportEndpointSlicesOnly,
+	} {
+		v := []byte(`{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255` + mode + `}}`)
+		if _, _, err := DecodeClusterConfig("north", 255, v); err != nil {
+			t.Errorf("%s: %v", v, err)
+		}
+		if got, err := DecodeEndpointSlicesExportMode(v); err != nil || got != want {
+			t.Errorf("%s: mode %q, %v; want %q", v, got, err, want)
+		}
+	}
+	if !ExportServicesAndEndpointSlices.ExportsServices() || ExportEndpointSlicesOnly.ExportsServices() || !ExportServicesOnly.ExportsServices() {
+		t.Error("ExportsServices")
+	}
+	v := []byte(`{"id":3,"capabilities":{"endpointSlicesExportMode":"slices-please"}}`)
+	if _, _, err := DecodeClusterConfig("north", 255, v); !errors.Is(err, ErrIncompatibleConfig) || !strings.Contains(err.Error(), "slices-please") {
+		t.Errorf("unknown mode: %v", err)
+	}
+}
+
 func TestParseKey(t *testing.T) {
 	for _, tc := range []struct {
 		kind Kind
