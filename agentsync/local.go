@@ -28,10 +28,17 @@ type IdentityObserver interface {
 // selfKinds are the kinds read from the local cluster's own apiserver.
 var selfKinds = []wire.Kind{wire.Identities, wire.IPCache}
 
+// kindsButServices are the kinds read from a remote that exports its
+// services only as endpoint slices (see exports.go).
+var kindsButServices = []wire.Kind{wire.Nodes, wire.Identities, wire.IPCache}
+
 // watchedKinds are the kinds this remote lists and watches.
 func (r *remote) watchedKinds() []wire.Kind {
 	if r.self {
 		return selfKinds
+	}
+	if r.noServices.Load() {
+		return kindsButServices
 	}
 	return wire.Kinds
 }

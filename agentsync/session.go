@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -83,6 +84,9 @@ type remote struct {
 	// values; guarded by mu).
 	rejectLog *loglimit.Keyed
 	kinds     [4]*kindState
+	// noServices: the current session's remote exports its services only
+	// as endpoint slices, so its services are not read (see exports.go).
+	noServices atomic.Bool
 }
 
 // cluster returns the remote's validated name, id and mesh size.
@@ -213,6 +217,7 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	r.setConnected(pin.cluster, pin.etcdID)
+	r.setExportMode(pin.exports)
 	r.log.Info("connected", "clusterID", pin.cluster.ID, "etcdClusterID", formatID(pin.etcdID))
 
 	errc := make(chan error, len(wire.Kinds)+1)
@@ -256,6 +261,7 @@ type sessionPin struct {
 	config  wire.ClusterConfig
 	raw     []byte
 	etcdID  uint64
+	exports wire.EndpointSlicesExportMode
 }
 
 // clusterConfig waits for and validates the remote's cluster config, and
@@ -284,7 +290,11 @@ func (r *remote) clusterConfig(ctx context.Context, cli *clientv3.Client) (sessi
 				return sessionPin{}, fmt.Errorf("remote %s: %w: it serves its state from a kvstoremesh cache (capabilities.cached), which this agent does not read; point the config at the cluster's own mesh apiserver",
 					r.name, wire.ErrIncompatibleConfig)
 			}
-			return sessionPin{cluster: c, config: cfg, raw: raw, etcdID: resp.Header.ClusterId}, nil
+			exports, err := wire.DecodeEndpointSlicesExportMode(raw)
+			if err != nil { // DecodeClusterConfig checked it
+				return sessionPin{}, fmt.Errorf("reading the cluster config of remote %s: %w", r.name, err)
+			}
+			return sessionPin{cluster: c, config: cfg, raw: raw, etcdID: resp.Header.ClusterId, exports: exports}, nil
 		}
 		r.setError(fmt.Errorf("remote %s has not published %s yet: waiting", r.name, key))
 		select {

@@ -91,6 +91,16 @@ type RemoteStatus struct {
 	// StaleKeys counts, per kind, entries whose last update was refused and
 	// whose previous value stays in force.
 	StaleKeys map[string]int `json:"staleKeys,omitempty"`
+	// Unsupported names what the remote publishes that this agent does
+	// not read, and why (endpoint slices: see exports.go).
+	Unsupported []UnsupportedKind `json:"unsupported,omitempty"`
+}
+
+// UnsupportedKind is a kind of entry a remote publishes and the agent does
+// not read.
+type UnsupportedKind struct {
+	Kind   string `json:"kind"`
+	Reason string `json:"reason"`
 }
 
 // WithdrawnService is a remote's service taken out of force after a refused
