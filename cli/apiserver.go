@@ -99,6 +99,7 @@ func (af *apiserverFlags) register(cmd *cobra.Command) {
 	f.StringVar(&af.stateDir, "state-dir", "", "with --state-source=file: directory where identity numbers are kept across restarts (empty: in memory only)")
 	f.StringVar(&af.trustedCADir, "trusted-ca-dir", "", "directory of further CA certificates (PEM, one file each) whose client certificates are accepted: peers with another mesh CA (connect --allow-mismatching-ca)")
 	f.StringVar(&af.peers, "peer", "", "comma-separated clusters allowed to read this one (each connects as remote-<peer>)")
+	f.BoolVar(&cfg.CiliumRemoteUser, "cilium-remote-user", false, "also let the shared user remote read, as Cilium agents of any peer log in (certificate common name remote); per-peer users (--peer) are safer: see SECURITY.md")
 	f.StringVar(&af.metricsAddr, "metrics-addr", defaultAPIServerMetricsAddr, "host:port to serve Prometheus /metrics on, without authentication: loopback only by default; :9963 for every interface (\"\" disables)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: in the apiserver's private directory under $TMPDIR/clustermesh-<uid>, removed on exit or by the next start)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", meshapiserver.DefaultLeaseTTL, "TTL of the lease every published entry is attached to")

@@ -84,6 +84,13 @@ type Config struct {
 	// remote-<peer> with the read-only role; no other user can read. (The
 	// cluster's own agents read local state from the state source.)
 	Peers []string
+	// CiliumRemoteUser adds the user remote, with the same read-only role,
+	// beside the per-peer users: the one user Cilium agents log in as
+	// (their certificate's common name is remote). Every holder of a
+	// remote certificate then reads as any other peer, and one peer
+	// cannot be revoked without re-keying all (SECURITY.md). Off by
+	// default; when off, a user remote left by an earlier run is removed.
+	CiliumRemoteUser bool
 
 	// DataDir holds etcd's data; empty means a directory in the runtime
 	// directory (the store is re-derived from the source on every start).

@@ -158,7 +158,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer cli.Close()
-	if err := setupAuth(ctx, cli, cfg.ClusterName, cfg.Peers); err != nil {
+	if err := setupAuth(ctx, cli, cfg.ClusterName, cfg.Peers, cfg.CiliumRemoteUser); err != nil {
 		return err
 	}
 	if err := s.writeClusterConfig(ctx, cli); err != nil {

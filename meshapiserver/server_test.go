@@ -67,6 +67,8 @@ type fixture struct {
 	runtimeDir string
 	// historyRetention, when set, is how long etcd keeps old revisions.
 	historyRetention time.Duration
+	// ciliumRemote creates the shared user remote (Config.CiliumRemoteUser).
+	ciliumRemote bool
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -94,7 +96,7 @@ func (f *fixture) start(t *testing.T, addr string) {
 		ServerCertFile: f.east.ServerCert(), ServerKeyFile: f.east.ServerKey(), CAFile: f.east.CAFile(),
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
 		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir, LeaseTTL: f.leaseTTL,
-		TrustedCAFiles: f.trustedCAs, RuntimeDir: f.runtimeDir,
+		TrustedCAFiles: f.trustedCAs, RuntimeDir: f.runtimeDir, CiliumRemoteUser: f.ciliumRemote,
 		Source: &statesource.File{Path: f.state, PollInterval: 10 * time.Millisecond},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -25,6 +25,12 @@ func AdminUser(cluster string) string { return "admin-" + cluster }
 // RemoteUser is the read-only user of peer cluster.
 func RemoteUser(peer string) string { return "remote-" + peer }
 
+// CiliumRemoteUser is the one read-only user every Cilium agent of every
+// peer logs in as (pkg/kvstore/etcdinit/init.go: username("remote")). It
+// exists only with Config.CiliumRemoteUser: a certificate named remote
+// reads as any peer, so per-peer users are the default.
+const CiliumRemoteUser = "remote"
+
 // remotePermissions are what the remote role may read in cluster's store:
 // the heartbeat, all state, and only cluster's own config and canaries.
 // The heartbeat is granted as a prefix range (cilium/.heartbeat up to
@@ -43,8 +49,9 @@ func remotePermissions(cluster string) [][2]string {
 
 // setupAuth creates the roles and users and enables authentication. It is
 // idempotent, also on a store where auth is already on (as admin it may
-// still manage users), and removes remote users of peers no longer listed.
-func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers []string) error {
+// still manage users), and removes remote users of peers no longer listed,
+// and the shared user remote unless ciliumRemote asks for it.
+func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers []string, ciliumRemote bool) error {
 	if _, err := cli.RoleAdd(ctx, remoteRole); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
 		return fmt.Errorf("adding role %s: %w", remoteRole, err)
 	}
@@ -58,6 +65,9 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers 
 	want := map[string]string{rootUser: rootRole, AdminUser(cluster): rootRole, RemoteUser(cluster): remoteRole}
 	for _, p := range peers {
 		want[RemoteUser(p)] = remoteRole
+	}
+	if ciliumRemote {
+		want[CiliumRemoteUser] = remoteRole
 	}
 	for user, role := range want {
 		_, err := cli.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true})
@@ -73,7 +83,7 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers 
 		return fmt.Errorf("listing users: %w", err)
 	}
 	for _, u := range users.Users {
-		if _, ok := want[u]; !ok && strings.HasPrefix(u, "remote-") {
+		if _, ok := want[u]; !ok && (strings.HasPrefix(u, "remote-") || u == CiliumRemoteUser) {
 			if _, err := cli.UserDelete(ctx, u); err != nil {
 				return fmt.Errorf("removing user %s of a former peer: %w", u, err)
 			}
