@@ -77,7 +77,8 @@ func TestPublishResumesAfterTransientFailure(t *testing.T) {
 // TestRepublishesAfterLosingTheLease: the lease every entry is on goes (an
 // admin revokes it; it would also expire if the apiserver could not keep it
 // alive for its TTL), and every entry with it. The apiserver keeps running,
-// takes another lease and writes everything again, canaries included.
+// takes another lease and writes everything again, canaries and the cluster
+// config included.
 func TestRepublishesAfterLosingTheLease(t *testing.T) {
 	f := newFixture(t)
 	f.leaseTTL = 10 * time.Second
@@ -99,7 +100,7 @@ func TestRepublishesAfterLosingTheLease(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		state, canaries := 0, 0
+		state, canaries, config := 0, 0, 0
 		for _, kv := range resp.Kvs {
 			if kv.Lease == int64(lost) {
 				return false
@@ -109,9 +110,11 @@ func TestRepublishesAfterLosingTheLease(t *testing.T) {
 				state++
 			case strings.HasPrefix(string(kv.Key), wire.SyncedPrefix):
 				canaries++
+			case string(kv.Key) == wire.ClusterConfigKey("east") && kv.Lease != 0:
+				config++
 			}
 		}
-		return state == 7 && canaries == len(wire.Kinds)
+		return state == 7 && canaries == len(wire.Kinds) && config == 1
 	})
 	if st := f.srv.Status(); st.LeaseRenewals != 1 {
 		t.Errorf("lease renewals %d, want 1", st.LeaseRenewals)

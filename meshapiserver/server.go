@@ -161,21 +161,22 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := setupAuth(ctx, cli, cfg.ClusterName, cfg.Peers, cfg.CiliumRemoteUser); err != nil {
 		return err
 	}
-	if err := s.writeClusterConfig(ctx, cli); err != nil {
-		return err
-	}
 	pub := newPublisher(cli, cfg.cluster(), log, s.txnLatency)
 	return s.loop(ctx, cli, pub, ids, src, first)
 }
 
-func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client) error {
+// writeClusterConfig writes cilium/cluster-config/<cluster> on lease, as
+// Cilium's clustermesh-apiserver does (clustercfg.Set in
+// pkg/clustermesh/clustercfg/clustercfg.go: UpdateIfDifferent with a
+// lease), so that it goes with the apiserver and the entries it describes.
+func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) error {
 	v, err := wire.EncodeClusterConfig(wire.ClusterConfig{ID: s.cfg.ClusterID, Capabilities: wire.Capabilities{
 		SyncedCanaries: true, MaxConnectedClusters: s.cfg.MaxConnectedClusters,
 	}})
 	if err != nil {
 		return err
 	}
-	if _, err := cli.Put(ctx, wire.ClusterConfigKey(s.cfg.ClusterName), string(v)); err != nil {
+	if _, err := cli.Put(ctx, wire.ClusterConfigKey(s.cfg.ClusterName), string(v), clientv3.WithLease(lease)); err != nil {
 		return fmt.Errorf("writing cluster config: %w", err)
 	}
 	return nil
@@ -339,14 +340,20 @@ func (s *Server) attempt(ctx context.Context, cli *clientv3.Client, pub *publish
 	return nil
 }
 
-// takeLease grants the lease the entries are written on and keeps it
-// alive. The first time, it reads what the store holds already; after a
-// lost lease, every entry is written again on the new one.
+// takeLease grants the lease the entries are written on, writes the
+// cluster config on it and keeps it alive. The first time, it reads what the
+// store holds already; after a lost lease, every entry is written again on
+// the new one.
 func (s *Server) takeLease(ctx context.Context, cli *clientv3.Client, pub *publisher, rs *runState) error {
 	ttl := int64(s.cfg.LeaseTTL / time.Second)
 	lease, err := cli.Grant(ctx, ttl)
 	if err != nil {
 		return fmt.Errorf("granting a lease of %ds: %w", ttl, err)
+	}
+	// Before the lease is kept alive: if this fails, the lease expires and
+	// the next attempt takes another.
+	if err := s.writeClusterConfig(ctx, cli, lease.ID); err != nil {
+		return err
 	}
 	ka, err := cli.KeepAlive(ctx, lease.ID)
 	if err != nil {

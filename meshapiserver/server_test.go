@@ -177,6 +177,9 @@ func TestPublishesClusterState(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("cluster config: %v %v", resp, err)
 	}
+	if resp.Kvs[0].Lease == 0 {
+		t.Error("cluster config written without a lease: it would outlive the apiserver")
+	}
 	if c, cfg, err := wire.DecodeClusterConfig("east", 255, resp.Kvs[0].Value); err != nil || c.ID != 1 || !cfg.Capabilities.SyncedCanaries {
 		t.Fatalf("cluster config %s: %v", resp.Kvs[0].Value, err)
 	}
