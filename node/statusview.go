@@ -279,6 +279,9 @@ func printRemoteWarnings(w io.Writer, st agentsync.Status) {
 			fmt.Fprintf(w, "warning: %s publishes entries it does not own, not in force: %d ipcache entries outside its nodes' ranges, %d inside a range another cluster claimed first, %d service backends outside its nodes' ranges\n",
 				r.Name, nf.IPCacheOutside, nf.IPCacheClaimed, nf.BackendsOutside)
 		}
+		for _, u := range r.Unsupported {
+			fmt.Fprintf(w, "warning: %s publishes %s, which this agent does not read: %s\n", r.Name, u.Kind, u.Reason)
+		}
 		for _, l := range r.OverLimit {
 			fmt.Fprintf(w, "warning: %s is over its %s limit (%s): %d new entries refused; raise %s if the remote is right\n",
 				r.Name, l.Kind, l.Limit, l.Refused, l.Flag)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/merge"
 	"github.com/clustermesh/clustermesh/wireguard"
 )
 
@@ -61,5 +62,36 @@ func TestStatusViewWireGuard(t *testing.T) {
 	}
 	if !strings.Contains(a.String(), `"wireguard": {`) {
 		t.Errorf("JSON lacks the wireguard object:\n%s", a.String())
+	}
+}
+
+// What a remote publishes out of force, over its limits or unsupported, and
+// what a previous run keeps, each get a line that says what to do.
+func TestStatusViewRemoteWarnings(t *testing.T) {
+	st := agentsync.Status{Cluster: "east", ClusterID: 1, Datapath: "ebpf",
+		Remotes: []agentsync.RemoteStatus{{Name: "west", ClusterID: 2,
+			NotInForce:  merge.NotInForce{IPCacheOutside: 1, IPCacheClaimed: 2, BackendsOutside: 3},
+			OverLimit:   []agentsync.OverLimit{{Kind: "ipcache", Limit: "8 entries", Flag: "--max-remote-ipcache-entries", Refused: 36}},
+			Withdrawn:   []agentsync.WithdrawnService{{Service: "shop/checkout", Reason: "value_too_large"}},
+			StaleKeys:   map[string]int{"identities": 4},
+			Unsupported: []agentsync.UnsupportedKind{{Kind: "endpoint slices", Reason: "services are read instead"}},
+		}},
+		Retained: &agentsync.Retained{IPCache: 4, Backends: 3, Clusters: []uint16{3}, WaitingFor: []string{"north"}},
+	}
+	var out bytes.Buffer
+	if err := PrintStatus(&out, Status{Status: st}, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"warning: west publishes entries it does not own, not in force: 1 ipcache entries outside its nodes' ranges, 2 inside a range another cluster claimed first, 3 service backends",
+		"warning: west is over its ipcache limit (8 entries): 36 new entries refused; raise --max-remote-ipcache-entries",
+		"warning: west: the last update of service shop/checkout was refused (value_too_large): its backends from west are withdrawn",
+		"warning: west: 4 identities entries keep their previous value",
+		"warning: west publishes endpoint slices, which this agent does not read: services are read instead",
+		"kept from the previous run until their clusters sync: 4 ipcache entries, 3 service backends (cluster ids [3]; waiting for north)",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
 	}
 }
