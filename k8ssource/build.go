@@ -212,16 +212,11 @@ func (l *listers) endpoint(p *corev1.Pod, knownNodes map[string]bool, nsLabels m
 	if knownNodes[p.Spec.NodeName] {
 		e.Node = p.Spec.NodeName
 	}
-	e.Labels = make(map[string]string, len(p.Labels)+len(nsLabels)+1)
-	for k, v := range p.Labels {
-		e.Labels[k] = v
-	}
-	for k, v := range nsLabels {
-		e.Labels[NamespaceLabelPrefix+k] = v
-	}
-	if sa := p.Spec.ServiceAccountName; sa != "" {
-		e.Labels[ServiceAccountLabel] = sa
-	}
+	// The pod's own labels (what services select), its namespace's labels
+	// and its service account: IdentityLabels makes Cilium's identity
+	// labels of them (as pkg/k8s/labels.go does with SanitizePodLabels).
+	// Informer objects are never modified, so their maps are shared.
+	e.Labels, e.NamespaceLabels, e.ServiceAccount = p.Labels, nsLabels, p.Spec.ServiceAccountName
 	c, listed := cond[p.Namespace+"/"+p.Name]
 	if !listed {
 		ready := false

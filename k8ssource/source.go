@@ -55,9 +55,10 @@ const (
 	AnnotationWireguardPubKey = "network.cilium.io/wg-pub-key"
 	// NamespaceLabelPrefix prefixes a namespace's labels among a pod's
 	// identity labels.
-	NamespaceLabelPrefix = "io.cilium.k8s.namespace.labels."
-	// ServiceAccountLabel is a pod's service account among its labels.
-	ServiceAccountLabel = "io.cilium.k8s.policy.serviceaccount"
+	NamespaceLabelPrefix = statesource.NamespaceLabelPrefix
+	// ServiceAccountLabel is a pod's service account among its identity
+	// labels.
+	ServiceAccountLabel = statesource.ServiceAccountLabel
 )
 
 // DefaultCoalesce is how long a Source waits after a change for more before

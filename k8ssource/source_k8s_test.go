@@ -186,9 +186,20 @@ func checkEndpoints(t *testing.T, st *statesource.State) {
 		t.Fatalf("endpoints: %+v", st.Endpoints)
 	}
 	if e1.IP != netip.MustParseAddr("10.1.1.11") || e1.Node != "n1" || e1.Labels["app"] != "checkout" ||
-		e1.Labels[k8ssource.NamespaceLabelPrefix+"team"] != "payments" || !e1.IsReady() || !e2.IsReady() {
+		identityLabel(e1, k8ssource.NamespaceLabelPrefix+"team") != "payments" || !e1.IsReady() || !e2.IsReady() {
 		t.Errorf("endpoint checkout-1: %+v", e1)
 	}
+	// The API server labels every namespace with its name; Cilium's
+	// identities carry it as a namespace label.
+	if v := identityLabel(e1, k8ssource.NamespaceLabelPrefix+"kubernetes.io/metadata.name"); v != "shop" {
+		t.Errorf("checkout-1 identity %s: no namespace label kubernetes.io/metadata.name=shop", e1.IdentityLabels("east"))
+	}
+}
+
+// identityLabel is the value of key among e's identity labels.
+func identityLabel(e *statesource.Endpoint, key string) string {
+	v, _ := e.IdentityLabels("east").Get(key)
+	return v
 }
 
 // checkService: cluster IP allocated by the API server, the named target

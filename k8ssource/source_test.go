@@ -43,7 +43,12 @@ func TestSourceEdgeCases(t *testing.T) {
 				{Type: corev1.NodeExternalIP, Address: "203.0.113.2"},
 			}},
 		},
-		pod("a", "on-bare", "bare", "10.0.0.1", corev1.PodRunning, nil),
+		func() *corev1.Pod {
+			p := pod("a", "on-bare", "bare", "10.0.0.1", corev1.PodRunning, nil)
+			// Only Cilium sets its labels: a pod cannot claim a service account.
+			p.Labels = map[string]string{"app": "x", k8ssource.ServiceAccountLabel: "admin"}
+			return p
+		}(),
 		pod("a", "dup-1", "dual", "10.0.0.2", corev1.PodRunning, nil),
 		pod("a", "dup-2", "dual", "10.0.0.2", corev1.PodRunning, nil),
 		pod("a", "done", "dual", "10.0.0.3", corev1.PodSucceeded, nil),
@@ -89,13 +94,14 @@ func TestSourceEdgeCases(t *testing.T) {
 	if want := []string{"dup-1", "on-bare", "terminating", "unready"}; !slices.Equal(names, want) {
 		t.Errorf("endpoints %v, want %v", names, want)
 	}
-	if e := endpoint(st, "a", "on-bare"); e.Node != "" || e.Labels[k8ssource.NamespaceLabelPrefix+"env"] != "prod" {
+	if e := endpoint(st, "a", "on-bare"); e.Node != "" || identityLabel(e, k8ssource.NamespaceLabelPrefix+"env") != "prod" ||
+		identityLabel(e, k8ssource.ServiceAccountLabel) != "" {
 		t.Errorf("on-bare: %+v", e)
 	}
 	if e := endpoint(st, "a", "terminating"); e.IsReady() || !e.IsServing() {
 		t.Errorf("terminating: ready=%v serving=%v", e.IsReady(), e.IsServing())
 	}
-	if e := endpoint(st, "a", "unready"); e.IsReady() || e.IsServing() || e.IP != netip.MustParseAddr("10.0.0.5") || e.Labels[k8ssource.ServiceAccountLabel] != "web" {
+	if e := endpoint(st, "a", "unready"); e.IsReady() || e.IsServing() || e.IP != netip.MustParseAddr("10.0.0.5") || identityLabel(e, k8ssource.ServiceAccountLabel) != "web" {
 		t.Errorf("unready: %+v", e)
 	}
 	if len(st.Services) != 1 {

@@ -28,14 +28,16 @@ type encodedEntry struct {
 	val []byte
 }
 
-// cachedEndpoint is one endpoint as last published. labels is the source's
-// map as given (states are not mutated once delivered).
+// cachedEndpoint is one endpoint as last published. labels and nsLabels
+// are the source's maps as given (states are not mutated once delivered).
 type cachedEndpoint struct {
-	gen        uint32
-	ip, hostIP netip.Addr
-	labels     map[string]string
-	id         uint32
-	ipcache    encodedEntry
+	gen            uint32
+	ip, hostIP     netip.Addr
+	labels         map[string]string
+	nsLabels       map[string]string
+	serviceAccount string
+	id             uint32
+	ipcache        encodedEntry
 }
 
 func newEndpointCache() *endpointCache {
@@ -55,10 +57,12 @@ func (c *endpointCache) sweep() {
 }
 
 // lookup returns e's cached entry if e is as it was published (same
-// address, node address and labels), marking it seen.
+// address, node address, labels, namespace labels and service account),
+// marking it seen.
 func (c *endpointCache) lookup(e *statesource.Endpoint, hostIP netip.Addr) (*cachedEndpoint, bool) {
 	ce, ok := c.endpoints[e.Namespace+"/"+e.Pod]
-	if !ok || ce.ip != e.IP || ce.hostIP != hostIP || !maps.Equal(ce.labels, e.Labels) {
+	if !ok || ce.ip != e.IP || ce.hostIP != hostIP || ce.serviceAccount != e.ServiceAccount ||
+		!maps.Equal(ce.labels, e.Labels) || !maps.Equal(ce.nsLabels, e.NamespaceLabels) {
 		return nil, false
 	}
 	ce.gen = c.gen
@@ -67,7 +71,10 @@ func (c *endpointCache) lookup(e *statesource.Endpoint, hostIP netip.Addr) (*cac
 
 // store records e's new entries.
 func (c *endpointCache) store(e *statesource.Endpoint, hostIP netip.Addr, id uint32, ipcache encodedEntry) *cachedEndpoint {
-	ce := &cachedEndpoint{gen: c.gen, ip: e.IP, hostIP: hostIP, labels: e.Labels, id: id, ipcache: ipcache}
+	ce := &cachedEndpoint{
+		gen: c.gen, ip: e.IP, hostIP: hostIP, labels: e.Labels, nsLabels: e.NamespaceLabels,
+		serviceAccount: e.ServiceAccount, id: id, ipcache: ipcache,
+	}
 	c.endpoints[e.Namespace+"/"+e.Pod] = ce
 	return ce
 }

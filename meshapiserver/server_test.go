@@ -28,9 +28,11 @@ nodes:
 - name: east-1
   ips: [192.168.1.1]
   podCIDRs: [10.1.1.0/24]
+namespaces:
+- {name: shop, labels: {team: payments}}
 endpoints:
-- {namespace: shop, pod: checkout-a, ip: 10.1.1.10, node: east-1, labels: {app: checkout}}
-- {namespace: shop, pod: checkout-b, ip: 10.1.1.11, node: east-1, labels: {app: checkout}, ready: false}
+- {namespace: shop, pod: checkout-a, ip: 10.1.1.10, node: east-1, serviceAccount: checkout, labels: {app: checkout}}
+- {namespace: shop, pod: checkout-b, ip: 10.1.1.11, node: east-1, serviceAccount: checkout, labels: {app: checkout}, ready: false}
 - {namespace: shop, pod: cart-a, ip: 10.1.1.12, node: east-1, labels: {app: cart}}
 services:
 - namespace: shop
@@ -226,9 +228,19 @@ func TestPublishesClusterState(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 2 {
 		t.Fatalf("identities: %v %v", resp, err)
 	}
+	// Every identity carries the labels Cilium adds: its namespace's labels,
+	// and its service account when the pod has one.
 	for _, kv := range resp.Kvs {
-		if _, err := wire.DecodeIdentity(east, string(kv.Key), kv.Value); err != nil {
-			t.Error(err)
+		id, err := wire.DecodeIdentity(east, string(kv.Key), kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := id.Labels.Get(statesource.NamespaceLabelPrefix + "team"); v != "payments" {
+			t.Errorf("identity %s: no namespace label team=payments", kv.Value)
+		}
+		app, _ := id.Labels.Get("app")
+		if sa, ok := id.Labels.Get(statesource.ServiceAccountLabel); (app == "checkout") != (ok && sa == "checkout") {
+			t.Errorf("identity %s: service account label %q", kv.Value, sa)
 		}
 	}
 }

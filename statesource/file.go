@@ -61,6 +61,7 @@ func Parse(name string, b []byte) (*State, error) {
 	if err := st.Validate(); err != nil {
 		return nil, fmt.Errorf("checking state file %q: %w", name, err)
 	}
+	st.applyNamespaceLabels()
 	return &st, nil
 }
 

@@ -28,7 +28,29 @@ type State struct {
 	Nodes     []Node     `json:"nodes"`
 	Endpoints []Endpoint `json:"endpoints"`
 	Services  []Service  `json:"services"`
+	// Namespaces carry the labels of namespaces (optional; a namespace not
+	// listed has none). Parse copies them to each endpoint's
+	// NamespaceLabels; a source that builds a State fills those itself.
+	Namespaces []Namespace `json:"namespaces,omitempty"`
 }
+
+// Namespace is a namespace's name and labels.
+type Namespace struct {
+	Name   string            `json:"name"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Labels Cilium adds to every pod's identity, besides the namespace and the
+// cluster (pkg/k8s/apis/cilium.io/const.go: PolicyLabelServiceAccount,
+// PodNamespaceMetaLabelsPrefix; all of source k8s).
+const (
+	ServiceAccountLabel  = "io.cilium.k8s.policy.serviceaccount"
+	NamespaceLabelPrefix = "io.cilium.k8s.namespace.labels."
+	// ciliumLabelPrefix marks labels only Cilium sets: a pod's own labels
+	// with it are dropped (pkg/k8s/utils/utils.go: RemoveCiliumLabels), so
+	// that a pod cannot claim another service account or namespace.
+	ciliumLabelPrefix = "io.cilium.k8s"
+)
 
 // Node is a machine of the cluster.
 type Node struct {
@@ -54,15 +76,35 @@ type Endpoint struct {
 	// node's agent attaches the policy programs there. Empty: the pod's
 	// policy is computed but not enforced on this node.
 	Interface string `json:"interface,omitempty"`
+	// ServiceAccount is the pod's service account (optional).
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+	// NamespaceLabels are the labels of the pod's namespace: in a state
+	// file they come from its namespaces list, never from the endpoint.
+	NamespaceLabels map[string]string `json:"-"`
 }
 
 // IdentityLabels are the labels of the endpoint's security identity in
-// cluster: its pod labels, its namespace and its cluster, all of source
-// k8s, as Cilium builds them. Pods with equal labels share an identity.
+// cluster, all of source k8s, as Cilium builds them (SanitizePodLabels in
+// pkg/k8s/utils/utils.go): its pod labels but those with Cilium's prefix,
+// one io.cilium.k8s.namespace.labels.<key> per label of its namespace, its
+// namespace, its service account when it has one, and its cluster. Pods
+// with equal labels share an identity.
 func (e *Endpoint) IdentityLabels(cluster string) wire.Labels {
-	return wire.NewLabels("k8s", e.Labels).
-		With(wire.Label{Source: "k8s", Key: wire.NamespaceLabel, Value: e.Namespace}).
-		With(wire.Label{Source: "k8s", Key: wire.ClusterLabel, Value: cluster})
+	m := make(map[string]string, len(e.Labels)+len(e.NamespaceLabels)+3)
+	for k, v := range e.Labels {
+		if !strings.HasPrefix(k, ciliumLabelPrefix) {
+			m[k] = v
+		}
+	}
+	for k, v := range e.NamespaceLabels {
+		m[NamespaceLabelPrefix+k] = v
+	}
+	m[wire.NamespaceLabel] = e.Namespace
+	if e.ServiceAccount != "" {
+		m[ServiceAccountLabel] = e.ServiceAccount
+	}
+	m[wire.ClusterLabel] = cluster
+	return wire.NewLabels("k8s", m)
 }
 
 // IsReady reports the endpoint's readiness (true when unset).

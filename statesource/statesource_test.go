@@ -70,6 +70,8 @@ func TestParseRejects(t *testing.T) {
 		"bad protocol":      {"services:\n- {namespace: a, name: b, ports: [{port: 1, protocol: ICMP}]}\n", "ICMP"},
 		"unnamed ports":     {"services:\n- {namespace: a, name: b, ports: [{port: 1}, {port: 2}]}\n", "used twice"},
 		"host bits in cidr": {"nodes:\n- {name: n1, ips: [1.1.1.1], podCIDRs: [10.1.1.5/24]}\n", "host bits"},
+		"duplicate ns":      {"namespaces:\n- {name: a}\n- {name: a, labels: {x: y}}\n", "duplicate namespace"},
+		"unnamed ns":        {"namespaces:\n- {labels: {x: y}}\n", "name is empty"},
 	} {
 		_, err := Parse("f.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "f.yaml") {
@@ -164,5 +166,38 @@ func TestSelectorIndexMatchesScan(t *testing.T) {
 				t.Errorf("%s: backend %d differs", s.Name, j)
 			}
 		}
+	}
+}
+
+// Identities carry the labels Cilium adds to every pod's: the service
+// account (when the pod has one) and one io.cilium.k8s.namespace.labels.<key>
+// per label of its namespace, all of source k8s; a pod cannot set them with
+// its own labels. A file without them keeps the label sets it had.
+func TestIdentityLabelsAsCilium(t *testing.T) {
+	st, err := Parse("ns", []byte(`
+namespaces:
+- {name: shop, labels: {team: payments, kubernetes.io/metadata.name: shop}}
+endpoints:
+- {namespace: shop, pod: a, ip: 10.1.1.10, labels: {app: web}, serviceAccount: web}
+- {namespace: shop, pod: b, ip: 10.1.1.11, labels: {app: web, io.cilium.k8s.policy.serviceaccount: admin}}
+- {namespace: other, pod: c, ip: 10.1.1.12, labels: {app: web}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{
+		"k8s:app=web;k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=shop;k8s:io.cilium.k8s.namespace.labels.team=payments;" +
+			"k8s:io.cilium.k8s.policy.cluster=east;k8s:io.cilium.k8s.policy.serviceaccount=web;k8s:io.kubernetes.pod.namespace=shop;",
+		"k8s:app=web;k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=shop;k8s:io.cilium.k8s.namespace.labels.team=payments;" +
+			"k8s:io.cilium.k8s.policy.cluster=east;k8s:io.kubernetes.pod.namespace=shop;",
+		"k8s:app=web;k8s:io.cilium.k8s.policy.cluster=east;k8s:io.kubernetes.pod.namespace=other;",
+	} {
+		if got := st.Endpoints[i].IdentityLabels("east").String(); got != want {
+			t.Errorf("%s:\n got %s\nwant %s", st.Endpoints[i].Pod, got, want)
+		}
+	}
+	// Namespace labels come from the namespaces list only.
+	if _, err := Parse("f", []byte("endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, namespaceLabels: {x: y}}\n")); err == nil {
+		t.Error("namespaceLabels on an endpoint accepted")
 	}
 }

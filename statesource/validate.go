@@ -65,6 +65,21 @@ func (st *State) Validate() error {
 			bad("endpoint %s: invalid interface %q (a Linux interface name: at most 15 characters, no '/', ':' or spaces)", id, e.Interface)
 		}
 	}
+	namespaces := map[string]bool{}
+	for i, ns := range st.Namespaces {
+		switch {
+		case ns.Name == "":
+			bad("namespaces[%d]: name is empty", i)
+		case namespaces[ns.Name]:
+			bad("namespaces[%d]: duplicate namespace %q", i, ns.Name)
+		}
+		namespaces[ns.Name] = true
+		for k := range ns.Labels {
+			if k == "" {
+				bad("namespace %q: empty label key", ns.Name)
+			}
+		}
+	}
 	svcs := map[string]bool{}
 	for i := range st.Services {
 		s := &st.Services[i]
@@ -111,4 +126,20 @@ func validInterfaceName(name string) bool {
 		return false
 	}
 	return !strings.ContainsAny(name, "/: \t\n")
+}
+
+// applyNamespaceLabels gives each endpoint the labels of its namespace, from
+// st.Namespaces (one map per namespace, shared: never modified).
+func (st *State) applyNamespaceLabels() {
+	if len(st.Namespaces) == 0 {
+		return
+	}
+	byName := make(map[string]map[string]string, len(st.Namespaces))
+	for _, ns := range st.Namespaces {
+		byName[ns.Name] = ns.Labels
+	}
+	for i := range st.Endpoints {
+		e := &st.Endpoints[i]
+		e.NamespaceLabels = byName[e.Namespace]
+	}
 }
