@@ -110,7 +110,11 @@ func refTimestamp(t *testing.T, key, v string) {
 func refClusterConfig(t *testing.T, v []byte) {
 	m := object(t, "cluster config", v)
 	has(t, "cluster config", m, map[string]string{"id": "number", "capabilities": "object"})
-	has(t, "capabilities", m["capabilities"].(map[string]any), map[string]string{"syncedCanaries": "bool", "cached": "bool", "maxConnectedClusters": "number"})
+	caps := m["capabilities"].(map[string]any)
+	has(t, "capabilities", caps, map[string]string{"syncedCanaries": "bool", "maxConnectedClusters": "number"})
+	if _, ok := caps["cached"]; ok {
+		t.Errorf("capabilities carry cached: false, which Cilium omits (omitempty)")
+	}
 	if m["id"].(float64) != 1 {
 		t.Errorf("cluster id %v", m["id"])
 	}

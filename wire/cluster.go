@@ -114,16 +114,18 @@ func (c Cluster) OwnsIdentity(id uint32) bool {
 }
 
 // ClusterConfig is the value of cilium/cluster-config/<cluster>.
+// Every field is omitted when zero, as Cilium writes it
+// (pkg/clustermesh/types/types.go, CiliumClusterConfig).
 type ClusterConfig struct {
-	ID           uint32       `json:"id"`
+	ID           uint32       `json:"id,omitempty"`
 	Capabilities Capabilities `json:"capabilities"`
 }
 
 // Capabilities of a cluster's kvstore.
 type Capabilities struct {
-	SyncedCanaries        bool   `json:"syncedCanaries"`
-	Cached                bool   `json:"cached"`
-	MaxConnectedClusters  uint32 `json:"maxConnectedClusters"`
+	SyncedCanaries        bool   `json:"syncedCanaries,omitempty"`
+	Cached                bool   `json:"cached,omitempty"`
+	MaxConnectedClusters  uint32 `json:"maxConnectedClusters,omitempty"`
 	ServiceExportsEnabled *bool  `json:"serviceExportsEnabled,omitempty"`
 }
 

@@ -19,7 +19,7 @@ func TestGoldenJSON(t *testing.T) {
 		Backends:  map[string]PortConfiguration{"10.1.0.5": {"http": {Protocol: "TCP", Port: 8080}}},
 		Labels:    map[string]string{}, Selector: map[string]string{"app": "checkout"}})
 	for _, tc := range []struct{ name, got, want string }{
-		{"cluster config", string(cfg), `{"id":3,"capabilities":{"syncedCanaries":true,"cached":false,"maxConnectedClusters":255}}`},
+		{"cluster config", string(cfg), `{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}`},
 		{"node", string(node), `{"Name":"n1","Cluster":"east","IPAddresses":[{"Type":"InternalIP","IP":"192.168.1.1"}],` +
 			`"IPv4AllocCIDR":{"IP":"10.1.0.0","Mask":"////AA=="},"IPv6AllocCIDR":null,"IPv4HealthIP":"","IPv6HealthIP":"",` +
 			`"ClusterID":1,"Source":"custom-resource","EncryptionKey":0,"Labels":null,"Annotations":null,"WireguardPubKey":"","BootID":""}`},
