@@ -20,15 +20,22 @@ import (
 // CA (what an operator with the CA key could do).
 func (f *fixture) rootClient(t *testing.T) *clientv3.Client {
 	t.Helper()
-	root, err := f.mesh.IssueClient(rootUser)
+	return f.userClient(t, rootUser)
+}
+
+// userClient connects as etcd user name, with a certificate of the mesh CA
+// issued for it.
+func (f *fixture) userClient(t *testing.T, name string) *clientv3.Client {
+	t.Helper()
+	issued, err := f.mesh.IssueClient(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(f.dir, "root")
-	if err := root.Save(dir, rootUser); err != nil {
+	dir := filepath.Join(f.dir, "user-"+name)
+	if err := issued.Save(dir, name); err != nil {
 		t.Fatal(err)
 	}
-	return clientFor(t, f.srv.ClientURL(), filepath.Join(dir, "root.crt"), filepath.Join(dir, "root.key"), f.east.CAFile())
+	return clientFor(t, f.srv.ClientURL(), filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), f.east.CAFile())
 }
 
 // TestPublishResumesAfterTransientFailure: while the store refuses the

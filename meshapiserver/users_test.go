@@ -18,15 +18,7 @@ import (
 // remote, as a Cilium agent of any peer does.
 func (f *fixture) ciliumRemoteClient(t *testing.T) *clientv3.Client {
 	t.Helper()
-	issued, err := f.mesh.IssueClient(CiliumRemoteUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(f.dir, "cilium-remote")
-	if err := issued.Save(dir, CiliumRemoteUser); err != nil {
-		t.Fatal(err)
-	}
-	return clientFor(t, f.srv.ClientURL(), filepath.Join(dir, "remote.crt"), filepath.Join(dir, "remote.key"), f.east.CAFile())
+	return f.userClient(t, CiliumRemoteUser)
 }
 
 // TestCiliumRemoteUserIsOptIn: the shared user remote Cilium agents log in
