@@ -134,10 +134,30 @@ func DecodeIdentity(c Cluster, key string, value []byte) (Identity, error) {
 	if err != nil {
 		return Identity{}, fmt.Errorf("decoding identity %d: %w", pk.ID, err)
 	}
-	if got, ok := ls.Get(ClusterLabel); !ok || got != c.Name {
-		return Identity{}, fmt.Errorf("decoding identity %d: it has cluster label %q, read from %q: %w", pk.ID, got, c.Name, ErrClusterMismatch)
+	if err := checkClusterLabel(ls, c.Name); err != nil {
+		return Identity{}, fmt.Errorf("decoding identity %d: %w", pk.ID, err)
 	}
 	return Identity{ID: pk.ID, Labels: ls}, nil
+}
+
+// checkClusterLabel requires every cluster label of ls to be a k8s label
+// naming cluster, and at least one, as Cilium's clusterNameValidator
+// (pkg/identity/cache/allocator.go) does.
+func checkClusterLabel(ls Labels, cluster string) error {
+	found := false
+	for _, l := range ls {
+		if l.Key != ClusterLabel {
+			continue
+		}
+		if l.Source != "k8s" || l.Value != cluster {
+			return fmt.Errorf("it has cluster label %s, read from %q: %w", l, cluster, ErrClusterMismatch)
+		}
+		found = true
+	}
+	if !found {
+		return fmt.Errorf("it has no cluster label, read from %q: %w", cluster, ErrClusterMismatch)
+	}
+	return nil
 }
 
 // Reserved identities (Cilium's numbers): not allocated by any cluster, the

@@ -330,6 +330,8 @@ func TestLabelsAndIdentity(t *testing.T) {
 		{5, want, ErrIdentityOutOfRange}, // reserved identities are never published by a cluster
 		{65600, "k8s:app=web;", ErrClusterMismatch},
 		{65600, "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=west;", ErrClusterMismatch},
+		{65600, "k8s:app=web;unspec:io.cilium.k8s.policy.cluster=east;", ErrClusterMismatch},    // a label of another source, as Cilium refuses
+		{65600, "k8s:app=web;container:io.cilium.k8s.policy.cluster=east;", ErrClusterMismatch}, // (clusterNameValidator)
 		{65600, "k8s:app=web", ErrInvalidLabels},
 		{65600, "app=web;", ErrInvalidLabels},
 		{65600, "k8s:app=a;k8s:app=b;", ErrInvalidLabels},
