@@ -14,7 +14,7 @@ HEAVY_PKGS := ./localmesh ./meshapiserver
 
 SHELL   := /bin/bash
 
-.PHONY: all build demo demo-once test test-k8s kube-apiserver vet lint fuzz bench deps clean generate check-generate bpf-tools
+.PHONY: all build demo demo-once test test-k8s test-interop kube-apiserver vet lint fuzz bench deps clean generate check-generate bpf-tools
 
 all: build
 
@@ -48,6 +48,14 @@ test: vet check-generate
 	$(GO) test $(TESTFLAGS) $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
 	wait $$build || { echo "building kube-apiserver failed"; exit 1; }; \
 	$(GO) test $(TESTFLAGS) $(K8S_PKGS)
+	$(MAKE) --no-print-directory test-interop
+
+# Our apiserver read by Cilium's own code (interop/, its own module so that
+# Cilium stays out of our go.mod): Cilium's etcd client, watch stores,
+# validators and types, as a Cilium agent of a peer cluster reads it. Without
+# -race: Cilium is big.
+test-interop: deps
+	cd interop && $(GO) test -count=1 -timeout 10m ./...
 
 # The tests against real API servers (TestK8s*, internal/kubetest) run the
 # kube-apiserver that tools/kube-apiserver builds from the Go module proxy,
