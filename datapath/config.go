@@ -70,25 +70,54 @@ func (o SizeOption[C]) Check(v uint32) error {
 	if v == 0 || v >= o.Min && v <= o.Max {
 		return nil
 	}
-	return fmt.Errorf("datapath: config: %s is %d: %w: want %d to %d %s (0: the default, %d)",
+	return fmt.Errorf("map size %s is %d: %w: want %d to %d %s (0: the default, %d)",
 		o, v, ErrInvalidConfig, o.Min, o.Max, o.Unit, o.Default)
 }
 
-// maxMapEntries bounds every map size: far above any realistic node, low
-// enough that a mistyped value is refused rather than attempted.
-const maxMapEntries = 1 << 24
+// MaxMapEntries bounds the map sizes of every datapath package: far above
+// any realistic node, low enough that a mistyped value is refused rather
+// than attempted.
+const MaxMapEntries = 1 << 24
+
+// SizeOptionOf returns the option of opts that sizes map name.
+func SizeOptionOf[C any](opts []SizeOption[C], name string) (SizeOption[C], bool) {
+	for _, o := range opts {
+		if o.Map == name {
+			return o, true
+		}
+	}
+	return SizeOption[C]{}, false
+}
+
+// DefaultSizes sets every size of c that is zero to its option's default.
+func DefaultSizes[C any](opts []SizeOption[C], c *C) {
+	for _, o := range opts {
+		if p := o.Of(c); *p == 0 {
+			*p = o.Default
+		}
+	}
+}
+
+// CheckSizes checks every size of c against its option (SizeOption.Check).
+func CheckSizes[C any](opts []SizeOption[C], c *C) error {
+	var errs []error
+	for _, o := range opts {
+		errs = append(errs, o.Check(*o.Of(c)))
+	}
+	return errors.Join(errs...)
+}
 
 var sizeOptions = []SizeOption[Config]{
 	{Flag: "max-ipcache-entries", Field: "MaxIPCache", Map: IPCacheMapName, Unit: "entries",
-		Default: DefaultMaxIPCache, Min: 1, Max: maxMapEntries,
+		Default: DefaultMaxIPCache, Min: 1, Max: MaxMapEntries,
 		Usage: "max_entries of the ipcache map (" + IPCacheMapName + "): prefixes of every cluster",
 		Of:    func(c *Config) *uint32 { return &c.MaxIPCache }},
 	{Flag: "max-service-entries", Field: "MaxServiceSlots", Map: ServicesMapName, Unit: "entries",
-		Default: DefaultMaxServiceSlots, Min: 2, Max: maxMapEntries,
+		Default: DefaultMaxServiceSlots, Min: 2, Max: MaxMapEntries,
 		Usage: "max_entries of the service map (" + ServicesMapName + "): one per frontend plus one per backend of each frontend",
 		Of:    func(c *Config) *uint32 { return &c.MaxServiceSlots }},
 	{Flag: "max-backend-entries", Field: "MaxBackends", Map: BackendsMapName, Unit: "entries",
-		Default: DefaultMaxBackends, Min: 1, Max: maxMapEntries,
+		Default: DefaultMaxBackends, Min: 1, Max: MaxMapEntries,
 		Usage: "max_entries of the backend map (" + BackendsMapName + "): distinct backends of all services",
 		Of:    func(c *Config) *uint32 { return &c.MaxBackends }},
 }
@@ -98,19 +127,9 @@ var sizeOptions = []SizeOption[Config]{
 // o.Usage) for each o.
 func SizeOptions() []SizeOption[Config] { return slices.Clone(sizeOptions) }
 
-// sizeOptionOf returns the option that sizes map name.
-func sizeOptionOf(name string) (SizeOption[Config], bool) {
-	for _, o := range sizeOptions {
-		if o.Map == name {
-			return o, true
-		}
-	}
-	return SizeOption[Config]{}, false
-}
-
 // sizes tells the errors of bpfmap which option sizes a map.
 func sizes(name string) (option, unit string, ok bool) {
-	o, ok := sizeOptionOf(name)
+	o, ok := SizeOptionOf(sizeOptions, name)
 	return o.String(), o.Unit, ok
 }
 
@@ -118,11 +137,7 @@ func (c Config) withDefaults() Config {
 	if c.PinDir == "" {
 		c.PinDir = DefaultPinDir
 	}
-	for _, o := range sizeOptions {
-		if p := o.Of(&c); *p == 0 {
-			*p = o.Default
-		}
-	}
+	DefaultSizes(sizeOptions, &c)
 	return c
 }
 
@@ -132,20 +147,16 @@ func (c Config) Validate() error {
 	c = c.withDefaults()
 	var errs []error
 	if !filepath.IsAbs(c.PinDir) {
-		errs = append(errs, fmt.Errorf("datapath: config: pin directory %q must be an absolute path: %w", c.PinDir, ErrInvalidConfig))
+		errs = append(errs, fmt.Errorf("pin directory %q must be an absolute path: %w", c.PinDir, ErrInvalidConfig))
 	}
-	for _, o := range sizeOptions {
-		if err := o.Check(*o.Of(&c)); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, CheckSizes(sizeOptions, &c))
 	return errors.Join(errs...)
 }
 
 // fullErr is the error of a write that found map mapName full (see
 // bpfmap.FullErr), naming the option that sizes the map.
 func fullErr(op, mapName string, maxEntries uint32, errno syscall.Errno) error {
-	o, _ := sizeOptionOf(mapName)
+	o, _ := SizeOptionOf(sizeOptions, mapName)
 	return bpfmap.FullErr(op, mapName, maxEntries, errno, o.String())
 }
 

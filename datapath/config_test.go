@@ -65,7 +65,7 @@ func TestSizeOptions(t *testing.T) {
 	specs := mapSpecs(c)
 	sized := 0
 	for _, spec := range specs {
-		o, ok := sizeOptionOf(spec.Name)
+		o, ok := SizeOptionOf(sizeOptions, spec.Name)
 		switch {
 		case ok && spec.MaxEntries != *o.Of(&c):
 			t.Errorf("%s: max_entries %d, %s is %d", spec.Name, spec.MaxEntries, o, *o.Of(&c))

@@ -37,7 +37,6 @@ package socklb
 //	};
 
 import (
-	"errors"
 	"slices"
 
 	"github.com/clustermesh/clustermesh/datapath"
@@ -81,29 +80,17 @@ func SizeOptions() []datapath.SizeOption[Config] { return slices.Clone(sizeOptio
 
 // sizes tells bpfmap's errors which option sizes a map.
 func sizes(name string) (option, unit string, ok bool) {
-	for _, o := range sizeOptions {
-		if o.Map == name {
-			return o.String(), o.Unit, true
-		}
-	}
-	return "", "", false
+	o, ok := datapath.SizeOptionOf(sizeOptions, name)
+	return o.String(), o.Unit, ok
 }
 
 func (c Config) withDefaults() Config {
-	for _, o := range sizeOptions {
-		if p := o.Of(&c); *p == 0 {
-			*p = o.Default
-		}
-	}
+	datapath.DefaultSizes(sizeOptions, &c)
 	return c
 }
 
 // Validate reports whether c, with its defaults applied, is usable. Its
 // errors wrap datapath.ErrInvalidConfig and name the option to change.
 func (c Config) Validate() error {
-	var errs []error
-	for _, o := range sizeOptions {
-		errs = append(errs, o.Check(*o.Of(&c)))
-	}
-	return errors.Join(errs...)
+	return datapath.CheckSizes(sizeOptions, &c)
 }

@@ -58,17 +58,13 @@ type Config struct {
 	FlowRingBytes uint32
 }
 
-// maxMapEntries bounds the map sizes: far above any realistic node, low
-// enough that a mistyped value is refused rather than attempted.
-const maxMapEntries = 1 << 24
-
 var sizeOptions = []datapath.SizeOption[Config]{
 	{Flag: "max-policy-entries", Field: "MaxPolicy", Map: PolicyMapName, Unit: "entries",
-		Default: DefaultMaxPolicy, Min: 1, Max: maxMapEntries,
+		Default: DefaultMaxPolicy, Min: 1, Max: datapath.MaxMapEntries,
 		Usage: "max_entries of the policy map (" + PolicyMapName + "): one per endpoint, peer, direction and protocol, more for port ranges",
 		Of:    func(c *Config) *uint32 { return &c.MaxPolicy }},
 	{Flag: "max-policy-ct-entries", Field: "MaxPolicyCT", Map: CTMapName, Unit: "entries",
-		Default: DefaultMaxPolicyCT, Min: 1, Max: maxMapEntries,
+		Default: DefaultMaxPolicyCT, Min: 1, Max: datapath.MaxMapEntries,
 		Usage: "max_entries of the policy conntrack LRU (" + CTMapName + "): one per flow and endpoint interface",
 		Of:    func(c *Config) *uint32 { return &c.MaxPolicyCT }},
 	{Flag: "max-policy-endpoint-entries", Field: "MaxPolicyEndpoints", Map: EndpointsMapName, Unit: "entries",
@@ -85,19 +81,9 @@ var sizeOptions = []datapath.SizeOption[Config]{
 // to register its flags from (see datapath.SizeOptions).
 func SizeOptions() []datapath.SizeOption[Config] { return slices.Clone(sizeOptions) }
 
-// sizeOptionOf returns the option that sizes map name.
-func sizeOptionOf(name string) (datapath.SizeOption[Config], bool) {
-	for _, o := range sizeOptions {
-		if o.Map == name {
-			return o, true
-		}
-	}
-	return datapath.SizeOption[Config]{}, false
-}
-
 // sizes tells bpfmap's errors which option sizes a map.
 func sizes(name string) (option, unit string, ok bool) {
-	o, ok := sizeOptionOf(name)
+	o, ok := datapath.SizeOptionOf(sizeOptions, name)
 	return o.String(), o.Unit, ok
 }
 
@@ -108,16 +94,12 @@ func fullErr(op, name string, em *ebpf.Map, err error) error {
 	if !full {
 		return nil
 	}
-	o, _ := sizeOptionOf(name)
+	o, _ := datapath.SizeOptionOf(sizeOptions, name)
 	return bpfmap.FullErr(op, name, em.MaxEntries(), errno, o.String())
 }
 
 func (c Config) withDefaults() Config {
-	for _, o := range sizeOptions {
-		if p := o.Of(&c); *p == 0 {
-			*p = o.Default
-		}
-	}
+	datapath.DefaultSizes(sizeOptions, &c)
 	return c
 }
 
@@ -125,13 +107,10 @@ func (c Config) withDefaults() Config {
 // errors wrap datapath.ErrInvalidConfig and name the option to change.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	var errs []error
-	for _, o := range sizeOptions {
-		errs = append(errs, o.Check(*o.Of(&c)))
-	}
+	errs := []error{datapath.CheckSizes(sizeOptions, &c)}
 	if page := uint32(os.Getpagesize()); c.FlowRingBytes < page || c.FlowRingBytes&(c.FlowRingBytes-1) != 0 {
-		o, _ := sizeOptionOf(FlowsMapName)
-		errs = append(errs, fmt.Errorf("datapath: config: %s is %d: %w: want a power of two of at least a page (%d bytes)",
+		o, _ := datapath.SizeOptionOf(sizeOptions, FlowsMapName)
+		errs = append(errs, fmt.Errorf("map size %s is %d: %w: want a power of two of at least a page (%d bytes)",
 			o, c.FlowRingBytes, datapath.ErrInvalidConfig, page))
 	}
 	return errors.Join(errs...)

@@ -24,7 +24,7 @@ func TestConfig(t *testing.T) {
 	c = Config{MaxPolicy: 11, MaxPolicyCT: 12, MaxPolicyEndpoints: 13, FlowRingBytes: 1 << 14}
 	sized := 0
 	for _, spec := range mapSpecs(c) {
-		o, ok := sizeOptionOf(spec.Name)
+		o, ok := datapath.SizeOptionOf(sizeOptions, spec.Name)
 		switch {
 		case ok && spec.MaxEntries != *o.Of(&c):
 			t.Errorf("%s: max_entries %d, %s is %d", spec.Name, spec.MaxEntries, o, *o.Of(&c))
