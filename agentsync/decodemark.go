@@ -110,11 +110,7 @@ func (s *ipcacheStore) flush() {
 
 func (s *ipcacheStore) prefixOf(key string) (netip.Prefix, bool) {
 	pk, err := wire.ParseKey(wire.IPCache, s.r.name, key)
-	if err != nil {
-		return netip.Prefix{}, false
-	}
-	p, err := wire.ParseIPCacheKeySuffix(pk.Name)
-	return p, err == nil
+	return pk.Prefix, err == nil
 }
 
 func (s *ipcacheStore) touch(key string, gen uint32) {
