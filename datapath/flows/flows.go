@@ -1,15 +1,20 @@
-// Package flows is what the policy programs (package datapath/tcpolicy)
-// report: their flow events, one per dropped packet and per sampled or new
-// forwarded one, read from their ring buffer by a Reader, and their
-// counters. Observability (package observe) consumes these types and
-// nothing else of the datapath.
+// Package flows is what the datapath's programs report: the policy
+// programs' (package datapath/tcpolicy) flow events, one per dropped packet
+// (KindDrop), per sampled or new forwarded one (KindTrace) and per policy
+// decision (KindPolicyVerdict), and the socket load balancer's (package
+// datapath/socklb) translations (KindSockTranslate); each read from its
+// program's ring buffer by a Reader; and the policy programs' counters.
+// Observability (package observe) consumes these types and nothing else of
+// the datapath.
 //
-// The ring buffer, the counters and the flow configuration are maps of the
-// policy programs' own object: tcpolicy creates, sizes, pins and removes
-// them with its other maps, stores Config in the programs' configuration
-// (one value with the policy revision, written under tcpolicy's lock) and
-// opens Readers (Programs.OpenFlows). This package decodes: the event's
-// layout (layout.go), the counters', and the Reader on handles of its own.
+// The ring buffers, the counters and the flow configuration are maps of
+// the programs' own objects: tcpolicy and socklb create, size, pin and
+// remove them with their other maps; tcpolicy stores Config in the
+// programs' configuration (one value with the policy revision, written
+// under tcpolicy's lock); both open Readers (Programs.OpenFlows,
+// LB.OpenEvents). This package decodes: the event's layout (layout.go),
+// shared by both programs, the counters', and the Reader on handles of its
+// own.
 package flows
 
 import (
@@ -28,13 +33,23 @@ import (
 	"github.com/clustermesh/clustermesh/datapath"
 )
 
-// Verdict is what the policy programs did with a packet.
+// ErrShortEvent: Reader.Read got an event shorter than its kind's layout
+// (layout.go); the event is skipped, the next Read goes on.
+var ErrShortEvent = errors.New("short flow event")
+
+// Verdict is what the datapath did with a packet or a socket.
 type Verdict uint8
 
-// Verdicts.
+// Verdicts, with Hubble's numeric values (flow.Verdict).
 const (
 	VerdictForwarded Verdict = 1
 	VerdictDropped   Verdict = 2
+	// VerdictAudit: the policy denied the packet, and it passed because
+	// its endpoint is in audit mode.
+	VerdictAudit Verdict = 4
+	// VerdictTranslated: the socket load balancer sent a socket to a
+	// backend of the service it asked for.
+	VerdictTranslated Verdict = 7
 )
 
 func (v Verdict) String() string {
@@ -43,6 +58,10 @@ func (v Verdict) String() string {
 		return "FORWARDED"
 	case VerdictDropped:
 		return "DROPPED"
+	case VerdictAudit:
+		return "AUDIT"
+	case VerdictTranslated:
+		return "TRANSLATED"
 	}
 	return fmt.Sprintf("verdict(%d)", uint8(v))
 }
@@ -74,10 +93,14 @@ func (r DropReason) String() string {
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }
 
-// Flow is one packet reported by the policy programs: every dropped one,
-// and forwarded ones as Config says.
+// Flow is one event of the datapath: a packet reported by the policy
+// programs (every dropped one, forwarded ones and policy decisions as
+// Config says), or a socket translated by the socket load balancer.
 type Flow struct {
-	Time       time.Time
+	Time time.Time
+	// Kind says what the event reports. Events of a previous version's
+	// programs have none: KindDrop or KindTrace by their verdict.
+	Kind       Kind
 	Verdict    Verdict
 	DropReason DropReason
 	// Direction is relative to the local endpoint: Egress when it sent
@@ -99,11 +122,31 @@ type Flow struct {
 	New                      bool   // the packet created its flow's conntrack entry
 	Sampled                  bool   // a forwarded packet reported by sampling
 	Fragment                 bool   // a non-first fragment (no ports)
+	// TCPFlags of a TCP packet (0 for other protocols and fragments).
+	TCPFlags TCPFlags
+	// MatchType of a policy-verdict event that allowed its packet: which
+	// kind of policy entry did (MatchNone when denied or audited).
+	MatchType MatchType
+
+	// A socket translation (KindSockTranslate): Dst is the backend the
+	// socket was sent to (DstCluster its cluster), Service the frontend
+	// it asked for, Src the socket's own address and port when it was
+	// bound to an address (zero otherwise); Direction is Egress, Ifindex
+	// and identities 0. IPv4 addresses of an IPv6 socket (v4-mapped) are
+	// reported as IPv4. The agent names the socket's pod by NetnsCookie
+	// (socklb.NetnsCookie in each pod's network namespace) or CgroupID
+	// (socklb.CgroupID of each pod's cgroup).
+	Service      netip.AddrPort
+	XlatePoint   XlatePoint
+	SocketCookie uint64 // bpf_get_socket_cookie
+	NetnsCookie  uint64 // the socket's network namespace (SO_NETNS_COOKIE)
+	CgroupID     uint64 // the calling process's cgroup v2 (its directory's inode)
 }
 
 // Config says which forwarded packets the policy programs report (dropped
-// ones always are), and the local cluster id they report for local
-// endpoints. The zero value reports no forwarded packet.
+// ones always are), whether they report policy decisions, and the local
+// cluster id they report for local endpoints. The zero value reports no
+// forwarded packet and no policy decision.
 type Config struct {
 	// SampleRate reports one in SampleRate forwarded packets (per CPU,
 	// deterministic: every SampleRate-th); 1 reports all, 0 none.
@@ -111,6 +154,12 @@ type Config struct {
 	// TraceNew reports every packet that starts a flow (creates its
 	// conntrack entry), sampled or not.
 	TraceNew bool
+	// PolicyVerdicts reports every policy decision of an enforced
+	// direction that denies a packet, or allows (or audits) the first
+	// packet of a connection (the one that creates its conntrack entry),
+	// as a KindPolicyVerdict event with its MatchType: at most one per
+	// connection allowed, one per packet denied, whatever SampleRate.
+	PolicyVerdicts bool
 	// ClusterID is the local cluster's id.
 	ClusterID uint16
 }
@@ -125,6 +174,9 @@ type Counters struct {
 	Events         uint64 // flow events written to the ring buffer
 	EventsLost     uint64 // flow events the full ring buffer could not take
 	FlowsCreated   uint64 // conntrack entries created
+	// Audited: policy decisions that denied a packet of an endpoint in
+	// audit mode, which let it pass.
+	Audited [2]uint64
 }
 
 // Dropped is every drop, both directions and reasons.
@@ -160,6 +212,8 @@ func ReadCounters(metrics *ebpf.Map) (Counters, error) {
 		{counterEvents, &c.Events},
 		{counterEventsLost, &c.EventsLost},
 		{counterCTCreated, &c.FlowsCreated},
+		{counterAuditedIngress, &c.Audited[datapath.Ingress]},
+		{counterAuditedEgress, &c.Audited[datapath.Egress]},
 	} {
 		v, err := sum(f.idx)
 		if err != nil {
@@ -170,9 +224,9 @@ func ReadCounters(metrics *ebpf.Map) (Counters, error) {
 	return c, nil
 }
 
-// Reader reads the flow events of the policy programs from their pinned
-// ring buffer. It holds its own handles: closing what opened it does not
-// stop it. Read one pin directory's flows with one Reader at a time (two
+// Reader reads the events of one program's pinned ring buffer (the
+// policy programs', or the socket load balancer's). It holds its own
+// handles: closing what opened it does not stop it. Read one pin directory's flows with one Reader at a time (two
 // would share the events between them). Read is not safe for concurrent
 // use; Lost, Pending and Close are safe at any time.
 type Reader struct {
@@ -190,8 +244,10 @@ type Reader struct {
 }
 
 // NewReader reads the events of ring, the programs' ring buffer
-// (tcpolicy.FlowsMapName), and counts those lost from metrics, their
-// counter array. It takes both handles over: on error and on Close they
+// (tcpolicy.FlowsMapName, socklb.EventsMapName), and counts those lost
+// from metrics, their counter array (a per-CPU array of at least 16
+// __u64 whose slots 6 and 7 count the events written and lost, as both
+// programs' do). It takes both handles over: on error and on Close they
 // are closed. Events written before it opened and not yet read by a
 // previous reader are read first.
 func NewReader(ring, metrics *ebpf.Map) (*Reader, error) {
@@ -240,7 +296,7 @@ func (r *Reader) Read(ctx context.Context) (Flow, error) {
 		case err == nil:
 			f, ok := decode(r.rec.RawSample, r.wall)
 			if !ok {
-				return Flow{}, fmt.Errorf("datapath: read flows: short event of %d bytes", len(r.rec.RawSample))
+				return Flow{}, fmt.Errorf("datapath: read flows: %w: event of %d bytes", ErrShortEvent, len(r.rec.RawSample))
 			}
 			return f, nil
 		case errors.Is(err, ringbuf.ErrFlushed):

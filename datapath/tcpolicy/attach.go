@@ -90,6 +90,29 @@ type Endpoint struct {
 	Identity       uint32
 	EnforceIngress bool
 	EnforceEgress  bool
+	// Audit lets the packets the policy denies in an enforced direction
+	// pass, reported with verdict AUDIT (flows.VerdictAudit) in their
+	// policy-verdict and trace events, and counted (flows.Counters.Audited).
+	Audit bool
+}
+
+func (ep Endpoint) value() policyEndpoint {
+	v := policyEndpoint{Identity: ep.Identity}
+	if ep.EnforceIngress {
+		v.Flags |= epEnforceIngress
+	}
+	if ep.EnforceEgress {
+		v.Flags |= epEnforceEgress
+	}
+	if ep.Audit {
+		v.Flags |= epAudit
+	}
+	return v
+}
+
+func (v policyEndpoint) endpoint() Endpoint {
+	return Endpoint{Identity: v.Identity, EnforceIngress: v.Flags&epEnforceIngress != 0,
+		EnforceEgress: v.Flags&epEnforceEgress != 0, Audit: v.Flags&epAudit != 0}
 }
 
 // policyHook is one of the two attachments of an interface.
@@ -121,19 +144,25 @@ func (p *Programs) AttachByName(ifname string, identity uint32, enforceIngress, 
 	return p.Attach(ifi.Index, identity, enforceIngress, enforceEgress)
 }
 
-// Attach enforces the policy of the endpoint whose host-side
+// Attach is AttachEndpoint of an endpoint not in audit mode.
+func (p *Programs) Attach(ifindex int, identity uint32, enforceIngress, enforceEgress bool) error {
+	return p.AttachEndpoint(ifindex, Endpoint{Identity: identity, EnforceIngress: enforceIngress, EnforceEgress: enforceEgress})
+}
+
+// AttachEndpoint enforces the policy of the endpoint whose host-side
 // interface (the host end of the pod's veth, in the calling thread's network
-// namespace) has index ifindex: it records the endpoint's identity and which
+// namespace) has index ifindex: it records the endpoint's identity, which
 // directions are enforced (a direction not enforced allows everything, and
-// still tracks flows so that their replies pass the other direction), then
+// still tracks flows so that their replies pass the other direction) and
+// whether it is in audit mode (Endpoint.Audit), then
 // attaches the policy programs to the interface's tc ingress (the pod's
 // egress) and tc egress (the pod's ingress), first in line: with TCX links
 // where the kernel has them (Linux 6.6), pinned under
 // the pin directory under LinksDir so that they outlive the agent; otherwise
 // as clsact direct-action filters (which outlive it by themselves).
 //
-// Calling it again for an attached interface only updates the identity and
-// the enforced directions (atomically for the programs), and replaces
+// Calling it again for an attached interface only updates the identity,
+// the enforced directions and audit mode (atomically for the programs), and replaces
 // programs a previous agent attached by this version's. Interfaces of one
 // pin directory must all live in one network namespace (ifindex is the
 // key). On error the interface may be left half attached: call Detach.
@@ -142,8 +171,8 @@ func (p *Programs) AttachByName(ifname string, identity uint32, enforceIngress, 
 // 0), ErrUnsupported (the kernel lacks tc BPF or a helper),
 // datapath.ErrFull (Config.MaxPolicyEndpoints interfaces attached),
 // datapath.ErrClosed.
-func (p *Programs) Attach(ifindex int, identity uint32, enforceIngress, enforceEgress bool) error {
-	if identity == 0 {
+func (p *Programs) AttachEndpoint(ifindex int, want Endpoint) error {
+	if want.Identity == 0 {
 		return fmt.Errorf("datapath: attach policy to interface %d: endpoint identity 0: %w", ifindex, ErrInvalidPolicy)
 	}
 	if ifindex <= 0 {
@@ -160,13 +189,7 @@ func (p *Programs) Attach(ifindex int, identity uint32, enforceIngress, enforceE
 	if err != nil {
 		return err
 	}
-	ep := policyEndpoint{Identity: identity}
-	if enforceIngress {
-		ep.Flags |= epEnforceIngress
-	}
-	if enforceEgress {
-		ep.Flags |= epEnforceEgress
-	}
+	ep := want.value()
 	key := uint32(ifindex)
 	var old policyEndpoint
 	changed := p.endpoints.Lookup(&key, &old) == nil && old != ep
@@ -344,7 +367,7 @@ func (p *Programs) Attachments() (map[int]Endpoint, error) {
 	defer p.mu.Unlock()
 	out := map[int]Endpoint{}
 	err := bpfmap.Dump(p.endpoints, func(k *uint32, v *policyEndpoint) {
-		out[int(*k)] = Endpoint{Identity: v.Identity, EnforceIngress: v.Flags&epEnforceIngress != 0, EnforceEgress: v.Flags&epEnforceEgress != 0}
+		out[int(*k)] = v.endpoint()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("datapath: list policy attachments: %w", err)

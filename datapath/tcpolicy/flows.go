@@ -17,9 +17,12 @@ func (p *Programs) SetFlowConfig(c flows.Config) error {
 	}
 	defer p.mu.Unlock()
 	p.conf.SampleRate, p.conf.ClusterID = c.SampleRate, c.ClusterID
-	p.conf.Flags &^= cfgTraceNew
+	p.conf.Flags &^= cfgTraceNew | cfgVerdicts
 	if c.TraceNew {
 		p.conf.Flags |= cfgTraceNew
+	}
+	if c.PolicyVerdicts {
+		p.conf.Flags |= cfgVerdicts
 	}
 	if err := p.writeConfig(); err != nil {
 		return fmt.Errorf("datapath: set flow config: %w", err)
@@ -34,7 +37,8 @@ func (p *Programs) FlowConfig() (flows.Config, error) {
 	}
 	defer p.mu.Unlock()
 	v := p.conf
-	return flows.Config{SampleRate: v.SampleRate, TraceNew: v.Flags&cfgTraceNew != 0, ClusterID: v.ClusterID}, nil
+	return flows.Config{SampleRate: v.SampleRate, TraceNew: v.Flags&cfgTraceNew != 0,
+		PolicyVerdicts: v.Flags&cfgVerdicts != 0, ClusterID: v.ClusterID}, nil
 }
 
 // Counters reads the programs' counters.

@@ -62,16 +62,16 @@ func loadTestPolicyProgs(t testing.TB, p *Programs) *testPolicyProgs {
 // anything (BPF_PROG_TEST_RUN runs on the loopback, ifindex 1).
 func setTestEndpoint(t testing.TB, p *Programs, ifindex uint32, identity uint32, ingress, egress bool) {
 	t.Helper()
+	recordTestEndpoint(t, p, ifindex, Endpoint{Identity: identity, EnforceIngress: ingress, EnforceEgress: egress})
+}
+
+// recordTestEndpoint records ep for ifindex without attaching anything.
+func recordTestEndpoint(t testing.TB, p *Programs, ifindex uint32, ep Endpoint) {
+	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	ep := policyEndpoint{Identity: identity}
-	if ingress {
-		ep.Flags |= epEnforceIngress
-	}
-	if egress {
-		ep.Flags |= epEnforceEgress
-	}
-	dptest.NoErr(t, p.endpoints.Update(&ifindex, &ep, ebpf.UpdateAny))
+	v := ep.value()
+	dptest.NoErr(t, p.endpoints.Update(&ifindex, &v, ebpf.UpdateAny))
 }
 
 // anyPeerFlag reads whether p holds CFG_HAS_ANY_PEER.

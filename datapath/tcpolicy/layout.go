@@ -20,13 +20,22 @@ package tcpolicy
 //		__u8  proto;                 /* IPPROTO_*; 0 in entries of prefix 72 */
 //		__be16 port;                 /* destination port, network byte order */
 //	};
-//	struct cm_policy_value { __u32 flags; };   /* reserved, 0 */
+//	struct cm_policy_value {         /* 4 bytes */
+//		__u8  match_type;            /* Cilium's POLICY_MATCH_* of the entry,
+//		                              * reported in policy-verdict events:
+//		                              * peer 0 ("any") 72 all, 80 proto-only,
+//		                              * more L4-only; another peer 72 L3-only,
+//		                              * 80 L3-proto, more L3-L4 */
+//		__u8  pad[3];
+//	};
 //
 //	/* cm_policy_endpoints: BPF_MAP_TYPE_HASH, key __u32 ifindex of the
 //	 * host-side interface, max_entries = Config.MaxPolicyEndpoints (default 16384). */
 //	struct cm_policy_endpoint {      /* 8 bytes */
 //		__u32 identity;
-//		__u8  flags;                 /* 1 enforce ingress, 2 enforce egress */
+//		__u8  flags;                 /* 1 enforce ingress, 2 enforce egress,
+//		                              * 4 audit (denied packets pass, reported
+//		                              * as AUDIT) */
 //		__u8  pad[3];
 //	};
 //
@@ -36,7 +45,7 @@ package tcpolicy
 //		__u16 cluster_id;            /* local cluster, reported for endpoints */
 //		__u16 flags;                 /* 1 report every new flow, 2 cm_policy has
 //		                              * entries for peer 0, 4 strict (no cached
-//		                              * verdicts) */
+//		                              * verdicts), 8 policy-verdict events */
 //		__u32 policy_rev;            /* verdicts cached at another revision
 //		                              * are checked again */
 //		__u32 pad;
@@ -59,7 +68,7 @@ package tcpolicy
 //		__u16 peer_cluster;
 //		__u8  origin;                /* direction of the first packet */
 //		__u8  flags;                 /* 1 closing (FIN or RST seen), 2 verdict
-//		                              * cached */
+//		                              * cached, 4 allowed by audit mode only */
 //		__u32 pad;
 //	};
 //
@@ -67,6 +76,8 @@ package tcpolicy
 //	 * and cm_policy_flows: BPF_MAP_TYPE_RINGBUF of Config.FlowRingBytes
 //	 * (default 4 MiB) of struct cm_flow_event: written by the programs, read
 //	 * by package datapath/flows (its layout.go). */
+
+import "github.com/clustermesh/clustermesh/datapath/flows"
 
 // Prefix lengths of cm_policy entries.
 const (
@@ -79,6 +90,7 @@ const (
 const (
 	epEnforceIngress uint8 = 1
 	epEnforceEgress  uint8 = 2
+	epAudit          uint8 = 4
 )
 
 // Global flags.
@@ -86,6 +98,7 @@ const (
 	cfgTraceNew   uint16 = 1
 	cfgHasAnyPeer uint16 = 2
 	cfgStrict     uint16 = 4
+	cfgVerdicts   uint16 = 8
 )
 
 // policyKey is struct cm_policy_key.
@@ -100,7 +113,29 @@ type policyKey struct {
 
 // policyValue is struct cm_policy_value.
 type policyValue struct {
-	Flags uint32
+	MatchType uint8 // flows.MatchType
+	Pad       [3]uint8
+}
+
+// value is the value of trie entry e: the kind of match it stands for,
+// as Cilium's bpf/lib/policy.h names it from the matched prefix.
+func (e policyKey) value() policyValue {
+	var m flows.MatchType
+	switch {
+	case e.PrefixLen <= policyPrefixFixed && e.Peer == AnyPeer:
+		m = flows.MatchAll
+	case e.PrefixLen <= policyPrefixFixed:
+		m = flows.MatchL3Only
+	case e.PrefixLen <= policyPrefixProto && e.Peer == AnyPeer:
+		m = flows.MatchProtoOnly
+	case e.PrefixLen <= policyPrefixProto:
+		m = flows.MatchL3Proto
+	case e.Peer == AnyPeer:
+		m = flows.MatchL4Only
+	default:
+		m = flows.MatchL3L4
+	}
+	return policyValue{MatchType: uint8(m)}
 }
 
 // policyEndpoint is struct cm_policy_endpoint.

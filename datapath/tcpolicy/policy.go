@@ -328,13 +328,13 @@ func (p *Programs) SyncPolicyKeeping(keys []Key, keepPeer func(peer uint32) bool
 			}
 		}
 	}
-	kernel := map[policyKey]struct{}{}
-	if err := bpfmap.Dump(p.policy, func(k *policyKey, _ *policyValue) { kernel[*k] = struct{}{} }); err != nil {
+	kernel := map[policyKey]policyValue{}
+	if err := bpfmap.Dump(p.policy, func(k *policyKey, v *policyValue) { kernel[*k] = *v }); err != nil {
 		return fmt.Errorf("datapath: sync policy: dump %s: %w", PolicyMapName, err)
 	}
 	var writes, deletes []policyKey
 	for e := range want.refs {
-		if _, ok := kernel[e]; !ok {
+		if v, ok := kernel[e]; !ok || v != e.value() {
 			writes = append(writes, e)
 		}
 	}
@@ -392,6 +392,9 @@ func (p *Programs) writeEntries(es []policyKey) (int, error) {
 		return 0, nil
 	}
 	vals := make([]policyValue, len(es))
+	for i, e := range es {
+		vals[i] = e.value()
+	}
 	n := 0
 	defer func() {
 		for _, e := range es[:n] {

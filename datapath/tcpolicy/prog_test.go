@@ -121,8 +121,8 @@ func TestPolicyProgramVerdicts(t *testing.T) {
 	e.want(t, datapath.Egress, egress4("10.2.0.5:81", datapath.TCP), tcActShot, "TCP 81")
 	f := e.flow(t)
 	want := flows.Flow{
-		Verdict: flows.VerdictDropped, DropReason: flows.DropPolicyDenied, Direction: datapath.Egress, Ifindex: 1,
-		Src: ap(progEPAddr4 + ":40000"), Dst: ap("10.2.0.5:81"), Protocol: datapath.TCP,
+		Kind: flows.KindDrop, Verdict: flows.VerdictDropped, DropReason: flows.DropPolicyDenied, Direction: datapath.Egress, Ifindex: 1,
+		Src: ap(progEPAddr4 + ":40000"), Dst: ap("10.2.0.5:81"), Protocol: datapath.TCP, TCPFlags: flows.TCPFlagSYN,
 		SrcIdentity: progEP, DstIdentity: progPeerA, SrcCluster: 1, DstCluster: 2,
 		Bytes: 54,
 	}

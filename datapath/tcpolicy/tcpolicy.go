@@ -116,12 +116,19 @@ func Open(mesh *datapath.Maps, cfg Config) (*Programs, error) {
 	}
 	p.policy, p.endpoints, p.config, p.ct, p.metrics, p.flows = opened[0], opened[1], opened[2], opened[3], opened[4], opened[5]
 	// Entries a previous run left: enforced until SyncPolicy replaces them.
-	err = bpfmap.Dump(p.policy, func(k *policyKey, _ *policyValue) {
+	var stale []policyKey
+	err = bpfmap.Dump(p.policy, func(k *policyKey, v *policyValue) {
 		p.mirror.orphans[*k] = struct{}{}
 		if k.Peer == AnyPeer {
 			p.anyPeers++
 		}
+		if *v != k.value() {
+			stale = append(stale, *k)
+		}
 	})
+	if err == nil {
+		err = p.rewriteValues(stale)
+	}
 	if err == nil {
 		var zero uint32
 		err = p.config.Lookup(&zero, &p.conf)
@@ -131,6 +138,18 @@ func Open(mesh *datapath.Maps, cfg Config) (*Programs, error) {
 		return nil, fmt.Errorf("datapath: %s: read %s: %w", op, PolicyMapName, err)
 	}
 	return p, nil
+}
+
+// rewriteValues writes the value of entries an older version wrote
+// without their match type (each update replaces a value in place).
+func (p *Programs) rewriteValues(stale []policyKey) error {
+	for i := range stale {
+		v := stale[i].value()
+		if err := p.policy.Update(&stale[i], &v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // Config returns the sizes in use, defaults applied.

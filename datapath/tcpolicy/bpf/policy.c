@@ -33,11 +33,20 @@
  *      removing an entry cuts established flows too (their replies still
  *      pass while the flow's conntrack entry lives). CFG_STRICT checks
  *      every packet.
+ *      An endpoint in audit mode (EP_AUDIT) lets a packet the policy
+ *      denies pass: it is reported with verdict AUDIT, and its flow is
+ *      marked audited (CT_F_AUDIT) while its cached verdict holds.
  *   5. An allowed packet that is not a reply creates or refreshes the flow's
- *      conntrack entry; a dropped one is reported in cm_policy_flows, always;
- *      an allowed one 1 in cm_policy_config.sample_rate (0: never), and
- *      every new flow when CFG_TRACE_NEW is set. Events the ring buffer
- *      cannot take are counted (CNT_EVENTS_LOST).
+ *      conntrack entry; a dropped one is reported in cm_policy_flows, always
+ *      (a drop event, KIND_DROP); an allowed one (a trace event, KIND_TRACE)
+ *      1 in cm_policy_config.sample_rate (0: never), and every new flow when
+ *      CFG_TRACE_NEW is set. With CFG_POLICY_VERDICTS, every policy decision
+ *      of an enforced direction that denied a packet, or allowed (or
+ *      audited) the packet that creates a conntrack entry, is also reported
+ *      as a policy-verdict event (KIND_POLICY_VERDICT, before the drop or
+ *      trace event) with the kind of policy entry that matched
+ *      (POLICY_MATCH_*, stored in the entry's value by the agent). Events
+ *      the ring buffer cannot take are counted (CNT_EVENTS_LOST).
  *
  * Allowed packets return TC_ACT_UNSPEC (TCX_NEXT): the next program or the
  * default action decides; dropped ones TC_ACT_SHOT.
@@ -72,15 +81,23 @@
 /* Endpoint flags (cm_policy_endpoint.flags). */
 #define EP_ENFORCE_INGRESS 1
 #define EP_ENFORCE_EGRESS 2
+#define EP_AUDIT 4 /* denied packets pass, reported as AUDIT */
 
 /* Global flags (cm_policy_config.flags). */
 #define CFG_TRACE_NEW 1    /* report every new flow */
 #define CFG_HAS_ANY_PEER 2 /* cm_policy holds entries for peer 0 */
 #define CFG_STRICT 4       /* no cached verdicts: every packet is looked up */
+#define CFG_POLICY_VERDICTS 8 /* report policy-verdict events */
 
 /* Verdicts and drop reasons of a flow event. */
 #define VERDICT_FORWARDED 1
 #define VERDICT_DROPPED 2
+#define VERDICT_AUDIT 4 /* Hubble's AUDIT */
+
+/* Kinds of flow events: Cilium's monitor message types. */
+#define KIND_DROP 1           /* CILIUM_NOTIFY_DROP */
+#define KIND_TRACE 4          /* CILIUM_NOTIFY_TRACE */
+#define KIND_POLICY_VERDICT 5 /* CILIUM_NOTIFY_POLICY_VERDICT */
 #define REASON_NONE 0
 #define REASON_POLICY 1
 #define REASON_INVALID 2
@@ -101,6 +118,8 @@
 #define CNT_EVENTS 6
 #define CNT_EVENTS_LOST 7
 #define CNT_CT_CREATED 8
+#define CNT_AUDITED_INGRESS 9 /* lookups that denied, passed by audit mode */
+#define CNT_AUDITED_EGRESS 10
 #define CNT_SAMPLE_TICK 15 /* the sampler's per-CPU position */
 #define CNT_MAX 16
 
@@ -112,6 +131,7 @@
 
 #define CT_F_CLOSING 1  /* FIN or RST seen */
 #define CT_F_VERDICT 2  /* the flow was allowed by a lookup at revision rev */
+#define CT_F_AUDIT 4    /* ... only by audit mode */
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -147,8 +167,20 @@ struct cm_policy_key {
 
 #define POLICY_PREFIX_FULL 96
 
+/* Cilium's POLICY_MATCH_* (bpf/lib/policy.h): which kind of entry allowed a
+ * flow. The agent stores it in each entry's value (it follows from the
+ * entry's prefix and whether its peer is 0). */
+#define POLICY_MATCH_NONE 0
+#define POLICY_MATCH_L3_ONLY 1
+#define POLICY_MATCH_L3_L4 2
+#define POLICY_MATCH_L4_ONLY 3
+#define POLICY_MATCH_ALL 4
+#define POLICY_MATCH_L3_PROTO 5
+#define POLICY_MATCH_PROTO_ONLY 6
+
 struct cm_policy_value {
-	__u32 flags; /* reserved, 0 */
+	__u8 match_type; /* POLICY_MATCH_* */
+	__u8 pad[3];
 };
 
 struct cm_policy_endpoint {
@@ -206,8 +238,11 @@ struct cm_flow_event {
 	__u8 reason;
 	__u8 direction;   /* of the endpoint */
 	__u8 flags;       /* FLOW_* */
-	__u16 pad;
-	__u32 pad2;
+	__u8 kind;        /* KIND_* */
+	__u8 tcp_flags;   /* of a TCP packet */
+	__u8 match_type;  /* POLICY_MATCH_* of a policy-verdict event */
+	__u8 pad;         /* the socket load balancer's xlate point */
+	__u16 pad2;
 };
 
 /* The Go decoder (decode in datapath/flows/layout.go) reads these
@@ -231,6 +266,9 @@ CHECK_OFF(verdict, 70);
 CHECK_OFF(reason, 71);
 CHECK_OFF(direction, 72);
 CHECK_OFF(flags, 73);
+CHECK_OFF(kind, 74);
+CHECK_OFF(tcp_flags, 75);
+CHECK_OFF(match_type, 76);
 _Static_assert(sizeof(struct cm_flow_event) == 80, "cm_flow_event size");
 
 struct {
@@ -584,9 +622,12 @@ static __always_inline void lookup_peer(const struct pkt *p, const __u32 *addr, 
 	}
 }
 
-static __always_inline int policy_allows(__u32 endpoint, __u32 peer, __u8 dir, const struct pkt *p,
-					 const struct cm_policy_config *cfg)
+/* policy_lookup returns the entry that allows the packet, or NULL. */
+static __always_inline struct cm_policy_value *policy_lookup(__u32 endpoint, __u32 peer, __u8 dir,
+							     const struct pkt *p,
+							     const struct cm_policy_config *cfg)
 {
+	struct cm_policy_value *v;
 	struct cm_policy_key key = {
 		.prefixlen = POLICY_PREFIX_FULL,
 		.endpoint = endpoint,
@@ -596,17 +637,27 @@ static __always_inline int policy_allows(__u32 endpoint, __u32 peer, __u8 dir, c
 		.port = p->dport, /* 0 for a non-first fragment or a portless protocol */
 	};
 
-	if (bpf_map_lookup_elem(&cm_policy, &key))
-		return 1;
+	v = bpf_map_lookup_elem(&cm_policy, &key);
+	if (v)
+		return v;
 	if (!cfg || !(cfg->flags & CFG_HAS_ANY_PEER))
 		return 0;
 	key.peer = 0;
-	return bpf_map_lookup_elem(&cm_policy, &key) != NULL;
+	return bpf_map_lookup_elem(&cm_policy, &key);
 }
+
+/* What an event says beyond the packet and its peer. */
+struct verdict {
+	__u8 kind;       /* KIND_* */
+	__u8 verdict;    /* VERDICT_* */
+	__u8 reason;     /* REASON_* */
+	__u8 match_type; /* POLICY_MATCH_* */
+	__u8 flags;      /* FLOW_* */
+};
 
 static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 dir,
 				 const struct cm_policy_endpoint *ep, const struct cm_policy_config *cfg,
-				 __u32 peer_id, __u16 peer_cluster, __u8 verdict, __u8 reason, __u8 flags)
+				 __u32 peer_id, __u16 peer_cluster, struct verdict v)
 {
 	struct cm_flow_event *e = bpf_ringbuf_reserve(&cm_policy_flows, sizeof(*e), 0);
 	__u16 local_cluster = cfg ? cfg->cluster_id : 0;
@@ -636,10 +687,13 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u
 	e->dst_port = p->dport;
 	e->family = p->family;
 	e->proto = p->proto;
-	e->verdict = verdict;
-	e->reason = reason;
+	e->verdict = v.verdict;
+	e->reason = v.reason;
 	e->direction = dir;
-	e->flags = flags | (p->fragment ? FLOW_FRAGMENT : 0);
+	e->flags = v.flags | (p->fragment ? FLOW_FRAGMENT : 0);
+	e->kind = v.kind;
+	e->tcp_flags = p->proto == IPPROTO_TCP ? p->tcp_flags : 0;
+	e->match_type = v.match_type;
 	e->pad = 0;
 	e->pad2 = 0;
 	bpf_ringbuf_submit(e, 0);
@@ -654,7 +708,11 @@ static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, __u8
 		count(dir == DIR_EGRESS ? CNT_DROPPED_POLICY_EGRESS : CNT_DROPPED_POLICY_INGRESS, 1);
 	else
 		count(dir == DIR_EGRESS ? CNT_DROPPED_INVALID_EGRESS : CNT_DROPPED_INVALID_INGRESS, 1);
-	emit(skb, p, dir, ep, cfg, peer_id, peer_cluster, VERDICT_DROPPED, reason, 0);
+	if (reason == REASON_POLICY && cfg && (cfg->flags & CFG_POLICY_VERDICTS))
+		emit(skb, p, dir, ep, cfg, peer_id, peer_cluster,
+		     (struct verdict){.kind = KIND_POLICY_VERDICT, .verdict = VERDICT_DROPPED, .reason = reason});
+	emit(skb, p, dir, ep, cfg, peer_id, peer_cluster,
+	     (struct verdict){.kind = KIND_DROP, .verdict = VERDICT_DROPPED, .reason = reason});
 	return TC_ACT_SHOT;
 }
 
@@ -703,7 +761,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct pkt p = {};
 	__u32 peer_id = 0, rev = 0;
 	__u16 peer_cluster = 0;
-	__u8 flags = 0, enforced, cfg_flags = 0, have_peer = 0;
+	__u8 flags = 0, enforced, cfg_flags = 0, have_peer = 0, audited = 0, match = POLICY_MATCH_NONE;
 	const __u32 *peer_addr;
 	__u64 now;
 	int r;
@@ -760,16 +818,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		flags |= FLOW_REPLY;
 	} else if (enforced) {
 		if (!ct || !(ct->flags & CT_F_VERDICT) || ct->rev != rev || (cfg_flags & CFG_STRICT)) {
+			struct cm_policy_value *pv;
+
 			lookup_peer(&p, peer_addr, &peer_id, &peer_cluster);
 			have_peer = 1;
-			if (!policy_allows(ep->identity, peer_id, dir, &p, cfg))
+			pv = policy_lookup(ep->identity, peer_id, dir, &p, cfg);
+			if (pv) {
+				match = pv->match_type;
+			} else if (ep->flags & EP_AUDIT) {
+				audited = 1;
+				count(dir == DIR_EGRESS ? CNT_AUDITED_EGRESS : CNT_AUDITED_INGRESS, 1);
+			} else {
 				return drop(skb, &p, dir, ep, cfg, peer_id, peer_cluster, REASON_POLICY);
+			}
 			if (ct) {
 				ct->peer_identity = peer_id;
 				ct->peer_cluster = peer_cluster;
 				ct->rev = rev;
-				ct->flags |= CT_F_VERDICT;
+				ct->flags = (ct->flags & ~CT_F_AUDIT) | CT_F_VERDICT | (audited ? CT_F_AUDIT : 0);
 			}
+		} else if (ct->flags & CT_F_AUDIT) {
+			audited = 1;
 		}
 	}
 
@@ -797,7 +866,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		v.peer_identity = peer_id;
 		v.peer_cluster = peer_cluster;
 		if (enforced) {
-			v.flags |= CT_F_VERDICT;
+			v.flags |= CT_F_VERDICT | (audited ? CT_F_AUDIT : 0);
 			v.rev = rev;
 		}
 		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
@@ -808,13 +877,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	count(dir == DIR_EGRESS ? CNT_FORWARDED_EGRESS : CNT_FORWARDED_INGRESS, 1);
+	/* The policy decision that let the flow in: in an enforced direction,
+	 * a new conntrack entry follows a lookup. */
+	if ((flags & FLOW_NEW) && enforced && (cfg_flags & CFG_POLICY_VERDICTS))
+		emit(skb, &p, dir, ep, cfg, peer_id, peer_cluster,
+		     (struct verdict){.kind = KIND_POLICY_VERDICT, .verdict = audited ? VERDICT_AUDIT : VERDICT_FORWARDED,
+				      .match_type = match, .flags = flags});
 	if (sampled(cfg))
 		flags |= FLOW_SAMPLED;
 	else if (!((flags & FLOW_NEW) && (cfg_flags & CFG_TRACE_NEW)))
 		return TC_ACT_UNSPEC;
 	if (!have_peer)
 		lookup_peer(&p, peer_addr, &peer_id, &peer_cluster);
-	emit(skb, &p, dir, ep, cfg, peer_id, peer_cluster, VERDICT_FORWARDED, REASON_NONE, flags);
+	emit(skb, &p, dir, ep, cfg, peer_id, peer_cluster,
+	     (struct verdict){.kind = KIND_TRACE, .verdict = audited ? VERDICT_AUDIT : VERDICT_FORWARDED, .flags = flags});
 	return TC_ACT_UNSPEC;
 }
 
