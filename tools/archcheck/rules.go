@@ -75,6 +75,16 @@ var rules = []Rule{
 		Why: "metricsserver is a leaf: the agent and the apiserver serve their metrics with it",
 	},
 	{
+		Pkg: "flowfilter", OursOnly: nothing,
+		Never: []string{"github.com/cilium/cilium/pkg/...", "k8s.io/client-go/..."},
+		Why:   "Hubble's flow filters are written here over Cilium's generated api/ types only: never Cilium's own packages, which drag Kubernetes in",
+	},
+	{
+		Pkg: "flowexport", OursOnly: []string{"flowfilter"},
+		Never: []string{"github.com/cilium/cilium/pkg/...", "k8s.io/client-go/..."},
+		Why:   "flow export writes what a Source hands it, filtered by flowfilter; the hub satisfies Source, so flowexport knows neither observe nor node",
+	},
+	{
 		Pkg: "cli", ImportedOnlyBy: []string{"cmd"},
 		Why: "cli is the commands: only a main imports it",
 	},
