@@ -17,6 +17,7 @@ import (
 	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 
 	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
 )
 
 // listers reads the informers' caches and builds States from them.
@@ -148,6 +149,7 @@ func (l *listers) node(n *corev1.Node) (statesource.Node, bool) {
 		}
 		sn.PodCIDRs = append(sn.PodCIDRs, p)
 	}
+	sn.Annotations = l.nodeAnnotations(n)
 	if k := n.Annotations[AnnotationWireguardPubKey]; k != "" {
 		if err := statesource.CheckPublicKey(k); err != nil {
 			l.warn("node/"+n.Name, "node WireGuard key ignored: "+err.Error(), "annotation", AnnotationWireguardPubKey)
@@ -157,6 +159,33 @@ func (l *listers) node(n *corev1.Node) (statesource.Node, bool) {
 	}
 	return sn, true
 }
+
+// nodeAnnotations are the annotations of n the node entry publishes: those
+// under clustermesh.io/ only (a Node carries much else), the Hubble address
+// only when it is host:port.
+func (l *listers) nodeAnnotations(n *corev1.Node) map[string]string {
+	var out map[string]string
+	for k, v := range n.Annotations {
+		if !strings.HasPrefix(k, publishedNodeAnnotations) {
+			continue
+		}
+		if k == wire.AnnotationHubbleAddress {
+			if err := wire.CheckHubbleAddress(v); err != nil {
+				l.warn("node/"+n.Name, "node annotation ignored: "+err.Error(), "annotation", k)
+				continue
+			}
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// publishedNodeAnnotations is the prefix of the Node annotations published
+// on the node entry.
+const publishedNodeAnnotations = "clustermesh.io/"
 
 // condition is a pod's readiness as the EndpointSlices that list it say.
 type condition struct{ ready, serving bool }

@@ -2,6 +2,7 @@ package k8ssource_test
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/k8ssource"
 	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
 )
 
 // Edge cases on a fake clientset: every object the State cannot carry is
@@ -27,7 +29,7 @@ func TestSourceEdgeCases(t *testing.T) {
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{"env": "prod"}}},
 		// No InternalIP: the ExternalIP; a bad CIDR and a bad key are dropped.
 		&corev1.Node{
-			ObjectMeta: metav1.ObjectMeta{Name: "ext", Annotations: map[string]string{k8ssource.AnnotationWireguardPubKey: "not-a-key"}},
+			ObjectMeta: metav1.ObjectMeta{Name: "ext", Annotations: map[string]string{k8ssource.AnnotationWireguardPubKey: "not-a-key", wire.AnnotationHubbleAddress: "no-port"}},
 			Spec:       corev1.NodeSpec{PodCIDR: "10.1.1.7/24"},
 			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
 				{Type: corev1.NodeHostName, Address: "ext.example"}, {Type: corev1.NodeExternalIP, Address: "203.0.113.9"},
@@ -36,7 +38,9 @@ func TestSourceEdgeCases(t *testing.T) {
 		// No address at all: left out, its pods keep no node.
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "bare"}},
 		&corev1.Node{
-			ObjectMeta: metav1.ObjectMeta{Name: "dual"},
+			ObjectMeta: metav1.ObjectMeta{Name: "dual", Annotations: map[string]string{
+				wire.AnnotationHubbleAddress: "192.168.0.2:4245", "clustermesh.io/zone": "b", "node.alpha.kubernetes.io/ttl": "0",
+			}},
 			Spec:       corev1.NodeSpec{PodCIDRs: []string{"10.2.0.0/24", "fd00:2::/64"}},
 			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
 				{Type: corev1.NodeInternalIP, Address: "192.168.0.2"}, {Type: corev1.NodeInternalIP, Address: "fd00::2"},
@@ -84,7 +88,10 @@ func TestSourceEdgeCases(t *testing.T) {
 	if d := st.Nodes[0]; len(d.IPs) != 2 || d.IPs[1] != netip.MustParseAddr("fd00::2") || len(d.PodCIDRs) != 2 {
 		t.Errorf("node dual: %+v", d)
 	}
-	if e := st.Nodes[1]; len(e.IPs) != 1 || e.IPs[0] != netip.MustParseAddr("203.0.113.9") || len(e.PodCIDRs) != 0 || e.WireguardPubKey != "" {
+	if want := map[string]string{wire.AnnotationHubbleAddress: "192.168.0.2:4245", "clustermesh.io/zone": "b"}; !maps.Equal(st.Nodes[0].Annotations, want) {
+		t.Errorf("node dual: annotations %v, want only those under clustermesh.io/: %v", st.Nodes[0].Annotations, want)
+	}
+	if e := st.Nodes[1]; len(e.IPs) != 1 || e.IPs[0] != netip.MustParseAddr("203.0.113.9") || len(e.PodCIDRs) != 0 || e.WireguardPubKey != "" || e.Annotations != nil {
 		t.Errorf("node ext: %+v", e)
 	}
 	var names []string

@@ -75,7 +75,7 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator, cach
 }
 
 func wireNode(c wire.Cluster, n *statesource.Node) *wire.Node {
-	w := &wire.Node{Name: n.Name, Cluster: c.Name, ClusterID: c.ID, Source: nodeSource, WireguardPubKey: n.WireguardPubKey}
+	w := &wire.Node{Name: n.Name, Cluster: c.Name, ClusterID: c.ID, Source: nodeSource, WireguardPubKey: n.WireguardPubKey, Annotations: n.Annotations}
 	for _, ip := range n.IPs {
 		w.IPAddresses = append(w.IPAddresses, wire.NodeAddress{Type: wire.InternalIP, IP: ip})
 	}

@@ -28,6 +28,7 @@ nodes:
 - name: east-1
   ips: [192.168.1.1]
   podCIDRs: [10.1.1.0/24]
+  annotations: {clustermesh.io/hubble-address: "192.168.1.1:4245"}
 namespaces:
 - {name: shop, labels: {team: payments}}
 endpoints:
@@ -192,6 +193,18 @@ func TestPublishesClusterState(t *testing.T) {
 	}
 	if resp, err := get(t, west, wire.HeartbeatKey); err != nil || len(resp.Kvs) != 1 {
 		t.Errorf("heartbeat: %v %v", resp, err)
+	}
+
+	resp, err = get(t, west, wire.NodeKey("east", "east-1"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("node east-1: %v %v", resp, err)
+	}
+	node, err := wire.DecodeNode(east, string(resp.Kvs[0].Key), resp.Kvs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr, err := wire.HubbleAddress(node); err != nil || addr != "192.168.1.1:4245" {
+		t.Errorf("node east-1 publishes Hubble address %q (%v), want the annotation's 192.168.1.1:4245", addr, err)
 	}
 
 	resp, err = get(t, west, wire.Services.ListPrefix("east"), clientv3.WithPrefix())

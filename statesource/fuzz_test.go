@@ -7,6 +7,7 @@ import "testing"
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(good))
 	f.Add([]byte("nodes: [{name: a, ips: ['::1'], podCIDRs: ['fd00::/64']}]"))
+	f.Add([]byte("nodes: [{name: a, ips: ['1.1.1.1'], annotations: {clustermesh.io/hubble-address: 'a:1', b: c}}]"))
 	f.Add([]byte("services: [{namespace: a, name: b, ports: [{port: 65535, protocol: udp}]}]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		st, err := Parse("fuzz", b)

@@ -59,6 +59,9 @@ type Node struct {
 	// PodCIDRs are the prefixes pods on this node get addresses from.
 	PodCIDRs        []netip.Prefix `json:"podCIDRs"`
 	WireguardPubKey string         `json:"wireguardPubKey,omitempty"`
+	// Annotations are published on the node's entry (optional), e.g.
+	// wire.AnnotationHubbleAddress: where its agent serves the Observer API.
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // Endpoint is a pod: its address, labels, node and readiness.

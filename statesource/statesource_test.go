@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,19 +60,37 @@ func TestParseJSON(t *testing.T) {
 	}
 }
 
+func TestNodeAnnotations(t *testing.T) {
+	st, err := Parse("a", []byte("nodes:\n- {name: n1, ips: [1.1.1.1], annotations: {clustermesh.io/hubble-address: 'hubble.n1:4245', example.com/x-y_z.1: ''}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"clustermesh.io/hubble-address": "hubble.n1:4245", "example.com/x-y_z.1": ""}
+	if got := st.Nodes[0].Annotations; !maps.Equal(got, want) {
+		t.Errorf("annotations %v, want %v", got, want)
+	}
+	for _, k := range []string{"/x", "a/", "-a", "a-", "a/b/c", "ex ample.com/a", strings.Repeat("a", 64)} {
+		if validAnnotationKey(k) {
+			t.Errorf("annotation key %q accepted", k)
+		}
+	}
+}
+
 func TestParseRejects(t *testing.T) {
 	for name, tc := range map[string]struct{ yaml, want string }{
-		"unknown field":     {"nodes:\n- {name: n1, ips: [1.1.1.1], color: red}\n", "color"},
-		"bad ip":            {"nodes:\n- {name: n1, ips: [1.1.1]}\n", "1.1.1"},
-		"duplicate node":    {"nodes:\n- {name: n1, ips: [1.1.1.1]}\n- {name: n1, ips: [1.1.1.2]}\n", "duplicate node"},
-		"unknown node":      {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, node: nope}\n", "unknown node"},
-		"duplicate ip":      {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1}\n- {namespace: a, pod: c, ip: 10.0.0.1}\n", "already used"},
-		"port zero":         {"services:\n- {namespace: a, name: b, ports: [{port: 0}]}\n", "port is 0"},
-		"bad protocol":      {"services:\n- {namespace: a, name: b, ports: [{port: 1, protocol: ICMP}]}\n", "ICMP"},
-		"unnamed ports":     {"services:\n- {namespace: a, name: b, ports: [{port: 1}, {port: 2}]}\n", "used twice"},
-		"host bits in cidr": {"nodes:\n- {name: n1, ips: [1.1.1.1], podCIDRs: [10.1.1.5/24]}\n", "host bits"},
-		"duplicate ns":      {"namespaces:\n- {name: a}\n- {name: a, labels: {x: y}}\n", "duplicate namespace"},
-		"unnamed ns":        {"namespaces:\n- {labels: {x: y}}\n", "name is empty"},
+		"unknown field":      {"nodes:\n- {name: n1, ips: [1.1.1.1], color: red}\n", "color"},
+		"bad ip":             {"nodes:\n- {name: n1, ips: [1.1.1]}\n", "1.1.1"},
+		"duplicate node":     {"nodes:\n- {name: n1, ips: [1.1.1.1]}\n- {name: n1, ips: [1.1.1.2]}\n", "duplicate node"},
+		"unknown node":       {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, node: nope}\n", "unknown node"},
+		"duplicate ip":       {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1}\n- {namespace: a, pod: c, ip: 10.0.0.1}\n", "already used"},
+		"port zero":          {"services:\n- {namespace: a, name: b, ports: [{port: 0}]}\n", "port is 0"},
+		"bad protocol":       {"services:\n- {namespace: a, name: b, ports: [{port: 1, protocol: ICMP}]}\n", "ICMP"},
+		"unnamed ports":      {"services:\n- {namespace: a, name: b, ports: [{port: 1}, {port: 2}]}\n", "used twice"},
+		"host bits in cidr":  {"nodes:\n- {name: n1, ips: [1.1.1.1], podCIDRs: [10.1.1.5/24]}\n", "host bits"},
+		"duplicate ns":       {"namespaces:\n- {name: a}\n- {name: a, labels: {x: y}}\n", "duplicate namespace"},
+		"unnamed ns":         {"namespaces:\n- {labels: {x: y}}\n", "name is empty"},
+		"bad annotation key": {"nodes:\n- {name: n1, ips: [1.1.1.1], annotations: {'a b': x}}\n", "not a qualified name"},
+		"bad hubble address": {"nodes:\n- {name: n1, ips: [1.1.1.1], annotations: {clustermesh.io/hubble-address: '1.1.1.1'}}\n", "clustermesh.io/hubble-address"},
 	} {
 		_, err := Parse("f.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "f.yaml") {

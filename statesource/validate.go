@@ -3,7 +3,12 @@ package statesource
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
+	"unicode"
+
+	"github.com/clustermesh/clustermesh/wire"
 )
 
 // ErrInvalidState is wrapped by every validation error of a State.
@@ -39,6 +44,9 @@ func (st *State) Validate() error {
 			if !p.IsValid() || p.Masked() != p {
 				bad("node %q: invalid podCIDR %q (host bits must be zero)", n.Name, p)
 			}
+		}
+		for _, msg := range checkNodeAnnotations(n.Annotations) {
+			bad("node %q: %s", n.Name, msg)
 		}
 	}
 	pods, ips := map[string]bool{}, map[string]string{}
@@ -114,6 +122,52 @@ func (st *State) Validate() error {
 		// in its status.
 	}
 	return errors.Join(errs...)
+}
+
+// checkNodeAnnotations returns what is wrong with a node's annotations: keys
+// that are not Kubernetes qualified names ([prefix/]name), and a value of
+// wire.AnnotationHubbleAddress that is not host:port.
+func checkNodeAnnotations(a map[string]string) []string {
+	var msgs []string
+	for _, k := range slices.Sorted(maps.Keys(a)) {
+		if !validAnnotationKey(k) {
+			msgs = append(msgs, fmt.Sprintf("annotation key %q is not a qualified name ([prefix/]name of letters, digits, '-', '_', '.')", k))
+		}
+	}
+	if v, ok := a[wire.AnnotationHubbleAddress]; ok {
+		if err := wire.CheckHubbleAddress(v); err != nil {
+			msgs = append(msgs, fmt.Sprintf("annotation %s: %v", wire.AnnotationHubbleAddress, err))
+		}
+	}
+	return msgs
+}
+
+// validAnnotationKey reports whether k is a Kubernetes qualified name: an
+// optional DNS subdomain prefix and '/', then a name of at most 63
+// alphanumerics, '-', '_' or '.', starting and ending alphanumeric.
+func validAnnotationKey(k string) bool {
+	prefix, name, found := strings.Cut(k, "/")
+	if !found {
+		prefix, name = "", k
+	} else if prefix == "" || len(prefix) > 253 || !qualifiedPart(prefix, "-.") {
+		return false
+	}
+	return len(name) <= 63 && qualifiedPart(name, "-_.")
+}
+
+// qualifiedPart reports whether s is non-empty, starts and ends with a
+// letter or digit, and holds only those and the runes of extra.
+func qualifiedPart(s, extra string) bool {
+	alnum := func(r rune) bool { return r < 0x80 && (unicode.IsLetter(r) || unicode.IsDigit(r)) }
+	if s == "" || !alnum(rune(s[0])) || !alnum(rune(s[len(s)-1])) {
+		return false
+	}
+	for _, r := range s {
+		if !alnum(r) && !strings.ContainsRune(extra, r) {
+			return false
+		}
+	}
+	return true
 }
 
 // validInterfaceName reports whether name is empty or a valid Linux
