@@ -85,6 +85,10 @@ var rules = []Rule{
 		Why:   "flow export writes what a Source hands it, filtered by flowfilter; the hub satisfies Source, so flowexport knows neither observe nor node",
 	},
 	{
+		Pkg: "flowmetrics", OursOnly: nothing, Never: []string{"github.com/cilium/cilium/pkg/..."},
+		Why: "Hubble's flow metrics are a leaf over Hubble's generated flow type (Cilium's api/ only: its pkg/ drags Kubernetes in)",
+	},
+	{
 		Pkg: "cli", ImportedOnlyBy: []string{"cmd"},
 		Why: "cli is the commands: only a main imports it",
 	},
