@@ -59,7 +59,7 @@ func TestStrings(t *testing.T) {
 		MatchProtoOnly.String(): "Proto-Only", MatchType(9).String(): "unknown",
 		TCPFlags(0x12).String(): "SYN, ACK", TCPFlags(0xff).String(): "SYN, ACK, RST, FIN, PSH, URG, ECE, CWR",
 		TCPFlags(0).String(): "",
-		DropNone.String(): "none", DropPolicyDenied.String(): "policy-denied", DropInvalidPacket.String(): "invalid-packet",
+		DropNone.String():    "none", DropPolicyDenied.String(): "policy-denied", DropInvalidPacket.String(): "invalid-packet",
 		DropReason(9).String(): "reason(9)",
 	} {
 		if got != want {

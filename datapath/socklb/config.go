@@ -35,8 +35,20 @@ package socklb
 //		__be16 backend_port;
 //		__u16 pad;
 //	};
+//
+//	/* cm_sock_events: BPF_MAP_TYPE_RINGBUF of Config.EventRingBytes
+//	 * (default 1 MiB), records of struct cm_sock_event (128 bytes; layout:
+//	 * datapath/flows/layout.go): one per translated connect, and per
+//	 * datagram whose cm_sock_revnat entry is new.
+//	 * cm_sock_metrics: BPF_MAP_TYPE_PERCPU_ARRAY of 16 __u64: 0 connects
+//	 * translated, 1 datagrams translated, 2 refused (no backend), 6 events
+//	 * written, 7 events lost (the ring buffer was full); the rest
+//	 * reserved. */
 
 import (
+	"errors"
+	"fmt"
+	"os"
 	"slices"
 
 	"github.com/clustermesh/clustermesh/datapath"
@@ -51,10 +63,20 @@ import (
 const (
 	RevNATMapName = "cm_sock_revnat"
 	PeerMapName   = "cm_sock_peer"
+	// EventsMapName is the ring buffer of translation events, read by
+	// LB.OpenEvents; MetricsMapName its counters (ReadCounters).
+	EventsMapName  = "cm_sock_events"
+	MetricsMapName = "cm_sock_metrics"
 )
 
-// DefaultMaxSockRevNAT is Config.MaxSockRevNAT's default.
-const DefaultMaxSockRevNAT = 128 * 1024
+// mapNames lists the pinned maps (RemovePins).
+var mapNames = []string{RevNATMapName, PeerMapName, EventsMapName, MetricsMapName}
+
+// Defaults of Config's fields.
+const (
+	DefaultMaxSockRevNAT  = 128 * 1024
+	DefaultEventRingBytes = 1 << 20
+)
 
 // Config sizes the socket load balancer's maps. A zero field takes its
 // default. The size is part of the map's definition: changing it makes the
@@ -65,6 +87,10 @@ type Config struct {
 	// backend its sendto reached (connected sockets keep theirs in socket
 	// storage).
 	MaxSockRevNAT uint32
+	// EventRingBytes is the size of the translation events' ring buffer
+	// (EventsMapName): a power of two, at least a page; an event takes 136
+	// bytes.
+	EventRingBytes uint32
 }
 
 var sizeOptions = []datapath.SizeOption[Config]{
@@ -72,6 +98,10 @@ var sizeOptions = []datapath.SizeOption[Config]{
 		Default: DefaultMaxSockRevNAT, Min: 1, Max: 1 << 24,
 		Usage: "max_entries of the socket load balancer's UDP reverse-translation LRU (" + RevNATMapName + ")",
 		Of:    func(c *Config) *uint32 { return &c.MaxSockRevNAT }},
+	{Flag: "sock-event-ring-bytes", Field: "EventRingBytes", Map: EventsMapName, Unit: "bytes",
+		Default: DefaultEventRingBytes, Min: 4096, Max: 1 << 30,
+		Usage: "size of the socket load balancer's translation events' ring buffer (" + EventsMapName + "): a power of two of at least a page; an event takes 136 bytes",
+		Of:    func(c *Config) *uint32 { return &c.EventRingBytes }},
 }
 
 // SizeOptions lists the sizes of Config, for the agent to register its
@@ -92,5 +122,12 @@ func (c Config) withDefaults() Config {
 // Validate reports whether c, with its defaults applied, is usable. Its
 // errors wrap datapath.ErrInvalidConfig and name the option to change.
 func (c Config) Validate() error {
-	return datapath.CheckSizes(sizeOptions, &c)
+	c = c.withDefaults()
+	errs := []error{datapath.CheckSizes(sizeOptions, &c)}
+	if page := uint32(os.Getpagesize()); c.EventRingBytes < page || c.EventRingBytes&(c.EventRingBytes-1) != 0 {
+		o, _ := datapath.SizeOptionOf(sizeOptions, EventsMapName)
+		errs = append(errs, fmt.Errorf("map size %s is %d: %w: want a power of two of at least a page (%d bytes)",
+			o, c.EventRingBytes, datapath.ErrInvalidConfig, page))
+	}
+	return errors.Join(errs...)
 }

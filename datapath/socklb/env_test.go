@@ -151,6 +151,8 @@ type clientReq struct {
 	// the same socket to Addr2, getpeername, send, receive), "hold"
 	// (one TCP connection to Addr, held until stdin closes; every line on
 	// stdin asks for getpeername, answered on stdout after holdPrefix).
+	// "tcp" with Addr2 binds each socket to Addr2 first (host:0), and
+	// records the local address in Locals.
 	Op    string
 	Addr  string // host:port
 	Addr2 string
@@ -163,6 +165,7 @@ type clientResp struct {
 	Replies map[string]int
 	Peers   map[string]int
 	Errors  map[string]int
+	Locals  map[string]int
 }
 
 // runClient runs req in a child process inside the test's cgroup.
@@ -230,7 +233,7 @@ func TestHelperClient(t *testing.T) {
 		t.Fatalf("setns %s: %v", req.NetNS, err)
 	}
 	ns.Close()
-	resp := clientResp{Replies: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
+	resp := clientResp{Replies: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}, Locals: map[string]int{}}
 	switch req.Op {
 	case "tcp":
 		clientTCP(req, &resp)
@@ -300,11 +303,22 @@ const clientTimeout = 3 * time.Second
 
 func clientTCP(req clientReq, resp *clientResp) {
 	d := net.Dialer{Timeout: clientTimeout}
+	if req.Addr2 != "" {
+		local, err := net.ResolveTCPAddr("tcp", req.Addr2)
+		if err != nil {
+			resp.Errors[err.Error()]++
+			return
+		}
+		d.LocalAddr = local
+	}
 	for range req.N {
 		c, err := d.Dial("tcp", req.Addr)
 		if err != nil {
 			resp.Errors[errName(err)]++
 			continue
+		}
+		if req.Addr2 != "" {
+			resp.Locals[c.LocalAddr().String()]++
 		}
 		peer, err := peerName(c.(*net.TCPConn))
 		if err != nil {

@@ -4,10 +4,13 @@
 // time, without any per-packet translation (docs/datapath-socklb.md).
 //
 // It reads the mesh maps of package datapath (cm_services, cm_backends:
-// Maps.Handles) and owns two maps of its own, pinned beside them: the
+// Maps.Handles) and owns four maps of its own, pinned beside them: the
 // reverse translation of datagrams (RevNATMapName, sized by
-// Config.MaxSockRevNAT) and of connected sockets (PeerMapName). Attach
-// loads and attaches the programs to a cgroup v2; RemovePins removes its
+// Config.MaxSockRevNAT) and of connected sockets (PeerMapName), and the
+// translation events' ring buffer (EventsMapName, Config.EventRingBytes)
+// with its counters (MetricsMapName). Attach loads and attaches the
+// programs to a cgroup v2; LB.OpenEvents reads the events as flows
+// (package datapath/flows, KindSockTranslate); RemovePins removes its
 // pins.
 package socklb
 
@@ -174,8 +177,10 @@ func load(mesh *datapath.Maps, cfg Config, spec *ebpf.CollectionSpec, objs *sock
 	spec.Maps[datapath.ServicesMapName].MaxEntries = h.Services.MaxEntries()
 	spec.Maps[datapath.BackendsMapName].MaxEntries = h.Backends.MaxEntries()
 	spec.Maps[RevNATMapName].MaxEntries = cfg.MaxSockRevNAT
-	spec.Maps[RevNATMapName].Pinning = ebpf.PinByName
-	spec.Maps[PeerMapName].Pinning = ebpf.PinByName
+	spec.Maps[EventsMapName].MaxEntries = cfg.EventRingBytes
+	for _, name := range mapNames {
+		spec.Maps[name].Pinning = ebpf.PinByName
+	}
 	err = spec.LoadAndAssign(objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: pinDir},
 		MapReplacements: map[string]*ebpf.Map{
@@ -187,13 +192,15 @@ func load(mesh *datapath.Maps, cfg Config, spec *ebpf.CollectionSpec, objs *sock
 	case err == nil:
 		return nil
 	case errors.Is(err, ebpf.ErrMapIncompatible):
-		if o, unit, pinned, ok := bpfmap.Resized(spec.Maps[RevNATMapName], pinDir, sizes); ok {
-			return fmt.Errorf("datapath: socket load balancer: the map pinned at %s/%s has %d %s, %s asks for %d; "+
-				"remove it (or the pin directory) and retry, or keep the size: %w: %w",
-				pinDir, RevNATMapName, pinned, unit, o, cfg.MaxSockRevNAT, datapath.ErrIncompatiblePin, err)
+		for _, ms := range []*ebpf.MapSpec{spec.Maps[RevNATMapName], spec.Maps[EventsMapName]} {
+			if o, unit, pinned, ok := bpfmap.Resized(ms, pinDir, sizes); ok {
+				return fmt.Errorf("datapath: socket load balancer: the map pinned at %s/%s has %d %s, %s asks for %d; "+
+					"remove it (or the pin directory) and retry, or keep the size: %w: %w",
+					pinDir, ms.Name, pinned, unit, o, ms.MaxEntries, datapath.ErrIncompatiblePin, err)
+			}
 		}
-		return fmt.Errorf("datapath: socket load balancer: a map pinned in %s (%s or %s) does not match this version's definition; "+
-			"remove it (or the pin directory) and retry: %w: %w", pinDir, RevNATMapName, PeerMapName, datapath.ErrIncompatiblePin, err)
+		return fmt.Errorf("datapath: socket load balancer: a map pinned in %s (%s) does not match this version's definition; "+
+			"remove it (or the pin directory) and retry: %w: %w", pinDir, strings.Join(mapNames, ", "), datapath.ErrIncompatiblePin, err)
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return fmt.Errorf("datapath: socket load balancer: load: %w: %w", ErrUnsupported, err)
 	}
@@ -241,7 +248,7 @@ func RemovePins(pinDir string) error {
 	if pinDir == "" {
 		pinDir = datapath.DefaultPinDir
 	}
-	return bpfmap.RemovePins(pinDir, []string{RevNATMapName, PeerMapName})
+	return bpfmap.RemovePins(pinDir, mapNames)
 }
 
 // checkCgroup2 fails with ErrNotCgroup2 unless dir is a cgroup v2 directory.

@@ -18,6 +18,8 @@ import (
 const (
 	socklbMapCmBackends          = "cm_backends"
 	socklbMapCmServices          = "cm_services"
+	socklbMapCmSockEvents        = "cm_sock_events"
+	socklbMapCmSockMetrics       = "cm_sock_metrics"
 	socklbMapCmSockPeer          = "cm_sock_peer"
 	socklbMapCmSockRevnat        = "cm_sock_revnat"
 	socklbProgCmSock4Connect     = "cm_sock4_connect"
@@ -86,10 +88,12 @@ type socklbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbMapSpecs struct {
-	CmBackends   *ebpf.MapSpec `ebpf:"cm_backends"`
-	CmServices   *ebpf.MapSpec `ebpf:"cm_services"`
-	CmSockPeer   *ebpf.MapSpec `ebpf:"cm_sock_peer"`
-	CmSockRevnat *ebpf.MapSpec `ebpf:"cm_sock_revnat"`
+	CmBackends    *ebpf.MapSpec `ebpf:"cm_backends"`
+	CmServices    *ebpf.MapSpec `ebpf:"cm_services"`
+	CmSockEvents  *ebpf.MapSpec `ebpf:"cm_sock_events"`
+	CmSockMetrics *ebpf.MapSpec `ebpf:"cm_sock_metrics"`
+	CmSockPeer    *ebpf.MapSpec `ebpf:"cm_sock_peer"`
+	CmSockRevnat  *ebpf.MapSpec `ebpf:"cm_sock_revnat"`
 }
 
 // socklbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -118,16 +122,20 @@ func (o *socklbObjects) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbMaps struct {
-	CmBackends   *ebpf.Map `ebpf:"cm_backends"`
-	CmServices   *ebpf.Map `ebpf:"cm_services"`
-	CmSockPeer   *ebpf.Map `ebpf:"cm_sock_peer"`
-	CmSockRevnat *ebpf.Map `ebpf:"cm_sock_revnat"`
+	CmBackends    *ebpf.Map `ebpf:"cm_backends"`
+	CmServices    *ebpf.Map `ebpf:"cm_services"`
+	CmSockEvents  *ebpf.Map `ebpf:"cm_sock_events"`
+	CmSockMetrics *ebpf.Map `ebpf:"cm_sock_metrics"`
+	CmSockPeer    *ebpf.Map `ebpf:"cm_sock_peer"`
+	CmSockRevnat  *ebpf.Map `ebpf:"cm_sock_revnat"`
 }
 
 func (m *socklbMaps) Close() error {
 	return _SocklbClose(
 		m.CmBackends,
 		m.CmServices,
+		m.CmSockEvents,
+		m.CmSockMetrics,
 		m.CmSockPeer,
 		m.CmSockRevnat,
 	)

@@ -413,6 +413,8 @@ func TestSockLBLayout(t *testing.T) {
 	}{
 		{RevNATMapName, ebpf.LRUHash, 32, 20},
 		{PeerMapName, ebpf.SkStorage, 4, 40},
+		{EventsMapName, ebpf.RingBuf, 0, 0},
+		{MetricsMapName, ebpf.PerCPUArray, 4, 8},
 	} {
 		m := spec.Maps[c.name]
 		if m == nil {

@@ -25,6 +25,13 @@
  * backend) refuses the connect or send with ECONNREFUSED (bpf_set_retval,
  * kernel >= 5.18): without a rewrite the client would wait for a SYN-ACK
  * from an address nobody answers for.
+ *
+ * Every translation of a connect, and of a datagram whose reverse entry is
+ * new (the first datagram of a socket to a backend), is reported in
+ * cm_sock_events (struct cm_sock_event: the service, the backend, the
+ * socket's bound source, cookie, network namespace cookie and cgroup);
+ * events the ring buffer cannot take are counted (CNT_EVENTS_LOST of
+ * cm_sock_metrics, the policy programs' slot).
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -44,6 +51,20 @@
  * vanished under a concurrent shrink (the writer drops the count first, so a
  * fresh pick sees the new count). */
 #define SELECT_TRIES 3
+
+/* The flow event's constants (datapath/flows/layout.go). */
+#define DIR_EGRESS 1
+#define VERDICT_TRANSLATED 7
+#define KIND_SOCK_TRANSLATE 7
+#define XLATE_POST_FWD 2
+
+/* Counters (cm_sock_metrics, per CPU); 6 and 7 as the policy programs'. */
+#define CNT_XLATE_CONNECT 0
+#define CNT_XLATE_SENDMSG 1
+#define CNT_REFUSED 2
+#define CNT_EVENTS 6
+#define CNT_EVENTS_LOST 7
+#define CNT_MAX 16
 
 /* Layouts of datapath/layout.go; addresses as 4 words (same bytes as
  * __u8 addr[16]; IPv4 in the first word). */
@@ -87,6 +108,71 @@ struct cm_sock_revnat_value {
 	__u8 family;
 	__u8 pad;
 };
+
+/* struct cm_flow_event of bpf/policy.c (datapath/tcpolicy), then the
+ * socket's. */
+struct cm_sock_event {
+	__u64 timestamp;
+	__u32 src_addr[4];  /* the socket's bound address, or zero */
+	__u32 dst_addr[4];  /* the backend, as the socket sees it */
+	__u32 src_identity; /* 0 */
+	__u32 dst_identity; /* 0 */
+	__u32 ifindex;      /* 0 */
+	__u32 len;          /* 0 */
+	__u32 sample_rate;  /* 0 */
+	__be16 src_port;
+	__be16 dst_port;
+	__u16 src_cluster;  /* 0 */
+	__u16 dst_cluster;  /* the backend's */
+	__u8 family;        /* the socket's */
+	__u8 proto;
+	__u8 verdict;       /* VERDICT_TRANSLATED */
+	__u8 reason;        /* 0 */
+	__u8 direction;     /* DIR_EGRESS */
+	__u8 flags;         /* 0 */
+	__u8 kind;          /* KIND_SOCK_TRANSLATE */
+	__u8 tcp_flags;     /* 0 */
+	__u8 match_type;    /* 0 */
+	__u8 xlate_point;   /* XLATE_POST_FWD */
+	__u16 pad;
+	__u64 sock_cookie;
+	__u64 netns_cookie;
+	__u64 cgroup_id;
+	__u32 service_addr[4]; /* as the socket gave it */
+	__be16 service_port;
+	__u8 pad2[6];
+};
+
+#define CHECK_OFF(f, off) _Static_assert(__builtin_offsetof(struct cm_sock_event, f) == off, #f)
+CHECK_OFF(src_addr, 8);
+CHECK_OFF(dst_addr, 24);
+CHECK_OFF(src_port, 60);
+CHECK_OFF(dst_cluster, 66);
+CHECK_OFF(family, 68);
+CHECK_OFF(verdict, 70);
+CHECK_OFF(direction, 72);
+CHECK_OFF(kind, 74);
+CHECK_OFF(xlate_point, 77);
+CHECK_OFF(sock_cookie, 80);
+CHECK_OFF(netns_cookie, 88);
+CHECK_OFF(cgroup_id, 96);
+CHECK_OFF(service_addr, 104);
+CHECK_OFF(service_port, 120);
+_Static_assert(sizeof(struct cm_sock_event) == 128, "cm_sock_event size");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_sock_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, CNT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_sock_metrics SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -165,34 +251,88 @@ static __always_inline enum lb_result lb_select(struct cm_service_key *key, stru
 	return LB_NO_BACKEND;
 }
 
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&cm_sock_metrics, &idx);
+
+	if (c)
+		*c += 1;
+}
+
 static __always_inline int refuse(void)
 {
+	count(CNT_REFUSED);
 	bpf_set_retval(-ECONNREFUSED);
 	return SYS_REJECT;
 }
 
+/* report writes the event of a translation: rk is the backend and rv the
+ * frontend, as the socket sees them. */
+static __always_inline void report(struct bpf_sock_addr *ctx, const struct cm_sock_revnat_key *rk,
+				   const struct cm_sock_revnat_value *rv, __u16 cluster)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct cm_sock_event *e = bpf_ringbuf_reserve(&cm_sock_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(CNT_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->timestamp = bpf_ktime_get_ns();
+	if (sk) {
+		if (rk->family == FAMILY4) {
+			e->src_addr[0] = sk->src_ip4;
+		} else {
+			e->src_addr[0] = sk->src_ip6[0];
+			e->src_addr[1] = sk->src_ip6[1];
+			e->src_addr[2] = sk->src_ip6[2];
+			e->src_addr[3] = sk->src_ip6[3];
+		}
+		e->src_port = bpf_htons((__u16)sk->src_port);
+	}
+	__builtin_memcpy(e->dst_addr, rk->addr, 16);
+	e->dst_port = rk->port;
+	e->dst_cluster = cluster;
+	e->family = rk->family;
+	e->proto = (__u8)ctx->protocol;
+	e->verdict = VERDICT_TRANSLATED;
+	e->direction = DIR_EGRESS;
+	e->kind = KIND_SOCK_TRANSLATE;
+	e->xlate_point = XLATE_POST_FWD;
+	e->sock_cookie = bpf_get_socket_cookie(ctx);
+	e->netns_cookie = bpf_get_netns_cookie(ctx);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	__builtin_memcpy(e->service_addr, rv->addr, 16);
+	e->service_port = rv->port;
+	bpf_ringbuf_submit(e, 0);
+	count(CNT_EVENTS);
+}
+
 /* remember records the translation for the reverse path: a connected
  * socket (connect) in its own storage, a datagram (sendmsg) in the LRU keyed
- * by socket cookie and backend, where an identical entry is not rewritten. */
-static __always_inline void remember(struct bpf_sock_addr *ctx, int per_datagram, struct cm_sock_revnat_key *rk,
-				     struct cm_sock_revnat_value *rv)
+ * by socket cookie and backend, where an identical entry is not rewritten.
+ * It returns whether the translation is news (every connect; a datagram
+ * whose entry was not there). */
+static __always_inline int remember(struct bpf_sock_addr *ctx, int per_datagram, struct cm_sock_revnat_key *rk,
+				    struct cm_sock_revnat_value *rv)
 {
 	if (!per_datagram) {
 		struct bpf_sock *sk = ctx->sk;
 		struct cm_sock_peer *p;
 
 		if (!sk)
-			return;
+			return 1;
 		p = bpf_sk_storage_get(&cm_sock_peer, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!p)
-			return;
+			return 1;
 		p->frontend = *rv;
 		p->backend[0] = rk->addr[0];
 		p->backend[1] = rk->addr[1];
 		p->backend[2] = rk->addr[2];
 		p->backend[3] = rk->addr[3];
 		p->backend_port = rk->port;
-		return;
+		return 1;
 	}
 	rk->cookie = bpf_get_socket_cookie(ctx);
 	{
@@ -201,9 +341,10 @@ static __always_inline void remember(struct bpf_sock_addr *ctx, int per_datagram
 		if (old && old->addr[0] == rv->addr[0] && old->addr[1] == rv->addr[1] &&
 		    old->addr[2] == rv->addr[2] && old->addr[3] == rv->addr[3] &&
 		    old->port == rv->port && old->family == rv->family)
-			return;
+			return 0;
 	}
 	bpf_map_update_elem(&cm_sock_revnat, rk, rv, BPF_ANY);
+	return 1;
 }
 
 /* not_service lets a connect or datagram to an address that is no frontend
@@ -246,7 +387,9 @@ static __always_inline int xlate4(struct bpf_sock_addr *ctx, int per_datagram)
 	rv.addr[0] = ip4;
 	rv.port = port;
 	rv.family = FAMILY4;
-	remember(ctx, per_datagram, &rk, &rv);
+	count(per_datagram ? CNT_XLATE_SENDMSG : CNT_XLATE_CONNECT);
+	if (remember(ctx, per_datagram, &rk, &rv))
+		report(ctx, &rk, &rv, b->cluster_id);
 
 	ctx->user_ip4 = b->addr[0];
 	ctx->user_port = (__u32)b->port;
@@ -316,7 +459,9 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int per_datagram)
 	rv.addr[3] = ip6[3];
 	rv.port = port;
 	rv.family = FAMILY6;
-	remember(ctx, per_datagram, &rk, &rv);
+	count(per_datagram ? CNT_XLATE_SENDMSG : CNT_XLATE_CONNECT);
+	if (remember(ctx, per_datagram, &rk, &rv))
+		report(ctx, &rk, &rv, b->cluster_id);
 
 	ctx->user_ip6[0] = rk.addr[0];
 	ctx->user_ip6[1] = rk.addr[1];
