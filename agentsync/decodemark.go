@@ -85,6 +85,7 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 		return fmt.Errorf("ipcache %q: %s %w", key, pfx, ErrOverlapsLocal)
 	}
 	s.entries.put(pfx, struct{}{}, gen)
+	s.r.agent.pods.set(pfx, uint16(c.ID), p.K8sNamespace, p.K8sPodName)
 	s.claim(merge.IPUpdate{Prefix: pfx, Entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}})
 	return nil
 }
@@ -123,6 +124,7 @@ func (s *ipcacheStore) remove(key string) {
 	if p, ok := s.prefixOf(key); ok {
 		if _, known := s.entries[p]; known {
 			delete(s.entries, p)
+			s.r.agent.pods.remove(p, uint16(s.r.cluster().ID))
 			s.claim(merge.IPUpdate{Prefix: p})
 		}
 	}
@@ -133,6 +135,7 @@ func (s *ipcacheStore) sweep(gen uint32) int {
 	gone := make([]merge.IPUpdate, len(old))
 	for i, p := range old {
 		delete(s.entries, p)
+		s.r.agent.pods.remove(p, uint16(s.r.cluster().ID))
 		gone[i] = merge.IPUpdate{Prefix: p}
 	}
 	if len(gone) > 0 {

@@ -162,7 +162,7 @@ func lwPut(t *testing.T, cli *clientv3.Client, first, n int) {
 	defer cancel()
 	for i := first; i < first+n; i++ {
 		ip := fmt.Sprintf("10.2.%d.%d", i/250, 1+i%250)
-		if _, err := cli.Put(ctx, wire.IPCacheKey(ip), fmt.Sprintf(`{"IP":%q,"ID":131100}`, ip)); err != nil {
+		if _, err := cli.Put(ctx, wire.IPCacheKey(ip), fmt.Sprintf(`{"IP":%q,"ID":131100,"K8sNamespace":"shop","K8sPodName":"pod-%d"}`, ip, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -238,6 +238,14 @@ func TestListPagesThenWatches(t *testing.T) {
 		defer sink.mu.Unlock()
 		return len(sink.ips) == 25 && sink.ips[netip.MustParsePrefix("10.2.0.26/32")] && !sink.ips[netip.MustParsePrefix("10.2.0.1/32")]
 	})
+	// The pods are named from their entries, for flows; a deleted entry's
+	// name goes with it.
+	if n, ok := r.agent.PodByIP(netip.MustParseAddr("10.2.0.26")); !ok || n != (PodName{ClusterID: 2, Namespace: "shop", Name: "pod-25"}) {
+		t.Errorf("PodByIP(10.2.0.26) = %+v, %v; want west's shop/pod-25", n, ok)
+	}
+	if n, ok := r.agent.PodByIP(netip.MustParseAddr("10.2.0.1")); ok {
+		t.Errorf("PodByIP(10.2.0.1) = %+v after its entry was deleted", n)
+	}
 }
 
 // Mark-and-sweep: an entry gone from the remote leaves only after a list

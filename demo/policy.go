@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"io"
 	"net"
 	"net/netip"
@@ -257,25 +258,24 @@ func (d *run) policyTraffic(ctx context.Context, computed string) (string, error
 // flows to it in east-node-1's hub, formatted as `clustermesh observe`
 // prints them.
 func (d *run) flowsTo(ctx context.Context, pod string) ([]string, error) {
-	var f observe.Filter
-	if err := f.Set("to-pod", pod); err != nil {
-		return nil, err
+	ns, name, _ := strings.Cut(pod, "/")
+	toPod := func(f *flowpb.Flow) bool {
+		dst := f.GetDestination()
+		return dst.GetNamespace() == ns && strings.HasPrefix(dst.GetPodName(), name) && f.GetSource().GetIdentity() != wire.IdentityHost // the traffic step's
 	}
 	var out []string
 	err := waitUntil(ctx, func() (bool, string) {
 		out = out[:0]
-		verdicts := map[string]bool{}
-		sub := d.policyNode().Flows().Subscribe(f, 20, false)
+		verdicts := map[flowpb.Verdict]bool{}
+		sub := d.policyNode().Flows().Subscribe(observe.Query{Number: 20, Match: toPod})
 		defer sub.Close()
 		for ev := range sub.Events() {
-			if ev.Flow != nil && ev.Flow.Source.Identity != wire.IdentityHost { // the traffic step's
-				verdicts[ev.Flow.Verdict] = true
-				var b strings.Builder
-				observe.WriteCompact(&b, ev)
-				out = append(out, strings.TrimSpace(b.String()))
+			if f := ev.GetFlow(); f != nil {
+				verdicts[f.GetVerdict()] = true
+				out = append(out, observe.Compact(f))
 			}
 		}
-		return verdicts[observe.VerdictForwarded] && verdicts[observe.VerdictDropped], fmt.Sprintf("flows to %s: %v", pod, out)
+		return verdicts[flowpb.Verdict_FORWARDED] && verdicts[flowpb.Verdict_DROPPED], fmt.Sprintf("flows to %s: %v", pod, out)
 	})
 	return out, err
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/k8spolicy"
+	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 	"github.com/clustermesh/clustermesh/wireguard"
@@ -74,8 +75,11 @@ type Config struct {
 	// Policy enforces network policy on this node's endpoints, and reports
 	// their flows.
 	Policy PolicyConfig
-	// StatusAddr is the unix socket path or host:port the status and the
-	// flows are served on (--status-addr); empty: not served.
+	// Hubble observes the node's endpoints and serves their flows with
+	// Hubble's Observer API.
+	Hubble HubbleConfig
+	// StatusAddr is the unix socket path or host:port the status is served
+	// on (--status-addr); empty: not served.
 	StatusAddr string
 	// MetricsAddr is the host:port of /metrics (--metrics-addr), served
 	// without authentication; empty: not served.
@@ -164,6 +168,7 @@ func NewConfig() Config {
 			PrivateKeyFile: defaultWireGuardKeyFile, Implementation: wireguard.ImplAuto,
 		}},
 		Policy:      PolicyConfig{DefaultLocalCluster: true, FlowTraceNew: true},
+		Hubble:      HubbleConfig{Enable: true, SocketPath: DefaultHubbleSocketPath, EventBufferCapacity: observe.DefaultCapacity},
 		StatusAddr:  DefaultStatusAddr,
 		MetricsAddr: defaultMetricsAddr,
 	}
@@ -211,6 +216,9 @@ func (c *Config) Validate() error {
 		if err := c.WireGuard.Device.Validate(); err != nil {
 			return fmt.Errorf("%w: WireGuard: %w", ErrInvalidConfig, err)
 		}
+	}
+	if err := c.Hubble.validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if !c.InMemory {
 		if err := errors.Join(c.Maps.Validate(), c.SocketLBMaps.Validate(), c.Policy.Maps.Validate()); err != nil {

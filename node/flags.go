@@ -28,6 +28,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "host:port to serve Prometheus /metrics on, without authentication: localhost only by default; \":PORT\" exposes them to every interface (\"\" disables)")
 	c.WireGuard.registerFlags(fs)
 	c.Policy.registerFlags(fs)
+	c.Hubble.registerFlags(fs)
 }
 
 // registerSizes registers a flag for each size of c that opts describe.
@@ -75,8 +76,13 @@ func (w *WireGuardConfig) registerFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&d.Implementation, "wireguard-implementation", d.Implementation, "auto (the kernel module if present, else userspace), kernel or userspace")
 }
 
-// policyOnly are the flags that mean nothing without a policy.
-var policyOnly = []string{"policy-default-local-cluster", "flow-sample-rate", "flow-trace-new"}
+// policyOnly are the flags that mean nothing without a policy; observeOnly
+// those that mean nothing without flows.
+var (
+	policyOnly  = []string{"policy-default-local-cluster"}
+	observeOnly = []string{"flow-sample-rate", "flow-trace-new", "hubble-socket-path", "hubble-listen-address",
+		"hubble-tls-cert-file", "hubble-tls-key-file", "hubble-tls-client-ca-files", "hubble-event-buffer-capacity"}
+)
 
 func (p *PolicyConfig) registerFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&p.Dir, "policy-dir", p.Dir, "enforce the policies in this directory (CiliumNetworkPolicy and NetworkPolicy YAML or JSON, read again on change; an invalid edit keeps the last valid set) on this node's endpoints (needs --node-name; see docs/policy.md)")
@@ -101,6 +107,13 @@ func (c *Config) CheckFlags(fs *pflag.FlagSet) error {
 		for _, name := range policyOnly {
 			if fs.Changed(name) {
 				return fmt.Errorf("--%s needs --policy-dir (or the cluster's policies: --state-source=kubernetes with --node-name)", name)
+			}
+		}
+	}
+	if !c.observing() {
+		for _, name := range observeOnly {
+			if fs.Changed(name) {
+				return fmt.Errorf("--%s needs --enable-hubble and --node-name (the node whose endpoints are observed)", name)
 			}
 		}
 	}

@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"sync"
 	"sync/atomic"
 
@@ -68,6 +67,7 @@ type Node struct {
 	enfLocal *view
 	kube     *k8spolicy.Watcher
 	hub      *observe.Hub
+	names    *flowNames // the hub's enricher, nil without a hub
 
 	running   atomic.Bool
 	closeOnce sync.Once
@@ -140,7 +140,7 @@ func (n *Node) build() error {
 		sc.OnRemoteNodes = n.wg.SetRemoteNodes
 	}
 	var ids *identityRelay
-	if c.Policy.enabled() {
+	if c.Policy.enabled() || c.observing() {
 		if err := n.openPolicy(); err != nil {
 			return err
 		}
@@ -213,8 +213,10 @@ func (n *Node) buildPolicy(ids *identityRelay) error {
 			return fmt.Errorf("watching the cluster's policies: %w", err)
 		}
 	}
-	if n.progs != nil {
-		n.hub = observe.NewHub(observe.Config{Enricher: enf})
+	if n.progs != nil && c.Hubble.Enable {
+		n.names = &flowNames{cluster: c.Sync.ClusterName, enf: enf, sync: n.sync, local: n.local.view()}
+		n.hub = observe.NewHub(observe.Config{Enricher: n.names, NodeName: c.hubbleNodeName(),
+			Capacity: c.Hubble.EventBufferCapacity, Logger: n.log})
 	}
 	return nil
 }
@@ -313,20 +315,12 @@ func (n *Node) Policy() tcpolicy.Writer { return n.pol }
 // Enforcer is the policy enforcer, nil without a policy.
 func (n *Node) Enforcer() *enforcer.Enforcer { return n.enf }
 
-// Flows is the hub of the policy programs' flows, nil without a policy
-// or on the in-memory datapath.
+// Flows is the hub of the policy programs' flows, nil without Hubble (or
+// a node name) or on the in-memory datapath.
 func (n *Node) Flows() *observe.Hub { return n.hub }
 
 // WireGuard is the WireGuard agent (RotateKey), nil without WireGuard.
 func (n *Node) WireGuard() *wireguard.Agent { return n.wg }
-
-// handlers are what the agent serves beside its status: the flows.
-func (n *Node) handlers() map[string]http.Handler {
-	if n.hub == nil {
-		return nil
-	}
-	return map[string]http.Handler{"GET " + observe.Path: n.hub.Handler()}
-}
 
 // collectors are the metrics of every part.
 func (n *Node) collectors() []prometheus.Collector {

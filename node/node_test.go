@@ -173,13 +173,15 @@ func TestFlags(t *testing.T) {
 		t.Errorf("flags changed the defaults: %+v", cfg)
 	}
 	for args, want := range map[string]string{
-		"--node-encryption":        "--node-encryption needs --enable-wireguard",
-		"--flow-sample-rate=10":    "--flow-sample-rate needs --policy-dir",
-		"--wireguard-port=1":       "--wireguard-port needs --enable-wireguard",
-		"--flow-trace-new=false":   "--flow-trace-new needs --policy-dir",
-		"--enable-wireguard":       "",
-		"--policy-dir=/x":          "",
-		"--max-ipcache-entries=10": "",
+		"--node-encryption":                    "--node-encryption needs --enable-wireguard",
+		"--flow-sample-rate=10":                "--flow-sample-rate needs --enable-hubble and --node-name",
+		"--policy-default-local-cluster=false": "--policy-default-local-cluster needs --policy-dir",
+		"--hubble-listen-address=:4244":        "--hubble-listen-address needs --enable-hubble and --node-name",
+		"--wireguard-port=1":                   "--wireguard-port needs --enable-wireguard",
+		"--flow-trace-new=false":               "--flow-trace-new needs --enable-hubble",
+		"--enable-wireguard":                   "",
+		"--policy-dir=/x":                      "",
+		"--max-ipcache-entries=10":             "",
 	} {
 		cfg := node.NewConfig()
 		fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)

@@ -41,15 +41,17 @@ func (n *Node) parts(flows *flows.Reader) []part {
 		ps = append(ps, part{"reading the flows", func(ctx context.Context) error {
 			if err := n.hub.Run(ctx, flows); err != nil {
 				// Policy keeps being enforced; only observation stops.
-				n.log.Error("flow events can no longer be read: 'clustermesh observe' shows no new flows (restart the agent)", "err", err)
+				n.log.Error("flow events can no longer be read: 'hubble observe' shows no new flows (restart the agent)", "err", err)
 				<-ctx.Done()
 			}
 			return nil
-		}})
+		}},
+			part{"naming services for flows", n.names.run},
+			part{"serving Hubble's Observer API", n.serveObserver})
 	}
 	if c.StatusAddr != "" {
 		ps = append(ps, part{"serving the status", func(ctx context.Context) error {
-			return ServeStatus(ctx, c.StatusAddr, func() any { return n.Status() }, n.handlers())
+			return ServeStatus(ctx, c.StatusAddr, func() any { return n.Status() }, nil)
 		}})
 	}
 	if c.MetricsAddr != "" {

@@ -3,70 +3,177 @@ package observe
 import (
 	"fmt"
 	"io"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	observerpb "github.com/cilium/cilium/api/v1/observer"
+	relaypb "github.com/cilium/cilium/api/v1/relay"
 )
 
-// WriteCompact writes one event in hubble's compact form.
-func WriteCompact(w io.Writer, ev Event) error {
-	if ev.Lost != nil {
-		why := "the datapath's ring buffer was full"
-		if ev.Lost.Source == LostSubscriber {
-			why = "this client read too slowly"
+// WriteCompact writes one GetFlows event the way `hubble observe -o
+// compact` does, with the cluster before each end.
+func WriteCompact(w io.Writer, r *observerpb.GetFlowsResponse) error {
+	var line string
+	switch {
+	case r.GetFlow() != nil:
+		line = Compact(r.GetFlow())
+	case r.GetLostEvents() != nil:
+		line = compactLost(r.GetLostEvents())
+	case r.GetNodeStatus() != nil:
+		ns := r.GetNodeStatus()
+		line = fmt.Sprintf("NODE STATUS: %s %s %s", ns.GetStateChange(), strings.Join(ns.GetNodeNames(), ", "), ns.GetMessage())
+		if ns.GetStateChange() == relaypb.NodeState_NODE_CONNECTED {
+			return nil
 		}
-		_, err := fmt.Fprintf(w, "EVENTS LOST: %d (%s)\n", ev.Lost.Count, why)
-		return err
-	}
-	if ev.Flow == nil {
+	default:
 		return nil
 	}
-	_, err := io.WriteString(w, ev.Flow.Compact()+"\n")
+	_, err := io.WriteString(w, line+"\n")
 	return err
 }
 
-// Compact is the flow on one line, as `clustermesh observe` prints it:
-// "Nov 21 03:00:00.123: SRC (ID:n) -> DST (ID:m) [reason ]VERDICT (PROTO)".
-func (f *Flow) Compact() string {
-	src, dst, arrow := compactEndpoint(&f.Source), compactEndpoint(&f.Destination), "->"
-	if f.IsReply {
+func compactLost(l *flowpb.LostEvent) string {
+	why := "the datapath's ring buffer was full"
+	switch l.GetSource() {
+	case flowpb.LostEventSource_OBSERVER_EVENTS_QUEUE:
+		why = "this client read too slowly"
+	case flowpb.LostEventSource_HUBBLE_RING_BUFFER:
+		why = "the agent's flow ring wrapped"
+	}
+	return fmt.Sprintf("EVENTS LOST: %d (%s)", l.GetNumEventsLost(), why)
+}
+
+// Compact is the flow on one line, as Hubble prints it:
+// "Nov 21 03:00:00.123: SRC (ID:n) -> DST (ID:m) to-endpoint FORWARDED (TCP Flags: SYN)",
+// an end being cluster/namespace/pod:port, or cluster/ip:port without a
+// pod; a reply is printed "DST <- SRC".
+func Compact(f *flowpb.Flow) string {
+	src := compactEndpoint(f.GetSource(), f.GetIP().GetSource(), sourcePort(f))
+	dst := compactEndpoint(f.GetDestination(), f.GetIP().GetDestination(), destinationPort(f))
+	arrow := "->"
+	if f.GetIsReply().GetValue() {
 		src, dst, arrow = dst, src, "<-"
 	}
-	verdict := f.Verdict
-	if f.DropReason != "" {
-		verdict = f.DropReason + " " + verdict
+	what := eventText(f)
+	if what != "" {
+		what += " "
 	}
-	return fmt.Sprintf("%s: %s %s %s %s (%s)", f.Time.Local().Format(time.StampMilli), src, arrow, dst, verdict, f.Protocol)
+	return fmt.Sprintf("%s: %s %s %s %s%s (%s)", f.GetTime().AsTime().Local().Format(time.StampMilli),
+		src, arrow, dst, what, f.GetVerdict(), f.GetSummary())
+}
+
+// eventText says what kind of event it is, as Hubble's compact output.
+func eventText(f *flowpb.Flow) string {
+	switch f.GetEventType().GetType() {
+	case eventDrop:
+		return dropText(f.GetDropReasonDesc())
+	case eventPolicyVerdict:
+		return "policy-verdict:" + MatchTypeName(f.GetPolicyMatchType()) + " " + f.GetTrafficDirection().String() + " " + policyAction(f.GetVerdict())
+	case eventTraceSock:
+		return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(f.GetSockXlatePoint().String(), "SOCK_XLATE_POINT_"), "_", "-"))
+	}
+	if p := f.GetTraceObservationPoint(); p != flowpb.TraceObservationPoint_UNKNOWN_POINT {
+		return strings.ToLower(strings.ReplaceAll(p.String(), "_", "-"))
+	}
+	return ""
+}
+
+func dropText(r flowpb.DropReason) string {
+	switch r {
+	case flowpb.DropReason_POLICY_DENIED:
+		return "Policy denied"
+	case flowpb.DropReason_INVALID_PACKET_DROPPED:
+		return "Invalid packet"
+	}
+	return r.String()
+}
+
+func policyAction(v flowpb.Verdict) string {
+	switch v {
+	case flowpb.Verdict_FORWARDED:
+		return "ALLOWED"
+	case flowpb.Verdict_DROPPED:
+		return "DENIED"
+	case flowpb.Verdict_AUDIT:
+		return "AUDITED"
+	}
+	return v.String()
+}
+
+// MatchTypeName names a policy_match_type as Hubble does (L3-Only,
+// L3-L4, L4-Only, all, none, ...).
+func MatchTypeName(t uint32) string {
+	switch t {
+	case 0:
+		return "none"
+	case 1:
+		return "L3-Only"
+	case 2:
+		return "L3-L4"
+	case 3:
+		return "L4-Only"
+	case 4:
+		return "all"
+	case 5:
+		return "L3-Proto"
+	case 6:
+		return "Proto-Only"
+	}
+	return "match-type(" + strconv.FormatUint(uint64(t), 10) + ")"
+}
+
+func sourcePort(f *flowpb.Flow) uint32 {
+	l4 := f.GetL4()
+	switch {
+	case l4.GetTCP() != nil:
+		return l4.GetTCP().GetSourcePort()
+	case l4.GetUDP() != nil:
+		return l4.GetUDP().GetSourcePort()
+	case l4.GetSCTP() != nil:
+		return l4.GetSCTP().GetSourcePort()
+	}
+	return 0
+}
+
+func destinationPort(f *flowpb.Flow) uint32 {
+	l4 := f.GetL4()
+	switch {
+	case l4.GetTCP() != nil:
+		return l4.GetTCP().GetDestinationPort()
+	case l4.GetUDP() != nil:
+		return l4.GetUDP().GetDestinationPort()
+	case l4.GetSCTP() != nil:
+		return l4.GetSCTP().GetDestinationPort()
+	}
+	return 0
 }
 
 // compactEndpoint is [cluster/]namespace/pod:port, or [cluster/]ip:port
 // without a pod, then its identity: (ID:n), or (world) and the like for a
 // reserved one.
-func compactEndpoint(e *Endpoint) string {
+func compactEndpoint(e *flowpb.Endpoint, ip string, port uint32) string {
 	var b strings.Builder
-	if e.Cluster != "" {
-		b.WriteString(e.Cluster + "/")
+	if e.GetClusterName() != "" {
+		b.WriteString(e.GetClusterName() + "/")
 	}
-	if e.Pod != "" {
-		if e.Namespace != "" {
-			b.WriteString(e.Namespace + "/")
+	if e.GetPodName() != "" {
+		if e.GetNamespace() != "" {
+			b.WriteString(e.GetNamespace() + "/")
 		}
-		b.WriteString(e.Pod)
-		if e.Port != 0 {
-			b.WriteString(":" + strconv.Itoa(int(e.Port)))
-		}
-	} else if a, err := netip.ParseAddr(e.IP); err == nil && e.Port != 0 {
-		b.WriteString(netip.AddrPortFrom(a, e.Port).String())
+		b.WriteString(e.GetPodName())
+	} else if strings.Contains(ip, ":") && port != 0 {
+		b.WriteString("[" + ip + "]")
 	} else {
-		b.WriteString(e.IP)
+		b.WriteString(ip)
 	}
-	id := "ID:" + strconv.FormatUint(uint64(e.Identity), 10)
-	for _, l := range e.Labels {
-		if name, ok := strings.CutPrefix(l, "reserved:"); ok {
-			id = strings.TrimSuffix(name, "=")
-			break
-		}
+	if port != 0 {
+		b.WriteString(":" + strconv.FormatUint(uint64(port), 10))
+	}
+	id := "ID:" + strconv.FormatUint(uint64(e.GetIdentity()), 10)
+	if name, ok := reservedNames[e.GetIdentity()]; ok {
+		id = name
 	}
 	b.WriteString(" (" + id + ")")
 	return b.String()

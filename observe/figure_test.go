@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"math"
 	"net"
 	"net/netip"
@@ -174,11 +175,11 @@ func countDrops(t *testing.T, fr *flows.Reader) (h *Hub, got *atomic.Uint64, sto
 			t.Errorf("Run: %v", err)
 		}
 	})
-	sub := h.Subscribe(Filter{Verdict: VerdictDropped}, 0, true)
+	sub := h.Subscribe(Query{Follow: true, Match: func(f *flowpb.Flow) bool { return f.GetVerdict() == flowpb.Verdict_DROPPED }})
 	got = new(atomic.Uint64)
 	wg.Go(func() {
 		for ev := range sub.Events() {
-			if ev.Flow != nil {
+			if ev.GetFlow() != nil {
 				got.Add(1)
 			}
 		}
@@ -224,9 +225,11 @@ func newStaticEnricher() staticEnricher {
 
 func (e staticEnricher) Identity(id uint32) (wire.Labels, bool) { l, ok := e.ids[id]; return l, ok }
 func (staticEnricher) ClusterName(id uint16) string             { return testEnricher{}.ClusterName(id) }
-func (staticEnricher) Pod(ip netip.Addr) (string, string, bool) {
+func (staticEnricher) Pod(ip netip.Addr) (Pod, bool) {
 	if ip.IsLoopback() {
-		return "shop", "checkout-0", true
+		return Pod{Cluster: "east", Namespace: "shop", Name: "checkout-0"}, true
 	}
-	return "", "", false
+	return Pod{}, false
 }
+
+func (staticEnricher) Service(netip.AddrPort) (string, string, bool) { return "", "", false }

@@ -1,19 +1,25 @@
-// Package observe owns turning the datapath's flow events into enriched,
-// filterable flows for operators, the way Hubble does for Cilium: a Hub reads
-// flows.Flow events from a Source, names their ends (cluster, namespace,
-// pod, identity labels) through an Enricher, keeps the last flows in a ring,
-// fans them out to subscribers that never slow the reader down, counts them
-// as Prometheus metrics, and serves them as NDJSON over HTTP (Handler, and
-// the client Observe).
+// Package observe owns turning the datapath's flow events into Hubble's
+// flows and serving them with Hubble's own Observer API: Enrich fills a
+// flowpb.Flow from a flows.Flow, naming its ends (cluster, namespace, pod,
+// identity labels, service) through an Enricher; a Hub reads the events,
+// keeps the last ones in a ring, hands every flow to hooks on the reading
+// goroutine (metrics) and fans them out to subscribers that never slow the
+// reader down; Server is observerpb.ObserverServer on a Hub, so the real
+// `hubble` CLI, a relay and `clustermesh observe` read an agent alike.
 //
 // It knows nothing of etcd or agentsync: the agent implements Enricher from
-// what it holds and mounts Handler on its status address.
+// what it holds and serves Server on its sockets.
 package observe
 
 import (
-	"fmt"
 	"net/netip"
-	"time"
+	"slices"
+	"strconv"
+	"sync"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/flows"
@@ -21,138 +27,186 @@ import (
 )
 
 // Enricher names the ends of a flow. The agent implements it from the
-// identities, ipcache entries and local endpoints it holds. Its methods are
-// called for every flow on the reading goroutine: they must be fast (map
-// lookups) and safe for concurrent use with the agent's own updates.
+// identities, ipcache entries, local endpoints and services it holds. Its
+// methods are called for every flow on the reading goroutine: they must be
+// fast (map lookups) and safe for concurrent use with the agent's updates.
 type Enricher interface {
 	// Identity returns the labels of a numeric security identity.
 	Identity(id uint32) (wire.Labels, bool)
 	// ClusterName returns the name of a cluster id, "" if unknown.
 	ClusterName(id uint16) string
-	// Pod returns the namespace and name of the pod with address ip.
-	Pod(ip netip.Addr) (namespace, pod string, ok bool)
+	// Pod names the pod with address ip, of this cluster or another one.
+	Pod(ip netip.Addr) (Pod, bool)
+	// Service names the service whose frontend is addr.
+	Service(frontend netip.AddrPort) (namespace, name string, ok bool)
 }
 
-// Verdicts, as in Flow.Verdict.
+// Pod names a pod of the mesh.
+type Pod struct {
+	Cluster, Namespace, Name string
+	// Workload is the pod's owner (Deployment, StatefulSet, ...) when the
+	// state source knows it; its Name is empty otherwise.
+	Workload Workload
+}
+
+// Workload is a pod's owning workload.
+type Workload struct{ Kind, Name string }
+
+// Hubble's CiliumEventType.type numbers (Cilium's monitor message types).
 const (
-	VerdictForwarded = "FORWARDED"
-	VerdictDropped   = "DROPPED"
+	eventDrop          = 1
+	eventTrace         = 4
+	eventPolicyVerdict = 5
+	eventTraceSock     = 14 // Cilium's MessageTypeTraceSock
 )
 
-// Flow is one enriched flow event, as served in JSON (field names are
-// stable).
-type Flow struct {
-	Time time.Time `json:"time"`
-	// Verdict is FORWARDED or DROPPED.
-	Verdict string `json:"verdict"`
-	// DropReason says why a DROPPED packet was dropped: policy-denied or
-	// invalid-packet; absent for FORWARDED.
-	DropReason string `json:"drop_reason,omitempty"`
-	// Direction is relative to the local endpoint the policy programs
-	// watched: egress when it sent the packet (Source is the endpoint),
-	// ingress when it receives it (Destination is the endpoint).
-	Direction string `json:"direction"`
-	// Protocol is TCP, UDP, SCTP, ICMP, ICMPv6 or proto(N).
-	Protocol string `json:"protocol"`
-	// IsReply is set for a reply of a tracked flow.
-	IsReply     bool     `json:"is_reply"`
-	Source      Endpoint `json:"source"`
-	Destination Endpoint `json:"destination"`
-	// Bytes is the packet's length.
-	Bytes uint32 `json:"bytes"`
-	// Sampled is set for a forwarded packet reported by sampling (one in
-	// the datapath's sample rate); unsampled FORWARDED flows started a
-	// connection.
-	Sampled bool `json:"sampled"`
+// enricher is the per-Hub state of Enrich: the labels of the identities
+// seen, formatted once.
+type enricher struct {
+	e      Enricher
+	node   string // cluster/node
+	mu     sync.Mutex
+	labels map[uint32]cachedLabels // guarded by mu
+
 }
 
-// Endpoint is one end of a flow.
-type Endpoint struct {
-	// Cluster is the name of the endpoint's cluster; absent when unknown
-	// (an address outside the mesh).
-	Cluster string `json:"cluster,omitempty"`
-	// Namespace is the pod's namespace, or else its identity's namespace
-	// label.
-	Namespace string `json:"namespace,omitempty"`
-	// Pod is the pod's name when the address is a known pod.
-	Pod string `json:"pod,omitempty"`
-	// Identity is the numeric security identity (2, world, for an address
-	// the ipcache does not know).
-	Identity uint32 `json:"identity"`
-	IP       string `json:"ip"`
-	// Port is absent for portless protocols and fragments.
-	Port uint16 `json:"port,omitempty"`
-	// Labels are the identity's labels, "source:key=value", sorted.
-	Labels []string `json:"labels,omitempty"`
+type cachedLabels struct {
+	src wire.Labels
+	out []string
 }
 
-// Protocol names of Flow.Protocol beyond the datapath's.
-func protocolName(p datapath.Protocol) string {
-	switch p {
-	case 1:
-		return "ICMP"
-	case 58:
-		return "ICMPv6"
+// maxCachedIdentities bounds the formatted labels kept; the cache starts
+// over when it is full.
+const maxCachedIdentities = 16384
+
+func newEnricher(e Enricher, node string) *enricher {
+	return &enricher{e: e, node: node, labels: map[uint32]cachedLabels{}}
+}
+
+// flow turns a datapath flow into Hubble's flow. The result and its parts
+// are shared with every reader: never modify them.
+func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
+	out := &flowpb.Flow{
+		Time:             timestamppb.New(f.Time),
+		Verdict:          verdict(f.Verdict),
+		Type:             flowpb.FlowType_L3_L4,
+		NodeName:         x.node,
+		IP:               ip(f),
+		L4:               layer4(f),
+		Source:           x.endpoint(f.Src.Addr(), f.SrcIdentity, f.SrcCluster),
+		Destination:      x.endpoint(f.Dst.Addr(), f.DstIdentity, f.DstCluster),
+		TrafficDirection: direction(f.Direction),
+		IsReply:          wrapperspb.Bool(f.Reply),
+		Reply:            f.Reply,
+		Interface:        &flowpb.NetworkInterface{Index: uint32(f.Ifindex)},
 	}
-	return p.String()
-}
-
-// Enrich turns a datapath flow into a Flow; e may be nil (only identities
-// and addresses are then known).
-func Enrich(e Enricher, f flows.Flow) Flow {
-	out := Flow{
-		Time:        f.Time,
-		Verdict:     verdictName(f.Verdict),
-		Direction:   f.Direction.String(),
-		Protocol:    protocolName(f.Protocol),
-		IsReply:     f.Reply,
-		Source:      endpoint(e, f.Src, f.SrcIdentity, f.SrcCluster),
-		Destination: endpoint(e, f.Dst, f.DstIdentity, f.DstCluster),
-		Bytes:       f.Bytes,
-		Sampled:     f.Sampled,
+	// The policy programs sit on the endpoint's host-side veth: egress of
+	// the endpoint leaves it (FROM_ENDPOINT), ingress goes to it.
+	out.TraceObservationPoint = flowpb.TraceObservationPoint_FROM_ENDPOINT
+	if f.Direction == datapath.Ingress {
+		out.TraceObservationPoint = flowpb.TraceObservationPoint_TO_ENDPOINT
 	}
+	out.EventType = &flowpb.CiliumEventType{Type: eventTrace}
 	if f.Verdict == flows.VerdictDropped {
-		out.DropReason = f.DropReason.String()
+		out.DropReasonDesc = dropReason(f.DropReason)
+		out.DropReason = uint32(out.DropReasonDesc)
+		out.EventType = &flowpb.CiliumEventType{Type: eventDrop, SubType: int32(out.DropReasonDesc)}
 	}
+	out.Summary = summary(out)
 	return out
 }
 
-func verdictName(v flows.Verdict) string {
+func verdict(v flows.Verdict) flowpb.Verdict {
 	switch v {
 	case flows.VerdictForwarded:
-		return VerdictForwarded
+		return flowpb.Verdict_FORWARDED
 	case flows.VerdictDropped:
-		return VerdictDropped
+		return flowpb.Verdict_DROPPED
 	}
-	return v.String()
+	return flowpb.Verdict_VERDICT_UNKNOWN
 }
 
-func endpoint(e Enricher, ap netip.AddrPort, id uint32, cluster uint16) Endpoint {
-	ep := Endpoint{Identity: id, IP: ap.Addr().String(), Port: ap.Port()}
+func dropReason(r flows.DropReason) flowpb.DropReason {
+	switch r {
+	case flows.DropPolicyDenied:
+		return flowpb.DropReason_POLICY_DENIED
+	case flows.DropInvalidPacket:
+		return flowpb.DropReason_INVALID_PACKET_DROPPED
+	}
+	return flowpb.DropReason_DROP_REASON_UNKNOWN
+}
+
+func direction(d datapath.Direction) flowpb.TrafficDirection {
+	if d == datapath.Ingress {
+		return flowpb.TrafficDirection_INGRESS
+	}
+	return flowpb.TrafficDirection_EGRESS
+}
+
+func ip(f flows.Flow) *flowpb.IP {
+	src, dst := f.Src.Addr().Unmap(), f.Dst.Addr().Unmap()
+	v := flowpb.IPVersion_IPv4
+	if src.Is6() {
+		v = flowpb.IPVersion_IPv6
+	}
+	return &flowpb.IP{Source: src.String(), Destination: dst.String(), IpVersion: v}
+}
+
+func layer4(f flows.Flow) *flowpb.Layer4 {
+	sp, dp := uint32(f.Src.Port()), uint32(f.Dst.Port())
+	switch f.Protocol {
+	case datapath.TCP:
+		return &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: sp, DestinationPort: dp}}}
+	case datapath.UDP:
+		return &flowpb.Layer4{Protocol: &flowpb.Layer4_UDP{UDP: &flowpb.UDP{SourcePort: sp, DestinationPort: dp}}}
+	case datapath.SCTP:
+		return &flowpb.Layer4{Protocol: &flowpb.Layer4_SCTP{SCTP: &flowpb.SCTP{SourcePort: sp, DestinationPort: dp}}}
+	case 1:
+		return &flowpb.Layer4{Protocol: &flowpb.Layer4_ICMPv4{ICMPv4: &flowpb.ICMPv4{}}}
+	case 58:
+		return &flowpb.Layer4{Protocol: &flowpb.Layer4_ICMPv6{ICMPv6: &flowpb.ICMPv6{}}}
+	}
+	return nil
+}
+
+// reservedNames are the labels of Cilium's reserved identities.
+var reservedNames = map[uint32]string{
+	wire.IdentityHost: "host", wire.IdentityWorld: "world", 3: "unmanaged", 4: "health", 5: "init",
+	wire.IdentityRemoteNode: "remote-node", 7: "kube-apiserver", 8: "ingress", 9: "world-ipv4", 10: "world-ipv6",
+}
+
+func (x *enricher) endpoint(addr netip.Addr, id uint32, cluster uint16) *flowpb.Endpoint {
+	ep := &flowpb.Endpoint{Identity: id}
+	if name, ok := reservedNames[id]; ok {
+		ep.Labels = []string{"reserved:" + name}
+	}
 	var ls wire.Labels
-	if e != nil {
-		if l, ok := e.Identity(id); ok {
-			ls = l
-			ep.Labels = make([]string, len(l))
-			for i, x := range l {
-				ep.Labels[i] = x.String()
+	if x.e == nil {
+		return ep
+	}
+	if l, ok := x.e.Identity(id); ok {
+		ls = l
+		ep.Labels = x.formatted(id, l)
+	}
+	ep.ClusterName = x.e.ClusterName(cluster)
+	if addr.IsValid() {
+		if p, ok := x.e.Pod(addr.Unmap()); ok {
+			ep.Namespace, ep.PodName = p.Namespace, p.Name
+			if ep.ClusterName == "" {
+				ep.ClusterName = p.Cluster
 			}
-			sortStrings(ep.Labels)
-		}
-		ep.Cluster = e.ClusterName(cluster)
-		if ap.Addr().IsValid() {
-			if ns, pod, ok := e.Pod(ap.Addr().Unmap()); ok {
-				ep.Namespace, ep.Pod = ns, pod
+			if p.Workload.Name != "" {
+				ep.Workloads = []*flowpb.Workload{{Kind: p.Workload.Kind, Name: p.Workload.Name}}
 			}
 		}
 	}
-	if ep.Cluster == "" && cluster != 0 {
+	if ep.ClusterName == "" && cluster != 0 {
 		// A cluster the enricher cannot name: its identity's cluster label
 		// (validated against the cluster it came from), else its id.
 		if name, ok := ls.Get(wire.ClusterLabel); ok {
-			ep.Cluster = name
+			ep.ClusterName = name
 		} else {
-			ep.Cluster = fmt.Sprintf("cluster-%d", cluster)
+			ep.ClusterName = "cluster-" + strconv.Itoa(int(cluster))
 		}
 	}
 	if ep.Namespace == "" {
@@ -161,12 +215,70 @@ func endpoint(e Enricher, ap netip.AddrPort, id uint32, cluster uint16) Endpoint
 	return ep
 }
 
-// sortStrings sorts a short slice in place (insertion sort: label sets are
-// small, and this avoids an allocation per flow).
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
+// formatted returns the identity's labels as Hubble writes them
+// ("source:key=value", "source:key" without a value), sorted; cached per
+// identity while its labels stay the same.
+func (x *enricher) formatted(id uint32, ls wire.Labels) []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if c, ok := x.labels[id]; ok && slices.Equal(c.src, ls) {
+		return c.out
+	}
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		out[i] = l.Source + ":" + l.Key
+		if l.Value != "" {
+			out[i] += "=" + l.Value
 		}
 	}
+	slices.Sort(out)
+	if len(x.labels) >= maxCachedIdentities {
+		clear(x.labels)
+	}
+	x.labels[id] = cachedLabels{src: ls, out: out}
+	return out
+}
+
+// summary is Hubble's Summary line of an L3/L4 flow.
+func summary(f *flowpb.Flow) string {
+	switch l4 := f.GetL4().GetProtocol().(type) {
+	case *flowpb.Layer4_TCP:
+		return "TCP Flags: " + tcpFlags(l4.TCP.GetFlags())
+	case *flowpb.Layer4_UDP:
+		return "UDP"
+	case *flowpb.Layer4_SCTP:
+		return "SCTP"
+	case *flowpb.Layer4_ICMPv4:
+		return "ICMPv4"
+	case *flowpb.Layer4_ICMPv6:
+		return "ICMPv6"
+	}
+	return ""
+}
+
+// tcpFlags writes the set flags the way Hubble does ("SYN, ACK").
+func tcpFlags(f *flowpb.TCPFlags) string {
+	if f == nil {
+		return ""
+	}
+	var s []byte
+	add := func(on bool, name string) {
+		if !on {
+			return
+		}
+		if len(s) > 0 {
+			s = append(s, ", "...)
+		}
+		s = append(s, name...)
+	}
+	add(f.SYN, "SYN")
+	add(f.ACK, "ACK")
+	add(f.RST, "RST")
+	add(f.FIN, "FIN")
+	add(f.PSH, "PSH")
+	add(f.URG, "URG")
+	add(f.ECE, "ECE")
+	add(f.CWR, "CWR")
+	add(f.NS, "NS")
+	return string(s)
 }

@@ -1,12 +1,16 @@
 package observe
 
 import (
-	"encoding/json"
 	"net/netip"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/flows"
@@ -35,9 +39,19 @@ func (testEnricher) ClusterName(id uint16) string {
 	return map[uint16]string{1: "east", 2: "west"}[id]
 }
 
-func (testEnricher) Pod(ip netip.Addr) (string, string, bool) {
-	if ip == netip.MustParseAddr("10.1.1.11") {
-		return "shop", "checkout-0", true
+func (testEnricher) Pod(ip netip.Addr) (Pod, bool) {
+	switch ip {
+	case netip.MustParseAddr("10.1.1.11"):
+		return Pod{Cluster: "east", Namespace: "shop", Name: "checkout-0"}, true
+	case netip.MustParseAddr("10.2.1.5"): // a remote pod, named from west's ipcache entry
+		return Pod{Cluster: "west", Namespace: "web", Name: "frontend-1", Workload: Workload{Kind: "Deployment", Name: "frontend"}}, true
+	}
+	return Pod{}, false
+}
+
+func (testEnricher) Service(fe netip.AddrPort) (string, string, bool) {
+	if fe == netip.MustParseAddrPort("10.96.0.10:80") {
+		return "shop", "checkout", true
 	}
 	return "", "", false
 }
@@ -55,54 +69,79 @@ func dpFlow(src string, sid uint32, sc uint16, dst string, did uint32, dc uint16
 	return f
 }
 
+func enrich(e Enricher, f flows.Flow) *flowpb.Flow { return newEnricher(e, "east/node-1").flow(f) }
+
 func TestFlowEnrich(t *testing.T) {
 	f := dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictDropped)
-	got := Enrich(testEnricher{}, f)
-	want := Flow{
-		Time: f.Time, Verdict: "DROPPED", DropReason: "policy-denied", Direction: "ingress", Protocol: "TCP", Bytes: 60,
-		Source: Endpoint{Cluster: "west", Namespace: "web", Identity: 132000, IP: "10.2.1.5", Port: 41234, Labels: []string{
-			"k8s:app=frontend", "k8s:io.cilium.k8s.policy.cluster=west", "k8s:io.kubernetes.pod.namespace=web"}},
-		Destination: Endpoint{Cluster: "east", Namespace: "shop", Pod: "checkout-0", Identity: 70001, IP: "10.1.1.11", Port: 8080,
+	got := enrich(testEnricher{}, f)
+	want := &flowpb.Flow{
+		Time: timestamppb.New(f.Time), Verdict: flowpb.Verdict_DROPPED, DropReason: 133, DropReasonDesc: flowpb.DropReason_POLICY_DENIED,
+		Type: flowpb.FlowType_L3_L4, NodeName: "east/node-1", TrafficDirection: flowpb.TrafficDirection_INGRESS,
+		IP: &flowpb.IP{Source: "10.2.1.5", Destination: "10.1.1.11", IpVersion: flowpb.IPVersion_IPv4},
+		L4: &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: 41234, DestinationPort: 8080}}},
+		Source: &flowpb.Endpoint{ClusterName: "west", Namespace: "web", PodName: "frontend-1", Identity: 132000,
+			Workloads: []*flowpb.Workload{{Kind: "Deployment", Name: "frontend"}},
+			Labels:    []string{"k8s:app=frontend", "k8s:io.cilium.k8s.policy.cluster=west", "k8s:io.kubernetes.pod.namespace=web"}},
+		Destination: &flowpb.Endpoint{ClusterName: "east", Namespace: "shop", PodName: "checkout-0", Identity: 70001,
 			Labels: []string{"k8s:app=checkout", "k8s:io.cilium.k8s.policy.cluster=east", "k8s:io.kubernetes.pod.namespace=shop"}},
+		EventType: &flowpb.CiliumEventType{Type: 1, SubType: 133}, IsReply: wrapperspb.Bool(false),
+		TraceObservationPoint: flowpb.TraceObservationPoint_TO_ENDPOINT, Interface: &flowpb.NetworkInterface{},
+		Summary: "TCP Flags: ",
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("Enrich:\n got %+v\nwant %+v", got, want)
+	if !proto.Equal(got, want) {
+		t.Fatalf("enrich:\n got %v\nwant %v", got, want)
 	}
 
-	// JSON: stable snake_case names; no drop_reason when forwarded.
-	b, err := json.Marshal(got)
+	// Hubble's JSON names, so operators' jq recipes work unchanged.
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(got)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{`"time":"2026-11-21T03:00:00.123Z"`, `"verdict":"DROPPED"`, `"drop_reason":"policy-denied"`,
-		`"direction":"ingress"`, `"protocol":"TCP"`, `"is_reply":false`, `"source":{"cluster":"west","namespace":"web","identity":132000,"ip":"10.2.1.5","port":41234,"labels":[`,
-		`"destination":{"cluster":"east","namespace":"shop","pod":"checkout-0"`, `"bytes":60`, `"sampled":false`} {
-		if !strings.Contains(string(b), k) {
+	for _, k := range []string{`"verdict":"DROPPED"`, `"drop_reason_desc":"POLICY_DENIED"`, `"pod_name":"frontend-1"`,
+		`"TCP":{"source_port":41234,"destination_port":8080}`, `"IP":{"source":"10.2.1.5"`, `"node_name":"east/node-1"`,
+		`"Type":"L3_L4"`, `"traffic_direction":"INGRESS"`, `"cluster_name":"west"`, `"is_reply":false`} {
+		if !strings.Contains(strings.ReplaceAll(string(b), " ", ""), k) {
 			t.Errorf("JSON lacks %s: %s", k, b)
 		}
 	}
-	fwd := Enrich(testEnricher{}, dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictForwarded))
-	if b, _ := json.Marshal(fwd); strings.Contains(string(b), "drop_reason") {
-		t.Errorf("a forwarded flow has a drop reason: %s", b)
+	fwd := enrich(testEnricher{}, dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictForwarded))
+	if fwd.GetDropReasonDesc() != 0 || fwd.GetEventType().GetType() != 4 || fwd.GetVerdict() != flowpb.Verdict_FORWARDED {
+		t.Errorf("a forwarded flow: %v", fwd)
 	}
 
 	// An unnamed cluster: the identity's cluster label; else its id.
-	// The world: no cluster, no namespace.
+	// The world: no cluster, no namespace, its reserved label.
 	f = dpFlow("10.3.0.7:5000", 200000, 3, "192.0.2.1:443", datapath.IdentityWorld, 0, flows.VerdictForwarded)
-	f.Protocol = 1
-	got = Enrich(testEnricher{}, f)
-	if got.Source.Cluster != "north" || got.Source.Namespace != "jobs" || got.Destination.Cluster != "" ||
-		got.Destination.Namespace != "" || got.Protocol != "ICMP" || got.Destination.Labels[0] != "reserved:world=" {
-		t.Errorf("Enrich of north → world: %+v", got)
+	f.Protocol, f.Direction = 1, datapath.Egress
+	got = enrich(testEnricher{}, f)
+	if got.Source.ClusterName != "north" || got.Source.Namespace != "jobs" || got.Destination.ClusterName != "" ||
+		got.Destination.Namespace != "" || got.GetL4().GetICMPv4() == nil || got.Destination.Labels[0] != "reserved:world" ||
+		got.TraceObservationPoint != flowpb.TraceObservationPoint_FROM_ENDPOINT {
+		t.Errorf("enrich of north → world: %v", got)
 	}
 	f.SrcIdentity = 999999
-	if got := Enrich(testEnricher{}, f); got.Source.Cluster != "cluster-3" || got.Source.Labels != nil {
-		t.Errorf("unknown identity of cluster 3: %+v", got.Source)
+	if got := enrich(testEnricher{}, f); got.Source.ClusterName != "cluster-3" || got.Source.Labels != nil {
+		t.Errorf("unknown identity of cluster 3: %v", got.Source)
 	}
 
 	// No enricher: identities, addresses and cluster ids only.
-	got = Enrich(nil, dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictDropped))
-	if got.Source.Cluster != "cluster-2" || got.Destination.Pod != "" || got.Destination.Identity != 70001 || got.Destination.Labels != nil {
-		t.Errorf("Enrich(nil): %+v", got)
+	got = enrich(nil, dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictDropped))
+	if got.Source.ClusterName != "" || got.Destination.PodName != "" || got.Destination.Identity != 70001 || got.Destination.Labels != nil {
+		t.Errorf("enrich(nil): %v", got)
+	}
+}
+
+func TestCompact(t *testing.T) {
+	f := dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictDropped)
+	got := Compact(enrich(testEnricher{}, f))
+	want := f.Time.Local().Format(time.StampMilli) + ": west/web/frontend-1:41234 (ID:132000) -> east/shop/checkout-0:8080 (ID:70001) Policy denied DROPPED (TCP Flags: )"
+	if got != want {
+		t.Errorf("Compact:\n got %s\nwant %s", got, want)
+	}
+	f = dpFlow("10.1.1.11:8080", 70001, 1, "192.0.2.1:443", datapath.IdentityWorld, 0, flows.VerdictForwarded)
+	f.Reply, f.Direction = true, datapath.Egress
+	got = Compact(enrich(testEnricher{}, f))
+	if !strings.HasSuffix(got, ": 192.0.2.1:443 (world) <- east/shop/checkout-0:8080 (ID:70001) from-endpoint FORWARDED (TCP Flags: )") {
+		t.Errorf("Compact of a reply: %s", got)
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"sync"
 	"time"
 
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	observerpb "github.com/cilium/cilium/api/v1/observer"
+
 	"github.com/clustermesh/clustermesh/datapath/flows"
 )
 
@@ -23,7 +26,7 @@ type Source interface {
 
 // Defaults of Config.
 const (
-	DefaultCapacity         = 4096
+	DefaultCapacity         = 4095 // Hubble's default event buffer capacity
 	DefaultSubscriberBuffer = 16384
 	DefaultLostInterval     = time.Second
 )
@@ -33,8 +36,11 @@ type Config struct {
 	// Enricher names the flows' ends; nil leaves only identities,
 	// addresses and cluster ids.
 	Enricher Enricher
-	// Capacity is how many flows the hub keeps for Subscribe's last
-	// (default 4096); the oldest is overwritten.
+	// NodeName is the flows' node_name, "cluster/node" as Hubble names
+	// nodes in a mesh.
+	NodeName string
+	// Capacity is how many flows the hub keeps for requests of past flows
+	// (default 4095); the oldest is overwritten.
 	Capacity int
 	// SubscriberBuffer is how many events a following subscriber may fall
 	// behind before events are dropped for it, and counted (default 16384:
@@ -42,29 +48,12 @@ type Config struct {
 	SubscriberBuffer int
 	// LostInterval is how often Source.Lost is read (default 1s).
 	LostInterval time.Duration
-}
-
-// Lost event sources (LostEvents.Source).
-const (
-	// LostDatapath: the datapath's ring buffer was full, the policy
-	// programs could not report these events (to every subscriber).
-	LostDatapath = "datapath"
-	// LostSubscriber: this subscriber read too slowly, its buffer was full
-	// and these events were dropped for it alone.
-	LostSubscriber = "subscriber"
-)
-
-// Event is one item of a flow stream: a flow, or a count of events lost
-// at that point of the stream. It is one line of the NDJSON stream.
-type Event struct {
-	Flow *Flow       `json:"flow,omitempty"`
-	Lost *LostEvents `json:"lost_events,omitempty"`
-}
-
-// LostEvents says how many events a stream lacks at that point, and why.
-type LostEvents struct {
-	Source string `json:"source"` // LostDatapath or LostSubscriber
-	Count  uint64 `json:"num_events_lost"`
+	// OnFlow is called with every flow on the reading goroutine, before
+	// subscribers get it (flow metrics): it must be fast and must not keep
+	// or modify the flow.
+	OnFlow []func(*flowpb.Flow)
+	// Logger receives the hub's errors; nil: slog.Default().
+	Logger *slog.Logger
 }
 
 // Hub reads flows from a Source, enriches them, keeps the last Capacity,
@@ -72,16 +61,19 @@ type LostEvents struct {
 // blocks the reader: its events are dropped and counted instead. Every
 // method is safe for concurrent use.
 type Hub struct {
-	cfg Config
+	cfg   Config
+	enr   *enricher
+	start time.Time
 
 	mu      sync.Mutex
-	ring    []*Flow // guarded by mu; ring[next] is the oldest once full
-	next    int
-	subs    map[*Subscription]struct{}
-	state   int // guarded by mu: hubIdle, hubRunning, hubDone
-	src     Source
-	counts  counts // guarded by mu
-	seenLos uint64 // guarded by mu: Source.Lost at the last poll
+	ring    []*observerpb.GetFlowsResponse // guarded by mu; ring[next] is the oldest once full
+	next    int                            // guarded by mu
+	subs    map[*Subscription]struct{}     // guarded by mu
+	state   int                            // guarded by mu: hubIdle, hubRunning, hubDone
+	src     Source                         // guarded by mu
+	counts  counts                         // guarded by mu
+	seenLos uint64                         // guarded by mu: Source.Lost at the last poll
+	ns      namespaces                     // guarded by mu
 }
 
 const (
@@ -102,7 +94,14 @@ func NewHub(cfg Config) *Hub {
 	if cfg.LostInterval <= 0 {
 		cfg.LostInterval = DefaultLostInterval
 	}
-	return &Hub{cfg: cfg, ring: make([]*Flow, 0, cfg.Capacity), subs: map[*Subscription]struct{}{}}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Hub{
+		cfg: cfg, enr: newEnricher(cfg.Enricher, cfg.NodeName), start: time.Now(),
+		ring: make([]*observerpb.GetFlowsResponse, 0, cfg.Capacity), subs: map[*Subscription]struct{}{},
+		ns: namespaces{seen: map[nsKey]time.Time{}},
+	}
 }
 
 // Run reads src until ctx is done (then it returns nil) or src fails (then
@@ -155,26 +154,32 @@ func (h *Hub) read(ctx context.Context, src Source) error {
 			}
 			return fmt.Errorf("reading flows: %w", err)
 		}
-		fl := Enrich(h.cfg.Enricher, f)
-		h.publish(&fl)
+		h.Publish(h.enr.flow(f))
 	}
 }
 
-// publish keeps fl, counts it and offers it to every subscriber.
-func (h *Hub) publish(fl *Flow) {
+// Publish hands fl to the hooks, keeps it and offers it to every
+// subscriber, as if the source had produced it. fl must not be modified
+// afterwards.
+func (h *Hub) Publish(fl *flowpb.Flow) {
+	for _, fn := range h.cfg.OnFlow {
+		fn(fl)
+	}
+	resp := &observerpb.GetFlowsResponse{
+		ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: fl}, NodeName: fl.GetNodeName(), Time: fl.GetTime(),
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.ring) < cap(h.ring) {
-		h.ring = append(h.ring, fl)
+		h.ring = append(h.ring, resp)
 	} else {
-		h.ring[h.next] = fl
+		h.ring[h.next] = resp
 		h.next = (h.next + 1) % len(h.ring)
 	}
-	h.counts.add(fl)
+	h.counts.flows++
+	h.ns.add(fl)
 	for s := range h.subs {
-		if s.filter.Match(fl) {
-			s.offerLocked(fl)
-		}
+		s.offerLocked(resp)
 	}
 }
 
@@ -189,7 +194,7 @@ func (h *Hub) pollLost() {
 	}
 	n, err := src.Lost()
 	if err != nil {
-		slog.Debug("observe: read lost flow events", "err", err)
+		h.cfg.Logger.Debug("reading lost flow events", "err", err)
 		return
 	}
 	h.mu.Lock()
@@ -206,44 +211,11 @@ func (h *Hub) pollLost() {
 	}
 }
 
-// Subscribe returns a subscription to the flows matching f, like hubble
-// observe: first the last matching flows the hub keeps (last < 0: all of
-// them, 0: none), then, with follow, every new matching flow until Close,
-// or until Run returns; without follow it ends after the last flows. Read
-// its events until the channel closes; Close it when done.
-func (h *Hub) Subscribe(f Filter, last int, follow bool) *Subscription {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var backlog []*Flow
-	if last != 0 {
-		n := len(h.ring)
-		for i := n - 1; i >= 0 && (last < 0 || len(backlog) < last); i-- {
-			fl := h.ring[(h.next+i)%n]
-			if f.Match(fl) {
-				backlog = append(backlog, fl)
-			}
-		}
-	}
-	size := len(backlog)
-	if follow {
-		size += h.cfg.SubscriberBuffer
-	}
-	s := &Subscription{hub: h, filter: f, ch: make(chan Event, size)}
-	for i := len(backlog) - 1; i >= 0; i-- {
-		s.ch <- Event{Flow: backlog[i]}
-	}
-	if follow && h.state != hubDone {
-		h.subs[s] = struct{}{}
-	} else {
-		s.endLocked()
-	}
-	return s
-}
-
 // Stats are a hub's counts since it was made.
 type Stats struct {
 	Flows          uint64 `json:"flows"`           // read from the source
 	Kept           int    `json:"kept"`            // in the ring, at most Capacity
+	Capacity       int    `json:"capacity"`        // the ring's size
 	LostDatapath   uint64 `json:"lost_datapath"`   // the datapath's ring buffer was full
 	LostSubscriber uint64 `json:"lost_subscriber"` // dropped for slow subscribers, summed
 	Subscribers    int    `json:"subscribers"`     // following now
@@ -254,75 +226,29 @@ func (h *Hub) Stats() Stats {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return Stats{
-		Flows: h.counts.flows, Kept: len(h.ring), LostDatapath: h.counts.lostDatapath,
+		Flows: h.counts.flows, Kept: len(h.ring), Capacity: h.cfg.Capacity, LostDatapath: h.counts.lostDatapath,
 		LostSubscriber: h.counts.lostSubscriber, Subscribers: len(h.subs),
 	}
 }
 
-// Subscription is one subscriber's stream.
-type Subscription struct {
-	hub    *Hub
-	filter Filter
-	ch     chan Event // closed when the subscription ends
-
-	// Guarded by hub.mu: events not yet reported as lost.
-	pendingDatapath, pendingOverflow uint64
-	ended                            bool
-}
-
-// Events returns the stream; it is closed when the subscription ends. The
-// flows are shared: do not modify them.
-func (s *Subscription) Events() <-chan Event { return s.ch }
-
-// Close ends the subscription. Idempotent.
-func (s *Subscription) Close() {
-	s.hub.mu.Lock()
-	defer s.hub.mu.Unlock()
-	s.endLocked()
-}
-
-func (s *Subscription) endLocked() {
-	if s.ended {
-		return
-	}
-	s.ended = true
-	s.flushLocked(1) // the last notices, if they fit
-	delete(s.hub.subs, s)
-	close(s.ch)
-}
-
-// offerLocked queues fl without blocking: when the buffer is full, it is
-// dropped and counted, and the count is queued before the next flow that
-// fits, so the notice marks the gap.
-func (s *Subscription) offerLocked(fl *Flow) {
-	if !s.flushLocked(2) || len(s.ch) == cap(s.ch) {
-		s.pendingOverflow++
-		s.hub.counts.lostSubscriber++
-		return
-	}
-	s.ch <- Event{Flow: fl}
-}
-
-// flushLocked queues the pending lost notices while each leaves room for
-// reserve-1 more events; it reports whether none is left pending. Only the
-// hub sends, under hub.mu, so room seen stays room.
-func (s *Subscription) flushLocked(reserve int) bool {
-	if s.pendingDatapath == 0 && s.pendingOverflow == 0 {
-		return true
-	}
-	if s.pendingDatapath > 0 {
-		if cap(s.ch)-len(s.ch) < reserve {
-			return false
+// Follow calls fn for every new event (flows, and lost_events when this
+// follower fell behind) until ctx is done (then it returns nil), fn
+// returns an error (returned) or the hub stops. It is how flow exporters
+// read the hub.
+func (h *Hub) Follow(ctx context.Context, fn func(*observerpb.GetFlowsResponse) error) error {
+	s := h.Subscribe(Query{Follow: true})
+	defer s.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-s.Events():
+			if !ok {
+				return nil
+			}
+			if err := fn(ev); err != nil {
+				return err
+			}
 		}
-		s.ch <- Event{Lost: &LostEvents{Source: LostDatapath, Count: s.pendingDatapath}}
-		s.pendingDatapath = 0
 	}
-	if s.pendingOverflow > 0 {
-		if cap(s.ch)-len(s.ch) < reserve {
-			return false
-		}
-		s.ch <- Event{Lost: &LostEvents{Source: LostSubscriber, Count: s.pendingOverflow}}
-		s.pendingOverflow = 0
-	}
-	return true
 }

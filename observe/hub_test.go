@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -70,8 +71,13 @@ func numbered(i int) flows.Flow {
 	if i%2 == 0 {
 		v = flows.VerdictDropped
 	}
-	return dpFlow(fmt.Sprintf("10.2.1.5:%d", i), 132000, 2, "10.1.1.11:8080", 70001, 1, v)
+	f := dpFlow(fmt.Sprintf("10.2.1.5:%d", i), 132000, 2, "10.1.1.11:8080", 70001, 1, v)
+	f.Time = flowTime(i)
+	return f
 }
+
+// flowTime is the time of flow i.
+func flowTime(i int) time.Time { return time.Date(2026, 11, 21, 3, 0, i, 0, time.UTC) }
 
 // send feeds flows from..to (inclusive) and waits until the hub has them.
 func send(t *testing.T, h *Hub, src *chanSource, from, to int) {
@@ -85,22 +91,37 @@ func send(t *testing.T, h *Hub, src *chanSource, from, to int) {
 
 // ports returns the source ports of the flows of evs, and the lost notices
 // as "lost:source:N".
-func ports(evs []Event) string {
+func ports(evs []*observerpb.GetFlowsResponse) string {
 	var s []string
 	for _, ev := range evs {
-		if ev.Lost != nil {
-			s = append(s, fmt.Sprintf("lost:%s:%d", ev.Lost.Source, ev.Lost.Count))
+		if l := ev.GetLostEvents(); l != nil {
+			s = append(s, fmt.Sprintf("lost:%s:%d", l.GetSource(), l.GetNumEventsLost()))
 		} else {
-			s = append(s, fmt.Sprint(ev.Flow.Source.Port))
+			s = append(s, fmt.Sprint(sourcePort(ev.GetFlow())))
 		}
 	}
 	return strings.Join(s, " ")
 }
 
+// verdictIs matches flows of verdict v.
+func verdictIs(v flowpb.Verdict) func(*flowpb.Flow) bool {
+	return func(f *flowpb.Flow) bool { return f.GetVerdict() == v }
+}
+
+// last is a query of the last n flows (0: none when following), following
+// or not.
+func last(n int, follow bool, match func(*flowpb.Flow) bool) Query {
+	q := Query{Follow: follow, Match: match}
+	if n > 0 {
+		q.Number = uint64(n)
+	}
+	return q
+}
+
 // drain reads a subscription until it ends.
-func drain(t *testing.T, s *Subscription) []Event {
+func drain(t *testing.T, s *Subscription) []*observerpb.GetFlowsResponse {
 	t.Helper()
-	var evs []Event
+	var evs []*observerpb.GetFlowsResponse
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
@@ -116,9 +137,9 @@ func drain(t *testing.T, s *Subscription) []Event {
 }
 
 // take reads n events of a following subscription.
-func take(t *testing.T, s *Subscription, n int) []Event {
+func take(t *testing.T, s *Subscription, n int) []*observerpb.GetFlowsResponse {
 	t.Helper()
-	var evs []Event
+	var evs []*observerpb.GetFlowsResponse
 	timeout := time.After(10 * time.Second)
 	for len(evs) < n {
 		select {
@@ -136,28 +157,36 @@ func take(t *testing.T, s *Subscription, n int) []Event {
 
 func TestHubRingLast(t *testing.T) {
 	h, src := runHub(t, Config{Capacity: 5})
-	if got := ports(drain(t, h.Subscribe(Filter{}, 3, false))); got != "" {
+	if got := ports(drain(t, h.Subscribe(last(3, false, nil)))); got != "" {
 		t.Fatalf("empty hub: %s", got)
 	}
 	send(t, h, src, 1, 8) // the ring keeps 4..8
 	for _, tc := range []struct {
-		f    Filter
-		last int
+		name string
+		q    Query
 		want string
 	}{
-		{Filter{}, 3, "6 7 8"},
-		{Filter{}, -1, "4 5 6 7 8"},
-		{Filter{}, 100, "4 5 6 7 8"},
-		{Filter{}, 0, ""},
-		{Filter{Verdict: VerdictDropped}, 2, "6 8"},
-		{Filter{Verdict: VerdictForwarded}, -1, "5 7"},
-		{Filter{FromCluster: "east"}, -1, ""},
+		{"last 3", Query{Number: 3}, "6 7 8"},
+		{"all", Query{}, "4 5 6 7 8"},
+		{"last 100", Query{Number: 100}, "4 5 6 7 8"},
+		{"first 2", Query{Number: 2, First: true}, "4 5"},
+		{"follow without number", Query{Follow: true}, ""},
+		{"dropped, last 2", Query{Number: 2, Match: verdictIs(flowpb.Verdict_DROPPED)}, "6 8"},
+		{"forwarded", Query{Match: verdictIs(flowpb.Verdict_FORWARDED)}, "5 7"},
+		{"since 6", Query{Since: flowTime(6)}, "6 7 8"},
+		{"since 5, number 2", Query{Since: flowTime(5), Number: 2}, "5 6"},
+		{"until 6", Query{Until: flowTime(6)}, "4 5 6"},
+		{"last 1 until 6", Query{Until: flowTime(6), Number: 1}, "6"},
 	} {
-		if got := ports(drain(t, h.Subscribe(tc.f, tc.last, false))); got != tc.want {
-			t.Errorf("Subscribe(%s, last %d) = %q, want %q", tc.f, tc.last, got, tc.want)
+		s := h.Subscribe(tc.q)
+		if tc.q.Follow {
+			s.Close()
+		}
+		if got := ports(drain(t, s)); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
-	if st := h.Stats(); st.Flows != 8 || st.Kept != 5 || st.Subscribers != 0 {
+	if st := h.Stats(); st.Flows != 8 || st.Kept != 5 || st.Capacity != 5 || st.Subscribers != 0 {
 		t.Errorf("Stats = %+v", st)
 	}
 }
@@ -165,11 +194,11 @@ func TestHubRingLast(t *testing.T) {
 func TestHubFanOut(t *testing.T) {
 	h, src := runHub(t, Config{})
 	send(t, h, src, 1, 2)
-	all := h.Subscribe(Filter{}, 1, true)
+	all := h.Subscribe(last(1, true, nil))
 	defer all.Close()
-	dropped := h.Subscribe(Filter{Verdict: VerdictDropped}, 0, true)
+	dropped := h.Subscribe(last(0, true, verdictIs(flowpb.Verdict_DROPPED)))
 	defer dropped.Close()
-	none := h.Subscribe(Filter{ToCluster: "west"}, -1, true)
+	none := h.Subscribe(last(-1, true, func(f *flowpb.Flow) bool { return f.GetDestination().GetClusterName() == "west" }))
 	if h.Stats().Subscribers != 3 {
 		t.Fatalf("Stats = %+v", h.Stats())
 	}
@@ -195,11 +224,11 @@ func TestHubFanOut(t *testing.T) {
 // dropped, counted, and reported to it where the gap is.
 func TestHubSlowSubscriber(t *testing.T) {
 	h, src := runHub(t, Config{SubscriberBuffer: 4})
-	slow := h.Subscribe(Filter{}, 0, true)
+	slow := h.Subscribe(last(0, true, nil))
 	defer slow.Close()
-	fast := h.Subscribe(Filter{}, 0, true)
+	fast := h.Subscribe(last(0, true, nil))
 	defer fast.Close()
-	var fastGot []Event
+	var fastGot []*observerpb.GetFlowsResponse
 	// The reader goes on while slow's buffer is full; fast reads each flow.
 	for i := 1; i <= 10; i++ {
 		send(t, h, src, i, i)
@@ -212,7 +241,7 @@ func TestHubSlowSubscriber(t *testing.T) {
 		t.Fatalf("slow subscriber's buffer: %s", got)
 	}
 	send(t, h, src, 11, 11)
-	if got := ports(take(t, slow, 2)); got != "lost:subscriber:6 11" {
+	if got := ports(take(t, slow, 2)); got != "lost:OBSERVER_EVENTS_QUEUE:6 11" {
 		t.Errorf("slow subscriber after the gap: %s", got)
 	}
 	fastGot = append(fastGot, take(t, fast, 1)...)
@@ -220,7 +249,7 @@ func TestHubSlowSubscriber(t *testing.T) {
 		t.Errorf("fast subscriber: %s", got)
 	}
 	m := gather(t, h)
-	if m["clustermesh_flow_subscriber_lost_total"] != 6 || m["clustermesh_flow_subscribers"] != 2 {
+	if m[`hubble_lost_events_total{source="observer_events_queue"}`] != 6 || m["clustermesh_flow_subscribers"] != 2 {
 		t.Errorf("metrics: %v", m)
 	}
 }
@@ -228,17 +257,17 @@ func TestHubSlowSubscriber(t *testing.T) {
 // Events the datapath lost are reported to every follower.
 func TestHubLostDatapath(t *testing.T) {
 	h, src := runHub(t, Config{LostInterval: time.Millisecond})
-	sub := h.Subscribe(Filter{Verdict: VerdictDropped}, 0, true)
+	sub := h.Subscribe(last(0, true, verdictIs(flowpb.Verdict_DROPPED)))
 	defer sub.Close()
 	send(t, h, src, 2, 2)
 	src.lost.Store(5)
-	if got := ports(take(t, sub, 2)); got != "2 lost:datapath:5" {
+	if got := ports(take(t, sub, 2)); got != "2 lost:PERF_EVENT_RING_BUFFER:5" {
 		t.Errorf("events: %s", got)
 	}
 	src.lost.Store(7)
 	testenv.WaitFor(t, 5*time.Second, "the hub to see 7 lost", func() bool { return h.Stats().LostDatapath == 7 })
 	send(t, h, src, 4, 4)
-	if got := ports(take(t, sub, 2)); got != "lost:datapath:2 4" {
+	if got := ports(take(t, sub, 2)); got != "lost:PERF_EVENT_RING_BUFFER:2 4" {
 		t.Errorf("events: %s", got)
 	}
 	if st := h.Stats(); st.LostDatapath != 7 {
@@ -248,7 +277,7 @@ func TestHubLostDatapath(t *testing.T) {
 
 func TestHubRunEnds(t *testing.T) {
 	h, src := NewHub(Config{Enricher: testEnricher{}}), newChanSource()
-	sub := h.Subscribe(Filter{}, 0, true) // before Run: waits for it
+	sub := h.Subscribe(last(0, true, nil)) // before Run: waits for it
 	done := make(chan error, 1)
 	go func() { done <- h.Run(context.Background(), src) }()
 	src.ch <- numbered(1)
@@ -263,7 +292,7 @@ func TestHubRunEnds(t *testing.T) {
 		t.Errorf("after Run: %s", got)
 	}
 	// The kept flows stay readable; following ends after them.
-	if got := ports(drain(t, h.Subscribe(Filter{}, -1, true))); got != "1" {
+	if got := ports(drain(t, h.Subscribe(Query{Number: 10, Follow: true}))); got != "1" {
 		t.Errorf("follow after Run: %s", got)
 	}
 	if err := h.Run(context.Background(), src); err == nil {
@@ -272,28 +301,19 @@ func TestHubRunEnds(t *testing.T) {
 }
 
 func TestHubMetrics(t *testing.T) {
-	h, src := runHub(t, Config{LostInterval: time.Millisecond})
-	send(t, h, src, 1, 5) // 3 forwarded, 2 dropped west → east (ingress)
-	src.ch <- dpFlow("10.1.1.11:8080", 70001, 1, "192.0.2.1:443", datapath.IdentityWorld, 0, flows.VerdictDropped)
-	f := dpFlow("10.1.1.11:8080", 70001, 1, "10.2.1.5:1", 132000, 2, flows.VerdictDropped)
-	f.DropReason, f.Direction = flows.DropInvalidPacket, datapath.Egress
-	src.ch <- f
+	h, src := runHub(t, Config{LostInterval: time.Millisecond, Capacity: 6})
+	send(t, h, src, 1, 7)
 	src.lost.Store(3)
-	testenv.WaitFor(t, 5*time.Second, "every flow and the lost count", func() bool {
-		st := h.Stats()
-		return st.Flows == 7 && st.LostDatapath == 3
-	})
+	slow := h.Subscribe(Query{Follow: true})
+	defer slow.Close()
+	testenv.WaitFor(t, 5*time.Second, "the lost count", func() bool { return h.Stats().LostDatapath == 3 })
 	want := map[string]float64{
-		`clustermesh_flow_drops_total{destination_cluster="east",reason="policy-denied",source_cluster="west"}`:    2,
-		`clustermesh_flow_drops_total{destination_cluster="unknown",reason="policy-denied",source_cluster="east"}`: 1,
-		`clustermesh_flow_drops_total{destination_cluster="west",reason="invalid-packet",source_cluster="east"}`:   1,
-		`clustermesh_flow_events_lost_total`:                               3,
-		`clustermesh_flow_subscriber_lost_total`:                           0,
-		`clustermesh_flow_subscribers`:                                     0,
-		`clustermesh_flow_ring_flows`:                                      7,
-		`clustermesh_flows_total{direction="egress",verdict="DROPPED"}`:    1,
-		`clustermesh_flows_total{direction="ingress",verdict="DROPPED"}`:   3,
-		`clustermesh_flows_total{direction="ingress",verdict="FORWARDED"}`: 3,
+		`hubble_flows_seen_total`:                                   7,
+		`hubble_lost_events_total{source="observer_events_queue"}`:  0,
+		`hubble_lost_events_total{source="perf_event_ring_buffer"}`: 3,
+		`clustermesh_flow_subscribers`:                              1,
+		`clustermesh_flow_ring_flows`:                               6,
+		`clustermesh_flow_ring_capacity`:                            6,
 	}
 	if got := gather(t, h); !maps.Equal(got, want) {
 		t.Errorf("metrics:\n got %v\nwant %v", got, want)
@@ -338,8 +358,8 @@ func TestHubEnrichesMappedAddresses(t *testing.T) {
 	f.Dst = netip.AddrPortFrom(netip.AddrFrom16(netip.MustParseAddr("10.1.1.11").As16()), 8080)
 	src.ch <- f
 	testenv.WaitFor(t, 5*time.Second, "the flow", func() bool { return h.Stats().Flows == 1 })
-	evs := drain(t, h.Subscribe(Filter{ToPod: "shop/checkout-0"}, 1, false))
-	if len(evs) != 1 {
+	evs := drain(t, h.Subscribe(Query{Number: 1}))
+	if len(evs) != 1 || evs[0].GetFlow().GetDestination().GetPodName() != "checkout-0" {
 		t.Fatalf("got %s", ports(evs))
 	}
 }

@@ -1,0 +1,73 @@
+package node
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/observe"
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// flowNames names the ends of flows (observe.Enricher) from what the
+// agent holds: identities and local pods from the enforcer, the mesh's
+// pods from the synced ipcache entries, services from the local state.
+type flowNames struct {
+	cluster string // the local cluster's name
+	enf     *enforcer.Enforcer
+	sync    *agentsync.Agent
+	local   *view // the local state, for services
+
+	mu        sync.RWMutex
+	frontends map[netip.AddrPort]serviceName // guarded by mu
+}
+
+type serviceName struct{ namespace, name string }
+
+var _ observe.Enricher = (*flowNames)(nil)
+
+func (f *flowNames) Identity(id uint32) (wire.Labels, bool) { return f.enf.Identity(id) }
+
+func (f *flowNames) ClusterName(id uint16) string { return f.sync.ClusterName(id) }
+
+// Pod names a local pod from the local state, else a pod of the mesh from
+// its cluster's ipcache entry.
+func (f *flowNames) Pod(ip netip.Addr) (observe.Pod, bool) {
+	if ns, pod, ok := f.enf.Pod(ip); ok {
+		return observe.Pod{Cluster: f.cluster, Namespace: ns, Name: pod}, true
+	}
+	p, ok := f.sync.PodByIP(ip)
+	if !ok {
+		return observe.Pod{}, false
+	}
+	return observe.Pod{Cluster: f.sync.ClusterName(p.ClusterID), Namespace: p.Namespace, Name: p.Name}, true
+}
+
+// Service names the local service of a ClusterIP:port.
+func (f *flowNames) Service(fe netip.AddrPort) (namespace, name string, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s, ok := f.frontends[netip.AddrPortFrom(fe.Addr().Unmap(), fe.Port())]
+	return s.namespace, s.name, ok
+}
+
+// run keeps the service frontends of the local state until ctx is done.
+func (f *flowNames) run(ctx context.Context) error {
+	return f.local.Run(ctx, func(st *statesource.State) {
+		fes := make(map[netip.AddrPort]serviceName)
+		for _, s := range st.Services {
+			if !s.ClusterIP.IsValid() {
+				continue
+			}
+			for _, p := range s.Ports {
+				fes[netip.AddrPortFrom(s.ClusterIP.Unmap(), p.Port)] = serviceName{s.Namespace, s.Name}
+			}
+		}
+		f.mu.Lock()
+		f.frontends = fes
+		f.mu.Unlock()
+	})
+}

@@ -1,0 +1,170 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/observe"
+)
+
+// HubbleConfig is the node's flow observability: Hubble's Observer API on
+// the flows of every endpoint of the node (package observe).
+type HubbleConfig struct {
+	// Enable observes every endpoint of NodeName: the policy programs are
+	// attached to each (they enforce nothing where no policy selects the
+	// endpoint) and report its flows (--enable-hubble, true in NewConfig).
+	// Only on the eBPF datapath, with --node-name.
+	Enable bool
+	// SocketPath is the unix socket of the Observer API
+	// (--hubble-socket-path); empty: not served there.
+	SocketPath string
+	// ListenAddress is the host:port of the Observer API for relays and
+	// remote `hubble` CLIs (--hubble-listen-address), with mutual TLS:
+	// TLSCertFile and TLSKeyFile are the node's server certificate, and
+	// clients must present a certificate of TLSClientCAFile (the mesh CA).
+	// Empty: not served.
+	ListenAddress                            string
+	TLSCertFile, TLSKeyFile, TLSClientCAFile string
+	// EventBufferCapacity is how many flows the agent keeps for requests
+	// of past flows (--hubble-event-buffer-capacity).
+	EventBufferCapacity int
+}
+
+// Defaults of HubbleConfig.
+const (
+	DefaultHubbleSocketPath = "/var/run/clustermesh/hubble.sock"
+	// DefaultHubblePort is Hubble's port, where a relay looks for a node's
+	// Observer API when its node entry does not say.
+	DefaultHubblePort = 4244
+)
+
+func (h *HubbleConfig) registerFlags(fs *pflag.FlagSet) {
+	fs.BoolVar(&h.Enable, "enable-hubble", h.Enable, "observe the flows of every endpoint of --node-name and serve them with Hubble's Observer API (the real hubble CLI and relays read it); the policy programs are attached to every endpoint, and enforce nothing where no policy selects it")
+	fs.StringVar(&h.SocketPath, "hubble-socket-path", h.SocketPath, "unix socket of the Observer API (hubble observe --server unix://PATH); \"\" disables")
+	fs.StringVar(&h.ListenAddress, "hubble-listen-address", h.ListenAddress, "host:port of the Observer API for relays and remote hubble CLIs, with mutual TLS (needs --hubble-tls-cert-file, --hubble-tls-key-file, --hubble-tls-client-ca-files); \"\" disables")
+	fs.StringVar(&h.TLSCertFile, "hubble-tls-cert-file", h.TLSCertFile, "the node's Observer server certificate, of the mesh CA (clustermesh ca issue-hubble-server)")
+	fs.StringVar(&h.TLSKeyFile, "hubble-tls-key-file", h.TLSKeyFile, "the key of --hubble-tls-cert-file")
+	fs.StringVar(&h.TLSClientCAFile, "hubble-tls-client-ca-files", h.TLSClientCAFile, "the mesh CA: clients of --hubble-listen-address must present a certificate it signed")
+	fs.IntVar(&h.EventBufferCapacity, "hubble-event-buffer-capacity", h.EventBufferCapacity, "flows kept for requests of past flows (hubble observe --last N); the oldest is overwritten")
+}
+
+// validate checks the Observer's listeners.
+func (h *HubbleConfig) validate() error {
+	if !h.Enable {
+		return nil
+	}
+	if h.EventBufferCapacity < 1 {
+		return fmt.Errorf("--hubble-event-buffer-capacity %d: want at least 1", h.EventBufferCapacity)
+	}
+	if h.ListenAddress != "" && (h.TLSCertFile == "" || h.TLSKeyFile == "" || h.TLSClientCAFile == "") {
+		return errors.New("--hubble-listen-address serves flows only with mutual TLS: set --hubble-tls-cert-file, --hubble-tls-key-file and --hubble-tls-client-ca-files (the mesh CA)")
+	}
+	return nil
+}
+
+// observing: the node reads and serves flows (the eBPF datapath, a node
+// name whose endpoints to observe, Hubble on).
+func (c *Config) observing() bool { return c.Hubble.Enable && c.NodeName != "" }
+
+// hubbleNodeName is the node's name in flows, "cluster/node" as Hubble
+// names nodes in a mesh.
+func (c *Config) hubbleNodeName() string { return c.Sync.ClusterName + "/" + c.NodeName }
+
+// serveObserver serves the Observer API on the unix socket and the TCP
+// address until ctx is done.
+func (n *Node) serveObserver(ctx context.Context) error {
+	h := &n.cfg.Hubble
+	srv := observe.NewServer(n.hub, h.ListenAddress)
+	var servers []*grpc.Server
+	var listeners []net.Listener
+	if h.SocketPath != "" {
+		l, err := listenUnix(h.SocketPath)
+		if err != nil {
+			return err
+		}
+		g := grpc.NewServer()
+		srv.Register(g)
+		servers, listeners = append(servers, g), append(listeners, l)
+	}
+	if h.ListenAddress != "" {
+		tc, err := ca.ServerTLSConfig(h.TLSCertFile, h.TLSKeyFile, h.TLSClientCAFile)
+		if err != nil {
+			closeAll(listeners)
+			return fmt.Errorf("loading the Observer's TLS certificate: %w", err)
+		}
+		l, err := net.Listen("tcp", h.ListenAddress)
+		if err != nil {
+			closeAll(listeners)
+			return fmt.Errorf("listening on %s for the Observer API: %w", h.ListenAddress, err)
+		}
+		g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)))
+		srv.Register(g)
+		servers, listeners = append(servers, g), append(listeners, l)
+	}
+	n.log.Info("serving Hubble's Observer API", "socket", h.SocketPath, "address", h.ListenAddress)
+	return serveGRPC(ctx, servers, listeners)
+}
+
+// serveGRPC serves each server on its listener until ctx is done or one
+// fails; then it stops them all (ending their streams) and waits.
+func serveGRPC(ctx context.Context, servers []*grpc.Server, listeners []net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(servers))
+	var wg sync.WaitGroup
+	for i, g := range servers {
+		wg.Go(func() {
+			if err := g.Serve(listeners[i]); err != nil {
+				errs <- fmt.Errorf("serving the Observer API on %s: %w", listeners[i].Addr(), err)
+				cancel()
+			}
+		})
+	}
+	<-ctx.Done()
+	for _, g := range servers {
+		g.Stop()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// listenUnix listens on a unix socket at path, replacing a stale one; only
+// root and the socket's group may connect.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("creating the directory of %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing the stale socket %s: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s for the Observer API: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("restricting %s: %w", path, err)
+	}
+	return l, nil
+}
+
+func closeAll(ls []net.Listener) {
+	for _, l := range ls {
+		l.Close()
+	}
+}
