@@ -67,6 +67,14 @@ var rules = []Rule{
 		Why:   "Kubernetes orchestration drives clusters through their API servers; it reads the agent's config and status types, never assembles an agent",
 	},
 	{
+		Pkg: "peerservice", OursOnly: []string{"wire", "ca", "statesource"},
+		Why: "the peer service turns node entries into Observer peers; the agent feeds it and the relay follows it, it knows neither",
+	},
+	{
+		Pkg: "relay", OursOnly: []string{"peerservice", "ca", "wire", "internal/loglimit"},
+		Why: "the relay speaks only gRPC to the peer services and the agents' Observer servers: it never assembles or reads an agent",
+	},
+	{
 		Pkg: "internal/coalesce", OursOnly: nothing,
 		Why: "coalesce is a leaf: every package may use it",
 	},
