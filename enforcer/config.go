@@ -18,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
@@ -60,6 +62,12 @@ type Config struct {
 	// again without them once a cluster leaves the list. Nil: nothing is
 	// retained.
 	RetainedClusters func() []uint16
+	// AuditNamespaces puts the endpoints of these namespaces in audit
+	// mode (AuditAll: every namespace): what their policy denies passes,
+	// and is reported with verdict AUDIT in its flows (policy verdicts and
+	// traces) and counted. Nil: none. ParseAuditNamespaces reads the
+	// agent's flag.
+	AuditNamespaces map[string]bool
 	// MaxConnectedClusters is the mesh size, 255 (the default) or 511: it
 	// says which bits of an identity are its cluster's id.
 	MaxConnectedClusters uint32
@@ -87,6 +95,35 @@ func (c *Config) withDefaults() {
 	}
 }
 
+// AuditAll in Config.AuditNamespaces audits every namespace.
+const AuditAll = "*"
+
+// audited reports whether the endpoints of namespace ns are in audit mode.
+func (c *Config) audited(ns string) bool {
+	return c.AuditNamespaces[AuditAll] || c.AuditNamespaces[ns]
+}
+
+// namespaceName is a Kubernetes namespace name (an RFC 1123 label).
+var namespaceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// ParseAuditNamespaces reads Config.AuditNamespaces from a comma-separated
+// list of namespaces (the agent's --policy-audit-namespaces), where "*"
+// stands for every namespace; "" is none. Errors wrap ErrInvalidConfig.
+func ParseAuditNamespaces(list string) (map[string]bool, error) {
+	if strings.TrimSpace(list) == "" {
+		return nil, nil
+	}
+	out := map[string]bool{}
+	for _, ns := range strings.Split(list, ",") {
+		ns = strings.TrimSpace(ns)
+		if ns != AuditAll && !namespaceName.MatchString(ns) {
+			return nil, fmt.Errorf("audit namespaces %q: %w: %q is not a namespace name nor %q", list, ErrInvalidConfig, ns, AuditAll)
+		}
+		out[ns] = true
+	}
+	return out, nil
+}
+
 // Validate checks the config after defaults.
 func (c *Config) Validate() error {
 	if err := wire.ValidateClusterName(c.ClusterName); err != nil {
@@ -94,6 +131,11 @@ func (c *Config) Validate() error {
 	}
 	if err := wire.ValidateMaxConnectedClusters(c.MaxConnectedClusters); err != nil {
 		return fmt.Errorf("enforcer: %w: %w", ErrInvalidConfig, err)
+	}
+	for ns := range c.AuditNamespaces {
+		if ns != AuditAll && !namespaceName.MatchString(ns) {
+			return fmt.Errorf("enforcer: %w: audit namespace %q is not a namespace name nor %q", ErrInvalidConfig, ns, AuditAll)
+		}
 	}
 	switch {
 	case c.NodeName == "":
@@ -111,7 +153,8 @@ type Attacher interface {
 	// Interfaces lists the interfaces (one netlink dump of links and one
 	// of routes per reconciliation, whatever the number of pods).
 	Interfaces() (Interfaces, error)
-	Attach(ifindex int, identity uint32, enforceIngress, enforceEgress bool) error
+	// Attach records ep for the interface and attaches the programs.
+	Attach(ifindex int, ep tcpolicy.Endpoint) error
 	Detach(ifindex int) error
 	// Attachments lists what is attached, including by a previous run.
 	Attachments() (map[int]tcpolicy.Endpoint, error)
@@ -144,8 +187,8 @@ func (a ProgramsAttacher) Interfaces() (Interfaces, error) {
 }
 
 // Attach implements Attacher.
-func (a ProgramsAttacher) Attach(ifindex int, identity uint32, in, eg bool) error {
-	return a.in(func() error { return a.Programs.Attach(ifindex, identity, in, eg) })
+func (a ProgramsAttacher) Attach(ifindex int, ep tcpolicy.Endpoint) error {
+	return a.in(func() error { return a.Programs.AttachEndpoint(ifindex, ep) })
 }
 
 // Detach implements Attacher.

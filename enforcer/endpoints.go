@@ -113,22 +113,23 @@ func (e *Enforcer) endpointStatus(ep *statesource.Endpoint) EndpointStatus {
 	if p := e.engine.Endpoint(id); ok && p != nil {
 		s.EnforceIngress, s.EnforceEgress = p.Enforced[policy.Ingress], p.Enforced[policy.Egress]
 	}
+	s.Audit = e.cfg.audited(ep.Namespace)
 	return s
 }
 
 // attach makes interface ifindex enforce s, if it does not already.
 func (e *Enforcer) attach(ifindex int, s EndpointStatus) (state, errMsg string) {
-	want := tcpolicy.Endpoint{Identity: s.Identity, EnforceIngress: s.EnforceIngress, EnforceEgress: s.EnforceEgress}
+	want := tcpolicy.Endpoint{Identity: s.Identity, EnforceIngress: s.EnforceIngress, EnforceEgress: s.EnforceEgress, Audit: s.Audit}
 	if cur, ok := e.eps.attached[ifindex]; ok && cur == want {
 		return StateEnforcing, ""
 	}
-	if err := e.eps.attacher.Attach(ifindex, s.Identity, s.EnforceIngress, s.EnforceEgress); err != nil {
+	if err := e.eps.attacher.Attach(ifindex, want); err != nil {
 		e.log.Error("attaching policy", "pod", s.Namespace+"/"+s.Pod, "interface", s.Interface, "err", err)
 		delete(e.eps.attached, ifindex)
 		return StateError, err.Error()
 	}
 	e.eps.attached[ifindex] = want
 	e.log.Info("policy attached", "pod", s.Namespace+"/"+s.Pod, "interface", s.Interface, "identity", s.Identity,
-		"ingress", s.EnforceIngress, "egress", s.EnforceEgress)
+		"ingress", s.EnforceIngress, "egress", s.EnforceEgress, "audit", s.Audit)
 	return StateEnforcing, ""
 }

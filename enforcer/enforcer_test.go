@@ -69,10 +69,10 @@ func (f *fakeAttacher) Interfaces() (Interfaces, error) {
 	return out, nil
 }
 
-func (f *fakeAttacher) Attach(ifindex int, id uint32, in, eg bool) error {
+func (f *fakeAttacher) Attach(ifindex int, ep tcpolicy.Endpoint) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.attached[ifindex] = tcpolicy.Endpoint{Identity: id, EnforceIngress: in, EnforceEgress: eg}
+	f.attached[ifindex] = ep
 	return nil
 }
 

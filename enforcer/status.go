@@ -43,8 +43,11 @@ type EndpointStatus struct {
 	Identity       uint32 `json:"identity,omitempty"`
 	EnforceIngress bool   `json:"enforceIngress"`
 	EnforceEgress  bool   `json:"enforceEgress"`
-	State          string `json:"state"`
-	Error          string `json:"error,omitempty"`
+	// Audit: in audit mode (Config.AuditNamespaces), what its policy
+	// denies passes and is reported AUDIT.
+	Audit bool   `json:"audit,omitempty"`
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
 }
 
 // publishStatus copies what Run's goroutine owns into the status.
