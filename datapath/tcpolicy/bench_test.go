@@ -78,12 +78,16 @@ func benchPolicy(t testing.TB, m *Programs, n int) {
 //     as one CPU generates them for 3 s.
 //   - policy.apply.entries_per_s: ApplyPolicy of 10,000 new keys in one
 //     batch.
+//   - flow.events.on_ns_per_packet, flow.events.cost_ratio,
+//     flow.events.off_ns_per_packet: what the flow events cost
+//     (figuresPolicyEvents).
 func TestFiguresPolicy(t *testing.T) {
 	figure.Require(t)
 	testenv.RequireRoot(t)
 
 	t.Run("tc", figuresPolicyTc)
 	t.Run("flows", figuresPolicyFlows)
+	t.Run("events", figuresPolicyEvents)
 	t.Run("apply", figuresPolicyApply)
 }
 
