@@ -45,12 +45,14 @@ var (
 		"Entries a previous run left in the datapath, kept until their cluster has fully synced.", []string{"kind"}, nil)
 	descServiceSelected = prometheus.NewDesc(ns+"_service_selected_backends",
 		"Backends selected for each global service frontend.", []string{"service", "frontend", "from"}, nil)
+	descServiceRemote = prometheus.NewDesc(ns+"_service_remote_backends",
+		"Healthy backends the remote clusters offer for each global service frontend, whether its affinity selects them or not.", []string{"service", "frontend"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descConnected, descStale, descFailures, descLastFailure, descEntries,
-		descEvents, descRejected, descLastEvent, descSync, descDatapathErrors, descServiceSelected, descNotInForce, descRetained} {
+		descEvents, descRejected, descLastEvent, descSync, descDatapathErrors, descServiceSelected, descServiceRemote, descNotInForce, descRetained} {
 		ch <- d
 	}
 }
@@ -100,6 +102,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDatapathErrors, float64(st.DatapathErrors))
 	for _, s := range st.Services {
 		gauge(descServiceSelected, float64(s.Selected), s.Namespace+"/"+s.Name, s.Frontend, s.SelectedFrom)
+		if s.Frontend != "" { // not a service that exists only in remote clusters
+			remote := 0
+			for _, n := range s.RemoteHealthy {
+				remote += n
+			}
+			gauge(descServiceRemote, float64(remote), s.Namespace+"/"+s.Name, s.Frontend)
+		}
 	}
 }
 

@@ -186,7 +186,8 @@ func checkByHandMetrics(t *testing.T, addr string) {
 	resp.Body.Close()
 	for _, want := range []string{`clustermesh_agent_remote_ready{remote="west"} 1`, `clustermesh_agent_remote_entries{kind="ipcache",remote="west"} 4`,
 		"clustermesh_policy_entries 2", "clustermesh_policy_enforcing 1",
-		`clustermesh_agent_service_selected_backends{from="local",frontend="10.96.0.10:80/TCP",service="shop/checkout"} 3`} {
+		`clustermesh_agent_service_selected_backends{from="local",frontend="10.96.0.10:80/TCP",service="shop/checkout"} 3`,
+		`clustermesh_agent_service_remote_backends{frontend="10.96.0.10:80/TCP",service="shop/checkout"} 3`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
 		}
