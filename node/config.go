@@ -123,6 +123,11 @@ type PolicyConfig struct {
 	// FlowTraceNew reports the first packet of every new connection
 	// (--flow-trace-new, true in NewConfig).
 	FlowTraceNew bool
+	// AuditNamespaces lists the namespaces whose endpoints are in audit
+	// mode, comma-separated, "*" for all (--policy-audit-namespaces;
+	// enforcer.ParseAuditNamespaces): what their policy denies passes,
+	// reported AUDIT. Empty: none.
+	AuditNamespaces string
 	// ReloadInterval is how often Dir is read again (default
 	// enforcer.DefaultReloadInterval).
 	ReloadInterval time.Duration

@@ -79,7 +79,7 @@ func (w *WireGuardConfig) registerFlags(fs *pflag.FlagSet) {
 // policyOnly are the flags that mean nothing without a policy; observeOnly
 // those that mean nothing without flows.
 var (
-	policyOnly  = []string{"policy-default-local-cluster"}
+	policyOnly  = []string{"policy-default-local-cluster", "policy-audit-namespaces"}
 	observeOnly = []string{"flow-sample-rate", "flow-trace-new", "hubble-socket-path", "hubble-listen-address",
 		"hubble-tls-cert-file", "hubble-tls-key-file", "hubble-tls-client-ca-files", "hubble-event-buffer-capacity"}
 )
@@ -87,6 +87,7 @@ var (
 func (p *PolicyConfig) registerFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&p.Dir, "policy-dir", p.Dir, "enforce the policies in this directory (CiliumNetworkPolicy and NetworkPolicy YAML or JSON, read again on change; an invalid edit keeps the last valid set) on this node's endpoints (needs --node-name; see docs/policy.md)")
 	fs.BoolVar(&p.DefaultLocalCluster, "policy-default-local-cluster", p.DefaultLocalCluster, "a peer selector without the io.cilium.k8s.policy.cluster label selects only the local cluster's pods; false: pods of every cluster")
+	fs.StringVar(&p.AuditNamespaces, "policy-audit-namespaces", p.AuditNamespaces, "comma-separated namespaces whose endpoints are in policy audit mode (* for all): what their policy denies passes and is reported with verdict AUDIT (see docs/policy.md)")
 	fs.Uint32Var(&p.FlowSampleRate, "flow-sample-rate", p.FlowSampleRate, "report one in this many forwarded packets as flows (drops are always reported); 0: none")
 	fs.BoolVar(&p.FlowTraceNew, "flow-trace-new", p.FlowTraceNew, "report the first packet of every new connection as a flow")
 }

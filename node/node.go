@@ -198,6 +198,11 @@ func (n *Node) buildPolicy(ids *identityRelay) error {
 		ClusterNames: n.sync.ClusterName, RetainedClusters: n.sync.RetainedClusters,
 		MaxConnectedClusters: c.Sync.MaxConnectedClusters, ReloadInterval: c.Policy.ReloadInterval, Logger: n.log,
 	}
+	audit, err := enforcer.ParseAuditNamespaces(c.Policy.AuditNamespaces)
+	if err != nil {
+		return fmt.Errorf("--policy-audit-namespaces: %w", err)
+	}
+	ecfg.AuditNamespaces = audit
 	if n.progs != nil {
 		ecfg.Attacher = enforcer.ProgramsAttacher{Programs: n.progs, InNetns: c.Policy.InNetns}
 	} else {
