@@ -130,7 +130,7 @@ lint: vet
 # Fuzz every decoder for FUZZTIME each (the seed corpora already run in `make test`).
 FUZZTIME ?= 30s
 fuzz: deps
-	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy; do \
+	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy ./flowfilter ./flowexport; do \
 		for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
 			echo "== $$p $$f"; $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 		done; \
@@ -146,6 +146,8 @@ bench: deps
 	$(GO) test -run '^$$' -bench RemotePropagation -benchtime 200x ./localmesh
 	$(GO) test -run '^$$' -bench MeshStartup -benchtime 10x ./localmesh
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./datapath/...
+	$(GO) test -run '^$$' -bench Match -benchtime 200000x ./flowfilter
+	$(GO) test -run '^$$' -bench Export -benchtime 20000x ./flowexport
 
 clean:
 	rm -rf bin
