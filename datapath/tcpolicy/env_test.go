@@ -387,6 +387,7 @@ func TestPolicyTraffic(t *testing.T) {
 		{"sampling", (*traffic).trafficSampling},
 		{"both-ends", (*traffic).trafficBothEnds},
 		{"every-drop-one-event", (*traffic).trafficEveryDropOneEvent},
+		{"audit", (*traffic).trafficAudit},
 		{"detach", (*traffic).trafficDetach},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.run(e, t) })
@@ -531,6 +532,41 @@ func (e *traffic) trafficEveryDropOneEvent(t *testing.T) {
 		t.Fatalf("counters %+v", c)
 	}
 	t.Logf("counters %+v, %d drop events", c, len(e.drops()))
+}
+
+// trafficAudit: e1 in audit mode (AttachEndpoint) accepts a connection its
+// policy denies, reported AUDIT in a policy verdict with the SYN's flags;
+// out of audit mode it is dropped again.
+func (e *traffic) trafficAudit(t *testing.T) {
+	defer e.use(t)()
+	dptest.NoErr(t, e.m.SetFlowConfig(flows.Config{ClusterID: 1, PolicyVerdicts: true}))
+	defer func() { dptest.NoErr(t, e.m.SetFlowConfig(flows.Config{ClusterID: 1})) }()
+	audited := Endpoint{Identity: envEP, EnforceIngress: true, EnforceEgress: true, Audit: true}
+	dptest.NoErr(t, dptest.InNetns(e.node, func() error { return e.m.AttachEndpoint(e.ep1.ifindex, audited) }))
+	if atts, err := e.m.Attachments(); err != nil || atts[e.ep1.ifindex] != audited {
+		t.Fatalf("Attachments() = %v, %v; want e1 audited", atts, err)
+	}
+	e.wantTCP(2, e.at(e.ep1, 8081), "e1-8081")
+	verdicts := e.waitFlows("the audited connection's policy verdict", 1, func(f flows.Flow) bool {
+		return f.Kind == flows.KindPolicyVerdict && f.Dst == e.at(e.ep1, 8081)
+	})
+	f := verdicts[0]
+	if f.Verdict != flows.VerdictAudit || f.Direction != datapath.Ingress || f.SrcIdentity != envPeer2 ||
+		f.MatchType != flows.MatchNone || f.TCPFlags != flows.TCPFlagSYN || !f.New {
+		t.Fatalf("audited policy verdict %+v", f)
+	}
+	c, err := e.m.Counters()
+	dptest.NoErr(t, err)
+	if c.Audited[datapath.Ingress] == 0 {
+		t.Fatalf("counters %+v: no audited ingress decision", c)
+	}
+
+	e.attach(1, envEP, true, true)
+	for _, f := range e.wantTCPDropped(2, e.at(e.ep1, 8081), 41040) {
+		if f.Kind == flows.KindDrop {
+			wantDrop(t, f, datapath.Ingress, datapath.TCP, envPeer2, envEP, 2, 1, e.ep1.ifindex)
+		}
+	}
 }
 
 func (e *traffic) trafficDetach(t *testing.T) {
