@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -103,8 +104,8 @@ func (m *Manager) Run(ctx context.Context, src Source) error {
 }
 
 // watch re-reads the file after a change in its directory (editors replace
-// files by rename, Kubernetes swaps a ConfigMap's symlink), at most once per
-// settle period, and every CheckInterval.
+// files by rename, Kubernetes swaps a ConfigMap's symlink) a settle period
+// after the first event, and every CheckInterval.
 func (m *Manager) watch(ctx context.Context, w *fsnotify.Watcher) {
 	const settle = 50 * time.Millisecond
 	watching := m.addWatch(w)
@@ -113,15 +114,20 @@ func (m *Manager) watch(ctx context.Context, w *fsnotify.Watcher) {
 	timer := time.NewTimer(settle)
 	timer.Stop()
 	defer timer.Stop()
+	armed := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-w.Events:
-			timer.Reset(settle)
+		case ev := <-w.Events:
+			if !armed && m.concerns(ev) {
+				timer.Reset(settle)
+				armed = true
+			}
 		case err := <-w.Errors:
 			m.log.Warn("watching the flow export config", "error", err)
 		case <-timer.C:
+			armed = false
 			m.reload()
 		case <-tick.C:
 			if !watching {
@@ -130,6 +136,13 @@ func (m *Manager) watch(ctx context.Context, w *fsnotify.Watcher) {
 			m.reload()
 		}
 	}
+}
+
+// concerns reports whether a change in the directory may change the file:
+// the file itself, or Kubernetes' "..data" symlink swap of a ConfigMap.
+// Other files (flow logs written beside it) are not read for.
+func (m *Manager) concerns(ev fsnotify.Event) bool {
+	return filepath.Clean(ev.Name) == m.cfg.Path || strings.HasPrefix(filepath.Base(ev.Name), "..")
 }
 
 // addWatch watches the file's directory; a directory that does not exist

@@ -295,3 +295,38 @@ func TestNewNeedsPath(t *testing.T) {
 		t.Fatalf("New without a path = %v", err)
 	}
 }
+
+// TestConfigMapSwap: a Kubernetes ConfigMap volume updates its files by
+// swapping the "..data" symlink, never touching the file's own name.
+func TestConfigMapSwap(t *testing.T) {
+	dir := dirOf(t)
+	vol := filepath.Join(dir, "vol")
+	version := func(n int, content string) {
+		d := filepath.Join(vol, fmt.Sprintf("..2026_%d", n))
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "export.yaml"), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(vol, "..data_tmp")
+		if err := os.Symlink(filepath.Base(d), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(vol, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version(1, fmt.Sprintf("flowLogs:\n- name: one\n  filePath: %s/one.log\n", dir))
+	cfg := filepath.Join(vol, "export.yaml")
+	if err := os.Symlink(filepath.Join("..data", "export.yaml"), cfg); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, cfg, time.Hour)
+	r.waitStatus(t, "exporter one", func(st Status) bool { _, ok := st.exporter("one"); return ok })
+	version(2, fmt.Sprintf("flowLogs:\n- name: two\n  filePath: %s/two.log\n", dir))
+	r.waitStatus(t, "exporter two instead", func(st Status) bool {
+		_, ok := st.exporter("two")
+		return ok && len(st.Exporters) == 1
+	})
+}
