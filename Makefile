@@ -14,7 +14,7 @@ HEAVY_PKGS := ./localmesh ./meshapiserver
 
 SHELL   := /bin/bash
 
-.PHONY: all build demo demo-once test test-k8s test-interop kube-apiserver vet lint fuzz bench deps clean generate check-generate bpf-tools
+.PHONY: all build demo demo-once test test-k8s test-interop test-monitoring kube-apiserver hubble promtool vet lint fuzz bench deps clean generate check-generate bpf-tools
 
 all: build
 
@@ -37,17 +37,22 @@ vet: deps
 
 # The heavy tests (hundreds of thousands of entries; they skip under -race)
 # without -race, then every test with -race. On a cold machine the
-# kube-apiserver build (the longest step) runs beside the packages that do
-# not need it; the packages with tests against real kube-apiservers
-# (K8S_PKGS) run once it is there.
-test: vet check-generate
+# kube-apiserver and hubble builds (the longest steps) run beside the
+# packages that do not need them; the packages with tests against real
+# kube-apiservers (K8S_PKGS) or with the real hubble CLI (HUBBLE_PKGS) run
+# once their binary is there. Then the alert rules' tests (promtool).
+test: vet check-generate promtool
 	@set -eo pipefail; \
 	tools/kube-apiserver/build.sh $(KUBE_APISERVER) & build=$$!; \
-	trap 'kill $$build 2>/dev/null || true' EXIT; \
+	tools/hubble/build.sh $(CLUSTERMESH_HUBBLE) & hubble=$$!; \
+	trap 'kill $$build $$hubble 2>/dev/null || true' EXIT; \
 	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS); \
-	$(GO) test $(TESTFLAGS) $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
+	$(GO) test $(TESTFLAGS) $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS) $(HUBBLE_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
 	wait $$build || { echo "building kube-apiserver failed"; exit 1; }; \
-	$(GO) test $(TESTFLAGS) $(K8S_PKGS)
+	$(GO) test $(TESTFLAGS) $(K8S_PKGS); \
+	wait $$hubble || { echo "building hubble failed"; exit 1; }; \
+	$(GO) test $(TESTFLAGS) $(HUBBLE_PKGS)
+	$(MAKE) --no-print-directory test-monitoring
 	$(MAKE) --no-print-directory test-interop
 
 # Our apiserver read by Cilium's own code (interop/, its own module so that
@@ -67,6 +72,37 @@ export KUBE_APISERVER
 
 kube-apiserver:
 	@tools/kube-apiserver/build.sh $(KUBE_APISERVER)
+
+# The tests that run the real hubble CLI (internal/hubbletest) find the
+# hubble of Cilium $(HUBBLE_VERSION) that tools/hubble builds from the Go
+# module proxy, once, into a cache outside the repo (2 to 5 minutes the first
+# time; later runs find it and do nothing). Packages with such tests go in
+# HUBBLE_PKGS: `make test` runs them once the build is done.
+HUBBLE_VERSION     := v1.20.2
+CLUSTERMESH_HUBBLE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/clustermesh/hubble-$(HUBBLE_VERSION)
+export CLUSTERMESH_HUBBLE
+HUBBLE_PKGS := ./internal/hubbletest
+
+hubble:
+	@tools/hubble/build.sh $(CLUSTERMESH_HUBBLE)
+
+# promtool (Debian's prometheus package) checks the alert rules and the
+# dashboard's queries (deploy/monitoring); installed when missing, as root
+# (the package's Prometheus server, which systemd would start, is stopped).
+promtool:
+	@if ! command -v promtool >/dev/null; then \
+		if [ "$$(id -u)" != 0 ]; then echo "promtool is needed to check deploy/monitoring: run apt-get install -y prometheus as root"; exit 1; fi; \
+		echo "installing prometheus (for promtool)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	fi
+
+# The alert rules parse and their unit tests pass (alerts_test.yaml: each
+# alert fires when it should and not otherwise); the dashboard's queries are
+# checked by deploy/monitoring's Go tests.
+test-monitoring: promtool
+	promtool check rules deploy/monitoring/alerts.yaml
+	cd deploy/monitoring && promtool test rules alerts_test.yaml
 
 # Only the tests against real API servers.
 K8S_PKGS := ./internal/kubetest ./k8ssource ./k8spolicy ./kubemesh ./cli
@@ -130,7 +166,7 @@ lint: vet
 # Fuzz every decoder for FUZZTIME each (the seed corpora already run in `make test`).
 FUZZTIME ?= 30s
 fuzz: deps
-	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy ./flowfilter ./flowexport; do \
+	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy ./flowfilter ./flowexport ./flowmetrics; do \
 		for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
 			echo "== $$p $$f"; $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 		done; \

@@ -97,6 +97,10 @@ var rules = []Rule{
 		Why: "Hubble's flow metrics are a leaf over Hubble's generated flow type (Cilium's api/ only: its pkg/ drags Kubernetes in)",
 	},
 	{
+		Pkg: "deploy", ImportedOnlyBy: nothing,
+		Why: "deploy/ is files for operators (alert rules, dashboards) and the tests that check them: nothing imports it",
+	},
+	{
 		Pkg: "cli", ImportedOnlyBy: []string{"cmd"},
 		Why: "cli is the commands: only a main imports it",
 	},
