@@ -346,7 +346,7 @@ func (c *Cluster) newNode(a *Agent, sync agentsync.Config) (func(context.Context
 	cfg := node.NewConfig()
 	cfg.Sync, cfg.Source, cfg.Logger = sync, sync.LocalSource, sync.Logger
 	cfg.InMemory, cfg.Maps.PinDir = !o.EBPF, a.PinDir
-	cfg.SocketLB, cfg.StatusAddr, cfg.MetricsAddr = false, "", ""
+	cfg.SocketLB, cfg.StatusAddr, cfg.MetricsAddr, cfg.Hubble.SocketPath = false, "", "", ""
 	if !o.Node(a.Name, &cfg) {
 		return nil, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"io"
 	"net"
 	"net/netip"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
-	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/figure"
@@ -90,7 +90,7 @@ func serveTCP(t *testing.T, p *podnet.Pod, port uint16) {
 				defer wg.Done()
 				defer c.Close()
 				c.Write([]byte("ok"))
-				io.Copy(c, c)
+				copyNoSplice(c, c)
 			}()
 		}
 	}()
@@ -263,32 +263,30 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 		}
 		return s.Enforcing && ok == 2
 	})
-	var drops observe.Filter
-	if err := drops.Set("verdict", observe.VerdictDropped); err != nil {
-		t.Fatal(err)
-	}
-	e.drops = east.Node.Flows().Subscribe(drops, 0, true)
+	// The drop events (a denied packet is also a policy-verdict event).
+	isDrop := func(f *flowpb.Flow) bool { return f.GetEventType().GetType() == 1 }
+	e.drops = east.Node.Flows().Subscribe(observe.Query{Follow: true, Match: isDrop})
 	t.Cleanup(e.drops.Close)
 	return e
 }
 
 // readDrops reads the dropped flows east-node-1 reports until it has want
 // of them.
-func (e *policyEnv) readDrops(t *testing.T, want int) []*observe.Flow {
+func (e *policyEnv) readDrops(t *testing.T, want int) []*flowpb.Flow {
 	t.Helper()
 	deadline := time.NewTimer(5 * time.Second)
 	defer deadline.Stop()
-	var drops []*observe.Flow
+	var drops []*flowpb.Flow
 	for len(drops) < want {
 		select {
 		case ev, ok := <-e.drops.Events():
 			switch {
 			case !ok:
 				t.Fatalf("the flows ended (have %d drops, want %d)", len(drops), want)
-			case ev.Lost != nil:
-				t.Fatalf("%d flow events lost (%s)", ev.Lost.Count, ev.Lost.Source)
+			case ev.GetLostEvents() != nil:
+				t.Fatalf("%d flow events lost (%s)", ev.GetLostEvents().GetNumEventsLost(), ev.GetLostEvents().GetSource())
 			default:
-				drops = append(drops, ev.Flow)
+				drops = append(drops, ev.GetFlow())
 			}
 		case <-deadline.C:
 			t.Fatalf("reading flows: have %d drops, want %d", len(drops), want)
@@ -318,14 +316,16 @@ func TestPolicyAcrossClustersOnRealPackets(t *testing.T) {
 		// A retransmitted SYN is a second drop and must be a second event.
 		drops = append(drops, e.readDrops(t, int(n)-len(drops))...)
 	}
-	// The flow as `clustermesh observe` shows it: the clusters named by the
-	// agent's reservations.
+	// The flow as Hubble shows it: the clusters named by the agent's
+	// reservations, the remote pod by its cluster's ipcache entry.
 	d := drops[0]
 	ids := e.identities(t)
-	if d.DropReason != flows.DropPolicyDenied.String() || d.Direction != datapath.Ingress.String() ||
-		d.Source.Identity != ids["north/frontend"] || d.Source.Cluster != "north" || d.Source.IP != "10.3.1.100" ||
-		d.Destination.Identity != ids["east/checkout"] || d.Destination.Cluster != "east" || d.Destination.Pod != "checkout-2" ||
-		d.Destination.IP != checkout.Addr().String() || d.Destination.Port != checkout.Port() {
+	if d.GetDropReasonDesc() != flowpb.DropReason_POLICY_DENIED || d.GetTrafficDirection() != flowpb.TrafficDirection_INGRESS ||
+		d.Source.Identity != ids["north/frontend"] || d.Source.ClusterName != "north" || d.IP.Source != "10.3.1.100" ||
+		d.Source.PodName != "frontend-1" || d.Source.Namespace != "shop" ||
+		d.Destination.Identity != ids["east/checkout"] || d.Destination.ClusterName != "east" || d.Destination.PodName != "checkout-2" ||
+		d.IP.Destination != checkout.Addr().String() || d.L4.GetTCP().GetDestinationPort() != uint32(checkout.Port()) ||
+		!d.L4.GetTCP().GetFlags().GetSYN() || d.NodeName != "east/node-1" {
 		t.Errorf("drop event %+v: want policy-denied ingress from north/frontend (%d, north) to east/checkout-2 (%d, east)",
 			d, ids["north/frontend"], ids["east/checkout"])
 	}

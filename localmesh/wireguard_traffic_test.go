@@ -47,7 +47,7 @@ func newNodeNS(t *testing.T, n *trNode) {
 	if n.nl, err = netlink.NewHandleAt(n.ns); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(n.nl.Close)
+	t.Cleanup(func() { n.nl.Close() })
 	lo, err := n.nl.LinkByName("lo")
 	if err != nil {
 		t.Fatal(err)

@@ -48,9 +48,9 @@ type Config struct {
 	SubscriberBuffer int
 	// LostInterval is how often Source.Lost is read (default 1s).
 	LostInterval time.Duration
-	// OnFlow is called with every flow on the reading goroutine, before
-	// subscribers get it (flow metrics): it must be fast and must not keep
-	// or modify the flow.
+	// OnFlow is called with every flow on its source's reading goroutine
+	// (concurrently for two sources), before subscribers get it (flow
+	// metrics): it must be fast and must not keep or modify the flow.
 	OnFlow []func(*flowpb.Flow)
 	// Logger receives the hub's errors; nil: slog.Default().
 	Logger *slog.Logger
@@ -70,9 +70,9 @@ type Hub struct {
 	next    int                            // guarded by mu
 	subs    map[*Subscription]struct{}     // guarded by mu
 	state   int                            // guarded by mu: hubIdle, hubRunning, hubDone
-	src     Source                         // guarded by mu
+	srcs    []Source                       // guarded by mu
 	counts  counts                         // guarded by mu
-	seenLos uint64                         // guarded by mu: Source.Lost at the last poll
+	seenLos uint64                         // guarded by mu: the sources' Lost summed at the last poll
 	ns      namespaces                     // guarded by mu
 }
 
@@ -104,20 +104,23 @@ func NewHub(cfg Config) *Hub {
 	}
 }
 
-// Run reads src until ctx is done (then it returns nil) or src fails (then
-// it returns the error, e.g. datapath.ErrClosed when the reader was closed).
-// It polls src.Lost every LostInterval meanwhile. When Run returns, every
-// following subscription ends; the flows kept can still be read. Run once.
-func (h *Hub) Run(ctx context.Context, src Source) error {
+// Run reads every source until ctx is done (then it returns nil) or one
+// fails (then it returns the error, e.g. datapath.ErrClosed when a reader
+// was closed): the policy programs' events and the socket load balancer's
+// translations, each on a goroutine of its own. It polls the sources'
+// Lost every LostInterval meanwhile. When Run returns, every following
+// subscription ends; the flows kept can still be read. Run once.
+func (h *Hub) Run(ctx context.Context, srcs ...Source) error {
 	h.mu.Lock()
 	if h.state != hubIdle {
 		h.mu.Unlock()
 		return errors.New("running the flow hub: Run called twice")
 	}
-	h.state, h.src = hubRunning, src
+	h.state, h.srcs = hubRunning, srcs
 	h.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		tick := time.NewTicker(h.cfg.LostInterval)
@@ -131,8 +134,16 @@ func (h *Hub) Run(ctx context.Context, src Source) error {
 			}
 		}
 	})
-	err := h.read(ctx, src)
-	cancel()
+	errs := make(chan error, len(srcs))
+	for _, src := range srcs {
+		wg.Go(func() {
+			if err := h.read(ctx, src); err != nil {
+				errs <- err
+				cancel()
+			}
+		})
+	}
+	<-ctx.Done()
 	wg.Wait()
 	h.pollLost()
 
@@ -142,7 +153,12 @@ func (h *Hub) Run(ctx context.Context, src Source) error {
 		s.endLocked()
 	}
 	h.mu.Unlock()
-	return err
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
 }
 
 func (h *Hub) read(ctx context.Context, src Source) error {
@@ -183,19 +199,20 @@ func (h *Hub) Publish(fl *flowpb.Flow) {
 	}
 }
 
-// pollLost reads the source's lost count and reports an increase to every
-// subscriber.
+// pollLost reads the sources' lost counts and reports an increase to
+// every subscriber.
 func (h *Hub) pollLost() {
 	h.mu.Lock()
-	src := h.src
+	srcs := h.srcs
 	h.mu.Unlock()
-	if src == nil {
-		return
-	}
-	n, err := src.Lost()
-	if err != nil {
-		h.cfg.Logger.Debug("reading lost flow events", "err", err)
-		return
+	var n uint64
+	for _, src := range srcs {
+		l, err := src.Lost()
+		if err != nil {
+			h.cfg.Logger.Debug("reading lost flow events", "err", err)
+			return
+		}
+		n += l
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
