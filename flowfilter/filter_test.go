@@ -29,6 +29,10 @@ func TestFields(t *testing.T) {
 		{`{"source_label":["k8s:io.kubernetes.pod.namespace=shop"]}`, []string{"fe-to-checkout", "dns", "policy-verdict"}},
 		{`{"source_label":["app notin (frontend), k8s:app"]}`, []string{"dns"}},
 		{`{"source_label":["reserved:app=frontend"]}`, nil}, // another source
+		{`{"source_label":["cidr:192.0.0.0/16"]}`, []string{"world-drop"}},
+		{`{"source_label":["cidr:fd00-0-0-0-0-0-0-0/8"]}`, []string{"world-drop"}},
+		{`{"source_label":["cidr:192.0.2.0/25"]}`, nil}, // narrower than the flow's
+		{`{"source_label":["192.0.0.0/16"]}`, nil},      // of any source: keys compared
 		{`{"destination_label":["app=checkout,k8s:io.kubernetes.pod.namespace"]}`, []string{"fe-to-checkout", "world-drop", "http-503"}},
 		{`{"node_labels":["topology.kubernetes.io/zone=a"]}`, []string{"fe-to-checkout"}},
 		{`{"source_workload":[{"kind":"Deployment"}]}`, []string{"fe-to-checkout", "policy-verdict"}},

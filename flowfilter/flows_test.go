@@ -31,7 +31,7 @@ func sampleFlows() map[string]*flowpb.Flow {
 			NodeName: "east/node-1", NodeLabels: []string{"k8s:kubernetes.io/hostname=node-1", "k8s:topology.kubernetes.io/zone=a"},
 			IsReply: wrapperspb.Bool(false), DestinationService: &flowpb.Service{Namespace: "shop", Name: "checkout"}},
 		"world-drop": {IP: v4("192.0.2.7", "10.2.0.6"), L4: tcp(51000, 8080, &flowpb.TCPFlags{SYN: true}),
-			Source: &flowpb.Endpoint{Identity: 2, Labels: []string{"reserved:world"}}, Destination: checkout("checkout-1"),
+			Source: &flowpb.Endpoint{Identity: 2, Labels: []string{"reserved:world", "cidr:192.0.2.0/24", "cidr:fd00--/64"}}, Destination: checkout("checkout-1"),
 			Verdict: flowpb.Verdict_DROPPED, DropReasonDesc: flowpb.DropReason_POLICY_DENIED,
 			TrafficDirection: flowpb.TrafficDirection_INGRESS, EventType: &flowpb.CiliumEventType{Type: 1, SubType: 133},
 			NodeName: "east/node-1"},

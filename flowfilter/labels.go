@@ -1,6 +1,7 @@
 package flowfilter
 
 import (
+	"net/netip"
 	"strings"
 	"unicode"
 
@@ -102,11 +103,25 @@ func (ls ciliumLabels) Lookup(key string) (string, bool) {
 	wantSource, wantKey := splitSelectKey(key)
 	for _, l := range ls {
 		source, k, v := splitLabel(l)
-		if k == wantKey && (wantSource == "any" || wantSource == source) {
+		if wantSource != "any" && wantSource != source {
+			continue
+		}
+		if k == wantKey || source == "cidr" && wantSource == "cidr" && cidrCovers(wantKey, k) {
 			return v, true
 		}
 	}
 	return "", false
+}
+
+// cidrCovers is Cilium's matching of CIDR labels: "cidr:10.0.0.0/8"
+// selects "cidr:10.1.0.0/16" (IPv6 prefixes write their colons as dashes).
+func cidrCovers(outer, inner string) bool {
+	o, err := netip.ParsePrefix(strings.ReplaceAll(outer, "-", ":"))
+	if err != nil {
+		return false
+	}
+	i, err := netip.ParsePrefix(strings.ReplaceAll(inner, "-", ":"))
+	return err == nil && o.Bits() <= i.Bits() && o.Contains(i.Addr())
 }
 
 // splitSelectKey splits a selected key at its first dot; "$key" is
