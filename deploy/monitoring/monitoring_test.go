@@ -17,12 +17,8 @@ import (
 // remote sync's and every Hubble flow metric.
 func exported(t *testing.T) map[string]bool {
 	t.Helper()
-	var specs []string
-	for _, m := range []string{flowmetrics.MetricFlow, flowmetrics.MetricDrop, flowmetrics.MetricTCP,
-		flowmetrics.MetricPortDistribution, flowmetrics.MetricICMP} {
-		specs = append(specs, m)
-	}
-	cfg, err := flowmetrics.Parse(specs)
+	cfg, err := flowmetrics.Parse([]string{flowmetrics.MetricFlow, flowmetrics.MetricDrop, flowmetrics.MetricTCP,
+		flowmetrics.MetricPortDistribution, flowmetrics.MetricICMP})
 	if err != nil {
 		t.Fatal(err)
 	}
