@@ -101,6 +101,10 @@ var rules = []Rule{
 		Why: "deploy/ is files for operators (alert rules, dashboards) and the tests that check them: nothing imports it",
 	},
 	{
+		Pkg: "hubbleflags", OursOnly: nothing, Never: []string{"github.com/cilium/cilium/pkg/...", "github.com/cilium/cilium/hubble/..."},
+		Why: "hubble observe's flags are written here over Cilium's generated api/ types only: Hubble's own packages drag Kubernetes in",
+	},
+	{
 		Pkg: "cli", ImportedOnlyBy: []string{"cmd"},
 		Why: "cli is the commands: only a main imports it",
 	},
