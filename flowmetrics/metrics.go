@@ -2,6 +2,7 @@ package flowmetrics
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -223,5 +224,40 @@ func (m *Metrics) observeICMP(h *handler, f *flowpb.Flow, key []byte) {
 		key, start := beginValue(key)
 		key = endValue(appendICMPv6(key, l4.GetICMPv6().GetType(), l4.GetICMPv6().GetCode()), start)
 		m.inc(h, h.ctx.appendContext(key, f))
+	}
+}
+
+// DeletePod removes the series that name a deleted pod, as Hubble does when
+// a Cilium endpoint goes (ProcessCiliumEndpointDeletion): those whose source
+// or destination context is "pod" and names namespace/name, and those whose
+// labelsContext has the pod and namespace labels of that side with its
+// values. Other contexts (pod-name, workload, ip) keep their series.
+func (m *Metrics) DeletePod(namespace, name string) {
+	pod := namespace + "/" + name
+	for _, h := range m.handlers {
+		o := h.ctx
+		var matches []prometheus.Labels
+		if slices.Contains(o.Source, ContextPod) || slices.Contains(o.SourceEgress, ContextPod) || slices.Contains(o.SourceIngress, ContextPod) {
+			matches = append(matches, prometheus.Labels{"source": pod})
+		}
+		if slices.Contains(o.Destination, ContextPod) || slices.Contains(o.DestinationEgress, ContextPod) || slices.Contains(o.DestinationIngress, ContextPod) {
+			matches = append(matches, prometheus.Labels{"destination": pod})
+		}
+		for _, side := range []string{"source", "destination"} {
+			if slices.Contains(o.Labels, side+"_pod") && slices.Contains(o.Labels, side+"_namespace") {
+				matches = append(matches, prometheus.Labels{side + "_pod": name, side + "_namespace": namespace})
+			}
+		}
+		if len(matches) == 0 {
+			continue
+		}
+		// The known counters go with the series: a later flow of that pod
+		// starts a new series.
+		h.mu.Lock()
+		for _, l := range matches {
+			h.vec.DeletePartialMatch(l)
+		}
+		clear(h.counters)
+		h.mu.Unlock()
 	}
 }

@@ -203,6 +203,38 @@ hubble_flows_processed_total{destination="payments.shop.svc,pay.example.com",pro
 	}
 }
 
+// DeletePod removes the series of a deleted pod, in the metrics and
+// contexts that name it, and a later flow of a pod of that name counts anew.
+func TestDeletePod(t *testing.T) {
+	m, reg := newMetrics(t, "flow:sourceContext=pod", "drop:labelsContext=destination_namespace,destination_pod",
+		"tcp:sourceContext=pod-name")
+	syn := &flowpb.TCPFlags{SYN: true}
+	m.Observe(tcpFlow(flowpb.Verdict_DROPPED, syn, false))
+	other := tcpFlow(flowpb.Verdict_DROPPED, syn, false)
+	other.Source.PodName, other.Destination.PodName = "frontend-other", "payments-1"
+	m.Observe(other)
+	m.Observe(tcpFlow(flowpb.Verdict_FORWARDED, syn, false))
+
+	m.DeletePod("shop", "frontend-7d9f") // the source of the first flows
+	m.DeletePod("shop", "payments-1")    // the destination of the other
+	expect(t, reg, `
+# HELP hubble_flows_processed_total Total number of flows processed
+# TYPE hubble_flows_processed_total counter
+hubble_flows_processed_total{protocol="TCP",source="shop/frontend-other",subtype="",type="Drop",verdict="DROPPED"} 1
+# HELP hubble_drop_total Number of drops
+# TYPE hubble_drop_total counter
+hubble_drop_total{destination_namespace="shop",destination_pod="payments-0",protocol="TCP",reason="POLICY_DENIED"} 1
+# HELP hubble_tcp_flags_total TCP flag occurrences
+# TYPE hubble_tcp_flags_total counter
+hubble_tcp_flags_total{family="IPv4",flag="SYN",source="frontend-7d9f"} 1
+`)
+	m.Observe(tcpFlow(flowpb.Verdict_FORWARDED, syn, false))
+	got := testutil.ToFloat64(m.handlers[0].vec.WithLabelValues("TCP", "Trace", "from-endpoint", "FORWARDED", "shop/frontend-7d9f"))
+	if got != 1 {
+		t.Errorf("a flow of a deleted pod's name after DeletePod: counted %v, want 1 in a new series", got)
+	}
+}
+
 func TestRegisterTwice(t *testing.T) {
 	cfg, err := Parse([]string{"drop"})
 	if err != nil {
