@@ -81,7 +81,8 @@ func (w *WireGuardConfig) registerFlags(fs *pflag.FlagSet) {
 var (
 	policyOnly  = []string{"policy-default-local-cluster", "policy-audit-namespaces"}
 	observeOnly = []string{"flow-sample-rate", "flow-trace-new", "hubble-socket-path", "hubble-listen-address",
-		"hubble-tls-cert-file", "hubble-tls-key-file", "hubble-tls-client-ca-files", "hubble-event-buffer-capacity"}
+		"hubble-tls-cert-file", "hubble-tls-key-file", "hubble-tls-client-ca-files", "hubble-event-buffer-capacity",
+		"hubble-metrics", "hubble-flowlogs-config-path"}
 )
 
 func (p *PolicyConfig) registerFlags(fs *pflag.FlagSet) {

@@ -7,13 +7,17 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/flowexport"
+	"github.com/clustermesh/clustermesh/flowmetrics"
 	"github.com/clustermesh/clustermesh/observe"
 )
 
@@ -38,6 +42,14 @@ type HubbleConfig struct {
 	// EventBufferCapacity is how many flows the agent keeps for requests
 	// of past flows (--hubble-event-buffer-capacity).
 	EventBufferCapacity int
+	// Metrics are the flow metrics to count, in Hubble's syntax
+	// (--hubble-metrics, package flowmetrics): "drop:sourceContext=pod",
+	// "flow", ...; none by default.
+	Metrics []string
+	// FlowLogsConfig is the flow export's configuration file
+	// (--hubble-flowlogs-config-path, package flowexport), re-read when it
+	// changes; empty: no export.
+	FlowLogsConfig string
 }
 
 // Defaults of HubbleConfig.
@@ -55,6 +67,8 @@ func (h *HubbleConfig) registerFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&h.TLSCertFile, "hubble-tls-cert-file", h.TLSCertFile, "the node's Observer server certificate, of the mesh CA (clustermesh ca issue-hubble-server)")
 	fs.StringVar(&h.TLSKeyFile, "hubble-tls-key-file", h.TLSKeyFile, "the key of --hubble-tls-cert-file")
 	fs.StringVar(&h.TLSClientCAFile, "hubble-tls-client-ca-files", h.TLSClientCAFile, "the mesh CA: clients of --hubble-listen-address must present a certificate it signed")
+	fs.StringArrayVar(&h.Metrics, "hubble-metrics", h.Metrics, "flow metrics to count on --metrics-addr, as Hubble names them, space-separated or repeated: flow, drop, tcp, port-distribution, icmp, each with options (\"drop:sourceContext=namespace|pod;destinationContext=pod;labelsContext=source_namespace,destination_namespace\"); see docs/observe.md")
+	fs.StringVar(&h.FlowLogsConfig, "hubble-flowlogs-config-path", h.FlowLogsConfig, "export flows to JSON-lines files as this file says (flowLogs: entries with filters, field masks and rotation), re-read when it changes; see docs/observe.md")
 	fs.IntVar(&h.EventBufferCapacity, "hubble-event-buffer-capacity", h.EventBufferCapacity, "flows kept for requests of past flows (hubble observe --last N); the oldest is overwritten")
 }
 
@@ -66,11 +80,55 @@ func (h *HubbleConfig) validate() error {
 	if h.EventBufferCapacity < 1 {
 		return fmt.Errorf("--hubble-event-buffer-capacity %d: want at least 1", h.EventBufferCapacity)
 	}
+	if _, err := flowmetrics.Parse(h.metricSpecs()); err != nil {
+		return fmt.Errorf("--hubble-metrics: %w", err)
+	}
 	if h.ListenAddress != "" && (h.TLSCertFile == "" || h.TLSKeyFile == "" || h.TLSClientCAFile == "") {
 		return errors.New("--hubble-listen-address serves flows only with mutual TLS: set --hubble-tls-cert-file, --hubble-tls-key-file and --hubble-tls-client-ca-files (the mesh CA)")
 	}
 	return nil
 }
+
+// metricSpecs are the metrics' specs, each flag value split on white space.
+func (h *HubbleConfig) metricSpecs() []string {
+	var out []string
+	for _, v := range h.Metrics {
+		out = append(out, strings.Fields(v)...)
+	}
+	return out
+}
+
+// buildFlowOutputs makes the hub's flow metrics and the flow export.
+func (n *Node) buildFlowOutputs() error {
+	h := &n.cfg.Hubble
+	mc, err := flowmetrics.Parse(h.metricSpecs())
+	if err != nil {
+		return fmt.Errorf("--hubble-metrics: %w", err)
+	}
+	n.flowMetrics = &collectorList{}
+	if n.metrics, err = flowmetrics.New(mc, n.flowMetrics); err != nil {
+		return fmt.Errorf("creating the flow metrics: %w", err)
+	}
+	if h.FlowLogsConfig == "" {
+		return nil
+	}
+	n.export, err = flowexport.New(flowexport.Config{Path: h.FlowLogsConfig, NodeName: n.cfg.hubbleNodeName(),
+		Logger: n.log, Registerer: n.flowMetrics})
+	if err != nil {
+		return fmt.Errorf("configuring the flow export: %w", err)
+	}
+	return nil
+}
+
+// collectorList is a prometheus.Registerer that keeps what is registered,
+// for the agent's metrics server.
+type collectorList struct{ cs []prometheus.Collector }
+
+func (l *collectorList) Register(c prometheus.Collector) error { l.cs = append(l.cs, c); return nil }
+
+func (l *collectorList) MustRegister(cs ...prometheus.Collector) { l.cs = append(l.cs, cs...) }
+
+func (l *collectorList) Unregister(prometheus.Collector) bool { return false }
 
 // observing: the node reads and serves flows (the eBPF datapath, a node
 // name whose endpoints to observe, Hubble on).

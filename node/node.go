@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,8 @@ import (
 	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/flowexport"
+	"github.com/clustermesh/clustermesh/flowmetrics"
 	"github.com/clustermesh/clustermesh/k8spolicy"
 	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -68,6 +71,12 @@ type Node struct {
 	kube     *k8spolicy.Watcher
 	hub      *observe.Hub
 	names    *flowNames // the hub's enricher, nil without a hub
+	// The hub's outputs beside its API: flowMetrics holds the flow
+	// metrics' collectors (metrics counts), export the flow export (nil
+	// without its configuration).
+	flowMetrics *collectorList
+	metrics     *flowmetrics.Metrics
+	export      *flowexport.Manager
 
 	running   atomic.Bool
 	closeOnce sync.Once
@@ -219,9 +228,12 @@ func (n *Node) buildPolicy(ids *identityRelay) error {
 		}
 	}
 	if n.progs != nil && c.Hubble.Enable {
+		if err := n.buildFlowOutputs(); err != nil {
+			return err
+		}
 		n.names = &flowNames{cluster: c.Sync.ClusterName, enf: enf, sync: n.sync, local: n.local.view()}
 		n.hub = observe.NewHub(observe.Config{Enricher: n.names, NodeName: c.hubbleNodeName(),
-			Capacity: c.Hubble.EventBufferCapacity, Logger: n.log})
+			Capacity: c.Hubble.EventBufferCapacity, Logger: n.log, OnFlow: []func(*flowpb.Flow){n.metrics.Observe}})
 	}
 	return nil
 }
@@ -243,14 +255,14 @@ func (n *Node) Run(ctx context.Context) error {
 	if lb != nil {
 		defer lb.Close()
 	}
-	flows, err := n.openFlows()
+	srcs, err := n.openFlows(lb)
 	if err != nil {
 		return err
 	}
-	if flows != nil {
-		defer flows.Close()
+	for _, r := range srcs {
+		defer r.Close()
 	}
-	return runParts(ctx, n.parts(flows))
+	return runParts(ctx, n.parts(srcs))
 }
 
 // Close releases what New opened (the datapath, the policy maps) for a
@@ -290,12 +302,14 @@ func (n *Node) attachSocketLB() (*socklb.LB, error) {
 }
 
 // openFlows sets what the policy programs report and opens their flow
-// events, when there is a hub to read them.
-func (n *Node) openFlows() (*flows.Reader, error) {
+// events, and the socket load balancer's translations, when there is a
+// hub to read them.
+func (n *Node) openFlows(lb *socklb.LB) ([]*flows.Reader, error) {
 	if n.hub == nil {
 		return nil, nil
 	}
-	fc := flows.Config{SampleRate: n.cfg.Policy.FlowSampleRate, TraceNew: n.cfg.Policy.FlowTraceNew, ClusterID: uint16(n.cfg.Sync.ClusterID)}
+	fc := flows.Config{SampleRate: n.cfg.Policy.FlowSampleRate, TraceNew: n.cfg.Policy.FlowTraceNew,
+		PolicyVerdicts: true, ClusterID: uint16(n.cfg.Sync.ClusterID)}
 	if err := n.progs.SetFlowConfig(fc); err != nil {
 		return nil, fmt.Errorf("configuring the flow events: %w", err)
 	}
@@ -303,7 +317,15 @@ func (n *Node) openFlows() (*flows.Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the flow events: %w", err)
 	}
-	return r, nil
+	if lb == nil {
+		return []*flows.Reader{r}, nil
+	}
+	t, err := lb.OpenEvents()
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("opening the socket load balancer's translation events: %w", err)
+	}
+	return []*flows.Reader{r, t}, nil
 }
 
 // Sync is the sync agent: the remotes, their status and the merge.
@@ -338,6 +360,7 @@ func (n *Node) collectors() []prometheus.Collector {
 	}
 	if n.hub != nil {
 		out = append(out, n.hub.Collector())
+		out = append(out, n.flowMetrics.cs...)
 	}
 	return out
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath/flows"
 	"github.com/clustermesh/clustermesh/internal/metricsserver"
+	"github.com/clustermesh/clustermesh/observe"
 )
 
 // part is one long-running piece of the agent.
@@ -17,8 +18,9 @@ type part struct {
 	run func(context.Context) error
 }
 
-// parts are the agent's pieces for Run; flows is nil without a hub.
-func (n *Node) parts(flows *flows.Reader) []part {
+// parts are the agent's pieces for Run; srcs are the hub's flow sources
+// (none without a hub).
+func (n *Node) parts(srcs []*flows.Reader) []part {
 	c := &n.cfg
 	ps := []part{
 		{"reading the local state", n.local.Run},
@@ -37,9 +39,13 @@ func (n *Node) parts(flows *flows.Reader) []part {
 	if n.kube != nil {
 		ps = append(ps, part{"watching the cluster's policies", n.kube.Run})
 	}
-	if flows != nil {
+	if len(srcs) > 0 {
 		ps = append(ps, part{"reading the flows", func(ctx context.Context) error {
-			if err := n.hub.Run(ctx, flows); err != nil {
+			sources := make([]observe.Source, len(srcs))
+			for i, r := range srcs {
+				sources[i] = r
+			}
+			if err := n.hub.Run(ctx, sources...); err != nil {
 				// Policy keeps being enforced; only observation stops.
 				n.log.Error("flow events can no longer be read: 'hubble observe' shows no new flows (restart the agent)", "err", err)
 				<-ctx.Done()
@@ -48,6 +54,9 @@ func (n *Node) parts(flows *flows.Reader) []part {
 		}},
 			part{"naming services for flows", n.names.run},
 			part{"serving Hubble's Observer API", n.serveObserver})
+	}
+	if n.export != nil && len(srcs) > 0 {
+		ps = append(ps, part{"exporting flows", func(ctx context.Context) error { return n.export.Run(ctx, n.hub) }})
 	}
 	if c.StatusAddr != "" {
 		ps = append(ps, part{"serving the status", func(ctx context.Context) error {

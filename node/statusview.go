@@ -50,6 +50,7 @@ func PrintStatus(w io.Writer, full Status, asJSON bool) error {
 	printWireGuard(w, full.WireGuard)
 	printPolicy(w, full.Policy)
 	printKubernetesPolicy(w, full.KubernetesPolicy)
+	printHubble(w, full.Hubble)
 	return nil
 }
 
@@ -74,6 +75,30 @@ func printKubernetesPolicy(w io.Writer, k *k8spolicy.Status) {
 			kept = "its last valid version is enforced"
 		}
 		fmt.Fprintf(w, "  invalid %s %s/%s (%s): %s\n", o.Kind, o.Namespace, o.Name, kept, o.Error)
+	}
+}
+
+// printHubble renders the flow server's line.
+func printHubble(w io.Writer, h *HubbleStatus) {
+	if h == nil {
+		fmt.Fprintln(w, "Flows: off (needs the eBPF datapath, --enable-hubble and --node-name)")
+		return
+	}
+	where := h.Socket
+	if h.Address != "" {
+		where = strings.TrimPrefix(where+" and "+h.Address, " and ")
+	}
+	fmt.Fprintf(w, "Flows: served on %s; %d seen, ring %d/%d, %d observers following, lost %d (datapath) %d (slow observers)\n",
+		orDash(where), h.Flows, h.Kept, h.Capacity, h.Subscribers, h.LostDatapath, h.LostSubscriber)
+	if h.Export == nil {
+		return
+	}
+	if h.Export.ConfigError != "" {
+		fmt.Fprintf(w, "warning: flow export: %s (the last valid exporters keep running)\n", h.Export.ConfigError)
+	}
+	for _, e := range h.Export.Exporters {
+		fmt.Fprintf(w, "Flow export %s: %s, %d flows written, %d lost, %d write errors %s\n",
+			e.Name, e.FilePath, e.FlowsWritten, e.LostEvents, e.WriteErrors, e.LastError)
 	}
 }
 

@@ -95,3 +95,27 @@ func TestStatusViewRemoteWarnings(t *testing.T) {
 		}
 	}
 }
+
+// The flow server's line: off, and serving with its counts.
+func TestStatusViewHubble(t *testing.T) {
+	base := agentsync.Status{Cluster: "east", ClusterID: 1, Datapath: "ebpf"}
+	var out bytes.Buffer
+	if err := PrintStatus(&out, Status{Status: base}, false); err != nil || !strings.Contains(out.String(), "Flows: off") {
+		t.Errorf("off: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	h := &HubbleStatus{Socket: "/run/h.sock", Address: ":4244"}
+	h.Flows, h.Kept, h.Capacity, h.Subscribers, h.LostDatapath, h.LostSubscriber = 1200, 1000, 4095, 2, 3, 4
+	if err := PrintStatus(&out, Status{Status: base, Hubble: h}, false); err != nil {
+		t.Fatal(err)
+	}
+	want := "Flows: served on /run/h.sock and :4244; 1200 seen, ring 1000/4095, 2 observers following, lost 3 (datapath) 4 (slow observers)"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("lacks %q:\n%s", want, out.String())
+	}
+	out.Reset()
+	if err := PrintStatus(&out, Status{Status: base, Hubble: h}, true); err != nil || !strings.Contains(out.String(), `"hubble": {`) ||
+		!strings.Contains(out.String(), `"flows": 1200`) {
+		t.Errorf("JSON: %v\n%s", err, out.String())
+	}
+}
