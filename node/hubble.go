@@ -138,8 +138,9 @@ func (c *Config) observing() bool { return c.Hubble.Enable && c.NodeName != "" }
 // names nodes in a mesh.
 func (c *Config) hubbleNodeName() string { return c.Sync.ClusterName + "/" + c.NodeName }
 
-// serveObserver serves the Observer API on the unix socket and the TCP
-// address until ctx is done.
+// serveObserver serves the Observer API, and the Peer service (every node
+// of the mesh with its Observer's address), on the unix socket and the
+// TCP address until ctx is done.
 func (n *Node) serveObserver(ctx context.Context) error {
 	h := &n.cfg.Hubble
 	srv := observe.NewServer(n.hub, h.ListenAddress)
@@ -152,6 +153,7 @@ func (n *Node) serveObserver(ctx context.Context) error {
 		}
 		g := grpc.NewServer()
 		srv.Register(g)
+		n.peers.srv.Register(g)
 		servers, listeners = append(servers, g), append(listeners, l)
 	}
 	if h.ListenAddress != "" {
@@ -167,6 +169,7 @@ func (n *Node) serveObserver(ctx context.Context) error {
 		}
 		g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)))
 		srv.Register(g)
+		n.peers.srv.Register(g)
 		servers, listeners = append(servers, g), append(listeners, l)
 	}
 	n.log.Info("serving Hubble's Observer API", "socket", h.SocketPath, "address", h.ListenAddress)

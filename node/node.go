@@ -71,6 +71,7 @@ type Node struct {
 	kube     *k8spolicy.Watcher
 	hub      *observe.Hub
 	names    *flowNames // the hub's enricher, nil without a hub
+	peers    *meshPeers // Hubble's Peer service, nil without a hub
 	// The hub's outputs beside its API: flowMetrics holds the flow
 	// metrics' collectors (metrics counts), export the flow export (nil
 	// without its configuration).
@@ -145,9 +146,6 @@ func (n *Node) build() error {
 	sc := c.Sync
 	sc.LocalSource, sc.Datapath, sc.Logger = n.local.view(), n.dp, n.log
 	sc.Identities, sc.OnRemoteNodes, sc.RecheckFlows, sc.NodeName = nil, nil, nil, ""
-	if n.wg != nil {
-		sc.OnRemoteNodes = n.wg.SetRemoteNodes
-	}
 	var ids *identityRelay
 	if c.Policy.enabled() || c.observing() {
 		if err := n.openPolicy(); err != nil {
@@ -160,6 +158,10 @@ func (n *Node) build() error {
 			sc.RecheckFlows = n.progs.RecheckFlows // cached verdicts follow ipcache identity changes
 		}
 	}
+	if n.progs != nil && c.Hubble.Enable {
+		n.peers = newMeshPeers(c.Sync.ClusterName, n.local.view(), n.log)
+	}
+	sc.OnRemoteNodes = n.onRemoteNodes
 	var err error
 	if n.sync, err = agentsync.New(sc); err != nil {
 		return fmt.Errorf("configuring the sync agent: %w", err)
@@ -168,6 +170,17 @@ func (n *Node) build() error {
 		return n.buildPolicy(ids)
 	}
 	return nil
+}
+
+// onRemoteNodes hands every remote's nodes to WireGuard and to the peer
+// service (nil when neither runs).
+func (n *Node) onRemoteNodes(nodes []*wire.Node) {
+	if n.wg != nil {
+		n.wg.SetRemoteNodes(nodes)
+	}
+	if n.peers != nil {
+		n.peers.setRemoteNodes(nodes)
+	}
 }
 
 // identityRelay hands the sync agent's identities to the enforcer. The
@@ -361,6 +374,7 @@ func (n *Node) collectors() []prometheus.Collector {
 	if n.hub != nil {
 		out = append(out, n.hub.Collector())
 		out = append(out, n.flowMetrics.cs...)
+		out = append(out, n.peers.srv.Collector())
 	}
 	return out
 }

@@ -53,6 +53,7 @@ func (n *Node) parts(srcs []*flows.Reader) []part {
 			return nil
 		}},
 			part{"naming services for flows", n.names.run},
+			part{"following the mesh's nodes for the peer service", n.peers.run},
 			part{"serving Hubble's Observer API", n.serveObserver})
 	}
 	if n.export != nil && len(srcs) > 0 {
