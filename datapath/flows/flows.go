@@ -282,6 +282,12 @@ func (r *Reader) wall(mono uint64) time.Time {
 	return time.Unix(0, int64(mono)+r.offset)
 }
 
+// PollInterval is how often a Reader waiting for events looks at its ring
+// buffer: the programs wake it only once a quarter of the ring is full
+// (a wakeup costs microseconds on the packet's path), so an event waits up
+// to this long before Read returns it.
+const PollInterval = 50 * time.Millisecond
+
 // Read returns the next flow, waiting for one until ctx is done (then it
 // returns ctx's error). After Close it returns datapath.ErrClosed.
 func (r *Reader) Read(ctx context.Context) (Flow, error) {
@@ -291,8 +297,15 @@ func (r *Reader) Read(ctx context.Context) (Flow, error) {
 	stop := context.AfterFunc(ctx, func() { r.rd.Flush() })
 	defer stop()
 	for {
+		r.rd.SetDeadline(time.Now().Add(PollInterval))
 		err := r.rd.ReadInto(&r.rec)
 		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// Nothing yet (events submitted without a wakeup are read
+			// before this error is returned).
+			if ctx.Err() != nil {
+				return Flow{}, ctx.Err()
+			}
 		case err == nil:
 			f, ok := decode(r.rec.RawSample, r.wall)
 			if !ok {

@@ -1,6 +1,7 @@
 package socklb
 
 import (
+	"context"
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,12 +59,38 @@ func newConnectBench(tb testing.TB) *connectBench {
 	}
 	tb.Cleanup(func() { lb.Close() })
 	e.lb = lb
+	drainEvents(tb, lb)
 	e.ns = "cmt-" + dptest.RandomID(tb) + "-bench"
 	dptest.NewNetns(tb, e.ns)
 
 	e.acc = newAcceptor(tb)
 	e.port = e.listen(tb, netip.AddrPortFrom(netip.IPv4Unspecified(), 0))
 	return e
+}
+
+// drainEvents reads lb's translation events until the test ends, as the
+// agent does (so that the figures include writing them), and logs how many
+// it read and how many were lost.
+func drainEvents(tb testing.TB, lb *LB) {
+	tb.Helper()
+	r, err := lb.OpenEvents()
+	dptest.NoErr(tb, err)
+	var read atomic.Uint64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			if _, err := r.Read(context.Background()); err != nil {
+				return
+			}
+			read.Add(1)
+		}
+	})
+	tb.Cleanup(func() {
+		lost, _ := r.Lost()
+		r.Close()
+		wg.Wait()
+		tb.Logf("translation events: %d read, %d lost", read.Load(), lost)
+	})
 }
 
 // listen serves addr in the namespace until cleanup and returns its port.

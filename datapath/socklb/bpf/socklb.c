@@ -266,6 +266,16 @@ static __always_inline int refuse(void)
 	return SYS_REJECT;
 }
 
+/* wakeup is the flag of an event's submit: the reader is woken only once a
+ * quarter of the ring waits (each wakeup, an irq_work that schedules the
+ * reader's thread, costs microseconds on the packet's or the socket's
+ * path); meanwhile it polls (datapath/flows: Reader, every PollInterval). */
+static __always_inline __u64 wakeup(void *ring)
+{
+	return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4 ?
+		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 /* report writes the event of a translation: rk is the backend and rv the
  * frontend, as the socket sees them. */
 static __always_inline void report(struct bpf_sock_addr *ctx, const struct cm_sock_revnat_key *rk,
@@ -305,7 +315,7 @@ static __always_inline void report(struct bpf_sock_addr *ctx, const struct cm_so
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	__builtin_memcpy(e->service_addr, rv->addr, 16);
 	e->service_port = rv->port;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup(&cm_sock_events));
 	count(CNT_EVENTS);
 }
 

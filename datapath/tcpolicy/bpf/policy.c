@@ -646,6 +646,16 @@ static __always_inline struct cm_policy_value *policy_lookup(__u32 endpoint, __u
 	return bpf_map_lookup_elem(&cm_policy, &key);
 }
 
+/* wakeup is the flag of an event's submit: the reader is woken only once a
+ * quarter of the ring waits (each wakeup, an irq_work that schedules the
+ * reader's thread, costs microseconds on the packet's or the socket's
+ * path); meanwhile it polls (datapath/flows: Reader, every PollInterval). */
+static __always_inline __u64 wakeup(void *ring)
+{
+	return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4 ?
+		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 /* What an event says beyond the packet and its peer. */
 struct verdict {
 	__u8 kind;       /* KIND_* */
@@ -696,7 +706,7 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u
 	e->match_type = v.match_type;
 	e->pad = 0;
 	e->pad2 = 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup(&cm_policy_flows));
 	count(CNT_EVENTS, 1);
 }
 
