@@ -65,3 +65,25 @@ func TestParseAuditNamespaces(t *testing.T) {
 		t.Errorf("Validate with an invalid audit namespace: %v", err)
 	}
 }
+
+// FuzzParseAuditNamespaces: any list parses or is refused with
+// ErrInvalidConfig; what parses validates, and holds only names and "*".
+func FuzzParseAuditNamespaces(f *testing.F) {
+	for _, s := range []string{"", "shop", "shop, payments", "*", "Shop", "a,,b", "kube-system,*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, list string) {
+		got, err := ParseAuditNamespaces(list)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("error %v does not wrap ErrInvalidConfig", err)
+			}
+			return
+		}
+		cfg := Config{ClusterName: "east", NodeName: "n", Policy: tcpolicy.NewMemory(), AuditNamespaces: got}
+		cfg.withDefaults()
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("%q parsed to %v, which does not validate: %v", list, got, err)
+		}
+	})
+}
