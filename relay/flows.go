@@ -24,7 +24,8 @@ import (
 type event struct {
 	name   string
 	opened bool
-	resp   *observerpb.GetFlowsResponse
+	frame  frame
+	flow   bool // frame is set
 	ended  bool
 	err    error
 }
@@ -229,7 +230,7 @@ func (fr *flowRequest) start(p peerState, ps *peerStream) {
 	fr.wg.Add(1)
 	go func() {
 		defer fr.wg.Done()
-		err := fr.pull(ctx, observerpb.NewObserverClient(p.conn), p.peer.Name, req)
+		err := fr.pull(ctx, p.conn, p.peer.Name, req)
 		select {
 		case fr.events <- event{name: p.peer.Name, ended: true, err: err}:
 		case <-fr.ctx.Done():
@@ -237,10 +238,20 @@ func (fr *flowRequest) start(p peerState, ps *peerStream) {
 	}()
 }
 
-// pull passes the peer's responses to the request until its stream ends.
-func (fr *flowRequest) pull(ctx context.Context, cl observerpb.ObserverClient, name string, req *observerpb.GetFlowsRequest) error {
-	st, err := cl.GetFlows(ctx, req)
+// getFlowsDesc is the GetFlows stream, called with the relay's codec.
+var getFlowsDesc = &grpc.StreamDesc{StreamName: "GetFlows", ServerStreams: true}
+
+// pull passes the peer's responses to the request until its stream ends:
+// as frames, read for their time only.
+func (fr *flowRequest) pull(ctx context.Context, conn grpc.ClientConnInterface, name string, req *observerpb.GetFlowsRequest) error {
+	st, err := conn.NewStream(ctx, getFlowsDesc, observerpb.Observer_GetFlows_FullMethodName, grpc.ForceCodecV2(codec{}))
 	if err != nil {
+		return err
+	}
+	if err := st.SendMsg(req); err != nil {
+		return err
+	}
+	if err := st.CloseSend(); err != nil {
 		return err
 	}
 	send := func(ev event) bool {
@@ -254,15 +265,24 @@ func (fr *flowRequest) pull(ctx context.Context, cl observerpb.ObserverClient, n
 	if !send(event{name: name, opened: true}) {
 		return ctx.Err()
 	}
+	f := &frame{} // reused: each RecvMsg gives it a new buffer
 	for {
-		resp, err := st.Recv()
+		err := st.RecvMsg(f)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		if !send(event{name: name, resp: resp}) {
+		fi, err := readFrame(f.b)
+		if err != nil {
+			return fmt.Errorf("reading a response of %s: %w", name, err)
+		}
+		f.at = fi.at
+		if !fi.hasNodeName {
+			f.b = withNodeName(f.b, name)
+		}
+		if !send(event{name: name, frame: *f, flow: true}) {
 			return ctx.Err()
 		}
 	}
@@ -278,8 +298,8 @@ func (fr *flowRequest) handle(ev event) {
 			ps.told = relaypb.NodeState_NODE_CONNECTED
 			fr.connected = append(fr.connected, ev.name)
 		}
-	case ev.resp != nil:
-		fr.accept(ev.name, ps, ev.resp)
+	case ev.flow:
+		fr.accept(ps, ev.frame)
 	case ev.ended:
 		fr.opened(ps)
 		ps.running, ps.cancel = false, nil
@@ -306,18 +326,15 @@ func (fr *flowRequest) opened(ps *peerStream) {
 }
 
 // accept takes a peer's response into the merge (or the bounded set).
-func (fr *flowRequest) accept(name string, ps *peerStream, resp *observerpb.GetFlowsResponse) {
-	if resp.NodeName == "" {
-		resp.NodeName = name
-	}
-	if t := respTime(resp); t > ps.last.UnixNano() || !ps.seen {
-		ps.last, ps.seen = time.Unix(0, t), true
+func (fr *flowRequest) accept(ps *peerStream, f frame) {
+	if f.at > ps.last.UnixNano() || !ps.seen {
+		ps.last, ps.seen = time.Unix(0, f.at), true
 	}
 	if fr.bounded != nil {
-		fr.bounded.add(resp)
+		fr.bounded.add(f)
 		return
 	}
-	fr.merge.push(&ps.src, resp, time.Now())
+	fr.merge.push(&ps.src, f, time.Now())
 }
 
 // flush sends the node status events, then every response the merge lets go.
@@ -329,8 +346,8 @@ func (fr *flowRequest) flush() error {
 		return err
 	}
 	now := time.Now()
-	for r := fr.merge.next(now); r != nil; r = fr.merge.next(now) {
-		if err := fr.send(r); err != nil {
+	for f, ok := fr.merge.next(now); ok; f, ok = fr.merge.next(now) {
+		if err := fr.send(f); err != nil {
 			return err
 		}
 	}
@@ -342,14 +359,14 @@ func (fr *flowRequest) finish() error {
 	if err := fr.sendStatus(); err != nil {
 		return err
 	}
-	for r := fr.merge.pop(); r != nil; r = fr.merge.pop() {
-		if err := fr.send(r); err != nil {
+	for f, ok := fr.merge.pop(); ok; f, ok = fr.merge.pop() {
+		if err := fr.send(f); err != nil {
 			return err
 		}
 	}
 	if fr.bounded != nil {
-		for _, r := range fr.bounded.sorted() {
-			if err := fr.send(r); err != nil {
+		for _, f := range fr.bounded.sorted() {
+			if err := fr.send(f); err != nil {
 				return err
 			}
 		}
@@ -357,8 +374,10 @@ func (fr *flowRequest) finish() error {
 	return nil
 }
 
-func (fr *flowRequest) send(r *observerpb.GetFlowsResponse) error {
-	if err := fr.stream.Send(r); err != nil {
+// send passes a peer's response on as it came (the server's codec is the
+// relay's: see codec).
+func (fr *flowRequest) send(f frame) error {
+	if err := fr.stream.SendMsg(&f); err != nil {
 		return fmt.Errorf("sending to the client: %w", err)
 	}
 	fr.s.metrics.flows.Add(1)

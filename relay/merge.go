@@ -1,11 +1,10 @@
 package relay
 
 import (
+	"cmp"
 	"container/heap"
 	"slices"
 	"time"
-
-	observerpb "github.com/cilium/cilium/api/v1/observer"
 )
 
 // source is one peer's stream within a request, as the merge sees it.
@@ -16,19 +15,11 @@ type source struct {
 
 // item is one response waiting in the merge.
 type item struct {
-	resp    *observerpb.GetFlowsResponse
-	at      int64 // its time, ns since the epoch
+	f       frame
+	at      int64 // its time (negated in a bounded set of the first)
 	seq     uint64
 	arrived time.Time
 	src     *source
-}
-
-// respTime is the time of a response: its own, else its flow's.
-func respTime(r *observerpb.GetFlowsResponse) int64 {
-	if t := r.GetTime(); t != nil {
-		return t.AsTime().UnixNano()
-	}
-	return r.GetFlow().GetTime().AsTime().UnixNano()
 }
 
 // merge orders the responses of several streams by time. Each stream is in
@@ -67,37 +58,37 @@ func (m *merge) close(s *source) {
 	}
 }
 
-func (m *merge) push(s *source, r *observerpb.GetFlowsResponse, now time.Time) {
+func (m *merge) push(s *source, f frame, now time.Time) {
 	if s.live && s.queued == 0 {
 		m.liveEmpty--
 	}
 	s.queued++
 	m.seq++
-	heap.Push(&m.h, item{resp: r, at: respTime(r), seq: m.seq, arrived: now, src: s})
+	heap.Push(&m.h, item{f: f, at: f.at, seq: m.seq, arrived: now, src: s})
 }
 
-// next returns the response that may leave now, or nil.
-func (m *merge) next(now time.Time) *observerpb.GetFlowsResponse {
+// next returns the response that may leave now; false when none may.
+func (m *merge) next(now time.Time) (frame, bool) {
 	if len(m.h) == 0 {
-		return nil
+		return frame{}, false
 	}
 	if len(m.h) <= m.max && m.liveEmpty > 0 && now.Sub(m.h[0].arrived) < m.window {
-		return nil
+		return frame{}, false
 	}
 	return m.pop()
 }
 
-// pop removes the oldest response (nil when empty).
-func (m *merge) pop() *observerpb.GetFlowsResponse {
+// pop removes the oldest response; false when empty.
+func (m *merge) pop() (frame, bool) {
 	if len(m.h) == 0 {
-		return nil
+		return frame{}, false
 	}
 	it := heap.Pop(&m.h).(item)
 	it.src.queued--
 	if it.src.live && it.src.queued == 0 {
 		m.liveEmpty++
 	}
-	return it.resp
+	return it.f, true
 }
 
 // wake is when the oldest waiting response will have waited the window
@@ -141,34 +132,27 @@ type bounded struct {
 	seq   uint64
 }
 
-func (b *bounded) add(r *observerpb.GetFlowsResponse) {
-	at := respTime(r)
+func (b *bounded) add(f frame) {
+	at := f.at
 	if b.first {
 		at = -at
 	}
 	b.seq++
-	heap.Push(&b.h, item{resp: r, at: at, seq: b.seq})
+	heap.Push(&b.h, item{f: f, at: at, seq: b.seq})
 	if len(b.h) > b.n {
 		heap.Pop(&b.h)
 	}
 }
 
 // sorted returns the kept responses, oldest first.
-func (b *bounded) sorted() []*observerpb.GetFlowsResponse {
+func (b *bounded) sorted() []frame {
 	items := slices.Clone(b.h)
 	slices.SortFunc(items, func(x, y item) int {
-		ax, ay := respTime(x.resp), respTime(y.resp)
-		switch {
-		case ax < ay:
-			return -1
-		case ax > ay:
-			return 1
-		}
-		return int(x.seq) - int(y.seq)
+		return cmp.Or(cmp.Compare(x.f.at, y.f.at), cmp.Compare(x.seq, y.seq))
 	})
-	out := make([]*observerpb.GetFlowsResponse, len(items))
+	out := make([]frame, len(items))
 	for i, it := range items {
-		out[i] = it.resp
+		out[i] = it.f
 	}
 	return out
 }

@@ -26,7 +26,7 @@ import (
 // serving with its cluster's Observer certificate on loopback, announced by
 // a peer service on a unix socket, and a relay in between.
 type testMesh struct {
-	t       *testing.T
+	t       testing.TB
 	ca      *ca.CA
 	dir     string
 	bundles map[string]ca.Bundle
@@ -49,7 +49,7 @@ type testNode struct {
 	cluster string
 }
 
-func newTestMesh(t *testing.T) *testMesh {
+func newTestMesh(t testing.TB) *testMesh {
 	t.Helper()
 	c, err := ca.New("mesh", time.Hour)
 	if err != nil {
@@ -267,4 +267,12 @@ func (m *testMesh) getFlows(req *observerpb.GetFlowsRequest) flowsResult {
 			r.flows = append(r.flows, resp)
 		}
 	}
+}
+
+// respTime is the time of a response: its own, else its flow's.
+func respTime(r *observerpb.GetFlowsResponse) int64 {
+	if t := r.GetTime(); t != nil {
+		return t.AsTime().UnixNano()
+	}
+	return r.GetFlow().GetTime().AsTime().UnixNano()
 }

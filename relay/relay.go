@@ -208,7 +208,7 @@ func (r *Relay) grpcServer() (*grpc.Server, *health.Server) {
 	if r.tls.server != nil {
 		creds = localOrTLS{TransportCredentials: credentials.NewTLS(r.tls.server)}
 	}
-	g := grpc.NewServer(grpc.Creds(creds))
+	g := grpc.NewServer(grpc.Creds(creds), grpc.ForceServerCodecV2(codec{}))
 	observerpb.RegisterObserverServer(g, r.server)
 	hs := health.NewServer()
 	hs.SetServingStatus(HealthService, healthpb.HealthCheckResponse_NOT_SERVING)
@@ -292,10 +292,6 @@ func (r *Relay) reportHealth(ctx context.Context, hs *health.Server) {
 		}
 	}
 }
-
-// Server is the relay's Observer service (for a caller that serves it
-// itself, or a test); valid once Serving is closed.
-func (r *Relay) Server() *Server { return r.server }
 
 var (
 	descPeers = prometheus.NewDesc("clustermesh_relay_peers",

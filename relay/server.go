@@ -24,7 +24,9 @@ import (
 const maxUnavailableReported = 10
 
 // Server is Hubble's Observer service for the whole mesh: every call is
-// answered from every peer of the pool.
+// answered from every peer of the pool. Relay.Run serves it with the
+// relay's codec, which passes the peers' responses on undecoded (another
+// gRPC server could not send them).
 type Server struct {
 	observerpb.UnimplementedObserverServer
 
