@@ -47,11 +47,12 @@ test: vet check-generate promtool
 	tools/hubble/build.sh $(CLUSTERMESH_HUBBLE) & hubble=$$!; \
 	trap 'kill $$build $$hubble 2>/dev/null || true' EXIT; \
 	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS); \
-	$(GO) test $(TESTFLAGS) $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS) $(HUBBLE_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
+	$(GO) test $(TESTFLAGS) -skip '^TestHubbleCLI' $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS) $(HUBBLE_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
 	wait $$build || { echo "building kube-apiserver failed"; exit 1; }; \
 	$(GO) test $(TESTFLAGS) $(K8S_PKGS); \
 	wait $$hubble || { echo "building hubble failed"; exit 1; }; \
-	$(GO) test $(TESTFLAGS) $(HUBBLE_PKGS)
+	$(GO) test $(TESTFLAGS) $(HUBBLE_PKGS); \
+	$(GO) test $(TESTFLAGS) -run '^TestHubbleCLI' ./localmesh
 	$(MAKE) --no-print-directory test-monitoring
 	$(MAKE) --no-print-directory test-interop
 
@@ -81,7 +82,7 @@ kube-apiserver:
 HUBBLE_VERSION     := v1.20.2
 CLUSTERMESH_HUBBLE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/clustermesh/hubble-$(HUBBLE_VERSION)
 export CLUSTERMESH_HUBBLE
-HUBBLE_PKGS := ./internal/hubbletest
+HUBBLE_PKGS := ./internal/hubbletest ./flowfilter ./hubbleflags
 
 hubble:
 	@tools/hubble/build.sh $(CLUSTERMESH_HUBBLE)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/clustermesh/clustermesh/flowmask"
 	"path/filepath"
 	"slices"
 	"time"
@@ -46,7 +47,7 @@ type flowLogConfig struct {
 type spec struct {
 	name       string
 	path       string
-	mask       fieldMask
+	mask       flowmask.Mask
 	maskPaths  []string
 	include    []*flowpb.FlowFilter
 	exclude    []*flowpb.FlowFilter
@@ -125,7 +126,7 @@ func (fl *flowLogConfig) spec() (*spec, error) {
 		s.end = *fl.End
 	}
 	var err error
-	if s.mask, s.maskPaths, err = compileFieldMask(fl.FieldMask); err != nil {
+	if s.mask, s.maskPaths, err = flowmask.Compile(fl.FieldMask); err != nil {
 		return nil, fmt.Errorf("%q: fieldMask: %w", fl.Name, err)
 	}
 	if err := s.compileFilters(fl); err != nil {

@@ -141,31 +141,6 @@ func TestSpecEqual(t *testing.T) {
 	}
 }
 
-func TestFieldMask(t *testing.T) {
-	m, paths, err := compileFieldMask([]string{"flow.source.namespace", "source", "l4.UDP", "IP.source"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Join(paths, ",") != "IP.source,l4.UDP,source" {
-		t.Errorf("normalized paths = %q", paths)
-	}
-	f := testFlow(flowpb.Verdict_DROPPED, 8080) // TCP: l4.UDP keeps nothing
-	got := m.apply(f)
-	if got.GetL4() != nil || got.GetSource().GetPodName() != "frontend-1" || got.GetIP().GetSource() != "10.1.2.3" ||
-		got.GetIP().GetDestination() != "" || got.GetVerdict() != flowpb.Verdict_VERDICT_UNKNOWN {
-		t.Errorf("masked flow = %v", got)
-	}
-	if _, _, err := compileFieldMask([]string{"verdict.x"}); err == nil {
-		t.Error("a path below a scalar field was accepted")
-	}
-	var none fieldMask
-	if none.apply(f) != f {
-		t.Error("an empty mask copies the flow")
-	}
-}
-
-// FuzzParseConfig: any file parses or is refused with ErrInvalidConfig, and
-// what parses has unique names and paths.
 func FuzzParseConfig(f *testing.F) {
 	f.Add(ciliumSample)
 	f.Add(twoExporters)
@@ -185,7 +160,7 @@ func FuzzParseConfig(f *testing.F) {
 				t.Fatalf("parseConfig accepted %+v", s)
 			}
 			names[s.name], paths[s.path] = true, true
-			s.mask.apply(testFlow(flowpb.Verdict_DROPPED, 1))
+			s.mask.Apply(testFlow(flowpb.Verdict_DROPPED, 1))
 		}
 	})
 }

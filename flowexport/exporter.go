@@ -83,7 +83,7 @@ func (e *exporter) close() error {
 // flowLine is a flow's export line with e's field mask applied.
 func flowLine(e *exporter, resp *observerpb.GetFlowsResponse, f *flowpb.Flow, nodeName string) ([]byte, error) {
 	out := &observerpb.GetFlowsResponse{
-		ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: e.spec.mask.apply(f)},
+		ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: e.spec.mask.Apply(f)},
 		NodeName:      firstNonEmpty(resp.GetNodeName(), f.GetNodeName(), nodeName),
 		Time:          resp.GetTime(),
 	}

@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +27,7 @@ import (
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
 )
 
 // ClusterSpec describes one cluster of the mesh.
@@ -59,6 +62,12 @@ type Options struct {
 	// apiserver config: they then read its identities and ipcache (policy
 	// needs the local pods' identities).
 	ReadOwnCluster bool
+	// Hubble: every whole node agent serves Hubble's Observer API and Peer
+	// service on a unix socket in Dir (Agent.HubbleSocket) and on a
+	// loopback port with mutual TLS from the mesh CA (Agent.HubbleAddress),
+	// published on its state node (wire.AnnotationHubbleAddress) so that
+	// relays find it.
+	Hubble bool
 }
 
 // Mesh is a running local mesh.
@@ -78,7 +87,8 @@ type Cluster struct {
 	Agents    []*Agent
 
 	mesh    *Mesh
-	addr    string // host:port the apiserver listens on, stable across restarts
+	hubble  map[string]string // state node → its agent's Observer address (Options.Hubble)
+	addr    string            // host:port the apiserver listens on, stable across restarts
 	mu      sync.Mutex
 	server  *meshapiserver.Server // guarded by mu
 	stopSrv context.CancelFunc    // guarded by mu
@@ -93,7 +103,10 @@ type Agent struct {
 	PinDir   string
 	// Node is the whole node agent when Options.Node made it one (Sync
 	// and Datapath are its parts); nil: the sync agent alone.
-	Node   *node.Node
+	Node *node.Node
+	// HubbleSocket and HubbleAddress are where the node agent serves
+	// Hubble's Observer API with Options.Hubble ("" otherwise).
+	HubbleSocket, HubbleAddress string
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -163,7 +176,30 @@ func (m *Mesh) newCluster(spec ClusterSpec) (*Cluster, error) {
 	if err := os.MkdirAll(c.ConfigDir, 0o700); err != nil {
 		return nil, err
 	}
+	if m.opts.Hubble {
+		if err := c.reserveHubble(); err != nil {
+			return nil, err
+		}
+	}
 	return c, c.WriteState(spec.State)
+}
+
+// reserveHubble issues the cluster's Observer certificates and reserves a
+// loopback port for each agent's Observer API.
+func (c *Cluster) reserveHubble() error {
+	if err := c.mesh.ca.IssueObserverBundle(c.Bundle); err != nil {
+		return fmt.Errorf("localmesh: Observer certificates of %s: %w", c.Name, err)
+	}
+	c.hubble = map[string]string{}
+	for i := 1; i <= c.mesh.opts.AgentsPerCluster; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fmt.Errorf("localmesh: reserving an Observer port: %w", err)
+		}
+		c.hubble[fmt.Sprintf("node-%d", i)] = l.Addr().String()
+		l.Close()
+	}
+	return nil
 }
 
 // Cluster returns the cluster called name, or nil.
@@ -177,8 +213,24 @@ func (m *Mesh) Cluster(name string) *Cluster {
 }
 
 // WriteState replaces the cluster's state file atomically; the apiserver and
-// the agents pick it up on their next poll.
+// the agents pick it up on their next poll. With Options.Hubble, each node
+// of the state that an agent runs on is annotated with its Observer
+// address (st is not modified).
 func (c *Cluster) WriteState(st *statesource.State) error {
+	if c.hubble != nil {
+		cp := *st
+		cp.Nodes = slices.Clone(st.Nodes)
+		for i := range cp.Nodes {
+			if addr, ok := c.hubble[cp.Nodes[i].Name]; ok {
+				cp.Nodes[i].Annotations = maps.Clone(cp.Nodes[i].Annotations)
+				if cp.Nodes[i].Annotations == nil {
+					cp.Nodes[i].Annotations = map[string]string{}
+				}
+				cp.Nodes[i].Annotations[wire.AnnotationHubbleAddress] = addr
+			}
+		}
+		st = &cp
+	}
 	b, err := yaml.Marshal(st)
 	if err != nil {
 		return err
@@ -347,6 +399,13 @@ func (c *Cluster) newNode(a *Agent, sync agentsync.Config) (func(context.Context
 	cfg.Sync, cfg.Source, cfg.Logger = sync, sync.LocalSource, sync.Logger
 	cfg.InMemory, cfg.Maps.PinDir = !o.EBPF, a.PinDir
 	cfg.SocketLB, cfg.StatusAddr, cfg.MetricsAddr, cfg.Hubble.SocketPath = false, "", "", ""
+	if o.Hubble {
+		stateNode := "node-" + a.Name[strings.LastIndex(a.Name, "-")+1:]
+		a.HubbleSocket, a.HubbleAddress = filepath.Join(o.Dir, "hubble", a.Name+".sock"), c.hubble[stateNode]
+		h := &cfg.Hubble
+		h.SocketPath, h.ListenAddress = a.HubbleSocket, a.HubbleAddress
+		h.TLSCertFile, h.TLSKeyFile, h.TLSClientCAFile = c.Bundle.ObserverCert(), c.Bundle.ObserverKey(), c.Bundle.CAFile()
+	}
 	if !o.Node(a.Name, &cfg) {
 		return nil, nil
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -200,7 +201,13 @@ func echo(c net.Conn, timeout time.Duration) error {
 	return nil
 }
 
-func startPolicyEnv(t *testing.T) *policyEnv {
+func startPolicyEnv(t *testing.T) *policyEnv { return startPolicyEnvWith(t, false) }
+
+// startPolicyEnvWith starts the policy environment; with hubble, the
+// node-1 agent of every cluster is a whole node agent observing its pods
+// in the shared namespace (only east's enforces a policy), each serving
+// Hubble's Observer API (Options.Hubble).
+func startPolicyEnvWith(t *testing.T, hubble bool) *policyEnv {
 	testenv.RequireRoot(t)
 	e := &policyEnv{pods: map[string]*podnet.Pod{}}
 	var err error
@@ -235,15 +242,17 @@ func startPolicyEnv(t *testing.T) *policyEnv {
 		specs = append(specs, ClusterSpec{Name: n, ID: uint32(i + 1), State: st})
 	}
 	nodeAgent := func(name string, cfg *node.Config) bool {
-		if name != "east-node-1" {
+		if name != "east-node-1" && !(hubble && strings.HasSuffix(name, "-node-1")) {
 			return false
 		}
 		cfg.NodeName = "node-1" // 192.168.1.1 is the host identity
-		cfg.Policy.Dir, cfg.Policy.ReloadInterval = policyDir, 50*time.Millisecond
 		cfg.Policy.InNetns = func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }
+		if name == "east-node-1" {
+			cfg.Policy.Dir, cfg.Policy.ReloadInterval = policyDir, 50*time.Millisecond
+		}
 		return true
 	}
-	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Node: nodeAgent})
+	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Node: nodeAgent, Hubble: hubble})
 	east := e.mesh.Cluster("east").Agents[0]
 	e.maps, e.enf = east.Datapath.(*datapath.Maps), east.Node.Enforcer()
 	e.progs, _ = east.Node.Policy().(*tcpolicy.Programs)

@@ -14,6 +14,8 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/flowexport"
@@ -152,8 +154,7 @@ func (n *Node) serveObserver(ctx context.Context) error {
 			return err
 		}
 		g := grpc.NewServer()
-		srv.Register(g)
-		n.peers.srv.Register(g)
+		n.registerHubble(g, srv)
 		servers, listeners = append(servers, g), append(listeners, l)
 	}
 	if h.ListenAddress != "" {
@@ -168,12 +169,25 @@ func (n *Node) serveObserver(ctx context.Context) error {
 			return fmt.Errorf("listening on %s for the Observer API: %w", h.ListenAddress, err)
 		}
 		g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)))
-		srv.Register(g)
-		n.peers.srv.Register(g)
+		n.registerHubble(g, srv)
 		servers, listeners = append(servers, g), append(listeners, l)
 	}
 	n.log.Info("serving Hubble's Observer API", "socket", h.SocketPath, "address", h.ListenAddress)
 	return serveGRPC(ctx, servers, listeners)
+}
+
+// HealthService is the service the hubble CLI's health check asks about
+// (hubble status): SERVING while the agent serves flows.
+const HealthService = "hubble.server.Observer"
+
+// registerHubble registers the Observer API, the Peer service and the
+// health service on g.
+func (n *Node) registerHubble(g *grpc.Server, srv *observe.Server) {
+	srv.Register(g)
+	n.peers.srv.Register(g)
+	hs := health.NewServer()
+	hs.SetServingStatus(HealthService, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
 }
 
 // serveGRPC serves each server on its listener until ctx is done or one

@@ -57,7 +57,14 @@ const (
 	eventDrop          = 1
 	eventTrace         = 4
 	eventPolicyVerdict = 5
-	eventTraceSock     = 14 // Cilium's MessageTypeTraceSock
+	eventTraceSock     = 7
+)
+
+// Cilium's trace sub-types (observation points) of the policy programs'
+// trace events: the packet went to the endpoint, or came from it.
+const (
+	traceToLxc   = 0
+	traceFromLxc = 5
 )
 
 // enricher is the per-Hub state of Enrich: the labels of the identities
@@ -98,22 +105,66 @@ func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
 		TrafficDirection: direction(f.Direction),
 		IsReply:          wrapperspb.Bool(f.Reply),
 		Reply:            f.Reply,
-		Interface:        &flowpb.NetworkInterface{Index: uint32(f.Ifindex)},
 	}
-	// The policy programs sit on the endpoint's host-side veth: egress of
-	// the endpoint leaves it (FROM_ENDPOINT), ingress goes to it.
+	switch kind(f) {
+	case flows.KindSockTranslate:
+		x.sockTranslation(f, out)
+	case flows.KindPolicyVerdict:
+		out.EventType = &flowpb.CiliumEventType{Type: eventPolicyVerdict}
+		out.PolicyMatchType = uint32(f.MatchType)
+		x.packet(f, out)
+	case flows.KindDrop:
+		out.DropReasonDesc = dropReason(f.DropReason)
+		out.DropReason = uint32(out.DropReasonDesc)
+		out.EventType = &flowpb.CiliumEventType{Type: eventDrop, SubType: int32(out.DropReasonDesc)}
+		x.packet(f, out)
+	default:
+		out.EventType = &flowpb.CiliumEventType{Type: eventTrace, SubType: traceToLxc}
+		if f.Direction == datapath.Egress {
+			out.EventType.SubType = traceFromLxc
+		}
+		x.packet(f, out)
+	}
+	out.Summary = summary(out)
+	return out
+}
+
+// kind is f's kind; events of programs that predate kinds have none.
+func kind(f flows.Flow) flows.Kind {
+	if f.Kind != 0 {
+		return f.Kind
+	}
+	if f.Verdict == flows.VerdictDropped {
+		return flows.KindDrop
+	}
+	return flows.KindTrace
+}
+
+// packet fills what a packet seen on an endpoint's veth says: its
+// interface and where it was seen. The policy programs sit on the
+// endpoint's host-side veth: egress of the endpoint leaves it
+// (FROM_ENDPOINT), ingress goes to it (TO_ENDPOINT).
+func (x *enricher) packet(f flows.Flow, out *flowpb.Flow) {
+	out.Interface = &flowpb.NetworkInterface{Index: uint32(f.Ifindex)}
 	out.TraceObservationPoint = flowpb.TraceObservationPoint_FROM_ENDPOINT
 	if f.Direction == datapath.Ingress {
 		out.TraceObservationPoint = flowpb.TraceObservationPoint_TO_ENDPOINT
 	}
-	out.EventType = &flowpb.CiliumEventType{Type: eventTrace}
-	if f.Verdict == flows.VerdictDropped {
-		out.DropReasonDesc = dropReason(f.DropReason)
-		out.DropReason = uint32(out.DropReasonDesc)
-		out.EventType = &flowpb.CiliumEventType{Type: eventDrop, SubType: int32(out.DropReasonDesc)}
+}
+
+// sockTranslation fills a socket load balancer's translation: the service
+// asked for, the backend chosen.
+func (x *enricher) sockTranslation(f flows.Flow, out *flowpb.Flow) {
+	out.Type = flowpb.FlowType_SOCK
+	out.EventType = &flowpb.CiliumEventType{Type: eventTraceSock}
+	out.SockXlatePoint = flowpb.SocketTranslationPoint(f.XlatePoint)
+	out.SocketCookie, out.CgroupId = f.SocketCookie, f.CgroupID
+	out.IsReply, out.Reply = nil, false
+	if x.e != nil {
+		if ns, name, ok := x.e.Service(f.Service); ok {
+			out.DestinationService = &flowpb.Service{Namespace: ns, Name: name}
+		}
 	}
-	out.Summary = summary(out)
-	return out
 }
 
 func verdict(v flows.Verdict) flowpb.Verdict {
@@ -122,6 +173,10 @@ func verdict(v flows.Verdict) flowpb.Verdict {
 		return flowpb.Verdict_FORWARDED
 	case flows.VerdictDropped:
 		return flowpb.Verdict_DROPPED
+	case flows.VerdictAudit:
+		return flowpb.Verdict_AUDIT
+	case flows.VerdictTranslated:
+		return flowpb.Verdict_TRANSLATED
 	}
 	return flowpb.Verdict_VERDICT_UNKNOWN
 }
@@ -143,6 +198,11 @@ func direction(d datapath.Direction) flowpb.TrafficDirection {
 	return flowpb.TrafficDirection_EGRESS
 }
 
+// tcpFlagsOf is Hubble's form of a packet's TCP flags.
+func tcpFlagsOf(t flows.TCPFlags) *flowpb.TCPFlags {
+	return &flowpb.TCPFlags{FIN: t.FIN(), SYN: t.SYN(), RST: t.RST(), PSH: t.PSH(), ACK: t.ACK(), URG: t.URG(), ECE: t.ECE(), CWR: t.CWR()}
+}
+
 func ip(f flows.Flow) *flowpb.IP {
 	src, dst := f.Src.Addr().Unmap(), f.Dst.Addr().Unmap()
 	v := flowpb.IPVersion_IPv4
@@ -156,7 +216,7 @@ func layer4(f flows.Flow) *flowpb.Layer4 {
 	sp, dp := uint32(f.Src.Port()), uint32(f.Dst.Port())
 	switch f.Protocol {
 	case datapath.TCP:
-		return &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: sp, DestinationPort: dp}}}
+		return &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: sp, DestinationPort: dp, Flags: tcpFlagsOf(f.TCPFlags)}}}
 	case datapath.UDP:
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_UDP{UDP: &flowpb.UDP{SourcePort: sp, DestinationPort: dp}}}
 	case datapath.SCTP:

@@ -61,7 +61,7 @@ func dpFlow(src string, sid uint32, sc uint16, dst string, did uint32, dc uint16
 	f := flows.Flow{
 		Time: time.Date(2026, 11, 21, 3, 0, 0, 123e6, time.UTC), Verdict: v, Direction: datapath.Ingress,
 		Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst), Protocol: datapath.TCP,
-		SrcIdentity: sid, DstIdentity: did, SrcCluster: sc, DstCluster: dc, Bytes: 60,
+		SrcIdentity: sid, DstIdentity: did, SrcCluster: sc, DstCluster: dc, Bytes: 60, TCPFlags: flows.TCPFlagSYN,
 	}
 	if v == flows.VerdictDropped {
 		f.DropReason = flows.DropPolicyDenied
@@ -78,7 +78,7 @@ func TestFlowEnrich(t *testing.T) {
 		Time: timestamppb.New(f.Time), Verdict: flowpb.Verdict_DROPPED, DropReason: 133, DropReasonDesc: flowpb.DropReason_POLICY_DENIED,
 		Type: flowpb.FlowType_L3_L4, NodeName: "east/node-1", TrafficDirection: flowpb.TrafficDirection_INGRESS,
 		IP: &flowpb.IP{Source: "10.2.1.5", Destination: "10.1.1.11", IpVersion: flowpb.IPVersion_IPv4},
-		L4: &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: 41234, DestinationPort: 8080}}},
+		L4: &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: 41234, DestinationPort: 8080, Flags: &flowpb.TCPFlags{SYN: true}}}},
 		Source: &flowpb.Endpoint{ClusterName: "west", Namespace: "web", PodName: "frontend-1", Identity: 132000,
 			Workloads: []*flowpb.Workload{{Kind: "Deployment", Name: "frontend"}},
 			Labels:    []string{"k8s:app=frontend", "k8s:io.cilium.k8s.policy.cluster=west", "k8s:io.kubernetes.pod.namespace=web"}},
@@ -86,7 +86,7 @@ func TestFlowEnrich(t *testing.T) {
 			Labels: []string{"k8s:app=checkout", "k8s:io.cilium.k8s.policy.cluster=east", "k8s:io.kubernetes.pod.namespace=shop"}},
 		EventType: &flowpb.CiliumEventType{Type: 1, SubType: 133}, IsReply: wrapperspb.Bool(false),
 		TraceObservationPoint: flowpb.TraceObservationPoint_TO_ENDPOINT, Interface: &flowpb.NetworkInterface{},
-		Summary: "TCP Flags: ",
+		Summary: "TCP Flags: SYN",
 	}
 	if !proto.Equal(got, want) {
 		t.Fatalf("enrich:\n got %v\nwant %v", got, want)
@@ -98,7 +98,7 @@ func TestFlowEnrich(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{`"verdict":"DROPPED"`, `"drop_reason_desc":"POLICY_DENIED"`, `"pod_name":"frontend-1"`,
-		`"TCP":{"source_port":41234,"destination_port":8080}`, `"IP":{"source":"10.2.1.5"`, `"node_name":"east/node-1"`,
+		`"TCP":{"source_port":41234,"destination_port":8080,"flags":{"SYN":true}}`, `"IP":{"source":"10.2.1.5"`, `"node_name":"east/node-1"`,
 		`"Type":"L3_L4"`, `"traffic_direction":"INGRESS"`, `"cluster_name":"west"`, `"is_reply":false`} {
 		if !strings.Contains(strings.ReplaceAll(string(b), " ", ""), k) {
 			t.Errorf("JSON lacks %s: %s", k, b)
@@ -134,14 +134,49 @@ func TestFlowEnrich(t *testing.T) {
 func TestCompact(t *testing.T) {
 	f := dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictDropped)
 	got := Compact(enrich(testEnricher{}, f))
-	want := f.Time.Local().Format(time.StampMilli) + ": west/web/frontend-1:41234 (ID:132000) -> east/shop/checkout-0:8080 (ID:70001) Policy denied DROPPED (TCP Flags: )"
+	want := f.Time.Local().Format(time.StampMilli) + ": west/web/frontend-1:41234 (ID:132000) -> east/shop/checkout-0:8080 (ID:70001) Policy denied DROPPED (TCP Flags: SYN)"
 	if got != want {
 		t.Errorf("Compact:\n got %s\nwant %s", got, want)
 	}
 	f = dpFlow("10.1.1.11:8080", 70001, 1, "192.0.2.1:443", datapath.IdentityWorld, 0, flows.VerdictForwarded)
 	f.Reply, f.Direction = true, datapath.Egress
 	got = Compact(enrich(testEnricher{}, f))
-	if !strings.HasSuffix(got, ": 192.0.2.1:443 (world) <- east/shop/checkout-0:8080 (ID:70001) from-endpoint FORWARDED (TCP Flags: )") {
+	if !strings.HasSuffix(got, ": 192.0.2.1:443 (world) <- east/shop/checkout-0:8080 (ID:70001) from-endpoint FORWARDED (TCP Flags: SYN)") {
 		t.Errorf("Compact of a reply: %s", got)
+	}
+}
+
+// Policy verdicts, audits and the socket load balancer's translations in
+// Hubble's terms.
+func TestFlowKinds(t *testing.T) {
+	f := dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictForwarded)
+	f.Kind, f.MatchType, f.New = flows.KindPolicyVerdict, flows.MatchL3L4, true
+	got := enrich(testEnricher{}, f)
+	if got.GetEventType().GetType() != 5 || got.GetPolicyMatchType() != 2 || got.GetVerdict() != flowpb.Verdict_FORWARDED ||
+		got.GetType() != flowpb.FlowType_L3_L4 {
+		t.Errorf("policy verdict: %v", got)
+	}
+	if c := Compact(got); !strings.Contains(c, " policy-verdict:L3-L4 INGRESS ALLOWED FORWARDED (TCP Flags: SYN)") {
+		t.Errorf("compact policy verdict: %s", c)
+	}
+
+	f.Verdict, f.MatchType = flows.VerdictAudit, flows.MatchNone
+	got = enrich(testEnricher{}, f)
+	if got.GetVerdict() != flowpb.Verdict_AUDIT || !strings.Contains(Compact(got), "policy-verdict:none INGRESS AUDITED AUDIT") {
+		t.Errorf("audit: %v / %s", got, Compact(got))
+	}
+
+	st := flows.Flow{Time: f.Time, Kind: flows.KindSockTranslate, Verdict: flows.VerdictTranslated, Direction: datapath.Egress,
+		Dst: netip.MustParseAddrPort("10.1.1.11:8080"), DstCluster: 1, Service: netip.MustParseAddrPort("10.96.0.10:80"),
+		Protocol: datapath.TCP, XlatePoint: flows.XlatePostForward, SocketCookie: 77, CgroupID: 9}
+	got = enrich(testEnricher{}, st)
+	if got.GetType() != flowpb.FlowType_SOCK || got.GetVerdict() != flowpb.Verdict_TRANSLATED || got.GetEventType().GetType() != 7 ||
+		got.GetDestinationService().GetName() != "checkout" || got.GetDestinationService().GetNamespace() != "shop" ||
+		got.GetDestination().GetPodName() != "checkout-0" || got.GetSockXlatePoint() != flowpb.SocketTranslationPoint_SOCK_XLATE_POINT_POST_DIRECTION_FWD ||
+		got.GetSocketCookie() != 77 || got.GetCgroupId() != 9 || got.GetIsReply() != nil {
+		t.Errorf("socket translation: %v", got)
+	}
+	if c := Compact(got); !strings.Contains(c, "post-direction-fwd TRANSLATED") {
+		t.Errorf("compact translation: %s", c)
 	}
 }

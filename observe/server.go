@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/clustermesh/clustermesh/flowfilter"
+	"github.com/clustermesh/clustermesh/flowmask"
 )
 
 // Server is Hubble's Observer service on a Hub: GetFlows with Hubble's
@@ -49,14 +50,15 @@ func QueryOf(req *observerpb.GetFlowsRequest) (Query, error) {
 	if req.GetFirst() && req.GetFollow() {
 		return Query{}, status.Error(codes.InvalidArgument, "first cannot be specified with follow")
 	}
-	if len(req.GetFieldMask().GetPaths()) > 0 {
-		return Query{}, status.Error(codes.InvalidArgument, "field_mask is not supported: request whole flows")
+	mask, _, err := flowmask.Compile(req.GetFieldMask().GetPaths())
+	if err != nil {
+		return Query{}, status.Errorf(codes.InvalidArgument, "field_mask: %v", err)
 	}
 	f, err := flowfilter.Compile(req.GetWhitelist(), req.GetBlacklist())
 	if err != nil {
 		return Query{}, status.Error(codes.InvalidArgument, err.Error())
 	}
-	q := Query{Match: f.Match, Number: req.GetNumber(), First: req.GetFirst(), Follow: req.GetFollow()}
+	q := Query{Match: f.Match, Number: req.GetNumber(), First: req.GetFirst(), Follow: req.GetFollow(), Mask: mask}
 	for _, t := range []struct {
 		ts  *timestamppb.Timestamp
 		dst *time.Time
@@ -91,6 +93,10 @@ func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream grpc.ServerStr
 			}
 			if f := r.GetFlow(); f != nil && !q.Until.IsZero() && f.GetTime().AsTime().After(q.Until) {
 				return nil
+			}
+			if f := r.GetFlow(); f != nil && len(q.Mask) > 0 {
+				r = &observerpb.GetFlowsResponse{ResponseTypes: &observerpb.GetFlowsResponse_Flow{Flow: q.Mask.Apply(f)},
+					NodeName: r.GetNodeName(), Time: r.GetTime()}
 			}
 			if err := stream.Send(r); err != nil {
 				return err

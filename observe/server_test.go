@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/clustermesh/clustermesh/internal/testenv"
@@ -81,6 +82,7 @@ func TestServerGetFlows(t *testing.T) {
 		{"since 4", &observerpb.GetFlowsRequest{Since: timestamppb.New(flowTime(4))}, "4 5 6"},
 		{"until 2", &observerpb.GetFlowsRequest{Until: timestamppb.New(flowTime(2))}, "1 2"},
 		{"two source ports OR", &observerpb.GetFlowsRequest{Whitelist: []*flowpb.FlowFilter{{SourcePort: []string{"1", "5"}}}}, "1 5"},
+		{"masked to l4 and node", &observerpb.GetFlowsRequest{Number: 1, FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"l4", "node_name"}}}, "6"},
 	} {
 		evs, err := getFlows(t, c, tc.req, 0)
 		if err != nil {
@@ -91,6 +93,9 @@ func TestServerGetFlows(t *testing.T) {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 		for _, ev := range evs {
+			if tc.req.FieldMask != nil && (ev.GetFlow().GetSource() != nil || ev.GetFlow().GetL4() == nil) {
+				t.Errorf("%s: the mask kept the source or lost l4: %v", tc.name, ev.GetFlow())
+			}
 			if ev.GetNodeName() != "east/node-1" || ev.GetTime() == nil || ev.GetFlow().GetNodeName() != "east/node-1" {
 				t.Errorf("%s: event without node or time: %v", tc.name, ev)
 			}
@@ -99,6 +104,7 @@ func TestServerGetFlows(t *testing.T) {
 	for _, req := range []*observerpb.GetFlowsRequest{
 		{First: true, Follow: true},
 		{Whitelist: []*flowpb.FlowFilter{{SourceIp: []string{"10.0.0.0/33"}}}},
+		{FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"no_such_field"}}},
 	} {
 		if _, err := getFlows(t, c, req, 0); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%v: %v, want InvalidArgument", req, err)

@@ -6,6 +6,8 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/clustermesh/clustermesh/flowmask"
 )
 
 // Query says which flows a subscription gets, with Hubble's GetFlows
@@ -26,6 +28,9 @@ type Query struct {
 	// every kept flow from Since on is sent (up to Number, from the
 	// oldest).
 	Since, Until time.Time
+	// Mask keeps only these fields of the flows sent (GetFlows'
+	// field_mask); empty: whole flows. Applied by the server, not here.
+	Mask flowmask.Mask
 }
 
 func (q *Query) match(fl *flowpb.Flow) bool {

@@ -88,7 +88,11 @@ var rules = []Rule{
 		Why:   "Hubble's flow filters are written here over Cilium's generated api/ types only: never Cilium's own packages, which drag Kubernetes in",
 	},
 	{
-		Pkg: "flowexport", OursOnly: []string{"flowfilter"},
+		Pkg: "flowmask", OursOnly: nothing, Never: []string{"github.com/cilium/cilium/pkg/..."},
+		Why: "Hubble's field masks are a leaf over Hubble's generated flow type",
+	},
+	{
+		Pkg: "flowexport", OursOnly: []string{"flowfilter", "flowmask"},
 		Never: []string{"github.com/cilium/cilium/pkg/...", "k8s.io/client-go/..."},
 		Why:   "flow export writes what a Source hands it, filtered by flowfilter; the hub satisfies Source, so flowexport knows neither observe nor node",
 	},

@@ -1,4 +1,7 @@
-package flowexport
+// Package flowmask owns Hubble's field masks over flows (GetFlowsRequest's
+// field_mask, an exporter's fieldMask): which fields of a flowpb.Flow to
+// keep, compiled once and applied to each flow.
+package flowmask
 
 import (
 	"fmt"
@@ -10,14 +13,14 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 )
 
-// fieldMask is a tree of Flow fields to keep: a leaf keeps the whole field,
-// an inner node keeps only its listed sub-fields. An empty mask keeps all.
-type fieldMask map[protoreflect.Name]fieldMask
+// Mask is a tree of Flow fields to keep: a leaf keeps the whole field, an
+// inner node keeps only its listed sub-fields. An empty mask keeps all.
+type Mask map[protoreflect.Name]Mask
 
-// compileFieldMask checks paths over Flow ("source.namespace", "verdict";
-// a leading "flow." is allowed) and returns the tree and the normalized
-// paths (sorted, covered paths dropped).
-func compileFieldMask(paths []string) (fieldMask, []string, error) {
+// Compile checks paths over Flow ("source.namespace", "verdict"; a leading
+// "flow." is allowed) and returns the tree and the normalized paths
+// (sorted, covered paths dropped).
+func Compile(paths []string) (Mask, []string, error) {
 	if len(paths) == 0 {
 		return nil, nil, nil
 	}
@@ -30,28 +33,28 @@ func compileFieldMask(paths []string) (fieldMask, []string, error) {
 		return nil, nil, fmt.Errorf("%q: %w", paths, err)
 	}
 	fm.Normalize()
-	tree := fieldMask{}
+	tree := Mask{}
 	for _, p := range fm.GetPaths() {
 		tree.add(strings.Split(p, "."))
 	}
 	return tree, slices.Clone(fm.GetPaths()), nil
 }
 
-func (m fieldMask) add(parts []string) {
+func (m Mask) add(parts []string) {
 	name := protoreflect.Name(parts[0])
 	if len(parts) == 1 {
 		m[name] = nil
 		return
 	}
 	if m[name] == nil {
-		m[name] = fieldMask{}
+		m[name] = Mask{}
 	}
 	m[name].add(parts[1:])
 }
 
-// apply returns f itself without a mask, else a new Flow with only the
+// Apply returns f itself without a mask, else a new Flow with only the
 // masked fields that f has set (no empty parents).
-func (m fieldMask) apply(f *flowpb.Flow) *flowpb.Flow {
+func (m Mask) Apply(f *flowpb.Flow) *flowpb.Flow {
 	if len(m) == 0 {
 		return f
 	}
@@ -62,7 +65,7 @@ func (m fieldMask) apply(f *flowpb.Flow) *flowpb.Flow {
 
 // copy sets in dst the masked fields set in src; it reports whether it set
 // any, so that an inner message with nothing kept is not created.
-func (m fieldMask) copy(dst, src protoreflect.Message) bool {
+func (m Mask) copy(dst, src protoreflect.Message) bool {
 	fields := src.Descriptor().Fields()
 	kept := false
 	for name, sub := range m {
