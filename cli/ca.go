@@ -49,13 +49,14 @@ ca.key offline where you can; only 'ca issue' needs it.`,
 // caIssueFlags are the flags of `clustermesh ca issue`.
 type caIssueFlags struct {
 	caDir, out, cluster, server, client string
+	observerServer, observerClient      string
 	dnsNames, ips                       []string
 }
 
 func newCAIssueCmd() *cobra.Command {
 	var fl caIssueFlags
 	cmd := &cobra.Command{
-		Use:   "issue --ca DIR --out DIR (--cluster NAME | --server NAME | --client USER)",
+		Use:   "issue --ca DIR --out DIR (--cluster NAME | --server NAME | --client USER | --observer-server CLUSTER | --observer-client NAME)",
 		Short: "Issue certificates from the mesh CA",
 		Long: `Issue certificates from the mesh CA in --ca.
 
@@ -65,6 +66,13 @@ func newCAIssueCmd() *cobra.Command {
                    plus a copy of ca.crt
   --server NAME    one server certificate (add --dns and --ip for its names)
   --client USER    one client certificate; USER is the etcd user, e.g. remote-east
+  --observer-server east
+                   observer.crt: the certificate every agent of east serves
+                   Hubble's Observer API with (*.east.hubble-grpc.clustermesh.io;
+                   clients check <node>.east.hubble-grpc.clustermesh.io)
+  --observer-client NAME
+                   NAME.crt: a client certificate for the relay or the CLI to
+                   present to the agents' Observer servers (and to the relay)
 
 Server certificates need every name and address clients dial: the
 LoadBalancer's IP or DNS name, or the node IPs for a NodePort.`,
@@ -81,7 +89,9 @@ LoadBalancer's IP or DNS name, or the node IPs for a NodePort.`,
 	f.StringSliceVar(&fl.ips, "ip", nil, "IP addresses of the server certificate (repeatable)")
 	cmd.MarkFlagRequired("ca")
 	cmd.MarkFlagRequired("out")
-	cmd.MarkFlagsMutuallyExclusive("cluster", "server", "client")
+	f.StringVar(&fl.observerServer, "observer-server", "", "issue the Observer server certificate of this cluster's agents (observer.crt)")
+	f.StringVar(&fl.observerClient, "observer-client", "", "issue one Observer client certificate with this name (NAME.crt)")
+	cmd.MarkFlagsMutuallyExclusive("cluster", "server", "client", "observer-server", "observer-client")
 	return cmd
 }
 
@@ -128,8 +138,33 @@ func (fl *caIssueFlags) issue(w io.Writer) error {
 			return fmt.Errorf("saving the client certificate of etcd user %s in %s: %w", fl.client, fl.out, err)
 		}
 		fmt.Fprintf(w, "client certificate for etcd user %s written to %s\n", fl.client, fl.out)
+	case fl.observerServer != "" || fl.observerClient != "":
+		return fl.issueObserver(w, c)
 	default:
-		return fmt.Errorf("say what to issue: --cluster NAME, --server NAME or --client USER")
+		return fmt.Errorf("say what to issue: --cluster NAME, --server NAME, --client USER, --observer-server CLUSTER or --observer-client NAME")
+	}
+	return nil
+}
+
+// issueObserver issues the certificate of --observer-server or
+// --observer-client.
+func (fl *caIssueFlags) issueObserver(w io.Writer, c *ca.CA) error {
+	what, file := "Observer client certificate "+fl.observerClient, fl.observerClient
+	issue := func() (*ca.Issued, error) { return c.IssueClient(fl.observerClient) }
+	if fl.observerServer != "" {
+		what, file = "Observer server certificate of cluster "+fl.observerServer, "observer"
+		issue = func() (*ca.Issued, error) { return c.IssueObserverServer(fl.observerServer) }
+	}
+	i, err := issue()
+	if err != nil {
+		return fmt.Errorf("issuing the %s: %w", what, err)
+	}
+	if err := i.Save(fl.out, file); err != nil {
+		return fmt.Errorf("saving the %s in %s: %w", what, fl.out, err)
+	}
+	fmt.Fprintf(w, "%s written to %s (%s.crt, %s.key)\n", what, fl.out, file, file)
+	if fl.observerServer != "" {
+		fmt.Fprintf(w, "it is valid for %s\n", ca.ObserverDNSName(fl.observerServer))
 	}
 	return nil
 }

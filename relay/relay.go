@@ -76,7 +76,8 @@ func New(cfg Config) (*Relay, error) {
 		}
 		r.tls.server = c
 	}
-	r.server = &Server{cfg: cfg, log: cfg.Log, started: time.Now(), metrics: &metrics{}}
+	r.server = &Server{cfg: cfg, log: cfg.Log, started: time.Now(), metrics: &metrics{},
+		pool: newPool(cfg.Log, r.tls.client, cfg.DialTimeout, cfg.MaxBackoff, cfg.GoneRetention)}
 	return r, nil
 }
 
@@ -92,13 +93,12 @@ func (r *Relay) Addr() net.Addr {
 }
 
 // Run listens, follows the peer services and serves until ctx is done; it
-// returns once everything it started has stopped.
+// returns once everything it started has stopped. A Relay runs once.
 func (r *Relay) Run(ctx context.Context) error {
 	lns, err := r.listen()
 	if err != nil {
 		return err
 	}
-	r.server.pool = newPool(r.cfg.Log, r.tls.client, r.cfg.DialTimeout, r.cfg.MaxBackoff, r.cfg.GoneRetention)
 	defer r.server.pool.close()
 	watchers, err := r.watchers()
 	if err != nil {
@@ -315,16 +315,14 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counts := map[string]int{"connected": 0, "unavailable": 0, "gone": 0}
-	if p := c.r.server.pool; p != nil {
-		for _, ps := range p.list(true) {
-			switch {
-			case ps.gone:
-				counts["gone"]++
-			case ps.unavailable():
-				counts["unavailable"]++
-			default:
-				counts["connected"]++
-			}
+	for _, ps := range c.r.server.pool.list(true) {
+		switch {
+		case ps.gone:
+			counts["gone"]++
+		case ps.unavailable():
+			counts["unavailable"]++
+		default:
+			counts["connected"]++
 		}
 	}
 	for state, n := range counts {
