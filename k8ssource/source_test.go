@@ -41,7 +41,7 @@ func TestSourceEdgeCases(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Name: "dual", Annotations: map[string]string{
 				wire.AnnotationHubbleAddress: "192.168.0.2:4245", "clustermesh.io/zone": "b", "node.alpha.kubernetes.io/ttl": "0",
 			}},
-			Spec:       corev1.NodeSpec{PodCIDRs: []string{"10.2.0.0/24", "fd00:2::/64"}},
+			Spec: corev1.NodeSpec{PodCIDRs: []string{"10.2.0.0/24", "fd00:2::/64"}},
 			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
 				{Type: corev1.NodeInternalIP, Address: "192.168.0.2"}, {Type: corev1.NodeInternalIP, Address: "fd00::2"},
 				{Type: corev1.NodeExternalIP, Address: "203.0.113.2"},

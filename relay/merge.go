@@ -100,8 +100,6 @@ func (m *merge) wake() time.Time {
 	return m.h[0].arrived.Add(m.window)
 }
 
-func (m *merge) len() int { return len(m.h) }
-
 // itemHeap is a min-heap by time, then arrival.
 type itemHeap []item
 

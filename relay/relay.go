@@ -219,7 +219,9 @@ func (r *Relay) grpcServer() (*grpc.Server, *health.Server) {
 
 // localOrTLS is TLS on TCP connections and nothing on unix sockets, whose
 // file mode guards them.
-type localOrTLS struct{ credentials.TransportCredentials }
+type localOrTLS struct {
+	credentials.TransportCredentials
+}
 
 func (c localOrTLS) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	if _, ok := conn.LocalAddr().(*net.UnixAddr); ok {

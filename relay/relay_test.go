@@ -121,7 +121,9 @@ func isStatus(state relaypb.NodeState, name string) func(*observerpb.GetFlowsRes
 }
 
 func isFlowAt(ms int) func(*observerpb.GetFlowsResponse) bool {
-	return func(r *observerpb.GetFlowsResponse) bool { return r.GetFlow() != nil && respTime(r) == at(ms).UnixNano() }
+	return func(r *observerpb.GetFlowsResponse) bool {
+		return r.GetFlow() != nil && respTime(r) == at(ms).UnixNano()
+	}
 }
 
 // A following client: flows from all peers in time order; a peer killed
