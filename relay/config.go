@@ -152,7 +152,7 @@ func (c *Config) Validate() error {
 // RegisterFlags adds the relay's flags to fs, with c's values as defaults.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&c.PeerServices, "peer-service", c.PeerServices, "a peer service to learn the mesh's agents from: unix:///path (an agent's local socket) or host:port (mutual TLS); repeat for several, the relay follows the union")
-	fs.StringVar(&c.PeerServiceServerName, "peer-service-tls-server-name", c.PeerServiceServerName, "TLS name checked on a TCP peer service (default: its host)")
+	fs.StringVar(&c.PeerServiceServerName, "peer-service-tls-server-name", c.PeerServiceServerName, "TLS name checked on a TCP peer service (default: its host); for an agent's Observer port, NODE.CLUSTER.hubble-grpc.clustermesh.io")
 	fs.StringVar(&c.ListenAddress, "listen-address", c.ListenAddress, "host:port of the relay's Observer API; plaintext only on loopback, otherwise with --tls-server-cert-file")
 	fs.StringVar(&c.UnixSocket, "unix-socket", c.UnixSocket, "also serve on this unix socket (0600, no TLS)")
 	fs.StringVar(&c.CAFile, "tls-ca-file", c.CAFile, "the mesh CA (ca.crt): peers, peer services and TCP clients must present a certificate it signed")
