@@ -47,6 +47,7 @@ type flowRequest struct {
 
 	merge   *merge
 	bounded *bounded // a non-follow request with a number: the mesh's n
+	refused error    // a peer found the request invalid: so is it for the relay
 
 	connected, unavailable, gone []string
 	messages                     map[string]string
@@ -69,6 +70,9 @@ type peerStream struct {
 // node status events when a peer connects, becomes unavailable or goes. A
 // peer that is down is reported, never waited for.
 func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream grpc.ServerStreamingServer[observerpb.GetFlowsResponse]) error {
+	if req.GetFirst() && req.GetFollow() {
+		return status.Error(codes.InvalidArgument, "first cannot be specified with follow")
+	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -122,6 +126,9 @@ func (fr *flowRequest) run() error {
 		case <-retry.C:
 			fr.reconcile(time.Now())
 		case <-wake.C:
+		}
+		if fr.refused != nil {
+			return fr.refused
 		}
 		if err := fr.flush(); err != nil {
 			return err
@@ -309,6 +316,10 @@ func (fr *flowRequest) handle(ev event) {
 			return
 		}
 		err := ev.err
+		if status.Code(err) == codes.InvalidArgument {
+			fr.refused = err // the request, not the peer, is at fault
+			return
+		}
 		if err == nil {
 			err = errors.New("the peer ended the stream")
 		}

@@ -18,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/clustermesh/clustermesh/ca"
@@ -363,6 +364,35 @@ func TestConfigValidate(t *testing.T) {
 		_, err := New(tc.cfg)
 		if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want ErrInvalidConfig saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// A request the peers refuse as invalid is refused by the relay, with
+// their reason, and not reported as unavailable peers.
+func TestInvalidRequestRefused(t *testing.T) {
+	m, _ := threeNodes(t, nil)
+	cl := observerpb.NewObserverClient(m.conn)
+	for _, req := range []*observerpb.GetFlowsRequest{
+		{Follow: true, First: true, Number: 1},
+		{FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"nope"}}},
+	} {
+		st, err := cl.GetFlows(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			resp, err := st.Recv()
+			if err == nil {
+				if s, _ := statusOf(resp); s == relaypb.NodeState_NODE_UNAVAILABLE {
+					t.Errorf("%v: peers reported unavailable", req)
+				}
+				continue
+			}
+			if status.Code(err) != codes.InvalidArgument {
+				t.Errorf("%v: %v, want InvalidArgument", req, err)
+			}
+			break
 		}
 	}
 }

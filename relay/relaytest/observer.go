@@ -14,6 +14,8 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -87,8 +89,21 @@ func (o *Observer) Requests() []*observerpb.GetFlowsRequest {
 	return slices.Clone(o.requests)
 }
 
-// GetFlows answers the history req selects, then follows when asked.
+// GetFlows answers the history req selects, then follows when asked. As
+// Hubble's, it refuses first with follow, and a field mask path that is
+// not a Flow field it knows (time, source, destination, verdict,
+// node_name).
 func (o *Observer) GetFlows(req *observerpb.GetFlowsRequest, stream grpc.ServerStreamingServer[observerpb.GetFlowsResponse]) error {
+	if req.GetFirst() && req.GetFollow() {
+		return status.Error(codes.InvalidArgument, "first cannot be specified with follow")
+	}
+	for _, p := range req.GetFieldMask().GetPaths() {
+		switch p {
+		case "time", "source", "destination", "verdict", "node_name":
+		default:
+			return status.Errorf(codes.InvalidArgument, "field_mask: unknown path %q", p)
+		}
+	}
 	o.mu.Lock()
 	o.requests = append(o.requests, proto.Clone(req).(*observerpb.GetFlowsRequest))
 	history := selectFlows(o.flows, req)
