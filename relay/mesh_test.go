@@ -157,8 +157,15 @@ func (m *testMesh) announce(leftOut ...string) {
 }
 
 // startRelay runs a relay on loopback (plaintext) reading the peer
-// service, with the client certificate of east.
+// service, with the client certificate of east: m's relay.
 func (m *testMesh) startRelay(edit func(*Config)) {
+	m.t.Helper()
+	m.relay, m.conn = m.runRelay(edit)
+}
+
+// runRelay runs another relay and returns it with a plaintext client of it
+// (nil when it does not listen on TCP).
+func (m *testMesh) runRelay(edit func(*Config)) (*Relay, *grpc.ClientConn) {
 	m.t.Helper()
 	b := m.bundle("east")
 	cfg := Config{
@@ -188,24 +195,29 @@ func (m *testMesh) startRelay(edit func(*Config)) {
 	case err := <-done:
 		m.t.Fatalf("relay Run: %v", err)
 	}
-	m.relay = r
-	if r.Addr() != nil {
-		conn, err := grpc.NewClient(r.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			m.t.Fatal(err)
-		}
-		m.t.Cleanup(func() { conn.Close() })
-		m.conn = conn
+	if r.Addr() == nil {
+		return r, nil
 	}
+	conn, err := grpc.NewClient(r.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.t.Cleanup(func() { conn.Close() })
+	return r, conn
 }
 
 // waitConnected waits until the relay's pool has want connected peers.
 func (m *testMesh) waitConnected(want int) {
 	m.t.Helper()
+	m.waitConnectedOn(m.relay, want)
+}
+
+func (m *testMesh) waitConnectedOn(r *Relay, want int) {
+	m.t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		n := 0
-		for _, p := range m.relay.server.pool.list(false) {
+		for _, p := range r.server.pool.list(false) {
 			if !p.unavailable() && p.state.String() == "READY" {
 				n++
 			}
@@ -217,7 +229,7 @@ func (m *testMesh) waitConnected(want int) {
 			m.t.Fatalf("timed out waiting for %d connected peers (have %d)", want, n)
 		}
 		select {
-		case <-m.relay.server.pool.changes():
+		case <-r.server.pool.changes():
 		case <-time.After(time.Until(deadline)):
 		}
 	}
