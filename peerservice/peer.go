@@ -8,9 +8,11 @@
 package peerservice
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -106,4 +108,28 @@ func fromNotification(cn *peerpb.ChangeNotification) (Peer, error) {
 		p.Address = net.JoinHostPort(strings.Trim(p.Address, "[]"), strconv.Itoa(wire.DefaultHubblePort))
 	}
 	return p, p.Check()
+}
+
+// Collect is the peer set of the mesh as an agent knows it: the nodes of
+// its own cluster (from its state) and every remote's nodes it synced,
+// sorted by name. A node without a usable address is left out, and said in
+// the error (errors.Join of one per node).
+func Collect(cluster string, local []statesource.Node, remote []*wire.Node) ([]Peer, error) {
+	out := make([]Peer, 0, len(local)+len(remote))
+	var errs []error
+	add := func(p Peer, err error) {
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		out = append(out, p)
+	}
+	for i := range local {
+		add(FromLocalNode(cluster, &local[i]))
+	}
+	for _, n := range remote {
+		add(FromNode(n))
+	}
+	slices.SortFunc(out, func(a, b Peer) int { return cmp.Compare(a.Name, b.Name) })
+	return out, errors.Join(errs...)
 }

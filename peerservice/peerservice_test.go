@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -251,4 +252,26 @@ func FuzzFromNotification(f *testing.F) {
 			t.Fatalf("round trip of %+v: %+v, %v", p, back, err)
 		}
 	})
+}
+
+func TestCollect(t *testing.T) {
+	local := []statesource.Node{
+		{Name: "n2", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2")}},
+		{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Annotations: map[string]string{wire.AnnotationHubbleAddress: "10.0.0.1:4245"}},
+	}
+	remote := []*wire.Node{
+		{Name: "w1", Cluster: "west", IPAddresses: []wire.NodeAddress{{Type: wire.InternalIP, IP: netip.MustParseAddr("10.1.0.1")}}},
+		{Name: "w2", Cluster: "west"}, // no address: left out
+	}
+	peers, err := Collect("east", local, remote)
+	var got []string
+	for _, p := range peers {
+		got = append(got, p.Name+"@"+p.Address)
+	}
+	if want := []string{"east/n1@10.0.0.1:4245", "east/n2@10.0.0.2:4244", "west/w1@10.1.0.1:4244"}; !slices.Equal(got, want) {
+		t.Errorf("Collect = %v, want %v", got, want)
+	}
+	if err == nil || !strings.Contains(err.Error(), "west/w2") {
+		t.Errorf("error %v does not name west/w2", err)
+	}
 }
