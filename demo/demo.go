@@ -71,6 +71,12 @@ func Run(ctx context.Context, o Options) error {
 	if ctx.Err() == nil {
 		ok = d.step(ctx, policyStep, d.policyStep) && ok
 	}
+	const observeStep = "(c2) observe: a relay of the whole mesh serves the flows every cluster's agent saw (hubble observe works on it)"
+	if d.noTraffic != "" {
+		fmt.Fprintf(o.Out, "skip %s [%s]\n", observeStep, d.noTrafficShort)
+	} else if ctx.Err() == nil {
+		ok = d.step(ctx, observeStep, d.observeStep) && ok
+	}
 	if !o.Once {
 		if ctx.Err() != nil {
 			return nil
@@ -150,14 +156,14 @@ func start(ctx context.Context, o Options) (*run, error) {
 		d.close()
 		return nil, err
 	}
-	statusAddr := "" // east-node-1 serves its status and flows as `clustermesh agent` does, when the demo serves
-	if !o.Once {
-		statusAddr = d.statusSocket(policyAgent)
-	}
+	// With real traffic, every cluster's node-1 agent observes its pods and
+	// serves Hubble's API; node agents serve their status as `clustermesh
+	// agent` does, when the demo serves.
+	observing := d.noTraffic == ""
 	d.started = time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Options{Dir: d.o.Dir, Clusters: specs, AgentsPerCluster: o.AgentsPerCluster,
-		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger, ReadOwnCluster: true,
-		APIServer: o.tweak.APIServer, Agent: o.tweak.Agent, Node: d.pol.nodeAgent(pdir, statusAddr)})
+		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger, ReadOwnCluster: true, Hubble: observing,
+		APIServer: o.tweak.APIServer, Agent: o.tweak.Agent, Node: d.pol.nodeAgent(pdir, observing, !o.Once, d.statusSocket)})
 	if err != nil {
 		d.close()
 		return nil, err
@@ -175,6 +181,9 @@ func (d *run) statusSocket(agent string) string {
 // temporary directory.
 func (d *run) close() error {
 	var errs []error
+	if d.stopRelay != nil {
+		errs = append(errs, d.stopRelay())
+	}
 	if d.m != nil {
 		// First: east-node-1's enforcer stops before its namespace goes.
 		errs = append(errs, d.m.Close())
@@ -203,6 +212,7 @@ type run struct {
 	noTrafficShort string
 	net            *network // the real traffic's network, once set up
 	pol            policyRun
+	stopRelay      func() error // stops the relay, once started
 }
 
 // step runs fn with the step timeout and prints its outcome and time.
@@ -247,10 +257,7 @@ func (d *run) serve(ctx context.Context) error {
 	sockDir := filepath.Dir(d.statusSocket(east.Name))
 	fmt.Fprintf(d.o.Out, "\nagents serve their status in %s; for example:\n  clustermesh status --agent %s\n",
 		sockDir, filepath.Join(sockDir, "west-node-1.sock"))
-	if east.Node.Flows() != nil {
-		fmt.Fprintf(d.o.Out, "east-node-1 enforces the policy; its flows:\n  clustermesh observe --agent %s --verdict DROPPED -f\n",
-			filepath.Join(sockDir, east.Name+".sock"))
-	}
+	d.printObserve()
 	if d.net != nil {
 		nodeNS := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(d.net.node.NS))
 		fmt.Fprintf(d.o.Out, "\nthe pods answer in east-node-1's network namespace, %s; through its socket load balancer\n"+

@@ -52,9 +52,9 @@ func runOnce(t *testing.T, ebpf bool) string {
 	if err != nil {
 		t.Fatalf("demo --once: %v", err)
 	}
-	steps := []string{"ok   (a)", "ok   (b)", "ok   (c)", "ok   (d)", "ok   (e)", "ok   (f)", "all steps held"}
+	steps := []string{"ok   (a)", "ok   (b)", "ok   (c)", "ok   (c2)", "ok   (d)", "ok   (e)", "ok   (f)", "all steps held"}
 	if !ebpf {
-		steps[1] = "skip (b)"
+		steps[1], steps[3] = "skip (b)", "skip (c2)"
 	}
 	for _, step := range steps {
 		if !strings.Contains(out.String(), step) {
@@ -70,7 +70,8 @@ func TestDemoOnceEBPF(t *testing.T) {
 	testenv.RequireRoot(t)
 	out := runOnce(t, true)
 	for _, phase := range []string{"east ready:", "east unready:", "east ready again:",
-		"west/frontend-1 → 10.1.1.12:8080: answered", "(dropped)", "policy-denied DROPPED (TCP)", "FORWARDED (TCP)"} {
+		"west/frontend-1 → 10.1.1.12:8080: answered", "(dropped)", "Policy denied DROPPED (TCP Flags: SYN)",
+		"policy-verdict:L3-L4 INGRESS ALLOWED FORWARDED", "west/node-1 ", "north/node-1 ", "from-endpoint FORWARDED"} {
 		if !strings.Contains(out, phase) {
 			t.Errorf("output lacks the traffic phase %q", phase)
 		}

@@ -105,16 +105,23 @@ func (p *policyRun) setNode(n *podnet.Node) {
 }
 
 // nodeAgent returns a localmesh hook that makes east's first agent
-// (east-node-1) a whole node agent enforcing the policies in dir, serving
-// its status and flows on statusAddr (when set).
-func (p *policyRun) nodeAgent(dir, statusAddr string) func(string, *node.Config) bool {
+// (east-node-1) a whole node agent enforcing the policies in dir, and, with
+// observe, the first agent of every cluster a node agent observing its pods
+// in east-node-1's namespace; each serves its status on the demo's status
+// socket when serve is set.
+func (p *policyRun) nodeAgent(dir string, observe, serve bool, statusSocket func(string) string) func(string, *node.Config) bool {
 	return func(name string, cfg *node.Config) bool {
-		if name != policyAgent {
+		if name != policyAgent && !(observe && strings.HasSuffix(name, "-node-1")) {
 			return false
 		}
 		cfg.NodeName = policyNode // the node's address is the host identity
-		cfg.Policy.Dir, cfg.Policy.ReloadInterval, cfg.Policy.InNetns = dir, 100*time.Millisecond, p.inNode
-		cfg.StatusAddr = statusAddr
+		cfg.Policy.InNetns, cfg.Policy.ReloadInterval = p.inNode, 100*time.Millisecond
+		if name == policyAgent {
+			cfg.Policy.Dir = dir
+		}
+		if serve {
+			cfg.StatusAddr = statusSocket(name)
+		}
 		return true
 	}
 }

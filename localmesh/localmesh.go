@@ -88,6 +88,7 @@ type Cluster struct {
 
 	mesh    *Mesh
 	hubble  map[string]string // state node → its agent's Observer address (Options.Hubble)
+	metrics map[string]string // state node → its agent's metrics address (Options.Hubble)
 	addr    string            // host:port the apiserver listens on, stable across restarts
 	mu      sync.Mutex
 	server  *meshapiserver.Server // guarded by mu
@@ -105,10 +106,11 @@ type Agent struct {
 	// and Datapath are its parts); nil: the sync agent alone.
 	Node *node.Node
 	// HubbleSocket and HubbleAddress are where the node agent serves
-	// Hubble's Observer API with Options.Hubble ("" otherwise).
-	HubbleSocket, HubbleAddress string
-	cancel context.CancelFunc
-	done   chan error
+	// Hubble's Observer API with Options.Hubble, MetricsAddress its
+	// metrics with Hubble's flow metrics (HubbleMetrics); "" otherwise.
+	HubbleSocket, HubbleAddress, MetricsAddress string
+	cancel                                      context.CancelFunc
+	done                                        chan error
 }
 
 // Start builds the PKI, writes the state files, starts every apiserver and
@@ -190,17 +192,24 @@ func (c *Cluster) reserveHubble() error {
 	if err := c.mesh.ca.IssueObserverBundle(c.Bundle); err != nil {
 		return fmt.Errorf("localmesh: Observer certificates of %s: %w", c.Name, err)
 	}
-	c.hubble = map[string]string{}
+	c.hubble, c.metrics = map[string]string{}, map[string]string{}
 	for i := 1; i <= c.mesh.opts.AgentsPerCluster; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return fmt.Errorf("localmesh: reserving an Observer port: %w", err)
+		for _, m := range []map[string]string{c.hubble, c.metrics} {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return fmt.Errorf("localmesh: reserving a port: %w", err)
+			}
+			m[fmt.Sprintf("node-%d", i)] = l.Addr().String()
+			l.Close()
 		}
-		c.hubble[fmt.Sprintf("node-%d", i)] = l.Addr().String()
-		l.Close()
 	}
 	return nil
 }
+
+// HubbleMetrics are the flow metrics the node agents count with
+// Options.Hubble.
+var HubbleMetrics = []string{"flow:sourceContext=cluster;destinationContext=cluster",
+	"drop:sourceContext=cluster|namespace;destinationContext=pod", "tcp", "port-distribution", "icmp"}
 
 // Cluster returns the cluster called name, or nil.
 func (m *Mesh) Cluster(name string) *Cluster {
@@ -402,7 +411,9 @@ func (c *Cluster) newNode(a *Agent, sync agentsync.Config) (func(context.Context
 	if o.Hubble {
 		stateNode := "node-" + a.Name[strings.LastIndex(a.Name, "-")+1:]
 		a.HubbleSocket, a.HubbleAddress = filepath.Join(o.Dir, "hubble", a.Name+".sock"), c.hubble[stateNode]
+		a.MetricsAddress, cfg.MetricsAddr = c.metrics[stateNode], c.metrics[stateNode]
 		h := &cfg.Hubble
+		h.Metrics = HubbleMetrics
 		h.SocketPath, h.ListenAddress = a.HubbleSocket, a.HubbleAddress
 		h.TLSCertFile, h.TLSKeyFile, h.TLSClientCAFile = c.Bundle.ObserverCert(), c.Bundle.ObserverKey(), c.Bundle.CAFile()
 	}

@@ -1,0 +1,176 @@
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+	observerpb "github.com/cilium/cilium/api/v1/observer"
+
+	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/observe"
+	"github.com/clustermesh/clustermesh/relay"
+)
+
+// The demo's observability: with eBPF and real traffic, the node-1 agent of
+// every cluster observes its pods (Hubble's Observer API on a unix socket
+// and an mTLS loopback port, localmesh.Options.Hubble), and a relay of the
+// whole mesh, which finds them through east-node-1's peer service, serves
+// them on one unix socket for hubble and clustermesh observe.
+
+// relaySocket is where the demo's relay serves.
+func (d *run) relaySocket() string { return filepath.Join(d.o.Dir, "hubble-relay.sock") }
+
+// startRelay starts the relay; close stops it.
+func (d *run) startRelay(ctx context.Context) error {
+	east := d.m.Cluster("east")
+	cfg := relay.DefaultConfig()
+	cfg.PeerServices = []string{"unix://" + east.Agents[0].HubbleSocket}
+	cfg.UnixSocket = d.relaySocket()
+	cfg.CAFile, cfg.ClientCertFile, cfg.ClientKeyFile = east.Bundle.CAFile(), east.Bundle.ObserverClientCert(), east.Bundle.ObserverClientKey()
+	cfg.Log = d.o.Logger
+	r, err := relay.New(cfg)
+	if err != nil {
+		return fmt.Errorf("configuring the relay: %w", err)
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	select {
+	case <-r.Serving():
+	case err := <-done:
+		cancel()
+		return fmt.Errorf("starting the relay: %w", err)
+	case <-ctx.Done():
+		cancel()
+		<-done
+		return ctx.Err()
+	}
+	d.stopRelay = func() error {
+		cancel()
+		return <-done
+	}
+	return nil
+}
+
+// observeStep checks that flows reported by an agent of every cluster
+// arrive through the relay.
+func (d *run) observeStep(ctx context.Context) (string, error) {
+	if d.stopRelay == nil {
+		if err := d.startRelay(ctx); err != nil {
+			return "", err
+		}
+	}
+	if err := d.frontendsObserved(ctx); err != nil {
+		return "", err
+	}
+	conn, err := observe.Dial(ctx, "unix://"+d.relaySocket(), nil)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	c := observerpb.NewObserverClient(conn)
+	var byNode map[string][]*flowpb.Flow
+	err = waitUntil(ctx, func() (bool, string) {
+		byNode, err = lastFlowsByNode(ctx, c)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, n := range Clusters {
+			if len(byNode[n+"/node-1"]) == 0 {
+				return false, fmt.Sprintf("flows through the relay by node: %s", nodeCounts(byNode))
+			}
+		}
+		return true, ""
+	})
+	if err != nil {
+		return "", err
+	}
+	example := observe.Compact(byNode["west/node-1"][len(byNode["west/node-1"])-1])
+	return fmt.Sprintf("through the relay, flows by the node that saw them: %s\n      e.g. %s", nodeCounts(byNode), example), nil
+}
+
+// frontendsObserved waits until the node-1 agents of west and north
+// observe their frontend, and has each call east's checkout-2 (north's
+// call is dropped by east's policy): flows for their agents to report.
+func (d *run) frontendsObserved(ctx context.Context) error {
+	for _, c := range []string{"west", "north"} {
+		enf := d.m.Cluster(c).Agents[0].Node.Enforcer()
+		err := waitUntil(ctx, func() (bool, string) {
+			for _, ep := range enf.Status().Endpoints {
+				if ep.Pod == "frontend-1" && ep.State == enforcer.StateEnforcing {
+					return true, ""
+				}
+			}
+			return false, c + "-node-1 does not observe its frontend-1 yet"
+		})
+		if err != nil {
+			return err
+		}
+	}
+	to := netip.AddrPortFrom(netip.MustParseAddr("10.1.1.12"), d.net.port)
+	if _, err := httpGet(d.net.frontends["west"], to, 3*time.Second); err != nil {
+		return fmt.Errorf("west frontend → %s: %w, want allowed", to, err)
+	}
+	httpGet(d.net.frontends["north"], to, 300*time.Millisecond) // dropped by east's policy
+	return nil
+}
+
+// lastFlowsByNode asks the relay for the last 1,000 flows and groups them
+// by node.
+func lastFlowsByNode(ctx context.Context, c observerpb.ObserverClient) (map[string][]*flowpb.Flow, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	stream, err := c.GetFlows(ctx, &observerpb.GetFlowsRequest{Number: 1000})
+	if err != nil {
+		return nil, fmt.Errorf("asking the relay for flows: %w", err)
+	}
+	out := map[string][]*flowpb.Flow{}
+	for {
+		r, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading flows from the relay: %w", err)
+		}
+		if f := r.GetFlow(); f != nil {
+			out[f.GetNodeName()] = append(out[f.GetNodeName()], f)
+		}
+	}
+}
+
+func nodeCounts(byNode map[string][]*flowpb.Flow) string {
+	var parts []string
+	for n, fs := range byNode {
+		parts = append(parts, fmt.Sprintf("%s %d", n, len(fs)))
+	}
+	slices.Sort(parts)
+	if len(parts) == 0 {
+		return "none yet"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// printObserve prints how to watch the mesh's flows while the demo serves.
+func (d *run) printObserve() {
+	if d.stopRelay == nil {
+		return
+	}
+	east := d.m.Cluster("east").Agents[0]
+	fmt.Fprintf(d.o.Out, "\nthe whole mesh's flows, through the relay (every cluster's node-1 agent observes its pods):\n"+
+		"  hubble observe --server unix://%s -f\n"+
+		"  clustermesh observe --server unix://%s -f --verdict DROPPED\n"+
+		"one agent's flows, and its Hubble metrics:\n"+
+		"  clustermesh observe --server unix://%s --last 20\n", d.relaySocket(), d.relaySocket(), east.HubbleSocket)
+	if east.MetricsAddress != "" {
+		fmt.Fprintf(d.o.Out, "  curl -s http://%s/metrics | grep ^hubble_\n", east.MetricsAddress)
+	}
+}
