@@ -27,7 +27,8 @@ same flows from clustermesh observe and from hubble observe.
 
 Without --follow it prints the last 20 flows the server keeps (--last N,
 --first N, --all, --since, --until) and exits; with --follow it then prints
-new flows until Ctrl-C. Against a relay, --last and --first count per node.
+new flows until Ctrl-C. Against the relay (clustermesh relay), they count over
+the whole mesh.
 
 Filters: a flag given several times matches any of its values (OR); different
 flags must all match (AND). An either-direction flag (--pod, --ip, --label,
@@ -61,8 +62,8 @@ const observeExample = `  # The last 20 flows of the agent on this node
   # Flows of either checkout or cart, but not the forwarded ones, as JSON
   clustermesh observe --pod shop/checkout --pod shop/cart --not --verdict FORWARDED -o json
 
-  # Policy verdicts of the last 5 minutes, in any namespace, denied by policy
-  clustermesh observe --since 5m --type policy-verdict --drop-reason-desc POLICY_DENIED
+  # Connections denied by policy in the last 5 minutes (policy-verdict events)
+  clustermesh observe --since 5m --type policy-verdict --verdict DROPPED
 
   # The whole mesh through the relay (mutual TLS from the mesh CA)
   clustermesh observe --server tls://relay.example:4245 --tls-ca-cert-files certs/ca.crt \

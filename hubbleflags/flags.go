@@ -75,9 +75,9 @@ func (f *Flags) RegisterFilters(fs *pflag.FlagSet) {
 // RegisterSelectors registers --last, --first, --all, --follow/-f, --since
 // and --until on fs. --last, --first, --since and --until may be given once.
 func (f *Flags) RegisterSelectors(fs *pflag.FlagSet) {
-	fs.BoolVar(&f.all, "all", false, "every flow the server keeps (with a relay: every flow each node keeps); narrow it with filters")
-	fs.Uint64Var(&f.last, "last", 0, fmt.Sprintf("the last N flows the server keeps (default %d; with a relay: N per node)", DefaultLast))
-	fs.Uint64Var(&f.first, "first", 0, "the first N flows the server keeps (with a relay: N per node)")
+	fs.BoolVar(&f.all, "all", false, "every flow the server keeps (a relay: every flow of every node); narrow it with filters")
+	fs.Uint64Var(&f.last, "last", 0, fmt.Sprintf("the last N matching flows the server keeps (default %d)", DefaultLast))
+	fs.Uint64Var(&f.first, "first", 0, "the first N matching flows the server keeps")
 	fs.BoolVarP(&f.follow, "follow", "f", false, "then new flows as they come, until Ctrl-C")
 	fs.StringVar(&f.since, "since", "", "flows from this time on: a duration ago (30s, 5m, 1h30m) or a time (2026-11-21, 2026-11-21T03:00Z, RFC3339, RFC1123Z)")
 	fs.StringVar(&f.until, "until", "", "flows up to this time, in --since's formats (ignored with --follow)")
