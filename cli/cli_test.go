@@ -97,7 +97,7 @@ func startByHand(t *testing.T) (sock, metricsAddr string) {
 	go func() {
 		_, err := run(ctx, "agent", "--cluster-name", "east", "--cluster-id", "1", "--config-dir", remotes,
 			"--state-file", filepath.Join(dir, "east.yaml"), "--status-addr", sock, "--bpf-pin-dir", pinDir, "--metrics-addr", metricsAddr, "--cgroup", cgroup,
-			"--node-name", "node-1", "--policy-dir", policies)
+			"--node-name", "node-1", "--policy-dir", policies, "--hubble-socket-path", filepath.Join(dir, "hubble.sock"))
 		done <- err
 	}()
 	t.Cleanup(func() {
@@ -154,8 +154,8 @@ func TestByHand(t *testing.T) {
 	}
 	if os.Geteuid() == 0 {
 		// No flows yet (no endpoint has an interface here): observe answers
-		// with none, through the agent's status address.
-		if out, err := run(ctx, "observe", "--agent", sock); err != nil || strings.TrimSpace(out) != "" {
+		// with none, through the agent's Observer socket (beside sock).
+		if out, err := run(ctx, "observe", "--server", "unix://"+filepath.Join(filepath.Dir(sock), "hubble.sock")); err != nil || strings.TrimSpace(out) != "" {
 			t.Errorf("observe: %v %q, want no flows and no error", err, out)
 		}
 	}
