@@ -26,9 +26,9 @@ import (
 type view struct {
 	mu       sync.Mutex
 	changed  chan struct{}
-	nodes    map[string]nodeTypes.Node             // by name
+	nodes    map[string]nodeTypes.Node              // by name
 	services map[string]serviceStore.ClusterService // by namespace/name
-	ips      map[string]ipEntry                    // by prefix
+	ips      map[string]ipEntry                     // by prefix
 	ids      map[identity.NumericIdentity]labels.LabelArray
 	logs     []logRecord
 }
@@ -114,7 +114,7 @@ func (v *view) warnings() string {
 // it cannot unmarshal, an entry a validator refuses, a configuration it
 // rejects) fails the test.
 var expectedWarnings = map[string]bool{
-	"Error observed on etcd connection, reconnecting etcd": true,
+	"Error observed on etcd connection, reconnecting etcd":  true,
 	"Unable to establish etcd connection to remote cluster": true,
 }
 
