@@ -4,7 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +21,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/hubbletest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/relay"
 )
 
@@ -25,13 +30,33 @@ import (
 // peer service.
 type hubbleEnv struct {
 	*policyEnv
-	relaySock string
-	cli       *hubbletest.CLI
+	relaySock  string
+	cli        *hubbletest.CLI
+	exportFile string // east-node-1's export of denied flows
 }
+
+// exportConfig exports east-node-1's drops and policy verdicts, with a
+// field mask.
+const exportConfig = `flowLogs:
+- name: denied
+  filePath: %s
+  includeFilters:
+  - verdict: [DROPPED]
+  fieldMask: [time, verdict, drop_reason_desc, source.cluster_name, source.pod_name, destination.pod_name, event_type]
+`
 
 func startHubbleEnv(t *testing.T) *hubbleEnv {
 	cli := hubbletest.Require(t)
-	e := &hubbleEnv{policyEnv: startPolicyEnvWith(t, true), cli: cli}
+	dir := t.TempDir()
+	e := &hubbleEnv{cli: cli, exportFile: filepath.Join(dir, "denied.log")}
+	if err := os.WriteFile(filepath.Join(dir, "export.yaml"), fmt.Appendf(nil, exportConfig, e.exportFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.policyEnv = startPolicyEnvWith(t, true, func(name string, cfg *node.Config) {
+		if name == "east-node-1" {
+			cfg.Hubble.FlowLogsConfig = filepath.Join(dir, "export.yaml")
+		}
+	})
 	east := e.mesh.Cluster("east")
 	e.relaySock = filepath.Join(t.TempDir(), "relay.sock")
 	cfg := relay.DefaultConfig()
@@ -134,7 +159,7 @@ func TestHubbleCLIAcrossTheMesh(t *testing.T) {
 	}{
 		{[]string{"--verdict", "DROPPED"}, isDropOf("north", 1, 5), "drops and denied verdicts: north's SYNs"},
 		{[]string{"--type", "drop"}, isDropOf("north", 1), "drop events"},
-		{[]string{"--drop-reason-desc", "POLICY_DENIED"}, isDropOf("north", 1), "policy denials"},
+		{[]string{"--drop-reason-desc", "POLICY_DENIED"}, isDropOf("north", 1, 5), "policy denials: drops and denied verdicts"},
 		{[]string{"--type", "trace:from-endpoint", "--from-cluster", "west"}, func(f *flowpb.Flow) bool {
 			return f.GetNodeName() == "west/node-1" && f.GetTraceObservationPoint() == flowpb.TraceObservationPoint_FROM_ENDPOINT
 		}, "west's agent saw its frontend send"},
@@ -179,6 +204,59 @@ func TestHubbleCLIAcrossTheMesh(t *testing.T) {
 	}
 
 	e.checkStatusAndNodes(t)
+	e.checkMetricsAndExport(t)
+}
+
+// checkMetricsAndExport checks east-node-1's Hubble metrics and its export
+// of denied flows: north's drop in both.
+func (e *hubbleEnv) checkMetricsAndExport(t *testing.T) {
+	t.Helper()
+	east := e.mesh.Cluster("east").Agents[0]
+	var body string
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range strings.Split(body, "\n") {
+				if strings.HasPrefix(l, "hubble_") {
+					t.Log(l)
+				}
+			}
+		}
+	})
+	testenv.WaitFor(t, 10*time.Second, "north's drop in east-node-1's metrics", func() bool {
+		resp, err := http.Get("http://" + east.MetricsAddress + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return strings.Contains(body, `hubble_drop_total{destination="shop/checkout-2",protocol="TCP",reason="POLICY_DENIED",source="north"} 2`) // its drop and policy-verdict events
+	})
+	for _, want := range []string{`hubble_flows_processed_total{destination="east",protocol="TCP",source="west",subtype="to-endpoint",type="Trace",verdict="FORWARDED"} 1`,
+		`hubble_flows_processed_total{destination="east",protocol="TCP",source="north",subtype="",type="PolicyVerdict",verdict="DROPPED"} 1`,
+		`hubble_tcp_flags_total{family="IPv4",flag="SYN"}`,
+		`hubble_port_distribution_total{port="8080",protocol="TCP"}`, `hubble_lost_events_total{source="perf_event_ring_buffer"} 0`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("east-node-1's metrics lack %s", want)
+		}
+	}
+	var lines []string
+	testenv.WaitFor(t, 10*time.Second, "north's drop in east-node-1's export", func() bool {
+		b, err := os.ReadFile(e.exportFile)
+		lines = strings.Split(strings.TrimSpace(string(b)), "\n")
+		return err == nil && strings.Contains(string(b), `"drop_reason_desc":"POLICY_DENIED"`)
+	})
+	for _, l := range lines {
+		var r observerpb.GetFlowsResponse
+		if err := protojson.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("export line %q: %v", l, err)
+		}
+		f := r.GetFlow()
+		if f.GetVerdict() != flowpb.Verdict_DROPPED || f.GetSource().GetClusterName() != "north" || f.GetSource().GetPodName() != "frontend-1" ||
+			f.GetIP() != nil || r.GetNodeName() != "east/node-1" {
+			t.Errorf("export line %s: want north's drop, masked, from east/node-1", l)
+		}
+	}
 }
 
 // checkStatusAndNodes checks hubble status and hubble list nodes on the

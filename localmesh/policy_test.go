@@ -201,13 +201,14 @@ func echo(c net.Conn, timeout time.Duration) error {
 	return nil
 }
 
-func startPolicyEnv(t *testing.T) *policyEnv { return startPolicyEnvWith(t, false) }
+func startPolicyEnv(t *testing.T) *policyEnv { return startPolicyEnvWith(t, false, nil) }
 
 // startPolicyEnvWith starts the policy environment; with hubble, the
 // node-1 agent of every cluster is a whole node agent observing its pods
 // in the shared namespace (only east's enforces a policy), each serving
-// Hubble's Observer API (Options.Hubble).
-func startPolicyEnvWith(t *testing.T, hubble bool) *policyEnv {
+// Hubble's Observer API (Options.Hubble). tweak, when set, adjusts each
+// node agent's config last.
+func startPolicyEnvWith(t *testing.T, hubble bool, tweak func(name string, cfg *node.Config)) *policyEnv {
 	testenv.RequireRoot(t)
 	e := &policyEnv{pods: map[string]*podnet.Pod{}}
 	var err error
@@ -249,6 +250,9 @@ func startPolicyEnvWith(t *testing.T, hubble bool) *policyEnv {
 		cfg.Policy.InNetns = func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }
 		if name == "east-node-1" {
 			cfg.Policy.Dir, cfg.Policy.ReloadInterval = policyDir, 50*time.Millisecond
+		}
+		if tweak != nil {
+			tweak(name, cfg)
 		}
 		return true
 	}

@@ -112,6 +112,14 @@ func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
 	case flows.KindPolicyVerdict:
 		out.EventType = &flowpb.CiliumEventType{Type: eventPolicyVerdict}
 		out.PolicyMatchType = uint32(f.MatchType)
+		if f.Verdict == flows.VerdictDropped {
+			// As Cilium's: a denied verdict carries its drop reason.
+			out.DropReasonDesc = flowpb.DropReason_POLICY_DENIED
+			if f.DropReason != flows.DropNone {
+				out.DropReasonDesc = dropReason(f.DropReason)
+			}
+			out.DropReason = uint32(out.DropReasonDesc)
+		}
 		x.packet(f, out)
 	case flows.KindDrop:
 		out.DropReasonDesc = dropReason(f.DropReason)

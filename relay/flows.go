@@ -245,13 +245,25 @@ func (fr *flowRequest) start(p peerState, ps *peerStream) {
 	}()
 }
 
+// errOpenTimeout: a peer's stream did not open within DialTimeout.
+var errOpenTimeout = errors.New("the peer did not answer within the dial timeout")
+
 // getFlowsDesc is the GetFlows stream, called with the relay's codec.
 var getFlowsDesc = &grpc.StreamDesc{StreamName: "GetFlows", ServerStreams: true}
 
 // pull passes the peer's responses to the request until its stream ends:
 // as frames, read for their time only.
 func (fr *flowRequest) pull(ctx context.Context, conn grpc.ClientConnInterface, name string, req *observerpb.GetFlowsRequest) error {
+	// A peer whose connection is still being made (an address that does
+	// not answer) is given DialTimeout to open the stream, never more: it
+	// is reported unavailable, not waited for.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	opening := time.AfterFunc(fr.s.cfg.DialTimeout, func() { cancel(errOpenTimeout) })
 	st, err := conn.NewStream(ctx, getFlowsDesc, observerpb.Observer_GetFlows_FullMethodName, grpc.ForceCodecV2(codec{}))
+	if !opening.Stop() {
+		return fmt.Errorf("%w (%v)", errOpenTimeout, fr.s.cfg.DialTimeout)
+	}
 	if err != nil {
 		return err
 	}
