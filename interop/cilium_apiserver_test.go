@@ -164,6 +164,9 @@ type ciliumState struct {
 	identities map[identity.NumericIdentity]string
 	ips        []identity.IPIdentityPair
 	services   []serviceStore.ClusterService
+	// slicesOnly: the cluster config says endpointslices-only, so a
+	// reader finds no services to read (those in the store are not read).
+	slicesOnly bool
 }
 
 // ciliumWriter is the writing half of a Cilium clustermesh-apiserver,

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/cilium/pkg/cidr"
+	"github.com/cilium/cilium/pkg/clustermesh/clustercfg"
 	serviceStore "github.com/cilium/cilium/pkg/clustermesh/store"
 	cmtypes "github.com/cilium/cilium/pkg/clustermesh/types"
 	"github.com/cilium/cilium/pkg/identity"
@@ -259,6 +260,10 @@ func waitFor(t *testing.T, what string, cond func() error) {
 // service's backends in the datapath.
 func (a *ourAgent) check(s ciliumState) error {
 	st, ok := a.sync.RemoteStatus(clusterName)
+	services, unsupported := len(s.services), "ignored:"
+	if s.slicesOnly {
+		services, unsupported = 0, "the remote exports its global services only as endpoint slices"
+	}
 	switch {
 	case !ok:
 		return fmt.Errorf("no remote %s", clusterName)
@@ -266,11 +271,11 @@ func (a *ourAgent) check(s ciliumState) error {
 		return fmt.Errorf("remote %s: connected %v ready %v, last error %q", clusterName, st.Connected, st.Ready, st.LastError)
 	case len(st.Rejected) != 0:
 		return fmt.Errorf("remote %s rejected %v", clusterName, st.Rejected)
-	case st.Nodes != len(s.nodes) || st.Identities != len(s.identities) || st.Endpoints != len(s.ips) || st.Services != len(s.services):
+	case st.Nodes != len(s.nodes) || st.Identities != len(s.identities) || st.Endpoints != len(s.ips) || st.Services != services:
 		return fmt.Errorf("remote %s: %d nodes, %d identities, %d endpoints, %d services; want %d, %d, %d, %d", clusterName,
-			st.Nodes, st.Identities, st.Endpoints, st.Services, len(s.nodes), len(s.identities), len(s.ips), len(s.services))
-	case len(st.Unsupported) != 1 || st.Unsupported[0].Kind != agentsync.UnsupportedEndpointSlices || !strings.HasPrefix(st.Unsupported[0].Reason, "ignored:"):
-		return fmt.Errorf("remote %s: unsupported %+v, want endpoint slices ignored", clusterName, st.Unsupported)
+			st.Nodes, st.Identities, st.Endpoints, st.Services, len(s.nodes), len(s.identities), len(s.ips), services)
+	case len(st.Unsupported) != 1 || st.Unsupported[0].Kind != agentsync.UnsupportedEndpointSlices || !strings.HasPrefix(st.Unsupported[0].Reason, unsupported):
+		return fmt.Errorf("remote %s: unsupported %+v, want endpoint slices: %s…", clusterName, st.Unsupported, unsupported)
 	}
 	if err := a.checkNodes(s); err != nil {
 		return err
@@ -377,6 +382,9 @@ func (a *ourAgent) checkBackends(s ciliumState) error {
 	}
 	want := []string{"10.9.1.10:8080/TCP@7"}
 	for _, cs := range s.services {
+		if s.slicesOnly {
+			break
+		}
 		for ip := range cs.Backends {
 			want = append(want, fmt.Sprintf("%s/TCP@%d", netip.AddrPortFrom(netip.MustParseAddr(ip), 8080), clusterID))
 		}
@@ -463,7 +471,33 @@ func TestOurAgentReadsCiliumApiserver(t *testing.T) {
 	w.write(t, state)
 	waitFor(t, "the state of a fresh etcd, stale entries removed", func() error { return a.check(state) })
 
-	if err := os.Remove(filepath.Join(a.dir, clusterName)); err != nil {
+	// The cluster config changed under the agent (read when it reconnects,
+	// here on its changed config file): another mesh size is refused whole,
+	// saying both sizes.
+	remoteCfg := filepath.Join(a.dir, clusterName)
+	wide := cfg
+	wide.Capabilities.MaxConnectedClusters = 511
+	setClusterConfig(t, w, wide)
+	touch(t, remoteCfg)
+	waitFor(t, "a 511-cluster config refused", func() error {
+		st, _ := a.sync.RemoteStatus(clusterName)
+		if st.Ready || !strings.Contains(st.LastError, "511") || !strings.Contains(st.LastError, "255") {
+			return fmt.Errorf("remote %s: ready %v, last error %q", clusterName, st.Ready, st.LastError)
+		}
+		return nil
+	})
+
+	// Cilium's clustermesh-apiserver run with clustermesh-service-v2=
+	// only-endpointslice: the services still in the store are not read,
+	// east's backends leave west's global service, status says why.
+	slicesOnly := cfg
+	slicesOnly.Capabilities.EndpointSlicesExportMode = cmtypes.EndpointSlicesExportModeEndpointSlicesOnly
+	setClusterConfig(t, w, slicesOnly)
+	touch(t, remoteCfg)
+	state.slicesOnly = true
+	waitFor(t, "an endpointslices-only config", func() error { return a.check(state) })
+
+	if err := os.Remove(remoteCfg); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "east drained", func() error {
@@ -484,6 +518,28 @@ func TestOurAgentReadsCiliumApiserver(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// setClusterConfig writes east's cluster config as its clustermesh-apiserver
+// does when it starts with cfg.
+func setClusterConfig(t *testing.T, w *ciliumWriter, cfg cmtypes.CiliumClusterConfig) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := clustercfg.Set(ctx, clusterName, cfg, w.client); err != nil {
+		t.Fatalf("clustercfg.Set: %v", err)
+	}
+}
+
+// touch changes a remote's config file without changing what it says, so
+// that the agent reconnects.
+func touch(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, string(b)+"# changed\n")
 }
 
 // freeAddr returns a loopback address nothing listens on, so that an etcd
