@@ -176,7 +176,6 @@ type Agent struct {
 	remotes  map[string]*remote // guarded by mu
 	invalid  map[string]string  // guarded by mu; config files that failed to load → error
 	reserved map[uint32]string  // guarded by mu; cluster id → remote
-	pods     *podNames          // the synced pods' names, for flows
 }
 
 // New validates cfg and returns an agent that is not yet running.
@@ -191,7 +190,6 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{
 		cfg: cfg, log: log,
 		merger:   m,
-		pods:     newPodNames(),
 		pruned:   make(chan struct{}),
 		readyCh:  make(chan struct{}, 1),
 		remotes:  map[string]*remote{},

@@ -21,7 +21,7 @@ type batchStore interface {
 func newStore(r *remote, k wire.Kind) kindStore {
 	switch k {
 	case wire.IPCache:
-		return &ipcacheStore{r: r, entries: genMap[netip.Prefix, struct{}]{}}
+		return &ipcacheStore{r: r, entries: genMap[netip.Prefix, podRef]{}}
 	case wire.Services:
 		return &serviceStore{r: r, entries: genMap[string, merge.ServiceName]{}}
 	case wire.Nodes:
@@ -62,13 +62,14 @@ func (m genMap[K, V]) older(gen uint32) []K {
 	return out
 }
 
-// ipcacheStore keeps the prefixes a remote claims; the claims themselves
-// live in the merger. Keys and prefixes are one-to-one (wire rejects
-// non-canonical keys), so only the prefix is kept: this is the bulk of a
-// remote's entries and its memory matters.
+// ipcacheStore keeps the prefixes a remote claims, with their pod's name
+// (for flows); the claims themselves live in the merger. Keys and prefixes
+// are one-to-one (wire rejects non-canonical keys), so only the prefix is
+// kept: this is the bulk of a remote's entries and its memory matters.
 type ipcacheStore struct {
 	r       *remote
-	entries genMap[netip.Prefix, struct{}]
+	entries genMap[netip.Prefix, podRef]
+	names   nameArena
 
 	batching bool
 	pending  []merge.IPUpdate
@@ -84,8 +85,12 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 	if !s.r.self && s.r.out.OverlapsLocal(pfx) {
 		return fmt.Errorf("ipcache %q: %s %w", key, pfx, ErrOverlapsLocal)
 	}
-	s.entries.put(pfx, struct{}{}, gen)
-	s.r.agent.pods.set(pfx, uint16(c.ID), p.K8sNamespace, p.K8sPodName)
+	var name podRef
+	if pfx.IsSingleIP() {
+		name = s.names.add(p.K8sNamespace, p.K8sPodName)
+	}
+	s.names.free(s.entries[pfx].v)
+	s.entries.put(pfx, name, gen)
 	s.claim(merge.IPUpdate{Prefix: pfx, Entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}})
 	return nil
 }
@@ -103,6 +108,7 @@ func (s *ipcacheStore) claim(u merge.IPUpdate) {
 func (s *ipcacheStore) begin() { s.batching, s.pending = true, s.pending[:0] }
 
 func (s *ipcacheStore) flush() {
+	s.compactNames()
 	if len(s.pending) > 0 {
 		s.r.out.SetIPs(uint16(s.r.cluster().ID), s.pending)
 	}
@@ -122,9 +128,10 @@ func (s *ipcacheStore) touch(key string, gen uint32) {
 
 func (s *ipcacheStore) remove(key string) {
 	if p, ok := s.prefixOf(key); ok {
-		if _, known := s.entries[p]; known {
+		if e, known := s.entries[p]; known {
+			s.names.free(e.v)
 			delete(s.entries, p)
-			s.r.agent.pods.remove(p, uint16(s.r.cluster().ID))
+			s.compactNames()
 			s.claim(merge.IPUpdate{Prefix: p})
 		}
 	}
@@ -134,10 +141,11 @@ func (s *ipcacheStore) sweep(gen uint32) int {
 	old := s.entries.older(gen)
 	gone := make([]merge.IPUpdate, len(old))
 	for i, p := range old {
+		s.names.free(s.entries[p].v)
 		delete(s.entries, p)
-		s.r.agent.pods.remove(p, uint16(s.r.cluster().ID))
 		gone[i] = merge.IPUpdate{Prefix: p}
 	}
+	s.compactNames()
 	if len(gone) > 0 {
 		s.r.out.SetIPs(uint16(s.r.cluster().ID), gone)
 	}
@@ -153,7 +161,30 @@ func (s *ipcacheStore) has(key string) bool {
 	}
 	return ok
 }
-func (s *ipcacheStore) clear() { s.entries = genMap[netip.Prefix, struct{}]{} }
+func (s *ipcacheStore) clear() {
+	s.entries, s.names = genMap[netip.Prefix, podRef]{}, nameArena{}
+}
+
+// podName is the name of the pod at addr, when its entry named one.
+func (s *ipcacheStore) podName(addr netip.Addr) (PodName, bool) {
+	addr = addr.Unmap()
+	return s.names.get(s.entries[netip.PrefixFrom(addr, addr.BitLen())].v)
+}
+
+// compactNames rebuilds the names' arena when most of it is garbage.
+func (s *ipcacheStore) compactNames() {
+	if !s.names.wasteful() {
+		return
+	}
+	var fresh nameArena
+	for p, e := range s.entries {
+		if n, ok := s.names.get(e.v); ok {
+			e.v = fresh.add(n.Namespace, n.Name)
+			s.entries[p] = e
+		}
+	}
+	s.names = fresh
+}
 
 // serviceStore keeps a remote's global services by key. A service whose
 // update was refused is withdrawn (its backends leave the merged state)

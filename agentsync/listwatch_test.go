@@ -240,11 +240,17 @@ func TestListPagesThenWatches(t *testing.T) {
 	})
 	// The pods are named from their entries, for flows; a deleted entry's
 	// name goes with it.
-	if n, ok := r.agent.PodByIP(netip.MustParseAddr("10.2.0.26")); !ok || n != (PodName{ClusterID: 2, Namespace: "shop", Name: "pod-25"}) {
-		t.Errorf("PodByIP(10.2.0.26) = %+v, %v; want west's shop/pod-25", n, ok)
+	podName := func(a string) (PodName, bool) {
+		ks := r.kinds[wire.IPCache]
+		ks.mu.Lock()
+		defer ks.mu.Unlock()
+		return ks.store.(*ipcacheStore).podName(netip.MustParseAddr(a))
 	}
-	if n, ok := r.agent.PodByIP(netip.MustParseAddr("10.2.0.1")); ok {
-		t.Errorf("PodByIP(10.2.0.1) = %+v after its entry was deleted", n)
+	if n, ok := podName("10.2.0.26"); !ok || n != (PodName{Namespace: "shop", Name: "pod-25"}) {
+		t.Errorf("pod of 10.2.0.26 = %+v, %v; want west's shop/pod-25", n, ok)
+	}
+	if n, ok := podName("10.2.0.1"); ok {
+		t.Errorf("pod of 10.2.0.1 = %+v after its entry was deleted", n)
 	}
 }
 

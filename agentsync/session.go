@@ -131,7 +131,6 @@ func (r *remote) stop(drain bool) {
 // cluster id, forgets it, and releases the id.
 func (r *remote) drain(id uint16) {
 	r.agent.merger.DropCluster(r.name, id)
-	r.agent.pods.dropCluster(id)
 	if !r.self {
 		r.agent.release(r.name)
 	}

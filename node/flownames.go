@@ -35,15 +35,15 @@ func (f *flowNames) ClusterName(id uint16) string { return f.sync.ClusterName(id
 
 // Pod names a local pod from the local state, else a pod of the mesh from
 // its cluster's ipcache entry.
-func (f *flowNames) Pod(ip netip.Addr) (observe.Pod, bool) {
+func (f *flowNames) Pod(ip netip.Addr, cluster uint16) (observe.Pod, bool) {
 	if ns, pod, ok := f.enf.Pod(ip); ok {
 		return observe.Pod{Cluster: f.cluster, Namespace: ns, Name: pod}, true
 	}
-	p, ok := f.sync.PodByIP(ip)
+	p, ok := f.sync.PodByIP(ip, cluster)
 	if !ok {
 		return observe.Pod{}, false
 	}
-	return observe.Pod{Cluster: f.sync.ClusterName(p.ClusterID), Namespace: p.Namespace, Name: p.Name}, true
+	return observe.Pod{Cluster: f.sync.ClusterName(cluster), Namespace: p.Namespace, Name: p.Name}, true
 }
 
 // Service names the local service of a ClusterIP:port.

@@ -225,7 +225,7 @@ func newStaticEnricher() staticEnricher {
 
 func (e staticEnricher) Identity(id uint32) (wire.Labels, bool) { l, ok := e.ids[id]; return l, ok }
 func (staticEnricher) ClusterName(id uint16) string             { return testEnricher{}.ClusterName(id) }
-func (staticEnricher) Pod(ip netip.Addr) (Pod, bool) {
+func (staticEnricher) Pod(ip netip.Addr, _ uint16) (Pod, bool) {
 	if ip.IsLoopback() {
 		return Pod{Cluster: "east", Namespace: "shop", Name: "checkout-0"}, true
 	}

@@ -35,8 +35,10 @@ type Enricher interface {
 	Identity(id uint32) (wire.Labels, bool)
 	// ClusterName returns the name of a cluster id, "" if unknown.
 	ClusterName(id uint16) string
-	// Pod names the pod with address ip, of this cluster or another one.
-	Pod(ip netip.Addr) (Pod, bool)
+	// Pod names the pod with address ip in cluster (the cluster id the
+	// datapath's ipcache gives the address; the local cluster's for a
+	// local endpoint).
+	Pod(ip netip.Addr, cluster uint16) (Pod, bool)
 	// Service names the service whose frontend is addr.
 	Service(frontend netip.AddrPort) (namespace, name string, ok bool)
 }
@@ -258,7 +260,7 @@ func (x *enricher) endpoint(addr netip.Addr, id uint32, cluster uint16) *flowpb.
 	}
 	ep.ClusterName = x.e.ClusterName(cluster)
 	if addr.IsValid() {
-		if p, ok := x.e.Pod(addr.Unmap()); ok {
+		if p, ok := x.e.Pod(addr.Unmap(), cluster); ok {
 			ep.Namespace, ep.PodName = p.Namespace, p.Name
 			if ep.ClusterName == "" {
 				ep.ClusterName = p.Cluster

@@ -39,7 +39,7 @@ func (testEnricher) ClusterName(id uint16) string {
 	return map[uint16]string{1: "east", 2: "west"}[id]
 }
 
-func (testEnricher) Pod(ip netip.Addr) (Pod, bool) {
+func (testEnricher) Pod(ip netip.Addr, _ uint16) (Pod, bool) {
 	switch ip {
 	case netip.MustParseAddr("10.1.1.11"):
 		return Pod{Cluster: "east", Namespace: "shop", Name: "checkout-0"}, true
