@@ -416,88 +416,38 @@ func TestOurAgentReadsCiliumApiserver(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	mesh, err := ca.New("interop test CA", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pki := newCiliumPKI(t, mesh, filepath.Join(dir, "pki"), clusterName)
-	addr := freeAddr(t)
-	// Cilium v1.20's clustermesh-apiserver with its default service mode.
-	cfg := cmtypes.CiliumClusterConfig{ID: clusterID, Capabilities: cmtypes.CiliumClusterConfigCapabilities{
-		SyncedCanaries: true, MaxConnectedClusters: 255, ServiceExportsEnabled: new(bool),
-		EndpointSlicesExportMode: cmtypes.EndpointSlicesExportModeServicesAndEndpointSlices,
-	}}
-	adminCfg := pki.etcdConfig(t, filepath.Join(dir, "admin.yaml"), addr, "admin")
-
-	data := filepath.Join(dir, "etcd-1")
-	closeEtcd := startCiliumEtcd(t, pki, addr, data, clusterName, true)
-	w := startCiliumWriter(t, adminCfg, clusterName, cfg)
+	c := startCiliumCluster(t, dir)
 	state := eastState(true, podCheckoutA, podCheckoutB, podCartA, podToolsA)
-	w.write(t, state)
+	c.w.write(t, state)
 
 	a := startOurAgent(t, dir)
-	pki.etcdConfig(t, filepath.Join(a.dir, clusterName), addr, "remote")
+	c.pki.etcdConfig(t, filepath.Join(a.dir, clusterName), c.addr, "remote")
 	waitFor(t, "the first state", func() error { return a.check(state) })
 
 	state = eastState(true, unready(podCheckoutA), podCheckoutB, podCheckoutC, podCartA)
-	w.write(t, state)
+	c.w.write(t, state)
 	waitFor(t, "an added, a removed and an unready pod", func() error { return a.check(state) })
 	state = eastState(false, unready(podCheckoutA), podCheckoutB, podCheckoutC, podCartA)
-	w.write(t, state)
+	c.w.write(t, state)
 	waitFor(t, "the service no longer global", func() error { return a.check(state) })
 
 	// etcd restarted on its data dir: the same store, the writer's client
 	// reconnects, our agent follows what changes after.
-	id := etcdClusterID(t, pki, addr)
-	closeEtcd()
-	closeEtcd = startCiliumEtcd(t, pki, addr, data, clusterName, false)
-	if got := etcdClusterID(t, pki, addr); got != id {
-		t.Fatalf("etcd cluster id %x after a restart on its data dir, want %x", got, id)
-	}
+	c.restartEtcd(t)
 	state = eastState(true, podCheckoutA, podCheckoutC, podToolsA)
-	w.write(t, state)
+	c.w.write(t, state)
 	waitFor(t, "the state written after etcd restarted", func() error { return a.check(state) })
 
 	// The clustermesh-apiserver's pod restarted: a fresh etcd (emptyDir),
 	// init and writers again, with less than before.
-	w.close()
-	closeEtcd()
-	startCiliumEtcd(t, pki, addr, filepath.Join(dir, "etcd-2"), clusterName, true)
-	if got := etcdClusterID(t, pki, addr); got == id {
-		t.Fatalf("a fresh etcd has the old cluster id %x", got)
-	}
-	w = startCiliumWriter(t, adminCfg, clusterName, cfg)
+	c.restartFresh(t, filepath.Join(dir, "etcd-2"))
 	state = eastState(true, podCheckoutB, podCartA)
-	w.write(t, state)
+	c.w.write(t, state)
 	waitFor(t, "the state of a fresh etcd, stale entries removed", func() error { return a.check(state) })
 
-	// The cluster config changed under the agent (read when it reconnects,
-	// here on its changed config file): another mesh size is refused whole,
-	// saying both sizes.
-	remoteCfg := filepath.Join(a.dir, clusterName)
-	wide := cfg
-	wide.Capabilities.MaxConnectedClusters = 511
-	setClusterConfig(t, w, wide)
-	touch(t, remoteCfg)
-	waitFor(t, "a 511-cluster config refused", func() error {
-		st, _ := a.sync.RemoteStatus(clusterName)
-		if st.Ready || !strings.Contains(st.LastError, "511") || !strings.Contains(st.LastError, "255") {
-			return fmt.Errorf("remote %s: ready %v, last error %q", clusterName, st.Ready, st.LastError)
-		}
-		return nil
-	})
+	checkConfigChanges(t, a, c, state)
 
-	// Cilium's clustermesh-apiserver run with clustermesh-service-v2=
-	// only-endpointslice: the services still in the store are not read,
-	// east's backends leave west's global service, status says why.
-	slicesOnly := cfg
-	slicesOnly.Capabilities.EndpointSlicesExportMode = cmtypes.EndpointSlicesExportModeEndpointSlicesOnly
-	setClusterConfig(t, w, slicesOnly)
-	touch(t, remoteCfg)
-	state.slicesOnly = true
-	waitFor(t, "an endpointslices-only config", func() error { return a.check(state) })
-
-	if err := os.Remove(remoteCfg); err != nil {
+	if err := os.Remove(filepath.Join(a.dir, clusterName)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "east drained", func() error {
@@ -518,6 +468,102 @@ func TestOurAgentReadsCiliumApiserver(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// ciliumCluster is east as a Cilium cluster: its clustermesh-apiserver's
+// etcd on addr and the writers in front of it.
+type ciliumCluster struct {
+	pki       ciliumPKI
+	addr      string
+	cfg       cmtypes.CiliumClusterConfig
+	adminCfg  string
+	data      string
+	closeEtcd func()
+	w         *ciliumWriter
+	etcdID    uint64
+}
+
+// startCiliumCluster starts east's etcd in dir/etcd-1 (etcdinit run) and
+// its writers, with the cluster config of Cilium v1.20's
+// clustermesh-apiserver in its default service mode.
+func startCiliumCluster(t *testing.T, dir string) *ciliumCluster {
+	t.Helper()
+	mesh, err := ca.New("interop test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &ciliumCluster{pki: newCiliumPKI(t, mesh, filepath.Join(dir, "pki"), clusterName), addr: freeAddr(t), data: filepath.Join(dir, "etcd-1")}
+	c.cfg = cmtypes.CiliumClusterConfig{ID: clusterID, Capabilities: cmtypes.CiliumClusterConfigCapabilities{
+		SyncedCanaries: true, MaxConnectedClusters: 255, ServiceExportsEnabled: new(bool),
+		EndpointSlicesExportMode: cmtypes.EndpointSlicesExportModeServicesAndEndpointSlices,
+	}}
+	c.adminCfg = c.pki.etcdConfig(t, filepath.Join(dir, "admin.yaml"), c.addr, "admin")
+	c.closeEtcd = startCiliumEtcd(t, c.pki, c.addr, c.data, clusterName, true)
+	c.etcdID = etcdClusterID(t, c.pki, c.addr)
+	c.w = startCiliumWriter(t, c.adminCfg, clusterName, c.cfg)
+	return c
+}
+
+// restartEtcd restarts etcd on its data dir: the same etcd cluster id.
+func (c *ciliumCluster) restartEtcd(t *testing.T) {
+	t.Helper()
+	c.closeEtcd()
+	c.closeEtcd = startCiliumEtcd(t, c.pki, c.addr, c.data, clusterName, false)
+	if got := etcdClusterID(t, c.pki, c.addr); got != c.etcdID {
+		t.Fatalf("etcd cluster id %x after a restart on its data dir, want %x", got, c.etcdID)
+	}
+}
+
+// restartFresh replaces etcd and writers with new ones on a fresh data
+// dir: another etcd cluster id, nothing written yet.
+func (c *ciliumCluster) restartFresh(t *testing.T, data string) {
+	t.Helper()
+	c.w.close()
+	c.closeEtcd()
+	c.data = data
+	c.closeEtcd = startCiliumEtcd(t, c.pki, c.addr, c.data, clusterName, true)
+	if got := etcdClusterID(t, c.pki, c.addr); got == c.etcdID {
+		t.Fatalf("a fresh etcd has the old cluster id %x", got)
+	}
+	c.w = startCiliumWriter(t, c.adminCfg, clusterName, c.cfg)
+}
+
+// checkConfigChanges: east's cluster config changed under the agent (read
+// when it reconnects, here on its changed config file). Another mesh size
+// and a KVStoreMesh cache's config are refused whole, saying why; an
+// endpointslices-only config (clustermesh-service-v2=only-endpointslice)
+// leaves the services in the store unread, east's backends out of west's
+// global service, and status says why.
+func checkConfigChanges(t *testing.T, a *ourAgent, c *ciliumCluster, state ciliumState) {
+	t.Helper()
+	remoteCfg := filepath.Join(a.dir, clusterName)
+	refused := func(what string, cfg cmtypes.CiliumClusterConfig, want ...string) {
+		t.Helper()
+		setClusterConfig(t, c.w, cfg)
+		touch(t, remoteCfg)
+		waitFor(t, what, func() error {
+			st, _ := a.sync.RemoteStatus(clusterName)
+			for _, w := range want {
+				if st.Ready || !strings.Contains(st.LastError, w) {
+					return fmt.Errorf("remote %s: ready %v, last error %q, want %q", clusterName, st.Ready, st.LastError, w)
+				}
+			}
+			return nil
+		})
+	}
+	wide := c.cfg
+	wide.Capabilities.MaxConnectedClusters = 511
+	refused("a 511-cluster config refused", wide, "511", "255")
+	cached := c.cfg
+	cached.Capabilities.Cached = true
+	refused("a cached config refused", cached, "kvstoremesh cache")
+
+	slicesOnly := c.cfg
+	slicesOnly.Capabilities.EndpointSlicesExportMode = cmtypes.EndpointSlicesExportModeEndpointSlicesOnly
+	setClusterConfig(t, c.w, slicesOnly)
+	touch(t, remoteCfg)
+	state.slicesOnly = true
+	waitFor(t, "an endpointslices-only config", func() error { return a.check(state) })
 }
 
 // setClusterConfig writes east's cluster config as its clustermesh-apiserver
