@@ -61,7 +61,7 @@ func Compact(f *flowpb.Flow) string {
 		what += " "
 	}
 	return fmt.Sprintf("%s: %s %s %s %s%s (%s)", f.GetTime().AsTime().Local().Format(time.StampMilli),
-		src, arrow, dst, what, f.GetVerdict(), f.GetSummary())
+		src, arrow, dst, what, f.GetVerdict(), summary(f))
 }
 
 // eventText says what kind of event it is, as Hubble's compact output.

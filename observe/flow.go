@@ -106,8 +106,8 @@ func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
 		Destination:      x.endpoint(f.Dst.Addr(), f.DstIdentity, f.DstCluster),
 		TrafficDirection: direction(f.Direction),
 		IsReply:          wrapperspb.Bool(f.Reply),
-		Reply:            f.Reply,
 	}
+	fillDeprecated(out, f.Reply)
 	switch kind(f) {
 	case flows.KindSockTranslate:
 		x.sockTranslation(f, out)
@@ -120,12 +120,12 @@ func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
 			if f.DropReason != flows.DropNone {
 				out.DropReasonDesc = dropReason(f.DropReason)
 			}
-			out.DropReason = uint32(out.DropReasonDesc)
+			setDropReason(out)
 		}
 		x.packet(f, out)
 	case flows.KindDrop:
 		out.DropReasonDesc = dropReason(f.DropReason)
-		out.DropReason = uint32(out.DropReasonDesc)
+		setDropReason(out)
 		out.EventType = &flowpb.CiliumEventType{Type: eventDrop, SubType: int32(out.DropReasonDesc)}
 		x.packet(f, out)
 	default:
@@ -135,9 +135,21 @@ func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
 		}
 		x.packet(f, out)
 	}
-	out.Summary = summary(out)
+	setSummary(out)
 	return out
 }
+
+// Hubble's deprecated fields, which its own parser still fills and older
+// clients read (hubble's compact output prints Summary).
+
+//lint:ignore SA1019 filled as Hubble fills it, for clients that read it
+func fillDeprecated(out *flowpb.Flow, reply bool) { out.Reply = reply }
+
+//lint:ignore SA1019 filled as Hubble fills it, for clients that read it
+func setDropReason(out *flowpb.Flow) { out.DropReason = uint32(out.DropReasonDesc) }
+
+//lint:ignore SA1019 filled as Hubble fills it, for clients that read it
+func setSummary(out *flowpb.Flow) { out.Summary = summary(out) }
 
 // kind is f's kind; events of programs that predate kinds have none.
 func kind(f flows.Flow) flows.Kind {
@@ -169,7 +181,8 @@ func (x *enricher) sockTranslation(f flows.Flow, out *flowpb.Flow) {
 	out.EventType = &flowpb.CiliumEventType{Type: eventTraceSock}
 	out.SockXlatePoint = flowpb.SocketTranslationPoint(f.XlatePoint)
 	out.SocketCookie, out.CgroupId = f.SocketCookie, f.CgroupID
-	out.IsReply, out.Reply = nil, false
+	out.IsReply = nil
+	fillDeprecated(out, false)
 	if x.e != nil {
 		if ns, name, ok := x.e.Service(f.Service); ok {
 			out.DestinationService = &flowpb.Service{Namespace: ns, Name: name}
