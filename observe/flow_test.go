@@ -100,7 +100,7 @@ func TestFlowEnrich(t *testing.T) {
 	}
 	for _, k := range []string{`"verdict":"DROPPED"`, `"drop_reason_desc":"POLICY_DENIED"`, `"pod_name":"frontend-1"`,
 		`"TCP":{"source_port":41234,"destination_port":8080,"flags":{"SYN":true}}`, `"IP":{"source":"10.2.1.5"`, `"node_name":"east/node-1"`,
-		`"Type":"L3_L4"`, `"traffic_direction":"INGRESS"`, `"drop_reason":133`, `"Summary":"TCP Flags: SYN"`, `"cluster_name":"west"`, `"is_reply":false`} {
+		`"Type":"L3_L4"`, `"traffic_direction":"INGRESS"`, `"drop_reason":133`, `"Summary":"TCPFlags:SYN"`, `"cluster_name":"west"`, `"is_reply":false`} {
 		if !strings.Contains(strings.ReplaceAll(string(b), " ", ""), k) {
 			t.Errorf("JSON lacks %s: %s", k, b)
 		}
