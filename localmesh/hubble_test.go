@@ -19,6 +19,7 @@ import (
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/hubbletest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/node"
@@ -57,6 +58,17 @@ func startHubbleEnv(t *testing.T) *hubbleEnv {
 			cfg.Hubble.FlowLogsConfig = filepath.Join(dir, "export.yaml")
 		}
 	})
+	for _, c := range []string{"west", "north"} {
+		enf := e.mesh.Cluster(c).Agents[0].Node.Enforcer()
+		testenv.WaitFor(t, 10*time.Second, c+"-node-1 observing its frontend-1", func() bool {
+			for _, ep := range enf.Status().Endpoints {
+				if ep.Pod == "frontend-1" && ep.State == enforcer.StateEnforcing {
+					return true
+				}
+			}
+			return false
+		})
+	}
 	east := e.mesh.Cluster("east")
 	e.relaySock = filepath.Join(t.TempDir(), "relay.sock")
 	cfg := relay.DefaultConfig()
