@@ -30,8 +30,9 @@ import (
 
 // ciliumPKI is what a Cilium cluster's clustermesh-apiserver and its
 // readers are given, issued from our mesh CA: the etcd server certificate,
-// root (the init), admin-<cluster> (the apiserver's writers) and remote (a
-// peer's agents, Cilium's one shared user).
+// root (the init), admin-<cluster> (the apiserver's writers), remote (a
+// peer's agents in Cilium's authMode legacy and migration) and
+// remote-<our cluster> (in authMode cluster, and our agents).
 type ciliumPKI struct {
 	bundle ca.Bundle
 	dir    string
@@ -43,7 +44,7 @@ func newCiliumPKI(t *testing.T, mesh *ca.CA, dir, cluster string) ciliumPKI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, user := range []string{"root", "remote"} {
+	for _, user := range []string{"root", "remote", "remote-" + ourName} {
 		c, err := mesh.IssueClient(user)
 		if err != nil {
 			t.Fatal(err)
@@ -231,6 +232,24 @@ func startCiliumWriter(t *testing.T, cfgPath string, cluster string, cfg cmtypes
 		w.wg.Go(func() { s.Run(ctx) })
 	}
 	return w
+}
+
+// enforceUser does what the clustermesh-apiserver's users management
+// (clustermesh-apiserver/clustermesh/users_mgmt.go) does for each entry of
+// its users.yaml, which Cilium's Helm chart fills from
+// clustermesh.config.clusters (the ConfigMap clustermesh-remote-users,
+// "remote-<cluster>" with role "remote", unless authMode is legacy).
+func (w *ciliumWriter) enforceUser(t *testing.T, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	users, ok := w.client.(kvstore.BackendOperationsUserMgmt)
+	if !ok {
+		t.Fatalf("Cilium's kvstore client %T manages no users", w.client)
+	}
+	if err := users.UserEnforcePresence(ctx, name, []string{"remote"}); err != nil {
+		t.Fatalf("UserEnforcePresence %s: %v", name, err)
+	}
 }
 
 // heartbeat writes cilium/.heartbeat as kvstore/heartbeat's job does.

@@ -431,6 +431,8 @@ func TestOurAgentReadsCiliumApiserver(t *testing.T) {
 	c.w.write(t, state)
 	waitFor(t, "the service no longer global", func() error { return a.check(state) })
 
+	checkPerClusterUser(t, a, c, state)
+
 	// etcd restarted on its data dir: the same store, the writer's client
 	// reconnects, our agent follows what changes after.
 	c.restartEtcd(t)
@@ -515,7 +517,8 @@ func (c *ciliumCluster) restartEtcd(t *testing.T) {
 }
 
 // restartFresh replaces etcd and writers with new ones on a fresh data
-// dir: another etcd cluster id, nothing written yet.
+// dir: another etcd cluster id, nothing written yet but the users
+// (etcdinit's, and remote-west by the users management).
 func (c *ciliumCluster) restartFresh(t *testing.T, data string) {
 	t.Helper()
 	c.w.close()
@@ -526,6 +529,26 @@ func (c *ciliumCluster) restartFresh(t *testing.T, data string) {
 		t.Fatalf("a fresh etcd has the old cluster id %x", got)
 	}
 	c.w = startCiliumWriter(t, c.adminCfg, clusterName, c.cfg)
+	c.w.enforceUser(t, "remote-"+ourName)
+}
+
+// checkPerClusterUser: our agent's own certificate (remote-west, CN of
+// the bundle's remote certificate) is refused until the Cilium cluster's
+// users management creates the user, as it does for every cluster of its
+// clustermesh.config.clusters; then the agent reads as remote-west.
+func checkPerClusterUser(t *testing.T, a *ourAgent, c *ciliumCluster, state ciliumState) {
+	t.Helper()
+	user := "remote-" + ourName
+	c.pki.etcdConfig(t, filepath.Join(a.dir, clusterName), c.addr, user)
+	waitFor(t, user+" refused", func() error {
+		st, _ := a.sync.RemoteStatus(clusterName)
+		if st.Connected || st.LastError == "" {
+			return fmt.Errorf("remote %s: connected %v, last error %q", clusterName, st.Connected, st.LastError)
+		}
+		return nil
+	})
+	c.w.enforceUser(t, user)
+	waitFor(t, "the state read as "+user, func() error { return a.check(state) })
 }
 
 // checkConfigChanges: east's cluster config changed under the agent (read
