@@ -160,10 +160,20 @@ func start(ctx context.Context, o Options) (*run, error) {
 	// serves Hubble's API; node agents serve their status as `clustermesh
 	// agent` does, when the demo serves.
 	observing := d.noTraffic == ""
+	if observing {
+		// The client's cgroup, where east-node-1's agent attaches its socket
+		// load balancer (its translations are flows too).
+		cg, err := newCgroup()
+		if err != nil {
+			d.close()
+			return nil, err
+		}
+		d.cgroup = cg
+	}
 	d.started = time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Options{Dir: d.o.Dir, Clusters: specs, AgentsPerCluster: o.AgentsPerCluster,
 		EBPF: o.EBPF, ProbeInterval: 100 * time.Millisecond, Logger: o.Logger, ReadOwnCluster: true, Hubble: observing,
-		APIServer: o.tweak.APIServer, Agent: o.tweak.Agent, Node: d.pol.nodeAgent(pdir, observing, !o.Once, d.statusSocket)})
+		APIServer: o.tweak.APIServer, Agent: o.tweak.Agent, Node: d.pol.nodeAgent(pdir, d.cgroup, !o.Once, d.statusSocket)})
 	if err != nil {
 		d.close()
 		return nil, err
@@ -191,6 +201,10 @@ func (d *run) close() error {
 	if d.net != nil {
 		errs = append(errs, d.net.Close())
 	}
+	if d.cgroup != "" {
+		// After the agents: east-node-1's detached its socket load balancer.
+		errs = append(errs, removeCgroup(d.cgroup, 5*time.Second))
+	}
 	if d.tmpDir != "" {
 		errs = append(errs, os.RemoveAll(d.tmpDir))
 	}
@@ -213,6 +227,7 @@ type run struct {
 	net            *network // the real traffic's network, once set up
 	pol            policyRun
 	stopRelay      func() error // stops the relay, once started
+	cgroup         string       // the client's cgroup (real traffic), removed by close
 }
 
 // step runs fn with the step timeout and prints its outcome and time.

@@ -19,7 +19,6 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/localmesh"
@@ -63,8 +62,7 @@ type network struct {
 	pods []*pod       // the checkout pods
 	// frontends are the policy step's clients, by cluster.
 	frontends map[string]*podnet.Pod
-	cgroup    string // the socket load balancer's cgroup, once attached
-	lb        *socklb.LB
+	cgroup    string // the client's cgroup, where east-node-1's socket load balancer is attached
 	closeMu   sync.Mutex
 	closed    bool
 }
@@ -174,29 +172,24 @@ func (n *network) addPod(s podSpec, veth string, logger *slog.Logger) error {
 	return nil
 }
 
-// attach creates the demo's cgroup under the cgroup v2 mount and attaches
-// the socket load balancer of maps to it.
-func (n *network) attach(maps *datapath.Maps) error {
+// newCgroup creates the demo's client cgroup under the cgroup v2 mount:
+// east-node-1's agent attaches its socket load balancer to it.
+func newCgroup() (string, error) {
 	root, err := socklb.Cgroup2Mount()
 	if err != nil {
-		return err
+		return "", err
 	}
 	var b [4]byte
 	rand.Read(b[:])
 	dir := filepath.Join(root, fmt.Sprintf("clustermesh-demo-%d-%s", os.Getpid(), hex.EncodeToString(b[:])))
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		return fmt.Errorf("demo: create the client's cgroup: %w", err)
+		return "", fmt.Errorf("demo: create the client's cgroup: %w", err)
 	}
-	n.cgroup = dir
-	if n.lb, err = socklb.Attach(maps, dir, socklb.Config{}); err != nil {
-		return err
-	}
-	return nil
+	return dir, nil
 }
 
-// Close stops the servers, removes the veths, the namespaces and the cgroup
-// (waiting a few seconds for exiting processes to leave it) and detaches the
-// socket load balancer. It is idempotent.
+// Close stops the servers, removes the veths and the namespaces. It is
+// idempotent.
 func (n *network) Close() error {
 	n.closeMu.Lock()
 	defer n.closeMu.Unlock()
@@ -205,12 +198,6 @@ func (n *network) Close() error {
 	}
 	n.closed = true
 	var errs []error
-	if n.lb != nil {
-		errs = append(errs, n.lb.Close())
-	}
-	if n.cgroup != "" {
-		errs = append(errs, removeCgroup(n.cgroup, 5*time.Second))
-	}
 	for _, p := range n.pods {
 		p.srv.Close()
 		<-p.served

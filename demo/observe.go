@@ -88,13 +88,29 @@ func (d *run) observeStep(ctx context.Context) (string, error) {
 				return false, fmt.Sprintf("flows through the relay by node: %s", nodeCounts(byNode))
 			}
 		}
+		if translated(byNode["east/node-1"]) == nil {
+			return false, "no socket load balancer translation of east-node-1's client yet"
+		}
 		return true, ""
 	})
 	if err != nil {
 		return "", err
 	}
 	example := observe.Compact(byNode["west/node-1"][len(byNode["west/node-1"])-1])
-	return fmt.Sprintf("through the relay, flows by the node that saw them: %s\n      e.g. %s", nodeCounts(byNode), example), nil
+	xlate := translated(byNode["east/node-1"])
+	return fmt.Sprintf("through the relay, flows by the node that saw them: %s\n      e.g. %s\n      and east-node-1's socket load balancer: %s (service %s/%s)",
+		nodeCounts(byNode), example, observe.Compact(xlate), xlate.GetDestinationService().GetNamespace(), xlate.GetDestinationService().GetName()), nil
+}
+
+// translated returns the last socket translation of fs to a named
+// service, or nil.
+func translated(fs []*flowpb.Flow) *flowpb.Flow {
+	for i := len(fs) - 1; i >= 0; i-- {
+		if fs[i].GetVerdict() == flowpb.Verdict_TRANSLATED && fs[i].GetDestinationService().GetName() != "" {
+			return fs[i]
+		}
+	}
+	return nil
 }
 
 // frontendsObserved waits until the node-1 agents of west and north

@@ -106,18 +106,20 @@ func (p *policyRun) setNode(n *podnet.Node) {
 
 // nodeAgent returns a localmesh hook that makes east's first agent
 // (east-node-1) a whole node agent enforcing the policies in dir, and, with
-// observe, the first agent of every cluster a node agent observing its pods
-// in east-node-1's namespace; each serves its status on the demo's status
-// socket when serve is set.
-func (p *policyRun) nodeAgent(dir string, observe, serve bool, statusSocket func(string) string) func(string, *node.Config) bool {
+// real traffic (a client cgroup), the first agent of every cluster a node
+// agent observing its pods in east-node-1's namespace, east-node-1 with its
+// socket load balancer on the cgroup; each serves its status on the demo's
+// status socket when serve is set.
+func (p *policyRun) nodeAgent(dir, cgroup string, serve bool, statusSocket func(string) string) func(string, *node.Config) bool {
 	return func(name string, cfg *node.Config) bool {
-		if name != policyAgent && !(observe && strings.HasSuffix(name, "-node-1")) {
+		if name != policyAgent && !(cgroup != "" && strings.HasSuffix(name, "-node-1")) {
 			return false
 		}
 		cfg.NodeName = policyNode // the node's address is the host identity
 		cfg.Policy.InNetns, cfg.Policy.ReloadInterval = p.inNode, 100*time.Millisecond
 		if name == policyAgent {
 			cfg.Policy.Dir = dir
+			cfg.SocketLB, cfg.Cgroup = cgroup != "", cgroup
 		}
 		if serve {
 			cfg.StatusAddr = statusSocket(name)
@@ -268,7 +270,8 @@ func (d *run) flowsTo(ctx context.Context, pod string) ([]string, error) {
 	ns, name, _ := strings.Cut(pod, "/")
 	toPod := func(f *flowpb.Flow) bool {
 		dst := f.GetDestination()
-		return dst.GetNamespace() == ns && strings.HasPrefix(dst.GetPodName(), name) && f.GetSource().GetIdentity() != wire.IdentityHost // the traffic step's
+		return dst.GetNamespace() == ns && strings.HasPrefix(dst.GetPodName(), name) &&
+			f.GetSource().GetIdentity() != wire.IdentityHost && f.GetType() != flowpb.FlowType_SOCK // the traffic step's
 	}
 	var out []string
 	err := waitUntil(ctx, func() (bool, string) {

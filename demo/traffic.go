@@ -243,9 +243,8 @@ func (d *run) traffic(ctx context.Context) (string, error) {
 // load balancer to the client's cgroup.
 func (d *run) setupTraffic(ctx context.Context) error {
 	east := d.m.Cluster("east")
-	maps, ok := east.Agents[0].Datapath.(*datapath.Maps)
-	if !ok {
-		return fmt.Errorf("demo: %s has no eBPF maps to attach the socket load balancer to", east.Agents[0].Name)
+	if _, ok := east.Agents[0].Datapath.(*datapath.Maps); !ok || d.cgroup == "" {
+		return fmt.Errorf("demo: %s has no eBPF maps and socket load balancer", east.Agents[0].Name)
 	}
 	specs, err := checkoutPods()
 	if err != nil {
@@ -257,9 +256,7 @@ func (d *run) setupTraffic(ctx context.Context) error {
 		return err
 	}
 	d.pol.setNode(n.node)
-	if err := n.attach(maps); err != nil {
-		return errors.Join(err, n.Close())
-	}
+	n.cgroup = d.cgroup
 	d.net = n
 	return nil
 }

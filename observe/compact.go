@@ -165,16 +165,20 @@ func compactEndpoint(e *flowpb.Endpoint, ip string, port uint32) string {
 		b.WriteString(e.GetPodName())
 	} else if strings.Contains(ip, ":") && port != 0 {
 		b.WriteString("[" + ip + "]")
+	} else if ip == "" {
+		b.WriteString("-") // unknown: a socket translation of an unbound socket
 	} else {
 		b.WriteString(ip)
 	}
 	if port != 0 {
 		b.WriteString(":" + strconv.FormatUint(uint64(port), 10))
 	}
-	id := "ID:" + strconv.FormatUint(uint64(e.GetIdentity()), 10)
-	if name, ok := reservedNames[e.GetIdentity()]; ok {
-		id = name
+	switch id := e.GetIdentity(); {
+	case id == 0: // not known to the event (a socket translation)
+	case reservedNames[id] != "":
+		b.WriteString(" (" + reservedNames[id] + ")")
+	default:
+		b.WriteString(" (ID:" + strconv.FormatUint(uint64(id), 10) + ")")
 	}
-	b.WriteString(" (" + id + ")")
 	return b.String()
 }

@@ -229,17 +229,28 @@ func tcpFlagsOf(t flows.TCPFlags) *flowpb.TCPFlags {
 func ip(f flows.Flow) *flowpb.IP {
 	src, dst := f.Src.Addr().Unmap(), f.Dst.Addr().Unmap()
 	v := flowpb.IPVersion_IPv4
-	if src.Is6() {
+	if dst.Is6() {
 		v = flowpb.IPVersion_IPv6
 	}
-	return &flowpb.IP{Source: src.String(), Destination: dst.String(), IpVersion: v}
+	out := &flowpb.IP{IpVersion: v}
+	if src.IsValid() { // a socket translation of an unbound socket has none
+		out.Source = src.String()
+	}
+	if dst.IsValid() {
+		out.Destination = dst.String()
+	}
+	return out
 }
 
 func layer4(f flows.Flow) *flowpb.Layer4 {
 	sp, dp := uint32(f.Src.Port()), uint32(f.Dst.Port())
 	switch f.Protocol {
 	case datapath.TCP:
-		return &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{SourcePort: sp, DestinationPort: dp, Flags: tcpFlagsOf(f.TCPFlags)}}}
+		tcp := &flowpb.TCP{SourcePort: sp, DestinationPort: dp}
+		if kind(f) != flows.KindSockTranslate { // a socket's, not a packet's: no flags
+			tcp.Flags = tcpFlagsOf(f.TCPFlags)
+		}
+		return &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: tcp}}
 	case datapath.UDP:
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_UDP{UDP: &flowpb.UDP{SourcePort: sp, DestinationPort: dp}}}
 	case datapath.SCTP:
@@ -326,6 +337,9 @@ func (x *enricher) formatted(id uint32, ls wire.Labels) []string {
 func summary(f *flowpb.Flow) string {
 	switch l4 := f.GetL4().GetProtocol().(type) {
 	case *flowpb.Layer4_TCP:
+		if l4.TCP.GetFlags() == nil {
+			return "TCP"
+		}
 		return "TCP Flags: " + tcpFlags(l4.TCP.GetFlags())
 	case *flowpb.Layer4_UDP:
 		return "UDP"

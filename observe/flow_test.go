@@ -177,7 +177,7 @@ func TestFlowKinds(t *testing.T) {
 		got.GetSocketCookie() != 77 || got.GetCgroupId() != 9 || got.GetIsReply() != nil {
 		t.Errorf("socket translation: %v", got)
 	}
-	if c := Compact(got); !strings.Contains(c, "post-direction-fwd TRANSLATED") {
+	if c := Compact(got); !strings.Contains(c, ": - -> east/shop/checkout-0:8080 post-direction-fwd TRANSLATED (TCP)") || got.GetIP().GetSource() != "" {
 		t.Errorf("compact translation: %s", c)
 	}
 }
