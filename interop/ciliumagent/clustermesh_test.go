@@ -39,6 +39,13 @@ type ciliumAgent struct {
 // in-memory kvstore: the local cluster's own store plays no part here.
 func startCiliumAgent(t *testing.T, maxConnectedClusters uint32) *ciliumAgent {
 	t.Helper()
+	return startCiliumAgentWith(t, maxConnectedClusters, common.DefaultRemoteClientFactory(kvstore.Config{}))
+}
+
+// startCiliumAgentWith is startCiliumAgent with the agent's etcd clients
+// made by factory.
+func startCiliumAgentWith(t *testing.T, maxConnectedClusters uint32, factory common.RemoteClientFactoryFn) *ciliumAgent {
+	t.Helper()
 	a := &ciliumAgent{v: newView(), dir: t.TempDir(), staging: t.TempDir()}
 	logger := slog.New(&logHandler{v: a.v})
 	local := cmtypes.ClusterInfo{ID: localID, Name: localName, MaxConnectedClusters: maxConnectedClusters}
@@ -62,7 +69,7 @@ func startCiliumAgent(t *testing.T, maxConnectedClusters uint32) *ciliumAgent {
 		ServiceModeV2Config:   cmtypes.DefaultServiceModeV2Config,
 		TimeoutConfig:         wait.TimeoutConfigDefault,
 		ClusterInfo:           local,
-		RemoteClientFactory:   common.DefaultRemoteClientFactory(kvstore.Config{}),
+		RemoteClientFactory:   factory,
 		ServiceMerger:         a.v,
 		NodeObserver:          a.v,
 		RemoteIdentityWatcher: ids,
@@ -84,10 +91,17 @@ func startCiliumAgent(t *testing.T, maxConnectedClusters uint32) *ciliumAgent {
 // clustermesh secret of a Cilium agent holds it: endpoint, CA, certificate.
 func (a *ciliumAgent) configure(t *testing.T, name, url, caFile, cert, key string) {
 	t.Helper()
-	staged := filepath.Join(a.staging, name)
+	writeEtcdConfig(t, a.dir, a.staging, name, url, caFile, cert, key)
+}
+
+// writeEtcdConfig writes an etcd config named name into dir, through
+// staging so that a watcher of dir sees only the whole file.
+func writeEtcdConfig(t *testing.T, dir, staging, name, url, caFile, cert, key string) {
+	t.Helper()
+	staged := filepath.Join(staging, name)
 	writeFile(t, staged,
 		fmt.Sprintf("endpoints:\n- %s\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n", url, caFile, cert, key))
-	if err := os.Rename(staged, filepath.Join(a.dir, name)); err != nil {
+	if err := os.Rename(staged, filepath.Join(dir, name)); err != nil {
 		t.Fatal(err)
 	}
 }
