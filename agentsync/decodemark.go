@@ -87,7 +87,8 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 	}
 	var name podRef
 	if pfx.IsSingleIP() {
-		name = s.names.add(p.K8sNamespace, p.K8sPodName)
+		w, _ := wire.ParseWorkload(p.Workload) // checked by the decoder; none when absent
+		name = s.names.add(p.K8sNamespace, p.K8sPodName, w)
 	}
 	s.names.free(s.entries[pfx].v)
 	s.entries.put(pfx, name, gen)
@@ -179,7 +180,7 @@ func (s *ipcacheStore) compactNames() {
 	var fresh nameArena
 	for p, e := range s.entries {
 		if n, ok := s.names.get(e.v); ok {
-			e.v = fresh.add(n.Namespace, n.Name)
+			e.v = fresh.add(n.Namespace, n.Name, n.Workload)
 			s.entries[p] = e
 		}
 	}

@@ -2,6 +2,8 @@ package agentsync
 
 import (
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -11,13 +13,19 @@ import (
 // synced: their K8sNamespace and K8sPodName.
 type PodName struct {
 	Namespace, Name string
+	// Workload is the pod's owning workload, when its entry named one
+	// whose name begins the pod's (as Kubernetes names the pods of
+	// Deployments, StatefulSets, DaemonSets and Jobs).
+	Workload wire.Workload
 }
 
-// podRef is a pod's name in a nameArena: the namespace's index (16 bits),
-// the name's offset (32 bits) and length (16 bits) in the arena's bytes.
-// 0 is no name. A name is kept with its ipcache entry, so it costs the
-// entry 8 bytes of value and the name's bytes, nothing more: this is per
-// entry, the bulk of an agent's memory.
+// podRef is a pod's name in a nameArena, packed in 64 bits: the
+// namespace's index (14 bits), the name's offset (31 bits) and length (8
+// bits) in the arena's bytes, the workload's kind (3 bits, an index of
+// wire.WorkloadKinds + 1) and the length of the pod name's prefix that is
+// the workload's name (8 bits). 0 is no name. A name is kept with its
+// ipcache entry, so it costs the entry 8 bytes of value and the name's
+// bytes, nothing more: this is per entry, the bulk of an agent's memory.
 type podRef uint64
 
 // nameArena keeps the pod names of one remote's ipcache: names in one
@@ -32,15 +40,16 @@ type nameArena struct {
 
 // Bounds of a podRef's fields.
 const (
-	maxNameLen    = 1<<16 - 1
-	maxArenaBytes = 1<<32 - 1
-	maxNamespaces = 1<<16 - 1
+	maxNameLen    = 1<<8 - 1 // pod names are DNS subdomains, at most 253
+	maxArenaBytes = 1<<31 - 1
+	maxNamespaces = 1<<14 - 1
 )
 
 // add stores a name and returns its reference; 0 when it cannot be kept
 // (empty, too long, the arena or the namespaces full): the pod then goes
-// unnamed in flows, nothing else changes.
-func (a *nameArena) add(namespace, name string) podRef {
+// unnamed in flows, nothing else changes. A workload whose name does not
+// begin the pod's is left out.
+func (a *nameArena) add(namespace, name string, w wire.Workload) podRef {
 	if name == "" || len(name) > maxNameLen || len(a.buf)+len(name) > maxArenaBytes {
 		return 0
 	}
@@ -58,11 +67,25 @@ func (a *nameArena) add(namespace, name string) podRef {
 	}
 	off := len(a.buf)
 	a.buf = append(a.buf, name...)
-	return podRef(uint64(ns)<<48 | uint64(off)<<16 | uint64(len(name)))
+	kind, wlen := workloadBits(name, w)
+	return podRef(uint64(ns)<<50 | uint64(off)<<19 | uint64(len(name))<<11 | kind<<8 | wlen)
 }
 
-func (r podRef) parts() (ns uint16, off, n int) {
-	return uint16(r >> 48), int(r>>16) & maxArenaBytes, int(r & maxNameLen)
+// workloadBits packs w as a kind index and a prefix length of name; 0, 0
+// when w is none or its name does not begin name.
+func workloadBits(name string, w wire.Workload) (kind, wlen uint64) {
+	if w.Name == "" || !strings.HasPrefix(name, w.Name) {
+		return 0, 0
+	}
+	i := slices.Index(wire.WorkloadKinds, w.Kind)
+	if i < 0 || i >= 7 {
+		return 0, 0
+	}
+	return uint64(i + 1), uint64(len(w.Name))
+}
+
+func (r podRef) parts() (ns uint16, off, n, kind, wlen int) {
+	return uint16(r >> 50), int(r>>19) & maxArenaBytes, int(r>>11) & maxNameLen, int(r>>8) & 7, int(r & 0xff)
 }
 
 // get returns the name of r.
@@ -70,14 +93,18 @@ func (a *nameArena) get(r podRef) (PodName, bool) {
 	if r == 0 {
 		return PodName{}, false
 	}
-	ns, off, n := r.parts()
-	return PodName{Namespace: a.nss[ns], Name: string(a.buf[off : off+n])}, true
+	ns, off, n, kind, wlen := r.parts()
+	p := PodName{Namespace: a.nss[ns], Name: string(a.buf[off : off+n])}
+	if kind > 0 {
+		p.Workload = wire.Workload{Kind: wire.WorkloadKinds[kind-1], Name: p.Name[:wlen]}
+	}
+	return p, true
 }
 
 // free marks r's bytes as garbage.
 func (a *nameArena) free(r podRef) {
 	if r != 0 {
-		_, _, n := r.parts()
+		_, _, n, _, _ := r.parts()
 		a.garbage += n
 	}
 }

@@ -13,21 +13,24 @@ import (
 // what cannot be kept is refused with 0, never stored wrong.
 func TestNameArena(t *testing.T) {
 	var a nameArena
-	r1, r2 := a.add("shop", "checkout-7d9f8b6c5d-x2k4p"), a.add("web", "frontend-1")
-	r3 := a.add("shop", "checkout-0")
-	for r, want := range map[podRef]PodName{r1: {"shop", "checkout-7d9f8b6c5d-x2k4p"}, r2: {"web", "frontend-1"}, r3: {"shop", "checkout-0"}} {
+	deploy, sts := wire.Workload{Kind: "Deployment", Name: "checkout"}, wire.Workload{Kind: "StatefulSet", Name: "db"}
+	r1, r2 := a.add("shop", "checkout-7d9f8b6c5d-x2k4p", deploy), a.add("web", "frontend-1", wire.Workload{})
+	r3 := a.add("shop", "checkout-0", sts) // not a prefix of the pod's name: left out
+	r4 := a.add("data", "db-0", sts)
+	for r, want := range map[podRef]PodName{r1: {"shop", "checkout-7d9f8b6c5d-x2k4p", deploy}, r2: {"web", "frontend-1", wire.Workload{}},
+		r3: {"shop", "checkout-0", wire.Workload{}}, r4: {"data", "db-0", sts}} {
 		if got, ok := a.get(r); !ok || got != want {
 			t.Errorf("get(%x) = %+v, %v; want %+v", r, got, ok, want)
 		}
 	}
-	if len(a.nss) != 3 {
-		t.Errorf("namespaces %q, want shop and web once each", a.nss[1:])
+	if len(a.nss) != 4 {
+		t.Errorf("namespaces %q, want shop, web and data once each", a.nss[1:])
 	}
 	if _, ok := a.get(0); ok {
 		t.Error("reference 0 names a pod")
 	}
 	for _, bad := range []string{"", strings.Repeat("x", maxNameLen+1)} {
-		if r := a.add("shop", bad); r != 0 {
+		if r := a.add("shop", bad, wire.Workload{}); r != 0 {
 			t.Errorf("add of a %d-byte name = %x, want 0", len(bad), r)
 		}
 	}
@@ -36,7 +39,7 @@ func TestNameArena(t *testing.T) {
 		t.Errorf("garbage %d, wasteful %v: a little garbage is kept", a.garbage, a.wasteful())
 	}
 	for i := 0; i < 10000; i++ {
-		a.free(a.add("bulk", "pod-with-a-long-name-0123456789"))
+		a.free(a.add("bulk", "pod-with-a-long-name-0123456789", wire.Workload{}))
 	}
 	if !a.wasteful() {
 		t.Error("an arena of mostly garbage is not worth a compaction")
@@ -44,10 +47,10 @@ func TestNameArena(t *testing.T) {
 }
 
 func FuzzNameArena(f *testing.F) {
-	f.Add("shop", "checkout-0", "web", "frontend-1")
-	f.Fuzz(func(t *testing.T, ns1, n1, ns2, n2 string) {
+	f.Add("shop", "checkout-0", "web", "frontend-1", "checkout")
+	f.Fuzz(func(t *testing.T, ns1, n1, ns2, n2, w string) {
 		var a nameArena
-		r1, r2 := a.add(ns1, n1), a.add(ns2, n2)
+		r1, r2 := a.add(ns1, n1, wire.Workload{Kind: "Deployment", Name: w}), a.add(ns2, n2, wire.Workload{})
 		for _, c := range []struct {
 			r      podRef
 			ns, nm string
@@ -59,7 +62,7 @@ func FuzzNameArena(f *testing.F) {
 				}
 				continue
 			}
-			if !ok || got.Namespace != c.ns || got.Name != c.nm {
+			if !ok || got.Namespace != c.ns || got.Name != c.nm || !strings.HasPrefix(got.Name, got.Workload.Name) {
 				t.Fatalf("get = %+v, %v; want %s/%s", got, ok, c.ns, c.nm)
 			}
 		}
@@ -77,7 +80,7 @@ func TestIPCacheStoreCompactsNames(t *testing.T) {
 	name := func(i int) string { return fmt.Sprintf("checkout-7d9f8b6c5d-%06d", i) }
 	key := func(i int) string { return wire.IPCacheKey(fmt.Sprintf("10.2.%d.%d", i/250, 1+i%250)) }
 	for i := 0; i < 10000; i++ {
-		v := fmt.Sprintf(`{"IP":"10.2.%d.%d","ID":131100,"K8sNamespace":"shop","K8sPodName":%q}`, i/250, 1+i%250, name(i))
+		v := fmt.Sprintf(`{"IP":"10.2.%d.%d","ID":131100,"K8sNamespace":"shop","K8sPodName":%q,"clustermesh.io/workload":"Deployment/checkout"}`, i/250, 1+i%250, name(i))
 		if err := s.apply(key(i), []byte(v), 1); err != nil {
 			t.Fatal(err)
 		}
@@ -90,7 +93,8 @@ func TestIPCacheStoreCompactsNames(t *testing.T) {
 		t.Errorf("names: %d bytes with %d garbage after 9,000 of 10,000 entries went (%d before)", len(s.names.buf), s.names.garbage, full)
 	}
 	for _, i := range []int{9000, 9500, 9999} {
-		if n, ok := s.podName(netip.MustParseAddr(fmt.Sprintf("10.2.%d.%d", i/250, 1+i%250))); !ok || n.Name != name(i) || n.Namespace != "shop" {
+		if n, ok := s.podName(netip.MustParseAddr(fmt.Sprintf("10.2.%d.%d", i/250, 1+i%250))); !ok || n.Name != name(i) || n.Namespace != "shop" ||
+			n.Workload != (wire.Workload{Kind: "Deployment", Name: "checkout"}) {
 			t.Errorf("entry %d names %+v, %v", i, n, ok)
 		}
 	}

@@ -246,6 +246,7 @@ func (l *listers) endpoint(p *corev1.Pod, knownNodes map[string]bool, nsLabels m
 	// labels of them (as pkg/k8s/labels.go does with SanitizePodLabels).
 	// Informer objects are never modified, so their maps are shared.
 	e.Labels, e.NamespaceLabels, e.ServiceAccount = p.Labels, nsLabels, p.Spec.ServiceAccountName
+	e.Workload = workloadOf(p).String()
 	c, listed := cond[p.Namespace+"/"+p.Name]
 	if !listed {
 		ready := false
@@ -313,3 +314,26 @@ func namedTargetPort(svcSlices []*discoveryv1.EndpointSlice, name string) uint16
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// workloadOf is the pod's owning workload, from its controller owner
+// reference: a ReplicaSet named after a Deployment's pod template hash is
+// that Deployment (as Hubble names it); a pod without a controller is its
+// own. A kind or name the mesh does not know is left out.
+func workloadOf(p *corev1.Pod) wire.Workload {
+	w := wire.Workload{Kind: "Pod", Name: p.Name}
+	for _, o := range p.OwnerReferences {
+		if o.Controller == nil || !*o.Controller {
+			continue
+		}
+		w = wire.Workload{Kind: o.Kind, Name: o.Name}
+		if hash := p.Labels["pod-template-hash"]; o.Kind == "ReplicaSet" && hash != "" {
+			if name, ok := strings.CutSuffix(o.Name, "-"+hash); ok {
+				w = wire.Workload{Kind: "Deployment", Name: name}
+			}
+		}
+	}
+	if _, err := wire.ParseWorkload(w.String()); err != nil {
+		return wire.Workload{}
+	}
+	return w
+}

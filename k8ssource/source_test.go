@@ -2,6 +2,7 @@ package k8ssource_test
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -170,4 +171,41 @@ func pod(ns, name, node, ip string, phase corev1.PodPhase, deleted *metav1.Time)
 		p.Status.PodIPs = []corev1.PodIP{{IP: ip}}
 	}
 	return p
+}
+
+// A pod's workload is its controller: a Deployment's ReplicaSet names the
+// Deployment (by the pod template hash), a pod without one is its own, an
+// owner the mesh cannot name is left out.
+func TestSourceWorkloads(t *testing.T) {
+	yes, n := true, 0
+	owned := func(name, kind, owner, hash string) *corev1.Pod {
+		n++
+		p := pod("a", name, "", "10.0.0."+fmt.Sprint(n), corev1.PodRunning, nil)
+		if hash != "" {
+			p.Labels = map[string]string{"app": "x", "pod-template-hash": hash}
+		}
+		if kind != "" {
+			p.OwnerReferences = []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "decoy-1"}, {Kind: kind, Name: owner, Controller: &yes}}
+		}
+		return p
+	}
+	objs := []runtime.Object{
+		owned("frontend-7d9f8-x2k4p", "ReplicaSet", "frontend-7d9f8", "7d9f8"),
+		owned("db-0", "StatefulSet", "db", ""),
+		owned("loner", "", "", ""),
+		owned("rs-only-abc12", "ReplicaSet", "rs-only", "zzz"), // not a Deployment's hash
+		owned("odd-1", "Widget", "odd", ""),
+	}
+	r := run(t, &k8ssource.Source{Client: fake.NewClientset(objs...)})
+	testenv.WaitFor(t, 10*time.Second, "the first State", func() bool { return r.count() > 0 })
+	st := r.last()
+	if err := st.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for pod, want := range map[string]string{"frontend-7d9f8-x2k4p": "Deployment/frontend", "db-0": "StatefulSet/db",
+		"loner": "Pod/loner", "rs-only-abc12": "ReplicaSet/rs-only", "odd-1": ""} {
+		if e := endpoint(st, "a", pod); e == nil || e.Workload != want {
+			t.Errorf("%s: workload of %+v, want %q", pod, e, want)
+		}
+	}
 }

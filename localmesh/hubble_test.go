@@ -205,14 +205,19 @@ func TestHubbleCLIAcrossTheMesh(t *testing.T) {
 	}
 
 	// The remote pod is named, on the node that saw the packet.
+	// The remote pod and its workload are named, on the node that saw the
+	// packet, and select with Hubble's workload filter.
 	var westAtEast bool
-	for _, f := range e.observe(t, "--from-pod", "shop/frontend-1", "--to-pod", "shop/checkout-2", "--node-name", "east/node-1") {
-		if f.GetSource().GetClusterName() == "west" && f.GetSource().GetPodName() == "frontend-1" && f.GetDestination().GetClusterName() == "east" {
+	for _, f := range e.observe(t, "--from-workload", "Deployment/frontend", "--to-pod", "shop/checkout-2", "--node-name", "east/node-1") {
+		src, dst := f.GetSource(), f.GetDestination()
+		if src.GetClusterName() == "west" && src.GetPodName() == "frontend-1" && len(src.GetWorkloads()) == 1 &&
+			src.GetWorkloads()[0].GetName() == "frontend" && dst.GetClusterName() == "east" &&
+			len(dst.GetWorkloads()) == 1 && dst.GetWorkloads()[0].GetKind() == "StatefulSet" {
 			westAtEast = true
 		}
 	}
 	if !westAtEast {
-		t.Error("east's agent did not name west's frontend-1 in its flows")
+		t.Error("east's agent did not name west's frontend-1 and its workload in its flows")
 	}
 
 	e.checkStatusAndNodes(t)

@@ -240,6 +240,11 @@ func startPolicyEnvWith(t *testing.T, hubble bool, tweak func(name string, cfg *
 		// The state names no interface (as the Kubernetes source): the
 		// agent finds each pod's veth by the host route to its address.
 		st := SampleState(i + 1)
+		if hubble { // their owners, named in flows
+			for j := range st.Endpoints {
+				st.Endpoints[j].Workload = map[string]string{"frontend": "Deployment/frontend", "checkout": "StatefulSet/checkout"}[st.Endpoints[j].Labels["app"]]
+			}
+		}
 		specs = append(specs, ClusterSpec{Name: n, ID: uint32(i + 1), State: st})
 	}
 	nodeAgent := func(name string, cfg *node.Config) bool {

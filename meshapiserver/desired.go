@@ -43,7 +43,7 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator, cach
 			}
 			allocated = allocated || isNew
 			ip := e.IP.Unmap() // the one spelling agents accept
-			pair := &wire.IPIdentityPair{IP: ip, HostIP: hostIP, ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod}
+			pair := &wire.IPIdentityPair{IP: ip, HostIP: hostIP, ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod, Workload: e.Workload}
 			v, err := wire.EncodeIPIdentityPair(pair)
 			if err != nil {
 				return nil, false, err

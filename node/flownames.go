@@ -23,6 +23,7 @@ type flowNames struct {
 
 	mu        sync.RWMutex
 	frontends map[netip.AddrPort]serviceName // guarded by mu
+	workloads map[netip.Addr]wire.Workload   // guarded by mu; the local pods'
 }
 
 type serviceName struct{ namespace, name string }
@@ -37,13 +38,16 @@ func (f *flowNames) ClusterName(id uint16) string { return f.sync.ClusterName(id
 // its cluster's ipcache entry.
 func (f *flowNames) Pod(ip netip.Addr, cluster uint16) (observe.Pod, bool) {
 	if ns, pod, ok := f.enf.Pod(ip); ok {
-		return observe.Pod{Cluster: f.cluster, Namespace: ns, Name: pod}, true
+		f.mu.RLock()
+		w := f.workloads[ip]
+		f.mu.RUnlock()
+		return observe.Pod{Cluster: f.cluster, Namespace: ns, Name: pod, Workload: observe.Workload(w)}, true
 	}
 	p, ok := f.sync.PodByIP(ip, cluster)
 	if !ok {
 		return observe.Pod{}, false
 	}
-	return observe.Pod{Cluster: f.sync.ClusterName(cluster), Namespace: p.Namespace, Name: p.Name}, true
+	return observe.Pod{Cluster: f.sync.ClusterName(cluster), Namespace: p.Namespace, Name: p.Name, Workload: observe.Workload(p.Workload)}, true
 }
 
 // Service names the local service of a ClusterIP:port.
@@ -54,9 +58,16 @@ func (f *flowNames) Service(fe netip.AddrPort) (namespace, name string, ok bool)
 	return s.namespace, s.name, ok
 }
 
-// run keeps the service frontends of the local state until ctx is done.
+// run keeps the service frontends and the pods' workloads of the local
+// state until ctx is done.
 func (f *flowNames) run(ctx context.Context) error {
 	return f.local.Run(ctx, func(st *statesource.State) {
+		wls := make(map[netip.Addr]wire.Workload)
+		for _, e := range st.Endpoints {
+			if w, err := wire.ParseWorkload(e.Workload); err == nil {
+				wls[e.IP.Unmap()] = w
+			}
+		}
 		fes := make(map[netip.AddrPort]serviceName)
 		for _, s := range st.Services {
 			if !s.ClusterIP.IsValid() {
@@ -67,7 +78,7 @@ func (f *flowNames) run(ctx context.Context) error {
 			}
 		}
 		f.mu.Lock()
-		f.frontends = fes
+		f.frontends, f.workloads = fes, wls
 		f.mu.Unlock()
 	})
 }

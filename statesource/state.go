@@ -81,6 +81,10 @@ type Endpoint struct {
 	Interface string `json:"interface,omitempty"`
 	// ServiceAccount is the pod's service account (optional).
 	ServiceAccount string `json:"serviceAccount,omitempty"`
+	// Workload is the pod's owning workload, "Kind/name"
+	// (Deployment/frontend; optional): published with its ipcache entry,
+	// it names the pod's workload in the flows of every cluster.
+	Workload string `json:"workload,omitempty"`
 	// NamespaceLabels are the labels of the pod's namespace: in a state
 	// file they come from its namespaces list, never from the endpoint.
 	NamespaceLabels map[string]string `json:"-"`

@@ -91,6 +91,8 @@ func TestParseRejects(t *testing.T) {
 		"unnamed ns":         {"namespaces:\n- {labels: {x: y}}\n", "name is empty"},
 		"bad annotation key": {"nodes:\n- {name: n1, ips: [1.1.1.1], annotations: {'a b': x}}\n", "not a qualified name"},
 		"bad hubble address": {"nodes:\n- {name: n1, ips: [1.1.1.1], annotations: {clustermesh.io/hubble-address: '1.1.1.1'}}\n", "clustermesh.io/hubble-address"},
+		"bad workload kind":  {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, workload: Widget/b}\n", `workload "Widget/b"`},
+		"bad workload name":  {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, workload: Deployment/B}\n", "not a DNS subdomain"},
 	} {
 		_, err := Parse("f.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "f.yaml") {

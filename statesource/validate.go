@@ -72,6 +72,11 @@ func (st *State) Validate() error {
 		if !validInterfaceName(e.Interface) {
 			bad("endpoint %s: invalid interface %q (a Linux interface name: at most 15 characters, no '/', ':' or spaces)", id, e.Interface)
 		}
+		if e.Workload != "" {
+			if _, err := wire.ParseWorkload(e.Workload); err != nil {
+				bad("endpoint %s: %v", id, err)
+			}
+		}
 	}
 	namespaces := map[string]bool{}
 	for i, ns := range st.Namespaces {

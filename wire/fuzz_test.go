@@ -193,6 +193,7 @@ func FuzzIPIdentityPairFast(f *testing.F) {
 		`{"IP":"10.1.0.0","Mask":"////AA==","ID":65600}`, `{ "IP" : "fd00::1" , "ID" : 7 }`, `{}`, `{"IP":"x"}`,
 		`{"ID":01}`, `{"ID":1e3}`, `{"Key":256}`, `{"IP":"a","IP":"b"}`, `{"ip":"10.0.0.1"}`, `{"Mask":""}`,
 		`{"Metadata":"\u00e9"}`, `{"K8sPodName":"é"}`, `{"IP":"10.0.0.1"} x`, `{"IP":null}`, `{"HostIP":""}`,
+		`{"IP":"10.1.0.5","ID":65600,"K8sPodName":"frontend-7d9f8-x2k4p","clustermesh.io/workload":"Deployment/frontend"}`,
 	} {
 		f.Add([]byte(s))
 	}

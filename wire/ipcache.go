@@ -21,6 +21,9 @@ type IPIdentityPair struct {
 	K8sNamespace string      `json:",omitempty"`
 	K8sPodName   string      `json:",omitempty"`
 	NamedPorts   []NamedPort `json:",omitempty"`
+	// Workload is the pod's owning workload, "Kind/name" (WorkloadField:
+	// ours, ignored by Cilium).
+	Workload string `json:"clustermesh.io/workload,omitempty"`
 }
 
 // NamedPort is a named container port of the endpoint.
@@ -86,6 +89,11 @@ func DecodeIPIdentityPair(c Cluster, key string, value []byte) (*IPIdentityPair,
 	}
 	if min := minPrefixBits(pfx); pfx.Bits() < min {
 		return nil, fmt.Errorf("decoding ipcache entry %q: %w (a remote may not claim a prefix shorter than /%d)", key, ErrInvalidAddress, min)
+	}
+	if p.Workload != "" {
+		if _, err := ParseWorkload(p.Workload); err != nil {
+			return nil, fmt.Errorf("decoding ipcache entry %q: %w", key, err)
+		}
 	}
 	if !c.OwnsIdentity(p.ID) {
 		first, last := IdentityRange(c.ID, c.MaxConnectedClusters)

@@ -18,7 +18,7 @@ func decodeIPIdentityPairFast(b []byte, p *IPIdentityPair) bool {
 	if !d.byte('{') {
 		return false
 	}
-	var seen uint8
+	var seen uint16
 	if d.peek() == '}' {
 		d.i++
 		return d.end()
@@ -47,7 +47,8 @@ func decodeIPIdentityPairFast(b []byte, p *IPIdentityPair) bool {
 	}
 }
 
-var ipFields = map[string]uint8{"IP": 1, "Mask": 2, "HostIP": 4, "ID": 8, "Key": 16, "Metadata": 32, "K8sNamespace": 64, "K8sPodName": 128}
+var ipFields = map[string]uint16{"IP": 1, "Mask": 2, "HostIP": 4, "ID": 8, "Key": 16, "Metadata": 32, "K8sNamespace": 64, "K8sPodName": 128,
+	WorkloadField: 256}
 
 // fastDec is a cursor over a JSON text.
 type fastDec struct {
@@ -179,7 +180,7 @@ func (d *fastDec) field(key string, p *IPIdentityPair) bool {
 			return false
 		}
 		p.Key = uint8(n)
-	default: // Metadata, K8sNamespace, K8sPodName
+	default: // Metadata, K8sNamespace, K8sPodName, WorkloadField
 		s, ok := d.str()
 		if !ok {
 			return false
@@ -189,6 +190,8 @@ func (d *fastDec) field(key string, p *IPIdentityPair) bool {
 			p.Metadata = s
 		case "K8sNamespace":
 			p.K8sNamespace = s
+		case WorkloadField:
+			p.Workload = s
 		default:
 			p.K8sPodName = s
 		}
