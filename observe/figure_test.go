@@ -41,17 +41,7 @@ import (
 //     plus dropped for the subscriber (it read too slowly).
 func TestFiguresObserve(t *testing.T) {
 	figure.Require(t)
-	testenv.RequireRoot(t)
-	progs := openFigurePrograms(t)
-	inNS := netnsThread(t)
-	conn := dropLoopbackEgress(t, inNS, progs)
-	defer inNS(func() error { return conn.Close() })
-
-	fr, err := progs.OpenFlows()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fr.Close()
+	inNS, conn, fr := dropFigure(t)
 	h, got, stop := countDrops(t, fr)
 	defer stop()
 
@@ -72,6 +62,25 @@ func TestFiguresObserve(t *testing.T) {
 	}
 	figure.Print("flow.observe.per_s", math.Round(float64(got.Load())/took.Seconds()), "flows/s")
 	figure.Print("flow.observe.lost", float64(lost()), "events")
+}
+
+// dropFigure sets up the figures' datapath, as root: the policy programs
+// dropping (and reporting) every packet the namespace's loopback sends,
+// the UDP socket to send them on, and the reader of their events; all
+// closed when t ends.
+func dropFigure(t *testing.T) (inNS func(nsOp), conn *net.UDPConn, fr *flows.Reader) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	progs := openFigurePrograms(t)
+	inNS = netnsThread(t)
+	conn = dropLoopbackEgress(t, inNS, progs)
+	t.Cleanup(func() { inNS(func() error { return conn.Close() }) })
+	fr, err := progs.OpenFlows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fr.Close() })
+	return inNS, conn, fr
 }
 
 // openFigurePrograms opens the datapath's maps and the policy programs'

@@ -37,16 +37,7 @@ import (
 //     reach the client through the relay (lost anywhere on the path).
 func TestFiguresRelay(t *testing.T) {
 	figure.Require(t)
-	testenv.RequireRoot(t)
-	progs := openFigurePrograms(t)
-	inNS := netnsThread(t)
-	conn := dropLoopbackEgress(t, inNS, progs)
-	defer inNS(func() error { return conn.Close() })
-	fr, err := progs.OpenFlows()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fr.Close()
+	inNS, conn, fr := dropFigure(t)
 	h := NewHub(Config{Enricher: newStaticEnricher(), NodeName: "east/node-1"})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
