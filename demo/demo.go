@@ -123,30 +123,7 @@ func start(ctx context.Context, o Options) (*run, error) {
 		}
 		d.o.Dir, d.tmpDir = dir, dir
 	}
-	root := os.Geteuid() == 0
-	dp := "eBPF maps pinned under /sys/fs/bpf/clustermesh-localmesh"
-	switch {
-	case !o.EBPF && root:
-		dp = "in-memory datapath (--no-ebpf)"
-	case !o.EBPF:
-		dp = "in-memory datapath (not root: eBPF maps skipped)"
-	}
-	switch {
-	case !o.Traffic:
-		d.noTraffic, d.noTrafficShort = "real traffic off (--no-traffic); the service maps are checked instead", "--no-traffic"
-	case !root:
-		d.noTraffic = "not root: no network namespaces, no real traffic; the service maps are checked instead"
-		d.noTrafficShort = "not root"
-	case !o.EBPF:
-		d.noTraffic = "in-memory datapath: no socket load balancer, no real traffic; the service maps are checked instead"
-		d.noTrafficShort = "in-memory datapath"
-	}
-	fmt.Fprintf(o.Out, "clustermesh demo: 3 clusters × (1 apiserver + %d agents) on loopback, %s\n", o.AgentsPerCluster, dp)
-	if d.noTraffic != "" {
-		fmt.Fprintf(o.Out, "      %s\n", d.noTraffic)
-	} else {
-		fmt.Fprintln(o.Out, "      real traffic: an HTTP server in a network namespace per checkout pod, a client behind east-node-1's socket load balancer")
-	}
+	d.describe()
 	var specs []localmesh.ClusterSpec
 	for i, n := range Clusters {
 		specs = append(specs, localmesh.ClusterSpec{Name: n, ID: uint32(i + 1), State: demoState(i + 1)})
@@ -180,6 +157,36 @@ func start(ctx context.Context, o Options) (*run, error) {
 	}
 	d.m = m
 	return d, nil
+}
+
+// describe prints what the demo runs, and notes why real traffic is off
+// when it is.
+func (d *run) describe() {
+	o := d.o
+	root := os.Geteuid() == 0
+	dp := "eBPF maps pinned under /sys/fs/bpf/clustermesh-localmesh"
+	switch {
+	case !o.EBPF && root:
+		dp = "in-memory datapath (--no-ebpf)"
+	case !o.EBPF:
+		dp = "in-memory datapath (not root: eBPF maps skipped)"
+	}
+	switch {
+	case !o.Traffic:
+		d.noTraffic, d.noTrafficShort = "real traffic off (--no-traffic); the service maps are checked instead", "--no-traffic"
+	case !root:
+		d.noTraffic = "not root: no network namespaces, no real traffic; the service maps are checked instead"
+		d.noTrafficShort = "not root"
+	case !o.EBPF:
+		d.noTraffic = "in-memory datapath: no socket load balancer, no real traffic; the service maps are checked instead"
+		d.noTrafficShort = "in-memory datapath"
+	}
+	fmt.Fprintf(o.Out, "clustermesh demo: 3 clusters × (1 apiserver + %d agents) on loopback, %s\n", o.AgentsPerCluster, dp)
+	if d.noTraffic != "" {
+		fmt.Fprintf(o.Out, "      %s\n", d.noTraffic)
+	} else {
+		fmt.Fprintln(o.Out, "      real traffic: an HTTP server in a network namespace per checkout pod, a client behind east-node-1's socket load balancer")
+	}
 }
 
 // statusSocket is where agent serves its status while the demo serves.
