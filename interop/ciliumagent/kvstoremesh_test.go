@@ -67,7 +67,9 @@ func startKVStoreMesh(t *testing.T, dir string, logger *slog.Logger) kvstore.Cli
 // kvstore; the agents' ClusterMesh reads the cache (a cluster config with
 // cached, the cilium/cache/ prefixes). What the agent holds is exactly what
 // our state file says, before and after a change, and after our apiserver
-// restarted with what changed while it was down.
+// restarted with what changed while it was down. (A removed config is not
+// tried here: KVStoreMesh drains its cache 3 minutes after, its own grace
+// period for the agents, pkg/clustermesh/kvstoremesh/remote_cluster.go.)
 func TestCiliumKVStoreMeshReadsOurApiserver(t *testing.T) {
 	dir := t.TempDir()
 	certs := issueCerts(t, dir)
