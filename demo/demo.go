@@ -133,7 +133,7 @@ func start(ctx context.Context, o Options) (*run, error) {
 		d.close()
 		return nil, err
 	}
-	// With real traffic, every cluster's node-1 agent observes its pods and
+	// With real traffic, every agent observes its node's pods and
 	// serves Hubble's API; node agents serve their status as `clustermesh
 	// agent` does, when the demo serves.
 	observing := d.noTraffic == ""

@@ -19,8 +19,8 @@ import (
 	"github.com/clustermesh/clustermesh/relay"
 )
 
-// The demo's observability: with eBPF and real traffic, the node-1 agent of
-// every cluster observes its pods (Hubble's Observer API on a unix socket
+// The demo's observability: with eBPF and real traffic, every agent is a
+// node agent observing its node's pods (Hubble's Observer API on a unix socket
 // and an mTLS loopback port, localmesh.Options.Hubble), and a relay of the
 // whole mesh, which finds them through east-node-1's peer service, serves
 // them on one unix socket for hubble and clustermesh observe.
@@ -181,7 +181,7 @@ func (d *run) printObserve() {
 		return
 	}
 	east := d.m.Cluster("east").Agents[0]
-	fmt.Fprintf(d.o.Out, "\nthe whole mesh's flows, through the relay (every cluster's node-1 agent observes its pods):\n"+
+	fmt.Fprintf(d.o.Out, "\nthe whole mesh's flows, through the relay (every agent observes its node's pods):\n"+
 		"  hubble observe --server unix://%s -f\n"+
 		"  clustermesh observe --server unix://%s -f --verdict DROPPED\n"+
 		"one agent's flows, and its Hubble metrics:\n"+

@@ -106,16 +106,18 @@ func (p *policyRun) setNode(n *podnet.Node) {
 
 // nodeAgent returns a localmesh hook that makes east's first agent
 // (east-node-1) a whole node agent enforcing the policies in dir, and, with
-// real traffic (a client cgroup), the first agent of every cluster a node
-// agent observing its pods in east-node-1's namespace, east-node-1 with its
-// socket load balancer on the cgroup; each serves its status on the demo's
-// status socket when serve is set.
+// real traffic (a client cgroup), every agent a node agent observing its
+// node's pods in east-node-1's namespace, east-node-1 with its socket load
+// balancer on the cgroup; each serves its status on the demo's status
+// socket when serve is set.
 func (p *policyRun) nodeAgent(dir, cgroup string, serve bool, statusSocket func(string) string) func(string, *node.Config) bool {
 	return func(name string, cfg *node.Config) bool {
-		if name != policyAgent && !(cgroup != "" && strings.HasSuffix(name, "-node-1")) {
+		if name != policyAgent && cgroup == "" {
 			return false
 		}
-		cfg.NodeName = policyNode // the node's address is the host identity
+		// Agent <cluster>-node-<i> runs on the state's node-<i>; east-node-1's
+		// address is the host identity.
+		cfg.NodeName = "node-" + name[strings.LastIndex(name, "-")+1:]
 		cfg.Policy.InNetns, cfg.Policy.ReloadInterval = p.inNode, 100*time.Millisecond
 		if name == policyAgent {
 			cfg.Policy.Dir = dir
