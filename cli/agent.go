@@ -46,8 +46,14 @@ a host route sends the pod's address to): it reads the
 identities of its own cluster from the config in --config-dir named after
 it (its own apiserver), computes what each endpoint may do from the
 policies and every cluster's identities, and attaches the policy programs
-(tc) to the interfaces. Flows (every drop, new connections, samples) are
-served on --status-addr for 'clustermesh observe'.
+(tc) to the interfaces.
+
+With --node-name (and --enable-hubble, on by default) the agent observes
+every endpoint of its node, policy or not: policy verdicts, drops, new
+connections and samples, and the socket load balancer's translations, served
+with Hubble's Observer API on --hubble-socket-path (and with mutual TLS on
+--hubble-listen-address) for 'hubble observe', 'clustermesh observe' and
+'clustermesh relay'; see docs/observe.md.
 
 With --state-source=kubernetes the agent reports a compact status (remotes
 connected and synced, their last errors, the global services' remote

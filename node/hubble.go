@@ -54,19 +54,15 @@ type HubbleConfig struct {
 	FlowLogsConfig string
 }
 
-// Defaults of HubbleConfig.
-const (
-	DefaultHubbleSocketPath = "/var/run/clustermesh/hubble.sock"
-	// DefaultHubblePort is Hubble's port, where a relay looks for a node's
-	// Observer API when its node entry does not say.
-	DefaultHubblePort = 4244
-)
+// DefaultHubbleSocketPath is the default of HubbleConfig.SocketPath (a
+// relay finds the TCP address in the node's entry, wire.HubbleAddress).
+const DefaultHubbleSocketPath = "/var/run/clustermesh/hubble.sock"
 
 func (h *HubbleConfig) registerFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&h.Enable, "enable-hubble", h.Enable, "observe the flows of every endpoint of --node-name and serve them with Hubble's Observer API (the real hubble CLI and relays read it); the policy programs are attached to every endpoint, and enforce nothing where no policy selects it")
 	fs.StringVar(&h.SocketPath, "hubble-socket-path", h.SocketPath, "unix socket of the Observer API (hubble observe --server unix://PATH); \"\" disables")
 	fs.StringVar(&h.ListenAddress, "hubble-listen-address", h.ListenAddress, "host:port of the Observer API for relays and remote hubble CLIs, with mutual TLS (needs --hubble-tls-cert-file, --hubble-tls-key-file, --hubble-tls-client-ca-files); \"\" disables")
-	fs.StringVar(&h.TLSCertFile, "hubble-tls-cert-file", h.TLSCertFile, "the node's Observer server certificate, of the mesh CA (clustermesh ca issue-hubble-server)")
+	fs.StringVar(&h.TLSCertFile, "hubble-tls-cert-file", h.TLSCertFile, "the node's Observer server certificate, of the mesh CA (clustermesh ca issue --observer-server CLUSTER)")
 	fs.StringVar(&h.TLSKeyFile, "hubble-tls-key-file", h.TLSKeyFile, "the key of --hubble-tls-cert-file")
 	fs.StringVar(&h.TLSClientCAFile, "hubble-tls-client-ca-files", h.TLSClientCAFile, "the mesh CA: clients of --hubble-listen-address must present a certificate it signed")
 	fs.StringArrayVar(&h.Metrics, "hubble-metrics", h.Metrics, "flow metrics to count on --metrics-addr, as Hubble names them, space-separated or repeated: flow, drop, tcp, port-distribution, icmp, each with options (\"drop:sourceContext=namespace|pod;destinationContext=pod;labelsContext=source_namespace,destination_namespace\"); see docs/observe.md")
