@@ -30,4 +30,3 @@ func TestIPCacheWorkload(t *testing.T) {
 		t.Errorf("ParseWorkload = %+v, %v", w, err)
 	}
 }
-
