@@ -101,6 +101,15 @@ var rules = []Rule{
 		Why: "Hubble's flow metrics are a leaf over Hubble's generated flow type (Cilium's api/ only: its pkg/ drags Kubernetes in)",
 	},
 	{
+		Pkg: "flowmap", OursOnly: nothing, Never: []string{"github.com/cilium/cilium/pkg/..."},
+		Why: "the service map is an aggregate over Hubble's generated flow type: it reads no agent and serves nothing",
+	},
+	{
+		Pkg: "ui", OursOnly: []string{"flowmap", "observe", "ca"},
+		Never: []string{"github.com/cilium/cilium/pkg/...", "k8s.io/client-go/..."},
+		Why:   "the map's web page reads flows as any Observer client does: it never assembles an agent or a relay",
+	},
+	{
 		Pkg: "deploy", ImportedOnlyBy: nothing,
 		Why: "deploy/ is files for operators (alert rules, dashboards) and the tests that check them: nothing imports it",
 	},
