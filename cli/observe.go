@@ -107,6 +107,7 @@ func newObserveCmd() *cobra.Command {
 	f.StringVarP(&o.output, "output", "o", "compact", "output: compact (one line per flow), json or jsonpb (hubble observe -o json's lines)")
 	f.BoolVar(&o.printRaw, "print-raw-filters", false, "print the allowlist and denylist that would be sent, as hubble does, and exit")
 	hubbleflags.SingleUse(f, "server", "tls-client-cert-file", "tls-client-key-file", "tls-server-name", "timeout", "output")
+	cmd.AddCommand(newObserveMapCmd())
 	return cmd
 }
 
