@@ -106,7 +106,11 @@ type Config struct {
 	// went away: the policy programs cache each flow's verdict with the
 	// peer identity it was checked with (datapath.Maps.RecheckFlows).
 	RecheckFlows func() error
-	Logger       *slog.Logger
+	// OnServiceChange, when set, is told every service whose remote
+	// backends may have changed (Agent.RemoteBackends); it must not block
+	// (merge.Config.OnServiceChange).
+	OnServiceChange func(merge.ServiceName)
+	Logger          *slog.Logger
 }
 
 func (c *Config) withDefaults() {
@@ -186,7 +190,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	log := cfg.Logger.With("cluster", cfg.ClusterName)
 	m := merge.New(merge.Config{Datapath: cfg.Datapath, ClusterName: cfg.ClusterName, ClusterID: uint16(cfg.ClusterID),
-		NodeName: cfg.NodeName, RecheckFlows: cfg.RecheckFlows, TrustRemoteAddresses: cfg.TrustRemoteAddresses, Logger: log})
+		NodeName: cfg.NodeName, RecheckFlows: cfg.RecheckFlows, TrustRemoteAddresses: cfg.TrustRemoteAddresses,
+		OnServiceChange: cfg.OnServiceChange, Logger: log})
 	return &Agent{
 		cfg: cfg, log: log,
 		merger:   m,
@@ -196,6 +201,12 @@ func New(cfg Config) (*Agent, error) {
 		invalid:  map[string]string{},
 		reserved: map[uint32]string{},
 	}, nil
+}
+
+// RemoteBackends returns every remote cluster's backends of service n as
+// the merge admits them (merge.Merger.RemoteBackends).
+func (a *Agent) RemoteBackends(n merge.ServiceName) []merge.RemoteBackends {
+	return a.merger.RemoteBackends(n)
 }
 
 // Pruned is closed once the remotes present at start have synced and

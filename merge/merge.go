@@ -65,7 +65,12 @@ type Config struct {
 	// TrustRemoteAddresses turns off the address ownership check
 	// (ownership.go).
 	TrustRemoteAddresses bool
-	Logger               *slog.Logger
+	// OnServiceChange, when set, is told the name of every service whose
+	// remote or local backends may have changed (RemoteBackends). It is
+	// called with the merger's lock held: it must neither block nor call
+	// the merger.
+	OnServiceChange func(ServiceName)
+	Logger          *slog.Logger
 }
 
 // Merger holds the desired datapath state — the local cluster's global
@@ -107,6 +112,7 @@ type Merger struct {
 	// changed identity or went away since the last call (guarded by mu).
 	recheckFlows func() error
 	recheck      bool
+	onChange     func(ServiceName) // Config.OnServiceChange
 
 	writtenSvc map[ServiceName]map[datapath.Frontend][]datapath.Backend // guarded by mu
 	// pinned holds the service entries a previous run left in the datapath,
@@ -132,6 +138,7 @@ func New(cfg Config) *Merger {
 	return &Merger{
 		dp: cfg.Datapath, localName: cfg.ClusterName, localID: cfg.ClusterID, log: cfg.Logger,
 		nodeName: cfg.NodeName, recheckFlows: cfg.RecheckFlows, trustAddresses: cfg.TrustRemoteAddresses,
+		onChange:   cfg.OnServiceChange,
 		checkLog:   loglimit.New(logEvery),
 		localSvcs:  map[ServiceName]*statesource.Service{},
 		remoteSvcs: map[ServiceName]map[string]*RemoteService{},
@@ -519,6 +526,9 @@ func (m *Merger) dropServicesLocked(cluster string) {
 // syncService writes the desired frontends of service n and deletes the ones
 // it no longer has.
 func (m *Merger) syncService(n ServiceName) {
+	if m.onChange != nil {
+		m.onChange(n)
+	}
 	want := m.desiredFrontends(n)
 	have := m.writtenSvc[n]
 	failed := false
