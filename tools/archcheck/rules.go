@@ -67,6 +67,10 @@ var rules = []Rule{
 		Why:   "Kubernetes orchestration drives clusters through their API servers; it reads the agent's config and status types, never assembles an agent",
 	},
 	{
+		Pkg: "k8sslices", OursOnly: []string{"merge", "datapath", "internal/coalesce", "internal/loglimit"},
+		Why: "the EndpointSlice writer reads remote backends through an interface the agent satisfies (merge's types), and writes only Kubernetes",
+	},
+	{
 		Pkg: "peerservice", OursOnly: []string{"wire", "ca", "statesource"},
 		Why: "the peer service turns node entries into Observer peers; the agent feeds it and the relay follows it, it knows neither",
 	},
