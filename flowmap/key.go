@@ -197,7 +197,8 @@ type edge struct {
 }
 
 func (e *edge) add(f *flowpb.Flow, t time.Time, epoch int64, keep int) {
-	b := &e.counts[int(epoch%int64(len(e.counts)))]
+	n := int64(len(e.counts))
+	b := &e.counts[int((epoch%n+n)%n)] // a time before 1970 has a negative epoch
 	if b.epoch != epoch {
 		*b = bucketCounts{epoch: epoch}
 	}
