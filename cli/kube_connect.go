@@ -103,6 +103,8 @@ func printSteps(w io.Writer, steps []kubemesh.Step) {
 				s.Cluster, s.Namespace, kubemesh.ServerSecretName, s.Host)
 		case kubemesh.APIServerRestart:
 			fmt.Fprintf(w, "cluster %s: the apiserver pod restarts to load it: %s (peers: %s)\n", s.Cluster, strings.Join(s.Reasons, "; "), orNone(s.Peers))
+		case fmt.Stringer: // kubemesh.SlicesDeleted
+			fmt.Fprintln(w, s)
 		}
 	}
 }

@@ -91,6 +91,9 @@ func disconnectLink(ctx context.Context, l link, steps *[]Step) error {
 	if err := setRemote(ctx, l.reader, l.target.name, nil, nil, steps); err != nil {
 		return err
 	}
+	if err := deleteRemoteSlices(ctx, l.reader, l.target.name, steps); err != nil {
+		return err
+	}
 	if err := setPeer(ctx, l.target, l.reader.name, false, steps); err != nil {
 		return err
 	}
@@ -138,7 +141,7 @@ func strandedServices(ctx context.Context, reader, target *meshMember) ([]Strand
 
 // readyBackends counts the ready endpoints of a service's EndpointSlices.
 func readyBackends(ctx context.Context, t *Target, ns, svc string) (int, error) {
-	l, err := t.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
+	l, err := t.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc + "," + notOwnSlices})
 	if err != nil {
 		return 0, fmt.Errorf("context %s: listing the endpointslices of %s/%s: %w", t.Context, ns, svc, err)
 	}
