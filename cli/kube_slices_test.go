@@ -29,29 +29,9 @@ const slicesBound = 10 * time.Second
 // east within a bounded time, follows its readiness, goes with the
 // annotation, and goes on disconnect (which says so).
 func TestK8sSlicesEndToEnd(t *testing.T) {
-	env, east, west := twoEnabledClusters(t, false)
-	ctx := context.Background()
-	eastIP, westIP := loopbackIP(), loopbackIP()
-	for _, x := range []struct {
-		c  *kubetest.Cluster
-		ip string
-	}{{east, eastIP}, {west, westIP}} {
-		if err := x.c.SetLoadBalancerIngress(ctx, defaultKubeNamespace, apiserverName, x.ip); err != nil {
-			t.Fatal(err)
-		}
-	}
-	kubeRun(t, env, "connect", "--context", "east", "--destination-context", "west")
-	eastSlice := shop(t, east, "e1", "10.1.1.10")
-	westSlice := shop(t, west, "w1", "10.2.1.10")
-	annotate(t, east, "true")
-	ep, _ := startPods(t, env, east, eastIP), startPods(t, env, west, westIP)
-	start := time.Now()
-	sock := startSlices(t, env, east, ep.remote)
-
-	testenv.WaitFor(t, 30*time.Second, "west's backend in an EndpointSlice of east", func() bool {
-		return slices.Equal(remoteAddrs(t, east, "west"), []string{"10.2.1.10"})
-	})
-	t.Logf("west's backend in east's slices %s after the slices writer started", time.Since(start).Round(time.Millisecond))
+	m := startSlicesMesh(t)
+	env, east, west, sock := m.env, m.east, m.west, m.sock
+	eastSlice, westSlice := m.eastSlice, m.westSlice
 	st := slicesStatus(t, sock)
 	if !st.Writer.Leader || len(st.Writer.Services) != 1 || len(st.Writer.Services[0].Slices) != 1 || st.Writer.Services[0].Slices[0].Endpoints != 1 {
 		t.Errorf("status: %+v", st.Writer)
@@ -82,6 +62,45 @@ func TestK8sSlicesEndToEnd(t *testing.T) {
 	testenv.WaitFor(t, slicesBound, "the slices writer drops west", func() bool {
 		return len(slicesStatus(t, sock).Remotes) == 0 && len(remoteAddrs(t, east, "west")) == 0
 	})
+}
+
+// slicesMesh is two connected clusters, east and west, each with the
+// global service shop/checkout (one pod, its slice) and its pods running
+// (apiserver, agent), east's checkout annotated for slices and
+// 'clustermesh slices' running in east, west's backend in its slices.
+type slicesMesh struct {
+	env                  *kubetest.Env
+	east, west           *kubetest.Cluster
+	eastSlice, westSlice *discoveryv1.EndpointSlice
+	sock                 string // the slices writer's status
+}
+
+func startSlicesMesh(t *testing.T) *slicesMesh {
+	t.Helper()
+	env, east, west := twoEnabledClusters(t, false)
+	ctx := context.Background()
+	eastIP, westIP := loopbackIP(), loopbackIP()
+	for _, x := range []struct {
+		c  *kubetest.Cluster
+		ip string
+	}{{east, eastIP}, {west, westIP}} {
+		if err := x.c.SetLoadBalancerIngress(ctx, defaultKubeNamespace, apiserverName, x.ip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kubeRun(t, env, "connect", "--context", "east", "--destination-context", "west")
+	m := &slicesMesh{env: env, east: east, west: west}
+	m.eastSlice = shop(t, east, "e1", "10.1.1.10")
+	m.westSlice = shop(t, west, "w1", "10.2.1.10")
+	annotate(t, east, "true")
+	ep, _ := startPods(t, env, east, eastIP), startPods(t, env, west, westIP)
+	start := time.Now()
+	m.sock = startSlices(t, env, east, ep.remote)
+	testenv.WaitFor(t, 30*time.Second, "west's backend in an EndpointSlice of east", func() bool {
+		return slices.Equal(remoteAddrs(t, east, "west"), []string{"10.2.1.10"})
+	})
+	t.Logf("west's backend in east's slices %s after the slices writer started", time.Since(start).Round(time.Millisecond))
+	return m
 }
 
 // startSlices runs 'clustermesh slices' for c until t ends; it returns its
