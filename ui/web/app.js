@@ -7,7 +7,9 @@
   const NODE_W = 150, NODE_H = 36, GROUP_COLS = 3, PAD = 14, TITLE_H = 20, LABELS_UP_TO = 300;
   const $ = (id) => document.getElementById(id);
   const els = { edges: new Map(), nodes: new Map() };
-  const stats = { renders: 0, lastRenderMs: 0, maxRenderMs: 0, nodes: 0, edges: 0, version: 0, events: 0 };
+  // What tests and figures read: render and frame times, when each edge
+  // first appeared (wall clock ms, the first 5,000 edges).
+  const stats = { renders: 0, lastRenderMs: 0, maxRenderMs: 0, nodes: 0, edges: 0, version: 0, events: 0, frames: [], renderTimes: [], seen: {}, seenCount: 0 };
   window.__clustermesh = stats;
   let source = null, selected = null, lastSelectionFetch = 0;
 
@@ -32,7 +34,12 @@
     source = new EventSource("api/events?" + selection());
     source.addEventListener("map", (ev) => {
       stats.events++;
+      const t0 = performance.now();
       render(JSON.parse(ev.data));
+      requestAnimationFrame(() => setTimeout(() => {
+        stats.frames.push(performance.now() - t0);
+        if (stats.frames.length > 500) stats.frames.shift();
+      }, 0));
     });
     source.onerror = () => setStatus("reconnecting to the UI server…", true);
   }
@@ -84,7 +91,11 @@
     return { pos: pos, boxes: boxes, width: x, height: height + PAD };
   }
 
+  let groupsKey = "";
   function drawGroups(boxes) {
+    const key = JSON.stringify(boxes);
+    if (key === groupsKey) return;
+    groupsKey = key;
     const g = $("groups");
     g.textContent = "";
     for (const b of boxes) {
@@ -111,9 +122,10 @@
         el.addEventListener("click", () => select({ id: n.id, kind: "node" }));
         els.nodes.set(n.id, el);
       }
-      const p = pos.get(n.id);
-      el.setAttribute("transform", "translate(" + p.x + "," + p.y + ")");
-      el.classList.toggle("selected", !!selected && selected.id === n.id);
+      const p = pos.get(n.id), tr = "translate(" + p.x + "," + p.y + ")";
+      if (el.getAttribute("transform") !== tr) el.setAttribute("transform", tr);
+      const sel = !!selected && selected.id === n.id;
+      if (el.classList.contains("selected") !== sel) el.classList.toggle("selected", sel);
     }
     for (const [id, el] of els.nodes) if (!seen.has(id)) { el.remove(); els.nodes.delete(id); }
   }
@@ -135,6 +147,16 @@
     return e.port + "/" + e.protocol + (e.l7 ? " " + e.l7 : "") + " " + e.rate.toPrecision(2) + "/s" + (e.dropShare > 0 ? " " + Math.round(e.dropShare * 100) + "% dropped" : "");
   }
 
+  function edgeTitle(e) {
+    return e.id + "\n" + edgeText(e) + "\n" + Object.entries(e.verdicts).map((v) => v[0] + ": " + v[1]).join(", ") + (e.service ? "\nservice " + e.service : "");
+  }
+
+  function setIf(el, name, value) {
+    if (el.attrs[name] === value) return;
+    el.attrs[name] = value;
+    el.path.setAttribute(name, value);
+  }
+
   function drawEdges(edges, pos) {
     const seen = new Set(), parent = $("edges"), pairs = new Map(), labels = edges.length <= LABELS_UP_TO;
     for (const e of edges) {
@@ -146,17 +168,20 @@
       let el = els.edges.get(e.id);
       if (!el) {
         const path = svg("path", { "data-id": e.id, "data-source": e.source, "data-destination": e.destination, "data-port": e.port, "data-protocol": e.protocol }, parent);
-        svg("title", {}, path);
+        const title = svg("title", {}, path);
         path.addEventListener("click", () => select({ id: e.id, kind: "edge" }));
-        el = { path: path, label: null };
+        path.addEventListener("mouseenter", () => { title.textContent = edgeTitle(el.data); });
+        el = { path: path, label: null, attrs: {}, data: e };
+        if (stats.seenCount < 5000 && !(e.id in stats.seen)) { stats.seen[e.id] = Date.now(); stats.seenCount++; }
         els.edges.set(e.id, el);
       }
+      // Only what changed is written: at 2,000 edges an update that
+      // rewrites every path costs a whole repaint.
+      el.data = e;
       const g = edgePath(a, b, k);
-      el.path.setAttribute("d", g.d);
-      el.path.setAttribute("class", "edge " + edgeClass(e) + (selected && selected.id === e.id ? " selected" : ""));
-      el.path.setAttribute("data-drop-share", e.dropShare.toFixed(3));
-      el.path.setAttribute("data-flows", e.flows);
-      el.path.firstChild.textContent = e.id + "\n" + edgeText(e) + "\n" + Object.entries(e.verdicts).map((v) => v[0] + ": " + v[1]).join(", ") + (e.service ? "\nservice " + e.service : "");
+      setIf(el, "d", g.d);
+      setIf(el, "class", "edge " + edgeClass(e) + (selected && selected.id === e.id ? " selected" : ""));
+      setIf(el, "data-drop-share", e.dropShare.toFixed(2));
       if (labels) {
         if (!el.label) el.label = svg("text", { class: "edge-label" }, parent);
         el.label.setAttribute("x", g.mx.toFixed(1));
@@ -167,7 +192,11 @@
     for (const [id, el] of els.edges) if (!seen.has(id)) { el.path.remove(); if (el.label) el.label.remove(); els.edges.delete(id); }
   }
 
+  let servicesKey = "";
   function drawServices(services) {
+    const key = JSON.stringify(services);
+    if (key === servicesKey) return;
+    servicesKey = key;
     const ul = $("services");
     ul.textContent = "";
     if (!services.length) { const li = document.createElement("li"); li.className = "hint"; li.textContent = "none in the window"; ul.appendChild(li); }
@@ -197,6 +226,8 @@
     stats.renders++;
     stats.lastRenderMs = performance.now() - t0;
     stats.maxRenderMs = Math.max(stats.maxRenderMs, stats.lastRenderMs);
+    stats.renderTimes.push(stats.lastRenderMs);
+    if (stats.renderTimes.length > 500) stats.renderTimes.shift();
     stats.nodes = snap.nodes.length;
     stats.edges = snap.edges.length;
     stats.version = snap.version;
@@ -205,7 +236,7 @@
 
   function select(sel) {
     selected = sel;
-    for (const [id, el] of els.edges) el.path.classList.toggle("selected", id === sel.id);
+    for (const [id, el] of els.edges) if (el.data) setIf(el, "class", "edge " + edgeClass(el.data) + (id === sel.id ? " selected" : ""));
     for (const [id, el] of els.nodes) el.classList.toggle("selected", id === sel.id);
     $("selection-title").textContent = (sel.kind === "edge" ? "Flows of the edge " : "Flows of ") + sel.id;
     loadFlows();
