@@ -21,7 +21,9 @@ import (
 // it reads.
 const (
 	// ManagedBy is the value of discoveryv1.LabelManagedBy on every slice
-	// the writer owns; it never touches a slice without it.
+	// the writer owns; it never touches a slice without it. Readers of local
+	// backends leave these slices out: k8ssource (named target ports, by
+	// this literal value) and kubemesh (disconnect's stranded services).
 	ManagedBy = "slices.clustermesh.io"
 	// LabelSourceCluster names the remote cluster a slice's endpoints run in.
 	LabelSourceCluster = "clustermesh.io/source-cluster"

@@ -95,7 +95,8 @@ func (l *listers) build() *statesource.State {
 	})
 	slicesOf := map[string][]*discoveryv1.EndpointSlice{}
 	for _, s := range allSlices {
-		if svc := s.Labels[discoveryv1.LabelServiceName]; svc != "" {
+		// Slices of remote backends (k8sslices.ManagedBy) name no local port.
+		if svc := s.Labels[discoveryv1.LabelServiceName]; svc != "" && s.Labels[discoveryv1.LabelManagedBy] != "slices.clustermesh.io" {
 			slicesOf[s.Namespace+"/"+svc] = append(slicesOf[s.Namespace+"/"+svc], s)
 		}
 	}
