@@ -4,7 +4,7 @@
 
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const NODE_W = 150, NODE_H = 36, GROUP_COLS = 3, PAD = 14, TITLE_H = 20, LABELS_UP_TO = 300;
+  const NODE_W = 150, NODE_H = 44, GROUP_COLS = 3, PAD = 14, TITLE_H = 20, LABELS_UP_TO = 300;
   const $ = (id) => document.getElementById(id);
   const els = { edges: new Map(), nodes: new Map() };
   // What tests and figures read: render and frame times, when each edge
@@ -71,22 +71,26 @@
     }
     const names = Array.from(clusters.keys()).sort((a, b) => (a === "") - (b === "") || a.localeCompare(b));
     const pos = new Map(), boxes = [];
-    const colW = GROUP_COLS * NODE_W + 2 * PAD;
+    const byName = (a, b) => (a === "") - (b === "") || a.localeCompare(b);
     let x = PAD, height = 0;
     for (const c of names) {
+      const groups = clusters.get(c);
+      // A column is one node wide for a few nodes, up to GROUP_COLS wide.
+      let cols = 1;
+      for (const list of groups.values()) cols = Math.max(cols, Math.min(GROUP_COLS, Math.ceil(Math.sqrt(list.length / 3))));
+      const colW = cols * NODE_W + 2 * PAD;
       let y = PAD + TITLE_H;
       const nsBoxes = [];
-      const groups = clusters.get(c);
-      for (const ns of Array.from(groups.keys()).sort((a, b) => (a === "") - (b === "") || a.localeCompare(b))) {
+      for (const ns of Array.from(groups.keys()).sort(byName)) {
         const list = groups.get(ns);
-        const rows = Math.ceil(list.length / GROUP_COLS);
+        const rows = Math.ceil(list.length / cols);
         nsBoxes.push({ x: x + PAD / 2, y: y, w: colW - PAD, h: rows * NODE_H + TITLE_H + 4, title: ns || (c ? "nodes and peers" : "") });
-        list.forEach((n, i) => pos.set(n.id, { x: x + PAD + (i % GROUP_COLS) * NODE_W + 10, y: y + TITLE_H + Math.floor(i / GROUP_COLS) * NODE_H + NODE_H / 2 }));
+        list.forEach((n, i) => pos.set(n.id, { x: x + PAD + (i % cols) * NODE_W + 10, y: y + TITLE_H + Math.floor(i / cols) * NODE_H + NODE_H / 2 }));
         y += rows * NODE_H + TITLE_H + 14;
       }
       boxes.push({ x: x, y: PAD, w: colW, h: y - PAD, title: c || "outside the mesh", ns: nsBoxes });
       height = Math.max(height, y);
-      x += colW + PAD;
+      x += colW + 6 * PAD;
     }
     return { pos: pos, boxes: boxes, width: x, height: height + PAD };
   }
