@@ -14,7 +14,7 @@ HEAVY_PKGS := ./localmesh ./meshapiserver
 
 SHELL   := /bin/bash
 
-.PHONY: all build demo demo-once test test-k8s test-interop test-monitoring kube-apiserver hubble promtool vet lint fuzz bench deps clean generate check-generate bpf-tools
+.PHONY: all build demo demo-once test test-k8s test-interop test-monitoring kube-apiserver hubble promtool vet lint fuzz bench deps clean generate check-generate bpf-tools chromium ui-screenshot
 
 all: build
 
@@ -41,7 +41,7 @@ vet: deps
 # packages that do not need them; the packages with tests against real
 # kube-apiservers (K8S_PKGS) or with the real hubble CLI (HUBBLE_PKGS) run
 # once their binary is there. Then the alert rules' tests (promtool).
-test: vet check-generate promtool
+test: vet check-generate promtool chromium
 	@set -eo pipefail; \
 	tools/kube-apiserver/build.sh $(KUBE_APISERVER) & build=$$!; \
 	tools/hubble/build.sh $(CLUSTERMESH_HUBBLE) & hubble=$$!; \
@@ -113,6 +113,19 @@ promtool:
 		systemctl disable --now prometheus >/dev/null 2>&1 || true; \
 	fi
 
+# Headless Chromium (Debian's chromium) for the map's browser tests (ui,
+# localmesh's TestUIMapInBrowser); installed when missing, as root.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "chromium is needed for the UI's browser tests: run apt-get install -y chromium as root"; exit 1; fi; \
+		echo "installing chromium (for the UI's browser tests)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+# docs/ui-map.png, written by the browser test that checks the map.
+ui-screenshot: deps chromium
+	CLUSTERMESH_UI_SCREENSHOT=1 $(GO) test -count=1 -run '^TestUIMapInBrowser$$' ./localmesh
+
 # The alert rules parse and their unit tests pass (alerts_test.yaml: each
 # alert fires when it should and not otherwise); the dashboard's queries are
 # checked by deploy/monitoring's Go tests.
@@ -182,7 +195,7 @@ lint: vet
 # Fuzz every decoder for FUZZTIME each (the seed corpora already run in `make test`).
 FUZZTIME ?= 30s
 fuzz: deps
-	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy ./flowfilter ./flowexport ./flowmetrics ./peerservice ./relay; do \
+	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy ./flowfilter ./flowexport ./flowmetrics ./peerservice ./relay ./flowmap ./ui; do \
 		for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
 			echo "== $$p $$f"; $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 		done; \
