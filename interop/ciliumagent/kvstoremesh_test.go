@@ -80,14 +80,19 @@ func TestCiliumKVStoreMeshReadsOurApiserver(t *testing.T) {
 	// The agents' etcd client is the cluster's own kvstore, where
 	// KVStoreMesh writes: as in Cilium's own tests, every remote config
 	// of the agent dials it.
-	var local kvstore.Client
+	var (
+		local      kvstore.Client
+		localReady = make(chan struct{}) // closed once local is set
+	)
 	a := startCiliumAgentWith(t, 255, func(context.Context, *slog.Logger, string, kvstore.ExtraOptions) (kvstore.BackendOperations, chan error) {
+		<-localReady
 		connected := make(chan error)
 		close(connected)
 		return local, connected
 	})
 	meshDir := t.TempDir()
 	local = startKVStoreMesh(t, meshDir, slog.New(&logHandler{v: a.v}))
+	close(localReady)
 	writeEtcdConfig(t, meshDir, t.TempDir(), clusterName, srv.url, certs.caFile, certs.shared[0], certs.shared[1])
 	writeEtcdConfig(t, a.dir, t.TempDir(), clusterName, "the cluster's own kvstore", certs.caFile, certs.shared[0], certs.shared[1])
 
