@@ -79,7 +79,7 @@ func meshLoad(ctx context.Context, o observer, perSecond int) {
 
 // TestFiguresUIFrame measures the page with 500 workloads and 2,000 edges
 // updated four times a second, in headless Chromium without a GPU beside
-// the server and 4,000 flows/s on the same cores: its frame time (a
+// the server and 1,000 flows/s on the same cores: its frame time (a
 // snapshot received to the task after the next frame, median and p99), its
 // own work in that (parse and DOM update, median) and its JavaScript heap
 // after a collection.
@@ -90,7 +90,7 @@ func TestFiguresUIFrame(t *testing.T) {
 	base, _ := startUI(t, o, Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { meshLoad(ctx, o, 4000) })
+	wg.Go(func() { meshLoad(ctx, o, 1000) })
 	defer func() { cancel(); wg.Wait() }()
 
 	browsertest.Navigate(t, b, base+"/?x=1")

@@ -46,8 +46,8 @@
 
   function setStatus(text, down) {
     const s = $("status");
-    s.textContent = text;
-    s.classList.toggle("down", !!down);
+    if (s.textContent !== text) s.textContent = text;
+    if (s.classList.contains("down") !== !!down) s.classList.toggle("down", !!down);
   }
 
   function fillSelect(id, values) {
@@ -219,8 +219,11 @@
     fillSelect("namespace", snap.namespaces);
     const l = layout(snap.nodes);
     const map = $("map");
-    map.setAttribute("width", Math.max(l.width, 400));
-    map.setAttribute("height", Math.max(l.height, 300));
+    // The SVG's size is written only when it changes: writing it, even
+    // unchanged, lays out and repaints every edge.
+    const w = String(Math.max(l.width, 400)), h = String(Math.max(l.height, 300));
+    if (map.getAttribute("width") !== w) map.setAttribute("width", w);
+    if (map.getAttribute("height") !== h) map.setAttribute("height", h);
     drawGroups(l.boxes);
     drawEdges(snap.edges, l.pos);
     drawNodes(snap.nodes, l.pos);
