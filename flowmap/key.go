@@ -165,8 +165,6 @@ func l7Of(l7 *flowpb.Layer7, l4 string) (proto, label string) {
 		return "HTTP", strings.TrimSpace(r.Http.GetMethod() + " " + path)
 	case *flowpb.Layer7_Dns:
 		return "DNS", r.Dns.GetQuery()
-	case *flowpb.Layer7_Kafka:
-		return "Kafka", r.Kafka.GetTopic()
 	}
 	return l4, ""
 }
