@@ -23,7 +23,8 @@ func edgeJS(id string) string {
 // TestPageInBrowser drives the page in headless Chromium against a UI that
 // follows a real Observer server: no console error, the edges appear, a new
 // one arrives live, a drop is drawn in the drop color, and a click lists the
-// edge's dropped flow.
+// edge's dropped flow; a global service lists the clusters that served it;
+// the verdict filter keeps the dropped edge alone.
 func TestPageInBrowser(t *testing.T) {
 	b := browsertest.Start(t)
 	o := startObserver(t)
@@ -46,6 +47,19 @@ func TestPageInBrowser(t *testing.T) {
 	browsertest.WaitJS(t, b, 10*time.Second, "the dropped flow in the edge's list",
 		`Array.from(document.querySelectorAll('#flows tr.flow')).some(tr => tr.dataset.verdict === 'DROPPED' && tr.textContent.includes('north/shop/frontend-0:40000 (ID:70000) -> east/shop/checkout-0:8080'))`)
 	browsertest.WaitJS(t, b, 5*time.Second, "the filter offering north", `Array.from(document.getElementById('cluster').options).some(o => o.value === 'north')`)
+
+
+	// A global service served by two clusters, then the verdict filter.
+	for _, c := range []string{"east", "west"} {
+		f := flow("west/shop/frontend", c+"/shop/checkout", 8080, flowpb.Verdict_FORWARDED)
+		f.DestinationService = &flowpb.Service{Namespace: "shop", Name: "checkout"}
+		o.hub.Publish(f)
+	}
+	browsertest.WaitJS(t, b, 10*time.Second, "shop/checkout served by east and west",
+		`Array.from(document.querySelectorAll('#services li.service')).some(li => li.dataset.service === 'shop/checkout' && li.textContent.endsWith('served by east, west'))`)
+	browsertest.Eval[bool](t, b, `(() => { const s = document.getElementById('verdict'); s.value = 'DROPPED'; return s.dispatchEvent(new Event('change')); })()`)
+	browsertest.WaitJS(t, b, 10*time.Second, "only the dropped edge with verdict DROPPED",
+		edgeJS(allowed)+" === null && "+edgeJS(denied)+" !== null && document.querySelectorAll('path.edge').length === 1")
 
 	if p := b.Problems(); len(p) != 0 {
 		t.Errorf("the page's console: %q", p)
