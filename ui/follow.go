@@ -19,15 +19,14 @@ const (
 
 // follow reads the flows of the map's window, then every new one, into the
 // map until ctx is done; a broken stream is opened again after a backoff,
-// from the last flow it read.
+// from the time of the last flow it read (whose flows of that very time it
+// skips: they are in the map).
 func (s *Server) follow(ctx context.Context) {
-	since := time.Now().Add(-s.m.Window())
+	var pos position
+	pos.last = time.Now().Add(-s.m.Window())
 	backoff := minBackoff
 	for ctx.Err() == nil {
-		last, read, err := s.followOnce(ctx, since)
-		if !last.IsZero() {
-			since = last
-		}
+		read, err := s.followOnce(ctx, &pos)
 		if ctx.Err() != nil {
 			return
 		}
@@ -48,29 +47,47 @@ func (s *Server) follow(ctx context.Context) {
 	}
 }
 
-// followOnce reads one stream until it fails: the time of the last flow
-// read, how many were read, and why it ended.
-func (s *Server) followOnce(ctx context.Context, since time.Time) (last time.Time, read int, err error) {
-	stream, err := s.cfg.Client.GetFlows(ctx, &observerpb.GetFlowsRequest{Follow: true, Since: timestamppb.New(since)})
+// position is where a stream resumes: the time of the last flow read, and
+// how many flows of that time were read.
+type position struct {
+	last time.Time
+	atLast int
+}
+
+// followOnce reads one stream from pos until it fails: how many flows it
+// read, and why it ended.
+func (s *Server) followOnce(ctx context.Context, pos *position) (read int, err error) {
+	stream, err := s.cfg.Client.GetFlows(ctx, &observerpb.GetFlowsRequest{Follow: true, Since: timestamppb.New(pos.last)})
 	if err != nil {
-		return last, 0, fmt.Errorf("following flows: %w", err)
+		return 0, fmt.Errorf("following flows: %w", err)
 	}
 	s.setStream(true, nil)
+	skip := pos.atLast
 	for {
 		r, err := stream.Recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				err = errors.New("following flows: the server ended the stream")
+				err = errors.New("the server ended the stream")
 			}
-			return last, read, fmt.Errorf("following flows: %w", err)
+			return read, fmt.Errorf("following flows: %w", err)
 		}
-		if f := r.GetFlow(); f != nil {
-			read++
-			s.metrics.flows.Inc()
-			if t := f.GetTime().AsTime(); t.After(last) {
-				last = t
-			}
+		f := r.GetFlow()
+		if f == nil {
+			continue
 		}
-		s.m.AddResponse(r)
+		t := f.GetTime().AsTime()
+		if skip > 0 && t.Equal(pos.last) {
+			skip-- // read before the stream broke
+			continue
+		}
+		read++
+		s.metrics.flows.Inc()
+		switch {
+		case t.After(pos.last):
+			pos.last, pos.atLast = t, 1
+		case t.Equal(pos.last):
+			pos.atLast++
+		}
+		s.m.Add(f)
 	}
 }

@@ -293,3 +293,47 @@ type fakeAddrListener struct{ addr net.Addr }
 func (l fakeAddrListener) Accept() (net.Conn, error) { return nil, errors.New("not a listener") }
 func (l fakeAddrListener) Close() error              { return nil }
 func (l fakeAddrListener) Addr() net.Addr            { return l.addr }
+
+// serveHub serves hub on sock until the returned stop is called.
+func serveHub(t *testing.T, hub *observe.Hub, sock string) (stop func()) {
+	t.Helper()
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	observe.NewServer(hub, "").Register(g)
+	var wg sync.WaitGroup
+	wg.Go(func() { g.Serve(l) })
+	var once sync.Once
+	stop = func() { once.Do(func() { g.Stop(); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestStreamResumesWithoutDoubles: when the observer restarts, the map
+// resumes after the last flow it read and counts none twice.
+func TestStreamResumesWithoutDoubles(t *testing.T) {
+	o := observer{hub: observe.NewHub(observe.Config{}), sock: filepath.Join(t.TempDir(), "hubble.sock")}
+	stop := serveHub(t, o.hub, o.sock)
+	at := timestamppb.Now()
+	for range 3 { // three flows of one time: the resume point
+		f := flow("west/shop/frontend", "east/shop/checkout", 8080, flowpb.Verdict_FORWARDED)
+		f.Time = at
+		o.hub.Publish(f)
+	}
+	base, s := startUI(t, o, Config{})
+	testenv.WaitFor(t, 10*time.Second, "the three flows", func() bool { return s.Map().Stats().Flows == 3 })
+	stop()
+	testenv.WaitFor(t, 10*time.Second, "the stream down", func() bool {
+		_, body := get(t, base+"/api/map")
+		return strings.Contains(body, `"connected":false`)
+	})
+	serveHub(t, o.hub, o.sock)
+	o.hub.Publish(flow("west/shop/frontend", "east/shop/checkout", 8080, flowpb.Verdict_DROPPED))
+	testenv.WaitFor(t, 15*time.Second, "the new flow", func() bool { return s.Map().Stats().Flows >= 4 })
+	snap := s.Map().Snapshot(time.Now(), flowmap.Query{})
+	if e := snap.Edges[0]; e.Flows != 4 || e.Verdicts["FORWARDED"] != 3 {
+		t.Errorf("edge after the restart: %d flows %v, want 3 forwarded and 1 dropped, none twice", e.Flows, e.Verdicts)
+	}
+}
