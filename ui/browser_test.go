@@ -48,7 +48,6 @@ func TestPageInBrowser(t *testing.T) {
 		`Array.from(document.querySelectorAll('#flows tr.flow')).some(tr => tr.dataset.verdict === 'DROPPED' && tr.textContent.includes('north/shop/frontend-0:40000 (ID:70000) -> east/shop/checkout-0:8080'))`)
 	browsertest.WaitJS(t, b, 5*time.Second, "the filter offering north", `Array.from(document.getElementById('cluster').options).some(o => o.value === 'north')`)
 
-
 	// A global service served by two clusters, then the verdict filter.
 	for _, c := range []string{"east", "west"} {
 		f := flow("west/shop/frontend", c+"/shop/checkout", 8080, flowpb.Verdict_FORWARDED)

@@ -50,7 +50,7 @@ func (s *Server) follow(ctx context.Context) {
 // position is where a stream resumes: the time of the last flow read, and
 // how many flows of that time were read.
 type position struct {
-	last time.Time
+	last   time.Time
 	atLast int
 }
 
