@@ -190,7 +190,8 @@
         if (!el.label) el.label = svg("text", { class: "edge-label" }, parent);
         el.label.setAttribute("x", g.mx.toFixed(1));
         el.label.setAttribute("y", g.my.toFixed(1));
-        el.label.textContent = e.port + "/" + e.protocol + " " + e.rate.toPrecision(2) + "/s";
+        const text = e.port + "/" + e.protocol + (e.l7 ? " " + e.l7 : "") + " " + e.rate.toPrecision(2) + "/s";
+        if (el.label.textContent !== text) el.label.textContent = text;
       } else if (el.label) { el.label.remove(); el.label = null; }
     }
     for (const [id, el] of els.edges) if (!seen.has(id)) { el.path.remove(); if (el.label) el.label.remove(); els.edges.delete(id); }
