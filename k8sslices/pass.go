@@ -19,6 +19,7 @@ import (
 // pass computes every wanted slice and writes the difference with what the
 // API server holds. It reports whether every write succeeded.
 func (w *Writer) pass(ctx context.Context, st *informerSet) bool {
+	w.forgetGone()
 	want, svcStatus := w.desired(st)
 	ok := true
 	names := slices.Sorted(maps.Keys(want))

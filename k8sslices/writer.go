@@ -129,6 +129,10 @@ type Writer struct {
 
 	mu     sync.Mutex
 	status Status // guarded by mu
+	// gone holds the slices the watch saw deleted (namespace/name → their
+	// last resourceVersion), until the next pass forgets what it wrote of
+	// them: a slice deleted by someone else is then created again.
+	gone map[string]string // guarded by mu
 }
 
 // New checks cfg and returns a writer that is not yet running.
@@ -142,7 +146,7 @@ func New(cfg Config) (*Writer, error) {
 	}
 	w := &Writer{cfg: cfg, log: cfg.Logger, dirty: make(chan struct{}, 1), metrics: newMetrics(),
 		written: map[string]*discoveryv1.EndpointSlice{}, deleted: map[string]types.UID{},
-		conflictLog: loglimit.New(time.Minute)}
+		conflictLog: loglimit.New(time.Minute), gone: map[string]string{}}
 	w.status.Identity = cfg.Identity
 	return w, nil
 }
@@ -267,10 +271,12 @@ func (w *Writer) startInformers(ctx context.Context) (*informerSet, error) {
 		UpdateFunc: func(any, any) { w.poke() },
 		DeleteFunc: func(any) { w.poke() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{svcs, sl} {
-		if _, err := inf.AddEventHandler(h); err != nil {
-			return nil, fmt.Errorf("watching services and endpoint slices: %w", err)
-		}
+	if _, err := svcs.AddEventHandler(h); err != nil {
+		return nil, fmt.Errorf("watching services: %w", err)
+	}
+	h.DeleteFunc = w.sliceDeleted
+	if _, err := sl.AddEventHandler(h); err != nil {
+		return nil, fmt.Errorf("watching endpoint slices: %w", err)
 	}
 	factory.Start(ctx.Done())
 	owned.Start(ctx.Done())
@@ -291,4 +297,31 @@ type joined struct {
 func (j joined) Shutdown() {
 	j.SharedInformerFactory.Shutdown()
 	j.other.Shutdown()
+}
+
+// sliceDeleted records a slice the watch saw deleted, and pokes.
+func (w *Writer) sliceDeleted(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	if s, ok := obj.(*discoveryv1.EndpointSlice); ok {
+		w.mu.Lock()
+		w.gone[key(s)] = s.ResourceVersion
+		w.mu.Unlock()
+	}
+	w.poke()
+}
+
+// forgetGone drops what the writer wrote of slices deleted since (their
+// deletion is newer): the pass then creates them again if wanted.
+func (w *Writer) forgetGone() {
+	w.mu.Lock()
+	gone := w.gone
+	w.gone = map[string]string{}
+	w.mu.Unlock()
+	for k, rv := range gone {
+		if mine := w.written[k]; mine != nil && newer(&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{ResourceVersion: rv}}, mine) {
+			delete(w.written, k)
+		}
+	}
 }

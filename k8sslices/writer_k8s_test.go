@@ -159,3 +159,30 @@ func newSourceLike(src *source) *source {
 	}
 	return n
 }
+
+// A slice of the writer's edited or deleted by someone else is put back.
+func TestK8sSlicesRestored(t *testing.T) {
+	env := kubetest.Start(t, "east")
+	client := env.Clusters[0].Client
+	ctx := context.Background()
+	src := newSource()
+	createService(t, client, "web", globalSync())
+	src.set("default", "web", "west", 80, "10.2.0.1")
+	run(t, client, src, "a", nil)
+	testenv.WaitFor(t, wait, "west's slice", func() bool { return len(owned(t, client, "web")) == 1 })
+	s := owned(t, client, "web")[0]
+	s.Endpoints[0].Addresses = []string{"10.9.9.9"}
+	if _, err := client.DiscoveryV1().EndpointSlices("default").Update(ctx, &s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "the edited slice put back", func() bool {
+		return slices.Equal(addresses(owned(t, client, "web"), "west"), []string{"10.2.0.1"})
+	})
+	if err := client.DiscoveryV1().EndpointSlices("default").Delete(ctx, s.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "the deleted slice put back", func() bool {
+		ss := owned(t, client, "web")
+		return len(ss) == 1 && ss[0].UID != s.UID
+	})
+}
