@@ -280,6 +280,17 @@ func (d *run) serve(ctx context.Context) error {
 	fmt.Fprintf(d.o.Out, "\nagents serve their status in %s; for example:\n  clustermesh status --agent %s\n",
 		sockDir, filepath.Join(sockDir, "west-node-1.sock"))
 	d.printObserve()
+	if d.stopRelay != nil {
+		ln, err := d.listenMap()
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			if err := d.serveMap(ctx, ln); err != nil && ctx.Err() == nil {
+				d.o.Logger.Warn("demo: the map", "err", err)
+			}
+		})
+	}
 	if d.net != nil {
 		nodeNS := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(d.net.node.NS))
 		fmt.Fprintf(d.o.Out, "\nthe pods answer in east-node-1's network namespace, %s; through its socket load balancer\n"+

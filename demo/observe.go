@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/relay"
+	"github.com/clustermesh/clustermesh/ui"
 )
 
 // The demo's observability: with eBPF and real traffic, every agent is a
@@ -173,6 +175,28 @@ func nodeCounts(byNode map[string][]*flowpb.Flow) string {
 		return "none yet"
 	}
 	return strings.Join(parts, ", ")
+}
+
+// listenMap listens for the mesh's map (clustermesh ui on the relay) on a
+// loopback port and prints its address; serveMap serves it there.
+func (d *run) listenMap() (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listening for the map: %w", err)
+	}
+	fmt.Fprintf(d.o.Out, "the mesh's live map in a browser (clustermesh ui on the relay):\n  http://%s/\n", ln.Addr())
+	return ln, nil
+}
+
+// serveMap serves the map on ln from the relay's flows until ctx is done.
+func (d *run) serveMap(ctx context.Context, ln net.Listener) error {
+	conn, err := observe.Dial(ctx, "unix://"+d.relaySocket(), nil)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer conn.Close()
+	return ui.New(ui.Config{Client: observerpb.NewObserverClient(conn), Logger: d.o.Logger}).Run(ctx, ln)
 }
 
 // printObserve prints how to watch the mesh's flows while the demo serves.

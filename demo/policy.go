@@ -58,6 +58,9 @@ spec:
 // host-side interface of east's checkout pod on east-node-1.
 func demoState(id int) *statesource.State {
 	st := localmesh.SampleState(id)
+	for i := range st.Endpoints { // their owners, named in flows and on the map
+		st.Endpoints[i].Workload = map[string]string{"checkout": "StatefulSet/checkout", "frontend": "Deployment/frontend"}[st.Endpoints[i].Labels["app"]]
+	}
 	if id != 1 {
 		return st
 	}
