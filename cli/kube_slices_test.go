@@ -32,9 +32,15 @@ func TestK8sSlicesEndToEnd(t *testing.T) {
 	m := startSlicesMesh(t)
 	env, east, west, sock := m.env, m.east, m.west, m.sock
 	eastSlice, westSlice := m.eastSlice, m.westSlice
+	ctx := context.Background()
 	st := slicesStatus(t, sock)
 	if !st.Writer.Leader || len(st.Writer.Services) != 1 || len(st.Writer.Services[0].Slices) != 1 || st.Writer.Services[0].Slices[0].Endpoints != 1 {
 		t.Errorf("status: %+v", st.Writer)
+	}
+	out, err := run(ctx, "slices", "status", "--status-addr", sock)
+	if err != nil || !strings.Contains(out, "leader (lease held by ") || !strings.Contains(out, "remote west: connected, synced, 1 services") ||
+		!strings.Contains(out, "service shop/checkout: west 1 endpoints in 1 slices") {
+		t.Errorf("slices status: %v\n%s", err, out)
 	}
 
 	// west's backend turns not ready (west stops offering it), then ready.
@@ -55,7 +61,7 @@ func TestK8sSlicesEndToEnd(t *testing.T) {
 	if err := kubeRunErr(t, env, "disconnect", "--context", "east", "--destination-context", "west"); err == nil || !strings.Contains(err.Error(), "shop/checkout in cluster east") {
 		t.Errorf("disconnect counted west's slice as a local backend: %v", err)
 	}
-	out := kubeRun(t, env, "disconnect", "--context", "east", "--destination-context", "west", "--force")
+	out = kubeRun(t, env, "disconnect", "--context", "east", "--destination-context", "west", "--force")
 	if !strings.Contains(out, "cluster east: deleted 1 EndpointSlices of west's backends") {
 		t.Errorf("disconnect output:\n%s", out)
 	}

@@ -1,15 +1,18 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -80,7 +83,102 @@ func newSlicesCmd() *cobra.Command {
 	for _, r := range []string{"cluster-name", "cluster-id", "config-dir"} {
 		cmd.MarkFlagRequired(r)
 	}
+	cmd.AddCommand(newSlicesStatusCmd())
 	return cmd
+}
+
+func newSlicesStatusCmd() *cobra.Command {
+	var addr string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status --status-addr SOCKET",
+		Short: "Print the status of 'clustermesh slices': the writer, the remotes, each service's slices",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := fetchSlicesStatus(cmd.Context(), addr)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printSlicesStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&addr, "status-addr", "", "the --status-addr of 'clustermesh slices'")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	cmd.MarkFlagRequired("status-addr")
+	return cmd
+}
+
+// fetchSlicesStatus reads the status served on the unix socket addr.
+func fetchSlicesStatus(ctx context.Context, addr string) (SlicesStatus, error) {
+	var st SlicesStatus
+	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", addr)
+		}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://slices/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("reading the slices writer's status at %s (is 'clustermesh slices --status-addr' running?): %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("decoding the slices writer's status from %s: %w", addr, err)
+	}
+	return st, nil
+}
+
+// printSlicesStatus prints st, a line for the writer, one per remote and
+// one per service.
+func printSlicesStatus(out io.Writer, st SlicesStatus) {
+	w := st.Writer
+	role := "standby"
+	if w.Leader {
+		role = "leader"
+	}
+	fmt.Fprintf(out, "writer %s: %s (lease held by %s): %d slices wanted, %d writes, %d conflicts, %d write errors\n",
+		w.Identity, role, cmp.Or(w.Holder, "nobody"), w.Slices, w.Writes, w.Conflicts, w.WriteErrors)
+	if w.LastError != "" {
+		fmt.Fprintf(out, "  last error: %s\n", w.LastError)
+	}
+	for _, r := range st.Remotes {
+		state := "disconnected"
+		switch {
+		case r.Ready:
+			state = "connected, synced"
+		case r.Connected:
+			state = "connected, syncing"
+		}
+		fmt.Fprintf(out, "remote %s: %s, %d services\n", r.Name, state, r.Services)
+	}
+	for _, s := range w.Services {
+		if len(s.Slices) == 0 {
+			fmt.Fprintf(out, "service %s/%s: no remote backends\n", s.Namespace, s.Name)
+			continue
+		}
+		byCluster := map[string][2]int{} // slices, endpoints
+		var clusters []string
+		for _, sl := range s.Slices {
+			c, seen := byCluster[sl.Cluster]
+			if !seen {
+				clusters = append(clusters, sl.Cluster)
+			}
+			byCluster[sl.Cluster] = [2]int{c[0] + 1, c[1] + sl.Endpoints}
+		}
+		var parts []string
+		for _, c := range clusters {
+			parts = append(parts, fmt.Sprintf("%s %d endpoints in %d slices", c, byCluster[c][1], byCluster[c][0]))
+		}
+		fmt.Fprintf(out, "service %s/%s: %s\n", s.Namespace, s.Name, strings.Join(parts, ", "))
+	}
 }
 
 // SlicesStatus is what 'clustermesh slices' serves on --status-addr.

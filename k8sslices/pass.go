@@ -2,6 +2,7 @@ package k8sslices
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"slices"
 	"strconv"
@@ -171,6 +172,9 @@ func (w *Writer) wrote(op, k string, err error, took time.Duration) bool {
 		w.metrics.writeSeconds.Observe(took.Seconds())
 		w.count(func(s *Status) { s.Writes++ })
 		return true
+	}
+	if errors.Is(err, context.Canceled) {
+		return false // the term or the writer ended: nothing failed
 	}
 	if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
 		// Another writer, or a slice of that name this writer does not
