@@ -43,11 +43,25 @@ func TestK8sSlicesEndToEnd(t *testing.T) {
 		t.Errorf("slices status: %v\n%s", err, out)
 	}
 
+	// A second replica stands by: one writer, every slice once.
+	standby := startSlices(t, env, east, m.remotes, "slices-2")
+	testenv.WaitFor(t, slicesBound, "the second replica standing by", func() bool {
+		w := slicesStatus(t, standby).Writer
+		return w.Holder == "slices-1" && !w.Leader && len(slicesStatus(t, standby).Remotes) == 1
+	})
+
 	// west's backend turns not ready (west stops offering it), then ready.
 	setReady(t, west, westSlice, false)
 	testenv.WaitFor(t, slicesBound, "west's slice gone with its only backend", func() bool { return len(remoteAddrs(t, east, "west")) == 0 })
 	setReady(t, west, westSlice, true)
 	testenv.WaitFor(t, slicesBound, "west's backend back", func() bool { return len(remoteAddrs(t, east, "west")) == 1 })
+
+	if w := slicesStatus(t, standby).Writer; w.Writes != 0 || w.Leader {
+		t.Errorf("the standby replica wrote: %+v", w)
+	}
+	if ss, err := east.Client.DiscoveryV1().EndpointSlices("shop").List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelManagedBy + "=" + k8sslices.ManagedBy}); err != nil || len(ss.Items) != 1 {
+		t.Errorf("east's slices of remote backends: %v %v", ss, err)
+	}
 
 	// The annotation goes, then comes back.
 	annotate(t, east, "")
@@ -79,6 +93,7 @@ type slicesMesh struct {
 	east, west           *kubetest.Cluster
 	eastSlice, westSlice *discoveryv1.EndpointSlice
 	sock                 string // the slices writer's status
+	remotes              string // east's remotes dir, as the kubelet mounts it
 }
 
 func startSlicesMesh(t *testing.T) *slicesMesh {
@@ -101,7 +116,8 @@ func startSlicesMesh(t *testing.T) *slicesMesh {
 	annotate(t, east, "true")
 	ep, _ := startPods(t, env, east, eastIP), startPods(t, env, west, westIP)
 	start := time.Now()
-	m.sock = startSlices(t, env, east, ep.remote)
+	m.remotes = ep.remote
+	m.sock = startSlices(t, env, east, ep.remote, "slices-1")
 	testenv.WaitFor(t, 30*time.Second, "west's backend in an EndpointSlice of east", func() bool {
 		return slices.Equal(remoteAddrs(t, east, "west"), []string{"10.2.1.10"})
 	})
@@ -111,15 +127,15 @@ func startSlicesMesh(t *testing.T) *slicesMesh {
 
 // startSlices runs 'clustermesh slices' for c until t ends; it returns its
 // status socket.
-func startSlices(t *testing.T, env *kubetest.Env, c *kubetest.Cluster, configDir string) string {
+func startSlices(t *testing.T, env *kubetest.Env, c *kubetest.Cluster, configDir, identity string) string {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "slices.sock")
+	sock := filepath.Join(t.TempDir(), identity+".sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		_, err := run(ctx, "slices", "--cluster-name", c.Name, "--cluster-id", "1", "--config-dir", configDir,
 			"--kubeconfig", env.Kubeconfig, "--context", c.Name, "--namespace", defaultKubeNamespace,
-			"--status-addr", sock, "--coalesce", "20ms")
+			"--status-addr", sock, "--coalesce", "20ms", "--identity", identity)
 		done <- err
 	}()
 	t.Cleanup(func() {
