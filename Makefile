@@ -14,7 +14,7 @@ HEAVY_PKGS := ./localmesh ./meshapiserver
 
 SHELL   := /bin/bash
 
-.PHONY: all build demo demo-once test test-k8s test-interop test-monitoring kube-apiserver hubble promtool vet lint fuzz bench deps clean generate check-generate bpf-tools chromium ui-screenshot
+.PHONY: all build demo demo-once test test-k8s test-interop test-monitoring kube-apiserver coredns hubble promtool vet lint fuzz bench deps clean generate check-generate bpf-tools chromium ui-screenshot
 
 all: build
 
@@ -43,12 +43,12 @@ vet: deps
 # once their binary is there. Then the alert rules' tests (promtool).
 test: vet check-generate promtool chromium
 	@set -eo pipefail; \
-	tools/kube-apiserver/build.sh $(KUBE_APISERVER) & build=$$!; \
+	{ tools/kube-apiserver/build.sh $(KUBE_APISERVER) && tools/coredns/build.sh $(COREDNS); } & build=$$!; \
 	tools/hubble/build.sh $(CLUSTERMESH_HUBBLE) & hubble=$$!; \
 	trap 'kill $$build $$hubble 2>/dev/null || true' EXIT; \
 	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS); \
 	$(GO) test $(TESTFLAGS) -skip '^TestHubbleCLI' $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS) $(HUBBLE_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
-	wait $$build || { echo "building kube-apiserver failed"; exit 1; }; \
+	wait $$build || { echo "building kube-apiserver or CoreDNS failed"; exit 1; }; \
 	$(GO) test $(TESTFLAGS) $(K8S_PKGS); \
 	wait $$hubble || { echo "building hubble failed"; exit 1; }; \
 	$(GO) test $(TESTFLAGS) $(HUBBLE_PKGS); \
@@ -88,6 +88,15 @@ export KUBE_APISERVER
 
 kube-apiserver:
 	@tools/kube-apiserver/build.sh $(KUBE_APISERVER)
+
+# CoreDNS with its kubernetes plugin (tools/coredns, from the Go module proxy,
+# about a minute the first time), for k8sslices' test of a headless global
+# service resolved through the cluster DNS; built with kube-apiserver.
+COREDNS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/clustermesh/coredns-v1.15.0
+export COREDNS
+
+coredns:
+	@tools/coredns/build.sh $(COREDNS)
 
 # The tests that run the real hubble CLI (internal/hubbletest) find the
 # hubble of Cilium $(HUBBLE_VERSION) that tools/hubble builds from the Go
@@ -136,7 +145,7 @@ test-monitoring: promtool
 # Only the tests against real API servers.
 K8S_PKGS := ./internal/kubetest ./k8ssource ./k8spolicy ./k8sslices ./kubemesh ./cli
 MODULE   := github.com/clustermesh/clustermesh
-test-k8s: deps kube-apiserver
+test-k8s: deps kube-apiserver coredns
 	$(GO) test $(TESTFLAGS) -run 'K8s' $(K8S_PKGS)
 
 # The eBPF programs, each in the package that loads it: BPF_PROGS lists them
