@@ -33,10 +33,13 @@ func TestK8sSlicesEndToEnd(t *testing.T) {
 	env, east, west, sock := m.env, m.east, m.west, m.sock
 	eastSlice, westSlice := m.eastSlice, m.westSlice
 	ctx := context.Background()
-	st := slicesStatus(t, sock)
-	if !st.Writer.Leader || len(st.Writer.Services) != 1 || len(st.Writer.Services[0].Slices) != 1 || st.Writer.Services[0].Slices[0].Endpoints != 1 {
-		t.Errorf("status: %+v", st.Writer)
-	}
+	// The status follows the write it reports (the slice may be seen first).
+	var st SlicesStatus
+	testenv.WaitFor(t, slicesBound, "the writer's status with west's slice", func() bool {
+		st = slicesStatus(t, sock)
+		return st.Writer.Leader && len(st.Writer.Services) == 1 && len(st.Writer.Services[0].Slices) == 1 &&
+			st.Writer.Services[0].Slices[0].Endpoints == 1
+	})
 	out, err := run(ctx, "slices", "status", "--status-addr", sock)
 	if err != nil || !strings.Contains(out, "leader (lease held by ") || !strings.Contains(out, "remote west: connected, synced, 1 services") ||
 		!strings.Contains(out, "service shop/checkout: west 1 endpoints in 1 slices") {
