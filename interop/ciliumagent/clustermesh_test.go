@@ -261,8 +261,6 @@ func TestCiliumAgentReadsOurApiserver(t *testing.T) {
 
 // connections is how many times Cilium connected to a remote cluster.
 func (a *ciliumAgent) connections() int {
-	a.v.mu.Lock()
-	defer a.v.mu.Unlock()
 	return a.v.count("Connection to remote cluster established")
 }
 

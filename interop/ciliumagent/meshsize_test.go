@@ -22,7 +22,7 @@ const meshSizeEnv = "CILIUMAGENT_MESH_SIZE"
 // saying why.
 func TestCiliumMeshSize(t *testing.T) {
 	if os.Getenv(meshSizeEnv) != "511" {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCiliumMeshSize$", "-test.count=1", "-test.v")
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCiliumMeshSize$", "-test.count=1", "-test.v", "-test.timeout=3m")
 		cmd.Env = append(os.Environ(), meshSizeEnv+"=511", binEnv+"="+clustermeshBin)
 		out, err := cmd.CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "--- PASS: TestCiliumMeshSize") {
@@ -51,9 +51,7 @@ func TestCiliumMeshSize(t *testing.T) {
 	// it and the failure count are lost to its own context cancellation)
 	// and reconnects, never ready.
 	const found = "Found remote cluster configuration"
-	a.v.mu.Lock()
 	before := a.v.count(found)
-	a.v.mu.Unlock()
 	a.configure(t, clusterName, narrow.url, certs.caFile, certs.shared[0], certs.shared[1])
 	a.v.waitFor(t, "the 255-cluster apiserver refused three times", func(v *view) error {
 		for _, c := range a.cm.Status().Clusters {

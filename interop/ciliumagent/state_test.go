@@ -130,8 +130,10 @@ var (
 )
 
 // check compares what the agent's parts were given with want; the first
-// difference is the error. Called under v.mu.
+// difference is the error.
 func (v *view) check(want wantState) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	nodes := wantNodes
 	if len(want.endpoints) == 0 {
 		nodes = nil

@@ -74,6 +74,9 @@ func (v *view) update(f func()) {
 // waitFor waits until cond holds, checked after every change the view
 // records and at least every 50ms (Cilium's status has no change
 // notification), or fails t after the deadline with cond's last complaint.
+// cond runs without v.mu: Cilium calls the view while it holds locks of its
+// own that its Status takes too, so v.mu is never held across a call into
+// Cilium (the view's methods take it themselves).
 func (v *view) waitFor(t *testing.T, what string, cond func(*view) error) {
 	t.Helper()
 	deadline := time.NewTimer(60 * time.Second)
@@ -81,9 +84,7 @@ func (v *view) waitFor(t *testing.T, what string, cond func(*view) error) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		v.mu.Lock()
 		err := cond(v)
-		v.mu.Unlock()
 		if err == nil {
 			return
 		}
@@ -132,8 +133,10 @@ func (v *view) unexpectedWarnings() string {
 	return b.String()
 }
 
-// count is how many records with this message were logged (under mu).
+// count is how many records with this message were logged.
 func (v *view) count(msg string) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	n := 0
 	for _, r := range v.logs {
 		if r.msg == msg {
