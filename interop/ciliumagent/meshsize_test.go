@@ -24,6 +24,7 @@ func TestCiliumMeshSize(t *testing.T) {
 	if os.Getenv(meshSizeEnv) != "511" {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCiliumMeshSize$", "-test.count=1", "-test.v", "-test.timeout=3m")
 		cmd.Env = append(os.Environ(), meshSizeEnv+"=511", binEnv+"="+clustermeshBin)
+		cmd.SysProcAttr = diesWithTest()
 		out, err := cmd.CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "--- PASS: TestCiliumMeshSize") {
 			t.Fatalf("the 511-cluster agent's process: %v\n%s", err, out)

@@ -66,6 +66,12 @@ func freeAddr(t *testing.T) string {
 	return addr
 }
 
+// diesWithTest makes a child process get SIGKILL when the test process
+// dies (a test binary killed by its -timeout runs no cleanup).
+func diesWithTest() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
+
 // apiserver is one `clustermesh apiserver` process. Its stderr is read by
 // one goroutine, owned by the apiserver and waited for by stop.
 type apiserver struct {
@@ -86,6 +92,7 @@ func startAPIServer(t *testing.T, args ...string) *apiserver {
 	t.Helper()
 	a := &apiserver{ready: make(chan string, 1), exited: make(chan struct{})}
 	a.cmd = exec.Command(clustermeshBin, append([]string{"apiserver"}, args...)...)
+	a.cmd.SysProcAttr = diesWithTest()
 	stderr, err := a.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
