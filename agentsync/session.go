@@ -364,8 +364,9 @@ func (r *remote) explain(err error) error {
 	switch {
 	case errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrUserEmpty),
 		errors.Is(err, rpctypes.ErrAuthFailed), strings.Contains(err.Error(), "user name not found"):
-		return fmt.Errorf("remote %s refuses user remote-%s: %w (add %s as a peer on %s's apiserver: --peer %s)",
-			r.name, local, err, local, r.name, local)
+		return fmt.Errorf("remote %s refuses user remote-%s: %w (add %s as a peer of %s: --peer %s on its clustermesh apiserver, "+
+			"or, when %s is a Cilium cluster, %s in its clustermesh.config.clusters so that Cilium's users management creates the user)",
+			r.name, local, err, local, r.name, local, r.name, local)
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("remote %s at %s: no answer within %s: %w (is the endpoint reachable, and is this cluster's certificate signed by the mesh CA the peer trusts?)",
 			r.name, strings.Join(r.cfg.Endpoints, ","), r.agent.cfg.ProbeTimeout, err)
