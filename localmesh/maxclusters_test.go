@@ -1,0 +1,216 @@
+package localmesh
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
+	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/internal/podnet"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/node"
+	"github.com/clustermesh/clustermesh/observe"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// The 511 mode's mesh: one cluster id of the 8-bit range and two above it,
+// the largest one included.
+var ids511 = map[string]uint32{"east": 7, "west": 300, "north": 511}
+
+// highIDIngress lets east's checkout pods accept TCP 8080 only from west's
+// frontends (cluster 300) and UDP 5353 only from north's (cluster 511).
+const highIDIngress = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout-from-high-ids, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: west}
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+  - fromEndpoints:
+    - matchLabels: {app: frontend}
+      matchExpressions:
+      - {key: io.cilium.k8s.policy.cluster, operator: In, values: [north]}
+    toPorts:
+    - ports: [{port: "5353", protocol: UDP}]
+`
+
+// start511Env is the policy environment of policy_test.go with cluster ids
+// 7, 300 and 511, every apiserver and agent in the 511 mode: east-node-1
+// (state node node-1) is a whole node agent on real eBPF maps enforcing
+// highIDIngress on its pods; east's checkout service has affinity none, so
+// its datapath holds the backends of every cluster.
+func start511Env(t *testing.T) *policyEnv {
+	testenv.RequireRoot(t)
+	e := &policyEnv{pods: map[string]*podnet.Pod{}}
+	var err error
+	if e.node, err = podnet.NewNode(netip.MustParseAddr("192.168.1.1")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.node.Close() })
+	for _, p := range []struct{ key, ip, veth string }{
+		{"east/checkout-2", "10.1.1.12", "e5-ck2"},
+		{"east/frontend-1", "10.1.1.100", "e5-fe1"},
+		{"west/frontend-1", "10.2.1.100", "w5-fe1"},
+		{"north/frontend-1", "10.3.1.100", "n5-fe1"},
+	} {
+		if e.pods[p.key], err = e.node.AddPod(p.key, netip.MustParseAddr(p.ip), p.veth); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serveTCP(t, e.pods["east/checkout-2"], 8080)
+	serveUDP(t, e.pods["east/checkout-2"], 5353)
+	testenv.WaitFor(t, 10*time.Second, "pod veths up", func() bool { return e.node.Up() == "" })
+
+	policyDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(policyDir, "checkout.yaml"), []byte(highIDIngress), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var specs []ClusterSpec
+	for i, n := range names { // pod addresses 10.<i+1>.x.x whatever the id
+		st := SampleState(i + 1)
+		if n == "east" {
+			st.Services[0].Annotations[wire.AnnotationAffinity] = wire.AffinityNone
+		}
+		specs = append(specs, ClusterSpec{Name: n, ID: ids511[n], State: st})
+	}
+	nodeAgent := func(name string, cfg *node.Config) bool {
+		if name != "east-node-1" {
+			return false
+		}
+		cfg.NodeName = "node-1"
+		cfg.Policy.InNetns = func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }
+		cfg.Policy.Dir, cfg.Policy.ReloadInterval = policyDir, 50*time.Millisecond
+		return true
+	}
+	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Node: nodeAgent,
+		APIServer: func(c *meshapiserver.Config) { c.MaxConnectedClusters = wire.ExtendedMaxConnectedClusters },
+		Agent:     func(c *agentsync.Config) { c.MaxConnectedClusters = wire.ExtendedMaxConnectedClusters }})
+	east := e.mesh.Cluster("east").Agents[0]
+	e.maps, e.enf = east.Datapath.(*datapath.Maps), east.Node.Enforcer()
+	e.progs, _ = east.Node.Policy().(*tcpolicy.Programs)
+	if east.Node.Flows() == nil || e.progs == nil {
+		t.Fatal("east-node-1 has no flows on eBPF maps")
+	}
+	testenv.WaitFor(t, wait, "checkout-2 enforcing on e5-ck2", func() bool {
+		s := e.enf.Status()
+		for _, ep := range s.Endpoints {
+			if ep.Pod == "checkout-2" && ep.Interface == "e5-ck2" && ep.State == enforcer.StateEnforcing && ep.EnforceIngress {
+				return s.Enforcing
+			}
+		}
+		return false
+	})
+	isDrop := func(f *flowpb.Flow) bool { return f.GetEventType().GetType() == 1 }
+	e.drops = east.Node.Flows().Subscribe(observe.Query{Follow: true, Match: isDrop})
+	t.Cleanup(e.drops.Close)
+	return e
+}
+
+// TestMaxClusters511EndToEnd runs a mesh of clusters 7, 300 and 511 in the
+// 511 mode: every agent syncs every remote, each
+// cluster's identities are in its 32,768-wide range, the eBPF ipcache and
+// backends carry the 9-bit cluster ids, and a policy selecting the two
+// high-id clusters by io.cilium.k8s.policy.cluster holds on real packets.
+func TestMaxClusters511EndToEnd(t *testing.T) {
+	e := start511Env(t)
+	testenv.WaitFor(t, wait, "every agent sees every remote ready with 2 nodes, 4 endpoints, 2 identities, 1 service", func() bool {
+		for _, c := range e.mesh.Clusters {
+			for _, peer := range e.mesh.Clusters {
+				r := remoteStatus(c.Agents[0], peer.Name)
+				if peer == c {
+					continue // its own cluster: its ipcache is checked below
+				}
+				if !r.Ready || r.Nodes != 2 || r.Endpoints != 4 || r.Identities != 2 || r.Services != 1 {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	for _, c := range e.mesh.Clusters {
+		checkRanges511(t, c)
+	}
+	checkServices511(t, e.maps)
+
+	checkout := netip.AddrPortFrom(netip.MustParseAddr("10.1.1.12"), 8080)
+	dns := netip.AddrPortFrom(checkout.Addr(), 5353)
+	if err := connect(e.pods["west/frontend-1"], checkout, 3*time.Second); err != nil {
+		t.Errorf("west (300) frontend → east checkout TCP 8080: %v, want allowed", err)
+	}
+	if err := echoUDP(e.pods["north/frontend-1"], dns, 3*time.Second); err != nil {
+		t.Errorf("north (511) frontend → east checkout UDP 5353: %v, want allowed", err)
+	}
+	if err := connect(e.pods["north/frontend-1"], checkout, 300*time.Millisecond); err == nil {
+		t.Fatal("north (511) frontend → east checkout TCP 8080 connected, want dropped")
+	}
+	d := e.readDrops(t, 1)[0]
+	if d.GetDropReasonDesc() != flowpb.DropReason_POLICY_DENIED || d.Source.ClusterName != "north" ||
+		d.IP.Source != "10.3.1.100" || d.Destination.ClusterName != "east" || d.Destination.PodName != "checkout-2" {
+		t.Errorf("drop event %+v: want policy-denied from north/frontend-1 to east/checkout-2", d)
+	}
+	for _, from := range []string{"west/frontend-1", "east/frontend-1"} { // UDP is north's alone
+		if err := echoUDP(e.pods[from], dns, 200*time.Millisecond); err == nil {
+			t.Errorf("%s → east checkout UDP 5353 answered, want dropped", from)
+		}
+	}
+	if err := connect(e.pods["east/frontend-1"], checkout, 300*time.Millisecond); err == nil {
+		t.Error("east (7) frontend → east checkout TCP 8080 connected, want dropped")
+	}
+}
+
+// checkRanges511 checks c's agent's eBPF ipcache: every pod of every
+// cluster with its cluster's id and an identity of that cluster's 511-mode
+// range [id<<15, (id+1)<<15-1].
+func checkRanges511(t *testing.T, c *Cluster) {
+	t.Helper()
+	ipc, err := c.Agents[0].Datapath.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range names {
+		id := ids511[n]
+		first, last := wire.IdentityRange(id, wire.ExtendedMaxConnectedClusters)
+		if first != id<<15 || last != (id+1)<<15-1 {
+			t.Fatalf("IdentityRange(%d, 511) = [%d, %d], want [%d, %d]", id, first, last, id<<15, (id+1)<<15-1)
+		}
+		for _, ep := range SampleState(i + 1).Endpoints {
+			e, ok := ipc[netip.PrefixFrom(ep.IP, 32)]
+			switch {
+			case !ok:
+				t.Errorf("%s's ipcache has no entry for %s/%s (%s)", c.Name, n, ep.Pod, ep.IP)
+			case uint32(e.ClusterID) != id || e.Identity < first || e.Identity > last:
+				t.Errorf("%s's ipcache: %s/%s is %+v, want cluster %d and an identity in [%d, %d]",
+					c.Name, n, ep.Pod, e, id, first, last)
+			}
+		}
+	}
+}
+
+// checkServices511 checks that east's checkout service (affinity none) has
+// three backends of each cluster in the eBPF maps, under 9-bit cluster ids.
+func checkServices511(t *testing.T, maps *datapath.Maps) {
+	t.Helper()
+	got := map[uint16]int{}
+	testenv.WaitFor(t, wait, "east's checkout backends: 3 of each cluster", func() bool {
+		svcs, err := maps.Services()
+		if err != nil {
+			return false
+		}
+		clear(got)
+		for _, b := range svcs[checkoutFrontend] {
+			got[b.ClusterID]++
+		}
+		return len(got) == 3 && got[7] == 3 && got[300] == 3 && got[511] == 3
+	})
+}
