@@ -1,9 +1,13 @@
 package localmesh
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +15,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/podnet"
@@ -45,14 +50,21 @@ spec:
     - ports: [{port: "5353", protocol: UDP}]
 `
 
-// start511Env is the policy environment of policy_test.go with cluster ids
-// 7, 300 and 511, every apiserver and agent in the 511 mode: east-node-1
+// env511 is the policy environment of policy_test.go with cluster ids 7,
+// 300 and 511, every apiserver and agent in the 511 mode: east-node-1
 // (state node node-1) is a whole node agent on real eBPF maps enforcing
-// highIDIngress on its pods; east's checkout service has affinity none, so
-// its datapath holds the backends of every cluster.
-func start511Env(t *testing.T) *policyEnv {
+// highIDIngress on its pods, with its socket load balancer on cgroup.
+// East's checkout service has affinity remote: its backends are the
+// checkout pods of west and north, all six on east-node-1's namespace,
+// serving TCP 8080.
+type env511 struct {
+	*policyEnv
+	cgroup string
+}
+
+func start511Env(t *testing.T) *env511 {
 	testenv.RequireRoot(t)
-	e := &policyEnv{pods: map[string]*podnet.Pod{}}
+	e := &env511{policyEnv: &policyEnv{pods: map[string]*podnet.Pod{}}, cgroup: newCgroup511(t)}
 	var err error
 	if e.node, err = podnet.NewNode(netip.MustParseAddr("192.168.1.1")); err != nil {
 		t.Fatal(err)
@@ -63,12 +75,22 @@ func start511Env(t *testing.T) *policyEnv {
 		{"east/frontend-1", "10.1.1.100", "e5-fe1"},
 		{"west/frontend-1", "10.2.1.100", "w5-fe1"},
 		{"north/frontend-1", "10.3.1.100", "n5-fe1"},
+		{"west/checkout-1", "10.2.2.11", "w5-ck1"},
+		{"west/checkout-2", "10.2.1.12", "w5-ck2"},
+		{"west/checkout-3", "10.2.2.13", "w5-ck3"},
+		{"north/checkout-1", "10.3.2.11", "n5-ck1"},
+		{"north/checkout-2", "10.3.1.12", "n5-ck2"},
+		{"north/checkout-3", "10.3.2.13", "n5-ck3"},
 	} {
 		if e.pods[p.key], err = e.node.AddPod(p.key, netip.MustParseAddr(p.ip), p.veth); err != nil {
 			t.Fatal(err)
 		}
 	}
-	serveTCP(t, e.pods["east/checkout-2"], 8080)
+	for key, p := range e.pods {
+		if strings.Contains(key, "/checkout-") {
+			serveTCP(t, p, 8080)
+		}
+	}
 	serveUDP(t, e.pods["east/checkout-2"], 5353)
 	testenv.WaitFor(t, 10*time.Second, "pod veths up", func() bool { return e.node.Up() == "" })
 
@@ -80,7 +102,7 @@ func start511Env(t *testing.T) *policyEnv {
 	for i, n := range names { // pod addresses 10.<i+1>.x.x whatever the id
 		st := SampleState(i + 1)
 		if n == "east" {
-			st.Services[0].Annotations[wire.AnnotationAffinity] = wire.AffinityNone
+			st.Services[0].Annotations[wire.AnnotationAffinity] = wire.AffinityRemote
 		}
 		specs = append(specs, ClusterSpec{Name: n, ID: ids511[n], State: st})
 	}
@@ -91,6 +113,7 @@ func start511Env(t *testing.T) *policyEnv {
 		cfg.NodeName = "node-1"
 		cfg.Policy.InNetns = func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }
 		cfg.Policy.Dir, cfg.Policy.ReloadInterval = policyDir, 50*time.Millisecond
+		cfg.SocketLB, cfg.Cgroup = true, e.cgroup
 		return true
 	}
 	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Node: nodeAgent,
@@ -167,6 +190,108 @@ func TestMaxClusters511EndToEnd(t *testing.T) {
 	if err := connect(e.pods["east/frontend-1"], checkout, 300*time.Millisecond); err == nil {
 		t.Error("east (7) frontend → east checkout TCP 8080 connected, want dropped")
 	}
+	e.checkSocketLB(t)
+}
+
+// checkSocketLB connects east/frontend-1 to the checkout service from the
+// socket load balancer's cgroup until both high-id clusters served it: each
+// connection must reach a real backend pod, and each translation the agent
+// reports (through its Observer hub) must name the backend's cluster.
+func (e *env511) checkSocketLB(t *testing.T) {
+	isSock := func(f *flowpb.Flow) bool { return f.GetEventType().GetType() == 7 }
+	sub := e.mesh.Cluster("east").Agents[0].Node.Flows().Subscribe(observe.Query{Follow: true, Match: isSock})
+	defer sub.Close()
+	orig := ownCgroup511(t)
+	moveSelf511(t, e.cgroup)
+	defer moveSelf511(t, orig)
+
+	want := map[string]string{"10.2.": "west", "10.3.": "north"}
+	served := map[string]int{}
+	deadline := time.Now().Add(wait)
+	for (served["west"] == 0 || served["north"] == 0) && time.Now().Before(deadline) {
+		if err := connect(e.pods["east/frontend-1"], netip.AddrPortFrom(CheckoutIP, 80), 3*time.Second); err != nil {
+			t.Fatalf("east/frontend-1 → checkout service %s:80 through the socket load balancer: %v", CheckoutIP, err)
+		}
+		f := readFlow511(t, sub)
+		dst := f.GetIP().GetDestination()
+		if c := want[dst[:min(len(dst), 5)]]; c == "" || f.GetDestination().GetClusterName() != c || f.GetL4().GetTCP().GetDestinationPort() != 8080 {
+			t.Fatalf("socket translation %+v: want a west or north backend on 8080, its cluster named", f)
+		}
+		served[f.GetDestination().GetClusterName()]++
+	}
+	t.Logf("socket load balancer: connections served by %v", served)
+	if served["west"] == 0 || served["north"] == 0 {
+		t.Errorf("the socket load balancer chose backends of %v, want west (300) and north (511)", served)
+	}
+}
+
+// readFlow511 reads the next flow of sub, or fails after 5 s.
+func readFlow511(t *testing.T, sub *observe.Subscription) *flowpb.Flow {
+	t.Helper()
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	for {
+		select {
+		case ev, ok := <-sub.Events():
+			if !ok || ev.GetLostEvents() != nil {
+				t.Fatalf("the socket translations ended or lost events (%v)", ev)
+			}
+			if f := ev.GetFlow(); f != nil {
+				return f
+			}
+		case <-deadline.C:
+			t.Fatal("no socket translation reported within 5s")
+		}
+	}
+}
+
+// newCgroup511 creates a cgroup for the socket load balancer, removed at
+// the end of the test (once the agent detached and the process left it).
+func newCgroup511(t *testing.T) string {
+	t.Helper()
+	root, err := socklb.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, fmt.Sprintf("clustermesh-localmesh-%d-511", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		testenv.WaitFor(t, 10*time.Second, "cgroup "+dir+" removed", func() bool {
+			err := os.Remove(dir)
+			return err == nil || errors.Is(err, os.ErrNotExist)
+		})
+	})
+	return dir
+}
+
+// ownCgroup511 is the cgroup v2 directory of this process.
+func ownCgroup511(t *testing.T) string {
+	t.Helper()
+	root, err := socklb.Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			return filepath.Join(root, rest)
+		}
+	}
+	t.Fatalf("no cgroup v2 line in /proc/self/cgroup:\n%s", b)
+	return ""
+}
+
+// moveSelf511 moves this process (all its threads) into cgroup dir.
+func moveSelf511(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		t.Fatalf("moving into cgroup %s: %v", dir, err)
+	}
 }
 
 // checkRanges511 checks c's agent's eBPF ipcache: every pod of every
@@ -197,12 +322,13 @@ func checkRanges511(t *testing.T, c *Cluster) {
 	}
 }
 
-// checkServices511 checks that east's checkout service (affinity none) has
-// three backends of each cluster in the eBPF maps, under 9-bit cluster ids.
+// checkServices511 checks that east's checkout service (affinity remote)
+// has west's and north's three backends each in the eBPF maps, under their
+// 9-bit cluster ids.
 func checkServices511(t *testing.T, maps *datapath.Maps) {
 	t.Helper()
 	got := map[uint16]int{}
-	testenv.WaitFor(t, wait, "east's checkout backends: 3 of each cluster", func() bool {
+	testenv.WaitFor(t, wait, "east's checkout backends: 3 of west (300), 3 of north (511)", func() bool {
 		svcs, err := maps.Services()
 		if err != nil {
 			return false
@@ -211,6 +337,6 @@ func checkServices511(t *testing.T, maps *datapath.Maps) {
 		for _, b := range svcs[checkoutFrontend] {
 			got[b.ClusterID]++
 		}
-		return len(got) == 3 && got[7] == 3 && got[300] == 3 && got[511] == 3
+		return len(got) == 2 && got[300] == 3 && got[511] == 3
 	})
 }
