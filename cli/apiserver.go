@@ -88,6 +88,8 @@ func (af *apiserverFlags) register(cmd *cobra.Command) {
 	f.StringVar(&cfg.ClusterName, "cluster-name", "", "name of this cluster (a-z, 0-9, '-'; at most 32)")
 	f.Uint32Var(&cfg.ClusterID, "cluster-id", 0, "id of this cluster, 1..max-connected-clusters, unique in the mesh")
 	f.Uint32Var(&cfg.MaxConnectedClusters, "max-connected-clusters", wire.DefaultMaxConnectedClusters, "mesh size: 255 or 511 (the same on every cluster)")
+	cfg.ExportMode = meshapiserver.ExportAll
+	f.Var(&cfg.ExportMode, "export-mode", "what peers are given: all (every endpoint), global-services (the endpoints global services select) or opt-in (the endpoints whose pod, or else namespace, is labelled "+meshapiserver.SyncLabel+": \"true\"), each with the identities they use; nodes and global services always (docs/state-file.md#export-modes)")
 	f.StringVar(&cfg.ListenAddress, "listen", meshapiserver.DefaultListenAddress, "host:port of the etcd client listener")
 	f.StringVar(&af.certDir, "cert-dir", "", "directory with ca.crt, server.crt/key and admin-<cluster>.crt/key")
 	f.StringVar(&af.stateFile, "state-file", "", "YAML file with the cluster's nodes, endpoints and services (see docs/state-file.md)")

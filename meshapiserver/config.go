@@ -108,6 +108,10 @@ type Config struct {
 	IdentityStore IdentityStore
 
 	Source statesource.Source
+	// ExportMode is what peers are given of the cluster's endpoints and
+	// identities (ExportAll when empty). The cluster's own agents read the
+	// same entries: see docs/state-file.md#export-modes.
+	ExportMode ExportMode
 
 	LeaseTTL          time.Duration
 	HeartbeatInterval time.Duration
@@ -137,6 +141,9 @@ func (c *Config) withDefaults() {
 	if c.historyRetention == 0 {
 		c.historyRetention = DefaultHistoryRetention
 	}
+	if c.ExportMode == "" {
+		c.ExportMode = ExportAll
+	}
 }
 
 // Validate checks the config after defaults.
@@ -159,6 +166,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Source == nil {
 		return fmt.Errorf("%w: no state source", ErrInvalidConfig)
+	}
+	if _, err := ParseExportMode(string(c.ExportMode)); err != nil {
+		return err
 	}
 	if c.IdentityFile != "" && c.IdentityStore != nil {
 		return fmt.Errorf("%w: both an identity file and an identity store: set one", ErrInvalidConfig)

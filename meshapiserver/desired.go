@@ -16,37 +16,50 @@ type desiredKV map[string][]byte
 
 // desired computes the entries that publish st for cluster c, allocating
 // identities as needed (endpoints as cache has them are not encoded again).
-// It reports whether new identities were allocated.
-func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator, cache *endpointCache) (desiredKV, bool, error) {
-	kv := make(desiredKV, len(st.Nodes)+2*len(st.Endpoints)+len(st.Services))
+// Of the endpoints, only those mode exports are published, with their
+// identities. It reports whether new identities were allocated and how
+// many endpoints were held back.
+func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identityAllocator, cache *endpointCache) (kv desiredKV, allocated bool, held int, err error) {
+	var index *statesource.SelectorIndex // built for the first that needs it
+	ix := func() *statesource.SelectorIndex {
+		if index == nil {
+			index = statesource.NewSelectorIndex(st)
+		}
+		return index
+	}
+	scope := newExportScope(mode, st, ix)
+	kv = make(desiredKV, len(st.Nodes)+2*len(st.Endpoints)+len(st.Services))
 	nodeIP := make(map[string]netip.Addr, len(st.Nodes))
 	for i := range st.Nodes {
 		n := &st.Nodes[i]
 		nodeIP[n.Name] = n.IPs[0]
 		v, err := wire.EncodeNode(wireNode(c, n))
 		if err != nil {
-			return nil, false, err
+			return nil, false, 0, err
 		}
 		kv[wire.NodeKey(c.Name, n.Name)] = v
 	}
-	allocated := false
 	cache.begin()
 	for i := range st.Endpoints {
 		e := &st.Endpoints[i]
+		if !scope.exported(e) {
+			held++
+			continue
+		}
 		hostIP := nodeIP[e.Node]
 		ce, ok := cache.lookup(e, hostIP)
 		if !ok {
 			ls := e.IdentityLabels(c.Name)
 			id, isNew, err := ids.allocate(ls)
 			if err != nil {
-				return nil, false, err
+				return nil, false, 0, err
 			}
 			allocated = allocated || isNew
 			ip := e.IP.Unmap() // the one spelling agents accept
 			pair := &wire.IPIdentityPair{IP: ip, HostIP: hostIP, ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod, Workload: e.Workload}
 			v, err := wire.EncodeIPIdentityPair(pair)
 			if err != nil {
-				return nil, false, err
+				return nil, false, 0, err
 			}
 			ce = cache.store(e, hostIP, id, encodedEntry{wire.IPCachePrefixKey(netip.PrefixFrom(ip, ip.BitLen())), v})
 			cache.identity(id, func() wire.Labels { return ls })
@@ -56,22 +69,18 @@ func desired(c wire.Cluster, st *statesource.State, ids *identityAllocator, cach
 		kv[ce.ipcache.key] = ce.ipcache.val
 	}
 	cache.sweep()
-	var ix *statesource.SelectorIndex // built for the first shared service
 	for i := range st.Services {
 		s := &st.Services[i]
 		if !s.Shared() {
 			continue // only global services that export their backends are published
 		}
-		if ix == nil {
-			ix = statesource.NewSelectorIndex(st)
-		}
-		v, err := wire.EncodeService(clusterService(c, ix, s))
+		v, err := wire.EncodeService(clusterService(c, ix(), scope, s))
 		if err != nil {
-			return nil, false, err
+			return nil, false, 0, err
 		}
 		kv[wire.ServiceKey(c.Name, s.Namespace, s.Name)] = v
 	}
-	return kv, allocated, nil
+	return kv, allocated, held, nil
 }
 
 func wireNode(c wire.Cluster, n *statesource.Node) *wire.Node {
@@ -90,9 +99,9 @@ func wireNode(c wire.Cluster, n *statesource.Node) *wire.Node {
 }
 
 // clusterService builds the published form of a global service: its
-// ClusterIP as frontend and the endpoints that are ready or serving as
-// backends, on each port's target port.
-func clusterService(c wire.Cluster, ix *statesource.SelectorIndex, s *statesource.Service) *wire.ClusterService {
+// ClusterIP as frontend and the exported endpoints that are ready or
+// serving as backends, on each port's target port.
+func clusterService(c wire.Cluster, ix *statesource.SelectorIndex, scope *exportScope, s *statesource.Service) *wire.ClusterService {
 	cs := &wire.ClusterService{
 		Cluster: c.Name, ClusterID: c.ID, Namespace: s.Namespace, Name: s.Name,
 		Frontends: map[string]wire.PortConfiguration{}, Backends: map[string]wire.PortConfiguration{},
@@ -109,7 +118,7 @@ func clusterService(c wire.Cluster, ix *statesource.SelectorIndex, s *statesourc
 		cs.Frontends[s.ClusterIP.String()] = fe
 	}
 	for _, e := range ix.Backends(s) {
-		if !e.IsServing() {
+		if !e.IsServing() || !scope.exported(e) {
 			continue
 		}
 		be := wire.PortConfiguration{}

@@ -56,11 +56,11 @@ func TestEndpointCacheEqualsFromScratch(t *testing.T) {
 				st.Endpoints = append(st.Endpoints, e)
 			}
 		}
-		got, _, err := desired(c, st, ids, cache)
+		got, _, _, err := desired(c, st, ExportAll, ids, cache)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, _, err := desired(c, st, ids, newEndpointCache())
+		want, _, _, err := desired(c, st, ExportAll, ids, newEndpointCache())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,7 +94,7 @@ func TestEndpointCacheSeesServiceAccountAndNamespaceLabels(t *testing.T) {
 		func(e *statesource.Endpoint) { e.NamespaceLabels = map[string]string{"team": "y"} },
 	} {
 		change(&ep)
-		kv, _, err := desired(c, &statesource.State{Nodes: []statesource.Node{node}, Endpoints: []statesource.Endpoint{ep}}, ids, cache)
+		kv, _, _, err := desired(c, &statesource.State{Nodes: []statesource.Node{node}, Endpoints: []statesource.Endpoint{ep}}, ExportAll, ids, cache)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -55,6 +55,11 @@ type Status struct {
 	// Denied counts, by gRPC method, the requests refused to callers that
 	// are not an admin of this cluster.
 	Denied map[string]uint64 `json:"denied,omitempty"`
+	// ExportMode is what peers are given (Config.ExportMode);
+	// EndpointsNotExported counts the endpoints of the last state it held
+	// back.
+	ExportMode           ExportMode `json:"exportMode"`
+	EndpointsNotExported int        `json:"endpointsNotExported"`
 }
 
 // New validates cfg (after defaults) and returns a Server that is not yet
@@ -148,7 +153,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer etcd.close()
 	s.mu.Lock()
 	s.url, s.guard = etcd.url, guard
-	s.status = Status{Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, URL: etcd.url}
+	s.status = Status{Cluster: cfg.ClusterName, ClusterID: cfg.ClusterID, URL: etcd.url, ExportMode: cfg.ExportMode}
 	s.mu.Unlock()
 	close(s.serving)
 	log.Info("etcd serving", "url", etcd.url, "fsync", false, "runtimeDir", etcd.run.path)
@@ -376,10 +381,13 @@ func (s *Server) takeLease(ctx context.Context, cli *clientv3.Client, pub *publi
 }
 
 func (s *Server) publish(ctx context.Context, pub *publisher, ids *identityAllocator, st *statesource.State) error {
-	kv, _, err := desired(s.cfg.cluster(), st, ids, pub.endpoints)
+	kv, _, held, err := desired(s.cfg.cluster(), st, s.cfg.ExportMode, ids, pub.endpoints)
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	s.status.EndpointsNotExported = held
+	s.mu.Unlock()
 	if err := ids.saveIfNeeded(ctx, s.cfg.cluster()); err != nil {
 		return err
 	}

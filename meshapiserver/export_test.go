@@ -1,0 +1,197 @@
+package meshapiserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// exportState has, in namespace shop (no namespace label): two checkout
+// pods behind the global service shop/checkout (checkout-2 not ready), a
+// frontend labelled clustermesh.io/sync: "true", a db pod behind a service
+// that is not global; in namespace team (labelled clustermesh.io/sync:
+// "true"): api-1, and api-2 whose pod label says "false".
+func exportState() *statesource.State {
+	no := false
+	ep := func(ns, pod, ip, app string, podSync string) statesource.Endpoint {
+		e := statesource.Endpoint{Namespace: ns, Pod: pod, Node: "n1", IP: netip.MustParseAddr(ip),
+			Labels: map[string]string{"app": app}}
+		if podSync != "" {
+			e.Labels[SyncLabel] = podSync
+		}
+		if ns == "team" {
+			e.NamespaceLabels = map[string]string{SyncLabel: "true"}
+		}
+		return e
+	}
+	st := &statesource.State{
+		Nodes: []statesource.Node{{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.1")},
+			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}}},
+		Endpoints: []statesource.Endpoint{
+			ep("shop", "checkout-1", "10.2.0.1", "checkout", ""),
+			ep("shop", "checkout-2", "10.2.0.2", "checkout", ""),
+			ep("shop", "frontend-1", "10.2.0.3", "frontend", "true"),
+			ep("shop", "db-1", "10.2.0.4", "db", ""),
+			ep("team", "api-1", "10.2.0.5", "api", ""),
+			ep("team", "api-2", "10.2.0.6", "api", "false"),
+		},
+		Services: []statesource.Service{
+			{Namespace: "shop", Name: "checkout", ClusterIP: netip.MustParseAddr("172.20.0.1"),
+				Ports:       []statesource.ServicePort{{Port: 80, TargetPort: 8080, Protocol: "TCP"}},
+				Selector:    map[string]string{"app": "checkout"},
+				Annotations: map[string]string{wire.AnnotationGlobal: "true"}},
+			{Namespace: "shop", Name: "db", ClusterIP: netip.MustParseAddr("172.20.0.2"),
+				Ports:    []statesource.ServicePort{{Port: 5432, Protocol: "TCP"}},
+				Selector: map[string]string{"app": "db"}},
+		},
+	}
+	st.Endpoints[1].Ready = &no
+	return st
+}
+
+// published is what a desired set says: the addresses of its ipcache
+// entries, the apps of its identities, each service's backends.
+type published struct {
+	ips, apps []string
+	backends  map[string][]string
+}
+
+func readPublished(t *testing.T, c wire.Cluster, kv desiredKV) published {
+	t.Helper()
+	p := published{backends: map[string][]string{}}
+	for k, v := range kv {
+		switch {
+		case strings.HasPrefix(k, wire.IPCachePrefix+"/"):
+			pair, err := wire.DecodeIPIdentityPair(c, k, v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.ips = append(p.ips, pair.IP.String())
+		case strings.HasPrefix(k, wire.IdentitiesPrefix+"/"):
+			id, err := wire.DecodeIdentity(c, k, v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			app, _ := id.Labels.Get("app")
+			p.apps = append(p.apps, app)
+		case strings.HasPrefix(k, wire.ServicesPrefix+"/"):
+			svc, err := wire.DecodeService(c, k, v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.backends[svc.Name] = slices.Sorted(maps.Keys(svc.Backends))
+		}
+	}
+	slices.Sort(p.ips)
+	slices.Sort(p.apps)
+	return p
+}
+
+func TestExportModes(t *testing.T) {
+	c := wire.Cluster{Name: "west", ID: 2, MaxConnectedClusters: 255}
+	for _, tc := range []struct {
+		mode     ExportMode
+		ips      []string
+		apps     []string
+		backends []string // of shop/checkout
+	}{
+		{ExportAll, []string{"10.2.0.1", "10.2.0.2", "10.2.0.3", "10.2.0.4", "10.2.0.5", "10.2.0.6"},
+			// api-2's pod label is one of its identity's labels.
+			[]string{"api", "api", "checkout", "db", "frontend"}, []string{"10.2.0.1"}},
+		// checkout-2 is not ready: no backend, but a peer knows its identity.
+		{ExportGlobalServices, []string{"10.2.0.1", "10.2.0.2"}, []string{"checkout"}, []string{"10.2.0.1"}},
+		// Nothing of the global service opted in: it has no backends.
+		{ExportOptIn, []string{"10.2.0.3", "10.2.0.5"}, []string{"api", "frontend"}, nil},
+	} {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			ids, err := newIdentityAllocator(context.Background(), nil, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kv, _, held, err := desired(c, exportState(), tc.mode, ids, newEndpointCache())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := readPublished(t, c, kv)
+			if !slices.Equal(p.ips, tc.ips) || !slices.Equal(p.apps, tc.apps) || !slices.Equal(p.backends["checkout"], tc.backends) {
+				t.Errorf("published ipcache %v, identities %v, checkout backends %v; want %v, %v, %v",
+					p.ips, p.apps, p.backends["checkout"], tc.ips, tc.apps, tc.backends)
+			}
+			if _, ok := p.backends["checkout"]; !ok || len(p.backends) != 1 {
+				t.Errorf("published services %v, want shop/checkout alone", p.backends)
+			}
+			if held != 6-len(tc.ips) {
+				t.Errorf("held back %d endpoints, want %d", held, 6-len(tc.ips))
+			}
+			if n := strings.Count(strings.Join(slices.Collect(maps.Keys(kv)), " "), wire.NodesPrefix+"/"); n != 1 {
+				t.Errorf("%d nodes published, want 1 (nodes are always exported)", n)
+			}
+		})
+	}
+}
+
+// An endpoint that leaves the scope (relabelled) leaves the published set,
+// and comes back when it returns; the long-lived cache agrees with a fresh
+// one at every step.
+func TestExportOptInFollowsLabels(t *testing.T) {
+	c := wire.Cluster{Name: "west", ID: 2, MaxConnectedClusters: 255}
+	ids, err := newIdentityAllocator(context.Background(), nil, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := newEndpointCache()
+	st := exportState()
+	for step, change := range []struct {
+		do   func(st *statesource.State)
+		want []string
+	}{
+		{func(*statesource.State) {}, []string{"10.2.0.3", "10.2.0.5"}},
+		{func(st *statesource.State) { st.Endpoints[2].Labels = map[string]string{"app": "frontend"} }, []string{"10.2.0.5"}},
+		{func(st *statesource.State) { st.Endpoints[5].Labels = map[string]string{"app": "api"} }, []string{"10.2.0.5", "10.2.0.6"}},
+		{func(st *statesource.State) { st.Endpoints[0].NamespaceLabels = map[string]string{SyncLabel: "TRUE"} }, []string{"10.2.0.1", "10.2.0.5", "10.2.0.6"}},
+	} {
+		change.do(st)
+		got, _, _, err := desired(c, st, ExportOptIn, ids, cache)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fresh, _, _, err := desired(c, st, ExportOptIn, ids, newEndpointCache())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := readPublished(t, c, got); !slices.Equal(p.ips, change.want) {
+			t.Errorf("step %d: published %v, want %v", step, p.ips, change.want)
+		}
+		if len(got) != len(fresh) {
+			t.Fatalf("step %d: %d entries with the cache, %d from scratch", step, len(got), len(fresh))
+		}
+		for k, v := range fresh {
+			if !bytes.Equal(got[k], v) {
+				t.Fatalf("step %d: %s = %s with the cache, %s from scratch", step, k, got[k], v)
+			}
+		}
+	}
+}
+
+func TestParseExportMode(t *testing.T) {
+	for in, want := range map[string]ExportMode{"": ExportAll, "all": ExportAll, "Global-Services": ExportGlobalServices, "opt-in": ExportOptIn} {
+		if got, err := ParseExportMode(in); err != nil || got != want {
+			t.Errorf("ParseExportMode(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := ParseExportMode("some"); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "global-services") {
+		t.Errorf("ParseExportMode(some) = %v, want ErrInvalidConfig naming the modes", err)
+	}
+	var m ExportMode
+	if err := m.Set("opt-in"); err != nil || m.String() != "opt-in" {
+		t.Errorf("Set(opt-in): %v, %q", err, m.String())
+	}
+}
