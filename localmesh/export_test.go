@@ -3,9 +3,13 @@ package localmesh
 import (
 	"net/netip"
 	"testing"
+	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
 
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/statesource"
 )
 
 // TestExportModesEndToEnd runs east exporting everything, west only what
@@ -77,4 +81,58 @@ func TestExportModesEndToEnd(t *testing.T) {
 		got := checkoutBackends(t, east.Agents[0])
 		return len(got) == 1 && got[2] == 3
 	})
+}
+
+// scopedIngress lets east's checkout pods accept TCP 8080 from the
+// frontends of west and north, and from west's checkouts.
+const scopedIngress = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout-scoped, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend}
+      matchExpressions:
+      - {key: io.cilium.k8s.policy.cluster, operator: In, values: [west, north]}
+    - matchLabels: {app: checkout, io.cilium.k8s.policy.cluster: west}
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+`
+
+// Policy holds for what a peer imports, and cannot select what it does
+// not: west exports what backs its global services (its checkouts, not its
+// frontend), north what opted in (its frontend). East's policy allows the
+// frontends of both and west's checkouts: on real packets north's frontend
+// and west's checkout get through, west's frontend (unknown to east: world)
+// does not.
+func TestExportModesPolicyOnRealPackets(t *testing.T) {
+	modes := map[string]meshapiserver.ExportMode{"east": meshapiserver.ExportAll,
+		"west": meshapiserver.ExportGlobalServices, "north": meshapiserver.ExportOptIn}
+	e := startPodEnv(t, podEnvOptions{ids: map[string]uint32{"east": 1, "west": 2, "north": 3}, policy: scopedIngress,
+		state: func(name string, st *statesource.State) {
+			for j := range st.Endpoints {
+				if name == "north" && st.Endpoints[j].Pod == "frontend-1" {
+					st.Endpoints[j].Labels = map[string]string{"app": "frontend", meshapiserver.SyncLabel: "true"}
+				}
+			}
+		},
+		apiserver: func(c *meshapiserver.Config) { c.ExportMode = modes[c.ClusterName] }})
+	checkout := netip.AddrPortFrom(netip.MustParseAddr("10.1.1.12"), 8080)
+	for _, from := range []string{"north/frontend-1", "west/checkout-1"} {
+		testenv.WaitFor(t, wait, from+" (exported) allowed to east's checkout", func() bool {
+			return connect(e.pods[from], checkout, 200*time.Millisecond) == nil
+		})
+	}
+	if err := connect(e.pods["west/frontend-1"], checkout, 300*time.Millisecond); err == nil {
+		t.Fatal("west/frontend-1, not exported, connected to east's checkout: want dropped as world")
+	}
+	d := e.readDrops(t, 1)[0]
+	if d.GetDropReasonDesc() != flowpb.DropReason_POLICY_DENIED || d.IP.Source != "10.2.1.100" ||
+		d.Source.Identity != 2 || d.Source.ClusterName != "" || d.Source.PodName != "" {
+		t.Errorf("drop event %+v: want policy-denied from world (identity 2, no cluster or pod) at 10.2.1.100", d)
+	}
+	if err := connect(e.pods["east/frontend-1"], checkout, 300*time.Millisecond); err == nil {
+		t.Error("east/frontend-1 connected to east's checkout, want dropped")
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/observe"
+	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -50,21 +51,50 @@ spec:
     - ports: [{port: "5353", protocol: UDP}]
 `
 
-// env511 is the policy environment of policy_test.go with cluster ids 7,
-// 300 and 511, every apiserver and agent in the 511 mode: east-node-1
-// (state node node-1) is a whole node agent on real eBPF maps enforcing
-// highIDIngress on its pods, with its socket load balancer on cgroup.
-// East's checkout service has affinity remote: its backends are the
-// checkout pods of west and north, all six on east-node-1's namespace,
-// serving TCP 8080.
+// env511 is a policy environment (startPodEnv), with the cgroup of
+// east-node-1's socket load balancer when it has one.
 type env511 struct {
 	*policyEnv
 	cgroup string
 }
 
+// start511Env has cluster ids 7, 300 and 511, every apiserver and agent
+// in the 511 mode: east-node-1 enforces highIDIngress on its pods, its
+// socket load balancer on a cgroup. East's checkout service has affinity
+// remote: its backends are the checkout pods of west and north, all six
+// in east-node-1's namespace.
 func start511Env(t *testing.T) *env511 {
+	max := func(c *uint32) { *c = wire.ExtendedMaxConnectedClusters }
+	return startPodEnv(t, podEnvOptions{ids: ids511, policy: highIDIngress, socketLB: true,
+		state: func(name string, st *statesource.State) {
+			if name == "east" {
+				st.Services[0].Annotations[wire.AnnotationAffinity] = wire.AffinityRemote
+			}
+		},
+		apiserver: func(c *meshapiserver.Config) { max(&c.MaxConnectedClusters) },
+		agent:     func(c *agentsync.Config) { max(&c.MaxConnectedClusters) }})
+}
+
+// podEnvOptions shape a startPodEnv environment.
+type podEnvOptions struct {
+	ids       map[string]uint32                        // cluster ids by name
+	policy    string                                   // east-node-1's policy
+	socketLB  bool                                     // east-node-1's socket load balancer on a cgroup of the test
+	state     func(name string, st *statesource.State) // adjusts each cluster's SampleState
+	apiserver func(*meshapiserver.Config)
+	agent     func(*agentsync.Config)
+}
+
+// startPodEnv starts east-node-1 (state node node-1, a whole node agent on
+// real eBPF maps enforcing o.policy) with pods of every cluster in its
+// namespace: east's checkout-2 (TCP 8080, UDP 5353), every frontend-1,
+// and the three checkouts of west and north (TCP 8080).
+func startPodEnv(t *testing.T, o podEnvOptions) *env511 {
 	testenv.RequireRoot(t)
-	e := &env511{policyEnv: &policyEnv{pods: map[string]*podnet.Pod{}}, cgroup: newCgroup511(t)}
+	e := &env511{policyEnv: &policyEnv{pods: map[string]*podnet.Pod{}}}
+	if o.socketLB {
+		e.cgroup = newCgroup511(t)
+	}
 	var err error
 	if e.node, err = podnet.NewNode(netip.MustParseAddr("192.168.1.1")); err != nil {
 		t.Fatal(err)
@@ -95,16 +125,16 @@ func start511Env(t *testing.T) *env511 {
 	testenv.WaitFor(t, 10*time.Second, "pod veths up", func() bool { return e.node.Up() == "" })
 
 	policyDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(policyDir, "checkout.yaml"), []byte(highIDIngress), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(policyDir, "checkout.yaml"), []byte(o.policy), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var specs []ClusterSpec
 	for i, n := range names { // pod addresses 10.<i+1>.x.x whatever the id
 		st := SampleState(i + 1)
-		if n == "east" {
-			st.Services[0].Annotations[wire.AnnotationAffinity] = wire.AffinityRemote
+		if o.state != nil {
+			o.state(n, st)
 		}
-		specs = append(specs, ClusterSpec{Name: n, ID: ids511[n], State: st})
+		specs = append(specs, ClusterSpec{Name: n, ID: o.ids[n], State: st})
 	}
 	nodeAgent := func(name string, cfg *node.Config) bool {
 		if name != "east-node-1" {
@@ -113,12 +143,11 @@ func start511Env(t *testing.T) *env511 {
 		cfg.NodeName = "node-1"
 		cfg.Policy.InNetns = func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }
 		cfg.Policy.Dir, cfg.Policy.ReloadInterval = policyDir, 50*time.Millisecond
-		cfg.SocketLB, cfg.Cgroup = true, e.cgroup
+		cfg.SocketLB, cfg.Cgroup = o.socketLB, e.cgroup
 		return true
 	}
 	e.mesh = startMeshWith(t, Options{Clusters: specs, EBPF: true, ReadOwnCluster: true, Node: nodeAgent,
-		APIServer: func(c *meshapiserver.Config) { c.MaxConnectedClusters = wire.ExtendedMaxConnectedClusters },
-		Agent:     func(c *agentsync.Config) { c.MaxConnectedClusters = wire.ExtendedMaxConnectedClusters }})
+		APIServer: o.apiserver, Agent: o.agent})
 	east := e.mesh.Cluster("east").Agents[0]
 	e.maps, e.enf = east.Datapath.(*datapath.Maps), east.Node.Enforcer()
 	e.progs, _ = east.Node.Policy().(*tcpolicy.Programs)
