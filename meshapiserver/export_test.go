@@ -6,9 +6,12 @@ import (
 	"errors"
 	"maps"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
@@ -193,5 +196,54 @@ func TestParseExportMode(t *testing.T) {
 	var m ExportMode
 	if err := m.Set("opt-in"); err != nil || m.String() != "opt-in" {
 		t.Errorf("Set(opt-in): %v, %q", err, m.String())
+	}
+}
+
+// On a real store, read as a peer: everything with ExportAll; a restart
+// in global-services mode (on the same data directory) removes what is no
+// longer exported — cart-a and its identity, not behind a global service —
+// and keeps the checkout identity's number; status and metrics say what
+// was held back.
+func TestExportModeOnRealStore(t *testing.T) {
+	f := newFixture(t)
+	f.dataDir = filepath.Join(f.dir, "data")
+	f.start(t, "127.0.0.1:0")
+	peer := clientFor(t, f.srv.ClientURL(), f.west.RemoteCert(), f.west.RemoteKey(), f.west.CAFile())
+	ipcacheOf := func() []string {
+		resp, err := get(t, peer, wire.IPCachePrefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, kv := range resp.Kvs {
+			out = append(out, string(kv.Key[strings.LastIndex(string(kv.Key), "/")+1:]))
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := ipcacheOf(); !slices.Equal(got, []string{"10.1.1.10", "10.1.1.11", "10.1.1.12"}) {
+		t.Fatalf("exporting all, a peer reads ipcache %v", got)
+	}
+	before := identityKeys(t, peer)
+
+	url := f.srv.ClientURL()
+	f.stop(t)
+	f.exportMode = ExportGlobalServices
+	f.start(t, strings.TrimPrefix(url, "https://"))
+	peer = clientFor(t, f.srv.ClientURL(), f.west.RemoteCert(), f.west.RemoteKey(), f.west.CAFile())
+	if got := ipcacheOf(); !slices.Equal(got, []string{"10.1.1.10", "10.1.1.11"}) {
+		t.Errorf("exporting global services, a peer reads ipcache %v, want the two checkouts", got)
+	}
+	after := identityKeys(t, peer)
+	for k, v := range after {
+		if !strings.Contains(v, "app=checkout") || before[k] != v {
+			t.Errorf("exporting global services, a peer reads identities %v (before %v), want the checkout one, same number", after, before)
+		}
+	}
+	if s := f.srv.Status(); s.ExportMode != ExportGlobalServices || s.EndpointsNotExported != 1 || len(after) != 1 {
+		t.Errorf("status: mode %q, %d not exported, %d identities; want global-services, 1, 1", s.ExportMode, s.EndpointsNotExported, len(after))
+	}
+	if got := gather(t, f.srv)["clustermesh_apiserver_endpoints_not_exported"]; got != 1 {
+		t.Errorf("clustermesh_apiserver_endpoints_not_exported = %v, want 1", got)
 	}
 }

@@ -24,9 +24,10 @@ var (
 	descRefusals = prometheus.NewDesc(ns+"_entries_refused_total", "Entry values refused since start, by reason.", []string{"reason"}, nil)
 	descRenewals = prometheus.NewDesc(ns+"_lease_renewals_total", "Leases granted after the publishing lease was lost (every entry written again).", nil, nil)
 	descDenied   = prometheus.NewDesc(ns+"_requests_denied_total", "Requests refused to callers that are not an admin of this cluster, by gRPC method.", []string{"method"}, nil)
+	descHeld     = prometheus.NewDesc(ns+"_endpoints_not_exported", "Endpoints of the last state the export mode (label mode) held back from peers.", []string{"mode"}, nil)
 )
 
-var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied}
+var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied, descHeld}
 
 // newTxnLatency is the histogram of publishing transaction latencies.
 func newTxnLatency() prometheus.Histogram {
@@ -62,6 +63,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for method, n := range st.Denied {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), method)
 	}
+	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(st.EndpointsNotExported), string(st.ExportMode))
 	c.srv.txnLatency.Collect(ch)
 }
 

@@ -72,6 +72,8 @@ type fixture struct {
 	historyRetention time.Duration
 	// ciliumRemote creates the shared user remote (Config.CiliumRemoteUser).
 	ciliumRemote bool
+	// exportMode is Config.ExportMode.
+	exportMode ExportMode
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -99,7 +101,7 @@ func (f *fixture) start(t *testing.T, addr string) {
 		ServerCertFile: f.east.ServerCert(), ServerKeyFile: f.east.ServerKey(), CAFile: f.east.CAFile(),
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
 		Peers: []string{"west"}, IdentityFile: f.idsFile, DataDir: f.dataDir, LeaseTTL: f.leaseTTL,
-		TrustedCAFiles: f.trustedCAs, RuntimeDir: f.runtimeDir, CiliumRemoteUser: f.ciliumRemote,
+		TrustedCAFiles: f.trustedCAs, RuntimeDir: f.runtimeDir, CiliumRemoteUser: f.ciliumRemote, ExportMode: f.exportMode,
 		Source: &statesource.File{Path: f.state, PollInterval: 10 * time.Millisecond},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
