@@ -247,3 +247,26 @@ func TestExportModeOnRealStore(t *testing.T) {
 		t.Errorf("clustermesh_apiserver_endpoints_not_exported = %v, want 1", got)
 	}
 }
+
+// FuzzParseExportMode: every input is a known mode (which parses back to
+// itself) or ErrInvalidConfig.
+func FuzzParseExportMode(f *testing.F) {
+	for _, s := range []string{"", "all", "ALL", "global-services", "opt-in", "opt_in", "none", "all ", "\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := ParseExportMode(s)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidConfig) || m != "" {
+				t.Fatalf("ParseExportMode(%q) = %q, %v", s, m, err)
+			}
+			return
+		}
+		if !slices.Contains(ExportModes, m) {
+			t.Fatalf("ParseExportMode(%q) = %q, not a mode", s, m)
+		}
+		if back, err := ParseExportMode(string(m)); err != nil || back != m {
+			t.Fatalf("ParseExportMode(%q) = %q, %v; want %q", m, back, err, m)
+		}
+	})
+}
