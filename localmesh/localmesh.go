@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -195,15 +196,30 @@ func (c *Cluster) reserveHubble() error {
 	c.hubble, c.metrics = map[string]string{}, map[string]string{}
 	for i := 1; i <= c.mesh.opts.AgentsPerCluster; i++ {
 		for _, m := range []map[string]string{c.hubble, c.metrics} {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
+			addr, err := reservePort()
 			if err != nil {
-				return fmt.Errorf("localmesh: reserving a port: %w", err)
+				return err
 			}
-			m[fmt.Sprintf("node-%d", i)] = l.Addr().String()
-			l.Close()
+			m[fmt.Sprintf("node-%d", i)] = addr
 		}
 	}
 	return nil
+}
+
+// reservePort finds a free loopback port for an agent to listen on later,
+// below the kernel's ephemeral range (32768 and up by default): a port
+// from that range could be taken meanwhile by any outgoing connection.
+func reservePort() (string, error) {
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue // in use
+		}
+		l.Close()
+		return addr, nil
+	}
+	return "", errors.New("localmesh: no free port in 20000-31999 for an agent")
 }
 
 // HubbleMetrics are the flow metrics the node agents count with
