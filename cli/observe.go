@@ -13,6 +13,7 @@ import (
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	relaypb "github.com/cilium/cilium/api/v1/relay"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -96,7 +97,18 @@ func newObserveCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.SortFlags = false
 	o.sel.Register(f)
-	f.StringVar(&o.server, "server", "unix://"+node.DefaultHubbleSocketPath, "the Observer API: unix:///PATH (an agent's socket), host:port, or tls://host:port")
+	o.registerServer(f, "the Observer API: unix:///PATH (an agent's socket), host:port, or tls://host:port")
+	f.StringVarP(&o.output, "output", "o", "compact", "output: compact (one line per flow), json or jsonpb (hubble observe -o json's lines)")
+	f.BoolVar(&o.printRaw, "print-raw-filters", false, "print the allowlist and denylist that would be sent, as hubble does, and exit")
+	hubbleflags.SingleUse(f, "server", "tls-client-cert-file", "tls-client-key-file", "tls-server-name", "timeout", "output")
+	cmd.AddCommand(newObserveMapCmd())
+	return cmd
+}
+
+// registerServer registers the flags that reach an Observer API (an
+// agent's or the relay's), which observe, observe map and ui share.
+func (o *observeOptions) registerServer(f *pflag.FlagSet, serverHelp string) {
+	f.StringVar(&o.server, "server", "unix://"+node.DefaultHubbleSocketPath, serverHelp)
 	f.BoolVar(&o.tls, "tls", false, "dial the server with TLS (implied by tls:// and by every --tls-* flag)")
 	f.StringSliceVar(&o.tlsFiles.CAFiles, "tls-ca-cert-files", nil, "PEM CA certificates to trust instead of the system's: the mesh CA's ca.crt")
 	f.StringVar(&o.tlsFiles.CertFile, "tls-client-cert-file", "", "the client certificate to present (clustermesh ca issue --observer-client NAME)")
@@ -104,11 +116,6 @@ func newObserveCmd() *cobra.Command {
 	f.StringVar(&o.tlsFiles.ServerName, "tls-server-name", "", "the name the server's certificate must have, when not the dialed host (an agent: NODE.CLUSTER.hubble-grpc.clustermesh.io)")
 	f.BoolVar(&o.tlsFiles.Insecure, "tls-allow-insecure", false, "do not check the server's certificate (never in production)")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the server to answer the connection")
-	f.StringVarP(&o.output, "output", "o", "compact", "output: compact (one line per flow), json or jsonpb (hubble observe -o json's lines)")
-	f.BoolVar(&o.printRaw, "print-raw-filters", false, "print the allowlist and denylist that would be sent, as hubble does, and exit")
-	hubbleflags.SingleUse(f, "server", "tls-client-cert-file", "tls-client-key-file", "tls-server-name", "timeout", "output")
-	cmd.AddCommand(newObserveMapCmd())
-	return cmd
 }
 
 func (o *observeOptions) run(cmd *cobra.Command) error {

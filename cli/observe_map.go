@@ -14,7 +14,6 @@ import (
 
 	"github.com/clustermesh/clustermesh/flowmap"
 	"github.com/clustermesh/clustermesh/hubbleflags"
-	"github.com/clustermesh/clustermesh/node"
 )
 
 const observeMapLong = `Print the service map of a window of flows: every edge between workloads
@@ -67,14 +66,7 @@ func newObserveMapCmd() *cobra.Command {
 	f.DurationVar(&o.window, "window", flowmap.DefaultWindow, "the map of the flows of this last duration")
 	f.StringVar(&o.since, "since", "", "the map of the flows since this time (RFC 3339, or a duration ago: 10m) instead of --window")
 	f.StringVar(&o.until, "until", "", "with --since: up to this time (default now)")
-	f.StringVar(&o.server, "server", "unix://"+node.DefaultHubbleSocketPath, "the Observer API: unix:///PATH (an agent's socket), host:port, or tls://host:port (the relay: the whole mesh)")
-	f.BoolVar(&o.tls, "tls", false, "dial the server with TLS (implied by tls:// and by every --tls-* flag)")
-	f.StringSliceVar(&o.tlsFiles.CAFiles, "tls-ca-cert-files", nil, "PEM CA certificates to trust instead of the system's: the mesh CA's ca.crt")
-	f.StringVar(&o.tlsFiles.CertFile, "tls-client-cert-file", "", "the client certificate to present (clustermesh ca issue --observer-client NAME)")
-	f.StringVar(&o.tlsFiles.KeyFile, "tls-client-key-file", "", "the key of --tls-client-cert-file")
-	f.StringVar(&o.tlsFiles.ServerName, "tls-server-name", "", "the name the server's certificate must have, when not the dialed host")
-	f.BoolVar(&o.tlsFiles.Insecure, "tls-allow-insecure", false, "do not check the server's certificate (never in production)")
-	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the server to answer the connection")
+	o.registerServer(f, "the Observer API: unix:///PATH (an agent's socket), host:port, or tls://host:port (the relay: the whole mesh)")
 	f.StringVarP(&o.output, "output", "o", "json", "output: json or dot")
 	hubbleflags.SingleUse(f, "server", "window", "since", "until", "output", "timeout")
 	return cmd

@@ -14,7 +14,6 @@ import (
 
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/flowmap"
-	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/ui"
 )
@@ -71,14 +70,7 @@ func newUICmd() *cobra.Command {
 	f.StringVar(&o.webCert, "web-tls-cert-file", "", "serve HTTPS with this certificate (clustermesh ca issue --server)")
 	f.StringVar(&o.webKey, "web-tls-key-file", "", "the key of --web-tls-cert-file")
 	f.StringVar(&o.webCA, "web-tls-ca-file", "", "the mesh CA (ca.crt): browsers must present a certificate it signed")
-	f.StringVar(&o.server, "server", "unix://"+node.DefaultHubbleSocketPath, "the Observer API: unix:///PATH (an agent's socket), host:port, or tls://host:port (the relay: the whole mesh)")
-	f.BoolVar(&o.tls, "tls", false, "dial the server with TLS (implied by tls:// and by every --tls-* flag)")
-	f.StringSliceVar(&o.tlsFiles.CAFiles, "tls-ca-cert-files", nil, "PEM CA certificates to trust instead of the system's: the mesh CA's ca.crt")
-	f.StringVar(&o.tlsFiles.CertFile, "tls-client-cert-file", "", "the client certificate to present (clustermesh ca issue --observer-client NAME)")
-	f.StringVar(&o.tlsFiles.KeyFile, "tls-client-key-file", "", "the key of --tls-client-cert-file")
-	f.StringVar(&o.tlsFiles.ServerName, "tls-server-name", "", "the name the server's certificate must have, when not the dialed host")
-	f.BoolVar(&o.tlsFiles.Insecure, "tls-allow-insecure", false, "do not check the server's certificate (never in production)")
-	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the server to answer the connection")
+	o.registerServer(f, "the Observer API: unix:///PATH (an agent's socket), host:port, or tls://host:port (the relay: the whole mesh)")
 	return cmd
 }
 
