@@ -87,7 +87,10 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 	}
 	var name podRef
 	if pfx.IsSingleIP() {
-		w, _ := wire.ParseWorkload(p.Workload) // checked by the decoder; none when absent
+		var w wire.Workload
+		if p.Workload != "" {
+			w, _ = wire.ParseWorkload(p.Workload) // checked by the decoder
+		}
 		name = s.names.add(p.K8sNamespace, p.K8sPodName, w)
 	}
 	s.names.free(s.entries[pfx].v)
