@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
+
+	"github.com/clustermesh/clustermesh/flowl4"
 )
 
 // Ranks of the fields' cost, cheapest first.
@@ -293,28 +295,14 @@ func portField(name string, get func(*flowpb.FlowFilter) []string, port func(*fl
 	}
 }
 
+// sourcePort and destinationPort are a flow's ports, when its protocol
+// has them.
 func sourcePort(f *flowpb.Flow) (uint32, bool) {
-	l4 := f.GetL4()
-	switch {
-	case l4.GetTCP() != nil:
-		return l4.GetTCP().GetSourcePort() & 0xffff, true
-	case l4.GetUDP() != nil:
-		return l4.GetUDP().GetSourcePort() & 0xffff, true
-	case l4.GetSCTP() != nil:
-		return l4.GetSCTP().GetSourcePort() & 0xffff, true
-	}
-	return 0, false
+	src, _, proto := flowl4.Of(f.GetL4())
+	return src & 0xffff, flowl4.HasPorts(proto)
 }
 
 func destinationPort(f *flowpb.Flow) (uint32, bool) {
-	l4 := f.GetL4()
-	switch {
-	case l4.GetTCP() != nil:
-		return l4.GetTCP().GetDestinationPort() & 0xffff, true
-	case l4.GetUDP() != nil:
-		return l4.GetUDP().GetDestinationPort() & 0xffff, true
-	case l4.GetSCTP() != nil:
-		return l4.GetSCTP().GetDestinationPort() & 0xffff, true
-	}
-	return 0, false
+	_, dst, proto := flowl4.Of(f.GetL4())
+	return dst & 0xffff, flowl4.HasPorts(proto)
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
+
+	"github.com/clustermesh/clustermesh/flowl4"
 )
 
 // The kinds of a map's nodes.
@@ -89,7 +91,7 @@ func keyOf(f *flowpb.Flow) (k edgeKey, ok bool) {
 	if !sok || !dok {
 		return edgeKey{}, false
 	}
-	srcPort, dstPort, proto := l4Of(f.GetL4())
+	srcPort, dstPort, proto := flowl4.Of(f.GetL4())
 	if f.GetIsReply().GetValue() {
 		src, dst, dstPort = dst, src, srcPort
 	}
@@ -128,27 +130,6 @@ func endpointKey(ep *flowpb.Endpoint, ip string) (nodeKey, bool) {
 		return nodeKey{kind: KindIP, cluster: ep.GetClusterName(), name: ip}, true
 	}
 	return nodeKey{}, false
-}
-
-// l4Of returns a flow's ports and protocol name.
-func l4Of(l4 *flowpb.Layer4) (src, dst uint32, proto string) {
-	switch p := l4.GetProtocol().(type) {
-	case *flowpb.Layer4_TCP:
-		return p.TCP.GetSourcePort(), p.TCP.GetDestinationPort(), "TCP"
-	case *flowpb.Layer4_UDP:
-		return p.UDP.GetSourcePort(), p.UDP.GetDestinationPort(), "UDP"
-	case *flowpb.Layer4_SCTP:
-		return p.SCTP.GetSourcePort(), p.SCTP.GetDestinationPort(), "SCTP"
-	case *flowpb.Layer4_ICMPv4:
-		return 0, 0, "ICMPv4"
-	case *flowpb.Layer4_ICMPv6:
-		return 0, 0, "ICMPv6"
-	case *flowpb.Layer4_VRRP:
-		return 0, 0, "VRRP"
-	case *flowpb.Layer4_IGMP:
-		return 0, 0, "IGMP"
-	}
-	return 0, 0, ""
 }
 
 // l7Of labels an L7 flow: HTTP's method and path (no query), DNS's query.

@@ -9,6 +9,8 @@ import (
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clustermesh/clustermesh/flowl4"
 )
 
 // Metrics counts flows into the enabled metrics. Observe is safe for
@@ -187,24 +189,8 @@ func (m *Metrics) observePorts(h *handler, f *flowpb.Flow, key []byte) {
 	if !forwarded(f) || l4 == nil || f.GetIsReply() == nil || f.GetIsReply().GetValue() {
 		return
 	}
-	var proto string
-	var port uint32
-	switch {
-	case l4.GetTCP() != nil:
-		proto, port = "TCP", l4.GetTCP().GetDestinationPort()
-	case l4.GetUDP() != nil:
-		proto, port = "UDP", l4.GetUDP().GetDestinationPort()
-	case l4.GetSCTP() != nil:
-		proto, port = "SCTP", l4.GetSCTP().GetDestinationPort()
-	case l4.GetICMPv4() != nil:
-		proto = "ICMPv4"
-	case l4.GetICMPv6() != nil:
-		proto = "ICMPv6"
-	case l4.GetVRRP() != nil:
-		proto = "VRRP"
-	case l4.GetIGMP() != nil:
-		proto = "IGMP"
-	default:
+	_, port, proto := flowl4.Of(l4)
+	if proto == "" {
 		return
 	}
 	key = appendUint(appendValue(key, proto), port)

@@ -10,6 +10,8 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	relaypb "github.com/cilium/cilium/api/v1/relay"
+
+	"github.com/clustermesh/clustermesh/flowl4"
 )
 
 // WriteCompact writes one GetFlows event the way `hubble observe -o
@@ -124,30 +126,15 @@ func MatchTypeName(t uint32) string {
 	return "match-type(" + strconv.FormatUint(uint64(t), 10) + ")"
 }
 
+// sourcePort and destinationPort are a flow's ports, 0 without.
 func sourcePort(f *flowpb.Flow) uint32 {
-	l4 := f.GetL4()
-	switch {
-	case l4.GetTCP() != nil:
-		return l4.GetTCP().GetSourcePort()
-	case l4.GetUDP() != nil:
-		return l4.GetUDP().GetSourcePort()
-	case l4.GetSCTP() != nil:
-		return l4.GetSCTP().GetSourcePort()
-	}
-	return 0
+	src, _, _ := flowl4.Of(f.GetL4())
+	return src
 }
 
 func destinationPort(f *flowpb.Flow) uint32 {
-	l4 := f.GetL4()
-	switch {
-	case l4.GetTCP() != nil:
-		return l4.GetTCP().GetDestinationPort()
-	case l4.GetUDP() != nil:
-		return l4.GetUDP().GetDestinationPort()
-	case l4.GetSCTP() != nil:
-		return l4.GetSCTP().GetDestinationPort()
-	}
-	return 0
+	_, dst, _ := flowl4.Of(f.GetL4())
+	return dst
 }
 
 // compactEndpoint is [cluster/]namespace/pod:port, or [cluster/]ip:port

@@ -87,7 +87,11 @@ var rules = []Rule{
 		Why: "metricsserver is a leaf: the agent and the apiserver serve their metrics with it",
 	},
 	{
-		Pkg: "flowfilter", OursOnly: nothing,
+		Pkg: "flowl4", OursOnly: nothing, Never: []string{"github.com/cilium/cilium/pkg/..."},
+		Why: "a flow's layer 4 as Hubble's consumers read it: a leaf over Hubble's generated flow type",
+	},
+	{
+		Pkg: "flowfilter", OursOnly: []string{"flowl4"},
 		Never: []string{"github.com/cilium/cilium/pkg/...", "k8s.io/client-go/..."},
 		Why:   "Hubble's flow filters are written here over Cilium's generated api/ types only: never Cilium's own packages, which drag Kubernetes in",
 	},
@@ -101,11 +105,11 @@ var rules = []Rule{
 		Why:   "flow export writes what a Source hands it, filtered by flowfilter; the hub satisfies Source, so flowexport knows neither observe nor node",
 	},
 	{
-		Pkg: "flowmetrics", OursOnly: nothing, Never: []string{"github.com/cilium/cilium/pkg/..."},
+		Pkg: "flowmetrics", OursOnly: []string{"flowl4"}, Never: []string{"github.com/cilium/cilium/pkg/..."},
 		Why: "Hubble's flow metrics are a leaf over Hubble's generated flow type (Cilium's api/ only: its pkg/ drags Kubernetes in)",
 	},
 	{
-		Pkg: "flowmap", OursOnly: nothing, Never: []string{"github.com/cilium/cilium/pkg/..."},
+		Pkg: "flowmap", OursOnly: []string{"flowl4"}, Never: []string{"github.com/cilium/cilium/pkg/..."},
 		Why: "the service map is an aggregate over Hubble's generated flow type: it reads no agent and serves nothing",
 	},
 	{
