@@ -17,7 +17,6 @@ import (
 
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/observe"
-	"github.com/clustermesh/clustermesh/relay"
 	"github.com/clustermesh/clustermesh/ui"
 )
 
@@ -32,33 +31,11 @@ func (d *run) relaySocket() string { return filepath.Join(d.o.Dir, "hubble-relay
 
 // startRelay starts the relay; close stops it.
 func (d *run) startRelay(ctx context.Context) error {
-	east := d.m.Cluster("east")
-	cfg := relay.DefaultConfig()
-	cfg.PeerServices = []string{"unix://" + east.Agents[0].HubbleSocket}
-	cfg.UnixSocket = d.relaySocket()
-	cfg.CAFile, cfg.ClientCertFile, cfg.ClientKeyFile = east.Bundle.CAFile(), east.Bundle.ObserverClientCert(), east.Bundle.ObserverClientKey()
-	cfg.Log = d.o.Logger
-	r, err := relay.New(cfg)
+	stop, err := d.m.StartRelay(ctx, "east", d.relaySocket())
 	if err != nil {
-		return fmt.Errorf("configuring the relay: %w", err)
+		return err
 	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
-	select {
-	case <-r.Serving():
-	case err := <-done:
-		cancel()
-		return fmt.Errorf("starting the relay: %w", err)
-	case <-ctx.Done():
-		cancel()
-		<-done
-		return ctx.Err()
-	}
-	d.stopRelay = func() error {
-		cancel()
-		return <-done
-	}
+	d.stopRelay = stop
 	return nil
 }
 

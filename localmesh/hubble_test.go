@@ -23,7 +23,6 @@ import (
 	"github.com/clustermesh/clustermesh/internal/hubbletest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/node"
-	"github.com/clustermesh/clustermesh/relay"
 )
 
 // hubbleEnv is the policy environment with every cluster's node-1 agent
@@ -58,6 +57,24 @@ func startHubbleEnv(t *testing.T) *hubbleEnv {
 			cfg.Hubble.FlowLogsConfig = filepath.Join(dir, "export.yaml")
 		}
 	})
+	waitObserving(t, e.policyEnv)
+	e.relaySock = filepath.Join(t.TempDir(), "relay.sock")
+	stop, err := e.mesh.StartRelay(context.Background(), "east", e.relaySock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	})
+	return e
+}
+
+// waitObserving waits until the node-1 agents of west and north observe
+// their frontend-1, before the traffic.
+func waitObserving(t *testing.T, e *policyEnv) {
+	t.Helper()
 	for _, c := range []string{"west", "north"} {
 		enf := e.mesh.Cluster(c).Agents[0].Node.Enforcer()
 		testenv.WaitFor(t, 10*time.Second, c+"-node-1 observing its frontend-1", func() bool {
@@ -69,32 +86,6 @@ func startHubbleEnv(t *testing.T) *hubbleEnv {
 			return false
 		})
 	}
-	east := e.mesh.Cluster("east")
-	e.relaySock = filepath.Join(t.TempDir(), "relay.sock")
-	cfg := relay.DefaultConfig()
-	cfg.PeerServices = []string{"unix://" + east.Agents[0].HubbleSocket}
-	cfg.UnixSocket = e.relaySock
-	cfg.CAFile, cfg.ClientCertFile, cfg.ClientKeyFile = east.Bundle.CAFile(), east.Bundle.ObserverClientCert(), east.Bundle.ObserverClientKey()
-	cfg.SortWindow, cfg.DialTimeout, cfg.MaxBackoff = 100*time.Millisecond, time.Second, time.Second
-	r, err := relay.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	})
-	select {
-	case <-r.Serving():
-	case err := <-done:
-		t.Fatalf("relay: %v", err)
-	}
-	return e
 }
 
 // hubble runs the real hubble CLI against the relay and returns its

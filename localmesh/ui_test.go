@@ -16,11 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/browsertest"
 	"github.com/clustermesh/clustermesh/internal/figure"
-	"github.com/clustermesh/clustermesh/internal/testenv"
-	"github.com/clustermesh/clustermesh/relay"
 	"github.com/clustermesh/clustermesh/ui"
 )
 
@@ -34,33 +31,17 @@ const uiScreenshot = "../docs/ui-map.png"
 // relay on a loopback port; it returns the page's URL.
 func startMeshUI(t *testing.T) (*policyEnv, string) {
 	e := startPolicyEnvWith(t, true, nil)
-	for _, c := range []string{"west", "north"} {
-		enf := e.mesh.Cluster(c).Agents[0].Node.Enforcer()
-		testenv.WaitFor(t, 10*time.Second, c+"-node-1 observing its frontend-1", func() bool {
-			for _, ep := range enf.Status().Endpoints {
-				if ep.Pod == "frontend-1" && ep.State == enforcer.StateEnforcing {
-					return true
-				}
-			}
-			return false
-		})
-	}
-	east := e.mesh.Cluster("east")
+	waitObserving(t, e)
 	sock := filepath.Join(t.TempDir(), "relay.sock")
-	cfg := relay.DefaultConfig()
-	cfg.PeerServices, cfg.UnixSocket = []string{"unix://" + east.Agents[0].HubbleSocket}, sock
-	cfg.CAFile, cfg.ClientCertFile, cfg.ClientKeyFile = east.Bundle.CAFile(), east.Bundle.ObserverClientCert(), east.Bundle.ObserverClientKey()
-	cfg.SortWindow, cfg.DialTimeout, cfg.MaxBackoff = 100*time.Millisecond, time.Second, time.Second
-	r, err := relay.New(cfg)
+	stop, err := e.mesh.StartRelay(context.Background(), "east", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	runUntilCleanup(t, "relay", r.Run)
-	select {
-	case <-r.Serving():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the relay is not serving after 10s")
-	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	})
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
