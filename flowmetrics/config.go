@@ -40,6 +40,8 @@ var (
 	ErrUnknownLabel = errors.New("unknown labelsContext label")
 	// ErrEmptyValue: an option without a value (sourceContext=).
 	ErrEmptyValue = errors.New("option without a value")
+	// ErrInvalidValue: an option's value is not one it takes.
+	ErrInvalidValue = errors.New("invalid option value")
 )
 
 // Metric names, as Hubble's --hubble-metrics takes them.
@@ -49,9 +51,19 @@ const (
 	MetricTCP              = "tcp"               // hubble_tcp_flags_total
 	MetricPortDistribution = "port-distribution" // hubble_port_distribution_total
 	MetricICMP             = "icmp"              // hubble_icmp_total
+	// MetricHTTP: hubble_http_requests_total, hubble_http_responses_total
+	// and hubble_http_request_duration_seconds, from L7 HTTP flows.
+	MetricHTTP = "http"
+	// MetricHTTPV2: Hubble's httpV2: hubble_http_requests_total (counted
+	// on responses, with their status) and the duration histogram, the
+	// source being the client.
+	MetricHTTPV2 = "httpV2"
+	// MetricDNS: hubble_dns_queries_total, hubble_dns_responses_total and
+	// hubble_dns_response_types_total, from L7 DNS flows.
+	MetricDNS = "dns"
 )
 
-var metricNames = []string{MetricFlow, MetricDrop, MetricTCP, MetricPortDistribution, MetricICMP}
+var metricNames = []string{MetricFlow, MetricDrop, MetricTCP, MetricPortDistribution, MetricICMP, MetricHTTP, MetricHTTPV2, MetricDNS}
 
 // Context is how a flow's source or destination is named in a label.
 type Context uint8
@@ -105,6 +117,14 @@ type Config struct {
 type MetricConfig struct {
 	Name    string // MetricFlow, MetricDrop, ...
 	Context ContextOptions
+	// Exemplars (http, httpV2: exemplars=true) attaches the flow's trace
+	// id to its observations, shown when /metrics is read as OpenMetrics.
+	Exemplars bool
+	// Query (dns: query) adds the query name as a label.
+	Query bool
+	// IgnoreAAAA (dns: ignoreAAAA) skips flows whose only query type is
+	// AAAA.
+	IgnoreAAAA bool
 }
 
 // ContextOptions are a metric's context labels. An Egress or Ingress list,
@@ -128,9 +148,17 @@ func Parse(specs []string) (Config, error) {
 		if slices.ContainsFunc(cfg.Metrics, func(o MetricConfig) bool { return o.Name == m.Name }) {
 			return Config{}, fmt.Errorf("parsing metric spec %q: %w: %s", spec, ErrDuplicateMetric, m.Name)
 		}
+		if slices.ContainsFunc(cfg.Metrics, func(o MetricConfig) bool { return httpVersions(o.Name, m.Name) }) {
+			return Config{}, fmt.Errorf("parsing metric spec %q: %w: http and httpV2 are two versions of the same metrics: enable one of http and httpV2", spec, ErrDuplicateMetric)
+		}
 		cfg.Metrics = append(cfg.Metrics, m)
 	}
 	return cfg, nil
+}
+
+// httpVersions reports whether a and b are http and httpV2.
+func httpVersions(a, b string) bool {
+	return (a == MetricHTTP && b == MetricHTTPV2) || (a == MetricHTTPV2 && b == MetricHTTP)
 }
 
 func parseSpec(spec string) (MetricConfig, error) {
@@ -150,11 +178,40 @@ func parseSpec(spec string) (MetricConfig, error) {
 			return MetricConfig{}, fmt.Errorf("%w: %s", ErrDuplicateOption, key)
 		}
 		seen[lkey] = true
+		if ok, err := m.setL7Option(lkey, value); ok || err != nil {
+			if err != nil {
+				return MetricConfig{}, fmt.Errorf("option %s: %w", key, err)
+			}
+			continue
+		}
 		if err := m.Context.set(lkey, value); err != nil {
 			return MetricConfig{}, fmt.Errorf("option %s: %w", key, err)
 		}
 	}
 	return m, nil
+}
+
+// setL7Option parses an option of the L7 metrics (key in lower case): true
+// when key is one, with the error of its value.
+func (m *MetricConfig) setL7Option(key, value string) (bool, error) {
+	switch {
+	case key == "exemplars" && (m.Name == MetricHTTP || m.Name == MetricHTTPV2):
+		switch value {
+		case "true":
+			m.Exemplars = true
+		case "false":
+		default:
+			return true, fmt.Errorf("%w %q: exemplars takes true or false", ErrInvalidValue, value)
+		}
+		return true, nil
+	case key == "query" && m.Name == MetricDNS:
+		m.Query = true
+		return true, nil
+	case key == "ignoreaaaa" && m.Name == MetricDNS:
+		m.IgnoreAAAA = true
+		return true, nil
+	}
+	return false, nil
 }
 
 // set parses one option; key is lower case.
@@ -250,6 +307,15 @@ func (m MetricConfig) String() string {
 	add("destinationIngressContext", o.DestinationIngress)
 	if len(o.Labels) > 0 {
 		opts = append(opts, "labelsContext="+strings.Join(o.Labels, ","))
+	}
+	if m.Exemplars {
+		opts = append(opts, "exemplars=true")
+	}
+	if m.Query {
+		opts = append(opts, "query")
+	}
+	if m.IgnoreAAAA {
+		opts = append(opts, "ignoreAAAA")
 	}
 	if len(opts) == 0 {
 		return m.Name

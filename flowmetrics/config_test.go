@@ -48,7 +48,10 @@ func TestParseErrors(t *testing.T) {
 		want error
 		says string // the message names what is wrong and what is allowed
 	}{
-		{"dns", ErrUnknownMetric, `unknown metric "dns" (one of flow, drop, tcp, port-distribution, icmp)`},
+		{"kafka", ErrUnknownMetric, `unknown metric "kafka" (one of flow, drop, tcp, port-distribution, icmp, http, httpV2, dns)`},
+		{"http:exemplars=yes", ErrInvalidValue, `option exemplars: invalid option value "yes": exemplars takes true or false`},
+		{"dns:exemplars=true", ErrUnknownOption, "option exemplars: unknown option"},
+		{"http:query", ErrUnknownOption, "option query: unknown option"},
 		{"", ErrUnknownMetric, `unknown metric ""`},
 		{"drop:sourceContext=namespac", ErrUnknownContext, `option sourceContext: unknown context "namespac" (one of identity, namespace,`},
 		{"drop:sourceContext", ErrEmptyValue, "option sourceContext: option without a value"},
@@ -67,6 +70,9 @@ func TestParseErrors(t *testing.T) {
 			t.Errorf("Parse(%q) says %q, want it to name the spec and say %q", tc.spec, err, tc.says)
 		}
 	}
+	if _, err := Parse([]string{"http", "httpV2:exemplars=true"}); !errors.Is(err, ErrDuplicateMetric) || !strings.Contains(err.Error(), "enable one of http and httpV2") {
+		t.Errorf("http and httpV2 together: %v, want %v saying to enable one", err, ErrDuplicateMetric)
+	}
 	if _, err := Parse([]string{"drop", "flow", "drop:sourceContext=pod"}); !errors.Is(err, ErrDuplicateMetric) {
 		t.Errorf("a metric enabled twice: %v, want %v", err, ErrDuplicateMetric)
 	}
@@ -78,6 +84,7 @@ func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		"flow", "drop:sourceContext=namespace|pod;destinationContext=identity;labelsContext=source_namespace,destination_namespace",
 		"tcp:sourceEgressContext=pod;destinationIngressContext=dns|ip", "icmp:labelsContext=traffic_direction",
+		"http:exemplars=true;sourceContext=pod", "httpV2:destinationContext=workload", "dns:query;ignoreAAAA;labelsContext=source_namespace",
 		"port-distribution:sourceContext=cluster;;", "drop:sourceContext=", "drop:x=y", "flow:sourceContext=pod;sourceContext=pod",
 		"drop:labelsContext=source_pod,,source_pod", "flow:", ":", "drop:sourceContext=POD|Workload",
 	} {

@@ -53,19 +53,52 @@ func splitKey(key []byte) []string {
 // appendContext appends the context labels' values: labelsContext's, then
 // source and destination.
 func (o *ContextOptions) appendContext(key []byte, f *flowpb.Flow) []byte {
+	return o.appendContextOf(key, f, false)
+}
+
+// appendContextInverted is appendContext with source and destination
+// swapped, as Hubble's httpV2 labels a response (a reply) by its request's
+// ends: labelsContext's source labels name the flow's destination, and
+// the source label holds the destination context's value.
+func (o *ContextOptions) appendContextInverted(key []byte, f *flowpb.Flow) []byte {
+	return o.appendContextOf(key, f, true)
+}
+
+func (o *ContextOptions) appendContextOf(key []byte, f *flowpb.Flow, invert bool) []byte {
 	for _, l := range o.Labels {
 		var start int
 		key, start = beginValue(key)
-		key = endValue(appendLabel(key, l, f), start)
+		key = endValue(appendLabel(key, l, f, invert), start)
 	}
 	dir := f.GetTrafficDirection()
+	if !invert {
+		if o.hasSource() {
+			key = appendFirst(key, pick(o.Source, o.SourceEgress, o.SourceIngress, dir), f, true)
+		}
+		if o.hasDestination() {
+			key = appendFirst(key, pick(o.Destination, o.DestinationEgress, o.DestinationIngress, dir), f, false)
+		}
+		return key
+	}
+	// Inverted (Hubble's getLabelValues with invert): each side's value is
+	// computed as usual, then the values trade places; a side without
+	// contexts has the empty value.
+	var scratch [128]byte
+	src := scratch[:0]
 	if o.hasSource() {
-		cs := pick(o.Source, o.SourceEgress, o.SourceIngress, dir)
-		key = appendFirst(key, cs, f, true)
+		src = appendFirst(src, pick(o.Source, o.SourceEgress, o.SourceIngress, dir), f, true)
+	} else {
+		src = appendValue(src, "")
+	}
+	if o.hasSource() {
+		if o.hasDestination() {
+			key = appendFirst(key, pick(o.Destination, o.DestinationEgress, o.DestinationIngress, dir), f, false)
+		} else {
+			key = appendValue(key, "")
+		}
 	}
 	if o.hasDestination() {
-		cs := pick(o.Destination, o.DestinationEgress, o.DestinationIngress, dir)
-		key = appendFirst(key, cs, f, false)
+		key = append(key, src...)
 	}
 	return key
 }
@@ -183,8 +216,9 @@ func app(labels []string) string {
 	return ""
 }
 
-// appendLabel appends one labelsContext label's value.
-func appendLabel(key []byte, label string, f *flowpb.Flow) []byte {
+// appendLabel appends one labelsContext label's value; invert swaps the
+// flow's ends.
+func appendLabel(key []byte, label string, f *flowpb.Flow, invert bool) []byte {
 	side, field, ok := strings.Cut(label, "_")
 	if !ok {
 		return key
@@ -193,7 +227,7 @@ func appendLabel(key []byte, label string, f *flowpb.Flow) []byte {
 		return append(key, direction(f.GetTrafficDirection())...)
 	}
 	ep, ip := f.GetDestination(), f.GetIP().GetDestination()
-	if side == "source" {
+	if (side == "source") != invert {
 		ep, ip = f.GetSource(), f.GetIP().GetSource()
 	}
 	switch field {

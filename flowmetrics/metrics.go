@@ -21,16 +21,75 @@ type Metrics struct {
 	labelErrors atomic.Uint64
 }
 
-// handler is one enabled metric: its counters, and the counter of every
-// label set seen so far by key (see appendValue), so that a known label set
-// is counted without hashing strings or allocating.
+// handler is one enabled metric: its series (one counter vector for most;
+// requests, responses and the duration histogram for http; queries,
+// responses and response types for dns).
 type handler struct {
 	name string
 	ctx  ContextOptions
-	vec  *prometheus.CounterVec
+	opts MetricConfig
 
-	mu       sync.RWMutex
-	counters map[string]prometheus.Counter
+	main *series[prometheus.Counter] // the metric's (first) counter vector
+	// l7 are the vectors of the L7 metrics beyond main (l7.go).
+	l7 l7Series
+}
+
+// vector is what series needs of a Prometheus metric vector.
+type vector[T any] interface {
+	GetMetricWithLabelValues(...string) (T, error)
+	DeletePartialMatch(prometheus.Labels) int
+}
+
+// series is one metric vector and the metric of every label set seen so
+// far by key (see appendValue), so that a known label set is counted
+// without hashing strings or allocating.
+type series[T any] struct {
+	vec vector[T]
+
+	mu    sync.RWMutex
+	known map[string]T // guarded by mu
+}
+
+func newSeries[T any](v vector[T]) *series[T] {
+	return &series[T]{vec: v, known: map[string]T{}}
+}
+
+// get returns the metric of the label set key; false when Prometheus
+// refused its labels (counted in errs).
+func (s *series[T]) get(key []byte, errs *atomic.Uint64) (T, bool) {
+	s.mu.RLock()
+	c, ok := s.known[string(key)]
+	s.mu.RUnlock()
+	if ok {
+		return c, true
+	}
+	values := splitKey(key)
+	for i, v := range values {
+		values[i] = strings.ToValidUTF8(v, "\uFFFD")
+	}
+	c, err := s.vec.GetMetricWithLabelValues(values...)
+	if err != nil {
+		errs.Add(1)
+		return c, false
+	}
+	s.mu.Lock()
+	s.known[string(key)] = c
+	s.mu.Unlock()
+	return c, true
+}
+
+// deletePartial removes the series matching any of ls; the known metrics
+// go with them (a later flow starts a new series).
+func (s *series[T]) deletePartial(ls []prometheus.Labels) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range ls {
+		s.vec.DeletePartialMatch(l)
+	}
+	clear(s.known)
 }
 
 // metricInfo is each metric's Prometheus name, help and fixed labels (the
@@ -51,6 +110,14 @@ var metricInfo = map[string]struct {
 func New(cfg Config, reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{}
 	for _, mc := range cfg.Metrics {
+		if isL7(mc.Name) {
+			h, err := newL7Handler(mc, reg)
+			if err != nil {
+				return nil, err
+			}
+			m.handlers = append(m.handlers, h)
+			continue
+		}
 		info, ok := metricInfo[mc.Name]
 		if !ok {
 			return nil, fmt.Errorf("creating metric %q: %w", mc.Name, ErrUnknownMetric)
@@ -65,8 +132,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Metrics, error) {
 		if err := reg.Register(vec); err != nil {
 			return nil, fmt.Errorf("registering hubble_%s: %w", info.name, err)
 		}
-		m.handlers = append(m.handlers, &handler{name: mc.Name, ctx: mc.Context, vec: vec,
-			counters: map[string]prometheus.Counter{}})
+		m.handlers = append(m.handlers, &handler{name: mc.Name, ctx: mc.Context, opts: mc, main: newSeries[prometheus.Counter](vec)})
 	}
 	return m, nil
 }
@@ -94,40 +160,30 @@ func (m *Metrics) Observe(f *flowpb.Flow) {
 			m.observePorts(h, f, buf[:0])
 		case MetricICMP:
 			m.observeICMP(h, f, buf[:0])
+		case MetricHTTP, MetricHTTPV2:
+			m.observeHTTP(h, f, buf[:0])
+		case MetricDNS:
+			m.observeDNS(h, f, buf[:0])
 		}
 	}
 }
 
-// inc counts one observation of the label set key.
-func (m *Metrics) inc(h *handler, key []byte) {
-	h.mu.RLock()
-	c, ok := h.counters[string(key)]
-	h.mu.RUnlock()
+// inc counts one observation of the label set key in the handler's main
+// counter.
+func (m *Metrics) inc(h *handler, key []byte) { m.incIn(h.main, key, "") }
+
+// incIn counts one observation of the label set key in s, with an exemplar
+// when traceID is set.
+func (m *Metrics) incIn(s *series[prometheus.Counter], key []byte, traceID string) {
+	c, ok := s.get(key, &m.labelErrors)
 	if !ok {
-		c = m.counter(h, key)
-		if c == nil {
-			return
-		}
+		return
+	}
+	if a, ok := c.(prometheus.ExemplarAdder); ok && traceID != "" {
+		a.AddWithExemplar(1, prometheus.Labels{"traceID": traceID})
+		return
 	}
 	c.Inc()
-}
-
-// counter creates (or finds) the counter of a label set seen for the first
-// time.
-func (m *Metrics) counter(h *handler, key []byte) prometheus.Counter {
-	values := splitKey(key)
-	for i, v := range values {
-		values[i] = strings.ToValidUTF8(v, "\uFFFD")
-	}
-	c, err := h.vec.GetMetricWithLabelValues(values...)
-	if err != nil {
-		m.labelErrors.Add(1)
-		return nil
-	}
-	h.mu.Lock()
-	h.counters[string(key)] = c
-	h.mu.Unlock()
-	return c
 }
 
 func forwarded(f *flowpb.Flow) bool {
@@ -237,13 +293,7 @@ func (m *Metrics) DeletePod(namespace, name string) {
 		if len(matches) == 0 {
 			continue
 		}
-		// The known counters go with the series: a later flow of that pod
-		// starts a new series.
-		h.mu.Lock()
-		for _, l := range matches {
-			h.vec.DeletePartialMatch(l)
-		}
-		clear(h.counters)
-		h.mu.Unlock()
+		h.main.deletePartial(matches)
+		h.l7.deletePartial(matches)
 	}
 }

@@ -229,7 +229,7 @@ hubble_drop_total{destination_namespace="shop",destination_pod="payments-0",prot
 hubble_tcp_flags_total{family="IPv4",flag="SYN",source="frontend-7d9f"} 1
 `)
 	m.Observe(tcpFlow(flowpb.Verdict_FORWARDED, syn, false))
-	got := testutil.ToFloat64(m.handlers[0].vec.WithLabelValues("TCP", "Trace", "from-endpoint", "FORWARDED", "shop/frontend-7d9f"))
+	got := testutil.ToFloat64(m.handlers[0].main.vec.(*prometheus.CounterVec).WithLabelValues("TCP", "Trace", "from-endpoint", "FORWARDED", "shop/frontend-7d9f"))
 	if got != 1 {
 		t.Errorf("a flow of a deleted pod's name after DeletePod: counted %v, want 1 in a new series", got)
 	}
@@ -266,7 +266,7 @@ func TestObserveConcurrent(t *testing.T) {
 	wg.Wait()
 	total := 0.0
 	for _, p := range []string{"a", "b", "c"} {
-		total += testutil.ToFloat64(m.handlers[0].vec.WithLabelValues("TCP", "Trace", "from-endpoint", "FORWARDED", "shop/"+p))
+		total += testutil.ToFloat64(m.handlers[0].main.vec.(*prometheus.CounterVec).WithLabelValues("TCP", "Trace", "from-endpoint", "FORWARDED", "shop/"+p))
 	}
 	if total != workers*each {
 		t.Errorf("counted %v flows, want %d", total, workers*each)

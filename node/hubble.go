@@ -65,7 +65,7 @@ func (h *HubbleConfig) registerFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&h.TLSCertFile, "hubble-tls-cert-file", h.TLSCertFile, "the node's Observer server certificate, of the mesh CA (clustermesh ca issue --observer-server CLUSTER)")
 	fs.StringVar(&h.TLSKeyFile, "hubble-tls-key-file", h.TLSKeyFile, "the key of --hubble-tls-cert-file")
 	fs.StringVar(&h.TLSClientCAFile, "hubble-tls-client-ca-files", h.TLSClientCAFile, "the mesh CA: clients of --hubble-listen-address must present a certificate it signed")
-	fs.StringArrayVar(&h.Metrics, "hubble-metrics", h.Metrics, "flow metrics to count on --metrics-addr, as Hubble names them, space-separated or repeated: flow, drop, tcp, port-distribution, icmp, each with options (\"drop:sourceContext=namespace|pod;destinationContext=pod;labelsContext=source_namespace,destination_namespace\"); see docs/observe.md")
+	fs.StringArrayVar(&h.Metrics, "hubble-metrics", h.Metrics, "flow metrics to count on --metrics-addr, as Hubble names them, space-separated or repeated: flow, drop, tcp, port-distribution, icmp, http (or httpV2; exemplars=true), dns (query, ignoreAAAA), each with options (\"drop:sourceContext=namespace|pod;destinationContext=pod;labelsContext=source_namespace,destination_namespace\"); see docs/observe.md")
 	fs.StringVar(&h.FlowLogsConfig, "hubble-flowlogs-config-path", h.FlowLogsConfig, "export flows to JSON-lines files as this file says (flowLogs: entries with filters, field masks and rotation), re-read when it changes; see docs/observe.md")
 	fs.IntVar(&h.EventBufferCapacity, "hubble-event-buffer-capacity", h.EventBufferCapacity, "flows kept for requests of past flows (hubble observe --last N); the oldest is overwritten")
 }
