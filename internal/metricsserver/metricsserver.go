@@ -36,7 +36,7 @@ func Serve(ctx context.Context, log *slog.Logger, addr string, cs ...prometheus.
 		return fmt.Errorf("listening for metrics on %s: %w (choose another --metrics-addr, or \"\" to disable)", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()

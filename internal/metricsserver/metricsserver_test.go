@@ -24,9 +24,11 @@ func TestServesTheCollectorsUntilCancelled(t *testing.T) {
 	ln.Close()
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "clustermesh_test_gauge", Help: "a test gauge"})
 	g.Set(42)
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "clustermesh_test_total", Help: "a test counter"})
+	c.(prometheus.ExemplarAdder).AddWithExemplar(1, prometheus.Labels{"traceID": "4bf92f35"})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, slog.New(slog.DiscardHandler), addr, g) }()
+	go func() { done <- Serve(ctx, slog.New(slog.DiscardHandler), addr, g, c) }()
 	var body string
 	testenv.WaitFor(t, 10*time.Second, "the metrics served", func() bool {
 		resp, err := http.Get("http://" + addr + "/metrics")
@@ -42,6 +44,19 @@ func TestServesTheCollectorsUntilCancelled(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	// Read as OpenMetrics, the exemplars (the L7 flow metrics' trace ids)
+	// are shown.
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `clustermesh_test_total 1.0 # {traceID="4bf92f35"} 1.0`; !strings.Contains(string(b), want) {
+		t.Errorf("OpenMetrics /metrics lacks the exemplar %q:\n%s", want, b)
 	}
 	cancel()
 	if err := <-done; err != nil {
