@@ -19,6 +19,9 @@ const (
 	ServicesPrefix      = "cilium/state/services/v1"
 	IPCachePrefix       = "cilium/state/ip/v1"
 	IdentitiesPrefix    = "cilium/state/identities/v1"
+	// ServiceExportsPrefix is Cilium's MCS API export specs
+	// (pkg/clustermesh/mcsapi/types: ServiceExportStorePrefix).
+	ServiceExportsPrefix = "cilium/state/serviceexports/v1"
 
 	// ipcacheAddressSpace is the literal address space in ipcache keys.
 	ipcacheAddressSpace = "default"
@@ -36,7 +39,7 @@ const (
 	MaxValueBytes = 4 << 20
 )
 
-// Kind is one of the four kinds of state a cluster publishes.
+// Kind is one of the kinds of state a cluster publishes.
 type Kind int
 
 // The kinds, in the order an agent starts them.
@@ -45,10 +48,19 @@ const (
 	Identities
 	IPCache
 	Services
+	// ServiceExports are the MCS API's export specs (serviceexport.go). A
+	// cluster publishes them when its config says
+	// capabilities.serviceExportsEnabled; they are not in Kinds, whose
+	// four every cluster publishes, but in PublishedKinds.
+	ServiceExports
 )
 
-// Kinds lists every kind.
+// Kinds lists the four kinds every cluster publishes.
 var Kinds = []Kind{Nodes, Identities, IPCache, Services}
+
+// PublishedKinds lists every kind our apiserver publishes: Kinds and
+// ServiceExports.
+var PublishedKinds = []Kind{Nodes, Identities, IPCache, Services, ServiceExports}
 
 // String returns the kind's short name (nodes, identities, ipcache, services).
 func (k Kind) String() string {
@@ -61,6 +73,8 @@ func (k Kind) String() string {
 		return "ipcache"
 	case Services:
 		return "services"
+	case ServiceExports:
+		return "serviceexports"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -76,6 +90,8 @@ func (k Kind) Prefix() string {
 		return IPCachePrefix
 	case Services:
 		return ServicesPrefix
+	case ServiceExports:
+		return ServiceExportsPrefix
 	}
 	return ""
 }
@@ -84,7 +100,7 @@ func (k Kind) Prefix() string {
 // publishes entries of this kind (so that "east" never matches "east2").
 func (k Kind) ListPrefix(cluster string) string {
 	switch k {
-	case Nodes, Services:
+	case Nodes, Services, ServiceExports:
 		return k.Prefix() + "/" + cluster + "/"
 	case IPCache:
 		return IPCachePrefix + "/" + ipcacheAddressSpace + "/"
@@ -168,7 +184,7 @@ func ParseKey(k Kind, cluster, key string) (ParsedKey, error) {
 	}
 	parts := strings.Split(rest, "/")
 	want := 1
-	if k == Services {
+	if k == Services || k == ServiceExports {
 		want = 2
 	}
 	if k == IPCache && len(parts) == 2 {
@@ -186,7 +202,7 @@ func ParseKey(k Kind, cluster, key string) (ParsedKey, error) {
 	switch k {
 	case Nodes:
 		pk.Name = parts[0]
-	case Services:
+	case Services, ServiceExports:
 		pk.Namespace, pk.Name = parts[0], parts[1]
 	case IPCache:
 		pfx, err := ParseIPCacheKeySuffix(rest)
