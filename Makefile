@@ -90,8 +90,10 @@ kube-apiserver:
 	@tools/kube-apiserver/build.sh $(KUBE_APISERVER)
 
 # CoreDNS with its kubernetes plugin (tools/coredns, from the Go module proxy,
-# about a minute the first time), for k8sslices' test of a headless global
-# service resolved through the cluster DNS; built with kube-apiserver.
+# about a minute the first time; rebuilt when tools/coredns changes), for
+# k8sslices' test of a headless global service resolved through the cluster
+# DNS and internal/corednstest's clusterset.local test (the plugin's
+# multicluster option, docs/dns.md); built with kube-apiserver.
 COREDNS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/clustermesh/coredns-v1.15.0
 export COREDNS
 
@@ -143,7 +145,7 @@ test-monitoring: promtool
 	cd deploy/monitoring && promtool test rules alerts_test.yaml
 
 # Only the tests against real API servers.
-K8S_PKGS := ./internal/kubetest ./k8ssource ./k8spolicy ./k8sslices ./kubemesh ./cli
+K8S_PKGS := ./internal/kubetest ./internal/corednstest ./k8ssource ./k8spolicy ./k8sslices ./kubemesh ./cli
 MODULE   := github.com/clustermesh/clustermesh
 test-k8s: deps kube-apiserver coredns
 	$(GO) test $(TESTFLAGS) -run 'K8s' $(K8S_PKGS)
