@@ -135,6 +135,9 @@ type Service struct {
 	Selector    map[string]string `json:"selector"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
+	// Export is the service's MCS API ServiceExport, when it has one
+	// (export.go): its spec is published, and it makes the service global.
+	Export *Export `json:"export,omitempty"`
 }
 
 // ServicePort is one port of a service; TargetPort defaults to Port.
@@ -161,9 +164,10 @@ func (p ServicePort) Proto() string {
 	return strings.ToUpper(p.Protocol)
 }
 
-// Global reports whether the service is annotated service.cilium.io/global.
+// Global reports whether the service is global: annotated
+// service.cilium.io/global: "true", or exported through the MCS API (Export).
 func (s *Service) Global() bool {
-	return strings.EqualFold(s.Annotations[wire.AnnotationGlobal], "true")
+	return s.Export != nil || strings.EqualFold(s.Annotations[wire.AnnotationGlobal], "true")
 }
 
 // Shared reports whether a global service exports its backends (the default).
