@@ -4,81 +4,24 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/clustermesh/clustermesh/internal/corednstest"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/k8sslices"
 )
 
-// corednsVersion is the CoreDNS tools/coredns/build.sh builds.
-const corednsVersion = "v1.15.0"
-
-// requireCoreDNS returns the CoreDNS binary ($COREDNS, else the build
-// script's cache), or skips t (fails it under CI=true) when there is none.
-func requireCoreDNS(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("COREDNS")
-	if p == "" {
-		dir, _ := os.UserCacheDir()
-		p = filepath.Join(dir, "clustermesh", "coredns-"+corednsVersion)
-	}
-	if fi, err := os.Stat(p); err != nil || fi.Mode()&0o111 == 0 {
-		msg := fmt.Sprintf("no CoreDNS at %q: run tools/coredns/build.sh (about a minute) or set COREDNS", p)
-		if testenv.InCI() {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return p
-}
-
 // startCoreDNS runs CoreDNS serving cluster.local from cluster's API
-// server on a loopback UDP port until t ends; it returns a resolver asking
-// it.
+// server until t ends; it returns a resolver asking it.
 func startCoreDNS(t *testing.T, env *kubetest.Env, cluster string) *net.Resolver {
 	t.Helper()
-	bin := requireCoreDNS(t)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	pc.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	dir := t.TempDir()
-	corefile := fmt.Sprintf("cluster.local:%s {\n  bind 127.0.0.1\n  errors\n  kubernetes cluster.local {\n    kubeconfig %s %s\n  }\n}\n", port, env.Kubeconfig, cluster)
-	if err := os.WriteFile(filepath.Join(dir, "Corefile"), []byte(corefile), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "coredns.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-conf", filepath.Join(dir, "Corefile"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			out, _ := os.ReadFile(logf.Name())
-			t.Logf("CoreDNS log:\n%s", out)
-		}
-	})
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "udp", addr)
-	}}
+	stanza := fmt.Sprintf("kubernetes cluster.local {\n    kubeconfig %s %s\n}", env.Kubeconfig, cluster)
+	return corednstest.Start(t, []string{"cluster.local"}, stanza).Resolver()
 }
 
 // lookup is the sorted addresses name resolves to (none on any error).
