@@ -110,7 +110,13 @@ type Config struct {
 	// backends may have changed (Agent.RemoteBackends); it must not block
 	// (merge.Config.OnServiceChange).
 	OnServiceChange func(merge.ServiceName)
-	Logger          *slog.Logger
+	// Forward, when set, receives every remote's accepted entries instead
+	// of the merge (forward.go): the agent is then a kvstoremesh cache's
+	// reader, with no local state source and no datapath of its own.
+	// Ownership and the local-overlap check are left to the agents that
+	// read what it forwards; RemoteStateTTL does not apply.
+	Forward ForwardSink
+	Logger  *slog.Logger
 }
 
 func (c *Config) withDefaults() {
@@ -152,9 +158,9 @@ func (c *Config) Validate() error {
 	switch {
 	case c.ConfigDir == "":
 		return fmt.Errorf("agentsync: %w: no config directory", ErrInvalidConfig)
-	case c.LocalSource == nil:
+	case c.LocalSource == nil && c.Forward == nil:
 		return fmt.Errorf("agentsync: %w: no local state source", ErrInvalidConfig)
-	case c.Datapath == nil:
+	case c.Datapath == nil && c.Forward == nil:
 		return fmt.Errorf("agentsync: %w: no datapath", ErrInvalidConfig)
 	case c.RemoteLimits.validate() != nil:
 		return fmt.Errorf("agentsync: %w", c.RemoteLimits.validate())
@@ -189,6 +195,11 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("cluster", cfg.ClusterName)
+	if cfg.Forward != nil {
+		// Nothing is merged; the merger and its in-memory datapath stay
+		// empty (status and the prune bookkeeping read them).
+		cfg.Datapath, cfg.LocalSource, cfg.RemoteStateTTL = datapath.NewMemory(), nil, 0
+	}
 	m := merge.New(merge.Config{Datapath: cfg.Datapath, ClusterName: cfg.ClusterName, ClusterID: uint16(cfg.ClusterID),
 		NodeName: cfg.NodeName, RecheckFlows: cfg.RecheckFlows, TrustRemoteAddresses: cfg.TrustRemoteAddresses,
 		OnServiceChange: cfg.OnServiceChange, Logger: log})
@@ -229,14 +240,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	srcErr := make(chan error, 1)
 	var once sync.Once
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		srcErr <- a.cfg.LocalSource.Run(ctx, func(st *statesource.State) {
-			a.merger.SetLocal(st)
-			once.Do(func() { close(localReady) })
-		})
-	}()
+	if a.cfg.LocalSource == nil { // forwarding: no local state to wait for
+		close(localReady)
+	} else {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			srcErr <- a.cfg.LocalSource.Run(ctx, func(st *statesource.State) {
+				a.merger.SetLocal(st)
+				once.Do(func() { close(localReady) })
+			})
+		}()
+	}
 	// Deferred in reverse: stop the remotes, cancel, then wait for the rest.
 	defer wg.Wait()
 	defer cancel()
@@ -412,8 +427,10 @@ func (a *Agent) RemoteNodes() []*wire.Node {
 		}
 		ks := r.kinds[wire.Nodes]
 		ks.mu.Lock()
-		for _, e := range ks.store.(*nodeStore).entries {
-			out = append(out, e.v)
+		if ns, ok := ks.store.(*nodeStore); ok {
+			for _, e := range ns.entries {
+				out = append(out, e.v)
+			}
 		}
 		ks.mu.Unlock()
 	}

@@ -19,6 +19,9 @@ type batchStore interface {
 }
 
 func newStore(r *remote, k wire.Kind) kindStore {
+	if f := r.agent.cfg.Forward; f != nil {
+		return newForwardStore(r, k, f)
+	}
 	switch k {
 	case wire.IPCache:
 		return &ipcacheStore{r: r, entries: genMap[netip.Prefix, podRef]{}}

@@ -28,6 +28,10 @@ type kindState struct {
 	r    *remote
 	kind wire.Kind
 
+	// lay is where the current session reads the kind (the remote's
+	// state or a cache's copy); set by run before anything reads it.
+	lay layout
+
 	mu    sync.Mutex
 	store kindStore // guarded by mu
 	gen   uint32    // guarded by mu; generation of the current list
@@ -97,7 +101,8 @@ func (ks *kindState) clear() {
 
 // run waits for the kind's canary, then lists and watches until the session
 // ends; a compaction relists within the session.
-func (ks *kindState) run(ctx context.Context, cli *clientv3.Client, c wire.Cluster, canaries bool, etcdID uint64) error {
+func (ks *kindState) run(ctx context.Context, cli *clientv3.Client, c wire.Cluster, canaries bool, etcdID uint64, lay layout) error {
+	ks.lay = lay
 	if canaries {
 		if err := ks.waitCanary(ctx, cli, c.Name, etcdID); err != nil {
 			return err
@@ -107,6 +112,9 @@ func (ks *kindState) run(ctx context.Context, cli *clientv3.Client, c wire.Clust
 		rev, err := ks.list(ctx, cli, c, etcdID)
 		if err != nil {
 			return err
+		}
+		if f := ks.r.agent.cfg.Forward; f != nil {
+			f.Listed(ks.r.name, ks.kind)
 		}
 		ks.r.setSynced(ks.kind)
 		ks.r.eventSeen()
@@ -124,7 +132,7 @@ func (ks *kindState) run(ctx context.Context, cli *clientv3.Client, c wire.Clust
 // sweep entries that are merely not yet republished. It polls every
 // ProbeInterval (a watch could start past a restarted store's revision).
 func (ks *kindState) waitCanary(ctx context.Context, cli *clientv3.Client, cluster string, etcdID uint64) error {
-	key := wire.SyncedKey(cluster, ks.kind)
+	key := ks.lay.canaryKey(cluster, ks.kind)
 	t := time.NewTicker(ks.r.agent.cfg.ProbeInterval / 4)
 	defer t.Stop()
 	logged := false
@@ -221,7 +229,7 @@ func (ks *kindState) fetchPages(ctx context.Context, cli *clientv3.Client, c wir
 			return false
 		}
 	}
-	prefix := ks.kind.ListPrefix(c.Name)
+	prefix := ks.lay.listPrefix(ks.kind, c.Name)
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	start, rev := prefix, int64(0)
 	pager := newPager(ks.r.agent.cfg.ListPageSize, ks.r.agent.cfg.ListPageBytes)
@@ -276,7 +284,7 @@ func (ks *kindState) applyPage(kvs []*mvccpb.KeyValue, gen uint32) {
 	defer ks.mu.Unlock()
 	ks.batchedLocked(func() {
 		for _, kv := range kvs {
-			ks.applyLocked(string(kv.Key), kv.Value, gen)
+			ks.applyLocked(ks.lay.stateKey(ks.kind, ks.r.name, string(kv.Key)), kv.Value, gen)
 		}
 	})
 }
@@ -320,7 +328,7 @@ func (ks *kindState) applyLocked(key string, value []byte, gen uint32) {
 func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Cluster, etcdID uint64, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	prefix := ks.kind.ListPrefix(c.Name)
+	prefix := ks.lay.listPrefix(ks.kind, c.Name)
 	// Fragmented: a response of many revisions (a watch that fell behind a
 	// burst) comes in pieces within the server's request limit, not as one
 	// message over the client's receive limit (paging.go).
@@ -343,10 +351,11 @@ func (ks *kindState) watch(ctx context.Context, cli *clientv3.Client, c wire.Clu
 			for _, ev := range wr.Events {
 				switch ev.Type {
 				case mvccpb.PUT:
-					ks.applyLocked(string(ev.Kv.Key), ev.Kv.Value, gen)
+					ks.applyLocked(ks.lay.stateKey(ks.kind, ks.r.name, string(ev.Kv.Key)), ev.Kv.Value, gen)
 				case mvccpb.DELETE:
-					ks.store.remove(string(ev.Kv.Key))
-					ks.forgetLocked(string(ev.Kv.Key))
+					key := ks.lay.stateKey(ks.kind, ks.r.name, string(ev.Kv.Key))
+					ks.store.remove(key)
+					ks.forgetLocked(key)
 					ks.stats.events++
 				}
 			}

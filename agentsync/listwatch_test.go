@@ -147,7 +147,7 @@ func lwRemote(t *testing.T, pageSize int64) (*remote, *lwSink, *lwLog) {
 	r := newRemote(a, "west", RemoteConfig{}, nil)
 	sink := &lwSink{ips: map[netip.Prefix]bool{}}
 	r.out = sink
-	r.setConnected(lwWest, 0)
+	r.setConnected(lwWest, 0, false)
 	return r, sink, log
 }
 
@@ -192,7 +192,7 @@ func lwRun(t *testing.T, r *remote, cli *clientv3.Client) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	id := lwID(t, cli)
-	go func() { done <- r.kinds[wire.IPCache].run(ctx, cli, lwWest, true, id) }()
+	go func() { done <- r.kinds[wire.IPCache].run(ctx, cli, lwWest, true, id, layout{}) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done

@@ -137,6 +137,9 @@ func (r *remote) drain(id uint16) {
 	for _, ks := range r.kinds {
 		ks.clear()
 	}
+	if f := r.agent.cfg.Forward; f != nil {
+		f.Drained(r.name)
+	}
 }
 
 func (r *remote) run(ctx context.Context) {
@@ -216,8 +219,11 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	if err := r.admit(pin.cluster); err != nil {
 		return false, err
 	}
-	r.setConnected(pin.cluster, pin.etcdID)
+	r.setConnected(pin.cluster, pin.etcdID, pin.layout.cached)
 	r.setExportMode(pin.exports)
+	if f := r.agent.cfg.Forward; f != nil {
+		f.Connected(r.name, pin.raw)
+	}
 	r.log.Info("connected", "clusterID", pin.cluster.ID, "etcdClusterID", formatID(pin.etcdID))
 
 	errc := make(chan error, len(wire.Kinds)+1)
@@ -226,7 +232,7 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- r.kinds[k].run(ctx, cli, pin.cluster, pin.config.Capabilities.SyncedCanaries, pin.etcdID)
+			errc <- r.kinds[k].run(ctx, cli, pin.cluster, pin.config.Capabilities.SyncedCanaries, pin.etcdID, pin.layout)
 		}()
 	}
 	wg.Add(1)
@@ -262,6 +268,9 @@ type sessionPin struct {
 	raw     []byte
 	etcdID  uint64
 	exports wire.EndpointSlicesExportMode
+	// layout: the remote's own state, or a cache's copy of it
+	// (cachelayout.go).
+	layout layout
 }
 
 // clusterConfig waits for and validates the remote's cluster config, and
@@ -286,15 +295,16 @@ func (r *remote) clusterConfig(ctx context.Context, cli *clientv3.Client) (sessi
 				r.reject(err)
 				return sessionPin{}, fmt.Errorf("reading the cluster config of remote %s: %w", r.name, err)
 			}
-			if cfg.Capabilities.Cached {
-				return sessionPin{}, fmt.Errorf("remote %s: %w: it serves its state from a kvstoremesh cache (capabilities.cached), which this agent does not read; point the config at the cluster's own mesh apiserver",
+			if cfg.Capabilities.Cached && r.agent.cfg.Forward != nil {
+				return sessionPin{}, fmt.Errorf("remote %s: %w: it serves its state from a kvstoremesh cache (capabilities.cached); a cache reads each remote's own mesh apiserver: point the config at it",
 					r.name, wire.ErrIncompatibleConfig)
 			}
 			exports, err := wire.DecodeEndpointSlicesExportMode(raw)
 			if err != nil { // DecodeClusterConfig checked it
 				return sessionPin{}, fmt.Errorf("reading the cluster config of remote %s: %w", r.name, err)
 			}
-			return sessionPin{cluster: c, config: cfg, raw: raw, etcdID: resp.Header.ClusterId, exports: exports}, nil
+			return sessionPin{cluster: c, config: cfg, raw: raw, etcdID: resp.Header.ClusterId, exports: exports,
+				layout: layout{cached: cfg.Capabilities.Cached}}, nil
 		}
 		r.setError(fmt.Errorf("remote %s has not published %s yet: waiting", r.name, key))
 		select {
@@ -315,7 +325,11 @@ func (r *remote) probe(ctx context.Context, cli *clientv3.Client, pin sessionPin
 	var lastRev int64
 	for {
 		gctx, cancel := context.WithTimeout(ctx, r.agent.cfg.ProbeTimeout)
-		resp, err := cli.Txn(gctx).Then(clientv3.OpGet(wire.HeartbeatKey), clientv3.OpGet(wire.ClusterConfigKey(r.name))).Commit()
+		ops := []clientv3.Op{clientv3.OpGet(wire.HeartbeatKey), clientv3.OpGet(wire.ClusterConfigKey(r.name))}
+		if pin.layout.cached {
+			ops = append(ops, clientv3.OpGet(CacheStatusKey(r.name)))
+		}
+		resp, err := cli.Txn(gctx).Then(ops...).Commit()
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -335,7 +349,9 @@ func (r *remote) probe(ctx context.Context, cli *clientv3.Client, pin sessionPin
 		if len(cfg) != 1 || !bytes.Equal(cfg[0].Value, pin.raw) {
 			return fmt.Errorf("remote %s: its cluster config changed: resyncing", r.name)
 		}
-		if len(hb) == 1 {
+		if pin.layout.cached {
+			r.setViaCache(resp.Responses[2].GetResponseRange().Kvs)
+		} else if len(hb) == 1 {
 			if at, err := time.Parse(time.RFC3339Nano, string(hb[0].Value)); err == nil {
 				r.mu.Lock()
 				r.status.LastHeartbeat = at

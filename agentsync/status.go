@@ -1,9 +1,13 @@
 package agentsync
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/clustermesh/clustermesh/merge"
 	"github.com/clustermesh/clustermesh/wire"
@@ -94,6 +98,12 @@ type RemoteStatus struct {
 	// Unsupported names what the remote publishes that this agent does
 	// not read, and why (endpoint slices: see exports.go).
 	Unsupported []UnsupportedKind `json:"unsupported,omitempty"`
+	// ViaCache: the remote is read through a kvstoremesh cache in this
+	// cluster's etcd (its cluster config says cached), and this is the
+	// cache's session with it. Connected and Ready then hold only while
+	// the cache's do too; LastHeartbeat (and so Stale) is the remote's
+	// heartbeat as the cache last read it.
+	ViaCache *ViaCache `json:"viaCache,omitempty"`
 }
 
 // UnsupportedKind is a kind of entry a remote publishes and the agent does
@@ -123,10 +133,14 @@ func (s RemoteStatus) RejectedTotal() uint64 {
 // selected its backends.
 type ServiceStatus = merge.ServiceStatus
 
-func (r *remote) setConnected(c wire.Cluster, etcdID uint64) {
+func (r *remote) setConnected(c wire.Cluster, etcdID uint64, cached bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.cur = c
+	r.status.ViaCache = nil
+	if cached {
+		r.status.ViaCache = &ViaCache{CacheDown: true}
+	}
 	r.status.Connected, r.status.ConfigOK, r.status.ClusterID = true, true, c.ID
 	r.status.ConnectedSince = time.Now()
 	r.status.Synced = map[string]bool{}
@@ -172,6 +186,26 @@ func (r *remote) setSynced(k wire.Kind) {
 			"ipcacheOutsideRanges", nf.IPCacheOutside, "ipcacheClaimedByOther", nf.IPCacheClaimed, "backendsOutsideRanges", nf.BackendsOutside)
 	}
 	r.agent.remoteReady()
+}
+
+// setViaCache records the cache's status of the remote (kvs: the answer
+// for CacheStatusKey; none while the cache has not written it).
+func (r *remote) setViaCache(kvs []*mvccpb.KeyValue) {
+	vc := ViaCache{CacheDown: true}
+	if len(kvs) == 1 {
+		var cs CacheStatus
+		if err := json.Unmarshal(kvs[0].Value, &cs); err != nil {
+			r.reject(fmt.Errorf("the cache's status of remote %s: %w: %w", r.name, wire.ErrMalformedValue, err))
+		} else {
+			vc = ViaCache{CacheStatus: cs, CacheDown: time.Since(cs.Updated) > 3*CacheStatusInterval}
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.ViaCache = &vc
+	if !vc.LastHeartbeat.IsZero() {
+		r.status.LastHeartbeat = vc.LastHeartbeat
+	}
 }
 
 func (r *remote) isReady() bool {
@@ -248,8 +282,11 @@ func (r *remote) snapshot() RemoteStatus {
 	}
 	over, stale := r.overLimits(), r.staleKeys()
 	svcs := r.kinds[wire.Services]
+	var withdrawn []WithdrawnService
 	svcs.mu.Lock()
-	withdrawn := svcs.store.(*serviceStore).withdrawnServices()
+	if ss, ok := svcs.store.(*serviceStore); ok {
+		withdrawn = ss.withdrawnServices()
+	}
 	svcs.mu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -264,6 +301,12 @@ func (r *remote) snapshot() RemoteStatus {
 	s.Identities, s.Services = counts[wire.Identities], counts[wire.Services]
 	s.EventsApplied, s.SyncSeconds, s.Lists, s.MaxListPageBytes = events, syncs, lists, pages
 	s.Stale = r.staleLocked(time.Now())
+	if vc := r.status.ViaCache; vc != nil {
+		cp := *vc
+		s.ViaCache = &cp
+		s.Connected = s.Connected && vc.Connected && !vc.CacheDown
+		s.Ready = s.Ready && vc.Ready
+	}
 	return s
 }
 
