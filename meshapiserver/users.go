@@ -17,6 +17,11 @@ const (
 	rootUser   = "root" // etcd requires it before auth can be enabled
 	rootRole   = "root"
 	remoteRole = "remote"
+	// cacheReaderRole is the cluster's own agents' read access to what a
+	// kvstoremesh cache (package kvstoremesh) writes in this store: the
+	// remotes' cached entries, their cluster configs and synced canaries.
+	// Peers never get it: the cache holds other clusters' state.
+	cacheReaderRole = "cache-reader"
 )
 
 // AdminUser is the user the apiserver of cluster writes with.
@@ -47,6 +52,17 @@ func remotePermissions(cluster string) [][2]string {
 	}
 }
 
+// cacheReaderPermissions are what the cache-reader role may read:
+// cilium/cache/ (entries and the cache's per-remote status), every
+// cluster config and every synced canary.
+func cacheReaderPermissions() [][2]string {
+	return [][2]string{
+		{"cilium/cache/", clientv3.GetPrefixRangeEnd("cilium/cache/")},
+		{wire.ClusterConfigPrefix, clientv3.GetPrefixRangeEnd(wire.ClusterConfigPrefix)},
+		{wire.SyncedPrefix, clientv3.GetPrefixRangeEnd(wire.SyncedPrefix)},
+	}
+}
+
 // setupAuth creates the roles and users and enables authentication. It is
 // idempotent, also on a store where auth is already on (as admin it may
 // still manage users), and removes remote users of peers no longer listed,
@@ -58,6 +74,14 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers 
 	for _, p := range remotePermissions(cluster) {
 		if _, err := cli.RoleGrantPermission(ctx, remoteRole, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
 			return fmt.Errorf("granting %s read on %q: %w", remoteRole, p[0], err)
+		}
+	}
+	if _, err := cli.RoleAdd(ctx, cacheReaderRole); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
+		return fmt.Errorf("adding role %s: %w", cacheReaderRole, err)
+	}
+	for _, p := range cacheReaderPermissions() {
+		if _, err := cli.RoleGrantPermission(ctx, cacheReaderRole, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
+			return fmt.Errorf("granting %s read on %q: %w", cacheReaderRole, p[0], err)
 		}
 	}
 	// The cluster's own agents read it as remote-<cluster> (for the
@@ -77,6 +101,10 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers 
 		if _, err := cli.UserGrantRole(ctx, user, role); err != nil {
 			return fmt.Errorf("granting %s to %s: %w", role, user, err)
 		}
+	}
+	// ...and read the remotes a kvstoremesh cache keeps here.
+	if _, err := cli.UserGrantRole(ctx, RemoteUser(cluster), cacheReaderRole); err != nil {
+		return fmt.Errorf("granting %s to %s: %w", cacheReaderRole, RemoteUser(cluster), err)
 	}
 	users, err := cli.UserList(ctx)
 	if err != nil {
