@@ -80,6 +80,9 @@ func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identi
 		}
 		kv[wire.ServiceKey(c.Name, s.Namespace, s.Name)] = v
 	}
+	if err := addServiceExports(c, st, kv); err != nil {
+		return nil, false, 0, err
+	}
 	return kv, allocated, held, nil
 }
 

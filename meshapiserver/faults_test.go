@@ -121,7 +121,7 @@ func TestRepublishesAfterLosingTheLease(t *testing.T) {
 				config++
 			}
 		}
-		return state == 7 && canaries == len(wire.Kinds) && config == 1
+		return state == 7 && canaries == len(wire.PublishedKinds) && config == 1
 	})
 	if st := f.srv.Status(); st.LeaseRenewals != 1 {
 		t.Errorf("lease renewals %d, want 1", st.LeaseRenewals)

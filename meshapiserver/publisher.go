@@ -101,7 +101,7 @@ func newPublisher(cli *clientv3.Client, c wire.Cluster, log *slog.Logger, txnLat
 // first publish removes only what is no longer desired.
 func (p *publisher) loadExisting(ctx context.Context) error {
 	p.published = desiredKV{}
-	for _, k := range wire.Kinds {
+	for _, k := range wire.PublishedKinds {
 		prefix := k.ListPrefix(p.cluster.Name)
 		resp, err := p.cli.Get(ctx, prefix, clientv3.WithPrefix())
 		if err != nil {
@@ -378,8 +378,8 @@ func (p *publisher) observeTxn(d time.Duration) {
 // writeCanaries marks every prefix as fully written.
 func (p *publisher) writeCanaries(ctx context.Context) error {
 	now := time.Now().UTC().Format(time.RFC3339)
-	ops := make([]clientv3.Op, 0, len(wire.Kinds))
-	for _, k := range wire.Kinds {
+	ops := make([]clientv3.Op, 0, len(wire.PublishedKinds))
+	for _, k := range wire.PublishedKinds {
 		ops = append(ops, clientv3.OpPut(wire.SyncedKey(p.cluster.Name, k), now, clientv3.WithLease(p.lease)))
 	}
 	if _, err := p.cli.Txn(ctx).Then(ops...).Commit(); err != nil {

@@ -176,7 +176,7 @@ func (s *Server) Run(ctx context.Context) error {
 // lease), so that it goes with the apiserver and the entries it describes.
 func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) error {
 	v, err := wire.EncodeClusterConfig(wire.ClusterConfig{ID: s.cfg.ClusterID, Capabilities: wire.Capabilities{
-		SyncedCanaries: true, MaxConnectedClusters: s.cfg.MaxConnectedClusters,
+		SyncedCanaries: true, MaxConnectedClusters: s.cfg.MaxConnectedClusters, ServiceExportsEnabled: serviceExportsEnabled(),
 	}})
 	if err != nil {
 		return err
