@@ -79,6 +79,15 @@ var rules = []Rule{
 		Why: "the relay speaks only gRPC to the peer services and the agents' Observer servers: it never assembles or reads an agent",
 	},
 	{
+		Pkg: "fqdn", OursOnly: nothing,
+		Why: "DNS names and their cache are a leaf: the DNS proxy fills it and the enforcer subscribes to it, it knows neither",
+	},
+	{
+		Pkg: "l7dns", OursOnly: []string{"fqdn", "internal/loglimit"},
+		Never: []string{"github.com/cilium/cilium/pkg/..."},
+		Why:   "the DNS proxy engine is handed queries and their metadata by the transparent proxy and fills the fqdn cache: it never reaches into policy, the enforcer or the datapath",
+	},
+	{
 		Pkg: "internal/coalesce", OursOnly: nothing,
 		Why: "coalesce is a leaf: every package may use it",
 	},
