@@ -245,7 +245,7 @@ func (n *Node) buildPolicy(ids *identityRelay) error {
 			return err
 		}
 		n.names = &flowNames{cluster: c.Sync.ClusterName, enf: enf, sync: n.sync, local: n.local.view()}
-		n.hub = observe.NewHub(observe.Config{Enricher: n.names, NodeName: c.hubbleNodeName(),
+		n.hub = observe.NewHub(observe.Config{Enricher: n.names, NodeName: c.hubbleNodeName(), MaxConnectedClusters: c.Sync.MaxConnectedClusters,
 			Capacity: c.Hubble.EventBufferCapacity, Logger: n.log, OnFlow: []func(*flowpb.Flow){n.metrics.Observe}})
 	}
 	return nil

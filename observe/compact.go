@@ -62,12 +62,19 @@ func Compact(f *flowpb.Flow) string {
 	if what != "" {
 		what += " "
 	}
+	text := summary(f)
+	if f.GetL7() != nil {
+		text = compactL7(f)
+	}
 	return fmt.Sprintf("%s: %s %s %s %s%s (%s)", f.GetTime().AsTime().Local().Format(time.StampMilli),
-		src, arrow, dst, what, f.GetVerdict(), summary(f))
+		src, arrow, dst, what, f.GetVerdict(), text)
 }
 
 // eventText says what kind of event it is, as Hubble's compact output.
 func eventText(f *flowpb.Flow) string {
+	if l7 := f.GetL7(); l7 != nil {
+		return l7Type(l7)
+	}
 	switch f.GetEventType().GetType() {
 	case eventDrop:
 		return dropText(f.GetDropReasonDesc())
@@ -80,6 +87,33 @@ func eventText(f *flowpb.Flow) string {
 		return strings.ToLower(strings.ReplaceAll(p.String(), "_", "-"))
 	}
 	return ""
+}
+
+// l7Type is Hubble's type of an L7 flow: "http-request", "http-response",
+// "dns-request proxy", "dns-response proxy".
+func l7Type(l7 *flowpb.Layer7) string {
+	proto, typ := "l7", strings.ToLower(l7.GetType().String())
+	switch {
+	case l7.GetHttp() != nil:
+		proto = "http"
+	case l7.GetDns() != nil:
+		proto = "dns"
+		typ += " " + l7.GetDns().GetObservationSource()
+	}
+	return proto + "-" + typ
+}
+
+// compactL7 is the text of an L7 flow in compact output: Hubble's summary,
+// with an HTTP response's latency to the 10 µs ("HTTP/1.1 200 took 4.91ms
+// (GET http://shop/v1/cart)").
+func compactL7(f *flowpb.Flow) string {
+	l7 := f.GetL7()
+	h := l7.GetHttp()
+	if h == nil || l7.GetType() != flowpb.L7FlowType_RESPONSE {
+		return l7Summary(f)
+	}
+	took := time.Duration(l7.GetLatencyNs()).Round(10 * time.Microsecond)
+	return fmt.Sprintf("%s %d took %s (%s %s)", h.GetProtocol(), h.GetCode(), took, h.GetMethod(), h.GetUrl())
 }
 
 func dropText(r flowpb.DropReason) string {

@@ -74,6 +74,9 @@ const (
 type enricher struct {
 	e      Enricher
 	node   string // cluster/node
+	// maxClusters is the mesh size (255 or 511), which tells the cluster
+	// of an identity in an L7 flow.
+	maxClusters uint32
 	mu     sync.Mutex
 	labels map[uint32]cachedLabels // guarded by mu
 
@@ -88,8 +91,8 @@ type cachedLabels struct {
 // over when it is full.
 const maxCachedIdentities = 16384
 
-func newEnricher(e Enricher, node string) *enricher {
-	return &enricher{e: e, node: node, labels: map[uint32]cachedLabels{}}
+func newEnricher(e Enricher, node string, maxClusters uint32) *enricher {
+	return &enricher{e: e, node: node, maxClusters: maxClusters, labels: map[uint32]cachedLabels{}}
 }
 
 // flow turns a datapath flow into Hubble's flow. The result and its parts

@@ -69,7 +69,7 @@ func dpFlow(src string, sid uint32, sc uint16, dst string, did uint32, dc uint16
 	return f
 }
 
-func enrich(e Enricher, f flows.Flow) *flowpb.Flow { return newEnricher(e, "east/node-1").flow(f) }
+func enrich(e Enricher, f flows.Flow) *flowpb.Flow { return newEnricher(e, "east/node-1", 0).flow(f) }
 
 func TestFlowEnrich(t *testing.T) {
 	f := dpFlow("10.2.1.5:41234", 132000, 2, "10.1.1.11:8080", 70001, 1, flows.VerdictDropped)

@@ -39,6 +39,9 @@ type Config struct {
 	// NodeName is the flows' node_name, "cluster/node" as Hubble names
 	// nodes in a mesh.
 	NodeName string
+	// MaxConnectedClusters is the mesh size (255, the default, or 511): it
+	// tells which cluster an identity of an L7 flow belongs to.
+	MaxConnectedClusters uint32
 	// Capacity is how many flows the hub keeps for requests of past flows
 	// (default 4095); the oldest is overwritten.
 	Capacity int
@@ -98,7 +101,7 @@ func NewHub(cfg Config) *Hub {
 		cfg.Logger = slog.Default()
 	}
 	return &Hub{
-		cfg: cfg, enr: newEnricher(cfg.Enricher, cfg.NodeName), start: time.Now(),
+		cfg: cfg, enr: newEnricher(cfg.Enricher, cfg.NodeName, cfg.MaxConnectedClusters), start: time.Now(),
 		ring: make([]*observerpb.GetFlowsResponse, 0, cfg.Capacity), subs: map[*Subscription]struct{}{},
 		ns: namespaces{seen: map[nsKey]time.Time{}},
 	}
