@@ -72,13 +72,13 @@ const (
 // enricher is the per-Hub state of Enrich: the labels of the identities
 // seen, formatted once.
 type enricher struct {
-	e      Enricher
-	node   string // cluster/node
+	e    Enricher
+	node string // cluster/node
 	// maxClusters is the mesh size (255 or 511), which tells the cluster
 	// of an identity in an L7 flow.
 	maxClusters uint32
-	mu     sync.Mutex
-	labels map[uint32]cachedLabels // guarded by mu
+	mu          sync.Mutex
+	labels      map[uint32]cachedLabels // guarded by mu
 
 }
 
