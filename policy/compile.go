@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -67,6 +68,11 @@ type compiledRule struct {
 	peers   []selector
 	anyPeer bool
 	ports   []PortRange
+	// l7 is the L7 policy of each port (nil when no port has one; a nil
+	// entry: plain L3/L4).
+	l7 []*L7Policy
+	// fqdns are the patterns of the rule's toFQDNs, also in peers.
+	fqdns []string
 	// implicit: added by an option (AllowFromHost), not written by anyone.
 	implicit bool
 }
@@ -94,7 +100,13 @@ func (c *Compiled) Merge(o *Compiled) { c.rules = append(c.rules, o.rules...) }
 // Parse compiles the documents of one file's content (name labels errors).
 func Parse(o Options, name string, b []byte) (*Compiled, error) {
 	c := &Compiled{}
-	return c, c.add(o, name, b)
+	if err := c.add(o, name, b); err != nil {
+		return c, err
+	}
+	if err := CheckL7Conflicts(c); err != nil {
+		return c, fmt.Errorf("compiling %s: %w", name, err)
+	}
+	return c, nil
 }
 
 func (c *Compiled) add(o Options, name string, b []byte) error {
@@ -188,7 +200,7 @@ func compileCNP(o Options, where string, p *CiliumNetworkPolicy) ([]compiledRule
 		}
 		subject = subject.with(clusterRequirement(o.LocalCluster)) // rules apply to local endpoints
 		for i, in := range r.Ingress {
-			cr, err := compileDirection(o, origin, subject, Ingress, in.FromEndpoints, in.ToPorts, p.Metadata.Namespace,
+			cr, err := compileDirection(o, origin, subject, Ingress, in.FromEndpoints, nil, in.ToPorts, p.Metadata.Namespace,
 				fmt.Sprintf("%s.ingress[%d]", field, i), "fromEndpoints")
 			if err != nil {
 				return nil, err
@@ -196,7 +208,7 @@ func compileCNP(o Options, where string, p *CiliumNetworkPolicy) ([]compiledRule
 			out = append(out, cr)
 		}
 		for i, eg := range r.Egress {
-			cr, err := compileDirection(o, origin, subject, Egress, eg.ToEndpoints, eg.ToPorts, p.Metadata.Namespace,
+			cr, err := compileDirection(o, origin, subject, Egress, eg.ToEndpoints, eg.ToFQDNs, eg.ToPorts, p.Metadata.Namespace,
 				fmt.Sprintf("%s.egress[%d]", field, i), "toEndpoints")
 			if err != nil {
 				return nil, err
@@ -217,9 +229,12 @@ func boolInt(b bool) int {
 	return 0
 }
 
-func compileDirection(o Options, origin string, subject selector, dir Direction, peers []Selector, ports []PortRule,
-	ns, field, peerField string) (compiledRule, error) {
-	cr := compiledRule{origin: origin, subject: subject, dir: dir, anyPeer: peers == nil}
+func compileDirection(o Options, origin string, subject selector, dir Direction, peers []Selector, fqdns []FQDNSelector,
+	ports []PortRule, ns, field, peerField string) (compiledRule, error) {
+	cr := compiledRule{origin: origin, subject: subject, dir: dir, anyPeer: peers == nil && fqdns == nil}
+	if len(peers) > 0 && len(fqdns) > 0 {
+		return cr, fmt.Errorf("%s: %w: toEndpoints and toFQDNs in one rule (write two egress rules)", field, ErrInvalidPolicy)
+	}
 	for j, ps := range peers {
 		s, err := compileSelector(ps, fmt.Sprintf("%s.%s[%d]", field, peerField, j))
 		if err != nil {
@@ -227,14 +242,26 @@ func compileDirection(o Options, origin string, subject selector, dir Direction,
 		}
 		cr.peers = append(cr.peers, scopePeer(o, s, ns))
 	}
-	for j, pr := range ports {
-		for k, pp := range pr.Ports {
-			r, err := compilePort(pp.Port, pp.EndPort, pp.Protocol, fmt.Sprintf("%s.toPorts[%d].ports[%d]", field, j, k))
-			if err != nil {
-				return cr, err
-			}
-			cr.ports = append(cr.ports, r)
+	for j, f := range fqdns {
+		if err := checkName(f.MatchName, f.MatchPattern, fmt.Sprintf("%s.toFQDNs[%d]", field, j)); err != nil {
+			return cr, err
 		}
+		pattern := FQDNPattern(f.MatchName, f.MatchPattern)
+		cr.fqdns = append(cr.fqdns, pattern)
+		cr.peers = append(cr.peers, fqdnSelector(pattern))
+	}
+	for j, pr := range ports {
+		ranges, l7, err := compilePortRule(pr, dir, fmt.Sprintf("%s.toPorts[%d]", field, j))
+		if err != nil {
+			return cr, err
+		}
+		for _, r := range ranges {
+			cr.ports = append(cr.ports, r)
+			cr.l7 = append(cr.l7, l7)
+		}
+	}
+	if !slices.ContainsFunc(cr.l7, func(p *L7Policy) bool { return p != nil }) {
+		cr.l7 = nil
 	}
 	return cr, nil
 }

@@ -27,26 +27,70 @@ type EndpointPolicy struct {
 	// allowed holds the keys of each direction packed into 64 bits (see
 	// pack): this is the hot set of policy computation.
 	allowed [2]map[uint64]struct{}
+	// l7 is the L7 policy of the allowed keys that have one (their traffic
+	// goes through a proxy).
+	l7 [2]map[uint64]*L7Policy
 }
 
 func newEndpointPolicy() *EndpointPolicy {
-	return &EndpointPolicy{allowed: [2]map[uint64]struct{}{{}, {}}}
+	return &EndpointPolicy{allowed: [2]map[uint64]struct{}{{}, {}}, l7: [2]map[uint64]*L7Policy{{}, {}}}
 }
 
-// pack fits a key of a known direction into 64 bits: 24-bit identity,
-// protocol, first and last port.
+// MaxPeerIdentity is the largest peer identity a key holds: cluster-scoped
+// identities are below 1<<24, node-local ones (the addresses of FQDN
+// selectors) are 1<<24 | n, as Cilium's local scope.
+const MaxPeerIdentity = 1<<25 - 1
+
+// protoOf are the protocols of a key by their 2-bit code in pack.
+var protoOf = [4]uint8{AnyProtocol, TCP, UDP, SCTP}
+
+func protoCode(p uint8) uint64 {
+	switch p {
+	case TCP:
+		return 1
+	case UDP:
+		return 2
+	case SCTP:
+		return 3
+	}
+	return 0
+}
+
+// pack fits a key of a known direction into 64 bits: 25-bit identity,
+// 2-bit protocol code, first and last port.
 func pack(k Key) uint64 {
-	return uint64(k.Peer&0xffffff)<<40 | uint64(k.Protocol)<<32 | uint64(k.From)<<16 | uint64(k.To)
+	return uint64(k.Peer&MaxPeerIdentity)<<34 | protoCode(k.Protocol)<<32 | uint64(k.From)<<16 | uint64(k.To)
 }
 
 func unpack(dir Direction, v uint64) Key {
-	return Key{Peer: uint32(v >> 40), Direction: dir, PortRange: PortRange{Protocol: uint8(v >> 32), From: uint16(v >> 16), To: uint16(v)}}
+	return Key{Peer: uint32(v>>34) & MaxPeerIdentity, Direction: dir,
+		PortRange: PortRange{Protocol: protoOf[(v>>32)&3], From: uint16(v >> 16), To: uint16(v)}}
 }
 
 // Keys lists the allowed entries.
 func (p *EndpointPolicy) Keys() []Key {
 	var out []Key
 	for dir, set := range p.allowed {
+		for v := range set {
+			out = append(out, unpack(Direction(dir), v))
+		}
+	}
+	return out
+}
+
+// L7 returns the L7 policy of an allowed key (nil: plain L3/L4, or not
+// allowed).
+func (p *EndpointPolicy) L7(k Key) *L7Policy {
+	if p == nil {
+		return nil
+	}
+	return p.l7[k.Direction][pack(k)]
+}
+
+// L7Keys lists the allowed keys that have an L7 policy.
+func (p *EndpointPolicy) L7Keys() []Key {
+	var out []Key
+	for dir, set := range p.l7 {
 		for v := range set {
 			out = append(out, unpack(Direction(dir), v))
 		}
@@ -74,11 +118,14 @@ func (p *EndpointPolicy) Allows(peer uint32, dir Direction, proto uint8, port ui
 	return false
 }
 
-// Change is one entry added to or removed from an endpoint's policy.
+// Change is one entry added to or removed from an endpoint's policy. An
+// Add of a key already allowed changes its L7 policy.
 type Change struct {
 	Endpoint uint32
 	Key      Key
 	Add      bool
+	// L7 is the entry's L7 policy when added (nil: plain L3/L4).
+	L7 *L7Policy
 }
 
 // Engine keeps every endpoint's policy up to date as identities come and go
@@ -90,6 +137,10 @@ type Engine struct {
 	identities   map[uint32]wire.Labels     // every identity known, all clusters
 	subjects     []map[uint32]struct{}      // per rule: local identities it applies to
 	endpoints    map[uint32]*EndpointPolicy // per local identity
+	// hasL7: some rule has L7 rules (otherwise no entry's L7 policy is
+	// computed); l7Conflicts counts entries whose rules' parsers differed.
+	hasL7       bool
+	l7Conflicts uint64
 }
 
 // NewEngine returns an engine for the local cluster with no policy.
@@ -107,6 +158,7 @@ func (e *Engine) isLocal(ls wire.Labels) bool {
 func (e *Engine) SetPolicies(c *Compiled) []Change {
 	old := e.endpoints
 	e.rules = c.rules
+	e.hasL7 = c.HasL7()
 	e.subjects = make([]map[uint32]struct{}, len(e.rules))
 	e.endpoints = map[uint32]*EndpointPolicy{}
 	for i, r := range e.rules {
@@ -145,6 +197,7 @@ func (e *Engine) UpsertIdentity(id uint32, ls wire.Labels) []Change {
 		e.endpoints[id] = ep
 		changes = append(changes, diff(map[uint32]*EndpointPolicy{}, map[uint32]*EndpointPolicy{id: ep})...)
 	}
+	own := len(changes)
 	for i, r := range e.rules {
 		if !r.allowsPeer(ls) {
 			continue
@@ -165,6 +218,14 @@ func (e *Engine) UpsertIdentity(id uint32, ls wire.Labels) []Change {
 					allowed[v] = struct{}{}
 					changes = append(changes, Change{Endpoint: ep, Key: keys[j], Add: true})
 				}
+			}
+		}
+	}
+	if e.hasL7 {
+		for i := own; i < len(changes); i++ {
+			c := &changes[i]
+			if c.L7 = e.l7For(c.Endpoint, c.Key); c.L7 != nil {
+				e.endpoints[c.Endpoint].l7[c.Key.Direction][pack(c.Key)] = c.L7
 			}
 		}
 	}
@@ -197,6 +258,7 @@ func (e *Engine) RemoveIdentity(id uint32) []Change {
 			for _, k := range keys {
 				if _, ok := allowed[pack(k)]; ok {
 					delete(allowed, pack(k))
+					delete(e.endpoints[ep].l7[r.dir], pack(k))
 					changes = append(changes, Change{Endpoint: ep, Key: k})
 				}
 			}
@@ -240,8 +302,63 @@ func (e *Engine) compute(id uint32) *EndpointPolicy {
 			}
 		}
 	}
+	if e.hasL7 {
+		for dir, set := range ep.allowed {
+			for v := range set {
+				if p := e.l7For(id, unpack(Direction(dir), v)); p != nil {
+					ep.l7[dir][v] = p
+				}
+			}
+		}
+	}
 	return ep
 }
+
+// l7For merges the L7 policies of every rule of local identity ep that
+// allows key k: rules that allow its peer (or every peer) on ports covering
+// its ports. Nil when none has L7 rules.
+func (e *Engine) l7For(ep uint32, k Key) *L7Policy {
+	var found []*L7Policy
+	plain := false
+	for i := range e.rules {
+		r := &e.rules[i]
+		if r.dir != k.Direction {
+			continue
+		}
+		if _, ok := e.subjects[i][ep]; !ok {
+			continue
+		}
+		if !r.anyPeer && (k.Peer == AnyPeer || !r.allowsPeer(e.identities[k.Peer])) {
+			continue
+		}
+		if len(r.ports) == 0 {
+			plain = true
+			continue
+		}
+		for j, p := range r.ports {
+			if !covers(p, k.PortRange) {
+				continue
+			}
+			if r.l7 == nil || r.l7[j] == nil {
+				plain = true
+			} else {
+				found = append(found, r.l7[j])
+			}
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	p, conflict := mergeL7(found, plain)
+	if conflict {
+		e.l7Conflicts++
+	}
+	return p
+}
+
+// L7Conflicts counts the entries whose rules had different L7 parsers (the
+// first rule's was kept); CheckL7Conflicts refuses such sets beforehand.
+func (e *Engine) L7Conflicts() uint64 { return e.l7Conflicts }
 
 // allowsPeer reports whether the rule allows the identity with labels ls by
 // its peer selectors. A rule for every peer (anyPeer) allows none by name:
@@ -283,8 +400,9 @@ func diff(old, cur map[uint32]*EndpointPolicy) []Change {
 	}
 	for id, c := range cur {
 		for _, k := range c.Keys() {
-			if o, ok := old[id]; !ok || !o.has(k) {
-				out = append(out, Change{Endpoint: id, Key: k, Add: true})
+			o, ok := old[id]
+			if !ok || !o.has(k) || !o.L7(k).Equal(c.L7(k)) {
+				out = append(out, Change{Endpoint: id, Key: k, Add: true, L7: c.L7(k)})
 			}
 		}
 	}

@@ -3,8 +3,11 @@
 // against security identities (whose labels carry the cluster,
 // io.cilium.k8s.policy.cluster), and the computation of what each local
 // endpoint may talk to: per endpoint, the allowed (peer identity, port range,
-// protocol, direction). It knows nothing of etcd or eBPF: the agent feeds it
-// identities and writes its result into the datapath.
+// protocol, direction), with the L7 policy (HTTP or DNS rules) of the
+// entries whose traffic a proxy judges, and the FQDN selectors (toFQDNs) whose
+// addresses the agent turns into identities. It knows nothing of etcd or
+// eBPF: the agent feeds it identities and writes its result into the
+// datapath.
 package policy
 
 // CiliumNetworkPolicy is the subset of cilium.io/v2 CiliumNetworkPolicy the
@@ -37,15 +40,20 @@ type IngressRule struct {
 	ToPorts       []PortRule `json:"toPorts,omitempty"`
 }
 
-// EgressRule allows traffic to the selected peers on the given ports.
+// EgressRule allows traffic to the selected peers on the given ports:
+// endpoints (toEndpoints) or the addresses DNS answers gave for names
+// (toFQDNs), not both in one rule.
 type EgressRule struct {
-	ToEndpoints []Selector `json:"toEndpoints,omitempty"`
-	ToPorts     []PortRule `json:"toPorts,omitempty"`
+	ToEndpoints []Selector     `json:"toEndpoints,omitempty"`
+	ToFQDNs     []FQDNSelector `json:"toFQDNs,omitempty"`
+	ToPorts     []PortRule     `json:"toPorts,omitempty"`
 }
 
-// PortRule lists ports.
+// PortRule lists ports, and optionally the L7 rules their traffic is
+// held to (which send it through the agent's proxy).
 type PortRule struct {
 	Ports []PortProtocol `json:"ports"`
+	Rules *L7Rules       `json:"rules,omitempty"`
 }
 
 // PortProtocol is a port (or a range with EndPort) and a protocol (ANY when
