@@ -26,7 +26,10 @@ package tcpolicy
 //		                              * peer 0 ("any") 72 all, 80 proto-only,
 //		                              * more L4-only; another peer 72 L3-only,
 //		                              * 80 L3-proto, more L3-L4 */
-//		__u8  pad[3];
+//		__u8  pad;
+//		__u16 proxy_port;            /* the L7 proxy's listener, host order;
+//		                              * 0: none (Key.ProxyPort; the lowest of
+//		                              * the keys that share the entry) */
 //	};
 //
 //	/* cm_policy_endpoints: BPF_MAP_TYPE_HASH, key __u32 ifindex of the
@@ -69,7 +72,8 @@ package tcpolicy
 //		__u8  origin;                /* direction of the first packet */
 //		__u8  flags;                 /* 1 closing (FIN or RST seen), 2 verdict
 //		                              * cached, 4 allowed by audit mode only */
-//		__u32 pad;
+//		__u16 proxy_port;            /* of the cached verdict: to the L7 proxy */
+//		__u16 pad;
 //	};
 //
 //	/* cm_policy_metrics: BPF_MAP_TYPE_PERCPU_ARRAY of __u64, 16 counters,
@@ -114,11 +118,13 @@ type policyKey struct {
 // policyValue is struct cm_policy_value.
 type policyValue struct {
 	MatchType uint8 // flows.MatchType
-	Pad       [3]uint8
+	Pad       uint8
+	ProxyPort uint16 // host order; 0: none
 }
 
-// value is the value of trie entry e: the kind of match it stands for,
-// as Cilium's bpf/lib/policy.h names it from the matched prefix.
+// value is the value of trie entry e without a proxy port: the kind of
+// match it stands for, as Cilium's bpf/lib/policy.h names it from the
+// matched prefix.
 func (e policyKey) value() policyValue {
 	var m flows.MatchType
 	switch {
@@ -174,7 +180,8 @@ type ctValue struct {
 	PeerCluster  uint16
 	Origin       uint8
 	Flags        uint8
-	Pad          uint32
+	ProxyPort    uint16
+	Pad          uint16
 }
 
 // metricsSlots is the size of cm_policy_metrics (package flows reads it).

@@ -25,6 +25,15 @@ const AnyPeer uint32 = 0
 // EndPort 0 (or equal to Port) is the single port Port. AnyProtocol with a
 // port stands for TCP, UDP and SCTP on that port. The destination port is
 // the endpoint's own port for Ingress and the peer's for Egress.
+//
+// ProxyPort, when not 0, sends the flows the key allows to the agent's
+// transparent L7 proxy listening on that port in the node's network
+// namespace (package l7proxy, docs/l7-redirect.md) instead of their
+// destination; with no listener there they are dropped (never let past the
+// proxy). It needs a port and TCP, UDP or AnyProtocol (which then stands
+// for TCP and UDP only: SCTP cannot be proxied, so it is not allowed). Two
+// keys that differ only in ProxyPort are two keys; where keys share a
+// kernel entry, the lowest non-zero proxy port is the entry's.
 type Key struct {
 	Endpoint  uint32 // local identity
 	Peer      uint32 // peer identity; AnyPeer: every peer
@@ -32,6 +41,7 @@ type Key struct {
 	Protocol  datapath.Protocol // AnyProtocol: every protocol
 	Port      uint16            // first port; 0: every port
 	EndPort   uint16            // last port, inclusive; 0: Port alone
+	ProxyPort uint16            // the L7 proxy's port; 0: none
 }
 
 func (k Key) String() string {
@@ -47,7 +57,11 @@ func (k Key) String() string {
 	if k.Protocol != AnyProtocol {
 		proto = k.Protocol.String()
 	}
-	return fmt.Sprintf("%d %s %d %s/%s", k.Endpoint, k.Direction, k.Peer, ports, proto)
+	s := fmt.Sprintf("%d %s %d %s/%s", k.Endpoint, k.Direction, k.Peer, ports, proto)
+	if k.ProxyPort != 0 {
+		s += fmt.Sprintf(" proxy %d", k.ProxyPort)
+	}
+	return s
 }
 
 // Change adds (Add) or removes one Key; policy.Change maps to it one to
@@ -95,7 +109,13 @@ func normKey(k Key) (Key, error) {
 		if k.EndPort != 0 {
 			return bad("an end port without a first port")
 		}
+		if k.ProxyPort != 0 {
+			return bad("a proxy port needs a port")
+		}
 		return k, nil
+	}
+	if k.ProxyPort != 0 && k.Protocol != AnyProtocol && k.Protocol != datapath.TCP && k.Protocol != datapath.UDP {
+		return bad("a proxy port needs TCP, UDP or any protocol")
 	}
 	switch k.Protocol {
 	case AnyProtocol, datapath.TCP, datapath.UDP, datapath.SCTP:
@@ -114,6 +134,10 @@ func normKey(k Key) (Key, error) {
 // portedProtocols are what AnyProtocol with a port stands for.
 var portedProtocols = [...]datapath.Protocol{datapath.TCP, datapath.UDP, datapath.SCTP}
 
+// proxiedProtocols are what AnyProtocol with a port and a proxy port
+// stands for.
+var proxiedProtocols = [...]datapath.Protocol{datapath.TCP, datapath.UDP}
+
 // entries appends the trie entries of a canonical key.
 func (k Key) entries(out []policyKey) []policyKey {
 	base := policyKey{Endpoint: k.Endpoint, Peer: k.Peer, Direction: uint8(k.Direction)}
@@ -122,7 +146,10 @@ func (k Key) entries(out []policyKey) []policyKey {
 		return append(out, base)
 	}
 	protos := []datapath.Protocol{k.Protocol}
-	if k.Protocol == AnyProtocol {
+	switch {
+	case k.Protocol == AnyProtocol && k.ProxyPort != 0:
+		protos = proxiedProtocols[:]
+	case k.Protocol == AnyProtocol:
 		protos = portedProtocols[:]
 	}
 	for _, p := range protos {
@@ -157,11 +184,54 @@ type mirror struct {
 	keys    map[Key]struct{}
 	refs    map[policyKey]int32
 	orphans map[policyKey]struct{}
+	// proxies counts, per entry, the keys with each proxy port that need
+	// it (keys without one are not counted).
+	proxies map[policyKey]map[uint16]int32
 }
 
 func newMirror() *mirror {
-	return &mirror{keys: map[Key]struct{}{}, refs: map[policyKey]int32{}, orphans: map[policyKey]struct{}{}}
+	return &mirror{keys: map[Key]struct{}{}, refs: map[policyKey]int32{}, orphans: map[policyKey]struct{}{},
+		proxies: map[policyKey]map[uint16]int32{}}
 }
+
+// addProxy counts d more keys with proxy port port for entry e.
+func addProxy(m map[policyKey]map[uint16]int32, e policyKey, port uint16, d int32) {
+	if port == 0 {
+		return
+	}
+	ports := m[e]
+	if ports == nil {
+		ports = map[uint16]int32{}
+		m[e] = ports
+	}
+	if ports[port] += d; ports[port] <= 0 {
+		delete(ports, port)
+	}
+	if len(ports) == 0 {
+		delete(m, e)
+	}
+}
+
+// valueWith is entry e's value with the lowest proxy port of ports that
+// has keys (after adding delta, which may be nil).
+func valueWith(e policyKey, ports, delta map[uint16]int32) policyValue {
+	v := e.value()
+	consider := func(port uint16) {
+		if ports[port]+delta[port] > 0 && (v.ProxyPort == 0 || port < v.ProxyPort) {
+			v.ProxyPort = port
+		}
+	}
+	for port := range ports {
+		consider(port)
+	}
+	for port := range delta {
+		consider(port)
+	}
+	return v
+}
+
+// valueOf is what entry e holds, as far as the keys say.
+func (pm *mirror) valueOf(e policyKey) policyValue { return valueWith(e, pm.proxies[e], nil) }
 
 func (pm *mirror) inKernel(e policyKey) bool {
 	if pm.refs[e] > 0 {
@@ -206,6 +276,7 @@ func (p *Programs) ApplyPolicy(changes []Change) error {
 	// The batch's net effect, without touching the mirror yet.
 	keyNow := map[Key]bool{}
 	refDelta := map[policyKey]int32{}
+	proxyDelta := map[policyKey]map[uint16]int32{}
 	var buf []policyKey
 	for _, c := range norm {
 		present, seen := keyNow[c.Key]
@@ -223,23 +294,33 @@ func (p *Programs) ApplyPolicy(changes []Change) error {
 		buf = c.Key.entries(buf[:0])
 		for _, e := range buf {
 			refDelta[e] += d
+			if c.Key.ProxyPort != 0 {
+				if proxyDelta[e] == nil {
+					proxyDelta[e] = map[uint16]int32{}
+				}
+				proxyDelta[e][c.Key.ProxyPort] += d
+			}
 		}
 	}
 	var writes, deletes []policyKey
+	var vals []policyValue
+	var rewrite []bool
+	changed := false // an entry kept in the kernel changes its proxy port
 	for e, d := range refDelta {
-		if d == 0 {
-			continue
-		}
 		had, want := pm.inKernel(e), pm.refs[e]+d > 0
+		newVal := valueWith(e, pm.proxies[e], proxyDelta[e])
 		switch {
-		case want && !had:
-			writes = append(writes, e)
+		case want && (!had || (pm.refs[e] == 0 && newVal != e.value())):
+			writes, vals, rewrite = append(writes, e), append(vals, newVal), append(rewrite, had)
+		case want && pm.refs[e] > 0 && newVal != pm.valueOf(e):
+			writes, vals, rewrite = append(writes, e), append(vals, newVal), append(rewrite, true)
+			changed = true
 		case !want && had:
 			deletes = append(deletes, e)
 		}
 	}
 
-	if n, err := p.writeEntries(writes); err != nil {
+	if n, err := p.writeEntries(writes, vals, rewrite); err != nil {
 		for _, e := range writes[:n] {
 			pm.orphans[e] = struct{}{}
 		}
@@ -262,15 +343,19 @@ func (p *Programs) ApplyPolicy(changes []Change) error {
 		} else {
 			delete(pm.refs, e)
 		}
+		for port, pd := range proxyDelta[e] {
+			addProxy(pm.proxies, e, port, pd)
+		}
 	}
-	return p.finishDeletes(deletes)
+	return p.finishDeletes(deletes, changed)
 }
 
 // finishDeletes deletes entries, then makes the verdicts cached in
-// conntrack stale (a removed entry may have allowed them) and clears
+// conntrack stale (a removed entry may have allowed them, a changed one
+// may have sent them to another proxy or none) and clears
 // CFG_HAS_ANY_PEER when the last entry for peer 0 went.
-func (p *Programs) finishDeletes(deletes []policyKey) error {
-	if len(deletes) == 0 {
+func (p *Programs) finishDeletes(deletes []policyKey, changed bool) error {
+	if len(deletes) == 0 && !changed {
 		return nil
 	}
 	err := p.deleteEntries(deletes)
@@ -306,6 +391,7 @@ func (p *Programs) SyncPolicyKeeping(keys []Key, keepPeer func(peer uint32) bool
 		buf = k.entries(buf[:0])
 		for _, e := range buf {
 			want.refs[e]++
+			addProxy(want.proxies, e, k.ProxyPort, 1)
 		}
 	}
 	for _, k := range keys {
@@ -333,9 +419,14 @@ func (p *Programs) SyncPolicyKeeping(keys []Key, keepPeer func(peer uint32) bool
 		return fmt.Errorf("datapath: sync policy: dump %s: %w", PolicyMapName, err)
 	}
 	var writes, deletes []policyKey
+	var vals []policyValue
+	var rewrite []bool
+	changed := false
 	for e := range want.refs {
-		if v, ok := kernel[e]; !ok || v != e.value() {
-			writes = append(writes, e)
+		wv := want.valueOf(e)
+		if v, ok := kernel[e]; !ok || v != wv {
+			writes, vals, rewrite = append(writes, e), append(vals, wv), append(rewrite, ok)
+			changed = changed || (ok && v.ProxyPort != wv.ProxyPort)
 		}
 	}
 	for e := range kernel {
@@ -347,7 +438,7 @@ func (p *Programs) SyncPolicyKeeping(keys []Key, keepPeer func(peer uint32) bool
 			deletes = append(deletes, e)
 		}
 	}
-	if n, err := p.writeEntries(writes); err != nil {
+	if n, err := p.writeEntries(writes, vals, rewrite); err != nil {
 		for _, e := range writes[:n] {
 			if p.mirror.refs[e] == 0 {
 				p.mirror.orphans[e] = struct{}{}
@@ -359,7 +450,7 @@ func (p *Programs) SyncPolicyKeeping(keys []Key, keepPeer func(peer uint32) bool
 		return fmt.Errorf("datapath: sync policy: %w", err)
 	}
 	p.mirror = want
-	return p.finishDeletes(deletes)
+	return p.finishDeletes(deletes, changed)
 }
 
 // Policies lists the keys written through these Programs (since Open),
@@ -385,20 +476,18 @@ func sortKeys(ks []Key) {
 	})
 }
 
-// writeEntries writes es into cm_policy in one batch (single updates on a
-// kernel without batches) and returns how many were written.
-func (p *Programs) writeEntries(es []policyKey) (int, error) {
+// writeEntries writes es with their values vals into cm_policy in one
+// batch (single updates on a kernel without batches) and returns how many
+// were written. rewrite[i] says es[i] is in the kernel already (a new
+// value).
+func (p *Programs) writeEntries(es []policyKey, vals []policyValue, rewrite []bool) (int, error) {
 	if len(es) == 0 {
 		return 0, nil
 	}
-	vals := make([]policyValue, len(es))
-	for i, e := range es {
-		vals[i] = e.value()
-	}
 	n := 0
 	defer func() {
-		for _, e := range es[:n] {
-			if e.Peer == AnyPeer {
+		for i, e := range es[:n] {
+			if e.Peer == AnyPeer && !rewrite[i] {
 				p.anyPeers++
 			}
 		}

@@ -116,14 +116,14 @@ func Open(mesh *datapath.Maps, cfg Config) (*Programs, error) {
 	}
 	p.policy, p.endpoints, p.config, p.ct, p.metrics, p.flows = opened[0], opened[1], opened[2], opened[3], opened[4], opened[5]
 	// Entries a previous run left: enforced until SyncPolicy replaces them.
-	var stale []policyKey
+	stale := map[policyKey]uint16{}
 	err = bpfmap.Dump(p.policy, func(k *policyKey, v *policyValue) {
 		p.mirror.orphans[*k] = struct{}{}
 		if k.Peer == AnyPeer {
 			p.anyPeers++
 		}
-		if *v != k.value() {
-			stale = append(stale, *k)
+		if want := k.value(); v.MatchType != want.MatchType || v.Pad != want.Pad {
+			stale[*k] = v.ProxyPort
 		}
 	})
 	if err == nil {
@@ -141,11 +141,13 @@ func Open(mesh *datapath.Maps, cfg Config) (*Programs, error) {
 }
 
 // rewriteValues writes the value of entries an older version wrote
-// without their match type (each update replaces a value in place).
-func (p *Programs) rewriteValues(stale []policyKey) error {
-	for i := range stale {
-		v := stale[i].value()
-		if err := p.policy.Update(&stale[i], &v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+// without their match type, keeping their proxy port (each update replaces
+// a value in place).
+func (p *Programs) rewriteValues(stale map[policyKey]uint16) error {
+	for k, proxy := range stale {
+		v := k.value()
+		v.ProxyPort = proxy
+		if err := p.policy.Update(&k, &v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return err
 		}
 	}

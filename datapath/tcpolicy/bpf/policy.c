@@ -51,6 +51,31 @@
  * Allowed packets return TC_ACT_UNSPEC (TCX_NEXT): the next program or the
  * default action decides; dropped ones TC_ACT_SHOT.
  *
+ * L7 redirect (docs/l7-redirect.md). An entry whose value has a proxy port
+ * sends its flows to the agent's transparent listener on that port in the
+ * node's network namespace (package l7proxy), cached in the flow's
+ * conntrack entry like the verdict:
+ *   - the endpoint's EGRESS (cm_policy_from_ep, tc ingress): the packet is
+ *     assigned (bpf_sk_assign) to the proxy's socket: the connection's own
+ *     accepted socket (looked up by the packet's tuple) once there is one,
+ *     else the listener on the proxy port, and marked MARK_TO_PROXY, which
+ *     the agent's policy routing delivers locally instead of forwarding;
+ *   - the endpoint's INGRESS (cm_policy_to_ep, tc egress, where sk_assign is
+ *     refused): the packet is sent back into the same veth's ingress
+ *     (bpf_redirect with BPF_F_INGRESS, its destination MAC made the
+ *     veth's own) marked MARK_HAIRPIN with the proxy port, and
+ *     cm_policy_from_ep assigns it as above without any other check.
+ *   A proxy port with no listener drops the packet (REASON_PROXY,
+ *   CNT_DROPPED_PROXY_*): never past the proxy. The proxy's upstream
+ *   connections leave the node's namespace with the client's own address
+ *   (IP_TRANSPARENT) and a mark (MARK_FROM_*_PROXY): to_ep checks them as
+ *   any packet (the source's identity is the ipcache's), but never sends
+ *   what comes from an ingress proxy back to a proxy. Their replies reach
+ *   the endpoint the upstream pretends to be: to_ep, finding no conntrack
+ *   entry, looks the packet's tuple up among the node's sockets and, when
+ *   a connected one owns it, hairpins it (MARK_HAIRPIN, port 0) to be
+ *   assigned to it.
+ *
  * Layouts: datapath/layout.go (cm_ipcache), datapath/tcpolicy/layout.go
  * (the policy maps) and datapath/flows/layout.go (the events, the counters).
  * The Go loader replaces every map below with the live pinned one
@@ -101,12 +126,25 @@
 #define REASON_NONE 0
 #define REASON_POLICY 1
 #define REASON_INVALID 2
+#define REASON_PROXY 3 /* the entry's proxy is not listening */
+#define VERDICT_REDIRECTED 5 /* Hubble's REDIRECTED: sent to the L7 proxy */
+
+/* skb->mark between the programs, the agent's proxy and its policy
+ * routing (l7proxy: the rule fwmark MARK_TO_PROXY/MARK_MAGIC_MASK to a
+ * table whose one route is local). Packets from a pod carry none: a veth
+ * between namespaces clears the mark. */
+#define MARK_MAGIC_MASK 0x0F00
+#define MARK_TO_PROXY 0x0200           /* assigned to a proxy socket: deliver locally */
+#define MARK_HAIRPIN 0x0300            /* to_ep to from_ep; proxy port in bits 16-31 (0: a reply to an upstream) */
+#define MARK_FROM_INGRESS_PROXY 0x0A00 /* an ingress proxy's upstream connection */
+#define MARK_FROM_EGRESS_PROXY 0x0B00  /* an egress proxy's upstream connection */
 
 /* Flow event flags. */
 #define FLOW_REPLY 1    /* a reply of a tracked flow */
 #define FLOW_NEW 2      /* created the flow's conntrack entry */
 #define FLOW_SAMPLED 4  /* a forwarded packet reported by sampling */
 #define FLOW_FRAGMENT 8 /* a non-first fragment: no ports */
+#define FLOW_PROXY 16   /* sent to the L7 proxy (proxy_port) */
 
 /* Counters (cm_policy_metrics, per CPU). */
 #define CNT_FORWARDED_INGRESS 0
@@ -120,6 +158,10 @@
 #define CNT_CT_CREATED 8
 #define CNT_AUDITED_INGRESS 9 /* lookups that denied, passed by audit mode */
 #define CNT_AUDITED_EGRESS 10
+#define CNT_DROPPED_PROXY_INGRESS 11 /* proxy port without a listener */
+#define CNT_DROPPED_PROXY_EGRESS 12
+#define CNT_REDIRECTED_INGRESS 13 /* packets sent to the L7 proxy */
+#define CNT_REDIRECTED_EGRESS 14
 #define CNT_SAMPLE_TICK 15 /* the sampler's per-CPU position */
 #define CNT_MAX 16
 
@@ -136,6 +178,7 @@
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
 
 struct cm_ipcache_key {
 	__u32 prefixlen;
@@ -180,7 +223,8 @@ struct cm_policy_key {
 
 struct cm_policy_value {
 	__u8 match_type; /* POLICY_MATCH_* */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 proxy_port; /* the L7 proxy's listener (host order); 0: none */
 };
 
 struct cm_policy_endpoint {
@@ -216,7 +260,8 @@ struct cm_ct_value {
 	__u16 peer_cluster;
 	__u8 origin;          /* direction of the flow's first packet */
 	__u8 flags;           /* CT_F_* */
-	__u32 pad;
+	__u16 proxy_port;     /* of the cached verdict's entry: the flow goes to the L7 proxy */
+	__u16 pad;
 };
 
 struct cm_flow_event {
@@ -242,7 +287,7 @@ struct cm_flow_event {
 	__u8 tcp_flags;   /* of a TCP packet */
 	__u8 match_type;  /* POLICY_MATCH_* of a policy-verdict event */
 	__u8 pad;         /* the socket load balancer's xlate point */
-	__u16 pad2;
+	__u16 proxy_port; /* FLOW_PROXY: the L7 proxy's port */
 };
 
 /* The Go decoder (decode in datapath/flows/layout.go) reads these
@@ -269,6 +314,7 @@ CHECK_OFF(flags, 73);
 CHECK_OFF(kind, 74);
 CHECK_OFF(tcp_flags, 75);
 CHECK_OFF(match_type, 76);
+CHECK_OFF(proxy_port, 78);
 _Static_assert(sizeof(struct cm_flow_event) == 80, "cm_flow_event size");
 
 struct {
@@ -663,6 +709,7 @@ struct verdict {
 	__u8 reason;     /* REASON_* */
 	__u8 match_type; /* POLICY_MATCH_* */
 	__u8 flags;      /* FLOW_* */
+	__u16 proxy_port; /* FLOW_PROXY */
 };
 
 static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 dir,
@@ -705,7 +752,7 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u
 	e->tcp_flags = p->proto == IPPROTO_TCP ? p->tcp_flags : 0;
 	e->match_type = v.match_type;
 	e->pad = 0;
-	e->pad2 = 0;
+	e->proxy_port = v.proxy_port;
 	bpf_ringbuf_submit(e, wakeup(&cm_policy_flows));
 	count(CNT_EVENTS, 1);
 }
@@ -716,6 +763,8 @@ static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, __u8
 {
 	if (reason == REASON_POLICY)
 		count(dir == DIR_EGRESS ? CNT_DROPPED_POLICY_EGRESS : CNT_DROPPED_POLICY_INGRESS, 1);
+	else if (reason == REASON_PROXY)
+		count(dir == DIR_EGRESS ? CNT_DROPPED_PROXY_EGRESS : CNT_DROPPED_PROXY_INGRESS, 1);
 	else
 		count(dir == DIR_EGRESS ? CNT_DROPPED_INVALID_EGRESS : CNT_DROPPED_INVALID_INGRESS, 1);
 	if (reason == REASON_POLICY && cfg && (cfg->flags & CFG_POLICY_VERDICTS))
@@ -761,6 +810,222 @@ static __always_inline int parse_any(struct __sk_buff *skb, struct pkt *p)
 	return parse(skb, p);
 }
 
+/* L7 redirect (see the top of the file). */
+
+/* sock_tuple fills t from the packet, with destination port dport; returns
+ * its length. */
+static __always_inline __u32 sock_tuple(struct bpf_sock_tuple *t, const struct pkt *p, __be16 dport)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	if (p->family == FAMILY4) {
+		t->ipv4.saddr = p->saddr[0];
+		t->ipv4.daddr = p->daddr[0];
+		t->ipv4.sport = p->sport;
+		t->ipv4.dport = dport;
+		return sizeof(t->ipv4);
+	}
+	__builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
+	__builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
+	t->ipv6.sport = p->sport;
+	t->ipv6.dport = dport;
+	return sizeof(t->ipv6);
+}
+
+/* tcp_syn: the first packet of a connection. */
+static __always_inline int tcp_syn(const struct pkt *p)
+{
+	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* The socket the packet would be delivered to in the node's namespace:
+ * by its own tuple (established: a connection's socket, never a listener or
+ * a TIME_WAIT one), or the listener on proxy_port (network order). */
+#define SK_ESTABLISHED 0
+#define SK_PROXY_PORT 1
+
+/* assign_tcp assigns the packet to a TCP socket; 0 on success. */
+static __always_inline int assign_tcp(struct __sk_buff *skb, const struct pkt *p, __be16 port, int how)
+{
+	struct bpf_sock_tuple t;
+	__u32 len = sock_tuple(&t, p, how == SK_ESTABLISHED ? p->dport : port);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	long err;
+
+	if (!sk)
+		return -1;
+	if (how == SK_ESTABLISHED && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+		bpf_sk_release(sk);
+		return -1;
+	}
+	if (how == SK_PROXY_PORT && sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return -1;
+	}
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? -1 : 0;
+}
+
+/* assign_udp assigns the packet to a UDP socket; 0 on success. Established:
+ * a connected socket of exactly this tuple (a proxy's upstream). */
+static __always_inline int assign_udp(struct __sk_buff *skb, const struct pkt *p, __be16 port, int how)
+{
+	struct bpf_sock_tuple t;
+	__u32 len = sock_tuple(&t, p, how == SK_ESTABLISHED ? p->dport : port);
+	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	long err;
+
+	if (!sk)
+		return -1;
+	if (how == SK_ESTABLISHED && (sk->state != BPF_TCP_ESTABLISHED || sk->dst_port != p->sport)) {
+		bpf_sk_release(sk);
+		return -1;
+	}
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? -1 : 0;
+}
+
+/* proxy_assign gives a packet of a redirected flow to the proxy listening
+ * on proxy_port (host order): a TCP packet after the first to the
+ * connection's own socket when there is one; marks it for local delivery.
+ * 0 on success. */
+static __always_inline int proxy_assign(struct __sk_buff *skb, const struct pkt *p, __u16 proxy_port)
+{
+	__be16 port = bpf_htons(proxy_port);
+	int r = -1;
+
+	if (p->proto == IPPROTO_TCP) {
+		if (!tcp_syn(p))
+			r = assign_tcp(skb, p, port, SK_ESTABLISHED);
+		if (r)
+			r = assign_tcp(skb, p, port, SK_PROXY_PORT);
+	} else if (p->proto == IPPROTO_UDP) {
+		r = assign_udp(skb, p, port, SK_PROXY_PORT);
+	}
+	if (r == 0)
+		skb->mark = MARK_TO_PROXY;
+	return r;
+}
+
+/* proxy_listening reports whether a proxy listens on proxy_port for the
+ * packet's protocol (to_ep, which cannot assign). */
+static __always_inline int proxy_listening(struct __sk_buff *skb, const struct pkt *p, __u16 proxy_port)
+{
+	struct bpf_sock_tuple t;
+	__u32 len = sock_tuple(&t, p, bpf_htons(proxy_port));
+	struct bpf_sock *sk;
+	int ok;
+
+	if (p->proto == IPPROTO_TCP) {
+		sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return 0;
+		ok = sk->state == BPF_TCP_LISTEN;
+		bpf_sk_release(sk);
+		return ok;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return 0;
+		bpf_sk_release(sk);
+		return 1;
+	}
+	return 0;
+}
+
+/* upstream_socket reports whether a connected socket of the node's
+ * namespace owns the packet's tuple: a reply to a proxy's upstream
+ * connection (bound to the client's address). Only packets that cannot
+ * start a connection are looked up. */
+static __always_inline int upstream_socket(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_sock_tuple t;
+	__u32 len;
+	struct bpf_sock *sk;
+	int ok;
+
+	if (p->fragment)
+		return 0;
+	len = sock_tuple(&t, p, p->dport);
+	if (p->proto == IPPROTO_TCP) {
+		if (tcp_syn(p))
+			return 0;
+		sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return 0;
+		ok = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT;
+		bpf_sk_release(sk);
+		return ok;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return 0;
+		ok = sk->state == BPF_TCP_ESTABLISHED && sk->dst_port == p->sport;
+		bpf_sk_release(sk);
+		return ok;
+	}
+	return 0;
+}
+
+/* hairpin sends a packet leaving the host side of a veth back into its
+ * ingress, for cm_policy_from_ep to assign it to a proxy socket: the
+ * destination MAC becomes the veth's own (the source of the packet) so that
+ * the stack takes it as addressed to the host. */
+static __always_inline int hairpin(struct __sk_buff *skb, __u16 proxy_port)
+{
+	__u8 mac[ETH_ALEN];
+
+	if (bpf_skb_load_bytes(skb, ETH_ALEN, mac, ETH_ALEN) ||
+	    bpf_skb_store_bytes(skb, 0, mac, ETH_ALEN, 0))
+		return TC_ACT_SHOT;
+	skb->mark = MARK_HAIRPIN | ((__u32)proxy_port << 16);
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+/* from_hairpin: cm_policy_from_ep's part of hairpin, a packet whose checks
+ * were done by cm_policy_to_ep. */
+static __always_inline int from_hairpin(struct __sk_buff *skb)
+{
+	__u16 proxy_port = skb->mark >> 16;
+	struct pkt p = {};
+	int r = parse_any(skb, &p);
+
+	skb->mark = 0;
+	if (r != PARSE_OK)
+		return TC_ACT_SHOT;
+	if (proxy_port) {
+		r = proxy_assign(skb, &p, proxy_port);
+	} else {
+		if (p.proto == IPPROTO_TCP)
+			r = assign_tcp(skb, &p, 0, SK_ESTABLISHED);
+		else
+			r = assign_udp(skb, &p, 0, SK_ESTABLISHED);
+		if (r == 0)
+			skb->mark = MARK_TO_PROXY;
+	}
+	if (r) {
+		if (proxy_port)
+			count(CNT_DROPPED_PROXY_INGRESS, 1);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}
+
+/* done is the action for a packet the policy let through: to the proxy
+ * (assigned already on the endpoint's egress, hairpinned on its ingress),
+ * or on its way. */
+static __always_inline int done(struct __sk_buff *skb, __u8 dir, __u16 proxy_port)
+{
+	if (!proxy_port)
+		return TC_ACT_UNSPEC;
+	if (dir == DIR_EGRESS)
+		return TC_ACT_OK;
+	return hairpin(skb, proxy_port);
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 ifindex = skb->ifindex, zero = 0;
@@ -772,10 +1037,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 peer_id = 0, rev = 0;
 	__u16 peer_cluster = 0;
 	__u8 flags = 0, enforced, cfg_flags = 0, have_peer = 0, audited = 0, match = POLICY_MATCH_NONE;
+	__u16 proxy_port = 0;
+	__u32 magic = skb->mark & MARK_MAGIC_MASK;
 	const __u32 *peer_addr;
 	__u64 now;
 	int r;
 
+	if (dir == DIR_EGRESS && magic == MARK_HAIRPIN)
+		return from_hairpin(skb);
 	ep = bpf_map_lookup_elem(&cm_policy_endpoints, &ifindex);
 	if (!ep)
 		return TC_ACT_UNSPEC;
@@ -817,6 +1086,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ct = bpf_map_lookup_elem(&cm_policy_ct, &ctk);
 	if (ct && now - ct->last_seen > ct_lifetime(ct, p.proto))
 		ct = NULL; /* expired: as if absent (the update below replaces it) */
+	/* A reply to a proxy's upstream connection, bound to this endpoint's
+	 * address in the node's namespace: to the proxy's socket. */
+	if (!ct && dir == DIR_INGRESS && upstream_socket(skb, &p))
+		return hairpin(skb, 0);
 
 	if (ct) {
 		peer_id = ct->peer_identity;
@@ -835,6 +1108,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			pv = policy_lookup(ep->identity, peer_id, dir, &p, cfg);
 			if (pv) {
 				match = pv->match_type;
+				proxy_port = pv->proxy_port;
 			} else if (ep->flags & EP_AUDIT) {
 				audited = 1;
 				count(dir == DIR_EGRESS ? CNT_AUDITED_EGRESS : CNT_AUDITED_INGRESS, 1);
@@ -844,12 +1118,26 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			if (ct) {
 				ct->peer_identity = peer_id;
 				ct->peer_cluster = peer_cluster;
+				if (magic != MARK_FROM_INGRESS_PROXY)
+					ct->proxy_port = proxy_port;
 				ct->rev = rev;
 				ct->flags = (ct->flags & ~CT_F_AUDIT) | CT_F_VERDICT | (audited ? CT_F_AUDIT : 0);
 			}
-		} else if (ct->flags & CT_F_AUDIT) {
-			audited = 1;
+		} else {
+			proxy_port = ct->proxy_port;
+			if (ct->flags & CT_F_AUDIT)
+				audited = 1;
 		}
+	}
+	/* An ingress proxy's own upstream connection is never sent back to a
+	 * proxy; the others go to theirs, or nowhere. */
+	if (magic == MARK_FROM_INGRESS_PROXY && dir == DIR_INGRESS)
+		proxy_port = 0;
+	if (proxy_port) {
+		if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+			proxy_port = 0;
+		else if (dir == DIR_EGRESS ? proxy_assign(skb, &p, proxy_port) : !proxy_listening(skb, &p, proxy_port))
+			return drop(skb, &p, dir, ep, cfg, peer_id, peer_cluster, REASON_PROXY);
 	}
 
 	if (ct) {
@@ -878,6 +1166,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		if (enforced) {
 			v.flags |= CT_F_VERDICT | (audited ? CT_F_AUDIT : 0);
 			v.rev = rev;
+			v.proxy_port = proxy_port;
 		}
 		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
 			v.flags |= CT_F_CLOSING;
@@ -886,22 +1175,29 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		flags |= FLOW_NEW;
 	}
 
-	count(dir == DIR_EGRESS ? CNT_FORWARDED_EGRESS : CNT_FORWARDED_INGRESS, 1);
+	if (proxy_port) {
+		flags |= FLOW_PROXY;
+		count(dir == DIR_EGRESS ? CNT_REDIRECTED_EGRESS : CNT_REDIRECTED_INGRESS, 1);
+	} else {
+		count(dir == DIR_EGRESS ? CNT_FORWARDED_EGRESS : CNT_FORWARDED_INGRESS, 1);
+	}
 	/* The policy decision that let the flow in: in an enforced direction,
 	 * a new conntrack entry follows a lookup. */
 	if ((flags & FLOW_NEW) && enforced && (cfg_flags & CFG_POLICY_VERDICTS))
 		emit(skb, &p, dir, ep, cfg, peer_id, peer_cluster,
 		     (struct verdict){.kind = KIND_POLICY_VERDICT, .verdict = audited ? VERDICT_AUDIT : VERDICT_FORWARDED,
-				      .match_type = match, .flags = flags});
+				      .match_type = match, .flags = flags, .proxy_port = proxy_port});
 	if (sampled(cfg))
 		flags |= FLOW_SAMPLED;
 	else if (!((flags & FLOW_NEW) && (cfg_flags & CFG_TRACE_NEW)))
-		return TC_ACT_UNSPEC;
+		return done(skb, dir, proxy_port);
 	if (!have_peer)
 		lookup_peer(&p, peer_addr, &peer_id, &peer_cluster);
 	emit(skb, &p, dir, ep, cfg, peer_id, peer_cluster,
-	     (struct verdict){.kind = KIND_TRACE, .verdict = audited ? VERDICT_AUDIT : VERDICT_FORWARDED, .flags = flags});
-	return TC_ACT_UNSPEC;
+	     (struct verdict){.kind = KIND_TRACE,
+			      .verdict = audited ? VERDICT_AUDIT : proxy_port ? VERDICT_REDIRECTED : VERDICT_FORWARDED,
+			      .flags = flags, .proxy_port = proxy_port});
+	return done(skb, dir, proxy_port);
 }
 
 SEC("tc")
