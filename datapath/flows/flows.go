@@ -47,6 +47,9 @@ const (
 	// VerdictAudit: the policy denied the packet, and it passed because
 	// its endpoint is in audit mode.
 	VerdictAudit Verdict = 4
+	// VerdictRedirected: the packet was sent to the agent's L7 proxy
+	// (Flow.ProxyPort).
+	VerdictRedirected Verdict = 5
 	// VerdictTranslated: the socket load balancer sent a socket to a
 	// backend of the service it asked for.
 	VerdictTranslated Verdict = 7
@@ -60,6 +63,8 @@ func (v Verdict) String() string {
 		return "DROPPED"
 	case VerdictAudit:
 		return "AUDIT"
+	case VerdictRedirected:
+		return "REDIRECTED"
 	case VerdictTranslated:
 		return "TRANSLATED"
 	}
@@ -79,6 +84,10 @@ const (
 	// DropInvalidPacket: a truncated or malformed IPv4 / IPv6 / L4 header
 	// in an enforced direction.
 	DropInvalidPacket DropReason = 2
+	// DropProxyUnavailable: the policy entry sends the flow to an L7
+	// proxy port nothing listens on (fail closed; Hubble's
+	// SOCKET_LOOKUP_FAILED).
+	DropProxyUnavailable DropReason = 3
 )
 
 func (r DropReason) String() string {
@@ -89,6 +98,8 @@ func (r DropReason) String() string {
 		return "policy-denied"
 	case DropInvalidPacket:
 		return "invalid-packet"
+	case DropProxyUnavailable:
+		return "proxy-unavailable"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }
@@ -127,6 +138,9 @@ type Flow struct {
 	// MatchType of a policy-verdict event that allowed its packet: which
 	// kind of policy entry did (MatchNone when denied or audited).
 	MatchType MatchType
+	// ProxyPort: the packet was sent to the L7 proxy listening on this
+	// port (trace events say VerdictRedirected; 0: not redirected).
+	ProxyPort uint16
 
 	// A socket translation (KindSockTranslate): Dst is the backend the
 	// socket was sent to (DstCluster its cluster), Service the frontend
@@ -177,11 +191,17 @@ type Counters struct {
 	// Audited: policy decisions that denied a packet of an endpoint in
 	// audit mode, which let it pass.
 	Audited [2]uint64
+	// DroppedProxy: packets of a flow sent to an L7 proxy port nothing
+	// listened on; Redirected: packets sent to an L7 proxy (not counted in
+	// Forwarded).
+	DroppedProxy [2]uint64
+	Redirected   [2]uint64
 }
 
 // Dropped is every drop, both directions and reasons.
 func (c Counters) Dropped() uint64 {
-	return c.DroppedPolicy[0] + c.DroppedPolicy[1] + c.DroppedInvalid[0] + c.DroppedInvalid[1]
+	return c.DroppedPolicy[0] + c.DroppedPolicy[1] + c.DroppedInvalid[0] + c.DroppedInvalid[1] +
+		c.DroppedProxy[0] + c.DroppedProxy[1]
 }
 
 // ReadCounters reads the counters from the programs' per-CPU counter array
@@ -214,6 +234,10 @@ func ReadCounters(metrics *ebpf.Map) (Counters, error) {
 		{counterCTCreated, &c.FlowsCreated},
 		{counterAuditedIngress, &c.Audited[datapath.Ingress]},
 		{counterAuditedEgress, &c.Audited[datapath.Egress]},
+		{counterDroppedProxyIngress, &c.DroppedProxy[datapath.Ingress]},
+		{counterDroppedProxyEgress, &c.DroppedProxy[datapath.Egress]},
+		{counterRedirectedIngress, &c.Redirected[datapath.Ingress]},
+		{counterRedirectedEgress, &c.Redirected[datapath.Egress]},
 	} {
 		v, err := sum(f.idx)
 		if err != nil {

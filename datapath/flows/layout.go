@@ -25,7 +25,7 @@ package flows
 //		__u8  tcp_flags;             /* TCPFlags */
 //		__u8  match_type;            /* MatchType (policy verdicts) */
 //		__u8  xlate_point;           /* XlatePoint (socket translations) */
-//		__u16 pad;
+//		__u16 proxy_port;            /* the L7 proxy's (flag 16), host order */
 //	};
 //	struct cm_sock_event {           /* 128 bytes, kind 7 */
 //		struct cm_flow_event flow;   /* src: the bound source (or zero),
@@ -67,6 +67,10 @@ const (
 	counterCTCreated
 	counterAuditedIngress
 	counterAuditedEgress
+	counterDroppedProxyIngress
+	counterDroppedProxyEgress
+	counterRedirectedIngress
+	counterRedirectedEgress
 )
 
 // eventSize is the size of struct cm_flow_event, sockEventSize of struct
@@ -82,6 +86,7 @@ const (
 	flowNew      = 2
 	flowSampled  = 4
 	flowFragment = 8
+	flowProxy    = 16
 )
 
 // decode decodes a struct cm_flow_event or cm_sock_event; ok is false
@@ -116,6 +121,9 @@ func decode(b []byte, monoToWall func(uint64) time.Time) (f Flow, ok bool) {
 	f.New = flags&flowNew != 0
 	f.Sampled = flags&flowSampled != 0
 	f.Fragment = flags&flowFragment != 0
+	if flags&flowProxy != 0 {
+		f.ProxyPort = ne.Uint16(b[78:80])
+	}
 	f.Kind, f.TCPFlags, f.MatchType, f.XlatePoint = Kind(b[74]), TCPFlags(b[75]), MatchType(b[76]), XlatePoint(b[77])
 	switch {
 	case f.Kind == 0 && f.Verdict == VerdictDropped:
