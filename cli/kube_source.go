@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"k8s.io/client-go/kubernetes"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/clustermesh/clustermesh/k8ssource"
 	"github.com/clustermesh/clustermesh/kubemesh"
@@ -26,8 +27,22 @@ func newKubeClient(kubeconfig, context string) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building the Kubernetes client: %w", err)
 	}
-	return cs, nil
+	mcs, err := mcsclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("building the MCS API client: %w", err)
+	}
+	return &kubeClient{Clientset: cs, mcs: mcs}, nil
 }
+
+// kubeClient is a Kubernetes client that also reaches the MCS API
+// (k8ssource.MCSClientProvider: the state source reads ServiceExports).
+type kubeClient struct {
+	*kubernetes.Clientset
+	mcs mcsclient.Interface
+}
+
+// MCS returns the MCS API client.
+func (c *kubeClient) MCS() mcsclient.Interface { return c.mcs }
 
 // newKubeStateSource returns the Kubernetes state source (k8ssource) of
 // 'clustermesh apiserver --state-source=kubernetes' (and of an agent's local

@@ -27,6 +27,7 @@ type listers struct {
 	pods      coreinformers.PodInformer
 	ns        coreinformers.NamespaceInformer
 	nodes     coreinformers.NodeInformer
+	exports   *exportInformer // nil: ServiceExports not read
 	log       *slog.Logger
 	coalesced time.Duration
 
@@ -100,11 +101,16 @@ func (l *listers) build() *statesource.State {
 			slicesOf[s.Namespace+"/"+svc] = append(slicesOf[s.Namespace+"/"+svc], s)
 		}
 	}
+	exports := l.exports.exports()
 	for _, s := range svcs {
 		if s.Spec.Type == corev1.ServiceTypeExternalName {
 			continue
 		}
-		st.Services = append(st.Services, l.service(s, slicesOf[s.Namespace+"/"+s.Name]))
+		svc := l.service(s, slicesOf[s.Namespace+"/"+s.Name])
+		if e := exports[s.Namespace+"/"+s.Name]; e != nil {
+			svc.Export = serviceExport(s, e)
+		}
+		st.Services = append(st.Services, svc)
 	}
 	for k := range l.warnings { // forget objects that are fine again (or gone)
 		if !l.seen[k] {

@@ -1,7 +1,8 @@
 // Package k8ssource is the Kubernetes state source: it delivers a cluster's
 // statesource.State from the Kubernetes API, as Cilium's agent and
 // clustermesh-apiserver read it, with client-go informers on Services,
-// EndpointSlices, Pods, Namespaces and Nodes.
+// EndpointSlices, Pods, Namespaces and Nodes, and on the MCS API's
+// ServiceExports where the cluster serves them.
 //
 // The first State is delivered only once every informer has synced (so the
 // mesh apiserver never publishes a partial cluster, and writes its synced
@@ -26,7 +27,9 @@
 //   - Service: every Service but ExternalName ones: cluster IP (none for a
 //     headless service), ports (a named targetPort is resolved through the
 //     service's EndpointSlices), selector, labels and the annotations under
-//     service.cilium.io/ and clustermesh.io/.
+//     service.cilium.io/ and clustermesh.io/. A Service with a ServiceExport
+//     of its name is global (statesource.Service.Export: its creation time,
+//     exported labels and annotations, the Service's session affinity).
 //
 // Backends are selected by the services' selectors (statesource.State's
 // model), so EndpointSlices of a service without a selector add no backend.
@@ -44,6 +47,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/clustermesh/clustermesh/internal/coalesce"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -68,6 +72,10 @@ const DefaultCoalesce = 50 * time.Millisecond
 // Source is a statesource.Source reading the Kubernetes API.
 type Source struct {
 	Client kubernetes.Interface
+	// MCS reads the MCS API's ServiceExports: an exported Service is global
+	// and carries its export (statesource.Service.Export). Nil: Client's
+	// when it is an MCSClientProvider, else none are read.
+	MCS mcsclient.Interface
 	// Coalesce is the window that gathers a burst of changes into one State
 	// (DefaultCoalesce when zero).
 	Coalesce time.Duration
@@ -97,14 +105,24 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 
 	factory := informers.NewSharedInformerFactoryWithOptions(s.Client, 0, informers.WithTransform(dropManagedFields))
 	inf := newListers(factory, log, window)
+	exports, err := newExportInformer(ctx, s.mcsClient(), log)
+	if err != nil {
+		return err
+	}
+	inf.exports = exports
 	dirty := make(chan struct{}, 1)
 	if err := inf.watch(ctx, dirty); err != nil {
 		return err
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown() // after cancel: defers run in reverse
+	exports.start(ctx)
+	defer exports.shutdown()
 	defer cancel()
 
+	if err := exports.waitForSync(ctx); err != nil {
+		return err
+	}
 	if synced, err := waitForSync(ctx, factory, log); !synced {
 		return err
 	}
@@ -154,10 +172,14 @@ func (l *listers) watch(ctx context.Context, dirty chan<- struct{}) error {
 		UpdateFunc: func(_, obj any) { poke(obj) },
 		DeleteFunc: poke,
 	}
-	for name, i := range map[string]cache.SharedIndexInformer{
+	informers := map[string]cache.SharedIndexInformer{
 		"services": l.services.Informer(), "endpointslices": l.slices.Informer(),
 		"pods": l.pods.Informer(), "namespaces": l.ns.Informer(), "nodes": l.nodes.Informer(),
-	} {
+	}
+	if l.exports != nil {
+		informers["serviceexports"] = l.exports.informer
+	}
+	for name, i := range informers {
 		if _, err := i.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("starting the %s informer: %w", name, err)
 		}
