@@ -1,7 +1,10 @@
 // A throwaway tool module: it builds CoreDNS with the plugins the tests need
-// (bind, errors, log, kubernetes) for the tests of EndpointSlices of remote
-// backends resolved through the cluster DNS (tools/coredns/build.sh). It is
-// not part of the main module.
+// (bind, errors, log, kubernetes) for the tests of names resolved through the
+// cluster DNS (tools/coredns/build.sh, internal/corednstest): EndpointSlices
+// of remote backends under cluster.local, and the Multi-Cluster Services
+// names under clusterset.local, which the kubernetes plugin serves from
+// ServiceImports with its multicluster option (docs/dns.md). It is not part
+// of the main module.
 package main
 
 import (
