@@ -1,0 +1,25 @@
+package l7dns
+
+import (
+	"net/netip"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+)
+
+// Meta is what the transparent proxy knows of one query's connection.
+type Meta struct {
+	// Source is the client, Destination the DNS server it asked (the
+	// original destination, where allowed queries are forwarded).
+	Source, Destination netip.AddrPort
+	// SourceIdentity and DestinationIdentity are the security identities
+	// of the client and the server.
+	SourceIdentity, DestinationIdentity uint32
+	// EndpointID is the local endpoint whose policy redirected the query.
+	EndpointID uint16
+	// Direction is EGRESS when the local endpoint is the client, INGRESS
+	// when it is the server.
+	Direction flowpb.TrafficDirection
+	// Rules are the policy's DNS rules for (endpoint, port, direction);
+	// nil allows nothing.
+	Rules *Rules
+}
