@@ -25,6 +25,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/kvstoremesh"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -69,6 +70,12 @@ type Options struct {
 	// published on its state node (wire.AnnotationHubbleAddress) so that
 	// relays find it.
 	Hubble bool
+	// Cache runs a kvstoremesh cache per cluster (cache.go): each cluster's
+	// agents read every peer from their own cluster's apiserver, where the
+	// cache writes it. CacheConfig, when set, adjusts each cache's config
+	// (after Agent adjusted its reading side).
+	Cache       bool
+	CacheConfig func(*kvstoremesh.Config)
 }
 
 // Mesh is a running local mesh.
@@ -85,7 +92,9 @@ type Cluster struct {
 	Bundle    ca.Bundle
 	StateFile string
 	ConfigDir string // the agents' directory of remote configs
-	Agents    []*Agent
+	// CacheConfigDir is the cache's directory of remote configs (Options.Cache).
+	CacheConfigDir string
+	Agents         []*Agent
 
 	mesh    *Mesh
 	hubble  map[string]string // state node → its agent's Observer address (Options.Hubble)
@@ -95,6 +104,10 @@ type Cluster struct {
 	server  *meshapiserver.Server // guarded by mu
 	stopSrv context.CancelFunc    // guarded by mu
 	srvDone chan error            // guarded by mu
+
+	cache     *kvstoremesh.Cache // guarded by mu
+	stopCache context.CancelFunc // guarded by mu
+	cacheDone chan struct{}      // guarded by mu
 }
 
 // Agent is one node agent of a Cluster.
@@ -146,6 +159,12 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 			m.Close()
 			return nil, err
 		}
+		if opts.Cache {
+			if err := c.StartCache(ctx); err != nil {
+				m.Close()
+				return nil, err
+			}
+		}
 	}
 	for _, c := range m.Clusters {
 		for _, peer := range m.Clusters {
@@ -178,6 +197,12 @@ func (m *Mesh) newCluster(spec ClusterSpec) (*Cluster, error) {
 		StateFile: filepath.Join(dir, "state.yaml"), ConfigDir: filepath.Join(dir, "remotes")}
 	if err := os.MkdirAll(c.ConfigDir, 0o700); err != nil {
 		return nil, err
+	}
+	if m.opts.Cache {
+		c.CacheConfigDir = filepath.Join(dir, "cache-remotes")
+		if err := os.MkdirAll(c.CacheConfigDir, 0o700); err != nil {
+			return nil, err
+		}
 	}
 	if m.opts.Hubble {
 		if err := c.reserveHubble(); err != nil {
@@ -339,19 +364,20 @@ func (c *Cluster) Address() string {
 }
 
 // Connect lets cluster from's agents read cluster to: it writes the config
-// file for to into from's config directory.
+// file for to into from's config directory. With Options.Cache, from's
+// cache reads to, and the agents' config points at from's own apiserver.
 func (m *Mesh) Connect(from, to string) error {
 	f, t := m.Cluster(from), m.Cluster(to)
 	if f == nil || t == nil {
 		return fmt.Errorf("localmesh: unknown cluster %q or %q", from, to)
 	}
-	cfg := fmt.Sprintf("endpoints:\n- https://%s\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
-		t.Address(), f.Bundle.CAFile(), f.Bundle.RemoteCert(), f.Bundle.RemoteKey())
-	path := filepath.Join(f.ConfigDir, to)
-	if err := os.WriteFile(path+".tmp", []byte(cfg), 0o600); err != nil {
-		return err
+	if m.opts.Cache && f != t {
+		if err := f.writeRemoteConfig(f.CacheConfigDir, to, t.Address()); err != nil {
+			return err
+		}
+		return f.writeRemoteConfig(f.ConfigDir, to, f.Address())
 	}
-	return os.Rename(path+".tmp", path)
+	return f.writeRemoteConfig(f.ConfigDir, to, t.Address())
 }
 
 // Disconnect removes cluster to from cluster from's config directory: from's
@@ -360,6 +386,11 @@ func (m *Mesh) Disconnect(from, to string) error {
 	f := m.Cluster(from)
 	if f == nil {
 		return fmt.Errorf("localmesh: unknown cluster %q", from)
+	}
+	if m.opts.Cache && to != from {
+		if err := os.Remove(filepath.Join(f.CacheConfigDir, to)); err != nil {
+			return err
+		}
 	}
 	return os.Remove(filepath.Join(f.ConfigDir, to))
 }
@@ -462,6 +493,7 @@ func (m *Mesh) Close() error {
 			}
 		}
 		c.Agents = nil
+		c.StopCache()
 		errs = append(errs, c.StopAPIServer())
 	}
 	if m.opts.EBPF {

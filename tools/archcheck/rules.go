@@ -57,6 +57,10 @@ var rules = []Rule{
 		Why:   "agentsync is a piece the node and the commands assemble, and meets the apiserver only in wire",
 	},
 	{
+		Pkg: "kvstoremesh", OursOnly: []string{"agentsync", "wire", "ca", "internal/loglimit"},
+		Why: "the cache is the agent's receiving side (agentsync) writing into etcd: it never merges, touches a datapath or reaches into the apiserver",
+	},
+	{
 		Pkg:   "node",
 		Never: []string{"meshapiserver"},
 		Why:   "the agent meets the apiserver only in wire",

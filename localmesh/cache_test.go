@@ -1,0 +1,250 @@
+package localmesh
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// removalWatch is an agent's in-memory datapath that sees every write as
+// it happens: anything that leaves it (an ipcache entry deleted, a service
+// deleted or shrunk) is counted, and the first write of each prefix is
+// timed.
+type removalWatch struct {
+	*datapath.Memory
+	mu      sync.Mutex
+	removed []string                   // guarded by mu
+	svcLen  map[datapath.Frontend]int  // guarded by mu
+	seen    map[netip.Prefix]time.Time // guarded by mu
+	hits    chan netip.Prefix
+}
+
+func newRemovalWatch() *removalWatch {
+	return &removalWatch{Memory: datapath.NewMemory(), svcLen: map[datapath.Frontend]int{}, seen: map[netip.Prefix]time.Time{},
+		hits: make(chan netip.Prefix, 1024)}
+}
+
+func (w *removalWatch) saw(ps ...netip.Prefix) {
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range ps {
+		if _, ok := w.seen[p]; !ok {
+			w.seen[p] = now
+			select {
+			case w.hits <- p:
+			default:
+			}
+		}
+	}
+}
+
+func (w *removalWatch) remove(what string) {
+	w.mu.Lock()
+	w.removed = append(w.removed, what)
+	w.mu.Unlock()
+}
+
+func (w *removalWatch) UpsertIPCache(p netip.Prefix, e datapath.IPCacheEntry) error {
+	w.saw(p)
+	return w.Memory.UpsertIPCache(p, e)
+}
+
+func (w *removalWatch) UpsertIPCacheBatch(ps []netip.Prefix, es []datapath.IPCacheEntry) error {
+	w.saw(ps...)
+	return w.Memory.UpsertIPCacheBatch(ps, es)
+}
+
+func (w *removalWatch) DeleteIPCache(p netip.Prefix) error {
+	w.remove("ipcache " + p.String())
+	return w.Memory.DeleteIPCache(p)
+}
+
+func (w *removalWatch) UpsertService(f datapath.Frontend, bs []datapath.Backend) error {
+	w.mu.Lock()
+	prev, known := w.svcLen[f]
+	w.svcLen[f] = len(bs)
+	w.mu.Unlock()
+	if known && len(bs) < prev {
+		w.remove(fmt.Sprintf("service %v: %d → %d backends", f, prev, len(bs)))
+	}
+	return w.Memory.UpsertService(f, bs)
+}
+
+func (w *removalWatch) DeleteService(f datapath.Frontend) error {
+	w.remove(fmt.Sprintf("service %v", f))
+	return w.Memory.DeleteService(f)
+}
+
+func (w *removalWatch) removals() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.removed...)
+}
+
+// watchAgents makes the in-memory datapath of agent east-node-1 a
+// removalWatch (through Options.Agent).
+func watchAgents(o *Options, w *removalWatch) {
+	prev := o.Agent
+	o.Agent = func(c *agentsync.Config) {
+		if prev != nil {
+			prev(c)
+		}
+		if c.Datapath != nil && c.ClusterName == "east" {
+			c.Datapath = w
+		}
+	}
+}
+
+// datapathOf dumps what an agent's datapath holds.
+func datapathOf(t *testing.T, dp datapath.Reader) (map[netip.Prefix]datapath.IPCacheEntry, map[datapath.Frontend][]datapath.Backend) {
+	t.Helper()
+	ips, err := dp.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := dp.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ips, svcs
+}
+
+// Three clusters, each with a cache: every agent reads every peer from its
+// own cluster's apiserver, and holds exactly what agents reading the peers
+// directly hold; changes, readiness and a disconnect flow through both
+// hops.
+func TestCacheMeshSameAsDirect(t *testing.T) {
+	direct := startMesh(t, false, 1)
+	cached := startMeshWith(t, Options{Cache: true})
+	testenv.WaitFor(t, wait, "the direct mesh ready", func() bool { return allReady(direct) })
+	testenv.WaitFor(t, wait, "every agent of the cached mesh sees every remote ready with 2 nodes, 4 endpoints, 2 identities, 1 service", func() bool { return allReady(cached) })
+
+	for _, name := range names {
+		dIPs, dSvcs := datapathOf(t, direct.Cluster(name).Agents[0].Datapath)
+		cIPs, cSvcs := datapathOf(t, cached.Cluster(name).Agents[0].Datapath)
+		if !reflect.DeepEqual(dIPs, cIPs) {
+			t.Errorf("%s: ipcache through the cache %v, directly %v", name, cIPs, dIPs)
+		}
+		if !reflect.DeepEqual(dSvcs, cSvcs) {
+			t.Errorf("%s: services through the cache %v, directly %v", name, cSvcs, dSvcs)
+		}
+	}
+	east, west := cached.Cluster("east"), cached.Cluster("west")
+	a := east.Agents[0]
+	r := remoteStatus(a, "west")
+	if r.ViaCache == nil || !r.ViaCache.Connected || !r.ViaCache.Ready || r.ViaCache.CacheDown || !r.Connected {
+		t.Errorf("west's status through east's cache: %+v (via cache %+v)", r, r.ViaCache)
+	}
+	if want := []string{"https://" + east.Address()}; !reflect.DeepEqual(r.EtcdEndpoints, want) {
+		t.Errorf("east's agent reads west at %v, want its own apiserver %v", r.EtcdEndpoints, want)
+	}
+
+	// Two hops: west's checkout pods become unready (east fails over to
+	// west's... no: west's backends leave east's selection), a pod leaves
+	// and a new one comes.
+	st := SampleState(2)
+	SetReady(st, "checkout", false)
+	st.Endpoints = st.Endpoints[:len(st.Endpoints)-1] // frontend-1 (10.2.1.100) leaves
+	probe := netip.MustParseAddr("10.2.2.77")
+	st.Endpoints = append(st.Endpoints, st.Endpoints[0])
+	st.Endpoints[len(st.Endpoints)-1].Pod, st.Endpoints[len(st.Endpoints)-1].IP = "checkout-9", probe
+	for _, m := range []*Mesh{direct, cached} {
+		if err := m.Cluster("west").WriteState(st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	same := func() (bool, string) {
+		for _, name := range names {
+			dIPs, dSvcs := datapathOf(t, direct.Cluster(name).Agents[0].Datapath)
+			cIPs, cSvcs := datapathOf(t, cached.Cluster(name).Agents[0].Datapath)
+			if !reflect.DeepEqual(dIPs, cIPs) || !reflect.DeepEqual(dSvcs, cSvcs) {
+				return false, name
+			}
+		}
+		return true, ""
+	}
+	testenv.WaitFor(t, wait, "west's change (readiness, a pod gone, a pod new) in east's datapath through the cache, as directly", func() bool {
+		ips, _ := datapathOf(t, a.Datapath)
+		_, gone := ips[netip.MustParsePrefix("10.2.1.100/32")]
+		_, added := ips[netip.PrefixFrom(probe, 32)]
+		ok, _ := same()
+		return !gone && added && ok
+	})
+
+	// A disconnect drains the agents and the cache.
+	if err := cached.Disconnect("east", "west"); err != nil {
+		t.Fatal(err)
+	}
+	admin := adminClient(t, east)
+	testenv.WaitFor(t, wait, "west drained from east's agent and east's cache", func() bool {
+		ips, _ := datapathOf(t, a.Datapath)
+		for _, e := range ips {
+			if uint32(e.ClusterID) == west.ID {
+				return false
+			}
+		}
+		resp, err := admin.Get(context.Background(), "cilium/cache/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return false
+		}
+		left := 0
+		for _, c := range []string{"west"} {
+			r, err := admin.Get(context.Background(), wire.ClusterConfigKey(c))
+			if err != nil || len(r.Kvs) != 0 {
+				left++
+			}
+		}
+		// What is left under cilium/cache/ is north's.
+		n, err := admin.Get(context.Background(), "cilium/cache/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return false
+		}
+		for _, kv := range n.Kvs {
+			if strings.Contains(string(kv.Key), "/west/") || strings.HasSuffix(string(kv.Key), "/west") {
+				left++
+			}
+		}
+		return left == 0 && resp.Count > 0
+	})
+}
+
+// A remote's apiserver dies: the agents reading it through the cache keep
+// what they hold, and their status says the remote is disconnected from the
+// cache (not the cache down) and, past the heartbeat timeout, stale.
+func TestCacheRemoteDownKeepsStateAndSaysStale(t *testing.T) {
+	m := startMeshWith(t, Options{Cache: true,
+		APIServer: func(c *meshapiserver.Config) { c.HeartbeatInterval = 50 * time.Millisecond },
+		Agent:     func(c *agentsync.Config) { c.HeartbeatTimeout = time.Second },
+	})
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	a := m.Cluster("east").Agents[0]
+	before, _ := datapathOf(t, a.Datapath)
+	if err := m.Cluster("west").StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "west reported disconnected from the cache and stale by east's agent", func() bool {
+		r := remoteStatus(a, "west")
+		return r.Stale && r.ViaCache != nil && !r.ViaCache.Connected && !r.ViaCache.CacheDown && !r.Connected && !r.Ready
+	})
+	after, _ := datapathOf(t, a.Datapath)
+	if !reflect.DeepEqual(before, after) {
+		t.Errorf("east's ipcache changed while west is down: before %v, after %v", before, after)
+	}
+	if r := remoteStatus(a, "north"); r.Stale || !r.Ready {
+		t.Errorf("north, up, reported stale or not ready: %+v", r)
+	}
+}
