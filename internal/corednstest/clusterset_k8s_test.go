@@ -128,6 +128,9 @@ func values(want ...string) condition {
 
 func nxDomain(a corednstest.Answer) bool { return a.NXDomain() }
 func noData(a corednstest.Answer) bool   { return a.NoData() }
+func servFail(a corednstest.Answer) bool {
+	return a.RCode == dnsmessage.RCodeServerFailure
+}
 
 // expect waits until name's answer of qtype meets cond and logs it as dig
 // shows it (docs/dns.md quotes these lines).
