@@ -14,7 +14,7 @@ HEAVY_PKGS := ./localmesh ./meshapiserver
 
 SHELL   := /bin/bash
 
-.PHONY: all build demo demo-once test test-k8s test-interop test-monitoring kube-apiserver coredns hubble promtool vet lint fuzz bench deps clean generate check-generate bpf-tools chromium ui-screenshot
+.PHONY: all build demo demo-once bench-scale test test-k8s test-interop test-monitoring kube-apiserver coredns hubble promtool vet lint fuzz bench deps clean generate check-generate bpf-tools chromium ui-screenshot
 
 all: build
 
@@ -224,6 +224,18 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./datapath/...
 	$(GO) test -run '^$$' -bench Match -benchtime 200000x ./flowfilter
 	$(GO) test -run '^$$' -bench Export -benchtime 20000x ./flowexport
+
+# The scale rig (not part of `make test`): clusters of 2,000 endpoints, each
+# its own apiserver process, read by one agent, at the cluster counts of
+# SCALE_N (it stops where the machine's memory would run out, and says so);
+# prints `name value unit` figures and writes them into docs/benchmarks.md.
+SCALE_N ?= 10 50 100
+bench-scale: build
+	@set -o pipefail; out=$$(mktemp); trap 'rm -f $$out' EXIT; \
+	CLUSTERMESH_SCALE=1 CLUSTERMESH_BENCH=1 CLUSTERMESH_SCALE_N="$(SCALE_N)" CLUSTERMESH_BIN=$(abspath $(BIN)) \
+		$(GO) test -count=1 -run '^TestScale$$' -v -timeout 90m ./internal/scalerig >$$out 2>&1 || { cat $$out; exit 1; }; \
+	sed -n -e 's/^FIGURE //p' -e 's/^ *scale_test\.go:[0-9]*: //p' $$out; \
+	internal/scalerig/record.sh $$out docs/benchmarks.md
 
 clean:
 	rm -rf bin

@@ -162,6 +162,10 @@ var rules = []Rule{
 		Pkg: "internal/figure", ImportedOnlyBy: nothing,
 		Why: "benchmark figures: printed by tests only",
 	},
+	{
+		Pkg: "internal/scalerig", ImportedOnlyBy: nothing,
+		Why: "the scale rig of `make bench-scale`: used by its own tests only",
+	},
 }
 
 // testSupport is every package of ours whose name ends in "test" (Go's
