@@ -71,8 +71,22 @@ type Config struct {
 	// MaxConnectedClusters is the mesh size, 255 (the default) or 511: it
 	// says which bits of an identity are its cluster's id.
 	MaxConnectedClusters uint32
-	ReloadInterval       time.Duration
-	Logger               *slog.Logger
+	// ProxyPorts gives the L7 proxy's listener ports: the entries of a
+	// port with L7 rules are written with the port of their parser's
+	// listener (redirected to the proxy). Nil: such entries are not written
+	// (fail closed: that traffic is dropped unless an L3/L4 rule allows it
+	// all), and status says why.
+	ProxyPorts ProxyPorts
+	// FQDN tells the addresses of the names toFQDNs select; IPCache is
+	// where their node-local identities go. Either nil: toFQDNs allow
+	// nothing.
+	FQDN    FQDNSource
+	IPCache IPCache
+	// MaxFQDNAddresses bounds the addresses given node-local identities
+	// (DefaultMaxFQDNAddresses); further ones are refused and counted.
+	MaxFQDNAddresses int
+	ReloadInterval   time.Duration
+	Logger           *slog.Logger
 }
 
 func (c *Config) withDefaults() {
@@ -81,6 +95,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.ReloadInterval == 0 {
 		c.ReloadInterval = DefaultReloadInterval
+	}
+	if c.MaxFQDNAddresses == 0 {
+		c.MaxFQDNAddresses = DefaultMaxFQDNAddresses
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -131,6 +148,9 @@ func (c *Config) Validate() error {
 	}
 	if err := wire.ValidateMaxConnectedClusters(c.MaxConnectedClusters); err != nil {
 		return fmt.Errorf("enforcer: %w: %w", ErrInvalidConfig, err)
+	}
+	if c.MaxFQDNAddresses < 0 || c.MaxFQDNAddresses > maxLocalIdentities {
+		return fmt.Errorf("enforcer: %w: MaxFQDNAddresses %d (want 1 to %d: the node-local identity range)", ErrInvalidConfig, c.MaxFQDNAddresses, maxLocalIdentities)
 	}
 	for ns := range c.AuditNamespaces {
 		if ns != AuditAll && !namespaceName.MatchString(ns) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
+	"github.com/clustermesh/clustermesh/internal/loglimit"
 	"github.com/clustermesh/clustermesh/policy"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
@@ -71,6 +72,12 @@ type Enforcer struct {
 	// sync kept; checkRetained: look at RetainedClusters again (a tick).
 	kept          map[uint16]bool
 	checkRetained bool
+	// redir: the entries with L7 rules (read by the proxy too); fq: the
+	// FQDN-selected addresses and their identities.
+	redir      redirects
+	retryProxy bool
+	fq         fqdnState
+	loglim     *loglimit.Keyed // L7 proxy and FQDN errors, per kind
 }
 
 type podRef struct{ namespace, pod string }
@@ -87,6 +94,7 @@ func New(cfg Config) (*Enforcer, error) {
 		sources: map[string]*policy.Compiled{}, retryTicks: defaultRetryTicks,
 		engine: policy.NewEngine(cfg.ClusterName), byLabels: map[string]uint32{}, labelsOf: map[uint32]string{},
 		known: map[uint32]struct{}{wire.IdentityHost: {}},
+		redir: newRedirects(), fq: newFQDNState(), loglim: loglimit.New(time.Minute),
 	}
 	first, _ := wire.IdentityRange(1, cfg.MaxConnectedClusters)
 	e.clusterShift = uint(bits.TrailingZeros32(first))
@@ -171,6 +179,7 @@ func (e *Enforcer) PolicyOptions() policy.Options { return e.files.opts }
 func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 	t := time.NewTicker(e.cfg.ReloadInterval)
 	defer t.Stop()
+	defer e.stopFQDN()
 	if ready == nil {
 		e.ready, e.epsDirty = true, true
 	}
@@ -188,6 +197,8 @@ func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 			// all of them every retryTicks (a veth recreated under its name).
 			e.epsDirty = e.epsDirty || e.eps.retry || e.ticks%e.retryTicks == 0
 			e.checkRetained = true
+			// Entries waiting for a proxy listener: ask again.
+			e.retryProxy = e.redir.failed > 0
 		case <-ready:
 			ready, e.ready, e.epsDirty = nil, true, true
 			e.log.Info("agent synced: enforcing policy")
@@ -238,6 +249,7 @@ func (e *Enforcer) setPolicies() {
 	e.mu.Unlock()
 	e.epsDirty = true // a policy may enforce a direction without allowing anything
 	e.apply(e.engine.SetPolicies(all))
+	e.apply(e.subscribeFQDN(all.FQDNPatterns()))
 }
 
 // step gives the engine what changed, writes the result and reconciles the
@@ -252,6 +264,8 @@ func (e *Enforcer) step() {
 	e.pending = map[uint32]wire.Labels{}
 	local, sourcesNew, localNew := e.local, e.sourcesNew, e.localNew
 	e.localNew = false
+	notes := e.fq.pending
+	e.fq.pending = nil
 	e.mu.Unlock()
 	e.epsDirty = e.epsDirty || localNew
 
@@ -276,6 +290,7 @@ func (e *Enforcer) step() {
 	if sourcesNew {
 		e.setPolicies()
 	}
+	e.stepFQDN(notes)
 	if e.ready && e.epsDirty {
 		e.epsDirty = false
 		e.reconcileEndpoints(local)
@@ -363,26 +378,27 @@ func (e *Enforcer) indexLocal(id uint32, ls wire.Labels) bool {
 // apply writes engine changes: incrementally once the map was synced, as
 // a full sync the first time and after a failed write.
 func (e *Enforcer) apply(changes []policy.Change) {
+	dc := make([]tcpolicy.Change, 0, len(changes))
 	for _, c := range changes {
 		if c.Add {
-			e.entries++
+			if !c.Update {
+				e.entries++
+			}
 		} else {
 			e.entries--
 		}
+		dc = e.redirectChanges(dc, c)
 	}
 	if !e.ready {
 		return
 	}
-	if !e.written || e.dirty {
+	if !e.written || e.dirty || e.retryProxy {
+		e.retryProxy = false
 		e.syncAll()
 		return
 	}
-	if len(changes) == 0 {
+	if len(dc) == 0 {
 		return
-	}
-	dc := make([]tcpolicy.Change, len(changes))
-	for i, c := range changes {
-		dc[i] = tcpolicy.Change{Key: toDatapathKey(c.Endpoint, c.Key), Add: c.Add}
 	}
 	if err := e.cfg.Policy.ApplyPolicy(dc); err != nil {
 		e.writeFailed(err)
@@ -394,7 +410,9 @@ func (e *Enforcer) syncAll() {
 	var keys []tcpolicy.Key
 	for _, id := range e.engine.Endpoints() {
 		for _, k := range e.engine.Endpoint(id).Keys() {
-			keys = append(keys, toDatapathKey(id, k))
+			if dk, ok := e.datapathKey(id, k); ok {
+				keys = append(keys, dk)
+			}
 		}
 	}
 	if e.cfg.RetainedClusters != nil && !e.retainedRead {

@@ -57,6 +57,9 @@ func (p *policyFiles) load() (c *policy.Compiled, changed bool, err error) {
 		}
 		c.Merge(one)
 	}
+	if err := policy.CheckL7Conflicts(c); err != nil {
+		return nil, true, fmt.Errorf("policy directory %s: %w", p.dir, err)
+	}
 	return c, true, nil
 }
 

@@ -29,10 +29,24 @@ type Status struct {
 	// RetainedClusters are the ids of the clusters not synced since the
 	// agent restarted whose previous run's policy entries are kept (for
 	// their identities not known yet) until they sync.
-	RetainedClusters []uint16         `json:"retainedClusters,omitempty"`
-	WriteErrors      uint64           `json:"writeErrors"`
-	LastWriteError   string           `json:"lastWriteError,omitempty"`
-	Endpoints        []EndpointStatus `json:"endpoints"`
+	RetainedClusters []uint16 `json:"retainedClusters,omitempty"`
+	WriteErrors      uint64   `json:"writeErrors"`
+	LastWriteError   string   `json:"lastWriteError,omitempty"`
+	// RedirectedEntries are the entries with L7 rules (sent to the proxy);
+	// RedirectsWaiting those not written for want of a proxy listener
+	// (their traffic is dropped), ProxyPortErrors the failed asks.
+	RedirectedEntries int    `json:"redirectedEntries"`
+	RedirectsWaiting  int    `json:"redirectsWaiting,omitempty"`
+	ProxyPortErrors   uint64 `json:"proxyPortErrors,omitempty"`
+	LastProxyError    string `json:"lastProxyError,omitempty"`
+	// FQDNPatterns are the toFQDNs patterns subscribed to; FQDNAddresses
+	// the addresses they hold, each with a node-local identity.
+	FQDNPatterns    int              `json:"fqdnPatterns"`
+	FQDNAddresses   int              `json:"fqdnAddresses"`
+	FQDNRefused     uint64           `json:"fqdnRefused,omitempty"`
+	FQDNWriteErrors uint64           `json:"fqdnWriteErrors,omitempty"`
+	LastFQDNError   string           `json:"lastFQDNError,omitempty"`
+	Endpoints       []EndpointStatus `json:"endpoints"`
 }
 
 // EndpointStatus is one endpoint of this node.
@@ -45,14 +59,20 @@ type EndpointStatus struct {
 	EnforceEgress  bool   `json:"enforceEgress"`
 	// Audit: in audit mode (Config.AuditNamespaces), what its policy
 	// denies passes and is reported AUDIT.
-	Audit bool   `json:"audit,omitempty"`
-	State string `json:"state"`
-	Error string `json:"error,omitempty"`
+	Audit bool `json:"audit,omitempty"`
+	// Redirects are its entries sent to the L7 proxy, grouped.
+	Redirects []RedirectStatus `json:"redirects,omitempty"`
+	State     string           `json:"state"`
+	Error     string           `json:"error,omitempty"`
 }
 
 // publishStatus copies what Run's goroutine owns into the status.
 func (e *Enforcer) publishStatus() {
 	eps := slices.Clone(e.eps.statuses)
+	redirects := e.redirectSummary()
+	for i := range eps {
+		eps[i].Redirects = redirects[eps[i].Identity]
+	}
 	var retained []uint16
 	if e.written {
 		retained = slices.Sorted(maps.Keys(e.kept))
@@ -64,6 +84,13 @@ func (e *Enforcer) publishStatus() {
 	e.status.PolicyEntries = e.entries
 	e.status.RetainedClusters = retained
 	e.status.Endpoints = eps
+	e.redir.mu.RLock()
+	e.status.RedirectedEntries = len(e.redir.entries)
+	e.redir.mu.RUnlock()
+	e.status.RedirectsWaiting = e.redir.failed
+	e.status.ProxyPortErrors, e.status.LastProxyError = e.redir.errors, e.redir.lastErr
+	e.status.FQDNPatterns, e.status.FQDNAddresses = len(e.fq.subs), len(e.fq.addrs)
+	e.status.FQDNRefused, e.status.FQDNWriteErrors, e.status.LastFQDNError = e.fq.refused, e.fq.errors, e.fq.lastErr
 }
 
 // Status returns the enforcer's status.
@@ -105,6 +132,10 @@ var (
 	descWriteErrs  = prometheus.NewDesc("clustermesh_policy_write_errors_total", "Failed writes of the policy map.", nil, nil)
 	descEnforcing  = prometheus.NewDesc("clustermesh_policy_enforcing", "1 once the policy map is written and current.", nil, nil)
 	descRetained   = prometheus.NewDesc("clustermesh_policy_retained_clusters", "Clusters not synced since the agent restarted whose previous run's policy entries are kept.", nil, nil)
+	descRedirected = prometheus.NewDesc("clustermesh_policy_redirected_entries", "Policy entries with L7 rules (their traffic goes through the L7 proxy).", nil, nil)
+	descWaiting    = prometheus.NewDesc("clustermesh_policy_redirects_waiting", "Policy entries with L7 rules not written for want of a proxy listener (their traffic is dropped).", nil, nil)
+	descFQDNAddrs  = prometheus.NewDesc("clustermesh_policy_fqdn_addresses", "Addresses of toFQDNs-selected names, each with a node-local identity.", nil, nil)
+	descFQDNRefuse = prometheus.NewDesc("clustermesh_policy_fqdn_refused_total", "FQDN-selected addresses refused over MaxFQDNAddresses.", nil, nil)
 )
 
 // Collector exports the enforcer's status as Prometheus metrics.
@@ -113,9 +144,11 @@ func (e *Enforcer) Collector() prometheus.Collector { return collector{e} }
 type collector struct{ e *Enforcer }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRules, descEntries, descIdentities, descEndpoints, descReloadErrs, descWriteErrs, descEnforcing, descRetained} {
+	for _, d := range []*prometheus.Desc{descRules, descEntries, descIdentities, descEndpoints, descReloadErrs, descWriteErrs, descEnforcing, descRetained,
+		descRedirected, descWaiting, descFQDNAddrs, descFQDNRefuse} {
 		ch <- d
 	}
+	c.e.fq.latency.Describe(ch)
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -127,6 +160,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descEntries, float64(s.PolicyEntries))
 	gauge(descIdentities, float64(s.Identities))
 	gauge(descRetained, float64(len(s.RetainedClusters)))
+	gauge(descRedirected, float64(s.RedirectedEntries))
+	gauge(descWaiting, float64(s.RedirectsWaiting))
+	gauge(descFQDNAddrs, float64(s.FQDNAddresses))
+	ch <- prometheus.MustNewConstMetric(descFQDNRefuse, prometheus.CounterValue, float64(s.FQDNRefused))
+	c.e.fq.latency.Collect(ch)
 	enforcing := 0.0
 	if s.Enforcing {
 		enforcing = 1

@@ -126,6 +126,8 @@ type Change struct {
 	Add      bool
 	// L7 is the entry's L7 policy when added (nil: plain L3/L4).
 	L7 *L7Policy
+	// Update: an Add of a key already allowed, whose L7 policy changed.
+	Update bool
 }
 
 // Engine keeps every endpoint's policy up to date as identities come and go
@@ -401,8 +403,9 @@ func diff(old, cur map[uint32]*EndpointPolicy) []Change {
 	for id, c := range cur {
 		for _, k := range c.Keys() {
 			o, ok := old[id]
-			if !ok || !o.has(k) || !o.L7(k).Equal(c.L7(k)) {
-				out = append(out, Change{Endpoint: id, Key: k, Add: true, L7: c.L7(k)})
+			had := ok && o.has(k)
+			if !had || !o.L7(k).Equal(c.L7(k)) {
+				out = append(out, Change{Endpoint: id, Key: k, Add: true, L7: c.L7(k), Update: had})
 			}
 		}
 	}

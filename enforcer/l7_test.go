@@ -1,0 +1,306 @@
+package enforcer
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/policy"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// fakeProxy stands for l7proxy's listeners: fixed ports, or an error while
+// fail is set.
+type fakeProxy struct {
+	mu    sync.Mutex
+	fail  bool
+	calls int
+}
+
+const (
+	httpIngressPort = 15001
+	dnsEgressPort   = 15053
+)
+
+func (p *fakeProxy) ProxyPort(parser string, ingress bool) (uint16, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls++
+	if p.fail {
+		return 0, errors.New("listener not open")
+	}
+	switch {
+	case parser == "http" && ingress:
+		return httpIngressPort, nil
+	case parser == "dns" && !ingress:
+		return dnsEgressPort, nil
+	}
+	return 15000, nil
+}
+
+func (p *fakeProxy) setFail(v bool) {
+	p.mu.Lock()
+	p.fail = v
+	p.mu.Unlock()
+}
+
+const l7CheckoutPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: west}
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/v1/.*"}]
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "9090", protocol: TCP}]}]
+`
+
+func redirected(k tcpolicy.Key, port uint16) tcpolicy.Key { k.ProxyPort = port; return k }
+
+// Entries with L7 rules are written with their listener's proxy port; the
+// proxy reads their rules by (endpoint, direction, peer, port); remote
+// identities are redirected incrementally; status shows the redirects.
+func TestL7EntriesRedirectedToTheProxy(t *testing.T) {
+	px := &fakeProxy{}
+	f := startCfg(t, func(_ *fixture, cfg *Config) { cfg.ProxyPorts = px }, nil)
+	f.writePolicy(t, "checkout.yaml", l7CheckoutPolicy)
+	f.e.SetLocalState(localState())
+	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))
+	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
+	f.e.UpsertIdentity("west", westFrontend, podLabels("west", "frontend"))
+	close(f.ready)
+	west := redirected(allow(eastCheckout, westFrontend), httpIngressPort)
+	testenv.WaitFor(t, 5*time.Second, "west's 8080 entry redirected", func() bool { return f.hasKey(west) })
+	if f.hasKey(allow(eastCheckout, westFrontend)) || f.hasKey(allow(eastCheckout, eastFrontend)) {
+		t.Error("a plain 8080 entry was written beside the redirected one, or east's frontend got 8080")
+	}
+	p, ok := f.e.L7Policy(eastCheckout, policy.Ingress, policy.TCP, 8080, westFrontend)
+	if !ok || p.Parser != policy.ParserHTTP || len(p.HTTP) != 1 || p.HTTP[0].Path != "/v1/.*" {
+		t.Fatalf("L7Policy(west, 8080) = %v, %v", p, ok)
+	}
+	for _, c := range []struct {
+		peer  uint32
+		port  uint16
+		proto uint8
+	}{{eastFrontend, 8080, policy.TCP}, {westFrontend, 9090, policy.TCP}, {westFrontend, 8080, policy.UDP}} {
+		if p, ok := f.e.L7Policy(eastCheckout, policy.Ingress, c.proto, c.port, c.peer); ok {
+			t.Errorf("L7Policy(%d, %d/%d) = %v: nothing redirects it", c.peer, c.port, c.proto, p)
+		}
+	}
+	testenv.WaitFor(t, 5*time.Second, "status shows the redirect", func() bool {
+		s := f.e.Status()
+		for _, ep := range s.Endpoints {
+			if ep.Pod == "checkout-2" {
+				return s.RedirectedEntries == 1 && slices.Equal(ep.Redirects, []RedirectStatus{
+					{Direction: "ingress", Protocol: "TCP", Ports: "8080", Parser: "http", ProxyPort: httpIngressPort, Peers: 1}})
+			}
+		}
+		return false
+	})
+	// A new west frontend is redirected incrementally.
+	const west2 = 2<<16 + 9
+	f.e.UpsertIdentity("west", west2, podLabels("west", "frontend").With(wire.Label{Source: "k8s", Key: "v", Value: "2"}))
+	testenv.WaitFor(t, 5*time.Second, "new west frontend redirected", func() bool {
+		return f.hasKey(redirected(allow(eastCheckout, west2), httpIngressPort))
+	})
+	// The L7 rules go: the entries stay, plain (the redirected key removed).
+	f.writePolicy(t, "checkout.yaml", strings.Replace(l7CheckoutPolicy, "      rules:\n        http: [{method: GET, path: \"/v1/.*\"}]\n", "", 1))
+	testenv.WaitFor(t, 5*time.Second, "entries plain again", func() bool {
+		return f.hasKey(allow(eastCheckout, westFrontend)) && !f.hasKey(west) && f.e.Status().RedirectedEntries == 0
+	})
+	if _, ok := f.e.L7Policy(eastCheckout, policy.Ingress, policy.TCP, 8080, westFrontend); ok {
+		t.Error("L7Policy still answers after the rules went")
+	}
+	ks, _ := f.dp.Policies()
+	if n := f.e.Status().PolicyEntries; n != len(ks) {
+		t.Errorf("policy entries %d, map %d: %v", n, len(ks), ks)
+	}
+}
+
+// Without a listener an L7 entry is not written (its traffic is dropped,
+// never let past the proxy); once the listener opens it is.
+func TestL7FailsClosedWithoutListener(t *testing.T) {
+	px := &fakeProxy{fail: true}
+	f := startCfg(t, func(_ *fixture, cfg *Config) { cfg.ProxyPorts = px }, nil)
+	f.writePolicy(t, "checkout.yaml", l7CheckoutPolicy)
+	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))
+	f.e.UpsertIdentity("west", westFrontend, podLabels("west", "frontend"))
+	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
+	close(f.ready)
+	testenv.WaitFor(t, 5*time.Second, "redirect waiting, error in status", func() bool {
+		s := f.e.Status()
+		return s.Enforcing && s.RedirectsWaiting == 1 && s.ProxyPortErrors > 0 && strings.Contains(s.LastProxyError, "listener not open")
+	})
+	ks, _ := f.dp.Policies()
+	for _, k := range ks {
+		if k.Peer == westFrontend && k.Port == 8080 {
+			t.Fatalf("west's 8080 entry written without a listener: %v", k)
+		}
+	}
+	if !f.hasKey(tcpolicy.Key{Endpoint: eastCheckout, Peer: eastFrontend, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: 9090, EndPort: 9090}) {
+		t.Error("the plain 9090 entry is missing")
+	}
+	px.setFail(false)
+	testenv.WaitFor(t, 5*time.Second, "written once the listener opened", func() bool {
+		return f.hasKey(redirected(allow(eastCheckout, westFrontend), httpIngressPort)) && f.e.Status().RedirectsWaiting == 0
+	})
+}
+
+// fakeFQDN stands for the fqdn cache: the addresses each pattern holds,
+// announced to its subscribers (as the cache does: only to subscriptions
+// of patterns that match).
+type fakeFQDN struct {
+	mu   sync.Mutex
+	subs map[string]func(added, removed []netip.Addr)
+	held map[string][]netip.Addr
+	at   map[netip.Addr]time.Time // when each address was announced
+}
+
+func newFakeFQDN() *fakeFQDN {
+	return &fakeFQDN{subs: map[string]func(added, removed []netip.Addr){}, held: map[string][]netip.Addr{}, at: map[netip.Addr]time.Time{}}
+}
+
+func (q *fakeFQDN) Subscribe(pattern string, fn func(added, removed []netip.Addr)) (func(), error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.subs[pattern] = fn
+	if len(q.held[pattern]) > 0 {
+		fn(q.held[pattern], nil)
+	}
+	return func() {
+		q.mu.Lock()
+		delete(q.subs, pattern)
+		q.mu.Unlock()
+	}, nil
+}
+
+func (q *fakeFQDN) announce(pattern string, added, removed []netip.Addr) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := time.Now()
+	for _, a := range added {
+		q.at[a] = now
+	}
+	q.held[pattern] = slices.DeleteFunc(append(q.held[pattern], added...), func(a netip.Addr) bool { return slices.Contains(removed, a) })
+	if fn := q.subs[pattern]; fn != nil {
+		fn(added, removed)
+	}
+}
+
+func (q *fakeFQDN) patterns() []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []string
+	for p := range q.subs {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+const fqdnPolicy = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-out, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchPattern: "*.example.com"}]
+  - toFQDNs: [{matchPattern: "*.example.com"}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+`
+
+func https(peer uint32) tcpolicy.Key {
+	return tcpolicy.Key{Endpoint: eastFrontend, Peer: peer, Direction: datapath.Egress, Protocol: datapath.TCP, Port: 443, EndPort: 443}
+}
+
+// toFQDNs: an address the cache announces for a selected pattern gets a
+// node-local identity, its ipcache entry and the endpoint's egress entry;
+// its expiry removes all three; a pattern no policy has is never
+// subscribed; the DNS rule's port is redirected to the DNS listener.
+func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
+	q, ipc, px := newFakeFQDN(), datapath.NewMemory(), &fakeProxy{}
+	f := startCfg(t, func(_ *fixture, cfg *Config) { cfg.FQDN, cfg.IPCache, cfg.ProxyPorts = q, ipc, px }, nil)
+	www := netip.MustParseAddr("93.184.215.14")
+	q.announce("*.example.com.", []netip.Addr{www}, nil) // before the policy: replayed on subscribe
+	f.writePolicy(t, "frontend.yaml", fqdnPolicy)
+	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
+	const dnsID = 1<<16 + 50
+	f.e.UpsertIdentity("east", dnsID, (&wireEndpoint{ns: "kube-system", labels: map[string]string{"k8s-app": "kube-dns"}}).identity())
+	close(f.ready)
+	const first = localIdentityFlag + 1
+	testenv.WaitFor(t, 5*time.Second, "the announced address allowed", func() bool { return f.hasKey(https(first)) })
+	if got := q.patterns(); !slices.Equal(got, []string{"*.example.com."}) {
+		t.Errorf("subscribed %q", got)
+	}
+	ipcEntry := func(a netip.Addr) (datapath.IPCacheEntry, bool) {
+		m, _ := ipc.IPCache()
+		e, ok := m[netip.PrefixFrom(a, 32)]
+		return e, ok
+	}
+	if e, ok := ipcEntry(www); !ok || e.Identity != first {
+		t.Errorf("ipcache of %v: %+v %v, want identity %d", www, e, ok, first)
+	}
+	if ls, ok := f.e.Identity(first); !ok || !strings.Contains(ls.String(), "fqdn:*.example.com.") {
+		t.Errorf("identity %d labels %v", first, ls)
+	}
+	for _, proto := range []datapath.Protocol{datapath.UDP, datapath.TCP} {
+		k := tcpolicy.Key{Endpoint: eastFrontend, Peer: dnsID, Direction: datapath.Egress, Protocol: proto, Port: 53, EndPort: 53, ProxyPort: dnsEgressPort}
+		if !f.hasKey(k) {
+			t.Errorf("DNS entry %v missing", k)
+		}
+	}
+	// A name of another domain: nobody subscribed, nothing added.
+	q.announce("*.evil.org.", []netip.Addr{netip.MustParseAddr("10.66.6.6")}, nil)
+	api := netip.MustParseAddr("2001:db8::443")
+	q.announce("*.example.com.", []netip.Addr{api}, nil)
+	testenv.WaitFor(t, 5*time.Second, "a second address", func() bool { return f.hasKey(https(first + 1)) })
+	if s := f.e.Status(); s.FQDNAddresses != 2 || s.FQDNPatterns != 1 {
+		t.Errorf("status: %d addresses, %d patterns", s.FQDNAddresses, s.FQDNPatterns)
+	}
+	if m, _ := ipc.IPCache(); len(m) != 2 {
+		t.Errorf("ipcache %v: want the two example.com addresses only", m)
+	}
+	// Expiry: the cache removes www.
+	q.announce("*.example.com.", nil, []netip.Addr{www})
+	testenv.WaitFor(t, 5*time.Second, "expired address revoked", func() bool {
+		_, inIPC := ipcEntry(www)
+		return !f.hasKey(https(first)) && !inIPC && f.e.Status().FQDNAddresses == 1
+	})
+	if _, ok := f.e.Identity(first); ok {
+		t.Error("the expired address's identity is still known")
+	}
+	// The policy goes: the subscription is cancelled, the address dropped.
+	f.writePolicy(t, "frontend.yaml", checkoutPolicy)
+	testenv.WaitFor(t, 5*time.Second, "fqdn policy gone", func() bool {
+		m, _ := ipc.IPCache()
+		return len(q.patterns()) == 0 && !f.hasKey(https(first+1)) && len(m) == 0 && f.e.Status().FQDNAddresses == 0
+	})
+}
+
+// wireEndpoint builds the identity labels of a pod of another namespace.
+type wireEndpoint struct {
+	ns     string
+	labels map[string]string
+}
+
+func (w *wireEndpoint) identity() wire.Labels {
+	return wire.NewLabels("k8s", w.labels).
+		With(wire.Label{Source: "k8s", Key: policy.NamespaceLabel, Value: w.ns}).
+		With(wire.Label{Source: "k8s", Key: wire.ClusterLabel, Value: "east"})
+}
