@@ -79,6 +79,7 @@ func TestK8sClustersetDNS(t *testing.T) {
 	}
 	expect(t, dns, web, dnsmessage.TypeA, "the import's changed ips", values("242.255.0.11"))
 
+	edges(t, mcs, dns)
 	headless(t, c.Client, mcs, dns)
 
 	if err := mcs.ServiceImports("default").Delete(t.Context(), "web", metav1.DeleteOptions{}); err != nil {
@@ -86,6 +87,27 @@ func TestK8sClustersetDNS(t *testing.T) {
 	}
 	expect(t, dns, web, dnsmessage.TypeA, "the unexported service", nxDomain)
 	testenv.WaitFor(t, wait, web+" not found through a net.Resolver", func() bool { return resolve(dns, web) == nil })
+}
+
+// edges checks what an importer must know: a dual-stack import answers
+// both A and AAAA; an import whose ips are not allocated yet exists
+// (NODATA); an import without ports is not served (NXDOMAIN), as CoreDNS
+// answers per port.
+func edges(t *testing.T, mcs mcsclientv1alpha1.MulticlusterV1alpha1Interface, dns *corednstest.Server) {
+	const api = "api.default.svc.clusterset.local"
+	createImport(t, mcs, "api", mcsv1alpha1.ClusterSetIP, []string{"242.255.0.20", "fd00:242::20"}, "https", 443)
+	expect(t, dns, api, dnsmessage.TypeA, "A of a dual-stack import", values("242.255.0.20"))
+	expect(t, dns, api, dnsmessage.TypeAAAA, "AAAA of a dual-stack import", values("fd00:242::20"))
+	createImport(t, mcs, "pending", mcsv1alpha1.ClusterSetIP, nil, "http", 80)
+	expect(t, dns, "pending.default.svc.clusterset.local", dnsmessage.TypeA, "an import without ips yet", noData)
+	si := &mcsv1alpha1.ServiceImport{
+		ObjectMeta: metav1.ObjectMeta{Name: "portless", Namespace: "default"},
+		Spec:       mcsv1alpha1.ServiceImportSpec{Type: mcsv1alpha1.ClusterSetIP, IPs: []string{"242.255.0.30"}, Ports: []mcsv1alpha1.ServicePort{}},
+	}
+	if _, err := mcs.ServiceImports("default").Create(t.Context(), si, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the ServiceImport portless: %v", err)
+	}
+	expect(t, dns, "portless.default.svc.clusterset.local", dnsmessage.TypeA, "an import without ports", nxDomain)
 }
 
 // headless checks a Headless import: the ready endpoints of its slices from
