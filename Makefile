@@ -145,7 +145,7 @@ test-monitoring: promtool
 	cd deploy/monitoring && promtool test rules alerts_test.yaml
 
 # Only the tests against real API servers.
-K8S_PKGS := ./internal/kubetest ./internal/corednstest ./k8ssource ./k8spolicy ./k8sslices ./kubemesh ./cli
+K8S_PKGS := ./internal/kubetest ./internal/corednstest ./k8ssource ./k8spolicy ./k8sslices ./k8smcs ./kubemesh ./cli
 MODULE   := github.com/clustermesh/clustermesh
 test-k8s: deps kube-apiserver coredns
 	$(GO) test $(TESTFLAGS) -run 'K8s' $(K8S_PKGS)

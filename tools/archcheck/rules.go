@@ -75,6 +75,10 @@ var rules = []Rule{
 		Why: "the EndpointSlice writer reads remote backends through an interface the agent satisfies (merge's types), and writes only Kubernetes",
 	},
 	{
+		Pkg: "k8smcs", OursOnly: []string{"agentsync", "statesource", "wire", "internal/coalesce", "internal/loglimit"},
+		Why: "the MCS controller reads the export specs of every cluster (the local state, the remotes' stores through the agent's remote configs) and writes only Kubernetes",
+	},
+	{
 		Pkg: "peerservice", OursOnly: []string{"wire", "ca", "statesource"},
 		Why: "the peer service turns node entries into Observer peers; the agent feeds it and the relay follows it, it knows neither",
 	},
