@@ -147,3 +147,16 @@ func fqdnOfLower(s string) string {
 	}
 	return strings.ToLower(s)
 }
+
+func BenchmarkMatch(b *testing.B) {
+	m, err := Compile(Selector{MatchPattern: "**.api-*.example.com"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !m.Match("a.b.api-v1.example.com.") {
+			b.Fatal("no match")
+		}
+	}
+}

@@ -128,8 +128,9 @@ func reply(q *dns.Msg, rcode int) []byte {
 	m.SetRcode(q, rcode)
 	m.RecursionAvailable = true
 	b, err := m.Pack()
-	if err != nil { // a parsed question always packs
-		panic(fmt.Sprintf("packing a %s answer: %v", dns.RcodeToString[rcode], err))
+	if err != nil { // a question that does not pack again: the header alone
+		m.Question = nil
+		b, _ = m.Pack()
 	}
 	return b
 }
