@@ -31,6 +31,11 @@ const (
 	// backends as EndpointSlices ("true"), or refuses them ("false", even
 	// with Config.AllGlobal). Cilium's annotation.
 	AnnotationSyncEndpointSlices = "service.cilium.io/global-sync-endpoint-slices"
+	// LabelMCSServiceName on a Service (a derived Service of an MCS
+	// ServiceImport, package k8smcs) names the imported service; the
+	// writer's slices of it carry it too, and LabelMCSSourceCluster.
+	LabelMCSServiceName   = "multicluster.kubernetes.io/service-name"
+	LabelMCSSourceCluster = "multicluster.kubernetes.io/source-cluster"
 	// AnnotationGlobal marks a global service (wire.AnnotationGlobal).
 	AnnotationGlobal = "service.cilium.io/global"
 )
@@ -152,6 +157,13 @@ func newSlice(svc *corev1.Service, cluster string, g *group, addrs []string, ind
 		},
 		AddressType: g.family,
 		Ports:       slices.Clone(g.ports),
+	}
+	if name := svc.Labels[LabelMCSServiceName]; name != "" {
+		// A derived Service of an MCS ServiceImport (k8smcs): its slices
+		// name the imported service, as CoreDNS's multicluster plugin
+		// looks them up.
+		s.Labels[LabelMCSServiceName] = name
+		s.Labels[LabelMCSSourceCluster] = cluster
 	}
 	t, f := true, false
 	for _, a := range addrs {

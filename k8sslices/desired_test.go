@@ -78,3 +78,19 @@ func TestWanted(t *testing.T) {
 		}
 	}
 }
+
+func TestDesiredSlicesMCSLabels(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "derived-0123456789",
+		Labels: map[string]string{LabelMCSServiceName: "checkout"}}}
+	rb := merge.RemoteBackends{Cluster: "west", Ports: map[string][]datapath.Backend{
+		"http": {{Addr: netip.MustParseAddr("10.2.1.10"), Port: 8080, Protocol: datapath.TCP}}}}
+	got := desiredSlices(svc, []merge.RemoteBackends{rb}, DefaultMaxEndpointsPerSlice)
+	if len(got) != 1 {
+		t.Fatalf("slices %v", got)
+	}
+	for _, s := range got {
+		if s.Labels[LabelMCSServiceName] != "checkout" || s.Labels[LabelMCSSourceCluster] != "west" || s.Labels["kubernetes.io/service-name"] != "derived-0123456789" {
+			t.Fatalf("labels %v", s.Labels)
+		}
+	}
+}
