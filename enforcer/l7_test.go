@@ -11,6 +11,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
+	"github.com/clustermesh/clustermesh/fqdn"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/policy"
 	"github.com/clustermesh/clustermesh/wire"
@@ -158,58 +159,6 @@ func TestL7FailsClosedWithoutListener(t *testing.T) {
 	})
 }
 
-// fakeFQDN stands for the fqdn cache: the addresses each pattern holds,
-// announced to its subscribers (as the cache does: only to subscriptions
-// of patterns that match).
-type fakeFQDN struct {
-	mu   sync.Mutex
-	subs map[string]func(added, removed []netip.Addr)
-	held map[string][]netip.Addr
-	at   map[netip.Addr]time.Time // when each address was announced
-}
-
-func newFakeFQDN() *fakeFQDN {
-	return &fakeFQDN{subs: map[string]func(added, removed []netip.Addr){}, held: map[string][]netip.Addr{}, at: map[netip.Addr]time.Time{}}
-}
-
-func (q *fakeFQDN) Subscribe(pattern string, fn func(added, removed []netip.Addr)) (func(), error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.subs[pattern] = fn
-	if len(q.held[pattern]) > 0 {
-		fn(q.held[pattern], nil)
-	}
-	return func() {
-		q.mu.Lock()
-		delete(q.subs, pattern)
-		q.mu.Unlock()
-	}, nil
-}
-
-func (q *fakeFQDN) announce(pattern string, added, removed []netip.Addr) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	now := time.Now()
-	for _, a := range added {
-		q.at[a] = now
-	}
-	q.held[pattern] = slices.DeleteFunc(append(q.held[pattern], added...), func(a netip.Addr) bool { return slices.Contains(removed, a) })
-	if fn := q.subs[pattern]; fn != nil {
-		fn(added, removed)
-	}
-}
-
-func (q *fakeFQDN) patterns() []string {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	var out []string
-	for p := range q.subs {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
-}
-
 const fqdnPolicy = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: frontend-out, namespace: shop}
@@ -229,28 +178,45 @@ func https(peer uint32) tcpolicy.Key {
 	return tcpolicy.Key{Endpoint: eastFrontend, Peer: peer, Direction: datapath.Egress, Protocol: datapath.TCP, Port: 443, EndPort: 443}
 }
 
-// toFQDNs: an address the cache announces for a selected pattern gets a
-// node-local identity, its ipcache entry and the endpoint's egress entry;
-// its expiry removes all three; a pattern no policy has is never
-// subscribed; the DNS rule's port is redirected to the DNS listener.
+// fqdnClock is the FQDN cache's clock, moved by the test.
+type fqdnClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fqdnClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *fqdnClock) add(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	return c.now
+}
+
+// toFQDNs with package fqdn's cache: an address an allowed answer gave for
+// a selected name gets a node-local identity, its ipcache entry and the
+// endpoint's egress entry; the end of its TTL removes all three; a name no
+// policy selects adds nothing; the DNS rule's port goes to the DNS listener.
 func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
-	q, ipc, px := newFakeFQDN(), datapath.NewMemory(), &fakeProxy{}
-	f := startCfg(t, func(_ *fixture, cfg *Config) { cfg.FQDN, cfg.IPCache, cfg.ProxyPorts = q, ipc, px }, nil)
-	www := netip.MustParseAddr("93.184.215.14")
-	q.announce("*.example.com.", []netip.Addr{www}, nil) // before the policy: replayed on subscribe
+	clock := &fqdnClock{now: time.Unix(1_800_000_000, 0)}
+	cache, err := fqdn.New(fqdn.Config{MinTTL: 30 * time.Second, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipc, px := datapath.NewMemory(), &fakeProxy{}
+	f := startCfg(t, func(_ *fixture, cfg *Config) { cfg.FQDN, cfg.IPCache, cfg.ProxyPorts = FQDNCache(cache), ipc, px }, nil)
+	www, api := netip.MustParseAddr("93.184.215.14"), netip.MustParseAddr("2001:db8::443")
+	cache.Update("www.example.com.", []netip.Addr{www}, 10*time.Second) // before the policy: given on subscribe
 	f.writePolicy(t, "frontend.yaml", fqdnPolicy)
 	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
 	const dnsID = 1<<16 + 50
 	f.e.UpsertIdentity("east", dnsID, (&wireEndpoint{ns: "kube-system", labels: map[string]string{"k8s-app": "kube-dns"}}).identity())
 	close(f.ready)
 	const first = localIdentityFlag + 1
-	testenv.WaitFor(t, 5*time.Second, "the announced address allowed", func() bool { return f.hasKey(https(first)) })
-	if got := q.patterns(); !slices.Equal(got, []string{"*.example.com."}) {
-		t.Errorf("subscribed %q", got)
-	}
+	testenv.WaitFor(t, 5*time.Second, "the cached address allowed", func() bool { return f.hasKey(https(first)) })
 	ipcEntry := func(a netip.Addr) (datapath.IPCacheEntry, bool) {
 		m, _ := ipc.IPCache()
-		e, ok := m[netip.PrefixFrom(a, 32)]
+		e, ok := m[netip.PrefixFrom(a, a.BitLen())]
 		return e, ok
 	}
 	if e, ok := ipcEntry(www); !ok || e.Identity != first {
@@ -265,19 +231,22 @@ func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
 			t.Errorf("DNS entry %v missing", k)
 		}
 	}
-	// A name of another domain: nobody subscribed, nothing added.
-	q.announce("*.evil.org.", []netip.Addr{netip.MustParseAddr("10.66.6.6")}, nil)
-	api := netip.MustParseAddr("2001:db8::443")
-	q.announce("*.example.com.", []netip.Addr{api}, nil)
+	// A name no policy selects adds nothing; a second selected one does,
+	// for longer.
+	cache.Update("cdn.evil.org.", []netip.Addr{netip.MustParseAddr("10.66.6.6")}, time.Hour)
+	cache.Update("API.example.com", []netip.Addr{api}, time.Hour)
 	testenv.WaitFor(t, 5*time.Second, "a second address", func() bool { return f.hasKey(https(first + 1)) })
+	if e, ok := ipcEntry(api); !ok || e.Identity != first+1 {
+		t.Errorf("ipcache of %v: %+v %v", api, e, ok)
+	}
 	if s := f.e.Status(); s.FQDNAddresses != 2 || s.FQDNPatterns != 1 {
 		t.Errorf("status: %d addresses, %d patterns", s.FQDNAddresses, s.FQDNPatterns)
 	}
 	if m, _ := ipc.IPCache(); len(m) != 2 {
 		t.Errorf("ipcache %v: want the two example.com addresses only", m)
 	}
-	// Expiry: the cache removes www.
-	q.announce("*.example.com.", nil, []netip.Addr{www})
+	// www's TTL (raised to the 30 s minimum) ends.
+	cache.Expire(clock.add(31 * time.Second))
 	testenv.WaitFor(t, 5*time.Second, "expired address revoked", func() bool {
 		_, inIPC := ipcEntry(www)
 		return !f.hasKey(https(first)) && !inIPC && f.e.Status().FQDNAddresses == 1
@@ -285,12 +254,18 @@ func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
 	if _, ok := f.e.Identity(first); ok {
 		t.Error("the expired address's identity is still known")
 	}
+	if !f.hasKey(https(first + 1)) {
+		t.Error("the address still in its TTL lost its entry")
+	}
 	// The policy goes: the subscription is cancelled, the address dropped.
 	f.writePolicy(t, "frontend.yaml", checkoutPolicy)
 	testenv.WaitFor(t, 5*time.Second, "fqdn policy gone", func() bool {
 		m, _ := ipc.IPCache()
-		return len(q.patterns()) == 0 && !f.hasKey(https(first+1)) && len(m) == 0 && f.e.Status().FQDNAddresses == 0
+		return !f.hasKey(https(first+1)) && len(m) == 0 && f.e.Status().FQDNAddresses == 0 && f.e.Status().FQDNPatterns == 0
 	})
+	if st := cache.Stats(); st.Subscriptions != 0 {
+		t.Errorf("%d subscriptions left in the cache", st.Subscriptions)
+	}
 }
 
 // wireEndpoint builds the identity labels of a pod of another namespace.
