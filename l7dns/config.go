@@ -1,10 +1,8 @@
 package l7dns
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
@@ -32,10 +30,6 @@ type Config struct {
 	// Cache receives the addresses of allowed answers before they are
 	// released to the client (nil: none).
 	Cache *fqdn.Cache
-	// Dial opens the connection to the original server ("udp" or "tcp",
-	// to meta.Destination); nil dials with net.Dialer. The transparent
-	// proxy may bind its own source or mark here.
-	Dial func(ctx context.Context, network string, meta Meta) (net.Conn, error)
 	// MaxConcurrent bounds the queries in flight (beyond it a query gets
 	// SERVFAIL at once); DefaultMaxConcurrent when 0. With
 	// MaxResponseSize it bounds the proxy's buffers.

@@ -42,9 +42,9 @@ func (p *Proxy) emit(meta Meta, proto l4, isReply bool, v flowpb.Verdict, rec *f
 	srcEP := &flowpb.Endpoint{Identity: meta.SourceIdentity}
 	dstEP := &flowpb.Endpoint{Identity: meta.DestinationIdentity}
 	if meta.Direction == flowpb.TrafficDirection_EGRESS {
-		srcEP.ID = uint32(meta.EndpointID)
+		srcEP.ID = meta.EndpointID
 	} else if meta.Direction == flowpb.TrafficDirection_INGRESS {
-		dstEP.ID = uint32(meta.EndpointID)
+		dstEP.ID = meta.EndpointID
 	}
 	typ := flowpb.L7FlowType_REQUEST
 	if isReply {

@@ -1,6 +1,8 @@
 package l7dns
 
 import (
+	"context"
+	"net"
 	"net/netip"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
@@ -15,11 +17,16 @@ type Meta struct {
 	// of the client and the server.
 	SourceIdentity, DestinationIdentity uint32
 	// EndpointID is the local endpoint whose policy redirected the query.
-	EndpointID uint16
+	EndpointID uint32
 	// Direction is EGRESS when the local endpoint is the client, INGRESS
 	// when it is the server.
 	Direction flowpb.TrafficDirection
 	// Rules are the policy's DNS rules for (endpoint, port, direction);
 	// nil allows nothing.
 	Rules *Rules
+	// Dial connects to Destination over the query's own transport (UDP
+	// for a datagram, TCP for a connection): the transparent proxy's
+	// upstream dial (from the client's address, with its mark). nil dials
+	// Destination with a net.Dialer.
+	Dial func(ctx context.Context) (net.Conn, error)
 }

@@ -191,8 +191,8 @@ func (p *Proxy) allowClient(a netip.Addr) bool {
 func (p *Proxy) dial(ctx context.Context, network string, meta Meta) (net.Conn, error) {
 	var c net.Conn
 	var err error
-	if p.cfg.Dial != nil {
-		c, err = p.cfg.Dial(ctx, network, meta)
+	if meta.Dial != nil {
+		c, err = meta.Dial(ctx)
 	} else {
 		var d net.Dialer
 		c, err = d.DialContext(ctx, network, meta.Destination.String())

@@ -217,7 +217,9 @@ func TestMalformedTCP(t *testing.T) {
 	p, log := newProxy(t, Config{MaxQuerySize: 512})
 	client, proxySide := net.Pipe()
 	done := make(chan error, 1)
-	go func() { done <- p.ServeTCP(context.Background(), Meta{Source: netip.MustParseAddrPort("10.0.0.1:1")}, proxySide) }()
+	go func() {
+		done <- p.ServeTCP(context.Background(), Meta{Source: netip.MustParseAddrPort("10.0.0.1:1")}, proxySide)
+	}()
 	if _, err := client.Write([]byte{0x10, 0x00}); err != nil {
 		t.Fatal(err)
 	}
