@@ -2,6 +2,7 @@ package enforcer
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -278,4 +279,29 @@ func (w *wireEndpoint) identity() wire.Labels {
 	return wire.NewLabels("k8s", w.labels).
 		With(wire.Label{Source: "k8s", Key: policy.NamespaceLabel, Value: w.ns}).
 		With(wire.Label{Source: "k8s", Key: wire.ClusterLabel, Value: "east"})
+}
+
+// BenchmarkL7Policy: the proxy's lookup of a connection's L7 policy, with
+// 1,000 redirected peers on the endpoint.
+func BenchmarkL7Policy(b *testing.B) {
+	e, err := New(Config{ClusterName: "east", NodeName: "n", Policy: tcpolicy.NewMemory(), ProxyPorts: &fakeProxy{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := policy.Parse(e.PolicyOptions(), "b.yaml", []byte(l7CheckoutPolicy))
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.engine.SetPolicies(c)
+	e.apply(e.engine.UpsertIdentity(eastCheckout, podLabels("east", "checkout")))
+	for i := range uint32(1000) {
+		e.apply(e.engine.UpsertIdentity(2<<16+100+i, podLabels("west", "frontend").With(wire.Label{Source: "k8s", Key: "n", Value: fmt.Sprint(i)})))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if _, ok := e.L7Policy(eastCheckout, policy.Ingress, policy.TCP, 8080, 2<<16+100+uint32(i%1000)); !ok {
+			b.Fatal("no L7 policy")
+		}
+	}
 }

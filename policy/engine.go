@@ -3,6 +3,7 @@ package policy
 import (
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -143,6 +144,9 @@ type Engine struct {
 	// computed); l7Conflicts counts entries whose rules' parsers differed.
 	hasL7       bool
 	l7Conflicts uint64
+	// l7Merged are the merged L7 policies by the policies merged (equal
+	// sets share one value); emptied with the rules.
+	l7Merged map[string]*L7Policy
 }
 
 // NewEngine returns an engine for the local cluster with no policy.
@@ -161,6 +165,7 @@ func (e *Engine) SetPolicies(c *Compiled) []Change {
 	old := e.endpoints
 	e.rules = c.rules
 	e.hasL7 = c.HasL7()
+	e.l7Merged = map[string]*L7Policy{}
 	e.subjects = make([]map[uint32]struct{}, len(e.rules))
 	e.endpoints = map[uint32]*EndpointPolicy{}
 	for i, r := range e.rules {
@@ -348,13 +353,28 @@ func (e *Engine) l7For(ep uint32, k Key) *L7Policy {
 			}
 		}
 	}
-	if len(found) == 0 {
+	switch {
+	case len(found) == 0:
 		return nil
+	case len(found) == 1 && !plain:
+		return found[0]
+	}
+	var b strings.Builder
+	for _, p := range found {
+		b.WriteString(p.key)
+		b.WriteByte('|')
+	}
+	if plain {
+		b.WriteString("plain")
+	}
+	if p, ok := e.l7Merged[b.String()]; ok {
+		return p
 	}
 	p, conflict := mergeL7(found, plain)
 	if conflict {
 		e.l7Conflicts++
 	}
+	e.l7Merged[b.String()] = p
 	return p
 }
 

@@ -290,3 +290,27 @@ func TestFQDNPattern(t *testing.T) {
 		t.Errorf("labels %v, want %v", ls, want)
 	}
 }
+
+// BenchmarkUpsertIdentityL7: a new remote identity reaching an endpoint
+// whose port has L7 rules of two policies (the merge of its L7 policy).
+func BenchmarkUpsertIdentityL7(b *testing.B) {
+	c, err := Parse(Options{LocalCluster: "east", DefaultLocalCluster: true}, "b.yaml", []byte(l7Checkout))
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := NewEngine("east")
+	e.SetPolicies(c)
+	for id, ls := range meshIdentities() {
+		e.UpsertIdentity(id, ls)
+	}
+	ls := ident("west", "shop", map[string]string{"app": "frontend"})
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		id := 2<<16 + 100 + uint32(i%1000)
+		if ch := e.UpsertIdentity(id, ls); len(ch) == 0 || ch[len(ch)-1].L7 == nil {
+			b.Fatal("no L7 entry")
+		}
+		e.RemoveIdentity(id)
+	}
+}
