@@ -197,3 +197,22 @@ const (
 	ctKeySize          = 44
 	ctValueSize        = 24
 )
+
+// Packet marks (skb->mark) shared by the programs, the agent's L7 proxy
+// (package l7proxy) and its policy routing (bpf/policy.c, MARK_*;
+// docs/l7-redirect.md). Only the bits of MarkMagicMask are the kind; a
+// pod cannot set any of them (a veth between namespaces clears the mark).
+const (
+	// MarkMagicMask selects the kind of a mark.
+	MarkMagicMask uint32 = 0x0F00
+	// MarkToProxy: the programs assigned the packet to a proxy socket; the
+	// agent routes it locally (rule fwmark MarkToProxy/MarkMagicMask to a
+	// table whose one route is local).
+	MarkToProxy uint32 = 0x0200
+	// MarkFromIngressProxy, on the upstream connections of an ingress
+	// proxy: never sent back to a proxy.
+	MarkFromIngressProxy uint32 = 0x0A00
+	// MarkFromEgressProxy, on the upstream connections of an egress proxy:
+	// the destination's ingress policy (and its proxy) still applies.
+	MarkFromEgressProxy uint32 = 0x0B00
+)

@@ -91,6 +91,10 @@ var rules = []Rule{
 		Why: "DNS names and their cache are a leaf: the DNS proxy fills it and the enforcer subscribes to it, it knows neither",
 	},
 	{
+		Pkg: "l7proxy", OursOnly: []string{"datapath", "internal/loglimit"},
+		Why: "the transparent proxy front end reads the policy programs' marks (datapath/tcpolicy) and hands flows to engines through its Handler interface: it never imports an engine, the policy or the enforcer",
+	},
+	{
 		Pkg: "l7dns", OursOnly: []string{"fqdn", "internal/loglimit"},
 		Never: []string{"github.com/cilium/cilium/pkg/..."},
 		Why:   "the DNS proxy engine is handed queries and their metadata by the transparent proxy and fills the fqdn cache: it never reaches into policy, the enforcer or the datapath",

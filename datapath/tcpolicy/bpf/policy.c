@@ -70,11 +70,13 @@
  *   connections leave the node's namespace with the client's own address
  *   (IP_TRANSPARENT) and a mark (MARK_FROM_*_PROXY): to_ep checks them as
  *   any packet (the source's identity is the ipcache's), but never sends
- *   what comes from an ingress proxy back to a proxy. Their replies reach
- *   the endpoint the upstream pretends to be: to_ep, finding no conntrack
- *   entry, looks the packet's tuple up among the node's sockets and, when
- *   a connected one owns it, hairpins it (MARK_HAIRPIN, port 0) to be
- *   assigned to it.
+ *   what comes from an ingress proxy back to a proxy, and marks their
+ *   conntrack entry CT_F_UPSTREAM: from_ep assigns their replies to the
+ *   upstream's socket (to_upstream). Replies from another node are routed
+ *   to the client's veth (the agent turns the stack's early demultiplexing
+ *   off, which would find the socket and make the forward drop them):
+ *   to_ep, finding no conntrack entry, looks their tuple up among the
+ *   node's sockets and hairpins them (MARK_HAIRPIN, port 0) to be assigned.
  *
  * Layouts: datapath/layout.go (cm_ipcache), datapath/tcpolicy/layout.go
  * (the policy maps) and datapath/flows/layout.go (the events, the counters).
@@ -174,6 +176,7 @@
 #define CT_F_CLOSING 1  /* FIN or RST seen */
 #define CT_F_VERDICT 2  /* the flow was allowed by a lookup at revision rev */
 #define CT_F_AUDIT 4    /* ... only by audit mode */
+#define CT_F_UPSTREAM 8 /* opened by a proxy's upstream connection (MARK_FROM_*_PROXY) */
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -937,8 +940,8 @@ static __always_inline int proxy_listening(struct __sk_buff *skb, const struct p
 
 /* upstream_socket reports whether a connected socket of the node's
  * namespace owns the packet's tuple: a reply to a proxy's upstream
- * connection (bound to the client's address). Only packets that cannot
- * start a connection are looked up. */
+ * connection (bound to the client's address) that came from another node.
+ * Only packets that cannot start a connection are looked up. */
 static __always_inline int upstream_socket(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct bpf_sock_tuple t;
@@ -985,6 +988,26 @@ static __always_inline int hairpin(struct __sk_buff *skb, __u16 proxy_port)
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
+/* to_upstream gives a reply to a proxy's upstream connection (CT_F_UPSTREAM)
+ * to its socket in the node's namespace, bound to the client's address:
+ * forwarded, it would be dropped (the stack's early demultiplexing finds
+ * the socket, and a forwarded packet must not carry one). A reply whose
+ * socket is gone is dropped. */
+static __always_inline int to_upstream(struct __sk_buff *skb, const struct pkt *p)
+{
+	int r = -1;
+
+	if (p->proto == IPPROTO_TCP)
+		r = assign_tcp(skb, p, 0, SK_ESTABLISHED);
+	else if (p->proto == IPPROTO_UDP)
+		r = assign_udp(skb, p, 0, SK_ESTABLISHED);
+	if (r)
+		return TC_ACT_SHOT;
+	skb->mark = MARK_TO_PROXY;
+	count(CNT_FORWARDED_EGRESS, 1);
+	return TC_ACT_OK;
+}
+
 /* from_hairpin: cm_policy_from_ep's part of hairpin, a packet whose checks
  * were done by cm_policy_to_ep. */
 static __always_inline int from_hairpin(struct __sk_buff *skb)
@@ -996,19 +1019,10 @@ static __always_inline int from_hairpin(struct __sk_buff *skb)
 	skb->mark = 0;
 	if (r != PARSE_OK)
 		return TC_ACT_SHOT;
-	if (proxy_port) {
-		r = proxy_assign(skb, &p, proxy_port);
-	} else {
-		if (p.proto == IPPROTO_TCP)
-			r = assign_tcp(skb, &p, 0, SK_ESTABLISHED);
-		else
-			r = assign_udp(skb, &p, 0, SK_ESTABLISHED);
-		if (r == 0)
-			skb->mark = MARK_TO_PROXY;
-	}
-	if (r) {
-		if (proxy_port)
-			count(CNT_DROPPED_PROXY_INGRESS, 1);
+	if (!proxy_port)
+		return to_upstream(skb, &p);
+	if (proxy_assign(skb, &p, proxy_port)) {
+		count(CNT_DROPPED_PROXY_INGRESS, 1);
 		return TC_ACT_SHOT;
 	}
 	return TC_ACT_OK;
@@ -1086,8 +1100,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ct = bpf_map_lookup_elem(&cm_policy_ct, &ctk);
 	if (ct && now - ct->last_seen > ct_lifetime(ct, p.proto))
 		ct = NULL; /* expired: as if absent (the update below replaces it) */
-	/* A reply to a proxy's upstream connection, bound to this endpoint's
-	 * address in the node's namespace: to the proxy's socket. */
+	/* A reply to a proxy's upstream connection from another node (one from
+	 * this node's endpoints went to_upstream at their from_ep): to the
+	 * proxy's socket. */
 	if (!ct && dir == DIR_INGRESS && upstream_socket(skb, &p))
 		return hairpin(skb, 0);
 
@@ -1097,8 +1112,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		have_peer = 1;
 	}
 	if (ct && ct->origin != dir) {
-		/* A reply of a flow allowed in the other direction. */
+		/* A reply of a flow allowed in the other direction; to the proxy
+		 * that opened it, when one did. */
 		flags |= FLOW_REPLY;
+		if (dir == DIR_EGRESS && (ct->flags & CT_F_UPSTREAM))
+			return to_upstream(skb, &p);
 	} else if (enforced) {
 		if (!ct || !(ct->flags & CT_F_VERDICT) || ct->rev != rev || (cfg_flags & CFG_STRICT)) {
 			struct cm_policy_value *pv;
@@ -1141,6 +1159,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	if (ct) {
+		if (dir == DIR_INGRESS && !(flags & FLOW_REPLY) && !(ct->flags & CT_F_UPSTREAM) &&
+		    (magic == MARK_FROM_INGRESS_PROXY || magic == MARK_FROM_EGRESS_PROXY))
+			ct->flags |= CT_F_UPSTREAM;
 		if (p.proto == IPPROTO_TCP) {
 			if (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) {
 				if (!(ct->flags & CT_F_CLOSING))
@@ -1170,6 +1191,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
 			v.flags |= CT_F_CLOSING;
+		if (dir == DIR_INGRESS && (magic == MARK_FROM_INGRESS_PROXY || magic == MARK_FROM_EGRESS_PROXY))
+			v.flags |= CT_F_UPSTREAM;
 		bpf_map_update_elem(&cm_policy_ct, &ctk, &v, BPF_ANY);
 		count(CNT_CT_CREATED, 1);
 		flags |= FLOW_NEW;
