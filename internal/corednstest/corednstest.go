@@ -119,7 +119,7 @@ func Start(t testing.TB, zones []string, plugins string) *Server {
 		<-exited
 		logf.Close()
 		if t.Failed() {
-			t.Logf("CoreDNS log (%s):\n%s", s.Corefile, s.output())
+			t.Logf("CoreDNS log (%s):\n%s", s.Corefile, s.Output())
 		}
 	})
 	timer := time.NewTimer(startTimeout)
@@ -128,9 +128,9 @@ func Start(t testing.TB, zones []string, plugins string) *Server {
 	case <-out.ready:
 		return s
 	case <-exited:
-		t.Fatalf("corednstest: CoreDNS exited before serving (%v):\n%s", waitErr, s.output())
+		t.Fatalf("corednstest: CoreDNS exited before serving (%v):\n%s", waitErr, s.Output())
 	case <-timer.C:
-		t.Fatalf("corednstest: CoreDNS not serving after %s:\n%s", startTimeout, s.output())
+		t.Fatalf("corednstest: CoreDNS not serving after %s:\n%s", startTimeout, s.Output())
 	}
 	return nil
 }
@@ -152,8 +152,9 @@ func corefile(zones []string, port, plugins string) string {
 	return b.String()
 }
 
-// output is what CoreDNS printed so far.
-func (s *Server) output() string {
+// Output is what CoreDNS printed so far (its log plugin's lines, its
+// errors, its kubernetes plugin's warnings).
+func (s *Server) Output() string {
 	b, err := os.ReadFile(s.Log)
 	if err != nil {
 		return fmt.Sprintf("(reading %s: %v)", s.Log, err)
