@@ -66,6 +66,7 @@ const (
 // trace events: the packet went to the endpoint, or came from it.
 const (
 	traceToLxc   = 0
+	traceToProxy = 1 // Cilium's TRACE_TO_PROXY: a packet sent to the L7 proxy
 	traceFromLxc = 5
 )
 
@@ -109,6 +110,7 @@ func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
 		Destination:      x.endpoint(f.Dst.Addr(), f.DstIdentity, f.DstCluster),
 		TrafficDirection: direction(f.Direction),
 		IsReply:          wrapperspb.Bool(f.Reply),
+		ProxyPort:        uint32(f.ProxyPort),
 	}
 	fillDeprecated(out, f.Reply)
 	switch kind(f) {
@@ -135,6 +137,9 @@ func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
 		out.EventType = &flowpb.CiliumEventType{Type: eventTrace, SubType: traceToLxc}
 		if f.Direction == datapath.Egress {
 			out.EventType.SubType = traceFromLxc
+		}
+		if f.ProxyPort != 0 {
+			out.EventType.SubType = traceToProxy
 		}
 		x.packet(f, out)
 	}
@@ -201,6 +206,8 @@ func verdict(v flows.Verdict) flowpb.Verdict {
 		return flowpb.Verdict_DROPPED
 	case flows.VerdictAudit:
 		return flowpb.Verdict_AUDIT
+	case flows.VerdictRedirected:
+		return flowpb.Verdict_REDIRECTED
 	case flows.VerdictTranslated:
 		return flowpb.Verdict_TRANSLATED
 	}
@@ -213,6 +220,8 @@ func dropReason(r flows.DropReason) flowpb.DropReason {
 		return flowpb.DropReason_POLICY_DENIED
 	case flows.DropInvalidPacket:
 		return flowpb.DropReason_INVALID_PACKET_DROPPED
+	case flows.DropProxyUnavailable:
+		return flowpb.DropReason_SOCKET_LOOKUP_FAILED
 	}
 	return flowpb.DropReason_DROP_REASON_UNKNOWN
 }
