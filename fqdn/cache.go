@@ -29,7 +29,8 @@ type Cache struct {
 
 	mu    sync.Mutex
 	names map[string]*entry
-	lru   *list.List // of *entry, most recently updated first
+	byIP  map[netip.Addr]map[*entry]struct{} // the names holding each address
+	lru   *list.List                         // of *entry, most recently updated first
 	exp   expiryHeap
 	ips   int
 	subs  []*subscription // in the order of Subscribe
@@ -73,7 +74,8 @@ func New(cfg Config) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Cache{cfg: cfg, m: m, wake: make(chan struct{}, 1), names: map[string]*entry{}, lru: list.New()}, nil
+	return &Cache{cfg: cfg, m: m, wake: make(chan struct{}, 1), names: map[string]*entry{},
+		byIP: map[netip.Addr]map[*entry]struct{}{}, lru: list.New()}, nil
 }
 
 // Config is the cache's configuration, defaults applied.
@@ -140,6 +142,12 @@ func (c *Cache) addLocked(e *entry, ip netip.Addr, at time.Time) {
 	}
 	c.ips++
 	c.m.ips.Set(float64(c.ips))
+	holders := c.byIP[ip]
+	if holders == nil {
+		holders = map[*entry]struct{}{}
+		c.byIP[ip] = holders
+	}
+	holders[e] = struct{}{}
 	for _, s := range e.subs {
 		if s.refs[ip]++; s.refs[ip] == 1 {
 			s.pending().Added = append(s.pending().Added, ip)
@@ -176,6 +184,11 @@ func (c *Cache) limitIPsLocked(e *entry) {
 
 func (c *Cache) removeIPLocked(e *entry, ip netip.Addr) {
 	delete(e.ips, ip)
+	if holders := c.byIP[ip]; len(holders) <= 1 {
+		delete(c.byIP, ip)
+	} else {
+		delete(holders, e)
+	}
 	c.ips--
 	c.m.ips.Set(float64(c.ips))
 	for _, s := range e.subs {
@@ -298,6 +311,20 @@ func (c *Cache) Lookup(name string) []netip.Addr {
 		out = append(out, ip)
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// NamesOf is the names holding addr now, sorted (what Hubble shows as a
+// flow's source_names and destination_names).
+func (c *Cache) NamesOf(addr netip.Addr) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	holders := c.byIP[addr.Unmap()]
+	out := make([]string, 0, len(holders))
+	for e := range holders {
+		out = append(out, e.name)
+	}
+	slices.Sort(out)
 	return out
 }
 

@@ -91,6 +91,9 @@ func TestCacheNotifiesAndExpires(t *testing.T) {
 	if got := c.Lookup("www.EXAMPLE.com"); !slices.Equal(got, addrs("10.0.0.1", "10.0.0.2")) {
 		t.Fatalf("lookup: %v", got)
 	}
+	if got := c.NamesOf(netip.MustParseAddr("::ffff:10.0.0.2")); !slices.Equal(got, []string{"api.example.com.", "www.example.com."}) {
+		t.Fatalf("names of 10.0.0.2: %v", got)
+	}
 
 	// At 10 s www's addresses end; 10.0.0.2 stays (api holds it for a minute).
 	if n := c.Expire(clk.Add(9 * time.Second)); n != 0 {
@@ -100,6 +103,9 @@ func TestCacheNotifiesAndExpires(t *testing.T) {
 		t.Fatalf("expired %d at the minimum TTL, want www's 2", n)
 	}
 	wantChange(t, r.take(), nil, addrs("10.0.0.1"))
+	if got := c.NamesOf(netip.MustParseAddr("10.0.0.2")); !slices.Equal(got, []string{"api.example.com."}) {
+		t.Fatalf("names of 10.0.0.2 after www expired: %v", got)
+	}
 	if c.Lookup("www.example.com") != nil || c.Stats().Names != 1 {
 		t.Fatalf("www still held: %+v", c.Stats())
 	}
@@ -110,7 +116,7 @@ func TestCacheNotifiesAndExpires(t *testing.T) {
 	wantChange(t, r.take(), nil, addrs("10.0.0.2"))
 	c.Expire(clk.Add(time.Hour))
 	wantChange(t, r.take(), nil, addrs("fd00::1"))
-	if st := c.Stats(); st.Names != 0 || st.IPs != 0 || st.Expired != 4 {
+	if st := c.Stats(); st.Names != 0 || st.IPs != 0 || st.Expired != 4 || len(c.byIP) != 0 {
 		t.Fatalf("stats after every expiry: %+v", st)
 	}
 }

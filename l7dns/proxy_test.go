@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/fqdn"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/l7dns/dnsserver"
 )
 
 func TestAllowedAndDenied(t *testing.T) {
@@ -364,5 +366,119 @@ func TestConfigValidate(t *testing.T) {
 	var none *Rules
 	if none.Allows("a.") || mustRules(t).Allows("a.") {
 		t.Error("no rules allow a name")
+	}
+}
+
+// TestIngressIPv6: a query to a local server (ingress) over IPv6: the
+// endpoint is the flows' server side, IPv6 addresses and version.
+func TestIngressIPv6(t *testing.T) {
+	z, err := dnsserver.ParseZone("east.example", strings.NewReader(testZone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := dnsserver.Start(z, pc, nil)
+	defer s.Close(context.Background())
+	p, log := newProxy(t, Config{})
+	meta := Meta{Source: netip.MustParseAddrPort("[::1]:40000"), Destination: netip.MustParseAddrPort(pc.LocalAddr().String()),
+		SourceIdentity: 2, DestinationIdentity: 3000, EndpointID: 9, Direction: flowpb.TrafficDirection_INGRESS,
+		Rules: mustRules(t, PortRuleDNS{MatchName: "checkout.east.example"})}
+	q := new(dns.Msg)
+	q.SetQuestion("checkout.east.example.", dns.TypeAAAA)
+	raw, _ := q.Pack()
+	var a dns.Msg
+	if err := p.ServeUDP(context.Background(), meta, raw, func(b []byte) error { return a.Unpack(b) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Answer) != 1 || a.Answer[0].(*dns.AAAA).AAAA.String() != "fd00::5" {
+		t.Fatalf("answer %v", &a)
+	}
+	flows := log.take()
+	if len(flows) != 2 {
+		t.Fatalf("%d flows", len(flows))
+	}
+	req, resp := flows[0], flows[1]
+	if req.IP.IpVersion != flowpb.IPVersion_IPv6 || req.IP.Source != "::1" || req.Destination.GetID() != 9 ||
+		req.Destination.GetIdentity() != 3000 || req.Source.GetID() != 0 || req.TrafficDirection != flowpb.TrafficDirection_INGRESS ||
+		req.L4.GetUDP().GetSourcePort() != 40000 {
+		t.Fatalf("query flow %v", req)
+	}
+	if resp.Source.GetID() != 9 || resp.L4.GetUDP().GetDestinationPort() != 40000 ||
+		!slices.Equal(resp.GetL7().GetDns().GetIps(), []string{"fd00::5"}) || !slices.Equal(resp.GetL7().GetDns().GetQtypes(), []string{"AAAA"}) {
+		t.Fatalf("answer flow %v", resp)
+	}
+}
+
+// TestTCPUpstreamMismatch: a TCP server answering with another id gets
+// the client SERVFAIL, and the next query a new server connection.
+func TestTCPUpstreamMismatch(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer l.Close()
+	var mu sync.Mutex
+	conns := 0
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns++
+			bad := conns == 1
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				for {
+					b, err := readFrame(c, 65535)
+					if err != nil {
+						return
+					}
+					q := new(dns.Msg)
+					_ = q.Unpack(b)
+					m := new(dns.Msg)
+					m.SetReply(q)
+					if bad {
+						m.Id++
+					}
+					out, _ := m.Pack()
+					if writeFrame(c, out) != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	p, _ := newProxy(t, Config{})
+	f := startFront(t, p, netip.MustParseAddrPort(l.Addr().String()), mustRules(t, PortRuleDNS{MatchPattern: "*"}))
+	c := &dns.Client{Net: "tcp"}
+	conn, err := c.Dial(f.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for i, want := range []int{dns.RcodeServerFailure, dns.RcodeSuccess} {
+		q := new(dns.Msg)
+		q.SetQuestion("x.example.", dns.TypeA)
+		a, _, err := c.ExchangeWithConnContext(context.Background(), q, conn)
+		if err != nil || a.Rcode != want {
+			t.Fatalf("query %d: %v, %v; want rcode %d", i, a, err, want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if conns != 2 || testutil.ToFloat64(p.m.upstream.WithLabelValues("mismatch")) != 1 {
+		t.Fatalf("%d server connections", conns)
 	}
 }
