@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 
@@ -32,6 +33,16 @@ func ParseZone(origin string, r io.Reader) (Zone, error) {
 		return nil, fmt.Errorf("parsing zone %s: %w", origin, err)
 	}
 	return z, nil
+}
+
+// ReadZoneFile reads a zone file (RFC 1035 text, names relative to origin).
+func ReadZoneFile(origin, path string) (Zone, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading zone %s: %w", origin, err)
+	}
+	defer f.Close()
+	return ParseZone(origin, f)
 }
 
 // Add adds rr to z.

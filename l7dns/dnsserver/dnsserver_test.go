@@ -2,7 +2,11 @@ package dnsserver
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -71,5 +75,24 @@ func TestServeZone(t *testing.T) {
 func TestParseZoneError(t *testing.T) {
 	if _, err := ParseZone("x", strings.NewReader("a IN A not-an-address\n")); err == nil {
 		t.Fatal("a bad record parsed")
+	}
+	if _, err := ReadZoneFile("x", filepath.Join(t.TempDir(), "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a missing file: %v", err)
+	}
+}
+
+func TestReadZoneFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "east.zone")
+	if err := os.WriteFile(path, []byte(zoneText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	z, err := ReadZoneFile("east.example.", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("checkout.east.example.", dns.TypeA)
+	if a := z.Answer(q); len(a.Answer) != 1 || a.Answer[0].Header().Ttl != 30 {
+		t.Fatalf("answer %v", a)
 	}
 }
