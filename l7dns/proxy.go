@@ -87,6 +87,12 @@ func (p *Proxy) handle(ctx context.Context, meta Meta, proto l4, q *dns.Msg, raw
 		p.emit(meta, proto, false, flowpb.Verdict_DROPPED, queryRecord(q), 0)
 		return reply(q, dns.RcodeRefused)
 	}
+	if qt := q.Question[0].Qtype; qt == dns.TypeAXFR || qt == dns.TypeIXFR {
+		// A zone transfer is many messages per query: not proxied.
+		p.m.queries.WithLabelValues("error").Inc()
+		p.emit(meta, proto, false, flowpb.Verdict_ERROR, queryRecord(q), 0)
+		return reply(q, dns.RcodeNotImplemented)
+	}
 	select {
 	case p.sem <- struct{}{}:
 	default:

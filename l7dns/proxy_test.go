@@ -67,6 +67,12 @@ func TestAllowedAndDenied(t *testing.T) {
 	if got := testutil.ToFloat64(p.m.queries.WithLabelValues("denied")); got != 2 {
 		t.Fatalf("denied queries counted %v, want 2", got)
 	}
+	if a := ask(t, "tcp", f.tcp, "checkout.east.example.", dns.TypeAXFR); a.Rcode != dns.RcodeNotImplemented {
+		t.Fatalf("a zone transfer answered %v", a)
+	}
+	if flows := log.take(); len(flows) != 1 || flows[0].Verdict != flowpb.Verdict_ERROR {
+		t.Fatalf("a zone transfer's flows: %v", flows)
+	}
 }
 
 func checkFlow(t *testing.T, f *flowpb.Flow, network string, reply bool, v flowpb.Verdict) {
