@@ -81,29 +81,34 @@ func (p *Proxy) ServeUDP(ctx context.Context, meta Meta, query []byte, reply fun
 // handle decides, forwards and reports one parsed query and returns the
 // answer for the client.
 func (p *Proxy) handle(ctx context.Context, meta Meta, proto l4, q *dns.Msg, raw []byte, start time.Time, ex exchange) []byte {
-	name := q.Question[0].Name
-	if !meta.Rules.Allows(name) {
-		p.m.queries.WithLabelValues("denied").Inc()
-		p.emit(meta, proto, false, flowpb.Verdict_DROPPED, queryRecord(q), 0)
-		return reply(q, dns.RcodeRefused)
-	}
-	if qt := q.Question[0].Qtype; qt == dns.TypeAXFR || qt == dns.TypeIXFR {
-		// A zone transfer is many messages per query: not proxied.
-		p.m.queries.WithLabelValues("error").Inc()
-		p.emit(meta, proto, false, flowpb.Verdict_ERROR, queryRecord(q), 0)
-		return reply(q, dns.RcodeNotImplemented)
+	switch qt := q.Question[0].Qtype; {
+	case !meta.Rules.Allows(q.Question[0].Name):
+		return p.answerHere(meta, proto, q, "denied", flowpb.Verdict_DROPPED, dns.RcodeRefused)
+	case qt == dns.TypeAXFR || qt == dns.TypeIXFR: // many messages for one query: not proxied
+		return p.answerHere(meta, proto, q, "error", flowpb.Verdict_ERROR, dns.RcodeNotImplemented)
 	}
 	select {
 	case p.sem <- struct{}{}:
 	default:
 		p.m.rejected.WithLabelValues("concurrency").Inc()
-		p.m.queries.WithLabelValues("error").Inc()
-		p.emit(meta, proto, false, flowpb.Verdict_ERROR, queryRecord(q), 0)
-		return reply(q, dns.RcodeServerFailure)
+		return p.answerHere(meta, proto, q, "error", flowpb.Verdict_ERROR, dns.RcodeServerFailure)
 	}
 	defer func() { <-p.sem }()
 	p.m.queries.WithLabelValues("forwarded").Inc()
 	p.emit(meta, proto, false, flowpb.Verdict_FORWARDED, queryRecord(q), 0)
+	return p.forward(ctx, meta, proto, q, raw, start, ex)
+}
+
+// answerHere answers q with rcode without asking its server.
+func (p *Proxy) answerHere(meta Meta, proto l4, q *dns.Msg, counted string, v flowpb.Verdict, rcode int) []byte {
+	p.m.queries.WithLabelValues(counted).Inc()
+	p.emit(meta, proto, false, v, queryRecord(q), 0)
+	return reply(q, rcode)
+}
+
+// forward asks q's server, puts the answer's addresses into the cache and
+// returns the answer (SERVFAIL when none came).
+func (p *Proxy) forward(ctx context.Context, meta Meta, proto l4, q *dns.Msg, raw []byte, start time.Time, ex exchange) []byte {
 	p.m.inFlight.Inc()
 	qctx, cancel := context.WithTimeout(ctx, p.cfg.QueryTimeout)
 	ans, a, err := ex(qctx, q, raw)
