@@ -105,7 +105,8 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	if err != nil {
 		return fmt.Errorf("reading state file %q: %w", f.Path, err)
 	}
-	base, err := Parse(f.Path, last)
+	p := &parser{name: f.Path}
+	base, err := p.parse(last)
 	if err != nil {
 		return err
 	}
@@ -129,7 +130,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 		}
 		var next *State
 		if stateWake {
-			next = f.reread(log, notified, &lastStat, &last)
+			next = f.reread(log, p, notified, &lastStat, &last)
 		}
 		// A poll reads the key files only if their stats changed; a
 		// notification always reads them.
@@ -137,13 +138,18 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 		switch {
 		case next != nil:
 			base = next
-			st, applied = keys.apply(base)
+			var now map[string]string
+			if st, now = keys.apply(base); st.Changes != nil && !maps.Equal(now, applied) {
+				st = withChanges(st, &Changes{Endpoints: st.Changes.Endpoints,
+					RemovedEndpoints: st.Changes.RemovedEndpoints, Nodes: true})
+			}
+			applied = now
 			onChange(st)
 		case keysMoved:
 			var now map[string]string
 			if st, now = keys.apply(base); !maps.Equal(now, applied) {
 				applied = now
-				onChange(st)
+				onChange(withChanges(st, &Changes{Nodes: true}))
 			}
 		}
 	}
@@ -151,7 +157,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 
 // reread returns the state file's new state, or nil when it is unchanged,
 // unreadable or invalid (logged: the last state stays in force).
-func (f *File) reread(log *slog.Logger, notified bool, lastStat *os.FileInfo, last *[]byte) *State {
+func (f *File) reread(log *slog.Logger, p *parser, notified bool, lastStat *os.FileInfo, last *[]byte) *State {
 	fi, err := os.Stat(f.Path)
 	if err != nil {
 		log.Warn("state file unreadable, keeping the last state", "file", f.Path, "err", err)
@@ -168,12 +174,48 @@ func (f *File) reread(log *slog.Logger, notified bool, lastStat *os.FileInfo, la
 		return nil
 	}
 	*last = b
-	st, err := Parse(f.Path, b)
+	st, err := p.parse(b)
 	if err != nil {
 		log.Error("state file changed but is invalid, keeping the last state", "file", f.Path, "err", err)
 		return nil
 	}
 	return st
+}
+
+// withChanges is a copy of st with c as its Changes.
+func withChanges(st *State, c *Changes) *State {
+	cp := *st
+	cp.Changes = c
+	return &cp
+}
+
+// parser parses the successive contents of one state file: a JSON file
+// around its difference with the last content when only endpoints changed
+// (jsonindex.go), anything else whole.
+type parser struct {
+	name string
+	idx  *jsonIndex // the last JSON content, when indexable
+}
+
+func (p *parser) parse(b []byte) (*State, error) {
+	if p.idx != nil {
+		if nx, err := p.idx.update(b); err == nil {
+			p.idx = nx
+			return nx.state, nil
+		}
+		// The old index shares its counts with a failed update's, which
+		// left them as they were: it stays valid until replaced below.
+	}
+	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		idx, st, err := indexJSON(p.name, b)
+		if err != nil {
+			return nil, err
+		}
+		p.idx = idx
+		return st, nil
+	}
+	p.idx = nil
+	return Parse(p.name, b)
 }
 
 func sameFile(a, b os.FileInfo) bool {

@@ -32,6 +32,23 @@ type State struct {
 	// listed has none). Parse copies them to each endpoint's
 	// NamespaceLabels; a source that builds a State fills those itself.
 	Namespaces []Namespace `json:"namespaces,omitempty"`
+
+	// Changes, when set, is what changed from the State the same source
+	// delivered before this one; nil: anything may have.
+	Changes *Changes `json:"-"`
+}
+
+// Changes is what a State changed from the one its source delivered before
+// it, when the source knows: the file source, when an edit of the state file
+// touched only its endpoints. Consumers may then recompute only what the
+// changed endpoints touch.
+type Changes struct {
+	// Endpoints are the keys ("namespace/pod", Endpoint.Key) of the
+	// endpoints added or changed, RemovedEndpoints of those that went.
+	Endpoints, RemovedEndpoints []string
+	// Nodes, Services and Namespaces report whether those may have
+	// changed.
+	Nodes, Services, Namespaces bool
 }
 
 // Namespace is a namespace's name and labels.

@@ -50,31 +50,19 @@ func (st *State) Validate() error {
 		}
 	}
 	pods, ips := map[string]bool{}, map[string]string{}
-	for i, e := range st.Endpoints {
-		id := e.Namespace + "/" + e.Pod
-		switch {
-		case e.Namespace == "" || e.Pod == "":
-			bad("endpoints[%d]: namespace and pod are required", i)
-		case pods[id]:
+	for i := range st.Endpoints {
+		e := &st.Endpoints[i]
+		id := e.Key()
+		if pods[id] && e.Namespace != "" && e.Pod != "" {
 			bad("endpoint %s: duplicate", id)
 		}
 		pods[id] = true
-		if !e.IP.IsValid() || e.IP.Zone() != "" {
-			bad("endpoint %s: invalid ip %q", id, e.IP)
-		} else if other, dup := ips[e.IP.String()]; dup {
-			bad("endpoint %s: ip %s already used by %s", id, e.IP, other)
-		} else {
-			ips[e.IP.String()] = id
-		}
-		if e.Node != "" && !nodes[e.Node] {
-			bad("endpoint %s: unknown node %q", id, e.Node)
-		}
-		if !validInterfaceName(e.Interface) {
-			bad("endpoint %s: invalid interface %q (a Linux interface name: at most 15 characters, no '/', ':' or spaces)", id, e.Interface)
-		}
-		if e.Workload != "" {
-			if _, err := wire.ParseWorkload(e.Workload); err != nil {
-				bad("endpoint %s: %v", id, err)
+		e.check(i, nodes, bad)
+		if e.IP.IsValid() && e.IP.Zone() == "" {
+			if other, dup := ips[e.IP.String()]; dup {
+				bad("endpoint %s: ip %s already used by %s", id, e.IP, other)
+			} else {
+				ips[e.IP.String()] = id
 			}
 		}
 	}
@@ -127,6 +115,32 @@ func (st *State) Validate() error {
 		// in its status.
 	}
 	return errors.Join(errs...)
+}
+
+// Key is the endpoint's "namespace/pod".
+func (e *Endpoint) Key() string { return e.Namespace + "/" + e.Pod }
+
+// check reports what is wrong with endpoint i on its own (everything but
+// duplicates): names, address, node (one of nodes), interface, workload.
+func (e *Endpoint) check(i int, nodes map[string]bool, bad func(format string, args ...any)) {
+	id := e.Key()
+	if e.Namespace == "" || e.Pod == "" {
+		bad("endpoints[%d]: namespace and pod are required", i)
+	}
+	if !e.IP.IsValid() || e.IP.Zone() != "" {
+		bad("endpoint %s: invalid ip %q", id, e.IP)
+	}
+	if e.Node != "" && !nodes[e.Node] {
+		bad("endpoint %s: unknown node %q", id, e.Node)
+	}
+	if !validInterfaceName(e.Interface) {
+		bad("endpoint %s: invalid interface %q (a Linux interface name: at most 15 characters, no '/', ':' or spaces)", id, e.Interface)
+	}
+	if e.Workload != "" {
+		if _, err := wire.ParseWorkload(e.Workload); err != nil {
+			bad("endpoint %s: %v", id, err)
+		}
+	}
 }
 
 // checkNodeAnnotations returns what is wrong with a node's annotations: keys

@@ -1,0 +1,225 @@
+package statesource
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// indexedState is a valid state of n endpoints (two namespaces, one with
+// labels) as JSON, compact or indented.
+func indexedState(n int, indent bool) []byte {
+	st := State{
+		Nodes: []Node{{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("192.168.1.1")},
+			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}}},
+		Namespaces: []Namespace{{Name: "shop", Labels: map[string]string{"team": "cart"}}},
+		Services: []Service{{Namespace: "shop", Name: "checkout", ClusterIP: netip.MustParseAddr("10.96.0.10"),
+			Ports: []ServicePort{{Name: "http", Port: 80}}, Selector: map[string]string{"app": "checkout"}}},
+	}
+	for i := range n {
+		ns := "shop"
+		if i%3 == 0 {
+			ns = "bulk"
+		}
+		st.Endpoints = append(st.Endpoints, Endpoint{Namespace: ns, Pod: fmt.Sprintf("pod-%d", i), Node: "node-1",
+			IP: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%4)}})
+	}
+	if indent {
+		b, _ := json.MarshalIndent(st, "", "  ")
+		return b
+	}
+	b, _ := json.Marshal(st)
+	return b
+}
+
+// checkIncremental parses before, then after, with one parser (so after is
+// parsed around its difference when it can be) and checks the result is
+// Parse's, and its Changes exactly what differs. It reports whether after
+// was parsed incrementally.
+func checkIncremental(t *testing.T, before, after []byte) bool {
+	t.Helper()
+	p := &parser{name: "state.json"}
+	prev, err := p.parse(before)
+	if err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	got, gotErr := p.parse(after)
+	want, wantErr := Parse("state.json", after)
+	if (gotErr == nil) != (wantErr == nil) {
+		t.Fatalf("parsed around the difference: err %v; parsed whole: err %v", gotErr, wantErr)
+	}
+	if wantErr != nil {
+		return false
+	}
+	changes := got.Changes
+	cp := *got
+	cp.Changes = nil
+	if !reflect.DeepEqual(&cp, want) {
+		t.Fatalf("parsed around the difference:\n%+v\nparsed whole:\n%+v", cp.Endpoints, want.Endpoints)
+	}
+	if changes == nil {
+		return false
+	}
+	wantChanged, wantRemoved := diffEndpoints(prev.Endpoints, want.Endpoints)
+	if !slices.Equal(sorted(changes.Endpoints), wantChanged) || !slices.Equal(changes.RemovedEndpoints, wantRemoved) {
+		t.Fatalf("changes: %v removed %v; want %v removed %v", changes.Endpoints, changes.RemovedEndpoints, wantChanged, wantRemoved)
+	}
+	if changes.Nodes || changes.Services || changes.Namespaces {
+		t.Fatalf("an endpoints-only edit says %+v", changes)
+	}
+	return true
+}
+
+func diffEndpoints(before, after []Endpoint) (changed, removed []string) {
+	was := map[string]Endpoint{}
+	for _, e := range before {
+		was[e.Key()] = e
+	}
+	for _, e := range after {
+		if b, ok := was[e.Key()]; !ok || !reflect.DeepEqual(b, e) {
+			changed = append(changed, e.Key())
+		}
+		delete(was, e.Key())
+	}
+	for k := range was {
+		removed = append(removed, k)
+	}
+	return sorted(changed), sorted(removed)
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+func TestIncrementalEdits(t *testing.T) {
+	for _, indent := range []bool{false, true} {
+		base := indexedState(50, indent)
+		var st State
+		if err := json.Unmarshal(base, &st); err != nil {
+			t.Fatal(err)
+		}
+		edit := func(f func(st *State)) []byte {
+			var cp State
+			json.Unmarshal(base, &cp)
+			f(&cp)
+			if indent {
+				b, _ := json.MarshalIndent(cp, "", "  ")
+				return b
+			}
+			b, _ := json.Marshal(cp)
+			return b
+		}
+		ready := false
+		for _, tc := range []struct {
+			name        string
+			after       []byte
+			incremental bool
+		}{
+			{"one label", edit(func(s *State) { s.Endpoints[20].Labels["app"] = "other" }), true},
+			{"readiness", edit(func(s *State) { s.Endpoints[7].Ready = &ready }), true},
+			{"first removed", edit(func(s *State) { s.Endpoints = s.Endpoints[1:] }), true},
+			{"last removed", edit(func(s *State) { s.Endpoints = s.Endpoints[:49] }), true},
+			{"middle removed", edit(func(s *State) { s.Endpoints = slices.Delete(s.Endpoints, 25, 26) }), true},
+			{"added at the end", edit(func(s *State) {
+				s.Endpoints = append(s.Endpoints, Endpoint{Namespace: "shop", Pod: "new", IP: netip.MustParseAddr("10.1.9.9")})
+			}), true},
+			{"added first", edit(func(s *State) {
+				s.Endpoints = slices.Insert(s.Endpoints, 0, Endpoint{Namespace: "shop", Pod: "new", IP: netip.MustParseAddr("10.1.9.9")})
+			}), true},
+			{"all removed", edit(func(s *State) { s.Endpoints = []Endpoint{} }), true},
+			{"two far apart", edit(func(s *State) { s.Endpoints[2].Pod = "renamed"; s.Endpoints[47].Node = "" }), true},
+			{"a node changed", edit(func(s *State) { s.Nodes[0].IPs[0] = netip.MustParseAddr("192.168.1.2") }), false},
+			{"a service changed", edit(func(s *State) { s.Services[0].Ports[0].Port = 81 }), false},
+			{"duplicate address", edit(func(s *State) { s.Endpoints[3].IP = s.Endpoints[40].IP }), false},
+			{"duplicate pod", edit(func(s *State) { s.Endpoints[3].Pod, s.Endpoints[3].Namespace = s.Endpoints[41].Pod, s.Endpoints[41].Namespace }), false},
+			{"unknown node", edit(func(s *State) { s.Endpoints[3].Node = "node-9" }), false},
+			{"unknown field", []byte(strings.Replace(string(base), `"pod":"pod-5"`, `"pod":"pod-5","podd":"x"`, 1)), false},
+			{"broken JSON", []byte(strings.Replace(string(base), `"pod-5"`, `"pod-5`, 1)), false},
+		} {
+			t.Run(fmt.Sprintf("%s/indent=%v", tc.name, indent), func(t *testing.T) {
+				if got := checkIncremental(t, base, tc.after); got != tc.incremental {
+					t.Errorf("parsed around the difference: %v, want %v", got, tc.incremental)
+				}
+			})
+		}
+	}
+}
+
+// FuzzIncremental: any edit of a state file gives what parsing it whole
+// gives (the same state, or an error when that errs), and Changes name
+// exactly the endpoints that differ.
+func FuzzIncremental(f *testing.F) {
+	for _, indent := range []bool{false, true} {
+		b := indexedState(8, indent)
+		f.Add(indent, uint16(len(b)/2), uint8(0), []byte(`{"namespace":"shop","pod":"x","ip":"10.1.7.7","labels":null},`))
+		f.Add(indent, uint16(len(b)/3), uint8(5), []byte(`1`))
+		f.Add(indent, uint16(len(b)-3), uint8(2), []byte(``))
+	}
+	f.Fuzz(func(t *testing.T, indent bool, at uint16, del uint8, insert []byte) {
+		before := indexedState(8, indent)
+		pos := min(int(at), len(before))
+		end := min(pos+int(del), len(before))
+		after := append(append(append([]byte{}, before[:pos]...), insert...), before[end:]...)
+		checkIncremental(t, before, after)
+	})
+}
+
+// TestIncrementalBigFile: one endpoint changed in a file of 100,000 is
+// parsed in a small share of the time the whole file takes.
+func TestIncrementalBigFile(t *testing.T) {
+	base := indexedStateN(100000)
+	after := []byte(strings.Replace(string(base), `"pod":"pod-54321"`, `"pod":"pod-54321-b"`, 1))
+	p := &parser{name: "state.json"}
+	start := time.Now()
+	if _, err := p.parse(base); err != nil {
+		t.Fatal(err)
+	}
+	whole := time.Since(start)
+	start = time.Now()
+	st, err := p.parse(after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part := time.Since(start)
+	if st.Changes == nil || !slices.Equal(st.Changes.Endpoints, []string{"shop/pod-54321-b"}) {
+		t.Fatalf("changes: %+v", st.Changes)
+	}
+	t.Logf("100,000 endpoints (%d bytes): parsed whole in %s, the one-endpoint edit in %s", len(base), whole, part)
+	if part*10 > whole {
+		t.Errorf("the edit took %s, more than a tenth of the whole parse (%s)", part, whole)
+	}
+}
+
+func indexedStateN(n int) []byte {
+	st := State{Nodes: []Node{{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("192.168.1.1")}}}}
+	for i := range n {
+		st.Endpoints = append(st.Endpoints, Endpoint{Namespace: "shop", Pod: fmt.Sprintf("pod-%d", i), Node: "node-1",
+			IP: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%100)}})
+	}
+	b, _ := json.Marshal(st)
+	return b
+}
+
+func BenchmarkIncrementalParse(b *testing.B) {
+	base := indexedStateN(100000)
+	edits := [2][]byte{[]byte(strings.Replace(string(base), `"pod":"pod-54321"`, `"pod":"pod-54321-b"`, 1)), base}
+	p := &parser{name: "state.json"}
+	if _, err := p.parse(base); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := p.parse(edits[i%2]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
