@@ -138,7 +138,9 @@ func TestIncrementalEdits(t *testing.T) {
 			{"a node changed", edit(func(s *State) { s.Nodes[0].IPs[0] = netip.MustParseAddr("192.168.1.2") }), false},
 			{"a service changed", edit(func(s *State) { s.Services[0].Ports[0].Port = 81 }), false},
 			{"duplicate address", edit(func(s *State) { s.Endpoints[3].IP = s.Endpoints[40].IP }), false},
-			{"duplicate pod", edit(func(s *State) { s.Endpoints[3].Pod, s.Endpoints[3].Namespace = s.Endpoints[41].Pod, s.Endpoints[41].Namespace }), false},
+			{"duplicate pod", edit(func(s *State) {
+				s.Endpoints[3].Pod, s.Endpoints[3].Namespace = s.Endpoints[41].Pod, s.Endpoints[41].Namespace
+			}), false},
 			{"unknown node", edit(func(s *State) { s.Endpoints[3].Node = "node-9" }), false},
 			{"unknown field", []byte(strings.Replace(string(base), `"pod":"pod-5"`, `"pod":"pod-5","podd":"x"`, 1)), false},
 			{"broken JSON", []byte(strings.Replace(string(base), `"pod-5"`, `"pod-5`, 1)), false},
