@@ -8,7 +8,6 @@ import (
 	mcsv1alpha1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
-	"github.com/clustermesh/clustermesh/internal/corednstest"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 )
 
@@ -20,7 +19,7 @@ import (
 func TestK8sClustersetDNSBeforeCRDs(t *testing.T) {
 	env := kubetest.Start(t, "east")
 	c := env.Clusters[0]
-	dns := corednstest.Start(t, []string{"clusterset.local"}, clustersetStanza(env.Kubeconfig, c.Name))
+	dns := startClusterset(t, env.Kubeconfig, c.Name)
 	const web = "web.default.svc.clusterset.local"
 	expect(t, dns, web, dnsmessage.TypeA, "an answer without the CRDs", servFail)
 	expect(t, dns, "nothing.default.svc.clusterset.local", dnsmessage.TypeA, "an unknown name without the CRDs", servFail)

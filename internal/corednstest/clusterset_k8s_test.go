@@ -32,15 +32,19 @@ import (
 // (informer delivery, no cache plugin in front).
 const wait = 30 * time.Second
 
-// clustersetStanza is the Corefile stanza docs/dns.md gives operators:
-// CoreDNS's own kubernetes plugin with its multicluster option serving
-// clusterset.local from ServiceImports and MCS-labelled EndpointSlices.
-func clustersetStanza(kubeconfig, context string) string {
-	return fmt.Sprintf(`kubernetes clusterset.local {
+// startClusterset runs CoreDNS with the stanza docs/dns.md gives operators:
+// CoreDNS's own kubernetes plugin serving cluster.local as usual and, with
+// its multicluster option, clusterset.local from ServiceImports and
+// MCS-labelled EndpointSlices, reading the API server of kubeconfig's
+// context.
+func startClusterset(t *testing.T, kubeconfig, context string) *corednstest.Server {
+	t.Helper()
+	stanza := fmt.Sprintf(`kubernetes cluster.local clusterset.local {
     kubeconfig %s %s
     multicluster clusterset.local
     ttl 5
 }`, kubeconfig, context)
+	return corednstest.Start(t, []string{"cluster.local", "clusterset.local"}, stanza)
 }
 
 // A ServiceImport resolves through real CoreDNS (the kubernetes plugin's
@@ -55,7 +59,7 @@ func TestK8sClustersetDNS(t *testing.T) {
 	c := env.Clusters[0]
 	installMCSCRDs(t, c.Config)
 	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1alpha1()
-	dns := corednstest.Start(t, []string{"clusterset.local"}, clustersetStanza(env.Kubeconfig, c.Name))
+	dns := startClusterset(t, env.Kubeconfig, c.Name)
 	t.Logf("Corefile:\n%s", dns.Corefile)
 
 	const web = "web.default.svc.clusterset.local"
@@ -68,6 +72,8 @@ func TestK8sClustersetDNS(t *testing.T) {
 	expect(t, dns, web, dnsmessage.TypeAAAA, "AAAA of an IPv4 import", noData)
 	expect(t, dns, "_grpc._tcp."+web, dnsmessage.TypeSRV, "SRV of a port the import does not have", nxDomain)
 	expect(t, dns, "nothing.default.svc.clusterset.local", dnsmessage.TypeA, "an unknown service", nxDomain)
+	local := createService(t, c.Client, "web")
+	expect(t, dns, "web.default.svc.cluster.local", dnsmessage.TypeA, "the cluster's own web, beside the clusterset's", values(local))
 
 	si, err := mcs.ServiceImports("default").Get(t.Context(), "web", metav1.GetOptions{})
 	if err != nil {
@@ -229,6 +235,21 @@ func createImport(t *testing.T, mcs mcsclientv1alpha1.MulticlusterV1alpha1Interf
 	if _, err := mcs.ServiceImports("default").Create(t.Context(), si, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the ServiceImport %s: %v", name, err)
 	}
+}
+
+// createService creates the ClusterIP Service default/name and returns the
+// address the API server allocated it.
+func createService(t *testing.T, client kubernetes.Interface, name string) string {
+	t.Helper()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}}},
+	}
+	got, err := client.CoreV1().Services("default").Create(t.Context(), svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("creating the Service %s: %v", name, err)
+	}
+	return got.Spec.ClusterIP
 }
 
 // endpoint is one address of a slice.

@@ -30,7 +30,7 @@ func TestFiguresClustersetDNS(t *testing.T) {
 	installMCSCRDs(t, c.Config)
 	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1alpha1()
 	imports := mcs.ServiceImports("default")
-	dns := corednstest.Start(t, []string{"clusterset.local"}, clustersetStanza(env.Kubeconfig, c.Name))
+	dns := startClusterset(t, env.Kubeconfig, c.Name)
 	const web = "web.default.svc.clusterset.local"
 	createImport(t, mcs, "web", mcsv1alpha1.ClusterSetIP, []string{"242.255.0.1"}, "http", 80)
 	expect(t, dns, web, dnsmessage.TypeA, "the first address", values("242.255.0.1"))

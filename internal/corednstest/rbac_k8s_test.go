@@ -12,7 +12,6 @@ import (
 	mcsv1alpha1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
-	"github.com/clustermesh/clustermesh/internal/corednstest"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -49,7 +48,7 @@ func TestK8sClustersetDNSRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dns := corednstest.Start(t, []string{"clusterset.local"}, clustersetStanza(kubeconfig, c.Name))
+	dns := startClusterset(t, kubeconfig, c.Name)
 	const web = "web.default.svc.clusterset.local"
 	expect(t, dns, web, dnsmessage.TypeA, "CoreDNS not allowed to list ServiceImports", servFail)
 	testenv.WaitFor(t, wait, "CoreDNS logging that it may not list ServiceImports", func() bool {
