@@ -488,3 +488,42 @@ func TestTCPUpstreamMismatch(t *testing.T) {
 		t.Fatalf("%d server connections", conns)
 	}
 }
+
+// TestRulesUpdateOpenConnection: rules replaced while a TCP connection is
+// open apply from its next query; invalid ones leave the previous.
+func TestRulesUpdateOpenConnection(t *testing.T) {
+	server := testServer(t, nil)
+	p, _ := newProxy(t, Config{})
+	rules := mustRules(t, PortRuleDNS{MatchPattern: "*.east.example"})
+	f := startFront(t, p, server, rules)
+	c := &dns.Client{Net: "tcp"}
+	conn, err := c.Dial(f.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	query := func() int {
+		q := new(dns.Msg)
+		q.SetQuestion("checkout.east.example.", dns.TypeA)
+		a, _, err := c.ExchangeWithConnContext(context.Background(), q, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.Rcode
+	}
+	if rc := query(); rc != dns.RcodeSuccess {
+		t.Fatalf("rcode %d before the update", rc)
+	}
+	if err := rules.Update([]PortRuleDNS{{MatchName: "other.example"}}); err != nil {
+		t.Fatal(err)
+	}
+	if rc := query(); rc != dns.RcodeRefused {
+		t.Fatalf("rcode %d after the update", rc)
+	}
+	if err := rules.Update([]PortRuleDNS{{MatchPattern: "bad name"}}); !errors.Is(err, fqdn.ErrBadChars) {
+		t.Fatalf("invalid rules: %v", err)
+	}
+	if got := rules.Rules(); len(got) != 1 || got[0].MatchName != "other.example" {
+		t.Fatalf("rules after a refused update: %v", got)
+	}
+}
