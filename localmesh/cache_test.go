@@ -248,3 +248,141 @@ func TestCacheRemoteDownKeepsStateAndSaysStale(t *testing.T) {
 		t.Errorf("north, up, reported stale or not ready: %+v", r)
 	}
 }
+
+// bigCachedMesh is a mesh of clusters east (the sample state) and n-1
+// clusters of entries pods each, read through a cache per cluster; east's
+// agent writes into w.
+func bigCachedMesh(t *testing.T, n, entries int, w *removalWatch, tweak func(*Options)) *Mesh {
+	t.Helper()
+	specs := []ClusterSpec{{Name: "east", ID: 1, State: SampleState(1)}}
+	for i := 2; i <= n; i++ {
+		specs = append(specs, ClusterSpec{Name: fmt.Sprintf("c%d", i), ID: uint32(i), State: bigState(i, entries, entries/10, entries/40, 10)})
+	}
+	o := Options{Cache: true, Clusters: specs}
+	watchAgents(&o, w)
+	if tweak != nil {
+		tweak(&o)
+	}
+	m := startMeshWith(t, o)
+	a := m.Cluster("east").Agents[0]
+	testenv.WaitFor(t, 2*time.Minute, fmt.Sprintf("east's agent holds every remote's %d pods", entries), func() bool {
+		for _, c := range m.Clusters[1:] {
+			if r := remoteStatus(a, c.Name); !r.Ready || r.Endpoints != entries {
+				return false
+			}
+		}
+		return true
+	})
+	return m
+}
+
+// restartCache restarts east's cache and returns how long it took to have
+// every remote listed again and everything written.
+func restartCache(t *testing.T, m *Mesh) time.Duration {
+	t.Helper()
+	east := m.Cluster("east")
+	east.StopCache()
+	start := time.Now()
+	if err := east.StartCache(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 2*time.Minute, "east's cache resynced every remote", func() bool {
+		st := east.Cache().Status()
+		for _, r := range st.Remotes {
+			if !r.Ready {
+				return false
+			}
+		}
+		return len(st.Remotes) == len(m.Clusters)-1 && st.Writes.PreviousLeft == 0 && st.Writes.Pending == 0 && st.Writes.Transactions > 0
+	})
+	return time.Since(start)
+}
+
+// A cache restart is no blackout: at no moment does an entry leave the
+// agent's datapath (every write is watched), and once the cache has
+// resynced the agent holds exactly what it held before.
+func TestCacheRestartRemovesNothing(t *testing.T) {
+	w := newRemovalWatch()
+	m := bigCachedMesh(t, 3, 500, w, nil)
+	a := m.Cluster("east").Agents[0]
+	before, beforeSvcs := datapathOf(t, a.Datapath)
+	if r := w.removals(); len(r) > 0 {
+		t.Fatalf("removals before the restart: %v", r)
+	}
+	took := restartCache(t, m)
+	for range 2 { // and again, right away
+		took = restartCache(t, m)
+	}
+	if r := w.removals(); len(r) > 0 {
+		t.Errorf("%d removals from the agent's datapath during cache restarts, first %v", len(r), r[0])
+	}
+	after, afterSvcs := datapathOf(t, a.Datapath)
+	if !reflect.DeepEqual(before, after) || !reflect.DeepEqual(beforeSvcs, afterSvcs) {
+		t.Errorf("the agent's datapath differs after the cache restarts (%d → %d ipcache entries)", len(before), len(after))
+	}
+	t.Logf("cache resync of 2 remotes × 500 pods: %s", took)
+}
+
+// What a remote publishes that fails validation is rejected by the cache
+// (counted in its status) and never reaches the cluster's etcd nor any
+// agent; valid entries keep flowing.
+func TestCacheRejectsMalformedEntries(t *testing.T) {
+	m := startMeshWith(t, Options{Cache: true})
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	east, west := m.Cluster("east"), m.Cluster("west")
+	admin := adminClient(t, west)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	bad := map[string]string{
+		wire.IPCacheKey("10.2.1.91"):            `{"IP":"10.2.1.91","ID":65600}`,                          // east's identity range, not west's
+		wire.IPCacheKey("10.2.1.92"):            `{"IP":"10.2.1.92","ID":131100,`,                         // invalid JSON
+		wire.IPCacheKey("10.2.1.93"):            `{"IP":"10.2.1.93","HostIP":"fe80::1%eth0","ID":131100}`, // zoned host IP
+		wire.NodeKey("west", "evil"):            `{"Name":"evil","Cluster":"east","ClusterID":1}`,         // wrong cluster
+		wire.ServiceKey("west", "shop", "evil"): `{"cluster":"west","namespace":"shop","name":"evil","clusterID":7}`,
+		wire.IdentityKey(65600):                 `k8s:app=x;k8s:io.cilium.k8s.policy.cluster=west;`,
+		wire.IPCacheKey("10.2.1.94"):            `{"IP":"10.2.1.400","ID":131100}`, // unparseable
+	}
+	for k, v := range bad {
+		if _, err := admin.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := admin.Put(ctx, wire.IPCacheKey("10.2.1.99"), `{"IP":"10.2.1.99","ID":131100}`); err != nil {
+		t.Fatal(err)
+	}
+	a := east.Agents[0]
+	testenv.WaitFor(t, wait, "7 rejections counted by east's cache and the valid entry in east's agent", func() bool {
+		ips, _ := datapathOf(t, a.Datapath)
+		_, ok := ips[netip.MustParsePrefix("10.2.1.99/32")]
+		return cacheRemote(east, "west").RejectedTotal() == 7 && ok
+	})
+	if r := remoteStatus(a, "west"); r.RejectedTotal() != 0 || r.Nodes != 2 || r.Services != 1 || r.Identities != 2 || r.Endpoints != 5 {
+		t.Errorf("east's agent saw what the cache rejected: %+v", r)
+	}
+	ips, _ := datapathOf(t, a.Datapath)
+	for _, p := range []string{"10.2.1.91/32", "10.2.1.92/32", "10.2.1.93/32", "10.2.1.94/32"} {
+		if _, ok := ips[netip.MustParsePrefix(p)]; ok {
+			t.Errorf("rejected entry %s reached the agent's datapath", p)
+		}
+	}
+	keys, err := adminClient(t, east).Get(ctx, "cilium/cache/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range keys.Kvs {
+		k := string(kv.Key)
+		if strings.Contains(k, "evil") || strings.Contains(k, "65600") || strings.Contains(k, "10.2.1.9") && !strings.HasSuffix(k, "10.2.1.99") {
+			t.Errorf("rejected entry %s written into east's cache", k)
+		}
+	}
+}
+
+// cacheRemote is c's cache's status of remote name.
+func cacheRemote(c *Cluster, name string) agentsync.RemoteStatus {
+	for _, r := range c.Cache().Status().Remotes {
+		if r.Name == name {
+			return r
+		}
+	}
+	return agentsync.RemoteStatus{}
+}
