@@ -144,7 +144,7 @@ func (c *Cluster) WaitPublished(ctx context.Context) error {
 			return nil
 		}
 		if c.Proc.Exited() {
-			return fmt.Errorf("the apiserver of %s exited (see %s)", c.Name, c.Proc.Log)
+			return fmt.Errorf("the apiserver of %s exited: %s", c.Name, c.Proc.Tail(5))
 		}
 		select {
 		case <-ctx.Done():
