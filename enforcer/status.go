@@ -39,6 +39,10 @@ type Status struct {
 	RedirectsWaiting  int    `json:"redirectsWaiting,omitempty"`
 	ProxyPortErrors   uint64 `json:"proxyPortErrors,omitempty"`
 	LastProxyError    string `json:"lastProxyError,omitempty"`
+	// L7Conflicts counts entries whose rules (of different sources: the
+	// directory refuses such a set) had HTTP and DNS rules: the first
+	// rule's parser was kept.
+	L7Conflicts uint64 `json:"l7Conflicts,omitempty"`
 	// FQDNPatterns are the toFQDNs patterns subscribed to; FQDNAddresses
 	// the addresses they hold, each with a node-local identity.
 	FQDNPatterns    int              `json:"fqdnPatterns"`
@@ -88,6 +92,7 @@ func (e *Enforcer) publishStatus() {
 	e.status.RedirectedEntries = len(e.redir.entries)
 	e.redir.mu.RUnlock()
 	e.status.RedirectsWaiting = e.redir.failed
+	e.status.L7Conflicts = e.engine.L7Conflicts()
 	e.status.ProxyPortErrors, e.status.LastProxyError = e.redir.errors, e.redir.lastErr
 	e.status.FQDNPatterns, e.status.FQDNAddresses = len(e.fq.subs), len(e.fq.addrs)
 	e.status.FQDNRefused, e.status.FQDNWriteErrors, e.status.LastFQDNError = e.fq.refused, e.fq.errors, e.fq.lastErr
