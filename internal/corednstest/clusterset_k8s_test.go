@@ -32,19 +32,21 @@ import (
 // (informer delivery, no cache plugin in front).
 const wait = 30 * time.Second
 
-// startClusterset runs CoreDNS with the stanza docs/dns.md gives operators:
-// CoreDNS's own kubernetes plugin serving cluster.local as usual and, with
-// its multicluster option, clusterset.local from ServiceImports and
-// MCS-labelled EndpointSlices, reading the API server of kubeconfig's
-// context.
+// startClusterset runs CoreDNS with the kubernetes stanza docs/dns.md gives
+// operators (kubeadm's, with clusterset.local added to its zones and named
+// in multicluster), reading the API server of kubeconfig's context: the
+// cluster's own names as usual, and clusterset.local from ServiceImports and
+// MCS-labelled EndpointSlices.
 func startClusterset(t *testing.T, kubeconfig, context string) *corednstest.Server {
 	t.Helper()
-	stanza := fmt.Sprintf(`kubernetes cluster.local clusterset.local {
+	stanza := fmt.Sprintf(`kubernetes cluster.local clusterset.local in-addr.arpa ip6.arpa {
     kubeconfig %s %s
+    pods insecure
     multicluster clusterset.local
+    fallthrough in-addr.arpa ip6.arpa
     ttl 5
 }`, kubeconfig, context)
-	return corednstest.Start(t, []string{"cluster.local", "clusterset.local"}, stanza)
+	return corednstest.Start(t, []string{"."}, stanza)
 }
 
 // A ServiceImport resolves through real CoreDNS (the kubernetes plugin's
