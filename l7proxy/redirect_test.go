@@ -8,6 +8,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/flows"
+	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
@@ -116,6 +117,34 @@ func testRedirect(t *testing.T, dir datapath.Direction) {
 	}
 	if _, err := e.dialTCP(portPlain, 10*time.Second); err != nil {
 		t.Fatalf("plain port with the proxy stopped: %v", err)
+	}
+	if n := len(e.fwd.seen()); n != 2 {
+		t.Fatalf("the engine saw %d flows, want 2", n)
+	}
+}
+
+// TestRedirectToUnmanagedPeer: the egress proxy's upstream goes to a peer
+// without the policy programs (as a pod of another node or a host is):
+// its replies reach the client's veth with no conntrack entry there, and
+// are sent to the upstream's socket by the hairpin, TCP and UDP.
+func TestRedirectToUnmanagedPeer(t *testing.T) {
+	e := newEnv(t)
+	tcpPort, err := e.proxy.Ensure(RedirectKey{EndpointID: clientID, Port: portL7, Direction: datapath.Egress, Parser: parserFwd}, nil)
+	must(t, err)
+	udpPort, err := e.proxy.Ensure(RedirectKey{EndpointID: clientID, Port: portDNS, Direction: datapath.Egress, Parser: parserFwd}, nil)
+	must(t, err)
+	must(t, podnet.InNetns(e.node.NS, func() error { return e.progs.AttachByName(e.client.HostVeth, clientID, false, true) }))
+	e.policy(datapath.Egress, tcpPort, udpPort)
+
+	line, err := e.dialTCP(portL7, 10*time.Second)
+	must(t, err)
+	if want := fmt.Sprintf("server %d saw %s", portL7, e.client.IP); line != want {
+		t.Fatalf("through the proxy: got %q, want %q", line, want)
+	}
+	ans, err := e.queryUDP(portDNS, "q", 10*time.Second)
+	must(t, err)
+	if want := fmt.Sprintf("via proxy: answer to q for %s", e.client.IP); ans != want {
+		t.Fatalf("UDP through the proxy: got %q, want %q", ans, want)
 	}
 	if n := len(e.fwd.seen()); n != 2 {
 		t.Fatalf("the engine saw %d flows, want 2", n)
