@@ -3,6 +3,7 @@ package enforcer
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -18,12 +19,13 @@ import (
 	"github.com/clustermesh/clustermesh/wire"
 )
 
-// fakeProxy stands for l7proxy's listeners: fixed ports, or an error while
-// fail is set.
+// fakeProxy stands for l7proxy's redirects: a port per parser and
+// direction, or an error while fail is set; it keeps the open redirects.
 type fakeProxy struct {
 	mu    sync.Mutex
 	fail  bool
 	calls int
+	open  map[Redirect]*PortRules
 }
 
 const (
@@ -31,20 +33,36 @@ const (
 	dnsEgressPort   = 15053
 )
 
-func (p *fakeProxy) ProxyPort(parser string, ingress bool) (uint16, error) {
+func (p *fakeProxy) Ensure(r Redirect, rules *PortRules) (uint16, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls++
 	if p.fail {
 		return 0, errors.New("listener not open")
 	}
+	if p.open == nil {
+		p.open = map[Redirect]*PortRules{}
+	}
+	p.open[r] = rules
 	switch {
-	case parser == "http" && ingress:
+	case r.Parser == "http" && r.Ingress:
 		return httpIngressPort, nil
-	case parser == "dns" && !ingress:
+	case r.Parser == "dns" && !r.Ingress:
 		return dnsEgressPort, nil
 	}
 	return 15000, nil
+}
+
+func (p *fakeProxy) Remove(r Redirect) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.open, r)
+}
+
+func (p *fakeProxy) redirects() map[Redirect]*PortRules {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.open)
 }
 
 func (p *fakeProxy) setFail(v bool) {
@@ -101,6 +119,17 @@ func TestL7EntriesRedirectedToTheProxy(t *testing.T) {
 			t.Errorf("L7Policy(%d, %d/%d) = %v: nothing redirects it", c.peer, c.port, c.proto, p)
 		}
 	}
+	checkoutHTTP := Redirect{Endpoint: eastCheckout, Port: 8080, Ingress: true, Parser: "http"}
+	open := px.redirects()
+	if len(open) != 1 || open[checkoutHTTP] == nil {
+		t.Fatalf("proxy redirects %v, want %v", open, checkoutHTTP)
+	}
+	if p, ok := open[checkoutHTTP].For(westFrontend, policy.TCP, 8080); !ok || len(p.HTTP) != 1 {
+		t.Errorf("the redirect's rules for west: %v %v", p, ok)
+	}
+	if p, ok := open[checkoutHTTP].For(northFront, policy.TCP, 8080); ok {
+		t.Errorf("the redirect's rules for north: %v, want none (refused)", p)
+	}
 	testenv.WaitFor(t, 5*time.Second, "status shows the redirect", func() bool {
 		s := f.e.Status()
 		for _, ep := range s.Endpoints {
@@ -124,6 +153,9 @@ func TestL7EntriesRedirectedToTheProxy(t *testing.T) {
 	})
 	if _, ok := f.e.L7Policy(eastCheckout, policy.Ingress, policy.TCP, 8080, westFrontend); ok {
 		t.Error("L7Policy still answers after the rules went")
+	}
+	if open := px.redirects(); len(open) != 0 {
+		t.Errorf("redirects %v left open after the rules went", open)
 	}
 	ks, _ := f.dp.Policies()
 	if n := f.e.Status().PolicyEntries; n != len(ks) {

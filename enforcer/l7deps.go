@@ -1,6 +1,7 @@
 package enforcer
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/clustermesh/clustermesh/datapath"
@@ -11,14 +12,35 @@ import (
 // DNS answers gave for names (package fqdn's cache) and the ipcache the
 // addresses' identities are written to (the mesh maps, datapath.Writer).
 
-// ProxyPorts gives the ports of the agent's transparent proxy listeners.
+// ProxyPorts are the agent's transparent proxy's redirects (l7proxy's
+// Proxy, through L7Proxy).
 type ProxyPorts interface {
-	// ProxyPort returns the port of the listener for parser ("http" or
-	// "dns") in a direction (ingress: the proxied endpoint is the server),
-	// opening it on first use; the same port every later call. An error
-	// leaves the entries that need it unwritten (fail closed) and is
-	// retried.
-	ProxyPort(parser string, ingress bool) (uint16, error)
+	// Ensure opens (or keeps) the listener of redirect r and returns its
+	// port, stable while r lives; rules answer the L7 policy of each peer,
+	// live (they follow the policy without another call). An error leaves
+	// the entries that need r unwritten (fail closed) and is retried.
+	Ensure(r Redirect, rules *PortRules) (uint16, error)
+	// Remove closes r's listener: no entry uses it any more.
+	Remove(r Redirect)
+}
+
+// Redirect is one listener of the proxy: the traffic of a local endpoint
+// (its identity) to (Ingress) or from (egress) destination port Port (the
+// first port of a range), parsed by Parser ("http" or "dns"; DNS on UDP
+// and TCP alike).
+type Redirect struct {
+	Endpoint uint32
+	Port     uint16
+	Ingress  bool
+	Parser   string
+}
+
+func (r Redirect) String() string {
+	dir := "egress"
+	if r.Ingress {
+		dir = "ingress"
+	}
+	return fmt.Sprintf("%d %s %d %s", r.Endpoint, dir, r.Port, r.Parser)
 }
 
 // FQDNSource tells the addresses that allowed DNS answers gave for names.

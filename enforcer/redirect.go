@@ -12,7 +12,9 @@ import (
 )
 
 // redirects are the policy entries with L7 rules: their L7 policy and the
-// proxy port they are written with, the table the proxy asks (L7Policy).
+// proxy port they are written with, the table the proxy asks (L7Policy),
+// and the proxy's redirects they use (one listener per local endpoint
+// identity, first port, direction and parser, as l7proxy keys them).
 // Written by Run's goroutine, read by the proxy's.
 type redirects struct {
 	mu      sync.RWMutex
@@ -20,11 +22,11 @@ type redirects struct {
 	byPeer  map[peerKey][]policy.Key // guarded by mu: the keys of entries, for lookups
 
 	// Owned by Run's goroutine.
-	ports   map[listener]uint16 // the listeners' ports, once known
-	failed  int                 // entries without a port (not written)
-	errors  uint64              // failed ProxyPort calls
-	lastErr string
-	summary map[uint32][]RedirectStatus // by endpoint identity; nil: stale
+	listeners map[Redirect]*listener
+	failed    int    // entries without a proxy port (not written)
+	errors    uint64 // failed Ensure calls
+	lastErr   string
+	summary   map[uint32][]RedirectStatus // by endpoint identity; nil: stale (guarded by mu)
 }
 
 type redirectKey struct {
@@ -38,21 +40,46 @@ type peerKey struct {
 	peer uint32
 }
 
+// listener is one of the proxy's redirects: its port (0: Ensure failed,
+// asked again) and the entries using it.
 type listener struct {
-	parser policy.L7Parser
-	dir    policy.Direction
+	port  uint16
+	refs  int
+	rules *PortRules
 }
 
-// redirect is one entry's L7 policy and proxy port (0: the listener's port
-// is not known: the entry is not written).
+// redirect is one entry's L7 policy, its proxy redirect and the proxy port
+// it was written with (0: not written).
 type redirect struct {
 	l7   *policy.L7Policy
+	r    Redirect
 	port uint16
 }
 
 func newRedirects() redirects {
-	return redirects{entries: map[redirectKey]redirect{}, byPeer: map[peerKey][]policy.Key{}, ports: map[listener]uint16{}}
+	return redirects{entries: map[redirectKey]redirect{}, byPeer: map[peerKey][]policy.Key{}, listeners: map[Redirect]*listener{}}
 }
+
+// PortRules are the L7 policies of the peers of one redirect, read live:
+// what the proxy's engines judge a connection or datagram with.
+type PortRules struct {
+	e *Enforcer
+	r Redirect
+}
+
+// For returns the L7 policy of a connection of the redirect: the peer's
+// identity, the protocol and the destination port (see Enforcer.L7Policy).
+// ok false: refuse it.
+func (p *PortRules) For(peer uint32, proto uint8, port uint16) (*policy.L7Policy, bool) {
+	dir := policy.Egress
+	if p.r.Ingress {
+		dir = policy.Ingress
+	}
+	return p.e.L7Policy(p.r.Endpoint, dir, proto, port, peer)
+}
+
+// Redirect is the redirect it answers for.
+func (p *PortRules) Redirect() Redirect { return p.r }
 
 // RedirectStatus is one kind of redirected entry of an endpoint.
 type RedirectStatus struct {
@@ -80,17 +107,18 @@ func (e *Enforcer) L7Policy(endpoint uint32, dir policy.Direction, proto uint8, 
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for _, p := range []uint32{peer, policy.AnyPeer} {
-		var best *policy.Key
-		for i, k := range r.byPeer[peerKey{endpoint, dir, p}] {
+		keys := r.byPeer[peerKey{endpoint, dir, p}]
+		best := -1
+		for i, k := range keys {
 			if k.Protocol != policy.AnyProtocol && k.Protocol != proto || port < k.From || port > k.To {
 				continue
 			}
-			if best == nil || k.To-k.From < best.To-best.From {
-				best = &r.byPeer[peerKey{endpoint, dir, p}][i]
+			if best < 0 || k.To-k.From < keys[best].To-keys[best].From {
+				best = i
 			}
 		}
-		if best != nil {
-			return r.entries[redirectKey{endpoint, *best}].l7, true
+		if best >= 0 {
+			return r.entries[redirectKey{endpoint, keys[best]}].l7, true
 		}
 		if p == policy.AnyPeer {
 			break
@@ -99,8 +127,8 @@ func (e *Enforcer) L7Policy(endpoint uint32, dir policy.Direction, proto uint8, 
 	return nil, false
 }
 
-// set records (or, with nil l7, forgets) an entry's redirect.
-func (r *redirects) set(rk redirectKey, red redirect, l7 bool) {
+// setEntry records (l7 true) or forgets an entry's redirect.
+func (r *redirects) setEntry(rk redirectKey, red redirect, l7 bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.summary = nil
@@ -128,70 +156,103 @@ func (r *redirects) set(rk redirectKey, red redirect, l7 bool) {
 	}
 }
 
-// get returns an entry's redirect.
-func (r *redirects) get(rk redirectKey) (redirect, bool) {
+// getEntry returns an entry's redirect.
+func (r *redirects) getEntry(rk redirectKey) (redirect, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	red, ok := r.entries[rk]
 	return red, ok
 }
 
-// proxyPort returns the listener port of an L7 policy's parser in a
-// direction, asking Config.ProxyPorts the first time; 0 when there is
-// none (no allocator, or it failed: counted, and retried by a full sync).
-func (e *Enforcer) proxyPort(p *policy.L7Policy, dir policy.Direction) uint16 {
-	r := &e.redir
-	l := listener{p.Parser, dir}
-	if port, ok := r.ports[l]; ok {
-		return port
+// redirectOf is the proxy redirect an L7 entry of endpoint ep uses.
+func redirectOf(ep uint32, k policy.Key, p *policy.L7Policy) Redirect {
+	return Redirect{Endpoint: ep, Port: k.From, Ingress: k.Direction == policy.Ingress, Parser: p.Parser.String()}
+}
+
+// acquire takes a reference on the proxy redirect r (opening it the first
+// time) and returns its port; 0 when it has none (no proxy, or Ensure
+// failed: counted, and asked again by a full sync).
+func (e *Enforcer) acquire(r Redirect) uint16 {
+	l := e.redir.listeners[r]
+	if l == nil {
+		l = &listener{rules: &PortRules{e: e, r: r}}
+		e.redir.listeners[r] = l
 	}
+	l.refs++
+	return e.ensure(r, l)
+}
+
+// ensure asks the proxy for r's port when it has none yet.
+func (e *Enforcer) ensure(r Redirect, l *listener) uint16 {
+	if l.port != 0 {
+		return l.port
+	}
+	rd := &e.redir
 	if e.cfg.ProxyPorts == nil {
-		r.lastErr = "no L7 proxy: entries with L7 rules are not written (their traffic is dropped)"
+		rd.lastErr = "no L7 proxy: entries with L7 rules are not written (their traffic is dropped)"
 		return 0
 	}
-	port, err := e.cfg.ProxyPorts.ProxyPort(p.Parser.String(), dir == policy.Ingress)
+	port, err := e.cfg.ProxyPorts.Ensure(r, l.rules)
 	if err == nil && port == 0 {
 		err = fmt.Errorf("port 0")
 	}
 	if err != nil {
-		r.errors++
-		r.lastErr = fmt.Sprintf("L7 proxy port for %s %s: %v", p.Parser, dir, err)
-		if ok, suppressed := e.loglim.Allow("proxy "+l.parser.String()+" "+l.dir.String(), time.Now()); ok {
+		rd.errors++
+		rd.lastErr = fmt.Sprintf("L7 proxy redirect %v: %v", r, err)
+		if ok, suppressed := e.loglim.Allow("proxy "+r.Parser, time.Now()); ok {
 			e.log.Error("no L7 proxy port: entries with L7 rules are not written (their traffic is dropped) until it opens",
-				"parser", p.Parser, "direction", dir, "err", err, "suppressed", suppressed)
+				"redirect", r, "err", err, "suppressed", suppressed)
 		}
 		return 0
 	}
-	r.ports[l] = port
+	l.port = port
 	return port
+}
+
+// release drops a reference on r: the last one removes the redirect.
+func (e *Enforcer) release(r Redirect) {
+	l := e.redir.listeners[r]
+	if l == nil {
+		return
+	}
+	if l.refs--; l.refs > 0 {
+		return
+	}
+	delete(e.redir.listeners, r)
+	if l.port != 0 && e.cfg.ProxyPorts != nil {
+		e.cfg.ProxyPorts.Remove(r)
+	}
 }
 
 // redirectChanges appends the datapath changes of one engine change to dc
 // and records its redirect. An entry with L7 rules is written with its
-// listener's proxy port, or not at all while there is none (fail closed).
+// redirect's proxy port, or not at all while there is none (fail closed).
 // A key whose proxy port changes is a new key: the new one is added before
 // the old one goes.
 func (e *Enforcer) redirectChanges(dc []tcpolicy.Change, c policy.Change) []tcpolicy.Change {
 	rk := redirectKey{c.Endpoint, c.Key}
 	base := toDatapathKey(c.Endpoint, c.Key)
-	old, had := e.redir.get(rk)
+	old, had := e.redir.getEntry(rk)
+	var red redirect
+	if c.Add && c.L7 != nil {
+		red = redirect{l7: c.L7, r: redirectOf(c.Endpoint, c.Key, c.L7)}
+		red.port = e.acquire(red.r)
+	}
+	if had {
+		e.release(old.r)
+	}
+	e.redir.setEntry(rk, red, c.Add && c.L7 != nil)
 	if !c.Add {
-		e.redir.set(rk, redirect{}, false)
 		if had && old.port == 0 {
 			return dc // never written
 		}
 		return append(dc, tcpolicy.Change{Key: withProxyPort(base, old.port)})
 	}
-	var port uint16
-	if c.L7 != nil {
-		port = e.proxyPort(c.L7, c.Key.Direction)
-	}
-	e.redir.set(rk, redirect{l7: c.L7, port: port}, c.L7 != nil)
-	if c.L7 == nil || port != 0 {
-		dc = append(dc, tcpolicy.Change{Key: withProxyPort(base, port), Add: true})
+	if c.L7 == nil || red.port != 0 {
+		dc = append(dc, tcpolicy.Change{Key: withProxyPort(base, red.port), Add: true})
 	}
 	switch {
-	case had && old.port != port && old.port != 0:
+	case had && old.port != red.port && old.port != 0:
 		dc = append(dc, tcpolicy.Change{Key: withProxyPort(base, old.port)})
 	case !had && c.Update:
 		// The key was written plain before its L7 rules came.
@@ -201,20 +262,24 @@ func (e *Enforcer) redirectChanges(dc []tcpolicy.Change, c policy.Change) []tcpo
 }
 
 // datapathKey is the key a full sync writes for an engine key: with its
-// redirect's proxy port (a listener that failed before is asked again);
-// ok false: not written (no listener).
+// redirect's proxy port (a redirect that failed before is asked again);
+// ok false: not written (no proxy port).
 func (e *Enforcer) datapathKey(ep uint32, k policy.Key) (tcpolicy.Key, bool) {
 	base := toDatapathKey(ep, k)
 	rk := redirectKey{ep, k}
-	red, ok := e.redir.get(rk)
+	red, ok := e.redir.getEntry(rk)
 	if !ok {
 		return base, true
 	}
 	if red.port == 0 {
-		if red.port = e.proxyPort(red.l7, k.Direction); red.port == 0 {
+		l := e.redir.listeners[red.r]
+		if l == nil {
 			return base, false
 		}
-		e.redir.set(rk, red, true)
+		if red.port = e.ensure(red.r, l); red.port == 0 {
+			return base, false
+		}
+		e.redir.setEntry(rk, red, true)
 	}
 	return withProxyPort(base, red.port), true
 }
@@ -245,7 +310,8 @@ func (e *Enforcer) redirectSummary() map[uint32][]RedirectStatus {
 	}
 	for _, s := range r.summary {
 		slices.SortFunc(s, func(a, b RedirectStatus) int {
-			return cmp.Or(cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Ports, b.Ports), cmp.Compare(a.Protocol, b.Protocol))
+			return cmp.Or(cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Ports, b.Ports), cmp.Compare(a.Protocol, b.Protocol),
+				cmp.Compare(a.ProxyPort, b.ProxyPort))
 		})
 	}
 	return r.summary
