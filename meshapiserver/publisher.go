@@ -236,6 +236,8 @@ func checkEntry(c wire.Cluster, key string, val []byte) error {
 		_, err = wire.DecodeNode(c, key, val)
 	case strings.HasPrefix(key, wire.ServicesPrefix+"/"):
 		_, err = wire.DecodeService(c, key, val)
+	case strings.HasPrefix(key, wire.ServiceExportsPrefix+"/"):
+		_, err = wire.DecodeServiceExport(c, key, val)
 	default:
 		err = fmt.Errorf("key %q is outside the state prefixes: %w", key, wire.ErrMalformedKey)
 	}
