@@ -258,7 +258,10 @@ func bigCachedMesh(t *testing.T, n, entries int, w *removalWatch, tweak func(*Op
 	for i := 2; i <= n; i++ {
 		specs = append(specs, ClusterSpec{Name: fmt.Sprintf("c%d", i), ID: uint32(i), State: bigState(i, entries, entries/10, entries/40, 10)})
 	}
-	o := Options{Cache: true, Clusters: specs}
+	// Probes get 5s: every cluster's apiserver, cache and agent share this
+	// machine, and a 1s probe timeout ends sessions mid-list under the load
+	// of the initial syncs.
+	o := Options{Cache: true, Clusters: specs, Agent: func(c *agentsync.Config) { c.ProbeTimeout = 5 * time.Second }}
 	watchAgents(&o, w)
 	if tweak != nil {
 		tweak(&o)
