@@ -122,9 +122,10 @@ func TestFiguresL7DNS(t *testing.T) {
 	figure.Print("l7.fqdn.allow_p99_ms", float64(pct(0.99).Microseconds())/1000, "ms")
 }
 
-// BenchmarkQuery is one UDP query answered by a real DNS server on
-// loopback, directly and through the proxy (rules checked, flows built,
-// the answer's address put into the cache with a subscriber).
+// BenchmarkQuery is one query answered by a real DNS server on loopback,
+// over UDP and over one TCP connection, directly and through the proxy
+// (rules checked, flows built, the answer's address put into the cache
+// with a subscriber).
 func BenchmarkQuery(b *testing.B) {
 	z, names := figureZone(256)
 	server := testServer(b, z)
@@ -136,9 +137,12 @@ func BenchmarkQuery(b *testing.B) {
 	defer cancel()
 	p, _ := newProxy(b, Config{Cache: cache, Flows: func(*flowpb.Flow) {}})
 	f := startFront(b, p, server, mustRules(b, PortRuleDNS{MatchPattern: "*.fig.example"}))
-	for _, bc := range []struct{ name, addr string }{{"direct", server.String()}, {"proxied", f.udp}} {
+	for _, bc := range []struct{ name, network, addr string }{
+		{"udp/direct", "udp", server.String()}, {"udp/proxied", "udp", f.udp},
+		{"tcp/direct", "tcp", server.String()}, {"tcp/proxied", "tcp", f.tcp},
+	} {
 		b.Run(bc.name, func(b *testing.B) {
-			c := &dns.Client{Net: "udp"}
+			c := &dns.Client{Net: bc.network}
 			conn, err := c.Dial(bc.addr)
 			if err != nil {
 				b.Fatal(err)

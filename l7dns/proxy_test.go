@@ -418,18 +418,37 @@ func TestIngressIPv6(t *testing.T) {
 	}
 }
 
-// TestTCPUpstreamMismatch: a TCP server answering with another id gets
-// the client SERVFAIL, and the next query a new server connection.
-func TestTCPUpstreamMismatch(t *testing.T) {
+// tcpServer answers DNS over TCP on loopback with answer(connection
+// number from 1, query): the answer, and whether to close the connection
+// after it. It returns the address and the connections accepted so far.
+func tcpServer(t *testing.T, answer func(conn int, q *dns.Msg) (*dns.Msg, bool)) (netip.AddrPort, func() int) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer l.Close()
 	var mu sync.Mutex
 	conns := 0
+	serve := func(c net.Conn, n int) {
+		defer wg.Done()
+		defer c.Close()
+		for {
+			b, err := readFrame(c, 65535)
+			if err != nil {
+				return
+			}
+			q := new(dns.Msg)
+			if q.Unpack(b) != nil {
+				return
+			}
+			m, last := answer(n, q)
+			out, _ := m.Pack()
+			if writeFrame(c, out) != nil || last {
+				return
+			}
+		}
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -440,52 +459,76 @@ func TestTCPUpstreamMismatch(t *testing.T) {
 			}
 			mu.Lock()
 			conns++
-			bad := conns == 1
+			n := conns
 			mu.Unlock()
 			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				for {
-					b, err := readFrame(c, 65535)
-					if err != nil {
-						return
-					}
-					q := new(dns.Msg)
-					_ = q.Unpack(b)
-					m := new(dns.Msg)
-					m.SetReply(q)
-					if bad {
-						m.Id++
-					}
-					out, _ := m.Pack()
-					if writeFrame(c, out) != nil {
-						return
-					}
-				}
-			}()
+			go serve(c, n)
 		}
 	}()
-	p, _ := newProxy(t, Config{})
-	f := startFront(t, p, netip.MustParseAddrPort(l.Addr().String()), mustRules(t, PortRuleDNS{MatchPattern: "*"}))
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	return netip.MustParseAddrPort(l.Addr().String()), func() int { mu.Lock(); defer mu.Unlock(); return conns }
+}
+
+// askOnOneConn asks the proxy's TCP front for x.example. n times on one
+// connection and returns the rcodes.
+func askOnOneConn(t *testing.T, addr string, n int) []int {
+	t.Helper()
 	c := &dns.Client{Net: "tcp"}
-	conn, err := c.Dial(f.tcp)
+	conn, err := c.Dial(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	for i, want := range []int{dns.RcodeServerFailure, dns.RcodeSuccess} {
+	var rcodes []int
+	for range n {
 		q := new(dns.Msg)
 		q.SetQuestion("x.example.", dns.TypeA)
 		a, _, err := c.ExchangeWithConnContext(context.Background(), q, conn)
-		if err != nil || a.Rcode != want {
-			t.Fatalf("query %d: %v, %v; want rcode %d", i, a, err, want)
+		if err != nil {
+			t.Fatal(err)
 		}
+		rcodes = append(rcodes, a.Rcode)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if conns != 2 || testutil.ToFloat64(p.m.upstream.WithLabelValues("mismatch")) != 1 {
-		t.Fatalf("%d server connections", conns)
+	return rcodes
+}
+
+// TestTCPUpstreamMismatch: a TCP server answering with another id gets
+// the client SERVFAIL, and the next query a new server connection.
+func TestTCPUpstreamMismatch(t *testing.T) {
+	server, conns := tcpServer(t, func(n int, q *dns.Msg) (*dns.Msg, bool) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if n == 1 {
+			m.Id++
+		}
+		return m, false
+	})
+	p, _ := newProxy(t, Config{})
+	f := startFront(t, p, server, mustRules(t, PortRuleDNS{MatchPattern: "*"}))
+	if got := askOnOneConn(t, f.tcp, 2); !slices.Equal(got, []int{dns.RcodeServerFailure, dns.RcodeSuccess}) {
+		t.Fatalf("rcodes %v", got)
+	}
+	if conns() != 2 || testutil.ToFloat64(p.m.upstream.WithLabelValues("mismatch")) != 1 {
+		t.Fatalf("%d server connections", conns())
+	}
+}
+
+// TestTCPUpstreamClosesBetweenQueries: a server closing its connection
+// after each answer (as servers do after a number of queries or an idle
+// time) costs the client nothing: the query is retried on a new one.
+func TestTCPUpstreamClosesBetweenQueries(t *testing.T) {
+	server, conns := tcpServer(t, func(_ int, q *dns.Msg) (*dns.Msg, bool) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		return m, true
+	})
+	p, _ := newProxy(t, Config{})
+	f := startFront(t, p, server, mustRules(t, PortRuleDNS{MatchPattern: "*"}))
+	if got := askOnOneConn(t, f.tcp, 3); !slices.Equal(got, []int{0, 0, 0}) {
+		t.Fatalf("rcodes %v", got)
+	}
+	if conns() != 3 || testutil.ToFloat64(p.m.upstream.WithLabelValues("failed")) != 0 {
+		t.Fatalf("%d server connections", conns())
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -97,11 +98,24 @@ type tcpUpstream struct {
 }
 
 func (u *tcpUpstream) exchange(ctx context.Context, q *dns.Msg, raw []byte) ([]byte, *dns.Msg, error) {
+	reused := u.conn != nil
 	ans, a, err := u.try(ctx, q, raw)
 	if err != nil {
 		u.close()
+		// A server may close a connection between queries at any time
+		// (RFC 7766 6.2.3): a reused one that ended before an answer is
+		// retried once on a new one.
+		if reused && ctx.Err() == nil && closedByServer(err) {
+			if ans, a, err = u.try(ctx, q, raw); err != nil {
+				u.close()
+			}
+		}
 	}
 	return ans, a, err
+}
+
+func closedByServer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func (u *tcpUpstream) try(ctx context.Context, q *dns.Msg, raw []byte) ([]byte, *dns.Msg, error) {

@@ -111,7 +111,9 @@ func Start(z Zone, pc net.PacketConn, l net.Listener) *Server {
 		_ = w.WriteMsg(m)
 	})
 	var started sync.WaitGroup
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
+	// Any number of queries on a TCP connection (miekg/dns closes it after
+	// 128 by default); idle connections still close after 2 s.
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h, MaxTCPQueries: -1}} {
 		if srv.PacketConn == nil && srv.Listener == nil {
 			continue
 		}
