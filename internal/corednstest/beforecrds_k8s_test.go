@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
-	mcsv1alpha1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
@@ -24,8 +24,8 @@ func TestK8sClustersetDNSBeforeCRDs(t *testing.T) {
 	expect(t, dns, web, dnsmessage.TypeA, "an answer without the CRDs", servFail)
 	expect(t, dns, "nothing.default.svc.clusterset.local", dnsmessage.TypeA, "an unknown name without the CRDs", servFail)
 	installMCSCRDs(t, c.Config)
-	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1alpha1()
-	createImport(t, mcs, "web", mcsv1alpha1.ClusterSetIP, []string{"242.255.0.10"}, "http", 80)
+	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1beta1()
+	createImport(t, mcs, "web", mcsv1beta1.ClusterSetIP, []string{"242.255.0.10"}, "http", 80)
 	start := time.Now()
 	expect(t, dns, web, dnsmessage.TypeA, "the import once the CRDs are installed", values("242.255.0.10"))
 	t.Logf("%s resolved %s after the import was created", web, time.Since(start).Round(time.Millisecond))

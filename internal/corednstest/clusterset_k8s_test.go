@@ -18,9 +18,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	mcscrd "sigs.k8s.io/mcs-api/config/crd"
-	mcsv1alpha1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
-	mcsclientv1alpha1 "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/typed/apis/v1alpha1"
+	mcsclientv1beta1 "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/typed/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/internal/corednstest"
@@ -55,17 +55,18 @@ func startClusterset(t *testing.T, kubeconfig, context string) *corednstest.Serv
 // named ports; a headless import to the ready endpoints of its MCS-labelled
 // EndpointSlices of every cluster, each also as <hostname>.<cluster>.<svc>;
 // an unknown name is NXDOMAIN, a known one without the asked type NODATA,
-// and an unexported service NXDOMAIN again.
+// and an unexported service NXDOMAIN again. The imports are written as
+// v1beta1 (as k8smcs writes them), which CoreDNS reads as v1alpha1.
 func TestK8sClustersetDNS(t *testing.T) {
 	env := kubetest.Start(t, "east")
 	c := env.Clusters[0]
 	installMCSCRDs(t, c.Config)
-	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1alpha1()
+	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1beta1()
 	dns := startClusterset(t, env.Kubeconfig, c.Name)
 	t.Logf("Corefile:\n%s", dns.Corefile)
 
 	const web = "web.default.svc.clusterset.local"
-	createImport(t, mcs, "web", mcsv1alpha1.ClusterSetIP, []string{"242.255.0.10"}, "http", 80)
+	createImport(t, mcs, "web", mcsv1beta1.ClusterSetIP, []string{"242.255.0.10"}, "http", 80)
 	testenv.WaitFor(t, wait, web+" resolving to its ClusterSetIP through a net.Resolver", func() bool {
 		return slices.Equal(resolve(dns, web), []string{"242.255.0.10"})
 	})
@@ -101,16 +102,16 @@ func TestK8sClustersetDNS(t *testing.T) {
 // both A and AAAA; an import whose ips are not allocated yet exists
 // (NODATA); an import without ports is not served (NXDOMAIN), as CoreDNS
 // answers per port.
-func edges(t *testing.T, mcs mcsclientv1alpha1.MulticlusterV1alpha1Interface, dns *corednstest.Server) {
+func edges(t *testing.T, mcs mcsclientv1beta1.MulticlusterV1beta1Interface, dns *corednstest.Server) {
 	const api = "api.default.svc.clusterset.local"
-	createImport(t, mcs, "api", mcsv1alpha1.ClusterSetIP, []string{"242.255.0.20", "fd00:242::20"}, "https", 443)
+	createImport(t, mcs, "api", mcsv1beta1.ClusterSetIP, []string{"242.255.0.20", "fd00:242::20"}, "https", 443)
 	expect(t, dns, api, dnsmessage.TypeA, "A of a dual-stack import", values("242.255.0.20"))
 	expect(t, dns, api, dnsmessage.TypeAAAA, "AAAA of a dual-stack import", values("fd00:242::20"))
-	createImport(t, mcs, "pending", mcsv1alpha1.ClusterSetIP, nil, "http", 80)
+	createImport(t, mcs, "pending", mcsv1beta1.ClusterSetIP, nil, "http", 80)
 	expect(t, dns, "pending.default.svc.clusterset.local", dnsmessage.TypeA, "an import without ips yet", noData)
-	si := &mcsv1alpha1.ServiceImport{
+	si := &mcsv1beta1.ServiceImport{
 		ObjectMeta: metav1.ObjectMeta{Name: "portless", Namespace: "default"},
-		Spec:       mcsv1alpha1.ServiceImportSpec{Type: mcsv1alpha1.ClusterSetIP, IPs: []string{"242.255.0.30"}, Ports: []mcsv1alpha1.ServicePort{}},
+		Spec:       mcsv1beta1.ServiceImportSpec{Type: mcsv1beta1.ClusterSetIP, IPs: []string{"242.255.0.30"}, Ports: []mcsv1beta1.ServicePort{}},
 	}
 	if _, err := mcs.ServiceImports("default").Create(t.Context(), si, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the ServiceImport portless: %v", err)
@@ -120,9 +121,9 @@ func edges(t *testing.T, mcs mcsclientv1alpha1.MulticlusterV1alpha1Interface, dn
 
 // headless checks a Headless import: the ready endpoints of its slices from
 // west and north, their hostnames per cluster, readiness followed.
-func headless(t *testing.T, client kubernetes.Interface, mcs mcsclientv1alpha1.MulticlusterV1alpha1Interface, dns *corednstest.Server) {
+func headless(t *testing.T, client kubernetes.Interface, mcs mcsclientv1beta1.MulticlusterV1beta1Interface, dns *corednstest.Server) {
 	const db = "db.default.svc.clusterset.local"
-	createImport(t, mcs, "db", mcsv1alpha1.Headless, nil, "pg", 5432)
+	createImport(t, mcs, "db", mcsv1beta1.Headless, nil, "pg", 5432)
 	west := createSlice(t, client, "db", "west", 5432,
 		endpoint{"10.2.0.1", "db-0", true}, endpoint{"10.2.0.2", "db-1", false})
 	createSlice(t, client, "db", "north", 5432, endpoint{"10.3.0.1", "db-0", true})
@@ -224,14 +225,14 @@ func installMCSCRDs(t *testing.T, cfg *rest.Config) {
 }
 
 // createImport creates the ServiceImport default/name with one TCP port.
-func createImport(t *testing.T, mcs mcsclientv1alpha1.MulticlusterV1alpha1Interface, name string, typ mcsv1alpha1.ServiceImportType, ips []string, port string, number int32) {
+func createImport(t *testing.T, mcs mcsclientv1beta1.MulticlusterV1beta1Interface, name string, typ mcsv1beta1.ServiceImportType, ips []string, port string, number int32) {
 	t.Helper()
-	si := &mcsv1alpha1.ServiceImport{
+	si := &mcsv1beta1.ServiceImport{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
-		Spec: mcsv1alpha1.ServiceImportSpec{
+		Spec: mcsv1beta1.ServiceImportSpec{
 			Type:  typ,
 			IPs:   ips,
-			Ports: []mcsv1alpha1.ServicePort{{Name: port, Protocol: corev1.ProtocolTCP, Port: number}},
+			Ports: []mcsv1beta1.ServicePort{{Name: port, Protocol: corev1.ProtocolTCP, Port: number}},
 		},
 	}
 	if _, err := mcs.ServiceImports("default").Create(t.Context(), si, metav1.CreateOptions{}); err != nil {
@@ -269,9 +270,9 @@ func createSlice(t *testing.T, client kubernetes.Interface, service, cluster str
 			Name:      service + "-" + cluster,
 			Namespace: "default",
 			Labels: map[string]string{
-				mcsv1alpha1.LabelServiceName:   service,
-				mcsv1alpha1.LabelSourceCluster: cluster,
-				discoveryv1.LabelManagedBy:     "corednstest.clustermesh.io",
+				mcsv1beta1.LabelServiceName:   service,
+				mcsv1beta1.LabelSourceCluster: cluster,
+				discoveryv1.LabelManagedBy:    "corednstest.clustermesh.io",
 			},
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,

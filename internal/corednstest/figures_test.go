@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	mcsv1alpha1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/clustermesh/clustermesh/internal/corednstest"
@@ -28,11 +28,11 @@ func TestFiguresClustersetDNS(t *testing.T) {
 	env := kubetest.Start(t, "east")
 	c := env.Clusters[0]
 	installMCSCRDs(t, c.Config)
-	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1alpha1()
+	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1beta1()
 	imports := mcs.ServiceImports("default")
 	dns := startClusterset(t, env.Kubeconfig, c.Name)
 	const web = "web.default.svc.clusterset.local"
-	createImport(t, mcs, "web", mcsv1alpha1.ClusterSetIP, []string{"242.255.0.1"}, "http", 80)
+	createImport(t, mcs, "web", mcsv1beta1.ClusterSetIP, []string{"242.255.0.1"}, "http", 80)
 	expect(t, dns, web, dnsmessage.TypeA, "the first address", values("242.255.0.1"))
 
 	const changes = 100

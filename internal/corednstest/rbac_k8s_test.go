@@ -9,7 +9,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	mcsv1alpha1 "sigs.k8s.io/mcs-api/pkg/apis/v1alpha1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
@@ -37,8 +37,8 @@ func TestK8sClustersetDNSRBAC(t *testing.T) {
 	env := kubetest.StartWith(t, kubetest.Options{RBAC: true}, "east")
 	c := env.Clusters[0]
 	installMCSCRDs(t, c.Config)
-	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1alpha1()
-	createImport(t, mcs, "web", mcsv1alpha1.ClusterSetIP, []string{"242.255.0.10"}, "http", 80)
+	mcs := mcsclient.NewForConfigOrDie(c.Config).MulticlusterV1beta1()
+	createImport(t, mcs, "web", mcsv1beta1.ClusterSetIP, []string{"242.255.0.10"}, "http", 80)
 	if _, err := c.Client.CoreV1().ServiceAccounts("kube-system").Create(t.Context(),
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "coredns"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
