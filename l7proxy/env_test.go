@@ -41,7 +41,7 @@ const (
 )
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	node   *podnet.Node
 	client *podnet.Pod
 	server *podnet.Pod
@@ -64,7 +64,7 @@ func (m idMap) IdentityOf(a netip.Addr) uint32 {
 	return 2
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	e := &env{t: t, fwd: &fwdHandler{}}
