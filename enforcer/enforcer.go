@@ -183,6 +183,7 @@ func (e *Enforcer) Run(ctx context.Context, ready <-chan struct{}) error {
 	if ready == nil {
 		e.ready, e.epsDirty = true, true
 	}
+	e.sweepFQDN()
 	e.reload()
 	for {
 		e.step()

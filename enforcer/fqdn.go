@@ -255,6 +255,35 @@ func (e *Enforcer) allocLocal() uint32 {
 	return id
 }
 
+// sweepFQDN removes the ipcache entries of node-local identities a
+// previous run left (Run starting, before any subscription): this run
+// numbers its addresses anew, and an old address must not pass for a new
+// one's identity.
+func (e *Enforcer) sweepFQDN() {
+	if e.cfg.IPCache == nil {
+		return
+	}
+	m, err := e.cfg.IPCache.IPCache()
+	if err != nil {
+		e.fqdnWriteFailed("listing", netip.Addr{}, err)
+		return
+	}
+	n := 0
+	for p, ent := range m {
+		if ent.Identity&localIdentityFlag == 0 || ent.Identity > policy.MaxPeerIdentity {
+			continue
+		}
+		if err := e.cfg.IPCache.DeleteIPCache(p); err != nil {
+			e.fqdnWriteFailed("removing", p.Addr(), err)
+			continue
+		}
+		n++
+	}
+	if n > 0 {
+		e.log.Info("removed the previous run's ipcache entries of FQDN addresses", "entries", n)
+	}
+}
+
 // stopFQDN cancels the subscriptions (Run returning).
 func (e *Enforcer) stopFQDN() {
 	for p, sub := range e.fq.subs {

@@ -237,6 +237,10 @@ func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
 		t.Fatal(err)
 	}
 	ipc, px := datapath.NewMemory(), &fakeProxy{}
+	// A previous run's FQDN address, and a remote pod's entry.
+	stale, pod := netip.MustParsePrefix("203.0.113.9/32"), netip.MustParsePrefix("10.2.0.5/32")
+	ipc.UpsertIPCache(stale, datapath.IPCacheEntry{Identity: localIdentityFlag + 1})
+	ipc.UpsertIPCache(pod, datapath.IPCacheEntry{Identity: 2<<16 + 5, ClusterID: 2})
 	f := startCfg(t, func(_ *fixture, cfg *Config) { cfg.FQDN, cfg.IPCache, cfg.ProxyPorts = FQDNCache(cache), ipc, px }, nil)
 	www, api := netip.MustParseAddr("93.184.215.14"), netip.MustParseAddr("2001:db8::443")
 	cache.Update("www.example.com.", []netip.Addr{www}, 10*time.Second) // before the policy: given on subscribe
@@ -254,6 +258,12 @@ func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
 	}
 	if e, ok := ipcEntry(www); !ok || e.Identity != first {
 		t.Errorf("ipcache of %v: %+v %v, want identity %d", www, e, ok, first)
+	}
+	if _, ok := ipcEntry(stale.Addr()); ok {
+		t.Error("the previous run's FQDN address kept its ipcache entry (and this run's identity)")
+	}
+	if e, ok := ipcEntry(pod.Addr()); !ok || e.Identity != 2<<16+5 {
+		t.Error("the remote pod's ipcache entry was touched")
 	}
 	if ls, ok := f.e.Identity(first); !ok || !strings.Contains(ls.String(), "fqdn:*.example.com.") {
 		t.Errorf("identity %d labels %v", first, ls)
@@ -275,8 +285,8 @@ func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
 	if s := f.e.Status(); s.FQDNAddresses != 2 || s.FQDNPatterns != 1 {
 		t.Errorf("status: %d addresses, %d patterns", s.FQDNAddresses, s.FQDNPatterns)
 	}
-	if m, _ := ipc.IPCache(); len(m) != 2 {
-		t.Errorf("ipcache %v: want the two example.com addresses only", m)
+	if m, _ := ipc.IPCache(); len(m) != 3 {
+		t.Errorf("ipcache %v: want the two example.com addresses and the pod", m)
 	}
 	// www's TTL (raised to the 30 s minimum) ends.
 	cache.Expire(clock.add(31 * time.Second))
@@ -294,7 +304,7 @@ func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
 	f.writePolicy(t, "frontend.yaml", checkoutPolicy)
 	testenv.WaitFor(t, 5*time.Second, "fqdn policy gone", func() bool {
 		m, _ := ipc.IPCache()
-		return !f.hasKey(https(first+1)) && len(m) == 0 && f.e.Status().FQDNAddresses == 0 && f.e.Status().FQDNPatterns == 0
+		return !f.hasKey(https(first+1)) && len(m) == 1 && f.e.Status().FQDNAddresses == 0 && f.e.Status().FQDNPatterns == 0
 	})
 	if st := cache.Stats(); st.Subscriptions != 0 {
 		t.Errorf("%d subscriptions left in the cache", st.Subscriptions)

@@ -55,8 +55,11 @@ type FQDNSource interface {
 }
 
 // IPCache is where the node-local identities of FQDN-selected addresses
-// are written (a /32 or /128 each); datapath.Writer is one.
+// are written (a /32 or /128 each): datapath.Maps and datapath.Memory.
 type IPCache interface {
 	UpsertIPCache(prefix netip.Prefix, e datapath.IPCacheEntry) error
 	DeleteIPCache(prefix netip.Prefix) error
+	// IPCache lists the entries (read once at start, to remove the
+	// node-local ones a previous run left).
+	IPCache() (map[netip.Prefix]datapath.IPCacheEntry, error)
 }
