@@ -141,6 +141,8 @@ func headless(t *testing.T, client kubernetes.Interface, mcs mcsclientv1beta1.Mu
 	west.Endpoints[0].Conditions.Ready = new(false)
 	updateSlice(t, client, west)
 	expect(t, dns, db, dnsmessage.TypeA, "an endpoint no longer ready", values("10.2.0.2", "10.3.0.1"))
+	createSlice(t, client, "db", "south", 5432, endpoint{"10.4.0.1", "", true})
+	expect(t, dns, "10-4-0-1.south."+db, dnsmessage.TypeA, "an endpoint without a hostname, by its address", values("10.4.0.1"))
 
 	if err := mcs.ServiceImports("default").Delete(t.Context(), "db", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -279,11 +281,11 @@ func createSlice(t *testing.T, client kubernetes.Interface, service, cluster str
 		Ports:       []discoveryv1.EndpointPort{{Name: new("pg"), Protocol: new(corev1.ProtocolTCP), Port: new(port)}},
 	}
 	for _, ep := range eps {
-		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
-			Addresses:  []string{ep.addr},
-			Hostname:   new(ep.hostname),
-			Conditions: discoveryv1.EndpointConditions{Ready: new(ep.ready)},
-		})
+		e := discoveryv1.Endpoint{Addresses: []string{ep.addr}, Conditions: discoveryv1.EndpointConditions{Ready: new(ep.ready)}}
+		if ep.hostname != "" {
+			e.Hostname = new(ep.hostname)
+		}
+		s.Endpoints = append(s.Endpoints, e)
 	}
 	got, err := client.DiscoveryV1().EndpointSlices("default").Create(t.Context(), s, metav1.CreateOptions{})
 	if err != nil {
