@@ -41,7 +41,7 @@ Start with 'clustermesh demo': three clusters on loopback, no Kubernetes.`,
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newCACmd(), newAPIServerCmd(), newAgentCmd(), newStatusCmd(), newDemoCmd(), newEnableCmd(), newDisableCmd(), newConnectCmd(), newDisconnectCmd(), newManifestsCmd(), newSlicesCmd(), newObserveCmd(), newRelayCmd(), newUICmd())
+	root.AddCommand(newCACmd(), newAPIServerCmd(), newAgentCmd(), newStatusCmd(), newDemoCmd(), newEnableCmd(), newDisableCmd(), newConnectCmd(), newDisconnectCmd(), newManifestsCmd(), newSlicesCmd(), newKVStoreMeshCmd(), newObserveCmd(), newRelayCmd(), newUICmd())
 	return root
 }
 
