@@ -8,23 +8,30 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/metricsserver"
+	"github.com/clustermesh/clustermesh/k8smcs"
 	"github.com/clustermesh/clustermesh/k8sslices"
 	"github.com/clustermesh/clustermesh/k8ssource"
 	"github.com/clustermesh/clustermesh/merge"
+	"github.com/clustermesh/clustermesh/statesource"
 )
 
 const slicesLong = `Write the remote clusters' backends of global services into this cluster as
@@ -52,6 +59,8 @@ type slicesFlags struct {
 	allGlobal                                       bool
 	statusAddr, metricsAddr                         string
 	coalesce                                        time.Duration
+	mcs                                             bool
+	clusterSetIPRange, mcsLeaseName                 string
 }
 
 func newSlicesCmd() *cobra.Command {
@@ -80,6 +89,9 @@ func newSlicesCmd() *cobra.Command {
 	fl.StringVar(&f.statusAddr, "status-addr", "", "unix socket serving the status as JSON (GET /status); empty: none")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", "", "address of the Prometheus metrics (/metrics); empty: none")
 	fl.DurationVar(&f.coalesce, "coalesce", k8sslices.DefaultCoalesce, "how long a change waits for more before the slices are written")
+	fl.BoolVar(&f.mcs, "mcs", true, "also run the MCS API controller (ServiceImports, derived Services, ServiceExport conditions) where the cluster serves the MCS CRDs")
+	fl.StringVar(&f.clusterSetIPRange, "clusterset-ip-range", "", "CIDR the ClusterSetIPs of ServiceImports are allocated from (a ServiceCIDR of it is created); empty: Kubernetes allocates them from its service range")
+	fl.StringVar(&f.mcsLeaseName, "mcs-lease-name", k8smcs.DefaultLeaseName, "the Lease the MCS controllers of the cluster share")
 	for _, r := range []string{"cluster-name", "cluster-id", "config-dir"} {
 		cmd.MarkFlagRequired(r)
 	}
@@ -179,12 +191,65 @@ func printSlicesStatus(out io.Writer, st SlicesStatus) {
 		}
 		fmt.Fprintf(out, "service %s/%s: %s\n", s.Namespace, s.Name, strings.Join(parts, ", "))
 	}
+	if st.MCS != nil {
+		printMCSStatus(out, st.MCS, st.Writer)
+	}
+}
+
+// printMCSStatus prints the MCS controller's lines: itself, each remote's
+// exports, each import (with its derived Service's slices) and conflict.
+func printMCSStatus(out io.Writer, m *k8smcs.Status, w k8sslices.Status) {
+	role := "standby"
+	if m.Leader {
+		role = "leader"
+	}
+	fmt.Fprintf(out, "mcs %s: %s (lease held by %s), ClusterSetIP range %s: %d imports, %d writes, %d write errors\n",
+		m.Identity, role, cmp.Or(m.Holder, "nobody"), cmp.Or(m.ClusterSetIPRange, "Kubernetes'"), len(m.Imports), m.Writes, m.WriteErrors)
+	if m.LastError != "" {
+		fmt.Fprintf(out, "  last error: %s\n", m.LastError)
+	}
+	for _, r := range m.Remotes {
+		state := "disconnected"
+		switch {
+		case r.Connected && !r.Enabled:
+			state = "connected, exports nothing (no serviceExportsEnabled)"
+		case r.Synced:
+			state = "connected, synced"
+		case r.Connected:
+			state = "connected, syncing"
+		}
+		fmt.Fprintf(out, "mcs remote %s: %s, %d exports\n", r.Name, state, r.Exports)
+		if r.LastError != "" && !r.Synced {
+			fmt.Fprintf(out, "  last error: %s\n", r.LastError)
+		}
+	}
+	for _, im := range m.Imports {
+		ips := "headless"
+		if len(im.IPs) > 0 {
+			ips = strings.Join(im.IPs, ", ")
+		}
+		endpoints, nslices := 0, 0
+		for _, s := range w.Services {
+			if s.Namespace == im.Namespace && s.Name == im.Derived {
+				for _, sl := range s.Slices {
+					endpoints, nslices = endpoints+sl.Endpoints, nslices+1
+				}
+			}
+		}
+		fmt.Fprintf(out, "import %s/%s: %s %s, ports %s, clusters %s (oldest export: %s); service %s: %d remote endpoints in %d slices\n",
+			im.Namespace, im.Name, im.Type, ips, im.Ports, strings.Join(im.Clusters, ", "), im.Winner, im.Derived, endpoints, nslices)
+		for _, c := range slices.Sorted(maps.Keys(im.Conflicts)) {
+			fmt.Fprintf(out, "  conflict %s: %s: %s\n", c, im.Conflicts[c].Reason, im.Conflicts[c].Message)
+		}
+	}
 }
 
 // SlicesStatus is what 'clustermesh slices' serves on --status-addr.
 type SlicesStatus struct {
 	Writer  k8sslices.Status         `json:"writer"`
 	Remotes []agentsync.RemoteStatus `json:"remotes"`
+	// MCS is the MCS API controller's, when it runs.
+	MCS *k8smcs.Status `json:"mcs,omitempty"`
 }
 
 func (f *slicesFlags) run(ctx context.Context, log *slog.Logger) error {
@@ -192,10 +257,18 @@ func (f *slicesFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	mcs, err := f.newMCS(client, log)
+	if err != nil {
+		return err
+	}
+	var local statesource.Source = &k8ssource.Source{Client: client, Logger: log}
+	if mcs != nil {
+		local = mcs.Tee(local)
+	}
 	var w *k8sslices.Writer
 	agent, err := agentsync.New(agentsync.Config{
 		ClusterName: f.clusterName, ClusterID: f.clusterID, ConfigDir: f.configDir,
-		LocalSource: &k8ssource.Source{Client: client, Logger: log}, Datapath: datapath.NewMemory(),
+		LocalSource: local, Datapath: datapath.NewMemory(),
 		OnServiceChange: func(n merge.ServiceName) { w.Notify(n) }, Logger: log,
 	})
 	if err != nil {
@@ -207,15 +280,49 @@ func (f *slicesFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	status := func() SlicesStatus { return SlicesStatus{Writer: w.Status(), Remotes: agent.Status().Remotes} }
-	parts := []func(context.Context) error{
-		agent.Run, w.Run,
-		func(ctx context.Context) error {
-			return metricsserver.Serve(ctx, log, f.metricsAddr, append(w.Collectors(), agentsync.NewCollector(agent))...)
-		},
-		func(ctx context.Context) error { return serveSlicesStatus(ctx, f.statusAddr, status) },
+	status := func() SlicesStatus {
+		st := SlicesStatus{Writer: w.Status(), Remotes: agent.Status().Remotes}
+		if mcs != nil {
+			m := mcs.Status()
+			st.MCS = &m
+		}
+		return st
 	}
+	collectors := append(w.Collectors(), agentsync.NewCollector(agent))
+	parts := []func(context.Context) error{agent.Run, w.Run,
+		func(ctx context.Context) error { return serveSlicesStatus(ctx, f.statusAddr, status) }}
+	if mcs != nil {
+		collectors = append(collectors, mcs.Collectors()...)
+		parts = append(parts, mcs.Run)
+	}
+	parts = append(parts, func(ctx context.Context) error { return metricsserver.Serve(ctx, log, f.metricsAddr, collectors...) })
 	return runParts(ctx, parts)
+}
+
+// newMCS returns the MCS API controller, or nil when --mcs=false or the
+// cluster does not serve the MCS CRDs (logged).
+func (f *slicesFlags) newMCS(client kubernetes.Interface, log *slog.Logger) (*k8smcs.Controller, error) {
+	if !f.mcs {
+		return nil, nil
+	}
+	var r netip.Prefix
+	if f.clusterSetIPRange != "" {
+		var err error
+		if r, err = netip.ParsePrefix(f.clusterSetIPRange); err != nil {
+			return nil, fmt.Errorf("--clusterset-ip-range %q: want a CIDR such as 10.96.128.0/20: %w", f.clusterSetIPRange, err)
+		}
+	}
+	p, ok := client.(k8ssource.MCSClientProvider)
+	if !ok {
+		return nil, errors.New("the MCS controller: the Kubernetes client does not reach the MCS API")
+	}
+	if _, err := client.Discovery().ServerResourcesForGroupVersion(mcsv1beta1.GroupVersion.String()); err != nil {
+		log.Warn("the cluster does not serve the MCS API's CRDs (clustermesh enable installs them): the MCS controller does not run", "error", err)
+		return nil, nil
+	}
+	return k8smcs.New(k8smcs.Config{ClusterName: f.clusterName, Client: client, MCS: p.MCS(), ConfigDir: f.configDir,
+		ClusterSetIPRange: r, LeaseNamespace: kubeNamespace(f.namespace), LeaseName: f.mcsLeaseName, Identity: f.identity,
+		Coalesce: f.coalesce, Logger: log})
 }
 
 // runParts runs every part until ctx ends or one fails, then stops and

@@ -2,6 +2,7 @@ package k8smcs
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -272,7 +273,7 @@ func (sr *specReader) clusterConfig(ctx context.Context, cli *clientv3.Client, r
 		r.status.Connected = true
 		r.mu.Unlock()
 		if len(resp.Kvs) == 1 {
-			c, cfg, err := wire.DecodeClusterConfig(r.name, 0, resp.Kvs[0].Value)
+			c, cfg, err := wire.DecodeClusterConfig(r.name, meshSize(resp.Kvs[0].Value), resp.Kvs[0].Value)
 			if err != nil {
 				return wire.Cluster{}, fmt.Errorf("reading the cluster config of remote %s: %w", r.name, err)
 			}
@@ -418,4 +419,20 @@ func (sr *specReader) allListed() bool {
 		}
 	}
 	return true
+}
+
+// meshSize is the maxConnectedClusters a cluster config says (the default
+// when it says none or does not parse, which DecodeClusterConfig reports):
+// export specs carry no identities, so the reader takes the remote's size
+// as its own.
+func meshSize(value []byte) uint32 {
+	var peek struct {
+		Capabilities struct {
+			MaxConnectedClusters uint32 `json:"maxConnectedClusters"`
+		} `json:"capabilities"`
+	}
+	if json.Unmarshal(value, &peek) != nil || peek.Capabilities.MaxConnectedClusters == 0 {
+		return wire.DefaultMaxConnectedClusters
+	}
+	return peek.Capabilities.MaxConnectedClusters
 }
