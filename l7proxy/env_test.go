@@ -52,7 +52,6 @@ type env struct {
 
 	mu      sync.Mutex
 	flowsRd []flows.Flow // guarded by mu
-	peers   []netip.Addr // guarded by mu: the server's clients, as it saw them
 }
 
 type idMap map[netip.Addr]uint32
@@ -193,9 +192,6 @@ func (e *env) serveTCP(port uint16) {
 			wg.Go(func() {
 				defer c.Close()
 				from := addrPortOf(c.RemoteAddr())
-				e.mu.Lock()
-				e.peers = append(e.peers, from.Addr())
-				e.mu.Unlock()
 				fmt.Fprintf(c, "server %d saw %s\n", port, from.Addr())
 				copyNoSplice(c, c)
 			})
@@ -316,12 +312,6 @@ func (e *env) flows(match func(flows.Flow) bool) []flows.Flow {
 		}
 	}
 	return out
-}
-
-func (e *env) serverPeers() []netip.Addr {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]netip.Addr(nil), e.peers...)
 }
 
 // fwdHandler is the tests' engine: it records each connection's and
