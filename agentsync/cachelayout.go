@@ -108,6 +108,9 @@ func CachedClusterConfig(raw []byte) ([]byte, error) {
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return nil, fmt.Errorf("%w: cluster config: %w", wire.ErrMalformedValue, err)
 	}
+	if cfg == nil {
+		return nil, fmt.Errorf("%w: cluster config: null", wire.ErrMalformedValue)
+	}
 	caps, _ := cfg["capabilities"].(map[string]any)
 	if caps == nil {
 		caps = map[string]any{}
