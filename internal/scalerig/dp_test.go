@@ -1,25 +1,61 @@
 package scalerig
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
 )
 
-// watchedDP is the in-memory datapath that tells when a watched prefix is
-// written (upserted or deleted).
+// batchDatapath is a datapath with batched ipcache writes (both do).
+type batchDatapath interface {
+	datapath.Datapath
+	datapath.BatchWriter
+}
+
+// watchedDP is a datapath that tells when a watched prefix is written
+// (upserted or deleted): the real eBPF maps as root, so that the agent's
+// memory is its own (the maps are the kernel's), else the in-memory one.
 type watchedDP struct {
-	*datapath.Memory
+	batchDatapath
+	pin   string // the maps' pin directory, removed on Close
 	mu    sync.Mutex
 	watch netip.Prefix   // guarded by mu
 	hits  chan time.Time // one per write of watch
 }
 
-func newWatchedDP() *watchedDP {
-	return &watchedDP{Memory: datapath.NewMemory(), hits: make(chan time.Time, 16)}
+func newWatchedDP() (*watchedDP, error) {
+	w := &watchedDP{hits: make(chan time.Time, 16)}
+	if os.Geteuid() != 0 {
+		w.batchDatapath = datapath.NewMemory()
+		return w, nil
+	}
+	w.pin = filepath.Join("/sys/fs/bpf", fmt.Sprintf("cm-scalerig-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	m, err := datapath.OpenMaps(datapath.Config{PinDir: w.pin, NoIPCacheMirror: true})
+	if err != nil {
+		return nil, fmt.Errorf("opening eBPF maps: %w", err)
+	}
+	w.batchDatapath = m
+	return w, nil
 }
+
+// Close closes the maps and removes their pins.
+func (w *watchedDP) Close() error {
+	err := w.batchDatapath.Close()
+	if w.pin != "" {
+		if rerr := datapath.RemovePins(w.pin); err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// kind says which datapath the figures were measured on.
+func (w *watchedDP) kind() string { return w.batchDatapath.Kind() }
 
 func (w *watchedDP) setWatch(p netip.Prefix) {
 	w.mu.Lock()
@@ -43,19 +79,19 @@ func (w *watchedDP) seen(ps ...netip.Prefix) {
 }
 
 func (w *watchedDP) UpsertIPCache(p netip.Prefix, e datapath.IPCacheEntry) error {
-	err := w.Memory.UpsertIPCache(p, e)
+	err := w.batchDatapath.UpsertIPCache(p, e)
 	w.seen(p)
 	return err
 }
 
 func (w *watchedDP) UpsertIPCacheBatch(ps []netip.Prefix, es []datapath.IPCacheEntry) error {
-	err := w.Memory.UpsertIPCacheBatch(ps, es)
+	err := w.batchDatapath.UpsertIPCacheBatch(ps, es)
 	w.seen(ps...)
 	return err
 }
 
 func (w *watchedDP) DeleteIPCache(p netip.Prefix) error {
-	err := w.Memory.DeleteIPCache(p)
+	err := w.batchDatapath.DeleteIPCache(p)
 	w.seen(p)
 	return err
 }
