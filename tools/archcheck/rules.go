@@ -139,6 +139,10 @@ var rules = []Rule{
 		Why:   "the map's web page reads flows as any Observer client does: it never assembles an agent or a relay",
 	},
 	{
+		Pkg: "l7http", OursOnly: []string{"internal/loglimit"}, Never: []string{"github.com/cilium/cilium/pkg/...", "k8s.io/client-go/..."},
+		Why: "the HTTP engine of the L7 proxy is handed connections, metadata and rules: it knows neither the listener (l7proxy) nor the policy that made the rules",
+	},
+	{
 		Pkg: "deploy", ImportedOnlyBy: nothing,
 		Why: "deploy/ is files for operators (alert rules, dashboards) and the tests that check them: nothing imports it",
 	},

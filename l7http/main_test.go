@@ -1,0 +1,9 @@
+package l7http
+
+import (
+	"testing"
+
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
