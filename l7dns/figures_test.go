@@ -63,7 +63,7 @@ func stampedServer(t testing.TB, z dnsserver.Zone) (netip.AddrPort, func(name st
 
 // TestFiguresL7DNS prints (make bench):
 //
-//   - l7.fqdn.allow_p99_ms: the time from a DNS answer leaving a real DNS
+//   - l7.fqdn.notify_p99_ms: the time from a DNS answer leaving a real DNS
 //     server on loopback to the subscriber of a toFQDNs selector being
 //     told the address, p99 over 2,000 names, through the proxy (the
 //     answer read, validated, its addresses put into the fqdn cache);
@@ -119,7 +119,7 @@ func TestFiguresL7DNS(t *testing.T) {
 	slices.Sort(took)
 	pct := func(p float64) time.Duration { return took[int(p*float64(len(took)-1))] }
 	t.Logf("answer leaving the server to the subscriber told, %d names: p50 %v, p99 %v, max %v", n, pct(0.5), pct(0.99), took[len(took)-1])
-	figure.Print("l7.fqdn.allow_p99_ms", float64(pct(0.99).Microseconds())/1000, "ms")
+	figure.Print("l7.fqdn.notify_p99_ms", float64(pct(0.99).Microseconds())/1000, "ms")
 }
 
 // BenchmarkQuery is one query answered by a real DNS server on loopback,
