@@ -390,6 +390,7 @@ func (e *Enforcer) apply(changes []policy.Change) {
 		}
 		dc = e.redirectChanges(dc, c)
 	}
+	defer e.closeIdle() // after the entries that used them went
 	if !e.ready {
 		return
 	}

@@ -22,10 +22,11 @@ import (
 // fakeProxy stands for l7proxy's redirects: a port per parser and
 // direction, or an error while fail is set; it keeps the open redirects.
 type fakeProxy struct {
-	mu    sync.Mutex
-	fail  bool
-	calls int
-	open  map[Redirect]*PortRules
+	mu      sync.Mutex
+	fail    bool
+	calls   int
+	removes int
+	open    map[Redirect]*PortRules
 }
 
 const (
@@ -56,6 +57,7 @@ func (p *fakeProxy) Ensure(r Redirect, rules *PortRules) (uint16, error) {
 func (p *fakeProxy) Remove(r Redirect) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.removes++
 	delete(p.open, r)
 }
 
@@ -146,6 +148,20 @@ func TestL7EntriesRedirectedToTheProxy(t *testing.T) {
 	testenv.WaitFor(t, 5*time.Second, "new west frontend redirected", func() bool {
 		return f.hasKey(redirected(allow(eastCheckout, west2), httpIngressPort))
 	})
+	// The redirect's only peer relabelled: the redirect (its listener and
+	// connections) stays.
+	f.e.DeleteIdentity("west", west2)
+	testenv.WaitFor(t, 5*time.Second, "west2 gone", func() bool { return !f.hasKey(redirected(allow(eastCheckout, west2), httpIngressPort)) })
+	f.e.UpsertIdentity("west", westFrontend, podLabels("west", "frontend").With(wire.Label{Source: "k8s", Key: "v", Value: "3"}))
+	testenv.WaitFor(t, 5*time.Second, "relabelled peer redirected", func() bool {
+		ls, _ := f.e.Identity(westFrontend)
+		return strings.Contains(ls.String(), "v=3") && f.hasKey(west) && f.e.Status().RedirectedEntries == 1
+	})
+	f.e.UpsertIdentity("west", west2, podLabels("west", "frontend"))
+	if px.mu.Lock(); px.removes != 0 {
+		t.Errorf("the redirect was removed %d times while peers were relabelled", px.removes)
+	}
+	px.mu.Unlock()
 	// The L7 rules go: the entries stay, plain (the redirected key removed).
 	f.writePolicy(t, "checkout.yaml", strings.Replace(l7CheckoutPolicy, "      rules:\n        http: [{method: GET, path: \"/v1/.*\"}]\n", "", 1))
 	testenv.WaitFor(t, 5*time.Second, "entries plain again", func() bool {

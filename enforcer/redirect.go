@@ -23,6 +23,7 @@ type redirects struct {
 
 	// Owned by Run's goroutine.
 	listeners map[Redirect]*listener
+	idle      []Redirect // released in the current batch
 	failed    int    // entries without a proxy port (not written)
 	errors    uint64 // failed Ensure calls
 	lastErr   string
@@ -209,19 +210,29 @@ func (e *Enforcer) ensure(r Redirect, l *listener) uint16 {
 	return port
 }
 
-// release drops a reference on r: the last one removes the redirect.
+// release drops a reference on r; closeIdle removes it if that was the
+// last one (after a batch: a peer relabelled within it keeps its listener
+// and connections).
 func (e *Enforcer) release(r Redirect) {
-	l := e.redir.listeners[r]
-	if l == nil {
-		return
+	if l := e.redir.listeners[r]; l != nil {
+		l.refs--
+		e.redir.idle = append(e.redir.idle, r)
 	}
-	if l.refs--; l.refs > 0 {
-		return
+}
+
+// closeIdle removes the redirects no entry uses any more.
+func (e *Enforcer) closeIdle() {
+	for _, r := range e.redir.idle {
+		l := e.redir.listeners[r]
+		if l == nil || l.refs > 0 {
+			continue
+		}
+		delete(e.redir.listeners, r)
+		if l.port != 0 && e.cfg.ProxyPorts != nil {
+			e.cfg.ProxyPorts.Remove(r)
+		}
 	}
-	delete(e.redir.listeners, r)
-	if l.port != 0 && e.cfg.ProxyPorts != nil {
-		e.cfg.ProxyPorts.Remove(r)
-	}
+	e.redir.idle = e.redir.idle[:0]
 }
 
 // redirectChanges appends the datapath changes of one engine change to dc
