@@ -95,7 +95,7 @@ func (p *Proxy) Ensure(k RedirectKey, rules any) (uint16, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &redirect{key: k, handler: h, ctx: ctx, cancel: cancel, rules: rules, conns: map[io.Closer]struct{}{}}
 	var lerr error
-	r.port = p.ports.candidates(k, func(port uint16) bool {
+	port := p.ports.candidates(k, func(port uint16) bool {
 		err := p.listen(r, port)
 		if errors.Is(err, syscall.EADDRINUSE) {
 			p.m.listenFails.Inc()
@@ -105,17 +105,17 @@ func (p *Proxy) Ensure(k RedirectKey, rules any) (uint16, error) {
 		return true
 	})
 	switch {
-	case r.port != 0 && lerr != nil:
-		p.ports.release(r.port)
+	case port != 0 && lerr != nil:
+		p.ports.release(port)
 		cancel()
 		return 0, lerr
-	case r.port == 0:
+	case port == 0:
 		cancel()
 		return 0, fmt.Errorf("l7 proxy: redirect of endpoint %d port %d: %d-%d: %w", k.EndpointID, k.Port, p.cfg.PortMin, p.cfg.PortMax, ErrNoPort)
 	}
 	p.redirects[k] = r
 	p.m.redirects.Set(float64(len(p.redirects)))
-	return r.port, nil
+	return port, nil
 }
 
 // Remove stops k's listeners and its connections (see Close) and frees its
@@ -170,7 +170,8 @@ func (p *Proxy) Close() error {
 }
 
 // listen opens r's listeners on port: TCP, and UDP for a DatagramHandler,
-// for each family, and starts serving them. On error nothing stays open.
+// for each family, sets r.port and starts serving them. On error nothing
+// stays open.
 func (p *Proxy) listen(r *redirect, port uint16) error {
 	type opened struct {
 		tcp *net.TCPListener
@@ -224,6 +225,7 @@ func (p *Proxy) listen(r *redirect, port uint16) error {
 		}
 		return fmt.Errorf("l7 proxy: listen on port %d: %w", port, err)
 	}
+	r.port = port // before the loops read it
 	for _, o := range all {
 		if o.tcp != nil {
 			r.listeners = append(r.listeners, o.tcp)
