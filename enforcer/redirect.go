@@ -24,8 +24,8 @@ type redirects struct {
 	// Owned by Run's goroutine.
 	listeners map[Redirect]*listener
 	idle      []Redirect // released in the current batch
-	failed    int    // entries without a proxy port (not written)
-	errors    uint64 // failed Ensure calls
+	failed    int        // entries without a proxy port (not written)
+	errors    uint64     // failed Ensure calls
 	lastErr   string
 	summary   map[uint32][]RedirectStatus // by endpoint identity; nil: stale (guarded by mu)
 }
