@@ -157,10 +157,9 @@ func (r *redirects) setEntry(rk redirectKey, red redirect, l7 bool) {
 	}
 }
 
-// getEntry returns an entry's redirect.
+// getEntry returns an entry's redirect. Run's goroutine only: it is the
+// one writer, so its reads need no lock.
 func (r *redirects) getEntry(rk redirectKey) (redirect, bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
 	red, ok := r.entries[rk]
 	return red, ok
 }
@@ -244,6 +243,9 @@ func (e *Enforcer) redirectChanges(dc []tcpolicy.Change, c policy.Change) []tcpo
 	rk := redirectKey{c.Endpoint, c.Key}
 	base := toDatapathKey(c.Endpoint, c.Key)
 	old, had := e.redir.getEntry(rk)
+	if !had && c.L7 == nil {
+		return append(dc, tcpolicy.Change{Key: base, Add: c.Add}) // plain, as it was
+	}
 	var red redirect
 	if c.Add && c.L7 != nil {
 		red = redirect{l7: c.L7, r: redirectOf(c.Endpoint, c.Key, c.L7)}
