@@ -363,3 +363,40 @@ func BenchmarkL7Policy(b *testing.B) {
 		}
 	}
 }
+
+// Addresses over MaxFQDNAddresses are refused and counted; an expired one
+// frees its identity for the next.
+func TestFQDNAddressesBounded(t *testing.T) {
+	clock := &fqdnClock{now: time.Unix(1_800_000_000, 0)}
+	cache, err := fqdn.New(fqdn.Config{MinTTL: time.Second, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipc := datapath.NewMemory()
+	f := startCfg(t, func(_ *fixture, cfg *Config) {
+		cfg.FQDN, cfg.IPCache, cfg.ProxyPorts, cfg.MaxFQDNAddresses = FQDNCache(cache), ipc, &fakeProxy{}, 1
+	}, nil)
+	f.writePolicy(t, "frontend.yaml", fqdnPolicy)
+	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
+	close(f.ready)
+	testenv.WaitFor(t, 5*time.Second, "subscribed", func() bool { return f.e.Status().FQDNPatterns == 1 })
+	cache.Update("a.example.com", []netip.Addr{netip.MustParseAddr("192.0.2.1")}, time.Second)
+	cache.Update("b.example.com", []netip.Addr{netip.MustParseAddr("192.0.2.2")}, time.Hour)
+	const first = localIdentityFlag + 1
+	testenv.WaitFor(t, 5*time.Second, "one allowed, one refused", func() bool {
+		s := f.e.Status()
+		return f.hasKey(https(first)) && s.FQDNAddresses == 1 && s.FQDNRefused == 1
+	})
+	if f.hasKey(https(first + 1)) {
+		t.Error("an address over the bound was allowed")
+	}
+	// a's TTL ends: its identity is free; a new answer for c takes it.
+	cache.Expire(clock.add(2 * time.Second))
+	testenv.WaitFor(t, 5*time.Second, "a expired", func() bool { return !f.hasKey(https(first)) && f.e.Status().FQDNAddresses == 0 })
+	c := netip.MustParseAddr("192.0.2.3")
+	cache.Update("c.example.com", []netip.Addr{c}, time.Hour)
+	testenv.WaitFor(t, 5*time.Second, "c allowed with the freed identity", func() bool {
+		m, _ := ipc.IPCache()
+		return f.hasKey(https(first)) && m[netip.PrefixFrom(c, 32)].Identity == first
+	})
+}

@@ -314,3 +314,34 @@ func BenchmarkUpsertIdentityL7(b *testing.B) {
 		e.RemoveIdentity(id)
 	}
 }
+
+// Sets merged from several sources (the directory and the Kubernetes
+// objects, each checked alone) may still put HTTP and DNS rules on one
+// entry: the first rule's parser is kept and the conflict counted.
+func TestL7ConflictAcrossSources(t *testing.T) {
+	o := Options{LocalCluster: "east", DefaultLocalCluster: true}
+	dns, err := Parse(o, "dns.yaml", []byte(dnsAndFQDN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	http, err := Parse(o, "http.yaml", []byte(strings.NewReplacer("frontend-egress", "other",
+		`dns: [{matchPattern: "*.example.com"}, {matchName: api.partner.io}]`, `http: [{}]`, `protocol: ANY`, `protocol: TCP`).Replace(dnsAndFQDN)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := &Compiled{}
+	all.Merge(dns)
+	all.Merge(http)
+	if err := CheckL7Conflicts(all); !errors.Is(err, ErrInvalidPolicy) {
+		t.Fatalf("CheckL7Conflicts: %v", err)
+	}
+	e := NewEngine("east")
+	e.SetPolicies(all)
+	const dnsID = 1<<16 + 50
+	e.UpsertIdentity(dnsID, ident("east", "kube-system", map[string]string{"k8s-app": "kube-dns"}))
+	e.UpsertIdentity(eastFrontend, ident("east", "shop", map[string]string{"app": "frontend"}))
+	k := Key{Peer: dnsID, Direction: Egress, PortRange: PortRange{Protocol: TCP, From: 53, To: 53}}
+	if p := e.Endpoint(eastFrontend).L7(k); p == nil || p.Parser != ParserDNS || e.L7Conflicts() == 0 {
+		t.Errorf("conflicting entry: %v, %d conflicts; want the first (dns) parser, counted", p, e.L7Conflicts())
+	}
+}
