@@ -26,6 +26,38 @@ type watchedDP struct {
 	mu    sync.Mutex
 	watch netip.Prefix   // guarded by mu
 	hits  chan time.Time // one per write of watch
+	// deleted counts ipcache entries and service frontends deleted, and
+	// backends a service update dropped: what left the maps.
+	deleted  int                       // guarded by mu
+	backends map[datapath.Frontend]int // guarded by mu: each frontend's last backend count
+}
+
+// removed is how many entries have left the maps so far.
+func (w *watchedDP) removed() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.deleted
+}
+
+func (w *watchedDP) UpsertService(f datapath.Frontend, bs []datapath.Backend) error {
+	err := w.batchDatapath.UpsertService(f, bs)
+	w.mu.Lock()
+	if w.backends == nil {
+		w.backends = map[datapath.Frontend]int{}
+	}
+	w.deleted += max(w.backends[f]-len(bs), 0)
+	w.backends[f] = len(bs)
+	w.mu.Unlock()
+	return err
+}
+
+func (w *watchedDP) DeleteService(f datapath.Frontend) error {
+	err := w.batchDatapath.DeleteService(f)
+	w.mu.Lock()
+	w.deleted += max(w.backends[f], 1)
+	delete(w.backends, f)
+	w.mu.Unlock()
+	return err
 }
 
 func newWatchedDP() (*watchedDP, error) {
@@ -93,5 +125,10 @@ func (w *watchedDP) UpsertIPCacheBatch(ps []netip.Prefix, es []datapath.IPCacheE
 func (w *watchedDP) DeleteIPCache(p netip.Prefix) error {
 	err := w.batchDatapath.DeleteIPCache(p)
 	w.seen(p)
+	w.mu.Lock()
+	if p != w.watch {
+		w.deleted++
+	}
+	w.mu.Unlock()
 	return err
 }

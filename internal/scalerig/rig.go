@@ -166,19 +166,70 @@ func (c *Cluster) Admin() (*clientv3.Client, error) {
 }
 
 // WriteRemoteConfigs writes, into dir, one etcd client config per cluster
-// of the rig as the reader's agents read them.
+// of the rig as the reader's agents (and its cache) read them directly.
 func (r *Rig) WriteRemoteConfigs(dir string) error {
+	return r.writeConfigs(dir, func(c *Cluster) string { return c.Addr })
+}
+
+// WriteCachedConfigs writes, into dir, one config per cluster of the rig
+// pointing at the reader's own apiserver, where its cache holds them.
+func (r *Rig) WriteCachedConfigs(dir string, reader *Cluster) error {
+	return r.writeConfigs(dir, func(*Cluster) string { return reader.Addr })
+}
+
+func (r *Rig) writeConfigs(dir string, addr func(*Cluster) string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	for _, c := range r.Clusters {
 		cfg := fmt.Sprintf("endpoints:\n- https://%s\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n",
-			c.Addr, r.Reader.CAFile(), r.Reader.RemoteCert(), r.Reader.RemoteKey())
+			addr(c), r.Reader.CAFile(), r.Reader.RemoteCert(), r.Reader.RemoteKey())
 		if err := os.WriteFile(filepath.Join(dir, c.Name), []byte(cfg), 0o600); err != nil {
 			return fmt.Errorf("writing the remote config of %s: %w", c.Name, err)
 		}
 	}
 	return nil
+}
+
+// StartReader starts the reader cluster's own apiserver with state st
+// (not added to Clusters): its cache writes there, its agents read there.
+func (r *Rig) StartReader(ctx context.Context, st *statesource.State) (*Cluster, error) {
+	c := &Cluster{Name: ReaderName, ID: ReaderID, Bundle: r.Reader, StateFile: filepath.Join(r.Dir, ReaderName, "state.json")}
+	if err := WriteState(c.StateFile, st); err != nil {
+		return nil, err
+	}
+	var err error
+	if c.Addr, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	args := []string{"apiserver", "--cluster-name", ReaderName, "--cluster-id", strconv.Itoa(ReaderID),
+		"--cert-dir", r.Reader.Dir, "--state-file", c.StateFile, "--listen", c.Addr,
+		"--metrics-addr", "", "--state-dir", filepath.Join(r.Dir, ReaderName)}
+	if c.Proc, err = StartProcess(r.Bin, args, filepath.Join(r.Dir, ReaderName, "apiserver.log")); err != nil {
+		return nil, fmt.Errorf("starting the reader's apiserver: %w", err)
+	}
+	if err := c.WaitPublished(ctx); err != nil {
+		c.Proc.Kill()
+		return nil, err
+	}
+	return c, nil
+}
+
+// StartCache runs the reader's kvstoremesh cache (bin/clustermesh
+// kvstoremesh) reading every cluster of the rig into reader's etcd.
+func (r *Rig) StartCache(reader *Cluster, log string) (*Process, error) {
+	dir := filepath.Join(r.Dir, ReaderName, "cache-remotes")
+	if err := r.WriteRemoteConfigs(dir); err != nil {
+		return nil, err
+	}
+	args := []string{"kvstoremesh", "--cluster-name", ReaderName, "--cluster-id", strconv.Itoa(ReaderID),
+		"--config-dir", dir, "--cert-dir", r.Reader.Dir, "--etcd-endpoints", "https://" + reader.Addr,
+		"--metrics-addr", ""}
+	p, err := StartProcess(r.Bin, args, log)
+	if err != nil {
+		return nil, fmt.Errorf("starting the cache: %w", err)
+	}
+	return p, nil
 }
 
 // Close kills every apiserver of the rig.

@@ -56,6 +56,9 @@ func TestScale(t *testing.T) {
 	if phase("propagation") {
 		propagationDirect(t, rig)
 	}
+	if phase("cache") {
+		cacheFigures(t, rig, last)
+	}
 	if phase("scoped") {
 		scopedImport(t)
 	}
@@ -65,7 +68,7 @@ func TestScale(t *testing.T) {
 }
 
 // phase reports whether a phase after the bootstrap runs: all of them
-// unless CLUSTERMESH_SCALE_PHASES lists some (propagation, scoped, big;
+// unless CLUSTERMESH_SCALE_PHASES lists some (propagation, cache, scoped, big;
 // "none" for the bootstrap alone).
 func phase(name string) bool {
 	list := os.Getenv("CLUSTERMESH_SCALE_PHASES")
@@ -196,16 +199,28 @@ type readerAgent struct {
 
 func startReader(t *testing.T, rig *Rig, dir string) *readerAgent {
 	t.Helper()
+	return startReaderWith(t, dir, rig.WriteRemoteConfigs)
+}
+
+// readerState is the reader cluster's state: the same global services as
+// every cluster, without endpoints (the remote backends are merged into
+// its service maps).
+func readerState() *statesource.State {
+	st := State(ReaderID-1, Realistic)
+	st.Endpoints, st.Nodes = nil, nil
+	return st
+}
+
+// startReaderWith starts a reader agent whose remote configs writeConfigs
+// writes (directly to each cluster, or through the reader's cache).
+func startReaderWith(t *testing.T, dir string, writeConfigs func(dir string) error) *readerAgent {
+	t.Helper()
 	configs := filepath.Join(dir, "remotes")
-	if err := rig.WriteRemoteConfigs(configs); err != nil {
+	if err := writeConfigs(configs); err != nil {
 		t.Fatal(err)
 	}
 	local := filepath.Join(dir, "state.yaml")
-	// The reader has the same global services, without endpoints: the
-	// remote backends are merged into its service maps.
-	st := State(ReaderID-1, Realistic)
-	st.Endpoints, st.Nodes = nil, nil
-	if err := WriteState(local, st); err != nil {
+	if err := WriteState(local, readerState()); err != nil {
 		t.Fatal(err)
 	}
 	dp, err := newWatchedDP()
@@ -297,8 +312,7 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 }
 
 // propagationDirect: an ipcache entry put into the first cluster's etcd →
-// in the reader's datapath, with every cluster of the rig connected;
-// alternating with raw put→watch on the same etcd.
+// in the reader's datapath, with every cluster of the rig connected.
 func propagationDirect(t *testing.T, rig *Rig) {
 	t.Helper()
 	r := startReader(t, rig, t.TempDir())
@@ -307,7 +321,16 @@ func propagationDirect(t *testing.T, rig *Rig) {
 		ok, _ := r.synced(len(rig.Clusters), Realistic.Endpoints)
 		return ok
 	})
-	c := rig.Clusters[0]
+	p99, raw99 := propagation(t, r, rig.Clusters[0], "direct")
+	figure.Print("scale.propagation.direct_p99_ms", round(float64(p99.Microseconds())/1000, 3), "ms")
+	figure.Print("scale.propagation.direct_p99_ratio", round(float64(p99)/float64(raw99), 2), "ratio")
+}
+
+// propagation puts and deletes an ipcache entry in c's etcd, 100 times
+// each, and times each change until it is in r's datapath, alternating with
+// raw put→watch on the same etcd; it returns both p99s.
+func propagation(t *testing.T, r *readerAgent, c *Cluster, how string) (p99, raw99 time.Duration) {
+	t.Helper()
 	admin, err := c.Admin()
 	if err != nil {
 		t.Fatal(err)
@@ -318,6 +341,7 @@ func propagationDirect(t *testing.T, rig *Rig) {
 	template := ipcacheTemplate(t, ctx, admin)
 	probe := netip.PrefixFrom(PodAddr(c.ID, Realistic, Realistic.Endpoints+100), 32)
 	r.dp.setWatch(probe)
+	defer r.dp.setWatch(netip.Prefix{})
 	key := "cilium/state/ip/v1/default/" + probe.Addr().String()
 	template["IP"] = probe.Addr().String()
 	value, _ := json.Marshal(template)
@@ -344,15 +368,16 @@ func propagationDirect(t *testing.T, rig *Rig) {
 		case at := <-r.dp.hits:
 			lat = append(lat, at.Sub(start))
 		case <-time.After(30 * time.Second):
-			t.Fatalf("change %d never reached the agent's datapath", i)
+			t.Fatalf("change %d never reached the agent's datapath (%s)", i, how)
 		}
 	}
-	p99, raw99 := percentile(lat, 0.99), percentile(raw, 0.99)
-	t.Logf("propagation with %d clusters: p50 %s p99 %s; raw put→watch p50 %s p99 %s", len(rig.Clusters),
+	p99, raw99 = percentile(lat, 0.99), percentile(raw, 0.99)
+	t.Logf("propagation %s with %d clusters: p50 %s p99 %s; raw put→watch p50 %s p99 %s", how, r.clusters(),
 		percentile(lat, 0.5), p99, percentile(raw, 0.5), raw99)
-	figure.Print("scale.propagation.direct_p99_ms", round(float64(p99.Microseconds())/1000, 3), "ms")
-	figure.Print("scale.propagation.direct_p99_ratio", round(float64(p99)/float64(raw99), 2), "ratio")
+	return p99, raw99
 }
+
+func (r *readerAgent) clusters() int { return len(r.agent.Status().Remotes) }
 
 // ipcacheTemplate is one of the cluster's published ipcache values, as a
 // map (to publish another address like it).
