@@ -202,6 +202,9 @@ func (r *requestHead) frame() error {
 		return refuse(ErrSmuggling, "transfer_encoding", "Transfer-Encoding in an HTTP/1.0 request")
 	}
 	r.chunked, r.contentLength = f.chunked, f.length
+	if f.lengthSeen {
+		r.headers = canonicalLength(r.headers, f.length)
+	}
 	r.close = f.close || (r.proto == "HTTP/1.0" && !f.keepAlive)
 	if !r.hasBody() {
 		r.expectContinue = false
@@ -263,6 +266,24 @@ func parseLength(s string) (int64, error) {
 	}
 	n, _ := strconv.ParseInt(s, 10, 64)
 	return n, nil
+}
+
+// canonicalLength leaves one Content-Length field of n (a list of equal
+// values, or several equal fields, which RFC 9112 lets a recipient accept,
+// are forwarded as the one value every parser reads alike).
+func canonicalLength(hs []header, n int64) []header {
+	v := strconv.FormatInt(n, 10)
+	out, seen := hs[:0], false
+	for _, h := range hs {
+		if strings.EqualFold(h.name, "Content-Length") {
+			if seen {
+				continue
+			}
+			h.value, seen = v, true
+		}
+		out = append(out, h)
+	}
+	return out
 }
 
 // stripUpgrade removes Upgrade and HTTP2-Settings, and their tokens from
@@ -347,6 +368,7 @@ func (r *responseHead) frame(method string) error {
 		r.body = bodyChunked
 	case f.lengthSeen:
 		r.body, r.length = bodyLength, f.length
+		r.headers = canonicalLength(r.headers, f.length)
 	default:
 		r.body, r.close = bodyUntilClose, true
 	}

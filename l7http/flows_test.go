@@ -1,0 +1,76 @@
+package l7http
+
+import (
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+)
+
+// TestFlowFields: a request and its response as Hubble's L7 flows: types,
+// verdicts, endpoints and identities (swapped for the reply), ports,
+// direction, URL, protocol, code, the latency (the server takes 30 ms
+// before its header), header values redacted by default.
+func TestFlowFields(t *testing.T) {
+	const serverDelay = 30 * time.Millisecond
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(serverDelay) // the server's own latency, which the response flow measures
+		w.Header().Set("X-Secret", "s3cr3t")
+		w.Write([]byte("ok"))
+	})
+	for _, keep := range []bool{false, true} {
+		h := newHarness(t, Config{KeepHeaderValues: keep}, nil, handler)
+		c := h.dialRaw()
+		c.send(t, "GET /v1/cart?id=1 HTTP/1.1\r\nHost: checkout:8080\r\nAuthorization: Bearer xyz\r\n\r\n")
+		c.response(t, "GET")
+		fs := h.waitFlows(2)
+		req, resp := fs[0], fs[1]
+		client := netip.MustParseAddrPort(c.LocalAddr().String())
+		server := h.meta.Destination
+
+		checkBase := func(f *flowpb.Flow, src, dst netip.AddrPort, srcID, dstID uint32, reply bool) {
+			t.Helper()
+			if f.GetType() != flowpb.FlowType_L7 || f.GetEventType().GetType() != 129 || f.GetVerdict() != flowpb.Verdict_FORWARDED ||
+				f.GetTrafficDirection() != flowpb.TrafficDirection_INGRESS || f.GetIsReply().GetValue() != reply || f.GetTime() == nil {
+				t.Fatalf("flow %v", f)
+			}
+			if f.GetIP().GetSource() != src.Addr().String() || f.GetIP().GetDestination() != dst.Addr().String() || f.GetIP().GetIpVersion() != flowpb.IPVersion_IPv4 {
+				t.Fatalf("ip %v, want %v -> %v", f.GetIP(), src, dst)
+			}
+			if tcp := f.GetL4().GetTCP(); tcp.GetSourcePort() != uint32(src.Port()) || tcp.GetDestinationPort() != uint32(dst.Port()) {
+				t.Fatalf("l4 %v, want %v -> %v", f.GetL4(), src, dst)
+			}
+			if f.GetSource().GetIdentity() != srcID || f.GetDestination().GetIdentity() != dstID {
+				t.Fatalf("identities %v -> %v", f.GetSource(), f.GetDestination())
+			}
+		}
+		checkBase(req, client, server, 70001, 70002, false)
+		checkBase(resp, server, client, 70002, 70001, true)
+		if req.GetDestination().GetID() != 42 || resp.GetSource().GetID() != 42 {
+			t.Fatalf("the local endpoint's ID: %v, %v", req.GetDestination(), resp.GetSource())
+		}
+		rh, ph := req.GetL7().GetHttp(), resp.GetL7().GetHttp()
+		if req.GetL7().GetType() != flowpb.L7FlowType_REQUEST || rh.GetMethod() != "GET" || rh.GetUrl() != "http://checkout:8080/v1/cart?id=1" || rh.GetProtocol() != "HTTP/1.1" || rh.GetCode() != 0 {
+			t.Fatalf("request record %v", req.GetL7())
+		}
+		if resp.GetL7().GetType() != flowpb.L7FlowType_RESPONSE || ph.GetCode() != 200 || ph.GetMethod() != "GET" || ph.GetUrl() != rh.GetUrl() {
+			t.Fatalf("response record %v", resp.GetL7())
+		}
+		if lat := time.Duration(resp.GetL7().GetLatencyNs()); lat < serverDelay || lat > 10*time.Second {
+			t.Fatalf("latency %v, want at least the server's %v", lat, serverDelay)
+		}
+		values := map[string]string{}
+		for _, hd := range append(rh.GetHeaders(), ph.GetHeaders()...) {
+			values[hd.GetKey()] = hd.GetValue()
+		}
+		wantAuth, wantSecret := "HUBBLE_REDACTED", "HUBBLE_REDACTED"
+		if keep {
+			wantAuth, wantSecret = "Bearer xyz", "s3cr3t"
+		}
+		if values["Authorization"] != wantAuth || values["X-Secret"] != wantSecret || values["Host"] == "" {
+			t.Fatalf("keep values %v: headers %v", keep, values)
+		}
+	}
+}
