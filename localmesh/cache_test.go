@@ -224,7 +224,8 @@ func TestCacheMeshSameAsDirect(t *testing.T) {
 
 // A remote's apiserver dies: the agents reading it through the cache keep
 // what they hold, and their status says the remote is disconnected from the
-// cache (not the cache down) and, past the heartbeat timeout, stale.
+// cache (not the cache down) and, past the heartbeat timeout, stale. Then
+// the cache stops: the agents keep everything and say the cache is down.
 func TestCacheRemoteDownKeepsStateAndSaysStale(t *testing.T) {
 	m := startMeshWith(t, Options{Cache: true,
 		APIServer: func(c *meshapiserver.Config) { c.HeartbeatInterval = 50 * time.Millisecond },
@@ -246,6 +247,17 @@ func TestCacheRemoteDownKeepsStateAndSaysStale(t *testing.T) {
 	}
 	if r := remoteStatus(a, "north"); r.Stale || !r.Ready {
 		t.Errorf("north, up, reported stale or not ready: %+v", r)
+	}
+
+	// The cache itself stops: its status of north is no longer rewritten,
+	// and the agent says the cache is down (north itself is up).
+	m.Cluster("east").StopCache()
+	testenv.WaitFor(t, 4*agentsync.CacheStatusInterval, "east's agent reports its cache down for north", func() bool {
+		r := remoteStatus(a, "north")
+		return r.ViaCache != nil && r.ViaCache.CacheDown && !r.Connected
+	})
+	if after, _ := datapathOf(t, a.Datapath); !reflect.DeepEqual(before, after) {
+		t.Errorf("east's ipcache changed while its cache is down")
 	}
 }
 
