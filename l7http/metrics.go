@@ -14,7 +14,7 @@ type metrics struct {
 	upstream *prometheus.CounterVec // by reason
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, stats func() Stats) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clustermesh_l7_http_requests_total",
@@ -32,7 +32,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.refused, m.upstream} {
+	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "clustermesh_l7_http_connections",
+		Help: "Client connections the HTTP proxy serves.",
+	}, func() float64 { return float64(stats().Open) })
+	idle := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "clustermesh_l7_http_idle_connections",
+		Help: "Client connections the HTTP proxy serves that wait for a request (they hold no buffer).",
+	}, func() float64 { return float64(stats().Idle) })
+	for _, c := range []prometheus.Collector{m.requests, m.refused, m.upstream, open, idle} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering l7http metrics: %w", err)
 		}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
@@ -25,7 +26,19 @@ type Proxy struct {
 
 	logMu sync.Mutex
 	lim   *loglimit.Keyed
+
+	open, idle atomic.Int64 // connections being served, and of them waiting for a request
 }
+
+// Stats are the engine's connection counts.
+type Stats struct {
+	// Open connections being served; Idle of them waiting for a request
+	// (holding no buffer).
+	Open, Idle int64
+}
+
+// Stats returns the current connection counts.
+func (p *Proxy) Stats() Stats { return Stats{Open: p.open.Load(), Idle: p.idle.Load()} }
 
 // New validates cfg and registers the engine's metrics with its Registerer.
 func New(cfg Config) (*Proxy, error) {
@@ -33,11 +46,13 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	m, err := newMetrics(cfg.Registerer)
+	p := &Proxy{cfg: cfg, lim: loglimit.New(time.Second)}
+	m, err := newMetrics(cfg.Registerer, p.Stats)
 	if err != nil {
 		return nil, err
 	}
-	return &Proxy{cfg: cfg, m: m, lim: loglimit.New(time.Second)}, nil
+	p.m = m
+	return p, nil
 }
 
 // Serve proxies the requests of client, whose connection metadata is meta,
@@ -55,13 +70,15 @@ func (p *Proxy) Serve(ctx context.Context, client net.Conn, meta Meta, dial Dial
 	c.cin.c = client
 	c.cout = timedWriter{c: client, timeout: p.cfg.WriteTimeout}
 	stop := context.AfterFunc(ctx, c.abort)
+	p.open.Add(1)
 	defer func() {
 		stop()
 		c.close()
+		p.open.Add(-1)
 	}()
 	for {
 		if err := c.awaitRequest(); err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil {
+			if isGone(err) || errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("waiting for a request: %w", err)
@@ -97,18 +114,33 @@ type conn struct {
 	scratch []byte
 }
 
+// hotWait is how long a connection keeps its buffers waiting for the next
+// request: a busy keep-alive client reads each request in one system call;
+// a connection idle for longer gives its buffers back and waits for one
+// byte (hotWait < IdleTimeout; the cold wait has the rest of IdleTimeout).
+const hotWait = 250 * time.Millisecond
+
 // awaitRequest waits for the first byte of the next request (or finds it
-// already buffered: a pipelined request). While waiting, the connection
-// holds no buffer.
+// already buffered: a pipelined request). A connection waiting for longer
+// than hotWait holds no buffer.
 func (c *conn) awaitRequest() error {
+	waitStart := time.Now()
+	c.cin.timeout = 0
+	if c.br != nil && c.br.Buffered() == 0 && c.p.cfg.IdleTimeout > hotWait {
+		c.client.SetReadDeadline(waitStart.Add(hotWait))
+		if _, err := c.br.Peek(1); err != nil && !errors.Is(err, ErrTimeout) {
+			return err
+		}
+	}
 	if c.br != nil && c.br.Buffered() > 0 {
 		c.start = time.Now()
 		return nil
 	}
 	c.release()
-	c.cin.timeout = 0
-	c.client.SetReadDeadline(time.Now().Add(c.p.cfg.IdleTimeout))
+	c.client.SetReadDeadline(waitStart.Add(c.p.cfg.IdleTimeout))
+	c.p.idle.Add(1)
 	n, err := c.client.Read(c.cin.first[:])
+	c.p.idle.Add(-1)
 	if n == 0 {
 		if err == nil {
 			err = io.ErrNoProgress
