@@ -50,8 +50,9 @@ type CacheStatus struct {
 type ViaCache struct {
 	CacheStatus
 	// CacheDown: the cache has not rewritten the remote's status for three
-	// CacheStatusIntervals (or never wrote it): what the agent holds of the
-	// remote is as the cache last wrote it.
+	// CacheStatusIntervals: what the agent holds of the remote is as the
+	// cache last wrote it. (A cache that writes no status, Cilium's
+	// KVStoreMesh, gives no ViaCache.)
 	CacheDown bool `json:"cacheDown"`
 }
 

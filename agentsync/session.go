@@ -219,7 +219,7 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	if err := r.admit(pin.cluster); err != nil {
 		return false, err
 	}
-	r.setConnected(pin.cluster, pin.etcdID, pin.layout.cached)
+	r.setConnected(pin.cluster, pin.etcdID)
 	r.setExportMode(pin.exports)
 	if f := r.agent.cfg.Forward; f != nil {
 		f.Connected(r.name, pin.raw)

@@ -133,14 +133,11 @@ func (s RemoteStatus) RejectedTotal() uint64 {
 // selected its backends.
 type ServiceStatus = merge.ServiceStatus
 
-func (r *remote) setConnected(c wire.Cluster, etcdID uint64, cached bool) {
+func (r *remote) setConnected(c wire.Cluster, etcdID uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.cur = c
-	r.status.ViaCache = nil
-	if cached {
-		r.status.ViaCache = &ViaCache{CacheDown: true}
-	}
+	r.status.ViaCache = nil // set by the probe, from the cache's status
 	r.status.Connected, r.status.ConfigOK, r.status.ClusterID = true, true, c.ID
 	r.status.ConnectedSince = time.Now()
 	r.status.Synced = map[string]bool{}
@@ -189,17 +186,21 @@ func (r *remote) setSynced(k wire.Kind) {
 }
 
 // setViaCache records the cache's status of the remote (kvs: the answer
-// for CacheStatusKey; none while the cache has not written it).
+// for CacheStatusKey). A cache that writes none (Cilium's KVStoreMesh)
+// leaves the remote's status the agent's session's alone.
 func (r *remote) setViaCache(kvs []*mvccpb.KeyValue) {
-	vc := ViaCache{CacheDown: true}
-	if len(kvs) == 1 {
-		var cs CacheStatus
-		if err := json.Unmarshal(kvs[0].Value, &cs); err != nil {
-			r.reject(fmt.Errorf("the cache's status of remote %s: %w: %w", r.name, wire.ErrMalformedValue, err))
-		} else {
-			vc = ViaCache{CacheStatus: cs, CacheDown: time.Since(cs.Updated) > 3*CacheStatusInterval}
-		}
+	if len(kvs) != 1 {
+		r.mu.Lock()
+		r.status.ViaCache = nil
+		r.mu.Unlock()
+		return
 	}
+	var cs CacheStatus
+	if err := json.Unmarshal(kvs[0].Value, &cs); err != nil {
+		r.reject(fmt.Errorf("the cache's status of remote %s: %w: %w", r.name, wire.ErrMalformedValue, err))
+		return
+	}
+	vc := ViaCache{CacheStatus: cs, CacheDown: time.Since(cs.Updated) > 3*CacheStatusInterval}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.status.ViaCache = &vc
