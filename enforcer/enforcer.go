@@ -250,7 +250,7 @@ func (e *Enforcer) setPolicies() {
 	e.mu.Unlock()
 	e.epsDirty = true // a policy may enforce a direction without allowing anything
 	e.apply(e.engine.SetPolicies(all))
-	e.apply(e.subscribeFQDN(all.FQDNPatterns()))
+	e.fq.want, e.fq.wantNew = all.FQDNPatterns(), true
 }
 
 // step gives the engine what changed, writes the result and reconciles the
@@ -290,6 +290,12 @@ func (e *Enforcer) step() {
 	e.apply(changes)
 	if sourcesNew {
 		e.setPolicies()
+	}
+	if e.ready && e.fq.wantNew {
+		// Only once the map was written whole: the previous run's entries
+		// of node-local identities are gone before this run numbers any.
+		e.fq.wantNew = false
+		e.apply(e.subscribeFQDN(e.fq.want))
 	}
 	e.stepFQDN(notes)
 	if e.ready && e.epsDirty {

@@ -27,6 +27,10 @@ const (
 // the node-local identity its patterns label. Owned by Run's goroutine but
 // pending (guarded by Enforcer.mu).
 type fqdnState struct {
+	// want are the policies' patterns, subscribed (subs) once the agent
+	// synced; wantNew: they changed since.
+	want    []string
+	wantNew bool
 	subs    map[string]fqdnSub
 	seq     uint64
 	addrs   map[netip.Addr]*fqdnAddr

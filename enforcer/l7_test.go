@@ -264,6 +264,15 @@ func TestFQDNAddressesAllowedUntilTheyExpire(t *testing.T) {
 	f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))
 	const dnsID = 1<<16 + 50
 	f.e.UpsertIdentity("east", dnsID, (&wireEndpoint{ns: "kube-system", labels: map[string]string{"k8s-app": "kube-dns"}}).identity())
+	// Before the agent's first sync: nothing subscribed, no address given
+	// an identity (the previous run's pinned entries still enforce).
+	testenv.WaitFor(t, 5*time.Second, "policies loaded, identities known", func() bool {
+		s := f.e.Status()
+		return s.Rules == 2 && s.Identities == 3
+	})
+	if st := cache.Stats(); st.Subscriptions != 0 || f.e.Status().FQDNAddresses != 0 {
+		t.Fatalf("before the sync: %d subscriptions, %d addresses", st.Subscriptions, f.e.Status().FQDNAddresses)
+	}
 	close(f.ready)
 	const first = localIdentityFlag + 1
 	testenv.WaitFor(t, 5*time.Second, "the cached address allowed", func() bool { return f.hasKey(https(first)) })
