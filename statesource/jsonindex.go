@@ -301,11 +301,15 @@ func changes(before, after []Endpoint) *Changes {
 	return c
 }
 
+// commonPrefix is the length of the longest common prefix of a and b:
+// compared a block at a time (bytes.Equal is vectorised), then byte by
+// byte within the first block that differs.
 func commonPrefix(a, b []byte) int {
+	const block = 4096
 	n := min(len(a), len(b))
 	i := 0
-	for i+8 <= n && string(a[i:i+8]) == string(b[i:i+8]) {
-		i += 8
+	for i+block <= n && bytes.Equal(a[i:i+block], b[i:i+block]) {
+		i += block
 	}
 	for i < n && a[i] == b[i] {
 		i++
@@ -313,11 +317,13 @@ func commonPrefix(a, b []byte) int {
 	return i
 }
 
+// commonSuffix is the length of the longest common suffix of a and b.
 func commonSuffix(a, b []byte) int {
+	const block = 4096
 	n := min(len(a), len(b))
 	i := 0
-	for i+8 <= n && string(a[len(a)-i-8:len(a)-i]) == string(b[len(b)-i-8:len(b)-i]) {
-		i += 8
+	for i+block <= n && bytes.Equal(a[len(a)-i-block:len(a)-i], b[len(b)-i-block:len(b)-i]) {
+		i += block
 	}
 	for i < n && a[len(a)-1-i] == b[len(b)-1-i] {
 		i++
