@@ -95,7 +95,7 @@ func (n *Node) wire(p *Pod) error {
 	p.Ifindex = nodeEnd.Attrs().Index
 	// A point-to-point address on the node's end: the kernel adds the /32
 	// route to the pod with the node's address as its source.
-	if err := n.NL.AddrAdd(nodeEnd, &netlink.Addr{IPNet: Host(n.IP), Peer: Host(p.IP)}); err != nil {
+	if err := n.NL.AddrAdd(nodeEnd, &netlink.Addr{IPNet: Host(n.IP), Peer: Host(p.IP), Flags: noDAD(n.IP)}); err != nil {
 		return fmt.Errorf("address on %s: %w", p.HostVeth, err)
 	}
 	if err := n.NL.LinkSetUp(nodeEnd); err != nil {
@@ -113,13 +113,17 @@ func (n *Node) wire(p *Pod) error {
 	if err != nil {
 		return err
 	}
-	if err := nl.AddrAdd(podEnd, &netlink.Addr{IPNet: Host(p.IP), Peer: Host(n.IP)}); err != nil {
+	if err := nl.AddrAdd(podEnd, &netlink.Addr{IPNet: Host(p.IP), Peer: Host(n.IP), Flags: noDAD(p.IP)}); err != nil {
 		return fmt.Errorf("address on the pod's %s: %w", PodVeth, err)
 	}
 	if err := nl.LinkSetUp(podEnd); err != nil {
 		return err
 	}
-	if err := nl.RouteAdd(&netlink.Route{LinkIndex: podEnd.Attrs().Index, Gw: n.IP.AsSlice()}); err != nil {
+	def := &netlink.Route{LinkIndex: podEnd.Attrs().Index, Gw: n.IP.AsSlice()}
+	if n.IP.Is6() {
+		def.Flags = int(netlink.FLAG_ONLINK) // the peer's route may not be there yet
+	}
+	if err := nl.RouteAdd(def); err != nil {
 		return fmt.Errorf("default route of the pod: %w", err)
 	}
 	return nil
@@ -171,6 +175,15 @@ func (n *Node) Close() error {
 		n.NS = netns.None()
 	}
 	return errors.Join(errs...)
+}
+
+// noDAD is the flag that makes an IPv6 address usable at once (no duplicate
+// address detection: the veth's other end is the only neighbour).
+func noDAD(a netip.Addr) int {
+	if a.Is6() {
+		return unix.IFA_F_NODAD
+	}
+	return 0
 }
 
 // Host is a as a host prefix.
