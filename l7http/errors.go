@@ -50,12 +50,3 @@ func (r *refusal) Unwrap() error { return r.err }
 func refuse(err error, reason, detail string) *refusal {
 	return &refusal{err: err, reason: reason, detail: detail}
 }
-
-// reasonOf is the metric label of err: a refusal's reason, else "io".
-func reasonOf(err error) string {
-	var r *refusal
-	if errors.As(err, &r) {
-		return r.reason
-	}
-	return "io"
-}

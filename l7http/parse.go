@@ -217,11 +217,10 @@ func (r *requestHead) frame() error {
 
 // framing accumulates the fields that frame a message.
 type framing struct {
-	length                   int64
-	lengthSeen, chunked      bool
-	close, keepAlive         bool
-	transferEncodingSeen     bool
-	contentLengthConflicting bool
+	length               int64
+	lengthSeen, chunked  bool
+	close, keepAlive     bool
+	transferEncodingSeen bool
 }
 
 func (f *framing) field(h header) error {

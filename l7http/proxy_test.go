@@ -122,7 +122,7 @@ func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
 func TestExpectContinue(t *testing.T) {
 	h := newHarness(t, Config{}, nil, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/refuse" {
-			http.Error(w, "no", 401) // answers without reading: no 100 Continue
+			http.Error(w, "no", http.StatusUnauthorized) // answers without reading: no 100 Continue
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
@@ -132,7 +132,7 @@ func TestExpectContinue(t *testing.T) {
 	for _, tc := range []struct {
 		path string
 		code int
-	}{{"/upload", 200}, {"/refuse", 401}} {
+	}{{"/upload", http.StatusOK}, {"/refuse", http.StatusUnauthorized}} {
 		req, _ := http.NewRequest("PUT", "http://cart"+tc.path, strings.NewReader("payload"))
 		req.Header.Set("Expect", "100-continue")
 		start := time.Now()
