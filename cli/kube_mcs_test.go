@@ -128,6 +128,19 @@ func TestK8sMCSEndToEnd(t *testing.T) {
 	kubectl(t, m.env, "east", "get", "services", "-n", "shop")
 	kubectl(t, m.env, "east", "get", "endpointslices", "-n", "shop", "-l", mcsv1beta1.LabelServiceName+"=checkout")
 
+	// East disconnects from west: west leaves east's import at once (and
+	// its export with its remotes secret), east's own export is the oldest
+	// left there.
+	out = kubeRun(t, m.env, "disconnect", "--context", "east", "--destination-context", "west", "--force")
+	if !strings.Contains(out, "cluster east: took west out of 1 ServiceImports") {
+		t.Errorf("disconnect output:\n%s", out)
+	}
+	t.Logf("$ clustermesh disconnect --context east --destination-context west --force\n%s", out)
+	testenv.WaitFor(t, mcsBound, "east's import with east alone", func() bool {
+		si, err := m.mcs["east"].MulticlusterV1beta1().ServiceImports("shop").Get(ctx, "checkout", metav1.GetOptions{})
+		return err == nil && slices.Equal(clusterNames(si), []string{"east"})
+	})
+
 	// Unexport: north, then west and east; the imports go everywhere.
 	for _, name := range []string{"north", "west", "east"} {
 		if err := m.mcs[name].MulticlusterV1beta1().ServiceExports("shop").Delete(ctx, "checkout", metav1.DeleteOptions{}); err != nil {

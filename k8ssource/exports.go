@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
@@ -54,6 +55,12 @@ func newExportInformer(ctx context.Context, cs mcsclient.Interface, log *slog.Lo
 			return nil, nil
 		}
 		return nil, fmt.Errorf("reading the cluster's state from Kubernetes: discovering %s: %w", gv, err)
+	}
+	// A role without ServiceExports (an older manifest) would keep the
+	// informer from ever syncing, and the whole source with it.
+	if _, err := cs.MulticlusterV1beta1().ServiceExports(metav1.NamespaceAll).List(ctx, metav1.ListOptions{Limit: 1}); apierrors.IsForbidden(err) {
+		log.Warn("not allowed to list ServiceExports: they are not read; grant list and watch on serviceexports.multicluster.x-k8s.io (clustermesh enable and manifests do)", "error", err)
+		return nil, nil
 	}
 	f := mcsinformers.NewSharedInformerFactoryWithOptions(cs, 0, mcsinformers.WithTransform(dropManagedFields))
 	return &exportInformer{factory: f, informer: f.Multicluster().V1beta1().ServiceExports().Informer()}, nil

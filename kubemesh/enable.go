@@ -144,7 +144,13 @@ func Enable(ctx context.Context, o EnableOptions) (EnableResult, error) {
 	// The namespace and the Service come first (unless this is a dry run),
 	// so that the server certificate names the service's cluster IP and
 	// node port addresses from the start.
-	early := []runtime.Object{namespaceObject(c.Namespace), serviceObject(c)}
+	// The MCS API's CRDs come before the apiserver, which reads
+	// ServiceExports if its cluster serves them when it starts.
+	crds, err := mcsCRDObjects()
+	if err != nil {
+		return res, err
+	}
+	early := append(crds, namespaceObject(c.Namespace), serviceObject(c))
 	var a *applier
 	if !o.DryRun {
 		if a, err = newApplier(t, ""); err != nil {

@@ -41,14 +41,14 @@ func TestK8sEnableDisable(t *testing.T) {
 
 	checkDryRun(t, env, eastOpts)
 	res := enable(eastOpts)
-	if got := count(res.Objects, Created); got != 13 || !res.NewCA || res.Context != "east" {
-		t.Errorf("enable: %d objects created, want 13; new CA %v:\n%+v", got, res.NewCA, res.Objects)
+	if got := count(res.Objects, Created); got != 15 || !res.NewCA || res.Context != "east" { // 13 and the MCS API's two CRDs
+		t.Errorf("enable: %d objects created, want 15; new CA %v:\n%+v", got, res.NewCA, res.Objects)
 	}
 	caCert := checkEnabled(t, east, ns)
 	// The same again: nothing changes.
 	before := versions(t, east, ns)
-	if res := enable(eastOpts); count(res.Objects, Unchanged) != 13 || res.NewCA || len(res.Reissued) != 0 {
-		t.Errorf("second enable: %d objects unchanged, want 13; new CA %v; reissued %v", count(res.Objects, Unchanged), res.NewCA, res.Reissued)
+	if res := enable(eastOpts); count(res.Objects, Unchanged) != 15 || res.NewCA || len(res.Reissued) != 0 {
+		t.Errorf("second enable: %d objects unchanged, want 15; new CA %v; reissued %v", count(res.Objects, Unchanged), res.NewCA, res.Reissued)
 	}
 	if after := versions(t, east, ns); !maps.Equal(before, after) {
 		t.Errorf("enable again changed objects:\nbefore %v\nafter  %v", before, after)
@@ -92,7 +92,7 @@ func checkDryRun(t *testing.T, env *kubetest.Env, o EnableOptions) {
 	t.Helper()
 	o.Kubeconfig, o.DryRun = env.Kubeconfig, true
 	res, err := Enable(context.Background(), o)
-	if err != nil || len(res.Objects) != 0 || len(res.Planned) != 13 {
+	if err != nil || len(res.Objects) != 0 || len(res.Planned) != 15 { // with the MCS API's two CRDs
 		t.Fatalf("dry run: %v, %d applied, %d planned", err, len(res.Objects), len(res.Planned))
 	}
 	var out bytes.Buffer

@@ -58,6 +58,8 @@ func agentObjects(c meshCluster) []runtime.Object {
 				// The cluster's policies (k8spolicy).
 				{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"list", "watch"}},
 				{APIGroups: []string{"cilium.io"}, Resources: []string{"ciliumnetworkpolicies"}, Verbs: []string{"list", "watch"}},
+				// The MCS API's exports make services global (k8ssource).
+				{APIGroups: []string{mcsGroup}, Resources: []string{"serviceexports"}, Verbs: []string{"get", "list", "watch"}},
 			},
 		},
 		&rbacv1.ClusterRoleBinding{

@@ -135,6 +135,8 @@ func clusterRoleObject(c meshCluster) *rbacv1.ClusterRole {
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"services", "pods", "namespaces", "nodes"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
+			// The MCS API's exports (published as export specs).
+			{APIGroups: []string{mcsGroup}, Resources: []string{"serviceexports"}, Verbs: []string{"get", "list", "watch"}},
 		},
 	}
 }
@@ -326,6 +328,9 @@ func resourceOf(obj runtime.Object) (schema.GroupVersionResource, bool, error) {
 		return rbacv1.SchemeGroupVersion.WithResource("clusterroles"), false, nil
 	case *rbacv1.ClusterRoleBinding:
 		return rbacv1.SchemeGroupVersion.WithResource("clusterrolebindings"), false, nil
+	}
+	if isCRD(obj) {
+		return crdGVR, false, nil
 	}
 	return schema.GroupVersionResource{}, false, fmt.Errorf("no API resource known for %T", obj)
 }

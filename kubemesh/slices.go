@@ -52,5 +52,25 @@ func deleteRemoteSlices(ctx context.Context, m *meshMember, remote string, steps
 	if n > 0 {
 		*steps = append(*steps, SlicesDeleted{Cluster: m.name, Remote: remote, Slices: n})
 	}
+	imports, err := forgetClusterInImports(ctx, m.t, remote)
+	if err != nil {
+		return err
+	}
+	if imports > 0 {
+		*steps = append(*steps, ImportsForgot{Cluster: m.name, Remote: remote, Imports: imports})
+	}
 	return nil
+}
+
+// ImportsForgot: Remote was taken out of the clusters of Cluster's
+// ServiceImports (package k8smcs) on disconnect.
+type ImportsForgot struct {
+	Cluster, Remote string
+	Imports         int
+}
+
+func (ImportsForgot) isStep() {}
+
+func (s ImportsForgot) String() string {
+	return fmt.Sprintf("cluster %s: took %s out of %d ServiceImports", s.Cluster, s.Remote, s.Imports)
 }
