@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -70,8 +69,19 @@ type Config struct {
 	// called with the merger's lock held: it must neither block nor call
 	// the merger.
 	OnServiceChange func(ServiceName)
-	Logger          *slog.Logger
+	// CoalesceServices, when positive, folds the changes of a service
+	// written less than this long ago into one write at the end of that
+	// window (coalesce.go): the first change is written at once, every
+	// change within one window. The owner then calls Close. Zero writes
+	// every change at once.
+	CoalesceServices time.Duration
+	Logger           *slog.Logger
 }
+
+// DefaultCoalesceServices is the window an agent folds service changes
+// into (Config.CoalesceServices): short against a person's reaction, long
+// against a hundred clusters connecting at once.
+const DefaultCoalesceServices = 100 * time.Millisecond
 
 // Merger holds the desired datapath state — the local cluster's global
 // services merged with every remote's backends, and every remote's ipcache —
@@ -87,9 +97,9 @@ type Merger struct {
 	log       *slog.Logger
 
 	mu         sync.Mutex
-	localIx    *statesource.SelectorIndex                // guarded by mu; index of the local endpoints (nil without global services)
-	localSvcs  map[ServiceName]*statesource.Service      // guarded by mu; global services of local
-	remoteSvcs map[ServiceName]map[string]*RemoteService // guarded by mu; service → cluster → backends
+	localIx    *statesource.SelectorIndex           // guarded by mu; index of the local endpoints (nil without global services)
+	localSvcs  map[ServiceName]*statesource.Service // guarded by mu; global services of local
+	remoteSvcs map[ServiceName]*serviceRemotes      // guarded by mu; service → cluster → backends (candidates.go)
 	// ips holds the winning claim of every prefix; ipsMore the other
 	// clusters' claims on the few prefixes claimed twice. Together they are
 	// every remote's ipcache: keep them small, this is per entry.
@@ -102,6 +112,12 @@ type Merger struct {
 	// owns them (ownership.go). Both guarded by mu.
 	own  *ownership
 	held map[uint16]map[netip.Prefix]datapath.IPCacheEntry
+	// rangesGen and rangesGenOf count the changes of the node ranges, of
+	// all clusters and per cluster id (admitGenLocked). Guarded by mu.
+	rangesGen   uint64
+	rangesGenOf map[uint16]uint64
+	// co holds the service writes waiting for their window (coalesce.go).
+	co coalescer
 	// trustAddresses is Config.TrustRemoteAddresses.
 	trustAddresses bool
 	// nodeName is Config.NodeName; nodeClaims the node addresses claimed
@@ -138,18 +154,21 @@ func New(cfg Config) *Merger {
 	return &Merger{
 		dp: cfg.Datapath, localName: cfg.ClusterName, localID: cfg.ClusterID, log: cfg.Logger,
 		nodeName: cfg.NodeName, recheckFlows: cfg.RecheckFlows, trustAddresses: cfg.TrustRemoteAddresses,
-		onChange:   cfg.OnServiceChange,
-		checkLog:   loglimit.New(logEvery),
-		localSvcs:  map[ServiceName]*statesource.Service{},
-		remoteSvcs: map[ServiceName]map[string]*RemoteService{},
-		ips:        map[netip.Prefix]ipState{},
-		ipsMore:    map[netip.Prefix][]datapath.IPCacheEntry{},
-		writtenSvc: map[ServiceName]map[datapath.Frontend][]datapath.Backend{},
-		failedSvc:  map[ServiceName]bool{},
-		failedIP:   map[netip.Prefix]bool{},
-		stale:      map[string]bool{},
-		own:        newOwnership(),
-		held:       map[uint16]map[netip.Prefix]datapath.IPCacheEntry{},
+		onChange:    cfg.OnServiceChange,
+		checkLog:    loglimit.New(logEvery),
+		localSvcs:   map[ServiceName]*statesource.Service{},
+		remoteSvcs:  map[ServiceName]*serviceRemotes{},
+		ips:         map[netip.Prefix]ipState{},
+		ipsMore:     map[netip.Prefix][]datapath.IPCacheEntry{},
+		writtenSvc:  map[ServiceName]map[datapath.Frontend][]datapath.Backend{},
+		failedSvc:   map[ServiceName]bool{},
+		failedIP:    map[netip.Prefix]bool{},
+		stale:       map[string]bool{},
+		own:         newOwnership(),
+		held:        map[uint16]map[netip.Prefix]datapath.IPCacheEntry{},
+		rangesGenOf: map[uint16]uint64{},
+		co: coalescer{window: cfg.CoalesceServices, written: map[ServiceName]time.Time{},
+			dirty: map[ServiceName]bool{}},
 	}
 }
 
@@ -194,23 +213,21 @@ func (m *Merger) SetLocal(st *statesource.State) {
 func (m *Merger) SetRemoteService(cluster string, n ServiceName, rs *RemoteService) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	byCluster := m.remoteSvcs[n]
-	if rs == nil {
-		if _, ok := byCluster[cluster]; !ok {
+	sr := m.remoteSvcs[n]
+	if sr == nil {
+		if rs == nil {
 			return
 		}
-		delete(byCluster, cluster)
-		if len(byCluster) == 0 {
-			delete(m.remoteSvcs, n)
-		}
-	} else {
-		if byCluster == nil {
-			byCluster = map[string]*RemoteService{}
-			m.remoteSvcs[n] = byCluster
-		}
-		byCluster[cluster] = rs
+		sr = &serviceRemotes{byCluster: map[string]*remoteEntry{}}
+		m.remoteSvcs[n] = sr
 	}
-	m.syncService(n)
+	if !sr.set(cluster, rs) {
+		return
+	}
+	if len(sr.byCluster) == 0 {
+		delete(m.remoteSvcs, n)
+	}
+	m.serviceChangedLocked(n)
 }
 
 // overlapsLocal reports whether p overlaps a local pod CIDR or node IP: a
@@ -412,6 +429,7 @@ func (m *Merger) LoadPinned(dp datapath.Reader) error {
 func (m *Merger) PruneCluster(id uint16) (ips, backends int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.flushDirtyLocked() // the backends it counts are the written ones
 	return m.pruneClusterLocked(id)
 }
 
@@ -498,7 +516,7 @@ func (m *Merger) SetStale(cluster string, stale bool) {
 	m.stale[cluster] = stale
 	for n := range m.remoteSvcs {
 		if ls := m.localSvcs[n]; ls != nil && parsePolicy(ls).failoverOnStale {
-			m.syncService(n)
+			m.serviceChangedLocked(n)
 		}
 	}
 }
@@ -512,13 +530,12 @@ func (m *Merger) DropServices(cluster string) {
 }
 
 func (m *Merger) dropServicesLocked(cluster string) {
-	for n, byCluster := range m.remoteSvcs {
-		if _, ok := byCluster[cluster]; ok {
-			delete(byCluster, cluster)
-			if len(byCluster) == 0 {
+	for n, sr := range m.remoteSvcs {
+		if sr.set(cluster, nil) {
+			if len(sr.byCluster) == 0 {
 				delete(m.remoteSvcs, n)
 			}
-			m.syncService(n)
+			m.serviceChangedLocked(n)
 		}
 	}
 }
@@ -526,6 +543,7 @@ func (m *Merger) dropServicesLocked(cluster string) {
 // syncService writes the desired frontends of service n and deletes the ones
 // it no longer has.
 func (m *Merger) syncService(n ServiceName) {
+	m.serviceWrittenLocked(n)
 	if m.onChange != nil {
 		m.onChange(n)
 	}
@@ -620,17 +638,24 @@ func (m *Merger) portViews(ls *statesource.Service) []portView {
 				serving = append(serving, b)
 			}
 		}
-		for cluster, rs := range m.remoteSvcs[n] {
-			for _, b := range rs.backends[p.Name] {
-				if b.Protocol == proto && m.admitsLocked(rs.clusterID, netip.PrefixFrom(b.Addr, b.Addr.BitLen())) {
-					v.remoteTotal[cluster]++
-					if !(pol.failoverOnStale && m.stale[cluster]) {
-						v.remote[cluster] = append(v.remote[cluster], b)
-					}
-				}
+		// Each cluster's admitted backends, sorted, in cluster id order:
+		// together in slot order (candidates.go).
+		var all []datapath.Backend
+		for _, e := range m.remoteSvcs[n].sorted() {
+			bs := m.admittedLocked(e, p.Name, proto)
+			if len(bs) == 0 {
+				continue
+			}
+			v.remoteTotal[e.cluster] = len(bs)
+			if !(pol.failoverOnStale && m.stale[e.cluster]) {
+				v.remote[e.cluster] = bs
+				all = append(all, bs...)
 			}
 		}
-		v.selected, v.selectedFrom = pol.selectBackends(m.localName, v.local, v.remote)
+		if !slices.IsSortedFunc(all, compareBackends) {
+			sortBackends(all) // two names with one cluster id
+		}
+		v.selected, v.selectedFrom = pol.selectSorted(m.localName, v.local, v.remote, all)
 		if len(v.selected) == 0 && len(serving) > 0 {
 			// No ready backend anywhere: terminating pods that still serve
 			// are better than nothing (as Kubernetes does).
@@ -640,19 +665,6 @@ func (m *Merger) portViews(ls *statesource.Service) []portView {
 		views = append(views, v)
 	}
 	return views
-}
-
-func backendLess(a, b datapath.Backend) bool {
-	if a.ClusterID != b.ClusterID {
-		return a.ClusterID < b.ClusterID
-	}
-	if c := a.Addr.Compare(b.Addr); c != 0 {
-		return c < 0
-	}
-	if a.Port != b.Port {
-		return a.Port < b.Port
-	}
-	return a.Protocol < b.Protocol
 }
 
 // withPinned adds to bes the remote backends a previous run had selected
@@ -669,7 +681,7 @@ func (m *Merger) withPinned(fe datapath.Frontend, bes []datapath.Backend) []data
 			out = append(out, b)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return backendLess(out[i], out[j]) })
+	sortBackends(out)
 	return out
 }
 
@@ -679,6 +691,7 @@ func (m *Merger) withPinned(fe datapath.Frontend, bes []datapath.Backend) []data
 func (m *Merger) RetryFailed() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.flushDirtyLocked()
 	for n := range m.failedSvc {
 		m.syncService(n)
 	}
@@ -722,6 +735,7 @@ func (m *Merger) check(err error, op string, what any) bool {
 func (m *Merger) Prune(dp datapath.Datapath) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.flushDirtyLocked() // what is kept is what was written
 	ips, err := dp.IPCache()
 	if err != nil {
 		return fmt.Errorf("pruning: reading the ipcache: %w", err)
@@ -781,6 +795,11 @@ func NewRemoteService(c wire.Cluster, s *wire.ClusterService) *RemoteService {
 	if !s.Shared {
 		return rs
 	}
+	defer func() {
+		for _, bs := range rs.backends {
+			sortBackends(bs) // in slot order, as the merge wants them
+		}
+	}()
 	for ip, ports := range s.Backends {
 		addr, err := netip.ParseAddr(ip)
 		if err != nil {

@@ -208,6 +208,7 @@ func (m *Merger) SetNodeRanges(id uint16, removed, added []netip.Prefix) {
 	if !lost && !gained {
 		return
 	}
+	m.rangesChangedLocked(id, !lost)
 	var changed []netip.Prefix
 	if lost {
 		changed = m.holdUnownedLocked(id)
@@ -220,7 +221,11 @@ func (m *Merger) SetNodeRanges(id uint16, removed, added []netip.Prefix) {
 		changed = m.claimHeldLocked(id)
 	}
 	m.writeIPs(changed)
-	m.syncRemoteServicesLocked()
+	if lost {
+		m.syncRemoteServicesLocked()
+	} else {
+		m.syncServicesOfLocked(id) // gained ranges admit only its own
+	}
 }
 
 // dropOwnershipLocked forgets a drained cluster's ranges and held entries
@@ -231,10 +236,14 @@ func (m *Merger) dropOwnershipLocked(id uint16) []netip.Prefix {
 	if !m.own.dropCluster(id) {
 		return nil
 	}
+	m.rangesChangedLocked(id, false)
 	var changed []netip.Prefix
 	for c := range m.held {
 		changed = append(changed, m.claimHeldLocked(c)...)
 	}
+	// Other clusters' backends in the ranges that went may now be in
+	// force, as after a node's removal (SetNodeRanges).
+	m.syncRemoteServicesLocked()
 	return changed
 }
 
@@ -318,7 +327,19 @@ func (m *Merger) unheldLocked(id uint16, p netip.Prefix) bool {
 // which of them are in force follows the clusters' ranges.
 func (m *Merger) syncRemoteServicesLocked() {
 	for n := range m.remoteSvcs {
-		m.syncService(n)
+		m.serviceChangedLocked(n)
+	}
+}
+
+// syncServicesOfLocked rewrites the services cluster id has backends in.
+func (m *Merger) syncServicesOfLocked(id uint16) {
+	for n, sr := range m.remoteSvcs {
+		for _, e := range sr.byCluster {
+			if e.rs.clusterID == id {
+				m.serviceChangedLocked(n)
+				break
+			}
+		}
 	}
 }
 
@@ -351,11 +372,12 @@ func (m *Merger) NotInForce(cluster string, id uint16) NotInForce {
 			n.IPCacheOutside++
 		}
 	}
-	for _, byCluster := range m.remoteSvcs {
-		rs := byCluster[cluster]
-		if rs == nil || rs.clusterID == m.localID {
+	for _, sr := range m.remoteSvcs {
+		e := sr.byCluster[cluster]
+		if e == nil || e.rs.clusterID == m.localID {
 			continue
 		}
+		rs := e.rs
 		for _, bs := range rs.backends {
 			for _, b := range bs {
 				if !m.own.owns(rs.clusterID, netip.PrefixFrom(b.Addr, b.Addr.BitLen())) {

@@ -25,7 +25,12 @@ func (m *Merger) RemoteBackends(n ServiceName) []RemoteBackends {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []RemoteBackends
-	for cluster, rs := range m.remoteSvcs[n] {
+	sr := m.remoteSvcs[n]
+	if sr == nil {
+		return nil
+	}
+	for cluster, e := range sr.byCluster {
+		rs := e.rs
 		rb := RemoteBackends{Cluster: cluster, ClusterID: rs.clusterID, Ports: map[string][]datapath.Backend{}}
 		for port, bes := range rs.backends {
 			for _, b := range bes {

@@ -117,6 +117,17 @@ type weighted struct {
 // the missing share), remote is the mirror image, none uses all. A backend
 // listed n times gets n slots. The result is deterministic.
 func (p lbPolicy) selectBackends(localName string, local []datapath.Backend, remote map[string][]datapath.Backend) ([]datapath.Backend, string) {
+	var all []datapath.Backend
+	for _, bs := range remote {
+		all = append(all, bs...)
+	}
+	sortBackends(all)
+	return p.selectSorted(localName, local, remote, all)
+}
+
+// selectSorted is selectBackends given every remote backend in all, in
+// slot order (a new slice the result may keep).
+func (p lbPolicy) selectSorted(localName string, local []datapath.Backend, remote map[string][]datapath.Backend, all []datapath.Backend) ([]datapath.Backend, string) {
 	if p.weights != nil {
 		if sel := p.byWeights(localName, local, remote); len(sel) > 0 {
 			return sel, "weighted"
@@ -124,11 +135,6 @@ func (p lbPolicy) selectBackends(localName string, local []datapath.Backend, rem
 		// No weighted cluster has a healthy backend: fall back to affinity
 		// rather than to nothing.
 	}
-	var all []datapath.Backend
-	for _, bs := range remote {
-		all = append(all, bs...)
-	}
-	sortBackends(all)
 	local = slices.Clone(local)
 	sortBackends(local)
 	switch {
@@ -145,8 +151,7 @@ func (p lbPolicy) selectBackends(localName string, local []datapath.Backend, rem
 	case p.affinity == wire.AffinityRemote && len(local) > 0:
 		return local, "local"
 	}
-	sel := append(local, all...)
-	sortBackends(sel)
+	sel := mergeSorted(local, all)
 	switch {
 	case len(local) > 0 && len(all) > 0:
 		return sel, "local+remote"
@@ -237,8 +242,4 @@ func lcm(a, b int) int {
 		return max(a, b)
 	}
 	return l
-}
-
-func sortBackends(bs []datapath.Backend) {
-	sort.Slice(bs, func(i, j int) bool { return backendLess(bs[i], bs[j]) })
 }

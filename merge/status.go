@@ -69,14 +69,14 @@ func (m *Merger) ServiceStatuses() []ServiceStatus {
 			out = append(out, s)
 		}
 	}
-	for n, byCluster := range m.remoteSvcs {
+	for n, sr := range m.remoteSvcs {
 		if _, ok := m.localSvcs[n]; ok {
 			continue
 		}
 		s := ServiceStatus{Namespace: n.Namespace, Name: n.Name, Remote: map[string]int{}, SelectedFrom: "none",
 			Warning: "exists only in remote clusters: not served until a local service of this name is annotated global"}
-		for c, rs := range byCluster {
-			for _, bs := range rs.backends {
+		for c, e := range sr.byCluster {
+			for _, bs := range e.rs.backends {
 				s.Remote[c] += len(bs)
 				s.RemoteTotal += len(bs)
 			}
