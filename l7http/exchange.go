@@ -204,10 +204,12 @@ func (c *conn) send(ctx context.Context, req *requestHead) (*responseHead, *body
 		if resp.code >= 200 {
 			return resp, bc, nil
 		}
-		w := c.writer()
-		writeResponseHead(w, resp)
-		if err := w.Flush(); err != nil {
-			return nil, bc, fmt.Errorf("writing a 1xx response: %w", err)
+		if req.proto != "HTTP/1.0" { // RFC 9110 15.2: no 1xx to an HTTP/1.0 client
+			w := c.writer()
+			writeResponseHead(w, resp)
+			if err := w.Flush(); err != nil {
+				return nil, bc, fmt.Errorf("writing a 1xx response: %w", err)
+			}
 		}
 		if resp.code == 100 && bc != nil {
 			bc.decide(true)
@@ -288,10 +290,13 @@ func (c *conn) relay(req *requestHead, resp *responseHead, bc *bodyCopy) (bool, 
 		return false, nil
 	}
 	if err != nil {
-		if isGone(err) {
+		if c.cout.failed { // the client went away or stopped reading
 			return false, nil
 		}
-		return false, fmt.Errorf("relaying a response from %s: %w", c.meta.Destination, err)
+		f := classifyUpstream(err).(*upstreamFailure)
+		c.p.m.upstream.WithLabelValues(f.reason).Inc()
+		c.logLimited("the original destination failed a response midway", f.reason, err)
+		return false, fmt.Errorf("relaying a response from %s: %w", c.meta.Destination, errors.Join(ErrUpstream, err))
 	}
 	if resp.close {
 		c.dropUpstream()

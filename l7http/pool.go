@@ -72,13 +72,19 @@ func (t *timedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// timedWriter writes to a connection, each write within timeout.
+// timedWriter writes to a connection, each write within timeout; failed
+// records that a write failed (which side of a copy failed).
 type timedWriter struct {
 	c       net.Conn
 	timeout time.Duration
+	failed  bool
 }
 
 func (t *timedWriter) Write(p []byte) (int, error) {
 	t.c.SetWriteDeadline(time.Now().Add(t.timeout))
-	return t.c.Write(p)
+	n, err := t.c.Write(p)
+	if err != nil {
+		t.failed = true
+	}
+	return n, err
 }
