@@ -202,7 +202,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	m := merge.New(merge.Config{Datapath: cfg.Datapath, ClusterName: cfg.ClusterName, ClusterID: uint16(cfg.ClusterID),
 		NodeName: cfg.NodeName, RecheckFlows: cfg.RecheckFlows, TrustRemoteAddresses: cfg.TrustRemoteAddresses,
-		OnServiceChange: cfg.OnServiceChange, Logger: log})
+		OnServiceChange: cfg.OnServiceChange, CoalesceServices: merge.DefaultCoalesceServices, Logger: log})
 	return &Agent{
 		cfg: cfg, log: log,
 		merger:   m,
@@ -252,7 +252,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			})
 		}()
 	}
-	// Deferred in reverse: stop the remotes, cancel, then wait for the rest.
+	// Deferred in reverse: stop the remotes, cancel, wait for the rest,
+	// then write the merger's pending service changes and stop its timer.
+	defer a.merger.Close()
 	defer wg.Wait()
 	defer cancel()
 	defer a.stopAll()
