@@ -103,7 +103,7 @@ type Merger struct {
 	// ips holds the winning claim of every prefix; ipsMore the other
 	// clusters' claims on the few prefixes claimed twice. Together they are
 	// every remote's ipcache: keep them small, this is per entry.
-	ips      map[netip.Prefix]ipState                 // guarded by mu
+	ips      ipTable                                  // guarded by mu (iptable.go)
 	ipsMore  map[netip.Prefix][]datapath.IPCacheEntry // guarded by mu
 	localNet []netip.Prefix                           // guarded by mu; local pod CIDRs and node IPs
 	stale    map[string]bool                          // guarded by mu; remotes whose heartbeat is stale
@@ -158,7 +158,7 @@ func New(cfg Config) *Merger {
 		checkLog:    loglimit.New(logEvery),
 		localSvcs:   map[ServiceName]*statesource.Service{},
 		remoteSvcs:  map[ServiceName]*serviceRemotes{},
-		ips:         map[netip.Prefix]ipState{},
+		ips:         newIPTable(),
 		ipsMore:     map[netip.Prefix][]datapath.IPCacheEntry{},
 		writtenSvc:  map[ServiceName]map[datapath.Frontend][]datapath.Backend{},
 		failedSvc:   map[ServiceName]bool{},
@@ -269,10 +269,10 @@ func (m *Merger) SetIPs(id uint16, updates []IPUpdate) {
 // claimIP records id's claim on p (nil withdraws it) and reports whether the
 // winner of p changed.
 func (m *Merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bool {
-	cur, has := m.ips[p]
+	cur, has := m.ips.get(p)
 	if has && cur.written {
 		defer func() {
-			if now, ok := m.ips[p]; !ok || now.claim.Identity != cur.claim.Identity {
+			if now, ok := m.ips.get(p); !ok || now.claim.Identity != cur.claim.Identity {
 				m.recheck = true
 			}
 		}()
@@ -284,12 +284,12 @@ func (m *Merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bo
 		case e == nil && !has:
 			return false
 		case e == nil:
-			delete(m.ips, p)
+			m.ips.del(p)
 			return true
 		case has && cur.claim == *e:
 			return false
 		}
-		m.ips[p] = ipState{claim: *e}
+		m.ips.set(p, ipState{claim: *e})
 		return true
 	}
 	// Every claim but id's, then id's new one.
@@ -306,7 +306,7 @@ func (m *Merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bo
 		claims = append(claims, *e)
 	}
 	if len(claims) == 0 {
-		delete(m.ips, p)
+		m.ips.del(p)
 		delete(m.ipsMore, p)
 		return has
 	}
@@ -326,7 +326,7 @@ func (m *Merger) claimIP(id uint16, p netip.Prefix, e *datapath.IPCacheEntry) bo
 	if has && cur.claim == winner {
 		return false
 	}
-	m.ips[p] = ipState{claim: winner}
+	m.ips.set(p, ipState{claim: winner})
 	return true
 }
 
@@ -336,7 +336,7 @@ func (m *Merger) writeIPs(ps []netip.Prefix) {
 	var upP []netip.Prefix
 	var upE []datapath.IPCacheEntry
 	for _, p := range ps {
-		st, ok := m.ips[p]
+		st, ok := m.ips.get(p)
 		if !ok {
 			if m.check(m.dp.DeleteIPCache(p), "delete ipcache", p) {
 				delete(m.failedIP, p)
@@ -365,9 +365,10 @@ func (m *Merger) writeIPs(ps []netip.Prefix) {
 }
 
 func (m *Merger) markIPWritten(p netip.Prefix, ok bool) {
-	st := m.ips[p]
-	st.written = ok
-	m.ips[p] = st
+	if st, has := m.ips.get(p); has {
+		st.written = ok
+		m.ips.set(p, st)
+	}
 	if ok {
 		delete(m.failedIP, p)
 	} else {
@@ -386,7 +387,7 @@ func (m *Merger) DropCluster(cluster string, id uint16) {
 	}
 	defer m.pruneClusterLocked(id) // what a previous run left of it goes too
 	changed := m.dropOwnershipLocked(id)
-	for p, st := range m.ips {
+	for p, st := range m.ips.all() {
 		if st.claim.ClusterID == id && m.claimIP(id, p, nil) {
 			changed = append(changed, p)
 		}
@@ -435,7 +436,7 @@ func (m *Merger) PruneCluster(id uint16) (ips, backends int) {
 
 func (m *Merger) pruneClusterLocked(id uint16) (ips, backends int) {
 	for _, p := range m.pinnedIPs[id] {
-		if _, ok := m.ips[p]; !ok && m.check(m.dp.DeleteIPCache(p), "prune ipcache", p) {
+		if !m.ips.has(p) && m.check(m.dp.DeleteIPCache(p), "prune ipcache", p) {
 			ips++
 		}
 	}
@@ -742,7 +743,7 @@ func (m *Merger) Prune(dp datapath.Datapath) error {
 	}
 	ipN := 0
 	for p := range ips {
-		if _, ok := m.ips[p]; !ok && m.check(dp.DeleteIPCache(p), "prune ipcache", p) {
+		if !m.ips.has(p) && m.check(dp.DeleteIPCache(p), "prune ipcache", p) {
 			ipN++
 		}
 	}

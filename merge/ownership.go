@@ -268,7 +268,7 @@ func (m *Merger) holdUnownedLocked(id uint16) []netip.Prefix {
 			changed = append(changed, p)
 		}
 	}
-	for p, st := range m.ips {
+	for p, st := range m.ips.all() {
 		if st.claim.ClusterID == id {
 			take(p, st.claim)
 		}
