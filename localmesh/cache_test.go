@@ -2,6 +2,7 @@ package localmesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -10,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
@@ -153,9 +157,22 @@ func TestCacheMeshSameAsDirect(t *testing.T) {
 		t.Errorf("east's agent reads west at %v, want its own apiserver %v", r.EtcdEndpoints, want)
 	}
 
-	// Two hops: west's checkout pods become unready (east fails over to
-	// west's... no: west's backends leave east's selection), a pod leaves
-	// and a new one comes.
+	// What east's cache holds of north is for east's agents only: west,
+	// a peer of east, may not read it (nor the configs and canaries the
+	// cache writes).
+	peer := clientAs(t, east, west.Bundle.RemoteCert(), west.Bundle.RemoteKey())
+	own := clientAs(t, east, east.Bundle.RemoteCert(), east.Bundle.RemoteKey())
+	for _, key := range []string{"cilium/cache/", wire.ClusterConfigKey("north"), "cilium/synced/north/"} {
+		if resp, err := peer.Get(context.Background(), key, clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("west, a peer, reading %s from east's store: %v (%v), want permission denied", key, resp, err)
+		}
+		if resp, err := own.Get(context.Background(), key, clientv3.WithPrefix()); err != nil || len(resp.Kvs) == 0 {
+			t.Errorf("east's agents reading %s from east's store: %v (%v)", key, resp, err)
+		}
+	}
+
+	// Two hops: west's checkout pods become unready (their backends leave
+	// the selection), a pod leaves and a new one comes.
 	st := SampleState(2)
 	SetReady(st, "checkout", false)
 	st.Endpoints = st.Endpoints[:len(st.Endpoints)-1] // frontend-1 (10.2.1.100) leaves
@@ -400,4 +417,19 @@ func cacheRemote(c *Cluster, name string) agentsync.RemoteStatus {
 		}
 	}
 	return agentsync.RemoteStatus{}
+}
+
+// clientAs is a client of c's apiserver with the given certificate.
+func clientAs(t *testing.T, c *Cluster, cert, key string) *clientv3.Client {
+	t.Helper()
+	tlsCfg, err := ca.ClientTLSConfig(cert, key, c.Bundle.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"https://" + c.Address()}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
