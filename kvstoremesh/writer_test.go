@@ -1,6 +1,7 @@
 package kvstoremesh
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -156,4 +157,23 @@ func FuzzPreviousAdd(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkWriterQueue: one accepted ipcache entry queued (on the list or
+// watch goroutine, under its kind's lock) and later cut into transactions.
+func BenchmarkWriterQueue(b *testing.B) {
+	w := testWriter(DefaultTxnOps, DefaultTxnBytes)
+	val := []byte(`{"IP":"10.2.1.5","HostIP":"192.168.2.1","ID":131077,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"checkout-1"}`)
+	keys := make([]string, 4096)
+	for i := range keys {
+		keys[i] = wire.IPCacheKey(fmt.Sprintf("10.2.%d.%d", i>>8, i&255))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		w.Upsert("west", wire.IPCache, keys[i%len(keys)], val)
+		if i%len(keys) == len(keys)-1 {
+			w.batches(w.take())
+		}
+	}
 }
