@@ -25,6 +25,9 @@ const (
 	// imported service on its derived Service (and, through k8sslices, on
 	// the EndpointSlices of its remote backends).
 	LabelServiceName = "multicluster.kubernetes.io/service-name"
+	// LabelSourceCluster (multicluster.kubernetes.io/source-cluster) names
+	// the local cluster on its derived Services.
+	LabelSourceCluster = "multicluster.kubernetes.io/source-cluster"
 	// AnnotationGlobal, AnnotationSyncEndpointSlices and AnnotationAffinity
 	// are Cilium's global-service annotations, set on derived Services.
 	AnnotationGlobal             = "service.cilium.io/global"

@@ -48,7 +48,10 @@ func importClusters(im *Import) []mcsv1beta1.ClusterStatus {
 
 // derivedService is the derived Service of im in cluster: global, its
 // remote backends written as EndpointSlices (labelled with the imported
-// name by k8sslices), owned by the ServiceImport; selecting the local
+// name by k8sslices), owned by the ServiceImport; labelled with the
+// imported name and the cluster, which the endpoint slice controller copies
+// to the slices of its local pods (so CoreDNS's multicluster zone finds
+// them too); selecting the local
 // service's pods when the local cluster exports it without conflict;
 // headless for a Headless import, else with clusterIP (empty: Kubernetes
 // allocates).
@@ -56,7 +59,7 @@ func derivedService(cluster string, im *Import, local *statesource.Service, owne
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: im.Namespace, Name: DerivedName(im.Namespace, im.Name),
-			Labels:      map[string]string{LabelManagedBy: ManagedBy, LabelServiceName: im.Name},
+			Labels:      map[string]string{LabelManagedBy: ManagedBy, LabelServiceName: im.Name, LabelSourceCluster: cluster},
 			Annotations: map[string]string{AnnotationGlobal: "true", AnnotationSyncEndpointSlices: "true"},
 		},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: clusterIP,
