@@ -119,7 +119,10 @@ func (s *ipcacheStore) flush() {
 	if len(s.pending) > 0 {
 		s.r.out.SetIPs(uint16(s.r.cluster().ID), s.pending)
 	}
-	s.batching, s.pending = false, s.pending[:0]
+	// Dropped, not kept for the next page: a page-sized buffer per remote
+	// and the entries it points at would stay on the heap for as long as
+	// the remote is connected.
+	s.batching, s.pending = false, nil
 }
 
 func (s *ipcacheStore) prefixOf(key string) (netip.Prefix, bool) {
