@@ -22,14 +22,16 @@ type remoteEntry struct {
 	rs      *RemoteService
 	// admitted holds, per port name and protocol, the backends the
 	// cluster's ranges admit, sorted; valid while gen is the cluster's
-	// admission generation.
-	admitted map[portKey][]datapath.Backend
+	// admission generation. A service has a port or two: a slice is
+	// smaller than a map.
+	admitted []admittedPort
 	gen      uint64
 }
 
-type portKey struct {
-	name  string
-	proto datapath.Protocol
+type admittedPort struct {
+	name     string
+	proto    datapath.Protocol
+	backends []datapath.Backend // shares rs.backends' array when all are admitted
 }
 
 // serviceRemotes is every remote cluster's view of one service.
@@ -93,23 +95,35 @@ func (m *Merger) rangesChangedLocked(id uint16, gainedOnly bool) {
 // its cluster's ranges admit, sorted. The slice is shared: never modify it.
 func (m *Merger) admittedLocked(e *remoteEntry, name string, proto datapath.Protocol) []datapath.Backend {
 	id := e.rs.clusterID
-	if gen := m.admitGenLocked(id); e.admitted == nil || e.gen != gen {
-		e.admitted, e.gen = map[portKey][]datapath.Backend{}, gen
+	if gen := m.admitGenLocked(id); e.gen != gen {
+		e.admitted, e.gen = e.admitted[:0], gen
 	}
-	k := portKey{name, proto}
-	if bs, ok := e.admitted[k]; ok {
-		return bs
+	for _, a := range e.admitted {
+		if a.name == name && a.proto == proto {
+			return a.backends
+		}
 	}
-	var bs []datapath.Backend
-	for _, b := range e.rs.backends[name] {
+	all := e.rs.backends[name]
+	n := 0
+	for _, b := range all {
 		if b.Protocol == proto && m.admitsLocked(id, netip.PrefixFrom(b.Addr, b.Addr.BitLen())) {
-			bs = append(bs, b)
+			n++
+		}
+	}
+	bs := all // NewRemoteService sorted them
+	if n < len(all) {
+		bs = make([]datapath.Backend, 0, n)
+		for _, b := range all {
+			if b.Protocol == proto && m.admitsLocked(id, netip.PrefixFrom(b.Addr, b.Addr.BitLen())) {
+				bs = append(bs, b)
+			}
 		}
 	}
 	if !slices.IsSortedFunc(bs, compareBackends) {
-		slices.SortFunc(bs, compareBackends)
+		bs = slices.SortedFunc(slices.Values(bs), compareBackends)
 	}
-	e.admitted[k] = bs
+	bs = slices.Clip(bs)
+	e.admitted = append(e.admitted, admittedPort{name: name, proto: proto, backends: bs})
 	return bs
 }
 

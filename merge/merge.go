@@ -796,11 +796,14 @@ func NewRemoteService(c wire.Cluster, s *wire.ClusterService) *RemoteService {
 	if !s.Shared {
 		return rs
 	}
-	defer func() {
-		for _, bs := range rs.backends {
-			sortBackends(bs) // in slot order, as the merge wants them
+	// Counted first: a remote's services are held for as long as it is
+	// connected, each backend list exactly as long as it is.
+	n := map[string]int{}
+	for _, ports := range s.Backends {
+		for portName := range ports {
+			n[portName]++
 		}
-	}()
+	}
 	for ip, ports := range s.Backends {
 		addr, err := netip.ParseAddr(ip)
 		if err != nil {
@@ -811,9 +814,16 @@ func NewRemoteService(c wire.Cluster, s *wire.ClusterService) *RemoteService {
 			if err != nil {
 				continue
 			}
-			rs.backends[portName] = append(rs.backends[portName], datapath.Backend{
+			bs := rs.backends[portName]
+			if bs == nil {
+				bs = make([]datapath.Backend, 0, n[portName])
+			}
+			rs.backends[portName] = append(bs, datapath.Backend{
 				Addr: addr.Unmap(), Port: l4.Port, Protocol: proto, ClusterID: uint16(c.ID)})
 		}
+	}
+	for _, bs := range rs.backends {
+		sortBackends(bs) // in slot order, as the merge wants them
 	}
 	return rs
 }
