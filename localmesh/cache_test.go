@@ -433,3 +433,39 @@ func clientAs(t *testing.T, c *Cluster, cert, key string) *clientv3.Client {
 	t.Cleanup(func() { cli.Close() })
 	return cli
 }
+
+// The cluster's own apiserver restarts (its store comes back empty, the
+// cache's lease gone): the cache runs again and writes every remote anew,
+// and the agents, resyncing from the new store, lose nothing on the way.
+func TestCacheOwnAPIServerRestart(t *testing.T) {
+	w := newRemovalWatch()
+	o := Options{Cache: true}
+	watchAgents(&o, w)
+	m := startMeshWith(t, o)
+	testenv.WaitFor(t, wait, "mesh ready", func() bool { return allReady(m) })
+	east := m.Cluster("east")
+	a := east.Agents[0]
+	before, beforeSvcs := datapathOf(t, a.Datapath)
+	if err := east.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	if err := east.StartAPIServer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "east's agent ready again for west and north, through the new store", func() bool {
+		for _, name := range []string{"west", "north"} {
+			r := remoteStatus(a, name)
+			if !r.Ready || r.Lists["ipcache"] < 2 || r.Endpoints != 4 {
+				return false
+			}
+		}
+		return true
+	})
+	if r := w.removals(); len(r) > 0 {
+		t.Errorf("%d removals from east's agent while its apiserver restarted, first %v", len(r), r[0])
+	}
+	after, afterSvcs := datapathOf(t, a.Datapath)
+	if !reflect.DeepEqual(before, after) || !reflect.DeepEqual(beforeSvcs, afterSvcs) {
+		t.Errorf("east's datapath differs after its apiserver restarted")
+	}
+}
