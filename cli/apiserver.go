@@ -25,6 +25,7 @@ type apiserverFlags struct {
 	certDir, stateFile, stateDir, peers, metricsAddr  string
 	nodeKeysDir, stateSource, kubeconfig, kubeContext string
 	namespace, trustedCADir                           string
+	etcdEndpoints                                     string
 }
 
 func newAPIServerCmd() *cobra.Command {
@@ -35,7 +36,7 @@ func newAPIServerCmd() *cobra.Command {
 		Long:  apiserverLong,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := af.config()
+			cfg, err := af.config(cmd)
 			if err != nil {
 				return err
 			}
@@ -76,6 +77,17 @@ another host.
 
 --cert-dir is a bundle from 'clustermesh ca issue --cluster NAME'.
 
+With --etcd-endpoints, no etcd is embedded: the apiserver publishes into that
+external etcd cluster (TLS; by default it trusts the mesh CA and logs in with
+the admin-<cluster> certificate, whose common name must be a user with the
+root role there) and creates its users and roles there. Several replicas on
+the same endpoints elect one leader (etcd's election, session TTL
+--election-ttl), which alone publishes; a standby takes over when it dies.
+Peers then connect to the external cluster's endpoints. --listen, --data-dir
+and --trusted-ca-dir configure the embedded etcd and are refused with it; the
+request guard of the embedded etcd does not exist on an external cluster:
+see docs/external-etcd.md for what its operators must lock down.
+
 With --node-keys-dir, the nodes' agents (run with --enable-wireguard and the
 same directory) publish their WireGuard public keys there, one file per node,
 and the apiserver publishes each in its node's entry; it re-reads the
@@ -104,6 +116,12 @@ func (af *apiserverFlags) register(cmd *cobra.Command) {
 	f.BoolVar(&cfg.CiliumRemoteUser, "cilium-remote-user", false, "also let the shared user remote read, as Cilium agents of any peer log in (certificate common name remote); per-peer users (--peer) are safer: see SECURITY.md")
 	f.StringVar(&af.metricsAddr, "metrics-addr", defaultAPIServerMetricsAddr, "host:port to serve Prometheus /metrics on, without authentication: loopback only by default; :9963 for every interface (\"\" disables)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "etcd data directory (default: in the apiserver's private directory under $TMPDIR/clustermesh-<uid>, removed on exit or by the next start)")
+	f.StringVar(&af.etcdEndpoints, "etcd-endpoints", "", "comma-separated https URLs of an external etcd cluster to publish into instead of the embedded etcd (docs/external-etcd.md)")
+	f.StringVar(&cfg.EtcdCAFile, "etcd-ca", "", "with --etcd-endpoints: CA file of the etcd cluster's server certificates (default: the mesh CA of --cert-dir)")
+	f.StringVar(&cfg.EtcdCertFile, "etcd-cert", "", "with --etcd-endpoints: client certificate to log in with, its common name an etcd user with the root role (default: admin-<cluster> of --cert-dir)")
+	f.StringVar(&cfg.EtcdKeyFile, "etcd-key", "", "with --etcd-endpoints: the key of --etcd-cert")
+	f.StringVar(&cfg.ReplicaName, "replica-name", "", "with --etcd-endpoints: this replica's name in the leader election (default: <hostname>-<pid>; in a pod, give the pod name)")
+	f.DurationVar(&cfg.ElectionTTL, "election-ttl", meshapiserver.DefaultElectionTTL, "with --etcd-endpoints: TTL of this replica's election session: a standby takes over about this long after the leader died (whole seconds)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", meshapiserver.DefaultLeaseTTL, "TTL of the lease every published entry is attached to")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", meshapiserver.DefaultHeartbeatInterval, "how often cilium/.heartbeat is written")
 	for _, r := range []string{"cluster-name", "cluster-id", "cert-dir"} {
@@ -112,7 +130,7 @@ func (af *apiserverFlags) register(cmd *cobra.Command) {
 }
 
 // config builds the apiserver's config from the flags.
-func (af *apiserverFlags) config() (meshapiserver.Config, error) {
+func (af *apiserverFlags) config(cmd *cobra.Command) (meshapiserver.Config, error) {
 	cfg := af.cfg
 	b := ca.Bundle{Dir: af.certDir, Cluster: cfg.ClusterName}
 	cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile = b.ServerCert(), b.ServerKey(), b.CAFile()
@@ -125,6 +143,9 @@ func (af *apiserverFlags) config() (meshapiserver.Config, error) {
 		cfg.TrustedCAFiles = cas
 	}
 	cfg.Peers = splitList(af.peers)
+	if err := af.external(cmd, &cfg); err != nil {
+		return cfg, err
+	}
 	if err := af.source(&cfg); err != nil {
 		return cfg, err
 	}
@@ -133,6 +154,26 @@ func (af *apiserverFlags) config() (meshapiserver.Config, error) {
 	}
 	cfg.Logger = slog.Default()
 	return cfg, nil
+}
+
+// external sets the external etcd cluster's endpoints, refusing the flags
+// of the embedded etcd beside them (they would be ignored).
+func (af *apiserverFlags) external(cmd *cobra.Command, cfg *meshapiserver.Config) error {
+	if af.etcdEndpoints == "" {
+		for _, name := range []string{"etcd-ca", "etcd-cert", "etcd-key", "replica-name", "election-ttl"} {
+			if cmd.Flags().Changed(name) {
+				return fmt.Errorf("--%s is for an external etcd cluster: give --etcd-endpoints too", name)
+			}
+		}
+		return nil
+	}
+	for _, name := range []string{"listen", "data-dir", "trusted-ca-dir"} {
+		if cmd.Flags().Changed(name) {
+			return fmt.Errorf("--%s configures the embedded etcd: with --etcd-endpoints the external cluster's own configuration decides it", name)
+		}
+	}
+	cfg.EtcdEndpoints = splitList(af.etcdEndpoints)
+	return nil
 }
 
 // source sets the state source (and, from Kubernetes, the identity store).

@@ -26,6 +26,10 @@ const (
 	// lists again. Without compaction every change stays in the store
 	// until it reaches etcd's 2 GiB quota and refuses every write.
 	DefaultHistoryRetention = 5 * time.Minute
+	// DefaultElectionTTL is the TTL of a replica's election session on an
+	// external etcd cluster: a standby takes over about this long after the
+	// leader died (docs/external-etcd.md).
+	DefaultElectionTTL = 5 * time.Second
 )
 
 // The size limits of publishing, one chain from the smallest to the largest.
@@ -113,6 +117,23 @@ type Config struct {
 	// same entries: see docs/state-file.md#export-modes.
 	ExportMode ExportMode
 
+	// EtcdEndpoints, when set, are the https client URLs of an external
+	// etcd cluster the apiserver publishes into instead of starting the
+	// embedded one (docs/external-etcd.md). Replicas of the apiserver on
+	// the same endpoints elect one leader, which alone publishes.
+	EtcdEndpoints []string
+	// TLS to the external cluster: its CA, and the client certificate the
+	// apiserver logs in with (its common name is an etcd user with the
+	// root role). Empty: the mesh CA (CAFile) and the admin-<cluster>
+	// certificate (AdminCertFile, AdminKeyFile).
+	EtcdCAFile, EtcdCertFile, EtcdKeyFile string
+	// ReplicaName names this replica in the election (status, logs); empty
+	// means <hostname>-<pid>.
+	ReplicaName string
+	// ElectionTTL is the TTL of this replica's election session
+	// (DefaultElectionTTL): how long a dead leader keeps the lead.
+	ElectionTTL time.Duration
+
 	LeaseTTL          time.Duration
 	HeartbeatInterval time.Duration
 	Logger            *slog.Logger
@@ -144,6 +165,9 @@ func (c *Config) withDefaults() {
 	if c.ExportMode == "" {
 		c.ExportMode = ExportAll
 	}
+	if c.external() {
+		c.externalDefaults()
+	}
 }
 
 // Validate checks the config after defaults.
@@ -151,12 +175,18 @@ func (c *Config) Validate() error {
 	if err := c.cluster().Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
-	for _, f := range []struct{ name, v string }{
-		{"server certificate", c.ServerCertFile}, {"server key", c.ServerKeyFile}, {"CA", c.CAFile},
-		{"admin certificate", c.AdminCertFile}, {"admin key", c.AdminKeyFile},
-	} {
-		if f.v == "" {
-			return fmt.Errorf("%w: no %s file given", ErrInvalidConfig, f.name)
+	if c.external() {
+		if err := c.validateExternal(); err != nil {
+			return err
+		}
+	} else {
+		for _, f := range []struct{ name, v string }{
+			{"server certificate", c.ServerCertFile}, {"server key", c.ServerKeyFile}, {"CA", c.CAFile},
+			{"admin certificate", c.AdminCertFile}, {"admin key", c.AdminKeyFile},
+		} {
+			if f.v == "" {
+				return fmt.Errorf("%w: no %s file given", ErrInvalidConfig, f.name)
+			}
 		}
 	}
 	for _, p := range c.Peers {

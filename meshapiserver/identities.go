@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/clustermesh/clustermesh/internal/atomicfile"
 	"github.com/clustermesh/clustermesh/wire"
@@ -130,4 +131,47 @@ func (f IdentityFile) Save(_ context.Context, c wire.Cluster, ids map[string]uin
 		return fmt.Errorf("writing %s: %w", f.Path, err)
 	}
 	return nil
+}
+
+// adopt makes the identities published in the store (number → label
+// string) the allocator's: what agents hold is the truth, so a new leader
+// never renumbers an entry. A label set the identity store knows under
+// another number, or a number it gives other labels, yields to the
+// published identity. Of two published numbers for one label set the lower is kept (the
+// other is no longer desired and goes). It returns how many it adopted.
+func (a *identityAllocator) adopt(published map[uint32]string) int {
+	byID := make(map[uint32]string, len(a.byLabels))
+	for ls, id := range a.byLabels {
+		byID[id] = ls
+	}
+	ids := make([]uint32, 0, len(published))
+	for id := range published {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	taken := make(map[string]bool, len(published))
+	n := 0
+	for _, id := range ids {
+		ls := published[id]
+		if taken[ls] || id < a.first || id > a.last {
+			continue
+		}
+		taken[ls] = true
+		if cur, ok := a.byLabels[ls]; ok && cur == id {
+			continue
+		}
+		if other, ok := byID[id]; ok {
+			delete(a.byLabels, other)
+		}
+		if cur, ok := a.byLabels[ls]; ok {
+			delete(byID, cur)
+		}
+		a.byLabels[ls], byID[id] = id, ls
+		if id >= a.next {
+			a.next = id + 1
+		}
+		a.dirty = true
+		n++
+	}
+	return n
 }

@@ -147,7 +147,7 @@ func TestLimitsChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := newAdminClient(context.Background(), f.srv.ClientURL(), tlsCfg)
+	cli, err := newAdminClient(context.Background(), []string{f.srv.ClientURL()}, tlsCfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,9 +25,14 @@ var (
 	descRenewals = prometheus.NewDesc(ns+"_lease_renewals_total", "Leases granted after the publishing lease was lost (every entry written again).", nil, nil)
 	descDenied   = prometheus.NewDesc(ns+"_requests_denied_total", "Requests refused to callers that are not an admin of this cluster, by gRPC method.", []string{"method"}, nil)
 	descHeld     = prometheus.NewDesc(ns+"_endpoints_not_exported", "Endpoints of the last state the export mode (label mode) held back from peers.", []string{"mode"}, nil)
+
+	// On an external etcd cluster only.
+	descLeader    = prometheus.NewDesc(ns+"_leader", "1 while this replica leads (publishes), 0 while it stands by; labelled with the leader's name (empty while none leads).", []string{"leader"}, nil)
+	descTerms     = prometheus.NewDesc(ns+"_leader_terms_total", "Times this replica became the leader.", nil, nil)
+	descTakeovers = prometheus.NewDesc(ns+"_takeovers_total", "Terms of this replica that began by adopting entries published on another lease (another leader's).", nil, nil)
 )
 
-var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied, descHeld}
+var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied, descHeld, descLeader, descTerms, descTakeovers}
 
 // newTxnLatency is the histogram of publishing transaction latencies.
 func newTxnLatency() prometheus.Histogram {
@@ -64,6 +69,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), method)
 	}
 	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(st.EndpointsNotExported), string(st.ExportMode))
+	if st.Role != "" {
+		ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, boolValue(st.Role == RoleLeader), st.Leader)
+		ch <- prometheus.MustNewConstMetric(descTerms, prometheus.CounterValue, float64(st.Terms))
+		ch <- prometheus.MustNewConstMetric(descTakeovers, prometheus.CounterValue, float64(st.Takeovers))
+	}
 	c.srv.txnLatency.Collect(ch)
 }
 

@@ -38,6 +38,13 @@ type publisher struct {
 	cluster wire.Cluster
 	lease   clientv3.LeaseID
 	log     *slog.Logger
+	// fence conditions every write (on an external etcd: this replica's
+	// election key, see election.go); a write it refuses is ErrNotLeader.
+	fence []clientv3.Cmp
+	// afterTxn, when set, is called after each committed publishing
+	// transaction, possibly concurrently (tests: a leader killed
+	// mid-publish).
+	afterTxn func()
 
 	txnLatency prometheus.Histogram
 
@@ -48,6 +55,11 @@ type publisher struct {
 	refused     map[string]refusal // by key: entries refused and not published
 	refusals    map[string]uint64  // refused values since start, by reason
 	stats       PublishStats
+
+	// What loadExisting found: the identity entries (key → value, on any
+	// lease) and how many entries were on a lease not ours.
+	existingIdentities map[string][]byte
+	adoptable          int
 }
 
 // refusal is an entry the publisher refused, with its value (a new value
@@ -101,6 +113,7 @@ func newPublisher(cli *clientv3.Client, c wire.Cluster, log *slog.Logger, txnLat
 // first publish removes only what is no longer desired.
 func (p *publisher) loadExisting(ctx context.Context) error {
 	p.published = desiredKV{}
+	p.existingIdentities, p.adoptable = map[string][]byte{}, 0
 	for _, k := range wire.PublishedKinds {
 		prefix := k.ListPrefix(p.cluster.Name)
 		resp, err := p.cli.Get(ctx, prefix, clientv3.WithPrefix())
@@ -108,7 +121,11 @@ func (p *publisher) loadExisting(ctx context.Context) error {
 			return fmt.Errorf("reading existing %s: %w", k, err)
 		}
 		for _, kv := range resp.Kvs {
+			if k == wire.Identities {
+				p.existingIdentities[string(kv.Key)] = kv.Value
+			}
 			if kv.Lease != int64(p.lease) {
+				p.adoptable++
 				// On a lease nobody keeps alive any more (a previous run):
 				// rewrite it on ours, or it would expire.
 				p.published[string(kv.Key)] = nil
@@ -365,10 +382,30 @@ func (p *publisher) txn(ctx context.Context, b []txnOp) error {
 		ops[i] = o.op
 		size += o.bytes
 	}
-	if _, err := p.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+	if err := p.fencedTxn(ctx, ops); err != nil {
 		return fmt.Errorf("publishing transaction of %d ops (%d bytes): %w", len(b), size, err)
 	}
+	if p.afterTxn != nil {
+		p.afterTxn() // from commit's goroutines: must be safe for concurrent use
+	}
 	return nil
+}
+
+// fencedTxn commits ops if the fence holds; ErrNotLeader if it does not.
+func (p *publisher) fencedTxn(ctx context.Context, ops []clientv3.Op) error {
+	resp, err := p.cli.Txn(ctx).If(p.fence...).Then(ops...).Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%w: the election key changed at revision %d", ErrNotLeader, resp.Header.Revision)
+	}
+	return nil
+}
+
+// put writes one key on lease, fenced.
+func (p *publisher) put(ctx context.Context, key, val string, lease clientv3.LeaseID) error {
+	return p.fencedTxn(ctx, []clientv3.Op{clientv3.OpPut(key, val, clientv3.WithLease(lease))})
 }
 
 func (p *publisher) observeTxn(d time.Duration) {
@@ -384,7 +421,7 @@ func (p *publisher) writeCanaries(ctx context.Context) error {
 	for _, k := range wire.PublishedKinds {
 		ops = append(ops, clientv3.OpPut(wire.SyncedKey(p.cluster.Name, k), now, clientv3.WithLease(p.lease)))
 	}
-	if _, err := p.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+	if err := p.fencedTxn(ctx, ops); err != nil {
 		return fmt.Errorf("writing synced canaries: %w", err)
 	}
 	p.log.Info("state published, synced canaries written", "entries", len(p.published), "refused", len(p.refused))
@@ -393,8 +430,7 @@ func (p *publisher) writeCanaries(ctx context.Context) error {
 
 // heartbeat writes cilium/.heartbeat with the current time.
 func (p *publisher) heartbeat(ctx context.Context) error {
-	_, err := p.cli.Put(ctx, wire.HeartbeatKey, time.Now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(p.lease))
-	if err != nil {
+	if err := p.put(ctx, wire.HeartbeatKey, time.Now().UTC().Format(time.RFC3339Nano), p.lease); err != nil {
 		return fmt.Errorf("writing heartbeat: %w", err)
 	}
 	return nil

@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -32,7 +34,16 @@ type Server struct {
 	mu     sync.Mutex
 	url    string // guarded by mu; set once etcd serves
 	status Status // guarded by mu
+
+	// abandon makes Run return as a killed process would: without
+	// resigning the election or revoking its session (tests).
+	abandon atomic.Bool
+	// afterTxn, when set before Run, is called after each publishing
+	// transaction of a term on an external etcd (tests).
+	afterTxn func()
 }
+
+func (s *Server) abandoned() bool { return s.abandon.Load() }
 
 // Status is what the apiserver reports about itself.
 type Status struct {
@@ -60,6 +71,17 @@ type Status struct {
 	// back.
 	ExportMode           ExportMode `json:"exportMode"`
 	EndpointsNotExported int        `json:"endpointsNotExported"`
+
+	// On an external etcd cluster (Config.EtcdEndpoints): this replica's
+	// name, its role (RoleLeader or RoleStandby), the leader's name (empty
+	// while none leads), the terms this replica led, and the takeovers
+	// among them: terms that began by adopting entries another leader
+	// (or an earlier term) had published.
+	Replica   string `json:"replica,omitempty"`
+	Role      string `json:"role,omitempty"`
+	Leader    string `json:"leader,omitempty"`
+	Terms     uint64 `json:"terms,omitempty"`
+	Takeovers uint64 `json:"takeovers,omitempty"`
 }
 
 // New validates cfg (after defaults) and returns a Server that is not yet
@@ -102,14 +124,14 @@ func (s *Server) Status() Status {
 
 // newAdminClient is the client the apiserver publishes with. Its send limit
 // is set, not clientv3's default: see the chain of limits in config.go.
-func newAdminClient(ctx context.Context, url string, tlsCfg *tls.Config) (*clientv3.Client, error) {
+func newAdminClient(ctx context.Context, urls []string, tlsCfg *tls.Config) (*clientv3.Client, error) {
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{url}, TLS: tlsCfg, DialTimeout: 5 * time.Second,
+		Endpoints: urls, TLS: tlsCfg, DialTimeout: 5 * time.Second,
 		MaxCallSendMsgSize: clientMaxSendBytes,
 		Logger:             zap.NewNop(), Context: ctx,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connecting the admin client to %s: %w", url, err)
+		return nil, fmt.Errorf("connecting the admin client to %s: %w", strings.Join(urls, ","), err)
 	}
 	return cli, nil
 }
@@ -124,6 +146,9 @@ func newAdminClient(ctx context.Context, url string, tlsCfg *tls.Config) (*clien
 // (Status, metrics) until the store takes it.
 func (s *Server) Run(ctx context.Context) error {
 	cfg := &s.cfg
+	if cfg.external() {
+		return s.runExternal(ctx)
+	}
 	log := cfg.Logger.With("cluster", cfg.ClusterName)
 	if _, err := ca.ServerTLSConfig(cfg.ServerCertFile, cfg.ServerKeyFile, cfg.CAFile); err != nil {
 		return fmt.Errorf("loading the server certificate: %w", err)
@@ -158,7 +183,7 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.serving)
 	log.Info("etcd serving", "url", etcd.url, "fsync", false, "runtimeDir", etcd.run.path)
 
-	cli, err := newAdminClient(ctx, etcd.url, adminTLS)
+	cli, err := newAdminClient(ctx, []string{etcd.url}, adminTLS)
 	if err != nil {
 		return err
 	}
@@ -167,21 +192,25 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	pub := newPublisher(cli, cfg.cluster(), log, s.txnLatency)
-	return s.loop(ctx, cli, pub, ids, src, first)
+	err = s.loop(ctx, cli, pub, ids, src, &runState{state: first, due: true}, nil)
+	if errors.Is(err, ErrNotLeader) {
+		return nil // not on the embedded etcd: nothing fences it
+	}
+	return err
 }
 
 // writeClusterConfig writes cilium/cluster-config/<cluster> on lease, as
 // Cilium's clustermesh-apiserver does (clustercfg.Set in
 // pkg/clustermesh/clustercfg/clustercfg.go: UpdateIfDifferent with a
 // lease), so that it goes with the apiserver and the entries it describes.
-func (s *Server) writeClusterConfig(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID) error {
+func (s *Server) writeClusterConfig(ctx context.Context, pub *publisher, lease clientv3.LeaseID) error {
 	v, err := wire.EncodeClusterConfig(wire.ClusterConfig{ID: s.cfg.ClusterID, Capabilities: wire.Capabilities{
 		SyncedCanaries: true, MaxConnectedClusters: s.cfg.MaxConnectedClusters, ServiceExportsEnabled: serviceExportsEnabled(),
 	}})
 	if err != nil {
 		return err
 	}
-	if _, err := cli.Put(ctx, wire.ClusterConfigKey(s.cfg.ClusterName), string(v), clientv3.WithLease(lease)); err != nil {
+	if err := pub.put(ctx, wire.ClusterConfigKey(s.cfg.ClusterName), string(v), lease); err != nil {
 		return fmt.Errorf("writing cluster config: %w", err)
 	}
 	return nil
@@ -254,11 +283,13 @@ func (r *sourceRun) stop() {
 	r.wg.Wait()
 }
 
-// loop publishes first and every state the source delivers after it (only
-// the latest when several arrive during one publish), and the heartbeat. A
-// failed attempt is retried with exponential backoff; a lost lease is
-// replaced and everything written again on the new one.
-func (s *Server) loop(ctx context.Context, cli *clientv3.Client, pub *publisher, ids *identityAllocator, src *sourceRun, first *statesource.State) error {
+// loop publishes rs.state and every state the source delivers after it
+// (only the latest when several arrive during one publish), and the
+// heartbeat. A failed attempt is retried with exponential backoff; a lost
+// lease is replaced and everything written again on the new one. It
+// returns ErrNotLeader once lost is closed or a fenced write is refused
+// (an elected replica's term ended), nil when ctx ends.
+func (s *Server) loop(ctx context.Context, cli *clientv3.Client, pub *publisher, ids *identityAllocator, src *sourceRun, rs *runState, lost <-chan struct{}) error {
 	heartbeat := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer heartbeat.Stop()
 	bo := backoff.NewExponentialBackOff()
@@ -266,11 +297,15 @@ func (s *Server) loop(ctx context.Context, cli *clientv3.Client, pub *publisher,
 	retry := time.NewTimer(0) // the first attempt takes the lease
 	defer retry.Stop()
 	retryArmed := true
-	rs := &runState{state: first, due: true}
+	var deposed error
 	attempt := func() {
 		err := s.attempt(ctx, cli, pub, ids, rs)
 		if ctx.Err() != nil {
 			return // shutting down mid-publish
+		}
+		if errors.Is(err, ErrNotLeader) {
+			deposed = err
+			return
 		}
 		if err != nil {
 			d := bo.NextBackOff()
@@ -282,10 +317,12 @@ func (s *Server) loop(ctx context.Context, cli *clientv3.Client, pub *publisher,
 		bo.Reset()
 		s.publishSucceeded(pub)
 	}
-	for {
+	for deposed == nil {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-lost:
+			return fmt.Errorf("%w: the election session expired", ErrNotLeader)
 		case err := <-src.done:
 			return err // nil: the source ended
 		case _, ok := <-rs.keepAlive:
@@ -303,6 +340,9 @@ func (s *Server) loop(ctx context.Context, cli *clientv3.Client, pub *publisher,
 				continue // the next attempt takes a lease and writes it
 			}
 			if err := pub.heartbeat(ctx); err != nil {
+				if errors.Is(err, ErrNotLeader) {
+					return err
+				}
 				s.cfg.Logger.Warn("heartbeat failed", "err", err)
 				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 					rs.hasLease = false
@@ -321,13 +361,14 @@ func (s *Server) loop(ctx context.Context, cli *clientv3.Client, pub *publisher,
 			attempt()
 		}
 	}
+	return deposed
 }
 
 // attempt takes a lease if there is none, then publishes the newest state
 // if it is not published yet.
 func (s *Server) attempt(ctx context.Context, cli *clientv3.Client, pub *publisher, ids *identityAllocator, rs *runState) error {
 	if !rs.hasLease {
-		if err := s.takeLease(ctx, cli, pub, rs); err != nil {
+		if err := s.takeLease(ctx, cli, pub, ids, rs); err != nil {
 			return err
 		}
 	}
@@ -349,7 +390,7 @@ func (s *Server) attempt(ctx context.Context, cli *clientv3.Client, pub *publish
 // cluster config on it and keeps it alive. The first time, it reads what the
 // store holds already; after a lost lease, every entry is written again on
 // the new one.
-func (s *Server) takeLease(ctx context.Context, cli *clientv3.Client, pub *publisher, rs *runState) error {
+func (s *Server) takeLease(ctx context.Context, cli *clientv3.Client, pub *publisher, ids *identityAllocator, rs *runState) error {
 	ttl := int64(s.cfg.LeaseTTL / time.Second)
 	lease, err := cli.Grant(ctx, ttl)
 	if err != nil {
@@ -357,7 +398,7 @@ func (s *Server) takeLease(ctx context.Context, cli *clientv3.Client, pub *publi
 	}
 	// Before the lease is kept alive: if this fails, the lease expires and
 	// the next attempt takes another.
-	if err := s.writeClusterConfig(ctx, cli, lease.ID); err != nil {
+	if err := s.writeClusterConfig(ctx, pub, lease.ID); err != nil {
 		return err
 	}
 	ka, err := cli.KeepAlive(ctx, lease.ID)
@@ -368,6 +409,9 @@ func (s *Server) takeLease(ctx context.Context, cli *clientv3.Client, pub *publi
 		pub.lease = lease.ID
 		if err := pub.loadExisting(ctx); err != nil {
 			return err // the next attempt takes another lease; this one expires
+		}
+		if s.cfg.external() {
+			s.adopt(pub, ids)
 		}
 	} else {
 		pub.useLease(lease.ID)

@@ -1,0 +1,287 @@
+package meshapiserver
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/internal/figure"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+func TestExternalConfigValidate(t *testing.T) {
+	base := func() Config {
+		return Config{
+			ClusterName: "east", ClusterID: 1, CAFile: "ca.crt", AdminCertFile: "a.crt", AdminKeyFile: "a.key",
+			EtcdEndpoints: []string{"https://10.0.0.1:2379"}, Source: stubSource{},
+		}
+	}
+	c := base()
+	c.withDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("valid external config: %v", err)
+	}
+	if c.EtcdCAFile != "ca.crt" || c.EtcdCertFile != "a.crt" || c.ElectionTTL != DefaultElectionTTL || c.ReplicaName == "" {
+		t.Errorf("defaults: %+v", c)
+	}
+	for name, mod := range map[string]func(*Config){
+		"http endpoint":  func(c *Config) { c.EtcdEndpoints = []string{"http://10.0.0.1:2379"} },
+		"no host":        func(c *Config) { c.EtcdEndpoints = []string{"https://"} },
+		"data dir":       func(c *Config) { c.DataDir = "/var/lib/x" },
+		"trusted CAs":    func(c *Config) { c.TrustedCAFiles = []string{"other.crt"} },
+		"sub-second TTL": func(c *Config) { c.ElectionTTL = 1500 * time.Millisecond },
+		"cert, no key":   func(c *Config) { c.EtcdCertFile = "x.crt" },
+	} {
+		c := base()
+		mod(&c)
+		c.withDefaults()
+		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
+		}
+	}
+}
+
+// TestExternalEtcdMemberRestartMidSync: a member of the external cluster
+// (the raft leader) is killed while the apiserver publishes a big state,
+// and restarted. The publish completes, the reader (as an agent) loses no
+// entry and sees none that is not desired, and the restarted member serves
+// the whole state and the next change.
+func TestExternalEtcdMemberRestartMidSync(t *testing.T) {
+	f := newFixture(t)
+	cl := startEtcdCluster(t, f.mesh, f.east)
+	const n = 6000
+	state := filepath.Join(f.dir, "big.yaml")
+	writeFile(t, state, replicaState(0, n, n))
+
+	var txns atomic.Int32
+	var member sync.WaitGroup
+	killed := -1
+	hook := func() {
+		if txns.Add(1) != 1 {
+			return
+		}
+		killed = cl.raftLeader()
+		member.Add(1)
+		go func() { // not from the publisher's goroutine: Close waits
+			defer member.Done()
+			start := time.Now()
+			cl.kill(killed)
+			t.Logf("member %d killed in %s", killed, time.Since(start).Round(time.Millisecond))
+			cl.restart(killed)
+			t.Logf("member %d restarted, %s after the kill", killed, time.Since(start).Round(time.Millisecond))
+		}()
+	}
+	r := startReplica(t, f, cl, "a", state, 2*time.Second, hook)
+	reader := startReader(t, f, cl) // as remote-west, which r created
+	testenv.WaitFor(t, 60*time.Second, "the big state published through the member's restart", func() bool {
+		return r.leads() && reader.holds(n)
+	})
+	member.Wait()
+	if killed < 0 {
+		t.Fatal("no raft leader to kill")
+	}
+	reader.check(t, 0, n)
+
+	// The next change: half the endpoints replaced.
+	reader.keep(ipcacheKeysOf(0, n/2))
+	writeFile(t, state, replicaState(n/2, n, n))
+	testenv.WaitFor(t, 60*time.Second, "the change published", func() bool {
+		return reader.holds(n) && len(reader.ipcacheIPs()) == n && !slicesContains(reader.ipcacheIPs(), endpointIP(0))
+	})
+	reader.check(t, n/2, n)
+
+	// The restarted member holds what the others hold.
+	only := clientFor(t, cl.members[killed].clientURL.String(), f.west.RemoteCert(), f.west.RemoteKey(), f.east.CAFile())
+	testenv.WaitFor(t, 20*time.Second, "the restarted member serves the state", func() bool {
+		resp, err := get(t, only, wire.IPCacheKey(endpointIP(n+n/2-1)))
+		return err == nil && len(resp.Kvs) == 1
+	})
+	if st := r.srv.Status(); st.Takeovers != 0 || st.Terms != 1 || st.Leader != "a" {
+		t.Errorf("status after a member restart: takeovers %d, terms %d, leader %q", st.Takeovers, st.Terms, st.Leader)
+	}
+}
+
+// ipcacheKeysOf reports whether a key is the ipcache entry of one of the
+// endpoints [first, first+n).
+func ipcacheKeysOf(first, n int) func(key string) bool {
+	keys := make(map[string]bool, n)
+	for i := first; i < first+n; i++ {
+		keys[wire.IPCacheKey(endpointIP(i))] = true
+	}
+	return func(key string) bool { return keys[key] }
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TestExternalEtcdTakeoverMidPublish: two replicas; the leader is killed
+// (no resignation: its session expires) in the middle of publishing a
+// change of half of 20,000 endpoints. The standby takes over within the
+// bound, adopts what is in etcd (identity numbers included), publishes the
+// new state on its own lease, and the reader never misses an entry desired
+// before and after, never sees an address or label set renumbered, and
+// the canaries stay.
+func TestExternalEtcdTakeoverMidPublish(t *testing.T) {
+	took := takeoverMidPublish(t, 20000)
+	const bound = 20 * time.Second // election TTL 3s + expiry + publishing 20,000 entries on a loaded machine
+	if took > bound {
+		t.Errorf("takeover took %s, bound %s", took, bound)
+	}
+}
+
+// TestFiguresTakeover: apiserver.takeover_s, from the leader's death (mid-publish
+// of a change of 10,000 of 20,000 endpoints) to the standby having published
+// the whole state, with an election TTL of 3s.
+func TestFiguresTakeover(t *testing.T) {
+	figure.Require(t)
+	took := takeoverMidPublish(t, 20000)
+	figure.Print("apiserver.takeover_s", took.Seconds(), "s")
+}
+
+func takeoverMidPublish(t *testing.T, n int) time.Duration {
+	t.Helper()
+	const ttl = 3 * time.Second
+	f := newFixture(t)
+	cl := startEtcdCluster(t, f.mesh, f.east)
+	state := filepath.Join(f.dir, "big.yaml")
+	// A first state whose identities (b0..b9) a numbers before those of
+	// the big state: b, numbering on its own, would number them otherwise.
+	writeFile(t, state, replicaState(100000, 10, 0))
+
+	var a *replica
+	var armed atomic.Bool
+	var txns atomic.Int32
+	var killedAt atomic.Int64
+	hook := func() {
+		if armed.Load() && txns.Add(1) == 2 {
+			killedAt.Store(time.Now().UnixNano())
+			a.kill()
+		}
+	}
+	a = startReplica(t, f, cl, "a", state, ttl, hook)
+	testenv.WaitFor(t, 60*time.Second, "a leads and published", a.leads)
+	b := startReplica(t, f, cl, "b", state, ttl, nil)
+	testenv.WaitFor(t, 10*time.Second, "b stands by behind a", func() bool {
+		st := b.srv.Status()
+		return st.Role == RoleStandby && st.Leader == "a"
+	})
+	reader := startReader(t, f, cl)
+	writeFile(t, state, replicaState(0, n, n))
+	testenv.WaitFor(t, 60*time.Second, "the reader holds the state", func() bool { return reader.holds(n) && a.leads() })
+	reader.keep(ipcacheKeysOf(0, n/2))
+
+	armed.Store(true)
+	writeFile(t, state, replicaState(n/2, n, n)) // endpoints from n on: new identities
+	testenv.WaitFor(t, 30*time.Second, "a killed mid-publish", func() bool { return killedAt.Load() != 0 })
+	<-a.done
+	a.done <- nil // for its cleanup
+	testenv.WaitFor(t, 60*time.Second, "b took over and published", b.leads)
+	took := time.Since(time.Unix(0, killedAt.Load()))
+	// On a loaded machine b's own session may expire once too (it then
+	// campaigns again and adopts its own entries): a takeover per term.
+	if st := b.srv.Status(); st.Takeovers < 1 || st.Takeovers != st.Terms {
+		t.Errorf("b counted %d takeovers in %d terms, want one per term", st.Takeovers, st.Terms)
+	}
+	t.Logf("takeover: %s after the leader's death (election TTL %s)", took.Round(time.Millisecond), ttl)
+	testenv.WaitFor(t, 10*time.Second, "the reader holds the new state", func() bool {
+		return reader.holds(n) && !slicesContains(reader.ipcacheIPs(), endpointIP(0))
+	})
+	reader.check(t, n/2, n)
+	if st := b.srv.Status(); st.Leader != "b" {
+		t.Errorf("b's status: leader %q", st.Leader)
+	}
+	// Everything is on b's lease: a's expires without taking anything.
+	admin := cl.client(f.east.AdminCert(), f.east.AdminKey())
+	resp, err := get(t, admin, "cilium/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases := map[int64]int{}
+	for _, kv := range resp.Kvs {
+		leases[kv.Lease]++
+	}
+	if len(leases) != 1 {
+		t.Errorf("entries on %d leases, want all on b's: %v", len(leases), leases)
+	}
+	return took
+}
+
+// TestExternalEtcdFencesDeposedLeader: a leader whose election key is gone
+// (its session lease revoked, as when its keepalives do not reach etcd for
+// its TTL) cannot write: a write fenced on its term is refused, not
+// applied. It notices, stands by, and the other replica leads.
+func TestExternalEtcdFencesDeposedLeader(t *testing.T) {
+	f := newFixture(t)
+	cl := startEtcdCluster(t, f.mesh, f.east)
+	writeFile(t, f.state, eastState)
+	a := startReplica(t, f, cl, "a", f.state, 2*time.Second, nil)
+	testenv.WaitFor(t, 30*time.Second, "a leads", a.leads)
+	admin := cl.client(f.east.AdminCert(), f.east.AdminKey())
+	resp, err := get(t, admin, ElectionPrefix("east")+"/", clientv3.WithFirstCreate()...)
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "a" {
+		t.Fatalf("election key: %v %v", resp, err)
+	}
+	old := &term{key: string(resp.Kvs[0].Key), rev: resp.Kvs[0].CreateRevision}
+	stale := newPublisher(admin, eastCluster, a.srv.cfg.Logger, newTxnLatency())
+	stale.fence = []clientv3.Cmp{old.fence()}
+
+	b := startReplica(t, f, cl, "b", f.state, 2*time.Second, nil)
+	testenv.WaitFor(t, 10*time.Second, "b campaigns behind a", func() bool {
+		resp, err := get(t, admin, ElectionPrefix("east")+"/", clientv3.WithPrefix())
+		st := b.srv.Status()
+		return err == nil && len(resp.Kvs) == 2 && st.Role == RoleStandby && st.Leader == "a"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := admin.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "b leads, a stands by", func() bool {
+		sa, sb := a.srv.Status(), b.srv.Status()
+		return b.leads() && sa.Role == RoleStandby && sa.Leader == "b" && sb.Leader == "b"
+	})
+	const key = wire.HeartbeatKey + "-fenced"
+	err = stale.put(ctx, key, "deposed", 0)
+	if !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("a write of the deposed term: %v, want ErrNotLeader", err)
+	}
+	if resp, err := get(t, admin, key); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("the deposed term's write applied: %v %v", resp, err)
+	}
+	if err := stale.commit(ctx, []txnOp{putOp(wire.IPCacheKey("10.9.9.9"), []byte("{}"), 0)}); !errors.Is(err, ErrNotLeader) {
+		t.Errorf("a publishing transaction of the deposed term: %v, want ErrNotLeader", err)
+	}
+	if sa := a.srv.Status(); sa.Terms != 1 {
+		t.Errorf("a led %d terms, want 1", sa.Terms)
+	}
+	m := gather(t, b.srv)
+	if m["clustermesh_apiserver_leader"] != 1 || m["clustermesh_apiserver_takeovers_total"] != 1 {
+		t.Errorf("b's metrics: leader %v, takeovers %v", m["clustermesh_apiserver_leader"], m["clustermesh_apiserver_takeovers_total"])
+	}
+	if !strings.HasPrefix(old.key, ElectionPrefix("east")+"/") {
+		t.Errorf("election key %s", old.key)
+	}
+}
+
+// stubSource is a state source for config checks (never run).
+type stubSource struct{}
+
+func (stubSource) Run(ctx context.Context, _ func(*statesource.State)) error {
+	<-ctx.Done()
+	return nil
+}
