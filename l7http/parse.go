@@ -166,10 +166,93 @@ func (r *requestHead) parseRequestLine(line []byte) error {
 	case method == "CONNECT":
 		return refuse(ErrUnsupported, "connect", "CONNECT is not proxied")
 	case target == "*" && method == "OPTIONS":
+		return nil
 	case target[0] != '/':
 		return refuse(ErrUnsupported, "target_form", "only origin-form targets (/path) are proxied")
 	}
-	return nil
+	t, err := normalizeTarget(target)
+	r.target = t
+	return err
+}
+
+// normalizeTarget normalizes the path of an origin-form target as Cilium's
+// Envoy does by default (--http-normalize-path): percent-encodings checked,
+// unreserved characters decoded (the others' hex upper-cased), slashes
+// merged, dot segments removed (RFC 3986 6.2.2, 5.2.4); an escaped slash
+// (%2F, %5C) is refused. The rules match, and the server gets, the
+// normalized target, so "/public/%2e%2e/admin" is judged as the "/admin"
+// the server would serve. The query is kept as it is.
+func normalizeTarget(target string) (string, error) {
+	path, query, hasQuery := strings.Cut(target, "?")
+	if !strings.Contains(path, "%") && !strings.Contains(path, "/.") && !strings.Contains(path, "//") {
+		return target, nil
+	}
+	const upperHex = "0123456789ABCDEF"
+	b := make([]byte, 0, len(target))
+	for i := 0; i < len(path); i++ {
+		c := path[i]
+		if c != '%' {
+			if c != '/' || len(b) == 0 || b[len(b)-1] != '/' { // merge slashes
+				b = append(b, c)
+			}
+			continue
+		}
+		if i+2 >= len(path) || !isHex(path[i+1]) || !isHex(path[i+2]) {
+			return target, refuse(ErrMalformed, "target", "a '%' in the path not followed by two hex digits")
+		}
+		v := unhex(path[i+1])<<4 | unhex(path[i+2])
+		switch {
+		case v == '/' || v == '\\':
+			return target, refuse(ErrMalformed, "escaped_slash", "an escaped slash (%2F, %5C) in the path")
+		case isUnreserved(v):
+			b = append(b, v)
+		default:
+			b = append(b, '%', upperHex[v>>4], upperHex[v&15])
+		}
+		i += 2
+	}
+	out := removeDotSegments(string(b))
+	if hasQuery {
+		out += "?" + query
+	}
+	return out, nil
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+func isUnreserved(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// removeDotSegments is RFC 3986 5.2.4 on an absolute path.
+func removeDotSegments(p string) string {
+	segs := strings.Split(p[1:], "/")
+	out := make([]string, 0, len(segs))
+	for i, s := range segs {
+		last := i == len(segs)-1
+		switch s {
+		case ".":
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+		default:
+			out = append(out, s)
+			continue
+		}
+		if last {
+			out = append(out, "")
+		}
+	}
+	return "/" + strings.Join(out, "/")
 }
 
 // frame reads the request's framing and connection fields, refusing the
