@@ -74,3 +74,26 @@ func TestFlowFields(t *testing.T) {
 		}
 	}
 }
+
+// TestFlowIPv6AndEgress: an IPv6 connection of an egress redirect (the
+// local endpoint is the client).
+func TestFlowIPv6AndEgress(t *testing.T) {
+	p, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{p: p, meta: Meta{
+		Source: netip.MustParseAddrPort("[fd00::1]:40000"), Destination: netip.MustParseAddrPort("[fd00::2]:80"),
+		SourceIdentity: 1, DestinationIdentity: 2, EndpointID: 7, Direction: Egress,
+	}}
+	req := &requestHead{method: "GET", target: "/", proto: "HTTP/1.1"}
+	f := c.requestFlow(req, flowpb.Verdict_FORWARDED)
+	if f.GetIP().GetIpVersion() != flowpb.IPVersion_IPv6 || f.GetIP().GetSource() != "fd00::1" || f.GetTrafficDirection() != flowpb.TrafficDirection_EGRESS ||
+		f.GetSource().GetID() != 7 || f.GetDestination().GetID() != 0 || f.GetL7().GetHttp().GetUrl() != "http://[fd00::2]:80/" {
+		t.Fatalf("flow %v", f)
+	}
+	r := c.responseFlow(req, 200, nil, flowpb.Verdict_FORWARDED, time.Millisecond)
+	if r.GetIP().GetSource() != "fd00::2" || r.GetDestination().GetID() != 7 || r.GetL4().GetTCP().GetSourcePort() != 80 || r.GetL7().GetLatencyNs() != uint64(time.Millisecond) {
+		t.Fatalf("reply %v", r)
+	}
+}

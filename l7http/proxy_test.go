@@ -102,7 +102,7 @@ func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
 	h := newHarness(t, Config{}, cartRules, echo(&served))
 	c := h.dialRaw()
 	c.send(t, "GET /v1/a HTTP/1.1\r\nHost: cart\r\n\r\n"+
-		"DELETE /v1/a HTTP/1.1\r\nHost: cart\r\n\r\n"+
+		"DELETE /v1/a HTTP/1.1\r\nHost: cart\r\nContent-Length: 5\r\n\r\nhello"+
 		"GET /v1/b HTTP/1.1\r\nHost: cart\r\n\r\n"+
 		"GET /v1/c HTTP/1.1\r\nHost: cart\r\nConnection: close\r\n\r\n")
 	for _, want := range []struct {
