@@ -66,13 +66,15 @@ func New(cfg Config) (*Proxy, error) {
 // connection was ended (a refused request wraps ErrMalformed,
 // ErrSmuggling, ErrHeaderTooLarge, ...).
 func (p *Proxy) Serve(ctx context.Context, client net.Conn, meta Meta, dial DialFunc) error {
-	c := &conn{p: p, meta: meta, dial: dial, client: client}
+	c := &conn{p: p, meta: meta, dial: dial, client: client, aborting: make(chan struct{})}
 	c.cin.c = client
 	c.cout = timedWriter{c: client, timeout: p.cfg.WriteTimeout}
 	stop := context.AfterFunc(ctx, c.abort)
 	p.open.Add(1)
 	defer func() {
-		stop()
+		if !stop() { // abort is running: wait for it
+			<-c.aborting
+		}
 		c.close()
 		p.open.Add(-1)
 	}()
@@ -102,13 +104,14 @@ type conn struct {
 	br     *bufio.Reader // while an exchange is under way
 	bw     *bufio.Writer
 
-	mu      sync.Mutex // up and aborted, against abort
-	up      net.Conn
-	aborted bool
-	uin     timedReader
-	uout    timedWriter
-	ubr     *bufio.Reader
-	ubw     *bufio.Writer
+	mu       sync.Mutex // up and aborted, against abort
+	up       net.Conn
+	aborted  bool
+	aborting chan struct{} // closed when abort returns
+	uin      timedReader
+	uout     timedWriter
+	ubr      *bufio.Reader
+	ubw      *bufio.Writer
 
 	start   time.Time // first byte of the current request
 	scratch []byte
@@ -236,6 +239,7 @@ func (c *conn) dropUpstream() {
 
 // abort ends the connection from another goroutine (ctx done).
 func (c *conn) abort() {
+	defer close(c.aborting)
 	c.mu.Lock()
 	c.aborted = true
 	up := c.up
