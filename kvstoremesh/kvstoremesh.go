@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -165,13 +166,12 @@ func (c *Cache) Run(ctx context.Context) error {
 		return fmt.Errorf("kvstoremesh: connecting to the cluster's etcd: %w", err)
 	}
 	defer cli.Close()
-	lease, err := cli.Grant(ctx, int64(c.cfg.LeaseTTL.Seconds()))
+	lease, prev, err := c.open(ctx, cli)
 	if err != nil {
-		return fmt.Errorf("kvstoremesh: granting the cache's lease: %w", err)
-	}
-	prev, err := loadPrevious(ctx, cli)
-	if err != nil {
-		return fmt.Errorf("kvstoremesh: reading what a previous run cached: %w", err)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
 	}
 	configured, err := configuredRemotes(c.cfg.Sync.ConfigDir)
 	if err != nil {
@@ -209,6 +209,45 @@ func (c *Cache) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// openAttemptTimeout bounds one attempt to grant the lease and read what a
+// previous run left.
+const openAttemptTimeout = 10 * time.Second
+
+// open grants the cache's lease and reads what a previous run left,
+// retrying with backoff while the cluster's apiserver is not up (the cache
+// may start before it) until ctx is done.
+func (c *Cache) open(ctx context.Context, cli *clientv3.Client) (*clientv3.LeaseGrantResponse, previous, error) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 200*time.Millisecond, 10*time.Second, 0
+	bo.Reset()
+	for {
+		actx, cancel := context.WithTimeout(ctx, openAttemptTimeout)
+		lease, err := cli.Grant(actx, int64(c.cfg.LeaseTTL.Seconds()))
+		var prev previous
+		if err == nil {
+			prev, err = loadPrevious(actx, cli)
+			if err != nil {
+				err = fmt.Errorf("reading what a previous run cached: %w", err)
+			}
+		} else {
+			err = fmt.Errorf("granting the cache's lease: %w", err)
+		}
+		cancel()
+		if err == nil {
+			return lease, prev, nil
+		}
+		wait := bo.NextBackOff()
+		c.log.Warn("the cluster's apiserver is not answering: retrying", "endpoints", c.cfg.Endpoints, "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, previous{}, fmt.Errorf("kvstoremesh: %w", err)
+		case <-t.C:
+		}
+	}
 }
 
 // keepAlive keeps lease id alive until ctx is done; with own, its loss is
