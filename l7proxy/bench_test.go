@@ -36,13 +36,13 @@ func redirectEnv(t testing.TB) *env {
 func (e *env) connectClient(port uint16) (net.Conn, error) {
 	var c net.Conn
 	err := podnet.InNetns(e.client.NS, func() (err error) {
-		c, err = net.Dial("tcp4", netip.AddrPortFrom(e.server.IP, port).String())
+		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(e.server.IP, port).String(), 5*time.Second)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := readLine(c); err != nil {
 		c.Close()
 		return nil, err

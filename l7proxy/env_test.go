@@ -10,10 +10,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/flows"
@@ -33,11 +37,16 @@ const (
 	clientID = 1001
 	serverID = 1002
 	// Server ports: L7-redirected, and left in the fast path.
-	portL7     = 8080
-	portPlain  = 8081
-	portDNS    = 5353
-	parserFwd  = "fwd"
-	nodeIPText = "10.213.0.254"
+	portL7    = 8080
+	portPlain = 8081
+	portDNS   = 5353
+	parserFwd = "fwd"
+)
+
+// Addresses of the node, the client and the server, per family.
+var (
+	addrs4 = [3]string{"10.213.0.254", "10.213.0.1", "10.213.0.2"}
+	addrs6 = [3]string{"fd00:213::fe", "fd00:213::1", "fd00:213::2"}
 )
 
 type env struct {
@@ -63,28 +72,41 @@ func (m idMap) IdentityOf(a netip.Addr) uint32 {
 	return 2
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvFamily(t, addrs4) }
+
+// newEnvFamily is newEnv with the node, client and server addresses of
+// addrs (addrs4 or addrs6).
+func newEnvFamily(t testing.TB, addrs [3]string) *env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	e := &env{t: t, fwd: &fwdHandler{}}
 	var err error
-	e.node, err = podnet.NewNode(netip.MustParseAddr(nodeIPText))
+	e.node, err = podnet.NewNode(netip.MustParseAddr(addrs[0]))
 	must(t, err)
 	t.Cleanup(func() { e.node.Close() })
-	e.client, err = e.node.AddPod("client", netip.MustParseAddr("10.213.0.1"), "l7c")
+	e.client, err = e.node.AddPod("client", netip.MustParseAddr(addrs[1]), "l7c")
 	must(t, err)
-	e.server, err = e.node.AddPod("server", netip.MustParseAddr("10.213.0.2"), "l7s")
+	e.server, err = e.node.AddPod("server", netip.MustParseAddr(addrs[2]), "l7s")
 	must(t, err)
 	testenv.WaitFor(t, 10*time.Second, "pod veths up", func() bool { return e.node.Up() == "" })
+	// The kernel does not always add an IPv6 peer's route when the
+	// address was added before its link was up: the node's routes to the
+	// pods, made sure of.
+	for _, pod := range []*podnet.Pod{e.client, e.server} {
+		must(t, e.node.NL.RouteReplace(&netlink.Route{LinkIndex: pod.Ifindex, Dst: podnet.Host(pod.IP)}))
+	}
 
 	e.openDatapath()
 	ids := idMap{e.client.IP: clientID, e.server.IP: serverID}
 	for a, id := range ids {
-		must(t, e.mesh.UpsertIPCache(netip.PrefixFrom(a, 32), datapath.IPCacheEntry{Identity: id}))
+		must(t, e.mesh.UpsertIPCache(netip.PrefixFrom(a, a.BitLen()), datapath.IPCacheEntry{Identity: id}))
 	}
 	e.serveTCP(portL7)
 	e.serveTCP(portPlain)
 	e.serveUDP(portDNS)
+	// IPv6: the pods' first packets may go while neighbour discovery
+	// settles.
+	e.waitReachable()
 	e.proxy, err = New(Config{
 		Handlers:   map[string]Handler{parserFwd: e.fwd},
 		Identities: ids,
@@ -174,7 +196,7 @@ func (e *env) serveTCP(port uint16) {
 	t := e.t
 	var ln net.Listener
 	must(t, podnet.InNetns(e.server.NS, func() (err error) {
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(e.server.IP, port).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(e.server.IP, port).String())
 		return err
 	}))
 	var wg sync.WaitGroup
@@ -214,7 +236,7 @@ func (e *env) serveUDP(port uint16) {
 	t := e.t
 	var pc net.PacketConn
 	must(t, podnet.InNetns(e.server.NS, func() (err error) {
-		pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(e.server.IP, port).String())
+		pc, err = net.ListenPacket("udp", netip.AddrPortFrom(e.server.IP, port).String())
 		return err
 	}))
 	var wg sync.WaitGroup
@@ -240,7 +262,7 @@ func (e *env) dialTCP(port uint16, timeout time.Duration) (string, error) {
 	var c net.Conn
 	err := podnet.InNetns(e.client.NS, func() (err error) {
 		var d net.Dialer
-		c, err = d.DialContext(ctx, "tcp4", netip.AddrPortFrom(e.server.IP, port).String())
+		c, err = d.DialContext(ctx, "tcp", netip.AddrPortFrom(e.server.IP, port).String())
 		return err
 	})
 	if err != nil {
@@ -272,7 +294,7 @@ func (e *env) dialTCP(port uint16, timeout time.Duration) (string, error) {
 func (e *env) queryUDP(port uint16, q string, timeout time.Duration) (string, error) {
 	var c net.Conn
 	err := podnet.InNetns(e.client.NS, func() (err error) {
-		c, err = net.Dial("udp4", netip.AddrPortFrom(e.server.IP, port).String())
+		c, err = net.Dial("udp", netip.AddrPortFrom(e.server.IP, port).String())
 		return err
 	})
 	if err != nil {
@@ -393,4 +415,27 @@ func must(t testing.TB, err error) {
 // runtime caches (and the leak check would report).
 func copyNoSplice(dst io.Writer, src io.Reader) (int64, error) {
 	return io.Copy(struct{ io.Writer }{dst}, struct{ io.Reader }{src})
+}
+
+// waitReachable waits until the client reaches the server's plain port;
+// it fails the test with the namespaces' routes and neighbours if it does
+// not within 20 s.
+func (e *env) waitReachable() {
+	deadline := time.Now().Add(20 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		var c net.Conn
+		if c, err = e.connectClient(portPlain); err == nil {
+			c.Close()
+			return
+		}
+	}
+	for _, ns := range []netns.NsHandle{e.node.NS, e.client.NS, e.server.NS} {
+		podnet.InNetns(ns, func() error {
+			out, _ := exec.Command("sh", "-c", "ip addr; ip -6 route; ip -6 neigh; ip route").CombinedOutput()
+			e.t.Logf("%s", out)
+			return nil
+		})
+	}
+	e.t.Fatalf("the server is not reachable: %v", err)
 }

@@ -21,13 +21,17 @@ import (
 // the proxy's listener gone the redirected flows are dropped
 // (proxy-unavailable, counted, reported) while the plain port still works.
 func TestRedirect(t *testing.T) {
-	for _, dir := range []datapath.Direction{datapath.Egress, datapath.Ingress} {
-		t.Run(dir.String(), func(t *testing.T) { testRedirect(t, dir) })
+	for _, fam := range []struct {
+		name  string
+		addrs [3]string
+	}{{"IPv4", addrs4}, {"IPv6", addrs6}} {
+		for _, dir := range []datapath.Direction{datapath.Egress, datapath.Ingress} {
+			t.Run(fam.name+"/"+dir.String(), func(t *testing.T) { testRedirect(t, newEnvFamily(t, fam.addrs), dir) })
+		}
 	}
 }
 
-func testRedirect(t *testing.T, dir datapath.Direction) {
-	e := newEnv(t)
+func testRedirect(t *testing.T, e *env, dir datapath.Direction) {
 	ep := uint32(clientID)
 	if dir == datapath.Ingress {
 		ep = serverID
