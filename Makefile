@@ -206,7 +206,7 @@ lint: vet
 # Fuzz every decoder for FUZZTIME each (the seed corpora already run in `make test`).
 FUZZTIME ?= 30s
 fuzz: deps
-	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy ./flowfilter ./flowexport ./flowmetrics ./peerservice ./relay ./flowmap ./ui ./fqdn ./l7dns ./l7dns/dnsserver ./l7http; do \
+	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy ./flowfilter ./flowexport ./flowmetrics ./peerservice ./relay ./flowmap ./ui ./fqdn ./l7dns ./l7dns/dnsserver ./l7http ./l7proxy; do \
 		for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
 			echo "== $$p $$f"; $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 		done; \
@@ -226,6 +226,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench Export -benchtime 20000x ./flowexport
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./fqdn ./l7dns
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./l7http
+	$(GO) test -run '^$$' -bench RedirectRoundTrip -benchtime 2000x ./l7proxy
 
 # The scale rig (not part of `make test`): clusters of 2,000 endpoints, each
 # its own apiserver process, read by one agent, at the cluster counts of
