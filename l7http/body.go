@@ -194,8 +194,6 @@ func isHex(c byte) bool {
 // request's body drained into io.Discard).
 type limitedWriter struct{ n int64 }
 
-var errDrainLimit = errors.New("denied request's body over MaxDrainBytes")
-
 func (l *limitedWriter) Write(p []byte) (int, error) {
 	l.n -= int64(len(p))
 	if l.n < 0 {

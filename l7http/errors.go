@@ -36,6 +36,17 @@ var (
 	ErrInvalidConfig = errors.New("invalid l7http configuration")
 )
 
+// Internal ends of an exchange, never returned by Serve.
+var (
+	// errBodyNotSent: the server answered a request with Expect:
+	// 100-continue without asking for its body, which the client may still
+	// send or not: the connection cannot be reused.
+	errBodyNotSent = errors.New("request body not sent: the server answered before 100 Continue")
+	// errDrainLimit: a denied request's body is over MaxDrainBytes (the
+	// connection closes after the 403).
+	errDrainLimit = errors.New("denied request's body over MaxDrainBytes")
+)
+
 // refusal is a refused message: the sentinel it wraps, the reason it is
 // counted under and the detail logged.
 type refusal struct {

@@ -19,11 +19,6 @@ import (
 // the connection is closed.
 const bodyGrace = time.Second
 
-// errBodyNotSent: the server answered a request with Expect: 100-continue
-// without asking for its body, which the client may still send or not:
-// the connection cannot be reused.
-var errBodyNotSent = errors.New("request body not sent: the server answered before 100 Continue")
-
 // exchange handles one request: read, policy, then forward or answer. keep
 // reports whether the connection goes on to the next request.
 func (c *conn) exchange(ctx context.Context) (keep bool, err error) {
