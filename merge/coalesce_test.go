@@ -240,3 +240,16 @@ func fullRecompute(m *Merger) map[datapath.Frontend][]datapath.Backend {
 	}
 	return out
 }
+
+// A remote's first full sync (PruneCluster) leaves the other services'
+// pending writes pending: a mesh connecting at once stays coalesced.
+func TestCoalesceSurvivesRemoteSync(t *testing.T) {
+	m, dp := coMerger(t, time.Hour)
+	m.SetLocal(mgLocalState("", true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	if ips, bes := m.PruneCluster(uint16(mgClusterB.ID)); ips+bes != 0 || m.PendingServices() != 1 {
+		t.Errorf("PruneCluster pruned %d entries, %d services pending; want 0 and 1", ips+bes, m.PendingServices())
+	}
+	m.Close()
+	mgWantServices(t, dp, wantWeb("10.2.0.1"))
+}

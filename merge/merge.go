@@ -430,7 +430,10 @@ func (m *Merger) LoadPinned(dp datapath.Reader) error {
 func (m *Merger) PruneCluster(id uint16) (ips, backends int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.flushDirtyLocked() // the backends it counts are the written ones
+	// Pending service writes stay pending: each remote's first sync
+	// writing every pending service would undo the coalescing of a mesh
+	// connecting at once. The services that carried the cluster's pinned
+	// backends are written now, with what is pending for them.
 	return m.pruneClusterLocked(id)
 }
 
@@ -692,7 +695,6 @@ func (m *Merger) withPinned(fe datapath.Frontend, bes []datapath.Backend) []data
 func (m *Merger) RetryFailed() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.flushDirtyLocked()
 	for n := range m.failedSvc {
 		m.syncService(n)
 	}
