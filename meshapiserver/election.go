@@ -180,7 +180,7 @@ func (s *Server) campaignLoop(ctx context.Context, cli *clientv3.Client, el *ele
 	for {
 		s.setRole(RoleStandby)
 		log.Info("standby: campaigning for the lead", "election", el.prefix)
-		t, err := s.campaign(ctx, el, src)
+		t, err := s.campaign(ctx, el, src, &state)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -211,8 +211,9 @@ func (s *Server) campaignLoop(ctx context.Context, cli *clientv3.Client, el *ele
 // errSourceEnded wraps the source's result when it ended during a campaign.
 var errSourceEnded = errors.New("the state source ended")
 
-// campaign runs el.campaign until it returns, the source ends or ctx ends.
-func (s *Server) campaign(ctx context.Context, el *elector, src *sourceRun) (*term, error) {
+// campaign runs el.campaign until it returns, the source ends or ctx ends,
+// keeping *state the newest the source delivered meanwhile.
+func (s *Server) campaign(ctx context.Context, el *elector, src *sourceRun, state **statesource.State) (*term, error) {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -224,16 +225,21 @@ func (s *Server) campaign(ctx context.Context, el *elector, src *sourceRun) (*te
 		t, err := el.campaign(cctx)
 		res <- result{t, err}
 	}()
-	select {
-	case r := <-res:
-		return r.t, r.err
-	case err := <-src.done:
-		cancel()
-		<-res
-		if err == nil {
-			err = errors.New("reading the cluster's state: the source ended")
+	for {
+		select {
+		case st := <-src.latest:
+			*state = st
+			continue
+		case r := <-res:
+			return r.t, r.err
+		case err := <-src.done:
+			cancel()
+			<-res
+			if err == nil {
+				err = errors.New("reading the cluster's state: the source ended")
+			}
+			return nil, fmt.Errorf("%w: %w", errSourceEnded, err)
 		}
-		return nil, fmt.Errorf("%w: %w", errSourceEnded, err)
 	}
 }
 
@@ -253,6 +259,13 @@ func (s *Server) lead(ctx context.Context, cli *clientv3.Client, t *term, src *s
 	pub.fence = []clientv3.Cmp{t.fence()}
 	pub.afterTxn = s.afterTxn
 	s.setRole(RoleLeader)
+	// The newest state, never an older one: a first attempt of an older
+	// state would delete what the newer one has and the older has not.
+	select {
+	case st := <-src.latest:
+		*state = st
+	default:
+	}
 	rs := &runState{state: *state, due: true}
 	err = s.loop(tctx, cli, pub, ids, src, rs, t.lost)
 	*state = rs.state

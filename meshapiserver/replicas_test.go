@@ -131,13 +131,14 @@ func endpointIP(i int) string { return fmt.Sprintf("10.%d.%d.%d", i%10, i/10/250
 type storeReader struct {
 	cli *clientv3.Client
 
-	mu         sync.Mutex
-	kv         map[string][]byte
-	idOfIP     map[string]uint32
-	idOfLabels map[string]uint32
-	labelsOfID map[uint32]string
-	mustStay   map[string]bool
-	violations []string
+	mu             sync.Mutex
+	kv             map[string][]byte
+	idOfIP         map[string]uint32
+	idOfLabels     map[string]uint32
+	labelsOfID     map[uint32]string
+	mustStay       map[string]bool
+	violations     []string
+	violationCount int
 }
 
 func startReader(t *testing.T, f *fixture, cl *etcdCluster) *storeReader {
@@ -184,6 +185,12 @@ func startReader(t *testing.T, f *fixture, cl *etcdCluster) *storeReader {
 func (r *storeReader) violate(format string, args ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.violateLocked(format, args...)
+}
+
+// violateLocked records a violation (the first 20 of them, and a count).
+func (r *storeReader) violateLocked(format string, args ...any) {
+	r.violationCount++
 	if len(r.violations) < 20 {
 		r.violations = append(r.violations, fmt.Sprintf(format, args...))
 	}
@@ -197,7 +204,7 @@ func (r *storeReader) put(key string, val []byte) {
 		if p, err = wire.DecodeIPIdentityPair(eastCluster, key, val); err == nil {
 			r.mu.Lock()
 			if old, ok := r.idOfIP[p.IP.String()]; ok && old != p.ID {
-				r.violations = append(r.violations, fmt.Sprintf("%s renumbered %d → %d", p.IP, old, p.ID))
+				r.violateLocked("%s renumbered %d → %d", p.IP, old, p.ID)
 			}
 			r.idOfIP[p.IP.String()] = p.ID
 			r.mu.Unlock()
@@ -208,10 +215,10 @@ func (r *storeReader) put(key string, val []byte) {
 			ls := id.Labels.String()
 			r.mu.Lock()
 			if old, ok := r.labelsOfID[id.ID]; ok && old != ls {
-				r.violations = append(r.violations, fmt.Sprintf("identity %d relabelled %s → %s", id.ID, old, ls))
+				r.violateLocked("identity %d relabelled %s → %s", id.ID, old, ls)
 			}
 			if old, ok := r.idOfLabels[ls]; ok && old != id.ID {
-				r.violations = append(r.violations, fmt.Sprintf("labels %s renumbered %d → %d", ls, old, id.ID))
+				r.violateLocked("labels %s renumbered %d → %d", ls, old, id.ID)
 			}
 			r.labelsOfID[id.ID], r.idOfLabels[ls] = ls, id.ID
 			r.mu.Unlock()
@@ -231,7 +238,7 @@ func (r *storeReader) delete(key string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.mustStay[key] || strings.HasPrefix(key, wire.SyncedPrefix) {
-		r.violations = append(r.violations, "deleted while desired: "+key)
+		r.violateLocked("deleted while desired: %s", key)
 	}
 	switch val := r.kv[key]; {
 	case strings.HasPrefix(key, wire.IPCachePrefix+"/"):
@@ -282,6 +289,9 @@ func (r *storeReader) check(t *testing.T, first, n int) {
 	defer r.mu.Unlock()
 	for _, v := range r.violations {
 		t.Error(v)
+	}
+	if r.violationCount > len(r.violations) {
+		t.Errorf("… %d violations in all", r.violationCount)
 	}
 	used := map[uint32]bool{}
 	for k, v := range r.kv {
