@@ -3,7 +3,11 @@
 // (admin-<cluster> writes, remote-<peer> reads the published prefixes and
 // nothing else), and the publisher that turns the cluster's local state into
 // Cilium-format entries — batched transactions on one lease, synced canaries
-// after the first full snapshot, the cluster config and a heartbeat.
+// after the first full snapshot, the cluster config and a heartbeat. With
+// Config.EtcdEndpoints it publishes into an external etcd cluster instead,
+// where replicas elect one leader with etcd's election and every write is
+// fenced on the leader's election key (external.go, election.go;
+// docs/external-etcd.md).
 package meshapiserver
 
 import (

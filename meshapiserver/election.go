@@ -89,8 +89,15 @@ func (e *elector) campaign(ctx context.Context) (*term, error) {
 		}
 	}
 	if e.session == nil {
-		// The session outlives ctx: stop revokes it on a clean shutdown.
-		s, err := concurrency.NewSession(e.cli, concurrency.WithTTL(e.ttl), concurrency.WithContext(context.WithoutCancel(ctx)))
+		// Granted with ctx (an unreachable cluster must not hold up a
+		// shutdown); kept alive beyond it: stop revokes it on a clean
+		// shutdown.
+		lease, err := e.cli.Grant(ctx, int64(e.ttl))
+		if err != nil {
+			return nil, fmt.Errorf("granting the election session's lease of %ds: %w", e.ttl, err)
+		}
+		s, err := concurrency.NewSession(e.cli, concurrency.WithTTL(e.ttl), concurrency.WithLease(lease.ID),
+			concurrency.WithContext(context.WithoutCancel(ctx)))
 		if err != nil {
 			return nil, fmt.Errorf("opening an election session of %ds: %w", e.ttl, err)
 		}
