@@ -122,6 +122,16 @@ func TestK8sMCSEndToEnd(t *testing.T) {
 		t.Errorf("north's slices status:\n%s", out)
 	}
 	t.Logf("$ clustermesh slices status (north)\n%s", out)
+	out = kubeRun(t, m.env, "status", "--context", "east")
+	if !strings.Contains(out, "imports:    shop/checkout: ClusterSetIP "+ip+", clusters east, west; 1 remote endpoints in 1 slices") ||
+		!strings.Contains(out, "slices:     shop/"+derived+": 1 endpoints in 1 slices (west)") {
+		t.Errorf("status --context east:\n%s", out)
+	}
+	t.Logf("$ clustermesh status --context east\n%s", out)
+	if out = kubeRun(t, m.env, "status", "--context", "north"); !strings.Contains(out, "conflicts:  export shop/checkout: PortConflict: ") {
+		t.Errorf("status --context north:\n%s", out)
+	}
+	t.Logf("$ clustermesh status --context north\n%s", out)
 	kubectl(t, m.env, "east", "get", "serviceexports,serviceimports", "-A")
 	kubectl(t, m.env, "north", "get", "serviceexports", "-n", "shop", "checkout", "-o", "jsonpath={range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{\"\\n\"}{end}")
 	kubectl(t, m.env, "east", "get", "serviceimports", "-n", "shop", "checkout", "-o", "yaml")

@@ -56,6 +56,7 @@ func printKubeStatus(w io.Writer, st kubemesh.Status, asJSON bool) error {
 		fmt.Fprintf(w, "trusts:     the CAs of %s (left by an earlier connect --allow-mismatching-ca: run connect again to take it back)\n", strings.Join(st.TrustedCAs, ", "))
 	}
 	printAgents(w, st.Agents)
+	printSlicesAndImports(w, st)
 	if st.Ready {
 		fmt.Fprintln(w, "ready")
 	} else {
@@ -103,4 +104,35 @@ func printAgents(w io.Writer, a kubemesh.AgentsSummary) {
 		}
 		fmt.Fprintf(w, "%s %s/%s: remote backends min %d, max %d across %d agents\n", label, s.Namespace, s.Name, s.Min, s.Max, s.Agents)
 	}
+}
+
+// printSlicesAndImports writes the slices of remote backends per service,
+// the ServiceImports and the exports in conflict.
+func printSlicesAndImports(w io.Writer, st kubemesh.Status) {
+	if st.SlicesError != "" {
+		fmt.Fprintf(w, "slices:     unknown: %s\n", st.SlicesError)
+		return
+	}
+	for i, s := range st.Slices {
+		fmt.Fprintf(w, "%s %s/%s: %d endpoints in %d slices (%s)\n", label(i, "slices:    "), s.Namespace, s.Name, s.Endpoints, s.Slices, strings.Join(s.Clusters, ", "))
+	}
+	for i, im := range st.Imports {
+		ips := "headless"
+		if len(im.IPs) > 0 {
+			ips = strings.Join(im.IPs, ", ")
+		}
+		fmt.Fprintf(w, "%s %s/%s: %s %s, clusters %s; %d remote endpoints in %d slices\n", label(i, "imports:   "),
+			im.Namespace, im.Name, im.Type, ips, orNone(im.Clusters), im.Endpoints, im.Slices)
+	}
+	for i, c := range st.ExportConflicts {
+		fmt.Fprintf(w, "%s export %s/%s: %s: %s\n", label(i, "conflicts: "), c.Namespace, c.Name, c.Reason, c.Message)
+	}
+}
+
+// label is l on a list's first line, blanks after.
+func label(i int, l string) string {
+	if i == 0 {
+		return l
+	}
+	return strings.Repeat(" ", len(l))
 }

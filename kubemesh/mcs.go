@@ -3,8 +3,8 @@ package kubemesh
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
-	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -81,15 +81,96 @@ func forgetClusterInImports(ctx context.Context, t *Target, cluster string) (int
 	return n, nil
 }
 
-// importLine is one ServiceImport as status prints it.
-func importLine(si *mcsv1beta1.ServiceImport) string {
-	var cs []string
-	for _, c := range si.Status.Clusters {
-		cs = append(cs, c.Cluster)
+// ServiceSlices are the EndpointSlices of remote backends 'clustermesh
+// slices' wrote for one service.
+type ServiceSlices struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Slices    int      `json:"slices"`
+	Endpoints int      `json:"endpoints"`
+	Clusters  []string `json:"clusters"`
+}
+
+// ImportSummary is one ServiceImport and the slices of its remote backends.
+type ImportSummary struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Type      string   `json:"type"`
+	IPs       []string `json:"ips,omitempty"`
+	Clusters  []string `json:"clusters"`
+	Slices    int      `json:"slices"`
+	Endpoints int      `json:"endpoints"`
+}
+
+// ExportConflict is a local ServiceExport in conflict (Conflict=True).
+type ExportConflict struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Reason    string `json:"reason"`
+	Message   string `json:"message"`
+}
+
+// readSlicesAndImports reads the slices the writer wrote, the
+// ServiceImports and the local exports in conflict (none of the MCS API's
+// when the cluster does not serve it).
+func (st *Status) readSlicesAndImports(ctx context.Context, t *Target) error {
+	l, err := t.Client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: ownSlices})
+	if err != nil {
+		return fmt.Errorf("context %s: listing the EndpointSlices of remote backends: %w", t.Context, err)
 	}
-	ips := "headless"
-	if len(si.Spec.IPs) > 0 {
-		ips = strings.Join(si.Spec.IPs, ", ")
+	bySvc := map[string]*ServiceSlices{}
+	byImport := map[string][2]int{}
+	for _, s := range l.Items {
+		key := s.Namespace + "/" + s.Labels["kubernetes.io/service-name"]
+		ss := bySvc[key]
+		if ss == nil {
+			ss = &ServiceSlices{Namespace: s.Namespace, Name: s.Labels["kubernetes.io/service-name"]}
+			bySvc[key] = ss
+		}
+		ss.Slices++
+		ss.Endpoints += len(s.Endpoints)
+		if c := s.Labels["clustermesh.io/source-cluster"]; !slices.Contains(ss.Clusters, c) {
+			ss.Clusters = append(ss.Clusters, c)
+		}
+		if n := s.Labels[k8smcs.LabelServiceName]; n != "" {
+			v := byImport[s.Namespace+"/"+n]
+			byImport[s.Namespace+"/"+n] = [2]int{v[0] + 1, v[1] + len(s.Endpoints)}
+		}
 	}
-	return fmt.Sprintf("%s/%s: %s %s, clusters %s", si.Namespace, si.Name, si.Spec.Type, ips, strings.Join(cs, ", "))
+	for _, k := range slices.Sorted(maps.Keys(bySvc)) {
+		slices.Sort(bySvc[k].Clusters)
+		st.Slices = append(st.Slices, *bySvc[k])
+	}
+	mc, err := mcsclient.NewForConfig(t.Config)
+	if err != nil {
+		return fmt.Errorf("context %s: building the MCS API client: %w", t.Context, err)
+	}
+	sis, err := mc.MulticlusterV1beta1().ServiceImports(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil // no MCS API here
+	}
+	if err != nil {
+		return fmt.Errorf("context %s: listing ServiceImports: %w", t.Context, err)
+	}
+	for _, si := range sis.Items {
+		im := ImportSummary{Namespace: si.Namespace, Name: si.Name, Type: string(si.Spec.Type), IPs: si.Spec.IPs}
+		for _, c := range si.Status.Clusters {
+			im.Clusters = append(im.Clusters, c.Cluster)
+		}
+		v := byImport[si.Namespace+"/"+si.Name]
+		im.Slices, im.Endpoints = v[0], v[1]
+		st.Imports = append(st.Imports, im)
+	}
+	exps, err := mc.MulticlusterV1beta1().ServiceExports(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("context %s: listing ServiceExports: %w", t.Context, err)
+	}
+	for _, e := range exps.Items {
+		for _, c := range e.Status.Conditions {
+			if c.Type == string(mcsv1beta1.ServiceExportConditionConflict) && c.Status == metav1.ConditionTrue {
+				st.ExportConflicts = append(st.ExportConflicts, ExportConflict{Namespace: e.Namespace, Name: e.Name, Reason: c.Reason, Message: c.Message})
+			}
+		}
+	}
+	return nil
 }

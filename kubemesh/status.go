@@ -55,7 +55,15 @@ type Status struct {
 	// Agents is what the agents report (those run with
 	// --state-source=kubernetes), across nodes.
 	Agents AgentsSummary `json:"agents"`
-	Ready  bool          `json:"ready"`
+	// Slices are the EndpointSlices of remote backends 'clustermesh slices'
+	// wrote, per service; Imports the ServiceImports (the MCS API) with
+	// those of their derived Services; ExportConflicts the local exports in
+	// conflict. SlicesError says why they could not be read.
+	Slices          []ServiceSlices  `json:"slices,omitempty"`
+	Imports         []ImportSummary  `json:"imports,omitempty"`
+	ExportConflicts []ExportConflict `json:"exportConflicts,omitempty"`
+	SlicesError     string           `json:"slicesError,omitempty"`
+	Ready           bool             `json:"ready"`
 	// Waiting says why it is not ready.
 	Waiting []string `json:"waiting,omitempty"`
 }
@@ -125,6 +133,9 @@ func readStatus(ctx context.Context, t *Target, ns string) (Status, error) {
 	if st.Agents, err = summarizeAgents(ctx, t.Client, ns, time.Now()); err != nil {
 		// The rest of the status stands without them.
 		st.Agents.Error = err.Error()
+	}
+	if err := st.readSlicesAndImports(ctx, t); err != nil {
+		st.SlicesError = err.Error() // the rest of the status stands without them
 	}
 	if svc, err := t.Client.CoreV1().Services(ns).Get(ctx, APIServerName, metav1.GetOptions{}); err == nil {
 		st.ServiceType = string(svc.Spec.Type)
