@@ -3,7 +3,6 @@ package k8smcs
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -228,9 +227,6 @@ func (sr *specReader) follow(ctx context.Context, r *specRemote, rc agentsync.Re
 		}
 	}
 }
-
-// errNoExports: the remote's cluster config does not say it exports.
-var errNoExports = errors.New("the remote does not publish service exports (its cluster config has no capabilities.serviceExportsEnabled)")
 
 // session is one connection to r: cluster config, canary, list, watch.
 func (sr *specReader) session(ctx context.Context, r *specRemote, rc agentsync.RemoteConfig) error {
