@@ -17,7 +17,11 @@ from the secret clustermesh-remotes that 'clustermesh connect' writes, pins its
 eBPF maps under /sys/fs/bpf/clustermesh and attaches its socket load balancer to
 the node's cgroup v2 root.
 
-  clustermesh manifests --cluster-name east --cluster-id 1 | kubectl apply -f -`
+With --slices, also 'clustermesh slices' (docs/endpointslices.md, docs/mcs.md):
+a Deployment of two replicas (one writes, elected through Leases) with its
+RBAC, reading the same remotes secret, and the MCS API's CRDs.
+
+  clustermesh manifests --cluster-name east --cluster-id 1 [--slices] | kubectl apply -f -`
 
 func newManifestsCmd() *cobra.Command {
 	o := kubemesh.ManifestsOptions{Namespace: defaultKubeNamespace, MaxConnected: wire.DefaultMaxConnectedClusters, Image: kubemesh.DefaultImage}
@@ -41,6 +45,8 @@ func newManifestsCmd() *cobra.Command {
 	f.StringVar(&o.Namespace, "namespace", o.Namespace, "namespace clustermesh runs in")
 	f.StringVar(&o.Image, "image", o.Image, "container image with the clustermesh binary")
 	f.BoolVar(&o.EnforcePolicy, "enforce-policy", false, "the agents enforce the cluster's NetworkPolicy and CiliumNetworkPolicy objects, including cross-cluster selectors (agent --policy-from-kubernetes; off by default: the cluster's CNI may enforce them already)")
+	f.BoolVar(&o.Slices, "slices", false, "also print 'clustermesh slices' (remote backends as EndpointSlices, and the MCS API controller: ServiceImports, ClusterSetIPs) as a Deployment with its RBAC, and the MCS API's CRDs")
+	f.StringVar(&o.ClusterSetIPRange, "clusterset-ip-range", "", "with --slices: the CIDR ClusterSetIPs are allocated from (empty: Kubernetes allocates them)")
 	cmd.MarkFlagRequired("cluster-name")
 	cmd.MarkFlagRequired("cluster-id")
 	return cmd

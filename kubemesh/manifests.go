@@ -23,6 +23,11 @@ type ManifestsOptions struct {
 	// EnforcePolicy: the agents enforce the cluster's NetworkPolicy and
 	// CiliumNetworkPolicy objects (agent --policy-from-kubernetes).
 	EnforcePolicy bool
+	// Slices adds 'clustermesh slices' (the EndpointSlice writer and the MCS
+	// API controller, a Deployment with its RBAC) and the MCS API's CRDs;
+	// ClusterSetIPRange is its --clusterset-ip-range (empty: none).
+	Slices            bool
+	ClusterSetIPRange string
 }
 
 // AgentManifests are the objects that run the clustermesh agent on every
@@ -40,7 +45,15 @@ func AgentManifests(o ManifestsOptions) ([]runtime.Object, error) {
 	if err := cl.Validate(); err != nil {
 		return nil, fmt.Errorf("checking the cluster of the agent manifests: %w", err)
 	}
-	return agentObjects(c), nil
+	objs := agentObjects(c)
+	if o.Slices {
+		more, err := slicesObjects(c, o.ClusterSetIPRange)
+		if err != nil {
+			return nil, err
+		}
+		objs = append(objs, more...)
+	}
+	return objs, nil
 }
 
 // agentObjects are the agent's ServiceAccount, ClusterRole, binding and
