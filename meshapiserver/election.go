@@ -284,9 +284,11 @@ func (s *Server) setRole(role string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.status.Role = role
+	s.status.LeaderSince = time.Time{}
 	if role == RoleLeader {
 		s.status.Leader = s.cfg.ReplicaName
 		s.status.Terms++
+		s.status.LeaderSince = time.Now()
 	}
 }
 

@@ -82,6 +82,9 @@ type Status struct {
 	Leader    string `json:"leader,omitempty"`
 	Terms     uint64 `json:"terms,omitempty"`
 	Takeovers uint64 `json:"takeovers,omitempty"`
+	// LeaderSince is when this replica's current term began (zero while
+	// it stands by).
+	LeaderSince time.Time `json:"leaderSince,omitzero"`
 }
 
 // New validates cfg (after defaults) and returns a Server that is not yet
