@@ -1,6 +1,8 @@
 package agentsync
 
 import (
+	"hash/maphash"
+
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -34,27 +36,39 @@ type ForwardSink interface {
 	Drained(remote string)
 }
 
-// forwardStore keeps only the keys of one remote's kind (for the marks of
-// mark-and-sweep and the limits) and hands every accepted entry to the
-// sink. Entries are validated by the same wire decoders as the agent's
-// stores.
+// forwardStore keeps only the keys of one remote's kind, each with a hash
+// of the value last handed over (for the marks of mark-and-sweep, the
+// limits, and to hand over only what changed), and hands every accepted
+// entry to the sink. Entries are validated by the same wire decoders as
+// the agent's stores.
 type forwardStore struct {
 	r       *remote
 	kind    wire.Kind
 	sink    ForwardSink
-	entries genMap[string, struct{}]
+	seed    maphash.Seed
+	entries genMap[string, uint64]
 }
+
+// notForwarded is the hash of a key the sink does not hold (its last
+// update was refused and it was withdrawn).
+const notForwarded = 0
 
 func newForwardStore(r *remote, k wire.Kind, sink ForwardSink) *forwardStore {
-	return &forwardStore{r: r, kind: k, sink: sink, entries: genMap[string, struct{}]{}}
+	return &forwardStore{r: r, kind: k, sink: sink, seed: maphash.MakeSeed(), entries: genMap[string, uint64]{}}
 }
 
+// apply validates the entry and hands it over, unless the sink already
+// has this very value (a relist after a reconnect rewrites nothing).
 func (s *forwardStore) apply(key string, value []byte, gen uint32) error {
 	if err := s.validate(key, value); err != nil {
 		return err
 	}
-	s.entries.put(key, struct{}{}, gen)
-	s.sink.Upsert(s.r.name, s.kind, key, value)
+	h := maphash.Bytes(s.seed, value) | 1 // never notForwarded
+	old, known := s.entries[key]
+	s.entries.put(key, h, gen)
+	if !known || old.v != h {
+		s.sink.Upsert(s.r.name, s.kind, key, value)
+	}
 	return nil
 }
 
@@ -82,8 +96,10 @@ func (s *forwardStore) touch(key string, gen uint32) { s.entries.touch(key, gen)
 // does); other kinds keep their last valid value. The key stays marked, so
 // that a valid value puts it back.
 func (s *forwardStore) refuse(key, _ string) {
-	if _, ok := s.entries[key]; ok && s.kind == wire.Services {
+	if e, ok := s.entries[key]; ok && s.kind == wire.Services && e.v != notForwarded {
 		s.sink.Delete(s.r.name, s.kind, key)
+		e.v = notForwarded
+		s.entries[key] = e
 	}
 }
 
@@ -99,4 +115,4 @@ func (s *forwardStore) count() int           { return len(s.entries) }
 func (s *forwardStore) has(key string) bool  { _, ok := s.entries[key]; return ok }
 
 // clear forgets every key; the sink was told Drained.
-func (s *forwardStore) clear() { s.entries = genMap[string, struct{}]{} }
+func (s *forwardStore) clear() { s.entries = genMap[string, uint64]{} }

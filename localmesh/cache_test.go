@@ -469,3 +469,31 @@ func TestCacheOwnAPIServerRestart(t *testing.T) {
 		t.Errorf("east's datapath differs after its apiserver restarted")
 	}
 }
+
+// A remote's apiserver restarts with the same state: the cache relists it
+// and rewrites nothing but its config, canaries and status (a reconnection
+// storm does not become a write storm on the cluster's etcd, nor a watch
+// storm on its agents).
+func TestCacheRelistRewritesNothingUnchanged(t *testing.T) {
+	w := newRemovalWatch()
+	m := bigCachedMesh(t, 3, 500, w, nil)
+	east, c2 := m.Cluster("east"), m.Cluster("c2")
+	lists := func() uint64 { return cacheRemote(east, "c2").Lists["ipcache"] }
+	before, listsBefore := east.Cache().Status().Writes.Ops, lists()
+	if err := c2.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.StartAPIServer(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, wait, "east's cache relisted c2", func() bool {
+		r := cacheRemote(east, "c2")
+		return r.Ready && lists() > listsBefore
+	})
+	if ops := east.Cache().Status().Writes.Ops - before; ops > 50 {
+		t.Errorf("the cache wrote %d operations after relisting an unchanged remote of %d entries", ops, 500+50+50+12)
+	}
+	if r := w.removals(); len(r) > 0 {
+		t.Errorf("%d removals from east's agent, first %v", len(r), r[0])
+	}
+}
