@@ -43,6 +43,8 @@ var (
 		"Entries the remote published that are outside the address ranges of its nodes (or inside a range another cluster claimed first), and so not in the datapath.", []string{"remote", "reason"}, nil)
 	descRetained = prometheus.NewDesc(ns+"_retained_entries",
 		"Entries a previous run left in the datapath, kept until their cluster has fully synced.", []string{"kind"}, nil)
+	descCacheDown = prometheus.NewDesc(ns+"_remote_cache_down",
+		"For a remote read through a kvstoremesh cache: 1 when the cache has stopped rewriting its status of the remote (the cache is down), 0 while it runs.", []string{"remote"}, nil)
 	descServiceSelected = prometheus.NewDesc(ns+"_service_selected_backends",
 		"Backends selected for each global service frontend.", []string{"service", "frontend", "from"}, nil)
 	descServiceRemote = prometheus.NewDesc(ns+"_service_remote_backends",
@@ -52,7 +54,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descConnected, descStale, descFailures, descLastFailure, descEntries,
-		descEvents, descRejected, descLastEvent, descSync, descDatapathErrors, descServiceSelected, descServiceRemote, descNotInForce, descRetained} {
+		descEvents, descRejected, descLastEvent, descSync, descDatapathErrors, descServiceSelected, descServiceRemote, descNotInForce, descRetained, descCacheDown} {
 		ch <- d
 	}
 }
@@ -88,6 +90,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for reason, n := range r.Rejected {
 			counter(descRejected, float64(n), r.Name, reason)
+		}
+		if r.ViaCache != nil {
+			gauge(descCacheDown, boolFloat(r.ViaCache.CacheDown), r.Name)
 		}
 		gauge(descNotInForce, float64(r.NotInForce.IPCacheOutside), r.Name, "ipcache_outside_ranges")
 		gauge(descNotInForce, float64(r.NotInForce.IPCacheClaimed), r.Name, "ipcache_claimed_by_other")
