@@ -58,8 +58,9 @@ func resolve(specs []*wire.ServiceExportSpec) map[string]*Import {
 		w := ss[0]
 		im := &Import{Namespace: w.Namespace, Name: w.Name, Type: w.Type, Ports: w.Ports, SessionAffinity: w.SessionAffinity,
 			AffinityTimeout: affinityTimeout(w), Winner: w.Cluster, Conflicts: map[string]Conflict{}}
+		wports := w.PortsKey()
 		for _, s := range ss {
-			if c, ok := conflict(w, s); ok {
+			if c, ok := conflict(w, wports, s); ok {
 				im.Conflicts[s.Cluster] = c
 				continue
 			}
@@ -72,22 +73,27 @@ func resolve(specs []*wire.ServiceExportSpec) map[string]*Import {
 	return out
 }
 
-// conflict reports how s disagrees with the winner w, if it does.
-func conflict(w, s *wire.ServiceExportSpec) (Conflict, bool) {
-	since := fmt.Sprintf("the oldest export, cluster %s's of %s, wins", w.Cluster, w.ExportCreationTimestamp.UTC().Format("2006-01-02T15:04:05Z"))
+// conflict reports how s disagrees with the winner w (whose PortsKey is
+// wports), if it does.
+func conflict(w *wire.ServiceExportSpec, wports string, s *wire.ServiceExportSpec) (Conflict, bool) {
+	since := func() string {
+		return fmt.Sprintf("the oldest export, cluster %s's of %s, wins", w.Cluster, w.ExportCreationTimestamp.UTC().Format("2006-01-02T15:04:05Z"))
+	}
 	switch {
+	case s == w:
+		return Conflict{}, false
 	case s.Type != w.Type:
 		return Conflict{string(mcsv1beta1.ServiceExportReasonTypeConflict),
-			fmt.Sprintf("type %s conflicts with %s: %s", s.Type, w.Type, since)}, true
-	case s.PortsKey() != w.PortsKey():
+			fmt.Sprintf("type %s conflicts with %s: %s", s.Type, w.Type, since())}, true
+	case s.PortsKey() != wports:
 		return Conflict{string(mcsv1beta1.ServiceExportReasonPortConflict),
-			fmt.Sprintf("ports %s conflict with %s: %s", portsString(s.Ports), portsString(w.Ports), since)}, true
+			fmt.Sprintf("ports %s conflict with %s: %s", portsString(s.Ports), portsString(w.Ports), since())}, true
 	case s.SessionAffinity != w.SessionAffinity:
 		return Conflict{string(mcsv1beta1.ServiceExportReasonSessionAffinityConflict),
-			fmt.Sprintf("session affinity %s conflicts with %s: %s", s.SessionAffinity, w.SessionAffinity, since)}, true
+			fmt.Sprintf("session affinity %s conflicts with %s: %s", s.SessionAffinity, w.SessionAffinity, since())}, true
 	case !equalTimeout(affinityTimeout(s), affinityTimeout(w)):
 		return Conflict{string(mcsv1beta1.ServiceExportReasonSessionAffinityConfigConflict),
-			fmt.Sprintf("session affinity timeout conflicts: %s", since)}, true
+			fmt.Sprintf("session affinity timeout conflicts: %s", since())}, true
 	}
 	return Conflict{}, false
 }
