@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -139,6 +138,9 @@ type storeReader struct {
 	mustStay       map[string]bool
 	violations     []string
 	violationCount int
+	// ipcacheCount and canaryCount count the ipcache entries and the
+	// canaries of wire.Kinds in kv.
+	ipcacheCount, canaryCount int
 }
 
 func startReader(t *testing.T, f *fixture, cl *etcdCluster) *storeReader {
@@ -228,8 +230,21 @@ func (r *storeReader) put(key string, val []byte) {
 		r.violate("entry %s an agent rejects: %v", key, err)
 	}
 	r.mu.Lock()
+	if _, ok := r.kv[key]; !ok {
+		r.count(key, 1)
+	}
 	r.kv[key] = val
 	r.mu.Unlock()
+}
+
+// count adds d to the counter of key's kind, if it has one.
+func (r *storeReader) count(key string, d int) {
+	switch {
+	case strings.HasPrefix(key, wire.IPCachePrefix+"/"):
+		r.ipcacheCount += d
+	case isCanary(key):
+		r.canaryCount += d
+	}
 }
 
 // delete removes key; an entry deleted and published again later may
@@ -251,6 +266,9 @@ func (r *storeReader) delete(key string) {
 			delete(r.idOfLabels, id.Labels.String())
 		}
 	}
+	if _, ok := r.kv[key]; ok {
+		r.count(key, -1)
+	}
 	delete(r.kv, key)
 }
 
@@ -264,20 +282,6 @@ func (r *storeReader) keep(drop func(key string) bool) {
 			r.mustStay[k] = true
 		}
 	}
-}
-
-// ipcacheIPs are the addresses of the ipcache entries held.
-func (r *storeReader) ipcacheIPs() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var ips []string
-	for k := range r.kv {
-		if strings.HasPrefix(k, wire.IPCachePrefix+"/") {
-			ips = append(ips, strings.TrimSuffix(k[strings.LastIndex(k, "/")+1:], "/32"))
-		}
-	}
-	slices.Sort(ips)
-	return ips
 }
 
 // check fails t on any violation, and unless the reader holds exactly the
@@ -335,21 +339,17 @@ func (r *storeReader) check(t *testing.T, first, n int) {
 	}
 }
 
-// holds reports whether the reader holds n ipcache entries and four
-// canaries.
-func (r *storeReader) holds(n int) bool {
+// holds reports whether the reader holds n ipcache entries, none of the
+// keys in gone, and the four canaries.
+func (r *storeReader) holds(n int, gone ...string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ipc, canaries := 0, 0
-	for k := range r.kv {
-		switch {
-		case strings.HasPrefix(k, wire.IPCachePrefix+"/"):
-			ipc++
-		case isCanary(k):
-			canaries++
+	for _, k := range gone {
+		if _, ok := r.kv[k]; ok {
+			return false
 		}
 	}
-	return ipc == n && canaries == len(wire.Kinds)
+	return r.ipcacheCount == n && r.canaryCount == len(wire.Kinds)
 }
 
 // isCanary reports whether key is east's synced canary of one of the four
