@@ -151,7 +151,10 @@ func (p lbPolicy) selectSorted(localName string, local []datapath.Backend, remot
 	case p.affinity == wire.AffinityRemote && len(local) > 0:
 		return local, "local"
 	}
-	sel := mergeSorted(local, all)
+	sel := all
+	if len(local) > 0 {
+		sel = mergeSorted(local, all)
+	}
 	switch {
 	case len(local) > 0 && len(all) > 0:
 		return sel, "local+remote"
