@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,6 +21,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	"github.com/clustermesh/clustermesh/internal/corednstest"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/k8smcs"
@@ -57,6 +60,8 @@ func TestK8sMCSEndToEnd(t *testing.T) {
 	})
 	export(t, m.mcs["east"], "shop", "checkout")
 	export(t, m.mcs["north"], "shop", "checkout")
+	headlessDB(t, m.clusters["west"], "w1", "10.2.1.20")
+	export(t, m.mcs["west"], "shop", "db")
 
 	var ip string
 	for _, name := range []string{"east", "west", "north"} {
@@ -111,6 +116,20 @@ func TestK8sMCSEndToEnd(t *testing.T) {
 		return ok && strings.HasPrefix(s.Frontend, ip+":") && s.LocalTotal == 1 && s.Remote["west"] == 1 && s.Remote["north"] == 0
 	})
 
+	// east's cluster DNS (real CoreDNS, the Corefile of docs/dns.md):
+	// checkout's ClusterSetIP, and west's pod for the headless db.
+	dns := clustersetDNS(t, m.env, "east")
+	if dns != nil {
+		testenv.WaitFor(t, mcsBound, "east's DNS answering checkout's ClusterSetIP and db's pod in west", func() bool {
+			return slices.Equal(lookup(dns, "checkout.shop.svc.clusterset.local"), []string{ip}) &&
+				slices.Equal(lookup(dns, "db.shop.svc.clusterset.local"), []string{"10.2.1.20"})
+		})
+		for _, name := range []string{"checkout", "db"} {
+			a, _ := dns.Query(ctx, name+".shop.svc.clusterset.local", dnsmessage.TypeA)
+			t.Logf("east's DNS: %s", a)
+		}
+	}
+
 	out, err := run(ctx, "slices", "status", "--status-addr", m.socks["east"])
 	if err != nil || !strings.Contains(out, "import shop/checkout: ClusterSetIP "+ip+", ports http 80/TCP, clusters east, west (oldest export: west)") ||
 		!strings.Contains(out, "1 remote endpoints in 1 slices") {
@@ -123,8 +142,9 @@ func TestK8sMCSEndToEnd(t *testing.T) {
 	}
 	t.Logf("$ clustermesh slices status (north)\n%s", out)
 	out = kubeRun(t, m.env, "status", "--context", "east")
-	if !strings.Contains(out, "imports:    shop/checkout: ClusterSetIP "+ip+", clusters east, west; 1 remote endpoints in 1 slices") ||
-		!strings.Contains(out, "slices:     shop/"+derived+": 1 endpoints in 1 slices (west)") {
+	if !strings.Contains(out, " shop/checkout: ClusterSetIP "+ip+", clusters east, west; 1 remote endpoints in 1 slices") ||
+		!strings.Contains(out, " shop/db: Headless headless, clusters west; 1 remote endpoints in 1 slices") ||
+		!strings.Contains(out, " shop/"+derived+": 1 endpoints in 1 slices (west)") {
 		t.Errorf("status --context east:\n%s", out)
 	}
 	t.Logf("$ clustermesh status --context east\n%s", out)
@@ -142,7 +162,7 @@ func TestK8sMCSEndToEnd(t *testing.T) {
 	// its export with its remotes secret), east's own export is the oldest
 	// left there.
 	out = kubeRun(t, m.env, "disconnect", "--context", "east", "--destination-context", "west", "--force")
-	if !strings.Contains(out, "cluster east: took west out of 1 ServiceImports") {
+	if !strings.Contains(out, "cluster east: took west out of 2 ServiceImports") {
 		t.Errorf("disconnect output:\n%s", out)
 	}
 	t.Logf("$ clustermesh disconnect --context east --destination-context west --force\n%s", out)
@@ -156,6 +176,16 @@ func TestK8sMCSEndToEnd(t *testing.T) {
 		if err := m.mcs[name].MulticlusterV1beta1().ServiceExports("shop").Delete(ctx, "checkout", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := m.mcs["west"].MulticlusterV1beta1().ServiceExports("shop").Delete(ctx, "db", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if dns != nil {
+		testenv.WaitFor(t, mcsBound, "east's DNS: NXDOMAIN for the unexported names", func() bool {
+			a, err := dns.Query(ctx, "checkout.shop.svc.clusterset.local", dnsmessage.TypeA)
+			b, berr := dns.Query(ctx, "db.shop.svc.clusterset.local", dnsmessage.TypeA)
+			return err == nil && berr == nil && a.NXDomain() && b.NXDomain()
+		})
 	}
 	for _, name := range []string{"east", "west", "north"} {
 		testenv.WaitFor(t, mcsBound, name+"'s ServiceImport and derived Service gone", func() bool {
@@ -337,4 +367,46 @@ func kubectl(t *testing.T, env *kubetest.Env, context string, args ...string) {
 
 func context2s() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
+}
+
+// headlessDB creates shop/db (headless, port 5432, not global) with one
+// ready pod at podIP.
+func headlessDB(t *testing.T, c *kubetest.Cluster, node, podIP string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.CreatePod(ctx, kubetest.Pod{Namespace: "shop", Name: "db-" + node, Node: node, IP: podIP, Labels: map[string]string{"app": "db"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client.CoreV1().Services("shop").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "db"},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "db"},
+			Ports: []corev1.ServicePort{{Name: "pg", Port: 5432, Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// clustersetDNS runs CoreDNS answering clusterset.local from cluster's API
+// server (docs/dns.md's stanza), or returns nil without a CoreDNS binary
+// (make coredns builds it; make test does).
+func clustersetDNS(t *testing.T, env *kubetest.Env, cluster string) *corednstest.Server {
+	t.Helper()
+	if _, err := corednstest.Binary(); err != nil && !testenv.InCI() {
+		t.Logf("no DNS checks: %v", err)
+		return nil
+	}
+	return corednstest.Start(t, []string{"."}, fmt.Sprintf(`kubernetes cluster.local clusterset.local {
+    kubeconfig %s %s
+    multicluster clusterset.local
+    ttl 5
+}`, env.Kubeconfig, cluster))
+}
+
+// lookup is the sorted A answers of name (nil on an error or none).
+func lookup(dns *corednstest.Server, name string) []string {
+	a, err := dns.Query(context.Background(), name, dnsmessage.TypeA)
+	if err != nil {
+		return nil
+	}
+	return a.Values
 }
