@@ -376,6 +376,9 @@ func (h *fwdHandler) ServeConn(ctx context.Context, conn net.Conn, md Metadata) 
 		return
 	}
 	defer up.Close()
+	// As an engine must: return soon after ctx is done (the proxy closes
+	// conn only after its grace; up is the handler's to close).
+	defer context.AfterFunc(ctx, func() { up.Close() })()
 	var wg sync.WaitGroup
 	wg.Go(func() { copyNoSplice(up, conn); up.(*net.TCPConn).CloseWrite() })
 	copyNoSplice(conn, up)

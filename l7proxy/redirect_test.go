@@ -8,6 +8,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/datapath/flows"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -152,5 +153,36 @@ func TestRedirectToUnmanagedPeer(t *testing.T) {
 	}
 	if n := len(e.fwd.seen()); n != 2 {
 		t.Fatalf("the engine saw %d flows, want 2", n)
+	}
+}
+
+// TestRedirectBothDirections: the client's egress and the server's
+// ingress both send the port to a proxy: the egress proxy's upstream is
+// redirected to the ingress proxy (as the server's policy says), whose own
+// upstream reaches the server (never a proxy again); the server still sees
+// the client's address.
+func TestRedirectBothDirections(t *testing.T) {
+	e := newEnv(t)
+	egress, err := e.proxy.Ensure(RedirectKey{EndpointID: clientID, Port: portL7, Direction: datapath.Egress, Parser: parserFwd}, "egress")
+	must(t, err)
+	ingress, err := e.proxy.Ensure(RedirectKey{EndpointID: serverID, Port: portL7, Direction: datapath.Ingress, Parser: parserFwd}, "ingress")
+	must(t, err)
+	e.attach(true, true)
+	key := func(ep, peer uint32, dir datapath.Direction, port, proxy uint16) tcpolicy.Key {
+		return tcpolicy.Key{Endpoint: ep, Peer: peer, Direction: dir, Protocol: datapath.TCP, Port: port, ProxyPort: proxy}
+	}
+	must(t, e.progs.SyncPolicy([]tcpolicy.Key{
+		key(clientID, serverID, datapath.Egress, portL7, egress), key(serverID, clientID, datapath.Ingress, portL7, ingress),
+		key(clientID, serverID, datapath.Egress, portPlain, 0), key(serverID, clientID, datapath.Ingress, portPlain, 0)}))
+
+	line, err := e.dialTCP(portL7, 10*time.Second)
+	must(t, err)
+	if want := fmt.Sprintf("server %d saw %s", portL7, e.client.IP); line != want {
+		t.Fatalf("through both proxies: got %q, want %q", line, want)
+	}
+	mds := e.fwd.seen()
+	if len(mds) != 2 || mds[0].Rules != "egress" || mds[1].Rules != "ingress" ||
+		mds[1].OrigDst != mds[0].OrigDst || mds[1].OrigSrc.Addr() != e.client.IP || mds[1].SrcIdentity != clientID {
+		t.Fatalf("the engine saw %+v: want the egress proxy's connection, then the ingress proxy's", mds)
 	}
 }
