@@ -14,7 +14,12 @@
 // enforces nothing, for the in-memory datapath. Programs has its own lock;
 // a Programs value is independent of the Maps once open.
 //
-// Its surface (27 names, 64 with their methods) counts Writer's methods
+// A key with a proxy port (Key.ProxyPort) sends the flows it allows to the
+// agent's transparent L7 proxy (package l7proxy) instead of their
+// destination, and drops them when nothing listens there; the packet marks
+// the programs and the proxy share are Mark* (docs/l7-redirect.md).
+//
+// Its surface (31 names, 68 with their methods) counts Writer's methods
 // three times: the interface, Programs and Memory.
 package tcpolicy
 
