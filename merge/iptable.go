@@ -11,13 +11,15 @@ import (
 // ipTable holds the winning claim of every prefix: one entry per remote
 // ipcache entry, the bulk of the merger's memory. A netip.Prefix key (32
 // bytes) and an ipState value (48) cost a map slot of 80 bytes; an IPv4
-// prefix packs into 8 bytes and a claim into 24, a slot of 32. IPv6
-// prefixes take a 24-byte key. A claim whose tunnel endpoint carries a
-// zone (never seen in practice) keeps the plain layout.
+// prefix packs into 8 bytes and a claim into 12 (its tunnel endpoint, one
+// of a few thousand nodes, interned), a slot of 24. IPv6 prefixes take a
+// 24-byte key. A prefix that packs into neither (invalid) keeps the plain
+// layout.
 type ipTable struct {
-	v4    map[uint64]ipVal // address << 8 | bits
-	v6    map[ip6Key]ipVal
-	plain map[netip.Prefix]ipState
+	v4      map[uint64]ipVal // address << 8 | bits
+	v6      map[ip6Key]ipVal
+	plain   map[netip.Prefix]ipState
+	tunnels tunnelTable
 }
 
 type ip6Key struct {
@@ -25,51 +27,28 @@ type ip6Key struct {
 	bits   uint8
 }
 
-// ipVal is an ipState packed: the tunnel endpoint's 16 bytes and its kind.
+// ipVal is an ipState packed, its tunnel endpoint interned.
 type ipVal struct {
 	identity uint32
-	tunnel   [16]byte
+	tunnel   tunnelID
 	cluster  uint16
-	tunKind  uint8 // tunNone, tunV4 or tunV6
 	written  bool
 }
 
-const (
-	tunNone = iota
-	tunV4
-	tunV6
-)
-
 func newIPTable() ipTable {
-	return ipTable{v4: map[uint64]ipVal{}, v6: map[ip6Key]ipVal{}, plain: map[netip.Prefix]ipState{}}
+	return ipTable{v4: map[uint64]ipVal{}, v6: map[ip6Key]ipVal{}, plain: map[netip.Prefix]ipState{},
+		tunnels: tunnelTable{ids: map[netip.Addr]tunnelID{}}}
 }
 
-func packState(st ipState) (ipVal, bool) {
-	v := ipVal{identity: st.claim.Identity, cluster: st.claim.ClusterID, written: st.written}
-	switch t := st.claim.TunnelEndpoint; {
-	case !t.IsValid():
-		v.tunKind = tunNone
-	case t.Zone() != "":
-		return ipVal{}, false
-	case t.Is4():
-		v.tunKind = tunV4
-		a := t.As4()
-		copy(v.tunnel[:], a[:])
-	default:
-		v.tunKind, v.tunnel = tunV6, t.As16()
-	}
-	return v, true
+// pack packs st, taking a reference on its tunnel endpoint.
+func (t *ipTable) pack(st ipState) ipVal {
+	return ipVal{identity: st.claim.Identity, tunnel: t.tunnels.ref(st.claim.TunnelEndpoint),
+		cluster: st.claim.ClusterID, written: st.written}
 }
 
-func (v ipVal) state() ipState {
-	st := ipState{claim: datapath.IPCacheEntry{Identity: v.identity, ClusterID: v.cluster}, written: v.written}
-	switch v.tunKind {
-	case tunV4:
-		st.claim.TunnelEndpoint = netip.AddrFrom4([4]byte(v.tunnel[:4]))
-	case tunV6:
-		st.claim.TunnelEndpoint = netip.AddrFrom16(v.tunnel)
-	}
-	return st
+func (t *ipTable) state(v ipVal) ipState {
+	return ipState{claim: datapath.IPCacheEntry{Identity: v.identity, TunnelEndpoint: t.tunnels.addr(v.tunnel),
+		ClusterID: v.cluster}, written: v.written}
 }
 
 // key4 packs an IPv4 prefix; ok is false for any other.
@@ -107,14 +86,11 @@ func prefix4(k uint64) netip.Prefix {
 func (t *ipTable) get(p netip.Prefix) (ipState, bool) {
 	if k, ok := key4(p); ok {
 		v, has := t.v4[k]
-		if has {
-			return v.state(), true
-		}
-	} else if k, ok := key6(p); ok {
+		return t.state(v), has
+	}
+	if k, ok := key6(p); ok {
 		v, has := t.v6[k]
-		if has {
-			return v.state(), true
-		}
+		return t.state(v), has
 	}
 	st, has := t.plain[p]
 	return st, has
@@ -126,28 +102,39 @@ func (t *ipTable) has(p netip.Prefix) bool {
 }
 
 func (t *ipTable) set(p netip.Prefix, st ipState) {
-	v, packed := packState(st)
-	if packed {
-		if k, ok := key4(p); ok {
-			delete(t.plain, p)
-			t.v4[k] = v
-			return
+	if k, ok := key4(p); ok {
+		v := t.pack(st) // referenced before the old one is released: it may be the same
+		if old, has := t.v4[k]; has {
+			t.tunnels.unref(old.tunnel)
 		}
-		if k, ok := key6(p); ok {
-			delete(t.plain, p)
-			t.v6[k] = v
-			return
-		}
+		t.v4[k] = v
+		return
 	}
-	t.del(p)
+	if k, ok := key6(p); ok {
+		v := t.pack(st)
+		if old, has := t.v6[k]; has {
+			t.tunnels.unref(old.tunnel)
+		}
+		t.v6[k] = v
+		return
+	}
 	t.plain[p] = st
 }
 
 func (t *ipTable) del(p netip.Prefix) {
 	if k, ok := key4(p); ok {
-		delete(t.v4, k)
-	} else if k, ok := key6(p); ok {
-		delete(t.v6, k)
+		if old, has := t.v4[k]; has {
+			t.tunnels.unref(old.tunnel)
+			delete(t.v4, k)
+		}
+		return
+	}
+	if k, ok := key6(p); ok {
+		if old, has := t.v6[k]; has {
+			t.tunnels.unref(old.tunnel)
+			delete(t.v6, k)
+		}
+		return
 	}
 	delete(t.plain, p)
 }
@@ -158,12 +145,12 @@ func (t *ipTable) len() int { return len(t.v4) + len(t.v6) + len(t.plain) }
 func (t *ipTable) all() iter.Seq2[netip.Prefix, ipState] {
 	return func(yield func(netip.Prefix, ipState) bool) {
 		for k, v := range t.v4 {
-			if !yield(prefix4(k), v.state()) {
+			if !yield(prefix4(k), t.state(v)) {
 				return
 			}
 		}
 		for k, v := range t.v6 {
-			if !yield(k.prefix(), v.state()) {
+			if !yield(k.prefix(), t.state(v)) {
 				return
 			}
 		}
@@ -173,4 +160,53 @@ func (t *ipTable) all() iter.Seq2[netip.Prefix, ipState] {
 			}
 		}
 	}
+}
+
+// tunnelID is an interned tunnel endpoint; 0 is none (the invalid address).
+type tunnelID uint32
+
+// tunnelTable interns the claims' tunnel endpoints, counting references:
+// an id is reused once no claim refers to it.
+type tunnelTable struct {
+	ids   map[netip.Addr]tunnelID
+	addrs []netip.Addr // by id − 1
+	refs  []uint32     // by id − 1
+	free  []tunnelID
+}
+
+func (tt *tunnelTable) ref(a netip.Addr) tunnelID {
+	if !a.IsValid() {
+		return 0
+	}
+	id, ok := tt.ids[a]
+	if !ok {
+		if n := len(tt.free); n > 0 {
+			id, tt.free = tt.free[n-1], tt.free[:n-1]
+			tt.addrs[id-1] = a
+		} else {
+			tt.addrs, tt.refs = append(tt.addrs, a), append(tt.refs, 0)
+			id = tunnelID(len(tt.addrs))
+		}
+		tt.ids[a] = id
+	}
+	tt.refs[id-1]++
+	return id
+}
+
+func (tt *tunnelTable) unref(id tunnelID) {
+	if id == 0 {
+		return
+	}
+	if tt.refs[id-1]--; tt.refs[id-1] == 0 {
+		delete(tt.ids, tt.addrs[id-1])
+		tt.addrs[id-1] = netip.Addr{}
+		tt.free = append(tt.free, id)
+	}
+}
+
+func (tt *tunnelTable) addr(id tunnelID) netip.Addr {
+	if id == 0 {
+		return netip.Addr{}
+	}
+	return tt.addrs[id-1]
 }

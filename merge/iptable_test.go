@@ -1,6 +1,8 @@
 package merge
 
 import (
+	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 
@@ -47,13 +49,64 @@ func TestIPTableRoundTrip(t *testing.T) {
 		t.Errorf("%d entries, want %d (a prefix moving between layouts must leave none behind)", tab.len(), len(prefixes))
 	}
 	if len(tab.plain) != 0 {
-		t.Errorf("the last claims have no zone, yet %d are in the plain layout", len(tab.plain))
+		t.Errorf("%d valid prefixes in the plain layout", len(tab.plain))
 	}
 	for _, ps := range prefixes {
 		tab.del(netip.MustParsePrefix(ps))
 	}
-	if tab.len() != 0 {
-		t.Errorf("%d entries left after deleting every one", tab.len())
+	if tab.len() != 0 || len(tab.tunnels.ids) != 0 {
+		t.Errorf("%d entries and %d tunnel endpoints left after deleting every one", tab.len(), len(tab.tunnels.ids))
+	}
+}
+
+// Through random sets and deletes the table holds what a plain map holds,
+// and every interned tunnel endpoint is referenced exactly by the claims
+// that carry it.
+func TestIPTableMatchesPlainMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	tab, ref := newIPTable(), map[netip.Prefix]ipState{}
+	prefix := func() netip.Prefix {
+		if rng.IntN(4) == 0 {
+			return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 15: byte(rng.IntN(30))}), 128)
+		}
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 2, 0, byte(rng.IntN(60))}), 32-rng.IntN(2)*8)
+	}
+	tunnels := []netip.Addr{{}, netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("192.168.0.2"),
+		netip.MustParseAddr("fd00::9"), netip.MustParseAddr("fe80::1%eth0")}
+	for step := range 20000 {
+		p := prefix()
+		if rng.IntN(3) == 0 {
+			tab.del(p)
+			delete(ref, p)
+		} else {
+			st := ipState{claim: datapath.IPCacheEntry{Identity: uint32(rng.IntN(3)), TunnelEndpoint: tunnels[rng.IntN(len(tunnels))],
+				ClusterID: uint16(rng.IntN(3))}, written: rng.IntN(2) == 0}
+			tab.set(p, st)
+			ref[p] = st
+		}
+		want, wantOK := ref[p]
+		if got, ok := tab.get(p); ok != wantOK || got != want {
+			t.Fatalf("step %d: %s = %+v (present %v), want %+v (present %v)", step, p, got, ok, want, wantOK)
+		}
+	}
+	got := map[netip.Prefix]ipState{}
+	refs := map[netip.Addr]uint32{}
+	for p, st := range tab.all() {
+		got[p] = st
+		if st.claim.TunnelEndpoint.IsValid() {
+			refs[st.claim.TunnelEndpoint]++
+		}
+	}
+	if !maps.Equal(got, ref) {
+		t.Fatalf("the table lists %d entries, the plain map holds %d, or they differ", len(got), len(ref))
+	}
+	for a, n := range refs {
+		if id := tab.tunnels.ids[a]; id == 0 || tab.tunnels.refs[id-1] != n || tab.tunnels.addr(id) != a {
+			t.Errorf("tunnel %s: id %d, %d references counted, %d claims carry it", a, id, tab.tunnels.refs[id-1], n)
+		}
+	}
+	if len(tab.tunnels.ids) != len(refs) {
+		t.Errorf("%d tunnel endpoints interned, %d in use", len(tab.tunnels.ids), len(refs))
 	}
 }
 
