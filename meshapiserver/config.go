@@ -64,6 +64,14 @@ const (
 	txnParallel         = 4
 )
 
+// What an external etcd cluster must accept (docs/external-etcd.md): its
+// --max-txn-ops and --max-request-bytes at least these (etcd's defaults,
+// 128 and 1.5 MiB, refuse the publisher's transactions).
+const (
+	ExternalEtcdMinTxnOps       = txnBudgetOps
+	ExternalEtcdMinRequestBytes = maxRequestBytes
+)
+
 // ErrInvalidConfig is wrapped by every Config.Validate error.
 var ErrInvalidConfig = errors.New("invalid apiserver config")
 

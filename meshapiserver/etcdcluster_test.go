@@ -106,8 +106,9 @@ func (c *etcdCluster) startMember(m *etcdMember, state string) error {
 	ec.Name, ec.Dir = m.name, m.dir
 	ec.UnsafeNoFsync = true
 	ec.TickMs, ec.ElectionMs = 50, 500
-	ec.MaxTxnOps = maxTxnOps
-	ec.MaxRequestBytes = maxRequestBytes
+	// What docs/external-etcd.md asks of an operator's cluster, no more.
+	ec.MaxTxnOps = ExternalEtcdMinTxnOps
+	ec.MaxRequestBytes = ExternalEtcdMinRequestBytes
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(testEtcdLogger())
 	ec.AuthToken = "simple"
 	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{m.clientURL}, []url.URL{m.clientURL}

@@ -129,7 +129,9 @@ func ipcacheKeysOf(first, n int) func(key string) bool {
 // the canaries stay.
 func TestExternalEtcdTakeoverMidPublish(t *testing.T) {
 	took, _ := takeoverMidPublish(t, 20000)
-	const bound = 20 * time.Second // election TTL 3s + expiry + publishing 20,000 entries on a loaded machine
+	// Typically 3–4 s (docs/external-etcd.md); the bound leaves room for a
+	// machine loaded tenfold, as a shared 2-core one can be.
+	const bound = 30 * time.Second
 	if took > bound {
 		t.Errorf("takeover took %s, bound %s", took, bound)
 	}

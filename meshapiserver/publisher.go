@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -383,6 +384,9 @@ func (p *publisher) txn(ctx context.Context, b []txnOp) error {
 		size += o.bytes
 	}
 	if err := p.fencedTxn(ctx, ops); err != nil {
+		if errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) {
+			err = fmt.Errorf("%w (an external etcd cluster must run with --max-txn-ops of at least %d and --max-request-bytes of at least %d: docs/external-etcd.md)", err, ExternalEtcdMinTxnOps, ExternalEtcdMinRequestBytes)
+		}
 		return fmt.Errorf("publishing transaction of %d ops (%d bytes): %w", len(b), size, err)
 	}
 	if p.afterTxn != nil {
