@@ -310,7 +310,9 @@ func (p *Programs) ApplyPolicy(changes []Change) error {
 		had, want := pm.inKernel(e), pm.refs[e]+d > 0
 		newVal := valueWith(e, pm.proxies[e], proxyDelta[e])
 		switch {
-		case want && (!had || (pm.refs[e] == 0 && newVal != e.value())):
+		case want && pm.refs[e] == 0:
+			// New, or an orphan claimed: its value (a previous run's
+			// proxy port) is not known, so it is written.
 			writes, vals, rewrite = append(writes, e), append(vals, newVal), append(rewrite, had)
 		case want && pm.refs[e] > 0 && newVal != pm.valueOf(e):
 			writes, vals, rewrite = append(writes, e), append(vals, newVal), append(rewrite, true)

@@ -97,4 +97,10 @@ func TestPolicyProxyPortEntries(t *testing.T) {
 	if got := rawProxyPorts(t, p2); got[tcp80] != 14000 {
 		t.Fatalf("after reopening: %v", got)
 	}
+	// The new run claims the entry without a proxy: its value is written,
+	// not assumed.
+	dptest.NoErr(t, p2.UpsertPolicy(plain))
+	if got := rawProxyPorts(t, p2); got[tcp80] != 0 {
+		t.Fatalf("claimed without a proxy: %v", got)
+	}
 }
