@@ -105,8 +105,10 @@ func TestExternalEtcdMemberRestartMidSync(t *testing.T) {
 		resp, err := get(t, only, wire.IPCacheKey(endpointIP(n+n/2-1)))
 		return err == nil && len(resp.Kvs) == 1
 	})
-	if st := r.srv.Status(); st.Takeovers != 0 || st.Terms != 1 || st.Leader != "a" {
-		t.Errorf("status after a member restart: takeovers %d, terms %d, leader %q", st.Takeovers, st.Terms, st.Leader)
+	// The one replica leads; if its session expired meanwhile (a loaded
+	// machine), each later term adopted the entries of the one before.
+	if st := r.srv.Status(); st.Terms < 1 || st.Takeovers != st.Terms-1 || st.Leader != "a" || st.Role != RoleLeader {
+		t.Errorf("status after a member restart: %s, leader %q, takeovers %d, terms %d", st.Role, st.Leader, st.Takeovers, st.Terms)
 	}
 }
 
