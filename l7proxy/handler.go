@@ -11,8 +11,9 @@ import (
 // Handler is an L7 engine's part for TCP: it serves one redirected
 // connection. It owns conn (the proxy closes it too once ServeConn
 // returns) and must return soon after ctx is done (the proxy stopping or
-// the redirect removed). It dials the original destination, when it lets
-// the connection through, with md.DialUpstream.
+// the redirect removed): the proxy closes conn StopGrace later, but what
+// the handler dialed is the handler's to close. It dials the original
+// destination, when it lets the connection through, with md.DialUpstream.
 type Handler interface {
 	ServeConn(ctx context.Context, conn net.Conn, md Metadata)
 }
@@ -71,6 +72,13 @@ func (md Metadata) DialUpstream(ctx context.Context) (net.Conn, error) {
 		return nil, ErrNoUpstream
 	}
 	return md.dial(ctx, md)
+}
+
+// WithUpstream returns md dialing upstream with dial: for an engine's
+// tests, which make their Metadata without a Proxy.
+func (md Metadata) WithUpstream(dial func(ctx context.Context, md Metadata) (net.Conn, error)) Metadata {
+	md.dial = dial
+	return md
 }
 
 // Identities gives the security identity of an address: the mesh's
