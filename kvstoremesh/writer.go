@@ -39,7 +39,7 @@ type WriteStats struct {
 	// Coalesced counts queued writes replaced by a newer one of the same
 	// key before they were written (bursts).
 	Coalesced   uint64    `json:"coalesced"`
-	Pending     int       `json:"pending"`
+	Pending     int       `json:"pending"` // queued or being committed
 	MaxBatchOps int       `json:"maxBatchOps"`
 	Failures    uint64    `json:"failures"`
 	LastError   string    `json:"lastError,omitempty"`
@@ -59,15 +59,16 @@ type writer struct {
 	errLog           *loglimit.Keyed
 	wake             chan struct{}
 
-	cli   *clientv3.Client // set by start
-	lease clientv3.LeaseID // set by start
-	done  chan struct{}    // closed once no entry of a previous run waits
-	mu    sync.Mutex
-	queue []op                // guarded by mu
-	idx   map[string]int      // guarded by mu; key → its place in queue since the last barrier
-	prev  map[string]kindSets // guarded by mu; a previous run's entries not yet rewritten
-	left  int                 // guarded by mu; the sets of prev not yet listed again
-	st    WriteStats          // guarded by mu
+	cli      *clientv3.Client // set by start
+	lease    clientv3.LeaseID // set by start
+	done     chan struct{}    // closed once no entry of a previous run waits
+	mu       sync.Mutex
+	queue    []op                // guarded by mu
+	idx      map[string]int      // guarded by mu; key → its place in queue since the last barrier
+	prev     map[string]kindSets // guarded by mu; a previous run's entries not yet rewritten
+	left     int                 // guarded by mu; the sets of prev not yet listed again
+	inflight int                 // guarded by mu; ops taken and not yet committed
+	st       WriteStats          // guarded by mu
 }
 
 // kindSets are one remote's cache keys of a previous run, per kind.
@@ -231,6 +232,7 @@ func (w *writer) take() []op {
 	defer w.mu.Unlock()
 	q := w.queue
 	w.queue = nil
+	w.inflight += len(q)
 	clear(w.idx)
 	return q
 }
@@ -239,7 +241,7 @@ func (w *writer) stats() WriteStats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st := w.st
-	st.Pending, st.PreviousLeft = len(w.queue), w.left
+	st.Pending, st.PreviousLeft = len(w.queue)+w.inflight, w.left
 	return st
 }
 
@@ -251,11 +253,15 @@ func (w *writer) run(ctx context.Context) error {
 			return nil
 		case <-w.wake:
 		}
-		for _, b := range w.batches(w.take()) {
+		q := w.take()
+		for _, b := range w.batches(q) {
 			if err := w.commit(ctx, b); err != nil {
 				return err
 			}
 		}
+		w.mu.Lock()
+		w.inflight -= len(q)
+		w.mu.Unlock()
 	}
 }
 
