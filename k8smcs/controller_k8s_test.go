@@ -57,7 +57,9 @@ func TestK8sControllerLocalExports(t *testing.T) {
 	service(t, c, "db", corev1.ClusterIPNone)
 	for _, name := range []string{"checkout", "db", "ghost"} {
 		if _, err := mc.MulticlusterV1beta1().ServiceExports("shop").Create(ctx, &mcsv1beta1.ServiceExport{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"}}, metav1.CreateOptions{}); err != nil {
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"},
+			Spec:       mcsv1beta1.ServiceExportSpec{ExportedLabels: map[string]string{"team": "shop"}, ExportedAnnotations: map[string]string{"note": name}}},
+			metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -67,7 +69,8 @@ func TestK8sControllerLocalExports(t *testing.T) {
 	var ip string
 	testenv.WaitFor(t, bound, "the ServiceImport of checkout with a ClusterSetIP of the range", func() bool {
 		si, err := mc.MulticlusterV1beta1().ServiceImports("shop").Get(ctx, "checkout", metav1.GetOptions{})
-		if err != nil || len(si.Spec.IPs) != 1 || len(si.Status.Clusters) != 1 || si.Status.Clusters[0].Cluster != "east" {
+		if err != nil || len(si.Spec.IPs) != 1 || len(si.Status.Clusters) != 1 || si.Status.Clusters[0].Cluster != "east" ||
+			si.Labels["team"] != "shop" || si.Annotations["note"] != "checkout" || si.Labels[k8smcs.LabelManagedBy] != k8smcs.ManagedBy {
 			return false
 		}
 		ip = si.Spec.IPs[0]

@@ -37,6 +37,17 @@ func importSpec(im *Import, ips []string) mcsv1beta1.ServiceImportSpec {
 	return spec
 }
 
+// importMeta returns the labels and annotations of im's ServiceImport: the
+// winner's exported ones, and LabelManagedBy.
+func importMeta(im *Import) (labels, annotations map[string]string) {
+	labels = maps.Clone(im.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[LabelManagedBy] = ManagedBy
+	return labels, maps.Clone(im.Annotations)
+}
+
 // importClusters is status.clusters of im.
 func importClusters(im *Import) []mcsv1beta1.ClusterStatus {
 	out := make([]mcsv1beta1.ClusterStatus, 0, len(im.Clusters))

@@ -94,9 +94,10 @@ func (c *Controller) keepImport(ctx context.Context, im *Import, local *statesou
 	st := ImportStatus{Namespace: im.Namespace, Name: im.Name, Type: im.Type, Derived: DerivedName(im.Namespace, im.Name),
 		Ports: portsString(im.Ports), Winner: im.Winner, Clusters: im.Clusters, Conflicts: im.Conflicts}
 	sis := c.cfg.MCS.MulticlusterV1beta1().ServiceImports(im.Namespace)
+	labels, annotations := importMeta(im)
 	if si == nil {
 		created, err := sis.Create(ctx, &mcsv1beta1.ServiceImport{
-			ObjectMeta: metav1.ObjectMeta{Namespace: im.Namespace, Name: im.Name, Labels: map[string]string{LabelManagedBy: ManagedBy}},
+			ObjectMeta: metav1.ObjectMeta{Namespace: im.Namespace, Name: im.Name, Labels: labels, Annotations: annotations},
 			Spec:       importSpec(im, nil)}, metav1.CreateOptions{})
 		if err != nil {
 			c.writeFailed("serviceimport", "create")
@@ -114,9 +115,9 @@ func (c *Controller) keepImport(ctx context.Context, im *Import, local *statesou
 		ips = []string{svc.Spec.ClusterIP}
 	}
 	st.IPs = ips
-	if want := importSpec(im, ips); !equality.Semantic.DeepEqual(si.Spec, want) {
+	if want := importSpec(im, ips); !equality.Semantic.DeepEqual(si.Spec, want) || !maps.Equal(si.Labels, labels) || !maps.Equal(si.Annotations, annotations) {
 		si = si.DeepCopy()
-		si.Spec = want
+		si.Spec, si.Labels, si.Annotations = want, labels, annotations
 		updated, err := sis.Update(ctx, si, metav1.UpdateOptions{})
 		if err != nil {
 			c.writeFailed("serviceimport", "update")

@@ -24,6 +24,10 @@ type Import struct {
 	Ports           []wire.ServiceExportPort
 	SessionAffinity string
 	AffinityTimeout *int32
+	// Labels and Annotations are the winner's exported ones (its
+	// ServiceExport's spec.exportedLabels and exportedAnnotations), set on
+	// the ServiceImport; other exports' are not compared.
+	Labels, Annotations map[string]string
 	// Winner is the cluster of the oldest export.
 	Winner string
 	// Clusters are the exporting clusters that agree with the winner
@@ -57,7 +61,7 @@ func resolve(specs []*wire.ServiceExportSpec) map[string]*Import {
 		})
 		w := ss[0]
 		im := &Import{Namespace: w.Namespace, Name: w.Name, Type: w.Type, Ports: w.Ports, SessionAffinity: w.SessionAffinity,
-			AffinityTimeout: affinityTimeout(w), Winner: w.Cluster, Conflicts: map[string]Conflict{}}
+			AffinityTimeout: affinityTimeout(w), Labels: w.Labels, Annotations: w.Annotations, Winner: w.Cluster, Conflicts: map[string]Conflict{}}
 		wports := w.PortsKey()
 		for _, s := range ss {
 			if c, ok := conflict(w, wports, s); ok {
