@@ -69,14 +69,17 @@ func TestExternalEtcdMemberRestartMidSync(t *testing.T) {
 		if txns.Add(1) != 1 {
 			return
 		}
-		killed = cl.raftLeader()
+		killed = cl.RaftLeader()
 		member.Add(1)
 		go func() { // not from the publisher's goroutine: Close waits
 			defer member.Done()
 			start := time.Now()
-			cl.kill(killed)
+			cl.Kill(killed)
 			t.Logf("member %d killed in %s", killed, time.Since(start).Round(time.Millisecond))
-			cl.restart(killed)
+			if err := cl.Restart(killed); err != nil {
+				t.Error(err)
+				return
+			}
 			t.Logf("member %d restarted, %s after the kill", killed, time.Since(start).Round(time.Millisecond))
 		}()
 	}
@@ -100,7 +103,7 @@ func TestExternalEtcdMemberRestartMidSync(t *testing.T) {
 	reader.check(t, n/2, n)
 
 	// The restarted member holds what the others hold.
-	only := clientFor(t, cl.members[killed].clientURL.String(), f.west.RemoteCert(), f.west.RemoteKey(), f.east.CAFile())
+	only := clientFor(t, cl.ClientURL(killed), f.west.RemoteCert(), f.west.RemoteKey(), f.east.CAFile())
 	testenv.WaitFor(t, 20*time.Second, "the restarted member serves the state", func() bool {
 		resp, err := get(t, only, wire.IPCacheKey(endpointIP(n+n/2-1)))
 		return err == nil && len(resp.Kvs) == 1
@@ -208,7 +211,7 @@ func takeoverMidPublish(t *testing.T, n int) (took, elected time.Duration) {
 		t.Errorf("b's status: leader %q", st.Leader)
 	}
 	// Everything is on b's lease: a's expires without taking anything.
-	admin := cl.client(f.east.AdminCert(), f.east.AdminKey())
+	admin := cl.Client(f.east.AdminCert(), f.east.AdminKey())
 	resp, err := get(t, admin, "cilium/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +236,7 @@ func TestExternalEtcdFencesDeposedLeader(t *testing.T) {
 	writeFile(t, f.state, eastState)
 	a := startReplica(t, f, cl, "a", f.state, 2*time.Second, nil)
 	testenv.WaitFor(t, 30*time.Second, "a leads", a.leads)
-	admin := cl.client(f.east.AdminCert(), f.east.AdminKey())
+	admin := cl.Client(f.east.AdminCert(), f.east.AdminKey())
 	resp, err := get(t, admin, ElectionPrefix("east")+"/", clientv3.WithFirstCreate()...)
 	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "a" {
 		t.Fatalf("election key: %v %v", resp, err)

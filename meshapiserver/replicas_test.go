@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/clustermesh/clustermesh/internal/etcdtest"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -35,7 +36,7 @@ type replica struct {
 
 // startReplica runs a replica of east's apiserver on cl, publishing the
 // state file state, with an election session of ttl.
-func startReplica(t *testing.T, f *fixture, cl *etcdCluster, name, state string, ttl time.Duration, afterTxn func()) *replica {
+func startReplica(t *testing.T, f *fixture, cl *etcdtest.Cluster, name, state string, ttl time.Duration, afterTxn func()) *replica {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("CLUSTERMESH_TEST_LOG") != "" {
@@ -44,7 +45,7 @@ func startReplica(t *testing.T, f *fixture, cl *etcdCluster, name, state string,
 	srv, err := New(Config{
 		ClusterName: "east", ClusterID: 1, CAFile: f.east.CAFile(),
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
-		EtcdEndpoints: cl.endpoints(), ReplicaName: name, ElectionTTL: ttl,
+		EtcdEndpoints: cl.Endpoints(), ReplicaName: name, ElectionTTL: ttl,
 		Peers:  []string{"west"},
 		Source: &statesource.File{Path: state, PollInterval: 10 * time.Millisecond},
 		Logger: log,
@@ -143,10 +144,10 @@ type storeReader struct {
 	ipcacheCount, canaryCount int
 }
 
-func startReader(t *testing.T, f *fixture, cl *etcdCluster) *storeReader {
+func startReader(t *testing.T, f *fixture, cl *etcdtest.Cluster) *storeReader {
 	t.Helper()
 	r := &storeReader{
-		cli: cl.client(f.west.RemoteCert(), f.west.RemoteKey()), kv: map[string][]byte{},
+		cli: cl.Client(f.west.RemoteCert(), f.west.RemoteKey()), kv: map[string][]byte{},
 		idOfIP: map[string]uint32{}, idOfLabels: map[string]uint32{}, labelsOfID: map[uint32]string{}, mustStay: map[string]bool{},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
