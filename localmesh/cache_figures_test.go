@@ -18,7 +18,8 @@ import (
 )
 
 // TestFiguresCache measures the cache's figures (make bench) on one mesh
-// of cacheFigureClusters clusters of cacheFigurePods pods, in memory:
+// of cacheFigureClusters clusters of cacheFigurePods pods, in memory, east
+// with a cache and an agent, the others with their apiserver only:
 // propagation of one change through the cache (two hops) and directly, as
 // ratios to raw put→watch on the remote's etcd, all from the same puts;
 // and a cache restart: entries that left the agent's datapath at any
@@ -27,7 +28,9 @@ func TestFiguresCache(t *testing.T) {
 	figure.Require(t)
 	const clusters, pods = cacheFigureClusters, cacheFigurePods
 	w := newRemovalWatch()
-	m := bigCachedMesh(t, clusters, pods, w, nil)
+	// Only east runs a cache and an agent: the figures load one cluster,
+	// as the scale rig will.
+	m := bigCachedMesh(t, clusters, pods, w, func(o *Options) { o.CacheClusters, o.AgentClusters = []string{"east"}, []string{"east"} })
 	t.Logf("%d clusters of %d pods (east's agent holds %d remote ipcache entries)", clusters, pods, (clusters-1)*pods)
 
 	figureCachePropagation(t, m, w)
@@ -42,7 +45,7 @@ func TestFiguresCache(t *testing.T) {
 
 const (
 	cacheFigureClusters = 5
-	cacheFigurePods     = 3000
+	cacheFigurePods     = 25000
 )
 
 // startDirectAgent runs an agent of cluster from reading remote to directly

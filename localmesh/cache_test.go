@@ -297,7 +297,8 @@ func bigCachedMesh(t *testing.T, n, entries int, w *removalWatch, tweak func(*Op
 	}
 	m := startMeshWith(t, o)
 	a := m.Cluster("east").Agents[0]
-	testenv.WaitFor(t, 2*time.Minute, fmt.Sprintf("east's agent holds every remote's %d pods", entries), func() bool {
+	start := time.Now()
+	testenv.WaitFor(t, 5*time.Minute, fmt.Sprintf("east's agent holds every remote's %d pods", entries), func() bool {
 		for _, c := range m.Clusters[1:] {
 			if r := remoteStatus(a, c.Name); !r.Ready || r.Endpoints != entries {
 				return false
@@ -305,6 +306,7 @@ func bigCachedMesh(t *testing.T, n, entries int, w *removalWatch, tweak func(*Op
 		}
 		return true
 	})
+	t.Logf("%d clusters of %d pods: east's agent (and cache) synced %d remote pods in %s", n, entries, (n-1)*entries, time.Since(start))
 	return m
 }
 

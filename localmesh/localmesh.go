@@ -76,6 +76,21 @@ type Options struct {
 	// (after Agent adjusted its reading side).
 	Cache       bool
 	CacheConfig func(*kvstoremesh.Config)
+	// CacheClusters, when set, names the clusters that run a cache (with
+	// Cache); the others' agents read every peer directly. AgentClusters,
+	// when set, names the clusters that run agents (the others run only
+	// their apiserver): scale figures load one cluster, not all.
+	CacheClusters, AgentClusters []string
+}
+
+// cached reports whether cluster name runs a cache.
+func (o *Options) cached(name string) bool {
+	return o.Cache && (o.CacheClusters == nil || slices.Contains(o.CacheClusters, name))
+}
+
+// runsAgents reports whether cluster name runs agents.
+func (o *Options) runsAgents(name string) bool {
+	return o.AgentClusters == nil || slices.Contains(o.AgentClusters, name)
 }
 
 // Mesh is a running local mesh.
@@ -159,7 +174,7 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 			m.Close()
 			return nil, err
 		}
-		if opts.Cache {
+		if opts.cached(c.Name) {
 			if err := c.StartCache(ctx); err != nil {
 				m.Close()
 				return nil, err
@@ -177,7 +192,7 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 		}
 	}
 	for _, c := range m.Clusters {
-		for i := 0; i < opts.AgentsPerCluster; i++ {
+		for i := 0; i < opts.AgentsPerCluster && opts.runsAgents(c.Name); i++ {
 			if err := c.startAgent(ctx, fmt.Sprintf("%s-node-%d", c.Name, i+1)); err != nil {
 				m.Close()
 				return nil, err
@@ -198,7 +213,7 @@ func (m *Mesh) newCluster(spec ClusterSpec) (*Cluster, error) {
 	if err := os.MkdirAll(c.ConfigDir, 0o700); err != nil {
 		return nil, err
 	}
-	if m.opts.Cache {
+	if m.opts.cached(spec.Name) {
 		c.CacheConfigDir = filepath.Join(dir, "cache-remotes")
 		if err := os.MkdirAll(c.CacheConfigDir, 0o700); err != nil {
 			return nil, err
@@ -371,7 +386,7 @@ func (m *Mesh) Connect(from, to string) error {
 	if f == nil || t == nil {
 		return fmt.Errorf("localmesh: unknown cluster %q or %q", from, to)
 	}
-	if m.opts.Cache && f != t {
+	if m.opts.cached(f.Name) && f != t {
 		if err := f.writeRemoteConfig(f.CacheConfigDir, to, t.Address()); err != nil {
 			return err
 		}
@@ -387,7 +402,7 @@ func (m *Mesh) Disconnect(from, to string) error {
 	if f == nil {
 		return fmt.Errorf("localmesh: unknown cluster %q", from)
 	}
-	if m.opts.Cache && to != from {
+	if m.opts.cached(from) && to != from {
 		if err := os.Remove(filepath.Join(f.CacheConfigDir, to)); err != nil {
 			return err
 		}
