@@ -52,10 +52,11 @@ type specRemote struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu     sync.Mutex
-	specs  map[string]*wire.ServiceExportSpec // key → spec; guarded by mu
-	status RemoteStatus                       // guarded by mu
-	listed bool                               // guarded by mu; listed once since the reader started
+	mu      sync.Mutex
+	specs   map[string]*wire.ServiceExportSpec // key → spec; guarded by mu
+	status  RemoteStatus                       // guarded by mu
+	listed  bool                               // guarded by mu; listed once since the reader started
+	started time.Time
 }
 
 // RemoteStatus is what the controller knows of one remote's exports.
@@ -144,7 +145,7 @@ func (sr *specReader) scan(ctx context.Context) {
 		}
 		rctx, cancel := context.WithCancel(ctx)
 		r := &specRemote{name: name, raw: raw, cancel: cancel, done: make(chan struct{}), specs: map[string]*wire.ServiceExportSpec{},
-			status: RemoteStatus{Name: name}}
+			status: RemoteStatus{Name: name}, started: time.Now()}
 		sr.mu.Lock()
 		sr.remotes[name] = r
 		sr.mu.Unlock()
@@ -399,16 +400,20 @@ func logLimited(l *loglimit.Keyed, key string, log func(suppressed uint64)) {
 	}
 }
 
+// listGrace is how long an unreachable remote holds back the deletion of
+// imports (allListed).
+const listGrace = 2 * time.Minute
+
 // allListed reports whether every remote that exports has been listed
-// once since its reader started (remotes that do not export, or whose
-// config is refused, do not hold it back).
+// once since its reader started, or could not be for listGrace (remotes
+// that do not export, or whose config is refused, do not hold it back).
 func (sr *specReader) allListed() bool {
 	sr.mu.Lock()
 	rs := slices.Collect(maps.Values(sr.remotes))
 	sr.mu.Unlock()
 	for _, r := range rs {
 		r.mu.Lock()
-		ok := r.listed || (r.status.Connected && !r.status.Enabled)
+		ok := r.listed || (r.status.Connected && !r.status.Enabled) || time.Since(r.started) > listGrace
 		r.mu.Unlock()
 		if !ok {
 			return false
