@@ -186,3 +186,33 @@ func TestRedirectBothDirections(t *testing.T) {
 		t.Fatalf("the engine saw %+v: want the egress proxy's connection, then the ingress proxy's", mds)
 	}
 }
+
+// TestUpstreamJudgedAsClient: the egress proxy's upstream is checked by the
+// server's ingress policy as the client (its address, so its identity): a
+// server that does not allow the client refuses the proxy too, with a
+// policy drop naming the client's identity.
+func TestUpstreamJudgedAsClient(t *testing.T) {
+	e := newEnv(t)
+	port, err := e.proxy.Ensure(RedirectKey{EndpointID: clientID, Port: portL7, Direction: datapath.Egress, Parser: parserFwd}, nil)
+	must(t, err)
+	e.attach(true, true)
+	// The client may reach the server's L7 port (through the proxy); the
+	// server allows only the plain port to the client.
+	must(t, e.progs.SyncPolicy([]tcpolicy.Key{
+		{Endpoint: clientID, Peer: serverID, Direction: datapath.Egress, Protocol: datapath.TCP, Port: portL7, ProxyPort: port},
+		{Endpoint: clientID, Peer: serverID, Direction: datapath.Egress, Protocol: datapath.TCP, Port: portPlain},
+		{Endpoint: serverID, Peer: clientID, Direction: datapath.Ingress, Protocol: datapath.TCP, Port: portPlain}}))
+
+	if line, err := e.dialTCP(portL7, 2*time.Second); err == nil {
+		t.Fatalf("the server's policy let the proxy's upstream in: %q", line)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the upstream's policy drop", func() bool {
+		return len(e.flows(func(f flows.Flow) bool {
+			return f.DropReason == flows.DropPolicyDenied && f.Direction == datapath.Ingress && f.Dst.Port() == portL7 &&
+				f.SrcIdentity == clientID && f.Src.Addr() == e.client.IP
+		})) > 0
+	})
+	if n := len(e.fwd.seen()); n != 1 {
+		t.Fatalf("the engine saw %d connections, want 1 (whose upstream the server refused)", n)
+	}
+}
