@@ -3,6 +3,7 @@ package k8smcs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -248,11 +249,56 @@ func (sr *specReader) session(ctx context.Context, r *specRemote, rc agentsync.R
 	if err := sr.waitCanary(ctx, cli, c); err != nil {
 		return err
 	}
-	rev, err := sr.list(ctx, cli, r, c)
+	rev, etcdID, err := sr.list(ctx, cli, r, c)
 	if err != nil {
 		return err
 	}
-	return sr.watch(ctx, cli, r, c, rev+1)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	probe := make(chan error, 1) // one send, never blocked
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		probe <- sr.probe(wctx, cli, etcdID)
+	}()
+	err = sr.watch(wctx, cli, r, c, rev+1, probe)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// probeEvery is how often a session checks that the remote's etcd is the
+// one it listed: a restarted mesh apiserver has a new, empty etcd, whose
+// revisions a watch resumed on it would wait for.
+const probeEvery = time.Second
+
+// errEtcdChanged: the remote's etcd is not the one the session listed.
+var errEtcdChanged = errors.New("the remote's etcd changed (a restarted apiserver): listing again")
+
+// probe reads the heartbeat every probeEvery until ctx ends; it returns
+// the first failure, or errEtcdChanged when another etcd answers.
+func (sr *specReader) probe(ctx context.Context, cli *clientv3.Client, etcdID uint64) error {
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		gctx, cancel := context.WithTimeout(ctx, sr.probeTimeout)
+		resp, err := cli.Get(gctx, wire.HeartbeatKey)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return fmt.Errorf("probing the remote: %w", err)
+		case resp.Header.ClusterId != etcdID:
+			return errEtcdChanged
+		}
+	}
 }
 
 // clusterConfig reads the remote's cluster config; with no exports
@@ -317,11 +363,12 @@ func (sr *specReader) waitCanary(ctx context.Context, cli *clientv3.Client, c wi
 	}
 }
 
-// list reads every spec of c at one revision and replaces r's.
-func (sr *specReader) list(ctx context.Context, cli *clientv3.Client, r *specRemote, c wire.Cluster) (int64, error) {
+// list reads every spec of c at one revision and replaces r's; it returns
+// the revision and the etcd cluster id that answered.
+func (sr *specReader) list(ctx context.Context, cli *clientv3.Client, r *specRemote, c wire.Cluster) (int64, uint64, error) {
 	resp, err := cli.Get(ctx, wire.ServiceExports.ListPrefix(c.Name), clientv3.WithPrefix())
 	if err != nil {
-		return 0, fmt.Errorf("listing the service exports of remote %s: %w", c.Name, err)
+		return 0, 0, fmt.Errorf("listing the service exports of remote %s: %w", c.Name, err)
 	}
 	specs := map[string]*wire.ServiceExportSpec{}
 	for _, kv := range resp.Kvs {
@@ -333,15 +380,29 @@ func (sr *specReader) list(ctx context.Context, cli *clientv3.Client, r *specRem
 	r.mu.Lock()
 	r.status.Synced, r.status.LastError, r.listed = true, "", true
 	r.mu.Unlock()
-	return resp.Header.Revision, nil
+	return resp.Header.Revision, resp.Header.ClusterId, nil
 }
 
-// watch applies the changes of c's specs from rev until ctx ends or the
-// watch fails.
-func (sr *specReader) watch(ctx context.Context, cli *clientv3.Client, r *specRemote, c wire.Cluster, rev int64) error {
+// watch applies the changes of c's specs from rev until ctx ends, the
+// watch fails or probe says the remote changed.
+func (sr *specReader) watch(ctx context.Context, cli *clientv3.Client, r *specRemote, c wire.Cluster, rev int64, probe <-chan error) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range cli.Watch(wctx, wire.ServiceExports.ListPrefix(c.Name), clientv3.WithPrefix(), clientv3.WithRev(rev)) {
+	wch := cli.Watch(wctx, wire.ServiceExports.ListPrefix(c.Name), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	for {
+		var wr clientv3.WatchResponse
+		var ok bool
+		select {
+		case err := <-probe:
+			if err == nil {
+				return nil // ctx ended
+			}
+			return err
+		case wr, ok = <-wch:
+		}
+		if !ok {
+			break
+		}
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watching the service exports of remote %s: %w", c.Name, err)
 		}

@@ -72,6 +72,19 @@ func TestSpecReaderFollowsRemote(t *testing.T) {
 	}
 	testenv.WaitFor(t, 10*time.Second, "west's export back on port 8080", func() bool { return port() == 8080 })
 
+	// West's apiserver restarts with a new, empty etcd: the reader lists
+	// it again and follows it.
+	if err := west.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	if err := west.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := west.WriteState(exported(2, 9090)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "west's export on port 9090 after its restart", func() bool { return port() == 9090 })
+
 	if err := m.Disconnect("east", "west"); err != nil {
 		t.Fatal(err)
 	}
