@@ -141,6 +141,9 @@ type Writer interface {
 type Reader interface {
 	IPCache() (map[netip.Prefix]IPCacheEntry, error)
 	Services() (map[Frontend][]Backend, error)
+	// LookupIPCache is the entry of the longest prefix holding addr (the
+	// identity the programs see for it); false when none does.
+	LookupIPCache(addr netip.Addr) (IPCacheEntry, bool)
 }
 
 // Datapath is a Writer and Reader over one agent's maps.

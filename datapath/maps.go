@@ -310,6 +310,23 @@ func (m *Maps) DeleteIPCache(p netip.Prefix) error {
 	return nil
 }
 
+// LookupIPCache is the entry of the longest prefix of cm_ipcache holding
+// addr, as the programs find it; false when none does.
+func (m *Maps) LookupIPCache(addr netip.Addr) (IPCacheEntry, bool) {
+	addr = addr.Unmap()
+	if !addr.IsValid() {
+		return IPCacheEntry{}, false
+	}
+	k := makeIPCacheKey(netip.PrefixFrom(addr, addr.BitLen()))
+	var v ipcacheValue
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.ipcache.Lookup(&k, &v) != nil {
+		return IPCacheEntry{}, false
+	}
+	return v.entry(), true
+}
+
 // IPCache dumps cm_ipcache from the kernel.
 func (m *Maps) IPCache() (map[netip.Prefix]IPCacheEntry, error) {
 	m.mu.Lock()

@@ -39,6 +39,24 @@ func (d *Memory) Close() error {
 	return nil
 }
 
+// LookupIPCache is the entry of the longest prefix holding addr, as the
+// eBPF trie answers; false when none does.
+func (d *Memory) LookupIPCache(addr netip.Addr) (IPCacheEntry, bool) {
+	addr = addr.Unmap()
+	if !addr.IsValid() {
+		return IPCacheEntry{}, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for bits := addr.BitLen(); bits >= 0; bits-- {
+		p, _ := addr.Prefix(bits)
+		if e, ok := d.ipc[p]; ok {
+			return e, true
+		}
+	}
+	return IPCacheEntry{}, false
+}
+
 func (d *Memory) UpsertIPCache(p netip.Prefix, e IPCacheEntry) error {
 	p, err := normPrefix(p)
 	if err != nil {

@@ -310,3 +310,25 @@ func TestKind(t *testing.T) {
 		})
 	}
 }
+
+// TestLookupIPCacheLongestPrefix: a lookup finds the longest prefix holding
+// the address, in both families, as the programs' trie lookups do.
+func TestLookupIPCacheLongestPrefix(t *testing.T) {
+	forEach(t, func(t *testing.T, dp Datapath) {
+		for p, id := range map[string]uint32{"0.0.0.0/0": 2, "10.1.0.0/16": 100, "10.1.2.0/24": 101, "10.1.2.3/32": 102,
+			"::/0": 2, "fd00:1::/64": 200, "fd00:1::42/128": 201} {
+			mustNoErr(t, dp.UpsertIPCache(pfx(p), IPCacheEntry{Identity: id}))
+		}
+		for a, want := range map[string]uint32{"10.1.2.3": 102, "10.1.2.4": 101, "10.1.9.9": 100, "192.0.2.1": 2,
+			"::ffff:10.1.2.3": 102, "fd00:1::42": 201, "fd00:1::43": 200, "2001:db8::1": 2} {
+			e, ok := dp.LookupIPCache(addr(a))
+			if !ok || e.Identity != want {
+				t.Errorf("LookupIPCache(%s) = %d, %v; want %d", a, e.Identity, ok, want)
+			}
+		}
+		mustNoErr(t, dp.DeleteIPCache(pfx("0.0.0.0/0")))
+		if e, ok := dp.LookupIPCache(addr("192.0.2.1")); ok {
+			t.Errorf("an address no prefix holds: %+v", e)
+		}
+	})
+}
