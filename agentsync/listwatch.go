@@ -148,7 +148,8 @@ func (ks *kindState) waitCanary(ctx context.Context, cli *clientv3.Client, clust
 			return nil
 		}
 		if !logged {
-			ks.r.log.Info("waiting for synced canary", "kind", ks.kind)
+			ks.r.log.Info("waiting for synced canary", "kind", ks.kind, "key", key)
+			ks.r.setError(fmt.Errorf("remote %s: waiting for the synced canary %s: its %s are not all written yet", ks.r.name, key, ks.kind))
 			logged = true
 		}
 		select {
