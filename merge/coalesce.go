@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -14,22 +15,27 @@ import (
 // its end. Every change is written at most one window after it arrived.
 // The trailing writes run on a timer the merger owns: Close stops it and
 // waits for it, writing what was pending.
+//
+// Only a remote's service updates and its node ranges are coalesced. When
+// the remote becomes ready (PruneCluster), its pending changes are written
+// first, so that a ready remote is in the datapath; its drop, a stale
+// heartbeat and the local state are written at once.
 
 // coalescer is the merger's pending service writes; guarded by Merger.mu
 // except flushing.
 type coalescer struct {
 	window  time.Duration
 	written map[ServiceName]time.Time // when each service was last written
-	dirty   map[ServiceName]bool      // changes waiting for the trailing write
+	dirty   map[ServiceName][]uint16  // changes waiting for the trailing write: by whom (cluster ids)
 	timer   *time.Timer               // the pending trailing write; nil: none
 	closed  bool
 	// flushing counts the timer callbacks that may still run.
 	flushing sync.WaitGroup
 }
 
-// serviceChangedLocked writes service n now, or at the end of its window
-// when it was written less than a window ago.
-func (m *Merger) serviceChangedLocked(n ServiceName) {
+// serviceChangedLocked writes service n, changed by cluster id, now, or at
+// the end of its window when it was written less than a window ago.
+func (m *Merger) serviceChangedLocked(n ServiceName, id uint16) {
 	c := &m.co
 	if c.window <= 0 || c.closed {
 		m.syncService(n)
@@ -39,7 +45,9 @@ func (m *Merger) serviceChangedLocked(n ServiceName) {
 		m.syncService(n)
 		return
 	}
-	c.dirty[n] = true
+	if !slices.Contains(c.dirty[n], id) {
+		c.dirty[n] = append(c.dirty[n], id)
+	}
 	if c.timer == nil {
 		// Due when the first pending service's window ends: no pending
 		// change was written less than a window before it, so none waits
@@ -81,6 +89,15 @@ func (m *Merger) flushTimer() {
 func (m *Merger) flushDirtyLocked() {
 	for n := range m.co.dirty {
 		m.syncService(n) // deletes n from dirty
+	}
+}
+
+// flushClusterLocked writes now the pending services cluster id changed.
+func (m *Merger) flushClusterLocked(id uint16) {
+	for n, ids := range m.co.dirty {
+		if slices.Contains(ids, id) {
+			m.syncService(n)
+		}
 	}
 }
 

@@ -241,15 +241,32 @@ func fullRecompute(m *Merger) map[datapath.Frontend][]datapath.Backend {
 	return out
 }
 
-// A remote's first full sync (PruneCluster) leaves the other services'
-// pending writes pending: a mesh connecting at once stays coalesced.
-func TestCoalesceSurvivesRemoteSync(t *testing.T) {
+// A remote that becomes ready (PruneCluster) is in the datapath: its
+// pending changes are written; another remote's stay pending, so that a
+// mesh connecting at once stays coalesced.
+func TestCoalesceRemoteReadyWritesItsOwn(t *testing.T) {
 	m, dp := coMerger(t, time.Hour)
 	m.SetLocal(mgLocalState("", true))
 	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
 	if ips, bes := m.PruneCluster(uint16(mgClusterB.ID)); ips+bes != 0 || m.PendingServices() != 1 {
-		t.Errorf("PruneCluster pruned %d entries, %d services pending; want 0 and 1", ips+bes, m.PendingServices())
+		t.Errorf("cluster-b ready: pruned %d entries, %d services pending; want 0 and 1", ips+bes, m.PendingServices())
 	}
-	m.Close()
+	mgWantServices(t, dp, wantWeb())
+	m.PruneCluster(uint16(mgClusterA.ID))
+	if n := m.PendingServices(); n != 0 {
+		t.Errorf("cluster-a ready: %d services pending, want 0", n)
+	}
 	mgWantServices(t, dp, wantWeb("10.2.0.1"))
+}
+
+// A cluster's drop is written at once, pending or not.
+func TestCoalesceDropWrittenAtOnce(t *testing.T) {
+	m, dp := coMerger(t, time.Hour)
+	m.SetLocal(mgLocalState("", true))
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	m.DropCluster("cluster-a", uint16(mgClusterA.ID))
+	mgWantServices(t, dp, wantWeb())
+	if n := m.PendingServices(); n != 0 {
+		t.Errorf("%d services pending after the drop, want 0", n)
+	}
 }

@@ -168,7 +168,7 @@ func New(cfg Config) *Merger {
 		held:        map[uint16]map[netip.Prefix]datapath.IPCacheEntry{},
 		rangesGenOf: map[uint16]uint64{},
 		co: coalescer{window: cfg.CoalesceServices, written: map[ServiceName]time.Time{},
-			dirty: map[ServiceName]bool{}},
+			dirty: map[ServiceName][]uint16{}},
 	}
 }
 
@@ -221,13 +221,19 @@ func (m *Merger) SetRemoteService(cluster string, n ServiceName, rs *RemoteServi
 		sr = &serviceRemotes{byCluster: map[string]*remoteEntry{}}
 		m.remoteSvcs[n] = sr
 	}
+	var id uint16 // whose change it is
+	if rs != nil {
+		id = rs.clusterID
+	} else if e := sr.byCluster[cluster]; e != nil {
+		id = e.rs.clusterID
+	}
 	if !sr.set(cluster, rs) {
 		return
 	}
 	if len(sr.byCluster) == 0 {
 		delete(m.remoteSvcs, n)
 	}
-	m.serviceChangedLocked(n)
+	m.serviceChangedLocked(n, id)
 }
 
 // overlapsLocal reports whether p overlaps a local pod CIDR or node IP: a
@@ -430,10 +436,10 @@ func (m *Merger) LoadPinned(dp datapath.Reader) error {
 func (m *Merger) PruneCluster(id uint16) (ips, backends int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	// Pending service writes stay pending: each remote's first sync
-	// writing every pending service would undo the coalescing of a mesh
-	// connecting at once. The services that carried the cluster's pinned
-	// backends are written now, with what is pending for them.
+	// The cluster is ready: what it changed is written now. Other
+	// clusters' pending changes stay pending (each of a hundred remotes
+	// becoming ready writing every service would undo the coalescing).
+	m.flushClusterLocked(id)
 	return m.pruneClusterLocked(id)
 }
 
@@ -520,7 +526,7 @@ func (m *Merger) SetStale(cluster string, stale bool) {
 	m.stale[cluster] = stale
 	for n := range m.remoteSvcs {
 		if ls := m.localSvcs[n]; ls != nil && parsePolicy(ls).failoverOnStale {
-			m.serviceChangedLocked(n)
+			m.syncService(n) // failover: written at once
 		}
 	}
 }
@@ -539,7 +545,7 @@ func (m *Merger) dropServicesLocked(cluster string) {
 			if len(sr.byCluster) == 0 {
 				delete(m.remoteSvcs, n)
 			}
-			m.serviceChangedLocked(n)
+			m.syncService(n) // a cluster's backends withdrawn: at once
 		}
 	}
 }

@@ -222,7 +222,9 @@ func (m *Merger) SetNodeRanges(id uint16, removed, added []netip.Prefix) {
 	}
 	m.writeIPs(changed)
 	if lost {
-		m.syncRemoteServicesLocked()
+		for n := range m.remoteSvcs {
+			m.serviceChangedLocked(n, id)
+		}
 	} else {
 		m.syncServicesOfLocked(id) // gained ranges admit only its own
 	}
@@ -327,7 +329,7 @@ func (m *Merger) unheldLocked(id uint16, p netip.Prefix) bool {
 // which of them are in force follows the clusters' ranges.
 func (m *Merger) syncRemoteServicesLocked() {
 	for n := range m.remoteSvcs {
-		m.serviceChangedLocked(n)
+		m.syncService(n)
 	}
 }
 
@@ -336,7 +338,7 @@ func (m *Merger) syncServicesOfLocked(id uint16) {
 	for n, sr := range m.remoteSvcs {
 		for _, e := range sr.byCluster {
 			if e.rs.clusterID == id {
-				m.serviceChangedLocked(n)
+				m.serviceChangedLocked(n, id)
 				break
 			}
 		}
