@@ -64,7 +64,9 @@ func TestAPIServerReplicasLeaderSIGKILL(t *testing.T) {
 	})
 	const n = 10000
 	state := filepath.Join(dir, "east.yaml")
-	writeState(t, state, replicasState(0, n))
+	// A first state whose identities (b0..b9) a numbers before those of
+	// the big state: b, numbering on its own, would number them otherwise.
+	writeState(t, state, replicasState(100000, 10))
 	bin := buildClustermesh(t)
 	args := func(name string) []string {
 		return []string{"--cluster-name", "east", "--cluster-id", "1", "--cert-dir", east.Dir, "--state-file", state,
@@ -72,10 +74,10 @@ func TestAPIServerReplicasLeaderSIGKILL(t *testing.T) {
 			"--replica-name", name, "--election-ttl", "2s"}
 	}
 	a := startProcessWaiting(t, bin, tmp, readyURL, args("a")...)
-	startProcessWaiting(t, bin, tmp, regexp.MustCompile(`standby: campaigning`), args("b")...)
-
 	dp := newIdentityWatch()
 	agent := startWestAgent(t, dir, west, cl.Endpoints(), dp)
+	writeState(t, state, replicasState(0, n))
+	startProcessWaiting(t, bin, tmp, regexp.MustCompile(`standby: campaigning`), args("b")...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			r, _ := agent.RemoteStatus("east")
@@ -225,7 +227,7 @@ func writeState(t *testing.T, path, content string) {
 }
 
 // replicasState is east with n endpoints from first on 10 nodes, labelled
-// app=a<i%50> below 10,000 and app=b<i%20> from there (new identities).
+// app=a<i%50> below 10,000 and app=b<i%20> from there (other identities).
 func replicasState(first, n int) string {
 	var b strings.Builder
 	b.WriteString("nodes:\n")
