@@ -1,6 +1,7 @@
 package meshapiserver
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/url"
@@ -120,13 +121,19 @@ func (s *Server) runExternal(ctx context.Context) error {
 func (s *Server) adopt(pub *publisher, ids *identityAllocator) {
 	c := s.cfg.cluster()
 	published := make(map[uint32]string, len(pub.existingIdentities))
+	var rejected int
+	var firstErr error
 	for k, v := range pub.existingIdentities {
 		id, err := wire.DecodeIdentity(c, k, v)
 		if err != nil {
-			s.cfg.Logger.Warn("not adopting a published identity agents would reject", "key", k, "err", err)
+			rejected++
+			firstErr = cmp.Or(firstErr, err)
 			continue
 		}
 		published[id.ID] = id.Labels.String()
+	}
+	if rejected > 0 { // once per term, however many
+		s.cfg.Logger.Warn("not adopting published identities agents would reject (they are replaced)", "count", rejected, "first", firstErr)
 	}
 	n := ids.adopt(published)
 	s.cfg.Logger.Info("adopted the published state", "entries", pub.adoptable, "identities", len(published), "renumberedInStore", n)
