@@ -80,6 +80,7 @@ func newEnvFamily(t testing.TB, addrs [3]string) *env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	e := &env{t: t, fwd: &fwdHandler{}}
+	e.fwd.inNetns = func(fn func() error) error { return podnet.InNetns(e.node.NS, fn) }
 	var err error
 	e.node, err = podnet.NewNode(netip.MustParseAddr(addrs[0]))
 	must(t, err)
@@ -342,6 +343,11 @@ type fwdHandler struct {
 	mu   sync.Mutex
 	mds  []Metadata // guarded by mu
 	errs []error    // guarded by mu: of the upstream
+	// upstreamPort, when set, is the source port of the next UDP upstream
+	// (instead of the kernel's choice), dialed in the node's namespace
+	// (inNetns). Guarded by mu.
+	upstreamPort uint16
+	inNetns      func(func() error) error
 }
 
 func (h *fwdHandler) fail(err error) {
@@ -388,7 +394,17 @@ func (h *fwdHandler) ServeConn(ctx context.Context, conn net.Conn, md Metadata) 
 
 func (h *fwdHandler) ServeDatagram(ctx context.Context, d Datagram) {
 	h.record(d.Meta)
-	up, err := d.Meta.DialUpstream(ctx)
+	h.mu.Lock()
+	port := h.upstreamPort
+	h.upstreamPort = 0
+	h.mu.Unlock()
+	md := d.Meta
+	if port != 0 {
+		md = md.WithUpstream(func(ctx context.Context, md Metadata) (net.Conn, error) {
+			return dialFrom(ctx, md, port, h.inNetns)
+		})
+	}
+	up, err := md.DialUpstream(ctx)
 	if err != nil {
 		h.fail(err)
 		return
@@ -441,4 +457,16 @@ func (e *env) waitReachable() {
 		})
 	}
 	e.t.Fatalf("the server is not reachable: %v", err)
+}
+
+// dialFrom is the proxy's UDP upstream dial from a chosen source port.
+func dialFrom(ctx context.Context, md Metadata, port uint16, inNetns func(func() error) error) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(md.OrigSrc.Addr(), port)),
+		Control: sockopts(tcpolicy.MarkFromEgressProxy, false)}
+	var c net.Conn
+	err := inNetns(func() (err error) {
+		c, err = d.DialContext(ctx, udpNet(md.OrigSrc.Addr()), md.OrigDst.String())
+		return err
+	})
+	return c, err
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/tcpolicy"
 	"github.com/clustermesh/clustermesh/internal/loglimit"
 )
 
@@ -200,7 +201,7 @@ func (p *Proxy) listen(r *redirect, port uint16) error {
 				addr = "[::]"
 			}
 			addr = fmt.Sprintf("%s:%d", addr, port)
-			lc := net.ListenConfig{Control: sockopts(0, false)}
+			lc := net.ListenConfig{Control: sockopts(tcpolicy.MarkProxyReply, false)}
 			ln, err := lc.Listen(context.Background(), "tcp"+fam, addr)
 			if err != nil {
 				return err
@@ -209,7 +210,7 @@ func (p *Proxy) listen(r *redirect, port uint16) error {
 			if !datagrams {
 				continue
 			}
-			lc = net.ListenConfig{Control: sockopts(0, true)}
+			lc = net.ListenConfig{Control: sockopts(tcpolicy.MarkProxyReply, true)}
 			pc, err := lc.ListenPacket(context.Background(), "udp"+fam, addr)
 			if err != nil {
 				return err

@@ -216,3 +216,32 @@ func TestUpstreamJudgedAsClient(t *testing.T) {
 		t.Fatalf("the engine saw %d connections, want 1 (whose upstream the server refused)", n)
 	}
 }
+
+// TestUpstreamPortOfAnEarlierFlow: the upstream's source port (the node's
+// kernel's choice, blind to the pod's) is one the pod used for an earlier
+// proxied query to the same server, whose conntrack entry still lives on
+// the pod's veth: the server's answer (a peer without the programs, so it
+// comes back through the pod's veth) still reaches the upstream's socket,
+// not the pod.
+func TestUpstreamPortOfAnEarlierFlow(t *testing.T) {
+	e := newEnv(t)
+	udpPort, err := e.proxy.Ensure(RedirectKey{EndpointID: clientID, Port: portDNS, Direction: datapath.Egress, Parser: parserFwd}, nil)
+	must(t, err)
+	must(t, podnet.InNetns(e.node.NS, func() error { return e.progs.AttachByName(e.client.HostVeth, clientID, false, true) }))
+	e.policy(datapath.Egress, 0, udpPort)
+
+	_, err = e.queryUDP(portDNS, "q1", 10*time.Second)
+	must(t, err)
+	first := e.fwd.seen()[0].OrigSrc.Port()
+	// The next upstream takes the first query's port.
+	e.fwd.mu.Lock()
+	e.fwd.upstreamPort = first
+	e.fwd.mu.Unlock()
+	ans, err := e.queryUDP(portDNS, "q2", 10*time.Second)
+	if err != nil {
+		t.Fatalf("with the upstream on port %d of an earlier query: %v (upstream errors %v)", first, err, e.fwd.errors())
+	}
+	if want := fmt.Sprintf("via proxy: answer to q2 for %s", e.client.IP); ans != want {
+		t.Fatalf("got %q, want %q", ans, want)
+	}
+}

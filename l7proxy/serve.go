@@ -116,7 +116,7 @@ func (rp *replier) reply(b []byte) error {
 		return fmt.Errorf("l7 proxy: reply after the handler returned: %w", net.ErrClosed)
 	}
 	if rp.conn == nil {
-		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(rp.md.OrigDst), Control: sockopts(0, false)}
+		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(rp.md.OrigDst), Control: sockopts(tcpolicy.MarkProxyReply, false)}
 		var c net.Conn
 		err := rp.p.cfg.InNetns(func() (err error) {
 			c, err = d.DialContext(rp.r.ctx, udpNet(rp.md.OrigSrc.Addr()), rp.md.OrigSrc.String())

@@ -215,4 +215,8 @@ const (
 	// MarkFromEgressProxy, on the upstream connections of an egress proxy:
 	// the destination's ingress policy (and its proxy) still applies.
 	MarkFromEgressProxy uint32 = 0x0B00
+	// MarkProxyReply, on the proxy's answers to its clients (its listeners,
+	// so their accepted connections, and its datagram replies): never taken
+	// for a reply to one of its upstream connections.
+	MarkProxyReply uint32 = 0x0C00
 )

@@ -140,6 +140,7 @@
 #define MARK_HAIRPIN 0x0300            /* to_ep to from_ep; proxy port in bits 16-31 (0: a reply to an upstream) */
 #define MARK_FROM_INGRESS_PROXY 0x0A00 /* an ingress proxy's upstream connection */
 #define MARK_FROM_EGRESS_PROXY 0x0B00  /* an egress proxy's upstream connection */
+#define MARK_PROXY_REPLY 0x0C00        /* the proxy's answers to a client (its accepted and reply sockets) */
 
 /* Flow event flags. */
 #define FLOW_REPLY 1    /* a reply of a tracked flow */
@@ -1102,8 +1103,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ct = NULL; /* expired: as if absent (the update below replaces it) */
 	/* A reply to a proxy's upstream connection from another node (one from
 	 * this node's endpoints went to_upstream at their from_ep): to the
-	 * proxy's socket. */
-	if (!ct && dir == DIR_INGRESS && upstream_socket(skb, &p))
+	 * proxy's socket. Looked up when the flow is unknown, and when it is
+	 * one the endpoint opened whose port the upstream may have taken again
+	 * (the node's kernel does not know the pod's ports): a proxied one (the
+	 * endpoint's packets went to the proxy, so no answer from its peer is
+	 * expected), or a closing one; but not the proxy's own answers to that
+	 * flow (marked). A proxy's answer to another proxy's upstream (an
+	 * egress proxy's, through the server's ingress proxy) is not the
+	 * endpoint's flow: looked up. */
+	if (dir == DIR_INGRESS &&
+	    (!ct || (magic != MARK_PROXY_REPLY && ct->origin == DIR_EGRESS &&
+		     (ct->proxy_port || (ct->flags & CT_F_CLOSING)))) &&
+	    upstream_socket(skb, &p))
 		return hairpin(skb, 0);
 
 	if (ct) {
