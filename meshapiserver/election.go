@@ -136,6 +136,19 @@ func (e *elector) stop(abandon bool) {
 	}
 }
 
+// resign gives up the lead (or the place in the queue) of the current
+// campaign; the session stays for the next one.
+func (e *elector) resign(ctx context.Context) {
+	if e.election == nil {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := e.election.Resign(rctx); err != nil {
+		e.log.Warn("resigning failed: a standby takes over when the session expires", "err", err)
+	}
+}
+
 // observe reports the leader's name (empty when none) each time the
 // election keys change, until ctx ends.
 func (e *elector) observe(ctx context.Context) {
@@ -210,10 +223,23 @@ func (s *Server) campaignLoop(ctx context.Context, cli *clientv3.Client, el *ele
 		case errors.Is(err, ErrNotLeader):
 			log.Warn("deposed: no longer publishing", "err", err)
 			continue
+		case errors.Is(err, errLeadFailed):
+			// Give the lead to another replica, try again later.
+			el.resign(ctx)
+			d := bo.NextBackOff()
+			s.publishFailed(err, d) // reported as a failing publish (status, metrics)
+			if !sleepCtx(ctx, d) {
+				return nil
+			}
+			continue
 		}
 		return err // the source's
 	}
 }
+
+// errLeadFailed wraps what keeps an elected replica from publishing (its
+// identity store could not be read): it resigns and campaigns again.
+var errLeadFailed = errors.New("cannot lead")
 
 // errSourceEnded wraps the source's result when it ended during a campaign.
 var errSourceEnded = errors.New("the state source ended")
@@ -260,7 +286,7 @@ func (s *Server) lead(ctx context.Context, cli *clientv3.Client, t *term, src *s
 	defer cancel()
 	ids, err := newIdentityAllocator(tctx, s.cfg.identityStore(), s.cfg.cluster())
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errLeadFailed, err)
 	}
 	pub := newPublisher(cli, s.cfg.cluster(), log, s.txnLatency)
 	pub.fence = []clientv3.Cmp{t.fence()}

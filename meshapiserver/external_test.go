@@ -290,3 +290,39 @@ func (stubSource) Run(ctx context.Context, _ func(*statesource.State)) error {
 	<-ctx.Done()
 	return nil
 }
+
+// TestExternalEtcdReplicaThatCannotLeadResigns: a replica elected while its
+// identity store cannot be read does not hold the lead it cannot use: it
+// resigns, and the other replica publishes.
+func TestExternalEtcdReplicaThatCannotLeadResigns(t *testing.T) {
+	f := newFixture(t)
+	cl := startEtcdCluster(t, f.mesh, f.east)
+	writeFile(t, f.state, eastState)
+	broken := &failingStore{}
+	a := startReplicaWith(t, f, cl, "a", f.state, 2*time.Second, nil, func(c *Config) { c.IdentityStore = broken })
+	testenv.WaitFor(t, 20*time.Second, "a elected, failing to lead", func() bool {
+		st := a.srv.Status()
+		return st.PublishFailures >= 1 && strings.Contains(st.PublishError, "identity store is unreachable")
+	})
+	b := startReplica(t, f, cl, "b", f.state, 2*time.Second, nil)
+	testenv.WaitFor(t, 30*time.Second, "b leads, a stands by", func() bool {
+		sa := a.srv.Status()
+		return b.leads() && sa.Role == RoleStandby && sa.Leader == "b"
+	})
+	if st := a.srv.Status(); st.Publish.CanariesSet {
+		t.Error("a published without its identities")
+	}
+}
+
+// failingStore is an identity store that can be read once (the start's
+// check), then never.
+type failingStore struct{ loads atomic.Int32 }
+
+func (s *failingStore) Load(context.Context, wire.Cluster) (map[string]uint32, error) {
+	if s.loads.Add(1) > 1 {
+		return nil, errors.New("the identity store is unreachable")
+	}
+	return map[string]uint32{}, nil
+}
+
+func (s *failingStore) Save(context.Context, wire.Cluster, map[string]uint32) error { return nil }

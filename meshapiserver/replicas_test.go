@@ -38,18 +38,28 @@ type replica struct {
 // state file state, with an election session of ttl.
 func startReplica(t *testing.T, f *fixture, cl *etcdtest.Cluster, name, state string, ttl time.Duration, afterTxn func()) *replica {
 	t.Helper()
+	return startReplicaWith(t, f, cl, name, state, ttl, afterTxn, nil)
+}
+
+// startReplicaWith is startReplica with mod applied to the config.
+func startReplicaWith(t *testing.T, f *fixture, cl *etcdtest.Cluster, name, state string, ttl time.Duration, afterTxn func(), mod func(*Config)) *replica {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("CLUSTERMESH_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("test", t.Name())
 	}
-	srv, err := New(Config{
+	cfg := Config{
 		ClusterName: "east", ClusterID: 1, CAFile: f.east.CAFile(),
 		AdminCertFile: f.east.AdminCert(), AdminKeyFile: f.east.AdminKey(),
 		EtcdEndpoints: cl.Endpoints(), ReplicaName: name, ElectionTTL: ttl,
 		Peers:  []string{"west"},
 		Source: &statesource.File{Path: state, PollInterval: 10 * time.Millisecond},
 		Logger: log,
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
