@@ -650,7 +650,7 @@ func (m *Merger) portViews(ls *statesource.Service) []portView {
 		}
 		// Each cluster's admitted backends, sorted, in cluster id order:
 		// together in slot order (candidates.go).
-		var all []datapath.Backend
+		total := 0
 		for _, e := range m.remoteSvcs[n].sorted() {
 			bs := m.admittedLocked(e, p.Name, proto)
 			if len(bs) == 0 {
@@ -659,8 +659,12 @@ func (m *Merger) portViews(ls *statesource.Service) []portView {
 			v.remoteTotal[e.cluster] = len(bs)
 			if !(pol.failoverOnStale && m.stale[e.cluster]) {
 				v.remote[e.cluster] = bs
-				all = append(all, bs...)
+				total += len(bs)
 			}
+		}
+		all := make([]datapath.Backend, 0, total) // the selection may keep it: sized exactly
+		for _, e := range m.remoteSvcs[n].sorted() {
+			all = append(all, v.remote[e.cluster]...)
 		}
 		if !slices.IsSortedFunc(all, compareBackends) {
 			sortBackends(all) // two names with one cluster id
