@@ -78,6 +78,9 @@ type Config struct {
 	// Hubble observes the node's endpoints and serves their flows with
 	// Hubble's Observer API.
 	Hubble HubbleConfig
+	// L7 is the transparent proxy of the ports whose policy has HTTP or
+	// DNS rules, and the FQDN cache of toFQDNs rules.
+	L7 L7Config
 	// StatusAddr is the unix socket path or host:port the status is served
 	// on (--status-addr); empty: not served.
 	StatusAddr string
@@ -174,6 +177,7 @@ func NewConfig() Config {
 		}},
 		Policy:      PolicyConfig{DefaultLocalCluster: true, FlowTraceNew: true},
 		Hubble:      HubbleConfig{Enable: true, SocketPath: DefaultHubbleSocketPath, EventBufferCapacity: observe.DefaultCapacity},
+		L7:          newL7Config(),
 		StatusAddr:  DefaultStatusAddr,
 		MetricsAddr: defaultMetricsAddr,
 	}

@@ -29,6 +29,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	c.WireGuard.registerFlags(fs)
 	c.Policy.registerFlags(fs)
 	c.Hubble.registerFlags(fs)
+	c.L7.registerFlags(fs)
 }
 
 // registerSizes registers a flag for each size of c that opts describe.

@@ -78,6 +78,11 @@ type Node struct {
 	flowMetrics *collectorList
 	metrics     *flowmetrics.Metrics
 	export      *flowexport.Manager
+	// l7 is the L7 proxy and the FQDN cache (nil unless policy is
+	// enforced on the eBPF datapath with L7.Enable); l7Metrics their
+	// collectors.
+	l7        *l7
+	l7Metrics collectorList
 
 	running   atomic.Bool
 	closeOnce sync.Once
@@ -227,6 +232,9 @@ func (n *Node) buildPolicy(ids *identityRelay) error {
 	ecfg.AuditNamespaces = audit
 	if n.progs != nil {
 		ecfg.Attacher = enforcer.ProgramsAttacher{Programs: n.progs, InNetns: c.Policy.InNetns}
+		if err := n.buildL7(&ecfg); err != nil {
+			return err
+		}
 	} else {
 		n.log.Warn("in-memory datapath: policies are computed but not enforced (run as root with bpffs for eBPF)")
 	}
@@ -286,6 +294,11 @@ func (n *Node) Close() error {
 		if n.progs != nil {
 			if err := n.progs.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("closing the policy maps: %w", err))
+			}
+		}
+		if n.l7 != nil {
+			if err := n.l7.proxy.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("stopping the L7 proxy: %w", err))
 			}
 		}
 		if err := n.dp.Close(); err != nil {
@@ -371,6 +384,7 @@ func (n *Node) collectors() []prometheus.Collector {
 	if n.kube != nil {
 		out = append(out, n.kube.Collector())
 	}
+	out = append(out, n.l7Metrics.cs...)
 	if n.hub != nil {
 		out = append(out, n.hub.Collector())
 		out = append(out, n.flowMetrics.cs...)

@@ -39,6 +39,9 @@ func (n *Node) parts(srcs []*flows.Reader) []part {
 	if n.kube != nil {
 		ps = append(ps, part{"watching the cluster's policies", n.kube.Run})
 	}
+	if n.l7 != nil {
+		ps = append(ps, part{"running the L7 proxy", n.l7.run})
+	}
 	if len(srcs) > 0 {
 		ps = append(ps, part{"reading the flows", func(ctx context.Context) error {
 			sources := make([]observe.Source, len(srcs))

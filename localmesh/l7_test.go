@@ -1,0 +1,235 @@
+package localmesh
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+
+	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/internal/podnet"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/node"
+	"github.com/clustermesh/clustermesh/observe"
+)
+
+// checkoutL7 lets west's and north's frontends reach east's checkout on
+// port 80 with GET /v1/cart only: every request is parsed by the agent's
+// proxy, a POST gets 403. East's own frontend is not selected at all.
+const checkoutL7 = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout-l7, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend}
+      matchExpressions:
+      - {key: io.cilium.k8s.policy.cluster, operator: In, values: [west, north]}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: "/v1/cart"}
+`
+
+// startL7Env is the policy environment with policy (a file of east's
+// policy directory) instead of checkoutIngress, Hubble on every node-1.
+func startL7Env(t *testing.T, policy string) *policyEnv {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "l7.yaml"), []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return startPolicyEnvWith(t, true, func(name string, cfg *node.Config) {
+		if name == "east-node-1" {
+			cfg.Policy.Dir = dir
+		}
+	})
+}
+
+// serveHTTP runs an HTTP server on p's port: "cart" for every request,
+// with the method echoed in a header.
+func serveHTTP(t *testing.T, p *podnet.Pod, port uint16) {
+	t.Helper()
+	var ln net.Listener
+	if err := podnet.InNetns(p.NS, func() (err error) {
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(p.IP, port).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("X-Method", r.Method)
+		io.WriteString(w, "cart")
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+}
+
+// podClient is an HTTP client whose connections are opened in p's network
+// namespace (a socket stays in the namespace it was made in), keeping them
+// alive between requests.
+func podClient(p *podnet.Pod) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 1, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := podnet.InNetns(p.NS, func() (err error) {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
+}
+
+// waitRedirected waits until east's checkout-2 has its port 80 redirected
+// to a listening proxy port.
+func waitRedirected(t *testing.T, enf *enforcer.Enforcer, pod string, port string) {
+	t.Helper()
+	testenv.WaitFor(t, 10*time.Second, pod+" redirected to the L7 proxy", func() bool {
+		for _, ep := range enf.Status().Endpoints {
+			if ep.Pod != pod {
+				continue
+			}
+			for _, r := range ep.Redirects {
+				if r.Ports == port && r.ProxyPort != 0 {
+					return true
+				}
+			}
+		}
+		return false
+	})
+}
+
+func TestL7HTTPAcrossClusters(t *testing.T) {
+	e := startL7Env(t, checkoutL7)
+	east := e.mesh.Cluster("east").Agents[0].Node
+	l7 := east.Flows().Subscribe(observe.Query{Follow: true, Match: func(f *flowpb.Flow) bool { return f.GetL7() != nil }})
+	defer l7.Close()
+	serveHTTP(t, e.pods["east/checkout-2"], 80)
+	waitRedirected(t, e.enf, "checkout-2", "80")
+	url := "http://10.1.1.12/v1/cart"
+
+	for _, from := range []string{"west/frontend-1", "north/frontend-1"} {
+		c := podClient(e.pods[from])
+		checkHTTP(t, c, http.MethodGet, url, http.StatusOK, "cart")
+		// A denied request gets Cilium's 403 and leaves the connection
+		// usable for the next allowed one.
+		checkHTTP(t, c, http.MethodPost, url, http.StatusForbidden, "Access denied\r\n")
+		checkHTTP(t, c, http.MethodGet, url, http.StatusOK, "cart")
+		checkHTTP(t, c, http.MethodGet, "http://10.1.1.12/admin", http.StatusForbidden, "Access denied\r\n")
+		c.CloseIdleConnections()
+	}
+	// East's frontend is not selected: its packets never reach the proxy.
+	if _, err := podClient(e.pods["east/frontend-1"]).Get(url); err == nil {
+		t.Error("east/frontend-1 got an answer from checkout, want its connection dropped")
+	}
+
+	// The L7 flows, as Hubble's: a request and its response for each
+	// allowed one, the request alone, DROPPED, for a denied one (as Cilium
+	// logs it); the remote clients named by their clusters' ipcache
+	// entries.
+	got := readL7(t, l7, 12)
+	for _, from := range []string{"west", "north"} {
+		want := []string{"GET /v1/cart FORWARDED", "GET /v1/cart 200", "POST /v1/cart DROPPED", "GET /admin DROPPED"}
+		for _, w := range want {
+			if !slicesContainsFunc(got, func(f *flowpb.Flow) bool { return l7Line(f) == from+" "+w }) {
+				t.Errorf("no L7 flow %q from %s/frontend-1; got:\n%s", w, from, l7Lines(got))
+			}
+		}
+	}
+	for _, f := range got {
+		client, server := f.GetSource(), f.GetDestination()
+		if f.GetIsReply().GetValue() {
+			client, server = server, client
+		}
+		if client.GetPodName() != "frontend-1" || client.GetNamespace() != "shop" || server.GetPodName() != "checkout-2" ||
+			server.GetClusterName() != "east" || f.GetTrafficDirection() != flowpb.TrafficDirection_INGRESS ||
+			f.GetNodeName() != "east/node-1" || f.GetType() != flowpb.FlowType_L7 {
+			t.Errorf("L7 flow ends: %s", observe.Compact(f))
+		}
+		if f.GetL7().GetType() == flowpb.L7FlowType_RESPONSE && f.GetL7().GetLatencyNs() == 0 {
+			t.Errorf("response without latency: %s", observe.Compact(f))
+		}
+	}
+	line := observe.Compact(got[0])
+	if !strings.Contains(line, "http-request FORWARDED (HTTP/1.1 GET http://10.1.1.12/v1/cart)") {
+		t.Errorf("compact: %q", line)
+	}
+}
+
+func checkHTTP(t *testing.T, c *http.Client, method, url string, code int, body string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader("{}"))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Errorf("%s %s: %v", method, url, err)
+		return
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != code || string(b) != body {
+		t.Errorf("%s %s: %d %q, want %d %q", method, url, resp.StatusCode, b, code, body)
+	}
+}
+
+// readL7 reads n L7 flows of a following subscription.
+func readL7(t *testing.T, s *observe.Subscription, n int) []*flowpb.Flow {
+	t.Helper()
+	var out []*flowpb.Flow
+	deadline := time.After(10 * time.Second)
+	for len(out) < n {
+		select {
+		case ev := <-s.Events():
+			if f := ev.GetFlow(); f != nil {
+				out = append(out, f)
+			}
+		case <-deadline:
+			t.Fatalf("%d L7 flows, want %d:\n%s", len(out), n, l7Lines(out))
+		}
+	}
+	return out
+}
+
+// l7Line is "cluster METHOD path VERDICT|code" of an HTTP flow, the
+// client's cluster first.
+func l7Line(f *flowpb.Flow) string {
+	h := f.GetL7().GetHttp()
+	client := f.GetSource()
+	if f.GetIsReply().GetValue() {
+		client = f.GetDestination()
+	}
+	path := strings.TrimPrefix(h.GetUrl(), "http://10.1.1.12")
+	if f.GetL7().GetType() == flowpb.L7FlowType_RESPONSE {
+		return fmt.Sprintf("%s %s %s %d", client.GetClusterName(), h.GetMethod(), path, h.GetCode())
+	}
+	return fmt.Sprintf("%s %s %s %s", client.GetClusterName(), h.GetMethod(), path, f.GetVerdict())
+}
+
+func l7Lines(fs []*flowpb.Flow) string {
+	var b strings.Builder
+	for _, f := range fs {
+		b.WriteString(observe.Compact(f) + "\n")
+	}
+	return b.String()
+}
+
+func slicesContainsFunc(fs []*flowpb.Flow, match func(*flowpb.Flow) bool) bool {
+	for _, f := range fs {
+		if match(f) {
+			return true
+		}
+	}
+	return false
+}
