@@ -38,8 +38,8 @@ func TestFiguresCache(t *testing.T) {
 	before := len(w.removals())
 	took := restartCache(t, m)
 	removed := len(w.removals()) - before
-	figure.Print("scale.cache_restart.removed", float64(removed), "entries")
-	figure.Print("scale.cache_restart.resync_s", took.Seconds(), "s")
+	figure.Print("cache.restart.removed", float64(removed), "entries")
+	figure.Print("cache.restart.resync_s", took.Seconds(), "s")
 	t.Logf("cache restart: %d entries removed, resynced %d remotes × %d pods in %s", removed, clusters-1, pods, took)
 }
 
@@ -135,8 +135,8 @@ func figureCachePropagation(t *testing.T, m *Mesh, cached *removalWatch) {
 		cacheLat = append(cacheLat, wait(cached, p).Sub(start))
 	}
 	raw99, direct99, cache99 := percentile(rawLat, 0.99), percentile(directLat, 0.99), percentile(cacheLat, 0.99)
-	figure.Print("scale.propagation.cache_p99_ratio", float64(cache99)/float64(raw99), "ratio")
-	figure.Print("scale.propagation.direct_p99_ratio", float64(direct99)/float64(raw99), "ratio")
+	figure.Print("cache.propagation.p99_ratio", float64(cache99)/float64(raw99), "ratio")
+	figure.Print("cache.propagation.direct_p99_ratio", float64(direct99)/float64(raw99), "ratio")
 	t.Logf("put→watch p50 %.3f p99 %.3f ms; direct p50 %.3f p99 %.3f ms; through the cache p50 %.3f p99 %.3f ms",
 		ms(percentile(rawLat, 0.5)), ms(raw99), ms(percentile(directLat, 0.5)), ms(direct99), ms(percentile(cacheLat, 0.5)), ms(cache99))
 }
