@@ -49,9 +49,10 @@ func (m *Merger) serviceChangedLocked(n ServiceName, id uint16) {
 		c.dirty[n] = append(c.dirty[n], id)
 	}
 	if c.timer == nil {
-		// Due when the first pending service's window ends: no pending
-		// change was written less than a window before it, so none waits
-		// longer than a window.
+		// Due when this service's window ends, less than a window from
+		// now; the trailing write takes every pending service, and the
+		// others' changes come after this one: none waits longer than a
+		// window.
 		c.flushing.Add(1)
 		c.timer = time.AfterFunc(time.Until(c.written[n].Add(c.window)), m.flushTimer)
 	}
