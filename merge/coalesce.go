@@ -28,6 +28,7 @@ type coalescer struct {
 	written map[ServiceName]time.Time // when each service was last written
 	dirty   map[ServiceName][]uint16  // changes waiting for the trailing write: by whom (cluster ids)
 	timer   *time.Timer               // the pending trailing write; nil: none
+	due     time.Time                 // when timer fires
 	closed  bool
 	// flushing counts the timer callbacks that may still run.
 	flushing sync.WaitGroup
@@ -54,7 +55,8 @@ func (m *Merger) serviceChangedLocked(n ServiceName, id uint16) {
 		// others' changes come after this one: none waits longer than a
 		// window.
 		c.flushing.Add(1)
-		c.timer = time.AfterFunc(time.Until(c.written[n].Add(c.window)), m.flushTimer)
+		c.due = c.written[n].Add(c.window)
+		c.timer = time.AfterFunc(time.Until(c.due), m.flushTimer)
 	}
 }
 

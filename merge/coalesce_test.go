@@ -98,6 +98,29 @@ func TestCoalesceTrailingWrite(t *testing.T) {
 	}
 }
 
+// Every pending change is written within a window of its arrival: the
+// trailing write is due when the first pending service's window ends, and
+// later changes, of any service, join it.
+func TestCoalesceTrailingWriteDueWithinWindow(t *testing.T) {
+	const window = time.Hour
+	m, _ := coMerger(t, window)
+	st := mgLocalState("", true)
+	api := st.Services[0]
+	api.Name, api.ClusterIP = "api", netip.MustParseAddr("10.96.0.30")
+	st.Services = append(st.Services, api)
+	m.SetLocal(st) // both written now: their windows are open
+	first := time.Now()
+	m.SetRemoteService("cluster-a", mgWeb, mgRemote(mgClusterA, true, "10.2.0.1"))
+	due := m.co.due
+	if m.co.timer == nil || due.After(first.Add(window)) {
+		t.Fatalf("trailing write due %v after the change, want within %v", due.Sub(first), window)
+	}
+	m.SetRemoteService("cluster-b", ServiceName{"shop", "api"}, mgRemote(mgClusterB, true, "10.3.0.1"))
+	if m.co.due != due || m.PendingServices() != 2 {
+		t.Errorf("a second service's change moved the trailing write (%v → %v) or is not pending (%d)", due, m.co.due, m.PendingServices())
+	}
+}
+
 // One service's window does not delay another's first change.
 func TestCoalescePerService(t *testing.T) {
 	m, dp := coMerger(t, time.Hour)
