@@ -3,7 +3,8 @@
 // under their affinity, every remote's ipcache entries within the address
 // ranges its nodes own, the local nodes' addresses, and what a previous run
 // left until its clusters have synced. It writes the result into the
-// datapath as idempotent updates and deletes. agentsync receives and
+// datapath as idempotent updates and deletes, a remote's service updates
+// coalesced over a short window (coalesce.go). agentsync receives and
 // validates remote state and hands it here.
 package merge
 
