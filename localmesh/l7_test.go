@@ -18,6 +18,7 @@ import (
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/l7dns/dnsserver"
 	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/observe"
 )
@@ -232,4 +233,162 @@ func slicesContainsFunc(fs []*flowpb.Flow, match func(*flowpb.Flow) bool) bool {
 		}
 	}
 	return false
+}
+
+// frontendDNS lets east's frontend ask east's checkout (a DNS server on
+// port 53) for names under shop.example only, every query parsed by the
+// proxy, and reach api.shop.example's addresses on 8080 once an allowed
+// answer gave them; checkout accepts the queries.
+const frontendDNS = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-dns, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints:
+    - matchLabels: {app: checkout}
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
+      rules:
+        dns:
+        - matchPattern: "*.shop.example"
+  - toFQDNs:
+    - matchName: api.shop.example
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: checkout-dns, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: checkout}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: frontend}
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+`
+
+// serveDNS runs a DNS server of zone on p's port 53, UDP and TCP.
+func serveDNS(t *testing.T, p *podnet.Pod, zone string) {
+	t.Helper()
+	z, err := dnsserver.ParseZone("shop.example.", strings.NewReader(zone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pc net.PacketConn
+	var ln net.Listener
+	addr := netip.AddrPortFrom(p.IP, 53).String()
+	if err := podnet.InNetns(p.NS, func() (err error) {
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := dnsserver.Start(z, pc, ln)
+	t.Cleanup(func() { srv.Close(context.Background()) })
+}
+
+// podResolver asks server over network ("udp" or "tcp") from p's network
+// namespace.
+func podResolver(p *podnet.Pod, network string, server netip.AddrPort) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var c net.Conn
+		err := podnet.InNetns(p.NS, func() (err error) {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, server.String())
+			return err
+		})
+		return c, err
+	}}
+}
+
+func TestL7DNSAndFQDNPolicy(t *testing.T) {
+	e := startL7Env(t, frontendDNS)
+	east := e.mesh.Cluster("east").Agents[0].Node
+	l7 := east.Flows().Subscribe(observe.Query{Follow: true, Match: func(f *flowpb.Flow) bool { return f.GetL7().GetDns() != nil }})
+	defer l7.Close()
+	serveDNS(t, e.pods["east/checkout-2"], "api 30 IN A 10.2.1.101\ncart 30 IN A 10.1.1.12\n")
+	serveTCP(t, e.pods["west/frontend-2"], 8080)
+	waitRedirected(t, e.enf, "frontend-1", "53")
+	fe, api := e.pods["east/frontend-1"], netip.MustParseAddrPort("10.2.1.101:8080")
+	if err := connect(fe, api, 300*time.Millisecond); err == nil {
+		t.Fatal("frontend-1 reached api.shop.example's address before any DNS answer gave it")
+	}
+	dnsServer := netip.MustParseAddrPort("10.1.1.12:53")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, network := range []string{"udp", "tcp"} {
+		r := podResolver(fe, network, dnsServer)
+		if _, err := r.LookupHost(ctx, "evil.example.org."); err == nil || !strings.Contains(err.Error(), "refused") && !strings.Contains(err.Error(), "server misbehaving") {
+			t.Errorf("%s: evil.example.org: %v, want the query refused", network, err)
+		}
+		addrs, err := r.LookupHost(ctx, "api.shop.example.")
+		if err != nil || len(addrs) != 1 || addrs[0] != "10.2.1.101" {
+			t.Fatalf("%s: api.shop.example: %v %v", network, addrs, err)
+		}
+	}
+	// The answer's address is allowed before the client has the answer:
+	// the connection right after it goes through.
+	if err := connect(fe, api, 3*time.Second); err != nil {
+		t.Errorf("frontend-1 → api.shop.example (%s) after the answer: %v, want allowed by toFQDNs", api, err)
+	}
+	if err := connect(fe, netip.MustParseAddrPort("10.2.1.101:9090"), 300*time.Millisecond); err == nil {
+		t.Error("frontend-1 reached api.shop.example on a port toFQDNs does not allow")
+	}
+
+	got := readDNSFlows(t, l7, func(fs []*flowpb.Flow) bool {
+		return slicesContainsFunc(fs, dnsFlow("api.shop.example.", flowpb.Verdict_FORWARDED, true, "10.2.1.101")) &&
+			slicesContainsFunc(fs, dnsFlow("evil.example.org.", flowpb.Verdict_DROPPED, false, ""))
+	})
+	for _, f := range got {
+		client := f.GetSource()
+		if f.GetIsReply().GetValue() {
+			client = f.GetDestination()
+		}
+		if client.GetPodName() != "frontend-1" || client.GetClusterName() != "east" || f.GetTrafficDirection() != flowpb.TrafficDirection_EGRESS {
+			t.Errorf("DNS flow: %s", observe.Compact(f))
+		}
+	}
+}
+
+// dnsFlow matches a DNS flow of query with verdict, a response with ip
+// among its answers, or a request.
+func dnsFlow(query string, v flowpb.Verdict, response bool, ip string) func(*flowpb.Flow) bool {
+	return func(f *flowpb.Flow) bool {
+		d := f.GetL7().GetDns()
+		if d.GetQuery() != query || f.GetVerdict() != v || (f.GetL7().GetType() == flowpb.L7FlowType_RESPONSE) != response {
+			return false
+		}
+		return ip == "" || slicesContainsString(d.GetIps(), ip)
+	}
+}
+
+func slicesContainsString(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// readDNSFlows reads flows of s until done says they are enough.
+func readDNSFlows(t *testing.T, s *observe.Subscription, done func([]*flowpb.Flow) bool) []*flowpb.Flow {
+	t.Helper()
+	var out []*flowpb.Flow
+	deadline := time.After(10 * time.Second)
+	for !done(out) {
+		select {
+		case ev := <-s.Events():
+			if f := ev.GetFlow(); f != nil {
+				out = append(out, f)
+			}
+		case <-deadline:
+			t.Fatalf("DNS flows:\n%s", l7Lines(out))
+		}
+	}
+	return out
 }
