@@ -75,8 +75,11 @@
  *   upstream's socket (to_upstream). Replies from another node are routed
  *   to the client's veth (the agent turns the stack's early demultiplexing
  *   off, which would find the socket and make the forward drop them):
- *   to_ep, finding no conntrack entry, looks their tuple up among the
- *   node's sockets and hairpins them (MARK_HAIRPIN, port 0) to be assigned.
+ *   to_ep, finding no conntrack entry (or one of the endpoint's proxied or
+ *   closing flows, whose port the upstream may have taken again), looks
+ *   their tuple up among the node's sockets and hairpins them (MARK_HAIRPIN,
+ *   port 0) to be assigned. The proxy's answers to its clients carry
+ *   MARK_PROXY_REPLY.
  *
  * Layouts: datapath/layout.go (cm_ipcache), datapath/tcpolicy/layout.go
  * (the policy maps) and datapath/flows/layout.go (the events, the counters).
