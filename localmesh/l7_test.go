@@ -331,12 +331,25 @@ func TestL7DNSAndFQDNPolicy(t *testing.T) {
 		}
 	}
 	// The answer's address is allowed before the client has the answer:
-	// the connection right after it goes through.
+	// the connection right after it goes through, its flows naming the
+	// destination by the name (Hubble's destination_names, --to-fqdn).
+	named := east.Flows().Subscribe(observe.Query{Follow: true, Match: func(f *flowpb.Flow) bool {
+		return f.GetL7() == nil && f.GetIP().GetDestination() == "10.2.1.101"
+	}})
+	defer named.Close()
 	if err := connect(fe, api, 3*time.Second); err != nil {
 		t.Errorf("frontend-1 → api.shop.example (%s) after the answer: %v, want allowed by toFQDNs", api, err)
 	}
 	if err := connect(fe, netip.MustParseAddrPort("10.2.1.101:9090"), 300*time.Millisecond); err == nil {
 		t.Error("frontend-1 reached api.shop.example on a port toFQDNs does not allow")
+	}
+	select {
+	case ev := <-named.Events():
+		if got := ev.GetFlow().GetDestinationNames(); len(got) != 1 || got[0] != "api.shop.example" {
+			t.Errorf("flow to api.shop.example's address names it %v: %s", got, observe.Compact(ev.GetFlow()))
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no flow of the connection to api.shop.example's address")
 	}
 
 	got := readDNSFlows(t, l7, func(fs []*flowpb.Flow) bool {

@@ -3,10 +3,12 @@ package node
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/fqdn"
 	"github.com/clustermesh/clustermesh/observe"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
@@ -20,6 +22,9 @@ type flowNames struct {
 	enf     *enforcer.Enforcer
 	sync    *agentsync.Agent
 	local   *view // the local state, for services
+	// fqdn is the L7 proxy's FQDN cache (nil without the proxy): the DNS
+	// names of the world's and FQDN-selected addresses.
+	fqdn *fqdn.Cache
 
 	mu        sync.RWMutex
 	frontends map[netip.AddrPort]serviceName // guarded by mu
@@ -28,7 +33,26 @@ type flowNames struct {
 
 type serviceName struct{ namespace, name string }
 
-var _ observe.Enricher = (*flowNames)(nil)
+var (
+	_ observe.Enricher = (*flowNames)(nil)
+	_ observe.DNSNamer = (*flowNames)(nil)
+)
+
+// DNSNames are the names allowed DNS answers gave for a, as the FQDN cache
+// holds them, without their trailing dot (as Hubble shows them).
+func (f *flowNames) DNSNames(a netip.Addr) []string {
+	if f.fqdn == nil {
+		return nil
+	}
+	names := f.fqdn.NamesOf(a)
+	for i := range names {
+		names[i] = strings.TrimSuffix(names[i], ".")
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	return names
+}
 
 func (f *flowNames) Identity(id uint32) (wire.Labels, bool) { return f.enf.Identity(id) }
 

@@ -253,6 +253,9 @@ func (n *Node) buildPolicy(ids *identityRelay) error {
 			return err
 		}
 		n.names = &flowNames{cluster: c.Sync.ClusterName, enf: enf, sync: n.sync, local: n.local.view()}
+		if n.l7 != nil {
+			n.names.fqdn = n.l7.cache
+		}
 		n.hub = observe.NewHub(observe.Config{Enricher: n.names, NodeName: c.hubbleNodeName(), MaxConnectedClusters: c.Sync.MaxConnectedClusters,
 			Capacity: c.Hubble.EventBufferCapacity, Logger: n.log, OnFlow: []func(*flowpb.Flow){n.metrics.Observe}})
 	}

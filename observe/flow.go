@@ -43,6 +43,15 @@ type Enricher interface {
 	Service(frontend netip.AddrPort) (namespace, name string, ok bool)
 }
 
+// DNSNamer is implemented by an Enricher that knows the DNS names allowed
+// answers gave for addresses (the agent's FQDN cache): a flow's
+// source_names and destination_names, which Hubble's --from-fqdn and
+// --to-fqdn match. It is asked only for peers of the world identity or a
+// node-local one (the identities of FQDN-selected addresses).
+type DNSNamer interface {
+	DNSNames(addr netip.Addr) []string
+}
+
 // Pod names a pod of the mesh.
 type Pod struct {
 	Cluster, Namespace, Name string
@@ -112,6 +121,8 @@ func (x *enricher) flow(f flows.Flow) *flowpb.Flow {
 		IsReply:          wrapperspb.Bool(f.Reply),
 		ProxyPort:        uint32(f.ProxyPort),
 	}
+	out.SourceNames = x.dnsNames(f.Src.Addr(), f.SrcIdentity)
+	out.DestinationNames = x.dnsNames(f.Dst.Addr(), f.DstIdentity)
 	fillDeprecated(out, f.Reply)
 	switch kind(f) {
 	case flows.KindSockTranslate:
@@ -319,6 +330,16 @@ func (x *enricher) endpoint(addr netip.Addr, id uint32, cluster uint16) *flowpb.
 		ep.Namespace, _ = ls.Get(wire.NamespaceLabel)
 	}
 	return ep
+}
+
+// dnsNames are the DNS names of addr when its identity is the world's or
+// node-local (1<<24 and above: CIDR and FQDN identities), else nil.
+func (x *enricher) dnsNames(addr netip.Addr, id uint32) []string {
+	n, ok := x.e.(DNSNamer)
+	if !ok || !addr.IsValid() || (id != wire.IdentityWorld && id < 1<<24) {
+		return nil
+	}
+	return n.DNSNames(addr.Unmap())
 }
 
 // formatted returns the identity's labels as Hubble writes them

@@ -1,6 +1,7 @@
 package observe
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +9,9 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/datapath/flows"
 )
 
 // proxyHTTP is an L7 HTTP flow as the proxy reports it: west's frontend
@@ -127,4 +131,35 @@ func FuzzTraceID(f *testing.F) {
 			t.Fatalf("traceID(%q) = %q: not 32 lower-case hex digits", v, id)
 		}
 	})
+}
+
+// namingEnricher is testEnricher with the DNS names of one address.
+type namingEnricher struct{ testEnricher }
+
+func (namingEnricher) DNSNames(a netip.Addr) []string {
+	if a == netip.MustParseAddr("203.0.113.7") {
+		return []string{"api.example.com."}
+	}
+	return nil
+}
+
+// TestDNSNames: a peer of the world or of a node-local identity is named
+// by the DNS names the agent's FQDN cache holds for it; a pod is not
+// looked up.
+func TestDNSNames(t *testing.T) {
+	x := newEnricher(namingEnricher{}, "east/node-1", 0)
+	out := dpFlow("10.1.1.11:40000", 70001, 1, "203.0.113.7:443", 2, 0, flows.VerdictForwarded)
+	out.Direction = datapath.Egress
+	f := x.flow(out)
+	if got := f.GetDestinationNames(); len(got) != 1 || got[0] != "api.example.com." || f.GetSourceNames() != nil {
+		t.Errorf("names: source %v destination %v; want the destination api.example.com.", f.GetSourceNames(), got)
+	}
+	local := dpFlow("10.1.1.11:40000", 70001, 1, "203.0.113.7:443", 1<<24|5, 0, flows.VerdictForwarded)
+	if got := x.flow(local).GetDestinationNames(); len(got) != 1 {
+		t.Errorf("a node-local (FQDN) identity's address: names %v", got)
+	}
+	pod := dpFlow("10.1.1.11:40000", 70001, 1, "203.0.113.7:443", 132000, 2, flows.VerdictForwarded)
+	if got := x.flow(pod).GetDestinationNames(); got != nil {
+		t.Errorf("a pod identity's address was looked up: %v", got)
+	}
 }
