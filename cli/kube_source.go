@@ -19,10 +19,20 @@ const defaultKubeNamespace = kubemesh.DefaultNamespace
 // in a pod, the in-cluster config and its service account (the role enable
 // or manifests creates); outside, kubeconfig and context.
 func newKubeClient(kubeconfig, context string) (kubernetes.Interface, error) {
+	return newKubeClientRate(kubeconfig, context, 0, 0)
+}
+
+// newKubeClientRate is newKubeClient with client-go's request rate limit
+// (queries per second and burst; zero: client-go's 5 and 10). A controller
+// that writes several objects per change (the slices writer and the MCS
+// controller share one client) would otherwise wait 200 ms per request
+// past the burst.
+func newKubeClientRate(kubeconfig, context string, qps float32, burst int) (kubernetes.Interface, error) {
 	cfg, err := kubemesh.RESTConfig(kubeconfig, context)
 	if err != nil {
 		return nil, err
 	}
+	cfg.QPS, cfg.Burst = qps, burst
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("building the Kubernetes client: %w", err)

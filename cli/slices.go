@@ -244,6 +244,13 @@ func printMCSStatus(out io.Writer, m *k8smcs.Status, w k8sslices.Status) {
 	}
 }
 
+// The request rate limit of 'clustermesh slices' (client-go's default, 5
+// per second, made each MCS import wait about 200 ms per write).
+const (
+	slicesQPS   = 50
+	slicesBurst = 100
+)
+
 // SlicesStatus is what 'clustermesh slices' serves on --status-addr.
 type SlicesStatus struct {
 	Writer  k8sslices.Status         `json:"writer"`
@@ -253,7 +260,7 @@ type SlicesStatus struct {
 }
 
 func (f *slicesFlags) run(ctx context.Context, log *slog.Logger) error {
-	client, err := newKubeClient(f.kubeconfig, f.kubeContext)
+	client, err := newKubeClientRate(f.kubeconfig, f.kubeContext, slicesQPS, slicesBurst)
 	if err != nil {
 		return err
 	}
