@@ -278,7 +278,11 @@ func (c *Controller) keepExportConditions(ctx context.Context, local *localState
 		if !setConditions(&e.Status.Conditions, exportConditions(c.cfg.ClusterName, svc, imports[key]), e.Generation) {
 			continue
 		}
-		if _, err := c.cfg.MCS.MulticlusterV1beta1().ServiceExports(e.Namespace).UpdateStatus(ctx, e, metav1.UpdateOptions{}); err != nil {
+		_, err := c.cfg.MCS.MulticlusterV1beta1().ServiceExports(e.Namespace).UpdateStatus(ctx, e, metav1.UpdateOptions{})
+		if apierrors.IsNotFound(err) {
+			continue // deleted since the list: nothing to say on it
+		}
+		if err != nil {
 			c.writeFailed("serviceexport", "update")
 			errs = append(errs, fmt.Errorf("updating the conditions of the ServiceExport %s: %w", key, err))
 			continue
