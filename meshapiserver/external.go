@@ -109,7 +109,15 @@ func (s *Server) runExternal(ctx context.Context) error {
 	close(s.serving)
 	log.Info("connected to the external etcd cluster", "endpoints", s.url)
 
-	el := newElector(ctx, cli, cfg, log, s.setLeaderName)
+	// The election has a connection of its own: on the publisher's, the
+	// session's keep-alives would queue behind 6 MiB transactions, and a
+	// loaded leader lost its session to its own publishing.
+	elCli, err := newAdminClient(context.WithoutCancel(ctx), cfg.EtcdEndpoints, etcdTLS)
+	if err != nil {
+		return err
+	}
+	defer elCli.Close()
+	el := newElector(ctx, elCli, cfg, log, s.setLeaderName)
 	defer func() { el.stop(s.abandoned()) }() // abandoned as Run returns
 	return s.campaignLoop(ctx, cli, el, src, first, log)
 }

@@ -133,7 +133,11 @@ func ipcacheKeysOf(first, n int) func(key string) bool {
 // before and after, never sees an address or label set renumbered, and
 // the canaries stay.
 func TestExternalEtcdTakeoverMidPublish(t *testing.T) {
-	took, _ := takeoverMidPublish(t, 20000)
+	n := 20000
+	if testenv.RaceEnabled {
+		n = 10000 // the race detector slows publishing fourfold
+	}
+	took, _ := takeoverMidPublish(t, n)
 	// Typically 3–4 s (docs/external-etcd.md); the bound leaves room for a
 	// machine loaded tenfold, as a shared 2-core one can be.
 	const bound = 30 * time.Second
@@ -195,11 +199,12 @@ func takeoverMidPublish(t *testing.T, n int) (took, elected time.Duration) {
 	testenv.WaitFor(t, 60*time.Second, "b took over and published", b.leads)
 	death := time.Unix(0, killedAt.Load())
 	took = time.Since(death)
-	// On a loaded machine b's own session may expire once too (it then
-	// campaigns again and adopts its own entries): a takeover per term.
+	// On a loaded machine b's own session may expire too (it then
+	// campaigns again and adopts its own entries): a takeover per term
+	// that got as far as reading the store.
 	st := b.srv.Status()
-	if st.Takeovers < 1 || st.Takeovers != st.Terms {
-		t.Errorf("b counted %d takeovers in %d terms, want one per term", st.Takeovers, st.Terms)
+	if st.Takeovers < 1 || st.Takeovers > st.Terms {
+		t.Errorf("b counted %d takeovers in %d terms, want one, at most one per term", st.Takeovers, st.Terms)
 	}
 	elected = st.LeaderSince.Sub(death)
 	t.Logf("takeover: %s after the leader's death, elected after %s (election TTL %s)", took.Round(time.Millisecond), elected.Round(time.Millisecond), ttl)

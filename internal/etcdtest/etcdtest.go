@@ -125,7 +125,10 @@ func (c *Cluster) startMember(m *member, state string) error {
 	ec := embed.NewConfig()
 	ec.Name, ec.Dir = m.name, m.dir
 	ec.UnsafeNoFsync = true
-	ec.TickMs, ec.ElectionMs = 50, 500
+	// etcd's defaults: shorter ones make raft leadership flap on a loaded
+	// machine, and every new raft leader extends every lease (a dead
+	// apiserver's session then outlives its TTL many times).
+	ec.TickMs, ec.ElectionMs = 100, 1000
 	if c.cfg.MaxTxnOps != 0 {
 		ec.MaxTxnOps = c.cfg.MaxTxnOps
 	}
