@@ -16,6 +16,7 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 
 	"github.com/clustermesh/clustermesh/enforcer"
+	"github.com/clustermesh/clustermesh/internal/hubbletest"
 	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/l7dns/dnsserver"
@@ -404,4 +405,98 @@ func readDNSFlows(t *testing.T, s *observe.Subscription, done func([]*flowpb.Flo
 		}
 	}
 	return out
+}
+
+// The real hubble CLI against the relay sees the L7 flows of the mesh and
+// selects them with Hubble's own L7 flags.
+func TestHubbleCLIL7(t *testing.T) {
+	cli := hubbletest.Require(t)
+	e := &hubbleEnv{cli: cli, policyEnv: startL7Env(t, checkoutL7+"---\n"+frontendDNS)}
+	waitObserving(t, e.policyEnv)
+	e.relaySock = filepath.Join(t.TempDir(), "relay.sock")
+	stop, err := e.mesh.StartRelay(context.Background(), "east", e.relaySock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	})
+	serveHTTP(t, e.pods["east/checkout-2"], 80)
+	serveDNS(t, e.pods["east/checkout-2"], "api 30 IN A 10.2.1.101\n")
+	serveTCP(t, e.pods["west/frontend-2"], 8080)
+	waitRedirected(t, e.enf, "checkout-2", "80")
+	waitRedirected(t, e.enf, "frontend-1", "53")
+	url := "http://10.1.1.12/v1/cart"
+	for _, from := range []string{"west/frontend-1", "north/frontend-1"} {
+		c := podClient(e.pods[from])
+		checkHTTP(t, c, http.MethodGet, url, http.StatusOK, "cart")
+		checkHTTP(t, c, http.MethodPost, url, http.StatusForbidden, "Access denied\r\n")
+		c.CloseIdleConnections()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r := podResolver(e.pods["east/frontend-1"], "udp", netip.MustParseAddrPort("10.1.1.12:53"))
+	if _, err := r.LookupHost(ctx, "api.shop.example."); err != nil {
+		t.Fatal(err)
+	}
+	r.LookupHost(ctx, "evil.example.org.") // refused
+	if err := connect(e.pods["east/frontend-1"], netip.MustParseAddrPort("10.2.1.101:8080"), 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every L7 flow through the relay, as operators read them.
+	var compact string
+	testenv.WaitFor(t, 20*time.Second, "the L7 flows at the relay", func() bool {
+		compact = e.hubble(t, "observe", "--last", "1000", "--type", "l7", "-o", "compact")
+		return strings.Count(compact, "http-request") >= 4 && strings.Count(compact, "dns-request proxy") >= 2
+	})
+	for _, want := range []string{
+		"shop/frontend-1:", "(ID:131073) -> shop/checkout-2:80", // west's frontend (hubble prints no cluster)
+		"http-request FORWARDED (HTTP/1.1 GET http://10.1.1.12/v1/cart)",
+		"http-response FORWARDED (HTTP/1.1 200 ",
+		"http-request DROPPED (HTTP/1.1 POST http://10.1.1.12/v1/cart)",
+		"dns-request proxy FORWARDED (DNS Query api.shop.example. A)",
+		`dns-response proxy FORWARDED (DNS Answer "10.2.1.101" TTL: 30 (Proxy api.shop.example. A))`,
+		"dns-request proxy DROPPED (DNS Query evil.example.org. A)",
+	} {
+		if !strings.Contains(compact, want) {
+			t.Errorf("hubble observe --type l7 lacks %q:\n%s", want, compact)
+		}
+	}
+	for _, tc := range []struct {
+		args  []string
+		min   int
+		match func(*flowpb.Flow) bool
+	}{
+		{[]string{"--protocol", "http"}, 6, func(f *flowpb.Flow) bool { return f.GetL7().GetHttp() != nil }},
+		{[]string{"--protocol", "dns"}, 3, func(f *flowpb.Flow) bool { return f.GetL7().GetDns() != nil }},
+		{[]string{"--http-method", "POST"}, 2, func(f *flowpb.Flow) bool {
+			return f.GetL7().GetHttp().GetMethod() == "POST" && f.GetVerdict() == flowpb.Verdict_DROPPED
+		}},
+		{[]string{"--http-status", "2+"}, 2, func(f *flowpb.Flow) bool { return f.GetL7().GetHttp().GetCode() == 200 }},
+		{[]string{"--http-path", "/v1/.*", "--from-cluster", "north"}, 2, func(f *flowpb.Flow) bool {
+			return f.GetSource().GetClusterName() == "north" && strings.HasSuffix(f.GetL7().GetHttp().GetUrl(), "/v1/cart")
+		}},
+		{[]string{"--http-url", "http://10.1.1.12/v1/cart", "--verdict", "FORWARDED"}, 4, func(f *flowpb.Flow) bool {
+			return f.GetVerdict() == flowpb.Verdict_FORWARDED && f.GetL7().GetHttp() != nil
+		}},
+		{[]string{"--to-fqdn", "api.shop.example"}, 1, func(f *flowpb.Flow) bool {
+			return slicesContainsString(f.GetDestinationNames(), "api.shop.example")
+		}},
+	} {
+		fs := e.observe(t, tc.args...)
+		n := 0
+		for _, f := range fs {
+			if !tc.match(f) {
+				t.Errorf("hubble observe %s: %s", strings.Join(tc.args, " "), observe.Compact(f))
+				continue
+			}
+			n++
+		}
+		if n < tc.min {
+			t.Errorf("hubble observe %s: %d flows, want at least %d", strings.Join(tc.args, " "), n, tc.min)
+		}
+	}
 }
