@@ -169,6 +169,44 @@ func TestL7HTTPAcrossClusters(t *testing.T) {
 	if !strings.Contains(line, "http-request FORWARDED (HTTP/1.1 GET http://10.1.1.12/v1/cart)") {
 		t.Errorf("compact: %q", line)
 	}
+	// Hubble's HTTP metrics, counted from the same flows.
+	metrics := scrapeUntil(t, e.mesh.Cluster("east").Agents[0].MetricsAddress,
+		`hubble_http_requests_total{destination="shop/checkout-2",method="GET",protocol="HTTP/1.1",reporter="server",source="west"} 3`) // two allowed, one denied
+	for _, want := range []string{
+		`hubble_http_requests_total{destination="shop/checkout-2",method="POST",protocol="HTTP/1.1",reporter="server",source="north"} 1`,
+		`hubble_http_responses_total{destination="shop/frontend-1",method="GET",protocol="HTTP/1.1",reporter="server",source="east",status="200"} 4`,
+		`hubble_http_request_duration_seconds_count{destination="shop/frontend-1",method="GET",reporter="server",source="east"} 4`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("east-node-1's metrics lack %s", want)
+		}
+	}
+}
+
+// scrapeUntil reads addr's /metrics until it holds want, and returns it.
+func scrapeUntil(t *testing.T, addr, want string) string {
+	t.Helper()
+	var body string
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range strings.Split(body, "\n") {
+				if strings.HasPrefix(l, "hubble_http") || strings.HasPrefix(l, "hubble_dns") {
+					t.Log(l)
+				}
+			}
+		}
+	})
+	testenv.WaitFor(t, 10*time.Second, "metrics with "+want, func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return strings.Contains(body, want)
+	})
+	return body
 }
 
 func checkHTTP(t *testing.T, c *http.Client, method, url string, code int, body string) {
@@ -364,6 +402,16 @@ func TestL7DNSAndFQDNPolicy(t *testing.T) {
 		}
 		if client.GetPodName() != "frontend-1" || client.GetClusterName() != "east" || f.GetTrafficDirection() != flowpb.TrafficDirection_EGRESS {
 			t.Errorf("DNS flow: %s", observe.Compact(f))
+		}
+	}
+	metrics := scrapeUntil(t, e.mesh.Cluster("east").Agents[0].MetricsAddress,
+		`hubble_dns_queries_total{ips_returned="0",qtypes="A",query="evil.example.org.",rcode="Policy denied",source="shop/frontend-1"}`)
+	for _, want := range []string{
+		`hubble_dns_responses_total{ips_returned="1",qtypes="A",query="api.shop.example.",rcode="No Error",source="shop/checkout-2"}`,
+		`hubble_dns_response_types_total{qtypes="A",query="api.shop.example.",source="shop/checkout-2",type="A"}`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("east-node-1's metrics lack %s", want)
 		}
 	}
 }

@@ -265,7 +265,8 @@ func reservePort() (string, error) {
 // HubbleMetrics are the flow metrics the node agents count with
 // Options.Hubble.
 var HubbleMetrics = []string{"flow:sourceContext=cluster;destinationContext=cluster",
-	"drop:sourceContext=cluster|namespace;destinationContext=pod", "tcp", "port-distribution", "icmp"}
+	"drop:sourceContext=cluster|namespace;destinationContext=pod", "tcp", "port-distribution", "icmp",
+	"http:sourceContext=cluster;destinationContext=pod", "dns:query;sourceContext=pod"}
 
 // Cluster returns the cluster called name, or nil.
 func (m *Mesh) Cluster(name string) *Cluster {
