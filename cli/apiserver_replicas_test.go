@@ -111,12 +111,16 @@ func TestAPIServerReplicasLeaderSIGKILL(t *testing.T) {
 	}
 	t.Logf("leader killed; the entries to delete still published: %v", len(resp.Kvs) == 1)
 
-	testenv.WaitFor(t, 60*time.Second, "the agent holds the changed state", func() bool {
+	testenv.WaitFor(t, 2*time.Minute, "the agent holds the changed state", func() bool {
 		return dp.eastEntries() == n && dp.has(replicaPrefix(n+n/2-1)) && !dp.has(replicaPrefix(0))
 	})
 	took := time.Since(died)
 	t.Logf("the agent holds the new state %s after the leader's death (election TTL 2s)", took.Round(time.Millisecond))
-	if bound := 30 * time.Second; took > bound {
+	bound := 30 * time.Second
+	if testenv.RaceEnabled { // the members run in this process, raft elections extend the session
+		bound = 60 * time.Second
+	}
+	if took > bound {
 		t.Errorf("takeover took %s, bound %s", took, bound)
 	}
 	leader, err := admin.Get(ctx, meshapiserver.ElectionPrefix("east")+"/", clientv3.WithFirstCreate()...)
