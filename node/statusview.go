@@ -29,7 +29,7 @@ func PrintStatus(w io.Writer, full Status, asJSON bool) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "REMOTE\tID\tCONNECTED\tREADY\tNODES\tENDPOINTS\tIDENTITIES\tSERVICES\tLAST EVENT\tFAILURES\tREJECTED\tLAST ERROR")
 	for _, r := range st.Remotes {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%s\n", r.Name, r.ClusterID, yesNo(r.Connected), readiness(r),
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%d\t%d\t%s\n", remoteName(r), r.ClusterID, yesNo(r.Connected), readiness(r),
 			r.Nodes, r.Endpoints, r.Identities, r.Services, age(r.LastEvent), r.Failures, r.RejectedTotal(), lastError(r))
 	}
 	if len(st.Remotes) == 0 {
@@ -133,6 +133,37 @@ func printPolicy(w io.Writer, p *enforcer.Status) {
 		if ep.State != enforcer.StateEnforcing {
 			fmt.Fprintf(w, "  %s/%s (%s): %s %s\n", ep.Namespace, ep.Pod, orDash(ep.Interface), ep.State, ep.Error)
 		}
+	}
+	printL7(w, p)
+}
+
+// printL7 renders the L7 side of the policy: the redirected entries and
+// each endpoint's redirects, what waits for a proxy (dropped: fail closed),
+// the FQDN-selected addresses.
+func printL7(w io.Writer, p *enforcer.Status) {
+	if p.RedirectedEntries == 0 && p.FQDNPatterns == 0 && p.RedirectsWaiting == 0 {
+		return
+	}
+	fmt.Fprintf(w, "L7: %d entries redirected to the proxy; toFQDNs: %d patterns holding %d addresses\n",
+		p.RedirectedEntries, p.FQDNPatterns, p.FQDNAddresses)
+	for _, ep := range p.Endpoints {
+		for _, r := range ep.Redirects {
+			port := fmt.Sprintf("proxy port %d", r.ProxyPort)
+			if r.ProxyPort == 0 {
+				port = "no proxy listening: dropped (fail closed)"
+			}
+			fmt.Fprintf(w, "  %s/%s %s %s %s (%s): %s, %d peer(s)\n", ep.Namespace, ep.Pod, r.Direction, r.Protocol, r.Ports, r.Parser, port, r.Peers)
+		}
+	}
+	if p.RedirectsWaiting > 0 {
+		fmt.Fprintf(w, "  warning: %d redirected entries wait for a proxy listener, their traffic is dropped; last error: %s\n",
+			p.RedirectsWaiting, orDash(p.LastProxyError))
+	}
+	if p.FQDNRefused > 0 {
+		fmt.Fprintf(w, "  warning: %d FQDN addresses refused (over the node's limit)\n", p.FQDNRefused)
+	}
+	if p.LastFQDNError != "" {
+		fmt.Fprintf(w, "  last FQDN error: %s\n", p.LastFQDNError)
 	}
 }
 
@@ -239,6 +270,15 @@ func remoteCounts(s agentsync.ServiceStatus) string {
 	return fmt.Sprintf("%d (%s)", s.RemoteTotal, strings.Join(parts, " "))
 }
 
+// remoteName is the remote's name, marked "(via cache)" when the agent
+// reads it through its cluster's kvstoremesh cache.
+func remoteName(r agentsync.RemoteStatus) string {
+	if r.ViaCache != nil {
+		return r.Name + " (via cache)"
+	}
+	return r.Name
+}
+
 func readiness(r agentsync.RemoteStatus) string {
 	if r.Ready {
 		return "yes"
@@ -287,6 +327,9 @@ func truncate(s string, n int) string {
 // lastError is a remote's last error with its age, so that an error a
 // ready remote recovered from reads as past ("12m ago: ...").
 func lastError(r agentsync.RemoteStatus) string {
+	if vc := r.ViaCache; vc != nil && vc.CacheDown {
+		return "the cache is down: its last word on this remote was " + age(vc.Updated)
+	}
 	if r.LastError == "" {
 		return ""
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/merge"
 	"github.com/clustermesh/clustermesh/wireguard"
 )
@@ -117,5 +118,38 @@ func TestStatusViewHubble(t *testing.T) {
 	if err := PrintStatus(&out, Status{Status: base, Hubble: h}, true); err != nil || !strings.Contains(out.String(), `"hubble": {`) ||
 		!strings.Contains(out.String(), `"flows": 1200`) {
 		t.Errorf("JSON: %v\n%s", err, out.String())
+	}
+}
+
+// A remote read through the cache is marked, and a cache that stopped
+// writing says so; the L7 redirects and FQDN addresses are listed, a
+// redirect without a listener as dropped.
+func TestStatusViewCacheAndL7(t *testing.T) {
+	st := agentsync.Status{Cluster: "east", ClusterID: 1, Datapath: "ebpf", Remotes: []agentsync.RemoteStatus{
+		{Name: "west", ClusterID: 2, Connected: true, Ready: true,
+			ViaCache: &agentsync.ViaCache{CacheStatus: agentsync.CacheStatus{Connected: true, Ready: true, Updated: time.Now().Add(-time.Minute)}, CacheDown: true}},
+		{Name: "north", ClusterID: 3, Connected: true, Ready: true},
+	}}
+	pol := &enforcer.Status{Enforcing: true, RedirectedEntries: 3, RedirectsWaiting: 1, LastProxyError: "no free port",
+		FQDNPatterns: 1, FQDNAddresses: 2, Endpoints: []enforcer.EndpointStatus{{Namespace: "shop", Pod: "checkout-2", State: enforcer.StateEnforcing,
+			Redirects: []enforcer.RedirectStatus{{Direction: "ingress", Protocol: "TCP", Ports: "80", Parser: "http", ProxyPort: 10001, Peers: 2},
+				{Direction: "egress", Protocol: "UDP", Ports: "53", Parser: "dns", Peers: 1}}}}}
+	var out bytes.Buffer
+	if err := PrintStatus(&out, Status{Status: st, Policy: pol}, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"west (via cache)", "the cache is down: its last word on this remote was 1m",
+		"L7: 3 entries redirected to the proxy; toFQDNs: 1 patterns holding 2 addresses",
+		"shop/checkout-2 ingress TCP 80 (http): proxy port 10001, 2 peer(s)",
+		"shop/checkout-2 egress UDP 53 (dns): no proxy listening: dropped (fail closed), 1 peer(s)",
+		"warning: 1 redirected entries wait for a proxy listener, their traffic is dropped; last error: no free port",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "north (via cache)") {
+		t.Error("a remote read directly is marked as read through the cache")
 	}
 }
