@@ -548,3 +548,42 @@ func TestHubbleCLIL7(t *testing.T) {
 		}
 	}
 }
+
+// While east's agent is down its pinned programs keep enforcing: the
+// L7-policed port drops (no proxy listens), it never lets a request past
+// the rules; the agent back, its proxy takes the port again.
+func TestL7FailsClosedAcrossAgentRestart(t *testing.T) {
+	e := startL7Env(t, checkoutL7)
+	serveHTTP(t, e.pods["east/checkout-2"], 80)
+	waitRedirected(t, e.enf, "checkout-2", "80")
+	url := "http://10.1.1.12/v1/cart"
+	checkHTTP(t, podClient(e.pods["west/frontend-1"]), http.MethodGet, url, http.StatusOK, "cart")
+
+	east := e.mesh.Cluster("east")
+	if err := east.StopAgent(0); err != nil {
+		t.Fatal(err)
+	}
+	for _, method := range []string{http.MethodPost, http.MethodGet} {
+		c := podClient(e.pods["west/frontend-1"])
+		c.Timeout = 500 * time.Millisecond
+		req, _ := http.NewRequest(method, url, nil)
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+			t.Errorf("%s with east's agent down: %s, want no answer (the port drops without its proxy)", method, resp.Status)
+		}
+	}
+	if err := east.StartAgent(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	enf := east.Agents[0].Node.Enforcer()
+	waitRedirected(t, enf, "checkout-2", "80")
+	testenv.WaitFor(t, 20*time.Second, "west's GET answered again", func() bool {
+		resp, err := podClient(e.pods["west/frontend-1"]).Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	checkHTTP(t, podClient(e.pods["west/frontend-1"]), http.MethodPost, url, http.StatusForbidden, "Access denied\r\n")
+}

@@ -411,6 +411,39 @@ func (m *Mesh) Disconnect(from, to string) error {
 	return os.Remove(filepath.Join(f.ConfigDir, to))
 }
 
+// StopAgent stops the cluster's i-th agent, as a crash or an upgrade
+// would: its pinned maps and programs stay in the kernel (and keep
+// enforcing), its proxy and its sockets go. StartAgent runs it again.
+func (c *Cluster) StopAgent(i int) error {
+	a := c.Agents[i]
+	if a.cancel == nil {
+		return fmt.Errorf("localmesh: agent %s is not running", a.Name)
+	}
+	a.cancel()
+	err := <-a.done
+	a.cancel = nil
+	return err
+}
+
+// StartAgent runs the cluster's i-th agent again after StopAgent, with the
+// same name and pin directory: a restarted agent.
+func (c *Cluster) StartAgent(ctx context.Context, i int) error {
+	old := c.Agents[i]
+	if old.cancel != nil {
+		return fmt.Errorf("localmesh: agent %s is running", old.Name)
+	}
+	if err := c.startAgent(ctx, old.Name); err != nil {
+		return err
+	}
+	last := len(c.Agents) - 1
+	c.Agents[i] = c.Agents[last]
+	c.Agents = c.Agents[:last]
+	if old.Node == nil {
+		return old.Datapath.Close() // a node agent closed its own
+	}
+	return nil
+}
+
 func (c *Cluster) startAgent(ctx context.Context, name string) error {
 	o := c.mesh.opts
 	a := &Agent{Name: name}
@@ -499,8 +532,10 @@ func (m *Mesh) Close() error {
 	var errs []error
 	for _, c := range m.Clusters {
 		for _, a := range c.Agents {
-			a.cancel()
-			errs = append(errs, <-a.done) // a node closed its datapath
+			if a.cancel != nil {
+				a.cancel()
+				errs = append(errs, <-a.done) // a node closed its datapath
+			}
 			if _, ok := a.Datapath.(*datapath.Maps); ok {
 				errs = append(errs, node.RemovePins(a.PinDir)) // its programs' pins too
 			}
