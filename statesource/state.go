@@ -102,6 +102,13 @@ type Endpoint struct {
 	// (Deployment/frontend; optional): published with its ipcache entry,
 	// it names the pod's workload in the flows of every cluster.
 	Workload string `json:"workload,omitempty"`
+	// Zone is the endpoint's topology zone (its EndpointSlice endpoint's
+	// zone, or its node's topology.kubernetes.io/zone label), ForZones the
+	// zones its topology hints name, Hostname its EndpointSlice hostname:
+	// published as Cilium's ClusterService zones and hostnames (optional).
+	Zone     string   `json:"zone,omitempty"`
+	ForZones []string `json:"forZones,omitempty"`
+	Hostname string   `json:"hostname,omitempty"`
 	// NamespaceLabels are the labels of the pod's namespace: in a state
 	// file they come from its namespaces list, never from the endpoint.
 	NamespaceLabels map[string]string `json:"-"`

@@ -93,6 +93,9 @@ func TestParseRejects(t *testing.T) {
 		"bad hubble address": {"nodes:\n- {name: n1, ips: [1.1.1.1], annotations: {clustermesh.io/hubble-address: '1.1.1.1'}}\n", "clustermesh.io/hubble-address"},
 		"bad workload kind":  {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, workload: Widget/b}\n", `workload "Widget/b"`},
 		"bad workload name":  {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, workload: Deployment/B}\n", "not a DNS subdomain"},
+		"bad zone":           {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, zone: 'eu west'}\n", `invalid zone "eu west"`},
+		"empty hint zone":    {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, zone: a, forZones: ['']}\n", `invalid zone ""`},
+		"bad hostname":       {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, hostname: Web_1}\n", `invalid hostname "Web_1"`},
 	} {
 		_, err := Parse("f.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "f.yaml") {

@@ -141,6 +141,52 @@ func (e *Endpoint) check(i int, nodes map[string]bool, bad func(format string, a
 			bad("endpoint %s: %v", id, err)
 		}
 	}
+	e.checkTopology(id, bad)
+}
+
+// checkTopology reports a zone, hint or hostname an EndpointSlice could not
+// carry: a zone is a label value, a hostname a DNS label, at most 8 hints.
+func (e *Endpoint) checkTopology(id string, bad func(format string, args ...any)) {
+	for i, z := range append([]string{e.Zone}, e.ForZones...) {
+		if !validLabelValue(z) || (i > 0 && z == "") {
+			bad("endpoint %s: invalid zone %q (a label value: at most 63 letters, digits, '-', '_', '.', starting and ending alphanumeric)", id, z)
+		}
+	}
+	if len(e.ForZones) > 8 {
+		bad("endpoint %s: %d zones in forZones (at most 8)", id, len(e.ForZones))
+	}
+	if e.Hostname != "" && !validDNSLabel(e.Hostname) {
+		bad("endpoint %s: invalid hostname %q (a DNS label: at most 63 lowercase letters, digits and '-')", id, e.Hostname)
+	}
+}
+
+// validLabelValue reports whether v is a Kubernetes label value (empty
+// allowed).
+func validLabelValue(v string) bool {
+	if len(v) > 63 {
+		return false
+	}
+	for i, r := range v {
+		alnum := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		if !alnum && ((r != '-' && r != '_' && r != '.') || i == 0 || i == len(v)-1) {
+			return false
+		}
+	}
+	return true
+}
+
+// validDNSLabel reports whether v is an RFC 1123 label.
+func validDNSLabel(v string) bool {
+	if v == "" || len(v) > 63 {
+		return false
+	}
+	for i, r := range v {
+		alnum := r >= 'a' && r <= 'z' || r >= '0' && r <= '9'
+		if !alnum && (r != '-' || i == 0 || i == len(v)-1) {
+			return false
+		}
+	}
+	return true
 }
 
 // checkNodeAnnotations returns what is wrong with a node's annotations: keys
