@@ -46,8 +46,12 @@ func (x *enricher) l7(f *flowpb.Flow) {
 	dst, _ := netip.ParseAddr(f.GetIP().GetDestination())
 	f.Source = x.l7Endpoint(f.GetSource(), src)
 	f.Destination = x.l7Endpoint(f.GetDestination(), dst)
-	f.SourceNames = x.dnsNames(src, f.Source.GetIdentity())
-	f.DestinationNames = x.dnsNames(dst, f.Destination.GetIdentity())
+	if f.SourceNames == nil { // the proxy's own, when it knows them
+		f.SourceNames = x.dnsNames(src, f.Source.GetIdentity())
+	}
+	if f.DestinationNames == nil {
+		f.DestinationNames = x.dnsNames(dst, f.Destination.GetIdentity())
+	}
 	// The server's end names the service the client asked for, when the
 	// proxy saw its frontend (a ClusterIP not yet translated).
 	server, port := dst, destinationPort(f)
