@@ -56,10 +56,12 @@ func (l *listers) build() *statesource.State {
 	nodes, _ := l.nodes.Lister().List(labels.Everything())
 	slices.SortFunc(nodes, func(a, b *corev1.Node) int { return strings.Compare(a.Name, b.Name) })
 	known := map[string]bool{}
+	zones := map[string]string{} // node → its topology.kubernetes.io/zone
 	for _, n := range nodes {
 		if sn, ok := l.node(n); ok {
 			st.Nodes = append(st.Nodes, sn)
 			known[n.Name] = true
+			zones[n.Name] = n.Labels[corev1.LabelTopologyZone]
 		}
 	}
 
@@ -82,6 +84,7 @@ func (l *listers) build() *statesource.State {
 		if !ok {
 			continue
 		}
+		e.Zone = cmp.Or(e.Zone, zones[e.Node])
 		if other, dup := ips[e.IP]; dup {
 			l.warn("pod/"+p.Namespace+"/"+p.Name, "pod left out: its IP is already used by another pod", "ip", e.IP, "other", other)
 			continue
@@ -194,8 +197,13 @@ func (l *listers) nodeAnnotations(n *corev1.Node) map[string]string {
 // on the node entry.
 const publishedNodeAnnotations = "clustermesh.io/"
 
-// condition is a pod's readiness as the EndpointSlices that list it say.
-type condition struct{ ready, serving bool }
+// condition is a pod's readiness as the EndpointSlices that list it say,
+// and the topology they give it (the first slice's that gives any).
+type condition struct {
+	ready, serving bool
+	zone, hostname string
+	forZones       []string
+}
 
 // podConditions folds every slice's conditions per pod (namespace/name): a
 // pod is ready (serving) only if every slice listing it says so.
@@ -222,10 +230,27 @@ func podConditions(all []*discoveryv1.EndpointSlice) map[string]condition {
 			if !seen {
 				c = condition{ready: true, serving: true}
 			}
-			out[key] = condition{ready: c.ready && ready, serving: c.serving && serving}
+			c.ready, c.serving = c.ready && ready, c.serving && serving
+			c.topology(ep)
+			out[key] = c
 		}
 	}
 	return out
+}
+
+// topology takes ep's zone, hostname and hint zones where c has none yet.
+func (c *condition) topology(ep discoveryv1.Endpoint) {
+	if c.zone == "" && ep.Zone != nil {
+		c.zone = *ep.Zone
+	}
+	if c.hostname == "" && ep.Hostname != nil {
+		c.hostname = *ep.Hostname
+	}
+	if c.forZones == nil && ep.Hints != nil && len(ep.Hints.ForZones) > 0 {
+		for _, z := range ep.Hints.ForZones {
+			c.forZones = append(c.forZones, z.Name)
+		}
+	}
 }
 
 func (l *listers) endpoint(p *corev1.Pod, knownNodes map[string]bool, nsLabels map[string]string, cond map[string]condition) (statesource.Endpoint, bool) {
@@ -270,6 +295,7 @@ func (l *listers) endpoint(p *corev1.Pod, knownNodes map[string]bool, nsLabels m
 	if c.serving != c.ready {
 		e.Serving = ptr(c.serving)
 	}
+	e.Zone, e.Hostname, e.ForZones = c.zone, c.hostname, c.forZones
 	return e, true
 }
 

@@ -141,7 +141,12 @@ func createCheckout(t *testing.T, c *kubetest.Cluster) (*corev1.Service, *discov
 	}
 	ok(t)(c.CreateNode(ctx, kubetest.Node{Name: "n1", InternalIP: "192.168.1.1", ExternalIP: "203.0.113.1",
 		PodCIDRs: []string{"10.1.1.0/24"}, Annotations: map[string]string{k8ssource.AnnotationWireguardPubKey: wgKey}}))
-	ok(t)(c.CreateNode(ctx, kubetest.Node{Name: "n2", InternalIP: "192.168.1.2", PodCIDRs: []string{"10.1.2.0/24"}}))
+	n2 := must[*corev1.Node](t)(c.CreateNode(ctx, kubetest.Node{Name: "n2", InternalIP: "192.168.1.2", PodCIDRs: []string{"10.1.2.0/24"}}))
+	n2.Labels = map[string]string{corev1.LabelTopologyZone: "eu-1b"} // checkout-2's zone: its slice endpoint names none
+	ok(t)(c.Client.CoreV1().Nodes().Update(ctx, n2, metav1.UpdateOptions{}))
+	e1 := sliceEndpoint("checkout-1", "10.1.1.11", "n1", true, true, false)
+	e1.Zone, e1.Hostname = ptr("eu-1a"), ptr("checkout-1")
+	e1.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "eu-1a"}, {Name: "eu-1c"}}}
 	ok(t)(c.CreatePod(ctx, kubetest.Pod{Namespace: "shop", Name: "checkout-1", Node: "n1", IP: "10.1.1.11", Labels: map[string]string{"app": "checkout"}}))
 	ok(t)(c.CreatePod(ctx, kubetest.Pod{Namespace: "shop", Name: "checkout-2", Node: "n2", IP: "10.1.2.12", Labels: map[string]string{"app": "checkout"}}))
 	svc := must[*corev1.Service](t)(c.Client.CoreV1().Services("shop").Create(ctx, &corev1.Service{
@@ -157,7 +162,7 @@ func createCheckout(t *testing.T, c *kubetest.Cluster) (*corev1.Service, *discov
 		ObjectMeta:  metav1.ObjectMeta{Name: "checkout-abc", Labels: map[string]string{discoveryv1.LabelServiceName: "checkout"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{
-			sliceEndpoint("checkout-1", "10.1.1.11", "n1", true, true, false),
+			e1,
 			sliceEndpoint("checkout-2", "10.1.2.12", "n2", true, true, false),
 		},
 		Ports: []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
@@ -188,6 +193,12 @@ func checkEndpoints(t *testing.T, st *statesource.State) {
 	if e1.IP != netip.MustParseAddr("10.1.1.11") || e1.Node != "n1" || e1.Labels["app"] != "checkout" ||
 		identityLabel(e1, k8ssource.NamespaceLabelPrefix+"team") != "payments" || !e1.IsReady() || !e2.IsReady() {
 		t.Errorf("endpoint checkout-1: %+v", e1)
+	}
+	// Topology: checkout-1's from its slice endpoint, checkout-2's zone
+	// from its node's label.
+	if e1.Zone != "eu-1a" || e1.Hostname != "checkout-1" || fmt.Sprint(e1.ForZones) != "[eu-1a eu-1c]" ||
+		e2.Zone != "eu-1b" || e2.Hostname != "" || e2.ForZones != nil {
+		t.Errorf("topology: checkout-1 %q %q %v, checkout-2 %q %q %v", e1.Zone, e1.Hostname, e1.ForZones, e2.Zone, e2.Hostname, e2.ForZones)
 	}
 	// The API server labels every namespace with its name; Cilium's
 	// identities carry it as a namespace label.
