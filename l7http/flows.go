@@ -9,6 +9,8 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/clustermesh/clustermesh/internal/traceparent"
 )
 
 // redacted is Hubble's value for a redacted header
@@ -59,7 +61,23 @@ func (c *conn) requestFlow(req *requestHead, verdict flowpb.Verdict) *flowpb.Flo
 	f.L7 = &flowpb.Layer7{Type: flowpb.L7FlowType_REQUEST, Record: &flowpb.Layer7_Http{Http: &flowpb.HTTP{
 		Method: req.method, Url: c.url(req), Protocol: protoOr(req.proto), Headers: c.flowHeaders(req.headers),
 	}}}
+	f.TraceContext = traceContext(req)
 	return f
+}
+
+// traceContext is the request's W3C trace context (its traceparent
+// header), read before the header values are redacted, as Hubble puts it
+// on the request's and the response's flows; nil without one.
+func traceContext(req *requestHead) *flowpb.TraceContext {
+	for _, h := range req.headers {
+		if equalFoldASCII(h.name, traceparent.Header) {
+			if id := traceparent.TraceID(h.value); id != "" {
+				return &flowpb.TraceContext{Parent: &flowpb.TraceParent{TraceId: id}}
+			}
+			return nil
+		}
+	}
+	return nil
 }
 
 // responseFlow is the RESPONSE record of req's response, code and headers
@@ -71,6 +89,7 @@ func (c *conn) responseFlow(req *requestHead, code int, resp *responseHead, verd
 		h.Protocol, h.Headers = resp.proto, c.flowHeaders(resp.headers)
 	}
 	f.L7 = &flowpb.Layer7{Type: flowpb.L7FlowType_RESPONSE, LatencyNs: uint64(latency), Record: &flowpb.Layer7_Http{Http: h}}
+	f.TraceContext = traceContext(req)
 	return f
 }
 

@@ -97,3 +97,28 @@ func TestFlowIPv6AndEgress(t *testing.T) {
 		t.Fatalf("reply %v", r)
 	}
 }
+
+// TestFlowTraceContext: the request's traceparent gives both its flows a
+// trace id (the HTTP metrics' exemplars), though header values are
+// redacted in the flow.
+func TestFlowTraceContext(t *testing.T) {
+	p, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{p: p, meta: Meta{Source: netip.MustParseAddrPort("10.0.0.1:40000"), Destination: netip.MustParseAddrPort("10.0.0.2:80"), Direction: Ingress}}
+	id := "4bf92f3577b34da6a3ce929d0e0e4736"
+	req := &requestHead{method: "GET", target: "/", proto: "HTTP/1.1", headers: []header{{"TraceParent", "00-" + id + "-00f067aa0ba902b7-01"}}}
+	for _, f := range []*flowpb.Flow{c.requestFlow(req, flowpb.Verdict_FORWARDED), c.responseFlow(req, 200, nil, flowpb.Verdict_FORWARDED, time.Millisecond)} {
+		if got := f.GetTraceContext().GetParent().GetTraceId(); got != id {
+			t.Errorf("%v flow trace id %q, want %q", f.GetL7().GetType(), got, id)
+		}
+		if v := f.GetL7().GetHttp().GetHeaders(); len(v) > 0 && v[0].GetValue() != redacted {
+			t.Errorf("header value in the flow: %q", v[0].GetValue())
+		}
+	}
+	plain := &requestHead{method: "GET", target: "/", proto: "HTTP/1.1"}
+	if tc := c.requestFlow(plain, flowpb.Verdict_FORWARDED).GetTraceContext(); tc != nil {
+		t.Errorf("a request without traceparent has trace context %v", tc)
+	}
+}

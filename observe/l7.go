@@ -8,6 +8,7 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/clustermesh/clustermesh/internal/traceparent"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -99,33 +100,15 @@ func (x *enricher) clusterOf(id uint32) uint16 {
 	return uint16(id >> shift)
 }
 
-// traceID is the trace id of a W3C traceparent header among headers
-// ("00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>"), "" when there
-// is none or it is malformed.
+// traceID is the trace id of the traceparent header among headers, ""
+// when there is none or it is malformed (redacted, for one).
 func traceID(headers []*flowpb.HTTPHeader) string {
 	for _, h := range headers {
-		if !strings.EqualFold(h.GetKey(), "traceparent") {
-			continue
+		if strings.EqualFold(h.GetKey(), traceparent.Header) {
+			return traceparent.TraceID(h.GetValue())
 		}
-		parts := strings.Split(strings.TrimSpace(h.GetValue()), "-")
-		if len(parts) < 4 || len(parts[0]) != 2 || parts[0] == "ff" || len(parts[1]) != 32 || len(parts[2]) != 16 {
-			return ""
-		}
-		if !lowerHex(parts[0]) || !lowerHex(parts[1]) || !lowerHex(parts[2]) || strings.Trim(parts[1], "0") == "" {
-			return ""
-		}
-		return parts[1]
 	}
 	return ""
-}
-
-func lowerHex(s string) bool {
-	for _, c := range s {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // setL7Summary writes Hubble's summary of an L7 flow (cilium v1.20.2,

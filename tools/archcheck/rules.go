@@ -25,6 +25,10 @@ var rules = []Rule{
 		Why: "atomicfile is standard library only",
 	},
 	{
+		Pkg: "internal/traceparent", OursOnly: nothing,
+		Why: "the W3C traceparent reader, a leaf shared by the HTTP engine and the flows' enrichment",
+	},
+	{
 		Pkg: "internal/loglimit", OursOnly: nothing,
 		Why: "loglimit is a leaf: every package may use it",
 	},
@@ -139,7 +143,7 @@ var rules = []Rule{
 		Why:   "the map's web page reads flows as any Observer client does: it never assembles an agent or a relay",
 	},
 	{
-		Pkg: "l7http", OursOnly: []string{"internal/loglimit"}, Never: []string{"github.com/cilium/cilium/pkg/...", "k8s.io/client-go/..."},
+		Pkg: "l7http", OursOnly: []string{"internal/loglimit", "internal/traceparent"}, Never: []string{"github.com/cilium/cilium/pkg/...", "k8s.io/client-go/..."},
 		Why: "the HTTP engine of the L7 proxy is handed connections, metadata and rules: it knows neither the listener (l7proxy) nor the policy that made the rules",
 	},
 	{
