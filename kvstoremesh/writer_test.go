@@ -51,8 +51,75 @@ func TestWriterCoalescesWithinSegments(t *testing.T) {
 		t.Errorf("coalesced %d, want 1", st.Coalesced)
 	}
 	bs := w.batches(q)
-	if len(bs) != 2 || len(bs[0]) != 2 || len(bs[1]) != 3 {
-		t.Errorf("batches of %v, want [2 3] (the canary starts the second)", batchLens(bs))
+	if len(bs) != 2 || len(bs[0]) != 3 || len(bs[1]) != 2 {
+		t.Errorf("batches of %v, want [3 2] (the canary ends the first with its entries; a's next write is a key the first has)", batchLens(bs))
+	}
+}
+
+// A restarted cache that adopted its previous run's lease writes only the
+// entries that changed; a previous entry on another lease, or deleted
+// since, is written again.
+func TestWriterSkipsUnchangedOnAdoptedLease(t *testing.T) {
+	const adopted, other = clientv3.LeaseID(7), clientv3.LeaseID(9)
+	p := previous{entries: map[string]kindSets{}, remotes: map[string]bool{}}
+	for key, e := range map[string]prevEntry{
+		cacheNodeKey(t, "same"):    {sum: valueSum([]byte("v")), lease: adopted},
+		cacheNodeKey(t, "changed"): {sum: valueSum([]byte("old")), lease: adopted},
+		cacheNodeKey(t, "other"):   {sum: valueSum([]byte("v")), lease: other},
+		cacheNodeKey(t, "deleted"): {sum: valueSum([]byte("v")), lease: adopted},
+		cacheNodeKey(t, "gone"):    {sum: valueSum([]byte("v")), lease: adopted},
+	} {
+		if !p.record(key, e) {
+			t.Fatalf("%s not recognised as the cache's", key)
+		}
+	}
+	w := testWriter(100, 1<<20)
+	w.start(nil, adopted, p, map[string]bool{"west": true})
+	for _, n := range []string{"same", "changed", "other"} {
+		w.Upsert("west", wire.Nodes, nodeKey(n), []byte("v"))
+	}
+	w.Delete("west", wire.Nodes, nodeKey("deleted"))
+	w.Upsert("west", wire.Nodes, nodeKey("deleted"), []byte("v"))
+	w.Listed("west", wire.Nodes)
+	var got []string
+	for _, o := range w.take() {
+		v := string(o.val)
+		if o.del {
+			v = "delete"
+		}
+		if o.barrier {
+			v = "canary"
+		}
+		got = append(got, strings.TrimPrefix(o.key, "cilium/cache/nodes/v1/west/")+"="+v)
+	}
+	want := []string{"changed=v", "other=v", "deleted=v", "gone=delete", "cilium/synced/west/cilium/cache/nodes/v1=canary"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("queue %v, want %v", got, want)
+	}
+	if st := w.stats(); st.Unchanged != 1 {
+		t.Errorf("unchanged %d, want 1", st.Unchanged)
+	}
+}
+
+func cacheNodeKey(t *testing.T, n string) string {
+	ck, err := agentsync.CacheKey(wire.Nodes, "west", nodeKey(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ck
+}
+
+// A key written twice across segments goes in two transactions (etcd
+// refuses a key twice in one).
+func TestWriterCutsAtRepeatedKey(t *testing.T) {
+	w := testWriter(100, 1<<20)
+	w.Upsert("west", wire.Nodes, nodeKey("a"), []byte("1"))
+	w.Listed("west", wire.Nodes)
+	w.Upsert("west", wire.Nodes, nodeKey("b"), []byte("1"))
+	w.Listed("west", wire.Nodes)
+	w.Delete("west", wire.Nodes, nodeKey("a"))
+	if lens := batchLens(w.batches(w.take())); len(lens) != 2 || lens[0] != 3 || lens[1] != 2 {
+		t.Errorf("batches %v, want [3 2]: a, canary, b | canary again, a's delete", lens)
 	}
 }
 
