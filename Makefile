@@ -206,7 +206,7 @@ lint: vet
 # Fuzz every decoder for FUZZTIME each (the seed corpora already run in `make test`).
 FUZZTIME ?= 30s
 fuzz: deps
-	@for p in ./wire ./statesource ./observe ./k8spolicy ./policy ./flowfilter ./flowexport ./flowmetrics ./peerservice ./relay ./flowmap ./ui ./fqdn ./l7dns ./l7dns/dnsserver ./l7http ./l7proxy; do \
+	@for p in $$(grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '^./interop/' | xargs -n1 dirname | sort -u); do \
 		for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
 			echo "== $$p $$f"; $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 		done; \
