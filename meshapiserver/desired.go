@@ -129,8 +129,32 @@ func clusterService(c wire.Cluster, ix *statesource.SelectorIndex, scope *export
 			be[portName(p)] = &wire.L4Addr{Protocol: p.Proto(), Port: p.Target()}
 		}
 		cs.Backends[e.IP.String()] = be
+		publishTopology(cs, e)
 	}
 	return cs
+}
+
+// publishTopology adds e's hostname and zone to cs as Cilium's operator
+// does (operator/watchers/service_sync.go): a hostname when it has one, a
+// zone with its hint zones when it has a zone.
+func publishTopology(cs *wire.ClusterService, e *statesource.Endpoint) {
+	ip := e.IP.String()
+	if e.Hostname != "" {
+		if cs.Hostnames == nil {
+			cs.Hostnames = map[string]string{}
+		}
+		cs.Hostnames[ip] = e.Hostname
+	}
+	if e.Zone != "" {
+		if cs.Zones == nil {
+			cs.Zones = map[string]wire.BackendZone{}
+		}
+		z := wire.BackendZone{Zone: e.Zone}
+		for _, f := range e.ForZones {
+			z.ForZones = append(z.ForZones, wire.ForZone{Name: f})
+		}
+		cs.Zones[ip] = z
+	}
 }
 
 // portName is the key of a port in the published maps: its name, empty for
