@@ -24,7 +24,7 @@ func newStore(r *remote, k wire.Kind) kindStore {
 	}
 	switch k {
 	case wire.IPCache:
-		return &ipcacheStore{r: r, entries: genMap[netip.Prefix, podRef]{}}
+		return &ipcacheStore{r: r, entries: newPrefixMap()}
 	case wire.Services:
 		return &serviceStore{r: r, entries: genMap[string, merge.ServiceName]{}}
 	case wire.Nodes:
@@ -71,7 +71,7 @@ func (m genMap[K, V]) older(gen uint32) []K {
 // kept: this is the bulk of a remote's entries and its memory matters.
 type ipcacheStore struct {
 	r       *remote
-	entries genMap[netip.Prefix, podRef]
+	entries prefixMap
 	names   nameArena
 
 	batching bool
@@ -96,7 +96,9 @@ func (s *ipcacheStore) apply(key string, value []byte, gen uint32) error {
 		}
 		name = s.names.add(p.K8sNamespace, p.K8sPodName, w)
 	}
-	s.names.free(s.entries[pfx].v)
+	if old, ok := s.entries.get(pfx); ok {
+		s.names.free(old)
+	}
 	s.entries.put(pfx, name, gen)
 	s.claim(merge.IPUpdate{Prefix: pfx, Entry: &datapath.IPCacheEntry{Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: uint16(c.ID)}})
 	return nil
@@ -138,9 +140,9 @@ func (s *ipcacheStore) touch(key string, gen uint32) {
 
 func (s *ipcacheStore) remove(key string) {
 	if p, ok := s.prefixOf(key); ok {
-		if e, known := s.entries[p]; known {
-			s.names.free(e.v)
-			delete(s.entries, p)
+		if ref, known := s.entries.get(p); known {
+			s.names.free(ref)
+			s.entries.del(p)
 			s.compactNames()
 			s.claim(merge.IPUpdate{Prefix: p})
 		}
@@ -151,34 +153,37 @@ func (s *ipcacheStore) sweep(gen uint32) int {
 	old := s.entries.older(gen)
 	gone := make([]merge.IPUpdate, len(old))
 	for i, p := range old {
-		s.names.free(s.entries[p].v)
-		delete(s.entries, p)
+		ref, _ := s.entries.get(p)
+		s.names.free(ref)
+		s.entries.del(p)
 		gone[i] = merge.IPUpdate{Prefix: p}
 	}
 	s.compactNames()
+	s.names.trim() // the end of a list: the arena's append slack is not kept
 	if len(gone) > 0 {
 		s.r.out.SetIPs(uint16(s.r.cluster().ID), gone)
 	}
 	return len(gone)
 }
 
-func (s *ipcacheStore) count() int { return len(s.entries) }
+func (s *ipcacheStore) count() int { return s.entries.len() }
 
 func (s *ipcacheStore) has(key string) bool {
 	p, ok := s.prefixOf(key)
 	if ok {
-		_, ok = s.entries[p]
+		_, ok = s.entries.get(p)
 	}
 	return ok
 }
 func (s *ipcacheStore) clear() {
-	s.entries, s.names = genMap[netip.Prefix, podRef]{}, nameArena{}
+	s.entries, s.names = newPrefixMap(), nameArena{}
 }
 
 // podName is the name of the pod at addr, when its entry named one.
 func (s *ipcacheStore) podName(addr netip.Addr) (PodName, bool) {
 	addr = addr.Unmap()
-	return s.names.get(s.entries[netip.PrefixFrom(addr, addr.BitLen())].v)
+	ref, _ := s.entries.get(netip.PrefixFrom(addr, addr.BitLen()))
+	return s.names.get(ref)
 }
 
 // compactNames rebuilds the names' arena when most of it is garbage.
@@ -187,12 +192,12 @@ func (s *ipcacheStore) compactNames() {
 		return
 	}
 	var fresh nameArena
-	for p, e := range s.entries {
-		if n, ok := s.names.get(e.v); ok {
-			e.v = fresh.add(n.Namespace, n.Name, n.Workload)
-			s.entries[p] = e
+	s.entries.rewriteRefs(func(r podRef) podRef {
+		if n, ok := s.names.get(r); ok {
+			return fresh.add(n.Namespace, n.Name, n.Workload)
 		}
-	}
+		return 0
+	})
 	s.names = fresh
 }
 

@@ -109,6 +109,14 @@ func (a *nameArena) free(r podRef) {
 	}
 }
 
+// trim drops the slack of the arena's bytes (append doubles them: up to
+// half of them unused), once a list is complete.
+func (a *nameArena) trim() {
+	if cap(a.buf)-len(a.buf) > len(a.buf)/8 {
+		a.buf = slices.Clone(a.buf)
+	}
+}
+
 // wasteful: most of the arena is garbage, worth a compaction.
 func (a *nameArena) wasteful() bool {
 	return a.garbage > 64<<10 && a.garbage > len(a.buf)/2
