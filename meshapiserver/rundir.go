@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -50,18 +51,28 @@ func openRunDir(parent, cluster string, log *slog.Logger) (*runDir, error) {
 		return nil, err
 	}
 	sweepRunDirs(parent, log)
-	path, err := os.MkdirTemp(parent, cluster+"-")
+	// The directory is made under a hidden name, locked, and only then
+	// given its name: a visible directory's lock is always held by its
+	// apiserver, so that another one starting at the same moment never
+	// takes it for a dead one's (and removes it) in its sweep.
+	tmp, err := os.MkdirTemp(parent, "."+cluster+"-")
 	if err != nil {
 		return nil, fmt.Errorf("creating the runtime directory: %w", err)
 	}
+	path := filepath.Join(parent, strings.TrimPrefix(filepath.Base(tmp), "."))
 	if n := len(filepath.Join(path, "http.sock")); n > unixPathMax {
-		os.RemoveAll(path)
+		os.RemoveAll(tmp)
 		return nil, fmt.Errorf("runtime directory %s: its socket paths would be %d bytes, unix sockets allow %d: choose a shorter runtime directory (TMPDIR)", path, n, unixPathMax)
 	}
-	lock, err := lockFile(filepath.Join(path, runLockFile), false)
+	lock, err := lockFile(filepath.Join(tmp, runLockFile), false)
 	if err != nil {
-		os.RemoveAll(path)
-		return nil, fmt.Errorf("locking the runtime directory %s: %w", path, err)
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("locking the runtime directory %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		lock.Close()
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("naming the runtime directory %s: %w", path, err)
 	}
 	return &runDir{path: path, lock: lock}, nil
 }
@@ -91,8 +102,9 @@ func privateParent(dir string) error {
 }
 
 // sweepRunDirs removes the directories in parent whose process is dead: their
-// lock can be taken. A directory without a lock file is removed once older
-// than orphanAge.
+// lock can be taken. A directory without a lock file, and a hidden one (an
+// apiserver's directory not named yet), is removed once older than
+// orphanAge.
 func sweepRunDirs(parent string, log *slog.Logger) {
 	entries, err := os.ReadDir(parent)
 	if err != nil {
@@ -104,6 +116,11 @@ func sweepRunDirs(parent string, log *slog.Logger) {
 			continue
 		}
 		dir := filepath.Join(parent, e.Name())
+		if strings.HasPrefix(e.Name(), ".") {
+			if fi, err := e.Info(); err != nil || time.Since(fi.ModTime()) < orphanAge {
+				continue // being made now
+			}
+		}
 		lock, err := lockFile(filepath.Join(dir, runLockFile), true)
 		switch {
 		case errors.Is(err, syscall.EWOULDBLOCK):
