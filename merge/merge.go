@@ -31,7 +31,8 @@ func (n ServiceName) String() string { return n.Namespace + "/" + n.Name }
 // backends per port name. Immutable once stored.
 type RemoteService struct {
 	clusterID uint16
-	backends  map[string][]datapath.Backend // port name → backends (protocol and port set)
+	backends  map[string][]datapath.Backend  // port name → backends (protocol and port set)
+	topology  map[netip.Addr]BackendTopology // nil when the remote publishes none
 }
 
 // IPUpdate is a cluster's new claim on a prefix; a nil entry
@@ -838,5 +839,6 @@ func NewRemoteService(c wire.Cluster, s *wire.ClusterService) *RemoteService {
 	for _, bs := range rs.backends {
 		sortBackends(bs) // in slot order, as the merge wants them
 	}
+	rs.topology = remoteTopology(s)
 	return rs
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/wire"
 )
 
 // RemoteBackends is what one remote cluster offers for a global service as
@@ -16,6 +17,45 @@ type RemoteBackends struct {
 	Cluster   string
 	ClusterID uint16
 	Ports     map[string][]datapath.Backend // port name → backends
+	// Topology is what the remote publishes of its backends besides their
+	// ports (Cilium's ClusterService hostnames and zones), by address; nil
+	// when it publishes none (an older apiserver). Read only.
+	Topology map[netip.Addr]BackendTopology
+}
+
+// BackendTopology is a remote backend's hostname, zone and the zones its
+// topology hints name, as its cluster publishes them (unchecked: a reader
+// writing them somewhere validates them there).
+type BackendTopology struct {
+	Hostname string
+	Zone     string
+	ForZones []string
+}
+
+// remoteTopology is s's hostnames and zones by backend address, nil when it
+// has none.
+func remoteTopology(s *wire.ClusterService) map[netip.Addr]BackendTopology {
+	if len(s.Hostnames) == 0 && len(s.Zones) == 0 {
+		return nil
+	}
+	out := map[netip.Addr]BackendTopology{}
+	for ip := range s.Backends {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
+			continue
+		}
+		z, hasZone := s.Zones[ip]
+		h := s.Hostnames[ip]
+		if !hasZone && h == "" {
+			continue
+		}
+		t := BackendTopology{Hostname: h, Zone: z.Zone}
+		for _, f := range z.ForZones {
+			t.ForZones = append(t.ForZones, f.Name)
+		}
+		out[addr.Unmap()] = t
+	}
+	return out
 }
 
 // RemoteBackends returns every remote cluster's admitted backends of service
@@ -31,7 +71,7 @@ func (m *Merger) RemoteBackends(n ServiceName) []RemoteBackends {
 	}
 	for cluster, e := range sr.byCluster {
 		rs := e.rs
-		rb := RemoteBackends{Cluster: cluster, ClusterID: rs.clusterID, Ports: map[string][]datapath.Backend{}}
+		rb := RemoteBackends{Cluster: cluster, ClusterID: rs.clusterID, Ports: map[string][]datapath.Backend{}, Topology: rs.topology}
 		for port, bes := range rs.backends {
 			for _, b := range bes {
 				if m.admitsLocked(rs.clusterID, netip.PrefixFrom(b.Addr, b.Addr.BitLen())) {

@@ -44,3 +44,41 @@ func TestRemoteBackendsOwnedAndTold(t *testing.T) {
 		t.Errorf("dropping west's services told %v", told)
 	}
 }
+
+// RemoteBackends carries the hostnames and zones a remote publishes, by
+// backend address; a remote publishing none (an older apiserver) gives nil.
+func TestRemoteBackendsTopology(t *testing.T) {
+	m := New(Config{Datapath: datapath.NewMemory(), ClusterName: "east", ClusterID: 1})
+	web := ServiceName{"shop", "web"}
+	west := wire.Cluster{Name: "west", ID: 2}
+	m.SetNodeRanges(2, nil, []netip.Prefix{netip.MustParsePrefix("10.2.1.0/24")})
+	svc := &wire.ClusterService{Cluster: "west", Namespace: "shop", Name: "web", Shared: true,
+		Backends: map[string]wire.PortConfiguration{
+			"10.2.1.5": {"http": {Protocol: "TCP", Port: 8080}},
+			"10.2.1.6": {"http": {Protocol: "TCP", Port: 8080}},
+			"10.2.1.7": {"http": {Protocol: "TCP", Port: 8080}},
+		},
+		Hostnames: map[string]string{"10.2.1.5": "web-0", "10.9.9.9": "stray"},
+		Zones: map[string]wire.BackendZone{
+			"10.2.1.5": {Zone: "eu-1a", ForZones: []wire.ForZone{{Name: "eu-1a"}}},
+			"10.2.1.6": {Zone: "eu-1b"},
+		},
+	}
+	m.SetRemoteService("west", web, NewRemoteService(west, svc))
+	got := m.RemoteBackends(web)
+	if len(got) != 1 || len(got[0].Topology) != 2 {
+		t.Fatalf("%+v, want west with the topology of 10.2.1.5 and 10.2.1.6", got)
+	}
+	top := got[0].Topology
+	if a := top[netip.MustParseAddr("10.2.1.5")]; a.Hostname != "web-0" || a.Zone != "eu-1a" || len(a.ForZones) != 1 || a.ForZones[0] != "eu-1a" {
+		t.Errorf("10.2.1.5: %+v", a)
+	}
+	if b := top[netip.MustParseAddr("10.2.1.6")]; b.Hostname != "" || b.Zone != "eu-1b" || b.ForZones != nil {
+		t.Errorf("10.2.1.6: %+v", b)
+	}
+	svc.Hostnames, svc.Zones = nil, nil
+	m.SetRemoteService("west", web, NewRemoteService(west, svc))
+	if got := m.RemoteBackends(web); len(got) != 1 || got[0].Topology != nil || len(got[0].Ports["http"]) != 3 {
+		t.Errorf("without hostnames and zones: %+v", got)
+	}
+}
