@@ -77,6 +77,15 @@ func Run(ctx context.Context, o Options) error {
 	} else if ctx.Err() == nil {
 		ok = d.step(ctx, observeStep, d.observeStep) && ok
 	}
+	const l7Step = "(c3) L7: east's checkout allows GET " + cartPath + " from west's and north's frontends, POST gets 403; east's frontend asks a DNS server in a pod: *.shop.example only, toFQDNs " + apiName
+	switch {
+	case !o.EBPF:
+		fmt.Fprintf(o.Out, "skip %s [in-memory datapath: no L7 proxy]\n", l7Step)
+	case d.noTraffic != "":
+		fmt.Fprintf(o.Out, "skip %s [%s]\n", l7Step, d.noTrafficShort)
+	case ctx.Err() == nil:
+		ok = d.step(ctx, l7Step, d.l7Step) && ok
+	}
 	if !o.Once {
 		if ctx.Err() != nil {
 			return nil
@@ -146,6 +155,12 @@ func start(ctx context.Context, o Options) (*run, error) {
 			return nil, err
 		}
 		d.cgroup = cg
+		// The pods' namespaces come first: the node agents' L7 proxies
+		// listen in east-node-1's namespace from their start.
+		if err := d.setupNetwork(ctx); err != nil {
+			d.close()
+			return nil, err
+		}
 	}
 	d.started = time.Now()
 	m, err := localmesh.Start(ctx, localmesh.Options{Dir: d.o.Dir, Clusters: specs, AgentsPerCluster: o.AgentsPerCluster,
@@ -185,7 +200,8 @@ func (d *run) describe() {
 	if d.noTraffic != "" {
 		fmt.Fprintf(o.Out, "      %s\n", d.noTraffic)
 	} else {
-		fmt.Fprintln(o.Out, "      real traffic: an HTTP server in a network namespace per checkout pod, a client behind east-node-1's socket load balancer")
+		fmt.Fprintln(o.Out, "      real traffic: an HTTP server in a network namespace per checkout pod, a client behind east-node-1's socket load balancer,\n"+
+			"      a DNS server (shop.example) in east's checkout-2, L7 proxies in the agents")
 	}
 }
 
@@ -231,7 +247,8 @@ type run struct {
 	noTraffic string // why the real traffic is skipped, or ""
 	// noTrafficShort is the reason in a few words.
 	noTrafficShort string
-	net            *network // the real traffic's network, once set up
+	net            *network      // the real traffic's network, once set up
+	netSetup       time.Duration // how long setting it up took
 	pol            policyRun
 	stopRelay      func() error // stops the relay, once started
 	cgroup         string       // the client's cgroup (real traffic), removed by close

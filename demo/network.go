@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/datapath/socklb"
 	"github.com/clustermesh/clustermesh/internal/podnet"
+	"github.com/clustermesh/clustermesh/l7dns/dnsserver"
 	"github.com/clustermesh/clustermesh/localmesh"
 )
 
@@ -60,11 +62,15 @@ type network struct {
 	node *podnet.Node // east-node-1; its Pods are every pod below
 	port uint16       // the pods' HTTP port (the service's targetPort)
 	pods []*pod       // the checkout pods
-	// frontends are the policy step's clients, by cluster.
+	// frontends are the policy and L7 steps' clients, by cluster.
 	frontends map[string]*podnet.Pod
-	cgroup    string // the client's cgroup, where east-node-1's socket load balancer is attached
-	closeMu   sync.Mutex
-	closed    bool
+	// api is the L7 step's external server (apiAddr, outside every
+	// cluster's state) and dns the DNS server in east's checkout-2.
+	api     *pod
+	dns     *dnsserver.Server
+	cgroup  string // the client's cgroup, where east-node-1's socket load balancer is attached
+	closeMu sync.Mutex
+	closed  bool
 }
 
 // podSpec is a checkout pod of the sample state.
@@ -116,9 +122,18 @@ func setupNetwork(ctx context.Context, nodeIP netip.Addr, specs []podSpec, front
 	for _, s := range specs {
 		perCluster[s.cluster]++
 		n.port = s.port
-		if err := n.addPod(s, podVethName(s.cluster, "ck", perCluster[s.cluster]), logger); err != nil {
+		p, err := n.addPod(s, podVethName(s.cluster, "ck", perCluster[s.cluster]), logger)
+		if err != nil {
 			return n, fmt.Errorf("demo: pod %s/%s (%s): %w", s.cluster, s.name, s.ip, err)
 		}
+		n.pods = append(n.pods, p)
+	}
+	api := podSpec{cluster: "ext", name: apiName, ip: apiAddr.Addr(), port: apiAddr.Port()}
+	if n.api, err = n.addPod(api, podVethName("ext", "api", 1), logger); err != nil {
+		return n, fmt.Errorf("demo: %s (%s): %w", apiName, api.ip, err)
+	}
+	if err := n.serveDNS(); err != nil {
+		return n, err
 	}
 	for _, s := range fronts {
 		if n.frontends[s.cluster], err = n.node.AddPod(s.cluster+"/"+s.name, s.ip, podVethName(s.cluster, "fe", 1)); err != nil {
@@ -139,20 +154,20 @@ func setupNetwork(ctx context.Context, nodeIP netip.Addr, specs []podSpec, front
 func podVethName(cluster, kind string, i int) string { return fmt.Sprintf("%s-%s%d", cluster, kind, i) }
 
 // addPod creates the pod of s (namespace, veth, routes) and starts its
-// HTTP server.
-func (n *network) addPod(s podSpec, veth string, logger *slog.Logger) error {
+// HTTP server on s.port.
+func (n *network) addPod(s podSpec, veth string, logger *slog.Logger) (*pod, error) {
 	pp, err := n.node.AddPod(s.cluster+"/"+s.name, s.ip, veth)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p := &pod{Pod: pp, cluster: s.cluster, name: s.name}
 	var ln net.Listener
-	addr := netip.AddrPortFrom(p.IP, n.port).String()
+	addr := netip.AddrPortFrom(p.IP, s.port).String()
 	if err := podnet.InNetns(p.NS, func() (err error) {
 		ln, err = net.Listen("tcp", addr)
 		return err
 	}); err != nil {
-		return fmt.Errorf("listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	reply := []byte(p.cluster + " " + p.name + "\n")
 	p.srv = &http.Server{
@@ -164,12 +179,11 @@ func (n *network) addPod(s podSpec, veth string, logger *slog.Logger) error {
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	p.served = make(chan struct{})
-	n.pods = append(n.pods, p)
 	go func() {
 		defer close(p.served)
 		p.srv.Serve(ln)
 	}()
-	return nil
+	return p, nil
 }
 
 // newCgroup creates the demo's client cgroup under the cgroup v2 mount:
@@ -198,9 +212,16 @@ func (n *network) Close() error {
 	}
 	n.closed = true
 	var errs []error
-	for _, p := range n.pods {
-		p.srv.Close()
-		<-p.served
+	for _, p := range append(slices.Clip(n.pods), n.api) {
+		if p != nil {
+			p.srv.Close()
+			<-p.served
+		}
+	}
+	if n.dns != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, n.dns.Close(ctx))
+		cancel()
 	}
 	if n.node != nil {
 		// Deleting one end of a veth deletes both, and the pod's route.

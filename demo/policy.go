@@ -76,14 +76,11 @@ func demoState(id int) *statesource.State {
 	return st
 }
 
-// frontendPods are the policy step's clients: west's and north's
-// frontend-1.
+// frontendPods are the policy and L7 steps' clients: every cluster's
+// frontend-1 (east's asks the DNS server).
 func frontendPods() []podSpec {
 	var out []podSpec
 	for i, c := range Clusters {
-		if c == "east" {
-			continue
-		}
 		for _, e := range localmesh.SampleState(i + 1).Endpoints {
 			if e.Pod == "frontend-1" {
 				out = append(out, podSpec{cluster: c, name: e.Pod, ip: e.IP})
@@ -122,6 +119,9 @@ func (p *policyRun) nodeAgent(dir, cgroup string, serve bool, statusSocket func(
 		// address is the host identity.
 		cfg.NodeName = "node-" + name[strings.LastIndex(name, "-")+1:]
 		cfg.Policy.InNetns, cfg.Policy.ReloadInterval = p.inNode, 100*time.Millisecond
+		// The L7 proxy listens in east-node-1's namespace: without real
+		// traffic there is none (and no L7 step).
+		cfg.L7.Enable = cgroup != ""
 		if name == policyAgent {
 			cfg.Policy.Dir = dir
 			cfg.SocketLB, cfg.Cgroup = cgroup != "", cgroup

@@ -219,15 +219,12 @@ func serviceURL() string {
 
 // traffic is the real traffic step.
 func (d *run) traffic(ctx context.Context) (string, error) {
-	var lines []string
-	if d.net == nil {
-		start := time.Now()
-		if err := d.setupTraffic(ctx); err != nil {
-			return "", err
-		}
-		lines = append(lines, fmt.Sprintf("%d pods in network namespaces, east-node-1's socket load balancer on %s: set up in %s",
-			len(d.net.pods), d.net.cgroup, ms(time.Since(start))))
+	east := d.m.Cluster("east")
+	if _, ok := east.Agents[0].Datapath.(*datapath.Maps); !ok || d.net == nil {
+		return "", fmt.Errorf("demo: %s has no eBPF maps and socket load balancer", east.Agents[0].Name)
 	}
+	lines := []string{fmt.Sprintf("%d pods in network namespaces, east-node-1's socket load balancer on %s: set up in %s (before the mesh)",
+		len(d.net.pods), d.net.cgroup, ms(d.netSetup))}
 	phases, err := d.trafficPhases(ctx)
 	for _, p := range phases {
 		lines = append(lines, p.line())
@@ -239,25 +236,23 @@ func (d *run) traffic(ctx context.Context) (string, error) {
 	return detail, nil
 }
 
-// setupTraffic builds the pods' network and attaches east-node-1's socket
-// load balancer to the client's cgroup.
-func (d *run) setupTraffic(ctx context.Context) error {
-	east := d.m.Cluster("east")
-	if _, ok := east.Agents[0].Datapath.(*datapath.Maps); !ok || d.cgroup == "" {
-		return fmt.Errorf("demo: %s has no eBPF maps and socket load balancer", east.Agents[0].Name)
-	}
+// setupNetwork builds the pods' network (east-node-1's namespace, the
+// pods', their servers) for the client's cgroup, where east-node-1's
+// agent attaches its socket load balancer.
+func (d *run) setupNetwork(ctx context.Context) error {
+	start := time.Now()
 	specs, err := checkoutPods()
 	if err != nil {
 		return err
 	}
-	nodeIP := demoState(int(east.ID)).Nodes[0].IPs[0]
+	nodeIP := demoState(1).Nodes[0].IPs[0]
 	n, err := setupNetwork(ctx, nodeIP, specs, frontendPods(), d.o.Logger)
 	if err != nil {
 		return err
 	}
 	d.pol.setNode(n.node)
 	n.cgroup = d.cgroup
-	d.net = n
+	d.net, d.netSetup = n, time.Since(start)
 	return nil
 }
 

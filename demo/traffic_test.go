@@ -42,9 +42,6 @@ func TestDemoTraffic(t *testing.T) {
 	if _, err := d.allReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.setupTraffic(ctx); err != nil {
-		t.Fatal(err)
-	}
 	phases, err := d.trafficPhases(ctx)
 	for _, p := range phases {
 		t.Log(p.line())
@@ -132,8 +129,8 @@ type heldNamespaces struct {
 func holdNamespaces(t *testing.T, n *network) heldNamespaces {
 	t.Helper()
 	held := heldNamespaces{inodes: n.namespaces()}
-	if len(held.inodes) != 1+len(n.node.Pods) || len(n.pods) != 9 || len(n.node.Pods) != 11 {
-		t.Fatalf("%d namespaces for %d pods (%d checkout), want 1 + 11 (9)", len(held.inodes), len(n.node.Pods), len(n.pods))
+	if len(held.inodes) != 1+len(n.node.Pods) || len(n.pods) != 9 || len(n.node.Pods) != 13 {
+		t.Fatalf("%d namespaces for %d pods (%d checkout), want 1 + 13 (9)", len(held.inodes), len(n.node.Pods), len(n.pods))
 	}
 	for _, h := range n.handles() {
 		fd, err := unix.FcntlInt(uintptr(h), unix.F_DUPFD_CLOEXEC, 0)
@@ -289,9 +286,6 @@ func TestSpilloverTraffic(t *testing.T) {
 	if _, err := d.allReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.setupTraffic(ctx); err != nil {
-		t.Fatal(err)
-	}
 	east := d.m.Cluster("east")
 	st := demoState(1)
 	st.Services[0].Annotations["clustermesh.io/min-local-backends"] = "4"
@@ -342,9 +336,6 @@ func TestStaleClusterTraffic(t *testing.T) {
 	}
 	defer d.close()
 	if _, err := d.allReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.setupTraffic(ctx); err != nil {
 		t.Fatal(err)
 	}
 	east := d.m.Cluster("east")
