@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"unique"
 
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/merge"
@@ -354,6 +355,7 @@ func (s *identityStore) apply(key string, value []byte, gen uint32) error {
 	if err != nil {
 		return err
 	}
+	id.Labels = internLabels(id.Labels)
 	old, known := s.entries[id.ID]
 	s.entries.put(id.ID, id.Labels, gen)
 	if o := s.r.identities; o != nil && (!known || !slices.Equal(old.v, id.Labels)) {
@@ -407,6 +409,18 @@ func (s *identityStore) clear() {
 	for id := range s.entries {
 		s.delete(id)
 	}
+}
+
+// internLabels returns ls with its strings interned: parsed, they are
+// substrings of the entry's value, which every label would keep alive, and
+// most labels (their keys, the label sets a workload repeats in every
+// cluster) are the same in many identities of many remotes. ls is changed
+// in place.
+func internLabels(ls wire.Labels) wire.Labels {
+	for i, l := range ls {
+		ls[i] = wire.Label{Source: unique.Make(l.Source).Value(), Key: unique.Make(l.Key).Value(), Value: unique.Make(l.Value).Value()}
+	}
+	return ls
 }
 
 // sweepWith removes each key with remove; it returns how many.

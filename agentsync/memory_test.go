@@ -82,3 +82,40 @@ func BenchmarkIPCacheStoreMemory(b *testing.B) {
 	}
 	b.ReportMetric(perEntry, "B/entry")
 }
+
+// BenchmarkIdentityStoreMemory: the heap one remote's identity store holds
+// per identity, 200 identities of a realistic remote (B/identity).
+func BenchmarkIdentityStoreMemory(b *testing.B) {
+	const n = 200
+	first, _ := wire.IdentityRange(lwWest.ID, lwWest.MaxConnectedClusters)
+	keys := make([]string, n)
+	vals := make([][]byte, n)
+	for i := range n {
+		id := wire.Identity{ID: first + uint32(i), Labels: wire.NewLabels("k8s", map[string]string{
+			"app": fmt.Sprintf("app-%d", i), "io.kubernetes.pod.namespace": fmt.Sprintf("ns-%d", i%10),
+			"io.cilium.k8s.policy.cluster": lwWest.Name, "io.cilium.k8s.policy.serviceaccount": "default",
+			"io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name": fmt.Sprintf("ns-%d", i%10)})}
+		keys[i], vals[i] = wire.IdentityKey(id.ID), wire.EncodeIdentity(id)
+	}
+	b.ReportAllocs()
+	var perID float64
+	for range b.N {
+		rs := make([]*remote, 10)
+		for j := range rs {
+			rs[j] = memRemote(b)
+		}
+		before := heapInUse()
+		for j := range rs {
+			s := rs[j].kinds[wire.Identities].store
+			for i := range n {
+				if err := s.apply(keys[i], vals[i], 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		after := heapInUse()
+		perID = float64(after-before) / float64(len(rs)*n)
+		runtime.KeepAlive(rs)
+	}
+	b.ReportMetric(perID, "B/identity")
+}
