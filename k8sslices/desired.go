@@ -126,13 +126,21 @@ func endpointPort(name string, b datapath.Backend) discoveryv1.EndpointPort {
 // by name. A slice holds at most max endpoints; its name is derived from the
 // service, the cluster, the family, the port set and its index, so that two
 // writers compute the same names and never create the same slice twice.
-func desiredSlices(svc *corev1.Service, remotes []merge.RemoteBackends, max int) map[string]*discoveryv1.EndpointSlice {
+// Each endpoint carries the topology its remote publishes (withTopology);
+// values the API server would refuse are left out and reported to drop.
+func desiredSlices(svc *corev1.Service, remotes []merge.RemoteBackends, max int, drop func(topologyDrop)) map[string]*discoveryv1.EndpointSlice {
+	if drop == nil {
+		drop = func(topologyDrop) {}
+	}
 	out := map[string]*discoveryv1.EndpointSlice{}
 	for _, rb := range remotes {
 		for _, g := range groups(rb) {
 			for i := 0; i*max < len(g.addrs); i++ {
 				chunk := g.addrs[i*max : min((i+1)*max, len(g.addrs))]
 				s := newSlice(svc, rb.Cluster, g, chunk, i)
+				for j := range s.Endpoints {
+					withTopology(&s.Endpoints[j], rb.Cluster, chunk[j], rb.Topology, drop)
+				}
 				out[s.Name] = s
 			}
 		}
@@ -165,6 +173,10 @@ func newSlice(svc *corev1.Service, cluster string, g *group, addrs []string, ind
 		s.Labels[LabelMCSServiceName] = name
 		s.Labels[LabelMCSSourceCluster] = cluster
 	}
+	// Every endpoint is ready and serving: a remote publishes only the
+	// backends that are ready or serving, and Cilium's ClusterService has
+	// no per-backend condition to tell a terminating one (every remote
+	// backend is active in Cilium's load balancer too).
 	t, f := true, false
 	for _, a := range addrs {
 		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{

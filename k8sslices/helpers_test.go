@@ -132,3 +132,20 @@ func addresses(ss []discoveryv1.EndpointSlice, cluster string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// setTopology sets the topology cluster publishes for the backends of
+// namespace/name it offers (set first); nil: none, as an older apiserver.
+func (s *source) setTopology(namespace, name, cluster string, top map[netip.Addr]merge.BackendTopology) {
+	s.mu.Lock()
+	n := merge.ServiceName{Namespace: namespace, Name: name}
+	for i := range s.svcs[n] {
+		if s.svcs[n][i].Cluster == cluster {
+			s.svcs[n][i].Topology = top
+		}
+	}
+	ws := slices.Clone(s.writers)
+	s.mu.Unlock()
+	for _, w := range ws {
+		w.Notify(n)
+	}
+}

@@ -17,6 +17,8 @@ type metrics struct {
 	writeSeconds prometheus.Histogram
 	leader       prometheus.Gauge
 	slices       prometheus.Gauge
+
+	topologyDropped prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -34,11 +36,13 @@ func newMetrics() *metrics {
 			Help: "1 while this process holds the endpoint slice writers' Lease and writes."}),
 		slices: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "wanted",
 			Help: "EndpointSlices of remote backends the last pass wanted."}),
+		topologyDropped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "topology_dropped_total",
+			Help: "Remote backends' zones, hint zones or hostnames left out of a computed slice because the API server would refuse them (counted per pass)."}),
 	}
 }
 
 // Collectors returns the writer's Prometheus collectors.
 func (w *Writer) Collectors() []prometheus.Collector {
 	m := w.metrics
-	return []prometheus.Collector{m.writes, m.writeErrors, m.conflicts, m.writeSeconds, m.leader, m.slices}
+	return []prometheus.Collector{m.writes, m.writeErrors, m.conflicts, m.writeSeconds, m.leader, m.slices, m.topologyDropped}
 }

@@ -55,7 +55,7 @@ func (w *Writer) desired(st *informerSet) (map[string]*discoveryv1.EndpointSlice
 		}
 		remotes := w.cfg.Source.RemoteBackends(merge.ServiceName{Namespace: svc.Namespace, Name: svc.Name})
 		ss := ServiceStatus{Namespace: svc.Namespace, Name: svc.Name}
-		for _, s := range desiredSlices(svc, remotes, w.cfg.MaxEndpointsPerSlice) {
+		for _, s := range desiredSlices(svc, remotes, w.cfg.MaxEndpointsPerSlice, w.droppedTopology) {
 			want[key(s)] = s
 			ss.Slices = append(ss.Slices, SliceStatus{Name: s.Name, Cluster: s.Labels[LabelSourceCluster], Endpoints: len(s.Endpoints)})
 		}
@@ -203,5 +203,15 @@ func (w *Writer) forgetDeleted(st *informerSet) {
 		if !ok || obj.(*discoveryv1.EndpointSlice).UID != uid {
 			delete(w.deleted, k)
 		}
+	}
+}
+
+// droppedTopology counts and logs (once a minute per cluster) a remote's
+// topology value left out of a slice.
+func (w *Writer) droppedTopology(d topologyDrop) {
+	w.metrics.topologyDropped.Inc()
+	if ok, n := w.conflictLog.Allow("topology/"+d.cluster, time.Now()); ok {
+		w.log.Warn("a remote backend's topology value is not valid in an EndpointSlice: left out, the endpoint written without it (fix it in that cluster)",
+			"drop", d.String(), "suppressed", n)
 	}
 }
