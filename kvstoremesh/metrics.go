@@ -25,11 +25,12 @@ var (
 	descWriteFail = prometheus.NewDesc(ns+"_write_failures_total", "Transactions that failed (and were retried).", nil, nil)
 	descPending   = prometheus.NewDesc(ns+"_write_pending_ops", "Writes queued and not yet written.", nil, nil)
 	descPrevious  = prometheus.NewDesc(ns+"_previous_run_kinds_left", "Kinds of remotes whose entries of a previous run wait for their first full list.", nil, nil)
+	descUnchanged = prometheus.NewDesc(ns+"_write_unchanged_total", "Entries of a previous run listed again with the same value on the adopted lease: not rewritten.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnected, descReady, descEntries, descRejected, descFailures, descTxns, descOps, descCoalesced, descWriteFail, descPending, descPrevious} {
+	for _, d := range []*prometheus.Desc{descConnected, descReady, descEntries, descRejected, descFailures, descTxns, descOps, descCoalesced, descWriteFail, descPending, descPrevious, descUnchanged} {
 		ch <- d
 	}
 }
@@ -61,4 +62,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWriteFail, prometheus.CounterValue, float64(w.Failures))
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(w.Pending))
 	ch <- prometheus.MustNewConstMetric(descPrevious, prometheus.GaugeValue, float64(w.PreviousLeft))
+	ch <- prometheus.MustNewConstMetric(descUnchanged, prometheus.CounterValue, float64(w.Unchanged))
 }
