@@ -11,7 +11,8 @@ import (
 const disableLong = `Remove what 'clustermesh enable' created: the Deployment, the Service, the
 certificate secrets, the config, the service account and its roles, and what
 the apiserver and connect wrote: the identity numbers (configmap
-clustermesh-identities), the remotes and the trusted peer CAs. The mesh CA
+clustermesh-identities), the remotes and the trusted peer CAs; and the
+slices writer (enable --endpoint-slices) with the EndpointSlices it wrote. The mesh CA
 secret stays (other clusters of the mesh share it) unless --delete-ca; the
 namespace stays.
 

@@ -38,6 +38,18 @@ enable again, or let connect do it) or, for NodePort, the nodes' IPs, and
 --server-ip/--server-dns. Otherwise they are re-issued and the Deployment
 rolls.
 
+With --endpoint-slices it also deploys 'clustermesh slices' (remote backends
+of global services as EndpointSlices, and the MCS API controller:
+docs/endpointslices.md, docs/mcs.md), as 'clustermesh manifests --slices'
+prints it:
+
+  serviceaccount/clustermesh-slices, clusterrole(binding), role(binding)
+  deployment/clustermesh-slices              two replicas (one writes, by Lease),
+                                             reading secret/clustermesh-remotes
+
+Without the flag an existing writer is left as it is; 'clustermesh disable'
+removes it and the EndpointSlices it wrote.
+
 Running enable again changes nothing that is already right; --dry-run prints
 the objects as YAML (private keys not shown) and writes nothing.`
 
@@ -72,6 +84,8 @@ func newEnableCmd() *cobra.Command {
 	f.StringSliceVar(&o.ServerDNS, "server-dns", nil, "extra DNS name of the server certificate (repeatable)")
 	f.StringSliceVar(&o.ServerIPs, "server-ip", nil, "extra IP address of the server certificate (repeatable)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "print the objects as YAML and write nothing")
+	f.BoolVar(&o.EndpointSlices, "endpoint-slices", false, "also deploy 'clustermesh slices': remote backends of global services as EndpointSlices, and the MCS API controller")
+	f.StringVar(&o.ClusterSetIPRange, "clusterset-ip-range", "", "with --endpoint-slices: the CIDR ClusterSetIPs are allocated from (empty: Kubernetes allocates them)")
 	cmd.MarkFlagRequired("cluster-name")
 	cmd.MarkFlagRequired("cluster-id")
 	cmd.MarkFlagsMutuallyExclusive("ca-dir", "ca-from-context")

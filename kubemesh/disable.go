@@ -3,11 +3,11 @@ package kubemesh
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 )
 
 // DisableOptions say which cluster's mesh apiserver Disable removes.
@@ -53,13 +53,17 @@ func Disable(ctx context.Context, o DisableOptions) (DisableResult, error) {
 		return res, err
 	}
 	c := meshCluster{Namespace: ns}
-	objs := []runtime.Object{
+	// The slices writer first (Enable's EndpointSlices), newest object
+	// first, so that it stops before its slices go.
+	writer := slicesWriterObjects(c, "")
+	slices.Reverse(writer)
+	objs := append(writer,
 		deploymentObject(c, ""), serviceObject(c), meshConfigObject(c),
 		configMapObject(IdentitiesConfigMap, ns), configMapObject(TrustedCAsName, ns),
 		tlsSecret(ServerSecretName, ns, nil, nil, nil), tlsSecret(AdminSecretName, ns, nil, nil, nil),
 		tlsSecret(RemoteSecretName, ns, nil, nil, nil), tlsSecret(RemotesSecretName, ns, nil, nil, nil),
 		clusterRoleBindingObject(c), clusterRoleObject(c), roleBindingObject(c), roleObject(c), serviceAccountObject(c),
-	}
+	)
 	if o.DeleteCA {
 		objs = append(objs, caSecretObject(ns, nil, nil))
 	}
@@ -69,6 +73,30 @@ func Disable(ctx context.Context, o DisableOptions) (DisableResult, error) {
 			return res, fmt.Errorf("context %s: %w", t.Context, err)
 		}
 		res.Objects = append(res.Objects, ch)
+		if ch.Kind == "deployment" && ch.Name == SlicesName {
+			if err := res.deleteWrittenSlices(ctx, t); err != nil {
+				return res, err
+			}
+		}
 	}
 	return res, nil
+}
+
+// deleteWrittenSlices deletes every EndpointSlice the slices writer wrote
+// (of remote backends, which nothing updates once it is gone), recording
+// each. A writer pod still terminating may write one again: disable again.
+func (res *DisableResult) deleteWrittenSlices(ctx context.Context, t *Target) error {
+	l, err := t.Client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{LabelSelector: ownSlices})
+	if err != nil {
+		return fmt.Errorf("context %s: listing the EndpointSlices of remote backends: %w", t.Context, err)
+	}
+	for _, s := range l.Items {
+		err := t.Client.DiscoveryV1().EndpointSlices(s.Namespace).Delete(ctx, s.Name,
+			metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &s.UID}})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return fmt.Errorf("context %s: deleting EndpointSlice %s/%s of remote backends: %w", t.Context, s.Namespace, s.Name, err)
+		}
+		res.Objects = append(res.Objects, ObjectChange{Kind: "endpointslice", Namespace: s.Namespace, Name: s.Name, Action: Deleted})
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,6 +40,15 @@ type EnableOptions struct {
 	ServerDNS, ServerIPs []string
 	// DryRun writes nothing: the result's Planned holds the objects.
 	DryRun bool
+	// EndpointSlices also deploys 'clustermesh slices' (remote backends as
+	// EndpointSlices, and the MCS API controller): its ServiceAccount, RBAC
+	// and a Deployment of two replicas reading the remotes secret, as
+	// 'clustermesh manifests --slices' prints them. Without it an existing
+	// writer is left as it is (Disable removes it).
+	EndpointSlices bool
+	// ClusterSetIPRange is the writer's --clusterset-ip-range (with
+	// EndpointSlices; empty: Kubernetes allocates ClusterSetIPs).
+	ClusterSetIPRange string
 }
 
 func (o EnableOptions) withDefaults() EnableOptions {
@@ -63,6 +73,14 @@ func (o EnableOptions) parse() (corev1.ServiceType, []net.IP, error) {
 	}
 	if err := wire.ValidateClusterID(o.ClusterName, o.ClusterID, o.MaxConnected); err != nil {
 		return "", nil, fmt.Errorf("--cluster-id/--max-connected-clusters: %w", err)
+	}
+	if o.ClusterSetIPRange != "" {
+		if !o.EndpointSlices {
+			return "", nil, fmt.Errorf("--clusterset-ip-range is the slices writer's: give --endpoint-slices too")
+		}
+		if _, err := netip.ParsePrefix(o.ClusterSetIPRange); err != nil {
+			return "", nil, fmt.Errorf("--clusterset-ip-range %q: %w (want a CIDR such as 10.96.128.0/20)", o.ClusterSetIPRange, err)
+		}
 	}
 	if o.CADir != "" && o.CAFromContext != "" {
 		return "", nil, fmt.Errorf("--ca-dir and --ca-from-context: give one of them")
@@ -165,6 +183,10 @@ func Enable(ctx context.Context, o EnableOptions) (EnableResult, error) {
 		return res, err
 	}
 	objs := append(apiserverObjects(c, mesh, secrets), deploymentObject(c, certsHash(secrets[0], secrets[1])))
+	if o.EndpointSlices {
+		// The MCS API's CRDs are in early already.
+		objs = append(objs, slicesWriterObjects(c, o.ClusterSetIPRange)...)
+	}
 	if o.DryRun {
 		res.Planned = append(early, objs...)
 		return res, nil

@@ -26,10 +26,16 @@ func slicesObjects(c meshCluster, clusterSetIPRange string) ([]runtime.Object, e
 	if err != nil {
 		return nil, err
 	}
+	return append(crds, slicesWriterObjects(c, clusterSetIPRange)...), nil
+}
+
+// slicesWriterObjects are slicesObjects but for the CRDs, in the order they
+// are applied (Disable deletes them in reverse).
+func slicesWriterObjects(c meshCluster, clusterSetIPRange string) []runtime.Object {
 	role := SlicesName + "-" + c.Namespace
 	read := []string{"get", "list", "watch"}
 	write := []string{"get", "list", "watch", "create", "update", "delete"}
-	return append(crds,
+	return []runtime.Object{
 		&corev1.ServiceAccount{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"}, ObjectMeta: meta(SlicesName, c.Namespace)},
 		&rbacv1.ClusterRole{
 			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole"},
@@ -65,7 +71,7 @@ func slicesObjects(c meshCluster, clusterSetIPRange string) ([]runtime.Object, e
 			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: SlicesName, Namespace: c.Namespace}},
 		},
 		slicesDeployment(c, clusterSetIPRange),
-	), nil
+	}
 }
 
 func slicesDeployment(c meshCluster, clusterSetIPRange string) *appsv1.Deployment {
