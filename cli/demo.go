@@ -41,6 +41,14 @@ demo says what it skips.
  (c) policy: east's checkout accepts only frontends of east and west; west's
      frontend connects, north's is dropped, and the flows say so (as root,
      on real packets; otherwise the computed policy map is checked);
+ (c2) observe (root): a relay of the whole mesh serves every cluster's flows;
+ (c3) L7 (root): east's checkout policy gets an HTTP rule: GET /v1/cart from
+     west's and north's frontends is answered, a POST gets 403 and the
+     connection stays usable; east's frontend asks a DNS server in
+     checkout-2's namespace under a DNS rule (*.shop.example answered, other
+     names REFUSED) and a toFQDNs rule lets it reach the answered address;
+     the demo prints the L7 flows read through the relay (skipped on the
+     in-memory datapath: it has no L7 proxy);
  (d) east's checkout backends go unready: east's agents select the remote ones,
      and east's own again once they are back;
  (e) west's apiserver stops: east keeps west's entries; west restarts with an

@@ -315,6 +315,11 @@ func (d *run) serve(ctx context.Context) error {
 			"  nsenter --net=%s curl -s http://%s:%d/\n"+
 			"  nsenter --net=%s sh -c 'echo $$ > %s/cgroup.procs && exec curl -s %s'\n",
 			nodeNS, d.net.cgroup, nodeNS, d.net.pods[0].IP, d.net.port, nodeNS, d.net.cgroup, serviceURL())
+		if fe := d.net.frontends["west"]; fe != nil {
+			feNS := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(fe.NS))
+			fmt.Fprintf(d.o.Out, "west's frontend through east-node-1's L7 proxy (GET %s answered, anything else 403):\n"+
+				"  nsenter --net=%s curl -s -X POST http://%s:%d%s\n", cartPath, feNS, dnsServer.Addr(), d.net.port, cartPath)
+		}
 	}
 	fmt.Fprintln(d.o.Out, "\nrunning until Ctrl-C")
 	<-ctx.Done()

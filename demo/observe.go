@@ -185,9 +185,10 @@ func (d *run) printObserve() {
 	fmt.Fprintf(d.o.Out, "\nthe whole mesh's flows, through the relay (every agent observes its node's pods):\n"+
 		"  hubble observe --server unix://%s -f\n"+
 		"  clustermesh observe --server unix://%s -f --verdict DROPPED\n"+
+		"  hubble observe --server unix://%s --type l7 --last 20   (the L7 step's HTTP and DNS flows)\n"+
 		"one agent's flows, and its Hubble metrics:\n"+
-		"  clustermesh observe --server unix://%s --last 20\n", d.relaySocket(), d.relaySocket(), east.HubbleSocket)
+		"  clustermesh observe --server unix://%s --last 20\n", d.relaySocket(), d.relaySocket(), d.relaySocket(), east.HubbleSocket)
 	if east.MetricsAddress != "" {
-		fmt.Fprintf(d.o.Out, "  curl -s http://%s/metrics | grep ^hubble_\n", east.MetricsAddress)
+		fmt.Fprintf(d.o.Out, "  curl -s http://%s/metrics | grep ^hubble_   (hubble_http_*, hubble_dns_*: the L7 step's)\n", east.MetricsAddress)
 	}
 }
