@@ -85,7 +85,7 @@ func TestExternalEtcdMemberRestartMidSync(t *testing.T) {
 	}
 	r := startReplica(t, f, cl, "a", state, 2*time.Second, hook)
 	reader := startReader(t, f, cl) // as remote-west, which r created
-	testenv.WaitFor(t, 60*time.Second, "the big state published through the member's restart", func() bool {
+	testenv.WaitFor(t, 2*time.Minute, "the big state published through the member's restart", func() bool {
 		return r.leads() && reader.holds(n)
 	})
 	member.Wait()
@@ -97,7 +97,7 @@ func TestExternalEtcdMemberRestartMidSync(t *testing.T) {
 	// The next change: half the endpoints replaced.
 	reader.keep(ipcacheKeysOf(0, n/2))
 	writeFile(t, state, replicaState(n/2, n, n))
-	testenv.WaitFor(t, 60*time.Second, "the change published", func() bool {
+	testenv.WaitFor(t, 2*time.Minute, "the change published", func() bool {
 		return reader.holds(n, wire.IPCacheKey(endpointIP(0)))
 	})
 	reader.check(t, n/2, n)

@@ -1,6 +1,7 @@
 package meshapiserver
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -44,9 +45,19 @@ func startReplica(t *testing.T, f *fixture, cl *etcdtest.Cluster, name, state st
 // startReplicaWith is startReplica with mod applied to the config.
 func startReplicaWith(t *testing.T, f *fixture, cl *etcdtest.Cluster, name, state string, ttl time.Duration, afterTxn func(), mod func(*Config)) *replica {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The replica's log is shown when the test fails (and always with
+	// CLUSTERMESH_TEST_LOG set).
+	var out io.Writer = &lockedBuffer{}
 	if os.Getenv("CLUSTERMESH_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("test", t.Name())
+		out = os.Stderr
+	}
+	log := slog.New(slog.NewTextHandler(out, nil)).With("test", t.Name())
+	if b, ok := out.(*lockedBuffer); ok {
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("replica %s:\n%s", name, b.String())
+			}
+		})
 	}
 	cfg := Config{
 		ClusterName: "east", ClusterID: 1, CAFile: f.east.CAFile(),
@@ -372,4 +383,22 @@ func isCanary(key string) bool {
 		}
 	}
 	return false
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
