@@ -31,6 +31,9 @@ func (d topologyDrop) String() string {
 // DNS label, more than 8 or duplicate or invalid hint zones, a zone that is
 // not a label value) is left out and reported to drop, the rest written.
 func withTopology(e *discoveryv1.Endpoint, cluster, addr string, top map[netip.Addr]merge.BackendTopology, drop func(topologyDrop)) {
+	if len(top) == 0 {
+		return // the remote publishes none (an older apiserver)
+	}
 	a, err := netip.ParseAddr(addr)
 	if err != nil {
 		return
