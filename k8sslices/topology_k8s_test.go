@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
@@ -63,6 +65,20 @@ func TestK8sSlicesTopology(t *testing.T) {
 	})
 	if got, want := describe(owned(t, client, "web"), "old"), "[10.3.0.1 - - - true/true/false -]"; got != want {
 		t.Errorf("old's slice: %s, want %s", got, want)
+	}
+	// 10.2.0.2's hostname, refused by the API server, was left out and
+	// counted.
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(w.Collectors()...)
+	if n, err := testutil.GatherAndCount(reg, "clustermesh_slices_topology_dropped_total"); err != nil || n != 1 {
+		t.Errorf("topology_dropped_total: %d series, %v", n, err)
+	}
+	if mfs, err := reg.Gather(); err == nil {
+		for _, mf := range mfs {
+			if mf.GetName() == "clustermesh_slices_topology_dropped_total" && mf.GetMetric()[0].GetCounter().GetValue() < 1 {
+				t.Errorf("topology_dropped_total %v, want at least 1", mf.GetMetric()[0].GetCounter().GetValue())
+			}
+		}
 	}
 
 	// West moves 10.2.0.2 to another zone and stops publishing 10.2.0.1's.
