@@ -113,10 +113,13 @@ func (ks *kindState) run(ctx context.Context, cli *clientv3.Client, c wire.Clust
 		if err != nil {
 			return err
 		}
+		// Synced before the sink hears of it: a cache then finds the remote
+		// ready when its last kind's canary is queued, and writes its status
+		// with it (agents read readiness from that status).
+		ks.r.setSynced(ks.kind)
 		if f := ks.r.agent.cfg.Forward; f != nil {
 			f.Listed(ks.r.name, ks.kind)
 		}
-		ks.r.setSynced(ks.kind)
 		ks.r.eventSeen()
 		err = ks.watch(ctx, cli, c, etcdID, rev+1)
 		if errors.Is(err, errCompacted) {

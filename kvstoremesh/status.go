@@ -10,8 +10,10 @@ import (
 
 // exportStatus writes each remote's session state for the agents
 // (agentsync.CacheStatus): at once when it changes (polled every probe
-// interval), and every StatusInterval regardless, so that agents can tell
-// a cache that stopped from a remote that did.
+// interval, and whenever a remote's kind was listed: a remote that became
+// ready says so in the transaction of its last canary, not up to a probe
+// interval later), and every StatusInterval regardless, so that agents can
+// tell a cache that stopped from a remote that did.
 func (c *Cache) exportStatus(ctx context.Context) error {
 	poll := c.cfg.Sync.ProbeInterval
 	if poll == 0 {
@@ -44,6 +46,7 @@ func (c *Cache) exportStatus(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-c.w.listed:
 		}
 	}
 }

@@ -62,6 +62,10 @@ type writer struct {
 	log              *slog.Logger
 	errLog           *loglimit.Keyed
 	wake             chan struct{}
+	// listed is signalled when a remote's kind was listed (its canary
+	// queued): the status exporter then writes at once the status of a
+	// remote that became ready, right after its canary.
+	listed chan struct{}
 
 	cli      *clientv3.Client // set by start
 	lease    clientv3.LeaseID // set by start
@@ -80,7 +84,7 @@ type kindSets map[wire.Kind]map[string]prevEntry
 
 func newWriter(txnOps, txnBytes int, log *slog.Logger) *writer {
 	return &writer{txnOps: txnOps, txnBytes: txnBytes, log: log, errLog: loglimit.New(time.Second),
-		wake: make(chan struct{}, 1), idx: map[string]int{}, prev: map[string]kindSets{}, done: make(chan struct{})}
+		wake: make(chan struct{}, 1), listed: make(chan struct{}, 1), idx: map[string]int{}, prev: map[string]kindSets{}, done: make(chan struct{})}
 }
 
 // start gives the writer its client and lease and what a previous run
@@ -201,6 +205,10 @@ func (w *writer) Listed(remote string, k wire.Kind) {
 	w.enqueueLocked(op{key: agentsync.CacheSyncedKey(remote, k), val: []byte(time.Now().UTC().Format(time.RFC3339)), barrier: true})
 	w.mu.Unlock()
 	w.signal()
+	select {
+	case w.listed <- struct{}{}:
+	default:
+	}
 }
 
 // Drained deletes everything cached of remote.
