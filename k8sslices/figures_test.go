@@ -52,6 +52,9 @@ func burst(t *testing.T, c *kubetest.Cluster, n int, pace time.Duration) uint64 
 	testenv.WaitFor(t, wait, "the burst's last state", func() bool {
 		return slices.Equal(addresses(owned(t, client, "web"), "west"), want)
 	})
+	// The status counts a write once it returns, which a watcher of the
+	// slice may see first.
+	testenv.WaitFor(t, wait, "the last write counted", func() bool { return w.Status().Writes > before })
 	writes := w.Status().Writes - before
 	t.Logf("%d changes, one every %s, in %s: %d writes", n, pace, time.Since(start).Round(time.Millisecond), writes)
 	return writes
