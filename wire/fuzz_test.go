@@ -147,6 +147,11 @@ func FuzzDecodeIPIdentityPair(f *testing.F) {
 func FuzzDecodeService(f *testing.F) {
 	f.Add([]byte(`{"cluster":"east","namespace":"shop","name":"checkout","clusterID":1,` +
 		`"frontends":{"10.96.0.10":{"http":{"Protocol":"TCP","Port":80}}},"backends":{"10.1.0.5":{"http":{"Protocol":"TCP","Port":8080}}}}`))
+	f.Add([]byte(`{"cluster":"east","namespace":"shop","name":"checkout","clusterID":1,` +
+		`"backends":{"10.1.0.5":{"http":{"Protocol":"TCP","Port":8080}},"10.1.0.6":{"http":{"Protocol":"TCP","Port":8080}}},` +
+		`"clustermesh.io/terminating":["10.1.0.6"]}`))
+	f.Add([]byte(`{"cluster":"east","namespace":"shop","name":"checkout","clusterID":1,` +
+		`"backends":{"10.1.0.5":{"http":{"Protocol":"TCP","Port":8080}}},"clustermesh.io/terminating":["10.1.0.5","10.1.0.7"]}`))
 	f.Fuzz(func(t *testing.T, v []byte) {
 		s, err := DecodeService(east, ServiceKey("east", "shop", "checkout"), v)
 		if err != nil {

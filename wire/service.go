@@ -9,19 +9,31 @@ import (
 // ClusterService is the value of cilium/state/services/v1/<cluster>/<ns>/<name>:
 // a global service as one cluster sees it, with that cluster's backends.
 type ClusterService struct {
-	Cluster         string                       `json:"cluster"`
-	Namespace       string                       `json:"namespace"`
-	Name            string                       `json:"name"`
-	Frontends       map[string]PortConfiguration `json:"frontends"`
-	Backends        map[string]PortConfiguration `json:"backends"`
-	Hostnames       map[string]string            `json:"hostnames,omitempty"`
-	Zones           map[string]BackendZone       `json:"zones,omitempty"`
-	Labels          map[string]string            `json:"labels"`
-	Selector        map[string]string            `json:"selector"`
-	IncludeExternal bool                         `json:"includeExternal"`
-	Shared          bool                         `json:"shared"`
-	ClusterID       uint32                       `json:"clusterID"`
+	Cluster   string                       `json:"cluster"`
+	Namespace string                       `json:"namespace"`
+	Name      string                       `json:"name"`
+	Frontends map[string]PortConfiguration `json:"frontends"`
+	Backends  map[string]PortConfiguration `json:"backends"`
+	Hostnames map[string]string            `json:"hostnames,omitempty"`
+	Zones     map[string]BackendZone       `json:"zones,omitempty"`
+	// Terminating is ours, not Cilium's (TerminatingField): the backends
+	// that still serve but are no longer ready, each one of Backends' keys.
+	// Absent (an older apiserver) means none terminating.
+	Terminating     []string          `json:"clustermesh.io/terminating,omitempty"`
+	Labels          map[string]string `json:"labels"`
+	Selector        map[string]string `json:"selector"`
+	IncludeExternal bool              `json:"includeExternal"`
+	Shared          bool              `json:"shared"`
+	ClusterID       uint32            `json:"clusterID"`
 }
+
+// TerminatingField is the ClusterService value's field that lists the
+// backends that are terminating but still serving (a Kubernetes endpoint
+// ready=false, serving=true, terminating=true). It is ours, not Cilium's (its
+// name says so), as WorkloadField is: Cilium's decoder ignores it and, as
+// Cilium's ClusterService has no per-backend state, keeps such a backend
+// active, as we do; our EndpointSlice writer marks it terminating.
+const TerminatingField = "clustermesh.io/terminating"
 
 // PortConfiguration maps a port name to its protocol and number.
 type PortConfiguration map[string]*L4Addr
@@ -63,7 +75,8 @@ func EncodeService(s *ClusterService) ([]byte, error) { return json.Marshal(s) }
 // DecodeService decodes and validates a global service read from cluster c:
 // cluster name and id must be c's, namespace/name must match the key, and
 // every frontend and backend address must parse without zone, with protocol
-// and a non-zero port.
+// and a non-zero port; every terminating address must be one of the
+// backends, each once.
 func DecodeService(c Cluster, key string, value []byte) (*ClusterService, error) {
 	pk, err := ParseKey(Services, c.Name, key)
 	if err != nil {
@@ -86,7 +99,30 @@ func DecodeService(c Cluster, key string, value []byte) (*ClusterService, error)
 			return nil, fmt.Errorf("decoding service %q: %w", key, err)
 		}
 	}
+	if err := checkTerminating(s.Terminating, s.Backends); err != nil {
+		return nil, fmt.Errorf("decoding service %q: %w", key, err)
+	}
 	return &s, nil
+}
+
+// checkTerminating checks that each terminating address is one of the
+// backends (spelled as its key) and is listed once: the list is then no
+// longer than the backends.
+func checkTerminating(terminating []string, backends map[string]PortConfiguration) error {
+	if len(terminating) > len(backends) {
+		return fmt.Errorf("%s: %w (%d addresses, more than the %d backends)", TerminatingField, ErrMalformedValue, len(terminating), len(backends))
+	}
+	seen := make(map[string]struct{}, len(terminating))
+	for _, ip := range terminating {
+		if _, ok := backends[ip]; !ok {
+			return fmt.Errorf("%s %q: %w (not one of the service's backends)", TerminatingField, ip, ErrInvalidAddress)
+		}
+		if _, dup := seen[ip]; dup {
+			return fmt.Errorf("%s %q: %w (listed twice)", TerminatingField, ip, ErrMalformedValue)
+		}
+		seen[ip] = struct{}{}
+	}
+	return nil
 }
 
 func checkPortMap(what string, m map[string]PortConfiguration) error {

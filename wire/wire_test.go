@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -296,6 +297,10 @@ func TestServiceChecks(t *testing.T) {
 		"protocol": {func(s *ClusterService) {
 			s.Frontends = map[string]PortConfiguration{"10.96.0.1": {"http": {Protocol: "ICMP", Port: 1}}}
 		}, ErrMalformedValue},
+		"terminating not a backend": {func(s *ClusterService) { s.Terminating = []string{"10.1.0.6"} }, ErrInvalidAddress},
+		"terminating a frontend":    {func(s *ClusterService) { s.Terminating = []string{"10.96.0.10"} }, ErrInvalidAddress},
+		"terminating not canonical": {func(s *ClusterService) { s.Terminating = []string{"10.1.0.05"} }, ErrInvalidAddress},
+		"terminating twice":         {func(s *ClusterService) { s.Terminating = []string{"10.1.0.5", "10.1.0.5"} }, ErrMalformedValue},
 	} {
 		b := *s
 		tc.mut(&b)
@@ -303,6 +308,41 @@ func TestServiceChecks(t *testing.T) {
 		if _, err := DecodeService(east, key, v); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", name, err, tc.want)
 		}
+	}
+}
+
+// A terminating backend round-trips under Cilium-ignored
+// "clustermesh.io/terminating"; a value without it (an older apiserver)
+// decodes with none terminating.
+func TestServiceTerminating(t *testing.T) {
+	s := &ClusterService{Cluster: "east", Namespace: "shop", Name: "checkout", ClusterID: 1, Shared: true,
+		Backends: map[string]PortConfiguration{
+			"10.1.0.5": {"http": {Protocol: "TCP", Port: 8080}},
+			"10.1.0.6": {"http": {Protocol: "TCP", Port: 8080}},
+			"fd00::6":  {"http": {Protocol: "TCP", Port: 8080}}},
+		Terminating: []string{"10.1.0.6", "fd00::6"}}
+	key := ServiceKey("east", "shop", "checkout")
+	v, err := EncodeService(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(v), `"clustermesh.io/terminating":["10.1.0.6","fd00::6"]`) {
+		t.Fatalf("encoded without %s: %s", TerminatingField, v)
+	}
+	got, err := DecodeService(east, key, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Terminating, s.Terminating) {
+		t.Errorf("Terminating = %q, want %q", got.Terminating, s.Terminating)
+	}
+	s.Terminating = nil
+	v, _ = EncodeService(s)
+	if strings.Contains(string(v), TerminatingField) {
+		t.Errorf("none terminating, yet encoded: %s", v)
+	}
+	if got, err := DecodeService(east, key, v); err != nil || got.Terminating != nil {
+		t.Errorf("without the field: %v, %q; want none terminating", err, got.Terminating)
 	}
 }
 
