@@ -46,25 +46,12 @@ func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identi
 			held++
 			continue
 		}
-		hostIP := nodeIP[e.Node]
-		ce, ok := cache.lookup(e, hostIP)
-		if !ok {
-			ls := e.IdentityLabels(c.Name)
-			id, isNew, err := ids.allocate(ls)
-			if err != nil {
-				return nil, false, 0, err
-			}
-			allocated = allocated || isNew
-			ip := e.IP.Unmap() // the one spelling agents accept
-			pair := &wire.IPIdentityPair{IP: ip, HostIP: hostIP, ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod, Workload: e.Workload}
-			v, err := wire.EncodeIPIdentityPair(pair)
-			if err != nil {
-				return nil, false, 0, err
-			}
-			ce = cache.store(e, hostIP, id, encodedEntry{wire.IPCachePrefixKey(netip.PrefixFrom(ip, ip.BitLen())), v})
-			cache.identity(id, func() wire.Labels { return ls })
+		ce, isNew, err := endpointEntries(c, e, nodeIP[e.Node], ids, cache)
+		if err != nil {
+			return nil, false, 0, err
 		}
-		idEntry := cache.identity(ce.id, func() wire.Labels { return e.IdentityLabels(c.Name) })
+		allocated = allocated || isNew
+		idEntry := cache.identities[ce.id]
 		kv[idEntry.key] = idEntry.val
 		kv[ce.ipcache.key] = ce.ipcache.val
 	}
@@ -83,7 +70,33 @@ func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identi
 	if err := addServiceExports(c, st, kv); err != nil {
 		return nil, false, 0, err
 	}
+	cache.inc.rebuild(st, mode, scope, ix, cache, nodeIP)
 	return kv, allocated, held, nil
+}
+
+// endpointEntries returns e's published entries (its ipcache entry and
+// identity), from cache when e is as it was published, else encoded anew
+// (allocating its identity: reported by isNew). Its identity's entry is in
+// cache.identities afterwards.
+func endpointEntries(c wire.Cluster, e *statesource.Endpoint, hostIP netip.Addr, ids *identityAllocator, cache *endpointCache) (ce *cachedEndpoint, isNew bool, err error) {
+	if ce, ok := cache.lookup(e, hostIP); ok {
+		cache.identity(ce.id, func() wire.Labels { return e.IdentityLabels(c.Name) })
+		return ce, false, nil
+	}
+	ls := e.IdentityLabels(c.Name)
+	id, isNew, err := ids.allocate(ls)
+	if err != nil {
+		return nil, false, err
+	}
+	ip := e.IP.Unmap() // the one spelling agents accept
+	pair := &wire.IPIdentityPair{IP: ip, HostIP: hostIP, ID: id, K8sNamespace: e.Namespace, K8sPodName: e.Pod, Workload: e.Workload}
+	v, err := wire.EncodeIPIdentityPair(pair)
+	if err != nil {
+		return nil, false, err
+	}
+	ce = cache.store(e, hostIP, id, encodedEntry{wire.IPCachePrefixKey(netip.PrefixFrom(ip, ip.BitLen())), v})
+	cache.identity(id, func() wire.Labels { return ls })
+	return ce, isNew, nil
 }
 
 func wireNode(c wire.Cluster, n *statesource.Node) *wire.Node {
@@ -120,6 +133,7 @@ func clusterService(c wire.Cluster, ix *statesource.SelectorIndex, scope *export
 		}
 		cs.Frontends[s.ClusterIP.String()] = fe
 	}
+	ready := map[string]bool{} // a published backend's: any of its endpoints ready
 	for _, e := range ix.Backends(s) {
 		if !e.IsServing() || !scope.exported(e) {
 			continue
@@ -129,7 +143,16 @@ func clusterService(c wire.Cluster, ix *statesource.SelectorIndex, scope *export
 			be[portName(p)] = &wire.L4Addr{Protocol: p.Proto(), Port: p.Target()}
 		}
 		cs.Backends[e.IP.String()] = be
+		ready[e.IP.String()] = ready[e.IP.String()] || e.IsReady()
 		publishTopology(cs, e)
+	}
+	// A serving backend that is not ready is terminating: it stays in
+	// Backends (Cilium keeps it active) and is named in our own
+	// clustermesh.io/terminating, for the remotes' EndpointSlices.
+	for ip, r := range ready {
+		if !r {
+			cs.AddTerminating(ip)
+		}
 	}
 	return cs
 }

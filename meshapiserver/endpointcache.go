@@ -19,6 +19,9 @@ type endpointCache struct {
 	endpoints map[string]*cachedEndpoint // by namespace/pod
 	// identities are the encoded identity entries, by number.
 	identities map[uint32]encodedEntry
+	// inc is what publishing a change of some endpoints only needs
+	// (incremental.go); desired rebuilds it.
+	inc incremental
 }
 
 // encodedEntry is one key and its encoded value (never modified: the
@@ -36,6 +39,7 @@ type cachedEndpoint struct {
 	labels         map[string]string
 	nsLabels       map[string]string
 	serviceAccount string
+	workload       string
 	id             uint32
 	ipcache        encodedEntry
 }
@@ -57,11 +61,12 @@ func (c *endpointCache) sweep() {
 }
 
 // lookup returns e's cached entry if e is as it was published (same
-// address, node address, labels, namespace labels and service account),
+// address, node address, labels, namespace labels, service account and
+// workload),
 // marking it seen.
 func (c *endpointCache) lookup(e *statesource.Endpoint, hostIP netip.Addr) (*cachedEndpoint, bool) {
 	ce, ok := c.endpoints[e.Namespace+"/"+e.Pod]
-	if !ok || ce.ip != e.IP || ce.hostIP != hostIP || ce.serviceAccount != e.ServiceAccount ||
+	if !ok || ce.ip != e.IP || ce.hostIP != hostIP || ce.serviceAccount != e.ServiceAccount || ce.workload != e.Workload ||
 		!maps.Equal(ce.labels, e.Labels) || !maps.Equal(ce.nsLabels, e.NamespaceLabels) {
 		return nil, false
 	}
@@ -73,7 +78,7 @@ func (c *endpointCache) lookup(e *statesource.Endpoint, hostIP netip.Addr) (*cac
 func (c *endpointCache) store(e *statesource.Endpoint, hostIP netip.Addr, id uint32, ipcache encodedEntry) *cachedEndpoint {
 	ce := &cachedEndpoint{
 		gen: c.gen, ip: e.IP, hostIP: hostIP, labels: e.Labels, nsLabels: e.NamespaceLabels,
-		serviceAccount: e.ServiceAccount, id: id, ipcache: ipcache,
+		serviceAccount: e.ServiceAccount, workload: e.Workload, id: id, ipcache: ipcache,
 	}
 	c.endpoints[e.Namespace+"/"+e.Pod] = ce
 	return ce

@@ -1,0 +1,278 @@
+package meshapiserver
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// incremental is the bookkeeping that lets a state whose Changes name only
+// endpoints be published without walking the whole state: per endpoint what
+// it was published with, per identity how many exported endpoints use it,
+// per shared global service the endpoints it selects. The full path
+// (desired) rebuilds it; a change updates it in place. Owned by the
+// publishing goroutine.
+type incremental struct {
+	valid  bool
+	mode   ExportMode
+	nodeIP map[string]netip.Addr
+	eps    map[string]*incEndpoint // by namespace/pod
+	idRefs map[uint32]int          // identity → exported endpoints using it
+	// services are the shared global services by namespace.
+	services map[string][]*incService
+	held     int // endpoints not exported
+}
+
+// incEndpoint is one endpoint as last published.
+type incEndpoint struct {
+	ep       statesource.Endpoint // a copy: no state is kept alive through it
+	exported bool
+	id       uint32 // exported only
+	ipKey    string // exported only
+}
+
+// incService is one shared global service and the endpoints it selects
+// (with an address), exported or not.
+type incService struct {
+	svc     statesource.Service
+	members map[string]struct{} // endpoint keys
+}
+
+// endpointDelta is what applying a change publishes: entries to write and
+// keys to delete (never both for one key).
+type endpointDelta struct {
+	puts map[string][]byte
+	dels map[string]struct{}
+}
+
+// rebuild records st as the full path published it: scope is the scope
+// desired used, ix st's selector index.
+func (inc *incremental) rebuild(st *statesource.State, mode ExportMode, scope *exportScope, ix func() *statesource.SelectorIndex, cache *endpointCache, nodeIP map[string]netip.Addr) {
+	*inc = incremental{valid: true, mode: mode, nodeIP: nodeIP,
+		eps: make(map[string]*incEndpoint, len(st.Endpoints)), idRefs: map[uint32]int{}, services: map[string][]*incService{}}
+	for i := range st.Endpoints {
+		e := &st.Endpoints[i]
+		ie := &incEndpoint{ep: *e, exported: scope.exported(e)}
+		key := e.Key()
+		if ie.exported {
+			ce := cache.endpoints[key]
+			if ce == nil { // the full path stored every exported endpoint
+				inc.valid = false
+				return
+			}
+			ie.id, ie.ipKey = ce.id, ce.ipcache.key
+			inc.idRefs[ce.id]++
+		} else {
+			inc.held++
+		}
+		inc.eps[key] = ie
+	}
+	for i := range st.Services {
+		s := &st.Services[i]
+		if !s.Shared() {
+			continue
+		}
+		is := &incService{svc: *s, members: map[string]struct{}{}}
+		for _, e := range ix().Backends(s) {
+			is.members[e.Key()] = struct{}{}
+		}
+		inc.services[s.Namespace] = append(inc.services[s.Namespace], is)
+	}
+}
+
+// selecting returns the shared services that select e (with an address).
+func (inc *incremental) selecting(e *statesource.Endpoint) []*incService {
+	if !e.IP.IsValid() {
+		return nil
+	}
+	var out []*incService
+	for _, is := range inc.services[e.Namespace] {
+		if is.svc.Selects(e) {
+			out = append(out, is)
+		}
+	}
+	return out
+}
+
+// exported is exportScope.exported for one endpoint without a whole
+// state's scope.
+func (inc *incremental) exported(e *statesource.Endpoint) bool {
+	if inc.mode == ExportGlobalServices {
+		return len(inc.selecting(e)) > 0
+	}
+	return (&exportScope{mode: inc.mode}).exported(e)
+}
+
+// apply publishes the change of the endpoints keys names to st: it updates
+// the bookkeeping and cache and returns what to write. On an error the
+// bookkeeping is invalid (the full path runs next).
+func (inc *incremental) apply(c wire.Cluster, st *statesource.State, keys map[string]struct{}, ids *identityAllocator, cache *endpointCache) (d endpointDelta, allocated bool, err error) {
+	d = endpointDelta{puts: map[string][]byte{}, dels: map[string]struct{}{}}
+	now := findEndpoints(st, keys)
+	affected := map[*incService]struct{}{}
+	touched := map[uint32]struct{}{}
+	inc.valid = false // until done
+	for key := range keys {
+		if old := inc.eps[key]; old != nil {
+			for _, is := range inc.selecting(&old.ep) {
+				delete(is.members, key)
+				affected[is] = struct{}{}
+			}
+			if old.exported {
+				inc.idRefs[old.id]--
+				touched[old.id] = struct{}{}
+				d.dels[old.ipKey] = struct{}{}
+			} else {
+				inc.held--
+			}
+			delete(inc.eps, key)
+		}
+		e := now[key]
+		if e == nil {
+			delete(cache.endpoints, key)
+			continue
+		}
+		ie := &incEndpoint{ep: *e, exported: inc.exported(e)}
+		for _, is := range inc.selecting(e) {
+			is.members[key] = struct{}{}
+			affected[is] = struct{}{}
+		}
+		if ie.exported {
+			ce, isNew, err := endpointEntries(c, e, inc.nodeIP[e.Node], ids, cache)
+			if err != nil {
+				return d, allocated, err
+			}
+			allocated = allocated || isNew
+			ie.id, ie.ipKey = ce.id, ce.ipcache.key
+			inc.idRefs[ce.id]++
+			touched[ce.id] = struct{}{}
+			d.puts[ce.ipcache.key] = ce.ipcache.val
+		} else {
+			inc.held++
+			delete(cache.endpoints, key)
+		}
+		inc.eps[key] = ie
+	}
+	for id := range touched {
+		if inc.idRefs[id] > 0 {
+			e := cache.identities[id] // encoded when an endpoint first used it
+			d.puts[e.key] = e.val
+			continue
+		}
+		delete(inc.idRefs, id)
+		d.dels[wire.IdentityKey(id)] = struct{}{}
+	}
+	for is := range affected {
+		k, v, err := inc.encodeService(c, is)
+		if err != nil {
+			return d, allocated, err
+		}
+		d.puts[k] = v
+	}
+	for k := range d.puts {
+		delete(d.dels, k)
+	}
+	inc.valid = true
+	return d, allocated, nil
+}
+
+// encodeService encodes is with its exported members as backends, as
+// desired does with the whole state.
+func (inc *incremental) encodeService(c wire.Cluster, is *incService) (string, []byte, error) {
+	members := &statesource.State{Endpoints: make([]statesource.Endpoint, 0, len(is.members))}
+	for k := range is.members {
+		if ie := inc.eps[k]; ie != nil && ie.exported {
+			members.Endpoints = append(members.Endpoints, ie.ep)
+		}
+	}
+	v, err := wire.EncodeService(clusterService(c, statesource.NewSelectorIndex(members), &exportScope{mode: ExportAll}, &is.svc))
+	if err != nil {
+		return "", nil, fmt.Errorf("encoding service %s/%s: %w", is.svc.Namespace, is.svc.Name, err)
+	}
+	return wire.ServiceKey(c.Name, is.svc.Namespace, is.svc.Name), v, nil
+}
+
+// findEndpoints returns the endpoints of st that keys names, by key (a key
+// st does not have is absent: the endpoint was removed). It walks st
+// without building a key per endpoint.
+func findEndpoints(st *statesource.State, keys map[string]struct{}) map[string]*statesource.Endpoint {
+	type nsPod struct{ ns, pod string }
+	want := make(map[nsPod]string, len(keys))
+	for k := range keys {
+		if ns, pod, ok := strings.Cut(k, "/"); ok {
+			want[nsPod{ns, pod}] = k
+		}
+	}
+	out := make(map[string]*statesource.Endpoint, len(keys))
+	for i := range st.Endpoints {
+		e := &st.Endpoints[i]
+		if k, ok := want[nsPod{e.Namespace, e.Pod}]; ok {
+			out[k] = e
+			if len(out) == len(want) {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// changedKeys returns the endpoint keys ch names when only endpoints
+// changed, false when the full path must run.
+func changedKeys(ch *statesource.Changes) (map[string]struct{}, bool) {
+	if ch == nil || ch.Nodes || ch.Services || ch.Namespaces {
+		return nil, false
+	}
+	keys := make(map[string]struct{}, len(ch.Endpoints)+len(ch.RemovedEndpoints))
+	for _, k := range ch.Endpoints {
+		keys[k] = struct{}{}
+	}
+	for _, k := range ch.RemovedEndpoints {
+		keys[k] = struct{}{}
+	}
+	return keys, true
+}
+
+// mergeChanges is what changed from the state before a to b, when a
+// change a is followed by b before a is published: nil when either may
+// have changed anything.
+func mergeChanges(a, b *statesource.Changes) *statesource.Changes {
+	if a == nil || b == nil {
+		return nil
+	}
+	return &statesource.Changes{
+		Endpoints:        append(append([]string(nil), a.Endpoints...), b.Endpoints...),
+		RemovedEndpoints: append(append([]string(nil), a.RemovedEndpoints...), b.RemovedEndpoints...),
+		Nodes:            a.Nodes || b.Nodes, Services: a.Services || b.Services, Namespaces: a.Namespaces || b.Namespaces,
+	}
+}
+
+// withMergedChanges returns next, or a copy of it whose Changes also
+// cover prev's when prev (delivered before next) was never published.
+func withMergedChanges(prev, next *statesource.State) *statesource.State {
+	if prev == nil {
+		return next
+	}
+	cp := *next
+	cp.Changes = mergeChanges(prev.Changes, next.Changes)
+	return &cp
+}
+
+// desiredChanges is desired for a state whose Changes name only endpoints,
+// when the bookkeeping of the state before it is valid: the entries to
+// write and delete, whether identities were allocated, how many endpoints
+// are held back. ok is false when the full path must run.
+func desiredChanges(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identityAllocator, cache *endpointCache) (d endpointDelta, allocated bool, held int, ok bool, err error) {
+	keys, only := changedKeys(st.Changes)
+	inc := &cache.inc
+	if !only || !inc.valid || inc.mode != mode {
+		return d, false, 0, false, nil
+	}
+	d, allocated, err = inc.apply(c, st, keys, ids, cache)
+	if err != nil {
+		return d, allocated, 0, false, err
+	}
+	return d, allocated, inc.held, true, nil
+}

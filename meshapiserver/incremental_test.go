@@ -1,0 +1,190 @@
+package meshapiserver
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sort"
+	"testing"
+
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// incrementalWorld is a random cluster state edited one endpoint change at
+// a time, as the file source delivers them.
+type incrementalWorld struct {
+	rng   *rand.Rand
+	st    *statesource.State
+	nextP int
+}
+
+func newIncrementalWorld(seed uint64) *incrementalWorld {
+	w := &incrementalWorld{rng: rand.New(rand.NewPCG(seed, 7))}
+	st := &statesource.State{
+		Nodes: []statesource.Node{
+			{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.1")}},
+			{Name: "n2", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.2")}},
+		},
+	}
+	for _, ns := range []string{"shop", "bank"} {
+		for a := 0; a < 3; a++ {
+			st.Services = append(st.Services, statesource.Service{Namespace: ns, Name: fmt.Sprint("svc", a),
+				ClusterIP:   netip.AddrFrom4([4]byte{10, 96, byte(len(st.Services)), 1}),
+				Ports:       []statesource.ServicePort{{Port: 80, TargetPort: 8080}},
+				Selector:    map[string]string{"app": fmt.Sprint("a", a)},
+				Annotations: map[string]string{wire.AnnotationGlobal: "true"}})
+		}
+	}
+	st.Services[2].Annotations = map[string]string{wire.AnnotationGlobal: "true", wire.AnnotationShared: "false"}
+	st.Services[4].Annotations = nil // not global
+	w.st = st
+	for i := 0; i < 40; i++ {
+		st.Endpoints = append(st.Endpoints, w.endpoint())
+	}
+	return w
+}
+
+func (w *incrementalWorld) endpoint() statesource.Endpoint {
+	w.nextP++
+	e := statesource.Endpoint{Namespace: []string{"shop", "bank"}[w.rng.IntN(2)], Pod: fmt.Sprint("p", w.nextP),
+		IP: netip.AddrFrom4([4]byte{10, 2, byte(w.nextP / 250), byte(w.nextP%250 + 1)})}
+	w.edit(&e)
+	return e
+}
+
+// edit changes e at random: labels, readiness, node, sync label,
+// service account, workload, topology.
+func (w *incrementalWorld) edit(e *statesource.Endpoint) {
+	r := w.rng
+	e.Node = fmt.Sprint("n", 1+r.IntN(3)) // n3 is not a node
+	e.Labels = map[string]string{"app": fmt.Sprint("a", r.IntN(4))}
+	if r.IntN(3) == 0 {
+		e.Labels[SyncLabel] = []string{"true", "false"}[r.IntN(2)]
+	}
+	if r.IntN(3) == 0 {
+		e.NamespaceLabels = map[string]string{SyncLabel: "true"}
+	} else {
+		e.NamespaceLabels = nil
+	}
+	ready, serving := r.IntN(4) != 0, r.IntN(2) == 0
+	e.Ready, e.Serving = &ready, nil
+	if !ready {
+		e.Serving = &serving
+	}
+	e.ServiceAccount = fmt.Sprint("sa", r.IntN(2))
+	e.Workload = fmt.Sprint("Deployment/w", r.IntN(2))
+	e.Zone, e.Hostname = fmt.Sprint("z", r.IntN(2)), ""
+	if r.IntN(2) == 0 {
+		e.Hostname = e.Pod
+	}
+}
+
+// step makes a new state from the current one by 1–3 endpoint edits (add,
+// remove, relabel/readiness/node/...), with its Changes.
+func (w *incrementalWorld) step() *statesource.State {
+	next := *w.st
+	next.Endpoints = slices.Clone(w.st.Endpoints)
+	ch := &statesource.Changes{}
+	for n := 1 + w.rng.IntN(3); n > 0; n-- {
+		switch op := w.rng.IntN(4); {
+		case op == 0 || len(next.Endpoints) == 0:
+			e := w.endpoint()
+			next.Endpoints = append(next.Endpoints, e)
+			ch.Endpoints = append(ch.Endpoints, e.Key())
+		case op == 1:
+			i := w.rng.IntN(len(next.Endpoints))
+			ch.RemovedEndpoints = append(ch.RemovedEndpoints, next.Endpoints[i].Key())
+			next.Endpoints = slices.Delete(next.Endpoints, i, i+1)
+		default:
+			i := w.rng.IntN(len(next.Endpoints))
+			w.edit(&next.Endpoints[i])
+			ch.Endpoints = append(ch.Endpoints, next.Endpoints[i].Key())
+		}
+	}
+	next.Changes = ch
+	w.st = &next
+	return &next
+}
+
+// Publishing a change of some endpoints incrementally yields exactly the
+// entries desired computes from scratch, after every step of random edits,
+// in every export mode; a full publish in between rebuilds the bookkeeping,
+// and two changes merged (the first never published) are one change.
+func TestIncrementalEqualsFull(t *testing.T) {
+	c := wire.Cluster{Name: "west", ID: 2, MaxConnectedClusters: 255}
+	for _, mode := range ExportModes {
+		t.Run(string(mode), func(t *testing.T) {
+			ids, err := newIdentityAllocator(context.Background(), nil, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := newIncrementalWorld(uint64(len(mode)))
+			cache := newEndpointCache()
+			published, _, _, err := desired(c, w.st, mode, ids, cache)
+			if err != nil {
+				t.Fatal(err)
+			}
+			incrementals := 0
+			for round := 0; round < 400; round++ {
+				st := w.step()
+				if w.rng.IntN(5) == 0 { // a change not published before the next
+					st = withMergedChanges(st, w.step())
+				}
+				if w.rng.IntN(20) == 0 {
+					st.Changes = nil
+				}
+				d, _, held, ok, err := desiredChanges(c, st, mode, ids, cache)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ok {
+					incrementals++
+					for k, v := range d.puts {
+						published[k] = v
+					}
+					for k := range d.dels {
+						delete(published, k)
+					}
+				} else if published, _, held, err = desired(c, st, mode, ids, cache); err != nil {
+					t.Fatal(err)
+				}
+				want, _, wantHeld, err := desired(c, st, mode, ids, newEndpointCache())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := kvDiff(published, want); diff != "" {
+					t.Fatalf("round %d (incremental %v): published differs from full:\n%s", round, ok, diff)
+				}
+				if held != wantHeld {
+					t.Fatalf("round %d: held %d, want %d", round, held, wantHeld)
+				}
+			}
+			if incrementals < 300 {
+				t.Fatalf("only %d of 400 changes took the incremental path", incrementals)
+			}
+		})
+	}
+}
+
+// kvDiff describes how got differs from want ("" when equal).
+func kvDiff(got, want desiredKV) string {
+	var out []string
+	for k, v := range want {
+		if g, ok := got[k]; !ok {
+			out = append(out, "missing "+k)
+		} else if !bytes.Equal(g, v) {
+			out = append(out, fmt.Sprintf("%s: got %s, want %s", k, g, v))
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			out = append(out, "extra "+k)
+		}
+	}
+	sort.Strings(out)
+	return fmt.Sprint(out)[1 : len(fmt.Sprint(out))-1]
+}
