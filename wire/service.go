@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // ClusterService is the value of cilium/state/services/v1/<cluster>/<ns>/<name>:
@@ -34,6 +35,15 @@ type ClusterService struct {
 // Cilium's ClusterService has no per-backend state, keeps such a backend
 // active, as we do; our EndpointSlice writer marks it terminating.
 const TerminatingField = "clustermesh.io/terminating"
+
+// AddTerminating records backend ip (spelled as its Backends key) as
+// terminating, keeping Terminating sorted with each address once, so that
+// the encoded value does not change with the order backends are added in.
+func (s *ClusterService) AddTerminating(ip string) {
+	if i, found := slices.BinarySearch(s.Terminating, ip); !found {
+		s.Terminating = slices.Insert(s.Terminating, i, ip)
+	}
+}
 
 // PortConfiguration maps a port name to its protocol and number.
 type PortConfiguration map[string]*L4Addr

@@ -320,7 +320,10 @@ func TestServiceTerminating(t *testing.T) {
 			"10.1.0.5": {"http": {Protocol: "TCP", Port: 8080}},
 			"10.1.0.6": {"http": {Protocol: "TCP", Port: 8080}},
 			"fd00::6":  {"http": {Protocol: "TCP", Port: 8080}}},
-		Terminating: []string{"10.1.0.6", "fd00::6"}}
+	}
+	for _, ip := range []string{"fd00::6", "10.1.0.6", "fd00::6"} {
+		s.AddTerminating(ip)
+	}
 	key := ServiceKey("east", "shop", "checkout")
 	v, err := EncodeService(s)
 	if err != nil {
@@ -333,8 +336,8 @@ func TestServiceTerminating(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got.Terminating, s.Terminating) {
-		t.Errorf("Terminating = %q, want %q", got.Terminating, s.Terminating)
+	if want := []string{"10.1.0.6", "fd00::6"}; !slices.Equal(got.Terminating, want) {
+		t.Errorf("Terminating = %q, want %q", got.Terminating, want)
 	}
 	s.Terminating = nil
 	v, _ = EncodeService(s)
