@@ -18,25 +18,34 @@ type RemoteBackends struct {
 	ClusterID uint16
 	Ports     map[string][]datapath.Backend // port name → backends
 	// Topology is what the remote publishes of its backends besides their
-	// ports (Cilium's ClusterService hostnames and zones), by address; nil
-	// when it publishes none (an older apiserver). Read only.
+	// ports (Cilium's ClusterService hostnames and zones, and our
+	// clustermesh.io/terminating), by address; nil when it publishes none
+	// (an older apiserver). Read only.
 	Topology map[netip.Addr]BackendTopology
 }
 
 // BackendTopology is a remote backend's hostname, zone and the zones its
 // topology hints name, as its cluster publishes them (unchecked: a reader
-// writing them somewhere validates them there).
+// writing them somewhere validates them there), and whether it is
+// terminating (still serving, no longer ready: wire.TerminatingField). A
+// terminating backend is selected as any other: it still serves, as in
+// Cilium.
 type BackendTopology struct {
-	Hostname string
-	Zone     string
-	ForZones []string
+	Hostname    string
+	Zone        string
+	ForZones    []string
+	Terminating bool
 }
 
-// remoteTopology is s's hostnames and zones by backend address, nil when it
-// has none.
+// remoteTopology is s's hostnames, zones and terminating backends by
+// backend address, nil when it has none.
 func remoteTopology(s *wire.ClusterService) map[netip.Addr]BackendTopology {
-	if len(s.Hostnames) == 0 && len(s.Zones) == 0 {
+	if len(s.Hostnames) == 0 && len(s.Zones) == 0 && len(s.Terminating) == 0 {
 		return nil
+	}
+	terminating := make(map[string]bool, len(s.Terminating))
+	for _, ip := range s.Terminating {
+		terminating[ip] = true
 	}
 	out := map[netip.Addr]BackendTopology{}
 	for ip := range s.Backends {
@@ -46,10 +55,10 @@ func remoteTopology(s *wire.ClusterService) map[netip.Addr]BackendTopology {
 		}
 		z, hasZone := s.Zones[ip]
 		h := s.Hostnames[ip]
-		if !hasZone && h == "" {
+		if !hasZone && h == "" && !terminating[ip] {
 			continue
 		}
-		t := BackendTopology{Hostname: h, Zone: z.Zone}
+		t := BackendTopology{Hostname: h, Zone: z.Zone, Terminating: terminating[ip]}
 		for _, f := range z.ForZones {
 			t.ForZones = append(t.ForZones, f.Name)
 		}
