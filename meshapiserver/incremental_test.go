@@ -3,12 +3,20 @@ package meshapiserver
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/internal/testenv"
 
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
@@ -20,6 +28,9 @@ type incrementalWorld struct {
 	rng   *rand.Rand
 	st    *statesource.State
 	nextP int
+	// file: only edits a state file can hold (endpoints on known nodes,
+	// namespace labels from the namespaces list).
+	file bool
 }
 
 func newIncrementalWorld(seed uint64) *incrementalWorld {
@@ -61,11 +72,14 @@ func (w *incrementalWorld) endpoint() statesource.Endpoint {
 func (w *incrementalWorld) edit(e *statesource.Endpoint) {
 	r := w.rng
 	e.Node = fmt.Sprint("n", 1+r.IntN(3)) // n3 is not a node
+	if w.file {
+		e.Node = fmt.Sprint("n", 1+r.IntN(2))
+	}
 	e.Labels = map[string]string{"app": fmt.Sprint("a", r.IntN(4))}
 	if r.IntN(3) == 0 {
 		e.Labels[SyncLabel] = []string{"true", "false"}[r.IntN(2)]
 	}
-	if r.IntN(3) == 0 {
+	if r.IntN(3) == 0 && !w.file {
 		e.NamespaceLabels = map[string]string{SyncLabel: "true"}
 	} else {
 		e.NamespaceLabels = nil
@@ -187,4 +201,87 @@ func kvDiff(got, want desiredKV) string {
 	}
 	sort.Strings(out)
 	return fmt.Sprint(out)[1 : len(fmt.Sprint(out))-1]
+}
+
+// Through the apiserver and a JSON state file (whose source delivers
+// endpoint edits as Changes), in every export mode: after each random edit
+// the store holds exactly what desired computes from scratch for the file,
+// and the edits were published as changes.
+func TestIncrementalPublishesAsFull(t *testing.T) {
+	for _, mode := range ExportModes {
+		t.Run(string(mode), func(t *testing.T) {
+			f := newFixture(t)
+			f.exportMode = mode
+			w := newIncrementalWorld(uint64(len(mode)) + 100)
+			w.file = true
+			w.st.Namespaces = []statesource.Namespace{{Name: "shop", Labels: map[string]string{SyncLabel: "true"}}}
+			for i := range w.st.Endpoints {
+				w.edit(&w.st.Endpoints[i])
+			}
+			f.state = filepath.Join(f.dir, "east.json")
+			writeState(t, f.state, w.st)
+			f.start(t, "127.0.0.1:0")
+			admin := clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+			c := wire.Cluster{Name: "east", ID: 1, MaxConnectedClusters: 255}
+			for round := 0; round < 25; round++ {
+				st := w.step()
+				writeState(t, f.state, st)
+				testenv.WaitFor(t, 10*time.Second, "the store to hold the state's entries", func() bool {
+					return kvDiff(storeEntries(t, admin, c), fileDesired(t, f, c, mode)) == ""
+				})
+			}
+			if n := f.srv.Status().Publish.Changes; n < 10 {
+				t.Fatalf("%d edits published as changes, want most of 25", n)
+			}
+		})
+	}
+}
+
+// writeState writes st as a JSON state file, atomically.
+func writeState(t *testing.T, path string, st *statesource.State) {
+	t.Helper()
+	b, err := json.MarshalIndent(st, "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, string(b))
+}
+
+// storeEntries is what the store holds under cluster c's state prefixes.
+func storeEntries(t *testing.T, cli *clientv3.Client, c wire.Cluster) desiredKV {
+	t.Helper()
+	out := desiredKV{}
+	for _, k := range wire.PublishedKinds {
+		resp, err := cli.Get(context.Background(), k.ListPrefix(c.Name), clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range resp.Kvs {
+			out[string(kv.Key)] = kv.Value
+		}
+	}
+	return out
+}
+
+// fileDesired is desired computed from scratch for f's state file, with
+// the identities the apiserver saved.
+func fileDesired(t *testing.T, f *fixture, c wire.Cluster, mode ExportMode) desiredKV {
+	t.Helper()
+	b, err := os.ReadFile(f.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := statesource.Parse(f.state, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := newIdentityAllocator(context.Background(), IdentityFile{Path: f.idsFile}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, _, _, err := desired(c, st, mode, ids, newEndpointCache())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
 }

@@ -81,6 +81,9 @@ type PublishStats struct {
 	// anything, in LastWritesTook (computing the difference included).
 	LastWrites     int
 	LastWritesTook time.Duration
+	// Changes counts the publishes of a change of some endpoints that
+	// compared only the keys it touched (publishChanges).
+	Changes uint64
 	// CanariesSet is true while the synced canaries are written (they are
 	// written again after a lease was lost).
 	CanariesSet bool
@@ -194,31 +197,8 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 			dels = append(dels, k)
 		}
 	}
-	sort.Strings(puts) // deterministic batches
-	sort.Strings(dels)
-	putOps := make([]txnOp, 0, len(puts))
-	for _, k := range puts {
-		putOps = append(putOps, putOp(k, want[k], p.lease))
-	}
-	delOps := make([]txnOp, 0, len(dels))
-	for _, k := range dels {
-		delOps = append(delOps, deleteOp(k))
-	}
-	// Every put is in before the first delete: a still-valid entry is never
-	// missing, even for a moment. One transaction when both fit (applied
-	// atomically, and one round trip for a change that replaces one entry
-	// by another), else the puts' transactions before the deletes'.
-	if fitsOneTxn(putOps, delOps) {
-		if err := p.commit(ctx, append(putOps, delOps...)); err != nil {
-			return err
-		}
-	} else {
-		if err := p.commit(ctx, putOps); err != nil {
-			return err
-		}
-		if err := p.commit(ctx, delOps); err != nil {
-			return err
-		}
+	if err := p.write(ctx, puts, dels, want); err != nil {
+		return err
 	}
 	p.published, p.rewrite = want, false
 	p.stats.Entries = len(want)
@@ -239,6 +219,90 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 		p.stats.CanariesSet = true
 	}
 	return nil
+}
+
+// publishChanges is publish for a change known to touch only the keys of
+// puts (entries desired now) and dels (entries no longer desired): the same
+// checks and refusals, puts before deletes, in the same transactions, but
+// only those keys are compared, and what is published is updated in place.
+// The caller makes sure the full publish ran before on this lease (the
+// canaries are written, nothing is to be rewritten).
+func (p *publisher) publishChanges(ctx context.Context, puts map[string][]byte, dels map[string]struct{}) error {
+	if p.rewrite || !p.canariesSet {
+		return fmt.Errorf("publishing a change: %w", errFullPublishDue)
+	}
+	began := time.Now()
+	var putKeys, delKeys []string
+	for k, v := range puts {
+		if old := p.published[k]; old != nil && bytes.Equal(old, v) {
+			continue
+		}
+		if r, ok := p.refused[k]; ok && bytes.Equal(r.val, v) {
+			continue // still refused, already counted; keeps its last published value
+		}
+		if err := checkEntry(p.cluster, k, v); err != nil {
+			p.refuse(k, v, err) // keeps its last published value, if any
+			continue
+		}
+		delete(p.refused, k)
+		putKeys = append(putKeys, k)
+	}
+	for k := range dels {
+		delete(p.refused, k) // no longer desired
+		if _, ok := p.published[k]; ok {
+			delKeys = append(delKeys, k)
+		}
+	}
+	if err := p.write(ctx, putKeys, delKeys, puts); err != nil {
+		return err
+	}
+	for _, k := range putKeys {
+		p.published[k] = puts[k]
+	}
+	for _, k := range delKeys {
+		delete(p.published, k)
+	}
+	p.stats.Entries = len(p.published)
+	p.stats.Changes++
+	p.stats.Puts += uint64(len(putKeys))
+	p.stats.Deletes += uint64(len(delKeys))
+	p.stats.LastPublish = time.Now()
+	p.reportRefused()
+	if len(putKeys)+len(delKeys) > 0 {
+		p.stats.LastWrites = len(putKeys) + len(delKeys)
+		p.stats.LastWritesTook = time.Since(began)
+		p.log.Debug("published a change", "puts", len(putKeys), "deletes", len(delKeys), "entries", len(p.published), "refused", len(p.refused))
+	}
+	return nil
+}
+
+// errFullPublishDue: a change cannot be published on its own (a new
+// lease, or nothing published yet).
+var errFullPublishDue = errors.New("a full publish is due")
+
+// write commits the puts (values from vals) and the deletes, every put in
+// before the first delete: a still-valid entry is never missing, even for
+// a moment. One transaction when both fit (applied atomically, and one
+// round trip for a change that replaces one entry by another), else the
+// puts' transactions before the deletes'.
+func (p *publisher) write(ctx context.Context, puts, dels []string, vals map[string][]byte) error {
+	sort.Strings(puts) // deterministic batches
+	sort.Strings(dels)
+	putOps := make([]txnOp, 0, len(puts))
+	for _, k := range puts {
+		putOps = append(putOps, putOp(k, vals[k], p.lease))
+	}
+	delOps := make([]txnOp, 0, len(dels))
+	for _, k := range dels {
+		delOps = append(delOps, deleteOp(k))
+	}
+	if fitsOneTxn(putOps, delOps) {
+		return p.commit(ctx, append(putOps, delOps...))
+	}
+	if err := p.commit(ctx, putOps); err != nil {
+		return err
+	}
+	return p.commit(ctx, delOps)
 }
 
 // checkEntry returns why an agent would reject the entry, with the agents'

@@ -251,8 +251,9 @@ func startSource(parent context.Context, src statesource.Source) *sourceRun {
 	go func() {
 		defer r.wg.Done()
 		r.done <- src.Run(ctx, func(st *statesource.State) {
-			select { // keep only the newest state
-			case <-r.latest:
+			select { // keep only the newest state, with what changed since the one taken
+			case prev := <-r.latest:
+				st = withMergedChanges(prev, st)
 			default:
 			}
 			r.latest <- st
@@ -355,6 +356,9 @@ func (s *Server) loop(ctx context.Context, cli *clientv3.Client, pub *publisher,
 				}
 			}
 		case st := <-src.latest:
+			if rs.due && rs.state != nil { // rs.state is not published: st's changes are from before it
+				st = withMergedChanges(rs.state, st)
+			}
 			rs.state, rs.due = st, true
 			if !retryArmed {
 				attempt()
@@ -427,14 +431,46 @@ func (s *Server) takeLease(ctx context.Context, cli *clientv3.Client, pub *publi
 	return nil
 }
 
-func (s *Server) publish(ctx context.Context, pub *publisher, ids *identityAllocator, st *statesource.State) error {
+// publish publishes st: only what its Changes touch when they name only
+// endpoints and the state before it is published on this lease (see
+// incremental.go), else the whole state. A failure makes the next publish
+// a whole one.
+func (s *Server) publish(ctx context.Context, pub *publisher, ids *identityAllocator, st *statesource.State) (err error) {
+	defer func() {
+		if err != nil {
+			pub.endpoints.inc.valid = false
+		}
+	}()
+	if pub.canariesSet && !pub.rewrite {
+		d, _, held, ok, err := desiredChanges(s.cfg.cluster(), st, s.cfg.ExportMode, ids, pub.endpoints)
+		if err != nil {
+			return err
+		}
+		if ok {
+			s.setHeld(held)
+			if err := ids.saveIfNeeded(ctx, s.cfg.cluster()); err != nil {
+				return err
+			}
+			return pub.publishChanges(ctx, d.puts, d.dels)
+		}
+	}
+	return s.publishAll(ctx, pub, ids, st)
+}
+
+// setHeld reports how many endpoints the export mode holds back.
+func (s *Server) setHeld(held int) {
+	s.mu.Lock()
+	s.status.EndpointsNotExported = held
+	s.mu.Unlock()
+}
+
+// publishAll publishes the whole of st.
+func (s *Server) publishAll(ctx context.Context, pub *publisher, ids *identityAllocator, st *statesource.State) error {
 	kv, _, held, err := desired(s.cfg.cluster(), st, s.cfg.ExportMode, ids, pub.endpoints)
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.status.EndpointsNotExported = held
-	s.mu.Unlock()
+	s.setHeld(held)
 	if err := ids.saveIfNeeded(ctx, s.cfg.cluster()); err != nil {
 		return err
 	}
