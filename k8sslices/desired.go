@@ -174,9 +174,8 @@ func newSlice(svc *corev1.Service, cluster string, g *group, addrs []string, ind
 		s.Labels[LabelMCSSourceCluster] = cluster
 	}
 	// Every endpoint is ready and serving: a remote publishes only the
-	// backends that are ready or serving, and Cilium's ClusterService has
-	// no per-backend condition to tell a terminating one (every remote
-	// backend is active in Cilium's load balancer too).
+	// backends that are ready or serving. One the remote names terminating
+	// (still serving, no longer ready) is marked so by withTopology.
 	t, f := true, false
 	for _, a := range addrs {
 		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{

@@ -25,8 +25,10 @@ func (d topologyDrop) String() string {
 }
 
 // withTopology sets what a remote publishes of backend addr besides its
-// ports (Cilium's ClusterService zones and hostnames): zone, hostname and
-// hints.forZones. Cilium's ClusterService has no node name, so nodeName is
+// ports (Cilium's ClusterService zones and hostnames, our
+// clustermesh.io/terminating): zone, hostname, hints.forZones and, for a
+// terminating backend, the conditions ready=false, serving=true,
+// terminating=true. Cilium's ClusterService has no node name, so nodeName is
 // never set. A value the API server would refuse (a hostname that is not a
 // DNS label, more than 8 or duplicate or invalid hint zones, a zone that is
 // not a label value) is left out and reported to drop, the rest written.
@@ -41,6 +43,10 @@ func withTopology(e *discoveryv1.Endpoint, cluster, addr string, top map[netip.A
 	t, ok := top[a]
 	if !ok {
 		return
+	}
+	if t.Terminating {
+		f, tr := false, true
+		e.Conditions = discoveryv1.EndpointConditions{Ready: &f, Serving: &tr, Terminating: &tr}
 	}
 	bad := func(field, value, reason string) { drop(topologyDrop{cluster, addr, field, value, reason}) }
 	if t.Hostname != "" {
