@@ -18,8 +18,9 @@ import (
 // West's backend's zone (its node's label), hint zones and hostname (its
 // EndpointSlice's) travel through west's mesh apiserver (Cilium's
 // ClusterService zones and hostnames) to east's slice of it. Terminating but
-// still serving in west, it stays in east's slice as ready: Cilium's
-// ClusterService carries no per-backend condition.
+// still serving in west, it is in east's slice as ready=false, serving=true,
+// terminating=true (west names it in clustermesh.io/terminating); once it
+// stops serving it leaves east's slice.
 // CLUSTERMESH_SLICES_YAML=FILE writes east's slice there (the docs' output).
 func TestK8sSlicesTopologyEndToEnd(t *testing.T) {
 	m := startSlicesMesh(t)
@@ -48,7 +49,7 @@ func TestK8sSlicesTopologyEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	want := "10.2.1.10 checkout-w1 eu-west-1a [{eu-west-1a} {eu-west-1b}] true/true/false <nil>"
+	want := "10.2.1.10 checkout-w1 eu-west-1a [{eu-west-1a} {eu-west-1b}] false/true/true <nil>"
 	var got *discoveryv1.EndpointSlice
 	testenv.WaitFor(t, slicesBound, "west's backend's topology in east's slice", func() bool {
 		l, err := m.east.Client.DiscoveryV1().EndpointSlices("shop").List(ctx, metav1.ListOptions{
@@ -69,6 +70,19 @@ func TestK8sSlicesTopologyEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
+	// It stops serving: it leaves west's service, then east's slice.
+	s, err = m.west.Client.DiscoveryV1().EndpointSlices("shop").Get(ctx, m.westSlice.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Endpoints[0].Conditions = discoveryv1.EndpointConditions{Ready: &f, Serving: &f, Terminating: &tr}
+	if _, err := m.west.Client.DiscoveryV1().EndpointSlices("shop").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, slicesBound, "west's backend that stopped serving gone from east's slices", func() bool {
+		return len(remoteAddrs(t, m.east, "west")) == 0
+	})
 }
 
 func ptrTo[T any](v T) *T { return &v }
