@@ -169,19 +169,21 @@ func (c *Cache) Run(ctx context.Context) error {
 		return fmt.Errorf("kvstoremesh: connecting to the cluster's etcd: %w", err)
 	}
 	defer cli.Close()
-	lease, prev, err := c.open(ctx, cli)
+	configured, err := configuredRemotes(c.cfg.Sync.ConfigDir)
+	if err != nil {
+		return fmt.Errorf("kvstoremesh: %w", err)
+	}
+	opening := time.Now()
+	lease, prev, err := c.open(ctx, cli, configured)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	configured, err := configuredRemotes(c.cfg.Sync.ConfigDir)
-	if err != nil {
-		return fmt.Errorf("kvstoremesh: %w", err)
-	}
 	c.w.start(cli, lease, prev, configured)
-	c.log.Info("cache starting", "remotes", len(configured), "previousEntries", prev.count(), "previousLeases", len(prev.leases))
+	c.log.Info("cache starting", "remotes", len(configured), "previousEntries", prev.count(), "previousLeases", len(prev.leases),
+		"previousReadIn", time.Since(opening).Round(time.Millisecond))
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
@@ -215,19 +217,20 @@ func (c *Cache) Run(ctx context.Context) error {
 }
 
 // openAttemptTimeout bounds one attempt to grant the lease and read what a
-// previous run left.
-const openAttemptTimeout = 10 * time.Second
+// previous run left (its entries' values: 3.6 s read one page after another
+// at 237,000 entries).
+const openAttemptTimeout = time.Minute
 
 // open reads what a previous run left and takes the cache's lease,
 // retrying with backoff while the cluster's apiserver is not up (the cache
 // may start before it) until ctx is done.
-func (c *Cache) open(ctx context.Context, cli *clientv3.Client) (clientv3.LeaseID, previous, error) {
+func (c *Cache) open(ctx context.Context, cli *clientv3.Client, configured map[string]bool) (clientv3.LeaseID, previous, error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 200*time.Millisecond, 10*time.Second, 0
 	bo.Reset()
 	for {
 		actx, cancel := context.WithTimeout(ctx, openAttemptTimeout)
-		prev, err := loadPrevious(actx, cli)
+		prev, err := loadPrevious(actx, cli, configured)
 		var lease clientv3.LeaseID
 		if err == nil {
 			lease, err = c.lease(actx, cli, prev)

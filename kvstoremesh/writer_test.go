@@ -244,3 +244,20 @@ func BenchmarkWriterQueue(b *testing.B) {
 		}
 	}
 }
+
+// The previous run's ranges, read at once, cover cilium/cache/ whole and
+// without overlap, cut at every configured remote's list prefixes.
+func TestCacheRangesCoverTheCache(t *testing.T) {
+	rs := cacheRanges(map[string]bool{"west": true, "east": true})
+	if rs[0][0] != "cilium/cache/" || rs[len(rs)-1][1] != clientv3.GetPrefixRangeEnd("cilium/cache/") {
+		t.Fatalf("ranges %v do not span cilium/cache/", rs)
+	}
+	for i := 1; i < len(rs); i++ {
+		if rs[i][0] != rs[i-1][1] || rs[i][0] >= rs[i][1] {
+			t.Fatalf("ranges %d and %d not contiguous: %v", i-1, i, rs)
+		}
+	}
+	if len(rs) != 1+2*len(wire.Kinds) {
+		t.Errorf("%d ranges, want one more than the remotes' %d prefixes", len(rs), 2*len(wire.Kinds))
+	}
+}
