@@ -111,7 +111,7 @@ func (inc *incremental) exported(e *statesource.Endpoint) bool {
 // bookkeeping is invalid (the full path runs next).
 func (inc *incremental) apply(c wire.Cluster, st *statesource.State, keys map[string]struct{}, ids *identityAllocator, cache *endpointCache) (d endpointDelta, allocated bool, err error) {
 	d = endpointDelta{puts: map[string][]byte{}, dels: map[string]struct{}{}}
-	now := findEndpoints(st, keys)
+	now := findEndpoints(st, st.Changes)
 	affected := map[*incService]struct{}{}
 	touched := map[uint32]struct{}{}
 	inc.valid = false // until done
@@ -196,22 +196,41 @@ func (inc *incremental) encodeService(c wire.Cluster, is *incService) (string, [
 }
 
 // findEndpoints returns the endpoints of st that keys names, by key (a key
-// st does not have is absent: the endpoint was removed). It walks st
-// without building a key per endpoint.
-func findEndpoints(st *statesource.State, keys map[string]struct{}) map[string]*statesource.Endpoint {
-	type nsPod struct{ ns, pod string }
-	want := make(map[nsPod]string, len(keys))
-	for k := range keys {
-		if ns, pod, ok := strings.Cut(k, "/"); ok {
-			want[nsPod{ns, pod}] = k
+// st does not have is absent: the endpoint was removed). A key the change
+// names only as removed is not looked for (the source says it is gone);
+// the others are found by one walk of st that stops once all are, comparing
+// names without building a key per endpoint.
+func findEndpoints(st *statesource.State, ch *statesource.Changes) map[string]*statesource.Endpoint {
+	type nsPod struct{ key, ns, pod string }
+	var want []nsPod
+	seen := make(map[string]bool, len(ch.Endpoints))
+	for _, k := range ch.Endpoints {
+		if ns, pod, ok := strings.Cut(k, "/"); ok && !seen[k] {
+			seen[k] = true
+			want = append(want, nsPod{k, ns, pod})
 		}
 	}
-	out := make(map[string]*statesource.Endpoint, len(keys))
-	for i := range st.Endpoints {
+	out := make(map[string]*statesource.Endpoint, len(want))
+	if len(want) > 8 { // many: one map lookup per endpoint
+		byName := make(map[[2]string]string, len(want))
+		for _, w := range want {
+			byName[[2]string{w.ns, w.pod}] = w.key
+		}
+		for i := 0; i < len(st.Endpoints) && len(out) < len(want); i++ {
+			e := &st.Endpoints[i]
+			if k, ok := byName[[2]string{e.Namespace, e.Pod}]; ok {
+				out[k] = e
+			}
+		}
+		return out
+	}
+	for i := 0; i < len(st.Endpoints) && len(want) > 0; i++ {
 		e := &st.Endpoints[i]
-		if k, ok := want[nsPod{e.Namespace, e.Pod}]; ok {
-			out[k] = e
-			if len(out) == len(want) {
+		for j, w := range want {
+			if e.Pod == w.pod && e.Namespace == w.ns {
+				out[w.key] = e
+				want[j] = want[len(want)-1]
+				want = want[:len(want)-1]
 				break
 			}
 		}

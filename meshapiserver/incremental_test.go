@@ -97,13 +97,17 @@ func (w *incrementalWorld) edit(e *statesource.Endpoint) {
 	}
 }
 
-// step makes a new state from the current one by 1–3 endpoint edits (add,
+// step makes a new state from the current one by 1–3 (or 12) endpoint edits (add,
 // remove, relabel/readiness/node/...), with its Changes.
 func (w *incrementalWorld) step() *statesource.State {
 	next := *w.st
 	next.Endpoints = slices.Clone(w.st.Endpoints)
 	ch := &statesource.Changes{}
-	for n := 1 + w.rng.IntN(3); n > 0; n-- {
+	n := 1 + w.rng.IntN(3)
+	if w.rng.IntN(10) == 0 {
+		n = 12 // many endpoints at once
+	}
+	for ; n > 0; n-- {
 		switch op := w.rng.IntN(4); {
 		case op == 0 || len(next.Endpoints) == 0:
 			e := w.endpoint()

@@ -1,0 +1,111 @@
+package meshapiserver
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/clustermesh/clustermesh/statesource"
+	"github.com/clustermesh/clustermesh/wire"
+)
+
+// hundredThousandEndpoints is a cluster of 100,000 endpoints on 500 nodes, with 10,000
+// identities and 1,000 global services of 10 backends each (the scale
+// rig's big cluster).
+func hundredThousandEndpoints() *statesource.State {
+	st := &statesource.State{}
+	for n := range 500 {
+		st.Nodes = append(st.Nodes, statesource.Node{Name: fmt.Sprint("node-", n),
+			IPs: []netip.Addr{netip.AddrFrom4([4]byte{172, 16, byte(n / 250), byte(n%250 + 1)})}})
+	}
+	for i := range 100000 {
+		st.Endpoints = append(st.Endpoints, statesource.Endpoint{Namespace: "bulk", Pod: fmt.Sprint("pod-", i),
+			Node: fmt.Sprint("node-", i%500), IP: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}),
+			Labels: map[string]string{"app": fmt.Sprint("app-", i%10000)}})
+	}
+	for s := range 1000 {
+		st.Services = append(st.Services, statesource.Service{Namespace: "bulk", Name: fmt.Sprint("svc-", s),
+			ClusterIP: netip.AddrFrom4([4]byte{10, 200, byte(s >> 8), byte(s)}), Ports: []statesource.ServicePort{{Port: 80}},
+			Selector: map[string]string{"app": fmt.Sprint("app-", s)}, Annotations: map[string]string{wire.AnnotationGlobal: "true"}})
+	}
+	return st
+}
+
+// BenchmarkOneEndpointChange: one endpoint added to or removed from a
+// cluster of 100,000 endpoints, from the delivered state to the keys to
+// write: the whole state's desired entries and their difference from what
+// is published (full), or only what the change touches (incremental).
+func BenchmarkOneEndpointChange(b *testing.B) {
+	c := wire.Cluster{Name: "west", ID: 2, MaxConnectedClusters: 255}
+	base := hundredThousandEndpoints()
+	with := *base
+	with.Endpoints = append(append([]statesource.Endpoint(nil), base.Endpoints...), statesource.Endpoint{Namespace: "bulk",
+		Pod: "probe", Node: "node-0", IP: netip.MustParseAddr("10.250.0.1"), Labels: map[string]string{"app": "app-0"}})
+	with.Changes = &statesource.Changes{Endpoints: []string{"bulk/probe"}}
+	back := *base
+	back.Changes = &statesource.Changes{RemovedEndpoints: []string{"bulk/probe"}}
+	states := []*statesource.State{&with, &back}
+	for _, mode := range []string{"full", "incremental"} {
+		b.Run(mode, func(b *testing.B) {
+			ids, err := newIdentityAllocator(context.Background(), nil, c)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cache := newEndpointCache()
+			published, _, _, err := desired(c, base, ExportAll, ids, cache)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				st := states[i%2]
+				if mode == "incremental" {
+					d, _, _, ok, err := desiredChanges(c, st, ExportAll, ids, cache)
+					if err != nil || !ok {
+						b.Fatal(ok, err)
+					}
+					applyDelta(published, d)
+					continue
+				}
+				want, _, _, err := desired(c, st, ExportAll, ids, cache)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n := diffCount(published, want); n == 0 {
+					b.Fatal("the change changed nothing")
+				}
+				published = want
+			}
+		})
+	}
+}
+
+// applyDelta is what publishChanges does to what is published.
+func applyDelta(published desiredKV, d endpointDelta) {
+	for k, v := range d.puts {
+		if !bytes.Equal(published[k], v) {
+			published[k] = v
+		}
+	}
+	for k := range d.dels {
+		delete(published, k)
+	}
+}
+
+// diffCount is what publish compares: the keys to write or delete.
+func diffCount(published, want desiredKV) int {
+	n := 0
+	for k, v := range want {
+		if !bytes.Equal(published[k], v) {
+			n++
+		}
+	}
+	for k := range published {
+		if _, ok := want[k]; !ok {
+			n++
+		}
+	}
+	return n
+}
