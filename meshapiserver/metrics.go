@@ -16,6 +16,7 @@ var (
 	descEntries = prometheus.NewDesc(ns+"_entries_published", "Entries currently published under the state prefixes.", nil, nil)
 	descWrites  = prometheus.NewDesc(ns+"_writes_total", "Entries written since start, by operation.", []string{"op"}, nil)
 	descTxns    = prometheus.NewDesc(ns+"_transactions_total", "Publishing transactions committed since start.", nil, nil)
+	descChanges = prometheus.NewDesc(ns+"_changes_published_total", "Changes of some endpoints published by comparing only the keys they touch, not the whole state.", nil, nil)
 	descCanary  = prometheus.NewDesc(ns+"_synced_canaries", "1 while the synced canaries are written (after the first snapshot; again after a lost lease).", nil, nil)
 
 	descFailures = prometheus.NewDesc(ns+"_publish_failures_total", "Failed publish attempts since start (each retried with backoff).", nil, nil)
@@ -32,7 +33,7 @@ var (
 	descTakeovers = prometheus.NewDesc(ns+"_takeovers_total", "Terms of this replica that began by adopting entries published on another lease (another leader's).", nil, nil)
 )
 
-var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied, descHeld, descLeader, descTerms, descTakeovers}
+var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descChanges, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied, descHeld, descLeader, descTerms, descTakeovers}
 
 // newTxnLatency is the histogram of publishing transaction latencies.
 func newTxnLatency() prometheus.Histogram {
@@ -57,6 +58,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWrites, prometheus.CounterValue, float64(st.Publish.Puts), "put")
 	ch <- prometheus.MustNewConstMetric(descWrites, prometheus.CounterValue, float64(st.Publish.Deletes), "delete")
 	ch <- prometheus.MustNewConstMetric(descTxns, prometheus.CounterValue, float64(st.Publish.Txns))
+	ch <- prometheus.MustNewConstMetric(descChanges, prometheus.CounterValue, float64(st.Publish.Changes))
 	ch <- prometheus.MustNewConstMetric(descCanary, prometheus.GaugeValue, boolValue(st.Publish.CanariesSet))
 	ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(st.PublishFailures))
 	ch <- prometheus.MustNewConstMetric(descFailing, prometheus.GaugeValue, boolValue(st.PublishError != ""))
