@@ -289,3 +289,75 @@ func fileDesired(t *testing.T, f *fixture, c wire.Cluster, mode ExportMode) desi
 	}
 	return kv
 }
+
+// publishChanges applies publish's checks to the keys of a change: an
+// entry agents would reject is refused and counted, a key whose new value
+// is refused keeps its published value, puts and deletes reach the store,
+// and a refused key no longer desired is no longer reported.
+func TestPublishChangesRefusesAsPublish(t *testing.T) {
+	f := newFixture(t)
+	f.start(t, "127.0.0.1:0")
+	admin := clientFor(t, f.srv.ClientURL(), f.east.AdminCert(), f.east.AdminKey(), f.east.CAFile())
+	ctx := context.Background()
+	south := wire.Cluster{Name: "south", ID: 3, MaxConnectedClusters: 255}
+	lease, err := admin.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPublisher(admin, south, f.srv.cfg.Logger, newTxnLatency())
+	p.lease = lease.ID
+	first, _ := wire.IdentityRange(south.ID, south.MaxConnectedClusters)
+	idX, idY := wire.IdentityKey(first), wire.IdentityKey(first+1)
+	ipA := wire.IPCachePrefixKey(netip.MustParsePrefix("10.33.0.1/32"))
+	pair := func(id uint32) []byte {
+		b, err := wire.EncodeIPIdentityPair(&wire.IPIdentityPair{IP: netip.MustParseAddr("10.33.0.1"), ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	labels := func(s string) []byte {
+		return wire.EncodeIdentity(wire.Identity{Labels: wire.Labels{{Source: "k8s", Key: "app", Value: s}, {Source: "k8s", Key: wire.ClusterLabel, Value: south.Name}}})
+	}
+	notUTF8 := []byte{0xff, 0xfe}
+	if err := p.publishChanges(ctx, map[string][]byte{ipA: pair(first)}, nil); err == nil {
+		t.Fatal("a change published before the whole state")
+	}
+	if err := p.publish(ctx, desiredKV{ipA: pair(first), idX: labels("x")}); err != nil {
+		t.Fatal(err)
+	}
+	step := func(puts map[string][]byte, dels []string, want desiredKV, refused int) {
+		t.Helper()
+		ds := map[string]struct{}{}
+		for _, k := range dels {
+			ds[k] = struct{}{}
+		}
+		if err := p.publishChanges(ctx, puts, ds); err != nil {
+			t.Fatal(err)
+		}
+		got := desiredKV{}
+		for _, k := range []string{ipA, idX, idY} {
+			if resp, err := admin.Get(ctx, k); err != nil {
+				t.Fatal(err)
+			} else if len(resp.Kvs) == 1 {
+				got[k] = resp.Kvs[0].Value
+			}
+		}
+		if diff := kvDiff(got, want); diff != "" {
+			t.Fatalf("store: %s", diff)
+		}
+		if diff := kvDiff(p.published, want); diff != "" {
+			t.Fatalf("published: %s", diff)
+		}
+		if p.stats.Refused != refused {
+			t.Fatalf("%d refused, want %d", p.stats.Refused, refused)
+		}
+	}
+	step(map[string][]byte{idY: notUTF8}, nil, desiredKV{ipA: pair(first), idX: labels("x")}, 1)
+	step(map[string][]byte{ipA: pair(first + 1), idX: notUTF8, idY: notUTF8}, nil, desiredKV{ipA: pair(first + 1), idX: labels("x")}, 2)
+	step(map[string][]byte{idX: labels("x2")}, []string{idY}, desiredKV{ipA: pair(first + 1), idX: labels("x2")}, 0)
+	step(nil, []string{ipA, idX}, desiredKV{}, 0)
+	if p.refusals[wire.Reason(wire.ErrInvalidLabels)] != 2 {
+		t.Errorf("refusals by reason %v, want the two values of invalid labels counted once each", p.refusals)
+	}
+}
