@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/clustermesh/clustermesh/internal/figure"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -38,6 +39,21 @@ func hundredThousandEndpoints() *statesource.State {
 // write: the whole state's desired entries and their difference from what
 // is published (full), or only what the change touches (incremental).
 func BenchmarkOneEndpointChange(b *testing.B) {
+	for _, mode := range []string{"full", "incremental"} {
+		b.Run(mode, func(b *testing.B) { benchOneEndpointChange(b, mode == "incremental") })
+	}
+}
+
+// TestFiguresOneEndpointChange prints BenchmarkOneEndpointChange's figures.
+func TestFiguresOneEndpointChange(t *testing.T) {
+	figure.Require(t)
+	for _, mode := range []string{"full", "incremental"} {
+		r := testing.Benchmark(func(b *testing.B) { benchOneEndpointChange(b, mode == "incremental") })
+		figure.Print("apiserver.endpoint_change_100k."+mode+"_ms", float64(r.NsPerOp())/1e6, "ms")
+	}
+}
+
+func benchOneEndpointChange(b *testing.B, incremental bool) {
 	c := wire.Cluster{Name: "west", ID: 2, MaxConnectedClusters: 255}
 	base := hundredThousandEndpoints()
 	with := *base
@@ -47,38 +63,34 @@ func BenchmarkOneEndpointChange(b *testing.B) {
 	back := *base
 	back.Changes = &statesource.Changes{RemovedEndpoints: []string{"bulk/probe"}}
 	states := []*statesource.State{&with, &back}
-	for _, mode := range []string{"full", "incremental"} {
-		b.Run(mode, func(b *testing.B) {
-			ids, err := newIdentityAllocator(context.Background(), nil, c)
-			if err != nil {
-				b.Fatal(err)
+	ids, err := newIdentityAllocator(context.Background(), nil, c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cache := newEndpointCache()
+	published, _, _, err := desired(c, base, ExportAll, ids, cache)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		st := states[i%2]
+		if incremental {
+			d, _, _, ok, err := desiredChanges(c, st, ExportAll, ids, cache)
+			if err != nil || !ok {
+				b.Fatal(ok, err)
 			}
-			cache := newEndpointCache()
-			published, _, _, err := desired(c, base, ExportAll, ids, cache)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				st := states[i%2]
-				if mode == "incremental" {
-					d, _, _, ok, err := desiredChanges(c, st, ExportAll, ids, cache)
-					if err != nil || !ok {
-						b.Fatal(ok, err)
-					}
-					applyDelta(published, d)
-					continue
-				}
-				want, _, _, err := desired(c, st, ExportAll, ids, cache)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if n := diffCount(published, want); n == 0 {
-					b.Fatal("the change changed nothing")
-				}
-				published = want
-			}
-		})
+			applyDelta(published, d)
+			continue
+		}
+		want, _, _, err := desired(c, st, ExportAll, ids, cache)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n := diffCount(published, want); n == 0 {
+			b.Fatal("the change changed nothing")
+		}
+		published = want
 	}
 }
 
