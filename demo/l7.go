@@ -212,7 +212,7 @@ func (d *run) redirected(pod, port string) bool {
 // connection and checks the answers: 200, 403 Access denied, 200 on the
 // same connection.
 func httpSequence(ctx context.Context, p *podnet.Pod, url string) (string, error) {
-	c := podClient(p)
+	c := p.HTTPClient()
 	defer c.CloseIdleConnections()
 	var got []string
 	for i, want := range []struct {
@@ -245,32 +245,6 @@ func httpSequence(ctx context.Context, p *podnet.Pod, url string) (string, error
 	return strings.Join(got, ", ") + " (one connection)", nil
 }
 
-// podClient is an HTTP client whose connections are opened in p's network
-// namespace, kept alive between requests.
-func podClient(p *podnet.Pod) *http.Client {
-	tr := &http.Transport{MaxIdleConnsPerHost: 1, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := podnet.InNetns(p.NS, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
-	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
-}
-
-// podResolver asks server over UDP from p's network namespace.
-func podResolver(p *podnet.Pod, server netip.AddrPort) *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var c net.Conn
-		err := podnet.InNetns(p.NS, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, "udp", server.String())
-			return err
-		})
-		return c, err
-	}}
-}
-
 // dnsLookups has east's frontend reach apiAddr (dropped: no answer gave
 // it yet), look up a refused name and apiName, then reach apiAddr again
 // (allowed by toFQDNs).
@@ -279,7 +253,7 @@ func (d *run) dnsLookups(ctx context.Context) (string, error) {
 	if _, err := httpGet(fe, apiAddr, 300*time.Millisecond); err == nil {
 		return "", fmt.Errorf("east/frontend-1 reached %s before any DNS answer gave it", apiAddr)
 	}
-	r := podResolver(fe, dnsServer)
+	r := fe.Resolver("udp", dnsServer)
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, err := r.LookupHost(lctx, refusedName+".")

@@ -80,21 +80,6 @@ func serveHTTP(t *testing.T, p *podnet.Pod, port uint16) {
 	t.Cleanup(func() { srv.Close(); <-done })
 }
 
-// podClient is an HTTP client whose connections are opened in p's network
-// namespace (a socket stays in the namespace it was made in), keeping them
-// alive between requests.
-func podClient(p *podnet.Pod) *http.Client {
-	tr := &http.Transport{MaxIdleConnsPerHost: 1, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := podnet.InNetns(p.NS, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
-	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
-}
-
 // waitRedirected waits until east's checkout-2 has its port 80 redirected
 // to a listening proxy port.
 func waitRedirected(t *testing.T, enf *enforcer.Enforcer, pod string, port string) {
@@ -124,7 +109,7 @@ func TestL7HTTPAcrossClusters(t *testing.T) {
 	url := "http://10.1.1.12/v1/cart"
 
 	for _, from := range []string{"west/frontend-1", "north/frontend-1"} {
-		c := podClient(e.pods[from])
+		c := e.pods[from].HTTPClient()
 		checkHTTP(t, c, http.MethodGet, url, http.StatusOK, "cart")
 		// A denied request gets Cilium's 403 and leaves the connection
 		// usable for the next allowed one.
@@ -134,7 +119,7 @@ func TestL7HTTPAcrossClusters(t *testing.T) {
 		c.CloseIdleConnections()
 	}
 	// East's frontend is not selected: its packets never reach the proxy.
-	if _, err := podClient(e.pods["east/frontend-1"]).Get(url); err == nil {
+	if _, err := e.pods["east/frontend-1"].HTTPClient().Get(url); err == nil {
 		t.Error("east/frontend-1 got an answer from checkout, want its connection dropped")
 	}
 
@@ -331,19 +316,6 @@ func serveDNS(t *testing.T, p *podnet.Pod, zone string) {
 	t.Cleanup(func() { srv.Close(context.Background()) })
 }
 
-// podResolver asks server over network ("udp" or "tcp") from p's network
-// namespace.
-func podResolver(p *podnet.Pod, network string, server netip.AddrPort) *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var c net.Conn
-		err := podnet.InNetns(p.NS, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, network, server.String())
-			return err
-		})
-		return c, err
-	}}
-}
-
 func TestL7DNSAndFQDNPolicy(t *testing.T) {
 	e := startL7Env(t, frontendDNS)
 	east := e.mesh.Cluster("east").Agents[0].Node
@@ -360,7 +332,7 @@ func TestL7DNSAndFQDNPolicy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, network := range []string{"udp", "tcp"} {
-		r := podResolver(fe, network, dnsServer)
+		r := fe.Resolver(network, dnsServer)
 		if _, err := r.LookupHost(ctx, "evil.example.org."); err == nil || !strings.Contains(err.Error(), "refused") && !strings.Contains(err.Error(), "server misbehaving") {
 			t.Errorf("%s: evil.example.org: %v, want the query refused", network, err)
 		}
@@ -478,14 +450,14 @@ func TestHubbleCLIL7(t *testing.T) {
 	waitRedirected(t, e.enf, "frontend-1", "53")
 	url := "http://10.1.1.12/v1/cart"
 	for _, from := range []string{"west/frontend-1", "north/frontend-1"} {
-		c := podClient(e.pods[from])
+		c := e.pods[from].HTTPClient()
 		checkHTTP(t, c, http.MethodGet, url, http.StatusOK, "cart")
 		checkHTTP(t, c, http.MethodPost, url, http.StatusForbidden, "Access denied\r\n")
 		c.CloseIdleConnections()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r := podResolver(e.pods["east/frontend-1"], "udp", netip.MustParseAddrPort("10.1.1.12:53"))
+	r := e.pods["east/frontend-1"].Resolver("udp", netip.MustParseAddrPort("10.1.1.12:53"))
 	if _, err := r.LookupHost(ctx, "api.shop.example."); err != nil {
 		t.Fatal(err)
 	}
@@ -557,14 +529,14 @@ func TestL7FailsClosedAcrossAgentRestart(t *testing.T) {
 	serveHTTP(t, e.pods["east/checkout-2"], 80)
 	waitRedirected(t, e.enf, "checkout-2", "80")
 	url := "http://10.1.1.12/v1/cart"
-	checkHTTP(t, podClient(e.pods["west/frontend-1"]), http.MethodGet, url, http.StatusOK, "cart")
+	checkHTTP(t, e.pods["west/frontend-1"].HTTPClient(), http.MethodGet, url, http.StatusOK, "cart")
 
 	east := e.mesh.Cluster("east")
 	if err := east.StopAgent(0); err != nil {
 		t.Fatal(err)
 	}
 	for _, method := range []string{http.MethodPost, http.MethodGet} {
-		c := podClient(e.pods["west/frontend-1"])
+		c := e.pods["west/frontend-1"].HTTPClient()
 		c.Timeout = 500 * time.Millisecond
 		req, _ := http.NewRequest(method, url, nil)
 		if resp, err := c.Do(req); err == nil {
@@ -578,12 +550,12 @@ func TestL7FailsClosedAcrossAgentRestart(t *testing.T) {
 	enf := east.Agents[0].Node.Enforcer()
 	waitRedirected(t, enf, "checkout-2", "80")
 	testenv.WaitFor(t, 20*time.Second, "west's GET answered again", func() bool {
-		resp, err := podClient(e.pods["west/frontend-1"]).Get(url)
+		resp, err := e.pods["west/frontend-1"].HTTPClient().Get(url)
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	checkHTTP(t, podClient(e.pods["west/frontend-1"]), http.MethodPost, url, http.StatusForbidden, "Access denied\r\n")
+	checkHTTP(t, e.pods["west/frontend-1"].HTTPClient(), http.MethodPost, url, http.StatusForbidden, "Access denied\r\n")
 }
