@@ -34,43 +34,21 @@ const EnvBinary = "COREDNS"
 // server back until its informers synced, for up to 5 s (startup_timeout).
 const startTimeout = 30 * time.Second
 
+// tool is the CoreDNS tools/coredns/build.sh builds.
+var tool = testenv.Tool{Env: EnvBinary, File: "coredns-" + Version, What: "CoreDNS binary",
+	Build: "run `make coredns` (builds CoreDNS " + Version + " from the Go module proxy once, about a minute)"}
+
 // DefaultBinary is where tools/coredns/build.sh puts the binary:
 // $XDG_CACHE_HOME (or ~/.cache)/clustermesh/coredns-<Version>.
-func DefaultBinary() string {
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return ""
-	}
-	return filepath.Join(dir, "clustermesh", "coredns-"+Version)
-}
+func DefaultBinary() string { return tool.DefaultPath() }
 
 // Binary returns the CoreDNS to run: $COREDNS, else DefaultBinary; an error
 // says how to build it when there is none.
-func Binary() (string, error) {
-	p := os.Getenv(EnvBinary)
-	if p == "" {
-		p = DefaultBinary()
-	}
-	if fi, err := os.Stat(p); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("corednstest: no CoreDNS binary at %q: run `make coredns` (builds CoreDNS %s from the Go module proxy once, about a minute) or set %s", p, Version, EnvBinary)
-	}
-	return p, nil
-}
+func Binary() (string, error) { return tool.Path() }
 
 // Require returns the CoreDNS binary, or skips t when there is none — fails
 // it under CI=true.
-func Require(t testing.TB) string {
-	t.Helper()
-	p, err := Binary()
-	if err == nil {
-		return p
-	}
-	if testenv.InCI() {
-		t.Fatal(err)
-	}
-	t.Skip(err)
-	return ""
-}
+func Require(t testing.TB) string { return tool.Require(t) }
 
 // Server is a running CoreDNS.
 type Server struct {

@@ -31,28 +31,17 @@ const Version = "v1.20.2"
 // EnvBinary names the environment variable that points at the binary.
 const EnvBinary = "CLUSTERMESH_HUBBLE"
 
+// tool is the hubble CLI tools/hubble/build.sh builds.
+var tool = testenv.Tool{Env: EnvBinary, File: "hubble-" + Version, What: "hubble CLI",
+	Build: "run `make hubble` (builds Cilium's hubble " + Version + " from the Go module proxy once, 2 to 5 minutes)"}
+
 // DefaultBinary is where tools/hubble/build.sh puts the binary:
 // $XDG_CACHE_HOME (or ~/.cache)/clustermesh/hubble-<Version>.
-func DefaultBinary() string {
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return ""
-	}
-	return filepath.Join(dir, "clustermesh", "hubble-"+Version)
-}
+func DefaultBinary() string { return tool.DefaultPath() }
 
 // Binary returns the hubble CLI to run: $CLUSTERMESH_HUBBLE, else
 // DefaultBinary; an error says how to build it when there is none.
-func Binary() (string, error) {
-	p := os.Getenv(EnvBinary)
-	if p == "" {
-		p = DefaultBinary()
-	}
-	if fi, err := os.Stat(p); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("no hubble CLI at %q: run `make hubble` (builds Cilium's hubble %s from the Go module proxy once, 2 to 5 minutes) or set %s", p, Version, EnvBinary)
-	}
-	return p, nil
-}
+func Binary() (string, error) { return tool.Path() }
 
 // CLI is the hubble binary, run in a directory of its own with a home of
 // its own, so that no config.yaml or HUBBLE_* variable of the machine
@@ -66,14 +55,7 @@ type CLI struct {
 // under CI=true, where a test of the real client must never silently skip.
 func Require(t testing.TB) *CLI {
 	t.Helper()
-	p, err := Binary()
-	if err != nil {
-		if testenv.InCI() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	return &CLI{Path: p, dir: t.TempDir()}
+	return &CLI{Path: tool.Require(t), dir: t.TempDir()}
 }
 
 // Output is what one run printed.

@@ -55,44 +55,22 @@ const EnvBinary = "KUBE_APISERVER"
 // token is the bearer token of the admin user (group system:masters).
 const token = "kubetest-admin-token"
 
+// tool is the kube-apiserver tools/kube-apiserver/build.sh builds.
+var tool = testenv.Tool{Env: EnvBinary, File: "kube-apiserver-" + Version, What: "kube-apiserver binary",
+	Build: "run `make kube-apiserver` (builds " + Version + " from the Go module proxy once, about 6 minutes)"}
+
 // DefaultBinary is where tools/kube-apiserver/build.sh puts the binary:
 // $XDG_CACHE_HOME (or ~/.cache)/clustermesh/kube-apiserver-<Version>.
-func DefaultBinary() string {
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return ""
-	}
-	return filepath.Join(dir, "clustermesh", "kube-apiserver-"+Version)
-}
+func DefaultBinary() string { return tool.DefaultPath() }
 
 // Binary returns the kube-apiserver to run: $KUBE_APISERVER, else
 // DefaultBinary; an error says how to build it when there is none.
-func Binary() (string, error) {
-	p := os.Getenv(EnvBinary)
-	if p == "" {
-		p = DefaultBinary()
-	}
-	if fi, err := os.Stat(p); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("kubetest: no kube-apiserver binary at %q: run `make kube-apiserver` (builds %s from the Go module proxy once, about 6 minutes) or set %s", p, Version, EnvBinary)
-	}
-	return p, nil
-}
+func Binary() (string, error) { return tool.Path() }
 
 // Require returns the kube-apiserver binary, or skips t when there is none —
 // fails it under CI=true, where a test against a real API server must never
 // silently skip.
-func Require(t testing.TB) string {
-	t.Helper()
-	p, err := Binary()
-	if err == nil {
-		return p
-	}
-	if testenv.InCI() {
-		t.Fatal(err)
-	}
-	t.Skip(err)
-	return ""
-}
+func Require(t testing.TB) string { return tool.Require(t) }
 
 // Env is a set of running API servers ("clusters") sharing one etcd.
 type Env struct {
