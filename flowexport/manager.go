@@ -82,13 +82,17 @@ func (m *Manager) Run(ctx context.Context, src Source) error {
 	if err != nil {
 		return fmt.Errorf("watching flow export config %q: %w", m.cfg.Path, err)
 	}
+	// Watch before the first read, so that no change falls between them
+	// (a change before the watching goroutine ran was missed until the
+	// next periodic check).
+	watching := m.addWatch(w)
 	m.reload()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		m.watch(watchCtx, w)
+		m.watch(watchCtx, w, watching)
 	}()
 	err = src.Follow(ctx, m.handle)
 	stopWatch()
@@ -105,10 +109,10 @@ func (m *Manager) Run(ctx context.Context, src Source) error {
 
 // watch re-reads the file after a change in its directory (editors replace
 // files by rename, Kubernetes swaps a ConfigMap's symlink) a settle period
-// after the first event, and every CheckInterval.
-func (m *Manager) watch(ctx context.Context, w *fsnotify.Watcher) {
+// after the first event, and every CheckInterval. watching says whether
+// the directory is watched already.
+func (m *Manager) watch(ctx context.Context, w *fsnotify.Watcher, watching bool) {
 	const settle = 50 * time.Millisecond
-	watching := m.addWatch(w)
 	tick := time.NewTicker(m.cfg.CheckInterval)
 	defer tick.Stop()
 	timer := time.NewTimer(settle)
