@@ -119,15 +119,9 @@ func TestAPIServerReplicasLeaderSIGKILL(t *testing.T) {
 	testenv.WaitFor(t, 2*time.Minute, "the agent holds the changed state", func() bool {
 		return dp.eastEntries() == n && dp.has(replicaPrefix(n+n/2-1)) && !dp.has(replicaPrefix(0))
 	})
-	took := time.Since(died)
-	t.Logf("the agent holds the new state %s after the leader's death (election TTL 2s)", took.Round(time.Millisecond))
-	bound := 30 * time.Second
-	if testenv.RaceEnabled { // the members run in this process, raft elections extend the session
-		bound = 60 * time.Second
-	}
-	if took > bound {
-		t.Errorf("takeover took %s, bound %s", took, bound)
-	}
+	// How fast is apiserver.takeover_s's business (make bench); here the
+	// takeover must happen, within the wait's deadline.
+	t.Logf("the agent holds the new state %s after the leader's death (election TTL 2s)", time.Since(died).Round(time.Millisecond))
 	leader, err := admin.Get(ctx, meshapiserver.ElectionPrefix("east")+"/", clientv3.WithFirstCreate()...)
 	if err != nil || len(leader.Kvs) != 1 || string(leader.Kvs[0].Value) != "b" {
 		t.Errorf("the election's leader: %v %v, want b", leader, err)

@@ -11,20 +11,28 @@ import (
 
 // TestFlowFields: a request and its response as Hubble's L7 flows: types,
 // verdicts, endpoints and identities (swapped for the reply), ports,
-// direction, URL, protocol, code, the latency (the server takes 30 ms
-// before its header), header values redacted by default.
+// direction, URL, protocol, code, the latency (the server answers only
+// once the test has seen the request's flow: the response's latency lies
+// between that and the client's round trip), header values redacted by
+// default.
 func TestFlowFields(t *testing.T) {
-	const serverDelay = 30 * time.Millisecond
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(serverDelay) // the server's own latency, which the response flow measures
-		w.Header().Set("X-Secret", "s3cr3t")
-		w.Write([]byte("ok"))
-	})
 	for _, keep := range []bool{false, true} {
+		release := make(chan struct{})
+		var released time.Time
+		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			<-release
+			w.Header().Set("X-Secret", "s3cr3t")
+			w.Write([]byte("ok"))
+		})
 		h := newHarness(t, Config{KeepHeaderValues: keep}, nil, handler)
 		c := h.dialRaw()
+		sent := time.Now()
 		c.send(t, "GET /v1/cart?id=1 HTTP/1.1\r\nHost: checkout:8080\r\nAuthorization: Bearer xyz\r\n\r\n")
+		h.waitFlows(1) // the request's, before the server answers
+		released = time.Now()
+		close(release)
 		c.response(t, "GET")
+		roundTrip := time.Since(sent)
 		fs := h.waitFlows(2)
 		req, resp := fs[0], fs[1]
 		client := netip.MustParseAddrPort(c.LocalAddr().String())
@@ -58,8 +66,11 @@ func TestFlowFields(t *testing.T) {
 		if resp.GetL7().GetType() != flowpb.L7FlowType_RESPONSE || ph.GetCode() != 200 || ph.GetMethod() != "GET" || ph.GetUrl() != rh.GetUrl() {
 			t.Fatalf("response record %v", resp.GetL7())
 		}
-		if lat := time.Duration(resp.GetL7().GetLatencyNs()); lat < serverDelay || lat > 10*time.Second {
-			t.Fatalf("latency %v, want at least the server's %v", lat, serverDelay)
+		// From the request's first byte (before its flow) to the response's
+		// header (after the release, before the client had it).
+		if lat := time.Duration(resp.GetL7().GetLatencyNs()); lat < released.Sub(req.GetTime().AsTime()) || lat > roundTrip {
+			t.Fatalf("latency %v, want between %v (request flow → release) and the client's round trip %v",
+				lat, released.Sub(req.GetTime().AsTime()), roundTrip)
 		}
 		values := map[string]string{}
 		for _, hd := range append(rh.GetHeaders(), ph.GetHeaders()...) {

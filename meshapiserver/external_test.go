@@ -137,18 +137,11 @@ func TestExternalEtcdTakeoverMidPublish(t *testing.T) {
 	if testenv.RaceEnabled {
 		n = 10000 // the race detector slows publishing fourfold
 	}
+	// Typically 4–5 s: how fast is apiserver.takeover_s's business (make
+	// bench, docs/external-etcd.md); here the takeover must happen, within
+	// the waits' deadlines, and lose, invent and renumber nothing.
 	took, _ := takeoverMidPublish(t, n)
-	// Typically 4–5 s (docs/external-etcd.md); the bound leaves room for a
-	// machine loaded tenfold, as a shared 2-core one can be, and under the
-	// race detector for raft elections among the three members, each of
-	// which extends the dead leader's session by its TTL.
-	bound := 30 * time.Second
-	if testenv.RaceEnabled {
-		bound = 60 * time.Second
-	}
-	if took > bound {
-		t.Errorf("takeover took %s, bound %s", took, bound)
-	}
+	t.Logf("takeover in %s", took.Round(time.Millisecond))
 }
 
 // TestFiguresTakeover: apiserver.takeover_s, from the leader's death (mid-publish
