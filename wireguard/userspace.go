@@ -30,6 +30,9 @@ type userspaceDevice struct {
 	dev  *device.Device
 	uapi net.Listener
 	wg   sync.WaitGroup // accept loop and UAPI handlers
+	// acceptErrs is how many of the listener's errors the accept loop
+	// read (0 or 1): written by it, read after wg.Wait.
+	acceptErrs int
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -82,6 +85,7 @@ func (u *userspaceDevice) serve(log *slog.Logger) {
 	for {
 		c, err := u.uapi.Accept()
 		if err != nil {
+			u.acceptErrs = 1
 			select {
 			case <-u.dev.Wait():
 			default:
@@ -123,6 +127,26 @@ func (u *userspaceDevice) close() {
 	u.mu.Unlock()
 	u.dev.Close()
 	u.wg.Wait()
+	u.drain()
+}
+
+// uapiErrs is how many errors wireguard-go's UAPI listener sends in its
+// life: one from each of its goroutines (the watch of the socket file, the
+// accept loop), on a channel of one, each goroutine ending after its send.
+const uapiErrs = 2
+
+// drain reads the listener's errors serve did not (acceptErrs; and closes
+// connections accepted meanwhile) after Close: else the goroutine whose
+// error found the channel full blocks forever.
+func (u *userspaceDevice) drain() {
+	for errs := u.acceptErrs; errs < uapiErrs; {
+		c, err := u.uapi.Accept()
+		if err != nil {
+			errs++
+			continue
+		}
+		c.Close()
+	}
 }
 
 // nsTUN reads the TUN's MTU in its namespace: wireguard-go asks by interface
