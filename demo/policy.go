@@ -66,7 +66,7 @@ func demoState(id int) *statesource.State {
 	}
 	perCluster := 0
 	for i := range st.Endpoints {
-		if ep := &st.Endpoints[i]; ep.Labels["app"] == "checkout" {
+		if ep := st.Endpoints[i]; ep.Labels["app"] == "checkout" {
 			perCluster++ // the network names veths in state order
 			if ep.Node == policyNode {
 				ep.Interface = podVethName("east", "ck", perCluster)

@@ -60,7 +60,7 @@ func (e *Enforcer) reconcileEndpoints(st *statesource.State) {
 	want := map[int]bool{}
 	eps.statuses = eps.statuses[:0]
 	for i := range st.Endpoints {
-		ep := &st.Endpoints[i]
+		ep := st.Endpoints[i]
 		if ep.Node != e.cfg.NodeName {
 			continue
 		}

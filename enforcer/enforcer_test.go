@@ -170,7 +170,7 @@ func allow(ep, peer uint32) tcpolicy.Key {
 func localState() *statesource.State {
 	return &statesource.State{
 		Nodes: []statesource.Node{{Name: "node-1"}},
-		Endpoints: []statesource.Endpoint{
+		Endpoints: []*statesource.Endpoint{
 			{Namespace: "shop", Pod: "checkout-2", Node: "node-1", IP: netip.MustParseAddr("10.1.1.12"), Labels: map[string]string{"app": "checkout"}, Interface: "lxc-ck2"},
 			{Namespace: "shop", Pod: "checkout-1", Node: "node-2", IP: netip.MustParseAddr("10.1.2.11"), Labels: map[string]string{"app": "checkout"}, Interface: "lxc-ck1"},
 			{Namespace: "shop", Pod: "frontend-1", Node: "node-1", IP: netip.MustParseAddr("10.1.1.100"), Labels: map[string]string{"app": "frontend"}, Interface: "lxc-fe1"},

@@ -139,7 +139,7 @@ func newFQDNMesh(t *testing.T, zone string) *fqdnMesh {
 		cfg.FQDN, cfg.IPCache = FQDNCache(m.cache), maps
 	}, nil)
 	m.f.writePolicy(t, "frontend.yaml", fqdnPolicy)
-	m.f.e.SetLocalState(&statesource.State{Endpoints: []statesource.Endpoint{
+	m.f.e.SetLocalState(&statesource.State{Endpoints: []*statesource.Endpoint{
 		{Namespace: "shop", Pod: "frontend-1", Node: "node-1", IP: m.client.IP, Labels: map[string]string{"app": "frontend"}, Interface: m.client.HostVeth},
 	}})
 	m.f.e.UpsertIdentity("east", eastFrontend, podLabels("east", "frontend"))

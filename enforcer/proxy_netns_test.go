@@ -123,7 +123,7 @@ func TestL7ThroughTheRealProxy(t *testing.T) {
 		cfg.Policy, cfg.Attacher, cfg.ProxyPorts = progs, ProgramsAttacher{Programs: progs, InNetns: inNode}, L7Proxy(px)
 	}, nil)
 	f.writePolicy(t, "checkout.yaml", l7CheckoutPolicy)
-	f.e.SetLocalState(&statesource.State{Endpoints: []statesource.Endpoint{
+	f.e.SetLocalState(&statesource.State{Endpoints: []*statesource.Endpoint{
 		{Namespace: "shop", Pod: "checkout-1", Node: "node-1", IP: server.IP, Labels: map[string]string{"app": "checkout"}, Interface: server.HostVeth},
 	}})
 	f.e.UpsertIdentity("east", eastCheckout, podLabels("east", "checkout"))

@@ -90,7 +90,7 @@ func (l *listers) build() *statesource.State {
 			continue
 		}
 		ips[e.IP] = p.Namespace + "/" + p.Name
-		st.Endpoints = append(st.Endpoints, e)
+		st.Endpoints = append(st.Endpoints, &e)
 	}
 
 	svcs, _ := l.services.Lister().List(labels.Everything())

@@ -67,7 +67,7 @@ func run(t *testing.T, src *k8ssource.Source) *recorder {
 
 func endpoint(st *statesource.State, ns, pod string) *statesource.Endpoint {
 	for i := range st.Endpoints {
-		if e := &st.Endpoints[i]; e.Namespace == ns && e.Pod == pod {
+		if e := st.Endpoints[i]; e.Namespace == ns && e.Pod == pod {
 			return e
 		}
 	}

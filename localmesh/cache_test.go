@@ -177,8 +177,9 @@ func TestCacheMeshSameAsDirect(t *testing.T) {
 	SetReady(st, "checkout", false)
 	st.Endpoints = st.Endpoints[:len(st.Endpoints)-1] // frontend-1 (10.2.1.100) leaves
 	probe := netip.MustParseAddr("10.2.2.77")
-	st.Endpoints = append(st.Endpoints, st.Endpoints[0])
-	st.Endpoints[len(st.Endpoints)-1].Pod, st.Endpoints[len(st.Endpoints)-1].IP = "checkout-9", probe
+	nine := *st.Endpoints[0]
+	nine.Pod, nine.IP = "checkout-9", probe
+	st.Endpoints = append(st.Endpoints, &nine)
 	for _, m := range []*Mesh{direct, cached} {
 		if err := m.Cluster("west").WriteState(st); err != nil {
 			t.Fatal(err)

@@ -267,7 +267,7 @@ func TestChangesAndCompactionWhileDisconnected(t *testing.T) {
 
 			px.pause()
 			next := SampleState(2)
-			next.Endpoints = append(next.Endpoints[2:], statesource.Endpoint{Namespace: "shop", Pod: "new-1",
+			next.Endpoints = append(next.Endpoints[2:], &statesource.Endpoint{Namespace: "shop", Pod: "new-1",
 				IP: netip.MustParseAddr("10.2.2.99"), Node: "node-2", Labels: map[string]string{"app": "new"}})
 			writeJSON(t, stateFile, next)
 			admin := westAdmin(t, e, addr)
@@ -313,7 +313,7 @@ func TestReplicaSwapDetectedThroughClusterID(t *testing.T) {
 	e := newFaultEnv(t)
 	addrA, addrB := freeAddr(t), freeAddr(t)
 	stA, stB := SampleState(2), SampleState(2)
-	stB.Endpoints = append(stB.Endpoints[1:], statesource.Endpoint{Namespace: "shop", Pod: "only-b",
+	stB.Endpoints = append(stB.Endpoints[1:], &statesource.Endpoint{Namespace: "shop", Pod: "only-b",
 		IP: netip.MustParseAddr("10.2.2.77"), Node: "node-2", Labels: map[string]string{"app": "b"}})
 	writeJSON(t, filepath.Join(e.dir, "a.json"), stA)
 	writeJSON(t, filepath.Join(e.dir, "b.json"), stB)

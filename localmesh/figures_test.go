@@ -106,7 +106,7 @@ func figurePropagation(t *testing.T) {
 	a := e.startAgent(t, dp, nil)
 	testenv.WaitFor(t, wait, "west synced", func() bool { return westOf(a).Ready })
 	with := SampleState(2)
-	with.Endpoints = append(with.Endpoints, statesource.Endpoint{Namespace: "shop", Pod: "probe", Node: "node-2",
+	with.Endpoints = append(with.Endpoints, &statesource.Endpoint{Namespace: "shop", Pod: "probe", Node: "node-2",
 		IP: probe.Addr(), Labels: map[string]string{"app": "checkout"}})
 	// Samples of ours and of raw etcd put→watch alternate, so that both see
 	// the same machine.

@@ -90,7 +90,7 @@ func TestHeavyMaliciousRemoteFlood(t *testing.T) {
 
 	// Meanwhile north changes: the change must arrive.
 	ns := SampleState(3)
-	ns.Endpoints = append(ns.Endpoints, statesource.Endpoint{Namespace: "shop", Pod: "late", Node: "node-1",
+	ns.Endpoints = append(ns.Endpoints, &statesource.Endpoint{Namespace: "shop", Pod: "late", Node: "node-1",
 		IP: netip.MustParseAddr("10.3.1.200"), Labels: map[string]string{"app": "late"}})
 	writeJSON(t, northFile, ns)
 	testenv.WaitFor(t, wait, "north's change arrives during the flood", func() bool {

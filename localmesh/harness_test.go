@@ -310,7 +310,7 @@ func bigState(id, n, identities, services, backendsPer int) *statesource.State {
 		if i < services*backendsPer {
 			app = fmt.Sprintf("svc-%d", i/backendsPer)
 		}
-		st.Endpoints = append(st.Endpoints, statesource.Endpoint{
+		st.Endpoints = append(st.Endpoints, &statesource.Endpoint{
 			Namespace: "bulk", Pod: fmt.Sprintf("pod-%d", i), Node: fmt.Sprintf("node-%d", i%50),
 			IP:     netip.AddrFrom4([4]byte{10, byte(100 + 4*id + i>>16), byte(i >> 8), byte(i)}),
 			Labels: map[string]string{"app": app},

@@ -430,7 +430,7 @@ func (e *policyEnv) remotePodRound(t *testing.T, version string, whileAllowed fu
 	west := e.mesh.Cluster("west")
 	fe2 := e.pods["west/frontend-2"]
 	st := SampleState(2)
-	st.Endpoints = append(st.Endpoints, statesource.Endpoint{Namespace: "shop", Pod: "frontend-2", Node: "node-1",
+	st.Endpoints = append(st.Endpoints, &statesource.Endpoint{Namespace: "shop", Pod: "frontend-2", Node: "node-1",
 		IP: fe2.IP, Labels: map[string]string{"app": "frontend", "version": version}})
 	checkoutID := e.identities(t)["east/checkout"]
 	fe2Prefix := netip.PrefixFrom(fe2.IP, 32)
@@ -480,7 +480,7 @@ func TestPolicyRelabelCutsEstablishedConnection(t *testing.T) {
 	checkout := netip.AddrPortFrom(netip.MustParseAddr("10.1.1.12"), 8080)
 	west := e.mesh.Cluster("west")
 	st := SampleState(2)
-	st.Endpoints = append(st.Endpoints, statesource.Endpoint{Namespace: "shop", Pod: "frontend-2", Node: "node-1",
+	st.Endpoints = append(st.Endpoints, &statesource.Endpoint{Namespace: "shop", Pod: "frontend-2", Node: "node-1",
 		IP: e.pods["west/frontend-2"].IP, Labels: map[string]string{"app": "frontend"}})
 	if err := west.WriteState(st); err != nil {
 		t.Fatal(err)

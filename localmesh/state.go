@@ -26,13 +26,13 @@ func SampleState(id int) *statesource.State {
 		})
 	}
 	for i := 1; i <= 3; i++ {
-		st.Endpoints = append(st.Endpoints, statesource.Endpoint{
+		st.Endpoints = append(st.Endpoints, &statesource.Endpoint{
 			Namespace: "shop", Pod: fmt.Sprintf("checkout-%d", i), Node: fmt.Sprintf("node-%d", 1+i%2),
 			IP:     netip.AddrFrom4([4]byte{10, byte(id), byte(1 + i%2), byte(10 + i)}),
 			Labels: map[string]string{"app": "checkout"},
 		})
 	}
-	st.Endpoints = append(st.Endpoints, statesource.Endpoint{
+	st.Endpoints = append(st.Endpoints, &statesource.Endpoint{
 		Namespace: "shop", Pod: "frontend-1", Node: "node-1",
 		IP: netip.AddrFrom4([4]byte{10, byte(id), 1, 100}), Labels: map[string]string{"app": "frontend"},
 	})

@@ -264,7 +264,7 @@ func TestRestartWithPeerDownPastSyncTimeoutPrunesNothing(t *testing.T) {
 	// West comes back without checkout-3 (10.2.2.13).
 	gone := netip.MustParsePrefix("10.2.2.13/32")
 	back := SampleState(2)
-	back.Endpoints = slices.DeleteFunc(back.Endpoints, func(ep statesource.Endpoint) bool { return ep.Pod == "checkout-3" })
+	back.Endpoints = slices.DeleteFunc(back.Endpoints, func(ep *statesource.Endpoint) bool { return ep.Pod == "checkout-3" })
 	writeJSON(t, westFile, back)
 	startAPIServerProcess(t, spec)
 	testenv.WaitFor(t, wait, "west resynced: only its gone endpoint pruned", func() bool {

@@ -85,7 +85,7 @@ func mgLocalState(affinity string, webReady bool) *statesource.State {
 	}
 	return &statesource.State{
 		Nodes: []statesource.Node{{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("192.168.0.1")}}},
-		Endpoints: []statesource.Endpoint{
+		Endpoints: []*statesource.Endpoint{
 			{Namespace: "shop", Pod: "web-0", IP: netip.MustParseAddr("10.1.0.1"), Node: "node-1", Labels: map[string]string{"app": "web"}, Ready: mgBool(webReady)},
 			{Namespace: "shop", Pod: "web-1", IP: netip.MustParseAddr("10.1.0.2"), Node: "node-1", Labels: map[string]string{"app": "web"}, Ready: mgBool(webReady)},
 			{Namespace: "shop", Pod: "other-0", IP: netip.MustParseAddr("10.1.0.9"), Node: "node-1", Labels: map[string]string{"app": "other"}},

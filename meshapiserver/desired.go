@@ -41,7 +41,7 @@ func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identi
 	}
 	cache.begin()
 	for i := range st.Endpoints {
-		e := &st.Endpoints[i]
+		e := st.Endpoints[i]
 		if !scope.exported(e) {
 			held++
 			continue

@@ -14,12 +14,12 @@ import (
 // one and one that no longer serves are not named there; the value decodes.
 func TestClusterServiceTerminating(t *testing.T) {
 	no, yes := false, true
-	ep := func(pod, ip string, ready, serving *bool) statesource.Endpoint {
-		return statesource.Endpoint{Namespace: "shop", Pod: pod, IP: netip.MustParseAddr(ip),
+	ep := func(pod, ip string, ready, serving *bool) *statesource.Endpoint {
+		return &statesource.Endpoint{Namespace: "shop", Pod: pod, IP: netip.MustParseAddr(ip),
 			Labels: map[string]string{"app": "web"}, Ready: ready, Serving: serving}
 	}
 	st := &statesource.State{
-		Endpoints: []statesource.Endpoint{
+		Endpoints: []*statesource.Endpoint{
 			ep("a", "10.1.0.1", nil, nil),
 			ep("b", "10.1.0.2", &no, &yes), // terminating, serving
 			ep("c", "10.1.0.3", &no, &no),  // gone from service

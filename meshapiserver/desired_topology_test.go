@@ -15,7 +15,7 @@ import (
 func TestClusterServiceTopology(t *testing.T) {
 	no := false
 	st := &statesource.State{
-		Endpoints: []statesource.Endpoint{
+		Endpoints: []*statesource.Endpoint{
 			{Namespace: "shop", Pod: "a", IP: netip.MustParseAddr("10.1.0.1"), Labels: map[string]string{"app": "web"},
 				Zone: "eu-1a", ForZones: []string{"eu-1a", "eu-1b"}, Hostname: "a"},
 			{Namespace: "shop", Pod: "b", IP: netip.MustParseAddr("10.1.0.2"), Labels: map[string]string{"app": "web"},

@@ -28,7 +28,7 @@ func TestEndpointCacheEqualsFromScratch(t *testing.T) {
 		{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.1")}},
 		{Name: "n2", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.2")}},
 	}
-	eps := map[int]statesource.Endpoint{}
+	eps := map[int]*statesource.Endpoint{}
 	cache := newEndpointCache()
 	for round := 0; round < 300; round++ {
 		for n := 0; n < 5; n++ {
@@ -42,7 +42,7 @@ func TestEndpointCacheEqualsFromScratch(t *testing.T) {
 					nodes[rng.IntN(2)].IPs = []netip.Addr{netip.AddrFrom4([4]byte{192, 168, 2, byte(rng.IntN(250) + 1)})}
 				}
 			default:
-				eps[i] = statesource.Endpoint{Namespace: "shop", Pod: fmt.Sprint("p", i), Node: fmt.Sprint("n", 1+rng.IntN(2)),
+				eps[i] = &statesource.Endpoint{Namespace: "shop", Pod: fmt.Sprint("p", i), Node: fmt.Sprint("n", 1+rng.IntN(2)),
 					IP:     netip.AddrFrom4([4]byte{10, 2, 0, byte(rng.IntN(250) + 1)}),
 					Labels: map[string]string{"app": fmt.Sprint("a", rng.IntN(4))}, ServiceAccount: fmt.Sprint("sa", rng.IntN(2)),
 					NamespaceLabels: map[string]string{"team": fmt.Sprint("t", rng.IntN(2))}}
@@ -94,7 +94,8 @@ func TestEndpointCacheSeesServiceAccountAndNamespaceLabels(t *testing.T) {
 		func(e *statesource.Endpoint) { e.NamespaceLabels = map[string]string{"team": "y"} },
 	} {
 		change(&ep)
-		kv, _, _, err := desired(c, &statesource.State{Nodes: []statesource.Node{node}, Endpoints: []statesource.Endpoint{ep}}, ExportAll, ids, cache)
+		cp := ep // a new endpoint each time, as a source delivers
+		kv, _, _, err := desired(c, &statesource.State{Nodes: []statesource.Node{node}, Endpoints: []*statesource.Endpoint{&cp}}, ExportAll, ids, cache)
 		if err != nil {
 			t.Fatal(err)
 		}

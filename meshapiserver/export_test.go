@@ -24,8 +24,8 @@ import (
 // "true"): api-1, and api-2 whose pod label says "false".
 func exportState() *statesource.State {
 	no := false
-	ep := func(ns, pod, ip, app string, podSync string) statesource.Endpoint {
-		e := statesource.Endpoint{Namespace: ns, Pod: pod, Node: "n1", IP: netip.MustParseAddr(ip),
+	ep := func(ns, pod, ip, app string, podSync string) *statesource.Endpoint {
+		e := &statesource.Endpoint{Namespace: ns, Pod: pod, Node: "n1", IP: netip.MustParseAddr(ip),
 			Labels: map[string]string{"app": app}}
 		if podSync != "" {
 			e.Labels[SyncLabel] = podSync
@@ -38,7 +38,7 @@ func exportState() *statesource.State {
 	st := &statesource.State{
 		Nodes: []statesource.Node{{Name: "n1", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.1")},
 			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}}},
-		Endpoints: []statesource.Endpoint{
+		Endpoints: []*statesource.Endpoint{
 			ep("shop", "checkout-1", "10.2.0.1", "checkout", ""),
 			ep("shop", "checkout-2", "10.2.0.2", "checkout", ""),
 			ep("shop", "frontend-1", "10.2.0.3", "frontend", "true"),

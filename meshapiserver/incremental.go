@@ -2,8 +2,9 @@ package meshapiserver
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
-	"strings"
+	"slices"
 
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
@@ -21,14 +22,16 @@ type incremental struct {
 	nodeIP map[string]netip.Addr
 	eps    map[string]*incEndpoint // by namespace/pod
 	idRefs map[uint32]int          // identity → exported endpoints using it
-	// services are the shared global services by namespace.
-	services map[string][]*incService
+	// services are the shared global services that select something, each
+	// under one pair of its selector (the least key): an endpoint's
+	// candidates are those under its own labels' pairs.
+	services map[selectorPair][]*incService
 	held     int // endpoints not exported
 }
 
 // incEndpoint is one endpoint as last published.
 type incEndpoint struct {
-	ep       statesource.Endpoint // a copy: no state is kept alive through it
+	ep       *statesource.Endpoint // shared with the states (never modified)
 	exported bool
 	id       uint32 // exported only
 	ipKey    string // exported only
@@ -52,10 +55,10 @@ type endpointDelta struct {
 // desired used, ix st's selector index.
 func (inc *incremental) rebuild(st *statesource.State, mode ExportMode, scope *exportScope, ix func() *statesource.SelectorIndex, cache *endpointCache, nodeIP map[string]netip.Addr) {
 	*inc = incremental{valid: true, mode: mode, nodeIP: nodeIP,
-		eps: make(map[string]*incEndpoint, len(st.Endpoints)), idRefs: map[uint32]int{}, services: map[string][]*incService{}}
+		eps: make(map[string]*incEndpoint, len(st.Endpoints)), idRefs: map[uint32]int{}, services: map[selectorPair][]*incService{}}
 	for i := range st.Endpoints {
-		e := &st.Endpoints[i]
-		ie := &incEndpoint{ep: *e, exported: scope.exported(e)}
+		e := st.Endpoints[i]
+		ie := &incEndpoint{ep: e, exported: scope.exported(e)}
 		key := e.Key()
 		if ie.exported {
 			ce := cache.endpoints[key]
@@ -79,9 +82,16 @@ func (inc *incremental) rebuild(st *statesource.State, mode ExportMode, scope *e
 		for _, e := range ix().Backends(s) {
 			is.members[e.Key()] = struct{}{}
 		}
-		inc.services[s.Namespace] = append(inc.services[s.Namespace], is)
+		if len(s.Selector) > 0 { // selects nothing otherwise
+			k := slices.Min(slices.Collect(maps.Keys(s.Selector)))
+			pair := selectorPair{s.Namespace, k, s.Selector[k]}
+			inc.services[pair] = append(inc.services[pair], is)
+		}
 	}
 }
+
+// selectorPair is a namespace and one label of a service's selector.
+type selectorPair struct{ namespace, key, value string }
 
 // selecting returns the shared services that select e (with an address).
 func (inc *incremental) selecting(e *statesource.Endpoint) []*incService {
@@ -89,9 +99,11 @@ func (inc *incremental) selecting(e *statesource.Endpoint) []*incService {
 		return nil
 	}
 	var out []*incService
-	for _, is := range inc.services[e.Namespace] {
-		if is.svc.Selects(e) {
-			out = append(out, is)
+	for k, v := range e.Labels {
+		for _, is := range inc.services[selectorPair{e.Namespace, k, v}] {
+			if is.svc.Selects(e) {
+				out = append(out, is)
+			}
 		}
 	}
 	return out
@@ -106,18 +118,18 @@ func (inc *incremental) exported(e *statesource.Endpoint) bool {
 	return (&exportScope{mode: inc.mode}).exported(e)
 }
 
-// apply publishes the change of the endpoints keys names to st: it updates
-// the bookkeeping and cache and returns what to write. On an error the
-// bookkeeping is invalid (the full path runs next).
-func (inc *incremental) apply(c wire.Cluster, st *statesource.State, keys map[string]struct{}, ids *identityAllocator, cache *endpointCache) (d endpointDelta, allocated bool, err error) {
+// apply publishes a change of endpoints: now holds each changed key's
+// endpoint, nil when it went. It updates the bookkeeping and cache and
+// returns what to write. On an error the bookkeeping is invalid (the full
+// path runs next).
+func (inc *incremental) apply(c wire.Cluster, now map[string]*statesource.Endpoint, ids *identityAllocator, cache *endpointCache) (d endpointDelta, allocated bool, err error) {
 	d = endpointDelta{puts: map[string][]byte{}, dels: map[string]struct{}{}}
-	now := findEndpoints(st, st.Changes)
 	affected := map[*incService]struct{}{}
 	touched := map[uint32]struct{}{}
 	inc.valid = false // until done
-	for key := range keys {
+	for key, e := range now {
 		if old := inc.eps[key]; old != nil {
-			for _, is := range inc.selecting(&old.ep) {
+			for _, is := range inc.selecting(old.ep) {
 				delete(is.members, key)
 				affected[is] = struct{}{}
 			}
@@ -130,12 +142,11 @@ func (inc *incremental) apply(c wire.Cluster, st *statesource.State, keys map[st
 			}
 			delete(inc.eps, key)
 		}
-		e := now[key]
 		if e == nil {
 			delete(cache.endpoints, key)
 			continue
 		}
-		ie := &incEndpoint{ep: *e, exported: inc.exported(e)}
+		ie := &incEndpoint{ep: e, exported: inc.exported(e)}
 		for _, is := range inc.selecting(e) {
 			is.members[key] = struct{}{}
 			affected[is] = struct{}{}
@@ -182,7 +193,7 @@ func (inc *incremental) apply(c wire.Cluster, st *statesource.State, keys map[st
 // encodeService encodes is with its exported members as backends, as
 // desired does with the whole state.
 func (inc *incremental) encodeService(c wire.Cluster, is *incService) (string, []byte, error) {
-	members := &statesource.State{Endpoints: make([]statesource.Endpoint, 0, len(is.members))}
+	members := &statesource.State{Endpoints: make([]*statesource.Endpoint, 0, len(is.members))}
 	for k := range is.members {
 		if ie := inc.eps[k]; ie != nil && ie.exported {
 			members.Endpoints = append(members.Endpoints, ie.ep)
@@ -195,77 +206,20 @@ func (inc *incremental) encodeService(c wire.Cluster, is *incService) (string, [
 	return wire.ServiceKey(c.Name, is.svc.Namespace, is.svc.Name), v, nil
 }
 
-// findEndpoints returns the endpoints of st that keys names, by key (a key
-// st does not have is absent: the endpoint was removed). A key the change
-// names only as removed is not looked for (the source says it is gone);
-// the others are found by one walk of st that stops once all are, comparing
-// names without building a key per endpoint.
-func findEndpoints(st *statesource.State, ch *statesource.Changes) map[string]*statesource.Endpoint {
-	type nsPod struct{ key, ns, pod string }
-	var want []nsPod
-	seen := make(map[string]bool, len(ch.Endpoints))
-	for _, k := range ch.Endpoints {
-		if ns, pod, ok := strings.Cut(k, "/"); ok && !seen[k] {
-			seen[k] = true
-			want = append(want, nsPod{k, ns, pod})
-		}
-	}
-	out := make(map[string]*statesource.Endpoint, len(want))
-	if len(want) > 8 { // many: one map lookup per endpoint
-		byName := make(map[[2]string]string, len(want))
-		for _, w := range want {
-			byName[[2]string{w.ns, w.pod}] = w.key
-		}
-		for i := 0; i < len(st.Endpoints) && len(out) < len(want); i++ {
-			e := &st.Endpoints[i]
-			if k, ok := byName[[2]string{e.Namespace, e.Pod}]; ok {
-				out[k] = e
-			}
-		}
-		return out
-	}
-	for i := 0; i < len(st.Endpoints) && len(want) > 0; i++ {
-		e := &st.Endpoints[i]
-		for j, w := range want {
-			if e.Pod == w.pod && e.Namespace == w.ns {
-				out[w.key] = e
-				want[j] = want[len(want)-1]
-				want = want[:len(want)-1]
-				break
-			}
-		}
-	}
-	return out
-}
-
-// changedKeys returns the endpoint keys ch names when only endpoints
-// changed, false when the full path must run.
-func changedKeys(ch *statesource.Changes) (map[string]struct{}, bool) {
+// changedEndpoints returns the endpoints ch names by key, nil for those
+// that went, when only endpoints changed; false when the full path must run.
+func changedEndpoints(ch *statesource.Changes) (map[string]*statesource.Endpoint, bool) {
 	if ch == nil || ch.Nodes || ch.Services || ch.Namespaces {
 		return nil, false
 	}
-	keys := make(map[string]struct{}, len(ch.Endpoints)+len(ch.RemovedEndpoints))
-	for _, k := range ch.Endpoints {
-		keys[k] = struct{}{}
-	}
+	now := make(map[string]*statesource.Endpoint, len(ch.Endpoints)+len(ch.RemovedEndpoints))
 	for _, k := range ch.RemovedEndpoints {
-		keys[k] = struct{}{}
+		now[k] = nil
 	}
-	return keys, true
-}
-
-// mergeChanges is what changed from the state before a to b, when a
-// change a is followed by b before a is published: nil when either may
-// have changed anything.
-func mergeChanges(a, b *statesource.Changes) *statesource.Changes {
-	if a == nil || b == nil {
-		return nil
+	for _, e := range ch.Endpoints {
+		now[e.Key()] = e
 	}
-	return &statesource.Changes{
-		Endpoints:        append(append([]string(nil), a.Endpoints...), b.Endpoints...),
-		RemovedEndpoints: append(append([]string(nil), a.RemovedEndpoints...), b.RemovedEndpoints...),
-		Nodes:            a.Nodes || b.Nodes, Services: a.Services || b.Services, Namespaces: a.Namespaces || b.Namespaces,
-	}
+	return now, true
 }
 
 // withMergedChanges returns next, or a copy of it whose Changes also
@@ -275,7 +229,7 @@ func withMergedChanges(prev, next *statesource.State) *statesource.State {
 		return next
 	}
 	cp := *next
-	cp.Changes = mergeChanges(prev.Changes, next.Changes)
+	cp.Changes = prev.Changes.Then(next.Changes)
 	return &cp
 }
 
@@ -284,12 +238,12 @@ func withMergedChanges(prev, next *statesource.State) *statesource.State {
 // write and delete, whether identities were allocated, how many endpoints
 // are held back. ok is false when the full path must run.
 func desiredChanges(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identityAllocator, cache *endpointCache) (d endpointDelta, allocated bool, held int, ok bool, err error) {
-	keys, only := changedKeys(st.Changes)
+	now, only := changedEndpoints(st.Changes)
 	inc := &cache.inc
 	if !only || !inc.valid || inc.mode != mode {
 		return d, false, 0, false, nil
 	}
-	d, allocated, err = inc.apply(c, st, keys, ids, cache)
+	d, allocated, err = inc.apply(c, now, ids, cache)
 	if err != nil {
 		return d, allocated, 0, false, err
 	}

@@ -59,11 +59,11 @@ func newIncrementalWorld(seed uint64) *incrementalWorld {
 	return w
 }
 
-func (w *incrementalWorld) endpoint() statesource.Endpoint {
+func (w *incrementalWorld) endpoint() *statesource.Endpoint {
 	w.nextP++
-	e := statesource.Endpoint{Namespace: []string{"shop", "bank"}[w.rng.IntN(2)], Pod: fmt.Sprint("p", w.nextP),
+	e := &statesource.Endpoint{Namespace: []string{"shop", "bank"}[w.rng.IntN(2)], Pod: fmt.Sprint("p", w.nextP),
 		IP: netip.AddrFrom4([4]byte{10, 2, byte(w.nextP / 250), byte(w.nextP%250 + 1)})}
-	w.edit(&e)
+	w.edit(e)
 	return e
 }
 
@@ -98,11 +98,12 @@ func (w *incrementalWorld) edit(e *statesource.Endpoint) {
 }
 
 // step makes a new state from the current one by 1–3 (or 12) endpoint edits (add,
-// remove, relabel/readiness/node/...), with its Changes.
+// remove, relabel/readiness/node/...), with its Changes (each key touched
+// once: its endpoint in the new state, or removed).
 func (w *incrementalWorld) step() *statesource.State {
 	next := *w.st
 	next.Endpoints = slices.Clone(w.st.Endpoints)
-	ch := &statesource.Changes{}
+	touched := map[string]bool{}
 	n := 1 + w.rng.IntN(3)
 	if w.rng.IntN(10) == 0 {
 		n = 12 // many endpoints at once
@@ -112,16 +113,28 @@ func (w *incrementalWorld) step() *statesource.State {
 		case op == 0 || len(next.Endpoints) == 0:
 			e := w.endpoint()
 			next.Endpoints = append(next.Endpoints, e)
-			ch.Endpoints = append(ch.Endpoints, e.Key())
+			touched[e.Key()] = true
 		case op == 1:
 			i := w.rng.IntN(len(next.Endpoints))
-			ch.RemovedEndpoints = append(ch.RemovedEndpoints, next.Endpoints[i].Key())
+			touched[next.Endpoints[i].Key()] = true
 			next.Endpoints = slices.Delete(next.Endpoints, i, i+1)
 		default:
 			i := w.rng.IntN(len(next.Endpoints))
-			w.edit(&next.Endpoints[i])
-			ch.Endpoints = append(ch.Endpoints, next.Endpoints[i].Key())
+			e := *next.Endpoints[i] // a delivered endpoint is never modified
+			w.edit(&e)
+			next.Endpoints[i] = &e
+			touched[e.Key()] = true
 		}
+	}
+	ch := &statesource.Changes{}
+	for _, e := range next.Endpoints {
+		if touched[e.Key()] {
+			ch.Endpoints = append(ch.Endpoints, e)
+			delete(touched, e.Key())
+		}
+	}
+	for k := range touched {
+		ch.RemovedEndpoints = append(ch.RemovedEndpoints, k)
 	}
 	next.Changes = ch
 	w.st = &next
@@ -220,7 +233,7 @@ func TestIncrementalPublishesAsFull(t *testing.T) {
 			w.file = true
 			w.st.Namespaces = []statesource.Namespace{{Name: "shop", Labels: map[string]string{SyncLabel: "true"}}}
 			for i := range w.st.Endpoints {
-				w.edit(&w.st.Endpoints[i])
+				w.edit(w.st.Endpoints[i])
 			}
 			f.state = filepath.Join(f.dir, "east.json")
 			writeState(t, f.state, w.st)
@@ -242,7 +255,7 @@ func TestIncrementalPublishesAsFull(t *testing.T) {
 }
 
 // writeState writes st as a JSON state file, atomically.
-func writeState(t *testing.T, path string, st *statesource.State) {
+func writeState(t testing.TB, path string, st *statesource.State) {
 	t.Helper()
 	b, err := json.MarshalIndent(st, "", " ")
 	if err != nil {

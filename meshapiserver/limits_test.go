@@ -32,7 +32,7 @@ func bigState(n, services, ports int) []byte {
 		})
 	}
 	for i := range n {
-		st.Endpoints = append(st.Endpoints, statesource.Endpoint{
+		st.Endpoints = append(st.Endpoints, &statesource.Endpoint{
 			Namespace: "shop", Pod: fmt.Sprintf("pod-%d", i),
 			IP:     netip.AddrFrom4([4]byte{10, byte(1 + i>>16), byte(i >> 8), byte(i)}),
 			Node:   fmt.Sprintf("node-%d", i%50),

@@ -76,7 +76,7 @@ type fixture struct {
 	exportMode ExportMode
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	mesh, err := ca.New("clustermesh test CA", time.Hour)
@@ -94,7 +94,7 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) start(t *testing.T, addr string) {
+func (f *fixture) start(t testing.TB, addr string) {
 	t.Helper()
 	srv, err := New(Config{
 		ClusterName: "east", ClusterID: 1, ListenAddress: addr,
@@ -124,7 +124,7 @@ func (f *fixture) start(t *testing.T, addr string) {
 	t.Cleanup(func() { f.stop(t) })
 }
 
-func (f *fixture) stop(t *testing.T) {
+func (f *fixture) stop(t testing.TB) {
 	if f.cancel == nil {
 		return
 	}
@@ -146,7 +146,7 @@ func (f *fixture) running(t *testing.T) {
 	}
 }
 
-func client(t *testing.T, url string, tlsCfg *tls.Config) *clientv3.Client {
+func client(t testing.TB, url string, tlsCfg *tls.Config) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, TLS: tlsCfg, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -156,7 +156,7 @@ func client(t *testing.T, url string, tlsCfg *tls.Config) *clientv3.Client {
 	return cli
 }
 
-func clientFor(t *testing.T, url, cert, key, caFile string) *clientv3.Client {
+func clientFor(t testing.TB, url, cert, key, caFile string) *clientv3.Client {
 	t.Helper()
 	tlsCfg, err := ca.ClientTLSConfig(cert, key, caFile)
 	if err != nil {
@@ -415,7 +415,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {

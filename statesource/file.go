@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
+	"slices"
 	"time"
+	"unsafe"
 
 	"sigs.k8s.io/yaml"
 )
@@ -101,12 +105,12 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 		}
 	}
 	defer cancel()
-	last, err := os.ReadFile(f.Path)
+	p := &parser{name: f.Path}
+	b, err := p.read(f.Path)
 	if err != nil {
 		return fmt.Errorf("reading state file %q: %w", f.Path, err)
 	}
-	p := &parser{name: f.Path}
-	base, err := p.parse(last)
+	base, err := p.parse(b)
 	if err != nil {
 		return err
 	}
@@ -130,7 +134,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 		}
 		var next *State
 		if stateWake {
-			next = f.reread(log, p, notified, &lastStat, &last)
+			next = f.reread(log, p, notified, &lastStat)
 		}
 		// A poll reads the key files only if their stats changed; a
 		// notification always reads them.
@@ -157,7 +161,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 
 // reread returns the state file's new state, or nil when it is unchanged,
 // unreadable or invalid (logged: the last state stays in force).
-func (f *File) reread(log *slog.Logger, p *parser, notified bool, lastStat *os.FileInfo, last *[]byte) *State {
+func (f *File) reread(log *slog.Logger, p *parser, notified bool, lastStat *os.FileInfo) *State {
 	fi, err := os.Stat(f.Path)
 	if err != nil {
 		log.Warn("state file unreadable, keeping the last state", "file", f.Path, "err", err)
@@ -169,11 +173,11 @@ func (f *File) reread(log *slog.Logger, p *parser, notified bool, lastStat *os.F
 		return nil
 	}
 	*lastStat = fi
-	b, err := os.ReadFile(f.Path)
-	if err != nil || bytes.Equal(b, *last) {
+	b, err := p.read(f.Path)
+	if err != nil {
+		log.Warn("state file unreadable, keeping the last state", "file", f.Path, "err", err)
 		return nil
 	}
-	*last = b
 	st, err := p.parse(b)
 	if err != nil {
 		log.Error("state file changed but is invalid, keeping the last state", "file", f.Path, "err", err)
@@ -191,20 +195,68 @@ func withChanges(st *State, c *Changes) *State {
 
 // parser parses the successive contents of one state file: a JSON file
 // around its difference with the last content when only endpoints changed
-// (jsonindex.go), anything else whole.
+// (jsonindex.go), anything else whole. It owns the buffers the contents are
+// read into: a file of hundreds of thousands of endpoints is megabytes, read
+// on every change, and a buffer no longer used is read into again.
 type parser struct {
-	name string
-	idx  *jsonIndex // the last JSON content, when indexable
+	name  string
+	idx   *jsonIndex // the last valid JSON content, when indexable
+	last  []byte     // the last content read, valid or not
+	spare []byte     // a buffer neither last nor idx holds, or nil
 }
 
+// read reads the file at path into a buffer of the parser's; the content
+// is given to parse next.
+func (p *parser) read(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf := p.spare[:0]
+	p.spare = nil
+	if fi, err := f.Stat(); err == nil && int64(cap(buf)) < fi.Size()+1 {
+		buf = make([]byte, 0, fi.Size()+fi.Size()/8+512) // room to grow a little
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, 4096)
+		}
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			p.spare = buf
+			return nil, err
+		}
+	}
+}
+
+// parse parses b, the content read after the last: nil and no error when
+// it is the same as the last valid content.
 func (p *parser) parse(b []byte) (*State, error) {
+	lastValid := p.idx != nil && sameBuffer(p.last, p.idx.data)
+	if !lastValid && p.last != nil && bytes.Equal(b, p.last) {
+		p.spare = b
+		return nil, nil
+	}
+	oldLast, oldIdx := p.last, p.idx
+	p.last = b
+	defer func() { p.recycle(oldLast, oldIdx) }()
 	if p.idx != nil {
-		if nx, err := p.idx.update(b); err == nil {
+		nx, err := p.idx.update(b)
+		switch {
+		case err == nil:
 			p.idx = nx
 			return nx.state, nil
+		case errors.Is(err, errUnchanged):
+			p.last = p.idx.data // b goes: it is the same
+			return nil, nil
 		}
-		// The old index shares its counts with a failed update's, which
-		// left them as they were: it stays valid until replaced below.
+		// A failed update left the old index as it was: it stays in
+		// force until replaced below.
 	}
 	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) > 0 && t[0] == '{' {
 		idx, st, err := indexJSON(p.name, b)
@@ -214,8 +266,30 @@ func (p *parser) parse(b []byte) (*State, error) {
 		p.idx = idx
 		return st, nil
 	}
+	st, err := Parse(p.name, b)
+	if err != nil {
+		return nil, err
+	}
 	p.idx = nil
-	return Parse(p.name, b)
+	return st, nil
+}
+
+// recycle keeps as the spare one of the buffers the parser held before a
+// parse (its last content, its index's) that it no longer holds.
+func (p *parser) recycle(oldLast []byte, oldIdx *jsonIndex) {
+	held := func(b []byte) bool {
+		return sameBuffer(b, p.last) || (p.idx != nil && sameBuffer(b, p.idx.data))
+	}
+	if oldLast != nil && !held(oldLast) {
+		p.spare = oldLast
+	} else if oldIdx != nil && !held(oldIdx.data) {
+		p.spare = oldIdx.data
+	}
+}
+
+// sameBuffer reports whether a and b share their backing array.
+func sameBuffer(a, b []byte) bool {
+	return cap(a) > 0 && cap(b) > 0 && unsafe.SliceData(a) == unsafe.SliceData(b)
 }
 
 func sameFile(a, b os.FileInfo) bool {

@@ -36,6 +36,9 @@ type jsonIndex struct {
 	ips         map[netip.Addr]int // endpoints per address
 }
 
+// errUnchanged: the new content is the last one.
+var errUnchanged = errors.New("unchanged")
+
 // errNotIncremental: the new content cannot be parsed around its difference
 // (it differs outside the endpoints array, or the fragment does not parse
 // on its own); it is parsed whole instead.
@@ -111,8 +114,8 @@ func (x *jsonIndex) count() {
 	}
 	x.pods = make(map[string]int, len(x.state.Endpoints))
 	x.ips = make(map[netip.Addr]int, len(x.state.Endpoints))
-	for i := range x.state.Endpoints {
-		x.add(&x.state.Endpoints[i], 1)
+	for _, e := range x.state.Endpoints {
+		x.add(e, 1)
 	}
 }
 
@@ -127,10 +130,14 @@ func (x *jsonIndex) add(e *Endpoint, n int) {
 // difference with the last content; errNotIncremental when it cannot be,
 // or when the new endpoints do not validate (the caller parses the file
 // whole, for the full list of what is wrong). After a successful update
-// the receiver must no longer be used (they share the counts).
+// the receiver must no longer be used (the new index took over its counts
+// and spans); after a failed one it is as it was.
 func (x *jsonIndex) update(b []byte) (*jsonIndex, error) {
 	old := x.data
 	p := commonPrefix(old, b)
+	if p == len(old) && p == len(b) {
+		return nil, errUnchanged
+	}
 	s := commonSuffix(old[p:], b[p:])
 	oldEnd, delta := len(old)-s, len(b)-len(old)
 	if p <= x.open || oldEnd > x.close {
@@ -141,16 +148,16 @@ func (x *jsonIndex) update(b []byte) (*jsonIndex, error) {
 	if err != nil {
 		return nil, errNotIncremental
 	}
+	if err := x.check(parsed, i0, i1, x.state.Endpoints); err != nil {
+		// Parsed whole, the file gets the full list of what is wrong.
+		return nil, fmt.Errorf("%w: %w", errNotIncremental, err)
+	}
 	for i := range spans {
 		spans[i].start += ws
 		spans[i].end += ws
 	}
 	nx := x.splice(b, i0, i1, parsed, spans, delta)
-	if err := nx.check(parsed, i0, i1, x.state.Endpoints); err != nil {
-		// Parsed whole, the file gets the full list of what is wrong.
-		return nil, fmt.Errorf("%w: %w", errNotIncremental, err)
-	}
-	nx.state.Changes = changes(x.state.Endpoints[i0:i1], nx.state.Endpoints[i0:i0+len(parsed)])
+	nx.state.Changes = changes(x.state.Endpoints[i0:i1], parsed)
 	return nx, nil
 }
 
@@ -191,7 +198,7 @@ func cmpInt(a, b int) int {
 
 // parseElements parses frag, a comma-separated list of JSON endpoints (as
 // between an array's brackets), with their spans in frag.
-func parseElements(frag []byte) ([]Endpoint, []span, error) {
+func parseElements(frag []byte) ([]*Endpoint, []span, error) {
 	buf := make([]byte, 0, len(frag)+2)
 	buf = append(append(append(buf, '['), frag...), ']')
 	dec := json.NewDecoder(bytes.NewReader(buf))
@@ -199,11 +206,11 @@ func parseElements(frag []byte) ([]Endpoint, []span, error) {
 	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
 		return nil, nil, errNotIncremental
 	}
-	var eps []Endpoint
+	var eps []*Endpoint
 	var spans []span
 	for dec.More() {
 		start := int(dec.InputOffset())
-		var e Endpoint
+		var e *Endpoint // null stays nil: check refuses it
 		if err := dec.Decode(&e); err != nil {
 			return nil, nil, err
 		}
@@ -223,20 +230,25 @@ func parseElements(frag []byte) ([]Endpoint, []span, error) {
 }
 
 // splice is the new index: the old one's endpoints and spans with [i0, i1)
-// replaced by parsed (at spans), those after shifted by delta.
-func (x *jsonIndex) splice(b []byte, i0, i1 int, parsed []Endpoint, spans []span, delta int) *jsonIndex {
+// replaced by parsed (at spans), those after shifted by delta. The new
+// State gets its own slice of endpoint pointers (the old State was
+// delivered and stays as it was); the spans and counts move over.
+func (x *jsonIndex) splice(b []byte, i0, i1 int, parsed []*Endpoint, spans []span, delta int) *jsonIndex {
 	st := *x.state
-	st.Endpoints = make([]Endpoint, 0, len(x.state.Endpoints)-(i1-i0)+len(parsed))
+	st.Endpoints = make([]*Endpoint, 0, len(x.state.Endpoints)-(i1-i0)+len(parsed))
 	st.Endpoints = append(append(append(st.Endpoints, x.state.Endpoints[:i0]...), parsed...), x.state.Endpoints[i1:]...)
-	for i := i0; i < i0+len(parsed); i++ {
-		st.Endpoints[i].NamespaceLabels = x.nsLabels[st.Endpoints[i].Namespace]
+	for _, e := range parsed {
+		e.NamespaceLabels = x.nsLabels[e.Namespace]
 	}
 	nx := &jsonIndex{data: b, state: &st, open: x.open, close: x.close + delta,
 		nodes: x.nodes, nsLabels: x.nsLabels, pods: x.pods, ips: x.ips}
-	nx.spans = make([]span, 0, len(st.Endpoints))
-	nx.spans = append(append(nx.spans, x.spans[:i0]...), spans...)
-	for _, s := range x.spans[i1:] {
-		nx.spans = append(nx.spans, span{s.start + delta, s.end + delta})
+	nx.spans = slices.Replace(x.spans, i0, i1, spans...)
+	x.spans = nil // moved
+	if delta != 0 {
+		for i := i0 + len(spans); i < len(nx.spans); i++ {
+			nx.spans[i].start += delta
+			nx.spans[i].end += delta
+		}
 	}
 	return nx
 }
@@ -245,21 +257,26 @@ func (x *jsonIndex) splice(b []byte, i0, i1 int, parsed []Endpoint, spans []span
 // own, and no key or address twice in the whole state. On success the
 // counts are updated (they are shared with the old index, which is then
 // no longer used); on failure they are left as they were.
-func (x *jsonIndex) check(parsed []Endpoint, i0, i1 int, old []Endpoint) error {
+func (x *jsonIndex) check(parsed []*Endpoint, i0, i1 int, old []*Endpoint) error {
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidState}, args...)...))
 	}
 	for i := i0; i < i1; i++ {
-		x.add(&old[i], -1)
+		x.add(old[i], -1)
 	}
-	for i := range parsed {
-		e := &parsed[i]
+	for i, e := range parsed {
+		if e == nil {
+			bad("endpoints[%d]: null", i0+i)
+			continue
+		}
 		e.check(i0+i, x.nodes, bad)
 		x.add(e, 1)
 	}
-	for i := range parsed {
-		e := &parsed[i]
+	for _, e := range parsed {
+		if e == nil {
+			continue
+		}
 		if x.pods[e.Key()] > 1 && e.Namespace != "" && e.Pod != "" {
 			bad("endpoint %s: duplicate", e.Key())
 		}
@@ -268,11 +285,13 @@ func (x *jsonIndex) check(parsed []Endpoint, i0, i1 int, old []Endpoint) error {
 		}
 	}
 	if len(errs) > 0 {
-		for i := range parsed {
-			x.add(&parsed[i], -1)
+		for _, e := range parsed {
+			if e != nil {
+				x.add(e, -1)
+			}
 		}
 		for i := i0; i < i1; i++ {
-			x.add(&old[i], 1)
+			x.add(old[i], 1)
 		}
 		return errors.Join(errs...)
 	}
@@ -281,16 +300,16 @@ func (x *jsonIndex) check(parsed []Endpoint, i0, i1 int, old []Endpoint) error {
 
 // changes says which endpoints of after are new or changed against before,
 // and which of before are gone.
-func changes(before, after []Endpoint) *Changes {
+func changes(before, after []*Endpoint) *Changes {
 	was := make(map[string]*Endpoint, len(before))
-	for i := range before {
-		was[before[i].Key()] = &before[i]
+	for _, e := range before {
+		was[e.Key()] = e
 	}
 	c := &Changes{}
-	for i := range after {
-		k := after[i].Key()
-		if b, ok := was[k]; !ok || !reflect.DeepEqual(*b, after[i]) {
-			c.Endpoints = append(c.Endpoints, k)
+	for _, e := range after {
+		k := e.Key()
+		if b, ok := was[k]; !ok || !reflect.DeepEqual(*b, *e) {
+			c.Endpoints = append(c.Endpoints, e)
 		}
 		delete(was, k)
 	}

@@ -1,14 +1,18 @@
 package statesource
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // indexedState is a valid state of n endpoints (two namespaces, one with
@@ -26,7 +30,7 @@ func indexedState(n int, indent bool) []byte {
 		if i%3 == 0 {
 			ns = "bulk"
 		}
-		st.Endpoints = append(st.Endpoints, Endpoint{Namespace: ns, Pod: fmt.Sprintf("pod-%d", i), Node: "node-1",
+		st.Endpoints = append(st.Endpoints, &Endpoint{Namespace: ns, Pod: fmt.Sprintf("pod-%d", i), Node: "node-1",
 			IP: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%4)}})
 	}
 	if indent {
@@ -49,6 +53,12 @@ func checkIncremental(t *testing.T, before, after []byte) bool {
 		t.Fatalf("before: %v", err)
 	}
 	got, gotErr := p.parse(after)
+	if got == nil && gotErr == nil {
+		if !bytes.Equal(before, after) {
+			t.Fatal("a changed content parsed as unchanged")
+		}
+		return false
+	}
 	want, wantErr := Parse("state.json", after)
 	if (gotErr == nil) != (wantErr == nil) {
 		t.Fatalf("parsed around the difference: err %v; parsed whole: err %v", gotErr, wantErr)
@@ -66,7 +76,12 @@ func checkIncremental(t *testing.T, before, after []byte) bool {
 		return false
 	}
 	wantChanged, wantRemoved := diffEndpoints(prev.Endpoints, want.Endpoints)
-	if !slices.Equal(sorted(changes.Endpoints), wantChanged) || !slices.Equal(changes.RemovedEndpoints, wantRemoved) {
+	for _, e := range changes.Endpoints {
+		if !slices.Contains(got.Endpoints, e) {
+			t.Fatalf("changed endpoint %s is not the state's own", e.Key())
+		}
+	}
+	if !slices.Equal(sorted(endpointKeys(changes.Endpoints)), wantChanged) || !slices.Equal(changes.RemovedEndpoints, wantRemoved) {
 		t.Fatalf("changes: %v removed %v; want %v removed %v", changes.Endpoints, changes.RemovedEndpoints, wantChanged, wantRemoved)
 	}
 	if changes.Nodes || changes.Services || changes.Namespaces {
@@ -75,8 +90,8 @@ func checkIncremental(t *testing.T, before, after []byte) bool {
 	return true
 }
 
-func diffEndpoints(before, after []Endpoint) (changed, removed []string) {
-	was := map[string]Endpoint{}
+func diffEndpoints(before, after []*Endpoint) (changed, removed []string) {
+	was := map[string]*Endpoint{}
 	for _, e := range before {
 		was[e.Key()] = e
 	}
@@ -90,6 +105,14 @@ func diffEndpoints(before, after []Endpoint) (changed, removed []string) {
 		removed = append(removed, k)
 	}
 	return sorted(changed), sorted(removed)
+}
+
+func endpointKeys(eps []*Endpoint) []string {
+	var out []string
+	for _, e := range eps {
+		out = append(out, e.Key())
+	}
+	return out
 }
 
 func sorted(s []string) []string {
@@ -128,12 +151,12 @@ func TestIncrementalEdits(t *testing.T) {
 			{"last removed", edit(func(s *State) { s.Endpoints = s.Endpoints[:49] }), true},
 			{"middle removed", edit(func(s *State) { s.Endpoints = slices.Delete(s.Endpoints, 25, 26) }), true},
 			{"added at the end", edit(func(s *State) {
-				s.Endpoints = append(s.Endpoints, Endpoint{Namespace: "shop", Pod: "new", IP: netip.MustParseAddr("10.1.9.9")})
+				s.Endpoints = append(s.Endpoints, &Endpoint{Namespace: "shop", Pod: "new", IP: netip.MustParseAddr("10.1.9.9")})
 			}), true},
 			{"added first", edit(func(s *State) {
-				s.Endpoints = slices.Insert(s.Endpoints, 0, Endpoint{Namespace: "shop", Pod: "new", IP: netip.MustParseAddr("10.1.9.9")})
+				s.Endpoints = slices.Insert(s.Endpoints, 0, &Endpoint{Namespace: "shop", Pod: "new", IP: netip.MustParseAddr("10.1.9.9")})
 			}), true},
-			{"all removed", edit(func(s *State) { s.Endpoints = []Endpoint{} }), true},
+			{"all removed", edit(func(s *State) { s.Endpoints = []*Endpoint{} }), true},
 			{"two far apart", edit(func(s *State) { s.Endpoints[2].Pod = "renamed"; s.Endpoints[47].Node = "" }), true},
 			{"a node changed", edit(func(s *State) { s.Nodes[0].IPs[0] = netip.MustParseAddr("192.168.1.2") }), false},
 			{"a service changed", edit(func(s *State) { s.Services[0].Ports[0].Port = 81 }), false},
@@ -144,6 +167,7 @@ func TestIncrementalEdits(t *testing.T) {
 			{"unknown node", edit(func(s *State) { s.Endpoints[3].Node = "node-9" }), false},
 			{"unknown field", []byte(strings.Replace(string(base), `"pod":"pod-5"`, `"pod":"pod-5","podd":"x"`, 1)), false},
 			{"broken JSON", []byte(strings.Replace(string(base), `"pod-5"`, `"pod-5`, 1)), false},
+			{"null endpoint", edit(func(s *State) { s.Endpoints = slices.Insert(s.Endpoints, 5, nil) }), false},
 		} {
 			t.Run(fmt.Sprintf("%s/indent=%v", tc.name, indent), func(t *testing.T) {
 				if got := checkIncremental(t, base, tc.after); got != tc.incremental {
@@ -190,7 +214,7 @@ func TestIncrementalBigFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	part := time.Since(start)
-	if st.Changes == nil || !slices.Equal(st.Changes.Endpoints, []string{"shop/pod-54321-b"}) {
+	if st.Changes == nil || !slices.Equal(endpointKeys(st.Changes.Endpoints), []string{"shop/pod-54321-b"}) {
 		t.Fatalf("changes: %+v", st.Changes)
 	}
 	t.Logf("100,000 endpoints (%d bytes): parsed whole in %s, the one-endpoint edit in %s", len(base), whole, part)
@@ -202,7 +226,7 @@ func TestIncrementalBigFile(t *testing.T) {
 func indexedStateN(n int) []byte {
 	st := State{Nodes: []Node{{Name: "node-1", IPs: []netip.Addr{netip.MustParseAddr("192.168.1.1")}}}}
 	for i := range n {
-		st.Endpoints = append(st.Endpoints, Endpoint{Namespace: "shop", Pod: fmt.Sprintf("pod-%d", i), Node: "node-1",
+		st.Endpoints = append(st.Endpoints, &Endpoint{Namespace: "shop", Pod: fmt.Sprintf("pod-%d", i), Node: "node-1",
 			IP: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%100)}})
 	}
 	b, _ := json.Marshal(st)
@@ -223,5 +247,75 @@ func BenchmarkIncrementalParse(b *testing.B) {
 			b.Fatal(err)
 		}
 		i++
+	}
+}
+
+// One parser reading successive contents of a file (edits, an invalid
+// content, a return to the last valid one, a YAML content, JSON again)
+// into the buffers it recycles delivers after each what parsing it whole
+// gives, nothing when it equals the last valid content, and keeps the
+// last valid state through an invalid one.
+func TestParserSequence(t *testing.T) {
+	base := indexedState(50, false)
+	var st State
+	if err := json.Unmarshal(base, &st); err != nil {
+		t.Fatal(err)
+	}
+	edit := func(f func(st *State)) []byte {
+		var cp State
+		json.Unmarshal(base, &cp)
+		f(&cp)
+		b, _ := json.Marshal(cp)
+		return b
+	}
+	one := edit(func(s *State) { s.Endpoints[3].Labels = map[string]string{"app": "x"} })
+	two := edit(func(s *State) { s.Endpoints = s.Endpoints[1:] })
+	broken := []byte(strings.Replace(string(one), `"pod-5"`, `"pod-5`, 1))
+	asYAML := []byte("nodes:\n- {name: node-1, ips: [192.168.1.1]}\n")
+	path := filepath.Join(t.TempDir(), "state.json")
+	p := &parser{name: path}
+	lastValid := []byte(nil)
+	buffers := map[*byte]bool{}
+	seq := [][]byte{base, one, broken, one, two, two, broken, base, asYAML, base, one}
+	steady := len(seq) // from here, valid edits only: two buffers take turns
+	seq = append(seq, two, one, two, one, two, one)
+	for i, content := range seq {
+		if err := os.WriteFile(path, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		b, err := p.read(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i >= steady {
+			buffers[unsafe.SliceData(b)] = true
+		}
+		got, err := p.parse(b)
+		want, wantErr := Parse(path, content)
+		switch {
+		case wantErr != nil:
+			if err == nil {
+				t.Fatalf("step %d: invalid content accepted", i)
+			}
+			continue
+		case err != nil:
+			t.Fatalf("step %d: %v", i, err)
+		case bytes.Equal(content, lastValid):
+			if got != nil {
+				t.Fatalf("step %d: the last valid content delivered again", i)
+			}
+			continue
+		case got == nil:
+			t.Fatalf("step %d: a change not delivered", i)
+		}
+		cp := *got
+		cp.Changes = nil
+		if !reflect.DeepEqual(&cp, want) {
+			t.Fatalf("step %d: parsed\n%+v\nwhole:\n%+v", i, cp.Endpoints, want.Endpoints)
+		}
+		lastValid = content
+	}
+	if len(buffers) > 2 {
+		t.Errorf("%d buffers for %d reads of valid edits: they are not reused", len(buffers), len(seq)-steady)
 	}
 }

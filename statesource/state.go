@@ -25,9 +25,13 @@ type Source interface {
 
 // State is a cluster's local state at one moment.
 type State struct {
-	Nodes     []Node     `json:"nodes"`
-	Endpoints []Endpoint `json:"endpoints"`
-	Services  []Service  `json:"services"`
+	Nodes []Node `json:"nodes"`
+	// Endpoints are pointers so that successive States of one source share
+	// the endpoints that did not change (an edit of one endpoint in a
+	// cluster of 100,000 copies pointers, not endpoints): an Endpoint, like
+	// its State, is never modified once delivered.
+	Endpoints []*Endpoint `json:"endpoints"`
+	Services  []Service   `json:"services"`
 	// Namespaces carry the labels of namespaces (optional; a namespace not
 	// listed has none). Parse copies them to each endpoint's
 	// NamespaceLabels; a source that builds a State fills those itself.
@@ -41,14 +45,47 @@ type State struct {
 // Changes is what a State changed from the one its source delivered before
 // it, when the source knows: the file source, when an edit of the state file
 // touched only its endpoints. Consumers may then recompute only what the
-// changed endpoints touch.
+// changed endpoints touch, without walking the State.
 type Changes struct {
-	// Endpoints are the keys ("namespace/pod", Endpoint.Key) of the
-	// endpoints added or changed, RemovedEndpoints of those that went.
-	Endpoints, RemovedEndpoints []string
+	// Endpoints are the endpoints added or changed: the State's own (a
+	// key appears at most once); RemovedEndpoints are the keys
+	// ("namespace/pod", Endpoint.Key) of those that went.
+	Endpoints        []*Endpoint
+	RemovedEndpoints []string
 	// Nodes, Services and Namespaces report whether those may have
 	// changed.
 	Nodes, Services, Namespaces bool
+}
+
+// Then is what changed from the State before c to the State after next,
+// when next follows c before c was consumed: nil when either may have
+// changed anything. Of an endpoint both name, next's word is the last.
+func (c *Changes) Then(next *Changes) *Changes {
+	if c == nil || next == nil {
+		return nil
+	}
+	out := &Changes{Nodes: c.Nodes || next.Nodes, Services: c.Services || next.Services,
+		Namespaces: c.Namespaces || next.Namespaces}
+	touched := make(map[string]bool, len(next.Endpoints)+len(next.RemovedEndpoints))
+	for _, e := range next.Endpoints {
+		touched[e.Key()] = true
+	}
+	for _, k := range next.RemovedEndpoints {
+		touched[k] = true
+	}
+	for _, e := range c.Endpoints {
+		if !touched[e.Key()] {
+			out.Endpoints = append(out.Endpoints, e)
+		}
+	}
+	for _, k := range c.RemovedEndpoints {
+		if !touched[k] {
+			out.RemovedEndpoints = append(out.RemovedEndpoints, k)
+		}
+	}
+	out.Endpoints = append(out.Endpoints, next.Endpoints...)
+	out.RemovedEndpoints = append(out.RemovedEndpoints, next.RemovedEndpoints...)
+	return out
 }
 
 // Namespace is a namespace's name and labels.
@@ -228,8 +265,7 @@ func (s *Service) Selects(e *Endpoint) bool {
 // state's order. For many services, use a SelectorIndex.
 func (st *State) Backends(s *Service) []*Endpoint {
 	var out []*Endpoint
-	for i := range st.Endpoints {
-		e := &st.Endpoints[i]
+	for _, e := range st.Endpoints {
 		if e.IP.IsValid() && s.Selects(e) {
 			out = append(out, e)
 		}
@@ -250,8 +286,7 @@ type labelKey struct{ namespace, key, value string }
 // NewSelectorIndex indexes st's endpoints; st must not change afterwards.
 func NewSelectorIndex(st *State) *SelectorIndex {
 	ix := &SelectorIndex{st: st, byLabel: map[labelKey][]int32{}}
-	for i := range st.Endpoints {
-		e := &st.Endpoints[i]
+	for i, e := range st.Endpoints {
 		for k, v := range e.Labels {
 			lk := labelKey{e.Namespace, k, v}
 			ix.byLabel[lk] = append(ix.byLabel[lk], int32(i))
@@ -272,7 +307,7 @@ func (ix *SelectorIndex) Backends(s *Service) []*Endpoint {
 	}
 	var out []*Endpoint
 	for _, i := range shortest {
-		e := &ix.st.Endpoints[i]
+		e := ix.st.Endpoints[i]
 		if e.IP.IsValid() && s.Selects(e) {
 			out = append(out, e)
 		}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -96,6 +97,7 @@ func TestParseRejects(t *testing.T) {
 		"bad zone":           {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, zone: 'eu west'}\n", `invalid zone "eu west"`},
 		"empty hint zone":    {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, zone: a, forZones: ['']}\n", `invalid zone ""`},
 		"bad hostname":       {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, hostname: Web_1}\n", `invalid hostname "Web_1"`},
+		"null endpoint":      {"endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1}\n- ~\n", "endpoints[1]: null"},
 	} {
 		_, err := Parse("f.yaml", []byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "f.yaml") {
@@ -223,5 +225,30 @@ endpoints:
 	// Namespace labels come from the namespaces list only.
 	if _, err := Parse("f", []byte("endpoints:\n- {namespace: a, pod: b, ip: 10.0.0.1, namespaceLabels: {x: y}}\n")); err == nil {
 		t.Error("namespaceLabels on an endpoint accepted")
+	}
+}
+
+// Changes.Then: of an endpoint both changes name, the later one's word is
+// the last; a change that may have touched anything makes the whole so.
+func TestChangesThen(t *testing.T) {
+	ep := func(pod string) *Endpoint { return &Endpoint{Namespace: "shop", Pod: pod} }
+	a1, b1, c1, b2, d2 := ep("a"), ep("b"), ep("c"), ep("b"), ep("d")
+	first := &Changes{Endpoints: []*Endpoint{a1, b1, c1}, RemovedEndpoints: []string{"shop/d", "shop/e"}}
+	second := &Changes{Endpoints: []*Endpoint{b2, d2}, RemovedEndpoints: []string{"shop/c"}}
+	got := first.Then(second)
+	if want := []*Endpoint{a1, b2, d2}; !slices.Equal(got.Endpoints, want) {
+		t.Errorf("changed %v, want %v", endpointKeys(got.Endpoints), endpointKeys(want))
+	}
+	if want := []string{"shop/e", "shop/c"}; !slices.Equal(got.RemovedEndpoints, want) {
+		t.Errorf("removed %v, want %v", got.RemovedEndpoints, want)
+	}
+	if got.Nodes || got.Services || got.Namespaces {
+		t.Errorf("endpoint changes merged into %+v", got)
+	}
+	if got := first.Then(&Changes{Services: true}); got == nil || !got.Services || len(got.Endpoints) != 3 {
+		t.Errorf("with a services change: %+v", got)
+	}
+	if first.Then(nil) != nil || (*Changes)(nil).Then(second) != nil {
+		t.Error("a change of anything merged into a change of some endpoints")
 	}
 }

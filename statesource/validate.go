@@ -50,8 +50,11 @@ func (st *State) Validate() error {
 		}
 	}
 	pods, ips := map[string]bool{}, map[string]string{}
-	for i := range st.Endpoints {
-		e := &st.Endpoints[i]
+	for i, e := range st.Endpoints {
+		if e == nil {
+			bad("endpoints[%d]: null", i)
+			continue
+		}
 		id := e.Key()
 		if pods[id] && e.Namespace != "" && e.Pod != "" {
 			bad("endpoint %s: duplicate", id)
@@ -257,8 +260,7 @@ func (st *State) applyNamespaceLabels() {
 	for _, ns := range st.Namespaces {
 		byName[ns.Name] = ns.Labels
 	}
-	for i := range st.Endpoints {
-		e := &st.Endpoints[i]
+	for _, e := range st.Endpoints {
 		e.NamespaceLabels = byName[e.Namespace]
 	}
 }
