@@ -80,7 +80,7 @@ func State(id uint32, p Profile) *statesource.State {
 		if i%2 == 0 {
 			labels[meshapiserver.SyncLabel] = "true"
 		}
-		st.Endpoints = append(st.Endpoints, statesource.Endpoint{
+		st.Endpoints = append(st.Endpoints, &statesource.Endpoint{
 			Namespace: "bulk", Pod: fmt.Sprintf("pod-%d", i), Node: fmt.Sprintf("node-%d", i%p.Nodes),
 			IP: PodAddr(id, p, i), Labels: labels,
 		})
