@@ -11,7 +11,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
@@ -31,16 +30,19 @@ type listers struct {
 	log       *slog.Logger
 	coalesced time.Duration
 
-	// warnings holds the warnings (object and message) of the last build,
-	// so that an object left out of every State is logged once, not on
-	// every rebuild; seen those of the current build.
+	// warnings holds the warnings (object, NUL, message) logged and still
+	// true, so that an object left out of every State is logged once, not
+	// each time it is read again; checking those of the object being
+	// read again (recheck).
 	warnings map[string]bool
-	seen     map[string]bool
+	checking map[string]bool
 }
 
 func (l *listers) warn(object, msg string, args ...any) {
 	key := object + "\x00" + msg
-	l.seen[key] = true
+	if l.checking != nil {
+		l.checking[key] = true
+	}
 	if l.warnings[key] {
 		return
 	}
@@ -48,79 +50,18 @@ func (l *listers) warn(object, msg string, args ...any) {
 	l.log.Warn(msg, append([]any{"object", object}, args...)...)
 }
 
-// build returns the State of the caches' current content. It only reads the
-// caches (never modifies a cached object) and always returns a valid State.
-func (l *listers) build() *statesource.State {
-	l.seen = map[string]bool{}
-	st := &statesource.State{}
-	nodes, _ := l.nodes.Lister().List(labels.Everything())
-	slices.SortFunc(nodes, func(a, b *corev1.Node) int { return strings.Compare(a.Name, b.Name) })
-	known := map[string]bool{}
-	zones := map[string]string{} // node → its topology.kubernetes.io/zone
-	for _, n := range nodes {
-		if sn, ok := l.node(n); ok {
-			st.Nodes = append(st.Nodes, sn)
-			known[n.Name] = true
-			zones[n.Name] = n.Labels[corev1.LabelTopologyZone]
-		}
-	}
-
-	nsLabels := map[string]map[string]string{}
-	namespaces, _ := l.ns.Lister().List(labels.Everything())
-	for _, ns := range namespaces {
-		nsLabels[ns.Name] = ns.Labels
-	}
-
-	allSlices, _ := l.slices.Lister().List(labels.Everything())
-	cond := podConditions(allSlices)
-
-	pods, _ := l.pods.Lister().List(labels.Everything())
-	slices.SortFunc(pods, func(a, b *corev1.Pod) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
-	ips := map[netip.Addr]string{}
-	for _, p := range pods {
-		e, ok := l.endpoint(p, known, nsLabels[p.Namespace], cond)
-		if !ok {
-			continue
-		}
-		e.Zone = cmp.Or(e.Zone, zones[e.Node])
-		if other, dup := ips[e.IP]; dup {
-			l.warn("pod/"+p.Namespace+"/"+p.Name, "pod left out: its IP is already used by another pod", "ip", e.IP, "other", other)
-			continue
-		}
-		ips[e.IP] = p.Namespace + "/" + p.Name
-		st.Endpoints = append(st.Endpoints, &e)
-	}
-
-	svcs, _ := l.services.Lister().List(labels.Everything())
-	slices.SortFunc(svcs, func(a, b *corev1.Service) int {
-		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
-	})
-	slicesOf := map[string][]*discoveryv1.EndpointSlice{}
-	for _, s := range allSlices {
-		// Slices of remote backends (k8sslices.ManagedBy) name no local port.
-		if svc := s.Labels[discoveryv1.LabelServiceName]; svc != "" && s.Labels[discoveryv1.LabelManagedBy] != "slices.clustermesh.io" {
-			slicesOf[s.Namespace+"/"+svc] = append(slicesOf[s.Namespace+"/"+svc], s)
-		}
-	}
-	exports := l.exports.exports()
-	for _, s := range svcs {
-		if s.Spec.Type == corev1.ServiceTypeExternalName {
-			continue
-		}
-		svc := l.service(s, slicesOf[s.Namespace+"/"+s.Name])
-		if e := exports[s.Namespace+"/"+s.Name]; e != nil {
-			svc.Export = serviceExport(s, e)
-		}
-		st.Services = append(st.Services, svc)
-	}
-	for k := range l.warnings { // forget objects that are fine again (or gone)
-		if !l.seen[k] {
+// recheck derives object again with derive: its warnings that derive no
+// longer gives are forgotten (logged again if they return).
+func (l *listers) recheck(object string, derive func()) {
+	l.checking = map[string]bool{}
+	derive()
+	prefix := object + "\x00"
+	for k := range l.warnings {
+		if strings.HasPrefix(k, prefix) && !l.checking[k] {
 			delete(l.warnings, k)
 		}
 	}
-	return st
+	l.checking = nil
 }
 
 func (l *listers) node(n *corev1.Node) (statesource.Node, bool) {
@@ -205,37 +146,52 @@ type condition struct {
 	forZones       []string
 }
 
-// podConditions folds every slice's conditions per pod (namespace/name): a
-// pod is ready (serving) only if every slice listing it says so.
-func podConditions(all []*discoveryv1.EndpointSlice) map[string]condition {
+// sliceParts is what one EndpointSlice says of each pod it lists (by
+// namespace/name): ready (serving) only if every entry of the pod says so,
+// and the first topology its entries give.
+func sliceParts(s *discoveryv1.EndpointSlice) map[string]condition {
 	out := map[string]condition{}
-	for _, s := range all {
-		for _, ep := range s.Endpoints {
-			if ep.TargetRef == nil || ep.TargetRef.Kind != "Pod" || ep.TargetRef.Name == "" {
-				continue
-			}
-			ns := cmp.Or(ep.TargetRef.Namespace, s.Namespace)
-			key := ns + "/" + ep.TargetRef.Name
-			// Unset conditions: ready; serving follows ready; a
-			// terminating endpoint is never ready.
-			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			serving := ready
-			if ep.Conditions.Serving != nil {
-				serving = *ep.Conditions.Serving
-			}
-			if ep.Conditions.Terminating != nil && *ep.Conditions.Terminating {
-				ready = false
-			}
-			c, seen := out[key]
-			if !seen {
-				c = condition{ready: true, serving: true}
-			}
-			c.ready, c.serving = c.ready && ready, c.serving && serving
-			c.topology(ep)
-			out[key] = c
+	for _, ep := range s.Endpoints {
+		if ep.TargetRef == nil || ep.TargetRef.Kind != "Pod" || ep.TargetRef.Name == "" {
+			continue
 		}
+		key := cmp.Or(ep.TargetRef.Namespace, s.Namespace) + "/" + ep.TargetRef.Name
+		// Unset conditions: ready; serving follows ready; a terminating
+		// endpoint is never ready.
+		ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+		serving := ready
+		if ep.Conditions.Serving != nil {
+			serving = *ep.Conditions.Serving
+		}
+		if ep.Conditions.Terminating != nil && *ep.Conditions.Terminating {
+			ready = false
+		}
+		c, seen := out[key]
+		if !seen {
+			c = condition{ready: true, serving: true}
+		}
+		c.ready, c.serving = c.ready && ready, c.serving && serving
+		c.topology(ep)
+		out[key] = c
 	}
 	return out
+}
+
+// foldParts is a pod's condition from what the slices that list it say, in
+// the slices' (namespace, name) order: ready (serving) only if every one
+// says so, each of its zone, hostname and hint zones from the first that
+// gives one.
+func foldParts(parts []condition) condition {
+	c := condition{ready: true, serving: true}
+	for _, p := range parts {
+		c.ready, c.serving = c.ready && p.ready, c.serving && p.serving
+		c.zone = cmp.Or(c.zone, p.zone)
+		c.hostname = cmp.Or(c.hostname, p.hostname)
+		if c.forZones == nil {
+			c.forZones = p.forZones
+		}
+	}
+	return c
 }
 
 // topology takes ep's zone, hostname and hint zones where c has none yet.
@@ -253,7 +209,9 @@ func (c *condition) topology(ep discoveryv1.Endpoint) {
 	}
 }
 
-func (l *listers) endpoint(p *corev1.Pod, knownNodes map[string]bool, nsLabels map[string]string, cond map[string]condition) (statesource.Endpoint, bool) {
+// endpoint is the pod's endpoint, if it has one: c is what the slices that
+// list it say (listed false: none does, its own Ready condition counts).
+func (l *listers) endpoint(p *corev1.Pod, knownNodes map[string]bool, nsLabels map[string]string, c condition, listed bool) (statesource.Endpoint, bool) {
 	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 		return statesource.Endpoint{}, false // host identity, or no longer running
 	}
@@ -279,7 +237,6 @@ func (l *listers) endpoint(p *corev1.Pod, knownNodes map[string]bool, nsLabels m
 	// Informer objects are never modified, so their maps are shared.
 	e.Labels, e.NamespaceLabels, e.ServiceAccount = p.Labels, nsLabels, p.Spec.ServiceAccountName
 	e.Workload = workloadOf(p).String()
-	c, listed := cond[p.Namespace+"/"+p.Name]
 	if !listed {
 		ready := false
 		for _, pc := range p.Status.Conditions {

@@ -66,19 +66,18 @@ func newExportInformer(ctx context.Context, cs mcsclient.Interface, log *slog.Lo
 	return &exportInformer{factory: f, informer: f.Multicluster().V1beta1().ServiceExports().Informer()}, nil
 }
 
-// exports returns the cached ServiceExports by namespace/name (none when ei
-// is nil).
-func (ei *exportInformer) exports() map[string]*mcsv1beta1.ServiceExport {
+// export returns the cached ServiceExport of namespace/name key, nil when
+// there is none (or ei is nil).
+func (ei *exportInformer) export(key string) *mcsv1beta1.ServiceExport {
 	if ei == nil {
 		return nil
 	}
-	out := map[string]*mcsv1beta1.ServiceExport{}
-	for _, o := range ei.informer.GetStore().List() {
-		if e, ok := o.(*mcsv1beta1.ServiceExport); ok {
-			out[e.Namespace+"/"+e.Name] = e
-		}
+	o, ok, err := ei.informer.GetStore().GetByKey(key)
+	if err != nil || !ok {
+		return nil
 	}
-	return out
+	e, _ := o.(*mcsv1beta1.ServiceExport)
+	return e
 }
 
 // start starts the informer (nothing when ei is nil).

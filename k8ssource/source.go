@@ -7,8 +7,13 @@
 // The first State is delivered only once every informer has synced (so the
 // mesh apiserver never publishes a partial cluster, and writes its synced
 // canaries only after a full snapshot); after that, a burst of changes is
-// coalesced into one State, and a State equal to the last one delivered is
-// not delivered again.
+// coalesced into one State, and nothing is delivered when nothing changed.
+// The source keeps a model of the State (model.go): an informer event names
+// an object, and a burst reads again only the objects it named and derives
+// only what they touch; the State that follows shares what did not change,
+// and its Changes name the endpoints that did, so that the mesh apiserver
+// publishes only those. A pod's change in a cluster of 100,000 pods takes
+// under a millisecond, where deriving the whole State took 0.8 s.
 //
 // From the objects:
 //
@@ -40,7 +45,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -111,7 +115,8 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 	}
 	inf.exports = exports
 	dirty := make(chan struct{}, 1)
-	if err := inf.watch(ctx, dirty); err != nil {
+	events := &pending{ev: newEvents()}
+	if err := inf.watch(ctx, events, dirty); err != nil {
 		return err
 	}
 	factory.Start(ctx.Done())
@@ -126,19 +131,29 @@ func (s *Source) Run(ctx context.Context, onChange func(*statesource.State)) err
 	if synced, err := waitForSync(ctx, factory, log); !synced {
 		return err
 	}
-	coalesce.Drain(dirty) // the initial lists poked: they are in the first State
-	d := &deliverer{listers: inf, onChange: onChange}
-	d.deliver()
+	// The initial lists' events are in the first State: the model reads
+	// every object of the synced caches.
+	coalesce.Drain(dirty)
+	events.take()
+	m := newModel(inf)
+	first := m.apply(m.everything())
+	if first == nil {
+		first = &statesource.State{}
+	}
+	first.Changes = nil // the first State: anything may have changed
+	onChange(first)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-dirty:
-			// Gather the rest of the burst, then build once.
+			// Gather the rest of the burst, then apply it at once.
 			if !coalesce.Settle(ctx, window, dirty) {
 				return nil
 			}
-			d.deliver()
+			if st := m.apply(events.take()); st != nil {
+				onChange(st)
+			}
 		}
 	}
 }
@@ -158,29 +173,49 @@ func newListers(factory informers.SharedInformerFactory, log *slog.Logger, windo
 	}
 }
 
-// watch has every informer poke dirty on a change, and log why a list or
-// watch fails while ctx lasts.
-func (l *listers) watch(ctx context.Context, dirty chan<- struct{}) error {
-	poke := func(any) {
-		select {
-		case dirty <- struct{}{}:
-		default:
+// watch has every informer record the key of each object an event names
+// in events and poke dirty, and log why a list or watch fails while ctx
+// lasts.
+func (l *listers) watch(ctx context.Context, pend *pending, dirty chan<- struct{}) error {
+	handler := func(kind func(*events) keySet) cache.ResourceEventHandler {
+		record := func(obj any) {
+			key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+			if err != nil {
+				return
+			}
+			pend.mark(kind, key)
+			select {
+			case dirty <- struct{}{}:
+			default:
+			}
+		}
+		return cache.ResourceEventHandlerFuncs{
+			AddFunc:    record,
+			UpdateFunc: func(_, obj any) { record(obj) },
+			DeleteFunc: record,
 		}
 	}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    poke,
-		UpdateFunc: func(_, obj any) { poke(obj) },
-		DeleteFunc: poke,
-	}
-	informers := map[string]cache.SharedIndexInformer{
-		"services": l.services.Informer(), "endpointslices": l.slices.Informer(),
-		"pods": l.pods.Informer(), "namespaces": l.ns.Informer(), "nodes": l.nodes.Informer(),
+	services := func(e *events) keySet { return e.services }
+	informers := map[string]struct {
+		informer cache.SharedIndexInformer
+		kind     func(*events) keySet
+	}{
+		"services":       {l.services.Informer(), services},
+		"endpointslices": {l.slices.Informer(), func(e *events) keySet { return e.slices }},
+		"pods":           {l.pods.Informer(), func(e *events) keySet { return e.pods }},
+		"namespaces":     {l.ns.Informer(), func(e *events) keySet { return e.namespaces }},
+		"nodes":          {l.nodes.Informer(), func(e *events) keySet { return e.nodes }},
 	}
 	if l.exports != nil {
-		informers["serviceexports"] = l.exports.informer
+		// A ServiceExport is named as its Service.
+		informers["serviceexports"] = struct {
+			informer cache.SharedIndexInformer
+			kind     func(*events) keySet
+		}{l.exports.informer, services}
 	}
-	for name, i := range informers {
-		if _, err := i.AddEventHandler(handler); err != nil {
+	for name, x := range informers {
+		i := x.informer
+		if _, err := i.AddEventHandler(handler(x.kind)); err != nil {
 			return fmt.Errorf("starting the %s informer: %w", name, err)
 		}
 		// A list or watch that fails (RBAC, an unreachable API server) is
@@ -210,28 +245,6 @@ func waitForSync(ctx context.Context, factory informers.SharedInformerFactory, l
 	}
 	log.Info("kubernetes informers synced", "took", time.Since(start).Round(time.Millisecond))
 	return true, nil
-}
-
-// deliverer builds States and hands onChange each valid one that differs
-// from the last it delivered.
-type deliverer struct {
-	listers  *listers
-	onChange func(*statesource.State)
-	last     *statesource.State
-}
-
-func (d *deliverer) deliver() {
-	st := d.listers.build()
-	if err := st.Validate(); err != nil {
-		// build only makes valid states; never publish one that is not.
-		d.listers.log.Error("built an invalid state from Kubernetes, keeping the last one", "err", err)
-		return
-	}
-	if d.last != nil && reflect.DeepEqual(st, d.last) {
-		return
-	}
-	d.last = st
-	d.onChange(st)
 }
 
 // dropManagedFields keeps the informers' caches small: nothing here reads

@@ -252,6 +252,13 @@ func checkReadinessChanges(t *testing.T, c *kubetest.Cluster, r *recorder, slice
 	if e := endpoint(r.last(), "shop", "checkout-1"); !e.IsReady() {
 		t.Errorf("checkout-1 changed: %+v", e)
 	}
+	// Delivered as that endpoint's change alone (the apiserver publishes
+	// only what it touches): the slice's other endpoint is unchanged. (Its
+	// services may have changed: the API server creates its own.)
+	if ch := r.last().Changes; ch == nil || len(ch.Endpoints) != 1 || ch.Endpoints[0].Pod != "checkout-2" ||
+		len(ch.RemovedEndpoints) != 0 || ch.Nodes {
+		t.Errorf("a readiness change delivered with Changes %+v", ch)
+	}
 	// Terminating but still serving: not ready, serving.
 	slice.Endpoints[1] = sliceEndpoint("checkout-2", "10.1.2.12", "n2", false, true, true)
 	ok(t)(c.Client.DiscoveryV1().EndpointSlices("shop").Update(ctx, slice, metav1.UpdateOptions{}))

@@ -125,6 +125,17 @@ func (e *Endpoint) Key() string { return e.Namespace + "/" + e.Pod }
 
 // check reports what is wrong with endpoint i on its own (everything but
 // duplicates): names, address, node (one of nodes), interface, workload.
+// CheckEndpoint validates one endpoint as Validate does, against the names
+// of its state's nodes, for a source that builds a state endpoint by
+// endpoint (that keys and addresses do not repeat is the source's to keep).
+func CheckEndpoint(e *Endpoint, nodes map[string]bool) error {
+	var errs []error
+	e.check(0, nodes, func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidState}, args...)...))
+	})
+	return errors.Join(errs...)
+}
+
 func (e *Endpoint) check(i int, nodes map[string]bool, bad func(format string, args ...any)) {
 	id := e.Key()
 	if e.Namespace == "" || e.Pod == "" {
