@@ -127,6 +127,10 @@ type Capabilities struct {
 	Cached                bool   `json:"cached,omitempty"`
 	MaxConnectedClusters  uint32 `json:"maxConnectedClusters,omitempty"`
 	ServiceExportsEnabled *bool  `json:"serviceExportsEnabled,omitempty"`
+	// LocalView: the cluster's apiserver publishes its complete ipcache
+	// and identities for its own agents under LocalViewPrefix
+	// (localview.go). Ours only; Cilium ignores it.
+	LocalView bool `json:"localView,omitempty"`
 }
 
 // EncodeClusterConfig returns the JSON of cfg.

@@ -1,0 +1,35 @@
+package wire
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestLocalViewKeys(t *testing.T) {
+	for _, tc := range []struct {
+		kind  Kind
+		state string
+		local string
+	}{
+		{IPCache, IPCachePrefixKey(netip.MustParsePrefix("10.2.1.7/32")), "cilium/local/ip/v1/default/10.2.1.7"},
+		{IPCache, IPCachePrefixKey(netip.MustParsePrefix("fd00::/64")), "cilium/local/ip/v1/default/fd00::/64"},
+		{Identities, IdentityKey(196613), "cilium/local/identities/v1/id/196613"},
+	} {
+		got, ok := LocalViewKey(tc.state)
+		if !ok || got != tc.local {
+			t.Errorf("LocalViewKey(%q) = %q, %v; want %q", tc.state, got, ok, tc.local)
+		}
+		if back := LocalViewStateKey(tc.kind, got); back != tc.state {
+			t.Errorf("LocalViewStateKey(%v, %q) = %q, want %q", tc.kind, got, back, tc.state)
+		}
+	}
+	if _, ok := LocalViewKey(NodeKey("east", "n1")); ok {
+		t.Error("a node key has a local view key")
+	}
+	if k := LocalViewStateKey(IPCache, "cilium/local/identities/v1/id/5"); k != "cilium/local/identities/v1/id/5" {
+		t.Errorf("a key outside the kind's view mapped to %q", k)
+	}
+	if k := LocalViewSyncedKey(IPCache); k != "cilium/local/.synced/ip/v1" {
+		t.Errorf("LocalViewSyncedKey(IPCache) = %q", k)
+	}
+}
