@@ -149,6 +149,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 			}
 			applied = now
 			onChange(st)
+			p.settle()
 		case keysMoved:
 			var now map[string]string
 			if st, now = keys.apply(base); !maps.Equal(now, applied) {
@@ -173,15 +174,13 @@ func (f *File) reread(log *slog.Logger, p *parser, notified bool, lastStat *os.F
 		return nil
 	}
 	*lastStat = fi
-	b, err := p.read(f.Path)
-	if err != nil {
+	st, err := p.next(f.Path)
+	var unreadable *os.PathError
+	switch {
+	case errors.As(err, &unreadable):
 		log.Warn("state file unreadable, keeping the last state", "file", f.Path, "err", err)
-		return nil
-	}
-	st, err := p.parse(b)
-	if err != nil {
+	case err != nil:
 		log.Error("state file changed but is invalid, keeping the last state", "file", f.Path, "err", err)
-		return nil
 	}
 	return st
 }
@@ -201,8 +200,46 @@ func withChanges(st *State, c *Changes) *State {
 type parser struct {
 	name  string
 	idx   *jsonIndex // the last valid JSON content, when indexable
-	last  []byte     // the last content read, valid or not
+	last  []byte     // the last content read, valid or not (nil: not kept)
 	spare []byte     // a buffer neither last nor idx holds, or nil
+	// pending, when set, rebuilds idx's content (idx.data is nil until
+	// settle): it was compared through a mapping (mapped_linux.go).
+	pending *rebase
+	// MapMin is the size from which a new content is compared through a
+	// mapping (DefaultMapMin when zero).
+	MapMin int
+}
+
+func (p *parser) mapMin() int {
+	if p.MapMin > 0 {
+		return p.MapMin
+	}
+	return DefaultMapMin
+}
+
+// next parses the file's new content: nil and no error when it is the same
+// as the last valid content. Through a mapping when it can, else read.
+func (p *parser) next(path string) (*State, error) {
+	p.settle()
+	if st, handled := p.parseMapped(path); handled {
+		return st, nil
+	}
+	b, err := p.read(path)
+	if err != nil {
+		return nil, err
+	}
+	return p.parse(b)
+}
+
+// settle rebuilds the content a mapping's parse left pending, into the
+// spare buffer; the last content's buffer becomes the spare. Called once
+// the State is delivered: off the path from the file to etcd.
+func (p *parser) settle() {
+	if p.pending == nil {
+		return
+	}
+	p.idx.data = p.pending.build(p.spare)
+	p.spare, p.last, p.pending = p.pending.old, p.idx.data, nil
 }
 
 // read reads the file at path into a buffer of the parser's; the content

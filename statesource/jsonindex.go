@@ -133,32 +133,58 @@ func (x *jsonIndex) add(e *Endpoint, n int) {
 // the receiver must no longer be used (the new index took over its counts
 // and spans); after a failed one it is as it was.
 func (x *jsonIndex) update(b []byte) (*jsonIndex, error) {
+	nx, _, err := x.apply(b)
+	if err != nil {
+		return nil, err
+	}
+	nx.data = b
+	return nx, nil
+}
+
+// apply is update but for the new index's data, which it leaves nil: b
+// need not outlive the call (it may be a mapping of the file), the new
+// content can be rebuilt from the old and the bytes parsed (rebase).
+func (x *jsonIndex) apply(b []byte) (*jsonIndex, *rebase, error) {
 	old := x.data
 	p := commonPrefix(old, b)
 	if p == len(old) && p == len(b) {
-		return nil, errUnchanged
+		return nil, nil, errUnchanged
 	}
 	s := commonSuffix(old[p:], b[p:])
 	oldEnd, delta := len(old)-s, len(b)-len(old)
 	if p <= x.open || oldEnd > x.close {
-		return nil, errNotIncremental
+		return nil, nil, errNotIncremental
 	}
 	i0, i1, ws, weOld := x.window(p, oldEnd)
-	parsed, spans, err := parseElements(b[ws : weOld+delta])
+	parsed, spans, frag, err := parseElements(b[ws : weOld+delta])
 	if err != nil {
-		return nil, errNotIncremental
+		return nil, nil, errNotIncremental
 	}
 	if err := x.check(parsed, i0, i1, x.state.Endpoints); err != nil {
 		// Parsed whole, the file gets the full list of what is wrong.
-		return nil, fmt.Errorf("%w: %w", errNotIncremental, err)
+		return nil, nil, fmt.Errorf("%w: %w", errNotIncremental, err)
 	}
 	for i := range spans {
 		spans[i].start += ws
 		spans[i].end += ws
 	}
-	nx := x.splice(b, i0, i1, parsed, spans, delta)
+	nx := x.splice(i0, i1, parsed, spans, delta)
 	nx.state.Changes = changes(x.state.Endpoints[i0:i1], parsed)
-	return nx, nil
+	return nx, &rebase{old: old, frag: frag, ws: ws, weOld: weOld}, nil
+}
+
+// rebase is how a new content is rebuilt from the old one and the bytes
+// parsed between them: old[:ws], frag, old[weOld:] (the prefix and suffix
+// were found equal to the new content's when they were compared, so the
+// result is exactly what the index was parsed from).
+type rebase struct {
+	old, frag []byte
+	ws, weOld int
+}
+
+// build writes the new content into dst's array (grown if it must).
+func (r *rebase) build(dst []byte) []byte {
+	return append(append(append(dst[:0], r.old[:r.ws]...), r.frag...), r.old[r.weOld:]...)
 }
 
 // window returns the old elements [i0, i1) to parse again, one more on
@@ -197,22 +223,22 @@ func cmpInt(a, b int) int {
 }
 
 // parseElements parses frag, a comma-separated list of JSON endpoints (as
-// between an array's brackets), with their spans in frag.
-func parseElements(frag []byte) ([]*Endpoint, []span, error) {
+// between an array's brackets), with their spans in frag; copy is frag's
+// bytes as parsed (frag is read once).
+func parseElements(frag []byte) (eps []*Endpoint, spans []span, copied []byte, err error) {
 	buf := make([]byte, 0, len(frag)+2)
 	buf = append(append(append(buf, '['), frag...), ']')
+	copied = buf[1 : len(buf)-1]
 	dec := json.NewDecoder(bytes.NewReader(buf))
 	dec.DisallowUnknownFields()
 	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
-		return nil, nil, errNotIncremental
+		return nil, nil, nil, errNotIncremental
 	}
-	var eps []*Endpoint
-	var spans []span
 	for dec.More() {
 		start := int(dec.InputOffset())
 		var e *Endpoint // null stays nil: check refuses it
 		if err := dec.Decode(&e); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		end := int(dec.InputOffset())
 		// The element starts after the separator and spaces before it.
@@ -221,26 +247,27 @@ func parseElements(frag []byte) ([]*Endpoint, []span, error) {
 		spans = append(spans, span{start - 1, end - 1})
 	}
 	if t, err := dec.Token(); err != nil || t != json.Delim(']') {
-		return nil, nil, errNotIncremental
+		return nil, nil, nil, errNotIncremental
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, nil, errNotIncremental
+		return nil, nil, nil, errNotIncremental
 	}
-	return eps, spans, nil
+	return eps, spans, copied, nil
 }
 
-// splice is the new index: the old one's endpoints and spans with [i0, i1)
-// replaced by parsed (at spans), those after shifted by delta. The new
+// splice is the new index but its data: the old one's endpoints and spans
+// with [i0, i1) replaced by parsed (at spans), those after shifted by
+// delta. The new
 // State gets its own slice of endpoint pointers (the old State was
 // delivered and stays as it was); the spans and counts move over.
-func (x *jsonIndex) splice(b []byte, i0, i1 int, parsed []*Endpoint, spans []span, delta int) *jsonIndex {
+func (x *jsonIndex) splice(i0, i1 int, parsed []*Endpoint, spans []span, delta int) *jsonIndex {
 	st := *x.state
 	st.Endpoints = make([]*Endpoint, 0, len(x.state.Endpoints)-(i1-i0)+len(parsed))
 	st.Endpoints = append(append(append(st.Endpoints, x.state.Endpoints[:i0]...), parsed...), x.state.Endpoints[i1:]...)
 	for _, e := range parsed {
 		e.NamespaceLabels = x.nsLabels[e.Namespace]
 	}
-	nx := &jsonIndex{data: b, state: &st, open: x.open, close: x.close + delta,
+	nx := &jsonIndex{state: &st, open: x.open, close: x.close + delta,
 		nodes: x.nodes, nsLabels: x.nsLabels, pods: x.pods, ips: x.ips}
 	nx.spans = slices.Replace(x.spans, i0, i1, spans...)
 	x.spans = nil // moved

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // indexedState is a valid state of n endpoints (two namespaces, one with
@@ -251,16 +253,18 @@ func BenchmarkIncrementalParse(b *testing.B) {
 }
 
 // One parser reading successive contents of a file (edits, an invalid
-// content, a return to the last valid one, a YAML content, JSON again)
-// into the buffers it recycles delivers after each what parsing it whole
-// gives, nothing when it equals the last valid content, and keeps the
-// last valid state through an invalid one.
+// content, a return to the last valid one, a YAML content, JSON again),
+// through a mapping or read into the buffers it recycles, delivers after
+// each what parsing it whole gives, nothing when it equals the last valid
+// content, and keeps the last valid state through an invalid one.
 func TestParserSequence(t *testing.T) {
-	base := indexedState(50, false)
-	var st State
-	if err := json.Unmarshal(base, &st); err != nil {
-		t.Fatal(err)
+	for _, mapMin := range []int{1 << 30, 1} {
+		t.Run(fmt.Sprint("mapMin=", mapMin), func(t *testing.T) { parserSequence(t, mapMin) })
 	}
+}
+
+func parserSequence(t *testing.T, mapMin int) {
+	base := indexedState(50, false)
 	edit := func(f func(st *State)) []byte {
 		var cp State
 		json.Unmarshal(base, &cp)
@@ -270,27 +274,42 @@ func TestParserSequence(t *testing.T) {
 	}
 	one := edit(func(s *State) { s.Endpoints[3].Labels = map[string]string{"app": "x"} })
 	two := edit(func(s *State) { s.Endpoints = s.Endpoints[1:] })
+	three := edit(func(s *State) { s.Endpoints = append(s.Endpoints[:40], s.Endpoints[41:]...) })
 	broken := []byte(strings.Replace(string(one), `"pod-5"`, `"pod-5`, 1))
 	asYAML := []byte("nodes:\n- {name: node-1, ips: [192.168.1.1]}\n")
 	path := filepath.Join(t.TempDir(), "state.json")
-	p := &parser{name: path}
+	p := &parser{name: path, MapMin: mapMin}
 	lastValid := []byte(nil)
 	buffers := map[*byte]bool{}
 	seq := [][]byte{base, one, broken, one, two, two, broken, base, asYAML, base, one}
 	steady := len(seq) // from here, valid edits only: two buffers take turns
-	seq = append(seq, two, one, two, one, two, one)
+	seq = append(seq, two, one, three, one, two, three)
 	for i, content := range seq {
-		if err := os.WriteFile(path, content, 0o600); err != nil {
+		// A new file each time, renamed into place, as an atomic writer does.
+		if err := os.WriteFile(path+".new", content, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		b, err := p.read(path)
-		if err != nil {
+		if err := os.Rename(path+".new", path); err != nil {
 			t.Fatal(err)
 		}
-		if i >= steady {
-			buffers[unsafe.SliceData(b)] = true
+		var got *State
+		var err error
+		if i == 0 {
+			b, rerr := p.read(path)
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			got, err = p.parse(b)
+		} else {
+			got, err = p.next(path)
 		}
-		got, err := p.parse(b)
+		p.settle() // as File.Run does once the State is delivered
+		if p.idx != nil && !bytes.Equal(p.idx.data, lastValidAfter(content, lastValid, err)) {
+			t.Fatalf("step %d: the index's content is not the last valid content", i)
+		}
+		if i >= steady && p.idx != nil {
+			buffers[unsafe.SliceData(p.idx.data)] = true
+		}
 		want, wantErr := Parse(path, content)
 		switch {
 		case wantErr != nil:
@@ -316,6 +335,57 @@ func TestParserSequence(t *testing.T) {
 		lastValid = content
 	}
 	if len(buffers) > 2 {
-		t.Errorf("%d buffers for %d reads of valid edits: they are not reused", len(buffers), len(seq)-steady)
+		t.Errorf("%d buffers for %d valid edits: they are not reused", len(buffers), len(seq)-steady)
 	}
+}
+
+// lastValidAfter is the last valid content after content was parsed with
+// err (content when it is valid).
+func lastValidAfter(content, before []byte, err error) []byte {
+	if err != nil {
+		return before
+	}
+	return content
+}
+
+// A mapping of a file that shrinks under it faults when read past the new
+// end: survivingFaults reports it instead of the process dying, and the
+// parser reads the file instead.
+func TestMappedFileTruncated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	content := bytes.Repeat([]byte("x"), 3*os.Getpagesize())
+	if err := os.WriteFile(path, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, len(content), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	if err := os.Truncate(path, 10); err != nil {
+		t.Fatal(err)
+	}
+	var sum int
+	if !survivingFaults(func() {
+		for _, c := range m[2*os.Getpagesize():] {
+			sum += int(c)
+		}
+	}) {
+		t.Fatalf("reading past the new end did not fault (sum %d)", sum)
+	}
+	if survivingFaults(func() { sum += int(m[0]) }) {
+		t.Fatal("reading within the file faulted")
+	}
+	// Not a fault: the panic goes on.
+	defer func() {
+		if r := recover(); r != "boom" {
+			t.Errorf("recovered %v, want the panic itself", r)
+		}
+	}()
+	survivingFaults(func() { panic("boom") })
 }
