@@ -10,15 +10,17 @@ import (
 // nodeSource is the Source field of the nodes this apiserver publishes.
 const nodeSource = "clustermesh"
 
-// desiredKV is what the store should hold under the state prefixes: full key →
-// encoded value.
+// desiredKV is what the store should hold under the state prefixes and the
+// local view's: full key → encoded value.
 type desiredKV map[string][]byte
 
 // desired computes the entries that publish st for cluster c, allocating
 // identities as needed (endpoints as cache has them are not encoded again).
 // Of the endpoints, only those mode exports are published, with their
-// identities. It reports whether new identities were allocated and how
-// many endpoints were held back.
+// identities; when mode holds some back, every endpoint and its identity
+// is also published in the local view (wire.LocalViewPrefix). It reports
+// whether new identities were allocated and how many endpoints were held
+// back.
 func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identityAllocator, cache *endpointCache) (kv desiredKV, allocated bool, held int, err error) {
 	var index *statesource.SelectorIndex // built for the first that needs it
 	ix := func() *statesource.SelectorIndex {
@@ -28,7 +30,12 @@ func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identi
 		return index
 	}
 	scope := newExportScope(mode, st, ix)
-	kv = make(desiredKV, len(st.Nodes)+2*len(st.Endpoints)+len(st.Services))
+	view := mode.localView()
+	size := len(st.Nodes) + 2*len(st.Endpoints) + len(st.Services)
+	if view {
+		size += 2 * len(st.Endpoints)
+	}
+	kv = make(desiredKV, size)
 	nodeIP := make(map[string]netip.Addr, len(st.Nodes))
 	for i := range st.Nodes {
 		n := &st.Nodes[i]
@@ -42,9 +49,12 @@ func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identi
 	cache.begin()
 	for i := range st.Endpoints {
 		e := st.Endpoints[i]
-		if !scope.exported(e) {
+		exported := scope.exported(e)
+		if !exported {
 			held++
-			continue
+			if !view {
+				continue
+			}
 		}
 		ce, isNew, err := endpointEntries(c, e, nodeIP[e.Node], ids, cache)
 		if err != nil {
@@ -52,8 +62,14 @@ func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identi
 		}
 		allocated = allocated || isNew
 		idEntry := cache.identities[ce.id]
-		kv[idEntry.key] = idEntry.val
-		kv[ce.ipcache.key] = ce.ipcache.val
+		if exported {
+			kv[idEntry.key] = idEntry.val
+			kv[ce.ipcache.key] = ce.ipcache.val
+		}
+		if view {
+			kv[idEntry.local] = idEntry.val
+			kv[ce.ipcache.local] = ce.ipcache.val
+		}
 	}
 	cache.sweep()
 	for i := range st.Services {
@@ -94,7 +110,7 @@ func endpointEntries(c wire.Cluster, e *statesource.Endpoint, hostIP netip.Addr,
 	if err != nil {
 		return nil, false, err
 	}
-	ce = cache.store(e, hostIP, id, encodedEntry{wire.IPCachePrefixKey(netip.PrefixFrom(ip, ip.BitLen())), v})
+	ce = cache.store(e, hostIP, id, newEncodedEntry(wire.IPCachePrefixKey(netip.PrefixFrom(ip, ip.BitLen())), v))
 	cache.identity(id, func() wire.Labels { return ls })
 	return ce, isNew, nil
 }

@@ -288,7 +288,7 @@ func (s *Server) lead(ctx context.Context, cli *clientv3.Client, t *term, src *s
 	if err != nil {
 		return fmt.Errorf("%w: %w", errLeadFailed, err)
 	}
-	pub := newPublisher(cli, s.cfg.cluster(), log, s.txnLatency)
+	pub := newPublisher(cli, s.cfg.cluster(), s.cfg.ExportMode.localView(), log, s.txnLatency)
 	pub.fence = []clientv3.Cmp{t.fence()}
 	pub.afterTxn = s.afterTxn
 	s.setRole(RoleLeader)

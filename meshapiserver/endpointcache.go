@@ -25,10 +25,17 @@ type endpointCache struct {
 }
 
 // encodedEntry is one key and its encoded value (never modified: the
-// publisher compares and sends it as is).
+// publisher compares and sends it as is), and the key it has in the local
+// view (wire.LocalViewKey: the same value, for the cluster's own agents).
 type encodedEntry struct {
-	key string
-	val []byte
+	key, local string
+	val        []byte
+}
+
+// newEncodedEntry returns key's entry with value val.
+func newEncodedEntry(key string, val []byte) encodedEntry {
+	local, _ := wire.LocalViewKey(key)
+	return encodedEntry{key: key, local: local, val: val}
 }
 
 // cachedEndpoint is one endpoint as last published. labels and nsLabels
@@ -90,7 +97,7 @@ func (c *endpointCache) identity(id uint32, ls func() wire.Labels) encodedEntry 
 	if e, ok := c.identities[id]; ok {
 		return e
 	}
-	e := encodedEntry{wire.IdentityKey(id), wire.EncodeIdentity(wire.Identity{ID: id, Labels: ls()})}
+	e := newEncodedEntry(wire.IdentityKey(id), wire.EncodeIdentity(wire.Identity{ID: id, Labels: ls()}))
 	c.identities[id] = e
 	return e
 }

@@ -62,6 +62,11 @@ func (m *ExportMode) String() string { return string(*m) }
 // Type names the flag's value in usage.
 func (m *ExportMode) Type() string { return "all|global-services|opt-in" }
 
+// localView reports whether m holds endpoints back from peers, so that the
+// apiserver publishes the complete local view for its own agents
+// (wire.LocalViewPrefix).
+func (m ExportMode) localView() bool { return m != ExportAll && m != "" }
+
 // exportScope decides which endpoints of one state are exported.
 type exportScope struct {
 	mode     ExportMode

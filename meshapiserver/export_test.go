@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/statesource"
@@ -98,6 +99,20 @@ func readPublished(t *testing.T, c wire.Cluster, kv desiredKV) published {
 	return p
 }
 
+// localView is the local view among kv, under the state keys its keys
+// stand for.
+func localView(kv desiredKV) desiredKV {
+	out := desiredKV{}
+	for k, v := range kv {
+		for _, kind := range wire.LocalViewKinds {
+			if strings.HasPrefix(k, wire.LocalViewListPrefix(kind)) {
+				out[wire.LocalViewStateKey(kind, k)] = v
+			}
+		}
+	}
+	return out
+}
+
 func TestExportModes(t *testing.T) {
 	c := wire.Cluster{Name: "west", ID: 2, MaxConnectedClusters: 255}
 	for _, tc := range []struct {
@@ -136,6 +151,16 @@ func TestExportModes(t *testing.T) {
 			}
 			if n := strings.Count(strings.Join(slices.Collect(maps.Keys(kv)), " "), wire.NodesPrefix+"/"); n != 1 {
 				t.Errorf("%d nodes published, want 1 (nodes are always exported)", n)
+			}
+			// The local view: every endpoint and identity when some are
+			// held back, as ExportAll publishes them; none otherwise.
+			v := readPublished(t, c, localView(kv))
+			all := []string{"10.2.0.1", "10.2.0.2", "10.2.0.3", "10.2.0.4", "10.2.0.5", "10.2.0.6"}
+			if tc.mode == ExportAll && (len(v.ips) != 0 || len(v.apps) != 0) {
+				t.Errorf("ExportAll publishes a local view: %v, %v", v.ips, v.apps)
+			}
+			if tc.mode != ExportAll && (!slices.Equal(v.ips, all) || !slices.Equal(v.apps, []string{"api", "api", "checkout", "db", "frontend"})) {
+				t.Errorf("local view: ipcache %v, identities %v; want every endpoint's", v.ips, v.apps)
 			}
 		})
 	}
@@ -203,11 +228,14 @@ func TestParseExportMode(t *testing.T) {
 // in global-services mode (on the same data directory) removes what is no
 // longer exported — cart-a and its identity, not behind a global service —
 // and keeps the checkout identity's number; status and metrics say what
-// was held back.
+// was held back. The cluster's own user reads everything in the local
+// view, with its canaries, which a peer may not read; a restart with
+// ExportAll removes the view.
 func TestExportModeOnRealStore(t *testing.T) {
 	f := newFixture(t)
 	f.dataDir = filepath.Join(f.dir, "data")
 	f.start(t, "127.0.0.1:0")
+	checkNoLocalView(t, f)
 	peer := clientFor(t, f.srv.ClientURL(), f.west.RemoteCert(), f.west.RemoteKey(), f.west.CAFile())
 	ipcacheOf := func() []string {
 		resp, err := get(t, peer, wire.IPCachePrefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
@@ -246,6 +274,75 @@ func TestExportModeOnRealStore(t *testing.T) {
 	if got := gather(t, f.srv)["clustermesh_apiserver_endpoints_not_exported"]; got != 1 {
 		t.Errorf("clustermesh_apiserver_endpoints_not_exported = %v, want 1", got)
 	}
+
+	own := f.userClient(t, RemoteUser("east"))
+	resp, err := get(t, own, wire.LocalViewPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatalf("the cluster's own user reading the local view: %v", err)
+	}
+	view := map[string]string{}
+	for _, kv := range resp.Kvs {
+		view[string(kv.Key)] = string(kv.Value)
+	}
+	for _, ip := range []string{"10.1.1.10", "10.1.1.11", "10.1.1.12"} {
+		if view[wire.LocalViewListPrefix(wire.IPCache)+ip] == "" {
+			t.Errorf("the local view %v lacks %s", slices.Sorted(maps.Keys(view)), ip)
+		}
+	}
+	for _, k := range wire.LocalViewSyncedKeys() {
+		if view[k] == "" {
+			t.Errorf("the local view lacks its canary %s", k)
+		}
+	}
+	if n := len(view) - len(wire.LocalViewKinds); f.srv.Status().LocalViewEntries != n || n != 3+2 {
+		t.Errorf("status: %d entries in the local view, the store holds %d; want 3 endpoints and 2 identities", f.srv.Status().LocalViewEntries, n)
+	}
+	if got := gather(t, f.srv)["clustermesh_apiserver_local_view_entries"]; got != 5 {
+		t.Errorf("clustermesh_apiserver_local_view_entries = %v, want 5", got)
+	}
+	if cfg := clusterConfig(t, own); !cfg.Capabilities.LocalView {
+		t.Errorf("the cluster config %+v does not say the local view exists", cfg)
+	}
+	for _, key := range []string{wire.LocalViewPrefix, wire.LocalViewSyncedKeys()[0]} {
+		if _, err := get(t, peer, key, clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("a peer reading %s: %v, want permission denied", key, err)
+		}
+	}
+
+	f.stop(t)
+	f.exportMode = ExportAll
+	f.start(t, strings.TrimPrefix(url, "https://"))
+	checkNoLocalView(t, f)
+}
+
+// checkNoLocalView: the store holds nothing under the local view's prefix,
+// and the cluster config does not announce one.
+func checkNoLocalView(t *testing.T, f *fixture) {
+	t.Helper()
+	own := f.userClient(t, RemoteUser("east"))
+	if resp, err := get(t, own, wire.LocalViewPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("exporting all, the local view holds %v (%v), want nothing", resp.Kvs, err)
+	}
+	if cfg := clusterConfig(t, own); cfg.Capabilities.LocalView {
+		t.Errorf("exporting all, the cluster config %+v announces a local view", cfg)
+	}
+	if n := f.srv.Status().LocalViewEntries; n != 0 {
+		t.Errorf("exporting all, status counts %d local view entries", n)
+	}
+}
+
+// clusterConfig reads east's cluster config.
+func clusterConfig(t *testing.T, cli *clientv3.Client) wire.ClusterConfig {
+	t.Helper()
+	resp, err := get(t, cli, wire.ClusterConfigKey("east"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("reading the cluster config: %v %v", resp, err)
+	}
+	_, cfg, err := wire.DecodeClusterConfig("east", 255, resp.Kvs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 // FuzzParseExportMode: every input is a known mode (which parses back to

@@ -245,7 +245,7 @@ func TestExternalEtcdFencesDeposedLeader(t *testing.T) {
 		t.Fatalf("election key: %v %v", resp, err)
 	}
 	old := &term{key: string(resp.Kvs[0].Key), rev: resp.Kvs[0].CreateRevision}
-	stale := newPublisher(admin, eastCluster, a.srv.cfg.Logger, newTxnLatency())
+	stale := newPublisher(admin, eastCluster, false, a.srv.cfg.Logger, newTxnLatency())
 	stale.fence = []clientv3.Cmp{old.fence()}
 
 	b := startReplica(t, f, cl, "b", f.state, 2*time.Second, nil)

@@ -13,15 +13,19 @@ import (
 // incremental is the bookkeeping that lets a state whose Changes name only
 // endpoints be published without walking the whole state: per endpoint what
 // it was published with, per identity how many exported endpoints use it,
-// per shared global service the endpoints it selects. The full path
+// per shared global service the endpoints it selects. With a local view
+// (a mode that holds endpoints back) every endpoint is also in the view,
+// and per identity how many endpoints use it there. The full path
 // (desired) rebuilds it; a change updates it in place. Owned by the
 // publishing goroutine.
 type incremental struct {
-	valid  bool
-	mode   ExportMode
-	nodeIP map[string]netip.Addr
-	eps    map[string]*incEndpoint // by namespace/pod
-	idRefs map[uint32]int          // identity → exported endpoints using it
+	valid    bool
+	mode     ExportMode
+	view     bool // mode.localView()
+	nodeIP   map[string]netip.Addr
+	eps      map[string]*incEndpoint // by namespace/pod
+	idRefs   map[uint32]int          // identity → exported endpoints using it
+	viewRefs map[uint32]int          // identity → endpoints using it (view only)
 	// services are the shared global services that select something, each
 	// under one pair of its selector (the least key): an endpoint's
 	// candidates are those under its own labels' pairs.
@@ -33,9 +37,14 @@ type incremental struct {
 type incEndpoint struct {
 	ep       *statesource.Endpoint // shared with the states (never modified)
 	exported bool
-	id       uint32 // exported only
-	ipKey    string // exported only
+	// id and ip (its ipcache entry's keys) are set when it is published:
+	// exported, or in the local view.
+	id uint32
+	ip encodedEntry
 }
+
+// published reports whether ie has entries (exported, or in the view).
+func (inc *incremental) published(ie *incEndpoint) bool { return ie.exported || inc.view }
 
 // incService is one shared global service and the endpoints it selects
 // (with an address), exported or not.
@@ -54,22 +63,24 @@ type endpointDelta struct {
 // rebuild records st as the full path published it: scope is the scope
 // desired used, ix st's selector index.
 func (inc *incremental) rebuild(st *statesource.State, mode ExportMode, scope *exportScope, ix func() *statesource.SelectorIndex, cache *endpointCache, nodeIP map[string]netip.Addr) {
-	*inc = incremental{valid: true, mode: mode, nodeIP: nodeIP,
-		eps: make(map[string]*incEndpoint, len(st.Endpoints)), idRefs: map[uint32]int{}, services: map[selectorPair][]*incService{}}
+	*inc = incremental{valid: true, mode: mode, view: mode.localView(), nodeIP: nodeIP,
+		eps: make(map[string]*incEndpoint, len(st.Endpoints)), idRefs: map[uint32]int{}, viewRefs: map[uint32]int{},
+		services: map[selectorPair][]*incService{}}
 	for i := range st.Endpoints {
 		e := st.Endpoints[i]
 		ie := &incEndpoint{ep: e, exported: scope.exported(e)}
 		key := e.Key()
-		if ie.exported {
+		if !ie.exported {
+			inc.held++
+		}
+		if inc.published(ie) {
 			ce := cache.endpoints[key]
-			if ce == nil { // the full path stored every exported endpoint
+			if ce == nil { // the full path stored every endpoint it published
 				inc.valid = false
 				return
 			}
-			ie.id, ie.ipKey = ce.id, ce.ipcache.key
-			inc.idRefs[ce.id]++
-		} else {
-			inc.held++
+			ie.id, ie.ip = ce.id, ce.ipcache
+			inc.count(ie, 1)
 		}
 		inc.eps[key] = ie
 	}
@@ -87,6 +98,16 @@ func (inc *incremental) rebuild(st *statesource.State, mode ExportMode, scope *e
 			pair := selectorPair{s.Namespace, k, s.Selector[k]}
 			inc.services[pair] = append(inc.services[pair], is)
 		}
+	}
+}
+
+// count adds n to the references of ie's identity (ie is published).
+func (inc *incremental) count(ie *incEndpoint, n int) {
+	if ie.exported {
+		inc.idRefs[ie.id] += n
+	}
+	if inc.view {
+		inc.viewRefs[ie.id] += n
 	}
 }
 
@@ -133,12 +154,13 @@ func (inc *incremental) apply(c wire.Cluster, now map[string]*statesource.Endpoi
 				delete(is.members, key)
 				affected[is] = struct{}{}
 			}
-			if old.exported {
-				inc.idRefs[old.id]--
-				touched[old.id] = struct{}{}
-				d.dels[old.ipKey] = struct{}{}
-			} else {
+			if !old.exported {
 				inc.held--
+			}
+			if inc.published(old) {
+				inc.count(old, -1)
+				touched[old.id] = struct{}{}
+				d.delIPCache(old, inc.view)
 			}
 			delete(inc.eps, key)
 		}
@@ -151,30 +173,30 @@ func (inc *incremental) apply(c wire.Cluster, now map[string]*statesource.Endpoi
 			is.members[key] = struct{}{}
 			affected[is] = struct{}{}
 		}
-		if ie.exported {
+		if !ie.exported {
+			inc.held++
+		}
+		if inc.published(ie) {
 			ce, isNew, err := endpointEntries(c, e, inc.nodeIP[e.Node], ids, cache)
 			if err != nil {
 				return d, allocated, err
 			}
 			allocated = allocated || isNew
-			ie.id, ie.ipKey = ce.id, ce.ipcache.key
-			inc.idRefs[ce.id]++
+			ie.id, ie.ip = ce.id, ce.ipcache
+			inc.count(ie, 1)
 			touched[ce.id] = struct{}{}
-			d.puts[ce.ipcache.key] = ce.ipcache.val
+			d.putIPCache(ie, inc.view)
 		} else {
-			inc.held++
 			delete(cache.endpoints, key)
 		}
 		inc.eps[key] = ie
 	}
 	for id := range touched {
-		if inc.idRefs[id] > 0 {
-			e := cache.identities[id] // encoded when an endpoint first used it
-			d.puts[e.key] = e.val
-			continue
+		e := cache.identities[id] // encoded when an endpoint first used it
+		d.refs(e, inc.idRefs, id, e.key)
+		if inc.view {
+			d.refs(e, inc.viewRefs, id, e.local)
 		}
-		delete(inc.idRefs, id)
-		d.dels[wire.IdentityKey(id)] = struct{}{}
 	}
 	for is := range affected {
 		k, v, err := inc.encodeService(c, is)
@@ -188,6 +210,38 @@ func (inc *incremental) apply(c wire.Cluster, now map[string]*statesource.Endpoi
 	}
 	inc.valid = true
 	return d, allocated, nil
+}
+
+// putIPCache writes ie's ipcache entry: its state key when exported, its
+// view key with a view.
+func (d endpointDelta) putIPCache(ie *incEndpoint, view bool) {
+	if ie.exported {
+		d.puts[ie.ip.key] = ie.ip.val
+	}
+	if view {
+		d.puts[ie.ip.local] = ie.ip.val
+	}
+}
+
+// delIPCache deletes what putIPCache wrote for ie.
+func (d endpointDelta) delIPCache(ie *incEndpoint, view bool) {
+	if ie.exported {
+		d.dels[ie.ip.key] = struct{}{}
+	}
+	if view {
+		d.dels[ie.ip.local] = struct{}{}
+	}
+}
+
+// refs writes identity entry e under key while refs counts a user of id,
+// else deletes it (and forgets the count).
+func (d endpointDelta) refs(e encodedEntry, refs map[uint32]int, id uint32, key string) {
+	if refs[id] > 0 {
+		d.puts[key] = e.val
+		return
+	}
+	delete(refs, id)
+	d.dels[key] = struct{}{}
 }
 
 // encodeService encodes is with its exported members as backends, as

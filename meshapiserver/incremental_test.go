@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -193,11 +194,58 @@ func TestIncrementalEqualsFull(t *testing.T) {
 				if held != wantHeld {
 					t.Fatalf("round %d: held %d, want %d", round, held, wantHeld)
 				}
+				checkLocalView(t, c, published, st, mode)
 			}
 			if incrementals < 300 {
 				t.Fatalf("only %d of 400 changes took the incremental path", incrementals)
 			}
 		})
+	}
+}
+
+// checkLocalView checks the local view among kv, desired for st in mode:
+// none with ExportAll; else every endpoint's ipcache entry, every state
+// ipcache entry and identity also in the view with its value, and every
+// identity the view's entries use in the view, valid for c.
+func checkLocalView(t *testing.T, c wire.Cluster, kv desiredKV, st *statesource.State, mode ExportMode) {
+	t.Helper()
+	view, ips := map[string][]byte{}, 0
+	for k, v := range kv {
+		if strings.HasPrefix(k, wire.LocalViewPrefix) {
+			view[k] = v
+			if strings.HasPrefix(k, wire.LocalViewListPrefix(wire.IPCache)) {
+				ips++
+			}
+		}
+	}
+	if !mode.localView() {
+		if len(view) != 0 {
+			t.Fatalf("mode %s publishes %d entries in the local view", mode, len(view))
+		}
+		return
+	}
+	if ips != len(st.Endpoints) {
+		t.Fatalf("the local view holds %d ipcache entries, want one per endpoint (%d)", ips, len(st.Endpoints))
+	}
+	for k, v := range kv {
+		if lk, ok := wire.LocalViewKey(k); ok && !bytes.Equal(view[lk], v) {
+			t.Fatalf("%s is published as %s, its local view %s as %s", k, v, lk, view[lk])
+		}
+	}
+	for k, v := range view {
+		if err := checkEntry(c, k, v); err != nil {
+			t.Fatalf("the local view's %s: %v", k, err)
+		}
+		if !strings.HasPrefix(k, wire.LocalViewListPrefix(wire.IPCache)) {
+			continue
+		}
+		p, err := wire.DecodeIPIdentityPair(c, wire.LocalViewStateKey(wire.IPCache, k), v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lk, _ := wire.LocalViewKey(wire.IdentityKey(p.ID)); view[lk] == nil {
+			t.Fatalf("the local view's %s uses identity %d, which it does not hold", k, p.ID)
+		}
 	}
 }
 
@@ -264,12 +312,17 @@ func writeState(t testing.TB, path string, st *statesource.State) {
 	writeFile(t, path, string(b))
 }
 
-// storeEntries is what the store holds under cluster c's state prefixes.
+// storeEntries is what the store holds under cluster c's state prefixes
+// and in the local view (but its canaries).
 func storeEntries(t *testing.T, cli *clientv3.Client, c wire.Cluster) desiredKV {
 	t.Helper()
 	out := desiredKV{}
+	prefixes := []string{wire.LocalViewListPrefix(wire.IPCache), wire.LocalViewListPrefix(wire.Identities)}
 	for _, k := range wire.PublishedKinds {
-		resp, err := cli.Get(context.Background(), k.ListPrefix(c.Name), clientv3.WithPrefix())
+		prefixes = append(prefixes, k.ListPrefix(c.Name))
+	}
+	for _, prefix := range prefixes {
+		resp, err := cli.Get(context.Background(), prefix, clientv3.WithPrefix())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -317,7 +370,7 @@ func TestPublishChangesRefusesAsPublish(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPublisher(admin, south, f.srv.cfg.Logger, newTxnLatency())
+	p := newPublisher(admin, south, false, f.srv.cfg.Logger, newTxnLatency())
 	p.lease = lease.ID
 	first, _ := wire.IdentityRange(south.ID, south.MaxConnectedClusters)
 	idX, idY := wire.IdentityKey(first), wire.IdentityKey(first+1)

@@ -172,7 +172,7 @@ func TestLimitsChain(t *testing.T) {
 		t.Fatalf("%d bytes in %d batches, want one", used+last.bytes, len(b))
 	}
 	t.Logf("one transaction of %d bytes (budget %d)", used+last.bytes, txnBudgetBytes)
-	p := newPublisher(cli, f.srv.cfg.cluster(), f.srv.cfg.Logger, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}))
+	p := newPublisher(cli, f.srv.cfg.cluster(), false, f.srv.cfg.Logger, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"}))
 	p.lease = lease.ID
 	if err := p.commit(ctx, full); err != nil {
 		t.Fatalf("the largest transaction the publisher builds: %v", err)

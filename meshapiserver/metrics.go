@@ -26,6 +26,7 @@ var (
 	descRenewals = prometheus.NewDesc(ns+"_lease_renewals_total", "Leases granted after the publishing lease was lost (every entry written again).", nil, nil)
 	descDenied   = prometheus.NewDesc(ns+"_requests_denied_total", "Requests refused to callers that are not an admin of this cluster, by gRPC method.", []string{"method"}, nil)
 	descHeld     = prometheus.NewDesc(ns+"_endpoints_not_exported", "Endpoints of the last state the export mode (label mode) held back from peers.", []string{"mode"}, nil)
+	descView     = prometheus.NewDesc(ns+"_local_view_entries", "Entries published in the local view (every endpoint and identity, for the cluster's own agents; none when everything is exported).", nil, nil)
 
 	// On an external etcd cluster only.
 	descLeader    = prometheus.NewDesc(ns+"_leader", "1 while this replica leads (publishes), 0 while it stands by; labelled with the leader's name (empty while none leads).", []string{"leader"}, nil)
@@ -33,7 +34,7 @@ var (
 	descTakeovers = prometheus.NewDesc(ns+"_takeovers_total", "Terms of this replica that began by adopting entries published on another lease (another leader's).", nil, nil)
 )
 
-var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descChanges, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied, descHeld, descLeader, descTerms, descTakeovers}
+var allDescs = []*prometheus.Desc{descEntries, descWrites, descTxns, descChanges, descCanary, descFailures, descFailing, descRefused, descRefusals, descRenewals, descDenied, descHeld, descView, descLeader, descTerms, descTakeovers}
 
 // newTxnLatency is the histogram of publishing transaction latencies.
 func newTxnLatency() prometheus.Histogram {
@@ -71,6 +72,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), method)
 	}
 	ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(st.EndpointsNotExported), string(st.ExportMode))
+	ch <- prometheus.MustNewConstMetric(descView, prometheus.GaugeValue, float64(st.LocalViewEntries))
 	if st.Role != "" {
 		ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, boolValue(st.Role == RoleLeader), st.Leader)
 		ch <- prometheus.MustNewConstMetric(descTerms, prometheus.CounterValue, float64(st.Terms))

@@ -37,8 +37,11 @@ import (
 type publisher struct {
 	cli     *clientv3.Client
 	cluster wire.Cluster
-	lease   clientv3.LeaseID
-	log     *slog.Logger
+	// localView: the local view's canaries are written with the others
+	// (else they are deleted: a view a previous run published goes).
+	localView bool
+	lease     clientv3.LeaseID
+	log       *slog.Logger
 	// fence conditions every write (on an external etcd: this replica's
 	// election key, see election.go); a write it refuses is ErrNotLeader.
 	fence []clientv3.Cmp
@@ -87,6 +90,9 @@ type PublishStats struct {
 	// CanariesSet is true while the synced canaries are written (they are
 	// written again after a lease was lost).
 	CanariesSet bool
+	// LocalViewEntries are the entries of those published that are in
+	// the local view (wire.LocalViewPrefix).
+	LocalViewEntries int
 	// Refused entries are not published because every agent would reject
 	// them; RefusedSamples says which (at most maxRefusedSamples, by key).
 	// RefusedTotal counts refused values since start by reason (wire.Reason).
@@ -105,28 +111,41 @@ type RefusedEntry struct {
 
 const maxRefusedSamples = 10
 
-func newPublisher(cli *clientv3.Client, c wire.Cluster, log *slog.Logger, txnLatency prometheus.Histogram) *publisher {
+func newPublisher(cli *clientv3.Client, c wire.Cluster, localView bool, log *slog.Logger, txnLatency prometheus.Histogram) *publisher {
 	return &publisher{
-		cli: cli, cluster: c, log: log, txnLatency: txnLatency, endpoints: newEndpointCache(),
+		cli: cli, cluster: c, localView: localView, log: log, txnLatency: txnLatency, endpoints: newEndpointCache(),
 		published: desiredKV{}, refused: map[string]refusal{}, refusals: map[string]uint64{},
 	}
 }
 
 // loadExisting reads what the store already holds under the state prefixes
-// (a persistent data dir, or a store shared with a previous run), so that the
-// first publish removes only what is no longer desired.
+// and the local view's (a persistent data dir, or a store shared with a
+// previous run), so that the first publish removes only what is no longer
+// desired.
 func (p *publisher) loadExisting(ctx context.Context) error {
 	p.published = desiredKV{}
 	p.existingIdentities, p.adoptable = map[string][]byte{}, 0
+	type source struct {
+		kind   wire.Kind
+		prefix string
+		view   bool
+	}
+	var sources []source
 	for _, k := range wire.PublishedKinds {
-		prefix := k.ListPrefix(p.cluster.Name)
-		resp, err := p.cli.Get(ctx, prefix, clientv3.WithPrefix())
+		sources = append(sources, source{k, k.ListPrefix(p.cluster.Name), false})
+	}
+	for _, k := range wire.LocalViewKinds {
+		sources = append(sources, source{k, wire.LocalViewListPrefix(k), true})
+	}
+	for _, src := range sources {
+		k := src.kind
+		resp, err := p.cli.Get(ctx, src.prefix, clientv3.WithPrefix())
 		if err != nil {
-			return fmt.Errorf("reading existing %s: %w", k, err)
+			return fmt.Errorf("reading existing %s: %w", src.prefix, err)
 		}
 		for _, kv := range resp.Kvs {
-			if k == wire.Identities {
-				p.existingIdentities[string(kv.Key)] = kv.Value
+			if k == wire.Identities { // the view's too: they are the held-back endpoints'
+				p.existingIdentities[wire.LocalViewStateKey(k, string(kv.Key))] = kv.Value
 			}
 			if kv.Lease != int64(p.lease) {
 				p.adoptable++
@@ -202,6 +221,12 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 	}
 	p.published, p.rewrite = want, false
 	p.stats.Entries = len(want)
+	p.stats.LocalViewEntries = 0
+	for k := range want {
+		if strings.HasPrefix(k, wire.LocalViewPrefix) {
+			p.stats.LocalViewEntries++
+		}
+	}
 	p.stats.Puts += uint64(len(puts))
 	p.stats.Deletes += uint64(len(dels))
 	p.stats.LastPublish = time.Now()
@@ -257,9 +282,15 @@ func (p *publisher) publishChanges(ctx context.Context, puts map[string][]byte, 
 		return err
 	}
 	for _, k := range putKeys {
+		if _, ok := p.published[k]; !ok && strings.HasPrefix(k, wire.LocalViewPrefix) {
+			p.stats.LocalViewEntries++
+		}
 		p.published[k] = puts[k]
 	}
 	for _, k := range delKeys {
+		if strings.HasPrefix(k, wire.LocalViewPrefix) {
+			p.stats.LocalViewEntries--
+		}
 		delete(p.published, k)
 	}
 	p.stats.Entries = len(p.published)
@@ -306,9 +337,16 @@ func (p *publisher) write(ctx context.Context, puts, dels []string, vals map[str
 }
 
 // checkEntry returns why an agent would reject the entry, with the agents'
-// own decoders, or nil.
+// own decoders, or nil. An entry of the local view is checked as the state
+// entry it stands for, as the agents read it.
 func checkEntry(c wire.Cluster, key string, val []byte) error {
 	var err error
+	for _, k := range wire.LocalViewKinds {
+		if strings.HasPrefix(key, wire.LocalViewListPrefix(k)) {
+			key = wire.LocalViewStateKey(k, key)
+			break
+		}
+	}
 	switch {
 	case strings.HasPrefix(key, wire.IPCachePrefix+"/"):
 		_, err = wire.DecodeIPIdentityPair(c, key, val)
@@ -482,12 +520,21 @@ func (p *publisher) observeTxn(d time.Duration) {
 	p.stats.Txns++
 }
 
-// writeCanaries marks every prefix as fully written.
+// writeCanaries marks every prefix as fully written: the state's, and
+// the local view's when there is one (else it deletes the view's, which a
+// run in a scoped mode left).
 func (p *publisher) writeCanaries(ctx context.Context) error {
 	now := time.Now().UTC().Format(time.RFC3339)
-	ops := make([]clientv3.Op, 0, len(wire.PublishedKinds))
+	ops := make([]clientv3.Op, 0, len(wire.PublishedKinds)+len(wire.LocalViewKinds))
 	for _, k := range wire.PublishedKinds {
 		ops = append(ops, clientv3.OpPut(wire.SyncedKey(p.cluster.Name, k), now, clientv3.WithLease(p.lease)))
+	}
+	for _, key := range wire.LocalViewSyncedKeys() {
+		if p.localView {
+			ops = append(ops, clientv3.OpPut(key, now, clientv3.WithLease(p.lease)))
+		} else {
+			ops = append(ops, clientv3.OpDelete(key))
+		}
 	}
 	if err := p.fencedTxn(ctx, ops); err != nil {
 		return fmt.Errorf("writing synced canaries: %w", err)

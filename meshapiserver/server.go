@@ -71,6 +71,10 @@ type Status struct {
 	// back.
 	ExportMode           ExportMode `json:"exportMode"`
 	EndpointsNotExported int        `json:"endpointsNotExported"`
+	// LocalViewEntries counts the entries published in the local view
+	// (wire.LocalViewPrefix: every endpoint and identity, for the cluster's
+	// own agents), 0 with ExportAll, which publishes none.
+	LocalViewEntries int `json:"localViewEntries"`
 
 	// On an external etcd cluster (Config.EtcdEndpoints): this replica's
 	// name, its role (RoleLeader or RoleStandby), the leader's name (empty
@@ -194,7 +198,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := setupAuth(ctx, cli, cfg.ClusterName, cfg.Peers, cfg.CiliumRemoteUser); err != nil {
 		return err
 	}
-	pub := newPublisher(cli, cfg.cluster(), log, s.txnLatency)
+	pub := newPublisher(cli, cfg.cluster(), cfg.ExportMode.localView(), log, s.txnLatency)
 	err = s.loop(ctx, cli, pub, ids, src, &runState{state: first, due: true}, nil)
 	if errors.Is(err, ErrNotLeader) {
 		return nil // not on the embedded etcd: nothing fences it
@@ -209,6 +213,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) writeClusterConfig(ctx context.Context, pub *publisher, lease clientv3.LeaseID) error {
 	v, err := wire.EncodeClusterConfig(wire.ClusterConfig{ID: s.cfg.ClusterID, Capabilities: wire.Capabilities{
 		SyncedCanaries: true, MaxConnectedClusters: s.cfg.MaxConnectedClusters, ServiceExportsEnabled: serviceExportsEnabled(),
+		LocalView: s.cfg.ExportMode.localView(),
 	}})
 	if err != nil {
 		return err
@@ -505,6 +510,7 @@ func (s *Server) publishSucceeded(pub *publisher) {
 	}
 	s.status.PublishError, s.status.PublishFailingSince = "", time.Time{}
 	s.status.Publish = pub.stats
+	s.status.LocalViewEntries = pub.stats.LocalViewEntries
 	wasReady := s.status.Ready
 	s.status.Ready = s.status.Ready || pub.canariesSet
 	ready := s.status.Ready

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -22,6 +23,11 @@ const (
 	// remotes' cached entries, their cluster configs and synced canaries.
 	// Peers never get it: the cache holds other clusters' state.
 	cacheReaderRole = "cache-reader"
+	// localViewRole is the cluster's own agents' read access to the local
+	// view (wire.LocalViewPrefix: every endpoint and identity, also those
+	// a scoped export mode holds back from peers). Only remote-<cluster>
+	// has it; it is revoked from any other user.
+	localViewRole = "local-view-reader"
 )
 
 // AdminUser is the user the apiserver of cluster writes with.
@@ -63,25 +69,37 @@ func cacheReaderPermissions() [][2]string {
 	}
 }
 
+// localViewPermissions are what the local-view-reader role may read: the
+// local view (entries and canaries).
+func localViewPermissions() [][2]string {
+	return [][2]string{{wire.LocalViewPrefix, clientv3.GetPrefixRangeEnd(wire.LocalViewPrefix)}}
+}
+
+// addReadRole creates role (if it is not there) with read access to
+// perms.
+func addReadRole(ctx context.Context, cli *clientv3.Client, role string, perms [][2]string) error {
+	if _, err := cli.RoleAdd(ctx, role); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
+		return fmt.Errorf("adding role %s: %w", role, err)
+	}
+	for _, p := range perms {
+		if _, err := cli.RoleGrantPermission(ctx, role, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
+			return fmt.Errorf("granting %s read on %q: %w", role, p[0], err)
+		}
+	}
+	return nil
+}
+
 // setupAuth creates the roles and users and enables authentication. It is
 // idempotent, also on a store where auth is already on (as admin it may
 // still manage users), and removes remote users of peers no longer listed,
-// and the shared user remote unless ciliumRemote asks for it.
+// and the shared user remote unless ciliumRemote asks for it. Only the
+// cluster's own user reads the local view.
 func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers []string, ciliumRemote bool) error {
-	if _, err := cli.RoleAdd(ctx, remoteRole); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
-		return fmt.Errorf("adding role %s: %w", remoteRole, err)
-	}
-	for _, p := range remotePermissions(cluster) {
-		if _, err := cli.RoleGrantPermission(ctx, remoteRole, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
-			return fmt.Errorf("granting %s read on %q: %w", remoteRole, p[0], err)
-		}
-	}
-	if _, err := cli.RoleAdd(ctx, cacheReaderRole); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
-		return fmt.Errorf("adding role %s: %w", cacheReaderRole, err)
-	}
-	for _, p := range cacheReaderPermissions() {
-		if _, err := cli.RoleGrantPermission(ctx, cacheReaderRole, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
-			return fmt.Errorf("granting %s read on %q: %w", cacheReaderRole, p[0], err)
+	for role, perms := range map[string][][2]string{
+		remoteRole: remotePermissions(cluster), cacheReaderRole: cacheReaderPermissions(), localViewRole: localViewPermissions(),
+	} {
+		if err := addReadRole(ctx, cli, role, perms); err != nil {
+			return err
 		}
 	}
 	// The cluster's own agents read it as remote-<cluster> (for the
@@ -102,9 +120,19 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers 
 			return fmt.Errorf("granting %s to %s: %w", role, user, err)
 		}
 	}
-	// ...and read the remotes a kvstoremesh cache keeps here.
-	if _, err := cli.UserGrantRole(ctx, RemoteUser(cluster), cacheReaderRole); err != nil {
-		return fmt.Errorf("granting %s to %s: %w", cacheReaderRole, RemoteUser(cluster), err)
+	// ...and read the remotes a kvstoremesh cache keeps here, and the
+	// local view; no other user reads the local view.
+	for _, role := range []string{cacheReaderRole, localViewRole} {
+		if _, err := cli.UserGrantRole(ctx, RemoteUser(cluster), role); err != nil {
+			return fmt.Errorf("granting %s to %s: %w", role, RemoteUser(cluster), err)
+		}
+	}
+	for user := range want {
+		if user != RemoteUser(cluster) && user != rootUser && user != AdminUser(cluster) {
+			if err := revokeRole(ctx, cli, user, localViewRole); err != nil {
+				return err
+			}
+		}
 	}
 	users, err := cli.UserList(ctx)
 	if err != nil {
@@ -119,6 +147,21 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, cluster string, peers 
 	}
 	if _, err := cli.AuthEnable(ctx); err != nil {
 		return fmt.Errorf("enabling auth: %w", err)
+	}
+	return nil
+}
+
+// revokeRole takes role from user if user has it.
+func revokeRole(ctx context.Context, cli *clientv3.Client, user, role string) error {
+	resp, err := cli.UserGet(ctx, user)
+	if err != nil {
+		return fmt.Errorf("reading the roles of %s: %w", user, err)
+	}
+	if !slices.Contains(resp.Roles, role) {
+		return nil
+	}
+	if _, err := cli.UserRevokeRole(ctx, user, role); err != nil {
+		return fmt.Errorf("revoking %s from %s: %w", role, user, err)
 	}
 	return nil
 }

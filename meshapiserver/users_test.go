@@ -58,6 +58,27 @@ func TestCiliumRemoteUserIsOptIn(t *testing.T) {
 	if _, err := get(t, west, wire.HeartbeatKey); err != nil {
 		t.Errorf("remote-west: %v", err)
 	}
+	// Neither reads the local view, the cluster's own user does; a peer
+	// given its role (by hand) loses it on the next start.
+	for name, cli := range map[string]*clientv3.Client{"remote": remote, "remote-west": west} {
+		if _, err := get(t, cli, wire.LocalViewPrefix, clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("%s reading the local view: %v, want permission denied", name, err)
+		}
+	}
+	if _, err := get(t, f.userClient(t, RemoteUser("east")), wire.LocalViewPrefix, clientv3.WithPrefix()); err != nil {
+		t.Errorf("remote-east reading the local view: %v", err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	if _, err := f.rootClient(t).UserGrantRole(ctx2, RemoteUser("west"), localViewRole); err != nil {
+		t.Fatal(err)
+	}
+	f.stop(t)
+	f.start(t, url)
+	west = clientFor(t, f.srv.ClientURL(), f.west.RemoteCert(), f.west.RemoteKey(), f.west.CAFile())
+	if _, err := get(t, west, wire.LocalViewPrefix, clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("remote-west given the local view's role, after a restart: %v, want permission denied", err)
+	}
 	f.stop(t)
 
 	f.ciliumRemote = false
