@@ -117,31 +117,51 @@ func CachedClusterConfig(raw []byte) ([]byte, error) {
 		caps = map[string]any{}
 	}
 	caps["cached"], caps["syncedCanaries"] = true, true
+	// The remote's local view is its own agents' (wire.LocalViewPrefix):
+	// a cache cannot read it, and serves only what it copied.
+	delete(caps, "localView")
 	cfg["capabilities"] = caps
 	return json.Marshal(cfg)
 }
 
 // layout is where a session reads a remote's entries: its own state
-// prefixes, or a cache's.
-type layout struct{ cached bool }
+// prefixes, or a cache's, or — for the local cluster's own apiserver when
+// its config says capabilities.localView — the local view
+// (wire.LocalViewPrefix, see local.go) for the kinds it holds.
+type layout struct{ cached, local bool }
+
+// inLocalView reports whether kind k is read from the local view.
+func (l layout) inLocalView(k wire.Kind) bool { return l.local && wire.InLocalView(k) }
 
 func (l layout) canaryKey(remote string, k wire.Kind) string {
-	if l.cached {
+	switch {
+	case l.cached:
 		return CacheSyncedKey(remote, k)
+	case l.inLocalView(k):
+		return wire.LocalViewSyncedKey(k)
 	}
 	return wire.SyncedKey(remote, k)
 }
 
 func (l layout) listPrefix(k wire.Kind, remote string) string {
-	if l.cached {
+	switch {
+	case l.cached:
 		return CacheListPrefix(k, remote)
+	case l.inLocalView(k):
+		return wire.LocalViewListPrefix(k)
 	}
 	return k.ListPrefix(remote)
 }
 
+// stateKey maps a key read in the layout to the state key it stands for,
+// which is then validated as the remote's own (a key outside the layout's
+// prefix is returned as it is, and refused).
 func (l layout) stateKey(k wire.Kind, remote, key string) string {
-	if l.cached {
+	switch {
+	case l.cached:
 		return StateKey(k, remote, key)
+	case l.inLocalView(k):
+		return wire.LocalViewStateKey(k, key)
 	}
 	return key
 }

@@ -147,7 +147,7 @@ func lwRemote(t *testing.T, pageSize int64) (*remote, *lwSink, *lwLog) {
 	r := newRemote(a, "west", RemoteConfig{}, nil)
 	sink := &lwSink{ips: map[netip.Prefix]bool{}}
 	r.out = sink
-	r.setConnected(lwWest, 0)
+	r.setConnected(lwWest, 0, layout{})
 	return r, sink, log
 }
 

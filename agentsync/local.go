@@ -13,6 +13,20 @@ import (
 // address). Its nodes and services are not read: the local state source has
 // them. It is not a peer: it reserves no cluster id beside the local one,
 // and Status reports it apart (Status.Local).
+//
+// With a scoped export mode the apiserver's state holds only the exported
+// endpoints; it then also publishes the complete local view, which only
+// the cluster's own user reads (wire.LocalViewPrefix), and says so in its
+// cluster config (capabilities.localView). The own apiserver's identities
+// and ipcache are then read from the view: the same sessions, canaries
+// (the view's own), mark-and-sweep and limits, every key mapped back to
+// the state key it stands for and validated as one (layout.stateKey). An
+// apiserver that does not announce the view is read under cilium/state/.
+
+// layoutFor is where a session reads the remote whose config is cfg.
+func (r *remote) layoutFor(cfg wire.ClusterConfig) layout {
+	return layout{cached: cfg.Capabilities.Cached, local: r.self && !cfg.Capabilities.Cached && cfg.Capabilities.LocalView}
+}
 
 // IdentityObserver is told about the identities of every cluster. Calls
 // come from the remotes' goroutines, with their kind's lock held: an

@@ -31,7 +31,7 @@ func memRemote(tb testing.TB) *remote {
 	}
 	r := newRemote(a, "west", RemoteConfig{}, nil)
 	r.out = nopSink{}
-	r.setConnected(lwWest, 0)
+	r.setConnected(lwWest, 0, layout{})
 	return r
 }
 

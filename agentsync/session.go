@@ -219,7 +219,7 @@ func (r *remote) session(ctx context.Context) (bool, error) {
 	if err := r.admit(pin.cluster); err != nil {
 		return false, err
 	}
-	r.setConnected(pin.cluster, pin.etcdID)
+	r.setConnected(pin.cluster, pin.etcdID, pin.layout)
 	r.setExportMode(pin.exports)
 	if f := r.agent.cfg.Forward; f != nil {
 		f.Connected(r.name, pin.raw)
@@ -304,7 +304,7 @@ func (r *remote) clusterConfig(ctx context.Context, cli *clientv3.Client) (sessi
 				return sessionPin{}, fmt.Errorf("reading the cluster config of remote %s: %w", r.name, err)
 			}
 			return sessionPin{cluster: c, config: cfg, raw: raw, etcdID: resp.Header.ClusterId, exports: exports,
-				layout: layout{cached: cfg.Capabilities.Cached}}, nil
+				layout: r.layoutFor(cfg)}, nil
 		}
 		r.setError(fmt.Errorf("remote %s has not published %s yet: waiting", r.name, key))
 		select {

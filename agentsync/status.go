@@ -104,6 +104,11 @@ type RemoteStatus struct {
 	// the cache's do too; LastHeartbeat (and so Stale) is the remote's
 	// heartbeat as the cache last read it.
 	ViaCache *ViaCache `json:"viaCache,omitempty"`
+	// LocalView: this is the local cluster's own apiserver, and its
+	// identities and ipcache are read from its local view — every local
+	// endpoint, also those its export mode holds back from peers
+	// (wire.LocalViewPrefix) — rather than from the scoped state.
+	LocalView bool `json:"localView,omitempty"`
 }
 
 // UnsupportedKind is a kind of entry a remote publishes and the agent does
@@ -133,10 +138,11 @@ func (s RemoteStatus) RejectedTotal() uint64 {
 // selected its backends.
 type ServiceStatus = merge.ServiceStatus
 
-func (r *remote) setConnected(c wire.Cluster, etcdID uint64) {
+func (r *remote) setConnected(c wire.Cluster, etcdID uint64, lay layout) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.cur = c
+	r.status.LocalView = lay.local
 	r.status.ViaCache = nil // set by the probe, from the cache's status
 	r.status.Connected, r.status.ConfigOK, r.status.ClusterID = true, true, c.ID
 	r.status.ConnectedSince = time.Now()
