@@ -182,8 +182,12 @@ type rebase struct {
 	ws, weOld int
 }
 
-// build writes the new content into dst's array (grown if it must).
+// build writes the new content into dst's array, or a new one with room
+// to grow a little when dst's is too small.
 func (r *rebase) build(dst []byte) []byte {
+	if n := r.ws + len(r.frag) + len(r.old) - r.weOld; cap(dst) < n {
+		dst = make([]byte, 0, n+n/8+512)
+	}
 	return append(append(append(dst[:0], r.old[:r.ws]...), r.frag...), r.old[r.weOld:]...)
 }
 
