@@ -7,6 +7,7 @@ import (
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 
+	"github.com/clustermesh/clustermesh/internal/podnet"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -84,7 +85,7 @@ func TestExportModesEndToEnd(t *testing.T) {
 }
 
 // scopedIngress lets east's checkout pods accept TCP 8080 from the
-// frontends of west and north, and from west's checkouts.
+// frontends of east, west and north, and from west's checkouts.
 const scopedIngress = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: checkout-scoped, namespace: shop}
@@ -94,7 +95,7 @@ spec:
   - fromEndpoints:
     - matchLabels: {app: frontend}
       matchExpressions:
-      - {key: io.cilium.k8s.policy.cluster, operator: In, values: [west, north]}
+      - {key: io.cilium.k8s.policy.cluster, operator: In, values: [east, west, north]}
     - matchLabels: {app: checkout, io.cilium.k8s.policy.cluster: west}
     toPorts:
     - ports: [{port: "8080", protocol: TCP}]
@@ -103,11 +104,16 @@ spec:
 // Policy holds for what a peer imports, and cannot select what it does
 // not: west exports what backs its global services (its checkouts, not its
 // frontend), north what opted in (its frontend). East's policy allows the
-// frontends of both and west's checkouts: on real packets north's frontend
-// and west's checkout get through, west's frontend (unknown to east: world)
-// does not.
+// frontends of all three and west's checkouts: on real packets north's
+// frontend and west's checkout get through, west's frontend (unknown to
+// east: world) does not.
+//
+// East itself exports only what backs its global services too, yet its
+// own agent, reading its apiserver's local view, knows east's frontend
+// (which backs none): its policy allows it on real packets, while a peer
+// (west) has no entry for it.
 func TestExportModesPolicyOnRealPackets(t *testing.T) {
-	modes := map[string]meshapiserver.ExportMode{"east": meshapiserver.ExportAll,
+	modes := map[string]meshapiserver.ExportMode{"east": meshapiserver.ExportGlobalServices,
 		"west": meshapiserver.ExportGlobalServices, "north": meshapiserver.ExportOptIn}
 	e := startPodEnv(t, podEnvOptions{ids: map[string]uint32{"east": 1, "west": 2, "north": 3}, policy: scopedIngress,
 		state: func(name string, st *statesource.State) {
@@ -132,7 +138,40 @@ func TestExportModesPolicyOnRealPackets(t *testing.T) {
 		d.Source.Identity != 2 || d.Source.ClusterName != "" || d.Source.PodName != "" {
 		t.Errorf("drop event %+v: want policy-denied from world (identity 2, no cluster or pod) at 10.2.1.100", d)
 	}
-	if err := connect(e.pods["east/frontend-1"], checkout, 300*time.Millisecond); err == nil {
-		t.Error("east/frontend-1 connected to east's checkout, want dropped")
+	checkOwnClusterSeesItsHeldBackPods(t, e.mesh, e.pods["east/frontend-1"], checkout)
+}
+
+// checkOwnClusterSeesItsHeldBackPods: east, exporting only what backs its
+// global services, holds its frontend back from peers (west's agent has
+// no entry for it, and imports only the checkouts), while east's own
+// agent reads it, with its identity, from the apiserver's local view and
+// lets it through to checkout (the policy allows east's frontends).
+func checkOwnClusterSeesItsHeldBackPods(t *testing.T, m *Mesh, frontend *podnet.Pod, checkout netip.AddrPort) {
+	t.Helper()
+	fe := netip.PrefixFrom(frontend.IP, 32)
+	east := m.Cluster("east")
+	if s := east.APIServer().Status(); s.EndpointsNotExported == 0 || s.LocalViewEntries == 0 {
+		t.Errorf("east's apiserver: %d endpoints not exported, %d entries in the local view; want some of each", s.EndpointsNotExported, s.LocalViewEntries)
+	}
+	testenv.WaitFor(t, wait, "east's own agent reading the local view, with east's frontend", func() bool {
+		st := east.Agents[0].Sync.Status()
+		ipc, err := east.Agents[0].Datapath.IPCache()
+		_, known := ipc[fe]
+		return err == nil && known && st.Local != nil && st.Local.LocalView && st.Local.Ready
+	})
+	testenv.WaitFor(t, wait, "east/frontend-1 (held back from peers) allowed to east's checkout by east's own policy", func() bool {
+		return connect(frontend, checkout, 200*time.Millisecond) == nil
+	})
+	west := m.Cluster("west").Agents[0]
+	testenv.WaitFor(t, wait, "west importing east's exported endpoints", func() bool {
+		r := remoteStatus(west, "east")
+		return r.Ready && r.Endpoints > 0 && !r.LocalView
+	})
+	ipc, err := west.Datapath.IPCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := ipc[fe]; ok {
+		t.Errorf("west's agent has east's frontend %s (%+v), which east holds back: want unknown (world)", fe, e)
 	}
 }
