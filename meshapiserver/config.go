@@ -125,8 +125,10 @@ type Config struct {
 
 	Source statesource.Source
 	// ExportMode is what peers are given of the cluster's endpoints and
-	// identities (ExportAll when empty). The cluster's own agents read the
-	// same entries: see docs/state-file.md#export-modes.
+	// identities (ExportAll when empty). In a mode that holds endpoints
+	// back, the cluster's own agents read every endpoint and identity in
+	// the local view (wire.LocalViewPrefix): see
+	// docs/state-file.md#export-modes.
 	ExportMode ExportMode
 
 	// EtcdEndpoints, when set, are the https client URLs of an external
