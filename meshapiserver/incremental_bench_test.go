@@ -43,9 +43,14 @@ func hundredThousandEndpoints() *statesource.State {
 // cluster of 100,000 endpoints, from the delivered state to the keys to
 // write: the whole state's desired entries and their difference from what
 // is published (full), or only what the change touches (incremental).
+// The scoped variants export only what backs a global service (a tenth of
+// the endpoints) and publish the local view of every endpoint beside it.
 func BenchmarkOneEndpointChange(b *testing.B) {
 	for _, mode := range []string{"full", "incremental"} {
-		b.Run(mode, func(b *testing.B) { benchOneEndpointChange(b, mode == "incremental") })
+		b.Run(mode, func(b *testing.B) { benchOneEndpointChange(b, mode == "incremental", ExportAll) })
+	}
+	for _, mode := range []string{"full", "incremental"} {
+		b.Run(mode+"-scoped", func(b *testing.B) { benchOneEndpointChange(b, mode == "incremental", ExportGlobalServices) })
 	}
 }
 
@@ -53,12 +58,12 @@ func BenchmarkOneEndpointChange(b *testing.B) {
 func TestFiguresOneEndpointChange(t *testing.T) {
 	figure.Require(t)
 	for _, mode := range []string{"full", "incremental"} {
-		r := testing.Benchmark(func(b *testing.B) { benchOneEndpointChange(b, mode == "incremental") })
+		r := testing.Benchmark(func(b *testing.B) { benchOneEndpointChange(b, mode == "incremental", ExportAll) })
 		figure.Print("apiserver.endpoint_change_100k."+mode+"_ms", float64(r.NsPerOp())/1e6, "ms")
 	}
 }
 
-func benchOneEndpointChange(b *testing.B, incremental bool) {
+func benchOneEndpointChange(b *testing.B, incremental bool, export ExportMode) {
 	c := wire.Cluster{Name: "west", ID: 2, MaxConnectedClusters: 255}
 	base := hundredThousandEndpoints()
 	with := *base
@@ -73,7 +78,7 @@ func benchOneEndpointChange(b *testing.B, incremental bool) {
 		b.Fatal(err)
 	}
 	cache := newEndpointCache()
-	published, _, _, err := desired(c, base, ExportAll, ids, cache)
+	published, _, _, err := desired(c, base, export, ids, cache)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -81,14 +86,14 @@ func benchOneEndpointChange(b *testing.B, incremental bool) {
 	for i := 0; i < b.N; i++ {
 		st := states[i%2]
 		if incremental {
-			d, _, _, ok, err := desiredChanges(c, st, ExportAll, ids, cache)
+			d, _, _, ok, err := desiredChanges(c, st, export, ids, cache)
 			if err != nil || !ok {
 				b.Fatal(ok, err)
 			}
 			applyDelta(published, d)
 			continue
 		}
-		want, _, _, err := desired(c, st, ExportAll, ids, cache)
+		want, _, _, err := desired(c, st, export, ids, cache)
 		if err != nil {
 			b.Fatal(err)
 		}

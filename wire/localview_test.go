@@ -2,6 +2,7 @@ package wire
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -32,4 +33,28 @@ func TestLocalViewKeys(t *testing.T) {
 	if k := LocalViewSyncedKey(IPCache); k != "cilium/local/.synced/ip/v1" {
 		t.Errorf("LocalViewSyncedKey(IPCache) = %q", k)
 	}
+}
+
+// FuzzLocalViewKey: a key with a local view key maps back to itself, and
+// its view key is under the view's prefix of its kind.
+func FuzzLocalViewKey(f *testing.F) {
+	for _, k := range []string{"cilium/state/ip/v1/default/10.0.0.1", "cilium/state/identities/v1/id/5",
+		"cilium/state/nodes/v1/east/n", "cilium/local/ip/v1/default/x", ""} {
+		f.Add(k)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		lk, ok := LocalViewKey(key)
+		if !ok {
+			return
+		}
+		for _, k := range LocalViewKinds {
+			if strings.HasPrefix(key, k.ListPrefix("")) {
+				if !strings.HasPrefix(lk, LocalViewListPrefix(k)) || LocalViewStateKey(k, lk) != key {
+					t.Fatalf("%q → %q → %q", key, lk, LocalViewStateKey(k, lk))
+				}
+				return
+			}
+		}
+		t.Fatalf("%q has a view key %q but is of no view kind", key, lk)
+	})
 }
