@@ -231,15 +231,14 @@ func (p *parser) next(path string) (*State, error) {
 	return p.parse(b)
 }
 
-// settle rebuilds the content a mapping's parse left pending, into the
-// spare buffer; the last content's buffer becomes the spare. Called once
-// the State is delivered: off the path from the file to etcd.
+// settle rebuilds the content a mapping's parse left pending, in place of
+// the last one (jsonindex.go, rebase). Called once the State is delivered.
 func (p *parser) settle() {
 	if p.pending == nil {
 		return
 	}
-	p.idx.data = p.pending.build(p.spare)
-	p.spare, p.last, p.pending = p.pending.old, p.idx.data, nil
+	p.idx.data = p.pending.inPlace()
+	p.last, p.pending = p.idx.data, nil
 }
 
 // read reads the file at path into a buffer of the parser's; the content

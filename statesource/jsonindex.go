@@ -182,13 +182,22 @@ type rebase struct {
 	ws, weOld int
 }
 
-// build writes the new content into dst's array, or a new one with room
-// to grow a little when dst's is too small.
-func (r *rebase) build(dst []byte) []byte {
-	if n := r.ws + len(r.frag) + len(r.old) - r.weOld; cap(dst) < n {
-		dst = make([]byte, 0, n+n/8+512)
+// inPlace rebuilds the new content in the old content's array, which the
+// new index takes over (the old index is no longer used): it moves what
+// follows the difference and copies the parsed bytes in, so that an edit
+// near the end costs little. A new array, with room to grow a little, when
+// the old one is too small.
+func (r *rebase) inPlace() []byte {
+	old := r.old
+	n := r.ws + len(r.frag) + len(old) - r.weOld
+	if cap(old) < n {
+		buf := make([]byte, 0, n+n/8+512)
+		return append(append(append(buf, old[:r.ws]...), r.frag...), old[r.weOld:]...)
 	}
-	return append(append(append(dst[:0], r.old[:r.ws]...), r.frag...), r.old[r.weOld:]...)
+	buf := old[:n]
+	copy(buf[r.ws+len(r.frag):], old[r.weOld:]) // copy moves overlapping bytes right
+	copy(buf[r.ws:], r.frag)
+	return buf
 }
 
 // window returns the old elements [i0, i1) to parse again, one more on

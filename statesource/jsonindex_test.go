@@ -49,6 +49,7 @@ func indexedState(n int, indent bool) []byte {
 // was parsed incrementally.
 func checkIncremental(t *testing.T, before, after []byte) bool {
 	t.Helper()
+	checkRebase(t, before, after)
 	p := &parser{name: "state.json"}
 	prev, err := p.parse(before)
 	if err != nil {
@@ -107,6 +108,26 @@ func diffEndpoints(before, after []*Endpoint) (changed, removed []string) {
 		removed = append(removed, k)
 	}
 	return sorted(changed), sorted(removed)
+}
+
+// checkRebase checks that an index of before that takes after around its
+// difference rebuilds after, in before's array, from what it parsed (the
+// mapped path's settle).
+func checkRebase(t *testing.T, before, after []byte) {
+	t.Helper()
+	x, _, err := indexJSON("state.json", slices.Clone(before))
+	if err != nil || x == nil {
+		return
+	}
+	mapped := slices.Clone(after) // stands for the mapping: not kept
+	_, rb, err := x.apply(mapped)
+	if err != nil {
+		return
+	}
+	clear(mapped)
+	if got := rb.inPlace(); !bytes.Equal(got, after) {
+		t.Fatalf("rebuilt content differs from the new one:\n%s\nwant\n%s", got, after)
+	}
 }
 
 func endpointKeys(eps []*Endpoint) []string {
