@@ -61,6 +61,9 @@ func desired(c wire.Cluster, st *statesource.State, mode ExportMode, ids *identi
 			return nil, false, 0, err
 		}
 		allocated = allocated || isNew
+		if view {
+			cache.viewKeys(ce)
+		}
 		idEntry := cache.identities[ce.id]
 		if exported {
 			kv[idEntry.key] = idEntry.val
@@ -110,7 +113,7 @@ func endpointEntries(c wire.Cluster, e *statesource.Endpoint, hostIP netip.Addr,
 	if err != nil {
 		return nil, false, err
 	}
-	ce = cache.store(e, hostIP, id, newEncodedEntry(wire.IPCachePrefixKey(netip.PrefixFrom(ip, ip.BitLen())), v))
+	ce = cache.store(e, hostIP, id, encodedEntry{key: wire.IPCachePrefixKey(netip.PrefixFrom(ip, ip.BitLen())), val: v})
 	cache.identity(id, func() wire.Labels { return ls })
 	return ce, isNew, nil
 }

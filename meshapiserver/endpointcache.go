@@ -25,17 +25,30 @@ type endpointCache struct {
 }
 
 // encodedEntry is one key and its encoded value (never modified: the
-// publisher compares and sends it as is), and the key it has in the local
-// view (wire.LocalViewKey: the same value, for the cluster's own agents).
+// publisher compares and sends it as is), and, once a local view needs it
+// (withLocal), the key it has there (wire.LocalViewKey: the same value,
+// for the cluster's own agents). A mode without a view keeps no view keys.
 type encodedEntry struct {
 	key, local string
 	val        []byte
 }
 
-// newEncodedEntry returns key's entry with value val.
-func newEncodedEntry(key string, val []byte) encodedEntry {
-	local, _ := wire.LocalViewKey(key)
-	return encodedEntry{key: key, local: local, val: val}
+// withLocal returns e with its local view key.
+func (e encodedEntry) withLocal() encodedEntry {
+	if e.local == "" {
+		e.local, _ = wire.LocalViewKey(e.key)
+	}
+	return e
+}
+
+// viewKeys gives ce's entry and its identity's their local view keys.
+func (c *endpointCache) viewKeys(ce *cachedEndpoint) {
+	if ce.ipcache.local == "" {
+		ce.ipcache = ce.ipcache.withLocal()
+	}
+	if e := c.identities[ce.id]; e.local == "" {
+		c.identities[ce.id] = e.withLocal()
+	}
 }
 
 // cachedEndpoint is one endpoint as last published. labels and nsLabels
@@ -97,7 +110,7 @@ func (c *endpointCache) identity(id uint32, ls func() wire.Labels) encodedEntry 
 	if e, ok := c.identities[id]; ok {
 		return e
 	}
-	e := newEncodedEntry(wire.IdentityKey(id), wire.EncodeIdentity(wire.Identity{ID: id, Labels: ls()}))
+	e := encodedEntry{key: wire.IdentityKey(id), val: wire.EncodeIdentity(wire.Identity{ID: id, Labels: ls()})}
 	c.identities[id] = e
 	return e
 }

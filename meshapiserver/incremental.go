@@ -182,6 +182,9 @@ func (inc *incremental) apply(c wire.Cluster, now map[string]*statesource.Endpoi
 				return d, allocated, err
 			}
 			allocated = allocated || isNew
+			if inc.view {
+				cache.viewKeys(ce)
+			}
 			ie.id, ie.ip = ce.id, ce.ipcache
 			inc.count(ie, 1)
 			touched[ce.id] = struct{}{}
