@@ -462,8 +462,8 @@ func bigClusterChange(t *testing.T) {
 	t.Helper()
 	small := Profile{Nodes: 2, Endpoints: 200, Identities: 20, Services: 10, BackendsPer: 10}
 	big := Profile{Nodes: 500, Endpoints: 100000, Identities: 10000, Services: 1000, BackendsPer: 10}
-	smallP50, smallP99 := changeLatency(t, 1, small, 20)
-	bigP50, bigP99 := changeLatency(t, 2, big, 20)
+	smallP50, smallP99 := changeLatency(t, 1, small, 40)
+	bigP50, bigP99 := changeLatency(t, 2, big, 40)
 	t.Logf("one-endpoint change → etcd: 200 endpoints p50 %s p99 %s; 100,000 endpoints p50 %s p99 %s",
 		smallP50, smallP99, bigP50, bigP99)
 	figure.Print("scale.big_cluster.change_p50_ms", round(float64(bigP50.Microseconds())/1000, 1), "ms")
