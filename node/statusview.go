@@ -271,10 +271,14 @@ func remoteCounts(s agentsync.ServiceStatus) string {
 }
 
 // remoteName is the remote's name, marked "(via cache)" when the agent
-// reads it through its cluster's kvstoremesh cache.
+// reads it through its cluster's kvstoremesh cache, "(local view)" when it
+// is its own cluster read from its apiserver's local view.
 func remoteName(r agentsync.RemoteStatus) string {
-	if r.ViaCache != nil {
+	switch {
+	case r.ViaCache != nil:
 		return r.Name + " (via cache)"
+	case r.LocalView:
+		return r.Name + " (local view)"
 	}
 	return r.Name
 }

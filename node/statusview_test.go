@@ -122,13 +122,14 @@ func TestStatusViewHubble(t *testing.T) {
 }
 
 // A remote read through the cache is marked, and a cache that stopped
-// writing says so; the L7 redirects and FQDN addresses are listed, a
+// writing says so; the own cluster read from its local view is marked; the L7 redirects and FQDN addresses are listed, a
 // redirect without a listener as dropped.
 func TestStatusViewCacheAndL7(t *testing.T) {
 	st := agentsync.Status{Cluster: "east", ClusterID: 1, Datapath: "ebpf", Remotes: []agentsync.RemoteStatus{
 		{Name: "west", ClusterID: 2, Connected: true, Ready: true,
 			ViaCache: &agentsync.ViaCache{CacheStatus: agentsync.CacheStatus{Connected: true, Ready: true, Updated: time.Now().Add(-time.Minute)}, CacheDown: true}},
 		{Name: "north", ClusterID: 3, Connected: true, Ready: true},
+		{Name: "east", ClusterID: 1, Connected: true, Ready: true, LocalView: true},
 	}}
 	pol := &enforcer.Status{Enforcing: true, RedirectedEntries: 3, RedirectsWaiting: 1, LastProxyError: "no free port",
 		FQDNPatterns: 1, FQDNAddresses: 2, Endpoints: []enforcer.EndpointStatus{{Namespace: "shop", Pod: "checkout-2", State: enforcer.StateEnforcing,
@@ -139,7 +140,7 @@ func TestStatusViewCacheAndL7(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"west (via cache)", "the cache is down: its last word on this remote was 1m",
+		"west (via cache)", "the cache is down: its last word on this remote was 1m", "east (local view)",
 		"L7: 3 entries redirected to the proxy; toFQDNs: 1 patterns holding 2 addresses",
 		"shop/checkout-2 ingress TCP 80 (http): proxy port 10001, 2 peer(s)",
 		"shop/checkout-2 egress UDP 53 (dns): no proxy listening: dropped (fail closed), 1 peer(s)",
