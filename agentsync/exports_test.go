@@ -2,6 +2,7 @@ package agentsync
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -96,3 +97,41 @@ func TestClusterConfigMaxConnectedClusters(t *testing.T) {
 }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
+
+// A snapshot taken while the remote's lists complete never says ready with
+// fewer entries than the lists gave: readiness is read before the counts
+// (a kind counted mid-list, then found synced, once said "ready" with none
+// of its entries, under load in the scale rig).
+func TestSnapshotReadyCountsWhatWasListed(t *testing.T) {
+	r, _, _ := lwRemote(t, 0)
+	ks := r.kinds[wire.IPCache]
+	key := wire.IPCachePrefixKey(netip.MustParsePrefix("10.2.0.7/32"))
+	val, err := wire.EncodeIPIdentityPair(&wire.IPIdentityPair{IP: netip.MustParseAddr("10.2.0.7"), ID: identityOf(lwWest), HostIP: netip.MustParseAddr("192.168.2.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.countedHook = func() { // the lists complete now, once the kinds are counted
+		r.countedHook = nil
+		ks.mu.Lock()
+		err := ks.store.apply(key, val, 1)
+		ks.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range r.watchedKinds() {
+			r.setSynced(k)
+		}
+	}
+	if st := r.snapshot(); st.Ready && st.Endpoints == 0 {
+		t.Fatalf("ready with %d endpoints, the list gave 1", st.Endpoints)
+	}
+	if st := r.snapshot(); !st.Ready || st.Endpoints != 1 {
+		t.Fatalf("after the sync: ready %v with %d endpoints, want ready with 1", st.Ready, st.Endpoints)
+	}
+}
+
+// identityOf is the first identity cluster c owns.
+func identityOf(c wire.Cluster) uint32 {
+	first, _ := wire.IdentityRange(c.ID, c.MaxConnectedClusters)
+	return first
+}

@@ -87,6 +87,9 @@ type remote struct {
 	// noServices: the current session's remote exports its services only
 	// as endpoint slices, so its services are not read (see exports.go).
 	noServices atomic.Bool
+	// countedHook, in tests, runs in snapshot once the counts are read,
+	// before the rest of the status is.
+	countedHook func()
 }
 
 // cluster returns the remote's validated name, id and mesh size.

@@ -270,9 +270,16 @@ func rejectReason(err error) string {
 	return wire.Reason(err)
 }
 
-// snapshot returns the remote's status with current counts.
+// snapshot returns the remote's status with current counts. Ready and
+// Synced are as they were before the counts were read: a kind's list
+// completes before it is marked synced, so a snapshot that says ready
+// counts everything the sync listed (read after, a kind could be counted
+// mid-list and then reported synced: "ready" with none of its entries).
 func (r *remote) snapshot() RemoteStatus {
-	// Kind locks come before r.mu: read the kinds first.
+	r.mu.Lock()
+	readyBefore, syncedBefore := r.status.Ready, copyMap(r.status.Synced)
+	r.mu.Unlock()
+	// Kind locks come before r.mu: read the kinds without it.
 	counts := map[wire.Kind]int{}
 	events := map[string]uint64{}
 	syncs := map[string]float64{}
@@ -286,6 +293,9 @@ func (r *remote) snapshot() RemoteStatus {
 		syncs[k.String()] = st.lastSyncTook.Seconds()
 		lists[k.String()] = st.lists
 		pages[k.String()] = st.maxPageBytes
+	}
+	if r.countedHook != nil {
+		r.countedHook()
 	}
 	over, stale := r.overLimits(), r.staleKeys()
 	svcs := r.kinds[wire.Services]
@@ -302,7 +312,7 @@ func (r *remote) snapshot() RemoteStatus {
 	if len(stale) > 0 {
 		s.StaleKeys = stale
 	}
-	s.Synced = copyMap(r.status.Synced)
+	s.Ready, s.Synced = s.Ready && readyBefore, syncedBefore
 	s.Rejected = copyMap(r.status.Rejected)
 	s.Nodes, s.Endpoints = counts[wire.Nodes], counts[wire.IPCache]
 	s.Identities, s.Services = counts[wire.Identities], counts[wire.Services]
