@@ -75,12 +75,7 @@ func agentObjects(c meshCluster) []runtime.Object {
 				{APIGroups: []string{mcsGroup}, Resources: []string{"serviceexports"}, Verbs: []string{"get", "list", "watch"}},
 			},
 		},
-		&rbacv1.ClusterRoleBinding{
-			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRoleBinding"},
-			ObjectMeta: meta(role, ""),
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
-			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: AgentName, Namespace: c.Namespace}},
-		},
+		clusterRoleBinding(role, AgentName, c.Namespace),
 		// The status reports: Leases (not ConfigMaps, which hold the
 		// apiserver's configuration) in the namespace.
 		&rbacv1.Role{
@@ -90,12 +85,7 @@ func agentObjects(c meshCluster) []runtime.Object {
 				{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update", "patch", "delete"}},
 			},
 		},
-		&rbacv1.RoleBinding{
-			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
-			ObjectMeta: meta(AgentName, c.Namespace),
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: AgentName},
-			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: AgentName, Namespace: c.Namespace}},
-		},
+		roleBinding(AgentName, c.Namespace),
 		agentDaemonSet(c),
 	}
 }

@@ -156,20 +156,32 @@ func roleObject(c meshCluster) *rbacv1.Role {
 }
 
 func roleBindingObject(c meshCluster) *rbacv1.RoleBinding {
-	return &rbacv1.RoleBinding{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
-		ObjectMeta: meta(APIServerName, c.Namespace),
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: APIServerName},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: APIServerName, Namespace: c.Namespace}},
-	}
+	return roleBinding(APIServerName, c.Namespace)
 }
 
 func clusterRoleBindingObject(c meshCluster) *rbacv1.ClusterRoleBinding {
+	return clusterRoleBinding(clusterRoleName(c.Namespace), APIServerName, c.Namespace)
+}
+
+// roleBinding binds the Role name of namespace to the service account of
+// the same name there.
+func roleBinding(name, namespace string) *rbacv1.RoleBinding {
+	return &rbacv1.RoleBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
+		ObjectMeta: meta(name, namespace),
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: namespace}},
+	}
+}
+
+// clusterRoleBinding binds the ClusterRole role (and is named after it)
+// to the service account account of namespace.
+func clusterRoleBinding(role, account, namespace string) *rbacv1.ClusterRoleBinding {
 	return &rbacv1.ClusterRoleBinding{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRoleBinding"},
-		ObjectMeta: meta(clusterRoleName(c.Namespace), ""),
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: clusterRoleName(c.Namespace)},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: APIServerName, Namespace: c.Namespace}},
+		ObjectMeta: meta(role, ""),
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: account, Namespace: namespace}},
 	}
 }
 

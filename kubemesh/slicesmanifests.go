@@ -51,12 +51,7 @@ func slicesWriterObjects(c meshCluster, clusterSetIPRange string) []runtime.Obje
 				{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"servicecidrs"}, Verbs: []string{"create"}},
 			},
 		},
-		&rbacv1.ClusterRoleBinding{
-			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRoleBinding"},
-			ObjectMeta: meta(role, ""),
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
-			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: SlicesName, Namespace: c.Namespace}},
-		},
+		clusterRoleBinding(role, SlicesName, c.Namespace),
 		&rbacv1.Role{
 			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "Role"},
 			ObjectMeta: meta(SlicesName, c.Namespace),
@@ -64,12 +59,7 @@ func slicesWriterObjects(c meshCluster, clusterSetIPRange string) []runtime.Obje
 				{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
 			},
 		},
-		&rbacv1.RoleBinding{
-			TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
-			ObjectMeta: meta(SlicesName, c.Namespace),
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: SlicesName},
-			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: SlicesName, Namespace: c.Namespace}},
-		},
+		roleBinding(SlicesName, c.Namespace),
 		slicesDeployment(c, clusterSetIPRange),
 	}
 }
