@@ -227,15 +227,7 @@ func (p *publisher) publish(ctx context.Context, want desiredKV) error {
 			p.stats.LocalViewEntries++
 		}
 	}
-	p.stats.Puts += uint64(len(puts))
-	p.stats.Deletes += uint64(len(dels))
-	p.stats.LastPublish = time.Now()
-	p.reportRefused()
-	if len(puts)+len(dels) > 0 {
-		p.stats.LastWrites = len(puts) + len(dels)
-		p.stats.LastWritesTook = time.Since(began)
-		p.log.Debug("published", "puts", len(puts), "deletes", len(dels), "entries", len(want), "refused", len(p.refused))
-	}
+	p.recordWrites(began, len(puts), len(dels), "published")
 	if !p.canariesSet {
 		if err := p.writeCanaries(ctx); err != nil {
 			return err
@@ -295,16 +287,22 @@ func (p *publisher) publishChanges(ctx context.Context, puts map[string][]byte, 
 	}
 	p.stats.Entries = len(p.published)
 	p.stats.Changes++
-	p.stats.Puts += uint64(len(putKeys))
-	p.stats.Deletes += uint64(len(delKeys))
+	p.recordWrites(began, len(putKeys), len(delKeys), "published a change")
+	return nil
+}
+
+// recordWrites counts a publish's writes, begun at began, in the stats,
+// and reports the refused entries.
+func (p *publisher) recordWrites(began time.Time, puts, dels int, what string) {
+	p.stats.Puts += uint64(puts)
+	p.stats.Deletes += uint64(dels)
 	p.stats.LastPublish = time.Now()
 	p.reportRefused()
-	if len(putKeys)+len(delKeys) > 0 {
-		p.stats.LastWrites = len(putKeys) + len(delKeys)
+	if puts+dels > 0 {
+		p.stats.LastWrites = puts + dels
 		p.stats.LastWritesTook = time.Since(began)
-		p.log.Debug("published a change", "puts", len(putKeys), "deletes", len(delKeys), "entries", len(p.published), "refused", len(p.refused))
+		p.log.Debug(what, "puts", puts, "deletes", dels, "entries", len(p.published), "refused", len(p.refused))
 	}
-	return nil
 }
 
 // errFullPublishDue: a change cannot be published on its own (a new
