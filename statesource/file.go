@@ -6,13 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"os"
-	"slices"
 	"time"
-	"unsafe"
 
 	"sigs.k8s.io/yaml"
 )
@@ -106,7 +103,7 @@ func (f *File) Run(ctx context.Context, onChange func(*State)) error {
 	}
 	defer cancel()
 	p := &parser{name: f.Path}
-	b, err := p.read(f.Path)
+	b, err := os.ReadFile(f.Path)
 	if err != nil {
 		return fmt.Errorf("reading state file %q: %w", f.Path, err)
 	}
@@ -194,16 +191,14 @@ func withChanges(st *State, c *Changes) *State {
 
 // parser parses the successive contents of one state file: a JSON file
 // around its difference with the last content when only endpoints changed
-// (jsonindex.go), anything else whole. It owns the buffers the contents are
-// read into: a file of hundreds of thousands of endpoints is megabytes, read
-// on every change, and a buffer no longer used is read into again.
+// (jsonindex.go; a large one compared through a mapping, mapped_linux.go),
+// anything else whole.
 type parser struct {
-	name  string
-	idx   *jsonIndex // the last valid JSON content, when indexable
-	last  []byte     // the last content read, valid or not (nil: not kept)
-	spare []byte     // a buffer neither last nor idx holds, or nil
+	name string
+	idx  *jsonIndex // the last valid JSON content, when indexable
+	last []byte     // the last content read, valid or not (nil: not kept)
 	// pending, when set, rebuilds idx's content (idx.data is nil until
-	// settle): it was compared through a mapping (mapped_linux.go).
+	// settle): it was compared through a mapping.
 	pending *rebase
 	// MapMin is the size from which a new content is compared through a
 	// mapping (DefaultMapMin when zero).
@@ -218,13 +213,13 @@ func (p *parser) mapMin() int {
 }
 
 // next parses the file's new content: nil and no error when it is the same
-// as the last valid content. Through a mapping when it can, else read.
+// as the last content read. Through a mapping when it can, else read.
 func (p *parser) next(path string) (*State, error) {
 	p.settle()
 	if st, handled := p.parseMapped(path); handled {
 		return st, nil
 	}
-	b, err := p.read(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -241,46 +236,14 @@ func (p *parser) settle() {
 	p.last, p.pending = p.idx.data, nil
 }
 
-// read reads the file at path into a buffer of the parser's; the content
-// is given to parse next.
-func (p *parser) read(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	buf := p.spare[:0]
-	p.spare = nil
-	if fi, err := f.Stat(); err == nil && int64(cap(buf)) < fi.Size()+1 {
-		buf = make([]byte, 0, fi.Size()+fi.Size()/8+512) // room to grow a little
-	}
-	for {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, 4096)
-		}
-		n, err := f.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			p.spare = buf
-			return nil, err
-		}
-	}
-}
-
 // parse parses b, the content read after the last: nil and no error when
-// it is the same as the last valid content.
+// it is the same as the last content read (valid: nothing changed;
+// invalid: it is still, and was logged) or the last valid one.
 func (p *parser) parse(b []byte) (*State, error) {
-	lastValid := p.idx != nil && sameBuffer(p.last, p.idx.data)
-	if !lastValid && p.last != nil && bytes.Equal(b, p.last) {
-		p.spare = b
+	if p.last != nil && bytes.Equal(b, p.last) {
 		return nil, nil
 	}
-	oldLast, oldIdx := p.last, p.idx
 	p.last = b
-	defer func() { p.recycle(oldLast, oldIdx) }()
 	if p.idx != nil {
 		nx, err := p.idx.update(b)
 		switch {
@@ -288,7 +251,6 @@ func (p *parser) parse(b []byte) (*State, error) {
 			p.idx = nx
 			return nx.state, nil
 		case errors.Is(err, errUnchanged):
-			p.last = p.idx.data // b goes: it is the same
 			return nil, nil
 		}
 		// A failed update left the old index as it was: it stays in
@@ -308,24 +270,6 @@ func (p *parser) parse(b []byte) (*State, error) {
 	}
 	p.idx = nil
 	return st, nil
-}
-
-// recycle keeps as the spare one of the buffers the parser held before a
-// parse (its last content, its index's) that it no longer holds.
-func (p *parser) recycle(oldLast []byte, oldIdx *jsonIndex) {
-	held := func(b []byte) bool {
-		return sameBuffer(b, p.last) || (p.idx != nil && sameBuffer(b, p.idx.data))
-	}
-	if oldLast != nil && !held(oldLast) {
-		p.spare = oldLast
-	} else if oldIdx != nil && !held(oldIdx.data) {
-		p.spare = oldIdx.data
-	}
-}
-
-// sameBuffer reports whether a and b share their backing array.
-func sameBuffer(a, b []byte) bool {
-	return cap(a) > 0 && cap(b) > 0 && unsafe.SliceData(a) == unsafe.SliceData(b)
 }
 
 func sameFile(a, b os.FileInfo) bool {
