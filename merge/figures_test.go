@@ -54,14 +54,15 @@ func pacedBootstrap(n int, window, d time.Duration) (slots, upserts int) {
 	m := benchMerger(w)
 	m.co.window = window
 	order := rand.New(rand.NewPCG(3, 3)).Perm(n)
-	start := time.Now()
-	for i, c := range order {
+	pace := time.NewTicker(d / time.Duration(n)) // one cluster per tick
+	defer pace.Stop()
+	for _, c := range order {
 		id := c + 1
 		m.SetNodeRanges(uint16(id), nil, benchRanges(id))
 		for s := range benchServices {
 			m.SetRemoteService(benchCluster(id).Name, ServiceName{"bulk", fmt.Sprintf("svc-%d", s)}, benchService(id, s, false))
 		}
-		time.Sleep(time.Until(start.Add(d * time.Duration(i+1) / time.Duration(n)))) // pacing, not synchronisation
+		<-pace.C
 	}
 	m.Close() // waits for the trailing writes
 	return w.slots, w.svcUp
