@@ -224,7 +224,7 @@ func startPods(t *testing.T, env *kubetest.Env, c *kubetest.Cluster, listenIP st
 			"--state-source", "kubernetes", "--kubeconfig", env.Kubeconfig, "--context", c.Name, "--node-name", c.Name+"-node",
 			"--status-addr", p.sock, "--metrics-addr", "", "--bpf-pin-dir", pinDir, "--socket-lb=false",
 			"--probe-interval", "200ms", "--probe-timeout", "1s", "--backoff-max", "1s", "--report-interval", "100ms",
-			"--policy-from-kubernetes")
+			"--policy-from-kubernetes", "--hubble-socket-path", filepath.Join(dir, "hubble.sock"))
 		agentDone <- err
 	}()
 	t.Cleanup(func() {

@@ -27,6 +27,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/metricsserver"
+	"github.com/clustermesh/clustermesh/internal/unixsock"
 	"github.com/clustermesh/clustermesh/k8smcs"
 	"github.com/clustermesh/clustermesh/k8sslices"
 	"github.com/clustermesh/clustermesh/k8ssource"
@@ -368,10 +369,9 @@ func serveSlicesStatus(ctx context.Context, addr string, status func() SlicesSta
 		<-ctx.Done()
 		return nil
 	}
-	os.Remove(addr) // a socket left by a previous run
-	ln, err := net.Listen("unix", addr)
+	ln, err := unixsock.Listen(addr, 0o660)
 	if err != nil {
-		return fmt.Errorf("listening for the status on %s: %w", addr, err)
+		return fmt.Errorf("serving the status: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(rw http.ResponseWriter, _ *http.Request) {

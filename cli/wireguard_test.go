@@ -145,7 +145,8 @@ func (e *wgEnv) agentArgs(c *wgCluster, extra ...string) []string {
 	return append([]string{"agent", "--cluster-name", c.name, "--cluster-id", c.id, "--config-dir", filepath.Join(e.dir, c.name+"-remotes"),
 		"--state-file", filepath.Join(e.dir, c.name+".yaml"), "--status-addr", c.sock, "--bpf-pin-dir", c.pinDir, "--metrics-addr", "",
 		"--socket-lb=false", "--enable-wireguard", "--node-name", "node-1", "--wireguard-device", c.device, "--wireguard-port", c.port,
-		"--wireguard-key-file", c.keyFile, "--node-keys-dir", c.keys, "--wireguard-underlay-mtu", "1500"}, extra...)
+		"--wireguard-key-file", c.keyFile, "--node-keys-dir", c.keys, "--wireguard-underlay-mtu", "1500",
+		"--hubble-socket-path", filepath.Join(e.dir, c.name+"-hubble.sock")}, extra...)
 }
 
 // status is c's agent's status as `clustermesh status -o json` prints it.

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/flowexport"
 	"github.com/clustermesh/clustermesh/flowmetrics"
+	"github.com/clustermesh/clustermesh/internal/unixsock"
 	"github.com/clustermesh/clustermesh/observe"
 )
 
@@ -145,9 +144,9 @@ func (n *Node) serveObserver(ctx context.Context) error {
 	var servers []*grpc.Server
 	var listeners []net.Listener
 	if h.SocketPath != "" {
-		l, err := listenUnix(h.SocketPath)
+		l, err := unixsock.Listen(h.SocketPath, 0o660) // root and the socket's group
 		if err != nil {
-			return err
+			return fmt.Errorf("serving the Observer API: %w", err)
 		}
 		g := grpc.NewServer()
 		n.registerHubble(g, srv)
@@ -212,26 +211,6 @@ func serveGRPC(ctx context.Context, servers []*grpc.Server, listeners []net.List
 	default:
 		return nil
 	}
-}
-
-// listenUnix listens on a unix socket at path, replacing a stale one; only
-// root and the socket's group may connect.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("creating the directory of %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("removing the stale socket %s: %w", path, err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listening on %s for the Observer API: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("restricting %s: %w", path, err)
-	}
-	return l, nil
 }
 
 func closeAll(ls []net.Listener) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/enforcer"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/internal/unixsock"
 	"github.com/clustermesh/clustermesh/localmesh"
 	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -110,6 +111,43 @@ func TestNodeRuns(t *testing.T) {
 	}
 	if _, err := os.Stat(cfg.StatusAddr); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the status socket is left: %v", err)
+	}
+}
+
+// A second agent given a running agent's status socket ends with
+// unixsock.ErrInUse, telling what to do, and the first keeps serving its
+// status there (before, the second removed the first one's socket).
+func TestSecondAgentOnSocketRefused(t *testing.T) {
+	first := memoryConfig(t)
+	n, err := node.New(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("the first agent: %v", err)
+		}
+	}()
+	testenv.WaitFor(t, 20*time.Second, "the first agent's status served", func() bool {
+		_, err := node.FetchStatus(ctx, first.StatusAddr)
+		return err == nil
+	})
+	second := memoryConfig(t)
+	second.StatusAddr = first.StatusAddr
+	n2, err := node.New(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = n2.Run(ctx)
+	if !errors.Is(err, unixsock.ErrInUse) || !strings.Contains(err.Error(), "another path") {
+		t.Fatalf("the second agent: %v, want ErrInUse saying what to do", err)
+	}
+	if _, err := node.FetchStatus(ctx, first.StatusAddr); err != nil {
+		t.Errorf("the first agent's status after the second was refused: %v", err)
 	}
 }
 

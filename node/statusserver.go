@@ -8,10 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/clustermesh/clustermesh/internal/unixsock"
 )
 
 // DefaultStatusAddr is where an agent serves its status (and its flows) by
@@ -29,14 +29,6 @@ func isUnix(addr string) bool { return strings.HasPrefix(addr, "/") || strings.H
 // Requests' contexts end when ctx does, so that streaming handlers stop
 // with the server. A socket is removed when the server stops.
 func ServeStatus(ctx context.Context, addr string, status func() any, handlers map[string]http.Handler) error {
-	network := "tcp"
-	if isUnix(addr) {
-		network = "unix"
-		if err := os.MkdirAll(filepath.Dir(addr), 0o755); err != nil {
-			return fmt.Errorf("creating the directory of the status socket: %w", err)
-		}
-		os.Remove(addr) // a socket left by a previous run
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -49,20 +41,34 @@ func ServeStatus(ctx context.Context, addr string, status func() any, handlers m
 			return err
 		}
 	}
-	ln, err := net.Listen(network, addr)
+	ln, err := listenStatus(addr)
 	if err != nil {
-		return fmt.Errorf("listening for status requests on %s: %w", addr, err)
+		return err
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	err = serveUntilDone(ctx, srv, ln)
-	if network == "unix" {
-		os.Remove(addr)
-	}
 	if err != nil {
 		return fmt.Errorf("serving status on %s: %w", addr, err)
 	}
 	return nil
+}
+
+// listenStatus listens on addr: a unix socket (0660) owned while served
+// (a second agent on the path is refused), or host:port.
+func listenStatus(addr string) (net.Listener, error) {
+	if isUnix(addr) {
+		ln, err := unixsock.Listen(addr, 0o660)
+		if err != nil {
+			return nil, fmt.Errorf("serving status: %w", err)
+		}
+		return ln, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening for status requests on %s: %w", addr, err)
+	}
+	return ln, nil
 }
 
 // serveUntilDone serves ln until ctx is done, then shuts srv down (closing

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +28,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/internal/unixsock"
 	"github.com/clustermesh/clustermesh/peerservice"
 )
 
@@ -164,7 +164,7 @@ func (r *Relay) listen() ([]net.Listener, error) {
 		lns = append(lns, ln)
 	}
 	if r.cfg.UnixSocket != "" {
-		ln, err := listenUnix(r.cfg.UnixSocket)
+		ln, err := unixsock.Listen(r.cfg.UnixSocket, 0o600)
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
@@ -174,26 +174,6 @@ func (r *Relay) listen() ([]net.Listener, error) {
 		lns = append(lns, ln)
 	}
 	return lns, nil
-}
-
-// listenUnix listens on path (0600), replacing a socket nobody serves.
-func listenUnix(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("listening on %s: another process serves it", path)
-		}
-		os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("restricting %s to its owner: %w", path, err)
-	}
-	return ln, nil
 }
 
 func isLoopback(a net.Addr) bool {

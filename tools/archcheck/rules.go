@@ -29,6 +29,10 @@ var rules = []Rule{
 		Why: "the W3C traceparent reader, a leaf shared by the HTTP engine and the flows' enrichment",
 	},
 	{
+		Pkg: "internal/unixsock", OursOnly: nothing,
+		Why: "owning a unix socket's path is a leaf: the agent's, the relay's and the slices writer's servers use it",
+	},
+	{
 		Pkg: "internal/loglimit", OursOnly: nothing,
 		Why: "loglimit is a leaf: every package may use it",
 	},
@@ -87,7 +91,7 @@ var rules = []Rule{
 		Why: "the peer service turns node entries into Observer peers; the agent feeds it and the relay follows it, it knows neither",
 	},
 	{
-		Pkg: "relay", OursOnly: []string{"peerservice", "ca", "wire", "internal/loglimit"},
+		Pkg: "relay", OursOnly: []string{"peerservice", "ca", "wire", "internal/loglimit", "internal/unixsock"},
 		Why: "the relay speaks only gRPC to the peer services and the agents' Observer servers: it never assembles or reads an agent",
 	},
 	{
