@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,13 +61,11 @@ func memoryConfig(t *testing.T) node.Config {
 	return cfg
 }
 
-// A node agent runs every part from one config: the local state reaches
-// the sync agent (the global service) and the enforcer (the node's
-// endpoints), the policy is computed once the sync agent has synced, and
-// the status is served on the socket; it all stops with ctx and the socket
-// goes.
-func TestNodeRuns(t *testing.T) {
-	cfg := memoryConfig(t)
+// runNode runs a node of cfg until stop (which returns Run's error; a test
+// that does not call it has it called at cleanup), with the context it
+// runs under.
+func runNode(t *testing.T, cfg node.Config) (*node.Node, context.Context, func() error) {
+	t.Helper()
 	n, err := node.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -74,14 +73,24 @@ func TestNodeRuns(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
-	stopped := false
-	defer func() {
-		if !stopped {
-			cancel()
-			<-done
-		}
-	}()
+	stop := sync.OnceValue(func() error {
+		cancel()
+		return <-done
+	})
+	t.Cleanup(func() { stop() })
+	return n, ctx, stop
+}
+
+// A node agent runs every part from one config: the local state reaches
+// the sync agent (the global service) and the enforcer (the node's
+// endpoints), the policy is computed once the sync agent has synced, and
+// the status is served on the socket; it all stops with ctx and the socket
+// goes.
+func TestNodeRuns(t *testing.T) {
+	cfg := memoryConfig(t)
+	n, ctx, stop := runNode(t, cfg)
 	var st node.Status
+	var err error
 	testenv.WaitFor(t, 20*time.Second, "the status served, the service and the node's endpoints known, the policy written", func() bool {
 		st, err = node.FetchStatus(ctx, cfg.StatusAddr)
 		if err != nil || st.Policy == nil || !st.Policy.Enforcing || len(st.Services) != 1 {
@@ -104,9 +113,7 @@ func TestNodeRuns(t *testing.T) {
 	if err := n.Run(ctx); err == nil {
 		t.Error("a second Run did not fail")
 	}
-	cancel()
-	stopped = true
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("Run: %v", err)
 	}
 	if _, err := os.Stat(cfg.StatusAddr); !errors.Is(err, os.ErrNotExist) {
@@ -119,16 +126,9 @@ func TestNodeRuns(t *testing.T) {
 // status there (before, the second removed the first one's socket).
 func TestSecondAgentOnSocketRefused(t *testing.T) {
 	first := memoryConfig(t)
-	n, err := node.New(first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
+	_, ctx, stop := runNode(t, first)
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("the first agent: %v", err)
 		}
 	}()
