@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/datapath/socklb"
+	"github.com/clustermesh/clustermesh/internal/portlock"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/localmesh"
 	"github.com/clustermesh/clustermesh/node"
@@ -33,14 +33,21 @@ func run(ctx context.Context, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// freePort is a loopback address leased until t ends (no other test
+// process is handed it meanwhile).
 func freePort(t *testing.T) string {
+	return lease(t).Addr()
+}
+
+// lease reserves a port until t ends.
+func lease(t *testing.T) *portlock.Lease {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := portlock.Reserve()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Cleanup(l.Release)
+	return l
 }
 
 // byHandPolicy lets east's checkout pods accept west's frontends.

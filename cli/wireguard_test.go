@@ -4,10 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,14 +25,9 @@ import (
 	"github.com/clustermesh/clustermesh/wireguard"
 )
 
+// freeUDPPort is a port for a WireGuard device, leased until t ends.
 func freeUDPPort(t *testing.T) string {
-	t.Helper()
-	c, err := net.ListenPacket("udp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return fmt.Sprint(c.LocalAddr().(*net.UDPAddr).Port)
+	return strconv.Itoa(lease(t).Port)
 }
 
 // proc is a clustermesh command running in-process until stopped.

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,6 +24,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/portlock"
 	"github.com/clustermesh/clustermesh/kvstoremesh"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/node"
@@ -98,6 +98,7 @@ type Mesh struct {
 	opts     Options
 	ca       *ca.CA
 	Clusters []*Cluster
+	ports    []*portlock.Lease // agents' Observer and metrics ports, released by Close
 }
 
 // Cluster is one cluster of a Mesh.
@@ -236,30 +237,15 @@ func (c *Cluster) reserveHubble() error {
 	c.hubble, c.metrics = map[string]string{}, map[string]string{}
 	for i := 1; i <= c.mesh.opts.AgentsPerCluster; i++ {
 		for _, m := range []map[string]string{c.hubble, c.metrics} {
-			addr, err := reservePort()
+			l, err := portlock.Reserve()
 			if err != nil {
-				return err
+				return fmt.Errorf("localmesh: a port for an agent of %s: %w", c.Name, err)
 			}
-			m[fmt.Sprintf("node-%d", i)] = addr
+			c.mesh.ports = append(c.mesh.ports, l)
+			m[fmt.Sprintf("node-%d", i)] = l.Addr()
 		}
 	}
 	return nil
-}
-
-// reservePort finds a free loopback port for an agent to listen on later,
-// below the kernel's ephemeral range (32768 and up by default): a port
-// from that range could be taken meanwhile by any outgoing connection.
-func reservePort() (string, error) {
-	for range 100 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue // in use
-		}
-		l.Close()
-		return addr, nil
-	}
-	return "", errors.New("localmesh: no free port in 20000-31999 for an agent")
 }
 
 // HubbleMetrics are the flow metrics the node agents count with
@@ -550,5 +536,9 @@ func (m *Mesh) Close() error {
 	if m.opts.EBPF {
 		os.Remove(filepath.Join("/sys/fs/bpf", "clustermesh-localmesh"))
 	}
+	for _, l := range m.ports {
+		l.Release()
+	}
+	m.ports = nil
 	return errors.Join(errs...)
 }

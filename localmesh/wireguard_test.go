@@ -2,7 +2,6 @@ package localmesh
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/clustermesh/clustermesh/agentsync"
+	"github.com/clustermesh/clustermesh/internal/portlock"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/statesource"
@@ -37,15 +37,16 @@ type wgCluster struct {
 	wg           *wireguard.Agent
 }
 
-// freeUDPPort returns a UDP port nobody listens on (on either family).
+// freeUDPPort returns a port nobody listens on (on either family),
+// leased until t ends.
 func freeUDPPort(t *testing.T) int {
 	t.Helper()
-	c, err := net.ListenPacket("udp", ":0")
+	l, err := portlock.Reserve()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
+	t.Cleanup(l.Release)
+	return l.Port
 }
 
 // peerConfig is a device peer as the test compares it.

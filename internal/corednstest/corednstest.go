@@ -16,11 +16,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/internal/portlock"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
@@ -64,10 +66,12 @@ type Server struct {
 func Start(t testing.TB, zones []string, plugins string) *Server {
 	t.Helper()
 	bin := Require(t)
-	port, err := freePort()
+	lease, err := portlock.Reserve()
 	if err != nil {
-		t.Fatalf("corednstest: %v", err)
+		t.Fatalf("corednstest: a port for CoreDNS: %v", err)
 	}
+	t.Cleanup(lease.Release) // after CoreDNS stops: cleanups run last first
+	port := strconv.Itoa(lease.Port)
 	dir := t.TempDir()
 	s := &Server{
 		Addr:     net.JoinHostPort("127.0.0.1", port),
@@ -138,26 +142,6 @@ func (s *Server) Output() string {
 		return fmt.Sprintf("(reading %s: %v)", s.Log, err)
 	}
 	return string(b)
-}
-
-// freePort is a loopback port free for both UDP and TCP when asked (another
-// process may take it before CoreDNS binds it; Start then fails clearly).
-func freePort() (string, error) {
-	for range 10 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return "", fmt.Errorf("finding a free UDP port: %w", err)
-		}
-		_, port, _ := net.SplitHostPort(pc.LocalAddr().String())
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", port))
-		pc.Close()
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return port, nil
-	}
-	return "", fmt.Errorf("finding a port free for both UDP and TCP: none in 10 tries")
 }
 
 // bannerWriter copies CoreDNS's output to its log and closes ready once

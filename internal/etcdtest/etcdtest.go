@@ -31,6 +31,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/internal/portlock"
 )
 
 // Config of a test cluster.
@@ -105,18 +106,19 @@ func Start(t testing.TB, cfg Config) *Cluster {
 	return c
 }
 
-// freeLoopbackPorts returns n distinct 127.0.0.1:<port> free a moment ago
-// (a member restarts on the ports it had, so etcd cannot pick them).
+// freeLoopbackPorts returns n distinct 127.0.0.1:<port>, leased until t
+// ends (a member restarts on the ports it had: no other test may be handed
+// them meanwhile, and etcd cannot pick them).
 func freeLoopbackPorts(t testing.TB, n int) []string {
 	t.Helper()
 	var out []string
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := portlock.Reserve()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer l.Close() // held until all are picked: no port twice
-		out = append(out, l.Addr().String())
+		t.Cleanup(l.Release)
+		out = append(out, l.Addr())
 	}
 	return out
 }

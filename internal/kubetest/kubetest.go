@@ -43,6 +43,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/internal/portlock"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
@@ -93,8 +94,9 @@ type Cluster struct {
 	Log    string // the process's output
 
 	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-	err  error         // the process's exit, valid after done
+	done chan struct{}   // closed when the process has exited
+	err  error           // the process's exit, valid after done
+	port *portlock.Lease // its secure port, released when it stops
 }
 
 // Start starts one API server per name (in parallel) against a fresh
@@ -296,11 +298,10 @@ func (e *Env) startEtcd(p *pki) error {
 func (c *Cluster) start(ctx context.Context, bin, dir, etcdURL string, p *pki, rbac bool) error {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
-		var port int
-		if port, err = freePort(); err != nil {
-			return err
+		if c.port, err = portlock.Reserve(); err != nil {
+			return fmt.Errorf("kubetest: a port for kube-apiserver %s: %w", c.Name, err)
 		}
-		if err = c.run(ctx, bin, dir, etcdURL, p, port, rbac); err == nil {
+		if err = c.run(ctx, bin, dir, etcdURL, p, c.port.Port, rbac); err == nil {
 			return nil
 		}
 		c.stop()
@@ -392,6 +393,9 @@ func (c *Cluster) run(ctx context.Context, bin, dir, etcdURL string, p *pki, por
 }
 
 func (c *Cluster) stop() {
+	if c.port != nil {
+		defer c.port.Release()
+	}
 	if c.cmd == nil {
 		return
 	}
@@ -442,16 +446,6 @@ func (e *Env) ServiceAccountKubeconfig(namespace, name string) (string, error) {
 		return "", fmt.Errorf("kubetest: %w", err)
 	}
 	return path, nil
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // tail returns the last n lines of a file.

@@ -29,6 +29,10 @@ var rules = []Rule{
 		Why: "the W3C traceparent reader, a leaf shared by the HTTP engine and the flows' enrichment",
 	},
 	{
+		Pkg: "internal/portlock", OursOnly: nothing,
+		Why: "ports leased across processes are a leaf: the loopback mesh and the test harnesses use it",
+	},
+	{
 		Pkg: "internal/unixsock", OursOnly: nothing,
 		Why: "owning a unix socket's path is a leaf: the agent's, the relay's and the slices writer's servers use it",
 	},
