@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -23,6 +24,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/ca"
+	"github.com/clustermesh/clustermesh/internal/portlock"
 	"github.com/clustermesh/clustermesh/statesource"
 )
 
@@ -46,6 +48,9 @@ type Rig struct {
 	ExportMode string
 
 	Clusters []*Cluster
+
+	mu    sync.Mutex
+	ports []*portlock.Lease // guarded by mu; the apiservers' ports, released by Close
 }
 
 // New makes a rig in dir running bin.
@@ -108,7 +113,7 @@ func (r *Rig) prepare(ctx context.Context, id uint32, st *statesource.State) (*C
 	if err := WriteState(c.StateFile, st); err != nil {
 		return nil, err
 	}
-	if c.Addr, err = freeAddr(); err != nil {
+	if c.Addr, err = r.leaseAddr(); err != nil {
 		return nil, err
 	}
 	args := []string{"apiserver", "--cluster-name", name, "--cluster-id", strconv.Itoa(int(id)),
@@ -199,7 +204,7 @@ func (r *Rig) StartReader(ctx context.Context, st *statesource.State) (*Cluster,
 		return nil, err
 	}
 	var err error
-	if c.Addr, err = freeAddr(); err != nil {
+	if c.Addr, err = r.leaseAddr(); err != nil {
 		return nil, err
 	}
 	args := []string{"apiserver", "--cluster-name", ReaderName, "--cluster-id", strconv.Itoa(ReaderID),
@@ -232,12 +237,19 @@ func (r *Rig) StartCache(reader *Cluster, log string) (*Process, error) {
 	return p, nil
 }
 
-// Close kills every apiserver of the rig.
+// Close kills every apiserver of the rig and releases the ports leased
+// for them (the reader's too).
 func (r *Rig) Close() {
 	for _, c := range r.Clusters {
 		c.Proc.Kill()
 	}
 	r.Clusters = nil
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range r.ports {
+		l.Release()
+	}
+	r.ports = nil
 }
 
 // WriteState replaces path with st, as an operator's tool would (write,
@@ -260,11 +272,14 @@ func WriteState(path string, st *statesource.State) error {
 	return os.Rename(path+".tmp", path)
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// leaseAddr leases a loopback address for an apiserver until Close.
+func (r *Rig) leaseAddr() (string, error) {
+	l, err := portlock.Reserve()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("a port for an apiserver: %w", err)
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ports = append(r.ports, l)
+	return l.Addr(), nil
 }
