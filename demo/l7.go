@@ -184,7 +184,7 @@ func (d *run) l7Step(ctx context.Context) (string, error) {
 // waitRedirected waits until east-node-1 redirects each pod's port to a
 // listening proxy port.
 func (d *run) waitRedirected(ctx context.Context, ports map[string]string) error {
-	return waitUntil(ctx, func() (bool, string) {
+	return d.waitUntil(ctx, func() (bool, string) {
 		for pod, port := range ports {
 			if !d.redirected(pod, port) {
 				return false, fmt.Sprintf("east's %s: port %s not redirected to the L7 proxy yet", pod, port)
@@ -294,7 +294,7 @@ func (d *run) l7Flows(ctx context.Context) ([]string, error) {
 		dnsFlow(apiName+".", flowpb.L7FlowType_RESPONSE, flowpb.Verdict_FORWARDED, apiAddr.Addr().String()),
 		dnsFlow(refusedName+".", flowpb.L7FlowType_REQUEST, flowpb.Verdict_DROPPED, ""))
 	var out []string
-	err = waitUntil(ctx, func() (bool, string) {
+	err = d.waitUntil(ctx, func() (bool, string) {
 		fs, err := lastL7Flows(ctx, c)
 		if err != nil {
 			return false, err.Error()

@@ -57,7 +57,7 @@ func (d *run) observeStep(ctx context.Context) (string, error) {
 	defer conn.Close()
 	c := observerpb.NewObserverClient(conn)
 	var byNode map[string][]*flowpb.Flow
-	err = waitUntil(ctx, func() (bool, string) {
+	err = d.waitUntil(ctx, func() (bool, string) {
 		byNode, err = lastFlowsByNode(ctx, c)
 		if err != nil {
 			return false, err.Error()
@@ -98,7 +98,7 @@ func translated(fs []*flowpb.Flow) *flowpb.Flow {
 func (d *run) frontendsObserved(ctx context.Context) error {
 	for _, c := range []string{"west", "north"} {
 		enf := d.m.Cluster(c).Agents[0].Node.Enforcer()
-		err := waitUntil(ctx, func() (bool, string) {
+		err := d.waitUntil(ctx, func() (bool, string) {
 			for _, ep := range enf.Status().Endpoints {
 				if ep.Pod == "frontend-1" && ep.State == enforcer.StateEnforcing {
 					return true, ""

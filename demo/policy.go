@@ -173,7 +173,7 @@ func (d *run) policyStep(ctx context.Context) (string, error) {
 func (d *run) policyComputed(ctx context.Context) (string, error) {
 	var ids map[string]uint32
 	var got []tcpolicy.Key
-	err := waitUntil(ctx, func() (bool, string) {
+	err := d.waitUntil(ctx, func() (bool, string) {
 		ids = d.identities()
 		var err error
 		if got, err = d.policyNode().Policy().Policies(); err != nil {
@@ -223,7 +223,7 @@ func (d *run) policyTraffic(ctx context.Context, computed string) (string, error
 			target = p
 		}
 	}
-	err := waitUntil(ctx, func() (bool, string) {
+	err := d.waitUntil(ctx, func() (bool, string) {
 		for _, ep := range d.policyNode().Enforcer().Status().Endpoints {
 			if ep.Pod == target.name && ep.State == enforcer.StateEnforcing && ep.EnforceIngress {
 				return true, ""
@@ -279,7 +279,7 @@ func (d *run) flowsTo(ctx context.Context, pod string) ([]string, error) {
 			f.GetSource().GetIdentity() != wire.IdentityHost && f.GetType() != flowpb.FlowType_SOCK // the traffic step's
 	}
 	var out []string
-	err := waitUntil(ctx, func() (bool, string) {
+	err := d.waitUntil(ctx, func() (bool, string) {
 		out = out[:0]
 		verdicts := map[flowpb.Verdict]bool{}
 		sub := d.policyNode().Flows().Subscribe(observe.Query{Number: 20, Match: toPod})

@@ -22,12 +22,28 @@ var checkout = datapath.Frontend{Addr: localmesh.CheckoutIP, Port: 80, Protocol:
 // waitUntil polls cond every millisecond until it holds or ctx ends; the
 // error says what was last seen.
 func waitUntil(ctx context.Context, cond func() (bool, string)) error {
+	return waitOr(ctx, func() error { return nil }, cond)
+}
+
+// waitUntil is waitUntil on the mesh: it gives up as soon as an agent has
+// ended (a port it could not bind, a part that failed), saying which and
+// why, instead of waiting for the deadline.
+func (d *run) waitUntil(ctx context.Context, cond func() (bool, string)) error {
+	return waitOr(ctx, d.m.Failure, cond)
+}
+
+// waitOr polls cond every millisecond until it holds, failed returns an
+// error, or ctx ends.
+func waitOr(ctx context.Context, failed func() error, cond func() (bool, string)) error {
 	t := time.NewTicker(time.Millisecond)
 	defer t.Stop()
 	for {
 		ok, seen := cond()
 		if ok {
 			return nil
+		}
+		if err := failed(); err != nil {
+			return fmt.Errorf("not reached (last seen: %s): %w", seen, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -48,7 +64,7 @@ func remote(st agentsync.Status, name string) (agentsync.RemoteStatus, bool) {
 
 func (d *run) allReady(ctx context.Context) (string, error) {
 	agents := 0
-	err := waitUntil(ctx, func() (bool, string) {
+	err := d.waitUntil(ctx, func() (bool, string) {
 		agents = 0
 		for _, c := range d.m.Clusters {
 			for _, a := range c.Agents {
@@ -90,7 +106,7 @@ func backendsByCluster(a *localmesh.Agent) (map[uint16]int, error) {
 // eastSelects waits until every east agent's service map selects exactly
 // want (cluster id → backends).
 func (d *run) eastSelects(ctx context.Context, want map[uint16]int) error {
-	return waitUntil(ctx, func() (bool, string) {
+	return d.waitUntil(ctx, func() (bool, string) {
 		for _, a := range d.m.Cluster("east").Agents {
 			got, err := backendsByCluster(a)
 			if err != nil {
@@ -166,7 +182,7 @@ func westEntries(a *localmesh.Agent) (int, error) {
 
 func (d *run) restartWest(ctx context.Context) (string, error) {
 	east, west := d.m.Cluster("east"), d.m.Cluster("west")
-	if err := waitUntil(ctx, func() (bool, string) {
+	if err := d.waitUntil(ctx, func() (bool, string) {
 		for _, a := range east.Agents {
 			if n, _ := westEntries(a); n != wantEndpoints {
 				return false, fmt.Sprintf("%s holds %d of west's entries before the restart", a.Name, n)
@@ -201,7 +217,7 @@ func (d *run) restartWest(ctx context.Context) (string, error) {
 	if err := west.StopAPIServer(); err != nil {
 		return "", err
 	}
-	if err := waitUntil(ctx, func() (bool, string) {
+	if err := d.waitUntil(ctx, func() (bool, string) {
 		for _, a := range east.Agents {
 			if r, _ := remote(a.Sync.Status(), "west"); r.Connected {
 				return false, a.Name + " still connected to west"
@@ -215,7 +231,7 @@ func (d *run) restartWest(ctx context.Context) (string, error) {
 	if err := west.StartAPIServer(ctx); err != nil {
 		return "", err
 	}
-	if err := waitUntil(ctx, func() (bool, string) {
+	if err := d.waitUntil(ctx, func() (bool, string) {
 		for _, a := range east.Agents {
 			r, _ := remote(a.Sync.Status(), "west")
 			if !r.Ready || r.Endpoints != wantEndpoints {
@@ -240,7 +256,7 @@ func (d *run) disconnectNorth(ctx context.Context) (string, error) {
 	if err := d.m.Disconnect("east", "north"); err != nil {
 		return "", err
 	}
-	err := waitUntil(ctx, func() (bool, string) {
+	err := d.waitUntil(ctx, func() (bool, string) {
 		for _, a := range east.Agents {
 			ips, err := a.Datapath.IPCache()
 			if err != nil {

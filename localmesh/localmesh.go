@@ -139,8 +139,48 @@ type Agent struct {
 	// Hubble's Observer API with Options.Hubble, MetricsAddress its
 	// metrics with Hubble's flow metrics (HubbleMetrics); "" otherwise.
 	HubbleSocket, HubbleAddress, MetricsAddress string
-	cancel                                      context.CancelFunc
-	done                                        chan error
+	cancel                                      context.CancelFunc // nil once stopped
+	ended                                       chan struct{}      // closed when run has returned
+	err                                         error              // run's error, valid after ended
+}
+
+// Ended returns why the agent ended while it was meant to run (a port it
+// could not bind, a part that failed), nil while it runs or after
+// StopAgent stopped it.
+func (a *Agent) Ended() error {
+	if a.cancel == nil {
+		return nil
+	}
+	select {
+	case <-a.ended:
+		if a.err == nil {
+			return fmt.Errorf("agent %s ended on its own", a.Name)
+		}
+		return fmt.Errorf("agent %s ended: %w", a.Name, a.err)
+	default:
+		return nil
+	}
+}
+
+// stop cancels the agent and returns its run's error.
+func (a *Agent) stop() error {
+	a.cancel()
+	<-a.ended
+	a.cancel = nil
+	return a.err
+}
+
+// Failure returns the first agent of the mesh that ended while it was
+// meant to run (Agent.Ended); a wait on the mesh gives up on it at once.
+func (m *Mesh) Failure() error {
+	for _, c := range m.Clusters {
+		for _, a := range c.Agents {
+			if err := a.Ended(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Start builds the PKI, writes the state files, starts every apiserver and
@@ -405,10 +445,7 @@ func (c *Cluster) StopAgent(i int) error {
 	if a.cancel == nil {
 		return fmt.Errorf("localmesh: agent %s is not running", a.Name)
 	}
-	a.cancel()
-	err := <-a.done
-	a.cancel = nil
-	return err
+	return a.stop()
 }
 
 // StartAgent runs the cluster's i-th agent again after StopAgent, with the
@@ -451,8 +488,11 @@ func (c *Cluster) startAgent(ctx context.Context, name string) error {
 		return fmt.Errorf("starting agent %s: %w", name, err)
 	}
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a.cancel, a.done = cancel, make(chan error, 1)
-	go func() { a.done <- run(actx) }()
+	a.cancel, a.ended = cancel, make(chan struct{})
+	go func() {
+		defer close(a.ended)
+		a.err = run(actx)
+	}()
 	c.Agents = append(c.Agents, a)
 	return nil
 }
@@ -519,8 +559,7 @@ func (m *Mesh) Close() error {
 	for _, c := range m.Clusters {
 		for _, a := range c.Agents {
 			if a.cancel != nil {
-				a.cancel()
-				errs = append(errs, <-a.done) // a node closed its datapath
+				errs = append(errs, a.stop()) // a node closed its datapath
 			}
 			if _, ok := a.Datapath.(*datapath.Maps); ok {
 				errs = append(errs, node.RemovePins(a.PinDir)) // its programs' pins too

@@ -2,13 +2,16 @@ package localmesh
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	"github.com/clustermesh/clustermesh/datapath"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
+	"github.com/clustermesh/clustermesh/node"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
@@ -462,5 +466,42 @@ func TestSharedFalseConsumesWithoutExporting(t *testing.T) {
 		if s.Remote["east"] != 0 {
 			t.Errorf("west sees east's backends: %+v", s)
 		}
+	}
+}
+
+// An agent that ends while it is meant to run (here its metrics address
+// is taken) is named by Mesh.Failure with its error, so that a wait on
+// the mesh gives up at once instead of at its deadline; the others run
+// on, and StopAgent returns the error.
+func TestFailureNamesAnAgentThatEnded(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	m := startMeshWith(t, Options{Node: func(name string, cfg *node.Config) bool {
+		if name == "west-node-1" {
+			cfg.MetricsAddr = taken.Addr().String()
+		}
+		return true
+	}})
+	var failure error
+	testenv.WaitFor(t, wait, "the mesh reports west-node-1's end", func() bool {
+		failure = m.Failure()
+		return failure != nil
+	})
+	if !strings.Contains(failure.Error(), "west-node-1") || !errors.Is(failure, syscall.EADDRINUSE) {
+		t.Errorf("Failure: %v, want west-node-1 and its address in use", failure)
+	}
+	for _, c := range m.Clusters {
+		if c.Name != "west" && c.Agents[0].Ended() != nil {
+			t.Errorf("%s: %v", c.Agents[0].Name, c.Agents[0].Ended())
+		}
+	}
+	if err := m.Cluster("west").StopAgent(0); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("StopAgent: %v, want the agent's error", err)
+	}
+	if err := m.Failure(); err != nil {
+		t.Errorf("Failure after StopAgent: %v, want nil", err)
 	}
 }
