@@ -344,7 +344,7 @@ spec:
   podSelector: {matchLabels: {app: checkout}}
   policyTypes: [Egress]
 `)
-	testenv.WaitFor(t, 2*time.Second, "deny-all egress enforced", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "deny-all egress enforced (no periodic look: only the policy change can do it)", func() bool {
 		p, ok := f.att.get(7)
 		return ok && p.EnforceEgress
 	})
