@@ -33,6 +33,7 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/portlock"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 )
@@ -613,14 +614,15 @@ func touch(t *testing.T, path string) {
 	writeFile(t, path, string(b)+"# changed\n")
 }
 
-// freeAddr returns a loopback address nothing listens on, so that an etcd
-// restarted on it is found at the same endpoint.
+// freeAddr leases a loopback address until t ends, so that an etcd
+// restarted on it is found at the same endpoint (no other test is handed
+// it meanwhile).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := portlock.Reserve()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Cleanup(l.Release)
+	return l.Addr()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -17,20 +16,23 @@ import (
 	"github.com/clustermesh/clustermesh/agentsync"
 	"github.com/clustermesh/clustermesh/ca"
 	"github.com/clustermesh/clustermesh/datapath"
+	"github.com/clustermesh/clustermesh/internal/portlock"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/meshapiserver"
 	"github.com/clustermesh/clustermesh/statesource"
 	"github.com/clustermesh/clustermesh/wire"
 )
 
+// freeAddr leases a loopback address until t ends: an apiserver stopped
+// and started again on it finds it free.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := portlock.Reserve()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Cleanup(l.Release)
+	return l.Addr()
 }
 
 // ipcacheEquals reports whether the datapath holds exactly want's endpoints
