@@ -305,12 +305,15 @@ func (s *Server) lead(ctx context.Context, cli *clientv3.Client, t *term, src *s
 	return err
 }
 
-// setRole reports this replica's role.
+// setRole reports this replica's role, which begins or ends a term.
 func (s *Server) setRole(role string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.status.Role = role
 	s.status.LeaderSince = time.Time{}
+	// Canaries are a term's: a standby's are its last term's (they go with
+	// its lease), and a new term has written none yet.
+	s.status.Publish.CanariesSet = false
 	if role == RoleLeader {
 		s.status.Leader = s.cfg.ReplicaName
 		s.status.Terms++

@@ -167,53 +167,67 @@ func takeoverMidPublish(t *testing.T, n int) (took, elected time.Duration) {
 	// the big state: b, numbering on its own, would number them otherwise.
 	writeFile(t, state, replicaState(100000, 10, 0))
 
-	var a *replica
+	// The replica publishing the change when armed is killed after its
+	// second transaction: a, unless a loaded machine let a's session
+	// expire before (b then leads, and a is the standby that takes over).
+	replicas := map[string]*replica{}
 	var armed atomic.Bool
 	var txns atomic.Int32
 	var killedAt atomic.Int64
-	hook := func() {
-		if armed.Load() && txns.Add(1) == 2 {
-			killedAt.Store(time.Now().UnixNano())
-			a.kill()
+	var killed atomic.Pointer[replica]
+	hook := func(name string) func() {
+		return func() {
+			if armed.Load() && txns.Add(1) == 2 {
+				killedAt.Store(time.Now().UnixNano())
+				killed.Store(replicas[name])
+				replicas[name].kill()
+			}
 		}
 	}
-	a = startReplica(t, f, cl, "a", state, ttl, hook)
+	a := startReplica(t, f, cl, "a", state, ttl, hook("a"))
 	testenv.WaitFor(t, 60*time.Second, "a leads and published", a.leads)
-	b := startReplica(t, f, cl, "b", state, ttl, nil)
+	b := startReplica(t, f, cl, "b", state, ttl, hook("b"))
 	testenv.WaitFor(t, 10*time.Second, "b stands by behind a", func() bool {
 		st := b.srv.Status()
 		return st.Role == RoleStandby && st.Leader == "a"
 	})
+	replicas["a"], replicas["b"] = a, b // before armed: the hooks read it after
 	reader := startReader(t, f, cl)
 	writeFile(t, state, replicaState(0, n, n))
-	testenv.WaitFor(t, 60*time.Second, "the reader holds the state", func() bool { return reader.holds(n) && a.leads() })
+	testenv.WaitFor(t, 60*time.Second, "the reader holds the state, published by a leader", func() bool {
+		return reader.holds(n) && (a.leads() || b.leads())
+	})
 	reader.keep(ipcacheKeysOf(0, n/2))
 
 	armed.Store(true)
 	writeFile(t, state, replicaState(n/2, n, n)) // endpoints from n on: new identities
-	testenv.WaitFor(t, 30*time.Second, "a killed mid-publish", func() bool { return killedAt.Load() != 0 })
-	<-a.done
-	a.done <- nil // for its cleanup
-	testenv.WaitFor(t, 2*time.Minute, "b took over and published", b.leads)
+	testenv.WaitFor(t, 30*time.Second, "the leader killed mid-publish", func() bool { return killedAt.Load() != 0 })
+	dead := killed.Load()
+	survivor := replicas[map[string]string{"a": "b", "b": "a"}[dead.name]]
+	<-dead.done
+	dead.done <- nil // for its cleanup
+	testenv.WaitFor(t, 2*time.Minute, survivor.name+" took over and published", survivor.leads)
 	death := time.Unix(0, killedAt.Load())
 	took = time.Since(death)
-	// On a loaded machine b's own session may expire too (it then
-	// campaigns again and adopts its own entries): a takeover per term
-	// that got as far as reading the store.
-	st := b.srv.Status()
+	// On a loaded machine the survivor's own session may expire too (it
+	// then campaigns again and adopts its own entries): a takeover per
+	// term that got as far as reading the store.
+	st := survivor.srv.Status()
 	if st.Takeovers < 1 || st.Takeovers > st.Terms {
-		t.Errorf("b counted %d takeovers in %d terms, want one, at most one per term", st.Takeovers, st.Terms)
+		t.Errorf("%s counted %d takeovers in %d terms, want one, at most one per term", survivor.name, st.Takeovers, st.Terms)
 	}
 	elected = st.LeaderSince.Sub(death)
-	t.Logf("takeover: %s after the leader's death, elected after %s (election TTL %s)", took.Round(time.Millisecond), elected.Round(time.Millisecond), ttl)
+	t.Logf("takeover by %s: %s after %s's death, elected after %s (election TTL %s)", survivor.name, took.Round(time.Millisecond),
+		dead.name, elected.Round(time.Millisecond), ttl)
 	testenv.WaitFor(t, 10*time.Second, "the reader holds the new state", func() bool {
 		return reader.holds(n, wire.IPCacheKey(endpointIP(0)))
 	})
 	reader.check(t, n/2, n)
-	if st := b.srv.Status(); st.Leader != "b" {
-		t.Errorf("b's status: leader %q", st.Leader)
+	if st := survivor.srv.Status(); st.Leader != survivor.name {
+		t.Errorf("%s's status: leader %q", survivor.name, st.Leader)
 	}
-	// Everything is on b's lease: a's expires without taking anything.
+	// Everything is on the survivor's lease: the dead one's expires
+	// without taking anything.
 	admin := cl.Client(f.east.AdminCert(), f.east.AdminKey())
 	resp, err := get(t, admin, "cilium/", clientv3.WithPrefix())
 	if err != nil {
@@ -224,7 +238,7 @@ func takeoverMidPublish(t *testing.T, n int) (took, elected time.Duration) {
 		leases[kv.Lease]++
 	}
 	if len(leases) != 1 {
-		t.Errorf("entries on %d leases, want all on b's: %v", len(leases), leases)
+		t.Errorf("entries on %d leases, want all on %s's: %v", len(leases), survivor.name, leases)
 	}
 	return took, elected
 }
@@ -232,7 +246,10 @@ func takeoverMidPublish(t *testing.T, n int) (took, elected time.Duration) {
 // TestExternalEtcdFencesDeposedLeader: a leader whose election key is gone
 // (its session lease revoked, as when its keepalives do not reach etcd for
 // its TTL) cannot write: a write fenced on its term is refused, not
-// applied. It notices, stands by, and the other replica leads.
+// applied. It notices, stands by (no longer claiming its canaries), and
+// the other replica leads. When that one dies, the deposed replica takes
+// over again: it reports leading with canaries only once its new term has
+// published, and counts the takeover.
 func TestExternalEtcdFencesDeposedLeader(t *testing.T) {
 	f := newFixture(t)
 	cl := startEtcdCluster(t, f.mesh, f.east)
@@ -283,6 +300,17 @@ func TestExternalEtcdFencesDeposedLeader(t *testing.T) {
 	}
 	if !strings.HasPrefix(old.key, ElectionPrefix("east")+"/") {
 		t.Errorf("election key %s", old.key)
+	}
+	if sa := a.srv.Status(); sa.Publish.CanariesSet {
+		t.Error("a standby reports its last term's canaries as set")
+	}
+
+	b.kill()
+	<-b.done
+	b.done <- nil // for its cleanup
+	testenv.WaitFor(t, 30*time.Second, "a leads again", a.leads)
+	if sa := a.srv.Status(); sa.Terms != 2 || sa.Takeovers != 1 {
+		t.Errorf("a, leading again: %d terms, %d takeovers; want 2 and 1 (b's entries adopted)", sa.Terms, sa.Takeovers)
 	}
 }
 

@@ -17,7 +17,7 @@ var (
 	descWrites  = prometheus.NewDesc(ns+"_writes_total", "Entries written since start, by operation.", []string{"op"}, nil)
 	descTxns    = prometheus.NewDesc(ns+"_transactions_total", "Publishing transactions committed since start.", nil, nil)
 	descChanges = prometheus.NewDesc(ns+"_changes_published_total", "Changes of some endpoints published by comparing only the keys they touch, not the whole state.", nil, nil)
-	descCanary  = prometheus.NewDesc(ns+"_synced_canaries", "1 while the synced canaries are written (after the first snapshot; again after a lost lease).", nil, nil)
+	descCanary  = prometheus.NewDesc(ns+"_synced_canaries", "1 while this server's synced canaries are written (after the first snapshot; again after a lost lease; on an external etcd, only in the leader's current term).", nil, nil)
 
 	descFailures = prometheus.NewDesc(ns+"_publish_failures_total", "Failed publish attempts since start (each retried with backoff).", nil, nil)
 	descFailing  = prometheus.NewDesc(ns+"_publish_failing", "1 while the last publish attempt failed.", nil, nil)
