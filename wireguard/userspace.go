@@ -6,15 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/clustermesh/clustermesh/internal/unixsock"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -28,14 +27,11 @@ func uapiSocket(name string) string { return filepath.Join(uapiDir, name+".sock"
 // through its UAPI socket exactly like a kernel device.
 type userspaceDevice struct {
 	dev  *device.Device
-	uapi net.Listener
+	uapi net.Listener   // the UAPI socket, accepted on by serve alone
 	wg   sync.WaitGroup // accept loop and UAPI handlers
-	// acceptErrs is how many of the listener's errors the accept loop
-	// read (0 or 1): written by it, read after wg.Wait.
-	acceptErrs int
 
 	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	conns map[net.Conn]struct{} // guarded by mu; nil once closing
 }
 
 // checkSocketFree fails when a live process serves the UAPI socket of name:
@@ -62,16 +58,15 @@ func openUserspace(name string, mtu int, ns nsRunner, log *slog.Logger) (*usersp
 		return nil, fmt.Errorf("creating TUN device: %w", err)
 	}
 	dev := device.NewDevice(&nsTUN{Device: tdev, ns: ns}, &nsBind{Bind: conn.NewDefaultBind(), ns: ns}, wgLogger(log))
-	f, err := ipc.UAPIOpen(name)
+	// Our own listener on the UAPI socket, not wireguard-go's
+	// ipc.UAPIOpen and UAPIListen: UAPIOpen leaves the descriptor of the
+	// listener it made open until the garbage collector finds it (it
+	// returns a duplicate), so connections made after Close queued on a
+	// socket nobody accepts on; and UAPIListen hands connections over
+	// through a buffer that a close can leave holding one.
+	l, err := unixsock.Listen(uapiSocket(name), 0o600)
 	if err != nil {
 		dev.Close()
-		return nil, fmt.Errorf("creating its UAPI socket: %w", err)
-	}
-	l, err := ipc.UAPIListen(name, f)
-	f.Close() // the listener holds its own descriptor
-	if err != nil {
-		dev.Close()
-		os.Remove(uapiSocket(name))
 		return nil, fmt.Errorf("listening on its UAPI socket: %w", err)
 	}
 	u := &userspaceDevice{dev: dev, uapi: l, conns: map[net.Conn]struct{}{}}
@@ -82,19 +77,23 @@ func openUserspace(name string, mtu int, ns nsRunner, log *slog.Logger) (*usersp
 
 func (u *userspaceDevice) serve(log *slog.Logger) {
 	defer u.wg.Done()
+	var delay time.Duration
 	for {
 		c, err := u.uapi.Accept()
-		if err != nil {
-			u.acceptErrs = 1
-			select {
-			case <-u.dev.Wait():
-			default:
-				if !errors.Is(err, net.ErrClosed) {
-					log.Debug("WireGuard UAPI listener stopped", "err", err)
-				}
-			}
+		if errors.Is(err, net.ErrClosed) {
 			return
 		}
+		if err != nil { // out of descriptors, or memory: try again
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			log.Warn("accepting on the WireGuard UAPI socket", "err", err, "retryIn", delay)
+			select {
+			case <-u.dev.Wait():
+				return
+			case <-time.After(delay):
+			}
+			continue
+		}
+		delay = 0
 		u.mu.Lock()
 		if u.conns == nil { // closing
 			u.mu.Unlock()
@@ -127,26 +126,6 @@ func (u *userspaceDevice) close() {
 	u.mu.Unlock()
 	u.dev.Close()
 	u.wg.Wait()
-	u.drain()
-}
-
-// uapiErrs is how many errors wireguard-go's UAPI listener sends in its
-// life: one from each of its goroutines (the watch of the socket file, the
-// accept loop), on a channel of one, each goroutine ending after its send.
-const uapiErrs = 2
-
-// drain reads the listener's errors serve did not (acceptErrs; and closes
-// connections accepted meanwhile) after Close: else the goroutine whose
-// error found the channel full blocks forever.
-func (u *userspaceDevice) drain() {
-	for errs := u.acceptErrs; errs < uapiErrs; {
-		c, err := u.uapi.Accept()
-		if err != nil {
-			errs++
-			continue
-		}
-		c.Close()
-	}
 }
 
 // nsTUN reads the TUN's MTU in its namespace: wireguard-go asks by interface

@@ -36,7 +36,7 @@ func served(t *testing.T, path string, ln net.Listener) bool {
 
 // A second server on a live server's path fails with ErrInUse and leaves
 // the first one serving; once the first closes, the path is free, and the
-// socket is gone.
+// socket and its lock file are gone.
 func TestSecondServerRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "run", "a.sock")
 	first, err := unixsock.Listen(path, 0o660)
@@ -55,8 +55,10 @@ func TestSecondServerRefused(t *testing.T) {
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("socket after Close: %v, want it gone", err)
+	for _, p := range []string{path, path + ".lock"} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s after Close: %v, want it gone", p, err)
+		}
 	}
 	second, err := unixsock.Listen(path, 0o600)
 	if err != nil {

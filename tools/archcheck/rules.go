@@ -34,7 +34,7 @@ var rules = []Rule{
 	},
 	{
 		Pkg: "internal/unixsock", OursOnly: nothing,
-		Why: "owning a unix socket's path is a leaf: the agent's, the relay's and the slices writer's servers use it",
+		Why: "owning a unix socket's path is a leaf: the agent's, WireGuard's, the relay's and the slices writer's servers use it",
 	},
 	{
 		Pkg: "internal/loglimit", OursOnly: nothing,
