@@ -11,10 +11,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/clustermesh/clustermesh/internal/unixsock"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/clustermesh/clustermesh/internal/unixsock"
 )
 
 // uapiDir is where wireguard-go (and wgctrl) keep the control sockets. It is
