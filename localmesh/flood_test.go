@@ -86,7 +86,8 @@ func TestHeavyMaliciousRemoteFlood(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("wrote %d junk keys in %s", floodKeys, time.Since(start).Round(time.Millisecond))
+	wrote := time.Since(start)
+	t.Logf("wrote %d junk keys in %s", floodKeys, wrote.Round(time.Millisecond))
 
 	// Meanwhile north changes: the change must arrive.
 	ns := SampleState(3)
@@ -99,15 +100,34 @@ func TestHeavyMaliciousRemoteFlood(t *testing.T) {
 		return ok
 	})
 
+	// The agent reads the flood about as fast as it was written (a second
+	// after the writes on an idle machine); a machine busy with other work
+	// slows both, so the deadline grows with the writes' time. A relist (a
+	// reconnect, or the remote compacting revisions the watch had not read
+	// yet) reads the keys again, and each read is counted: then the count is
+	// at least, not exactly, one per bad entry.
 	want := uint64(len(bad) + floodKeys)
-	testenv.WaitFor(t, 3*time.Minute, fmt.Sprintf("%d rejections counted", want), func() bool {
-		return westOf(a).RejectedTotal() == want
+	waitStart := time.Now()
+	defer func() {
+		if t.Failed() {
+			r := westOf(a)
+			t.Logf("rejections counted after %s: %d (by reason %v; lists %v, failures %d)",
+				time.Since(waitStart).Round(time.Second), r.RejectedTotal(), r.Rejected, r.Lists, r.Failures)
+		}
+	}()
+	testenv.WaitFor(t, 3*time.Minute+2*wrote, fmt.Sprintf("%d rejections counted", want), func() bool {
+		return westOf(a).RejectedTotal() >= want
 	})
 	r := westOf(a)
+	relisted := r.Failures > 0 || r.Lists["ipcache"] > 1
+	if got := r.RejectedTotal(); got != want && !relisted {
+		t.Errorf("%d rejections counted without a relist, want %d", got, want)
+	}
 	t.Logf("rejections by reason: %v", r.Rejected)
 	// Half the junk keys are no address at all (malformed keys), half are
 	// addresses with values that are not JSON.
-	if r.Rejected["value_too_large"] != 1 || r.Rejected["malformed_value"] < floodKeys/2 || r.Rejected["malformed_key"] != 4+floodKeys/2 {
+	if !relisted && (r.Rejected["value_too_large"] != 1 || r.Rejected["malformed_value"] < floodKeys/2 || r.Rejected["malformed_key"] != 4+floodKeys/2) ||
+		relisted && (r.Rejected["value_too_large"] < 1 || r.Rejected["malformed_value"] < floodKeys/2 || r.Rejected["malformed_key"] < 4+floodKeys/2) {
 		t.Errorf("rejections: %v", r.Rejected)
 	}
 	if ok, _ := ipcacheEquals(rec, 2, prefixesOf(SampleState(2))); !ok {
