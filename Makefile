@@ -9,7 +9,7 @@ PKGS    := ./...
 # CI=true they fail instead of skipping when not root (internal/testenv).
 TESTFLAGS ?= -race -timeout 15m
 # Packages with TestHeavy* tests (they skip under -race; `make test` runs them
-# first, without it).
+# last, without it).
 HEAVY_PKGS := ./localmesh ./meshapiserver
 
 SHELL   := /bin/bash
@@ -35,24 +35,29 @@ demo-once: build
 vet: deps
 	$(GO) vet $(PKGS)
 
-# The heavy tests (hundreds of thousands of entries; they skip under -race)
-# without -race, then every test with -race. On a cold machine the
-# kube-apiserver and hubble builds (the longest steps) run beside the
-# packages that do not need them; the packages with tests against real
-# kube-apiservers (K8S_PKGS) or with the real hubble CLI (HUBBLE_PKGS) run
-# once their binary is there. Then the alert rules' tests (promtool).
+# On a cold machine the kube-apiserver, CoreDNS and hubble builds and the
+# fetch of the Cilium interop modules (the longest steps) run in the
+# background, niced so that the tests beside them keep the CPU: first every
+# test with -race of the packages that need none of them; the packages with
+# tests against real kube-apiservers (K8S_PKGS) or with the real hubble CLI
+# (HUBBLE_PKGS) run once their binary is there. The heavy tests (hundreds of
+# thousands of entries; they skip under -race) run last, without -race, on a
+# machine no build competes for. Then the alert rules' tests (promtool) and
+# the interop tests.
 test: vet check-generate promtool chromium
 	@set -eo pipefail; \
-	{ tools/kube-apiserver/build.sh $(KUBE_APISERVER) && tools/coredns/build.sh $(COREDNS); } & build=$$!; \
-	tools/hubble/build.sh $(CLUSTERMESH_HUBBLE) & hubble=$$!; \
-	trap 'kill $$build $$hubble 2>/dev/null || true' EXIT; \
-	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS); \
+	{ nice -n 10 tools/kube-apiserver/build.sh $(KUBE_APISERVER) && nice -n 10 tools/coredns/build.sh $(COREDNS); } & build=$$!; \
+	nice -n 10 tools/hubble/build.sh $(CLUSTERMESH_HUBBLE) & hubble=$$!; \
+	for m in $(INTEROP_MODULES); do (cd $$m && nice -n 10 $(GO) list -mod=readonly -deps -test ./... >/dev/null 2>&1) || true; done & fetch=$$!; \
+	trap 'kill $$build $$hubble $$fetch 2>/dev/null || true' EXIT; \
 	$(GO) test $(TESTFLAGS) -skip '^TestHubbleCLI' $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS) $(HUBBLE_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
 	wait $$build || { echo "building kube-apiserver or CoreDNS failed"; exit 1; }; \
 	$(GO) test $(TESTFLAGS) $(K8S_PKGS); \
 	wait $$hubble || { echo "building hubble failed"; exit 1; }; \
 	$(GO) test $(TESTFLAGS) $(HUBBLE_PKGS); \
-	$(GO) test $(TESTFLAGS) -run '^TestHubbleCLI' ./localmesh
+	$(GO) test $(TESTFLAGS) -run '^TestHubbleCLI' ./localmesh; \
+	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS); \
+	wait $$fetch
 	$(MAKE) --no-print-directory test-monitoring
 	$(MAKE) --no-print-directory test-interop
 
