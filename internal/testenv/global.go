@@ -32,9 +32,25 @@ type globalState struct {
 	Cgroups []string // cgroup v2 directories, systemd's units aside
 }
 
+// bpffsRoot is where the tests' bpf pins live.
+const bpffsRoot = "/sys/fs/bpf"
+
+// kernelBPFFSEntry reports whether name is one the kernel itself creates at
+// a bpffs's root when it is mounted (bpf_preload's iterators): the first
+// test to mount /sys/fs/bpf on a fresh machine makes them appear, and they
+// are nobody's leak.
+func kernelBPFFSEntry(name string) bool {
+	return name == "maps.debug" || name == "progs.debug"
+}
+
+// bpfPins returns every path under the bpffs at root but the kernel's own.
+func bpfPins(root string) []string {
+	return walk(root, func(d fs.DirEntry) bool { return !kernelBPFFSEntry(d.Name()) })
+}
+
 func snapshotGlobal() globalState {
 	var s globalState
-	s.BPF = walk("/sys/fs/bpf", nil)
+	s.BPF = bpfPins(bpffsRoot)
 	if entries, err := os.ReadDir("/run/netns"); err == nil {
 		for _, e := range entries {
 			s.Netns = append(s.Netns, filepath.Join("/run/netns", e.Name()))

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // leakEnv tells a child process of TestMainReportsLeaks what TestLeaky leaks.
@@ -84,5 +86,39 @@ func TestMainReportsLeaks(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestKernelBPFFSEntriesAreNotPins mounts a bpffs as the first test on a
+// fresh machine mounts /sys/fs/bpf: the entries the kernel creates in it
+// are not counted as pins left behind; a directory a test makes is.
+func TestKernelBPFFSEntriesAreNotPins(t *testing.T) {
+	RequireRoot(t)
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
+		t.Fatalf("mounting a bpffs at %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmounting %s: %v", dir, err)
+		}
+	})
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) == 0 {
+		t.Skip("this kernel creates no entries in a new bpffs (no bpf_preload)")
+	}
+	if pins := bpfPins(dir); len(pins) != 0 {
+		t.Errorf("a new bpffs has pins %v, want none (the kernel's entries: %v)", pins, entries)
+	}
+	pin := filepath.Join(dir, "left-behind")
+	if err := os.Mkdir(pin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(pin)
+	if pins := bpfPins(dir); len(pins) != 1 || pins[0] != pin {
+		t.Errorf("pins %v, want [%s]", pins, pin)
 	}
 }
