@@ -24,10 +24,13 @@ import (
 // certificate: a hostile peer publishing whatever it likes.
 func westPut(t *testing.T, admin *clientv3.Client, kv map[string]string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
 	for k, v := range kv {
-		if _, err := admin.Put(ctx, k, v); err != nil {
+		// Each put has the deadline: tens of values near the size limit
+		// take longer together on a busy machine.
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		_, err := admin.Put(ctx, k, v)
+		cancel()
+		if err != nil {
 			t.Fatalf("put %s: %v", k, err)
 		}
 	}
