@@ -35,29 +35,43 @@ demo-once: build
 vet: deps
 	$(GO) vet $(PKGS)
 
-# On a cold machine the kube-apiserver, CoreDNS and hubble builds and the
-# fetch of the Cilium interop modules (the longest steps) run in the
-# background, niced so that the tests beside them keep the CPU: first every
+# On a cold machine the longest steps are the kube-apiserver build (about
+# 6 minutes alone, 15 beside the tests), hubble's, and the Cilium interop
+# modules' fetch (about 9 minutes) and compile. They start first, in the
+# background, beside the tools' installs and vet: kube-apiserver at normal
+# priority (the Kubernetes tests wait for it), the others niced. Then every
 # test with -race of the packages that need none of them; the packages with
 # tests against real kube-apiservers (K8S_PKGS) or with the real hubble CLI
-# (HUBBLE_PKGS) run once their binary is there. The heavy tests (hundreds of
-# thousands of entries; they skip under -race) run last, without -race, on a
+# (HUBBLE_PKGS) once their binary is there; the heavy tests (hundreds of
+# thousands of entries; they skip under -race) last, without -race, on a
 # machine no build competes for. Then the alert rules' tests (promtool) and
-# the interop tests.
-test: vet check-generate promtool chromium
+# the interop tests. Each step's start is printed with the time.
+test:
 	@set -eo pipefail; \
-	{ nice -n 10 tools/kube-apiserver/build.sh $(KUBE_APISERVER) && nice -n 10 tools/coredns/build.sh $(COREDNS); } & build=$$!; \
+	step() { echo "make test: $$(date +%T) $$*"; }; \
+	step "building kube-apiserver, CoreDNS and hubble and fetching the interop modules in the background (the first time only)"; \
+	{ tools/kube-apiserver/build.sh $(KUBE_APISERVER) && tools/coredns/build.sh $(COREDNS); } & build=$$!; \
 	nice -n 10 tools/hubble/build.sh $(CLUSTERMESH_HUBBLE) & hubble=$$!; \
-	for m in $(INTEROP_MODULES); do (cd $$m && nice -n 10 $(GO) list -mod=readonly -deps -test ./... >/dev/null 2>&1) || true; done & fetch=$$!; \
-	trap 'kill $$build $$hubble $$fetch 2>/dev/null || true' EXIT; \
+	for m in $(INTEROP_MODULES); do (cd $$m && nice -n 15 $(GO) list -mod=readonly -deps -test ./... >/dev/null 2>&1 && \
+	  GOPROXY=off nice -n 15 $(GO) vet ./... >/dev/null 2>&1) || true; done & interop=$$!; \
+	trap 'kill $$build $$hubble $$interop 2>/dev/null || true' EXIT; \
+	$(MAKE) --no-print-directory vet check-generate promtool chromium; \
+	step "tests with -race"; \
 	$(GO) test $(TESTFLAGS) -skip '^TestHubbleCLI' $$($(GO) list $(PKGS) | grep -v -x $(foreach p,$(K8S_PKGS) $(HUBBLE_PKGS),-e $(MODULE)/$(patsubst ./%,%,$(p)))); \
+	step "waiting for kube-apiserver and CoreDNS"; \
 	wait $$build || { echo "building kube-apiserver or CoreDNS failed"; exit 1; }; \
+	step "tests against real kube-apiservers"; \
 	$(GO) test $(TESTFLAGS) $(K8S_PKGS); \
+	step "waiting for hubble"; \
 	wait $$hubble || { echo "building hubble failed"; exit 1; }; \
+	step "tests with the hubble CLI"; \
 	$(GO) test $(TESTFLAGS) $(HUBBLE_PKGS); \
 	$(GO) test $(TESTFLAGS) -run '^TestHubbleCLI' ./localmesh; \
+	step "heavy tests, without -race"; \
 	$(GO) test -count=1 -timeout 15m -run '^TestHeavy' $(HEAVY_PKGS); \
-	wait $$fetch
+	step "waiting for the interop modules"; \
+	wait $$interop; \
+	step "alert rules and interop tests"
 	$(MAKE) --no-print-directory test-monitoring
 	$(MAKE) --no-print-directory test-interop
 
