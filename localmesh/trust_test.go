@@ -300,7 +300,15 @@ func TestListPagesAreBoundedByBytes(t *testing.T) {
 	}
 	westPut(t, admin, junk)
 	a := e.startAgent(t, datapath.NewMemory(), func(c *agentsync.Config) { c.ListPageBytes = pageBytes })
-	testenv.WaitFor(t, wait, "west listed", func() bool { return westOf(a).Ready })
+	// 43 MB of values to list: on a busy machine under the race detector
+	// that takes longer than the usual wait.
+	defer func() {
+		if t.Failed() {
+			r := westOf(a)
+			t.Logf("west: ready %v, lists %v, failures %d, last error %q", r.Ready, r.Lists, r.Failures, r.LastError)
+		}
+	}()
+	testenv.WaitFor(t, 2*time.Minute, "west listed", func() bool { return westOf(a).Ready })
 	r := westOf(a)
 	// The agent reads no response over the page bound plus one value, or
 	// 8 MiB (room for a publishing transaction on a watch).
