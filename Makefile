@@ -36,8 +36,8 @@ vet: deps
 	$(GO) vet $(PKGS)
 
 # On a cold machine the longest steps are the kube-apiserver build (about
-# 6 minutes alone, 15 beside the tests), hubble's, and the Cilium interop
-# modules' fetch (about 9 minutes) and compile. They start first, in the
+# 6 minutes alone, 24 beside vet and the tests), hubble's, and the Cilium
+# interop modules' fetch (about 9 minutes) and compile. They start first, in the
 # background, beside the tools' installs and vet: kube-apiserver at normal
 # priority (the Kubernetes tests wait for it), the others niced. Then every
 # test with -race of the packages that need none of them; the packages with
